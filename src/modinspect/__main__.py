@@ -1,0 +1,3 @@
+from modinspect.cli import main
+
+main()

@@ -1,0 +1,138 @@
+"""Reports -> rich renderables. The only module in modinspect that imports rich."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import IO
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from modinspect.report import ModuleNode, TensorRow, TreeReport
+from modinspect.render.text import human_bytes, human_count, shape_text
+
+
+def make_console(file: IO[str] | None = None, width: int | None = None) -> Console:
+    """A console that colours only terminals, honours NO_COLOR, and does not wrap piped output at 80."""
+    stream = file or sys.stdout
+    if width is None and not stream.isatty() and "COLUMNS" not in os.environ:
+        width = 200
+    return Console(file=stream, width=width, highlight=False, soft_wrap=False)
+
+
+def error_console() -> Console:
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+
+
+def _tensor_label(t: TensorRow) -> Text:
+    label = Text()
+    label.append(t.short, style="bold")
+    label.append(f"  {shape_text(t.shape)}", style="cyan")
+    label.append(f"  {t.dtype}", style="magenta")
+    if t.alias_of is not None:
+        label.append(f"  = {t.alias_of}", style="yellow")
+        label.append("  (tied, counted once)", style="dim")
+        return label
+    label.append(f"  {human_bytes(t.nbytes)}", style="dim")
+    if t.kind == "buffer":
+        label.append("  buffer" if t.persistent is not False else "  buffer, non-persistent", style="blue")
+    elif t.requires_grad is False:
+        label.append("  frozen", style="red")
+    return label
+
+
+def _module_label(node: ModuleNode, report: TreeReport, is_root: bool) -> Text:
+    row = node.row
+    label = Text()
+    if is_root:
+        label.append(row.type or "(state dict)", style="bold green")
+        if not report.module_known:
+            label.append("  module classes unknown: built from key names", style="dim")
+    else:
+        name = node.short if node.repeat == 1 else f"{node.short} … {(node.last_name or '').rpartition('.')[2]}"
+        label.append(name, style="bold")
+        if node.repeat > 1:
+            label.append(f"  ×{node.repeat}", style="bold yellow")
+        if row.type:
+            label.append(f"  {row.type}", style="green")
+    if node.repeat > 1:
+        label.append(f"  {human_count(row.params)} params each, {human_count(node.run_params)} in all", style="cyan")
+        label.append(f"  {human_bytes(node.run_bytes)}", style="dim")
+    elif row.params or row.bytes:
+        label.append(f"  {human_count(row.params)} params", style="cyan")
+        label.append(f"  {human_bytes(row.bytes)}", style="dim")
+    if row.trainable is not None and row.params and row.trainable == 0:
+        label.append("  frozen", style="red")
+    elif row.trainable is not None and 0 < row.trainable < row.params:
+        label.append(f"  {human_count(row.params - row.trainable)} frozen", style="red")
+    parent_training = report.training
+    if row.training is not None and not is_root and row.training != parent_training:
+        label.append("  train" if row.training else "  eval", style="yellow")
+    if node.hidden:
+        label.append(f"  (+{node.hidden} below --depth)", style="dim")
+    return label
+
+
+def _add(tree: Tree, node: ModuleNode, report: TreeReport) -> None:
+    for t in node.tensors:
+        tree.add(_tensor_label(t))
+    for child in node.children:
+        _add(tree.add(_module_label(child, report, False)), child, report)
+
+
+def tree_renderable(report: TreeReport) -> RenderableType:
+    """The module tree followed by the totals table."""
+    root = Tree(_module_label(report.root, report, True), guide_style="dim")
+    _add(root, report.root, report)
+    return Group(_header(report), root, Text(""), totals_table(report))
+
+
+def _header(report: TreeReport) -> Text:
+    text = Text()
+    text.append(report.source, style="bold")
+    text.append(f"  ({report.format}", style="dim")
+    if report.state_dict_key:
+        text.append(f", state dict under '{report.state_dict_key}'", style="dim")
+    if report.training is not None:
+        text.append(f", {'training' if report.training else 'eval'} mode", style="dim")
+    text.append(")", style="dim")
+    if report.filter:
+        text.append(f"  filter: {report.filter}", style="yellow")
+    return text
+
+
+def totals_table(report: TreeReport) -> Table:
+    t = report.totals
+    table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_column(style="dim")
+    kind = "Parameters" if report.module_known else "Tensor elements"
+    detail = ""
+    if t.trainable is not None and t.frozen is not None:
+        detail = f"trainable {t.trainable:,} · frozen {t.frozen:,}"
+    elif not report.module_known:
+        detail = "kinds unknown: parameters and buffers counted together"
+    table.add_row(kind, f"{t.params:,}", detail)
+    if t.buffers is not None:
+        table.add_row("Buffers", f"{t.buffers:,}",
+                      f"persistent {t.persistent_buffers:,} · non-persistent {t.non_persistent_buffers:,}")
+    table.add_row("Size", human_bytes(t.bytes), f"{t.bytes:,} bytes in {t.tensors:,} tensors")
+    for i, d in enumerate(report.by_dtype):
+        table.add_row("By dtype" if i == 0 else "", f"{d.elements:,}", f"{d.dtype} · {human_bytes(d.bytes)}")
+    for i, group in enumerate(report.tied):
+        table.add_row("Tied" if i == 0 else "", "", " = ".join(reversed(group)))
+    for i, (name, summary) in enumerate(report.other_entries):
+        table.add_row("Other entries" if i == 0 else "", name, summary)
+    for i, (key, value) in enumerate(k for k in report.metadata if k[0] not in _alias_names(report)):
+        table.add_row("Metadata" if i == 0 else "", key, value[:80])
+    for i, note in enumerate(report.notes):
+        table.add_row("Notes" if i == 0 else "", "", note)
+    return table
+
+
+def _alias_names(report: TreeReport) -> set[str]:
+    return {name for group in report.tied for name in group}

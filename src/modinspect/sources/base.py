@@ -1,0 +1,149 @@
+"""The lazy view every reader returns: tensor metadata first, tensor data only on request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+TensorKind = Literal["parameter", "buffer", "unknown"]
+
+# Bits per element of every dtype modinspect knows, by torch's name for it.
+DTYPE_BITS: dict[str, int] = {
+    "float64": 64,
+    "float32": 32,
+    "float16": 16,
+    "bfloat16": 16,
+    "complex128": 128,
+    "complex64": 64,
+    "complex32": 32,
+    "int64": 64,
+    "int32": 32,
+    "int16": 16,
+    "int8": 8,
+    "uint64": 64,
+    "uint32": 32,
+    "uint16": 16,
+    "uint8": 8,
+    "bool": 8,
+    "float8_e4m3fn": 8,
+    "float8_e4m3fnuz": 8,
+    "float8_e5m2": 8,
+    "float8_e5m2fnuz": 8,
+    "float8_e8m0fnu": 8,
+    "float4_e2m1fn_x2": 8,
+    "float4_e2m1fn": 4,
+    "float6_e2m3fn": 6,
+    "float6_e3m2fn": 6,
+    "qint8": 8,
+    "quint8": 8,
+    "qint32": 32,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One entry of a state dict, described without its data."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
+    kind: TensorKind = "unknown"
+    # Tensors with equal, non-None storage keys hold the same data (tied weights).
+    storage: str | None = None
+    requires_grad: bool | None = None
+    persistent: bool | None = None
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """A module known from a live nn.Module or a TorchScript archive."""
+
+    name: str
+    type: str | None
+    training: bool | None = None
+
+
+@dataclass(frozen=True)
+class EntrySummary:
+    """A top-level entry of a training checkpoint beside the state dict (epoch, optimizer, ...)."""
+
+    name: str
+    summary: str
+
+
+@dataclass
+class Source:
+    """An opened SOURCE: tensor metadata always, modules when known, data on request.
+
+    Readers subclass it and implement `_read`. Nothing here reads tensor data until
+    `read_tensor` or `iter_tensors` is called.
+    """
+
+    label: str
+    format: str
+    tensors: list[TensorInfo]
+    modules: list[ModuleInfo] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    state_dict_key: str | None = None
+    other_entries: list[EntrySummary] = field(default_factory=list)
+    module: Any = None  # the nn.Module, when the source yields one
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._by_name = {t.name: t for t in self.tensors}
+
+    def info(self, name: str) -> TensorInfo:
+        return self._by_name[name]
+
+    def names(self) -> list[str]:
+        return [t.name for t in self.tensors]
+
+    def read_tensor(self, name: str) -> torch.Tensor:
+        """Return the tensor `name` as a CPU tensor, reading only its own bytes where the format allows."""
+        if name not in self._by_name:
+            raise KeyError(name)
+        return self._read(name)
+
+    def iter_tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (name, tensor) one at a time, so callers can release each before the next."""
+        for name in names if names is not None else self.names():
+            yield name, self.read_tensor(name)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Read every tensor. Convenient for small checkpoints; prefer iter_tensors for large ones."""
+        return dict(self.iter_tensors())
+
+    def _read(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release open files. Readers that hold none keep this no-op."""
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def tied_groups(tensors: Iterable[TensorInfo]) -> list[list[str]]:
+    """Groups of two or more names that share one storage, in first-seen order."""
+    groups: dict[str, list[str]] = {}
+    for t in tensors:
+        if t.storage is not None:
+            groups.setdefault(t.storage, []).append(t.name)
+    return [g for g in groups.values() if len(g) > 1]
+

@@ -1,0 +1,168 @@
+"""Which reader opens a SOURCE: by what the path is and by its first bytes, not its extension."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modinspect.errors import CorruptFileError, SourceNotFoundError, UnknownFormatError, UnsafePickleError
+from modinspect.sources.base import Source
+
+INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+SINGLE_NAMES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class OpenOptions:
+    unsafe_pickle: bool = False
+
+
+def open_path(path: Path, label: str, options: OpenOptions) -> Source:
+    """Open a file or directory SOURCE."""
+    try:
+        if path.is_dir():
+            return _open_dir(path, label, options)
+        if not path.exists():
+            raise SourceNotFoundError(f"{label} does not exist")
+    except OSError as exc:  # symlink loops, permissions
+        raise SourceNotFoundError(f"cannot open {label}: {exc.strerror or exc}") from None
+    if path.name.endswith(".index.json"):
+        from modinspect.sources.sharded import ShardedSource
+
+        return ShardedSource(path, label, options)
+    return open_file(path, label, options)
+
+
+def _open_dir(path: Path, label: str, options: OpenOptions) -> Source:
+    from modinspect.sources.sharded import ShardedSource
+
+    indexes = [path / n for n in INDEX_NAMES if (path / n).is_file()]
+    if not indexes:
+        indexes = sorted(p for p in path.glob("*.index.json") if p.is_file())
+    if indexes:
+        return ShardedSource(indexes[0], label, options)
+    for name in SINGLE_NAMES:
+        if (path / name).is_file():
+            return open_file(path / name, label, options)
+    raise UnknownFormatError(
+        f"{label} is a directory without a checkpoint: expected {INDEX_NAMES[0]}, {INDEX_NAMES[1]}, "
+        f"{SINGLE_NAMES[0]} or {SINGLE_NAMES[1]}"
+    )
+
+
+def sniff(path: Path) -> str:
+    """'safetensors', 'zip', 'pickle' or 'unknown', from the first bytes."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise SourceNotFoundError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not head:
+        raise CorruptFileError(f"{path} is empty")
+    if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
+        return "zip"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:1] == b"\x80":
+        return "pickle"
+    return "unknown"
+
+
+def open_file(path: Path, label: str, options: OpenOptions) -> Source:
+    kind = sniff(path)
+    if kind == "safetensors":
+        from modinspect.sources.safetensors import SafetensorsSource
+
+        return SafetensorsSource(path, label)
+    if kind == "unknown":
+        raise UnknownFormatError(
+            f"{label} is not a checkpoint modinspect reads (safetensors, torch .pt/.pth/.bin, TorchScript, "
+            "or a sharded index)"
+        )
+    try:
+        return _open_pickled(path, label, kind)
+    except UnsafePickleError as exc:
+        if not options.unsafe_pickle:
+            raise
+        return _open_unsafe(path, label, exc.globals)
+
+
+def _open_pickled(path: Path, label: str, kind: str) -> Source:
+    from modinspect.sources import torchfile
+
+    if kind == "pickle":
+        with path.open("rb") as f:
+            legacy = f.read(2) == b"\x80\x02" and _starts_with_legacy_magic(path)
+        return torchfile.LegacyTorchSource(path, label) if legacy else torchfile.open_raw_pickle(path, label)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise CorruptFileError(f"{label} is a damaged zip file ({exc})") from None
+    names = zf.namelist()
+    pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+    if not pkl:
+        zf.close()
+        raise UnknownFormatError(f"{label} is a zip file but not a torch checkpoint (no data.pkl)")
+    prefix = pkl[0][: -len("data.pkl")]
+    if f"{prefix}constants.pkl" in names or any(n.startswith(f"{prefix}code/") for n in names):
+        from modinspect.sources.torchscript import open_torchscript
+
+        try:
+            return open_torchscript(path, label, zf, prefix)
+        finally:
+            zf.close()
+    try:
+        return torchfile.ZipTorchSource(path, label, zf, prefix)
+    except BaseException:
+        zf.close()
+        raise
+
+
+def _starts_with_legacy_magic(path: Path) -> bool:
+    from modinspect.sources.pickle_gate import scan_globals
+    from modinspect.sources.torchfile import LEGACY_MAGIC
+
+    import pickle
+
+    with path.open("rb") as f:
+        try:
+            if scan_globals(f):  # the magic number pickle names no globals
+                return False
+            f.seek(0)
+            return bool(pickle.load(f) == LEGACY_MAGIC)
+        except (CorruptFileError, pickle.UnpicklingError, EOFError, ValueError):
+            return False
+
+
+def _open_unsafe(path: Path, label: str, globals_: list[str]) -> Source:
+    import torch
+
+    from modinspect.sources.memory import TensorDictSource
+    from modinspect.sources.module import ModuleSource
+    from modinspect.sources.torchfile import find_state_dict, summarize
+    from modinspect.sources.base import EntrySummary
+
+    warning = (
+        f"--unsafe-pickle: fully unpickling {label}, which imports {', '.join(globals_[:6])}"
+        f"{' and more' if len(globals_) > 6 else ''}; this runs code from the file"
+    )
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CorruptFileError(f"{label} failed to unpickle even with --unsafe-pickle ({type(exc).__name__}: {exc})") from exc
+    if isinstance(obj, torch.nn.Module):
+        src: Source = ModuleSource(obj, label, "torch-pickled-module")
+    else:
+        found = find_state_dict(obj, tensor_type=torch.Tensor)
+        if found is None:
+            raise CorruptFileError(f"{label} holds no state dict (a {summarize(obj)})")
+        state, key = found
+        others = []
+        if key is not None and isinstance(obj, dict):
+            top = key.split(".")[0]
+            others = [EntrySummary(str(k), summarize(v)) for k, v in obj.items() if k != top]
+        src = TensorDictSource(state, label, "torch-unsafe", key, others)
+    src.warnings.append(warning)
+    return src

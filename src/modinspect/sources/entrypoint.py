@@ -1,0 +1,108 @@
+"""Python entry points: `path/to/file.py:NAME` and `package.module:NAME`."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from modinspect.errors import EntryPointError
+from modinspect.sources.module import ModuleSource
+
+_MODULE_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def looks_like_entry_point(spec: str) -> bool:
+    """'file.py:NAME' or 'pkg.mod:NAME' (and not an existing path that merely contains a colon)."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr or Path(spec).exists():
+        return False
+    return target.endswith(".py") or bool(_MODULE_PATH.match(target))
+
+
+@contextlib.contextmanager
+def _on_sys_path(folder: Path) -> Iterator[None]:
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(entry)
+
+
+def _import_target(target: str, base: Path) -> Any:
+    if target.endswith(".py"):
+        path = (base / target).resolve()
+        if not path.is_file():
+            raise EntryPointError(f"entry point file {target} does not exist")
+        name = f"_modinspect_entry_{abs(hash(str(path)))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise EntryPointError(f"cannot import {target}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        with _on_sys_path(path.parent):
+            spec.loader.exec_module(module)
+        return module
+    with _on_sys_path(base):
+        return importlib.import_module(target)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def resolve_entry_point(spec: str, base: Path | None = None) -> Any:
+    """Import the target and return the object NAME (dotted attributes allowed)."""
+    target, _, attr = spec.rpartition(":")
+    base = base or Path.cwd()
+    try:
+        obj = _import_target(target, base)
+    except EntryPointError:
+        raise
+    except ModuleNotFoundError as exc:
+        raise EntryPointError(f"cannot import {target}: {_describe(exc)}") from exc
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise EntryPointError(f"importing {target} raised {_describe(exc)}") from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise EntryPointError(f"{target} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_module(spec: str, base: Path | None = None, meta: bool = False) -> Any:
+    """The nn.Module an entry point names: an instance, a class built with no arguments, or a factory's result."""
+    import torch
+
+    obj = resolve_entry_point(spec, base)
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if not callable(obj):
+        raise EntryPointError(f"{spec} is a {type(obj).__name__}, not an nn.Module, a Module class or a function")
+    device = torch.device("meta") if meta else contextlib.nullcontext()
+    try:
+        with device:
+            built = obj()
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise EntryPointError(f"{spec} raised {_describe(exc)} while building the model") from exc
+    if not isinstance(built, torch.nn.Module):
+        raise EntryPointError(f"{spec} returned a {type(built).__name__}, not an nn.Module")
+    return built
+
+
+def open_entry_point(spec: str, base: Path | None = None, meta: bool = False, label: str | None = None) -> ModuleSource:
+    model = build_module(spec, base, meta)
+    notes = ["built on the meta device: no tensor data"] if meta else []
+    return ModuleSource(model, label or spec, "entrypoint", notes)

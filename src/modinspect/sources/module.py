@@ -1,0 +1,77 @@
+"""A live nn.Module (from an entry point, a TorchScript archive or an unsafe pickle) as a Source."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from modinspect.sources.base import DTYPE_BITS, ModuleInfo, Source, TensorInfo
+
+if TYPE_CHECKING:
+    import torch
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def storage_key(t: torch.Tensor) -> str | None:
+    """Equal keys mean the same data. Meta tensors have no address: tied ones are the same object."""
+    if t.numel() == 0:
+        return None
+    if t.device.type == "meta":
+        return f"obj{id(t)}"
+    return f"{t.device}:{t.untyped_storage().data_ptr()}@{t.storage_offset()}:{tuple(t.shape)}:{t.stride()}:{t.dtype}"
+
+
+def module_type(mod: Any) -> str:
+    # ScriptModules keep the Python class name in original_name.
+    return str(getattr(mod, "original_name", None) or type(mod).__name__)
+
+
+def module_tensor_infos(model: Any) -> list[TensorInfo]:
+    """Parameters and buffers under every name they have, in state_dict order."""
+    infos: list[TensorInfo] = []
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        prefix = f"{mod_name}." if mod_name else ""
+        non_persistent = getattr(mod, "_non_persistent_buffers_set", None)
+        for name, p in mod.named_parameters(recurse=False):
+            infos.append(_info(prefix + name, p, "parameter", requires_grad=p.requires_grad))
+        for name, b in mod.named_buffers(recurse=False):
+            persistent = None if non_persistent is None else name not in non_persistent
+            infos.append(_info(prefix + name, b, "buffer", persistent=persistent))
+    return infos
+
+
+def _info(name: str, t: torch.Tensor, kind: Any, requires_grad: bool | None = None,
+          persistent: bool | None = None) -> TensorInfo:
+    dtype = dtype_name(t.dtype)
+    return TensorInfo(
+        name=name, shape=tuple(t.shape), dtype=dtype, nbytes=t.numel() * DTYPE_BITS.get(dtype, 8) // 8,
+        kind=kind, storage=storage_key(t), requires_grad=requires_grad, persistent=persistent,
+    )
+
+
+def module_infos(model: Any) -> list[ModuleInfo]:
+    return [
+        ModuleInfo(name=name, type=module_type(mod), training=bool(mod.training))
+        for name, mod in model.named_modules(remove_duplicate=False)
+    ]
+
+
+class ModuleSource(Source):
+    """Tensors are the module's own; reading one returns a detached CPU copy."""
+
+    def __init__(self, model: Any, label: str, fmt: str, notes: list[str] | None = None) -> None:
+        super().__init__(label=label, format=fmt, tensors=module_tensor_infos(model), modules=module_infos(model),
+                         module=model, notes=list(notes or []))
+
+    def refresh(self) -> None:
+        """Re-read tensor metadata after the module changed (e.g. weights were loaded)."""
+        self.tensors = module_tensor_infos(self.module)
+        self._by_name = {t.name: t for t in self.tensors}
+
+    def _read(self, name: str) -> torch.Tensor:
+        owner, _, attr = name.rpartition(".")
+        mod = self.module.get_submodule(owner) if owner else self.module
+        t = getattr(mod, attr)
+        return t.detach().cpu()

@@ -1,0 +1,242 @@
+"""A weights-only unpickler that never calls anything a checkpoint names, except an allowlist.
+
+Two layers. First a static scan (`scan_globals`) lists every global the pickle would import,
+without executing a single opcode; anything outside the allowlist is refused by name. Then a
+restricted `pickle.Unpickler` rebuilds the object graph with stand-ins: storages become
+`StorageRef`s and tensors become `TensorRef`s, so listing a checkpoint reads no tensor data.
+"""
+
+from __future__ import annotations
+
+import codecs
+import pickle
+import pickletools
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any
+
+from modinspect.errors import CorruptFileError, UnsafePickleError
+
+# torch's legacy typed-storage class names -> dtype name
+STORAGE_DTYPES: dict[str, str] = {
+    "DoubleStorage": "float64",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "ComplexFloatStorage": "complex64",
+    "ComplexDoubleStorage": "complex128",
+    "UInt16Storage": "uint16",
+    "UInt32Storage": "uint32",
+    "UInt64Storage": "uint64",
+    "Float8_e4m3fnStorage": "float8_e4m3fn",
+    "Float8_e5m2Storage": "float8_e5m2",
+    "Float8_e4m3fnuzStorage": "float8_e4m3fnuz",
+    "Float8_e5m2fnuzStorage": "float8_e5m2fnuz",
+    "Float8_e8m0fnuStorage": "float8_e8m0fnu",
+    "QInt8Storage": "qint8",
+    "QUInt8Storage": "quint8",
+    "QInt32Storage": "qint32",
+    "UntypedStorage": "uint8",
+}
+
+TORCH_DTYPE_NAMES = {
+    "float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8",
+    "uint16", "uint32", "uint64", "bool", "complex64", "complex128", "float8_e4m3fn",
+    "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "double", "float",
+    "half", "long", "int", "short", "cfloat", "cdouble",
+}
+
+
+@dataclass(frozen=True)
+class StorageType:
+    dtype: str
+
+
+@dataclass(frozen=True)
+class DtypeRef:
+    name: str
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    """A storage named by the pickle; its bytes live elsewhere (a zip entry, or after the pickle)."""
+
+    key: str
+    dtype: str
+    location: str
+    numel: int
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """A tensor described by the pickle: which storage, where in it, what shape."""
+
+    storage: StorageRef | None  # None for meta tensors, which have no data
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: str
+    requires_grad: bool
+    is_parameter: bool = False
+
+
+def _as_ints(value: object, what: str) -> tuple[int, ...]:
+    if not isinstance(value, tuple | list) or not all(type(v) is int and v >= 0 for v in value):
+        raise CorruptFileError(f"a tensor's {what} is not a tuple of non-negative integers")
+    return tuple(value)
+
+
+def _rebuild_tensor_v2(storage: object, offset: object, size: object, stride: object, requires_grad: object = False,
+                       backward_hooks: object = None, metadata: object = None) -> TensorRef:
+    if not isinstance(storage, StorageRef) or type(offset) is not int:
+        raise CorruptFileError("a tensor refers to something that is not a storage")
+    return TensorRef(storage, offset, _as_ints(size, "size"), _as_ints(stride, "stride"), storage.dtype, bool(requires_grad))
+
+
+def _rebuild_tensor(storage: object, offset: object, size: object, stride: object) -> TensorRef:
+    return _rebuild_tensor_v2(storage, offset, size, stride)
+
+
+def _rebuild_parameter(data: object, requires_grad: object, backward_hooks: object, state: object = None) -> TensorRef:
+    if not isinstance(data, TensorRef):
+        raise CorruptFileError("a parameter wraps something that is not a tensor")
+    return TensorRef(data.storage, data.offset, data.shape, data.stride, data.dtype, bool(requires_grad), True)
+
+
+def _rebuild_meta(dtype: object, size: object, stride: object, requires_grad: object) -> TensorRef:
+    name = dtype.name if isinstance(dtype, DtypeRef) else "unknown"
+    return TensorRef(None, 0, _as_ints(size, "size"), _as_ints(stride, "stride"), name, bool(requires_grad))
+
+
+def _rebuild_from_type_v2(func: object, new_type: object, args: object, state: object) -> object:
+    # Tensor subclasses and tensors carrying Python attributes; only plain Tensor/Parameter allowed.
+    if not callable(func) or func not in _REBUILDERS or not isinstance(args, tuple):
+        raise CorruptFileError("a tensor is rebuilt by an unexpected function")
+    return func(*args)
+
+
+def _codecs_encode(obj: object, encoding: object = "utf-8") -> bytes:
+    # Protocol-2 pickles spell bytes as _codecs.encode(str, 'latin1'); other codecs could decompress bombs.
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1"):
+        raise CorruptFileError("a pickle asks for an unexpected codec")
+    return codecs.encode(obj, "latin1")
+
+
+def _torch_size(*args: object) -> tuple[object, ...]:
+    return tuple(args[0]) if args and isinstance(args[0], tuple | list) else tuple(args)
+
+
+class _Marker:
+    """A harmless stand-in for a type the pickle names but we never instantiate (torch.Tensor)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+_REBUILDERS: set[Callable[..., Any]] = {_rebuild_tensor_v2, _rebuild_tensor, _rebuild_parameter, _rebuild_meta}
+
+SAFE_GLOBALS: dict[tuple[str, str], object] = {
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_meta_tensor_no_storage"): _rebuild_meta,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch", "Tensor"): _Marker("torch.Tensor"),
+    ("torch._tensor", "Tensor"): _Marker("torch.Tensor"),
+    ("torch.nn.parameter", "Parameter"): _Marker("torch.nn.Parameter"),
+    ("torch", "Size"): _torch_size,
+    ("torch", "device"): str,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "slice"): slice,
+    ("builtins", "complex"): complex,
+    ("builtins", "bytearray"): bytearray,
+    ("__builtin__", "set"): set,
+    ("_codecs", "encode"): _codecs_encode,
+    **{("torch", name): StorageType(dtype) for name, dtype in STORAGE_DTYPES.items()},
+    **{("torch.storage", name): StorageType(dtype) for name, dtype in STORAGE_DTYPES.items()},
+    **{("torch", name): DtypeRef(name) for name in TORCH_DTYPE_NAMES},
+}
+
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+
+
+def scan_globals(data: bytes | IO[bytes]) -> list[str]:
+    """Every global one pickle would import, as 'module.name', found without executing it.
+
+    STACK_GLOBAL takes its names from the stack; we follow string pushes and the memo, and a
+    name we cannot resolve statically is reported as '<dynamic>' (and so refused).
+    """
+    found: list[str] = []
+    memo: dict[int, object] = {}
+    recent: list[object] = []  # values pushed, most recent last; only strings matter
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            name = op.name
+            if name == "GLOBAL" or name == "INST":
+                module, _, attr = str(arg).partition(" ")
+                found.append(f"{module}.{attr}")
+            elif name == "STACK_GLOBAL":
+                attr, module = (recent[-1], recent[-2]) if len(recent) >= 2 else (None, None)
+                ok = isinstance(module, str) and isinstance(attr, str)
+                found.append(f"{module}.{attr}" if ok else "<dynamic>")
+            elif name in _STRING_OPS:
+                recent.append(arg)
+            elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                memo[int(arg)] = recent[-1] if recent else None
+            elif name == "MEMOIZE":
+                memo[len(memo)] = recent[-1] if recent else None
+            elif name in ("BINGET", "LONG_BINGET", "GET"):
+                recent.append(memo.get(int(arg)))
+            elif name == "EXT1" or name == "EXT2" or name == "EXT4":
+                found.append(f"<copyreg extension {arg}>")
+            else:
+                recent.append(None)
+            del recent[:-4]
+    except (ValueError, EOFError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"is not a readable pickle ({exc})") from None
+    return found
+
+
+def global_name(module: str, name: str) -> str:
+    return f"{module}.{name}"
+
+
+def is_safe_global(dotted: str) -> bool:
+    module, _, name = dotted.rpartition(".")
+    return (module, name) in SAFE_GLOBALS
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles with the allowlist only; storages are resolved by `storage_loader`."""
+
+    def __init__(self, file: IO[bytes], storage_loader: Callable[[tuple[object, ...]], StorageRef]) -> None:
+        super().__init__(file, encoding="utf-8")
+        self._storage_loader = storage_loader
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickleError("<checkpoint>", [global_name(module, name)]) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
+            raise CorruptFileError("refers to an unsupported persistent object")
+        return self._storage_loader(pid)
+
+
+def storage_from_pid(pid: tuple[object, ...]) -> StorageRef:
+    """('storage', type, key, location, numel[, view_metadata]) -> StorageRef."""
+    if len(pid) < 5 or not isinstance(pid[1], StorageType) or type(pid[4]) is not int or pid[4] < 0:
+        raise CorruptFileError("describes a storage it cannot name")
+    return StorageRef(key=str(pid[2]), dtype=pid[1].dtype, location=str(pid[3]), numel=pid[4])

@@ -1,0 +1,212 @@
+"""safetensors files, read from the header alone; tensor data read one tensor at a time.
+
+The header is parsed in pure Python (no torch import), and validated the way the format's
+reference reader does: a bounded header, JSON object, known dtypes, byte sizes equal to
+shape x dtype size, offsets contiguous from 0 with no holes and ending at the end of the file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modinspect.errors import CorruptFileError
+from modinspect.sources.base import Source, TensorInfo
+
+if TYPE_CHECKING:
+    import torch
+
+MAX_HEADER_BYTES = 100_000_000
+
+# safetensors dtype code -> (torch dtype name, bits per element)
+ST_DTYPES: dict[str, tuple[str, int]] = {
+    "BOOL": ("bool", 8),
+    "U8": ("uint8", 8),
+    "I8": ("int8", 8),
+    "U16": ("uint16", 16),
+    "I16": ("int16", 16),
+    "U32": ("uint32", 32),
+    "I32": ("int32", 32),
+    "U64": ("uint64", 64),
+    "I64": ("int64", 64),
+    "F16": ("float16", 16),
+    "BF16": ("bfloat16", 16),
+    "F32": ("float32", 32),
+    "F64": ("float64", 64),
+    "C64": ("complex64", 64),
+    "F8_E4M3": ("float8_e4m3fn", 8),
+    "F8_E4M3FNUZ": ("float8_e4m3fnuz", 8),
+    "F8_E5M2": ("float8_e5m2", 8),
+    "F8_E5M2FNUZ": ("float8_e5m2fnuz", 8),
+    "F8_E8M0": ("float8_e8m0fnu", 8),
+    "F6_E2M3": ("float6_e2m3fn", 6),
+    "F6_E3M2": ("float6_e3m2fn", 6),
+    "F4": ("float4_e2m1fn", 4),
+}
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise CorruptFileError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+class SafetensorsHeader:
+    """The parsed, validated header of one safetensors file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            size = path.stat().st_size
+            with path.open("rb") as f:
+                head = f.read(8)
+                if len(head) < 8:
+                    raise self._corrupt(f"is {size} bytes, too short for a header")
+                (n,) = struct.unpack("<Q", head)
+                if n > MAX_HEADER_BYTES:
+                    raise self._corrupt(f"declares a {n:,}-byte header (limit {MAX_HEADER_BYTES:,})")
+                if n > size - 8:
+                    raise self._corrupt(f"declares a {n:,}-byte header but the file holds {size - 8:,} bytes after it")
+                raw = f.read(n)
+        except OSError as exc:
+            raise CorruptFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        self.data_start = 8 + n
+        self.data_size = size - self.data_start
+        try:
+            text = raw.decode("utf-8")
+            header = json.loads(text, object_pairs_hook=_reject_duplicates)
+        except UnicodeDecodeError:
+            raise self._corrupt("has a header that is not UTF-8") from None
+        except CorruptFileError as exc:
+            raise self._corrupt(f"has a header with a {exc}") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise self._corrupt(f"has a header that is not valid JSON ({exc.__class__.__name__})") from None
+        if not isinstance(header, dict):
+            raise self._corrupt("has a header that is not a JSON object")
+        self.metadata = self._parse_metadata(header.pop("__metadata__", None))
+        self.entries = self._parse_entries(header)
+
+    def _corrupt(self, what: str) -> CorruptFileError:
+        return CorruptFileError(f"{self.path} is not a valid safetensors file: it {what}")
+
+    def _parse_metadata(self, meta: object) -> dict[str, str]:
+        if meta is None:
+            return {}
+        if not isinstance(meta, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+        ):
+            raise self._corrupt("has __metadata__ that is not a map of strings to strings")
+        return dict(meta)
+
+    def _parse_entries(self, header: dict[str, Any]) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
+        entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        for name, spec in header.items():
+            if not isinstance(spec, dict):
+                raise self._corrupt(f"describes {name!r} with a {type(spec).__name__}, not an object")
+            code, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
+            if code not in ST_DTYPES:
+                raise self._corrupt(f"gives {name!r} the unknown dtype {code!r}")
+            if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+                raise self._corrupt(f"gives {name!r} a shape that is not a list of non-negative integers")
+            if (
+                not isinstance(offsets, list)
+                or len(offsets) != 2
+                or not all(type(o) is int and o >= 0 for o in offsets)
+                or offsets[0] > offsets[1]
+            ):
+                raise self._corrupt(f"gives {name!r} data_offsets that are not [begin, end] with 0 <= begin <= end")
+            dtype, bits = ST_DTYPES[code]
+            numel = 1
+            for d in shape:
+                numel *= d
+            if (numel * bits) % 8:
+                raise self._corrupt(f"gives {name!r} {numel} elements of {code}, not a whole number of bytes")
+            expected = numel * bits // 8
+            begin, end = offsets
+            if end - begin != expected:
+                raise self._corrupt(
+                    f"gives {name!r} {end - begin} bytes but shape {shape} of {code} needs {expected}"
+                )
+            entries[name] = (dtype, tuple(shape), begin, end)
+        self._check_layout(entries)
+        return entries
+
+    def _check_layout(self, entries: dict[str, tuple[str, tuple[int, ...], int, int]]) -> None:
+        expected_begin = 0
+        for name, (_, _, begin, end) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+            if begin != expected_begin:
+                problem = "overlaps the previous tensor" if begin < expected_begin else "leaves a hole before it"
+                raise self._corrupt(f"places {name!r} at byte {begin}, which {problem}")
+            expected_begin = end
+        if expected_begin != self.data_size:
+            if expected_begin > self.data_size:
+                raise self._corrupt(
+                    f"needs {expected_begin:,} bytes of tensor data but holds {self.data_size:,} (truncated?)"
+                )
+            raise self._corrupt(f"has {self.data_size - expected_begin:,} stray bytes after the last tensor")
+
+
+def alias_map(metadata: dict[str, str], names: set[str]) -> dict[str, str]:
+    """Tied names that `safetensors.torch.save_model` dropped, as {dropped name: kept name}."""
+    return {k: v for k, v in metadata.items() if k not in names and v in names}
+
+
+class SafetensorsSource(Source):
+    """A single .safetensors file."""
+
+    def __init__(self, path: Path, label: str | None = None, header: SafetensorsHeader | None = None) -> None:
+        self.path = path
+        self.header = header or SafetensorsHeader(path)
+        tensors = safetensors_infos(self.header, storage_prefix=f"{path}:")
+        super().__init__(label=label or str(path), format="safetensors", tensors=tensors, metadata=self.header.metadata)
+        self._aliases = alias_map(self.header.metadata, set(self.header.entries))
+
+    def _read(self, name: str) -> torch.Tensor:
+        return read_safetensors_tensor(self.header, self._aliases.get(name, name))
+
+
+def natural_key(name: str) -> list[tuple[int, int | str]]:
+    """'h.10.w' sorts after 'h.9.w': digits compare as numbers."""
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", name) if p]
+
+
+def safetensors_infos(header: SafetensorsHeader, storage_prefix: str) -> list[TensorInfo]:
+    """TensorInfos in natural name order (writers sort keys by dtype, not by module), plus save_model aliases."""
+    infos = []
+    for name in sorted(header.entries, key=natural_key):
+        dtype, shape, begin, end = header.entries[name]
+        infos.append(TensorInfo(name=name, shape=shape, dtype=dtype, nbytes=end - begin, storage=f"{storage_prefix}{name}"))
+    by_name = {t.name: t for t in infos}
+    for alias, kept in alias_map(header.metadata, set(by_name)).items():
+        k = by_name[kept]
+        infos.append(TensorInfo(name=alias, shape=k.shape, dtype=k.dtype, nbytes=k.nbytes, storage=k.storage))
+    return infos
+
+
+def read_safetensors_tensor(header: SafetensorsHeader, name: str) -> torch.Tensor:
+    """Read one tensor's bytes with plain file reads, so no whole-file mapping stays resident."""
+    import torch
+
+    dtype, shape, begin, end = header.entries[name]
+    torch_dtype = getattr(torch, dtype, None)
+    if torch_dtype is None:
+        raise CorruptFileError(f"{header.path}: this torch cannot hold {dtype} tensors ({name!r})")
+    if begin == end:
+        return torch.empty(shape, dtype=torch_dtype)
+    buf = bytearray(end - begin)
+    with header.path.open("rb") as f:
+        f.seek(header.data_start + begin)
+        got = f.readinto(buf)
+    if got != len(buf):
+        raise CorruptFileError(f"{header.path} is truncated: {name!r} ends past the end of the file")
+    t = torch.frombuffer(buf, dtype=torch_dtype).reshape(shape)
+    if sys.byteorder == "big":  # safetensors is little-endian on disk
+        t = t.view(torch.uint8).reshape(*shape, -1).flip(-1).contiguous().view(torch_dtype).reshape(shape)
+    return t

@@ -1,0 +1,93 @@
+"""Sharded checkpoints: a `*.index.json` with a weight_map, or a Hugging Face model directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modinspect.errors import CorruptFileError
+from modinspect.sources.base import Source, TensorInfo
+
+if TYPE_CHECKING:
+    import torch
+
+    from modinspect.sources.detect import OpenOptions
+
+
+def _load_index(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(f"{path} is not a readable JSON index ({type(exc).__name__})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise CorruptFileError(f"{path} has no weight_map of tensor names to shard files")
+    return weight_map
+
+
+def _shard_path(index: Path, shard: str) -> Path:
+    folder = index.parent.resolve()
+    candidate = Path(shard)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise CorruptFileError(f"{index} names shard {shard!r} outside its directory; refusing to follow it")
+    resolved = (folder / candidate).resolve()
+    if not resolved.is_relative_to(folder):
+        raise CorruptFileError(f"{index} names shard {shard!r}, which resolves outside its directory")
+    if not resolved.is_file():
+        raise CorruptFileError(f"{index} names shard {shard!r}, which is missing")
+    return resolved
+
+
+class ShardedSource(Source):
+    """Every shard opened lazily through the single-file readers; tensors in index order of shards."""
+
+    def __init__(self, index: Path, label: str, options: OpenOptions) -> None:
+        from modinspect.sources.detect import open_file
+
+        weight_map = _load_index(index)
+        shard_names = list(dict.fromkeys(weight_map.values()))
+        self._shards: dict[str, Source] = {}
+        self._owner: dict[str, Source] = {}
+        tensors: list[TensorInfo] = []
+        formats: set[str] = set()
+        for shard in shard_names:
+            path = _shard_path(index, shard)
+            src = open_file(path, str(path), options)
+            if src.modules is not None or src.format == "torchscript":
+                raise CorruptFileError(f"{index} names shard {shard!r}, which is not a state dict")
+            self._shards[shard] = src
+            formats.add(src.format)
+            expected = {k for k, v in weight_map.items() if v == shard}
+            present = set(src.names())
+            missing = sorted(expected - present)
+            if missing:
+                raise CorruptFileError(
+                    f"{index} places {missing[0]!r} in {shard}, which does not hold it"
+                    + (f" ({len(missing) - 1} more missing)" if len(missing) > 1 else "")
+                )
+            for t in src.tensors:
+                owner_shard = weight_map.get(t.name)
+                if owner_shard is None and t.storage is not None and any(
+                    o.storage == t.storage for o in src.tensors if o.name in expected
+                ):
+                    owner_shard = shard  # a save_model alias of an indexed tensor
+                if owner_shard != shard:
+                    raise CorruptFileError(
+                        f"{shard} holds {t.name!r}, which {index.name} "
+                        + ("does not list" if owner_shard is None else f"places in {owner_shard}")
+                    )
+                storage = f"{shard}/{t.storage}" if t.storage else None
+                tensors.append(TensorInfo(t.name, t.shape, t.dtype, t.nbytes, t.kind, storage, t.requires_grad, t.persistent))
+                self._owner[t.name] = src
+        fmt = "sharded-" + ("safetensors" if formats == {"safetensors"} else "torch")
+        super().__init__(label=label, format=fmt, tensors=tensors)
+
+    def _read(self, name: str) -> torch.Tensor:
+        return self._owner[name].read_tensor(name)
+
+    def close(self) -> None:
+        for src in self._shards.values():
+            src.close()
