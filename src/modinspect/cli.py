@@ -28,7 +28,7 @@ SourceArg = Annotated[
     str | None,
     typer.Argument(
         help="A checkpoint (.safetensors, sharded dir or index, .pt/.pth/.bin/.ckpt, TorchScript) or an entry "
-        "point path/file.py:NAME or package.module:NAME. Default: [tool.modinspect] in pyproject.toml.",
+        "point path/file.py:NAME or package.module:NAME. Default: the \\[tool.modinspect] table of the nearest pyproject.toml.",
         show_default=False,
     ),
 ]
@@ -109,8 +109,7 @@ def tree(
 ) -> None:
     """Show the module tree with parameter counts, buffers, dtypes and bytes; tied weights counted once.
 
-    Reads checkpoints without the model's code (a safetensors header, a torch pickle through the
-    weights-only gate) or builds a model from an entry point.
+    Reads checkpoints without the model's code (a safetensors header, a torch pickle through the weights-only gate) or builds a model from an entry point. Runs of identical blocks collapse into one row (h.0 … h.11 ×12).
 
     Examples:
 

@@ -7,7 +7,6 @@ import sys
 from typing import IO
 
 from rich.console import Console, Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
@@ -104,34 +103,44 @@ def _header(report: TreeReport) -> Text:
     return text
 
 
-def totals_table(report: TreeReport) -> Table:
+def totals_table(report: TreeReport) -> Text:
+    """Aligned label / value / detail lines, without the trailing padding a rich Table adds in a pipe."""
     t = report.totals
-    table = Table(show_header=False, box=None, pad_edge=False, padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    table.add_column(style="dim")
+    rows: list[tuple[str, str, str]] = []
     kind = "Parameters" if report.module_known else "Tensor elements"
     detail = ""
     if t.trainable is not None and t.frozen is not None:
         detail = f"trainable {t.trainable:,} · frozen {t.frozen:,}"
     elif not report.module_known:
         detail = "kinds unknown: parameters and buffers counted together"
-    table.add_row(kind, f"{t.params:,}", detail)
+    rows.append((kind, f"{t.params:,}", detail))
     if t.buffers is not None:
-        table.add_row("Buffers", f"{t.buffers:,}",
-                      f"persistent {t.persistent_buffers:,} · non-persistent {t.non_persistent_buffers:,}")
-    table.add_row("Size", human_bytes(t.bytes), f"{t.bytes:,} bytes in {t.tensors:,} tensors")
-    for i, d in enumerate(report.by_dtype):
-        table.add_row("By dtype" if i == 0 else "", f"{d.elements:,}", f"{d.dtype} · {human_bytes(d.bytes)}")
-    for i, group in enumerate(report.tied):
-        table.add_row("Tied" if i == 0 else "", "", " = ".join(reversed(group)))
-    for i, (name, summary) in enumerate(report.other_entries):
-        table.add_row("Other entries" if i == 0 else "", name, summary)
-    for i, (key, value) in enumerate(k for k in report.metadata if k[0] not in _alias_names(report)):
-        table.add_row("Metadata" if i == 0 else "", key, value[:80])
-    for i, note in enumerate(report.notes):
-        table.add_row("Notes" if i == 0 else "", "", note)
-    return table
+        rows.append(("Buffers", f"{t.buffers:,}",
+                     f"persistent {t.persistent_buffers:,} · non-persistent {t.non_persistent_buffers:,}"))
+    rows.append(("Size", human_bytes(t.bytes), f"{t.bytes:,} bytes in {t.tensors:,} tensors"))
+    rows += [("By dtype" if i == 0 else "", f"{d.elements:,}", f"{d.dtype} · {human_bytes(d.bytes)}")
+             for i, d in enumerate(report.by_dtype)]
+    rows += [("Tied" if i == 0 else "", "", " = ".join(reversed(g))) for i, g in enumerate(report.tied)]
+    rows += [("Other entries" if i == 0 else "", name, summary)
+             for i, (name, summary) in enumerate(report.other_entries)]
+    aliases = _alias_names(report)
+    metadata = [(k, v) for k, v in report.metadata if k not in aliases]
+    rows += [("Metadata" if i == 0 else "", k, v[:80]) for i, (k, v) in enumerate(metadata)]
+    rows += [("Notes" if i == 0 else "", "", note) for i, note in enumerate(report.notes)]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    text = Text()
+    for i, (label, value, detail) in enumerate(rows):
+        if i:
+            text.append("\n")
+        text.append(label.ljust(w0), style="bold")
+        text.append("  " + value.rjust(w1))
+        if detail:
+            text.append("  " + detail, style="dim")
+        elif not value:
+            text.rstrip()
+    text.rstrip()
+    return text
 
 
 def _alias_names(report: TreeReport) -> set[str]:

@@ -1,0 +1,166 @@
+"""build_tree: counts with each storage once, tied names, buffers, collapse, depth and filter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from models import PartlyFrozen, Tied, TwoLayer
+from torch import nn
+
+from modinspect.analysis.tree import build_tree
+from modinspect.report import ModuleNode
+from modinspect.sources import open_source
+from modinspect.sources.module import ModuleSource
+
+
+def live(model: nn.Module) -> ModuleSource:
+    return ModuleSource(model, "live", "entrypoint")
+
+
+def child(node: ModuleNode, short: str) -> ModuleNode:
+    return next(c for c in node.children if c.short == short)
+
+
+def test_two_layer_totals_match_torch() -> None:
+    model = TwoLayer()
+    report = build_tree(live(model))
+    t = report.totals
+    assert t.params == sum(p.numel() for p in model.parameters()) == 58
+    assert (t.trainable, t.frozen) == (58, 0)
+    assert (t.buffers, t.persistent_buffers, t.non_persistent_buffers) == (5, 2, 3)
+    assert t.bytes == (58 + 5) * 4
+    assert t.tensors == 6
+    assert [(m.name, m.type, m.params) for m in report.modules] == [
+        ("", "TwoLayer", 58), ("fc1", "Linear", 40), ("act", "ReLU", 0), ("fc2", "Linear", 18)
+    ]
+    kinds = {r.name: (r.kind, r.persistent) for r in report.tensors}
+    assert kinds["scale"] == ("buffer", True)
+    assert kinds["cache"] == ("buffer", False)
+    assert kinds["fc1.weight"] == ("parameter", None)
+    assert report.training is True and report.module_known
+
+
+def test_frozen_parameters_are_counted_apart() -> None:
+    model = PartlyFrozen()
+    report = build_tree(live(model))
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    assert frozen == 40
+    assert (report.totals.trainable, report.totals.frozen) == (18, 40)
+    rows = {m.name: m for m in report.modules}
+    assert rows["fc1"].trainable == 0 and rows["fc2"].trainable == 18
+
+
+def test_tied_weights_count_once_and_are_named() -> None:
+    model = Tied()
+    report = build_tree(live(model))
+    assert report.totals.params == sum(p.numel() for p in model.parameters()) == 50 * 8 + 3 * (64 + 8)
+    assert report.tied == (("embed.weight", "head.weight"),)
+    alias = {r.name: r.alias_of for r in report.tensors}
+    assert alias["head.weight"] == "embed.weight" and alias["embed.weight"] is None
+    # The head still owns the weight it uses: its own count includes it.
+    assert {m.name: m.params for m in report.modules}["head"] == 400
+    assert report.totals.bytes == report.totals.params * 4
+
+
+def test_identical_blocks_collapse_into_one_run() -> None:
+    report = build_tree(live(Tied()))
+    blocks = child(report.root, "blocks")
+    assert len(blocks.children) == 1
+    run = blocks.children[0]
+    assert (run.repeat, run.row.name, run.last_name) == (3, "blocks.0", "blocks.2")
+    assert (run.row.params, run.run_params, run.run_bytes) == (72, 216, 216 * 4)
+    expanded = child(build_tree(live(Tied()), expand=True).root, "blocks")
+    assert [c.row.name for c in expanded.children] == ["blocks.0", "blocks.1", "blocks.2"]
+    assert all(c.repeat == 1 for c in expanded.children)
+
+
+def test_runs_break_on_different_shapes_and_gaps() -> None:
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 4), nn.Linear(8, 4)])
+            self.seq = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+
+    root = build_tree(live(M())).root
+    layers = child(root, "layers")
+    assert [(c.row.name, c.repeat) for c in layers.children] == [("layers.0", 2), ("layers.2", 2)]
+    # seq.0 and seq.2 are alike but not adjacent: no run.
+    assert [(c.row.name, c.repeat) for c in child(root, "seq").children] == [
+        ("seq.0", 1), ("seq.1", 1), ("seq.2", 1)
+    ]
+
+
+def test_depth_limits_the_view_not_the_totals() -> None:
+    report = build_tree(live(Tied()), depth=1)
+    assert report.totals.params == 616
+    names = [c.row.name for c in report.root.children]
+    assert names == ["embed", "blocks", "head"]
+    assert all(not c.children and not c.tensors for c in report.root.children)
+    assert child(report.root, "blocks").hidden == 3
+    assert child(report.root, "embed").hidden == 1
+    assert len(report.modules) == 7  # the JSON list stays complete
+
+
+def test_filter_keeps_matches_and_their_ancestors() -> None:
+    report = build_tree(live(TwoLayer()), pattern="fc1*")
+    assert [c.row.name for c in report.root.children] == ["fc1"]
+    assert report.root.tensors == ()
+    assert [r.name for r in report.tensors] == ["fc1.weight", "fc1.bias"]
+    assert [m.name for m in report.modules] == ["fc1"]
+    assert report.totals.params == 58  # totals describe the whole source
+    prefix = build_tree(live(Tied()), pattern="blocks.1")
+    assert [r.name for r in prefix.tensors] == ["blocks.1.weight", "blocks.1.bias"]
+
+
+def test_bare_state_dict_counts_every_tensor_and_knows_no_classes(tmp_path: Path) -> None:
+    model = TwoLayer()
+    torch.save(model.state_dict(), tmp_path / "sd.pth")
+    report = build_tree(open_source(str(tmp_path / "sd.pth")))
+    assert not report.module_known
+    t = report.totals
+    assert t.params == 58 + 2  # parameters plus the persistent buffer: kinds are unknown
+    assert (t.trainable, t.frozen, t.buffers) == (None, None, None)
+    assert all(m.type is None for m in report.modules)
+    assert {r.kind for r in report.tensors} == {"unknown"}
+    assert [m.name for m in report.modules] == ["", "fc1", "fc2"]
+
+
+def test_dtype_breakdown() -> None:
+    model = TwoLayer()
+    model.fc2.to(torch.float16)
+    report = build_tree(live(model))
+    by = {d.dtype: (d.elements, d.bytes) for d in report.by_dtype}
+    assert by == {"float32": (40 + 5, 45 * 4), "float16": (18, 36)}
+    assert report.totals.bytes == 45 * 4 + 36
+
+
+def test_meta_model_counts_like_the_real_one() -> None:
+    with torch.device("meta"):
+        meta = Tied()
+    real = build_tree(live(Tied()))
+    on_meta = build_tree(live(meta))
+    assert on_meta.totals == real.totals
+    assert on_meta.tied == real.tied
+
+
+def test_shared_submodule_is_listed_under_both_names_and_counted_once() -> None:
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 3)
+            self.b = self.a
+
+    report = build_tree(live(Shared()))
+    assert report.totals.params == 12
+    assert [m.name for m in report.modules] == ["", "a", "b"]
+    assert report.tied == (("a.weight", "b.weight"), ("a.bias", "b.bias"))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_training_flags_are_reported_per_module(train: bool) -> None:
+    model = TwoLayer().train(train)
+    model.fc2.train(not train)
+    rows = {m.name: m.training for m in build_tree(live(model)).modules}
+    assert rows == {"": train, "fc1": train, "act": train, "fc2": not train}
