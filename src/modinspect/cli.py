@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import traceback
 from collections.abc import Iterator
-from typing import Annotated, NoReturn
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from modinspect import __version__
-from modinspect.errors import ModinspectError
+from modinspect.errors import ModinspectError, UsageError
 
 app = typer.Typer(
     name="modinspect",
@@ -62,6 +64,11 @@ def user_errors(debug: bool) -> Iterator[None]:
         if debug:
             traceback.print_exc()
         _fail(str(exc))
+    except BrokenPipeError:
+        # The reader went away (`modinspect tree x | head`): stop quietly, as a C tool killed by SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(141) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
@@ -136,6 +143,157 @@ def tree(
             from modinspect.render.console import make_console, tree_renderable
 
             make_console().print(tree_renderable(report))
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available to this torch (a CPU build, or no GPU)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: the MPS backend is not available on this machine")
+    return device
+
+
+@app.command()
+def stats(
+    source: SourceArg = None,
+    weights: WeightsOpt = None,
+    unsafe_pickle: UnsafeOpt = False,
+    strict: StrictOpt = True,
+    input_file: Annotated[
+        Path | None, typer.Option("--input", "-i", help="A .pt (weights-only) or .safetensors file with a tensor, "
+                                  "a tuple/list, or a dict of tensors (keyword arguments).", metavar="FILE")
+    ] = None,
+    input_shape: Annotated[
+        list[str] | None, typer.Option("--input-shape", "-s", help="Shape of a random positional input, e.g. 2,16 "
+                                       "(repeat for several inputs).", metavar="SHAPE")
+    ] = None,
+    input_dtype: Annotated[
+        str | None, typer.Option("--input-dtype", help="dtype of --input-shape tensors [default: int64 when the "
+                                 "model has an nn.Embedding (ids drawn below its vocabulary), else float32]")
+    ] = None,
+    batches: Annotated[int, typer.Option("--batches", "-b", min=1, help="Random batches to run; stats merge across them.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for random inputs.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, mps or auto.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="float32, or bfloat16/float16 to run under autocast.")
+    ] = "float32",
+    train: Annotated[bool, typer.Option("--train", help="Run in training mode (dropout, BatchNorm batch stats).")] = False,
+    backward: Annotated[bool, typer.Option("--backward/--no-backward", help="Also run backward on the loss.")] = True,
+    loss: Annotated[
+        str, typer.Option("--loss", help="sum or mean of the floating outputs, or file.py:FN taking the output.")
+    ] = "sum",
+    pattern: Annotated[
+        str | None, typer.Option("--filter", "-f", help="Hook only modules matching GLOB.", metavar="GLOB")
+    ] = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run the model with hooks on every module: activation stats, dead ReLUs, gradient norms, first NaN/Inf.
+
+    Statistics stay on the device and come back once per batch. The backward pass runs on the sum of the floating outputs (--loss mean, or your own function). Exit code 0 when every value was finite, 1 when a NaN/Inf was found, 2 on errors.
+
+    Examples:
+
+        modinspect stats models.py:build --input-shape 8,3,32,32
+
+        modinspect stats gpt2.py:model --input-shape 4,128 --device cuda --dtype bfloat16
+
+        modinspect stats --input batch.pt --json      # model from [tool.modinspect]
+    """
+    code = 0
+    with user_errors(debug):
+        from modinspect.analysis.stats import StatsOptions, collect_stats
+        from modinspect.sources import open_source
+        from modinspect.sources.inputs import InputSpec, parse_shape, resolve_batches, to_device
+
+        extra = _project_defaults(source)
+        src = open_source(source, weights=weights, unsafe_pickle=unsafe_pickle, strict=strict)
+        _warn(src.warnings)
+        if src.module is None:
+            raise UsageError(
+                f"{src.label} is a checkpoint without a model; stats needs one: pair it with an entry point, "
+                f"e.g. modinspect stats models.py:build --weights {src.label}"
+            )
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise UsageError(f"--dtype {dtype!r} is not float32, bfloat16 or float16")
+        dev = _resolve_device(str(extra.get("device", device)) if device == "auto" else device)
+        shapes = tuple(parse_shape(s) for s in input_shape or ())
+        resolved_dtype = input_dtype or _default_input_dtype(src.module)
+        spec = InputSpec(file=input_file, shapes=shapes, dtype=resolved_dtype, batches=batches, seed=seed)
+        if input_dtype is None and "input_dtype" not in extra:
+            extra = {**extra, "input_dtype": resolved_dtype}
+        raw_batches, described = resolve_batches(src.module, spec, extra)
+        loss_fn = _loss_option(loss)
+        options = StatsOptions(backward=backward, pattern=pattern, loss=loss_fn,
+                               autocast_dtype=None if dtype == "float32" else dtype, train=train)
+        moved = (to_device(b, dev, requires_grad=backward) for b in raw_batches)
+        with _on_device(src.module, dev):
+            report = collect_stats(src.module, moved, options=options, source=src.label, device=dev, inputs=described)
+        if as_json:
+            from modinspect.render.jsonout import dumps, stats_document
+
+            print(dumps(stats_document(report)))
+        else:
+            from modinspect.render.console import make_console, stats_renderable
+
+            make_console().print(stats_renderable(report))
+        code = 1 if report.nonfinite_found else 0
+    raise typer.Exit(code)
+
+
+def _project_defaults(source: str | None) -> dict[str, object]:
+    """[tool.modinspect] input settings apply when the model itself comes from there."""
+    if source is not None:
+        return {}
+    from modinspect.config import load_config
+
+    config = load_config()
+    extra = dict(config.extra)
+    if "input" in extra:
+        extra["input"] = str(config.root / str(extra["input"]))
+    return extra
+
+
+def _default_input_dtype(model: object) -> str:
+    from modinspect.sources.inputs import first_embedding_size
+
+    return "int64" if first_embedding_size(model) is not None else "float32"
+
+
+def _loss_option(loss: str) -> object:
+    if loss in ("sum", "mean"):
+        return loss
+    from modinspect.sources.entrypoint import looks_like_entry_point, resolve_entry_point
+
+    if not looks_like_entry_point(loss):
+        raise UsageError(f"--loss {loss!r} is not sum, mean or file.py:FUNCTION")
+    fn = resolve_entry_point(loss)
+    if not callable(fn):
+        raise UsageError(f"--loss {loss} is not a function")
+    return fn
+
+
+@contextlib.contextmanager
+def _on_device(model: Any, device: str) -> Iterator[None]:
+    """Move the model to `device` for the run and back afterwards."""
+    params = list(model.parameters())
+    if any(p.device.type == "meta" for p in params):
+        raise UsageError("stats needs real weights: the model is on the meta device (drop --meta)")
+    original = params[0].device if params else None
+    if original is None or str(original) == device:
+        yield
+        return
+    model.to(device)
+    try:
+        yield
+    finally:
+        model.to(original)
 
 
 def main() -> None:

@@ -123,3 +123,59 @@ class LoadPlan:
     @property
     def strict_ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
+
+
+@dataclass(frozen=True)
+class ModuleStats:
+    """Statistics of one module's output, merged over every call and batch."""
+
+    name: str
+    type: str
+    calls: int
+    count: int  # elements seen
+    finite: int  # of which finite; mean/std/min/max/mean_abs are over these
+    mean: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    mean_abs: float | None
+    zero_fraction: float | None
+    nan: int
+    inf: int
+    dead_fraction: float | None  # ReLU-family only
+    units: int | None
+    grad_norm: float | None  # of the gradient w.r.t. the output; None without backward
+    grad_nan: int
+    grad_inf: int
+    param_grad_norm: float | None  # of this module's own parameters' gradients
+    param_grad_nan: int
+    param_grad_inf: int
+    histogram: tuple[int, ...]  # counts over [min, max] of the first call, for sparklines
+    flags: tuple[str, ...]  # nan, inf, dead, mostly-dead, exploding-grad, vanishing-grad, nonfinite-grad
+
+
+@dataclass(frozen=True)
+class NonfiniteOrigin:
+    """Where the first NaN/Inf came from. `module` is None when the input or the loss already held it."""
+
+    module: str | None
+    type: str | None
+    phase: str  # forward | backward
+    cause: str  # produced | input | loss
+    passed_on: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StatsReport:
+    source: str
+    device: str
+    dtype: str | None
+    mode: str  # eval | train
+    batches: int
+    backward: bool
+    loss: str
+    inputs: str
+    modules: tuple[ModuleStats, ...]
+    nonfinite_origin: NonfiniteOrigin | None
+    nonfinite_found: bool
+    notes: tuple[str, ...]

@@ -6,12 +6,14 @@ import os
 import sys
 from typing import IO
 
+from rich import box
 from rich.console import Console, Group, RenderableType
+from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from modinspect.report import ModuleNode, TensorRow, TreeReport
-from modinspect.render.text import human_bytes, human_count, shape_text
+from modinspect.render.text import human_bytes, human_count, num, percent, shape_text, sparkline
+from modinspect.report import ModuleNode, StatsReport, TensorRow, TreeReport
 
 
 def make_console(file: IO[str] | None = None, width: int | None = None) -> Console:
@@ -51,7 +53,12 @@ def _module_label(node: ModuleNode, report: TreeReport, is_root: bool) -> Text:
         if not report.module_known:
             label.append("  module classes unknown: built from key names", style="dim")
     else:
-        name = node.short if node.repeat == 1 else f"{node.short} … {(node.last_name or '').rpartition('.')[2]}"
+        name = node.short
+        if node.repeat > 1:
+            # "h.0 … h.11": the run's own names, relative to the parent shown above it.
+            parent = node.row.name.rpartition(".")[0].rpartition(".")[2]
+            last = (node.last_name or "").rpartition(".")[2]
+            name = f"{parent}.{node.short} … {parent}.{last}" if parent else f"{node.short} … {last}"
         label.append(name, style="bold")
         if node.repeat > 1:
             label.append(f"  ×{node.repeat}", style="bold yellow")
@@ -145,3 +152,98 @@ def totals_table(report: TreeReport) -> Text:
 
 def _alias_names(report: TreeReport) -> set[str]:
     return {name for group in report.tied for name in group}
+
+
+def _module_name(name: str) -> str:
+    return name or "(model)"
+
+
+def stats_renderable(report: StatsReport) -> RenderableType:
+    """The per-module table in execution order, then a one-paragraph verdict."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+    for title, justify in (("module", "left"), ("type", "left"), ("calls", "right"), ("mean", "right"),
+                           ("std", "right"), ("min", "right"), ("max", "right"), ("zeros", "right"),
+                           ("nan/inf", "right"), ("dead", "right"), ("‖∇out‖", "right"), ("‖∇param‖", "right"),
+                           ("hist", "left")):
+        table.add_column(title, justify=justify, no_wrap=title != "module")  # type: ignore[arg-type]
+    origin = report.nonfinite_origin
+    for m in report.modules:
+        if not m.calls:
+            continue
+        bad = m.nan or m.inf
+        style = "red" if bad else ("yellow" if "dead" in m.flags or "mostly-dead" in m.flags else "")
+        name = Text(_module_name(m.name), style="bold red" if origin and origin.module == m.name and m.name else "")
+        if origin and m.name == origin.module:
+            name.append(" ◀ origin", style="bold red")
+        grad = Text(num(m.grad_norm), style=_grad_style(m.flags))
+        if m.grad_nan or m.grad_inf:
+            grad = Text(f"{m.grad_nan + m.grad_inf} non-finite", style="red")
+        pgrad = Text(num(m.param_grad_norm), style="red" if m.param_grad_nan or m.param_grad_inf else "")
+        table.add_row(
+            name, Text(m.type, style="green"), str(m.calls), num(m.mean), num(m.std), num(m.min), num(m.max),
+            percent(m.zero_fraction), Text(f"{m.nan}/{m.inf}" if bad else "0", style="red" if bad else "dim"),
+            Text(percent(m.dead_fraction), style=style if m.dead_fraction else ""), grad, pgrad,
+            Text(sparkline(m.histogram), style="cyan"), style=None,
+        )
+    idle = [_module_name(m.name) for m in report.modules if not m.calls]
+    parts: list[RenderableType] = [_stats_header(report), table]
+    if idle:
+        shown = ", ".join(idle[:6]) + (f" and {len(idle) - 6} more" if len(idle) > 6 else "")
+        parts.append(Text(f"not called: {shown}", style="dim"))
+    for note in report.notes:
+        parts.append(Text(f"note: {note}", style="dim"))
+    parts.append(verdict(report))
+    return Group(*parts)
+
+
+def _grad_style(flags: tuple[str, ...]) -> str:
+    if "exploding-grad" in flags:
+        return "bold red"
+    if "vanishing-grad" in flags:
+        return "yellow"
+    return ""
+
+
+def _stats_header(report: StatsReport) -> Text:
+    text = Text()
+    text.append(report.source, style="bold")
+    dtype = f", autocast {report.dtype}" if report.dtype else ""
+    grads = f", backward on loss = {report.loss} of the outputs" if report.backward else ", forward only"
+    text.append(f"  ({report.mode} mode, {report.device}{dtype}, {report.batches} batch(es){grads})", style="dim")
+    text.append(f"\ninputs: {report.inputs}", style="dim")
+    return text
+
+
+def verdict_text(report: StatsReport) -> str:
+    """The one-paragraph verdict, as plain text (the renderer styles it)."""
+    parts: list[str] = []
+    origin = report.nonfinite_origin
+    if origin is not None:
+        if origin.cause == "input":
+            parts.append(f"the input already held NaN/Inf ({origin.phase})")
+        elif origin.cause == "loss":
+            parts.append("the loss was already NaN/Inf before backward")
+        else:
+            parts.append(f"first NaN/Inf produced by {_module_name(origin.module or '')} ({origin.type}) in {origin.phase}")
+        if origin.passed_on:
+            shown = list(origin.passed_on[:8])
+            more = f" and {len(origin.passed_on) - 8} more" if len(origin.passed_on) > 8 else ""
+            parts[-1] += f"; passed on by {', '.join(_module_name(n) for n in shown)}{more}"
+    elif report.nonfinite_found:
+        parts.append("non-finite values were found (see the nan/inf column)")
+    else:
+        parts.append("every activation" + (" and gradient" if report.backward else "") + " was finite")
+    dead = [m for m in report.modules if m.dead_fraction]
+    for m in dead:
+        parts.append(f"{_module_name(m.name)}: {percent(m.dead_fraction)} of {m.units} units dead")
+    for flag, words in (("exploding-grad", "exploding gradient norm"), ("vanishing-grad", "vanishing gradient norm")):
+        names = [_module_name(m.name) for m in report.modules if flag in m.flags]
+        if names:
+            parts.append(f"{words} at {', '.join(names[:5])}" + (f" and {len(names) - 5} more" if len(names) > 5 else ""))
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+def verdict(report: StatsReport) -> Text:
+    style = "bold red" if report.nonfinite_found else "bold green"
+    return Text("\n" + verdict_text(report), style=style)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from modinspect import __version__
-from modinspect.report import TreeReport
+from modinspect.report import StatsReport, TreeReport
 
 SCHEMA_VERSION = 1
 
@@ -51,4 +52,43 @@ def tree_document(report: TreeReport) -> dict[str, Any]:
 
 
 def dumps(document: dict[str, Any]) -> str:
-    return json.dumps(document, indent=2, ensure_ascii=False)
+    return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
+
+
+def _num(value: float | None) -> float | None:
+    """JSON has no NaN/Infinity: non-finite floats become null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def stats_document(report: StatsReport) -> dict[str, Any]:
+    origin = report.nonfinite_origin
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "modinspect_version": __version__,
+        "source": report.source,
+        "device": report.device,
+        "dtype": report.dtype,
+        "mode": report.mode,
+        "batches": report.batches,
+        "backward": report.backward,
+        "loss": report.loss,
+        "inputs": report.inputs,
+        "modules": [
+            {
+                "name": m.name, "type": m.type, "calls": m.calls, "count": m.count,
+                "mean": _num(m.mean), "std": _num(m.std), "min": _num(m.min), "max": _num(m.max),
+                "mean_abs": _num(m.mean_abs), "zero_fraction": _num(m.zero_fraction), "nan": m.nan, "inf": m.inf,
+                "dead_fraction": _num(m.dead_fraction), "units": m.units, "grad_norm": _num(m.grad_norm),
+                "grad_nan": m.grad_nan, "grad_inf": m.grad_inf, "param_grad_norm": _num(m.param_grad_norm),
+                "param_grad_nan": m.param_grad_nan, "param_grad_inf": m.param_grad_inf,
+                "histogram": list(m.histogram), "flags": list(m.flags),
+            }
+            for m in report.modules
+        ],
+        "nonfinite_origin": None if origin is None else {
+            "module": origin.module, "type": origin.type, "phase": origin.phase, "cause": origin.cause,
+            "passed_on": list(origin.passed_on),
+        },
+        "nonfinite_found": report.nonfinite_found,
+        "notes": list(report.notes),
+    }

@@ -28,3 +28,37 @@ def human_bytes(n: int) -> str:
 
 def shape_text(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(counts: tuple[int, ...], width: int = 8) -> str:
+    """Histogram counts -> '▁▃█▅▂▁▁▁', merged down to `width` cells."""
+    if not counts or not any(counts):
+        return ""
+    step = max(1, len(counts) // width)
+    merged = [sum(counts[i:i + step]) for i in range(0, len(counts), step)]
+    top = max(merged)
+    return "".join(SPARKS[0] if c == 0 else SPARKS[max(1, round(c / top * (len(SPARKS) - 1)))] for c in merged)
+
+
+def num(value: float | None) -> str:
+    """Compact, sign-aligned: 0.123, -4.56e-05, 1.2e+04; '—' when absent."""
+    if value is None:
+        return "—"
+    if value == 0:
+        return "0"
+    if 1e-3 <= abs(value) < 1e4:
+        return f"{value:.4g}"
+    return f"{value:.2e}"
+
+
+def percent(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value == 0:
+        return "0%"
+    if value < 0.001:
+        return "<0.1%"
+    return f"{value * 100:.1f}%"

@@ -1,0 +1,550 @@
+"""Activation and gradient statistics from hooks, kept on the device and read back once per batch.
+
+Every hook call reduces its tensor to a few device scalars (no `.item()`, no host sync) and
+appends them to a list; at the end of a batch the list is concatenated and copied to the host in
+one transfer, where calls are merged exactly (Chan's parallel merge of count, mean and M2).
+
+Gradients are captured with tensor hooks on module outputs, not `register_full_backward_hook`,
+which breaks on in-place modules. Each tensor gets one hook however many modules return it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fnmatch
+import math
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from modinspect.analysis.stats_math import Running, flags_for, grad_outliers
+from modinspect.errors import ModinspectError
+from modinspect.report import ModuleStats, NonfiniteOrigin, StatsReport
+
+if TYPE_CHECKING:
+    import torch
+
+RELU_FAMILY = ("ReLU", "ReLU6")
+HIST_BINS = 16
+Batch = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+class ForwardError(ModinspectError):
+    """The model's forward (or backward) raised: reported as a user error with the modules that ran."""
+
+
+@dataclass
+class StatsOptions:
+    backward: bool = True
+    pattern: str | None = None
+    loss: str | Callable[[Any], Any] = "sum"
+    autocast_dtype: str | None = None  # "bfloat16" | "float16" | None
+    train: bool = False
+    histogram: bool = True
+
+
+def flatten_tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
+    """Every tensor inside tuples, lists, dicts, dataclasses and Hugging Face ModelOutputs, in order."""
+    import torch
+
+    if depth > 12:
+        return
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):  # ModelOutput is an OrderedDict
+        for value in obj.values():
+            yield from flatten_tensors(value, depth + 1)
+    elif isinstance(obj, list | tuple):
+        for value in obj:
+            yield from flatten_tensors(value, depth + 1)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from flatten_tensors(getattr(obj, f.name, None), depth + 1)
+
+
+def floating(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    return [t for t in tensors if t.is_floating_point() and t.numel() > 0]
+
+
+def unit_dim(ndim: int) -> int | None:
+    """The feature dimension of a ReLU output: 1 for (N, C, H, W...) (4+ dims), the last for (N, F), (N, T, F)."""
+    if ndim == 0:
+        return None
+    return 1 if ndim >= 4 else ndim - 1
+
+
+@dataclass
+class _Call:
+    module: int
+    in_bad: torch.Tensor | None = None
+
+
+@dataclass
+class _TensorRec:
+    producers: list[tuple[int, bool]] = field(default_factory=list)  # (call index, is primary output)
+    consumers: list[int] = field(default_factory=list)
+
+
+class _Collector:
+    """Hook state for one run. Host-side totals live in `running`, device-side pieces in `pieces`."""
+
+    def __init__(self, names: list[str], modules: list[Any], options: StatsOptions, acc_dtype: torch.dtype) -> None:
+        self.names = names
+        self.modules = modules
+        self.options = options
+        self.acc = acc_dtype
+        self.index = {id(m): i for i, m in enumerate(modules)}
+        self.running = [Running() for _ in modules]
+        self.alive: list[torch.Tensor | None] = [None] * len(modules)
+        self.units_ok = [True] * len(modules)
+        self.histograms: list[tuple[int, ...]] = [() for _ in modules]
+        self.grad = [[0.0, 0, 0] for _ in modules]  # sumsq, nan, inf
+        self.param_grad = [[0.0, 0, 0, False] for _ in modules]
+        self.origin: NonfiniteOrigin | None = None
+        self.first_call: dict[int, int] = {}  # module -> order of its first call, for execution order
+        self.batch_index = 0
+        self._reset_batch()
+
+    # ---------------------------------------------------------------- per batch
+    def _reset_batch(self) -> None:
+        self.pieces: list[torch.Tensor] = []
+        self.layout: list[tuple[str, int, int]] = []  # (kind, index, length)
+        self.calls: list[_Call] = []
+        self.tensors: list[_TensorRec] = []
+        self.tensor_ids: dict[int, tuple[weakref.ref[Any], int]] = {}
+        self.finite_cache: dict[int, tuple[weakref.ref[Any], int, torch.Tensor]] = {}
+        self.reduce_cache: dict[int, tuple[weakref.ref[Any], int, torch.Tensor]] = {}
+        self.hist_pending: list[tuple[int, int]] = []  # (module, piece index)
+        self.loss_bad: torch.Tensor | None = None
+
+    def _push(self, kind: str, index: int, value: torch.Tensor) -> None:
+        value = value.reshape(-1).to(self.acc)
+        self.layout.append((kind, index, value.numel()))
+        self.pieces.append(value)
+
+    # ---------------------------------------------------------------- device reductions
+    def _nonfinite(self, t: torch.Tensor) -> torch.Tensor:
+        """A 0-dim device bool: does `t` hold NaN/Inf? Reuses the answer for an unchanged tensor."""
+        import torch
+
+        hit = self.finite_cache.get(id(t))
+        if hit is not None and hit[0]() is t and hit[1] == t._version:
+            return hit[2]
+        # x * 0 is 0 where x is finite and NaN elsewhere: one cheap pass instead of isfinite's several.
+        flag = torch.isnan((t.detach() * 0).sum())
+        self.finite_cache[id(t)] = (weakref.ref(t), t._version, flag)
+        return flag
+
+    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """[finite count, mean, M2, min, max, sum |x|, zeros, nan, inf] over finite values, in fp32 or wider.
+
+        Built from cheap vectorised passes (nan_to_num, sum, count_nonzero, amin/amax) rather than
+        isfinite/masked_fill, which cost several times more on the CPU.
+        """
+        import torch
+
+        x = t.detach()
+        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        big = torch.finfo(x.dtype).max
+        numel = x.numel()
+        nonzero = torch.count_nonzero(x)
+        xf = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        k = nonzero - torch.count_nonzero(xf)  # non-finite values are non-zero in x and zero in xf
+        nan = nonzero - torch.count_nonzero(torch.nan_to_num(x, nan=0.0, posinf=math.inf, neginf=-math.inf))
+        n = numel - k
+        mean = xf.sum() / n
+        # Each non-finite slot of xf is 0 and adds mean² to the centred sum: take it back out.
+        m2 = (xf - mean).square().sum() - k * mean * mean
+        lo = torch.nan_to_num(x, nan=big, posinf=big, neginf=big).amin()
+        hi = torch.nan_to_num(x, nan=-big, posinf=-big, neginf=-big).amax()
+        abs_sum = xf.abs().sum()
+        zeros = numel - nonzero
+        return torch.stack([v.to(self.acc) for v in (n, mean, m2, lo, hi, abs_sum, zeros, nan, k - nan)])
+
+    def _histogram(self, t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Counts of the finite values over [min, max] in HIST_BINS bins, without leaving the device."""
+        import torch
+
+        x = t.detach()
+        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        lo, hi = values[3].to(x.dtype), values[4].to(x.dtype)
+        width = (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
+        # Non-finite values land outside [0, HIST_BINS) after nan_to_num and the clamp to the extra bin.
+        scaled = torch.nan_to_num((x - lo) / width * HIST_BINS, nan=HIST_BINS + 1.0, posinf=HIST_BINS + 1.0,
+                                  neginf=HIST_BINS + 1.0)
+        idx = scaled.floor_().clamp_(0, HIST_BINS).long()
+        idx.masked_fill_(idx == HIST_BINS, HIST_BINS - 1)
+        idx.masked_fill_(scaled > HIST_BINS, HIST_BINS)
+        hist = torch.zeros(HIST_BINS + 1, dtype=torch.long, device=x.device)
+        hist.scatter_add_(0, idx.reshape(-1), torch.ones_like(idx).reshape(-1))
+        return hist[:HIST_BINS]
+
+    # ---------------------------------------------------------------- hooks
+    def pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        import torch
+
+        call_index = len(self.calls)
+        call = _Call(self.index[id(module)])
+        self.first_call.setdefault(call.module, len(self.first_call))
+        inputs = floating(flatten_tensors((args, kwargs)))
+        if inputs:
+            flags = [self._nonfinite(t) for t in inputs]
+            call.in_bad = flags[0] if len(flags) == 1 else torch.stack(flags).any()
+        self.calls.append(call)
+        if self.options.backward and torch.is_grad_enabled():
+            for t in inputs:
+                if t.requires_grad:
+                    self._tensor(t).consumers.append(call_index)
+        # Forward hooks fire in completion order; the call index links pre and post.
+        self._open_calls.append(call_index)
+
+    def forward_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        import torch
+
+        call_index = self._open_calls.pop()
+        call = self.calls[call_index]
+        m = call.module
+        outputs = floating(flatten_tensors(output))
+        zero = torch.zeros((), dtype=torch.bool, device=outputs[0].device if outputs else "cpu")
+        in_bad = call.in_bad if call.in_bad is not None else zero
+        if not outputs:
+            self._push("call", m, torch.stack([in_bad, zero]))
+            return
+        values = self._reduced(outputs[0])
+        out_bad = (values[7] + values[8]) > 0
+        for other in outputs[1:]:
+            out_bad = out_bad | self._nonfinite(other)
+        self.finite_cache[id(outputs[0])] = (weakref.ref(outputs[0]), outputs[0]._version, out_bad)
+        self._push("call", m, torch.stack([in_bad, out_bad]))
+        self._push("stats", m, values)
+        if self.options.histogram and self.batch_index == 0 and not self.histograms[m] and not any(
+            pm == m for pm, _ in self.hist_pending
+        ):
+            self.hist_pending.append((m, len(self.pieces)))
+            self._push("hist", m, self._histogram(outputs[0], values))
+        if type(self.modules[m]).__name__ in RELU_FAMILY:
+            self._track_units(m, outputs[0])
+        if self.options.backward and torch.is_grad_enabled():
+            for i, t in enumerate(outputs):
+                if t.requires_grad:
+                    self._tensor(t).producers.append((call_index, i == 0))
+
+    def _reduced(self, t: torch.Tensor) -> torch.Tensor:
+        """_reduce, once per tensor and version: a parent returning its child's output costs nothing more."""
+        hit = self.reduce_cache.get(id(t))
+        if hit is not None and hit[0]() is t and hit[1] == t._version:
+            return hit[2]
+        values = self._reduce(t)
+        self.reduce_cache[id(t)] = (weakref.ref(t), t._version, values)
+        return values
+
+    def _track_units(self, m: int, out: torch.Tensor) -> None:
+        dim = unit_dim(out.ndim)
+        if dim is None or not self.units_ok[m]:
+            return
+        other = [d for d in range(out.ndim) if d != dim]
+        alive = (out.detach() != 0).any(dim=other) if other else out.detach() != 0
+        prev = self.alive[m]
+        if prev is None:
+            self.alive[m] = alive
+        elif prev.shape != alive.shape:
+            self.units_ok[m] = False  # the unit count changed between calls: no per-unit answer
+        else:
+            self.alive[m] = prev | alive
+
+    def _tensor(self, t: torch.Tensor) -> _TensorRec:
+        """The record of `t`, registering its gradient hook the first time it is seen this batch."""
+        hit = self.tensor_ids.get(id(t))
+        if hit is not None and hit[0]() is t:
+            return self.tensors[hit[1]]
+        index = len(self.tensors)
+        self.tensors.append(_TensorRec())
+        self.tensor_ids[id(t)] = (weakref.ref(t), index)
+        self._keep.append(t)  # ids must stay unique until the batch ends
+        t.register_hook(self._grad_hook(index))
+        return self.tensors[index]
+
+    def _grad_hook(self, index: int) -> Callable[[torch.Tensor], None]:
+        def hook(grad: torch.Tensor) -> None:
+            import torch
+
+            g = grad.detach()
+            g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
+            nonzero = torch.count_nonzero(g)
+            gf = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+            k = nonzero - torch.count_nonzero(gf)
+            nan = nonzero - torch.count_nonzero(torch.nan_to_num(g, nan=0.0, posinf=math.inf, neginf=-math.inf))
+            inf = k - nan
+            sumsq = gf.square().sum()
+            self._push("grad", index, torch.stack([sumsq.to(self.acc), nan.to(self.acc), inf.to(self.acc)]))
+
+        return hook
+
+    # ---------------------------------------------------------------- batch boundaries
+    def begin_batch(self) -> None:
+        self._reset_batch()
+        self._open_calls: list[int] = []
+        self._keep: list[torch.Tensor] = []
+
+    def record_loss(self, loss: torch.Tensor) -> None:
+        import torch
+
+        self._push("loss", 0, (~torch.isfinite(loss.detach())).any())
+
+    def record_param_grads(self) -> None:
+        import torch
+
+        for m, module in enumerate(self.modules):
+            grads = [p.grad for p in module.parameters(recurse=False) if p.grad is not None]
+            if not grads:
+                continue
+            parts = [g.detach().float() if g.dtype in (torch.float16, torch.bfloat16) else g.detach() for g in grads]
+            sumsq = torch.stack([torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0).square().sum() for g in parts]).sum()
+            nan = torch.stack([torch.isnan(g).sum() for g in parts]).sum()
+            inf = torch.stack([torch.isinf(g).sum() for g in parts]).sum()
+            self._push("pgrad", m, torch.stack([sumsq.to(self.acc), nan.to(self.acc), inf.to(self.acc)]))
+
+    def end_batch(self) -> None:
+        """The one device->host transfer of the batch, then exact merges on the host."""
+        import torch
+
+        pieces = list(self.pieces)
+        alive_at = len(pieces)
+        alive_layout = [(m, a.numel()) for m, a in enumerate(self.alive) if a is not None]
+        pieces += [a.reshape(-1).to(self.acc) for a in self.alive if a is not None]
+        flat: list[float] = torch.cat(pieces).cpu().tolist() if pieces else []
+        del alive_at
+        pos = 0
+        forward_events: list[tuple[int, bool, bool]] = []
+        grad_events: list[tuple[int, float, int, int]] = []
+        loss_bad = False
+        for kind, index, length in self.layout:
+            chunk = flat[pos:pos + length]
+            pos += length
+            if kind == "call":
+                forward_events.append((index, chunk[0] > 0, chunk[1] > 0))
+                self.running[index].calls += 1
+            elif kind == "stats":
+                self.running[index].merge_call(chunk)
+            elif kind == "hist":
+                self.histograms[index] = tuple(int(c) for c in chunk)
+            elif kind == "grad":
+                grad_events.append((index, chunk[0], int(chunk[1]), int(chunk[2])))
+            elif kind == "pgrad":
+                acc = self.param_grad[index]
+                acc[0] += chunk[0]
+                acc[1] += int(chunk[1])
+                acc[2] += int(chunk[2])
+                acc[3] = True
+            elif kind == "loss":
+                loss_bad = chunk[0] > 0
+        for m, length in alive_layout:
+            self.running[m].set_alive(flat[pos:pos + length])
+            pos += length
+        self._attribute_grads(grad_events)
+        if self.origin is None:
+            self.origin = self._forward_origin(forward_events) or self._backward_origin(grad_events, loss_bad)
+        self.batch_index += 1
+        self._keep = []
+
+    def _attribute_grads(self, grad_events: list[tuple[int, float, int, int]]) -> None:
+        for index, sumsq, nan, inf in grad_events:
+            for call_index, primary in self.tensors[index].producers:
+                m = self.calls[call_index].module
+                acc = self.grad[m]
+                if primary:
+                    acc[0] += sumsq
+                acc[1] += nan
+                acc[2] += inf
+
+    # ---------------------------------------------------------------- where the first NaN/Inf came from
+    def _forward_origin(self, events: list[tuple[int, bool, bool]]) -> NonfiniteOrigin | None:
+        first_bad = next((i for i, (_, _, out_bad) in enumerate(events) if out_bad), None)
+        if first_bad is None:
+            return None
+        producer = next((i for i, (_, in_bad, out_bad) in enumerate(events) if out_bad and not in_bad), None)
+        if producer is None:
+            passed = self._unique(m for m, _, out_bad in events if out_bad)
+            return NonfiniteOrigin(None, None, "forward", "input", passed)
+        m = events[producer][0]
+        passed = self._unique(e[0] for e in events[producer + 1:] if e[2] and e[0] != m)
+        return NonfiniteOrigin(self.names[m], self._type(m), "forward", "produced", passed)
+
+    def _backward_origin(self, events: list[tuple[int, float, int, int]], loss_bad: bool) -> NonfiniteOrigin | None:
+        if loss_bad:
+            return NonfiniteOrigin(None, None, "backward", "loss", ())
+        first = next((i for i, e in enumerate(events) if e[2] or e[3]), None)
+        if first is None:
+            bad = [m for m, acc in enumerate(self.param_grad) if acc[1] or acc[2]]
+            if not bad:
+                return None
+            return NonfiniteOrigin(self.names[bad[0]], self._type(bad[0]), "backward", "produced", ())
+        rec = self.tensors[events[first][0]]
+        bad_before = {
+            self.calls[c].module for e in events[:first] if e[2] or e[3] for c, _ in self.tensors[e[0]].producers
+        }
+        candidates = [c for c in rec.consumers if self.calls[c].module not in bad_before]
+        passed_mods = [self.calls[c].module for e in events[first:] if e[2] or e[3] for c, _ in self.tensors[e[0]].producers]
+        if candidates:
+            m = max(candidates, key=lambda c: (self.names[self.calls[c].module].count("."), c))
+            m = self.calls[m].module
+        elif rec.producers:
+            # Produced by an unhooked (functional) op: blame the module whose forward ran it.
+            inner = self.names[self.calls[rec.producers[0][0]].module]
+            parent = inner.rpartition(".")[0] if "." in inner else ""
+            m = self.names.index(parent) if parent in self.names else self.calls[rec.producers[0][0]].module
+        else:
+            return NonfiniteOrigin(None, None, "backward", "loss", self._unique(passed_mods))
+        return NonfiniteOrigin(self.names[m], self._type(m), "backward", "produced",
+                               self._unique(x for x in passed_mods if x != m))
+
+    def _type(self, m: int) -> str:
+        return type(self.modules[m]).__name__
+
+    def _unique(self, modules: Iterable[int]) -> tuple[str, ...]:
+        return tuple(self.names[m] for m in dict.fromkeys(modules))
+
+    # ---------------------------------------------------------------- report
+    def module_stats(self) -> list[ModuleStats]:
+        grad_norms = [math.sqrt(g[0]) if self.options.backward and self.running[m].calls else None
+                      for m, g in enumerate(self.grad)]
+        exploding, vanishing = grad_outliers(grad_norms)
+        rows = []
+        for m, r in enumerate(self.running):
+            is_relu = type(self.modules[m]).__name__ in RELU_FAMILY
+            dead = r.dead_fraction() if is_relu and self.units_ok[m] else None
+            pg = self.param_grad[m]
+            row = ModuleStats(
+                name=self.names[m], type=self._type(m), calls=r.calls, count=r.count, finite=r.n,
+                mean=r.mean_or_none(), std=r.std(), min=r.min_or_none(), max=r.max_or_none(),
+                mean_abs=r.mean_abs(), zero_fraction=r.zero_fraction(), nan=r.nan, inf=r.inf,
+                dead_fraction=dead, units=r.units if dead is not None else None,
+                grad_norm=grad_norms[m], grad_nan=int(self.grad[m][1]), grad_inf=int(self.grad[m][2]),
+                param_grad_norm=math.sqrt(pg[0]) if pg[3] else None, param_grad_nan=int(pg[1]),
+                param_grad_inf=int(pg[2]), histogram=self.histograms[m], flags=(),
+            )
+            rows.append(dataclasses.replace(row, flags=flags_for(row, m in exploding, m in vanishing)))
+        # Execution order (by first call); modules never called go last, in definition order.
+        order = sorted(range(len(rows)), key=lambda m: self.first_call.get(m, len(rows) + m))
+        return [rows[m] for m in order]
+
+
+@contextlib.contextmanager
+def preserved(model: Any) -> Iterator[None]:
+    """Restore training flags, requires_grad and .grad of every module and parameter afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    params = list(model.parameters())
+    saved = [(p, p.requires_grad, p.grad) for p in params]
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, requires_grad, grad in saved:
+            p.grad = grad
+            p.requires_grad_(requires_grad)
+
+
+def _loss(output: Any, loss: str | Callable[[Any], Any]) -> torch.Tensor | None:
+    import torch
+
+    if callable(loss):
+        value = loss(output)
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise ModinspectError("the --loss function must return a scalar tensor")
+        return value.reshape(())
+    tensors = [t for t in floating(flatten_tensors(output)) if t.requires_grad]
+    if not tensors:
+        return None
+    parts = [t.float().sum() if loss == "sum" else t.float().mean() for t in tensors]
+    return torch.stack(parts).sum()
+
+
+def collect_stats(
+    model: Any,
+    batches: Iterable[Batch],
+    *,
+    options: StatsOptions,
+    source: str = "",
+    device: str = "cpu",
+    inputs: str = "",
+) -> StatsReport:
+    """Run `model` on each batch with hooks on its modules and return merged per-module statistics.
+
+    The model is left as it was found: hooks removed, training flags, requires_grad and .grad restored
+    (also when the forward or backward raises); parameters are never updated.
+    """
+    import torch
+
+    named = [(n, m) for n, m in model.named_modules()
+             if options.pattern is None or fnmatch.fnmatchcase(n, options.pattern) or n == options.pattern]
+    if not named:
+        raise ModinspectError(f"--filter {options.pattern!r} matches no module")
+    acc = torch.float32 if device.startswith("mps") else torch.float64
+    collector = _Collector([n for n, _ in named], [m for _, m in named], options, acc)
+    notes: list[str] = []
+    handles = []
+    batches_run = 0
+    with preserved(model):
+        model.train(options.train)
+        if options.backward:
+            for p in model.parameters():
+                if p.is_floating_point():
+                    p.requires_grad_(True)
+                    p.grad = None
+        try:
+            for _, m in named:
+                handles.append(m.register_forward_pre_hook(collector.pre_hook, with_kwargs=True))
+                handles.append(m.register_forward_hook(collector.forward_hook, with_kwargs=True))
+            for args, kwargs in batches:
+                collector.begin_batch()
+                _run_batch(model, args, kwargs, collector, options, device, notes)
+                collector.end_batch()
+                batches_run += 1
+        finally:
+            for h in handles:
+                h.remove()
+    rows = collector.module_stats()
+    found = any(r.nan or r.inf or r.grad_nan or r.grad_inf or r.param_grad_nan or r.param_grad_inf for r in rows)
+    origin = collector.origin
+    return StatsReport(
+        source=source, device=device, dtype=options.autocast_dtype, mode="train" if options.train else "eval",
+        batches=batches_run, backward=options.backward, loss=options.loss if isinstance(options.loss, str) else "custom",
+        inputs=inputs, modules=tuple(rows), nonfinite_origin=origin, nonfinite_found=found or origin is not None,
+        notes=tuple(dict.fromkeys(notes)),
+    )
+
+
+def _run_batch(model: Any, args: Sequence[Any], kwargs: dict[str, Any], collector: _Collector,
+               options: StatsOptions, device: str, notes: list[str]) -> None:
+    import torch
+
+    autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if options.autocast_dtype is not None:
+        autocast = torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, options.autocast_dtype))
+    grad_mode = torch.enable_grad() if options.backward else torch.no_grad()
+    try:
+        with grad_mode, autocast:
+            output = model(*args, **kwargs)
+            loss = _loss(output, options.loss) if options.backward else None
+        if options.backward:
+            if loss is None:
+                notes.append("no floating output requires grad: backward skipped")
+            else:
+                collector.record_loss(loss)
+                loss.backward()
+                collector.record_param_grads()
+                for p in model.parameters():
+                    p.grad = None
+    except ModinspectError:
+        raise
+    except Exception as exc:
+        open_calls = getattr(collector, "_open_calls", [])
+        where = ""
+        if open_calls:
+            m = collector.calls[open_calls[-1]].module
+            where = f" in {collector.names[m] or '(model)'} ({collector._type(m)})"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ForwardError(f"the model raised {type(exc).__name__}: {first}{where}") from exc
