@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import REPO, SAMPLES, invoke
 from models import TwoLayer
-
 from modinspect import __version__
 
 

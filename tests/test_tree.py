@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from models import PartlyFrozen, Tied, TwoLayer
 from torch import nn
 
+from models import PartlyFrozen, Tied, TwoLayer
 from modinspect.analysis.tree import build_tree
 from modinspect.report import ModuleNode
 from modinspect.sources import open_source

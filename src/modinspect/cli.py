@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -266,7 +266,7 @@ def _default_input_dtype(model: object) -> str:
     return "int64" if first_embedding_size(model) is not None else "float32"
 
 
-def _loss_option(loss: str) -> object:
+def _loss_option(loss: str) -> str | Callable[[Any], Any]:
     if loss in ("sum", "mean"):
         return loss
     from modinspect.sources.entrypoint import looks_like_entry_point, resolve_entry_point
@@ -276,7 +276,7 @@ def _loss_option(loss: str) -> object:
     fn = resolve_entry_point(loss)
     if not callable(fn):
         raise UsageError(f"--loss {loss} is not a function")
-    return fn
+    return fn  # type: ignore[no-any-return]
 
 
 @contextlib.contextmanager

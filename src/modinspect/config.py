@@ -49,7 +49,8 @@ def load_config(start: Path | None = None) -> ProjectConfig:
         raise ConfigError(f"{pyproject} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {pyproject}: {exc.strerror or exc}") from None
-    table = data.get("tool", {}).get("modinspect")
+    tool = data.get("tool", {})
+    table = tool.get("modinspect") if isinstance(tool, dict) else None
     if table is None:
         raise ConfigError(
             f"no SOURCE given and {pyproject} has no [tool.modinspect] table; "

@@ -263,7 +263,7 @@ class _Collector:
         self.tensors.append(_TensorRec())
         self.tensor_ids[id(t)] = (weakref.ref(t), index)
         self._keep.append(t)  # ids must stay unique until the batch ends
-        t.register_hook(self._grad_hook(index))
+        t.register_hook(self._grad_hook(index))  # type: ignore[no-untyped-call]
         return self.tensors[index]
 
     def _grad_hook(self, index: int) -> Callable[[torch.Tensor], None]:
@@ -534,7 +534,7 @@ def _run_batch(model: Any, args: Sequence[Any], kwargs: dict[str, Any], collecto
                 notes.append("no floating output requires grad: backward skipped")
             else:
                 collector.record_loss(loss)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 collector.record_param_grads()
                 for p in model.parameters():
                     p.grad = None

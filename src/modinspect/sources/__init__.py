@@ -30,17 +30,15 @@ def open_source(
 ) -> Source:
     """Open SOURCE `spec`; None means the [tool.modinspect] default. Paths are relative to `base` (cwd)."""
     options = OpenOptions(unsafe_pickle=unsafe_pickle)
+    base = base or Path.cwd()
+    weights_base = base  # a --weights given by the caller is relative to base, like `spec`
     if spec is None:
         from modinspect.config import load_config
 
         config = load_config(base)
         spec, base = config.model, config.root
-        weights_base = config.root
-        if weights is None:
-            weights = config.weights
-    else:
-        weights_base = Path.cwd()
-    base = base or Path.cwd()
+        if weights is None and config.weights is not None:
+            weights, weights_base = config.weights, config.root
     if looks_like_entry_point(spec):
         source: Source = open_entry_point(spec, base, meta=meta)
     else:

@@ -7,7 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modinspect.errors import CorruptFileError, SourceNotFoundError, UnknownFormatError, UnsafePickleError
+from modinspect.errors import (
+    CorruptFileError,
+    SourceNotFoundError,
+    UnknownFormatError,
+    UnsafePickleError,
+)
 from modinspect.sources.base import Source
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -121,10 +126,10 @@ def _open_pickled(path: Path, label: str, kind: str) -> Source:
 
 
 def _starts_with_legacy_magic(path: Path) -> bool:
+    import pickle
+
     from modinspect.sources.pickle_gate import scan_globals
     from modinspect.sources.torchfile import LEGACY_MAGIC
-
-    import pickle
 
     with path.open("rb") as f:
         try:
@@ -139,10 +144,10 @@ def _starts_with_legacy_magic(path: Path) -> bool:
 def _open_unsafe(path: Path, label: str, globals_: list[str]) -> Source:
     import torch
 
+    from modinspect.sources.base import EntrySummary
     from modinspect.sources.memory import TensorDictSource
     from modinspect.sources.module import ModuleSource
     from modinspect.sources.torchfile import find_state_dict, summarize
-    from modinspect.sources.base import EntrySummary
 
     warning = (
         f"--unsafe-pickle: fully unpickling {label}, which imports {', '.join(globals_[:6])}"

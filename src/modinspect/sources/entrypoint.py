@@ -14,13 +14,14 @@ from typing import Any
 from modinspect.errors import EntryPointError
 from modinspect.sources.module import ModuleSource
 
+_ATTR = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _MODULE_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
 def looks_like_entry_point(spec: str) -> bool:
     """'file.py:NAME' or 'pkg.mod:NAME' (and not an existing path that merely contains a colon)."""
     target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr or Path(spec).exists():
+    if not sep or not target or not _ATTR.match(attr) or Path(spec).exists():
         return False
     return target.endswith(".py") or bool(_MODULE_PATH.match(target))
 
@@ -104,5 +105,10 @@ def build_module(spec: str, base: Path | None = None, meta: bool = False) -> Any
 
 def open_entry_point(spec: str, base: Path | None = None, meta: bool = False, label: str | None = None) -> ModuleSource:
     model = build_module(spec, base, meta)
-    notes = ["built on the meta device: no tensor data"] if meta else []
+    notes = []
+    if meta:
+        # An instance (or a factory's cached one) was built before --meta could apply.
+        real = any(t.device.type != "meta" for t in (*model.parameters(), *model.buffers()))
+        notes.append(f"--meta has no effect: {spec} is a model already built with its data" if real
+                     else "built on the meta device: no tensor data")
     return ModuleSource(model, label or spec, "entrypoint", notes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from modinspect.sources.detect import sniff
 from modinspect.sources.pickle_gate import is_safe_global, scan_globals
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 Batch = tuple[tuple[Any, ...], dict[str, Any]]
 INT_DTYPES = {"int64", "int32", "int16", "int8", "uint8", "long", "int"}
@@ -34,12 +35,11 @@ class InputSpec:
 
 def parse_shape(text: str) -> tuple[int, ...]:
     """'2,16' or '2x16' -> (2, 16)."""
-    parts = [p.strip() for p in text.replace("x", ",").replace("×", ",").split(",") if p.strip()]
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        raise UsageError(f"--input-shape {text!r} is not a list of integers like 2,16") from None
-    if not shape or any(d <= 0 for d in shape):
+    parts = [p.strip() for p in re.split(r"[,x×]", text)]
+    if not all(p.isdigit() for p in parts):
+        raise UsageError(f"--input-shape {text!r} is not a list of integers like 2,16")
+    shape = tuple(int(p) for p in parts)
+    if any(d <= 0 for d in shape):
         raise UsageError(f"--input-shape {text!r} needs positive sizes, like 2,16")
     return shape
 

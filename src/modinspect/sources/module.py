@@ -64,14 +64,17 @@ class ModuleSource(Source):
     def __init__(self, model: Any, label: str, fmt: str, notes: list[str] | None = None) -> None:
         super().__init__(label=label, format=fmt, tensors=module_tensor_infos(model), modules=module_infos(model),
                          module=model, notes=list(notes or []))
+        self._submodules: dict[str, Any] | None = None
 
     def refresh(self) -> None:
         """Re-read tensor metadata after the module changed (e.g. weights were loaded)."""
         self.tensors = module_tensor_infos(self.module)
         self._by_name = {t.name: t for t in self.tensors}
+        self._submodules = None
 
     def _read(self, name: str) -> torch.Tensor:
         owner, _, attr = name.rpartition(".")
-        mod = self.module.get_submodule(owner) if owner else self.module
-        t = getattr(mod, attr)
+        if self._submodules is None:  # not get_submodule: ScriptModules do not support it
+            self._submodules = dict(self.module.named_modules(remove_duplicate=False))
+        t: torch.Tensor = getattr(self._submodules[owner], attr)
         return t.detach().cpu()

@@ -54,18 +54,31 @@ TORCH_DTYPE_NAMES = {
 }
 
 
+class _Sealed:
+    """Refuses the pickle BUILD opcode, which would otherwise rewrite an object's attributes.
+
+    Without this a crafted pickle could bypass the checks of the rebuild functions, or rewrite
+    the allowlist's shared StorageType/DtypeRef objects and so corrupt every later file read.
+    """
+
+    __slots__ = ()
+
+    def __setstate__(self, state: object) -> None:
+        raise CorruptFileError("tries to modify an object the weights-only gate created")
+
+
 @dataclass(frozen=True)
-class StorageType:
+class StorageType(_Sealed):
     dtype: str
 
 
 @dataclass(frozen=True)
-class DtypeRef:
+class DtypeRef(_Sealed):
     name: str
 
 
 @dataclass(frozen=True)
-class StorageRef:
+class StorageRef(_Sealed):
     """A storage named by the pickle; its bytes live elsewhere (a zip entry, or after the pickle)."""
 
     key: str
@@ -75,7 +88,7 @@ class StorageRef:
 
 
 @dataclass(frozen=True)
-class TensorRef:
+class TensorRef(_Sealed):
     """A tensor described by the pickle: which storage, where in it, what shape."""
 
     storage: StorageRef | None  # None for meta tensors, which have no data
@@ -133,7 +146,7 @@ def _torch_size(*args: object) -> tuple[object, ...]:
     return tuple(args[0]) if args and isinstance(args[0], tuple | list) else tuple(args)
 
 
-class _Marker:
+class _Marker(_Sealed):
     """A harmless stand-in for a type the pickle names but we never instantiate (torch.Tensor)."""
 
     def __init__(self, name: str) -> None:
@@ -159,7 +172,6 @@ SAFE_GLOBALS: dict[tuple[str, str], object] = {
     ("builtins", "frozenset"): frozenset,
     ("builtins", "slice"): slice,
     ("builtins", "complex"): complex,
-    ("builtins", "bytearray"): bytearray,
     ("__builtin__", "set"): set,
     ("_codecs", "encode"): _codecs_encode,
     **{("torch", name): StorageType(dtype) for name, dtype in STORAGE_DTYPES.items()},
@@ -186,17 +198,17 @@ def scan_globals(data: bytes | IO[bytes]) -> list[str]:
                 module, _, attr = str(arg).partition(" ")
                 found.append(f"{module}.{attr}")
             elif name == "STACK_GLOBAL":
-                attr, module = (recent[-1], recent[-2]) if len(recent) >= 2 else (None, None)
-                ok = isinstance(module, str) and isinstance(attr, str)
-                found.append(f"{module}.{attr}" if ok else "<dynamic>")
+                top, below = (recent[-1], recent[-2]) if len(recent) >= 2 else (None, None)
+                ok = isinstance(below, str) and isinstance(top, str)
+                found.append(f"{below}.{top}" if ok else "<dynamic>")
             elif name in _STRING_OPS:
                 recent.append(arg)
             elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-                memo[int(arg)] = recent[-1] if recent else None
+                memo[int(str(arg))] = recent[-1] if recent else None
             elif name == "MEMOIZE":
                 memo[len(memo)] = recent[-1] if recent else None
             elif name in ("BINGET", "LONG_BINGET", "GET"):
-                recent.append(memo.get(int(arg)))
+                recent.append(memo.get(int(str(arg))))
             elif name == "EXT1" or name == "EXT2" or name == "EXT4":
                 found.append(f"<copyreg extension {arg}>")
             else:

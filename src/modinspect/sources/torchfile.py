@@ -81,9 +81,11 @@ def find_state_dict(obj: object, tensor_type: type = TensorRef) -> tuple[dict[st
     # Otherwise the largest flat tensor dict among the top-level values (never an optimizer's).
     best: tuple[int, str] | None = None
     for key, value in obj.items():
-        if isinstance(key, str) and "optim" not in key.lower() and is_tensor_dict(value, tensor_type):
-            if best is None or len(value) > best[0]:
-                best = (len(value), key)
+        if (
+            isinstance(key, str) and "optim" not in key.lower() and is_tensor_dict(value, tensor_type)
+            and (best is None or len(value) > best[0])
+        ):
+            best = (len(value), key)
     return (obj[best[1]], best[1]) if best else None
 
 
@@ -199,7 +201,9 @@ class ZipTorchSource(TorchFileSource):
         byteorder = self._read_member("byteorder", optional=True)
         if byteorder not in (None, b"little"):
             raise CorruptFileError(f"{path} was saved on a big-endian machine, which modinspect does not read yet")
-        obj = gated_load(path, self._read_member("data.pkl"), storage_from_pid)
+        data = self._read_member("data.pkl")
+        assert data is not None  # not optional: a missing member raises
+        obj = gated_load(path, data, storage_from_pid)
         super().__init__(path, label, "torch-zip", obj)
 
     def _read_member(self, name: str, optional: bool = False) -> bytes | None:

@@ -38,7 +38,7 @@ def open_torchscript(path: Path, label: str, zf: zipfile.ZipFile, prefix: str) -
         with warnings.catch_warnings():
             # TorchScript is deprecated in favour of torch.export, but its archives are still everywhere.
             warnings.simplefilter("ignore", DeprecationWarning)
-            model = torch.jit.load(str(path), map_location="cpu")
+            model = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CorruptFileError(f"{path} is not a loadable TorchScript archive: {first}") from exc

@@ -1,0 +1,118 @@
+"""TorchScript archives: the real module tree with class names, parameters and buffers."""
+
+from __future__ import annotations
+
+import warnings
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import Tied, TwoLayer, WithBatchNorm
+from modinspect.errors import CorruptFileError, UnsafePickleError
+from modinspect.sources import open_source
+
+
+def script_and_save(model: torch.nn.Module, path: Path) -> Path:
+    # torch deprecates TorchScript itself; building the fixture is not what is under test.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(model), str(path))
+    return path
+
+
+@pytest.fixture
+def bn_model() -> WithBatchNorm:
+    torch.manual_seed(0)
+    model = WithBatchNorm()
+    model.train()
+    model(torch.randn(2, 3, 6, 6))  # move the running stats off their defaults
+    return model
+
+
+def test_scripted_model_opens_with_its_module_tree(tmp_path: Path, bn_model: WithBatchNorm) -> None:
+    path = script_and_save(bn_model, tmp_path / "scripted.pt")
+    with open_source(str(path)) as src:
+        assert src.format == "torchscript"
+        assert src.label == str(path)
+        assert src.warnings == []
+        assert src.module is not None and isinstance(src.module, torch.jit.ScriptModule)
+        assert [(m.name, m.type, m.training) for m in src.modules] == [
+            ("", "WithBatchNorm", True), ("conv", "Conv2d", True), ("bn", "BatchNorm2d", True), ("fc", "Linear", True),
+        ]
+        kinds = {t.name: t.kind for t in src.tensors}
+        assert kinds == {
+            "conv.weight": "parameter", "conv.bias": "parameter",
+            "bn.weight": "parameter", "bn.bias": "parameter",
+            "bn.running_mean": "buffer", "bn.running_var": "buffer", "bn.num_batches_tracked": "buffer",
+            "fc.weight": "parameter", "fc.bias": "parameter",
+        }
+        sd = bn_model.state_dict()
+        assert sorted(src.names()) == sorted(sd)
+        for name, t in sd.items():
+            info = src.info(name)
+            assert (info.shape, info.dtype, info.nbytes) == (
+                tuple(t.shape), str(t.dtype).removeprefix("torch."), t.numel() * t.element_size()
+            ), name
+            assert torch.equal(src.read_tensor(name), t), name
+        assert src.info("bn.num_batches_tracked").dtype == "int64"
+        assert src.read_tensor("bn.num_batches_tracked").item() == 1
+        assert src.info("conv.weight").requires_grad is True
+        assert src.info("bn.running_mean").requires_grad is None
+
+
+def test_eval_mode_is_kept(tmp_path: Path, bn_model: WithBatchNorm) -> None:
+    path = script_and_save(bn_model.eval(), tmp_path / "scripted.pt")
+    with open_source(str(path)) as src:
+        assert all(m.training is False for m in src.modules)
+
+
+def test_scripted_module_keeps_non_persistent_buffers_and_ties(tmp_path: Path) -> None:
+    path = script_and_save(TwoLayer(), tmp_path / "two.pt")
+    with open_source(str(path)) as src:
+        assert [m.type for m in src.modules] == ["TwoLayer", "Linear", "ReLU", "Linear"]
+        assert {t.name for t in src.tensors if t.kind == "buffer"} == {"scale", "cache"}
+    path = script_and_save(Tied(), tmp_path / "tied.pt")
+    with open_source(str(path)) as src:
+        assert src.info("head.weight").storage == src.info("embed.weight").storage
+
+
+def test_traced_model_opens_too(tmp_path: Path, bn_model: WithBatchNorm) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.trace(bn_model.eval(), torch.randn(1, 3, 6, 6))
+        torch.jit.save(traced, str(tmp_path / "traced.pt"))
+    with open_source(str(tmp_path / "traced.pt")) as src:
+        assert src.format == "torchscript"
+        assert [m.type for m in src.modules] == ["WithBatchNorm", "Conv2d", "BatchNorm2d", "Linear"]
+
+
+def test_weights_into_torchscript_source(tmp_path: Path, bn_model: WithBatchNorm) -> None:
+    path = script_and_save(WithBatchNorm(), tmp_path / "scripted.pt")
+    torch.save(bn_model.state_dict(), tmp_path / "w.pt")
+    with open_source(str(path), weights=str(tmp_path / "w.pt")) as src:
+        assert torch.equal(src.read_tensor("bn.running_var"), bn_model.bn.running_var)
+        assert torch.equal(src.read_tensor("conv.weight"), bn_model.conv.weight.detach())
+
+
+def test_damaged_torchscript_archive(tmp_path: Path, bn_model: WithBatchNorm) -> None:
+    path = script_and_save(bn_model, tmp_path / "scripted.pt")
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    damaged = tmp_path / "damaged.pt"
+    with zipfile.ZipFile(damaged, "w") as zf:
+        for name, data in members.items():
+            if "/code/" not in name:  # drop the compiled code
+                zf.writestr(name, data)
+    with pytest.raises(CorruptFileError, match=f"^{damaged} is not a loadable TorchScript archive: "):
+        open_source(str(damaged))
+
+
+def test_torchscript_archive_with_foreign_global_is_refused(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "evil.pt", "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02cposix\nsystem\nX\x04\x00\x00\x00trueq\x00\x85R.")
+        zf.writestr("archive/constants.pkl", b"\x80\x02).")
+        zf.writestr("archive/code/__torch__/x.py", "")
+    with pytest.raises(UnsafePickleError, match=r"'posix\.system'"):
+        open_source(str(tmp_path / "evil.pt"))
