@@ -398,6 +398,31 @@ def test_histogram_counts_every_finite_value() -> None:
     assert sum(stats.histogram) == 10 * 16 and len(stats.histogram) == 16
 
 
+def test_histogram_matches_torch_histc_and_samples_large_outputs() -> None:
+    class Ident(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 1.0
+
+    x = torch.randn(1000)
+    stats = row(run(Ident(), x, backward=False), "")
+    expected = torch.histc(x, bins=16, min=x.min().item(), max=x.max().item())
+    assert list(stats.histogram) == [int(c) for c in expected]
+    big = row(run(Ident(), torch.randn(300_000), backward=False), "")
+    assert sum(big.histogram) == len(range(0, 300_000, 300_000 // 65_536))
+
+
+def test_histogram_skips_non_finite_values() -> None:
+    class Poison(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = x * 1.0
+            y[:10] = float("nan")
+            y[10:15] = float("inf")
+            return y
+
+    stats = row(run(Poison(), torch.randn(100), backward=False), "")
+    assert sum(stats.histogram) == 85
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_one_device_to_host_transfer_per_batch() -> None:
@@ -412,3 +437,34 @@ def test_cuda_one_device_to_host_transfer_per_batch() -> None:
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     assert len(syncs) == 3
+
+
+def test_fast_and_exact_reductions_agree_on_finite_values() -> None:
+    model = ResidualCNN()
+    x = torch.randn(2, 3, 8, 8)
+    fast = run(model, x, train=False)
+    exact = run(model, x, train=False, exact=True)
+    for a, b in zip(fast.modules, exact.modules, strict=True):
+        assert (a.name, a.calls, a.count, a.finite, a.nan, a.inf, a.units) == (b.name, b.calls, b.count, b.finite, b.nan, b.inf, b.units)
+        for field in ("mean", "std", "min", "max", "mean_abs", "zero_fraction", "dead_fraction", "grad_norm",
+                      "param_grad_norm"):
+            va, vb = getattr(a, field), getattr(b, field)
+            assert (va is None) == (vb is None), field
+            if va is not None:
+                assert va == pytest.approx(vb, rel=1e-5, abs=1e-9), (a.name, field)
+
+
+def test_a_replayed_faulty_batch_is_counted_once() -> None:
+    report = run(Net(SqrtShift()), torch.randn(4, 8), torch.randn(4, 8))
+    assert report.batches == 2
+    assert all(m.calls == 2 for m in report.modules)
+    assert row(report, "blocks.0.fc").count == 2 * 4 * 8
+
+
+def test_train_mode_leaves_batchnorm_running_stats_untouched() -> None:
+    model = ResidualCNN()
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    report = run(model, torch.randn(4, 3, 8, 8), train=True)
+    assert report.mode == "train"
+    for name, value in model.named_buffers():
+        assert torch.equal(value, before[name]), name

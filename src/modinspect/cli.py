@@ -78,6 +78,12 @@ def user_errors(debug: bool) -> Iterator[None]:
         _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it")
 
 
+def _spinner(message: str) -> contextlib.AbstractContextManager[object]:
+    from modinspect.render.console import progress
+
+    return progress(message)
+
+
 def _warn(lines: list[str]) -> None:
     for line in lines:
         print(f"warning: {line}", file=sys.stderr)
@@ -132,7 +138,9 @@ def tree(
         from modinspect.analysis.tree import build_tree
         from modinspect.sources import open_source
 
-        with open_source(source, weights=weights, meta=meta, unsafe_pickle=unsafe_pickle, strict=strict) as src:
+        with _spinner("opening the source…"):
+            src = open_source(source, weights=weights, meta=meta, unsafe_pickle=unsafe_pickle, strict=strict)
+        with src:
             _warn(src.warnings)
             report = build_tree(src, depth=depth, pattern=pattern, expand=expand)
         if as_json:
@@ -213,7 +221,8 @@ def stats(
         from modinspect.sources.inputs import InputSpec, parse_shape, resolve_batches, to_device
 
         extra = _project_defaults(source)
-        src = open_source(source, weights=weights, unsafe_pickle=unsafe_pickle, strict=strict)
+        with _spinner("building the model…"):
+            src = open_source(source, weights=weights, unsafe_pickle=unsafe_pickle, strict=strict)
         _warn(src.warnings)
         if src.module is None:
             raise UsageError(
@@ -233,7 +242,7 @@ def stats(
         options = StatsOptions(backward=backward, pattern=pattern, loss=loss_fn,
                                autocast_dtype=None if dtype == "float32" else dtype, train=train)
         moved = (to_device(b, dev, requires_grad=backward) for b in raw_batches)
-        with _on_device(src.module, dev):
+        with _on_device(src.module, dev), _spinner(f"running {batches} batch(es) on {dev}…"):
             report = collect_stats(src.module, moved, options=options, source=src.label, device=dev, inputs=described)
         if as_json:
             from modinspect.render.jsonout import dumps, stats_document
@@ -242,7 +251,8 @@ def stats(
         else:
             from modinspect.render.console import make_console, stats_renderable
 
-            make_console().print(stats_renderable(report))
+            console = make_console()
+            console.print(stats_renderable(report, console.width))
         code = 1 if report.nonfinite_found else 0
     raise typer.Exit(code)
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 RELU_FAMILY = ("ReLU", "ReLU6")
 HIST_BINS = 16
+HIST_SAMPLE = 65_536
 Batch = tuple[tuple[Any, ...], dict[str, Any]]
 
 
@@ -43,6 +44,7 @@ class StatsOptions:
     autocast_dtype: str | None = None  # "bfloat16" | "float16" | None
     train: bool = False
     histogram: bool = True
+    exact: bool = False  # always use the masked reductions (normally only for batches with NaN/Inf)
 
 
 def flatten_tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
@@ -105,6 +107,9 @@ class _Collector:
         self.origin: NonfiniteOrigin | None = None
         self.first_call: dict[int, int] = {}  # module -> order of its first call, for execution order
         self.batch_index = 0
+        # Fast mode computes statistics that are exact when every value is finite, plus a flag that is
+        # raised whenever one might not be; a flagged batch is replayed in exact (masked) mode.
+        self.exact = False
         self._reset_batch()
 
     # ---------------------------------------------------------------- per batch
@@ -132,10 +137,36 @@ class _Collector:
         hit = self.finite_cache.get(id(t))
         if hit is not None and hit[0]() is t and hit[1] == t._version:
             return hit[2]
-        # x * 0 is 0 where x is finite and NaN elsewhere: one cheap pass instead of isfinite's several.
-        flag = torch.isnan((t.detach() * 0).sum())
+        if self.exact:
+            # x * 0 is 0 where x is finite and NaN elsewhere: exact, and cheaper than isfinite().all().
+            flag = torch.isnan((t.detach() * 0).sum())
+        else:
+            # A NaN/Inf makes the sum non-finite; an overflowing sum only raises a false alarm (-> replay).
+            flag = ~torch.isfinite(t.detach().sum(dtype=torch.float32) if t.dtype != torch.float64 else t.detach().sum())
         self.finite_cache[id(t)] = (weakref.ref(t), t._version, flag)
         return flag
+
+    def _reduce_fast(self, t: torch.Tensor) -> torch.Tensor:
+        """[count, mean, M2, min, max, sum |x|, zeros, suspect, 0]: six passes, exact when all values are finite.
+
+        `suspect` is 1 when the sum is not finite (a NaN/Inf, or an overflow): the batch is then replayed exactly.
+        """
+        import torch
+
+        x = t.detach()
+        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        numel = x.numel()
+        total = x.sum()
+        mean = total / numel
+        m2 = torch.linalg.vector_norm(x - mean).square()  # two-pass: centred before squaring
+        lo, hi = torch.aminmax(x)
+        abs_sum = torch.linalg.vector_norm(x, 1)
+        zeros = numel - torch.count_nonzero(x)
+        suspect = ~torch.isfinite(total) | ~torch.isfinite(m2)
+        n = torch.full((), numel, dtype=self.acc, device=x.device)
+        floats = torch.stack([mean, m2, lo, hi, abs_sum]).to(self.acc)
+        counts = torch.stack([zeros, suspect.long(), torch.zeros_like(zeros)]).to(self.acc)
+        return torch.cat([n.reshape(1), floats, counts])
 
     def _reduce(self, t: torch.Tensor) -> torch.Tensor:
         """[finite count, mean, M2, min, max, sum |x|, zeros, nan, inf] over finite values, in fp32 or wider.
@@ -164,21 +195,28 @@ class _Collector:
         return torch.stack([v.to(self.acc) for v in (n, mean, m2, lo, hi, abs_sum, zeros, nan, k - nan)])
 
     def _histogram(self, t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Counts of the finite values over [min, max] in HIST_BINS bins, without leaving the device."""
+        """Counts over [min, max] in HIST_BINS bins of up to HIST_SAMPLE evenly spaced values, on the device.
+
+        A sparkline needs the shape of the distribution, not every value: sampling keeps the cost flat
+        however large the activation (GPT-2's logits hold 26 million values).
+        """
         import torch
 
-        x = t.detach()
-        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // HIST_SAMPLE)
+        x = flat[::step].float()
         lo, hi = values[3].to(x.dtype), values[4].to(x.dtype)
-        width = (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
-        # Non-finite values land outside [0, HIST_BINS) after nan_to_num and the clamp to the extra bin.
-        scaled = torch.nan_to_num((x - lo) / width * HIST_BINS, nan=HIST_BINS + 1.0, posinf=HIST_BINS + 1.0,
-                                  neginf=HIST_BINS + 1.0)
-        idx = scaled.floor_().clamp_(0, HIST_BINS).long()
+        scale = HIST_BINS / (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
+        scaled = (x - lo) * scale
+        if self.exact:  # non-finite values go to an extra bin that is dropped
+            scaled = torch.nan_to_num(scaled, nan=-1.0, posinf=-1.0, neginf=-1.0)
+            scaled.masked_fill_(scaled < 0, HIST_BINS + 1.0)
+        idx = scaled.long().clamp_(0, HIST_BINS)
         idx.masked_fill_(idx == HIST_BINS, HIST_BINS - 1)
-        idx.masked_fill_(scaled > HIST_BINS, HIST_BINS)
+        if self.exact:
+            idx.masked_fill_(scaled > HIST_BINS, HIST_BINS)
         hist = torch.zeros(HIST_BINS + 1, dtype=torch.long, device=x.device)
-        hist.scatter_add_(0, idx.reshape(-1), torch.ones_like(idx).reshape(-1))
+        hist.scatter_add_(0, idx, torch.ones(1, dtype=torch.long, device=x.device).expand_as(idx))
         return hist[:HIST_BINS]
 
     # ---------------------------------------------------------------- hooks
@@ -236,7 +274,7 @@ class _Collector:
         hit = self.reduce_cache.get(id(t))
         if hit is not None and hit[0]() is t and hit[1] == t._version:
             return hit[2]
-        values = self._reduce(t)
+        values = self._reduce(t) if self.exact else self._reduce_fast(t)
         self.reduce_cache[id(t)] = (weakref.ref(t), t._version, values)
         return values
 
@@ -262,7 +300,6 @@ class _Collector:
         index = len(self.tensors)
         self.tensors.append(_TensorRec())
         self.tensor_ids[id(t)] = (weakref.ref(t), index)
-        self._keep.append(t)  # ids must stay unique until the batch ends
         t.register_hook(self._grad_hook(index))  # type: ignore[no-untyped-call]
         return self.tensors[index]
 
@@ -272,6 +309,11 @@ class _Collector:
 
             g = grad.detach()
             g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
+            if not self.exact:
+                sumsq = torch.linalg.vector_norm(g).square()
+                suspect = (~torch.isfinite(sumsq)).to(self.acc)
+                self._push("grad", index, torch.stack([sumsq.to(self.acc), suspect, torch.zeros_like(suspect)]))
+                return
             nonzero = torch.count_nonzero(g)
             gf = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
             k = nonzero - torch.count_nonzero(gf)
@@ -286,7 +328,6 @@ class _Collector:
     def begin_batch(self) -> None:
         self._reset_batch()
         self._open_calls: list[int] = []
-        self._keep: list[torch.Tensor] = []
 
     def record_loss(self, loss: torch.Tensor) -> None:
         import torch
@@ -301,28 +342,38 @@ class _Collector:
             if not grads:
                 continue
             parts = [g.detach().float() if g.dtype in (torch.float16, torch.bfloat16) else g.detach() for g in grads]
+            if not self.exact:
+                sumsq = torch.stack([torch.linalg.vector_norm(g).square() for g in parts]).sum()
+                suspect = (~torch.isfinite(sumsq)).to(self.acc)
+                self._push("pgrad", m, torch.stack([sumsq.to(self.acc), suspect, torch.zeros_like(suspect)]))
+                continue
             sumsq = torch.stack([torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0).square().sum() for g in parts]).sum()
             nan = torch.stack([torch.isnan(g).sum() for g in parts]).sum()
             inf = torch.stack([torch.isinf(g).sum() for g in parts]).sum()
             self._push("pgrad", m, torch.stack([sumsq.to(self.acc), nan.to(self.acc), inf.to(self.acc)]))
 
-    def end_batch(self) -> None:
-        """The one device->host transfer of the batch, then exact merges on the host."""
+    def end_batch(self) -> bool:
+        """The one device->host transfer of the batch, then exact merges on the host.
+
+        Returns False, merging nothing, when a fast-mode batch raised a suspect flag: the caller then
+        replays the batch in exact mode.
+        """
         import torch
 
-        pieces = list(self.pieces)
-        alive_at = len(pieces)
         alive_layout = [(m, a.numel()) for m, a in enumerate(self.alive) if a is not None]
-        pieces += [a.reshape(-1).to(self.acc) for a in self.alive if a is not None]
+        pieces = self.pieces + [a.reshape(-1).to(self.acc) for a in self.alive if a is not None]
         flat: list[float] = torch.cat(pieces).cpu().tolist() if pieces else []
-        del alive_at
+        chunks: list[tuple[str, int, list[float]]] = []
         pos = 0
+        for kind, index, length in self.layout:
+            chunks.append((kind, index, flat[pos:pos + length]))
+            pos += length
+        if not self.exact and any(self._suspect(kind, chunk) for kind, _, chunk in chunks):
+            return False
         forward_events: list[tuple[int, bool, bool]] = []
         grad_events: list[tuple[int, float, int, int]] = []
         loss_bad = False
-        for kind, index, length in self.layout:
-            chunk = flat[pos:pos + length]
-            pos += length
+        for kind, index, chunk in chunks:
             if kind == "call":
                 forward_events.append((index, chunk[0] > 0, chunk[1] > 0))
                 self.running[index].calls += 1
@@ -347,7 +398,17 @@ class _Collector:
         if self.origin is None:
             self.origin = self._forward_origin(forward_events) or self._backward_origin(grad_events, loss_bad)
         self.batch_index += 1
-        self._keep = []
+        return True
+
+    @staticmethod
+    def _suspect(kind: str, chunk: list[float]) -> bool:
+        if kind == "call" or kind == "loss":
+            return any(v > 0 for v in chunk)
+        if kind == "stats":
+            return chunk[7] > 0
+        if kind in ("grad", "pgrad"):
+            return chunk[1] > 0 or chunk[2] > 0
+        return False
 
     def _attribute_grads(self, grad_events: list[tuple[int, float, int, int]]) -> None:
         for index, sumsq, nan, inf in grad_events:
@@ -423,7 +484,7 @@ class _Collector:
                 dead_fraction=dead, units=r.units if dead is not None else None,
                 grad_norm=grad_norms[m], grad_nan=int(self.grad[m][1]), grad_inf=int(self.grad[m][2]),
                 param_grad_norm=math.sqrt(pg[0]) if pg[3] else None, param_grad_nan=int(pg[1]),
-                param_grad_inf=int(pg[2]), histogram=self.histograms[m], flags=(),
+                param_grad_inf=int(pg[2]), histogram=self.histograms[m] if r.n else (), flags=(),
             )
             rows.append(dataclasses.replace(row, flags=flags_for(row, m in exploding, m in vanishing)))
         # Execution order (by first call); modules never called go last, in definition order.
@@ -437,14 +498,26 @@ def preserved(model: Any) -> Iterator[None]:
     modes = [(m, m.training) for m in model.modules()]
     params = list(model.parameters())
     saved = [(p, p.requires_grad, p.grad) for p in params]
+    # Forward passes in training mode update BatchNorm running statistics (and a replayed batch would
+    # update them twice): keep every buffer's values.
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
     try:
         yield
     finally:
+        with _no_grad():
+            for b, value in buffers:
+                b.copy_(value)
         for m, mode in modes:
             m.training = mode
         for p, requires_grad, grad in saved:
             p.grad = grad
             p.requires_grad_(requires_grad)
+
+
+def _no_grad() -> contextlib.AbstractContextManager[Any]:
+    import torch
+
+    return torch.no_grad()
 
 
 def _loss(output: Any, loss: str | Callable[[Any], Any]) -> torch.Tensor | None:
@@ -499,9 +572,17 @@ def collect_stats(
                 handles.append(m.register_forward_pre_hook(collector.pre_hook, with_kwargs=True))
                 handles.append(m.register_forward_hook(collector.forward_hook, with_kwargs=True))
             for args, kwargs in batches:
+                rng = _rng_state()
+                collector.exact = options.exact
                 collector.begin_batch()
                 _run_batch(model, args, kwargs, collector, options, device, notes)
-                collector.end_batch()
+                if not collector.end_batch():
+                    # Something may be non-finite: run the batch again, same RNG, with exact masked reductions.
+                    _restore_rng(rng)
+                    collector.exact = True
+                    collector.begin_batch()
+                    _run_batch(model, args, kwargs, collector, options, device, notes)
+                    collector.end_batch()
                 batches_run += 1
         finally:
             for h in handles:
@@ -515,6 +596,21 @@ def collect_stats(
         inputs=inputs, modules=tuple(rows), nonfinite_origin=origin, nonfinite_found=found or origin is not None,
         notes=tuple(dict.fromkeys(notes)),
     )
+
+
+def _rng_state() -> tuple[Any, Any]:
+    import torch
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _restore_rng(state: tuple[Any, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
 
 
 def _run_batch(model: Any, args: Sequence[Any], kwargs: dict[str, Any], collector: _Collector,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import IO
@@ -24,8 +25,14 @@ def make_console(file: IO[str] | None = None, width: int | None = None) -> Conso
     return Console(file=stream, width=width, highlight=False, soft_wrap=False)
 
 
-def error_console() -> Console:
-    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+def progress(message: str) -> contextlib.AbstractContextManager[object]:
+    """A spinner on stderr while slow work runs (building a model, loading weights, running batches).
+
+    Only on a terminal: pipes and CI logs stay clean.
+    """
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    return Console(file=sys.stderr).status(message, spinner="dots")
 
 
 def _tensor_label(t: TensorRow) -> Text:
@@ -158,33 +165,53 @@ def _module_name(name: str) -> str:
     return name or "(model)"
 
 
-def stats_renderable(report: StatsReport) -> RenderableType:
-    """The per-module table in execution order, then a one-paragraph verdict."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
-    for title, justify in (("module", "left"), ("type", "left"), ("calls", "right"), ("mean", "right"),
-                           ("std", "right"), ("min", "right"), ("max", "right"), ("zeros", "right"),
-                           ("nan/inf", "right"), ("dead", "right"), ("‖∇out‖", "right"), ("‖∇param‖", "right"),
-                           ("hist", "left")):
-        table.add_column(title, justify=justify, no_wrap=title != "module")  # type: ignore[arg-type]
+def _indented(name: str) -> str:
+    """'blocks.2.act' -> '    act': the table reads as a tree; JSON keeps full names."""
+    if not name:
+        return "(model)"
+    return "  " * name.count(".") + "  " + name.rpartition(".")[2]
+
+
+def _grad_cell(norm: float | None, nan: int, inf: int, flags: tuple[str, ...]) -> Text:
+    if nan or inf:
+        return Text(f"nan {nan}" if nan else f"inf {inf}", style="bold red")
+    return Text(num(norm), style=_grad_style(flags))
+
+
+def stats_renderable(report: StatsReport, width: int = 200) -> RenderableType:
+    """The per-module table in execution order, then a one-paragraph verdict.
+
+    Narrow terminals lose the histogram first (below 130 columns), then the type column (below 112).
+    """
+    show_hist, show_type = width >= 130, width >= 112
+    called = [m for m in report.modules if m.calls]
     origin = report.nonfinite_origin
-    for m in report.modules:
-        if not m.calls:
-            continue
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+    width = max((len(_indented(m.name)) for m in called), default=8) + 2
+    table.add_column("module", no_wrap=True, min_width=min(width, 48), overflow="ellipsis")
+    if show_type:
+        table.add_column("type", no_wrap=True, overflow="ellipsis", style="green")
+    for title in ("calls", "mean", "std", "min", "max", "zeros", "nan/inf", "dead", "‖∇out‖", "‖∇param‖"):
+        table.add_column(title, justify="right", no_wrap=True)
+    if show_hist:
+        table.add_column("hist", no_wrap=True, style="cyan")
+    for m in called:
         bad = m.nan or m.inf
-        style = "red" if bad else ("yellow" if "dead" in m.flags or "mostly-dead" in m.flags else "")
-        name = Text(_module_name(m.name), style="bold red" if origin and origin.module == m.name and m.name else "")
-        if origin and m.name == origin.module:
-            name.append(" ◀ origin", style="bold red")
-        grad = Text(num(m.grad_norm), style=_grad_style(m.flags))
-        if m.grad_nan or m.grad_inf:
-            grad = Text(f"{m.grad_nan + m.grad_inf} non-finite", style="red")
-        pgrad = Text(num(m.param_grad_norm), style="red" if m.param_grad_nan or m.param_grad_inf else "")
-        table.add_row(
-            name, Text(m.type, style="green"), str(m.calls), num(m.mean), num(m.std), num(m.min), num(m.max),
-            percent(m.zero_fraction), Text(f"{m.nan}/{m.inf}" if bad else "0", style="red" if bad else "dim"),
-            Text(percent(m.dead_fraction), style=style if m.dead_fraction else ""), grad, pgrad,
-            Text(sparkline(m.histogram), style="cyan"), style=None,
-        )
+        dead_style = "yellow" if {"dead", "mostly-dead"} & set(m.flags) else ""
+        name = Text(_indented(m.name), style="bold red" if bad else "")
+        if origin is not None and origin.module == m.name:
+            name.append(" ◀", style="bold red")
+        cells: list[RenderableType | str] = [name, m.type] if show_type else [name]
+        cells += [
+            str(m.calls), num(m.mean), num(m.std), num(m.min), num(m.max), percent(m.zero_fraction),
+            Text(f"{m.nan}/{m.inf}" if bad else "0", style="bold red" if bad else "dim"),
+            Text(percent(m.dead_fraction), style=dead_style),
+            _grad_cell(m.grad_norm, m.grad_nan, m.grad_inf, m.flags),
+            _grad_cell(m.param_grad_norm, m.param_grad_nan, m.param_grad_inf, ()),
+        ]
+        if show_hist:
+            cells.append(sparkline(m.histogram))
+        table.add_row(*cells)
     idle = [_module_name(m.name) for m in report.modules if not m.calls]
     parts: list[RenderableType] = [_stats_header(report), table]
     if idle:

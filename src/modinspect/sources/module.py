@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from modinspect.errors import UsageError
 from modinspect.sources.base import DTYPE_BITS, ModuleInfo, Source, TensorInfo
 
 if TYPE_CHECKING:
@@ -77,4 +78,6 @@ class ModuleSource(Source):
         if self._submodules is None:  # not get_submodule: ScriptModules do not support it
             self._submodules = dict(self.module.named_modules(remove_duplicate=False))
         t: torch.Tensor = getattr(self._submodules[owner], attr)
+        if t.device.type == "meta":
+            raise UsageError(f"{self.label}: {name} is on the meta device and has no data; drop --meta to read it")
         return t.detach().cpu()

@@ -1,0 +1,152 @@
+"""stats overhead: forward+backward with modinspect's hooks against the bare model and the usual alternatives.
+
+Compared side by side in one process, interleaved, so the ratios hold on a shared machine:
+- bare: forward + backward, nothing else;
+- modinspect: `collect_stats` (activation stats, dead units, output and parameter grad norms, NaN origin);
+- item-hooks: the common per-hook pattern, forward hooks calling `.item()` on mean/std/min/max;
+- detect_anomaly: `torch.autograd.detect_anomaly()` around forward + backward.
+
+    python bench/bench_stats.py            # GPT-2 small (4x128 tokens) and a ResNet-style CNN
+    python bench/bench_stats.py --smoke    # tiny models, one run: checks the script still works
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from modinspect.analysis.stats import StatsOptions, collect_stats
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += x
+        return self.relu(out)
+
+
+class ResNetish(nn.Module):
+    """A ResNet-18-like stack: stem, 4 stages of 2 basic blocks, pooled classifier."""
+
+    def __init__(self, width: int = 32, classes: int = 100) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stages = nn.Sequential(*[nn.Sequential(BasicBlock(width), BasicBlock(width)) for _ in range(4)])
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)).mean((2, 3)))
+
+
+def build(name: str, smoke: bool) -> tuple[nn.Module, tuple[Any, ...]]:
+    torch.manual_seed(0)
+    if name == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        config = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=256) if smoke else GPT2Config()
+        model = GPT2LMHeadModel(config).eval()
+        ids = torch.randint(0, config.vocab_size, (2, 16) if smoke else (4, 128))
+        return model, (ids,)
+    model = ResNetish(width=8 if smoke else 32).eval()
+    return model, (torch.randn(2 if smoke else 16, 3, 16 if smoke else 32, 16 if smoke else 32),)
+
+
+def loss_of(output: Any) -> torch.Tensor:
+    tensor = output.logits if hasattr(output, "logits") else output
+    return tensor.float().sum()
+
+
+def bare(model: nn.Module, inputs: tuple[Any, ...]) -> None:
+    loss_of(model(*inputs)).backward()
+    model.zero_grad(set_to_none=True)
+
+
+def modinspect_stats(model: nn.Module, inputs: tuple[Any, ...]) -> None:
+    collect_stats(model, [(inputs, {})], options=StatsOptions())
+
+
+def item_hooks(model: nn.Module, inputs: tuple[Any, ...]) -> None:
+    stats: list[tuple[float, ...]] = []
+
+    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+        t = out[0] if isinstance(out, tuple) else out
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            d = t.detach()
+            stats.append((d.mean().item(), d.std().item(), d.min().item(), d.max().item()))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        bare(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def anomaly(model: nn.Module, inputs: tuple[Any, ...]) -> None:
+    with torch.autograd.detect_anomaly(check_nan=True):
+        bare(model, inputs)
+
+
+CONTENDERS: dict[str, Callable[[nn.Module, tuple[Any, ...]], None]] = {
+    "bare": bare, "modinspect": modinspect_stats, "item-hooks": item_hooks, "detect_anomaly": anomaly,
+}
+
+
+def measure(name: str, runs: int, smoke: bool) -> dict[str, list[float]]:
+    """Wall times per contender, interleaved run by run."""
+    import warnings
+
+    model, inputs = build(name, smoke)
+    times: dict[str, list[float]] = {k: [] for k in CONTENDERS}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # detect_anomaly warns that it is slow
+        for fn in CONTENDERS.values():
+            fn(model, inputs)  # warm-up
+        for _ in range(runs):
+            for key, fn in CONTENDERS.items():
+                start = time.perf_counter()
+                fn(model, inputs)
+                times[key].append(time.perf_counter() - start)
+    return times
+
+
+def table(name: str, times: dict[str, list[float]]) -> list[str]:
+    base = statistics.median(times["bare"])
+    lines = [f"| {name} | contender | median s | min–max s | × bare |", "| --- | --- | --- | --- | --- |"]
+    for key, values in times.items():
+        med = statistics.median(values)
+        lines.append(f"| {name} | {key} | {med:.3f} | {min(values):.3f}–{max(values):.3f} | {med / base:.2f} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny models, one run")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--models", default="gpt2,cnn")
+    args = parser.parse_args(argv)
+    runs = 1 if args.smoke else args.runs
+    lines: list[str] = []
+    for name in args.models.split(","):
+        lines += table(name, measure(name, runs, args.smoke))
+    print("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    main()
