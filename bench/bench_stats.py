@@ -126,11 +126,14 @@ def measure(name: str, runs: int, smoke: bool) -> dict[str, list[float]]:
 
 
 def table(name: str, times: dict[str, list[float]]) -> list[str]:
-    base = statistics.median(times["bare"])
-    lines = [f"| {name} | contender | median s | min–max s | × bare |", "| --- | --- | --- | --- | --- |"]
+    """Medians, and the median of per-run ratios: each run times every contender back to back."""
+    bare_times = times["bare"]
+    lines = ["| model | contender | median s | min–max s | × bare (median of paired ratios) |",
+             "| --- | --- | --- | --- | --- |"]
     for key, values in times.items():
         med = statistics.median(values)
-        lines.append(f"| {name} | {key} | {med:.3f} | {min(values):.3f}–{max(values):.3f} | {med / base:.2f} |")
+        ratio = statistics.median(v / b for v, b in zip(values, bare_times, strict=True))
+        lines.append(f"| {name} | {key} | {med:.3f} | {min(values):.3f}–{max(values):.3f} | {ratio:.2f} |")
     return lines
 
 

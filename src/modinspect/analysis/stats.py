@@ -114,20 +114,68 @@ class _Collector:
 
     # ---------------------------------------------------------------- per batch
     def _reset_batch(self) -> None:
-        self.pieces: list[torch.Tensor] = []
-        self.layout: list[tuple[str, int, int]] = []  # (kind, index, length)
+        # Values waiting for the end-of-batch transfer: 0-dim device scalars, 1-d device vectors, and
+        # numbers already on the host. Hooks only append; nothing is stacked or converted per call.
+        self.scalars: list[torch.Tensor] = []
+        self.vectors: list[torch.Tensor] = []
+        self.layout: list[tuple[str, int, list[tuple[str, float]]]] = []
         self.calls: list[_Call] = []
         self.tensors: list[_TensorRec] = []
         self.tensor_ids: dict[int, tuple[weakref.ref[Any], int]] = {}
         self.finite_cache: dict[int, tuple[weakref.ref[Any], int, torch.Tensor]] = {}
-        self.reduce_cache: dict[int, tuple[weakref.ref[Any], int, torch.Tensor]] = {}
-        self.hist_pending: list[tuple[int, int]] = []  # (module, piece index)
+        self.reduce_cache: dict[int, tuple[weakref.ref[Any], int, list[Any]]] = {}
+        self.hist_pending: set[int] = set()  # modules whose histogram this batch already queued
         self.loss_bad: torch.Tensor | None = None
 
-    def _push(self, kind: str, index: int, value: torch.Tensor) -> None:
-        value = value.reshape(-1).to(self.acc)
-        self.layout.append((kind, index, value.numel()))
-        self.pieces.append(value)
+    def _push(self, kind: str, index: int, values: Sequence[Any]) -> None:
+        """Queue `values` (0-dim tensors, 1-d tensors or host numbers) for the transfer, in order."""
+        import torch
+
+        slots: list[tuple[str, float]] = []
+        for v in values:
+            if isinstance(v, torch.Tensor):
+                if v.dim() == 0:
+                    slots.append(("s", len(self.scalars)))
+                    self.scalars.append(v)
+                else:
+                    slots.append(("v", len(self.vectors)))
+                    self.vectors.append(v.reshape(-1))
+            else:
+                slots.append(("h", float(v)))
+        self.layout.append((kind, index, slots))
+
+    def _transfer(self) -> list[tuple[str, int, list[float]]]:
+        """Stack the queued values by dtype, copy them to the host in one transfer, and unpack them."""
+        import torch
+
+        groups: dict[torch.dtype, list[int]] = {}
+        for i, t in enumerate(self.scalars):
+            groups.setdefault(t.dtype, []).append(i)
+        parts = [torch.stack([self.scalars[i] for i in idx]).to(self.acc) for idx in groups.values()]
+        parts += [v.to(self.acc) for v in self.vectors]
+        flat: list[float] = torch.cat(parts).cpu().tolist() if parts else []
+        scalar_values = [0.0] * len(self.scalars)
+        pos = 0
+        for idx in groups.values():
+            for i in idx:
+                scalar_values[i] = flat[pos]
+                pos += 1
+        vector_values = []
+        for v in self.vectors:
+            vector_values.append(flat[pos:pos + v.numel()])
+            pos += v.numel()
+        chunks: list[tuple[str, int, list[float]]] = []
+        for kind, index, slots in self.layout:
+            values: list[float] = []
+            for where, ref in slots:
+                if where == "s":
+                    values.append(scalar_values[int(ref)])
+                elif where == "v":
+                    values.extend(vector_values[int(ref)])
+                else:
+                    values.append(ref)
+            chunks.append((kind, index, values))
+        return chunks
 
     # ---------------------------------------------------------------- device reductions
     def _nonfinite(self, t: torch.Tensor) -> torch.Tensor:
@@ -142,11 +190,11 @@ class _Collector:
             flag = torch.isnan((t.detach() * 0).sum())
         else:
             # A NaN/Inf makes the sum non-finite; an overflowing sum only raises a false alarm (-> replay).
-            flag = ~torch.isfinite(t.detach().sum(dtype=torch.float32) if t.dtype != torch.float64 else t.detach().sum())
+            flag = ~torch.isfinite(t.detach().sum())
         self.finite_cache[id(t)] = (weakref.ref(t), t._version, flag)
         return flag
 
-    def _reduce_fast(self, t: torch.Tensor) -> torch.Tensor:
+    def _reduce_fast(self, t: torch.Tensor) -> list[Any]:
         """[count, mean, M2, min, max, sum |x|, zeros, suspect, 0]: six passes, exact when all values are finite.
 
         `suspect` is 1 when the sum is not finite (a NaN/Inf, or an overflow): the batch is then replayed exactly.
@@ -155,20 +203,19 @@ class _Collector:
 
         x = t.detach()
         x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        numel = x.numel()
-        total = x.sum()
+        flat = x.reshape(-1)
+        numel = flat.numel()
+        total = flat.sum()
         mean = total / numel
-        m2 = torch.linalg.vector_norm(x - mean).square()  # two-pass: centred before squaring
-        lo, hi = torch.aminmax(x)
-        abs_sum = torch.linalg.vector_norm(x, 1)
-        zeros = numel - torch.count_nonzero(x)
+        centred = flat - mean  # two-pass: centred before squaring, never E[x²] - E[x]²
+        m2 = torch.dot(centred, centred)  # BLAS dot: one fused pass (vector_norm is several on the CPU)
+        lo, hi = torch.aminmax(flat)
+        abs_sum = flat.abs().sum()
+        zeros = numel - torch.count_nonzero(flat)
         suspect = ~torch.isfinite(total) | ~torch.isfinite(m2)
-        n = torch.full((), numel, dtype=self.acc, device=x.device)
-        floats = torch.stack([mean, m2, lo, hi, abs_sum]).to(self.acc)
-        counts = torch.stack([zeros, suspect.long(), torch.zeros_like(zeros)]).to(self.acc)
-        return torch.cat([n.reshape(1), floats, counts])
+        return [numel, mean, m2, lo, hi, abs_sum, zeros, suspect, 0]
 
-    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
+    def _reduce(self, t: torch.Tensor) -> list[Any]:
         """[finite count, mean, M2, min, max, sum |x|, zeros, nan, inf] over finite values, in fp32 or wider.
 
         Built from cheap vectorised passes (nan_to_num, sum, count_nonzero, amin/amax) rather than
@@ -192,9 +239,9 @@ class _Collector:
         hi = torch.nan_to_num(x, nan=-big, posinf=-big, neginf=-big).amax()
         abs_sum = xf.abs().sum()
         zeros = numel - nonzero
-        return torch.stack([v.to(self.acc) for v in (n, mean, m2, lo, hi, abs_sum, zeros, nan, k - nan)])
+        return [n, mean, m2, lo, hi, abs_sum, zeros, nan, k - nan]
 
-    def _histogram(self, t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def _histogram(self, t: torch.Tensor, values: list[Any]) -> torch.Tensor:
         """Counts over [min, max] in HIST_BINS bins of up to HIST_SAMPLE evenly spaced values, on the device.
 
         A sparkline needs the shape of the distribution, not every value: sampling keeps the cost flat
@@ -205,7 +252,7 @@ class _Collector:
         flat = t.detach().reshape(-1)
         step = max(1, flat.numel() // HIST_SAMPLE)
         x = flat[::step].float()
-        lo, hi = values[3].to(x.dtype), values[4].to(x.dtype)
+        lo, hi = torch.as_tensor(values[3]).to(x.dtype), torch.as_tensor(values[4]).to(x.dtype)
         scale = HIST_BINS / (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
         scaled = (x - lo) * scale
         if self.exact:  # non-finite values go to an extra bin that is dropped
@@ -245,23 +292,20 @@ class _Collector:
         call = self.calls[call_index]
         m = call.module
         outputs = floating(flatten_tensors(output))
-        zero = torch.zeros((), dtype=torch.bool, device=outputs[0].device if outputs else "cpu")
-        in_bad = call.in_bad if call.in_bad is not None else zero
+        in_bad: Any = call.in_bad if call.in_bad is not None else 0
         if not outputs:
-            self._push("call", m, torch.stack([in_bad, zero]))
+            self._push("call", m, [in_bad, 0])
             return
         values = self._reduced(outputs[0])
-        out_bad = (values[7] + values[8]) > 0
+        out_bad = values[7] if not self.exact else (values[7] + values[8]) > 0
         for other in outputs[1:]:
             out_bad = out_bad | self._nonfinite(other)
         self.finite_cache[id(outputs[0])] = (weakref.ref(outputs[0]), outputs[0]._version, out_bad)
-        self._push("call", m, torch.stack([in_bad, out_bad]))
+        self._push("call", m, [in_bad, out_bad])
         self._push("stats", m, values)
-        if self.options.histogram and self.batch_index == 0 and not self.histograms[m] and not any(
-            pm == m for pm, _ in self.hist_pending
-        ):
-            self.hist_pending.append((m, len(self.pieces)))
-            self._push("hist", m, self._histogram(outputs[0], values))
+        if self.options.histogram and self.batch_index == 0 and not self.histograms[m] and m not in self.hist_pending:
+            self.hist_pending.add(m)
+            self._push("hist", m, [self._histogram(outputs[0], values)])
         if type(self.modules[m]).__name__ in RELU_FAMILY:
             self._track_units(m, outputs[0])
         if self.options.backward and torch.is_grad_enabled():
@@ -269,7 +313,7 @@ class _Collector:
                 if t.requires_grad:
                     self._tensor(t).producers.append((call_index, i == 0))
 
-    def _reduced(self, t: torch.Tensor) -> torch.Tensor:
+    def _reduced(self, t: torch.Tensor) -> list[Any]:
         """_reduce, once per tensor and version: a parent returning its child's output costs nothing more."""
         hit = self.reduce_cache.get(id(t))
         if hit is not None and hit[0]() is t and hit[1] == t._version:
@@ -310,9 +354,10 @@ class _Collector:
             g = grad.detach()
             g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
             if not self.exact:
-                sumsq = torch.linalg.vector_norm(g).square()
-                suspect = (~torch.isfinite(sumsq)).to(self.acc)
-                self._push("grad", index, torch.stack([sumsq.to(self.acc), suspect, torch.zeros_like(suspect)]))
+                flat = g.reshape(-1)
+                sumsq = torch.dot(flat, flat)
+                suspect = ~torch.isfinite(sumsq)
+                self._push("grad", index, [sumsq, suspect, 0])
                 return
             nonzero = torch.count_nonzero(g)
             gf = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
@@ -320,7 +365,7 @@ class _Collector:
             nan = nonzero - torch.count_nonzero(torch.nan_to_num(g, nan=0.0, posinf=math.inf, neginf=-math.inf))
             inf = k - nan
             sumsq = gf.square().sum()
-            self._push("grad", index, torch.stack([sumsq.to(self.acc), nan.to(self.acc), inf.to(self.acc)]))
+            self._push("grad", index, [sumsq, nan, inf])
 
         return hook
 
@@ -332,7 +377,7 @@ class _Collector:
     def record_loss(self, loss: torch.Tensor) -> None:
         import torch
 
-        self._push("loss", 0, (~torch.isfinite(loss.detach())).any())
+        self._push("loss", 0, [(~torch.isfinite(loss.detach())).any()])
 
     def record_param_grads(self) -> None:
         import torch
@@ -343,14 +388,14 @@ class _Collector:
                 continue
             parts = [g.detach().float() if g.dtype in (torch.float16, torch.bfloat16) else g.detach() for g in grads]
             if not self.exact:
-                sumsq = torch.stack([torch.linalg.vector_norm(g).square() for g in parts]).sum()
-                suspect = (~torch.isfinite(sumsq)).to(self.acc)
-                self._push("pgrad", m, torch.stack([sumsq.to(self.acc), suspect, torch.zeros_like(suspect)]))
+                sumsq = torch.stack([torch.dot(g.reshape(-1), g.reshape(-1)) for g in parts]).sum()
+                suspect = ~torch.isfinite(sumsq)
+                self._push("pgrad", m, [sumsq, suspect, 0])
                 continue
             sumsq = torch.stack([torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0).square().sum() for g in parts]).sum()
             nan = torch.stack([torch.isnan(g).sum() for g in parts]).sum()
             inf = torch.stack([torch.isinf(g).sum() for g in parts]).sum()
-            self._push("pgrad", m, torch.stack([sumsq.to(self.acc), nan.to(self.acc), inf.to(self.acc)]))
+            self._push("pgrad", m, [sumsq, nan, inf])
 
     def end_batch(self) -> bool:
         """The one device->host transfer of the batch, then exact merges on the host.
@@ -358,16 +403,11 @@ class _Collector:
         Returns False, merging nothing, when a fast-mode batch raised a suspect flag: the caller then
         replays the batch in exact mode.
         """
-        import torch
 
-        alive_layout = [(m, a.numel()) for m, a in enumerate(self.alive) if a is not None]
-        pieces = self.pieces + [a.reshape(-1).to(self.acc) for a in self.alive if a is not None]
-        flat: list[float] = torch.cat(pieces).cpu().tolist() if pieces else []
-        chunks: list[tuple[str, int, list[float]]] = []
-        pos = 0
-        for kind, index, length in self.layout:
-            chunks.append((kind, index, flat[pos:pos + length]))
-            pos += length
+        for m, a in enumerate(self.alive):
+            if a is not None:
+                self._push("alive", m, [a])
+        chunks = self._transfer()
         if not self.exact and any(self._suspect(kind, chunk) for kind, _, chunk in chunks):
             return False
         forward_events: list[tuple[int, bool, bool]] = []
@@ -391,9 +431,8 @@ class _Collector:
                 acc[3] = True
             elif kind == "loss":
                 loss_bad = chunk[0] > 0
-        for m, length in alive_layout:
-            self.running[m].set_alive(flat[pos:pos + length])
-            pos += length
+            elif kind == "alive":
+                self.running[index].set_alive(chunk)
         self._attribute_grads(grad_events)
         if self.origin is None:
             self.origin = self._forward_origin(forward_events) or self._backward_origin(grad_events, loss_bad)
@@ -601,7 +640,7 @@ def collect_stats(
 def _rng_state() -> tuple[Any, Any]:
     import torch
 
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None  # type: ignore[no-untyped-call]
     return torch.get_rng_state(), cuda
 
 

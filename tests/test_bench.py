@@ -1,0 +1,35 @@
+"""The benchmarks' smoke mode: tiny sizes, one run, so the scripts cannot rot. Timings are not asserted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+
+def test_stats_benchmark_smoke() -> None:
+    import bench_stats
+
+    models = "gpt2,cnn" if _has_transformers() else "cnn"
+    lines = bench_stats.main(["--smoke", "--models", models])
+    contenders = [line.split("|")[2].strip() for line in lines if line.startswith("| cnn |")]
+    assert contenders == ["bare", "modinspect", "item-hooks", "detect_anomaly"]
+    ratios = [float(line.split("|")[5]) for line in lines if line.startswith("| cnn |")]
+    assert ratios[0] == 1.0 and all(r > 0 for r in ratios)
+
+
+def _has_transformers() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("module", ["bench_stats"])
+def test_benchmark_scripts_document_themselves(module: str) -> None:
+    mod = __import__(module)
+    assert mod.__doc__ and "--smoke" in mod.__doc__
