@@ -225,3 +225,12 @@ def test_gpt2_from_config_with_token_ids(tmp_path: Path) -> None:
     assert rows["lm_head"]["count"] == 2 * 16 * 99
     assert rows["transformer.wte"]["grad_norm"] > 0
     assert doc["nonfinite_origin"] is None
+
+
+def test_torchscript_is_refused_with_advice() -> None:
+    result = invoke("stats", "small_cnn_scripted.pt", "--input-shape", "2,3,8,8", cwd=SAMPLES)
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "error: small_cnn_scripted.pt is TorchScript, whose modules take no Python hooks; run stats on the Python "
+        "model instead, e.g. an entry point with --weights small_cnn_scripted.pt\n",
+    )

@@ -590,6 +590,11 @@ def collect_stats(
     """
     import torch
 
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModinspectError(
+            f"{source or 'this model'} is TorchScript, whose modules take no Python hooks; run stats on the Python "
+            f"model instead, e.g. an entry point with --weights {source or 'CHECKPOINT'}"
+        )
     named = [(n, m) for n, m in model.named_modules()
              if options.pattern is None or fnmatch.fnmatchcase(n, options.pattern) or n == options.pattern]
     if not named:
