@@ -179,3 +179,69 @@ class StatsReport:
     nonfinite_origin: NonfiniteOrigin | None
     nonfinite_found: bool
     notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PairMismatch:
+    """A name present on both sides whose shape or dtype differs."""
+
+    name: str
+    a: str
+    b: str
+
+
+@dataclass(frozen=True)
+class TensorDiff:
+    """How one tensor present on both sides compares. Floats are over finite pairs; None when undefined."""
+
+    name: str
+    a_name: str
+    b_name: str
+    shape: tuple[int, ...]
+    dtype_a: str
+    dtype_b: str
+    numel: int
+    differing: int  # elements outside tolerance (NaN/Inf mismatches included)
+    max_abs_diff: float
+    mean_abs_diff: float | None
+    rel_l2: float | None  # ‖a−b‖ / ‖a‖
+    cosine: float | None
+    nan_a: int
+    nan_b: int
+    inf_a: int
+    inf_b: int
+    status: str  # equal | close | changed
+
+
+@dataclass(frozen=True)
+class ModuleRollup:
+    module: str
+    tensors: int
+    changed: int
+    max_abs_diff: float
+
+
+@dataclass(frozen=True)
+class DiffReport:
+    a: str
+    b: str
+    format_a: str
+    format_b: str
+    only_in_a: tuple[str, ...]
+    only_in_b: tuple[str, ...]
+    shape_mismatch: tuple[PairMismatch, ...]
+    dtype_mismatch: tuple[PairMismatch, ...]
+    changed: tuple[TensorDiff, ...]  # sorted by severity
+    close: tuple[TensorDiff, ...]
+    equal: int  # tensors equal within tolerance (close ones included)
+    identical: int  # of which bitwise/numerically identical
+    compared: int
+    aliased: tuple[tuple[str, str], ...]  # (name only one side stores, the tied name it matched through)
+    rollup: tuple[ModuleRollup, ...]
+    hints: tuple[str, ...]
+    tolerance: str
+    nan_equal: bool
+
+    @property
+    def differs(self) -> bool:
+        return bool(self.only_in_a or self.only_in_b or self.shape_mismatch or self.dtype_mismatch or self.changed)

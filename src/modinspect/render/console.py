@@ -5,16 +5,19 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 from typing import IO
 
 from rich import box
 from rich.console import Console, Group, RenderableType
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from modinspect.analysis.keymap import collapse_indices
 from modinspect.render.text import human_bytes, human_count, num, percent, shape_text, sparkline
-from modinspect.report import ModuleNode, StatsReport, TensorRow, TreeReport
+from modinspect.report import DiffReport, ModuleNode, StatsReport, TensorRow, TreeReport
 
 
 def make_console(file: IO[str] | None = None, width: int | None = None) -> Console:
@@ -33,6 +36,33 @@ def progress(message: str) -> contextlib.AbstractContextManager[object]:
     if not sys.stderr.isatty():
         return contextlib.nullcontext()
     return Console(file=sys.stderr).status(message, spinner="dots")
+
+
+def progress_bar(total: int, description: str) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+    """A byte-counting progress bar on stderr, on a terminal only; yields an advance(nbytes) callable."""
+    return _ProgressBar(total, description)
+
+
+class _ProgressBar:
+    def __init__(self, total: int, description: str) -> None:
+        self.total, self.description = total, description
+        self.progress: Progress | None = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not sys.stderr.isatty():
+            return lambda _n: None
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+            console=Console(file=sys.stderr), transient=True,
+        )
+        self.progress.start()
+        task = self.progress.add_task(self.description, total=self.total)
+        progress = self.progress
+        return lambda n: progress.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
 
 
 def _tensor_label(t: TensorRow) -> Text:
@@ -274,3 +304,84 @@ def verdict_text(report: StatsReport) -> str:
 def verdict(report: StatsReport) -> Text:
     style = "bold red" if report.nonfinite_found else "bold green"
     return Text("\n" + verdict_text(report), style=style)
+
+
+def _names_block(title: str, names: list[str], style: str) -> Text:
+    text = Text()
+    text.append(f"{title} ({len(names)})\n", style=f"bold {style}")
+    shown = collapse_indices(names)
+    for name in shown[:40]:
+        text.append(f"  {name}\n")
+    if len(shown) > 40:
+        text.append(f"  … {len(shown) - 40} more (see --json)\n", style="dim")
+    text.rstrip()
+    return text
+
+
+def diff_renderable(report: DiffReport, limit: int = 50) -> RenderableType:
+    """Summary first, then changed tensors by severity, the per-module roll-up, then structural differences."""
+    parts: list[RenderableType] = []
+    head = Text()
+    head.append("A ", style="bold")
+    head.append(f"{report.a}  ({report.format_a})\n")
+    head.append("B ", style="bold")
+    head.append(f"{report.b}  ({report.format_b})\n")
+    nan = "NaN equals NaN" if report.nan_equal else "NaN differs from everything"
+    head.append(f"tolerance: {report.tolerance}; {nan}", style="dim")
+    parts.append(head)
+    summary = Text()
+    summary.append(f"\n{report.compared} compared: {report.equal} equal", style="bold")
+    if report.close:
+        summary.append(f" ({len(report.close)} within tolerance, not identical)")
+    summary.append(f", {len(report.changed)} changed", style="bold red" if report.changed else "bold")
+    structural = [
+        (len(report.only_in_a), "only in A"), (len(report.only_in_b), "only in B"),
+        (len(report.shape_mismatch), "shape mismatches"), (len(report.dtype_mismatch), "dtype mismatches"),
+    ]
+    summary.append("; " + ", ".join(f"{n} {label}" for n, label in structural),
+                   style="bold red" if any(n for n, _ in structural) else "")
+    parts.append(summary)
+    for hint in report.hints:
+        parts.append(Text(f"hint: {hint}", style="yellow"))
+    if report.changed:
+        parts.append(Text("\nChanged, most severe first", style="bold"))
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+        table.add_column("tensor", overflow="fold")
+        for title in ("shape", "differing", "max |Δ|", "mean |Δ|", "rel L2", "cosine", "NaN A/B"):
+            table.add_column(title, justify="right", no_wrap=True)
+        for d in report.changed[:limit]:
+            table.add_row(
+                d.name, shape_text(d.shape), f"{d.differing:,}/{d.numel:,}", num(d.max_abs_diff), num(d.mean_abs_diff),
+                num(d.rel_l2), num(d.cosine), f"{d.nan_a}/{d.nan_b}" if d.nan_a or d.nan_b else "",
+            )
+        parts.append(table)
+        if len(report.changed) > limit:
+            parts.append(Text(f"… {len(report.changed) - limit} more changed tensors (see --json)", style="dim"))
+    if report.rollup:
+        text = Text("\nBy module\n", style="bold")
+        for r in report.rollup[:limit]:
+            text.append(f"  {r.module or '(top level)'}: {r.changed} of {r.tensors} tensors changed, "
+                        f"max |Δ| {r.max_abs_diff:.1e}\n")
+        text.rstrip()
+        parts.append(text)
+    if report.only_in_a:
+        parts.append(_names_block("\nOnly in A", list(report.only_in_a), "red"))
+    if report.only_in_b:
+        parts.append(_names_block("\nOnly in B", list(report.only_in_b), "red"))
+    for title, items in (("Shape mismatches", report.shape_mismatch), ("Dtype mismatches", report.dtype_mismatch)):
+        if items:
+            text = Text(f"\n{title} ({len(items)})\n", style="bold red")
+            for m in items[:limit]:
+                text.append(f"  {m.name}: {m.a} in A, {m.b} in B\n")
+            text.rstrip()
+            parts.append(text)
+    if report.aliased:
+        text = Text(f"\nTied names matched through their partner ({len(report.aliased)})\n", style="bold")
+        for name, via in report.aliased:
+            text.append(f"  {name} = {via}\n", style="dim")
+        text.rstrip()
+        parts.append(text)
+    verdict_line = Text("\nThe checkpoints differ." if report.differs else "\nNo differences within tolerance.",
+                        style="bold red" if report.differs else "bold green")
+    parts.append(verdict_line)
+    return Group(*parts)

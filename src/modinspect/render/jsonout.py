@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from modinspect import __version__
-from modinspect.report import StatsReport, TreeReport
+from modinspect.report import DiffReport, StatsReport, TensorDiff, TreeReport
 
 SCHEMA_VERSION = 1
 
@@ -91,4 +91,40 @@ def stats_document(report: StatsReport) -> dict[str, Any]:
         },
         "nonfinite_found": report.nonfinite_found,
         "notes": list(report.notes),
+    }
+
+
+def _tensor_diff(d: TensorDiff) -> dict[str, Any]:
+    return {
+        "name": d.name, "a_name": d.a_name, "b_name": d.b_name, "shape": list(d.shape), "dtype_a": d.dtype_a,
+        "dtype_b": d.dtype_b, "numel": d.numel, "differing": d.differing, "max_abs_diff": _num(d.max_abs_diff),
+        "mean_abs_diff": _num(d.mean_abs_diff), "rel_l2": _num(d.rel_l2), "cosine": _num(d.cosine),
+        "nan_a": d.nan_a, "nan_b": d.nan_b, "inf_a": d.inf_a, "inf_b": d.inf_b,
+    }
+
+
+def diff_document(report: DiffReport) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "modinspect_version": __version__,
+        "a": report.a,
+        "b": report.b,
+        "format_a": report.format_a,
+        "format_b": report.format_b,
+        "differs": report.differs,
+        "only_in_a": list(report.only_in_a),
+        "only_in_b": list(report.only_in_b),
+        "shape_mismatch": [{"name": m.name, "a": m.a, "b": m.b} for m in report.shape_mismatch],
+        "dtype_mismatch": [{"name": m.name, "a": m.a, "b": m.b} for m in report.dtype_mismatch],
+        "changed": [_tensor_diff(d) for d in report.changed],
+        "close": [_tensor_diff(d) for d in report.close],
+        "equal": report.equal,
+        "identical": report.identical,
+        "compared": report.compared,
+        "aliased": [{"name": n, "via": v} for n, v in report.aliased],
+        "modules": [{"module": r.module, "tensors": r.tensors, "changed": r.changed, "max_abs_diff": _num(r.max_abs_diff)}
+                    for r in report.rollup],
+        "hints": list(report.hints),
+        "tolerance": report.tolerance,
+        "nan_equal": report.nan_equal,
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import torch
@@ -122,6 +122,21 @@ class Source:
         for name in names if names is not None else self.names():
             yield name, self.read_tensor(name)
 
+    def iter_chunks(self, name: str, chunk_elems: int = 1 << 20) -> Iterator[torch.Tensor]:
+        """Yield tensor `name` as 1-d pieces of at most `chunk_elems` elements, in row-major order.
+
+        Readers of files override `_chunks` to read the pieces straight from disk, so comparing two
+        tensors never holds either one whole in memory.
+        """
+        if name not in self._by_name:
+            raise KeyError(name)
+        yield from self._chunks(name, chunk_elems)
+
+    def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
+        flat = self._read(name).reshape(-1)
+        for start in range(0, flat.numel(), chunk_elems):
+            yield flat[start:start + chunk_elems]
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Read every tensor. Convenient for small checkpoints; prefer iter_tensors for large ones."""
         return dict(self.iter_tensors())
@@ -147,3 +162,36 @@ def tied_groups(tensors: Iterable[TensorInfo]) -> list[list[str]]:
             groups.setdefault(t.storage, []).append(t.name)
     return [g for g in groups.values() if len(g) > 1]
 
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides = []
+    step = 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= max(d, 1)
+    return tuple(reversed(strides))
+
+
+def is_row_major(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """True when a view with this shape and stride reads its storage in order (size-1 dims ignored)."""
+    return all(s == c for d, s, c in zip(shape, stride, contiguous_strides(shape), strict=True) if d != 1)
+
+
+def read_chunks(stream: IO[bytes], numel: int, dtype: str, chunk_elems: int, label: str) -> Iterator[torch.Tensor]:
+    """`numel` elements of `dtype` read from `stream`'s position as 1-d tensors of at most chunk_elems each."""
+    import torch
+
+    from modinspect.errors import CorruptFileError
+
+    torch_dtype = getattr(torch, dtype)
+    itemsize = DTYPE_BITS[dtype] // 8
+    remaining = numel
+    while remaining > 0:
+        count = min(chunk_elems, remaining)
+        buf = bytearray(count * itemsize)
+        got = stream.readinto(buf)  # type: ignore[attr-defined]
+        if got != len(buf):
+            raise CorruptFileError(f"{label} is truncated: a tensor ends past the end of its data")
+        yield torch.frombuffer(buf, dtype=torch_dtype)
+        remaining -= count

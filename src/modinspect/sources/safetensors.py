@@ -11,11 +11,12 @@ import json
 import re
 import struct
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modinspect.errors import CorruptFileError
-from modinspect.sources.base import Source, TensorInfo
+from modinspect.sources.base import DTYPE_BITS, Source, TensorInfo, read_chunks
 
 if TYPE_CHECKING:
     import torch
@@ -170,6 +171,18 @@ class SafetensorsSource(Source):
 
     def _read(self, name: str) -> torch.Tensor:
         return read_safetensors_tensor(self.header, self._aliases.get(name, name))
+
+    def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
+        dtype, shape, begin, _end = self.header.entries[self._aliases.get(name, name)]
+        numel = 1
+        for d in shape:
+            numel *= d
+        if DTYPE_BITS[dtype] % 8:
+            yield from super()._chunks(name, chunk_elems)
+            return
+        with self.path.open("rb") as f:
+            f.seek(self.header.data_start + begin)
+            yield from read_chunks(f, numel, dtype, chunk_elems, str(self.path))
 
 
 def natural_key(name: str) -> list[tuple[int, int | str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,6 +88,9 @@ class ShardedSource(Source):
 
     def _read(self, name: str) -> torch.Tensor:
         return self._owner[name].read_tensor(name)
+
+    def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
+        return self._owner[name].iter_chunks(name, chunk_elems)
 
     def close(self) -> None:
         for src in self._shards.values():

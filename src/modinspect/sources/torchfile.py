@@ -10,12 +10,19 @@ import io
 import pickle
 import struct
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from modinspect.errors import CorruptFileError, UnsafePickleError
-from modinspect.sources.base import DTYPE_BITS, EntrySummary, Source, TensorInfo
+from modinspect.sources.base import (
+    DTYPE_BITS,
+    EntrySummary,
+    Source,
+    TensorInfo,
+    is_row_major,
+    read_chunks,
+)
 from modinspect.sources.pickle_gate import (
     RestrictedUnpickler,
     StorageRef,
@@ -221,6 +228,21 @@ class ZipTorchSource(TorchFileSource):
         assert data is not None
         return data
 
+    def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
+        ref = self._refs[name]
+        if ref.storage is None or not is_row_major(ref.shape, ref.stride):
+            yield from super()._chunks(name, chunk_elems)
+            return
+        itemsize = DTYPE_BITS[ref.dtype] // 8
+        try:
+            with self._zf.open(f"{self._prefix}data/{ref.storage.key}") as member:
+                member.read(ref.offset * itemsize)  # usually 0: a tensor tends to own its storage
+                yield from read_chunks(member, _numel(ref.shape), ref.dtype, chunk_elems, str(self.path))
+        except KeyError:
+            raise CorruptFileError(f"{self.path} is a zip file without data for {name!r}") from None
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise CorruptFileError(f"{self.path} is a damaged zip file ({exc})") from None
+
     def close(self) -> None:
         self._zf.close()
 
@@ -271,6 +293,22 @@ class LegacyTorchSource(TorchFileSource):
         with self.path.open("rb") as f:
             f.seek(self._offsets[ref.key])
             return f.read(ref.numel * DTYPE_BITS[ref.dtype] // 8)
+
+    def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
+        ref = self._refs[name]
+        if ref.storage is None or not is_row_major(ref.shape, ref.stride):
+            yield from super()._chunks(name, chunk_elems)
+            return
+        with self.path.open("rb") as f:
+            f.seek(self._offsets[ref.storage.key] + ref.offset * DTYPE_BITS[ref.dtype] // 8)
+            yield from read_chunks(f, _numel(ref.shape), ref.dtype, chunk_elems, str(self.path))
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _no_storage(pid: tuple[object, ...]) -> StorageRef:

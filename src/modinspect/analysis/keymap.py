@@ -1,0 +1,138 @@
+"""Key mapping shared by diff and load: strip/add prefixes, regex renames, include/exclude globs."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from modinspect.errors import UsageError
+
+# Prefixes wrappers add: DataParallel/DDP, torch.compile, Lightning/HF containers.
+WRAPPER_PREFIXES = {
+    "module.": "DataParallel/DistributedDataParallel",
+    "_orig_mod.": "torch.compile",
+    "model.": "a wrapping module",
+}
+
+
+@dataclass(frozen=True)
+class KeyMap:
+    """How checkpoint keys are rewritten before they are matched. Applied in field order."""
+
+    strip_prefixes: tuple[str, ...] = ()
+    add_prefix: str = ""
+    renames: tuple[tuple[str, str], ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def identity(self) -> bool:
+        return self == KeyMap()
+
+    def apply(self, name: str) -> str | None:
+        """The mapped name, or None when include/exclude filter it out."""
+        for prefix in self.strip_prefixes:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        name = self.add_prefix + name
+        for pattern, repl in self.renames:
+            name = re.sub(pattern, repl, name)
+        if self.include and not any(fnmatch.fnmatchcase(name, g) for g in self.include):
+            return None
+        if any(fnmatch.fnmatchcase(name, g) for g in self.exclude):
+            return None
+        return name
+
+    def map_names(self, names: Iterable[str], side: str) -> dict[str, str]:
+        """{mapped name: original name}; two originals mapping to one name is an error."""
+        out: dict[str, str] = {}
+        for original in names:
+            mapped = self.apply(original)
+            if mapped is None:
+                continue
+            if mapped in out:
+                raise UsageError(
+                    f"key mapping sends both {out[mapped]!r} and {original!r} in {side} to {mapped!r}; "
+                    "narrow --rename or --strip-prefix"
+                )
+            out[mapped] = original
+        return out
+
+
+def parse_renames(specs: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """'REGEX=REPL' strings -> compiled-checked pairs."""
+    pairs = []
+    for spec in specs:
+        pattern, sep, repl = spec.partition("=")
+        if not sep or not pattern:
+            raise UsageError(f"--rename {spec!r} is not REGEX=REPLACEMENT, e.g. '^encoder\\.=backbone.'")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UsageError(f"--rename {spec!r}: {exc}") from None
+        pairs.append((pattern, repl))
+    return tuple(pairs)
+
+
+def suggest_prefix(only_here: Sequence[str], there: set[str]) -> tuple[str, int] | None:
+    """A wrapper prefix that, stripped from most of `only_here`, would make them match `there`."""
+    if not only_here:
+        return None
+    best: tuple[str, int] | None = None
+    for prefix in WRAPPER_PREFIXES:
+        hits = sum(1 for n in only_here if n.startswith(prefix) and n[len(prefix):] in there)
+        if hits * 2 >= len(only_here) and (best is None or hits > best[1]):
+            best = (prefix, hits)
+    return best
+
+
+def collapse_indices(names: Sequence[str]) -> list[str]:
+    """['h.0.w', 'h.1.w', 'h.2.w', 'x'] -> ['h.{0-2}.w', 'x']: layer indices folded into ranges, order kept."""
+    groups: dict[tuple[str, ...], list[tuple[int, str]]] = {}
+    order: list[tuple[str, ...]] = []
+    for name in names:
+        parts = name.split(".")
+        digit_at = [i for i, p in enumerate(parts) if p.isdigit()]
+        if len(digit_at) != 1:
+            key: tuple[str, ...] = ("", name)
+            groups.setdefault(key, []).append((0, name))
+        else:
+            i = digit_at[0]
+            key = (".".join(parts[:i]), ".".join(parts[i + 1:]))
+            groups.setdefault(key, []).append((int(parts[i]), name))
+        if key not in order:
+            order.append(key)
+    out: list[str] = []
+    for key in order:
+        members = groups[key]
+        if key[0] == "" and len(members) == 1 and not any(p.isdigit() for p in members[0][1].split(".")):
+            out.append(members[0][1])
+        elif len(members) < 3:
+            out.extend(name for _, name in members)
+        else:
+            head, tail = key
+            ranges = _ranges(sorted(i for i, _ in members))
+            out.append(f"{head}.{{{ranges}}}" + (f".{tail}" if tail else ""))
+    return out
+
+
+def _ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8'."""
+    spans: list[list[int]] = []
+    for i in indices:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def rollup_key(name: str) -> str:
+    """The module a tensor is rolled up under: up to its first layer index ('transformer.h.3'), else its top module."""
+    parts = name.split(".")
+    for i, p in enumerate(parts[:-1]):
+        if p.isdigit():
+            return ".".join(parts[: i + 1])
+    return parts[0] if len(parts) > 1 else ""
