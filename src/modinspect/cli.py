@@ -235,6 +235,113 @@ def diff(
     raise typer.Exit(code)
 
 
+@app.command()
+def load(
+    paths: Annotated[
+        list[str], typer.Argument(help="[MODEL] CHECKPOINT: MODEL builds a module (entry point, TorchScript; "
+                                  "default: [tool.modinspect]); CHECKPOINT is any SOURCE with a state dict.",
+                                  metavar="[MODEL] CHECKPOINT", show_default=False)
+    ],
+    strict: Annotated[bool, typer.Option("--strict", help="Every key must match, else exit 1 and write nothing.")] = False,
+    skip_mismatched: Annotated[
+        bool, typer.Option("--skip-mismatched", help="Leave tensors whose shape differs at the model's values.")
+    ] = False,
+    strip_prefix: PrefixOpt = None,
+    add_prefix: Annotated[str, typer.Option("--add-prefix", help="Prepend PREFIX to every checkpoint key.",
+                                            metavar="PREFIX")] = "",
+    rename: RenameOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; load and write nothing.")] = False,
+    meta: Annotated[bool, typer.Option("--meta", help="Build the model on the meta device: a free plan (implies "
+                                       "--dry-run).")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the resulting state dict (.safetensors or "
+                                             ".pt), atomically.", metavar="FILE")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+    unsafe_pickle: UnsafeOpt = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Load what fits of a checkpoint into a model, and report every key: loaded, missing, unexpected, mismatched, cast.
+
+    Exit 0 when the load was performed as asked, 1 when --strict failed (nothing written), 2 on errors.
+
+    Examples:
+
+        modinspect load models.py:resnet18 imagenet.pth --dry-run
+
+        modinspect load models.py:classifier pretrained.pt --skip-mismatched --out init.safetensors
+
+        modinspect load models.py:net ddp_ckpt.pt --strip-prefix module. --strict --json
+    """
+    code = 0
+    with user_errors(debug):
+        from modinspect.analysis.keymap import KeyMap, parse_renames
+        from modinspect.analysis.loading import plan_load
+        from modinspect.report import LoadReport
+        from modinspect.sources import open_source
+        from modinspect.sources.weights import (
+            copy_into,
+            describe_mismatched,
+            is_meta,
+            output_kind,
+            write_state_dict,
+        )
+        from modinspect.writes import atomic_write, check_writable
+
+        if len(paths) not in (1, 2):
+            raise UsageError("load takes [MODEL] CHECKPOINT: one or two SOURCEs")
+        model_spec, ckpt_spec = (None, paths[0]) if len(paths) == 1 else (paths[0], paths[1])
+        if out is not None:
+            if meta:
+                raise UsageError("--out needs real weights: drop --meta (which only plans)")
+            kind = output_kind(out)
+            check_writable(out, force, [Path(p) for p in paths])
+        keymap = KeyMap(strip_prefixes=tuple(strip_prefix or ()), add_prefix=add_prefix,
+                        renames=parse_renames(rename or ()), include=tuple(include or ()),
+                        exclude=tuple(exclude or ()))
+        with _spinner("building the model…"):
+            model = open_source(model_spec, meta=meta, unsafe_pickle=unsafe_pickle, config_weights=False)
+        if model.module is None:
+            raise UsageError(
+                f"{model.label} is a checkpoint, not a model: load needs MODEL as an entry point (file.py:NAME) "
+                "or a TorchScript file"
+            )
+        with open_source(ckpt_spec, unsafe_pickle=unsafe_pickle) as checkpoint:
+            _warn(model.warnings + checkpoint.warnings)
+            plan = plan_load(model.tensors, checkpoint.tensors, keymap)
+            planning = dry_run or meta or is_meta(model.module)
+            strict_failed = strict and not plan.strict_ok
+            blocked = bool(plan.mismatched) and not skip_mismatched and not strict_failed
+            performed = written = None
+            if not (planning or strict_failed or blocked):
+                with _spinner("loading…"):
+                    copy_into(model.module, plan, checkpoint)
+                performed = True
+                if out is not None:
+                    atomic_write(out, lambda tmp: write_state_dict(model.module, tmp, kind), force=force,
+                                 inputs=[Path(p) for p in paths])
+                    written = str(out)
+        report = LoadReport(model=model.label, checkpoint=checkpoint.label, plan=plan, strict=strict,
+                            skip_mismatched=skip_mismatched, performed=bool(performed), dry_run=planning,
+                            written=written)
+        if as_json:
+            from modinspect.render.jsonout import dumps, load_document
+
+            print(dumps(load_document(report)))
+        else:
+            from modinspect.render.console import load_renderable, make_console
+
+            make_console().print(load_renderable(report))
+        if blocked:
+            raise UsageError(
+                f"{len(plan.mismatched)} tensor(s) have another shape in the checkpoint "
+                f"({describe_mismatched(plan)}); nothing was loaded: pass --skip-mismatched to load the rest"
+            )
+        code = 1 if strict_failed else 0
+    raise typer.Exit(code)
+
+
 def _resolve_device(device: str) -> str:
     import torch
 

@@ -113,16 +113,36 @@ class Alias:
 
 @dataclass(frozen=True)
 class LoadPlan:
+    """Every key's status. Model-side names except `unexpected`, which holds checkpoint names as stored."""
+
     loaded: tuple[str, ...]
-    cast: tuple[Mismatch, ...]
+    cast: tuple[Mismatch, ...]  # loaded, but torch's copy_ converts the dtype
     mismatched: tuple[Mismatch, ...]
     missing: tuple[str, ...]
     unexpected: tuple[str, ...]
-    tied: tuple[Alias, ...]
+    tied: tuple[Alias, ...]  # model names filled through a loaded tied partner
+    sources: tuple[tuple[str, str], ...] = ()  # (model name, checkpoint name) for each loaded key
+    hints: tuple[str, ...] = ()
 
     @property
     def strict_ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    model: str
+    checkpoint: str
+    plan: LoadPlan
+    strict: bool
+    skip_mismatched: bool
+    performed: bool  # values were copied into the model
+    dry_run: bool
+    written: str | None
+
+    @property
+    def strict_failed(self) -> bool:
+        return self.strict and not self.plan.strict_ok
 
 
 @dataclass(frozen=True)

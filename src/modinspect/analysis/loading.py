@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from modinspect.analysis.keymap import WRAPPER_PREFIXES, KeyMap, suggest_prefix
 from modinspect.report import Alias, LoadPlan, Mismatch
 from modinspect.sources.base import TensorInfo
 
 
-def plan_load(model: Sequence[TensorInfo], checkpoint: Sequence[TensorInfo]) -> LoadPlan:
+def plan_load(model: Sequence[TensorInfo], checkpoint: Sequence[TensorInfo], keymap: KeyMap | None = None) -> LoadPlan:
     """Give every key a status: loaded, cast, mismatched, missing, unexpected or tied.
 
-    Only what a state dict holds counts on the model's side (parameters and persistent buffers).
-    A model name whose tied partner is loaded is `tied`, not missing: loading one loads both.
+    Checkpoint keys are rewritten by `keymap` first. Only what a state dict holds counts on the model's
+    side (parameters and persistent buffers). A model name whose tied partner is loaded is `tied`, not
+    missing: loading one loads both.
     """
+    keymap = keymap or KeyMap()
     wanted = [t for t in model if t.persistent is not False]
-    ckpt = {t.name: t for t in checkpoint}
+    mapped = keymap.map_names([t.name for t in checkpoint], "the checkpoint")
+    by_name = {t.name: t for t in checkpoint}
+    ckpt = {new: by_name[old] for new, old in mapped.items()}
     loaded: list[str] = []
+    sources: list[tuple[str, str]] = []
     cast: list[Mismatch] = []
     mismatched: list[Mismatch] = []
     absent: list[TensorInfo] = []
@@ -28,18 +34,39 @@ def plan_load(model: Sequence[TensorInfo], checkpoint: Sequence[TensorInfo]) -> 
             mismatched.append(Mismatch(t.name, _shape(t), _shape(c)))
         else:
             loaded.append(t.name)
+            sources.append((t.name, c.name))
             if c.dtype != t.dtype:
                 cast.append(Mismatch(t.name, t.dtype, c.dtype))
-    loaded_storages = {t.storage: t.name for t in wanted if t.name in set(loaded) and t.storage}
+    loaded_set = set(loaded)
+    loaded_storages = {t.storage: t.name for t in wanted if t.name in loaded_set and t.storage}
     tied = [Alias(t.name, loaded_storages[t.storage]) for t in absent if t.storage in loaded_storages]
     tied_names = {m.name for m in tied}
     missing = [t.name for t in absent if t.name not in tied_names]
     model_names = {t.name for t in model}
-    unexpected = [name for name in ckpt if name not in model_names]
+    unexpected = [ckpt[name].name for name in ckpt if name not in model_names]
+    hints = _hints(missing, [n for n in ckpt if n not in model_names], len(loaded), len(wanted))
     return LoadPlan(
-        loaded=tuple(loaded), cast=tuple(cast), mismatched=tuple(mismatched),
-        missing=tuple(missing), unexpected=tuple(unexpected), tied=tuple(tied),
+        loaded=tuple(loaded), cast=tuple(cast), mismatched=tuple(mismatched), missing=tuple(missing),
+        unexpected=tuple(unexpected), tied=tuple(tied), sources=tuple(sources), hints=tuple(hints),
     )
+
+
+def _hints(missing: list[str], unexpected: list[str], loaded: int, wanted: int) -> list[str]:
+    """When little matches, the wrapper prefix that explains it and the flag that fixes it."""
+    if not missing or not unexpected or loaded * 2 > wanted:
+        return []
+    hints = []
+    strip = suggest_prefix(unexpected, set(missing))
+    if strip is not None:
+        prefix, hits = strip
+        hints.append(f"{hits} checkpoint keys match the model once the prefix '{prefix}' "
+                     f"({WRAPPER_PREFIXES[prefix]}) is removed: pass --strip-prefix {prefix}")
+    add = suggest_prefix(missing, set(unexpected))
+    if add is not None:
+        prefix, hits = add
+        hints.append(f"{hits} model keys match the checkpoint once the prefix '{prefix}' is added to its keys: "
+                     f"pass --add-prefix {prefix}")
+    return hints
 
 
 def _shape(t: TensorInfo) -> str:

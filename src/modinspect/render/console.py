@@ -17,7 +17,7 @@ from rich.tree import Tree
 
 from modinspect.analysis.keymap import collapse_indices
 from modinspect.render.text import human_bytes, human_count, num, percent, shape_text, sparkline
-from modinspect.report import DiffReport, ModuleNode, StatsReport, TensorRow, TreeReport
+from modinspect.report import DiffReport, LoadReport, ModuleNode, StatsReport, TensorRow, TreeReport
 
 
 def make_console(file: IO[str] | None = None, width: int | None = None) -> Console:
@@ -385,3 +385,53 @@ def diff_renderable(report: DiffReport, limit: int = 50) -> RenderableType:
                         style="bold red" if report.differs else "bold green")
     parts.append(verdict_line)
     return Group(*parts)
+
+
+def load_renderable(report: LoadReport) -> RenderableType:
+    """The plan grouped by status (layer indices collapsed), then what was done."""
+    plan = report.plan
+    parts: list[RenderableType] = []
+    head = Text()
+    head.append("model       ", style="bold")
+    head.append(f"{report.model}\n")
+    head.append("checkpoint  ", style="bold")
+    head.append(report.checkpoint)
+    parts.append(head)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("count", justify="right")
+    table.add_column("keys", overflow="fold")
+    cast = {m.name: m for m in plan.cast}
+    rows: list[tuple[str, str, list[str]]] = [
+        ("loaded", "green", [n for n in plan.loaded if n not in cast]),
+        ("cast", "yellow", [f"{m.name} ({m.checkpoint} → {m.model}: copy_ converts silently)" for m in plan.cast]),
+        ("tied", "green", [f"{a.name} = {a.target}" for a in plan.tied]),
+        ("mismatched", "red", [f"{m.name} {m.model} in the model, {m.checkpoint} in the checkpoint"
+                               for m in plan.mismatched]),
+        ("missing", "red", list(plan.missing)),
+        ("unexpected", "red", list(plan.unexpected)),
+    ]
+    for status, style, names in rows:
+        if not names:
+            continue
+        shown = collapse_indices(names) if status in ("loaded", "missing", "unexpected") else names
+        listing = "\n".join(shown[:30]) + (f"\n… {len(shown) - 30} more (see --json)" if len(shown) > 30 else "")
+        table.add_row(Text(status, style=f"bold {style}"), str(len(names)), listing)
+    parts.append(table)
+    for hint in plan.hints:
+        parts.append(Text(f"hint: {hint}", style="yellow"))
+    parts.append(Text(_load_outcome(report), style="bold red" if report.strict_failed else "bold"))
+    return Group(*parts)
+
+
+def _load_outcome(report: LoadReport) -> str:
+    plan = report.plan
+    if report.strict_failed:
+        return "--strict: the checkpoint does not match every key; nothing was loaded or written."
+    if report.dry_run:
+        return f"Dry run: {len(plan.loaded)} tensors would load; nothing was changed."
+    if not report.performed:
+        return "Nothing was loaded."
+    skipped = f", {len(plan.mismatched)} mismatched left at the model's values" if plan.mismatched else ""
+    wrote = f"; wrote {report.written}" if report.written else ""
+    return f"Loaded {len(plan.loaded)} tensors into the model{skipped}{wrote}."

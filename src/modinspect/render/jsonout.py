@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from modinspect import __version__
-from modinspect.report import DiffReport, StatsReport, TensorDiff, TreeReport
+from modinspect.report import DiffReport, LoadReport, StatsReport, TensorDiff, TreeReport
 
 SCHEMA_VERSION = 1
 
@@ -127,4 +127,29 @@ def diff_document(report: DiffReport) -> dict[str, Any]:
         "hints": list(report.hints),
         "tolerance": report.tolerance,
         "nan_equal": report.nan_equal,
+    }
+
+
+def load_document(report: LoadReport) -> dict[str, Any]:
+    plan = report.plan
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "modinspect_version": __version__,
+        "model": report.model,
+        "checkpoint": report.checkpoint,
+        "loaded": list(plan.loaded),
+        "missing": list(plan.missing),
+        "unexpected": list(plan.unexpected),
+        "mismatched": [m.name for m in plan.mismatched],
+        "cast": [m.name for m in plan.cast],
+        "tied": [{"name": a.name, "via": a.target} for a in plan.tied],
+        "mismatched_shapes": [{"name": m.name, "model": m.model, "checkpoint": m.checkpoint} for m in plan.mismatched],
+        "cast_dtypes": [{"name": m.name, "model": m.model, "checkpoint": m.checkpoint} for m in plan.cast],
+        "renamed": [{"model": a, "checkpoint": b} for a, b in plan.sources if a != b],
+        "hints": list(plan.hints),
+        "strict": report.strict,
+        "strict_ok": plan.strict_ok,
+        "performed": report.performed,
+        "dry_run": report.dry_run,
+        "written": report.written,
     }

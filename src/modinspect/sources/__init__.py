@@ -27,8 +27,12 @@ def open_source(
     unsafe_pickle: bool = False,
     strict: bool = True,
     base: Path | None = None,
+    config_weights: bool = True,
 ) -> Source:
-    """Open SOURCE `spec`; None means the [tool.modinspect] default. Paths are relative to `base` (cwd)."""
+    """Open SOURCE `spec`; None means the [tool.modinspect] default. Paths are relative to `base` (cwd).
+
+    With `config_weights=False` the default model comes without the table's `weights` (for `load`).
+    """
     options = OpenOptions(unsafe_pickle=unsafe_pickle)
     base = base or Path.cwd()
     weights_base = base  # a --weights given by the caller is relative to base, like `spec`
@@ -37,7 +41,7 @@ def open_source(
 
         config = load_config(base)
         spec, base = config.model, config.root
-        if weights is None and config.weights is not None:
+        if weights is None and config.weights is not None and config_weights:
             weights, weights_base = config.weights, config.root
     if looks_like_entry_point(spec):
         source: Source = open_entry_point(spec, base, meta=meta)

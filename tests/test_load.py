@@ -1,0 +1,244 @@
+"""`modinspect load`: statuses, key mapping, strictness, dry runs, safe atomic writes, round trips."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import invoke
+
+MODELS = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self, classes=10):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+            self.classifier = nn.Linear(4, classes)
+
+        def forward(self, x):
+            return self.classifier(self.features(x).mean((2, 3)))
+
+    def net():
+        torch.manual_seed(123)
+        return Net()
+
+    def five():
+        torch.manual_seed(123)
+        return Net(classes=5)
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(123)
+            self.model = Net()
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(7)
+            self.embed = nn.Embedding(20, 4)
+            self.head = nn.Linear(4, 20, bias=False)
+            self.head.weight = self.embed.weight
+    """
+)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "models.py").write_text(MODELS)
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import importlib
+
+        import models as user_models  # type: ignore[import-not-found]
+
+        importlib.reload(user_models)
+        torch.manual_seed(0)
+        trained = user_models.Net()
+        with torch.no_grad():
+            trained.features[1].running_mean.fill_(0.5)
+            trained.features[1].running_var.fill_(2.0)
+            trained.features[1].num_batches_tracked.fill_(9)
+        torch.save(trained.state_dict(), tmp_path / "ckpt.pth")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("models", None)
+    return tmp_path
+
+
+def load_json(*args: str, cwd: Path) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+    result = invoke("load", *args, "--json", cwd=cwd)
+    return result.exit_code, json.loads(result.stdout) if result.stdout.strip() else {}, result.stderr
+
+
+def test_full_load_with_batchnorm_buffers_round_trips(project: Path) -> None:
+    code, doc, err = load_json("models.py:net", "ckpt.pth", "--out", "out.safetensors", cwd=project)
+    assert (code, err) == (0, "")
+    assert len(doc["loaded"]) == 9 and doc["missing"] == doc["unexpected"] == doc["mismatched"] == doc["cast"] == []
+    assert doc["performed"] and doc["written"] == "out.safetensors"
+    written = load_file(str(project / "out.safetensors"))
+    ckpt = torch.load(project / "ckpt.pth", weights_only=True)
+    for name, value in ckpt.items():
+        assert torch.equal(written[name], value), name
+    assert written["features.1.num_batches_tracked"].item() == 9
+    assert torch.all(written["features.1.running_var"] == 2.0)
+
+
+def test_dataparallel_prefix(project: Path) -> None:
+    ckpt = torch.load(project / "ckpt.pth", weights_only=True)
+    torch.save({f"module.{k}": v for k, v in ckpt.items()}, project / "ddp.pt")
+    code, doc, _ = load_json("models.py:net", "ddp.pt", "--strict", "--out", "never.pt", cwd=project)
+    assert code == 1
+    assert not (project / "never.pt").exists()
+    assert len(doc["missing"]) == 9 and doc["unexpected"][0].startswith("module.")
+    assert doc["hints"] == ["9 checkpoint keys match the model once the prefix 'module.' "
+                            "(DataParallel/DistributedDataParallel) is removed: pass --strip-prefix module."]
+    code, doc, _ = load_json("models.py:net", "ddp.pt", "--strict", "--strip-prefix", "module.", cwd=project)
+    assert code == 0 and len(doc["loaded"]) == 9 and doc["strict_ok"]
+
+
+def test_wrapped_model_suggests_add_prefix(project: Path) -> None:
+    code, doc, _ = load_json("models.py:Wrapped", "ckpt.pth", cwd=project)
+    assert code == 0 and doc["loaded"] == []
+    assert doc["hints"] == ["9 model keys match the checkpoint once the prefix 'model.' is added to its keys: "
+                            "pass --add-prefix model."]
+    code, doc, _ = load_json("models.py:Wrapped", "ckpt.pth", "--add-prefix", "model.", "--strict", cwd=project)
+    assert code == 0 and len(doc["loaded"]) == 9
+
+
+def test_classifier_of_another_size(project: Path) -> None:
+    result = invoke("load", "models.py:five", "ckpt.pth", "--out", "head.pt", cwd=project)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: 2 tensor(s) have another shape in the checkpoint (classifier.weight [5, 4] in the model vs "
+        "[10, 4], classifier.bias [5] in the model vs [10]); nothing was loaded: pass --skip-mismatched to load "
+        "the rest\n"
+    )
+    assert not (project / "head.pt").exists()
+    code, doc, _ = load_json("models.py:five", "ckpt.pth", "--skip-mismatched", "--out", "head.pt", cwd=project)
+    assert code == 0 and doc["mismatched"] == ["classifier.weight", "classifier.bias"]
+    assert doc["mismatched_shapes"][0] == {"name": "classifier.weight", "model": "[5, 4]", "checkpoint": "[10, 4]"}
+    # Round trip: checkpoint values where loaded, the model's own initialisation elsewhere.
+    written = torch.load(project / "head.pt", weights_only=True)
+    ckpt = torch.load(project / "ckpt.pth", weights_only=True)
+    assert torch.equal(written["features.0.weight"], ckpt["features.0.weight"])
+    torch.manual_seed(123)
+    fresh_head = torch.nn.Linear(4, 5)
+    import sys
+
+    sys.path.insert(0, str(project))
+    try:
+        import models as user_models  # type: ignore[import-not-found]
+
+        own = user_models.five().state_dict()
+    finally:
+        sys.path.remove(str(project))
+        sys.modules.pop("models", None)
+    assert written["classifier.weight"].shape == fresh_head.weight.shape
+    assert torch.equal(written["classifier.weight"], own["classifier.weight"])
+    # ... and the written file loads back into the model strictly.
+    back = invoke("tree", "models.py:five", "--weights", "head.pt", "--json", cwd=project)
+    assert back.exit_code == 0 and back.stderr == ""
+    assert json.loads(back.stdout)["notes"] == ["weights: 9 tensors loaded from head.pt"]
+
+
+def test_renamed_submodule(project: Path) -> None:
+    ckpt = torch.load(project / "ckpt.pth", weights_only=True)
+    torch.save({k.replace("features.", "backbone."): v for k, v in ckpt.items()}, project / "renamed.pt")
+    code, doc, _ = load_json("models.py:net", "renamed.pt", cwd=project)
+    assert code == 0 and len(doc["missing"]) == 7 and len(doc["unexpected"]) == 7
+    code, doc, _ = load_json("models.py:net", "renamed.pt", "--rename", r"^backbone\.=features.", "--strict",
+                             cwd=project)
+    assert code == 0 and len(doc["loaded"]) == 9
+    assert {"model": "features.0.weight", "checkpoint": "backbone.0.weight"} in doc["renamed"]
+
+
+def test_include_exclude(project: Path) -> None:
+    code, doc, _ = load_json("models.py:net", "ckpt.pth", "--include", "features.*", "--exclude", "*.num_batches_tracked",
+                             cwd=project)
+    assert code == 0
+    assert sorted(doc["loaded"]) == sorted(["features.0.weight", "features.0.bias", "features.1.weight",
+                                            "features.1.bias", "features.1.running_mean", "features.1.running_var"])
+    assert sorted(doc["missing"]) == ["classifier.bias", "classifier.weight", "features.1.num_batches_tracked"]
+
+
+def test_dtype_cast_is_reported_and_applied(project: Path) -> None:
+    ckpt = torch.load(project / "ckpt.pth", weights_only=True)
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt.items()}
+    save_file(half, str(project / "half.safetensors"))
+    code, doc, _ = load_json("models.py:net", "half.safetensors", "--out", "cast.pt", cwd=project)
+    assert code == 0 and len(doc["cast"]) == 8
+    assert doc["cast_dtypes"][0] == {"name": "features.0.weight", "model": "float32", "checkpoint": "float16"}
+    written = torch.load(project / "cast.pt", weights_only=True)
+    assert written["features.0.weight"].dtype == torch.float32
+    assert torch.equal(written["features.0.weight"], half["features.0.weight"].float())
+    text = invoke("load", "models.py:net", "half.safetensors", cwd=project)
+    assert "copy_ converts silently" in text.stdout
+
+
+def test_tied_weights(project: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(project))
+    try:
+        import models as user_models  # type: ignore[import-not-found]
+
+        tied = user_models.Tied()
+    finally:
+        sys.path.remove(str(project))
+        sys.modules.pop("models", None)
+    save_file({"embed.weight": tied.embed.weight.detach()}, str(project / "untied.safetensors"))
+    code, doc, _ = load_json("models.py:Tied", "untied.safetensors", "--strict", "--out", "tied.safetensors",
+                             cwd=project)
+    assert code == 0 and doc["loaded"] == ["embed.weight"] and doc["missing"] == []
+    assert doc["tied"] == [{"name": "head.weight", "via": "embed.weight"}]
+    tree = json.loads(invoke("tree", "tied.safetensors", "--json", cwd=project).stdout)
+    assert tree["tied"] == [["embed.weight", "head.weight"]] or tree["tied"] == [["head.weight", "embed.weight"]]
+
+
+def test_refuses_to_overwrite_and_force(project: Path) -> None:
+    (project / "keep.pt").write_bytes(b"precious")
+    result = invoke("load", "models.py:net", "ckpt.pth", "--out", "keep.pt", cwd=project)
+    assert (result.exit_code, result.stderr) == (2, "error: keep.pt exists; pass --force to overwrite it\n")
+    assert (project / "keep.pt").read_bytes() == b"precious"
+    forced = invoke("load", "models.py:net", "ckpt.pth", "--out", "keep.pt", "--force", cwd=project)
+    assert forced.exit_code == 0
+    assert set(torch.load(project / "keep.pt", weights_only=True)) == set(torch.load(project / "ckpt.pth",
+                                                                                     weights_only=True))
+    same = invoke("load", "models.py:net", "ckpt.pth", "--out", "ckpt.pth", "--force", cwd=project)
+    assert (same.exit_code, same.stderr) == (2, "error: ckpt.pth is also an input; write the result to another file\n")
+    bad = invoke("load", "models.py:net", "ckpt.pth", "--out", "x.txt", cwd=project)
+    assert (bad.exit_code, bad.stderr) == (2, "error: --out x.txt: use a .safetensors, .pt, .pth, .bin or .ckpt file name\n")
+
+
+def test_dry_run_and_meta_change_nothing(project: Path) -> None:
+    code, doc, _ = load_json("models.py:net", "ckpt.pth", "--dry-run", cwd=project)
+    assert code == 0 and doc["dry_run"] and not doc["performed"] and len(doc["loaded"]) == 9
+    code, doc, _ = load_json("models.py:net", "ckpt.pth", "--meta", cwd=project)
+    assert code == 0 and doc["dry_run"] and not doc["performed"] and len(doc["loaded"]) == 9
+    result = invoke("load", "models.py:net", "ckpt.pth", "--meta", "--out", "m.pt", cwd=project)
+    assert (result.exit_code, result.stderr) == (2, "error: --out needs real weights: drop --meta (which only plans)\n")
+    text = invoke("load", "models.py:net", "ckpt.pth", "--dry-run", cwd=project)
+    assert "Dry run: 9 tensors would load; nothing was changed." in text.stdout
+
+
+def test_model_from_project_config_and_errors(project: Path) -> None:
+    (project / "pyproject.toml").write_text('[tool.modinspect]\nmodel = "models.py:net"\nweights = "nope.pt"\n')
+    code, doc, _ = load_json("ckpt.pth", cwd=project)  # config weights are not applied by load
+    assert code == 0 and doc["model"] == "models.py:net" and len(doc["loaded"]) == 9
+    result = invoke("load", "ckpt.pth", "ckpt.pth", cwd=project)
+    assert result.exit_code == 2
+    assert result.stderr == ("error: ckpt.pth is a checkpoint, not a model: load needs MODEL as an entry point "
+                             "(file.py:NAME) or a TorchScript file\n")
+    many = invoke("load", "a", "b", "c", cwd=project)
+    assert (many.exit_code, many.stderr) == (2, "error: load takes [MODEL] CHECKPOINT: one or two SOURCEs\n")
