@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import textwrap
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -51,28 +53,25 @@ MODELS = textwrap.dedent(
 )
 
 
+def user_models(project: Path) -> ModuleType:
+    """The project's models.py under a private name (tests/models.py owns the name 'models')."""
+    spec = importlib.util.spec_from_file_location(f"user_models_{id(project)}", project / "models.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "models.py").write_text(MODELS)
-    import sys
-
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import importlib
-
-        import models as user_models  # type: ignore[import-not-found]
-
-        importlib.reload(user_models)
-        torch.manual_seed(0)
-        trained = user_models.Net()
-        with torch.no_grad():
-            trained.features[1].running_mean.fill_(0.5)
-            trained.features[1].running_var.fill_(2.0)
-            trained.features[1].num_batches_tracked.fill_(9)
-        torch.save(trained.state_dict(), tmp_path / "ckpt.pth")
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("models", None)
+    torch.manual_seed(0)
+    trained = user_models(tmp_path).Net()
+    with torch.no_grad():
+        trained.features[1].running_mean.fill_(0.5)
+        trained.features[1].running_var.fill_(2.0)
+        trained.features[1].num_batches_tracked.fill_(9)
+    torch.save(trained.state_dict(), tmp_path / "ckpt.pth")
     return tmp_path
 
 
@@ -134,16 +133,7 @@ def test_classifier_of_another_size(project: Path) -> None:
     assert torch.equal(written["features.0.weight"], ckpt["features.0.weight"])
     torch.manual_seed(123)
     fresh_head = torch.nn.Linear(4, 5)
-    import sys
-
-    sys.path.insert(0, str(project))
-    try:
-        import models as user_models  # type: ignore[import-not-found]
-
-        own = user_models.five().state_dict()
-    finally:
-        sys.path.remove(str(project))
-        sys.modules.pop("models", None)
+    own = user_models(project).five().state_dict()
     assert written["classifier.weight"].shape == fresh_head.weight.shape
     assert torch.equal(written["classifier.weight"], own["classifier.weight"])
     # ... and the written file loads back into the model strictly.
@@ -187,16 +177,7 @@ def test_dtype_cast_is_reported_and_applied(project: Path) -> None:
 
 
 def test_tied_weights(project: Path) -> None:
-    import sys
-
-    sys.path.insert(0, str(project))
-    try:
-        import models as user_models  # type: ignore[import-not-found]
-
-        tied = user_models.Tied()
-    finally:
-        sys.path.remove(str(project))
-        sys.modules.pop("models", None)
+    tied = user_models(project).Tied()
     save_file({"embed.weight": tied.embed.weight.detach()}, str(project / "untied.safetensors"))
     code, doc, _ = load_json("models.py:Tied", "untied.safetensors", "--strict", "--out", "tied.safetensors",
                              cwd=project)
