@@ -1,0 +1,524 @@
+"""The hook machinery behind `stats`: per-call device reductions queued for one transfer per batch.
+
+Every hook call reduces its tensor to a few device scalars (no `.item()`, no host sync) and
+queues them; at the end of a batch they are stacked, copied to the host in one transfer, and
+merged exactly there (Chan's parallel merge of count, mean and M2).
+
+Gradients are captured with tensor hooks on module outputs, not `register_full_backward_hook`,
+which breaks on in-place modules. Each tensor gets one hook however many modules return it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from modinspect.analysis.stats_math import Running, flags_for, grad_outliers
+from modinspect.report import ModuleStats, NonfiniteOrigin
+
+if TYPE_CHECKING:
+    import torch
+
+RELU_FAMILY = ("ReLU", "ReLU6")
+HIST_BINS = 16
+HIST_SAMPLE = 65_536
+Batch = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+@dataclass
+class StatsOptions:
+    backward: bool = True
+    pattern: str | None = None
+    loss: str | Callable[[Any], Any] = "sum"
+    autocast_dtype: str | None = None  # "bfloat16" | "float16" | None
+    train: bool = False
+    histogram: bool = True
+    exact: bool = False  # always use the masked reductions (normally only for batches with NaN/Inf)
+
+
+def flatten_tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
+    """Every tensor inside tuples, lists, dicts, dataclasses and Hugging Face ModelOutputs, in order."""
+    import torch
+
+    if depth > 12:
+        return
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):  # ModelOutput is an OrderedDict
+        for value in obj.values():
+            yield from flatten_tensors(value, depth + 1)
+    elif isinstance(obj, list | tuple):
+        for value in obj:
+            yield from flatten_tensors(value, depth + 1)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from flatten_tensors(getattr(obj, f.name, None), depth + 1)
+
+
+def floating(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    return [t for t in tensors if t.is_floating_point() and t.numel() > 0]
+
+
+def unit_dim(ndim: int) -> int | None:
+    """The feature dimension of a ReLU output: 1 for (N, C, H, W...) (4+ dims), the last for (N, F), (N, T, F)."""
+    if ndim == 0:
+        return None
+    return 1 if ndim >= 4 else ndim - 1
+
+
+@dataclass
+class _Call:
+    module: int
+    in_bad: torch.Tensor | None = None
+
+
+@dataclass
+class _TensorRec:
+    producers: list[tuple[int, bool]] = field(default_factory=list)  # (call index, is primary output)
+    consumers: list[int] = field(default_factory=list)
+
+
+class Collector:
+    """Hook state for one run. Host-side totals live in `running`, device-side pieces in `pieces`."""
+
+    def __init__(self, names: list[str], modules: list[Any], options: StatsOptions, acc_dtype: torch.dtype) -> None:
+        self.names = names
+        self.modules = modules
+        self.options = options
+        self.acc = acc_dtype
+        self.index = {id(m): i for i, m in enumerate(modules)}
+        self.running = [Running() for _ in modules]
+        self.alive: list[torch.Tensor | None] = [None] * len(modules)
+        self.units_ok = [True] * len(modules)
+        self.histograms: list[tuple[int, ...]] = [() for _ in modules]
+        self.grad = [[0.0, 0, 0] for _ in modules]  # sumsq, nan, inf
+        self.param_grad = [[0.0, 0, 0, False] for _ in modules]
+        self.origin: NonfiniteOrigin | None = None
+        self.first_call: dict[int, int] = {}  # module -> order of its first call, for execution order
+        self.batch_index = 0
+        # Fast mode computes statistics that are exact when every value is finite, plus a flag that is
+        # raised whenever one might not be; a flagged batch is replayed in exact (masked) mode.
+        self.exact = False
+        self._reset_batch()
+
+    # ---------------------------------------------------------------- per batch
+    def _reset_batch(self) -> None:
+        # Values waiting for the end-of-batch transfer: 0-dim device scalars, 1-d device vectors, and
+        # numbers already on the host. Hooks only append; nothing is stacked or converted per call.
+        self.scalars: list[torch.Tensor] = []
+        self.vectors: list[torch.Tensor] = []
+        self.layout: list[tuple[str, int, list[tuple[str, float]]]] = []
+        self.calls: list[_Call] = []
+        self.tensors: list[_TensorRec] = []
+        self.tensor_ids: dict[int, tuple[weakref.ref[Any], int]] = {}
+        self.finite_cache: dict[int, tuple[weakref.ref[Any], int, torch.Tensor]] = {}
+        self.reduce_cache: dict[int, tuple[weakref.ref[Any], int, list[Any]]] = {}
+        self.hist_pending: set[int] = set()  # modules whose histogram this batch already queued
+        self.loss_bad: torch.Tensor | None = None
+
+    def _push(self, kind: str, index: int, values: Sequence[Any]) -> None:
+        """Queue `values` (0-dim tensors, 1-d tensors or host numbers) for the transfer, in order."""
+        import torch
+
+        slots: list[tuple[str, float]] = []
+        for v in values:
+            if isinstance(v, torch.Tensor):
+                if v.dim() == 0:
+                    slots.append(("s", len(self.scalars)))
+                    self.scalars.append(v)
+                else:
+                    slots.append(("v", len(self.vectors)))
+                    self.vectors.append(v.reshape(-1))
+            else:
+                slots.append(("h", float(v)))
+        self.layout.append((kind, index, slots))
+
+    def _transfer(self) -> list[tuple[str, int, list[float]]]:
+        """Stack the queued values by dtype, copy them to the host in one transfer, and unpack them."""
+        import torch
+
+        groups: dict[torch.dtype, list[int]] = {}
+        for i, t in enumerate(self.scalars):
+            groups.setdefault(t.dtype, []).append(i)
+        parts = [torch.stack([self.scalars[i] for i in idx]).to(self.acc) for idx in groups.values()]
+        parts += [v.to(self.acc) for v in self.vectors]
+        flat: list[float] = torch.cat(parts).cpu().tolist() if parts else []
+        scalar_values = [0.0] * len(self.scalars)
+        pos = 0
+        for idx in groups.values():
+            for i in idx:
+                scalar_values[i] = flat[pos]
+                pos += 1
+        vector_values = []
+        for v in self.vectors:
+            vector_values.append(flat[pos:pos + v.numel()])
+            pos += v.numel()
+        chunks: list[tuple[str, int, list[float]]] = []
+        for kind, index, slots in self.layout:
+            values: list[float] = []
+            for where, ref in slots:
+                if where == "s":
+                    values.append(scalar_values[int(ref)])
+                elif where == "v":
+                    values.extend(vector_values[int(ref)])
+                else:
+                    values.append(ref)
+            chunks.append((kind, index, values))
+        return chunks
+
+    # ---------------------------------------------------------------- device reductions
+    def _nonfinite(self, t: torch.Tensor) -> torch.Tensor:
+        """A 0-dim device bool: does `t` hold NaN/Inf? Reuses the answer for an unchanged tensor."""
+        import torch
+
+        hit = self.finite_cache.get(id(t))
+        if hit is not None and hit[0]() is t and hit[1] == t._version:
+            return hit[2]
+        if self.exact:
+            # x * 0 is 0 where x is finite and NaN elsewhere: exact, and cheaper than isfinite().all().
+            flag = torch.isnan((t.detach() * 0).sum())
+        else:
+            # A NaN/Inf makes the sum non-finite; an overflowing sum only raises a false alarm (-> replay).
+            flag = ~torch.isfinite(t.detach().sum())
+        self.finite_cache[id(t)] = (weakref.ref(t), t._version, flag)
+        return flag
+
+    def _reduce_fast(self, t: torch.Tensor) -> list[Any]:
+        """[count, mean, M2, min, max, sum |x|, zeros, suspect, 0]: six passes, exact when all values are finite.
+
+        `suspect` is 1 when the sum is not finite (a NaN/Inf, or an overflow): the batch is then replayed exactly.
+        """
+        import torch
+
+        x = t.detach()
+        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        flat = x.reshape(-1)
+        numel = flat.numel()
+        total = flat.sum()
+        mean = total / numel
+        centred = flat - mean  # two-pass: centred before squaring, never E[x²] - E[x]²
+        m2 = torch.dot(centred, centred)  # BLAS dot: one fused pass (vector_norm is several on the CPU)
+        lo, hi = torch.aminmax(flat)
+        abs_sum = flat.abs().sum()
+        zeros = numel - torch.count_nonzero(flat)
+        suspect = ~torch.isfinite(total) | ~torch.isfinite(m2)
+        return [numel, mean, m2, lo, hi, abs_sum, zeros, suspect, 0]
+
+    def _reduce(self, t: torch.Tensor) -> list[Any]:
+        """[finite count, mean, M2, min, max, sum |x|, zeros, nan, inf] over finite values, in fp32 or wider.
+
+        Built from cheap vectorised passes (nan_to_num, sum, count_nonzero, amin/amax) rather than
+        isfinite/masked_fill, which cost several times more on the CPU.
+        """
+        import torch
+
+        x = t.detach()
+        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        big = torch.finfo(x.dtype).max
+        numel = x.numel()
+        nonzero = torch.count_nonzero(x)
+        xf = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        k = nonzero - torch.count_nonzero(xf)  # non-finite values are non-zero in x and zero in xf
+        nan = nonzero - torch.count_nonzero(torch.nan_to_num(x, nan=0.0, posinf=math.inf, neginf=-math.inf))
+        n = numel - k
+        mean = xf.sum() / n
+        # Each non-finite slot of xf is 0 and adds mean² to the centred sum: take it back out.
+        m2 = (xf - mean).square().sum() - k * mean * mean
+        lo = torch.nan_to_num(x, nan=big, posinf=big, neginf=big).amin()
+        hi = torch.nan_to_num(x, nan=-big, posinf=-big, neginf=-big).amax()
+        abs_sum = xf.abs().sum()
+        zeros = numel - nonzero
+        return [n, mean, m2, lo, hi, abs_sum, zeros, nan, k - nan]
+
+    def _histogram(self, t: torch.Tensor, values: list[Any]) -> torch.Tensor:
+        """Counts over [min, max] in HIST_BINS bins of up to HIST_SAMPLE evenly spaced values, on the device.
+
+        A sparkline needs the shape of the distribution, not every value: sampling keeps the cost flat
+        however large the activation (GPT-2's logits hold 26 million values).
+        """
+        import torch
+
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // HIST_SAMPLE)
+        x = flat[::step].float()
+        lo, hi = torch.as_tensor(values[3]).to(x.dtype), torch.as_tensor(values[4]).to(x.dtype)
+        scale = HIST_BINS / (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
+        scaled = (x - lo) * scale
+        if self.exact:  # non-finite values go to an extra bin that is dropped
+            scaled = torch.nan_to_num(scaled, nan=-1.0, posinf=-1.0, neginf=-1.0)
+            scaled.masked_fill_(scaled < 0, HIST_BINS + 1.0)
+        idx = scaled.long().clamp_(0, HIST_BINS)
+        idx.masked_fill_(idx == HIST_BINS, HIST_BINS - 1)
+        if self.exact:
+            idx.masked_fill_(scaled > HIST_BINS, HIST_BINS)
+        hist = torch.zeros(HIST_BINS + 1, dtype=torch.long, device=x.device)
+        hist.scatter_add_(0, idx, torch.ones(1, dtype=torch.long, device=x.device).expand_as(idx))
+        return hist[:HIST_BINS]
+
+    # ---------------------------------------------------------------- hooks
+    def pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        import torch
+
+        call_index = len(self.calls)
+        call = _Call(self.index[id(module)])
+        self.first_call.setdefault(call.module, len(self.first_call))
+        inputs = floating(flatten_tensors((args, kwargs)))
+        if inputs:
+            flags = [self._nonfinite(t) for t in inputs]
+            call.in_bad = flags[0] if len(flags) == 1 else torch.stack(flags).any()
+        self.calls.append(call)
+        if self.options.backward and torch.is_grad_enabled():
+            for t in inputs:
+                if t.requires_grad:
+                    self._tensor(t).consumers.append(call_index)
+        # Forward hooks fire in completion order; the call index links pre and post.
+        self._open_calls.append(call_index)
+
+    def forward_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        import torch
+
+        call_index = self._open_calls.pop()
+        call = self.calls[call_index]
+        m = call.module
+        outputs = floating(flatten_tensors(output))
+        in_bad: Any = call.in_bad if call.in_bad is not None else 0
+        if not outputs:
+            self._push("call", m, [in_bad, 0])
+            return
+        values = self._reduced(outputs[0])
+        out_bad = values[7] if not self.exact else (values[7] + values[8]) > 0
+        for other in outputs[1:]:
+            out_bad = out_bad | self._nonfinite(other)
+        self.finite_cache[id(outputs[0])] = (weakref.ref(outputs[0]), outputs[0]._version, out_bad)
+        self._push("call", m, [in_bad, out_bad])
+        self._push("stats", m, values)
+        if self.options.histogram and self.batch_index == 0 and not self.histograms[m] and m not in self.hist_pending:
+            self.hist_pending.add(m)
+            self._push("hist", m, [self._histogram(outputs[0], values)])
+        if type(self.modules[m]).__name__ in RELU_FAMILY:
+            self._track_units(m, outputs[0])
+        if self.options.backward and torch.is_grad_enabled():
+            for i, t in enumerate(outputs):
+                if t.requires_grad:
+                    self._tensor(t).producers.append((call_index, i == 0))
+
+    def _reduced(self, t: torch.Tensor) -> list[Any]:
+        """_reduce, once per tensor and version: a parent returning its child's output costs nothing more."""
+        hit = self.reduce_cache.get(id(t))
+        if hit is not None and hit[0]() is t and hit[1] == t._version:
+            return hit[2]
+        values = self._reduce(t) if self.exact else self._reduce_fast(t)
+        self.reduce_cache[id(t)] = (weakref.ref(t), t._version, values)
+        return values
+
+    def _track_units(self, m: int, out: torch.Tensor) -> None:
+        dim = unit_dim(out.ndim)
+        if dim is None or not self.units_ok[m]:
+            return
+        other = [d for d in range(out.ndim) if d != dim]
+        alive = (out.detach() != 0).any(dim=other) if other else out.detach() != 0
+        prev = self.alive[m]
+        if prev is None:
+            self.alive[m] = alive
+        elif prev.shape != alive.shape:
+            self.units_ok[m] = False  # the unit count changed between calls: no per-unit answer
+        else:
+            self.alive[m] = prev | alive
+
+    def _tensor(self, t: torch.Tensor) -> _TensorRec:
+        """The record of `t`, registering its gradient hook the first time it is seen this batch."""
+        hit = self.tensor_ids.get(id(t))
+        if hit is not None and hit[0]() is t:
+            return self.tensors[hit[1]]
+        index = len(self.tensors)
+        self.tensors.append(_TensorRec())
+        self.tensor_ids[id(t)] = (weakref.ref(t), index)
+        t.register_hook(self._grad_hook(index))  # type: ignore[no-untyped-call]
+        return self.tensors[index]
+
+    def _grad_hook(self, index: int) -> Callable[[torch.Tensor], None]:
+        def hook(grad: torch.Tensor) -> None:
+            import torch
+
+            g = grad.detach()
+            g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
+            if not self.exact:
+                flat = g.reshape(-1)
+                sumsq = torch.dot(flat, flat)
+                suspect = ~torch.isfinite(sumsq)
+                self._push("grad", index, [sumsq, suspect, 0])
+                return
+            nonzero = torch.count_nonzero(g)
+            gf = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+            k = nonzero - torch.count_nonzero(gf)
+            nan = nonzero - torch.count_nonzero(torch.nan_to_num(g, nan=0.0, posinf=math.inf, neginf=-math.inf))
+            inf = k - nan
+            sumsq = gf.square().sum()
+            self._push("grad", index, [sumsq, nan, inf])
+
+        return hook
+
+    # ---------------------------------------------------------------- batch boundaries
+    def begin_batch(self) -> None:
+        self._reset_batch()
+        self._open_calls: list[int] = []
+
+    def record_loss(self, loss: torch.Tensor) -> None:
+        import torch
+
+        self._push("loss", 0, [(~torch.isfinite(loss.detach())).any()])
+
+    def record_param_grads(self) -> None:
+        import torch
+
+        for m, module in enumerate(self.modules):
+            grads = [p.grad for p in module.parameters(recurse=False) if p.grad is not None]
+            if not grads:
+                continue
+            parts = [g.detach().float() if g.dtype in (torch.float16, torch.bfloat16) else g.detach() for g in grads]
+            if not self.exact:
+                sumsq = torch.stack([torch.dot(g.reshape(-1), g.reshape(-1)) for g in parts]).sum()
+                suspect = ~torch.isfinite(sumsq)
+                self._push("pgrad", m, [sumsq, suspect, 0])
+                continue
+            sumsq = torch.stack([torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0).square().sum() for g in parts]).sum()
+            nan = torch.stack([torch.isnan(g).sum() for g in parts]).sum()
+            inf = torch.stack([torch.isinf(g).sum() for g in parts]).sum()
+            self._push("pgrad", m, [sumsq, nan, inf])
+
+    def end_batch(self) -> bool:
+        """The one device->host transfer of the batch, then exact merges on the host.
+
+        Returns False, merging nothing, when a fast-mode batch raised a suspect flag: the caller then
+        replays the batch in exact mode.
+        """
+
+        for m, a in enumerate(self.alive):
+            if a is not None:
+                self._push("alive", m, [a])
+        chunks = self._transfer()
+        if not self.exact and any(self._suspect(kind, chunk) for kind, _, chunk in chunks):
+            return False
+        forward_events: list[tuple[int, bool, bool]] = []
+        grad_events: list[tuple[int, float, int, int]] = []
+        loss_bad = False
+        for kind, index, chunk in chunks:
+            if kind == "call":
+                forward_events.append((index, chunk[0] > 0, chunk[1] > 0))
+                self.running[index].calls += 1
+            elif kind == "stats":
+                self.running[index].merge_call(chunk)
+            elif kind == "hist":
+                self.histograms[index] = tuple(int(c) for c in chunk)
+            elif kind == "grad":
+                grad_events.append((index, chunk[0], int(chunk[1]), int(chunk[2])))
+            elif kind == "pgrad":
+                acc = self.param_grad[index]
+                acc[0] += chunk[0]
+                acc[1] += int(chunk[1])
+                acc[2] += int(chunk[2])
+                acc[3] = True
+            elif kind == "loss":
+                loss_bad = chunk[0] > 0
+            elif kind == "alive":
+                self.running[index].set_alive(chunk)
+        self._attribute_grads(grad_events)
+        if self.origin is None:
+            self.origin = self._forward_origin(forward_events) or self._backward_origin(grad_events, loss_bad)
+        self.batch_index += 1
+        return True
+
+    @staticmethod
+    def _suspect(kind: str, chunk: list[float]) -> bool:
+        if kind == "call" or kind == "loss":
+            return any(v > 0 for v in chunk)
+        if kind == "stats":
+            return chunk[7] > 0
+        if kind in ("grad", "pgrad"):
+            return chunk[1] > 0 or chunk[2] > 0
+        return False
+
+    def _attribute_grads(self, grad_events: list[tuple[int, float, int, int]]) -> None:
+        for index, sumsq, nan, inf in grad_events:
+            for call_index, primary in self.tensors[index].producers:
+                m = self.calls[call_index].module
+                acc = self.grad[m]
+                if primary:
+                    acc[0] += sumsq
+                acc[1] += nan
+                acc[2] += inf
+
+    # ---------------------------------------------------------------- where the first NaN/Inf came from
+    def _forward_origin(self, events: list[tuple[int, bool, bool]]) -> NonfiniteOrigin | None:
+        first_bad = next((i for i, (_, _, out_bad) in enumerate(events) if out_bad), None)
+        if first_bad is None:
+            return None
+        producer = next((i for i, (_, in_bad, out_bad) in enumerate(events) if out_bad and not in_bad), None)
+        if producer is None:
+            passed = self._unique(m for m, _, out_bad in events if out_bad)
+            return NonfiniteOrigin(None, None, "forward", "input", passed)
+        m = events[producer][0]
+        passed = self._unique(e[0] for e in events[producer + 1:] if e[2] and e[0] != m)
+        return NonfiniteOrigin(self.names[m], self._type(m), "forward", "produced", passed)
+
+    def _backward_origin(self, events: list[tuple[int, float, int, int]], loss_bad: bool) -> NonfiniteOrigin | None:
+        if loss_bad:
+            return NonfiniteOrigin(None, None, "backward", "loss", ())
+        first = next((i for i, e in enumerate(events) if e[2] or e[3]), None)
+        if first is None:
+            bad = [m for m, acc in enumerate(self.param_grad) if acc[1] or acc[2]]
+            if not bad:
+                return None
+            return NonfiniteOrigin(self.names[bad[0]], self._type(bad[0]), "backward", "produced", ())
+        rec = self.tensors[events[first][0]]
+        bad_before = {
+            self.calls[c].module for e in events[:first] if e[2] or e[3] for c, _ in self.tensors[e[0]].producers
+        }
+        candidates = [c for c in rec.consumers if self.calls[c].module not in bad_before]
+        passed_mods = [self.calls[c].module for e in events[first:] if e[2] or e[3] for c, _ in self.tensors[e[0]].producers]
+        if candidates:
+            m = max(candidates, key=lambda c: (self.names[self.calls[c].module].count("."), c))
+            m = self.calls[m].module
+        elif rec.producers:
+            # Produced by an unhooked (functional) op: blame the module whose forward ran it.
+            inner = self.names[self.calls[rec.producers[0][0]].module]
+            parent = inner.rpartition(".")[0] if "." in inner else ""
+            m = self.names.index(parent) if parent in self.names else self.calls[rec.producers[0][0]].module
+        else:
+            return NonfiniteOrigin(None, None, "backward", "loss", self._unique(passed_mods))
+        return NonfiniteOrigin(self.names[m], self._type(m), "backward", "produced",
+                               self._unique(x for x in passed_mods if x != m))
+
+    def _type(self, m: int) -> str:
+        return type(self.modules[m]).__name__
+
+    def _unique(self, modules: Iterable[int]) -> tuple[str, ...]:
+        return tuple(self.names[m] for m in dict.fromkeys(modules))
+
+    # ---------------------------------------------------------------- report
+    def module_stats(self) -> list[ModuleStats]:
+        grad_norms = [math.sqrt(g[0]) if self.options.backward and self.running[m].calls else None
+                      for m, g in enumerate(self.grad)]
+        exploding, vanishing = grad_outliers(grad_norms)
+        rows = []
+        for m, r in enumerate(self.running):
+            is_relu = type(self.modules[m]).__name__ in RELU_FAMILY
+            dead = r.dead_fraction() if is_relu and self.units_ok[m] else None
+            pg = self.param_grad[m]
+            row = ModuleStats(
+                name=self.names[m], type=self._type(m), calls=r.calls, count=r.count, finite=r.n,
+                mean=r.mean_or_none(), std=r.std(), min=r.min_or_none(), max=r.max_or_none(),
+                mean_abs=r.mean_abs(), zero_fraction=r.zero_fraction(), nan=r.nan, inf=r.inf,
+                dead_fraction=dead, units=r.units if dead is not None else None,
+                grad_norm=grad_norms[m], grad_nan=int(self.grad[m][1]), grad_inf=int(self.grad[m][2]),
+                param_grad_norm=math.sqrt(pg[0]) if pg[3] else None, param_grad_nan=int(pg[1]),
+                param_grad_inf=int(pg[2]), histogram=self.histograms[m] if r.n else (), flags=(),
+            )
+            rows.append(dataclasses.replace(row, flags=flags_for(row, m in exploding, m in vanishing)))
+        # Execution order (by first call); modules never called go last, in definition order.
+        order = sorted(range(len(rows)), key=lambda m: self.first_call.get(m, len(rows) + m))
+        return [rows[m] for m in order]
