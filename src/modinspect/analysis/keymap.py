@@ -88,13 +88,21 @@ def suggest_prefix(only_here: Sequence[str], there: set[str]) -> tuple[str, int]
     return best
 
 
+_INDEX = re.compile(r"[0-9]{1,18}")
+
+
+def is_index(part: str) -> bool:
+    """A layer index: ASCII digits that fit an int64 ('²' and 5,000-digit names are names, not indices)."""
+    return _INDEX.fullmatch(part) is not None
+
+
 def collapse_indices(names: Sequence[str]) -> list[str]:
     """['h.0.w', 'h.1.w', 'h.2.w', 'x'] -> ['h.{0-2}.w', 'x']: layer indices folded into ranges, order kept."""
     groups: dict[tuple[str, ...], list[tuple[int, str]]] = {}
     order: list[tuple[str, ...]] = []
     for name in names:
         parts = name.split(".")
-        digit_at = [i for i, p in enumerate(parts) if p.isdigit()]
+        digit_at = [i for i, p in enumerate(parts) if is_index(p)]
         if len(digit_at) != 1:
             key: tuple[str, ...] = ("", name)
             groups.setdefault(key, []).append((0, name))
@@ -107,7 +115,7 @@ def collapse_indices(names: Sequence[str]) -> list[str]:
     out: list[str] = []
     for key in order:
         members = groups[key]
-        if key[0] == "" and len(members) == 1 and not any(p.isdigit() for p in members[0][1].split(".")):
+        if key[0] == "" and len(members) == 1 and not any(is_index(p) for p in members[0][1].split(".")):
             out.append(members[0][1])
         elif len(members) < 3:
             out.extend(name for _, name in members)
@@ -133,6 +141,6 @@ def rollup_key(name: str) -> str:
     """The module a tensor is rolled up under: up to its first layer index ('transformer.h.3'), else its top module."""
     parts = name.split(".")
     for i, p in enumerate(parts[:-1]):
-        if p.isdigit():
+        if is_index(p):
             return ".".join(parts[: i + 1])
     return parts[0] if len(parts) > 1 else ""

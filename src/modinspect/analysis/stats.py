@@ -136,6 +136,7 @@ def collect_stats(
         finally:
             for h in handles:
                 h.remove()
+            collector.remove_tensor_hooks()
     rows = collector.module_stats()
     found = any(r.nan or r.inf or r.grad_nan or r.grad_inf or r.param_grad_nan or r.param_grad_inf for r in rows)
     origin = collector.origin

@@ -103,7 +103,13 @@ class Collector:
         # Fast mode computes statistics that are exact when every value is finite, plus a flag that is
         # raised whenever one might not be; a flagged batch is replayed in exact (masked) mode.
         self.exact = False
+        self.tensor_hooks: list[Any] = []
         self._reset_batch()
+
+    def remove_tensor_hooks(self) -> None:
+        for handle in self.tensor_hooks:
+            handle.remove()
+        self.tensor_hooks = []
 
     # ---------------------------------------------------------------- per batch
     def _reset_batch(self) -> None:
@@ -337,7 +343,8 @@ class Collector:
         index = len(self.tensors)
         self.tensors.append(_TensorRec())
         self.tensor_ids[id(t)] = (weakref.ref(t), index)
-        t.register_hook(self._grad_hook(index))  # type: ignore[no-untyped-call]
+        # Hooks on parameters (a leaf used as an activation) would outlive the run: keep every handle.
+        self.tensor_hooks.append(t.register_hook(self._grad_hook(index)))  # type: ignore[no-untyped-call]
         return self.tensors[index]
 
     def _grad_hook(self, index: int) -> Callable[[torch.Tensor], None]:

@@ -6,6 +6,7 @@ import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from modinspect.analysis.keymap import is_index
 from modinspect.report import DtypeTotal, ModuleNode, ModuleRow, TensorRow, Totals, TreeReport
 from modinspect.sources.base import Source, TensorInfo, tied_groups
 
@@ -85,8 +86,8 @@ def _runs(children: list[_Node], cache: dict[str, str]) -> list[list[_Node]]:
         prev = runs[-1][-1] if runs else None
         if (
             prev is not None
-            and short.isdigit()
-            and prev.name.rpartition(".")[2].isdigit()
+            and is_index(short)
+            and is_index(prev.name.rpartition(".")[2])
             and int(short) == int(prev.name.rpartition(".")[2]) + 1
             and _signature(child, cache) == _signature(prev, cache)
         ):

@@ -58,6 +58,7 @@ def open_source(
 
         wpath = Path(weights)
         checkpoint = open_path(wpath if wpath.is_absolute() else weights_base / wpath, weights, options)
+        source.warnings.extend(checkpoint.warnings)  # --unsafe-pickle ran the checkpoint's code: say so
         with checkpoint:
             apply_weights(source, checkpoint, strict=strict)
     return source

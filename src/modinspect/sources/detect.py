@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ def open_path(path: Path, label: str, options: OpenOptions) -> Source:
         if path.is_dir():
             return _open_dir(path, label, options)
         if not path.exists():
+            if path.is_symlink():
+                raise SourceNotFoundError(f"{label} is a symbolic link that leads nowhere (a loop or a missing target)")
             raise SourceNotFoundError(f"{label} does not exist")
     except OSError as exc:  # symlink loops, permissions
         raise SourceNotFoundError(f"cannot open {label}: {exc.strerror or exc}") from None
@@ -60,6 +63,8 @@ def _open_dir(path: Path, label: str, options: OpenOptions) -> Source:
 def sniff(path: Path) -> str:
     """'safetensors', 'zip', 'pickle' or 'unknown', from the first bytes."""
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read below forever
+            raise UnknownFormatError(f"{path} is not a regular file")
         with path.open("rb") as f:
             head = f.read(16)
     except OSError as exc:
@@ -103,7 +108,7 @@ def _open_pickled(path: Path, label: str, kind: str) -> Source:
         return torchfile.LegacyTorchSource(path, label) if legacy else torchfile.open_raw_pickle(path, label)
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except torchfile.ZIP_ERRORS as exc:
         raise CorruptFileError(f"{label} is a damaged zip file ({exc})") from None
     names = zf.namelist()
     pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
@@ -128,16 +133,18 @@ def _open_pickled(path: Path, label: str, kind: str) -> Source:
 def _starts_with_legacy_magic(path: Path) -> bool:
     import pickle
 
-    from modinspect.sources.pickle_gate import scan_globals
-    from modinspect.sources.torchfile import LEGACY_MAGIC
+    from modinspect.sources.pickle_gate import quiet_decoding, scan_globals
+    from modinspect.sources.torchfile import _UNPICKLE_ERRORS, LEGACY_MAGIC
 
     with path.open("rb") as f:
         try:
             if scan_globals(f):  # the magic number pickle names no globals
                 return False
             f.seek(0)
-            return bool(pickle.load(f) == LEGACY_MAGIC)
-        except (CorruptFileError, pickle.UnpicklingError, EOFError, ValueError):
+            # No globals, so nothing to call; the scan has checked every declared length against the file.
+            with quiet_decoding():
+                return bool(pickle.load(f) == LEGACY_MAGIC)
+        except (CorruptFileError, *_UNPICKLE_ERRORS):
             return False
 
 

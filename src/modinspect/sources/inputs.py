@@ -8,7 +8,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from modinspect.errors import CorruptFileError, SourceNotFoundError, UnsafePickleError, UsageError
 from modinspect.sources.detect import sniff
@@ -74,34 +74,47 @@ def load_input_file(path: Path, label: str) -> Batch:
             return (next(iter(tensors.values())),), {}
         return (), tensors
     if kind == "zip":
-        _refuse_unsafe(path, label, _zip_pickle(path, label))
+        _refuse_unsafe(label, [io.BytesIO(_zip_pickle(path, label))], 1)
     elif kind == "pickle":
-        _refuse_unsafe(path, label, path.read_bytes())
+        with path.open("rb") as f:
+            # A legacy torch file is five pickles in a row (magic, protocol, system info, the object,
+            # the storage keys) and torch.load unpickles them all: scan every one, not just the first.
+            _refuse_unsafe(label, [f], 5)
     else:
         raise CorruptFileError(f"input file {label} is neither safetensors nor a torch .pt file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CorruptFileError(f"input file {label} could not be loaded ({type(exc).__name__}: {exc})") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CorruptFileError(f"input file {label} could not be loaded ({type(exc).__name__}: {first})") from exc
     return _as_batch(obj, f"input file {label}")
 
 
 def _zip_pickle(path: Path, label: str) -> bytes:
+    from modinspect.sources.torchfile import ZIP_ERRORS, read_zip_member
+
     try:
         with zipfile.ZipFile(path) as zf:
             name = next((n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1), None)
             if name is None:
                 raise CorruptFileError(f"input file {label} is a zip file without data.pkl")
-            return zf.read(name)
-    except (zipfile.BadZipFile, OSError) as exc:
+            return read_zip_member(zf, name, path.stat().st_size, f"input file {label}")
+    except ZIP_ERRORS as exc:
         raise CorruptFileError(f"input file {label} is a damaged zip file ({exc})") from None
 
 
-def _refuse_unsafe(path: Path, label: str, data: bytes) -> None:
-    try:
-        found = scan_globals(io.BytesIO(data))
-    except CorruptFileError as exc:
-        raise CorruptFileError(f"input file {label} {exc}") from None
+def _refuse_unsafe(label: str, streams: list[IO[bytes]], count: int) -> None:
+    """Scan up to `count` pickles read one after another from each stream (fewer when it ends)."""
+    found: list[str] = []
+    for stream in streams:
+        for _ in range(count):
+            try:
+                found += scan_globals(stream)
+            except CorruptFileError as exc:
+                raise CorruptFileError(f"input file {label} {exc}") from None
+            if not stream.read(1):
+                break
+            stream.seek(-1, io.SEEK_CUR)
     unsafe = [g for g in found if not is_safe_global(g)]
     if unsafe:
         raise UnsafePickleError(label, unsafe)

@@ -8,11 +8,15 @@ restricted `pickle.Unpickler` rebuilds the object graph with stand-ins: storages
 
 from __future__ import annotations
 
+import _compat_pickle
 import codecs
+import contextlib
+import io
 import pickle
 import pickletools
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -106,11 +110,18 @@ def _as_ints(value: object, what: str) -> tuple[int, ...]:
     return tuple(value)
 
 
+def _shape_and_stride(size: object, stride: object) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    shape, strides = _as_ints(size, "size"), _as_ints(stride, "stride")
+    if len(shape) != len(strides):
+        raise CorruptFileError(f"a tensor has {len(shape)} dimensions but {len(strides)} strides")
+    return shape, strides
+
+
 def _rebuild_tensor_v2(storage: object, offset: object, size: object, stride: object, requires_grad: object = False,
                        backward_hooks: object = None, metadata: object = None) -> TensorRef:
-    if not isinstance(storage, StorageRef) or type(offset) is not int:
+    if not isinstance(storage, StorageRef) or type(offset) is not int or offset < 0:
         raise CorruptFileError("a tensor refers to something that is not a storage")
-    return TensorRef(storage, offset, _as_ints(size, "size"), _as_ints(stride, "stride"), storage.dtype, bool(requires_grad))
+    return TensorRef(storage, offset, *_shape_and_stride(size, stride), storage.dtype, bool(requires_grad))
 
 
 def _rebuild_tensor(storage: object, offset: object, size: object, stride: object) -> TensorRef:
@@ -125,7 +136,7 @@ def _rebuild_parameter(data: object, requires_grad: object, backward_hooks: obje
 
 def _rebuild_meta(dtype: object, size: object, stride: object, requires_grad: object) -> TensorRef:
     name = dtype.name if isinstance(dtype, DtypeRef) else "unknown"
-    return TensorRef(None, 0, _as_ints(size, "size"), _as_ints(stride, "stride"), name, bool(requires_grad))
+    return TensorRef(None, 0, *_shape_and_stride(size, stride), name, bool(requires_grad))
 
 
 def _rebuild_from_type_v2(func: object, new_type: object, args: object, state: object) -> object:
@@ -180,43 +191,157 @@ SAFE_GLOBALS: dict[tuple[str, str], object] = {
 }
 
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+_UNKNOWN = object()  # a stack value the scan cannot know statically
+_MARK = object()  # the MARK opcode's marker
 
 
 def scan_globals(data: bytes | IO[bytes]) -> list[str]:
     """Every global one pickle would import, as 'module.name', found without executing it.
 
-    STACK_GLOBAL takes its names from the stack; we follow string pushes and the memo, and a
-    name we cannot resolve statically is reported as '<dynamic>' (and so refused).
+    STACK_GLOBAL takes its names from the stack, so the scan runs the pickle's stack machine on
+    stand-ins: strings are tracked through the stack and the memo (PUT, MEMOIZE, GET, DUP, POP,
+    POP_MARK, ...), everything else is an unknown value. A name it cannot resolve statically is
+    reported as '<dynamic>' (and so refused). Names are reported as Python 3 would import them:
+    protocol 0-2 pickles spell builtins.exec as __builtin__.exec.
     """
-    found: list[str] = []
-    memo: dict[int, object] = {}
-    recent: list[object] = []  # values pushed, most recent last; only strings matter
+    stream: IO[bytes] = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    if not isinstance(stream, io.BytesIO):  # a BytesIO never reads more than it holds
+        stream = _Bounded.wrap(stream)
     try:
-        for op, arg, _pos in pickletools.genops(data):
-            name = op.name
-            if name == "GLOBAL" or name == "INST":
-                module, _, attr = str(arg).partition(" ")
-                found.append(f"{module}.{attr}")
-            elif name == "STACK_GLOBAL":
-                top, below = (recent[-1], recent[-2]) if len(recent) >= 2 else (None, None)
-                ok = isinstance(below, str) and isinstance(top, str)
-                found.append(f"{below}.{top}" if ok else "<dynamic>")
-            elif name in _STRING_OPS:
-                recent.append(arg)
-            elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-                memo[int(str(arg))] = recent[-1] if recent else None
-            elif name == "MEMOIZE":
-                memo[len(memo)] = recent[-1] if recent else None
-            elif name in ("BINGET", "LONG_BINGET", "GET"):
-                recent.append(memo.get(int(str(arg))))
-            elif name == "EXT1" or name == "EXT2" or name == "EXT4":
-                found.append(f"<copyreg extension {arg}>")
-            else:
-                recent.append(None)
-            del recent[:-4]
+        with quiet_decoding():
+            return _scan(stream)
     except (ValueError, EOFError, UnicodeDecodeError) as exc:
         raise CorruptFileError(f"is not a readable pickle ({exc})") from None
+
+
+_PUTS = {"BINPUT", "LONG_BINPUT", "PUT"}
+_GETS = {"BINGET", "LONG_BINGET", "GET"}
+
+
+def _scan(stream: IO[bytes]) -> list[str]:
+    found: list[str] = []
+    protocol = 0
+    memo: dict[int, object] = {}
+    stack: list[object] = []
+    try:
+        start: int | None = stream.tell()
+    except OSError:  # not seekable: no offsets to check memo indices against
+        start = None
+    for op, arg, pos in pickletools.genops(stream):
+        name = op.name
+        if name in _STRING_OPS:
+            stack.append(arg)
+        elif name in _PUTS:
+            index = int(str(arg))
+            # The C unpickler grows its memo array to twice an index, and fills it: LONG_BINPUT 2^28 in a
+            # 10-byte pickle takes 4 GB. A pickler numbers the memo from 0, one PUT at a time, so no
+            # index exceeds the opcode's offset.
+            if pos is not None and start is not None and index > pos - start:
+                raise ValueError(f"memo index {index:,} at byte {pos - start:,}, past any index a pickler would use")
+            memo[index] = stack[-1] if stack else _UNKNOWN
+        elif name in _GETS:
+            stack.append(memo.get(int(str(arg)), _UNKNOWN))
+        elif name == "MEMOIZE":
+            memo[len(memo)] = stack[-1] if stack else _UNKNOWN
+        elif name == "DUP":
+            stack.append(stack[-1] if stack else _UNKNOWN)
+        else:
+            if name == "PROTO" and isinstance(arg, int):
+                protocol = arg
+            elif name == "GLOBAL" or name == "INST":
+                module, _, attr = str(arg).partition(" ")
+                found.append(_python3_name(module, attr, protocol))
+            elif name == "STACK_GLOBAL":
+                below, top = stack[-2:] if len(stack) >= 2 else (None, None)
+                ok = isinstance(below, str) and isinstance(top, str)
+                found.append(_python3_name(str(below), str(top), protocol) if ok else "<dynamic>")
+            elif name == "EXT1" or name == "EXT2" or name == "EXT4":
+                found.append(f"<copyreg extension {arg}>")
+            elif name == "FRAME" and isinstance(stream, _Bounded) and isinstance(arg, int):
+                left = stream.remaining()
+                if arg > left:  # the C unpickler reads a frame whole, with read(n)
+                    raise ValueError(f"a frame of {arg:,} bytes, but only {left:,} remain")
+            _simulate(op, stack)
     return found
+
+
+@contextlib.contextmanager
+def quiet_decoding() -> Iterator[None]:
+    """Text opcodes (STRING, GLOBAL) are escape-decoded, which warns about invalid escapes in the file.
+
+    That is the file's problem, and reported as such when it matters; a warning would only escape
+    as an exception where warnings are errors.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+def _python3_name(module: str, name: str, protocol: int) -> str:
+    """'module.name' as pickle.Unpickler.find_class would import it (fix_imports for protocols < 3)."""
+    if protocol < 3:
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
+# opcode name -> (values it pops below a MARK or without one, whether it pops down to a MARK, what it pushes)
+_EFFECTS: dict[str, tuple[int, bool, tuple[object, ...]]] = {}
+
+
+def _simulate(op: pickletools.OpcodeInfo, stack: list[object]) -> None:
+    """Apply `op`'s effect on the stack as pickletools documents it, with unknown results."""
+    effect = _EFFECTS.get(op.name)
+    if effect is None:
+        before = op.stack_before
+        to_mark = pickletools.markobject in before
+        fixed = before.index(pickletools.markobject) if to_mark else len(before)
+        pushes = tuple(_MARK if after is pickletools.markobject else _UNKNOWN for after in op.stack_after)
+        effect = _EFFECTS[op.name] = (fixed, to_mark, pushes)
+    fixed, to_mark, pushes = effect
+    if to_mark:  # pops everything down to the topmost MARK, then `fixed` more
+        while stack and stack.pop() is not _MARK:
+            pass
+    if fixed:
+        del stack[max(0, len(stack) - fixed):]
+    stack.extend(pushes)
+
+
+class _Bounded:
+    """A seekable stream whose reads never ask for more bytes than remain in it.
+
+    BINBYTES8, BINUNICODE8, LONG4 and their kin declare a length that `pickletools` passes straight
+    to `read(n)`, and a buffered file allocates `n` bytes before it reads any: a 14-byte file that
+    declares 2^40 would ask for a terabyte. Clipped to what remains, the read comes back short and
+    the scan reports a truncated pickle instead.
+    """
+
+    def __init__(self, stream: IO[bytes], end: int) -> None:
+        self._stream = stream
+        self._end = end
+        self.tell = stream.tell  # called for every opcode: no wrapper in between
+        self.readline = stream.readline
+
+    @classmethod
+    def wrap(cls, stream: IO[bytes]) -> IO[bytes]:
+        try:
+            here = stream.tell()
+            end = stream.seek(0, io.SEEK_END)
+            stream.seek(here)
+        except (OSError, ValueError):  # not seekable: nothing to measure against
+            return stream
+        return cls(stream, end)  # type: ignore[return-value]
+
+    def remaining(self) -> int:
+        return max(0, self._end - self._stream.tell())
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is not None and 0 <= n <= 1 << 16:  # small reads cannot allocate much: the common case, fast
+            return self._stream.read(n)
+        left = self.remaining()
+        return self._stream.read(left if n is None or n < 0 else min(n, left))
 
 
 def global_name(module: str, name: str) -> str:
@@ -234,6 +359,10 @@ class RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file: IO[bytes], storage_loader: Callable[[tuple[object, ...]], StorageRef]) -> None:
         super().__init__(file, encoding="utf-8")
         self._storage_loader = storage_loader
+
+    def load(self) -> Any:
+        with quiet_decoding():
+            return super().load()
 
     def find_class(self, module: str, name: str) -> Any:
         try:

@@ -87,7 +87,7 @@ class SafetensorsHeader:
             raise self._corrupt("has a header that is not UTF-8") from None
         except CorruptFileError as exc:
             raise self._corrupt(f"has a header with a {exc}") from None
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError: also integers past Python's digit limit
             raise self._corrupt(f"has a header that is not valid JSON ({exc.__class__.__name__})") from None
         if not isinstance(header, dict):
             raise self._corrupt("has a header that is not a JSON object")
@@ -112,7 +112,7 @@ class SafetensorsHeader:
             if not isinstance(spec, dict):
                 raise self._corrupt(f"describes {name!r} with a {type(spec).__name__}, not an object")
             code, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-            if code not in ST_DTYPES:
+            if not isinstance(code, str) or code not in ST_DTYPES:  # a list or an object is not even hashable
                 raise self._corrupt(f"gives {name!r} the unknown dtype {code!r}")
             if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
                 raise self._corrupt(f"gives {name!r} a shape that is not a list of non-negative integers")
@@ -185,9 +185,16 @@ class SafetensorsSource(Source):
             yield from read_chunks(f, numel, dtype, chunk_elems, str(self.path))
 
 
-def natural_key(name: str) -> list[tuple[int, int | str]]:
-    """'h.10.w' sorts after 'h.9.w': digits compare as numbers."""
-    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", name) if p]
+def natural_key(name: str) -> list[tuple[int, int, str]]:
+    """'h.10.w' sorts after 'h.9.w': runs of ASCII digits compare as numbers, however long they are."""
+    key = []
+    for i, part in enumerate(re.split(r"([0-9]+)", name)):
+        if i % 2:  # a digit run: by length without leading zeros, then digit by digit, as int() would
+            digits = part.lstrip("0")
+            key.append((0, len(digits), digits))
+        elif part:
+            key.append((1, 0, part))
+    return key
 
 
 def safetensors_infos(header: SafetensorsHeader, storage_prefix: str) -> list[TensorInfo]:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def _load_index(path: Path) -> dict[str, str]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, bad JSON, huge integers
         raise CorruptFileError(f"{path} is not a readable JSON index ({type(exc).__name__})") from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(
@@ -34,11 +34,16 @@ def _shard_path(index: Path, shard: str) -> Path:
     candidate = Path(shard)
     if candidate.is_absolute() or ".." in candidate.parts:
         raise CorruptFileError(f"{index} names shard {shard!r} outside its directory; refusing to follow it")
-    resolved = (folder / candidate).resolve()
-    if not resolved.is_relative_to(folder):
-        raise CorruptFileError(f"{index} names shard {shard!r}, which resolves outside its directory")
-    if not resolved.is_file():
-        raise CorruptFileError(f"{index} names shard {shard!r}, which is missing")
+    if "\0" in shard:
+        raise CorruptFileError(f"{index} names shard {shard!r}, which is not a file name")
+    try:
+        resolved = (folder / candidate).resolve()
+        if not resolved.is_relative_to(folder):
+            raise CorruptFileError(f"{index} names shard {shard!r}, which resolves outside its directory")
+        if not resolved.is_file():
+            raise CorruptFileError(f"{index} names shard {shard!r}, which is missing")
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long for the file system
+        raise CorruptFileError(f"{index} names shard {shard!r}, which cannot be followed ({exc})") from None
     return resolved
 
 
@@ -54,37 +59,49 @@ class ShardedSource(Source):
         self._owner: dict[str, Source] = {}
         tensors: list[TensorInfo] = []
         formats: set[str] = set()
-        for shard in shard_names:
-            path = _shard_path(index, shard)
-            src = open_file(path, str(path), options)
-            if src.modules is not None or src.format == "torchscript":
-                raise CorruptFileError(f"{index} names shard {shard!r}, which is not a state dict")
-            self._shards[shard] = src
-            formats.add(src.format)
-            expected = {k for k, v in weight_map.items() if v == shard}
-            present = set(src.names())
-            missing = sorted(expected - present)
-            if missing:
-                raise CorruptFileError(
-                    f"{index} places {missing[0]!r} in {shard}, which does not hold it"
-                    + (f" ({len(missing) - 1} more missing)" if len(missing) > 1 else "")
-                )
-            for t in src.tensors:
-                owner_shard = weight_map.get(t.name)
-                if owner_shard is None and t.storage is not None and any(
-                    o.storage == t.storage for o in src.tensors if o.name in expected
-                ):
-                    owner_shard = shard  # a save_model alias of an indexed tensor
-                if owner_shard != shard:
-                    raise CorruptFileError(
-                        f"{shard} holds {t.name!r}, which {index.name} "
-                        + ("does not list" if owner_shard is None else f"places in {owner_shard}")
-                    )
-                storage = f"{shard}/{t.storage}" if t.storage else None
-                tensors.append(TensorInfo(t.name, t.shape, t.dtype, t.nbytes, t.kind, storage, t.requires_grad, t.persistent))
-                self._owner[t.name] = src
+        try:
+            for shard in shard_names:
+                path = _shard_path(index, shard)
+                src = open_file(path, str(path), options)
+                self._shards[shard] = src
+                if src.modules is not None or src.format == "torchscript":
+                    raise CorruptFileError(f"{index} names shard {shard!r}, which is not a state dict")
+                tensors += self._add_shard(index, shard, src, weight_map)
+                formats.add(src.format)
+        except BaseException:
+            self.close()  # the shards opened so far hold open zip files
+            raise
         fmt = "sharded-" + ("safetensors" if formats == {"safetensors"} else "torch")
         super().__init__(label=label, format=fmt, tensors=tensors)
+        # A shard opened with --unsafe-pickle says so; its warning must reach the user.
+        self.warnings.extend(w for src in self._shards.values() for w in src.warnings)
+
+    def _add_shard(self, index: Path, shard: str, src: Source, weight_map: dict[str, str]) -> list[TensorInfo]:
+        """The shard's tensors, once they agree with the index."""
+        expected = {k for k, v in weight_map.items() if v == shard}
+        present = set(src.names())
+        missing = sorted(expected - present)
+        if missing:
+            raise CorruptFileError(
+                f"{index} places {missing[0]!r} in {shard}, which does not hold it"
+                + (f" ({len(missing) - 1} more missing)" if len(missing) > 1 else "")
+            )
+        tensors: list[TensorInfo] = []
+        for t in src.tensors:
+            owner_shard = weight_map.get(t.name)
+            if owner_shard is None and t.storage is not None and any(
+                o.storage == t.storage for o in src.tensors if o.name in expected
+            ):
+                owner_shard = shard  # a save_model alias of an indexed tensor
+            if owner_shard != shard:
+                raise CorruptFileError(
+                    f"{shard} holds {t.name!r}, which {index.name} "
+                    + ("does not list" if owner_shard is None else f"places in {owner_shard}")
+                )
+            storage = f"{shard}/{t.storage}" if t.storage else None
+            tensors.append(TensorInfo(t.name, t.shape, t.dtype, t.nbytes, t.kind, storage, t.requires_grad, t.persistent))
+            self._owner[t.name] = src
+        return tensors
 
     def _read(self, name: str) -> torch.Tensor:
         return self._owner[name].read_tensor(name)

@@ -10,6 +10,7 @@ import io
 import pickle
 import struct
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -44,6 +45,63 @@ _UNPICKLE_ERRORS = (
 )
 
 
+def _zip_errors() -> tuple[type[Exception], ...]:
+    """What zipfile raises on a damaged archive: RuntimeError for an entry flagged as encrypted,
+    zlib.error / LZMAError for a broken deflate / LZMA stream (bz2 raises OSError),
+    NotImplementedError for an unknown compression method."""
+    errors: list[type[Exception]] = [
+        zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError, zlib.error, struct.error,
+    ]
+    try:
+        import lzma
+    except ImportError:  # a Python built without it: zipfile cannot read LZMA entries either
+        return tuple(errors)
+    return (*errors, lzma.LZMAError)
+
+
+ZIP_ERRORS = _zip_errors()
+# DEFLATE cannot expand its input by more than about 1032:1; an entry that claims more is lying.
+_MAX_DEFLATE_RATIO = 1032
+
+
+def zip_member(zf: zipfile.ZipFile, name: str, archive_size: int) -> zipfile.ZipInfo:
+    """The entry `name` (KeyError when absent), once its declared sizes are checked against the archive.
+
+    zipfile trusts the central directory: a stored entry that claims 4 GB makes it ask the file for a
+    gigabyte at a time before reading a byte. Checked here first, nothing is allocated from a size the
+    file cannot back. Raises CorruptFileError with the reason (the caller adds the path).
+    """
+    info = zf.getinfo(name)
+    if info.flag_bits & 0x1:
+        raise CorruptFileError(f"entry {name} is encrypted")
+    if info.header_offset + info.compress_size > archive_size:
+        raise CorruptFileError(
+            f"entry {name} declares {info.compress_size:,} bytes at offset {info.header_offset:,}, past the end "
+            f"of the {archive_size:,}-byte file"
+        )
+    if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+        raise CorruptFileError(
+            f"stored entry {name} declares {info.file_size:,} bytes but occupies {info.compress_size:,}"
+        )
+    if info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024:
+        raise CorruptFileError(
+            f"entry {name} declares {info.file_size:,} bytes from {info.compress_size:,} compressed ones"
+        )
+    return info
+
+
+def read_zip_member(zf: zipfile.ZipFile, name: str, archive_size: int, label: str) -> bytes:
+    """The bytes of entry `name` after `zip_member`'s checks; KeyError when absent, else CorruptFileError."""
+    try:
+        info = zip_member(zf, name, archive_size)
+    except CorruptFileError as exc:
+        raise CorruptFileError(f"{label} is a damaged zip file ({exc})") from None
+    try:
+        return zf.read(info)
+    except ZIP_ERRORS as exc:
+        raise CorruptFileError(f"{label} is a damaged zip file ({exc})") from None
+
+
 def gated_load(path: Path, data: bytes | IO[bytes], loader: Callable[[tuple[object, ...]], StorageRef]) -> Any:
     """Unpickle one pickle through the static scan and then the restricted unpickler."""
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
@@ -72,16 +130,18 @@ def is_tensor_dict(obj: object, tensor_type: type = TensorRef) -> bool:
     return bool(tensors) and all(isinstance(k, str) for k in obj) and all(isinstance(v, tensor_type) for v in tensors)
 
 
-def find_state_dict(obj: object, tensor_type: type = TensorRef) -> tuple[dict[str, Any], str | None] | None:
+def find_state_dict(obj: object, tensor_type: type = TensorRef,
+                    _seen: frozenset[int] = frozenset()) -> tuple[dict[str, Any], str | None] | None:
     """The model's state dict inside a checkpoint, and the dotted key path to it (None: top level)."""
     if is_tensor_dict(obj, tensor_type):
         assert isinstance(obj, dict)
         return obj, None
-    if not isinstance(obj, dict):
-        return None
+    if not isinstance(obj, dict) or id(obj) in _seen or len(_seen) > 20:
+        return None  # a pickle's memo can make a dict contain itself: {'model': <itself>}
+    seen = _seen | {id(obj)}
     for key in STATE_DICT_KEYS:
         if key in obj:
-            found = find_state_dict(obj[key], tensor_type)
+            found = find_state_dict(obj[key], tensor_type, seen)
             if found is not None:
                 inner, path = found
                 return inner, key if path is None else f"{key}.{path}"
@@ -115,17 +175,22 @@ def summarize(value: object) -> str:
     return type(value).__name__
 
 
-def _iter_tensor_refs(obj: object, depth: int = 0) -> Any:
-    if depth > 20:
-        return
-    if isinstance(obj, TensorRef) or (hasattr(obj, "shape") and hasattr(obj, "dtype")):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _iter_tensor_refs(v, depth + 1)
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            yield from _iter_tensor_refs(v, depth + 1)
+def _iter_tensor_refs(obj: object) -> Any:
+    """Every tensor inside nested dicts, lists and tuples, each container visited once.
+
+    A pickle's memo lets a few bytes describe a dict holding ten references to a dict holding ten
+    references to ...: walked as a tree that is 10^20 visits, walked as a graph it is twenty.
+    """
+    seen: set[int] = set()
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, TensorRef) or (hasattr(item, "shape") and hasattr(item, "dtype")):
+            yield item
+        elif isinstance(item, dict | list | tuple) and id(item) not in seen:
+            seen.add(id(item))
+            values = list(item.values()) if isinstance(item, dict) else list(item)
+            stack.extend(reversed(values))
 
 
 def tensor_infos(state: dict[str, TensorRef]) -> list[TensorInfo]:
@@ -174,13 +239,14 @@ class TorchFileSource(Source):
     def _storage_bytes(self, ref: StorageRef) -> bytes:
         raise NotImplementedError
 
-    def _read(self, name: str) -> torch.Tensor:
+    def _storage_of(self, name: str) -> tuple[TensorRef, torch.Tensor]:
+        """The tensor's reference and its whole storage as a 1-d tensor, once the view is known to fit in it."""
         import torch
 
         ref = self._refs[name]
-        dtype = getattr(torch, ref.dtype)
         if ref.storage is None:
             raise CorruptFileError(f"{self.path}: {name!r} is a meta tensor and has no data")
+        dtype = _torch_dtype(ref.dtype, name, self.path)
         if self._cache is None or self._cache[0] != ref.storage.key:
             # Views of one storage usually come together: keep the last storage's bytes.
             self._cache = (ref.storage.key, self._storage_bytes(ref.storage))
@@ -190,21 +256,72 @@ class TorchFileSource(Source):
             raise CorruptFileError(
                 f"{self.path}: storage {ref.storage.key} holds {len(raw)} bytes, expected {ref.storage.numel * itemsize}"
             )
-        flat = torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        try:
+            flat = torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        except (RuntimeError, ValueError, TypeError) as exc:  # quantized dtypes have no plain buffer view
+            raise CorruptFileError(f"{self.path}: {name!r} cannot be read as {ref.dtype} ({exc})") from None
         needed = ref.offset + sum((s - 1) * st for s, st in zip(ref.shape, ref.stride, strict=True)) + 1
-        if any(s == 0 for s in ref.shape):
-            return torch.empty(ref.shape, dtype=dtype)
-        if needed > flat.numel():
+        if _numel(ref.shape) and needed > flat.numel():
             raise CorruptFileError(f"{self.path}: {name!r} reaches past the end of its storage")
+        return ref, flat
+
+    def _read(self, name: str) -> torch.Tensor:
+        import torch
+
+        ref, flat = self._storage_of(name)
+        if any(s == 0 for s in ref.shape):
+            return torch.empty(ref.shape, dtype=flat.dtype)
         return flat.as_strided(ref.shape, ref.stride, ref.offset).clone()
+
+    def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
+        """A strided view (a transpose, an expand) gathered from its storage a chunk at a time.
+
+        Materialising it first would allocate its declared size: a stride-0 view of one element can
+        claim 2^40 of them in a few bytes of pickle. Gathered, memory stays at one chunk.
+        """
+        import torch
+
+        ref, flat = self._storage_of(name)
+        rows = flat.view(torch.uint8).reshape(flat.numel(), -1)  # one row of bytes per element: any dtype indexes
+        numel = _numel(ref.shape)
+        for start in range(0, numel, chunk_elems):
+            index = torch.arange(start, min(start + chunk_elems, numel), dtype=torch.int64)
+            position = torch.full_like(index, ref.offset)
+            for size, step in zip(reversed(ref.shape), reversed(ref.stride), strict=True):
+                position += (index % size) * step
+                index = index.div(size, rounding_mode="floor")
+            yield rows[position].reshape(-1).view(flat.dtype)
+
+    def _check_view(self, name: str, ref: TensorRef) -> StorageRef:
+        """The storage of a row-major view, once the view is known to lie inside it."""
+        if ref.storage is None:
+            raise CorruptFileError(f"{self.path}: {name!r} is a meta tensor and has no data")
+        _torch_dtype(ref.dtype, name, self.path)
+        if ref.offset + _numel(ref.shape) > ref.storage.numel:
+            raise CorruptFileError(f"{self.path}: {name!r} reaches past the end of its storage")
+        return ref.storage
+
+
+def _torch_dtype(dtype: str, name: str, path: Path) -> Any:
+    import torch
+
+    found = getattr(torch, dtype, None)
+    if not isinstance(found, torch.dtype) or dtype not in DTYPE_BITS:
+        raise CorruptFileError(f"{path}: {name!r} has dtype {dtype}, which this torch cannot hold")
+    return found
 
 
 class ZipTorchSource(TorchFileSource):
     """A torch.save zip archive (torch >= 1.6): <prefix>/data.pkl plus <prefix>/data/<key> entries."""
 
     def __init__(self, path: Path, label: str, zf: zipfile.ZipFile, prefix: str) -> None:
+        self.path = path
         self._zf = zf
         self._prefix = prefix
+        try:
+            self._size = path.stat().st_size
+        except OSError as exc:
+            raise CorruptFileError(f"cannot read {path}: {exc.strerror or exc}") from None
         byteorder = self._read_member("byteorder", optional=True)
         if byteorder not in (None, b"little"):
             raise CorruptFileError(f"{path} was saved on a big-endian machine, which modinspect does not read yet")
@@ -215,32 +332,46 @@ class ZipTorchSource(TorchFileSource):
 
     def _read_member(self, name: str, optional: bool = False) -> bytes | None:
         try:
-            return self._zf.read(f"{self._prefix}{name}")
+            return read_zip_member(self._zf, f"{self._prefix}{name}", self._size, str(self.path))
         except KeyError:
             if optional:
                 return None
             raise CorruptFileError(f"{self.path} is a zip file without {self._prefix}{name}") from None
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+
+    def _storage_member(self, ref: StorageRef) -> zipfile.ZipInfo:
+        """The entry holding `ref`'s bytes, once its declared size is the storage's."""
+        name = f"{self._prefix}data/{ref.key}"
+        try:
+            info = zip_member(self._zf, name, self._size)
+        except KeyError:
+            raise CorruptFileError(f"{self.path} is a zip file without {name}") from None
+        except CorruptFileError as exc:
             raise CorruptFileError(f"{self.path} is a damaged zip file ({exc})") from None
+        expected = ref.numel * DTYPE_BITS[ref.dtype] // 8
+        if info.file_size != expected:
+            raise CorruptFileError(f"{self.path}: storage {ref.key} holds {info.file_size} bytes, expected {expected}")
+        return info
 
     def _storage_bytes(self, ref: StorageRef) -> bytes:
-        data = self._read_member(f"data/{ref.key}")
-        assert data is not None
-        return data
+        info = self._storage_member(ref)
+        try:
+            return self._zf.read(info)
+        except ZIP_ERRORS as exc:
+            raise CorruptFileError(f"{self.path} is a damaged zip file ({exc})") from None
 
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
         ref = self._refs[name]
         if ref.storage is None or not is_row_major(ref.shape, ref.stride):
             yield from super()._chunks(name, chunk_elems)
             return
+        storage = self._check_view(name, ref)
+        info = self._storage_member(storage)
         itemsize = DTYPE_BITS[ref.dtype] // 8
         try:
-            with self._zf.open(f"{self._prefix}data/{ref.storage.key}") as member:
-                member.read(ref.offset * itemsize)  # usually 0: a tensor tends to own its storage
+            with self._zf.open(info) as member:
+                member.seek(ref.offset * itemsize)  # usually 0: a tensor tends to own its storage
                 yield from read_chunks(member, _numel(ref.shape), ref.dtype, chunk_elems, str(self.path))
-        except KeyError:
-            raise CorruptFileError(f"{self.path} is a zip file without data for {name!r}") from None
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except ZIP_ERRORS as exc:
             raise CorruptFileError(f"{self.path} is a damaged zip file ({exc})") from None
 
     def close(self) -> None:
@@ -263,6 +394,9 @@ class LegacyTorchSource(TorchFileSource):
             if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
                 raise CorruptFileError(f"{path} is not a valid legacy torch checkpoint (bad storage key list)")
             self._offsets = self._walk_storages(f, keys, path.stat().st_size)
+        unlisted = sorted(set(self._storages) - set(self._offsets))
+        if unlisted:
+            raise CorruptFileError(f"{path} is not a valid legacy torch checkpoint (storage {unlisted[0]} has no data)")
         super().__init__(path, label, "torch-legacy", obj)
 
     def _remember(self, pid: tuple[object, ...]) -> StorageRef:
@@ -283,7 +417,7 @@ class LegacyTorchSource(TorchFileSource):
                 raise CorruptFileError(f"{self.path} is truncated in its tensor data")
             (numel,) = struct.unpack("<q", head)
             nbytes = numel * DTYPE_BITS[ref.dtype] // 8
-            if numel != ref.numel or pos + 8 + nbytes > size:
+            if key in offsets or numel != ref.numel or pos + 8 + nbytes > size:
                 raise CorruptFileError(f"{self.path} is truncated or damaged in storage {key}")
             offsets[key] = pos + 8
             pos += 8 + nbytes
@@ -299,8 +433,9 @@ class LegacyTorchSource(TorchFileSource):
         if ref.storage is None or not is_row_major(ref.shape, ref.stride):
             yield from super()._chunks(name, chunk_elems)
             return
+        storage = self._check_view(name, ref)  # else the read would run on into the next storage's bytes
         with self.path.open("rb") as f:
-            f.seek(self._offsets[ref.storage.key] + ref.offset * DTYPE_BITS[ref.dtype] // 8)
+            f.seek(self._offsets[storage.key] + ref.offset * DTYPE_BITS[ref.dtype] // 8)
             yield from read_chunks(f, _numel(ref.shape), ref.dtype, chunk_elems, str(self.path))
 
 

@@ -18,14 +18,18 @@ def _allowed_in_torchscript(dotted: str) -> bool:
 
 
 def open_torchscript(path: Path, label: str, zf: zipfile.ZipFile, prefix: str) -> ModuleSource:
+    from modinspect.sources.torchfile import read_zip_member
+
     unsafe: list[str] = []
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CorruptFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     for member in ("data.pkl", "constants.pkl"):
         try:
-            data = zf.read(prefix + member)
+            data = read_zip_member(zf, prefix + member, size, str(path))
         except KeyError:
             continue
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-            raise CorruptFileError(f"{path} is a damaged TorchScript archive ({exc})") from None
         try:
             unsafe += [g for g in scan_globals(data) if not _allowed_in_torchscript(g)]
         except CorruptFileError as exc:

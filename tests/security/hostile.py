@@ -1,0 +1,478 @@
+"""A corpus of hostile checkpoints, built at test time: pickle payloads and the files that carry them.
+
+Every payload's action is harmless and observable: it creates a marker file in the test's tmp_path. A
+test asserts the marker never appears (modinspect ran nothing) or, under --unsafe-pickle, that it does.
+
+A payload is an opcode *body* that pushes one value (the result of the call). Bodies splice into any
+pickle: as a whole pickle (`as_pickle`), or in place of a placeholder string inside a checkpoint that
+torch.save wrote, so the payload sits beside real tensors (`splice`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import pickle
+import pickletools
+import struct
+import subprocess
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SLOT = "MODINSPECT_PAYLOAD_SLOT"
+
+# ---------------------------------------------------------------- opcodes
+
+
+def su(s: str) -> bytes:
+    """SHORT_BINUNICODE (protocol 4)."""
+    raw = s.encode()
+    assert len(raw) < 256
+    return b"\x8c" + bytes([len(raw)]) + raw
+
+
+def bu(s: str) -> bytes:
+    """BINUNICODE (protocol 2)."""
+    raw = s.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+MARK, TUPLE, TUPLE1, REDUCE, POP, POP_MARK = b"(", b"t", b"\x85", b"R", b"0", b"1"
+STACK_GLOBAL, MEMOIZE, EMPTY_LIST, APPENDS = b"\x93", b"\x94", b"]", b"e"
+
+
+def binput(i: int) -> bytes:
+    return b"q" + bytes([i])
+
+
+def binget(i: int) -> bytes:
+    return b"h" + bytes([i])
+
+
+def long_binput(i: int) -> bytes:
+    return b"r" + struct.pack("<I", i)
+
+
+def long_binget(i: int) -> bytes:
+    return b"j" + struct.pack("<I", i)
+
+
+def frame(n: int) -> bytes:
+    return b"\x95" + struct.pack("<Q", n)
+
+
+def as_pickle(body: bytes, protocol: int) -> bytes:
+    return (b"\x80" + bytes([protocol]) if protocol >= 2 else b"") + body + b"."
+
+
+# ---------------------------------------------------------------- __reduce__ payloads
+
+
+def _code(marker: Path) -> str:
+    return f"open({str(marker)!r}, 'w').close()"
+
+
+class ReduceSystem:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+class ReducePopen:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (subprocess.Popen, (["touch", str(self.marker)],))
+
+
+class ReduceExec:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (exec, (_code(self.marker),))
+
+
+class ReduceEval:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (eval, (_code(self.marker),))
+
+
+class _ImportOs:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (importlib.import_module, ("os",))
+
+
+class _GetSystem:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (getattr, (_ImportOs(), "system"))
+
+    def __call__(self, *args: object) -> None:  # pickle wants a callable here; unpickling puts os.system there
+        raise AssertionError("never called")
+
+
+class ReduceImportGetattr:
+    """getattr(importlib.import_module('os'), 'system')('touch MARKER'): a chain of reductions."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_GetSystem(), (f"touch {self.marker}",))
+
+
+def reduced_body(factory: Callable[[Path], object]) -> Callable[[Path], bytes]:
+    """The opcode body pickle itself writes for an object (protocol 2, PROTO and STOP stripped)."""
+
+    def body(marker: Path) -> bytes:
+        data = pickle.dumps(factory(marker), protocol=2)
+        assert data[:2] == b"\x80\x02" and data[-1:] == b"."
+        return data[2:-1]
+
+    return body
+
+
+# ---------------------------------------------------------------- hand-assembled payloads
+
+
+def global_p0_exec(marker: Path) -> bytes:
+    return b"cbuiltins\nexec\n(V" + _code(marker).encode() + b"\ntR"
+
+
+def global_p0_system(marker: Path) -> bytes:
+    return b"cos\nsystem\n(V" + f"touch {marker}".encode() + b"\ntR"
+
+
+def inst_p0_popen(marker: Path) -> bytes:
+    # MARK, MARK 'touch' MARKER LIST -> ['touch', MARKER]; INST subprocess.Popen pops to the first MARK.
+    return b"((Vtouch\nV" + str(marker).encode() + b"\nlisubprocess\nPopen\n"
+
+
+def global_p2_getattr_import(marker: Path) -> bytes:
+    # getattr(__import__('os'), 'system')('touch MARKER')
+    return (b"cbuiltins\ngetattr\n(cbuiltins\n__import__\n(" + bu("os") + b"tR" + bu("system") + b"tR("
+            + bu(f"touch {marker}") + b"tR")
+
+
+def stack_global_p4_eval(marker: Path) -> bytes:
+    return su("builtins") + MEMOIZE + su("eval") + MEMOIZE + STACK_GLOBAL + su(_code(marker)) + TUPLE1 + REDUCE
+
+
+def stack_global_p4_system(marker: Path) -> bytes:
+    return su("os") + su("system") + STACK_GLOBAL + su(f"touch {marker}") + TUPLE1 + REDUCE
+
+
+def memo_binput_binget(marker: Path) -> bytes:
+    """Names parked in the memo (BINPUT, then POP) and fetched back (BINGET) just before STACK_GLOBAL."""
+    return (bu("builtins") + binput(0) + POP + bu("exec") + binput(1) + POP + binget(0) + binget(1)
+            + STACK_GLOBAL + bu(_code(marker)) + TUPLE1 + REDUCE)
+
+
+def memo_memoize_decoy(marker: Path, memo_base: int = 0) -> bytes:
+    """MEMOIZE'd names, then a safe-looking decoy pair thrown away with POP_MARK right before STACK_GLOBAL.
+
+    A scanner that reads the last two string literals would see collections.OrderedDict. MEMOIZE
+    numbers its slots implicitly (the memo's size), so a spliced body needs the size at the splice.
+    """
+    return (su("subprocess") + MEMOIZE + POP + su("Popen") + MEMOIZE + POP
+            + MARK + su("collections") + su("OrderedDict") + POP_MARK
+            + long_binget(memo_base) + long_binget(memo_base + 1) + STACK_GLOBAL
+            + EMPTY_LIST + MARK + su("touch") + su(str(marker)) + APPENDS + TUPLE1 + REDUCE)
+
+
+def memo_overwrite(marker: Path) -> bytes:
+    """LONG_BINPUT parks 'collections' in slot 5, then overwrites the slot with 'builtins'."""
+    return (bu("collections") + long_binput(5) + POP + bu("builtins") + long_binput(5) + POP
+            + bu("exec") + long_binput(6) + POP + long_binget(5) + long_binget(6) + STACK_GLOBAL
+            + bu(_code(marker)) + TUPLE1 + REDUCE)
+
+
+def frame_split(marker: Path) -> bytes:
+    """An empty FRAME between the two names: no stack effect, but it breaks a scanner counting pushes."""
+    return su("builtins") + frame(0) + su("exec") + STACK_GLOBAL + su(_code(marker)) + TUPLE1 + REDUCE
+
+
+def dup_pop(marker: Path) -> bytes:
+    """DUP and POP shuffle the names: the stack holds builtins, exec when STACK_GLOBAL runs."""
+    return (su("builtins") + b"2" + POP + su("exec") + b"2" + b"2" + POP + POP + STACK_GLOBAL
+            + su(_code(marker)) + TUPLE1 + REDUCE)
+
+
+def dotted_getattr(marker: Path) -> bytes:
+    """Protocol 4 resolves dotted names attribute by attribute: subprocess -> .os -> .system."""
+    return su("subprocess") + su("os.system") + STACK_GLOBAL + su(f"touch {marker}") + TUPLE1 + REDUCE
+
+
+def copyreg_extension(marker: Path) -> bytes:
+    """EXT1: a global named by a number in copyreg's extension registry."""
+    return b"\x82\x01" + su(f"touch {marker}") + TUPLE1 + REDUCE
+
+
+@dataclass(frozen=True)
+class Payload:
+    name: str
+    body: Callable[..., bytes]  # body(marker), or body(marker, memo_base) when memo_relative
+    protocol: int  # of the opcodes it uses: 0 text, 2 binary GLOBAL, 4 STACK_GLOBAL/MEMOIZE
+    globals: tuple[str, ...]  # what the refusal must name (os.system pickles as posix.system on Linux)
+    runs_under_plain_pickle: bool = True
+    asynchronous: bool = False  # starts a process: its marker may appear a moment later
+    memo_relative: bool = False  # uses MEMOIZE'd slots: needs the memo size where it is spliced
+
+
+PAYLOADS = [
+    Payload("reduce-os-system", reduced_body(ReduceSystem), 2, (f"{os.system.__module__}.system",)),
+    # Protocol 2 spells it commands.Popen (fix_imports); the refusal names what would be imported.
+    Payload("reduce-subprocess-popen", reduced_body(ReducePopen), 2, ("subprocess.Popen",), asynchronous=True),
+    Payload("reduce-builtins-exec", reduced_body(ReduceExec), 2, ("builtins.exec",)),
+    Payload("reduce-builtins-eval", reduced_body(ReduceEval), 2, ("builtins.eval",)),
+    Payload("reduce-import-module-getattr", reduced_body(ReduceImportGetattr), 2,
+            ("builtins.getattr", "importlib.import_module")),
+    Payload("global-p0-exec", global_p0_exec, 0, ("builtins.exec",)),
+    Payload("global-p0-os-system", global_p0_system, 0, ("os.system",)),
+    Payload("inst-p0-popen", inst_p0_popen, 0, ("subprocess.Popen",), asynchronous=True),
+    Payload("global-p2-getattr-import", global_p2_getattr_import, 2, ("builtins.__import__", "builtins.getattr")),
+    Payload("stack-global-p4-eval", stack_global_p4_eval, 4, ("builtins.eval",)),
+    Payload("stack-global-p4-os-system", stack_global_p4_system, 4, ("os.system",)),
+    Payload("memo-binput-binget", memo_binput_binget, 4, ("builtins.exec",)),
+    Payload("memo-memoize-decoy", memo_memoize_decoy, 4, ("subprocess.Popen",), asynchronous=True, memo_relative=True),
+    Payload("memo-long-binput-overwrite", memo_overwrite, 4, ("builtins.exec",)),
+    Payload("frame-split-names", frame_split, 4, ("builtins.exec",)),
+    Payload("dup-pop-shuffle", dup_pop, 4, ("builtins.exec",)),
+    Payload("dotted-getattr-chain", dotted_getattr, 4, ("subprocess.os.system",)),
+    Payload("copyreg-extension", copyreg_extension, 4, ("<copyreg extension 1>",), runs_under_plain_pickle=False),
+]
+BY_NAME = {p.name: p for p in PAYLOADS}
+
+# ---------------------------------------------------------------- carriers
+
+
+class Tiny(nn.Module):
+    """The victim model; its source lives in a real file so torch.jit.script can read it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+VICTIM_PY = '''
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def build():
+    torch.manual_seed(0)
+    return Tiny()
+'''
+
+
+def state_dict() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return Tiny().state_dict()
+
+
+Body = Callable[[int], bytes]  # memo size at the splice point -> opcodes
+
+
+def memo_size_at(pkl: bytes, offset: int) -> int:
+    """How many memo slots a pickle has filled before `offset`."""
+    memo: set[int] = set()
+    for op, arg, pos in pickletools.genops(pkl):
+        if pos is None or pos >= offset:
+            break
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo.add(int(str(arg)))
+        elif op.name == "MEMOIZE":
+            memo.add(len(memo))
+    return len(memo)
+
+
+def splice(pkl: bytes, body: Body) -> bytes:
+    """Replace the BINUNICODE placeholder SLOT in a pickle torch.save wrote with the payload's opcodes."""
+    slot = bu(SLOT)
+    assert pkl.count(slot) == 1, "placeholder not found exactly once"
+    at = pkl.index(slot)
+    start = _pickle_start(pkl, at)
+    return pkl[:at] + body(memo_size_at(pkl[start:], at - start)) + pkl[at + len(slot):]
+
+
+def _pickle_start(data: bytes, offset: int) -> int:
+    """Where the pickle holding byte `offset` starts (a legacy file is several pickles in a row)."""
+    stream = io.BytesIO(data)
+    start = 0
+    while True:
+        for _ in pickletools.genops(stream):
+            pass
+        if stream.tell() > offset:
+            return start
+        start = stream.tell()
+
+
+def rewrite_zip(path: Path, edit: Callable[[str, bytes], bytes]) -> None:
+    """Rewrite every entry of a zip file through `edit(name, data)`, keeping names and order."""
+    with zipfile.ZipFile(path) as zf:
+        entries = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries:
+            zf.writestr(name, edit(name, data))
+
+
+def zip_pt(folder: Path, body: Body, name: str = "evil.pt") -> Path:
+    """A torch.save zip checkpoint {'state_dict': <tensors>, 'payload': <body>}."""
+    path = folder / name
+    torch.save({"state_dict": state_dict(), "payload": SLOT}, path)
+    rewrite_zip(path, lambda n, d: splice(d, body) if n.endswith("/data.pkl") else d)
+    return path
+
+
+def legacy_pt(folder: Path, body: Body, name: str = "evil_legacy.pt") -> Path:
+    """The same in the pre-1.6 format: magic, protocol, system info, the object pickle, keys, storages."""
+    buf = io.BytesIO()
+    torch.save({"state_dict": state_dict(), "payload": SLOT}, buf, _use_new_zipfile_serialization=False)
+    path = folder / name
+    path.write_bytes(splice(buf.getvalue(), body))
+    return path
+
+
+def raw_pkl(folder: Path, body: Body, protocol: int, name: str = "evil.pkl") -> Path:
+    """A plain pickle file. Protocol 0 and 1 files do not start with PROTO and are refused unread."""
+    path = folder / name
+    path.write_bytes(as_pickle(body(0), max(protocol, 2)))
+    return path
+
+
+def training_checkpoint(folder: Path, body: Body, name: str = "evil_ckpt.pt") -> Path:
+    """A training checkpoint with the payload deep inside the optimizer's param_groups."""
+    sd = state_dict()
+    ckpt = {
+        "epoch": 7,
+        "model_state_dict": sd,
+        "optimizer_state_dict": {
+            "state": {0: {"momentum_buffer": torch.zeros(3, 4)}},
+            "param_groups": [{"lr": 0.1, "params": [0, 1], "scheduler": {"kind": SLOT}}],
+        },
+        "best_metric": 0.93,
+    }
+    path = folder / name
+    torch.save(ckpt, path)
+    rewrite_zip(path, lambda n, d: splice(d, body) if n.endswith("/data.pkl") else d)
+    return path
+
+
+def sharded_bin(folder: Path, body: Body, name: str = "evil_sharded") -> Path:
+    """A pytorch_model.bin.index.json naming two .bin shards; the second carries the payload."""
+    import json
+
+    folder = folder / name
+    folder.mkdir()
+    sd = state_dict()
+    torch.save({"fc.weight": sd["fc.weight"]}, folder / "pytorch_model-00001-of-00002.bin")
+    shard2 = folder / "pytorch_model-00002-of-00002.bin"
+    torch.save({"fc.bias": sd["fc.bias"], "fc._extra_state": SLOT}, shard2)  # extra state: not a tensor
+    rewrite_zip(shard2, lambda n, d: splice(d, body) if n.endswith("/data.pkl") else d)
+    weight_map = {"fc.weight": "pytorch_model-00001-of-00002.bin", "fc.bias": "pytorch_model-00002-of-00002.bin"}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
+
+
+def torchscript(folder: Path, body: Body, member: str = "data.pkl", name: str = "evil_scripted.pt") -> Path:
+    """A real torch.jit.script(...).save() archive whose data.pkl (or constants.pkl) is the payload."""
+    import warnings
+
+    path = folder / name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(Tiny()).save(str(path))
+    rewrite_zip(path, lambda n, d: as_pickle(body(0), 2) if n.endswith(f"/{member}") else d)
+    return path
+
+
+def body_of(payload: Payload, marker: Path) -> Body:
+    """The payload's opcodes for a splice point with `memo_base` memo slots already filled."""
+    return lambda memo_base: payload.body(marker, memo_base) if payload.memo_relative else payload.body(marker)
+
+
+# name -> builder(folder, body, payload protocol) -> SOURCE path
+CARRIERS: dict[str, Callable[[Path, Body, int], Path]] = {
+    "zip-pt": lambda f, b, p: zip_pt(f, b),
+    "legacy-pt": lambda f, b, p: legacy_pt(f, b),
+    "raw-pkl": raw_pkl,
+    "training-checkpoint": lambda f, b, p: training_checkpoint(f, b),
+    "sharded-bin": lambda f, b, p: sharded_bin(f, b),
+    "torchscript-data-pkl": lambda f, b, p: torchscript(f, b, "data.pkl"),
+    "torchscript-constants-pkl": lambda f, b, p: torchscript(f, b, "constants.pkl"),
+}
+# Carriers a model can be built from (entry point + --weights), and files --input accepts.
+WEIGHTS_CARRIERS = ["zip-pt", "legacy-pt", "raw-pkl", "training-checkpoint", "sharded-bin", "torchscript-data-pkl"]
+INPUT_CARRIERS = ["zip-pt", "legacy-pt", "raw-pkl", "training-checkpoint", "torchscript-data-pkl"]
+
+
+def write_victim(folder: Path) -> str:
+    """victim.py:build, an entry point whose model matches every carrier's state dict."""
+    (folder / "victim.py").write_text(VICTIM_PY)
+    return "victim.py:build"
+
+
+def clean_checkpoint(folder: Path) -> Path:
+    path = folder / "clean.pt"
+    torch.save(state_dict(), path)
+    return path
+
+
+# ---------------------------------------------------------------- hand-editing zip headers
+
+
+def central_entries(data: bytes) -> dict[str, int]:
+    """Offset of each entry's central directory record, by name (no zip64 here)."""
+    end = data.rindex(b"PK\x05\x06")
+    count, _size, start = struct.unpack("<HII", data[end + 10:end + 20])
+    out = {}
+    at = start
+    for _ in range(count):
+        assert data[at:at + 4] == b"PK\x01\x02"
+        n, m, k = struct.unpack("<HHH", data[at + 28:at + 34])
+        out[data[at + 46:at + 46 + n].decode()] = at
+        at += 46 + n + m + k
+    return out
+
+
+def local_entries(data: bytes) -> dict[str, int]:
+    """Offset of each entry's local file header, by name."""
+    return {name: struct.unpack("<I", data[at + 42:at + 46])[0] for name, at in central_entries(data).items()}
+
+
+# Field offsets inside a central directory record and a local file header.
+CD_FLAGS, CD_METHOD, CD_CRC, CD_CSIZE, CD_USIZE, CD_OFFSET = 8, 10, 16, 20, 24, 42
+LH_FLAGS, LH_METHOD, LH_CRC, LH_CSIZE, LH_USIZE = 6, 8, 14, 18, 22
+
+
+def patch(data: bytes, at: int, fmt: str, value: int) -> bytes:
+    size = struct.calcsize(fmt)
+    return data[:at] + struct.pack(fmt, value) + data[at + size:]
+
+
+def entry_named(data: bytes, suffix: str) -> str:
+    return next(n for n in central_entries(data) if n.endswith(suffix))

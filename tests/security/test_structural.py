@@ -1,0 +1,899 @@
+"""Structural attacks: damaged, lying and hostile files end in exit 2, one clear line, in bounded time and memory.
+
+Every case builds its file in tmp_path and runs the CLI on it. The line must name the problem (a
+substring of the reader's own message, never the catch-all "internal error"), carry no traceback,
+and come back within TIME_LIMIT seconds. Cases whose danger is an allocation also run in a child
+process whose address space is capped (test_bounded_memory_*): a reader that allocated from a
+declared size would die there with MemoryError instead of refusing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import pickletools
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import invoke
+from hostile import (
+    CD_CRC,
+    CD_CSIZE,
+    CD_FLAGS,
+    CD_METHOD,
+    CD_OFFSET,
+    CD_USIZE,
+    LH_CSIZE,
+    LH_USIZE,
+    central_entries,
+    entry_named,
+    local_entries,
+    patch,
+    rewrite_zip,
+    state_dict,
+    write_victim,
+)
+from modinspect.errors import ModinspectError
+
+TIME_LIMIT = 3.0  # seconds for one CLI run on a small hostile file, on a slow 2-core machine
+Case = Callable[[Path], tuple[list[str], str]]  # tmp_path -> (CLI arguments, substring of the error line)
+CASES: dict[str, Case] = {}
+
+
+def case(fn: Case) -> Case:
+    CASES[fn.__name__] = fn
+    return fn
+
+
+def st_file(path: Path, header: object, data: bytes = b"", length: int | None = None) -> Path:
+    """`<Q header length> header data`; the length can lie."""
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(h) if length is None else length) + h + data)
+    return path
+
+
+def ent(dtype: str, shape: list[object], begin: object, end: object) -> dict[str, object]:
+    return {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
+
+
+def pickle_ends(raw: bytes, count: int = 5) -> list[int]:
+    """Where each of the first `count` pickles of a legacy torch file ends."""
+    stream = io.BytesIO(raw)
+    ends = []
+    for _ in range(count):
+        for _op in pickletools.genops(stream):
+            pass
+        ends.append(stream.tell())
+    return ends
+
+
+def zip_checkpoint(tmp: Path, name: str = "sd.pt") -> tuple[Path, bytes]:
+    path = tmp / name
+    torch.save(state_dict(), path)
+    return path, path.read_bytes()
+
+
+# ---------------------------------------------------------------- safetensors
+
+
+@case
+def st_header_length_2_pow_62(tmp: Path) -> tuple[list[str], str]:
+    path = st_file(tmp / "x.safetensors", {}, length=2**62)
+    return ["tree", str(path)], f"declares a {2**62:,}-byte header (limit 100,000,000)"
+
+
+@case
+def st_header_of_200_mb_declared(tmp: Path) -> tuple[list[str], str]:
+    # 200 MB declared, 60 bytes written: refused from the declared size, before any read of it.
+    path = st_file(tmp / "x.safetensors", {"a": ent("F32", [1], 0, 4)}, b"\0" * 4, length=200_000_000)
+    return ["tree", str(path)], "declares a 200,000,000-byte header (limit 100,000,000)"
+
+
+@case
+def st_header_longer_than_file(tmp: Path) -> tuple[list[str], str]:
+    path = st_file(tmp / "x.safetensors", {"a": ent("F32", [1], 0, 4)}, b"\0" * 4, length=50_000_000)
+    return ["tree", str(path)], "declares a 50,000,000-byte header but the file holds"
+
+
+@case
+def st_overlapping_offsets(tmp: Path) -> tuple[list[str], str]:
+    path = st_file(tmp / "x.safetensors", {"a": ent("F32", [2], 0, 8), "b": ent("F32", [2], 4, 12)}, b"\0" * 12)
+    return ["tree", str(path)], "places 'b' at byte 4, which overlaps the previous tensor"
+
+
+@case
+def st_negative_offsets(tmp: Path) -> tuple[list[str], str]:
+    path = st_file(tmp / "x.safetensors", {"a": ent("F32", [1], -4, 0)}, b"\0" * 4)
+    return ["tree", str(path)], "gives 'a' data_offsets that are not [begin, end] with 0 <= begin <= end"
+
+
+@case
+def st_offsets_past_end_of_file(tmp: Path) -> tuple[list[str], str]:
+    path = st_file(tmp / "x.safetensors", {"a": ent("F32", [2**20], 0, 2**22)}, b"\0" * 16)
+    return ["tree", str(path)], "needs 4,194,304 bytes of tensor data but holds 16 (truncated?)"
+
+
+@case
+def st_offsets_of_2_pow_64(tmp: Path) -> tuple[list[str], str]:
+    path = st_file(tmp / "x.safetensors", {"a": ent("U8", [2**64], 0, 2**64)}, b"\0" * 4)
+    return ["tree", str(path)], f"needs {2**64:,} bytes of tensor data but holds 4"
+
+
+@case
+def st_shape_and_size_disagree(tmp: Path) -> tuple[list[str], str]:
+    path = st_file(tmp / "x.safetensors", {"a": ent("F32", [2, 3], 0, 20)}, b"\0" * 20)
+    return ["tree", str(path)], "gives 'a' 20 bytes but shape [2, 3] of F32 needs 24"
+
+
+@case
+def st_dtype_and_size_disagree(tmp: Path) -> tuple[list[str], str]:
+    path = st_file(tmp / "x.safetensors", {"a": ent("F64", [2], 0, 8)}, b"\0" * 8)
+    return ["tree", str(path)], "gives 'a' 8 bytes but shape [2] of F64 needs 16"
+
+
+@case
+def st_astronomical_shape(tmp: Path) -> tuple[list[str], str]:
+    path = st_file(tmp / "x.safetensors", {"a": ent("F32", [2**40, 2**40], 0, 8)}, b"\0" * 8)
+    return ["tree", str(path)], f"gives 'a' 8 bytes but shape [{2**40}, {2**40}] of F32 needs {2**82}"
+
+
+@case
+def st_negative_dimension(tmp: Path) -> tuple[list[str], str]:
+    path = st_file(tmp / "x.safetensors", {"a": ent("F32", [-1], 0, 4)}, b"\0" * 4)
+    return ["tree", str(path)], "gives 'a' a shape that is not a list of non-negative integers"
+
+
+@case
+def st_unknown_dtype(tmp: Path) -> tuple[list[str], str]:
+    path = st_file(tmp / "x.safetensors", {"a": ent("F128", [1], 0, 16)}, b"\0" * 16)
+    return ["tree", str(path)], "gives 'a' the unknown dtype 'F128'"
+
+
+@case
+def st_duplicate_keys(tmp: Path) -> tuple[list[str], str]:
+    one = json.dumps(ent("F32", [1], 0, 4))
+    path = st_file(tmp / "x.safetensors", f'{{"a": {one}, "a": {one}}}'.encode(), b"\0" * 4)
+    return ["tree", str(path)], "has a header with a duplicate key 'a'"
+
+
+@case
+def st_non_string_metadata(tmp: Path) -> tuple[list[str], str]:
+    path = st_file(tmp / "x.safetensors", {"__metadata__": {"format": 1}, "a": ent("F32", [1], 0, 4)}, b"\0" * 4)
+    return ["tree", str(path)], "has __metadata__ that is not a map of strings to strings"
+
+
+@case
+def st_non_utf8_header(tmp: Path) -> tuple[list[str], str]:
+    path = st_file(tmp / "x.safetensors", b'{"\xff\xfe": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}',
+                   b"\0" * 4)
+    return ["tree", str(path)], "has a header that is not UTF-8"
+
+
+@case
+def st_integer_of_5000_digits(tmp: Path) -> tuple[list[str], str]:
+    """Regression: json.loads raised a plain ValueError (Python's int digit limit), not JSONDecodeError."""
+    path = st_file(tmp / "x.safetensors", b'{"a": {"dtype": "F32", "shape": [' + b"7" * 5000 + b'], "data_offsets": [0, 4]}}',
+                   b"\0" * 4)
+    return ["tree", str(path)], "has a header that is not valid JSON (ValueError)"
+
+
+@case
+def st_deeply_nested_header(tmp: Path) -> tuple[list[str], str]:
+    path = st_file(tmp / "x.safetensors", b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}")
+    return ["tree", str(path)], "has a header that is not valid JSON (RecursionError)"
+
+
+@case
+def st_truncated(tmp: Path) -> tuple[list[str], str]:
+    path = tmp / "x.safetensors"
+    save_file({"a": torch.ones(64), "b": torch.zeros(64)}, str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    return ["tree", str(path)], "bytes of tensor data but holds"
+
+
+# ---------------------------------------------------------------- sharded indexes
+
+
+def sharded_dir(tmp: Path, weight_map: dict[str, object] | None = None, raw: bytes | None = None) -> Path:
+    folder = tmp / "model"
+    folder.mkdir(exist_ok=True)
+    sd = state_dict()
+    save_file({"fc.weight": sd["fc.weight"]}, str(folder / "a.safetensors"))
+    save_file({"fc.bias": sd["fc.bias"]}, str(folder / "b.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    wm = weight_map if weight_map is not None else {"fc.weight": "a.safetensors", "fc.bias": "b.safetensors"}
+    index.write_bytes(raw if raw is not None else json.dumps({"metadata": {}, "weight_map": wm}).encode())
+    return folder
+
+
+@case
+def index_parent_escape(tmp: Path) -> tuple[list[str], str]:
+    secret = tmp / "outside.safetensors"
+    save_file({"fc.bias": torch.zeros(3)}, str(secret))
+    folder = sharded_dir(tmp, {"fc.weight": "a.safetensors", "fc.bias": "../outside.safetensors"})
+    return ["tree", str(folder)], "names shard '../outside.safetensors' outside its directory; refusing to follow it"
+
+
+@case
+def index_absolute_path(tmp: Path) -> tuple[list[str], str]:
+    secret = tmp / "outside.safetensors"
+    save_file({"fc.bias": torch.zeros(3)}, str(secret))
+    folder = sharded_dir(tmp, {"fc.weight": "a.safetensors", "fc.bias": str(secret)})
+    return ["tree", str(folder)], f"names shard '{secret}' outside its directory"
+
+
+@case
+def index_symlink_outside(tmp: Path) -> tuple[list[str], str]:
+    secret = tmp / "outside.safetensors"
+    save_file({"fc.bias": torch.zeros(3)}, str(secret))
+    folder = sharded_dir(tmp, {"fc.weight": "a.safetensors", "fc.bias": "link.safetensors"})
+    (folder / "link.safetensors").symlink_to(secret)
+    return ["tree", str(folder)], "names shard 'link.safetensors', which resolves outside its directory"
+
+
+@case
+def index_symlink_loop(tmp: Path) -> tuple[list[str], str]:
+    folder = sharded_dir(tmp, {"fc.weight": "a.safetensors", "fc.bias": "loop1"})
+    (folder / "loop1").symlink_to("loop2")
+    (folder / "loop2").symlink_to("loop1")
+    return ["tree", str(folder)], "names shard 'loop1', which cannot be followed"
+
+
+@case
+def index_nul_in_shard_name(tmp: Path) -> tuple[list[str], str]:
+    """Regression: a NUL byte made pathlib raise ValueError (embedded null byte)."""
+    folder = sharded_dir(tmp, {"fc.weight": "a.safetensors", "fc.bias": "b.safe\0tensors"})
+    return ["tree", str(folder)], "which is not a file name"
+
+
+@case
+def index_missing_shard(tmp: Path) -> tuple[list[str], str]:
+    folder = sharded_dir(tmp, {"fc.weight": "a.safetensors", "fc.bias": "gone.safetensors"})
+    return ["tree", str(folder)], "names shard 'gone.safetensors', which is missing"
+
+
+@case
+def index_shard_is_a_directory(tmp: Path) -> tuple[list[str], str]:
+    folder = sharded_dir(tmp, {"fc.weight": "a.safetensors", "fc.bias": "sub"})
+    (folder / "sub").mkdir()
+    return ["tree", str(folder)], "names shard 'sub', which is missing"
+
+
+@case
+def index_places_tensor_in_wrong_shard(tmp: Path) -> tuple[list[str], str]:
+    folder = sharded_dir(tmp, {"fc.weight": "b.safetensors", "fc.bias": "b.safetensors"})
+    return ["tree", str(folder)], "places 'fc.weight' in b.safetensors, which does not hold it"
+
+
+@case
+def index_does_not_list_a_tensor_of_the_shard(tmp: Path) -> tuple[list[str], str]:
+    folder = sharded_dir(tmp)
+    save_file({"fc.weight": state_dict()["fc.weight"], "stowaway": torch.ones(2)}, str(folder / "a.safetensors"))
+    return ["tree", str(folder)], "a.safetensors holds 'stowaway', which model.safetensors.index.json does not list"
+
+
+@case
+def index_disagrees_with_shard_header(tmp: Path) -> tuple[list[str], str]:
+    folder = sharded_dir(tmp, {"fc.weight": "a.safetensors", "fc.bias": "a.safetensors"})
+    return ["tree", str(folder)], "places 'fc.bias' in a.safetensors, which does not hold it"
+
+
+@case
+def index_weight_map_of_numbers(tmp: Path) -> tuple[list[str], str]:
+    folder = sharded_dir(tmp, {"fc.weight": 1, "fc.bias": 2})
+    return ["tree", str(folder)], "has no weight_map of tensor names to shard files"
+
+
+@case
+def index_integer_of_5000_digits(tmp: Path) -> tuple[list[str], str]:
+    """Regression: a plain ValueError (int digit limit) escaped the index reader."""
+    folder = sharded_dir(tmp, raw=b'{"metadata": {"total_size": ' + b"9" * 5000 + b'}, "weight_map": {}}')
+    return ["tree", str(folder)], "is not a readable JSON index (ValueError)"
+
+
+@case
+def index_deeply_nested(tmp: Path) -> tuple[list[str], str]:
+    """Regression: RecursionError escaped the index reader."""
+    folder = sharded_dir(tmp, raw=b'{"weight_map": ' + b"[" * 200_000 + b"]" * 200_000 + b"}")
+    return ["tree", str(folder)], "is not a readable JSON index (RecursionError)"
+
+
+@case
+def index_not_utf8(tmp: Path) -> tuple[list[str], str]:
+    folder = sharded_dir(tmp, raw=b'{"weight_map": {"\xff": "a.safetensors"}}')
+    return ["tree", str(folder)], "is not a readable JSON index (UnicodeDecodeError)"
+
+
+# ---------------------------------------------------------------- zip checkpoints
+
+
+@case
+def zip_truncated(tmp: Path) -> tuple[list[str], str]:
+    path, raw = zip_checkpoint(tmp)
+    path.write_bytes(raw[: len(raw) // 2])
+    return ["tree", str(path)], "is a damaged zip file"
+
+
+@case
+def zip_truncated_inside_central_directory(tmp: Path) -> tuple[list[str], str]:
+    path, raw = zip_checkpoint(tmp)
+    path.write_bytes(raw[:-30])
+    return ["tree", str(path)], "is a damaged zip file"
+
+
+@case
+def zip_bad_crc_in_data_pkl(tmp: Path) -> tuple[list[str], str]:
+    path, raw = zip_checkpoint(tmp)
+    path.write_bytes(patch(raw, central_entries(raw)[entry_named(raw, "/data.pkl")] + CD_CRC, "<I", 0xDEADBEEF))
+    return ["tree", str(path)], "Bad CRC-32 for file"
+
+
+@case
+def zip_bad_crc_in_storage(tmp: Path) -> tuple[list[str], str]:
+    path, raw = zip_checkpoint(tmp)
+    path.write_bytes(patch(raw, central_entries(raw)[entry_named(raw, "/data/0")] + CD_CRC, "<I", 0xDEADBEEF))
+    return ["diff", str(path), str(path)], "Bad CRC-32 for file"  # listing reads no storage: diff reads them
+
+
+@case
+def zip_huge_compressed_size_in_central_directory(tmp: Path) -> tuple[list[str], str]:
+    """Regression: zipfile asked the file for a gigabyte at once (a 1 GiB allocation) before reading."""
+    path, raw = zip_checkpoint(tmp)
+    at = central_entries(raw)[entry_named(raw, "/data.pkl")]
+    path.write_bytes(patch(raw, at + CD_CSIZE, "<I", 0xFFFFFFF0))
+    return ["tree", str(path)], "declares 4,294,967,280 bytes at offset 0, past the end of the"
+
+
+@case
+def zip_huge_uncompressed_size_in_central_directory(tmp: Path) -> tuple[list[str], str]:
+    path, raw = zip_checkpoint(tmp)
+    at = central_entries(raw)[entry_named(raw, "/data.pkl")]
+    path.write_bytes(patch(raw, at + CD_USIZE, "<I", 0xFFFFFFF0))
+    return ["tree", str(path)], "declares 4,294,967,280 bytes but occupies"
+
+
+@case
+def zip_huge_sizes_in_storage_entry(tmp: Path) -> tuple[list[str], str]:
+    path, raw = zip_checkpoint(tmp)
+    at = central_entries(raw)[entry_named(raw, "/data/0")]
+    raw = patch(patch(raw, at + CD_USIZE, "<I", 0xFFFFFFF0), at + CD_CSIZE, "<I", 0xFFFFFFF0)
+    path.write_bytes(raw)
+    return ["diff", str(path), str(path)], "declares 4,294,967,280 bytes at offset"
+
+
+@case
+def zip_entry_offset_past_end(tmp: Path) -> tuple[list[str], str]:
+    path, raw = zip_checkpoint(tmp)
+    at = central_entries(raw)[entry_named(raw, "/data.pkl")]
+    path.write_bytes(patch(raw, at + CD_OFFSET, "<I", 0x7FFFFFF0))
+    return ["tree", str(path)], "past the end of the"
+
+
+@case
+def zip_encrypted_flag(tmp: Path) -> tuple[list[str], str]:
+    """Regression: zipfile raised RuntimeError ('password required'), which escaped as an internal error."""
+    path, raw = zip_checkpoint(tmp)
+    at = central_entries(raw)[entry_named(raw, "/data.pkl")]
+    path.write_bytes(patch(raw, at + CD_FLAGS, "<H", 0x0809))
+    return ["tree", str(path)], "is encrypted"
+
+
+@case
+def zip_unknown_compression_method(tmp: Path) -> tuple[list[str], str]:
+    """Regression: the error path read self.path before it was set (AttributeError)."""
+    path, raw = zip_checkpoint(tmp)
+    at = central_entries(raw)[entry_named(raw, "/data.pkl")]
+    path.write_bytes(patch(raw, at + CD_METHOD, "<H", 99))
+    return ["tree", str(path)], "compression method is not supported"
+
+
+@case
+def zip_stored_data_marked_deflated(tmp: Path) -> tuple[list[str], str]:
+    """Regression: zlib.error escaped."""
+    path, raw = zip_checkpoint(tmp)
+    at = central_entries(raw)[entry_named(raw, "/data.pkl")]
+    path.write_bytes(patch(raw, at + CD_METHOD, "<H", zipfile.ZIP_DEFLATED))
+    return ["tree", str(path)], "Error -3 while decompressing data"
+
+
+@case
+def zip_deflate_bomb_claim(tmp: Path) -> tuple[list[str], str]:
+    """A deflated data.pkl that claims more than DEFLATE can expand to."""
+    path = tmp / "bomb.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb/data.pkl", pickle.dumps({}, protocol=2))
+    raw = path.read_bytes()
+    at = central_entries(raw)[entry_named(raw, "/data.pkl")]
+    path.write_bytes(patch(raw, at + CD_USIZE, "<I", 0xFFFFFFF0))
+    return ["tree", str(path)], "declares 4,294,967,280 bytes from"
+
+
+@case
+def zip_huge_sizes_in_local_header_only(tmp: Path) -> tuple[list[str], str]:
+    """zipfile trusts the central directory: lying local sizes are harmless, the CRC still guards the data."""
+    path, raw = zip_checkpoint(tmp)
+    at = local_entries(raw)[entry_named(raw, "/data.pkl")]
+    raw = patch(patch(raw, at + LH_CSIZE, "<I", 0xFFFFFFF0), at + LH_USIZE, "<I", 0xFFFFFFF0)
+    # ...and a damaged data.pkl byte behind it, so the run must end in an error, not a listing.
+    data_at = at + 30 + struct.unpack("<H", raw[at + 26:at + 28])[0] + struct.unpack("<H", raw[at + 28:at + 30])[0]
+    raw = raw[:data_at + 5] + bytes([raw[data_at + 5] ^ 0xFF]) + raw[data_at + 6:]
+    path.write_bytes(raw)
+    return ["tree", str(path)], "Bad CRC-32 for file"
+
+
+@case
+def zip_storage_size_disagrees_with_pickle(tmp: Path) -> tuple[list[str], str]:
+    path = tmp / "sd.pt"
+    torch.save({"w": torch.arange(4.0)}, path)
+    rewrite_zip(path, lambda n, d: d + b"\0" * 4 if n.endswith("/data/0") else d)
+    return ["diff", str(path), str(path)], "storage 0 holds 20 bytes, expected 16"
+
+
+@case
+def zip_without_data_pkl(tmp: Path) -> tuple[list[str], str]:
+    path = tmp / "x.pt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x/readme.txt", "hello")
+    return ["tree", str(path)], "is a zip file but not a torch checkpoint (no data.pkl)"
+
+
+# ---------------------------------------------------------------- pickles
+
+
+@case
+def pickle_binunicode8_of_2_pow_40(tmp: Path) -> tuple[list[str], str]:
+    """Regression: the scan's read(n) made the buffered file allocate n bytes first (MemoryError)."""
+    path = tmp / "x.pkl"
+    path.write_bytes(b"\x80\x04\x8d" + struct.pack("<Q", 2**40) + b"abc.")
+    return ["tree", str(path)], f"expected {2**40} bytes in a unicodestring8, but only 4 remain"
+
+
+@case
+def pickle_binbytes8_of_2_pow_62(tmp: Path) -> tuple[list[str], str]:
+    path = tmp / "x.pkl"
+    path.write_bytes(b"\x80\x04\x8e" + struct.pack("<Q", 2**62) + b"abc.")
+    return ["tree", str(path)], f"expected {2**62} bytes in a bytes8, but only 4 remain"
+
+
+@case
+def pickle_binbytes8_in_legacy_object(tmp: Path) -> tuple[list[str], str]:
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buf, _use_new_zipfile_serialization=False)
+    raw = buf.getvalue()
+    # The magic, protocol and system-info pickles, then an object pickle that declares 2^50 bytes.
+    path = tmp / "x.pt"
+    path.write_bytes(raw[: pickle_ends(raw)[2]] + b"\x80\x02\x8e" + struct.pack("<Q", 2**50) + b"...")
+    return ["tree", str(path)], f"expected {2**50} bytes in a bytes8"
+
+
+@case
+def pickle_memo_index_2_pow_31(tmp: Path) -> tuple[list[str], str]:
+    """Regression: LONG_BINPUT 2^31-1 made the C unpickler grow and fill a 32 GB memo (2^28: 4 GB, 9 s)."""
+    path = tmp / "x.pkl"
+    path.write_bytes(b"\x80\x02N" + b"r" + struct.pack("<I", 2**31 - 1) + b".")
+    return ["tree", str(path)], "memo index 2,147,483,647 at byte 3, past any index a pickler would use"
+
+
+@case
+def pickle_memo_index_in_zip(tmp: Path) -> tuple[list[str], str]:
+    path, _ = zip_checkpoint(tmp)
+    rewrite_zip(path, lambda n, d: b"\x80\x02}r" + struct.pack("<I", 2**28) + b"." if n.endswith("/data.pkl") else d)
+    return ["tree", str(path)], "memo index 268,435,456 at byte 3"
+
+
+@case
+def pickle_frame_of_2_pow_40(tmp: Path) -> tuple[list[str], str]:
+    """Regression: FRAME's declared length went straight to read(n) in the C unpickler."""
+    path = tmp / "x.pkl"
+    path.write_bytes(b"\x80\x04\x95" + struct.pack("<Q", 2**40) + b"}.")
+    return ["tree", str(path)], f"a frame of {2**40:,} bytes, but only 2 remain"
+
+
+@case
+def pickle_dict_containing_itself(tmp: Path) -> tuple[list[str], str]:
+    """Regression: {'model': <itself>} sent the state-dict search into RecursionError."""
+    path = tmp / "x.pkl"
+    d: dict[str, object] = {}
+    d["model"] = d
+    path.write_bytes(pickle.dumps(d, protocol=2))
+    return ["tree", str(path)], "holds no state dict (a dict (1 keys))"
+
+
+@case
+def pickle_shared_reference_bomb(tmp: Path) -> tuple[list[str], str]:
+    """Regression: 25 levels of a dict holding ten references to the level below: 4 KB, 10^25 paths; it hung."""
+    bomb: dict[str, object] = {}
+    for _ in range(25):
+        bomb = {str(j): bomb for j in range(10)}
+    path = tmp / "x.pt"
+    torch.save({"state_dict": state_dict(), "bomb": bomb, "meta": [bomb] * 10}, path)
+    assert path.stat().st_size < 20_000
+    # It is a valid checkpoint: the run succeeds, quickly. Diff it against a clean copy for an exit code.
+    return ["tree", str(path)], ""
+
+
+@case
+def legacy_storage_missing_from_key_list(tmp: Path) -> tuple[list[str], str]:
+    """Regression: a storage no key names had no offset: KeyError on read."""
+    buf = io.BytesIO()
+    torch.save({"a": torch.ones(3), "b": torch.zeros(2)}, buf, _use_new_zipfile_serialization=False)
+    raw = buf.getvalue()
+    ends = pickle_ends(raw)
+    keys = pickle.loads(raw[ends[3]:ends[4]])
+    path = tmp / "x.pt"
+    path.write_bytes(raw[:ends[3]] + pickle.dumps(keys[:1], protocol=2) + raw[ends[4]:])
+    return ["tree", str(path)], "has no data"
+
+
+@case
+def legacy_truncated(tmp: Path) -> tuple[list[str], str]:
+    buf = io.BytesIO()
+    torch.save(state_dict(), buf, _use_new_zipfile_serialization=False)
+    path = tmp / "x.pt"
+    path.write_bytes(buf.getvalue()[:-10])
+    return ["tree", str(path)], "is truncated or damaged in storage"
+
+
+@case
+def meta_tensor_without_dtype(tmp: Path) -> tuple[list[str], str]:
+    """Regression: reading a meta tensor whose dtype was not a torch dtype raised AttributeError."""
+    pkl = (b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_meta_tensor_no_storage\n"
+           b"(NK\x02\x85K\x01\x85\x89tRs.")
+    path = tmp / "meta.pt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("meta/data.pkl", pkl)
+    return ["diff", str(path), str(path)], "'w' is a meta tensor and has no data"
+
+
+def one_tensor_zip(tmp: Path, size: bytes = b"K\x02\x85", stride: bytes = b"K\x01\x85", offset: bytes = b"K\x00",
+                   name: str = "one.pt") -> Path:
+    """A hand-assembled torch zip holding {'w': <2 floats>}; size, stride and offset are opcode bytes."""
+    def x(text: str) -> bytes:
+        return b"X" + struct.pack("<I", len(text)) + text.encode()
+
+    pkl = (b"\x80\x02}" + x("w") + b"ctorch._utils\n_rebuild_tensor_v2\n((" + x("storage") + b"ctorch\nFloatStorage\n"
+           + x("0") + x("cpu") + b"K\x02tQ" + offset + size + stride + b"\x89ccollections\nOrderedDict\n)RtRs.")
+    path = tmp / name
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("one/data.pkl", pkl)
+        zf.writestr("one/data/0", struct.pack("<2f", 1.0, 2.0))
+    return path
+
+
+@case
+def tensor_with_fewer_strides_than_dimensions(tmp: Path) -> tuple[list[str], str]:
+    """Regression: shape (2, 1) with stride (1,) opened, then zip(..., strict=True) raised ValueError on read."""
+    path = one_tensor_zip(tmp, size=b"K\x02K\x01\x86", stride=b"K\x01\x85")
+    return ["tree", str(path)], "a tensor has 2 dimensions but 1 strides"
+
+
+@case
+def tensor_with_negative_storage_offset(tmp: Path) -> tuple[list[str], str]:
+    """Regression: a negative offset reached as_strided, which raised RuntimeError."""
+    path = one_tensor_zip(tmp, offset=b"J\xff\xff\xff\xff")
+    return ["tree", str(path)], "a tensor refers to something that is not a storage"
+
+
+@case
+def tensor_view_past_its_storage_when_streamed(tmp: Path) -> tuple[list[str], str]:
+    """Regression: offset 1 + 2 elements in a 2-element storage. read_tensor refused it, but iter_chunks (diff)
+    streamed on past the storage's end: in a legacy file, silently into the next storage's bytes."""
+    path = one_tensor_zip(tmp, offset=b"K\x01")
+    return ["diff", str(path), str(path)], "'w' reaches past the end of its storage"
+
+
+@case
+def legacy_view_past_its_storage_when_streamed(tmp: Path) -> tuple[list[str], str]:
+    buf = io.BytesIO()
+    torch.save({"a": torch.ones(3), "b": torch.zeros(2)}, buf, _use_new_zipfile_serialization=False)
+    raw = buf.getvalue()
+    assert raw.count(b"K\x00K\x03\x85") == 1  # 'a': offset 0, size (3,)
+    path = tmp / "x.pt"
+    path.write_bytes(raw.replace(b"K\x00K\x03\x85", b"K\x01K\x03\x85"))
+    return ["diff", str(path), str(path)], "'a' reaches past the end of its storage"
+
+
+@case
+def first_pickle_raising_type_error(tmp: Path) -> tuple[list[str], str]:
+    """Regression: the legacy-magic probe unpickles the first pickle; an unhashable dict key (TypeError) escaped it."""
+    path = tmp / "x.pt"
+    path.write_bytes(b"\x80\x02}]]s.")
+    return ["tree", str(path)], "is not a valid torch checkpoint (TypeError: "
+
+
+@case
+def expanded_view_of_2_pow_33_elements(tmp: Path) -> tuple[list[str], str]:
+    """One stored float, viewed as 2^33 (stride 0): a valid file that lists without reading anything."""
+    path = tmp / "x.pt"
+    torch.save({"huge": torch.ones(1).expand(2**33)}, path)
+    assert path.stat().st_size < 4096
+    return ["tree", str(path)], ""
+
+
+# ---------------------------------------------------------------- files that are not files
+
+
+@case
+def empty_file(tmp: Path) -> tuple[list[str], str]:
+    path = tmp / "empty.pt"
+    path.write_bytes(b"")
+    return ["tree", str(path)], "is empty"
+
+
+@case
+def directory_without_checkpoint(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "d").mkdir()
+    return ["tree", str(tmp / "d")], "is a directory without a checkpoint"
+
+
+@case
+def symlink_loop(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "a.pt").symlink_to(tmp / "b.pt")
+    (tmp / "b.pt").symlink_to(tmp / "a.pt")
+    return ["tree", str(tmp / "a.pt")], "is a symbolic link that leads nowhere (a loop or a missing target)"
+
+
+@case
+def dangling_symlink(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "a.pt").symlink_to(tmp / "nowhere.pt")
+    return ["tree", str(tmp / "a.pt")], "is a symbolic link that leads nowhere"
+
+
+@case
+def fifo(tmp: Path) -> tuple[list[str], str]:
+    """Regression: sniffing a named pipe blocked forever on its first read."""
+    os.mkfifo(tmp / "pipe.pt")
+    return ["tree", str(tmp / "pipe.pt")], "is not a regular file"
+
+
+@case
+def input_is_a_directory(tmp: Path) -> tuple[list[str], str]:
+    entry = write_victim(tmp)
+    (tmp / "batch").mkdir()
+    return ["stats", f"{tmp}/{entry}", "--input", str(tmp / "batch")], "does not exist"
+
+
+@case
+def input_is_an_empty_file(tmp: Path) -> tuple[list[str], str]:
+    write_victim(tmp)
+    (tmp / "batch.pt").write_bytes(b"")
+    return ["stats", f"{tmp}/victim.py:build", "--input", str(tmp / "batch.pt")], "is empty"
+
+
+@case
+def input_zip_with_huge_declared_size(tmp: Path) -> tuple[list[str], str]:
+    write_victim(tmp)
+    path = tmp / "batch.pt"
+    torch.save(torch.ones(2, 4), path)
+    raw = path.read_bytes()
+    path.write_bytes(patch(raw, central_entries(raw)[entry_named(raw, "/data.pkl")] + CD_CSIZE, "<I", 0xFFFFFFF0))
+    return ["stats", f"{tmp}/victim.py:build", "--input", str(path)], "past the end of the"
+
+
+@case
+def input_legacy_with_huge_bytes8(tmp: Path) -> tuple[list[str], str]:
+    write_victim(tmp)
+    path = tmp / "batch.pt"
+    path.write_bytes(b"\x80\x02\x8e" + struct.pack("<Q", 2**60) + b"...")
+    return ["stats", f"{tmp}/victim.py:build", "--input", str(path)], "bytes in a bytes8, but only"
+
+
+# ---------------------------------------------------------------- running them
+
+
+class Hung(BaseException):
+    """Raised by the alarm: not an Exception, so the CLI's catch-all cannot turn it into an error line."""
+
+
+def run_cli(args: list[str], hard_limit: float = 20.0) -> tuple[object, float]:
+    """Run the CLI in-process; a run still going after `hard_limit` seconds is interrupted and fails the test."""
+
+    def alarm(_signum: int, _frame: object) -> None:
+        raise Hung(f"still running after {hard_limit} s: {args}")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, hard_limit)
+    start = time.perf_counter()
+    try:
+        result = invoke(*args)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    return result, time.perf_counter() - start
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_structural_case_is_one_clear_line_in_bounded_time(tmp_path: Path, name: str) -> None:
+    args, expected = CASES[name](tmp_path)
+    result, seconds = run_cli(args)
+    assert seconds < TIME_LIMIT, f"{name} took {seconds:.1f} s"
+    stderr: str = result.stderr  # type: ignore[attr-defined]
+    assert "Traceback" not in stderr and "internal error" not in stderr, stderr
+    if not expected:  # hostile but valid: it must simply work
+        assert result.exit_code == 0, stderr  # type: ignore[attr-defined]
+        return
+    assert result.exit_code == 2, (stderr, result.stdout)  # type: ignore[attr-defined]
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert expected in stderr, stderr
+
+
+
+# ---------------------------------------------------------------- bounded memory
+
+# Sizes a process could still try to allocate (a few GB) but that exceed the cap below: a reader that
+# allocates from one of these declared sizes fails with MemoryError in the child instead of refusing.
+MEMORY_CASES: dict[str, Callable[[Path], Path]] = {
+    "safetensors header of 100 MB declared": lambda tmp: st_file(tmp / "a.safetensors", {}, length=99_000_000),
+    "safetensors tensor of 3 GB declared": lambda tmp: st_file(
+        tmp / "b.safetensors", {"a": ent("U8", [3 * 2**30], 0, 3 * 2**30)}, b"\0" * 8),
+    "BINBYTES8 of 2 GB": lambda tmp: _write(tmp / "c.pkl", b"\x80\x04\x8e" + struct.pack("<Q", 2**31) + b"abc."),
+    "BINUNICODE8 of 3 GB": lambda tmp: _write(tmp / "d.pkl", b"\x80\x04\x8d" + struct.pack("<Q", 3 * 2**30) + b"a."),
+    "BINUNICODE of 4 GB": lambda tmp: _write(tmp / "e.pkl", b"\x80\x02X" + struct.pack("<I", 2**32 - 1) + b"a."),
+    "LONG4 of 2 GB": lambda tmp: _write(tmp / "f.pkl", b"\x80\x02\x8b" + struct.pack("<i", 2**31 - 1) + b"a."),
+    "FRAME of 2 GB": lambda tmp: _write(tmp / "g.pkl", b"\x80\x04\x95" + struct.pack("<Q", 2**31) + b"}."),
+    "memo index 2^28": lambda tmp: _write(tmp / "h.pkl", b"\x80\x02N" + b"r" + struct.pack("<I", 2**28) + b"."),
+    "zip entry of 4 GB declared": lambda tmp: _zip_declaring(tmp, "/data.pkl", "i.pt"),
+    "zip storage of 4 GB declared": lambda tmp: _zip_declaring(tmp, "/data/0", "j.pt"),
+    "legacy object pickle with BINBYTES8 of 2 GB": lambda tmp: _legacy_declaring(tmp),
+    "stride-0 view of 2^33 floats, streamed": lambda tmp: _expanded(tmp),
+}
+
+
+def _expanded(tmp: Path) -> Path:
+    """Valid, so it opens: but streaming it must cost one chunk, not the 32 GB it claims."""
+    torch.save({"huge": torch.ones(1).expand(2**33)}, tmp / "l.pt")
+    return tmp / "l.pt"
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _zip_declaring(tmp: Path, member: str, name: str) -> Path:
+    path, raw = zip_checkpoint(tmp, name)
+    at = central_entries(raw)[entry_named(raw, member)]
+    return _write(path, patch(patch(raw, at + CD_CSIZE, "<I", 0xFFFFFFF0), at + CD_USIZE, "<I", 0xFFFFFFF0))
+
+
+def _legacy_declaring(tmp: Path) -> Path:
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, buf, _use_new_zipfile_serialization=False)
+    raw = buf.getvalue()
+    return _write(tmp / "k.pt", raw[: pickle_ends(raw)[2]] + b"\x80\x02\x8e" + struct.pack("<Q", 2**31) + b"...")
+
+
+CHILD = """
+import json, re, resource, sys
+import torch
+from modinspect.analysis.tree import build_tree
+from modinspect.errors import ModinspectError
+from modinspect.sources import open_source
+
+status = open("/proc/self/status").read()
+cap = int(re.search(r"VmSize:\\s+(\\d+)", status).group(1)) * 1024 + 512 * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+out = {}
+for path in sys.argv[1:]:
+    try:
+        with open_source(path) as src:
+            build_tree(src)
+            for name in src.names():
+                if src.info(name).nbytes <= 2**26:
+                    src.read_tensor(name)
+                for _, _chunk in zip(range(4), src.iter_chunks(name)):  # a few chunks: memory per chunk
+                    pass
+        out[path] = "opened"
+    except ModinspectError as exc:
+        out[path] = type(exc).__name__
+    except MemoryError:
+        out[path] = "MemoryError"
+    except Exception as exc:
+        out[path] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmSize from /proc (Linux)")
+def test_bounded_memory_under_an_address_space_cap(tmp_path: Path) -> None:
+    """Every declared-size attack, in a child whose address space is capped 512 MB above its size after import."""
+    paths = {label: str(build(tmp_path)) for label, build in MEMORY_CASES.items()}
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", CHILD, *paths.values()], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout)
+    expected = {label: "opened" if "streamed" in label else "CorruptFileError" for label in paths}
+    assert {label: results[path] for label, path in paths.items()} == expected
+    assert time.perf_counter() - start < 60
+
+
+# ---------------------------------------------------------------- names made of digits
+
+HUGE = "7" * 5000  # past Python's 4,300-digit limit for int()
+
+
+def _names_file(tmp: Path, names: list[str], file: str = "names.safetensors") -> Path:
+    path = tmp / file
+    save_file({n: torch.ones(1) for n in names}, str(path))
+    return path
+
+
+def test_huge_and_unicode_digit_names_list_in_natural_order(tmp_path: Path) -> None:
+    """Regression: natural_key called int() on every digit run: ValueError past 4,300 digits, and on '²'."""
+    from modinspect.sources import open_source
+
+    path = _names_file(tmp_path, [f"h.{HUGE}.w", "h.10.w", "h.9.w", "h.²", "h.0010.b"])
+    with open_source(str(path)) as src:
+        assert src.names() == ["h.9.w", "h.0010.b", "h.10.w", f"h.{HUGE}.w", "h.²"]
+
+
+@pytest.mark.parametrize("pair", [(f"h.{HUGE}.w", f"h.{HUGE[:-1]}8.w"), ("h.1.w", "h.².w")], ids=["5000-digits", "superscript"])
+def test_tree_of_digit_module_names(tmp_path: Path, pair: tuple[str, str]) -> None:
+    from modinspect.analysis.tree import build_tree
+    from modinspect.sources import open_source
+
+    with open_source(str(_names_file(tmp_path, list(pair)))) as src:
+        report = build_tree(src)
+    assert report.totals.tensors == 2
+    assert all(node.repeat == 1 for node in report.root.children[0].children)  # names, not layer indices
+
+
+@pytest.mark.parametrize("names", [(f"h.{HUGE}.w", f"h.{HUGE[:-1]}8.w"), ("h.².w", "h.³.w")], ids=["5000-digits", "superscript"])
+def test_diff_of_digit_module_names(tmp_path: Path, names: tuple[str, str]) -> None:
+    a = _names_file(tmp_path, [names[0], "x"], "a.safetensors")
+    b = _names_file(tmp_path, [names[1], "y"], "b.safetensors")
+    result, _ = run_cli(["diff", str(a), str(b)])
+    assert "internal error" not in result.stderr and result.exit_code == 1, result.stderr  # type: ignore[attr-defined]
+
+
+def test_a_failing_shard_closes_the_shards_already_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: an index whose second .bin shard was bad left the first shard's zip file open."""
+    from modinspect.sources import open_source, torchfile
+
+    folder = tmp_path / "bins"
+    folder.mkdir()
+    torch.save({"a": torch.ones(2)}, folder / "1.bin")
+    (folder / "2.bin").write_bytes(b"\x80\x02garbage")
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"a": "1.bin", "b": "2.bin"}}))
+    closed: list[str] = []
+    real_close = torchfile.ZipTorchSource.close
+
+    def spy(self: torchfile.ZipTorchSource) -> None:
+        closed.append(self.path.name)
+        real_close(self)
+
+    monkeypatch.setattr(torchfile.ZipTorchSource, "close", spy)
+    with pytest.raises(ModinspectError, match=r"2\.bin"):
+        open_source(str(folder))
+    assert closed == ["1.bin"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 file anyway: the case cannot be staged as root")
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_unreadable_source_is_one_clear_line(tmp_path: Path, what: str) -> None:
+    path = tmp_path / ("x.pt" if what == "file" else "model")
+    if what == "file":
+        torch.save(state_dict(), path)
+    else:
+        path.mkdir()
+        save_file({"w": torch.ones(1)}, str(path / "model.safetensors"))
+    path.chmod(0)
+    try:
+        result, seconds = run_cli(["tree", str(path)])
+    finally:
+        path.chmod(0o700)
+    assert seconds < TIME_LIMIT
+    assert result.exit_code == 2  # type: ignore[attr-defined]
+    assert result.stderr == f"error: cannot {'read' if what == 'file' else 'open'} {path}: Permission denied\n"  # type: ignore[attr-defined]
