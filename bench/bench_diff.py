@@ -11,13 +11,13 @@ Each contender runs in its own process (peak RSS from wait4), interleaved run by
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from bench_common import run_process
 
 LOOP = """
 import sys
@@ -51,17 +51,9 @@ def make_checkpoints(folder: Path, smoke: bool) -> tuple[Path, Path]:
 
 
 def run(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one process."""
-    with tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
-        if proc.returncode not in (0, 1):
-            err.seek(0)
-            raise RuntimeError(f"{cmd} failed: {err.read().decode(errors='replace')}")
-    return wall, usage.ru_maxrss / 1024
+    """(wall seconds, peak RSS MiB) of one process; exit 1 (the files differ) is a success."""
+    result = run_process(cmd, ok_codes=(0, 1))
+    return result.wall, result.rss_mib
 
 
 def main(argv: list[str] | None = None) -> list[str]:

@@ -8,11 +8,14 @@ Compared side by side in one process, interleaved, so the ratios hold on a share
 
     python bench/bench_stats.py            # GPT-2 small (4x128 tokens) and a ResNet-style CNN
     python bench/bench_stats.py --smoke    # tiny models, one run: checks the script still works
+    python bench/bench_stats.py --device cuda   # the same on a GPU, with device->host syncs per step;
+                                                # without CUDA it prints one line saying it skipped
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -76,8 +79,8 @@ def bare(model: nn.Module, inputs: tuple[Any, ...]) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def modinspect_stats(model: nn.Module, inputs: tuple[Any, ...]) -> None:
-    collect_stats(model, [(inputs, {})], options=StatsOptions())
+def modinspect_stats(model: nn.Module, inputs: tuple[Any, ...], device: str = "cpu") -> None:
+    collect_stats(model, [(inputs, {})], options=StatsOptions(), device=device)
 
 
 def item_hooks(model: nn.Module, inputs: tuple[Any, ...]) -> None:
@@ -107,33 +110,72 @@ CONTENDERS: dict[str, Callable[[nn.Module, tuple[Any, ...]], None]] = {
 }
 
 
-def measure(name: str, runs: int, smoke: bool) -> dict[str, list[float]]:
-    """Wall times per contender, interleaved run by run."""
+def contenders_on(device: str) -> dict[str, Callable[[nn.Module, tuple[Any, ...]], None]]:
+    if device == "cpu":
+        return CONTENDERS
+    return {**CONTENDERS, "modinspect": functools.partial(modinspect_stats, device=device)}
+
+
+def measure(name: str, runs: int, smoke: bool, device: str = "cpu") -> dict[str, list[float]]:
+    """Wall times per contender, interleaved run by run (on CUDA, each run ends with a synchronize)."""
     import warnings
 
     model, inputs = build(name, smoke)
-    times: dict[str, list[float]] = {k: [] for k in CONTENDERS}
+    cuda = device.startswith("cuda")
+    if cuda:
+        model, inputs = model.to(device), tuple(t.to(device) for t in inputs)
+    contenders = contenders_on(device)
+    times: dict[str, list[float]] = {k: [] for k in contenders}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # detect_anomaly warns that it is slow
-        for fn in CONTENDERS.values():
+        for fn in contenders.values():
             fn(model, inputs)  # warm-up
         for _ in range(runs):
-            for key, fn in CONTENDERS.items():
+            for key, fn in contenders.items():
+                if cuda:
+                    torch.cuda.synchronize()
                 start = time.perf_counter()
                 fn(model, inputs)
+                if cuda:
+                    torch.cuda.synchronize()
                 times[key].append(time.perf_counter() - start)
     return times
 
 
-def table(name: str, times: dict[str, list[float]]) -> list[str]:
+def count_syncs(name: str, smoke: bool, device: str) -> dict[str, int]:
+    """Device->host synchronisations in one step of each contender, as torch's sync debug mode reports them."""
+    import warnings
+
+    model, inputs = build(name, smoke)
+    model, inputs = model.to(device), tuple(t.to(device) for t in inputs)
+    syncs: dict[str, int] = {}
+    for key, fn in contenders_on(device).items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fn(model, inputs)  # warm-up: first calls initialise kernels and allocators
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # every sync, not one per source line
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                fn(model, inputs)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs[key] = sum("synchroniz" in str(w.message) for w in caught)
+    return syncs
+
+
+def table(name: str, times: dict[str, list[float]], syncs: dict[str, int] | None = None) -> list[str]:
     """Medians, and the median of per-run ratios: each run times every contender back to back."""
     bare_times = times["bare"]
-    lines = ["| model | contender | median s | min–max s | × bare (median of paired ratios) |",
-             "| --- | --- | --- | --- | --- |"]
+    extra = (" device→host syncs per step |", " --- |") if syncs is not None else ("", "")
+    lines = ["| model | contender | median s | min–max s | × bare (median of paired ratios) |" + extra[0],
+             "| --- | --- | --- | --- | --- |" + extra[1]]
     for key, values in times.items():
         med = statistics.median(values)
         ratio = statistics.median(v / b for v, b in zip(values, bare_times, strict=True))
-        lines.append(f"| {name} | {key} | {med:.3f} | {min(values):.3f}–{max(values):.3f} | {ratio:.2f} |")
+        cell = f" {syncs[key]} |" if syncs is not None else ""
+        lines.append(f"| {name} | {key} | {med:.3f} | {min(values):.3f}–{max(values):.3f} | {ratio:.2f} |" + cell)
     return lines
 
 
@@ -142,11 +184,19 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--smoke", action="store_true", help="tiny models, one run")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--models", default="gpt2,cnn")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N: also counts device->host syncs")
     args = parser.parse_args(argv)
     runs = 1 if args.smoke else args.runs
     lines: list[str] = []
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            lines = [f"GPU: skipped, no CUDA device is available to this torch ({torch.__version__})"]
+            print("\n".join(lines))
+            return lines
+        lines.append(f"GPU: {torch.cuda.get_device_name(args.device)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     for name in args.models.split(","):
-        lines += table(name, measure(name, runs, args.smoke))
+        syncs = count_syncs(name, args.smoke, args.device) if args.device.startswith("cuda") else None
+        lines += table(name, measure(name, runs, args.smoke, args.device), syncs)
     print("\n".join(lines))
     return lines
 

@@ -1,4 +1,8 @@
-"""The benchmarks' smoke mode: tiny sizes, one run, so the scripts cannot rot. Timings are not asserted."""
+"""The benchmarks' smoke mode: tiny sizes, one run, so the scripts cannot rot. Timings are not asserted.
+
+`python bench/run_all.py --smoke` runs every benchmark's `main(["--smoke"])` once, each in its own process;
+the tests below read its tables section by section rather than run each script a second time.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import run_all
 
 
 def _has_transformers() -> bool:
@@ -18,28 +25,132 @@ def _has_transformers() -> bool:
     return True
 
 
-def test_stats_benchmark_smoke() -> None:
+needs_transformers = pytest.mark.skipif(not _has_transformers(), reason="the benchmarks build GPT-2 models")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    """BENCHMARKS.md of a smoke run, as {section heading: its lines}; "" is the part before the first section."""
+    out = tmp_path_factory.mktemp("bench") / "BENCHMARKS.md"
+    lines = run_all.main(["--smoke", "--out", str(out)])
+    text = out.read_text()
+    assert text == "\n".join(lines).rstrip() + "\n"
+    sections: dict[str, list[str]] = {"": []}
+    current = ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            current = line[3:]
+            sections[current] = []
+        else:
+            sections[current].append(line)
+    return sections
+
+
+def section(report: dict[str, list[str]], key: str) -> list[str]:
+    return report[run_all.PARTS[key][2]]
+
+
+def column(rows: list[dict[str, str]], name: str) -> list[str]:
+    return [row[name] for row in rows]
+
+
+@needs_transformers
+def test_run_all_writes_machine_versions_and_every_target(report: dict[str, list[str]]) -> None:
+    assert report[""][0] == "# Benchmarks"
+    assert any(line.startswith("**Smoke run") for line in report[""])
+    machine = {cells[0]: cells[1] for cells in (run_all.cells(line) for line in report["Machine and versions"]
+                                               if line.startswith("| ") and "---" not in line)}
+    assert set(machine) >= {"CPU", "RAM", "GPU", "OS", "python", "torch", "modinspect", "transformers", "safetensors",
+                            "torchinfo"}
+    assert machine["torch"] == torch.__version__
+    assert list(report)[1:] == ["Machine and versions", "Targets", *[h for _, _, h in run_all.PARTS.values()],
+                                "What each benchmark runs"]
+    targets = run_all.table_rows(report["Targets"])
+    prefixes = ["tree on safetensors", "tree on a zip .pth", "`modinspect --help`", "`modinspect tree x.safetensors`",
+                "stats: ", "stats on a GPU: ", "diff: "]
+    assert len(targets) == len(prefixes)
+    assert all(t.startswith(p) for t, p in zip(column(targets, "target"), prefixes, strict=True))
+    assert set(column(targets, "met?")) <= {"**met**", "**not met**", "pending"}
+    gpu = targets[5]["met?"]
+    assert (gpu == "pending") == (not torch.cuda.is_available())
+
+
+@needs_transformers
+def test_tree_benchmark_smoke(report: dict[str, list[str]]) -> None:
+    lines = section(report, "tree")
+    rows = run_all.table_rows(lines)
+    contenders = [(row["file"].split(",")[0], row["contender"]) for row in rows]
+    expected = [("GPT-2 safetensors", "modinspect tree --json"), ("GPT-2 safetensors", "safe_open + Σ shapes"),
+                ("GPT-2 zip .pth", "modinspect tree --json"), ("GPT-2 zip .pth", "torch.load(mmap=True) + Σ numel"),
+                ("sparse safetensors", "modinspect tree --json"), ("sparse safetensors", "safe_open + Σ shapes")]
+    torchinfo = [("GPT-2 built from its code", "torchinfo summary()")]
+    has_torchinfo = any(line.startswith("torchinfo's summary() call alone") for line in lines)
+    assert contenders == expected + (torchinfo if has_torchinfo else [])
+    if not has_torchinfo:
+        assert "torchinfo rows skipped: torchinfo is not installed (pip install '.[bench]')" in lines
+    # modinspect counts tied weights once on every file; a naive sum after torch.load and torchinfo do not.
+    right = {(row["file"].split(",")[0], row["contender"]): row["right?"] for row in rows}
+    assert all(right[key] == "yes" for key in expected if not key[1].startswith("torch.load"))
+    assert right["GPT-2 zip .pth", "torch.load(mmap=True) + Σ numel"].startswith("**no**: true ")
+    if has_torchinfo:
+        assert right[torchinfo[0]].startswith("**no**: true ")
+    assert all("KiB on disk" in row["file"] for row in rows if row["file"].startswith("sparse"))
+    assert any(line.startswith("modinspect on the ") and "larger sparse file: time × " in line for line in lines)
+
+
+@needs_transformers
+def test_diff_benchmark_smoke(report: dict[str, list[str]]) -> None:
+    rows = {row["contender"]: row for row in run_all.table_rows(section(report, "diff"))}
+    assert set(rows) == {"modinspect diff", "load both + loop"}
+    assert float(rows["load both + loop"]["time × loop"]) == 1.0
+
+
+@needs_transformers
+def test_stats_benchmark_smoke(report: dict[str, list[str]]) -> None:
+    rows = run_all.table_rows(section(report, "stats"))
+    for model in ("gpt2", "cnn"):
+        mine = [row for row in rows if row["model"] == model]
+        assert column(mine, "contender") == ["bare", "modinspect", "item-hooks", "detect_anomaly"]
+        ratios = [float(r) for r in column(mine, "× bare (median of paired ratios)")]
+        assert ratios[0] == 1.0 and all(r > 0 for r in ratios)
+
+
+@needs_transformers
+def test_startup_benchmark_smoke(report: dict[str, list[str]]) -> None:
+    rows = run_all.table_rows(section(report, "startup"))
+    assert column(rows, "command") == ["python -c pass", 'python -c "import torch"', "modinspect --help",
+                                       "modinspect tree x.safetensors"]
+    assert float(rows[1]["time × import torch"]) == 1.0
+
+
+@needs_transformers
+def test_gpu_section_is_pending_without_cuda(report: dict[str, list[str]]) -> None:
+    lines = section(report, "stats-gpu")
+    if torch.cuda.is_available():
+        rows = run_all.table_rows(lines)
+        assert {row["contender"] for row in rows} == {"bare", "modinspect", "item-hooks", "detect_anomaly"}
+        assert all(row["device→host syncs per step"].isdigit() for row in rows)
+    else:
+        assert lines[1].startswith("**Pending a session with a GPU.**")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip without CUDA")
+def test_stats_benchmark_on_cuda_skips_cleanly_without_it() -> None:
     import bench_stats
 
-    models = "gpt2,cnn" if _has_transformers() else "cnn"
-    lines = bench_stats.main(["--smoke", "--models", models])
-    contenders = [line.split("|")[2].strip() for line in lines if line.startswith("| cnn |")]
-    assert contenders == ["bare", "modinspect", "item-hooks", "detect_anomaly"]
-    ratios = [float(line.split("|")[5]) for line in lines if line.startswith("| cnn |")]
-    assert ratios[0] == 1.0 and all(r > 0 for r in ratios)
+    assert bench_stats.main(["--smoke", "--device", "cuda"]) == [
+        f"GPU: skipped, no CUDA device is available to this torch ({torch.__version__})"
+    ]
 
 
-@pytest.mark.skipif(not _has_transformers(), reason="the diff benchmark builds GPT-2 checkpoints")
-def test_diff_benchmark_smoke() -> None:
-    import bench_diff
-
-    lines = bench_diff.main(["--smoke"])
-    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ") and "---" not in line}
-    assert set(rows) >= {"modinspect diff", "load both + loop"}
-    assert float(rows["load both + loop"].split("|")[5]) == 1.0
+def test_smoke_run_never_overwrites_benchmarks_md(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run_all.main(["--smoke"])
+    assert exc.value.code == 2
+    assert "--smoke needs --out" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", ["bench_stats", "bench_diff"])
+@pytest.mark.parametrize("module", ["bench_stats", "bench_diff", "bench_tree", "bench_startup", "run_all"])
 def test_benchmark_scripts_document_themselves(module: str) -> None:
     mod = __import__(module)
     assert mod.__doc__ and "--smoke" in mod.__doc__

@@ -1,0 +1,311 @@
+"""Every benchmark in one command: writes BENCHMARKS.md (machine, versions, date, targets met or not, tables).
+
+Each benchmark runs in a child process of its own, one after the other, and measures its contenders side by
+side (interleaved run by run), so the ratios hold on a shared machine even when absolute times move. This
+process imports no torch: it stays small, so that it does not inflate its children's peak RSS.
+
+    python bench/run_all.py                        # full sizes, ~5 minutes on 2 cores; writes BENCHMARKS.md
+    python bench/run_all.py --smoke --out FILE     # tiny sizes, one run (the test suite runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+# key -> (module, extra arguments, heading)
+PARTS: dict[str, tuple[str, list[str], str]] = {
+    "tree": ("bench_tree", [], "1. tree: reading a checkpoint's structure"),
+    "diff": ("bench_diff", [], "2. diff: two GPT-2-size checkpoints"),
+    "stats": ("bench_stats", [], "3. stats: forward+backward overhead on the CPU"),
+    "stats-gpu": ("bench_stats", ["--device", "cuda"], "3b. stats on a GPU"),
+    "startup": ("bench_startup", [], "4. start-up"),
+}
+
+CHILD = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+lines = __import__(sys.argv[2]).main(sys.argv[4:])
+with open(sys.argv[3], "w") as f:
+    json.dump(lines, f)
+"""
+
+
+def run_part(module: str, argv: list[str]) -> list[str]:
+    """`module.main(argv)` in a fresh interpreter; its printed tables go to our stderr as progress."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "lines.json"
+        subprocess.run([sys.executable, "-c", CHILD, str(BENCH), module, str(out), *argv], check=True, stdout=2)
+        lines: list[str] = json.loads(out.read_text())
+    return lines
+
+
+# ----------------------------------------------------------------------------------------- machine and versions
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def ram_gib() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def load_average() -> str:
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head} (with uncommitted changes)" if dirty else head
+
+
+# ----------------------------------------------------------------------------------------- reading the tables back
+
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def is_separator(line: str) -> bool:
+    return line.startswith("|") and all(c and set(c) <= {"-", ":"} for c in cells(line))
+
+
+def is_header(lines: list[str], i: int) -> bool:
+    """A table line followed by a separator line starts a table (bench_stats prints tables back to back)."""
+    return lines[i].startswith("|") and i + 1 < len(lines) and is_separator(lines[i + 1])
+
+
+def table_rows(lines: list[str]) -> list[dict[str, str]]:
+    """Every row of every markdown table in `lines`, as {header: cell}."""
+    rows: list[dict[str, str]] = []
+    header: list[str] | None = None
+    for i, line in enumerate(lines):
+        if is_header(lines, i):
+            header = cells(line)
+        elif not line.startswith("|"):
+            header = None
+        elif header is not None and not is_separator(line):
+            rows.append(dict(zip(header, cells(line), strict=True)))
+    return rows
+
+
+def spaced(lines: list[str]) -> list[str]:
+    """A blank line before and after every table, so that each renders as one."""
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        table_line = line.startswith("|")
+        starts = is_header(lines, i)
+        after_table = bool(out) and out[-1].startswith("|") and not table_line and line != ""
+        if out and out[-1] != "" and (starts or after_table):
+            out.append("")
+        out.append(line)
+    return out
+
+
+def find(rows: list[dict[str, str]], **match: str) -> dict[str, str] | None:
+    for row in rows:
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return None
+
+
+def number(cell: str) -> float:
+    return float(cell.replace(",", ""))
+
+
+# ----------------------------------------------------------------------------------------- targets
+
+Target = tuple[str, str, str, str]  # what, criterion, measured, met
+
+
+def met(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+def tree_targets(lines: list[str]) -> list[Target]:
+    rows = table_rows(lines)
+    out: list[Target] = []
+    flat = next((line for line in lines if line.startswith("modinspect on the")), "")
+    m = re.search(r"on the ([\d,]+)× larger sparse file: time × ([\d.]+), peak RSS × ([\d.]+)", flat)
+    if m:
+        times, rss = float(m[2]), float(m[3])
+        out.append(("tree on safetensors reads the header only: a 20 GB file answers as fast as a small one",
+                    "20 GB sparse vs 124M file: time × ≤ 1.2 and peak RSS × ≤ 1.2",
+                    f"time × {times:.2f}, peak RSS × {rss:.2f} on a {m[1]}× larger file", met(times <= 1.2 and rss <= 1.2)))
+    pth = next((r for r in rows if r["file"].startswith("GPT-2 zip .pth") and r["contender"].startswith("modinspect")), None)
+    st = next((r for r in rows if r["file"].startswith("GPT-2 safetensors") and r["contender"].startswith("modinspect")), None)
+    size = re.search(r"([\d.,]+) (KB|MB|GB)", pth["file"]) if pth else None
+    if pth and st and size:
+        nbytes = number(size[1]) * {"KB": 1e3, "MB": 1e6, "GB": 1e9}[size[2]]
+        rss, wall, header_wall = number(pth["peak RSS MiB median"]), number(pth["median s"]), number(st["median s"])
+        out.append(("tree on a zip .pth reads the pickle only",
+                    "peak RSS < 10% of the file and time ≤ 1.5× the safetensors header read",
+                    f"{wall:.2f} s (header read {header_wall:.2f} s), {rss:,.0f} MiB peak RSS for a {size[0]} file",
+                    met(rss * 2**20 < 0.1 * nbytes and wall <= 1.5 * header_wall)))
+    return out
+
+
+def startup_targets(lines: list[str]) -> list[Target]:
+    rows = table_rows(lines)
+    out: list[Target] = []
+    base = find(rows, command='python -c "import torch"')
+    for command in ("modinspect --help", "modinspect tree x.safetensors"):
+        row = find(rows, command=command)
+        if row and base:
+            ratio = number(row["time × import torch"])
+            out.append((f"`{command}` answers in a fraction of torch's import time", "time × import torch ≤ 0.25",
+                        f"{number(row['median s']):.3f} s against {number(base['median s']):.3f} s: × {ratio:.2f}",
+                        met(ratio <= 0.25)))
+    return out
+
+
+def stats_targets(lines: list[str]) -> list[Target]:
+    row = find(table_rows(lines), model="gpt2", contender="modinspect")
+    if row is None:
+        return []
+    ratio = number(row["× bare (median of paired ratios)"])
+    return [("stats: forward+backward with stats on the CPU, GPT-2 small", "× bare ≤ 1.2",
+             f"× {ratio:.2f} ({number(row['median s']):.3f} s per step)", met(ratio <= 1.2))]
+
+
+def gpu_targets(lines: list[str]) -> list[Target]:
+    what, criterion = "stats on a GPU: one device→host transfer per batch", "syncs per step = 1"
+    rows = [r for r in table_rows(lines) if r.get("contender") == "modinspect"]
+    if not rows:
+        return [(what, criterion, "pending a session with a GPU (none on this machine)", "pending")]
+    syncs = {r["model"]: int(r["device→host syncs per step"]) for r in rows}
+    return [(what, criterion, ", ".join(f"{k}: {v}" for k, v in syncs.items()), met(set(syncs.values()) == {1}))]
+
+
+def diff_targets(lines: list[str]) -> list[Target]:
+    row = find(table_rows(lines), contender="modinspect diff")
+    if row is None:
+        return []
+    t, r = number(row["time × loop"]), number(row["RSS × loop"])
+    return [("diff: no slower than load-both-and-loop, at a quarter of its peak memory or less",
+             "time × loop ≤ 1.0 and RSS × loop ≤ 0.25",
+             f"time × {t:.2f}, RSS × {r:.2f} ({number(row['median s']):.2f} s, {number(row['peak RSS MiB (median)']):,.0f} MiB)",
+             met(t <= 1.0 and r <= 0.25))]
+
+
+TARGETS: dict[str, Callable[[list[str]], list[Target]]] = {
+    "tree": tree_targets, "startup": startup_targets, "stats": stats_targets, "stats-gpu": gpu_targets,
+    "diff": diff_targets,
+}
+
+
+# ----------------------------------------------------------------------------------------- the document
+
+def gpu_section(lines: list[str]) -> list[str]:
+    if lines and lines[0].startswith("GPU: skipped"):
+        return ["**Pending a session with a GPU.** This machine has none "
+                f"({lines[0].removeprefix('GPU: skipped, ')}). On one, `python bench/run_all.py` (or "
+                "`python bench/bench_stats.py --device cuda`) fills this table: the same contenders timed with a "
+                "synchronize after each step, and the device→host synchronisations of one step counted with "
+                "`torch.cuda.set_sync_debug_mode('warn')`."]
+    return lines
+
+
+def document(parts: dict[str, list[str]], smoke: bool, started: str, load_start: str, seconds: float) -> list[str]:
+    gpu = parts["stats-gpu"][0] if parts["stats-gpu"] and not parts["stats-gpu"][0].startswith("GPU: skipped") else None
+    targets = [t for key in ("tree", "startup", "stats", "stats-gpu", "diff") for t in TARGETS[key](parts[key])]
+    lines = ["# Benchmarks", ""]
+    if smoke:
+        lines += ["**Smoke run: tiny sizes, one run. These figures mean nothing; run `python bench/run_all.py`.**", ""]
+    lines += [
+        f"Written by `python bench/run_all.py{' --smoke' if smoke else ''}` on {started} in {seconds / 60:.1f} minutes, "
+        f"at commit {commit()}. Absolute times move from run to run on a shared machine; the ratios are measured "
+        "side by side in the same run (contenders interleaved run by run, each ratio the median of per-run "
+        "ratios) and hold. Medians with min–max over the runs stated in each section; peak RSS is `ru_maxrss` "
+        "of each contender's own process (`os.wait4`), with every input built in a separate child process so the "
+        "measuring parent stays small (its own RSS is a floor under every child's: `python -c pass` shows it).",
+        "",
+        "## Machine and versions",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| CPU | {cpu_model()}, {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} available) |",
+        f"| RAM | {ram_gib()} |",
+        f"| GPU | {gpu.removeprefix('GPU: ') if gpu else 'none available to torch'} |",
+        f"| OS | {platform.system()} {platform.release()} {platform.machine()} |",
+        f"| load average (1/5/15 min) | {load_start} at the start, {load_average()} at the end |",
+        f"| python | {platform.python_version()} |",
+    ]
+    lines += [f"| {dist} | {version(dist)} |" for dist in ("torch", "modinspect", "transformers", "safetensors", "torchinfo")]
+    lines += ["", "## Targets", "", "| target | criterion | measured | met? |", "| --- | --- | --- | --- |"]
+    lines += [f"| {what} | {criterion} | {measured} | {ok} |" for what, criterion, measured, ok in targets]
+    for key, (_, _, heading) in PARTS.items():
+        body = gpu_section(parts[key]) if key == "stats-gpu" else parts[key]
+        lines += ["", f"## {heading}", "", *spaced(body)]
+    lines += ["", "## What each benchmark runs", ""]
+    for module in dict.fromkeys(module for module, _, _ in PARTS.values()):
+        doc = ast.get_docstring(ast.parse((BENCH / f"{module}.py").read_text())) or ""
+        lines += [f"### bench/{module}.py", "", "```", doc, "```", ""]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run; needs --out")
+    parser.add_argument("--out", type=Path, default=None, help="where to write [default: BENCHMARKS.md at the root]")
+    args = parser.parse_args(argv)
+    if args.smoke and args.out is None:
+        parser.error("--smoke needs --out: smoke figures must not replace BENCHMARKS.md")
+    out: Path = args.out or ROOT / "BENCHMARKS.md"
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load_start = load_average()
+    start = time.perf_counter()
+    parts: dict[str, list[str]] = {}
+    for key, (module, extra, heading) in PARTS.items():
+        print(f"== {heading}", file=sys.stderr, flush=True)
+        parts[key] = run_part(module, extra + (["--smoke"] if args.smoke else []))
+    lines = document(parts, args.smoke, started, load_start, time.perf_counter() - start)
+    out.write_text("\n".join(lines).rstrip() + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    return lines
+
+
+if __name__ == "__main__":
+    main()
