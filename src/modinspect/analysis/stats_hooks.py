@@ -63,6 +63,11 @@ def floating(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     return [t for t in tensors if t.is_floating_point() and t.numel() > 0]
 
 
+def _nonzero(x: torch.Tensor) -> torch.Tensor:
+    """Count of non-zero elements (NaN counts): x.bool().sum() is ~15x faster than count_nonzero on the CPU."""
+    return x.bool().sum()
+
+
 def unit_dim(ndim: int) -> int | None:
     """The feature dimension of a ReLU output: 1 for (N, C, H, W...) (4+ dims), the last for (N, F), (N, T, F)."""
     if ndim == 0:
@@ -210,14 +215,14 @@ class Collector:
         m2 = torch.dot(centred, centred)  # BLAS dot: one fused pass (vector_norm is several on the CPU)
         lo, hi = torch.aminmax(flat)
         abs_sum = flat.abs().sum()
-        zeros = numel - torch.count_nonzero(flat)
+        zeros = numel - _nonzero(flat)
         suspect = ~torch.isfinite(total) | ~torch.isfinite(m2)
         return [numel, mean, m2, lo, hi, abs_sum, zeros, suspect, 0]
 
     def _reduce(self, t: torch.Tensor) -> list[Any]:
         """[finite count, mean, M2, min, max, sum |x|, zeros, nan, inf] over finite values, in fp32 or wider.
 
-        Built from cheap vectorised passes (nan_to_num, sum, count_nonzero, amin/amax) rather than
+        Built from cheap vectorised passes (nan_to_num, sum, bool-sum counts, amin/amax) rather than
         isfinite/masked_fill, which cost several times more on the CPU.
         """
         import torch
@@ -226,10 +231,10 @@ class Collector:
         x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         big = torch.finfo(x.dtype).max
         numel = x.numel()
-        nonzero = torch.count_nonzero(x)
+        nonzero = _nonzero(x)
         xf = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        k = nonzero - torch.count_nonzero(xf)  # non-finite values are non-zero in x and zero in xf
-        nan = nonzero - torch.count_nonzero(torch.nan_to_num(x, nan=0.0, posinf=math.inf, neginf=-math.inf))
+        k = nonzero - _nonzero(xf)  # non-finite values are non-zero in x and zero in xf
+        nan = nonzero - _nonzero(torch.nan_to_num(x, nan=0.0, posinf=math.inf, neginf=-math.inf))
         n = numel - k
         mean = xf.sum() / n
         # Each non-finite slot of xf is 0 and adds mean² to the centred sum: take it back out.
@@ -326,7 +331,9 @@ class Collector:
         if dim is None or not self.units_ok[m]:
             return
         other = [d for d in range(out.ndim) if d != dim]
-        alive = (out.detach() != 0).any(dim=other) if other else out.detach() != 0
+        # ReLU outputs are >= 0 (or NaN): a unit is alive iff its sum is non-zero, and a sum over
+        # dimensions vectorises where any(x != 0) does not (~40x faster on the CPU).
+        alive = out.detach().sum(dim=other) != 0 if other else out.detach() != 0
         prev = self.alive[m]
         if prev is None:
             self.alive[m] = alive
@@ -359,10 +366,10 @@ class Collector:
                 suspect = ~torch.isfinite(sumsq)
                 self._push("grad", index, [sumsq, suspect, 0])
                 return
-            nonzero = torch.count_nonzero(g)
+            nonzero = _nonzero(g)
             gf = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
-            k = nonzero - torch.count_nonzero(gf)
-            nan = nonzero - torch.count_nonzero(torch.nan_to_num(g, nan=0.0, posinf=math.inf, neginf=-math.inf))
+            k = nonzero - _nonzero(gf)
+            nan = nonzero - _nonzero(torch.nan_to_num(g, nan=0.0, posinf=math.inf, neginf=-math.inf))
             inf = k - nan
             sumsq = gf.square().sum()
             self._push("grad", index, [sumsq, nan, inf])
