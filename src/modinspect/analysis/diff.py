@@ -94,8 +94,12 @@ def _compare_chunk(a: object, b: object, acc: _Acc, rtol: float, atol: float, op
         return
     work = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
     af, bf = a.to(work), b.to(work)
-    sa, sb = float(af.sum()), float(bf.sum())
-    if math.isfinite(sa) and math.isfinite(sb):
+    # The squared norms are needed anyway and double as the finiteness test: a NaN/Inf (or an
+    # overflow, which the exact path handles just as well) makes them non-finite.
+    sq_a, sq_b = float(torch.dot(af, af)), float(torch.dot(bf, bf))
+    if math.isfinite(sq_a) and math.isfinite(sq_b):
+        acc.sq_a += sq_a
+        acc.sq_b += sq_b
         _finite_chunk(af, bf, acc, rtol, atol)
     else:
         _nonfinite_chunk(af, bf, acc, rtol, atol, options.nan_equal)
@@ -114,8 +118,6 @@ def _finite_chunk(af: object, bf: object, acc: _Acc, rtol: float, atol: float) -
     acc.sum_abs += float(d.sum())
     acc.finite_pairs += d.numel()
     acc.sq_diff += float(torch.dot(d, d))
-    acc.sq_a += float(torch.dot(af, af))
-    acc.sq_b += float(torch.dot(bf, bf))
     acc.dot += float(torch.dot(af, bf))
 
 
