@@ -7,6 +7,7 @@ so it reads the pickle and nothing else: a 10 GB checkpoint lists as fast as a 1
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import struct
 import zipfile
@@ -440,10 +441,7 @@ class LegacyTorchSource(TorchFileSource):
 
 
 def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+    return math.prod(shape)
 
 
 def _no_storage(pid: tuple[object, ...]) -> StorageRef:
