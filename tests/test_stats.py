@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from models import BadGrad, FaultyNet, SqrtShift
 from modinspect.analysis.stats import StatsOptions, collect_stats, unit_dim
 from modinspect.errors import ModinspectError
 from modinspect.report import ModuleStats, StatsReport
@@ -170,30 +171,8 @@ def test_conv_relu_units_are_channels() -> None:
     assert (stats.units, stats.dead_fraction) == (4, 0.25)
 
 
-class SqrtShift(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(x - 10.0)  # negative for typical activations -> NaN
-
-
-class Block(nn.Module):
-    def __init__(self, act: nn.Module) -> None:
-        super().__init__()
-        self.fc = nn.Linear(8, 8)
-        self.act = act
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.fc(x))
-
-
-class Net(nn.Module):
-    def __init__(self, faulty: nn.Module) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.blocks = nn.Sequential(Block(nn.ReLU()), Block(nn.ReLU()), Block(faulty), Block(nn.ReLU()))
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(x))
+def Net(faulty: nn.Module) -> FaultyNet:
+    return FaultyNet(faulty)
 
 
 def test_forward_nan_is_traced_to_the_module_that_produced_it() -> None:
@@ -204,21 +183,6 @@ def test_forward_nan_is_traced_to_the_module_that_produced_it() -> None:
     assert origin.passed_on[:4] == ("blocks.2", "blocks.3.fc", "blocks.3.act", "blocks.3")
     assert "head" in origin.passed_on and "blocks.2.act" not in origin.passed_on
     assert row(report, "blocks.1.act").nan == 0 and row(report, "blocks.2.act").nan > 0
-
-
-class NaNBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x * 2
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad * float("nan")
-
-
-class BadGrad(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return NaNBackward.apply(x)
 
 
 def test_backward_nan_is_traced_to_the_custom_function_module() -> None:

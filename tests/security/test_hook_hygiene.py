@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as module_globals
 
+from models import BadGrad, FaultyNet, SqrtShift
 from modinspect.analysis.stats import StatsOptions, collect_stats
 from modinspect.errors import ModinspectError
 
@@ -30,30 +31,6 @@ GLOBAL_HOOK_DICTS = (
 
 
 # ---------------------------------------------------------------- the planted faults
-
-
-class SqrtShift(nn.Module):
-    """sqrt of a negative number: NaN in forward."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(x - 10.0)
-
-
-class NaNBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x * 2
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad * float("nan")
-
-
-class BadGrad(nn.Module):
-    """A custom autograd.Function whose backward returns NaN."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return NaNBackward.apply(x)
 
 
 class RaisingBackward(torch.autograd.Function):
@@ -76,28 +53,9 @@ class ForwardRaises(nn.Module):
         raise RuntimeError("forward exploded")
 
 
-class Block(nn.Module):
-    def __init__(self, act: nn.Module) -> None:
-        super().__init__()
-        self.fc = nn.Linear(8, 8)
-        self.act = act
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.fc(x))
-
-
-class Net(nn.Module):
-    """Four blocks (the third carries the fault), a BatchNorm for buffers, a head."""
-
-    def __init__(self, faulty: nn.Module) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.blocks = nn.Sequential(Block(nn.ReLU()), Block(nn.ReLU()), Block(faulty), Block(nn.ReLU(inplace=True)))
-        self.norm = nn.BatchNorm1d(8)
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.blocks(x)))
+def Net(faulty: nn.Module) -> FaultyNet:
+    """Four blocks (the third carries the fault, the last ReLU is in place), a BatchNorm for buffers, a head."""
+    return FaultyNet(faulty, norm=True, inplace_last=True)
 
 
 def dead_relu() -> nn.Module:
