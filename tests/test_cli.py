@@ -129,7 +129,10 @@ def test_strict_weights_mismatch_names_the_keys() -> None:
     result = invoke("tree", "models.py:small_cnn", "--weights", "tiny_lm.safetensors", cwd=SAMPLES)
     assert result.exit_code == 2
     assert result.stderr.startswith("error: tiny_lm.safetensors does not match models.py:small_cnn: 16 missing (")
-    assert "22 unexpected (" in result.stderr and result.stderr.endswith("pass --no-strict to load what matches\n")
+    assert "22 unexpected (" in result.stderr and result.stderr.endswith(
+        "pass --no-strict to load what matches (every key's status: modinspect load models.py:small_cnn "
+        "tiny_lm.safetensors --dry-run)\n"
+    )
     loose = invoke("tree", "models.py:small_cnn", "--weights", "tiny_lm.safetensors", "--no-strict", cwd=SAMPLES)
     assert loose.exit_code == 0
     assert loose.stderr.startswith("warning: --weights loaded 0 tensors; 16 missing (")

@@ -253,7 +253,8 @@ def test_strict_mismatch_names_missing_and_unexpected(project: Path) -> None:
         open_source("mymodels.py:build", base=project, weights=str(project / "bad.pt"))
     assert str(info.value) == (
         f"{project / 'bad.pt'} does not match mymodels.py:build: 1 missing (fc2.weight); 1 unexpected (extra.weight); "
-        "1 with another shape (fc1.bias [8] vs [9]); fix the key names or pass --no-strict to load what matches"
+        "1 with another shape (fc1.bias [8] vs [9]); fix the key names or pass --no-strict to load what matches "
+        f"(every key's status: modinspect load mymodels.py:build {project / 'bad.pt'} --dry-run)"
     )
 
 

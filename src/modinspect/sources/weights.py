@@ -56,7 +56,8 @@ def apply_weights(model: Source, checkpoint: Source, strict: bool = True, keymap
         hint = f" ({plan.hints[0]})" if plan.hints else ""
         raise WeightsMismatchError(
             f"{checkpoint.label} does not match {model.label}: {describe_problems(plan)}{hint}; "
-            "fix the key names or pass --no-strict to load what matches"
+            "fix the key names or pass --no-strict to load what matches "
+            f"(every key's status: modinspect load {model.label} {checkpoint.label} --dry-run)"
         )
     if is_meta(model.module):
         model.notes.append(f"weights from {checkpoint.label} checked against the model, not loaded (--meta)")
