@@ -27,10 +27,6 @@ class KeyMap:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
 
-    @property
-    def identity(self) -> bool:
-        return self == KeyMap()
-
     def apply(self, name: str) -> str | None:
         """The mapped name, or None when include/exclude filter it out."""
         for prefix in self.strip_prefixes:

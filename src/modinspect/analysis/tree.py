@@ -101,6 +101,7 @@ def _runs(children: list[_Node], cache: dict[str, str]) -> list[list[_Node]]:
 class _View:
     module_known: bool
     aliases: dict[str, str]
+    rows: dict[str, ModuleRow]
     depth: int | None
     pattern: str | None
     expand: bool
@@ -124,7 +125,7 @@ def _view(node: _Node, level: int, view: _View, cache: dict[str, str], inside_ma
     inside_match = inside_match or (view.pattern is not None and _matches(node.name, view.pattern))
     children = [c for c in node.children.values() if view.pattern is None or inside_match or _selected(c, view.pattern)]
     tensors = [t for t in node.tensors if view.pattern is None or inside_match or _matches(t.name, view.pattern)]
-    row = _row(node, view.module_known)
+    row = view.rows[node.name]
     if view.depth is not None and level >= view.depth:
         return ModuleNode(row, (), (), hidden=len(children) + len(tensors))
     shown: list[ModuleNode] = []
@@ -184,11 +185,10 @@ def build_tree(source: Source, *, depth: int | None = None, pattern: str | None 
     groups = tied_groups(source.tensors)
     aliases = {name: group[0] for group in groups for name in group[1:]}
     totals, by_dtype = _totals(source.tensors, module_known)
-    flat_rows = [_row(n, module_known) for n in nodes.values()]
-    if pattern is not None:
-        flat_rows = [r for r in flat_rows if _matches(r.name, pattern)]
+    rows = {name: _row(n, module_known) for name, n in nodes.items()}  # once: the list and the view share them
+    flat_rows = [r for r in rows.values() if pattern is None or _matches(r.name, pattern)]
     tensor_rows = [_tensor_row(t, aliases) for t in source.tensors if pattern is None or _matches(t.name, pattern)]
-    root = _view(nodes[""], 0, _View(module_known, aliases, depth, pattern, expand), {}, False)
+    root = _view(nodes[""], 0, _View(module_known, aliases, rows, depth, pattern, expand), {}, False)
     return TreeReport(
         source=source.label, format=source.format, module_known=module_known,
         training=nodes[""].training, totals=totals, by_dtype=by_dtype, modules=tuple(flat_rows),

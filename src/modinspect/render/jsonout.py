@@ -12,11 +12,15 @@ from modinspect.report import DiffReport, LoadReport, StatsReport, TensorDiff, T
 SCHEMA_VERSION = 1
 
 
+def _envelope() -> dict[str, Any]:
+    """The fields every document starts with."""
+    return {"schema_version": SCHEMA_VERSION, "modinspect_version": __version__}
+
+
 def tree_document(report: TreeReport) -> dict[str, Any]:
     t = report.totals
     return {
-        "schema_version": SCHEMA_VERSION,
-        "modinspect_version": __version__,
+        **_envelope(),
         "source": report.source,
         "format": report.format,
         "module_known": report.module_known,
@@ -63,8 +67,7 @@ def _num(value: float | None) -> float | None:
 def stats_document(report: StatsReport) -> dict[str, Any]:
     origin = report.nonfinite_origin
     return {
-        "schema_version": SCHEMA_VERSION,
-        "modinspect_version": __version__,
+        **_envelope(),
         "source": report.source,
         "device": report.device,
         "dtype": report.dtype,
@@ -105,8 +108,7 @@ def _tensor_diff(d: TensorDiff) -> dict[str, Any]:
 
 def diff_document(report: DiffReport) -> dict[str, Any]:
     return {
-        "schema_version": SCHEMA_VERSION,
-        "modinspect_version": __version__,
+        **_envelope(),
         "a": report.a,
         "b": report.b,
         "format_a": report.format_a,
@@ -133,8 +135,7 @@ def diff_document(report: DiffReport) -> dict[str, Any]:
 def load_document(report: LoadReport) -> dict[str, Any]:
     plan = report.plan
     return {
-        "schema_version": SCHEMA_VERSION,
-        "modinspect_version": __version__,
+        **_envelope(),
         "model": report.model,
         "checkpoint": report.checkpoint,
         "loaded": list(plan.loaded),
