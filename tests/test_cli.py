@@ -100,20 +100,35 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, setup: object, mess
     assert result.stderr == message.format(d=tmp_path)
 
 
-def test_unsafe_pickle_is_refused_with_the_globals_named(tmp_path: Path) -> None:
+def test_whole_pickled_model_lists_without_its_code(tmp_path: Path) -> None:
     torch.save(TwoLayer(), tmp_path / "whole.pt")
-    result = invoke("tree", tmp_path / "whole.pt")
-    assert result.exit_code == 2
-    line = result.stderr
-    assert line.count("\n") == 1
-    assert line.startswith(f"error: {tmp_path}/whole.pt needs ")
-    assert "'models.TwoLayer'" in line and "'torch.nn.modules.linear.Linear'" in line
-    assert line.endswith("to unpickle, which could run arbitrary code; pass --unsafe-pickle only if you trust the file\n")
+    result = invoke("tree", tmp_path / "whole.pt", "--json")
+    assert (result.exit_code, result.stderr) == (0, "")
+    doc = json.loads(result.stdout)
+    assert doc["format"] == "torch-zip-module" and doc["totals"]["params"] == 58
+    assert doc["notes"][0].startswith("read without importing models.TwoLayer, torch.nn.modules.linear.Linear")
     allowed = invoke("tree", tmp_path / "whole.pt", "--unsafe-pickle", "--json")
     assert allowed.exit_code == 0
     assert allowed.stderr.startswith(f"warning: --unsafe-pickle: fully unpickling {tmp_path}/whole.pt, which imports ")
     doc = json.loads(allowed.stdout)
     assert doc["format"] == "torch-pickled-module" and doc["totals"]["params"] == 58
+
+
+def test_code_execution_global_is_refused_with_the_globals_named(tmp_path: Path) -> None:
+    import os
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, ...]:
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    torch.save({"state_dict": TwoLayer().state_dict(), "x": Evil()}, tmp_path / "evil.pt")
+    result = invoke("tree", tmp_path / "evil.pt")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: {tmp_path}/evil.pt needs '{os.system.__module__}.system' to unpickle, which could run arbitrary "
+        "code; pass --unsafe-pickle only if you trust the file\n"
+    )
+    assert not (tmp_path / "PWNED").exists()
 
 
 def test_weights_on_a_checkpoint_is_a_usage_error() -> None:

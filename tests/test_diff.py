@@ -271,11 +271,17 @@ def test_cli_exit_codes_and_json(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and bad.stderr.startswith("error: --rename '(=x': ")
 
 
-def test_unsafe_pickle_is_refused_in_diff(tmp_path: Path) -> None:
-    torch.save(TwoLayer(), tmp_path / "whole.pt")
-    write_st(tmp_path / "a.safetensors", TwoLayer().state_dict())
-    result = invoke("diff", "a.safetensors", "whole.pt", cwd=tmp_path)
-    assert result.exit_code == 2 and "pass --unsafe-pickle only if you trust the file" in result.stderr
+def test_whole_pickled_model_diffs_without_its_code(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TwoLayer()
+    torch.save(model, tmp_path / "whole.pt")
+    write_st(tmp_path / "a.safetensors", model.state_dict())
+    result = invoke("diff", "a.safetensors", "whole.pt", "--json", cwd=tmp_path)
+    doc = json.loads(result.stdout)
+    assert result.stderr == ""
+    # Every tensor of the state dict is equal; the pickled module also holds its non-persistent buffer.
+    assert (doc["changed"], doc["only_in_a"], doc["shape_mismatch"]) == ([], [], [])
+    assert doc["identical"] == len(model.state_dict()) and doc["only_in_b"] in ([], ["cache"])
 
 
 def test_gpt2_from_config_saved_two_ways(tmp_path: Path) -> None:

@@ -17,7 +17,9 @@ from models import Tied, TwoLayer, WithBatchNorm
 from modinspect.errors import CorruptFileError, UnknownFormatError, UnsafePickleError
 from modinspect.sources import open_source
 from modinspect.sources.base import tied_groups
-from modinspect.sources.pickle_gate import RestrictedUnpickler, scan_globals, storage_from_pid
+from modinspect.sources.module import module_tensor_infos
+from modinspect.sources.pickle_gate import Gate, RestrictedUnpickler, storage_from_pid
+from modinspect.sources.standins import StandIn, standin_name
 
 
 class Evil:
@@ -181,7 +183,7 @@ def test_training_checkpoint_finds_state_dict(tmp_path: Path, key: str) -> None:
         assert_values(src, sd)
         # 4 parameters x (step, exp_avg, exp_avg_sq)
         assert [(e.name, e.summary) for e in src.other_entries] == [
-            ("epoch", "int 3"), ("optimizer_state_dict", "dict (2 keys, 12 tensors)"), ("loss", "float 0.5")
+            ("epoch", "3"), ("optimizer_state_dict", "dict (2 keys, 12 tensors)"), ("loss", "0.5")
         ]
 
 
@@ -195,8 +197,7 @@ def test_nested_state_dict_key(tmp_path: Path) -> None:
         assert src.state_dict_key == "model.state_dict"
         assert_values(src, sd)
         assert [(e.name, e.summary) for e in src.other_entries] == [
-            ("epoch", "int 9"), ("notes", "str " + repr("x" * 40) + "…"), ("extra", "None"),
-            ("history", "list (3 items)"),
+            ("epoch", "9"), ("notes", repr("x" * 40) + "…"), ("extra", "None"), ("history", "[1, 2, 3]"),
         ]
 
 
@@ -215,11 +216,11 @@ def test_unnamed_state_dict_is_the_largest_non_optimizer_tensor_dict(tmp_path: P
 @pytest.mark.parametrize(
     ("obj", "what"),
     [
-        ({"epoch": 1, "note": "x"}, "a dict (2 keys)"),
-        ([torch.ones(2), torch.zeros(1)], "a list (2 items)"),
-        ({"optimizer": {"exp_avg": torch.ones(2)}}, "a dict (1 keys, 1 tensors)"),
-        (torch.ones(3), "a tensor [3] float32"),
-        ({}, "a dict (0 keys)"),
+        ({"epoch": 1, "note": "x"}, "{epoch: 1, note: 'x'}"),
+        ([torch.ones(2), torch.zeros(1)], "[tensor [2] float32, tensor [1] float32]"),
+        ({"optimizer": {"exp_avg": torch.ones(2)}}, "dict (1 keys, 1 tensors)"),
+        (torch.ones(3), "tensor [3] float32"),
+        ({}, "{}"),
     ],
 )
 def test_file_without_state_dict(tmp_path: Path, obj: object, what: str) -> None:
@@ -227,8 +228,8 @@ def test_file_without_state_dict(tmp_path: Path, obj: object, what: str) -> None
     with pytest.raises(CorruptFileError) as info:
         open_source(str(path))
     assert str(info.value) == (
-        f"{path} holds no state dict ({what}); expected a dict of tensors or a checkpoint with one under "
-        "'model_state_dict', 'state_dict', 'model', 'module'"
+        f"{path} holds no state dict ({what}); expected a dict of tensors, a pickled nn.Module, or a checkpoint "
+        "with one under 'model_state_dict', 'state_dict', 'model', 'module'"
     )
 
 
@@ -256,7 +257,7 @@ def test_legacy_training_checkpoint(tmp_path: Path) -> None:
                 _use_new_zipfile_serialization=False)
     with open_source(str(path)) as src:
         assert (src.format, src.state_dict_key) == ("torch-legacy", "state_dict")
-        assert [(e.name, e.summary) for e in src.other_entries] == [("epoch", "int 2")]
+        assert [(e.name, e.summary) for e in src.other_entries] == [("epoch", "2")]
         assert_values(src, model.state_dict())
 
 
@@ -271,7 +272,7 @@ def test_truncated_legacy_file(tmp_path: Path) -> None:
 def test_raw_pickle_of_ints_is_a_clear_error(tmp_path: Path, protocol: int) -> None:
     path = tmp_path / "ints.pkl"
     path.write_bytes(pickle.dumps({"a": 1, "b": 2}, protocol=protocol))
-    with pytest.raises(CorruptFileError, match=r"holds no state dict \(a dict \(2 keys\)\)"):
+    with pytest.raises(CorruptFileError, match=r"holds no state dict \(\{a: 1, b: 2\}\)"):
         open_source(str(path))
 
 
@@ -315,18 +316,28 @@ def test_reduce_to_os_system_in_legacy_file_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_pickled_module_is_refused_and_names_its_classes(tmp_path: Path) -> None:
+def test_pickled_module_shows_its_real_tree_without_its_code(tmp_path: Path) -> None:
+    """torch.save(model): class names from the pickle, tensors from _parameters/_buffers, nothing imported."""
+    torch.manual_seed(0)
     model = TwoLayer()
     path = save(model, tmp_path / "module.pt")
-    with pytest.raises(UnsafePickleError) as info:
-        open_source(str(path))
-    assert info.value.globals == [
-        "models.TwoLayer", "torch.nn.modules.activation.ReLU", "torch.nn.modules.linear.Linear"
-    ]
-    assert str(info.value) == (
-        f"{path} needs 'models.TwoLayer', 'torch.nn.modules.activation.ReLU', 'torch.nn.modules.linear.Linear' "
-        "to unpickle, which could run arbitrary code; pass --unsafe-pickle only if you trust the file"
-    )
+    with open_source(str(path)) as src:
+        assert src.module is None and src.format == "torch-zip-module"
+        assert src.standins == ["models.TwoLayer", "torch.nn.modules.linear.Linear", "torch.nn.modules.activation.ReLU"]
+        assert len(src.notes) == 1 and src.notes[0].startswith(
+            "read without importing models.TwoLayer, torch.nn.modules.linear.Linear, torch.nn.modules.activation.ReLU"
+        )
+        assert [(m.name, m.type, m.training) for m in src.modules] == [
+            ("", "TwoLayer", True), ("fc1", "Linear", True), ("act", "ReLU", True), ("fc2", "Linear", True)
+        ]
+        # The live module's own view, non-persistent buffer included.
+        live = {n: ("parameter", None) for n, _ in model.named_parameters()}
+        live.update({n: ("buffer", n != "cache") for n, _ in model.named_buffers()})
+        assert {t.name: (t.kind, t.persistent) for t in src.tensors} == live
+        assert src.names() == [t.name for t in module_tensor_infos(model)]  # the live module's order
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            assert torch.equal(src.read_tensor(name), tensor.detach()), name
+            assert src.info(name).requires_grad == (True if name in dict(model.named_parameters()) else None)
 
 
 def test_pickled_module_opens_with_unsafe_pickle(tmp_path: Path) -> None:
@@ -356,13 +367,15 @@ def test_unsafe_pickle_with_a_non_module_object(tmp_path: Path) -> None:
     import collections
 
     sd = TwoLayer().state_dict()
-    # A Counter is outside the allowlist but harmless to unpickle.
+    # A Counter is outside the allowlist but harmless: a stand-in by default, the real thing when trusted.
     path = save({"state_dict": sd, "counts": collections.Counter("aab")}, tmp_path / "c.pt")
-    with pytest.raises(UnsafePickleError, match=r"'collections\.Counter'"):
-        open_source(str(path))
+    with open_source(str(path)) as src:
+        assert (src.format, src.state_dict_key, src.standins) == ("torch-zip", "state_dict", ["collections.Counter"])
+        assert [(e.name, e.summary) for e in src.other_entries] == [("counts", "collections.Counter({a: 2, b: 1})")]
+        assert src.warnings == []
     with open_source(str(path), unsafe_pickle=True) as src:
         assert (src.format, src.state_dict_key) == ("torch-unsafe", "state_dict")
-        assert [(e.name, e.summary) for e in src.other_entries] == [("counts", "dict (2 keys)")]
+        assert [(e.name, e.summary) for e in src.other_entries] == [("counts", "{a: 2, b: 1}")]
         assert_values(src, sd)
         assert len(src.warnings) == 1 and "collections.Counter" in src.warnings[0]
 
@@ -410,7 +423,9 @@ def test_hand_written_payloads_really_run_when_unpickled(tmp_path: Path, kind: s
     build, dotted = PAYLOADS[kind]
     marker = tmp_path / "CONTROL"
     data = build(marker)
-    assert scan_globals(data) == [dotted]
+    with pytest.raises(UnsafePickleError) as info:
+        Gate("evil").load(data)
+    assert info.value.globals == [dotted] and not marker.exists()
     pickle.loads(data)
     assert marker.exists()
 
@@ -465,19 +480,21 @@ def test_payload_in_torchscript_shaped_zip_is_refused(tmp_path: Path) -> None:
 
 
 def test_unresolvable_stack_global_is_refused(tmp_path: Path) -> None:
-    # The module name comes from a tuple element: no static scan can name it, so it is refused.
+    # The module name comes from a tuple element: the unpickler refuses it before any lookup.
     data = b"\x80\x04" + _short("builtins") + b"\x85" + b"\x8c\x04eval" + b"\x93" + b"N\x85R."
-    assert scan_globals(data) == ["<dynamic>"]
     path = _write_zip(tmp_path / "dyn.pt", data)
-    with pytest.raises(UnsafePickleError, match="'<dynamic>'"):
+    with pytest.raises(CorruptFileError, match="STACK_GLOBAL requires str"):
         open_source(str(path))
 
 
 def test_restricted_unpickler_refuses_on_its_own() -> None:
-    """The second layer, without the static scan in front of it."""
-    with pytest.raises(UnsafePickleError) as info:
-        RestrictedUnpickler(io.BytesIO(global_pickle(Path("/nonexistent/x"), "exec", 2)), storage_from_pid).load()
-    assert info.value.globals == ["builtins.exec"]
+    """Without the gate around it, the unpickler still calls nothing and records what it refused."""
+    unpickler = RestrictedUnpickler(io.BytesIO(global_pickle(Path("/nonexistent/x"), "exec", 2)), storage_from_pid)
+    result = unpickler.load()
+    assert unpickler.refused == ["builtins.exec"]
+    # exec's stand-in, "called": a record of the call, and the marker was never written.
+    assert isinstance(result, StandIn) and standin_name(result) == "builtins.exec"
+    assert len(result.args) == 1 and "open(" in str(result.args[0])
 
 
 def test_bytes_spelled_with_codecs_encode_are_allowed_but_other_codecs_are_not(tmp_path: Path) -> None:

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import SAMPLES
 from models import Tied, TwoLayer, WithBatchNorm
-from modinspect.errors import CorruptFileError, UnsafePickleError
-from modinspect.sources import open_source
+from modinspect.errors import CorruptFileError, UnsafePickleError, UsageError
+from modinspect.sources import Source, open_source
+from modinspect.sources.base import tied_groups
 
 
 def script_and_save(model: torch.nn.Module, path: Path) -> Path:
@@ -31,13 +33,40 @@ def bn_model() -> WithBatchNorm:
     return model
 
 
-def test_scripted_model_opens_with_its_module_tree(tmp_path: Path, bn_model: WithBatchNorm) -> None:
+class LogitsOf(torch.nn.Module):
+    """GPT-2 returns a ModelOutput, which tracing cannot follow: trace its logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, use_cache=False).logits  # type: ignore[no-any-return]
+
+
+def jit_view(path: Path) -> Source:
+    """What torch.jit.load gives (it runs the archive's code): the reference the safe reader must match."""
+    return open_source(str(path), unsafe_pickle=True)
+
+
+def assert_same_as_jit_load(path: Path) -> None:
+    with open_source(str(path)) as safe, jit_view(path) as jit:
+        assert safe.format == jit.format == "torchscript"
+        assert safe.module is None and safe.warnings == [] and safe.standins == []
+        assert [(m.name, m.type, m.training) for m in safe.modules] == [(m.name, m.type, m.training) for m in jit.modules]
+        assert [(t.name, t.shape, t.dtype, t.nbytes, t.kind, t.requires_grad, t.persistent) for t in safe.tensors] == [
+            (t.name, t.shape, t.dtype, t.nbytes, t.kind, t.requires_grad, t.persistent) for t in jit.tensors
+        ]
+        assert tied_groups(safe.tensors) == tied_groups(jit.tensors)
+        for name in jit.names():
+            assert torch.equal(safe.read_tensor(name), jit.read_tensor(name)), name
+
+
+def test_scripted_model_opens_with_its_module_tree_without_running_it(tmp_path: Path, bn_model: WithBatchNorm) -> None:
     path = script_and_save(bn_model, tmp_path / "scripted.pt")
     with open_source(str(path)) as src:
-        assert src.format == "torchscript"
-        assert src.label == str(path)
-        assert src.warnings == []
-        assert src.module is not None and isinstance(src.module, torch.jit.ScriptModule)
+        assert src.format == "torchscript" and src.label == str(path)
+        assert src.warnings == [] and src.module is None
         assert [(m.name, m.type, m.training) for m in src.modules] == [
             ("", "WithBatchNorm", True), ("conv", "Conv2d", True), ("bn", "BatchNorm2d", True), ("fc", "Linear", True),
         ]
@@ -60,6 +89,34 @@ def test_scripted_model_opens_with_its_module_tree(tmp_path: Path, bn_model: Wit
         assert src.read_tensor("bn.num_batches_tracked").item() == 1
         assert src.info("conv.weight").requires_grad is True
         assert src.info("bn.running_mean").requires_grad is None
+    assert_same_as_jit_load(path)
+
+
+@pytest.mark.parametrize("name", ["two_layer", "tied", "sample_cnn", "gpt2_traced", "bert_traced"])
+def test_safe_reader_matches_torch_jit_load(tmp_path: Path, name: str) -> None:
+    """Modules, class names, kinds, ties and values equal what torch.jit.load reports, on several models."""
+    if name == "sample_cnn":
+        assert_same_as_jit_load(SAMPLES / "small_cnn_scripted.pt")
+        return
+    if name in ("two_layer", "tied"):
+        script_and_save(TwoLayer() if name == "two_layer" else Tied(), tmp_path / "m.pt")
+    else:
+        transformers = pytest.importorskip("transformers")
+        torch.manual_seed(0)
+        if name == "gpt2_traced":
+            config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=16,
+                                             torchscript=True)
+            model = LogitsOf(transformers.GPT2LMHeadModel(config)).eval()
+        else:
+            config = transformers.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                                             intermediate_size=37, vocab_size=50, max_position_embeddings=16,
+                                             torchscript=True, return_dict=False)
+            model = transformers.BertModel(config).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, torch.randint(0, 50, (1, 8)), strict=False)
+            torch.jit.save(traced, str(tmp_path / "m.pt"))
+    assert_same_as_jit_load(tmp_path / "m.pt")
 
 
 def test_eval_mode_is_kept(tmp_path: Path, bn_model: WithBatchNorm) -> None:
@@ -88,10 +145,16 @@ def test_traced_model_opens_too(tmp_path: Path, bn_model: WithBatchNorm) -> None
         assert [m.type for m in src.modules] == ["WithBatchNorm", "Conv2d", "BatchNorm2d", "Linear"]
 
 
-def test_weights_into_torchscript_source(tmp_path: Path, bn_model: WithBatchNorm) -> None:
+def test_weights_into_torchscript_source_needs_the_flag(tmp_path: Path, bn_model: WithBatchNorm) -> None:
     path = script_and_save(WithBatchNorm(), tmp_path / "scripted.pt")
     torch.save(bn_model.state_dict(), tmp_path / "w.pt")
-    with open_source(str(path), weights=str(tmp_path / "w.pt")) as src:
+    with pytest.raises(UsageError) as info:
+        open_source(str(path), weights=str(tmp_path / "w.pt"))
+    assert str(info.value) == (
+        f"--weights needs the live module of {path}, a TorchScript archive, which only torch.jit.load builds, and "
+        "that runs the archive's code; pass --unsafe-pickle only if you trust the file"
+    )
+    with open_source(str(path), weights=str(tmp_path / "w.pt"), unsafe_pickle=True) as src:
         assert torch.equal(src.read_tensor("bn.running_var"), bn_model.bn.running_var)
         assert torch.equal(src.read_tensor("conv.weight"), bn_model.conv.weight.detach())
 

@@ -43,6 +43,16 @@ UnsafeOpt = Annotated[
     typer.Option("--unsafe-pickle", help="Allow full unpickling: runs code from the file. Only for files you trust."),
 ]
 StrictOpt = Annotated[bool, typer.Option("--strict/--no-strict", help="--weights must match every key.")]
+AllowGlobalOpt = Annotated[
+    list[str] | None,
+    typer.Option("--allow-global", help="Import and build this pickled global for real instead of an inert stand-in "
+                 "(repeatable; runs its code). Only for names you trust.", metavar="MODULE.NAME"),
+]
+MaxPickleOpt = Annotated[
+    str | None,
+    typer.Option("--max-pickle-size", help="Largest pickle to read, counted by the memory its objects would take "
+                 "(e.g. 1G) [default: 256M].", metavar="SIZE"),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of the rich view.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
 
@@ -78,6 +88,22 @@ def user_errors(debug: bool) -> Iterator[None]:
         _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it")
 
 
+def _gate_options(allow_global: list[str] | None, max_pickle_size: str | None) -> dict[str, Any]:
+    """--allow-global and --max-pickle-size as open_source keywords."""
+    from modinspect.sources.pickle_check import parse_size
+
+    size = None
+    if max_pickle_size is not None:
+        try:
+            size = parse_size(max_pickle_size)
+        except ValueError:
+            raise UsageError(f"--max-pickle-size {max_pickle_size!r} is not a size like 512M or 2G") from None
+    for name in allow_global or ():
+        if "." not in name or not all(part.isidentifier() for part in name.split(".")):
+            raise UsageError(f"--allow-global {name!r} is not a dotted name like argparse.Namespace")
+    return {"allow_globals": tuple(allow_global or ()), "max_pickle_size": size}
+
+
 def _spinner(message: str) -> contextlib.AbstractContextManager[object]:
     from modinspect.render.console import progress
 
@@ -111,6 +137,8 @@ def tree(
     weights: WeightsOpt = None,
     meta: MetaOpt = False,
     unsafe_pickle: UnsafeOpt = False,
+    allow_global: AllowGlobalOpt = None,
+    max_pickle_size: MaxPickleOpt = None,
     strict: StrictOpt = True,
     depth: Annotated[int | None, typer.Option("--depth", "-d", min=0, help="Show at most N levels.")] = None,
     pattern: Annotated[
@@ -139,7 +167,8 @@ def tree(
         from modinspect.sources import open_source
 
         with _spinner("opening the source…"):
-            src = open_source(source, weights=weights, meta=meta, unsafe_pickle=unsafe_pickle, strict=strict)
+            src = open_source(source, weights=weights, meta=meta, unsafe_pickle=unsafe_pickle, strict=strict,
+                              **_gate_options(allow_global, max_pickle_size))
         with src:
             _warn(src.warnings)
             report = build_tree(src, depth=depth, pattern=pattern, expand=expand)
@@ -190,6 +219,8 @@ def diff(
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     unsafe_pickle: UnsafeOpt = False,
+    allow_global: AllowGlobalOpt = None,
+    max_pickle_size: MaxPickleOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -216,8 +247,9 @@ def diff(
                         include=tuple(include or ()), exclude=tuple(exclude or ()))
         options = DiffOptions(atol=atol, rtol=rtol, exact=exact, nan_equal=not nan_unequal, keymap=keymap)
         with _spinner("opening the sources…"):
-            src_a = open_source(a, weights=weights_a, unsafe_pickle=unsafe_pickle)
-            src_b = open_source(b, weights=weights_b, unsafe_pickle=unsafe_pickle)
+            gate = _gate_options(allow_global, max_pickle_size)
+            src_a = open_source(a, weights=weights_a, unsafe_pickle=unsafe_pickle, **gate)
+            src_b = open_source(b, weights=weights_b, unsafe_pickle=unsafe_pickle, **gate)
         with src_a, src_b:
             _warn(src_a.warnings + src_b.warnings)
             total = sum(t.nbytes for t in src_a.tensors) + sum(t.nbytes for t in src_b.tensors)
@@ -259,6 +291,8 @@ def load(
                                              ".pt), atomically.", metavar="FILE")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
     unsafe_pickle: UnsafeOpt = False,
+    allow_global: AllowGlobalOpt = None,
+    max_pickle_size: MaxPickleOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -279,7 +313,7 @@ def load(
         from modinspect.analysis.keymap import KeyMap, parse_renames
         from modinspect.analysis.loading import plan_load
         from modinspect.report import LoadReport
-        from modinspect.sources import open_source
+        from modinspect.sources import model_of, open_source
         from modinspect.sources.weights import (
             copy_into,
             describe_mismatched,
@@ -301,13 +335,16 @@ def load(
                         renames=parse_renames(rename or ()), include=tuple(include or ()),
                         exclude=tuple(exclude or ()))
         with _spinner("building the model…"):
-            model = open_source(model_spec, meta=meta, unsafe_pickle=unsafe_pickle, config_weights=False)
+            gate = _gate_options(allow_global, max_pickle_size)
+            model = open_source(model_spec, meta=meta, unsafe_pickle=unsafe_pickle, config_weights=False, **gate)
+        if model.module is None and model.format == "torchscript":
+            model_of(model, "load")
         if model.module is None:
             raise UsageError(
                 f"{model.label} is a checkpoint, not a model: load needs MODEL as an entry point (file.py:NAME) "
                 "or a TorchScript file"
             )
-        with open_source(ckpt_spec, unsafe_pickle=unsafe_pickle) as checkpoint:
+        with open_source(ckpt_spec, unsafe_pickle=unsafe_pickle, **gate) as checkpoint:
             _warn(model.warnings + checkpoint.warnings)
             plan = plan_load(model.tensors, checkpoint.tensors, keymap)
             planning = dry_run or meta or is_meta(model.module)
@@ -361,6 +398,8 @@ def stats(
     source: SourceArg = None,
     weights: WeightsOpt = None,
     unsafe_pickle: UnsafeOpt = False,
+    allow_global: AllowGlobalOpt = None,
+    max_pickle_size: MaxPickleOpt = None,
     strict: StrictOpt = True,
     input_file: Annotated[
         Path | None, typer.Option("--input", "-i", help="A .pt (weights-only) or .safetensors file with a tensor, "
@@ -411,8 +450,15 @@ def stats(
 
         extra = _project_defaults(source)
         with _spinner("building the model…"):
-            src = open_source(source, weights=weights, unsafe_pickle=unsafe_pickle, strict=strict)
+            src = open_source(source, weights=weights, unsafe_pickle=unsafe_pickle, strict=strict,
+                              **_gate_options(allow_global, max_pickle_size))
         _warn(src.warnings)
+        if src.module is None and src.format == "torchscript":
+            # Even torch.jit.load's ScriptModule would not do: hooks need the Python model.
+            raise UsageError(
+                f"{src.label} is TorchScript, whose modules take no Python hooks; run stats on the Python model "
+                f"instead, e.g. an entry point with --weights {src.label}"
+            )
         if src.module is None:
             raise UsageError(
                 f"{src.label} is a checkpoint without a model; stats needs one: pair it with an entry point, "

@@ -476,3 +476,64 @@ def patch(data: bytes, at: int, fmt: str, value: int) -> bytes:
 
 def entry_named(data: bytes, suffix: str) -> str:
     return next(n for n in central_entries(data) if n.endswith(suffix))
+
+
+# ---------------------------------------------------------------- TorchScript code that runs on load
+
+
+class SetstateWriter(nn.Module):
+    """A TorchScript module whose __setstate__ writes a file: torch.jit.load runs it, nothing else may."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return (self.marker, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        self.marker = state[0]
+        self.training = state[1]
+        torch.save(torch.ones(1), self.marker)  # any file the user can write
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class ScriptedVictim(nn.Module):
+    """Tiny's tensors (fc) beside the writer, so the archive also works as Tiny's checkpoint."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 3)
+        self.hook = SetstateWriter(marker)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook(self.fc(x))
+
+
+def setstate_torchscript(folder: Path, marker: Path, name: str = "setstate.pt") -> Path:
+    """A real torch.jit.script(...).save() archive that writes `marker` whenever torch.jit.load opens it."""
+    import warnings
+
+    path = folder / name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(ScriptedVictim(str(marker))).save(str(path))
+    return path
+
+
+def setstate_shards(folder: Path, marker: Path) -> Path:
+    """A pytorch_model.bin.index.json whose second shard is the setstate archive."""
+    import json
+
+    folder = folder / "setstate_sharded"
+    folder.mkdir()
+    torch.save({"fc.weight": state_dict()["fc.weight"]}, folder / "pytorch_model-00001-of-00002.bin")
+    setstate_torchscript(folder, marker, "pytorch_model-00002-of-00002.bin")
+    weight_map = {"fc.weight": "pytorch_model-00001-of-00002.bin", "fc.bias": "pytorch_model-00002-of-00002.bin"}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder

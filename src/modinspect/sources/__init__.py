@@ -10,13 +10,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from modinspect.errors import UsageError
 from modinspect.sources.base import ModuleInfo, Source, TensorInfo
 from modinspect.sources.detect import OpenOptions, open_path
 from modinspect.sources.entrypoint import looks_like_entry_point, open_entry_point
+from modinspect.sources.pickle_gate import DEFAULT_MAX_PICKLE
 
-__all__ = ["ModuleInfo", "Source", "TensorInfo", "open_source"]
+__all__ = ["ModuleInfo", "Source", "TensorInfo", "model_of", "open_source"]
+
+
+def model_of(source: Source, needs: str) -> Any:
+    """The source's live nn.Module, or the UsageError that says how to get one; `needs` names who asks."""
+    if source.module is not None:
+        return source.module
+    if source.format == "torchscript":
+        raise UsageError(
+            f"{needs} needs the live module of {source.label}, a TorchScript archive, which only torch.jit.load "
+            "builds, and that runs the archive's code; pass --unsafe-pickle only if you trust the file"
+        )
+    raise UsageError(
+        f"{needs} needs a SOURCE that builds a model (an entry point or TorchScript); {source.label} is a "
+        "checkpoint: inspect it directly, or pair it with an entry point"
+    )
 
 
 def open_source(
@@ -28,12 +45,15 @@ def open_source(
     strict: bool = True,
     base: Path | None = None,
     config_weights: bool = True,
+    allow_globals: tuple[str, ...] = (),
+    max_pickle_size: int | None = None,
 ) -> Source:
     """Open SOURCE `spec`; None means the [tool.modinspect] default. Paths are relative to `base` (cwd).
 
     With `config_weights=False` the default model comes without the table's `weights` (for `load`).
     """
-    options = OpenOptions(unsafe_pickle=unsafe_pickle)
+    options = OpenOptions(unsafe_pickle=unsafe_pickle, allow_globals=frozenset(allow_globals),
+                          max_pickle_bytes=max_pickle_size or DEFAULT_MAX_PICKLE)
     base = base or Path.cwd()
     weights_base = base  # a --weights given by the caller is relative to base, like `spec`
     if spec is None:
@@ -49,11 +69,7 @@ def open_source(
         path = Path(spec)
         source = open_path(path if path.is_absolute() else base / path, spec, options)
     if weights is not None:
-        if source.module is None:
-            raise UsageError(
-                f"--weights needs a SOURCE that builds a model (an entry point or TorchScript); {spec} is a "
-                "checkpoint: inspect it directly, or pair it with an entry point"
-            )
+        model_of(source, "--weights")
         from modinspect.sources.weights import apply_weights
 
         wpath = Path(weights)

@@ -99,6 +99,7 @@ class Source:
     module: Any = None  # the nn.Module, when the source yields one
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    standins: list[str] = field(default_factory=list)  # globals read as inert stand-ins, never imported
 
     def __post_init__(self) -> None:
         self._by_name = {t.name: t for t in self.tensors}

@@ -15,6 +15,7 @@ from modinspect.errors import (
     UnsafePickleError,
 )
 from modinspect.sources.base import Source
+from modinspect.sources.pickle_gate import DEFAULT_MAX_PICKLE, Gate, GatePolicy
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_NAMES = ("model.safetensors", "pytorch_model.bin")
@@ -23,6 +24,11 @@ SINGLE_NAMES = ("model.safetensors", "pytorch_model.bin")
 @dataclass(frozen=True)
 class OpenOptions:
     unsafe_pickle: bool = False
+    allow_globals: frozenset[str] = frozenset()
+    max_pickle_bytes: int = DEFAULT_MAX_PICKLE
+
+    def gate(self, path: Path) -> Gate:
+        return Gate(str(path), GatePolicy(allow_globals=self.allow_globals, max_pickle_bytes=self.max_pickle_bytes))
 
 
 def open_path(path: Path, label: str, options: OpenOptions) -> Source:
@@ -92,60 +98,48 @@ def open_file(path: Path, label: str, options: OpenOptions) -> Source:
             "or a sharded index)"
         )
     try:
-        return _open_pickled(path, label, kind)
+        source = _open_pickled(path, label, kind, options)
     except UnsafePickleError as exc:
         if not options.unsafe_pickle:
             raise
         return _open_unsafe(path, label, exc.globals)
+    if options.unsafe_pickle and source.standins and source.format != "torchscript":
+        # The user trusts the file: build the real objects (a live module, a real Namespace).
+        source.close()
+        return _open_unsafe(path, label, source.standins)
+    return source
 
 
-def _open_pickled(path: Path, label: str, kind: str) -> Source:
+def _open_pickled(path: Path, label: str, kind: str, options: OpenOptions) -> Source:
     from modinspect.sources import torchfile
 
+    gate = options.gate(path)
     if kind == "pickle":
-        with path.open("rb") as f:
-            legacy = f.read(2) == b"\x80\x02" and _starts_with_legacy_magic(path)
-        return torchfile.LegacyTorchSource(path, label) if legacy else torchfile.open_raw_pickle(path, label)
+        if torchfile.is_legacy_file(path):
+            return torchfile.LegacyTorchSource(path, label, gate)
+        return torchfile.open_raw_pickle(path, label, gate)
     try:
         zf = zipfile.ZipFile(path)
     except torchfile.ZIP_ERRORS as exc:
         raise CorruptFileError(f"{label} is a damaged zip file ({exc})") from None
-    names = zf.namelist()
-    pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-    if not pkl:
-        zf.close()
-        raise UnknownFormatError(f"{label} is a zip file but not a torch checkpoint (no data.pkl)")
-    prefix = pkl[0][: -len("data.pkl")]
-    if f"{prefix}constants.pkl" in names or any(n.startswith(f"{prefix}code/") for n in names):
-        from modinspect.sources.torchscript import open_torchscript
-
-        try:
-            return open_torchscript(path, label, zf, prefix)
-        finally:
-            zf.close()
     try:
-        return torchfile.ZipTorchSource(path, label, zf, prefix)
+        names = zf.namelist()
+        pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        if not pkl:
+            raise UnknownFormatError(f"{label} is a zip file but not a torch checkpoint (no data.pkl)")
+        prefix = pkl[0][: -len("data.pkl")]
+        if f"{prefix}constants.pkl" in names or any(n.startswith(f"{prefix}code/") for n in names):
+            from modinspect.sources.torchscript import open_torchscript
+
+            source = open_torchscript(path, label, zf, prefix, gate, unsafe=options.unsafe_pickle)
+        else:
+            source = torchfile.ZipTorchSource(path, label, zf, prefix, gate)
     except BaseException:
         zf.close()
         raise
-
-
-def _starts_with_legacy_magic(path: Path) -> bool:
-    import pickle
-
-    from modinspect.sources.pickle_gate import quiet_decoding, scan_globals
-    from modinspect.sources.torchfile import _UNPICKLE_ERRORS, LEGACY_MAGIC
-
-    with path.open("rb") as f:
-        try:
-            if scan_globals(f):  # the magic number pickle names no globals
-                return False
-            f.seek(0)
-            # No globals, so nothing to call; the scan has checked every declared length against the file.
-            with quiet_decoding():
-                return bool(pickle.load(f) == LEGACY_MAGIC)
-        except (CorruptFileError, *_UNPICKLE_ERRORS):
-            return False
+    if source.module is not None:  # torch.jit.load has read everything it needs
+        zf.close()
+    return source
 
 
 def _open_unsafe(path: Path, label: str, globals_: list[str]) -> Source:
@@ -169,7 +163,7 @@ def _open_unsafe(path: Path, label: str, globals_: list[str]) -> Source:
     else:
         found = find_state_dict(obj, tensor_type=torch.Tensor)
         if found is None:
-            raise CorruptFileError(f"{label} holds no state dict (a {summarize(obj)})")
+            raise CorruptFileError(f"{label} holds no state dict ({summarize(obj)})")
         state, key = found
         others = []
         if key is not None and isinstance(obj, dict):

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import io
+import mmap
 import re
+import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-from modinspect.errors import CorruptFileError, SourceNotFoundError, UnsafePickleError, UsageError
+from modinspect.errors import CorruptFileError, SourceNotFoundError, UsageError
 from modinspect.sources.detect import sniff
-from modinspect.sources.pickle_gate import is_safe_global, scan_globals
+from modinspect.sources.pickle_gate import Gate, GatePolicy, storage_from_pid
 
 if TYPE_CHECKING:
     pass
@@ -74,50 +75,83 @@ def load_input_file(path: Path, label: str) -> Batch:
             return (next(iter(tensors.values())),), {}
         return (), tensors
     if kind == "zip":
-        _refuse_unsafe(label, [io.BytesIO(_zip_pickle(path, label))], 1)
+        _gate_zip(path, label)
     elif kind == "pickle":
-        with path.open("rb") as f:
-            # A legacy torch file is five pickles in a row (magic, protocol, system info, the object,
-            # the storage keys) and torch.load unpickles them all: scan every one, not just the first.
-            _refuse_unsafe(label, [f], 5)
+        # A legacy torch file is five pickles in a row (magic, protocol, system info, the object,
+        # the storage keys) and torch.load unpickles them all: gate every one, not just the first.
+        _gate_pickles(path, label, 5)
     else:
         raise CorruptFileError(f"input file {label} is neither safetensors nor a torch .pt file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own warnings about the file would be a second stderr line
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CorruptFileError(f"input file {label} could not be loaded ({type(exc).__name__}: {first})") from exc
-    return _as_batch(obj, f"input file {label}")
+    batch = _as_batch(obj, f"input file {label}")
+    check_input_sizes(batch, label)
+    return batch
 
 
-def _zip_pickle(path: Path, label: str) -> bytes:
-    from modinspect.sources.torchfile import ZIP_ERRORS, read_zip_member
+# An input tensor whose logical size is this many times its storage is a stride-0 view built to
+# make `stats` sum 2^40 elements; a real batch is never broadcast that far.
+MAX_INPUT_EXPANSION = 4096
+MAX_INPUT_EXPANDED = 1 << 24
 
+
+def check_input_sizes(batch: Batch, label: str) -> None:
+    """Refuse input tensors whose logical size is absurd for the storage behind them."""
+    import torch
+
+    args, kwargs = batch
+    for where, value in [*((f"input {i}", a) for i, a in enumerate(args)), *kwargs.items()]:
+        if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+            continue
+        stored = value.untyped_storage().nbytes() // max(value.element_size(), 1)
+        if value.numel() > MAX_INPUT_EXPANDED and value.numel() > MAX_INPUT_EXPANSION * max(stored, 1):
+            raise CorruptFileError(
+                f"input file {label}: {where} claims {value.numel():,} elements over a storage of {stored:,} (a "
+                "stride-0 view); save the batch with .contiguous()"
+            )
+
+
+def _gate(label: str) -> Gate:
+    # Inputs must be real tensors: a global outside the allowlist is refused, not stood in for.
+    return Gate(label, GatePolicy(standins=False))
+
+
+def _gate_zip(path: Path, label: str) -> None:
+    from modinspect.sources.torchfile import ZIP_ERRORS, read_pickle_member
+
+    gate = _gate(label)
     try:
         with zipfile.ZipFile(path) as zf:
             name = next((n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1), None)
             if name is None:
                 raise CorruptFileError(f"input file {label} is a zip file without data.pkl")
-            return read_zip_member(zf, name, path.stat().st_size, f"input file {label}")
+            data = read_pickle_member(zf, name, path.stat().st_size, path, gate)
     except ZIP_ERRORS as exc:
         raise CorruptFileError(f"input file {label} is a damaged zip file ({exc})") from None
+    assert data is not None
+    gate.load(data, 0, storage_from_pid)
 
 
-def _refuse_unsafe(label: str, streams: list[IO[bytes]], count: int) -> None:
-    """Scan up to `count` pickles read one after another from each stream (fewer when it ends)."""
-    found: list[str] = []
-    for stream in streams:
+def _gate_pickles(path: Path, label: str, count: int) -> None:
+    """Gate up to `count` pickles stored one after another (fewer when the file ends)."""
+    from modinspect.sources.torchfile import map_file
+
+    gate = _gate(label)
+    data = map_file(path)
+    try:
+        pos = 0
         for _ in range(count):
-            try:
-                found += scan_globals(stream)
-            except CorruptFileError as exc:
-                raise CorruptFileError(f"input file {label} {exc}") from None
-            if not stream.read(1):
+            _, pos = gate.load(data, pos, storage_from_pid)
+            if pos >= len(data):
                 break
-            stream.seek(-1, io.SEEK_CUR)
-    unsafe = [g for g in found if not is_safe_global(g)]
-    if unsafe:
-        raise UnsafePickleError(label, unsafe)
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()
 
 
 def first_embedding_size(model: Any) -> int | None:

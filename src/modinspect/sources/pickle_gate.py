@@ -1,9 +1,17 @@
 """A weights-only unpickler that never calls anything a checkpoint names, except an allowlist.
 
-Two layers. First a static scan (`scan_globals`) lists every global the pickle would import,
-without executing a single opcode; anything outside the allowlist is refused by name. Then a
-restricted `pickle.Unpickler` rebuilds the object graph with stand-ins: storages become
-`StorageRef`s and tensors become `TensorRef`s, so listing a checkpoint reads no tensor data.
+Three steps for every pickle:
+
+1. `check_pickle` walks its opcodes without building anything and refuses shapes that would make
+   the C unpickler allocate far more than the file holds (memo and frame bombs, object floods).
+2. A restricted `pickle.Unpickler` rebuilds the object graph. The allowlist (`SAFE_GLOBALS`) is
+   what may be *called*: our own rebuild functions, which turn storages into `StorageRef`s and
+   tensors into `TensorRef`s, so listing a checkpoint reads no tensor data. Any other global
+   becomes an inert stand-in (`standins.py`) that records what the pickle gave it and never
+   imports or calls anything.
+3. Globals that only make sense as code execution (os.system, builtins.exec, subprocess, ...) are
+   refused by name once the pickle is read, so the user hears that the file is hostile. The
+   refusal is a courtesy, not the protection: a stand-in for them would run nothing either.
 """
 
 from __future__ import annotations
@@ -11,16 +19,19 @@ from __future__ import annotations
 import _compat_pickle
 import codecs
 import contextlib
+import importlib
 import io
 import pickle
-import pickletools
+import struct
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import IO, Any
+from dataclasses import dataclass, field
+from typing import Any
 
-from modinspect.errors import CorruptFileError, UnsafePickleError
+from modinspect.errors import CorruptFileError, UnsafePickleError, UsageError
+from modinspect.sources.pickle_check import check_pickle, format_size
+from modinspect.sources.standins import StandInRegistry, safe_reconstructor
 
 # torch's legacy typed-storage class names -> dtype name
 STORAGE_DTYPES: dict[str, str] = {
@@ -54,7 +65,8 @@ TORCH_DTYPE_NAMES = {
     "float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8",
     "uint16", "uint32", "uint64", "bool", "complex64", "complex128", "float8_e4m3fn",
     "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "double", "float",
-    "half", "long", "int", "short", "cfloat", "cdouble",
+    "half", "long", "int", "short", "cfloat", "cdouble", "qint8", "quint8", "qint32", "quint4x2", "quint2x4",
+    "float4_e2m1fn_x2", "complex32", "chalf", "bits8", "bits16", "bits1x8", "bits2x4", "bits4x2",
 }
 
 
@@ -91,6 +103,7 @@ class StorageRef(_Sealed):
     numel: int
 
 
+
 @dataclass(frozen=True)
 class TensorRef(_Sealed):
     """A tensor described by the pickle: which storage, where in it, what shape."""
@@ -102,6 +115,33 @@ class TensorRef(_Sealed):
     dtype: str
     requires_grad: bool
     is_parameter: bool = False
+    # Quantized tensors: ('per_tensor_affine', scale, zero_point) or
+    # ('per_channel_affine', scales TensorRef, zero_points TensorRef, axis).
+    quantizer: tuple[object, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SparseRef(_Sealed):
+    """A sparse tensor: its layout, its dense shape and the dense tensors that store it."""
+
+    layout: str  # 'sparse_coo', 'sparse_csr', ...
+    components: tuple[TensorRef, ...]  # COO: indices, values; compressed: compressed, plain indices, values
+    shape: tuple[int, ...]
+    requires_grad: bool = False
+
+    @property
+    def dtype(self) -> str:
+        return self.components[-1].dtype
+
+
+@dataclass(frozen=True)
+class QSchemeRef(_Sealed):
+    name: str
+
+
+@dataclass(frozen=True)
+class LayoutRef(_Sealed):
+    name: str
 
 
 def _as_ints(value: object, what: str) -> tuple[int, ...]:
@@ -117,25 +157,66 @@ def _shape_and_stride(size: object, stride: object) -> tuple[tuple[int, ...], tu
     return shape, strides
 
 
-def _rebuild_tensor_v2(storage: object, offset: object, size: object, stride: object, requires_grad: object = False,
-                       backward_hooks: object = None, metadata: object = None) -> TensorRef:
+def _storage_arg(storage: object, offset: object) -> StorageRef:
     if not isinstance(storage, StorageRef) or type(offset) is not int or offset < 0:
         raise CorruptFileError("a tensor refers to something that is not a storage")
-    return TensorRef(storage, offset, *_shape_and_stride(size, stride), storage.dtype, bool(requires_grad))
+    return storage
+
+
+def _rebuild_tensor_v2(storage: object, offset: object, size: object, stride: object, requires_grad: object = False,
+                       backward_hooks: object = None, metadata: object = None) -> TensorRef:
+    ref = _storage_arg(storage, offset)
+    return TensorRef(ref, offset, *_shape_and_stride(size, stride), ref.dtype, bool(requires_grad))  # type: ignore[arg-type]
+
+
+def _rebuild_tensor_v3(storage: object, offset: object, size: object, stride: object, requires_grad: object,
+                       backward_hooks: object, dtype: object, metadata: object = None) -> TensorRef:
+    # dtypes without a typed storage class (uint16, float8, ...) sit on an untyped, byte-counted storage.
+    ref = _storage_arg(storage, offset)
+    if not isinstance(dtype, DtypeRef):
+        raise CorruptFileError("a tensor names a dtype that is not a torch dtype")
+    return TensorRef(ref, offset, *_shape_and_stride(size, stride), _canonical_dtype(dtype.name),  # type: ignore[arg-type]
+                     bool(requires_grad))
 
 
 def _rebuild_tensor(storage: object, offset: object, size: object, stride: object) -> TensorRef:
     return _rebuild_tensor_v2(storage, offset, size, stride)
 
 
+def _rebuild_qtensor(storage: object, offset: object, size: object, stride: object, quantizer_params: object,
+                     requires_grad: object, backward_hooks: object) -> TensorRef:
+    ref = _storage_arg(storage, offset)
+    if not isinstance(quantizer_params, tuple) or not quantizer_params or not isinstance(quantizer_params[0], QSchemeRef):
+        raise CorruptFileError("a quantized tensor has no quantization scheme")
+    scheme, *params = quantizer_params
+    quantizer = (scheme.name, *params)
+    return TensorRef(ref, offset, *_shape_and_stride(size, stride), ref.dtype, bool(requires_grad),  # type: ignore[arg-type]
+                     quantizer=quantizer)
+
+
+def _rebuild_sparse_tensor(layout: object, data: object) -> SparseRef:
+    if not isinstance(layout, LayoutRef) or not isinstance(data, tuple):
+        raise CorruptFileError("a sparse tensor has no layout")
+    if layout.name == "sparse_coo" and len(data) in (3, 4):
+        components, size = data[:2], data[2]
+    elif layout.name in ("sparse_csr", "sparse_csc", "sparse_bsr", "sparse_bsc") and len(data) == 4:
+        components, size = data[:3], data[3]
+    else:
+        raise CorruptFileError(f"a sparse tensor with layout {layout.name} has {len(data)} parts")
+    if not all(isinstance(c, TensorRef) for c in components):
+        raise CorruptFileError("a sparse tensor is stored in something that is not a tensor")
+    return SparseRef(layout.name, tuple(components), _as_ints(size, "size"))
+
+
 def _rebuild_parameter(data: object, requires_grad: object, backward_hooks: object, state: object = None) -> TensorRef:
     if not isinstance(data, TensorRef):
         raise CorruptFileError("a parameter wraps something that is not a tensor")
-    return TensorRef(data.storage, data.offset, data.shape, data.stride, data.dtype, bool(requires_grad), True)
+    return TensorRef(data.storage, data.offset, data.shape, data.stride, data.dtype, bool(requires_grad), True,
+                     data.quantizer)
 
 
 def _rebuild_meta(dtype: object, size: object, stride: object, requires_grad: object) -> TensorRef:
-    name = dtype.name if isinstance(dtype, DtypeRef) else "unknown"
+    name = _canonical_dtype(dtype.name) if isinstance(dtype, DtypeRef) else "unknown"
     return TensorRef(None, 0, *_shape_and_stride(size, stride), name, bool(requires_grad))
 
 
@@ -157,6 +238,30 @@ def _torch_size(*args: object) -> tuple[object, ...]:
     return tuple(args[0]) if args and isinstance(args[0], tuple | list) else tuple(args)
 
 
+def _torch_device(kind: object, index: object = None) -> str:
+    # torch.device('cuda', 0) in a pickle; str(b'ab', 'hex') would look up a codec instead.
+    if not isinstance(kind, str) or not (index is None or type(index) is int):
+        raise CorruptFileError("names a device that is not a device")
+    return kind if index is None else f"{kind}:{index}"
+
+
+def _get_layout(name: object) -> LayoutRef:
+    if not isinstance(name, str) or name not in _LAYOUTS:
+        raise CorruptFileError("names an unknown tensor layout")
+    return LayoutRef(name.removeprefix("torch."))
+
+
+_LAYOUTS = {f"torch.{n}" for n in ("strided", "sparse_coo", "sparse_csr", "sparse_csc", "sparse_bsr", "sparse_bsc")}
+
+
+def _identity(value: object, *_: object) -> object:
+    return value
+
+
+def _tensor_from_id(value: object) -> object:
+    return value if type(value) is int else None
+
+
 class _Marker(_Sealed):
     """A harmless stand-in for a type the pickle names but we never instantiate (torch.Tensor)."""
 
@@ -164,105 +269,272 @@ class _Marker(_Sealed):
         self.name = name
 
 
-_REBUILDERS: set[Callable[..., Any]] = {_rebuild_tensor_v2, _rebuild_tensor, _rebuild_parameter, _rebuild_meta}
+_DTYPE_ALIASES = {"double": "float64", "float": "float32", "half": "float16", "long": "int64", "int": "int32",
+                  "short": "int16", "cfloat": "complex64", "cdouble": "complex128"}
+
+
+def _canonical_dtype(name: str) -> str:
+    return _DTYPE_ALIASES.get(name, name)
+
+
+_REBUILDERS: set[Callable[..., Any]] = {
+    _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_tensor, _rebuild_parameter, _rebuild_meta, _rebuild_qtensor,
+}
+QSCHEMES = ("per_tensor_affine", "per_channel_affine", "per_channel_affine_float_qparams", "per_tensor_symmetric",
+            "per_channel_symmetric")
 
 SAFE_GLOBALS: dict[tuple[str, str], object] = {
     ("collections", "OrderedDict"): OrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch._utils", "_rebuild_meta_tensor_no_storage"): _rebuild_meta,
+    ("torch._utils", "_rebuild_qtensor"): _rebuild_qtensor,
+    ("torch._utils", "_rebuild_sparse_tensor"): _rebuild_sparse_tensor,
     ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch.serialization", "_get_layout"): _get_layout,
     ("torch", "Tensor"): _Marker("torch.Tensor"),
     ("torch._tensor", "Tensor"): _Marker("torch.Tensor"),
     ("torch.nn.parameter", "Parameter"): _Marker("torch.nn.Parameter"),
     ("torch", "Size"): _torch_size,
-    ("torch", "device"): str,
+    ("torch", "device"): _torch_device,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("builtins", "slice"): slice,
     ("builtins", "complex"): complex,
-    ("__builtin__", "set"): set,
+    ("builtins", "list"): list,
+    ("builtins", "tuple"): tuple,
     ("_codecs", "encode"): _codecs_encode,
+    ("copyreg", "_reconstructor"): safe_reconstructor,
+    # TorchScript archives rebuild typed lists and dicts with these; each returns its argument.
+    **{("torch.jit._pickle", n): _identity for n in (
+        "build_intlist", "build_tensorlist", "build_doublelist", "build_boollist", "restore_type_tag")},
+    ("torch.jit._pickle", "build_tensor_from_id"): _tensor_from_id,
     **{("torch", name): StorageType(dtype) for name, dtype in STORAGE_DTYPES.items()},
     **{("torch.storage", name): StorageType(dtype) for name, dtype in STORAGE_DTYPES.items()},
     **{("torch", name): DtypeRef(name) for name in TORCH_DTYPE_NAMES},
+    **{("torch", name): QSchemeRef(name) for name in QSCHEMES},
 }
 
-_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
-_UNKNOWN = object()  # a stack value the scan cannot know statically
-_MARK = object()  # the MARK opcode's marker
+# Modules whose every name is a way to run code, touch files or the network, or import more.
+_CODE_MODULES = frozenset({
+    "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "sys", "importlib", "runpy", "shutil", "socket",
+    "pty", "ctypes", "pickle", "_pickle", "marshal", "types", "code", "codeop", "pdb", "bdb", "timeit",
+    "webbrowser", "multiprocessing", "asyncio", "threading", "_thread", "signal", "tempfile", "urllib", "http",
+    "ftplib", "smtplib", "telnetlib", "operator", "_operator", "io", "_io", "inspect", "commands", "platform",
+    "popen2", "cProfile", "profile", "trace", "sqlite3", "shelve", "dbm", "glob", "fileinput", "zipimport",
+    "pkgutil", "site", "ensurepip", "venv", "distutils", "setuptools", "pip", "requests", "imp", "gc",
+    "weakref", "copyreg", "_posixsubprocess", "select", "mmap", "resource",
+})
+_CODE_BUILTINS = frozenset({
+    "exec", "eval", "compile", "__import__", "getattr", "setattr", "delattr", "open", "input", "breakpoint",
+    "globals", "locals", "vars", "exit", "quit", "help", "memoryview", "print", "__build_class__", "super",
+    "type", "object", "classmethod", "staticmethod", "property", "dir", "id", "hash", "iter", "next", "map",
+    "filter", "apply", "execfile", "reload", "file",
+})
+# torch's own ways to load more pickles, compile code or call operators.
+_CODE_TORCH = ("torch.load", "torch.save", "torch.hub", "torch.jit", "torch.ops", "torch._C", "torch.package",
+               "torch.storage._load_from_bytes", "torch.serialization", "torch.utils.cpp_extension", "torch._dynamo",
+               "torch.fx", "torch._ops", "torch.compile", "torch.library", "torch._inductor", "numpy.load",
+               "numpy.lib.npyio", "numpy.testing", "numpy.f2py", "numpy.distutils", "numpy.ctypeslib")
 
 
-def scan_globals(data: bytes | IO[bytes]) -> list[str]:
-    """Every global one pickle would import, as 'module.name', found without executing it.
+def is_code_global(dotted: str) -> bool:
+    """True for a global whose only use in a pickle is to run code: refused by name, never stood in for."""
+    module, _, name = dotted.rpartition(".")
+    if module.split(".", 1)[0] in _CODE_MODULES:
+        return True
+    if module == "builtins":
+        return not _is_inert_builtin(name)
+    return any(dotted == p or dotted.startswith(p + ".") for p in _CODE_TORCH)
 
-    STACK_GLOBAL takes its names from the stack, so the scan runs the pickle's stack machine on
-    stand-ins: strings are tracked through the stack and the memo (PUT, MEMOIZE, GET, DUP, POP,
-    POP_MARK, ...), everything else is an unknown value. A name it cannot resolve statically is
-    reported as '<dynamic>' (and so refused). Names are reported as Python 3 would import them:
-    protocol 0-2 pickles spell builtins.exec as __builtin__.exec.
-    """
-    stream: IO[bytes] = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
-    if not isinstance(stream, io.BytesIO):  # a BytesIO never reads more than it holds
-        stream = _Bounded.wrap(stream)
-    try:
+
+# Builtin functions that compute on values and cannot reach code, files or imports.
+_INERT_BUILTIN_FUNCTIONS = frozenset({
+    "abs", "all", "any", "ascii", "bin", "callable", "chr", "divmod", "format", "hex", "isinstance", "issubclass",
+    "len", "max", "min", "oct", "ord", "pow", "repr", "round", "sorted", "sum",
+})
+
+
+def _is_inert_builtin(name: str) -> bool:
+    # Builtin data types (int, str, bytes, range...) and pure functions are harmless to stand in for.
+    import builtins
+
+    if name in _CODE_BUILTINS or name.startswith("_"):
+        return False
+    if name in _INERT_BUILTIN_FUNCTIONS:
+        return True
+    value = getattr(builtins, name, None)
+    return isinstance(value, type) and not issubclass(value, BaseException)
+
+
+def global_name(module: str, name: str) -> str:
+    return f"{module}.{name}"
+
+
+def is_safe_global(dotted: str) -> bool:
+    module, _, name = dotted.rpartition(".")
+    return (module, name) in SAFE_GLOBALS
+
+
+def python3_name(module: str, name: str) -> tuple[str, str]:
+    """(module, name) as Python 3 would import them: protocol 0-2 pickles spell builtins as __builtin__."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    if module in _compat_pickle.IMPORT_MAPPING:
+        return _compat_pickle.IMPORT_MAPPING[module], name
+    return module, name
+
+
+DEFAULT_MAX_PICKLE = 256 << 20
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """What the gate may do with globals outside the allowlist, and how much a pickle may build."""
+
+    standins: bool = True  # False: refuse every global outside the allowlist (inputs that must be real)
+    allow_globals: frozenset[str] = frozenset()  # --allow-global: import and call these for real
+    max_pickle_bytes: int = DEFAULT_MAX_PICKLE
+
+
+@dataclass
+class Gate:
+    """Unpickles the pickles of one file; remembers which globals it stood in for."""
+
+    label: str
+    policy: GatePolicy = field(default_factory=GatePolicy)
+    registry: StandInRegistry = field(default_factory=StandInRegistry)
+
+    @property
+    def standins(self) -> list[str]:
+        return self.registry.names
+
+    def check_size(self, member: str, size: int) -> None:
+        """Refuse a pickle whose inflated size alone exceeds the budget, before reading it."""
+        if size > self.policy.max_pickle_bytes:
+            raise CorruptFileError(
+                f"{self.label}: {member} inflates to {format_size(size)}, more than --max-pickle-size "
+                f"({format_size(self.policy.max_pickle_bytes)}) allows; pass --max-pickle-size "
+                f"{_suggest(size)} to read it anyway"
+            )
+
+    def load(self, data: bytes | Any, start: int = 0,
+             loader: Callable[[tuple[object, ...]], object] | None = None) -> tuple[Any, int]:
+        """The object of the pickle at data[start:] and the offset past its end.
+
+        `data` is bytes or an mmap. Every failure is a ModinspectError naming the file.
+        """
+        from modinspect.sources.pickle_check import PickleTooLargeError
+
+        try:
+            end = check_pickle(data, start, self.policy.max_pickle_bytes)
+        except PickleTooLargeError as exc:
+            raise CorruptFileError(
+                f"{self.label}'s pickle would build more than {format_size(exc.budget)} of objects (a pickle bomb, "
+                f"or a very large checkpoint); pass --max-pickle-size {_suggest(exc.budget * 4)} to read it anyway"
+            ) from None
+        except CorruptFileError as exc:
+            raise CorruptFileError(f"{self.label} {exc}") from None
+        chunk = data if start == 0 and end == len(data) and isinstance(data, bytes) else data[start:end]
+        unpickler = RestrictedUnpickler(io.BytesIO(chunk), loader or _no_storage, self)
+        try:
+            obj = unpickler.load()
+        except UnsafePickleError as exc:
+            raise UnsafePickleError(self.label, exc.globals) from None
+        except UsageError:
+            raise
+        except CorruptFileError as exc:
+            if unpickler.refused:
+                raise UnsafePickleError(self.label, unpickler.refused) from None
+            raise CorruptFileError(f"{self.label} is not a valid torch checkpoint: it {exc}") from None
+        except Exception as exc:  # whatever a hostile pickle provokes, it is the file's fault
+            if unpickler.refused:
+                raise UnsafePickleError(self.label, unpickler.refused) from None
+            extension = _extension_code(exc)
+            if extension is not None:
+                raise UnsafePickleError(self.label, [f"<copyreg extension {extension}>"]) from None
+            raise CorruptFileError(
+                f"{self.label} is not a valid torch checkpoint ({type(exc).__name__}: {_first_line(exc)})"
+            ) from None
+        if unpickler.refused:
+            raise UnsafePickleError(self.label, unpickler.refused)
+        return obj, end
+
+
+def _suggest(size: int) -> str:
+    gib = size / (1 << 30)
+    return f"{max(1, int(gib) + 1)}G" if gib >= 1 else f"{max(1, int(size / (1 << 20)) + 1)}M"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
+def _extension_code(exc: BaseException) -> int | None:
+    text = str(exc)
+    if isinstance(exc, ValueError) and text.startswith("unregistered extension code "):
+        tail = text.removeprefix("unregistered extension code ").strip()
+        return int(tail) if tail.isdigit() else None
+    return None
+
+
+def _no_storage(pid: tuple[object, ...]) -> StorageRef:
+    raise CorruptFileError("refers to tensor storage outside the pickle")
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Calls only the allowlist; other globals become stand-ins, code-execution ones are recorded as refused."""
+
+    def __init__(self, file: io.BytesIO, storage_loader: Callable[[tuple[object, ...]], object],
+                 gate: Gate | None = None) -> None:
+        super().__init__(file, encoding="utf-8")
+        self._storage_loader = storage_loader
+        self._gate = gate or Gate("<pickle>")
+        self.refused: list[str] = []
+
+    def load(self) -> Any:
         with quiet_decoding():
-            return _scan(stream)
-    except (ValueError, EOFError, UnicodeDecodeError) as exc:
-        raise CorruptFileError(f"is not a readable pickle ({exc})") from None
+            return super().load()
+
+    def find_class(self, module: str, name: str) -> Any:
+        module, name = python3_name(module, name)
+        safe = SAFE_GLOBALS.get((module, name))
+        if safe is not None:
+            return safe
+        dotted = global_name(module, name)
+        policy = self._gate.policy
+        if dotted in policy.allow_globals:
+            return _import_allowed(dotted)
+        if (is_code_global(dotted) or not policy.standins) and dotted not in self.refused:
+            # Read on, so the refusal can name every such global the file holds; nothing is called.
+            self.refused.append(dotted)
+        return self._gate.registry.cls(dotted)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
+            raise CorruptFileError("refers to an unsupported persistent object")
+        return self._storage_loader(pid)
 
 
-_PUTS = {"BINPUT", "LONG_BINPUT", "PUT"}
-_GETS = {"BINGET", "LONG_BINGET", "GET"}
-
-
-def _scan(stream: IO[bytes]) -> list[str]:
-    found: list[str] = []
-    protocol = 0
-    memo: dict[int, object] = {}
-    stack: list[object] = []
-    try:
-        start: int | None = stream.tell()
-    except OSError:  # not seekable: no offsets to check memo indices against
-        start = None
-    for op, arg, pos in pickletools.genops(stream):
-        name = op.name
-        if name in _STRING_OPS:
-            stack.append(arg)
-        elif name in _PUTS:
-            index = int(str(arg))
-            # The C unpickler grows its memo array to twice an index, and fills it: LONG_BINPUT 2^28 in a
-            # 10-byte pickle takes 4 GB. A pickler numbers the memo from 0, one PUT at a time, so no
-            # index exceeds the opcode's offset.
-            if pos is not None and start is not None and index > pos - start:
-                raise ValueError(f"memo index {index:,} at byte {pos - start:,}, past any index a pickler would use")
-            memo[index] = stack[-1] if stack else _UNKNOWN
-        elif name in _GETS:
-            stack.append(memo.get(int(str(arg)), _UNKNOWN))
-        elif name == "MEMOIZE":
-            memo[len(memo)] = stack[-1] if stack else _UNKNOWN
-        elif name == "DUP":
-            stack.append(stack[-1] if stack else _UNKNOWN)
-        else:
-            if name == "PROTO" and isinstance(arg, int):
-                protocol = arg
-            elif name == "GLOBAL" or name == "INST":
-                module, _, attr = str(arg).partition(" ")
-                found.append(_python3_name(module, attr, protocol))
-            elif name == "STACK_GLOBAL":
-                below, top = stack[-2:] if len(stack) >= 2 else (None, None)
-                ok = isinstance(below, str) and isinstance(top, str)
-                found.append(_python3_name(str(below), str(top), protocol) if ok else "<dynamic>")
-            elif name == "EXT1" or name == "EXT2" or name == "EXT4":
-                found.append(f"<copyreg extension {arg}>")
-            elif name == "FRAME" and isinstance(stream, _Bounded) and isinstance(arg, int):
-                left = stream.remaining()
-                if arg > left:  # the C unpickler reads a frame whole, with read(n)
-                    raise ValueError(f"a frame of {arg:,} bytes, but only {left:,} remain")
-            _simulate(op, stack)
-    return found
+def _import_allowed(dotted: str) -> Any:
+    """The real object behind an --allow-global name: module attribute, or attribute path."""
+    parts = dotted.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[split:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            break
+        return obj
+    raise UsageError(f"--allow-global {dotted}: no such importable object in this environment")
 
 
 @contextlib.contextmanager
@@ -277,107 +549,12 @@ def quiet_decoding() -> Iterator[None]:
         yield
 
 
-def _python3_name(module: str, name: str, protocol: int) -> str:
-    """'module.name' as pickle.Unpickler.find_class would import it (fix_imports for protocols < 3)."""
-    if protocol < 3:
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        elif module in _compat_pickle.IMPORT_MAPPING:
-            module = _compat_pickle.IMPORT_MAPPING[module]
-    return f"{module}.{name}"
-
-
-# opcode name -> (values it pops below a MARK or without one, whether it pops down to a MARK, what it pushes)
-_EFFECTS: dict[str, tuple[int, bool, tuple[object, ...]]] = {}
-
-
-def _simulate(op: pickletools.OpcodeInfo, stack: list[object]) -> None:
-    """Apply `op`'s effect on the stack as pickletools documents it, with unknown results."""
-    effect = _EFFECTS.get(op.name)
-    if effect is None:
-        before = op.stack_before
-        to_mark = pickletools.markobject in before
-        fixed = before.index(pickletools.markobject) if to_mark else len(before)
-        pushes = tuple(_MARK if after is pickletools.markobject else _UNKNOWN for after in op.stack_after)
-        effect = _EFFECTS[op.name] = (fixed, to_mark, pushes)
-    fixed, to_mark, pushes = effect
-    if to_mark:  # pops everything down to the topmost MARK, then `fixed` more
-        while stack and stack.pop() is not _MARK:
-            pass
-    if fixed:
-        del stack[max(0, len(stack) - fixed):]
-    stack.extend(pushes)
-
-
-class _Bounded:
-    """A seekable stream whose reads never ask for more bytes than remain in it.
-
-    BINBYTES8, BINUNICODE8, LONG4 and their kin declare a length that `pickletools` passes straight
-    to `read(n)`, and a buffered file allocates `n` bytes before it reads any: a 14-byte file that
-    declares 2^40 would ask for a terabyte. Clipped to what remains, the read comes back short and
-    the scan reports a truncated pickle instead.
-    """
-
-    def __init__(self, stream: IO[bytes], end: int) -> None:
-        self._stream = stream
-        self._end = end
-        self.tell = stream.tell  # called for every opcode: no wrapper in between
-        self.readline = stream.readline
-
-    @classmethod
-    def wrap(cls, stream: IO[bytes]) -> IO[bytes]:
-        try:
-            here = stream.tell()
-            end = stream.seek(0, io.SEEK_END)
-            stream.seek(here)
-        except (OSError, ValueError):  # not seekable: nothing to measure against
-            return stream
-        return cls(stream, end)  # type: ignore[return-value]
-
-    def remaining(self) -> int:
-        return max(0, self._end - self._stream.tell())
-
-    def read(self, n: int | None = -1) -> bytes:
-        if n is not None and 0 <= n <= 1 << 16:  # small reads cannot allocate much: the common case, fast
-            return self._stream.read(n)
-        left = self.remaining()
-        return self._stream.read(left if n is None or n < 0 else min(n, left))
-
-
-def global_name(module: str, name: str) -> str:
-    return f"{module}.{name}"
-
-
-def is_safe_global(dotted: str) -> bool:
-    module, _, name = dotted.rpartition(".")
-    return (module, name) in SAFE_GLOBALS
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles with the allowlist only; storages are resolved by `storage_loader`."""
-
-    def __init__(self, file: IO[bytes], storage_loader: Callable[[tuple[object, ...]], StorageRef]) -> None:
-        super().__init__(file, encoding="utf-8")
-        self._storage_loader = storage_loader
-
-    def load(self) -> Any:
-        with quiet_decoding():
-            return super().load()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return SAFE_GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafePickleError("<checkpoint>", [global_name(module, name)]) from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
-            raise CorruptFileError("refers to an unsupported persistent object")
-        return self._storage_loader(pid)
-
-
 def storage_from_pid(pid: tuple[object, ...]) -> StorageRef:
     """('storage', type, key, location, numel[, view_metadata]) -> StorageRef."""
     if len(pid) < 5 or not isinstance(pid[1], StorageType) or type(pid[4]) is not int or pid[4] < 0:
         raise CorruptFileError("describes a storage it cannot name")
     return StorageRef(key=str(pid[2]), dtype=pid[1].dtype, location=str(pid[3]), numel=pid[4])
+
+
+UNPICKLE_ERRORS = (pickle.UnpicklingError, EOFError, TypeError, AttributeError, ValueError, IndexError,
+                   KeyError, RecursionError, struct.error, UnicodeDecodeError, OverflowError)

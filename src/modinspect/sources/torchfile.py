@@ -6,17 +6,16 @@ so it reads the pickle and nothing else: a 10 GB checkpoint lists as fast as a 1
 
 from __future__ import annotations
 
-import io
 import math
-import pickle
+import mmap
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-from modinspect.errors import CorruptFileError, UnsafePickleError
+from modinspect.errors import CorruptFileError, ModinspectError
 from modinspect.sources.base import (
     DTYPE_BITS,
     EntrySummary,
@@ -26,24 +25,26 @@ from modinspect.sources.base import (
     read_chunks,
 )
 from modinspect.sources.pickle_gate import (
-    RestrictedUnpickler,
+    DtypeRef,
+    Gate,
+    SparseRef,
     StorageRef,
     TensorRef,
-    is_safe_global,
-    scan_globals,
     storage_from_pid,
 )
+from modinspect.sources.pickled_module import (
+    describe_standins,
+    find_pickled_module,
+    nn_module_parts,
+    walk_modules,
+)
+from modinspect.sources.standins import describe
 
 if TYPE_CHECKING:
     import torch
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "module", "net", "network", "model_state")
-
-_UNPICKLE_ERRORS = (
-    pickle.UnpicklingError, EOFError, TypeError, AttributeError, ValueError, IndexError,
-    KeyError, RecursionError, struct.error, UnicodeDecodeError, OverflowError,
-)
 
 
 def _zip_errors() -> tuple[type[Exception], ...]:
@@ -103,32 +104,22 @@ def read_zip_member(zf: zipfile.ZipFile, name: str, archive_size: int, label: st
         raise CorruptFileError(f"{label} is a damaged zip file ({exc})") from None
 
 
-def gated_load(path: Path, data: bytes | IO[bytes], loader: Callable[[tuple[object, ...]], StorageRef]) -> Any:
-    """Unpickle one pickle through the static scan and then the restricted unpickler."""
-    stream = io.BytesIO(data) if isinstance(data, bytes) else data
-    start = stream.tell()
-    try:
-        unsafe = [g for g in scan_globals(stream) if not is_safe_global(g)]
-    except CorruptFileError as exc:
-        raise CorruptFileError(f"{path} {exc}") from None
-    if unsafe:
-        raise UnsafePickleError(str(path), unsafe)
-    stream.seek(start)
-    try:
-        return RestrictedUnpickler(stream, loader).load()
-    except UnsafePickleError as exc:
-        raise UnsafePickleError(str(path), exc.globals) from None
-    except CorruptFileError as exc:
-        raise CorruptFileError(f"{path} is not a valid torch checkpoint: it {exc}") from None
-    except _UNPICKLE_ERRORS as exc:
-        raise CorruptFileError(f"{path} is not a valid torch checkpoint ({type(exc).__name__}: {exc})") from None
+def _is_entry(value: object, tensor_type: type) -> bool:
+    """A value a state dict may hold: a tensor, or what quantized modules save beside theirs."""
+    if isinstance(value, tensor_type | SparseRef):
+        return True
+    if isinstance(value, tuple | list):  # dynamic-quantized Linear: _packed_params = (weight, bias)
+        return bool(value) and all(v is None or isinstance(v, tensor_type) for v in value)
+    return isinstance(value, DtypeRef)  # ... and _packed_params.dtype = torch.qint8
 
 
 def is_tensor_dict(obj: object, tensor_type: type = TensorRef) -> bool:
-    if not isinstance(obj, dict) or not obj:
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
         return False
-    tensors = [v for k, v in obj.items() if not (isinstance(k, str) and k.endswith("_extra_state"))]
-    return bool(tensors) and all(isinstance(k, str) for k in obj) and all(isinstance(v, tensor_type) for v in tensors)
+    entries = [v for k, v in obj.items() if not k.endswith("_extra_state")]
+    return any(isinstance(v, tensor_type | SparseRef) for v in entries) and all(
+        _is_entry(v, tensor_type) for v in entries
+    )
 
 
 def find_state_dict(obj: object, tensor_type: type = TensorRef,
@@ -158,22 +149,18 @@ def find_state_dict(obj: object, tensor_type: type = TensorRef,
 
 
 def summarize(value: object) -> str:
-    """A short description of a checkpoint entry for listings: 'int 12', 'dict (2 keys)'."""
-    if isinstance(value, TensorRef) or (hasattr(value, "shape") and hasattr(value, "dtype")):
+    """A short description of a checkpoint entry for listings: '12', 'dict (2 keys, 8 tensors)'.
+
+    Bounded for any value a pickle can build: an int of 16,610 bits is not printed digit by digit.
+    """
+    if isinstance(value, dict) and not isinstance(value, TensorRef):
+        n = sum(1 for _ in _iter_tensor_refs(value))
+        if n:  # an optimizer state: its tensors matter, not its keys
+            return f"dict ({len(value):,} keys, {n:,} tensors)"
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, TensorRef | SparseRef):
         dtype = str(getattr(value, "dtype", "")).removeprefix("torch.")
         return f"tensor {list(getattr(value, 'shape', ()))} {dtype}"
-    if isinstance(value, bool | int | float):
-        return f"{type(value).__name__} {value!r}"
-    if isinstance(value, str):
-        return f"str {value[:40]!r}" + ("…" if len(value) > 40 else "")
-    if isinstance(value, dict):
-        n = sum(1 for _ in _iter_tensor_refs(value))
-        return f"dict ({len(value)} keys" + (f", {n} tensors)" if n else ")")
-    if isinstance(value, list | tuple):
-        return f"{type(value).__name__} ({len(value)} items)"
-    if value is None:
-        return "None"
-    return type(value).__name__
+    return describe(value)
 
 
 def _iter_tensor_refs(obj: object) -> Any:
@@ -186,7 +173,7 @@ def _iter_tensor_refs(obj: object) -> Any:
     stack = [obj]
     while stack:
         item = stack.pop()
-        if isinstance(item, TensorRef) or (hasattr(item, "shape") and hasattr(item, "dtype")):
+        if isinstance(item, TensorRef | SparseRef) or (hasattr(item, "shape") and hasattr(item, "dtype")):
             yield item
         elif isinstance(item, dict | list | tuple) and id(item) not in seen:
             seen.add(id(item))
@@ -194,60 +181,137 @@ def _iter_tensor_refs(obj: object) -> Any:
             stack.extend(reversed(values))
 
 
-def tensor_infos(state: dict[str, TensorRef]) -> list[TensorInfo]:
+# A view may expand its storage (torch.save keeps an expand()ed tensor's stride 0), but one that
+# claims this many times more elements than its storage holds, and this many in all, is a file
+# built to make every reader loop over 2^40 elements.
+_MAX_EXPANSION = 4096
+_MAX_EXPANDED = 1 << 24
+
+
+def storage_elements(ref: TensorRef) -> int:
+    """How many elements of the tensor's own dtype its storage holds (v3 storages count bytes)."""
+    assert ref.storage is not None
+    return ref.storage.numel * DTYPE_BITS.get(ref.storage.dtype, 8) // max(DTYPE_BITS.get(ref.dtype, 8), 1)
+
+
+def check_expansion(ref: TensorRef, name: str, path: Path) -> None:
+    """Refuse to read a view whose logical size is absurd for its storage (listing it is fine)."""
+    numel, stored = _numel(ref.shape), storage_elements(ref)
+    if numel > _MAX_EXPANDED and numel > _MAX_EXPANSION * max(stored, 1):
+        raise CorruptFileError(
+            f"{path}: {name!r} claims {numel:,} elements over a storage of {stored:,} (a stride-0 view): too large "
+            "to read, and no real tensor needs it"
+        )
+
+
+def flatten_entries(state: dict[str, Any]) -> dict[str, TensorRef | SparseRef]:
+    """The state dict's tensors by name; a tuple of tensors becomes name.0, name.1 (packed params)."""
+    flat: dict[str, TensorRef | SparseRef] = {}
+    for name, value in state.items():
+        if isinstance(value, TensorRef | SparseRef):
+            flat[name] = value
+        elif isinstance(value, tuple | list):
+            for i, item in enumerate(value):
+                if isinstance(item, TensorRef):
+                    flat[f"{name}.{i}"] = item
+    return flat
+
+
+def tensor_infos(state: dict[str, TensorRef | SparseRef], label: str = "",
+                 kinds: dict[str, tuple[str, bool | None]] | None = None) -> list[TensorInfo]:
     infos = []
     for name, ref in state.items():
+        kind, persistent = (kinds or {}).get(name, ("parameter" if getattr(ref, "is_parameter", False) else "unknown",
+                                                     None))
+        if isinstance(ref, SparseRef):
+            nbytes = sum(_numel(c.shape) * DTYPE_BITS.get(c.dtype, 8) // 8 for c in ref.components)
+            infos.append(TensorInfo(name=name, shape=ref.shape, dtype=ref.dtype, nbytes=nbytes,
+                                    kind=kind, persistent=persistent))  # type: ignore[arg-type]
+            continue
         if not isinstance(ref, TensorRef):
-            continue  # _extra_state entries
-        numel = 1
-        for d in ref.shape:
-            numel *= d
+            continue
+        numel = _numel(ref.shape)
         bits = DTYPE_BITS.get(ref.dtype, 8)
         storage = None
         if ref.storage is not None and numel:
             storage = f"{ref.storage.key}@{ref.offset}:{ref.shape}:{ref.stride}"
+        requires_grad = ref.requires_grad if ref.is_parameter or kind == "parameter" else None
         infos.append(
             TensorInfo(
                 name=name, shape=ref.shape, dtype=ref.dtype, nbytes=numel * bits // 8,
-                kind="parameter" if ref.is_parameter else "unknown", storage=storage,
-                requires_grad=ref.requires_grad if ref.is_parameter else None,
+                kind=kind, storage=storage, requires_grad=requires_grad, persistent=persistent,  # type: ignore[arg-type]
             )
         )
     return infos
 
 
+def standin_note(gate: Gate, exclude: str | None = None) -> list[str]:
+    """The note that says which globals the gate stood in for, if any."""
+    names = [n for n in gate.standins if exclude is None or not n.startswith(exclude)]
+    if not names:
+        return []
+    return [
+        f"read without importing {describe_standins(names)}: shown as stand-ins, nothing of theirs ran "
+        "(--allow-global NAME builds a real one)"
+    ]
+
+
 class TorchFileSource(Source):
     """Common ground of zip and legacy torch files: the unpickled object and the state dict inside it."""
 
-    def __init__(self, path: Path, label: str, fmt: str, obj: object) -> None:
+    def __init__(self, path: Path, label: str, fmt: str, obj: object, gate: Gate) -> None:
         self.path = path
+        modules = None
+        kinds: dict[str, tuple[str, bool | None]] | None = None
         found = find_state_dict(obj)
-        if found is None:
-            what = summarize(obj)
-            raise CorruptFileError(
-                f"{path} holds no state dict (a {what}); expected a dict of tensors or a checkpoint with "
-                f"one under {', '.join(repr(k) for k in STATE_DICT_KEYS[:4])}"
-            )
-        self._refs, key = found
+        if found is not None:
+            refs, key = found
+            self._refs = flatten_entries(refs)
+        else:
+            pickled = find_pickled_module(obj, STATE_DICT_KEYS)
+            if pickled is None:
+                raise CorruptFileError(
+                    f"{path} holds no state dict ({summarize(obj)}); expected a dict of tensors, a pickled "
+                    f"nn.Module, or a checkpoint with one under {', '.join(repr(k) for k in STATE_DICT_KEYS[:4])}"
+                )
+            module, key = pickled
+            walked = walk_modules(module, nn_module_parts)
+            self._refs = {k: v for k, v in walked.tensors.items() if isinstance(v, TensorRef | SparseRef)}
+            modules, kinds = walked.modules, walked.kinds
+            fmt = f"{fmt}-module"
         others: list[EntrySummary] = []
         if key is not None and isinstance(obj, dict):
             top = key.split(".")[0]
             others = [EntrySummary(str(k), summarize(v)) for k, v in obj.items() if k != top]
-        super().__init__(label=label, format=fmt, tensors=tensor_infos(self._refs), state_dict_key=key,
-                         other_entries=others)
+        try:
+            infos = tensor_infos(self._refs, str(path), kinds)
+        except CorruptFileError as exc:
+            raise CorruptFileError(str(exc)) from None
+        super().__init__(label=label, format=fmt, tensors=infos, state_dict_key=key, other_entries=others,
+                         modules=modules, notes=standin_note(gate), standins=list(gate.standins))
         self._cache: tuple[str, bytes] | None = None
 
     def _storage_bytes(self, ref: StorageRef) -> bytes:
         raise NotImplementedError
 
-    def _storage_of(self, name: str) -> tuple[TensorRef, torch.Tensor]:
-        """The tensor's reference and its whole storage as a 1-d tensor, once the view is known to fit in it."""
+    def _ref(self, name: str) -> TensorRef:
+        ref = self._refs[name]
+        if not isinstance(ref, TensorRef):
+            raise CorruptFileError(f"{self.path}: {name!r} is a sparse tensor")
+        return ref
+
+    def _storage_of(self, name: str, ref: TensorRef | None = None) -> tuple[TensorRef, torch.Tensor]:
+        """The tensor's reference and its whole storage as a 1-d tensor, once the view is known to fit in it.
+
+        Quantized tensors come back as their integer representation.
+        """
         import torch
 
-        ref = self._refs[name]
+        ref = ref if ref is not None else self._ref(name)
         if ref.storage is None:
             raise CorruptFileError(f"{self.path}: {name!r} is a meta tensor and has no data")
-        dtype = _torch_dtype(ref.dtype, name, self.path)
+        check_expansion(ref, name, self.path)
+        dtype = _torch_dtype(_QUANTIZED_REPR.get(ref.dtype, ref.dtype), name, self.path)
         if self._cache is None or self._cache[0] != ref.storage.key:
             # Views of one storage usually come together: keep the last storage's bytes.
             self._cache = (ref.storage.key, self._storage_bytes(ref.storage))
@@ -259,20 +323,63 @@ class TorchFileSource(Source):
             )
         try:
             flat = torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
-        except (RuntimeError, ValueError, TypeError) as exc:  # quantized dtypes have no plain buffer view
+        except (RuntimeError, ValueError, TypeError) as exc:  # a storage whose size is no multiple of the dtype
             raise CorruptFileError(f"{self.path}: {name!r} cannot be read as {ref.dtype} ({exc})") from None
         needed = ref.offset + sum((s - 1) * st for s, st in zip(ref.shape, ref.stride, strict=True)) + 1
         if _numel(ref.shape) and needed > flat.numel():
             raise CorruptFileError(f"{self.path}: {name!r} reaches past the end of its storage")
         return ref, flat
 
-    def _read(self, name: str) -> torch.Tensor:
+    def _dense(self, name: str, ref: TensorRef) -> torch.Tensor:
         import torch
 
-        ref, flat = self._storage_of(name)
+        ref, flat = self._storage_of(name, ref)
         if any(s == 0 for s in ref.shape):
             return torch.empty(ref.shape, dtype=flat.dtype)
         return flat.as_strided(ref.shape, ref.stride, ref.offset).clone()
+
+    def _read(self, name: str) -> torch.Tensor:
+        ref = self._refs[name]
+        if isinstance(ref, SparseRef):
+            return self._read_sparse(name, ref)
+        values = self._dense(name, ref)
+        return values if ref.quantizer is None else self._quantize(name, ref, values)
+
+    def _quantize(self, name: str, ref: TensorRef, values: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        scheme, *params = ref.quantizer or ("",)
+        scheme = str(scheme)
+        try:
+            if scheme in ("per_tensor_affine", "per_tensor_symmetric") and len(params) == 2:
+                scale, zero_point = params
+                return torch._make_per_tensor_quantized_tensor(values, float(scale), int(zero_point))  # type: ignore[call-overload,arg-type]
+            if scheme.startswith("per_channel") and len(params) == 3 and all(isinstance(p, TensorRef) for p in params[:2]):
+                scales, zero_points, axis = params
+                return torch._make_per_channel_quantized_tensor(
+                    values, self._dense(name, scales), self._dense(name, zero_points), int(axis)  # type: ignore[call-overload,arg-type]
+                )
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise CorruptFileError(f"{self.path}: quantized tensor {name!r} cannot be rebuilt ({exc})") from None
+        raise CorruptFileError(f"{self.path}: quantized tensor {name!r} has an unknown scheme {scheme!r}")
+
+    def _read_sparse(self, name: str, ref: SparseRef) -> torch.Tensor:
+        """A sparse tensor, densified: diff and load compare values, whatever the layout."""
+        import torch
+
+        if _numel(ref.shape) > _MAX_DENSE:
+            raise ModinspectError(f"{self.path}: sparse tensor {name!r} is too large to compare densely ({ref.shape})")
+        parts = [self._dense(name, c) for c in ref.components]
+        try:
+            if ref.layout == "sparse_coo":
+                sparse = torch.sparse_coo_tensor(parts[0], parts[1], ref.shape)
+            else:
+                compressed, plain, values = parts
+                sparse = torch.sparse_compressed_tensor(compressed, plain, values, ref.shape,
+                                                        layout=getattr(torch, ref.layout))
+            return sparse.to_dense()
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            raise CorruptFileError(f"{self.path}: sparse tensor {name!r} is inconsistent ({exc})") from None
 
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
         """A strided view (a transpose, an expand) gathered from its storage a chunk at a time.
@@ -282,6 +389,14 @@ class TorchFileSource(Source):
         """
         import torch
 
+        ref = self._refs[name]
+        if isinstance(ref, SparseRef) or ref.quantizer is not None:
+            # Compared as values: dense for sparse layouts, dequantized for quantized tensors.
+            tensor = self._read(name)
+            flat = (tensor.dequantize() if tensor.is_quantized else tensor).reshape(-1)
+            for start in range(0, flat.numel(), chunk_elems):
+                yield flat[start:start + chunk_elems]
+            return
         ref, flat = self._storage_of(name)
         rows = flat.view(torch.uint8).reshape(flat.numel(), -1)  # one row of bytes per element: any dtype indexes
         numel = _numel(ref.shape)
@@ -293,14 +408,25 @@ class TorchFileSource(Source):
                 index = index.div(size, rounding_mode="floor")
             yield rows[position].reshape(-1).view(flat.dtype)
 
+    def _row_major(self, name: str) -> TensorRef | None:
+        """The reference when the tensor can be streamed straight from its bytes."""
+        ref = self._refs[name]
+        if not isinstance(ref, TensorRef) or ref.quantizer is not None or ref.storage is None:
+            return None
+        return ref if is_row_major(ref.shape, ref.stride) else None
+
     def _check_view(self, name: str, ref: TensorRef) -> StorageRef:
         """The storage of a row-major view, once the view is known to lie inside it."""
         if ref.storage is None:
             raise CorruptFileError(f"{self.path}: {name!r} is a meta tensor and has no data")
         _torch_dtype(ref.dtype, name, self.path)
-        if ref.offset + _numel(ref.shape) > ref.storage.numel:
+        if ref.offset + _numel(ref.shape) > storage_elements(ref):
             raise CorruptFileError(f"{self.path}: {name!r} reaches past the end of its storage")
         return ref.storage
+
+
+_QUANTIZED_REPR = {"qint8": "int8", "quint8": "uint8", "qint32": "int32"}
+_MAX_DENSE = 1 << 28
 
 
 def _torch_dtype(dtype: str, name: str, path: Path) -> Any:
@@ -315,7 +441,7 @@ def _torch_dtype(dtype: str, name: str, path: Path) -> Any:
 class ZipTorchSource(TorchFileSource):
     """A torch.save zip archive (torch >= 1.6): <prefix>/data.pkl plus <prefix>/data/<key> entries."""
 
-    def __init__(self, path: Path, label: str, zf: zipfile.ZipFile, prefix: str) -> None:
+    def __init__(self, path: Path, label: str, zf: zipfile.ZipFile, prefix: str, gate: Gate) -> None:
         self.path = path
         self._zf = zf
         self._prefix = prefix
@@ -323,21 +449,16 @@ class ZipTorchSource(TorchFileSource):
             self._size = path.stat().st_size
         except OSError as exc:
             raise CorruptFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-        byteorder = self._read_member("byteorder", optional=True)
+        byteorder = self._read_member("byteorder", gate, optional=True)
         if byteorder not in (None, b"little"):
             raise CorruptFileError(f"{path} was saved on a big-endian machine, which modinspect does not read yet")
-        data = self._read_member("data.pkl")
+        data = self._read_member("data.pkl", gate)
         assert data is not None  # not optional: a missing member raises
-        obj = gated_load(path, data, storage_from_pid)
-        super().__init__(path, label, "torch-zip", obj)
+        obj, _ = gate.load(data, 0, storage_from_pid)
+        super().__init__(path, label, "torch-zip", obj, gate)
 
-    def _read_member(self, name: str, optional: bool = False) -> bytes | None:
-        try:
-            return read_zip_member(self._zf, f"{self._prefix}{name}", self._size, str(self.path))
-        except KeyError:
-            if optional:
-                return None
-            raise CorruptFileError(f"{self.path} is a zip file without {self._prefix}{name}") from None
+    def _read_member(self, name: str, gate: Gate, optional: bool = False) -> bytes | None:
+        return read_pickle_member(self._zf, f"{self._prefix}{name}", self._size, self.path, gate, optional)
 
     def _storage_member(self, ref: StorageRef) -> zipfile.ZipInfo:
         """The entry holding `ref`'s bytes, once its declared size is the storage's."""
@@ -361,8 +482,8 @@ class ZipTorchSource(TorchFileSource):
             raise CorruptFileError(f"{self.path} is a damaged zip file ({exc})") from None
 
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
-        ref = self._refs[name]
-        if ref.storage is None or not is_row_major(ref.shape, ref.stride):
+        ref = self._row_major(name)
+        if ref is None:
             yield from super()._chunks(name, chunk_elems)
             return
         storage = self._check_view(name, ref)
@@ -379,41 +500,72 @@ class ZipTorchSource(TorchFileSource):
         self._zf.close()
 
 
+def read_pickle_member(zf: zipfile.ZipFile, name: str, archive_size: int, path: Path, gate: Gate,
+                       optional: bool = False) -> bytes | None:
+    """A zip entry that is unpickled: its inflated size is checked against the gate's budget first."""
+    try:
+        info = zip_member(zf, name, archive_size)
+    except KeyError:
+        if optional:
+            return None
+        raise CorruptFileError(f"{path} is a zip file without {name}") from None
+    except CorruptFileError as exc:
+        raise CorruptFileError(f"{path} is a damaged zip file ({exc})") from None
+    gate.check_size(name, info.file_size)  # a DEFLATE bomb is refused before it inflates
+    try:
+        return zf.read(info)
+    except ZIP_ERRORS as exc:
+        raise CorruptFileError(f"{path} is a damaged zip file ({exc})") from None
+
+
+def map_file(path: Path) -> mmap.mmap | bytes:
+    """The file's bytes without reading them: the gate checks a pickle in place."""
+    with path.open("rb") as f:
+        try:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):  # an empty file cannot be mapped
+            return f.read()
+
+
 class LegacyTorchSource(TorchFileSource):
     """A pre-1.6 torch.save file: magic, protocol and sys-info pickles, the object, keys, raw storages."""
 
-    def __init__(self, path: Path, label: str) -> None:
+    def __init__(self, path: Path, label: str, gate: Gate) -> None:
         self.path = path
         self._storages: dict[str, StorageRef] = {}
-        with path.open("rb") as f:
+        data = map_file(path)
+        try:
+            pos = 0
             for what in ("magic number", "protocol version", "system info"):
-                value = gated_load(path, f, storage_from_pid)
+                value, pos = gate.load(data, pos, storage_from_pid)
                 if what == "magic number" and value != LEGACY_MAGIC:
                     raise CorruptFileError(f"{path} is not a torch checkpoint (bad magic number)")
-            obj = gated_load(path, f, self._remember)
-            keys = gated_load(path, f, storage_from_pid)
+            obj, pos = gate.load(data, pos, self._remember)
+            keys, pos = gate.load(data, pos, storage_from_pid)
             if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
                 raise CorruptFileError(f"{path} is not a valid legacy torch checkpoint (bad storage key list)")
-            self._offsets = self._walk_storages(f, keys, path.stat().st_size)
+            self._offsets = self._walk_storages(data, pos, keys)
+        finally:
+            if isinstance(data, mmap.mmap):
+                data.close()
         unlisted = sorted(set(self._storages) - set(self._offsets))
         if unlisted:
             raise CorruptFileError(f"{path} is not a valid legacy torch checkpoint (storage {unlisted[0]} has no data)")
-        super().__init__(path, label, "torch-legacy", obj)
+        super().__init__(path, label, "torch-legacy", obj, gate)
 
     def _remember(self, pid: tuple[object, ...]) -> StorageRef:
         ref = storage_from_pid(pid)
         self._storages.setdefault(ref.key, ref)
         return self._storages[ref.key]
 
-    def _walk_storages(self, f: IO[bytes], keys: list[str], size: int) -> dict[str, int]:
+    def _walk_storages(self, data: mmap.mmap | bytes, pos: int, keys: list[str]) -> dict[str, int]:
         offsets: dict[str, int] = {}
-        pos = f.tell()
+        size = len(data)
         for key in keys:
             ref = self._storages.get(key)
             if ref is None:
                 raise CorruptFileError(f"{self.path} lists storage {key} that no tensor uses")
-            f.seek(pos)
-            head = f.read(8)
+            head = data[pos:pos + 8]
             if len(head) < 8:
                 raise CorruptFileError(f"{self.path} is truncated in its tensor data")
             (numel,) = struct.unpack("<q", head)
@@ -430,8 +582,8 @@ class LegacyTorchSource(TorchFileSource):
             return f.read(ref.numel * DTYPE_BITS[ref.dtype] // 8)
 
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
-        ref = self._refs[name]
-        if ref.storage is None or not is_row_major(ref.shape, ref.stride):
+        ref = self._row_major(name)
+        if ref is None:
             yield from super()._chunks(name, chunk_elems)
             return
         storage = self._check_view(name, ref)  # else the read would run on into the next storage's bytes
@@ -444,12 +596,19 @@ def _numel(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 
 
-def _no_storage(pid: tuple[object, ...]) -> StorageRef:
-    raise CorruptFileError("refers to tensor storage outside the pickle")
-
-
-def open_raw_pickle(path: Path, label: str) -> TorchFileSource:
+def open_raw_pickle(path: Path, label: str, gate: Gate) -> TorchFileSource:
     """A plain pickle file: gated like the rest; only useful when it holds a tensor dict."""
+    data = map_file(path)
+    try:
+        obj, _ = gate.load(data, 0)
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()
+    return TorchFileSource(path, label, "pickle", obj, gate)
+
+
+def is_legacy_file(path: Path) -> bool:
+    """A pre-1.6 torch.save file starts with its magic number, pickled as protocol 2's LONG1."""
     with path.open("rb") as f:
-        obj = gated_load(path, f, _no_storage)
-    return TorchFileSource(path, label, "pickle", obj)
+        head = f.read(15)
+    return head == b"\x80\x02\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little") + b"."

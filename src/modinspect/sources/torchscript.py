@@ -1,41 +1,169 @@
-"""TorchScript archives: the real module tree with class names, after a scan of their pickles."""
+"""TorchScript archives, read without running them.
+
+`torch.jit.load` compiles the archive's code/ and runs its TorchScript `__setstate__` methods,
+which can call `torch.save(obj, path)` and so write any file the user can write. This reader
+never does. An archive is a zip file:
+
+- `data.pkl` pickles the module objects as `__torch__.*` classes plus attribute dicts, with
+  tensors as persistent ids into `data/`: the weights-only gate rebuilds it with stand-ins;
+- `code/__torch__/...py` declares each class, its base (`Module`), `__parameters__` and
+  `__buffers__`: parsed line by line as text, never compiled or executed.
+
+Together they give the module tree, class names, parameters and buffers `torch.jit.load` would.
+`--unsafe-pickle` still loads the real ScriptModule, for commands that run it.
+"""
 
 from __future__ import annotations
 
+import re
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from modinspect.errors import CorruptFileError, UnsafePickleError
+from modinspect.errors import CorruptFileError
+from modinspect.sources.base import Source
 from modinspect.sources.module import ModuleSource
-from modinspect.sources.pickle_gate import is_safe_global, scan_globals
+from modinspect.sources.pickle_gate import Gate, SparseRef, TensorRef, storage_from_pid
+from modinspect.sources.pickled_module import ModuleParts, walk_modules
+from modinspect.sources.standins import StandIn, standin_name
+from modinspect.sources.torchfile import (
+    ZipTorchSource,
+    read_pickle_member,
+    standin_note,
+    tensor_infos,
+)
+
+UNSAFE_WARNING = "--unsafe-pickle: torch.jit.load runs the code of {label} (its TorchScript __setstate__ methods)"
 
 
-def _allowed_in_torchscript(dotted: str) -> bool:
-    # __torch__.* classes are resolved by TorchScript's own compiler from the archive's code/,
-    # not imported from Python; torch.jit._pickle.* rebuild lists. Anything else is refused.
-    return dotted.startswith(("__torch__.", "torch.jit._pickle.")) or is_safe_global(dotted)
+@dataclass(frozen=True)
+class ScriptClass:
+    """What code/ declares about one TorchScript class."""
+
+    base: str
+    parameters: tuple[str, ...]
+    buffers: tuple[str, ...]
 
 
-def open_torchscript(path: Path, label: str, zf: zipfile.ZipFile, prefix: str) -> ModuleSource:
-    from modinspect.sources.torchfile import read_zip_member
+_CLASS = re.compile(r"class (\w+)\((\w+)\):")
+_SLOTS = re.compile(r"  __(parameters|buffers)__ = \[(.*)\]")
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_MAX_CODE = 64 << 20  # all of code/ together; a real model's is a few megabytes
 
-    unsafe: list[str] = []
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise CorruptFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    for member in ("data.pkl", "constants.pkl"):
-        try:
-            data = read_zip_member(zf, prefix + member, size, str(path))
-        except KeyError:
+
+def parse_code(sources: dict[str, str]) -> dict[str, ScriptClass]:
+    """Classes by qualified name (`__torch__.torch.nn.modules.conv.Conv2d`) from code/ texts by module."""
+    classes: dict[str, ScriptClass] = {}
+    for module, text in sources.items():
+        current: str | None = None
+        base = ""
+        slots: dict[str, tuple[str, ...]] = {}
+        for line in text.splitlines():
+            if not line.startswith(" "):
+                if current is not None:
+                    classes[current] = ScriptClass(base, slots.get("parameters", ()), slots.get("buffers", ()))
+                match = _CLASS.fullmatch(line.rstrip())
+                current, base, slots = (f"{module}.{match[1]}", match[2], {}) if match else (None, "", {})
+                continue
+            if current is not None:
+                slot = _SLOTS.fullmatch(line.rstrip())
+                if slot:
+                    slots[slot[1]] = tuple(_QUOTED.findall(slot[2]))
+        if current is not None:
+            classes[current] = ScriptClass(base, slots.get("parameters", ()), slots.get("buffers", ()))
+    return classes
+
+
+def read_code(zf: zipfile.ZipFile, prefix: str, archive_size: int, path: Path, gate: Gate) -> dict[str, str]:
+    """The texts of code/__torch__/**.py, by the TorchScript module name each defines."""
+    root = f"{prefix}code/"
+    texts: dict[str, str] = {}
+    total = 0
+    for name in zf.namelist():
+        if not (name.startswith(root + "__torch__") and name.endswith(".py")):
             continue
+        raw = read_pickle_member(zf, name, archive_size, path, gate)
+        assert raw is not None
+        total += len(raw)
+        if total > _MAX_CODE:
+            raise CorruptFileError(f"{path} holds more than {_MAX_CODE >> 20} MiB of TorchScript code")
+        module = name[len(root):-len(".py")].replace("/", ".")
+        texts[module] = raw.decode("utf-8", errors="replace")
+    return texts
+
+
+class TorchScriptSource(ZipTorchSource):
+    """A TorchScript archive's module tree and tensors, with no code compiled or run."""
+
+    def __init__(self, path: Path, label: str, zf: zipfile.ZipFile, prefix: str, gate: Gate) -> None:
+        self.path = path
+        self._zf = zf
+        self._prefix = prefix
         try:
-            unsafe += [g for g in scan_globals(data) if not _allowed_in_torchscript(g)]
-        except CorruptFileError as exc:
-            raise CorruptFileError(f"{path} is a damaged TorchScript archive: {member} {exc}") from None
-    if unsafe:
-        raise UnsafePickleError(str(path), unsafe)
+            self._size = path.stat().st_size
+        except OSError as exc:
+            raise CorruptFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+        data = read_pickle_member(zf, f"{prefix}data.pkl", self._size, path, gate)
+        assert data is not None
+        root, _ = gate.load(data, 0, storage_from_pid)
+        # constants.pkl holds tensor constants of the code, not module state; it is read only so that a
+        # hostile one is refused by name like any other pickle.
+        constants = read_pickle_member(zf, f"{prefix}constants.pkl", self._size, path, gate, optional=True)
+        if constants is not None:
+            gate.load(constants, 0, storage_from_pid)
+        self._classes = parse_code(read_code(zf, prefix, self._size, path, gate))
+        if not self._is_module(root):
+            raise CorruptFileError(
+                f"{path} is not a loadable TorchScript archive: its data.pkl holds no module declared in its code/"
+            )
+        self._opaque: list[str] = []
+        walked = walk_modules(root, self._parts)
+        self._refs = {k: v for k, v in walked.tensors.items() if isinstance(v, TensorRef | SparseRef)}
+        # __torch__ classes are the format itself; any other stand-in is worth a word.
+        notes = standin_note(gate, exclude="__torch__.")
+        if self._opaque:
+            notes.append(
+                f"{', '.join(self._opaque[:4])}{' …' if len(self._opaque) > 4 else ''} "
+                f"{'has' if len(self._opaque) == 1 else 'have'} a custom __setstate__, which only --unsafe-pickle "
+                "runs: any tensors it restores are not listed"
+            )
+        Source.__init__(self, label=label, format="torchscript", tensors=tensor_infos(self._refs, str(path), walked.kinds),
+                        modules=walked.modules, notes=notes)
+        self._cache = None
+
+    def _is_module(self, obj: object) -> bool:
+        if not isinstance(obj, StandIn):
+            return False
+        declared = self._classes.get(standin_name(obj))
+        return declared is not None and declared.base == "Module"
+
+    def _parts(self, obj: object) -> ModuleParts | None:
+        if not self._is_module(obj):
+            return None
+        assert isinstance(obj, StandIn)
+        qualname = standin_name(obj)
+        declared = self._classes[qualname]
+        attributes = obj.attributes
+        if not attributes and obj.state is not None:
+            self._opaque.append(qualname.rpartition(".")[2])
+        training = attributes.get("training")
+        parts = ModuleParts(type=qualname.rpartition(".")[2], training=training if isinstance(training, bool) else None)
+        params, buffers = set(declared.parameters), set(declared.buffers)
+        for attr, value in attributes.items():
+            if attr in params:
+                parts.parameters.append((attr, value))
+            elif attr in buffers:
+                parts.buffers.append((attr, value, True))  # a ScriptModule's state_dict holds every buffer
+            elif self._is_module(value):
+                parts.children.append((attr, value))
+        return parts
+
+
+def open_torchscript(path: Path, label: str, zf: zipfile.ZipFile, prefix: str, gate: Gate, unsafe: bool) -> Source:
+    """The archive read as data; with `unsafe`, the real ScriptModule from torch.jit.load."""
+    if not unsafe:
+        return TorchScriptSource(path, label, zf, prefix, gate)
     import torch
 
     try:
@@ -46,4 +174,6 @@ def open_torchscript(path: Path, label: str, zf: zipfile.ZipFile, prefix: str) -
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CorruptFileError(f"{path} is not a loadable TorchScript archive: {first}") from exc
-    return ModuleSource(model, label, "torchscript")
+    source = ModuleSource(model, label, "torchscript")
+    source.warnings.append(UNSAFE_WARNING.format(label=label))
+    return source
