@@ -115,6 +115,10 @@ def _warn(lines: list[str]) -> None:
         print(f"warning: {line}", file=sys.stderr)
 
 
+def _note(line: str) -> None:
+    print(f"note: {line}", file=sys.stderr)
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"modinspect {__version__}")
@@ -168,7 +172,7 @@ def tree(
 
         with _spinner("opening the source…"):
             src = open_source(source, weights=weights, meta=meta, unsafe_pickle=unsafe_pickle, strict=strict,
-                              **_gate_options(allow_global, max_pickle_size))
+                              announce=_note, **_gate_options(allow_global, max_pickle_size))
         with src:
             _warn(src.warnings)
             report = build_tree(src, depth=depth, pattern=pattern, expand=expand)
@@ -326,6 +330,8 @@ def load(
         if len(paths) not in (1, 2):
             raise UsageError("load takes [MODEL] CHECKPOINT: one or two SOURCEs")
         model_spec, ckpt_spec = (None, paths[0]) if len(paths) == 1 else (paths[0], paths[1])
+        if model_spec is None:
+            _note_one_argument_load(ckpt_spec)
         if out is not None:
             if meta:
                 raise UsageError("--out needs real weights: drop --meta (which only plans)")
@@ -336,7 +342,8 @@ def load(
                         exclude=tuple(exclude or ()))
         with _spinner("building the model…"):
             gate = _gate_options(allow_global, max_pickle_size)
-            model = open_source(model_spec, meta=meta, unsafe_pickle=unsafe_pickle, config_weights=False, **gate)
+            model = open_source(model_spec, meta=meta, unsafe_pickle=unsafe_pickle, config_weights=False,
+                                announce=_note, **gate)
         if model.module is None and model.format == "torchscript":
             model_of(model, "load")
         if model.module is None:
@@ -377,6 +384,21 @@ def load(
             )
         code = 1 if strict_failed else 0
     raise typer.Exit(code)
+
+
+def _note_one_argument_load(checkpoint: str) -> None:
+    """With one argument, MODEL comes from [tool.modinspect]: say so, or say that load takes two."""
+    from modinspect.config import load_config
+    from modinspect.errors import ConfigError
+
+    try:
+        load_config()
+    except ConfigError:
+        raise UsageError(
+            f"load takes MODEL CHECKPOINT; with only {checkpoint}, MODEL would come from [tool.modinspect], and "
+            "there is none here: pass both, e.g. modinspect load models.py:build " + checkpoint
+        ) from None
+    _note(f"load takes MODEL CHECKPOINT; {checkpoint} is the CHECKPOINT, MODEL comes from [tool.modinspect]")
 
 
 def _resolve_device(device: str) -> str:
@@ -451,7 +473,7 @@ def stats(
         extra = _project_defaults(source)
         with _spinner("building the model…"):
             src = open_source(source, weights=weights, unsafe_pickle=unsafe_pickle, strict=strict,
-                              **_gate_options(allow_global, max_pickle_size))
+                              announce=_note, **_gate_options(allow_global, max_pickle_size))
         _warn(src.warnings)
         if src.module is None and src.format == "torchscript":
             # Even torch.jit.load's ScriptModule would not do: hooks need the Python model.

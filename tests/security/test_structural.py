@@ -622,6 +622,94 @@ def expanded_view_of_2_pow_33_elements(tmp: Path) -> tuple[list[str], str]:
     return ["tree", str(path)], ""
 
 
+@case
+def expanded_view_diffed(tmp: Path) -> tuple[list[str], str]:
+    """Reading 2^40 elements gathered from one float is refused at once, not streamed for hours."""
+    path = tmp / "x.pt"
+    torch.save({"huge": torch.ones(1).expand(2**40)}, path)
+    return ["diff", str(path), str(path)], "'huge' claims 1,099,511,627,776 elements over a storage of 1 (a stride-0 view)"
+
+
+@case
+def expanded_view_as_stats_input(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "net.py").write_text("import torch\ndef build():\n    return torch.nn.Linear(4, 4)\n")
+    torch.save(torch.ones(1, 1).expand(2**38, 4), tmp / "batch.pt")
+    return (["stats", str(tmp / "net.py") + ":build", "--input", str(tmp / "batch.pt")],
+            "input 0 claims 1,099,511,627,776 elements over a storage of 1 (a stride-0 view)")
+
+
+def _pickled_zip(tmp: Path, data_pkl: bytes, name: str = "x.pt", compress: bool = False) -> Path:
+    path = tmp / name
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=method) as zf:
+        zf.writestr("archive/data.pkl", data_pkl)
+        zf.writestr("archive/byteorder", b"little")
+    return path
+
+
+def _device_pickle(*args: bytes) -> bytes:
+    """{'w': <tensor-free>, 'd': torch.device(*args)}: a device rebuilt from a codec call."""
+    return b"\x80\x02}X\x01\x00\x00\x00dctorch\ndevice\n(" + b"".join(args) + b"tRs."
+
+
+@case
+def device_from_hex_codec(tmp: Path) -> tuple[list[str], str]:
+    """torch.device(b'ab', 'hex') ran str(b'ab', 'hex'): a LookupError, reported as an internal error."""
+    return ["tree", str(_pickled_zip(tmp, _device_pickle(b"C\x02ab", b"X\x03\x00\x00\x00hex")))], \
+        "names a device that is not a device"
+
+
+@case
+def device_from_rot13_codec(tmp: Path) -> tuple[list[str], str]:
+    return ["tree", str(_pickled_zip(tmp, _device_pickle(b"X\x02\x00\x00\x00ab", b"X\x05\x00\x00\x00rot13")))], \
+        "names a device that is not a device"
+
+
+@case
+def device_from_unknown_codec(tmp: Path) -> tuple[list[str], str]:
+    return ["tree", str(_pickled_zip(tmp, _device_pickle(b"C\x02ab", b"X\x04\x00\x00\x00nope")))], \
+        "names a device that is not a device"
+
+
+@case
+def seed_of_5000_digits(tmp: Path) -> tuple[list[str], str]:
+    """A valid checkpoint with an int past Python's printable limit: it lists, the int summarised."""
+    torch.save({"state_dict": {"w": torch.ones(2)}, "seed": 10**5000}, tmp / "x.pt")
+    return ["tree", str(tmp / "x.pt")], ""
+
+
+@case
+def nested_lists_10_pow_6(tmp: Path) -> tuple[list[str], str]:
+    """10^6 nested lists in 2 MB, no globals: linear in time, and bounded (8 s before)."""
+    n = 10**6
+    (tmp / "x.pkl").write_bytes(b"\x80\x02" + b"]" * n + b"a" * (n - 1) + b".")
+    return ["tree", str(tmp / "x.pkl")], "holds no state dict ([[list (1 items)]])"
+
+
+@case
+def ten_megabytes_of_sets(tmp: Path) -> tuple[list[str], str]:
+    """300,000 small sets (10 MB of pickle): 16 s before."""
+    (tmp / "x.pkl").write_bytes(pickle.dumps([set(range(i, i + 3)) for i in range(300_000)], protocol=2))
+    return ["tree", str(tmp / "x.pkl")], "holds no state dict ([set({0, 1, 2}), set({1, 2, 3})"
+
+
+@case
+def object_flood_of_8_million_lists(tmp: Path) -> tuple[list[str], str]:
+    """16 MB of EMPTY_LIST + APPEND would build 8 million lists (600 MB): refused by the structural pass."""
+    n = 8 * 10**6
+    (tmp / "x.pkl").write_bytes(b"\x80\x02]" + b"]a" * n + b".")
+    return ["tree", str(tmp / "x.pkl")], "would build more than 256 MiB of objects"
+
+
+@case
+def deflate_bomb_data_pkl(tmp: Path) -> tuple[list[str], str]:
+    """A 0.5 MB .pt whose data.pkl inflates to 512 MiB: refused before it inflates (1.8 GB RSS before)."""
+    body = b"\x80\x02" + b"N0" * (256 << 20) + b"}."
+    path = _pickled_zip(tmp, body, compress=True)
+    assert path.stat().st_size < 1 << 20
+    return ["tree", str(path)], "archive/data.pkl inflates to 512 MiB, more than --max-pickle-size (256 MiB) allows"
+
+
 # ---------------------------------------------------------------- files that are not files
 
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,13 @@ def open_source(
     config_weights: bool = True,
     allow_globals: tuple[str, ...] = (),
     max_pickle_size: int | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> Source:
     """Open SOURCE `spec`; None means the [tool.modinspect] default. Paths are relative to `base` (cwd).
 
     With `config_weights=False` the default model comes without the table's `weights` (for `load`).
+    `announce(message)` hears, before it happens, that an entry point named by [tool.modinspect] is
+    imported: a cloned repository's pyproject.toml can name any code.
     """
     options = OpenOptions(unsafe_pickle=unsafe_pickle, allow_globals=frozenset(allow_globals),
                           max_pickle_bytes=max_pickle_size or DEFAULT_MAX_PICKLE)
@@ -61,6 +65,8 @@ def open_source(
 
         config = load_config(base)
         spec, base = config.model, config.root
+        if announce is not None and looks_like_entry_point(spec):
+            announce(f"importing {spec}, the model [tool.modinspect] names in {config.path}")
         if weights is None and config.weights is not None and config_weights:
             weights, weights_base = config.weights, config.root
     if looks_like_entry_point(spec):

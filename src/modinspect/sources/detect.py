@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import stat
+import struct
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from modinspect.errors import (
     CorruptFileError,
+    ModinspectError,
     SourceNotFoundError,
     UnknownFormatError,
     UnsafePickleError,
@@ -35,18 +39,38 @@ def open_path(path: Path, label: str, options: OpenOptions) -> Source:
     """Open a file or directory SOURCE."""
     try:
         if path.is_dir():
-            return _open_dir(path, label, options)
+            with reader_errors(label):
+                return _open_dir(path, label, options)
         if not path.exists():
             if path.is_symlink():
                 raise SourceNotFoundError(f"{label} is a symbolic link that leads nowhere (a loop or a missing target)")
             raise SourceNotFoundError(f"{label} does not exist")
     except OSError as exc:  # symlink loops, permissions
         raise SourceNotFoundError(f"cannot open {label}: {exc.strerror or exc}") from None
-    if path.name.endswith(".index.json"):
-        from modinspect.sources.sharded import ShardedSource
+    with reader_errors(label):
+        if path.name.endswith(".index.json"):
+            from modinspect.sources.sharded import ShardedSource
 
-        return ShardedSource(path, label, options)
-    return open_file(path, label, options)
+            return ShardedSource(path, label, options)
+        return open_file(path, label, options)
+
+
+@contextlib.contextmanager
+def reader_errors(label: str) -> Iterator[None]:
+    """Whatever escapes a reader while it parses a file is the file's fault: a corrupt-file error naming it.
+
+    A ModinspectError passes as it is; so do KeyboardInterrupt and MemoryError's parent BaseException.
+    """
+    try:
+        yield
+    except ModinspectError:
+        raise
+    except (RecursionError, MemoryError, OverflowError, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, LookupError, UnicodeError, ArithmeticError, EOFError, OSError, RuntimeError,
+            struct.error, zipfile.BadZipFile) as exc:
+        text = str(exc).strip().splitlines()
+        detail = f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+        raise CorruptFileError(f"{label} could not be read ({detail})") from exc
 
 
 def _open_dir(path: Path, label: str, options: OpenOptions) -> Source:

@@ -18,12 +18,21 @@ _ATTR = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _MODULE_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
+# `model.ckpt:latest` is a missing checkpoint, not the module `ckpt` of a package `model`.
+CHECKPOINT_SUFFIXES = frozenset({
+    "pt", "pth", "bin", "ckpt", "safetensors", "json", "pt2", "pkl", "pickle", "tar", "zip", "distcp", "gguf",
+    "onnx", "h5", "npz", "npy", "msgpack",
+})
+
+
 def looks_like_entry_point(spec: str) -> bool:
     """'file.py:NAME' or 'pkg.mod:NAME' (and not an existing path that merely contains a colon)."""
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not _ATTR.match(attr) or Path(spec).exists():
         return False
-    return target.endswith(".py") or bool(_MODULE_PATH.match(target))
+    if target.endswith(".py"):
+        return True
+    return bool(_MODULE_PATH.match(target)) and target.rpartition(".")[2].lower() not in CHECKPOINT_SUFFIXES
 
 
 @contextlib.contextmanager
