@@ -25,6 +25,7 @@ from modinspect.sources.base import (
     is_row_major,
     read_chunks,
 )
+from modinspect.sources.kinds import checkpoint_kind
 from modinspect.sources.pickle_gate import (
     RestrictedUnpickler,
     StorageRef,
@@ -209,7 +210,7 @@ def tensor_infos(state: dict[str, TensorRef]) -> list[TensorInfo]:
         infos.append(
             TensorInfo(
                 name=name, shape=ref.shape, dtype=ref.dtype, nbytes=numel * bits // 8,
-                kind="parameter" if ref.is_parameter else "unknown", storage=storage,
+                kind=checkpoint_kind(name, ref.is_parameter), storage=storage,
                 requires_grad=ref.requires_grad if ref.is_parameter else None,
             )
         )
