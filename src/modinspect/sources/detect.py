@@ -46,6 +46,10 @@ def open_path(path: Path, label: str, options: OpenOptions) -> Source:
 def _open_dir(path: Path, label: str, options: OpenOptions) -> Source:
     from modinspect.sources.sharded import ShardedSource
 
+    if (path / ".metadata").is_file():
+        from modinspect.sources.dcp import DcpSource
+
+        return DcpSource(path, label, options)
     indexes = [path / n for n in INDEX_NAMES if (path / n).is_file()]
     if not indexes:
         indexes = sorted(p for p in path.glob("*.index.json") if p.is_file())

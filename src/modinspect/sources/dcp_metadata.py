@@ -1,0 +1,175 @@
+"""The `.metadata` file of a torch.distributed.checkpoint directory, read without executing it.
+
+`.metadata` is a pickle of `torch.distributed.checkpoint.metadata.Metadata`. It is read in two
+layers, like torch files: `scan_globals` lists every global it imports and anything outside the
+allowlist below is refused by name; then an unpickler maps each allowed class to an inert local
+record (no torch import, no code from the file), whose `__setstate__` keeps only fields of the
+types it expects.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import IO, Any
+
+from modinspect.errors import CorruptFileError, UnsafePickleError
+from modinspect.sources.pickle_gate import TORCH_DTYPE_NAMES, quiet_decoding, scan_globals
+
+_DCP = "torch.distributed.checkpoint.metadata"
+_FS = "torch.distributed.checkpoint.filesystem"
+_DTYPE_ALIASES = {"double": "float64", "float": "float32", "half": "float16", "long": "int64", "int": "int32",
+                  "short": "int16", "cfloat": "complex64", "cdouble": "complex128"}
+
+
+class _Record:
+    """An inert stand-in for one DCP metadata class: plain attributes, set once from the pickle's state."""
+
+    FIELDS: tuple[str, ...] = ()
+
+    def __setstate__(self, state: object) -> None:
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+            state = {**(state[0] or {}), **state[1]}  # (dict, slots) from a dataclass with __slots__
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise CorruptFileError(f"gives a {type(self).__name__} a state that is not a field map")
+        for key in self.FIELDS:
+            object.__setattr__(self, key, state.get(key))
+
+
+class Metadata(_Record):
+    FIELDS = ("state_dict_metadata", "planner_data", "storage_data", "storage_meta", "version")
+    state_dict_metadata: dict[str, Any]
+
+
+class TensorStorageMetadata(_Record):
+    FIELDS = ("properties", "size", "chunks")
+
+
+class BytesStorageMetadata(_Record):
+    FIELDS = ()
+
+
+class ChunkStorageMetadata(_Record):
+    FIELDS = ("offsets", "sizes")
+
+
+class MetadataIndex(_Record):
+    FIELDS = ("fqn", "offset", "index")
+
+
+class StorageInfo(_Record):
+    FIELDS = ("relative_path", "offset", "length", "transform_descriptors")
+
+
+class StorageMeta(_Record):
+    FIELDS = ("checkpoint_id", "save_id", "load_id", "modules")
+
+
+class TensorProperties(_Record):
+    FIELDS = ("dtype", "layout", "requires_grad", "memory_format", "pin_memory")
+
+    def __setstate__(self, state: object) -> None:
+        # torch >= 2.1 pickles (dtype, layout, requires_grad, memory format code, pin_memory).
+        if isinstance(state, tuple) and len(state) == 5:
+            state = dict(zip(self.FIELDS, state, strict=True))
+        super().__setstate__(state)
+
+
+@dataclass(frozen=True)
+class _Dtype:
+    name: str
+
+
+def _torch_size(*args: object) -> tuple[object, ...]:
+    return tuple(args[0]) if args and isinstance(args[0], tuple | list) else tuple(args)
+
+
+def _path(*parts: object) -> str:
+    return "/".join(str(p) for p in parts)
+
+
+def _layout(name: object) -> str:
+    return str(name)
+
+
+def _mem_format(code: object) -> object:
+    return code
+
+
+_RECORDS: dict[str, type[_Record]] = {
+    "Metadata": Metadata,
+    "TensorStorageMetadata": TensorStorageMetadata,
+    "BytesStorageMetadata": BytesStorageMetadata,
+    "ChunkStorageMetadata": ChunkStorageMetadata,
+    "MetadataIndex": MetadataIndex,
+    "StorageMeta": StorageMeta,
+    "TensorProperties": TensorProperties,
+}
+
+ALLOWED: dict[tuple[str, str], object] = {
+    **{(_DCP, name): cls for name, cls in _RECORDS.items()},
+    # torch 2.0 kept TensorProperties with ShardedTensor's metadata.
+    ("torch.distributed._shard.sharded_tensor.metadata", "TensorProperties"): TensorProperties,
+    (_FS, "_StorageInfo"): StorageInfo,
+    (_DCP, "_MEM_FORMAT_ENCODING"): _mem_format,
+    ("torch.serialization", "_get_layout"): _layout,
+    ("torch", "Size"): _torch_size,
+    ("collections", "OrderedDict"): OrderedDict,
+    **{("pathlib", name): _path for name in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path")},
+    **{("torch", name): _Dtype(_DTYPE_ALIASES.get(name, name)) for name in TORCH_DTYPE_NAMES},
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return ALLOWED[(module, name)]
+        except KeyError:
+            raise UnsafePickleError("<metadata>", [f"{module}.{name}"]) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise CorruptFileError("refers to a persistent object, which DCP metadata never does")
+
+
+_ERRORS = (pickle.UnpicklingError, EOFError, TypeError, AttributeError, ValueError, IndexError, KeyError,
+           RecursionError, UnicodeDecodeError, OverflowError, MemoryError)
+
+
+def load_metadata(data: bytes, label: str) -> Metadata:
+    """The Metadata record of `.metadata` bytes; UnsafePickleError names any global outside the allowlist."""
+    try:
+        names = scan_globals(data)
+    except CorruptFileError as exc:
+        raise CorruptFileError(f"{label} {exc}") from None
+    refused = sorted({g for g in names if tuple(g.rsplit(".", 1)) not in ALLOWED})
+    if refused:
+        raise UnsafePickleError(label, refused)
+    stream: IO[bytes] = io.BytesIO(data)
+    try:
+        with quiet_decoding():
+            obj = _Unpickler(stream, encoding="utf-8").load()
+    except UnsafePickleError as exc:
+        raise UnsafePickleError(label, exc.globals) from None
+    except CorruptFileError as exc:
+        raise CorruptFileError(f"{label} is not valid DCP metadata: it {exc}") from None
+    except _ERRORS as exc:
+        raise CorruptFileError(f"{label} is not valid DCP metadata ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, Metadata) or not isinstance(getattr(obj, "state_dict_metadata", None), dict):
+        raise CorruptFileError(f"{label} is not DCP metadata (it holds a {type(obj).__name__})")
+    return obj
+
+
+def dtype_name(props: object) -> str | None:
+    """The torch dtype name of a TensorProperties record, or None."""
+    dtype = getattr(props, "dtype", None) if isinstance(props, TensorProperties) else None
+    if isinstance(dtype, _Dtype):
+        return dtype.name
+    return None
+
+
+__all__ = [
+    "BytesStorageMetadata", "ChunkStorageMetadata", "Metadata", "MetadataIndex", "StorageInfo",
+    "TensorProperties", "TensorStorageMetadata", "dtype_name", "load_metadata",
+]
