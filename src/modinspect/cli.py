@@ -309,7 +309,7 @@ def load(
             )
         with open_source(ckpt_spec, unsafe_pickle=unsafe_pickle) as checkpoint:
             _warn(model.warnings + checkpoint.warnings)
-            plan = plan_load(model.tensors, checkpoint.tensors, keymap)
+            plan = plan_load(model.tensors, checkpoint.tensors, keymap, module=model.module)
             planning = dry_run or meta or is_meta(model.module)
             strict_failed = strict and not plan.strict_ok
             blocked = bool(plan.mismatched) and not skip_mismatched and not strict_failed

@@ -50,6 +50,10 @@ def _open_dir(path: Path, label: str, options: OpenOptions) -> Source:
         from modinspect.sources.dcp import DcpSource
 
         return DcpSource(path, label, options)
+    if (path / "adapter_config.json").is_file():
+        from modinspect.sources.peft_adapter import PeftAdapterSource
+
+        return PeftAdapterSource(path, label, options)
     indexes = [path / n for n in INDEX_NAMES if (path / n).is_file()]
     if not indexes:
         indexes = sorted(p for p in path.glob("*.index.json") if p.is_file())
