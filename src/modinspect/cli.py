@@ -29,7 +29,8 @@ _state = {"debug": False}
 SourceArg = Annotated[
     str | None,
     typer.Argument(
-        help="A checkpoint (.safetensors, sharded dir or index, .pt/.pth/.bin/.ckpt, TorchScript) or an entry "
+        help="A checkpoint (.safetensors, sharded dir or index, .pt/.pth/.bin/.ckpt, TorchScript, Hugging Face dir "
+        "with config.json, torch.distributed.checkpoint dir, PEFT adapter dir) or an entry "
         "point path/file.py:NAME or package.module:NAME. Default: the \\[tool.modinspect] table of the nearest pyproject.toml.",
         show_default=False,
     ),
@@ -301,7 +302,8 @@ def load(
                         renames=parse_renames(rename or ()), include=tuple(include or ()),
                         exclude=tuple(exclude or ()))
         with _spinner("building the model…"):
-            model = open_source(model_spec, meta=meta, unsafe_pickle=unsafe_pickle, config_weights=False)
+            model = open_source(model_spec, meta=meta, unsafe_pickle=unsafe_pickle, config_weights=False,
+                                model_weights="header" if meta else "init")
         if model.module is None:
             raise UsageError(
                 f"{model.label} is a checkpoint, not a model: load needs MODEL as an entry point (file.py:NAME) "
@@ -411,7 +413,8 @@ def stats(
 
         extra = _project_defaults(source)
         with _spinner("building the model…"):
-            src = open_source(source, weights=weights, unsafe_pickle=unsafe_pickle, strict=strict)
+            src = open_source(source, weights=weights, unsafe_pickle=unsafe_pickle, strict=strict,
+                              model_weights="init" if weights else "pretrained")
         _warn(src.warnings)
         if src.module is None:
             raise UsageError(

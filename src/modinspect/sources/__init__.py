@@ -28,12 +28,15 @@ def open_source(
     strict: bool = True,
     base: Path | None = None,
     config_weights: bool = True,
+    model_weights: str = "header",
 ) -> Source:
     """Open SOURCE `spec`; None means the [tool.modinspect] default. Paths are relative to `base` (cwd).
 
     With `config_weights=False` the default model comes without the table's `weights` (for `load`).
+    A Hugging Face directory (config.json) builds its model on the meta device with the weights header-only
+    (`model_weights="header"`), or for real: randomly initialised ("init") or from its weights ("pretrained").
     """
-    options = OpenOptions(unsafe_pickle=unsafe_pickle)
+    options = OpenOptions(unsafe_pickle=unsafe_pickle, model_weights=model_weights)
     base = base or Path.cwd()
     weights_base = base  # a --weights given by the caller is relative to base, like `spec`
     if spec is None:

@@ -23,6 +23,8 @@ SINGLE_NAMES = ("model.safetensors", "pytorch_model.bin")
 @dataclass(frozen=True)
 class OpenOptions:
     unsafe_pickle: bool = False
+    model_weights: str = "header"  # a config.json directory's model: "header" (meta), "init" or "pretrained"
+    plain_dir: bool = False  # a directory's weights only, without its DCP / PEFT / config.json reader
 
 
 def open_path(path: Path, label: str, options: OpenOptions) -> Source:
@@ -46,14 +48,12 @@ def open_path(path: Path, label: str, options: OpenOptions) -> Source:
 def _open_dir(path: Path, label: str, options: OpenOptions) -> Source:
     from modinspect.sources.sharded import ShardedSource
 
-    if (path / ".metadata").is_file():
-        from modinspect.sources.dcp import DcpSource
+    if not options.plain_dir:
+        from modinspect.sources.dirs import open_special_dir
 
-        return DcpSource(path, label, options)
-    if (path / "adapter_config.json").is_file():
-        from modinspect.sources.peft_adapter import PeftAdapterSource
-
-        return PeftAdapterSource(path, label, options)
+        special = open_special_dir(path, label, options)
+        if special is not None:
+            return special
     indexes = [path / n for n in INDEX_NAMES if (path / n).is_file()]
     if not indexes:
         indexes = sorted(p for p in path.glob("*.index.json") if p.is_file())
