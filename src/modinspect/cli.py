@@ -30,7 +30,7 @@ SourceArg = Annotated[
     str | None,
     typer.Argument(
         help="A checkpoint (.safetensors, sharded dir or index, .pt/.pth/.bin/.ckpt, TorchScript, Hugging Face dir "
-        "with config.json, torch.distributed.checkpoint dir, PEFT adapter dir) or an entry "
+        "with config.json, torch.distributed.checkpoint dir, PEFT adapter dir, torch.export .pt2) or an entry "
         "point path/file.py:NAME or package.module:NAME. Default: the \\[tool.modinspect] table of the nearest pyproject.toml.",
         show_default=False,
     ),

@@ -121,6 +121,14 @@ def _open_pickled(path: Path, label: str, kind: str) -> Source:
     names = zf.namelist()
     pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
     if not pkl:
+        from modinspect.sources.pt2 import Pt2Source, is_pt2
+
+        if is_pt2(names):  # torch.export.save: JSON and raw bytes, no data.pkl
+            try:
+                return Pt2Source(path, label, zf)
+            except BaseException:
+                zf.close()
+                raise
         zf.close()
         raise UnknownFormatError(f"{label} is a zip file but not a torch checkpoint (no data.pkl)")
     prefix = pkl[0][: -len("data.pkl")]
