@@ -182,3 +182,35 @@ def test_chunk_outside_the_directory_or_file_is_refused(tmp_path: Path) -> None:
     (folder / "__0_0.distcp").write_bytes(data[:10])
     with pytest.raises(CorruptFileError, match=r"past the end of __0_0\.distcp"):
         open_source(str(folder))
+
+
+def test_unsafe_pickle_reads_metadata_with_other_globals(tmp_path: Path) -> None:
+    import collections
+
+    folder = save_dcp({"w": torch.arange(4.0)}, tmp_path / "ckpt")
+    metadata = pickle.loads((folder / ".metadata").read_bytes())
+    metadata.storage_meta = collections.Counter(a=1)  # a global outside the allowlist
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    refused = invoke("tree", str(folder))
+    assert refused.exit_code == 2 and "'collections.Counter'" in refused.stderr
+    result = invoke("tree", str(folder), "--unsafe-pickle", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.startswith("warning: --unsafe-pickle: fully unpickling ")
+    assert json.loads(result.stdout)["totals"]["tensors"] == 1
+    with open_source(str(folder), unsafe_pickle=True) as src:
+        assert torch.equal(src.read_tensor("w"), torch.arange(4.0))
+
+
+def test_metadata_cannot_rewrite_the_allowlist(tmp_path: Path) -> None:
+    """BUILD on an allowed function or shared dtype object is refused, so a file cannot alter later reads."""
+    from modinspect.sources.dcp_metadata import ALLOWED
+
+    folder = save_dcp({"w": torch.ones(2)}, tmp_path / "ckpt")
+    for module, name in (("torch", "Size"), ("torch", "float32"), ("pathlib", "PosixPath")):
+        # GLOBAL module name; {'__defaults__': (1,)} BUILD; STOP  (protocol 2: PROTO 2 first)
+        body = (b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"}q\x00X\x0c\x00\x00\x00__defaults__q\x01K\x01\x85"
+                b"q\x02sb.")
+        (folder / ".metadata").write_bytes(body)
+        with pytest.raises(CorruptFileError, match="tries to modify"):
+            open_source(str(folder))
+        assert "__defaults__" not in getattr(ALLOWED[(module, name)], "__dict__", {})

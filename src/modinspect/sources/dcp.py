@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from modinspect.errors import CorruptFileError, UnknownFormatError
+from modinspect.errors import CorruptFileError, UnknownFormatError, UnsafePickleError
 from modinspect.sources.base import (
     DTYPE_BITS,
     EntrySummary,
@@ -30,6 +30,7 @@ from modinspect.sources.dcp_metadata import (
     TensorStorageMetadata,
     dtype_name,
     load_metadata,
+    load_metadata_unsafe,
 )
 from modinspect.sources.kinds import checkpoint_kind
 
@@ -105,7 +106,16 @@ class DcpSource(Source):
             data = meta_path.read_bytes()
         except OSError as exc:
             raise CorruptFileError(f"cannot read {meta_path}: {exc.strerror or exc}") from None
-        md = load_metadata(data, str(meta_path))
+        warnings: list[str] = []
+        try:
+            md = load_metadata(data, str(meta_path))
+        except UnsafePickleError as exc:
+            if not options.unsafe_pickle:
+                raise
+            warnings.append(f"--unsafe-pickle: fully unpickling {meta_path}, which imports "
+                            f"{', '.join(exc.globals[:6])}{' and more' if len(exc.globals) > 6 else ''}; "
+                            "this runs code from the file")
+            md = load_metadata_unsafe(data, str(meta_path))
         self._chunks_of: dict[str, list[Chunk]] = {}
         self._headers: dict[Path, SafetensorsHeader | None] = {}
         tensors, others = self._entries(md, meta_path)
@@ -118,7 +128,7 @@ class DcpSource(Source):
             notes.append(f"{len(split)} tensor(s) saved in several chunks, reassembled on read (e.g. {split[0]})")
         metadata = {"dcp_version": str(getattr(md, "version", None))} if getattr(md, "version", None) else {}
         super().__init__(label=label, format="dcp", tensors=tensors, other_entries=others, notes=notes,
-                         metadata=metadata)
+                         metadata=metadata, warnings=warnings)
 
     def _entries(self, md: Metadata, meta_path: Path) -> tuple[list[TensorInfo], list[EntrySummary]]:
         from modinspect.sources.sharded import _shard_path

@@ -12,11 +12,10 @@ from __future__ import annotations
 import io
 import pickle
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import IO, Any
 
 from modinspect.errors import CorruptFileError, UnsafePickleError
-from modinspect.sources.pickle_gate import TORCH_DTYPE_NAMES, quiet_decoding, scan_globals
+from modinspect.sources.pickle_gate import TORCH_DTYPE_NAMES, DtypeRef, quiet_decoding, scan_globals
 
 _DCP = "torch.distributed.checkpoint.metadata"
 _FS = "torch.distributed.checkpoint.filesystem"
@@ -77,9 +76,23 @@ class TensorProperties(_Record):
         super().__setstate__(state)
 
 
-@dataclass(frozen=True)
-class _Dtype:
-    name: str
+class _Call:
+    """An allowlisted function, sealed: the pickle's BUILD opcode cannot set attributes on it (its defaults)."""
+
+    __slots__ = ("_fn",)
+    _fn: Any
+
+    def __init__(self, fn: Any) -> None:
+        object.__setattr__(self, "_fn", fn)
+
+    def __call__(self, *args: object) -> object:
+        return self._fn(*args)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise CorruptFileError("tries to modify a function the DCP metadata reader allows")
+
+    def __setstate__(self, state: object) -> None:
+        raise CorruptFileError("tries to modify a function the DCP metadata reader allows")
 
 
 def _torch_size(*args: object) -> tuple[object, ...]:
@@ -113,12 +126,14 @@ ALLOWED: dict[tuple[str, str], object] = {
     # torch 2.0 kept TensorProperties with ShardedTensor's metadata.
     ("torch.distributed._shard.sharded_tensor.metadata", "TensorProperties"): TensorProperties,
     (_FS, "_StorageInfo"): StorageInfo,
-    (_DCP, "_MEM_FORMAT_ENCODING"): _mem_format,
-    ("torch.serialization", "_get_layout"): _layout,
-    ("torch", "Size"): _torch_size,
+    (_DCP, "_MEM_FORMAT_ENCODING"): _Call(_mem_format),
+    ("torch.serialization", "_get_layout"): _Call(_layout),
+    ("torch", "Size"): _Call(_torch_size),
     ("collections", "OrderedDict"): OrderedDict,
-    **{("pathlib", name): _path for name in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path")},
-    **{("torch", name): _Dtype(_DTYPE_ALIASES.get(name, name)) for name in TORCH_DTYPE_NAMES},
+    **{("pathlib", name): _Call(_path) for name in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath",
+                                                     "Path")},
+    # Sealed (pickle_gate's own): BUILD cannot rewrite these shared dtype objects for every later file.
+    **{("torch", name): DtypeRef(_DTYPE_ALIASES.get(name, name)) for name in TORCH_DTYPE_NAMES},
 }
 
 
@@ -161,10 +176,50 @@ def load_metadata(data: bytes, label: str) -> Metadata:
     return obj
 
 
+def load_metadata_unsafe(data: bytes, label: str) -> Metadata:
+    """--unsafe-pickle: plain pickle.loads (it runs the file's code), then the same inert records."""
+    try:
+        obj = pickle.loads(data)
+    except Exception as exc:
+        raise CorruptFileError(f"{label} failed to unpickle even with --unsafe-pickle ({type(exc).__name__}: "
+                               f"{exc})") from exc
+    return _as_records(obj, label)
+
+
+def _record(cls: type[_Record], **fields: object) -> Any:
+    rec = cls()
+    rec.__setstate__(fields)
+    return rec
+
+
+def _as_records(obj: object, label: str) -> Metadata:
+    """A real torch Metadata object rewritten as the records the safe path builds."""
+    entries = getattr(obj, "state_dict_metadata", None)
+    if not isinstance(entries, dict):
+        raise CorruptFileError(f"{label} is not DCP metadata (it holds a {type(obj).__name__})")
+    converted: dict[str, Any] = {}
+    for fqn, entry in entries.items():
+        if not hasattr(entry, "chunks"):
+            converted[fqn] = _record(BytesStorageMetadata)
+            continue
+        dtype = str(getattr(entry.properties, "dtype", "")).removeprefix("torch.")
+        chunks = [_record(ChunkStorageMetadata, offsets=tuple(c.offsets), sizes=tuple(c.sizes)) for c in entry.chunks]
+        converted[fqn] = _record(TensorStorageMetadata, properties=_record(TensorProperties, dtype=DtypeRef(dtype)),
+                                 size=tuple(entry.size), chunks=chunks)
+    storage = {
+        _record(MetadataIndex, fqn=k.fqn, offset=None if k.offset is None else tuple(k.offset), index=k.index):
+        _record(StorageInfo, relative_path=v.relative_path, offset=v.offset, length=v.length,
+                transform_descriptors=getattr(v, "transform_descriptors", None))
+        for k, v in (getattr(obj, "storage_data", None) or {}).items()
+    }
+    return _record(Metadata, state_dict_metadata=converted, storage_data=storage,  # type: ignore[no-any-return]
+                   version=getattr(obj, "version", None))
+
+
 def dtype_name(props: object) -> str | None:
     """The torch dtype name of a TensorProperties record, or None."""
     dtype = getattr(props, "dtype", None) if isinstance(props, TensorProperties) else None
-    if isinstance(dtype, _Dtype):
+    if isinstance(dtype, DtypeRef):
         return dtype.name
     return None
 
