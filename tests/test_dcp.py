@@ -214,3 +214,25 @@ def test_metadata_cannot_rewrite_the_allowlist(tmp_path: Path) -> None:
         with pytest.raises(CorruptFileError, match="tries to modify"):
             open_source(str(folder))
         assert "__defaults__" not in getattr(ALLOWED[(module, name)], "__dict__", {})
+
+
+def test_extension_transforms_and_short_chunks_are_named(tmp_path: Path) -> None:
+    folder = save_dcp({"w": torch.arange(6.0), "b": torch.ones(2)}, tmp_path / "ckpt")
+    real = (folder / ".metadata").read_bytes()
+    metadata = pickle.loads(real)
+    for info in metadata.storage_data.values():
+        if info.relative_path and metadata.state_dict_metadata:
+            info.transform_descriptors = ["zstd"]
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    with open_source(str(folder)) as src:
+        assert src.info("w").shape == (6,)  # listing needs no data
+        from modinspect.errors import UnknownFormatError
+
+        with pytest.raises(UnknownFormatError, match=r"'w' is stored through DCP extensions \(zstd\)"):
+            src.read_tensor("w")
+    metadata = pickle.loads(real)
+    metadata.state_dict_metadata["w"].size = torch.Size([7])
+    metadata.state_dict_metadata["w"].chunks[0].sizes = torch.Size([5])
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CorruptFileError, match="the chunks of 'w' hold 5 elements, not 7"):
+        open_source(str(folder))

@@ -96,3 +96,18 @@ def test_load_into_a_peft_model_hints_the_rename_that_works(project: Path) -> No
     assert len(lora) == 12
     for name, p in lora.items():
         assert torch.equal(written[name], p.detach())
+
+
+def test_adapter_dir_errors(tmp_path: Path) -> None:
+    from modinspect.errors import UnknownFormatError
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    with pytest.raises(UnknownFormatError) as info:
+        open_source(str(folder))
+    assert str(info.value) == f"{folder} has adapter_config.json but no adapter_model.safetensors or adapter_model.bin"
+    (folder / "adapter_config.json").write_text('{"peft_type": ')
+    result = invoke("tree", str(folder))
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {folder / 'adapter_config.json'} is not a readable JSON adapter config (JSONDecodeError)\n"

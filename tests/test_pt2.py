@@ -108,3 +108,41 @@ def test_archive_without_a_program_is_named(tmp_path: Path) -> None:
                 dst.writestr(item, src.read(item))
     with pytest.raises(UnknownFormatError, match="without an exported program"):
         open_source(str(tmp_path / "aoti.pt2"))
+
+
+def _rewrite(path: Path, target: Path, edit: object) -> None:
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(target, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith("_weights_config.json"):
+                config = json.loads(data)
+                edit(config["config"])  # type: ignore[operator]
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+
+
+def test_lying_weight_configs_are_refused(tmp_path: Path) -> None:
+    from modinspect.errors import CorruptFileError
+
+    export(Net(), (torch.randn(1, 3, 8, 8),), tmp_path / "net.pt2")
+
+    def escape(config: dict[str, dict[str, object]]) -> None:
+        config["conv.weight"]["path_name"] = "../../etc/passwd"
+
+    def symbolic(config: dict[str, dict[str, object]]) -> None:
+        config["conv.bias"]["tensor_meta"]["sizes"] = [{"as_expr": {"expr_str": "s0"}}]  # type: ignore[index]
+
+    def too_big(config: dict[str, dict[str, object]]) -> None:
+        config["conv.bias"]["tensor_meta"]["sizes"] = [{"as_int": 1000}]  # type: ignore[index]
+
+    _rewrite(tmp_path / "net.pt2", tmp_path / "escape.pt2", escape)
+    with pytest.raises(CorruptFileError, match=r"gives 'conv\.weight' the payload name '\.\./\.\./etc/passwd'"):
+        open_source(str(tmp_path / "escape.pt2"))
+    _rewrite(tmp_path / "net.pt2", tmp_path / "symbolic.pt2", symbolic)
+    with pytest.raises(CorruptFileError, match="symbolic or negative size"):
+        open_source(str(tmp_path / "symbolic.pt2"))
+    _rewrite(tmp_path / "net.pt2", tmp_path / "big.pt2", too_big)
+    with open_source(str(tmp_path / "big.pt2")) as src, pytest.raises(CorruptFileError, match=r"'conv\.bias' reaches"):
+        src.read_tensor("conv.bias")
+    result = invoke("diff", str(tmp_path / "big.pt2"), str(tmp_path / "big.pt2"))
+    assert result.exit_code == 2 and "reaches past the end of" in result.stderr
