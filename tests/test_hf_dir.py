@@ -164,3 +164,16 @@ def test_without_transformers_a_note_says_so(tmp_path: Path, monkeypatch: pytest
                              "model's classes, module order and tied weights"]
     result = invoke("stats", str(tmp_path / "gpt2"), "--input-shape", "1,4")
     assert result.exit_code == 2 and "needs transformers (pip install 'modinspect[hf]')" in result.stderr
+
+
+def test_unknown_model_type_falls_back_to_the_weights(tmp_path: Path) -> None:
+    _gpt2(tmp_path / "odd")
+    config = json.loads((tmp_path / "odd" / "config.json").read_text())
+    config["model_type"] = "not_a_model_type"
+    (tmp_path / "odd" / "config.json").write_text(json.dumps(config))
+    with open_source(str(tmp_path / "odd")) as src:
+        assert src.format == "safetensors" and src.modules is None
+        assert len(src.notes) == 1 and src.notes[0].startswith("config.json not used: config.json is not a config "
+                                                               "this transformers builds")
+    result = invoke("stats", str(tmp_path / "odd"), "--input-shape", "1,4")
+    assert result.exit_code == 2 and "is not a config this transformers builds" in result.stderr

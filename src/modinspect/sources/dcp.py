@@ -33,6 +33,7 @@ from modinspect.sources.dcp_metadata import (
     load_metadata_unsafe,
 )
 from modinspect.sources.kinds import checkpoint_kind
+from modinspect.sources.sharded import _shard_path as shard_path
 
 if TYPE_CHECKING:
     import torch
@@ -131,8 +132,6 @@ class DcpSource(Source):
                          metadata=metadata, warnings=warnings)
 
     def _entries(self, md: Metadata, meta_path: Path) -> tuple[list[TensorInfo], list[EntrySummary]]:
-        from modinspect.sources.sharded import _shard_path
-
         where: dict[tuple[str, tuple[int, ...]], object] = {}
         for index, info in (getattr(md, "storage_data", None) or {}).items():
             offset = getattr(index, "offset", None)
@@ -161,7 +160,7 @@ class DcpSource(Source):
                 info = where.get((fqn, offsets))
                 if info is None:
                     raise CorruptFileError(f"{meta_path} says where the chunk of {fqn!r} at {list(offsets)} is stored")
-                chunks.append(self._chunk(fqn, offsets, csizes, info, meta_path, sizes, _shard_path))
+                chunks.append(self._chunk(fqn, offsets, csizes, info, meta_path, sizes))
             numel = math.prod(shape)
             if sum(c.numel for c in chunks) != numel:
                 raise CorruptFileError(
@@ -173,11 +172,12 @@ class DcpSource(Source):
         return tensors, others
 
     def _chunk(self, fqn: str, offsets: tuple[int, ...], sizes: tuple[int, ...], info: object, meta_path: Path,
-               file_sizes: dict[Path, int], shard_path: Any) -> Chunk:
+               file_sizes: dict[Path, int]) -> Chunk:
+        """Where the chunk's bytes are, once the file is known to lie in the directory and to hold them."""
         rel, start, length = (getattr(info, k, None) for k in ("relative_path", "offset", "length"))
         if not isinstance(rel, str) or type(start) is not int or type(length) is not int or start < 0 or length < 0:
             raise CorruptFileError(f"{meta_path} gives the chunk of {fqn!r} a storage place it cannot name")
-        path: Path = shard_path(meta_path, rel)
+        path = shard_path(meta_path, rel)  # confined to the directory, like a sharded index's shards
         if path not in file_sizes:
             file_sizes[path] = path.stat().st_size
         if start + length > file_sizes[path]:

@@ -60,7 +60,7 @@ def _quiet_transformers() -> Iterator[None]:
             logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def _model_class(config: Any, raw: dict[str, Any], label: str) -> Any:
+def _model_class(raw: dict[str, Any]) -> Any:
     import transformers
 
     for arch in raw.get("architectures") or []:
@@ -84,7 +84,7 @@ def build_model(folder: Path, label: str, weights: ModelWeights) -> Any:
             config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
         except (ValueError, KeyError, OSError) as exc:
             raise UsageError(f"{label}/{CONFIG_NAME} is not a config this transformers builds ({exc})") from None
-        cls = _model_class(config, raw, label)
+        cls = _model_class(raw)
         if weights == "pretrained":
             return cls.from_pretrained(str(folder), config=config, local_files_only=True, trust_remote_code=False,
                                        use_safetensors=True).eval()
@@ -192,7 +192,13 @@ def _open_hf_dir(folder: Path, label: str, weights: Source | None, mode: ModelWe
         return weights
     if mode == "pretrained" and (weights is None or "safetensors" not in weights.format):
         return _init_then_load(folder, label, weights)
-    model = build_model(folder, label, mode)
+    try:
+        model = build_model(folder, label, mode)
+    except UsageError as exc:
+        if mode != "header" or weights is None:
+            raise
+        weights.notes.append(f"{CONFIG_NAME} not used: {str(exc).removeprefix(label + '/')}")
+        return weights
     if mode != "header":
         note = "weights from the directory (from_pretrained)" if mode == "pretrained" else "randomly initialised"
         if weights is not None:
