@@ -290,9 +290,12 @@ def test_gpt2_from_config_saved_two_ways(tmp_path: Path) -> None:
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=99))
     model.save_pretrained(tmp_path / "hf")  # safetensors without the tied lm_head.weight
     torch.save(model.state_dict(), tmp_path / "sd.pth")
-    report = diff(tmp_path / "hf", tmp_path / "sd.pth")
+    report = diff(tmp_path / "hf" / "model.safetensors", tmp_path / "sd.pth")
     assert not report.differs
     assert report.aliased == (("lm_head.weight", "transformer.wte.weight"),)
+    # The directory's config.json builds the model, which names the tied head itself.
+    whole = diff(tmp_path / "hf", tmp_path / "sd.pth")
+    assert not whole.differs and whole.aliased == () and whole.only_in_a == whole.only_in_b == ()
     with torch.no_grad():
         model.transformer.h[1].mlp.c_fc.weight[0] += 0.5
     torch.save(model.state_dict(), tmp_path / "tuned.pth")

@@ -17,6 +17,7 @@ from models import Tied, TwoLayer, WithBatchNorm
 from modinspect.errors import CorruptFileError, UnknownFormatError, UnsafePickleError
 from modinspect.sources import open_source
 from modinspect.sources.base import tied_groups
+from modinspect.sources.kinds import checkpoint_kind
 from modinspect.sources.module import module_tensor_infos
 from modinspect.sources.pickle_gate import Gate, RestrictedUnpickler, storage_from_pid
 from modinspect.sources.standins import StandIn, standin_name
@@ -74,7 +75,7 @@ def test_zip_state_dict_lists_and_reads(tmp_path: Path, model_type: type[nn.Modu
         assert src.modules is None and src.module is None and src.warnings == []
         assert_lists(src, sd)
         assert len(src.tensors) == len(sd)
-        assert all(t.kind == "unknown" and t.requires_grad is None for t in src.tensors)
+        assert all(t.kind == checkpoint_kind(t.name) and t.requires_grad is None for t in src.tensors)
         assert_values(src, reference)
         assert tied_groups(src.tensors) == []
 

@@ -29,7 +29,8 @@ _state = {"debug": False}
 SourceArg = Annotated[
     str | None,
     typer.Argument(
-        help="A checkpoint (.safetensors, sharded dir or index, .pt/.pth/.bin/.ckpt, TorchScript) or an entry "
+        help="A checkpoint (.safetensors, sharded dir or index, .pt/.pth/.bin/.ckpt, TorchScript, Hugging Face dir "
+        "with config.json, torch.distributed.checkpoint dir, PEFT adapter dir, torch.export .pt2) or an entry "
         "point path/file.py:NAME or package.module:NAME. Default: the \\[tool.modinspect] table of the nearest pyproject.toml.",
         show_default=False,
     ),
@@ -343,7 +344,7 @@ def load(
         with _spinner("building the model…"):
             gate = _gate_options(allow_global, max_pickle_size)
             model = open_source(model_spec, meta=meta, unsafe_pickle=unsafe_pickle, config_weights=False,
-                                announce=_note, **gate)
+                                announce=_note, model_weights="header" if meta else "init", **gate)
         if model.module is None and model.format == "torchscript":
             model_of(model, "load")
         if model.module is None:
@@ -353,7 +354,7 @@ def load(
             )
         with open_source(ckpt_spec, unsafe_pickle=unsafe_pickle, **gate) as checkpoint:
             _warn(model.warnings + checkpoint.warnings)
-            plan = plan_load(model.tensors, checkpoint.tensors, keymap)
+            plan = plan_load(model.tensors, checkpoint.tensors, keymap, module=model.module)
             planning = dry_run or meta or is_meta(model.module)
             strict_failed = strict and not plan.strict_ok
             blocked = bool(plan.mismatched) and not skip_mismatched and not strict_failed
@@ -473,7 +474,8 @@ def stats(
         extra = _project_defaults(source)
         with _spinner("building the model…"):
             src = open_source(source, weights=weights, unsafe_pickle=unsafe_pickle, strict=strict,
-                              announce=_note, **_gate_options(allow_global, max_pickle_size))
+                              announce=_note, model_weights="init" if weights else "pretrained",
+                              **_gate_options(allow_global, max_pickle_size))
         _warn(src.warnings)
         if src.module is None and src.format == "torchscript":
             # Even torch.jit.load's ScriptModule would not do: hooks need the Python model.

@@ -410,6 +410,27 @@ def torchscript(folder: Path, body: Body, member: str = "data.pkl", name: str = 
     return path
 
 
+def dcp_metadata(folder: Path, body: Body, protocol: int, name: str = "evil_dcp") -> Path:
+    """A torch.distributed.checkpoint directory written by dcp.save, whose .metadata is the payload."""
+    import torch.distributed.checkpoint as dcp
+
+    folder = folder / name
+    dcp.save(state_dict(), checkpoint_id=str(folder))
+    (folder / ".metadata").write_bytes(as_pickle(body(0), max(protocol, 2)))
+    return folder
+
+
+def peft_adapter_bin(folder: Path, body: Body, name: str = "evil_adapter") -> Path:
+    """A PEFT adapter directory whose adapter_model.bin carries the payload beside its tensors."""
+    import json
+
+    folder = folder / name
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "target_modules": ["fc"]}))
+    zip_pt(folder, body, "adapter_model.bin")
+    return folder
+
+
 def body_of(payload: Payload, marker: Path) -> Body:
     """The payload's opcodes for a splice point with `memo_base` memo slots already filled."""
     return lambda memo_base: payload.body(marker, memo_base) if payload.memo_relative else payload.body(marker)
@@ -424,9 +445,12 @@ CARRIERS: dict[str, Callable[[Path, Body, int], Path]] = {
     "sharded-bin": lambda f, b, p: sharded_bin(f, b),
     "torchscript-data-pkl": lambda f, b, p: torchscript(f, b, "data.pkl"),
     "torchscript-constants-pkl": lambda f, b, p: torchscript(f, b, "constants.pkl"),
+    "dcp-metadata": dcp_metadata,
+    "peft-adapter-bin": lambda f, b, p: peft_adapter_bin(f, b),
 }
 # Carriers a model can be built from (entry point + --weights), and files --input accepts.
-WEIGHTS_CARRIERS = ["zip-pt", "legacy-pt", "raw-pkl", "training-checkpoint", "sharded-bin", "torchscript-data-pkl"]
+WEIGHTS_CARRIERS = ["zip-pt", "legacy-pt", "raw-pkl", "training-checkpoint", "sharded-bin", "torchscript-data-pkl",
+                    "dcp-metadata", "peft-adapter-bin"]
 INPUT_CARRIERS = ["zip-pt", "legacy-pt", "raw-pkl", "training-checkpoint", "torchscript-data-pkl"]
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from modinspect.analysis.keymap import WRAPPER_PREFIXES, KeyMap, suggest_prefix
+from modinspect.analysis.layout_hints import layout_hints
 from modinspect.report import Alias, LoadPlan, Mismatch
 from modinspect.sources.base import TensorInfo
 
 
-def plan_load(model: Sequence[TensorInfo], checkpoint: Sequence[TensorInfo], keymap: KeyMap | None = None) -> LoadPlan:
+def plan_load(model: Sequence[TensorInfo], checkpoint: Sequence[TensorInfo], keymap: KeyMap | None = None,
+              module: Any = None) -> LoadPlan:
     """Give every key a status: loaded, cast, mismatched, missing, unexpected or tied.
 
     Checkpoint keys are rewritten by `keymap` first. Only what a state dict holds counts on the model's
@@ -44,7 +47,9 @@ def plan_load(model: Sequence[TensorInfo], checkpoint: Sequence[TensorInfo], key
     missing = [t.name for t in absent if t.name not in tied_names]
     model_names = {t.name for t in model}
     unexpected = [ckpt[name].name for name in ckpt if name not in model_names]
-    hints = _hints(missing, [n for n in ckpt if n not in model_names], len(loaded), len(wanted))
+    unmatched = [n for n in ckpt if n not in model_names]
+    # `module`, when given, lets the hints recognise its library's checkpoint layouts (transformers, PEFT).
+    hints = layout_hints(missing, unmatched, module) + _hints(missing, unmatched, len(loaded), len(wanted))
     return LoadPlan(
         loaded=tuple(loaded), cast=tuple(cast), mismatched=tuple(mismatched), missing=tuple(missing),
         unexpected=tuple(unexpected), tied=tuple(tied), sources=tuple(sources), hints=tuple(hints),

@@ -161,9 +161,10 @@ def _totals(tensors: list[TensorInfo], module_known: bool) -> tuple[Totals, tupl
         params=total_params,
         trainable=trainable,
         frozen=total_params - trainable if trainable is not None else None,
-        buffers=sum(t.numel for t in buffers) if known else None,
-        persistent_buffers=sum(t.numel for t in buffers if t.persistent is not False) if known else None,
-        non_persistent_buffers=sum(t.numel for t in buffers if t.persistent is False) if known else None,
+        # A state dict knows its standard buffers by name (running_mean, ...): count them too.
+        buffers=sum(t.numel for t in buffers) if known or buffers else None,
+        persistent_buffers=sum(t.numel for t in buffers if t.persistent is not False) if known or buffers else None,
+        non_persistent_buffers=sum(t.numel for t in buffers if t.persistent is False) if known or buffers else None,
         bytes=sum(t.nbytes for t in unique),
         tensors=len(tensors),
     )

@@ -157,6 +157,8 @@ def totals_table(report: TreeReport) -> Text:
         detail = f"trainable {t.trainable:,} · frozen {t.frozen:,}"
     elif not report.module_known:
         detail = "kinds unknown: parameters and buffers counted together"
+        if t.buffers:
+            detail = "kinds unknown, but for the standard buffers below"
     rows.append((kind, f"{t.params:,}", detail))
     if t.buffers is not None:
         rows.append(("Buffers", f"{t.buffers:,}",

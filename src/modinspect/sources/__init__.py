@@ -49,15 +49,18 @@ def open_source(
     allow_globals: tuple[str, ...] = (),
     max_pickle_size: int | None = None,
     announce: Callable[[str], None] | None = None,
+    model_weights: str = "header",
 ) -> Source:
     """Open SOURCE `spec`; None means the [tool.modinspect] default. Paths are relative to `base` (cwd).
 
     With `config_weights=False` the default model comes without the table's `weights` (for `load`).
     `announce(message)` hears, before it happens, that an entry point named by [tool.modinspect] is
     imported: a cloned repository's pyproject.toml can name any code.
+    A Hugging Face directory (config.json) builds its model on the meta device with the weights header-only
+    (`model_weights="header"`), or for real: randomly initialised ("init") or from its weights ("pretrained").
     """
     options = OpenOptions(unsafe_pickle=unsafe_pickle, allow_globals=frozenset(allow_globals),
-                          max_pickle_bytes=max_pickle_size or DEFAULT_MAX_PICKLE)
+                          max_pickle_bytes=max_pickle_size or DEFAULT_MAX_PICKLE, model_weights=model_weights)
     base = base or Path.cwd()
     weights_base = base  # a --weights given by the caller is relative to base, like `spec`
     if spec is None:

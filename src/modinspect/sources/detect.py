@@ -28,6 +28,8 @@ SINGLE_NAMES = ("model.safetensors", "pytorch_model.bin")
 @dataclass(frozen=True)
 class OpenOptions:
     unsafe_pickle: bool = False
+    model_weights: str = "header"  # a config.json directory's model: "header" (meta), "init" or "pretrained"
+    plain_dir: bool = False  # a directory's weights only, without its DCP / PEFT / config.json reader
     allow_globals: frozenset[str] = frozenset()
     max_pickle_bytes: int = DEFAULT_MAX_PICKLE
 
@@ -76,6 +78,12 @@ def reader_errors(label: str) -> Iterator[None]:
 def _open_dir(path: Path, label: str, options: OpenOptions) -> Source:
     from modinspect.sources.sharded import ShardedSource
 
+    if not options.plain_dir:
+        from modinspect.sources.dirs import open_special_dir
+
+        special = open_special_dir(path, label, options)
+        if special is not None:
+            return special
     indexes = [path / n for n in INDEX_NAMES if (path / n).is_file()]
     if not indexes:
         indexes = sorted(p for p in path.glob("*.index.json") if p.is_file())
@@ -150,6 +158,10 @@ def _open_pickled(path: Path, label: str, kind: str, options: OpenOptions) -> So
         names = zf.namelist()
         pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if not pkl:
+            from modinspect.sources.pt2 import Pt2Source, is_pt2
+
+            if is_pt2(names):  # torch.export.save: JSON and raw bytes, no data.pkl
+                return Pt2Source(path, label, zf)
             raise UnknownFormatError(f"{label} is a zip file but not a torch checkpoint (no data.pkl)")
         prefix = pkl[0][: -len("data.pkl")]
         if f"{prefix}constants.pkl" in names or any(n.startswith(f"{prefix}code/") for n in names):

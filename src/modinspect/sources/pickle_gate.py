@@ -453,7 +453,7 @@ class Gate:
         except Exception as exc:  # whatever a hostile pickle provokes, it is the file's fault
             if unpickler.refused:
                 raise UnsafePickleError(self.label, unpickler.refused) from None
-            extension = _extension_code(exc)
+            extension = extension_code(exc)
             if extension is not None:
                 raise UnsafePickleError(self.label, [f"<copyreg extension {extension}>"]) from None
             raise CorruptFileError(
@@ -474,7 +474,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else ""
 
 
-def _extension_code(exc: BaseException) -> int | None:
+def extension_code(exc: BaseException) -> int | None:
     text = str(exc)
     if isinstance(exc, ValueError) and text.startswith("unregistered extension code "):
         tail = text.removeprefix("unregistered extension code ").strip()

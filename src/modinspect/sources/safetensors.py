@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from modinspect.errors import CorruptFileError
 from modinspect.sources.base import DTYPE_BITS, Source, TensorInfo, read_chunks
+from modinspect.sources.kinds import checkpoint_kind
 
 if TYPE_CHECKING:
     import torch
@@ -202,11 +203,12 @@ def safetensors_infos(header: SafetensorsHeader, storage_prefix: str) -> list[Te
     infos = []
     for name in sorted(header.entries, key=natural_key):
         dtype, shape, begin, end = header.entries[name]
-        infos.append(TensorInfo(name=name, shape=shape, dtype=dtype, nbytes=end - begin, storage=f"{storage_prefix}{name}"))
+        infos.append(TensorInfo(name=name, shape=shape, dtype=dtype, nbytes=end - begin, kind=checkpoint_kind(name),
+                                storage=f"{storage_prefix}{name}"))
     by_name = {t.name: t for t in infos}
     for alias, kept in alias_map(header.metadata, set(by_name)).items():
         k = by_name[kept]
-        infos.append(TensorInfo(name=alias, shape=k.shape, dtype=k.dtype, nbytes=k.nbytes, storage=k.storage))
+        infos.append(TensorInfo(name=alias, shape=k.shape, dtype=k.dtype, nbytes=k.nbytes, kind=k.kind, storage=k.storage))
     return infos
 
 

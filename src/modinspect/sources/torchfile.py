@@ -24,6 +24,7 @@ from modinspect.sources.base import (
     is_row_major,
     read_chunks,
 )
+from modinspect.sources.kinds import checkpoint_kind
 from modinspect.sources.pickle_gate import (
     DtypeRef,
     Gate,
@@ -221,8 +222,7 @@ def tensor_infos(state: dict[str, TensorRef | SparseRef], label: str = "",
                  kinds: dict[str, tuple[str, bool | None]] | None = None) -> list[TensorInfo]:
     infos = []
     for name, ref in state.items():
-        kind, persistent = (kinds or {}).get(name, ("parameter" if getattr(ref, "is_parameter", False) else "unknown",
-                                                     None))
+        kind, persistent = (kinds or {}).get(name, (checkpoint_kind(name, getattr(ref, "is_parameter", False)), None))
         if isinstance(ref, SparseRef):
             nbytes = sum(_numel(c.shape) * DTYPE_BITS.get(c.dtype, 8) // 8 for c in ref.components)
             infos.append(TensorInfo(name=name, shape=ref.shape, dtype=ref.dtype, nbytes=nbytes,

@@ -1,0 +1,235 @@
+"""torch.export `.pt2` archives (torch.export.save), read from their JSON alone: no pickle is loaded.
+
+The archive (torch >= 2.6) is a zip under one root folder:
+  archive_format                        "pt2"
+  models/<name>.json                    the serialized ExportedProgram: graph, signature, module call graph
+  data/weights/<name>_weights_config.json     state-dict name -> {path_name, is_param, use_pickle, tensor_meta}
+  data/weights/weight_<i>               the raw bytes of one storage (tensor_meta gives shape/stride/offset)
+  data/constants/<name>_constants_config.json and tensor_<i>: lifted constants and non-persistent buffers
+The module tree comes from the module call graph (every module's dotted name, in call order) and the
+`nn_module_stack` of the graph's nodes (each module's class); kinds from the graph signature.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modinspect.errors import CorruptFileError, UnknownFormatError
+from modinspect.sources.base import (
+    DTYPE_BITS,
+    ModuleInfo,
+    Source,
+    TensorInfo,
+    is_row_major,
+    read_chunks,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+# torch._export.serde.schema.ScalarType
+SCALAR_TYPES = {
+    1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32", 8: "float64",
+    9: "complex32", 10: "complex64", 11: "complex128", 12: "bool", 13: "bfloat16", 28: "uint16",
+    29: "float8_e4m3fn", 30: "float8_e5m2", 31: "float8_e4m3fnuz", 32: "float8_e5m2fnuz", 33: "float8_e8m0fnu",
+    34: "uint32", 35: "uint64",
+}
+_STRIDED = 7  # schema.Layout.Strided
+
+
+@dataclass(frozen=True)
+class _Payload:
+    member: str  # the zip entry with the storage's bytes
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+    dtype: str
+
+
+def is_pt2(names: list[str]) -> bool:
+    return any(n.endswith("/archive_format") and n.count("/") == 1 for n in names)
+
+
+def _ints(values: object, what: str, label: str) -> tuple[int, ...]:
+    if not isinstance(values, list):
+        raise CorruptFileError(f"{label} gives {what} that is not a list")
+    out = []
+    for v in values:
+        n = v.get("as_int") if isinstance(v, dict) else None
+        if type(n) is not int or n < 0:
+            raise CorruptFileError(f"{label} gives {what} with a symbolic or negative size ({v!r}), not a saved tensor")
+        out.append(n)
+    return tuple(out)
+
+
+def module_types(nodes: object) -> dict[str, str]:
+    """{module path: class name} from the graph nodes' nn_module_stack ('key,path,qualified.Class;...')."""
+    types: dict[str, str] = {}
+    for node in nodes if isinstance(nodes, list) else []:
+        stack = (node.get("metadata") or {}).get("nn_module_stack") if isinstance(node, dict) else None
+        if not isinstance(stack, str):
+            continue
+        for entry in stack.split(";"):
+            first, last = entry.find(","), entry.rfind(",")
+            if 0 <= first < last:
+                types.setdefault(entry[first + 1:last], entry[last + 1:].rpartition(".")[2])
+    return types
+
+
+def _signature_kinds(specs: object) -> dict[str, tuple[str, bool | None]]:
+    """{state name: (kind, persistent)} from the graph signature's input specs."""
+    kinds: dict[str, tuple[str, bool | None]] = {}
+    for spec in specs if isinstance(specs, list) else []:
+        if not isinstance(spec, dict):
+            continue
+        if isinstance(spec.get("parameter"), dict):
+            kinds[str(spec["parameter"].get("parameter_name"))] = ("parameter", None)
+        elif isinstance(spec.get("buffer"), dict):
+            persistent = spec["buffer"].get("persistent")
+            kinds[str(spec["buffer"].get("buffer_name"))] = ("buffer", persistent if isinstance(persistent, bool) else None)
+    return kinds
+
+
+class Pt2Source(Source):
+    """The exported program's state (parameters and buffers) with its module tree."""
+
+    def __init__(self, path: Path, label: str, zf: zipfile.ZipFile) -> None:
+        self.path, self._zf = path, zf
+        self._size = path.stat().st_size
+        names = zf.namelist()
+        root = next(n for n in names if n.endswith("/archive_format") and n.count("/") == 1).partition("/")[0] + "/"
+        if self._member(f"{root}archive_format").strip() != b"pt2":
+            raise UnknownFormatError(f"{label} is a zip archive whose archive_format is not pt2")
+        models = sorted(n for n in names if n.startswith(f"{root}models/") and n.endswith(".json"))
+        if not models:
+            raise UnknownFormatError(f"{label} is a .pt2 archive without an exported program (models/*.json): an "
+                                     "AOTInductor package, which modinspect does not read")
+        model_file = f"{root}models/model.json" if f"{root}models/model.json" in models else models[0]
+        model_name = model_file.rpartition("/")[2].removesuffix(".json")
+        program = self._json(model_file)
+        gm = program.get("graph_module") if isinstance(program, dict) else None
+        if not isinstance(gm, dict):
+            raise CorruptFileError(f"{label}: {model_file} holds no graph_module")
+        if f"{root}data/weights/{model_name}.pt" in names:
+            raise UnknownFormatError(f"{label} keeps its weights in the legacy pickled {model_name}.pt; re-save it "
+                                     "with torch.export.save from torch >= 2.6")
+        kinds = _signature_kinds((gm.get("signature") or {}).get("input_specs"))
+        self._payloads: dict[str, _Payload] = {}
+        tensors: list[TensorInfo] = []
+        skipped: list[str] = []
+        for folder, config_name in (("weights", "weights_config"), ("constants", "constants_config")):
+            member = f"{root}data/{folder}/{model_name}_{config_name}.json"
+            if member not in names:
+                continue
+            config = self._json(member).get("config")
+            if not isinstance(config, dict):
+                raise CorruptFileError(f"{label}: {member} has no config map")
+            for name, meta in config.items():
+                if folder == "constants" and name not in kinds:
+                    skipped.append(name)  # a lifted tensor constant, not part of the state dict
+                    continue
+                info = self._tensor(str(name), meta, f"{root}data/{folder}/", kinds, label, skipped)
+                if info is not None:
+                    tensors.append(info)
+        calls = gm.get("module_call_graph")
+        types = module_types((gm.get("graph") or {}).get("nodes"))
+        fqns = [str(e.get("fqn")) for e in calls if isinstance(e, dict)] if isinstance(calls, list) else [""]
+        modules = [ModuleInfo(name=f, type=types.get(f)) for f in dict.fromkeys(["", *fqns])]
+        n_nodes = len((gm.get("graph") or {}).get("nodes") or [])
+        notes = [f"torch.export program '{model_name}': {n_nodes} graph nodes, {len(modules)} modules in the call "
+                 "graph; read from its JSON (no pickle loaded)"]
+        if skipped:
+            notes.append(f"{len(skipped)} constants or pickled tensors not listed (e.g. {skipped[0]})")
+        version = program.get("torch_version") if isinstance(program, dict) else None
+        super().__init__(label=label, format="torch-export", tensors=tensors, modules=modules, notes=notes,
+                         metadata={"torch_version": str(version)} if version else {})
+
+    def _member(self, name: str) -> bytes:
+        from modinspect.sources.torchfile import read_zip_member
+
+        return read_zip_member(self._zf, name, self._size, str(self.path))
+
+    def _json(self, name: str) -> dict[str, Any]:
+        try:
+            data = json.loads(self._member(name))
+        except (ValueError, RecursionError) as exc:
+            raise CorruptFileError(f"{self.path}: {name} is not valid JSON ({type(exc).__name__})") from None
+        if not isinstance(data, dict):
+            raise CorruptFileError(f"{self.path}: {name} is not a JSON object")
+        return data
+
+    def _tensor(self, name: str, meta: object, folder: str, kinds: dict[str, tuple[str, bool | None]],
+                label: str, skipped: list[str]) -> TensorInfo | None:
+        if not isinstance(meta, dict) or not isinstance(meta.get("tensor_meta"), dict):
+            raise CorruptFileError(f"{label} describes {name!r} without tensor_meta")
+        if meta.get("use_pickle"):
+            skipped.append(name)  # a tensor subclass, saved with torch.save: not unpickled
+            return None
+        tm = meta["tensor_meta"]
+        dtype = SCALAR_TYPES.get(tm.get("dtype")) if type(tm.get("dtype")) is int else None
+        if dtype is None or dtype not in DTYPE_BITS:
+            raise CorruptFileError(f"{label} gives {name!r} the unknown dtype code {tm.get('dtype')!r}")
+        if tm.get("layout", _STRIDED) != _STRIDED:
+            skipped.append(name)  # sparse and mkldnn layouts
+            return None
+        shape = _ints(tm.get("sizes"), f"{name!r} sizes", label)
+        stride = _ints(tm.get("strides"), f"{name!r} strides", label)
+        (offset,) = _ints([tm.get("storage_offset", {"as_int": 0})], f"{name!r} a storage offset", label)
+        if len(stride) != len(shape):
+            raise CorruptFileError(f"{label} gives {name!r} {len(shape)} sizes but {len(stride)} strides")
+        path_name = meta.get("path_name")
+        if not isinstance(path_name, str) or "/" in path_name:
+            raise CorruptFileError(f"{label} gives {name!r} the payload name {path_name!r}")
+        self._payloads[name] = _Payload(f"{folder}{path_name}", shape, stride, offset, dtype)
+        kind, persistent = kinds.get(name, ("parameter" if meta.get("is_param") else "buffer", None))
+        numel = math.prod(shape)
+        return TensorInfo(
+            name, shape, dtype, numel * DTYPE_BITS[dtype] // 8, kind,  # type: ignore[arg-type]
+            storage=f"{path_name}@{offset}:{shape}:{stride}" if numel else None,
+            requires_grad=bool(tm.get("requires_grad")) if kind == "parameter" else None, persistent=persistent,
+        )
+
+    def _storage(self, name: str) -> tuple[_Payload, zipfile.ZipInfo]:
+        from modinspect.sources.torchfile import zip_member
+
+        p = self._payloads[name]
+        try:
+            info = zip_member(self._zf, p.member, self._size)
+        except KeyError:
+            raise CorruptFileError(f"{self.path} lacks {p.member}, the data of {name!r}") from None
+        itemsize = DTYPE_BITS[p.dtype] // 8
+        numel = math.prod(p.shape)
+        needed = (p.offset + sum((s - 1) * st for s, st in zip(p.shape, p.stride, strict=True)) + 1) if numel else 0
+        if info.file_size == 0 and numel:
+            raise CorruptFileError(f"{self.path}: {name!r} was exported as a fake tensor and has no data")
+        if needed * itemsize > info.file_size:
+            raise CorruptFileError(f"{self.path}: {name!r} reaches past the end of {p.member}")
+        return p, info
+
+    def _read(self, name: str) -> torch.Tensor:
+        import torch
+
+        p, info = self._storage(name)
+        dtype = getattr(torch, p.dtype)
+        if not math.prod(p.shape):
+            return torch.empty(p.shape, dtype=dtype)
+        flat = torch.frombuffer(bytearray(self._zf.read(info)), dtype=dtype)
+        return flat.as_strided(p.shape, p.stride, p.offset).clone()
+
+    def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
+        p, info = self._storage(name)
+        if not is_row_major(p.shape, p.stride):
+            yield from super()._chunks(name, chunk_elems)
+            return
+        with self._zf.open(info) as member:
+            member.seek(p.offset * DTYPE_BITS[p.dtype] // 8)
+            yield from read_chunks(member, math.prod(p.shape), p.dtype, chunk_elems, str(self.path))
+
+    def close(self) -> None:
+        self._zf.close()

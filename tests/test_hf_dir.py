@@ -1,0 +1,179 @@
+"""Hugging Face directories (config.json + weights) written by save_pretrained: the model built from the config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import invoke
+from modinspect import build_tree, open_source
+from modinspect.analysis.layout_hints import LEGACY_LAYOUT
+
+transformers = pytest.importorskip("transformers")
+
+
+def _gpt2(folder: Path) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=32,
+                                     bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def _bert(folder: Path) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, vocab_size=60, max_position_embeddings=32)
+    model = transformers.BertForMaskedLM(config).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def test_gpt2_dir_has_real_classes_order_and_the_tied_head(tmp_path: Path) -> None:
+    model = _gpt2(tmp_path / "gpt2")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "gpt2" / "model.safetensors"), "pt") as f:
+        stored = set(f.keys())
+    assert "lm_head.weight" not in stored  # what the tree must add back
+    with open_source(str(tmp_path / "gpt2")) as src:
+        assert src.format == "hf-safetensors"
+        assert src.module is not None and src.module.lm_head.weight.device.type == "meta"
+        report = build_tree(src)
+        assert report.root.row.type == "GPT2LMHeadModel"
+        assert [c.row.name for c in report.root.children] == [n for n, _ in model.named_children()]
+        transformer = report.root.children[0]
+        assert [c.row.name for c in transformer.children] == [f"transformer.{n}" for n, _ in
+                                                              model.transformer.named_children()]
+        assert [c.row.type for c in transformer.children] == ["Embedding", "Embedding", "Dropout", "ModuleList",
+                                                              "LayerNorm"]
+        assert report.tied == (("transformer.wte.weight", "lm_head.weight"),)
+        assert report.totals.params == model.num_parameters() == sum(p.numel() for p in model.parameters())
+        assert src.names() == list(model.state_dict())  # state_dict order, lm_head included
+        assert torch.equal(src.read_tensor("lm_head.weight"), model.transformer.wte.weight.detach())
+        assert torch.equal(torch.cat(list(src.iter_chunks("lm_head.weight", 7))), model.lm_head.weight.detach().reshape(-1))
+        assert src.notes[0].startswith("model built from config.json on the meta device: GPT2LMHeadModel")
+
+
+def test_bert_dir_tree_and_diff_against_its_own_weights(tmp_path: Path) -> None:
+    model = _bert(tmp_path / "bert")
+    result = invoke("tree", str(tmp_path / "bert"), "--json")
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)
+    assert doc["format"] == "hf-safetensors" and doc["module_known"] is True
+    types = {m["name"]: m["type"] for m in doc["modules"]}
+    assert types[""] == "BertForMaskedLM" and types["bert.encoder.layer.0.attention.self.query"] == "Linear"
+    assert doc["totals"]["params"] == sum(p.numel() for p in model.parameters())
+    same = invoke("diff", str(tmp_path / "bert"), str(tmp_path / "bert" / "model.safetensors"))
+    assert same.exit_code == 0, same.stdout
+
+
+def test_stats_and_load_take_the_dir_as_a_model(tmp_path: Path) -> None:
+    model = _gpt2(tmp_path / "gpt2")
+    with open_source(str(tmp_path / "gpt2"), model_weights="pretrained") as src:
+        assert src.module.transformer.wte.weight.device.type == "cpu"
+        for name, t in model.state_dict().items():
+            assert torch.equal(src.module.state_dict()[name], t), name
+    stats = invoke("stats", str(tmp_path / "gpt2"), "--input-shape", "2,8", "--json", "--no-backward")
+    assert stats.exit_code == 0, stats.stderr
+    doc = json.loads(stats.stdout)
+    root = next(m for m in doc["modules"] if m["name"] == "")
+    assert root["type"] == "GPT2LMHeadModel" and root["calls"] == 1
+    out = tmp_path / "loaded.safetensors"
+    loaded = invoke("load", str(tmp_path / "gpt2"), str(tmp_path / "gpt2" / "model.safetensors"), "--strict",
+                    "--out", str(out))
+    assert loaded.exit_code == 0, loaded.stdout + loaded.stderr
+    from safetensors.torch import load_file
+
+    back = load_file(str(out))
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items() if k in back)
+
+
+@pytest.mark.parametrize("kind", ["vit", "mixtral"])
+def test_legacy_layout_is_named_on_load(tmp_path: Path, kind: str) -> None:
+    """transformers 5 saves these in the legacy layout and converts them back in from_pretrained."""
+    if kind == "vit":
+        config = transformers.ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=32, image_size=8, patch_size=4)
+        model = transformers.ViTModel(config)
+        legacy = "encoder.layer.0.attention.attention.key.bias"
+    else:
+        config = transformers.MixtralConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                            num_key_value_heads=1, intermediate_size=32, vocab_size=50,
+                                            num_local_experts=2)
+        model = transformers.MixtralForCausalLM(config)
+        legacy = "model.layers.0.block_sparse_moe.experts.0.w1.weight"
+    model.save_pretrained(tmp_path / kind)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / kind / "model.safetensors"), "pt") as f:
+        assert legacy in set(f.keys())  # a real legacy-layout file
+    result = invoke("load", str(tmp_path / kind), str(tmp_path / kind / "model.safetensors"), "--dry-run", "--json")
+    assert result.exit_code == 0
+    plan = json.loads(result.stdout)
+    assert plan["unexpected"] and plan["missing"]
+    assert plan["hints"][0].endswith(LEGACY_LAYOUT)
+    assert f"of {len(plan['unexpected'])} unexpected keys" in plan["hints"][0]
+    text = invoke("load", str(tmp_path / kind), str(tmp_path / kind / "model.safetensors"), "--dry-run")
+    assert LEGACY_LAYOUT in " ".join(text.stdout.split())
+    # from_pretrained does convert it: the dir as a pretrained MODEL has the file's values under the new names.
+    with open_source(str(tmp_path / kind), model_weights="pretrained") as src:
+        if kind == "vit":
+            got = src.module.layers[0].attention.k_proj.bias
+            assert torch.equal(got, model.layers[0].attention.k_proj.bias)
+
+
+def test_hint_needs_mostly_legacy_keys(tmp_path: Path) -> None:
+    from modinspect.analysis.layout_hints import legacy_layout_hint
+
+    config = transformers.ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=32, image_size=8, patch_size=4)
+    model = transformers.ViTModel(config)
+    assert legacy_layout_hint(model, ["head.weight", "head.bias", "encoder.layer.0.attention.attention.key.bias"]) is None
+    assert legacy_layout_hint(torch.nn.Linear(2, 2), ["encoder.layer.0.attention.attention.key.bias"]) is None
+
+
+def test_custom_code_configs_are_refused(tmp_path: Path) -> None:
+    _gpt2(tmp_path / "remote")
+    config = json.loads((tmp_path / "remote" / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel"}
+    (tmp_path / "remote" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "remote" / "modeling_evil.py").write_text("raise SystemExit('ran remote code')\n")
+    tree = invoke("tree", str(tmp_path / "remote"), "--json")
+    assert tree.exit_code == 0
+    doc = json.loads(tree.stdout)
+    assert doc["format"] == "safetensors" and doc["module_known"] is False
+    assert any("config.json not used" in n and "auto_map" in n for n in doc["notes"])
+    stats = invoke("stats", str(tmp_path / "remote"), "--input-shape", "1,4")
+    assert stats.exit_code == 2
+    assert stats.stderr == (f"error: {tmp_path / 'remote'}/config.json maps its classes to code in the directory "
+                            "(auto_map); modinspect does not run a checkpoint's code (trust_remote_code): pass the "
+                            "model as an entry point, file.py:NAME\n")
+
+
+def test_without_transformers_a_note_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _gpt2(tmp_path / "gpt2")
+    monkeypatch.setattr("modinspect.sources.hf_dir.has_transformers", lambda: False)
+    with open_source(str(tmp_path / "gpt2")) as src:
+        assert src.format == "safetensors" and src.modules is None
+        assert src.notes == ["config.json found: install transformers (pip install 'modinspect[hf]') to see the "
+                             "model's classes, module order and tied weights"]
+    result = invoke("stats", str(tmp_path / "gpt2"), "--input-shape", "1,4")
+    assert result.exit_code == 2 and "needs transformers (pip install 'modinspect[hf]')" in result.stderr
+
+
+def test_unknown_model_type_falls_back_to_the_weights(tmp_path: Path) -> None:
+    _gpt2(tmp_path / "odd")
+    config = json.loads((tmp_path / "odd" / "config.json").read_text())
+    config["model_type"] = "not_a_model_type"
+    (tmp_path / "odd" / "config.json").write_text(json.dumps(config))
+    with open_source(str(tmp_path / "odd")) as src:
+        assert src.format == "safetensors" and src.modules is None
+        assert len(src.notes) == 1 and src.notes[0].startswith("config.json not used: config.json is not a config "
+                                                               "this transformers builds")
+    result = invoke("stats", str(tmp_path / "odd"), "--input-shape", "1,4")
+    assert result.exit_code == 2 and "is not a config this transformers builds" in result.stderr

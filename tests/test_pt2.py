@@ -1,0 +1,148 @@
+"""torch.export .pt2 archives written by torch.export.save: module tree and state from JSON, no pickle loaded."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import invoke
+from models import Tied
+from modinspect import build_tree, open_source
+from modinspect.errors import UnknownFormatError
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+        self.register_buffer("scale", torch.full((5,), 2.0), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.bn(self.conv(x))) * self.scale
+
+
+def export(model: nn.Module, args: tuple[torch.Tensor, ...], path: Path) -> torch.export.ExportedProgram:
+    ep = torch.export.export(model.eval(), args)
+    torch.export.save(ep, path)
+    return ep
+
+
+def test_tree_state_and_kinds_from_the_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = Net()
+    ep = export(model, (torch.randn(2, 3, 8, 8),), tmp_path / "net.pt2")
+    with zipfile.ZipFile(tmp_path / "net.pt2") as zf:
+        assert any(n.endswith("/archive_format") for n in zf.namelist())
+    from modinspect.sources import pickle_gate
+
+    def no_unpickling(self: object) -> None:
+        raise AssertionError("a pickle was loaded")
+
+    monkeypatch.setattr(pickle_gate.RestrictedUnpickler, "load", no_unpickling)
+    with open_source(str(tmp_path / "net.pt2")) as src:
+        assert src.format == "torch-export"
+        report = build_tree(src)
+        types = {m.name: m.type for m in report.modules}
+        assert types == {"": "Net", "conv": "Conv2d", "bn": "BatchNorm2d", "head": "Sequential", "head.0": "Flatten",
+                         "head.1": "Linear"}
+        assert report.totals.params == sum(p.numel() for p in model.parameters())
+        assert report.totals.buffers == sum(b.numel() for b in model.buffers())
+        assert report.totals.non_persistent_buffers == 5
+        assert {t.name: t.kind for t in src.tensors} == {
+            **{n: "parameter" for n, _ in model.named_parameters()}, **{n: "buffer" for n, _ in model.named_buffers()}
+        }
+        assert src.info("scale").persistent is False and src.info("bn.running_mean").persistent is True
+        state = {**ep.state_dict, **ep.constants}
+        for name in src.names():
+            assert torch.equal(src.read_tensor(name), state[name].detach())
+            assert torch.equal(torch.cat(list(src.iter_chunks(name, 7))), state[name].detach().reshape(-1))
+
+
+def test_tied_weights_are_one_storage(tmp_path: Path) -> None:
+    model = Tied()
+    export(model, (torch.randint(0, 50, (2, 5)),), tmp_path / "tied.pt2")
+    with open_source(str(tmp_path / "tied.pt2")) as src:
+        report = build_tree(src)
+    assert [set(g) for g in report.tied] == [{"embed.weight", "head.weight"}]
+    assert report.totals.params == sum(p.numel() for p in model.parameters())  # parameters() counts it once
+
+
+def test_diff_and_load_read_the_archive(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Net()
+    export(model, (torch.randn(1, 3, 8, 8),), tmp_path / "net.pt2")
+    torch.save(model.state_dict(), tmp_path / "net.pt")
+    result = invoke("diff", str(tmp_path / "net.pt2"), str(tmp_path / "net.pt"), "--json")
+    doc = json.loads(result.stdout)
+    # The program keeps the non-persistent buffer, which state_dict() leaves out; everything else is identical.
+    assert result.exit_code == 1
+    assert doc["only_in_a"] == ["scale"] and doc["only_in_b"] == [] and doc["changed"] == []
+    assert doc["identical"] == len(model.state_dict())
+    (tmp_path / "m.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_pt2 import Net\n"
+        "def build():\n    return Net()\n"
+    )
+    out = tmp_path / "out.safetensors"
+    loaded = invoke("load", f"{tmp_path / 'm.py'}:build", str(tmp_path / "net.pt2"), "--strict", "--out", str(out))
+    assert loaded.exit_code == 0, loaded.stdout + loaded.stderr
+    from safetensors.torch import load_file
+
+    back = load_file(str(out))
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+
+
+def test_archive_without_a_program_is_named(tmp_path: Path) -> None:
+    export(Net(), (torch.randn(1, 3, 8, 8),), tmp_path / "net.pt2")
+    with zipfile.ZipFile(tmp_path / "net.pt2") as src, zipfile.ZipFile(tmp_path / "aoti.pt2", "w") as dst:
+        for item in src.infolist():
+            if "/models/" not in item.filename:
+                dst.writestr(item, src.read(item))
+    with pytest.raises(UnknownFormatError, match="without an exported program"):
+        open_source(str(tmp_path / "aoti.pt2"))
+
+
+def _rewrite(path: Path, target: Path, edit: object) -> None:
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(target, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith("_weights_config.json"):
+                config = json.loads(data)
+                edit(config["config"])  # type: ignore[operator]
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+
+
+def test_lying_weight_configs_are_refused(tmp_path: Path) -> None:
+    from modinspect.errors import CorruptFileError
+
+    export(Net(), (torch.randn(1, 3, 8, 8),), tmp_path / "net.pt2")
+
+    def escape(config: dict[str, dict[str, object]]) -> None:
+        config["conv.weight"]["path_name"] = "../../etc/passwd"
+
+    def symbolic(config: dict[str, dict[str, object]]) -> None:
+        config["conv.bias"]["tensor_meta"]["sizes"] = [{"as_expr": {"expr_str": "s0"}}]  # type: ignore[index]
+
+    def too_big(config: dict[str, dict[str, object]]) -> None:
+        config["conv.bias"]["tensor_meta"]["sizes"] = [{"as_int": 1000}]  # type: ignore[index]
+
+    _rewrite(tmp_path / "net.pt2", tmp_path / "escape.pt2", escape)
+    with pytest.raises(CorruptFileError, match=r"gives 'conv\.weight' the payload name '\.\./\.\./etc/passwd'"):
+        open_source(str(tmp_path / "escape.pt2"))
+    _rewrite(tmp_path / "net.pt2", tmp_path / "symbolic.pt2", symbolic)
+    with pytest.raises(CorruptFileError, match="symbolic or negative size"):
+        open_source(str(tmp_path / "symbolic.pt2"))
+    _rewrite(tmp_path / "net.pt2", tmp_path / "big.pt2", too_big)
+    with open_source(str(tmp_path / "big.pt2")) as src, pytest.raises(CorruptFileError, match=r"'conv\.bias' reaches"):
+        src.read_tensor("conv.bias")
+    result = invoke("diff", str(tmp_path / "big.pt2"), str(tmp_path / "big.pt2"))
+    assert result.exit_code == 2 and "reaches past the end of" in result.stderr
