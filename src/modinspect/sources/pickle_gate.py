@@ -306,6 +306,7 @@ SAFE_GLOBALS: dict[tuple[str, str], object] = {
     ("builtins", "complex"): complex,
     ("builtins", "list"): list,
     ("builtins", "tuple"): tuple,
+    ("builtins", "dict"): dict,
     ("_codecs", "encode"): _codecs_encode,
     ("copyreg", "_reconstructor"): safe_reconstructor,
     # TorchScript archives rebuild typed lists and dicts with these; each returns its argument.

@@ -189,21 +189,31 @@ def _join(pairs: Any, count: int, depth: int, width: int, sep: str = ": ") -> st
 
 def _describe_standin(value: StandIn, depth: int, width: int) -> str:
     name = standin_name(value)
+    if depth < 2:  # nested: the class name is enough, the top level gave the module
+        name = name.rpartition(".")[2]
     if isinstance(value, _Call):
         callee = value.args[0] if value.args else None
         name = f"{_describe(callee, 0, 40)}(…)"
         args: tuple[object, ...] = value.args[1:]
     else:
         args = value.args
+    attributes = value.attributes
+    if "_val" in attributes and depth > -4:  # an OmegaConf value node: its value is the point (a node's
+        return _describe(attributes["_val"], depth - 1, width)  # _val may be a node: the chain is bounded)
     if depth <= 0:
         return name
+    content = attributes.get("_content")
+    if isinstance(content, dict):  # an OmegaConf DictConfig: show its keys, not its bookkeeping
+        return f"{name}({_join(((_key(k), v) for k, v in content.items()), len(content), depth, width, sep='=')})"
+    if isinstance(content, list):
+        return f"{name}({_join(((None, v) for v in content), len(content), depth, width)})"
     pairs: list[tuple[str | None, object]] = [(None, a) for a in args]
     pairs += [(k, v) for k, v in value.kwargs.items()]
-    attributes = value.attributes
     if attributes:
         pairs += [(k, v) for k, v in attributes.items() if not k.startswith("_")]
     elif value.state is not None:
         pairs.append(("state", value.state))
     pairs += [(_key(k), v) for k, v in value.items]
-    pairs += [(None, v) for v in value.elements]
+    if value.elements:  # APPENDS / ADDITEMS: one list, as the object's own repr would show it
+        pairs.append((None, value.elements))
     return f"{name}({_join(iter(pairs), len(pairs), depth, width, sep='=')})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import mmap
 import struct
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -365,18 +366,24 @@ class TorchFileSource(Source):
 
     def _read_sparse(self, name: str, ref: SparseRef) -> torch.Tensor:
         """A sparse tensor, densified: diff and load compare values, whatever the layout."""
-        import torch
-
         if _numel(ref.shape) > _MAX_DENSE:
             raise ModinspectError(f"{self.path}: sparse tensor {name!r} is too large to compare densely ({ref.shape})")
         parts = [self._dense(name, c) for c in ref.components]
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": torch's note, not the user's
+            warnings.simplefilter("ignore", UserWarning)
+            return self._assemble_sparse(name, ref, parts)
+
+    def _assemble_sparse(self, name: str, ref: SparseRef, parts: list[torch.Tensor]) -> torch.Tensor:
+        import torch
+
         try:
             if ref.layout == "sparse_coo":
-                sparse = torch.sparse_coo_tensor(parts[0], parts[1], ref.shape)
+                # check_invariants: a hostile file's indices must not reach past the dense shape in to_dense.
+                sparse = torch.sparse_coo_tensor(parts[0], parts[1], ref.shape, check_invariants=True)
             else:
                 compressed, plain, values = parts
                 sparse = torch.sparse_compressed_tensor(compressed, plain, values, ref.shape,
-                                                        layout=getattr(torch, ref.layout))
+                                                        layout=getattr(torch, ref.layout), check_invariants=True)
             return sparse.to_dense()
         except (RuntimeError, TypeError, ValueError, IndexError) as exc:
             raise CorruptFileError(f"{self.path}: sparse tensor {name!r} is inconsistent ({exc})") from None
