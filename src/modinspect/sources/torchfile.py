@@ -449,13 +449,7 @@ class ZipTorchSource(TorchFileSource):
     """A torch.save zip archive (torch >= 1.6): <prefix>/data.pkl plus <prefix>/data/<key> entries."""
 
     def __init__(self, path: Path, label: str, zf: zipfile.ZipFile, prefix: str, gate: Gate) -> None:
-        self.path = path
-        self._zf = zf
-        self._prefix = prefix
-        try:
-            self._size = path.stat().st_size
-        except OSError as exc:
-            raise CorruptFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+        self._attach(path, zf, prefix)
         byteorder = self._read_member("byteorder", gate, optional=True)
         if byteorder not in (None, b"little"):
             raise CorruptFileError(f"{path} was saved on a big-endian machine, which modinspect does not read yet")
@@ -463,6 +457,16 @@ class ZipTorchSource(TorchFileSource):
         assert data is not None  # not optional: a missing member raises
         obj, _ = gate.load(data, 0, storage_from_pid)
         super().__init__(path, label, "torch-zip", obj, gate)
+
+    def _attach(self, path: Path, zf: zipfile.ZipFile, prefix: str) -> None:
+        """The archive this source reads its storages from, and its size to check entries against."""
+        self.path = path
+        self._zf = zf
+        self._prefix = prefix
+        try:
+            self._size = path.stat().st_size
+        except OSError as exc:
+            raise CorruptFileError(f"cannot read {path}: {exc.strerror or exc}") from None
 
     def _read_member(self, name: str, gate: Gate, optional: bool = False) -> bytes | None:
         return read_pickle_member(self._zf, f"{self._prefix}{name}", self._size, self.path, gate, optional)

@@ -97,13 +97,7 @@ class TorchScriptSource(ZipTorchSource):
     """A TorchScript archive's module tree and tensors, with no code compiled or run."""
 
     def __init__(self, path: Path, label: str, zf: zipfile.ZipFile, prefix: str, gate: Gate) -> None:
-        self.path = path
-        self._zf = zf
-        self._prefix = prefix
-        try:
-            self._size = path.stat().st_size
-        except OSError as exc:
-            raise CorruptFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+        self._attach(path, zf, prefix)
         data = read_pickle_member(zf, f"{prefix}data.pkl", self._size, path, gate)
         assert data is not None
         root, _ = gate.load(data, 0, storage_from_pid)
