@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SECURITY = ROOT / "tests" / "security"
 TIME_GOAL_S = 5.0
 RSS_GOAL_MB = 600.0
+RERUN = 12  # the slowest files, measured three times in all
 
 # Runs the CLI and reports the process's own peak RSS on the last stderr line, whatever the exit code.
 # VmHWM, not getrusage: Linux folds the parent's RSS at fork into the child's ru_maxrss across exec.
@@ -86,13 +87,21 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--smoke", action="store_true", help="a few cases only")
     options = parser.parse_args(argv)
     rows: list[tuple[str, float, float, int]] = []
+    runs: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, args) in enumerate(corpus(Path(tmp))):
             if options.smoke and i >= 4:
                 break
             seconds, rss, code = measure(args)
             rows.append((name, seconds, rss, code))
+            runs[name] = args
             print(f"{seconds:6.2f} s {rss:7.1f} MB  exit {code}  {name}", file=sys.stderr)
+        # One run each is noisy on a shared machine: the slowest are run twice more, and keep their median.
+        for index in sorted(range(len(rows)), key=lambda k: -rows[k][1])[:RERUN]:
+            name, seconds, rss, code = rows[index]
+            again = [measure(runs[name]) for _ in range(2)]
+            rows[index] = (name, statistics.median([seconds, *(a[0] for a in again)]),
+                           max(rss, *(a[1] for a in again)), code)
     return report(rows)
 
 
@@ -103,7 +112,8 @@ def report(rows: list[tuple[str, float, float, int]]) -> list[str]:
     crashed = [r for r in rows if r[3] not in (0, 1, 2)]
     met: Callable[[bool], str] = lambda ok: "met" if ok else "**missed**"  # noqa: E731
     lines = [
-        f"{len(rows)} hostile files, each opened by one `modinspect` process (time includes interpreter start-up).",
+        f"{len(rows)} hostile files, each opened by one `modinspect` process (time includes interpreter start-up "
+        f"and the torch import where the command needs it; the {RERUN} slowest are the median of three runs).",
         "",
         "| measure | goal | measured | |",
         "| --- | --- | --- | --- |",
