@@ -116,6 +116,20 @@ def _warn(lines: list[str]) -> None:
         print(f"warning: {line}", file=sys.stderr)
 
 
+def _print(report: Any, as_json: bool, kind: str) -> None:
+    """One report, as JSON or as the rich view: `kind` names both renderers (tree, diff, load, stats)."""
+    if as_json:
+        from modinspect.render import jsonout
+
+        print(jsonout.dumps(getattr(jsonout, f"{kind}_document")(report)))
+    else:
+        from modinspect.render import console
+
+        out = console.make_console()
+        renderable = getattr(console, f"{kind}_renderable")
+        out.print(renderable(report, out.width) if kind == "stats" else renderable(report))
+
+
 def _note(line: str) -> None:
     print(f"note: {line}", file=sys.stderr)
 
@@ -177,14 +191,7 @@ def tree(
         with src:
             _warn(src.warnings)
             report = build_tree(src, depth=depth, pattern=pattern, expand=expand)
-        if as_json:
-            from modinspect.render.jsonout import dumps, tree_document
-
-            print(dumps(tree_document(report)))
-        else:
-            from modinspect.render.console import make_console, tree_renderable
-
-            make_console().print(tree_renderable(report))
+        _print(report, as_json, "tree")
 
 
 PrefixOpt = Annotated[
@@ -260,14 +267,7 @@ def diff(
             total = sum(t.nbytes for t in src_a.tensors) + sum(t.nbytes for t in src_b.tensors)
             with progress_bar(total, "comparing") as advance:
                 report = diff_sources(src_a, src_b, options, progress=advance)
-        if as_json:
-            from modinspect.render.jsonout import diff_document, dumps
-
-            print(dumps(diff_document(report)))
-        else:
-            from modinspect.render.console import diff_renderable, make_console
-
-            make_console().print(diff_renderable(report))
+        _print(report, as_json, "diff")
         code = 1 if report.differs else 0
     raise typer.Exit(code)
 
@@ -316,28 +316,16 @@ def load(
     code = 0
     with user_errors(debug):
         from modinspect.analysis.keymap import KeyMap, parse_renames
-        from modinspect.analysis.loading import plan_load
-        from modinspect.report import LoadReport
+        from modinspect.apply import MismatchedShapesError, perform_load
         from modinspect.sources import model_of, open_source
-        from modinspect.sources.weights import (
-            copy_into,
-            describe_mismatched,
-            is_meta,
-            output_kind,
-            write_state_dict,
-        )
-        from modinspect.writes import atomic_write, check_writable
 
         if len(paths) not in (1, 2):
             raise UsageError("load takes [MODEL] CHECKPOINT: one or two SOURCEs")
         model_spec, ckpt_spec = (None, paths[0]) if len(paths) == 1 else (paths[0], paths[1])
         if model_spec is None:
             _note_one_argument_load(ckpt_spec)
-        if out is not None:
-            if meta:
-                raise UsageError("--out needs real weights: drop --meta (which only plans)")
-            kind = output_kind(out)
-            check_writable(out, force, [Path(p) for p in paths])
+        if out is not None and meta:
+            raise UsageError("--out needs real weights: drop --meta (which only plans)")
         keymap = KeyMap(strip_prefixes=tuple(strip_prefix or ()), add_prefix=add_prefix,
                         renames=parse_renames(rename or ()), include=tuple(include or ()),
                         exclude=tuple(exclude or ()))
@@ -352,38 +340,20 @@ def load(
                 f"{model.label} is a checkpoint, not a model: load needs MODEL as an entry point (file.py:NAME) "
                 "or a TorchScript file"
             )
+        blocked: MismatchedShapesError | None = None
         with open_source(ckpt_spec, unsafe_pickle=unsafe_pickle, **gate) as checkpoint:
             _warn(model.warnings + checkpoint.warnings)
-            plan = plan_load(model.tensors, checkpoint.tensors, keymap, module=model.module)
-            planning = dry_run or meta or is_meta(model.module)
-            strict_failed = strict and not plan.strict_ok
-            blocked = bool(plan.mismatched) and not skip_mismatched and not strict_failed
-            performed = written = None
-            if not (planning or strict_failed or blocked):
+            try:
                 with _spinner("loading…"):
-                    copy_into(model.module, plan, checkpoint)
-                performed = True
-                if out is not None:
-                    atomic_write(out, lambda tmp: write_state_dict(model.module, tmp, kind), force=force,
-                                 inputs=[Path(p) for p in paths])
-                    written = str(out)
-        report = LoadReport(model=model.label, checkpoint=checkpoint.label, plan=plan, strict=strict,
-                            skip_mismatched=skip_mismatched, performed=bool(performed), dry_run=planning,
-                            written=written)
-        if as_json:
-            from modinspect.render.jsonout import dumps, load_document
-
-            print(dumps(load_document(report)))
-        else:
-            from modinspect.render.console import load_renderable, make_console
-
-            make_console().print(load_renderable(report))
-        if blocked:
-            raise UsageError(
-                f"{len(plan.mismatched)} tensor(s) have another shape in the checkpoint "
-                f"({describe_mismatched(plan)}); nothing was loaded: pass --skip-mismatched to load the rest"
-            )
-        code = 1 if strict_failed else 0
+                    report = perform_load(model, checkpoint, keymap=keymap, strict=strict,
+                                          skip_mismatched=skip_mismatched, dry_run=dry_run, out=out, force=force,
+                                          inputs=paths)
+            except MismatchedShapesError as exc:
+                blocked, report = exc, exc.report
+        _print(report, as_json, "load")
+        if blocked is not None:
+            raise blocked
+        code = 1 if report.strict_failed else 0
     raise typer.Exit(code)
 
 

@@ -22,6 +22,23 @@ from modinspect.sources.pickle_gate import DEFAULT_MAX_PICKLE
 __all__ = ["ModuleInfo", "Source", "TensorInfo", "model_of", "open_source"]
 
 
+def _open_module(module: Any, weights: str | None, strict: bool) -> Source:
+    """A live nn.Module (from a notebook or a training script) as a Source; its tensors stay its own."""
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise UsageError(f"open_source takes a path, an entry point or an nn.Module, not a {type(module).__name__}")
+    from modinspect.sources.module import ModuleSource
+
+    source = ModuleSource(module, type(module).__name__, "module")
+    if weights is not None:
+        from modinspect.sources.weights import apply_weights
+
+        with open_path(Path(weights), weights, OpenOptions()) as checkpoint:
+            apply_weights(source, checkpoint, strict=strict)
+    return source
+
+
 def model_of(source: Source, needs: str) -> Any:
     """The source's live nn.Module, or the UsageError that says how to get one; `needs` names who asks."""
     if source.module is not None:
@@ -38,7 +55,7 @@ def model_of(source: Source, needs: str) -> Any:
 
 
 def open_source(
-    spec: str | None,
+    spec: str | Path | Any | None,
     *,
     weights: str | None = None,
     meta: bool = False,
@@ -59,6 +76,10 @@ def open_source(
     A Hugging Face directory (config.json) builds its model on the meta device with the weights header-only
     (`model_weights="header"`), or for real: randomly initialised ("init") or from its weights ("pretrained").
     """
+    if spec is not None and not isinstance(spec, str | Path):
+        return _open_module(spec, weights, strict)
+    if isinstance(spec, Path):
+        spec = str(spec)
     options = OpenOptions(unsafe_pickle=unsafe_pickle, allow_globals=frozenset(allow_globals),
                           max_pickle_bytes=max_pickle_size or DEFAULT_MAX_PICKLE, model_weights=model_weights)
     base = base or Path.cwd()
