@@ -349,9 +349,20 @@ def build():
 """
 
 
+PEAK_RSS = """
+def peak_kib():
+    # VmHWM: this process image's peak resident size. Not ru_maxrss, which survives exec and so starts
+    # at the (large) pytest process this one was forked from.
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+"""
+
+
 def _peak_rss_mib(code: str, cwd: Path) -> tuple[float, str]:
     """Run `code` in a fresh interpreter; its peak resident memory in MiB, and its stdout."""
-    probe = code + "\nimport resource, sys\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs Linux's /proc/self/status to read the peak resident size")
+    probe = PEAK_RSS + code + "\nimport sys\nprint(peak_kib(), file=sys.stderr)\n"
     env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "NO_COLOR": "1"}
     done = subprocess.run([sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
@@ -376,12 +387,12 @@ def test_a_model_larger_than_memory_costs_nothing_under_meta(tmp_path: Path) -> 
 def test_real_weights_are_not_copied_for_the_meta_forward(tmp_path: Path) -> None:
     # A 256 MiB real model: measuring it must not add a second copy (peak RSS grows by far less).
     peak, out = _peak_rss_mib(textwrap.dedent("""
-        import resource, torch
+        import torch
         from torch import nn
         from modinspect.analysis.shapes import measure_shapes
         measure_shapes(nn.Linear(2, 2), ((torch.randn(1, 2),), {}))  # imports and first-use costs, once
         model = nn.Sequential(*(nn.Linear(4096, 4096, bias=False) for _ in range(4)))
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = peak_kib()
         report = measure_shapes(model, ((torch.randn(2, 4096),), {}))
         print(report.totals.param_bytes, before)
     """), tmp_path)
