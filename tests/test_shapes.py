@@ -281,6 +281,12 @@ def test_input_file_example_input_array_and_config(tmp_path: Path) -> None:
     assert json.loads(configured.stdout)["shapes"]["modules"][0]["output_shapes"] == [[1, 2, 4, 4]]
     plain = json.loads(invoke("tree", "--json", cwd=tmp_path).stdout)
     assert plain["shapes"] is None  # shapes run only when asked
+    (tmp_path / "pyproject.toml").write_text('[tool.modinspect]\nmodel = "torch.nn:Flatten"\ninput_shape = [[2, 3]]\n'
+                                             'input_dtype = "float16"\n')
+    for args, dtype in ((["--shapes"], "float16"), (["--shapes", "--input-dtype", "float64"], "float64")):
+        doc = json.loads(invoke("tree", *args, "--json", cwd=tmp_path).stdout)
+        assert doc["shapes"]["inputs"] == f"random (2, 3) {dtype}"  # --input-dtype wins over the table
+        assert doc["shapes"]["modules"][0]["output_dtypes"] == [dtype]
 
 
 @pytest.mark.parametrize(

@@ -311,7 +311,9 @@ def add_layers(report: TreeReport, source: Source, spec: InputSpec | None,
             "shapes need an input: pass --input FILE or --input-shape 1,3,224,224 (repeatable), set "
             "example_input_array on the model, or add input_shape to [tool.modinspect]"
         )
-    if not spec.dtype:
+    if spec.dtype:  # given explicitly: it wins over [tool.modinspect]'s input_dtype too
+        extra["input_dtype"] = spec.dtype
+    else:
         default = "int64" if first_embedding_size(model) is not None else _stored_float_dtype(source.tensors)
         spec = dataclasses.replace(spec, dtype=default)
         extra.setdefault("input_dtype", default)
