@@ -466,3 +466,21 @@ def test_a_model_that_cannot_be_copied() -> None:
     report = _shapes(meta, torch.randn(2, 3))  # already on meta: measured as it is, hooks removed afterwards
     assert _by_name(report)["fc"].macs == 2 * 3 * 3
     assert not meta.fc._forward_hooks and not meta.fc._forward_pre_hooks
+
+
+def test_a_module_shared_under_two_names_shows_under_both() -> None:
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = nn.Sequential(nn.Linear(4, 4))
+            self.dec = self.enc  # the same module object twice
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.dec(self.enc(x))
+
+    report = _shapes(Shared(), torch.randn(2, 4))
+    ours = _by_name(report)
+    assert ours["enc.0"].calls == ours["dec.0"].calls == 2
+    assert ours["enc.0"].macs == ours["dec.0"].macs == 2 * 2 * 4 * 4
+    assert report.totals.macs == 2 * 2 * 4 * 4  # the work is counted once in the totals
+    assert report.totals.forward_bytes == 2 * 2 * 4 * 4  # two calls' outputs, once

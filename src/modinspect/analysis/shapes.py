@@ -245,8 +245,14 @@ def measure_shapes(model: Any, batch: Batch, *, tensors: Sequence[TensorInfo] = 
                      saved_bytes=sum(acc.saved.values()))
         for name, acc in recorder.accs.items()
     )
+    # A module reachable under two names (shared, not copied) ran once: each name shows those figures.
+    first = {m.name: m for m in modules}
+    modules += tuple(
+        dataclasses.replace(first[recorder.names[id(mod)]], name=name)
+        for name, mod in meta.named_modules(remove_duplicate=False) if name not in first
+    )
     children = {n.rpartition(".")[0] for n in recorder.accs if n}
-    leaves = [m for m in modules if m.name not in children and m.calls]
+    leaves = [m for m in first.values() if m.name not in children and m.calls]
     param_bytes, buffer_bytes = _param_bytes(tensors) if tensors else _live_bytes(model)
     totals = ShapesTotals(
         input_bytes=input_bytes,
