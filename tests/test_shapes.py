@@ -484,3 +484,22 @@ def test_a_module_shared_under_two_names_shows_under_both() -> None:
     assert ours["enc.0"].macs == ours["dec.0"].macs == 2 * 2 * 4 * 4
     assert report.totals.macs == 2 * 2 * 4 * 4  # the work is counted once in the totals
     assert report.totals.forward_bytes == 2 * 2 * 4 * 4  # two calls' outputs, once
+
+
+def test_a_collapsed_run_whose_hyperparameters_differ_says_so(tmp_path: Path) -> None:
+    (tmp_path / "drops.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def build():
+            return nn.Sequential(*(nn.Sequential(nn.Linear(4, 4), nn.Dropout(p)) for p in (0.0, 0.1, 0.2)),
+                                 *(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)) for _ in range(2)))
+    """))
+    result = invoke("tree", "drops.py:build", "--json", cwd=tmp_path)
+    doc = json.loads(result.stdout)
+    # Blocks 0-4 have one structure and collapse into one row; 0-2 differ in p, so the note names the run.
+    assert doc["notes"] == ["0 … 4: hyperparameters differ between the blocks (shown: the first); --expand shows each"]
+    assert {m["name"]: m["extra_repr"] for m in doc["modules"]}["2.1"] == "p=0.2, inplace=False"
+    same = invoke("tree", "models.py:tiny_lm", "--json", cwd=SAMPLES)  # blocks.0 … blocks.2 agree
+    assert not any("differ" in note for note in json.loads(same.stdout)["notes"])
+    expanded = invoke("tree", "drops.py:build", "--expand", "--json", cwd=tmp_path)
+    assert json.loads(expanded.stdout)["notes"] == []

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from modinspect.errors import UsageError
-from modinspect.report import ModuleShapes, ShapesReport, ShapesTotals, TreeReport
+from modinspect.report import ModuleNode, ModuleShapes, ShapesReport, ShapesTotals, TreeReport
 from modinspect.sources.base import DTYPE_BITS, Source, TensorInfo
 from modinspect.sources.inputs import InputSpec
 
@@ -271,9 +271,32 @@ def _live_bytes(model: Any) -> tuple[int, int]:
     return _param_bytes(module_tensor_infos(model))
 
 
+def _member_reprs(reprs: dict[str, str], prefix: str) -> dict[str, str]:
+    return {n[len(prefix):]: r for n, r in reprs.items() if n == prefix or n.startswith(prefix + ".")}
+
+
+def _differing_runs(node: ModuleNode, reprs: dict[str, str]) -> Iterator[str]:
+    """Runs of blocks collapsed into one row whose members' hyperparameters are not all the same."""
+    for child in node.children:
+        if child.repeat > 1 and child.last_name:
+            parent, _, first = child.row.name.rpartition(".")
+            dot = f"{parent}." if parent else ""
+            last = int(child.last_name.rpartition(".")[2])
+            members = [_member_reprs(reprs, f"{dot}{i}") for i in range(int(first), last + 1)]
+            if any(m != members[0] for m in members[1:]):
+                yield f"{child.row.name} … {child.last_name}"
+        yield from _differing_runs(child, reprs)
+
+
 def with_shapes(report: TreeReport, shapes: ShapesReport | None, reprs: tuple[tuple[str, str], ...]) -> TreeReport:
-    """The tree report with the per-module shapes/compute part and the layers' hyperparameters attached."""
-    return dataclasses.replace(report, shapes=shapes, extra_reprs=reprs)
+    """The tree report with the per-module shapes/compute part and the layers' hyperparameters attached.
+
+    A collapsed run shows its first member's hyperparameters; a note names the runs whose members differ.
+    """
+    differing = list(_differing_runs(report.root, dict(reprs)))
+    notes = report.notes + tuple(f"{run}: hyperparameters differ between the blocks (shown: the first); --expand "
+                                 "shows each" for run in differing)
+    return dataclasses.replace(report, shapes=shapes, extra_reprs=reprs, notes=notes)
 
 
 def _stored_float_dtype(tensors: Sequence[TensorInfo]) -> str:
