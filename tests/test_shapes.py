@@ -505,3 +505,10 @@ def test_a_collapsed_run_whose_hyperparameters_differ_says_so(tmp_path: Path) ->
     assert not any("differ" in note for note in json.loads(same.stdout)["notes"])
     expanded = invoke("tree", "drops.py:build", "--expand", "--json", cwd=tmp_path)
     assert json.loads(expanded.stdout)["notes"] == []
+
+
+def test_saved_bytes_are_measured_under_no_grad_too() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+    with torch.no_grad():  # a notebook's context must not change the measure
+        report = _shapes(model, torch.randn(5, 4))
+    assert report.totals.backward_bytes == (5 * 4 + 5 * 8) * 4

@@ -123,9 +123,11 @@ class _Recorder:
         acc.output_bytes += sum(_nbytes(t) for t in tensors)
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
-        key = _storage_key(t)
+        try:
+            key, size = _storage_key(t), int(t.untyped_storage().nbytes())
+        except (RuntimeError, NotImplementedError, TypeError):  # a tensor without a plain storage (sparse, nested)
+            return t
         if key not in self.exclude:
-            size = int(t.untyped_storage().nbytes())
             self.saved[key] = size
             for name in self.stack:
                 self.accs[name].saved[key] = size
@@ -227,13 +229,15 @@ def measure_shapes(model: Any, batch: Batch, *, tensors: Sequence[TensorInfo] = 
         for _, mod in meta.named_modules():
             handles.append(mod.register_forward_pre_hook(recorder.pre))
             handles.append(mod.register_forward_hook(recorder.post))
-        with torch.autograd.graph.saved_tensors_hooks(recorder.pack, lambda t: t), counter:
+        # Grad on, whatever the caller's context: what autograd saves is part of the measure.
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(recorder.pack, lambda t: t), counter:
             meta(*args, **kwargs)
     except Exception as exc:
         where = f" in {recorder.stack[-1] or '(model)'}" if recorder.stack else ""
         raise UsageError(
             f"the forward pass could not run on the meta device{where} ({_describe_failure(exc)}); shapes need a "
-            "forward without data-dependent steps (.item(), nonzero, boolean masks) and inputs of the right shape and dtype"
+            "forward without data-dependent steps (.item(), nonzero, boolean masks) and inputs of the right shape "
+            "and dtype"
         ) from exc
     finally:
         for h in handles:
