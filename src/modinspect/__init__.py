@@ -6,6 +6,8 @@ The Python API mirrors the CLI and never prints::
     source = modinspect.open_source("model.safetensors")
     report = modinspect.build_tree(source)
     print(report.totals.params)
+    shapes = modinspect.measure_shapes(model, ((torch.randn(1, 3, 224, 224),), {}))  # on the meta device
+    print(shapes.totals.macs)
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build_tree", "diff_sources", "open_source", "perform_load", "plan_load"]
+__all__ = ["__version__", "add_layers", "build_tree", "diff_sources", "measure_shapes", "open_source",
+           "perform_load", "plan_load"]
 
 if TYPE_CHECKING:
     from modinspect.analysis.diff import diff_sources
     from modinspect.analysis.loading import plan_load
+    from modinspect.analysis.shapes import add_layers, measure_shapes
     from modinspect.analysis.tree import build_tree
     from modinspect.apply import perform_load
     from modinspect.sources import open_source
@@ -30,6 +34,8 @@ _LAZY = {
     "diff_sources": "modinspect.analysis.diff",
     "plan_load": "modinspect.analysis.loading",
     "perform_load": "modinspect.apply",
+    "add_layers": "modinspect.analysis.shapes",
+    "measure_shapes": "modinspect.analysis.shapes",
 }
 
 

@@ -164,12 +164,28 @@ def tree(
         str | None, typer.Option("--filter", "-f", help="Show only modules/tensors matching GLOB.", metavar="GLOB")
     ] = None,
     expand: Annotated[bool, typer.Option("--expand", help="Do not collapse runs of identical blocks.")] = False,
+    shapes: Annotated[
+        bool, typer.Option("--shapes", help="Add output shapes, MACs and activation memory from one forward pass on "
+                           "the meta device, with the model's example_input_array or [tool.modinspect]'s input.")
+    ] = False,
+    input_shape: Annotated[
+        list[str] | None, typer.Option("--input-shape", "-s", help="Shape of a positional input for --shapes, e.g. "
+                                       "1,3,224,224 (repeat for several inputs; implies --shapes).", metavar="SHAPE")
+    ] = None,
+    input_file: Annotated[
+        Path | None, typer.Option("--input", "-i", help="Input for --shapes from a .pt (weights-only) or .safetensors "
+                                  "file (implies --shapes).", metavar="FILE")
+    ] = None,
+    input_dtype: Annotated[
+        str | None, typer.Option("--input-dtype", help="dtype of --input-shape tensors [default: int64 when the model "
+                                 "has an nn.Embedding, else the weights' float dtype]")
+    ] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Show the module tree with parameter counts, buffers, dtypes and bytes; tied weights counted once.
 
-    Reads checkpoints without the model's code (a safetensors header, a torch pickle through the weights-only gate) or builds a model from an entry point. Runs of identical blocks collapse into one row (h.0 … h.11 ×12).
+    Reads checkpoints without the model's code (a safetensors header, a torch pickle through the weights-only gate) or builds a model from an entry point. Runs of identical blocks collapse into one row (h.0 … h.11 ×12). Live modules show their hyperparameters as print(model) does. With --input-shape (or --input, or --shapes) each module also shows its output shape, MACs and activation memory, from one forward pass on the meta device: no memory, whatever the model's size.
 
     Examples:
 
@@ -180,17 +196,28 @@ def tree(
         modinspect tree models.py:build_model --weights ckpt.pt --filter 'encoder.*'
 
         modinspect tree ckpt.pth --json | jq .totals.params
+
+        modinspect tree models.py:resnet18 --meta --input-shape 1,3,224,224
     """
     with user_errors(debug):
+        from modinspect.analysis.shapes import add_layers
         from modinspect.analysis.tree import build_tree
         from modinspect.sources import open_source
+        from modinspect.sources.inputs import InputSpec, parse_shape
 
+        wanted = shapes or bool(input_shape) or input_file is not None
+        if input_dtype is not None and not wanted:
+            raise UsageError("--input-dtype applies to --input-shape or --shapes")
+        spec = InputSpec(file=input_file, shapes=tuple(parse_shape(s) for s in input_shape or ()),
+                         dtype=input_dtype or "") if wanted else None
         with _spinner("opening the source…"):
             src = open_source(source, weights=weights, meta=meta, unsafe_pickle=unsafe_pickle, strict=strict,
                               announce=_note, **_gate_options(allow_global, max_pickle_size))
         with src:
             _warn(src.warnings)
             report = build_tree(src, depth=depth, pattern=pattern, expand=expand)
+            with _spinner("running the forward pass on the meta device…") if wanted else contextlib.nullcontext():
+                report = add_layers(report, src, spec, _project_defaults(source) if wanted else None)
         _print(report, as_json, "tree")
 
 

@@ -76,6 +76,51 @@ class Totals:
 
 
 @dataclass(frozen=True)
+class ModuleShapes:
+    """One module's part of a forward pass; figures include its children's and sum over its calls."""
+
+    name: str
+    type: str
+    calls: int
+    output_shapes: tuple[tuple[int, ...], ...]  # of the first call, every tensor in the output
+    output_dtypes: tuple[str, ...]
+    flops: int  # torch.utils.flop_counter's count: a multiply-add is 2 FLOPs
+    output_bytes: int  # bytes of the tensors it returned, over all calls
+    saved_bytes: int  # bytes autograd saved for backward while it ran, each storage once, weights excluded
+
+    @property
+    def macs(self) -> int:
+        return self.flops // 2
+
+
+@dataclass(frozen=True)
+class ShapesTotals:
+    input_bytes: int
+    forward_bytes: int  # the leaf modules' outputs (what torchinfo's forward/backward size doubles)
+    backward_bytes: int  # saved for backward, each storage once, parameters and buffers excluded
+    param_bytes: int  # in the stored dtypes, tied weights once
+    buffer_bytes: int
+    flops: int
+
+    @property
+    def macs(self) -> int:
+        return self.flops // 2
+
+
+@dataclass(frozen=True)
+class ShapesReport:
+    """A forward pass on the meta device: per module (named as in the tree) and in total."""
+
+    inputs: str
+    training: bool
+    modules: tuple[ModuleShapes, ...]
+    totals: ShapesTotals
+
+    def get(self, name: str) -> ModuleShapes | None:
+        return next((m for m in self.modules if m.name == name), None)
+
+
+@dataclass(frozen=True)
 class TreeReport:
     source: str
     format: str
@@ -92,6 +137,9 @@ class TreeReport:
     metadata: tuple[tuple[str, str], ...]
     notes: tuple[str, ...]
     filter: str | None
+    # Attached by analysis.shapes for live modules: (module name, extra_repr()) and the forward pass.
+    extra_reprs: tuple[tuple[str, str], ...] = ()
+    shapes: ShapesReport | None = None
 
 
 @dataclass(frozen=True)

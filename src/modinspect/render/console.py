@@ -17,7 +17,15 @@ from rich.tree import Tree
 
 from modinspect.analysis.keymap import collapse_indices
 from modinspect.render.text import human_bytes, human_count, num, percent, shape_text, sparkline
-from modinspect.report import DiffReport, LoadReport, ModuleNode, StatsReport, TensorRow, TreeReport
+from modinspect.report import (
+    DiffReport,
+    LoadReport,
+    ModuleNode,
+    ModuleShapes,
+    StatsReport,
+    TensorRow,
+    TreeReport,
+)
 
 
 def make_console(file: IO[str] | None = None, width: int | None = None) -> Console:
@@ -101,6 +109,9 @@ def _module_label(node: ModuleNode, report: TreeReport, is_root: bool) -> Text:
             label.append(f"  ×{node.repeat}", style="bold yellow")
         if row.type:
             label.append(f"  {row.type}", style="green")
+    hyper = dict(report.extra_reprs).get(row.name) if report.extra_reprs else None
+    if hyper is not None:
+        label.append(f"({hyper})", style="green")
     if node.repeat > 1:
         label.append(f"  {human_count(row.params)} params each, {human_count(node.run_params)} in all", style="cyan")
         label.append(f"  {human_bytes(node.run_bytes)}", style="dim")
@@ -114,9 +125,37 @@ def _module_label(node: ModuleNode, report: TreeReport, is_root: bool) -> Text:
     parent_training = report.training
     if row.training is not None and not is_root and row.training != parent_training:
         label.append("  train" if row.training else "  eval", style="yellow")
+    if report.shapes is not None:
+        _shapes_cells(label, _shapes_of(report).get(row.name), node.repeat > 1)
     if node.hidden:
         label.append(f"  (+{node.hidden} below --depth)", style="dim")
     return label
+
+
+def _shapes_of(report: TreeReport) -> dict[str, ModuleShapes]:
+    assert report.shapes is not None
+    return {m.name: m for m in report.shapes.modules}
+
+
+def _shapes_cells(label: Text, m: ModuleShapes | None, each: bool) -> None:
+    """A second line, '→ [1, 8, 16, 16]  111K MACs  out 8.0 KiB  saved 1.5 KiB', for a module the forward ran."""
+    if m is not None and not m.calls and m.type in ("ModuleList", "ModuleDict"):
+        return  # containers are never called: their members are
+    if m is None or not m.calls:
+        label.append("\nnot called", style="dim")
+        return
+    shapes = [shape_text(s) for s in m.output_shapes[:3]]
+    if len(m.output_shapes) > 3:
+        shapes.append(f"+{len(m.output_shapes) - 3} more")
+    label.append(f"\n→ {', '.join(shapes) or 'no tensors'}", style="cyan")
+    suffix = " each" if each else ""
+    if m.calls > 1:
+        label.append(f"  {m.calls} calls", style="yellow")
+    if m.flops:
+        label.append(f"  {human_count(m.macs)} MACs{suffix}", style="magenta")
+    label.append(f"  out {human_bytes(m.output_bytes)}", style="dim")
+    if m.saved_bytes:
+        label.append(f"  saved {human_bytes(m.saved_bytes)}", style="dim")
 
 
 def _add(tree: Tree, node: ModuleNode, report: TreeReport) -> None:
@@ -167,6 +206,7 @@ def totals_table(report: TreeReport) -> Text:
     rows += [("By dtype" if i == 0 else "", f"{d.elements:,}", f"{d.dtype} · {human_bytes(d.bytes)}")
              for i, d in enumerate(report.by_dtype)]
     rows += [("Tied" if i == 0 else "", "", " = ".join(reversed(g))) for i, g in enumerate(report.tied)]
+    rows += _shapes_rows(report)
     rows += [("Other entries" if i == 0 else "", name, summary)
              for i, (name, summary) in enumerate(report.other_entries)]
     aliases = _alias_names(report)
@@ -187,6 +227,21 @@ def totals_table(report: TreeReport) -> Text:
             text.rstrip()
     text.rstrip()
     return text
+
+
+def _shapes_rows(report: TreeReport) -> list[tuple[str, str, str]]:
+    if report.shapes is None:
+        return []
+    t = report.shapes.totals
+    mode = "training" if report.shapes.training else "eval"
+    return [
+        ("Input", human_bytes(t.input_bytes), report.shapes.inputs),
+        ("MACs", human_count(t.macs), f"{t.macs:,} multiply-adds = {t.flops:,} FLOPs / 2, one forward ({mode} mode)"),
+        ("Forward", human_bytes(t.forward_bytes), f"{t.forward_bytes:,} bytes of leaf-module outputs"),
+        ("Backward", human_bytes(t.backward_bytes), f"{t.backward_bytes:,} bytes saved for backward, each storage once"),
+        ("Param bytes", human_bytes(t.param_bytes),
+         f"{t.param_bytes:,} bytes in the stored dtypes, tied once; buffers {human_bytes(t.buffer_bytes)}"),
+    ]
 
 
 def _alias_names(report: TreeReport) -> set[str]:

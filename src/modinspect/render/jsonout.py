@@ -7,7 +7,14 @@ import math
 from typing import Any
 
 from modinspect import __version__
-from modinspect.report import DiffReport, LoadReport, StatsReport, TensorDiff, TreeReport
+from modinspect.report import (
+    DiffReport,
+    LoadReport,
+    ShapesReport,
+    StatsReport,
+    TensorDiff,
+    TreeReport,
+)
 
 SCHEMA_VERSION = 1
 
@@ -19,6 +26,7 @@ def _envelope() -> dict[str, Any]:
 
 def tree_document(report: TreeReport) -> dict[str, Any]:
     t = report.totals
+    reprs = dict(report.extra_reprs)
     return {
         **_envelope(),
         "source": report.source,
@@ -40,7 +48,7 @@ def tree_document(report: TreeReport) -> dict[str, Any]:
         "by_dtype": [{"dtype": d.dtype, "elements": d.elements, "bytes": d.bytes} for d in report.by_dtype],
         "modules": [
             {"name": m.name, "type": m.type, "params": m.params, "bytes": m.bytes, "trainable": m.trainable,
-             "training": m.training}
+             "training": m.training, "extra_repr": reprs.get(m.name)}
             for m in report.modules
         ],
         "tensors": [
@@ -52,6 +60,27 @@ def tree_document(report: TreeReport) -> dict[str, Any]:
         "other_entries": [{"name": n, "summary": s} for n, s in report.other_entries],
         "metadata": dict(report.metadata),
         "notes": list(report.notes),
+        "shapes": _shapes_document(report.shapes),
+    }
+
+
+def _shapes_document(shapes: ShapesReport | None) -> dict[str, Any] | None:
+    if shapes is None:
+        return None
+    t = shapes.totals
+    return {
+        "inputs": shapes.inputs,
+        "training": shapes.training,
+        "totals": {
+            "input_bytes": t.input_bytes, "forward_bytes": t.forward_bytes, "backward_bytes": t.backward_bytes,
+            "param_bytes": t.param_bytes, "buffer_bytes": t.buffer_bytes, "flops": t.flops, "macs": t.macs,
+        },
+        "modules": [
+            {"name": m.name, "type": m.type, "calls": m.calls, "output_shapes": [list(s) for s in m.output_shapes],
+             "output_dtypes": list(m.output_dtypes), "flops": m.flops, "macs": m.macs,
+             "output_bytes": m.output_bytes, "saved_bytes": m.saved_bytes}
+            for m in shapes.modules
+        ],
     }
 
 
