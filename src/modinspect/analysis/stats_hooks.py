@@ -129,7 +129,9 @@ class Collector:
         self.layout: list[tuple[str, int, list[tuple[str, float]]]] = []
         self.calls: list[_Call] = []
         self.tensors: list[_TensorRec] = []
-        self.tensor_ids: dict[int, tuple[weakref.ref[Any], int]] = {}
+        # Keyed by object and version: an in-place module (ReLU(inplace=True)) returns its input object
+        # with a bumped version, and the gradient of the new value is not the gradient of the old one.
+        self.tensor_ids: dict[tuple[int, int], tuple[weakref.ref[Any], int]] = {}
         self.finite_cache: dict[int, tuple[weakref.ref[Any], int, torch.Tensor]] = {}
         self.reduce_cache: dict[int, tuple[weakref.ref[Any], int, list[Any]]] = {}
         self.hist_pending: set[int] = set()  # modules whose histogram this batch already queued
@@ -365,13 +367,18 @@ class Collector:
             self.alive[m] = prev | alive
 
     def _tensor(self, t: torch.Tensor) -> _TensorRec:
-        """The record of `t`, registering its gradient hook the first time it is seen this batch."""
-        hit = self.tensor_ids.get(id(t))
+        """The record of `t` at its current version, registering its gradient hook the first time it is seen.
+
+        A hook registered before an in-place op receives the gradient of the value before it, one
+        registered after receives the new value's: each version gets its own record and hook.
+        """
+        key = (id(t), t._version)
+        hit = self.tensor_ids.get(key)
         if hit is not None and hit[0]() is t:
             return self.tensors[hit[1]]
         index = len(self.tensors)
         self.tensors.append(_TensorRec())
-        self.tensor_ids[id(t)] = (weakref.ref(t), index)
+        self.tensor_ids[key] = (weakref.ref(t), index)
         # Hooks on parameters (a leaf used as an activation) would outlive the run: keep every handle.
         self.tensor_hooks.append(t.register_hook(self._grad_hook(index)))  # type: ignore[no-untyped-call]
         return self.tensors[index]
