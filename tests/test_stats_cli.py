@@ -169,7 +169,7 @@ def test_example_input_array_and_custom_loss(project: Path) -> None:
          "error: the model raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (4x9 and 8x8) in "
          "blocks.0.fc (Linear)\n"),
         (["nets.py:clean", "--input-shape", "4,8", "--loss", "max"],
-         "error: --loss 'max' is not sum, mean or file.py:FUNCTION\n"),
+         "error: --loss 'max' is not auto, sum, mean or file.py:FUNCTION\n"),
         (["nets.py:clean", "--input-shape", "4,8", "--filter", "zzz*"], "error: --filter 'zzz*' matches no module\n"),
     ],
 )

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
+
+from conftest import invoke
 
 from modinspect.analysis.stats import StatsOptions, collect_stats
 from modinspect.report import ModuleStats, StatsReport
@@ -60,3 +64,81 @@ def test_inplace_relu_gets_its_own_gradient_not_its_inputs() -> None:
     report = run(model, x)
     for name in ("conv", "bn", "relu"):
         assert row(report, name).grad_norm == pytest.approx(truth[name], rel=1e-5), name
+
+
+def tiny_gpt2() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=32)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def test_a_model_that_returns_a_loss_is_differentiated_through_that_loss() -> None:
+    model = tiny_gpt2()
+    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(1))
+    report = collect_stats(model, [((), {"input_ids": ids, "labels": ids})], options=StatsOptions())
+    assert report.loss == "output.loss"
+    # Ground truth: the logits' gradient under out.loss.backward(), by retain_grad.
+    kept: list[torch.Tensor] = []
+
+    def keep(_m: nn.Module, _i: Any, o: torch.Tensor) -> None:
+        o.retain_grad()
+        kept.append(o)
+
+    model.eval()  # stats runs in eval mode: no dropout
+    handle = model.lm_head.register_forward_hook(keep)
+    out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    handle.remove()
+    model.zero_grad(set_to_none=True)
+    assert kept[0].grad is not None
+    assert row(report, "lm_head").grad_norm == pytest.approx(float(kept[0].grad.norm()), rel=1e-5)
+    assert row(report, "lm_head").grad_norm < 1.0  # the sum of every output would give √(2·12·97) ≈ 48
+
+
+def test_explicit_sum_loss_and_a_dict_loss() -> None:
+    class DictLoss(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            h = self.fc(x)
+            return {"logits": h, "loss": h.square().mean()}
+
+    model = DictLoss()
+    x = torch.randn(5, 4)
+    auto = run(model, x)
+    assert auto.loss == "output['loss']"
+    h = model.fc(x).detach().requires_grad_(True)
+    h.square().mean().backward()
+    assert row(auto, "fc").grad_norm == pytest.approx(float(h.grad.norm()), rel=1e-6)
+    summed = run(model, x, loss="sum")
+    assert summed.loss == "sum"
+    h2 = model.fc(x).detach().requires_grad_(True)
+    (h2.sum() + h2.square().mean()).backward()
+    assert row(summed, "fc").grad_norm == pytest.approx(float(h2.grad.norm()), rel=1e-6)
+
+
+GPT2_ENTRY = '''
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+def build():
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=32))
+'''
+
+
+def test_cli_names_the_models_own_loss_in_the_header_and_the_json(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    (tmp_path / "gpt.py").write_text(GPT2_ENTRY)
+    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(1))
+    torch.save({"input_ids": ids, "labels": ids}, tmp_path / "batch.pt")
+    result = invoke("stats", "gpt.py:build", "--input", "batch.pt", "--json", cwd=tmp_path)
+    doc = json.loads(result.stdout)
+    assert (result.exit_code, doc["loss"]) == (0, "output.loss")
+    text = invoke("stats", "gpt.py:build", "--input", "batch.pt", cwd=tmp_path)
+    assert "backward on the model's own loss (output.loss))" in text.stdout.splitlines()[0]
+    plain = invoke("stats", "gpt.py:build", "--input-shape", "2,12", "--json", cwd=tmp_path)
+    assert json.loads(plain.stdout)["loss"] == "sum"  # no labels: no loss in the output, so the sum

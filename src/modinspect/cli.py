@@ -415,8 +415,9 @@ def stats(
     train: Annotated[bool, typer.Option("--train", help="Run in training mode (dropout, BatchNorm batch stats).")] = False,
     backward: Annotated[bool, typer.Option("--backward/--no-backward", help="Also run backward on the loss.")] = True,
     loss: Annotated[
-        str, typer.Option("--loss", help="sum or mean of the floating outputs, or file.py:FN taking the output.")
-    ] = "sum",
+        str, typer.Option("--loss", help="auto (the model's own output.loss when it returns one, else sum), sum or "
+                          "mean of the floating outputs, or file.py:FN taking the output.")
+    ] = "auto",
     pattern: Annotated[
         str | None, typer.Option("--filter", "-f", help="Hook only modules matching GLOB.", metavar="GLOB")
     ] = None,
@@ -425,7 +426,7 @@ def stats(
 ) -> None:
     """Run the model with hooks on every module: activation stats, dead ReLUs, gradient norms, first NaN/Inf.
 
-    Statistics stay on the device and come back once per batch. The backward pass runs on the sum of the floating outputs (--loss mean, or your own function). Exit code 0 when every value was finite, 1 when a NaN/Inf was found, 2 on errors.
+    Statistics stay on the device and come back once per batch. The backward pass runs on the model's own loss when its output has one (a Hugging Face model given labels), else on the sum of the floating outputs (--loss sum/mean, or your own function). Exit code 0 when every value was finite, 1 when a NaN/Inf was found, 2 on errors.
 
     Examples:
 
@@ -506,12 +507,12 @@ def _default_input_dtype(model: object) -> str:
 
 
 def _loss_option(loss: str) -> str | Callable[[Any], Any]:
-    if loss in ("sum", "mean"):
+    if loss in ("auto", "sum", "mean"):
         return loss
     from modinspect.sources.entrypoint import looks_like_entry_point, resolve_entry_point
 
     if not looks_like_entry_point(loss):
-        raise UsageError(f"--loss {loss!r} is not sum, mean or file.py:FUNCTION")
+        raise UsageError(f"--loss {loss!r} is not auto, sum, mean or file.py:FUNCTION")
     fn = resolve_entry_point(loss)
     if not callable(fn):
         raise UsageError(f"--loss {loss} is not a function")

@@ -64,19 +64,44 @@ def _no_grad() -> contextlib.AbstractContextManager[Any]:
     return torch.no_grad()
 
 
-def _loss(output: Any, loss: str | Callable[[Any], Any]) -> torch.Tensor | None:
+def _loss(output: Any, loss: str | Callable[[Any], Any]) -> tuple[torch.Tensor | None, str]:
+    """The scalar to run backward on, and what it is: `output.loss`, `output['loss']`, sum, mean or custom.
+
+    "auto" (the default) takes the loss a model computed itself (a Hugging Face model given labels
+    returns a ModelOutput whose `loss` is set), and otherwise the sum of the floating outputs.
+    """
     import torch
 
     if callable(loss):
         value = loss(output)
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             raise ModinspectError("the --loss function must return a scalar tensor")
-        return value.reshape(())
+        return value.reshape(()), "custom"
+    if loss == "auto":
+        own, described = _own_loss(output)
+        if own is not None:
+            return own, described
+        loss = "sum"
     tensors = [t for t in floating(flatten_tensors(output)) if t.requires_grad]
     if not tensors:
-        return None
+        return None, loss
     parts = [t.float().sum() if loss == "sum" else t.float().mean() for t in tensors]
-    return torch.stack(parts).sum()
+    return torch.stack(parts).sum(), loss
+
+
+def _own_loss(output: Any) -> tuple[torch.Tensor | None, str]:
+    """A scalar `loss` the model returned (attribute of a ModelOutput/dataclass, or a dict key)."""
+    import torch
+
+    value, described = None, ""
+    if isinstance(output, dict) and "loss" in output:
+        value = output["loss"]
+        described = "output.loss" if hasattr(output, "to_tuple") else "output['loss']"  # ModelOutput or plain dict
+    elif not isinstance(output, torch.Tensor | tuple | list) and isinstance(getattr(output, "loss", None), torch.Tensor):
+        value, described = output.loss, "output.loss"
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point() and value.requires_grad:
+        return value.reshape(()), described
+    return None, ""
 
 
 def collect_stats(
@@ -107,6 +132,7 @@ def collect_stats(
     acc = torch.float32 if device.startswith("mps") else torch.float64
     collector = Collector([n for n, _ in named], [m for _, m in named], options, acc)
     notes: list[str] = []
+    losses: list[str] = []  # what backward ran on, per batch
     handles = []
     batches_run = 0
     with preserved(model):
@@ -124,13 +150,13 @@ def collect_stats(
                 rng = _rng_state()
                 collector.exact = options.exact
                 collector.begin_batch()
-                _run_batch(model, args, kwargs, collector, options, device, notes)
+                _run_batch(model, args, kwargs, collector, options, device, notes, losses)
                 if not collector.end_batch():
                     # Something may be non-finite: run the batch again, same RNG, with exact masked reductions.
                     _restore_rng(rng)
                     collector.exact = True
                     collector.begin_batch()
-                    _run_batch(model, args, kwargs, collector, options, device, notes)
+                    _run_batch(model, args, kwargs, collector, options, device, notes, losses)
                     collector.end_batch()
                 batches_run += 1
         finally:
@@ -142,10 +168,17 @@ def collect_stats(
     origin = collector.origin
     return StatsReport(
         source=source, device=device, dtype=options.autocast_dtype, mode="train" if options.train else "eval",
-        batches=batches_run, backward=options.backward, loss=options.loss if isinstance(options.loss, str) else "custom",
+        batches=batches_run, backward=options.backward, loss=_loss_used(losses, options.loss),
         inputs=inputs, modules=tuple(rows), nonfinite_origin=origin, nonfinite_found=found or origin is not None,
         notes=tuple(dict.fromkeys(notes)),
     )
+
+
+def _loss_used(losses: list[str], requested: str | Callable[[Any], Any]) -> str:
+    if not losses:
+        return "custom" if callable(requested) else "sum" if requested == "auto" else requested
+    kinds = list(dict.fromkeys(losses))
+    return kinds[0] if len(kinds) == 1 else " / ".join(kinds)
 
 
 def _rng_state() -> tuple[Any, Any]:
@@ -164,7 +197,7 @@ def _restore_rng(state: tuple[Any, Any]) -> None:
 
 
 def _run_batch(model: Any, args: Sequence[Any], kwargs: dict[str, Any], collector: Collector,
-               options: StatsOptions, device: str, notes: list[str]) -> None:
+               options: StatsOptions, device: str, notes: list[str], losses: list[str]) -> None:
     import torch
 
     autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -174,8 +207,9 @@ def _run_batch(model: Any, args: Sequence[Any], kwargs: dict[str, Any], collecto
     try:
         with grad_mode, autocast:
             output = model(*args, **kwargs)
-            loss = _loss(output, options.loss) if options.backward else None
+            loss, described = _loss(output, options.loss) if options.backward else (None, "")
         if options.backward:
+            losses.append(described)
             if loss is None:
                 notes.append("no floating output requires grad: backward skipped")
             else:

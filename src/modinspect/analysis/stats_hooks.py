@@ -34,7 +34,7 @@ Batch = tuple[tuple[Any, ...], dict[str, Any]]
 class StatsOptions:
     backward: bool = True
     pattern: str | None = None
-    loss: str | Callable[[Any], Any] = "sum"
+    loss: str | Callable[[Any], Any] = "auto"  # auto: the model's own `loss` output if any, else sum
     autocast_dtype: str | None = None  # "bfloat16" | "float16" | None
     train: bool = False
     histogram: bool = True

@@ -267,10 +267,19 @@ def _stats_header(report: StatsReport) -> Text:
     text = Text()
     text.append(report.source, style="bold")
     dtype = f", autocast {report.dtype}" if report.dtype else ""
-    grads = f", backward on loss = {report.loss} of the outputs" if report.backward else ", forward only"
+    grads = f", backward on {loss_words(report.loss)}" if report.backward else ", forward only"
     text.append(f"  ({report.mode} mode, {report.device}{dtype}, {report.batches} batch(es){grads})", style="dim")
     text.append(f"\ninputs: {report.inputs}", style="dim")
     return text
+
+
+def loss_words(loss: str) -> str:
+    """What backward ran on, in words: the model's own loss, the sum/mean of the outputs, or --loss FN."""
+    if loss in ("sum", "mean"):
+        return f"the {loss} of the outputs"
+    if loss == "custom":
+        return "the --loss function"
+    return f"the model's own loss ({loss})"
 
 
 def verdict_text(report: StatsReport) -> str:
