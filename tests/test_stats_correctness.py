@@ -142,3 +142,26 @@ def test_cli_names_the_models_own_loss_in_the_header_and_the_json(tmp_path: Path
     assert "backward on the model's own loss (output.loss))" in text.stdout.splitlines()[0]
     plain = invoke("stats", "gpt.py:build", "--input-shape", "2,12", "--json", cwd=tmp_path)
     assert json.loads(plain.stdout)["loss"] == "sum"  # no labels: no loss in the output, so the sum
+
+
+UNSEEDED = '''
+from torch import nn
+
+def build():
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+'''
+
+
+def test_seed_fixes_the_weights_an_unseeded_factory_draws(tmp_path: Path) -> None:
+    (tmp_path / "unseeded.py").write_text(UNSEEDED)
+
+    def stats_of(*extra: str) -> list[Any]:
+        result = invoke("stats", "unseeded.py:build", "--input-shape", "3,4", "--json", *extra, cwd=tmp_path)
+        assert result.exit_code == 0
+        return [(m["name"], m["mean"], m["std"], m["grad_norm"]) for m in json.loads(result.stdout)["modules"]]
+
+    torch.manual_seed(123)  # whatever state the process is in, --seed decides
+    first = stats_of("--seed", "5")
+    torch.manual_seed(456)
+    assert stats_of("--seed", "5") == first
+    assert stats_of("--seed", "6") != first

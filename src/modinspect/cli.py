@@ -407,7 +407,7 @@ def stats(
                                  "model has an nn.Embedding (ids drawn below its vocabulary), else float32]")
     ] = None,
     batches: Annotated[int, typer.Option("--batches", "-b", min=1, help="Random batches to run; stats merge across them.")] = 1,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for random inputs.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for model construction, random inputs and dropout.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, mps or auto.")] = "auto",
     dtype: Annotated[
         str, typer.Option("--dtype", help="float32, or bfloat16/float16 to run under autocast.")
@@ -438,11 +438,12 @@ def stats(
     """
     code = 0
     with user_errors(debug):
-        from modinspect.analysis.stats import StatsOptions, collect_stats
+        from modinspect.analysis.stats import StatsOptions, collect_stats, seed_all
         from modinspect.sources import open_source
         from modinspect.sources.inputs import InputSpec, parse_shape, resolve_batches, to_device
 
         extra = _project_defaults(source)
+        seed_all(seed)  # before the model is built: its initial weights depend on it
         with _spinner("building the model…"):
             src = open_source(source, weights=weights, unsafe_pickle=unsafe_pickle, strict=strict,
                               announce=_note, model_weights="init" if weights else "pretrained",

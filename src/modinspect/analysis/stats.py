@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["HIST_BINS", "HIST_SAMPLE", "RELU_FAMILY", "Batch", "ForwardError", "StatsOptions", "collect_stats",
-           "flatten_tensors", "preserved", "unit_dim"]
+           "flatten_tensors", "preserved", "seed_all", "unit_dim"]
 
 
 class ForwardError(ModinspectError):
@@ -56,6 +56,20 @@ def preserved(model: Any) -> Iterator[None]:
         for p, requires_grad, grad in saved:
             p.grad = grad
             p.requires_grad_(requires_grad)
+
+
+def seed_all(seed: int) -> None:
+    """Seed torch (every device), Python's `random`, and NumPy when loaded: model construction and dropout."""
+    import random
+    import sys
+
+    import torch
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed(seed % 2**32)
 
 
 def _no_grad() -> contextlib.AbstractContextManager[Any]:
