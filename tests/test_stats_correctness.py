@@ -165,3 +165,20 @@ def test_seed_fixes_the_weights_an_unseeded_factory_draws(tmp_path: Path) -> Non
     torch.manual_seed(456)
     assert stats_of("--seed", "5") == first
     assert stats_of("--seed", "6") != first
+
+
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+def test_a_dynamically_quantized_linear_cuts_the_graph_without_crashing() -> None:
+    torch.manual_seed(0)
+    float_model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    model = torch.ao.quantization.quantize_dynamic(float_model, {nn.Linear}, dtype=torch.qint8)
+    x = torch.randn(3, 4)
+    report = run(model, x.requires_grad_(True))
+    assert type(model[2]).__module__.startswith("torch.ao.nn.quantized.dynamic")
+    # The quantized op passes None back: nothing below it gets a gradient, and that is said, not shown as 0.
+    assert (row(report, "0").grad_norm, row(report, "1").grad_norm) == (None, None)
+    assert row(report, "2").grad_norm == pytest.approx(6 ** 0.5)  # d(sum)/d(out) = 1 for each of 3×2 values
+    assert report.notes == ("no gradient reached 0 (Linear), 1 (ReLU): the loss does not depend on them, or a "
+                            "non-differentiable op (e.g. a quantized Linear) cut the graph",)
+    assert row(report, "1").mean == pytest.approx(float(float_model[1](float_model[0](x)).mean().detach()), abs=0.05)
+    assert not report.nonfinite_found

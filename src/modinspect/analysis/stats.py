@@ -178,6 +178,11 @@ def collect_stats(
                 h.remove()
             collector.remove_tensor_hooks()
     rows = collector.module_stats()
+    cut = collector.without_gradient() if options.backward and batches_run else []
+    if cut:
+        shown = ", ".join(cut[:5]) + (f" and {len(cut) - 5} more" if len(cut) > 5 else "")
+        notes.append(f"no gradient reached {shown}: the loss does not depend on them, or a non-differentiable op "
+                     "(e.g. a quantized Linear) cut the graph")
     found = any(r.nan or r.inf or r.grad_nan or r.grad_inf or r.param_grad_nan or r.param_grad_inf for r in rows)
     origin = collector.origin
     return StatsReport(

@@ -103,9 +103,13 @@ class Collector:
         self.alive: list[torch.Tensor | None] = [None] * len(modules)
         self.units_ok = [True] * len(modules)
         self.histograms: list[tuple[int, ...]] = [() for _ in modules]
-        self.grad = [[0.0, 0, 0] for _ in modules]  # sumsq, nan, inf
+        # sumsq, nan, inf, and whether any gradient reached the output at all: an output that does not
+        # depend on the parameters or the input (rotary cos/sin tables), or sits behind a non-differentiable
+        # op, has no gradient norm, not a norm of 0.
+        self.grad: list[list[Any]] = [[0.0, 0, 0, False] for _ in modules]
         self.param_grad = [[0.0, 0, 0, False] for _ in modules]
         self.origin: NonfiniteOrigin | None = None
+        self.wants_grad: set[int] = set()  # modules whose first output required grad
         self.first_call: dict[int, int] = {}  # module -> order of its first call, for execution order
         self.batch_index = 0
         # Fast mode computes statistics that are exact when every value is finite, plus a flag that is
@@ -340,6 +344,8 @@ class Collector:
             for i, t in enumerate(outputs):
                 if t.requires_grad:
                     self._tensor(t).producers.append((call_index, i == 0))
+                    if i == 0:
+                        self.wants_grad.add(m)
 
     def _reduced(self, t: torch.Tensor) -> list[Any]:
         """_reduce, once per tensor and version: a parent returning its child's output costs nothing more."""
@@ -384,9 +390,11 @@ class Collector:
         return self.tensors[index]
 
     def _grad_hook(self, index: int) -> Callable[[torch.Tensor], None]:
-        def hook(grad: torch.Tensor) -> None:
+        def hook(grad: torch.Tensor | None) -> None:
             import torch
 
+            if grad is None:  # autograd passes None where a non-differentiable op (a quantized Linear) cut the graph
+                return
             g = grad.detach()
             g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
             if not self.exact:
@@ -492,6 +500,7 @@ class Collector:
                 acc = self.grad[m]
                 if primary:
                     acc[0] += sumsq
+                    acc[3] = True
                 acc[1] += nan
                 acc[2] += inf
 
@@ -536,6 +545,11 @@ class Collector:
         return NonfiniteOrigin(self.names[m], self._type(m), "backward", "produced",
                                self._unique(x for x in passed_mods if x != m))
 
+    def without_gradient(self) -> list[str]:
+        """Modules whose output required grad but never received one (cut off by a non-differentiable op)."""
+        return [f"{self.names[m] or '(model)'} ({self._type(m)})" for m in sorted(self.wants_grad)
+                if not self.grad[m][3]]
+
     def _type(self, m: int) -> str:
         return type(self.modules[m]).__name__
 
@@ -544,8 +558,7 @@ class Collector:
 
     # ---------------------------------------------------------------- report
     def module_stats(self) -> list[ModuleStats]:
-        grad_norms = [math.sqrt(g[0]) if self.options.backward and self.running[m].calls else None
-                      for m, g in enumerate(self.grad)]
+        grad_norms = [math.sqrt(g[0]) if self.options.backward and g[3] else None for g in self.grad]
         exploding, vanishing = grad_outliers(grad_norms)
         rows = []
         for m, r in enumerate(self.running):
