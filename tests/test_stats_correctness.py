@@ -182,3 +182,92 @@ def test_a_dynamically_quantized_linear_cuts_the_graph_without_crashing() -> Non
                             "non-differentiable op (e.g. a quantized Linear) cut the graph",)
     assert row(report, "1").mean == pytest.approx(float(float_model[1](float_model[0](x)).mean().detach()), abs=0.05)
     assert not report.nonfinite_found
+
+
+# ---------------------------------------------------------------- gradient flags on evidence
+
+
+def grad_flags(report: StatsReport) -> dict[str, set[str]]:
+    return {f: {m.name for m in report.modules if f in m.flags} for f in ("exploding-grad", "vanishing-grad")}
+
+
+def scaled_chain(depth: int, gain: float) -> nn.Sequential:
+    """`depth` Linear layers with orthogonal weights × gain: each one scales the gradient norm by exactly `gain`."""
+    torch.manual_seed(0)
+    layers = [nn.Linear(16, 16, bias=False) for _ in range(depth)]
+    with torch.no_grad():
+        for layer in layers:
+            nn.init.orthogonal_(layer.weight, gain=gain)
+    return nn.Sequential(*layers)
+
+
+class BodyHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh())
+        self.head = nn.Linear(8, 512)
+        with torch.no_grad():
+            self.head.weight.mul_(1e-4)  # the body's gradients are ~1e4 times smaller than the 4·512 outputs'
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def test_a_sum_losss_root_is_not_exploding_next_to_a_small_body() -> None:
+    report = run(BodyHead(), torch.randn(4, 8))
+    assert row(report, "").grad_norm == pytest.approx((4 * 512) ** 0.5)
+    assert row(report, "body.0").grad_norm < 1e-3 * row(report, "").grad_norm  # a median rule flagged the root
+    assert grad_flags(report) == {"exploding-grad": set(), "vanishing-grad": set()}
+
+
+def test_growth_of_ten_times_per_depth_is_exploding_and_a_tenth_is_vanishing() -> None:
+    x = torch.randn(4, 16)
+    exploding = run(scaled_chain(6, 20.0), x)
+    norms = [row(exploding, str(i)).grad_norm for i in range(6)]
+    assert norms[0] == pytest.approx(norms[5] * 20.0 ** 5, rel=1e-4)
+    assert grad_flags(exploding) == {"exploding-grad": {"0", "1", "2", "3", "4"}, "vanishing-grad": set()}
+    vanishing = run(scaled_chain(6, 0.05), x)
+    assert grad_flags(vanishing) == {"exploding-grad": set(), "vanishing-grad": {"0", "1", "2", "3", "4"}}
+
+
+def test_slow_growth_is_flagged_only_where_it_compounds_past_a_thousand() -> None:
+    report = run(scaled_chain(8, 3.0), torch.randn(4, 16))  # 3× per depth: 3**7 = 2187 at layer 0, 729 at layer 1
+    assert grad_flags(report) == {"exploding-grad": {"0"}, "vanishing-grad": set()}
+    assert grad_flags(run(scaled_chain(8, 1.0), torch.randn(4, 16))) == {"exploding-grad": set(), "vanishing-grad": set()}
+
+
+class TwoNamed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = nn.Linear(8, 8)
+        self.fc2 = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(x))
+
+
+def test_float16_gradients_near_the_largest_finite_value_are_exploding() -> None:
+    model = TwoNamed().half()
+    with torch.no_grad():
+        model.fc2.weight.fill_(2000.0)  # ∇ of fc1's output: 8 × 2000 = 16000 per element, > 65504 / 8
+    report = run(model, torch.randn(4, 8).half())
+    assert not report.nonfinite_found
+    assert grad_flags(report) == {"exploding-grad": {"fc1"}, "vanishing-grad": set()}
+    with torch.no_grad():
+        model.fc2.weight.fill_(500.0)  # 4000 per element: far enough from the limit
+    assert grad_flags(run(model, torch.randn(4, 8).half())) == {"exploding-grad": set(), "vanishing-grad": set()}
+
+
+def test_llama_rotary_tables_have_no_gradient_and_are_not_vanishing() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    model = transformers.LlamaForCausalLM(config)
+    ids = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(0))
+    report = collect_stats(model, [((ids,), {})], options=StatsOptions())
+    rotary = row(report, "model.rotary_emb")
+    assert rotary.calls == 1 and rotary.grad_norm is None and rotary.flags == ()
+    assert grad_flags(report) == {"exploding-grad": set(), "vanishing-grad": set()}

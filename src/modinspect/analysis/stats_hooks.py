@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from modinspect.analysis.stats_math import Running, flags_for, grad_outliers
+from modinspect.analysis.stats_math import NEAR_LIMIT, Running, flags_for, grad_outliers
 from modinspect.report import ModuleStats, NonfiniteOrigin
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ class Collector:
         # sumsq, nan, inf, and whether any gradient reached the output at all: an output that does not
         # depend on the parameters or the input (rotary cos/sin tables), or sits behind a non-differentiable
         # op, has no gradient norm, not a norm of 0.
-        self.grad: list[list[Any]] = [[0.0, 0, 0, False] for _ in modules]
+        self.grad: list[list[Any]] = [[0.0, 0, 0, False, 0.0] for _ in modules]  # ... and max|∇| / dtype max
         self.param_grad = [[0.0, 0, 0, False] for _ in modules]
         self.origin: NonfiniteOrigin | None = None
         self.wants_grad: set[int] = set()  # modules whose first output required grad
@@ -396,12 +396,16 @@ class Collector:
             if grad is None:  # autograd passes None where a non-differentiable op (a quantized Linear) cut the graph
                 return
             g = grad.detach()
-            g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
+            # A half-precision gradient can overflow long before fp32 would: keep max|∇| over the dtype's limit.
+            near: Any = 0.0
+            if g.dtype in (torch.float16, torch.bfloat16):
+                near = torch.nan_to_num(g.abs(), nan=0.0, posinf=0.0).amax().float() / torch.finfo(g.dtype).max
+                g = g.float()
             if not self.exact:
                 flat = g.reshape(-1)
                 sumsq = torch.dot(flat, flat)
                 suspect = ~torch.isfinite(sumsq)
-                self._push("grad", index, [sumsq, suspect, 0])
+                self._push("grad", index, [sumsq, suspect, 0, near])
                 return
             nonzero = _nonzero(g)
             gf = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
@@ -409,7 +413,7 @@ class Collector:
             nan = nonzero - _nonzero(torch.nan_to_num(g, nan=0.0, posinf=math.inf, neginf=-math.inf))
             inf = k - nan
             sumsq = gf.square().sum()
-            self._push("grad", index, [sumsq, nan, inf])
+            self._push("grad", index, [sumsq, nan, inf, near])
 
         return hook
 
@@ -455,7 +459,7 @@ class Collector:
         if not self.exact and any(self._suspect(kind, chunk) for kind, _, chunk in chunks):
             return False
         forward_events: list[tuple[int, bool, bool]] = []
-        grad_events: list[tuple[int, float, int, int]] = []
+        grad_events: list[tuple[int, float, int, int, float]] = []
         loss_bad = False
         for kind, index, chunk in chunks:
             if kind == "call":
@@ -466,7 +470,7 @@ class Collector:
             elif kind == "hist":
                 self.histograms[index] = tuple(int(c) for c in chunk)
             elif kind == "grad":
-                grad_events.append((index, chunk[0], int(chunk[1]), int(chunk[2])))
+                grad_events.append((index, chunk[0], int(chunk[1]), int(chunk[2]), chunk[3]))
             elif kind == "pgrad":
                 acc = self.param_grad[index]
                 acc[0] += chunk[0]
@@ -493,14 +497,15 @@ class Collector:
             return chunk[1] > 0 or chunk[2] > 0
         return False
 
-    def _attribute_grads(self, grad_events: list[tuple[int, float, int, int]]) -> None:
-        for index, sumsq, nan, inf in grad_events:
+    def _attribute_grads(self, grad_events: list[tuple[int, float, int, int, float]]) -> None:
+        for index, sumsq, nan, inf, near in grad_events:
             for call_index, primary in self.tensors[index].producers:
                 m = self.calls[call_index].module
                 acc = self.grad[m]
                 if primary:
                     acc[0] += sumsq
                     acc[3] = True
+                    acc[4] = max(acc[4], near)
                 acc[1] += nan
                 acc[2] += inf
 
@@ -517,7 +522,7 @@ class Collector:
         passed = self._unique(e[0] for e in events[producer + 1:] if e[2] and e[0] != m)
         return NonfiniteOrigin(self.names[m], self._type(m), "forward", "produced", passed)
 
-    def _backward_origin(self, events: list[tuple[int, float, int, int]], loss_bad: bool) -> NonfiniteOrigin | None:
+    def _backward_origin(self, events: list[tuple[int, float, int, int, float]], loss_bad: bool) -> NonfiniteOrigin | None:
         if loss_bad:
             return NonfiniteOrigin(None, None, "backward", "loss", ())
         first = next((i for i, e in enumerate(events) if e[2] or e[3]), None)
@@ -559,7 +564,8 @@ class Collector:
     # ---------------------------------------------------------------- report
     def module_stats(self) -> list[ModuleStats]:
         grad_norms = [math.sqrt(g[0]) if self.options.backward and g[3] else None for g in self.grad]
-        exploding, vanishing = grad_outliers(grad_norms)
+        exploding, vanishing = grad_outliers(self.names, [self._type(m) for m in range(len(self.modules))], grad_norms,
+                                             [g[4] * NEAR_LIMIT >= 1.0 for g in self.grad])
         rows = []
         for m, r in enumerate(self.running):
             is_relu = type(self.modules[m]).__name__ in RELU_FAMILY

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 from modinspect.report import ModuleStats
 
-EXPLODING_RATIO = 1e3  # grad norm this many times the median of all modules' grad norms
-VANISHING_RATIO = 1e-3
+STEP_RATIO = 10.0  # ‖∇out‖ growth (or shrinkage) from one depth to the next that is evidence on its own
+COMPOUND_RATIO = 1e3  # ... and from the deepest module of the same family
+NEAR_LIMIT = 8.0  # max |∇| within this factor of the dtype's largest finite value
 MOSTLY_DEAD = 0.5
 
 
@@ -86,14 +87,49 @@ class Running:
         return sum(1 for a in self.alive if not a) / len(self.alive)
 
 
-def grad_outliers(norms: Sequence[float | None]) -> tuple[set[int], set[int]]:
-    """Indices of exploding and vanishing gradient norms, relative to the median of the finite, non-zero ones."""
-    finite = [g for g in norms if g is not None and math.isfinite(g) and g > 0]
-    if len(finite) < 3:
-        return set(), set()
-    median = statistics.median(finite)
-    exploding = {i for i, g in enumerate(norms) if g is not None and math.isfinite(g) and g > median * EXPLODING_RATIO}
-    vanishing = {i for i, g in enumerate(norms) if g is not None and math.isfinite(g) and g < median * VANISHING_RATIO}
+def _family(name: str) -> tuple[str, int] | None:
+    """(name with its last numeric component as '*', that index): `h.3.mlp` -> ('h.*.mlp', 3)."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i].isascii() and parts[i].isdigit() and len(parts[i]) < 10:
+            return ".".join(parts[:i] + ["*"] + parts[i + 1:]), int(parts[i])
+    return None
+
+
+def grad_outliers(names: Sequence[str], types: Sequence[str], norms: Sequence[float | None],
+                  near_limit: Sequence[bool]) -> tuple[set[int], set[int]]:
+    """Indices of exploding and vanishing gradient norms, on evidence only (the rule the README documents).
+
+    Norms are compared between modules of one type at consecutive depths (names that differ only in
+    their last layer index: `h.3.mlp`/`h.4.mlp`, or `0`/`2` in an nn.Sequential). Going backward, from
+    the deepest toward the input, a module is exploding when its ‖∇out‖ is at least STEP_RATIO times
+    the next deeper one's, or COMPOUND_RATIO times the deepest one's; vanishing the other way round.
+    A gradient within a factor of 8 of its dtype's largest finite value is exploding whatever its depth.
+    Modules without a gradient (outputs that depend on neither the parameters nor the input) and
+    singletons (the root, a head) are never compared.
+    """
+    families: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for i, name in enumerate(names):
+        g = norms[i]
+        key = _family(name)
+        if key is None or g is None or not math.isfinite(g) or g <= 0:
+            continue
+        families.setdefault((key[0], types[i]), []).append((key[1], i))
+    exploding = {i for i, near in enumerate(near_limit) if near}
+    vanishing: set[int] = set()
+    for members in families.values():
+        if len(members) < 2:
+            continue
+        members.sort()
+        deepest = norms[members[-1][1]]
+        assert deepest is not None
+        for (_, i), (_, deeper) in zip(members, members[1:], strict=False):
+            g, g_next = norms[i], norms[deeper]
+            assert g is not None and g_next is not None
+            if g >= g_next * STEP_RATIO or g >= deepest * COMPOUND_RATIO:
+                exploding.add(i)
+            elif g * STEP_RATIO <= g_next or g * COMPOUND_RATIO <= deepest:
+                vanishing.add(i)
     return exploding, vanishing
 
 
