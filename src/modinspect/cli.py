@@ -441,6 +441,7 @@ def stats(
         from modinspect.analysis.stats import StatsOptions, collect_stats, seed_all
         from modinspect.sources import open_source
         from modinspect.sources.inputs import InputSpec, parse_shape, resolve_batches, to_device
+        from modinspect.sources.module import ModuleSource
 
         extra = _project_defaults(source)
         seed_all(seed)  # before the model is built: its initial weights depend on it
@@ -473,7 +474,8 @@ def stats(
         options = StatsOptions(backward=backward, pattern=pattern, loss=loss_fn,
                                autocast_dtype=None if dtype == "float32" else dtype, train=train)
         moved = (to_device(b, dev, requires_grad=backward) for b in raw_batches)
-        with _on_device(src.module, dev), _spinner(f"running {batches} batch(es) on {dev}…"):
+        in_use = src.in_use() if isinstance(src, ModuleSource) else contextlib.nullcontext()
+        with in_use, _on_device(src.module, dev), _spinner(f"running {batches} batch(es) on {dev}…"):
             report = collect_stats(src.module, moved, options=options, source=src.label, device=dev, inputs=described)
         if as_json:
             from modinspect.render.jsonout import dumps, stats_document
