@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from conftest import invoke
-
 from modinspect.analysis.stats import StatsOptions, collect_stats
 from modinspect.report import ModuleStats, StatsReport
 

@@ -421,12 +421,16 @@ def stats(
     pattern: Annotated[
         str | None, typer.Option("--filter", "-f", help="Hook only modules matching GLOB.", metavar="GLOB")
     ] = None,
+    fail_on: Annotated[
+        str | None, typer.Option("--fail-on", help="Also exit 1 on these findings, comma-separated: nan, dead, "
+                                 "mostly-dead, exploding, vanishing (NaN/Inf always exits 1).", metavar="FINDINGS")
+    ] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Run the model with hooks on every module: activation stats, dead ReLUs, gradient norms, first NaN/Inf.
 
-    Statistics stay on the device and come back once per batch. The backward pass runs on the model's own loss when its output has one (a Hugging Face model given labels), else on the sum of the floating outputs (--loss sum/mean, or your own function). Exit code 0 when every value was finite, 1 when a NaN/Inf was found, 2 on errors.
+    Statistics stay on the device and come back once per batch. The backward pass runs on the model's own loss when its output has one (a Hugging Face model given labels), else on the sum of the floating outputs (--loss sum/mean, or your own function). Exit code 0 when every value was finite, 1 when a NaN/Inf was found (or a --fail-on finding), 2 on errors.
 
     Examples:
 
@@ -435,6 +439,8 @@ def stats(
         modinspect stats gpt2.py:model --input-shape 4,128 --device cuda --dtype bfloat16
 
         modinspect stats --input batch.pt --json      # model from [tool.modinspect]
+
+        modinspect stats models.py:build -s 8,3,32,32 --fail-on dead,exploding   # for CI
     """
     code = 0
     with user_errors(debug):
@@ -443,6 +449,7 @@ def stats(
         from modinspect.sources.inputs import InputSpec, parse_shape, resolve_batches, to_device
         from modinspect.sources.module import ModuleSource
 
+        findings = _findings(fail_on)
         extra = _project_defaults(source)
         seed_all(seed)  # before the model is built: its initial weights depend on it
         with _spinner("building the model…"):
@@ -486,8 +493,18 @@ def stats(
 
             console = make_console()
             console.print(stats_renderable(report, console.width))
-        code = 1 if report.nonfinite_found else 0
+        code = 1 if report.nonfinite_found or any(report.has(f) for f in findings) else 0
     raise typer.Exit(code)
+
+
+def _findings(option: str | None) -> list[str]:
+    from modinspect.report import STATS_FINDINGS
+
+    chosen = [f.strip() for f in (option or "").split(",") if f.strip()]
+    for f in chosen:
+        if f not in STATS_FINDINGS:
+            raise UsageError(f"--fail-on {f!r} is not one of {', '.join(STATS_FINDINGS)}")
+    return chosen
 
 
 def _project_defaults(source: str | None) -> dict[str, object]:

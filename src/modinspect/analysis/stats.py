@@ -22,6 +22,8 @@ from modinspect.analysis.stats_hooks import (
     floating,
     unit_dim,
 )
+from modinspect.analysis.stats_math import diagnose
+from modinspect.analysis.stats_trace import OpTracer, nonfinite_tensors, refine_origin
 from modinspect.errors import ModinspectError
 from modinspect.report import StatsReport
 
@@ -147,6 +149,7 @@ def collect_stats(
     collector = Collector([n for n, _ in named], [m for _, m in named], options, acc)
     notes: list[str] = []
     losses: list[str] = []  # what backward ran on, per batch
+    backward_origin = None
     handles = []
     batches_run = 0
     with preserved(model):
@@ -166,12 +169,24 @@ def collect_stats(
                 collector.begin_batch()
                 _run_batch(model, args, kwargs, collector, options, device, notes, losses)
                 if not collector.end_batch():
-                    # Something may be non-finite: run the batch again, same RNG, with exact masked reductions.
+                    # Something may be non-finite: run the batch again, same RNG, with exact masked reductions
+                    # and the op tracer, which finds the op and the source line.
                     _restore_rng(rng)
                     collector.exact = True
                     collector.begin_batch()
-                    _run_batch(model, args, kwargs, collector, options, device, notes, losses)
+                    had_origin = collector.origin is not None
+                    weights = [] if had_origin else nonfinite_tensors(model)
+                    tracer = None if had_origin else OpTracer(collector.current_module, lambda: collector.in_hook > 0)
+                    collector.tracer = tracer
+                    try:
+                        _run_batch(model, args, kwargs, collector, options, device, notes, losses, tracer)
+                    finally:
+                        collector.tracer = None
                     collector.end_batch()
+                    if tracer is not None and (collector.origin is not None or tracer.events or weights):
+                        collector.origin, backward_origin = refine_origin(
+                            collector.origin, tracer.events, weights, collector.names,
+                            [collector._type(m) for m in range(len(collector.names))])
                 batches_run += 1
         finally:
             for h in handles:
@@ -189,7 +204,7 @@ def collect_stats(
         source=source, device=device, dtype=options.autocast_dtype, mode="train" if options.train else "eval",
         batches=batches_run, backward=options.backward, loss=_loss_used(losses, options.loss),
         inputs=inputs, modules=tuple(rows), nonfinite_origin=origin, nonfinite_found=found or origin is not None,
-        notes=tuple(dict.fromkeys(notes)),
+        notes=tuple(dict.fromkeys(notes)), backward_origin=backward_origin, diagnoses=tuple(diagnose(rows)),
     )
 
 
@@ -216,7 +231,8 @@ def _restore_rng(state: tuple[Any, Any]) -> None:
 
 
 def _run_batch(model: Any, args: Sequence[Any], kwargs: dict[str, Any], collector: Collector,
-               options: StatsOptions, device: str, notes: list[str], losses: list[str]) -> None:
+               options: StatsOptions, device: str, notes: list[str], losses: list[str],
+               tracer: OpTracer | None = None) -> None:
     import torch
 
     autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -224,7 +240,8 @@ def _run_batch(model: Any, args: Sequence[Any], kwargs: dict[str, Any], collecto
         autocast = torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, options.autocast_dtype))
     grad_mode = torch.enable_grad() if options.backward else torch.no_grad()
     try:
-        with grad_mode, autocast:
+        tracing = tracer.forward() if tracer is not None else contextlib.nullcontext()
+        with grad_mode, autocast, tracing:
             output = model(*args, **kwargs)
             loss, described = _loss(output, options.loss) if options.backward else (None, "")
         if options.backward:
@@ -233,7 +250,8 @@ def _run_batch(model: Any, args: Sequence[Any], kwargs: dict[str, Any], collecto
                 notes.append("no floating output requires grad: backward skipped")
             else:
                 collector.record_loss(loss)
-                loss.backward()  # type: ignore[no-untyped-call]
+                with tracer.backward(loss) if tracer is not None else contextlib.nullcontext():
+                    loss.backward()  # type: ignore[no-untyped-call]
                 collector.record_param_grads()
                 for p in model.parameters():
                     p.grad = None

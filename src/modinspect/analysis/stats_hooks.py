@@ -23,6 +23,8 @@ from modinspect.report import ModuleStats, NonfiniteOrigin
 if TYPE_CHECKING:
     import torch
 
+    from modinspect.analysis.stats_trace import OpTracer
+
 RELU_FAMILY = ("ReLU", "ReLU6")
 HIST_BINS = 16
 HIST_SAMPLE = 65_536
@@ -103,6 +105,8 @@ class Collector:
         self.alive: list[torch.Tensor | None] = [None] * len(modules)
         self.units_ok = [True] * len(modules)
         self.histograms: list[tuple[int, ...]] = [() for _ in modules]
+        self.hist_range: list[tuple[float, float] | None] = [None for _ in modules]  # [min, max] the bins span
+        self.input_from: dict[int, int] = {}  # module -> the module whose output was its first input
         # sumsq, nan, inf, and whether any gradient reached the output at all: an output that does not
         # depend on the parameters or the input (rotary cos/sin tables), or sits behind a non-differentiable
         # op, has no gradient norm, not a norm of 0.
@@ -116,6 +120,8 @@ class Collector:
         # raised whenever one might not be; a flagged batch is replayed in exact (masked) mode.
         self.exact = False
         self.tensor_hooks: list[Any] = []
+        self.in_hook = 0
+        self.tracer: OpTracer | None = None  # set during the replay of a flagged batch
         self._scratch_buffers: dict[tuple[torch.dtype, str], torch.Tensor] = {}
         self._reset_batch()
 
@@ -139,6 +145,7 @@ class Collector:
         self.finite_cache: dict[int, tuple[weakref.ref[Any], int, torch.Tensor]] = {}
         self.reduce_cache: dict[int, tuple[weakref.ref[Any], int, list[Any]]] = {}
         self.hist_pending: set[int] = set()  # modules whose histogram this batch already queued
+        self.producer_of: dict[tuple[int, int], tuple[weakref.ref[Any], int]] = {}
         self.loss_bad: torch.Tensor | None = None
 
     def _push(self, kind: str, index: int, values: Sequence[Any]) -> None:
@@ -300,6 +307,25 @@ class Collector:
 
     # ---------------------------------------------------------------- hooks
     def pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.in_hook += 1  # the op tracer of a replay ignores our own reductions
+        try:
+            self._pre_hook(module, args, kwargs)
+        finally:
+            self.in_hook -= 1
+
+    def forward_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        self.in_hook += 1
+        try:
+            self._forward_hook(module, args, kwargs, output)
+        finally:
+            self.in_hook -= 1
+
+    def current_module(self) -> int | None:
+        """The innermost hooked module whose forward is running."""
+        open_calls = getattr(self, "_open_calls", None)
+        return self.calls[open_calls[-1]].module if open_calls else None
+
+    def _pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         import torch
 
         call_index = len(self.calls)
@@ -307,6 +333,10 @@ class Collector:
         self.first_call.setdefault(call.module, len(self.first_call))
         inputs = floating(flatten_tensors((args, kwargs)))
         if inputs:
+            if call.module not in self.input_from:
+                hit = self.producer_of.get((id(inputs[0]), inputs[0]._version))
+                if hit is not None and hit[0]() is inputs[0]:
+                    self.input_from[call.module] = hit[1]
             flags = [self._nonfinite(t) for t in inputs]
             call.in_bad = flags[0] if len(flags) == 1 else torch.stack(flags).any()
         self.calls.append(call)
@@ -317,10 +347,12 @@ class Collector:
         # Forward hooks fire in completion order; the call index links pre and post.
         self._open_calls.append(call_index)
 
-    def forward_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+    def _forward_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         import torch
 
         call_index = self._open_calls.pop()
+        if self.tracer is not None:
+            self.tracer.note_output(output, self.calls[call_index].module)
         call = self.calls[call_index]
         m = call.module
         outputs = floating(flatten_tensors(output))
@@ -328,6 +360,11 @@ class Collector:
         if not outputs:
             self._push("call", m, [in_bad, 0])
             return
+        # The innermost module that returned this tensor (forward hooks fire innermost first).
+        key = (id(outputs[0]), outputs[0]._version)
+        known = self.producer_of.get(key)
+        if known is None or known[0]() is not outputs[0]:  # a freed tensor's id can come back
+            self.producer_of[key] = (weakref.ref(outputs[0]), m)
         values = self._reduced(outputs[0])
         out_bad = values[7] if not self.exact else (values[7] + values[8]) > 0
         for other in outputs[1:]:
@@ -337,7 +374,7 @@ class Collector:
         self._push("stats", m, values)
         if self.options.histogram and self.batch_index == 0 and not self.histograms[m] and m not in self.hist_pending:
             self.hist_pending.add(m)
-            self._push("hist", m, [self._histogram(outputs[0], values)])
+            self._push("hist", m, [values[3], values[4], self._histogram(outputs[0], values)])
         if type(self.modules[m]).__name__ in RELU_FAMILY:
             self._track_units(m, outputs[0])
         if self.options.backward and torch.is_grad_enabled():
@@ -391,6 +428,13 @@ class Collector:
 
     def _grad_hook(self, index: int) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor | None) -> None:
+            self.in_hook += 1
+            try:
+                record(grad)
+            finally:
+                self.in_hook -= 1
+
+        def record(grad: torch.Tensor | None) -> None:
             import torch
 
             if grad is None:  # autograd passes None where a non-differentiable op (a quantized Linear) cut the graph
@@ -468,7 +512,8 @@ class Collector:
             elif kind == "stats":
                 self.running[index].merge_call(chunk)
             elif kind == "hist":
-                self.histograms[index] = tuple(int(c) for c in chunk)
+                self.hist_range[index] = (chunk[0], chunk[1])
+                self.histograms[index] = tuple(int(c) for c in chunk[2:])
             elif kind == "grad":
                 grad_events.append((index, chunk[0], int(chunk[1]), int(chunk[2]), chunk[3]))
             elif kind == "pgrad":
@@ -550,6 +595,14 @@ class Collector:
         return NonfiniteOrigin(self.names[m], self._type(m), "backward", "produced",
                                self._unique(x for x in passed_mods if x != m))
 
+    def _edges(self, m: int) -> tuple[float, ...]:
+        """The HIST_BINS + 1 bin edges: equal widths over the [min, max] of the call the histogram sampled."""
+        span = self.hist_range[m]
+        if span is None or not self.histograms[m]:
+            return ()
+        lo, hi = span
+        return tuple(lo + (hi - lo) * i / HIST_BINS for i in range(HIST_BINS + 1))
+
     def without_gradient(self) -> list[str]:
         """Modules whose output required grad but never received one (cut off by a non-differentiable op)."""
         return [f"{self.names[m] or '(model)'} ({self._type(m)})" for m in sorted(self.wants_grad)
@@ -579,6 +632,8 @@ class Collector:
                 grad_norm=grad_norms[m], grad_nan=int(self.grad[m][1]), grad_inf=int(self.grad[m][2]),
                 param_grad_norm=math.sqrt(pg[0]) if pg[3] else None, param_grad_nan=int(pg[1]),
                 param_grad_inf=int(pg[2]), histogram=self.histograms[m] if r.n else (), flags=(),
+                histogram_edges=self._edges(m) if r.n else (),
+                input_from=self.names[self.input_from[m]] if m in self.input_from else None,
             )
             rows.append(dataclasses.replace(row, flags=flags_for(row, m in exploding, m in vanishing)))
         # Execution order (by first call); modules never called go last, in definition order.

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -92,7 +92,7 @@ def _family(name: str) -> tuple[str, int] | None:
     parts = name.split(".")
     for i in range(len(parts) - 1, -1, -1):
         if parts[i].isascii() and parts[i].isdigit() and len(parts[i]) < 10:
-            return ".".join(parts[:i] + ["*"] + parts[i + 1:]), int(parts[i])
+            return ".".join([*parts[:i], "*", *parts[i + 1:]]), int(parts[i])
     return None
 
 
@@ -123,7 +123,7 @@ def grad_outliers(names: Sequence[str], types: Sequence[str], norms: Sequence[fl
         members.sort()
         deepest = norms[members[-1][1]]
         assert deepest is not None
-        for (_, i), (_, deeper) in zip(members, members[1:], strict=False):
+        for (_, i), (_, deeper) in itertools.pairwise(members):
             g, g_next = norms[i], norms[deeper]
             assert g is not None and g_next is not None
             if g >= g_next * STEP_RATIO or g >= deepest * COMPOUND_RATIO:
@@ -150,3 +150,63 @@ def flags_for(row: ModuleStats, exploding: bool, vanishing: bool) -> tuple[str, 
     if vanishing and "nonfinite-grad" not in flags:
         flags.append("vanishing-grad")
     return tuple(flags)
+
+
+def _index_ranges(indices: list[int]) -> str:
+    """[3, 5, ..., 25] -> '3-25 odd'; [0, 1, 2] -> '0-2'; otherwise consecutive spans joined by commas."""
+    if len(indices) >= 3:
+        steps = {b - a for a, b in itertools.pairwise(indices)}
+        if steps == {2}:
+            return f"{indices[0]}-{indices[-1]} {'odd' if indices[0] % 2 else 'even'}"
+    spans: list[list[int]] = []
+    for i in indices:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def collapse_names(names: Sequence[str]) -> list[str]:
+    """Module names that differ only in their last layer index folded into one: `{3-25 odd}`, `h.{0-11}.mlp`.
+
+    Order of first appearance is kept; fewer than three members are listed as they are.
+    """
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for name in names:
+        key = _family(name)
+        groups.setdefault(key[0] if key else "\0" + name, []).append((key[1] if key else 0, name))
+    out: list[str] = []
+    done: set[str] = set()
+    for name in names:
+        key = _family(name)
+        group = key[0] if key else "\0" + name
+        members = groups[group]
+        if group.startswith("\0") or len(members) < 3:
+            out.append(name or "(model)")
+        elif group not in done:
+            done.add(group)
+            indices = sorted(dict.fromkeys(i for i, _ in members))
+            out.append(group.replace("*", "{" + _index_ranges(indices) + "}", 1))
+    return out
+
+
+def diagnose(rows: Sequence[ModuleStats]) -> list[str]:
+    """Plain-language causes where the evidence is unambiguous (a dead ReLU fed only values <= 0)."""
+    by_name = {r.name: r for r in rows}
+    groups: dict[tuple[str, str], list[tuple[ModuleStats, ModuleStats]]] = {}
+    for r in rows:
+        feeder = by_name.get(r.input_from) if r.input_from is not None else None
+        if "dead" not in r.flags or feeder is None or feeder.max is None or feeder.max > 0:
+            continue
+        groups.setdefault((feeder.type, r.type), []).append((feeder, r))
+    lines = []
+    for (ftype, rtype), pairs in groups.items():
+        feeders = ", ".join(collapse_names([f.name for f, _ in pairs]))
+        relus = ", ".join(collapse_names([r.name for _, r in pairs]))
+        top = max(f.max for f, _ in pairs if f.max is not None)
+        bound = "< 0" if top < 0 else "<= 0"
+        many = len(pairs) > 1
+        lines.append(f"{feeders} ({ftype})'s outputs are all {bound} (max {top:.3g}), so {relus} ({rtype}) "
+                     f"never {'fire' if many else 'fires'}: check {'their' if many else 'its'} bias or init")
+    return lines
