@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -170,3 +172,29 @@ def test_json_names_the_backward_node_and_the_lines(nets: Path) -> None:
         "module": "", "type": "Dist", "phase": "backward", "cause": "produced", "node": "SqrtBackward0",
         "op": "aten::div", "source": None, "created_at": "bad.py:12",
         "created_code": "return torch.sqrt(((h - h.detach()) ** 2).sum(-1))"}
+
+
+def test_progress_is_called_once_per_batch_and_silent_off_a_terminal(nets: Path) -> None:
+    calls: list[int] = []
+    model = nn.Sequential(nn.Linear(4, 2))
+    collect_stats(model, [((torch.randn(2, 4),), {})] * 3, options=StatsOptions(), progress=calls.append)
+    assert calls == [1, 1, 1]
+    result = invoke("stats", "nets.py:clean", "--input-shape", "3,4", "--batches", "3", cwd=nets)
+    assert (result.exit_code, result.stderr) == (0, "")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_batch_counter_with_an_eta_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modinspect.render.console import batch_progress
+
+    fake = _Terminal()
+    monkeypatch.setattr(sys, "stderr", fake)
+    with batch_progress(3, "cpu") as advance:
+        for _ in range(3):
+            advance(1)
+    shown = fake.getvalue()
+    assert "running batches on cpu" in shown and "3/3" in shown and "ETA" in shown

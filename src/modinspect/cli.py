@@ -406,7 +406,7 @@ def stats(
         str | None, typer.Option("--input-dtype", help="dtype of --input-shape tensors [default: int64 when the "
                                  "model has an nn.Embedding (ids drawn below its vocabulary), else float32]")
     ] = None,
-    batches: Annotated[int, typer.Option("--batches", "-b", min=1, help="Random batches to run; stats merge across them.")] = 1,
+    batches: Annotated[int, typer.Option("--batches", "-b", min=1, help="Random batches to run; stats merge across them (a counter with an ETA on a terminal).")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed for model construction, random inputs and dropout.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, mps or auto.")] = "auto",
     dtype: Annotated[
@@ -482,8 +482,11 @@ def stats(
                                autocast_dtype=None if dtype == "float32" else dtype, train=train)
         moved = (to_device(b, dev, requires_grad=backward) for b in raw_batches)
         in_use = src.in_use() if isinstance(src, ModuleSource) else contextlib.nullcontext()
-        with in_use, _on_device(src.module, dev), _spinner(f"running {batches} batch(es) on {dev}…"):
-            report = collect_stats(src.module, moved, options=options, source=src.label, device=dev, inputs=described)
+        from modinspect.render.console import batch_progress
+
+        with in_use, _on_device(src.module, dev), batch_progress(batches, dev) as advance:
+            report = collect_stats(src.module, moved, options=options, source=src.label, device=dev, inputs=described,
+                                   progress=advance)
         if as_json:
             from modinspect.render.jsonout import dumps, stats_document
 

@@ -128,11 +128,13 @@ def collect_stats(
     source: str = "",
     device: str = "cpu",
     inputs: str = "",
+    progress: Callable[[int], None] | None = None,
 ) -> StatsReport:
     """Run `model` on each batch with hooks on its modules and return merged per-module statistics.
 
     The model is left as it was found: hooks removed, training flags, requires_grad and .grad restored
-    (also when the forward or backward raises); parameters are never updated.
+    (also when the forward or backward raises); parameters are never updated. `progress(1)` is called
+    after each batch.
     """
     import torch
 
@@ -188,6 +190,8 @@ def collect_stats(
                             collector.origin, tracer.events, weights, collector.names,
                             [collector._type(m) for m in range(len(collector.names))])
                 batches_run += 1
+                if progress is not None:
+                    progress(1)
         finally:
             for h in handles:
                 h.remove()

@@ -10,7 +10,7 @@ from typing import IO
 
 from rich import box
 from rich.console import Console, Group, RenderableType
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -66,6 +66,33 @@ class _ProgressBar:
         )
         self.progress.start()
         task = self.progress.add_task(self.description, total=self.total)
+        progress = self.progress
+        return lambda n: progress.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def batch_progress(total: int, device: str) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+    """`stats --batches N`: a batch counter with an ETA on stderr, on a terminal only; yields advance(batches)."""
+    return _BatchProgress(total, device)
+
+
+class _BatchProgress:
+    def __init__(self, total: int, device: str) -> None:
+        self.total, self.device = total, device
+        self.progress: Progress | None = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not sys.stderr.isatty():
+            return lambda _n: None
+        self.progress = Progress(
+            TextColumn(f"running batches on {self.device}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=Console(file=sys.stderr, force_terminal=True), transient=True,
+        )
+        self.progress.start()
+        task = self.progress.add_task("batches", total=self.total)
         progress = self.progress
         return lambda n: progress.advance(task, n)
 
