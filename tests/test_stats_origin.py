@@ -5,6 +5,7 @@ Each planted fault marks its line with a `# fault:` comment; the expected file:l
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,34 @@ def test_the_model_is_left_without_hooks_or_anomaly_mode() -> None:
     x = torch.randn(2, 8, requires_grad=True)
     model(x).sum().backward()  # no leftover node hook or anomaly check interferes
     assert x.grad is not None and not torch.isfinite(x.grad).all()  # the model's own fault, untouched
+
+
+def test_gpt2_layer_norm_nan_is_traced_into_the_transformers_source() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97,
+                                                                 n_positions=32))
+    model.transformer.h[1].ln_1.eps = -1e6  # variance + eps < 0: rsqrt of a negative number
+    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(0))
+    report = collect_stats(model, [((ids,), {"labels": ids})], options=StatsOptions())
+    origin = origin_of(report)
+    assert (origin.module, origin.type, origin.op) == ("transformer.h.1.ln_1", "LayerNorm", "aten::native_layer_norm")
+    gpt2_file = inspect.getsourcefile(type(model.transformer.h[1]))
+    assert gpt2_file is not None
+    code = "hidden_states = self.ln_1(hidden_states)"
+    number = next(i for i, text in enumerate(Path(gpt2_file).read_text().splitlines(), 1) if text.strip() == code)
+    shown = os.path.relpath(gpt2_file) if not os.path.relpath(gpt2_file).startswith("..") else gpt2_file
+    assert (origin.source, origin.code) == (f"{shown}:{number}", code)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_forward_and_backward_origins() -> None:
+    forward = collect_stats(Chain(LogShift()).cuda(), [((torch.randn(4, 8, device="cuda"),), {})],
+                            options=StatsOptions(), device="cuda")
+    origin = origin_of(forward)
+    assert (origin.module, origin.op, origin.source) == ("fault", "aten::log", line_of("log"))
+    backward = collect_stats(Chain(CustomFunction()).cuda(), [((torch.randn(4, 8, device="cuda"),), {})],
+                             options=StatsOptions(), device="cuda")
+    origin = origin_of(backward)
+    assert (origin.module, origin.node, origin.created_at) == ("fault", "_BadBackwardBackward", line_of("custom-forward"))

@@ -120,6 +120,7 @@ class OpTracer:
         self.parents: dict[int, Any] = {}  # id(node) -> a node that feeds it its gradient (toward the loss)
         self._finite: dict[int, tuple[weakref.ref[Any], int, bool]] = {}
         self._handles: list[Any] = []
+        self.failures = 0  # ops the tracer could not check
 
     # ---------------------------------------------------------------- checks
     def _is_finite(self, t: torch.Tensor) -> bool:
@@ -255,10 +256,16 @@ def _DispatchMode(tracer: OpTracer) -> Any:
             active = len(tracer.events) < MAX_EVENTS and not tracer.paused()
             inputs_ok = None
             if active and func._schema.is_mutable:  # in place: the inputs must be judged before the op
-                inputs_ok = all(tracer._is_finite(t) for t in tracer._tensors((args, kwargs)))
+                try:
+                    inputs_ok = all(tracer._is_finite(t) for t in tracer._tensors((args, kwargs)))
+                except Exception:
+                    active = False
             out = func(*args, **kwargs)
             if active:
-                tracer.on_op(func, args, kwargs, inputs_ok, out)
+                try:
+                    tracer.on_op(func, args, kwargs, inputs_ok, out)
+                except Exception:  # an exotic tensor (sparse, nested) must not break the model
+                    tracer.failures += 1
             return out
 
     return Mode()
@@ -272,7 +279,10 @@ def _FunctionMode(tracer: OpTracer) -> Any:
                                kwargs: dict[str, Any] | None = None) -> Any:
             out = func(*args, **(kwargs or {}))
             if not tracer.paused():
-                tracer.note_output(out, tracer.current_module())
+                try:
+                    tracer.note_output(out, tracer.current_module())
+                except Exception:
+                    tracer.failures += 1
             return out
 
     return Mode()
