@@ -20,11 +20,17 @@ from modinspect.report import NonfiniteOrigin, StatsReport
 HERE = Path(__file__).resolve()
 
 
+def shown(path: Path | str) -> str:
+    """A file as the report names it: relative to the working directory when under it, else absolute."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
+
+
 def line_of(marker: str) -> str:
     """`file:line` of the line holding `# fault: marker`, as the report shows it (relative to the cwd)."""
     for number, text in enumerate(HERE.read_text().splitlines(), start=1):
         if text.rstrip().endswith(f"# fault: {marker}"):
-            return f"{os.path.relpath(HERE)}:{number}"
+            return f"{shown(HERE)}:{number}"
     raise AssertionError(marker)
 
 
@@ -208,8 +214,7 @@ def test_gpt2_layer_norm_nan_is_traced_into_the_transformers_source() -> None:
     assert gpt2_file is not None
     code = "hidden_states = self.ln_1(hidden_states)"
     number = next(i for i, text in enumerate(Path(gpt2_file).read_text().splitlines(), 1) if text.strip() == code)
-    shown = os.path.relpath(gpt2_file) if not os.path.relpath(gpt2_file).startswith("..") else gpt2_file
-    assert (origin.source, origin.code) == (f"{shown}:{number}", code)
+    assert (origin.source, origin.code) == (f"{shown(gpt2_file)}:{number}", code)
 
 
 @pytest.mark.cuda
