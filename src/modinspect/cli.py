@@ -430,6 +430,8 @@ def stats(
 ) -> None:
     """Run the model with hooks on every module: activation stats, dead ReLUs, gradient norms, first NaN/Inf.
 
+    A batch with a NaN/Inf is replayed exactly to name the aten op, the module and your source line that produced it (in backward: the autograd node and the forward line that created it).
+
     Statistics stay on the device and come back once per batch. The backward pass runs on the model's own loss when its output has one (a Hugging Face model given labels), else on the sum of the floating outputs (--loss sum/mean, or your own function). Exit code 0 when every value was finite, 1 when a NaN/Inf was found (or a --fail-on finding), 2 on errors.
 
     Examples:
