@@ -228,3 +228,25 @@ def test_cuda_forward_and_backward_origins() -> None:
                              options=StatsOptions(), device="cuda")
     origin = origin_of(backward)
     assert (origin.module, origin.node, origin.created_at) == ("fault", "_BadBackwardBackward", line_of("custom-forward"))
+
+
+def test_an_unused_nan_buffer_is_not_blamed_for_a_nan_made_elsewhere() -> None:
+    model = Chain(LogShift())
+    model.fc1.register_buffer("scratch", torch.full((3,), float("nan")))  # never read by forward
+    origin = origin_of(run(model, torch.randn(4, 8)))
+    assert (origin.module, origin.cause, origin.op, origin.tensor) == ("fault", "produced", "aten::log", None)
+
+
+def test_a_nan_buffer_read_by_a_parents_forward_is_the_cause() -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = nn.Identity()
+            self.inner.register_buffer("scale", torch.tensor([1.0, float("inf"), 1.0, 1.0]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.inner.scale
+
+    origin = origin_of(run(Scaled(), torch.randn(2, 4)))
+    assert (origin.module, origin.cause, origin.tensor, origin.detail) == ("inner", "weight", "inner.scale",
+                                                                          "holds 1 Inf")

@@ -340,6 +340,15 @@ def refine_origin(origin: Any, events: list[OpEvent], weights: list[BadTensor], 
         return (names[m], types[m]) if m is not None else (None, None)
 
     passed = origin.passed_on if origin is not None else ()
+    # A bad weight is the cause only where the NaN/Inf appeared, and when no op there made one of its own
+    # (an unused buffer left uninitialised may hold NaN garbage without causing anything).
+    if origin is not None and origin.phase == "forward" and origin.cause == "produced" and origin.module is not None:
+        where = origin.module
+        produced_there = any(e.phase == "forward" and e.module is not None and names[e.module] == where for e in events)
+        weights = [w for w in weights if not produced_there and
+                   (where == "" or w.module == where or w.module.startswith(where + "."))]
+    else:
+        weights = []
     if weights:
         w = weights[0]
         more = f" (and {len(weights) - 1} more tensors)" if len(weights) > 1 else ""
