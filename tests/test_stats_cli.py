@@ -99,11 +99,15 @@ def test_faulty_model_exits_1_and_names_the_origin(project: Path) -> None:
     assert doc["nonfinite_origin"] == {
         "module": "blocks.2.act", "type": "SqrtShift", "phase": "forward", "cause": "produced",
         "passed_on": ["blocks.2", "blocks.3.fc", "blocks.3.act", "blocks.3", "blocks", "head", ""],
+        "op": "aten::sqrt", "source": "nets.py:7", "code": "return torch.sqrt(x - 10.0)", "node": None,
+        "created_at": None, "created_code": None, "tensor": None, "detail": None,
     }
+    assert doc["backward_origin"] is None
     text = invoke("stats", "nets.py:faulty", "--input-shape", "4,8", cwd=project)
     assert text.exit_code == 1
-    assert ("First NaN/Inf produced by blocks.2.act (SqrtShift) in forward; passed on by blocks.2, blocks.3.fc, "
-            "blocks.3.act, blocks.3, blocks, head, (model)") in " ".join(text.stdout.split())
+    assert ("First NaN/Inf produced in forward by aten::sqrt in blocks.2.act (SqrtShift); passed on by blocks.2, "
+            "blocks.3.fc, blocks.3.act, blocks.3, blocks, head, (model)") in " ".join(text.stdout.split())
+    assert "  at nets.py:7  return torch.sqrt(x - 10.0)\n" in text.stdout
 
 
 def test_no_backward_has_null_gradients(project: Path) -> None:
@@ -169,7 +173,7 @@ def test_example_input_array_and_custom_loss(project: Path) -> None:
          "error: the model raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (4x9 and 8x8) in "
          "blocks.0.fc (Linear)\n"),
         (["nets.py:clean", "--input-shape", "4,8", "--loss", "max"],
-         "error: --loss 'max' is not sum, mean or file.py:FUNCTION\n"),
+         "error: --loss 'max' is not auto, sum, mean or file.py:FUNCTION\n"),
         (["nets.py:clean", "--input-shape", "4,8", "--filter", "zzz*"], "error: --filter 'zzz*' matches no module\n"),
     ],
 )

@@ -433,8 +433,8 @@ def stats(
         str | None, typer.Option("--input-dtype", help="dtype of --input-shape tensors [default: int64 when the "
                                  "model has an nn.Embedding (ids drawn below its vocabulary), else float32]")
     ] = None,
-    batches: Annotated[int, typer.Option("--batches", "-b", min=1, help="Random batches to run; stats merge across them.")] = 1,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for random inputs.")] = 0,
+    batches: Annotated[int, typer.Option("--batches", "-b", min=1, help="Random batches to run; stats merge across them (a counter with an ETA on a terminal).")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for model construction, random inputs and dropout.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, mps or auto.")] = "auto",
     dtype: Annotated[
         str, typer.Option("--dtype", help="float32, or bfloat16/float16 to run under autocast.")
@@ -442,17 +442,24 @@ def stats(
     train: Annotated[bool, typer.Option("--train", help="Run in training mode (dropout, BatchNorm batch stats).")] = False,
     backward: Annotated[bool, typer.Option("--backward/--no-backward", help="Also run backward on the loss.")] = True,
     loss: Annotated[
-        str, typer.Option("--loss", help="sum or mean of the floating outputs, or file.py:FN taking the output.")
-    ] = "sum",
+        str, typer.Option("--loss", help="auto (the model's own output.loss when it returns one, else sum), sum or "
+                          "mean of the floating outputs, or file.py:FN taking the output.")
+    ] = "auto",
     pattern: Annotated[
         str | None, typer.Option("--filter", "-f", help="Hook only modules matching GLOB.", metavar="GLOB")
+    ] = None,
+    fail_on: Annotated[
+        str | None, typer.Option("--fail-on", help="Also exit 1 on these findings, comma-separated: nan, dead, "
+                                 "mostly-dead, exploding, vanishing (NaN/Inf always exits 1).", metavar="FINDINGS")
     ] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Run the model with hooks on every module: activation stats, dead ReLUs, gradient norms, first NaN/Inf.
 
-    Statistics stay on the device and come back once per batch. The backward pass runs on the sum of the floating outputs (--loss mean, or your own function). Exit code 0 when every value was finite, 1 when a NaN/Inf was found, 2 on errors.
+    A batch with a NaN/Inf is replayed exactly to name the aten op, the module and your source line that produced it (in backward: the autograd node and the forward line that created it).
+
+    Statistics stay on the device and come back once per batch. The backward pass runs on the model's own loss when its output has one (a Hugging Face model given labels), else on the sum of the floating outputs (--loss sum/mean, or your own function). Exit code 0 when every value was finite, 1 when a NaN/Inf was found (or a --fail-on finding), 2 on errors.
 
     Examples:
 
@@ -461,14 +468,19 @@ def stats(
         modinspect stats gpt2.py:model --input-shape 4,128 --device cuda --dtype bfloat16
 
         modinspect stats --input batch.pt --json      # model from [tool.modinspect]
+
+        modinspect stats models.py:build -s 8,3,32,32 --fail-on dead,exploding   # for CI
     """
     code = 0
     with user_errors(debug):
-        from modinspect.analysis.stats import StatsOptions, collect_stats
+        from modinspect.analysis.stats import StatsOptions, collect_stats, seed_all
         from modinspect.sources import open_source
         from modinspect.sources.inputs import InputSpec, parse_shape, resolve_batches, to_device
+        from modinspect.sources.module import ModuleSource
 
+        findings = _findings(fail_on)
         extra = _project_defaults(source)
+        seed_all(seed)  # before the model is built: its initial weights depend on it
         with _spinner("building the model…"):
             src = open_source(source, weights=weights, unsafe_pickle=unsafe_pickle, strict=strict,
                               announce=_note, model_weights="init" if weights else "pretrained",
@@ -498,8 +510,12 @@ def stats(
         options = StatsOptions(backward=backward, pattern=pattern, loss=loss_fn,
                                autocast_dtype=None if dtype == "float32" else dtype, train=train)
         moved = (to_device(b, dev, requires_grad=backward) for b in raw_batches)
-        with _on_device(src.module, dev), _spinner(f"running {batches} batch(es) on {dev}…"):
-            report = collect_stats(src.module, moved, options=options, source=src.label, device=dev, inputs=described)
+        in_use = src.in_use() if isinstance(src, ModuleSource) else contextlib.nullcontext()
+        from modinspect.render.console import batch_progress
+
+        with in_use, _on_device(src.module, dev), batch_progress(batches, dev) as advance:
+            report = collect_stats(src.module, moved, options=options, source=src.label, device=dev, inputs=described,
+                                   progress=advance)
         if as_json:
             from modinspect.render.jsonout import dumps, stats_document
 
@@ -509,8 +525,18 @@ def stats(
 
             console = make_console()
             console.print(stats_renderable(report, console.width))
-        code = 1 if report.nonfinite_found else 0
+        code = 1 if report.nonfinite_found or any(report.has(f) for f in findings) else 0
     raise typer.Exit(code)
+
+
+def _findings(option: str | None) -> list[str]:
+    from modinspect.report import STATS_FINDINGS
+
+    chosen = [f.strip() for f in (option or "").split(",") if f.strip()]
+    for f in chosen:
+        if f not in STATS_FINDINGS:
+            raise UsageError(f"--fail-on {f!r} is not one of {', '.join(STATS_FINDINGS)}")
+    return chosen
 
 
 def _project_defaults(source: str | None) -> dict[str, object]:
@@ -533,12 +559,12 @@ def _default_input_dtype(model: object) -> str:
 
 
 def _loss_option(loss: str) -> str | Callable[[Any], Any]:
-    if loss in ("sum", "mean"):
+    if loss in ("auto", "sum", "mean"):
         return loss
     from modinspect.sources.entrypoint import looks_like_entry_point, resolve_entry_point
 
     if not looks_like_entry_point(loss):
-        raise UsageError(f"--loss {loss!r} is not sum, mean or file.py:FUNCTION")
+        raise UsageError(f"--loss {loss!r} is not auto, sum, mean or file.py:FUNCTION")
     fn = resolve_entry_point(loss)
     if not callable(fn):
         raise UsageError(f"--loss {loss} is not a function")

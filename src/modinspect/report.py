@@ -218,17 +218,30 @@ class ModuleStats:
     param_grad_inf: int
     histogram: tuple[int, ...]  # counts over [min, max] of the first call, for sparklines
     flags: tuple[str, ...]  # nan, inf, dead, mostly-dead, exploding-grad, vanishing-grad, nonfinite-grad
+    histogram_edges: tuple[float, ...] = ()  # len(histogram) + 1 edges, equal widths over [min, max]
+    input_from: str | None = None  # the hooked module whose output this module's first input was
 
 
 @dataclass(frozen=True)
 class NonfiniteOrigin:
-    """Where the first NaN/Inf came from. `module` is None when the input or the loss already held it."""
+    """Where the first NaN/Inf came from. `module` is None when the input or the loss already held it.
+
+    The op-level fields are filled from the exact replay of the flagged batch, where known.
+    """
 
     module: str | None
     type: str | None
     phase: str  # forward | backward
-    cause: str  # produced | input | loss
+    cause: str  # produced | input | loss | weight | overflow
     passed_on: tuple[str, ...]
+    op: str | None = None  # the aten op that produced it from finite inputs: aten::log
+    source: str | None = None  # file:line of the user's code that ran that op
+    code: str | None = None  # that line's text
+    node: str | None = None  # backward: the autograd node (PowBackward0)
+    created_at: str | None = None  # backward: file:line of the forward code that created the node
+    created_code: str | None = None
+    tensor: str | None = None  # cause weight: the parameter or buffer that already held NaN/Inf
+    detail: str | None = None  # "holds 1 NaN", "exceeds float16's largest finite value 65504"
 
 
 @dataclass(frozen=True)
@@ -245,6 +258,20 @@ class StatsReport:
     nonfinite_origin: NonfiniteOrigin | None
     nonfinite_found: bool
     notes: tuple[str, ...]
+    # A second, independent origin in backward (when the first is in forward, the input, a weight or the loss).
+    backward_origin: NonfiniteOrigin | None = None
+    diagnoses: tuple[str, ...] = ()  # plain-language causes where the evidence is clear
+
+    def has(self, finding: str) -> bool:
+        """Whether a `--fail-on` finding is present: nan, dead, mostly-dead, exploding or vanishing."""
+        if finding == "nan":
+            return self.nonfinite_found
+        flags = {"dead": ("dead",), "mostly-dead": ("dead", "mostly-dead"), "exploding": ("exploding-grad",),
+                 "vanishing": ("vanishing-grad",)}[finding]
+        return any(f in m.flags for m in self.modules for f in flags)
+
+
+STATS_FINDINGS = ("nan", "dead", "mostly-dead", "exploding", "vanishing")
 
 
 @dataclass(frozen=True)

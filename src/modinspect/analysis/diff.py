@@ -203,8 +203,8 @@ def diff_sources(a: Source, b: Source, options: DiffOptions | None = None,
                  progress: Callable[[int], None] | None = None) -> DiffReport:
     """What differs between two sources' state dicts. `progress(nbytes)` is called after each pair."""
     options = options or DiffOptions()
-    map_a = options.keymap.map_names(a.names(), a.label)
-    map_b = options.keymap.map_names(b.names(), b.label)
+    map_a = options.keymap.map_names(a.state_dict_names(), a.label)
+    map_b = options.keymap.map_names(b.state_dict_names(), b.label)
     names_b = set(map_b)
     common = [n for n in map_a if n in names_b]
     only_a = [n for n in map_a if n not in names_b]

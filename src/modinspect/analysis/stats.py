@@ -22,6 +22,8 @@ from modinspect.analysis.stats_hooks import (
     floating,
     unit_dim,
 )
+from modinspect.analysis.stats_math import diagnose
+from modinspect.analysis.stats_trace import OpTracer, nonfinite_tensors, refine_origin
 from modinspect.errors import ModinspectError
 from modinspect.report import StatsReport
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["HIST_BINS", "HIST_SAMPLE", "RELU_FAMILY", "Batch", "ForwardError", "StatsOptions", "collect_stats",
-           "flatten_tensors", "preserved", "unit_dim"]
+           "flatten_tensors", "preserved", "seed_all", "unit_dim"]
 
 
 class ForwardError(ModinspectError):
@@ -58,25 +60,64 @@ def preserved(model: Any) -> Iterator[None]:
             p.requires_grad_(requires_grad)
 
 
+def seed_all(seed: int) -> None:
+    """Seed torch (every device), Python's `random`, and NumPy when loaded: model construction and dropout."""
+    import random
+    import sys
+
+    import torch
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed(seed % 2**32)
+
+
 def _no_grad() -> contextlib.AbstractContextManager[Any]:
     import torch
 
     return torch.no_grad()
 
 
-def _loss(output: Any, loss: str | Callable[[Any], Any]) -> torch.Tensor | None:
+def _loss(output: Any, loss: str | Callable[[Any], Any]) -> tuple[torch.Tensor | None, str]:
+    """The scalar to run backward on, and what it is: `output.loss`, `output['loss']`, sum, mean or custom.
+
+    "auto" (the default) takes the loss a model computed itself (a Hugging Face model given labels
+    returns a ModelOutput whose `loss` is set), and otherwise the sum of the floating outputs.
+    """
     import torch
 
     if callable(loss):
         value = loss(output)
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             raise ModinspectError("the --loss function must return a scalar tensor")
-        return value.reshape(())
+        return value.reshape(()), "custom"
+    if loss == "auto":
+        own, described = _own_loss(output)
+        if own is not None:
+            return own, described
+        loss = "sum"
     tensors = [t for t in floating(flatten_tensors(output)) if t.requires_grad]
     if not tensors:
-        return None
+        return None, loss
     parts = [t.float().sum() if loss == "sum" else t.float().mean() for t in tensors]
-    return torch.stack(parts).sum()
+    return torch.stack(parts).sum(), loss
+
+
+def _own_loss(output: Any) -> tuple[torch.Tensor | None, str]:
+    """A scalar `loss` the model returned (attribute of a ModelOutput/dataclass, or a dict key)."""
+    import torch
+
+    value, described = None, ""
+    if isinstance(output, dict) and "loss" in output:
+        value = output["loss"]
+        described = "output.loss" if hasattr(output, "to_tuple") else "output['loss']"  # ModelOutput or plain dict
+    elif not isinstance(output, torch.Tensor | tuple | list) and isinstance(getattr(output, "loss", None), torch.Tensor):
+        value, described = output.loss, "output.loss"
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point() and value.requires_grad:
+        return value.reshape(()), described
+    return None, ""
 
 
 def collect_stats(
@@ -87,11 +128,13 @@ def collect_stats(
     source: str = "",
     device: str = "cpu",
     inputs: str = "",
+    progress: Callable[[int], None] | None = None,
 ) -> StatsReport:
     """Run `model` on each batch with hooks on its modules and return merged per-module statistics.
 
     The model is left as it was found: hooks removed, training flags, requires_grad and .grad restored
-    (also when the forward or backward raises); parameters are never updated.
+    (also when the forward or backward raises); parameters are never updated. `progress(1)` is called
+    after each batch.
     """
     import torch
 
@@ -107,6 +150,8 @@ def collect_stats(
     acc = torch.float32 if device.startswith("mps") else torch.float64
     collector = Collector([n for n, _ in named], [m for _, m in named], options, acc)
     notes: list[str] = []
+    losses: list[str] = []  # what backward ran on, per batch
+    backward_origin = None
     handles = []
     batches_run = 0
     with preserved(model):
@@ -124,28 +169,54 @@ def collect_stats(
                 rng = _rng_state()
                 collector.exact = options.exact
                 collector.begin_batch()
-                _run_batch(model, args, kwargs, collector, options, device, notes)
+                _run_batch(model, args, kwargs, collector, options, device, notes, losses)
                 if not collector.end_batch():
-                    # Something may be non-finite: run the batch again, same RNG, with exact masked reductions.
+                    # Something may be non-finite: run the batch again, same RNG, with exact masked reductions
+                    # and the op tracer, which finds the op and the source line.
                     _restore_rng(rng)
                     collector.exact = True
                     collector.begin_batch()
-                    _run_batch(model, args, kwargs, collector, options, device, notes)
+                    had_origin = collector.origin is not None
+                    weights = [] if had_origin else nonfinite_tensors(model)
+                    tracer = None if had_origin else OpTracer(collector.current_module, lambda: collector.in_hook > 0)
+                    collector.tracer = tracer
+                    try:
+                        _run_batch(model, args, kwargs, collector, options, device, notes, losses, tracer)
+                    finally:
+                        collector.tracer = None
                     collector.end_batch()
+                    if tracer is not None and (collector.origin is not None or tracer.events or weights):
+                        collector.origin, backward_origin = refine_origin(
+                            collector.origin, tracer.events, weights, collector.names,
+                            [collector._type(m) for m in range(len(collector.names))])
                 batches_run += 1
+                if progress is not None:
+                    progress(1)
         finally:
             for h in handles:
                 h.remove()
             collector.remove_tensor_hooks()
     rows = collector.module_stats()
+    cut = collector.without_gradient() if options.backward and batches_run else []
+    if cut:
+        shown = ", ".join(cut[:5]) + (f" and {len(cut) - 5} more" if len(cut) > 5 else "")
+        notes.append(f"no gradient reached {shown}: the loss does not depend on them, or a non-differentiable op "
+                     "(e.g. a quantized Linear) cut the graph")
     found = any(r.nan or r.inf or r.grad_nan or r.grad_inf or r.param_grad_nan or r.param_grad_inf for r in rows)
     origin = collector.origin
     return StatsReport(
         source=source, device=device, dtype=options.autocast_dtype, mode="train" if options.train else "eval",
-        batches=batches_run, backward=options.backward, loss=options.loss if isinstance(options.loss, str) else "custom",
+        batches=batches_run, backward=options.backward, loss=_loss_used(losses, options.loss),
         inputs=inputs, modules=tuple(rows), nonfinite_origin=origin, nonfinite_found=found or origin is not None,
-        notes=tuple(dict.fromkeys(notes)),
+        notes=tuple(dict.fromkeys(notes)), backward_origin=backward_origin, diagnoses=tuple(diagnose(rows)),
     )
+
+
+def _loss_used(losses: list[str], requested: str | Callable[[Any], Any]) -> str:
+    if not losses:
+        return "custom" if callable(requested) else "sum" if requested == "auto" else requested
+    kinds = list(dict.fromkeys(losses))
+    return kinds[0] if len(kinds) == 1 else " / ".join(kinds)
 
 
 def _rng_state() -> tuple[Any, Any]:
@@ -164,7 +235,8 @@ def _restore_rng(state: tuple[Any, Any]) -> None:
 
 
 def _run_batch(model: Any, args: Sequence[Any], kwargs: dict[str, Any], collector: Collector,
-               options: StatsOptions, device: str, notes: list[str]) -> None:
+               options: StatsOptions, device: str, notes: list[str], losses: list[str],
+               tracer: OpTracer | None = None) -> None:
     import torch
 
     autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -172,15 +244,18 @@ def _run_batch(model: Any, args: Sequence[Any], kwargs: dict[str, Any], collecto
         autocast = torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, options.autocast_dtype))
     grad_mode = torch.enable_grad() if options.backward else torch.no_grad()
     try:
-        with grad_mode, autocast:
+        tracing = tracer.forward() if tracer is not None else contextlib.nullcontext()
+        with grad_mode, autocast, tracing:
             output = model(*args, **kwargs)
-            loss = _loss(output, options.loss) if options.backward else None
+            loss, described = _loss(output, options.loss) if options.backward else (None, "")
         if options.backward:
+            losses.append(described)
             if loss is None:
                 notes.append("no floating output requires grad: backward skipped")
             else:
                 collector.record_loss(loss)
-                loss.backward()  # type: ignore[no-untyped-call]
+                with tracer.backward(loss) if tracer is not None else contextlib.nullcontext():
+                    loss.backward()  # type: ignore[no-untyped-call]
                 collector.record_param_grads()
                 for p in model.parameters():
                     p.grad = None

@@ -17,11 +17,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from modinspect.analysis.stats_math import Running, flags_for, grad_outliers
+from modinspect.analysis.stats_math import NEAR_LIMIT, Running, flags_for, grad_outliers
 from modinspect.report import ModuleStats, NonfiniteOrigin
 
 if TYPE_CHECKING:
     import torch
+
+    from modinspect.analysis.stats_trace import OpTracer
 
 RELU_FAMILY = ("ReLU", "ReLU6")
 HIST_BINS = 16
@@ -34,7 +36,7 @@ Batch = tuple[tuple[Any, ...], dict[str, Any]]
 class StatsOptions:
     backward: bool = True
     pattern: str | None = None
-    loss: str | Callable[[Any], Any] = "sum"
+    loss: str | Callable[[Any], Any] = "auto"  # auto: the model's own `loss` output if any, else sum
     autocast_dtype: str | None = None  # "bfloat16" | "float16" | None
     train: bool = False
     histogram: bool = True
@@ -103,15 +105,23 @@ class Collector:
         self.alive: list[torch.Tensor | None] = [None] * len(modules)
         self.units_ok = [True] * len(modules)
         self.histograms: list[tuple[int, ...]] = [() for _ in modules]
-        self.grad = [[0.0, 0, 0] for _ in modules]  # sumsq, nan, inf
+        self.hist_range: list[tuple[float, float] | None] = [None for _ in modules]  # [min, max] the bins span
+        self.input_from: dict[int, int] = {}  # module -> the module whose output was its first input
+        # sumsq, nan, inf, and whether any gradient reached the output at all: an output that does not
+        # depend on the parameters or the input (rotary cos/sin tables), or sits behind a non-differentiable
+        # op, has no gradient norm, not a norm of 0.
+        self.grad: list[list[Any]] = [[0.0, 0, 0, False, 0.0] for _ in modules]  # ... and max|∇| / dtype max
         self.param_grad = [[0.0, 0, 0, False] for _ in modules]
         self.origin: NonfiniteOrigin | None = None
+        self.wants_grad: set[int] = set()  # modules whose first output required grad
         self.first_call: dict[int, int] = {}  # module -> order of its first call, for execution order
         self.batch_index = 0
         # Fast mode computes statistics that are exact when every value is finite, plus a flag that is
         # raised whenever one might not be; a flagged batch is replayed in exact (masked) mode.
         self.exact = False
         self.tensor_hooks: list[Any] = []
+        self.in_hook = 0
+        self.tracer: OpTracer | None = None  # set during the replay of a flagged batch
         self._scratch_buffers: dict[tuple[torch.dtype, str], torch.Tensor] = {}
         self._reset_batch()
 
@@ -129,10 +139,13 @@ class Collector:
         self.layout: list[tuple[str, int, list[tuple[str, float]]]] = []
         self.calls: list[_Call] = []
         self.tensors: list[_TensorRec] = []
-        self.tensor_ids: dict[int, tuple[weakref.ref[Any], int]] = {}
+        # Keyed by object and version: an in-place module (ReLU(inplace=True)) returns its input object
+        # with a bumped version, and the gradient of the new value is not the gradient of the old one.
+        self.tensor_ids: dict[tuple[int, int], tuple[weakref.ref[Any], int]] = {}
         self.finite_cache: dict[int, tuple[weakref.ref[Any], int, torch.Tensor]] = {}
         self.reduce_cache: dict[int, tuple[weakref.ref[Any], int, list[Any]]] = {}
         self.hist_pending: set[int] = set()  # modules whose histogram this batch already queued
+        self.producer_of: dict[tuple[int, int], tuple[weakref.ref[Any], int]] = {}
         self.loss_bad: torch.Tensor | None = None
 
     def _push(self, kind: str, index: int, values: Sequence[Any]) -> None:
@@ -294,6 +307,25 @@ class Collector:
 
     # ---------------------------------------------------------------- hooks
     def pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.in_hook += 1  # the op tracer of a replay ignores our own reductions
+        try:
+            self._pre_hook(module, args, kwargs)
+        finally:
+            self.in_hook -= 1
+
+    def forward_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        self.in_hook += 1
+        try:
+            self._forward_hook(module, args, kwargs, output)
+        finally:
+            self.in_hook -= 1
+
+    def current_module(self) -> int | None:
+        """The innermost hooked module whose forward is running."""
+        open_calls = getattr(self, "_open_calls", None)
+        return self.calls[open_calls[-1]].module if open_calls else None
+
+    def _pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         import torch
 
         call_index = len(self.calls)
@@ -301,6 +333,10 @@ class Collector:
         self.first_call.setdefault(call.module, len(self.first_call))
         inputs = floating(flatten_tensors((args, kwargs)))
         if inputs:
+            if call.module not in self.input_from:
+                hit = self.producer_of.get((id(inputs[0]), inputs[0]._version))
+                if hit is not None and hit[0]() is inputs[0]:
+                    self.input_from[call.module] = hit[1]
             flags = [self._nonfinite(t) for t in inputs]
             call.in_bad = flags[0] if len(flags) == 1 else torch.stack(flags).any()
         self.calls.append(call)
@@ -311,10 +347,12 @@ class Collector:
         # Forward hooks fire in completion order; the call index links pre and post.
         self._open_calls.append(call_index)
 
-    def forward_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+    def _forward_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         import torch
 
         call_index = self._open_calls.pop()
+        if self.tracer is not None:
+            self.tracer.note_output(output, self.calls[call_index].module)
         call = self.calls[call_index]
         m = call.module
         outputs = floating(flatten_tensors(output))
@@ -322,6 +360,11 @@ class Collector:
         if not outputs:
             self._push("call", m, [in_bad, 0])
             return
+        # The innermost module that returned this tensor (forward hooks fire innermost first).
+        key = (id(outputs[0]), outputs[0]._version)
+        known = self.producer_of.get(key)
+        if known is None or known[0]() is not outputs[0]:  # a freed tensor's id can come back
+            self.producer_of[key] = (weakref.ref(outputs[0]), m)
         values = self._reduced(outputs[0])
         out_bad = values[7] if not self.exact else (values[7] + values[8]) > 0
         for other in outputs[1:]:
@@ -331,13 +374,15 @@ class Collector:
         self._push("stats", m, values)
         if self.options.histogram and self.batch_index == 0 and not self.histograms[m] and m not in self.hist_pending:
             self.hist_pending.add(m)
-            self._push("hist", m, [self._histogram(outputs[0], values)])
+            self._push("hist", m, [values[3], values[4], self._histogram(outputs[0], values)])
         if type(self.modules[m]).__name__ in RELU_FAMILY:
             self._track_units(m, outputs[0])
         if self.options.backward and torch.is_grad_enabled():
             for i, t in enumerate(outputs):
                 if t.requires_grad:
                     self._tensor(t).producers.append((call_index, i == 0))
+                    if i == 0:
+                        self.wants_grad.add(m)
 
     def _reduced(self, t: torch.Tensor) -> list[Any]:
         """_reduce, once per tensor and version: a parent returning its child's output costs nothing more."""
@@ -365,28 +410,46 @@ class Collector:
             self.alive[m] = prev | alive
 
     def _tensor(self, t: torch.Tensor) -> _TensorRec:
-        """The record of `t`, registering its gradient hook the first time it is seen this batch."""
-        hit = self.tensor_ids.get(id(t))
+        """The record of `t` at its current version, registering its gradient hook the first time it is seen.
+
+        A hook registered before an in-place op receives the gradient of the value before it, one
+        registered after receives the new value's: each version gets its own record and hook.
+        """
+        key = (id(t), t._version)
+        hit = self.tensor_ids.get(key)
         if hit is not None and hit[0]() is t:
             return self.tensors[hit[1]]
         index = len(self.tensors)
         self.tensors.append(_TensorRec())
-        self.tensor_ids[id(t)] = (weakref.ref(t), index)
+        self.tensor_ids[key] = (weakref.ref(t), index)
         # Hooks on parameters (a leaf used as an activation) would outlive the run: keep every handle.
         self.tensor_hooks.append(t.register_hook(self._grad_hook(index)))  # type: ignore[no-untyped-call]
         return self.tensors[index]
 
     def _grad_hook(self, index: int) -> Callable[[torch.Tensor], None]:
-        def hook(grad: torch.Tensor) -> None:
+        def hook(grad: torch.Tensor | None) -> None:
+            self.in_hook += 1
+            try:
+                record(grad)
+            finally:
+                self.in_hook -= 1
+
+        def record(grad: torch.Tensor | None) -> None:
             import torch
 
+            if grad is None:  # autograd passes None where a non-differentiable op (a quantized Linear) cut the graph
+                return
             g = grad.detach()
-            g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
+            # A half-precision gradient can overflow long before fp32 would: keep max|∇| over the dtype's limit.
+            near: Any = 0.0
+            if g.dtype in (torch.float16, torch.bfloat16):
+                near = torch.nan_to_num(g.abs(), nan=0.0, posinf=0.0).amax().float() / torch.finfo(g.dtype).max
+                g = g.float()
             if not self.exact:
                 flat = g.reshape(-1)
                 sumsq = torch.dot(flat, flat)
                 suspect = ~torch.isfinite(sumsq)
-                self._push("grad", index, [sumsq, suspect, 0])
+                self._push("grad", index, [sumsq, suspect, 0, near])
                 return
             nonzero = _nonzero(g)
             gf = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
@@ -394,7 +457,7 @@ class Collector:
             nan = nonzero - _nonzero(torch.nan_to_num(g, nan=0.0, posinf=math.inf, neginf=-math.inf))
             inf = k - nan
             sumsq = gf.square().sum()
-            self._push("grad", index, [sumsq, nan, inf])
+            self._push("grad", index, [sumsq, nan, inf, near])
 
         return hook
 
@@ -440,7 +503,7 @@ class Collector:
         if not self.exact and any(self._suspect(kind, chunk) for kind, _, chunk in chunks):
             return False
         forward_events: list[tuple[int, bool, bool]] = []
-        grad_events: list[tuple[int, float, int, int]] = []
+        grad_events: list[tuple[int, float, int, int, float]] = []
         loss_bad = False
         for kind, index, chunk in chunks:
             if kind == "call":
@@ -449,9 +512,10 @@ class Collector:
             elif kind == "stats":
                 self.running[index].merge_call(chunk)
             elif kind == "hist":
-                self.histograms[index] = tuple(int(c) for c in chunk)
+                self.hist_range[index] = (chunk[0], chunk[1])
+                self.histograms[index] = tuple(int(c) for c in chunk[2:])
             elif kind == "grad":
-                grad_events.append((index, chunk[0], int(chunk[1]), int(chunk[2])))
+                grad_events.append((index, chunk[0], int(chunk[1]), int(chunk[2]), chunk[3]))
             elif kind == "pgrad":
                 acc = self.param_grad[index]
                 acc[0] += chunk[0]
@@ -478,13 +542,15 @@ class Collector:
             return chunk[1] > 0 or chunk[2] > 0
         return False
 
-    def _attribute_grads(self, grad_events: list[tuple[int, float, int, int]]) -> None:
-        for index, sumsq, nan, inf in grad_events:
+    def _attribute_grads(self, grad_events: list[tuple[int, float, int, int, float]]) -> None:
+        for index, sumsq, nan, inf, near in grad_events:
             for call_index, primary in self.tensors[index].producers:
                 m = self.calls[call_index].module
                 acc = self.grad[m]
                 if primary:
                     acc[0] += sumsq
+                    acc[3] = True
+                    acc[4] = max(acc[4], near)
                 acc[1] += nan
                 acc[2] += inf
 
@@ -501,7 +567,7 @@ class Collector:
         passed = self._unique(e[0] for e in events[producer + 1:] if e[2] and e[0] != m)
         return NonfiniteOrigin(self.names[m], self._type(m), "forward", "produced", passed)
 
-    def _backward_origin(self, events: list[tuple[int, float, int, int]], loss_bad: bool) -> NonfiniteOrigin | None:
+    def _backward_origin(self, events: list[tuple[int, float, int, int, float]], loss_bad: bool) -> NonfiniteOrigin | None:
         if loss_bad:
             return NonfiniteOrigin(None, None, "backward", "loss", ())
         first = next((i for i, e in enumerate(events) if e[2] or e[3]), None)
@@ -529,6 +595,19 @@ class Collector:
         return NonfiniteOrigin(self.names[m], self._type(m), "backward", "produced",
                                self._unique(x for x in passed_mods if x != m))
 
+    def _edges(self, m: int) -> tuple[float, ...]:
+        """The HIST_BINS + 1 bin edges: equal widths over the [min, max] of the call the histogram sampled."""
+        span = self.hist_range[m]
+        if span is None or not self.histograms[m]:
+            return ()
+        lo, hi = span
+        return tuple(lo + (hi - lo) * i / HIST_BINS for i in range(HIST_BINS + 1))
+
+    def without_gradient(self) -> list[str]:
+        """Modules whose output required grad but never received one (cut off by a non-differentiable op)."""
+        return [f"{self.names[m] or '(model)'} ({self._type(m)})" for m in sorted(self.wants_grad)
+                if not self.grad[m][3]]
+
     def _type(self, m: int) -> str:
         return type(self.modules[m]).__name__
 
@@ -537,9 +616,9 @@ class Collector:
 
     # ---------------------------------------------------------------- report
     def module_stats(self) -> list[ModuleStats]:
-        grad_norms = [math.sqrt(g[0]) if self.options.backward and self.running[m].calls else None
-                      for m, g in enumerate(self.grad)]
-        exploding, vanishing = grad_outliers(grad_norms)
+        grad_norms = [math.sqrt(g[0]) if self.options.backward and g[3] else None for g in self.grad]
+        exploding, vanishing = grad_outliers(self.names, [self._type(m) for m in range(len(self.modules))], grad_norms,
+                                             [g[4] * NEAR_LIMIT >= 1.0 for g in self.grad])
         rows = []
         for m, r in enumerate(self.running):
             is_relu = type(self.modules[m]).__name__ in RELU_FAMILY
@@ -553,6 +632,8 @@ class Collector:
                 grad_norm=grad_norms[m], grad_nan=int(self.grad[m][1]), grad_inf=int(self.grad[m][2]),
                 param_grad_norm=math.sqrt(pg[0]) if pg[3] else None, param_grad_nan=int(pg[1]),
                 param_grad_inf=int(pg[2]), histogram=self.histograms[m] if r.n else (), flags=(),
+                histogram_edges=self._edges(m) if r.n else (),
+                input_from=self.names[self.input_from[m]] if m in self.input_from else None,
             )
             rows.append(dataclasses.replace(row, flags=flags_for(row, m in exploding, m in vanishing)))
         # Execution order (by first call); modules never called go last, in definition order.

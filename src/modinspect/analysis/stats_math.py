@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from modinspect.report import ModuleStats
 
-EXPLODING_RATIO = 1e3  # grad norm this many times the median of all modules' grad norms
-VANISHING_RATIO = 1e-3
+STEP_RATIO = 10.0  # ‖∇out‖ growth (or shrinkage) from one depth to the next that is evidence on its own
+COMPOUND_RATIO = 1e3  # ... and from the deepest module of the same family
+NEAR_LIMIT = 8.0  # max |∇| within this factor of the dtype's largest finite value
 MOSTLY_DEAD = 0.5
 
 
@@ -86,14 +87,49 @@ class Running:
         return sum(1 for a in self.alive if not a) / len(self.alive)
 
 
-def grad_outliers(norms: Sequence[float | None]) -> tuple[set[int], set[int]]:
-    """Indices of exploding and vanishing gradient norms, relative to the median of the finite, non-zero ones."""
-    finite = [g for g in norms if g is not None and math.isfinite(g) and g > 0]
-    if len(finite) < 3:
-        return set(), set()
-    median = statistics.median(finite)
-    exploding = {i for i, g in enumerate(norms) if g is not None and math.isfinite(g) and g > median * EXPLODING_RATIO}
-    vanishing = {i for i, g in enumerate(norms) if g is not None and math.isfinite(g) and g < median * VANISHING_RATIO}
+def _family(name: str) -> tuple[str, int] | None:
+    """(name with its last numeric component as '*', that index): `h.3.mlp` -> ('h.*.mlp', 3)."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i].isascii() and parts[i].isdigit() and len(parts[i]) < 10:
+            return ".".join([*parts[:i], "*", *parts[i + 1:]]), int(parts[i])
+    return None
+
+
+def grad_outliers(names: Sequence[str], types: Sequence[str], norms: Sequence[float | None],
+                  near_limit: Sequence[bool]) -> tuple[set[int], set[int]]:
+    """Indices of exploding and vanishing gradient norms, on evidence only (the rule the README documents).
+
+    Norms are compared between modules of one type at consecutive depths (names that differ only in
+    their last layer index: `h.3.mlp`/`h.4.mlp`, or `0`/`2` in an nn.Sequential). Going backward, from
+    the deepest toward the input, a module is exploding when its ‖∇out‖ is at least STEP_RATIO times
+    the next deeper one's, or COMPOUND_RATIO times the deepest one's; vanishing the other way round.
+    A gradient within a factor of 8 of its dtype's largest finite value is exploding whatever its depth.
+    Modules without a gradient (outputs that depend on neither the parameters nor the input) and
+    singletons (the root, a head) are never compared.
+    """
+    families: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for i, name in enumerate(names):
+        g = norms[i]
+        key = _family(name)
+        if key is None or g is None or not math.isfinite(g) or g <= 0:
+            continue
+        families.setdefault((key[0], types[i]), []).append((key[1], i))
+    exploding = {i for i, near in enumerate(near_limit) if near}
+    vanishing: set[int] = set()
+    for members in families.values():
+        if len(members) < 2:
+            continue
+        members.sort()
+        deepest = norms[members[-1][1]]
+        assert deepest is not None
+        for (_, i), (_, deeper) in itertools.pairwise(members):
+            g, g_next = norms[i], norms[deeper]
+            assert g is not None and g_next is not None
+            if g >= g_next * STEP_RATIO or g >= deepest * COMPOUND_RATIO:
+                exploding.add(i)
+            elif g * STEP_RATIO <= g_next or g * COMPOUND_RATIO <= deepest:
+                vanishing.add(i)
     return exploding, vanishing
 
 
@@ -114,3 +150,63 @@ def flags_for(row: ModuleStats, exploding: bool, vanishing: bool) -> tuple[str, 
     if vanishing and "nonfinite-grad" not in flags:
         flags.append("vanishing-grad")
     return tuple(flags)
+
+
+def _index_ranges(indices: list[int]) -> str:
+    """[3, 5, ..., 25] -> '3-25 odd'; [0, 1, 2] -> '0-2'; otherwise consecutive spans joined by commas."""
+    if len(indices) >= 3:
+        steps = {b - a for a, b in itertools.pairwise(indices)}
+        if steps == {2}:
+            return f"{indices[0]}-{indices[-1]} {'odd' if indices[0] % 2 else 'even'}"
+    spans: list[list[int]] = []
+    for i in indices:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def collapse_names(names: Sequence[str]) -> list[str]:
+    """Module names that differ only in their last layer index folded into one: `{3-25 odd}`, `h.{0-11}.mlp`.
+
+    Order of first appearance is kept; fewer than three members are listed as they are.
+    """
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for name in names:
+        key = _family(name)
+        groups.setdefault(key[0] if key else "\0" + name, []).append((key[1] if key else 0, name))
+    out: list[str] = []
+    done: set[str] = set()
+    for name in names:
+        key = _family(name)
+        group = key[0] if key else "\0" + name
+        members = groups[group]
+        if group.startswith("\0") or len(members) < 3:
+            out.append(name or "(model)")
+        elif group not in done:
+            done.add(group)
+            indices = sorted(dict.fromkeys(i for i, _ in members))
+            out.append(group.replace("*", "{" + _index_ranges(indices) + "}", 1))
+    return out
+
+
+def diagnose(rows: Sequence[ModuleStats]) -> list[str]:
+    """Plain-language causes where the evidence is unambiguous (a dead ReLU fed only values <= 0)."""
+    by_name = {r.name: r for r in rows}
+    groups: dict[tuple[str, str], list[tuple[ModuleStats, ModuleStats]]] = {}
+    for r in rows:
+        feeder = by_name.get(r.input_from) if r.input_from is not None else None
+        if "dead" not in r.flags or feeder is None or feeder.max is None or feeder.max > 0:
+            continue
+        groups.setdefault((feeder.type, r.type), []).append((feeder, r))
+    lines = []
+    for (ftype, rtype), pairs in groups.items():
+        feeders = ", ".join(collapse_names([f.name for f, _ in pairs]))
+        relus = ", ".join(collapse_names([r.name for _, r in pairs]))
+        top = max(f.max for f, _ in pairs if f.max is not None)
+        bound = "< 0" if top < 0 else "<= 0"
+        many = len(pairs) > 1
+        lines.append(f"{feeders} ({ftype})'s outputs are all {bound} (max {top:.3g}), so {relus} ({rtype}) "
+                     f"never {'fire' if many else 'fires'}: check {'their' if many else 'its'} bias or init")
+    return lines

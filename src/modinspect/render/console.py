@@ -5,23 +5,32 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO
 
 from rich import box
 from rich.console import Console, Group, RenderableType
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from modinspect.analysis.keymap import collapse_indices
+from modinspect.analysis.stats_math import collapse_names
 from modinspect.render.text import human_bytes, human_count, num, percent, shape_text, sparkline
 from modinspect.report import (
     DiffReport,
     LoadReport,
     ModuleNode,
     ModuleShapes,
+    NonfiniteOrigin,
     StatsReport,
     TensorRow,
     TreeReport,
@@ -65,6 +74,33 @@ class _ProgressBar:
         )
         self.progress.start()
         task = self.progress.add_task(self.description, total=self.total)
+        progress = self.progress
+        return lambda n: progress.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def batch_progress(total: int, device: str) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+    """`stats --batches N`: a batch counter with an ETA on stderr, on a terminal only; yields advance(batches)."""
+    return _BatchProgress(total, device)
+
+
+class _BatchProgress:
+    def __init__(self, total: int, device: str) -> None:
+        self.total, self.device = total, device
+        self.progress: Progress | None = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not sys.stderr.isatty():
+            return lambda _n: None
+        self.progress = Progress(
+            TextColumn(f"running batches on {self.device}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=Console(file=sys.stderr, force_terminal=True), transient=True,
+        )
+        self.progress.start()
+        task = self.progress.add_task("batches", total=self.total)
         progress = self.progress
         return lambda n: progress.advance(task, n)
 
@@ -322,40 +358,100 @@ def _stats_header(report: StatsReport) -> Text:
     text = Text()
     text.append(report.source, style="bold")
     dtype = f", autocast {report.dtype}" if report.dtype else ""
-    grads = f", backward on loss = {report.loss} of the outputs" if report.backward else ", forward only"
+    grads = f", backward on {loss_words(report.loss)}" if report.backward else ", forward only"
     text.append(f"  ({report.mode} mode, {report.device}{dtype}, {report.batches} batch(es){grads})", style="dim")
     text.append(f"\ninputs: {report.inputs}", style="dim")
     return text
 
 
+def loss_words(loss: str) -> str:
+    """What backward ran on, in words: the model's own loss, the sum/mean of the outputs, or --loss FN."""
+    if loss in ("sum", "mean"):
+        return f"the {loss} of the outputs"
+    if loss == "custom":
+        return "the --loss function"
+    return f"the model's own loss ({loss})"
+
+
+def _where(module: str | None, typ: str | None) -> str:
+    return f"{_module_name(module or '')} ({typ})" if typ else _module_name(module or "")
+
+
+def _shown(names: Sequence[str], limit: int = 8) -> str:
+    collapsed = collapse_names(names)
+    more = f" and {len(collapsed) - limit} more" if len(collapsed) > limit else ""
+    return ", ".join(collapsed[:limit]) + more
+
+
+def origin_text(origin: NonfiniteOrigin, first: bool = True) -> str:
+    """One origin in words: the op, the module (path and type), what it passed on to."""
+    where = _where(origin.module, origin.type)
+    if origin.cause == "input":
+        text = f"the input already held NaN/Inf ({origin.phase})"
+    elif origin.cause == "loss":
+        text = "the loss was already NaN/Inf before backward"
+    elif origin.cause == "weight":
+        text = f"{origin.tensor} {origin.detail} before any forward: it is the cause, in {where}"
+    elif origin.cause == "overflow":
+        text = f"{origin.detail}" + (f" ({origin.op} in {where}, forward)" if origin.op else "")
+    else:
+        lead = "first NaN/Inf produced" if first else "in backward, another NaN/Inf is produced"
+        phase = f" in {origin.phase}" if first else ""
+        if origin.node is not None:
+            text = f"{lead}{phase} by {origin.node} ({origin.op}) in {where}"
+        elif origin.op is not None:
+            text = f"{lead}{phase} by {origin.op} in {where}"
+        else:
+            text = f"{lead} by {where}{phase}"
+    if origin.passed_on:
+        text += f"; passed on by {_shown(origin.passed_on)}"
+    return text
+
+
+def origin_lines(origin: NonfiniteOrigin) -> list[str]:
+    """The source lines of an origin: where the op ran, and for a backward node the forward line that made it."""
+    lines = []
+    if origin.source is not None:
+        lines.append(f"  at {origin.source}  {origin.code or ''}".rstrip())
+    if origin.created_at is not None:
+        lines.append(f"  {origin.node} was created in forward at {origin.created_at}  {origin.created_code or ''}".rstrip())
+    return lines
+
+
 def verdict_text(report: StatsReport) -> str:
-    """The one-paragraph verdict, as plain text (the renderer styles it)."""
+    """The verdict, as plain text (the renderer styles it): findings, then source lines, then diagnoses."""
     parts: list[str] = []
+    lines: list[str] = []
     origin = report.nonfinite_origin
     if origin is not None:
-        if origin.cause == "input":
-            parts.append(f"the input already held NaN/Inf ({origin.phase})")
-        elif origin.cause == "loss":
-            parts.append("the loss was already NaN/Inf before backward")
-        else:
-            parts.append(f"first NaN/Inf produced by {_module_name(origin.module or '')} ({origin.type}) in {origin.phase}")
-        if origin.passed_on:
-            shown = list(origin.passed_on[:8])
-            more = f" and {len(origin.passed_on) - 8} more" if len(origin.passed_on) > 8 else ""
-            parts[-1] += f"; passed on by {', '.join(_module_name(n) for n in shown)}{more}"
+        parts.append(origin_text(origin))
+        lines += origin_lines(origin)
     elif report.nonfinite_found:
         parts.append("non-finite values were found (see the nan/inf column)")
     else:
         parts.append("every activation" + (" and gradient" if report.backward else "") + " was finite")
-    dead = [m for m in report.modules if m.dead_fraction]
-    for m in dead:
-        parts.append(f"{_module_name(m.name)}: {percent(m.dead_fraction)} of {m.units} units dead")
+    if report.backward_origin is not None:
+        parts.append(origin_text(report.backward_origin, first=False))
+        lines += origin_lines(report.backward_origin)
+    dead: dict[tuple[str, str, int | None], list[str]] = {}
+    for m in report.modules:
+        if m.dead_fraction:
+            dead.setdefault((m.type, percent(m.dead_fraction), m.units), []).append(m.name)
+    for (typ, share, units), names in dead.items():
+        parts.append(f"{_shown(names)} ({typ}): {share} of {units} units dead")
     for flag, words in (("exploding-grad", "exploding gradient norm"), ("vanishing-grad", "vanishing gradient norm")):
-        names = [_module_name(m.name) for m in report.modules if flag in m.flags]
-        if names:
-            parts.append(f"{words} at {', '.join(names[:5])}" + (f" and {len(names) - 5} more" if len(names) > 5 else ""))
+        by_type: dict[str, list[str]] = {}
+        for m in report.modules:
+            if flag in m.flags:
+                by_type.setdefault(m.type, []).append(m.name)
+        for typ, names in by_type.items():
+            parts.append(f"{words} at {_shown(names, 5)} ({typ})")
     text = "; ".join(parts)
-    return text[0].upper() + text[1:] + "."
+    if text.startswith(("first ", "the ", "every ", "non-finite ")):  # a sentence, not a module name
+        text = text[0].upper() + text[1:]
+    out = [text + ".", *lines]
+    out += [f"Diagnosis: {d}." for d in report.diagnoses]
+    return "\n".join(out)
 
 
 def verdict(report: StatsReport) -> Text:

@@ -10,6 +10,7 @@ from modinspect import __version__
 from modinspect.report import (
     DiffReport,
     LoadReport,
+    NonfiniteOrigin,
     ShapesReport,
     StatsReport,
     TensorDiff,
@@ -113,16 +114,27 @@ def stats_document(report: StatsReport) -> dict[str, Any]:
                 "dead_fraction": _num(m.dead_fraction), "units": m.units, "grad_norm": _num(m.grad_norm),
                 "grad_nan": m.grad_nan, "grad_inf": m.grad_inf, "param_grad_norm": _num(m.param_grad_norm),
                 "param_grad_nan": m.param_grad_nan, "param_grad_inf": m.param_grad_inf,
-                "histogram": list(m.histogram), "flags": list(m.flags),
+                "histogram": list(m.histogram), "histogram_edges": [_num(e) for e in m.histogram_edges],
+                "flags": list(m.flags), "input_from": m.input_from,
             }
             for m in report.modules
         ],
-        "nonfinite_origin": None if origin is None else {
-            "module": origin.module, "type": origin.type, "phase": origin.phase, "cause": origin.cause,
-            "passed_on": list(origin.passed_on),
-        },
+        "nonfinite_origin": _origin(origin),
+        "backward_origin": _origin(report.backward_origin),
         "nonfinite_found": report.nonfinite_found,
+        "diagnoses": list(report.diagnoses),
         "notes": list(report.notes),
+    }
+
+
+def _origin(origin: NonfiniteOrigin | None) -> dict[str, Any] | None:
+    if origin is None:
+        return None
+    return {
+        "module": origin.module, "type": origin.type, "phase": origin.phase, "cause": origin.cause,
+        "passed_on": list(origin.passed_on), "op": origin.op, "source": origin.source, "code": origin.code,
+        "node": origin.node, "created_at": origin.created_at, "created_code": origin.created_code,
+        "tensor": origin.tensor, "detail": origin.detail,
     }
 
 

@@ -110,6 +110,10 @@ class Source:
     def names(self) -> list[str]:
         return [t.name for t in self.tensors]
 
+    def state_dict_names(self) -> list[str]:
+        """The names `state_dict()` would hold: every name but a module's non-persistent buffers."""
+        return [t.name for t in self.tensors if t.persistent is not False]
+
     def read_tensor(self, name: str) -> torch.Tensor:
         """Return the tensor `name` as a CPU tensor, reading only its own bytes where the format allows."""
         if name not in self._by_name:

@@ -64,6 +64,13 @@ def _import_target(target: str, base: Path) -> Any:
         return importlib.import_module(target)
 
 
+def entry_folder(spec: str, base: Path | None = None) -> Path:
+    """The folder an entry point's imports resolve from: the file's own, or `base` for package.module."""
+    target = spec.rpartition(":")[0]
+    base = base or Path.cwd()
+    return (base / target).resolve().parent if target.endswith(".py") else base
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -101,7 +108,7 @@ def build_module(spec: str, base: Path | None = None, meta: bool = False) -> Any
         raise EntryPointError(f"{spec} is a {type(obj).__name__}, not an nn.Module, a Module class or a function")
     device = torch.device("meta") if meta else contextlib.nullcontext()
     try:
-        with device:
+        with device, _on_sys_path(entry_folder(spec, base)):  # NAME may import its siblings lazily
             built = obj()
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
@@ -120,4 +127,4 @@ def open_entry_point(spec: str, base: Path | None = None, meta: bool = False, la
         real = any(t.device.type != "meta" for t in (*model.parameters(), *model.buffers()))
         notes.append(f"--meta has no effect: {spec} is a model already built with its data" if real
                      else "built on the meta device: no tensor data")
-    return ModuleSource(model, label or spec, "entrypoint", notes)
+    return ModuleSource(model, label or spec, "entrypoint", notes, import_path=str(entry_folder(spec, base)))

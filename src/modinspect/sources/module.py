@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from modinspect.errors import UsageError
@@ -62,10 +65,27 @@ def module_infos(model: Any) -> list[ModuleInfo]:
 class ModuleSource(Source):
     """Tensors are the module's own; reading one returns a detached CPU copy."""
 
-    def __init__(self, model: Any, label: str, fmt: str, notes: list[str] | None = None) -> None:
+    def __init__(self, model: Any, label: str, fmt: str, notes: list[str] | None = None,
+                 import_path: str | None = None) -> None:
         super().__init__(label=label, format=fmt, tensors=module_tensor_infos(model), modules=module_infos(model),
                          module=model, notes=list(notes or []))
         self._submodules: dict[str, Any] | None = None
+        # An entry point's folder: its model may import siblings lazily (in forward), so it goes back on
+        # sys.path while the model runs (see `in_use`).
+        self.import_path = import_path
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Put the model's own folder on sys.path for the duration (no-op for a model without one)."""
+        if self.import_path is None:
+            yield
+            return
+        sys.path.insert(0, self.import_path)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(self.import_path)
 
     def refresh(self) -> None:
         """Re-read tensor metadata after the module changed (e.g. weights were loaded)."""
