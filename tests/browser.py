@@ -6,11 +6,13 @@ and the value of `script` (a JavaScript expression returning JSON-able data) eva
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -115,10 +117,11 @@ def load_page(path: Path, script: str, after_load: str | None = None) -> PageRes
         os.dup2(high_r, 3)
         os.dup2(high_w, 4)
 
-    with tempfile.TemporaryDirectory(prefix="modinspect-chromium-") as profile:
+    # A renderer may still be flushing its profile as the browser exits: do not fail the test over it.
+    with tempfile.TemporaryDirectory(prefix="modinspect-chromium-", ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([chrome, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                preexec_fn=child_fds, pass_fds=(3, 4))
+                                preexec_fn=child_fds, pass_fds=(3, 4), start_new_session=True)
         for fd in (to_chrome_r, from_chrome_w, high_r, high_w):
             os.close(fd)
         pipe = _Pipe(to_chrome_w, from_chrome_r, proc)
@@ -136,7 +139,14 @@ def load_page(path: Path, script: str, after_load: str | None = None) -> PageRes
             result = pipe.call("Runtime.evaluate", {"expression": script, "returnByValue": True}, session=session)
             return PageResult(errors=_errors(pipe.events), value=result["result"].get("value"))
         finally:
+            # Browser.close lets Chromium take its renderer and zygote processes down with it; kill only
+            # what we started, by its process group, if it does not go.
+            with contextlib.suppress(Exception):
+                pipe.call("Browser.close", timeout=10)
             os.close(to_chrome_w)
             os.close(from_chrome_r)
-            proc.kill()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
