@@ -494,3 +494,31 @@ def test_html_with_hostile_names_runs_nothing_in_chromium(tmp_path: Path) -> Non
     result = load_page(out, script)
     assert result.errors == []
     assert json.loads(result.value) == [0, [EVIL, modules[1][0]]]
+
+
+def test_a_forward_only_log_without_histograms_still_renders(tmp_path: Path) -> None:
+    from modinspect.watchlog import ModuleRecord, StepRecord
+
+    log, out = tmp_path / "fwd.jsonl", tmp_path / "fwd.html"
+    with LogWriter(log, LogHeader(model="m", every=1, device="cpu", started=0.0)) as w:
+        for i in range(3):
+            w.write(StepRecord(step=i, time=float(i), loss=None, modules=(
+                ModuleRecord("a", "ReLU", 1, 4, 0.0, 0.0, 0.0, 0.0, 1.0, 0, 0, 1.0, None, 0, 0),)))
+    result = invoke("report", log)
+    assert result.exit_code == 0
+    assert "  a      ReLU   ▄▄▄       0               —   ███    100.0%        —" in result.stdout.splitlines()
+    assert invoke("report", log, "--html", out).exit_code == 0
+    page = _parse(out)
+    assert "gradient-flow" not in page.counts
+    assert page.counts["grad-heatmap"] == {"rect.cell.missing": 3}
+    assert page.counts["dead-fraction"] == {"path.axis": 1, "path.line": 1}
+    text = "".join(page.text)
+    assert "No gradient norms in this log (forward only)." in text and "No histograms in this log." in text
+
+
+def test_ci_installs_chromium_only_when_missing_and_apt_get_exists() -> None:
+    from conftest import REPO
+
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    assert "if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then" in ci
+    assert "DEBIAN_FRONTEND=noninteractive apt-get install -y" in ci and "chromium chromium-driver" in ci
