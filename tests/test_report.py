@@ -177,7 +177,11 @@ def _edit_step(path: Path, number: int, edit: object) -> None:
     (lambda r: r.update(step=-1), "line 5: the step record has 'step' = -1, below 0"),
     (lambda r: r.update(step=20), "line 5: step 20 does not follow step 20"),
     (lambda r: r.pop("modules"), "line 5: the step record lacks the list 'modules'"),
-    (lambda r: r["modules"][2]["histogram"]["edges"].pop(), "module 'fc2' has a its histogram with 8 edges for 8 counts"),
+    (lambda r: r["modules"][2]["histogram"]["edges"].pop(), "module 'fc2' has a histogram with 8 edges for 8 counts"),
+    (lambda r: r["modules"][2]["histogram"]["counts"].__setitem__(0, True),
+     "module 'fc2' has a histogram whose counts are not all integers ≥ 0"),
+    (lambda r: r["modules"][2]["histogram"]["counts"].__setitem__(3, -1), "whose counts are not all integers ≥ 0"),
+    (lambda r: r["modules"][2]["histogram"]["edges"].__setitem__(3, "0.5"), "whose edges are not all numbers"),
     (lambda r: r.update(nonfinite={"module": "a", "type": "b", "phase": "sideways", "op": None, "source": None,
                                    "code": None, "cause": "produced"}), "nonfinite phase 'sideways'"),
 ])

@@ -82,18 +82,18 @@ def _dict(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _histogram(value: Any, where: str) -> Histogram | None:
+def _histogram(value: Any) -> Histogram | None:
     if value is None:
         return None
-    obj = _dict(value, f"{where} histogram")
+    obj = _dict(value, "a histogram")
     edges, counts = _list(obj, "edges"), _list(obj, "counts")
     if len(edges) != len(counts) + 1:
-        raise _Bad(f"has a {where} histogram with {len(edges)} edges for {len(counts)} counts (needs one more edge)")
+        raise _Bad(f"has a histogram with {len(edges)} edges for {len(counts)} counts (needs one more edge)")
     # Whole-list type checks (type(), not isinstance: bool is no number here) keep long logs fast.
     if not set(map(type, edges)) <= {int, float}:
-        raise _Bad(f"has a {where} histogram whose edges are not all numbers")
+        raise _Bad("has a histogram whose edges are not all numbers")
     if not set(map(type, counts)) <= {int} or (counts and min(counts) < 0):
-        raise _Bad(f"has a {where} histogram whose counts are not all integers ≥ 0")
+        raise _Bad("has a histogram whose counts are not all integers ≥ 0")
     return Histogram(edges=tuple(map(float, edges)), counts=tuple(counts))
 
 
@@ -107,7 +107,7 @@ def _module(value: Any) -> ModuleRecord:
             zero_fraction=_num(obj, "zero_fraction"), nan=_int(obj, "nan"), inf=_int(obj, "inf"),
             dead_fraction=_num(obj, "dead_fraction"), grad_norm=_num(obj, "grad_norm"),
             grad_nan=_int(obj, "grad_nan"), grad_inf=_int(obj, "grad_inf"),
-            histogram=_histogram(obj.get("histogram"), "its"),
+            histogram=_histogram(obj.get("histogram")),
         )
     except _Bad as exc:
         raise _Bad(f"module {name!r} {exc}") from None
