@@ -526,3 +526,17 @@ def test_ci_installs_chromium_only_when_missing_and_apt_get_exists() -> None:
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     assert "if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then" in ci
     assert "DEBIAN_FRONTEND=noninteractive apt-get install -y" in ci and "chromium chromium-driver" in ci
+
+
+def test_a_log_with_no_modules_and_a_nan_weight_norm(tmp_path: Path) -> None:
+    from modinspect.watchlog import ParamRecord, StepRecord
+
+    log, out = tmp_path / "empty.jsonl", tmp_path / "empty.html"
+    with LogWriter(log, LogHeader(model="m", every=1, device="cpu", started=0.0)) as w:
+        w.write(StepRecord(step=0, time=0.0, loss=1.0, modules=(),
+                           params=(ParamRecord("w", float("nan"), None, None, None),)))
+    report = read_run_log(log)
+    assert report.modules == () and report.params[0].norm == (None,)
+    assert invoke("report", log).exit_code == 0
+    assert invoke("report", log, "--html", out).exit_code == 0
+    assert "No modules in this log." in "".join(_parse(out).text)

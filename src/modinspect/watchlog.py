@@ -66,7 +66,7 @@ class ParamRecord:
     """One parameter tensor at one logged step: ‖w‖, ‖∇w‖, ‖Δw‖ since the previous logged step, ‖Δw‖/‖w‖."""
 
     name: str
-    norm: float
+    norm: float | None  # None (null in the log) when not finite
     grad_norm: float | None
     update_norm: float | None
     update_ratio: float | None

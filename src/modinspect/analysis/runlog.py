@@ -117,7 +117,7 @@ def _param(value: Any) -> ParamRecord:
     obj = _dict(value, "a params entry")
     name = _str(obj, "name")
     try:
-        return ParamRecord(name=name, norm=_num(obj, "norm", nullable=False) or 0.0,
+        return ParamRecord(name=name, norm=_num(obj, "norm"),
                            grad_norm=_num(obj, "grad_norm"), update_norm=_num(obj, "update_norm"),
                            update_ratio=_num(obj, "update_ratio"))
     except _Bad as exc:

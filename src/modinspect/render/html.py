@@ -94,9 +94,11 @@ def _gradient_flow(report: RunReport) -> str:
 
 
 def _heatmap(report: RunReport, chart: str, pick: str, log: bool, label: str) -> str:
+    if not report.modules:
+        return '<p class="note">No modules in this log.</p>'
     columns = buckets(len(report.steps), MAX_COLUMNS)
     cw = max(2.0, min(14.0, 900 / max(1, len(columns))))
-    ch, left, top = 14, min(260, 12 + 7 * max(len(_name(m.name)) for m in report.modules)), 18
+    ch, left, top = 14, min(260, 12 + 7 * max((len(_name(m.name)) for m in report.modules), default=8)), 18
 
     def cell(m: ModuleSeries, run: range) -> tuple[float | None, bool, bool]:
         values: tuple[float | None, ...] = getattr(m, pick)
