@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "add_layers", "build_tree", "diff_sources", "measure_shapes", "open_source",
-           "perform_load", "plan_load"]
+           "perform_load", "plan_load", "read_run_log"]
 
 if TYPE_CHECKING:
     from modinspect.analysis.diff import diff_sources
     from modinspect.analysis.loading import plan_load
+    from modinspect.analysis.runlog import read_run_log
     from modinspect.analysis.shapes import add_layers, measure_shapes
     from modinspect.analysis.tree import build_tree
     from modinspect.apply import perform_load
@@ -36,6 +37,7 @@ _LAZY = {
     "perform_load": "modinspect.apply",
     "add_layers": "modinspect.analysis.shapes",
     "measure_shapes": "modinspect.analysis.shapes",
+    "read_run_log": "modinspect.analysis.runlog",
 }
 
 

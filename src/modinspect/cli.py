@@ -539,6 +539,73 @@ def _findings(option: str | None) -> list[str]:
     return chosen
 
 
+@app.command()
+def report(
+    log: Annotated[Path, typer.Argument(help="A watch log (JSONL, schema modinspect.watch/1), as modinspect.watch "
+                                        "writes it; a run still writing is fine.", show_default=False)],
+    html: Annotated[Path | None, typer.Option("--html", help="Also write one self-contained HTML page (inline SVG, "
+                                              "no network), atomically.", metavar="OUT.html")] = None,
+    steps: Annotated[str | None, typer.Option("--steps", help="Steps for the HTML's histograms, e.g. 100,200 "
+                                              "[default: the first, middle and last logged].", metavar="N,N")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --html if it exists.")] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show a training run's watch log: per module, sparklines over steps of std, ‖∇out‖ and dead fraction; the first bad step.
+
+    Reads the JSONL log modinspect.watch writes (one record per logged step). A partial last line, from a run still writing, is skipped with a note. --html writes the pictures: gradient flow, module × step heatmaps of std and gradient norm, dead fractions over time, histograms at chosen steps.
+
+    Examples:
+
+        modinspect report runs/stats.jsonl
+
+        modinspect report runs/stats.jsonl --html report.html --steps 100,2000
+
+        modinspect report runs/stats.jsonl --json | jq .first_bad
+    """
+    with user_errors(debug):
+        from modinspect.analysis.runlog import histogram_steps, read_run_log
+        from modinspect.writes import atomic_write, check_writable
+
+        chosen = _parse_steps(steps)
+        if chosen is not None and html is None:
+            raise UsageError("--steps chooses the HTML's histograms: pass --html OUT.html too")
+        if html is not None:
+            check_writable(html, force, [log])
+        run = read_run_log(log)
+        for note in run.notes:
+            _note(note)
+        if html is not None:
+            from modinspect.render.html import run_html
+
+            page = run_html(run, histogram_steps(run, chosen))
+            atomic_write(html, lambda tmp: _write_text(tmp, page), force=force, inputs=[log])
+        if as_json:
+            from modinspect.render.jsonout import dumps, run_document
+
+            print(dumps(run_document(run)))
+        elif html is not None:
+            print(f"wrote {html}: {len(run.modules)} modules × {len(run.steps)} steps")
+        else:
+            from modinspect.render.console import make_console, run_renderable
+
+            console = make_console()
+            console.print(run_renderable(run, console.width))
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+def _parse_steps(steps: str | None) -> tuple[int, ...] | None:
+    if steps is None:
+        return None
+    parts = [p.strip() for p in steps.split(",")]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise UsageError(f"--steps {steps!r} is not a comma-separated list of step numbers like 100,200")
+    return tuple(int(p) for p in parts)
+
+
 def _project_defaults(source: str | None) -> dict[str, object]:
     """[tool.modinspect] input settings apply when the model itself comes from there."""
     if source is not None:

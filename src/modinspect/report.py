@@ -338,3 +338,90 @@ class DiffReport:
     @property
     def differs(self) -> bool:
         return bool(self.only_in_a or self.only_in_b or self.shape_mismatch or self.dtype_mismatch or self.changed)
+
+
+@dataclass(frozen=True)
+class RunHeader:
+    """A watch log's header: see modinspect.watchlog."""
+
+    schema: str
+    model: str
+    every: int
+    started: float
+    device: str
+    world_size: int
+
+
+@dataclass(frozen=True)
+class StepHistogram:
+    step: int
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModuleSeries:
+    """One module over the run's logged steps: every tuple is aligned with RunReport.steps.
+
+    A value is None where the module was not logged at that step or its statistic was not finite
+    (then `nan`/`inf` > 0) or undefined (dead_fraction of a non-ReLU, grad_norm without backward).
+    """
+
+    name: str
+    type: str
+    logged: tuple[bool, ...]
+    std: tuple[float | None, ...]
+    mean: tuple[float | None, ...]
+    grad_norm: tuple[float | None, ...]
+    dead_fraction: tuple[float | None, ...]
+    nonfinite: tuple[bool, ...]  # any NaN/Inf in the output
+    grad_nonfinite: tuple[bool, ...]  # any NaN/Inf in the output's gradient
+    histograms: tuple[StepHistogram, ...]  # at the steps that have one
+    first_bad_step: int | None
+    grad_norm_mean: float | None  # gradient flow: over the finite logged values
+    grad_norm_max: float | None
+    flags: tuple[str, ...] = ()  # exploding-grad | vanishing-grad: mean ‖∇out‖ 1000× off the median module's
+
+
+@dataclass(frozen=True)
+class ParamSeries:
+    name: str
+    norm: tuple[float | None, ...]
+    grad_norm: tuple[float | None, ...]
+    update_norm: tuple[float | None, ...]
+    update_ratio: tuple[float | None, ...]
+
+
+@dataclass(frozen=True)
+class BadStep:
+    """The first logged step with a NaN/Inf, and where it came from.
+
+    `recorded` is True when the log's own `nonfinite` record names the origin (module, op, line); False
+    when the reader inferred the module from the counts (the first module, in logged order, with a NaN/Inf
+    output; else the last one with a NaN/Inf gradient, backward running in reverse).
+    """
+
+    step: int
+    module: str | None
+    type: str | None
+    phase: str
+    op: str | None
+    source: str | None
+    code: str | None
+    cause: str
+    recorded: bool
+    affected: tuple[str, ...]  # every module with a NaN/Inf output or gradient at that step
+
+
+@dataclass(frozen=True)
+class RunReport:
+    path: str
+    header: RunHeader
+    steps: tuple[int, ...]
+    times: tuple[float, ...]
+    loss: tuple[float | None, ...]
+    modules: tuple[ModuleSeries, ...]
+    params: tuple[ParamSeries, ...]
+    first_bad: BadStep | None
+    truncated: bool  # the last line was incomplete and skipped
+    notes: tuple[str, ...]

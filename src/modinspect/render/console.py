@@ -24,13 +24,23 @@ from rich.tree import Tree
 
 from modinspect.analysis.keymap import collapse_indices
 from modinspect.analysis.stats_math import collapse_names
-from modinspect.render.text import human_bytes, human_count, num, percent, shape_text, sparkline
+from modinspect.render.text import (
+    bad_step_text,
+    human_bytes,
+    human_count,
+    num,
+    percent,
+    series_sparkline,
+    shape_text,
+    sparkline,
+)
 from modinspect.report import (
     DiffReport,
     LoadReport,
     ModuleNode,
     ModuleShapes,
     NonfiniteOrigin,
+    RunReport,
     StatsReport,
     TensorRow,
     TreeReport,
@@ -588,3 +598,88 @@ def _load_outcome(report: LoadReport) -> str:
     skipped = f", {len(plan.mismatched)} mismatched left at the model's values" if plan.mismatched else ""
     wrote = f"; wrote {report.written}" if report.written else ""
     return f"Loaded {len(plan.loaded)} tensors into the model{skipped}{wrote}."
+
+
+def _last(values: tuple[float | None, ...], bad: tuple[bool, ...], fmt: Callable[[float | None], str]) -> Text:
+    if bad and bad[-1]:
+        return Text("nan/inf", style="bold red")
+    return Text(fmt(values[-1]) if values else "—")
+
+
+def run_renderable(report: RunReport, width: int = 200) -> RenderableType:
+    """Per module, sparklines over the logged steps of std, ‖∇out‖ and dead fraction; then the first bad step.
+
+    The three sparklines share what the other columns leave of `width` (one cell per step, or per run of
+    steps); below 100 columns the type goes, below 90 the last values.
+    """
+    show_type, show_last = width >= 100, width >= 90
+    names = [_indented(m.name) for m in report.modules]
+    name_w = min(max((len(n) for n in names), default=8) + 2, 48)  # + " ◀"
+    type_w = min(max((len(m.type) for m in report.modules), default=4), 24)
+    # Each column is followed by 3 cells (padding, SIMPLE_HEAD's blank divider, padding); a last value takes ≤ 9.
+    fixed = name_w + 3 + (type_w + 3 if show_type else 0) + (3 * (9 + 3) if show_last else 0) + 3 * 3 + 6
+    spark_w = max(4, min(len(report.steps), (width - fixed) // 3))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+    table.add_column("module", no_wrap=True, max_width=48, overflow="ellipsis")
+    if show_type:
+        table.add_column("type", no_wrap=True, max_width=24, overflow="ellipsis", style="green")
+    grad_title = "‖∇out‖ (log)" if spark_w >= 12 else "‖∇out‖"
+    for title in ("std", grad_title, "dead"):
+        table.add_column(title, no_wrap=True, style="cyan", min_width=spark_w)
+        if show_last:
+            table.add_column("last", justify="right", no_wrap=True)
+    table.add_column("bad at", justify="right", no_wrap=True)
+    origin = report.first_bad
+    for m, name in zip(report.modules, names, strict=True):
+        label = Text(name, style="bold red" if m.first_bad_step is not None else "")
+        if origin is not None and origin.module == m.name:
+            label.append(" ◀", style="bold red")
+        cells: list[RenderableType | str] = [label, m.type] if show_type else [label]
+        for spark, last in (
+            (series_sparkline(m.std, m.nonfinite, spark_w), _last(m.std, m.nonfinite, num)),
+            (Text(series_sparkline(m.grad_norm, m.grad_nonfinite, spark_w, log=True), style=_grad_style(m.flags)),
+             _last(m.grad_norm, m.grad_nonfinite, num)),
+            (series_sparkline(m.dead_fraction, (), spark_w, lo=0.0, hi=1.0), _last(m.dead_fraction, (), percent)),
+        ):
+            cells += [spark, last] if show_last else [spark]
+        cells.append(Text("—" if m.first_bad_step is None else str(m.first_bad_step),
+                          style="bold red" if m.first_bad_step is not None else "dim"))
+        table.add_row(*cells)
+    return Group(_run_header(report, spark_w), table, _run_verdict(report))
+
+
+def _run_header(report: RunReport, spark_w: int) -> Text:
+    import datetime
+
+    h = report.header
+    text = Text()
+    text.append(report.path, style="bold")
+    ranks = f", {h.world_size} ranks" if h.world_size > 1 else ""
+    text.append(f"  ({h.schema}: {h.model} on {h.device}{ranks}, every {h.every} steps)", style="dim")
+    try:
+        started = datetime.datetime.fromtimestamp(h.started, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):  # a header's clock can be anything
+        started = f"at unix time {h.started}"
+    steps = report.steps
+    span = f"steps {steps[0]} … {steps[-1]}" if len(steps) > 1 else f"step {steps[0]}"
+    text.append(f"\n{len(steps)} logged step(s), {span}, started {started}", style="dim")
+    losses = [v for v in report.loss if v is not None]
+    if losses:
+        text.append(f"\nloss {num(losses[0])} → {num(losses[-1])}  ")
+        # A null loss in a run that logs one was not finite (the schema writes NaN/Inf as null): mark it.
+        text.append(series_sparkline(report.loss, tuple(v is None for v in report.loss), spark_w), style="cyan")
+    return text
+
+
+def _run_verdict(report: RunReport) -> Text:
+    bad = report.first_bad
+    if bad is None:
+        text = Text(f"\nNo NaN/Inf in {len(report.steps)} logged step(s).", style="bold green")
+    else:
+        text = Text("\n" + bad_step_text(bad), style="bold red")
+    for flag, words in (("exploding-grad", "exploding"), ("vanishing-grad", "vanishing")):
+        flagged = [_module_name(m.name) for m in report.modules if flag in m.flags]
+        if flagged:
+            text.append(f"\nGradient flow: {words} mean ‖∇out‖ at {', '.join(flagged[:5])}"
+                        + (f" and {len(flagged) - 5} more" if len(flagged) > 5 else "") + ".", style="yellow")
+    return text

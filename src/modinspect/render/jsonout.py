@@ -11,6 +11,7 @@ from modinspect.report import (
     DiffReport,
     LoadReport,
     NonfiniteOrigin,
+    RunReport,
     ShapesReport,
     StatsReport,
     TensorDiff,
@@ -194,4 +195,47 @@ def load_document(report: LoadReport) -> dict[str, Any]:
         "performed": report.performed,
         "dry_run": report.dry_run,
         "written": report.written,
+    }
+
+
+def _series(values: tuple[float | None, ...]) -> list[float | None]:
+    return [_num(v) for v in values]
+
+
+def run_document(report: RunReport) -> dict[str, Any]:
+    """`modinspect report --json`: the run's series, aligned with `steps`, and the first bad step."""
+    h, bad = report.header, report.first_bad
+    return {
+        **_envelope(),
+        "path": report.path,
+        "header": {"schema": h.schema, "model": h.model, "every": h.every, "started": h.started,
+                   "device": h.device, "world_size": h.world_size},
+        "steps": list(report.steps),
+        "time": list(report.times),
+        "loss": _series(report.loss),
+        "modules": [
+            {
+                "name": m.name, "type": m.type, "logged": list(m.logged), "std": _series(m.std),
+                "mean": _series(m.mean), "grad_norm": _series(m.grad_norm),
+                "dead_fraction": _series(m.dead_fraction), "nonfinite": list(m.nonfinite),
+                "grad_nonfinite": list(m.grad_nonfinite), "first_bad_step": m.first_bad_step,
+                "grad_norm_mean": _num(m.grad_norm_mean), "grad_norm_max": _num(m.grad_norm_max),
+                "flags": list(m.flags),
+                "histograms": [{"step": g.step, "edges": list(g.edges), "counts": list(g.counts)}
+                               for g in m.histograms],
+            }
+            for m in report.modules
+        ],
+        "params": [
+            {"name": p.name, "norm": _series(p.norm), "grad_norm": _series(p.grad_norm),
+             "update_norm": _series(p.update_norm), "update_ratio": _series(p.update_ratio)}
+            for p in report.params
+        ],
+        "first_bad": None if bad is None else {
+            "step": bad.step, "module": bad.module, "type": bad.type, "phase": bad.phase, "op": bad.op,
+            "source": bad.source, "code": bad.code, "cause": bad.cause, "recorded": bad.recorded,
+            "affected": list(bad.affected),
+        },
+        "truncated": report.truncated,
+        "notes": list(report.notes),
     }
