@@ -114,6 +114,9 @@ class ShardedSource(Source):
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
         return self._owner[name].iter_chunks(name, chunk_elems)
 
+    def byte_range(self, name: str) -> tuple[Path, int, int] | None:
+        return self._owner[name].byte_range(name)
+
     def close(self) -> None:
         for src in self._shards.values():
             src.close()
