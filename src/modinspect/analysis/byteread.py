@@ -51,7 +51,8 @@ class ByteReader:
     def small(self, path: Path, offset: int, nbytes: int) -> bytearray:
         """The `nbytes` (at most WINDOW) at `offset`, from the window when it holds them."""
         at = self._window_at
-        if at is None or at[0] != path or not at[1] <= offset or offset + nbytes > at[1] + at[2]:
+        # `is` first: sources hand out one Path object per file, and Path.__eq__ is slow Python
+        if at is None or (at[0] is not path and at[0] != path) or not at[1] <= offset or offset + nbytes > at[1] + at[2]:
             f = self._file(path)
             f.seek(offset)
             got = f.readinto(self._window)
@@ -130,6 +131,10 @@ class PairReader:
             self.a.read_into(path_a, at_a + k * step_a, va[:min(step_a, n_a - k * step_a)])
             self.b.read_into(path_b, at_b + k * step_b, vb[:min(step_b, n_b - k * step_b)])
 
+        if pieces == 1:  # nothing to read ahead: no thread round trip
+            read(0)
+            yield views[0][:n_a], views[1][:n_b]
+            return
         pending = self._submit(read, 0) if pieces else None
         try:
             for k in range(pieces):

@@ -216,6 +216,9 @@ def _severity(d: TensorDiff) -> tuple[float, float, int]:
 
 def _aliases(tensors: list[TensorInfo], present: set[str], mapping: dict[str, str]) -> dict[str, str]:
     """{mapped name: mapped tied partner} for names whose storage another present name shares."""
+    storages = [t.storage for t in tensors if t.storage is not None]
+    if len(set(storages)) == len(storages):  # nothing tied: skip building a group per storage
+        return {}
     back = {orig: mapped for mapped, orig in mapping.items()}
     out: dict[str, str] = {}
     for group in tied_groups(tensors):
