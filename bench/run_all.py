@@ -4,7 +4,7 @@ Each benchmark runs in a child process of its own, one after the other, and meas
 side (interleaved run by run), so the ratios hold on a shared machine even when absolute times move. This
 process imports no torch: it stays small, so that it does not inflate its children's peak RSS.
 
-    python bench/run_all.py                        # full sizes, ~5 minutes on 2 cores; writes BENCHMARKS.md
+    python bench/run_all.py                        # full sizes, ~10 minutes on 2 cores; writes BENCHMARKS.md
     python bench/run_all.py --smoke --out FILE     # tiny sizes, one run (the test suite runs this)
 """
 
@@ -35,6 +35,7 @@ PARTS: dict[str, tuple[str, list[str], str]] = {
     "stats": ("bench_stats", [], "3. stats: forward+backward overhead on the CPU"),
     "stats-gpu": ("bench_stats", ["--device", "cuda"], "3b. stats on a GPU"),
     "startup": ("bench_startup", [], "4. start-up"),
+    "scale": ("bench_scale", [], "5. scale: 100k-tensor headers, a 163-shard index, 200k-tensor diff and load"),
 }
 
 CHILD = """
@@ -220,19 +221,49 @@ def gpu_targets(lines: list[str]) -> list[Target]:
 
 
 def diff_targets(lines: list[str]) -> list[Target]:
-    row = find(table_rows(lines), contender="modinspect diff")
+    rows = table_rows(lines)
+    row = find(rows, contender="modinspect diff")
     if row is None:
         return []
-    t, r = number(row["time × loop"]), number(row["RSS × loop"])
-    return [("diff: no slower than load-both-and-loop, at a quarter of its peak memory or less",
-             "time × loop ≤ 1.0 and RSS × loop ≤ 0.25",
-             f"time × {t:.2f}, RSS × {r:.2f} ({number(row['median s']):.2f} s, {number(row['peak RSS MiB (median)']):,.0f} MiB)",
-             met(t <= 1.0 and r <= 0.25))]
+    t, r, cat = number(row["time × loop"]), number(row["RSS × loop"]), number(row["time × cat"])
+    out = [("diff: no slower than load-both-and-loop, at a quarter of its peak memory or less",
+            "time × loop ≤ 1.0 and RSS × loop ≤ 0.25",
+            f"time × {t:.2f}, RSS × {r:.2f} ({number(row['median s']):.2f} s, {number(row['peak RSS MiB (median)']):,.0f} MiB)",
+            met(t <= 1.0 and r <= 0.25)),
+           ("diff of two changed GPT-2 files: half of load-both-and-loop, near one read of each file",
+            "time × loop ≤ 0.5 and time × cat ≤ 2", f"time × loop {t:.2f}, × cat {cat:.2f}", met(t <= 0.5 and cat <= 2))]
+    same = find(rows, contender="modinspect diff, identical files")
+    if same is not None:
+        ratio = number(same["time × cmp"])
+        out.append(("diff of two identical GPT-2 files at the speed of `cmp`", "time × cmp ≤ 2",
+                    f"× {ratio:.2f} ({number(same['median s']):.2f} s)", met(ratio <= 2)))
+    return out
+
+
+def scale_targets(lines: list[str]) -> list[Target]:
+    rows = table_rows(lines)
+    out: list[Target] = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        mine = {r["contender"]: r for r in rows if r["case"] == case}
+        if "modinspect tree" in mine:
+            tree, js = mine["modinspect tree"], mine["modinspect tree --json"]
+            t, j = number(tree["time × base"]), number(js["time × base"])
+            rss = max(number(tree["peak RSS MiB median"]), number(js["peak RSS MiB median"]))
+            out.append((f"`tree` of {case}", "time × header parse ≤ 2 and peak RSS ≤ 150 MiB",
+                        f"× {t:.2f} ({number(tree['median s']):.2f} s), {rss:,.0f} MiB", met(t <= 2 and rss <= 150)))
+            out.append((f"`tree --json` of {case}", "time × header parse ≤ 2", f"× {j:.2f} ({number(js['median s']):.2f} s)",
+                        met(j <= 2)))
+        for name in ("modinspect diff --json", "modinspect load --meta --json"):
+            if name in mine:
+                ratio = number(mine[name]["time × base"])
+                out.append((f"{name.split()[1]} at scale: {case}", "time × (header parse + data or model) ≤ 3",
+                            f"× {ratio:.2f} ({number(mine[name]['median s']):.2f} s)", met(ratio <= 3)))
+    return out
 
 
 TARGETS: dict[str, Callable[[list[str]], list[Target]]] = {
     "tree": tree_targets, "startup": startup_targets, "stats": stats_targets, "stats-gpu": gpu_targets,
-    "diff": diff_targets,
+    "diff": diff_targets, "scale": scale_targets,
 }
 
 
@@ -250,7 +281,7 @@ def gpu_section(lines: list[str]) -> list[str]:
 
 def document(parts: dict[str, list[str]], smoke: bool, started: str, load_start: str, seconds: float) -> list[str]:
     gpu = parts["stats-gpu"][0] if parts["stats-gpu"] and not parts["stats-gpu"][0].startswith("GPU: skipped") else None
-    targets = [t for key in ("tree", "startup", "stats", "stats-gpu", "diff") for t in TARGETS[key](parts[key])]
+    targets = [t for key in ("tree", "startup", "stats", "stats-gpu", "diff", "scale") for t in TARGETS[key](parts[key])]
     lines = ["# Benchmarks", ""]
     if smoke:
         lines += ["**Smoke run: tiny sizes, one run. These figures mean nothing; run `python bench/run_all.py`.**", ""]
