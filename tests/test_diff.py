@@ -441,3 +441,22 @@ def test_key_matching_is_linear_in_the_number_of_keys() -> None:
     small, large = _key_ops(2000), _key_ops(4000)
     assert small > 2000  # the count sees the work
     assert large <= 2.1 * small, (small, large)  # a set rebuilt per key made this 4x
+
+
+def test_arithmetic_runs_on_one_torch_thread_and_gives_the_count_back(tmp_path: Path) -> None:
+    from modinspect.analysis import byteread
+
+    seen: list[int] = []
+    real = byteread.PairReader.chunk_pairs
+
+    def spy(self: byteread.PairReader, *args: object) -> object:
+        seen.append(torch.get_num_threads())
+        return real(self, *args)  # type: ignore[arg-type]
+
+    a = write_st(tmp_path / "a.safetensors", {"w": torch.zeros(10)})
+    b = write_st(tmp_path / "b.safetensors", {"w": torch.ones(10)})
+    before = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(byteread.PairReader, "chunk_pairs", spy)
+        assert changed(diff(a, b), "w").differing == 10
+    assert seen == [1] and torch.get_num_threads() == before

@@ -81,6 +81,7 @@ class PairReader:
         self.a, self.b = ByteReader(), ByteReader()
         self._pool: ThreadPoolExecutor | None = None
         self._buffers: list[bytearray] = []  # a0, b0, a1, b1: two pairs, so one fills while one is used
+        self._torch_threads: int | None = None
 
     def _submit(self, fn: object, *args: object) -> Future[None]:
         if self._pool is None:
@@ -147,7 +148,26 @@ class PairReader:
             if pending is not None:  # never leave a read running into buffers or handles in use
                 pending.result()
 
+    def single_threaded_torch(self) -> None:
+        """Run diff's arithmetic on one torch thread (the reader thread has the other core); close() restores.
+
+        Each chunk is a dozen elementwise passes over a few MiB, each pass a barrier for torch's intra-op
+        threads: on a busy 2-core machine one descheduled thread stalls them all (a GPT-2 diff measured
+        10.0 s with two threads and 2.7 s with one while other work ran). One thread also makes the float
+        sums (mean |a-b|, relative L2, cosine) independent of how many cores the machine has.
+        """
+        if self._torch_threads is None:
+            import torch
+
+            self._torch_threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+
     def close(self) -> None:
+        if self._torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(self._torch_threads)
+            self._torch_threads = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

@@ -186,7 +186,12 @@ def _chunk_pairs(a: Source, a_name: str, b: Source, b_name: str, options: DiffOp
 
 def compare_pair(a: Source, a_name: str, b: Source, b_name: str, name: str, options: DiffOptions,
                  reader: PairReader | None = None) -> TensorDiff:
-    """Stream tensor a_name of `a` against b_name of `b` in aligned chunks (through `reader` when given)."""
+    """Stream tensor a_name of `a` against b_name of `b` in aligned chunks (through `reader` when given).
+
+    With a reader, the arithmetic runs on one torch thread until the reader is closed.
+    """
+    if reader is not None:
+        reader.single_threaded_torch()
     ia, ib = a.info(a_name), b.info(b_name)
     rtol, atol = tolerance_for(ia.dtype, ib.dtype, options)
     acc = _Acc()
