@@ -269,6 +269,41 @@ TARGETS: dict[str, Callable[[list[str]], list[Target]]] = {
 
 # ----------------------------------------------------------------------------------------- the document
 
+MISSED_HEADING = "Scale and diff targets (issue 14): why the missed ones are missed, and what was tried"
+MISSED = [
+    "- **Floors no code of the analysis can lower.** Every `modinspect` process pays its start-up before the first "
+    "byte: about 0.15–0.2 s of imports (section 4: `--help` alone; typer, which imports pydantic, and rich, which the "
+    "CLI imports for its spinner even under `--json`). `cmp` and `cat` pay none, and a header parse in a bare "
+    "`python -c` pays 0.01 s. Arithmetic on tensors needs torch, whose import alone (about 1.2–1.5 s, section 4) is "
+    "several times `cat a b`: the changed-files diff cannot come within 2× of `cat` while it computes in torch.",
+    "- **`tree` at 100k tensors** is linear now (it rescanned each subtree about ten times per tensor: before this "
+    "change, on this machine, `--json` took 3.0 s flat and 4.0 s layered, the rendered flat tree 10 s), but every "
+    "tensor still becomes "
+    "three frozen dataclass instances (TensorInfo in the reader, TensorRow and a share of a ModuleRow in the report), "
+    "about 1.5 µs each to construct, against the 1–2 µs per tensor `json.loads` spends on the whole header. Tried: "
+    "no Python hook per JSON object (objects as tuples; duplicates found after the parse, messages unchanged), natural "
+    "order through plain string keys (3–5× faster than lists of tuples), the cyclic collector paused while these "
+    "acyclic structures are built (it cost as much as the work), one pass from the leaves up with interned structure "
+    "signatures, records written straight to JSON text (no 170k dicts). Left: slots or a cheaper constructor for "
+    "TensorInfo/TensorRow (base.py and report.py, shared by every reader and renderer). Peak RSS is the header's parse "
+    "(about 90 MiB for the largest) plus those objects and the JSON text.",
+    "- **The rendered `tree` of 100k flat names** lists 100k tensors under one module: rich lays out each row "
+    "(about 0.15 ms a row), which is most of its time; layered names collapse into runs and render in a blink. A plain "
+    "writer for piped output would remove it (render/console.py).",
+    "- **The 163-shard index** reads 163 headers and builds each tensor's description twice (in its shard's reader, "
+    "then re-labelled with its shard); the index used to be scanned once per shard (163 × 100k), now once.",
+    "- **`diff` of two identical GPT-2 files** compares 4 MiB pieces with memcmp, the other side read on a second "
+    "thread, without importing torch; what is left over `cmp` is the start-up above and one more copy (`readinto` "
+    "copies from the page cache, as `cmp` does).",
+    "- **`diff` of changed files** skips every byte-identical tensor and computes the rest on one torch thread from "
+    "reused buffers, the next chunks read meanwhile. Tried and kept: one torch thread (two threads stalled on every "
+    "barrier on this busy 2-core machine: 6.8 s against 1.8–3.2 s). Not tried: fusing the dozen elementwise passes "
+    "per chunk into fewer kernels, which would change the float sums against today's results.",
+    "- **`diff` of 200k-tensor files** is linear (a set rebuilt per key made it quadratic; a test counts key "
+    "operations); its time is mostly opening the two 200k-tensor headers (the `tree` costs above, twice) and a few "
+    "µs of Python per pair.",
+]
+
 def gpu_section(lines: list[str]) -> list[str]:
     if lines and lines[0].startswith("GPU: skipped"):
         return ["**Pending a session with a GPU.** This machine has none "
@@ -307,6 +342,7 @@ def document(parts: dict[str, list[str]], smoke: bool, started: str, load_start:
     lines += [f"| {dist} | {version(dist)} |" for dist in ("torch", "modinspect", "transformers", "safetensors", "torchinfo")]
     lines += ["", "## Targets", "", "| target | criterion | measured | met? |", "| --- | --- | --- | --- |"]
     lines += [f"| {what} | {criterion} | {measured} | {ok} |" for what, criterion, measured, ok in targets]
+    lines += ["", f"## {MISSED_HEADING}", "", *MISSED]
     for key, (_, _, heading) in PARTS.items():
         body = gpu_section(parts[key]) if key == "stats-gpu" else parts[key]
         lines += ["", f"## {heading}", "", *spaced(body)]
