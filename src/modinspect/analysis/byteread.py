@@ -9,11 +9,14 @@ read or compared on this thread, the other side, or the next pair of chunks, is 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from io import BufferedReader
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modinspect.errors import CorruptFileError
+
+if TYPE_CHECKING:  # imported when a second thread is first needed: identical small files never start one
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 ByteRange = tuple[Path, int, int]
 WINDOW = 1 << 20  # tensors up to this size are served from one read of this many bytes
@@ -85,6 +88,8 @@ class PairReader:
 
     def _submit(self, fn: object, *args: object) -> Future[None]:
         if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="modinspect-read")
         return self._pool.submit(fn, *args)  # type: ignore[arg-type]
 
