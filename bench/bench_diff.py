@@ -1,8 +1,10 @@
-"""diff: `modinspect diff` against loading both files and looping in Python, wall time and peak RSS.
+"""diff: `modinspect diff` against loading both files and looping in Python, `cmp` and `cat`, wall time and peak RSS.
 
+Two GPT-2-size (124M parameter) safetensors files a and b, b with every 10th tensor + 1e-3, and a2, a byte copy of a.
 Each contender runs in its own process (peak RSS from wait4), interleaved run by run:
-- modinspect: `python -m modinspect diff a.safetensors b.safetensors --json`;
-- load-and-loop: `safetensors.torch.load_file` both files, then max/mean |a-b| per tensor in torch.
+- modinspect: `python -m modinspect diff a.safetensors b.safetensors --json` (changed), and `... a a2` (identical);
+- load-and-loop: `safetensors.torch.load_file` both files, then max/mean |a-b| per tensor in torch;
+- `cmp a a2` (the floor for identical files) and `cat a b > /dev/null` (reading both files once).
 
     python bench/bench_diff.py            # two GPT-2-size (124M parameter) checkpoints
     python bench/bench_diff.py --smoke    # tiny checkpoints, one run
@@ -11,13 +13,20 @@ Each contender runs in its own process (peak RSS from wait4), interleaved run by
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_common import run_process
+from bench_common import paired_ratio, run_process
+
+MODINSPECT = "modinspect diff"
+LOOP_NAME = "load both + loop"
+CAT = "cat a b > /dev/null"
+IDENTICAL = "modinspect diff, identical files"
+CMP = "cmp a a2"
 
 LOOP = """
 import sys
@@ -71,27 +80,35 @@ def main(argv: list[str] | None = None) -> list[str]:
         # so the measuring parent must stay small.
         subprocess.run([sys.executable, __file__, "--make", tmp] + (["--smoke"] if args.smoke else []), check=True,
                        stderr=subprocess.DEVNULL)
-        a, b = Path(tmp) / "a.safetensors", Path(tmp) / "b.safetensors"
+        a, b, a2 = Path(tmp) / "a.safetensors", Path(tmp) / "b.safetensors", Path(tmp) / "a2.safetensors"
+        shutil.copyfile(a, a2)
         size = a.stat().st_size
+        mi = [sys.executable, "-m", "modinspect", "diff"]
         contenders = {
-            "modinspect diff": [sys.executable, "-m", "modinspect", "diff", str(a), str(b), "--json"],
-            "load both + loop": [sys.executable, "-c", LOOP, str(a), str(b)],
+            MODINSPECT: [*mi, str(a), str(b), "--json"],
+            LOOP_NAME: [sys.executable, "-c", LOOP, str(a), str(b)],
+            CAT: ["sh", "-c", 'cat "$0" "$1" > /dev/null', str(a), str(b)],
+            IDENTICAL: [*mi, str(a), str(a2), "--json"],
+            CMP: ["cmp", str(a), str(a2)],
         }
         results: dict[str, list[tuple[float, float]]] = {k: [] for k in contenders}
+        for cmd in contenders.values() if not args.smoke else ():  # page cache warm, unrecorded
+            run(cmd)
         for _ in range(runs):
             for key, cmd in contenders.items():
                 results[key].append(run(cmd))
-    base_wall = [w for w, _ in results["load both + loop"]]
-    base_rss = statistics.median(r for _, r in results["load both + loop"])
-    lines = [f"two checkpoints of {size / 2**20:,.0f} MiB each, {runs} run(s)",
-             "| contender | median s | min–max s | peak RSS MiB (median) | time × loop | RSS × loop |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    walls = {k: [w for w, _ in v] for k, v in results.items()}
+    base_rss = statistics.median(r for _, r in results[LOOP_NAME])
+    lines = [f"two checkpoints of {size / 2**20:,.0f} MiB each (b: every 10th tensor changed; a2: a byte copy of a), "
+             f"{runs} run(s)",
+             "| contender | median s | min–max s | peak RSS MiB (median) | time × loop | RSS × loop | time × cat | "
+             "time × cmp |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, values in results.items():
-        walls = [w for w, _ in values]
         rss = statistics.median(r for _, r in values)
-        ratio = statistics.median(w / bw for w, bw in zip(walls, base_wall, strict=True))
-        lines.append(f"| {key} | {statistics.median(walls):.2f} | {min(walls):.2f}–{max(walls):.2f} | {rss:,.0f} | "
-                     f"{ratio:.2f} | {rss / base_rss:.2f} |")
+        lines.append(f"| {key} | {statistics.median(walls[key]):.2f} | {min(walls[key]):.2f}–{max(walls[key]):.2f} | "
+                     f"{rss:,.0f} | {paired_ratio(walls[key], walls[LOOP_NAME]):.2f} | {rss / base_rss:.2f} | "
+                     f"{paired_ratio(walls[key], walls[CAT]):.2f} | {paired_ratio(walls[key], walls[CMP]):.2f} |")
     print("\n".join(lines))
     return lines
 

@@ -63,11 +63,14 @@ def test_run_all_writes_machine_versions_and_every_target(report: dict[str, list
     assert set(machine) >= {"CPU", "RAM", "GPU", "OS", "python", "torch", "modinspect", "transformers", "safetensors",
                             "torchinfo"}
     assert machine["torch"] == torch.__version__
-    assert list(report)[1:] == ["Machine and versions", "Targets", *[h for _, _, h in run_all.PARTS.values()],
-                                "What each benchmark runs"]
+    assert list(report)[1:] == ["Machine and versions", "Targets", run_all.MISSED_HEADING,
+                                *[h for _, _, h in run_all.PARTS.values()], "What each benchmark runs"]
     targets = run_all.table_rows(report["Targets"])
+    scale = [f"{what} of 2,000 tensors, {names}" for names in ("flat names", "layered names", "10-shard index")
+             for what in ("`tree`", "`tree --json`")]
     prefixes = ["tree on safetensors", "tree on a zip .pth", "`modinspect --help`", "`modinspect tree x.safetensors`",
-                "stats: ", "stats on a GPU: ", "diff: "]
+                "stats: ", "stats on a GPU: ", "diff: ", "diff of two changed GPT-2 files", "diff of two identical GPT-2",
+                *scale, "diff at scale: diff of two 4,000-tensor files", "load at scale: load plan, 4,000 tensors"]
     assert len(targets) == len(prefixes)
     assert all(t.startswith(p) for t, p in zip(column(targets, "target"), prefixes, strict=True))
     assert set(column(targets, "met?")) <= {"**met**", "**not met**", "pending"}
@@ -101,8 +104,21 @@ def test_tree_benchmark_smoke(report: dict[str, list[str]]) -> None:
 @needs_transformers
 def test_diff_benchmark_smoke(report: dict[str, list[str]]) -> None:
     rows = {row["contender"]: row for row in run_all.table_rows(section(report, "diff"))}
-    assert set(rows) == {"modinspect diff", "load both + loop"}
+    assert list(rows) == ["modinspect diff", "load both + loop", "cat a b > /dev/null", "modinspect diff, identical files",
+                          "cmp a a2"]
     assert float(rows["load both + loop"]["time × loop"]) == 1.0
+    assert float(rows["cat a b > /dev/null"]["time × cat"]) == float(rows["cmp a a2"]["time × cmp"]) == 1.0
+
+
+def test_scale_benchmark_smoke(report: dict[str, list[str]]) -> None:
+    rows = run_all.table_rows(section(report, "scale"))
+    cases = list(dict.fromkeys(row["case"] for row in rows))
+    assert cases == ["2,000 tensors, flat names", "2,000 tensors, layered names", "2,000 tensors, 10-shard index",
+                     "diff of two 4,000-tensor files", "load plan, 4,000 tensors"]
+    for case in cases:  # the base of each case runs first
+        assert float(next(row for row in rows if row["case"] == case)["time × base"]) == 1.0
+    assert [row["contender"] for row in rows if row["case"] == cases[0]] == [
+        "header parse", "modinspect tree --json", "modinspect tree"]
 
 
 @needs_transformers
@@ -150,7 +166,7 @@ def test_smoke_run_never_overwrites_benchmarks_md(capsys: pytest.CaptureFixture[
     assert "--smoke needs --out" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", ["bench_stats", "bench_diff", "bench_tree", "bench_startup", "run_all"])
+@pytest.mark.parametrize("module", ["bench_stats", "bench_diff", "bench_tree", "bench_startup", "bench_scale", "run_all"])
 def test_benchmark_scripts_document_themselves(module: str) -> None:
     mod = __import__(module)
     assert mod.__doc__ and "--smoke" in mod.__doc__

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -304,3 +304,159 @@ def test_gpt2_from_config_saved_two_ways(tmp_path: Path) -> None:
     assert [(r.module, r.changed) for r in tuned.rollup] == [("transformer.h.1", 1)]
     assert changed(tuned, "transformer.h.1.mlp.c_fc.weight").differing == model.transformer.h[1].mlp.c_fc.weight.shape[1]
     assert math.isclose(changed(tuned, "transformer.h.1.mlp.c_fc.weight").max_abs_diff, 0.5, rel_tol=1e-6)
+
+
+# ---------------------------------------------------------------- the byte-equality fast path
+
+def _reports_both_ways(monkeypatch: pytest.MonkeyPatch, a: Path, b: Path, **options: object) -> tuple[DiffReport, DiffReport]:
+    """diff(a, b) with the byte path, and again with every pair through the tensor arithmetic alone."""
+    from modinspect.sources.safetensors import SafetensorsSource
+
+    fast = diff(a, b, **options)
+    with monkeypatch.context() as m:
+        m.setattr(SafetensorsSource, "byte_range", lambda self, name: None)
+        slow = diff(a, b, **options)
+    return fast, slow
+
+
+SPECIAL = {
+    "nan_payloads": (torch.tensor([1.0, float("nan"), 2.0]),
+                     torch.tensor([0x3F800000, 0x7FC00001, 0x40000000], dtype=torch.int32).view(torch.float32)),
+    "same_nan": (torch.tensor([float("nan"), 1.0]), torch.tensor([float("nan"), 1.0])),
+    "signed_zero": (torch.tensor([0.0, 1.0, -0.0]), torch.tensor([-0.0, 1.0, 0.0])),
+    "within_tolerance": (torch.ones(50), torch.ones(50) + 1e-7),
+    "outside_tolerance": (torch.ones(50), torch.ones(50) + 1e-3),
+    "same_inf": (torch.tensor([float("inf"), -float("inf")]), torch.tensor([float("inf"), -float("inf")])),
+    "identical": (torch.arange(10.0), torch.arange(10.0)),
+    "ints": (torch.arange(6), torch.arange(6)),
+    "bf16": (torch.tensor([1.0, 2.0], dtype=torch.bfloat16), torch.tensor([1.0, 2.0], dtype=torch.bfloat16)),
+    "bools": (torch.tensor([True, False]), torch.tensor([True, False])),
+    "empty": (torch.zeros(0, 3), torch.zeros(0, 3)),
+    "big_equal": (torch.arange(3 << 20, dtype=torch.float32), torch.arange(3 << 20, dtype=torch.float32)),
+}
+
+
+@pytest.mark.parametrize("options", [{}, {"exact": True}, {"nan_equal": False}, {"atol": 1e-2}, {"chunk_elems": 7},
+                                     {"chunk_elems": 300_000}],
+                         ids=["default", "exact", "nan-unequal", "atol", "chunk7", "chunk300k"])
+def test_byte_path_reports_exactly_what_the_arithmetic_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               options: dict[str, object]) -> None:
+    big = SPECIAL["big_equal"][1].clone()
+    big[-1] += 1  # differs only in the last of several 4 MiB pieces
+    pairs = {**SPECIAL, "big_last": (SPECIAL["big_equal"][0].clone(), big)}
+    if options.get("chunk_elems") == 7:  # 7-element chunks of 3M elements would take a minute
+        pairs = {k: v for k, v in pairs.items() if not k.startswith("big")}
+    a = write_st(tmp_path / "a.safetensors", {k: v[0] for k, v in pairs.items()})
+    b = write_st(tmp_path / "b.safetensors", {k: v[1] for k, v in pairs.items()})
+    fast, slow = _reports_both_ways(monkeypatch, a, b, **options)
+    assert fast == slow
+
+
+def test_byte_path_statuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = write_st(tmp_path / "a.safetensors", {k: v[0] for k, v in SPECIAL.items()})
+    b = write_st(tmp_path / "b.safetensors", {k: v[1] for k, v in SPECIAL.items()})
+    default, exact, strict_nan = diff(a, b), diff(a, b, exact=True), diff(a, b, nan_equal=False)
+    assert [d.name for d in default.changed] == ["outside_tolerance"]
+    assert [d.name for d in default.close] == ["within_tolerance"]
+    # NaN with another payload and -0.0 against 0.0 are equal values with other bytes; --exact sees the bytes.
+    assert (default.compared, default.equal, default.identical) == (12, 11, 10)
+    assert {d.name for d in exact.changed} == {"nan_payloads", "signed_zero", "within_tolerance", "outside_tolerance"}
+    assert {d.name for d in strict_nan.changed} == {"nan_payloads", "same_nan", "outside_tolerance"}
+    assert changed(strict_nan, "same_nan").differing == 1
+
+
+def test_identical_files_compare_without_importing_torch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    sd = {f"h.{i}.w": torch.randn(64, 3) for i in range(20)} | {"big": torch.randn(1 << 21)}
+    a, b = write_st(tmp_path / "a.safetensors", sd), write_st(tmp_path / "b.safetensors", sd)
+    code = ("import sys; from modinspect.sources import open_source; from modinspect.analysis.diff import diff_sources\n"
+            f"r = diff_sources(open_source({str(a)!r}), open_source({str(b)!r}))\n"
+            "print(r.identical, r.compared, r.differs, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["21", "21", "False", "False"]
+
+
+def test_sharded_and_aliased_names_take_the_byte_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = Tied()
+    save_model(model, str(tmp_path / "saved.safetensors"))  # head.weight recorded as an alias of embed.weight
+    sd = model.state_dict()
+    write_sharded(tmp_path / "sharded", {k: v for k, v in sd.items() if k != "head.weight"})
+    fast, slow = _reports_both_ways(monkeypatch, tmp_path / "saved.safetensors", tmp_path / "sharded")
+    assert fast == slow and not fast.differs and fast.identical == fast.compared == len(sd) - 1
+
+
+# ---------------------------------------------------------------- linear in the number of keys
+
+class _CountedKey(str):
+    """A key that counts how often it is hashed or compared: the work of matching keys, in operations."""
+
+    ops = 0
+
+    def __hash__(self) -> int:
+        _CountedKey.ops += 1
+        return str.__hash__(self)
+
+    def __eq__(self, other: object) -> bool:
+        _CountedKey.ops += 1
+        return str.__eq__(self, other)
+
+
+class _CountedDict(dict[str, str]):
+    """Not exactly a dict, so set(d) and friends hash each key again instead of reusing the stored hashes."""
+
+
+class _CountingKeyMap(KeyMap):
+    def apply(self, name: str) -> str | None:
+        mapped = super().apply(name)
+        return None if mapped is None else _CountedKey(mapped)
+
+    def map_names(self, names: Iterable[str], side: str) -> dict[str, str]:
+        return _CountedDict(super().map_names(names, side))
+
+
+def _key_ops(n: int) -> int:
+    """Key operations of diff_sources and plan_load on n keys each side: half shared, a quarter only on each side."""
+    from modinspect.analysis.loading import plan_load
+    from modinspect.sources.memory import TensorDictSource
+
+    def source(names: list[str]) -> TensorDictSource:
+        empty = torch.zeros(0)
+        return TensorDictSource({k: empty for k in names}, "s", "test")
+
+    shared = [f"h.{i}.w" for i in range(n // 2)]
+    a = source(shared + [f"a.{i}" for i in range(n // 2)])
+    b = source(shared + [f"module.b.{i}" for i in range(n // 2)])
+    _CountedKey.ops = 0
+    keymap = _CountingKeyMap(exclude=("no-such-key",))  # a rule, so that every key goes through apply
+    report = diff_sources(a, b, DiffOptions(keymap=keymap))
+    plan = plan_load(a.tensors, b.tensors, keymap)
+    assert (report.compared, len(report.only_in_b), len(plan.loaded)) == (n // 2, n // 2, n // 2)
+    return _CountedKey.ops
+
+
+def test_key_matching_is_linear_in_the_number_of_keys() -> None:
+    small, large = _key_ops(2000), _key_ops(4000)
+    assert small > 2000  # the count sees the work
+    assert large <= 2.1 * small, (small, large)  # a set rebuilt per key made this 4x
+
+
+def test_arithmetic_runs_on_one_torch_thread_and_gives_the_count_back(tmp_path: Path) -> None:
+    from modinspect.analysis import byteread
+
+    seen: list[int] = []
+    real = byteread.PairReader.chunk_pairs
+
+    def spy(self: byteread.PairReader, *args: object) -> object:
+        seen.append(torch.get_num_threads())
+        return real(self, *args)  # type: ignore[arg-type]
+
+    a = write_st(tmp_path / "a.safetensors", {"w": torch.zeros(10)})
+    b = write_st(tmp_path / "b.safetensors", {"w": torch.ones(10)})
+    before = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(byteread.PairReader, "chunk_pairs", spy)
+        assert changed(diff(a, b), "w").differing == 10
+    assert seen == [1] and torch.get_num_threads() == before

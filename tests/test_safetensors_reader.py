@@ -308,6 +308,35 @@ def test_duplicate_keys_inside_an_entry(tmp_path: Path) -> None:
     corrupt(path, "has a header with a duplicate key 'dtype'")
 
 
+@pytest.mark.parametrize(("raw", "key"), [
+    # where no other check looks: a field nobody reads
+    (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "x": {"k": 1, "k": 2}}}', "k"),
+    # before a later fault, and before an earlier entry's fault: the parser met it first
+    (b'{"a": {"dtype": "F32", "shape": [{"s": 1, "s": 1}], "data_offsets": [0, 4]}}', "s"),
+    (b'{"a": {"dtype": "F99", "shape": [1], "data_offsets": [0, 4]}, "b": {"z": 0, "z": 0}}', "z"),
+    # inner objects close first
+    (b'{"__metadata__": {"m": "1", "m": "2"}, "q": {"n": {"i": 1, "i": 2}, "n": 0}}', "m"),
+    (b'{"q": {"n": {"i": 1, "i": 2}, "n": 0}}', "i"),
+])
+def test_the_first_duplicate_the_parser_meets_is_named(tmp_path: Path, raw: bytes, key: str) -> None:
+    corrupt(write_raw(tmp_path / "x.safetensors", raw, b"\x00" * 4), f"has a header with a duplicate key {key!r}")
+
+
+def test_natural_order_through_string_keys_is_natural_key_order() -> None:
+    import random
+
+    from modinspect.sources.safetensors import _natural_strings, natural_key, natural_order
+
+    rng = random.Random(0)
+    atoms = ["a", "b", ".", "_", "0", "00", "1", "01", "9", "10", "99", "100", "007", "²", "!", "\x02", "é", "🙂", "Z"]
+    for _ in range(300):
+        names = ["".join(rng.choice(atoms) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(1, 40))]
+        assert natural_order(names) == sorted(names, key=natural_key)
+        assert _natural_strings(names) is not None  # these took the fast path
+    odd = ["a\x01", "a", "a\x001", "a1"]  # chr(0)/chr(1) would alias the string keys' separators
+    assert natural_order(odd) == sorted(odd, key=natural_key)
+
+
 def test_unknown_dtype(tmp_path: Path) -> None:
     path = write_raw(tmp_path / "x.safetensors", {"w": entry("F128", [1], 0, 16)}, b"\x00" * 16)
     corrupt(path, "gives 'w' the unknown dtype 'F128'")

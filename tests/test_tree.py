@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from torch import nn
 from models import PartlyFrozen, Tied, TwoLayer
 from modinspect.analysis.tree import build_tree
 from modinspect.report import ModuleNode
-from modinspect.sources import open_source
+from modinspect.sources import ModuleInfo, Source, TensorInfo, open_source
 from modinspect.sources.module import ModuleSource
 
 
@@ -164,3 +165,91 @@ def test_training_flags_are_reported_per_module(train: bool) -> None:
     model.fc2.train(not train)
     rows = {m.name: m.training for m in build_tree(live(model)).modules}
     assert rows == {"": train, "fc1": train, "act": train, "fc2": not train}
+
+
+def test_a_name_of_1000_parts_is_a_tree_1000_deep_without_recursion(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from conftest import invoke
+
+    deep = ".".join(["m"] * 999) + ".w"
+    save_file({deep: torch.ones(2, 3), "x": torch.ones(1)}, str(tmp_path / "deep.safetensors"))
+    rendered = invoke("tree", tmp_path / "deep.safetensors")
+    assert rendered.exit_code == 0, rendered.stderr
+    as_json = invoke("tree", tmp_path / "deep.safetensors", "--json")
+    assert as_json.exit_code == 0, as_json.stderr
+    doc = json.loads(as_json.stdout)
+    assert len(doc["modules"]) == 1000  # the root and 999 'm's
+    assert [m["params"] for m in doc["modules"]] == [7] + [6] * 999
+    report = build_tree(open_source(str(tmp_path / "deep.safetensors")), depth=2, pattern=".".join(["m"] * 500))
+    assert report.root.children[0].children[0].hidden == 1
+    assert [r.name for r in report.tensors] == [deep]
+
+
+def _oracle_rows(src: Source) -> dict[str, tuple[int, int, int | None]]:
+    """Each module's (params, bytes, trainable), the slow way: its subtree's tensors in depth-first order
+    (own tensors first, then each child's), each storage counted once as its first holder there."""
+    known = src.modules is not None
+    created = [""]  # modules in creation order, each after its parent: modules first, then tensors' parents
+    for name in [m.name for m in src.modules or ()] + [t.name.rpartition(".")[0] for t in src.tensors]:
+        chain = []
+        while name not in created:
+            chain.append(name)
+            name = name.rpartition(".")[0]
+        created += reversed(chain)
+
+    def subtree(name: str) -> list[TensorInfo]:
+        own = [t for t in src.tensors if t.name.rpartition(".")[0] == name]
+        kids = [m for m in created if m and m.rpartition(".")[0] == name]
+        return own + [t for k in kids for t in subtree(k)]
+
+    rows = {}
+    for name in created:
+        seen, unique = set(), []
+        for t in subtree(name):
+            key = t.storage if t.storage is not None else f"name:{t.name}"
+            if key not in seen:
+                seen.add(key)
+                unique.append(t)
+        params = [t for t in unique if t.kind == "parameter" or (t.kind == "unknown" and not known)]
+        rows[name] = (sum(t.numel for t in params), sum(t.nbytes for t in unique),
+                      sum(t.numel for t in params if t.requires_grad) if known else None)
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_counts_match_a_brute_force_count_with_tied_storages_anywhere(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    parts = ["a", "b", "h", "0", "1", "2", "w", "bias"]
+    runs = 0
+    for _ in range(150):
+        names = list(dict.fromkeys(".".join(rng.choice(parts) for _ in range(rng.randint(1, 4)))
+                                   for _ in range(rng.randint(1, 25))))
+        if rng.random() < 0.5:  # runs of identical blocks, storages shared within and across them
+            names = [f"h.{i}.{leaf}" for i in range(rng.randint(2, 5)) for leaf in ("w", "a.b")] + names[:3]
+        known = rng.random() < 0.5
+        tensors = [TensorInfo(n, (2,) if n.startswith("h.") else
+                              tuple(rng.choice([1, 2, 3]) for _ in range(rng.randint(0, 2))), "float32",
+                              rng.randint(0, 40), rng.choice(["parameter", "buffer", "unknown"]) if known else "unknown",
+                              rng.choice(["s0", "s1", "s2", None, f"own:{n}", f"own:{n}"]), rng.choice([True, False, None]))
+                   for n in names]
+        modules = [ModuleInfo(m, "M") for m in {"", *(n.rpartition(".")[0] for n in names)}] if known else None
+        src = Source("x", "test", tensors, modules=modules)
+        report = build_tree(src)
+        expected = _oracle_rows(src)
+        runs += sum(1 for c in report.root.children for g in c.children if g.repeat > 1)
+        assert {m.name: (m.params, m.bytes, m.trainable) for m in report.modules} == expected
+        stack = [report.root]
+        while stack:  # a run counts each storage once across its members
+            node = stack.pop()
+            stack.extend(node.children)
+            if node.repeat > 1:
+                first = int(node.short)
+                prefix = node.row.name.rpartition(".")[0]
+                members = [f"{prefix}.{i}" if prefix else str(i) for i in range(first, first + node.repeat)]
+                run = Source("x", "test", [t for t in tensors if any(t.name.startswith(m + ".") for m in members)],
+                             modules=modules)
+                assert (node.run_params, node.run_bytes) == _oracle_rows(run)[""][:2]
+    assert runs >= 20  # the collapsed runs were exercised

@@ -121,7 +121,8 @@ def _print(report: Any, as_json: bool, kind: str) -> None:
     if as_json:
         from modinspect.render import jsonout
 
-        print(jsonout.dumps(getattr(jsonout, f"{kind}_document")(report)))
+        # tree writes its module and tensor lists record by record: 100k tensors would be 170k dicts
+        print(jsonout.tree_json(report) if kind == "tree" else jsonout.dumps(getattr(jsonout, f"{kind}_document")(report)))
     else:
         from modinspect.render import console
 

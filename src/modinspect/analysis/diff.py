@@ -2,14 +2,20 @@
 
 Memory stays flat: each pair is read as aligned 1-d chunks straight from disk (never a whole file,
 never a mapping), compared at a precision that suits the dtype, and released before the next.
+
+Where both tensors' bytes lie in files as is (safetensors, their shards), a pair of one dtype is first
+compared byte for byte, at memcmp speed and without torch: identical bytes are identical values, so the
+pair is equal and needs no arithmetic. Only pairs whose bytes differ (or NaNs under --nan-unequal) are
+read again as tensors, into the same reused buffers.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from modinspect.analysis.byteread import PairReader
 from modinspect.analysis.keymap import WRAPPER_PREFIXES, KeyMap, rollup_key, suggest_prefix
 from modinspect.report import DiffReport, ModuleRollup, PairMismatch, TensorDiff
 from modinspect.sources.base import Source, TensorInfo, tied_groups
@@ -25,6 +31,10 @@ DEFAULT_TOLERANCES = {
 }
 CHUNK = 1 << 20
 FLOATS = {"float16", "bfloat16", "float32", "float64"}
+# Dtypes whose bytes diff reads itself (the comparison below handles each of them).
+BYTE_DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "complex64": 8, "complex128": 16,
+               "int8": 1, "int16": 2, "int32": 4, "int64": 8, "uint8": 1, "bool": 1}
+NAN_DTYPES = {"float16", "bfloat16", "float32", "float64", "complex64", "complex128"}
 
 
 @dataclass(frozen=True)
@@ -155,14 +165,37 @@ def _nonfinite_chunk(af: object, bf: object, acc: _Acc, rtol: float, atol: float
     acc.dot += float(torch.dot(a0, b0))
 
 
-def compare_pair(a: Source, a_name: str, b: Source, b_name: str, name: str, options: DiffOptions) -> TensorDiff:
-    """Stream tensor a_name of `a` against b_name of `b` in aligned chunks."""
+def _chunk_pairs(a: Source, a_name: str, b: Source, b_name: str, options: DiffOptions,
+                 reader: PairReader | None) -> Iterator[tuple[object, object]]:
+    """Aligned chunks of both tensors: read by `reader` into reused buffers where both lie in files as is."""
+    ia, ib = a.info(a_name), b.info(b_name)
+    ra = a.byte_range(a_name) if reader is not None and ia.dtype in BYTE_DTYPES else None
+    rb = b.byte_range(b_name) if ra is not None and ib.dtype in BYTE_DTYPES else None
+    if reader is None or ra is None or rb is None:
+        yield from zip(a.iter_chunks(a_name, options.chunk_elems), b.iter_chunks(b_name, options.chunk_elems),
+                       strict=True)
+        return
+    import torch
+
+    dtype_a, dtype_b = getattr(torch, ia.dtype), getattr(torch, ib.dtype)
+    size_a, size_b = BYTE_DTYPES[ia.dtype], BYTE_DTYPES[ib.dtype]
+    for pa, pb in reader.chunk_pairs(ra, rb, options.chunk_elems * size_a, options.chunk_elems * size_b):
+        yield (torch.frombuffer(pa.obj, dtype=dtype_a, count=len(pa) // size_a),
+               torch.frombuffer(pb.obj, dtype=dtype_b, count=len(pb) // size_b))
+
+
+def compare_pair(a: Source, a_name: str, b: Source, b_name: str, name: str, options: DiffOptions,
+                 reader: PairReader | None = None) -> TensorDiff:
+    """Stream tensor a_name of `a` against b_name of `b` in aligned chunks (through `reader` when given).
+
+    With a reader, the arithmetic runs on one torch thread until the reader is closed.
+    """
+    if reader is not None:
+        reader.single_threaded_torch()
     ia, ib = a.info(a_name), b.info(b_name)
     rtol, atol = tolerance_for(ia.dtype, ib.dtype, options)
     acc = _Acc()
-    chunks_a = a.iter_chunks(a_name, options.chunk_elems)
-    chunks_b = b.iter_chunks(b_name, options.chunk_elems)
-    for ca, cb in zip(chunks_a, chunks_b, strict=True):
+    for ca, cb in _chunk_pairs(a, a_name, b, b_name, options, reader):
         _compare_chunk(ca, cb, acc, rtol, atol, options)
     if options.exact:
         acc.differing = max(acc.differing, acc.bit_differs) if ia.dtype == ib.dtype else acc.differing
@@ -188,6 +221,9 @@ def _severity(d: TensorDiff) -> tuple[float, float, int]:
 
 def _aliases(tensors: list[TensorInfo], present: set[str], mapping: dict[str, str]) -> dict[str, str]:
     """{mapped name: mapped tied partner} for names whose storage another present name shares."""
+    storages = [t.storage for t in tensors if t.storage is not None]
+    if len(set(storages)) == len(storages):  # nothing tied: skip building a group per storage
+        return {}
     back = {orig: mapped for mapped, orig in mapping.items()}
     out: dict[str, str] = {}
     for group in tied_groups(tensors):
@@ -199,43 +235,65 @@ def _aliases(tensors: list[TensorInfo], present: set[str], mapping: dict[str, st
     return out
 
 
+def _byte_identical(a: Source, a_name: str, b: Source, b_name: str, ia: TensorInfo, options: DiffOptions,
+                    reader: PairReader) -> bool:
+    """A pair of one dtype whose bytes are equal: equal values, so `equal` (bar NaNs under --nan-unequal)."""
+    if ia.dtype not in BYTE_DTYPES or (not options.nan_equal and ia.dtype in NAN_DTYPES):
+        return False
+    ra = a.byte_range(a_name)
+    rb = b.byte_range(b_name) if ra is not None else None
+    return ra is not None and rb is not None and reader.same(ra, rb)
+
+
 def diff_sources(a: Source, b: Source, options: DiffOptions | None = None,
                  progress: Callable[[int], None] | None = None) -> DiffReport:
     """What differs between two sources' state dicts. `progress(nbytes)` is called after each pair."""
     options = options or DiffOptions()
     map_a = options.keymap.map_names(a.state_dict_names(), a.label)
     map_b = options.keymap.map_names(b.state_dict_names(), b.label)
-    names_b = set(map_b)
+    names_a, names_b = set(map_a), set(map_b)  # once: not rebuilt per key
     common = [n for n in map_a if n in names_b]
     only_a = [n for n in map_a if n not in names_b]
-    only_b = [n for n in map_b if n not in set(map_a)]
+    only_b = [n for n in map_b if n not in names_a]
     # A tied name one side stores once (save_pretrained, save_model) matches through its partner.
-    alias_a = _aliases(a.tensors, set(common), map_a)
-    alias_b = _aliases(b.tensors, set(common), map_b)
+    common_set = set(common)
+    alias_a = _aliases(a.tensors, common_set, map_a)
+    alias_b = _aliases(b.tensors, common_set, map_b)
     aliased = [(n, alias_a[n]) for n in only_a if n in alias_a] + [(n, alias_b[n]) for n in only_b if n in alias_b]
     only_a = [n for n in only_a if n not in alias_a]
     only_b = [n for n in only_b if n not in alias_b]
     shape_mismatch: list[PairMismatch] = []
     dtype_mismatch: list[PairMismatch] = []
-    results: list[TensorDiff] = []
-    for name in common:
-        ia, ib = a.info(map_a[name]), b.info(map_b[name])
-        if ia.shape != ib.shape:
-            shape_mismatch.append(PairMismatch(name, _shape(ia), _shape(ib)))
-            continue
-        if ia.dtype != ib.dtype:
-            dtype_mismatch.append(PairMismatch(name, ia.dtype, ib.dtype))
-        results.append(compare_pair(a, map_a[name], b, map_b[name], name, options))
-        if progress is not None:
-            progress(ia.nbytes + ib.nbytes)
+    outcomes: list[tuple[str, TensorDiff | None]] = []  # None: byte-identical, equal without arithmetic
+    reader = PairReader()
+    try:
+        for name in common:
+            ia, ib = a.info(map_a[name]), b.info(map_b[name])
+            if ia.shape != ib.shape:
+                shape_mismatch.append(PairMismatch(name, _shape(ia), _shape(ib)))
+                continue
+            if ia.dtype != ib.dtype:
+                dtype_mismatch.append(PairMismatch(name, ia.dtype, ib.dtype))
+            elif _byte_identical(a, map_a[name], b, map_b[name], ia, options, reader):
+                outcomes.append((name, None))
+                if progress is not None:
+                    progress(ia.nbytes + ib.nbytes)
+                continue
+            outcomes.append((name, compare_pair(a, map_a[name], b, map_b[name], name, options, reader)))
+            if progress is not None:
+                progress(ia.nbytes + ib.nbytes)
+    finally:
+        reader.close()
+    results = [r for _, r in outcomes if r is not None]
+    same = len(outcomes) - len(results)
     changed = sorted((r for r in results if r.status == "changed"), key=_severity)
     close = [r for r in results if r.status == "close"]
     return DiffReport(
         a=a.label, b=b.label, format_a=a.format, format_b=b.format, only_in_a=tuple(only_a), only_in_b=tuple(only_b),
         shape_mismatch=tuple(shape_mismatch), dtype_mismatch=tuple(dtype_mismatch), changed=tuple(changed),
-        close=tuple(close), equal=sum(1 for r in results if r.status != "changed"),
-        identical=sum(1 for r in results if r.status == "equal"), compared=len(results), aliased=tuple(aliased),
-        rollup=_rollup(results), hints=tuple(_hints(only_a, only_b, set(map_a), names_b, a.label, b.label)),
+        close=tuple(close), equal=same + sum(1 for r in results if r.status != "changed"),
+        identical=same + sum(1 for r in results if r.status == "equal"), compared=len(outcomes), aliased=tuple(aliased),
+        rollup=_rollup(outcomes), hints=tuple(_hints(only_a, only_b, names_a, names_b, a.label, b.label)),
         tolerance=_describe_tolerance(options), nan_equal=options.nan_equal,
     )
 
@@ -244,13 +302,13 @@ def _shape(t: TensorInfo) -> str:
     return "[" + ", ".join(str(d) for d in t.shape) + "]"
 
 
-def _rollup(results: list[TensorDiff]) -> tuple[ModuleRollup, ...]:
-    groups: dict[str, list[TensorDiff]] = {}
-    for r in results:
-        groups.setdefault(rollup_key(r.name), []).append(r)
+def _rollup(outcomes: list[tuple[str, TensorDiff | None]]) -> tuple[ModuleRollup, ...]:
+    groups: dict[str, list[TensorDiff | None]] = {}
+    for name, r in outcomes:
+        groups.setdefault(rollup_key(name), []).append(r)
     out = []
     for module, members in groups.items():
-        changed = [m for m in members if m.status == "changed"]
+        changed = [m for m in members if m is not None and m.status == "changed"]
         if changed:
             out.append(ModuleRollup(module, len(members), len(changed), max(m.max_abs_diff for m in changed)))
     return tuple(out)

@@ -43,6 +43,11 @@ class KeyMap:
 
     def map_names(self, names: Iterable[str], side: str) -> dict[str, str]:
         """{mapped name: original name}; two originals mapping to one name is an error."""
+        if not (self.strip_prefixes or self.add_prefix or self.renames or self.include or self.exclude):
+            names = list(names)
+            identity = {n: n for n in names}  # no rule: each name maps to itself
+            if len(identity) == len(names):
+                return identity
         out: dict[str, str] = {}
         for original in names:
             mapped = self.apply(original)
@@ -133,10 +138,13 @@ def _ranges(indices: list[int]) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
+# A whole dotted part that is a layer index, with another part after it.
+_FIRST_INDEX_PART = re.compile(r"(?:^|\.)[0-9]{1,18}(?=\.)")
+
+
 def rollup_key(name: str) -> str:
     """The module a tensor is rolled up under: up to its first layer index ('transformer.h.3'), else its top module."""
-    parts = name.split(".")
-    for i, p in enumerate(parts[:-1]):
-        if is_index(p):
-            return ".".join(parts[: i + 1])
-    return parts[0] if len(parts) > 1 else ""
+    found = _FIRST_INDEX_PART.search(name)
+    if found is not None:
+        return name[:found.end()]
+    return name.partition(".")[0] if "." in name else ""

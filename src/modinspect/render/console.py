@@ -205,10 +205,14 @@ def _shapes_cells(label: Text, m: ModuleShapes | None, each: bool) -> None:
 
 
 def _add(tree: Tree, node: ModuleNode, report: TreeReport) -> None:
-    for t in node.tensors:
-        tree.add(_tensor_label(t))
-    for child in node.children:
-        _add(tree.add(_module_label(child, report, False)), child, report)
+    # An explicit stack, not recursion: a name of 1,000 dotted parts is a tree 1,000 deep.
+    stack = [(tree, node)]
+    while stack:
+        branch, at = stack.pop()
+        for t in at.tensors:
+            branch.add(_tensor_label(t))
+        added = [(branch.add(_module_label(child, report, False)), child) for child in at.children]
+        stack.extend(reversed(added))
 
 
 def tree_renderable(report: TreeReport) -> RenderableType:

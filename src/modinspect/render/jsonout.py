@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 from modinspect import __version__
@@ -26,7 +27,8 @@ def _envelope() -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "modinspect_version": __version__}
 
 
-def tree_document(report: TreeReport) -> dict[str, Any]:
+def tree_document(report: TreeReport, rows: bool = True) -> dict[str, Any]:
+    """The tree as a JSON-ready dict; `rows=False` leaves the modules and tensors lists empty."""
     t = report.totals
     reprs = dict(report.extra_reprs)
     return {
@@ -51,12 +53,12 @@ def tree_document(report: TreeReport) -> dict[str, Any]:
         "modules": [
             {"name": m.name, "type": m.type, "params": m.params, "bytes": m.bytes, "trainable": m.trainable,
              "training": m.training, "extra_repr": reprs.get(m.name)}
-            for m in report.modules
+            for m in (report.modules if rows else ())
         ],
         "tensors": [
             {"name": r.name, "shape": list(r.shape), "dtype": r.dtype, "kind": r.kind, "bytes": r.nbytes,
              "requires_grad": r.requires_grad, "persistent": r.persistent, "alias_of": r.alias_of}
-            for r in report.tensors
+            for r in (report.tensors if rows else ())
         ],
         "tied": [list(g) for g in report.tied],
         "other_entries": [{"name": n, "summary": s} for n, s in report.other_entries],
@@ -86,8 +88,73 @@ def _shapes_document(shapes: ShapesReport | None) -> dict[str, Any] | None:
     }
 
 
-def dumps(document: dict[str, Any]) -> str:
-    return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
+_COMPACT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_encode_str = json.encoder.encode_basestring  # what the encoder above writes for a str (C)
+_LITERAL = {True: "true", False: "false", None: "null"}
+
+
+def dumps(document: dict[str, Any], pretty: bool | None = None,
+          records: dict[str, list[str]] | None = None) -> str:
+    """The document as JSON text: one compact line, or for a terminal (`pretty=None` asks stdout) one record a line.
+
+    Both go through the json module's C encoder: its indent option would switch to the pure-Python one,
+    which takes seconds on a 100k-tensor tree. "Pretty" puts each top-level field on its own line and each
+    element of a list field (a module, a tensor, a changed pair) on its own line: it reads well and costs
+    no more than the compact form. `records` gives list fields already encoded, one string an element.
+    """
+    if pretty is None:
+        pretty = sys.stdout.isatty()
+    records = records or {}
+    if not pretty and not records:
+        return _COMPACT.encode(document)
+    encode = _COMPACT.encode
+    fields = []
+    for key, value in document.items():
+        items = records.get(key)
+        if items is None and pretty and isinstance(value, list) and value:
+            items = [encode(item) for item in value]
+        if items is None:
+            fields.append(f"{_encode_str(key)}:{encode(value)}")
+        elif pretty:
+            fields.append(f"{_encode_str(key)}:[\n    " + ",\n    ".join(items) + "\n  ]" if items else f"{_encode_str(key)}:[]")
+        else:
+            fields.append(f"{_encode_str(key)}:[" + ",".join(items) + "]")
+    return "{\n  " + ",\n  ".join(fields) + "\n}" if pretty else "{" + ",".join(fields) + "}"
+
+
+def _module_records(report: TreeReport) -> list[str]:
+    enc, lit = _encode_str, _LITERAL
+    reprs = dict(report.extra_reprs)
+    return [
+        f'{{"name":{enc(m.name)},"type":{"null" if m.type is None else enc(m.type)},"params":{m.params:d},'
+        f'"bytes":{m.bytes:d},"trainable":{"null" if m.trainable is None else format(m.trainable, "d")},'
+        f'"training":{lit[m.training]},"extra_repr":{"null" if (r := reprs.get(m.name)) is None else enc(r)}}}'
+        for m in report.modules
+    ]
+
+
+def _tensor_records(report: TreeReport) -> list[str]:
+    enc, lit = _encode_str, _LITERAL
+    names: dict[str, str] = {}  # dtypes and kinds: a handful of distinct strings
+    out = []
+    for r in report.tensors:
+        dtype = names.get(r.dtype) or names.setdefault(r.dtype, enc(r.dtype))
+        kind = names.get(r.kind) or names.setdefault(r.kind, enc(r.kind))
+        shape = ",".join([format(d, "d") for d in r.shape])
+        alias = "null" if r.alias_of is None else enc(r.alias_of)
+        out.append(f'{{"name":{enc(r.name)},"shape":[{shape}],"dtype":{dtype},"kind":{kind},"bytes":{r.nbytes:d},'
+                   f'"requires_grad":{lit[r.requires_grad]},"persistent":{lit[r.persistent]},"alias_of":{alias}}}')
+    return out
+
+
+def tree_json(report: TreeReport, pretty: bool | None = None) -> str:
+    """tree_document(report) as JSON text, its module and tensor lists written record by record.
+
+    A 100k-tensor tree would otherwise build 170k dicts only to encode them once; this is the same
+    document (tests compare the two), in a third of the time and none of that memory.
+    """
+    document = tree_document(report, rows=False)
+    return dumps(document, pretty, {"modules": _module_records(report), "tensors": _tensor_records(report)})
 
 
 def _num(value: float | None) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -139,6 +140,13 @@ class Source:
         flat = self._read(name).reshape(-1)
         for start in range(0, flat.numel(), chunk_elems):
             yield flat[start:start + chunk_elems]
+
+    def byte_range(self, name: str) -> tuple[Path, int, int] | None:
+        """(file, offset, nbytes) where tensor `name`'s bytes lie as is (row-major, little-endian), or None.
+
+        Lets `diff` compare two tensors' bytes without torch; readers whose data sits in place say where.
+        """
+        return None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Read every tensor. Convenient for small checkpoints; prefer iter_tensors for large ones."""

@@ -8,14 +8,16 @@ shape x dtype size, offsets contiguous from 0 with no holes and ending at the en
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modinspect.errors import CorruptFileError
+from modinspect.gcpause import paused_gc
 from modinspect.sources.base import DTYPE_BITS, Source, TensorInfo, read_chunks
 from modinspect.sources.kinds import checkpoint_kind
 
@@ -51,13 +53,28 @@ ST_DTYPES: dict[str, tuple[str, int]] = {
 }
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise CorruptFileError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
+def _first_duplicate(value: object) -> str | None:
+    """The key the json module's object_pairs_hook would have refused first: objects close inner first.
+
+    Objects are parsed as tuples of (key, value) pairs (arrays stay lists), so a duplicate survives
+    parsing and is looked for only where a header already fails, or holds fields nobody reads.
+    """
+    stack: list[tuple[object, bool]] = [(value, False)]
+    while stack:
+        item, closed = stack.pop()
+        if type(item) is tuple:
+            if closed:
+                seen: set[str] = set()
+                for key, _ in item:
+                    if key in seen:
+                        return str(key)
+                    seen.add(key)
+            else:
+                stack.append((item, True))
+                stack.extend((child, False) for _, child in reversed(item))
+        elif type(item) is list:
+            stack.extend((child, False) for child in reversed(item))
+    return None
 
 
 class SafetensorsHeader:
@@ -81,17 +98,31 @@ class SafetensorsHeader:
             raise CorruptFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
         self.data_start = 8 + n
         self.data_size = size - self.data_start
-        try:
-            text = raw.decode("utf-8")
-            header = json.loads(text, object_pairs_hook=_reject_duplicates)
-        except UnicodeDecodeError:
-            raise self._corrupt("has a header that is not UTF-8") from None
-        except CorruptFileError as exc:
-            raise self._corrupt(f"has a header with a {exc}") from None
-        except (ValueError, RecursionError) as exc:  # ValueError: also integers past Python's digit limit
-            raise self._corrupt(f"has a header that is not valid JSON ({exc.__class__.__name__})") from None
-        if not isinstance(header, dict):
+        with paused_gc():
+            try:
+                text = raw.decode("utf-8")
+                del raw
+                # A tuple per object (a C call, not a Python hook per object): duplicates stay visible.
+                parsed = json.loads(text, object_pairs_hook=tuple)
+                del text
+            except UnicodeDecodeError:
+                raise self._corrupt("has a header that is not UTF-8") from None
+            except (ValueError, RecursionError) as exc:  # ValueError: also integers past Python's digit limit
+                raise self._corrupt(f"has a header that is not valid JSON ({exc.__class__.__name__})") from None
+            try:
+                self._parse(parsed)
+            except CorruptFileError:
+                duplicate = _first_duplicate(parsed)
+                if duplicate is not None:
+                    raise self._corrupt(f"has a header with a duplicate key {duplicate!r}") from None
+                raise
+
+    def _parse(self, parsed: object) -> None:
+        if type(parsed) is not tuple:
             raise self._corrupt("has a header that is not a JSON object")
+        header = dict(parsed)
+        if len(header) != len(parsed):
+            raise self._corrupt("has a duplicate key")  # named by the caller
         self.metadata = self._parse_metadata(header.pop("__metadata__", None))
         self.entries = self._parse_entries(header)
 
@@ -101,37 +132,47 @@ class SafetensorsHeader:
     def _parse_metadata(self, meta: object) -> dict[str, str]:
         if meta is None:
             return {}
-        if not isinstance(meta, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+        fields = dict(meta) if type(meta) is tuple else None
+        if fields is None or len(fields) != len(meta) or not all(  # type: ignore[arg-type]
+            isinstance(k, str) and isinstance(v, str) for k, v in fields.items()
         ):
             raise self._corrupt("has __metadata__ that is not a map of strings to strings")
-        return dict(meta)
+        return fields
 
     def _parse_entries(self, header: dict[str, Any]) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
         entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        dtypes = ST_DTYPES
         for name, spec in header.items():
-            if not isinstance(spec, dict):
+            if type(spec) is not tuple:
                 raise self._corrupt(f"describes {name!r} with a {type(spec).__name__}, not an object")
-            code, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-            if not isinstance(code, str) or code not in ST_DTYPES:  # a list or an object is not even hashable
+            fields = dict(spec)
+            if len(fields) != len(spec) or (len(fields) > 3 and _first_duplicate(spec) is not None):
+                raise self._corrupt("has a duplicate key")  # named by the caller
+            code, shape, offsets = fields.get("dtype"), fields.get("shape"), fields.get("data_offsets")
+            if type(code) is not str or code not in dtypes:  # a list or an object is not even hashable
                 raise self._corrupt(f"gives {name!r} the unknown dtype {code!r}")
-            if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            if type(shape) is not list:
+                shape = None
+            else:
+                for d in shape:  # a loop, not all(genexpr): this runs once per tensor of a 100k-tensor header
+                    if type(d) is not int or d < 0:
+                        shape = None
+                        break
+            if shape is None:
                 raise self._corrupt(f"gives {name!r} a shape that is not a list of non-negative integers")
             if (
-                not isinstance(offsets, list)
+                type(offsets) is not list
                 or len(offsets) != 2
-                or not all(type(o) is int and o >= 0 for o in offsets)
-                or offsets[0] > offsets[1]
+                or type(begin := offsets[0]) is not int
+                or type(end := offsets[1]) is not int
+                or not 0 <= begin <= end
             ):
                 raise self._corrupt(f"gives {name!r} data_offsets that are not [begin, end] with 0 <= begin <= end")
-            dtype, bits = ST_DTYPES[code]
-            numel = 1
-            for d in shape:
-                numel *= d
+            dtype, bits = dtypes[code]
+            numel = math.prod(shape)
             if (numel * bits) % 8:
                 raise self._corrupt(f"gives {name!r} {numel} elements of {code}, not a whole number of bytes")
             expected = numel * bits // 8
-            begin, end = offsets
             if end - begin != expected:
                 raise self._corrupt(
                     f"gives {name!r} {end - begin} bytes but shape {shape} of {code} needs {expected}"
@@ -142,11 +183,22 @@ class SafetensorsHeader:
 
     def _check_layout(self, entries: dict[str, tuple[str, tuple[int, ...], int, int]]) -> None:
         expected_begin = 0
+        for _, _, begin, end in entries.values():  # writers list most headers in data order: no sort needed
+            if begin != expected_begin:
+                break
+            expected_begin = end
+        else:
+            self._check_end(expected_begin)
+            return
+        expected_begin = 0
         for name, (_, _, begin, end) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
             if begin != expected_begin:
                 problem = "overlaps the previous tensor" if begin < expected_begin else "leaves a hole before it"
                 raise self._corrupt(f"places {name!r} at byte {begin}, which {problem}")
             expected_begin = end
+        self._check_end(expected_begin)
+
+    def _check_end(self, expected_begin: int) -> None:
         if expected_begin != self.data_size:
             if expected_begin > self.data_size:
                 raise self._corrupt(
@@ -155,7 +207,7 @@ class SafetensorsHeader:
             raise self._corrupt(f"has {self.data_size - expected_begin:,} stray bytes after the last tensor")
 
 
-def alias_map(metadata: dict[str, str], names: set[str]) -> dict[str, str]:
+def alias_map(metadata: dict[str, str], names: Collection[str]) -> dict[str, str]:
     """Tied names that `safetensors.torch.save_model` dropped, as {dropped name: kept name}."""
     return {k: v for k, v in metadata.items() if k not in names and v in names}
 
@@ -168,10 +220,14 @@ class SafetensorsSource(Source):
         self.header = header or SafetensorsHeader(path)
         tensors = safetensors_infos(self.header, storage_prefix=f"{path}:")
         super().__init__(label=label or str(path), format="safetensors", tensors=tensors, metadata=self.header.metadata)
-        self._aliases = alias_map(self.header.metadata, set(self.header.entries))
+        self._aliases = alias_map(self.header.metadata, self.header.entries.keys())
 
     def _read(self, name: str) -> torch.Tensor:
         return read_safetensors_tensor(self.header, self._aliases.get(name, name))
+
+    def byte_range(self, name: str) -> tuple[Path, int, int] | None:
+        dtype, _, begin, end = self.header.entries[self._aliases.get(name, name)]  # KeyError for a stranger
+        return None if DTYPE_BITS[dtype] % 8 else (self.path, self.header.data_start + begin, end - begin)
 
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
         dtype, shape, begin, _end = self.header.entries[self._aliases.get(name, name)]
@@ -198,17 +254,59 @@ def natural_key(name: str) -> list[tuple[int, int, str]]:
     return key
 
 
+_DIGIT_RUNS = re.compile(r"([0-9]+)")
+
+
+def _natural_strings(names: list[str]) -> list[str] | None:
+    """One string per name that sorts, as a plain string, exactly as natural_key sorts; None if none can.
+
+    A text part ends in chr(1) (below any character it holds, so a prefix sorts first); a digit run becomes
+    chr(1), a character counting its significant digits, then those digits: by length, then digit by digit.
+    Comparing strings is C; comparing natural_key's lists of tuples is Python, three times slower.
+    """
+    split = _DIGIT_RUNS.split
+    runs: dict[str, str] = {}
+    out = []
+    for name in names:
+        parts = split(name)
+        for i in range(1, len(parts), 2):
+            digits = parts[i]
+            encoded = runs.get(digits)
+            if encoded is None:
+                significant = digits.lstrip("0")
+                if len(significant) + 2 > 0x10FFFF:
+                    return None
+                encoded = runs[digits] = "\x01" + chr(len(significant) + 2) + significant
+            parts[i] = encoded
+        parts.append("\x01")
+        out.append("".join(parts))
+    return out
+
+
+def natural_order(names: list[str]) -> list[str]:
+    """`names` sorted by natural_key (stable), through plain string keys when every name allows it."""
+    keys = None if any("\x00" in n or "\x01" in n for n in names) else _natural_strings(names)
+    if keys is None:
+        return sorted(names, key=natural_key)
+    order = sorted(range(len(names)), key=keys.__getitem__)
+    return [names[i] for i in order]
+
+
 def safetensors_infos(header: SafetensorsHeader, storage_prefix: str) -> list[TensorInfo]:
     """TensorInfos in natural name order (writers sort keys by dtype, not by module), plus save_model aliases."""
-    infos = []
-    for name in sorted(header.entries, key=natural_key):
-        dtype, shape, begin, end = header.entries[name]
-        infos.append(TensorInfo(name=name, shape=shape, dtype=dtype, nbytes=end - begin, kind=checkpoint_kind(name),
-                                storage=f"{storage_prefix}{name}"))
-    by_name = {t.name: t for t in infos}
-    for alias, kept in alias_map(header.metadata, set(by_name)).items():
-        k = by_name[kept]
-        infos.append(TensorInfo(name=alias, shape=k.shape, dtype=k.dtype, nbytes=k.nbytes, kind=k.kind, storage=k.storage))
+    entries = header.entries
+    with paused_gc():
+        infos = []
+        for name in natural_order(list(entries)):
+            dtype, shape, begin, end = entries[name]
+            infos.append(TensorInfo(name, shape, dtype, end - begin, checkpoint_kind(name), storage_prefix + name))
+        aliases = alias_map(header.metadata, entries)
+    if aliases:
+        by_name = {t.name: t for t in infos}
+        for alias, kept in aliases.items():
+            k = by_name[kept]
+            infos.append(TensorInfo(name=alias, shape=k.shape, dtype=k.dtype, nbytes=k.nbytes, kind=k.kind,
+                                    storage=k.storage))
     return infos
 
 

@@ -54,7 +54,10 @@ class ShardedSource(Source):
         from modinspect.sources.detect import open_file
 
         weight_map = _load_index(index)
-        shard_names = list(dict.fromkeys(weight_map.values()))
+        by_shard: dict[str, set[str]] = {}  # once, not one scan of the whole map per shard
+        for name, shard in weight_map.items():
+            by_shard.setdefault(shard, set()).add(name)
+        shard_names = list(by_shard)
         self._shards: dict[str, Source] = {}
         self._owner: dict[str, Source] = {}
         tensors: list[TensorInfo] = []
@@ -66,7 +69,7 @@ class ShardedSource(Source):
                 self._shards[shard] = src
                 if src.modules is not None or src.format == "torchscript":
                     raise CorruptFileError(f"{index} names shard {shard!r}, which is not a state dict")
-                tensors += self._add_shard(index, shard, src, weight_map)
+                tensors += self._add_shard(index, shard, src, weight_map, by_shard[shard])
                 formats.add(src.format)
         except BaseException:
             self.close()  # the shards opened so far hold open zip files
@@ -76,9 +79,9 @@ class ShardedSource(Source):
         # A shard opened with --unsafe-pickle says so; its warning must reach the user.
         self.warnings.extend(w for src in self._shards.values() for w in src.warnings)
 
-    def _add_shard(self, index: Path, shard: str, src: Source, weight_map: dict[str, str]) -> list[TensorInfo]:
-        """The shard's tensors, once they agree with the index."""
-        expected = {k for k, v in weight_map.items() if v == shard}
+    def _add_shard(self, index: Path, shard: str, src: Source, weight_map: dict[str, str],
+                   expected: set[str]) -> list[TensorInfo]:
+        """The shard's tensors, once they agree with the index (`expected`: the names it places there)."""
         present = set(src.names())
         missing = sorted(expected - present)
         if missing:
@@ -87,12 +90,14 @@ class ShardedSource(Source):
                 + (f" ({len(missing) - 1} more missing)" if len(missing) > 1 else "")
             )
         tensors: list[TensorInfo] = []
+        indexed_storages: set[str] | None = None  # built only if a name the index does not list turns up
         for t in src.tensors:
             owner_shard = weight_map.get(t.name)
-            if owner_shard is None and t.storage is not None and any(
-                o.storage == t.storage for o in src.tensors if o.name in expected
-            ):
-                owner_shard = shard  # a save_model alias of an indexed tensor
+            if owner_shard is None and t.storage is not None:
+                if indexed_storages is None:
+                    indexed_storages = {o.storage for o in src.tensors if o.name in expected and o.storage is not None}
+                if t.storage in indexed_storages:
+                    owner_shard = shard  # a save_model alias of an indexed tensor
             if owner_shard != shard:
                 raise CorruptFileError(
                     f"{shard} holds {t.name!r}, which {index.name} "
@@ -108,6 +113,9 @@ class ShardedSource(Source):
 
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
         return self._owner[name].iter_chunks(name, chunk_elems)
+
+    def byte_range(self, name: str) -> tuple[Path, int, int] | None:
+        return self._owner[name].byte_range(name)
 
     def close(self) -> None:
         for src in self._shards.values():

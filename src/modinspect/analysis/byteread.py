@@ -1,0 +1,180 @@
+"""Two tensors' bytes read side by side, for diff: reused buffers, a window for small tensors, reads overlapped.
+
+A byte range is (file, offset, nbytes), as `Source.byte_range` gives it. Comparing two ranges is memcmp
+(bytearray equality; comparing memoryviews goes element by element, forty times slower). While one side is
+read or compared on this thread, the other side, or the next pair of chunks, is read on a second one:
+`readinto` releases the GIL, so the second core copies from the page cache meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from io import BufferedReader
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modinspect.errors import CorruptFileError
+
+if TYPE_CHECKING:  # imported when a second thread is first needed: identical small files never start one
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+ByteRange = tuple[Path, int, int]
+WINDOW = 1 << 20  # tensors up to this size are served from one read of this many bytes
+PIECE = 4 << 20  # bytes per comparison of large tensors
+
+
+class ByteReader:
+    """Byte ranges of files through one open handle per file; small ranges from a window of their neighbours.
+
+    A checkpoint of 200k small tensors is 200k reads of a few bytes each; served from one 1 MiB read at a
+    time they cost a slice each. Used by one thread at a time.
+    """
+
+    MAX_FILES = 64  # a 1,000-shard index must not run out of descriptors
+
+    def __init__(self) -> None:
+        self._files: dict[Path, BufferedReader] = {}
+        self._window = bytearray(WINDOW)
+        self._window_at: tuple[Path, int, int] | None = None  # file, offset, bytes held
+
+    def _file(self, path: Path) -> BufferedReader:
+        f = self._files.get(path)
+        if f is None:
+            if len(self._files) >= self.MAX_FILES:
+                self._files.pop(next(iter(self._files))).close()
+            f = self._files[path] = path.open("rb")
+        return f
+
+    def read_into(self, path: Path, offset: int, buf: memoryview) -> None:
+        f = self._file(path)
+        f.seek(offset)
+        if f.readinto(buf) != len(buf):
+            raise CorruptFileError(f"{path} is truncated: a tensor ends past the end of its data")
+
+    def small(self, path: Path, offset: int, nbytes: int) -> bytearray:
+        """The `nbytes` (at most WINDOW) at `offset`, from the window when it holds them."""
+        at = self._window_at
+        # `is` first: sources hand out one Path object per file, and Path.__eq__ is slow Python
+        if at is None or (at[0] is not path and at[0] != path) or not at[1] <= offset or offset + nbytes > at[1] + at[2]:
+            f = self._file(path)
+            f.seek(offset)
+            got = f.readinto(self._window)
+            if got < nbytes:
+                raise CorruptFileError(f"{path} is truncated: a tensor ends past the end of its data")
+            at = self._window_at = (path, offset, got)
+        start = offset - at[1]
+        return self._window[start:start + nbytes]
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+def _equal(a: memoryview, b: memoryview) -> bool:
+    if len(a) == len(a.obj) == len(b) == len(b.obj):  # type: ignore[arg-type]
+        return a.obj == b.obj  # whole buffers: memcmp
+    return a.tobytes() == b.tobytes()  # the last, shorter piece
+
+
+class PairReader:
+    """Side A and side B, each with its reader and its reused buffers, and one thread that reads ahead."""
+
+    def __init__(self) -> None:
+        self.a, self.b = ByteReader(), ByteReader()
+        self._pool: ThreadPoolExecutor | None = None
+        self._buffers: list[bytearray] = []  # a0, b0, a1, b1: two pairs, so one fills while one is used
+        self._torch_threads: int | None = None
+
+    def _submit(self, fn: object, *args: object) -> Future[None]:
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="modinspect-read")
+        return self._pool.submit(fn, *args)  # type: ignore[arg-type]
+
+    def _views(self, size_a: int, size_b: int) -> list[memoryview]:
+        if not self._buffers:
+            self._buffers = [bytearray(0) for _ in range(4)]
+        for i, size in enumerate((size_a, size_b, size_a, size_b)):
+            if len(self._buffers[i]) != size:
+                self._buffers[i] = bytearray(size)
+        return [memoryview(b) for b in self._buffers]
+
+    def same(self, ra: ByteRange, rb: ByteRange) -> bool:
+        """Whether two ranges hold the same bytes; stops at the first piece that differs."""
+        (path_a, at_a, n), (path_b, at_b, n_b) = ra, rb
+        if n != n_b:
+            return False
+        if n <= WINDOW:
+            return self.a.small(path_a, at_a, n) == self.b.small(path_b, at_b, n)
+        va, vb = self._views(PIECE, PIECE)[:2]
+        for start in range(0, n, PIECE):
+            k = min(PIECE, n - start)
+            pending = self._submit(self.b.read_into, path_b, at_b + start, vb[:k])
+            try:
+                self.a.read_into(path_a, at_a + start, va[:k])
+            finally:
+                pending.result()
+            if not _equal(va[:k], vb[:k]):
+                return False
+        return True
+
+    def chunk_pairs(self, ra: ByteRange, rb: ByteRange, step_a: int,
+                    step_b: int) -> Iterator[tuple[memoryview, memoryview]]:
+        """Both ranges in aligned pieces of step_a and step_b bytes, the next pair read while this one is used.
+
+        A yielded pair is valid until the next is asked for.
+        """
+        (path_a, at_a, n_a), (path_b, at_b, n_b) = ra, rb
+        pieces = -(-n_a // step_a) if n_a else 0
+        if pieces != (-(-n_b // step_b) if n_b else 0):
+            raise ValueError("the two ranges do not hold the same number of pieces")
+        views = self._views(step_a, step_b)
+
+        def read(k: int) -> None:
+            va, vb = views[2 * (k % 2)], views[2 * (k % 2) + 1]
+            self.a.read_into(path_a, at_a + k * step_a, va[:min(step_a, n_a - k * step_a)])
+            self.b.read_into(path_b, at_b + k * step_b, vb[:min(step_b, n_b - k * step_b)])
+
+        if pieces == 1:  # nothing to read ahead: no thread round trip
+            read(0)
+            yield views[0][:n_a], views[1][:n_b]
+            return
+        pending = self._submit(read, 0) if pieces else None
+        try:
+            for k in range(pieces):
+                assert pending is not None
+                pending.result()
+                pending = self._submit(read, k + 1) if k + 1 < pieces else None
+                va, vb = views[2 * (k % 2)], views[2 * (k % 2) + 1]
+                yield va[:min(step_a, n_a - k * step_a)], vb[:min(step_b, n_b - k * step_b)]
+        finally:
+            if pending is not None:  # never leave a read running into buffers or handles in use
+                pending.result()
+
+    def single_threaded_torch(self) -> None:
+        """Run diff's arithmetic on one torch thread (the reader thread has the other core); close() restores.
+
+        Each chunk is a dozen elementwise passes over a few MiB, each pass a barrier for torch's intra-op
+        threads: on a busy 2-core machine one descheduled thread stalls them all (a GPT-2 diff measured
+        10.0 s with two threads and 2.7 s with one while other work ran). One thread also makes the float
+        sums (mean |a-b|, relative L2, cosine) independent of how many cores the machine has.
+        """
+        if self._torch_threads is None:
+            import torch
+
+            self._torch_threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+
+    def close(self) -> None:
+        if self._torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(self._torch_threads)
+            self._torch_threads = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.a.close()
+        self.b.close()
