@@ -682,6 +682,13 @@ def seed_of_5000_digits(tmp: Path) -> tuple[list[str], str]:
 
 
 @case
+def tensor_name_of_1000_components(tmp: Path) -> tuple[list[str], str]:
+    """Regression: a name 1,000 modules deep sent the tree builder into RecursionError."""
+    save_file({".".join(["m"] * 999 + ["weight"]): torch.ones(1)}, str(tmp / "deep.safetensors"))
+    return ["tree", str(tmp / "deep.safetensors")], ""
+
+
+@case
 def nested_lists_10_pow_6(tmp: Path) -> tuple[list[str], str]:
     """10^6 nested lists in 2 MB, no globals: linear in time, and bounded (8 s before)."""
     n = 10**6
