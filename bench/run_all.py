@@ -36,6 +36,7 @@ PARTS: dict[str, tuple[str, list[str], str]] = {
     "stats-gpu": ("bench_stats", ["--device", "cuda"], "3b. stats on a GPU"),
     "startup": ("bench_startup", [], "4. start-up"),
     "scale": ("bench_scale", [], "5. scale: 100k-tensor headers, a 163-shard index, 200k-tensor diff and load"),
+    "hostile": ("bench_hostile", [], "6. hostile files: the security corpus, one process per file"),
 }
 
 CHILD = """

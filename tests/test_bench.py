@@ -170,3 +170,11 @@ def test_smoke_run_never_overwrites_benchmarks_md(capsys: pytest.CaptureFixture[
 def test_benchmark_scripts_document_themselves(module: str) -> None:
     mod = __import__(module)
     assert mod.__doc__ and "--smoke" in mod.__doc__
+
+
+def test_hostile_benchmark_smoke(report: dict[str, list[str]]) -> None:
+    lines = section(report, "hostile")
+    measures = [row["measure"] for row in run_all.table_rows(lines) if "measure" in row]
+    assert measures == ["slowest file", "largest peak RSS", "median time, median peak RSS", "files over either goal",
+                        "exits other than 0, 1, 2 (crashes)"]
+    assert [line for line in lines if line][0].startswith("4 hostile files, each opened by one `modinspect` process")
