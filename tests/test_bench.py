@@ -177,4 +177,4 @@ def test_hostile_benchmark_smoke(report: dict[str, list[str]]) -> None:
     measures = [row["measure"] for row in run_all.table_rows(lines) if "measure" in row]
     assert measures == ["slowest file", "largest peak RSS", "median time, median peak RSS", "files over either goal",
                         "exits other than 0, 1, 2 (crashes)"]
-    assert [line for line in lines if line][0].startswith("4 hostile files, each opened by one `modinspect` process")
+    assert next(line for line in lines if line).startswith("4 hostile files, each opened by one `modinspect` process")
