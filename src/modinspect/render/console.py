@@ -40,6 +40,7 @@ from modinspect.render.text import (
     series_sparkline,
     shape_text,
     sparkline,
+    wrap_words,
 )
 from modinspect.report import (
     DiffReport,
@@ -387,7 +388,7 @@ def tree_renderable(report: TreeReport, width: int = 200) -> RenderableType:
     """
     root = Tree(_module_label(report.root, report, True, width), guide_style="dim")
     _add(root, report.root, report, width)
-    return Trimmed(Group(_header(report), root, Text(""), totals_table(report)))
+    return Trimmed(Group(_header(report), root, Text(""), totals_table(report, width)))
 
 
 def _header(report: TreeReport) -> Text:
@@ -404,7 +405,7 @@ def _header(report: TreeReport) -> Text:
     return text
 
 
-def totals_table(report: TreeReport) -> Text:
+def totals_table(report: TreeReport, width: int = 200) -> Text:
     """Aligned label / value / detail lines, without the trailing padding a rich Table adds in a pipe."""
     t = report.totals
     rows: list[tuple[str, str, str]] = []
@@ -439,8 +440,8 @@ def totals_table(report: TreeReport) -> Text:
             text.append("\n")
         text.append(label.ljust(w0), style="bold")
         text.append("  " + value.rjust(w1))
-        if detail:
-            text.append("  " + detail, style="dim")
+        if detail:  # a long detail wraps under itself, a number never parted from its unit
+            text.append("  " + "\n".join(wrap_words(detail, width - w0 - w1 - 4, w0 + w1 + 4)), style="dim")
         elif not value:
             text.rstrip()
     text.rstrip()

@@ -197,3 +197,27 @@ def bad_step_text(bad: BadStep) -> str:
         more = f" and {len(others) - 8} more" if len(others) > 8 else ""
         what += f"; also non-finite there: {', '.join(others[:8])}{more}"
     return f"First bad step {bad.step}: {what}."
+
+
+def wrap_words(text: str, width: int, indent: int = 0) -> list[str]:
+    """Greedy word wrap that never parts a number from the word after it ('208 B', '16 tensors').
+
+    Lines after the first are indented by `indent` spaces (a hanging indent under a table's detail column).
+    """
+    words: list[str] = []
+    for word in text.split(" "):
+        if words and words[-1][-1:].isdigit() and word:
+            words[-1] += " " + word
+        else:
+            words.append(word)
+    lines: list[str] = []
+    current = ""
+    for word in words:
+        room = width - (indent if lines else 0)
+        if current and len(current) + 1 + len(word) > room:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    lines.append(current)
+    return [lines[0]] + [" " * indent + line for line in lines[1:]]
