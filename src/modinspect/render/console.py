@@ -102,8 +102,9 @@ class FittedTable:
         """'columns hidden at 80 columns: type, hist (COLUMNS=131 shows them; --json has every value)'."""
         if not self.hidden:
             return None
+        them = "them" if len(self.hidden) > 1 else "it"
         return Text(f"columns hidden at {width} columns: {', '.join(self.hidden)} (COLUMNS={self.full_width} "
-                    "shows them; --json has every value)", style="dim")
+                    f"shows {them}; --json has every value)", style="dim")
 
 
 class Trimmed:
