@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,25 @@ def test_diff_table_fits_long_names_and_big_counts(width: int) -> None:
             assert cells["NaN A/B"] == f"0/{d.nan_b}"  # NaN counts are never hidden
     assert "Dtype mismatches (12)\n  h.{0-11}.w: float32 in A, bfloat16 in B\n" in text
     assert ("tensor" in text) and ("columns hidden" in text) == (width < 120)
+
+
+def test_diff_lists_elide_long_names_and_keep_their_numbers() -> None:
+    from modinspect.render.console import diff_renderable
+
+    deep = "encoder.layers.0.self_attention.query_key_value.lora_adapters.default.weight"
+    report = replace(_long_diff(), only_in_a=(deep,), shape_mismatch=(PairMismatch(deep, "[4096, 12288]", "[4096, 4096]"),),
+                     rollup=(ModuleRollup(deep.rsplit(".", 1)[0], 12, 11, 0.25),))
+    for width in (60, 70):
+        out = io.StringIO()
+        Console(file=out, width=width, no_color=True, highlight=False, soft_wrap=False).print(
+            diff_renderable(report, width))
+        text = out.getvalue()
+        assert max(cell_len(line) for line in text.splitlines()) <= width
+        assert "…" in text and ": [4096, 12288] in A, [4096, 4096] in B\n" in text
+        assert ": 11 of 12 tensors changed, max |Δ| 2.5e-01\n" in text
+        shown = next(line for line in text.splitlines() if line.startswith("  encoder.") and ":" not in line)
+        head, tail = shown.strip().split("…")
+        assert deep.startswith(head) and deep.endswith(tail)
 
 
 # ------------------------------------------------------------------ one styled golden

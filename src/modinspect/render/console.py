@@ -658,12 +658,18 @@ def grouped_pairs(items: Sequence[tuple[str, str, str]]) -> list[tuple[str, str,
     return [(names, a, b) for (a, b), members in groups.items() for names in collapse_indices(members)]
 
 
-def _names_block(title: str, names: list[str], style: str) -> Text:
+def _name_line(name: str, rest: str, width: int) -> str:
+    """'  name: rest', the name middle-elided (never the numbers in `rest`) when the line would be too wide."""
+    room = max(width - 4 - cell_len(rest), 12)
+    return f"  {elide_middle(name, room)}: {rest}"
+
+
+def _names_block(title: str, names: list[str], style: str, width: int = 200) -> Text:
     text = Text()
     text.append(f"{title} ({len(names)})\n", style=f"bold {style}")
     shown = collapse_indices(names)
     for name in shown[:40]:
-        text.append(f"  {name}\n")
+        text.append(f"  {elide_middle(name, width - 2)}\n")
     if len(shown) > 40:
         text.append(f"  … {len(shown) - 40} more (see --json)\n", style="dim")
     text.rstrip()
@@ -723,20 +729,21 @@ def diff_renderable(report: DiffReport, width: int = 200, limit: int = 50) -> Re
     if report.rollup:
         text = Text("\nBy module\n", style="bold")
         for r in report.rollup[:limit]:
-            text.append(f"  {r.module or '(top level)'}: {r.changed} of {r.tensors} tensors changed, "
-                        f"max |Δ| {r.max_abs_diff:.1e}\n")
+            rest = f"{r.changed} of {r.tensors} tensors changed, max |Δ| {r.max_abs_diff:.1e}"
+            text.append(_name_line(r.module or "(top level)", rest, width) + "\n")
         text.rstrip()
         parts.append(text)
     if report.only_in_a:
-        parts.append(_names_block("\nOnly in A", list(report.only_in_a), "red"))
+        parts.append(_names_block("\nOnly in A", list(report.only_in_a), "red", width))
     if report.only_in_b:
-        parts.append(_names_block("\nOnly in B", list(report.only_in_b), "red"))
+        parts.append(_names_block("\nOnly in B", list(report.only_in_b), "red", width))
     for title, items in (("Shape mismatches", report.shape_mismatch), ("Dtype mismatches", report.dtype_mismatch)):
         if items:
             text = Text(f"\n{title} ({len(items)})\n", style="bold red")
-            lines = [f"{names}: {a} in A, {b} in B" for names, a, b in grouped_pairs([(m.name, m.a, m.b) for m in items])]
+            lines = [_name_line(names, f"{a} in A, {b} in B", width)
+                     for names, a, b in grouped_pairs([(m.name, m.a, m.b) for m in items])]
             for line in lines[:limit]:
-                text.append(f"  {line}\n")
+                text.append(f"{line}\n")
             if len(lines) > limit:
                 text.append(f"  … {len(lines) - limit} more (see --json)\n", style="dim")
             text.rstrip()
