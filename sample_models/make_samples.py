@@ -43,6 +43,7 @@ def main(out: Path = HERE) -> list[Path]:
         out / "small_cnn_scripted.pt",
         out / "tiny_lm.pth",
         out / "tiny_lm.safetensors",
+        out / "ddp.pt",
     ]
     torch.save(state, written[0])
     save_file({k: v.contiguous() for k, v in state.items()}, str(written[1]), metadata={"format": "pt"})
@@ -54,7 +55,17 @@ def main(out: Path = HERE) -> list[Path]:
     lm = tiny_lm()
     torch.save(lm.state_dict(), written[4])
     save_model(lm, str(written[5]), metadata={"format": "pt"})
+    torch.save(_ddp_copy(state), written[6])
     return written
+
+
+def _ddp_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """small_cnn as DistributedDataParallel saves it ('module.' before every key), one weight changed by 0.5
+    and one bias by less than float32's tolerance: what `modinspect diff small_cnn.pth ddp.pt` shows."""
+    ddp = {f"module.{k}": v.clone() for k, v in state.items()}
+    ddp["module.classifier.weight"][0, 0] += 0.5
+    ddp["module.features.0.bias"][0] += 1e-6
+    return ddp
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ def test_python_dash_m() -> None:
     ("name", "args"),
     [
         ("tree_small_cnn_pth.txt", ["tree", "small_cnn.pth"]),
+        ("tree_tiny_lm_pth.txt", ["tree", "tiny_lm.pth"]),
         ("tree_tiny_lm_safetensors.txt", ["tree", "tiny_lm.safetensors"]),
         ("tree_tiny_lm_entry.txt", ["tree", "models.py:tiny_lm", "--weights", "tiny_lm.safetensors"]),
         ("tree_training_checkpoint_depth1.txt", ["tree", "training_checkpoint.pt", "--depth", "1"]),

@@ -460,3 +460,40 @@ def test_arithmetic_runs_on_one_torch_thread_and_gives_the_count_back(tmp_path: 
         m.setattr(byteread.PairReader, "chunk_pairs", spy)
         assert changed(diff(a, b), "w").differing == 10
     assert seen == [1] and torch.get_num_threads() == before
+
+
+def test_severity_is_relative_change_and_step_counters_rank_after_weights(tmp_path: Path) -> None:
+    """One SGD step on a BatchNorm model: num_batches_tracked goes 0 → 1 (an undefined, 'infinite' relative
+    change, which used to rank it first) and the weights move a little. Floating tensors come first, largest
+    ‖a−b‖/‖a‖ first (a tensor that was all zeros in A changed by all of itself: 1), the counter last."""
+    torch.manual_seed(0)
+    model = WithBatchNorm()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    (model(torch.randn(4, 3, 6, 6)) ** 2).sum().backward()
+    opt.step()
+    after = model.state_dict()
+    report = diff(write_st(tmp_path / "a.safetensors", before), write_st(tmp_path / "b.safetensors", after))
+
+    def relative(k: str) -> float:
+        a, b = before[k].double(), after[k].double()
+        return float((b - a).norm() / a.norm()) if a.norm() > 0 else 1.0
+
+    changed = {d.name for d in report.changed}
+    floats = sorted((k for k in changed if before[k].is_floating_point()),  # ties: the larger max |Δ| first
+                    key=lambda k: (-relative(k), -float((after[k] - before[k]).abs().max())))
+    assert [d.name for d in report.changed] == [*floats, "bn.num_batches_tracked"]
+    assert len(floats) >= 5 and relative(floats[-1]) < 0.5  # the weights moved by a little, and still rank first
+    assert all(d.rel_l2 == pytest.approx(relative(d.name)) for d in report.changed if before[d.name].double().norm() > 0)
+
+
+def test_dtype_and_shape_mismatch_lists_collapse_by_layer_index(tmp_path: Path) -> None:
+    sd = {f"h.{i}.{p}": torch.ones(4) for i in range(6) for p in ("w", "b")}
+    other = {k: (v.half() if k.endswith(".w") else v) for k, v in sd.items()}
+    other["h.5.b"] = torch.ones(5)
+    result = invoke("diff", write_st(tmp_path / "a.safetensors", sd), write_st(tmp_path / "b.safetensors", other))
+    assert result.exit_code == 1
+    out = result.stdout
+    assert "Dtype mismatches (6)\n  h.{0-5}.w: float32 in A, float16 in B\n" in out
+    assert "Shape mismatches (1)\n  h.5.b: [4] in A, [5] in B\n" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import textwrap
 from pathlib import Path
 from types import ModuleType
@@ -12,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import invoke
+from conftest import SAMPLES, invoke
 
 MODELS = textwrap.dedent(
     """
@@ -168,12 +169,51 @@ def test_dtype_cast_is_reported_and_applied(project: Path) -> None:
     save_file(half, str(project / "half.safetensors"))
     code, doc, _ = load_json("models.py:net", "half.safetensors", "--out", "cast.pt", cwd=project)
     assert code == 0 and len(doc["cast"]) == 8
-    assert doc["cast_dtypes"][0] == {"name": "features.0.weight", "model": "float32", "checkpoint": "float16"}
+    # float16 -> float32 is exact: the cast cost nothing, and the document says so.
+    assert doc["cast_dtypes"][0] == {"name": "features.0.weight", "model": "float32", "checkpoint": "float16",
+                                     "max_abs_error": 0.0}
     written = torch.load(project / "cast.pt", weights_only=True)
     assert written["features.0.weight"].dtype == torch.float32
     assert torch.equal(written["features.0.weight"], half["features.0.weight"].float())
     text = invoke("load", "models.py:net", "half.safetensors", cwd=project)
     assert "copy_ converts silently" in text.stdout
+
+
+def test_cast_lists_collapse_and_show_the_size_of_the_error(tmp_path: Path) -> None:
+    """A float64 checkpoint into the float32 SmallCNN: cast rows collapse by layer index and state copy_'s error."""
+    torch.manual_seed(5)
+    sd = torch.load(SAMPLES / "small_cnn.pth", weights_only=True)
+    wide = {k: (torch.randn(v.shape, dtype=torch.float64) if v.is_floating_point() else v) for k, v in sd.items()}
+    save_file(wide, str(tmp_path / "wide.safetensors"))
+    model = str(SAMPLES / "models.py") + ":small_cnn"
+    code, doc, _ = load_json(model, "wide.safetensors", cwd=tmp_path)
+    errors = {c["name"]: c["max_abs_error"] for c in doc["cast_dtypes"]}
+    expected = {k: float((v - v.float().double()).abs().max()) for k, v in wide.items() if v.is_floating_point()}
+    assert code == 0 and errors == expected and all(e > 0 for e in errors.values())
+    text = invoke("load", model, "wide.safetensors", cwd=tmp_path).stdout
+    for group, members in (("features.{0-1,3-4}.weight", "0134"), ("features.{0-1,3-4}.bias", "0134")):
+        size = max(expected[group.replace("{0-1,3-4}", i)] for i in members)
+        assert f"{group} (float64 → float32, max |Δ| {size:.2e}: copy_ converts silently)" in text
+    assert "features.0.weight" not in text  # collapsed, not listed one by one
+    dry = invoke("load", model, "wide.safetensors", "--dry-run", cwd=tmp_path).stdout
+    assert "features.{0-1,3-4}.weight (float64 → float32: copy_ converts silently)" in dry  # nothing copied: no size
+
+
+def test_load_says_what_was_kept_and_what_would_load(project: Path) -> None:
+    kept = invoke("load", "models.py:net", "ckpt.pth", cwd=project).stdout
+    assert kept.splitlines()[-1] == ("Loaded 9 tensors into the model; nothing was kept: the model lives only in "
+                                     "this process (pass --out FILE to write it).")
+    assert kept.splitlines()[4].startswith("loaded ")
+    written = invoke("load", "models.py:net", "ckpt.pth", "--out", "w.safetensors", cwd=project).stdout
+    assert written.splitlines()[-1] == "Loaded 9 tensors into the model; wrote w.safetensors."
+    for flags in (["--dry-run"], ["--meta"]):
+        planned = invoke("load", "models.py:net", "ckpt.pth", *flags, cwd=project).stdout
+        assert re.match(r"would load +9   features\.", planned.splitlines()[4])
+        assert "\nloaded " not in planned
+    blocked = invoke("load", "models.py:five", "ckpt.pth", cwd=project)
+    assert blocked.exit_code == 2 and "would load" in blocked.stdout and "Nothing was loaded." in blocked.stdout
+    strict = invoke("load", "models.py:five", "ckpt.pth", "--strict", cwd=project)
+    assert strict.exit_code == 1 and "would load" in strict.stdout
 
 
 def test_tied_weights(project: Path) -> None:

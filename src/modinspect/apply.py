@@ -52,16 +52,17 @@ def perform_load(model: Source, checkpoint: Source, *, keymap: KeyMap | None = N
     planning = dry_run or is_meta(module)
     strict_failed = strict and not plan.strict_ok
     blocked = bool(plan.mismatched) and not skip_mismatched and not strict_failed
-    performed, written = False, None
+    performed, written, cast_errors = False, None, {}
     if not (planning or strict_failed or blocked):
-        copy_into(module, plan, checkpoint)
+        cast_errors = copy_into(module, plan, checkpoint)
         performed = True
         if target is not None:
             assert kind is not None
             atomic_write(target, lambda tmp: write_state_dict(module, tmp, kind), force=force, inputs=input_paths)
             written = str(target)
     report = LoadReport(model=model.label, checkpoint=checkpoint.label, plan=plan, strict=strict,
-                        skip_mismatched=skip_mismatched, performed=performed, dry_run=planning, written=written)
+                        skip_mismatched=skip_mismatched, performed=performed, dry_run=planning, written=written,
+                        cast_errors=tuple(cast_errors.items()))
     if blocked:
         raise MismatchedShapesError(
             f"{len(plan.mismatched)} tensor(s) have another shape in the checkpoint ({describe_mismatched(plan)}); "

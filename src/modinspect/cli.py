@@ -116,6 +116,9 @@ def _warn(lines: list[str]) -> None:
         print(f"warning: {line}", file=sys.stderr)
 
 
+WIDTH_AWARE = ("tree", "stats", "diff", "load")
+
+
 def _print(report: Any, as_json: bool, kind: str) -> None:
     """One report, as JSON or as the rich view: `kind` names both renderers (tree, diff, load, stats)."""
     if as_json:
@@ -128,7 +131,8 @@ def _print(report: Any, as_json: bool, kind: str) -> None:
 
         out = console.make_console()
         renderable = getattr(console, f"{kind}_renderable")
-        out.print(renderable(report, out.width) if kind == "stats" else renderable(report))
+        # Every table renderer takes the width it must fit (render.console.fit_table).
+        out.print(renderable(report, out.width) if kind in WIDTH_AWARE else renderable(report))
 
 
 def _note(line: str) -> None:

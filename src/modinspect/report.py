@@ -185,6 +185,8 @@ class LoadReport:
     performed: bool  # values were copied into the model
     dry_run: bool
     written: str | None
+    # (model name, max |checkpoint value − value the model holds after copy_|) for each cast key, once copied
+    cast_errors: tuple[tuple[str, float], ...] = ()
 
     @property
     def strict_failed(self) -> bool:

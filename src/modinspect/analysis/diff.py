@@ -214,9 +214,17 @@ def compare_pair(a: Source, a_name: str, b: Source, b_name: str, name: str, opti
     )
 
 
-def _severity(d: TensorDiff) -> tuple[float, float, int]:
-    rel = math.inf if d.rel_l2 is None else d.rel_l2
-    return (-rel, -d.max_abs_diff, -d.differing)
+def _severity(d: TensorDiff) -> tuple[bool, int, float, float, int]:
+    """Most severe first: NaN/Inf that appeared, then floating tensors before integer ones, each by relative change.
+
+    Integer tensors are counters and indices (BatchNorm's num_batches_tracked goes 0 → 1 on the first
+    step, an infinite relative change): they rank after every weight, whatever their change. A tensor
+    that was all zeros in A has changed by all of itself: relative change 1.
+    """
+    appeared = d.nan_b + d.inf_b > d.nan_a + d.inf_a
+    integer = d.dtype_a not in FLOATS and d.dtype_b not in FLOATS
+    rel = 1.0 if d.rel_l2 is None else d.rel_l2
+    return (not appeared, int(integer), -rel, -d.max_abs_diff, -d.differing)
 
 
 def _aliases(tensors: list[TensorInfo], present: set[str], mapping: dict[str, str]) -> dict[str, str]:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import IO
 
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -18,6 +21,7 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -26,13 +30,17 @@ from modinspect.analysis.keymap import collapse_indices
 from modinspect.analysis.stats_math import collapse_names
 from modinspect.render.text import (
     bad_step_text,
+    elide_middle,
     human_bytes,
     human_count,
     num,
+    num_forms,
     percent,
+    ratio_forms,
     series_sparkline,
     shape_text,
     sparkline,
+    wrap_words,
 )
 from modinspect.report import (
     DiffReport,
@@ -53,6 +61,147 @@ def make_console(file: IO[str] | None = None, width: int | None = None) -> Conso
     if width is None and not stream.isatty() and "COLUMNS" not in os.environ:
         width = 200
     return Console(file=stream, width=width, highlight=False, soft_wrap=False)
+
+
+# --- Tables that fit any width -------------------------------------------------------------------
+# Every table goes through fit_table: numbers are never cut. To fit, a table first shows its numbers
+# with fewer significant digits (each number cell carries its forms, longest first), then
+# middle-elides its name column, and only then hides columns, lowest priority first, and says so.
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a fitted table. `kind`: 'name' (middle-elided to fit), 'number' or 'text' (never cut)."""
+
+    title: str
+    kind: str = "number"
+    hide: int = 0  # 0: always shown; otherwise hidden when too wide, the highest first
+    style: str = ""
+    justify: str = ""  # default: numbers right, names and text left
+    min_width: int = 12  # a name column is elided no shorter than this
+
+
+@dataclass(frozen=True)
+class Forms:
+    """A cell's renderings, longest first: '0.08308', '0.0831', '0.083'."""
+
+    forms: tuple[str, ...]
+    style: str = ""
+
+
+Cell = str | Text | Forms
+
+
+@dataclass(frozen=True)
+class FittedTable:
+    table: Trimmed
+    hidden: tuple[str, ...]  # titles of the columns left out
+    full_width: int  # the width that shows every column at full precision
+
+    def note(self, width: int) -> Text | None:
+        """'columns hidden at 80 columns: type, hist (COLUMNS=131 shows them; --json has every value)'."""
+        if not self.hidden:
+            return None
+        them = "them" if len(self.hidden) > 1 else "it"
+        return Text(f"columns hidden at {width} columns: {', '.join(self.hidden)} (COLUMNS={self.full_width} "
+                    f"shows {them}; --json has every value)", style="dim")
+
+
+class Trimmed:
+    """A renderable's lines without the trailing padding a rich Table adds (so piped output and goldens are clean)."""
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Segment]:
+        lines = console.render_lines(self.renderable, options, pad=False)
+        for line in lines:
+            segments = list(line)
+            while segments and not segments[-1].text.rstrip():
+                segments.pop()
+            if segments:
+                last = segments[-1]
+                segments[-1] = Segment(last.text.rstrip(), last.style, last.control)
+            yield from segments
+            yield Segment.line()
+
+
+def _cell_forms(cell: Cell) -> tuple[str, ...]:
+    if isinstance(cell, Forms):
+        return cell.forms
+    return (cell.plain if isinstance(cell, Text) else cell,)
+
+
+def _at(cell: Cell, level: int) -> str:
+    forms = _cell_forms(cell)
+    return forms[min(level, len(forms) - 1)]
+
+
+def _column_width(col: Column, cells: list[Cell], level: int) -> int:
+    lines = [line for c in cells for line in _at(c, level).split("\n")]
+    return max([cell_len(col.title), *(cell_len(line) for line in lines)])
+
+
+def fit_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: int) -> FittedTable:
+    """A rich Table of `rows` no wider than `width`, whatever it takes short of cutting a number."""
+    columns = list(columns)
+    by_col = [[row[i] for row in rows] for i in range(len(columns))]
+    levels = max((len(_cell_forms(c)) for cells in by_col for c in cells), default=1)
+
+    def widths(shown: list[int], level: int) -> list[int]:
+        return [_column_width(columns[i], by_col[i], level) for i in shown]
+
+    def total(ws: list[int]) -> int:  # SIMPLE_HEAD: a padding, a blank separator and a padding between columns
+        return sum(ws) + 3 * (len(ws) - 1)
+
+    full = total(widths(list(range(len(columns))), 0))
+    order = sorted((i for i, c in enumerate(columns) if c.hide), key=lambda i: -columns[i].hide)
+    choice: tuple[list[int], int, list[int]] | None = None
+    for dropped in range(len(order) + 1):
+        shown = [i for i in range(len(columns)) if i not in order[:dropped]]
+        for level in range(levels):
+            ws = widths(shown, level)
+            if total(ws) <= width:
+                choice = (shown, level, ws)
+                break
+        else:
+            ws = widths(shown, levels - 1)
+            over = total(ws) - width
+            names = [k for k, i in enumerate(shown) if columns[i].kind == "name"]
+            for k in names:  # elide names: the only text that may be shortened
+                cut = min(over, ws[k] - max(columns[shown[k]].min_width, cell_len(columns[shown[k]].title)))
+                if cut > 0:
+                    ws[k] -= cut
+                    over -= cut
+            if over <= 0 or dropped == len(order):
+                choice = (shown, levels - 1, ws)
+        if choice is not None:
+            break
+    assert choice is not None
+    shown, level, ws = choice
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+    for i, w in zip(shown, ws, strict=True):
+        col = columns[i]
+        table.add_column(col.title, justify=col.justify or ("right" if col.kind == "number" else "left"),  # type: ignore[arg-type]
+                         no_wrap=True, max_width=w, style=col.style or None,
+                         overflow="ellipsis" if col.kind == "name" else "crop")
+    for row in rows:
+        table.add_row(*(_fitted_cell(row[i], level, w, columns[i].kind == "name") for i, w in zip(shown, ws, strict=True)))
+    hidden = tuple(columns[i].title for i in range(len(columns)) if i not in shown)
+    return FittedTable(Trimmed(table), hidden, full)
+
+
+def _fitted_cell(cell: Cell, level: int, width: int, elide: bool) -> Text | str:
+    if isinstance(cell, Forms):
+        return Text(_at(cell, level), style=cell.style)
+    plain = cell.plain if isinstance(cell, Text) else cell
+    if not elide or cell_len(plain) <= width:
+        return cell
+    short = "\n".join(elide_middle(line, width) for line in plain.split("\n"))
+    if isinstance(cell, Text):
+        style = cell.style or (cell.spans[0].style if cell.spans else "")
+        return Text(short, style=style)
+    return short
 
 
 def progress(message: str) -> contextlib.AbstractContextManager[object]:
@@ -136,7 +285,8 @@ def _tensor_label(t: TensorRow) -> Text:
     return label
 
 
-def _module_label(node: ModuleNode, report: TreeReport, is_root: bool) -> Text:
+def _module_label(node: ModuleNode, report: TreeReport, is_root: bool, room: int = 10**6) -> Text:
+    """A module's line; where it would be wider than `room`, its hyperparameters move to a line of their own."""
     row = node.row
     label = Text()
     if is_root:
@@ -156,14 +306,14 @@ def _module_label(node: ModuleNode, report: TreeReport, is_root: bool) -> Text:
         if row.type:
             label.append(f"  {row.type}", style="green")
     hyper = dict(report.extra_reprs).get(row.name) if report.extra_reprs else None
-    if hyper is not None:
-        label.append(f"({hyper})", style="green")
+    hyper_at = len(label)
     if node.repeat > 1:
         label.append(f"  {human_count(row.params)} params each, {human_count(node.run_params)} in all", style="cyan")
         label.append(f"  {human_bytes(node.run_bytes)}", style="dim")
     elif row.params or row.bytes:
         label.append(f"  {human_count(row.params)} params", style="cyan")
         label.append(f"  {human_bytes(row.bytes)}", style="dim")
+    _place_hyper(label, hyper, hyper_at, room)
     if row.trainable is not None and row.params and row.trainable == 0:
         label.append("  frozen", style="red")
     elif row.trainable is not None and 0 < row.trainable < row.params:
@@ -176,6 +326,21 @@ def _module_label(node: ModuleNode, report: TreeReport, is_root: bool) -> Text:
     if node.hidden:
         label.append(f"  (+{node.hidden} below --depth)", style="dim")
     return label
+
+
+def _place_hyper(label: Text, hyper: str | None, at: int, room: int) -> None:
+    """'Conv2d(3, 8, …)' in the line when it fits `room`; else '(3, 8, …)' on the next line, the counts kept whole."""
+    if hyper is None:
+        return
+    inline = Text(f"({hyper})", style="green")
+    if cell_len(label.plain) + cell_len(inline.plain) <= room:
+        head, tail = label[:at], label[at:]
+        label.truncate(0)
+        label.append_text(head)
+        label.append_text(inline)
+        label.append_text(tail)
+        return
+    label.append_text(Text(f"\n({hyper})", style="green"))
 
 
 def _shapes_of(report: TreeReport) -> dict[str, ModuleShapes]:
@@ -204,22 +369,27 @@ def _shapes_cells(label: Text, m: ModuleShapes | None, each: bool) -> None:
         label.append(f"  saved {human_bytes(m.saved_bytes)}", style="dim")
 
 
-def _add(tree: Tree, node: ModuleNode, report: TreeReport) -> None:
+def _add(tree: Tree, node: ModuleNode, report: TreeReport, room: int) -> None:
     # An explicit stack, not recursion: a name of 1,000 dotted parts is a tree 1,000 deep.
-    stack = [(tree, node)]
+    stack = [(tree, node, room)]
     while stack:
-        branch, at = stack.pop()
+        branch, at, space = stack.pop()
         for t in at.tensors:
             branch.add(_tensor_label(t))
-        added = [(branch.add(_module_label(child, report, False)), child) for child in at.children]
+        added = [(branch.add(_module_label(child, report, False, space - 4)), child, space - 4)
+                 for child in at.children]
         stack.extend(reversed(added))
 
 
-def tree_renderable(report: TreeReport) -> RenderableType:
-    """The module tree followed by the totals table."""
-    root = Tree(_module_label(report.root, report, True), guide_style="dim")
-    _add(root, report.root, report)
-    return Group(_header(report), root, Text(""), totals_table(report))
+def tree_renderable(report: TreeReport, width: int = 200) -> RenderableType:
+    """The module tree followed by the totals table.
+
+    A label wider than `width` puts its hyperparameters on a line of their own; what is still too wide
+    wraps at spaces (rich), never inside a number.
+    """
+    root = Tree(_module_label(report.root, report, True, width), guide_style="dim")
+    _add(root, report.root, report, width)
+    return Trimmed(Group(_header(report), root, Text(""), totals_table(report, width)))
 
 
 def _header(report: TreeReport) -> Text:
@@ -236,7 +406,7 @@ def _header(report: TreeReport) -> Text:
     return text
 
 
-def totals_table(report: TreeReport) -> Text:
+def totals_table(report: TreeReport, width: int = 200) -> Text:
     """Aligned label / value / detail lines, without the trailing padding a rich Table adds in a pipe."""
     t = report.totals
     rows: list[tuple[str, str, str]] = []
@@ -271,8 +441,8 @@ def totals_table(report: TreeReport) -> Text:
             text.append("\n")
         text.append(label.ljust(w0), style="bold")
         text.append("  " + value.rjust(w1))
-        if detail:
-            text.append("  " + detail, style="dim")
+        if detail:  # a long detail wraps under itself, a number never parted from its unit
+            text.append("  " + "\n".join(wrap_words(detail, width - w0 - w1 - 4, w0 + w1 + 4)), style="dim")
         elif not value:
             text.rstrip()
     text.rstrip()
@@ -309,55 +479,59 @@ def _indented(name: str) -> str:
     return "  " * name.count(".") + "  " + name.rpartition(".")[2]
 
 
-def _grad_cell(norm: float | None, nan: int, inf: int, flags: tuple[str, ...]) -> Text:
+def _grad_cell(norm: float | None, nan: int, inf: int, flags: tuple[str, ...]) -> Cell:
     if nan or inf:
         return Text(f"nan {nan}" if nan else f"inf {inf}", style="bold red")
-    return Text(num(norm), style=_grad_style(flags))
+    return Forms(num_forms(norm), style=_grad_style(flags))
+
+
+# Stats columns, and the order they give way in a narrow terminal (highest `hide` first).
+STATS_COLUMNS = (
+    Column("module", kind="name"), Column("type", kind="text", hide=8, style="green"), Column("calls", hide=7),
+    Column("mean"), Column("std", hide=5), Column("min", hide=2), Column("max", hide=1), Column("zeros", hide=6),
+    Column("nan/inf"), Column("dead", hide=3), Column("‖∇out‖"), Column("‖∇param‖", hide=4),
+    Column("hist", kind="text", hide=9, style="cyan"),
+)
 
 
 def stats_renderable(report: StatsReport, width: int = 200) -> RenderableType:
     """The per-module table in execution order, then a one-paragraph verdict.
 
-    Narrow terminals lose the histogram first (below 130 columns), then the type column (below 112).
+    The table fits `width` (see fit_table): fewer digits first, then elided names, then hidden columns
+    (the histogram first, then the type), named in a note under the table.
     """
-    show_hist, show_type = width >= 130, width >= 112
     called = [m for m in report.modules if m.calls]
     origin = report.nonfinite_origin
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
-    width = max((len(_indented(m.name)) for m in called), default=8) + 2
-    table.add_column("module", no_wrap=True, min_width=min(width, 48), overflow="ellipsis")
-    if show_type:
-        table.add_column("type", no_wrap=True, overflow="ellipsis", style="green")
-    for title in ("calls", "mean", "std", "min", "max", "zeros", "nan/inf", "dead", "‖∇out‖", "‖∇param‖"):
-        table.add_column(title, justify="right", no_wrap=True)
-    if show_hist:
-        table.add_column("hist", no_wrap=True, style="cyan")
+    rows: list[list[Cell]] = []
     for m in called:
         bad = m.nan or m.inf
         dead_style = "yellow" if {"dead", "mostly-dead"} & set(m.flags) else ""
         name = Text(_indented(m.name), style="bold red" if bad else "")
         if origin is not None and origin.module == m.name:
             name.append(" ◀", style="bold red")
-        cells: list[RenderableType | str] = [name, m.type] if show_type else [name]
-        cells += [
-            str(m.calls), num(m.mean), num(m.std), num(m.min), num(m.max), percent(m.zero_fraction),
+        rows.append([
+            name, m.type, str(m.calls), Forms(num_forms(m.mean)), Forms(num_forms(m.std)), Forms(num_forms(m.min)),
+            Forms(num_forms(m.max)), percent(m.zero_fraction),
             Text(f"{m.nan}/{m.inf}" if bad else "0", style="bold red" if bad else "dim"),
             Text(percent(m.dead_fraction), style=dead_style),
             _grad_cell(m.grad_norm, m.grad_nan, m.grad_inf, m.flags),
             _grad_cell(m.param_grad_norm, m.param_grad_nan, m.param_grad_inf, ()),
-        ]
-        if show_hist:
-            cells.append(sparkline(m.histogram))
-        table.add_row(*cells)
+            sparkline(m.histogram),
+        ])
+    fitted = fit_table(STATS_COLUMNS, rows, width)
+    table = fitted.table
     idle = [_module_name(m.name) for m in report.modules if not m.calls]
     parts: list[RenderableType] = [_stats_header(report), table]
+    hidden = fitted.note(width)
+    if hidden is not None:
+        parts.append(hidden)
     if idle:
         shown = ", ".join(idle[:6]) + (f" and {len(idle) - 6} more" if len(idle) > 6 else "")
         parts.append(Text(f"not called: {shown}", style="dim"))
     for note in report.notes:
         parts.append(Text(f"note: {note}", style="dim"))
     parts.append(verdict(report))
-    return Group(*parts)
+    return Trimmed(Group(*parts))
 
 
 def _grad_style(flags: tuple[str, ...]) -> str:
@@ -473,20 +647,47 @@ def verdict(report: StatsReport) -> Text:
     return Text("\n" + verdict_text(report), style=style)
 
 
-def _names_block(title: str, names: list[str], style: str) -> Text:
+def grouped_pairs(items: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """(name, a, b) triples with the same (a, b), their names collapsed by layer index, in first-seen order.
+
+    [('h.0.w', 'float32', 'float16'), ('h.1.w', 'float32', 'float16')] -> [('h.{0-1}.w', 'float32', 'float16')]
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, a, b in items:
+        groups.setdefault((a, b), []).append(name)
+    return [(names, a, b) for (a, b), members in groups.items() for names in collapse_indices(members)]
+
+
+def _name_line(name: str, rest: str, width: int) -> str:
+    """'  name: rest', the name middle-elided (never the numbers in `rest`) when the line would be too wide."""
+    room = max(width - 4 - cell_len(rest), 12)
+    return f"  {elide_middle(name, room)}: {rest}"
+
+
+def _names_block(title: str, names: list[str], style: str, width: int = 200) -> Text:
     text = Text()
     text.append(f"{title} ({len(names)})\n", style=f"bold {style}")
     shown = collapse_indices(names)
     for name in shown[:40]:
-        text.append(f"  {name}\n")
+        text.append(f"  {elide_middle(name, width - 2)}\n")
     if len(shown) > 40:
         text.append(f"  … {len(shown) - 40} more (see --json)\n", style="dim")
     text.rstrip()
     return text
 
 
-def diff_renderable(report: DiffReport, limit: int = 50) -> RenderableType:
-    """Summary first, then changed tensors by severity, the per-module roll-up, then structural differences."""
+DIFF_COLUMNS = (
+    Column("tensor", kind="name", min_width=16), Column("shape", kind="text", hide=1, justify="right"),
+    Column("differing"), Column("max |Δ|"), Column("mean |Δ|", hide=2), Column("rel L2"), Column("cosine", hide=3),
+    Column("NaN A/B", kind="text"),
+)
+
+
+def diff_renderable(report: DiffReport, width: int = 200, limit: int = 50) -> RenderableType:
+    """Summary first, then changed tensors by severity, the per-module roll-up, then structural differences.
+
+    The changed-tensor table fits `width` (see fit_table); names in the lists are middle-elided to fit.
+    """
     parts: list[RenderableType] = []
     head = Text()
     head.append("A ", style="bold")
@@ -512,34 +713,39 @@ def diff_renderable(report: DiffReport, limit: int = 50) -> RenderableType:
         parts.append(Text(f"hint: {hint}", style="yellow"))
     if report.changed:
         parts.append(Text("\nChanged, most severe first", style="bold"))
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
-        table.add_column("tensor", overflow="fold")
-        for title in ("shape", "differing", "max |Δ|", "mean |Δ|", "rel L2", "cosine", "NaN A/B"):
-            table.add_column(title, justify="right", no_wrap=True)
-        for d in report.changed[:limit]:
-            table.add_row(
-                d.name, shape_text(d.shape), f"{d.differing:,}/{d.numel:,}", num(d.max_abs_diff), num(d.mean_abs_diff),
-                num(d.rel_l2), num(d.cosine), f"{d.nan_a}/{d.nan_b}" if d.nan_a or d.nan_b else "",
-            )
-        parts.append(table)
+        rows: list[list[Cell]] = [
+            [d.name, shape_text(d.shape), Forms(ratio_forms(d.differing, d.numel)), Forms(num_forms(d.max_abs_diff)),
+             Forms(num_forms(d.mean_abs_diff)), Forms(num_forms(d.rel_l2)), Forms(num_forms(d.cosine)),
+             f"{d.nan_a}/{d.nan_b}" if d.nan_a or d.nan_b else ""]
+            for d in report.changed[:limit]
+        ]
+        fitted = fit_table(DIFF_COLUMNS, rows, width)
+        parts.append(fitted.table)
+        hidden = fitted.note(width)
+        if hidden is not None:
+            parts.append(hidden)
         if len(report.changed) > limit:
             parts.append(Text(f"… {len(report.changed) - limit} more changed tensors (see --json)", style="dim"))
     if report.rollup:
         text = Text("\nBy module\n", style="bold")
         for r in report.rollup[:limit]:
-            text.append(f"  {r.module or '(top level)'}: {r.changed} of {r.tensors} tensors changed, "
-                        f"max |Δ| {r.max_abs_diff:.1e}\n")
+            rest = f"{r.changed} of {r.tensors} tensors changed, max |Δ| {r.max_abs_diff:.1e}"
+            text.append(_name_line(r.module or "(top level)", rest, width) + "\n")
         text.rstrip()
         parts.append(text)
     if report.only_in_a:
-        parts.append(_names_block("\nOnly in A", list(report.only_in_a), "red"))
+        parts.append(_names_block("\nOnly in A", list(report.only_in_a), "red", width))
     if report.only_in_b:
-        parts.append(_names_block("\nOnly in B", list(report.only_in_b), "red"))
+        parts.append(_names_block("\nOnly in B", list(report.only_in_b), "red", width))
     for title, items in (("Shape mismatches", report.shape_mismatch), ("Dtype mismatches", report.dtype_mismatch)):
         if items:
             text = Text(f"\n{title} ({len(items)})\n", style="bold red")
-            for m in items[:limit]:
-                text.append(f"  {m.name}: {m.a} in A, {m.b} in B\n")
+            lines = [_name_line(names, f"{a} in A, {b} in B", width)
+                     for names, a, b in grouped_pairs([(m.name, m.a, m.b) for m in items])]
+            for line in lines[:limit]:
+                text.append(f"{line}\n")
+            if len(lines) > limit:
+                text.append(f"  … {len(lines) - limit} more (see --json)\n", style="dim")
             text.rstrip()
             parts.append(text)
     if report.aliased:
@@ -551,11 +757,15 @@ def diff_renderable(report: DiffReport, limit: int = 50) -> RenderableType:
     verdict_line = Text("\nThe checkpoints differ." if report.differs else "\nNo differences within tolerance.",
                         style="bold red" if report.differs else "bold green")
     parts.append(verdict_line)
-    return Group(*parts)
+    return Trimmed(Group(*parts))
 
 
-def load_renderable(report: LoadReport) -> RenderableType:
-    """The plan grouped by status (layer indices collapsed), then what was done."""
+def load_renderable(report: LoadReport, width: int = 200) -> RenderableType:
+    """The plan grouped by status (layer indices collapsed), then what was done.
+
+    Nothing copied (a dry run, --meta, a blocked or failed --strict load): the first status reads
+    "would load". A key's detail goes to its own line rather than be cut when the terminal is narrow.
+    """
     plan = report.plan
     parts: list[RenderableType] = []
     head = Text()
@@ -564,31 +774,74 @@ def load_renderable(report: LoadReport) -> RenderableType:
     head.append("checkpoint  ", style="bold")
     head.append(report.checkpoint)
     parts.append(head)
+    cast = {m.name for m in plan.cast}
+    errors = dict(report.cast_errors)
+    loaded = "loaded" if report.performed else "would load"
+    rows: list[tuple[str, str, int, list[tuple[str, str]]]] = [
+        (loaded, "green", len(plan.loaded) - len(cast),
+         [(n, "") for n in collapse_indices([n for n in plan.loaded if n not in cast])]),
+        ("cast", "yellow", len(plan.cast), [(names, _cast_detail(model, ckpt, names, errors))
+                                            for names, model, ckpt in _grouped_cast(report)]),
+        ("tied", "green", len(plan.tied), [(f"{a.name} = {a.target}", "") for a in plan.tied]),
+        ("mismatched", "red", len(plan.mismatched),
+         [(names, f"{model} in the model, {ckpt} in the checkpoint")
+          for names, model, ckpt in grouped_pairs([(m.name, m.model, m.checkpoint) for m in plan.mismatched])]),
+        ("missing", "red", len(plan.missing), [(n, "") for n in collapse_indices(list(plan.missing))]),
+        ("unexpected", "red", len(plan.unexpected), [(n, "") for n in collapse_indices(list(plan.unexpected))]),
+    ]
+    shown_rows = [r for r in rows if r[2]]
+    status_w = max([6, *(len(r[0]) for r in shown_rows)])
+    count_w = max([5, *(len(str(r[2])) for r in shown_rows)])
+    keys_w = max(width - status_w - count_w - 6, 20)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
     table.add_column("status", no_wrap=True)
-    table.add_column("count", justify="right")
-    table.add_column("keys", overflow="fold")
-    cast = {m.name: m for m in plan.cast}
-    rows: list[tuple[str, str, list[str]]] = [
-        ("loaded", "green", [n for n in plan.loaded if n not in cast]),
-        ("cast", "yellow", [f"{m.name} ({m.checkpoint} → {m.model}: copy_ converts silently)" for m in plan.cast]),
-        ("tied", "green", [f"{a.name} = {a.target}" for a in plan.tied]),
-        ("mismatched", "red", [f"{m.name} {m.model} in the model, {m.checkpoint} in the checkpoint"
-                               for m in plan.mismatched]),
-        ("missing", "red", list(plan.missing)),
-        ("unexpected", "red", list(plan.unexpected)),
-    ]
-    for status, style, names in rows:
-        if not names:
-            continue
-        shown = collapse_indices(names) if status in ("loaded", "missing", "unexpected") else names
-        listing = "\n".join(shown[:30]) + (f"\n… {len(shown) - 30} more (see --json)" if len(shown) > 30 else "")
-        table.add_row(Text(status, style=f"bold {style}"), str(len(names)), listing)
-    parts.append(table)
+    table.add_column("count", justify="right", no_wrap=True)
+    table.add_column("keys", no_wrap=True, overflow="crop")  # every line is made to fit keys_w first
+    for status, style, count, items in shown_rows:
+        lines = [line for name, detail in items[:30] for line in _key_lines(name, detail, keys_w)]
+        if len(items) > 30:
+            lines.append(f"… {len(items) - 30} more (see --json)")
+        table.add_row(Text(status, style=f"bold {style}"), str(count), "\n".join(lines))
+    parts.append(Trimmed(table))
     for hint in plan.hints:
         parts.append(Text(f"hint: {hint}", style="yellow"))
     parts.append(Text(_load_outcome(report), style="bold red" if report.strict_failed else "bold"))
-    return Group(*parts)
+    return Trimmed(Group(*parts))
+
+
+def _grouped_cast(report: LoadReport) -> list[tuple[str, str, str]]:
+    return grouped_pairs([(m.name, m.model, m.checkpoint) for m in report.plan.cast])
+
+
+def _cast_detail(model: str, checkpoint: str, names: str, errors: dict[str, float]) -> str:
+    """'(float32 → float16, max |Δ| 4.9e-04: copy_ converts silently)': the error once the values were copied."""
+    sizes = [err for name, err in errors.items() if _member(name, names)]
+    size = f", max |Δ| {num_forms(max(sizes))[0]}" if sizes else ""
+    return f"({checkpoint} → {model}{size}: copy_ converts silently)"
+
+
+def _member(name: str, collapsed: str) -> bool:
+    """Whether `name` is one of the names `collapsed` ('h.{0-2}.w') stands for."""
+    pattern = "".join(r"\d+" if part.startswith("{") else re.escape(part)
+                      for part in re.split(r"(\{[^}]*\})", collapsed))
+    return re.fullmatch(pattern, name) is not None
+
+
+def _key_lines(name: str, detail: str, width: int) -> list[str]:
+    """One line 'name detail' when it fits; else the name (middle-elided) and the detail indented below it."""
+    line = f"{name} {detail}".rstrip()
+    if cell_len(line) <= width:
+        return [line]
+    lines = [elide_middle(name, width)]
+    if detail:
+        words, current = detail.split(" "), "  "
+        for word in words:  # wrap the detail at spaces: numbers stay whole
+            if cell_len(current) + len(word) + 1 > width and current.strip():
+                lines.append(current.rstrip())
+                current = "  "
+            current += word + " "
+        lines.append(current.rstrip())
+    return lines
 
 
 def _load_outcome(report: LoadReport) -> str:
@@ -600,7 +853,8 @@ def _load_outcome(report: LoadReport) -> str:
     if not report.performed:
         return "Nothing was loaded."
     skipped = f", {len(plan.mismatched)} mismatched left at the model's values" if plan.mismatched else ""
-    wrote = f"; wrote {report.written}" if report.written else ""
+    wrote = (f"; wrote {report.written}" if report.written
+             else "; nothing was kept: the model lives only in this process (pass --out FILE to write it)")
     return f"Loaded {len(plan.loaded)} tensors into the model{skipped}{wrote}."
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from modinspect.report import BadStep
 
@@ -47,15 +48,80 @@ def sparkline(counts: tuple[int, ...], width: int = 8) -> str:
     return "".join(SPARKS[0] if c == 0 else SPARKS[max(1, round(c / top * (len(SPARKS) - 1)))] for c in merged)
 
 
-def num(value: float | None) -> str:
-    """Compact, sign-aligned: 0.123, -4.56e-05, 1.2e+04; '—' when absent."""
+def num(value: float | None, digits: int = 4) -> str:
+    """Compact, to `digits` significant digits: 0.08308, -4.56e-05, 1.2e+04; '—' when absent.
+
+    A narrow table asks for fewer digits (`num(0.0830812, 3)` is '0.0831') rather than cutting the text.
+    """
     if value is None:
         return "—"
     if value == 0:
         return "0"
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
     if 1e-3 <= abs(value) < 1e4:
-        return f"{value:.4g}"
-    return f"{value:.2e}"
+        text = f"{value:.{digits}g}"
+        return text if "e" not in text else f"{value:.0f}"  # 1e4 > |value| >= 10**digits: keep it whole
+    text = f"{value:.{2 if digits >= 4 else 1}e}"
+    if digits >= 3:
+        return text
+    mantissa, exponent = text.split("e")  # 2 digits: the exponent loses its padding too, -4.6e-5
+    return f"{mantissa}e{exponent[0].replace('+', '')}{exponent[1:].lstrip('0') or '0'}"
+
+
+def num_forms(value: float | None) -> tuple[str, ...]:
+    """`value` at 4, 3 and 2 significant digits, longest first (duplicates dropped): a cell that can shrink."""
+    return _distinct(num(value, d) for d in (4, 3, 2))
+
+
+def count_forms(n: int) -> tuple[str, ...]:
+    """161234567 -> ('161,234,567', '161M'): exact with separators, then as human_count has it."""
+    return _distinct((f"{n:,}", human_count(n)))
+
+
+def ratio_forms(part: int, whole: int) -> tuple[str, ...]:
+    """'1/160', or '161M/161M' where the column is narrow."""
+    return _distinct((f"{part:,}/{whole:,}", f"{human_count(part)}/{human_count(whole)}"))
+
+
+def _distinct(forms: Iterable[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for form in forms:
+        if form not in out:
+            out.append(form)
+    return tuple(out)
+
+
+def elide_middle(name: str, width: int) -> str:
+    """'transformer.h.0.attn.c_attn.weight' -> 'transformer.h.0…c_attn.weight': both ends kept, cut at dots.
+
+    Leading indentation (the stats table's tree) is kept; the name never gets shorter than it must.
+    """
+    if len(name) <= width:
+        return name
+    indent = name[: len(name) - len(name.lstrip(" "))]
+    body, room = name[len(indent):], width - len(indent) - 1
+    if room < 2:
+        return (indent + body)[: max(width - 1, 0)] + "…"
+    parts = body.split(".")
+    tail = parts[-1] if len(parts[-1]) <= room - 1 else ""
+    for i in range(len(parts) - 2, 0, -1):  # whole trailing components, up to about half the room
+        longer = ".".join(parts[i:])
+        if len(longer) > max(room // 2, len(tail)):
+            break
+        tail = longer
+    if not tail:
+        tail = body[-(room // 2):]
+    head_room = room - len(tail)
+    head = ""
+    for i in range(1, len(parts)):
+        longer = ".".join(parts[:i])
+        if len(longer) > head_room:
+            break
+        head = longer
+    if len(head) < head_room // 2:  # no dot boundary near: cut inside the component
+        head = body[:head_room]
+    return f"{indent}{head}…{tail}"
 
 
 def percent(value: float | None) -> str:
@@ -131,3 +197,27 @@ def bad_step_text(bad: BadStep) -> str:
         more = f" and {len(others) - 8} more" if len(others) > 8 else ""
         what += f"; also non-finite there: {', '.join(others[:8])}{more}"
     return f"First bad step {bad.step}: {what}."
+
+
+def wrap_words(text: str, width: int, indent: int = 0) -> list[str]:
+    """Greedy word wrap that never parts a number from the word after it ('208 B', '16 tensors').
+
+    Lines after the first are indented by `indent` spaces (a hanging indent under a table's detail column).
+    """
+    words: list[str] = []
+    for word in text.split(" "):
+        if words and words[-1][-1:].isdigit() and word:
+            words[-1] += " " + word
+        else:
+            words.append(word)
+    lines: list[str] = []
+    current = ""
+    for word in words:
+        room = width - (indent if lines else 0)
+        if current and len(current) + 1 + len(word) > room:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    lines.append(current)
+    return [lines[0]] + [" " * indent + line for line in lines[1:]]

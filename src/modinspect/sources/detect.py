@@ -33,8 +33,9 @@ class OpenOptions:
     allow_globals: frozenset[str] = frozenset()
     max_pickle_bytes: int = DEFAULT_MAX_PICKLE
 
-    def gate(self, path: Path) -> Gate:
-        return Gate(str(path), GatePolicy(allow_globals=self.allow_globals, max_pickle_bytes=self.max_pickle_bytes))
+    def gate(self, label: str) -> Gate:
+        """The pickle gate; its refusals name the file as the user gave it."""
+        return Gate(label, GatePolicy(allow_globals=self.allow_globals, max_pickle_bytes=self.max_pickle_bytes))
 
 
 def open_path(path: Path, label: str, options: OpenOptions) -> Source:
@@ -145,7 +146,7 @@ def open_file(path: Path, label: str, options: OpenOptions) -> Source:
 def _open_pickled(path: Path, label: str, kind: str, options: OpenOptions) -> Source:
     from modinspect.sources import torchfile
 
-    gate = options.gate(path)
+    gate = options.gate(label)
     if kind == "pickle":
         if torchfile.is_legacy_file(path):
             return torchfile.LegacyTorchSource(path, label, gate)

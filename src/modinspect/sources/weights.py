@@ -37,15 +37,27 @@ def is_meta(module: Any) -> bool:
     return any(t.device.type == "meta" for t in [*module.parameters(), *module.buffers()])
 
 
-def copy_into(module: Any, plan: LoadPlan, checkpoint: Source) -> None:
-    """Copy every loaded key's tensor from the checkpoint into the module, one tensor at a time."""
+def copy_into(module: Any, plan: LoadPlan, checkpoint: Source) -> dict[str, float]:
+    """Copy every loaded key's tensor from the checkpoint into the module, one tensor at a time.
+
+    Returns, for each cast key, the largest |checkpoint value − value the model now holds| over the
+    finite values, in float64: what copy_'s silent dtype conversion cost.
+    """
     import torch
 
     state = module.state_dict(keep_vars=True)
     ckpt_names = dict(plan.sources)
+    cast = {m.name for m in plan.cast}
+    errors: dict[str, float] = {}
     with torch.no_grad():
         for name in plan.loaded:
-            state[name].copy_(checkpoint.read_tensor(ckpt_names.get(name, name)))
+            value = checkpoint.read_tensor(ckpt_names.get(name, name))
+            state[name].copy_(value)
+            if name in cast:
+                delta = (state[name].detach().to(torch.float64) - value.to(torch.float64)).abs()
+                finite = delta[torch.isfinite(delta)]
+                errors[name] = float(finite.max()) if finite.numel() else 0.0
+    return errors
 
 
 def apply_weights(model: Source, checkpoint: Source, strict: bool = True, keymap: KeyMap | None = None) -> LoadPlan:
