@@ -586,3 +586,36 @@ def test_modules_glob_and_sample(tmp_path: Path) -> None:
     assert [r["name"] for r in record["modules"]] == [f"features.{i}" for i in range(7)]
     conv = record["modules"][0]
     assert sum(conv["histogram"]["counts"]) == conv["count"] // 4
+
+
+def test_modinspect_report_reads_what_watch_writes(tmp_path: Path) -> None:
+    """The contract between the writer and `modinspect report`: a real run's log, its NaN origin included."""
+    model = planted()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    log = tmp_path / "run.jsonl"
+    with pytest.warns(NonFiniteWarning), modinspect.watch(model, every=2, log=log) as w:
+        for step, x in batches(bad_step=5):
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+            w.step()
+            if step == 6:
+                break
+    run = modinspect.read_run_log(log)
+    source, code = line_of("log")
+    assert run.steps == (2, 4, 5, 6)
+    bad = run.first_bad
+    assert bad is not None and bad.recorded
+    assert (bad.step, bad.module, bad.type, bad.phase, bad.op, bad.source, bad.code) == (
+        5, "1", "LogAct", "forward", "aten::log", source, code)
+    assert invoke("report", log).exit_code == 0
+    # An origin without a module (the input already held the NaN) reads back too.
+    data = tmp_path / "input.jsonl"
+    with modinspect.watch(model, log=data) as w:
+        x = torch.randn(5, 4)
+        x[0, 0] = float("nan")
+        with pytest.warns(NonFiniteWarning, match="already in the model's input"):
+            model(x).sum().backward()
+            w.step()
+    bad = modinspect.read_run_log(data).first_bad
+    assert bad is not None and (bad.step, bad.module, bad.cause) == (1, None, "input")
