@@ -8,7 +8,7 @@ watched, ...), so the ratios hold on a shared machine:
 - watch (log): on_nonfinite="log", no per-step read at all.
 A run is E steps of each contender; the table gives seconds per step, and the median of the per-run ratios.
 
-    python bench/bench_watch.py            # GPT-2 small (4x128 tokens) and a ResNet-style CNN, E = 4
+    python bench/bench_watch.py            # GPT-2 small (4x128 tokens) and a ResNet-style CNN, E = 2, 3 runs
     python bench/bench_watch.py --smoke    # tiny models, one run: checks the script still works
     python bench/bench_watch.py --device cuda   # the same on a GPU (each run ends with a synchronize);
                                                 # without CUDA it prints one line saying it skipped
@@ -95,8 +95,8 @@ def table(name: str, times: dict[str, list[float]]) -> list[str]:
 def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny models, one run")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--every", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--every", type=int, default=2)
     parser.add_argument("--models", default="gpt2,cnn")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
