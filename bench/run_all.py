@@ -37,6 +37,7 @@ PARTS: dict[str, tuple[str, list[str], str]] = {
     "startup": ("bench_startup", [], "4. start-up"),
     "scale": ("bench_scale", [], "5. scale: 100k-tensor headers, a 163-shard index, 200k-tensor diff and load"),
     "hostile": ("bench_hostile", [], "6. hostile files: the security corpus, one process per file"),
+    "watch": ("bench_watch", [], "7. watch: training-step overhead on the CPU"),
 }
 
 CHILD = """

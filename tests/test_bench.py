@@ -132,6 +132,16 @@ def test_stats_benchmark_smoke(report: dict[str, list[str]]) -> None:
 
 
 @needs_transformers
+def test_watch_benchmark_smoke(report: dict[str, list[str]]) -> None:
+    rows = run_all.table_rows(section(report, "watch"))
+    for model in ("gpt2", "cnn"):
+        mine = [row for row in rows if row["model"] == model]
+        assert column(mine, "contender") == ["bare", "watch", "watch (log)"]
+        ratios = [float(r) for r in column(mine, "× bare (median of paired ratios)")]
+        assert ratios[0] == 1.0 and all(r > 0 for r in ratios)
+
+
+@needs_transformers
 def test_startup_benchmark_smoke(report: dict[str, list[str]]) -> None:
     rows = run_all.table_rows(section(report, "startup"))
     assert column(rows, "command") == ["python -c pass", 'python -c "import torch"', "modinspect --help",

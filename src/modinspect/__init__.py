@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "add_layers", "build_tree", "diff_sources", "measure_shapes", "open_source",
-           "perform_load", "plan_load", "read_run_log"]
+           "perform_load", "plan_load", "read_run_log",
+           "watch"]
 
 if TYPE_CHECKING:
     from modinspect.analysis.diff import diff_sources
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from modinspect.analysis.tree import build_tree
     from modinspect.apply import perform_load
     from modinspect.sources import open_source
+    from modinspect.watching import watch
 
 # name -> module that defines it; imported on first use so that `import modinspect` stays cheap.
 _LAZY = {
@@ -38,6 +40,7 @@ _LAZY = {
     "add_layers": "modinspect.analysis.shapes",
     "measure_shapes": "modinspect.analysis.shapes",
     "read_run_log": "modinspect.analysis.runlog",
+    "watch": "modinspect.watching",
 }
 
 

@@ -47,3 +47,12 @@ class WeightsMismatchError(ModinspectError):
 
 class UsageError(ModinspectError):
     """Options that do not make sense together, or a SOURCE of the wrong kind for the command."""
+
+
+class NonFiniteError(ModinspectError):
+    """`watch(on_nonfinite="raise")` saw the first NaN/Inf: `step` and `origin` (a NonfiniteOrigin, or None) say where."""
+
+    def __init__(self, step: int, origin: object, message: str) -> None:
+        self.step = step
+        self.origin = origin
+        super().__init__(message)

@@ -427,3 +427,29 @@ class RunReport:
     first_bad: BadStep | None
     truncated: bool  # the last line was incomplete and skipped
     notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ParamStats:
+    """One parameter tensor at a logged step: its norm, its gradient's, and the last update's."""
+
+    name: str
+    norm: float | None
+    grad_norm: float | None  # None when it had no gradient
+    update_norm: float | None  # ‖w_after - w_before‖ of the logged step's update
+    update_ratio: float | None  # update_norm / ‖w_before‖
+
+
+@dataclass(frozen=True)
+class WatchReport:
+    """A `watch` run: statistics merged over every watched step, and its first NaN/Inf."""
+
+    model: str
+    device: str
+    steps: int
+    records: int  # step lines written to the log (or that would have been, without one)
+    modules: tuple[ModuleStats, ...]  # merged over the whole run; grad_norm is the RMS over steps
+    params: tuple[ParamStats, ...]  # at the last logged step
+    nonfinite_step: int | None
+    nonfinite_origin: NonfiniteOrigin | None
+    log: str | None

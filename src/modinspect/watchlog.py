@@ -63,7 +63,7 @@ class ModuleRecord:
 
 @dataclass(frozen=True)
 class ParamRecord:
-    """One parameter tensor at one logged step: ‖w‖, ‖∇w‖, ‖Δw‖ since the previous logged step, ‖Δw‖/‖w‖."""
+    """One parameter tensor at one logged step: ‖w‖, ‖∇w‖, ‖Δw‖ of the logged step's update, ‖Δw‖/‖w before‖."""
 
     name: str
     norm: float | None  # None (null in the log) when not finite
@@ -76,13 +76,13 @@ class ParamRecord:
 class NonfiniteRecord:
     """Where the first NaN/Inf of this step came from, as `modinspect stats` finds it."""
 
-    module: str
-    type: str
+    module: str | None  # None when the model's input or the loss already held it
+    type: str | None
     phase: str  # forward | backward
     op: str | None
     source: str | None  # file.py:LINE
     code: str | None  # the source line
-    cause: str  # produced | input | loss
+    cause: str  # produced | input | loss | weight | overflow
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,7 @@ def _nonfinite(value: Any) -> NonfiniteRecord | None:
     phase = _str(obj, "phase")
     if phase not in ("forward", "backward"):
         raise _Bad(f"has a nonfinite phase {phase!r}, not forward or backward")
-    return NonfiniteRecord(module=_str(obj, "module"), type=_str(obj, "type"), phase=phase,
+    return NonfiniteRecord(module=_str(obj, "module", True), type=_str(obj, "type", True), phase=phase,
                            op=_str(obj, "op", True), source=_str(obj, "source", True),
                            code=_str(obj, "code", True), cause=_str(obj, "cause"))
 

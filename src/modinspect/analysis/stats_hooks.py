@@ -80,6 +80,25 @@ def unit_dim(ndim: int) -> int | None:
     return 1 if ndim >= 4 else ndim - 1
 
 
+def to_host(data: torch.Tensor | None) -> list[float]:
+    """The one device->host copy of a packed batch (or of a `watch` window): everything else stays on the device."""
+    return data.cpu().tolist() if data is not None else []
+
+
+@dataclass
+class Packed:
+    """One batch's queued values as one device vector, and how to take them apart again."""
+
+    data: torch.Tensor | None
+    layout: list[tuple[str, int, list[tuple[str, float]]]]
+    order: list[int]  # scalar indices in the order they sit in `data`
+    sizes: list[int]  # lengths of the vectors after the scalars
+    scalars: int
+    calls: list[_Call]
+    tensors: list[_TensorRec]
+    exact: bool
+
+
 @dataclass
 class _Call:
     module: int
@@ -123,6 +142,7 @@ class Collector:
         self.in_hook = 0
         self.tracer: OpTracer | None = None  # set during the replay of a flagged batch
         self._scratch_buffers: dict[tuple[torch.dtype, str], torch.Tensor] = {}
+        self.sample: float | None = None  # histogram: this fraction of the elements (watch's sample=), else HIST_SAMPLE
         self._reset_batch()
 
     def remove_tensor_hooks(self) -> None:
@@ -165,28 +185,40 @@ class Collector:
                 slots.append(("h", float(v)))
         self.layout.append((kind, index, slots))
 
-    def _transfer(self) -> list[tuple[str, int, list[float]]]:
-        """Stack the queued values by dtype, copy them to the host in one transfer, and unpack them."""
+    def pack(self) -> Packed:
+        """The queued values of this batch stacked into one device vector, with what is needed to merge them later.
+
+        No transfer: `stats` copies it at once (end_batch), `watch` keeps a window of them and copies them together.
+        """
         import torch
 
+        for m, a in enumerate(self.alive):
+            if a is not None:
+                self._push("alive", m, [a])
         groups: dict[torch.dtype, list[int]] = {}
         for i, t in enumerate(self.scalars):
             groups.setdefault(t.dtype, []).append(i)
         parts = [torch.stack([self.scalars[i] for i in idx]).to(self.acc) for idx in groups.values()]
         parts += [v.to(self.acc) for v in self.vectors]
-        flat: list[float] = torch.cat(parts).cpu().tolist() if parts else []
-        scalar_values = [0.0] * len(self.scalars)
+        data = torch.cat(parts) if parts else None
+        order = [i for idx in groups.values() for i in idx]
+        return Packed(data, self.layout, order, [v.numel() for v in self.vectors], len(self.scalars),
+                      self.calls, self.tensors, self.exact)
+
+    @staticmethod
+    def unpack(packed: Packed, flat: Sequence[float]) -> list[tuple[str, int, list[float]]]:
+        """The chunks of one packed batch from its values as read back on the host."""
+        scalar_values = [0.0] * packed.scalars
         pos = 0
-        for idx in groups.values():
-            for i in idx:
-                scalar_values[i] = flat[pos]
-                pos += 1
+        for i in packed.order:
+            scalar_values[i] = flat[pos]
+            pos += 1
         vector_values = []
-        for v in self.vectors:
-            vector_values.append(flat[pos:pos + v.numel()])
-            pos += v.numel()
+        for size in packed.sizes:
+            vector_values.append(list(flat[pos:pos + size]))
+            pos += size
         chunks: list[tuple[str, int, list[float]]] = []
-        for kind, index, slots in self.layout:
+        for kind, index, slots in packed.layout:
             values: list[float] = []
             for where, ref in slots:
                 if where == "s":
@@ -197,6 +229,26 @@ class Collector:
                     values.append(ref)
             chunks.append((kind, index, values))
         return chunks
+
+    def nonfinite_flag(self) -> torch.Tensor | None:
+        """A 0-dim device bool: did anything queued so far hold NaN/Inf (or, in fast mode, look like it)?
+
+        Built from the flags and counts already queued: no reduction runs again. None when nothing can be bad.
+        """
+        import torch
+
+        picks = {"call": (0, 1), "loss": (0,), "stats": (7, 8), "grad": (1, 2), "pgrad": (1, 2)}
+        flags: list[torch.Tensor] = []
+        for kind, _, slots in self.layout:
+            for i in picks.get(kind, ()):
+                where, ref = slots[i]
+                if where == "s":
+                    flags.append(self.scalars[int(ref)])
+                elif ref > 0:
+                    return torch.ones((), dtype=torch.bool)
+        if not flags:
+            return None
+        return (torch.stack([f.to(self.acc) for f in flags]) > 0).any()
 
     # ---------------------------------------------------------------- device reductions
     def _nonfinite(self, t: torch.Tensor) -> torch.Tensor:
@@ -289,7 +341,7 @@ class Collector:
         import torch
 
         flat = t.detach().reshape(-1)
-        step = max(1, flat.numel() // HIST_SAMPLE)
+        step = max(1, flat.numel() // HIST_SAMPLE) if self.sample is None else max(1, round(1 / self.sample))
         x = flat[::step].float()
         lo, hi = torch.as_tensor(values[3]).to(x.dtype), torch.as_tensor(values[4]).to(x.dtype)
         scale = HIST_BINS / (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
@@ -495,13 +547,14 @@ class Collector:
         Returns False, merging nothing, when a fast-mode batch raised a suspect flag: the caller then
         replays the batch in exact mode.
         """
+        packed = self.pack()
+        return self.merge(packed, self.unpack(packed, to_host(packed.data)))
 
-        for m, a in enumerate(self.alive):
-            if a is not None:
-                self._push("alive", m, [a])
-        chunks = self._transfer()
-        if not self.exact and any(self._suspect(kind, chunk) for kind, _, chunk in chunks):
+    def merge(self, packed: Packed, chunks: list[tuple[str, int, list[float]]]) -> bool:
+        """Merge one batch's chunks into the running totals; False (nothing merged) for a suspect fast batch."""
+        if not packed.exact and any(self._suspect(kind, chunk) for kind, _, chunk in chunks):
             return False
+        self.calls, self.tensors = packed.calls, packed.tensors
         forward_events: list[tuple[int, bool, bool]] = []
         grad_events: list[tuple[int, float, int, int, float]] = []
         loss_bad = False

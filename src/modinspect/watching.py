@@ -1,0 +1,626 @@
+"""`watch`: the `stats` hooks inside the user's own training loop, one device->host transfer per `every` steps.
+
+Design (what runs when):
+- Every step the Collector of `stats` (stats_hooks.py) reduces each hooked module's output and output
+  gradient to a few device scalars, in its exact (masked) mode, so NaN/Inf are counted, never guessed.
+  At the end of a step those are packed into one device vector (`Collector.pack`), nothing copied.
+- Every `every` steps the window's vectors, the loss and the parameter norms are concatenated and copied
+  to the host in one transfer (`stats_hooks.to_host`), merged there exactly (Chan's merge), and written
+  as one log record. A record covers the steps since the previous one.
+- NaN/Inf: unless on_nonfinite="log", one boolean per step (per backward) is read: the OR of the flags
+  and counts already queued. It is read at the end of the backward (an autograd engine callback), before
+  the optimizer can write NaN into the weights; when it is set, the weights are copied then. At the
+  step's end the step's first forward (its args/kwargs, kept by reference, and the RNG state) is replayed
+  through `collect_stats` on those weights, whose op tracer names the module, the aten op and the source
+  line. Only the first NaN/Inf is traced; the record of that step is written at once.
+- Update norms: the weights are copied at the start of each logged step (at the end of the step before),
+  so ‖Δw‖/‖w‖ is the logged step's own update over the weights before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import inspect
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modinspect.analysis import stats_hooks
+from modinspect.analysis.stats_hooks import RELU_FAMILY, Collector, StatsOptions
+from modinspect.analysis.stats_math import NEAR_LIMIT, Running, flags_for, grad_outliers
+from modinspect.errors import ModinspectError, NonFiniteError, UsageError
+from modinspect.report import ModuleStats, NonfiniteOrigin, ParamStats, WatchReport
+from modinspect.watchlog import (
+    Histogram,
+    LogHeader,
+    LogWriter,
+    ModuleRecord,
+    NonfiniteRecord,
+    ParamRecord,
+    StepRecord,
+    step_document,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from modinspect.analysis.stats_hooks import Packed
+
+ON_NONFINITE = ("warn", "raise", "breakpoint", "log")
+
+__all__ = ["NonFiniteWarning", "Watch", "watch"]
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """watch(on_nonfinite="warn") saw the first NaN/Inf."""
+
+
+def read_flag(flag: torch.Tensor) -> bool:
+    """The one per-step read: a single device boolean (none with on_nonfinite="log")."""
+    return bool(flag.item())
+
+
+def watch(model: Any, *, every: int = 100, log: str | Path | None = None, modules: str | None = None,
+          sample: float | None = None, on_nonfinite: str = "warn", save_batch: str | Path | None = None,
+          optimizer: Any = None, histogram: bool = True, overwrite: bool = False, tensorboard: str | Path | None = None,
+          training_only: bool = False) -> Watch:
+    """Hooks on `model`'s own forward and backward; a context manager whose exit (or `detach()`) removes them.
+
+    `every`: steps per log record. `modules`: a glob of module names to hook (all by default).
+    `sample`: the fraction of elements a histogram counts (default: up to 65,536 evenly spaced).
+    `on_nonfinite`: at the first NaN/Inf, "warn", "raise" (NonFiniteError), "breakpoint", or "log" (no
+    per-step read; the log record of the window says where). `save_batch`: a .pt to save the offending
+    forward's inputs to, for `modinspect stats --input`. `optimizer`: steps then advance on its
+    `step()` (a post hook) instead of `w.step()`. `tensorboard`: a folder for the same scalars and
+    histograms through torch.utils.tensorboard. `training_only`: ignore forwards run without grad
+    (evaluation loops between steps).
+    """
+    return Watch(model, every=every, log=log, modules=modules, sample=sample, on_nonfinite=on_nonfinite,
+                 save_batch=save_batch, optimizer=optimizer, histogram=histogram, overwrite=overwrite,
+                 tensorboard=tensorboard, training_only=training_only)
+
+
+class _Totals:
+    """Per-module statistics over the whole run, folded in from each window's Collector."""
+
+    def __init__(self, count: int) -> None:
+        self.running = [Running() for _ in range(count)]
+        self.grad = [[0.0, 0, 0, False, 0.0] for _ in range(count)]
+        self.alive: list[list[bool] | None] = [None] * count
+        self.units_ok = [True] * count
+        self.steps = 0
+
+    def fold(self, c: Collector, steps: int) -> None:
+        self.steps += steps
+        for m, r in enumerate(c.running):
+            total = self.running[m]
+            total.calls += r.calls
+            total.merge(r.n, r.mean, r.m2, r.lo, r.hi, r.abs_sum, r.zeros, r.nan, r.inf)
+            g, acc = c.grad[m], self.grad[m]
+            acc[0] += g[0]
+            acc[1] += g[1]
+            acc[2] += g[2]
+            acc[3] = acc[3] or g[3]
+            acc[4] = max(acc[4], g[4])
+            if not c.units_ok[m]:
+                self.units_ok[m] = False
+            elif r.alive:
+                prev = self.alive[m]
+                if prev is not None and len(prev) != len(r.alive):
+                    self.units_ok[m] = False
+                else:
+                    self.alive[m] = [a or b for a, b in zip(prev or r.alive, r.alive, strict=True)]
+
+
+class Watch:
+    """A watched model. Use as `with modinspect.watch(model) as w:`; call `w.step(loss)` once per step."""
+
+    def __init__(self, model: Any, *, every: int, log: str | Path | None, modules: str | None,
+                 sample: float | None, on_nonfinite: str, save_batch: str | Path | None, optimizer: Any,
+                 histogram: bool, overwrite: bool, tensorboard: str | Path | None = None,
+                 training_only: bool = False) -> None:
+        import torch
+
+        if isinstance(model, torch.jit.ScriptModule):
+            raise UsageError("TorchScript modules take no Python hooks; watch the Python model instead")
+        if not isinstance(model, torch.nn.Module):
+            raise UsageError(f"watch needs a torch.nn.Module, not {type(model).__name__}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise UsageError(f"every must be a positive number of steps, not {every!r}")
+        if on_nonfinite not in ON_NONFINITE:
+            raise UsageError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}, not {on_nonfinite!r}")
+        if sample is not None and not 0 < sample <= 1:
+            raise UsageError(f"sample must be a fraction in (0, 1], not {sample!r}")
+        named = [(n, m) for n, m in model.named_modules()
+                 if modules is None or fnmatch.fnmatchcase(n, modules) or n == modules]
+        if not named:
+            raise UsageError(f"modules={modules!r} matches no module")
+        self.model = model
+        self.every = every
+        self.on_nonfinite = on_nonfinite
+        self._pattern = modules
+        self._names = [n for n, _ in named]
+        self._mods = [m for _, m in named]
+        self._sample = sample
+        self._histogram = histogram
+        self._params = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+        self.device = str(self._params[0][1].device) if self._params else "cpu"
+        self._acc = torch.float32 if self.device.startswith("mps") else torch.float64
+        self._save_batch = Path(save_batch) if save_batch is not None else None
+        self._overwrite = overwrite
+        if self._save_batch is not None:
+            from modinspect.writes import check_writable
+
+            check_writable(self._save_batch, overwrite)
+        self.steps = 0
+        self.records = 0
+        self._window = 0  # steps in the current window
+        self._pending: list[Packed] = []
+        self._handles: list[Any] = []
+        self._paused = False
+        self._batch: tuple[tuple[Any, ...], dict[str, Any], Any] | None = None
+        self._snapshot: list[torch.Tensor] | None = None  # weights before the optimizer step of a flagged step
+        self._update_from: list[torch.Tensor] | None = None  # weights at the start of the logged step
+        self._flagged = False
+        self._backward_ran = False
+        self._callback_queued = False
+        self._grad_norms: dict[int, torch.Tensor] = {}
+        self._loss: torch.Tensor | None = None
+        self._from_optimizer = False
+        self._window_open = False  # a step ended and the next has not started
+        self.nonfinite_step: int | None = None
+        self.nonfinite_origin: NonfiniteOrigin | None = None
+        self._record_origin: NonfiniteOrigin | None = None  # for the next record
+        self._last_params: tuple[ParamStats, ...] = ()
+        self._totals = _Totals(len(self._mods))
+        self._attached = False
+        self._writer: LogWriter | None = None
+        self._tensorboard: Any = None
+        self._training_only = training_only
+        self.collector = self._new_collector()
+        try:
+            self._attach(optimizer)
+            if log is not None:
+                path = Path(log)
+                if path.exists() and not path.is_dir() and not overwrite:
+                    raise UsageError(f"log {path} exists; pass overwrite=True to replace it")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                header = LogHeader(model=type(model).__name__, every=every, device=self.device,
+                                   world_size=_world_size(), started=time.time())
+                self._writer = LogWriter(path, header, force=overwrite)
+            if tensorboard is not None:
+                from modinspect.integrations.tensorboard import TensorBoardWriter
+
+                self._tensorboard = TensorBoardWriter(tensorboard)
+        except BaseException:
+            self.detach()
+            raise
+        self.log = str(log) if log is not None else None
+        if every == 1:
+            self._update_from = self._copy_weights()
+        self._set_histogram()
+
+    # ---------------------------------------------------------------- context manager
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    # ---------------------------------------------------------------- hooks
+    def _new_collector(self) -> Collector:
+        options = StatsOptions(backward=True, pattern=self._pattern, histogram=self._histogram)
+        c = Collector(self._names, self._mods, options, self._acc)
+        c.exact = True  # counts NaN/Inf on every step: a window cannot be replayed after the fact
+        c.sample = self._sample
+        c.begin_batch()
+        return c
+
+    def _attach(self, optimizer: Any) -> None:
+        self._attached = True
+        self._handles.append(self.model.register_forward_pre_hook(self._capture, with_kwargs=True, prepend=True))
+        for m in self._mods:
+            self._handles.append(m.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+            self._handles.append(m.register_forward_hook(self._forward_hook, with_kwargs=True))
+        for i, (_, p) in enumerate(self._params):
+            if p.requires_grad:
+                self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook(i)))  # type: ignore[no-untyped-call]
+        self._optimizer = optimizer
+        if optimizer is not None:
+            self._handles.append(optimizer.register_step_post_hook(self._optimizer_stepped))
+
+    def _ignored(self) -> bool:
+        """Hooks do nothing while paused (a replay, an evaluation loop) and, with training_only, without grad."""
+        if self._paused:
+            return True
+        if self._training_only:
+            import torch
+
+            return not torch.is_grad_enabled()
+        return False
+
+    def pause(self) -> None:
+        """Ignore forwards and backwards until `resume()` (an evaluation loop between training steps)."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    def _capture(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not self._ignored() and self._batch is None:
+            from modinspect.analysis.stats import _rng_state
+
+            self._batch = (args, dict(kwargs), _rng_state())
+            if self._window_open:  # the first forward of a new step: last step's loss and gradients are spent
+                self._loss, self._grad_norms, self._window_open = None, {}, False
+
+    def _pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not self._ignored():
+            self.collector.pre_hook(module, args, kwargs)
+
+    def _forward_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        if not self._ignored():
+            self.collector.forward_hook(module, args, kwargs, output)
+
+    def _grad_hook(self, i: int) -> Any:
+        def hook(p: torch.Tensor) -> None:
+            if self._paused or p.grad is None:
+                return
+            import torch
+
+            g = p.grad.detach()
+            if g.is_sparse:  # nn.Embedding(sparse=True)
+                g = g.coalesce().values()
+            self._grad_norms[i] = torch.linalg.vector_norm(g.float() if g.dtype in (torch.float16, torch.bfloat16)
+                                                           else g)
+            if not self._callback_queued:
+                self._callback_queued = True
+                # Runs when this backward finishes, before the user's optimizer step can spread a NaN.
+                torch.autograd.Variable._execution_engine.queue_callback(self._after_backward)
+
+        return hook
+
+    def _after_backward(self) -> None:
+        self._callback_queued = False
+        self._backward_ran = True
+        if self._check():
+            self._snapshot = self._copy_weights()
+
+    def _optimizer_stepped(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._from_optimizer = True
+        try:
+            self.step(self._loss)
+        finally:
+            self._from_optimizer = False
+
+    # ---------------------------------------------------------------- steps
+    def step(self, loss: Any = None) -> None:
+        """End the current step: `loss` (a tensor or a number) is logged; every `every` steps a record is written."""
+        if not self._attached:
+            raise UsageError("this watch is detached; start a new one")
+        if self._optimizer is not None and not self._from_optimizer:
+            raise UsageError("with optimizer=, steps advance on optimizer.step(); log the loss with w.log_loss(loss)")
+        if loss is not None:
+            self.log_loss(loss)
+        self.steps += 1
+        self._window += 1
+        if self._loss is not None:
+            self.collector.record_loss(self._loss)
+        if not self._backward_ran:
+            self._check()
+        first = self._flagged and self.nonfinite_step is None
+        if first:
+            self.nonfinite_step = self.steps
+            self.nonfinite_origin = self._record_origin = self._trace()
+            if self._save_batch is not None:
+                self._write_batch()
+        self._pending.append(self.collector.pack())
+        self.collector.remove_tensor_hooks()
+        self.collector.begin_batch()
+        self._batch = None
+        self._snapshot = None
+        self._flagged = self._backward_ran = False
+        self._window_open = True
+        if first or self.steps % self.every == 0:
+            self._flush()
+        if (self.steps + 1) % self.every == 0:
+            self._update_from = self._copy_weights()
+        self._set_histogram()
+        if first:
+            self._act()
+
+    def log_loss(self, loss: Any) -> None:
+        """Record this step's loss (kept on the device until the next record)."""
+        import torch
+
+        value = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss), device=self.device)
+        self._loss = value.reshape(-1)[0].to(self._acc) if value.numel() else None
+
+    def _set_histogram(self) -> None:
+        # Histograms only for the step a record is written at (and the first NaN/Inf step's flush).
+        self.collector.options.histogram = self._histogram and (self.steps + 1) % self.every == 0
+
+    def _check(self) -> bool:
+        """Read this step's NaN/Inf flag (once it is set, or after the first NaN/Inf, nothing more is read)."""
+        import torch
+
+        if self.on_nonfinite == "log" or self.nonfinite_step is not None or self._flagged:
+            return False
+        flags = [f for f in [self.collector.nonfinite_flag()] if f is not None]
+        flags += [~torch.isfinite(g) for g in self._grad_norms.values()]
+        if self._loss is not None:
+            flags.append(~torch.isfinite(self._loss))
+        if not flags:
+            return False
+        self._flagged = read_flag(torch.stack([f.reshape(()).to(self.device) for f in flags]).any())
+        return self._flagged
+
+    def _copy_weights(self) -> list[torch.Tensor]:
+        return [p.detach().clone() for _, p in self._params]
+
+    # ---------------------------------------------------------------- the first NaN/Inf
+    def _trace(self) -> NonfiniteOrigin | None:
+        """Replay the step's first forward (and a backward) through `stats`' exact replay and op tracer."""
+        from modinspect.analysis.stats import _restore_rng, collect_stats
+
+        if self._batch is None:
+            return NonfiniteOrigin(None, None, "backward", "loss", ())
+        args, kwargs, rng = self._batch
+        options = StatsOptions(backward=any(p.requires_grad for _, p in self._params), pattern=self._pattern,
+                               train=self.model.training, histogram=False)
+        was, self._paused = self._paused, True
+        try:
+            with self._weights(self._snapshot):
+                _restore_rng(rng)
+                report = collect_stats(self.model, [(args, kwargs)], options=options, device=self.device)
+        except ModinspectError:
+            return None
+        finally:
+            self._paused = was
+        if report.nonfinite_origin is None:
+            # The model's outputs and their gradients are finite: the user's loss made it.
+            return NonfiniteOrigin(None, None, "backward", "loss", ())
+        return report.nonfinite_origin
+
+    @contextlib.contextmanager
+    def _weights(self, snapshot: list[torch.Tensor] | None) -> Iterator[None]:
+        import torch
+
+        if snapshot is None:
+            yield
+            return
+        current = self._copy_weights()
+        with torch.no_grad():
+            for (_, p), s in zip(self._params, snapshot, strict=True):
+                p.copy_(s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (_, p), s in zip(self._params, current, strict=True):
+                    p.copy_(s)
+
+    def _write_batch(self) -> None:
+        import torch
+
+        from modinspect.writes import atomic_write
+
+        assert self._save_batch is not None
+        if self._batch is None:
+            return
+        args, kwargs, _ = self._batch
+        obj: Any
+        if args and kwargs and _bindable(self.model):
+            bound = inspect.signature(self.model.forward).bind_partial(*args, **kwargs)
+            obj = dict(bound.arguments)  # keyword arguments for `stats --input`
+        elif kwargs:
+            obj = dict(kwargs)
+        else:
+            obj = args[0] if len(args) == 1 else tuple(args)
+        obj = _to_cpu(obj, torch)
+        atomic_write(self._save_batch, lambda tmp: torch.save(obj, tmp), force=self._overwrite)
+
+    def _act(self) -> None:
+        step, origin = self.nonfinite_step, self.nonfinite_origin
+        assert step is not None
+        message = describe_nonfinite(step, origin)
+        if self._save_batch is not None:
+            message += f"; batch saved to {self._save_batch}"
+        if self.on_nonfinite == "raise":
+            self.detach()  # the run stops here, inside a `with` or not (a Trainer callback has no exit)
+            raise NonFiniteError(step, origin, message)
+        if self.on_nonfinite == "warn":
+            warnings.warn(message, NonFiniteWarning, stacklevel=3)
+        elif self.on_nonfinite == "breakpoint":
+            breakpoint()  # the user asked to stop here
+
+    # ---------------------------------------------------------------- records
+    def _flush(self) -> None:
+        """The one transfer of the window: its packed steps, the loss, the parameter norms; then one record."""
+        import torch
+
+        if not self._pending:
+            return
+        extra = self._param_vector()
+        datas = [p.data for p in self._pending if p.data is not None] + [extra]
+        flat = stats_hooks.to_host(torch.cat(datas))
+        pos = 0
+        c = self.collector  # the live one: its execution order and input links are the window's
+        for packed in self._pending:
+            size = packed.data.numel() if packed.data is not None else 0
+            c.merge(packed, Collector.unpack(packed, flat[pos:pos + size]))
+            pos += size
+        tail = flat[pos:]
+        loss = tail[0] if self._loss is not None else None
+        params = self._param_stats(tail[1:])
+        origin = self._record_origin if self._record_origin is not None else (
+            c.origin if self.on_nonfinite == "log" else None)
+        rows = self._rows(c, self._window)
+        record = StepRecord(step=self.steps, time=time.time(), loss=loss, modules=tuple(_module_record(r) for r in rows),
+                            params=tuple(ParamRecord(p.name, p.norm, p.grad_norm, p.update_norm, p.update_ratio)
+                                         for p in params),
+                            nonfinite=_origin_record(origin) if origin is not None else None)
+        if self._writer is not None:
+            self._writer.write(record)
+        if self._tensorboard is not None:
+            self._tensorboard.write(step_document(record))
+        self.records += 1
+        self._totals.fold(c, self._window)
+        if self.on_nonfinite == "log" and origin is not None and self.nonfinite_origin is None:
+            self.nonfinite_step, self.nonfinite_origin = self.steps, origin
+        self._last_params = tuple(params)
+        self._record_origin = None
+        self._pending = []
+        self._window = 0
+        self.collector = self._new_collector()
+
+    def _param_vector(self) -> torch.Tensor:
+        import torch
+
+        values: list[torch.Tensor] = [self._loss if self._loss is not None else torch.zeros((), dtype=self._acc)]
+        zero = torch.zeros((), dtype=self._acc, device=self.device)
+        with torch.no_grad():
+            for i, (_, p) in enumerate(self._params):
+                w = p.detach()
+                values.append(torch.linalg.vector_norm(w, dtype=self._acc))
+                g = self._grad_norms.get(i)
+                values.append(g.to(self._acc) if g is not None else zero - 1)
+                if self._update_from is not None and self._update_from[i].shape == w.shape:
+                    before = self._update_from[i]
+                    values.append(torch.linalg.vector_norm(w.to(self._acc) - before.to(self._acc)))
+                    values.append(torch.linalg.vector_norm(before, dtype=self._acc))
+                else:
+                    values += [zero - 1, zero - 1]
+        return torch.stack([v.to(self.device) for v in values])
+
+    def _param_stats(self, values: list[float]) -> list[ParamStats]:
+        out = []
+        for i, (name, _) in enumerate(self._params):
+            norm, grad, update, before = values[4 * i: 4 * i + 4]
+            has_update = update >= 0 or math.isnan(update)
+            ratio = update / before if has_update and before > 0 else None
+            out.append(ParamStats(name, finite_or_none(norm), finite_or_none(grad) if grad != -1 else None,
+                                  finite_or_none(update) if has_update else None, finite_or_none(ratio)))
+        return out
+
+    def _rows(self, c: Collector, steps: int) -> list[ModuleStats]:
+        """The Collector's rows with gradient norms as the RMS over the window's steps."""
+        import dataclasses
+
+        scale = 1 / math.sqrt(steps) if steps else 1.0
+        return [dataclasses.replace(r, grad_norm=r.grad_norm * scale if r.grad_norm is not None else None)
+                for r in c.module_stats()]
+
+    # ---------------------------------------------------------------- end
+    def detach(self) -> None:
+        """Remove every hook and handle; write the record of the steps since the last one. Safe to call twice."""
+        if not self._attached and self._writer is None and self._tensorboard is None:
+            return
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.collector.remove_tensor_hooks()
+        attached, self._attached = self._attached, False
+        try:
+            if attached and self._window:
+                self._flush()
+        finally:
+            self._update_from = self._snapshot = None
+            self._batch = None
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            if self._tensorboard is not None:
+                self._tensorboard.close()
+                self._tensorboard = None
+
+    def report(self) -> WatchReport:
+        """The statistics over every step watched so far (a record's worth of steps not yet logged excepted)."""
+        return WatchReport(model=type(self.model).__name__, device=self.device, steps=self.steps,
+                           records=self.records, modules=tuple(self._total_rows()), params=self._last_params,
+                           nonfinite_step=self.nonfinite_step, nonfinite_origin=self.nonfinite_origin, log=self.log)
+
+    def _total_rows(self) -> list[ModuleStats]:
+        t = self._totals
+        scale = 1 / math.sqrt(t.steps) if t.steps else 1.0
+        types = [type(m).__name__ for m in self._mods]
+        norms = [math.sqrt(g[0]) * scale if g[3] else None for g in t.grad]
+        exploding, vanishing = grad_outliers(self._names, types, norms, [g[4] * NEAR_LIMIT >= 1.0 for g in t.grad])
+        rows = []
+        for m, r in enumerate(t.running):
+            alive = t.alive[m]
+            dead = (sum(1 for a in alive if not a) / len(alive)) if (
+                types[m] in RELU_FAMILY and t.units_ok[m] and alive) else None
+            row = ModuleStats(
+                name=self._names[m], type=types[m], calls=r.calls, count=r.count, finite=r.n, mean=r.mean_or_none(),
+                std=r.std(), min=r.min_or_none(), max=r.max_or_none(), mean_abs=r.mean_abs(),
+                zero_fraction=r.zero_fraction(), nan=r.nan, inf=r.inf, dead_fraction=dead,
+                units=len(alive) if dead is not None and alive else None, grad_norm=norms[m],
+                grad_nan=int(t.grad[m][1]), grad_inf=int(t.grad[m][2]), param_grad_norm=None, param_grad_nan=0,
+                param_grad_inf=0, histogram=(), flags=())
+            import dataclasses
+
+            rows.append(dataclasses.replace(row, flags=flags_for(row, m in exploding, m in vanishing)))
+        return rows
+
+
+def _world_size() -> int:
+    import torch
+
+    dist = torch.distributed
+    return int(dist.get_world_size()) if dist.is_available() and dist.is_initialized() else 1
+
+
+def _bindable(model: Any) -> bool:
+    try:
+        inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _to_cpu(obj: Any, torch: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v, torch) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v, torch) for v in obj)
+    return obj
+
+
+def describe_nonfinite(step: int, origin: NonfiniteOrigin | None) -> str:
+    """One line: 'first NaN/Inf at step 7: fc2 (Linear), forward, aten::log at train.py:12'."""
+    if origin is None:
+        return f"first NaN/Inf at step {step}"
+    if origin.module is None:
+        where = {"input": "already in the model's input", "loss": "in the loss"}.get(origin.cause, origin.cause)
+    else:
+        where = f"{origin.module or '(model)'} ({origin.type}), {origin.phase}"
+    if origin.op:
+        where += f", {origin.op}"
+    if origin.source:
+        where += f" at {origin.source}"
+    if origin.detail:
+        where += f" ({origin.detail})"
+    return f"first NaN/Inf at step {step}: {where}"
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _module_record(r: ModuleStats) -> ModuleRecord:
+    hist = Histogram(edges=r.histogram_edges, counts=r.histogram) if r.histogram else None
+    return ModuleRecord(name=r.name, type=r.type, calls=r.calls, count=r.count, mean=r.mean, std=r.std, min=r.min,
+                        max=r.max, zero_fraction=r.zero_fraction, nan=r.nan, inf=r.inf, dead_fraction=r.dead_fraction,
+                        grad_norm=r.grad_norm, grad_nan=r.grad_nan, grad_inf=r.grad_inf, histogram=hist)
+
+
+def _origin_record(o: NonfiniteOrigin) -> NonfiniteRecord:
+    return NonfiniteRecord(module=o.module, type=o.type, phase=o.phase, op=o.op, source=o.source, code=o.code,
+                           cause=o.cause)

@@ -1,0 +1,621 @@
+"""`modinspect.watch` inside a real training loop: the JSONL log value by value against plain hooks, one
+device->host transfer per window, the first NaN/Inf stopped at its step with module, op and line, hygiene.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import sys
+import textwrap
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import modinspect
+from conftest import invoke
+from models import BadGrad, SmallCNN
+from modinspect.analysis import stats_hooks
+from modinspect.errors import ModinspectError, NonFiniteError, UsageError
+from modinspect.watching import NonFiniteWarning
+
+HERE = Path(__file__).resolve()
+
+
+def shown(path: Path | str) -> str:
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def line_of(marker: str) -> tuple[str, str]:
+    """(`file:line`, code) of the line ending with `# fault: marker` in this file."""
+    for number, text in enumerate(HERE.read_text().splitlines(), start=1):
+        if text.rstrip().endswith(f"# fault: {marker}"):
+            return f"{shown(HERE)}:{number}", text.strip()
+    raise AssertionError(marker)
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ---------------------------------------------------------------- the reference: plain hooks, torch's reductions
+
+
+def first_tensor(out: Any) -> torch.Tensor | None:
+    if isinstance(out, torch.Tensor):
+        return out if out.is_floating_point() else None
+    return None
+
+
+class PlainHooks:
+    """Every module's output (cloned) and the squared norms of its gradients, per step, with torch's own hooks."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.outputs: list[dict[str, list[torch.Tensor]]] = []
+        self.grad_sq: list[dict[str, float]] = []
+        self.handles = [m.register_forward_hook(self._hook(n)) for n, m in model.named_modules()]
+
+    def new_step(self) -> None:
+        self.outputs.append({})
+        self.grad_sq.append({})
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            t = first_tensor(out)
+            if t is None:
+                return
+            self.outputs[-1].setdefault(name, []).append(t.detach().clone())
+            if t.requires_grad:
+                step = self.grad_sq[-1]
+
+                def grad_hook(g: torch.Tensor) -> None:
+                    step[name] = step.get(name, 0.0) + float(g.double().square().sum())
+
+                t.register_hook(grad_hook)
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def expected_module(plain: PlainHooks, steps: range, name: str, relu: bool) -> dict[str, Any]:
+    xs = [t for s in steps for t in plain.outputs[s].get(name, [])]
+    x = torch.cat([t.double().reshape(-1) for t in xs])
+    finite = x[torch.isfinite(x)]
+    grads = [plain.grad_sq[s].get(name) for s in steps]
+    dead = None
+    if relu:
+        alive = None
+        for t in xs:
+            dim = 1 if t.ndim >= 4 else t.ndim - 1
+            a = (t != 0).any(dim=[d for d in range(t.ndim) if d != dim])
+            alive = a if alive is None else alive | a
+        assert alive is not None
+        dead = float((~alive).double().mean())
+    return {
+        "calls": len(xs), "count": x.numel(), "mean": float(finite.mean()), "std": float(finite.std()),
+        "min": float(finite.min()), "max": float(finite.max()), "zero_fraction": float((x == 0).double().mean()),
+        "nan": int(torch.isnan(x).sum()), "inf": int(torch.isinf(x).sum()), "dead_fraction": dead,
+        "grad_norm": math.sqrt(sum(g for g in grads if g is not None) / len(steps)) if any(grads) else None,
+    }
+
+
+def check_record(record: dict[str, Any], plain: PlainHooks, steps: range, model: nn.Module) -> int:
+    """Compare every module that returned a tensor; returns how many were compared."""
+    rows = {r["name"]: r for r in record["modules"]}
+    types = {n: type(m).__name__ for n, m in model.named_modules()}
+    compared = 0
+    for name in plain.outputs[steps[0]]:
+        want = expected_module(plain, steps, name, types[name] in ("ReLU", "ReLU6"))
+        got = rows[name]
+        assert got["type"] == types[name]
+        for key, value in want.items():
+            if isinstance(value, float):
+                assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, key)
+            else:
+                assert got[key] == value, (name, key)
+        compared += 1
+    return compared
+
+
+def run_and_compare(model: nn.Module, make_batch: Callable[[int], Any], forward: Callable[[nn.Module, Any], Any],
+                    tmp_path: Path, steps: int = 6, every: int = 3) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    log = tmp_path / "stats.jsonl"
+    plain = PlainHooks(model)
+    params: dict[int, dict[str, tuple[float, float, float, float]]] = {}
+    with modinspect.watch(model, every=every, log=log) as w:
+        for step in range(1, steps + 1):
+            plain.new_step()
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            loss = forward(model, make_batch(step))
+            loss.backward()
+            grads = {n: float(p.grad.norm()) for n, p in model.named_parameters() if p.grad is not None}
+            opt.step()
+            params[step] = {n: (float(p.detach().norm()), grads.get(n, -1.0), float((p.detach() - before[n]).norm()),
+                                float(before[n].norm())) for n, p in model.named_parameters()}
+            opt.zero_grad()
+            w.step(loss)
+    plain.remove()
+    header, *records = read_log(log)
+    assert header == {"schema": "modinspect.watch/1", "kind": "header", "model": type(model).__name__,
+                      "every": every, "started": header["started"], "device": "cpu", "world_size": 1}
+    assert [r["step"] for r in records] == list(range(every, steps + 1, every))
+    for i, record in enumerate(records):
+        window = range(i * every, (i + 1) * every)
+        assert check_record(record, plain, window, model) >= 5
+        assert record["nonfinite"] is None
+        logged = record["step"]
+        for p in record["params"]:
+            norm, grad, update, before_norm = params[logged][p["name"]]
+            assert p["norm"] == pytest.approx(norm, rel=1e-5)
+            assert p["grad_norm"] == pytest.approx(grad, rel=1e-5, abs=1e-9)
+            assert p["update_norm"] == pytest.approx(update, rel=1e-4, abs=1e-9)
+            assert p["update_ratio"] == pytest.approx(update / before_norm, rel=1e-4, abs=1e-9)
+        assert [p["name"] for p in record["params"]] == [n for n, _ in model.named_parameters()]
+    assert w.report().steps == steps and w.report().records == len(records)
+
+
+def test_jsonl_matches_plain_hooks_on_a_small_cnn(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = SmallCNN().train()
+    gen = torch.Generator().manual_seed(1)
+    run_and_compare(model, lambda step: torch.randn(4, 3, 16, 16, generator=gen),
+                    lambda m, x: m(x).square().mean(), tmp_path)
+
+
+def test_jsonl_matches_plain_hooks_on_tiny_gpt2(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=97, n_positions=32)
+    model = transformers.GPT2LMHeadModel(config).train()
+    gen = torch.Generator().manual_seed(2)
+
+    def batch(step: int) -> torch.Tensor:
+        return torch.randint(0, 97, (2, 12), generator=gen)
+
+    run_and_compare(model, batch, lambda m, ids: m(input_ids=ids, labels=ids).loss, tmp_path, steps=4, every=2)
+
+
+def test_histogram_of_the_logged_step_is_torch_histc(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.Tanh())
+    outs: list[torch.Tensor] = []
+    model[1].register_forward_hook(lambda m, a, o: outs.append(o.detach().clone()))
+    with modinspect.watch(model, every=2, log=tmp_path / "h.jsonl") as w:
+        for _ in range(4):
+            model(torch.randn(16, 8)).sum().backward()
+            w.step()
+    records = read_log(tmp_path / "h.jsonl")[1:]
+    for record, out in zip(records, (outs[1], outs[3]), strict=True):
+        hist = next(r for r in record["modules"] if r["name"] == "1")["histogram"]
+        lo, hi = float(out.min()), float(out.max())
+        assert hist["edges"] == pytest.approx([lo + (hi - lo) * i / 16 for i in range(17)], rel=1e-6)
+        assert sum(hist["counts"]) == out.numel()
+        want = torch.histc(out.double(), bins=16, min=lo, max=hi).long().tolist()
+        assert sum(abs(a - b) for a, b in zip(hist["counts"], want, strict=True)) <= 2  # float rounding at edges
+
+
+# ---------------------------------------------------------------- transfers
+
+
+@pytest.fixture
+def host_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts of device->host reads made by modinspect's code, by the function that made them."""
+    counts: dict[str, int] = {}
+    src = str(Path(modinspect.__file__).parent)
+
+    def wrap(name: str) -> None:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            caller = sys._getframe(1)
+            if caller.f_code.co_filename.startswith(src):
+                counts[caller.f_code.co_name] = counts.get(caller.f_code.co_name, 0) + 1
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+        wrap(name)
+    return counts
+
+
+@pytest.mark.parametrize("mode, flag_reads", [("log", 0), ("warn", 10)])
+def test_one_transfer_per_every_steps(host_reads: dict[str, int], mode: str, flag_reads: int) -> None:
+    torch.manual_seed(0)
+    model = SmallCNN().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    transfers: list[int] = []
+    original = stats_hooks.to_host
+
+    def counted(data: torch.Tensor | None) -> list[float]:
+        transfers.append(data.numel() if data is not None else 0)
+        return original(data)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stats_hooks, "to_host", counted)
+        w = modinspect.watch(model, every=5, on_nonfinite=mode)
+        for _ in range(10):
+            loss = model(torch.randn(2, 3, 16, 16)).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            w.step(loss)
+        w.detach()
+    assert len(transfers) == 2  # steps 5 and 10: one copy each, whatever the number of modules
+    assert transfers[0] > 12 * 10  # every module's statistics of five steps travel in it
+    # Besides that copy (to_host calls .cpu() then .tolist()), modinspect reads one flag per step, or none.
+    assert host_reads.pop("to_host") == 4
+    assert host_reads == ({"read_flag": flag_reads} if flag_reads else {})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_no_synchronisation_between_logged_steps_on_cuda() -> None:
+    model = SmallCNN().cuda().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with modinspect.watch(model, every=4, on_nonfinite="log") as w:
+        batch = torch.randn(2, 3, 16, 16, device="cuda")
+        torch.cuda.synchronize()
+        for step in range(1, 8):
+            torch.cuda.set_sync_debug_mode("error" if step % 4 else 0)
+            try:
+                loss = model(batch).mean()
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                w.step(loss)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+    assert w.records == 2
+
+
+# ---------------------------------------------------------------- the first NaN/Inf
+
+
+class LogAct(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x + 3.0)  # fault: log
+
+
+def planted() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), LogAct(), nn.Linear(8, 2))
+
+
+def batches(bad_step: int) -> Iterator[tuple[int, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(3)
+    for step in range(1, 30):
+        # Small inputs keep x + 3 > 0; at bad_step the Linear's outputs go below -3 and log makes NaN.
+        yield step, torch.randn(5, 4, generator=gen) * (100.0 if step == bad_step else 0.1)
+
+
+def test_planted_nan_stops_at_its_step_with_module_op_and_line(tmp_path: Path) -> None:
+    model = planted()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    log, saved = tmp_path / "run.jsonl", tmp_path / "bad.pt"
+    ran = []
+    with pytest.raises(NonFiniteError) as info, \
+            modinspect.watch(model, every=5, log=log, on_nonfinite="raise", save_batch=saved) as w:
+        for step, x in batches(bad_step=7):
+            ran.append(step)
+            loss = model(x).square().mean()
+            loss.backward()
+            opt.step()
+            after_update = [p.detach().clone() for p in model.parameters()]
+            opt.zero_grad()
+            w.step(loss)
+    source, code = line_of("log")
+    err = info.value
+    assert isinstance(err, ModinspectError)
+    assert ran[-1] == 7 and err.step == 7
+    o = err.origin
+    assert (o.module, o.type, o.phase, o.cause, o.op, o.source, o.code) == (
+        "1", "LogAct", "forward", "produced", "aten::log", source, code)
+    assert str(err) == f"first NaN/Inf at step 7: 1 (LogAct), forward, aten::log at {source}; batch saved to {saved}"
+    # The replay ran on the weights before the update and put the user's weights back.
+    for a, b in zip(after_update, model.parameters(), strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0, equal_nan=True)
+    assert any(torch.isnan(p).any() for p in model.parameters())  # the user's NaN update is theirs to see
+    _, first, bad = read_log(log)
+    assert (first["step"], first["nonfinite"], bad["step"]) == (5, None, 7)
+    assert bad["nonfinite"] == {"module": "1", "type": "LogAct", "phase": "forward", "op": "aten::log",
+                                "source": source, "code": code, "cause": "produced"}
+    assert bad["loss"] is None  # NaN is written as null, strict JSON
+    row = next(r for r in bad["modules"] if r["name"] == "1")
+    assert row["nan"] > 0 and row["grad_nan"] > 0
+    assert "NaN" not in log.read_text()
+    # The saved batch is the step-7 input, and `stats --input` replays it to the same op.
+    x7 = dict(batches(7))[7]
+    assert torch.equal(torch.load(saved, weights_only=True), x7)
+    assert not any(h for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks))
+
+
+def test_saved_batch_replays_with_stats_input(tmp_path: Path) -> None:
+    (tmp_path / "nets.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        class LogAct(nn.Module):
+            def forward(self, x):
+                return torch.log(x + 3.0)
+
+        def build():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Linear(4, 8), LogAct(), nn.Linear(8, 2))
+    """))
+    spec = importlib.util.spec_from_file_location("watch_nets", tmp_path / "nets.py")
+    assert spec is not None and spec.loader is not None
+    nets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nets)
+    model = nets.build()
+    with modinspect.watch(model, every=100, on_nonfinite="log", save_batch=tmp_path / "never.pt"):
+        pass
+    assert not (tmp_path / "never.pt").exists()
+    with pytest.warns(NonFiniteWarning, match=r"^first NaN/Inf at step 3: 1 \(LogAct\), forward, aten::log at "), \
+            modinspect.watch(model, every=100, save_batch=tmp_path / "bad.pt") as w:
+        for step, x in batches(bad_step=3):
+            model(x).sum().backward()
+            w.step()
+            if step == 4:
+                break
+    result = invoke("stats", "nets.py:build", "--input", "bad.pt", "--json", cwd=tmp_path)
+    assert result.exit_code == 1, result.stderr
+    origin = json.loads(result.stdout)["nonfinite_origin"]
+    assert (origin["module"], origin["op"], origin["source"]) == ("1", "aten::log", "nets.py:7")
+
+
+def test_keyword_batch_is_saved_as_keywords(tmp_path: Path) -> None:
+    class Kw(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            return torch.log(self.fc(x) * scale)
+
+    model = Kw()
+    x, scale = torch.randn(3, 4), torch.full((1,), -1.0)
+    with pytest.warns(NonFiniteWarning), modinspect.watch(model, save_batch=tmp_path / "kw.pt") as w:
+        model(x, scale=scale).sum().backward()
+        w.step()
+    saved = torch.load(tmp_path / "kw.pt", weights_only=True)
+    assert list(saved) == ["x", "scale"] and torch.equal(saved["x"], x) and torch.equal(saved["scale"], scale)
+
+
+def test_backward_nan_with_optimizer_steps_is_traced_on_the_weights_before_the_update(tmp_path: Path) -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.bad, self.fc2 = nn.Linear(4, 8), BadGrad(), nn.Linear(8, 1)
+            self.armed = False
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc1(x)
+            return self.fc2(self.bad(h) if self.armed else h)
+
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(NonFiniteError) as info, \
+            modinspect.watch(model, every=10, optimizer=opt, on_nonfinite="raise", log=tmp_path / "b.jsonl") as w:
+        for step in range(1, 20):
+            model.armed = step == 4
+            loss = model(torch.randn(3, 4)).mean()
+            w.log_loss(loss)
+            value = loss.item()
+            loss.backward()
+            opt.step()  # the watch steps here
+            opt.zero_grad()
+    assert info.value.step == 4 and w.steps == 4
+    o = info.value.origin
+    assert (o.module, o.phase, o.cause, o.op) == ("bad", "backward", "produced", "aten::mul")
+    assert not opt._optimizer_step_post_hooks
+    records = read_log(tmp_path / "b.jsonl")[1:]
+    assert [r["step"] for r in records] == [4]
+    assert records[0]["loss"] == pytest.approx(value)
+
+
+def test_warn_mode_keeps_training_and_logs_the_nan_counts(tmp_path: Path) -> None:
+    model = planted()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with warnings.catch_warnings(record=True) as caught, \
+            modinspect.watch(model, every=4, log=tmp_path / "w.jsonl") as w:
+        warnings.simplefilter("always")
+        for step, x in batches(bad_step=6):
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+            w.step()
+            if step == 12:
+                break
+    assert [str(c.message).split(":")[0] for c in caught if c.category is NonFiniteWarning] == [
+        "first NaN/Inf at step 6"]
+    records = read_log(tmp_path / "w.jsonl")[1:]
+    assert [r["step"] for r in records] == [4, 6, 8, 12]  # the NaN step's record is written at once
+    assert [r["nonfinite"] is not None for r in records] == [False, True, False, False]
+    # After step 6 the weights hold NaN: every later output counts them.
+    last = next(r for r in records[-1]["modules"] if r["name"] == "2")
+    assert last["nan"] == last["count"] == 4 * 5 * 2 and last["mean"] is None
+    report = w.report()
+    assert report.nonfinite_step == 6 and report.nonfinite_origin is not None
+    assert report.nonfinite_origin.op == "aten::log" and report.steps == 12
+
+
+def test_breakpoint_mode_calls_the_breakpoint_hook_at_the_bad_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    stops: list[int] = []
+    model = planted()
+    with modinspect.watch(model, every=10, on_nonfinite="breakpoint") as w:
+        monkeypatch.setattr(sys, "breakpointhook", lambda *a, **k: stops.append(w.steps))
+        for step, x in batches(bad_step=2):
+            model(x).sum().backward()
+            w.step()
+            if step == 4:
+                break
+    assert stops == [2]
+
+
+def test_sparse_embedding_gradients_are_watched(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Linear(4, 1))
+    ids = torch.tensor([[1, 2, 2, 5]])
+    with modinspect.watch(model, every=1, log=tmp_path / "e.jsonl") as w:
+        model(ids).sum().backward()
+        grad = model[0].weight.grad.coalesce().values().norm().item()
+        w.step()
+    params = read_log(tmp_path / "e.jsonl")[1]["params"]
+    assert params[0]["name"] == "0.weight" and params[0]["grad_norm"] == pytest.approx(grad, rel=1e-6)
+
+
+def test_log_mode_names_the_module_in_the_window_record_without_reading_a_flag(tmp_path: Path) -> None:
+    model = planted()
+    with modinspect.watch(model, every=5, on_nonfinite="log", log=tmp_path / "l.jsonl") as w:
+        for step, x in batches(bad_step=3):
+            model(x).sum().backward()
+            w.step()
+            if step == 5:
+                break
+    record = read_log(tmp_path / "l.jsonl")[1]
+    assert record["step"] == 5
+    assert record["nonfinite"] == {"module": "1", "type": "LogAct", "phase": "forward", "op": None,
+                                   "source": None, "code": None, "cause": "produced"}
+    assert w.report().nonfinite_step == 5
+
+
+# ---------------------------------------------------------------- hygiene
+
+
+def hook_counts(model: nn.Module) -> list[int]:
+    dicts = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+             "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs")
+    counts = [len(getattr(m, d)) for m in model.modules() for d in dicts]
+    counts += [len(getattr(p, "_backward_hooks", None) or {}) + len(getattr(p, "_post_accumulate_grad_hooks", None) or {})
+               for p in model.parameters()]
+    return counts
+
+
+@pytest.mark.parametrize("where", ["forward", "backward", "between"])
+def test_detach_removes_everything_when_training_raises(tmp_path: Path, where: str) -> None:
+    torch.manual_seed(0)
+    model = SmallCNN().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    hooks_before = [len(opt._optimizer_step_post_hooks), *hook_counts(model)]
+
+    def boom(*_: Any) -> None:
+        raise RuntimeError("user code exploded")
+
+    with pytest.raises(RuntimeError, match="user code exploded"), \
+            modinspect.watch(model, every=2, optimizer=opt, log=tmp_path / "r.jsonl"):
+        for step in range(1, 5):
+                if step == 3 and where == "forward":
+                    model.fc.register_forward_hook(boom)
+                out = model(torch.randn(2, 3, 16, 16))
+                if step == 3 and where == "backward":
+                    out.register_hook(boom)
+                out.mean().backward()
+                opt.step()
+                opt.zero_grad()
+                if step == 3 and where == "between":
+                    boom()
+    model.fc._forward_hooks.clear()
+    assert [len(opt._optimizer_step_post_hooks), *hook_counts(model)] == hooks_before == [0] * len(hooks_before)
+    _, *records = read_log(tmp_path / "r.jsonl")
+    # Steps 1-2 make a record; a step that raised never ended, a completed step 3 is flushed on the way out.
+    assert [r["step"] for r in records] == ([2] if where != "between" else [2, 3])
+    model(torch.randn(2, 3, 16, 16)).mean().backward()  # the model still trains, hook-free
+
+
+def test_detach_is_idempotent_and_a_detached_watch_refuses_steps() -> None:
+    model = nn.Linear(3, 2)
+    w = modinspect.watch(model)
+    w.detach()
+    w.detach()
+    assert hook_counts(model) == [0] * len(hook_counts(model))
+    with pytest.raises(UsageError, match=r"^this watch is detached; start a new one$"):
+        w.step()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"every": 0}, "every must be a positive number of steps, not 0"),
+    ({"on_nonfinite": "stop"}, "on_nonfinite must be one of warn, raise, breakpoint, log, not 'stop'"),
+    ({"modules": "nope.*"}, "modules='nope.*' matches no module"),
+    ({"sample": 1.5}, "sample must be a fraction in (0, 1], not 1.5"),
+])
+def test_bad_arguments_are_one_line_errors(kwargs: dict[str, Any], message: str) -> None:
+    model = nn.Linear(3, 2)
+    with pytest.raises(UsageError) as info:
+        modinspect.watch(model, **kwargs)
+    assert str(info.value) == message
+    assert hook_counts(model) == [0] * len(hook_counts(model))
+
+
+def test_existing_log_is_not_overwritten(tmp_path: Path) -> None:
+    log = tmp_path / "old.jsonl"
+    log.write_text("keep\n")
+    with pytest.raises(UsageError, match=f"^log {log} exists; pass overwrite=True to replace it$"):
+        modinspect.watch(nn.Linear(3, 2), log=log)
+    assert log.read_text() == "keep\n"
+    modinspect.watch(nn.Linear(3, 2), log=log, overwrite=True).detach()
+    assert read_log(log)[0]["kind"] == "header"
+
+
+def test_step_with_an_optimizer_is_refused() -> None:
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with modinspect.watch(model, optimizer=opt) as w, pytest.raises(UsageError, match=r"^with optimizer=, steps"):
+        w.step()
+
+
+def test_modules_glob_and_sample(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = SmallCNN()
+    with modinspect.watch(model, every=1, modules="features.*", sample=0.25, log=tmp_path / "g.jsonl") as w:
+        model(torch.randn(2, 3, 16, 16)).mean().backward()
+        w.step()
+    record = read_log(tmp_path / "g.jsonl")[1]
+    assert [r["name"] for r in record["modules"]] == [f"features.{i}" for i in range(7)]
+    conv = record["modules"][0]
+    assert sum(conv["histogram"]["counts"]) == conv["count"] // 4
+
+
+def test_modinspect_report_reads_what_watch_writes(tmp_path: Path) -> None:
+    """The contract between the writer and `modinspect report`: a real run's log, its NaN origin included."""
+    model = planted()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    log = tmp_path / "run.jsonl"
+    with pytest.warns(NonFiniteWarning), modinspect.watch(model, every=2, log=log) as w:
+        for step, x in batches(bad_step=5):
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+            w.step()
+            if step == 6:
+                break
+    run = modinspect.read_run_log(log)
+    source, code = line_of("log")
+    assert run.steps == (2, 4, 5, 6)
+    bad = run.first_bad
+    assert bad is not None and bad.recorded
+    assert (bad.step, bad.module, bad.type, bad.phase, bad.op, bad.source, bad.code) == (
+        5, "1", "LogAct", "forward", "aten::log", source, code)
+    assert invoke("report", log).exit_code == 0
+    # An origin without a module (the input already held the NaN) reads back too.
+    data = tmp_path / "input.jsonl"
+    with modinspect.watch(model, log=data) as w:
+        x = torch.randn(5, 4)
+        x[0, 0] = float("nan")
+        with pytest.warns(NonFiniteWarning, match="already in the model's input"):
+            model(x).sum().backward()
+            w.step()
+    bad = modinspect.read_run_log(data).first_bad
+    assert bad is not None and (bad.step, bad.module, bad.cause) == (1, None, "input")
