@@ -284,6 +284,17 @@ def test_terminal_view_golden_at_120_columns(run: Path, golden: object) -> None:
     golden("report_run.txt", result.stdout)  # type: ignore[operator]
 
 
+@pytest.mark.parametrize("columns", [80, 200])
+def test_terminal_view_goldens_at_80_and_200_columns(run: Path, monkeypatch: pytest.MonkeyPatch, golden: object,
+                                                     columns: int) -> None:
+    """Like every renderer, report has goldens at 80, 120 (above) and 200 columns, and no line is wider."""
+    monkeypatch.setenv("COLUMNS", str(columns))
+    result = invoke("report", "run.jsonl", cwd=run.parent)
+    assert result.exit_code == 0
+    assert max(len(line) for line in result.stdout.splitlines()) <= columns
+    golden(f"report_run_{columns}.txt", result.stdout)  # type: ignore[operator]
+
+
 @pytest.mark.parametrize(("columns", "cells", "has_type", "has_last"), [(80, 17, False, False), (95, 10, False, True),
                                                                    (120, 13, True, True)])
 def test_narrow_terminals_drop_columns_not_sparkline_cells(run: Path, monkeypatch: pytest.MonkeyPatch, columns: int,
