@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "add_layers", "build_tree", "diff_sources", "measure_shapes", "open_source",
+__all__ = ["__version__", "add_layers", "build_tree", "collect_stats", "diff_sources", "measure_shapes", "open_source",
            "perform_load", "plan_load", "read_run_log",
            "watch"]
 
 if TYPE_CHECKING:
+    from modinspect.analysis.stats import collect_stats
     from modinspect.analysis.diff import diff_sources
     from modinspect.analysis.loading import plan_load
     from modinspect.analysis.runlog import read_run_log
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "open_source": "modinspect.sources",
     "build_tree": "modinspect.analysis.tree",
+    "collect_stats": "modinspect.analysis.stats",
     "diff_sources": "modinspect.analysis.diff",
     "plan_load": "modinspect.analysis.loading",
     "perform_load": "modinspect.apply",
