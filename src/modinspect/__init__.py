@@ -21,11 +21,11 @@ __all__ = ["__version__", "add_layers", "build_tree", "collect_stats", "diff_sou
            "watch"]
 
 if TYPE_CHECKING:
-    from modinspect.analysis.stats import collect_stats
     from modinspect.analysis.diff import diff_sources
     from modinspect.analysis.loading import plan_load
     from modinspect.analysis.runlog import read_run_log
     from modinspect.analysis.shapes import add_layers, measure_shapes
+    from modinspect.analysis.stats import collect_stats
     from modinspect.analysis.tree import build_tree
     from modinspect.apply import perform_load
     from modinspect.sources import open_source
