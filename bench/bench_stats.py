@@ -179,6 +179,15 @@ def table(name: str, times: dict[str, list[float]], syncs: dict[str, int] | None
     return lines
 
 
+def gpu_header(device: str) -> tuple[list[str], bool]:
+    """The GPU line that opens a CUDA run's section, and whether the device is there at all (CPU: no line)."""
+    if not device.startswith("cuda"):
+        return [], True
+    if not torch.cuda.is_available():
+        return [f"GPU: skipped, no CUDA device is available to this torch ({torch.__version__})"], False
+    return [f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"], True
+
+
 def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny models, one run")
@@ -187,13 +196,10 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N: also counts device->host syncs")
     args = parser.parse_args(argv)
     runs = 1 if args.smoke else args.runs
-    lines: list[str] = []
-    if args.device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            lines = [f"GPU: skipped, no CUDA device is available to this torch ({torch.__version__})"]
-            print("\n".join(lines))
-            return lines
-        lines.append(f"GPU: {torch.cuda.get_device_name(args.device)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    lines, available = gpu_header(args.device)
+    if not available:
+        print("\n".join(lines))
+        return lines
     for name in args.models.split(","):
         syncs = count_syncs(name, args.smoke, args.device) if args.device.startswith("cuda") else None
         lines += table(name, measure(name, runs, args.smoke, args.device), syncs)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from bench_stats import build, loss_of
+from bench_stats import build, gpu_header, loss_of
 from torch import nn
 
 import modinspect
@@ -101,13 +101,10 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     runs = 1 if args.smoke else args.runs
-    lines: list[str] = []
-    if args.device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            lines = [f"GPU: skipped, no CUDA device is available to this torch ({torch.__version__})"]
-            print("\n".join(lines))
-            return lines
-        lines.append(f"GPU: {torch.cuda.get_device_name(args.device)}, torch {torch.__version__}")
+    lines, available = gpu_header(args.device)
+    if not available:
+        print("\n".join(lines))
+        return lines
     for name in args.models.split(","):
         lines += table(name, measure(name, runs, args.every, args.smoke, args.device))
     lines.append(f"A record every {args.every} steps; each run is {args.every} steps of each contender, interleaved.")

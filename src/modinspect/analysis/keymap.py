@@ -122,12 +122,12 @@ def collapse_indices(names: Sequence[str]) -> list[str]:
             out.extend(name for _, name in members)
         else:
             head, tail = key
-            ranges = _ranges(sorted(i for i, _ in members))
+            ranges = format_ranges(sorted(i for i, _ in members))
             out.append(f"{head}.{{{ranges}}}" + (f".{tail}" if tail else ""))
     return out
 
 
-def _ranges(indices: list[int]) -> str:
+def format_ranges(indices: list[int]) -> str:
     """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8'."""
     spans: list[list[int]] = []
     for i in indices:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from modinspect.errors import UsageError
 from modinspect.report import ModuleNode, ModuleShapes, ShapesReport, ShapesTotals, TreeReport
 from modinspect.sources.base import DTYPE_BITS, Source, TensorInfo
-from modinspect.sources.inputs import InputSpec
+from modinspect.sources.inputs import InputSpec, map_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -137,17 +137,7 @@ class _Recorder:
 def _to_meta(batch: Batch) -> Batch:
     import torch
 
-    def move(obj: Any) -> Any:
-        if isinstance(obj, torch.Tensor):
-            return torch.empty_like(obj, device="meta")
-        if isinstance(obj, dict):
-            return {k: move(v) for k, v in obj.items()}
-        if isinstance(obj, list | tuple):
-            return type(obj)(move(v) for v in obj)
-        return obj
-
-    args, kwargs = batch
-    return tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
+    return map_tensors(batch, lambda t: torch.empty_like(t, device="meta"))
 
 
 def _flops_by_module(counter: Any, model: Any) -> dict[str, int]:

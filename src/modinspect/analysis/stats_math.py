@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from modinspect.analysis.keymap import format_ranges
 from modinspect.report import ModuleStats
 
 STEP_RATIO = 10.0  # ‖∇out‖ growth (or shrinkage) from one depth to the next that is evidence on its own
@@ -158,13 +159,7 @@ def _index_ranges(indices: list[int]) -> str:
         steps = {b - a for a, b in itertools.pairwise(indices)}
         if steps == {2}:
             return f"{indices[0]}-{indices[-1]} {'odd' if indices[0] % 2 else 'even'}"
-    spans: list[list[int]] = []
-    for i in indices:
-        if spans and i == spans[-1][1] + 1:
-            spans[-1][1] = i
-        else:
-            spans.append([i, i])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+    return format_ranges(indices)
 
 
 def collapse_names(names: Sequence[str]) -> list[str]:

@@ -26,15 +26,19 @@ CONFIG_NAME = "config.json"
 ModelWeights = Literal["header", "init", "pretrained"]
 
 
-def read_config(folder: Path) -> dict[str, Any]:
-    path = folder / CONFIG_NAME
+def read_json_object(path: Path, what: str = "JSON config") -> dict[str, Any]:
+    """A JSON file that must hold an object (config.json, adapter_config.json); CorruptFileError otherwise."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:
-        raise CorruptFileError(f"{path} is not a readable JSON config ({type(exc).__name__})") from None
+        raise CorruptFileError(f"{path} is not a readable {what} ({type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise CorruptFileError(f"{path} is not a JSON object")
     return data
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    return read_json_object(folder / CONFIG_NAME)
 
 
 def refusal(config: dict[str, Any], label: str) -> str | None:

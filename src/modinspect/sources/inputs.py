@@ -6,7 +6,7 @@ import mmap
 import re
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -189,16 +189,13 @@ def random_batches(model: Any, shapes: Sequence[tuple[int, ...]], dtype: str, co
         yield tuple(tensors), {}
 
 
-def to_device(batch: Batch, device: str, requires_grad: bool) -> Batch:
-    """Move every tensor to `device`; floating inputs require grad so the first modules' input gradients exist."""
+def map_tensors(batch: Batch, fn: Callable[[Any], Any]) -> Batch:
+    """The batch with `fn` applied to every tensor in it, through nested dicts, lists and tuples."""
     import torch
 
     def move(obj: Any) -> Any:
         if isinstance(obj, torch.Tensor):
-            t = obj.detach().to(device)
-            if requires_grad and t.is_floating_point():
-                t.requires_grad_(True)
-            return t
+            return fn(obj)
         if isinstance(obj, dict):
             return {k: move(v) for k, v in obj.items()}
         if isinstance(obj, list | tuple):
@@ -207,6 +204,18 @@ def to_device(batch: Batch, device: str, requires_grad: bool) -> Batch:
 
     args, kwargs = batch
     return tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
+
+
+def to_device(batch: Batch, device: str, requires_grad: bool) -> Batch:
+    """Move every tensor to `device`; floating inputs require grad so the first modules' input gradients exist."""
+
+    def move(obj: Any) -> Any:
+        t = obj.detach().to(device)
+        if requires_grad and t.is_floating_point():
+            t.requires_grad_(True)
+        return t
+
+    return map_tensors(batch, move)
 
 
 def describe_batch(batch: Batch) -> str:

@@ -7,15 +7,15 @@ shapes of the `lora_A` tensors, since `rank_pattern` can give modules ranks othe
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modinspect.errors import CorruptFileError, UnknownFormatError
+from modinspect.errors import UnknownFormatError
 from modinspect.sources.base import Source, TensorInfo
+from modinspect.sources.hf_dir import read_json_object
 
 if TYPE_CHECKING:
     import torch
@@ -29,13 +29,7 @@ _LORA_A = re.compile(r"^(?P<module>.*)\.(lora_A|lora_embedding_A)(\.weight)?$")
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise CorruptFileError(f"{path} is not a readable JSON adapter config ({type(exc).__name__})") from None
-    if not isinstance(data, dict):
-        raise CorruptFileError(f"{path} is not a JSON object")
-    return data
+    return read_json_object(path, "JSON adapter config")
 
 
 def _targets(config: dict[str, Any]) -> str:
