@@ -219,7 +219,7 @@ def flatten_entries(state: dict[str, Any]) -> dict[str, TensorRef | SparseRef]:
     return flat
 
 
-def tensor_infos(state: dict[str, TensorRef | SparseRef], label: str = "",
+def tensor_infos(state: dict[str, TensorRef | SparseRef],
                  kinds: dict[str, tuple[str, bool | None]] | None = None) -> list[TensorInfo]:
     infos = []
     for name, ref in state.items():
@@ -284,11 +284,7 @@ class TorchFileSource(Source):
         if key is not None and isinstance(obj, dict):
             top = key.split(".")[0]
             others = [EntrySummary(str(k), summarize(v)) for k, v in obj.items() if k != top]
-        try:
-            infos = tensor_infos(self._refs, str(path), kinds)
-        except CorruptFileError as exc:
-            raise CorruptFileError(str(exc)) from None
-        super().__init__(label=label, format=fmt, tensors=infos, state_dict_key=key, other_entries=others,
+        super().__init__(label=label, format=fmt, tensors=tensor_infos(self._refs, kinds), state_dict_key=key, other_entries=others,
                          modules=modules, notes=standin_note(gate), standins=list(gate.standins))
         self._cache: tuple[str, bytes] | None = None
 

@@ -122,7 +122,7 @@ class TorchScriptSource(ZipTorchSource):
                 f"{'has' if len(self._opaque) == 1 else 'have'} a custom __setstate__, which only --unsafe-pickle "
                 "runs: any tensors it restores are not listed"
             )
-        Source.__init__(self, label=label, format="torchscript", tensors=tensor_infos(self._refs, str(path), walked.kinds),
+        Source.__init__(self, label=label, format="torchscript", tensors=tensor_infos(self._refs, walked.kinds),
                         modules=walked.modules, notes=notes)
         self._cache = None
 
