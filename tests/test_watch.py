@@ -330,7 +330,7 @@ def test_planted_nan_stops_at_its_step_with_module_op_and_line(tmp_path: Path) -
     _, first, bad = read_log(log)
     assert (first["step"], first["nonfinite"], bad["step"]) == (5, None, 7)
     assert bad["nonfinite"] == {"module": "1", "type": "LogAct", "phase": "forward", "op": "aten::log",
-                                "source": source, "code": code, "cause": "produced"}
+                                "source": source, "code": code, "cause": "produced", "rank": None}
     assert bad["loss"] is None  # NaN is written as null, strict JSON
     row = next(r for r in bad["modules"] if r["name"] == "1")
     assert row["nan"] > 0 and row["grad_nan"] > 0
@@ -488,7 +488,7 @@ def test_log_mode_names_the_module_in_the_window_record_without_reading_a_flag(t
     record = read_log(tmp_path / "l.jsonl")[1]
     assert record["step"] == 5
     assert record["nonfinite"] == {"module": "1", "type": "LogAct", "phase": "forward", "op": None,
-                                   "source": None, "code": None, "cause": "produced"}
+                                   "source": None, "code": None, "cause": "produced", "rank": None}
     assert w.report().nonfinite_step == 5
 
 

@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "add_layers", "build_tree", "collect_stats", "diff_sources", "measure_shapes", "open_source",
-           "perform_load", "plan_load", "read_run_log",
-           "watch"]
+__all__ = ["ModinspectError", "NonFiniteError", "__version__", "add_layers", "build_tree", "collect_stats",
+           "diff_sources", "measure_shapes", "open_source", "perform_load", "plan_load", "read_run_log", "watch"]
 
 if TYPE_CHECKING:
     from modinspect.analysis.diff import diff_sources
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
     from modinspect.analysis.stats import collect_stats
     from modinspect.analysis.tree import build_tree
     from modinspect.apply import perform_load
+    from modinspect.errors import ModinspectError, NonFiniteError
     from modinspect.sources import open_source
     from modinspect.watching import watch
 
@@ -43,6 +43,8 @@ _LAZY = {
     "measure_shapes": "modinspect.analysis.shapes",
     "read_run_log": "modinspect.analysis.runlog",
     "watch": "modinspect.watching",
+    "ModinspectError": "modinspect.errors",
+    "NonFiniteError": "modinspect.errors",  # what watch(on_nonfinite="raise") raises at the first NaN/Inf
 }
 
 

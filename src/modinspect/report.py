@@ -244,6 +244,7 @@ class NonfiniteOrigin:
     created_code: str | None = None
     tensor: str | None = None  # cause weight: the parameter or buffer that already held NaN/Inf
     detail: str | None = None  # "holds 1 NaN", "exceeds float16's largest finite value 65504"
+    rank: int | None = None  # under torchrun: the rank whose shard held it (None on one process)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modinspect import distributed
 from modinspect.analysis import stats_hooks
 from modinspect.analysis.stats_hooks import RELU_FAMILY, Collector, StatsOptions
 from modinspect.analysis.stats_math import NEAR_LIMIT, Running, flags_for, grad_outliers
@@ -135,11 +136,14 @@ class Watch:
             raise UsageError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}, not {on_nonfinite!r}")
         if sample is not None and not 0 < sample <= 1:
             raise UsageError(f"sample must be a fraction in (0, 1], not {sample!r}")
-        named = [(n, m) for n, m in model.named_modules()
+        # Names as the user wrote the model: through DDP / FSDP / torch.compile / checkpoint wrappers.
+        named = [(n, m) for n, m in distributed.named_modules(model)
                  if modules is None or fnmatch.fnmatchcase(n, modules) or n == modules]
         if not named:
             raise UsageError(f"modules={modules!r} matches no module")
         self.model = model
+        self._inner = distributed.unwrap(model)
+        self._ranks = distributed.ranks()
         self.every = every
         self.on_nonfinite = on_nonfinite
         self._pattern = modules
@@ -147,8 +151,8 @@ class Watch:
         self._mods = [m for _, m in named]
         self._sample = sample
         self._histogram = histogram
-        self._params = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
-        self.device = str(self._params[0][1].device) if self._params else "cpu"
+        self._params = [(n, p) for n, p in distributed.named_parameters(model) if p.is_floating_point()]
+        self.device = str(distributed.local(self._params[0][1]).device) if self._params else "cpu"
         self._acc = torch.float32 if self.device.startswith("mps") else torch.float64
         self._save_batch = Path(save_batch) if save_batch is not None else None
         self._overwrite = overwrite
@@ -166,7 +170,10 @@ class Watch:
         self._snapshot: list[torch.Tensor] | None = None  # weights before the optimizer step of a flagged step
         self._update_from: list[torch.Tensor] | None = None  # weights at the start of the logged step
         self._flagged = False
+        self._flagged_here = False  # under torchrun: this rank's own flag (`_flagged` is any rank's)
         self._backward_ran = False
+        self._grads_seen: set[int] = set()  # parameters whose gradient this backward accumulated
+        self._output_hooks: list[Any] = []
         self._callback_queued = False
         self._grad_norms: dict[int, torch.Tensor] = {}
         self._loss: torch.Tensor | None = None
@@ -174,6 +181,7 @@ class Watch:
         self._window_open = False  # a step ended and the next has not started
         self.nonfinite_step: int | None = None
         self.nonfinite_origin: NonfiniteOrigin | None = None
+        self._last_origin: NonfiniteOrigin | None = None  # of the last record, merged over the ranks
         self._record_origin: NonfiniteOrigin | None = None  # for the next record
         self._last_params: tuple[ParamStats, ...] = ()
         self._totals = _Totals(len(self._mods))
@@ -184,15 +192,15 @@ class Watch:
         self.collector = self._new_collector()
         try:
             self._attach(optimizer)
-            if log is not None:
+            if log is not None and self._ranks.writer:
                 path = Path(log)
                 if path.exists() and not path.is_dir() and not overwrite:
                     raise UsageError(f"log {path} exists; pass overwrite=True to replace it")
                 path.parent.mkdir(parents=True, exist_ok=True)
-                header = LogHeader(model=type(model).__name__, every=every, device=self.device,
-                                   world_size=_world_size(), started=time.time())
+                header = LogHeader(model=distributed.type_name(self._inner), every=every, device=self.device,
+                                   world_size=self._ranks.world, started=time.time())
                 self._writer = LogWriter(path, header, force=overwrite)
-            if tensorboard is not None:
+            if tensorboard is not None and self._ranks.writer:
                 from modinspect.integrations.tensorboard import TensorBoardWriter
 
                 self._tensorboard = TensorBoardWriter(tensorboard)
@@ -208,8 +216,8 @@ class Watch:
     def __enter__(self) -> Watch:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.detach()
+    def __exit__(self, kind: object, *exc: object) -> None:
+        self._detach(failed=kind is not None)
 
     # ---------------------------------------------------------------- hooks
     def _new_collector(self) -> Collector:
@@ -222,13 +230,14 @@ class Watch:
 
     def _attach(self, optimizer: Any) -> None:
         self._attached = True
-        self._handles.append(self.model.register_forward_pre_hook(self._capture, with_kwargs=True, prepend=True))
+        self._handles.append(self._inner.register_forward_pre_hook(self._capture, with_kwargs=True, prepend=True))
+        self._handles.append(self._inner.register_forward_hook(self._output_hook))
         for m in self._mods:
             self._handles.append(m.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
             self._handles.append(m.register_forward_hook(self._forward_hook, with_kwargs=True))
         for i, (_, p) in enumerate(self._params):
             if p.requires_grad:
-                self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook(i)))  # type: ignore[no-untyped-call]
+                self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook(i)))
         self._optimizer = optimizer
         if optimizer is not None:
             self._handles.append(optimizer.register_step_post_hook(self._optimizer_stepped))
@@ -270,23 +279,58 @@ class Watch:
         def hook(p: torch.Tensor) -> None:
             if self._paused or p.grad is None:
                 return
+            self._grads_seen.add(i)
+            self._queue_after_backward()
+
+        return hook
+
+    def _output_hook(self, module: Any, args: Any, output: Any) -> None:
+        """A backward that reaches the model's output queues the end-of-backward callback too.
+
+        FSDP2 assigns its sharded parameters' gradients without accumulating them, so their hooks never fire.
+        """
+        if self._ignored():
+            return
+        from modinspect.analysis.stats_hooks import flatten_tensors
+
+        first = next((t for t in flatten_tensors(output) if t.requires_grad), None)
+        if first is not None:
+            self._output_hooks.append(first.register_hook(self._output_grad))  # type: ignore[no-untyped-call]
+
+    def _output_grad(self, grad: Any) -> None:
+        if not self._paused:
+            self._queue_after_backward()
+
+    def _queue_after_backward(self) -> None:
+        if not self._callback_queued:
             import torch
 
-            g = p.grad.detach()
+            self._callback_queued = True
+            # Runs when this backward finishes, before the user's optimizer step can spread a NaN.
+            torch.autograd.Variable._execution_engine.queue_callback(self._after_backward)
+
+    def _after_backward(self) -> None:
+        import torch
+
+        # Queued from a callback, this one runs after the callbacks queued during the backward, among
+        # them DDP's and FSDP's, which wait for the gradients' all-reduce: the norms are of the
+        # gradients the optimizer will apply, not of this rank's own.
+        torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
+
+    def _backward_done(self) -> None:
+        import torch
+
+        self._callback_queued = False
+        self._backward_ran = True
+        for i, (_, p) in enumerate(self._params):
+            if p.grad is None or not (i in self._grads_seen or distributed.sharded(p.grad)):
+                continue
+            g = distributed.local(p.grad.detach())
             if g.is_sparse:  # nn.Embedding(sparse=True)
                 g = g.coalesce().values()
             self._grad_norms[i] = torch.linalg.vector_norm(g.float() if g.dtype in (torch.float16, torch.bfloat16)
                                                            else g)
-            if not self._callback_queued:
-                self._callback_queued = True
-                # Runs when this backward finishes, before the user's optimizer step can spread a NaN.
-                torch.autograd.Variable._execution_engine.queue_callback(self._after_backward)
-
-        return hook
-
-    def _after_backward(self) -> None:
-        self._callback_queued = False
-        self._backward_ran = True
+        self._grads_seen = set()
         if self._check():
             self._snapshot = self._copy_weights()
 
@@ -313,25 +357,35 @@ class Watch:
         if not self._backward_ran:
             self._check()
         first = self._flagged and self.nonfinite_step is None
+        batch = self._batch
         if first:
             self.nonfinite_step = self.steps
-            self.nonfinite_origin = self._record_origin = self._trace()
-            if self._save_batch is not None:
-                self._write_batch()
+            origin = self._trace()  # on every rank: FSDP's forward gathers parameters from all of them
+            self._record_origin = origin if self._flagged_here or not self._ranks.many else None
         self._pending.append(self.collector.pack())
         self.collector.remove_tensor_hooks()
+        self._remove_output_hooks()
         self.collector.begin_batch()
         self._batch = None
         self._snapshot = None
         self._flagged = self._backward_ran = False
         self._window_open = True
         if first or self.steps % self.every == 0:
-            self._flush()
+            self._flush()  # under torchrun, the merge picks the rank whose origin the record names
         if (self.steps + 1) % self.every == 0:
             self._update_from = self._copy_weights()
         self._set_histogram()
         if first:
+            self.nonfinite_origin = self._last_origin
+            origin_rank = self._last_origin.rank if self._last_origin is not None else None
+            if self._save_batch is not None and (origin_rank or 0) == self._ranks.rank:
+                self._write_batch(batch)
             self._act()
+
+    def _remove_output_hooks(self) -> None:
+        for h in self._output_hooks:
+            h.remove()
+        self._output_hooks = []
 
     def log_loss(self, loss: Any) -> None:
         """Record this step's loss (kept on the device until the next record)."""
@@ -354,13 +408,20 @@ class Watch:
         flags += [~torch.isfinite(g) for g in self._grad_norms.values()]
         if self._loss is not None:
             flags.append(~torch.isfinite(self._loss))
+        if self._ranks.many:  # every rank reads the same answer, and all of them stop at the same step
+            here = (torch.stack([f.reshape(()).to(self.device) for f in flags]).any() if flags
+                    else torch.zeros((), dtype=torch.bool, device=self.device))
+            both = torch.stack([here.to(torch.int32).cpu(), distributed.any_rank(here).to(torch.int32).cpu()])
+            self._flagged_here, self._flagged = (bool(v) for v in both.tolist())
+            return self._flagged
         if not flags:
             return False
-        self._flagged = read_flag(torch.stack([f.reshape(()).to(self.device) for f in flags]).any())
+        self._flagged = self._flagged_here = read_flag(torch.stack([f.reshape(()).to(self.device)
+                                                                   for f in flags]).any())
         return self._flagged
 
     def _copy_weights(self) -> list[torch.Tensor]:
-        return [p.detach().clone() for _, p in self._params]
+        return [distributed.local(p.detach()).clone() for _, p in self._params]
 
     # ---------------------------------------------------------------- the first NaN/Inf
     def _trace(self) -> NonfiniteOrigin | None:
@@ -371,12 +432,13 @@ class Watch:
             return NonfiniteOrigin(None, None, "backward", "loss", ())
         args, kwargs, rng = self._batch
         options = StatsOptions(backward=any(p.requires_grad for _, p in self._params), pattern=self._pattern,
-                               train=self.model.training, histogram=False)
+                               train=self._inner.training, histogram=False)
         was, self._paused = self._paused, True
         try:
             with self._weights(self._snapshot):
                 _restore_rng(rng)
-                report = collect_stats(self.model, [(args, kwargs)], options=options, device=self.device)
+                # The user's module, not DDP's wrapper: a replay takes no part in the gradients' all-reduce.
+                report = collect_stats(self._inner, [(args, kwargs)], options=options, device=self.device)
         except ModinspectError:
             return None
         finally:
@@ -396,26 +458,26 @@ class Watch:
         current = self._copy_weights()
         with torch.no_grad():
             for (_, p), s in zip(self._params, snapshot, strict=True):
-                p.copy_(s)
+                distributed.local(p).copy_(s)
         try:
             yield
         finally:
             with torch.no_grad():
                 for (_, p), s in zip(self._params, current, strict=True):
-                    p.copy_(s)
+                    distributed.local(p).copy_(s)
 
-    def _write_batch(self) -> None:
+    def _write_batch(self, batch: tuple[tuple[Any, ...], dict[str, Any], Any] | None) -> None:
         import torch
 
         from modinspect.writes import atomic_write
 
         assert self._save_batch is not None
-        if self._batch is None:
+        if batch is None:
             return
-        args, kwargs, _ = self._batch
+        args, kwargs, _ = batch
         obj: Any
-        if args and kwargs and _bindable(self.model):
-            bound = inspect.signature(self.model.forward).bind_partial(*args, **kwargs)
+        if args and kwargs and _bindable(self._inner):
+            bound = inspect.signature(self._inner.forward).bind_partial(*args, **kwargs)
             obj = dict(bound.arguments)  # keyword arguments for `stats --input`
         elif kwargs:
             obj = dict(kwargs)
@@ -431,7 +493,7 @@ class Watch:
         if self._save_batch is not None:
             message += f"; batch saved to {self._save_batch}"
         if self.on_nonfinite == "raise":
-            self.detach()  # the run stops here, inside a `with` or not (a Trainer callback has no exit)
+            self._detach(failed=False)  # the run stops here, inside a `with` or not (a Trainer callback has no exit)
             raise NonFiniteError(step, origin, message)
         if self.on_nonfinite == "warn":
             warnings.warn(message, NonFiniteWarning, stacklevel=3)
@@ -445,8 +507,9 @@ class Watch:
 
         if not self._pending:
             return
-        extra = self._param_vector()
-        datas = [p.data for p in self._pending if p.data is not None] + [extra]
+        many = self._ranks.many
+        extra = self._param_vector_ranks() if many else self._param_vector()
+        datas = [p.data.to(extra.device) for p in self._pending if p.data is not None] + [extra]
         flat = stats_hooks.to_host(torch.cat(datas))
         pos = 0
         c = self.collector  # the live one: its execution order and input links are the window's
@@ -456,9 +519,13 @@ class Watch:
             pos += size
         tail = flat[pos:]
         loss = tail[0] if self._loss is not None else None
-        params = self._param_stats(tail[1:])
+        params = self._param_stats(_from_squares(tail[1:]) if many else tail[1:])
         origin = self._record_origin if self._record_origin is not None else (
             c.origin if self.on_nonfinite == "log" else None)
+        if many:  # one gather of every rank's totals and origin, merged exactly on every rank
+            distributed.merge_collector(c, self._ranks)
+            origin = distributed.pick_origin(distributed.gather(origin))
+        self._last_origin = origin
         rows = self._rows(c, self._window)
         record = StepRecord(step=self.steps, time=time.time(), loss=loss, modules=tuple(_module_record(r) for r in rows),
                             params=tuple(ParamRecord(p.name, p.norm, p.grad_norm, p.update_norm, p.update_ratio)
@@ -497,6 +564,32 @@ class Watch:
                     values += [zero - 1, zero - 1]
         return torch.stack([v.to(self.device) for v in values])
 
+    def _param_vector_ranks(self) -> torch.Tensor:
+        """Under torchrun: the loss and squared parameter norms, summed over the ranks in one all_reduce.
+
+        Per parameter [‖w‖², ‖∇w‖², ‖Δw‖², ‖w before‖², has ∇w, has Δw]. A sharded parameter (FSDP2)
+        adds up its shards' squares; a replicated one (DDP) enters over the world size on every rank.
+        """
+        import torch
+
+        world = self._ranks.world
+        values: list[torch.Tensor] = [self._loss / world if self._loss is not None
+                                      else torch.zeros((), dtype=self._acc, device=self.device)]
+        zero = torch.zeros((), dtype=self._acc, device=self.device)
+        with torch.no_grad():
+            for i, (_, p) in enumerate(self._params):
+                w = distributed.local(p.detach()).to(self._acc)
+                share = 1.0 if distributed.sharded(p) else 1.0 / world
+                g = self._grad_norms.get(i)
+                before = self._update_from[i] if self._update_from is not None else None
+                has_update = before is not None and before.shape == w.shape
+                values += [w.square().sum() * share,
+                           g.to(self._acc).square() * share if g is not None else zero,
+                           (w - before.to(self._acc)).square().sum() * share if has_update else zero,  # type: ignore[union-attr]
+                           before.to(self._acc).square().sum() * share if has_update else zero,  # type: ignore[union-attr]
+                           zero + (share if g is not None else 0.0), zero + (share if has_update else 0.0)]
+        return distributed.sum_over_ranks(torch.stack([v.to(self.device) for v in values]))
+
     def _param_stats(self, values: list[float]) -> list[ParamStats]:
         out = []
         for i, (name, _) in enumerate(self._params):
@@ -518,15 +611,20 @@ class Watch:
     # ---------------------------------------------------------------- end
     def detach(self) -> None:
         """Remove every hook and handle; write the record of the steps since the last one. Safe to call twice."""
+        self._detach(failed=False)
+
+    def _detach(self, failed: bool) -> None:
         if not self._attached and self._writer is None and self._tensorboard is None:
             return
         for h in self._handles:
             h.remove()
         self._handles = []
         self.collector.remove_tensor_hooks()
+        self._remove_output_hooks()
         attached, self._attached = self._attached, False
         try:
-            if attached and self._window:
+            # Under torchrun a run that failed on one rank cannot count on the others for a last merge.
+            if attached and self._window and not (failed and self._ranks.many):
                 self._flush()
         finally:
             self._update_from = self._snapshot = None
@@ -540,14 +638,14 @@ class Watch:
 
     def report(self) -> WatchReport:
         """The statistics over every step watched so far (a record's worth of steps not yet logged excepted)."""
-        return WatchReport(model=type(self.model).__name__, device=self.device, steps=self.steps,
+        return WatchReport(model=distributed.type_name(self._inner), device=self.device, steps=self.steps,
                            records=self.records, modules=tuple(self._total_rows()), params=self._last_params,
                            nonfinite_step=self.nonfinite_step, nonfinite_origin=self.nonfinite_origin, log=self.log)
 
     def _total_rows(self) -> list[ModuleStats]:
         t = self._totals
         scale = 1 / math.sqrt(t.steps) if t.steps else 1.0
-        types = [type(m).__name__ for m in self._mods]
+        types = [distributed.type_name(m) for m in self._mods]
         norms = [math.sqrt(g[0]) * scale if g[3] else None for g in t.grad]
         exploding, vanishing = grad_outliers(self._names, types, norms, [g[4] * NEAR_LIMIT >= 1.0 for g in t.grad])
         rows = []
@@ -568,11 +666,18 @@ class Watch:
         return rows
 
 
-def _world_size() -> int:
-    import torch
+def _from_squares(values: list[float]) -> list[float]:
+    """[‖w‖², ‖∇w‖², ‖Δw‖², ‖w‖², has ∇, has Δ] per parameter -> [‖w‖, ‖∇w‖ or -1, ‖Δw‖ or -1, ‖w‖ or -1]."""
+    out = []
+    for i in range(0, len(values), 6):
+        norm, grad, update, before, has_grad, has_update = values[i:i + 6]
+        out += [_root(norm), _root(grad) if has_grad > 0 else -1.0,
+                _root(update) if has_update > 0 else -1.0, _root(before) if has_update > 0 else -1.0]
+    return out
 
-    dist = torch.distributed
-    return int(dist.get_world_size()) if dist.is_available() and dist.is_initialized() else 1
+
+def _root(square: float) -> float:
+    return math.sqrt(square) if square >= 0 or math.isnan(square) else 0.0
 
 
 def _bindable(model: Any) -> bool:
@@ -607,6 +712,8 @@ def describe_nonfinite(step: int, origin: NonfiniteOrigin | None) -> str:
         where += f" at {origin.source}"
     if origin.detail:
         where += f" ({origin.detail})"
+    if origin.rank is not None:
+        where += f", on rank {origin.rank}"
     return f"first NaN/Inf at step {step}: {where}"
 
 
@@ -623,4 +730,4 @@ def _module_record(r: ModuleStats) -> ModuleRecord:
 
 def _origin_record(o: NonfiniteOrigin) -> NonfiniteRecord:
     return NonfiniteRecord(module=o.module, type=o.type, phase=o.phase, op=o.op, source=o.source, code=o.code,
-                           cause=o.cause)
+                           cause=o.cause, rank=o.rank)

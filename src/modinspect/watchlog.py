@@ -83,6 +83,7 @@ class NonfiniteRecord:
     source: str | None  # file.py:LINE
     code: str | None  # the source line
     cause: str  # produced | input | loss | weight | overflow
+    rank: int | None = None  # under torchrun: the rank whose shard held it; None on one process
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def step_document(record: StepRecord) -> dict[str, Any]:
         "nonfinite": None if record.nonfinite is None else {
             "module": record.nonfinite.module, "type": record.nonfinite.type, "phase": record.nonfinite.phase,
             "op": record.nonfinite.op, "source": record.nonfinite.source, "code": record.nonfinite.code,
-            "cause": record.nonfinite.cause,
+            "cause": record.nonfinite.cause, "rank": record.nonfinite.rank,
         },
     }
 

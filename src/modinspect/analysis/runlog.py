@@ -133,7 +133,14 @@ def _nonfinite(value: Any) -> NonfiniteRecord | None:
         raise _Bad(f"has a nonfinite phase {phase!r}, not forward or backward")
     return NonfiniteRecord(module=_str(obj, "module", True), type=_str(obj, "type", True), phase=phase,
                            op=_str(obj, "op", True), source=_str(obj, "source", True),
-                           code=_str(obj, "code", True), cause=_str(obj, "cause"))
+                           code=_str(obj, "code", True), cause=_str(obj, "cause"), rank=_rank(obj))
+
+
+def _rank(obj: dict[str, Any]) -> int | None:
+    """Optional (logs of one process may lack it): the rank whose shard held the first NaN/Inf."""
+    if obj.get("rank") is None:
+        return None
+    return _int(obj, "rank")
 
 
 def _step(obj: dict[str, Any]) -> StepRecord:

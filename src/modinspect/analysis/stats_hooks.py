@@ -662,7 +662,9 @@ class Collector:
                 if not self.grad[m][3]]
 
     def _type(self, m: int) -> str:
-        return type(self.modules[m]).__name__
+        from modinspect.distributed import type_name
+
+        return type_name(self.modules[m])
 
     def _unique(self, modules: Iterable[int]) -> tuple[str, ...]:
         return tuple(self.names[m] for m in dict.fromkeys(modules))

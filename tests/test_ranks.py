@@ -1,0 +1,128 @@
+"""`watch` under `torchrun --nproc-per-node 2` (gloo on the CPU): the ranks' statistics merged exactly.
+
+One launch of tests/ranks_worker.py trains the same model on two ranks, each on half of every batch,
+with DDP and with FSDP2's fully_shard; the merged log must equal, value by value, the log of one process
+training on the whole batches. A NaN planted on rank 1 stops both ranks at its step, named by module,
+op, line and rank.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import ranks_worker
+from ranks_worker import BAD_RANK, BAD_STEP, BATCH, train
+
+HERE = Path(__file__).resolve().parent
+
+pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                                reason="torch.distributed with gloo is not available in this torch build")
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ranks")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(HERE.parent / "src"), str(HERE), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(HERE / "ranks_worker.py"), str(out)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def seen(out: Path, rank: int) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads((out / f"rank{rank}.json").read_text())
+    return result
+
+
+def close(a: Any, b: Any, what: str) -> None:
+    if a is None or b is None:
+        assert a is b, what
+    else:
+        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7), f"{what}: {a} != {b}"
+
+
+def same_log(merged: list[dict[str, Any]], single: list[dict[str, Any]]) -> None:
+    assert merged[0]["world_size"] == 2 and single[0]["world_size"] == 1
+    assert merged[0]["model"] == single[0]["model"] == "Sequential"  # not DistributedDataParallel, FSDPSequential
+    assert [r["step"] for r in merged[1:]] == [r["step"] for r in single[1:]] == [2, 4]
+    for m_rec, s_rec in zip(merged[1:], single[1:], strict=True):
+        step = m_rec["step"]
+        close(m_rec["loss"], s_rec["loss"], f"step {step} loss")
+        assert [m["name"] for m in m_rec["modules"]] == [m["name"] for m in s_rec["modules"]]
+        for m, s in zip(m_rec["modules"], s_rec["modules"], strict=True):
+            where = f"step {step} module {m['name']!r}"
+            for key in ("calls", "count", "nan", "inf", "grad_nan", "grad_inf", "type"):
+                assert m[key] == s[key], f"{where} {key}"
+            for key in ("mean", "std", "min", "max", "zero_fraction", "dead_fraction", "grad_norm"):
+                close(m[key], s[key], f"{where} {key}")
+        assert [p["name"] for p in m_rec["params"]] == [p["name"] for p in s_rec["params"]]
+        for p, q in zip(m_rec["params"], s_rec["params"], strict=True):
+            for key in ("norm", "grad_norm", "update_norm", "update_ratio"):
+                close(p[key], q[key], f"step {step} param {p['name']!r} {key}")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    log = tmp_path_factory.mktemp("single") / "one.jsonl"
+    train(ranks_worker.build(), 0, 1, log)
+    return lines(log)
+
+
+def test_ddp_merge_equals_one_process_on_the_whole_batch(launched: Path, single: list[dict[str, Any]]) -> None:
+    merged = lines(launched / "ddp.jsonl")
+    same_log(merged, single)
+    # Names are the model's, not DDP's (`module.0.weight`).
+    assert merged[1]["params"][0]["name"] == "0.weight" and merged[1]["modules"][0]["name"] == ""
+    # Each rank saw half of each batch: the merged count is the whole batch's.
+    assert merged[1]["modules"][1]["count"] == EVERY_STEPS * BATCH * 16
+    assert seen(launched, 0)["ddp"]["steps"] == seen(launched, 1)["ddp"]["steps"] == 4
+
+
+EVERY_STEPS = ranks_worker.EVERY
+
+
+def test_fsdp2_sharded_parameters_merge_to_the_whole_norms(launched: Path, single: list[dict[str, Any]]) -> None:
+    same_log(lines(launched / "fsdp.jsonl"), single)
+
+
+def test_only_rank_0_writes_the_log(launched: Path) -> None:
+    assert sorted(p.name for p in launched.glob("*.jsonl")) == ["ddp.jsonl", "fsdp.jsonl", "nan.jsonl"]
+    assert lines(launched / "ddp.jsonl")[0]["kind"] == "header"
+    assert len(lines(launched / "ddp.jsonl")) == 3  # the header and two records, not two of each
+
+
+def test_nan_on_one_rank_stops_every_rank_at_its_step(launched: Path) -> None:
+    number = next(i for i, text in enumerate((HERE / "ranks_worker.py").read_text().splitlines(), start=1)
+                  if text.rstrip().endswith("# fault: poison"))
+    source = f"{Path(os.path.relpath(HERE / 'ranks_worker.py'))}:{number}"
+    for rank in (0, 1):
+        s = seen(launched, rank)["nan"]
+        assert s["nonfinite_step"] == BAD_STEP and s["steps"] == BAD_STEP - 1
+        assert s["error"].startswith(f"first NaN/Inf at step {BAD_STEP}: 4 (Poison), forward, aten::log at ")
+        assert s["error"].endswith(f", on rank {BAD_RANK}; batch saved to {launched / 'bad_batch.pt'}")
+        assert "ranks_worker.py:" + str(number) in s["error"]
+    records = lines(launched / "nan.jsonl")
+    assert [r["step"] for r in records[1:]] == [2, 3]
+    origin = records[2]["nonfinite"]
+    assert origin["module"] == "4" and origin["op"] == "aten::log" and origin["rank"] == BAD_RANK
+    assert origin["source"].endswith(f"ranks_worker.py:{number}"), (origin["source"], source)
+    assert records[2]["modules"][5]["nan"] > 0
+    # The batch saved is rank 1's own half of step 3's batch, ready for `modinspect stats --input`.
+    x, _ = ranks_worker.batches(BAD_RANK, 2)[BAD_STEP - 1]
+    saved = torch.load(launched / "bad_batch.pt", weights_only=True)
+    assert torch.equal(saved, x)
