@@ -80,3 +80,30 @@ def test_diff_sources_matches_the_cli(tmp_path: Path) -> None:
             modinspect.open_source(SAMPLES / "small_cnn.safetensors") as b:
         report = modinspect.diff_sources(a, b)
     assert not report.differs and report.identical == len(a.tensors)
+
+
+def test_run_stats_is_what_the_stats_command_prints() -> None:
+    """The CLI is a shell over run_stats: the same request gives the same document, value for value."""
+    import json
+
+    from conftest import invoke
+    from modinspect.render.jsonout import stats_document
+    from modinspect.stats_run import StatsRequest
+
+    entry = str(SAMPLES / "models.py:small_cnn")
+    request = StatsRequest(source=entry, input_shapes=((2, 3, 16, 16),), device="cpu", seed=5, train=True)
+    report = modinspect.run_stats(request)
+    result = invoke("stats", entry, "--input-shape", "2,3,16,16", "--device", "cpu", "--seed", "5", "--train",
+                    "--json")
+    assert result.exit_code == 0, result.stderr
+    printed = json.loads(result.stdout)
+    ours = json.loads(json.dumps(stats_document(report)))
+    assert ours == printed
+    assert report.mode == "train" and report.batches == 1 and len(report.modules) > 5
+
+
+def test_run_stats_refuses_a_bad_dtype_before_opening_anything(tmp_path: Path) -> None:
+    from modinspect.stats_run import StatsRequest
+
+    with pytest.raises(UsageError, match=r"^--dtype 'int8' is not float32, bfloat16 or float16$"):
+        modinspect.run_stats(StatsRequest(source=str(tmp_path / "missing.py:build"), dtype="int8"))

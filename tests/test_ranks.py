@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import ranks_worker
+from conftest import invoke
 from ranks_worker import BAD_RANK, BAD_STEP, BATCH, train
 
 HERE = Path(__file__).resolve().parent
@@ -28,14 +29,19 @@ pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.
                                 reason="torch.distributed with gloo is not available in this torch build")
 
 
-@pytest.fixture(scope="module")
-def launched(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ranks")
+def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(HERE.parent / "src"), str(HERE), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(HERE / "ranks_worker.py"), str(out)], env=env, capture_output=True, text=True,
-                          timeout=300)
+                           *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ranks")
+    proc = torchrun(str(HERE / "ranks_worker.py"), str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -126,3 +132,29 @@ def test_nan_on_one_rank_stops_every_rank_at_its_step(launched: Path) -> None:
     x, _ = ranks_worker.batches(BAD_RANK, 2)[BAD_STEP - 1]
     saved = torch.load(launched / "bad_batch.pt", weights_only=True)
     assert torch.equal(saved, x)
+
+
+@pytest.mark.parametrize("loss", ["sum", "mean"])
+def test_stats_under_torchrun_equals_one_process_on_the_whole_batch(tmp_path: Path, loss: str) -> None:
+    """`torchrun … -m modinspect stats`: each rank takes half of the batch; rank 0 prints the merged report."""
+    batch = tmp_path / "batch.pt"
+    torch.manual_seed(3)
+    x = torch.randn(BATCH, 6)
+    x[:, 0] -= 3.0  # some ReLU units fire on one half of the batch only
+    torch.save(x, batch)
+    model = f"{HERE / 'ranks_worker.py'}:build"
+    proc = torchrun("-m", "modinspect", "stats", model, "--input", str(batch), "--loss", loss, "--json",
+                    "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = json.loads(proc.stdout)  # one document: rank 1 prints nothing
+    result = invoke("stats", model, "--input", str(batch), "--loss", loss, "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    single = json.loads(result.stdout)
+    assert merged["inputs"].endswith("rank 0 of 2 takes 1/2 of each batch")
+    assert [m["name"] for m in merged["modules"]] == [m["name"] for m in single["modules"]]
+    for m, s in zip(merged["modules"], single["modules"], strict=True):
+        for key in ("calls", "count", "nan", "inf", "units", "grad_nan", "grad_inf", "param_grad_nan", "flags"):
+            assert m[key] == s[key], (m["name"], key)
+        for key in ("mean", "std", "min", "max", "mean_abs", "zero_fraction", "dead_fraction", "grad_norm",
+                    "param_grad_norm"):
+            close(m[key], s[key], f"{m['name']!r} {key}")

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = ["ModinspectError", "NonFiniteError", "__version__", "add_layers", "build_tree", "collect_stats",
-           "diff_sources", "measure_shapes", "open_source", "perform_load", "plan_load", "read_run_log", "watch"]
+           "diff_sources", "measure_shapes", "open_source", "perform_load", "plan_load", "read_run_log", "run_stats",
+           "watch"]
 
 if TYPE_CHECKING:
     from modinspect.analysis.diff import diff_sources
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from modinspect.apply import perform_load
     from modinspect.errors import ModinspectError, NonFiniteError
     from modinspect.sources import open_source
+    from modinspect.stats_run import run_stats
     from modinspect.watching import watch
 
 # name -> module that defines it; imported on first use so that `import modinspect` stays cheap.
@@ -42,6 +44,7 @@ _LAZY = {
     "add_layers": "modinspect.analysis.shapes",
     "measure_shapes": "modinspect.analysis.shapes",
     "read_run_log": "modinspect.analysis.runlog",
+    "run_stats": "modinspect.stats_run",
     "watch": "modinspect.watching",
     "ModinspectError": "modinspect.errors",
     "NonFiniteError": "modinspect.errors",  # what watch(on_nonfinite="raise") raises at the first NaN/Inf

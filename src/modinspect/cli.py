@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -222,7 +222,9 @@ def tree(
             _warn(src.warnings)
             report = build_tree(src, depth=depth, pattern=pattern, expand=expand)
             with _spinner("running the forward pass on the meta device…") if wanted else contextlib.nullcontext():
-                report = add_layers(report, src, spec, _project_defaults(source) if wanted else None)
+                from modinspect.stats_run import project_defaults
+
+                report = add_layers(report, src, spec, project_defaults(source) if wanted else None)
         _print(report, as_json, "tree")
 
 
@@ -404,20 +406,6 @@ def _note_one_argument_load(checkpoint: str) -> None:
     _note(f"load takes MODEL CHECKPOINT; {checkpoint} is the CHECKPOINT, MODEL comes from [tool.modinspect]")
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available to this torch (a CPU build, or no GPU)")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps: the MPS backend is not available on this machine")
-    return device
-
-
 @app.command()
 def stats(
     source: SourceArg = None,
@@ -478,58 +466,28 @@ def stats(
     """
     code = 0
     with user_errors(debug):
-        from modinspect.analysis.stats import StatsOptions, collect_stats, seed_all
-        from modinspect.sources import open_source
-        from modinspect.sources.inputs import InputSpec, parse_shape, resolve_batches, to_device
-        from modinspect.sources.module import ModuleSource
+        from modinspect.sources.inputs import parse_shape
+        from modinspect.stats_run import StatsRequest, prepare_stats
 
         findings = _findings(fail_on)
-        extra = _project_defaults(source)
-        seed_all(seed)  # before the model is built: its initial weights depend on it
+        gate = _gate_options(allow_global, max_pickle_size)
+        request = StatsRequest(
+            source=source, weights=weights, strict=strict, unsafe_pickle=unsafe_pickle,
+            allow_globals=gate["allow_globals"], max_pickle_size=gate["max_pickle_size"], input_file=input_file,
+            input_shapes=tuple(parse_shape(s) for s in input_shape or ()), input_dtype=input_dtype, batches=batches,
+            seed=seed, device=device, dtype=dtype, train=train, backward=backward, loss=loss, pattern=pattern)
         with _spinner("building the model…"):
-            src = open_source(source, weights=weights, unsafe_pickle=unsafe_pickle, strict=strict,
-                              announce=_note, model_weights="init" if weights else "pretrained",
-                              **_gate_options(allow_global, max_pickle_size))
-        _warn(src.warnings)
-        if src.module is None and src.format == "torchscript":
-            # Even torch.jit.load's ScriptModule would not do: hooks need the Python model.
-            raise UsageError(
-                f"{src.label} is TorchScript, whose modules take no Python hooks; run stats on the Python model "
-                f"instead, e.g. an entry point with --weights {src.label}"
-            )
-        if src.module is None:
-            raise UsageError(
-                f"{src.label} is a checkpoint without a model; stats needs one: pair it with an entry point, "
-                f"e.g. modinspect stats models.py:build --weights {src.label}"
-            )
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise UsageError(f"--dtype {dtype!r} is not float32, bfloat16 or float16")
-        dev = _resolve_device(str(extra.get("device", device)) if device == "auto" else device)
-        shapes = tuple(parse_shape(s) for s in input_shape or ())
-        resolved_dtype = input_dtype or _default_input_dtype(src.module)
-        spec = InputSpec(file=input_file, shapes=shapes, dtype=resolved_dtype, batches=batches, seed=seed)
-        if input_dtype is None and "input_dtype" not in extra:
-            extra = {**extra, "input_dtype": resolved_dtype}
-        raw_batches, described = resolve_batches(src.module, spec, extra)
-        loss_fn = _loss_option(loss)
-        options = StatsOptions(backward=backward, pattern=pattern, loss=loss_fn,
-                               autocast_dtype=None if dtype == "float32" else dtype, train=train)
-        moved = (to_device(b, dev, requires_grad=backward) for b in raw_batches)
-        in_use = src.in_use() if isinstance(src, ModuleSource) else contextlib.nullcontext()
+            run = prepare_stats(request, announce=_note)
+        writer = run.ranks.writer  # under torchrun, rank 0 prints; every rank exits with the same code
+        if writer:
+            _warn(run.warnings)
         from modinspect.render.console import batch_progress
 
-        with in_use, _on_device(src.module, dev), batch_progress(batches, dev) as advance:
-            report = collect_stats(src.module, moved, options=options, source=src.label, device=dev, inputs=described,
-                                   progress=advance)
-        if as_json:
-            from modinspect.render.jsonout import dumps, stats_document
-
-            print(dumps(stats_document(report)))
-        else:
-            from modinspect.render.console import make_console, stats_renderable
-
-            console = make_console()
-            console.print(stats_renderable(report, console.width))
+        counter = batch_progress(batches, run.device) if writer else contextlib.nullcontext(None)
+        with counter as advance:
+            report = run.run(progress=advance)
+        if writer:
+            _print(report, as_json, "stats")
         code = 1 if report.nonfinite_found or any(report.has(f) for f in findings) else 0
     raise typer.Exit(code)
 
@@ -609,55 +567,6 @@ def _parse_steps(steps: str | None) -> tuple[int, ...] | None:
     if not parts or not all(p.isdigit() for p in parts):
         raise UsageError(f"--steps {steps!r} is not a comma-separated list of step numbers like 100,200")
     return tuple(int(p) for p in parts)
-
-
-def _project_defaults(source: str | None) -> dict[str, object]:
-    """[tool.modinspect] input settings apply when the model itself comes from there."""
-    if source is not None:
-        return {}
-    from modinspect.config import load_config
-
-    config = load_config()
-    extra = dict(config.extra)
-    if "input" in extra:
-        extra["input"] = str(config.root / str(extra["input"]))
-    return extra
-
-
-def _default_input_dtype(model: object) -> str:
-    from modinspect.sources.inputs import first_embedding_size
-
-    return "int64" if first_embedding_size(model) is not None else "float32"
-
-
-def _loss_option(loss: str) -> str | Callable[[Any], Any]:
-    if loss in ("auto", "sum", "mean"):
-        return loss
-    from modinspect.sources.entrypoint import looks_like_entry_point, resolve_entry_point
-
-    if not looks_like_entry_point(loss):
-        raise UsageError(f"--loss {loss!r} is not auto, sum, mean or file.py:FUNCTION")
-    fn = resolve_entry_point(loss)
-    if not callable(fn):
-        raise UsageError(f"--loss {loss} is not a function")
-    return fn  # type: ignore[no-any-return]
-
-
-@contextlib.contextmanager
-def _on_device(model: Any, device: str) -> Iterator[None]:
-    """Move the model to `device` for the run and back afterwards."""
-    params = list(model.parameters())
-    if any(p.device.type == "meta" for p in params):
-        raise UsageError("stats needs real weights: the model is on the meta device (drop --meta)")
-    original = params[0].device if params else None
-    if original is None or str(original) == device:
-        yield
-        return
-    model.to(device)
-    try:
-        yield
-    finally:
-        model.to(original)
 
 
 def main() -> None:

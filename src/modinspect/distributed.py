@@ -180,8 +180,12 @@ def collector_state(c: Collector) -> list[tuple[Any, ...]]:
     return out
 
 
-def merge_states(states: Sequence[list[tuple[Any, ...]]], world: int) -> list[tuple[Running, bool, list[Any]]]:
-    """The ranks' per-module states merged: (Running, units_ok, [sumsq, nan, inf, has, near]) per module."""
+def merge_states(states: Sequence[list[tuple[Any, ...]]], grad_scale: float) -> list[tuple[Running, bool, list[Any]]]:
+    """The ranks' per-module states merged: (Running, units_ok, [sumsq, nan, inf, has, near]) per module.
+
+    Output-gradient squares are summed times `grad_scale`: 1 / world² when each rank's loss is a mean and
+    the ranks' gradients are averaged (DDP, FSDP), 1 when the losses add up (`stats --loss sum`).
+    """
     merged = []
     for m in range(len(states[0])):
         total = Running()
@@ -200,7 +204,7 @@ def merge_states(states: Sequence[list[tuple[Any, ...]]], world: int) -> list[tu
                     units_ok = False
                 else:
                     alive = [a or b for a, b in zip(alive, rank_alive, strict=True)]
-            grad[0] += g[0] / (world * world)
+            grad[0] += g[0] * grad_scale
             grad[1] += g[1]
             grad[2] += g[2]
             grad[3] = grad[3] or g[3]
@@ -210,10 +214,14 @@ def merge_states(states: Sequence[list[tuple[Any, ...]]], world: int) -> list[tu
     return merged
 
 
-def merge_collector(c: Collector, r: Ranks) -> None:
-    """Replace `c`'s host totals by the merge over every rank's (a collective: every rank must call it)."""
+def merge_collector(c: Collector, r: Ranks, grad_scale: float | None = None) -> None:
+    """Replace `c`'s host totals by the merge over every rank's (a collective: every rank must call it).
+
+    `grad_scale` defaults to 1 / world² (mean losses, averaged gradients: see merge_states).
+    """
     states = gather(collector_state(c))
-    for m, (running, ok, grad) in enumerate(merge_states(states, r.world)):
+    scale = 1.0 / (r.world * r.world) if grad_scale is None else grad_scale
+    for m, (running, ok, grad) in enumerate(merge_states(states, scale)):
         c.running[m] = running
         c.units_ok[m] = ok
         c.grad[m] = grad
@@ -228,3 +236,15 @@ def pick_origin(origins: Sequence[NonfiniteOrigin | None]) -> NonfiniteOrigin | 
         return None
     rank, origin = next(((i, o) for i, o in found if o.module is not None), found[0])
     return dataclasses.replace(origin, rank=rank)
+
+
+def pick_origins(pairs: Sequence[tuple[NonfiniteOrigin | None, NonfiniteOrigin | None]],
+                 ) -> tuple[NonfiniteOrigin | None, NonfiniteOrigin | None]:
+    """`stats`' (origin, backward origin) pairs of every rank: the pair of the rank pick_origin chooses."""
+    import dataclasses
+
+    chosen = pick_origin([origin for origin, _ in pairs])
+    if chosen is None:
+        return None, None
+    backward = pairs[chosen.rank or 0][1]
+    return chosen, dataclasses.replace(backward, rank=chosen.rank) if backward is not None else None

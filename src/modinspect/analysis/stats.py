@@ -135,8 +135,17 @@ def collect_stats(
     The model is left as it was found: hooks removed, training flags, requires_grad and .grad restored
     (also when the forward or backward raises); parameters are never updated. `progress(1)` is called
     after each batch.
+
+    Under torch.distributed (each rank calling this on its own slice of the batches) the parameter
+    gradients are averaged over the ranks after each backward (summed for the `sum` loss), a batch one
+    rank flags is replayed on all of them, and the statistics are merged exactly at the end
+    (modinspect.distributed): every rank returns the same report.
     """
     import torch
+
+    from modinspect import distributed
+
+    ranks = distributed.ranks()
 
     if isinstance(model, torch.jit.ScriptModule):
         raise ModinspectError(
@@ -169,8 +178,8 @@ def collect_stats(
                 rng = _rng_state()
                 collector.exact = options.exact
                 collector.begin_batch()
-                _run_batch(model, args, kwargs, collector, options, device, notes, losses)
-                if not collector.end_batch():
+                _run_batch(model, args, kwargs, collector, options, device, notes, losses, ranks=ranks)
+                if not _end_batch(collector, ranks):
                     # Something may be non-finite: run the batch again, same RNG, with exact masked reductions
                     # and the op tracer, which finds the op and the source line.
                     _restore_rng(rng)
@@ -181,7 +190,7 @@ def collect_stats(
                     tracer = None if had_origin else OpTracer(collector.current_module, lambda: collector.in_hook > 0)
                     collector.tracer = tracer
                     try:
-                        _run_batch(model, args, kwargs, collector, options, device, notes, losses, tracer)
+                        _run_batch(model, args, kwargs, collector, options, device, notes, losses, tracer, ranks)
                     finally:
                         collector.tracer = None
                     collector.end_batch()
@@ -196,6 +205,12 @@ def collect_stats(
             for h in handles:
                 h.remove()
             collector.remove_tensor_hooks()
+    if ranks.many:
+        sum_loss = _loss_used(losses, options.loss) == "sum"
+        # A mean loss per rank, gradients averaged: each rank's output gradient is world times its share.
+        distributed.merge_collector(collector, ranks, grad_scale=1.0 if sum_loss else 1.0 / ranks.world ** 2)
+        collector.origin, backward_origin = distributed.pick_origins(
+            distributed.gather((collector.origin, backward_origin)))
     rows = collector.module_stats()
     cut = collector.without_gradient() if options.backward and batches_run else []
     if cut:
@@ -234,9 +249,36 @@ def _restore_rng(state: tuple[Any, Any]) -> None:
         torch.cuda.set_rng_state_all(state[1])
 
 
+def _end_batch(collector: Collector, ranks: Any) -> bool:
+    """Collector.end_batch; under torch.distributed the ranks agree first: one suspect batch is replayed by all."""
+    if not ranks.many:
+        return collector.end_batch()
+    import torch
+
+    from modinspect import distributed
+    from modinspect.analysis.stats_hooks import to_host
+
+    packed = collector.pack()
+    chunks = collector.unpack(packed, to_host(packed.data))
+    suspect = not packed.exact and any(collector._suspect(kind, chunk) for kind, _, chunk in chunks)
+    if bool(distributed.any_rank(torch.tensor(suspect)).item()):
+        return False
+    return collector.merge(packed, chunks)
+
+
+def _average_grads(model: Any, ranks: Any, summed: bool) -> None:
+    """What DDP does after a backward: every rank's parameter gradients replaced by their mean (sum) over the ranks."""
+    from modinspect import distributed
+
+    for p in model.parameters():
+        if p.grad is not None:
+            total = distributed.sum_over_ranks(p.grad.detach()).to(p.grad.dtype)
+            p.grad.copy_(total if summed else total / ranks.world)
+
+
 def _run_batch(model: Any, args: Sequence[Any], kwargs: dict[str, Any], collector: Collector,
                options: StatsOptions, device: str, notes: list[str], losses: list[str],
-               tracer: OpTracer | None = None) -> None:
+               tracer: OpTracer | None = None, ranks: Any = None) -> None:
     import torch
 
     autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -256,6 +298,8 @@ def _run_batch(model: Any, args: Sequence[Any], kwargs: dict[str, Any], collecto
                 collector.record_loss(loss)
                 with tracer.backward(loss) if tracer is not None else contextlib.nullcontext():
                     loss.backward()  # type: ignore[no-untyped-call]
+                if ranks is not None and ranks.many:
+                    _average_grads(model, ranks, summed=described == "sum")
                 collector.record_param_grads()
                 for p in model.parameters():
                     p.grad = None
