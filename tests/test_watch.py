@@ -260,6 +260,7 @@ def test_one_transfer_per_every_steps(host_reads: dict[str, int], mode: str, fla
     assert host_reads == ({"read_flag": flag_reads} if flag_reads else {})
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_no_synchronisation_between_logged_steps_on_cuda() -> None:
     model = SmallCNN().cuda().train()
