@@ -3,7 +3,7 @@ single-process reference run of the same training loop.
 
 `python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ranks_worker.py OUT_DIR` runs, on
 each rank: DDP training watched, FSDP2 (fully_shard) training watched, and DDP training with a NaN planted
-on rank 1 at step 3. Rank 0 writes the logs; each rank writes what it saw to OUT_DIR/rank{R}.json.
+on rank 1 at step 3, stopped there (on_nonfinite="raise") and only logged (on_nonfinite="log"). Rank 0 writes the logs; each rank writes what it saw to OUT_DIR/rank{R}.json.
 """
 
 from __future__ import annotations
@@ -101,6 +101,10 @@ def main(out: Path) -> None:
     bad = DistributedDataParallel(plain)
     seen["nan"] = train(bad, rank, world, out / "nan.jsonl", poison=plain[4], on_nonfinite="raise",
                         save_batch=out / "bad_batch.pt")
+
+    quiet = build()
+    seen["nan_log"] = train(DistributedDataParallel(quiet), rank, world, out / "nan_log.jsonl", poison=quiet[4],
+                            on_nonfinite="log")
 
     (out / f"rank{rank}.json").write_text(json.dumps(seen))
     dist.destroy_process_group()

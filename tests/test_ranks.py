@@ -107,7 +107,7 @@ def test_fsdp2_sharded_parameters_merge_to_the_whole_norms(launched: Path, singl
 
 
 def test_only_rank_0_writes_the_log(launched: Path) -> None:
-    assert sorted(p.name for p in launched.glob("*.jsonl")) == ["ddp.jsonl", "fsdp.jsonl", "nan.jsonl"]
+    assert sorted(p.name for p in launched.glob("*.jsonl")) == ["ddp.jsonl", "fsdp.jsonl", "nan.jsonl", "nan_log.jsonl"]
     assert lines(launched / "ddp.jsonl")[0]["kind"] == "header"
     assert len(lines(launched / "ddp.jsonl")) == 3  # the header and two records, not two of each
 
@@ -132,6 +132,21 @@ def test_nan_on_one_rank_stops_every_rank_at_its_step(launched: Path) -> None:
     x, _ = ranks_worker.batches(BAD_RANK, 2)[BAD_STEP - 1]
     saved = torch.load(launched / "bad_batch.pt", weights_only=True)
     assert torch.equal(saved, x)
+
+
+def test_nan_logged_without_per_step_reads_names_its_rank(launched: Path) -> None:
+    """on_nonfinite="log": no flag is read per step; the window's record names the module and the rank."""
+    for rank in (0, 1):
+        s = seen(launched, rank)["nan_log"]
+        assert s["error"] is None and s["steps"] == 4 and s["nonfinite_step"] == 4  # the record's step
+    records = lines(launched / "nan_log.jsonl")
+    assert [r["step"] for r in records[1:]] == [2, 4] and records[1]["nonfinite"] is None
+    origin = records[2]["nonfinite"]
+    assert (origin["module"], origin["type"], origin["phase"], origin["rank"]) == ("4", "Poison", "forward", BAD_RANK)
+    poison = records[2]["modules"][5]
+    # Step 3: rank 1's half of the batch (4 rows of 16, log of values below 0); step 4: the whole batch on both
+    # ranks, whose weights the all-reduced NaN gradient of step 3 has reached.
+    assert poison["name"] == "4" and poison["nan"] == BATCH // 2 * 16 + BATCH * 16
 
 
 @pytest.mark.parametrize("loss", ["sum", "mean"])

@@ -409,9 +409,14 @@ class Watch:
         if self._loss is not None:
             flags.append(~torch.isfinite(self._loss))
         if self._ranks.many:  # every rank reads the same answer, and all of them stop at the same step
-            here = (torch.stack([f.reshape(()).to(self.device) for f in flags]).any() if flags
-                    else torch.zeros((), dtype=torch.bool, device=self.device))
-            both = torch.stack([here.to(torch.int32).cpu(), distributed.any_rank(here).to(torch.int32).cpu()])
+            # "Here" leaves out the parameter gradients: DDP's all-reduce has spread one rank's NaN to all.
+            own = [f for f in [self.collector.nonfinite_flag()] if f is not None]
+            if self._loss is not None:
+                own.append(~torch.isfinite(self._loss))
+            none = torch.zeros((), dtype=torch.bool, device=self.device)
+            here = torch.stack([f.reshape(()).to(self.device) for f in own]).any() if own else none
+            anywhere = torch.stack([f.reshape(()).to(self.device) for f in flags]).any() if flags else none
+            both = torch.stack([here.to(torch.int32).cpu(), distributed.any_rank(anywhere).to(torch.int32).cpu()])
             self._flagged_here, self._flagged = (bool(v) for v in both.tolist())
             return self._flagged
         if not flags:
@@ -438,7 +443,8 @@ class Watch:
             with self._weights(self._snapshot):
                 _restore_rng(rng)
                 # The user's module, not DDP's wrapper: a replay takes no part in the gradients' all-reduce.
-                report = collect_stats(self._inner, [(args, kwargs)], options=options, device=self.device)
+                report = collect_stats(self._inner, [(args, kwargs)], options=options, device=self.device,
+                                       merge_ranks=False)
         except ModinspectError:
             return None
         finally:
@@ -513,10 +519,13 @@ class Watch:
         flat = stats_hooks.to_host(torch.cat(datas))
         pos = 0
         c = self.collector  # the live one: its execution order and input links are the window's
-        for packed in self._pending:
+        found_at = len(self._pending)  # the window's step whose merge first found an origin
+        for i, packed in enumerate(self._pending):
             size = packed.data.numel() if packed.data is not None else 0
             c.merge(packed, Collector.unpack(packed, flat[pos:pos + size]))
             pos += size
+            if c.origin is not None and found_at == len(self._pending):
+                found_at = i
         tail = flat[pos:]
         loss = tail[0] if self._loss is not None else None
         params = self._param_stats(_from_squares(tail[1:]) if many else tail[1:])
@@ -524,7 +533,11 @@ class Watch:
             c.origin if self.on_nonfinite == "log" else None)
         if many:  # one gather of every rank's totals and origin, merged exactly on every rank
             distributed.merge_collector(c, self._ranks)
-            origin = distributed.pick_origin(distributed.gather(origin))
+            # The earliest step of the window first: a NaN that reached every rank's weights through the
+            # gradients' all-reduce shows up a step later on the other ranks.
+            origins = distributed.gather((found_at if origin is not None else len(self._pending), origin))
+            first = min(at for at, _ in origins)
+            origin = distributed.pick_origin([o if at == first else None for at, o in origins])
         self._last_origin = origin
         rows = self._rows(c, self._window)
         record = StepRecord(step=self.steps, time=time.time(), loss=loss, modules=tuple(_module_record(r) for r in rows),

@@ -129,6 +129,7 @@ def collect_stats(
     device: str = "cpu",
     inputs: str = "",
     progress: Callable[[int], None] | None = None,
+    merge_ranks: bool = True,
 ) -> StatsReport:
     """Run `model` on each batch with hooks on its modules and return merged per-module statistics.
 
@@ -139,13 +140,14 @@ def collect_stats(
     Under torch.distributed (each rank calling this on its own slice of the batches) the parameter
     gradients are averaged over the ranks after each backward (summed for the `sum` loss), a batch one
     rank flags is replayed on all of them, and the statistics are merged exactly at the end
-    (modinspect.distributed): every rank returns the same report.
+    (modinspect.distributed): every rank returns the same report. `merge_ranks=False` keeps each rank
+    to its own batches (no collective of modinspect's own; an FSDP model's forward still gathers).
     """
     import torch
 
     from modinspect import distributed
 
-    ranks = distributed.ranks()
+    ranks = distributed.ranks() if merge_ranks else distributed.Ranks()
 
     if isinstance(model, torch.jit.ScriptModule):
         raise ModinspectError(
