@@ -128,6 +128,13 @@ def test_nan_on_one_rank_stops_every_rank_at_its_step(launched: Path) -> None:
     assert origin["module"] == "4" and origin["op"] == "aten::log" and origin["rank"] == BAD_RANK
     assert origin["source"].endswith(f"ranks_worker.py:{number}"), (origin["source"], source)
     assert records[2]["modules"][5]["nan"] > 0
+    # `modinspect report` names the rank too.
+    result = invoke("report", launched / "nan.jsonl", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["first_bad"]["rank"] == BAD_RANK
+    text = invoke("report", launched / "nan.jsonl")
+    assert f"First bad step {BAD_STEP}: NaN/Inf produced by 4 (Poison) in forward, op aten::log at " in text.stdout
+    assert f"(on rank {BAD_RANK})" in text.stdout
     # The batch saved is rank 1's own half of step 3's batch, ready for `modinspect stats --input`.
     x, _ = ranks_worker.batches(BAD_RANK, 2)[BAD_STEP - 1]
     saved = torch.load(launched / "bad_batch.pt", weights_only=True)

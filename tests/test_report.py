@@ -328,7 +328,7 @@ def test_json_document(run: Path) -> None:
     assert doc["first_bad"] == {"step": 300, "module": "sqrt", "type": "SqrtShift", "phase": "forward",
                                 "op": "aten::sqrt", "source": "train.py:42", "code": "        return torch.sqrt(x - 1)",
                                 "cause": "produced", "recorded": True,
-                                "affected": ["fc1", "act1", "fc2", "act2", "sqrt", "head"]}
+                                "affected": ["fc1", "act1", "fc2", "act2", "sqrt", "head"], "rank": None}
     fc1, act1, sqrt = doc["modules"][0], doc["modules"][1], doc["modules"][4]
     assert fc1["std"] == [runlogs.std_of("fc1", i) for i in range(50)]
     assert fc1["grad_norm"] == [runlogs.grad_of("fc1", i) for i in range(30)] + [None] * 20

@@ -414,6 +414,7 @@ class BadStep:
     cause: str
     recorded: bool
     affected: tuple[str, ...]  # every module with a NaN/Inf output or gradient at that step
+    rank: int | None = None  # under torchrun: the rank whose shard held it
 
 
 @dataclass(frozen=True)

@@ -254,7 +254,7 @@ def _origin(record: StepRecord) -> BadStep | None:
     nf = record.nonfinite
     if nf is not None:
         return BadStep(step=record.step, module=nf.module, type=nf.type, phase=nf.phase, op=nf.op, source=nf.source,
-                       code=nf.code, cause=nf.cause, recorded=True, affected=affected)
+                       code=nf.code, cause=nf.cause, recorded=True, affected=affected, rank=nf.rank)
     forward = [m for m in record.modules if m.nan or m.inf]
     backward = [m for m in record.modules if m.grad_nan or m.grad_inf]
     if not forward and not backward:

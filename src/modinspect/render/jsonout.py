@@ -302,7 +302,7 @@ def run_document(report: RunReport) -> dict[str, Any]:
         "first_bad": None if bad is None else {
             "step": bad.step, "module": bad.module, "type": bad.type, "phase": bad.phase, "op": bad.op,
             "source": bad.source, "code": bad.code, "cause": bad.cause, "recorded": bad.recorded,
-            "affected": list(bad.affected),
+            "affected": list(bad.affected), "rank": bad.rank,
         },
         "truncated": report.truncated,
         "notes": list(report.notes),

@@ -190,6 +190,8 @@ def bad_step_text(bad: BadStep) -> str:
         what += f" at {bad.source}"
     if bad.code:
         what += f": {bad.code.strip()}"
+    if bad.rank is not None:
+        what += f" (on rank {bad.rank})"
     if not bad.recorded:
         what += " (inferred from the counts: the log names no origin)"
     others = [n or "(model)" for n in bad.affected if n != bad.module]
