@@ -107,3 +107,33 @@ def test_run_stats_refuses_a_bad_dtype_before_opening_anything(tmp_path: Path) -
 
     with pytest.raises(UsageError, match=r"^--dtype 'int8' is not float32, bfloat16 or float16$"):
         modinspect.run_stats(StatsRequest(source=str(tmp_path / "missing.py:build"), dtype="int8"))
+
+
+def test_run_load_is_what_the_load_command_prints(tmp_path: Path) -> None:
+    import json
+
+    from conftest import invoke
+    from modinspect.apply import LoadRequest, run_load
+    from modinspect.render.jsonout import load_document
+
+    entry, ckpt = str(SAMPLES / "models.py:small_cnn"), str(SAMPLES / "ddp.pt")
+    from modinspect.analysis.keymap import KeyMap
+
+    warned: list[list[str]] = []
+    report = run_load(LoadRequest(checkpoint=ckpt, model=entry, keymap=KeyMap(strip_prefixes=("module.",)),
+                                  strict=True, out=tmp_path / "init.safetensors"), warn=warned.append)
+    assert report.performed and len(report.plan.loaded) == 16 and not report.plan.missing
+    assert report.written == str(tmp_path / "init.safetensors") and warned == [[]]
+    result = invoke("load", entry, ckpt, "--strip-prefix", "module.", "--strict", "--dry-run", "--json")
+    assert result.exit_code == 0, result.stderr
+    printed = json.loads(result.stdout)
+    planned = run_load(LoadRequest(checkpoint=ckpt, model=entry, keymap=KeyMap(strip_prefixes=("module.",)),
+                                   strict=True, dry_run=True))
+    assert json.loads(json.dumps(load_document(planned))) == printed
+
+
+def test_run_load_refuses_out_with_meta() -> None:
+    from modinspect.apply import LoadRequest, run_load
+
+    with pytest.raises(UsageError, match=r"^--out needs real weights: drop --meta \(which only plans\)$"):
+        run_load(LoadRequest(checkpoint="x.pt", model="m.py:build", meta=True, out="y.safetensors"))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = ["ModinspectError", "NonFiniteError", "__version__", "add_layers", "build_tree", "collect_stats",
-           "diff_sources", "measure_shapes", "open_source", "perform_load", "plan_load", "read_run_log", "run_stats",
+           "diff_sources", "measure_shapes", "open_source", "perform_load", "plan_load", "read_run_log", "run_load", "run_stats",
            "watch"]
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from modinspect.analysis.shapes import add_layers, measure_shapes
     from modinspect.analysis.stats import collect_stats
     from modinspect.analysis.tree import build_tree
-    from modinspect.apply import perform_load
+    from modinspect.apply import perform_load, run_load
     from modinspect.errors import ModinspectError, NonFiniteError
     from modinspect.sources import open_source
     from modinspect.stats_run import run_stats
@@ -44,6 +44,7 @@ _LAZY = {
     "add_layers": "modinspect.analysis.shapes",
     "measure_shapes": "modinspect.analysis.shapes",
     "read_run_log": "modinspect.analysis.runlog",
+    "run_load": "modinspect.apply",
     "run_stats": "modinspect.stats_run",
     "watch": "modinspect.watching",
     "ModinspectError": "modinspect.errors",

@@ -11,14 +11,66 @@ It never prints; every refusal is a ModinspectError with the line the CLI shows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from modinspect.analysis.keymap import KeyMap
 from modinspect.analysis.loading import plan_load
 from modinspect.errors import UsageError
 from modinspect.report import LoadReport
 from modinspect.sources import Source, model_of
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What `modinspect load [MODEL] CHECKPOINT` is asked to do; every field has the CLI's default."""
+
+    checkpoint: Any  # any SOURCE with a state dict (a path, a directory, an entry point)
+    model: Any = None  # an entry point, a TorchScript archive, a live nn.Module, or None: [tool.modinspect]
+    keymap: KeyMap | None = None
+    strict: bool = False
+    skip_mismatched: bool = False
+    dry_run: bool = False
+    meta: bool = False  # build the model on the meta device: a free plan (implies dry_run)
+    out: str | Path | None = None
+    force: bool = False
+    unsafe_pickle: bool = False
+    allow_globals: tuple[str, ...] = ()
+    max_pickle_size: int | None = None
+
+
+def run_load(request: LoadRequest, announce: Callable[[str], None] | None = None,
+             warn: Callable[[list[str]], None] | None = None) -> LoadReport:
+    """Open MODEL and CHECKPOINT, then perform_load: what `modinspect load` runs, as one call.
+
+    `announce` hears notes (an entry point about to be imported from [tool.modinspect]); `warn` gets the
+    sources' warnings once both are open, before anything is loaded. Raises MismatchedShapesError (with
+    `.report`) like perform_load.
+    """
+    from modinspect.sources import open_source
+
+    if request.out is not None and request.meta:
+        raise UsageError("--out needs real weights: drop --meta (which only plans)")
+    gate: dict[str, Any] = {"unsafe_pickle": request.unsafe_pickle, "allow_globals": request.allow_globals,
+                            "max_pickle_size": request.max_pickle_size}
+    model = open_source(request.model, meta=request.meta, config_weights=False, announce=announce,
+                        model_weights="header" if request.meta else "init", **gate)
+    if model.module is None and model.format == "torchscript":
+        model_of(model, "load")
+    if model.module is None:
+        raise UsageError(
+            f"{model.label} is a checkpoint, not a model: load needs MODEL as an entry point (file.py:NAME) "
+            "or a TorchScript file"
+        )
+    inputs = [str(p) for p in (request.model, request.checkpoint) if isinstance(p, str | Path)]
+    with open_source(request.checkpoint, **gate) as checkpoint:
+        if warn is not None:
+            warn(model.warnings + checkpoint.warnings)
+        return perform_load(model, checkpoint, keymap=request.keymap, strict=request.strict,
+                            skip_mismatched=request.skip_mismatched, dry_run=request.dry_run, out=request.out,
+                            force=request.force, inputs=inputs)
 
 
 def perform_load(model: Source, checkpoint: Source, *, keymap: KeyMap | None = None, strict: bool = False,
