@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = ["ModinspectError", "NonFiniteError", "__version__", "add_layers", "build_tree", "collect_stats",
-           "diff_sources", "measure_shapes", "open_source", "perform_load", "plan_load", "read_run_log", "run_load", "run_stats",
-           "watch"]
+           "diff_sources", "measure_shapes", "open_source", "perform_load", "plan_load", "read_run_log", "run_load",
+           "run_stats", "watch"]
 
 if TYPE_CHECKING:
     from modinspect.analysis.diff import diff_sources
