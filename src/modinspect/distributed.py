@@ -129,6 +129,19 @@ def sharded(t: Any) -> bool:
     return any(type(p).__name__ in ("Shard", "_StridedShard") for p in t.placements)
 
 
+def fsdp1_sharded(model: Any) -> bool:
+    """The model holds FSDP1 (FullyShardedDataParallel) units that shard: each rank's parameters are its shard.
+
+    Not exercised by the test suite: FSDP1 needs an accelerator (FSDP2's fully_shard is tested on the CPU).
+    """
+    for m in model.modules():
+        if type(m).__name__ == "FullyShardedDataParallel":
+            strategy = getattr(m, "sharding_strategy", None)
+            if getattr(strategy, "name", "") != "NO_SHARD":
+                return True
+    return False
+
+
 def collective_device(fallback: str) -> str:
     """Where a collective's tensors must live: the current CUDA device under NCCL, else the CPU."""
     import torch

@@ -144,6 +144,8 @@ class Watch:
         self.model = model
         self._inner = distributed.unwrap(model)
         self._ranks = distributed.ranks()
+        # FSDP1's parameters are plain tensors holding this rank's shard (not DTensors): their squares add up.
+        self._fsdp1_sharded = distributed.fsdp1_sharded(model)
         self.every = every
         self.on_nonfinite = on_nonfinite
         self._pattern = modules
@@ -592,7 +594,7 @@ class Watch:
         with torch.no_grad():
             for i, (_, p) in enumerate(self._params):
                 w = distributed.local(p.detach()).to(self._acc)
-                share = 1.0 if distributed.sharded(p) else 1.0 / world
+                share = 1.0 if self._fsdp1_sharded or distributed.sharded(p) else 1.0 / world
                 g = self._grad_norms.get(i)
                 before = self._update_from[i] if self._update_from is not None else None
                 has_update = before is not None and before.shape == w.shape
