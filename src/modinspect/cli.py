@@ -350,40 +350,26 @@ def load(
     code = 0
     with user_errors(debug):
         from modinspect.analysis.keymap import KeyMap, parse_renames
-        from modinspect.apply import MismatchedShapesError, perform_load
-        from modinspect.sources import model_of, open_source
+        from modinspect.apply import LoadRequest, MismatchedShapesError, run_load
 
         if len(paths) not in (1, 2):
             raise UsageError("load takes [MODEL] CHECKPOINT: one or two SOURCEs")
         model_spec, ckpt_spec = (None, paths[0]) if len(paths) == 1 else (paths[0], paths[1])
         if model_spec is None:
             _note_one_argument_load(ckpt_spec)
-        if out is not None and meta:
-            raise UsageError("--out needs real weights: drop --meta (which only plans)")
         keymap = KeyMap(strip_prefixes=tuple(strip_prefix or ()), add_prefix=add_prefix,
                         renames=parse_renames(rename or ()), include=tuple(include or ()),
                         exclude=tuple(exclude or ()))
-        with _spinner("building the model…"):
-            gate = _gate_options(allow_global, max_pickle_size)
-            model = open_source(model_spec, meta=meta, unsafe_pickle=unsafe_pickle, config_weights=False,
-                                announce=_note, model_weights="header" if meta else "init", **gate)
-        if model.module is None and model.format == "torchscript":
-            model_of(model, "load")
-        if model.module is None:
-            raise UsageError(
-                f"{model.label} is a checkpoint, not a model: load needs MODEL as an entry point (file.py:NAME) "
-                "or a TorchScript file"
-            )
+        gate = _gate_options(allow_global, max_pickle_size)
+        request = LoadRequest(checkpoint=ckpt_spec, model=model_spec, keymap=keymap, strict=strict,
+                              skip_mismatched=skip_mismatched, dry_run=dry_run, meta=meta, out=out, force=force,
+                              unsafe_pickle=unsafe_pickle, **gate)
         blocked: MismatchedShapesError | None = None
-        with open_source(ckpt_spec, unsafe_pickle=unsafe_pickle, **gate) as checkpoint:
-            _warn(model.warnings + checkpoint.warnings)
-            try:
-                with _spinner("loading…"):
-                    report = perform_load(model, checkpoint, keymap=keymap, strict=strict,
-                                          skip_mismatched=skip_mismatched, dry_run=dry_run, out=out, force=force,
-                                          inputs=paths)
-            except MismatchedShapesError as exc:
-                blocked, report = exc, exc.report
+        try:
+            with _spinner("loading…"):
+                report = run_load(request, announce=_note, warn=_warn)
+        except MismatchedShapesError as exc:
+            blocked, report = exc, exc.report
         _print(report, as_json, "load")
         if blocked is not None:
             raise blocked
