@@ -406,25 +406,26 @@ class Watch:
 
         if self.on_nonfinite == "log" or self.nonfinite_step is not None or self._flagged:
             return False
-        flags = [f for f in [self.collector.nonfinite_flag()] if f is not None]
-        flags += [~torch.isfinite(g) for g in self._grad_norms.values()]
+        # This rank's own outputs, gradients and loss; the parameter gradients apart: under DDP the
+        # all-reduce has spread one rank's NaN to every rank's.
+        own = [f for f in [self.collector.nonfinite_flag()] if f is not None]
         if self._loss is not None:
-            flags.append(~torch.isfinite(self._loss))
+            own.append(~torch.isfinite(self._loss))
+        flags = own + [~torch.isfinite(g) for g in self._grad_norms.values()]
+
+        def any_of(parts: list[torch.Tensor]) -> torch.Tensor:
+            if not parts:
+                return torch.zeros((), dtype=torch.bool, device=self.device)
+            return torch.stack([f.reshape(()).to(self.device) for f in parts]).any()
+
         if self._ranks.many:  # every rank reads the same answer, and all of them stop at the same step
-            # "Here" leaves out the parameter gradients: DDP's all-reduce has spread one rank's NaN to all.
-            own = [f for f in [self.collector.nonfinite_flag()] if f is not None]
-            if self._loss is not None:
-                own.append(~torch.isfinite(self._loss))
-            none = torch.zeros((), dtype=torch.bool, device=self.device)
-            here = torch.stack([f.reshape(()).to(self.device) for f in own]).any() if own else none
-            anywhere = torch.stack([f.reshape(()).to(self.device) for f in flags]).any() if flags else none
-            both = torch.stack([here.to(torch.int32).cpu(), distributed.any_rank(anywhere).to(torch.int32).cpu()])
+            here, anywhere = any_of(own), distributed.any_rank(any_of(flags))
+            both = torch.stack([here.to(torch.int32).cpu(), anywhere.to(torch.int32).cpu()])
             self._flagged_here, self._flagged = (bool(v) for v in both.tolist())
             return self._flagged
         if not flags:
             return False
-        self._flagged = self._flagged_here = read_flag(torch.stack([f.reshape(()).to(self.device)
-                                                                   for f in flags]).any())
+        self._flagged = self._flagged_here = read_flag(any_of(flags))
         return self._flagged
 
     def _copy_weights(self) -> list[torch.Tensor]:
