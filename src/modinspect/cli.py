@@ -130,6 +130,9 @@ def _print(report: Any, as_json: bool, kind: str) -> None:
         from modinspect.render import console
 
         out = console.make_console()
+        if kind == "tree":  # 100k-tensor trees: written as plain text where no styles are wanted
+            console.print_tree(out, report)
+            return
         renderable = getattr(console, f"{kind}_renderable")
         # Every table renderer takes the width it must fit (render.console.fit_table).
         out.print(renderable(report, out.width) if kind in WIDTH_AWARE else renderable(report))

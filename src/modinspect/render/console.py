@@ -8,7 +8,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from rich import box
 from rich.cells import cell_len
@@ -268,21 +268,22 @@ class _BatchProgress:
             self.progress.stop()
 
 
-def _tensor_label(t: TensorRow) -> Text:
-    label = Text()
-    label.append(t.short, style="bold")
-    label.append(f"  {shape_text(t.shape)}", style="cyan")
-    label.append(f"  {t.dtype}", style="magenta")
+def _tensor_pieces(t: TensorRow) -> list[tuple[str, str]]:
+    """A tensor's line as (text, style) pieces: rich's label and the plain writer's line are the same text."""
+    pieces = [(t.short, "bold"), (f"  {shape_text(t.shape)}", "cyan"), (f"  {t.dtype}", "magenta")]
     if t.alias_of is not None:
-        label.append(f"  = {t.alias_of}", style="yellow")
-        label.append("  (tied, counted once)", style="dim")
-        return label
-    label.append(f"  {human_bytes(t.nbytes)}", style="dim")
+        pieces += [(f"  = {t.alias_of}", "yellow"), ("  (tied, counted once)", "dim")]
+        return pieces
+    pieces.append((f"  {human_bytes(t.nbytes)}", "dim"))
     if t.kind == "buffer":
-        label.append("  buffer" if t.persistent is not False else "  buffer, non-persistent", style="blue")
+        pieces.append(("  buffer" if t.persistent is not False else "  buffer, non-persistent", "blue"))
     elif t.requires_grad is False:
-        label.append("  frozen", style="red")
-    return label
+        pieces.append(("  frozen", "red"))
+    return pieces
+
+
+def _tensor_label(t: TensorRow) -> Text:
+    return Text.assemble(*_tensor_pieces(t))
 
 
 def _module_label(node: ModuleNode, report: TreeReport, is_root: bool, room: int = 10**6) -> Text:
@@ -390,6 +391,74 @@ def tree_renderable(report: TreeReport, width: int = 200) -> RenderableType:
     root = Tree(_module_label(report.root, report, True, width), guide_style="dim")
     _add(root, report.root, report, width)
     return Trimmed(Group(_header(report), root, Text(""), totals_table(report, width)))
+
+
+GUIDES = ("    ", "│   ", "├── ", "└── ")  # rich's Tree guides: space, continue, fork, end
+
+
+def plain_tree_lines(report: TreeReport, width: int) -> list[str] | None:
+    """The tree's lines exactly as rich renders them without colour, or None where only rich can.
+
+    Rich lays out every label (about 0.15 ms a row): 100k tensors take 15 s. Without styles a tree is
+    its guides and its labels' text, which this writes directly. It gives up (None) where rich would
+    change the text: a line too wide for its column (rich wraps it) or a character that is not printable
+    (rich strips control codes, expands tabs).
+    """
+    space, cont, fork, end = GUIDES
+    lines: list[str] = []
+
+    def emit(prefix: str, more: str, text: str, room: int) -> bool:
+        first = True
+        for line in text.split("\n"):
+            if not line.isprintable() or (len(line) > room if line.isascii() else cell_len(line) > room):
+                return False
+            lines.append((prefix if first else more) + line.rstrip())
+            first = False
+        return True
+
+    if not emit("", "", _module_label(report.root, report, True, width).plain, width):
+        return None
+    # Depth first with an explicit stack, as _add: per open branch its items, how many, how many shown,
+    # its guides and the room its labels have.
+    stack: list[list[Any]] = []
+
+    def push(node: ModuleNode, guides: str, room: int) -> None:
+        items: list[TensorRow | ModuleNode] = [*node.tensors, *node.children]
+        stack.append([iter(items), len(items), 0, guides, room - 4])
+
+    push(report.root, "", width)
+    while stack:
+        frame = stack[-1]
+        item = next(frame[0], None)
+        if item is None:
+            stack.pop()
+            continue
+        frame[2] += 1
+        last = frame[2] == frame[1]
+        guides, room = frame[3], frame[4]
+        if isinstance(item, ModuleNode):
+            text = _module_label(item, report, False, room).plain
+        else:
+            text = "".join(piece for piece, _ in _tensor_pieces(item))
+        if not emit(guides + (end if last else fork), guides + (space if last else cont), text, room):
+            return None
+        if isinstance(item, ModuleNode) and (item.tensors or item.children):
+            push(item, guides + (space if last else cont), room)
+    return lines
+
+
+def print_tree(out: Console, report: TreeReport) -> None:
+    """`tree`'s view on `out`: rich's Tree on a styled console, the same text written directly on a plain one."""
+    width = out.width
+    lines = None
+    if out.color_system is None and not out.record and not out.options.ascii_only:
+        lines = plain_tree_lines(report, width)
+    if lines is None:
+        out.print(tree_renderable(report, width))
+        return
+    out.print(Trimmed(_header(report)))
+    out.file.write("\n".join(lines) + "\n")
+    out.print(Trimmed(Group(Text(""), totals_table(report, width))))
 
 
 def _header(report: TreeReport) -> Text:
