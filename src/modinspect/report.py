@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorRow:
     name: str
     shape: tuple[int, ...]
@@ -26,7 +26,7 @@ class TensorRow:
         return math.prod(self.shape)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ModuleRow:
     """One module in the flat list: counts are recursive, each storage once."""
 
@@ -38,7 +38,7 @@ class ModuleRow:
     training: bool | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ModuleNode:
     """A node of the displayed tree; `repeat` > 1 stands for a run of identical blocks."""
 
