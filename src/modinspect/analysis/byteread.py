@@ -1,8 +1,8 @@
 """Two tensors' bytes read side by side, for diff: reused buffers, a window for small tensors, reads overlapped.
 
 A byte range is (file, offset, nbytes), as `Source.byte_range` gives it. Comparing two ranges is memcmp
-(bytearray equality; comparing memoryviews goes element by element, forty times slower). While one side is
-read or compared on this thread, the other side, or the next pair of chunks, is read on a second one:
+(equality of whole bytearrays; comparing memoryviews goes element by element, forty times slower). While one side
+is read or compared on this thread, the other side, or the next pair of chunks, is read on a second one:
 `readinto` releases the GIL, so the second core copies from the page cache meanwhile.
 """
 
@@ -71,10 +71,16 @@ class ByteReader:
         self._files.clear()
 
 
-def _equal(a: memoryview, b: memoryview) -> bool:
-    if len(a) == len(a.obj) == len(b) == len(b.obj):  # type: ignore[arg-type]
-        return a.obj == b.obj  # whole buffers: memcmp
-    return a.tobytes() == b.tobytes()  # the last, shorter piece
+def _equal(a: bytearray, b: bytearray, k: int) -> bool:
+    """Whether the first `k` bytes of two buffers of one size are equal: one memcmp, no copy.
+
+    Comparing memoryviews goes element by element and slicing a bytearray copies it, so a short last
+    piece is compared whole: b's bytes past `k` are copied over a's first (a memcpy within pages already
+    mapped), and the buffers are then equal exactly where their first `k` bytes are.
+    """
+    if k < len(a):
+        memoryview(a)[k:] = memoryview(b)[k:]
+    return a == b
 
 
 class PairReader:
@@ -84,6 +90,7 @@ class PairReader:
         self.a, self.b = ByteReader(), ByteReader()
         self._pool: ThreadPoolExecutor | None = None
         self._buffers: list[bytearray] = []  # a0, b0, a1, b1: two pairs, so one fills while one is used
+        self._pieces: tuple[bytearray, bytearray] | None = None  # same()'s, apart: sizes never alternate
         self._torch_threads: int | None = None
 
     def _submit(self, fn: object, *args: object) -> Future[None]:
@@ -94,10 +101,11 @@ class PairReader:
         return self._pool.submit(fn, *args)  # type: ignore[arg-type]
 
     def _views(self, size_a: int, size_b: int) -> list[memoryview]:
+        """Views of four buffers of at least these sizes; they only grow, so tensors of other sizes reuse them."""
         if not self._buffers:
             self._buffers = [bytearray(0) for _ in range(4)]
         for i, size in enumerate((size_a, size_b, size_a, size_b)):
-            if len(self._buffers[i]) != size:
+            if len(self._buffers[i]) < size:
                 self._buffers[i] = bytearray(size)
         return [memoryview(b) for b in self._buffers]
 
@@ -108,7 +116,10 @@ class PairReader:
             return False
         if n <= WINDOW:
             return self.a.small(path_a, at_a, n) == self.b.small(path_b, at_b, n)
-        va, vb = self._views(PIECE, PIECE)[:2]
+        if self._pieces is None:
+            self._pieces = bytearray(PIECE), bytearray(PIECE)
+        pa, pb = self._pieces
+        va, vb = memoryview(pa), memoryview(pb)
         for start in range(0, n, PIECE):
             k = min(PIECE, n - start)
             pending = self._submit(self.b.read_into, path_b, at_b + start, vb[:k])
@@ -116,7 +127,7 @@ class PairReader:
                 self.a.read_into(path_a, at_a + start, va[:k])
             finally:
                 pending.result()
-            if not _equal(va[:k], vb[:k]):
+            if not _equal(pa, pb, k):
                 return False
         return True
 
