@@ -1,3 +1,3 @@
-from modinspect.cli import main
+from modinspect.launch import main
 
 main()

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
 
-from modinspect import __version__
-from modinspect.errors import ModinspectError, UsageError
+from modinspect import __version__, commands
+from modinspect.errors import UsageError
 
 app = typer.Typer(
     name="modinspect",
@@ -58,88 +55,18 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document ins
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
 
 
-def _fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise typer.Exit(2)
-
-
 @contextlib.contextmanager
 def user_errors(debug: bool) -> Iterator[None]:
     """ModinspectError -> one line on stderr and exit 2; anything else is a bug, shown in full under --debug."""
-    debug = debug or _state["debug"]
-    try:
+    with commands.user_errors(debug or _state["debug"], typer.Exit, passthrough=(typer.Exit,)):
         yield
-    except typer.Exit:
-        raise
-    except ModinspectError as exc:
-        if debug:
-            traceback.print_exc()
-        _fail(str(exc))
-    except BrokenPipeError:
-        # The reader went away (`modinspect tree x | head`): stop quietly, as a C tool killed by SIGPIPE would.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        raise typer.Exit(141) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise typer.Exit(130) from None
-    except Exception as exc:
-        if debug:
-            raise
-        _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it")
 
 
-def _gate_options(allow_global: list[str] | None, max_pickle_size: str | None) -> dict[str, Any]:
-    """--allow-global and --max-pickle-size as open_source keywords."""
-    from modinspect.sources.pickle_check import parse_size
-
-    size = None
-    if max_pickle_size is not None:
-        try:
-            size = parse_size(max_pickle_size)
-        except ValueError:
-            raise UsageError(f"--max-pickle-size {max_pickle_size!r} is not a size like 512M or 2G") from None
-    for name in allow_global or ():
-        if "." not in name or not all(part.isidentifier() for part in name.split(".")):
-            raise UsageError(f"--allow-global {name!r} is not a dotted name like argparse.Namespace")
-    return {"allow_globals": tuple(allow_global or ()), "max_pickle_size": size}
-
-
-def _spinner(message: str) -> contextlib.AbstractContextManager[object]:
-    from modinspect.render.console import progress
-
-    return progress(message)
-
-
-def _warn(lines: list[str]) -> None:
-    for line in lines:
-        print(f"warning: {line}", file=sys.stderr)
-
-
-WIDTH_AWARE = ("tree", "stats", "diff", "load")
-
-
-def _print(report: Any, as_json: bool, kind: str) -> None:
-    """One report, as JSON or as the rich view: `kind` names both renderers (tree, diff, load, stats)."""
-    if as_json:
-        from modinspect.render import jsonout
-
-        # tree writes its module and tensor lists record by record: 100k tensors would be 170k dicts
-        print(jsonout.tree_json(report) if kind == "tree" else jsonout.dumps(getattr(jsonout, f"{kind}_document")(report)))
-    else:
-        from modinspect.render import console
-
-        out = console.make_console()
-        if kind == "tree":  # 100k-tensor trees: written as plain text where no styles are wanted
-            console.print_tree(out, report)
-            return
-        renderable = getattr(console, f"{kind}_renderable")
-        # Every table renderer takes the width it must fit (render.console.fit_table).
-        out.print(renderable(report, out.width) if kind in WIDTH_AWARE else renderable(report))
-
-
-def _note(line: str) -> None:
-    print(f"note: {line}", file=sys.stderr)
+_gate_options = commands.gate_options
+_spinner = commands.spinner
+_warn = commands.warn
+_print = commands.print_report
+_note = commands.note
 
 
 def _version(value: bool) -> None:
@@ -287,25 +214,11 @@ def diff(
     """
     code = 0
     with user_errors(debug):
-        from modinspect.analysis.diff import DiffOptions, diff_sources
-        from modinspect.analysis.keymap import KeyMap, parse_renames
-        from modinspect.render.console import progress_bar
-        from modinspect.sources import open_source
-
-        keymap = KeyMap(strip_prefixes=tuple(strip_prefix or ()), renames=parse_renames(rename or ()),
-                        include=tuple(include or ()), exclude=tuple(exclude or ()))
-        options = DiffOptions(atol=atol, rtol=rtol, exact=exact, nan_equal=not nan_unequal, keymap=keymap)
-        with _spinner("opening the sources…"):
-            gate = _gate_options(allow_global, max_pickle_size)
-            src_a = open_source(a, weights=weights_a, unsafe_pickle=unsafe_pickle, **gate)
-            src_b = open_source(b, weights=weights_b, unsafe_pickle=unsafe_pickle, **gate)
-        with src_a, src_b:
-            _warn(src_a.warnings + src_b.warnings)
-            total = sum(t.nbytes for t in src_a.tensors) + sum(t.nbytes for t in src_b.tensors)
-            with progress_bar(total, "comparing") as advance:
-                report = diff_sources(src_a, src_b, options, progress=advance)
-        _print(report, as_json, "diff")
-        code = 1 if report.differs else 0
+        code = commands.run_diff(commands.DiffArgs(
+            a=a, b=b, weights_a=weights_a, weights_b=weights_b, atol=atol, rtol=rtol, exact=exact,
+            nan_unequal=nan_unequal, strip_prefix=tuple(strip_prefix or ()), rename=tuple(rename or ()),
+            include=tuple(include or ()), exclude=tuple(exclude or ()), unsafe_pickle=unsafe_pickle,
+            allow_global=tuple(allow_global or ()), max_pickle_size=max_pickle_size, as_json=as_json))
     raise typer.Exit(code)
 
 

@@ -1,0 +1,166 @@
+"""What a command does between parsing its options and exiting, without Typer: shared by cli.py and launch.py.
+
+cli.py parses with Typer; launch.py parses a plain `diff A B` itself, so that a diff of two identical files
+starts without importing typer, pydantic and rich. Both then call the same functions here, which is what
+keeps their output and exit codes the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from modinspect.errors import ModinspectError, UsageError
+
+ExitFactory = Callable[[int], BaseException]
+
+
+def _fail(message: str, exit_with: ExitFactory) -> BaseException:
+    print(f"error: {message}", file=sys.stderr)
+    return exit_with(2)
+
+
+@contextlib.contextmanager
+def user_errors(debug: bool, exit_with: ExitFactory,
+                passthrough: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """ModinspectError -> one line on stderr and exit 2; anything else is a bug, shown in full under --debug.
+
+    `exit_with(code)` is the exception that ends the command with `code` (typer.Exit, or SystemExit), and
+    `passthrough` the exceptions that already do.
+    """
+    try:
+        yield
+    except passthrough:
+        raise
+    except ModinspectError as exc:
+        if debug:
+            traceback.print_exc()
+        raise _fail(str(exc), exit_with) from None
+    except BrokenPipeError:
+        # The reader went away (`modinspect tree x | head`): stop quietly, as a C tool killed by SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise exit_with(141) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise exit_with(130) from None
+    except Exception as exc:
+        if debug:
+            raise
+        raise _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it",
+                    exit_with) from None
+
+
+def gate_options(allow_global: list[str] | None, max_pickle_size: str | None) -> dict[str, Any]:
+    """--allow-global and --max-pickle-size as open_source keywords."""
+    from modinspect.sources.pickle_check import parse_size
+
+    size = None
+    if max_pickle_size is not None:
+        try:
+            size = parse_size(max_pickle_size)
+        except ValueError:
+            raise UsageError(f"--max-pickle-size {max_pickle_size!r} is not a size like 512M or 2G") from None
+    for name in allow_global or ():
+        if "." not in name or not all(part.isidentifier() for part in name.split(".")):
+            raise UsageError(f"--allow-global {name!r} is not a dotted name like argparse.Namespace")
+    return {"allow_globals": tuple(allow_global or ()), "max_pickle_size": size}
+
+
+def spinner(message: str) -> contextlib.AbstractContextManager[object]:
+    """render.console's spinner on a terminal; elsewhere nothing, and rich is not even imported."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from modinspect.render.console import progress
+
+    return progress(message)
+
+
+def warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def note(line: str) -> None:
+    print(f"note: {line}", file=sys.stderr)
+
+
+WIDTH_AWARE = ("tree", "stats", "diff", "load")
+
+
+def print_report(report: Any, as_json: bool, kind: str) -> None:
+    """One report, as JSON or as the rich view: `kind` names both renderers (tree, diff, load, stats)."""
+    if as_json:
+        from modinspect.render import jsonout
+
+        # tree writes its module and tensor lists record by record: 100k tensors would be 170k dicts
+        print(jsonout.tree_json(report) if kind == "tree" else jsonout.dumps(getattr(jsonout, f"{kind}_document")(report)))
+    else:
+        from modinspect.render import console
+
+        out = console.make_console()
+        if kind == "tree":  # 100k-tensor trees: written as plain text where no styles are wanted
+            console.print_tree(out, report)
+            return
+        renderable = getattr(console, f"{kind}_renderable")
+        # Every table renderer takes the width it must fit (render.console.fit_table).
+        out.print(renderable(report, out.width) if kind in WIDTH_AWARE else renderable(report))
+
+
+@dataclass(frozen=True)
+class DiffArgs:
+    """`modinspect diff`'s arguments, as parsed (by Typer or by launch.py)."""
+
+    a: str
+    b: str
+    weights_a: str | None = None
+    weights_b: str | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    exact: bool = False
+    nan_unequal: bool = False
+    strip_prefix: tuple[str, ...] = ()
+    rename: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    unsafe_pickle: bool = False
+    allow_global: tuple[str, ...] = ()
+    max_pickle_size: str | None = None
+    as_json: bool = False
+
+
+def _progress_bar(total: int) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+    if not sys.stderr.isatty():  # what progress_bar does off a terminal, without importing rich for it
+        return contextlib.nullcontext(lambda _n: None)
+    from modinspect.render.console import progress_bar
+
+    return progress_bar(total, "comparing")
+
+
+def run_diff(args: DiffArgs) -> int:
+    """Open both sources, diff them, print the report; the exit code: 0 when they match, 1 when they differ."""
+    from modinspect.analysis.diff import DiffOptions, diff_sources
+    from modinspect.analysis.keymap import KeyMap, parse_renames
+    from modinspect.sources import open_source
+
+    keymap = KeyMap(strip_prefixes=args.strip_prefix, renames=parse_renames(args.rename),
+                    include=args.include, exclude=args.exclude)
+    options = DiffOptions(atol=args.atol, rtol=args.rtol, exact=args.exact, nan_equal=not args.nan_unequal,
+                          keymap=keymap)
+    with spinner("opening the sources…"):
+        gate = gate_options(list(args.allow_global), args.max_pickle_size)
+        src_a = open_source(args.a, weights=args.weights_a, unsafe_pickle=args.unsafe_pickle, **gate)
+        src_b = open_source(args.b, weights=args.weights_b, unsafe_pickle=args.unsafe_pickle, **gate)
+    with src_a, src_b:
+        warn(src_a.warnings + src_b.warnings)
+        total = sum(t.nbytes for t in src_a.tensors) + sum(t.nbytes for t in src_b.tensors)
+        with _progress_bar(total) as advance:
+            report = diff_sources(src_a, src_b, options, progress=advance)
+    print_report(report, args.as_json, "diff")
+    sys.stdout.flush()  # a closed pipe shows here, inside user_errors, not at exit
+    return 1 if report.differs else 0
