@@ -17,7 +17,7 @@ from modinspect.errors import UsageError
 from modinspect.sources.base import ModuleInfo, Source, TensorInfo
 from modinspect.sources.detect import OpenOptions, open_path
 from modinspect.sources.entrypoint import looks_like_entry_point, open_entry_point
-from modinspect.sources.pickle_gate import DEFAULT_MAX_PICKLE
+from modinspect.sources.pickle_check import DEFAULT_MAX_PICKLE
 
 __all__ = ["ModuleInfo", "Source", "TensorInfo", "model_of", "open_source"]
 

@@ -9,7 +9,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modinspect.errors import (
     CorruptFileError,
@@ -19,7 +19,10 @@ from modinspect.errors import (
     UnsafePickleError,
 )
 from modinspect.sources.base import Source
-from modinspect.sources.pickle_gate import DEFAULT_MAX_PICKLE, Gate, GatePolicy
+from modinspect.sources.pickle_check import DEFAULT_MAX_PICKLE
+
+if TYPE_CHECKING:  # the gate is imported when a pickle is read: a safetensors diff never needs it
+    from modinspect.sources.pickle_gate import Gate
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_NAMES = ("model.safetensors", "pytorch_model.bin")
@@ -35,6 +38,8 @@ class OpenOptions:
 
     def gate(self, label: str) -> Gate:
         """The pickle gate; its refusals name the file as the user gave it."""
+        from modinspect.sources.pickle_gate import Gate, GatePolicy
+
         return Gate(label, GatePolicy(allow_globals=self.allow_globals, max_pickle_bytes=self.max_pickle_bytes))
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modinspect.errors import CorruptFileError, UnsafePickleError, UsageError
+from modinspect.sources import pickle_check
 from modinspect.sources.pickle_check import check_pickle, format_size
 from modinspect.sources.standins import StandInRegistry, safe_reconstructor
 
@@ -389,7 +390,7 @@ def python3_name(module: str, name: str) -> tuple[str, str]:
     return module, name
 
 
-DEFAULT_MAX_PICKLE = 256 << 20
+DEFAULT_MAX_PICKLE = pickle_check.DEFAULT_MAX_PICKLE
 
 
 @dataclass(frozen=True)
