@@ -14,11 +14,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from modinspect.analysis.byteread import PairReader
 from modinspect.analysis.keymap import WRAPPER_PREFIXES, KeyMap, rollup_key, suggest_prefix
 from modinspect.report import DiffReport, ModuleRollup, PairMismatch, TensorDiff
 from modinspect.sources.base import Source, TensorInfo, tied_groups
+
+if TYPE_CHECKING:
+    import torch
 
 # torch.testing.assert_close's defaults: (rtol, atol)
 DEFAULT_TOLERANCES = {
@@ -77,7 +81,8 @@ class _Acc:
     bit_differs: int = 0
 
 
-def _compare_chunk(a: object, b: object, acc: _Acc, rtol: float, atol: float, options: DiffOptions) -> None:
+def _compare_chunk(a: object, b: object, acc: _Acc, rtol: float, atol: float, options: DiffOptions,
+                   scratch: _Scratch | None = None) -> None:
     import torch
 
     assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
@@ -110,23 +115,48 @@ def _compare_chunk(a: object, b: object, acc: _Acc, rtol: float, atol: float, op
     if math.isfinite(sq_a) and math.isfinite(sq_b):
         acc.sq_a += sq_a
         acc.sq_b += sq_b
-        _finite_chunk(af, bf, acc, rtol, atol)
+        _finite_chunk(af, bf, acc, rtol, atol, scratch)
     else:
         _nonfinite_chunk(af, bf, acc, rtol, atol, options.nan_equal)
 
 
-def _finite_chunk(af: object, bf: object, acc: _Acc, rtol: float, atol: float) -> None:
+class _Scratch:
+    """Reused work tensors for the elementwise passes: a fresh 4 MiB tensor per pass is page faults."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[tuple[torch.dtype, int], torch.Tensor] = {}
+
+    def get(self, dtype: torch.dtype, slot: int, n: int) -> torch.Tensor:
+        """A tensor of `n` elements of `dtype`, the same memory each time for one (dtype, slot)."""
+        import torch
+
+        t = self._tensors.get((dtype, slot))
+        if t is None or t.numel() < n:
+            t = self._tensors[dtype, slot] = torch.empty(n, dtype=dtype)
+        return t[:n]
+
+
+def _finite_chunk(af: object, bf: object, acc: _Acc, rtol: float, atol: float, scratch: _Scratch | None = None) -> None:
     import torch
 
     assert isinstance(af, torch.Tensor) and isinstance(bf, torch.Tensor)
-    d = (af - bf).abs_()
-    max_abs = float(d.max()) if d.numel() else 0.0
+    n = af.numel()
+    if scratch is None or af.dim() != 1 or bf.dim() != 1:
+        d = (af - bf).abs_()
+    else:  # the same values as above, written into reused memory
+        d = torch.sub(af, bf, out=scratch.get(af.dtype, 0, n)).abs_()
+    max_abs = float(d.max()) if n else 0.0
     if max_abs > atol:  # otherwise every element is within atol + rtol·|b|
-        tol = bf.abs().mul_(rtol).add_(atol)
-        acc.differing += int(torch.count_nonzero(d > tol))
+        if scratch is None or d.dim() != 1:
+            tol = bf.abs().mul_(rtol).add_(atol)
+            outside = d > tol
+        else:
+            tol = torch.abs(bf, out=scratch.get(d.dtype, 1, n)).mul_(rtol).add_(atol)
+            outside = torch.gt(d, tol, out=scratch.get(torch.bool, 2, n))
+        acc.differing += int(torch.count_nonzero(outside))
     acc.max_abs = max(acc.max_abs, max_abs)
     acc.sum_abs += float(d.sum())
-    acc.finite_pairs += d.numel()
+    acc.finite_pairs += n
     acc.sq_diff += float(torch.dot(d, d))
     acc.dot += float(torch.dot(af, bf))
 
@@ -185,7 +215,7 @@ def _chunk_pairs(a: Source, a_name: str, b: Source, b_name: str, options: DiffOp
 
 
 def compare_pair(a: Source, a_name: str, b: Source, b_name: str, name: str, options: DiffOptions,
-                 reader: PairReader | None = None) -> TensorDiff:
+                 reader: PairReader | None = None, scratch: _Scratch | None = None) -> TensorDiff:
     """Stream tensor a_name of `a` against b_name of `b` in aligned chunks (through `reader` when given).
 
     With a reader, the arithmetic runs on one torch thread until the reader is closed.
@@ -195,8 +225,9 @@ def compare_pair(a: Source, a_name: str, b: Source, b_name: str, name: str, opti
     ia, ib = a.info(a_name), b.info(b_name)
     rtol, atol = tolerance_for(ia.dtype, ib.dtype, options)
     acc = _Acc()
+    scratch = scratch or _Scratch()
     for ca, cb in _chunk_pairs(a, a_name, b, b_name, options, reader):
-        _compare_chunk(ca, cb, acc, rtol, atol, options)
+        _compare_chunk(ca, cb, acc, rtol, atol, options, scratch)
     if options.exact:
         acc.differing = max(acc.differing, acc.bit_differs) if ia.dtype == ib.dtype else acc.differing
     numel = ia.numel
@@ -274,6 +305,7 @@ def diff_sources(a: Source, b: Source, options: DiffOptions | None = None,
     dtype_mismatch: list[PairMismatch] = []
     outcomes: list[tuple[str, TensorDiff | None]] = []  # None: byte-identical, equal without arithmetic
     reader = PairReader()
+    scratch = _Scratch()
     try:
         for name in common:
             ia, ib = a.info(map_a[name]), b.info(map_b[name])
@@ -287,7 +319,8 @@ def diff_sources(a: Source, b: Source, options: DiffOptions | None = None,
                 if progress is not None:
                     progress(ia.nbytes + ib.nbytes)
                 continue
-            outcomes.append((name, compare_pair(a, map_a[name], b, map_b[name], name, options, reader)))
+            outcomes.append((name, compare_pair(a, map_a[name], b, map_b[name], name, options, reader,
+                                                     scratch)))
             if progress is not None:
                 progress(ia.nbytes + ib.nbytes)
     finally:
