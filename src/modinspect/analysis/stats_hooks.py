@@ -349,8 +349,8 @@ class Collector:
         if self.exact:  # non-finite values go to an extra bin that is dropped
             scaled = torch.nan_to_num(scaled, nan=-1.0, posinf=-1.0, neginf=-1.0)
             scaled.masked_fill_(scaled < 0, HIST_BINS + 1.0)
-        idx = scaled.long().clamp_(0, HIST_BINS)
-        idx.masked_fill_(idx == HIST_BINS, HIST_BINS - 1)
+        # The maximum lands in the last bin: clamping to it is the same as moving bin HIST_BINS down, one op fewer.
+        idx = scaled.long().clamp_(0, HIST_BINS - 1)
         if self.exact:
             idx.masked_fill_(scaled > HIST_BINS, HIST_BINS)
         hist = torch.zeros(HIST_BINS + 1, dtype=torch.long, device=x.device)
