@@ -345,7 +345,7 @@ class Collector:
         x = flat[::step].float()
         lo, hi = torch.as_tensor(values[3]).to(x.dtype), torch.as_tensor(values[4]).to(x.dtype)
         scale = HIST_BINS / (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
-        scaled = (x - lo) * scale
+        scaled = (x - lo).mul_(scale)  # in place: one temporary fewer, the same values
         if self.exact:  # non-finite values go to an extra bin that is dropped
             scaled = torch.nan_to_num(scaled, nan=-1.0, posinf=-1.0, neginf=-1.0)
             scaled.masked_fill_(scaled < 0, HIST_BINS + 1.0)
