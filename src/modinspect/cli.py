@@ -62,11 +62,6 @@ def user_errors(debug: bool) -> Iterator[None]:
         yield
 
 
-_gate_options = commands.gate_options
-_spinner = commands.spinner
-_warn = commands.warn
-_print = commands.print_report
-_note = commands.note
 
 
 def _version(value: bool) -> None:
@@ -145,17 +140,17 @@ def tree(
             raise UsageError("--input-dtype applies to --input-shape or --shapes")
         spec = InputSpec(file=input_file, shapes=tuple(parse_shape(s) for s in input_shape or ()),
                          dtype=input_dtype or "") if wanted else None
-        with _spinner("opening the source…"):
+        with commands.spinner("opening the source…"):
             src = open_source(source, weights=weights, meta=meta, unsafe_pickle=unsafe_pickle, strict=strict,
-                              announce=_note, **_gate_options(allow_global, max_pickle_size))
+                              announce=commands.note, **commands.gate_options(allow_global, max_pickle_size))
         with src:
-            _warn(src.warnings)
+            commands.warn(src.warnings)
             report = build_tree(src, depth=depth, pattern=pattern, expand=expand)
-            with _spinner("running the forward pass on the meta device…") if wanted else contextlib.nullcontext():
+            with commands.spinner("running the forward pass on the meta device…") if wanted else contextlib.nullcontext():
                 from modinspect.stats_run import project_defaults
 
                 report = add_layers(report, src, spec, project_defaults(source) if wanted else None)
-        _print(report, as_json, "tree")
+        commands.print_report(report, as_json, "tree")
 
 
 PrefixOpt = Annotated[
@@ -276,17 +271,17 @@ def load(
         keymap = KeyMap(strip_prefixes=tuple(strip_prefix or ()), add_prefix=add_prefix,
                         renames=parse_renames(rename or ()), include=tuple(include or ()),
                         exclude=tuple(exclude or ()))
-        gate = _gate_options(allow_global, max_pickle_size)
+        gate = commands.gate_options(allow_global, max_pickle_size)
         request = LoadRequest(checkpoint=ckpt_spec, model=model_spec, keymap=keymap, strict=strict,
                               skip_mismatched=skip_mismatched, dry_run=dry_run, meta=meta, out=out, force=force,
                               unsafe_pickle=unsafe_pickle, **gate)
         blocked: MismatchedShapesError | None = None
         try:
-            with _spinner("loading…"):
-                report = run_load(request, announce=_note, warn=_warn)
+            with commands.spinner("loading…"):
+                report = run_load(request, announce=commands.note, warn=commands.warn)
         except MismatchedShapesError as exc:
             blocked, report = exc, exc.report
-        _print(report, as_json, "load")
+        commands.print_report(report, as_json, "load")
         if blocked is not None:
             raise blocked
         code = 1 if report.strict_failed else 0
@@ -305,7 +300,7 @@ def _note_one_argument_load(checkpoint: str) -> None:
             f"load takes MODEL CHECKPOINT; with only {checkpoint}, MODEL would come from [tool.modinspect], and "
             "there is none here: pass both, e.g. modinspect load models.py:build " + checkpoint
         ) from None
-    _note(f"load takes MODEL CHECKPOINT; {checkpoint} is the CHECKPOINT, MODEL comes from [tool.modinspect]")
+    commands.note(f"load takes MODEL CHECKPOINT; {checkpoint} is the CHECKPOINT, MODEL comes from [tool.modinspect]")
 
 
 @app.command()
@@ -372,24 +367,24 @@ def stats(
         from modinspect.stats_run import StatsRequest, prepare_stats
 
         findings = _findings(fail_on)
-        gate = _gate_options(allow_global, max_pickle_size)
+        gate = commands.gate_options(allow_global, max_pickle_size)
         request = StatsRequest(
             source=source, weights=weights, strict=strict, unsafe_pickle=unsafe_pickle,
             allow_globals=gate["allow_globals"], max_pickle_size=gate["max_pickle_size"], input_file=input_file,
             input_shapes=tuple(parse_shape(s) for s in input_shape or ()), input_dtype=input_dtype, batches=batches,
             seed=seed, device=device, dtype=dtype, train=train, backward=backward, loss=loss, pattern=pattern)
-        with _spinner("building the model…"):
-            run = prepare_stats(request, announce=_note)
+        with commands.spinner("building the model…"):
+            run = prepare_stats(request, announce=commands.note)
         writer = run.ranks.writer  # under torchrun, rank 0 prints; every rank exits with the same code
         if writer:
-            _warn(run.warnings)
+            commands.warn(run.warnings)
         from modinspect.render.console import batch_progress
 
         counter = batch_progress(batches, run.device) if writer else contextlib.nullcontext(None)
         with counter as advance:
             report = run.run(progress=advance)
         if writer:
-            _print(report, as_json, "stats")
+            commands.print_report(report, as_json, "stats")
         code = 1 if report.nonfinite_found or any(report.has(f) for f in findings) else 0
     raise typer.Exit(code)
 
@@ -439,7 +434,7 @@ def report(
             check_writable(html, force, [log])
         run = read_run_log(log)
         for note in run.notes:
-            _note(note)
+            commands.note(note)
         if html is not None:
             from modinspect.render.html import run_html
 

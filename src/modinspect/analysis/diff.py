@@ -82,7 +82,7 @@ class _Acc:
 
 
 def _compare_chunk(a: object, b: object, acc: _Acc, rtol: float, atol: float, options: DiffOptions,
-                   scratch: _Scratch | None = None) -> None:
+                   scratch: _Scratch) -> None:
     import torch
 
     assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
@@ -136,23 +136,16 @@ class _Scratch:
         return t[:n]
 
 
-def _finite_chunk(af: object, bf: object, acc: _Acc, rtol: float, atol: float, scratch: _Scratch | None = None) -> None:
+def _finite_chunk(af: object, bf: object, acc: _Acc, rtol: float, atol: float, scratch: _Scratch) -> None:
     import torch
 
     assert isinstance(af, torch.Tensor) and isinstance(bf, torch.Tensor)
-    n = af.numel()
-    if scratch is None or af.dim() != 1 or bf.dim() != 1:
-        d = (af - bf).abs_()
-    else:  # the same values as above, written into reused memory
-        d = torch.sub(af, bf, out=scratch.get(af.dtype, 0, n)).abs_()
+    n = af.numel()  # 1-D chunks (torch.dot above needs them), written into reused memory
+    d = torch.sub(af, bf, out=scratch.get(af.dtype, 0, n)).abs_()
     max_abs = float(d.max()) if n else 0.0
     if max_abs > atol:  # otherwise every element is within atol + rtol·|b|
-        if scratch is None or d.dim() != 1:
-            tol = bf.abs().mul_(rtol).add_(atol)
-            outside = d > tol
-        else:
-            tol = torch.abs(bf, out=scratch.get(d.dtype, 1, n)).mul_(rtol).add_(atol)
-            outside = torch.gt(d, tol, out=scratch.get(torch.bool, 2, n))
+        tol = torch.abs(bf, out=scratch.get(d.dtype, 1, n)).mul_(rtol).add_(atol)
+        outside = torch.gt(d, tol, out=scratch.get(torch.bool, 2, n))
         acc.differing += int(torch.count_nonzero(outside))
     acc.max_abs = max(acc.max_abs, max_abs)
     acc.sum_abs += float(d.sum())

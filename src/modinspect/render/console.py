@@ -8,7 +8,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
 from rich import box
 from rich.cells import cell_len
@@ -418,24 +418,23 @@ def plain_tree_lines(report: TreeReport, width: int) -> list[str] | None:
 
     if not emit("", "", _module_label(report.root, report, True, width).plain, width):
         return None
-    # Depth first with an explicit stack, as _add: per open branch its items, how many, how many shown,
-    # its guides and the room its labels have.
-    stack: list[list[Any]] = []
+    # Depth first with an explicit stack, as _add: per open branch its numbered items, how many, its guides
+    # and the room its labels have.
+    stack: list[tuple[Iterator[tuple[int, TensorRow | ModuleNode]], int, str, int]] = []
 
     def push(node: ModuleNode, guides: str, room: int) -> None:
         items: list[TensorRow | ModuleNode] = [*node.tensors, *node.children]
-        stack.append([iter(items), len(items), 0, guides, room - 4])
+        stack.append((enumerate(items, 1), len(items), guides, room - 4))
 
     push(report.root, "", width)
     while stack:
-        frame = stack[-1]
-        item = next(frame[0], None)
-        if item is None:
+        items, count, guides, room = stack[-1]
+        numbered = next(items, None)
+        if numbered is None:
             stack.pop()
             continue
-        frame[2] += 1
-        last = frame[2] == frame[1]
-        guides, room = frame[3], frame[4]
+        i, item = numbered
+        last = i == count
         if isinstance(item, ModuleNode):
             text = _module_label(item, report, False, room).plain
         else:

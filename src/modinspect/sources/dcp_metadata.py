@@ -15,9 +15,8 @@ from collections import OrderedDict
 from typing import IO, Any
 
 from modinspect.errors import CorruptFileError, UnsafePickleError
-from modinspect.sources.pickle_check import check_pickle
+from modinspect.sources.pickle_check import DEFAULT_MAX_PICKLE, check_pickle
 from modinspect.sources.pickle_gate import (
-    DEFAULT_MAX_PICKLE,
     TORCH_DTYPE_NAMES,
     DtypeRef,
     extension_code,

@@ -20,10 +20,10 @@ import pickletools
 
 from modinspect.errors import CorruptFileError
 
-# Bytes of memory per opcode: most build one small object (a tuple, an int, a dict entry). Measured on
-# torch.save files, 30 opcodes per tensor entry and about 1.4 KB of unpickled objects each.
 # The largest pickle read by default, counted as check_pickle counts (--max-pickle-size changes it).
 DEFAULT_MAX_PICKLE = 256 << 20
+# Bytes of memory per opcode: most build one small object (a tuple, an int, a dict entry). Measured on
+# torch.save files, 30 opcodes per tensor entry and about 1.4 KB of unpickled objects each.
 OBJECT_COST = 48
 
 # Codes for how an opcode's argument is laid out; >= 0 is a fixed number of bytes.

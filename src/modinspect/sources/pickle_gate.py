@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modinspect.errors import CorruptFileError, UnsafePickleError, UsageError
-from modinspect.sources import pickle_check
-from modinspect.sources.pickle_check import check_pickle, format_size
+from modinspect.sources.pickle_check import DEFAULT_MAX_PICKLE, check_pickle, format_size
 from modinspect.sources.standins import StandInRegistry, safe_reconstructor
 
 # torch's legacy typed-storage class names -> dtype name
@@ -389,8 +388,6 @@ def python3_name(module: str, name: str) -> tuple[str, str]:
         return _compat_pickle.IMPORT_MAPPING[module], name
     return module, name
 
-
-DEFAULT_MAX_PICKLE = pickle_check.DEFAULT_MAX_PICKLE
 
 
 @dataclass(frozen=True)
