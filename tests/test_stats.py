@@ -375,6 +375,46 @@ def test_histogram_matches_torch_histc_and_samples_large_outputs() -> None:
     assert sum(big.histogram) == len(range(0, 300_000, 300_000 // 65_536))
 
 
+def test_a_parent_returning_its_childs_output_reuses_its_reduction_and_histogram(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modinspect.analysis.stats_hooks import Collector
+
+    calls = {"reduce": 0, "hist": 0}
+    reduce, histogram = Collector._reduce_fast, Collector._histogram
+
+    def counting_reduce(self: Collector, t: torch.Tensor, nonnegative: bool = False) -> list[Any]:
+        calls["reduce"] += 1
+        return reduce(self, t, nonnegative)
+
+    def counting_hist(self: Collector, t: torch.Tensor, values: list[Any]) -> torch.Tensor:
+        calls["hist"] += 1
+        return histogram(self, t, values)
+
+    monkeypatch.setattr(Collector, "_reduce_fast", counting_reduce)
+    monkeypatch.setattr(Collector, "_histogram", counting_hist)
+    model = nn.Sequential(nn.Sequential(nn.Linear(6, 8)))  # "", "0" and "0.0" all return the Linear's output
+    x = torch.randn(5, 6)
+    report = run(model, x, backward=False)
+    assert calls == {"reduce": 1, "hist": 1}
+    out = model(x).detach()
+    expected = [int(c) for c in torch.histc(out, bins=16, min=out.min().item(), max=out.max().item())]
+    assert [list(row(report, n).histogram) for n in ("", "0", "0.0")] == [expected] * 3
+    for n in ("", "0", "0.0"):
+        assert_matches_torch(row(report, n), out)
+
+
+def test_relu_outputs_mean_abs_is_their_mean_in_fast_and_exact_mode() -> None:
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU6(), nn.Linear(32, 32), nn.ReLU(inplace=True))
+    x = torch.randn(7, 6) * 20
+    with torch.no_grad():
+        mid = model[1](model[0](x))
+        last = model[3](model[2](mid))
+    for exact in (False, True):
+        report = run(model, x, exact=exact)
+        assert_matches_torch(row(report, "1"), mid)
+        assert_matches_torch(row(report, "3"), last)
+        assert row(report, "1").max == 6.0 and row(report, "3").mean_abs == pytest.approx(last.double().mean().item())
+
+
 def test_histogram_skips_non_finite_values() -> None:
     class Poison(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

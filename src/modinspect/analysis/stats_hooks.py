@@ -135,9 +135,12 @@ class Collector:
         self.wants_grad: set[int] = set()  # modules whose first output required grad
         self.first_call: dict[int, int] = {}  # module -> order of its first call, for execution order
         self.batch_index = 0
-        # Fast mode computes statistics that are exact when every value is finite, plus a flag that is
-        # raised whenever one might not be; a flagged batch is replayed in exact (masked) mode.
+        # Fast mode computes statistics that are exact when every value is finite; a mean, M2 or sum of
+        # squares that is not finite (read on the host) flags the batch, which is replayed in exact (masked) mode.
         self.exact = False
+        import torch
+
+        self._nonnegative = (torch.nn.ReLU, torch.nn.ReLU6)  # outputs >= 0 (or NaN): sum |x| is their sum
         self.tensor_hooks: list[Any] = []
         self.in_hook = 0
         self.tracer: OpTracer | None = None  # set during the replay of a flagged batch
@@ -162,9 +165,10 @@ class Collector:
         # Keyed by object and version: an in-place module (ReLU(inplace=True)) returns its input object
         # with a bumped version, and the gradient of the new value is not the gradient of the old one.
         self.tensor_ids: dict[tuple[int, int], tuple[weakref.ref[Any], int]] = {}
-        self.finite_cache: dict[int, tuple[weakref.ref[Any], int, torch.Tensor]] = {}
+        self.finite_cache: dict[int, tuple[weakref.ref[Any], int, torch.Tensor | int]] = {}
         self.reduce_cache: dict[int, tuple[weakref.ref[Any], int, list[Any]]] = {}
         self.hist_pending: set[int] = set()  # modules whose histogram this batch already queued
+        self.hist_cache: dict[int, tuple[list[Any], torch.Tensor]] = {}  # id(reduced values) -> (values, counts)
         self.producer_of: dict[tuple[int, int], tuple[weakref.ref[Any], int]] = {}
         self.loss_bad: torch.Tensor | None = None
 
@@ -233,26 +237,52 @@ class Collector:
     def nonfinite_flag(self) -> torch.Tensor | None:
         """A 0-dim device bool: did anything queued so far hold NaN/Inf (or, in fast mode, look like it)?
 
-        Built from the flags and counts already queued: no reduction runs again. None when nothing can be bad.
+        Built from the flags, counts and totals already queued: no reduction runs again. None when nothing can be bad.
         """
         import torch
 
-        picks = {"call": (0, 1), "loss": (0,), "stats": (7, 8), "grad": (1, 2), "pgrad": (1, 2)}
-        flags: list[torch.Tensor] = []
+        flags: list[torch.Tensor] = []  # > 0 means bad
+        totals: list[torch.Tensor] = []  # non-finite means bad (fast mode: a NaN/Inf or an overflow)
         for kind, _, slots in self.layout:
-            for i in picks.get(kind, ()):
+            for i, check in self._checks(kind, self.exact):
                 where, ref = slots[i]
-                if where == "s":
-                    flags.append(self.scalars[int(ref)])
-                elif ref > 0:
-                    return torch.ones((), dtype=torch.bool)
-        if not flags:
+                if where != "s":
+                    if (ref > 0) if check == "flag" else not math.isfinite(ref):
+                        return torch.ones((), dtype=torch.bool)
+                    continue
+                (flags if check == "flag" else totals).append(self.scalars[int(ref)])
+        parts = []
+        if flags:
+            parts.append((torch.stack([f.to(self.acc) for f in flags]) > 0).any())
+        if totals:
+            parts.append(~torch.isfinite(torch.stack([t.to(self.acc) for t in totals])).all())
+        if not parts:
             return None
-        return (torch.stack([f.to(self.acc) for f in flags]) > 0).any()
+        return parts[0] if len(parts) == 1 else parts[0] | parts[1]
+
+    @staticmethod
+    def _checks(kind: str, exact: bool) -> tuple[tuple[int, str], ...]:
+        """Which values of a chunk say it may hold NaN/Inf: flags or counts (> 0), or totals (not finite).
+
+        Fast mode queues no flags of its own: a mean, M2 or sum of squares that is not finite says it all,
+        and the host reads that from the values it receives anyway (no isfinite op per call on the device).
+        """
+        if kind == "call":
+            return ((0, "flag"), (1, "flag"))
+        if kind == "loss":
+            return ((0, "flag"),)
+        if kind == "stats":
+            return ((7, "flag"), (8, "flag")) if exact else ((1, "total"), (2, "total"))
+        if kind in ("grad", "pgrad"):
+            return ((1, "flag"), (2, "flag")) if exact else ((0, "total"),)
+        return ()
 
     # ---------------------------------------------------------------- device reductions
-    def _nonfinite(self, t: torch.Tensor) -> torch.Tensor:
-        """A 0-dim device bool: does `t` hold NaN/Inf? Reuses the answer for an unchanged tensor."""
+    def _nonfinite(self, t: torch.Tensor) -> torch.Tensor | int:
+        """A 0-dim device bool: does `t` hold NaN/Inf? Reuses the answer for an unchanged tensor.
+
+        An int 0 where `t` is a fast-mode output of a hooked module: its own mean and M2 say it (`_checks`).
+        """
         import torch
 
         hit = self.finite_cache.get(id(t))
@@ -267,10 +297,11 @@ class Collector:
         self.finite_cache[id(t)] = (weakref.ref(t), t._version, flag)
         return flag
 
-    def _reduce_fast(self, t: torch.Tensor) -> list[Any]:
-        """[count, mean, M2, min, max, sum |x|, zeros, suspect, 0]: six passes, exact when all values are finite.
+    def _reduce_fast(self, t: torch.Tensor, nonnegative: bool = False) -> list[Any]:
+        """[count, mean, M2, min, max, sum |x|, zeros, 0, 0]: exact when all values are finite.
 
-        `suspect` is 1 when the sum is not finite (a NaN/Inf, or an overflow): the batch is then replayed exactly.
+        A mean or M2 that is not finite (a NaN/Inf, or an overflow) makes the batch suspect on the host
+        (`_suspect`), which then replays it exactly. `nonnegative` (a ReLU's output): sum |x| is the sum.
         """
         import torch
 
@@ -286,15 +317,15 @@ class Collector:
         centred = torch.sub(flat, mean, out=scratch)  # two-pass: centred before squaring
         m2 = torch.dot(centred, centred)  # BLAS dot: one fused pass (vector_norm is several on the CPU)
         lo, hi = torch.aminmax(flat)
-        abs_sum = torch.abs(flat, out=scratch).sum()
+        # |x| = x bit for bit where x >= 0 (a ReLU's -0.0 adds the same): the same sum, two passes fewer.
+        abs_sum = total if nonnegative else torch.abs(flat, out=scratch).sum()
         if numel <= EXACT_FLOAT_COUNT:
             # A float 0/1 mask sums exactly below 2**24 and vectorises; count_nonzero branches per element
             # and is ~20x slower on sparse (ReLU) outputs.
             zeros = torch.eq(flat, 0, out=scratch).sum()
         else:
             zeros = numel - torch.count_nonzero(flat)
-        suspect = ~torch.isfinite(total) | ~torch.isfinite(m2)
-        return [numel, mean, m2, lo, hi, abs_sum, zeros, suspect, 0]
+        return [numel, mean, m2, lo, hi, abs_sum, zeros, 0, 0]
 
     def _scratch(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         import torch
@@ -389,8 +420,10 @@ class Collector:
                 hit = self.producer_of.get((id(inputs[0]), inputs[0]._version))
                 if hit is not None and hit[0]() is inputs[0]:
                     self.input_from[call.module] = hit[1]
-            flags = [self._nonfinite(t) for t in inputs]
-            call.in_bad = flags[0] if len(flags) == 1 else torch.stack(flags).any()
+            # Host zeros: fast-mode outputs of hooked modules, whose own values make a NaN/Inf suspect.
+            flags = [f for f in (self._nonfinite(t) for t in inputs) if isinstance(f, torch.Tensor)]
+            if flags:
+                call.in_bad = flags[0] if len(flags) == 1 else torch.stack(flags).any()
         self.calls.append(call)
         if self.options.backward and torch.is_grad_enabled():
             for t in inputs:
@@ -417,16 +450,23 @@ class Collector:
         known = self.producer_of.get(key)
         if known is None or known[0]() is not outputs[0]:  # a freed tensor's id can come back
             self.producer_of[key] = (weakref.ref(outputs[0]), m)
-        values = self._reduced(outputs[0])
-        out_bad = values[7] if not self.exact else (values[7] + values[8]) > 0
+        values = self._reduced(outputs[0], isinstance(self.modules[m], self._nonnegative))
+        # Fast mode: a NaN/Inf in the first output shows in its own mean or M2, checked on the host.
+        out_bad: Any = (values[7] + values[8]) > 0 if self.exact else 0
         for other in outputs[1:]:
-            out_bad = out_bad | self._nonfinite(other)
+            bad = self._nonfinite(other)
+            out_bad = bad if isinstance(out_bad, int) else out_bad | bad
         self.finite_cache[id(outputs[0])] = (weakref.ref(outputs[0]), outputs[0]._version, out_bad)
         self._push("call", m, [in_bad, out_bad])
         self._push("stats", m, values)
         if self.options.histogram and self.batch_index == 0 and not self.histograms[m] and m not in self.hist_pending:
             self.hist_pending.add(m)
-            self._push("hist", m, [values[3], values[4], self._histogram(outputs[0], values)])
+            # A parent returning its child's output: the child's counts (the values list is the cached one).
+            hist = self.hist_cache.get(id(values))
+            if hist is None or hist[0] is not values:
+                hist = (values, self._histogram(outputs[0], values))
+                self.hist_cache[id(values)] = hist
+            self._push("hist", m, [values[3], values[4], hist[1]])
         if type(self.modules[m]).__name__ in RELU_FAMILY:
             self._track_units(m, outputs[0])
         if self.options.backward and torch.is_grad_enabled():
@@ -436,12 +476,12 @@ class Collector:
                     if i == 0:
                         self.wants_grad.add(m)
 
-    def _reduced(self, t: torch.Tensor) -> list[Any]:
+    def _reduced(self, t: torch.Tensor, nonnegative: bool = False) -> list[Any]:
         """_reduce, once per tensor and version: a parent returning its child's output costs nothing more."""
         hit = self.reduce_cache.get(id(t))
         if hit is not None and hit[0]() is t and hit[1] == t._version:
             return hit[2]
-        values = self._reduce(t) if self.exact else self._reduce_fast(t)
+        values = self._reduce(t) if self.exact else self._reduce_fast(t, nonnegative)
         self.reduce_cache[id(t)] = (weakref.ref(t), t._version, values)
         return values
 
@@ -499,9 +539,7 @@ class Collector:
                 g = g.float()
             if not self.exact:
                 flat = g.reshape(-1)
-                sumsq = torch.dot(flat, flat)
-                suspect = ~torch.isfinite(sumsq)
-                self._push("grad", index, [sumsq, suspect, 0, near])
+                self._push("grad", index, [torch.dot(flat, flat), 0, 0, near])  # not finite: suspect (_checks)
                 return
             nonzero = _nonzero(g)
             gf = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
@@ -533,8 +571,7 @@ class Collector:
             parts = [g.detach().float() if g.dtype in (torch.float16, torch.bfloat16) else g.detach() for g in grads]
             if not self.exact:
                 sumsq = torch.stack([torch.dot(g.reshape(-1), g.reshape(-1)) for g in parts]).sum()
-                suspect = ~torch.isfinite(sumsq)
-                self._push("pgrad", m, [sumsq, suspect, 0])
+                self._push("pgrad", m, [sumsq, 0, 0])  # not finite: suspect (_checks)
                 continue
             sumsq = torch.stack([torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0).square().sum() for g in parts]).sum()
             nan = torch.stack([torch.isnan(g).sum() for g in parts]).sum()
@@ -585,15 +622,11 @@ class Collector:
         self.batch_index += 1
         return True
 
-    @staticmethod
-    def _suspect(kind: str, chunk: list[float]) -> bool:
-        if kind == "call" or kind == "loss":
-            return any(v > 0 for v in chunk)
-        if kind == "stats":
-            return chunk[7] > 0
-        if kind in ("grad", "pgrad"):
-            return chunk[1] > 0 or chunk[2] > 0
-        return False
+    @classmethod
+    def _suspect(cls, kind: str, chunk: list[float]) -> bool:
+        """Whether a fast-mode chunk may hold NaN/Inf (then the batch is replayed exactly)."""
+        return any((chunk[i] > 0) if check == "flag" else not math.isfinite(chunk[i])
+                   for i, check in cls._checks(kind, False))
 
     def _attribute_grads(self, grad_events: list[tuple[int, float, int, int, float]]) -> None:
         for index, sumsq, nan, inf, near in grad_events:
