@@ -415,6 +415,31 @@ def test_relu_outputs_mean_abs_is_their_mean_in_fast_and_exact_mode() -> None:
         assert row(report, "1").max == 6.0 and row(report, "3").mean_abs == pytest.approx(last.double().mean().item())
 
 
+def test_std_and_gradient_norms_of_a_large_tensor_hold_float64_precision() -> None:
+    # An fp32 BLAS dot over 9M values is off by ~1e-4 (its accumulators add one value after another);
+    # sums of squares above 2**22 elements run in blocks added pairwise.
+    from modinspect.analysis.stats_hooks import BLOCKED_DOT, sumsq
+
+    class Scale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.full((9_000_001,), 1.5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.w
+
+    x = torch.randn(9_000_001, generator=torch.Generator().manual_seed(3)) * 3 + 1
+    assert x.numel() > BLOCKED_DOT
+    stats = row(run(Scale(), x, histogram=False), "")
+    y = (x * 1.5).double()
+    assert stats.std == pytest.approx(y.std().item(), rel=1e-7)
+    assert stats.grad_norm == pytest.approx(math.sqrt(x.numel()), rel=1e-7)  # d(sum)/dy = 1
+    assert stats.param_grad_norm == pytest.approx(x.double().norm().item(), rel=1e-7)  # d(sum)/dw = x
+    assert sumsq(x).item() == pytest.approx(x.double().square().sum().item(), rel=1e-7)
+    small = x[:1000]
+    assert sumsq(small).item() == pytest.approx(torch.dot(small, small).item(), rel=1e-7)
+
+
 def test_histogram_skips_non_finite_values() -> None:
     class Poison(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
