@@ -4,6 +4,8 @@ Compared side by side in one process, interleaved, so the ratios hold on a share
 - bare: forward + backward, nothing else;
 - modinspect: `collect_stats` (activation stats, dead units, output and parameter grad norms, NaN origin);
 - item-hooks: the common per-hook pattern, forward hooks calling `.item()` on mean/std/min/max;
+- empty-hooks: the floor of any per-module hook tool: a forward pre-hook and a forward hook on every module and
+  a gradient hook on every output that requires grad, all doing nothing;
 - detect_anomaly: `torch.autograd.detect_anomaly()` around forward + backward.
 
     python bench/bench_stats.py            # GPT-2 small (4x128 tokens) and a ResNet-style CNN
@@ -100,13 +102,35 @@ def item_hooks(model: nn.Module, inputs: tuple[Any, ...]) -> None:
             h.remove()
 
 
+def empty_hooks(model: nn.Module, inputs: tuple[Any, ...]) -> None:
+    def pre(_m: nn.Module, _i: Any) -> None:
+        return None
+
+    def grad(_g: torch.Tensor) -> None:
+        return None
+
+    def post(_m: nn.Module, _i: Any, out: Any) -> None:
+        for t in out if isinstance(out, tuple) else (out,):
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                t.register_hook(grad)
+
+    handles = [m.register_forward_pre_hook(pre) for m in model.modules()]
+    handles += [m.register_forward_hook(post) for m in model.modules()]
+    try:
+        bare(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def anomaly(model: nn.Module, inputs: tuple[Any, ...]) -> None:
     with torch.autograd.detect_anomaly(check_nan=True):
         bare(model, inputs)
 
 
 CONTENDERS: dict[str, Callable[[nn.Module, tuple[Any, ...]], None]] = {
-    "bare": bare, "modinspect": modinspect_stats, "item-hooks": item_hooks, "detect_anomaly": anomaly,
+    "bare": bare, "modinspect": modinspect_stats, "item-hooks": item_hooks, "empty-hooks": empty_hooks,
+    "detect_anomaly": anomaly,
 }
 
 

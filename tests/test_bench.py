@@ -127,7 +127,7 @@ def test_stats_benchmark_smoke(report: dict[str, list[str]]) -> None:
     rows = run_all.table_rows(section(report, "stats"))
     for model in ("gpt2", "cnn"):
         mine = [row for row in rows if row["model"] == model]
-        assert column(mine, "contender") == ["bare", "modinspect", "item-hooks", "detect_anomaly"]
+        assert column(mine, "contender") == ["bare", "modinspect", "item-hooks", "empty-hooks", "detect_anomaly"]
         ratios = [float(r) for r in column(mine, "× bare (median of paired ratios)")]
         assert ratios[0] == 1.0 and all(r > 0 for r in ratios)
 
@@ -155,7 +155,7 @@ def test_gpu_section_is_pending_without_cuda(report: dict[str, list[str]]) -> No
     lines = section(report, "stats-gpu")
     if torch.cuda.is_available():
         rows = run_all.table_rows(lines)
-        assert {row["contender"] for row in rows} == {"bare", "modinspect", "item-hooks", "detect_anomaly"}
+        assert {row["contender"] for row in rows} == {"bare", "modinspect", "item-hooks", "empty-hooks", "detect_anomaly"}
         assert all(row["device→host syncs per step"].isdigit() for row in rows)
     else:
         assert lines[1].startswith("**Pending a session with a GPU.**")
