@@ -124,12 +124,14 @@ def sniff(path: Path) -> str:
     return "unknown"
 
 
-def open_file(path: Path, label: str, options: OpenOptions) -> Source:
+def open_file(path: Path, label: str, options: OpenOptions, storage_prefix: str | None = None) -> Source:
+    """The single-file reader for `path`. `storage_prefix`: a safetensors file's storage keys start with it
+    (a sharded index passes its own, so the shard's descriptions need no copy); other formats ignore it."""
     kind = sniff(path)
     if kind == "safetensors":
         from modinspect.sources.safetensors import SafetensorsSource
 
-        return SafetensorsSource(path, label)
+        return SafetensorsSource(path, label, storage_prefix=storage_prefix)
     if kind == "unknown":
         raise UnknownFormatError(
             f"{label} is not a checkpoint modinspect reads (safetensors, torch .pt/.pth/.bin, TorchScript, "

@@ -215,10 +215,11 @@ def alias_map(metadata: dict[str, str], names: Collection[str]) -> dict[str, str
 class SafetensorsSource(Source):
     """A single .safetensors file."""
 
-    def __init__(self, path: Path, label: str | None = None, header: SafetensorsHeader | None = None) -> None:
+    def __init__(self, path: Path, label: str | None = None, header: SafetensorsHeader | None = None,
+                 storage_prefix: str | None = None) -> None:
         self.path = path
         self.header = header or SafetensorsHeader(path)
-        tensors = safetensors_infos(self.header, storage_prefix=f"{path}:")
+        tensors = safetensors_infos(self.header, storage_prefix=f"{path}:" if storage_prefix is None else storage_prefix)
         super().__init__(label=label or str(path), format="safetensors", tensors=tensors, metadata=self.header.metadata)
         self._aliases = alias_map(self.header.metadata, self.header.entries.keys())
 

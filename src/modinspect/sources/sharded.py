@@ -65,11 +65,13 @@ class ShardedSource(Source):
         try:
             for shard in shard_names:
                 path = _shard_path(index, shard)
-                src = open_file(path, str(path), options)
+                prefix = f"{shard}/{path}:"  # the storage keys this index gives a safetensors shard's tensors
+                src = open_file(path, str(path), options, storage_prefix=prefix)
                 self._shards[shard] = src
                 if src.modules is not None or src.format == "torchscript":
                     raise CorruptFileError(f"{index} names shard {shard!r}, which is not a state dict")
-                tensors += self._add_shard(index, shard, src, weight_map, by_shard[shard])
+                tensors += self._add_shard(index, shard, src, weight_map, by_shard[shard],
+                                           src.format == "safetensors")
                 formats.add(src.format)
         except BaseException:
             self.close()  # the shards opened so far hold open zip files
@@ -80,8 +82,11 @@ class ShardedSource(Source):
         self.warnings.extend(w for src in self._shards.values() for w in src.warnings)
 
     def _add_shard(self, index: Path, shard: str, src: Source, weight_map: dict[str, str],
-                   expected: set[str]) -> list[TensorInfo]:
-        """The shard's tensors, once they agree with the index (`expected`: the names it places there)."""
+                   expected: set[str], prefixed: bool) -> list[TensorInfo]:
+        """The shard's tensors, once they agree with the index (`expected`: the names it places there).
+
+        `prefixed`: the shard's storage keys already carry the index's prefix, and its descriptions are used as they are.
+        """
         present = set(src.names())
         missing = sorted(expected - present)
         if missing:
@@ -103,9 +108,11 @@ class ShardedSource(Source):
                     f"{shard} holds {t.name!r}, which {index.name} "
                     + ("does not list" if owner_shard is None else f"places in {owner_shard}")
                 )
-            storage = f"{shard}/{t.storage}" if t.storage else None
-            tensors.append(TensorInfo(t.name, t.shape, t.dtype, t.nbytes, t.kind, storage, t.requires_grad, t.persistent))
-            self._owner[t.name] = src
+            if not prefixed:
+                storage = f"{shard}/{t.storage}" if t.storage else None
+                t = TensorInfo(t.name, t.shape, t.dtype, t.nbytes, t.kind, storage, t.requires_grad, t.persistent)
+            tensors.append(t)
+        self._owner.update(dict.fromkeys(src.names(), src))
         return tensors
 
     def _read(self, name: str) -> torch.Tensor:
