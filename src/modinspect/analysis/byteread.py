@@ -8,8 +8,11 @@ is read or compared on this thread, the other side, or the next pair of chunks, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
 from io import BufferedReader
+from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +24,7 @@ if TYPE_CHECKING:  # imported when a second thread is first needed: identical sm
 ByteRange = tuple[Path, int, int]
 WINDOW = 1 << 20  # tensors up to this size are served from one read of this many bytes
 PIECE = 4 << 20  # bytes per comparison of large tensors
+_NONZERO = re.compile(rb"[^\x00]")
 
 
 class ByteReader:
@@ -83,6 +87,24 @@ def _equal(a: bytearray, b: bytearray, k: int) -> bool:
     return a == b
 
 
+def _same_parts(a: bytearray, b: bytearray, sizes: list[int]) -> list[bool]:
+    """For consecutive parts of these sizes of two equal-length buffers, whether each part is equal in both.
+
+    Their XOR is zero exactly where they agree: a regex search (C) finds the next nonzero byte, which marks
+    its part unequal, and goes on from the next part.
+    """
+    out = [True] * len(sizes)
+    starts = list(accumulate(sizes, initial=0))  # starts[len(sizes)] is the end
+    x = (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(len(a), "little")
+    search = _NONZERO.search
+    found = search(x)
+    while found is not None:
+        part = bisect_right(starts, found.start()) - 1  # the last part to start there: empty parts hold no byte
+        out[part] = False
+        found = search(x, starts[part + 1])
+    return out
+
+
 class PairReader:
     """Side A and side B, each with its reader and its reused buffers, and one thread that reads ahead."""
 
@@ -130,6 +152,42 @@ class PairReader:
             if not _equal(pa, pb, k):
                 return False
         return True
+
+    def same_each(self, ranges_a: Sequence[ByteRange], ranges_b: Sequence[ByteRange]) -> list[bool]:
+        """Whether ranges_a[i] and ranges_b[i] hold the same bytes, for ranges of at most WINDOW bytes each.
+
+        Pairs that follow one another on both sides (one file each, each range where the last ended, of one
+        size, a run of at most WINDOW bytes) are compared as one: a slice of each window, one memcmp. Only a
+        run whose bytes differ is looked at tensor by tensor, where its bytes differ.
+        """
+        out = [False] * len(ranges_a)
+        i, n = 0, len(ranges_a)
+        while i < n:
+            path_a, start_a, k = ranges_a[i]
+            path_b, start_b, k_b = ranges_b[i]
+            if k != k_b or k > WINDOW:
+                out[i] = self.same(ranges_a[i], ranges_b[i])
+                i += 1
+                continue
+            end_a, end_b, limit, j = start_a + k, start_b + k, start_a + WINDOW, i + 1
+            while j < n:
+                p_a, at_a, m = ranges_a[j]
+                p_b, at_b, m_b = ranges_b[j]
+                # `is`: sources hand out one Path object per file (Path.__eq__ is slow Python)
+                if at_a != end_a or at_b != end_b or m != m_b or end_a + m > limit or p_a is not path_a or p_b is not path_b:
+                    break
+                end_a, end_b, j = end_a + m, end_b + m, j + 1
+            if j - i == 1:
+                out[i] = self.a.small(path_a, start_a, k) == self.b.small(path_b, start_b, k)
+            else:
+                total = end_a - start_a
+                data_a, data_b = self.a.small(path_a, start_a, total), self.b.small(path_b, start_b, total)
+                if data_a == data_b:
+                    out[i:j] = [True] * (j - i)
+                else:
+                    out[i:j] = _same_parts(data_a, data_b, [r[2] for r in ranges_a[i:j]])
+            i = j
+        return out
 
     def chunk_pairs(self, ra: ByteRange, rb: ByteRange, step_a: int,
                     step_b: int) -> Iterator[tuple[memoryview, memoryview]]:

@@ -11,13 +11,22 @@ read again as tensors, into the same reused buffers.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from modinspect.analysis.byteread import PairReader
-from modinspect.analysis.keymap import WRAPPER_PREFIXES, KeyMap, rollup_key, suggest_prefix
+from modinspect.analysis.byteread import WINDOW, ByteRange, PairReader
+from modinspect.analysis.keymap import (
+    WRAPPER_PREFIXES,
+    KeyMap,
+    rollup_key,
+    rollup_keys,
+    suggest_prefix,
+)
+from modinspect.gcpause import paused_gc
 from modinspect.report import DiffReport, ModuleRollup, PairMismatch, TensorDiff
 from modinspect.sources.base import Source, TensorInfo, tied_groups
 
@@ -188,12 +197,20 @@ def _nonfinite_chunk(af: object, bf: object, acc: _Acc, rtol: float, atol: float
     acc.dot += float(torch.dot(a0, b0))
 
 
-def _chunk_pairs(a: Source, a_name: str, b: Source, b_name: str, options: DiffOptions,
-                 reader: PairReader | None) -> Iterator[tuple[object, object]]:
-    """Aligned chunks of both tensors: read by `reader` into reused buffers where both lie in files as is."""
-    ia, ib = a.info(a_name), b.info(b_name)
-    ra = a.byte_range(a_name) if reader is not None and ia.dtype in BYTE_DTYPES else None
+Ranges = tuple[ByteRange | None, ByteRange | None]
+
+
+def _ranges(a: Source, a_name: str, ia: TensorInfo, b: Source, b_name: str, ib: TensorInfo) -> Ranges:
+    """Where both tensors' bytes lie as is, for dtypes whose bytes diff reads itself: (None, None) elsewhere."""
+    ra = a.byte_range(a_name) if ia.dtype in BYTE_DTYPES else None
     rb = b.byte_range(b_name) if ra is not None and ib.dtype in BYTE_DTYPES else None
+    return ra, rb
+
+
+def _chunk_pairs(a: Source, a_name: str, ia: TensorInfo, b: Source, b_name: str, ib: TensorInfo, options: DiffOptions,
+                 reader: PairReader | None, ranges: Ranges | None) -> Iterator[tuple[object, object]]:
+    """Aligned chunks of both tensors: read by `reader` into reused buffers where both lie in files as is."""
+    ra, rb = (None, None) if reader is None else ranges or _ranges(a, a_name, ia, b, b_name, ib)
     if reader is None or ra is None or rb is None:
         yield from zip(a.iter_chunks(a_name, options.chunk_elems), b.iter_chunks(b_name, options.chunk_elems),
                        strict=True)
@@ -208,18 +225,20 @@ def _chunk_pairs(a: Source, a_name: str, b: Source, b_name: str, options: DiffOp
 
 
 def compare_pair(a: Source, a_name: str, b: Source, b_name: str, name: str, options: DiffOptions,
-                 reader: PairReader | None = None, scratch: _Scratch | None = None) -> TensorDiff:
+                 reader: PairReader | None = None, scratch: _Scratch | None = None,
+                 infos: tuple[TensorInfo, TensorInfo] | None = None, ranges: Ranges | None = None) -> TensorDiff:
     """Stream tensor a_name of `a` against b_name of `b` in aligned chunks (through `reader` when given).
 
-    With a reader, the arithmetic runs on one torch thread until the reader is closed.
+    With a reader, the arithmetic runs on one torch thread until the reader is closed. `infos` and `ranges`,
+    when the caller has them, are the two tensors' TensorInfos and `_ranges`, not looked up again.
     """
     if reader is not None:
         reader.single_threaded_torch()
-    ia, ib = a.info(a_name), b.info(b_name)
+    ia, ib = infos or (a.info(a_name), b.info(b_name))
     rtol, atol = tolerance_for(ia.dtype, ib.dtype, options)
     acc = _Acc()
     scratch = scratch or _Scratch()
-    for ca, cb in _chunk_pairs(a, a_name, b, b_name, options, reader):
+    for ca, cb in _chunk_pairs(a, a_name, ia, b, b_name, ib, options, reader, ranges):
         _compare_chunk(ca, cb, acc, rtol, atol, options, scratch)
     if options.exact:
         acc.differing = max(acc.differing, acc.bit_differs) if ia.dtype == ib.dtype else acc.differing
@@ -267,67 +286,139 @@ def _aliases(tensors: list[TensorInfo], present: set[str], mapping: dict[str, st
     return out
 
 
-def _byte_identical(a: Source, a_name: str, b: Source, b_name: str, ia: TensorInfo, options: DiffOptions,
-                    reader: PairReader) -> bool:
-    """A pair of one dtype whose bytes are equal: equal values, so `equal` (bar NaNs under --nan-unequal)."""
-    if ia.dtype not in BYTE_DTYPES or (not options.nan_equal and ia.dtype in NAN_DTYPES):
-        return False
-    ra = a.byte_range(a_name)
-    rb = b.byte_range(b_name) if ra is not None else None
-    return ra is not None and rb is not None and reader.same(ra, rb)
+class _Walk:
+    """The pairs of one shape compared in order; `results` holds those whose bytes are not identical.
+
+    A pair is looked up once, by the caller (`Source.infos`, `Source.byte_ranges`): here it is an index into
+    those lists. Small pairs of one dtype whose equal bytes are equal values are held back, up to WINDOW
+    bytes, and their bytes compared together (`PairReader.same_each`: one memcmp per run of neighbours); each
+    held pair whose bytes differ, and every other pair, goes through `compare_pair`, in order.
+    """
+
+    def __init__(self, a: Source, b: Source, names: list[str], a_names: list[str], b_names: list[str],
+                 options: DiffOptions, progress: Callable[[int], None] | None) -> None:
+        self.a, self.b, self.options, self.progress = a, b, options, progress
+        self.names, self.a_names, self.b_names = names, a_names, b_names
+        self.infos_a, self.infos_b = a.infos(a_names), b.infos(b_names)
+        self.ranges_a, self.ranges_b = a.byte_ranges(a_names), b.byte_ranges(b_names)
+        self.reader, self.scratch = PairReader(), _Scratch()
+        self.results: list[TensorDiff] = []
+        self.held: list[int] = []  # pairs whose bytes are not compared yet
+        # Dtypes whose equal bytes are equal values (NaN bytes are not, under --nan-unequal).
+        self.byte_equal = BYTE_DTYPES.keys() - (set() if options.nan_equal else NAN_DTYPES)
+
+    def flush(self) -> None:
+        """Resolve the held pairs, in order."""
+        held = self.held
+        if not held:
+            return
+        ranges_a, ranges_b = self.ranges_a, self.ranges_b
+        same = self.reader.same_each([ranges_a[i] for i in held], [ranges_b[i] for i in held])  # type: ignore[misc]
+        if not all(same):
+            for i, identical in zip(held, same, strict=True):
+                if not identical:
+                    self.compare(i)
+        if self.progress is not None:
+            infos_a, infos_b = self.infos_a, self.infos_b
+            self.progress(sum(infos_a[i].nbytes + infos_b[i].nbytes for i in held))
+        held.clear()
+
+    def compare(self, i: int) -> None:
+        """Pair i through the arithmetic (after the held pairs before it)."""
+        ia, ib = self.infos_a[i], self.infos_b[i]
+        ra = self.ranges_a[i] if ia.dtype in BYTE_DTYPES else None
+        rb = self.ranges_b[i] if ra is not None and ib.dtype in BYTE_DTYPES else None
+        self.results.append(compare_pair(self.a, self.a_names[i], self.b, self.b_names[i], self.names[i],
+                                         self.options, self.reader, self.scratch, infos=(ia, ib), ranges=(ra, rb)))
+
+    def done(self, i: int) -> None:
+        if self.progress is not None:
+            self.progress(self.infos_a[i].nbytes + self.infos_b[i].nbytes)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def _walk_pairs(walk: _Walk, shape_mismatch: list[PairMismatch], dtype_mismatch: list[PairMismatch]) -> list[str]:
+    """Compare every pair of one shape, listing the others; the names compared, in order.
+
+    One loop over 200k pairs, nothing called per pair but for what the pair needs.
+    """
+    skipped: list[int] = []
+    held, reader, byte_equal, names = walk.held, walk.reader, walk.byte_equal, walk.names
+    held_bytes = 0
+    for i, (ia, ib, ra, rb) in enumerate(zip(walk.infos_a, walk.infos_b, walk.ranges_a, walk.ranges_b, strict=True)):
+        if ia.shape != ib.shape:
+            shape_mismatch.append(PairMismatch(names[i], _shape(ia), _shape(ib)))
+            skipped.append(i)
+            continue
+        dtype = ia.dtype
+        if dtype != ib.dtype:
+            dtype_mismatch.append(PairMismatch(names[i], dtype, ib.dtype))
+        elif ra is not None and rb is not None and dtype in byte_equal:
+            n = ra[2]
+            if n <= WINDOW and n == rb[2]:
+                held.append(i)
+                held_bytes += n
+                if held_bytes >= WINDOW:
+                    walk.flush()
+                    held_bytes = 0
+                continue
+            walk.flush()
+            held_bytes = 0
+            if reader.same(ra, rb):
+                walk.done(i)
+                continue
+        walk.flush()
+        held_bytes = 0
+        walk.compare(i)
+        walk.done(i)
+    walk.flush()
+    if not skipped:
+        return names
+    gone = set(skipped)
+    return [n for i, n in enumerate(names) if i not in gone]
 
 
 def diff_sources(a: Source, b: Source, options: DiffOptions | None = None,
                  progress: Callable[[int], None] | None = None) -> DiffReport:
-    """What differs between two sources' state dicts. `progress(nbytes)` is called after each pair."""
+    """What differs between two sources' state dicts. `progress(nbytes)` is called as pairs are done."""
     options = options or DiffOptions()
     map_a = options.keymap.map_names(a.state_dict_names(), a.label)
     map_b = options.keymap.map_names(b.state_dict_names(), b.label)
-    names_a, names_b = set(map_a), set(map_b)  # once: not rebuilt per key
-    common = [n for n in map_a if n in names_b]
-    only_a = [n for n in map_a if n not in names_b]
-    only_b = [n for n in map_b if n not in names_a]
-    # A tied name one side stores once (save_pretrained, save_model) matches through its partner.
-    common_set = set(common)
-    alias_a = _aliases(a.tensors, common_set, map_a)
-    alias_b = _aliases(b.tensors, common_set, map_b)
-    aliased = [(n, alias_a[n]) for n in only_a if n in alias_a] + [(n, alias_b[n]) for n in only_b if n in alias_b]
-    only_a = [n for n in only_a if n not in alias_a]
-    only_b = [n for n in only_b if n not in alias_b]
+    keys_a, keys_b = list(map_a), list(map_b)
+    if keys_a == keys_b:  # the same names in the same order (two versions of one model): nothing to match
+        common, only_a, only_b, aliased = keys_a, [], [], []
+    else:  # the dicts answer `in` (one lookup per key: no set rebuilt per key)
+        common = [n for n in keys_a if n in map_b]
+        only_a = [n for n in keys_a if n not in map_b]
+        only_b = [n for n in keys_b if n not in map_a]
+        # A tied name one side stores once (save_pretrained, save_model) matches through its partner.
+        common_set = set(common)
+        alias_a = _aliases(a.tensors, common_set, map_a) if only_a else {}
+        alias_b = _aliases(b.tensors, common_set, map_b) if only_b else {}
+        aliased = [(n, alias_a[n]) for n in only_a if n in alias_a] + [(n, alias_b[n]) for n in only_b if n in alias_b]
+        only_a = [n for n in only_a if n not in alias_a]
+        only_b = [n for n in only_b if n not in alias_b]
     shape_mismatch: list[PairMismatch] = []
     dtype_mismatch: list[PairMismatch] = []
-    outcomes: list[tuple[str, TensorDiff | None]] = []  # None: byte-identical, equal without arithmetic
-    reader = PairReader()
-    scratch = _Scratch()
-    try:
-        for name in common:
-            ia, ib = a.info(map_a[name]), b.info(map_b[name])
-            if ia.shape != ib.shape:
-                shape_mismatch.append(PairMismatch(name, _shape(ia), _shape(ib)))
-                continue
-            if ia.dtype != ib.dtype:
-                dtype_mismatch.append(PairMismatch(name, ia.dtype, ib.dtype))
-            elif _byte_identical(a, map_a[name], b, map_b[name], ia, options, reader):
-                outcomes.append((name, None))
-                if progress is not None:
-                    progress(ia.nbytes + ib.nbytes)
-                continue
-            outcomes.append((name, compare_pair(a, map_a[name], b, map_b[name], name, options, reader,
-                                                     scratch)))
-            if progress is not None:
-                progress(ia.nbytes + ib.nbytes)
-    finally:
-        reader.close()
-    results = [r for _, r in outcomes if r is not None]
-    same = len(outcomes) - len(results)
+    # 200k pairs hold 200k infos and ranges and free none: automatic collections would rescan them all.
+    with paused_gc():
+        a_names, b_names = ([map_a[n] for n in common], [map_b[n] for n in common]) if options.keymap.rewrites \
+            else (common, common)
+        walk = _Walk(a, b, common, a_names, b_names, options, progress)
+        with contextlib.closing(walk):
+            compared = _walk_pairs(walk, shape_mismatch, dtype_mismatch)
+    results = walk.results
+    same = len(compared) - len(results)
     changed = sorted((r for r in results if r.status == "changed"), key=_severity)
     close = [r for r in results if r.status == "close"]
     return DiffReport(
         a=a.label, b=b.label, format_a=a.format, format_b=b.format, only_in_a=tuple(only_a), only_in_b=tuple(only_b),
         shape_mismatch=tuple(shape_mismatch), dtype_mismatch=tuple(dtype_mismatch), changed=tuple(changed),
         close=tuple(close), equal=same + sum(1 for r in results if r.status != "changed"),
-        identical=same + sum(1 for r in results if r.status == "equal"), compared=len(outcomes), aliased=tuple(aliased),
-        rollup=_rollup(outcomes), hints=tuple(_hints(only_a, only_b, names_a, names_b, a.label, b.label)),
+        identical=same + sum(1 for r in results if r.status == "equal"), compared=len(compared), aliased=tuple(aliased),
+        rollup=_rollup(compared, results), hints=tuple(_hints(only_a, only_b, map_a.keys(), map_b.keys(), a.label, b.label)),
         tolerance=_describe_tolerance(options), nan_equal=options.nan_equal,
     )
 
@@ -336,19 +427,20 @@ def _shape(t: TensorInfo) -> str:
     return "[" + ", ".join(str(d) for d in t.shape) + "]"
 
 
-def _rollup(outcomes: list[tuple[str, TensorDiff | None]]) -> tuple[ModuleRollup, ...]:
-    groups: dict[str, list[TensorDiff | None]] = {}
-    for name, r in outcomes:
-        groups.setdefault(rollup_key(name), []).append(r)
-    out = []
-    for module, members in groups.items():
-        changed = [m for m in members if m is not None and m.status == "changed"]
-        if changed:
-            out.append(ModuleRollup(module, len(members), len(changed), max(m.max_abs_diff for m in changed)))
-    return tuple(out)
+def _rollup(compared: list[str], results: list[TensorDiff]) -> tuple[ModuleRollup, ...]:
+    """Per module with a changed tensor, in the order modules first appear: its tensors compared, changed, max |Δ|."""
+    changed: dict[str, list[TensorDiff]] = {}
+    for r in results:
+        if r.status == "changed":
+            changed.setdefault(rollup_key(r.name), []).append(r)
+    if not changed:
+        return ()
+    sizes = Counter(rollup_keys(compared))  # in first-seen order
+    return tuple(ModuleRollup(module, size, len(changed[module]), max(m.max_abs_diff for m in changed[module]))
+                 for module, size in sizes.items() if module in changed)
 
 
-def _hints(only_a: list[str], only_b: list[str], names_a: set[str], names_b: set[str], label_a: str,
+def _hints(only_a: list[str], only_b: list[str], names_a: Set[str], names_b: Set[str], label_a: str,
            label_b: str) -> list[str]:
     hints = []
     for here, there, label, other in ((only_a, names_b, label_a, label_b), (only_b, names_a, label_b, label_a)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
 
 from modinspect.errors import UsageError
@@ -41,11 +41,16 @@ class KeyMap:
             return None
         return name
 
+    @property
+    def rewrites(self) -> bool:
+        """Whether any rule is set: without one, map_names maps every name to itself."""
+        return bool(self.strip_prefixes or self.add_prefix or self.renames or self.include or self.exclude)
+
     def map_names(self, names: Iterable[str], side: str) -> dict[str, str]:
         """{mapped name: original name}; two originals mapping to one name is an error."""
-        if not (self.strip_prefixes or self.add_prefix or self.renames or self.include or self.exclude):
+        if not self.rewrites:
             names = list(names)
-            identity = {n: n for n in names}  # no rule: each name maps to itself
+            identity = dict(zip(names, names, strict=True))  # no rule: each name maps to itself
             if len(identity) == len(names):
                 return identity
         out: dict[str, str] = {}
@@ -77,7 +82,7 @@ def parse_renames(specs: Sequence[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def suggest_prefix(only_here: Sequence[str], there: set[str]) -> tuple[str, int] | None:
+def suggest_prefix(only_here: Sequence[str], there: Set[str]) -> tuple[str, int] | None:
     """A wrapper prefix that, stripped from most of `only_here`, would make them match `there`."""
     if not only_here:
         return None
@@ -148,3 +153,27 @@ def rollup_key(name: str) -> str:
     if found is not None:
         return name[:found.end()]
     return name.partition(".")[0] if "." in name else ""
+
+
+def rollup_keys(names: Iterable[str]) -> list[str]:
+    """`rollup_key` of each name, the regex skipped for a name that starts with the last index key and a dot.
+
+    Such a name has that key too: its first index part lies in the prefix it shares with the name that gave
+    the key (the part ends at the dot), and nothing before it in that prefix was one. 'h.1' is no prefix
+    of 'h.12.w' here: the dot is part of what is compared.
+    """
+    out: list[str] = []
+    append, search = out.append, _FIRST_INDEX_PART.search
+    last, last_dotted = "", ""  # "": no index key yet
+    for name in names:
+        if last_dotted and name.startswith(last_dotted):
+            append(last)
+            continue
+        found = search(name)
+        if found is not None:
+            last = name[:found.end()]
+            last_dotted = last + "."
+            append(last)
+        else:
+            append(name.partition(".")[0] if "." in name else "")
+    return out

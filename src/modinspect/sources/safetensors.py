@@ -12,7 +12,7 @@ import math
 import re
 import struct
 import sys
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -229,6 +229,13 @@ class SafetensorsSource(Source):
     def byte_range(self, name: str) -> tuple[Path, int, int] | None:
         dtype, _, begin, end = self.header.entries[self._aliases.get(name, name)]  # KeyError for a stranger
         return None if DTYPE_BITS[dtype] % 8 else (self.path, self.header.data_start + begin, end - begin)
+
+    def byte_ranges(self, names: Iterable[str]) -> list[tuple[Path, int, int] | None]:
+        if self._aliases:
+            names = [self._aliases.get(name, name) for name in names]
+        path, start, bits = self.path, self.header.data_start, DTYPE_BITS
+        return [None if bits[e[0]] % 8 else (path, start + e[2], e[3] - e[2])
+                for e in map(self.header.entries.__getitem__, names)]
 
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
         dtype, shape, begin, _end = self.header.entries[self._aliases.get(name, name)]
