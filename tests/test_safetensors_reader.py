@@ -433,3 +433,51 @@ def test_empty_file_is_a_corrupt_file(tmp_path: Path) -> None:
     path.write_bytes(b"")
     with pytest.raises(CorruptFileError, match="is empty"):
         open_source(str(path))
+
+
+# ---------------------------------------------------------------- a header the same bytes as the last: parsed once
+
+def _pair_headers(tmp_path: Path, n: int = 40) -> tuple[Path, Path, dict[str, object], bytes]:
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    header |= {f"h.{i}.w": entry("I32", [2], 8 * i, 8 * i + 8) for i in range(n)}
+    data = bytes(range(256)) * (8 * n // 256) + bytes(8 * n % 256)
+    a = write_raw(tmp_path / "a.safetensors", header, data)
+    b = write_raw(tmp_path / "b.safetensors", header, data[::-1])
+    return a, b, header, data
+
+
+def test_a_header_the_same_bytes_as_the_last_reuses_its_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modinspect.sources import safetensors as st
+
+    a, b, _, _ = _pair_headers(tmp_path)
+    fresh = [open_source(str(p)) for p in (a, b)]  # under the threshold: each parsed
+    assert fresh[0].header.entries is not fresh[1].header.entries  # type: ignore[attr-defined]
+    monkeypatch.setattr(st, "REUSE_MIN_BYTES", 0)
+    sa, sb = open_source(str(a)), open_source(str(b))
+    assert sb.header.entries is sa.header.entries  # type: ignore[attr-defined]
+    assert sb.header.metadata == sa.header.metadata and sb.header.metadata is not sa.header.metadata  # type: ignore[attr-defined]
+    for reused, parsed in zip((sa, sb), fresh, strict=True):
+        assert reused.tensors == parsed.tensors and reused.metadata == parsed.metadata
+        assert [reused.byte_range(n) for n in reused.names()] == [parsed.byte_range(n) for n in parsed.names()]
+        assert all(torch.equal(reused.read_tensor(n), parsed.read_tensor(n)) for n in parsed.names())
+
+
+def test_a_header_reused_only_for_the_same_bytes_and_data_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modinspect.sources import safetensors as st
+
+    monkeypatch.setattr(st, "REUSE_MIN_BYTES", 0)
+    a, _, header, data = _pair_headers(tmp_path)
+    sa = open_source(str(a))
+    other = write_raw(tmp_path / "c.safetensors", header | {"h.0.w": entry("F32", [2], 0, 8)}, data)
+    assert open_source(str(other)).info("h.0.w").dtype == "float32"  # one byte of the header differs
+    sa = open_source(str(a))  # the last long header again
+    short = write_raw(tmp_path / "short.safetensors", header, data[:-4])
+    corrupt(short, f"needs {len(data):,} bytes of tensor data but holds {len(data) - 4:,} (truncated?)")
+    long = write_raw(tmp_path / "long.safetensors", header, data + b"\x00" * 8)
+    corrupt(long, "has 8 stray bytes after the last tensor")
+    assert open_source(str(a)).header.entries is sa.header.entries  # type: ignore[attr-defined]
+    del sa
+    import gc
+
+    gc.collect()
+    assert st.SafetensorsHeader._last is not None and st.SafetensorsHeader._last() is None  # remembered weakly

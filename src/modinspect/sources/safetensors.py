@@ -7,11 +7,13 @@ shape x dtype size, offsets contiguous from 0 with no holes and ending at the en
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 import struct
 import sys
+import weakref
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     import torch
 
 MAX_HEADER_BYTES = 100_000_000
+# A header this long is remembered (its SHA-256, weakly the parse) for the next file whose header is the same bytes.
+REUSE_MIN_BYTES = 1 << 20
 
 # safetensors dtype code -> (torch dtype name, bits per element)
 ST_DTYPES: dict[str, tuple[str, int]] = {
@@ -78,10 +82,22 @@ def _first_duplicate(value: object) -> str | None:
 
 
 class SafetensorsHeader:
-    """The parsed, validated header of one safetensors file."""
+    """The parsed, validated header of one safetensors file.
+
+    Two checkpoints of one model (what `diff` compares) have byte-identical headers: where a long header is
+    the same bytes (by SHA-256) as the last long header parsed, still in use, and its file holds as many data
+    bytes, its parse is taken as is: the same validation would give the same entries. `entries` and the
+    natural order are then shared, and read only.
+    """
+
+    _last: weakref.ref[SafetensorsHeader] | None = None  # the last long header parsed
+    metadata: dict[str, str]
+    entries: dict[str, tuple[str, tuple[int, ...], int, int]]  # name -> (dtype, shape, begin, end)
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.digest: bytes | None = None
+        self._natural: list[str] | None = None
         try:
             size = path.stat().st_size
             with path.open("rb") as f:
@@ -98,6 +114,10 @@ class SafetensorsHeader:
             raise CorruptFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
         self.data_start = 8 + n
         self.data_size = size - self.data_start
+        if n >= REUSE_MIN_BYTES:
+            self.digest = hashlib.sha256(raw).digest()
+            if self._reuse():
+                return
         with paused_gc():
             try:
                 text = raw.decode("utf-8")
@@ -116,6 +136,23 @@ class SafetensorsHeader:
                 if duplicate is not None:
                     raise self._corrupt(f"has a header with a duplicate key {duplicate!r}") from None
                 raise
+        if self.digest is not None:
+            SafetensorsHeader._last = weakref.ref(self)
+
+    def _reuse(self) -> bool:
+        """Take the last long header's parse if this header is the same bytes over as many data bytes."""
+        last = SafetensorsHeader._last() if SafetensorsHeader._last is not None else None
+        if last is None or last.digest != self.digest or (last.data_start, last.data_size) != (
+                self.data_start, self.data_size):
+            return False
+        self.metadata, self.entries, self._natural = dict(last.metadata), last.entries, last._natural
+        return True
+
+    def natural_names(self) -> list[str]:
+        """The tensor names in natural order (once per parse: a header that reuses a parse reuses it); read only."""
+        if self._natural is None:
+            self._natural = natural_order(list(self.entries))
+        return self._natural
 
     def _parse(self, parsed: object) -> None:
         if type(parsed) is not tuple:
@@ -305,7 +342,7 @@ def safetensors_infos(header: SafetensorsHeader, storage_prefix: str) -> list[Te
     entries = header.entries
     with paused_gc():
         infos = []
-        for name in natural_order(list(entries)):
+        for name in header.natural_names():
             dtype, shape, begin, end = entries[name]
             infos.append(TensorInfo(name, shape, dtype, end - begin, checkpoint_kind(name), storage_prefix + name))
         aliases = alias_map(header.metadata, entries)
