@@ -5,8 +5,9 @@ never a mapping), compared at a precision that suits the dtype, and released bef
 
 Where both tensors' bytes lie in files as is (safetensors, their shards), a pair of one dtype is first
 compared byte for byte, at memcmp speed and without torch: identical bytes are identical values, so the
-pair is equal and needs no arithmetic. Only pairs whose bytes differ (or NaNs under --nan-unequal) are
-read again as tensors, into the same reused buffers.
+pair is equal and needs no arithmetic. Small pairs that are neighbours in both files are compared a run
+at a time (one memcmp for up to a window of them). Only pairs whose bytes differ (or NaNs under
+--nan-unequal) are read again as tensors, into the same reused buffers.
 """
 
 from __future__ import annotations
