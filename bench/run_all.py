@@ -303,8 +303,11 @@ MISSED = [
     "same speed), and a constructor bypassing the frozen dataclass's `__init__` (measured: 0.18 s against 0.16 s per "
     "100k, no gain, not kept). Peak RSS: the header's parse holds the text and its parse tree at once (131 MiB "
     "after opening the flat header, of which 19 MiB is the interpreter and its imports); the report and the output "
-    "text add the rest. Next: a reader that validates while it scans (a C extension, or safetensors' Rust "
-    "parser, which the project depends on anyway, for the common case) would remove the parse tree.",
+    "text add the rest. Measured this round: safetensors' own Rust parser (`safe_open` + `keys()`, a dependency "
+    "already) takes 0.17–0.21 s against `json.loads`' 0.27 s on the same 100k headers, plus 0.05 s for shapes and "
+    "dtypes through per-key accessors, and exposes no offsets: at best 0.2 s of 1.3–1.6 s, behind a second "
+    "validator whose verdicts on hostile headers are not ours; not taken. A reader that validates while it scans "
+    "needs a C extension, and so a compiler on every install.",
     "- **The rendered `tree` of 100k flat names** lists 100k tensors under one module: rich laid out each row "
     "(about 0.15 ms a row, 17 s in all). Where no styles are wanted (a pipe, a file) the tree is now written as "
     "plain text, byte for byte what rich renders (tested against rich at 40–200 columns); styled terminals still "
