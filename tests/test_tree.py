@@ -253,3 +253,59 @@ def test_counts_match_a_brute_force_count_with_tied_storages_anywhere(seed: int)
                              modules=modules)
                 assert (node.run_params, node.run_bytes) == _oracle_rows(run)[""][:2]
     assert runs >= 20  # the collapsed runs were exercised
+
+
+# ---------------------------------------------------------------- linear in the number of tensors
+def _tree_ops(tensors: list[TensorInfo], modules: list[ModuleInfo] | None = None) -> int:
+    """Python and builtin calls that building the tree makes (sys.setprofile): work counted, not timed."""
+    import sys
+
+    src = Source("x", "test", tensors, modules=modules)
+    calls = 0
+
+    def count(_frame: object, event: str, _arg: object) -> None:
+        nonlocal calls
+        if event in ("call", "c_call"):
+            calls += 1
+
+    sys.setprofile(count)
+    try:
+        report = build_tree(src)
+    finally:
+        sys.setprofile(None)
+    assert report.totals.tensors == len(tensors)
+    return calls
+
+
+def _flat(n: int) -> list[TensorInfo]:
+    return [TensorInfo(f"w{i}", (4,), "float32", 16) for i in range(n)]
+
+
+def _layered(n: int) -> list[TensorInfo]:  # MoE-like: layers of 8 experts of 2 tensors, every 4th layer different
+    return [TensorInfo(f"model.layers.{i // 16}.mlp.experts.{i // 2 % 8}.w{i % 2}",
+                       (4, 8 if i // 16 % 4 else 2), "bfloat16", 64 if i // 16 % 4 else 16, "parameter")
+            for i in range(n)]
+
+
+def _tied(n: int) -> list[TensorInfo]:  # every block's weight one storage, as tied embeddings are
+    return [TensorInfo(f"h.{i // 2}.{'w' if i % 2 else 'b'}", (4,), "float32", 16, "parameter",
+                       "shared" if i % 2 else f"own{i}") for i in range(n)]
+
+
+@pytest.mark.parametrize("layout", [_flat, _layered, _tied])
+def test_tree_building_is_linear_in_the_number_of_tensors(layout: object) -> None:
+    make = layout
+    assert callable(make)
+    small, large = _tree_ops(make(2000)), _tree_ops(make(4000))
+    assert small > 2000  # the count sees the work
+    assert large <= 2.1 * small, (small, large)  # rescanning each subtree per tensor made this 4x
+
+
+def test_tree_building_is_linear_with_the_modules_known() -> None:
+    def modules(tensors: list[TensorInfo]) -> list[ModuleInfo]:
+        names = {""} | {t.name.rpartition(".")[0] for t in tensors}
+        return [ModuleInfo(m, "Block") for m in sorted(names)]
+
+    small_t, large_t = _layered(2000), _layered(4000)
+    small, large = _tree_ops(small_t, modules(small_t)), _tree_ops(large_t, modules(large_t))
+    assert large <= 2.1 * small, (small, large)
