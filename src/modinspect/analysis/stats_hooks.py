@@ -138,6 +138,8 @@ class Collector:
     """Hook state for one run. Host-side totals live in `running`, device-side pieces in `pieces`."""
 
     def __init__(self, names: list[str], modules: list[Any], options: StatsOptions, acc_dtype: torch.dtype) -> None:
+        import torch
+
         self.names = names
         self.modules = modules
         self.options = options
@@ -161,8 +163,6 @@ class Collector:
         # Fast mode computes statistics that are exact when every value is finite; a mean, M2 or sum of
         # squares that is not finite (read on the host) flags the batch, which is replayed in exact (masked) mode.
         self.exact = False
-        import torch
-
         self._nonnegative = (torch.nn.ReLU, torch.nn.ReLU6)  # outputs >= 0 (or NaN): sum |x| is their sum
         self.tensor_hooks: list[Any] = []
         self.in_hook = 0

@@ -70,8 +70,7 @@ class ShardedSource(Source):
                 self._shards[shard] = src
                 if src.modules is not None or src.format == "torchscript":
                     raise CorruptFileError(f"{index} names shard {shard!r}, which is not a state dict")
-                tensors += self._add_shard(index, shard, src, weight_map, by_shard[shard],
-                                           src.format == "safetensors")
+                tensors += self._add_shard(index, shard, src, weight_map, by_shard[shard])
                 formats.add(src.format)
         except BaseException:
             self.close()  # the shards opened so far hold open zip files
@@ -82,12 +81,14 @@ class ShardedSource(Source):
         self.warnings.extend(w for src in self._shards.values() for w in src.warnings)
 
     def _add_shard(self, index: Path, shard: str, src: Source, weight_map: dict[str, str],
-                   expected: set[str], prefixed: bool) -> list[TensorInfo]:
+                   expected: set[str]) -> list[TensorInfo]:
         """The shard's tensors, once they agree with the index (`expected`: the names it places there).
 
-        `prefixed`: the shard's storage keys already carry the index's prefix, and its descriptions are used as they are.
+        A safetensors shard was opened with the index's storage prefix: its descriptions are used as they are.
         """
-        present = set(src.names())
+        names = src.names()
+        prefixed = src.format == "safetensors"
+        present = set(names)
         missing = sorted(expected - present)
         if missing:
             raise CorruptFileError(
@@ -112,7 +113,7 @@ class ShardedSource(Source):
                 storage = f"{shard}/{t.storage}" if t.storage else None
                 t = TensorInfo(t.name, t.shape, t.dtype, t.nbytes, t.kind, storage, t.requires_grad, t.persistent)
             tensors.append(t)
-        self._owner.update(dict.fromkeys(src.names(), src))
+        self._owner.update(dict.fromkeys(names, src))
         return tensors
 
     def _read(self, name: str) -> torch.Tensor:
