@@ -25,6 +25,8 @@ def _has_transformers() -> bool:
     return True
 
 
+pytestmark = pytest.mark.bench_smoke  # deselected by default (pyproject's addopts); .ci/run runs it separately
+
 needs_transformers = pytest.mark.skipif(not _has_transformers(), reason="the benchmarks build GPT-2 models")
 
 
