@@ -201,6 +201,38 @@ def test_project_defaults_drive_a_bare_stats(project: Path) -> None:
     assert code == 1 and doc["nonfinite_origin"]["module"] == "blocks.2.act"
 
 
+def test_project_dtype_runs_under_autocast_as_the_dtype_option_does(project: Path) -> None:
+    """[tool.modinspect] dtype is --dtype's default when the model comes from there: same run, same JSON."""
+    (project / "pyproject.toml").write_text(
+        '[tool.modinspect]\nmodel = "nets.py:clean"\ninput_shape = [4, 8]\ndtype = "bfloat16"\n'
+    )
+    code, configured, err = stats_json("--device", "cpu", cwd=project)
+    assert (code, err) == (0, "note: importing nets.py:clean, the model [tool.modinspect] names in "
+                              f"{project.resolve() / 'pyproject.toml'}\n")
+    code, option, err = stats_json("nets.py:clean", "--input-shape", "4,8", "--device", "cpu", "--dtype", "bfloat16",
+                                   cwd=project)
+    assert (code, err) == (0, "")
+    code, plain, _ = stats_json("nets.py:clean", "--input-shape", "4,8", "--device", "cpu", cwd=project)
+    assert code == 0
+    assert configured["dtype"] == option["dtype"] == "bfloat16" and plain["dtype"] is None
+    assert configured["modules"] == option["modules"]
+    # Autocast took effect: a Linear's output is rounded to bfloat16, so its statistics move.
+    fc = next(m for m in configured["modules"] if m["name"] == "blocks.0.fc")
+    fc32 = next(m for m in plain["modules"] if m["name"] == "blocks.0.fc")
+    assert fc["mean"] != fc32["mean"]
+    # The option still wins over the table.
+    code, explicit, _ = stats_json("--device", "cpu", "--dtype", "float32", cwd=project)
+    assert code == 0 and explicit["dtype"] is None and explicit["modules"] == plain["modules"]
+
+
+def test_project_dtype_must_be_one_of_the_dtypes(project: Path) -> None:
+    (project / "pyproject.toml").write_text('[tool.modinspect]\nmodel = "nets.py:clean"\ninput_shape = [4, 8]\n'
+                                           'dtype = "int8"\n')
+    result = invoke("stats", cwd=project)
+    assert (result.exit_code, result.stderr) == (
+        2, "error: [tool.modinspect] dtype = 'int8' is not float32, bfloat16 or float16\n")
+
+
 def test_sample_cnn_with_inplace_relus() -> None:
     code, doc, err = stats_json("models.py:small_cnn", "--input-shape", "2,3,8,8", cwd=SAMPLES)
     assert (code, err) == (0, "")

@@ -327,8 +327,9 @@ def stats(
     seed: Annotated[int, typer.Option("--seed", help="Seed for model construction, random inputs and dropout.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, mps or auto.")] = "auto",
     dtype: Annotated[
-        str, typer.Option("--dtype", help="float32, or bfloat16/float16 to run under autocast.")
-    ] = "float32",
+        str | None, typer.Option("--dtype", help="float32, or bfloat16/float16 to run under autocast "
+                                 "[default: \\[tool.modinspect] dtype when the model comes from there, else float32]")
+    ] = None,
     train: Annotated[bool, typer.Option("--train", help="Run in training mode (dropout, BatchNorm batch stats).")] = False,
     backward: Annotated[bool, typer.Option("--backward/--no-backward", help="Also run backward on the loss.")] = True,
     loss: Annotated[

@@ -43,7 +43,7 @@ class StatsRequest:
     batches: int = 1
     seed: int = 0
     device: str = "auto"  # cpu, cuda, cuda:N, mps, auto
-    dtype: str = "float32"  # bfloat16 / float16: under autocast
+    dtype: str | None = None  # bfloat16 / float16: under autocast; None: [tool.modinspect] dtype, else float32
     train: bool = False
     backward: bool = True
     loss: str | Callable[[Any], Any] = "auto"  # auto, sum, mean, file.py:FN, or a function of the output
@@ -95,10 +95,11 @@ def prepare_stats(request: StatsRequest, announce: Callable[[str], None] | None 
     from modinspect.sources.inputs import InputSpec, resolve_batches
     from modinspect.sources.module import ModuleSource
 
-    if request.dtype not in DTYPES:
+    if request.dtype is not None and request.dtype not in DTYPES:
         raise UsageError(f"--dtype {request.dtype!r} is not float32, bfloat16 or float16")
     loss = loss_option(request.loss)
     extra = project_defaults(request.source)
+    dtype = request.dtype or config_dtype(extra)
     seed_all(request.seed)  # before the model is built: its initial weights depend on it
     src = open_source(request.source, weights=request.weights, unsafe_pickle=request.unsafe_pickle,
                       strict=request.strict, announce=announce,
@@ -128,7 +129,7 @@ def prepare_stats(request: StatsRequest, announce: Callable[[str], None] | None 
         batches = (shard(b, ranks) for b in raw)
         described += f"; rank {ranks.rank} of {ranks.world} takes 1/{ranks.world} of each batch"
     options = StatsOptions(backward=request.backward, pattern=request.pattern, loss=loss,
-                           autocast_dtype=None if request.dtype == "float32" else request.dtype, train=request.train)
+                           autocast_dtype=None if dtype == "float32" else dtype, train=request.train)
     in_use = src.in_use() if isinstance(src, ModuleSource) else contextlib.nullcontext()
     return StatsRun(label=src.label, module=src.module, device=device, options=options, batches=batches,
                     count=request.batches, described=described, ranks=ranks, warnings=list(src.warnings),
@@ -199,6 +200,14 @@ def project_defaults(source: Any) -> dict[str, object]:
     if "input" in extra:
         extra["input"] = str(config.root / str(extra["input"]))
     return extra
+
+
+def config_dtype(extra: dict[str, object]) -> str:
+    """[tool.modinspect] dtype, checked as --dtype is; float32 when the table has none."""
+    dtype = extra.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise UsageError(f"[tool.modinspect] dtype = {dtype!r} is not float32, bfloat16 or float16")
+    return str(dtype)
 
 
 def default_input_dtype(model: object) -> str:
