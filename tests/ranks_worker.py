@@ -46,6 +46,19 @@ def build() -> nn.Sequential:
                          nn.Linear(16, 3))
 
 
+class Root(nn.Module):
+    """sqrt of the input: NaN where an input is negative (rank 1's half of the stats batch, below)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(x)  # fault: root
+
+
+def build_root() -> nn.Sequential:
+    """For `torchrun … modinspect stats`: the NaN comes from one rank's slice of the batch only."""
+    torch.manual_seed(0)
+    return nn.Sequential(Root(), nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
 def batches(rank: int, world: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The same global batches everywhere; rank r takes rows [r*B/W, (r+1)*B/W) of each."""
     g = torch.Generator().manual_seed(1)

@@ -180,3 +180,32 @@ def test_stats_under_torchrun_equals_one_process_on_the_whole_batch(tmp_path: Pa
         for key in ("mean", "std", "min", "max", "mean_abs", "zero_fraction", "dead_fraction", "grad_norm",
                     "param_grad_norm"):
             close(m[key], s[key], f"{m['name']!r} {key}")
+
+
+def test_stats_under_torchrun_names_the_rank_whose_slice_held_the_nan(tmp_path: Path) -> None:
+    """Rank 1's half of the batch makes the NaN; rank 0 only receives NaN gradients from the all-reduce.
+
+    The origin is rank 1's own (module, op, line) and `--json` says `"rank": 1`.
+    """
+    number = next(i for i, text in enumerate((HERE / "ranks_worker.py").read_text().splitlines(), start=1)
+                  if text.rstrip().endswith("# fault: root"))
+    batch = tmp_path / "batch.pt"
+    x = torch.rand(BATCH, 6) + 0.1
+    x[BATCH // 2 + 1, 2] = -1.0  # one negative value, in rank 1's rows
+    torch.save(x, batch)
+    model = f"{HERE / 'ranks_worker.py'}:build_root"
+    proc = torchrun("-m", "modinspect", "stats", model, "--input", str(batch), "--json", "--device", "cpu")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["nonfinite_origin"] == {
+        "module": "0", "type": "Root", "phase": "forward", "cause": "produced", "passed_on": ["1", "2", "3", ""],
+        "op": "aten::sqrt", "source": f"{Path(os.path.relpath(HERE / 'ranks_worker.py'))}:{number}",
+        "code": "return torch.sqrt(x)  # fault: root", "node": None, "created_at": None, "created_code": None,
+        "tensor": None, "detail": None, "rank": 1,
+    }
+    assert doc["backward_origin"] is None
+    assert next(m for m in doc["modules"] if m["name"] == "0")["nan"] == 1
+    # One process on the whole batch: the same origin, no rank.
+    single = invoke("stats", model, "--input", str(batch), "--json", "--device", "cpu")
+    assert single.exit_code == 1
+    assert json.loads(single.stdout)["nonfinite_origin"] == {**doc["nonfinite_origin"], "rank": None}

@@ -100,7 +100,7 @@ def test_faulty_model_exits_1_and_names_the_origin(project: Path) -> None:
         "module": "blocks.2.act", "type": "SqrtShift", "phase": "forward", "cause": "produced",
         "passed_on": ["blocks.2", "blocks.3.fc", "blocks.3.act", "blocks.3", "blocks", "head", ""],
         "op": "aten::sqrt", "source": "nets.py:7", "code": "return torch.sqrt(x - 10.0)", "node": None,
-        "created_at": None, "created_code": None, "tensor": None, "detail": None,
+        "created_at": None, "created_code": None, "tensor": None, "detail": None, "rank": None,
     }
     assert doc["backward_origin"] is None
     text = invoke("stats", "nets.py:faulty", "--input-shape", "4,8", cwd=project)

@@ -79,6 +79,27 @@ def test_a_single_dead_relu_gets_a_singular_diagnosis() -> None:
     )
 
 
+def test_verdict_and_json_name_the_rank_of_the_origin() -> None:
+    """Under torchrun the origin carries its rank (tests/test_ranks.py runs one): the verdict and --json say it."""
+    import dataclasses
+
+    from modinspect.render.jsonout import stats_document
+
+    class Root(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sqrt(x)
+
+    report = run(nn.Sequential(Root(), nn.Linear(2, 2)), torch.tensor([[1.0, -1.0]]))
+    assert report.nonfinite_origin is not None and report.nonfinite_origin.rank is None
+    assert stats_document(report)["nonfinite_origin"]["rank"] is None
+    ranked = dataclasses.replace(report, nonfinite_origin=dataclasses.replace(report.nonfinite_origin, rank=1))
+    assert stats_document(ranked)["nonfinite_origin"]["rank"] == 1
+    assert verdict_text(ranked).splitlines()[0] == (
+        "First NaN/Inf produced in forward by aten::sqrt in 0 (Root) (on rank 1); passed on by 1, (model)."
+    )
+    assert "(on rank" not in verdict_text(report)
+
+
 def test_json_histogram_has_its_bin_edges() -> None:
     torch.manual_seed(0)
     model = nn.Linear(6, 40)

@@ -208,11 +208,12 @@ def collect_stats(
                 h.remove()
             collector.remove_tensor_hooks()
     if ranks.many:
+        own = _own_nonfinite(collector)  # before the merge replaces this rank's totals by everyone's
         sum_loss = _loss_used(losses, options.loss) == "sum"
         # A mean loss per rank, gradients averaged: each rank's output gradient is world times its share.
         distributed.merge_collector(collector, ranks, grad_scale=1.0 if sum_loss else 1.0 / ranks.world ** 2)
-        collector.origin, backward_origin = distributed.pick_origins(
-            distributed.gather((collector.origin, backward_origin)))
+        collector.origin, backward_origin = _pick_origins(
+            distributed.gather((collector.origin, backward_origin, own)))
     rows = collector.module_stats()
     cut = collector.without_gradient() if options.backward and batches_run else []
     if cut:
@@ -227,6 +228,26 @@ def collect_stats(
         inputs=inputs, modules=tuple(rows), nonfinite_origin=origin, nonfinite_found=found or origin is not None,
         notes=tuple(dict.fromkeys(notes)), backward_origin=backward_origin, diagnoses=tuple(diagnose(rows)),
     )
+
+
+def _own_nonfinite(collector: Collector) -> bool:
+    """Whether this rank's own activations, output gradients or loss held a NaN/Inf, rather than only the
+    parameter gradients that the ranks' gradient all-reduce brought in from another rank."""
+    origin = collector.origin
+    if origin is not None and (origin.phase == "forward" or origin.cause != "produced"):
+        return True
+    return any(r.nan or r.inf for r in collector.running) or any(g[1] or g[2] for g in collector.grad)
+
+
+def _pick_origins(gathered: Sequence[tuple[Any, Any, bool]]) -> tuple[Any, Any]:
+    """The (origin, backward origin) of the rank whose own pass held the NaN/Inf (distributed.pick_origins
+    over those ranks, at their places so each keeps its rank); of any rank when none did."""
+    from modinspect import distributed
+
+    own = [(o, b) if mine else (None, None) for o, b, mine in gathered]
+    if not any(o is not None for o, _ in own):
+        own = [(o, b) for o, b, _ in gathered]
+    return distributed.pick_origins(own)
 
 
 def _loss_used(losses: list[str], requested: str | Callable[[Any], Any]) -> str:

@@ -659,6 +659,8 @@ def origin_text(origin: NonfiniteOrigin, first: bool = True) -> str:
             text = f"{lead}{phase} by {origin.op} in {where}"
         else:
             text = f"{lead} by {where}{phase}"
+    if origin.rank is not None:
+        text += f" (on rank {origin.rank})"
     if origin.passed_on:
         text += f"; passed on by {_shown(origin.passed_on)}"
     return text

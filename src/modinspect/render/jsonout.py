@@ -202,7 +202,7 @@ def _origin(origin: NonfiniteOrigin | None) -> dict[str, Any] | None:
         "module": origin.module, "type": origin.type, "phase": origin.phase, "cause": origin.cause,
         "passed_on": list(origin.passed_on), "op": origin.op, "source": origin.source, "code": origin.code,
         "node": origin.node, "created_at": origin.created_at, "created_code": origin.created_code,
-        "tensor": origin.tensor, "detail": origin.detail,
+        "tensor": origin.tensor, "detail": origin.detail, "rank": origin.rank,
     }
 
 
