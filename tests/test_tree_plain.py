@@ -128,3 +128,36 @@ def test_thousands_of_flat_tensors_are_written_plain(tmp_path: Path) -> None:
 def _saved(sd: dict[str, torch.Tensor], path: Path) -> Source:
     torch.save(sd, path)
     return open_source(str(path))
+
+
+class Blocks(nn.Module):
+    """A mid-level parent with two children, to set their modes apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(2, 2), nn.Dropout(), nn.Linear(2, 2))
+        self.head = nn.Linear(2, 1)
+
+
+@pytest.mark.parametrize("root", [True, False])
+def test_a_module_is_marked_where_its_mode_differs_from_its_parents(root: bool) -> None:
+    """`train`/`eval` marks a module whose flag differs from its parent's, not the root's."""
+    model = Blocks().train(root)
+    model.block.train(not root)  # the parent in the other mode
+    model.block[0].train(root)  # its child back in the root's mode: differs from its parent
+    model.block[1].train(not root)  # as its parent: no mark, though it differs from the root
+    report = build_tree(open_source(model))
+    assert {m.name: (m.training, m.parent_training) for m in report.modules} == {
+        "": (root, None), "block": (not root, root), "block.0": (root, not root), "block.1": (not root, not root),
+        "block.2": (not root, not root), "head": (root, root)}
+    rich_text, plain_text = _both(report, 120)
+    assert rich_text == plain_text
+    mode, other = ("train", "eval") if root else ("eval", "train")
+    modules = [line for line in plain_text.splitlines() if "Sequential" in line or "Linear" in line or "Dropout" in line]
+    assert modules == [
+        f"├── block  Sequential  12 params  48 B  {other}",
+        f"│   ├── 0  Linear  6 params  24 B  {mode}",
+        "│   ├── 1  Dropout",
+        "│   └── 2  Linear  6 params  24 B",
+        "└── head  Linear  3 params  12 B",
+    ]

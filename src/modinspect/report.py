@@ -36,6 +36,7 @@ class ModuleRow:
     bytes: int
     trainable: int | None
     training: bool | None
+    parent_training: bool | None = None  # the parent module's flag (None for the root, or when unknown)
 
 
 @dataclass(frozen=True, slots=True)

@@ -202,11 +202,13 @@ def _row(node: _Node, module_known: bool) -> ModuleRow:
             params += p
             nbytes += b
             trainable += tr
-    return ModuleRow(node.name, node.type, params, nbytes, trainable if module_known else None, node.training)
+    parent = node.parent.training if node.parent is not None else None
+    return ModuleRow(node.name, node.type, params, nbytes, trainable if module_known else None, node.training,
+                     parent)
 
 
 class _Signatures:
-    """An integer per module that equal structures share: type, own tensors (name, shape, dtype, kind), children.
+    """An integer per module that equal structures share: type, mode, own tensors (name, shape, dtype, kind), children.
 
     Computed for every module at the first question, leaves first (each child was created after its
     parent), each module interning a tuple of its own parts and its children's integers: linear.
@@ -224,7 +226,7 @@ class _Signatures:
             for n in reversed(self.tree.nodes.values()):
                 own = tuple([(t.name.rpartition(".")[2], t.shape, t.dtype, t.kind)
                              for t in [tensors[i] for i in n.tensors]])
-                key = (n.type, own, tuple([(c.short, c.signature) for c in n.children]))
+                key = (n.type, n.training, own, tuple([(c.short, c.signature) for c in n.children]))
                 n.signature = table.setdefault(key, len(table))
         return node.signature
 

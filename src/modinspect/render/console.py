@@ -319,8 +319,7 @@ def _module_label(node: ModuleNode, report: TreeReport, is_root: bool, room: int
         label.append("  frozen", style="red")
     elif row.trainable is not None and 0 < row.trainable < row.params:
         label.append(f"  {human_count(row.params - row.trainable)} frozen", style="red")
-    parent_training = report.training
-    if row.training is not None and not is_root and row.training != parent_training:
+    if row.training is not None and row.parent_training is not None and row.training != row.parent_training:
         label.append("  train" if row.training else "  eval", style="yellow")
     if report.shapes is not None:
         _shapes_cells(label, _shapes_of(report).get(row.name), node.repeat > 1)
