@@ -497,3 +497,55 @@ def test_train_mode_leaves_batchnorm_running_stats_untouched() -> None:
     assert report.mode == "train"
     for name, value in model.named_buffers():
         assert torch.equal(value, before[name]), name
+
+
+class Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * scale
+
+
+def test_a_batch_is_what_the_model_is_called_with_in_any_of_the_documented_forms() -> None:
+    """A tensor, a tuple/list (positional), a dict (keywords) or an (args, kwargs) pair: one and the same run."""
+    torch.manual_seed(1)
+    x, scale = torch.randn(5, 4), torch.tensor(2.0)
+    model = Scaled()
+    with torch.no_grad():
+        out = model(x, scale).double()
+        fc = model.fc(x).double()
+    forms = [[(x, scale)], [[x, scale]], [{"x": x, "scale": scale}], [((x,), {"scale": scale})],
+             [([x], {"scale": scale})], iter([((x, scale), {})])]
+    reports = [collect_stats(model, batches) for batches in forms]  # options default to StatsOptions()
+    for report in reports:
+        assert report.modules == reports[0].modules and report.loss == "sum" and report.backward
+    root, linear = row(reports[0], ""), row(reports[0], "fc")
+    assert (root.count, linear.count) == (15, 15)
+    assert math.isclose(root.mean, float(out.mean()), rel_tol=1e-6)
+    assert math.isclose(linear.std, float(fc.std()), rel_tol=1e-6)
+    # A tensor alone is the one positional input.
+    one = collect_stats(model.fc, [x])
+    assert row(one, "").count == 15 and math.isclose(row(one, "").mean, float(fc.mean()), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize(("batches", "kind"), [(torch.randn(2, 4), "Tensor"), ({"x": 1}, "dict"), (42, "int"),
+                                               ("x", "str")])
+def test_batches_that_are_not_an_iterable_of_batches_are_a_user_error(batches: Any, kind: str) -> None:
+    model = Scaled()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ModinspectError) as info:
+        collect_stats(model, batches)
+    assert str(info.value) == (
+        f"collect_stats takes an iterable of batches, not a {kind}: pass [x] for one batch x (a tensor, a tuple "
+        "or list of positional inputs, a dict of keyword inputs, or (args, kwargs))"
+    )
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_batch_the_model_cannot_take_is_a_forward_error_naming_it() -> None:
+    with pytest.raises(ModinspectError, match=r"^the model raised TypeError: .*forward\(\) missing 1 required "
+                                              r"positional argument: 'scale' in \(model\) \(Scaled\)$"):
+        collect_stats(Scaled(), [torch.randn(2, 4)])

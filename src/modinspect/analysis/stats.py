@@ -30,8 +30,8 @@ from modinspect.report import StatsReport
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["HIST_BINS", "HIST_SAMPLE", "RELU_FAMILY", "Batch", "ForwardError", "StatsOptions", "collect_stats",
-           "flatten_tensors", "preserved", "seed_all", "unit_dim"]
+__all__ = ["HIST_BINS", "HIST_SAMPLE", "RELU_FAMILY", "Batch", "ForwardError", "StatsOptions", "as_batches",
+           "collect_stats", "flatten_tensors", "preserved", "seed_all", "unit_dim"]
 
 
 class ForwardError(ModinspectError):
@@ -122,9 +122,9 @@ def _own_loss(output: Any) -> tuple[torch.Tensor | None, str]:
 
 def collect_stats(
     model: Any,
-    batches: Iterable[Batch],
+    batches: Iterable[Any],
     *,
-    options: StatsOptions,
+    options: StatsOptions | None = None,
     source: str = "",
     device: str = "cpu",
     inputs: str = "",
@@ -132,6 +132,22 @@ def collect_stats(
     merge_ranks: bool = True,
 ) -> StatsReport:
     """Run `model` on each batch with hooks on its modules and return merged per-module statistics.
+
+    Args:
+        model: the nn.Module to run, already on `device` with its batches.
+        batches: an iterable (a list, a generator) of batches, each what `model` is called with, read as
+            `modinspect stats --input` reads a file: a tensor is the one positional input
+            (`model(x)`), a tuple or list holds the positional inputs (`model(x, mask)`), a dict the
+            keyword inputs (`model(**d)`), and a pair `(args, kwargs)` whose first item is a tuple or
+            list and whose second a dict is both (`model(*args, **kwargs)`). A bare tensor is refused,
+            not iterated row by row: wrap one batch in a list.
+        options: backward, loss, autocast, mode, module filter (default: `StatsOptions()`, the CLI's).
+
+    Returns:
+        A StatsReport: per-module statistics in call order, the first NaN/Inf's origin, diagnoses.
+
+    Example:
+        report = collect_stats(model, [torch.randn(16, 4)])   # a forward and a backward on the sum
 
     The model is left as it was found: hooks removed, training flags, requires_grad and .grad restored
     (also when the forward or backward raises); parameters are never updated. `progress(1)` is called
@@ -147,6 +163,8 @@ def collect_stats(
 
     from modinspect import distributed
 
+    options = options or StatsOptions()
+    batches = as_batches(batches)
     ranks = distributed.ranks() if merge_ranks else distributed.Ranks()
 
     if isinstance(model, torch.jit.ScriptModule):
@@ -228,6 +246,29 @@ def collect_stats(
         inputs=inputs, modules=tuple(rows), nonfinite_origin=origin, nonfinite_found=found or origin is not None,
         notes=tuple(dict.fromkeys(notes)), backward_origin=backward_origin, diagnoses=tuple(diagnose(rows)),
     )
+
+
+def as_batches(batches: Iterable[Any]) -> Iterator[Batch]:
+    """Each batch as the (args, kwargs) the model is called with (see collect_stats); a user error otherwise."""
+    import torch
+
+    if isinstance(batches, torch.Tensor | dict | str | bytes) or not isinstance(batches, Iterable):
+        raise ModinspectError(
+            f"collect_stats takes an iterable of batches, not a {type(batches).__name__}: pass [x] for one batch "
+            "x (a tensor, a tuple or list of positional inputs, a dict of keyword inputs, or (args, kwargs))"
+        )
+    return map(_as_batch, batches)
+
+
+def _as_batch(batch: Any) -> Batch:
+    if isinstance(batch, tuple | list) and len(batch) == 2 and isinstance(batch[0], tuple | list) \
+            and isinstance(batch[1], dict):
+        return tuple(batch[0]), dict(batch[1])
+    if isinstance(batch, tuple | list):
+        return tuple(batch), {}
+    if isinstance(batch, dict):
+        return (), dict(batch)
+    return (batch,), {}
 
 
 def _own_nonfinite(collector: Collector) -> bool:
