@@ -50,6 +50,22 @@ MODELS = textwrap.dedent(
             self.embed = nn.Embedding(20, 4)
             self.head = nn.Linear(4, 20, bias=False)
             self.head.weight = self.embed.weight
+
+    class RowView(nn.Module):
+        # A buffer that views row 0 of a parameter (one storage, two names, neither a copy).
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(5)
+            self.fc = nn.Linear(4, 4)
+            self.register_buffer("row", self.fc.weight.data[0])
+
+    class Sliced(nn.Module):
+        # A buffer sliced from a table that no name holds: safetensors' save_model refuses it.
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(5)
+            self.fc = nn.Linear(2, 2)
+            self.register_buffer("pe", torch.arange(16.0).reshape(8, 2)[2:6])
     """
 )
 
@@ -225,6 +241,60 @@ def test_tied_weights(project: Path) -> None:
     assert doc["tied"] == [{"name": "head.weight", "via": "embed.weight"}]
     tree = json.loads(invoke("tree", "tied.safetensors", "--json", cwd=project).stdout)
     assert tree["tied"] == [["embed.weight", "head.weight"]] or tree["tied"] == [["head.weight", "embed.weight"]]
+
+
+def test_a_buffer_viewing_part_of_a_parameter_is_written_by_save_model(project: Path) -> None:
+    """`--out x.safetensors` is safetensors' save_model: the view is dropped and named in the metadata, and
+    safetensors' load_model restores a fresh model whose every tensor equals torch's state_dict."""
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+
+    models = user_models(project)
+    trained = models.RowView()
+    with torch.no_grad():
+        trained.fc.weight.copy_(torch.arange(16.0).reshape(4, 4))
+        trained.fc.bias.fill_(-1.5)
+    assert trained.row.data_ptr() == trained.fc.weight.data_ptr()  # the view followed the parameter
+    torch.save(trained.state_dict(), project / "view.pt")
+    code, doc, err = load_json("models.py:RowView", "view.pt", "--strict", "--out", "view.safetensors", cwd=project)
+    assert (code, err) == (0, "") and sorted(doc["loaded"]) == ["fc.bias", "fc.weight", "row"]
+    assert doc["written"] == "view.safetensors"
+    with safe_open(str(project / "view.safetensors"), "pt") as f:
+        assert sorted(f.keys()) == ["fc.bias", "fc.weight"]
+        assert f.metadata() == {"format": "pt", "row": "fc.weight"}
+    fresh = models.RowView()
+    with torch.no_grad():
+        fresh.fc.weight.zero_()
+        fresh.fc.bias.zero_()
+    assert load_model(fresh, str(project / "view.safetensors")) == (set(), [])
+    expected = trained.state_dict()
+    assert list(fresh.state_dict()) == list(expected) == ["row", "fc.weight", "fc.bias"]
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    assert fresh.row.data_ptr() == fresh.fc.weight.data_ptr()
+    # The write is still atomic and still refuses to overwrite without --force.
+    again = invoke("load", "models.py:RowView", "view.pt", "--out", "view.safetensors", cwd=project)
+    assert (again.exit_code, again.stderr) == (2, "error: view.safetensors exists; pass --force to overwrite it\n")
+    forced = invoke("load", "models.py:RowView", "view.pt", "--out", "view.safetensors", "--force", cwd=project)
+    assert forced.exit_code == 0, forced.stderr
+    assert load_model(models.RowView(), str(project / "view.safetensors")) == (set(), [])
+    assert [p.name for p in project.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_buffer_sliced_from_a_table_no_name_holds_is_written_whole(project: Path) -> None:
+    models = user_models(project)
+    sliced = models.Sliced()
+    torch.save(sliced.state_dict(), project / "sliced.pt")
+    code, doc, err = load_json("models.py:Sliced", "sliced.pt", "--strict", "--out", "sliced.safetensors", cwd=project)
+    assert (code, err) == (0, "") and doc["written"] == "sliced.safetensors"
+    written = load_file(str(project / "sliced.safetensors"))
+    expected = sliced.state_dict()
+    assert sorted(written) == sorted(expected) == ["fc.bias", "fc.weight", "pe"]
+    for name, value in expected.items():
+        assert torch.equal(written[name], value), name
+    fresh = models.Sliced()
+    fresh.load_state_dict(written)
+    assert torch.equal(fresh.pe, torch.arange(4.0, 12.0).reshape(4, 2))
 
 
 def test_refuses_to_overwrite_and_force(project: Path) -> None:

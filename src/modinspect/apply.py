@@ -81,7 +81,7 @@ def perform_load(model: Source, checkpoint: Source, *, keymap: KeyMap | None = N
     Nothing is copied when `dry_run`, when the model is on the meta device, when `strict` fails, or
     when shapes differ and `skip_mismatched` is off (that last case raises, after the report exists:
     see `MismatchedShapesError.report`). `out` writes the resulting state dict atomically
-    (.safetensors like save_model, or a torch file); it refuses to overwrite a file without `force`,
+    (.safetensors with safetensors' save_model, or a torch file); it refuses to overwrite a file without `force`,
     and never overwrites one of `inputs` (the SOURCE paths).
     """
     from modinspect.sources.weights import (

@@ -83,26 +83,36 @@ def apply_weights(model: Source, checkpoint: Source, strict: bool = True, keymap
 
 
 def write_state_dict(module: Any, target: Path, kind: str) -> None:
-    """Write the module's state dict to `target` as `kind` (safetensors | torch), tied weights as save_model does."""
+    """Write the module's state dict to `target` as `kind` (safetensors | torch).
+
+    safetensors goes through `safetensors.torch.save_model`: each storage is stored once under a name that
+    holds it whole (tied weights, a buffer that views part of a parameter) and each dropped name is recorded
+    in the metadata, so `safetensors.torch.load_model` restores the model. save_model refuses a tensor that
+    views part of a storage no name holds whole (a buffer sliced from a table kept nowhere else); such a
+    state dict is written with every tensor whole, which `load_file` + `load_state_dict` read back.
+    """
     import torch
 
     state = module.state_dict()
-    if kind == "safetensors":
-        from safetensors.torch import save_file
-
-        kept: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], str] = {}
-        metadata = {"format": "pt"}
-        out: dict[str, torch.Tensor] = {}
-        for name, t in state.items():
-            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
-            if t.numel() and key in kept:
-                metadata[name] = kept[key]  # the dropped alias -> the name kept, like save_model
-                continue
-            kept[key] = name
-            out[name] = t.detach().contiguous()
-        save_file(out, str(target), metadata=metadata)
-    else:
+    if kind != "safetensors":
         torch.save(state, target)
+        return
+    from safetensors.torch import save_file, save_model
+
+    if _all_storages_held_whole(state):
+        save_model(module, str(target), metadata={"format": "pt"})
+    else:
+        save_file({name: t.detach().clone() for name, t in state.items()}, str(target), metadata={"format": "pt"})
+
+
+def _all_storages_held_whole(state: dict[str, Any]) -> bool:
+    """Whether every tensor's storage is held whole by some name of `state` (what save_model requires)."""
+    whole = set()
+    for t in state.values():
+        storage = t.untyped_storage()
+        if t.data_ptr() == storage.data_ptr() and t.nbytes == storage.nbytes():
+            whole.add((t.device, storage.data_ptr()))
+    return all((t.device, t.untyped_storage().data_ptr()) in whole for t in state.values())
 
 
 def output_kind(path: Path) -> str:
