@@ -250,3 +250,20 @@ def test_a_nan_buffer_read_by_a_parents_forward_is_the_cause() -> None:
     origin = origin_of(run(Scaled(), torch.randn(2, 4)))
     assert (origin.module, origin.cause, origin.tensor, origin.detail) == ("inner", "weight", "inner.scale",
                                                                           "holds 1 Inf")
+
+
+def test_the_origin_of_the_rank_whose_own_pass_held_it_wins_over_ranks() -> None:
+    """Under torchrun (tests/test_ranks.py runs one): a rank that only received NaN gradients from the
+    all-reduce names a module too, but the rank whose own pass made the NaN is chosen, with its rank."""
+    from modinspect.analysis.stats import _pick_origins
+
+    received = NonfiniteOrigin("1", "Linear", "backward", "produced", ())
+    made = NonfiniteOrigin("0", "Root", "forward", "produced", ("1",), op="aten::sqrt")
+    backward = NonfiniteOrigin("0", "Root", "backward", "produced", ())
+    chosen, chosen_backward = _pick_origins([(received, None, False), (made, backward, True)])
+    assert chosen == NonfiniteOrigin("0", "Root", "forward", "produced", ("1",), op="aten::sqrt", rank=1)
+    assert chosen_backward == NonfiniteOrigin("0", "Root", "backward", "produced", (), rank=1)
+    # No rank's own pass held it (a NaN only in the all-reduced gradients): the lowest rank that names one.
+    assert _pick_origins([(None, None, False), (received, None, False)])[0] == NonfiniteOrigin(
+        "1", "Linear", "backward", "produced", (), rank=1)
+    assert _pick_origins([(None, None, False), (None, None, False)]) == (None, None)
