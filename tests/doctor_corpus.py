@@ -21,7 +21,31 @@ really has its mistake and every twin does not, so doctor's own tests can lean o
         ...
 
 Identifiers and severities are proposals for doctor: change them here and in doctor together. Every
-builder returns a fresh object, seeded, so two calls give equal weights.
+builder returns a fresh object, seeded, so two calls give equal weights. Twins are clean beyond their own
+check (one mode, a gradient for every trainable parameter, nothing stateful built per call, float64 works);
+the test file proves that too. Save a checkpoint case with torch.save: safetensors' save_file refuses the
+tied twin's shared storage (its save_model drops the alias instead).
+
+Decisions on the grey zone (each a NEAR_MISSES entry with the most it may be reported as):
+- frozen parameters (requires_grad=False) get no gradient by design: unused-parameter at most an info
+  ("frozen"); leaving them out of the optimizer is no finding at all.
+- log-softmax outputs: at most an info (right for NLLLoss, and CrossEntropyLoss of log-probabilities equals
+  that of the logits); sigmoid outputs: at most an info (right for BCELoss); non-negative outputs whose rows
+  do not sum to 1: nothing. Only a softmax's rows summing to 1 is a warning.
+- stateless modules built in forward (nn.ReLU; transformers' nn.CrossEntropyLoss, Llama's rotary `Func`):
+  at most an info; a Linear, a Parameter (error) or a Dropout (warning: it ignores eval()) is a finding.
+- a zero-initialised weight matrix in a live model (zero-init residual, LoRA's B) is at most an info; the
+  same non-zero constant in every layer is a warning. In a checkpoint, a constant matrix (2-D or more) is a
+  warning; 1-D vectors (norms, biases) and scalars never are, nor equal 1-D vectors tied copies.
+- mixed train/eval where the eval part is entirely frozen (a BatchNorm backbone kept fixed): at most an
+  info; training mode in an inference context with no Dropout/BatchNorm: at most an info.
+- torch.Size is a tuple of ints, not a container of tensors; a plain list of modules that an nn.ModuleList
+  also registers (hook taps) loses nothing: neither is a finding.
+- a module replaced after construction (`model.head = nn.Linear(...)`, the fine-tuning idiom), an alias
+  under two names and weight tying are not module-assigned-twice: only a second assignment in __init__ is.
+- the gradient-reversal layer is an error like any wrong backward, with its multiple (-0.1), and is
+  silenced by declaring it (`--expect GradReverse=-0.1`); `intended=True` marks it.
+- tied weights stored as two copies cost space only: an info.
 """
 
 from __future__ import annotations
@@ -81,7 +105,9 @@ class Where:
     """Where a finding points: a module path ("" is the root), an attribute, a Function's class name."""
 
     module: str = ""
-    attribute: str | None = None  # attribute, parameter or buffer name; a checkpoint key's last part
+    # attribute, parameter or buffer name; a checkpoint key's last part; the name of a module-level tensor
+    # (global-tensor-in-forward); the ctx attribute holding a tensor (autograd-function-ctx-tensor)
+    attribute: str | None = None
     function: str | None = None  # a custom torch.autograd.Function's class name
 
     @property

@@ -6,6 +6,7 @@ No modinspect here: these are the ground truths doctor's tests (issue 24) will b
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 from collections import Counter
@@ -885,3 +886,40 @@ def test_clean_model_builds_and_runs_forward_and_backward(clean: CleanModel) -> 
     assert not [m for m in ran if [*m.parameters(), *m.buffers()]]
     first_t, second_t = (backward_loss(o) if not isinstance(o, torch.Tensor) else o for o in (first, second))
     assert torch.isfinite(first_t).all() and torch.equal(first_t, second_t)
+
+
+# ---------------------------------------------------------------- the proofs can fail
+
+
+def _fails(proof: Callable[[], None]) -> bool:
+    try:
+        proof()
+    except (Exception, pytest.fail.Exception):
+        return True
+    return False
+
+
+@pytest.mark.parametrize("case", PLANTED, ids=lambda c: c.case)
+def test_proof_fails_with_planted_and_twin_swapped(case: Planted) -> None:
+    swapped = dataclasses.replace(case, planted=case.twin, twin=case.planted, optimizer=case.twin_optimizer,
+                                  twin_optimizer=case.optimizer)
+    assert _fails(lambda: PROOFS[case.check](swapped))
+
+
+@pytest.mark.parametrize("case", PLANTED_CHECKPOINTS, ids=lambda c: c.case)
+def test_checkpoint_proof_fails_with_planted_and_twin_swapped(case: PlantedCheckpoint) -> None:
+    assert _fails(lambda: CHECKPOINT_PROOFS[case.check](case, case.twin(), case.planted()))
+
+
+@pytest.mark.parametrize("case", PLANTED, ids=lambda c: c.case)
+def test_twin_passes_the_generic_checks_too(case: Planted) -> None:
+    """A twin is clean beyond its own check: one mode, every trainable parameter gets a gradient, nothing
+    stateful is built per call, and it runs in float64 (it owns every tensor it uses)."""
+    model, batch = case.twin(), case.example_input()
+    assert len({m.training for m in model.modules()}) == 1
+    assert model.training is (case.context == "training")
+    with foreign_modules(model) as ran:
+        forward_backward(model, batch)
+    assert not ran
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert runs_in_float64(model, batch)
