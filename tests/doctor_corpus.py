@@ -9,7 +9,8 @@ tests/test_doctor_corpus.py proves with torch alone (never with modinspect) that
 really has its mistake and every twin does not, so doctor's own tests can lean on this file:
 
     for case in PLANTED:                      # live modules, custom autograd Functions included
-        report = modinspect.doctor(case.planted(), case.example_input(), context=case.context,
+        model = case.planted()
+        report = modinspect.doctor(model, case.example_input(), context=case.context,
                                    optimizer=case.optimizer(model) if case.optimizer else None)
         # a finding (case.check, case.severity) at each of case.where
         # the twin: no finding with case.check at any severity
@@ -32,11 +33,16 @@ Decisions on the grey zone (each a NEAR_MISSES entry with the most it may be rep
 - log-softmax outputs: at most an info (right for NLLLoss, and CrossEntropyLoss of log-probabilities equals
   that of the logits); sigmoid outputs: at most an info (right for BCELoss); non-negative outputs whose rows
   do not sum to 1: nothing. Only a softmax's rows summing to 1 is a warning.
-- stateless modules built in forward (nn.ReLU; transformers' nn.CrossEntropyLoss, Llama's rotary `Func`):
-  at most an info; a Linear, a Parameter (error) or a Dropout (warning: it ignores eval()) is a finding.
+- stateless modules (no parameter, no buffer, not Dropout/BatchNorm) built in forward or held in a plain
+  container lose nothing: at most an info. Real models do both: transformers' BERT and T5 build an
+  nn.CrossEntropyLoss per call, Llama keeps its rotary `Func` wrapper in a plain dict (`_kernel_funcs`,
+  from the `kernels` package). A Linear, a Parameter (error) or a Dropout (warning: it ignores eval())
+  built per call is a finding.
 - a zero-initialised weight matrix in a live model (zero-init residual, LoRA's B) is at most an info; the
   same non-zero constant in every layer is a warning. In a checkpoint, a constant matrix (2-D or more) is a
-  warning; 1-D vectors (norms, biases) and scalars never are, nor equal 1-D vectors tied copies.
+  warning; 1-D vectors (norms, biases) and scalars never are, nor equal 1-D vectors tied copies. The
+  checkpoint checks on values (constant-tensor) are for weights read without code; on a live model at
+  init, constant-init decides.
 - mixed train/eval where the eval part is entirely frozen (a BatchNorm backbone kept fixed): at most an
   info; training mode in an inference context with no Dropout/BatchNorm: at most an info.
 - torch.Size is a tuple of ints, not a container of tensors; a plain list of modules that an nn.ModuleList
@@ -167,8 +173,9 @@ class NearMiss:
 class CleanModel:
     """A real architecture, small and random: doctor must report no warning and no error on it.
 
-    Some build stateless modules per call (transformers' BERT and T5 an nn.CrossEntropyLoss, Llama a
-    `Func` wrapper around its rotary embedding): module-created-in-forward must stay below warning there.
+    Some run stateless modules outside their module tree (BERT and T5 build an nn.CrossEntropyLoss per
+    call, Llama keeps a `Func` in the plain dict `_kernel_funcs`): module-created-in-forward and
+    unregistered-container must stay below warning there.
     """
 
     name: str
@@ -483,6 +490,20 @@ def _head_replaced() -> nn.Module:
     model = HeadReplacedAfterInit()
     model.head = nn.Linear(8, 3)
     return model
+
+
+class PerLayerActivations(nn.Module):
+    """Near-miss: stateless activations chosen per layer, in a plain list: nothing to train, save or move."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(8, 8) for _ in range(2))
+        self.acts = [nn.ReLU(), nn.GELU()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer, act in zip(self.layers, self.acts, strict=True):
+            x = act(layer(x))
+        return x
 
 
 class ConfigAttributes(nn.Module):
@@ -1258,6 +1279,9 @@ NEAR_MISSES: tuple[NearMiss, ...] = (
              "lists/tuples/dicts of ints, strings and floats are configuration; a plain list of modules "
              "that an nn.ModuleList already registers (taps for hooks) loses nothing",
              _build(ConfigAttributes), _IN4),
+    NearMiss("unregistered-container/stateless-activations", "unregistered-container", "info",
+             "nn.ReLU and nn.GELU in a plain list hold no parameter, buffer or mode that matters",
+             _build(PerLayerActivations), _IN8),
     NearMiss("tensor-attribute/non-persistent-buffer", "tensor-attribute", None,
              "a buffer registered with persistent=False moves with .to() and is left out of state_dict() "
              "on purpose", _build(MaskAttribute, True, persistent=False), _IN8),

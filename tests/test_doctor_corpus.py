@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
 
 import doctor_corpus as corpus
 from doctor_corpus import (
@@ -74,6 +75,12 @@ def runs_in_float64(model: nn.Module, batch: Batch) -> bool:
         assert "dtype" in str(exc) or "Double" in str(exc) or "Float" in str(exc), exc
         return False
     return bool(out.dtype == torch.float64)
+
+
+def stateless(module: nn.Module) -> bool:
+    """No parameter, no buffer, and no behaviour that its training flag switches."""
+    has_state = [*module.parameters(), *module.buffers()]
+    return not has_state and not isinstance(module, _DropoutNd | _BatchNorm)
 
 
 def stored_ptrs(model: nn.Module) -> set[int]:
@@ -641,6 +648,15 @@ def near_config_values(near: NearMiss) -> None:
     assert runs_in_float64(model, batch)
 
 
+def near_stateless_activations(near: NearMiss) -> None:
+    model, batch = _module(near)
+    assert type(model.acts) is list and all(stateless(m) for m in model.acts)
+    registered = corpus.PerLayerActivations()
+    registered.acts = nn.ModuleList(registered.acts)  # registering them would add nothing to save or train
+    assert model.state_dict().keys() == registered.state_dict().keys()
+    assert runs_in_float64(model, batch)
+
+
 def near_non_persistent_buffer(near: NearMiss) -> None:
     model, batch = _module(near)
     assert "mask" in dict(model.named_buffers()) and "mask" not in model.state_dict()
@@ -834,6 +850,7 @@ def near_large_not_fp16(near: NearMiss) -> None:
 
 NEAR_PROOFS: dict[str, Callable[[NearMiss], None]] = {
     "unregistered-container/config-values": near_config_values,
+    "unregistered-container/stateless-activations": near_stateless_activations,
     "tensor-attribute/non-persistent-buffer": near_non_persistent_buffer,
     "tensor-attribute/metadata": near_metadata,
     "module-created-in-forward/lazy-linear": near_lazy_linear,
@@ -875,15 +892,25 @@ def test_clean_model_builds_and_runs_forward_and_backward(clean: CleanModel) -> 
         pytest.skip(f"needs {clean.needs}")
     model, batch = clean.build(), clean.example_input()
     assert {m.training for m in model.modules()} == {clean.context == "training"}  # one mode, the right one
+    registered = {id(t) for t in [*model.parameters(), *model.buffers()]} | {id(m) for m in model.modules()}
+    for name, module in model.named_modules():  # every tensor and every stateful module it holds is registered
+        for attr, value in vars(module).items():
+            held = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list | tuple) else [value]
+            loose = [v for v in held if isinstance(v, torch.Tensor | nn.Module) and id(v) not in registered]
+            assert all(isinstance(v, nn.Module) and stateless(v) for v in loose), (name, attr, loose)
+    sd = model.state_dict()
+    assert all(torch.isfinite(t).all() for t in sd.values() if t.is_floating_point())
+    assert len({t.dtype for t in sd.values() if t.is_floating_point()}) == 1
+    assert not [k for k, t in sd.items() if t.dim() >= 2 and t.unique().numel() == 1]  # no constant matrix
     forward_backward(model, batch)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     model.eval()
     with foreign_modules(model) as ran:
         first, second = twice_in_eval(model, batch)
-    # Real models do build modules per call (transformers' CrossEntropyLoss in BERT/T5, Llama's rotary
-    # `Func` wrapper): all stateless, so module-created-in-forward is at most an info for them.
-    assert not [m for m in ran if [*m.parameters(), *m.buffers()]]
+    # Real models run modules outside their tree (BERT/T5 build a CrossEntropyLoss per call, Llama keeps
+    # a rotary `Func` in a plain dict): all stateless, so at most an info for them.
+    assert all(stateless(m) for m in ran), ran
     first_t, second_t = (backward_loss(o) if not isinstance(o, torch.Tensor) else o for o in (first, second))
     assert torch.isfinite(first_t).all() and torch.equal(first_t, second_t)
 
