@@ -47,8 +47,9 @@ def _torchinfo_layers(model: nn.Module, **kwargs: Any) -> tuple[Any, dict[str, d
 def _torchinfo_extra(module: nn.Module, output: list[int]) -> int:
     """What torchinfo adds to a layer's MACs beyond the multiply-adds FlopCounterMode counts.
 
-    It charges every bias (and a norm layer's weight and bias) once per output position: conv layers
-    per batch × spatial position, other layers per batch row.
+    It charges a conv layer's bias per batch × spatial position, and a linear layer's bias and a norm layer's
+    weight and bias once per sample (torchinfo's `calculate_macs`: `output_size[0] * params` for any layer whose
+    class name lacks "Conv"), not per token or spatial position.
     """
     if isinstance(module, nn.modules.conv._ConvNd):
         return 0 if module.bias is None else module.bias.numel() * math.prod(output[:1] + output[2:])
@@ -93,6 +94,20 @@ def test_cnn_shapes_and_macs_match_torchinfo() -> None:
     assert ours["features.0"].output_shapes == ((2, 16, 32, 32),)
     assert ours["fc"].macs == 2 * 32 * 10
     assert ours[""].macs == report.totals.macs == sum(m.macs for m in report.modules if "." not in m.name and m.name)
+
+
+def test_torchinfo_charges_norm_layers_per_sample_not_per_token() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 8), nn.LayerNorm(8),
+                          nn.Linear(8, 4)).eval()
+    x = torch.randn(2, 5, 16)  # 2 samples of 5 tokens: per sample and per position differ
+    ours = _by_name(_shapes(model, x))
+    _, theirs = _torchinfo_layers(model, input_data=[x])
+    for name in ("1", "4"):  # LayerNorm(8): its 16 parameters once per sample (2 × 16), not per token
+        assert ours[name].macs == 0
+        assert theirs[name]["macs"] == _torchinfo_extra(model[int(name)], theirs[name]["output"]) == 2 * 16
+    # A linear layer's bias likewise: per sample (torchinfo charges the weight per sample too, over tokens).
+    assert theirs["5"]["macs"] == 2 * (8 * 4 + 4)
 
 
 def test_resnet18_matches_torchinfo_and_torchvision_figures() -> None:
