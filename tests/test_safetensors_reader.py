@@ -481,3 +481,55 @@ def test_a_header_reused_only_for_the_same_bytes_and_data_size(tmp_path: Path, m
 
     gc.collect()
     assert st.SafetensorsHeader._last is not None and st.SafetensorsHeader._last() is None  # remembered weakly
+
+
+def _big_endian_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make this machine read numbers as a big-endian one would: each element's bytes in reverse order."""
+    from modinspect.sources import base
+
+    def swapped(buf: object, dtype: torch.dtype, count: int) -> torch.Tensor:
+        t = torch.frombuffer(buf, dtype=dtype, count=count)  # type: ignore[call-overload]
+        unit = t.element_size() // 2 if dtype.is_complex else t.element_size()
+        return t.view(torch.uint8).reshape(-1, unit).flip(-1).reshape(-1).view(dtype)
+
+    monkeypatch.setattr(base, "_native_frombuffer", swapped)
+    monkeypatch.setattr(base, "host_is_big_endian", lambda: True)
+
+
+def test_a_big_endian_host_byte_swaps_what_it_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modinspect.analysis.byteread import PairReader
+    from modinspect.analysis.diff import DiffOptions, compare_pair
+
+    torch.manual_seed(0)
+    tensors = {"f32": torch.randn(5, 3), "f16": torch.randn(7).half(), "bf16": torch.randn(4, 2).bfloat16(),
+               "f64": torch.randn(3).double(), "i64": torch.arange(-3, 6) * 123_456_789,
+               "i16": torch.arange(9, dtype=torch.int16) * 1000, "c64": torch.randn(4, dtype=torch.complex64),
+               "u8": torch.arange(6, dtype=torch.uint8), "flag": torch.tensor([True, False, True])}
+    save_file(tensors, str(tmp_path / "a.safetensors"))
+    shifted = {k: v * 3 if v.is_floating_point() else v for k, v in tensors.items()}
+    save_file(shifted, str(tmp_path / "b.safetensors"))
+    reference, other = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    _big_endian_host(monkeypatch)
+    with open_source(str(tmp_path / "a.safetensors")) as a, open_source(str(tmp_path / "b.safetensors")) as b:
+        for name, want in reference.items():
+            assert torch.equal(a.read_tensor(name), want), name
+            assert torch.equal(torch.cat(list(a.iter_chunks(name, 2))), want.reshape(-1)), name
+        reader = PairReader()  # diff's own reads: the byte ranges as numbers
+        try:
+            for name in ("f32", "f64", "bf16"):
+                result = compare_pair(a, name, b, name, name, DiffOptions(), reader=reader)
+                want = float((other[name].double() - reference[name].double()).abs().max())
+                assert result.max_abs_diff == pytest.approx(want, rel=1e-6), name  # in the tensors' own dtype
+        finally:
+            reader.close()
+
+
+def test_without_the_swap_a_big_endian_host_would_read_other_numbers(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from modinspect.sources import base
+
+    save_file({"w": torch.arange(1, 5, dtype=torch.float32)}, str(tmp_path / "a.safetensors"))
+    _big_endian_host(monkeypatch)
+    monkeypatch.setattr(base, "host_is_big_endian", lambda: False)  # the emulated host, the check left out
+    with open_source(str(tmp_path / "a.safetensors")) as src:
+        assert not torch.equal(src.read_tensor("w"), torch.arange(1, 5, dtype=torch.float32))

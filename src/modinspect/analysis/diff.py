@@ -29,7 +29,7 @@ from modinspect.analysis.keymap import (
 )
 from modinspect.gcpause import paused_gc
 from modinspect.report import DiffReport, ModuleRollup, PairMismatch, TensorDiff
-from modinspect.sources.base import Source, TensorInfo, tied_groups
+from modinspect.sources.base import Source, TensorInfo, from_little_endian, tied_groups
 
 if TYPE_CHECKING:
     import torch
@@ -221,8 +221,8 @@ def _chunk_pairs(a: Source, a_name: str, ia: TensorInfo, b: Source, b_name: str,
     dtype_a, dtype_b = getattr(torch, ia.dtype), getattr(torch, ib.dtype)
     size_a, size_b = BYTE_DTYPES[ia.dtype], BYTE_DTYPES[ib.dtype]
     for pa, pb in reader.chunk_pairs(ra, rb, options.chunk_elems * size_a, options.chunk_elems * size_b):
-        yield (torch.frombuffer(pa.obj, dtype=dtype_a, count=len(pa) // size_a),
-               torch.frombuffer(pb.obj, dtype=dtype_b, count=len(pb) // size_b))
+        yield (from_little_endian(pa.obj, dtype_a, len(pa) // size_a),
+               from_little_endian(pb.obj, dtype_b, len(pb) // size_b))
 
 
 def compare_pair(a: Source, a_name: str, b: Source, b_name: str, name: str, options: DiffOptions,

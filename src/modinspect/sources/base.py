@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +198,30 @@ def is_row_major(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     return all(s == c for d, s, c in zip(shape, stride, contiguous_strides(shape), strict=True) if d != 1)
 
 
+def host_is_big_endian() -> bool:
+    """Whether this machine reads numbers big-endian; every format modinspect reads stores them little-endian."""
+    return sys.byteorder == "big"
+
+
+def _native_frombuffer(buf: Any, dtype: torch.dtype, count: int) -> torch.Tensor:
+    """The elements this machine sees in `buf` (a test patches it, with host_is_big_endian, to be a big-endian one)."""
+    import torch
+
+    return torch.frombuffer(buf, dtype=dtype, count=count)
+
+
+def from_little_endian(buf: Any, dtype: torch.dtype, count: int = -1) -> torch.Tensor:
+    """`buf`'s little-endian elements of `dtype` as a 1-d tensor: shared with `buf` on a little-endian host,
+    a byte-swapped copy on a big-endian one (each half of a complex number swapped on its own)."""
+    import torch
+
+    t = _native_frombuffer(buf, dtype, count)
+    unit = t.element_size() // 2 if dtype.is_complex else t.element_size()
+    if unit > 1 and host_is_big_endian():
+        t = t.view(torch.uint8).reshape(-1, unit).flip(-1).contiguous().reshape(-1).view(dtype)
+    return t
+
+
 def read_chunks(stream: IO[bytes], numel: int, dtype: str, chunk_elems: int, label: str) -> Iterator[torch.Tensor]:
     """`numel` elements of `dtype` read from `stream`'s position as 1-d tensors of at most chunk_elems each."""
     import torch
@@ -212,5 +237,5 @@ def read_chunks(stream: IO[bytes], numel: int, dtype: str, chunk_elems: int, lab
         got = stream.readinto(buf)  # type: ignore[attr-defined]
         if got != len(buf):
             raise CorruptFileError(f"{label} is truncated: a tensor ends past the end of its data")
-        yield torch.frombuffer(buf, dtype=torch_dtype)
+        yield from_little_endian(buf, torch_dtype)
         remaining -= count

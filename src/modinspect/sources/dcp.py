@@ -22,6 +22,7 @@ from modinspect.sources.base import (
     EntrySummary,
     Source,
     TensorInfo,
+    from_little_endian,
     is_row_major,
     read_chunks,
 )
@@ -321,7 +322,7 @@ def _zip_pieces(window: _Window, chunk: Chunk, dtype: str, chunk_elems: int, whe
 def _strided_pieces(raw: bytes, ref: Any, dtype: str, chunk_elems: int, where: str) -> Iterator[torch.Tensor]:
     import torch
 
-    flat = torch.frombuffer(bytearray(raw), dtype=getattr(torch, dtype)) if raw else torch.empty(0)
+    flat = from_little_endian(bytearray(raw), getattr(torch, dtype)) if raw else torch.empty(0)
     needed = ref.offset + sum((s - 1) * st for s, st in zip(ref.shape, ref.stride, strict=True)) + 1
     if math.prod(ref.shape) and needed > flat.numel():
         raise CorruptFileError(f"{where}: its tensor reaches past the end of its storage")

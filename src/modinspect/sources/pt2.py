@@ -26,6 +26,7 @@ from modinspect.sources.base import (
     ModuleInfo,
     Source,
     TensorInfo,
+    from_little_endian,
     is_row_major,
     read_chunks,
 )
@@ -219,7 +220,7 @@ class Pt2Source(Source):
         dtype = getattr(torch, p.dtype)
         if not math.prod(p.shape):
             return torch.empty(p.shape, dtype=dtype)
-        flat = torch.frombuffer(bytearray(self._zf.read(info)), dtype=dtype)
+        flat = from_little_endian(bytearray(self._zf.read(info)), dtype)
         return flat.as_strided(p.shape, p.stride, p.offset).clone()
 
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:

@@ -12,7 +12,6 @@ import json
 import math
 import re
 import struct
-import sys
 import weakref
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from modinspect.errors import CorruptFileError
 from modinspect.gcpause import paused_gc
-from modinspect.sources.base import DTYPE_BITS, Source, TensorInfo, read_chunks
+from modinspect.sources.base import DTYPE_BITS, Source, TensorInfo, from_little_endian, read_chunks
 from modinspect.sources.kinds import checkpoint_kind
 
 if TYPE_CHECKING:
@@ -371,7 +370,4 @@ def read_safetensors_tensor(header: SafetensorsHeader, name: str) -> torch.Tenso
         got = f.readinto(buf)
     if got != len(buf):
         raise CorruptFileError(f"{header.path} is truncated: {name!r} ends past the end of the file")
-    t = torch.frombuffer(buf, dtype=torch_dtype).reshape(shape)
-    if sys.byteorder == "big":  # safetensors is little-endian on disk
-        t = t.view(torch.uint8).reshape(*shape, -1).flip(-1).contiguous().view(torch_dtype).reshape(shape)
-    return t
+    return from_little_endian(buf, torch_dtype).reshape(shape)

@@ -22,6 +22,7 @@ from modinspect.sources.base import (
     EntrySummary,
     Source,
     TensorInfo,
+    from_little_endian,
     is_row_major,
     read_chunks,
 )
@@ -319,7 +320,7 @@ class TorchFileSource(Source):
                 f"{self.path}: storage {ref.storage.key} holds {len(raw)} bytes, expected {ref.storage.numel * itemsize}"
             )
         try:
-            flat = torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+            flat = from_little_endian(bytearray(raw), dtype) if raw else torch.empty(0, dtype=dtype)
         except (RuntimeError, ValueError, TypeError) as exc:  # a storage whose size is no multiple of the dtype
             raise CorruptFileError(f"{self.path}: {name!r} cannot be read as {ref.dtype} ({exc})") from None
         needed = ref.offset + sum((s - 1) * st for s, st in zip(ref.shape, ref.stride, strict=True)) + 1
