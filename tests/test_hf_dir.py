@@ -177,3 +177,78 @@ def test_unknown_model_type_falls_back_to_the_weights(tmp_path: Path) -> None:
                                                                "this transformers builds")
     result = invoke("stats", str(tmp_path / "odd"), "--input-shape", "1,4")
     assert result.exit_code == 2 and "is not a config this transformers builds" in result.stderr
+
+
+def _legacy_layout_model(kind: str) -> torch.nn.Module:
+    """A small random model of an architecture transformers saves in its legacy key layout."""
+    torch.manual_seed(0)
+    if kind == "vit":
+        return transformers.ViTForImageClassification(transformers.ViTConfig(
+            hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=32,
+            patch_size=8, num_labels=3))
+    if kind == "mixtral":
+        return transformers.MixtralForCausalLM(transformers.MixtralConfig(
+            hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=32,
+            vocab_size=100, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64))
+    return transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, vocab_size=100,
+        max_position_embeddings=64))
+
+
+def _torch_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(parameters, persistent buffer elements) as torch counts them, each storage once."""
+    params = sum(p.numel() for p in model.parameters())
+    buffer_names = {n for n, _ in model.named_buffers()}
+    persistent = sum(t.numel() for n, t in model.state_dict().items() if n in buffer_names)
+    return params, persistent
+
+
+@pytest.mark.parametrize("kind", ["vit", "mixtral", "neox"])
+def test_legacy_layout_dirs_count_what_torch_counts(tmp_path: Path, kind: str) -> None:
+    model = _legacy_layout_model(kind).eval()
+    model.save_pretrained(tmp_path / kind)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / kind / "model.safetensors"), "pt") as f:
+        stored = set(f.keys())
+    assert stored - set(model.state_dict())  # transformers wrote the legacy layout: the case at hand
+    params, persistent = _torch_counts(model)
+    result = invoke("tree", str(tmp_path / kind), "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["totals"]["params"] == params
+    assert doc["totals"]["persistent_buffers"] == persistent
+    with open_source(str(tmp_path / kind)) as src:
+        assert not any("not in the weights" in n or "not in the model" in n for n in src.notes), src.notes
+        own = dict(model.named_parameters())
+        for t in src.tensors:  # every tensor under the model's name holds the model's values
+            if t.name in own:
+                assert torch.equal(src.read_tensor(t.name), own[t.name].detach()), t.name
+        if kind == "vit":  # renamed: shown under the model's names
+            assert "vit.layers.0.attention.k_proj.bias" in src.names()
+            assert "vit.encoder.layer.0.attention.attention.key.bias" not in src.names()
+            assert src.notes[1].startswith("32 stored tensors shown under the names from_pretrained loads them as")
+        elif kind == "mixtral":  # merged on load: the stored pieces, counted from the file
+            experts = model.model.layers[0].mlp.experts
+            w1 = src.read_tensor("model.layers.0.block_sparse_moe.experts.1.w1.weight")
+            assert torch.equal(w1, experts.gate_up_proj[1, :32].detach())
+            assert src.info("model.layers.0.block_sparse_moe.experts.1.w1.weight").kind == "parameter"
+            assert "model.layers.0.mlp.experts.gate_up_proj" not in src.names()
+            assert any(n.startswith("24 stored tensors are pieces transformers converts into 4 model tensors")
+                       for n in src.notes), src.notes
+        else:  # GPT-NeoX's head is stored as embed_out
+            assert "lm_head.weight" in src.names() and "embed_out.weight" not in src.names()
+
+
+def test_stored_tensors_the_model_does_not_name_are_counted_from_the_file(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    model = _gpt2(tmp_path / "gpt2")
+    path = tmp_path / "gpt2" / "model.safetensors"
+    weights = load_file(str(path))
+    weights["stray.weight"] = torch.ones(3, 3)
+    save_file(weights, str(path), metadata={"format": "pt"})
+    result = invoke("tree", str(tmp_path / "gpt2"), "--json")
+    doc = json.loads(result.stdout)
+    assert doc["totals"]["params"] == sum(p.numel() for p in model.parameters()) + 9
+    assert "1 stored tensors are not in the model (e.g. stray.weight): 1 counted from the file" in doc["notes"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -106,43 +106,144 @@ def has_transformers() -> bool:
     return importlib.util.find_spec("transformers") is not None
 
 
+def transformers_names(model: Any, stored: list[str], model_names: Collection[str]) -> dict[str, tuple[str, bool]]:
+    """{stored name: (the model name from_pretrained loads it as, whether a converter changes its data)}.
+
+    Uses transformers' own rules (its conversion mapping, legacy renames included, and the base model's prefix
+    added or stripped as it does); names it leaves alone are not listed. A converter merges, splits or
+    transposes (Mixtral's per-expert w1/w3 into one `gate_up_proj`): its stored pieces are not the model's tensor.
+    """
+    prefix = getattr(model, "base_model_prefix", None) or None
+    known = dict.fromkeys(model_names, True)
+    rename: Callable[[str], tuple[str, str | None]]
+    try:  # transformers >= 5; older ones, or a moved API, only add or strip the base model's prefix
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import (
+            WeightConverter,
+            WeightRenaming,
+            rename_source_key,
+        )
+
+        transforms = get_model_conversion_mapping(model, add_legacy=True)
+        renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+        converters = [t for t in transforms if isinstance(t, WeightConverter)]
+
+        def rename(name: str) -> tuple[str, str | None]:
+            return rename_source_key(name, renamings, converters, prefix, known)
+    except Exception:
+        def rename(name: str) -> tuple[str, str | None]:
+            return _with_prefix(name, prefix, known), None
+    out: dict[str, tuple[str, bool]] = {}
+    for name in stored:
+        if name in known:
+            continue
+        try:
+            new, pattern = rename(name)
+        except Exception:  # a rule that fails on one odd key leaves that key as stored
+            continue
+        if new != name:
+            out[name] = (new, pattern is not None)
+    return out
+
+
+def _with_prefix(name: str, prefix: str | None, known: Collection[str]) -> str:
+    """`name` with the base model's prefix stripped or added where that names a model tensor."""
+    if prefix and name.startswith(prefix + ".") and name[len(prefix) + 1:] in known:
+        return name[len(prefix) + 1:]
+    if prefix and f"{prefix}.{name}" in known:
+        return f"{prefix}.{name}"
+    return name
+
+
+def _ignored_on_load(model: Any, names: list[str]) -> set[str]:
+    """The names transformers drops without a word when it loads this model (`_keys_to_ignore_on_load_unexpected`)."""
+    import re
+
+    patterns = []
+    for pattern in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []:
+        with contextlib.suppress(re.error, TypeError):
+            patterns.append(re.compile(pattern))
+    return {n for n in names if any(p.search(n) for p in patterns)}
+
+
 class HfDirSource(Source):
-    """The directory's weights (header-only, read on request) arranged by the model built from config.json."""
+    """The directory's weights (header-only, read on request) arranged by the model built from config.json.
+
+    Stored names are matched to the model's as from_pretrained matches them (`transformers_names`): a renamed
+    tensor is shown under the model's name; pieces a converter merges are shown under their stored names
+    and counted from the file, as is any stored tensor the model does not name.
+    """
 
     def __init__(self, folder: Path, label: str, weights: Source, model: Any) -> None:
         from modinspect.sources.module import module_infos, module_tensor_infos
 
         self._weights = weights
-        self._alias: dict[str, str] = {}
+        self._alias: dict[str, str] = {}  # model name -> the stored name its data is read from
+        infos = module_tensor_infos(model)
+        model_kind = {m.name: m for m in infos}
+        renamed = transformers_names(model, weights.names(), model_kind.keys())
         stored = {t.name: t for t in weights.tensors}
+        by_model_name = dict(stored)
+        converted: dict[str, list[str]] = {}  # model name -> the stored pieces a converter builds it from
+        for name, (target, conversion) in renamed.items():
+            wanted, have = model_kind.get(target), stored[name]
+            if conversion:
+                converted.setdefault(target, []).append(name)
+            elif wanted is not None and target not in by_model_name and wanted.shape == have.shape:
+                by_model_name[target] = have
+                self._alias[target] = name
         tensors: list[TensorInfo] = []
         by_storage: dict[str | None, str] = {}
         absent: list[str] = []
-        for m in module_tensor_infos(model):
-            s = stored.get(m.name)
+        used: set[str] = set()
+        for m in infos:
+            s = by_model_name.get(m.name)
             if s is None and m.storage in by_storage:  # tied to a stored tensor: the file keeps one name
-                s = stored[by_storage[m.storage]]
+                s = by_model_name[by_storage[m.storage]]
                 self._alias[m.name] = s.name
             if s is None:
-                if m.persistent is not False:
+                if m.persistent is not False and m.name not in converted:
                     absent.append(m.name)
                 continue
-            by_storage.setdefault(m.storage, s.name)
+            used.add(s.name)
+            by_storage.setdefault(m.storage, m.name)
             tensors.append(TensorInfo(m.name, s.shape, s.dtype, s.nbytes, m.kind, s.storage, m.requires_grad,
                                       m.persistent))
-        known = {t.name for t in tensors}
-        extra = [t for t in weights.tensors if t.name not in known]
-        tensors += [TensorInfo(t.name, t.shape, t.dtype, t.nbytes, checkpoint_kind(t.name), t.storage)
-                    for t in extra]
+        extra = [t for t in weights.tensors if t.name not in used]
+        ignored = _ignored_on_load(model, [t.name for t in extra if t.name not in renamed])
+        pieces = {piece: target for target, names in converted.items() for piece in names}
+        for t in extra:
+            whole = model_kind.get(pieces.get(t.name, ""))
+            if whole is not None:  # a piece of a model tensor: that tensor's kind
+                kind, grad = whole.kind, whole.requires_grad
+            else:  # not in the model: counted from the file, as a bare state dict's tensors are
+                kind, grad = checkpoint_kind(t.name), None
+                if kind == "unknown" and t.name not in ignored:
+                    kind = "parameter"
+            tensors.append(TensorInfo(t.name, t.shape, t.dtype, t.nbytes, kind, t.storage, grad))
         notes = [f"model built from {CONFIG_NAME} on the meta device: {type(model).__name__}; weights read from "
                  f"{weights.label} (header only)"]
+        moved = [(stored_name, target) for target, stored_name in self._alias.items() if stored_name in renamed]
+        if moved:
+            notes.append(f"{len(moved)} stored tensors shown under the names from_pretrained loads them as (e.g. "
+                         f"{moved[0][0]} -> {moved[0][1]})")
         if absent:
             notes.append(f"{len(absent)} model tensors are not in the weights (e.g. {absent[0]})")
-        if extra:
+        if pieces:
+            first = next(iter(pieces))
+            notes.append(f"{len(pieces)} stored tensors are pieces transformers converts into {len(converted)} model "
+                         f"tensors on load (e.g. {first} -> {pieces[first]}): listed under their stored names, "
+                         "counted from the file")
+        strangers = [t for t in extra if t.name not in pieces]
+        if strangers:
             from modinspect.analysis.layout_hints import legacy_layout_hint
 
-            hint = legacy_layout_hint(model, [t.name for t in extra])
-            notes.append(f"{len(extra)} stored tensors are not in the model (e.g. {extra[0].name})"
+            hint = legacy_layout_hint(model, [t.name for t in strangers])
+            counted = [t for t in strangers if t.name not in ignored]
+            notes.append(f"{len(strangers)} stored tensors are not in the model (e.g. {strangers[0].name})"
+                         + (f": {len(counted)} counted from the file" if counted else "")
+                         + (f"; {len(strangers) - len(counted)} that transformers ignores on load, not counted"
+                            if len(counted) < len(strangers) else "")
                          + (f": {hint}" if hint else ""))
         super().__init__(label=label, format=f"hf-{weights.format}", tensors=tensors,
                          modules=module_infos(model), module=model, metadata=dict(weights.metadata),
