@@ -195,12 +195,12 @@ def _legacy_layout_model(kind: str) -> torch.nn.Module:
         max_position_embeddings=64))
 
 
-def _torch_counts(model: torch.nn.Module) -> tuple[int, int]:
-    """(parameters, persistent buffer elements) as torch counts them, each storage once."""
+def _torch_counts(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(parameters, persistent and non-persistent buffer elements) as torch counts them, each storage once."""
     params = sum(p.numel() for p in model.parameters())
-    buffer_names = {n for n, _ in model.named_buffers()}
-    persistent = sum(t.numel() for n, t in model.state_dict().items() if n in buffer_names)
-    return params, persistent
+    buffers = dict(model.named_buffers())
+    persistent = sum(t.numel() for n, t in model.state_dict().items() if n in buffers)
+    return params, persistent, sum(b.numel() for b in buffers.values()) - persistent
 
 
 @pytest.mark.parametrize("kind", ["vit", "mixtral", "neox"])
@@ -212,7 +212,7 @@ def test_legacy_layout_dirs_count_what_torch_counts(tmp_path: Path, kind: str) -
     with safe_open(str(tmp_path / kind / "model.safetensors"), "pt") as f:
         stored = set(f.keys())
     assert stored - set(model.state_dict())  # transformers wrote the legacy layout: the case at hand
-    params, persistent = _torch_counts(model)
+    params, persistent, _ = _torch_counts(model)
     result = invoke("tree", str(tmp_path / kind), "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
@@ -252,3 +252,28 @@ def test_stored_tensors_the_model_does_not_name_are_counted_from_the_file(tmp_pa
     doc = json.loads(result.stdout)
     assert doc["totals"]["params"] == sum(p.numel() for p in model.parameters()) + 9
     assert "1 stored tensors are not in the model (e.g. stray.weight): 1 counted from the file" in doc["notes"]
+
+
+@pytest.mark.parametrize("kind", ["mixtral", "neox"])
+def test_non_persistent_buffers_come_from_the_meta_model(tmp_path: Path, kind: str) -> None:
+    from modinspect.errors import UsageError
+
+    model = _legacy_layout_model(kind).eval()
+    model.save_pretrained(tmp_path / kind)
+    _, persistent, non_persistent = _torch_counts(model)
+    not_saved = [n for n, _ in model.named_buffers() if n not in model.state_dict()]
+    assert non_persistent and not_saved  # rotary inv_freq: the case at hand
+    doc = json.loads(invoke("tree", str(tmp_path / kind), "--json").stdout)
+    assert doc["totals"]["non_persistent_buffers"] == non_persistent
+    assert doc["totals"]["buffers"] == persistent + non_persistent
+    with open_source(str(tmp_path / kind)) as src:
+        infos = {t.name: t for t in src.tensors}
+        for name in not_saved:
+            assert infos[name].kind == "buffer" and infos[name].persistent is False
+            assert infos[name].shape == tuple(model.get_buffer(name).shape)
+        assert not set(not_saved) & set(src.state_dict_names())
+        with pytest.raises(UsageError, match=f"{not_saved[0]} is a non-persistent buffer: the directory does not "
+                                             "store it"):
+            src.read_tensor(not_saved[0])
+    same = invoke("diff", str(tmp_path / kind), str(tmp_path / kind))  # diff compares state dicts: no reads of them
+    assert same.exit_code == 0, same.stdout + same.stderr

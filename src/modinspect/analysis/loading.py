@@ -21,7 +21,8 @@ def plan_load(model: Sequence[TensorInfo], checkpoint: Sequence[TensorInfo], key
     """
     keymap = keymap or KeyMap()
     wanted = [t for t in model if t.persistent is not False]
-    mapped = keymap.map_names([t.name for t in checkpoint], "the checkpoint")
+    # A checkpoint's non-persistent buffers (an entry point's, a Hugging Face directory's) are no state dict entries.
+    mapped = keymap.map_names([t.name for t in checkpoint if t.persistent is not False], "the checkpoint")
     by_name = {t.name: t for t in checkpoint}
     ckpt = {new: by_name[old] for new, old in mapped.items()}
     loaded: list[str] = []

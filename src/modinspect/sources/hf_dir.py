@@ -179,6 +179,7 @@ class HfDirSource(Source):
 
         self._weights = weights
         self._alias: dict[str, str] = {}  # model name -> the stored name its data is read from
+        self._computed: set[str] = set()  # non-persistent buffers: the model makes them, the file has none
         infos = module_tensor_infos(model)
         model_kind = {m.name: m for m in infos}
         renamed = transformers_names(model, weights.names(), model_kind.keys())
@@ -201,8 +202,12 @@ class HfDirSource(Source):
             if s is None and m.storage in by_storage:  # tied to a stored tensor: the file keeps one name
                 s = by_model_name[by_storage[m.storage]]
                 self._alias[m.name] = s.name
+            if s is None and m.persistent is False:  # never stored: known from the model alone, as torch knows it
+                tensors.append(m)
+                self._computed.add(m.name)
+                continue
             if s is None:
-                if m.persistent is not False and m.name not in converted:
+                if m.name not in converted:
                     absent.append(m.name)
                 continue
             used.add(s.name)
@@ -250,10 +255,17 @@ class HfDirSource(Source):
                          notes=notes, warnings=list(weights.warnings))
 
     def _read(self, name: str) -> torch.Tensor:
+        self._check_stored(name)
         return self._weights.read_tensor(self._alias.get(name, name))
 
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
+        self._check_stored(name)
         return self._weights.iter_chunks(self._alias.get(name, name), chunk_elems)
+
+    def _check_stored(self, name: str) -> None:
+        if name in self._computed:
+            raise UsageError(f"{self.label}: {name} is a non-persistent buffer: the directory does not store it and "
+                             "the model computes it when built; pass the directory as a MODEL (stats) to see it")
 
     def close(self) -> None:
         self._weights.close()
