@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -164,6 +166,36 @@ def test_without_transformers_a_note_says_so(tmp_path: Path, monkeypatch: pytest
                              "model's classes, module order and tied weights"]
     result = invoke("stats", str(tmp_path / "gpt2"), "--input-shape", "1,4")
     assert result.exit_code == 2 and "needs transformers (pip install 'modinspect[hf]')" in result.stderr
+
+
+class _BrokenTransformers(types.ModuleType):
+    """transformers as a broken install imports: every name it is asked for raises."""
+
+    def __getattr__(self, name: str) -> object:
+        raise RuntimeError("transformers 9.0 needs torch>=9.0 (found 2.x)\nsecond line")
+
+
+def test_transformers_that_fails_to_import_falls_back_to_the_weights(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _gpt2(tmp_path / "gpt2")
+    monkeypatch.setitem(sys.modules, "transformers", _BrokenTransformers("transformers"))
+    with pytest.raises(RuntimeError):
+        import transformers as broken
+
+        broken.AutoConfig  # noqa: B018
+    result = invoke("tree", str(tmp_path / "gpt2"), "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["format"] == "safetensors" and doc["module_known"] is False
+    assert doc["notes"] == ["config.json not used: transformers is installed but fails to import (RuntimeError: "
+                            "transformers 9.0 needs torch>=9.0 (found 2.x)); showing the weights alone"]
+    # counted from the file: the tied head is stored once
+    assert doc["totals"]["params"] == sum(p.numel() for p in model.parameters())
+    stats = invoke("stats", str(tmp_path / "gpt2"), "--input-shape", "1,4")
+    assert stats.exit_code == 2
+    assert stats.stderr == (f"error: {tmp_path / 'gpt2'} is a Hugging Face directory: building its model needs "
+                            "transformers, which fails to import (RuntimeError: transformers 9.0 needs torch>=9.0 "
+                            "(found 2.x))\n")
 
 
 def test_unknown_model_type_falls_back_to_the_weights(tmp_path: Path) -> None:

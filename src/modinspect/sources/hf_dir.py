@@ -103,7 +103,28 @@ def build_model(folder: Path, label: str, weights: ModelWeights) -> Any:
 def has_transformers() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("transformers") is not None
+    try:
+        return importlib.util.find_spec("transformers") is not None
+    except (ImportError, ValueError):  # a broken entry in sys.modules
+        return True
+
+
+def transformers_import_error() -> str | None:
+    """Why the installed transformers cannot be imported (a version clash, a broken install), or None."""
+    try:
+        import transformers
+
+        transformers.AutoConfig  # noqa: B018  (its lazy module imports what building a model needs here)
+        transformers.PreTrainedModel  # noqa: B018
+    except Exception as exc:
+        return _short(exc)
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    """`exc` as one short line: its type and the first line of its message."""
+    first = (str(exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
 def transformers_names(model: Any, stored: list[str], model_names: Collection[str]) -> dict[str, tuple[str, bool]]:
@@ -291,13 +312,19 @@ def _open_hf_dir(folder: Path, label: str, weights: Source | None, mode: ModelWe
     from modinspect.sources.module import ModuleSource
 
     raw = read_config(folder)
-    if not has_transformers() or (mode == "header" and not raw.get("model_type")):
+    installed = has_transformers()
+    wanted = mode != "header" or bool(raw.get("model_type"))
+    broken = transformers_import_error() if installed and wanted else None
+    if not installed or broken is not None or not wanted:
         if mode != "header":
-            raise UsageError(f"{label} is a Hugging Face directory: building its model needs transformers "
-                             "(pip install 'modinspect[hf]')")
+            need = f", which fails to import ({broken})" if broken else " (pip install 'modinspect[hf]')"
+            raise UsageError(f"{label} is a Hugging Face directory: building its model needs transformers{need}")
         if weights is None:
             raise missing or UnknownFormatError(f"{label} holds a config.json but no weights")
-        if raw.get("model_type"):
+        if broken is not None:
+            weights.notes.append(f"{CONFIG_NAME} not used: transformers is installed but fails to import "
+                                 f"({broken}); showing the weights alone")
+        elif raw.get("model_type"):
             weights.notes.append(f"{CONFIG_NAME} found: install transformers (pip install 'modinspect[hf]') to "
                                  "see the model's classes, module order and tied weights")
         return weights
@@ -310,7 +337,11 @@ def _open_hf_dir(folder: Path, label: str, weights: Source | None, mode: ModelWe
     if mode == "pretrained" and (weights is None or "safetensors" not in weights.format):
         return _init_then_load(folder, label, weights)
     try:
-        model = build_model(folder, label, mode)
+        try:
+            model = build_model(folder, label, mode)
+        except ImportError as exc:  # transformers imports a model's module (or its dependencies) on first use
+            raise UsageError(f"{label}/{CONFIG_NAME} needs a part of transformers that fails to import "
+                             f"({_short(exc)})") from None
     except UsageError as exc:
         if mode != "header" or weights is None:
             raise
