@@ -309,3 +309,31 @@ def test_non_persistent_buffers_come_from_the_meta_model(tmp_path: Path, kind: s
             src.read_tensor(not_saved[0])
     same = invoke("diff", str(tmp_path / kind), str(tmp_path / kind))  # diff compares state dicts: no reads of them
     assert same.exit_code == 0, same.stdout + same.stderr
+
+
+def test_max_layers_bounds_what_a_config_may_build(tmp_path: Path) -> None:
+    from modinspect.errors import ModelTooLargeError
+    from modinspect.sources.hf_dir import DEFAULT_MAX_LAYERS, count_layers
+
+    model = _gpt2(tmp_path / "gpt2")  # 2 layers
+    refused = invoke("tree", str(tmp_path / "gpt2"), "--max-layers", "1")
+    assert refused.exit_code == 2
+    assert refused.stderr == (f"error: {tmp_path / 'gpt2'}/config.json asks for 2 layers (n_layer: 2), more than "
+                              "--max-layers allows (1); building them could take minutes: pass --max-layers 2 to "
+                              "build it anyway\n")
+    for command in (["stats", str(tmp_path / "gpt2"), "--input-shape", "1,4"],
+                    ["load", str(tmp_path / "gpt2"), str(tmp_path / "gpt2" / "model.safetensors"), "--dry-run"],
+                    ["diff", str(tmp_path / "gpt2"), str(tmp_path / "gpt2" / "model.safetensors")]):
+        result = invoke(*command, "--max-layers", "1")
+        assert result.exit_code == 2 and "asks for 2 layers (n_layer: 2)" in result.stderr, command
+    built = invoke("tree", str(tmp_path / "gpt2"), "--max-layers", "2", "--json")
+    assert built.exit_code == 0
+    assert json.loads(built.stdout)["totals"]["params"] == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ModelTooLargeError):
+        open_source(str(tmp_path / "gpt2"), max_layers=1)
+    # encoder and decoder, nested configs: every stack counts
+    bart = transformers.BartConfig(encoder_layers=3, decoder_layers=4, d_model=8).to_dict()
+    assert count_layers(bart) == (7, "decoder_layers")
+    llava = {"text_config": {"num_hidden_layers": 40}, "vision_config": {"num_hidden_layers": 24}}
+    assert count_layers(llava) == (64, "text_config.num_hidden_layers")
+    assert DEFAULT_MAX_LAYERS == 512

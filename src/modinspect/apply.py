@@ -39,6 +39,7 @@ class LoadRequest:
     unsafe_pickle: bool = False
     allow_globals: tuple[str, ...] = ()
     max_pickle_size: int | None = None
+    max_layers: int | None = None  # a Hugging Face config.json's layers built at most (default 512)
 
 
 def run_load(request: LoadRequest, announce: Callable[[str], None] | None = None,
@@ -54,7 +55,7 @@ def run_load(request: LoadRequest, announce: Callable[[str], None] | None = None
     if request.out is not None and request.meta:
         raise UsageError("--out needs real weights: drop --meta (which only plans)")
     gate: dict[str, Any] = {"unsafe_pickle": request.unsafe_pickle, "allow_globals": request.allow_globals,
-                            "max_pickle_size": request.max_pickle_size}
+                            "max_pickle_size": request.max_pickle_size, "max_layers": request.max_layers}
     model = open_source(request.model, meta=request.meta, config_weights=False, announce=announce,
                         model_weights="header" if request.meta else "init", **gate)
     if model.module is None and model.format == "torchscript":

@@ -51,6 +51,11 @@ MaxPickleOpt = Annotated[
     typer.Option("--max-pickle-size", help="Largest pickle to read, counted by the memory its objects would take "
                  "(e.g. 1G) [default: 256M].", metavar="SIZE"),
 ]
+MaxLayersOpt = Annotated[
+    int | None,
+    typer.Option("--max-layers", min=1, help="Most layers a Hugging Face config.json may ask for before its model is "
+                 "built (a config of 100,000 layers takes minutes) [default: 512].", metavar="N"),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of the rich view.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
 
@@ -88,6 +93,7 @@ def tree(
     unsafe_pickle: UnsafeOpt = False,
     allow_global: AllowGlobalOpt = None,
     max_pickle_size: MaxPickleOpt = None,
+    max_layers: MaxLayersOpt = None,
     strict: StrictOpt = True,
     depth: Annotated[int | None, typer.Option("--depth", "-d", min=0, help="Show at most N levels.")] = None,
     pattern: Annotated[
@@ -142,7 +148,7 @@ def tree(
                          dtype=input_dtype or "") if wanted else None
         with commands.spinner("opening the source…"):
             src = open_source(source, weights=weights, meta=meta, unsafe_pickle=unsafe_pickle, strict=strict,
-                              announce=commands.note, **commands.gate_options(allow_global, max_pickle_size))
+                              announce=commands.note, **commands.gate_options(allow_global, max_pickle_size, max_layers))
         with src:
             commands.warn(src.warnings)
             report = build_tree(src, depth=depth, pattern=pattern, expand=expand)
@@ -192,6 +198,7 @@ def diff(
     unsafe_pickle: UnsafeOpt = False,
     allow_global: AllowGlobalOpt = None,
     max_pickle_size: MaxPickleOpt = None,
+    max_layers: MaxLayersOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -213,7 +220,8 @@ def diff(
             a=a, b=b, weights_a=weights_a, weights_b=weights_b, atol=atol, rtol=rtol, exact=exact,
             nan_unequal=nan_unequal, strip_prefix=tuple(strip_prefix or ()), rename=tuple(rename or ()),
             include=tuple(include or ()), exclude=tuple(exclude or ()), unsafe_pickle=unsafe_pickle,
-            allow_global=tuple(allow_global or ()), max_pickle_size=max_pickle_size, as_json=as_json))
+            allow_global=tuple(allow_global or ()), max_pickle_size=max_pickle_size, max_layers=max_layers,
+            as_json=as_json))
     raise typer.Exit(code)
 
 
@@ -243,6 +251,7 @@ def load(
     unsafe_pickle: UnsafeOpt = False,
     allow_global: AllowGlobalOpt = None,
     max_pickle_size: MaxPickleOpt = None,
+    max_layers: MaxLayersOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -271,7 +280,7 @@ def load(
         keymap = KeyMap(strip_prefixes=tuple(strip_prefix or ()), add_prefix=add_prefix,
                         renames=parse_renames(rename or ()), include=tuple(include or ()),
                         exclude=tuple(exclude or ()))
-        gate = commands.gate_options(allow_global, max_pickle_size)
+        gate = commands.gate_options(allow_global, max_pickle_size, max_layers)
         request = LoadRequest(checkpoint=ckpt_spec, model=model_spec, keymap=keymap, strict=strict,
                               skip_mismatched=skip_mismatched, dry_run=dry_run, meta=meta, out=out, force=force,
                               unsafe_pickle=unsafe_pickle, **gate)
@@ -310,6 +319,7 @@ def stats(
     unsafe_pickle: UnsafeOpt = False,
     allow_global: AllowGlobalOpt = None,
     max_pickle_size: MaxPickleOpt = None,
+    max_layers: MaxLayersOpt = None,
     strict: StrictOpt = True,
     input_file: Annotated[
         Path | None, typer.Option("--input", "-i", help="A .pt (weights-only) or .safetensors file with a tensor, "
@@ -368,10 +378,11 @@ def stats(
         from modinspect.stats_run import StatsRequest, prepare_stats
 
         findings = _findings(fail_on)
-        gate = commands.gate_options(allow_global, max_pickle_size)
+        gate = commands.gate_options(allow_global, max_pickle_size, max_layers)
         request = StatsRequest(
             source=source, weights=weights, strict=strict, unsafe_pickle=unsafe_pickle,
-            allow_globals=gate["allow_globals"], max_pickle_size=gate["max_pickle_size"], input_file=input_file,
+            allow_globals=gate["allow_globals"], max_pickle_size=gate["max_pickle_size"],
+            max_layers=gate["max_layers"], input_file=input_file,
             input_shapes=tuple(parse_shape(s) for s in input_shape or ()), input_dtype=input_dtype, batches=batches,
             seed=seed, device=device, dtype=dtype, train=train, backward=backward, loss=loss, pattern=pattern)
         with commands.spinner("building the model…"):

@@ -56,8 +56,9 @@ def user_errors(debug: bool, exit_with: ExitFactory,
                     exit_with) from None
 
 
-def gate_options(allow_global: list[str] | None, max_pickle_size: str | None) -> dict[str, Any]:
-    """--allow-global and --max-pickle-size as open_source keywords."""
+def gate_options(allow_global: list[str] | None, max_pickle_size: str | None,
+                 max_layers: int | None = None) -> dict[str, Any]:
+    """--allow-global, --max-pickle-size and --max-layers as open_source keywords."""
     from modinspect.sources.pickle_check import parse_size
 
     size = None
@@ -69,7 +70,7 @@ def gate_options(allow_global: list[str] | None, max_pickle_size: str | None) ->
     for name in allow_global or ():
         if "." not in name or not all(part.isidentifier() for part in name.split(".")):
             raise UsageError(f"--allow-global {name!r} is not a dotted name like argparse.Namespace")
-    return {"allow_globals": tuple(allow_global or ()), "max_pickle_size": size}
+    return {"allow_globals": tuple(allow_global or ()), "max_pickle_size": size, "max_layers": max_layers}
 
 
 def spinner(message: str) -> contextlib.AbstractContextManager[object]:
@@ -131,6 +132,7 @@ class DiffArgs:
     unsafe_pickle: bool = False
     allow_global: tuple[str, ...] = ()
     max_pickle_size: str | None = None
+    max_layers: int | None = None
     as_json: bool = False
 
 
@@ -153,7 +155,7 @@ def run_diff(args: DiffArgs) -> int:
     options = DiffOptions(atol=args.atol, rtol=args.rtol, exact=args.exact, nan_equal=not args.nan_unequal,
                           keymap=keymap)
     with spinner("opening the sources…"):
-        gate = gate_options(list(args.allow_global), args.max_pickle_size)
+        gate = gate_options(list(args.allow_global), args.max_pickle_size, args.max_layers)
         src_a = open_source(args.a, weights=args.weights_a, unsafe_pickle=args.unsafe_pickle, **gate)
         src_b = open_source(args.b, weights=args.weights_b, unsafe_pickle=args.unsafe_pickle, **gate)
     with src_a, src_b:

@@ -49,6 +49,10 @@ class UsageError(ModinspectError):
     """Options that do not make sense together, or a SOURCE of the wrong kind for the command."""
 
 
+class ModelTooLargeError(UsageError):
+    """A config.json asks for more layers than --max-layers allows to build (a refusal, not a fallback)."""
+
+
 class NonFiniteError(ModinspectError):
     """`watch(on_nonfinite="raise")` saw the first NaN/Inf: `step` and `origin` (a NonfiniteOrigin, or None) say where."""
 

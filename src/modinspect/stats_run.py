@@ -37,6 +37,7 @@ class StatsRequest:
     unsafe_pickle: bool = False
     allow_globals: tuple[str, ...] = ()
     max_pickle_size: int | None = None
+    max_layers: int | None = None  # a Hugging Face config.json's layers built at most (default 512)
     input_file: Path | None = None  # a .pt / .safetensors batch
     input_shapes: tuple[tuple[int, ...], ...] = ()  # random positional inputs
     input_dtype: str | None = None  # default: int64 when the model has an nn.Embedding, else float32
@@ -104,7 +105,8 @@ def prepare_stats(request: StatsRequest, announce: Callable[[str], None] | None 
     src = open_source(request.source, weights=request.weights, unsafe_pickle=request.unsafe_pickle,
                       strict=request.strict, announce=announce,
                       model_weights="init" if request.weights else "pretrained",
-                      allow_globals=request.allow_globals, max_pickle_size=request.max_pickle_size)
+                      allow_globals=request.allow_globals, max_pickle_size=request.max_pickle_size,
+                      max_layers=request.max_layers)
     if src.module is None and src.format == "torchscript":
         # Even torch.jit.load's ScriptModule would not do: hooks need the Python model.
         raise UsageError(

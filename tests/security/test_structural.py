@@ -792,6 +792,32 @@ def input_legacy_with_huge_bytes8(tmp: Path) -> tuple[list[str], str]:
     return ["stats", f"{tmp}/victim.py:build", "--input", str(path)], "bytes in a bytes8, but only"
 
 
+# ---------------------------------------------------------------- branch hfdir: Hugging Face configs
+
+# A 141-byte config.json whose model would take minutes to build: refused before anything is built.
+GPT2_100K_LAYERS = (b'{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 100000, "n_embd": 8, '
+                    b'"n_head": 2, "vocab_size": 10, "n_positions": 8}')
+
+
+@case
+def hf_config_asks_for_100000_layers(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "hf").mkdir()
+    (tmp / "hf" / "config.json").write_bytes(GPT2_100K_LAYERS)
+    return ["tree", str(tmp / "hf")], "asks for 100,000 layers (n_layer: 100000), more than --max-layers allows (512)"
+
+
+@case
+def hf_nested_config_asks_for_100000_layers_beside_weights(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "hf").mkdir()
+    config = {"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"],
+              "text_config": {"model_type": "llama", "num_hidden_layers": 100000, "hidden_size": 8},
+              "vision_config": {"model_type": "clip_vision_model", "num_hidden_layers": 2}}
+    (tmp / "hf" / "config.json").write_text(json.dumps(config))
+    save_file({"w": torch.zeros(2)}, str(tmp / "hf" / "model.safetensors"))
+    return (["stats", str(tmp / "hf"), "--input-shape", "1,4"],
+            "asks for 100,002 layers (text_config.num_hidden_layers: 100000)")
+
+
 # ---------------------------------------------------------------- running them
 
 

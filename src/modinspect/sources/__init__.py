@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ def open_source(
     max_pickle_size: int | None = None,
     announce: Callable[[str], None] | None = None,
     model_weights: str = "header",
+    max_layers: int | None = None,
 ) -> Source:
     """Open SOURCE `spec`; None means the [tool.modinspect] default. Paths are relative to `base` (cwd).
 
@@ -74,7 +76,8 @@ def open_source(
     `announce(message)` hears, before it happens, that an entry point named by [tool.modinspect] is
     imported: a cloned repository's pyproject.toml can name any code.
     A Hugging Face directory (config.json) builds its model on the meta device with the weights header-only
-    (`model_weights="header"`), or for real: randomly initialised ("init") or from its weights ("pretrained").
+    (`model_weights="header"`), or for real: randomly initialised ("init") or from its weights ("pretrained");
+    a config asking for more than `max_layers` layers (default 512) is refused before anything is built.
     """
     if spec is not None and not isinstance(spec, str | Path):
         return _open_module(spec, weights, strict)
@@ -82,6 +85,8 @@ def open_source(
         spec = str(spec)
     options = OpenOptions(unsafe_pickle=unsafe_pickle, allow_globals=frozenset(allow_globals),
                           max_pickle_bytes=max_pickle_size or DEFAULT_MAX_PICKLE, model_weights=model_weights)
+    if max_layers is not None:
+        options = replace(options, max_layers=max_layers)
     base = base or Path.cwd()
     weights_base = base  # a --weights given by the caller is relative to base, like `spec`
     if spec is None:

@@ -19,6 +19,7 @@ from modinspect.errors import (
     UnsafePickleError,
 )
 from modinspect.sources.base import Source
+from modinspect.sources.hf_dir import DEFAULT_MAX_LAYERS
 from modinspect.sources.pickle_check import DEFAULT_MAX_PICKLE
 
 if TYPE_CHECKING:  # the gate is imported when a pickle is read: a safetensors diff never needs it
@@ -35,6 +36,7 @@ class OpenOptions:
     plain_dir: bool = False  # a directory's weights only, without its DCP / PEFT / config.json reader
     allow_globals: frozenset[str] = frozenset()
     max_pickle_bytes: int = DEFAULT_MAX_PICKLE
+    max_layers: int = DEFAULT_MAX_LAYERS  # a config.json's layers built at most (--max-layers)
 
     def gate(self, label: str) -> Gate:
         """The pickle gate; its refusals name the file as the user gave it."""

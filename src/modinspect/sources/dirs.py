@@ -29,5 +29,6 @@ def open_special_dir(path: Path, label: str, options: OpenOptions) -> Source | N
             missing = None
         except UnknownFormatError as exc:  # a config alone still describes the model
             weights, missing = None, exc
-        return open_hf_dir(path, label, weights, options.model_weights, missing)  # type: ignore[arg-type]
+        return open_hf_dir(path, label, weights, options.model_weights, missing,  # type: ignore[arg-type]
+                           options.max_layers)
     return None

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from modinspect.errors import CorruptFileError, UnknownFormatError, UsageError
+from modinspect.errors import CorruptFileError, ModelTooLargeError, UnknownFormatError, UsageError
 from modinspect.sources.base import Source, TensorInfo
 from modinspect.sources.kinds import checkpoint_kind
 
@@ -23,6 +24,13 @@ if TYPE_CHECKING:
     import torch
 
 CONFIG_NAME = "config.json"
+# Layers a config.json may ask for before the model is built (--max-layers raises it). Building costs a few ms of
+# CPU per layer, more with its submodules: 100,000 layers take minutes. The largest published models have
+# under 200 layers (Llama 3.1 405B: 126), encoder and decoder counted together.
+DEFAULT_MAX_LAYERS = 512
+# Config keys that count layers: num_hidden_layers, n_layer, n_layers, num_layers, num_encoder_layers,
+# encoder_layers, decoder_layers, in the config or any config nested in it (text_config, vision_config, ...).
+_LAYER_KEY = re.compile(r"(?:num|n)_(?:\w+_)?layers?|(?:encoder|decoder)_layers")
 ModelWeights = Literal["header", "init", "pretrained"]
 
 
@@ -39,6 +47,45 @@ def read_json_object(path: Path, what: str = "JSON config") -> dict[str, Any]:
 
 def read_config(folder: Path) -> dict[str, Any]:
     return read_json_object(folder / CONFIG_NAME)
+
+
+def count_layers(config: dict[str, Any]) -> tuple[int, str]:
+    """The layers `config` asks for, summed over it and the configs nested in it; and the key that asks most."""
+    total, largest, where = 0, 0, ""
+    stack: list[tuple[str, object]] = [("", config)]
+    while stack:
+        path, node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            here = f"{path}.{key}" if path else str(key)
+            if isinstance(value, dict | list):
+                stack.append((here, value))
+            elif (isinstance(key, str) and isinstance(value, int) and not isinstance(value, bool) and value > 0
+                  and _LAYER_KEY.fullmatch(key)):
+                total += value
+                if value > largest:
+                    largest, where = value, here
+    return total, where
+
+
+def check_layers(config: dict[str, Any], label: str, max_layers: int) -> None:
+    """Refuse, before anything is built, a config whose layers would take minutes to build (ModelTooLargeError)."""
+    layers, where = count_layers(config)
+    if layers > max_layers:
+        shown = f"{layers:,}" if layers < 10**12 else "more than 10^12"
+        raise ModelTooLargeError(
+            f"{label}/{CONFIG_NAME} asks for {shown} layers ({where}: {_clip(config, where)}), more than --max-layers "
+            f"allows ({max_layers:,}); building them could take minutes: pass --max-layers {min(layers, 10**9)} "
+            "to build it anyway")
+
+
+def _clip(config: dict[str, Any], where: str) -> str:
+    """The value at dotted `where`, shown in at most 20 characters."""
+    node: Any = config
+    for part in where.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    text = str(node)
+    return text if len(text) <= 20 else f"{text[:8]}…({len(text)} digits)"
 
 
 def refusal(config: dict[str, Any], label: str) -> str | None:
@@ -74,15 +121,16 @@ def _model_class(raw: dict[str, Any]) -> Any:
     return transformers.AutoModel
 
 
-def build_model(folder: Path, label: str, weights: ModelWeights) -> Any:
+def build_model(folder: Path, label: str, weights: ModelWeights, max_layers: int = DEFAULT_MAX_LAYERS) -> Any:
     """The transformers model of `folder`'s config.json: on the meta device, randomly initialised, or pretrained."""
-    import torch
-    from transformers import AutoConfig
-
     raw = read_config(folder)
     why = refusal(raw, label)
     if why is not None:
         raise UsageError(why)
+    check_layers(raw, label, max_layers)
+    import torch
+    from transformers import AutoConfig
+
     with _quiet_transformers():
         try:
             config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
@@ -293,10 +341,10 @@ class HfDirSource(Source):
 
 
 def open_hf_dir(folder: Path, label: str, weights: Source | None, mode: ModelWeights,
-                missing: Exception | None = None) -> Source:
+                missing: Exception | None = None, max_layers: int = DEFAULT_MAX_LAYERS) -> Source:
     """`folder` as a SOURCE; the weights are closed when it fails."""
     try:
-        return _open_hf_dir(folder, label, weights, mode, missing)
+        return _open_hf_dir(folder, label, weights, mode, missing, max_layers)
     except BaseException:
         if weights is not None:
             weights.close()
@@ -304,7 +352,7 @@ def open_hf_dir(folder: Path, label: str, weights: Source | None, mode: ModelWei
 
 
 def _open_hf_dir(folder: Path, label: str, weights: Source | None, mode: ModelWeights,
-                 missing: Exception | None) -> Source:
+                 missing: Exception | None, max_layers: int) -> Source:
     """`folder` as a SOURCE: header mode wraps its weights, the other modes give the runnable model.
 
     `missing` is the error to raise when the directory has no weights and its config builds no model.
@@ -314,6 +362,8 @@ def _open_hf_dir(folder: Path, label: str, weights: Source | None, mode: ModelWe
     raw = read_config(folder)
     installed = has_transformers()
     wanted = mode != "header" or bool(raw.get("model_type"))
+    if installed and wanted and refusal(raw, label) is None:
+        check_layers(raw, label, max_layers)  # before transformers is imported: a refusal costs nothing
     broken = transformers_import_error() if installed and wanted else None
     if not installed or broken is not None or not wanted:
         if mode != "header":
@@ -335,15 +385,15 @@ def _open_hf_dir(folder: Path, label: str, weights: Source | None, mode: ModelWe
         weights.notes.append(f"{CONFIG_NAME} not used: {why.split(': ')[0].removeprefix(label + '/')}")
         return weights
     if mode == "pretrained" and (weights is None or "safetensors" not in weights.format):
-        return _init_then_load(folder, label, weights)
+        return _init_then_load(folder, label, weights, max_layers)
     try:
         try:
-            model = build_model(folder, label, mode)
+            model = build_model(folder, label, mode, max_layers)
         except ImportError as exc:  # transformers imports a model's module (or its dependencies) on first use
             raise UsageError(f"{label}/{CONFIG_NAME} needs a part of transformers that fails to import "
                              f"({_short(exc)})") from None
     except UsageError as exc:
-        if mode != "header" or weights is None:
+        if mode != "header" or weights is None or isinstance(exc, ModelTooLargeError):
             raise
         weights.notes.append(f"{CONFIG_NAME} not used: {str(exc).removeprefix(label + '/')}")
         return weights
@@ -358,12 +408,12 @@ def _open_hf_dir(folder: Path, label: str, weights: Source | None, mode: ModelWe
     return HfDirSource(folder, label, weights, model)
 
 
-def _init_then_load(folder: Path, label: str, weights: Source | None) -> Source:
+def _init_then_load(folder: Path, label: str, weights: Source | None, max_layers: int) -> Source:
     """Pickled (.bin) weights: from_pretrained would torch.load them, so they go through modinspect's gate."""
     from modinspect.sources.module import ModuleSource
     from modinspect.sources.weights import apply_weights
 
-    model = build_model(folder, label, "init")
+    model = build_model(folder, label, "init", max_layers)
     src = ModuleSource(model, label, "hf-model", notes=[f"{type(model).__name__} built from {CONFIG_NAME}"])
     if weights is None:
         src.notes.append("no weights in the directory: randomly initialised")
