@@ -164,6 +164,69 @@ def test_save_model_aliases_share_storage(tmp_path: Path) -> None:
         assert torch.equal(src.read_tensor("blocks.2.bias"), model.blocks[2].bias.detach())
 
 
+ROW_VIEW = """import torch
+from torch import nn
+
+
+class RowView(nn.Module):
+    def __init__(self, view: bool = True) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 4))
+        self.register_buffer("row", self.w.data[0] if view else torch.zeros(4))
+
+
+def build() -> nn.Module:
+    return RowView()
+
+
+def separate() -> nn.Module:
+    return RowView(view=False)
+"""
+
+
+def test_save_model_alias_of_a_part_is_not_a_whole_tie(tmp_path: Path) -> None:
+    """save_model drops a buffer viewing row 0 of a [4, 4] weight, recording only 'row' -> 'w' in its metadata."""
+    from safetensors.torch import load_model
+
+    from conftest import invoke
+
+    (tmp_path / "rowview.py").write_text(ROW_VIEW)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import rowview
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.manual_seed(0)
+    saved = rowview.build()
+    path = tmp_path / "v.safetensors"
+    save_model(saved, str(path))
+    with open_source(str(path)) as src:  # the file alone: it says the storage is shared, not the shape
+        assert src.metadata == {"row": "w"} and src.shared_storage == {"row": "w"}
+        assert src.notes == ["1 names are recorded by save_model only as sharing a stored tensor's storage (e.g. "
+                             "row -> w), without their own shapes: shown as that tensor, which they may view only "
+                             "in part"]
+    entry = f"{tmp_path / 'rowview.py'}:build"
+    plan = invoke("load", entry, str(path), "--dry-run", "--json")
+    assert plan.exit_code == 0, plan.stderr
+    doc = json.loads(plan.stdout)
+    assert doc["loaded"] == ["w"] and doc["mismatched"] == [] and doc["missing"] == []
+    assert doc["tied"] == [{"name": "row", "via": "w"}]
+    loaded = invoke("load", entry, str(path), "--strict")
+    assert loaded.exit_code == 0, loaded.stdout + loaded.stderr
+    reference = rowview.build()  # what safetensors' own load_model makes of the file
+    load_model(reference, str(path))
+    with open_source(entry, weights=str(path)) as src:  # --weights: loading w loads the row that views it
+        assert torch.equal(src.module.w, reference.w) and torch.equal(src.module.row, reference.row)
+        assert torch.equal(src.module.row, saved.w.detach()[0])
+    assert invoke("tree", entry, "--weights", str(path)).exit_code == 0
+    diff = invoke("diff", entry, str(path), "--json")  # a fresh random model: w differs, row is matched through w
+    report = json.loads(diff.stdout)
+    assert report["shape_mismatch"] == [] and report["aliased"] == [{"name": "row", "via": "w"}]
+    # a model whose row is a buffer of its own: the file holds no [4] tensor for it
+    alone = json.loads(invoke("load", f"{tmp_path / 'rowview.py'}:separate", str(path), "--dry-run", "--json").stdout)
+    assert alone["missing"] == ["row"] and alone["mismatched"] == [] and alone["tied"] == []
+
+
 def test_metadata_naming_no_tensor_is_not_an_alias(tmp_path: Path) -> None:
     path = tmp_path / "meta.safetensors"
     save_file({"w": torch.ones(2)}, str(path), metadata={"format": "pt", "w": "other", "x": "y"})

@@ -101,7 +101,7 @@ def perform_load(model: Source, checkpoint: Source, *, keymap: KeyMap | None = N
     if target is not None:
         kind = output_kind(target)
         check_writable(target, force, input_paths)
-    plan = plan_load(model.tensors, checkpoint.tensors, keymap, module=module)
+    plan = plan_load(model.tensors, checkpoint.tensors, keymap, module=module, shared=checkpoint.shared_storage)
     planning = dry_run or is_meta(module)
     strict_failed = strict and not plan.strict_ok
     blocked = bool(plan.mismatched) and not skip_mismatched and not strict_failed

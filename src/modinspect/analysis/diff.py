@@ -381,6 +381,25 @@ def _walk_pairs(walk: _Walk, shape_mismatch: list[PairMismatch], dtype_mismatch:
     return [n for i, n in enumerate(names) if i not in gone]
 
 
+def _shared_parts(a: Source, b: Source, common: list[str], map_a: dict[str, str],
+                  map_b: dict[str, str]) -> dict[str, str]:
+    """{name: partner} for names one side records only as sharing the partner's storage and the other side shows
+    with another shape or dtype: a part of the partner there, not a copy of it, so not compared as one."""
+    out: dict[str, str] = {}
+    for side, mapping in ((a, map_a), (b, map_b)):
+        if not side.shared_storage:
+            continue
+        as_mapped = {old: new for new, old in mapping.items()}
+        for name in common:
+            kept = side.shared_storage.get(mapping[name])
+            if kept is None:
+                continue
+            ia, ib = a.info(map_a[name]), b.info(map_b[name])
+            if ia.shape != ib.shape or ia.dtype != ib.dtype:
+                out[name] = as_mapped.get(kept, kept)
+    return out
+
+
 def diff_sources(a: Source, b: Source, options: DiffOptions | None = None,
                  progress: Callable[[int], None] | None = None) -> DiffReport:
     """What differs between two sources' state dicts. `progress(nbytes)` is called as pairs are done."""
@@ -401,6 +420,11 @@ def diff_sources(a: Source, b: Source, options: DiffOptions | None = None,
         aliased = [(n, alias_a[n]) for n in only_a if n in alias_a] + [(n, alias_b[n]) for n in only_b if n in alias_b]
         only_a = [n for n in only_a if n not in alias_a]
         only_b = [n for n in only_b if n not in alias_b]
+    if a.shared_storage or b.shared_storage:  # save_model's part-of-a-tensor names: matched through their partner
+        parts = _shared_parts(a, b, common, map_a, map_b)
+        if parts:
+            common = [n for n in common if n not in parts]
+            aliased = [*aliased, *parts.items()]
     shape_mismatch: list[PairMismatch] = []
     dtype_mismatch: list[PairMismatch] = []
     # 200k pairs hold 200k infos and ranges and free none: automatic collections would rescan them all.

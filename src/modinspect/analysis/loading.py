@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from modinspect.analysis.keymap import WRAPPER_PREFIXES, KeyMap, suggest_prefix
 from modinspect.analysis.layout_hints import layout_hints
 from modinspect.report import Alias, LoadPlan, Mismatch
 from modinspect.sources.base import TensorInfo
+from modinspect.sources.module import shares_storage
 
 
 def plan_load(model: Sequence[TensorInfo], checkpoint: Sequence[TensorInfo], keymap: KeyMap | None = None,
-              module: Any = None) -> LoadPlan:
+              module: Any = None, shared: Mapping[str, str] | None = None) -> LoadPlan:
     """Give every key a status: loaded, cast, mismatched, missing, unexpected or tied.
 
     Checkpoint keys are rewritten by `keymap` first. Only what a state dict holds counts on the model's
     side (parameters and persistent buffers). A model name whose tied partner is loaded is `tied`, not
-    missing: loading one loads both.
+    missing: loading one loads both. `shared` names checkpoint keys recorded only as sharing a kept key's
+    storage (`Source.shared_storage`): one whose shape or dtype is not the model's is a part of the kept
+    tensor, not a copy of it, and is `tied` when the model's tensor too lies in the kept one's storage.
     """
     keymap = keymap or KeyMap()
     wanted = [t for t in model if t.persistent is not False]
@@ -30,9 +33,12 @@ def plan_load(model: Sequence[TensorInfo], checkpoint: Sequence[TensorInfo], key
     cast: list[Mismatch] = []
     mismatched: list[Mismatch] = []
     absent: list[TensorInfo] = []
+    parts: list[tuple[TensorInfo, str]] = []  # (model tensor, the checkpoint key whose storage holds it)
     for t in wanted:
         c = ckpt.get(t.name)
-        if c is None:
+        if c is not None and shared and c.name in shared and (c.shape != t.shape or c.dtype != t.dtype):
+            parts.append((t, shared[c.name]))
+        elif c is None:
             absent.append(t)
         elif c.shape != t.shape:
             mismatched.append(Mismatch(t.name, _shape(t), _shape(c)))
@@ -44,6 +50,14 @@ def plan_load(model: Sequence[TensorInfo], checkpoint: Sequence[TensorInfo], key
     loaded_set = set(loaded)
     loaded_storages = {t.storage: t.name for t in wanted if t.name in loaded_set and t.storage}
     tied = [Alias(t.name, loaded_storages[t.storage]) for t in absent if t.storage in loaded_storages]
+    if parts:
+        as_model = {old: new for new, old in mapped.items()}
+        for t, kept in parts:
+            whole = as_model.get(kept)
+            if whole in loaded_set and module is not None and shares_storage(module, t.name, whole):
+                tied.append(Alias(t.name, whole))
+            else:
+                absent.append(t)
     tied_names = {m.name for m in tied}
     missing = [t.name for t in absent if t.name not in tied_names]
     model_names = {t.name for t in model}

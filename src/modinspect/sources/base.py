@@ -102,6 +102,9 @@ class Source:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     standins: list[str] = field(default_factory=list)  # globals read as inert stand-ins, never imported
+    # Names the file records only as sharing another tensor's storage, {name: kept name} (safetensors
+    # save_model's metadata): listed with the kept tensor's shape, which is theirs only if they alias all of it.
+    shared_storage: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._by_name = {t.name: t for t in self.tensors}

@@ -27,6 +27,20 @@ def storage_key(t: torch.Tensor) -> str | None:
     return f"{t.device}:{t.untyped_storage().data_ptr()}@{t.storage_offset()}:{tuple(t.shape)}:{t.stride()}:{t.dtype}"
 
 
+def shares_storage(model: Any, a: str, b: str) -> bool:
+    """Whether `model`'s tensors (parameters or buffers) `a` and `b` lie in one storage, one a view of the other.
+
+    Compares the storages themselves, so it holds on the meta device too, where no tensor has an address.
+    """
+    found = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        if name in (a, b):
+            found[name] = t
+    if len(found) != len({a, b}):
+        return False
+    return bool(found[a].untyped_storage()._cdata == found[b].untyped_storage()._cdata)
+
+
 def module_type(mod: Any) -> str:
     # ScriptModules keep the Python class name in original_name.
     return str(getattr(mod, "original_name", None) or type(mod).__name__)

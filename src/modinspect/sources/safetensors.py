@@ -243,6 +243,13 @@ class SafetensorsHeader:
             raise self._corrupt(f"has {self.data_size - expected_begin:,} stray bytes after the last tensor")
 
 
+def shared_storage_note(aliases: dict[str, str]) -> str:
+    """What the file says of save_model's dropped names, and what it leaves unsaid (their shapes)."""
+    name, kept = next(iter(aliases.items()))
+    return (f"{len(aliases)} names are recorded by save_model only as sharing a stored tensor's storage (e.g. "
+            f"{name} -> {kept}), without their own shapes: shown as that tensor, which they may view only in part")
+
+
 def alias_map(metadata: dict[str, str], names: Collection[str]) -> dict[str, str]:
     """Tied names that `safetensors.torch.save_model` dropped, as {dropped name: kept name}."""
     return {k: v for k, v in metadata.items() if k not in names and v in names}
@@ -258,6 +265,9 @@ class SafetensorsSource(Source):
         tensors = safetensors_infos(self.header, storage_prefix=f"{path}:" if storage_prefix is None else storage_prefix)
         super().__init__(label=label or str(path), format="safetensors", tensors=tensors, metadata=self.header.metadata)
         self._aliases = alias_map(self.header.metadata, self.header.entries.keys())
+        self.shared_storage = dict(self._aliases)
+        if self._aliases:
+            self.notes.append(shared_storage_note(self._aliases))
 
     def _read(self, name: str) -> torch.Tensor:
         return read_safetensors_tensor(self.header, self._aliases.get(name, name))

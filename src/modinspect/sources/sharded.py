@@ -77,6 +77,12 @@ class ShardedSource(Source):
             raise
         fmt = "sharded-" + ("safetensors" if formats == {"safetensors"} else "torch")
         super().__init__(label=label, format=fmt, tensors=tensors)
+        for src in self._shards.values():
+            self.shared_storage.update(src.shared_storage)
+        if self.shared_storage:
+            from modinspect.sources.safetensors import shared_storage_note
+
+            self.notes.append(shared_storage_note(self.shared_storage))
         # A shard opened with --unsafe-pickle says so; its warning must reach the user.
         self.warnings.extend(w for src in self._shards.values() for w in src.warnings)
 

@@ -63,7 +63,7 @@ def copy_into(module: Any, plan: LoadPlan, checkpoint: Source) -> dict[str, floa
 def apply_weights(model: Source, checkpoint: Source, strict: bool = True, keymap: KeyMap | None = None) -> LoadPlan:
     """--weights: load every tensor that fits; under `strict` any missing, unexpected or mis-shaped key fails."""
     assert isinstance(model, ModuleSource)
-    plan = plan_load(model.tensors, checkpoint.tensors, keymap, module=model.module)
+    plan = plan_load(model.tensors, checkpoint.tensors, keymap, module=model.module, shared=checkpoint.shared_storage)
     if strict and not plan.strict_ok:
         hint = f" ({plan.hints[0]})" if plan.hints else ""
         raise WeightsMismatchError(
