@@ -182,8 +182,11 @@ def transformers_names(model: Any, stored: list[str], model_names: Collection[st
     added or stripped as it does); names it leaves alone are not listed. A converter merges, splits or
     transposes (Mixtral's per-expert w1/w3 into one `gate_up_proj`): its stored pieces are not the model's tensor.
     """
-    prefix = getattr(model, "base_model_prefix", None) or None
     known = dict.fromkeys(model_names, True)
+    strangers = [name for name in stored if name not in known]
+    if not strangers:  # the usual case: nothing to rename, and transformers' mapping is not even built
+        return {}
+    prefix = getattr(model, "base_model_prefix", None) or None
     rename: Callable[[str], tuple[str, str | None]]
     try:  # transformers >= 5; older ones, or a moved API, only add or strip the base model's prefix
         from transformers.conversion_mapping import get_model_conversion_mapping
@@ -203,9 +206,7 @@ def transformers_names(model: Any, stored: list[str], model_names: Collection[st
         def rename(name: str) -> tuple[str, str | None]:
             return _with_prefix(name, prefix, known), None
     out: dict[str, tuple[str, bool]] = {}
-    for name in stored:
-        if name in known:
-            continue
+    for name in strangers:
         try:
             new, pattern = rename(name)
         except Exception:  # a rule that fails on one odd key leaves that key as stored
