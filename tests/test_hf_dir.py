@@ -333,7 +333,14 @@ def test_max_layers_bounds_what_a_config_may_build(tmp_path: Path) -> None:
         open_source(str(tmp_path / "gpt2"), max_layers=1)
     # encoder and decoder, nested configs: every stack counts
     bart = transformers.BartConfig(encoder_layers=3, decoder_layers=4, d_model=8).to_dict()
-    assert count_layers(bart) == (7, "decoder_layers")
+    assert count_layers(bart) == (7, "decoder_layers", 4)
     llava = {"text_config": {"num_hidden_layers": 40}, "vision_config": {"num_hidden_layers": 24}}
-    assert count_layers(llava) == (64, "text_config.num_hidden_layers")
+    assert count_layers(llava) == (64, "text_config.num_hidden_layers", 40)
+    hostile = {"a.b\x1b[2J": [{"n_layer": 10**30}], "n_layers": True, "num_layers": "9"}  # a bool, a string: no count
+    assert count_layers(hostile) == (10**30, "….0.n_layer", 10**30)
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2", **hostile}))
+    absurd = invoke("tree", str(tmp_path / "gpt2"))
+    assert absurd.exit_code == 2
+    assert absurd.stderr == (f"error: {tmp_path / 'gpt2'}/config.json asks for more than 10^9 layers (….0.n_layer: "
+                             "10000000…(31 digits)); no model has that many\n")
     assert DEFAULT_MAX_LAYERS == 512

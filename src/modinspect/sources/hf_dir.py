@@ -30,6 +30,7 @@ CONFIG_NAME = "config.json"
 DEFAULT_MAX_LAYERS = 512
 # Config keys that count layers: num_hidden_layers, n_layer, n_layers, num_layers, num_encoder_layers,
 # encoder_layers, decoder_layers, in the config or any config nested in it (text_config, vision_config, ...).
+_PLAIN_KEY = re.compile(r"[\w-]{1,64}", re.ASCII)
 _LAYER_KEY = re.compile(r"(?:num|n)_(?:\w+_)?layers?|(?:encoder|decoder)_layers")
 ModelWeights = Literal["header", "init", "pretrained"]
 
@@ -49,15 +50,19 @@ def read_config(folder: Path) -> dict[str, Any]:
     return read_json_object(folder / CONFIG_NAME)
 
 
-def count_layers(config: dict[str, Any]) -> tuple[int, str]:
-    """The layers `config` asks for, summed over it and the configs nested in it; and the key that asks most."""
+def count_layers(config: dict[str, Any]) -> tuple[int, str, int]:
+    """The layers `config` asks for, summed over it and the configs nested in it; the key that asks most, and how many.
+
+    The key's path is for an error line: a part that is not a plain name (a key from the file) shows as `…`.
+    """
     total, largest, where = 0, 0, ""
     stack: list[tuple[str, object]] = [("", config)]
     while stack:
         path, node = stack.pop()
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for key, value in items:
-            here = f"{path}.{key}" if path else str(key)
+            part = str(key) if _PLAIN_KEY.fullmatch(str(key)) else "…"
+            here = f"{path}.{part}" if path else part
             if isinstance(value, dict | list):
                 stack.append((here, value))
             elif (isinstance(key, str) and isinstance(value, int) and not isinstance(value, bool) and value > 0
@@ -65,26 +70,25 @@ def count_layers(config: dict[str, Any]) -> tuple[int, str]:
                 total += value
                 if value > largest:
                     largest, where = value, here
-    return total, where
+    return total, where, largest
 
 
 def check_layers(config: dict[str, Any], label: str, max_layers: int) -> None:
     """Refuse, before anything is built, a config whose layers would take minutes to build (ModelTooLargeError)."""
-    layers, where = count_layers(config)
-    if layers > max_layers:
-        shown = f"{layers:,}" if layers < 10**12 else "more than 10^12"
-        raise ModelTooLargeError(
-            f"{label}/{CONFIG_NAME} asks for {shown} layers ({where}: {_clip(config, where)}), more than --max-layers "
-            f"allows ({max_layers:,}); building them could take minutes: pass --max-layers {min(layers, 10**9)} "
-            "to build it anyway")
+    layers, where, largest = count_layers(config)
+    if layers <= max_layers:
+        return
+    if layers > 10**9:  # no model has that many; no bound should be raised to build it
+        raise ModelTooLargeError(f"{label}/{CONFIG_NAME} asks for more than 10^9 layers ({where}: "
+                                 f"{_clip(largest)}); no model has that many")
+    raise ModelTooLargeError(
+        f"{label}/{CONFIG_NAME} asks for {layers:,} layers ({where}: {largest}), more than --max-layers allows "
+        f"({max_layers:,}); building them could take minutes: pass --max-layers {layers} to build it anyway")
 
 
-def _clip(config: dict[str, Any], where: str) -> str:
-    """The value at dotted `where`, shown in at most 20 characters."""
-    node: Any = config
-    for part in where.split("."):
-        node = node[int(part)] if isinstance(node, list) else node[part]
-    text = str(node)
+def _clip(number: int) -> str:
+    """`number` in at most 20 characters."""
+    text = str(number)
     return text if len(text) <= 20 else f"{text[:8]}…({len(text)} digits)"
 
 
@@ -363,9 +367,10 @@ def _open_hf_dir(folder: Path, label: str, weights: Source | None, mode: ModelWe
     raw = read_config(folder)
     installed = has_transformers()
     wanted = mode != "header" or bool(raw.get("model_type"))
-    if installed and wanted and refusal(raw, label) is None:
+    buildable = installed and wanted and refusal(raw, label) is None
+    if buildable:
         check_layers(raw, label, max_layers)  # before transformers is imported: a refusal costs nothing
-    broken = transformers_import_error() if installed and wanted else None
+    broken = transformers_import_error() if buildable else None
     if not installed or broken is not None or not wanted:
         if mode != "header":
             need = f", which fails to import ({broken})" if broken else " (pip install 'modinspect[hf]')"
