@@ -202,9 +202,8 @@ def test_save_model_alias_of_a_part_is_not_a_whole_tie(tmp_path: Path) -> None:
     save_model(saved, str(path))
     with open_source(str(path)) as src:  # the file alone: it says the storage is shared, not the shape
         assert src.metadata == {"row": "w"} and src.shared_storage == {"row": "w"}
-        assert src.notes == ["1 names are recorded by save_model only as sharing a stored tensor's storage (e.g. "
-                             "row -> w), without their own shapes: shown as that tensor, which they may view only "
-                             "in part"]
+        assert src.notes == ["save_model recorded row only as sharing w's storage, not its shape: shown as w, which "
+                             "it may view only in part"]
     entry = f"{tmp_path / 'rowview.py'}:build"
     plan = invoke("load", entry, str(path), "--dry-run", "--json")
     assert plan.exit_code == 0, plan.stderr

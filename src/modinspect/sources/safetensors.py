@@ -246,8 +246,11 @@ class SafetensorsHeader:
 def shared_storage_note(aliases: dict[str, str]) -> str:
     """What the file says of save_model's dropped names, and what it leaves unsaid (their shapes)."""
     name, kept = next(iter(aliases.items()))
-    return (f"{len(aliases)} names are recorded by save_model only as sharing a stored tensor's storage (e.g. "
-            f"{name} -> {kept}), without their own shapes: shown as that tensor, which they may view only in part")
+    if len(aliases) == 1:
+        return (f"save_model recorded {name} only as sharing {kept}'s storage, not its shape: shown as {kept}, "
+                "which it may view only in part")
+    return (f"save_model recorded {len(aliases)} names only as sharing a stored tensor's storage (e.g. {name} -> "
+            f"{kept}), not their shapes: shown as that tensor, which they may view only in part")
 
 
 def alias_map(metadata: dict[str, str], names: Collection[str]) -> dict[str, str]:
