@@ -313,7 +313,7 @@ def test_non_persistent_buffers_come_from_the_meta_model(tmp_path: Path, kind: s
 
 def test_max_layers_bounds_what_a_config_may_build(tmp_path: Path) -> None:
     from modinspect.errors import ModelTooLargeError
-    from modinspect.sources.hf_dir import DEFAULT_MAX_LAYERS, count_layers
+    from modinspect.sources.hf_layers import DEFAULT_MAX_LAYERS, count_layers
 
     model = _gpt2(tmp_path / "gpt2")  # 2 layers
     refused = invoke("tree", str(tmp_path / "gpt2"), "--max-layers", "1")

@@ -19,7 +19,7 @@ from modinspect.errors import (
     UnsafePickleError,
 )
 from modinspect.sources.base import Source
-from modinspect.sources.hf_dir import DEFAULT_MAX_LAYERS
+from modinspect.sources.hf_layers import DEFAULT_MAX_LAYERS
 from modinspect.sources.pickle_check import DEFAULT_MAX_PICKLE
 
 if TYPE_CHECKING:  # the gate is imported when a pickle is read: a safetensors diff never needs it

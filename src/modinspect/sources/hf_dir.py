@@ -11,27 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from modinspect.errors import CorruptFileError, ModelTooLargeError, UnknownFormatError, UsageError
 from modinspect.sources.base import Source, TensorInfo
+from modinspect.sources.hf_layers import CONFIG_NAME, DEFAULT_MAX_LAYERS, check_layers
+from modinspect.sources.hf_names import ignored_on_load, transformers_names
 from modinspect.sources.kinds import checkpoint_kind
 
 if TYPE_CHECKING:
     import torch
 
-CONFIG_NAME = "config.json"
-# Layers a config.json may ask for before the model is built (--max-layers raises it). Building costs a few ms of
-# CPU per layer, more with its submodules: 100,000 layers take minutes. The largest published models have
-# under 200 layers (Llama 3.1 405B: 126), encoder and decoder counted together.
-DEFAULT_MAX_LAYERS = 512
-# Config keys that count layers: num_hidden_layers, n_layer, n_layers, num_layers, num_encoder_layers,
-# encoder_layers, decoder_layers, in the config or any config nested in it (text_config, vision_config, ...).
-_PLAIN_KEY = re.compile(r"[\w-]{1,64}", re.ASCII)
-_LAYER_KEY = re.compile(r"(?:num|n)_(?:\w+_)?layers?|(?:encoder|decoder)_layers")
 ModelWeights = Literal["header", "init", "pretrained"]
 
 
@@ -48,48 +40,6 @@ def read_json_object(path: Path, what: str = "JSON config") -> dict[str, Any]:
 
 def read_config(folder: Path) -> dict[str, Any]:
     return read_json_object(folder / CONFIG_NAME)
-
-
-def count_layers(config: dict[str, Any]) -> tuple[int, str, int]:
-    """The layers `config` asks for, summed over it and the configs nested in it; the key that asks most, and how many.
-
-    The key's path is for an error line: a part that is not a plain name (a key from the file) shows as `…`.
-    """
-    total, largest, where = 0, 0, ""
-    stack: list[tuple[str, object]] = [("", config)]
-    while stack:
-        path, node = stack.pop()
-        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-        for key, value in items:
-            part = str(key) if _PLAIN_KEY.fullmatch(str(key)) else "…"
-            here = f"{path}.{part}" if path else part
-            if isinstance(value, dict | list):
-                stack.append((here, value))
-            elif (isinstance(key, str) and isinstance(value, int) and not isinstance(value, bool) and value > 0
-                  and _LAYER_KEY.fullmatch(key)):
-                total += value
-                if value > largest:
-                    largest, where = value, here
-    return total, where, largest
-
-
-def check_layers(config: dict[str, Any], label: str, max_layers: int) -> None:
-    """Refuse, before anything is built, a config whose layers would take minutes to build (ModelTooLargeError)."""
-    layers, where, largest = count_layers(config)
-    if layers <= max_layers:
-        return
-    if layers > 10**9:  # no model has that many; no bound should be raised to build it
-        raise ModelTooLargeError(f"{label}/{CONFIG_NAME} asks for more than 10^9 layers ({where}: "
-                                 f"{_clip(largest)}); no model has that many")
-    raise ModelTooLargeError(
-        f"{label}/{CONFIG_NAME} asks for {layers:,} layers ({where}: {largest}), more than --max-layers allows "
-        f"({max_layers:,}); building them could take minutes: pass --max-layers {layers} to build it anyway")
-
-
-def _clip(number: int) -> str:
-    """`number` in at most 20 characters."""
-    text = str(number)
-    return text if len(text) <= 20 else f"{text[:8]}…({len(text)} digits)"
 
 
 def refusal(config: dict[str, Any], label: str) -> str | None:
@@ -179,67 +129,6 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
-def transformers_names(model: Any, stored: list[str], model_names: Collection[str]) -> dict[str, tuple[str, bool]]:
-    """{stored name: (the model name from_pretrained loads it as, whether a converter changes its data)}.
-
-    Uses transformers' own rules (its conversion mapping, legacy renames included, and the base model's prefix
-    added or stripped as it does); names it leaves alone are not listed. A converter merges, splits or
-    transposes (Mixtral's per-expert w1/w3 into one `gate_up_proj`): its stored pieces are not the model's tensor.
-    """
-    known = dict.fromkeys(model_names, True)
-    strangers = [name for name in stored if name not in known]
-    if not strangers:  # the usual case: nothing to rename, and transformers' mapping is not even built
-        return {}
-    prefix = getattr(model, "base_model_prefix", None) or None
-    rename: Callable[[str], tuple[str, str | None]]
-    try:  # transformers >= 5; older ones, or a moved API, only add or strip the base model's prefix
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import (
-            WeightConverter,
-            WeightRenaming,
-            rename_source_key,
-        )
-
-        transforms = get_model_conversion_mapping(model, add_legacy=True)
-        renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
-        converters = [t for t in transforms if isinstance(t, WeightConverter)]
-
-        def rename(name: str) -> tuple[str, str | None]:
-            return rename_source_key(name, renamings, converters, prefix, known)
-    except Exception:
-        def rename(name: str) -> tuple[str, str | None]:
-            return _with_prefix(name, prefix, known), None
-    out: dict[str, tuple[str, bool]] = {}
-    for name in strangers:
-        try:
-            new, pattern = rename(name)
-        except Exception:  # a rule that fails on one odd key leaves that key as stored
-            continue
-        if new != name:
-            out[name] = (new, pattern is not None)
-    return out
-
-
-def _with_prefix(name: str, prefix: str | None, known: Collection[str]) -> str:
-    """`name` with the base model's prefix stripped or added where that names a model tensor."""
-    if prefix and name.startswith(prefix + ".") and name[len(prefix) + 1:] in known:
-        return name[len(prefix) + 1:]
-    if prefix and f"{prefix}.{name}" in known:
-        return f"{prefix}.{name}"
-    return name
-
-
-def _ignored_on_load(model: Any, names: list[str]) -> set[str]:
-    """The names transformers drops without a word when it loads this model (`_keys_to_ignore_on_load_unexpected`)."""
-    import re
-
-    patterns = []
-    for pattern in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []:
-        with contextlib.suppress(re.error, TypeError):
-            patterns.append(re.compile(pattern))
-    return {n for n in names if any(p.search(n) for p in patterns)}
-
-
 class HfDirSource(Source):
     """The directory's weights (header-only, read on request) arranged by the model built from config.json.
 
@@ -289,7 +178,7 @@ class HfDirSource(Source):
             tensors.append(TensorInfo(m.name, s.shape, s.dtype, s.nbytes, m.kind, s.storage, m.requires_grad,
                                       m.persistent))
         extra = [t for t in weights.tensors if t.name not in used]
-        ignored = _ignored_on_load(model, [t.name for t in extra if t.name not in renamed])
+        ignored = ignored_on_load(model, [t.name for t in extra if t.name not in renamed])
         pieces = {piece: target for target, names in converted.items() for piece in names}
         for t in extra:
             whole = model_kind.get(pieces.get(t.name, ""))
