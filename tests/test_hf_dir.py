@@ -344,3 +344,35 @@ def test_max_layers_bounds_what_a_config_may_build(tmp_path: Path) -> None:
     assert absurd.stderr == (f"error: {tmp_path / 'gpt2'}/config.json asks for more than 10^9 layers (….0.n_layer: "
                              "10000000…(31 digits)); no model has that many\n")
     assert DEFAULT_MAX_LAYERS == 512
+
+
+@pytest.mark.parametrize("mapping", ["transformers", "prefix only"])
+def test_base_model_weights_match_a_head_model_through_its_prefix(tmp_path: Path, mapping: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A BertModel's weights (no `bert.` prefix) in a BertForMaskedLM directory, as from_pretrained loads them."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, vocab_size=60, max_position_embeddings=32)
+    base = transformers.BertModel(config, add_pooling_layer=False).eval()
+    base.save_pretrained(tmp_path / "bert")
+    config.architectures = ["BertForMaskedLM"]
+    config.save_pretrained(tmp_path / "bert")
+    if mapping == "prefix only":  # a transformers without (or with a moved) conversion mapping
+        import transformers.conversion_mapping as conversion
+
+        def moved(*_args: object, **_kwargs: object) -> None:
+            raise AttributeError("moved")
+
+        monkeypatch.setattr(conversion, "get_model_conversion_mapping", moved)
+    with open_source(str(tmp_path / "bert")) as src:
+        assert src.module is not None and type(src.module).__name__ == "BertForMaskedLM"
+        names = set(src.names())
+        assert {f"bert.{n}" for n in base.state_dict()} <= names
+        assert not names & set(base.state_dict())  # every stored name is shown under the model's
+        assert torch.equal(src.read_tensor("bert.encoder.layer.1.output.dense.weight"),
+                           base.encoder.layer[1].output.dense.weight.detach())
+        report = build_tree(src)
+        assert report.totals.params == sum(p.numel() for p in base.parameters())  # the MLM head is not stored
+        assert any(n.startswith(f"{len(base.state_dict())} stored tensors shown under the names from_pretrained")
+                   for n in src.notes), src.notes
+        assert any("model tensors are not in the weights (e.g. cls." in n for n in src.notes), src.notes

@@ -149,6 +149,7 @@ class HfDirSource(Source):
         stored = {t.name: t for t in weights.tensors}
         by_model_name = dict(stored)
         converted: dict[str, list[str]] = {}  # model name -> the stored pieces a converter builds it from
+        moved: list[tuple[str, str]] = []  # (stored name, the model's name for it)
         for name, (target, conversion) in renamed.items():
             wanted, have = model_kind.get(target), stored[name]
             if conversion:
@@ -156,6 +157,7 @@ class HfDirSource(Source):
             elif wanted is not None and target not in by_model_name and wanted.shape == have.shape:
                 by_model_name[target] = have
                 self._alias[target] = name
+                moved.append((name, target))
         tensors: list[TensorInfo] = []
         by_storage: dict[str | None, str] = {}
         absent: list[str] = []
@@ -191,7 +193,6 @@ class HfDirSource(Source):
             tensors.append(TensorInfo(t.name, t.shape, t.dtype, t.nbytes, kind, t.storage, grad))
         notes = [f"model built from {CONFIG_NAME} on the meta device: {type(model).__name__}; weights read from "
                  f"{weights.label} (header only)"]
-        moved = [(stored_name, target) for target, stored_name in self._alias.items() if stored_name in renamed]
         if moved:
             notes.append(f"{len(moved)} stored tensors shown under the names from_pretrained loads them as (e.g. "
                          f"{moved[0][0]} -> {moved[0][1]})")
