@@ -49,7 +49,7 @@ AllowGlobalOpt = Annotated[
 MaxPickleOpt = Annotated[
     str | None,
     typer.Option("--max-pickle-size", help="Largest pickle to read, counted by the memory its objects would take "
-                 "(e.g. 1G) [default: 256M].", metavar="SIZE"),
+                 "(e.g. 1G) \\[default: 256M].", metavar="SIZE"),
 ]
 MaxLayersOpt = Annotated[
     int | None,
@@ -102,7 +102,7 @@ def tree(
     expand: Annotated[bool, typer.Option("--expand", help="Do not collapse runs of identical blocks.")] = False,
     shapes: Annotated[
         bool, typer.Option("--shapes", help="Add output shapes, MACs and activation memory from one forward pass on "
-                           "the meta device, with the model's example_input_array or [tool.modinspect]'s input.")
+                           "the meta device, with the model's example_input_array or \\[tool.modinspect]'s input.")
     ] = False,
     input_shape: Annotated[
         list[str] | None, typer.Option("--input-shape", "-s", help="Shape of a positional input for --shapes, e.g. "
@@ -113,7 +113,7 @@ def tree(
                                   "file (implies --shapes).", metavar="FILE")
     ] = None,
     input_dtype: Annotated[
-        str | None, typer.Option("--input-dtype", help="dtype of --input-shape tensors [default: int64 when the model "
+        str | None, typer.Option("--input-dtype", help="dtype of --input-shape tensors \\[default: int64 when the model "
                                  "has an nn.Embedding, else the weights' float dtype]")
     ] = None,
     as_json: JsonOpt = False,
@@ -187,8 +187,8 @@ def diff(
         str | None, typer.Option("--weights-b", help="Checkpoint to load into B when B is an entry point.",
                                  metavar="CHECKPOINT")
     ] = None,
-    atol: Annotated[float | None, typer.Option("--atol", min=0.0, help="Absolute tolerance [default: per dtype].")] = None,
-    rtol: Annotated[float | None, typer.Option("--rtol", min=0.0, help="Relative tolerance [default: per dtype].")] = None,
+    atol: Annotated[float | None, typer.Option("--atol", min=0.0, help="Absolute tolerance \\[default: per dtype].")] = None,
+    rtol: Annotated[float | None, typer.Option("--rtol", min=0.0, help="Relative tolerance \\[default: per dtype].")] = None,
     exact: Annotated[bool, typer.Option("--exact", help="Bitwise equality: no tolerance.")] = False,
     nan_unequal: Annotated[bool, typer.Option("--nan-unequal", help="Count NaN against NaN as a difference.")] = False,
     strip_prefix: PrefixOpt = None,
@@ -229,7 +229,7 @@ def diff(
 def load(
     paths: Annotated[
         list[str], typer.Argument(help="[MODEL] CHECKPOINT: MODEL builds a module (entry point, TorchScript; "
-                                  "default: [tool.modinspect]); CHECKPOINT is any SOURCE with a state dict.",
+                                  "default: \\[tool.modinspect]); CHECKPOINT is any SOURCE with a state dict.",
                                   metavar="[MODEL] CHECKPOINT", show_default=False)
     ],
     strict: Annotated[bool, typer.Option("--strict", help="Every key must match, else exit 1 and write nothing.")] = False,
@@ -330,7 +330,7 @@ def stats(
                                        "(repeat for several inputs).", metavar="SHAPE")
     ] = None,
     input_dtype: Annotated[
-        str | None, typer.Option("--input-dtype", help="dtype of --input-shape tensors [default: int64 when the "
+        str | None, typer.Option("--input-dtype", help="dtype of --input-shape tensors \\[default: int64 when the "
                                  "model has an nn.Embedding (ids drawn below its vocabulary), else float32]")
     ] = None,
     batches: Annotated[int, typer.Option("--batches", "-b", min=1, help="Random batches to run; stats merge across them (a counter with an ETA on a terminal).")] = 1,
@@ -418,7 +418,7 @@ def report(
     html: Annotated[Path | None, typer.Option("--html", help="Also write one self-contained HTML page (inline SVG, "
                                               "no network), atomically.", metavar="OUT.html")] = None,
     steps: Annotated[str | None, typer.Option("--steps", help="Steps for the HTML's histograms, e.g. 100,200 "
-                                              "[default: the first, middle and last logged].", metavar="N,N")] = None,
+                                              "\\[default: the first, middle and last logged].", metavar="N,N")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --html if it exists.")] = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
