@@ -56,11 +56,20 @@ from modinspect.report import (
 
 
 def make_console(file: IO[str] | None = None, width: int | None = None) -> Console:
-    """A console that colours only terminals, honours NO_COLOR, and does not wrap piped output at 80."""
+    """A console that colours only terminals, honours NO_COLOR, and does not wrap piped output at 80.
+
+    Every string it prints is text, never markup or emoji codes: names come from files ('[/]' is a tensor
+    name, not a closing tag). The renderers build rich Text objects anyway (see `_text`); this is the net.
+    """
     stream = file or sys.stdout
     if width is None and not stream.isatty() and "COLUMNS" not in os.environ:
         width = 200
-    return Console(file=stream, width=width, highlight=False, soft_wrap=False)
+    return Console(file=stream, width=width, highlight=False, soft_wrap=False, markup=False, emoji=False)
+
+
+def _text(value: str | Text, style: str = "") -> Text:
+    """A str as rich Text, so no console parses it as markup: every table cell passes through here."""
+    return value if isinstance(value, Text) else Text(value, style=style)
 
 
 # --- Tables that fit any width -------------------------------------------------------------------
@@ -191,17 +200,17 @@ def fit_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: 
     return FittedTable(Trimmed(table), hidden, full)
 
 
-def _fitted_cell(cell: Cell, level: int, width: int, elide: bool) -> Text | str:
+def _fitted_cell(cell: Cell, level: int, width: int, elide: bool) -> Text:
     if isinstance(cell, Forms):
         return Text(_at(cell, level), style=cell.style)
     plain = cell.plain if isinstance(cell, Text) else cell
     if not elide or cell_len(plain) <= width:
-        return cell
+        return _text(cell)
     short = "\n".join(elide_middle(line, width) for line in plain.split("\n"))
     if isinstance(cell, Text):
         style = cell.style or (cell.spans[0].style if cell.spans else "")
         return Text(short, style=style)
-    return short
+    return Text(short)
 
 
 def progress(message: str) -> contextlib.AbstractContextManager[object]:
@@ -211,7 +220,7 @@ def progress(message: str) -> contextlib.AbstractContextManager[object]:
     """
     if not sys.stderr.isatty():
         return contextlib.nullcontext()
-    return Console(file=sys.stderr).status(message, spinner="dots")
+    return Console(file=sys.stderr, markup=False, emoji=False).status(message, spinner="dots")
 
 
 def progress_bar(total: int, description: str) -> contextlib.AbstractContextManager[Callable[[int], None]]:
@@ -228,8 +237,8 @@ class _ProgressBar:
         if not sys.stderr.isatty():
             return lambda _n: None
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-            console=Console(file=sys.stderr), transient=True,
+            TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+            console=Console(file=sys.stderr, markup=False, emoji=False), transient=True,
         )
         self.progress.start()
         task = self.progress.add_task(self.description, total=self.total)
@@ -255,8 +264,9 @@ class _BatchProgress:
         if not sys.stderr.isatty():
             return lambda _n: None
         self.progress = Progress(
-            TextColumn(f"running batches on {self.device}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=Console(file=sys.stderr, force_terminal=True), transient=True,
+            TextColumn(f"running batches on {self.device}", markup=False), BarColumn(), MofNCompleteColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(),
+            console=Console(file=sys.stderr, force_terminal=True, markup=False, emoji=False), transient=True,
         )
         self.progress.start()
         task = self.progress.add_task("batches", total=self.total)
@@ -870,7 +880,7 @@ def load_renderable(report: LoadReport, width: int = 200) -> RenderableType:
         lines = [line for name, detail in items[:30] for line in _key_lines(name, detail, keys_w)]
         if len(items) > 30:
             lines.append(f"… {len(items) - 30} more (see --json)")
-        table.add_row(Text(status, style=f"bold {style}"), str(count), "\n".join(lines))
+        table.add_row(Text(status, style=f"bold {style}"), Text(str(count)), Text("\n".join(lines)))
     parts.append(Trimmed(table))
     for hint in plan.hints:
         parts.append(Text(f"hint: {hint}", style="yellow"))
@@ -961,7 +971,7 @@ def run_renderable(report: RunReport, width: int = 200) -> RenderableType:
         label = Text(name, style="bold red" if m.first_bad_step is not None else "")
         if origin is not None and origin.module == m.name:
             label.append(" ◀", style="bold red")
-        cells: list[RenderableType | str] = [label, m.type] if show_type else [label]
+        cells: list[RenderableType] = [label, Text(m.type)] if show_type else [label]
         for spark, last in (
             (series_sparkline(m.std, m.nonfinite, spark_w), _last(m.std, m.nonfinite, num)),
             (Text(series_sparkline(m.grad_norm, m.grad_nonfinite, spark_w, log=True), style=_grad_style(m.flags)),
