@@ -1,8 +1,9 @@
 """Names, types, paths and strings read from files are data: every command shows them verbatim.
 
-A tensor named '[/]' is not a closing tag, and '[#000000 on #000000]hidden[/]' must not be hidden.
-Each command (tree, stats, diff, load, report) runs over files and a model whose names hold rich markup,
-and every name must appear in the human output exactly as written.
+A tensor named '[/]' is not a closing tag, '[#000000 on #000000]hidden[/]' must not be hidden, and a name
+holding ESC [2J must not clear the screen. Each command (tree, stats, diff, load, report) runs over files
+and a model whose names hold rich markup and control characters: every name must appear in the human
+output exactly as written, its control characters as visible escapes (JSON keeps the exact strings).
 """
 
 from __future__ import annotations
@@ -17,16 +18,29 @@ from safetensors.torch import save_file
 
 import runlogs
 from conftest import invoke
+from modinspect.render.text import visible, visible_report
+from modinspect.report import ModuleNode, ModuleRow, TensorRow
 from modinspect.watchlog import LogHeader, LogWriter, NonfiniteRecord
 
 # Names as they come out of a file: rich markup, a colour pair that would hide the text, an emoji code.
 MARKUP = ("[/]", "[#000000 on #000000]hidden[/]", "[bold]b", "x[link=https://evil]y", ":cross_mark:")
-NAMES = MARKUP
+# Control characters: clear screen, an OSC window title, a carriage return that overwrites the line, a
+# right-to-left override, a C1 CSI, DEL, a tab, a newline.
+CONTROL = ("\x1b[2J", "t\x1b]0;pwned\x07", "c\rd", "\u202ertl", "\x9b31m", "del\x7f", "tab\there", "nl\nx")
+NAMES = MARKUP + CONTROL
+ESCAPED = {"\x1b[2J": "\\x1b[2J", "t\x1b]0;pwned\x07": "t\\x1b]0;pwned\\x07", "c\rd": "c\\rd",
+           "\u202ertl": "\\u202ertl", "\x9b31m": "\\x9b31m", "del\x7f": "del\\x7f", "tab\there": "tab\\there",
+           "nl\nx": "nl\\nx"}
 
 
 def shown(name: str) -> str:
-    """How a human view must show `name`."""
-    return name
+    """How a human view must show `name`: markup as written, control characters as escapes."""
+    return ESCAPED.get(name, name)
+
+
+def no_raw_controls(text: str) -> bool:
+    """No control character but the line ends, and no bidi override, reaches the terminal."""
+    return not any((ord(c) < 32 and c != "\n") or 0x7f <= ord(c) <= 0x9f or c in "\u202e\u2066" for c in text)
 
 
 MODELS = '''
@@ -85,6 +99,7 @@ def test_every_command_shows_every_hostile_name_verbatim(files: Path, command: s
     out = result.stdout
     missing = [name for name in NAMES if shown(name) not in out]
     assert not missing, f"{command} hides {missing}:\n{out}"
+    assert no_raw_controls(result.stdout) and no_raw_controls(result.stderr)
 
 
 def test_diff_lists_every_hostile_key_in_its_table(files: Path) -> None:
@@ -116,3 +131,43 @@ def test_stats_rows_show_hostile_module_names_and_types(files: Path, monkeypatch
     rows = [re.split(r"\s{2,}", line.strip())[:2] for line in out.splitlines()]
     for name in NAMES:
         assert rows.count([shown(name), shown(name)]) == 1, name
+
+
+@pytest.mark.parametrize("command", ["tree", "diff", "report"])
+def test_an_error_line_shows_a_hostile_path_escaped(tmp_path: Path, command: str) -> None:
+    path = tmp_path / "x\x1b]0;pwned\x07\u202e[/].safetensors"
+    args = [command, str(path)] + ([str(path)] if command == "diff" else [])
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {tmp_path}/x\\x1b]0;pwned\\x07\\u202e[/].safetensors does not exist\n"
+
+
+def test_json_keeps_the_exact_control_characters(files: Path) -> None:
+    doc = json.loads(invoke("tree", str(files / "a.safetensors"), "--json").stdout)
+    assert {t["name"] for t in doc["tensors"]} == {f"m.{name}.w" for name in NAMES}
+
+
+def test_html_report_shows_names_escaped(files: Path) -> None:
+    out = files / "r.html"
+    assert invoke("report", str(files / "run.jsonl"), "--html", str(out)).exit_code == 0
+    page = out.read_text(encoding="utf-8")
+    assert no_raw_controls(page.replace("\t", "")) and "\\u202ertl" in page and "t\\x1b]0;pwned\\x07" in page
+
+
+def test_visible_escapes_each_control_class() -> None:
+    assert visible("a\x00\x1f\x7f\x80\x9f\u061c\u200e\u2028\u202a\u202e\u2066\u2069b") == (
+        "a\\x00\\x1f\\x7f\\x80\\x9f\\u061c\\u200e\\u2028\\u202a\\u202e\\u2066\\u2069b")
+    assert visible("ünïcode 名前 ×12 ‖∇out‖") == "ünïcode 名前 ×12 ‖∇out‖"
+
+
+def test_visible_report_escapes_every_string_and_copies_nothing_clean() -> None:
+    leaf = ModuleNode(row=ModuleRow("deep", None, 0, 0, None, None), tensors=(), children=())
+    node = leaf
+    for i in range(3000):  # a tree deeper than Python's recursion limit
+        node = ModuleNode(row=ModuleRow(f"n{i}", "T", 0, 0, None, None), tensors=(), children=(node,))
+    assert visible_report(node) is node
+    bad = TensorRow("w\x1b[2J", (2,), "float32", 8, "param", None, None, alias_of="v\u202e")
+    top = ModuleNode(row=ModuleRow("top", "T", 0, 0, None, None), tensors=(bad,), children=(node,))
+    out = visible_report(top)
+    assert out.tensors[0].name == "w\\x1b[2J" and out.tensors[0].alias_of == "v\\u202e"
+    assert out.tensors[0].shape == (2,) and out.children[0] is node

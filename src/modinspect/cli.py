@@ -457,7 +457,9 @@ def report(
 
             print(dumps(run_document(run)))
         elif html is not None:
-            print(f"wrote {html}: {len(run.modules)} modules × {len(run.steps)} steps")
+            from modinspect.render.text import visible
+
+            print(f"wrote {visible(str(html))}: {len(run.modules)} modules × {len(run.steps)} steps")
         else:
             from modinspect.render.console import make_console, run_renderable
 

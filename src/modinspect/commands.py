@@ -20,8 +20,17 @@ from modinspect.errors import ModinspectError, UsageError
 ExitFactory = Callable[[int], BaseException]
 
 
+def visible(line: str) -> str:
+    """render.text.visible: control characters in a line for the terminal shown as escapes (imported when needed)."""
+    if line.isprintable():
+        return line
+    from modinspect.render.text import visible as escape
+
+    return escape(line)
+
+
 def _fail(message: str, exit_with: ExitFactory) -> BaseException:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {visible(message)}", file=sys.stderr)
     return exit_with(2)
 
 
@@ -84,11 +93,11 @@ def spinner(message: str) -> contextlib.AbstractContextManager[object]:
 
 def warn(lines: list[str]) -> None:
     for line in lines:
-        print(f"warning: {line}", file=sys.stderr)
+        print(f"warning: {visible(line)}", file=sys.stderr)
 
 
 def note(line: str) -> None:
-    print(f"note: {line}", file=sys.stderr)
+    print(f"note: {visible(line)}", file=sys.stderr)
 
 
 WIDTH_AWARE = ("tree", "stats", "diff", "load")

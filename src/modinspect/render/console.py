@@ -40,6 +40,7 @@ from modinspect.render.text import (
     series_sparkline,
     shape_text,
     sparkline,
+    visible_report,
     wrap_words,
 )
 from modinspect.report import (
@@ -68,7 +69,10 @@ def make_console(file: IO[str] | None = None, width: int | None = None) -> Conso
 
 
 def _text(value: str | Text, style: str = "") -> Text:
-    """A str as rich Text, so no console parses it as markup: every table cell passes through here."""
+    """A str as rich Text, so no console parses it as markup: every table cell passes through here.
+
+    Control characters are escaped before: every renderer starts with `visible_report(report)`.
+    """
     return value if isinstance(value, Text) else Text(value, style=style)
 
 
@@ -397,6 +401,7 @@ def tree_renderable(report: TreeReport, width: int = 200) -> RenderableType:
     A label wider than `width` puts its hyperparameters on a line of their own; what is still too wide
     wraps at spaces (rich), never inside a number.
     """
+    report = visible_report(report)
     root = Tree(_module_label(report.root, report, True, width), guide_style="dim")
     _add(root, report.root, report, width)
     return Trimmed(Group(_header(report), root, Text(""), totals_table(report, width)))
@@ -457,6 +462,7 @@ def plain_tree_lines(report: TreeReport, width: int) -> list[str] | None:
 
 def print_tree(out: Console, report: TreeReport) -> None:
     """`tree`'s view on `out`: rich's Tree on a styled console, the same text written directly on a plain one."""
+    report = visible_report(report)
     width = out.width
     lines = None
     if out.color_system is None and not out.record and not out.options.ascii_only:
@@ -577,6 +583,7 @@ def stats_renderable(report: StatsReport, width: int = 200) -> RenderableType:
     The table fits `width` (see fit_table): fewer digits first, then elided names, then hidden columns
     (the histogram first, then the type), named in a note under the table.
     """
+    report = visible_report(report)
     called = [m for m in report.modules if m.calls]
     origin = report.nonfinite_origin
     rows: list[list[Cell]] = []
@@ -767,6 +774,7 @@ def diff_renderable(report: DiffReport, width: int = 200, limit: int = 50) -> Re
 
     The changed-tensor table fits `width` (see fit_table); names in the lists are middle-elided to fit.
     """
+    report = visible_report(report)
     parts: list[RenderableType] = []
     head = Text()
     head.append("A ", style="bold")
@@ -845,6 +853,7 @@ def load_renderable(report: LoadReport, width: int = 200) -> RenderableType:
     Nothing copied (a dry run, --meta, a blocked or failed --strict load): the first status reads
     "would load". A key's detail goes to its own line rather than be cut when the terminal is narrow.
     """
+    report = visible_report(report)
     plan = report.plan
     parts: list[RenderableType] = []
     head = Text()
@@ -949,6 +958,7 @@ def run_renderable(report: RunReport, width: int = 200) -> RenderableType:
     The three sparklines share what the other columns leave of `width` (one cell per step, or per run of
     steps); below 100 columns the type goes, below 90 the last values.
     """
+    report = visible_report(report)
     show_type, show_last = width >= 100, width >= 90
     names = [_indented(m.name) for m in report.modules]
     name_w = min(max((len(n) for n in names), default=8) + 2, 48)  # + " ◀"

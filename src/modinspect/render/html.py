@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from modinspect.render.text import bad_step_text, buckets, num, percent
+from modinspect.render.text import bad_step_text, buckets, num, percent, visible
 from modinspect.report import ModuleSeries, RunReport
 
 # viridis at five stops: perceptually even, readable in grey.
@@ -41,7 +41,7 @@ def _colour(t: float) -> str:
 
 
 def _e(text: object) -> str:
-    return escape(str(text), quote=True)
+    return escape(visible(str(text)), quote=True)  # a bidi override would reorder the page's names too
 
 
 def _name(name: str) -> str:

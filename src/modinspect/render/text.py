@@ -2,10 +2,159 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import operator
+import re
+import types
+import typing
 from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from modinspect.report import BadStep
+
+T = TypeVar("T")
+
+# What a terminal would act on rather than show: C0 and C1 controls, DEL, and the bidirectional overrides,
+# embeddings and isolates that reorder what follows them (U+202E shows 'cod.exe' as 'exe.doc').
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _SHORT.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def visible(text: str) -> str:
+    """`text` with every control character shown as an escape: 'a\\x1b[2J', 'd\\u202e.w'; else unchanged.
+
+    What a human view shows of any string from a file or the user (names, types, paths, metadata,
+    notes, error lines), so that none can clear the screen, set the window title or reorder a line.
+    JSON keeps the exact strings: its own escaping is already safe.
+    """
+    if text.isprintable():  # the common case, in C: no control or format character at all
+        return text
+    return CONTROL.sub(_escape, text)
+
+
+def visible_report(report: T) -> T:
+    """`report` (a frozen dataclass of str/int/float/tuple) with `visible` applied to every string in it.
+
+    The one place data strings pass on their way to a human view: each renderer starts here, so a field
+    added later is escaped too. Objects without a string to change are returned as they are (no copy),
+    and the walk uses its own stack: a module tree can be as deep as a name has dots.
+    """
+    if isinstance(report, str):
+        return visible(report)  # type: ignore[return-value]
+    if not _may_hold_text(type(report)):
+        return report
+    done: list[Any] = []
+    # Frames: [object, its children, index of the next child, the children as escaped so far].
+    stack: list[list[Any]] = [[report, _children(report), 0, []]]
+    while stack:
+        frame = stack[-1]
+        obj, children, i, out = frame
+        if i < len(children):
+            frame[2] = i + 1
+            child = children[i]
+            if isinstance(child, str):
+                out.append(child if child.isprintable() else visible(child))
+            elif type(child) is tuple and _printable_rows(child):
+                out.append(child)  # 200k tensor rows, checked at C speed
+            elif child is not None and _may_hold_text(type(child)):
+                stack.append([child, _children(child), 0, []])
+            else:
+                out.append(child)
+            continue
+        stack.pop()
+        built = obj if all(a is b for a, b in zip(out, children, strict=True)) else _rebuild(obj, out)
+        (stack[-1][3] if stack else done).append(built)
+    return done[0]  # type: ignore[no-any-return]
+
+
+def _printable_rows(rows: tuple[Any, ...]) -> bool:
+    """Whether `rows`, all strings or all one dataclass with only str/None text fields, hold no control character.
+
+    False means "walk them one by one" (mixed or nested rows, or something to escape).
+    """
+    if not rows:
+        return True
+    kinds = set(map(type, rows))
+    if len(kinds) != 1:
+        return False
+    (cls,) = kinds
+    if cls is str:
+        return "".join(rows).isprintable()
+    fields = _flat_fields(cls)
+    if fields is None:
+        return False
+    return all("".join(filter(None, map(operator.attrgetter(name), rows))).isprintable() for name in fields)
+
+
+_FLAT: dict[type, tuple[str, ...] | None] = {}
+
+
+def _flat_fields(cls: type) -> tuple[str, ...] | None:
+    """A dataclass's text fields when each is a str or None (TensorRow, TensorDiff); else None."""
+    if cls not in _FLAT:
+        flat = None
+        if dataclasses.is_dataclass(cls):
+            hints = typing.get_type_hints(cls)
+            names = _text_fields(cls)
+            if all(hints[n] is str or hints[n] == (str | None) for n in names):
+                flat = names
+        _FLAT[cls] = flat
+    return _FLAT[cls]
+
+
+_TEXT_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _text_fields(cls: type) -> tuple[str, ...]:
+    """The fields of dataclass `cls` whose declared type can hold a str, directly or nested."""
+    names = _TEXT_FIELDS.get(cls)
+    if names is None:
+        _PENDING.add(cls)
+        try:
+            hints = typing.get_type_hints(cls)
+            names = tuple(f.name for f in dataclasses.fields(cls) if _hint_holds_text(hints[f.name]))
+        finally:
+            _PENDING.discard(cls)
+        _TEXT_FIELDS[cls] = names
+    return names
+
+
+_PENDING: set[type] = set()  # classes whose fields are being worked out: a tree's node holds nodes
+
+
+def _hint_holds_text(hint: Any) -> bool:
+    if hint is str:
+        return True
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return hint in _PENDING or bool(_text_fields(hint))
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) in (tuple, list, typing.Union):
+        return any(_hint_holds_text(arg) for arg in typing.get_args(hint) if arg is not Ellipsis)
+    return False
+
+
+def _may_hold_text(cls: type) -> bool:
+    if cls is tuple:
+        return True
+    return dataclasses.is_dataclass(cls) and bool(_text_fields(cls))
+
+
+def _children(obj: Any) -> tuple[Any, ...]:
+    if isinstance(obj, tuple):
+        return obj
+    return tuple(getattr(obj, name) for name in _text_fields(type(obj)))
+
+
+def _rebuild(obj: Any, values: list[Any]) -> Any:
+    if isinstance(obj, tuple):
+        return tuple(values)
+    return dataclasses.replace(obj, **dict(zip(_text_fields(type(obj)), values, strict=True)))
 
 
 def human_count(n: int) -> str:
