@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -138,6 +139,27 @@ def test_a_gradient_only_nan_is_traced_to_the_last_module_in_forward_order(tmp_p
 def test_a_clean_run_has_no_bad_step(tmp_path: Path) -> None:
     report = read_run_log(runlogs.write_run(tmp_path / "r.jsonl", nonfinite_from=None))
     assert report.first_bad is None and all(m.first_bad_step is None for m in report.modules)
+
+
+def test_values_at_the_edge_of_float64_render_in_every_view(tmp_path: Path) -> None:
+    """1.7e308 everywhere: the gradient-flow mean of two of them overflowed (fsum); now every view renders."""
+    big, path = 1.7e308, tmp_path / "edge.jsonl"
+    first = 2**63 - 3
+    with LogWriter(path, LogHeader(model="Net", every=1, device="cpu", started=big)) as log:
+        for i in range(3):
+            record = runlogs.step_record(i, nonfinite_from=None)
+            modules = tuple(replace(m, std=big, mean=-big, min=-big, max=big, grad_norm=big) for m in record.modules)
+            log.write(replace(record, step=first + i, time=big, loss=big * (-1) ** i, modules=modules))
+    report = read_run_log(path)
+    assert report.modules[0].grad_norm_mean == pytest.approx(big, rel=1e-12)
+    terminal = invoke("report", str(path))
+    assert terminal.exit_code == 0, terminal.output
+    assert f"3 logged step(s), steps {first} … {first + 2}, started at unix time 1.7e+308" in terminal.stdout
+    assert "loss 1.70e+308 → 1.70e+308  █▁█" in terminal.stdout  # +big, -big, +big: a span of inf, halved
+    assert terminal.stdout.count("1.70e+308") == 2 + 2 * 6
+    doc = json.loads(invoke("report", str(path), "--json").stdout)
+    assert doc["modules"][0]["grad_norm_mean"] == pytest.approx(big, rel=1e-12)
+    assert invoke("report", str(path), "--html", str(tmp_path / "r.html")).exit_code == 0
 
 
 def test_a_partial_last_line_is_skipped_with_a_note(run: Path) -> None:

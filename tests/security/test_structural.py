@@ -818,6 +818,74 @@ def hf_nested_config_asks_for_100000_layers_beside_weights(tmp: Path) -> tuple[l
             "asks for 100,002 layers (text_config.num_hidden_layers: 100000)")
 
 
+# ---------------------------------------------------------------- watch logs (branch render)
+
+
+def _log(tmp: Path, key: str, value: str, line: int = 2) -> Path:
+    """A valid watch log whose `line`-th line (0: the header) has the JSON text `value` for its first `key`."""
+    import runlogs
+
+    path = runlogs.write_run(tmp / "run.jsonl", steps=4, nonfinite_from=None)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert f'"{key}":' in lines[line]
+    lines[line] = lines[line].replace(f'"{key}":', f'"{key}":{value},"was":', 1)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@case
+def report_loss_of_1e400(tmp: Path) -> tuple[list[str], str]:
+    """Valid JSON that parses to inf: it overflowed in the gradient-flow mean."""
+    return ["report", str(_log(tmp, "loss", "1e400"))], \
+        "line 3: the step record has 'loss' = a number beyond float64's range (the schema writes non-finite"
+
+
+@case
+def report_grad_norm_of_1e400_as_json(tmp: Path) -> tuple[list[str], str]:
+    return ["report", str(_log(tmp, "grad_norm", "-1e400")), "--json"], \
+        "module 'fc1' has 'grad_norm' = a number beyond float64's range"
+
+
+@case
+def report_time_of_400_digits(tmp: Path) -> tuple[list[str], str]:
+    return ["report", str(_log(tmp, "time", "9" * 400))], f"has 'time' = {'9' * 39}… beyond float64's range"
+
+
+@case
+def report_started_of_400_digits(tmp: Path) -> tuple[list[str], str]:
+    return ["report", str(_log(tmp, "started", "9" * 400, line=0))], "line 1: the header has 'started' = 999"
+
+
+@case
+def report_step_of_4000_digits(tmp: Path) -> tuple[list[str], str]:
+    return ["report", str(_log(tmp, "step", "9" * 4000))], \
+        f"has 'step' = {'9' * 39}… above the schema's largest integer 2**63 - 1"
+
+
+@case
+def report_step_of_5000_digits(tmp: Path) -> tuple[list[str], str]:
+    return ["report", str(_log(tmp, "step", "9" * 5000))], \
+        "line 3 is not JSON (Exceeds the limit (4300 digits) for integer string conversion"
+
+
+@case
+def report_histogram_edge_of_400_digits(tmp: Path) -> tuple[list[str], str]:
+    return ["report", str(_log(tmp, "edges", "[" + "9" * 400 + ",0,1,2,3,4,5,6,7]"))], \
+        "module 'fc1' has a histogram edge beyond float64's range"
+
+
+@case
+def report_nested_100k_deep(tmp: Path) -> tuple[list[str], str]:
+    return ["report", str(_log(tmp, "loss", "[" * 100_000 + "]" * 100_000)), "--html", str(tmp / "r.html")], \
+        "line 3 is not JSON (arrays or objects nested too deep)"
+
+
+@case
+def report_header_nested_100k_deep(tmp: Path) -> tuple[list[str], str]:
+    return ["report", str(_log(tmp, "model", "[" * 100_000 + "]" * 100_000, line=0))], \
+        "is not a modinspect watch log (its first line is not a modinspect.watch/1 header)"
+
+
 # ---------------------------------------------------------------- running them
 
 

@@ -50,8 +50,35 @@ def _field(obj: dict[str, Any], key: str, kinds: tuple[type, ...], nullable: boo
     # bool is an int to Python, never to the schema.
     if isinstance(value, bool) or not isinstance(value, kinds):
         want = "/".join("number" if k is float else k.__name__ for k in kinds) + (" or null" if nullable else "")
-        raise _Bad(f"has {key!r} = {json.dumps(value)[:40]}, not {want}")
-    return float(value) if float in kinds else value  # type: ignore[arg-type]
+        raise _Bad(f"has {key!r} = {_short(value)}, not {want}")
+    if float in kinds:
+        return _finite(value, key)  # type: ignore[arg-type]
+    if isinstance(value, int) and value > MAX_INT:
+        raise _Bad(f"has {key!r} = {_short(value)} above the schema's largest integer 2**63 - 1")
+    return value
+
+
+MAX_INT = 2**63 - 1  # counts and steps are int64 where the log is written
+
+
+def _short(value: Any) -> str:
+    """A value as the error line shows it: its JSON cut to 40 characters, or the kind of a container."""
+    if isinstance(value, list | dict):  # never re-encoded: it may nest as deep as the parser allowed
+        return "a list" if isinstance(value, list) else "an object"
+    text = str(value) if type(value) is int else json.dumps(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _finite(value: int | float, key: str) -> float:
+    """A JSON number as a finite float: the schema writes NaN/Inf as null, so 1e400 (inf to Python) breaks it."""
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float's range
+        number = math.inf
+    if not math.isfinite(number):
+        shown = "a number" if isinstance(value, float) else _short(value)  # 1e400 arrives as inf: say what it was
+        raise _Bad(f"has {key!r} = {shown} beyond float64's range (the schema writes non-finite values as null)")
+    return number
 
 
 def _num(obj: dict[str, Any], key: str, nullable: bool = True) -> float | None:
@@ -61,7 +88,7 @@ def _num(obj: dict[str, Any], key: str, nullable: bool = True) -> float | None:
 def _int(obj: dict[str, Any], key: str) -> int:
     value: int = _field(obj, key, (int,))
     if value < 0:
-        raise _Bad(f"has {key!r} = {value}, below 0")
+        raise _Bad(f"has {key!r} = {_short(value)}, below 0")
     return value
 
 
@@ -94,7 +121,15 @@ def _histogram(value: Any) -> Histogram | None:
         raise _Bad("has a histogram whose edges are not all numbers")
     if not set(map(type, counts)) <= {int} or (counts and min(counts) < 0):
         raise _Bad("has a histogram whose counts are not all integers ≥ 0")
-    return Histogram(edges=tuple(map(float, edges)), counts=tuple(counts))
+    if counts and max(counts) > MAX_INT:
+        raise _Bad("has a histogram count above the schema's largest integer 2**63 - 1")
+    try:
+        floats = tuple(map(float, edges))
+    except OverflowError:
+        floats = (math.inf,)
+    if not all(map(math.isfinite, floats)):
+        raise _Bad("has a histogram edge beyond float64's range")
+    return Histogram(edges=floats, counts=tuple(counts))
 
 
 def _module(value: Any) -> ModuleRecord:
@@ -162,8 +197,15 @@ def _header(obj: dict[str, Any]) -> RunHeader:
                      world_size=world)
 
 
+class _TooDeep(ValueError):
+    """JSON nested deeper than the parser's recursion allows (a schema record nests 4 levels)."""
+
+
 def _parse(line: bytes) -> Any:
-    return json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    try:
+        return json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    except RecursionError:
+        raise _TooDeep("arrays or objects nested too deep") from None
 
 
 @dataclass
@@ -227,7 +269,11 @@ def _read_lines(label: str, lines: Iterable[bytes]) -> _Lines:
 
 
 def _reason(exc: ValueError) -> str:
-    return exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+    if isinstance(exc, json.JSONDecodeError):
+        return exc.msg
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8"
+    return str(exc).partition(";")[0]  # _TooDeep, or "Exceeds the limit (4300 digits) for integer string conversion"
 
 
 def _read_header(label: str, line: bytes) -> RunHeader:
@@ -281,9 +327,18 @@ def _series(name: str, type_: str, steps: list[StepRecord], at: list[dict[str, M
         histograms=tuple(StepHistogram(step=s.step, edges=r.histogram.edges, counts=r.histogram.counts)
                          for s, r in zip(steps, records, strict=True) if r is not None and r.histogram is not None),
         first_bad_step=first_bad,
-        grad_norm_mean=math.fsum(grads) / len(grads) if grads else None,
+        grad_norm_mean=_mean(grads) if grads else None,
         grad_norm_max=max(grads) if grads else None,
     )
+
+
+def _mean(values: list[float]) -> float:
+    """The mean of finite values, finite whatever their size: each is divided first (1e308 + 1e308 overflows)."""
+    n = len(values)
+    try:
+        return math.fsum(v / n for v in values)
+    except OverflowError:  # only where rounding carries the sum past float64's largest value
+        return max(values)
 
 
 def _flag_gradient_flow(series: list[ModuleSeries]) -> tuple[ModuleSeries, ...]:

@@ -304,24 +304,24 @@ def series_sparkline(values: tuple[float | None, ...], bad: tuple[bool, ...] = (
         finite = [v for v in (values[i] for i in run) if v is not None and math.isfinite(v)]
         if log:
             finite = [math.log10(v) for v in finite if v > 0] or ([-math.inf] if finite else [])
-        cells.append(sum(finite) / len(finite) if finite else " ")
+        cells.append(math.fsum(v / len(finite) for v in finite) if finite else " ")  # 2 × 1e308 overflows
     numbers = [c for c in cells if isinstance(c, float) and math.isfinite(c)]
     if log:
         lo = math.log10(lo) if lo is not None and lo > 0 else None
         hi = math.log10(hi) if hi is not None and hi > 0 else None
     low = min(numbers, default=0.0) if lo is None else lo
     high = max(numbers, default=0.0) if hi is None else hi
-    span = high - low
+    span = high / 2 - low / 2  # halved: 1e308 - (-1e308) is inf
     out = []
     for c in cells:
         if isinstance(c, str):
             out.append(c)
         elif not math.isfinite(c):
             out.append(SPARKS[0])
-        elif span <= 1e-12 * max(1.0, abs(high)):
+        elif span <= 0.5e-12 * max(1.0, abs(high)):
             out.append(SPARKS[3])
         else:
-            out.append(SPARKS[min(7, max(0, round((c - low) / span * 7)))])
+            out.append(SPARKS[min(7, max(0, round((c / 2 - low / 2) / span * 7)))])
     return "".join(out)
 
 
