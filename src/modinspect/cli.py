@@ -420,6 +420,9 @@ def report(
     steps: Annotated[str | None, typer.Option("--steps", help="Steps for the HTML's histograms, e.g. 100,200 "
                                               "\\[default: the first, middle and last logged].", metavar="N,N")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --html if it exists.")] = False,
+    max_log_size: Annotated[str | None, typer.Option(
+        "--max-log-size", help="Largest log to read (parsed, a log takes about 4 times its size in memory), "
+        "e.g. 1G \\[default: 128M].", metavar="SIZE")] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -444,7 +447,7 @@ def report(
             raise UsageError("--steps chooses the HTML's histograms: pass --html OUT.html too")
         if html is not None:
             check_writable(html, force, [log])
-        run = read_run_log(log)
+        run = read_run_log(log, _log_size(max_log_size))
         for note in run.notes:
             commands.note(note)
         if html is not None:
@@ -465,6 +468,18 @@ def report(
 
             console = make_console()
             console.print(run_renderable(run, console.width))
+
+
+def _log_size(option: str | None) -> int:
+    from modinspect.analysis.runlog import MAX_LOG_BYTES
+    from modinspect.sources.pickle_check import parse_size
+
+    if option is None:
+        return MAX_LOG_BYTES
+    try:
+        return parse_size(option)
+    except ValueError:
+        raise UsageError(f"--max-log-size {option!r} is not a size like 512M or 2G") from None
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -886,6 +886,45 @@ def report_header_nested_100k_deep(tmp: Path) -> tuple[list[str], str]:
         "is not a modinspect watch log (its first line is not a modinspect.watch/1 header)"
 
 
+@case
+def report_of_a_fifo(tmp: Path) -> tuple[list[str], str]:
+    """Regression: reading a named pipe waited for a writer forever."""
+    os.mkfifo(tmp / "pipe.jsonl")
+    return ["report", str(tmp / "pipe.jsonl")], "pipe.jsonl is not a regular file (a pipe, socket or device)"
+
+
+@case
+def report_of_dev_zero(tmp: Path) -> tuple[list[str], str]:
+    """Regression: an endless line of zero bytes, read whole: MemoryError."""
+    return ["report", "/dev/zero", "--html", str(tmp / "r.html")], \
+        "error: /dev/zero is not a regular file (a pipe, socket or device): report reads a watch log file"
+
+
+@case
+def report_line_of_17_mib(tmp: Path) -> tuple[list[str], str]:
+    """Regression: a 300 MB line took 6 GB with --html; a line is read up to 16 MiB and refused past it."""
+    path = _log(tmp, "loss", "1")
+    with path.open("ab") as f:
+        f.write(b'{"kind":"step","pad":"' + b"x" * (17 * 2**20) + b'"}\n')
+    return ["report", str(path), "--html", str(tmp / "r.html")], \
+        "line 6 is longer than 16 MiB, the most a watch log line may hold"
+
+
+@case
+def report_log_over_max_log_size(tmp: Path) -> tuple[list[str], str]:
+    path = _log(tmp, "loss", "1")
+    with path.open("ab") as f:
+        f.write(b" " * 2**20 + b"\n")  # blank lines: valid, but they count
+    return ["report", str(path), "--max-log-size", "1M"], \
+        "run.jsonl is 1.0 MiB, more than --max-log-size (1 MiB) allows; pass a larger --max-log-size (e.g. 1G)"
+
+
+@case
+def report_histogram_of_100k_bins(tmp: Path) -> tuple[list[str], str]:
+    return ["report", str(_log(tmp, "counts", json.dumps([1] * 100_000)))], \
+        "module 'fc1' has a histogram of 100,000 bins, more than the 1,024 this reader takes"
+
+
 # ---------------------------------------------------------------- running them
 
 
@@ -1096,3 +1135,53 @@ def test_unreadable_source_is_one_clear_line(tmp_path: Path, what: str) -> None:
     assert seconds < TIME_LIMIT
     assert result.exit_code == 2  # type: ignore[attr-defined]
     assert result.stderr == f"error: cannot {'read' if what == 'file' else 'open'} {path}: Permission denied\n"  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- report's reads, measured in a child (branch render)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc (Linux)")
+@pytest.mark.parametrize("what", ["dev_zero", "line_of_64_mb", "sparse_log_of_4_gb"])
+def test_report_bounds_what_it_reads_in_cpu_and_memory(tmp_path: Path, what: str) -> None:
+    """The child's own CPU time and peak RSS (not wall clock): refused before reading much, whatever is there."""
+    import resource
+
+    if what == "dev_zero":
+        path, expected = "/dev/zero", "/dev/zero is not a regular file"
+    elif what == "line_of_64_mb":
+        path, expected = str(tmp_path / "line.jsonl"), "line 2 is longer than 16 MiB"
+        with open(path, "wb") as f:
+            f.write(b'{"schema":"modinspect.watch/1","kind":"header","model":"m","every":1,"started":0,'
+                    b'"device":"cpu","world_size":1}\n')
+            f.write(b"[" + b"1," * (32 * 2**20) + b"1]\n")
+    else:
+        path, expected = str(tmp_path / "sparse.jsonl"), "is 4096 MiB, more than --max-log-size (128 MiB) allows"
+        with open(path, "wb") as f:
+            f.truncate(4 * 2**30)  # a hole: no disk space
+    hwm = tmp_path / "hwm"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run([sys.executable, "-c", MEASURED, str(hwm), "report", path, "--html", str(tmp_path / "r.html")],
+                         capture_output=True, text=True, timeout=120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and expected in out.stderr, out.stderr
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu < 4.0, f"{what}: {cpu:.1f} s of CPU"
+    peak = int(hwm.read_text()) // 1024
+    assert peak < 200, f"{what}: peak RSS {peak} MiB"  # about 70 MiB: Python, Typer, and at most one 16 MiB line
+
+
+# The CLI in a child that writes its own peak RSS (VmHWM, KiB) to argv[1] as it exits. Not ru_maxrss: Linux
+# carries the forking parent's high-water mark across exec, and pytest's is hundreds of MB.
+MEASURED = """
+import re, sys
+out = sys.argv.pop(1)
+sys.argv[0] = "modinspect"
+try:
+    from modinspect.launch import main
+    main()
+finally:
+    with open("/proc/self/status") as f:
+        hwm = re.search(r"VmHWM:\\s+(\\d+)", f.read()).group(1)
+    with open(out, "w") as f:
+        f.write(hwm)
+"""

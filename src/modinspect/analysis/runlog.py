@@ -3,16 +3,22 @@
 Pure: reads the file, validates every record against the schema (modinspect.watchlog) and raises a
 ModinspectError naming the line at the first breach. A partial last line, as a run still writing leaves
 it, is skipped with a note.
+
+Bounded: only a regular file is read (a pipe or a device could block or never end), line by line, no
+line longer than MAX_LINE_BYTES and no more than `max_bytes` in all (MAX_LOG_BYTES unless the caller
+raises it: `report --max-log-size`); a histogram holds at most MAX_BINS bins.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+import os
+import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from modinspect.errors import CorruptFileError, SourceNotFoundError, UnknownFormatError
 from modinspect.report import (
@@ -114,6 +120,9 @@ def _histogram(value: Any) -> Histogram | None:
         return None
     obj = _dict(value, "a histogram")
     edges, counts = _list(obj, "edges"), _list(obj, "counts")
+    if len(counts) > MAX_BINS:
+        raise _Bad(f"has a histogram of {len(counts):,} bins, more than the {MAX_BINS:,} this reader takes "
+                   "(modinspect.watch writes 16)")
     if len(edges) != len(counts) + 1:
         raise _Bad(f"has a histogram with {len(edges)} edges for {len(counts)} counts (needs one more edge)")
     # Whole-list type checks (type(), not isinstance: bool is no number here) keep long logs fast.
@@ -216,17 +225,62 @@ class _Lines:
     skipped_kinds: dict[str, int]
 
 
-def _read(path: Path) -> _Lines:
+MAX_LINE_BYTES = 16 * 2**20  # a step of 10,000 modules with histograms is about 3 MB
+MAX_LOG_BYTES = 128 * 2**20  # parsed, a log takes about 4 bytes of memory per byte
+MAX_BINS = 1024  # modinspect.watch writes 16
+
+
+def _mib(n: int) -> str:
+    return f"{n >> 20} MiB" if n % 2**20 == 0 else f"{n / 2**20:.1f} MiB"
+
+
+def _read(path: Path, max_bytes: int) -> _Lines:
     label = str(path)
     if not path.exists():
         raise SourceNotFoundError(f"{label} does not exist")
     if path.is_dir():
         raise UnknownFormatError(f"{label} is a directory, not a modinspect watch log (a .jsonl file)")
     try:
-        with path.open("rb") as f:  # streamed: a long run's log need not fit in memory twice
-            return _read_lines(label, f)
+        # O_NONBLOCK: opening a named pipe must not wait for a writer; fstat then says what was opened.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise SourceNotFoundError(f"cannot read {label}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnknownFormatError(f"{label} is not a regular file (a pipe, socket or device): report reads a "
+                                     "watch log file")
+        if info.st_size > max_bytes:
+            raise CorruptFileError(_too_big(label, max_bytes, info.st_size))
+        os.set_blocking(fd, True)
+        try:
+            return _read_lines(label, _bounded_lines(label, f, max_bytes))
+        except OSError as exc:
+            raise SourceNotFoundError(f"cannot read {label}: {exc.strerror}") from None
+
+
+def _too_big(label: str, max_bytes: int, size: int | None = None) -> str:
+    holds = f"is {_mib(size)}, more than" if size is not None else "grew past"
+    return (f"{label} {holds} --max-log-size ({_mib(max_bytes)}) allows; pass a larger --max-log-size "
+            "(e.g. 1G) to read it: parsed, a log takes about 4 times its size in memory")
+
+
+def _bounded_lines(label: str, f: BinaryIO, max_bytes: int) -> Iterator[bytes]:
+    """The lines of `f`, streamed: none longer than MAX_LINE_BYTES, `max_bytes` in all (a run may still be writing)."""
+    total = 0
+    number = 0
+    while True:
+        line = f.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > MAX_LINE_BYTES:
+            raise CorruptFileError(f"{label} line {number} is longer than {_mib(MAX_LINE_BYTES)}, the most a watch "
+                                   "log line may hold (a step of 10,000 modules takes about 3 MB)")
+        total += len(line)
+        if total > max_bytes:
+            raise CorruptFileError(_too_big(label, max_bytes))
+        yield line
 
 
 def _read_lines(label: str, lines: Iterable[bytes]) -> _Lines:
@@ -371,10 +425,14 @@ def _params(steps: list[StepRecord]) -> tuple[ParamSeries, ...]:
                  for n in names)
 
 
-def read_run_log(path: str | Path) -> RunReport:
-    """Read and validate a watch log; the per-module series over its steps, the first bad step, gradient flow."""
+def read_run_log(path: str | Path, max_bytes: int = MAX_LOG_BYTES) -> RunReport:
+    """Read and validate a watch log; the per-module series over its steps, the first bad step, gradient flow.
+
+    A log larger than `max_bytes` (128 MiB by default), a line longer than 16 MiB or a file that is not a
+    regular file is refused with a CorruptFileError or UnknownFormatError naming the limit.
+    """
     path = Path(path)
-    lines = _read(path)
+    lines = _read(path, max_bytes)
     steps = lines.steps
     at = [{m.name: m for m in s.modules} for s in steps]
     types: dict[str, str] = {}
