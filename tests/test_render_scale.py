@@ -1,4 +1,4 @@
-"""The human views of diff and load cost time linear in the number of keys, as --json does.
+"""The human views of diff and load cost time linear in the number of keys, as --json does; FastTable.
 
 Measured as this process's CPU time (not wall clock) rendering synthetic reports of n and 4n keys: a
 linear renderer costs about 4 times as much for 4n, a quadratic one 16 times. `diff`/`load` of a 200k-tensor
@@ -9,10 +9,21 @@ matched against every key) while --json took 2.7 s.
 from __future__ import annotations
 
 import io
+import random
 import time
 from collections.abc import Callable
 
-from modinspect.render.console import diff_renderable, load_renderable, make_console
+import pytest
+from rich.console import Console
+from rich.text import Text
+
+from modinspect.render.console import (
+    FastColumn,
+    FastTable,
+    diff_renderable,
+    load_renderable,
+    make_console,
+)
 from modinspect.report import Alias, DiffReport, LoadPlan, LoadReport, Mismatch, PairMismatch
 
 SMALL, LARGE = 3_000, 12_000
@@ -78,3 +89,49 @@ def test_the_lists_are_cut_with_a_count_of_the_rest() -> None:
     assert "cast_0 (float32 → float16, max |Δ| 0: copy_ converts silently)" in text
     assert "cast_6 (float32 → float16, max |Δ| 0.006: copy_ converts silently)" in text
     assert text.count("… 70 more (see --json)") == 4  # cast, tied, missing, unexpected: 30 shown each
+
+
+# --- FastTable: rich's Table layout, written directly on a console without colour -------------------------
+
+
+def _plain(renderable: object, width: int, color: bool = False) -> str:
+    out = Console(file=io.StringIO(), width=width, color_system="truecolor" if color else None,
+                  force_terminal=color, markup=False, highlight=False, soft_wrap=False)
+    out.print(renderable)
+    return out.file.getvalue()  # type: ignore[no-any-return, attr-defined]
+
+
+def test_fast_table_writes_what_rich_table_writes() -> None:
+    """Random one-line tables (wide characters, trailing spaces, cut cells, min/max widths) at random widths."""
+    rng = random.Random(7)
+    alphabet = "abcXYZ ▁█×—…名前é0123456789.-\u00a0"
+    fast = 0
+    for _ in range(600):
+        columns = [FastColumn(rng.choice(["module", "std", "‖∇out‖ (log)", "last", "x"]),
+                              justify=rng.choice(["left", "right"]), style=rng.choice(["", "cyan"]),
+                              min_width=rng.choice([None, 3, 8]), max_width=rng.choice([None, 5, 12]),
+                              overflow=rng.choice(["ellipsis", "crop"]))
+                   for _ in range(rng.randint(1, 6))]
+        table = FastTable(columns)
+        for _ in range(rng.randint(0, 6)):
+            table.add_row(*(Text("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 15))),
+                                 style=rng.choice(["", "bold red"])) for _ in columns))
+        width = rng.randint(20, 120)
+        assert _plain(table, width) == _plain(table.rich_table(), width)
+        widths = table._widths()
+        fast += widths is not None and sum(widths) + 3 * (len(widths) - 1) <= width
+    assert fast > 300  # most of them took the direct path
+
+
+def test_fast_table_never_builds_a_rich_table_where_it_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: FastTable) -> object:
+        raise AssertionError("rich's Table was built")
+
+    monkeypatch.setattr(FastTable, "rich_table", refuse)
+    table = FastTable([FastColumn("module", max_width=48), FastColumn("last", justify="right")])
+    for i in range(20_000):
+        table.add_row(Text(f"  layer{i}"), Text(f"{i * 0.5:g}"))
+    text = _plain(table, 120)
+    assert text.count("\n") == 20_002 and "  layer19999   9999.5\n" in text
+    with pytest.raises(AssertionError, match="rich's Table was built"):
+        _plain(table, 120, color=True)  # styles are rich's to write
