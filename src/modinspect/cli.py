@@ -54,7 +54,7 @@ MaxPickleOpt = Annotated[
 MaxLayersOpt = Annotated[
     int | None,
     typer.Option("--max-layers", min=1, help="Most layers a Hugging Face config.json may ask for before its model is "
-                 "built (a config of 100,000 layers takes minutes) [default: 512].", metavar="N"),
+                 "built (a config of 100,000 layers takes minutes) \\[default: 512].", metavar="N"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of the rich view.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
