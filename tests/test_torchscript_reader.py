@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -179,3 +180,84 @@ def test_torchscript_archive_with_foreign_global_is_refused(tmp_path: Path) -> N
         zf.writestr("archive/code/__torch__/x.py", "")
     with pytest.raises(UnsafePickleError, match=r"'posix\.system'"):
         open_source(str(tmp_path / "evil.pt"))
+
+
+class RaisesWithText(torch.nn.Module):
+    """A module whose forward keeps a string in code/ (the message of its raise), to be rewritten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 2)
+        self.register_buffer("scale", torch.full((2,), 3.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() < 0:
+            raise RuntimeError("PLACEHOLDER")
+        return self.fc(x) * self.scale
+
+
+LINEAR_CODE = "code/__torch__/torch/nn/modules/linear.py"
+# (member, old text, new text): torch.jit.load reads each rewritten archive as before. The old line parser
+# was fooled by every one but the last: a fake class in a string, names split or spread as torch allows.
+CODE_REWRITES = {
+    "a triple-quoted string holding a fake class": (
+        "PLACEHOLDER", '"PLACEHOLDER"',
+        '"""\nclass {cls}(Module):\n  __parameters__ = []\n  __buffers__ = []\n"""'),
+    "a triple-single-quoted string holding a fake __buffers__": (
+        "PLACEHOLDER", '"PLACEHOLDER"', "'''\n  __buffers__ = []\n'''"),
+    "adjacent literals, which torch concatenates": (
+        LINEAR_CODE, '["weight", "bias", ]', '["wei" "ght", \'bias\']'),
+    "a list over three lines with a comment": (
+        LINEAR_CODE, '["weight", "bias", ]', '["weight",\n    "bias", # "x" ]\n ]'),
+    "a backslash continuation": (
+        LINEAR_CODE, '__parameters__ = ["weight", "bias", ]', '__parameters__ = \\\n ["weight", "bias", ]'),
+    "an octal escape": (LINEAR_CODE, '"weight"', '"w\\145ight"'),
+    "a second statement for the same list": (
+        LINEAR_CODE, '  __buffers__ = []\n', '  __buffers__ = []\n  __parameters__ = ["bias", ]\n'),
+    "escaped quotes and newlines in a one-line string": (
+        "PLACEHOLDER", '"PLACEHOLDER"', '"\\"\\n  __buffers__ = [\\"x\\", ]\\n"'),
+}
+
+
+def _rewrite_code(path: Path, member: str, old: str, new: str) -> None:
+    """Rewrite one code/ file of a TorchScript archive: the one named `member`, or the one holding it."""
+    with zipfile.ZipFile(path) as zf:
+        entries = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    done = 0
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries:
+            if name.endswith(".py") and (name.endswith(member) or member.encode() in data):
+                text = data.decode()
+                cls = re.search(r"^class (\w+)\(Module\):", text, re.M)
+                assert cls is not None and old in text, (name, text)
+                data = text.replace(old, new.format(cls=cls[1])).encode()
+                done += 1
+            zf.writestr(name, data)
+    assert done == 1
+
+
+@pytest.mark.parametrize("rewrite", sorted(CODE_REWRITES))
+def test_code_text_is_lexed_as_torch_does(tmp_path: Path, rewrite: str) -> None:
+    """Regression (code_string_hides_tensors): strings and line breaks in code/ no longer hide or rename tensors."""
+    path = script_and_save(RaisesWithText(), tmp_path / "scripted.pt")
+    _rewrite_code(path, *CODE_REWRITES[rewrite])
+    with jit_view(path) as jit:  # the rewritten archive is one torch loads, with the same state
+        assert [(t.name, t.kind) for t in jit.tensors] == [
+            ("scale", "buffer"), ("fc.weight", "parameter"), ("fc.bias", "parameter")]
+    assert_same_as_jit_load(path)
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('["weight", "bias", ]', "foo()", "line 2 gives __parameters__ a value that is not a list of strings"),
+    ('"weight"', '"w\\xight"', "line 2 gives __parameters__ a name with the escape '\\\\x', which torch does not accept"),
+    ('"weight"', '"weight', "line 2 is not TorchScript this reader can parse (an unterminated string, unbalanced "
+                            "brackets or brackets nested more than 32 deep)"),
+    ("class Linear(Module):", "class Linear(Module):\n  pass\nclass Linear(Module):",
+     "declares the class Linear twice"),
+])
+def test_code_torch_would_refuse_is_one_clear_error(tmp_path: Path, old: str, new: str, message: str) -> None:
+    path = script_and_save(RaisesWithText(), tmp_path / "scripted.pt")
+    _rewrite_code(path, LINEAR_CODE, old, new)
+    with pytest.raises(CorruptFileError) as caught:
+        open_source(str(path))
+    assert str(caught.value) == f"{path}'s code/__torch__/torch/nn/modules/linear.py {message}"

@@ -7,7 +7,7 @@ never does. An archive is a zip file:
 - `data.pkl` pickles the module objects as `__torch__.*` classes plus attribute dicts, with
   tensors as persistent ids into `data/`: the weights-only gate rebuilds it with stand-ins;
 - `code/__torch__/...py` declares each class, its base (`Module`), `__parameters__` and
-  `__buffers__`: parsed line by line as text, never compiled or executed.
+  `__buffers__`: read as text by torchscript_code's lexer, never compiled or executed.
 
 Together they give the module tree, class names, parameters and buffers `torch.jit.load` would.
 `--unsafe-pickle` still loads the real ScriptModule, for commands that run it.
@@ -15,10 +15,8 @@ Together they give the module tree, class names, parameters and buffers `torch.j
 
 from __future__ import annotations
 
-import re
 import warnings
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from modinspect.errors import CorruptFileError
@@ -33,46 +31,10 @@ from modinspect.sources.torchfile import (
     standin_note,
     tensor_infos,
 )
+from modinspect.sources.torchscript_code import parse_code
 
-UNSAFE_WARNING = "--unsafe-pickle: torch.jit.load runs the code of {label} (its TorchScript __setstate__ methods)"
-
-
-@dataclass(frozen=True)
-class ScriptClass:
-    """What code/ declares about one TorchScript class."""
-
-    base: str
-    parameters: tuple[str, ...]
-    buffers: tuple[str, ...]
-
-
-_CLASS = re.compile(r"class (\w+)\((\w+)\):")
-_SLOTS = re.compile(r"  __(parameters|buffers)__ = \[(.*)\]")
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _MAX_CODE = 64 << 20  # all of code/ together; a real model's is a few megabytes
-
-
-def parse_code(sources: dict[str, str]) -> dict[str, ScriptClass]:
-    """Classes by qualified name (`__torch__.torch.nn.modules.conv.Conv2d`) from code/ texts by module."""
-    classes: dict[str, ScriptClass] = {}
-    for module, text in sources.items():
-        current: str | None = None
-        base = ""
-        slots: dict[str, tuple[str, ...]] = {}
-        for line in text.splitlines():
-            if not line.startswith(" "):
-                if current is not None:
-                    classes[current] = ScriptClass(base, slots.get("parameters", ()), slots.get("buffers", ()))
-                match = _CLASS.fullmatch(line.rstrip())
-                current, base, slots = (f"{module}.{match[1]}", match[2], {}) if match else (None, "", {})
-                continue
-            if current is not None:
-                slot = _SLOTS.fullmatch(line.rstrip())
-                if slot:
-                    slots[slot[1]] = tuple(_QUOTED.findall(slot[2]))
-        if current is not None:
-            classes[current] = ScriptClass(base, slots.get("parameters", ()), slots.get("buffers", ()))
-    return classes
+UNSAFE_WARNING = "--unsafe-pickle: torch.jit.load runs the code of {label} (its TorchScript __setstate__ methods)"
 
 
 def read_code(zf: zipfile.ZipFile, prefix: str, archive_size: int, path: Path, gate: Gate) -> dict[str, str]:
@@ -106,7 +68,7 @@ class TorchScriptSource(ZipTorchSource):
         constants = read_pickle_member(zf, f"{prefix}constants.pkl", self._size, path, gate, optional=True)
         if constants is not None:
             gate.load(constants, 0, storage_from_pid)
-        self._classes = parse_code(read_code(zf, prefix, self._size, path, gate))
+        self._classes = parse_code(read_code(zf, prefix, self._size, path, gate), str(path))
         if not self._is_module(root):
             raise CorruptFileError(
                 f"{path} is not a loadable TorchScript archive: its data.pkl holds no module declared in its code/"
