@@ -833,6 +833,40 @@ def _log(tmp: Path, key: str, value: str, line: int = 2) -> Path:
     return path
 
 
+# ---------------------------------------------------------------- branch formats: TorchScript code, .pt2, DCP, deep names
+
+
+class _RaisesWithText(torch.nn.Module):
+    """A scripted module whose code/ keeps a string (its raise's message), to be rewritten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() < 0:
+            raise RuntimeError("PLACEHOLDER")
+        return self.fc(x)
+
+
+def _scripted_with_text(tmp: Path, literal: str) -> Path:
+    """A torch.jit.save archive whose string literal in code/ is replaced by `literal`, deflated."""
+    import warnings
+
+    path = tmp / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(_RaisesWithText()), str(path))
+    with zipfile.ZipFile(path) as zf:
+        entries = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries:
+            if name.endswith(".py") and b'"PLACEHOLDER"' in data:
+                data = data.replace(b'"PLACEHOLDER"', literal.encode())
+            zf.writestr(name, data)
+    return path
+
+
 @case
 def report_loss_of_1e400(tmp: Path) -> tuple[list[str], str]:
     """Valid JSON that parses to inf: it overflowed in the gradient-flow mean."""
@@ -923,6 +957,27 @@ def report_log_over_max_log_size(tmp: Path) -> tuple[list[str], str]:
 def report_histogram_of_100k_bins(tmp: Path) -> tuple[list[str], str]:
     return ["report", str(_log(tmp, "counts", json.dumps([1] * 100_000)))], \
         "module 'fc1' has a histogram of 100,000 bins, more than the 1,024 this reader takes"
+
+
+@case
+def torchscript_code_of_20m_escaped_quotes(tmp: Path) -> tuple[list[str], str]:
+    """40 MB of code/ in 41 KB: refused from the zip's declared sizes (a backtracking regex took 2.8 GB)."""
+    path = _scripted_with_text(tmp, '"' + '\\"' * 20_000_000 + '"')
+    assert path.stat().st_size < 100_000
+    return ["tree", str(path)], "bytes of TorchScript code (code/*.py inflated), more than the 16 MiB this reader parses"
+
+
+@case
+def torchscript_code_of_7m_escaped_quotes(tmp: Path) -> tuple[list[str], str]:
+    """14 MB of escaped quotes in one string, under the limit: a valid archive, lexed in one linear pass."""
+    return ["tree", str(_scripted_with_text(tmp, '"' + '\\"' * 7_000_000 + '"'))], ""
+
+
+@case
+def torchscript_code_of_brackets_a_million_deep(tmp: Path) -> tuple[list[str], str]:
+    return ["tree", str(_scripted_with_text(tmp, "(" * 1_000_000))], (
+        "is not TorchScript this reader can parse (an unterminated string, unbalanced brackets or brackets nested "
+        "more than 32 deep)")
 
 
 # ---------------------------------------------------------------- running them

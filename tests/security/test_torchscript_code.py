@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import invoke
 from hostile import clean_checkpoint, setstate_shards, setstate_torchscript, write_victim
@@ -108,3 +110,47 @@ def test_unsafe_pickle_runs_it_and_says_so(tmp_path: Path) -> None:
     result = invoke("load", path, clean_checkpoint(tmp_path), "--dry-run", "--unsafe-pickle")
     assert result.exit_code == 0, result.stderr
     assert marker.exists()
+
+
+# ---------------------------------------------------------------- the code/ lexer on hostile text
+
+LINEAR_TEXT = (
+    "class Linear(Module):\n"
+    '  __parameters__ = ["weight", "bias", ]\n'
+    "  __buffers__ = []\n"
+    "  weight : Tensor\n"
+    "  def forward(self: __torch__.torch.nn.modules.linear.Linear,\n"
+    "    input: Tensor) -> Tensor:\n"
+    "    return torch.linear(input, self.weight, self.bias)\n"
+)
+
+
+def test_declarations_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modinspect.errors import CorruptFileError
+    from modinspect.sources import torchscript_code
+
+    assert torchscript_code.parse_code({"m": LINEAR_TEXT})["m.Linear"].parameters == ("weight", "bias")
+    monkeypatch.setattr(torchscript_code, "MAX_DECLARATIONS", 4)  # a class, two lists, two names: 5
+    with pytest.raises(CorruptFileError) as caught:
+        torchscript_code.parse_code({"m": LINEAR_TEXT}, "x.pt")
+    assert str(caught.value) == (
+        "x.pt declares more than 4 classes, parameter and buffer lists and names in its TorchScript code/")
+
+
+PIECES = ['"', "'", '"""', "'''", "\\", "\n", "  ", "\t", "#", "# type:", "(", ")", "[", "]", "{", "}", ",", "x",
+          "class Linear(Module):\n", "  __parameters__ = ", "  __buffers__ = ", '["a", ]', "\\\n", "\\145", ":"]
+
+
+@settings(max_examples=400, derandomize=True, deadline=None, database=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=60), st.integers(0, len(LINEAR_TEXT)))
+def test_lexer_raises_only_its_own_error(pieces: list[str], at: int) -> None:
+    """Any text spliced into real code: classes, or one CorruptFileError, never another exception."""
+    from modinspect.errors import CorruptFileError
+    from modinspect.sources.torchscript_code import parse_code
+
+    text = LINEAR_TEXT[:at] + "".join(pieces) + LINEAR_TEXT[at:]
+    try:
+        classes = parse_code({"m": text})
+    except CorruptFileError:
+        return
+    assert all(isinstance(n, str) for c in classes.values() for n in (*c.parameters, *c.buffers))

@@ -30,26 +30,36 @@ from modinspect.sources.torchfile import (
     read_pickle_member,
     standin_note,
     tensor_infos,
+    zip_member,
 )
-from modinspect.sources.torchscript_code import parse_code
+from modinspect.sources.torchscript_code import MAX_CODE_BYTES, parse_code
 
-_MAX_CODE = 64 << 20  # all of code/ together; a real model's is a few megabytes
 UNSAFE_WARNING = "--unsafe-pickle: torch.jit.load runs the code of {label} (its TorchScript __setstate__ methods)"
 
 
 def read_code(zf: zipfile.ZipFile, prefix: str, archive_size: int, path: Path, gate: Gate) -> dict[str, str]:
-    """The texts of code/__torch__/**.py, by the TorchScript module name each defines."""
+    """The texts of code/__torch__/**.py, by the TorchScript module name each defines.
+
+    Their inflated sizes are added up from the zip's directory, and refused past MAX_CODE_BYTES, before
+    any is read.
+    """
     root = f"{prefix}code/"
-    texts: dict[str, str] = {}
+    members = [n for n in zf.namelist() if n.startswith(root + "__torch__") and n.endswith(".py")]
     total = 0
-    for name in zf.namelist():
-        if not (name.startswith(root + "__torch__") and name.endswith(".py")):
-            continue
+    for name in members:
+        try:
+            total += zip_member(zf, name, archive_size).file_size
+        except CorruptFileError as exc:
+            raise CorruptFileError(f"{path} is a damaged zip file ({exc})") from None
+    if total > MAX_CODE_BYTES:
+        raise CorruptFileError(
+            f"{path} holds {total:,} bytes of TorchScript code (code/*.py inflated), more than the "
+            f"{MAX_CODE_BYTES >> 20} MiB this reader parses"
+        )
+    texts: dict[str, str] = {}
+    for name in members:
         raw = read_pickle_member(zf, name, archive_size, path, gate)
         assert raw is not None
-        total += len(raw)
-        if total > _MAX_CODE:
-            raise CorruptFileError(f"{path} holds more than {_MAX_CODE >> 20} MiB of TorchScript code")
         module = name[len(root):-len(".py")].replace("/", ".")
         texts[module] = raw.decode("utf-8", errors="replace")
     return texts
