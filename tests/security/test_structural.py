@@ -980,6 +980,110 @@ def torchscript_code_of_brackets_a_million_deep(tmp: Path) -> tuple[list[str], s
         "more than 32 deep)")
 
 
+class _WithBuffer(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 2)
+        self.register_buffer("huge", torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + self.huge
+
+
+def _pt2_with(tmp: Path, name: str, edit: Callable[[dict[str, object]], None], digits: int = 0) -> Path:
+    """A torch.export.save archive whose weights config gives the buffer 'huge' the tensor_meta `edit` makes.
+
+    With `digits`, the string "BIG" that `edit` writes becomes an integer of that many digits (json.dumps
+    refuses to write one past 4,300).
+    """
+    path = tmp / name
+    torch.export.save(torch.export.export(_WithBuffer(), (torch.randn(2, 3),)), str(path))
+    with zipfile.ZipFile(path) as zf:
+        entries = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, data in entries:
+            if member.endswith("_weights_config.json"):
+                doc = json.loads(data)
+                edit(doc["config"]["huge"]["tensor_meta"])
+                data = json.dumps(doc).replace('"BIG"', "9" * digits).encode()
+            zf.writestr(member, data)
+    return path
+
+
+def _dcp_with(tmp: Path, edit: Callable[[object], None], name: str = "dcp") -> Path:
+    """A torch.distributed.checkpoint directory of {'w': 3 floats} whose Metadata `edit` rewrites."""
+    import torch.distributed.checkpoint as dcp
+
+    folder = tmp / name
+    dcp.save({"w": torch.randn(3)}, checkpoint_id=str(folder))
+    meta = folder / ".metadata"
+    md = pickle.loads(meta.read_bytes())  # our own file, just written by torch
+    edit(md)
+    meta.write_bytes(pickle.dumps(md, protocol=2))
+    return folder
+
+
+def _dcp_size(digits: int) -> Callable[[object], None]:
+    def edit(md: object) -> None:
+        entry = md.state_dict_metadata["w"]  # type: ignore[attr-defined]
+        entry.size = entry.chunks[0].sizes = (10 ** (digits - 1),)
+    return edit
+
+
+@case
+def dcp_size_of_4500_digits(tmp: Path) -> tuple[list[str], str]:
+    """Regression: the byte count of a 4,500-digit size overflowed a float (OverflowError)."""
+    return ["tree", str(_dcp_with(tmp, _dcp_size(4500)))], "gives 'w' a size with an integer of 14,946 bits, past int64"
+
+
+@case
+def dcp_size_of_8000_digits(tmp: Path) -> tuple[list[str], str]:
+    return ["tree", str(_dcp_with(tmp, _dcp_size(8000)))], "gives 'w' a size with an integer of 26,573 bits, past int64"
+
+
+@case
+def dcp_storage_offset_of_5000_digits(tmp: Path) -> tuple[list[str], str]:
+    def edit(md: object) -> None:
+        for info in md.storage_data.values():  # type: ignore[attr-defined]
+            info.offset = 10**5000
+    return ["tree", str(_dcp_with(tmp, edit))], "gives the chunk of 'w' a storage place it cannot name"
+
+
+@case
+def dcp_version_of_5000_digits(tmp: Path) -> tuple[list[str], str]:
+    """A valid checkpoint with a version past Python's printable int: it lists, the version summarised."""
+    return ["tree", str(_dcp_with(tmp, lambda md: setattr(md, "version", 10**5000)))], ""
+
+
+@case
+def dcp_sizes_whose_product_passes_int64(tmp: Path) -> tuple[list[str], str]:
+    def edit(md: object) -> None:
+        entry = md.state_dict_metadata["w"]  # type: ignore[attr-defined]
+        entry.size = entry.chunks[0].sizes = (2**62,) * 40
+        entry.chunks[0].offsets = (0,) * 40
+    return ["tree", str(_dcp_with(tmp, edit))], "gives 'w' a size whose product reaches 2**63 elements"
+
+
+@case
+def pt2_size_of_4000_digits(tmp: Path) -> tuple[list[str], str]:
+    """Regression: under json's 4,300-digit limit, the size reached the byte count and overflowed a float."""
+    path = _pt2_with(tmp, "x.pt2", lambda meta: meta.update(sizes=[{"as_int": "BIG"}]), digits=4000)
+    return ["tree", str(path)], "gives 'huge' sizes with an integer of 13,288 bits, past int64"
+
+
+@case
+def pt2_size_of_4500_digits(tmp: Path) -> tuple[list[str], str]:
+    path = _pt2_with(tmp, "x.pt2", lambda meta: meta.update(sizes=[{"as_int": "BIG"}]), digits=4500)
+    return ["tree", str(path)], "_weights_config.json is not valid JSON (ValueError)"
+
+
+@case
+def pt2_sizes_whose_product_passes_int64(tmp: Path) -> tuple[list[str], str]:
+    path = _pt2_with(tmp, "x.pt2", lambda meta: meta.update(sizes=[{"as_int": 2**62}] * 40,
+                                                           strides=[{"as_int": 0}] * 40))
+    return ["tree", str(path)], "gives 'huge' sizes whose product reaches 2**63 elements"
+
+
 # ---------------------------------------------------------------- running them
 
 

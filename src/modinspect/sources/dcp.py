@@ -35,6 +35,7 @@ from modinspect.sources.dcp_metadata import (
 )
 from modinspect.sources.kinds import checkpoint_kind
 from modinspect.sources.sharded import _shard_path as shard_path
+from modinspect.sources.views import bounded_numel, describe_int, is_int64
 
 if TYPE_CHECKING:
     import torch
@@ -93,6 +94,9 @@ class _Window(io.RawIOBase):
 def _ints(value: object, what: str, label: str) -> tuple[int, ...]:
     if not isinstance(value, tuple | list) or not all(type(v) is int and v >= 0 for v in value):
         raise CorruptFileError(f"{label} gives {what} that is not a tuple of non-negative integers")
+    for v in value:
+        if not is_int64(v):
+            raise CorruptFileError(f"{label} gives {what} with {describe_int(v)}, past int64")
     return tuple(value)
 
 
@@ -128,7 +132,8 @@ class DcpSource(Source):
         split = [n for n, cs in self._chunks_of.items() if len(cs) > 1]
         if split:
             notes.append(f"{len(split)} tensor(s) saved in several chunks, reassembled on read (e.g. {split[0]})")
-        metadata = {"dcp_version": str(getattr(md, "version", None))} if getattr(md, "version", None) else {}
+        version = getattr(md, "version", None)
+        metadata = {"dcp_version": version if isinstance(version, str) else describe_int(version)} if version else {}
         super().__init__(label=label, format="dcp", tensors=tensors, other_entries=others, notes=notes,
                          metadata=metadata, warnings=warnings)
 
@@ -147,6 +152,8 @@ class DcpSource(Source):
                 others.append(EntrySummary(fqn, "pickled object (not read)"))
                 continue
             shape = _ints(getattr(entry, "size", None), f"{fqn!r} a size", str(meta_path))
+            if bounded_numel(shape) is None:
+                raise CorruptFileError(f"{meta_path} gives {fqn!r} a size whose product reaches 2**63 elements")
             dtype = dtype_name(getattr(entry, "properties", None))
             if dtype is None or dtype not in DTYPE_BITS:
                 raise CorruptFileError(f"{meta_path} gives {fqn!r} the unknown dtype {dtype!r}")
@@ -176,7 +183,7 @@ class DcpSource(Source):
                file_sizes: dict[Path, int]) -> Chunk:
         """Where the chunk's bytes are, once the file is known to lie in the directory and to hold them."""
         rel, start, length = (getattr(info, k, None) for k in ("relative_path", "offset", "length"))
-        if not isinstance(rel, str) or type(start) is not int or type(length) is not int or start < 0 or length < 0:
+        if not isinstance(rel, str) or not is_int64(start) or not is_int64(length):
             raise CorruptFileError(f"{meta_path} gives the chunk of {fqn!r} a storage place it cannot name")
         path = shard_path(meta_path, rel)  # confined to the directory, like a sharded index's shards
         if path not in file_sizes:

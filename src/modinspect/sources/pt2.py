@@ -30,6 +30,7 @@ from modinspect.sources.base import (
     is_row_major,
     read_chunks,
 )
+from modinspect.sources.views import INT64_LIMIT, bounded_numel, describe_int, is_int64
 
 if TYPE_CHECKING:
     import torch
@@ -63,8 +64,11 @@ def _ints(values: object, what: str, label: str) -> tuple[int, ...]:
     out = []
     for v in values:
         n = v.get("as_int") if isinstance(v, dict) else None
-        if type(n) is not int or n < 0:
-            raise CorruptFileError(f"{label} gives {what} with a symbolic or negative size ({v!r}), not a saved tensor")
+        if type(n) is int and n >= INT64_LIMIT:
+            raise CorruptFileError(f"{label} gives {what} with {describe_int(n)}, past int64")
+        if not is_int64(n):
+            raise CorruptFileError(
+                f"{label} gives {what} with a symbolic or negative size ({describe_int(v)}), not a saved tensor")
         out.append(n)
     return tuple(out)
 
@@ -184,6 +188,8 @@ class Pt2Source(Source):
         (offset,) = _ints([tm.get("storage_offset", {"as_int": 0})], f"{name!r} a storage offset", label)
         if len(stride) != len(shape):
             raise CorruptFileError(f"{label} gives {name!r} {len(shape)} sizes but {len(stride)} strides")
+        if bounded_numel(shape) is None:
+            raise CorruptFileError(f"{label} gives {name!r} sizes whose product reaches 2**63 elements")
         path_name = meta.get("path_name")
         if not isinstance(path_name, str) or "/" in path_name:
             raise CorruptFileError(f"{label} gives {name!r} the payload name {path_name!r}")
