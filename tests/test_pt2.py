@@ -147,3 +147,37 @@ def test_lying_weight_configs_are_refused(tmp_path: Path) -> None:
         src.read_tensor("conv.bias")
     result = invoke("diff", str(tmp_path / "big.pt2"), str(tmp_path / "big.pt2"))
     assert result.exit_code == 2 and "reaches past the end of" in result.stderr
+
+
+def test_expanded_views_are_read_as_torch_export_load_reads_them(tmp_path: Path) -> None:
+    """A stride-0 view is gathered a chunk at a time, values as torch's; one far larger than its storage is refused."""
+    from modinspect.errors import CorruptFileError
+
+    export(Net(), (torch.randn(1, 3, 8, 8),), tmp_path / "net.pt2")
+
+    def expand(sizes: list[int], strides: list[int]) -> object:
+        def edit(config: dict[str, dict[str, object]]) -> None:
+            meta = config["bn.running_mean"]["tensor_meta"]
+            meta["sizes"] = [{"as_int": n} for n in sizes]  # type: ignore[index]
+            meta["strides"] = [{"as_int": n} for n in strides]  # type: ignore[index]
+        return edit
+
+    _rewrite(tmp_path / "net.pt2", tmp_path / "expanded.pt2", expand([3, 1000, 4], [0, 0, 1]))
+    reference = torch.export.load(tmp_path / "expanded.pt2").state_dict["bn.running_mean"]
+    assert reference.shape == (3, 1000, 4) and reference.stride() == (0, 0, 1)
+    with open_source(str(tmp_path / "expanded.pt2")) as src:
+        assert torch.equal(src.read_tensor("bn.running_mean"), reference)
+        pieces = list(src.iter_chunks("bn.running_mean", 7))
+        assert [p.numel() for p in pieces] == [7] * (12000 // 7) + [12000 % 7]
+        assert torch.equal(torch.cat(pieces), reference.reshape(-1))
+    result = invoke("diff", str(tmp_path / "expanded.pt2"), str(tmp_path / "expanded.pt2"))
+    assert result.exit_code == 0, result.stderr
+
+    _rewrite(tmp_path / "net.pt2", tmp_path / "huge.pt2", expand([2**20, 2**16], [0, 0]))
+    with open_source(str(tmp_path / "huge.pt2")) as src:
+        assert src.info("bn.running_mean").shape == (2**20, 2**16)  # listed as declared
+        with pytest.raises(CorruptFileError) as caught:
+            next(src.iter_chunks("bn.running_mean"))
+    assert str(caught.value) == (
+        f"{tmp_path / 'huge.pt2'}: 'bn.running_mean' claims 68,719,476,736 elements over a storage of 4 (a stride-0 "
+        "or overlapping view): too large to read, and no real tensor needs it")

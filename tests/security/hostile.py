@@ -561,3 +561,30 @@ def setstate_shards(folder: Path, marker: Path) -> Path:
     weight_map = {"fc.weight": "pytorch_model-00001-of-00002.bin", "fc.bias": "pytorch_model-00002-of-00002.bin"}
     (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return folder
+
+
+def dcp_with_expanded_chunk(folder: Path, shape: tuple[int, ...], stride: tuple[int, ...]) -> Path:
+    """A dcp.save directory whose tensor 'huge' is one float viewed as `shape` with `stride` (e.g. stride 0).
+
+    dcp.save copies views into whole tensors, so the chunk is rewritten: torch.save of the view (which keeps
+    its one-float storage), with the .metadata's sizes and byte range to match.
+    """
+    import dataclasses
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save({"huge": torch.full((1,), 2.5)}, checkpoint_id=str(folder))
+    meta = folder / ".metadata"
+    md = pickle.loads(meta.read_bytes())  # our own file, just written by torch
+    entry = md.state_dict_metadata["huge"]
+    entry.size = entry.chunks[0].sizes = torch.Size(shape)
+    entry.chunks[0].offsets = torch.Size([0] * len(shape))
+    buf = io.BytesIO()
+    torch.save(torch.full((1,), 2.5).as_strided(shape, stride), buf)
+    [(index, info)] = md.storage_data.items()
+    (folder / info.relative_path).write_bytes(buf.getvalue())
+    md.storage_data = {dataclasses.replace(index, offset=torch.Size([0] * len(shape))):
+                       dataclasses.replace(info, offset=0, length=len(buf.getvalue()))}
+    meta.write_bytes(pickle.dumps(md, protocol=2))
+    return folder

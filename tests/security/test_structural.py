@@ -1084,6 +1084,54 @@ def pt2_sizes_whose_product_passes_int64(tmp: Path) -> tuple[list[str], str]:
     return ["tree", str(path)], "gives 'huge' sizes whose product reaches 2**63 elements"
 
 
+def _pt2_view(sizes: list[int], strides: list[int]) -> Callable[[dict[str, object]], None]:
+    return lambda meta: meta.update(sizes=[{"as_int": n} for n in sizes], strides=[{"as_int": n} for n in strides])
+
+
+@case
+def pt2_stride_0_view_of_2_pow_28_diffed(tmp: Path) -> tuple[list[str], str]:
+    """One stored float viewed as 2^28 in an 8 KB file: diff took 2.3 GB gathering it whole."""
+    a = _pt2_with(tmp, "a.pt2", _pt2_view([2**28], [0]))
+    b = _pt2_with(tmp, "b.pt2", _pt2_view([2**28], [0]))
+    return ["diff", str(a), str(b)], (
+        "'huge' claims 268,435,456 elements over a storage of 1 (a stride-0 or overlapping view): too large to read")
+
+
+@case
+def pt2_stride_0_view_of_2_pow_36_diffed(tmp: Path) -> tuple[list[str], str]:
+    a = _pt2_with(tmp, "a.pt2", _pt2_view([2**18, 2**18], [0, 0]))
+    return ["diff", str(a), str(a)], "'huge' claims 68,719,476,736 elements over a storage of 1 (a stride-0"
+
+
+@case
+def pt2_stride_0_view_of_2_pow_36_listed(tmp: Path) -> tuple[list[str], str]:
+    return ["tree", str(_pt2_with(tmp, "a.pt2", _pt2_view([2**18, 2**18], [0, 0])))], ""
+
+
+@case
+def pt2_overlapping_view_past_its_storage(tmp: Path) -> tuple[list[str], str]:
+    a = _pt2_with(tmp, "a.pt2", _pt2_view([2**14, 2**14], [1, 1]))
+    return ["diff", str(a), str(a)], "'huge' reaches past the end of its storage"
+
+
+@case
+def dcp_stride_0_view_of_2_pow_28_diffed(tmp: Path) -> tuple[list[str], str]:
+    from hostile import dcp_with_expanded_chunk
+
+    a = dcp_with_expanded_chunk(tmp / "a", (2**28,), (0,))
+    b = dcp_with_expanded_chunk(tmp / "b", (2**28,), (0,))
+    return ["diff", str(a), str(b)], (
+        "'huge' claims 268,435,456 elements over a storage of 1 (a stride-0 or overlapping view): too large to read")
+
+
+@case
+def dcp_stride_0_view_of_2_pow_36_diffed(tmp: Path) -> tuple[list[str], str]:
+    from hostile import dcp_with_expanded_chunk
+
+    a = dcp_with_expanded_chunk(tmp / "a", (2**18, 2**18), (0, 0))
+    return ["diff", str(a), str(a)], "'huge' claims 68,719,476,736 elements over a storage of 1 (a stride-0"
+
+
 # ---------------------------------------------------------------- running them
 
 

@@ -35,7 +35,13 @@ from modinspect.sources.dcp_metadata import (
 )
 from modinspect.sources.kinds import checkpoint_kind
 from modinspect.sources.sharded import _shard_path as shard_path
-from modinspect.sources.views import bounded_numel, describe_int, is_int64
+from modinspect.sources.views import (
+    bounded_numel,
+    check_view,
+    describe_int,
+    is_int64,
+    strided_chunks,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -287,6 +293,8 @@ def rechunk(pieces: Iterable[torch.Tensor], n: int) -> Iterator[torch.Tensor]:
 def _zip_pieces(window: _Window, chunk: Chunk, dtype: str, chunk_elems: int, where: str,
                 name: str) -> Iterator[torch.Tensor]:
     """A chunk saved by torch.save inside the .distcp file, read through the weights-only gate."""
+    import torch
+
     from modinspect.sources.pickle_gate import Gate, TensorRef, storage_from_pid
     from modinspect.sources.torchfile import ZIP_ERRORS, read_zip_member, zip_member
 
@@ -315,24 +323,17 @@ def _zip_pieces(window: _Window, chunk: Chunk, dtype: str, chunk_elems: int, whe
         if member.file_size != ref.storage.numel * itemsize:
             raise CorruptFileError(f"{where}: storage {ref.storage.key} has the wrong size")
         numel = math.prod(ref.shape)
+        # The view must lie in its storage, and not claim absurdly more elements than it holds (stride 0).
+        check_view(where, name, ref.shape, ref.stride, ref.offset, ref.storage.numel)
+        if not numel:
+            return
         try:
-            if is_row_major(ref.shape, ref.stride) and ref.offset + numel <= ref.storage.numel:
+            if is_row_major(ref.shape, ref.stride):
                 with zf.open(member) as stream:
                     stream.seek(ref.offset * itemsize)
                     yield from read_chunks(stream, numel, dtype, chunk_elems, where)
                 return
-            yield from _strided_pieces(zf.read(member), ref, dtype, chunk_elems, where)
+            flat = from_little_endian(bytearray(zf.read(member)), getattr(torch, dtype))
         except ZIP_ERRORS as exc:
             raise CorruptFileError(f"{where} is a damaged zip ({exc})") from None
-
-
-def _strided_pieces(raw: bytes, ref: Any, dtype: str, chunk_elems: int, where: str) -> Iterator[torch.Tensor]:
-    import torch
-
-    flat = from_little_endian(bytearray(raw), getattr(torch, dtype)) if raw else torch.empty(0)
-    needed = ref.offset + sum((s - 1) * st for s, st in zip(ref.shape, ref.stride, strict=True)) + 1
-    if math.prod(ref.shape) and needed > flat.numel():
-        raise CorruptFileError(f"{where}: its tensor reaches past the end of its storage")
-    t = flat.as_strided(ref.shape, ref.stride, ref.offset).reshape(-1)
-    for start in range(0, t.numel(), chunk_elems):
-        yield t[start:start + chunk_elems].clone()
+        yield from strided_chunks(flat, ref.shape, ref.stride, ref.offset, chunk_elems)

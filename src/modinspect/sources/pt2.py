@@ -30,7 +30,14 @@ from modinspect.sources.base import (
     is_row_major,
     read_chunks,
 )
-from modinspect.sources.views import INT64_LIMIT, bounded_numel, describe_int, is_int64
+from modinspect.sources.views import (
+    INT64_LIMIT,
+    bounded_numel,
+    check_view,
+    describe_int,
+    is_int64,
+    strided_chunks,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -203,6 +210,7 @@ class Pt2Source(Source):
         )
 
     def _storage(self, name: str) -> tuple[_Payload, zipfile.ZipInfo]:
+        """The payload and its zip entry, once the view is known to lie inside the bytes stored."""
         from modinspect.sources.torchfile import zip_member
 
         p = self._payloads[name]
@@ -210,29 +218,40 @@ class Pt2Source(Source):
             info = zip_member(self._zf, p.member, self._size)
         except KeyError:
             raise CorruptFileError(f"{self.path} lacks {p.member}, the data of {name!r}") from None
-        itemsize = DTYPE_BITS[p.dtype] // 8
-        numel = math.prod(p.shape)
-        needed = (p.offset + sum((s - 1) * st for s, st in zip(p.shape, p.stride, strict=True)) + 1) if numel else 0
-        if info.file_size == 0 and numel:
+        except CorruptFileError as exc:
+            raise CorruptFileError(f"{self.path} is a damaged zip file ({exc})") from None
+        if info.file_size == 0 and all(p.shape):
             raise CorruptFileError(f"{self.path}: {name!r} was exported as a fake tensor and has no data")
-        if needed * itemsize > info.file_size:
-            raise CorruptFileError(f"{self.path}: {name!r} reaches past the end of {p.member}")
+        check_view(str(self.path), name, p.shape, p.stride, p.offset, info.file_size // (DTYPE_BITS[p.dtype] // 8))
         return p, info
+
+    def _flat(self, p: _Payload, info: zipfile.ZipInfo) -> torch.Tensor:
+        """The whole storage as a 1-d tensor of the payload's dtype."""
+        import torch
+
+        from modinspect.sources.torchfile import ZIP_ERRORS
+
+        itemsize = DTYPE_BITS[p.dtype] // 8
+        try:
+            raw = bytearray(self._zf.read(info))
+        except ZIP_ERRORS as exc:
+            raise CorruptFileError(f"{self.path} is a damaged zip file ({exc})") from None
+        return from_little_endian(raw[: len(raw) // itemsize * itemsize], getattr(torch, p.dtype))
 
     def _read(self, name: str) -> torch.Tensor:
         import torch
 
         p, info = self._storage(name)
-        dtype = getattr(torch, p.dtype)
         if not math.prod(p.shape):
-            return torch.empty(p.shape, dtype=dtype)
-        flat = from_little_endian(bytearray(self._zf.read(info)), dtype)
-        return flat.as_strided(p.shape, p.stride, p.offset).clone()
+            return torch.empty(p.shape, dtype=getattr(torch, p.dtype))
+        return self._flat(p, info).as_strided(p.shape, p.stride, p.offset).clone()
 
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
         p, info = self._storage(name)
-        if not is_row_major(p.shape, p.stride):
-            yield from super()._chunks(name, chunk_elems)
+        if not math.prod(p.shape):
+            return
+        if not is_row_major(p.shape, p.stride):  # gathered a chunk at a time: an expanded view is never whole
+            yield from strided_chunks(self._flat(p, info), p.shape, p.stride, p.offset, chunk_elems)
             return
         with self._zf.open(info) as member:
             member.seek(p.offset * DTYPE_BITS[p.dtype] // 8)
