@@ -181,3 +181,40 @@ def test_expanded_views_are_read_as_torch_export_load_reads_them(tmp_path: Path)
     assert str(caught.value) == (
         f"{tmp_path / 'huge.pt2'}: 'bn.running_mean' claims 68,719,476,736 elements over a storage of 4 (a stride-0 "
         "or overlapping view): too large to read, and no real tensor needs it")
+
+
+class WithCond(nn.Module):
+    """Its program nests graphs (torch.cond's branches) inside a node of the top graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cond(x.sum() > 0, lambda y: self.a(y), lambda y: self.b(y), (x,))
+
+
+@pytest.mark.parametrize("model", [Net(), WithCond()], ids=["net", "cond"])
+def test_node_arrays_are_read_as_json_loads_reads_them(tmp_path: Path, model: nn.Module) -> None:
+    """The program's node arrays, cut out unparsed, give json.loads' node count and module classes."""
+    from modinspect.sources.pt2 import module_types
+    from modinspect.sources.pt2_program import graph_nodes, load_program
+
+    args = (torch.randn(1, 3, 8, 8),) if isinstance(model, Net) else (torch.randn(2, 4),)
+    export(model, args, tmp_path / "m.pt2")
+    with zipfile.ZipFile(tmp_path / "m.pt2") as zf:
+        raw = zf.read(next(n for n in zf.namelist() if n.endswith("/models/model.json")))
+    full = json.loads(raw)
+    program, arrays = load_program(raw, "m.pt2")
+    nodes = full["graph_module"]["graph"]["nodes"]
+    top = graph_nodes(program["graph_module"]["graph"], arrays)
+    assert top.count == len(nodes) > 0
+    stacks = [n["metadata"]["nn_module_stack"] for n in nodes if "nn_module_stack" in n.get("metadata", {})]
+    assert module_types(top.stacks) == module_types(tuple(stacks))
+    assert {k: v for k, v in full.items() if k != "graph_module"} == {
+        k: v for k, v in program.items() if k != "graph_module"}
+    assert program["graph_module"]["module_call_graph"] == full["graph_module"]["module_call_graph"]
+    assert program["graph_module"]["signature"] == full["graph_module"]["signature"]
+    if isinstance(model, WithCond):
+        assert len(arrays) == 1 and b'"nodes"' in raw[raw.index(b'"nodes"') + 7:]  # nested graphs stayed inside

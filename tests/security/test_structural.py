@@ -1132,6 +1132,37 @@ def dcp_stride_0_view_of_2_pow_36_diffed(tmp: Path) -> tuple[list[str], str]:
     return ["diff", str(a), str(a)], "'huge' claims 68,719,476,736 elements over a storage of 1 (a stride-0"
 
 
+def _pt2_of_nodes(tmp: Path, count: int) -> Path:
+    """A torch.export.save archive whose program's graph repeats its nodes to `count`, deflated."""
+    path = tmp / "nodes.pt2"
+    torch.export.save(torch.export.export(_WithBuffer(), (torch.randn(2, 3),)), str(path))
+    with zipfile.ZipFile(path) as zf:
+        entries = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for member, data in entries:
+            if member.endswith("/models/model.json"):
+                doc = json.loads(data)
+                nodes = doc["graph_module"]["graph"]["nodes"]
+                doc["graph_module"]["graph"]["nodes"] = (nodes * (count // len(nodes) + 1))[:count]
+                data = json.dumps(doc).encode()
+            zf.writestr(member, data)
+    return path
+
+
+@case
+def pt2_program_of_300k_nodes(tmp: Path) -> tuple[list[str], str]:
+    """A 200 MB program JSON in 1 MB: json.loads took 8 s of CPU and 1.2 GB; refused from its declared size."""
+    path = _pt2_of_nodes(tmp, 300_000)
+    assert path.stat().st_size < 2 << 20
+    return ["tree", str(path)], "bytes, more than the 128 MiB this reader reads"  # about 200 MB: paths vary
+
+
+@case
+def pt2_program_of_50k_nodes(tmp: Path) -> tuple[list[str], str]:
+    """Under the bound: the node array is cut out unparsed, its nodes counted and their module stacks read."""
+    return ["tree", str(_pt2_of_nodes(tmp, 50_000))], ""
+
+
 # ---------------------------------------------------------------- running them
 
 

@@ -30,6 +30,7 @@ from modinspect.sources.base import (
     is_row_major,
     read_chunks,
 )
+from modinspect.sources.pt2_program import MAX_PROGRAM_BYTES, graph_nodes, load_program
 from modinspect.sources.views import (
     INT64_LIMIT,
     bounded_numel,
@@ -80,13 +81,10 @@ def _ints(values: object, what: str, label: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def module_types(nodes: object) -> dict[str, str]:
+def module_types(stacks: tuple[str, ...]) -> dict[str, str]:
     """{module path: class name} from the graph nodes' nn_module_stack ('key,path,qualified.Class;...')."""
     types: dict[str, str] = {}
-    for node in nodes if isinstance(nodes, list) else []:
-        stack = (node.get("metadata") or {}).get("nn_module_stack") if isinstance(node, dict) else None
-        if not isinstance(stack, str):
-            continue
+    for stack in stacks:
         for entry in stack.split(";"):
             first, last = entry.find(","), entry.rfind(",")
             if 0 <= first < last:
@@ -124,8 +122,8 @@ class Pt2Source(Source):
                                      "AOTInductor package, which modinspect does not read")
         model_file = f"{root}models/model.json" if f"{root}models/model.json" in models else models[0]
         model_name = model_file.rpartition("/")[2].removesuffix(".json")
-        program = self._json(model_file)
-        gm = program.get("graph_module") if isinstance(program, dict) else None
+        program, node_arrays = load_program(self._member(model_file, MAX_PROGRAM_BYTES), f"{self.path}: {model_file}")
+        gm = program.get("graph_module")
         if not isinstance(gm, dict):
             raise CorruptFileError(f"{label}: {model_file} holds no graph_module")
         if f"{root}data/weights/{model_name}.pt" in names:
@@ -150,21 +148,26 @@ class Pt2Source(Source):
                 if info is not None:
                     tensors.append(info)
         calls = gm.get("module_call_graph")
-        types = module_types((gm.get("graph") or {}).get("nodes"))
+        nodes = graph_nodes(gm.get("graph"), node_arrays)
+        types = module_types(nodes.stacks)
         fqns = [str(e.get("fqn")) for e in calls if isinstance(e, dict)] if isinstance(calls, list) else [""]
         modules = [ModuleInfo(name=f, type=types.get(f)) for f in dict.fromkeys(["", *fqns])]
-        n_nodes = len((gm.get("graph") or {}).get("nodes") or [])
-        notes = [f"torch.export program '{model_name}': {n_nodes} graph nodes, {len(modules)} modules in the call "
+        notes = [f"torch.export program '{model_name}': {nodes.count} graph nodes, {len(modules)} modules in the call "
                  "graph; read from its JSON (no pickle loaded)"]
         if skipped:
             notes.append(f"{len(skipped)} constants or pickled tensors not listed (e.g. {skipped[0]})")
-        version = program.get("torch_version") if isinstance(program, dict) else None
+        version = program.get("torch_version")
         super().__init__(label=label, format="torch-export", tensors=tensors, modules=modules, notes=notes,
                          metadata={"torch_version": str(version)} if version else {})
 
-    def _member(self, name: str) -> bytes:
+    def _member(self, name: str, limit: int = 64 << 20) -> bytes:
+        """A JSON member's bytes, refused past `limit` from the zip's directory before it inflates."""
         from modinspect.sources.torchfile import read_zip_member
 
+        declared = self._zf.getinfo(name).file_size
+        if declared > limit:
+            raise CorruptFileError(f"{self.path}: {name} inflates to {declared:,} bytes, more than the "
+                                   f"{limit >> 20} MiB this reader reads")
         return read_zip_member(self._zf, name, self._size, str(self.path))
 
     def _json(self, name: str) -> dict[str, Any]:
