@@ -320,3 +320,45 @@ def test_tree_building_is_linear_with_the_modules_known() -> None:
     small_t, large_t = _layered(2000), _layered(4000)
     small, large = _tree_ops(small_t, modules(small_t)), _tree_ops(large_t, modules(large_t))
     assert large <= 2.1 * small, (small, large)
+
+
+# ---------------------------------------------------------------- bounded in the length of deep names
+def test_module_names_are_bounded_in_total(tmp_path: Path) -> None:
+    """Each module keeps its full name: 1,000 parts of 1,000 characters would be 500 MB of names; refused."""
+    from safetensors.torch import save_file
+
+    from modinspect.analysis import tree
+    from modinspect.errors import CorruptFileError
+
+    parts = [f"{i:04d}" + "m" * 996 for i in range(1000)]
+    save_file({".".join(parts): torch.ones(1)}, str(tmp_path / "long.safetensors"))
+    with open_source(str(tmp_path / "long.safetensors")) as src, pytest.raises(CorruptFileError) as caught:
+        build_tree(src)
+    assert str(caught.value) == (
+        f"{tmp_path / 'long.safetensors'} nests modules so deep (a module name of 999 dotted parts and 999,998 "
+        "characters) that all their names would add up to more than 67,108,864 characters")
+    # Under the bound every module is built, whatever its depth: 300 parts of 1,000 characters is 45 MB of names.
+    save_file({".".join(parts[:300]): torch.ones(1)}, str(tmp_path / "shorter.safetensors"))
+    with open_source(str(tmp_path / "shorter.safetensors")) as src:
+        report = build_tree(src)
+    assert len(report.modules) == 300 and sum(len(r.name) for r in report.modules) == sum(
+        1001 * k - 1 for k in range(1, 300)) < tree.MAX_MODULE_NAME_CHARS
+
+
+def test_a_long_deep_name_costs_little_cpu(tmp_path: Path) -> None:
+    """Regression: `tree --json` of a 1 MB name of 1,000 parts took 27 s and 3 GB (child CPU time, not wall)."""
+    import resource
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    save_file({".".join(["m" * 999] * 1000): torch.ones(1)}, str(tmp_path / "long.safetensors"))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run([sys.executable, "-m", "modinspect", "tree", str(tmp_path / "long.safetensors"), "--json"],
+                         capture_output=True, text=True, timeout=300)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+    assert "that all their names would add up to more than 67,108,864 characters" in out.stderr
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu < 4.0, cpu  # about 0.4 s: the interpreter, the header, 64 MB of names built before the refusal

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from modinspect.analysis.keymap import is_index
+from modinspect.errors import CorruptFileError
 from modinspect.gcpause import paused_gc
 from modinspect.report import DtypeTotal, ModuleNode, ModuleRow, TensorRow, Totals, TreeReport
 from modinspect.sources.base import ModuleInfo, Source, TensorInfo, tied_groups
@@ -41,12 +42,20 @@ class _Node:
         self.signature = -1
 
 
+# Every module keeps its full dotted name (the report's rows and --json give it), so a name of d parts and
+# n characters costs about d * n / 2 characters: 1,000 parts of 1,000 characters would be 500 MB of names
+# (tree --json took 27 s and 3 GB). The names of all modules together are bounded instead.
+MAX_MODULE_NAME_CHARS = 1 << 26
+
+
 class _Tree:
     """Every module by name, in creation order (each parent before its children)."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "the source") -> None:
         self.root = _Node("", None)
         self.nodes: dict[str, _Node] = {"": self.root}
+        self.label = label
+        self.name_chars = 0  # of every module name created: what MAX_MODULE_NAME_CHARS bounds
 
     def ensure(self, name: str) -> _Node:
         node = self.nodes.get(name)
@@ -55,6 +64,13 @@ class _Tree:
         missing = []
         while name not in self.nodes:
             missing.append(name)
+            self.name_chars += len(name)
+            if self.name_chars > MAX_MODULE_NAME_CHARS:
+                raise CorruptFileError(
+                    f"{self.label} nests modules so deep (a module name of {missing[0].count('.') + 1:,} dotted parts "
+                    f"and {len(missing[0]):,} characters) that all their names would add up to more than "
+                    f"{MAX_MODULE_NAME_CHARS:,} characters"
+                )
             name = name.rpartition(".")[0]
         parent = self.nodes[name]
         for name in reversed(missing):
@@ -376,7 +392,7 @@ def build_tree(source: Source, *, depth: int | None = None, pattern: str | None 
 def _build(source: Source, depth: int | None, pattern: str | None, expand: bool) -> TreeReport:
     module_known = source.modules is not None
     tensors = source.tensors
-    tree = _Tree()
+    tree = _Tree(source.label)
     _add_modules(tree, source.modules or [])
     by_dtype: dict[str, list[int]] = {}
     sums = _Sums()
