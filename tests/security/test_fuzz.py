@@ -386,6 +386,42 @@ def _index_bytes() -> st.SearchStrategy[bytes]:
     return st.one_of(index_structural(), byte_edits(base), truncated(base))
 
 
+# ---------------------------------------------------------------- TorchScript code/ (branch formats)
+
+
+def _torchscript_base() -> bytes:
+    import io
+    import warnings
+
+    g = torch.Generator().manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(3, 4, generator=g))
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(model), buf)
+    return buf.getvalue()
+
+
+TORCHSCRIPT_BASE = _torchscript_base()
+CODE_PIECES = [b'"', b"'", b'"""', b"'''", b"\\", b"\n", b"\n  ", b"#", b"# type:", b"(", b")", b"[", b"]", b",",
+               b"class Linear(Module):\n", b"  __parameters__ = ", b"  __buffers__ = [", b'"weight"', b"\\\n", b":"]
+
+
+@st.composite
+def torchscript_code_edits(draw: st.DrawFn) -> bytes:
+    """Splice lexer-relevant pieces (quotes, brackets, fake declarations) into code/ and re-zip with valid CRCs."""
+    out = []
+    for name, data in _zip_members(TORCHSCRIPT_BASE):
+        if name.endswith(".py") and draw(st.booleans()):
+            for _ in range(draw(st.integers(1, 4))):
+                at = draw(st.integers(0, len(data)))
+                data = data[:at] + b"".join(draw(st.lists(st.sampled_from(CODE_PIECES), max_size=8))) + data[at:]
+        out.append((name, data))
+    return _zip_from(out)
+
+
 # ---------------------------------------------------------------- the targets
 
 # name -> (strategy, file name it is written to, examples in the normal suite)
@@ -395,6 +431,7 @@ TARGETS: dict[str, tuple[Callable[[], st.SearchStrategy[bytes]], str, int]] = {
     "zip_pickle": (_zip_pickle_bytes, "y.pt", 1000),
     "legacy": (_legacy_bytes, "z.pt", 700),
     "index": (_index_bytes, "model.safetensors.index.json", 600),
+    "torchscript": (torchscript_code_edits, "s.pt", 300),
 }
 
 
@@ -421,6 +458,7 @@ test_fuzz_zip_bytes_and_headers = _make("zip", long=False)
 test_fuzz_zip_pickle = _make("zip_pickle", long=False)
 test_fuzz_legacy = _make("legacy", long=False)
 test_fuzz_index = _make("index", long=False)
+test_fuzz_torchscript_code = _make("torchscript", long=False)
 
 _long = [pytest.mark.fuzz_long, pytest.mark.skipif(LONG_EXAMPLES <= 0, reason="set MODINSPECT_FUZZ_EXAMPLES=N for a "
                                                                                   "long campaign of N cases")]
@@ -438,12 +476,14 @@ test_long_fuzz_zip_bytes_and_headers = _long_test("zip")
 test_long_fuzz_zip_pickle = _long_test("zip_pickle")
 test_long_fuzz_legacy = _long_test("legacy")
 test_long_fuzz_index = _long_test("index")
+test_long_fuzz_torchscript_code = _long_test("torchscript")
 
 
 def test_the_bases_are_valid(work: Path) -> None:
     """Unmutated, every base opens and reads: the mutations start from real files."""
     for target, data in [("safetensors", ST_BASE), ("zip", ZIP_BASE), ("zip", ZIP_TRAINING_BASE),
-                         ("legacy", LEGACY_BASE), ("index", json.dumps(INDEX_BASE).encode())]:
+                         ("legacy", LEGACY_BASE), ("index", json.dumps(INDEX_BASE).encode()),
+                         ("torchscript", TORCHSCRIPT_BASE)]:
         _strategy, name, _n = TARGETS[target]
         path = (_sharded_folder(work) if target == "index" else work) / name
         path.write_bytes(data)
