@@ -563,8 +563,8 @@ def setstate_shards(folder: Path, marker: Path) -> Path:
     return folder
 
 
-def dcp_with_expanded_chunk(folder: Path, shape: tuple[int, ...], stride: tuple[int, ...]) -> Path:
-    """A dcp.save directory whose tensor 'huge' is one float viewed as `shape` with `stride` (e.g. stride 0).
+def dcp_with_expanded_chunk(folder: Path, shape: tuple[int, ...], stride: tuple[int, ...], value: float = 2.5) -> Path:
+    """A dcp.save directory whose tensor 'huge' is one float, `value`, viewed as `shape` with `stride` (e.g. 0).
 
     dcp.save copies views into whole tensors, so the chunk is rewritten: torch.save of the view (which keeps
     its one-float storage), with the .metadata's sizes and byte range to match.
@@ -574,14 +574,14 @@ def dcp_with_expanded_chunk(folder: Path, shape: tuple[int, ...], stride: tuple[
 
     import torch.distributed.checkpoint as dcp
 
-    dcp.save({"huge": torch.full((1,), 2.5)}, checkpoint_id=str(folder))
+    dcp.save({"huge": torch.full((1,), value)}, checkpoint_id=str(folder))
     meta = folder / ".metadata"
     md = pickle.loads(meta.read_bytes())  # our own file, just written by torch
     entry = md.state_dict_metadata["huge"]
     entry.size = entry.chunks[0].sizes = torch.Size(shape)
     entry.chunks[0].offsets = torch.Size([0] * len(shape))
     buf = io.BytesIO()
-    torch.save(torch.full((1,), 2.5).as_strided(shape, stride), buf)
+    torch.save(torch.full((1,), value).as_strided(shape, stride), buf)
     [(index, info)] = md.storage_data.items()
     (folder / info.relative_path).write_bytes(buf.getvalue())
     md.storage_data = {dataclasses.replace(index, offset=torch.Size([0] * len(shape))):

@@ -849,8 +849,8 @@ class _RaisesWithText(torch.nn.Module):
         return self.fc(x)
 
 
-def _scripted_with_text(tmp: Path, literal: str) -> Path:
-    """A torch.jit.save archive whose string literal in code/ is replaced by `literal`, deflated."""
+def _scripted_with_text(tmp: Path, literal: str, old: bytes = b'"PLACEHOLDER"', new: bytes = b"") -> Path:
+    """A torch.jit.save archive whose string literal in code/ is replaced by `literal` (or its `old` by `new`)."""
     import warnings
 
     path = tmp / "scripted.pt"
@@ -861,8 +861,8 @@ def _scripted_with_text(tmp: Path, literal: str) -> Path:
         entries = [(info.filename, zf.read(info)) for info in zf.infolist()]
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, data in entries:
-            if name.endswith(".py") and b'"PLACEHOLDER"' in data:
-                data = data.replace(b'"PLACEHOLDER"', literal.encode())
+            if name.endswith(".py") and old in data:
+                data = data.replace(old, new or literal.encode())
             zf.writestr(name, data)
     return path
 
@@ -961,8 +961,9 @@ def report_histogram_of_100k_bins(tmp: Path) -> tuple[list[str], str]:
 
 @case
 def torchscript_code_of_20m_escaped_quotes(tmp: Path) -> tuple[list[str], str]:
-    """40 MB of code/ in 41 KB: refused from the zip's declared sizes (a backtracking regex took 2.8 GB)."""
-    path = _scripted_with_text(tmp, '"' + '\\"' * 20_000_000 + '"')
+    """40 MB of code/ in 41 KB, in a __parameters__ list: refused from the zip's declared sizes (a backtracking
+    regex took 2.8 GB on it)."""
+    path = _scripted_with_text(tmp, "", old=b'["weight", "bias", ]', new=b'["' + b'\\"' * 20_000_000 + b'", ]')
     assert path.stat().st_size < 100_000
     return ["tree", str(path)], "bytes of TorchScript code (code/*.py inflated), more than the 16 MiB this reader parses"
 
@@ -1119,7 +1120,7 @@ def dcp_stride_0_view_of_2_pow_28_diffed(tmp: Path) -> tuple[list[str], str]:
     from hostile import dcp_with_expanded_chunk
 
     a = dcp_with_expanded_chunk(tmp / "a", (2**28,), (0,))
-    b = dcp_with_expanded_chunk(tmp / "b", (2**28,), (0,))
+    b = dcp_with_expanded_chunk(tmp / "b", (2**28,), (0,), value=3.5)  # bytes differ: diff must read them
     return ["diff", str(a), str(b)], (
         "'huge' claims 268,435,456 elements over a storage of 1 (a stride-0 or overlapping view): too large to read")
 
@@ -1129,7 +1130,8 @@ def dcp_stride_0_view_of_2_pow_36_diffed(tmp: Path) -> tuple[list[str], str]:
     from hostile import dcp_with_expanded_chunk
 
     a = dcp_with_expanded_chunk(tmp / "a", (2**18, 2**18), (0, 0))
-    return ["diff", str(a), str(a)], "'huge' claims 68,719,476,736 elements over a storage of 1 (a stride-0"
+    b = dcp_with_expanded_chunk(tmp / "b", (2**18, 2**18), (0, 0), value=3.5)
+    return ["diff", str(a), str(b)], "'huge' claims 68,719,476,736 elements over a storage of 1 (a stride-0"
 
 
 def _pt2_of_nodes(tmp: Path, count: int) -> Path:
