@@ -218,3 +218,24 @@ def test_node_arrays_are_read_as_json_loads_reads_them(tmp_path: Path, model: nn
     assert program["graph_module"]["signature"] == full["graph_module"]["signature"]
     if isinstance(model, WithCond):
         assert len(arrays) == 1 and b'"nodes"' in raw[raw.index(b'"nodes"') + 7:]  # nested graphs stayed inside
+
+
+def test_node_arrays_are_cut_at_their_own_brackets() -> None:
+    """Brackets, commas and '"nodes": [' inside strings are text; a node array nested too deep is one error."""
+    from modinspect.errors import CorruptFileError
+    from modinspect.sources.pt2_program import MAX_NESTING, graph_nodes, load_program
+
+    stack = json.dumps("L__self__,,M;L__self___fc,fc,torch.nn.modules.linear.Linear")
+    node = b'{"target": "a, [b] \\"nodes\\": [", "metadata": {"nn_module_stack": ' + stack.encode() + b"}}"
+    raw = b'{"graph_module": {"graph": {"nodes": [' + b", ".join([node] * 3) + b'], "outputs": []}}, "v": "x"}'
+    program, arrays = load_program(raw, "m.json")
+    assert program == {"graph_module": {"graph": {"nodes": [0], "outputs": []}}, "v": "x"}
+    assert graph_nodes(program["graph_module"]["graph"], arrays).count == 3
+    assert arrays[0].stacks == (json.loads(stack),)
+    assert load_program(b'{"graph": {"nodes": [ ]}}', "m.json")[1][0].count == 0
+    deep = b'{"graph": {"nodes": [' + b"[" * MAX_NESTING + b"]" * MAX_NESTING + b"]}}"
+    with pytest.raises(CorruptFileError) as caught:
+        load_program(deep, "m.json")
+    assert str(caught.value) == f"m.json is not valid JSON, or nests a node array more than {MAX_NESTING} deep"
+    with pytest.raises(CorruptFileError, match=r"^m\.json is not valid JSON \(JSONDecodeError\)$"):
+        load_program(b'{"graph": {"nodes": []}, }', "m.json")
