@@ -86,8 +86,8 @@ def write(path: Path, data: bytes) -> Path:
     [
         (lambda d: d / "nope.pt", "error: {d}/nope.pt does not exist\n"),
         (lambda d: write(d / "notes.txt", b"hello"),
-         "error: {d}/notes.txt is not a checkpoint modinspect reads (safetensors, torch .pt/.pth/.bin, TorchScript, "
-         "or a sharded index)\n"),
+         "error: {d}/notes.txt is not a checkpoint modinspect reads (safetensors, GGUF, torch .pt/.pth/.bin, "
+         "TorchScript, or a sharded index)\n"),
         (lambda d: write(d / "empty.pt", b""), "error: {d}/empty.pt is empty\n"),
         (lambda d: write(d / "bad.safetensors", (10).to_bytes(8, "little") + b"{not json}"),
          "error: {d}/bad.safetensors is not a valid safetensors file: it has a header that is not valid JSON "

@@ -1,4 +1,4 @@
-"""Property-based fuzzing: mutated safetensors files, torch zip and legacy files, and sharded indexes.
+"""Property-based fuzzing: mutated safetensors files, torch zip and legacy files, sharded indexes and GGUF files.
 
 The property: opening a mutated file, building its tree, and reading what opens raises nothing but
 modinspect's own errors (ModinspectError), and every run ends quickly (a hypothesis deadline, and an
@@ -422,6 +422,62 @@ def torchscript_code_edits(draw: st.DrawFn) -> bytes:
     return _zip_from(out)
 
 
+# ---------------------------------------------------------------- GGUF (branch gguf)
+
+
+def _gguf_base() -> tuple[bytes, list[tuple[int, int]]]:
+    """A small GGUF written by gguf-py, and where its integer fields lie: (offset, width) of every count,
+    length, type, dim and offset in the header, found through gguf-py's own GGUFReader."""
+    import tempfile
+
+    from gguf import GGMLQuantizationType as T
+    from gguf import GGUFReader
+
+    import ggufs
+
+    with tempfile.TemporaryDirectory() as d:
+        path = ggufs.write(Path(d) / "x.gguf", [
+            ("token_embd.weight", (4, 32), T.Q8_0), ("blk.0.attn_q.weight", (2, 256), T.Q4_K),
+            ("blk.0.attn_norm.weight", (8,), T.F32), ("blk.1.attn_norm.weight", (8,), T.F16),
+            ("blk.1.pos", (3,), T.I32), ("output.weight", (2, 32), T.BF16),
+        ], kv=ggufs.llama_kv(blocks=2, vocab=12))
+        data = path.read_bytes()
+        reader = GGUFReader(path)
+        base = reader.data.ctypes.data
+        fields = []
+        for field in [*reader.fields.values(), *(t.field for t in reader.tensors)]:
+            for part in field.parts:
+                if part.dtype.kind in "iu" and part.itemsize in (4, 8) and part.size <= 4:
+                    at = part.ctypes.data - base
+                    fields += [(at + i * part.itemsize, part.itemsize) for i in range(part.size)]
+        del reader
+    return data, fields
+
+
+GGUF_BASE, GGUF_FIELDS = _gguf_base()
+
+
+@st.composite
+def gguf_field_edits(draw: st.DrawFn) -> bytes:
+    """Set one to three of the header's integer fields (counts, lengths, types, dims, offsets) to a lie."""
+    out = bytearray(GGUF_BASE)
+    for _ in range(draw(st.integers(1, 3))):
+        at, width = draw(st.sampled_from(GGUF_FIELDS))
+        value = draw(st.sampled_from(INTERESTING_INTS) | st.integers(0, 64) | st.integers(0, (1 << (8 * width)) - 1))
+        out[at:at + width] = (value % (1 << (8 * width))).to_bytes(width, "little")
+    return bytes(out)
+
+
+def _gguf_bytes() -> st.SearchStrategy[bytes]:
+    header_end = max(at + width for at, width in GGUF_FIELDS)
+    return st.one_of(
+        gguf_field_edits(),
+        byte_edits(GGUF_BASE, region=(0, header_end)),
+        byte_edits(GGUF_BASE),
+        truncated(GGUF_BASE),
+    )
+
+
 # ---------------------------------------------------------------- the targets
 
 # name -> (strategy, file name it is written to, examples in the normal suite)
@@ -432,6 +488,7 @@ TARGETS: dict[str, tuple[Callable[[], st.SearchStrategy[bytes]], str, int]] = {
     "legacy": (_legacy_bytes, "z.pt", 700),
     "index": (_index_bytes, "model.safetensors.index.json", 600),
     "torchscript": (torchscript_code_edits, "s.pt", 300),
+    "gguf": (_gguf_bytes, "x.gguf", 600),
 }
 
 
@@ -459,6 +516,7 @@ test_fuzz_zip_pickle = _make("zip_pickle", long=False)
 test_fuzz_legacy = _make("legacy", long=False)
 test_fuzz_index = _make("index", long=False)
 test_fuzz_torchscript_code = _make("torchscript", long=False)
+test_fuzz_gguf = _make("gguf", long=False)
 
 _long = [pytest.mark.fuzz_long, pytest.mark.skipif(LONG_EXAMPLES <= 0, reason="set MODINSPECT_FUZZ_EXAMPLES=N for a "
                                                                                   "long campaign of N cases")]
@@ -477,13 +535,14 @@ test_long_fuzz_zip_pickle = _long_test("zip_pickle")
 test_long_fuzz_legacy = _long_test("legacy")
 test_long_fuzz_index = _long_test("index")
 test_long_fuzz_torchscript_code = _long_test("torchscript")
+test_long_fuzz_gguf = _long_test("gguf")
 
 
 def test_the_bases_are_valid(work: Path) -> None:
     """Unmutated, every base opens and reads: the mutations start from real files."""
     for target, data in [("safetensors", ST_BASE), ("zip", ZIP_BASE), ("zip", ZIP_TRAINING_BASE),
                          ("legacy", LEGACY_BASE), ("index", json.dumps(INDEX_BASE).encode()),
-                         ("torchscript", TORCHSCRIPT_BASE)]:
+                         ("torchscript", TORCHSCRIPT_BASE), ("gguf", GGUF_BASE)]:
         _strategy, name, _n = TARGETS[target]
         path = (_sharded_folder(work) if target == "index" else work) / name
         path.write_bytes(data)

@@ -126,7 +126,7 @@ def test_protocol_0_raw_pickle_is_not_a_checkpoint_and_is_never_unpickled(tmp_pa
             result = invoke("tree", path, *(["--unsafe-pickle"] if unsafe else []))
             assert result.exit_code == 2
             assert result.stderr == (
-                f"error: {path} is not a checkpoint modinspect reads (safetensors, torch .pt/.pth/.bin, "
+                f"error: {path} is not a checkpoint modinspect reads (safetensors, GGUF, torch .pt/.pth/.bin, "
                 "TorchScript, or a sharded index)\n"
             )
         assert not marker.exists()

@@ -792,6 +792,217 @@ def input_legacy_with_huge_bytes8(tmp: Path) -> tuple[list[str], str]:
     return ["stats", f"{tmp}/victim.py:build", "--input", str(path)], "bytes in a bytes8, but only"
 
 
+# ---------------------------------------------------------------- GGUF (branch gguf)
+# Hand-assembled headers: each lies about one thing. gguf_header() writes the layout of GGUF v3
+# (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md); valid files come from gguf-py in tests/test_gguf.py.
+
+
+def gg_str(text: str | bytes, length: int | None = None) -> bytes:
+    raw = text.encode() if isinstance(text, str) else text
+    return struct.pack("<Q", len(raw) if length is None else length) + raw
+
+
+def gg_kv(key: str, vtype: int, value: bytes) -> bytes:
+    return gg_str(key) + struct.pack("<I", vtype) + value
+
+
+def gg_tensor(name: str, dims: list[int], gtype: int = 0, offset: int = 0, n_dims: int | None = None) -> bytes:
+    return (gg_str(name) + struct.pack("<I", len(dims) if n_dims is None else n_dims)
+            + b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", gtype, offset))
+
+
+def gguf_header(path: Path, kvs: list[bytes] = (), tensors: list[bytes] = (), data: bytes = b"",  # type: ignore[assignment]
+                n_kv: int | None = None, n_tensors: int | None = None, version: int = 3) -> Path:
+    head = b"GGUF" + struct.pack("<IQQ", version, len(tensors) if n_tensors is None else n_tensors,
+                                 len(kvs) if n_kv is None else n_kv) + b"".join(kvs) + b"".join(tensors)
+    path.write_bytes(head + b"\0" * (-len(head) % 32) + data)
+    return path
+
+
+@case
+def gguf_tensor_count_2_pow_63(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", n_tensors=2**63)
+    return ["tree", str(path)], "declares 9,223,372,036,854,775,808 tensors (limit 1,048,576)"
+
+
+@case
+def gguf_tensor_count_past_the_file(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [4])], n_tensors=100_000)
+    return ["tree", str(path)], "declares 100,000 tensors, more than its"
+
+
+@case
+def gguf_kv_count_2_pow_64_minus_1(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", n_kv=2**64 - 1)
+    return ["tree", str(path)], "key/values (limit 1,048,576)"
+
+
+@case
+def gguf_key_of_2_pow_63_bytes(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", kvs=[gg_str("general.name", length=2**63) + b"\x08\0\0\0"])
+    return ["tree", str(path)], "declares a metadata key of 9,223,372,036,854,775,808 bytes, past the end of the file"
+
+
+@case
+def gguf_string_value_of_2_pow_63_bytes(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", kvs=[gg_kv("general.name", 8, gg_str("tiny", length=2**63))])
+    return ["tree", str(path)], "declares the value of 'general.name' of 9,223,372,036,854,775,808 bytes"
+
+
+@case
+def gguf_tokenizer_of_2_pow_62_strings(tmp: Path) -> tuple[list[str], str]:
+    tokens = struct.pack("<IQ", 8, 2**62) + gg_str("a") * 10
+    path = gguf_header(tmp / "a.gguf", kvs=[gg_kv("tokenizer.ggml.tokens", 9, tokens)])
+    return ["tree", str(path)], "declares 4,611,686,018,427,387,904 elements in 'tokenizer.ggml.tokens', more than"
+
+
+@case
+def gguf_scores_of_2_pow_61_floats(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", kvs=[gg_kv("tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, 2**61))])
+    return ["tree", str(path)], "elements in 'tokenizer.ggml.scores', more than"
+
+
+@case
+def gguf_arrays_nested_deep(tmp: Path) -> tuple[list[str], str]:
+    value = struct.pack("<IQ", 4, 1) + b"\0" * 4
+    for _ in range(40):
+        value = struct.pack("<IQ", 9, 1) + value
+    path = gguf_header(tmp / "a.gguf", kvs=[gg_kv("deep", 9, value)])
+    return ["tree", str(path)], "nests arrays in 'deep' deeper than 3"
+
+
+@case
+def gguf_millions_of_empty_strings(tmp: Path) -> tuple[list[str], str]:
+    """5M strings (40 MB of lengths) pass the bytes-left bound but not the walking bound, refused before walking."""
+    tokens = struct.pack("<IQ", 8, 5_000_000) + b"\0" * 8 * 5_000_000
+    path = gguf_header(tmp / "a.gguf", kvs=[gg_kv("tokenizer.ggml.tokens", 9, tokens)])
+    return ["tree", str(path)], "holds more than 4,194,304 strings and arrays in its metadata"
+
+
+@case
+def gguf_unknown_value_type(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", kvs=[gg_kv("general.name", 13, b"\0" * 8)])
+    return ["tree", str(path)], "gives 'general.name' the unknown value type 13"
+
+
+@case
+def gguf_duplicate_key(tmp: Path) -> tuple[list[str], str]:
+    kv = gg_kv("general.name", 8, gg_str("a"))
+    path = gguf_header(tmp / "a.gguf", kvs=[kv, kv])
+    return ["tree", str(path)], "has the metadata key 'general.name' twice"
+
+
+@case
+def gguf_alignment_not_a_power_of_two(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", kvs=[gg_kv("general.alignment", 4, struct.pack("<I", 48))])
+    return ["tree", str(path)], "gives general.alignment 48, not a power of two"
+
+
+@case
+def gguf_alignment_zero(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", kvs=[gg_kv("general.alignment", 4, struct.pack("<I", 0))])
+    return ["tree", str(path)], "gives general.alignment 0, not a power of two"
+
+
+@case
+def gguf_alignment_as_a_string(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", kvs=[gg_kv("general.alignment", 8, gg_str("32"))])
+    return ["tree", str(path)], "gives general.alignment the type string, not uint32"
+
+
+@case
+def gguf_five_dims(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [1, 1, 1, 1, 1])], data=b"\0" * 4)
+    return ["tree", str(path)], "gives 'w' 5 dims (ggml allows 4)"
+
+
+@case
+def gguf_n_dims_2_pow_32_minus_1(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [4], n_dims=2**32 - 1)], data=b"\0" * 16)
+    return ["tree", str(path)], "gives 'w' 4,294,967,295 dims (ggml allows 4)"
+
+
+@case
+def gguf_dims_whose_product_overflows(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [2**32, 2**32])], data=b"\0" * 16)
+    return ["tree", str(path)], "gives 'w' dims [4294967296, 4294967296] whose product overflows int64"
+
+
+@case
+def gguf_tensor_of_2_pow_62_bytes(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [2**60], gtype=0)], data=b"\0" * 16)
+    return ["tree", str(path)], "places 'w' (4,611,686,018,427,387,904 bytes of F32) at byte 64, past the end of the file"
+
+
+@case
+def gguf_offset_past_the_end(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [4], offset=2**63)], data=b"\0" * 16)
+    return ["tree", str(path)], "past the end of the file"
+
+
+@case
+def gguf_unaligned_offset(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [4], offset=4)], data=b"\0" * 32)
+    return ["tree", str(path)], "places 'w' at offset 4, not a multiple of the alignment 32"
+
+
+@case
+def gguf_overlapping_tensors(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("a", [16]), gg_tensor("b", [4], offset=32)], data=b"\0" * 64)
+    return ["tree", str(path)], "places 'b' at byte 128, inside 'a'"
+
+
+@case
+def gguf_duplicate_tensor(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [4]), gg_tensor("w", [4], offset=32)], data=b"\0" * 64)
+    return ["tree", str(path)], "lists the tensor 'w' twice"
+
+
+@case
+def gguf_unknown_ggml_type(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [32], gtype=99)], data=b"\0" * 64)
+    return ["tree", str(path)], "gives 'w' the unknown ggml type 99"
+
+
+@case
+def gguf_row_not_a_whole_block(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [100, 2], gtype=12)], data=b"\0" * 512)
+    return ["tree", str(path)], "gives 'w' rows of 100 elements, not a multiple of Q4_K's block of 256"
+
+
+@case
+def gguf_tensor_name_not_utf8(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", tensors=[gg_str(b"\xff\xfe") + struct.pack("<IQIQ", 1, 4, 0, 0)], data=b"\0" * 16)
+    return ["tree", str(path)], "has a tensor name that is not UTF-8"
+
+
+@case
+def gguf_cut_inside_the_tensor_infos(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [4, 4])])
+    path.write_bytes(path.read_bytes()[:50])
+    return ["tree", str(path)], "ends inside the dims of 'w'"
+
+
+@case
+def gguf_big_endian(tmp: Path) -> tuple[list[str], str]:
+    path = tmp / "a.gguf"
+    path.write_bytes(b"GGUF" + struct.pack(">IQQ", 3, 0, 0))
+    return ["tree", str(path)], "is a big-endian GGUF file; modinspect reads little-endian GGUF only"
+
+
+@case
+def gguf_version_4(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", version=4)
+    return ["tree", str(path)], "is GGUF version 4; modinspect reads versions 2 and 3"
+
+
+@case
+def gguf_diff_of_two_hostile_files(tmp: Path) -> tuple[list[str], str]:
+    a = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [4])], data=b"\0" * 16)
+    b = gguf_header(tmp / "b.gguf", tensors=[gg_tensor("w", [4], offset=2**40)], data=b"\0" * 16)
+    return ["diff", str(a), str(b)], "b.gguf is not a valid GGUF file: it places 'w'"
+
+
 # ---------------------------------------------------------------- branch hfdir: Hugging Face configs
 
 # A 141-byte config.json whose model would take minutes to build: refused before anything is built.
@@ -1233,6 +1444,13 @@ MEMORY_CASES: dict[str, Callable[[Path], Path]] = {
     "zip storage of 4 GB declared": lambda tmp: _zip_declaring(tmp, "/data/0", "j.pt"),
     "legacy object pickle with BINBYTES8 of 2 GB": lambda tmp: _legacy_declaring(tmp),
     "stride-0 view of 2^33 floats, read": lambda tmp: _expanded(tmp),
+    # branch gguf
+    "GGUF tensor of 3 GB declared": lambda tmp: gguf_header(tmp / "m.gguf", tensors=[gg_tensor("w", [3 * 2**28])],
+                                                            data=b"\0" * 64),
+    "GGUF string of 3 GB declared": lambda tmp: gguf_header(
+        tmp / "n.gguf", kvs=[gg_kv("general.name", 8, gg_str("x" * 64, length=3 * 2**30))]),
+    "GGUF array of 2^30 strings declared": lambda tmp: gguf_header(
+        tmp / "o.gguf", kvs=[gg_kv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 2**30) + gg_str("x") * 8)]),
 }
 
 

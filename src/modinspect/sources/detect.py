@@ -107,7 +107,7 @@ def _open_dir(path: Path, label: str, options: OpenOptions) -> Source:
 
 
 def sniff(path: Path) -> str:
-    """'safetensors', 'zip', 'pickle' or 'unknown', from the first bytes."""
+    """'gguf', 'safetensors', 'zip', 'pickle' or 'unknown', from the first bytes."""
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read below forever
             raise UnknownFormatError(f"{path} is not a regular file")
@@ -117,6 +117,8 @@ def sniff(path: Path) -> str:
         raise SourceNotFoundError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not head:
         raise CorruptFileError(f"{path} is empty")
+    if head[:4] == b"GGUF":  # before safetensors': a GGUF of 123 tensors has "{" at byte 8
+        return "gguf"
     if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
         return "zip"
     if len(head) >= 9 and head[8:9] == b"{":
@@ -134,9 +136,13 @@ def open_file(path: Path, label: str, options: OpenOptions, storage_prefix: str 
         from modinspect.sources.safetensors import SafetensorsSource
 
         return SafetensorsSource(path, label, storage_prefix=storage_prefix)
+    if kind == "gguf":
+        from modinspect.sources.gguf import GGUFSource
+
+        return GGUFSource(path, label)
     if kind == "unknown":
         raise UnknownFormatError(
-            f"{label} is not a checkpoint modinspect reads (safetensors, torch .pt/.pth/.bin, TorchScript, "
+            f"{label} is not a checkpoint modinspect reads (safetensors, GGUF, torch .pt/.pth/.bin, TorchScript, "
             "or a sharded index)"
         )
     try:

@@ -1,0 +1,457 @@
+"""GGUF files (llama.cpp, Ollama), read from the header alone: no torch, numpy or gguf import.
+
+The layout (GGUF versions 2 and 3, little-endian; https://github.com/ggml-org/ggml/blob/master/docs/gguf.md):
+`GGUF`, version u32, tensor count u64, key/value count u64, the key/values, the tensor infos (name,
+n_dims u32, dims u64 each, ggml type u32, offset u64), padding to `general.alignment` (default 32), then
+the tensor data, each tensor at its offset from there.
+
+Shapes are logical and in PyTorch order: GGUF stores a tensor's dims innermost first (ggml's ne[0] is
+the row length), and gguf-py's reader and llama.cpp's converters reverse them, so a 4096-wide row of
+11008 rows is shape [11008, 4096], as in the Hugging Face checkpoint it was converted from. F32, F16,
+BF16, F64 and I8–I64 tensors carry torch's dtype names (float32, ...) and read as tensors; quantized ones
+carry their ggml type (`Q4_K`), their bytes as stored, and are listed, not dequantized.
+
+Everything read is bounded before anything is allocated from it: counts and lengths by the bytes left in
+the file and by fixed limits, dims by ggml's 4 and 2^63, each tensor's bytes inside the file and apart from
+the others. The header is read through a small sliding window: a tokenizer's 200k strings are skipped,
+not kept (metadata shows an array as its length and type).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from modinspect.errors import CorruptFileError, UnknownFormatError, UsageError
+from modinspect.sources.base import Source, TensorInfo, read_chunks
+from modinspect.sources.kinds import checkpoint_kind
+
+if TYPE_CHECKING:
+    import torch
+
+MAGIC = b"GGUF"
+VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_TENSORS = 1 << 20
+MAX_KV = 1 << 20
+MAX_NAME_BYTES = 1 << 16  # keys and tensor names (llama.cpp itself keeps tensor names under 64 bytes)
+MAX_VALUE_CHARS = 1 << 14  # a string value longer than this is shown cut, with its length
+MAX_KEPT = 1 << 23  # characters of metadata text kept in full, in all
+MAX_WALKED = 1 << 22  # array elements walked one by one (strings, nested arrays) in the whole header
+MAX_ARRAY_DEPTH = 3
+INLINE_ITEMS = 8  # arrays up to this long are shown in full
+WINDOW = 1 << 20
+
+# ggml type id -> (name, elements per block, bytes per block): gguf-py's GGML_QUANT_SIZES, plus the
+# Q4_0_4_4 family that older llama.cpp wrote (31-33, since removed from ggml).
+GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
+    2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24),
+    8: ("Q8_0", 32, 34),
+    9: ("Q8_1", 32, 40),
+    10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66),
+    17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18),
+    21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1),
+    25: ("I16", 1, 2),
+    26: ("I32", 1, 4),
+    27: ("I64", 1, 8),
+    28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2),
+    31: ("Q4_0_4_4", 32, 18),
+    32: ("Q4_0_4_8", 32, 18),
+    33: ("Q4_0_8_8", 32, 18),
+    34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17),
+    40: ("NVFP4", 64, 36),
+    41: ("Q1_0", 128, 18),
+}
+# ggml types that are plain arrays of one torch dtype: listed under torch's name and read as tensors.
+TORCH_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+               "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64"}
+
+# GGUF metadata value types: id -> (name, struct format or None for string/array)
+VALUE_TYPES: dict[int, tuple[str, str | None]] = {
+    0: ("uint8", "<B"), 1: ("int8", "<b"), 2: ("uint16", "<H"), 3: ("int16", "<h"), 4: ("uint32", "<I"),
+    5: ("int32", "<i"), 6: ("float32", "<f"), 7: ("bool", "<?"), 8: ("string", None), 9: ("array", None),
+    10: ("uint64", "<Q"), 11: ("int64", "<q"), 12: ("float64", "<d"),
+}
+STRING, ARRAY = 8, 9
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+
+
+def is_gguf(head: bytes) -> bool:
+    return head[:4] == MAGIC
+
+
+class _Cursor:
+    """The header's bytes through a window that slides forward: what was parsed is dropped, skips seek."""
+
+    def __init__(self, f: IO[bytes], size: int, corrupt: CorruptFactory) -> None:
+        self.f, self.size, self.corrupt = f, size, corrupt
+        self.buf = b""
+        self.base = 0  # file offset of buf[0]
+        self.pos = 0  # index into buf
+
+    @property
+    def offset(self) -> int:
+        return self.base + self.pos
+
+    @property
+    def left(self) -> int:
+        return self.size - self.offset
+
+    def need(self, n: int, what: str) -> None:
+        """Make n bytes available at pos, or say the file ends first."""
+        if self.pos + n <= len(self.buf):
+            return
+        if n > self.left:
+            raise self.corrupt(f"ends inside {what} (byte {self.offset:,} of {self.size:,})")
+        keep = self.buf[self.pos:]
+        self.f.seek(self.offset + len(keep))
+        more = self.f.read(max(n - len(keep), WINDOW))
+        self.base, self.pos, self.buf = self.offset, 0, keep + more
+        if len(self.buf) < n:
+            raise self.corrupt(f"ends inside {what} (it shrank while being read)")
+
+    def u32(self, what: str) -> int:
+        self.need(4, what)
+        (v,) = _U32.unpack_from(self.buf, self.pos)
+        self.pos += 4
+        return int(v)
+
+    def u64(self, what: str) -> int:
+        self.need(8, what)
+        (v,) = _U64.unpack_from(self.buf, self.pos)
+        self.pos += 8
+        return int(v)
+
+    def scalar(self, fmt: str, size: int, what: str) -> object:
+        self.need(size, what)
+        (v,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += size
+        return v
+
+    def skip(self, n: int, what: str) -> None:
+        if n > self.left:
+            raise self.corrupt(f"declares {what} of {n:,} bytes, past the end of the file ({self.left:,} left)")
+        if self.pos + n <= len(self.buf):
+            self.pos += n
+        else:
+            self.base, self.pos, self.buf = self.offset + n, 0, b""
+
+    def raw_string(self, what: str, limit: int) -> tuple[bytes, int]:
+        """(the string's first `limit` bytes at most, its length); the rest is skipped."""
+        n = self.u64(f"the length of {what}")
+        if n > self.left:
+            raise self.corrupt(f"declares {what} of {n:,} bytes, past the end of the file ({self.left:,} left)")
+        keep = min(n, limit)
+        self.need(keep, what)
+        data = self.buf[self.pos:self.pos + keep]
+        self.pos += keep
+        self.skip(n - keep, what)
+        return data, n
+
+    def name(self, what: str) -> str:
+        data, n = self.raw_string(what, MAX_NAME_BYTES)
+        if n > MAX_NAME_BYTES:
+            raise self.corrupt(f"declares {what} of {n:,} bytes (limit {MAX_NAME_BYTES:,})")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.corrupt(f"has {what} that is not UTF-8 ({data[:40]!r})") from None
+
+    def skip_strings(self, count: int, what: str) -> None:
+        """Skip `count` strings: the hot loop of a tokenizer's vocabulary, locals only."""
+        unpack, buf, pos, end = _U64.unpack_from, self.buf, self.pos, len(self.buf)
+        for _ in range(count):
+            if pos + 8 > end:
+                self.pos = pos
+                self.need(8, f"a string of {what}")
+                buf, pos, end = self.buf, self.pos, len(self.buf)
+            (n,) = unpack(buf, pos)
+            pos += 8
+            if pos + n > end:
+                self.pos = pos
+                self.skip(n, f"a string of {what}")
+                buf, pos, end = self.buf, self.pos, len(self.buf)
+            else:
+                pos += n
+        self.pos = pos
+
+
+class CorruptFactory:
+    """Errors that name the file: `is not a valid GGUF file: it <what>`."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def __call__(self, what: str) -> CorruptFileError:
+        return CorruptFileError(f"{self.label} is not a valid GGUF file: it {what}")
+
+
+class GGUFHeader:
+    """The parsed, validated header of one GGUF file."""
+
+    def __init__(self, path: Path, label: str) -> None:
+        self.path, self.label = path, label
+        self.corrupt = CorruptFactory(label)
+        self.metadata: dict[str, str] = {}
+        self.alignment = DEFAULT_ALIGNMENT
+        self.walked = 0
+        self.kept = 0  # characters of metadata text kept so far
+        self.notes: list[str] = []
+        # name -> (dtype shown, ggml type name, shape, offset in the file, bytes)
+        self.entries: dict[str, tuple[str, str, tuple[int, ...], int, int]] = {}
+        try:
+            self.size = path.stat().st_size
+            with path.open("rb") as f:
+                self._parse(_Cursor(f, self.size, self.corrupt))
+        except OSError as exc:
+            raise CorruptFileError(f"cannot read {label}: {exc.strerror or exc}") from exc
+
+    def _parse(self, cur: _Cursor) -> None:
+        cur.need(8, "the header")
+        if cur.buf[:4] != MAGIC:
+            raise self.corrupt("does not start with the GGUF magic")
+        raw = cur.buf[4:8]
+        cur.pos = 8
+        version = int.from_bytes(raw, "little")
+        if version & 0xFFFF == 0 and int.from_bytes(raw, "big") in VERSIONS:
+            raise UnknownFormatError(f"{self.label} is a big-endian GGUF file; modinspect reads little-endian GGUF only")
+        if version not in VERSIONS:
+            raise UnknownFormatError(f"{self.label} is GGUF version {version}; modinspect reads versions 2 and 3")
+        self.version = version
+        n_tensors = cur.u64("the tensor count")
+        n_kv = cur.u64("the key/value count")
+        # The smallest key/value is 13 bytes (an empty key, its type, a uint8); the smallest tensor info 24.
+        if n_kv > MAX_KV or n_kv * 13 > cur.left:
+            raise self.corrupt(f"declares {n_kv:,} key/values, more than its {cur.left:,} bytes can hold"
+                               if n_kv <= MAX_KV else f"declares {n_kv:,} key/values (limit {MAX_KV:,})")
+        if n_tensors > MAX_TENSORS or n_tensors * 24 > cur.left:
+            raise self.corrupt(f"declares {n_tensors:,} tensors, more than its {cur.left:,} bytes can hold"
+                               if n_tensors <= MAX_TENSORS else f"declares {n_tensors:,} tensors (limit {MAX_TENSORS:,})")
+        self.metadata["GGUF.version"] = str(version)
+        for _ in range(n_kv):
+            self._key_value(cur)
+        infos = [self._tensor_info(cur) for _ in range(n_tensors)]
+        data_start = -(-cur.offset // self.alignment) * self.alignment
+        self.data_start = data_start
+        self._place(infos, data_start)
+        split = self.metadata.get("split.count")
+        if split is not None and split not in ("0", "1"):
+            part = self.metadata.get("split.no", "?")
+            part = str(int(part) + 1) if part.isdigit() else part
+            self.notes.append(f"part {part} of a GGUF split into {split} files: only this file's tensors are listed")
+
+    def _key_value(self, cur: _Cursor) -> None:
+        key = cur.name("a metadata key")
+        if key in self.metadata:
+            raise self.corrupt(f"has the metadata key {key!r} twice")
+        vtype = cur.u32(f"the type of {key!r}")
+        if key == "general.alignment":
+            if vtype != 4:
+                raise self.corrupt(f"gives general.alignment the type {VALUE_TYPES.get(vtype, (vtype,))[0]}, not uint32")
+            alignment = cur.u32("general.alignment")
+            if alignment == 0 or alignment & (alignment - 1):
+                raise self.corrupt(f"gives general.alignment {alignment}, not a power of two")
+            self.alignment = alignment
+            self.metadata[key] = str(alignment)
+            return
+        self.metadata[key] = self._value(cur, vtype, key, 0)
+
+    def _value(self, cur: _Cursor, vtype: int, key: str, depth: int) -> str:
+        if vtype not in VALUE_TYPES:
+            raise self.corrupt(f"gives {key!r} the unknown value type {vtype}")
+        _name, fmt = VALUE_TYPES[vtype]
+        if fmt is not None:
+            return _scalar_text(cur.scalar(fmt, struct.calcsize(fmt), repr(key)), vtype)
+        if vtype == STRING:
+            # Past MAX_KEPT characters in all, each further string is kept short: the file's bytes bound
+            # what is kept, but a 600 MB file of strings would otherwise be 600 MB of metadata.
+            limit = MAX_VALUE_CHARS if self.kept < MAX_KEPT else 80
+            data, n = cur.raw_string(f"the value of {key!r}", limit * 4)
+            text = data.decode("utf-8", errors="replace")
+            if n > len(data) or len(text) > limit:
+                text = f"{text[:limit]}… ({n:,} bytes)"
+            self.kept += len(text)
+            return text
+        return self._array(cur, key, depth)
+
+    def _array(self, cur: _Cursor, key: str, depth: int) -> str:
+        if depth >= MAX_ARRAY_DEPTH:
+            raise self.corrupt(f"nests arrays in {key!r} deeper than {MAX_ARRAY_DEPTH}")
+        itype = cur.u32(f"the element type of {key!r}")
+        count = cur.u64(f"the length of {key!r}")
+        if itype not in VALUE_TYPES:
+            raise self.corrupt(f"gives the elements of {key!r} the unknown value type {itype}")
+        iname, fmt = VALUE_TYPES[itype]
+        size = struct.calcsize(fmt) if fmt is not None else (8 if itype == STRING else 12)
+        if count * size > cur.left:
+            raise self.corrupt(f"declares {count:,} elements in {key!r}, more than its {cur.left:,} bytes left can hold")
+        plural = "strings" if itype == STRING else ("arrays" if itype == ARRAY else iname)
+        if count <= INLINE_ITEMS:
+            items = [self._value(cur, itype, key, depth + 1) for _ in range(count)]
+            if itype == STRING:
+                items = [_quoted(s) for s in items]
+            return "[" + ", ".join(items) + "]"
+        if fmt is not None:
+            cur.skip(count * size, f"the elements of {key!r}")
+        else:
+            self.walked += count
+            if self.walked > MAX_WALKED:
+                raise self.corrupt(f"holds more than {MAX_WALKED:,} strings and arrays in its metadata ({key!r})")
+            if itype == STRING:
+                cur.skip_strings(count, repr(key))
+            else:
+                for _ in range(count):
+                    self._value(cur, itype, key, depth + 1)
+        return f"array of {count:,} {plural}"
+
+    def _tensor_info(self, cur: _Cursor) -> tuple[str, int, tuple[int, ...], int]:
+        name = cur.name("a tensor name")
+        n_dims = cur.u32(f"the dims of {name!r}")
+        if n_dims > MAX_DIMS:
+            raise self.corrupt(f"gives {name!r} {n_dims:,} dims (ggml allows {MAX_DIMS})")
+        ne = tuple(cur.u64(f"the dims of {name!r}") for _ in range(n_dims))
+        gtype = cur.u32(f"the type of {name!r}")
+        offset = cur.u64(f"the offset of {name!r}")
+        return name, gtype, ne, offset
+
+    def _place(self, infos: list[tuple[str, int, tuple[int, ...], int]], data_start: int) -> None:
+        spans = []
+        entries = self.entries
+        for name, gtype, ne, offset in infos:
+            if name in entries:
+                raise self.corrupt(f"lists the tensor {name!r} twice")
+            if gtype not in GGML_TYPES:
+                raise self.corrupt(f"gives {name!r} the unknown ggml type {gtype}")
+            tname, block, type_size = GGML_TYPES[gtype]
+            if any(d >= 1 << 63 for d in ne) or math.prod(d for d in ne if d) >= 1 << 63:
+                raise self.corrupt(f"gives {name!r} dims {list(ne)} whose product overflows int64")
+            if ne and ne[0] % block:
+                raise self.corrupt(f"gives {name!r} rows of {ne[0]:,} elements, not a multiple of {tname}'s "
+                                   f"block of {block}")
+            numel = math.prod(ne)
+            nbytes = numel // block * type_size
+            if offset % self.alignment:
+                raise self.corrupt(f"places {name!r} at offset {offset:,}, not a multiple of the alignment "
+                                   f"{self.alignment}")
+            begin = data_start + offset
+            if begin + nbytes > self.size:
+                raise self.corrupt(f"places {name!r} ({nbytes:,} bytes of {tname}) at byte {begin:,}, past the end of "
+                                   f"the file ({self.size:,} bytes; truncated?)")
+            entries[name] = (TORCH_NAMES.get(tname, tname), tname, tuple(reversed(ne)), begin, nbytes)
+            if nbytes:
+                spans.append((begin, nbytes, name))
+        spans.sort()
+        end, last = data_start, ""
+        for begin, nbytes, name in spans:
+            if begin < end:
+                raise self.corrupt(f"places {name!r} at byte {begin:,}, inside {last!r}")
+            end, last = begin + nbytes, name
+
+
+def _scalar_text(value: object, vtype: int) -> str:
+    if vtype == 7:
+        return "true" if value else "false"
+    if vtype == 6:  # float32: as few digits as tell it apart from its neighbours in float32
+        return _float32_text(float(value))  # type: ignore[arg-type]
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _float32_text(x: float) -> str:
+    if not math.isfinite(x):
+        return repr(x)
+    for digits in range(1, 10):
+        text = f"{x:.{digits}g}"
+        if struct.unpack("<f", struct.pack("<f", float(text)))[0] == x:
+            return text
+    return repr(x)
+
+
+def _quoted(s: str) -> str:
+    import json
+
+    return json.dumps(s, ensure_ascii=False)
+
+
+class GGUFSource(Source):
+    """A single .gguf file: the header's tensors and metadata; F32/F16/BF16/F64/int tensors read as tensors."""
+
+    def __init__(self, path: Path, label: str | None = None) -> None:
+        self.path = path
+        label = label or str(path)
+        self.header = GGUFHeader(path, label)
+        tensors = [TensorInfo(name, shape, dtype, nbytes, checkpoint_kind(name))
+                   for name, (dtype, _g, shape, _b, nbytes) in self.header.entries.items()]
+        super().__init__(label=label, format="gguf", tensors=tensors, metadata=self.header.metadata,
+                         notes=list(self.header.notes))
+
+    def ggml_type(self, name: str) -> str:
+        """The ggml type the file stores tensor `name` in (F32, Q4_K, ...)."""
+        return self.header.entries[name][1]
+
+    def byte_range(self, name: str) -> tuple[Path, int, int] | None:
+        _dtype, _g, _shape, begin, nbytes = self.header.entries[name]
+        return self.path, begin, nbytes
+
+    def byte_ranges(self, names: Iterable[str]) -> list[tuple[Path, int, int] | None]:
+        path, entries = self.path, self.header.entries
+        return [(path, e[3], e[4]) for e in map(entries.__getitem__, names)]
+
+    def _plain(self, name: str) -> tuple[str, tuple[int, ...], int, int]:
+        dtype, gtype, shape, begin, nbytes = self.header.entries[name]
+        if dtype == gtype:
+            raise UsageError(
+                f"{self.label}: {name!r} is {gtype}-quantized; modinspect lists quantized GGUF tensors but does not "
+                "dequantize them (gguf-py's gguf.quants.dequantize does)"
+            )
+        return dtype, shape, begin, nbytes
+
+    def _read(self, name: str) -> torch.Tensor:
+        import sys
+
+        import torch
+
+        dtype, shape, begin, nbytes = self._plain(name)
+        torch_dtype = getattr(torch, dtype)
+        if nbytes == 0:
+            return torch.empty(shape, dtype=torch_dtype)
+        buf = bytearray(nbytes)
+        with self.path.open("rb") as f:
+            f.seek(begin)
+            got = f.readinto(buf)
+        if got != nbytes:
+            raise CorruptFileError(f"{self.label} is truncated: {name!r} ends past the end of the file")
+        t = torch.frombuffer(buf, dtype=torch_dtype).reshape(shape)
+        if sys.byteorder == "big":  # GGUF as read here is little-endian on disk
+            t = t.view(torch.uint8).reshape(*shape, -1).flip(-1).contiguous().view(torch_dtype).reshape(shape)
+        return t
+
+    def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
+        dtype, shape, begin, _nbytes = self._plain(name)
+        with self.path.open("rb") as f:
+            f.seek(begin)
+            yield from read_chunks(f, math.prod(shape), dtype, chunk_elems, self.label)

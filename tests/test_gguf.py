@@ -1,0 +1,191 @@
+"""The GGUF reader, checked against gguf-py's own GGUFReader on files written by its GGUFWriter."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFValueType as V
+
+import ggufs
+from conftest import invoke
+from modinspect.errors import CorruptFileError, UnknownFormatError, UsageError
+from modinspect.sources import open_source
+from modinspect.sources.gguf import GGML_TYPES, TORCH_NAMES, GGUFSource
+
+
+def expected_value(field: gguf.ReaderField) -> str | None:
+    """What the metadata should show for one of GGUFReader's fields, from gguf-py's own decoding."""
+    kind = field.types[0]
+    if kind == V.ARRAY:
+        items = field.contents()
+        if len(items) > 8:
+            plural = {V.STRING: "strings", V.ARRAY: "arrays"}.get(field.types[1], field.types[1].name.lower())
+            return f"array of {len(items):,} {plural}"
+        return None  # short arrays: checked by parse_short
+    value = field.contents()
+    if kind == V.BOOL:
+        return "true" if value else "false"
+    if kind in (V.FLOAT32, V.FLOAT64):
+        return None  # checked as numbers
+    return str(value)
+
+
+def check_metadata(meta: dict[str, str], reader: gguf.GGUFReader) -> None:
+    keys = [k for k in reader.fields if k not in ("GGUF.tensor_count", "GGUF.kv_count")]
+    assert sorted(meta) == sorted(keys)
+    for key in keys:
+        field = reader.fields[key]
+        expected = expected_value(field)
+        if expected is not None:
+            assert meta[key] == expected, key
+        elif field.types[0] == V.ARRAY:
+            items = field.contents()
+            assert json.loads(meta[key]) == items, key
+        else:  # a float: the shown text is the same float32/float64
+            cast = np.float32 if field.types[0] == V.FLOAT32 else np.float64
+            assert cast(float(meta[key])) == cast(field.contents()), key
+
+
+@pytest.fixture
+def llama_file(tmp_path: Path) -> Path:
+    return ggufs.llama(tmp_path / "tiny.gguf", blocks=3, vocab=32000)
+
+
+def test_llama_file_matches_gguf_readers_view(llama_file: Path) -> None:
+    reader = gguf.GGUFReader(llama_file)
+    with open_source(llama_file) as src:
+        assert isinstance(src, GGUFSource) and src.format == "gguf"
+        assert src.names() == [t.name for t in reader.tensors]
+        for t in reader.tensors:
+            info = src.info(t.name)
+            assert info.shape == tuple(int(d) for d in reversed(t.shape.tolist()))  # PyTorch order
+            assert info.numel == t.n_elements
+            assert info.nbytes == t.n_bytes == t.data.nbytes
+            assert src.ggml_type(t.name) == t.tensor_type.name
+            assert info.dtype == TORCH_NAMES.get(t.tensor_type.name, t.tensor_type.name)
+            assert src.byte_range(t.name) == (llama_file, t.data_offset, t.n_bytes)
+        check_metadata(src.metadata, reader)
+        assert src.metadata["tokenizer.ggml.tokens"] == "array of 32,000 strings"
+        assert src.metadata["general.architecture"] == "llama"
+        assert src.metadata["llama.block_count"] == "3"
+        assert src.metadata["general.file_type"] == str(int(gguf.LlamaFileType.MOSTLY_Q4_K_M))
+        assert src.metadata["GGUF.version"] == "3"
+
+
+def test_every_ggml_type_sizes_as_gguf_py_says(tmp_path: Path) -> None:
+    """One tensor of each type gguf-py knows: the table agrees with GGML_QUANT_SIZES, the bytes with the reader."""
+    for qtype, (block, size) in gguf.GGML_QUANT_SIZES.items():
+        assert GGML_TYPES[int(qtype)] == (qtype.name, block, size)
+    tensors = [(f"t.{q.name}", (3, 2 * b), q) for q, (b, _s) in gguf.GGML_QUANT_SIZES.items()]
+    path = ggufs.write(tmp_path / "all.gguf", tensors)
+    reader = gguf.GGUFReader(path)
+    with open_source(path) as src:
+        for t in reader.tensors:
+            info = src.info(t.name)
+            assert (src.ggml_type(t.name), info.shape, info.nbytes) == (t.tensor_type.name, (3, t.shape[0]), t.n_bytes)
+            assert src.byte_range(t.name) == (path, t.data_offset, t.n_bytes)
+
+
+@pytest.mark.parametrize("qtype", [T.F32, T.F16, T.BF16, T.F64, T.I8, T.I16, T.I32, T.I64])
+def test_plain_tensors_read_as_gguf_py_reads_them(tmp_path: Path, qtype: T) -> None:
+    path = ggufs.write(tmp_path / "p.gguf", [("a.weight", (5, 7), qtype), ("b", (3,), qtype)])
+    reader = gguf.GGUFReader(path)
+    with open_source(path) as src:
+        for t in reader.tensors:
+            got = src.read_tensor(t.name)
+            expected = torch.from_numpy(np.array(t.data))
+            if qtype == T.BF16:  # numpy has no bfloat16: gguf-py hands its bytes back as uint8
+                expected = torch.frombuffer(bytearray(t.data.tobytes()), dtype=torch.bfloat16).reshape(got.shape)
+            assert got.dtype == getattr(torch, TORCH_NAMES[qtype.name])
+            assert got.shape == expected.shape and torch.equal(got, expected)
+            chunks = torch.cat(list(src.iter_chunks(t.name, 4)))
+            assert torch.equal(chunks, expected.reshape(-1))
+
+
+def test_quantized_tensor_is_listed_not_read(llama_file: Path) -> None:
+    with open_source(llama_file) as src, pytest.raises(UsageError) as info:
+        src.read_tensor("blk.0.attn_q.weight")
+    assert str(info.value) == (
+        f"{llama_file}: 'blk.0.attn_q.weight' is Q4_K-quantized; modinspect lists quantized GGUF tensors but does not "
+        "dequantize them (gguf-py's gguf.quants.dequantize does)"
+    )
+
+
+def test_custom_alignment_and_version_2(tmp_path: Path) -> None:
+    def kv(w: gguf.GGUFWriter) -> None:
+        w.add_custom_alignment(256)
+
+    path = ggufs.write(tmp_path / "a.gguf", [("x", (3, 5), T.F32), ("y", (64,), T.Q8_0)], kv=kv)
+    reader = gguf.GGUFReader(path)
+    assert reader.alignment == 256
+    with open_source(path) as src:
+        assert src.metadata["general.alignment"] == "256"
+        assert [src.byte_range(t.name) for t in reader.tensors] == [(path, t.data_offset, t.n_bytes) for t in reader.tensors]
+        assert all(r is not None and (r[1] - reader.data_offset) % 256 == 0 for r in src.byte_ranges(src.names()))
+    raw = bytearray(path.read_bytes())
+    raw[4:8] = (2).to_bytes(4, "little")  # version 2 has version 3's little-endian layout
+    path.write_bytes(bytes(raw))
+    with open_source(path) as src:
+        assert src.metadata["GGUF.version"] == "2" and src.names() == ["x", "y"]
+
+
+def test_big_endian_gguf_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = ggufs.write(tmp_path / "be.gguf", [("x", (4,), T.F32)], endianess=gguf.GGUFEndian.BIG)
+    result = invoke("tree", str(path))
+    assert result.exit_code == 2  # type: ignore[attr-defined]
+    assert result.stderr == f"error: {path} is a big-endian GGUF file; modinspect reads little-endian GGUF only\n"  # type: ignore[attr-defined]
+
+
+def test_version_1_is_refused(tmp_path: Path) -> None:
+    path = ggufs.write(tmp_path / "v.gguf", [("x", (4,), T.F32)])
+    raw = bytearray(path.read_bytes())
+    raw[4:8] = (1).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UnknownFormatError, match=r"is GGUF version 1; modinspect reads versions 2 and 3$"):
+        open_source(path)
+
+
+def test_truncated_data_names_the_tensor(tmp_path: Path) -> None:
+    path = ggufs.write(tmp_path / "t.gguf", [("x", (4,), T.F32), ("y", (512,), T.Q4_K)])
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(CorruptFileError, match=r"places 'y' \(288 bytes of Q4_K\) at byte .*past the end of the file"):
+        open_source(path)
+
+
+def test_split_file_says_it_is_one_part(tmp_path: Path) -> None:
+    def kv(w: gguf.GGUFWriter) -> None:
+        w.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_NO, 1)
+        w.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, 3)
+
+    path = ggufs.write(tmp_path / "m-00002-of-00003.gguf", [("x", (4,), T.F32)], kv=kv)
+    with open_source(path) as src:
+        assert src.notes == ["part 2 of a GGUF split into 3 files: only this file's tensors are listed"]
+
+
+def test_header_only_needs_neither_torch_nor_numpy(llama_file: Path) -> None:
+    code = (
+        "import sys; from modinspect.sources import open_source; from modinspect.analysis.tree import build_tree\n"
+        f"src = open_source({str(llama_file)!r}); r = build_tree(src)\n"
+        "print(r.totals.params, 'torch' in sys.modules, 'numpy' in sys.modules, 'gguf' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    params = sum(t.n_elements for t in gguf.GGUFReader(llama_file).tensors)
+    assert out.stdout.split() == [str(params), "False", "False", "False"]
+
+
+def test_sniffed_before_safetensors(tmp_path: Path) -> None:
+    """A GGUF of 123 tensors has '{' (123) at byte 8, where safetensors' JSON header starts."""
+    path = ggufs.write(tmp_path / "n.gguf", [(f"t.{i}", (2,), T.F32) for i in range(123)])
+    assert path.read_bytes()[8:9] == b"{"
+    with open_source(path) as src:
+        assert src.format == "gguf" and len(src.tensors) == 123
+        assert math.prod(src.info("t.7").shape) == 2
