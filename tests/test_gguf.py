@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,8 @@ def expected_value(field: gguf.ReaderField) -> str | None:
             return f"array of {len(items):,} {plural}"
         return None  # short arrays: checked by parse_short
     value = field.contents()
+    if field.name == "general.file_type":
+        return f"{value} ({gguf.LlamaFileType(value).name.removeprefix('MOSTLY_')})"
     if kind == V.BOOL:
         return "true" if value else "false"
     if kind in (V.FLOAT32, V.FLOAT64):
@@ -57,10 +60,11 @@ def check_metadata(meta: dict[str, str], reader: gguf.GGUFReader) -> None:
 
 @pytest.fixture
 def llama_file(tmp_path: Path) -> Path:
-    return ggufs.llama(tmp_path / "tiny.gguf", blocks=3, vocab=32000)
+    return ggufs.llama(tmp_path / "tiny.gguf", blocks=3)
 
 
-def test_llama_file_matches_gguf_readers_view(llama_file: Path) -> None:
+def test_llama_file_matches_gguf_readers_view(tmp_path: Path) -> None:
+    llama_file = ggufs.llama(tmp_path / "tiny.gguf", blocks=3, vocab=32000)
     reader = gguf.GGUFReader(llama_file)
     with open_source(llama_file) as src:
         assert isinstance(src, GGUFSource) and src.format == "gguf"
@@ -77,8 +81,17 @@ def test_llama_file_matches_gguf_readers_view(llama_file: Path) -> None:
         assert src.metadata["tokenizer.ggml.tokens"] == "array of 32,000 strings"
         assert src.metadata["general.architecture"] == "llama"
         assert src.metadata["llama.block_count"] == "3"
-        assert src.metadata["general.file_type"] == str(int(gguf.LlamaFileType.MOSTLY_Q4_K_M))
+        assert src.metadata["general.file_type"] == "15 (Q4_K_M)"
+        assert src.metadata["llama.rope.freq_base"] == "10000.0"
+        assert src.metadata["llama.attention.layer_norm_rms_epsilon"] == "1e-05"
         assert src.metadata["GGUF.version"] == "3"
+
+
+def test_file_type_names_are_gguf_pys() -> None:
+    from modinspect.sources.gguf import FILE_TYPES
+
+    for ftype in gguf.LlamaFileType:
+        assert FILE_TYPES[int(ftype)] == ftype.name.removeprefix("MOSTLY_")
 
 
 def test_every_ggml_type_sizes_as_gguf_py_says(tmp_path: Path) -> None:
@@ -189,3 +202,90 @@ def test_sniffed_before_safetensors(tmp_path: Path) -> None:
     with open_source(path) as src:
         assert src.format == "gguf" and len(src.tensors) == 123
         assert math.prod(src.info("t.7").shape) == 2
+
+
+# ---------------------------------------------------------------- tree: logical counts, stored bytes, bits per weight
+
+
+def test_tree_counts_logical_elements_and_stored_bytes(llama_file: Path) -> None:
+    from modinspect.analysis.tree import build_tree
+
+    reader = gguf.GGUFReader(llama_file)
+    with open_source(llama_file) as src:
+        report = build_tree(src)
+    assert report.totals.params == sum(t.n_elements for t in reader.tensors)
+    assert report.totals.bytes == sum(t.n_bytes for t in reader.tensors)
+    assert report.totals.tensors == len(reader.tensors)
+    sizes = gguf.GGML_QUANT_SIZES
+    expected: dict[str, list[int]] = {}
+    for t in reader.tensors:
+        acc = expected.setdefault(TORCH_NAMES.get(t.tensor_type.name, t.tensor_type.name), [0, 0, 0])
+        acc[0] += t.n_elements
+        acc[1] += t.n_bytes
+        acc[2] = int(t.tensor_type)
+    assert {d.dtype: [d.elements, d.bytes] for d in report.by_dtype} == {k: v[:2] for k, v in expected.items()}
+    for d in report.by_dtype:
+        block, type_size = sizes[T(expected[d.dtype][2])]
+        assert d.bits_per_weight == type_size * 8 / block
+    rows = {r.name: r for r in report.tensors}
+    for t in reader.tensors:
+        assert rows[t.name].bits_per_weight == t.n_bytes * 8 / t.n_elements
+    assert rows["blk.0.attn_q.weight"].bits_per_weight == 4.5  # Q4_K: 144 bytes per 256 weights
+    assert rows["blk.0.attn_v.weight"].bits_per_weight == 6.5625  # Q6_K: 210 bytes per 256
+
+
+def test_tree_groups_the_blocks_and_splits_runs_where_types_differ(tmp_path: Path) -> None:
+    from modinspect.analysis.tree import build_tree
+
+    tensors = ggufs.llama_tensors(blocks=5)
+    tensors = [(n, s, T.Q8_0 if n == "blk.1.attn_v.weight" else q) for n, s, q in tensors]  # as Q4_K_M mixes them
+    path = ggufs.write(tmp_path / "m.gguf", tensors, kv=ggufs.llama_kv(blocks=5))
+    reader = gguf.GGUFReader(path)
+    with open_source(path) as src:
+        report = build_tree(src)
+    assert [c.short for c in report.root.children] == ["token_embd", "blk", "output_norm", "output"]
+    blk = report.root.children[1]
+    assert [(c.row.name, c.repeat, c.last_name) for c in blk.children] == [
+        ("blk.0", 1, None), ("blk.1", 1, None), ("blk.2", 3, "blk.4")]
+    assert blk.row.params == sum(t.n_elements for t in reader.tensors if t.name.startswith("blk."))
+    assert blk.row.bytes == sum(t.n_bytes for t in reader.tensors if t.name.startswith("blk."))
+    run = blk.children[2]
+    assert run.run_bytes == sum(t.n_bytes for t in reader.tensors if t.name.split(".")[1] in ("2", "3", "4"))
+
+
+def test_q4_k_4096_square_is_16_million_parameters_at_4_5_bits(tmp_path: Path) -> None:
+    from modinspect.analysis.tree import build_tree
+    from modinspect.render.jsonout import tree_document, tree_json
+
+    path = ggufs.write(tmp_path / "q.gguf", [("blk.0.attn_q.weight", (4096, 4096), T.Q4_K)])
+    (t,) = gguf.GGUFReader(path).tensors
+    assert (t.n_elements, t.n_bytes) == (16_777_216, 9_437_184)
+    result = invoke("tree", str(path))
+    assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
+    out = result.stdout  # type: ignore[attr-defined]
+    assert "└── weight  [4096, 4096]  Q4_K  4.5 bpw  9.0 MiB\n" in out
+    assert re.search(r"^Tensor elements +16,777,216  ", out, re.MULTILINE), out
+    assert re.search(r"^By dtype +16,777,216  Q4_K · 9.0 MiB · 4.5 bpw$", out, re.MULTILINE), out
+    doc = json.loads(invoke("tree", str(path), "--json").stdout)  # type: ignore[attr-defined]
+    assert doc["schema_version"] == 2
+    assert doc["totals"]["params"] == 16_777_216 and doc["totals"]["bytes"] == 9_437_184
+    assert doc["tensors"] == [{"name": "blk.0.attn_q.weight", "shape": [4096, 4096], "dtype": "Q4_K", "kind": "unknown",
+                               "bytes": 9_437_184, "bits_per_weight": 4.5, "requires_grad": None, "persistent": None,
+                               "alias_of": None}]
+    assert doc["by_dtype"] == [{"dtype": "Q4_K", "elements": 16_777_216, "bytes": 9_437_184, "bits_per_weight": 4.5}]
+    with open_source(path) as src:
+        report = build_tree(src)
+    assert json.loads(tree_json(report)) == tree_document(report)
+
+
+def test_json_fast_path_is_the_document_for_a_mixed_file(llama_file: Path) -> None:
+    from modinspect.analysis.tree import build_tree
+    from modinspect.render.jsonout import tree_document, tree_json
+
+    with open_source(llama_file) as src:
+        report = build_tree(src)
+    document = tree_document(report)
+    assert json.loads(tree_json(report)) == document
+    assert json.loads(tree_json(report, pretty=True)) == document
+    assert {t["dtype"]: t["bits_per_weight"] for t in document["tensors"]} == {
+        "Q8_0": 8.5, "float32": 32.0, "Q4_K": 4.5, "Q6_K": 6.5625, "Q4_0": 4.5, "Q5_0": 5.5, "bfloat16": 16.0}

@@ -46,7 +46,7 @@ def test_compact_is_one_line_and_pretty_is_one_record_a_line(tmp_path: Path) -> 
     modules = lines.index('  "modules":[')
     assert [json.loads(line.rstrip(","))["name"] for line in lines[modules + 1:modules + 5]] == ["", "fc1", "act", "fc2"]
     assert lines[modules + 5] == "  ],"
-    assert '  "tied":[],' in lines and '  "schema_version":1,' in lines
+    assert '  "tied":[],' in lines and '  "schema_version":2,' in lines
 
 
 def test_piped_json_is_compact(tmp_path: Path) -> None:

@@ -201,7 +201,7 @@ def _real_documents(command: str, tmp_path: Path) -> list[dict[str, Any]]:
 
 
 # Words in the field lists that are values, not keys: formats, kinds, phases, causes.
-VALUES = {"tree": {"safetensors", "pickle", "torchscript", "dcp", "entrypoint", "parameter", "buffer", "unknown"},
+VALUES = {"tree": {"safetensors", "pickle", "torchscript", "dcp", "entrypoint", "gguf", "parameter", "buffer", "unknown"},
           "stats": {"forward", "backward", "produced", "input", "loss", "weight", "overflow", "sum", "mean"},
           "diff": set(), "load": set()}
 ENVELOPE = {"schema_version", "modinspect_version"}

@@ -345,7 +345,7 @@ def test_json_document(run: Path) -> None:
     assert result.exit_code == 0
     doc = _strict(result.stdout)
     assert isinstance(doc, dict)
-    assert doc["schema_version"] == 1 and doc["header"]["schema"] == SCHEMA
+    assert doc["schema_version"] == 2 and doc["header"]["schema"] == SCHEMA
     assert doc["steps"] == list(range(0, 500, 10))
     assert doc["first_bad"] == {"step": 300, "module": "sqrt", "type": "SqrtShift", "phase": "forward",
                                 "op": "aten::sqrt", "source": "train.py:42", "code": "        return torch.sqrt(x - 1)",

@@ -25,6 +25,15 @@ class TensorRow:
     def numel(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def bits_per_weight(self) -> float | None:
+        """Stored bits per logical element (4.5 for GGUF's Q4_K, 32.0 for float32); None for an empty tensor."""
+        return bits_per_weight(self.nbytes, self.numel)
+
+
+def bits_per_weight(nbytes: int, elements: int) -> float | None:
+    return nbytes * 8 / elements if elements else None
+
 
 @dataclass(frozen=True, slots=True)
 class ModuleRow:
@@ -62,6 +71,10 @@ class DtypeTotal:
     dtype: str
     elements: int
     bytes: int
+
+    @property
+    def bits_per_weight(self) -> float | None:
+        return bits_per_weight(self.bytes, self.elements)
 
 
 @dataclass(frozen=True)

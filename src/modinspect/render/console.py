@@ -29,6 +29,7 @@ from modinspect.analysis.keymap import collapse_groups, collapse_indices
 from modinspect.analysis.stats_math import collapse_names
 from modinspect.render.text import (
     bad_step_text,
+    bpw_text,
     elide_middle,
     human_bytes,
     human_count,
@@ -364,6 +365,9 @@ class _BatchProgress:
 def _tensor_pieces(t: TensorRow) -> list[tuple[str, str]]:
     """A tensor's line as (text, style) pieces: rich's label and the plain writer's line are the same text."""
     pieces = [(t.short, "bold"), (f"  {shape_text(t.shape)}", "cyan"), (f"  {t.dtype}", "magenta")]
+    bpw = bpw_text(t.bits_per_weight)
+    if bpw is not None:
+        pieces.append((f"  {bpw}", "magenta"))
     if t.alias_of is not None:
         pieces += [(f"  = {t.alias_of}", "yellow"), ("  (tied, counted once)", "dim")]
         return pieces
@@ -585,7 +589,8 @@ def totals_table(report: TreeReport, width: int = 200) -> Text:
         rows.append(("Buffers", f"{t.buffers:,}",
                      f"persistent {t.persistent_buffers:,} · non-persistent {t.non_persistent_buffers:,}"))
     rows.append(("Size", human_bytes(t.bytes), f"{t.bytes:,} bytes in {t.tensors:,} tensors"))
-    rows += [("By dtype" if i == 0 else "", f"{d.elements:,}", f"{d.dtype} · {human_bytes(d.bytes)}")
+    rows += [("By dtype" if i == 0 else "", f"{d.elements:,}",
+              f"{d.dtype} · {human_bytes(d.bytes)}" + (f" · {bpw}" if (bpw := bpw_text(d.bits_per_weight)) else ""))
              for i, d in enumerate(report.by_dtype)]
     rows += [("Tied" if i == 0 else "", "", " = ".join(reversed(g))) for i, g in enumerate(report.tied)]
     rows += _shapes_rows(report)

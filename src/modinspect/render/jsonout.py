@@ -19,7 +19,7 @@ from modinspect.report import (
     TreeReport,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tree's tensors and by_dtype gained bits_per_weight
 
 
 def _envelope() -> dict[str, Any]:
@@ -49,7 +49,8 @@ def tree_document(report: TreeReport, rows: bool = True) -> dict[str, Any]:
             "bytes": t.bytes,
             "tensors": t.tensors,
         },
-        "by_dtype": [{"dtype": d.dtype, "elements": d.elements, "bytes": d.bytes} for d in report.by_dtype],
+        "by_dtype": [{"dtype": d.dtype, "elements": d.elements, "bytes": d.bytes, "bits_per_weight": d.bits_per_weight}
+                     for d in report.by_dtype],
         "modules": [
             {"name": m.name, "type": m.type, "params": m.params, "bytes": m.bytes, "trainable": m.trainable,
              "training": m.training, "extra_repr": reprs.get(m.name)}
@@ -57,7 +58,8 @@ def tree_document(report: TreeReport, rows: bool = True) -> dict[str, Any]:
         ],
         "tensors": [
             {"name": r.name, "shape": list(r.shape), "dtype": r.dtype, "kind": r.kind, "bytes": r.nbytes,
-             "requires_grad": r.requires_grad, "persistent": r.persistent, "alias_of": r.alias_of}
+             "bits_per_weight": r.bits_per_weight, "requires_grad": r.requires_grad, "persistent": r.persistent,
+             "alias_of": r.alias_of}
             for r in (report.tensors if rows else ())
         ],
         "tied": [list(g) for g in report.tied],
@@ -136,14 +138,18 @@ def _module_records(report: TreeReport) -> list[str]:
 def _tensor_records(report: TreeReport) -> list[str]:
     enc, lit = _encode_str, _LITERAL
     names: dict[str, str] = {}  # dtypes and kinds: a handful of distinct strings
+    bits: dict[float, str] = {}  # bits per weight: as many as dtypes
     out = []
     for r in report.tensors:
         dtype = names.get(r.dtype) or names.setdefault(r.dtype, enc(r.dtype))
         kind = names.get(r.kind) or names.setdefault(r.kind, enc(r.kind))
         shape = ",".join([format(d, "d") for d in r.shape])
         alias = "null" if r.alias_of is None else enc(r.alias_of)
+        numel = r.numel
+        bpw = "null" if not numel else bits.get(b := r.nbytes * 8 / numel) or bits.setdefault(b, float.__repr__(b))
         out.append(f'{{"name":{enc(r.name)},"shape":[{shape}],"dtype":{dtype},"kind":{kind},"bytes":{r.nbytes:d},'
-                   f'"requires_grad":{lit[r.requires_grad]},"persistent":{lit[r.persistent]},"alias_of":{alias}}}')
+                   f'"bits_per_weight":{bpw},"requires_grad":{lit[r.requires_grad]},"persistent":{lit[r.persistent]},'
+                   f'"alias_of":{alias}}}')
     return out
 
 

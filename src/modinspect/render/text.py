@@ -180,6 +180,16 @@ def human_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+WHOLE_BYTE_BITS = frozenset({8.0, 16.0, 32.0, 64.0, 128.0})
+
+
+def bpw_text(bits: float | None) -> str | None:
+    """'4.5 bpw' where the bits per weight are not a whole-byte dtype's (quantized: GGUF's Q4_K), else None."""
+    if bits is None or bits in WHOLE_BYTE_BITS:
+        return None
+    return f"{bits:.3g} bpw"
+
+
 def shape_text(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 

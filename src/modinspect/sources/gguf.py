@@ -87,6 +87,14 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     40: ("NVFP4", 64, 36),
     41: ("Q1_0", 128, 18),
 }
+# general.file_type (llama.cpp's llama_ftype, gguf-py's LlamaFileType less "MOSTLY_"): the file's overall scheme.
+FILE_TYPES: dict[int, str] = {
+    0: "ALL_F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 4: "Q4_1_SOME_F16", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
+    19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S",
+    27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 33: "Q4_0_4_4", 34: "Q4_0_4_8",
+    35: "Q4_0_8_8", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0", 1024: "GUESSED",
+}
 # ggml types that are plain arrays of one torch dtype: listed under torch's name and read as tensors.
 TORCH_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
                "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64"}
@@ -279,7 +287,10 @@ class GGUFHeader:
             self.alignment = alignment
             self.metadata[key] = str(alignment)
             return
-        self.metadata[key] = self._value(cur, vtype, key, 0)
+        value = self._value(cur, vtype, key, 0)
+        if key == "general.file_type" and value.isdigit() and int(value) in FILE_TYPES:
+            value = f"{value} ({FILE_TYPES[int(value)]})"
+        self.metadata[key] = value
 
     def _value(self, cur: _Cursor, vtype: int, key: str, depth: int) -> str:
         if vtype not in VALUE_TYPES:
@@ -382,12 +393,13 @@ def _scalar_text(value: object, vtype: int) -> str:
 
 
 def _float32_text(x: float) -> str:
+    """The shortest decimal that is the same float32, written as Python writes floats: 1e-05, 10000.0."""
     if not math.isfinite(x):
         return repr(x)
     for digits in range(1, 10):
-        text = f"{x:.{digits}g}"
-        if struct.unpack("<f", struct.pack("<f", float(text)))[0] == x:
-            return text
+        shortest = float(f"{x:.{digits}g}")
+        if struct.unpack("<f", struct.pack("<f", shortest))[0] == x:
+            return repr(shortest)
     return repr(x)
 
 
