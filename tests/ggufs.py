@@ -35,19 +35,19 @@ def tensor_data(shape: tuple[int, ...], qtype: T, seed: int = 0) -> np.ndarray:
     return rng.integers(0, 256, quant_shape_to_byte_shape(shape, qtype), dtype=np.uint8)
 
 
-def add(writer: gguf.GGUFWriter, name: str, shape: tuple[int, ...], qtype: T, seed: int = 0) -> None:
-    data = tensor_data(shape, qtype, seed)
-    writer.add_tensor(name, data, raw_dtype=None if qtype in PLAIN else qtype)
-
-
 def write(path: Path, tensors: list[tuple[str, tuple[int, ...], T]], arch: str = "llama",
-          kv: Callable[[gguf.GGUFWriter], None] | None = None, seed: int = 0, **options: Any) -> Path:
-    """A GGUF file of `tensors` (name, logical shape, type), metadata from `kv(writer)`."""
+          kv: Callable[[gguf.GGUFWriter], None] | None = None, seed: int = 0,
+          edit: Callable[[str, np.ndarray], np.ndarray] | None = None, **options: Any) -> Path:
+    """A GGUF file of `tensors` (name, logical shape, type), metadata from `kv(writer)`; `edit(name, data)`
+    may change what the writer is given (a quantized tensor's data is its blocks' bytes, a row per row)."""
     writer = gguf.GGUFWriter(str(path), arch, **options)
     if kv is not None:
         kv(writer)
     for i, (name, shape, qtype) in enumerate(tensors):
-        add(writer, name, shape, qtype, seed + i)
+        data = tensor_data(shape, qtype, seed + i)
+        if edit is not None:
+            data = edit(name, data.copy())
+        writer.add_tensor(name, data, raw_dtype=None if qtype in PLAIN else qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -103,3 +103,8 @@ def llama_kv(blocks: int = 2, vocab: int = VOCAB) -> Callable[[gguf.GGUFWriter],
 
 def llama(path: Path, blocks: int = 2, vocab: int = VOCAB, **options: Any) -> Path:
     return write(path, llama_tensors(blocks), "llama", llama_kv(blocks, vocab), **options)
+
+
+def llama_tensors_retyped(blocks: int, retype: dict[str, tuple[tuple[int, ...], T]]) -> list[tuple[str, tuple[int, ...], T]]:
+    """llama_tensors with some tensors given another shape or type."""
+    return [(n, *retype.get(n, (s, q))) for n, s, q in llama_tensors(blocks)]

@@ -7,6 +7,7 @@ import math
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -289,3 +290,88 @@ def test_json_fast_path_is_the_document_for_a_mixed_file(llama_file: Path) -> No
     assert json.loads(tree_json(report, pretty=True)) == document
     assert {t["dtype"]: t["bits_per_weight"] for t in document["tensors"]} == {
         "Q8_0": 8.5, "float32": 32.0, "Q4_K": 4.5, "Q6_K": 6.5625, "Q4_0": 4.5, "Q5_0": 5.5, "bfloat16": 16.0}
+
+
+# ---------------------------------------------------------------- diff
+
+
+def _edit_rows(rows: dict[str, list[int]]) -> Callable[[str, np.ndarray], np.ndarray]:
+    """Change the first byte of these rows of these tensors (quantized: their blocks' bytes; plain: values)."""
+    def edit(name: str, data: np.ndarray) -> np.ndarray:
+        for r in rows.get(name, []):
+            flat = data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data.reshape(1, -1)
+            if data.dtype == np.uint8:
+                flat[r, 0] ^= 0xFF
+            else:
+                flat[r, 0] += 1
+        return data
+    return edit
+
+
+def test_diff_of_two_gguf_files_quantized_by_bytes_floats_by_value(tmp_path: Path) -> None:
+    from modinspect.analysis.diff import diff_sources
+
+    a = ggufs.llama(tmp_path / "a.gguf", blocks=3)
+    rows = {"blk.1.attn_q.weight": [3, 7], "blk.2.ffn_down.weight": [0], "blk.0.attn_norm.weight": [0]}
+    b = ggufs.write(tmp_path / "b.gguf", ggufs.llama_tensors(3), kv=ggufs.llama_kv(3), edit=_edit_rows(rows))
+    ra, rb = gguf.GGUFReader(a), gguf.GGUFReader(b)
+    with open_source(a) as sa, open_source(b) as sb:
+        report = diff_sources(sa, sb)
+    quantized = [t for t in ra.tensors if t.tensor_type.name not in TORCH_NAMES]
+    assert report.compared == len(ra.tensors) and report.bytewise == len(quantized)
+    assert {d.name for d in report.changed} == set(rows)
+    assert report.identical == report.equal == len(ra.tensors) - len(rows)
+    for d in report.changed:
+        ta, tb = (next(t for t in r.tensors if t.name == d.name) for r in (ra, rb))
+        if d.name == "blk.0.attn_norm.weight":  # F32: compared by value, against gguf-py's arrays
+            delta = np.abs(ta.data.astype(np.float64) - tb.data.astype(np.float64))
+            assert d.note is None and d.differing == int((delta > 0).sum()) == 1
+            assert d.max_abs_diff == pytest.approx(float(delta.max()))
+            continue
+        # quantized: gguf-py's view is (rows, bytes per row); the rows whose bytes differ
+        differing_rows = int((ta.data != tb.data).any(axis=1).sum())
+        rows_total = ta.data.shape[0]
+        assert differing_rows == len(rows[d.name])
+        assert d.differing == differing_rows * (t_elements := ta.n_elements // rows_total) and t_elements == d.shape[-1]
+        assert (d.max_abs_diff, d.rel_l2, d.cosine) == (None, None, None)
+        assert d.note == f"quantized: compared byte for byte; {differing_rows} of {rows_total} rows differ"
+    rollup = {r.module: r for r in report.rollup}
+    assert rollup["blk.1"].max_abs_diff is None and rollup["blk.0"].max_abs_diff == pytest.approx(1.0)
+
+
+def test_diff_cli_of_gguf_files(tmp_path: Path) -> None:
+    a = ggufs.llama(tmp_path / "a.gguf")
+    same = invoke("diff", str(a), str(a))
+    assert same.exit_code == 0, same.stderr  # type: ignore[attr-defined]
+    assert "quantized tensor pairs compared byte for byte" in same.stdout  # type: ignore[attr-defined]
+    b = ggufs.write(tmp_path / "b.gguf", ggufs.llama_tensors_retyped(2, {
+        "blk.0.attn_v.weight": ((128, 256), T.Q8_0),  # another quant type: listed, not compared
+        "blk.1.ffn_up.weight": ((256, 256), T.Q5_0),  # another shape
+        "output_norm.weight": ((256,), T.F16),  # the same values rounded to F16: compared by value, within tolerance
+    }), kv=ggufs.llama_kv(2), edit=_edit_rows({"blk.0.ffn_gate.weight": [5]}))
+    result = invoke("diff", str(a), str(b), "--json")
+    assert result.exit_code == 1, result.stderr  # type: ignore[attr-defined]
+    doc = json.loads(result.stdout)  # type: ignore[attr-defined]
+    assert doc["dtype_mismatch"] == [{"name": "blk.0.attn_v.weight", "a": "Q6_K", "b": "Q8_0"},
+                                     {"name": "output_norm.weight", "a": "float32", "b": "float16"}]
+    assert doc["shape_mismatch"] == [{"name": "blk.1.ffn_up.weight", "a": "[512, 256]", "b": "[256, 256]"}]
+    (gate,) = doc["changed"]
+    assert gate["name"] == "blk.0.ffn_gate.weight"
+    assert (gate["differing"], gate["numel"], gate["max_abs_diff"]) == (256, 512 * 256, None)
+    assert gate["note"] == "quantized: compared byte for byte; 1 of 512 rows differ"
+    (norm,) = doc["close"]
+    assert norm["name"] == "output_norm.weight" and norm["note"] is None and 0 < norm["max_abs_diff"] < 1e-2
+    # 21 tensors, 15 of them quantized (token_embd and 7 a block); the shape and the quantized type mismatch
+    # are not compared (output_norm's F32/F16 mismatch is, by value)
+    assert doc["compared"] == 21 - 2 and doc["bytewise"] == 15 - 2
+
+
+def test_quantized_changes_are_found_without_importing_torch(tmp_path: Path) -> None:
+    a = ggufs.llama(tmp_path / "a.gguf")
+    b = ggufs.write(tmp_path / "b.gguf", ggufs.llama_tensors(2), kv=ggufs.llama_kv(2),
+                    edit=_edit_rows({"blk.1.ffn_down.weight": [0, 1, 2]}))
+    code = ("import sys; from modinspect.sources import open_source; from modinspect.analysis.diff import diff_sources\n"
+            f"r = diff_sources(open_source({str(a)!r}), open_source({str(b)!r}))\n"
+            "print(r.identical, r.compared, [(d.name, d.differing) for d in r.changed], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "20 21 [('blk.1.ffn_down.weight', 1536)] False"  # 3 rows of 512

@@ -311,8 +311,8 @@ class TensorDiff:
     dtype_a: str
     dtype_b: str
     numel: int
-    differing: int  # elements outside tolerance (NaN/Inf mismatches included)
-    max_abs_diff: float
+    differing: int  # elements outside tolerance (NaN/Inf mismatches included); bytewise: of the rows that differ
+    max_abs_diff: float | None  # None where values were not compared (a quantized pair: bytes only)
     mean_abs_diff: float | None
     rel_l2: float | None  # ‖a−b‖ / ‖a‖
     cosine: float | None
@@ -321,6 +321,7 @@ class TensorDiff:
     inf_a: int
     inf_b: int
     status: str  # equal | close | changed
+    note: str | None = None  # how the pair was compared, where not by value ("quantized: compared byte for byte")
 
 
 @dataclass(frozen=True)
@@ -328,7 +329,7 @@ class ModuleRollup:
     module: str
     tensors: int
     changed: int
-    max_abs_diff: float
+    max_abs_diff: float | None  # None where every changed tensor was compared byte for byte
 
 
 @dataclass(frozen=True)
@@ -351,6 +352,7 @@ class DiffReport:
     hints: tuple[str, ...]
     tolerance: str
     nan_equal: bool
+    bytewise: int = 0  # pairs of one quantized type (GGUF's Q4_K, ...) compared byte for byte, not by value
 
     @property
     def differs(self) -> bool:

@@ -189,6 +189,14 @@ class PairReader:
             i = j
         return out
 
+    def differing_parts(self, ra: ByteRange, rb: ByteRange, part: int) -> int:
+        """How many of the consecutive `part`-byte parts (a quantized tensor's rows) of two ranges of one length differ."""
+        step = max(1, PIECE // part) * part
+        differ = 0
+        for va, vb in self.chunk_pairs(ra, rb, step, step):
+            differ += _same_parts(va, vb, [part] * (len(va) // part)).count(False)  # type: ignore[arg-type]
+        return differ
+
     def chunk_pairs(self, ra: ByteRange, rb: ByteRange, step_a: int,
                     step_b: int) -> Iterator[tuple[memoryview, memoryview]]:
         """Both ranges in aligned pieces of step_a and step_b bytes, the next pair read while this one is used.

@@ -29,7 +29,7 @@ from modinspect.analysis.keymap import (
 )
 from modinspect.gcpause import paused_gc
 from modinspect.report import DiffReport, ModuleRollup, PairMismatch, TensorDiff
-from modinspect.sources.base import Source, TensorInfo, from_little_endian, tied_groups
+from modinspect.sources.base import DTYPE_BITS, Source, TensorInfo, from_little_endian, tied_groups
 
 if TYPE_CHECKING:
     import torch
@@ -49,6 +49,7 @@ FLOATS = {"float16", "bfloat16", "float32", "float64"}
 BYTE_DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "complex64": 8, "complex128": 16,
                "int8": 1, "int16": 2, "int32": 4, "int64": 8, "uint8": 1, "bool": 1}
 NAN_DTYPES = {"float16", "bfloat16", "float32", "float64", "complex64", "complex128"}
+BYTEWISE_NOTE = "quantized: compared byte for byte"
 
 
 @dataclass(frozen=True)
@@ -266,9 +267,9 @@ def _severity(d: TensorDiff) -> tuple[bool, int, float, float, int]:
     that was all zeros in A has changed by all of itself: relative change 1.
     """
     appeared = d.nan_b + d.inf_b > d.nan_a + d.inf_a
-    integer = d.dtype_a not in FLOATS and d.dtype_b not in FLOATS
+    integer = d.dtype_a not in FLOATS and d.dtype_b not in FLOATS and d.note is None  # quantized: weights
     rel = 1.0 if d.rel_l2 is None else d.rel_l2
-    return (not appeared, int(integer), -rel, -d.max_abs_diff, -d.differing)
+    return (not appeared, int(integer), -rel, -(d.max_abs_diff or 0.0), -d.differing)
 
 
 def _aliases(tensors: list[TensorInfo], present: set[str], mapping: dict[str, str]) -> dict[str, str]:
@@ -305,6 +306,7 @@ class _Walk:
         self.reader, self.scratch = PairReader(), _Scratch()
         self.results: list[TensorDiff] = []
         self.held: list[int] = []  # pairs whose bytes are not compared yet
+        self.bytewise_pairs = 0
         # Dtypes whose equal bytes are equal values (NaN bytes are not, under --nan-unequal).
         self.byte_equal = BYTE_DTYPES.keys() - (set() if options.nan_equal else NAN_DTYPES)
 
@@ -332,6 +334,25 @@ class _Walk:
         self.results.append(compare_pair(self.a, self.a_names[i], self.b, self.b_names[i], self.names[i],
                                          self.options, self.reader, self.scratch, infos=(ia, ib), ranges=(ra, rb)))
 
+    def bytewise(self, i: int) -> None:
+        """Pair i of one quantized type, its bytes compared row by row: no values to compare without dequantizing."""
+        ia, ra, rb = self.infos_a[i], self.ranges_a[i], self.ranges_b[i]
+        assert ra is not None and rb is not None
+        self.bytewise_pairs += 1
+        if ra[2] == rb[2] and self.reader.same(ra, rb):
+            return
+        numel = ia.numel
+        rows = numel // ia.shape[-1] if ia.shape and ia.shape[-1] else 1
+        if ra[2] != rb[2] or not numel or ra[2] % rows:
+            differ, rows = rows, rows  # no row structure to compare by: the whole tensor differs
+        else:
+            differ = self.reader.differing_parts(ra, rb, ra[2] // rows)
+        self.results.append(TensorDiff(
+            name=self.names[i], a_name=self.a_names[i], b_name=self.b_names[i], shape=ia.shape, dtype_a=ia.dtype,
+            dtype_b=self.infos_b[i].dtype, numel=numel, differing=differ * (numel // rows), max_abs_diff=None,
+            mean_abs_diff=None, rel_l2=None, cosine=None, nan_a=0, nan_b=0, inf_a=0, inf_b=0, status="changed",
+            note=f"{BYTEWISE_NOTE}; {differ:,} of {rows:,} rows differ"))
+
     def done(self, i: int) -> None:
         if self.progress is not None:
             self.progress(self.infos_a[i].nbytes + self.infos_b[i].nbytes)
@@ -354,6 +375,17 @@ def _walk_pairs(walk: _Walk, shape_mismatch: list[PairMismatch], dtype_mismatch:
             skipped.append(i)
             continue
         dtype = ia.dtype
+        if (dtype not in DTYPE_BITS or ib.dtype not in DTYPE_BITS) and ra is not None and rb is not None:
+            # A quantized type (GGUF's Q4_K): no values to read, only bytes, and only against its own type.
+            walk.flush()
+            held_bytes = 0
+            if dtype != ib.dtype:
+                dtype_mismatch.append(PairMismatch(names[i], dtype, ib.dtype))
+                skipped.append(i)
+            else:
+                walk.bytewise(i)
+            walk.done(i)
+            continue
         if dtype != ib.dtype:
             dtype_mismatch.append(PairMismatch(names[i], dtype, ib.dtype))
         elif ra is not None and rb is not None and dtype in byte_equal:
@@ -444,7 +476,7 @@ def diff_sources(a: Source, b: Source, options: DiffOptions | None = None,
         close=tuple(close), equal=same + sum(1 for r in results if r.status != "changed"),
         identical=same + sum(1 for r in results if r.status == "equal"), compared=len(compared), aliased=tuple(aliased),
         rollup=_rollup(compared, results), hints=tuple(_hints(only_a, only_b, map_a.keys(), map_b.keys(), a.label, b.label)),
-        tolerance=_describe_tolerance(options), nan_equal=options.nan_equal,
+        tolerance=_describe_tolerance(options), nan_equal=options.nan_equal, bytewise=walk.bytewise_pairs,
     )
 
 
@@ -461,7 +493,8 @@ def _rollup(compared: list[str], results: list[TensorDiff]) -> tuple[ModuleRollu
     if not changed:
         return ()
     sizes = Counter(rollup_keys(compared))  # in first-seen order
-    return tuple(ModuleRollup(module, size, len(changed[module]), max(m.max_abs_diff for m in changed[module]))
+    return tuple(ModuleRollup(module, size, len(changed[module]),
+                              max((m.max_abs_diff for m in changed[module] if m.max_abs_diff is not None), default=None))
                  for module, size in sizes.items() if module in changed)
 
 

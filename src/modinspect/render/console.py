@@ -867,6 +867,9 @@ def diff_renderable(report: DiffReport, width: int = 200, limit: int = 50) -> Re
     head.append(f"{report.b}  ({report.format_b})\n")
     nan = "NaN equals NaN" if report.nan_equal else "NaN differs from everything"
     head.append(f"tolerance: {report.tolerance}; {nan}", style="dim")
+    if report.bytewise:
+        head.append(f"\n{report.bytewise} quantized tensor pairs compared byte for byte, not by value: "
+                    "'differing' counts the elements of the rows whose bytes differ", style="dim")
     parts.append(head)
     summary = Text()
     summary.append(f"\n{report.compared} compared: {report.equal} equal", style="bold")
@@ -900,7 +903,8 @@ def diff_renderable(report: DiffReport, width: int = 200, limit: int = 50) -> Re
     if report.rollup:
         text = Text("\nBy module\n", style="bold")
         for r in report.rollup[:limit]:
-            rest = f"{r.changed} of {r.tensors} tensors changed, max |Δ| {r.max_abs_diff:.1e}"
+            rest = f"{r.changed} of {r.tensors} tensors changed, " + (
+                "compared byte for byte" if r.max_abs_diff is None else f"max |Δ| {r.max_abs_diff:.1e}")
             text.append(_name_line(r.module or "(top level)", rest, width) + "\n")
         text.rstrip()
         parts.append(text)

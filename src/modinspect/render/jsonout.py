@@ -19,7 +19,7 @@ from modinspect.report import (
     TreeReport,
 )
 
-SCHEMA_VERSION = 2  # 2: tree's tensors and by_dtype gained bits_per_weight
+SCHEMA_VERSION = 2  # 2: tree's tensors and by_dtype gained bits_per_weight; diff's pairs a note, and bytewise
 
 
 def _envelope() -> dict[str, Any]:
@@ -217,7 +217,7 @@ def _tensor_diff(d: TensorDiff) -> dict[str, Any]:
         "name": d.name, "a_name": d.a_name, "b_name": d.b_name, "shape": list(d.shape), "dtype_a": d.dtype_a,
         "dtype_b": d.dtype_b, "numel": d.numel, "differing": d.differing, "max_abs_diff": _num(d.max_abs_diff),
         "mean_abs_diff": _num(d.mean_abs_diff), "rel_l2": _num(d.rel_l2), "cosine": _num(d.cosine),
-        "nan_a": d.nan_a, "nan_b": d.nan_b, "inf_a": d.inf_a, "inf_b": d.inf_b,
+        "nan_a": d.nan_a, "nan_b": d.nan_b, "inf_a": d.inf_a, "inf_b": d.inf_b, "note": d.note,
     }
 
 
@@ -244,6 +244,7 @@ def diff_document(report: DiffReport) -> dict[str, Any]:
         "hints": list(report.hints),
         "tolerance": report.tolerance,
         "nan_equal": report.nan_equal,
+        "bytewise": report.bytewise,
     }
 
 
