@@ -2,7 +2,8 @@
 
     python sample_models/make_samples.py
 
-Every file is a few tens of KB. The same torch version writes the same bytes.
+Every file is a few tens of KB. The same torch version writes the same bytes (and the same gguf-py version
+the same tiny_llama.gguf).
 """
 
 from __future__ import annotations
@@ -56,7 +57,58 @@ def main(out: Path = HERE) -> list[Path]:
     torch.save(lm.state_dict(), written[4])
     save_model(lm, str(written[5]), metadata={"format": "pt"})
     torch.save(_ddp_copy(state), written[6])
+    written.append(_tiny_llama_gguf(out / "tiny_llama.gguf"))
     return written
+
+
+def _tiny_llama_gguf(path: Path) -> Path:
+    """A two-block Llama in llama.cpp's names and mixed types, quantized by gguf-py (needs the `test` extra)."""
+    import gguf
+    import numpy as np
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import quantize
+
+    dim, ffn, kv_dim, vocab, blocks = 32, 64, 16, 64, 2
+    rng = np.random.default_rng(0)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(128)
+    writer.add_embedding_length(dim)
+    writer.add_block_count(blocks)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list([f"<t{i}>" for i in range(vocab)])
+
+    def add(name: str, shape: tuple[int, ...], qtype: T) -> None:
+        values = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+        if qtype == T.F32:
+            writer.add_tensor(name, values)
+        else:
+            writer.add_tensor(name, quantize(values, qtype), raw_dtype=qtype)
+
+    add("token_embd.weight", (vocab, dim), T.Q8_0)
+    for i in range(blocks):
+        add(f"blk.{i}.attn_norm.weight", (dim,), T.F32)
+        add(f"blk.{i}.attn_q.weight", (dim, dim), T.Q8_0)
+        add(f"blk.{i}.attn_k.weight", (kv_dim, dim), T.Q8_0)
+        add(f"blk.{i}.attn_v.weight", (kv_dim, dim), T.Q8_0)
+        add(f"blk.{i}.attn_output.weight", (dim, dim), T.Q8_0)
+        add(f"blk.{i}.ffn_norm.weight", (dim,), T.F32)
+        add(f"blk.{i}.ffn_gate.weight", (ffn, dim), T.Q4_0)
+        add(f"blk.{i}.ffn_up.weight", (ffn, dim), T.Q4_0)
+        add(f"blk.{i}.ffn_down.weight", (dim, ffn), T.Q5_0)
+    add("output_norm.weight", (dim,), T.F32)
+    add("output.weight", (vocab, dim), T.BF16)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
 
 
 def _ddp_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

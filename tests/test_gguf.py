@@ -375,3 +375,25 @@ def test_quantized_changes_are_found_without_importing_torch(tmp_path: Path) -> 
             "print(r.identical, r.compared, [(d.name, d.differing) for d in r.changed], 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "20 21 [('blk.1.ffn_down.weight', 1536)] False"  # 3 rows of 512
+
+
+# ---------------------------------------------------------------- the shipped sample
+
+
+def test_the_sample_is_what_make_samples_writes(tmp_path: Path) -> None:
+    from conftest import SAMPLES
+
+    sys.path.insert(0, str(SAMPLES))
+    try:
+        import make_samples
+    finally:
+        sys.path.remove(str(SAMPLES))
+    written = make_samples._tiny_llama_gguf(tmp_path / "tiny_llama.gguf")
+    shipped, fresh = gguf.GGUFReader(SAMPLES / "tiny_llama.gguf"), gguf.GGUFReader(written)
+    assert [(t.name, t.tensor_type, t.shape.tolist(), t.data.tobytes()) for t in shipped.tensors] == [
+        (t.name, t.tensor_type, t.shape.tolist(), t.data.tobytes()) for t in fresh.tensors]
+    assert {k: f.contents() for k, f in shipped.fields.items()} == {k: f.contents() for k, f in fresh.fields.items()}
+    with open_source(SAMPLES / "tiny_llama.gguf") as src:
+        assert [(t.name, t.numel, t.nbytes) for t in src.tensors] == [
+            (t.name, t.n_elements, t.n_bytes) for t in shipped.tensors]
+        check_metadata(src.metadata, shipped)

@@ -99,7 +99,7 @@ def test_every_console_example_runs_against_shipped_files() -> None:
     assert len(commands) >= 9
     for command in commands:
         command = re.sub(r"--out \S+", "", command)  # what an example writes is not an input
-        names = re.findall(r"[\w./-]+\.(?:pt|pth|py|safetensors)\b", command)
+        names = re.findall(r"[\w./-]+\.(?:pt|pth|py|safetensors|gguf)\b", command)
         for name in names:
             if name != "evil.pt":  # the one hostile file is made by the test, not shipped
                 assert (SAMPLES / Path(name).name).exists() or (REPO / name).exists(), (command, name)
