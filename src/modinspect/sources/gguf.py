@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from modinspect.errors import CorruptFileError, UnknownFormatError, UsageError
+from modinspect.gcpause import paused_gc
 from modinspect.sources.base import Source, TensorInfo, read_chunks
 from modinspect.sources.kinds import checkpoint_kind
 
@@ -36,7 +37,7 @@ MAGIC = b"GGUF"
 VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
-MAX_TENSORS = 1 << 20
+MAX_TENSORS = 1 << 18  # a 671B MoE has about 1,100; each costs a few µs to list, and a tree
 MAX_KV = 1 << 20
 MAX_NAME_BYTES = 1 << 16  # keys and tensor names (llama.cpp itself keeps tensor names under 64 bytes)
 MAX_VALUE_CHARS = 1 << 14  # a string value longer than this is shown cut, with its length
@@ -107,6 +108,8 @@ VALUE_TYPES: dict[int, tuple[str, str | None]] = {
 }
 STRING, ARRAY = 8, 9
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+_DIMS = [struct.Struct(f"<{n}Q") for n in range(MAX_DIMS + 1)]
+_INT64_LIMIT = 1 << 63
 
 
 def is_gguf(head: bytes) -> bool:
@@ -234,7 +237,7 @@ class GGUFHeader:
         self.entries: dict[str, tuple[str, str, tuple[int, ...], int, int]] = {}
         try:
             self.size = path.stat().st_size
-            with path.open("rb") as f:
+            with path.open("rb") as f, paused_gc():  # hundreds of thousands of tuples, none cyclic
                 self._parse(_Cursor(f, self.size, self.corrupt))
         except OSError as exc:
             raise CorruptFileError(f"cannot read {label}: {exc.strerror or exc}") from exc
@@ -263,7 +266,7 @@ class GGUFHeader:
         self.metadata["GGUF.version"] = str(version)
         for _ in range(n_kv):
             self._key_value(cur)
-        infos = [self._tensor_info(cur) for _ in range(n_tensors)]
+        infos = self._tensor_infos(cur, n_tensors)
         data_start = -(-cur.offset // self.alignment) * self.alignment
         self.data_start = data_start
         self._place(infos, data_start)
@@ -340,40 +343,71 @@ class GGUFHeader:
                     self._value(cur, itype, key, depth + 1)
         return f"array of {count:,} {plural}"
 
-    def _tensor_info(self, cur: _Cursor) -> tuple[str, int, tuple[int, ...], int]:
-        name = cur.name("a tensor name")
-        n_dims = cur.u32(f"the dims of {name!r}")
-        if n_dims > MAX_DIMS:
-            raise self.corrupt(f"gives {name!r} {n_dims:,} dims (ggml allows {MAX_DIMS})")
-        ne = tuple(cur.u64(f"the dims of {name!r}") for _ in range(n_dims))
-        gtype = cur.u32(f"the type of {name!r}")
-        offset = cur.u64(f"the offset of {name!r}")
-        return name, gtype, ne, offset
+    def _tensor_infos(self, cur: _Cursor, count: int) -> list[tuple[str, int, tuple[int, ...], int]]:
+        """The tensor infos: the hot loop of a header (a 7B model has 291, a hostile file up to MAX_TENSORS).
+
+        Each is read straight from the window with struct; the cursor is asked for more bytes (and builds its
+        message) only when the window runs out.
+        """
+        infos = []
+        unpack_u64, unpack_u32, dims_of = _U64.unpack_from, _U32.unpack_from, _DIMS
+        for _ in range(count):
+            if cur.pos + 8 > len(cur.buf):
+                cur.need(8, "the length of a tensor name")
+            (n,) = unpack_u64(cur.buf, cur.pos)
+            if n > MAX_NAME_BYTES or 8 + n + 4 > cur.left:
+                cur.name("a tensor name")  # raises: too long, or past the end of the file
+            if cur.pos + 8 + n + 4 > len(cur.buf):
+                cur.need(8 + n + 4, "a tensor name")
+            buf, pos = cur.buf, cur.pos + 8
+            try:
+                name = buf[pos:pos + n].decode("utf-8")
+            except UnicodeDecodeError:
+                raise self.corrupt(f"has a tensor name that is not UTF-8 ({buf[pos:pos + 40]!r})") from None
+            pos += n
+            (n_dims,) = unpack_u32(buf, pos)
+            if n_dims > MAX_DIMS:
+                raise self.corrupt(f"gives {name!r} {n_dims:,} dims (ggml allows {MAX_DIMS})")
+            cur.pos = pos + 4
+            rest = 8 * n_dims + 12
+            if cur.pos + rest > len(cur.buf):
+                cur.need(rest, f"the dims of {name!r}")
+            buf, pos = cur.buf, cur.pos
+            ne = dims_of[n_dims].unpack_from(buf, pos)
+            (gtype,) = unpack_u32(buf, pos + 8 * n_dims)
+            (offset,) = unpack_u64(buf, pos + 8 * n_dims + 4)
+            cur.pos = pos + rest
+            infos.append((name, gtype, ne, offset))
+        return infos
 
     def _place(self, infos: list[tuple[str, int, tuple[int, ...], int]], data_start: int) -> None:
+        """Each tensor's type, bytes and place, checked: a known type, whole blocks, aligned, in the file, apart."""
         spans = []
-        entries = self.entries
+        entries, types, torch_names = self.entries, GGML_TYPES, TORCH_NAMES
+        alignment, size = self.alignment, self.size
         for name, gtype, ne, offset in infos:
             if name in entries:
                 raise self.corrupt(f"lists the tensor {name!r} twice")
-            if gtype not in GGML_TYPES:
+            known = types.get(gtype)
+            if known is None:
                 raise self.corrupt(f"gives {name!r} the unknown ggml type {gtype}")
-            tname, block, type_size = GGML_TYPES[gtype]
-            if any(d >= 1 << 63 for d in ne) or math.prod(d for d in ne if d) >= 1 << 63:
+            tname, block, type_size = known
+            numel = 1
+            for d in ne:
+                numel *= d
+            if numel >= _INT64_LIMIT or (not numel and math.prod(d for d in ne if d) >= _INT64_LIMIT):
                 raise self.corrupt(f"gives {name!r} dims {list(ne)} whose product overflows int64")
-            if ne and ne[0] % block:
+            if block > 1 and ne and ne[0] % block:
                 raise self.corrupt(f"gives {name!r} rows of {ne[0]:,} elements, not a multiple of {tname}'s "
                                    f"block of {block}")
-            numel = math.prod(ne)
             nbytes = numel // block * type_size
-            if offset % self.alignment:
-                raise self.corrupt(f"places {name!r} at offset {offset:,}, not a multiple of the alignment "
-                                   f"{self.alignment}")
+            if offset % alignment:
+                raise self.corrupt(f"places {name!r} at offset {offset:,}, not a multiple of the alignment {alignment}")
             begin = data_start + offset
-            if begin + nbytes > self.size:
+            if begin + nbytes > size:
                 raise self.corrupt(f"places {name!r} ({nbytes:,} bytes of {tname}) at byte {begin:,}, past the end of "
-                                   f"the file ({self.size:,} bytes; truncated?)")
-            entries[name] = (TORCH_NAMES.get(tname, tname), tname, tuple(reversed(ne)), begin, nbytes)
+                                   f"the file ({size:,} bytes; truncated?)")
+            entries[name] = (torch_names.get(tname, tname), tname, ne[::-1], begin, nbytes)
             if nbytes:
                 spans.append((begin, nbytes, name))
         spans.sort()
@@ -416,8 +450,9 @@ class GGUFSource(Source):
         self.path = path
         label = label or str(path)
         self.header = GGUFHeader(path, label)
-        tensors = [TensorInfo(name, shape, dtype, nbytes, checkpoint_kind(name))
-                   for name, (dtype, _g, shape, _b, nbytes) in self.header.entries.items()]
+        with paused_gc():
+            tensors = [TensorInfo(name, shape, dtype, nbytes, checkpoint_kind(name))
+                       for name, (dtype, _g, shape, _b, nbytes) in self.header.entries.items()]
         super().__init__(label=label, format="gguf", tensors=tensors, metadata=self.header.metadata,
                          notes=list(self.header.notes))
 
