@@ -461,6 +461,8 @@ class GGUFSource(Source):
         return self.header.entries[name][1]
 
     def byte_range(self, name: str) -> tuple[Path, int, int] | None:
+        """Where the tensor's bytes lie: its values for the plain types, its blocks' bytes for a quantized one
+        (whose dtype is then its ggml type: diff compares those bytes only against the same type)."""
         _dtype, _g, _shape, begin, nbytes = self.header.entries[name]
         return self.path, begin, nbytes
 
