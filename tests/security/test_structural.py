@@ -977,6 +977,19 @@ def gguf_tensor_name_not_utf8(tmp: Path) -> tuple[list[str], str]:
 
 
 @case
+def gguf_tensor_name_of_2_pow_63_bytes(tmp: Path) -> tuple[list[str], str]:
+    info = gg_str("w", length=2**63) + struct.pack("<IQIQ", 1, 4, 0, 0)
+    path = gguf_header(tmp / "a.gguf", tensors=[info], data=b"\0" * 16)
+    return ["tree", str(path)], "declares a tensor name of 9,223,372,036,854,775,808 bytes, past the end of the file"
+
+
+@case
+def gguf_tensor_name_of_100_kb(tmp: Path) -> tuple[list[str], str]:
+    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w" * 100_000, [4])], data=b"\0" * 16)
+    return ["tree", str(path)], "declares a tensor name of 100,000 bytes (limit 65,536)"
+
+
+@case
 def gguf_cut_inside_the_tensor_infos(tmp: Path) -> tuple[list[str], str]:
     path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [4, 4])])
     path.write_bytes(path.read_bytes()[:50])

@@ -112,10 +112,6 @@ _DIMS = [struct.Struct(f"<{n}Q") for n in range(MAX_DIMS + 1)]
 _INT64_LIMIT = 1 << 63
 
 
-def is_gguf(head: bytes) -> bool:
-    return head[:4] == MAGIC
-
-
 class _Cursor:
     """The header's bytes through a window that slides forward: what was parsed is dropped, skips seek."""
 
@@ -355,10 +351,13 @@ class GGUFHeader:
             if cur.pos + 8 > len(cur.buf):
                 cur.need(8, "the length of a tensor name")
             (n,) = unpack_u64(cur.buf, cur.pos)
-            if n > MAX_NAME_BYTES or 8 + n + 4 > cur.left:
-                cur.name("a tensor name")  # raises: too long, or past the end of the file
+            if 8 + n > cur.left:
+                raise self.corrupt(f"declares a tensor name of {n:,} bytes, past the end of the file "
+                                   f"({cur.left - 8:,} left)")
+            if n > MAX_NAME_BYTES:
+                raise self.corrupt(f"declares a tensor name of {n:,} bytes (limit {MAX_NAME_BYTES:,})")
             if cur.pos + 8 + n + 4 > len(cur.buf):
-                cur.need(8 + n + 4, "a tensor name")
+                cur.need(8 + n + 4, "a tensor name and its dims")
             buf, pos = cur.buf, cur.pos + 8
             try:
                 name = buf[pos:pos + n].decode("utf-8")
