@@ -383,12 +383,10 @@ def test_quantized_changes_are_found_without_importing_torch(tmp_path: Path) -> 
 def test_the_sample_is_what_make_samples_writes(tmp_path: Path) -> None:
     from conftest import SAMPLES
 
-    sys.path.insert(0, str(SAMPLES))
-    try:
-        import make_samples
-    finally:
-        sys.path.remove(str(SAMPLES))
-    written = make_samples._tiny_llama_gguf(tmp_path / "tiny_llama.gguf")
+    written = tmp_path / "tiny_llama.gguf"
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import make_samples; "
+            "make_samples._tiny_llama_gguf(Path(sys.argv[2]))")  # its own process: its `models` is not the tests'
+    subprocess.run([sys.executable, "-c", code, str(SAMPLES), str(written)], check=True, capture_output=True)
     shipped, fresh = gguf.GGUFReader(SAMPLES / "tiny_llama.gguf"), gguf.GGUFReader(written)
     assert [(t.name, t.tensor_type, t.shape.tolist(), t.data.tobytes()) for t in shipped.tensors] == [
         (t.name, t.tensor_type, t.shape.tolist(), t.data.tobytes()) for t in fresh.tensors]
