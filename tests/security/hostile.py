@@ -588,3 +588,31 @@ def dcp_with_expanded_chunk(folder: Path, shape: tuple[int, ...], stride: tuple[
                        dataclasses.replace(info, offset=0, length=len(buf.getvalue()))}
     meta.write_bytes(pickle.dumps(md, protocol=2))
     return folder
+
+
+# ---------------------------------------------------------------- cost bombs (no globals that run code)
+
+
+def tower_of_tuples(levels: int, memo_slot: int = 0) -> bytes:
+    """Opcodes that push one tuple holding the tuple below it twice, `levels` deep: 17 bytes a level,
+    2^levels items to hash. The level below is fetched from a memo slot (LONG_BINGET), so a spliced
+    body can use a slot past the pickle's own (`memo_slot`)."""
+    out = b")" + long_binput(memo_slot)
+    for _ in range(levels):
+        out += POP + long_binget(memo_slot) + long_binget(memo_slot) + b"\x86" + long_binput(memo_slot)
+    return out
+
+
+def hash_bomb(levels: int = 100, memo_slot: int = 0) -> bytes:
+    """A body that pushes {tower: 1}: unpickling it hashes the tower, 2^levels items (2^100 in 1.7 KB)."""
+    return b"}" + tower_of_tuples(levels, memo_slot) + b"K\x01s"
+
+
+def hash_bomb_by_dup(levels: int = 100) -> bytes:
+    """The same tower built with DUP instead of the memo: 2 bytes a level."""
+    return b"})" + b"2\x86" * levels + b"K\x01s"
+
+
+def list_of_a_long_string(chars: int) -> bytes:
+    """A body that pushes builtins.list('a' * chars): `chars` bytes of pickle, 8 bytes of list per char."""
+    return b"cbuiltins\nlist\n" + bu("a" * chars) + TUPLE1 + REDUCE

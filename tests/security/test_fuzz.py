@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from safetensors.torch import save_file
 
-from hostile import central_entries, local_entries
+from hostile import central_entries, hash_bomb, hash_bomb_by_dup, local_entries, zip_pt
 from modinspect.analysis.tree import build_tree
 from modinspect.errors import ModinspectError
 from modinspect.sources import open_source
@@ -302,7 +302,22 @@ def zip_pickle_edits(draw: st.DrawFn, base: bytes) -> bytes:
     return _zip_from(out)
 
 
-ZIP_BASES = st.sampled_from([ZIP_BASE, ZIP_TRAINING_BASE])
+def _hostile_seed(body: Callable[[int], bytes]) -> bytes:
+    """A torch.save zip file with `body` spliced in beside its tensors (hostile.zip_pt)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return zip_pt(Path(d), body).read_bytes()
+
+
+# Seeds from the hostile corpus (branch pickle): bombs the structural pass refuses, and a small tower it
+# reads, so the mutations explore both sides of the line.
+HOSTILE_SEEDS = [
+    _hostile_seed(lambda memo: hash_bomb(100, memo)),
+    _hostile_seed(lambda memo: hash_bomb(12, memo)),
+    _hostile_seed(lambda memo: hash_bomb_by_dup(100)),
+]
+ZIP_BASES = st.sampled_from([ZIP_BASE, ZIP_TRAINING_BASE, *HOSTILE_SEEDS])
 
 
 def _safetensors_bytes() -> st.SearchStrategy[bytes]:

@@ -40,11 +40,16 @@ from hostile import (
     LH_USIZE,
     central_entries,
     entry_named,
+    hash_bomb,
+    hash_bomb_by_dup,
+    legacy_pt,
     local_entries,
     patch,
+    raw_pkl,
     rewrite_zip,
     state_dict,
     write_victim,
+    zip_pt,
 )
 from modinspect.errors import ModinspectError
 
@@ -1396,6 +1401,49 @@ def tensor_name_of_1000_components_of_1000_characters(tmp: Path) -> tuple[list[s
     return ["tree", str(tmp / "long.safetensors"), "--json"], (
         "nests modules so deep (a module name of 999 dotted parts and 998,999 characters) that all their names "
         "would add up to more than 67,108,864 characters")
+
+
+# ---------------------------------------------------------------- branch pickle: hashing and call costs
+
+
+HASH_BOMB_LINE = "nested items to build its dict keys and sets, more than the 33,554,432 allowed (a hash bomb"
+
+
+@case
+def hash_bomb_in_zip_data_pkl(tmp: Path) -> tuple[list[str], str]:
+    """{tower: 1} beside real tensors, the tower 100 tuples deep, each holding the one below twice: it hung."""
+    path = zip_pt(tmp, lambda memo: hash_bomb(100, memo))
+    return ["tree", str(path)], HASH_BOMB_LINE
+
+
+@case
+def hash_bomb_in_legacy_file(tmp: Path) -> tuple[list[str], str]:
+    return ["tree", str(legacy_pt(tmp, lambda memo: hash_bomb(100, memo)))], HASH_BOMB_LINE
+
+
+@case
+def hash_bomb_raw_pickle(tmp: Path) -> tuple[list[str], str]:
+    return ["tree", str(raw_pkl(tmp, lambda memo: hash_bomb(100, memo), 2))], HASH_BOMB_LINE
+
+
+@case
+def hash_bomb_built_by_dup(tmp: Path) -> tuple[list[str], str]:
+    """The same tower from DUP alone: 200 bytes."""
+    return ["tree", str(raw_pkl(tmp, lambda memo: hash_bomb_by_dup(100), 2))], HASH_BOMB_LINE
+
+
+@case
+def hash_bomb_as_stats_input(tmp: Path) -> tuple[list[str], str]:
+    entry = write_victim(tmp)
+    path = zip_pt(tmp, lambda memo: hash_bomb(100, memo), "batch.pt")
+    return ["stats", f"{tmp}/{entry}", "--input", str(path)], HASH_BOMB_LINE
+
+
+@case
+def hash_bomb_as_weights(tmp: Path) -> tuple[list[str], str]:
+    entry = write_victim(tmp)
+    path = legacy_pt(tmp, lambda memo: hash_bomb(100, memo))
+    return ["tree", f"{tmp}/{entry}", "--weights", str(path)], HASH_BOMB_LINE
 
 
 # ---------------------------------------------------------------- running them

@@ -11,7 +11,9 @@ the C unpickler allocate far more than the file holds:
   five lists; a 64 MB pickle of them builds 32 million (2 GB).
 
 One tight loop over the bytes: about ten times faster than `pickletools.genops`, which allocates a
-tuple per opcode.
+tuple per opcode. When a value other than a string, a number or a global is used twice (GET, DUP), a
+second loop (`pickle_shadow`) replays the opcodes on a shadow stack to bound what hashing the pickle's
+dict keys and sets would cost.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import pickletools
 
 from modinspect.errors import CorruptFileError
+from modinspect.sources.pickle_shadow import CallKind, default_call_kind, shadow_pickle
 
 # The largest pickle read by default, counted as check_pickle counts (--max-pickle-size changes it).
 DEFAULT_MAX_PICKLE = 256 << 20
@@ -33,7 +36,6 @@ _LEN1 = -3  # 1-byte length, then that many bytes
 _LEN4 = -4  # 4-byte little-endian length (LONG4 and BINSTRING: signed)
 _LEN8 = -5
 _PUT_TEXT = -6  # PUT: a decimal line that indexes the memo
-_LONG_PUT = -7  # LONG_BINPUT: 4-byte memo index
 _FRAME = -8
 _STOP = -9
 _PROTO = -10
@@ -47,8 +49,6 @@ for _op in pickletools.opcodes:
     _ARG_NAME[_code] = _op.arg.name if _op.arg is not None else _op.name
     if _op.name == "PUT":
         _LAYOUT[_code] = _PUT_TEXT
-    elif _op.name == "LONG_BINPUT":
-        _LAYOUT[_code] = _LONG_PUT
     elif _op.name == "FRAME":
         _LAYOUT[_code] = _FRAME
     elif _op.name == "STOP":
@@ -67,20 +67,64 @@ for _op in pickletools.opcodes:
         _LAYOUT[_code] = _LEN8
     else:
         _LAYOUT[_code] = _n
+# Sharing: a value fetched from the memo (GET) or copied (DUP) is used twice. Without it, or with only
+# light values shared (strings, numbers, globals, hashed once or cheaply), each tuple is hashed once where
+# it is used, hashing is linear in the pickle's size, and the shadow loop (pickle_shadow) can be skipped.
+_MEMO_PUT = -12  # BINPUT, LONG_BINPUT, MEMOIZE: remember whether the slot holds a light value
+_MEMO_GET = -13  # BINGET, LONG_BINGET
+_DUP = -14
+_FIXED_WIDTH = tuple(max(n, 0) for n in _LAYOUT)
+_LIGHT = [False] * 256
+for _op in pickletools.opcodes:
+    _code = ord(_op.code.encode("latin1"))
+    if _op.name in ("BINPUT", "LONG_BINPUT", "MEMOIZE"):
+        _LAYOUT[_code] = _MEMO_PUT
+    elif _op.name in ("BINGET", "LONG_BINGET"):
+        _LAYOUT[_code] = _MEMO_GET
+    elif _op.name == "DUP":
+        _LAYOUT[_code] = _DUP
+    _LIGHT[_code] = _op.name in (
+        "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "BINSTRING", "SHORT_BINSTRING", "STRING", "UNICODE",
+        "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BININT", "BININT1", "BININT2", "LONG1", "BINFLOAT", "NONE",
+        "NEWTRUE", "NEWFALSE", "EMPTY_TUPLE", "GLOBAL", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID",
+    )
+_LIGHT_T = tuple(_LIGHT)
+_GET_TEXT, _PUT_TEXT_OP = ord("g"), ord("p")
 _LAYOUT_T = tuple(_LAYOUT)
 _MAX_LINE = 1 << 16  # a GLOBAL's module or a decimal number: a line longer than this is not a pickler's
 
 
-def check_pickle(data: bytes | bytearray | memoryview, start: int = 0, budget: int = 1 << 62) -> int:
+def check_pickle(data: bytes | bytearray | memoryview, start: int = 0, budget: int = 1 << 62,
+                 call_kind: CallKind = default_call_kind) -> int:
     """Validate the pickle at `data[start:]` and return the offset just past its STOP.
 
     `data` must support indexing by int, slicing and `find` (bytes or an mmap). Raises
-    CorruptFileError (the message completes "<file> ...") for a damaged pickle, and
-    PickleTooLargeError when building it would cost more than `budget` bytes.
+    CorruptFileError (the message completes "<file> ...") for a damaged pickle,
+    PickleTooLargeError when building it would cost more than `budget` bytes, and HashBombError
+    when hashing its dict keys and sets would visit more than `hash_limit(budget)` items.
+    `call_kind(module, name)` says what calling each global does (`pickle_shadow.CALL_*`).
     """
+    end, shares = _check_structure(data, start, budget)
+    if shares:
+        shadow_pickle(data, start, end, hash_limit(budget), call_kind)
+    return end
+
+
+def hash_limit(budget: int) -> int:
+    """How many items hashing a pickle's keys may visit: an item is hashed in a few nanoseconds, and a real
+    pickle hashes about one per dict entry, far fewer than the opcodes `budget` allows."""
+    return max(budget // 8, 1 << 20)
+
+
+def _check_structure(data: bytes | bytearray | memoryview, start: int, budget: int) -> tuple[int, bool]:
+    """The offset past the pickle's STOP, and whether it uses a value that is not light twice."""
     layout = _LAYOUT_T
     end = len(data)
     pos = start
+    prev = -1  # the last opcode that pushed something (PUT, FRAME and PROTO push nothing)
+    light_slots: dict[int, bool] = {}  # memo index -> holds a light value
+    got_light = False  # the last GET fetched a light value
+    shares = False
     cost = 0
     objects = 0
     find = data.find  # type: ignore[union-attr]
@@ -89,11 +133,27 @@ def check_pickle(data: bytes | bytearray | memoryview, start: int = 0, budget: i
         kind = layout[op]
         objects += 1
         if kind >= 0:
+            prev = pos
             pos += 1 + kind
             if not objects & 0xFFFF:
                 _check_budget(objects * OBJECT_COST + cost, budget)
             continue
-        if kind in (_LEN1, _LEN4, _LEN8):
+        if kind in (_MEMO_PUT, _MEMO_GET):
+            width = _FIXED_WIDTH[op]
+            if pos + 1 + width > end:
+                break
+            index = int.from_bytes(data[pos + 1:pos + 1 + width], "little") if width else len(light_slots)
+            if index > pos - start:  # inline: a memo-heavy pickle has one of these every few bytes
+                _check_memo_index(index, pos, start)
+            if kind == _MEMO_PUT:
+                light_slots[index] = prev >= 0 and (got_light if layout[data[prev]] == _MEMO_GET else _LIGHT_T[data[prev]])
+            else:
+                got_light = light_slots.get(index, False)
+                shares = shares or not got_light
+                prev = pos
+            pos += 1 + width
+        elif kind in (_LEN1, _LEN4, _LEN8):
+            prev = pos
             width = 1 if kind == _LEN1 else 4 if kind == _LEN4 else 8
             if pos + 1 + width > end:
                 break
@@ -110,6 +170,7 @@ def check_pickle(data: bytes | bytearray | memoryview, start: int = 0, budget: i
         elif kind in (_NEWLINE, _PUT_TEXT, _TWO_LINES):
             lines = 2 if kind == _TWO_LINES else 1
             line_start = pos + 1
+            at = pos
             for _ in range(lines):
                 nl = find(b"\n", pos + 1, min(end, pos + 2 + _MAX_LINE))
                 if nl < 0:
@@ -118,16 +179,20 @@ def check_pickle(data: bytes | bytearray | memoryview, start: int = 0, budget: i
                     )
                 pos = nl
             if kind == _PUT_TEXT:
-                _check_memo_index(_decimal(data[line_start:pos]), line_start - 1, start)
+                index = _decimal(data[line_start:pos])
+                _check_memo_index(index, line_start - 1, start)
+                light_slots[index] = prev >= 0 and (got_light if layout[data[prev]] == _MEMO_GET else _LIGHT_T[data[prev]])
+            elif op == _GET_TEXT:
+                shares = True  # a text GET (protocol 0): not worth telling light from heavy
+                prev = at
+            else:
+                prev = at
             cost += pos - line_start
             pos += 1
-        elif kind == _LONG_PUT:
-            if pos + 5 > end:
-                break
-            index = int.from_bytes(data[pos + 1:pos + 5], "little")
-            if index > pos - start:  # inline: a memo-heavy pickle has one of these every few bytes
-                _check_memo_index(index, pos, start)
-            pos += 5
+        elif kind == _DUP:
+            shares = True
+            prev = pos
+            pos += 1
         elif kind == _FRAME:
             if pos + 9 > end:
                 break
@@ -145,7 +210,7 @@ def check_pickle(data: bytes | bytearray | memoryview, start: int = 0, budget: i
             pos += 2
         elif kind == _STOP:
             _check_budget(objects * OBJECT_COST + cost + pos - start, budget)
-            return pos + 1
+            return pos + 1, shares
         else:
             raise CorruptFileError(f"is not a readable pickle (unknown opcode {op:#04x} at byte {pos - start:,})")
         if cost > budget or not objects & 0xFFFF:

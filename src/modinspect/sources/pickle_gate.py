@@ -31,6 +31,13 @@ from typing import Any
 
 from modinspect.errors import CorruptFileError, UnsafePickleError, UsageError
 from modinspect.sources.pickle_check import DEFAULT_MAX_PICKLE, check_pickle, format_size
+from modinspect.sources.pickle_shadow import (
+    BUILTIN_CALLS,
+    CALL_IDENTITY,
+    CALL_REAL,
+    CALL_STANDIN,
+    CALL_VALUE,
+)
 from modinspect.sources.standins import StandInRegistry, safe_reconstructor
 
 # torch's legacy typed-storage class names -> dtype name
@@ -189,6 +196,9 @@ def _rebuild_qtensor(storage: object, offset: object, size: object, stride: obje
     if not isinstance(quantizer_params, tuple) or not quantizer_params or not isinstance(quantizer_params[0], QSchemeRef):
         raise CorruptFileError("a quantized tensor has no quantization scheme")
     scheme, *params = quantizer_params
+    if not all(type(p) in (int, float) or isinstance(p, TensorRef) for p in params):
+        # A TensorRef hashes its quantizer: numbers and tensors only, never a tuple tower.
+        raise CorruptFileError("a quantized tensor has parameters that are not numbers or tensors")
     quantizer = (scheme.name, *params)
     return TensorRef(ref, offset, *_shape_and_stride(size, stride), ref.dtype, bool(requires_grad),  # type: ignore[arg-type]
                      quantizer=quantizer)
@@ -319,6 +329,9 @@ SAFE_GLOBALS: dict[tuple[str, str], object] = {
     **{("torch", name): QSchemeRef(name) for name in QSCHEMES},
 }
 
+# What the allowlist's calls do, for the structural pass; the rest build a value from their arguments.
+_SAFE_CALLS = {key: CALL_IDENTITY for key, value in SAFE_GLOBALS.items() if value is _identity}
+
 # Modules whose every name is a way to run code, touch files or the network, or import more.
 _CODE_MODULES = frozenset({
     "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "sys", "importlib", "runpy", "shutil", "socket",
@@ -411,6 +424,15 @@ class Gate:
     def standins(self) -> list[str]:
         return self.registry.names
 
+    def call_kind(self, module: str, name: str) -> int:
+        """What calling this global does, for the structural pass's shadow stack (`pickle_shadow.CALL_*`)."""
+        module, name = python3_name(module, name)
+        if global_name(module, name) in self.policy.allow_globals:
+            return CALL_REAL
+        if (module, name) in SAFE_GLOBALS:
+            return BUILTIN_CALLS.get((module, name), _SAFE_CALLS.get((module, name), CALL_VALUE))
+        return CALL_STANDIN
+
     def check_size(self, member: str, size: int) -> None:
         """Refuse a pickle whose inflated size alone exceeds the budget, before reading it."""
         if size > self.policy.max_pickle_bytes:
@@ -429,7 +451,7 @@ class Gate:
         from modinspect.sources.pickle_check import PickleTooLargeError
 
         try:
-            end = check_pickle(data, start, self.policy.max_pickle_bytes)
+            end = check_pickle(data, start, self.policy.max_pickle_bytes, self.call_kind)
         except PickleTooLargeError as exc:
             raise CorruptFileError(
                 f"{self.label}'s pickle would build more than {format_size(exc.budget)} of objects (a pickle bomb, "

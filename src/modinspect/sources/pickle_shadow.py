@@ -1,0 +1,368 @@
+"""The second loop of the structural pass: a shadow of the unpickler's stack, which bounds hashing.
+
+`check_pickle`'s first loop bounds what the opcodes themselves build. Hashing hides a cost no opcode
+count shows: a tuple is hashed through everything it holds, every time, and a pickle's memo lets a few
+bytes build a tuple that holds the tuple below it twice, sixty levels deep (2^60 items to hash for one
+dict key, from 600 bytes). The C unpickler hashes dict keys (SETITEM(S), DICT), set elements
+(ADDITEMS, FROZENSET) and what the allowlist's set/frozenset/dict/OrderedDict are given, inside one C
+call that nothing can interrupt.
+
+This loop replays the opcodes on a shadow stack whose items are not the objects but a few numbers
+about them: `weight`, how many items hashing it would visit (1 for a string, an object, a list; one
+more than its items for a tuple), saturating at `CAP`; and `length`, how many elements iterating it
+gives. The memo holds shadow items too, so a shared reference is counted each time it is used, as the
+hash would. The total weight hashed must stay within the caller's limit.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from modinspect.errors import CorruptFileError
+
+CAP = 1 << 62  # weights saturate here: a 10^6-level tower would otherwise grow million-bit integers
+
+# What calling a global does, for the shadow (the gate says which global is which).
+CALL_STANDIN = 0  # a stand-in: records its arguments, hashes nothing; hashed by identity
+CALL_VALUE = 1  # an allowlisted function building a value from its arguments (a tensor reference, a slice)
+CALL_SEQUENCE = 2  # list(x), tuple(x), torch.Size(x): a copy of x's elements
+CALL_SET = 3  # set(x), frozenset(x): hashes x's elements
+CALL_DICT = 4  # dict(x), OrderedDict(x): hashes x's keys
+CALL_BYTES = 5  # _codecs.encode(str, 'latin1')
+CALL_IDENTITY = 6  # returns its first argument (TorchScript's list builders)
+CALL_REAL = 7  # --allow-global: real code, which may hash what it is given
+CallKind = Callable[[str, str], int]
+
+# Item tags. An item is (weight, length, tag, extra); a mutable container's is a list, updated in place.
+_PLAIN, _STR, _TUPLE, _GLOBAL = 0, 1, 2, 3
+_ATOM = (1, 0, _PLAIN, None)
+_TEXT_LIMIT = 256  # strings longer than this are never a global's module or name
+
+
+def default_call_kind(module: str, name: str) -> int:
+    """Builtins by what they do; anything else as real code (for readers without a gate)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return BUILTIN_CALLS.get((module, name), CALL_REAL)
+
+
+BUILTIN_CALLS: dict[tuple[str, str], int] = {
+    ("builtins", "list"): CALL_SEQUENCE,
+    ("builtins", "tuple"): CALL_SEQUENCE,
+    ("torch", "Size"): CALL_SEQUENCE,
+    ("builtins", "set"): CALL_SET,
+    ("builtins", "frozenset"): CALL_SET,
+    ("builtins", "dict"): CALL_DICT,
+    ("collections", "OrderedDict"): CALL_DICT,
+    ("_codecs", "encode"): CALL_BYTES,
+}
+
+
+class HashBombError(CorruptFileError):
+    """Building the pickle's dict keys and sets would hash more items than the caller allows."""
+
+    def __init__(self, work: int, limit: int) -> None:
+        self.work = work
+        self.limit = limit
+        shown = f"{work:,}" if work < CAP // 2 else "more than 10^18"  # weights saturate at CAP
+        super().__init__(
+            f"would hash {shown} nested items to build its dict keys and sets, more than the {limit:,} allowed "
+            "(a hash bomb: keys that hold the same tuple many times over)"
+        )
+
+
+# Opcode -> what the shadow loop does with it. Fixed-width opcodes also have their length in _STEP.
+_CODES: dict[bytes, int] = {}
+(_ATOM_OP, _GET1, _GET4, _PUT1, _PUT4, _MEMOIZE, _MARK, _EMPTY, _TUPLE1, _TUPLE2, _TUPLE3, _REDUCE, _NEWOBJ,
+ _NEWOBJ_EX, _APPEND, _APPENDS, _SETITEM, _SETITEMS, _ADDITEMS, _STR1, _STR4, _STR8, _BYTES1, _BYTES4,
+ _BYTES8, _BYTEARRAY8, _LONG1, _LONG4, _TEXT_STR, _TEXT_NUMBER, _GET_TEXT, _PUT_TEXT, _TUPLE_MARK, _LIST,
+ _DICT, _FROZENSET, _OBJ, _INST, _GLOBAL_OP, _STACK_GLOBAL, _BUILD, _POP, _POP_MARK, _DUP, _EXT, _PERSID,
+ _BINPERSID, _STOP, _SKIP, _INVALID) = range(50)
+_OPS = {
+    _ATOM_OP: b"N\x88\x89)KMJG\x97",  # pushes of small values (NEXT_BUFFER fails in the gate's unpickler)
+    _SKIP: b"\x98\x80\x95",  # READONLY_BUFFER, PROTO and FRAME push nothing
+    _GET1: b"h", _GET4: b"j", _PUT1: b"q", _PUT4: b"r", _MEMOIZE: b"\x94", _MARK: b"(", _EMPTY: b"]}\x8f",
+    _TUPLE1: b"\x85", _TUPLE2: b"\x86", _TUPLE3: b"\x87", _REDUCE: b"R", _NEWOBJ: b"\x81", _NEWOBJ_EX: b"\x92",
+    _APPEND: b"a", _APPENDS: b"e", _SETITEM: b"s", _SETITEMS: b"u", _ADDITEMS: b"\x90",
+    # SHORT_BINSTRING and BINSTRING are UTF-8 text to the gate's unpickler, as the BINUNICODEs are
+    _STR1: b"\x8cU", _STR4: b"XT", _STR8: b"\x8d", _BYTES1: b"C", _BYTES4: b"B", _BYTES8: b"\x8e",
+    _BYTEARRAY8: b"\x96", _LONG1: b"\x8a", _LONG4: b"\x8b",
+    _TEXT_STR: b"SV", _TEXT_NUMBER: b"ILF",  # escaped text the shadow does not decode; decimal numbers
+    _GET_TEXT: b"g", _PUT_TEXT: b"p", _TUPLE_MARK: b"t", _LIST: b"l", _DICT: b"d", _FROZENSET: b"\x91",
+    _OBJ: b"o", _INST: b"i", _GLOBAL_OP: b"c", _STACK_GLOBAL: b"\x93", _BUILD: b"b", _POP: b"0",
+    _POP_MARK: b"1", _DUP: b"2", _EXT: b"\x82\x83\x84", _PERSID: b"P", _BINPERSID: b"Q", _STOP: b".",
+}
+_CODE = [_INVALID] * 256
+for _code, _bytes in _OPS.items():
+    for _op in _bytes:
+        _CODE[_op] = _code
+_WIDTHS = {b"K": 1, b"M": 2, b"J": 4, b"G": 8, b"\x80": 1, b"\x95": 8, b"\x82": 1, b"\x83": 2, b"\x84": 4}
+_STEP = [1] * 256
+for _bytes, _width in _WIDTHS.items():
+    _STEP[_bytes[0]] = 1 + _width
+_CODE_T, _STEP_T = tuple(_CODE), tuple(_STEP)
+_UINT4 = struct.Struct("<I").unpack_from
+_STRS, _TUPLES23, _CALLS = frozenset({_STR1, _STR4, _STR8}), frozenset({_TUPLE2, _TUPLE3}), frozenset({_REDUCE, _NEWOBJ, _NEWOBJ_EX})
+_ADDS, _SETS = frozenset({_SETITEM, _SETITEMS, _APPENDS, _ADDITEMS}), frozenset({_SETITEM, _SETITEMS})
+_GLOBALS, _LONGS = frozenset({_GLOBAL_OP, _INST}), frozenset({_LONG1, _LONG4})
+
+
+def shadow_pickle(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKind = default_call_kind) -> None:
+    """Replay the pickle at data[start:end] (already checked by check_pickle's first loop) on a shadow stack.
+
+    Raises HashBombError when hashing its keys and sets would visit more than `hash_limit` items.
+    Where the C unpickler would fail (an empty stack, a memo entry never written) the shadow stops
+    quietly: the unpickler stops there too, with its own error, before hashing anything further.
+    """
+    try:
+        _shadow(data, start, end, hash_limit, call_kind)
+    except (IndexError, KeyError):
+        return
+
+
+def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKind) -> None:
+    code_of, step_of, atom, cap, uint4 = _CODE_T, _STEP_T, _ATOM, CAP, _UINT4
+    stack: list[Any] = []
+    push, pop = stack.append, stack.pop
+    marks: list[int] = []
+    memo: dict[int, Any] = {}
+    hashed = 0
+    pos = start
+    while pos < end:
+        op = data[pos]
+        code = code_of[op]
+        if code == _ATOM_OP:
+            push(atom)
+            pos += step_of[op]
+        elif code == _PUT4:
+            memo[uint4(data, pos + 1)[0]] = stack[-1]
+            pos += 5
+        elif code == _PUT1:
+            memo[data[pos + 1]] = stack[-1]
+            pos += 2
+        elif code == _GET1:
+            push(memo[data[pos + 1]])
+            pos += 2
+        elif code == _GET4:
+            push(memo[uint4(data, pos + 1)[0]])
+            pos += 5
+        elif code == _MEMOIZE:
+            memo[len(memo)] = stack[-1]
+            pos += 1
+        elif code in _STRS:
+            if code == _STR1:
+                length = data[pos + 1]
+                pos += 2
+            elif code == _STR4:
+                length = uint4(data, pos + 1)[0]
+                pos += 5
+            else:
+                length = int.from_bytes(data[pos + 1:pos + 9], "little")
+                pos += 9
+            push((1, length, _STR, pos))  # the text, for STACK_GLOBAL, is data[pos:pos + length]
+            pos += length
+        elif code == _TUPLE1:
+            first = stack[-1]
+            weight = 1 + first[0]
+            stack[-1] = (weight if weight < cap else cap, 1, _TUPLE, first)
+            pos += 1
+        elif code in _TUPLES23:
+            items = stack[-2:] if code == _TUPLE2 else stack[-3:]
+            if len(items) < code - _TUPLE1 + 1:
+                return
+            del stack[-len(items):]
+            weight = 1 + sum([i[0] for i in items])
+            push((weight if weight < cap else cap, len(items), _TUPLE, items[0]))
+            pos += 1
+        elif code in _CALLS:
+            args = pop()
+            weight = args[0]
+            if code == _NEWOBJ_EX:  # cls, args, kwargs
+                args = pop()
+                weight += args[0]
+            callee = stack[-1]
+            if callee[2] != _GLOBAL or callee[3] == CALL_STANDIN:  # a stand-in records its arguments
+                stack[-1] = atom
+            else:
+                stack[-1], work = _call(callee[3], args[3] if args[2] == _TUPLE else None, weight)
+                hashed += work
+                if hashed > hash_limit:
+                    raise HashBombError(hashed, hash_limit)
+            pos += 1
+        elif code == _MARK:
+            marks.append(len(stack))
+            pos += 1
+        elif code == _EMPTY:
+            push([1, 0, _PLAIN, None])
+            pos += 1
+        elif code == _APPEND:
+            value = pop()
+            target = stack[-1]
+            if type(target) is list:
+                weight = target[0] + value[0]
+                target[0] = weight if weight < cap else cap
+                target[1] += 1
+            pos += 1
+        elif code in _ADDS:
+            if code == _SETITEM:
+                items = stack[-2:]
+                if len(items) < 2:
+                    return
+                del stack[-2:]
+            else:
+                mark = marks.pop()
+                items = stack[mark:]
+                del stack[mark:]
+            target = stack[-1]
+            weight = sum([i[0] for i in items])
+            if code in _SETS:  # the keys are hashed
+                hashed += sum([items[i][0] for i in range(0, len(items) - 1, 2)])
+                count = len(items) // 2
+            else:
+                hashed += weight if code == _ADDITEMS else 0
+                count = len(items)
+            if hashed > hash_limit:
+                raise HashBombError(hashed, hash_limit)
+            if type(target) is list:
+                weight += target[0]
+                target[0] = weight if weight < cap else cap
+                target[1] += count
+            pos += 1
+        else:
+            pos, hashed = _rare(code, op, data, pos, stack, marks, memo, hashed, call_kind)
+            if pos < 0:
+                return
+            if hashed > hash_limit:
+                raise HashBombError(hashed, hash_limit)
+
+
+def _rare(code: int, op: int, data: Any, pos: int, stack: list[Any], marks: list[int], memo: dict[int, Any],
+          hashed: int, call_kind: CallKind) -> tuple[int, int]:
+    """The shadow of the less frequent opcodes: (the next position, or -1 to stop; the hashing so far)."""
+    push, cap = stack.append, CAP
+    if code in (_TUPLE_MARK, _LIST, _DICT, _FROZENSET, _OBJ):
+        mark = marks.pop()
+        items = stack[mark:]
+        del stack[mark:]
+        weight = min(cap, 1 + sum([i[0] for i in items]))
+        if code == _TUPLE_MARK:
+            push((weight, len(items), _TUPLE, items[0] if items else None))
+        elif code == _LIST:
+            push([weight, len(items), _PLAIN, None])
+        elif code == _DICT:
+            hashed += sum([items[i][0] for i in range(0, len(items) - 1, 2)])
+            push([weight, len(items) // 2, _PLAIN, None])
+        elif code == _FROZENSET:
+            hashed += weight - 1
+            push((weight, len(items), _PLAIN, None))
+        else:  # OBJ: the class, then its arguments
+            callee = items[0]
+            what = callee[3] if callee[2] == _GLOBAL else CALL_STANDIN
+            item, work = _call(what, items[1] if len(items) > 1 else None, weight)
+            push(item)
+            hashed += work
+        return pos + 1, hashed
+    if code in _GLOBALS:
+        first_nl = data.find(b"\n", pos + 1)
+        second_nl = data.find(b"\n", first_nl + 1)
+        what = call_kind(_text(data[pos + 1:first_nl]), _text(data[first_nl + 1:second_nl]))
+        if code == _GLOBAL_OP:
+            push((1, 0, _GLOBAL, what))
+        else:  # INST: calls the class with what lies above the MARK
+            mark = marks.pop()
+            items = stack[mark:]
+            del stack[mark:]
+            item, work = _call(what, items[0] if items else None, min(cap, 1 + sum([i[0] for i in items])))
+            push(item)
+            hashed += work
+        return second_nl + 1, hashed
+    if code == _STACK_GLOBAL:
+        name, module = stack.pop(), stack.pop()
+        if module[2] == _STR and name[2] == _STR and module[3] is not None and name[3] is not None:
+            what = call_kind(_text(data[module[3]:module[3] + module[1]]), _text(data[name[3]:name[3] + name[1]]))
+        else:  # names the shadow cannot read (escaped text): assume real code
+            what = CALL_REAL
+        push((1, 0, _GLOBAL, what))
+        return pos + 1, hashed
+    if code in (_BYTES1, _BYTES4, _BYTES8, _BYTEARRAY8, _LONG1, _LONG4):
+        width = 1 if code in (_BYTES1, _LONG1) else 4 if code in (_BYTES4, _LONG4) else 8
+        length = int.from_bytes(data[pos + 1:pos + 1 + width], "little", signed=code == _LONG4)
+        if code in _LONGS:  # hashing an int reads all its digits, every time
+            push((1 + length // 8, 0, _PLAIN, None))
+        elif code == _BYTEARRAY8:
+            push([1, length, _PLAIN, None])
+        else:
+            push((1, length, _PLAIN, None))
+        return pos + 1 + width + length, hashed
+    if code in (_TEXT_STR, _TEXT_NUMBER, _GET_TEXT, _PUT_TEXT, _PERSID):
+        nl = data.find(b"\n", pos + 1)
+        if code == _TEXT_STR:
+            push((1, nl - pos, _STR, None))
+        elif code == _TEXT_NUMBER:
+            push((1 + (nl - pos) // 16, 0, _PLAIN, None))
+        elif code == _PERSID:
+            push(_ATOM)
+        else:
+            try:
+                index = int(bytes(data[pos + 1:nl]))
+            except ValueError:
+                raise CorruptFileError(f"is not a readable pickle (a memo index that is not a number at byte {pos:,})") from None
+            if code == _GET_TEXT:
+                push(memo[index])
+            else:
+                memo[index] = stack[-1]
+        return nl + 1, hashed
+    if code == _SKIP:
+        return pos + _STEP_T[op], hashed
+    if code == _BUILD:
+        stack.pop()
+        stack[-1]  # an IndexError, as the unpickler's, when there is no object to build
+        return pos + 1, hashed
+    if code == _POP:
+        if marks and marks[-1] == len(stack):  # the unpickler's POP discards a MARK on top of the stack
+            marks.pop()
+        else:
+            stack.pop()
+        return pos + 1, hashed
+    if code == _POP_MARK:
+        del stack[marks.pop():]
+        return pos + 1, hashed
+    if code == _DUP:
+        push(stack[-1])
+        return pos + 1, hashed
+    if code == _EXT:
+        push((1, 0, _GLOBAL, CALL_REAL))
+        return pos + _STEP_T[op], hashed
+    if code == _BINPERSID:
+        stack[-1] = _ATOM
+        return pos + 1, hashed
+    return -1, hashed  # STOP, or an opcode the first loop would have refused
+
+
+def _text(raw: Any) -> str:
+    return bytes(raw).decode("utf-8", "surrogatepass")
+
+
+def _call(what: int, first: Any, weight: int) -> tuple[Any, int]:
+    """The shadow of calling a global of kind `what` with `first` and more arguments weighing `weight`,
+    and how many items the call hashes."""
+    if what == CALL_STANDIN:
+        return _ATOM, 0
+    if what == CALL_IDENTITY:
+        return (first if first is not None else _ATOM), 0
+    weight = min(CAP, weight)
+    length = first[1] if first is not None else 0
+    if what == CALL_VALUE:
+        return (1 + weight, 0, _PLAIN, None), 0
+    if what == CALL_BYTES:
+        return (1, length, _PLAIN, None), 0
+    if what == CALL_SEQUENCE:  # a tuple hashes through its items: it keeps their weight
+        return (1 + weight, length, _TUPLE, None), 0
+    if what == CALL_REAL:  # real code may hash what it is given, and return anything, a callable too
+        return [1 + weight, length, _GLOBAL, CALL_REAL], weight
+    return [1 + weight, length, _PLAIN, None], weight  # set, frozenset, dict, OrderedDict hash their argument
