@@ -33,7 +33,14 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from safetensors.torch import save_file
 
-from hostile import central_entries, hash_bomb, hash_bomb_by_dup, local_entries, zip_pt
+from hostile import (
+    central_entries,
+    hash_bomb,
+    hash_bomb_by_dup,
+    list_of_a_long_string,
+    local_entries,
+    zip_pt,
+)
 from modinspect.analysis.tree import build_tree
 from modinspect.errors import ModinspectError
 from modinspect.sources import open_source
@@ -316,6 +323,7 @@ HOSTILE_SEEDS = [
     _hostile_seed(lambda memo: hash_bomb(100, memo)),
     _hostile_seed(lambda memo: hash_bomb(12, memo)),
     _hostile_seed(lambda memo: hash_bomb_by_dup(100)),
+    _hostile_seed(lambda memo: list_of_a_long_string(100_000)),
 ]
 ZIP_BASES = st.sampled_from([ZIP_BASE, ZIP_TRAINING_BASE, *HOSTILE_SEEDS])
 

@@ -3,6 +3,7 @@
 Every shape below builds a set or dict key out of a tower of tuples, each holding the one below twice.
 Built 8 levels deep it is an ordinary pickle: the gate reads it and gets what pickle.loads gets. Built
 100 levels deep, hashing one key would visit 2^101 items: the pass refuses it before anything is built.
+The allowlist's copying builtins (list, set, dict, ...) are charged per item of their argument.
 """
 
 from __future__ import annotations
@@ -22,14 +23,17 @@ from hostile import (
     STACK_GLOBAL,
     TUPLE1,
     as_pickle,
+    bu,
     hash_bomb,
     hash_bomb_by_dup,
+    list_of_a_long_string,
     long_binget,
     long_binput,
     su,
     tower_of_tuples,
 )
-from modinspect.sources.pickle_check import check_pickle
+from modinspect.errors import CorruptFileError
+from modinspect.sources.pickle_check import check_pickle, measure_pickle
 from modinspect.sources.pickle_gate import Gate, GatePolicy
 from modinspect.sources.pickle_shadow import HashBombError, shadow_pickle
 
@@ -128,3 +132,18 @@ def test_the_refusal_costs_milliseconds_of_cpu() -> None:
     label, cpu = out.stdout.splitlines()
     assert label == "x.pkl"
     assert float(cpu) < 0.5, cpu
+
+
+# ---------------------------------------------------------------- calls that copy their argument
+
+
+@pytest.mark.parametrize(("text", "per_item"), [("a", 8), ("é", 8 + 80)], ids=["ascii", "beyond-ascii"])
+def test_a_copying_call_is_charged_per_item_of_its_argument(text: str, per_item: int) -> None:
+    """builtins.list(s) costs 8 bytes per character (80 more for a new 1-character string beyond ASCII):
+    read at exactly the budget it needs, refused one byte below."""
+    data = as_pickle(list_of_a_long_string(1000).replace(bu("a" * 1000), bu(text * 1000)), 2)
+    _end, cost = measure_pickle(data)
+    needed = cost + 1000 * per_item
+    assert Gate("x.pkl", GatePolicy(max_pickle_bytes=needed)).load(data)[0] == list(text * 1000)
+    with pytest.raises(CorruptFileError, match=r"x\.pkl's pickle would build more than"):
+        Gate("x.pkl", GatePolicy(max_pickle_bytes=needed - 1)).load(data)

@@ -43,6 +43,7 @@ from hostile import (
     hash_bomb,
     hash_bomb_by_dup,
     legacy_pt,
+    list_of_a_long_string,
     local_entries,
     patch,
     raw_pkl,
@@ -1446,6 +1447,28 @@ def hash_bomb_as_weights(tmp: Path) -> tuple[list[str], str]:
     return ["tree", f"{tmp}/{entry}", "--weights", str(path)], HASH_BOMB_LINE
 
 
+def list_bomb_zip(tmp: Path, chars: int = 127_000_000) -> Path:
+    """A .pt whose data.pkl, deflated to about 125 KB, calls builtins.list on a `chars`-character string."""
+    return _pickled_zip(tmp, b"\x80\x02" + list_of_a_long_string(chars) + b".", compress=True)
+
+
+@case
+def list_of_a_127m_character_string(tmp: Path) -> tuple[list[str], str]:
+    """builtins.list('a' * 127M) from a 125 KB file: 1,247 MB of peak RSS before; refused, the copy charged."""
+    path = list_bomb_zip(tmp)
+    assert path.stat().st_size < 200_000
+    return ["tree", str(path)], "'s pickle would build more than 256 MiB of objects (a pickle bomb"
+
+
+@case
+def list_copies_of_a_shared_list(tmp: Path) -> tuple[list[str], str]:
+    """list(L) of one memoized 100,000-item list, 1,000 times: 800 MB of lists from a 300 KB pickle."""
+    body = b"cbuiltins\nlist\nq\x00]q\x01(" + b"K\x00" * 100_000 + b"e0]("
+    body += b"h\x00h\x01\x85R" * 1000 + b"e"
+    (tmp / "x.pkl").write_bytes(b"\x80\x02" + body + b".")
+    return ["tree", str(tmp / "x.pkl")], "'s pickle would build more than 256 MiB of objects (a pickle bomb"
+
+
 # ---------------------------------------------------------------- running them
 
 
@@ -1505,6 +1528,7 @@ MEMORY_CASES: dict[str, Callable[[Path], Path]] = {
     "zip storage of 4 GB declared": lambda tmp: _zip_declaring(tmp, "/data/0", "j.pt"),
     "legacy object pickle with BINBYTES8 of 2 GB": lambda tmp: _legacy_declaring(tmp),
     "stride-0 view of 2^33 floats, read": lambda tmp: _expanded(tmp),
+    "builtins.list of a 127M-character string": lambda tmp: list_bomb_zip(tmp),
     # branch gguf
     "GGUF tensor of 3 GB declared": lambda tmp: gguf_header(tmp / "m.gguf", tensors=[gg_tensor("w", [3 * 2**28])],
                                                             data=b"\0" * 64),
@@ -1583,6 +1607,28 @@ def test_bounded_memory_under_an_address_space_cap(tmp_path: Path) -> None:
     assert {label: results[path] for label, path in paths.items()} == expected
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     assert cpu < 60, f"the child took {cpu:.1f} s of CPU"  # CPU, not wall clock: a busy machine cannot flake it
+
+
+PEAK_RSS = """
+import resource, subprocess, sys
+out = subprocess.run([sys.executable, "-m", "modinspect", *sys.argv[1:]], capture_output=True, text=True)
+print(out.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+print(out.stderr, end="")
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux")
+def test_list_of_a_long_string_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    """The CLI's peak RSS (a child's ru_maxrss) for builtins.list('a' * 127M): 1,247 MB before, now the string's."""
+    path = list_bomb_zip(tmp_path)
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, "tree", str(path)], capture_output=True, text=True,
+                         timeout=300, check=True)
+    head, stderr = out.stdout.split("\n", 1)
+    code, peak = map(int, head.split())
+    assert code == 2
+    assert stderr == (f"error: {path}'s pickle would build more than 256 MiB of objects (a pickle bomb, or a very "
+                      "large checkpoint); pass --max-pickle-size 2G to read it anyway\n")
+    assert peak < 600 * 2**20, peak
 
 
 # ---------------------------------------------------------------- names made of digits

@@ -104,10 +104,16 @@ def check_pickle(data: bytes | bytearray | memoryview, start: int = 0, budget: i
     when hashing its dict keys and sets would visit more than `hash_limit(budget)` items.
     `call_kind(module, name)` says what calling each global does (`pickle_shadow.CALL_*`).
     """
-    end, shares = _check_structure(data, start, budget)
+    return measure_pickle(data, start, budget, call_kind)[0]
+
+
+def measure_pickle(data: bytes | bytearray | memoryview, start: int = 0, budget: int = 1 << 62,
+                   call_kind: CallKind = default_call_kind) -> tuple[int, int]:
+    """`check_pickle`'s checks; returns the offset past the STOP and the bytes the opcodes build."""
+    end, shares, cost = _check_structure(data, start, budget)
     if shares:
         shadow_pickle(data, start, end, hash_limit(budget), call_kind)
-    return end
+    return end, cost
 
 
 def hash_limit(budget: int) -> int:
@@ -116,8 +122,8 @@ def hash_limit(budget: int) -> int:
     return max(budget // 8, 1 << 20)
 
 
-def _check_structure(data: bytes | bytearray | memoryview, start: int, budget: int) -> tuple[int, bool]:
-    """The offset past the pickle's STOP, and whether it uses a value that is not light twice."""
+def _check_structure(data: bytes | bytearray | memoryview, start: int, budget: int) -> tuple[int, bool, int]:
+    """The offset past the pickle's STOP, whether it uses a value that is not light twice, and its cost."""
     layout = _LAYOUT_T
     end = len(data)
     pos = start
@@ -209,8 +215,9 @@ def _check_structure(data: bytes | bytearray | memoryview, start: int, budget: i
                 raise CorruptFileError(f"is not a readable pickle (unsupported protocol {data[pos + 1]})")
             pos += 2
         elif kind == _STOP:
-            _check_budget(objects * OBJECT_COST + cost + pos - start, budget)
-            return pos + 1, shares
+            total = objects * OBJECT_COST + cost + pos - start
+            _check_budget(total, budget)
+            return pos + 1, shares, total
         else:
             raise CorruptFileError(f"is not a readable pickle (unknown opcode {op:#04x} at byte {pos - start:,})")
         if cost > budget or not objects & 0xFFFF:

@@ -135,7 +135,7 @@ def describe(value: object, width: int = 80) -> str:
 
 
 def _describe(value: object, depth: int, width: int) -> str:
-    from modinspect.sources.pickle_gate import DtypeRef, TensorRef
+    from modinspect.sources.pickle_gate import BoundedCall, DtypeRef, TensorRef
 
     if isinstance(value, TensorRef):
         return f"tensor {list(value.shape)} {value.dtype}"
@@ -153,6 +153,8 @@ def _describe(value: object, depth: int, width: int) -> str:
         return f"{type(value).__name__} ({len(value):,} bytes)"
     if isinstance(value, StandIn):
         return _describe_standin(value, depth, width)
+    if isinstance(value, BoundedCall):  # the allowlist's list, set, dict... given as an argument
+        return value.name
     if isinstance(value, type):  # a class given as an argument: defaultdict(list), partial(Linear)
         return value.qualname if issubclass(value, StandIn) else value.__name__
     if isinstance(value, dict):
