@@ -79,6 +79,10 @@ def gate_options(allow_global: list[str] | None, max_pickle_size: str | None,
     for name in allow_global or ():
         if "." not in name or not all(part.isidentifier() for part in name.split(".")):
             raise UsageError(f"--allow-global {name!r} is not a dotted name like argparse.Namespace")
+    if allow_global:
+        from modinspect.sources.pickle_gate import check_allow_globals
+
+        check_allow_globals(tuple(allow_global))
     return {"allow_globals": tuple(allow_global or ()), "max_pickle_size": size, "max_layers": max_layers}
 
 

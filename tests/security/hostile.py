@@ -616,3 +616,25 @@ def hash_bomb_by_dup(levels: int = 100) -> bytes:
 def list_of_a_long_string(chars: int) -> bytes:
     """A body that pushes builtins.list('a' * chars): `chars` bytes of pickle, 8 bytes of list per char."""
     return b"cbuiltins\nlist\n" + bu("a" * chars) + TUPLE1 + REDUCE
+
+
+# ---------------------------------------------------------------- payloads outside the code-execution list
+# Each runs a command or creates a file when torch.load calls it, but its global is not on the list of
+# names refused outright: the file lists, with its globals as stand-ins and a warning that names them.
+
+
+def _called(module: str, name: str, *args: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n(" + b"".join(bu(a) for a in args) + b"tR"
+
+
+CALLED_PAYLOADS = [
+    Payload("uuid-get-command-stdout", lambda m: _called("uuid", "_get_command_stdout", "touch", str(m)), 2,
+            ("uuid._get_command_stdout",)),
+    Payload("logging-file-handler", lambda m: _called("logging", "FileHandler", str(m)), 2, ("logging.FileHandler",)),
+    Payload("imaplib-imap4-stream", lambda m: _called("imaplib", "IMAP4_stream", f"touch {m}"), 2,
+            ("imaplib.IMAP4_stream",)),
+    Payload("osx-support-read-output", lambda m: _called("_osx_support", "_read_output", f"touch {m}"), 2,
+            ("_osx_support._read_output",)),
+    Payload("torch-collect-env-run", lambda m: _called("torch.utils.collect_env", "run", f"touch {m}"), 2,
+            ("torch.utils.collect_env.run",)),
+]

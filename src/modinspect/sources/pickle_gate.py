@@ -360,6 +360,41 @@ _CODE_TORCH = ("torch.load", "torch.save", "torch.hub", "torch.jit", "torch.ops"
                "numpy.lib.npyio", "numpy.testing", "numpy.f2py", "numpy.distutils", "numpy.ctypeslib")
 
 
+# Callables outside those modules that start a process, open a file or a connection when called: a file
+# naming them lists (as stand-ins, with a warning that torch.load would call them), but --allow-global never
+# builds them for real and the notes never suggest it.
+_RUNNER_NAMES = frozenset({
+    "uuid._get_command_stdout", "uuid._popen", "uuid._find_mac", "uuid._find_mac_near_keyword",
+    "uuid._find_mac_under_heading", "_osx_support._read_output", "_osx_support._find_build_tool",
+    "_osx_support._find_executable", "logging.FileHandler", "logging.basicConfig", "logging.config.fileConfig",
+    "logging.config.dictConfig", "logging.config.listen", "_aix_support._read_cmd_output", "ctypes.util.find_library",
+    "torch.utils.collect_env.run", "torch.utils.collect_env.run_and_read_all",
+    "torch.utils.collect_env.run_and_parse_first_match", "torch.utils.collect_env.run_and_return_first_line",
+})
+_RUNNER_MODULES = ("imaplib", "poplib", "nntplib", "smtpd", "xmlrpc", "logging.handlers", "logging.config",
+                   "torch.utils.collect_env", "_osx_support", "_aix_support", "zipfile", "tarfile", "bz2", "gzip",
+                   "lzma", "zipapp", "compileall", "py_compile", "pydoc", "idlelib", "tkinter", "turtle", "doctest",
+                   "unittest", "cgi", "cgitb", "wsgiref", "socketserver", "ssl", "asynchat", "asyncore", "mailbox",
+                   "ensurepip", "sysconfig", "pstats", "filecmp", "netrc", "mimetypes", "pathlib.Path.write")
+
+
+def runs_code_when_called(dotted: str) -> bool:
+    """True for a global that runs code, a process, or opens files or connections when called: what
+    --allow-global refuses to build and the notes never suggest (a superset of `is_code_global`)."""
+    return is_code_global(dotted) or dotted in _RUNNER_NAMES or any(
+        dotted == m or dotted.startswith(m + ".") for m in _RUNNER_MODULES)
+
+
+def check_allow_globals(names: frozenset[str] | tuple[str, ...]) -> None:
+    """Refuse --allow-global for a name that can run code when called: it would run with the file's arguments."""
+    for name in names:
+        if runs_code_when_called(name):
+            raise UsageError(
+                f"--allow-global {name}: {name} can run code or commands when called, so it is never built "
+                "for real; pass --unsafe-pickle only if you trust the file"
+            )
+
+
 def is_code_global(dotted: str) -> bool:
     """True for a global whose only use in a pickle is to run code: refused by name, never stood in for."""
     module, _, name = dotted.rpartition(".")
@@ -416,6 +451,9 @@ class GatePolicy:
     allow_globals: frozenset[str] = frozenset()  # --allow-global: import and call these for real
     max_pickle_bytes: int = DEFAULT_MAX_PICKLE
 
+    def __post_init__(self) -> None:
+        check_allow_globals(self.allow_globals)
+
 
 @dataclass
 class Gate:
@@ -424,6 +462,7 @@ class Gate:
     label: str
     policy: GatePolicy = field(default_factory=GatePolicy)
     registry: StandInRegistry = field(default_factory=StandInRegistry)
+    warnings: list[str] = field(default_factory=list)  # what the user must hear even when the file opens
 
     @property
     def standins(self) -> list[str]:
@@ -593,7 +632,13 @@ class RestrictedUnpickler(pickle.Unpickler):
         dotted = global_name(module, name)
         policy = self._gate.policy
         if dotted in policy.allow_globals:
-            return _import_allowed(dotted)
+            real = _import_allowed(dotted)
+            if not isinstance(real, type):
+                warning = (f"--allow-global {dotted} is a function, not a data class: the file calls it for real, "
+                           "with arguments of its choosing")
+                if warning not in self._gate.warnings:
+                    self._gate.warnings.append(warning)
+            return real
         if (is_code_global(dotted) or not policy.standins) and dotted not in self.refused:
             # Read on, so the refusal can name every such global the file holds; nothing is called.
             self.refused.append(dotted)

@@ -33,6 +33,7 @@ from modinspect.sources.pickle_gate import (
     SparseRef,
     StorageRef,
     TensorRef,
+    runs_code_when_called,
     storage_from_pid,
 )
 from modinspect.sources.pickled_module import (
@@ -252,10 +253,10 @@ def standin_note(gate: Gate, exclude: str | None = None) -> list[str]:
     names = [n for n in gate.standins if exclude is None or not n.startswith(exclude)]
     if not names:
         return []
-    return [
-        f"read without importing {describe_standins(names)}: shown as stand-ins, nothing of theirs ran "
-        "(--allow-global NAME builds a real one)"
-    ]
+    # Suggest --allow-global only for a name that cannot run code when called.
+    data = [n for n in names if not runs_code_when_called(n)]
+    suggestion = f" (--allow-global {data[0]} builds a real one, if you trust it)" if data else ""
+    return [f"read without importing {describe_standins(names)}: shown as stand-ins, nothing of theirs ran{suggestion}"]
 
 
 class TorchFileSource(Source):
@@ -286,7 +287,8 @@ class TorchFileSource(Source):
             top = key.split(".")[0]
             others = [EntrySummary(str(k), summarize(v)) for k, v in obj.items() if k != top]
         super().__init__(label=label, format=fmt, tensors=tensor_infos(self._refs, kinds), state_dict_key=key, other_entries=others,
-                         modules=modules, notes=standin_note(gate), standins=list(gate.standins))
+                         modules=modules, notes=standin_note(gate), standins=list(gate.standins),
+                         warnings=list(gate.warnings))
         self._cache: tuple[str, bytes] | None = None
 
     def _storage_bytes(self, ref: StorageRef) -> bytes:
