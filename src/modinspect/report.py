@@ -154,6 +154,8 @@ class TreeReport:
     # Attached by analysis.shapes for live modules: (module name, extra_repr()) and the forward pass.
     extra_reprs: tuple[tuple[str, str], ...] = ()
     shapes: ShapesReport | None = None
+    # Globals the file's pickle calls that are not known data classes: torch.load would run them (stand-ins here).
+    would_call: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ pickle.loads), so every test also checks that the marker never appears.
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from conftest import invoke
-from hostile import BY_NAME, CALLED_PAYLOADS, as_pickle, body_of, state_dict, zip_pt
+from hostile import BY_NAME, CALLED_PAYLOADS, CARRIERS, as_pickle, body_of, state_dict, write_victim, zip_pt
 from modinspect.errors import UsageError
 from modinspect.sources import open_source
 from modinspect.sources.pickle_gate import GatePolicy
@@ -89,3 +90,50 @@ def test_the_refusal_list_payloads_are_still_refused(tmp_path: Path) -> None:
     result = invoke("tree", path, "--allow-global", "argparse.Namespace")
     assert result.exit_code == 2 and "needs 'posix.system' to unpickle" in result.stderr  # type: ignore[attr-defined]
     assert not _wait_for(tmp_path / "RAN")
+
+
+# ---------------------------------------------------------------- torch.load would call X
+
+
+def _warning(names: tuple[str, ...]) -> str:
+    it = "it" if len(names) == 1 else "them"
+    return (f"warning: torch.load would call {', '.join(names)}: shown as stand-ins here, nothing ran; fully "
+            f"unpickling the file (torch.load without weights_only=True, or --unsafe-pickle) runs {it}\n")
+
+
+@pytest.mark.parametrize("carrier", ["zip-pt", "legacy-pt", "sharded-bin", "peft-adapter-bin"])
+@pytest.mark.parametrize("name", sorted(CALLED))
+def test_a_called_global_off_the_refusal_list_is_named_in_a_warning(tmp_path: Path, name: str, carrier: str) -> None:
+    """Five live payloads whose globals are not refused by name: listed, exit 0, and every one named on stderr
+    and in --json's would_call; the marker never appears."""
+    payload, marker = CALLED[name], tmp_path / "RAN"
+    path = CARRIERS[carrier](tmp_path, body_of(payload, marker), payload.protocol)
+    result = invoke("tree", path)
+    assert (result.exit_code, result.stderr) == (0, _warning(payload.globals))  # type: ignore[attr-defined]
+    result = invoke("tree", path, "--json")
+    assert result.exit_code == 0 and result.stderr == _warning(payload.globals)  # type: ignore[attr-defined]
+    assert json.loads(result.stdout)["would_call"] == list(payload.globals)  # type: ignore[attr-defined]
+    assert not _wait_for(marker)
+
+
+def test_weights_and_input_files_carry_the_warning_or_are_refused(tmp_path: Path) -> None:
+    payload, marker = CALLED["torch-collect-env-run"], tmp_path / "RAN"
+    entry = write_victim(tmp_path)
+    path = zip_pt(tmp_path, body_of(payload, marker))
+    result = invoke("tree", f"{tmp_path}/{entry}", "--weights", path, "--json")
+    assert result.exit_code == 0 and result.stderr == _warning(payload.globals)  # type: ignore[attr-defined]
+    assert json.loads(result.stdout)["would_call"] == ["torch.utils.collect_env.run"]  # type: ignore[attr-defined]
+    result = invoke("stats", f"{tmp_path}/{entry}", "--input", path)  # inputs allow no stand-ins at all
+    assert result.exit_code == 2 and "torch.utils.collect_env.run" in result.stderr  # type: ignore[attr-defined]
+    assert not _wait_for(marker)
+
+
+def test_known_data_classes_and_values_are_not_warned_about(tmp_path: Path) -> None:
+    """A Namespace, a torch.nn layer, a defaultdict(list): calling them only stores data."""
+    import collections
+
+    torch.save({"state_dict": state_dict(), "args": argparse.Namespace(lr=0.1), "layer": torch.nn.Linear(2, 2),
+                "by_name": collections.defaultdict(list, {"a": [1]})}, tmp_path / "ok.pt")
+    with open_source(str(tmp_path / "ok.pt")) as src:
+        assert src.would_call == [] and src.warnings == []
+        assert "argparse.Namespace" in src.standins and "collections.defaultdict" in src.standins

@@ -416,4 +416,5 @@ def _build(source: Source, depth: int | None, pattern: str | None, expand: bool)
         state_dict_key=source.state_dict_key,
         other_entries=tuple((e.name, e.summary) for e in source.other_entries),
         metadata=tuple(sorted(source.metadata.items())), notes=tuple(source.notes), filter=pattern,
+        would_call=tuple(source.would_call),
     )

@@ -66,6 +66,7 @@ def tree_document(report: TreeReport, rows: bool = True) -> dict[str, Any]:
         "other_entries": [{"name": n, "summary": s} for n, s in report.other_entries],
         "metadata": dict(report.metadata),
         "notes": list(report.notes),
+        "would_call": list(report.would_call),
         "shapes": _shapes_document(report.shapes),
     }
 

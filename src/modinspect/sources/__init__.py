@@ -110,6 +110,7 @@ def open_source(
         wpath = Path(weights)
         checkpoint = open_path(wpath if wpath.is_absolute() else weights_base / wpath, weights, options)
         source.warnings.extend(checkpoint.warnings)  # --unsafe-pickle ran the checkpoint's code: say so
+        source.would_call.extend(n for n in checkpoint.would_call if n not in source.would_call)
         with checkpoint:
             apply_weights(source, checkpoint, strict=strict)
     return source

@@ -105,6 +105,7 @@ class Source:
     # Names the file records only as sharing another tensor's storage, {name: kept name} (safetensors
     # save_model's metadata): listed with the kept tensor's shape, which is theirs only if they alias all of it.
     shared_storage: dict[str, str] = field(default_factory=dict)
+    would_call: list[str] = field(default_factory=list)  # stand-ins the pickle calls: torch.load would run them
 
     def __post_init__(self) -> None:
         self._by_name = {t.name: t for t in self.tensors}

@@ -216,7 +216,7 @@ class HfDirSource(Source):
                          + (f": {hint}" if hint else ""))
         super().__init__(label=label, format=f"hf-{weights.format}", tensors=tensors,
                          modules=module_infos(model), module=model, metadata=dict(weights.metadata),
-                         notes=notes, warnings=list(weights.warnings))
+                         notes=notes, warnings=list(weights.warnings), would_call=list(weights.would_call))
 
     def _read(self, name: str) -> torch.Tensor:
         self._check_stored(name)

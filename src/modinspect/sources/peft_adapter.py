@@ -79,7 +79,7 @@ class PeftAdapterSource(Source):
                 by_rank[r] = by_rank.get(r, 0) + 1
             notes.append("saved ranks: " + ", ".join(f"{r} ({n} modules)" for r, n in sorted(by_rank.items())))
         super().__init__(label=label, format=f"peft-{self._inner.format}", tensors=tensors, metadata=metadata,
-                         notes=notes, warnings=list(self._inner.warnings))
+                         notes=notes, warnings=list(self._inner.warnings), would_call=list(self._inner.would_call))
 
     def _read(self, name: str) -> torch.Tensor:
         return self._inner.read_tensor(name)

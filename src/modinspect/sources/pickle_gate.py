@@ -395,6 +395,32 @@ def check_allow_globals(names: frozenset[str] | tuple[str, ...]) -> None:
             )
 
 
+# Classes whose construction from a pickle only stores data: calling them is what they are for. Anything
+# else the pickle calls is named in a warning ("torch.load would call X"), even though nothing ran here.
+_DATA_CLASSES = frozenset({
+    "argparse.Namespace", "collections.OrderedDict", "collections.defaultdict", "collections.Counter",
+    "collections.deque", "collections.ChainMap", "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath",
+    "pathlib.PurePath", "pathlib.PurePosixPath", "pathlib.PureWindowsPath", "datetime.date", "datetime.time",
+    "datetime.datetime", "datetime.timedelta", "datetime.timezone", "decimal.Decimal", "fractions.Fraction",
+    "uuid.UUID", "functools.partial", "copyreg._reconstructor", "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype", "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar", "numpy.random._pickle.__randomstate_ctor",
+    "numpy.random._pickle.__bit_generator_ctor", "numpy.random._pickle.__generator_ctor",
+    "omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig", "omegaconf.base.ContainerMetadata",
+    "omegaconf.base.Metadata", "torch.nn.parameter.Parameter", "torch.nn.parameter.Buffer",
+    "torch.nn.parameter.UninitializedParameter", "torch.nn.parameter.UninitializedBuffer",
+})
+_DATA_PREFIXES = ("omegaconf.nodes.", "numpy.dtypes.", "torch.nn.modules.", "torch.ao.nn.")
+
+
+def is_data_class(dotted: str) -> bool:
+    """True for a global known to only store data when a pickle calls it (a Namespace, a torch.nn layer)."""
+    if dotted in _DATA_CLASSES or dotted.startswith(_DATA_PREFIXES):
+        return True
+    module, _, name = dotted.rpartition(".")
+    return module == "builtins" and _is_inert_builtin(name)
+
+
 def is_code_global(dotted: str) -> bool:
     """True for a global whose only use in a pickle is to run code: refused by name, never stood in for."""
     module, _, name = dotted.rpartition(".")
@@ -467,6 +493,12 @@ class Gate:
     @property
     def standins(self) -> list[str]:
         return self.registry.names
+
+    @property
+    def would_call(self) -> list[str]:
+        """Stand-ins the pickle calls (REDUCE, NEWOBJ, INST, OBJ) that are not known data classes: torch.load
+        would call each of them for real."""
+        return [name for name in self.registry.called if not is_data_class(name)]
 
     def call_kind(self, module: str, name: str) -> int:
         """What calling this global does, for the structural pass's shadow stack (`pickle_shadow.CALL_*`)."""

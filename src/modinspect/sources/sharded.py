@@ -85,6 +85,7 @@ class ShardedSource(Source):
             self.notes.append(shared_storage_note(self.shared_storage))
         # A shard opened with --unsafe-pickle says so; its warning must reach the user.
         self.warnings.extend(w for src in self._shards.values() for w in src.warnings)
+        self.would_call = list(dict.fromkeys(n for src in self._shards.values() for n in src.would_call))
 
     def _add_shard(self, index: Path, shard: str, src: Source, weight_map: dict[str, str],
                    expected: set[str]) -> list[TensorInfo]:

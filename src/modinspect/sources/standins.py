@@ -25,6 +25,7 @@ class StandIn:
     """An instance of a class the pickle named, described by what it was built from."""
 
     qualname = "?"
+    calls: dict[str, None] | None = None  # the registry's record of the names the pickle called
     args: tuple[object, ...]
     kwargs: dict[str, object]
     state: object
@@ -32,6 +33,8 @@ class StandIn:
     elements: list[object]
 
     def __new__(cls, *args: object, **kwargs: object) -> StandIn:
+        if cls.calls is not None:  # REDUCE, NEWOBJ, INST, OBJ, copyreg._reconstructor: torch.load would call it
+            cls.calls[cls.qualname] = None
         self = object.__new__(cls)
         self.args = args
         self.kwargs = kwargs
@@ -59,6 +62,9 @@ class StandIn:
         self.elements.append(value)
 
     def __call__(self, *args: object, **kwargs: object) -> StandIn:
+        calls = type(self).calls
+        if calls is not None:  # calling an instance runs its class's __call__
+            calls[type(self).qualname] = None
         call = _CALL_CLASS.__new__(_CALL_CLASS, self, *args, **kwargs)
         return call
 
@@ -91,13 +97,15 @@ class StandInRegistry:
 
     def __init__(self) -> None:
         self.classes: dict[str, type[StandIn]] = {}
+        self.called: dict[str, None] = {}  # names the pickle called (an ordered set)
 
     def cls(self, dotted: str) -> type[StandIn]:
         found = self.classes.get(dotted)
         if found is None:
             if len(self.classes) >= MAX_CLASSES:
                 raise CorruptFileError(f"names more than {MAX_CLASSES:,} distinct globals")
-            found = type("StandIn", (StandIn,), {"qualname": dotted})  # the name is the file's: never a type name
+            # The name is the file's: never a type name.
+            found = type("StandIn", (StandIn,), {"qualname": dotted, "calls": self.called})
             self.classes[dotted] = found
         return found
 

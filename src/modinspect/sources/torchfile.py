@@ -259,6 +259,15 @@ def standin_note(gate: Gate, exclude: str | None = None) -> list[str]:
     return [f"read without importing {describe_standins(names)}: shown as stand-ins, nothing of theirs ran{suggestion}"]
 
 
+def would_call_warning(names: list[str]) -> list[str]:
+    """The warning that names every global a full unpickling would call, when there is any."""
+    if not names:
+        return []
+    it = "it" if len(names) == 1 else "them"
+    return [f"torch.load would call {', '.join(names)}: shown as stand-ins here, nothing ran; fully unpickling the "
+            f"file (torch.load without weights_only=True, or --unsafe-pickle) runs {it}"]
+
+
 class TorchFileSource(Source):
     """Common ground of zip and legacy torch files: the unpickled object and the state dict inside it."""
 
@@ -288,7 +297,8 @@ class TorchFileSource(Source):
             others = [EntrySummary(str(k), summarize(v)) for k, v in obj.items() if k != top]
         super().__init__(label=label, format=fmt, tensors=tensor_infos(self._refs, kinds), state_dict_key=key, other_entries=others,
                          modules=modules, notes=standin_note(gate), standins=list(gate.standins),
-                         warnings=list(gate.warnings))
+                         warnings=[*gate.warnings, *would_call_warning(gate.would_call)],
+                         would_call=gate.would_call)
         self._cache: tuple[str, bytes] | None = None
 
     def _storage_bytes(self, ref: StorageRef) -> bytes:
