@@ -16,7 +16,16 @@ import pytest
 import torch
 
 from conftest import invoke
-from hostile import BY_NAME, CALLED_PAYLOADS, CARRIERS, as_pickle, body_of, state_dict, write_victim, zip_pt
+from hostile import (
+    BY_NAME,
+    CALLED_PAYLOADS,
+    CARRIERS,
+    as_pickle,
+    body_of,
+    state_dict,
+    write_victim,
+    zip_pt,
+)
 from modinspect.errors import UsageError
 from modinspect.sources import open_source
 from modinspect.sources.pickle_gate import GatePolicy
