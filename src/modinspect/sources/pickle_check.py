@@ -19,6 +19,7 @@ dict keys and sets would cost.
 from __future__ import annotations
 
 import pickletools
+import struct
 
 from modinspect.errors import CorruptFileError
 from modinspect.sources.pickle_shadow import CallKind, default_call_kind, shadow_pickle
@@ -74,7 +75,7 @@ _MEMO_PUT = -12  # BINPUT, LONG_BINPUT, MEMOIZE: remember whether the slot holds
 _MEMO_GET = -13  # BINGET, LONG_BINGET
 _DUP = -14
 _FIXED_WIDTH = tuple(max(n, 0) for n in _LAYOUT)
-_LIGHT = [False] * 256
+_LIGHT: list[bool | None] = [False] * 256  # None: a GET, as light as what it fetched
 for _op in pickletools.opcodes:
     _code = ord(_op.code.encode("latin1"))
     if _op.name in ("BINPUT", "LONG_BINPUT", "MEMOIZE"):
@@ -88,8 +89,11 @@ for _op in pickletools.opcodes:
         "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BININT", "BININT1", "BININT2", "LONG1", "BINFLOAT", "NONE",
         "NEWTRUE", "NEWFALSE", "EMPTY_TUPLE", "GLOBAL", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID",
     )
+    if _op.name in ("BINGET", "LONG_BINGET"):
+        _LIGHT[_code] = None
 _LIGHT_T = tuple(_LIGHT)
-_GET_TEXT, _PUT_TEXT_OP = ord("g"), ord("p")
+_GET_TEXT, _LONG_BINPUT_OP, _LONG_BINGET_OP = ord("g"), ord("r"), ord("j")
+_UINT4 = struct.Struct("<I").unpack_from
 _LAYOUT_T = tuple(_LAYOUT)
 _MAX_LINE = 1 << 16  # a GLOBAL's module or a decimal number: a line longer than this is not a pickler's
 
@@ -124,7 +128,7 @@ def hash_limit(budget: int) -> int:
 
 def _check_structure(data: bytes | bytearray | memoryview, start: int, budget: int) -> tuple[int, bool, int]:
     """The offset past the pickle's STOP, whether it uses a value that is not light twice, and its cost."""
-    layout = _LAYOUT_T
+    layout, uint4 = _LAYOUT_T, _UINT4
     end = len(data)
     pos = start
     prev = -1  # the last opcode that pushed something (PUT, FRAME and PROTO push nothing)
@@ -144,20 +148,38 @@ def _check_structure(data: bytes | bytearray | memoryview, start: int, budget: i
             if not objects & 0xFFFF:
                 _check_budget(objects * OBJECT_COST + cost, budget)
             continue
-        if kind in (_MEMO_PUT, _MEMO_GET):
-            width = _FIXED_WIDTH[op]
-            if pos + 1 + width > end:
-                break
-            index = int.from_bytes(data[pos + 1:pos + 1 + width], "little") if width else len(light_slots)
+        if kind == _MEMO_PUT:
+            if op == _LONG_BINPUT_OP:
+                if pos + 5 > end:
+                    break
+                index = uint4(data, pos + 1)[0]
+                width = 4
+            else:
+                width = _FIXED_WIDTH[op]
+                if pos + 1 + width > end:
+                    break
+                index = data[pos + 1] if width else len(light_slots)
             if index > pos - start:  # inline: a memo-heavy pickle has one of these every few bytes
                 _check_memo_index(index, pos, start)
-            if kind == _MEMO_PUT:
-                light_slots[index] = prev >= 0 and (got_light if layout[data[prev]] == _MEMO_GET else _LIGHT_T[data[prev]])
-            else:
-                got_light = light_slots.get(index, False)
-                shares = shares or not got_light
-                prev = pos
+            if not shares:  # once a heavy value is shared, the shadow runs anyway
+                light = _LIGHT_T[data[prev]]  # prev is -1 (the STOP: not light) before any push
+                light_slots[index] = got_light if light is None else light
             pos += 1 + width
+        elif kind == _MEMO_GET:
+            prev = pos
+            if op == _LONG_BINGET_OP:
+                if pos + 5 > end:
+                    break
+                index = uint4(data, pos + 1)[0]
+                pos += 5
+            else:
+                if pos + 2 > end:
+                    break
+                index = data[pos + 1]
+                pos += 2
+            if not shares:
+                got_light = light_slots.get(index, False)
+                shares = not got_light
         elif kind in (_LEN1, _LEN4, _LEN8):
             prev = pos
             width = 1 if kind == _LEN1 else 4 if kind == _LEN4 else 8
@@ -187,7 +209,8 @@ def _check_structure(data: bytes | bytearray | memoryview, start: int, budget: i
             if kind == _PUT_TEXT:
                 index = _decimal(data[line_start:pos])
                 _check_memo_index(index, line_start - 1, start)
-                light_slots[index] = prev >= 0 and (got_light if layout[data[prev]] == _MEMO_GET else _LIGHT_T[data[prev]])
+                light = _LIGHT_T[data[prev]]
+                light_slots[index] = got_light if light is None else light
             elif op == _GET_TEXT:
                 shares = True  # a text GET (protocol 0): not worth telling light from heavy
                 prev = at
