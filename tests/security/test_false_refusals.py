@@ -275,3 +275,46 @@ def test_code_execution_globals_stay_refused_even_beside_standins(tmp_path: Path
         open_source(str(path))
     assert info.value.globals == [f"{os.system.__module__}.system"]
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_whole_pickled_bert_lists_its_real_tree(tmp_path: Path) -> None:
+    """torch.save(BertModel): refused before over torch._C._nn.gelu, a function GELUActivation keeps as data."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=37, vocab_size=99, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.BertModel(config)
+    torch.save(model, tmp_path / "bert.pt")
+    result = invoke("tree", tmp_path / "bert.pt", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["format"] == "torch-zip-module"
+    assert doc["totals"]["params"] == sum(p.numel() for p in model.parameters())
+    assert doc["totals"]["buffers"] == sum(b.numel() for b in model.buffers())
+    assert [m["name"] for m in doc["modules"]] == [n for n, _ in model.named_modules()]
+    assert [m["type"] for m in doc["modules"]] == [type(m).__name__ for _, m in model.named_modules()]
+    assert {t["name"] for t in doc["tensors"]} == {n for n, _ in [*model.named_parameters(), *model.named_buffers()]}
+    # gelu is data (never called); the model's own classes are what torch.load would call.
+    assert "torch._C._nn.gelu" not in doc["would_call"]
+    assert doc["would_call"][0] == "transformers.models.bert.modeling_bert.BertModel"
+    assert result.stderr.startswith("warning: torch.load would call transformers.models.bert.modeling_bert.BertModel")
+    with open_source(str(tmp_path / "bert.pt")) as src:
+        assert "torch._C._nn.gelu" in src.standins
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(src.read_tensor(name), tensor), name
+
+
+@pytest.mark.parametrize(("body", "named"), [
+    (b"ctorch.storage\n_load_from_bytes\nC\x01x\x85R", "torch.storage._load_from_bytes"),
+    (b"ctorch\nload\nX\x04\x00\x00\x00x.pt\x85R", "torch.load"),
+    (b"ctorch._C\nimport_ir_module\n)R", "torch._C.import_ir_module"),
+], ids=["load-from-bytes", "torch-load", "torch-c"])
+def test_torch_code_globals_are_refused_when_called(body: bytes, named: str) -> None:
+    data = b"\x80\x02}X\x01\x00\x00\x00k" + body + b"s."
+    with pytest.raises(UnsafePickleError) as info:
+        Gate("x.pkl").load(data)
+    assert info.value.globals == [named]
+    # Named but not called (kept as a value), the same global is a stand-in class: nothing to run.
+    module, _, name = named.rpartition(".")
+    obj, _ = Gate("x.pkl").load(b"\x80\x02}X\x01\x00\x00\x00kc" + f"{module}\n{name}\n".encode() + b"s.")
+    assert issubclass(obj["k"], StandIn) and obj["k"].qualname == named

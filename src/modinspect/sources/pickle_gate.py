@@ -421,8 +421,20 @@ def is_data_class(dotted: str) -> bool:
     return module == "builtins" and _is_inert_builtin(name)
 
 
+# torch's pure tensor functions (torch.nn.functional's gelu is torch._C._nn.gelu): what a pickled module keeps
+# as an attribute (transformers' GELUActivation), computing on tensors only.
+_PURE_TORCH = ("torch._C._nn.", "torch._C._special.", "torch._C._linalg.", "torch._C._fft.", "torch._C._nested.",
+               "torch._C._sparse.")
+
+
 def is_code_global(dotted: str) -> bool:
-    """True for a global whose only use in a pickle is to run code: refused by name, never stood in for."""
+    """True for a global whose only use in a pickle is to run code: refused by name, never stood in for.
+
+    torch's own such names (torch.load, torch._C...) are refused only when the pickle calls them
+    (`calls_to_refuse`): a reference kept as data is a stand-in like any other.
+    """
+    if dotted.startswith(_PURE_TORCH):
+        return False
     module, _, name = dotted.rpartition(".")
     if module.split(".", 1)[0] in _CODE_MODULES:
         return True
@@ -549,20 +561,20 @@ class Gate:
         except UsageError:
             raise
         except CorruptFileError as exc:
-            if unpickler.refused:
-                raise UnsafePickleError(self.label, unpickler.refused) from None
+            if unpickler.refusals():
+                raise UnsafePickleError(self.label, unpickler.refusals()) from None
             raise CorruptFileError(f"{self.label} is not a valid torch checkpoint: it {exc}") from None
         except Exception as exc:  # whatever a hostile pickle provokes, it is the file's fault
-            if unpickler.refused:
-                raise UnsafePickleError(self.label, unpickler.refused) from None
+            if unpickler.refusals():
+                raise UnsafePickleError(self.label, unpickler.refusals()) from None
             extension = extension_code(exc)
             if extension is not None:
                 raise UnsafePickleError(self.label, [f"<copyreg extension {extension}>"]) from None
             raise CorruptFileError(
                 f"{self.label} is not a valid torch checkpoint ({type(exc).__name__}: {_first_line(exc)})"
             ) from None
-        if unpickler.refused:
-            raise UnsafePickleError(self.label, unpickler.refused)
+        if unpickler.refusals():
+            raise UnsafePickleError(self.label, unpickler.refusals())
         return obj, end
 
 
@@ -596,10 +608,13 @@ class BoundedCall(_Sealed):
 
     def __call__(self, *args: object) -> object:
         if args:
-            items, per_item = _items(args[0]), self._per_item
-            if isinstance(args[0], str) and not args[0].isascii() and per_item > 1:
-                per_item += _CHAR_COST
-            self._budget.charge(items * per_item)
+            value = args[0]
+            items = len(value) if isinstance(value, _SIZED) else 0
+            if items:  # anything unsized: the builtin refuses it
+                per_item = self._per_item
+                if type(value) is str and per_item > 1 and not value.isascii():
+                    per_item += _CHAR_COST
+                self._budget.charge(items * per_item)
         return self._fn(*args)
 
 
@@ -612,10 +627,6 @@ _COPY_COST: dict[tuple[str, str], int] = {
 }
 _CHAR_COST = 80  # a 1-character string beyond Latin-1 (sys.getsizeof('中') is 76)
 _SIZED = (str, bytes, bytearray, list, tuple, dict, set, frozenset)
-
-
-def _items(value: object) -> int:
-    return len(value) if isinstance(value, _SIZED) else 0  # anything else: the builtin refuses it
 
 
 def _suggest(size: int) -> str:
@@ -649,6 +660,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._storage_loader = storage_loader
         self._gate = gate or Gate("<pickle>")
         self.refused: list[str] = []
+        self.if_called: list[str] = []  # torch code globals: refused when called, stand-ins when only named
         self.copy_budget = CopyBudget(0, self._gate.policy.max_pickle_bytes)
 
     def load(self) -> Any:
@@ -671,10 +683,18 @@ class RestrictedUnpickler(pickle.Unpickler):
                 if warning not in self._gate.warnings:
                     self._gate.warnings.append(warning)
             return real
-        if (is_code_global(dotted) or not policy.standins) and dotted not in self.refused:
+        if dotted.startswith("torch.") and policy.standins and is_code_global(dotted):
+            # torch's loaders and compilers, refused if the pickle calls them; a reference is data.
+            self.if_called.append(dotted)
+        elif (is_code_global(dotted) or not policy.standins) and dotted not in self.refused:
             # Read on, so the refusal can name every such global the file holds; nothing is called.
             self.refused.append(dotted)
         return self._gate.registry.cls(dotted)
+
+    def refusals(self) -> list[str]:
+        """The globals to refuse: by name, and torch's code globals that the pickle called."""
+        called = self._gate.registry.called
+        return [*self.refused, *(n for n in dict.fromkeys(self.if_called) if n in called and n not in self.refused)]
 
     def persistent_load(self, pid: Any) -> Any:
         if not isinstance(pid, tuple) or not pid or pid[0] != "storage":

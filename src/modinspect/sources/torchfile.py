@@ -33,6 +33,7 @@ from modinspect.sources.pickle_gate import (
     SparseRef,
     StorageRef,
     TensorRef,
+    is_data_class,
     runs_code_when_called,
     storage_from_pid,
 )
@@ -253,8 +254,10 @@ def standin_note(gate: Gate, exclude: str | None = None) -> list[str]:
     names = [n for n in gate.standins if exclude is None or not n.startswith(exclude)]
     if not names:
         return []
-    # Suggest --allow-global only for a name that cannot run code when called.
-    data = [n for n in names if not runs_code_when_called(n)]
+    # Suggest --allow-global only for a name that cannot run code when called: a known data class, or a
+    # name the pickle never calls.
+    called = gate.registry.called
+    data = [n for n in names if not runs_code_when_called(n) and (is_data_class(n) or n not in called)]
     suggestion = f" (--allow-global {data[0]} builds a real one, if you trust it)" if data else ""
     return [f"read without importing {describe_standins(names)}: shown as stand-ins, nothing of theirs ran{suggestion}"]
 
