@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hostile import (
     APPENDS,
@@ -147,3 +149,35 @@ def test_a_copying_call_is_charged_per_item_of_its_argument(text: str, per_item:
     assert Gate("x.pkl", GatePolicy(max_pickle_bytes=needed)).load(data)[0] == list(text * 1000)
     with pytest.raises(CorruptFileError, match=r"x\.pkl's pickle would build more than"):
         Gate("x.pkl", GatePolicy(max_pickle_bytes=needed - 1)).load(data)
+
+
+# ---------------------------------------------------------------- the count against real pickles
+
+_ATOMS = st.one_of(st.integers(-(2**31), 2**31 - 1), st.text(max_size=4), st.none(), st.booleans())
+
+
+@st.composite
+def _shared_tuples(draw: st.DrawFn) -> list[object]:
+    """A pool of tuples, each holding atoms and earlier tuples of the pool (shared, so pickled by memo)."""
+    pool: list[object] = []
+    for _ in range(draw(st.integers(1, 12))):
+        items = draw(st.lists(st.one_of(_ATOMS, st.sampled_from(pool) if pool else _ATOMS), max_size=4))
+        pool.append(tuple(items))
+    return pool
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(pool=_shared_tuples(), data=st.data(), protocol=st.sampled_from([2, 4, 5]))
+def test_the_count_equals_the_items_hashed_for_pickler_written_keys(pool: list[object], data: st.DataObject,
+                                                                    protocol: int) -> None:
+    """Dicts and sets that pickle.dumps wrote, keyed by shared tuples: the shadow counts exactly the items the
+    C unpickler hashes (each key once), so it accepts at that limit and refuses one below."""
+    keys = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=8, unique_by=id))
+    as_set = data.draw(st.booleans())
+    obj = {k for k in keys} if as_set else {k: i for i, k in enumerate(keys)}
+    raw = pickle.dumps(obj, protocol=protocol)
+    expected = sum(_items_hashed(k) for k in obj)
+    shadow_pickle(raw, 0, len(raw), expected, Gate("x.pkl").call_kind)
+    with pytest.raises(HashBombError) as info:
+        shadow_pickle(raw, 0, len(raw), expected - 1, Gate("x.pkl").call_kind)
+    assert info.value.work == expected

@@ -365,4 +365,6 @@ def _call(what: int, first: Any, weight: int) -> tuple[Any, int]:
         return (1 + weight, length, _TUPLE, None), 0
     if what == CALL_REAL:  # real code may hash what it is given, and return anything, a callable too
         return [1 + weight, length, _GLOBAL, CALL_REAL], weight
-    return [1 + weight, length, _PLAIN, None], weight  # set, frozenset, dict, OrderedDict hash their argument
+    # set, frozenset, dict, OrderedDict hash the elements of their first argument (a string's characters)
+    hashed = max(first[0] - 1, length) if first is not None else 0
+    return [1 + weight, length, _PLAIN, None], hashed
