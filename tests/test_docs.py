@@ -13,8 +13,8 @@ COMMANDS = [c.name or (c.callback.__name__ if c.callback else "") for c in app.r
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
 
-def test_the_five_commands_are_registered() -> None:
-    assert sorted(COMMANDS) == ["diff", "load", "report", "stats", "tree"]
+def test_the_six_commands_are_registered() -> None:
+    assert sorted(COMMANDS) == ["diff", "doctor", "load", "report", "stats", "tree"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

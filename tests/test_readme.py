@@ -167,6 +167,8 @@ def _real_documents(command: str, tmp_path: Path) -> list[dict[str, Any]]:
                 _json("tree", "training_checkpoint.pt")]
     if command == "stats":
         return [_json("stats", "faulty.py:Net", "--input-shape", "8,16")]
+    if command == "doctor":
+        return [_json("doctor", "mistakes.py:Net", "--input-shape", "8,16")]
     if command == "diff":
         import torch
 
@@ -203,11 +205,11 @@ def _real_documents(command: str, tmp_path: Path) -> list[dict[str, Any]]:
 # Words in the field lists that are values, not keys: formats, kinds, phases, causes.
 VALUES = {"tree": {"safetensors", "pickle", "torchscript", "dcp", "entrypoint", "gguf", "parameter", "buffer", "unknown"},
           "stats": {"forward", "backward", "produced", "input", "loss", "weight", "overflow", "sum", "mean"},
-          "diff": set(), "load": set()}
+          "diff": set(), "load": set(), "doctor": {"error", "warning", "info", "module", "checkpoint"}}
 ENVELOPE = {"schema_version", "modinspect_version"}
 
 
-@pytest.mark.parametrize("command", ["tree", "stats", "diff", "load"])
+@pytest.mark.parametrize("command", ["tree", "stats", "diff", "load", "doctor"])
 def test_readme_json_field_list_is_the_real_document(command: str, tmp_path: Path) -> None:
     real = set().union(*(_keys(doc) for doc in _real_documents(command, tmp_path))) - ENVELOPE
     documented = _readme_fields(command)

@@ -495,5 +495,107 @@ def _parse_steps(steps: str | None) -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts)
 
 
+@app.command()
+def doctor(
+    source: SourceArg = None,
+    weights: WeightsOpt = None,
+    unsafe_pickle: UnsafeOpt = False,
+    allow_global: AllowGlobalOpt = None,
+    max_pickle_size: MaxPickleOpt = None,
+    strict: StrictOpt = True,
+    input_file: Annotated[
+        Path | None, typer.Option("--input", "-i", help="The example input: a .pt (weights-only) or .safetensors "
+                                  "file, as stats reads it.", metavar="FILE")
+    ] = None,
+    input_shape: Annotated[
+        list[str] | None, typer.Option("--input-shape", "-s", help="Shape of a random positional input, e.g. 2,16 "
+                                       "(repeat for several inputs).", metavar="SHAPE")
+    ] = None,
+    input_dtype: Annotated[
+        str | None, typer.Option("--input-dtype", help="dtype of --input-shape tensors [default: int64 when the "
+                                 "model has an nn.Embedding, else float32]")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for model construction and random inputs.")] = 0,
+    context: Annotated[
+        str | None, typer.Option("--context", help="training or inference: what the model is for [default: its "
+                                 "own mode, model.training].", metavar="CONTEXT")
+    ] = None,
+    select: Annotated[
+        list[str] | None, typer.Option("--select", help="Run only this check (repeatable).", metavar="ID")
+    ] = None,
+    ignore: Annotated[
+        list[str] | None, typer.Option("--ignore", help="Skip this check (repeatable).", metavar="ID")
+    ] = None,
+    expect: Annotated[
+        list[str] | None, typer.Option("--expect", help="A custom autograd Function whose backward is meant to "
+                                       "return MULT × the gradient, e.g. GradReverse=-0.1 (repeatable).",
+                                       metavar="NAME=MULT")
+    ] = None,
+    fail_on: Annotated[
+        str, typer.Option("--fail-on", help="Exit 1 when a finding is at or above this severity: warning or error.",
+                          metavar="SEVERITY")
+    ] = "warning",
+    budget: Annotated[
+        float, typer.Option("--budget", min=0.0, help="CPU seconds of gradcheck per custom autograd Function.",
+                            metavar="SECONDS")
+    ] = 2.0,
+    explain: Annotated[
+        str | None, typer.Option("--explain", help="Print the longer story of check ID (or `list` for every "
+                                 "check) and exit.", metavar="ID")
+    ] = None,
+    as_json: JsonOpt = False,
+    sarif: Annotated[bool, typer.Option("--sarif", help="Print a SARIF 2.1.0 log (for code-scanning tools).")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Find the classic nn.Module mistakes: unregistered layers, layers built in forward, unused parameters, softmax into CrossEntropyLoss, wrong custom backward...
+
+    On a model (an entry point, a Hugging Face directory, ...) it inspects the live module, then runs one forward and backward on the example input (--input-shape/--input/example_input_array/[tool.modinspect], as stats) and checks what ran: custom torch.autograd.Functions get a float64 gradcheck on small inputs cut from the captured ones. On a checkpoint without code it checks the stored values. Findings are grouped by severity; exit 0 when none is at or above --fail-on (default warning), 1 when one is, 2 on errors.
+
+    Examples:
+
+        modinspect doctor models.py:build --input-shape 8,3,32,32
+
+        modinspect doctor models.py:dann -s 8,64 --expect GradReverse=-0.1
+
+        modinspect doctor ckpt.safetensors --fail-on error
+
+        modinspect doctor models.py:build -s 4,16 --sarif > doctor.sarif
+
+        modinspect doctor --explain unused-parameter
+    """
+    code = 0
+    with user_errors(debug):
+        from modinspect.doctor_command import DoctorRequest, exit_code, parse_expect, run_doctor
+        from modinspect.sources.inputs import parse_shape
+
+        if explain is not None:
+            from modinspect.render.text import explain_text
+
+            print(explain_text(explain))
+            raise typer.Exit(0)
+        if as_json and sarif:
+            raise UsageError("--json and --sarif are two outputs: pick one")
+        if fail_on not in ("warning", "error"):
+            raise UsageError(f"--fail-on {fail_on!r} is not warning or error")
+        gate = commands.gate_options(allow_global, max_pickle_size)
+        request = DoctorRequest(
+            source=source, weights=weights, strict=strict, unsafe_pickle=unsafe_pickle,
+            allow_globals=gate["allow_globals"], max_pickle_size=gate["max_pickle_size"], input_file=input_file,
+            input_shapes=tuple(parse_shape(s) for s in input_shape or ()), input_dtype=input_dtype, seed=seed,
+            context=context, select=tuple(select or ()), ignore=tuple(ignore or ()),
+            expect=parse_expect(expect or ()), budget_s=budget)
+        with commands.spinner("examining the model…"):
+            report = run_doctor(request, announce=commands.note)
+        if sarif:
+            from modinspect.render.jsonout import dumps
+            from modinspect.render.sarif import sarif_document
+
+            print(dumps(sarif_document(report)))
+        else:
+            commands.print_report(report, as_json, "doctor")
+        code = exit_code(report, fail_on)
+    raise typer.Exit(code)
+
+
 def main() -> None:
     app()

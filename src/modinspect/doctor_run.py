@@ -133,7 +133,7 @@ def doctor(model_or_source: Any, example_inputs: Any = None, *, optimizer: Any =
 def _report(label: str, kind: Any, context: str, inputs: str, findings: list[Finding], checks: tuple[str, ...],
             notes: list[str], chosen: tuple[str, ...], dropped: tuple[str, ...]) -> DoctorReport:
     keep = [f for f in findings if (not chosen or f.id in chosen) and f.id not in dropped]
-    keep.sort(key=lambda f: (-RANK[f.severity], f.id, f.where.key))
+    keep.sort(key=lambda f: (-RANK[f.severity], f.id))  # stable: the model's order within a check
     ran = tuple(c for c in checks if (not chosen or c in chosen) and c not in dropped)
     return DoctorReport(label, kind, context, inputs, tuple(keep), ran, tuple(notes))
 
@@ -643,13 +643,13 @@ def _unused_findings(model: nn.Module, watch: Watch) -> list[Finding]:
         if not p.requires_grad:
             if not ran:
                 out.append(finding("unused-parameter", "info", where,
-                                   f"{name} is frozen (requires_grad=False) and its module never ran", "none needed",
+                                   "frozen (requires_grad=False), and its module never ran", "none needed",
                                    detail="frozen"))
             continue
         why = "its output did not reach the loss" if ran else "its module never ran"
         out.append(finding("unused-parameter", "warning", where,
-                           f"{name} got no gradient: {why}; DistributedDataParallel would stop with 'parameters "
-                           "that were not used in producing loss'", None,
+                           f"no gradient after backward: {why}; DistributedDataParallel would stop with "
+                           "'parameters that were not used in producing loss'", None,
                            detail="output-unused" if ran else "never-ran"))
     return out
 

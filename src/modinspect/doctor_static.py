@@ -321,6 +321,6 @@ def optimizer_findings(model: nn.Module, optimizer: torch.optim.Optimizer) -> li
         if p.requires_grad and id(p) not in given:
             module, _, attr = name.rpartition(".")
             out.append(finding("param-not-in-optimizer", "error", Location(module, attr),
-                               f"{name} requires grad but is in none of the optimizer's {len(optimizer.param_groups)} "
+                               f"requires grad but is in none of the optimizer's {len(optimizer.param_groups)} "
                                "param group(s): optimizer.step() never changes it", None))
     return out

@@ -27,6 +27,7 @@ from rich.tree import Tree
 
 from modinspect.analysis.keymap import collapse_groups, collapse_indices
 from modinspect.analysis.stats_math import collapse_names
+from modinspect.doctor_report import DoctorReport
 from modinspect.render.text import (
     bad_step_text,
     bpw_text,
@@ -1124,3 +1125,45 @@ def _run_verdict(report: RunReport) -> Text:
             text.append(f"\nGradient flow: {words} mean ‖∇out‖ at {', '.join(flagged[:5])}"
                         + (f" and {len(flagged) - 5} more" if len(flagged) > 5 else "") + ".", style="yellow")
     return text
+
+
+# --- doctor ----------------------------------------------------------------------------------------
+
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _plain(text: str) -> str:
+    """Names from a model or a file, with control characters shown as escapes (Text never reads markup)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def doctor_renderable(report: DoctorReport, width: int = 200) -> RenderableType:
+    """Findings grouped by severity, most severe first: identifier and place, the message, the fix.
+
+    Findings of one check on one module with the same message (a module's unused weight and bias) share a
+    block that lists their attributes.
+    """
+    from rich.padding import Padding
+
+    from modinspect.render.text import doctor_blocks, doctor_header, doctor_summary
+
+    parts: list[RenderableType] = [Text(_plain(doctor_header(report)), style="bold")]
+    for severity, blocks in doctor_blocks(report):
+        style = _SEVERITY_STYLE[severity]
+        count = sum(len(b) for b in blocks)
+        parts.append(Text(f"\n{severity}{'' if count == 1 else 's'} ({count})", style=style))
+        for block in blocks:
+            first = block[0]
+            line = Text("  ")
+            line.append(first.id, style=style)
+            line.append("  " + _plain(", ".join(f.where.describe() for f in block)))
+            parts.append(line)
+            parts.append(Trimmed(Padding(Text(_plain(first.message)), (0, 0, 0, 6))))
+            parts.append(Trimmed(Padding(Text(_plain(f"fix: {first.fix}"), style="dim"), (0, 0, 0, 6))))
+    if report.notes:
+        parts.append(Text(""))
+    for note in report.notes:
+        parts.append(Text(_plain(f"note: {note}"), style="dim"))
+    parts.append(Text("\n" + doctor_summary(report)))
+    return Group(*parts)

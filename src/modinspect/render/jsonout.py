@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from modinspect import __version__
+from modinspect.doctor_report import DoctorReport
 from modinspect.report import (
     DiffReport,
     LoadReport,
@@ -313,5 +314,29 @@ def run_document(report: RunReport) -> dict[str, Any]:
             "affected": list(bad.affected), "rank": bad.rank,
         },
         "truncated": report.truncated,
+        "notes": list(report.notes),
+    }
+
+
+DOCTOR_SCHEMA = "modinspect.doctor/1"
+
+
+def doctor_document(report: DoctorReport) -> dict[str, Any]:
+    """The doctor report: findings flattened (where.* as module/attribute/function/file/line), counts, checks."""
+    return {
+        **_envelope(),
+        "schema": DOCTOR_SCHEMA,
+        "source": report.source,
+        "kind": report.kind,
+        "context": report.context or None,
+        "inputs": report.inputs or None,
+        "counts": {s: report.count(s) for s in ("error", "warning", "info")},
+        "findings": [
+            {"id": f.id, "severity": f.severity, "module": f.where.module, "attribute": f.where.attribute,
+             "function": f.where.function, "file": f.where.file, "line": f.where.line, "key": f.where.key,
+             "message": f.message, "fix": f.fix, "detail": f.detail}
+            for f in report.findings
+        ],
+        "checks": list(report.checks),
         "notes": list(report.notes),
     }

@@ -11,6 +11,7 @@ import typing
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
+from modinspect.doctor_report import DoctorReport, Finding
 from modinspect.report import BadStep
 
 T = TypeVar("T")
@@ -382,3 +383,49 @@ def wrap_words(text: str, width: int, indent: int = 0) -> list[str]:
             current = f"{current} {word}" if current else word
     lines.append(current)
     return [lines[0]] + [" " * indent + line for line in lines[1:]]
+
+
+def doctor_header(report: DoctorReport) -> str:
+    """'doctor: Net (module, training), input (6, 4) float32' / 'doctor: ckpt.pt (checkpoint without code)'."""
+    if report.kind == "checkpoint":
+        return f"doctor: {report.source} (checkpoint without code: stored values only)"
+    inputs = f", input {report.inputs}" if report.inputs else ", no input: static checks only"
+    return f"doctor: {report.source} ({report.context}){inputs}"
+
+
+def doctor_blocks(report: DoctorReport) -> list[tuple[str, list[list[Finding]]]]:
+    """(severity, blocks) most severe first; a block is findings of one check and module with one message."""
+    out: list[tuple[str, list[list[Finding]]]] = []
+    for severity in ("error", "warning", "info"):
+        blocks: dict[tuple[str, str, str, str], list[Finding]] = {}
+        for f in report.findings:
+            if f.severity == severity:
+                blocks.setdefault((f.id, f.where.module, f.message, f.fix), []).append(f)
+        if blocks:
+            out.append((severity, list(blocks.values())))
+    return out
+
+
+def doctor_summary(report: DoctorReport) -> str:
+    """'2 errors, 1 warning, 0 infos from 24 checks' or 'no findings from 24 checks'."""
+    checks = f"{len(report.checks)} check{'' if len(report.checks) == 1 else 's'}"
+    if not report.findings:
+        return f"no findings from {checks}"
+    counts = [(report.count(s), s) for s in ("error", "warning", "info")]
+    words = ", ".join(f"{n} {s}{'' if n == 1 else 's'}" for n, s in counts)
+    return f"{words} from {checks}"
+
+
+def explain_text(check_id: str) -> str:
+    """`--explain ID`: the check's summary, story and fix; `--explain list`: every check, one a line."""
+    from modinspect.doctor_report import CATALOG
+    from modinspect.errors import UsageError
+
+    if check_id == "list":
+        width = max(len(c) for c in CATALOG)
+        return "\n".join(f"{c.id:<{width}}  {c.summary}" for c in CATALOG.values())
+    check = CATALOG.get(check_id)
+    if check is None:
+        raise UsageError(f"--explain {check_id!r} is not a doctor check; --explain list lists them")
+    story = "\n".join(wrap_words(check.story, 100))
+    return f"{check.id}: {check.summary}\n\n{story}\n\nFix: {check.fix}"
