@@ -29,13 +29,12 @@ from modinspect.doctor_functions import (
 from modinspect.doctor_report import CATALOG, RANK, DoctorReport, Finding, Location, check_ids
 from modinspect.doctor_static import (
     assigned_twice_findings,
-    constant_init_findings,
     finding,
     global_tensor_findings,
     mode_findings,
-    nonfinite_param_findings,
     optimizer_findings,
     registration_findings,
+    value_findings,
 )
 from modinspect.errors import ModinspectError, UsageError
 
@@ -141,7 +140,7 @@ def _report(label: str, kind: Any, context: str, inputs: str, findings: list[Fin
 def static_findings(model: nn.Module, context: str, optimizer: Any = None) -> list[Finding]:
     """The checks that need no forward pass (well under a second on GPT-2 small)."""
     findings = [*registration_findings(model), *assigned_twice_findings(model),
-                *mode_findings(model, context), *constant_init_findings(model), *nonfinite_param_findings(model)]
+                *mode_findings(model, context), *value_findings(model)]
     if optimizer is not None:
         findings += optimizer_findings(model, optimizer)
     return findings
@@ -190,6 +189,7 @@ class Watch:
     examples: dict[str, int] = field(default_factory=dict)
     first_std: dict[int, float] = field(default_factory=dict)
     producer: dict[int, tuple[Any, str]] = field(default_factory=dict)  # id(output) -> (output, innermost path)
+    profiled: bool = True  # False when another profiler was active: no frames were watched
 
     def top(self) -> str:
         return self.stack[-1] if self.stack else ""
@@ -294,12 +294,15 @@ def watching(model: nn.Module) -> Iterator[Watch]:
             watch.created_params.append((watch.top(), arg))
 
     handles = [module_mod.register_module_forward_pre_hook(pre), module_mod.register_module_forward_hook(post)]
-    previous = sys.getprofile()
-    sys.setprofile(profile)
+    # Another profiler (cProfile, a debugger's) cannot be chained or restored through sys.setprofile: leave it.
+    watch.profiled = sys.getprofile() is None
+    if watch.profiled:
+        sys.setprofile(profile)
     try:
         yield watch
     finally:
-        sys.setprofile(previous)
+        if watch.profiled:
+            sys.setprofile(None)
         for h in handles:
             h.remove()
 
@@ -395,6 +398,9 @@ def run_checks(model: nn.Module, batch: Batch, context: str, expect: dict[str, f
                 output = model(*args, **kwargs)
             except Exception as exc:
                 failure = exc
+        if not watch.profiled:
+            notes.append("another profiler is active (sys.setprofile): modules and Parameters built in forward, "
+                         "forward called past __call__, and custom autograd Functions were not checked")
         findings += _batchnorm_findings(watch, failure)
         findings += _created_findings(watch, model)
         findings += _bypass_findings(watch)

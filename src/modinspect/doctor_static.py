@@ -271,45 +271,34 @@ def mode_findings(model: nn.Module, context: str) -> list[Finding]:
     return out
 
 
-def constant_init_findings(model: nn.Module) -> list[Finding]:
-    """Weight matrices whose elements are all one value: non-zero is a warning, zero an info."""
-    from torch.nn.parameter import is_lazy
-
-    out: list[Finding] = []
-    for name, p in model.named_parameters():
-        if is_lazy(p) or p.device.type == "meta" or sum(d > 1 for d in p.shape) < 2 or not p.is_floating_point():
-            continue
-        flat = p.detach().reshape(-1)
-        first = flat[0]
-        if not bool((flat == first).all()):
-            continue
-        value = float(first)
-        module, _, attr = name.rpartition(".")
-        if value == 0.0:
-            out.append(finding("constant-init", "info", Location(module, attr),
-                               f"{name} {tuple(p.shape)} is all zeros: fine for a zero-initialised residual branch "
-                               "or LoRA's B, a symmetry problem otherwise", None))
-        elif math.isfinite(value):
-            out.append(finding("constant-init", "warning", Location(module, attr),
-                               f"{name} {tuple(p.shape)} is {value:g} everywhere: every unit computes the same "
-                               "thing and gets the same gradient, so they never differ", None))
-    return out
-
-
-def nonfinite_param_findings(model: nn.Module) -> list[Finding]:
-    """NaN/Inf in a live model's parameters or buffers."""
+def value_findings(model: nn.Module) -> list[Finding]:
+    """One aminmax pass over every floating parameter and buffer: NaN/Inf (an error), and weight matrices
+    whose elements are all one value (non-zero: a warning; zero, as a zero-initialised branch: an info)."""
     import torch
     from torch.nn.parameter import is_lazy
 
     out: list[Finding] = []
+    params = {id(p) for p in model.parameters()}
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if is_lazy(t) or t.device.type == "meta" or not t.is_floating_point():
+        if is_lazy(t) or t.device.type == "meta" or not t.is_floating_point() or t.numel() == 0:
             continue
-        bad = int((~torch.isfinite(t.detach())).sum())
-        if bad:
-            module, _, attr = name.rpartition(".")
+        lo, hi = (float(v) for v in torch.aminmax(t.detach()))
+        module, _, attr = name.rpartition(".")
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            bad = int((~torch.isfinite(t.detach())).sum())
             out.append(finding("nonfinite-weights", "error", Location(module, attr),
                                f"{name} holds {bad:,} NaN/Inf value(s)", None))
+            continue
+        if lo != hi or id(t) not in params or sum(d > 1 for d in t.shape) < 2:
+            continue
+        if lo == 0.0:
+            out.append(finding("constant-init", "info", Location(module, attr),
+                               f"{name} {tuple(t.shape)} is all zeros: fine for a zero-initialised residual branch "
+                               "or LoRA's B, a symmetry problem otherwise", None))
+        else:
+            out.append(finding("constant-init", "warning", Location(module, attr),
+                               f"{name} {tuple(t.shape)} is {lo:g} everywhere: every unit computes the same "
+                               "thing and gets the same gradient, so they never differ", None))
     return out
 
 
