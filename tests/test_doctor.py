@@ -237,3 +237,38 @@ def test_checkpoint_path_is_opened(tmp_path: Path) -> None:
     report = modinspect.doctor(str(path))
     assert [f.id for f in report.findings] == ["nonfinite-weights"]
     assert report.findings[0].message == "fc.weight holds 1 NaN and 0 Inf value(s) of 32"
+
+
+def test_another_profiler_is_left_alone_and_said() -> None:
+    import sys
+
+    case = next(c for c in PLANTED if c.case == "forward-bypasses-call/encoder")
+    events: list[str] = []
+
+    def other(frame: Any, event: str, arg: Any) -> None:
+        events.append(event)
+
+    sys.setprofile(other)
+    try:
+        report = run(case)
+    finally:
+        assert sys.getprofile() is other
+        sys.setprofile(None)
+    assert events
+    assert report.notes == ("another profiler is active (sys.setprofile): modules and Parameters built in forward, "
+                            "forward called past __call__, and custom autograd Functions were not checked",)
+    assert not [f for f in report.findings if f.id == "forward-bypasses-call"]
+
+
+def test_the_model_is_restored_after_a_forward_that_raised() -> None:
+    import sys
+
+    case = next(c for c in PLANTED if c.case == "batchnorm-batch-of-one/batchnorm1d")
+    model = case.planted()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = modinspect.doctor(model, case.example_input())
+    assert [f.id for f in report.findings] == ["batchnorm-batch-of-one"]
+    assert report.notes == ("the forward raised (explained above), so the checks after it did not run",)
+    assert sys.getprofile() is None
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not torch.nn.modules.module._global_forward_hooks and not torch.nn.modules.module._global_forward_pre_hooks

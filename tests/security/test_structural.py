@@ -1469,6 +1469,26 @@ def list_copies_of_a_shared_list(tmp: Path) -> tuple[list[str], str]:
     return ["tree", str(tmp / "x.pkl")], "'s pickle would build more than 256 MiB of objects (a pickle bomb"
 
 
+
+# ---------------------------------------------------------------- doctor (branch doctor)
+
+
+@case
+def doctor_on_a_stride0_view_of_2_pow_33(tmp: Path) -> tuple[list[str], str]:
+    torch.save({"huge": torch.ones(1).expand(2**33)}, tmp / "l.pt")
+    return ["doctor", str(tmp / "l.pt")], "claims 8,589,934,592 elements over a storage of 1"
+
+
+@case
+def doctor_on_5000_equal_matrices(tmp: Path) -> tuple[list[str], str]:
+    # Every tensor has one fingerprint: the tied-copy check compares each with the first, once (linear).
+    from safetensors.torch import save_file
+
+    w = torch.randn(8, 8)
+    save_file({f"layer{i}.weight": w.clone() for i in range(5000)}, str(tmp / "many.safetensors"))
+    return ["doctor", str(tmp / "many.safetensors")], ""  # hostile but valid: infos only, exit 0
+
+
 # ---------------------------------------------------------------- running them
 
 
