@@ -298,3 +298,24 @@ def test_sarif_validates_against_the_oasis_schema(models: Path) -> None:
     bad = _sarif(models, "three.py:build", "-s", "8,16")
     del bad["runs"][0]["tool"]["driver"]["name"]
     assert list(validator.iter_errors(bad))  # the validator does reject a broken log
+
+
+def test_model_and_input_from_tool_modinspect() -> None:
+    from conftest import SAMPLES
+
+    result = doctor(cwd=SAMPLES)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "doctor: models.py:small_cnn (inference), input random (2, 3, 32, 32) float32 × 1 batch(es), seed 0", "",
+        "no findings from 18 checks"]
+    assert result.stderr.startswith("note: importing models.py:small_cnn, the model [tool.modinspect] names in ")
+
+
+def test_input_file_and_context(models: Path) -> None:
+    torch.save(torch.randn(8, 16), models / "batch.pt")
+    result = doctor("three.py:build", "--input", "batch.pt", "--context", "inference", "--json", cwd=models)
+    doc = json.loads(result.stdout)
+    assert doc["inputs"] == "batch.pt: (8, 16) float32" and doc["context"] == "inference"
+    # at inference a softmax output is what one wants to read: an info, not a warning
+    (probs,) = [f for f in doc["findings"] if f["id"] == "probabilities-into-cross-entropy"]
+    assert probs["severity"] == "info"
