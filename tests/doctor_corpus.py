@@ -460,6 +460,19 @@ class SharedUnderTwoNames(nn.Module):
         return self.head(torch.relu(self.decoder_input(torch.relu(self.encoder(x)))))
 
 
+class WeightNormed(nn.Module):
+    """Near-miss: `self.fc = weight_norm(self.fc)` assigns self.fc twice in __init__, and wraps (keeps) the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.fc = nn.utils.parametrizations.weight_norm(self.fc)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.fc(x)))
+
+
 class TiedHead(nn.Module):
     """Near-miss: the head's weight replaced by the embedding's (weight tying), a Parameter reassigned."""
 
@@ -1296,6 +1309,9 @@ NEAR_MISSES: tuple[NearMiss, ...] = (
     NearMiss("module-assigned-twice/alias", "module-assigned-twice", None,
              "one module registered under two names is an alias, not a discarded module",
              _build(SharedUnderTwoNames), _IN8),
+    NearMiss("module-assigned-twice/wrapped", "module-assigned-twice", None,
+             "self.fc = weight_norm(self.fc) assigns self.fc twice and keeps the first module, wrapped",
+             _build(WeightNormed), _IN8),
     NearMiss("module-assigned-twice/tied-weight", "module-assigned-twice", None,
              "head.weight = embed.weight reassigns a Parameter (weight tying), not a module", _build(TiedHead),
              _ids),

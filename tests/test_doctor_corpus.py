@@ -697,6 +697,15 @@ def near_alias(near: NearMiss) -> None:
     assert model.encoder is model.decoder_input
 
 
+def near_wrapped(near: NearMiss) -> None:
+    with registrations() as counts:
+        model = near.build()
+    assert isinstance(model, nn.Module) and counts[(id(model), "fc")] == 2  # assigned twice in __init__ ...
+    assert sum(isinstance(m, nn.Linear) for m in model.modules()) == 2  # ... and no Linear discarded
+    assert hasattr(model.fc, "parametrizations")
+    forward_backward(model, near.example_input())  # type: ignore[misc]
+
+
 def near_tied_weight(near: NearMiss) -> None:
     with registrations() as counts:
         model = near.build()
@@ -855,6 +864,7 @@ NEAR_PROOFS: dict[str, Callable[[NearMiss], None]] = {
     "module-created-in-forward/lazy-linear": near_lazy_linear,
     "module-created-in-forward/stateless-relu": near_stateless_relu,
     "module-assigned-twice/alias": near_alias,
+    "module-assigned-twice/wrapped": near_wrapped,
     "module-assigned-twice/tied-weight": near_tied_weight,
     "module-assigned-twice/head-replaced-after-init": near_head_replaced,
     "unused-parameter/frozen": near_frozen_unused,

@@ -223,7 +223,7 @@ def _double_assignments(cls: type) -> list[tuple[str, int, str]]:
                 for target in stmt.targets:
                     if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
                             and target.value.id == "self"):
-                        if target.attr in first:
+                        if target.attr in first and not _mentions(stmt.value, target.attr):
                             out.append((target.attr, start + stmt.lineno - 1, file))
                         first[target.attr] = stmt.lineno
             for child in ("body", "orelse", "finalbody"):
@@ -233,6 +233,12 @@ def _double_assignments(cls: type) -> list[tuple[str, int, str]]:
 
     visit(func.body)
     return out
+
+
+def _mentions(node: ast.AST, attr: str) -> bool:
+    """`self.<attr>` appears in `node`: `self.fc = weight_norm(self.fc)` wraps the first module, not drops it."""
+    return any(isinstance(n, ast.Attribute) and n.attr == attr and isinstance(n.value, ast.Name)
+               and n.value.id == "self" for n in ast.walk(node))
 
 
 def mode_findings(model: nn.Module, context: str) -> list[Finding]:
