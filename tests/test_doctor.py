@@ -272,3 +272,19 @@ def test_the_model_is_restored_after_a_forward_that_raised() -> None:
     assert sys.getprofile() is None
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not torch.nn.modules.module._global_forward_hooks and not torch.nn.modules.module._global_forward_pre_hooks
+
+
+@pytest.mark.bench_smoke
+def test_bench_doctor_smoke() -> None:
+    if importlib.util.find_spec("transformers") is None:
+        pytest.skip("needs transformers")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import bench_doctor
+
+    lines = bench_doctor.main(["--smoke"])
+    assert lines[0].startswith("## doctor on tiny GPT-2, input (2, 16) with labels, 1 run(s)")
+    assert [line.split(" |")[0] for line in lines[4:7]] == ["| static checks", "| bare forward+backward",
+                                                             "| doctor, whole run"]
+    assert lines[-1].endswith("findings: 0 (none)")
