@@ -549,7 +549,7 @@ def doctor(
 ) -> None:
     """Find the classic nn.Module mistakes: unregistered layers, layers built in forward, unused parameters, softmax into CrossEntropyLoss, wrong custom backward...
 
-    On a model (an entry point, a Hugging Face directory, ...) it inspects the live module, then runs one forward and backward on the example input (--input-shape/--input/example_input_array/[tool.modinspect], as stats) and checks what ran: custom torch.autograd.Functions get a float64 gradcheck on small inputs cut from the captured ones. On a checkpoint without code it checks the stored values. Findings are grouped by severity; exit 0 when none is at or above --fail-on (default warning), 1 when one is, 2 on errors.
+    On a model (an entry point, a Hugging Face directory, ...) it inspects the live module, then runs one forward and backward on the example input (--input-shape/--input/example_input_array/\\[tool.modinspect], as stats) and checks what ran: custom torch.autograd.Functions get a float64 gradcheck on small inputs cut from the captured ones. On a checkpoint without code it checks the stored values. Findings are grouped by severity; exit 0 when none is at or above --fail-on (default warning), 1 when one is, 2 on errors.
 
     Examples:
 
