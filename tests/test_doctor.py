@@ -288,3 +288,9 @@ def test_bench_doctor_smoke() -> None:
     assert [line.split(" |")[0] for line in lines[4:7]] == ["| static checks", "| bare forward+backward",
                                                              "| doctor, whole run"]
     assert lines[-1].endswith("findings: 0 (none)")
+
+
+def test_a_path_object_is_opened(tmp_path: Path) -> None:
+    path = _save(PLANTED_CHECKPOINTS[0].planted(), tmp_path / "x", "torch")
+    assert [f.id for f in modinspect.doctor(path).findings] == ["nonfinite-weights"]
+    assert isinstance(modinspect.doctor(path), modinspect.DoctorReport)

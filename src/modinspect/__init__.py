@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["ModinspectError", "NonFiniteError", "__version__", "add_layers", "build_tree", "collect_stats",
+__all__ = ["DoctorReport", "Finding", "ModinspectError", "NonFiniteError", "__version__", "add_layers", "build_tree", "collect_stats",
            "diff_sources", "doctor", "measure_shapes", "open_source", "perform_load", "plan_load", "read_run_log", "run_load",
            "run_stats", "watch"]
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from modinspect.analysis.stats import collect_stats
     from modinspect.analysis.tree import build_tree
     from modinspect.apply import perform_load, run_load
+    from modinspect.doctor_report import DoctorReport, Finding
     from modinspect.doctor_run import doctor
     from modinspect.errors import ModinspectError, NonFiniteError
     from modinspect.sources import open_source
@@ -41,6 +42,8 @@ _LAZY = {
     "collect_stats": "modinspect.analysis.stats",
     "diff_sources": "modinspect.analysis.diff",
     "doctor": "modinspect.doctor_run",
+    "DoctorReport": "modinspect.doctor_report",
+    "Finding": "modinspect.doctor_report",
     "plan_load": "modinspect.analysis.loading",
     "perform_load": "modinspect.apply",
     "add_layers": "modinspect.analysis.shapes",

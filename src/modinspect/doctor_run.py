@@ -13,6 +13,7 @@ it was found: modes, gradients, requires_grad, buffers and the RNG state are res
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ def doctor(model_or_source: Any, example_inputs: Any = None, *, optimizer: Any =
     from modinspect.sources.base import Source
 
     source = model_or_source
-    if isinstance(source, str) or type(source).__name__ == "PosixPath":
+    if isinstance(source, str | os.PathLike):
         from modinspect.sources import open_source
 
         source = open_source(source)
@@ -388,7 +389,8 @@ def run_checks(model: nn.Module, batch: Batch, context: str, expect: dict[str, f
     findings: list[Finding] = []
     notes: list[str] = []
     args, kwargs = batch
-    with preserved(model), torch.random.fork_rng(devices=[]):
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with preserved(model), torch.random.fork_rng(devices=cuda):
         for p in model.parameters():
             p.grad = None
         torch.manual_seed(0)
