@@ -81,6 +81,7 @@ def test_unused_parameter_is_classified() -> None:
                          ids=lambda c: c.case)
 def test_wrong_backward_names_its_multiple(case: Planted) -> None:
     (found,) = [f for f in run(case).findings if f.id == case.check]
+    assert found.detail == ("not-a-multiple" if case.multiple is None else f"{case.multiple:g}")
     if case.multiple is None:
         assert "no constant multiple explains it" in found.message
     else:

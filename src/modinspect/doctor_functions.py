@@ -170,7 +170,8 @@ def _check(call: FunctionCall, args: tuple[Any, ...], expect: dict[str, float],
         message = (f"{name}.backward disagrees with the numerical gradient: largest error {worst:.3g} on inputs "
                    f"{shapes} (float64), and no constant multiple explains it")
         fix = "fix backward: it does not compute the gradient of forward"
-    return [finding("autograd-function-wrong-backward", "error", where, message, fix)], []
+    detail = f"{multiple:.6g}" if multiple is not None else "not-a-multiple"
+    return [finding("autograd-function-wrong-backward", "error", where, message, fix, detail)], []
 
 
 def _jacobians(fn: Callable[..., tuple[torch.Tensor, ...]], inputs: tuple[torch.Tensor, ...],

@@ -46,7 +46,9 @@ class Finding:
     where: Location
     message: str
     fix: str
-    detail: str | None = None  # a classification: unused-parameter's never-ran / output-unused / frozen
+    # unused-parameter: never-ran / output-unused / frozen; autograd-function-wrong-backward: the multiple
+    # ("-0.1") or "not-a-multiple"
+    detail: str | None = None
 
 
 @dataclass(frozen=True)
