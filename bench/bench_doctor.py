@@ -68,6 +68,15 @@ def main(argv: list[str] | None = None) -> list[str]:
         d = timed(lambda reports=reports: reports.append(modinspect.doctor(model, ((), kwargs))))
         findings = reports[0].findings
         pairs.append((b, d))
+    import tempfile
+
+    from safetensors.torch import save_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        save_model(model, str(path))
+        stored = [timed(lambda: modinspect.doctor(str(path))) for _ in range(runs)]
+        size = path.stat().st_size
     label = "tiny GPT-2" if args.smoke else "GPT-2 small (124M)"
     med = statistics.median
     lines = [
@@ -81,6 +90,8 @@ def main(argv: list[str] | None = None) -> list[str]:
         f"| bare forward+backward | {med(p[0][0] for p in pairs):.3f} | {med(p[0][1] for p in pairs):.3f} |",
         f"| doctor, whole run | {med(p[1][0] for p in pairs):.3f} ({min(p[1][0] for p in pairs):.3f}–"
         f"{max(p[1][0] for p in pairs):.3f}) | {med(p[1][1] for p in pairs):.3f} |",
+        f"| checkpoint checks ({size / 1e6:.0f} MB safetensors, no code) | {med(t[0] for t in stored):.3f} | "
+        f"{med(t[1] for t in stored):.3f} |",
         "",
         f"doctor / bare (paired, median): {med(p[1][0] / p[0][0] for p in pairs):.2f}×; "
         f"findings: {len(findings)} ({', '.join(sorted({f.id for f in findings})) or 'none'})",

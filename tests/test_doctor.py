@@ -286,8 +286,8 @@ def test_bench_doctor_smoke() -> None:
 
     lines = bench_doctor.main(["--smoke"])
     assert lines[0].startswith("## doctor on tiny GPT-2, input (2, 16) with labels, 1 run(s)")
-    assert [line.split(" |")[0] for line in lines[4:7]] == ["| static checks", "| bare forward+backward",
-                                                             "| doctor, whole run"]
+    assert [line.split(" |")[0].split(" (")[0] for line in lines[4:8]] == [
+        "| static checks", "| bare forward+backward", "| doctor, whole run", "| checkpoint checks"]
     assert lines[-1].endswith("findings: 0 (none)")
 
 
