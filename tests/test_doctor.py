@@ -295,3 +295,18 @@ def test_a_path_object_is_opened(tmp_path: Path) -> None:
     path = _save(PLANTED_CHECKPOINTS[0].planted(), tmp_path / "x", "torch")
     assert [f.id for f in modinspect.doctor(path).findings] == ["nonfinite-weights"]
     assert isinstance(modinspect.doctor(path), modinspect.DoctorReport)
+
+
+def test_nested_plain_containers_are_looked_into() -> None:
+    class Grid(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows = [[nn.Linear(2, 2) for _ in range(2)] for _ in range(2)]
+            self.spec = {"sizes": [2, 2], "names": ("a", "b")}
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    (found,) = modinspect.doctor(Grid()).findings
+    assert (found.id, found.severity, found.where.key) == ("unregistered-container", "error", "rows")
+    assert "holding 4 module(s)" in found.message

@@ -49,10 +49,15 @@ def mode_sensitive(module: nn.Module) -> bool:
     return "training" in code and not type(module).__module__.startswith("torch.")
 
 
-def _items(value: Any) -> list[Any]:
-    if isinstance(value, dict):
-        return list(value.values())[:MAX_CONTAINER_ITEMS]
-    return list(value)[:MAX_CONTAINER_ITEMS]
+def _items(value: Any, depth: int = 0) -> list[Any]:
+    """The items of a plain container, and of plain containers inside it (three levels, bounded)."""
+    items = list(value.values() if isinstance(value, dict) else value)[:MAX_CONTAINER_ITEMS]
+    if depth >= 2:
+        return items
+    out: list[Any] = []
+    for item in items:
+        out.extend(_items(item, depth + 1) if type(item) in (list, tuple, dict) else [item])
+    return out[:MAX_CONTAINER_ITEMS]
 
 
 def registration_findings(model: nn.Module) -> list[Finding]:
