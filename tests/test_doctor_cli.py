@@ -319,3 +319,17 @@ def test_input_file_and_context(models: Path) -> None:
     # at inference a softmax output is what one wants to read: an info, not a warning
     (probs,) = [f for f in doc["findings"] if f["id"] == "probabilities-into-cross-entropy"]
     assert probs["severity"] == "info"
+
+
+def test_hugging_face_directory_and_its_weights(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=99, n_positions=32)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    result = doctor("gpt2", "-s", "2,8", cwd=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "doctor: gpt2 (inference), input random (2, 8) int64 × 1 batch(es), seed 0", "", "no findings from 18 checks"]
+    result = doctor("gpt2/model.safetensors", cwd=tmp_path)
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[-1] == "no findings from 6 checks"
