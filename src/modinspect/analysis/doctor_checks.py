@@ -6,6 +6,7 @@ memory stays at one tensor whatever the checkpoint's size.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ def _finding(check: str, severity: Severity, name: str, message: str, attribute:
 def checkpoint_findings(source: Source) -> tuple[list[Finding], list[str]]:
     """The value checks on every stored tensor: NaN/Inf, constant matrices, BatchNorm statistics, tied copies,
     mixed dtypes in one module, float16 near overflow."""
+    import torch
+
     findings: list[Finding] = []
     notes: list[str] = []
     seen: list[_Seen] = []
@@ -54,39 +57,37 @@ def checkpoint_findings(source: Source) -> tuple[list[Finding], list[str]]:
         t = source.read_tensor(name)
         if not t.is_floating_point() or t.numel() == 0:
             continue
-        findings += _value_findings(name, t)
-        if sum(d > 1 for d in t.shape) >= 2 and t.numel() >= MIN_TIED_NUMEL:
-            seen.append(_Seen(name, info.storage, _fingerprint(t)))
+        lo, hi = (float(v) for v in torch.aminmax(t.detach().reshape(-1)))
+        findings += _value_findings(name, t, lo, hi)
+        if sum(d > 1 for d in t.shape) >= 2 and t.numel() >= MIN_TIED_NUMEL and math.isfinite(lo + hi):
+            seen.append(_Seen(name, info.storage, _fingerprint(t, lo, hi)))
     findings += _batchnorm_findings(bn_values)
     findings += _tied_findings(source, seen)
     findings += _dtype_findings(source)
     return findings, notes
 
 
-def _value_findings(name: str, t: torch.Tensor) -> list[Finding]:
+def _value_findings(name: str, t: torch.Tensor, lo: float, hi: float) -> list[Finding]:
+    """NaN/Inf, a constant matrix, float16 near its largest value: from the tensor's min and max (one pass)."""
     import torch
 
     out = []
-    x = t.detach()
-    finite = torch.isfinite(x)
-    bad = int((~finite).sum())
-    if bad:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        x = t.detach()
         nans = int(torch.isnan(x).sum())
+        bad = int((~torch.isfinite(x)).sum())
         out.append(_finding("nonfinite-weights", "error", name,
                             f"{name} holds {nans:,} NaN and {bad - nans:,} Inf value(s) of {x.numel():,}"))
         return out
-    if sum(d > 1 for d in x.shape) >= 2 and not QUANT_NAME.search(name):
-        flat = x.reshape(-1)
-        if bool((flat == flat[0]).all()):
-            out.append(_finding("constant-tensor", "warning", name,
-                                f"{name} {tuple(x.shape)} is {float(flat[0]):g} everywhere: every output unit of "
-                                "the layer computes the same thing"))
-    if x.dtype == torch.float16:
-        peak = float(x.abs().max())
-        if peak >= FP16_MAX / 2:
-            out.append(_finding("fp16-near-overflow", "warning", name,
-                                f"{name} (float16) reaches {peak:,.0f}, within a factor 2 of float16's largest "
-                                "value 65,504: doubling it gives Inf"))
+    if lo == hi and sum(d > 1 for d in t.shape) >= 2 and not QUANT_NAME.search(name):
+        out.append(_finding("constant-tensor", "warning", name,
+                            f"{name} {tuple(t.shape)} is {lo:g} everywhere: every output unit of the layer computes "
+                            "the same thing"))
+    peak = max(abs(lo), abs(hi))
+    if t.dtype == torch.float16 and peak >= FP16_MAX / 2:
+        out.append(_finding("fp16-near-overflow", "warning", name,
+                            f"{name} (float16) reaches {peak:,.0f}, within a factor 2 of float16's largest "
+                            "value 65,504: doubling it gives Inf"))
     return out
 
 
@@ -110,9 +111,12 @@ def _batchnorm_findings(groups: dict[str, dict[str, torch.Tensor]]) -> list[Find
     return out
 
 
-def _fingerprint(t: torch.Tensor) -> tuple[object, ...]:
-    flat = t.detach().reshape(-1).double()
-    return (tuple(t.shape), str(t.dtype), float(flat.sum()), float((flat * flat).sum()), float(flat[0]),
+def _fingerprint(t: torch.Tensor, lo: float, hi: float) -> tuple[object, ...]:
+    """Equal tensors have equal fingerprints (shape, dtype, sum, min, max, first and last element)."""
+    import torch
+
+    flat = t.detach().reshape(-1)
+    return (tuple(t.shape), str(t.dtype), float(torch.sum(flat, dtype=torch.float64)), lo, hi, float(flat[0]),
             float(flat[-1]))
 
 
