@@ -310,3 +310,34 @@ def test_nested_plain_containers_are_looked_into() -> None:
     (found,) = modinspect.doctor(Grid()).findings
     assert (found.id, found.severity, found.where.key) == ("unregistered-container", "error", "rows")
     assert "holding 4 module(s)" in found.message
+
+
+class PairSum(torch.autograd.Function):
+    """Needs 8 features (two groups of 4): the inputs cut to 4 per dimension fail, the captured size works."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.view(x.shape[0], 2, 4).sum(1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return torch.cat([grad, grad], dim=1) * 2  # twice the true gradient
+
+
+class PairSumNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return PairSum.apply(self.fc(x))  # type: ignore[no-any-return]
+
+
+def test_a_function_that_needs_its_captured_shape_is_checked_at_that_shape() -> None:
+    report = modinspect.doctor(PairSumNet(), torch.randn(6, 4))
+    (found,) = report.findings
+    assert (found.id, found.where.module, found.where.function, found.detail) == (
+        "autograd-function-wrong-backward", "", "PairSum", "2")
+    assert found.message.startswith("PairSum.backward returns 2 × the true gradient (gradcheck in float64 on inputs "
+                                    "(6, 8); largest error")
