@@ -37,7 +37,7 @@ def _help_texts(command: str) -> list[str]:
 
 
 def test_every_command_is_walked() -> None:
-    assert COMMANDS == ["diff", "load", "report", "stats", "tree"]
+    assert COMMANDS == ["diff", "doctor", "load", "report", "stats", "tree"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

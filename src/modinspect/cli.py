@@ -512,12 +512,12 @@ def doctor(
                                        "(repeat for several inputs).", metavar="SHAPE")
     ] = None,
     input_dtype: Annotated[
-        str | None, typer.Option("--input-dtype", help="dtype of --input-shape tensors [default: int64 when the "
+        str | None, typer.Option("--input-dtype", help="dtype of --input-shape tensors \\[default: int64 when the "
                                  "model has an nn.Embedding, else float32]")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for model construction and random inputs.")] = 0,
     context: Annotated[
-        str | None, typer.Option("--context", help="training or inference: what the model is for [default: its "
+        str | None, typer.Option("--context", help="training or inference: what the model is for \\[default: its "
                                  "own mode, model.training].", metavar="CONTEXT")
     ] = None,
     select: Annotated[

@@ -1130,12 +1130,13 @@ def _run_verdict(report: RunReport) -> Text:
 # --- doctor ----------------------------------------------------------------------------------------
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def _plain(text: str) -> str:
     """Names from a model or a file, with control characters shown as escapes (Text never reads markup)."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    from modinspect.render.text import visible
+
+    return visible(text)
 
 
 def doctor_renderable(report: DoctorReport, width: int = 200) -> RenderableType:
