@@ -1,16 +1,20 @@
 """watch overhead: training steps (forward, loss, backward, SGD step, zero_grad) watched against unwatched.
 
-Two copies of the same model train side by side in one process, their steps interleaved (bare, watched, bare,
-watched, ...), so the ratios hold on a shared machine:
+Copies of the same model train side by side in one process, their steps interleaved one by one (bare,
+watched, bare, watched, ...), so the ratios hold on a shared machine:
 - bare: the training step, nothing else;
-- watch: the same inside `modinspect.watch(model, every=E)`, the default on_nonfinite="warn" (one flag
-  read per step) with a record every E steps, so each run of E steps holds exactly one logged step;
-- watch (log): on_nonfinite="log", no per-step read at all.
-A run is E steps of each contender; the table gives seconds per step, and the median of the per-run ratios.
+- watch: the same inside `modinspect.watch(model, every=E)`: the default mode="sentinel" and
+  on_nonfinite="warn" (one flag read per step), full statistics on one step in E;
+- watch (log): the same with on_nonfinite="log", no per-step read at all;
+- watch (window), with --window: mode="window", every step's statistics (the behaviour before the sentinel).
+Each row gives seconds per step over all the steps, the ratio of the totals against bare (logged steps
+included, one in E), and the logged step alone: the median ratio of a logged step to the bare step it ran
+beside. The last row is `stats` on one batch (forward and backward, `collect_stats`) against a bare forward
+and backward: the logged step's goal is to cost no more than that.
 
-    python bench/bench_watch.py            # GPT-2 small (4x128 tokens) and a ResNet-style CNN, E = 2, 3 runs
-    python bench/bench_watch.py --smoke    # tiny models, one run: checks the script still works
-    python bench/bench_watch.py --device cuda   # the same on a GPU (each run ends with a synchronize);
+    python bench/bench_watch.py            # GPT-2 small (4x128 tokens) and a ResNet-style CNN, 200 steps, E = 100
+    python bench/bench_watch.py --smoke    # tiny models, a few steps: checks the script still works
+    python bench/bench_watch.py --device cuda   # the same on a GPU (each step ends with a synchronize);
                                                 # without CUDA it prints one line saying it skipped
 """
 
@@ -25,10 +29,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from bench_stats import build, gpu_header, loss_of
+from bench_stats import bare, build, gpu_header, loss_of
 from torch import nn
 
 import modinspect
+from modinspect.analysis.stats import collect_stats
+from modinspect.analysis.stats_hooks import StatsOptions
+
+WARMUP = 3
 
 
 def trainer(model: nn.Module, inputs: tuple[Any, ...]) -> Callable[[], None]:
@@ -42,72 +50,93 @@ def trainer(model: nn.Module, inputs: tuple[Any, ...]) -> Callable[[], None]:
     return step
 
 
-def measure(name: str, runs: int, every: int, smoke: bool, device: str) -> dict[str, list[float]]:
-    """Seconds per step of each contender, run by run."""
+def measure(name: str, steps: int, every: int, smoke: bool, device: str, window: bool) -> dict[str, list[float]]:
+    """Seconds of each contender's steps, step by step (after WARMUP steps each)."""
     model, inputs = build(name, smoke)
     model.train()
     cuda = device.startswith("cuda")
     if cuda:
         model, inputs = model.to(device), tuple(t.to(device) for t in inputs)
-    models = {key: copy.deepcopy(model) for key in ("bare", "watch", "watch (log)")}
-    steps = {key: trainer(m, inputs) for key, m in models.items()}
+    keys = ["bare", "watch", "watch (log)"] + (["watch (window)"] if window else [])
+    models = {key: copy.deepcopy(model) for key in keys}
+    train = {key: trainer(m, inputs) for key, m in models.items()}
     watches = {"watch": modinspect.watch(models["watch"], every=every),
                "watch (log)": modinspect.watch(models["watch (log)"], every=every, on_nonfinite="log")}
-    times: dict[str, list[float]] = {key: [] for key in models}
+    if window:
+        watches["watch (window)"] = modinspect.watch(models["watch (window)"], every=every, mode="window")
+    times: dict[str, list[float]] = {key: [] for key in keys}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for key, step in steps.items():  # warm-up: one whole window each
-                for _ in range(every):
-                    step()
-                    if key in watches:
-                        watches[key].step()
-            for _ in range(runs):
-                for key, step in steps.items():
+            for i in range(WARMUP + steps):
+                for key, step in train.items():
                     if cuda:
                         torch.cuda.synchronize()
                     start = time.perf_counter()
-                    for _ in range(every):
-                        step()
-                        if key in watches:
-                            watches[key].step()
+                    step()
+                    if key in watches:
+                        watches[key].step()
                     if cuda:
                         torch.cuda.synchronize()
-                    times[key].append((time.perf_counter() - start) / every)
+                    if i >= WARMUP:
+                        times[key].append(time.perf_counter() - start)
     finally:
         for w in watches.values():
             w.detach()
-    assert all(w.records == runs + 1 for w in watches.values())  # one record per run (and the warm-up's)
+    assert all(w.records >= (WARMUP + steps) // every for w in watches.values())
     return times
 
 
-def table(name: str, times: dict[str, list[float]]) -> list[str]:
-    bare = times["bare"]
-    lines = ["| model | contender | median s per step | min–max s | × bare (median of paired ratios) |",
+def stats_ratio(name: str, smoke: bool, device: str, runs: int) -> float:
+    """`stats` on one batch (forward + backward) over a bare forward + backward, median of interleaved pairs."""
+    model, inputs = build(name, smoke)
+    model.train()
+    if device.startswith("cuda"):
+        model, inputs = model.to(device), tuple(t.to(device) for t in inputs)
+    ratios = []
+    for _ in range(runs + 1):
+        start = time.perf_counter()
+        bare(model, inputs)
+        base = time.perf_counter() - start
+        start = time.perf_counter()
+        collect_stats(model, [(inputs, {})], options=StatsOptions(train=True), device=device)
+        ratios.append((time.perf_counter() - start) / base)
+    return statistics.median(ratios[1:])
+
+
+def table(name: str, times: dict[str, list[float]], every: int, stats: float) -> list[str]:
+    bare_times = times["bare"]
+    logged = [i for i in range(len(bare_times)) if (i + WARMUP + 1) % every == 0]
+    lines = ["| model | contender | mean s per step | × bare (all steps) | logged step × bare step |",
              "| --- | --- | --- | --- | --- |"]
     for key, values in times.items():
-        ratio = statistics.median(v / b for v, b in zip(values, bare, strict=True))
-        lines.append(f"| {name} | {key} | {statistics.median(values):.3f} | {min(values):.3f}–{max(values):.3f} "
-                     f"| {ratio:.2f} |")
+        ratio = sum(values) / sum(bare_times)
+        alone = statistics.median(values[i] / bare_times[i] for i in logged) if logged and key != "bare" else 1.0
+        lines.append(f"| {name} | {key} | {statistics.fmean(values):.3f} | {ratio:.3f} | {alone:.2f} |")
+    lines.append(f"| {name} | `stats` (one batch, fwd+bwd) | | | {stats:.2f} |")
     return lines
 
 
 def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="tiny models, one run")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--every", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="tiny models, a few steps")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--models", default="gpt2,cnn")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--window", action="store_true", help="also mode='window' (every step's statistics)")
     args = parser.parse_args(argv)
-    runs = 1 if args.smoke else args.runs
+    steps, every = (4, 2) if args.smoke else (args.steps, args.every)
     lines, available = gpu_header(args.device)
     if not available:
         print("\n".join(lines))
         return lines
     for name in args.models.split(","):
-        lines += table(name, measure(name, runs, args.every, args.smoke, args.device))
-    lines.append(f"A record every {args.every} steps; each run is {args.every} steps of each contender, interleaved.")
+        times = measure(name, steps, every, args.smoke, args.device, args.window)
+        lines += table(name, times, every, stats_ratio(name, args.smoke, args.device, 1 if args.smoke else 5))
+        print("\n".join(lines[-6:]), flush=True)
+    lines.append(f"{steps} steps of each contender, interleaved step by step, after {WARMUP} warm-up steps; "
+                 f"a record every {every} steps.")
     print("\n".join(lines))
     return lines
 

@@ -112,12 +112,14 @@ def main(out: Path) -> None:
 
     plain = build()
     bad = DistributedDataParallel(plain)
+    # The NaN runs in mode="window": every step's statistics, merged over the ranks (DDP and FSDP2 above run
+    # the default mode="sentinel": the logged steps' statistics, and the sentinel's collectives in between).
     seen["nan"] = train(bad, rank, world, out / "nan.jsonl", poison=plain[4], on_nonfinite="raise",
-                        save_batch=out / "bad_batch.pt")
+                        save_batch=out / "bad_batch.pt", mode="window")
 
     quiet = build()
     seen["nan_log"] = train(DistributedDataParallel(quiet), rank, world, out / "nan_log.jsonl", poison=quiet[4],
-                            on_nonfinite="log")
+                            on_nonfinite="log", mode="window")
 
     (out / f"rank{rank}.json").write_text(json.dumps(seen))
     dist.destroy_process_group()

@@ -129,12 +129,13 @@ def check_record(record: dict[str, Any], plain: PlainHooks, steps: range, model:
 
 
 def run_and_compare(model: nn.Module, make_batch: Callable[[int], Any], forward: Callable[[nn.Module, Any], Any],
-                    tmp_path: Path, steps: int = 6, every: int = 3) -> None:
+                    tmp_path: Path, steps: int = 6, every: int = 3, mode: str = "sentinel") -> None:
+    """mode="window": a record merges every step since the last one; "sentinel": the logged step's alone."""
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     log = tmp_path / "stats.jsonl"
     plain = PlainHooks(model)
     params: dict[int, dict[str, tuple[float, float, float, float]]] = {}
-    with modinspect.watch(model, every=every, log=log) as w:
+    with modinspect.watch(model, every=every, log=log, mode=mode) as w:
         for step in range(1, steps + 1):
             plain.new_step()
             before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -152,7 +153,7 @@ def run_and_compare(model: nn.Module, make_batch: Callable[[int], Any], forward:
                       "every": every, "started": header["started"], "device": "cpu", "world_size": 1}
     assert [r["step"] for r in records] == list(range(every, steps + 1, every))
     for i, record in enumerate(records):
-        window = range(i * every, (i + 1) * every)
+        window = range(i * every if mode == "window" else (i + 1) * every - 1, (i + 1) * every)
         assert check_record(record, plain, window, model) >= 5
         assert record["nonfinite"] is None
         logged = record["step"]
@@ -166,15 +167,17 @@ def run_and_compare(model: nn.Module, make_batch: Callable[[int], Any], forward:
     assert w.report().steps == steps and w.report().records == len(records)
 
 
-def test_jsonl_matches_plain_hooks_on_a_small_cnn(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["sentinel", "window"])
+def test_jsonl_matches_plain_hooks_on_a_small_cnn(tmp_path: Path, mode: str) -> None:
     torch.manual_seed(0)
     model = SmallCNN().train()
     gen = torch.Generator().manual_seed(1)
     run_and_compare(model, lambda step: torch.randn(4, 3, 16, 16, generator=gen),
-                    lambda m, x: m(x).square().mean(), tmp_path)
+                    lambda m, x: m(x).square().mean(), tmp_path, mode=mode)
 
 
-def test_jsonl_matches_plain_hooks_on_tiny_gpt2(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["sentinel", "window"])
+def test_jsonl_matches_plain_hooks_on_tiny_gpt2(tmp_path: Path, mode: str) -> None:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=97, n_positions=32)
@@ -184,7 +187,8 @@ def test_jsonl_matches_plain_hooks_on_tiny_gpt2(tmp_path: Path) -> None:
     def batch(step: int) -> torch.Tensor:
         return torch.randint(0, 97, (2, 12), generator=gen)
 
-    run_and_compare(model, batch, lambda m, ids: m(input_ids=ids, labels=ids).loss, tmp_path, steps=4, every=2)
+    run_and_compare(model, batch, lambda m, ids: m(input_ids=ids, labels=ids).loss, tmp_path, steps=4, every=2,
+                    mode=mode)
 
 
 def test_histogram_of_the_logged_step_is_torch_histc(tmp_path: Path) -> None:
@@ -333,8 +337,9 @@ def test_planted_nan_stops_at_its_step_with_module_op_and_line(tmp_path: Path) -
     assert bad["nonfinite"] == {"module": "1", "type": "LogAct", "phase": "forward", "op": "aten::log",
                                 "source": source, "code": code, "cause": "produced", "rank": None}
     assert bad["loss"] is None  # NaN is written as null, strict JSON
+    # Step 7 is not a logged step: its record holds the statistics of its replay (the outputs' sum as the loss).
     row = next(r for r in bad["modules"] if r["name"] == "1")
-    assert row["nan"] > 0 and row["grad_nan"] > 0
+    assert row["calls"] == 1 and row["nan"] > 0
     assert "NaN" not in log.read_text()
     # The saved batch is the step-7 input, and `stats --input` replays it to the same op.
     x7 = dict(batches(7))[7]
@@ -366,6 +371,7 @@ def test_saved_batch_replays_with_stats_input(tmp_path: Path) -> None:
     with pytest.warns(NonFiniteWarning, match=r"^first NaN/Inf at step 3: 1 \(LogAct\), forward, aten::log at "), \
             modinspect.watch(model, every=100, save_batch=tmp_path / "bad.pt") as w:
         for step, x in batches(bad_step=3):
+            model.zero_grad()
             model(x).sum().backward()
             w.step()
             if step == 4:
@@ -427,6 +433,68 @@ def test_backward_nan_with_optimizer_steps_is_traced_on_the_weights_before_the_u
     assert records[0]["loss"] == pytest.approx(value)
 
 
+class ArmedNet(nn.Module):
+    """fc1 -> (BadGrad when armed: a NaN in backward only) -> fc2; the forward stays finite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.bad, self.fc2 = nn.Linear(4, 8), BadGrad(), nn.Linear(8, 1)
+        self.armed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        return self.fc2(self.bad(h) if self.armed else h)
+
+
+@pytest.mark.parametrize("how", ["optimizer", "check"])
+@pytest.mark.parametrize("optim", ["sgd", "adamw"])
+def test_backward_only_nan_raises_before_the_optimizer_applies_it(how: str, optim: str) -> None:
+    """The README's loop: with optimizer= (a step pre-hook) or w.check() before opt.step(), the weights the
+    exception leaves are the finite weights after step 6, bit for bit."""
+    torch.manual_seed(0)
+    model = ArmedNet()
+    opt: torch.optim.Optimizer = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if optim == "sgd"
+                                  else torch.optim.AdamW(model.parameters(), lr=1e-2))
+    gen = torch.Generator().manual_seed(4)
+    after: dict[int, list[torch.Tensor]] = {}
+    with pytest.raises(NonFiniteError) as info, \
+            modinspect.watch(model, every=5, on_nonfinite="raise", optimizer=opt if how == "optimizer" else None) as w:
+        for step in range(1, 20):
+            model.armed = step == 7
+            loss = model(torch.randn(3, 4, generator=gen)).mean()
+            assert torch.isfinite(loss)  # the NaN appears only in backward
+            loss.backward()
+            if how == "check":
+                w.check()
+            opt.step()
+            opt.zero_grad()
+            if how == "check":
+                w.step(loss)
+            after[step] = [p.detach().clone() for p in model.parameters()]
+    assert info.value.step == 7 and max(after) == 6 and w.steps == 7
+    o = info.value.origin
+    assert (o.module, o.phase, o.cause) == ("bad", "backward", "produced")
+    for p, want in zip(model.parameters(), after[6], strict=True):
+        assert torch.isfinite(p).all()
+        torch.testing.assert_close(p.detach(), want, rtol=0, atol=0)
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+
+
+def test_check_does_nothing_on_finite_steps_and_in_other_modes() -> None:
+    torch.manual_seed(0)
+    model = ArmedNet()
+    with warnings.catch_warnings(record=True) as caught, modinspect.watch(model, every=5) as w:
+        warnings.simplefilter("always")
+        for step in range(1, 4):
+            model.armed = step == 2
+            model.zero_grad()
+            model(torch.randn(3, 4)).mean().backward()
+            w.check()  # on_nonfinite="warn": the warning comes at w.step()
+            assert len([c for c in caught if c.category is NonFiniteWarning]) == (0 if step <= 2 else 1)
+            w.step()
+            assert len([c for c in caught if c.category is NonFiniteWarning]) == (0 if step < 2 else 1)
+
+
 def test_warn_mode_keeps_training_and_logs_the_nan_counts(tmp_path: Path) -> None:
     model = planted()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -447,7 +515,7 @@ def test_warn_mode_keeps_training_and_logs_the_nan_counts(tmp_path: Path) -> Non
     assert [r["nonfinite"] is not None for r in records] == [False, True, False, False]
     # After step 6 the weights hold NaN: every later output counts them.
     last = next(r for r in records[-1]["modules"] if r["name"] == "2")
-    assert last["nan"] == last["count"] == 4 * 5 * 2 and last["mean"] is None
+    assert last["nan"] == last["count"] == 5 * 2 and last["mean"] is None  # the logged step's batch
     report = w.report()
     assert report.nonfinite_step == 6 and report.nonfinite_origin is not None
     assert report.nonfinite_origin.op == "aten::log" and report.steps == 12
@@ -480,8 +548,9 @@ def test_sparse_embedding_gradients_are_watched(tmp_path: Path) -> None:
 
 def test_log_mode_names_the_module_in_the_window_record_without_reading_a_flag(tmp_path: Path) -> None:
     model = planted()
-    with modinspect.watch(model, every=5, on_nonfinite="log", log=tmp_path / "l.jsonl") as w:
+    with modinspect.watch(model, every=5, on_nonfinite="log", log=tmp_path / "l.jsonl", mode="window") as w:
         for step, x in batches(bad_step=3):
+            model.zero_grad()
             model(x).sum().backward()
             w.step()
             if step == 5:
@@ -491,6 +560,28 @@ def test_log_mode_names_the_module_in_the_window_record_without_reading_a_flag(t
     assert record["nonfinite"] == {"module": "1", "type": "LogAct", "phase": "forward", "op": None,
                                    "source": None, "code": None, "cause": "produced", "rank": None}
     assert w.report().nonfinite_step == 5
+
+
+def test_log_mode_sentinel_names_the_first_bad_step_without_reading_a_flag(
+        tmp_path: Path, host_reads: dict[str, int]) -> None:
+    """mode="sentinel": no module hook ran at step 3; the record at 5 says a NaN/Inf was seen at step 3."""
+    model = planted()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with modinspect.watch(model, every=5, on_nonfinite="log", log=tmp_path / "s.jsonl") as w:
+        for step, x in batches(bad_step=3):
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+            w.step()
+            if step == 5:
+                break
+    assert host_reads == {"to_host": 2}  # the record's one transfer (.cpu() and .tolist()), nothing per step
+    record = read_log(tmp_path / "s.jsonl")[1]
+    assert record["step"] == 5
+    assert record["nonfinite"] == {"module": None, "type": None, "phase": "backward", "op": None, "source": None,
+                                   "code": None, "cause": "sentinel", "rank": None}
+    assert w.report().nonfinite_step == 3
+    assert w.report().nonfinite_origin.detail == "a NaN/Inf gradient or loss at step 3"
 
 
 # ---------------------------------------------------------------- hygiene

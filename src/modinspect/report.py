@@ -473,3 +473,6 @@ class WatchReport:
     nonfinite_step: int | None
     nonfinite_origin: NonfiniteOrigin | None
     log: str | None
+    mode: str = "sentinel"  # sentinel: modules are the logged steps' statistics; window: every step's
+    explanation: str | None = None  # what the update history showed before the first NaN/Inf
+    loop_warnings: tuple[str, ...] = ()  # mistakes seen in the training loop, once each

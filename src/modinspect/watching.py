@@ -1,18 +1,27 @@
 """`watch`: the `stats` hooks inside the user's own training loop, one device->host transfer per `every` steps.
 
-Design (what runs when):
-- Every step the Collector of `stats` (stats_hooks.py) reduces each hooked module's output and output
-  gradient to a few device scalars, in its exact (masked) mode, so NaN/Inf are counted, never guessed.
-  At the end of a step those are packed into one device vector (`Collector.pack`), nothing copied.
+Design (what runs when), in the default mode="sentinel":
+- Between logged steps no module hook is registered. After each backward one multi-tensor norm over the
+  parameters' gradients (`watchsentinel.tensor_norms`, one read of each) and an isfinite of the stacked norms
+  and the loss make the step's NaN/Inf flag; at the step's end one more multi-tensor norm of the weights
+  feeds the update history (`watchsentinel.UpdateHistory`). Nothing is read on the host with
+  on_nonfinite="log": the flag and the first flagged step are folded on the device and travel with the record.
+- The step before a logged step registers the Collector of `stats` (stats_hooks.py) on the modules, so the
+  logged step's forward and backward are reduced to device scalars in its exact (masked) mode; its end
+  removes them again. A record holds the statistics of the logged step alone.
+- mode="window": the Collector's hooks stay registered and every step is reduced and packed into one device
+  vector (`Collector.pack`), nothing copied; a record then merges every step since the previous one.
 - Every `every` steps the window's vectors, the loss and the parameter norms are concatenated and copied
   to the host in one transfer (`stats_hooks.to_host`), merged there exactly (Chan's merge), and written
-  as one log record. A record covers the steps since the previous one.
+  as one log record.
 - NaN/Inf: unless on_nonfinite="log", one boolean per step (per backward) is read: the OR of the flags
   and counts already queued. It is read at the end of the backward (an autograd engine callback), before
   the optimizer can write NaN into the weights; when it is set, the weights are copied then. At the
   step's end the step's first forward (its args/kwargs, kept by reference, and the RNG state) is replayed
   through `collect_stats` on those weights, whose op tracer names the module, the aten op and the source
-  line. Only the first NaN/Inf is traced; the record of that step is written at once.
+  line. Only the first NaN/Inf is traced; the record of that step is written at once. With optimizer= and
+  on_nonfinite="raise" the flag is read in an optimizer step pre-hook, which raises before the optimizer
+  applies the bad step (`w.check()` does the same in a loop without optimizer=).
 - Update norms: the weights are copied at the start of each logged step (at the end of the step before),
   so ‖Δw‖/‖w‖ is the logged step's own update over the weights before it.
 """
@@ -36,6 +45,7 @@ from modinspect.analysis.stats_math import NEAR_LIMIT, Running, flags_for, grad_
 from modinspect.errors import ModinspectError, NonFiniteError, UsageError
 from modinspect.report import ModuleStats, NonfiniteOrigin, ParamStats, WatchReport
 from modinspect.watchlog import (
+    GroupRecord,
     Histogram,
     LogHeader,
     LogWriter,
@@ -45,6 +55,16 @@ from modinspect.watchlog import (
     StepRecord,
     step_document,
 )
+from modinspect.watchsentinel import (
+    FP32_NORM_LIMIT,
+    LoopChecks,
+    LoopWarning,
+    UpdateHistory,
+    explain,
+    group_hyperparameters,
+    learning_rates,
+    tensor_norms,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -52,8 +72,9 @@ if TYPE_CHECKING:
     from modinspect.analysis.stats_hooks import Packed
 
 ON_NONFINITE = ("warn", "raise", "breakpoint", "log")
+MODES = ("sentinel", "window")
 
-__all__ = ["NonFiniteWarning", "Watch", "watch"]
+__all__ = ["LoopWarning", "NonFiniteWarning", "Watch", "watch"]
 
 
 class NonFiniteWarning(RuntimeWarning):
@@ -68,7 +89,7 @@ def read_flag(flag: torch.Tensor) -> bool:
 def watch(model: Any, *, every: int = 100, log: str | Path | None = None, modules: str | None = None,
           sample: float | None = None, on_nonfinite: str = "warn", save_batch: str | Path | None = None,
           optimizer: Any = None, histogram: bool = True, overwrite: bool = False, tensorboard: str | Path | None = None,
-          training_only: bool = False) -> Watch:
+          training_only: bool = False, mode: str = "sentinel") -> Watch:
     """Hooks on `model`'s own forward and backward; a context manager whose exit (or `detach()`) removes them.
 
     `every`: steps per log record. `modules`: a glob of module names to hook (all by default).
@@ -79,10 +100,19 @@ def watch(model: Any, *, every: int = 100, log: str | Path | None = None, module
     `step()` (a post hook) instead of `w.step()`. `tensorboard`: a folder for the same scalars and
     histograms through torch.utils.tensorboard. `training_only`: ignore forwards run without grad
     (evaluation loops between steps).
+
+    `mode`: "sentinel" (default) hooks the modules for the logged step only (one step in `every`): a record
+    holds that step's statistics, and the steps between pay only the NaN/Inf sentinel (one multi-tensor norm
+    of the gradients and one of the weights per step, no module hook). "window" hooks every step and a record
+    merges all the steps since the previous one (every activation counted; costs about what `stats` does,
+    on every step).
+
+    With `optimizer=` and on_nonfinite="raise", the error is raised before `optimizer.step()` applies the bad
+    step; without it, call `w.check()` between `backward()` and `optimizer.step()` for the same.
     """
     return Watch(model, every=every, log=log, modules=modules, sample=sample, on_nonfinite=on_nonfinite,
                  save_batch=save_batch, optimizer=optimizer, histogram=histogram, overwrite=overwrite,
-                 tensorboard=tensorboard, training_only=training_only)
+                 tensorboard=tensorboard, training_only=training_only, mode=mode)
 
 
 class _Totals:
@@ -123,7 +153,7 @@ class Watch:
     def __init__(self, model: Any, *, every: int, log: str | Path | None, modules: str | None,
                  sample: float | None, on_nonfinite: str, save_batch: str | Path | None, optimizer: Any,
                  histogram: bool, overwrite: bool, tensorboard: str | Path | None = None,
-                 training_only: bool = False) -> None:
+                 training_only: bool = False, mode: str = "sentinel") -> None:
         import torch
 
         if isinstance(model, torch.jit.ScriptModule):
@@ -134,6 +164,8 @@ class Watch:
             raise UsageError(f"every must be a positive number of steps, not {every!r}")
         if on_nonfinite not in ON_NONFINITE:
             raise UsageError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}, not {on_nonfinite!r}")
+        if mode not in MODES:
+            raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if sample is not None and not 0 < sample <= 1:
             raise UsageError(f"sample must be a fraction in (0, 1], not {sample!r}")
         # Names as the user wrote the model: through DDP / FSDP / torch.compile / checkpoint wrappers.
@@ -147,6 +179,7 @@ class Watch:
         # FSDP1's parameters are plain tensors holding this rank's shard (not DTensors): their squares add up.
         self._fsdp1_sharded = distributed.fsdp1_sharded(model)
         self.every = every
+        self.mode = mode
         self.on_nonfinite = on_nonfinite
         self._pattern = modules
         self._names = [n for n, _ in named]
@@ -191,6 +224,16 @@ class Watch:
         self._writer: LogWriter | None = None
         self._tensorboard: Any = None
         self._training_only = training_only
+        self._module_handles: list[Any] = []  # the Collector's module hooks (sentinel: the logged step's only)
+        self._collected = 0  # steps of the current window the Collector saw
+        self._grad_bad: torch.Tensor | None = None  # this step's gradients' NaN/Inf flag, on the device
+        self._lazy_bad: torch.Tensor | None = None  # on_nonfinite="log": any flag of the window, on the device
+        self._lazy_first: torch.Tensor | None = None  # ... and the first flagged step (-1: none)
+        self._backward_started = False
+        self._out_bad: torch.Tensor | None = None  # this step's model outputs' NaN/Inf flag, on the device
+        self._history = UpdateHistory([n for n, _ in self._params])
+        self.explanation: str | None = None  # what happened before the first NaN/Inf, when the history shows it
+        self._replay_rows: list[ModuleStats] | None = None  # the replayed first NaN/Inf step's statistics
         self.collector = self._new_collector()
         try:
             self._attach(optimizer)
@@ -234,15 +277,29 @@ class Watch:
         self._attached = True
         self._handles.append(self._inner.register_forward_pre_hook(self._capture, with_kwargs=True, prepend=True))
         self._handles.append(self._inner.register_forward_hook(self._output_hook))
-        for m in self._mods:
-            self._handles.append(m.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
-            self._handles.append(m.register_forward_hook(self._forward_hook, with_kwargs=True))
+        if self.mode == "window" or self.every == 1:
+            self._arm()
         for i, (_, p) in enumerate(self._params):
             if p.requires_grad:
                 self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook(i)))
         self._optimizer = optimizer
         if optimizer is not None:
+            self._handles.append(optimizer.register_step_pre_hook(self._optimizer_stepping))
             self._handles.append(optimizer.register_step_post_hook(self._optimizer_stepped))
+        self._loop = LoopChecks(self._inner, self._params, optimizer)
+
+    def _arm(self) -> None:
+        """Register the Collector's module hooks (sentinel mode: for the logged step only)."""
+        if self._module_handles:
+            return
+        for m in self._mods:
+            self._module_handles.append(m.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+            self._module_handles.append(m.register_forward_hook(self._forward_hook, with_kwargs=True))
+
+    def _disarm(self) -> None:
+        for h in self._module_handles:
+            h.remove()
+        self._module_handles = []
 
     def _ignored(self) -> bool:
         """Hooks do nothing while paused (a replay, an evaluation loop) and, with training_only, without grad."""
@@ -262,6 +319,11 @@ class Watch:
         self._paused = False
 
     def _capture(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self._paused:
+            return
+        import torch
+
+        self._loop.forward(torch.is_grad_enabled())
         if not self._ignored() and self._batch is None:
             from modinspect.analysis.stats import _rng_state
 
@@ -293,14 +355,27 @@ class Watch:
         """
         if self._ignored():
             return
+        import torch
+
         from modinspect.analysis.stats_hooks import flatten_tensors
 
+        outputs = [t.detach() for t in flatten_tensors(output) if t.is_floating_point() and t.numel()]
+        if outputs:  # the sentinel's forward half: the model's outputs, one read each
+            with torch.no_grad():
+                bad = ~torch.isfinite(torch.stack([n.to(self.device) for n in tensor_norms(outputs)])).all()
+            if self.on_nonfinite == "log":
+                self._fold_lazy(bad)
+            else:
+                self._out_bad = bad if self._out_bad is None else self._out_bad | bad
         first = next((t for t in flatten_tensors(output) if t.requires_grad), None)
         if first is not None:
             self._output_hooks.append(first.register_hook(self._output_grad))  # type: ignore[no-untyped-call]
 
     def _output_grad(self, grad: Any) -> None:
         if not self._paused:
+            if not self._backward_started:
+                self._backward_started = True
+                self._loop.backward_started()
             self._queue_after_backward()
 
     def _queue_after_backward(self) -> None:
@@ -324,17 +399,63 @@ class Watch:
 
         self._callback_queued = False
         self._backward_ran = True
+        index, grads = [], []
         for i, (_, p) in enumerate(self._params):
             if p.grad is None or not (i in self._grads_seen or distributed.sharded(p.grad)):
                 continue
             g = distributed.local(p.grad.detach())
             if g.is_sparse:  # nn.Embedding(sparse=True)
                 g = g.coalesce().values()
-            self._grad_norms[i] = torch.linalg.vector_norm(g.float() if g.dtype in (torch.float16, torch.bfloat16)
-                                                           else g)
+            index.append(i)
+            grads.append(g)
         self._grads_seen = set()
-        if self._check():
+        self._grad_bad = None
+        if grads:
+            # The sentinel: one multi-tensor norm, one read of each gradient; NaN/Inf makes a norm non-finite.
+            with torch.no_grad():
+                norms = tensor_norms(grads)
+                self._grad_norms.update(zip(index, norms, strict=True))
+                self._grad_bad = ~torch.isfinite(torch.stack([n.to(self.device) for n in norms])).all()
+        if self.on_nonfinite == "log":
+            self._fold_lazy(self._grad_bad)
+        elif self._check():
             self._snapshot = self._copy_weights()
+
+    def _fold_lazy(self, bad: torch.Tensor | None) -> None:
+        """on_nonfinite="log": fold a flag into the window's, on the device (read with the record)."""
+        import torch
+
+        if bad is None or self.nonfinite_step is not None:
+            return
+        bad = bad.to(self.device)
+        if self._lazy_bad is None or self._lazy_first is None:
+            self._lazy_bad = bad.clone()
+            self._lazy_first = torch.where(bad, self.steps + 1, -1)
+            return
+        self._lazy_first = torch.where(bad & ~self._lazy_bad, self.steps + 1, self._lazy_first)
+        self._lazy_bad = self._lazy_bad | bad
+
+    def _optimizer_stepping(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Before the optimizer applies a step: with on_nonfinite="raise", a flagged step ends (and raises) here."""
+        self.check()
+
+    def check(self) -> None:
+        """Raise now, before the optimizer step, when this step saw the first NaN/Inf and on_nonfinite="raise".
+
+        Call it between `loss.backward()` and `optimizer.step()` in a loop without `optimizer=` (with it,
+        an optimizer step pre-hook calls it): the weights the exception leaves are the last finite ones.
+        Does nothing in the other on_nonfinite modes, and reads nothing when the flag was already read.
+        """
+        if not self._attached or self.on_nonfinite != "raise" or self.nonfinite_step is not None:
+            return
+        if not self._flagged and not self._backward_ran:
+            self._check()
+        if self._flagged:
+            self._from_optimizer = True
+            try:
+                self.step(self._loss)  # ends the step now: traces, writes its record and raises
+            finally:
+                self._from_optimizer = False
 
     def _optimizer_stepped(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._from_optimizer = True
@@ -354,26 +475,46 @@ class Watch:
             self.log_loss(loss)
         self.steps += 1
         self._window += 1
-        if self._loss is not None:
+        collected = bool(self._module_handles)  # this step's forward ran with the Collector's hooks
+        if self._loss is not None and collected:
             self.collector.record_loss(self._loss)
-        if not self._backward_ran:
+        if self.on_nonfinite == "log":
+            if self._loss is not None:
+                import torch
+
+                self._fold_lazy(~torch.isfinite(self._loss))
+        elif not self._backward_ran:
             self._check()
         first = self._flagged and self.nonfinite_step is None
         batch = self._batch
+        snapshot = self._snapshot
         if first:
             self.nonfinite_step = self.steps
             origin = self._trace()  # on every rank: FSDP's forward gathers parameters from all of them
             self._record_origin = origin if self._flagged_here or not self._ranks.many else None
-        self._pending.append(self.collector.pack())
+        if collected:
+            self._pending.append(self.collector.pack())
+            self._collected += 1
         self.collector.remove_tensor_hooks()
         self._remove_output_hooks()
         self.collector.begin_batch()
         self._batch = None
         self._snapshot = None
-        self._flagged = self._backward_ran = False
+        self._flagged = self._backward_ran = self._backward_started = False
+        self._out_bad = self._grad_bad = None
         self._window_open = True
+        if self._params:
+            self._history.push(self.steps, self._live_weights(), learning_rates(self._optimizer))
+        self._loop.step_ended()
+        if first:
+            self.explanation = self._explain(snapshot)
         if first or self.steps % self.every == 0:
             self._flush()  # under torchrun, the merge picks the rank whose origin the record names
+        if self.mode == "sentinel":
+            if (self.steps + 1) % self.every == 0:
+                self._arm()
+            else:
+                self._disarm()
         if (self.steps + 1) % self.every == 0:
             self._update_from = self._copy_weights()
         self._set_histogram()
@@ -381,8 +522,24 @@ class Watch:
             self.nonfinite_origin = self._last_origin
             origin_rank = self._last_origin.rank if self._last_origin is not None else None
             if self._save_batch is not None and (origin_rank or 0) == self._ranks.rank:
-                self._write_batch(batch)
+                self._write_batch(batch, snapshot)
             self._act()
+
+    def _live_weights(self) -> list[torch.Tensor]:
+        return [distributed.local(p.detach()) for _, p in self._params]
+
+    def _explain(self, snapshot: list[torch.Tensor] | None) -> str | None:
+        """What the update history says happened before the first NaN/Inf (one read of the history)."""
+        # The weights before this step's update: the snapshot when the optimizer already stepped, else the live ones.
+        weights = snapshot if snapshot is not None else self._live_weights()
+        origin = self._record_origin
+        where = origin.module if origin is not None and origin.module else None
+        try:
+            if self._history.rows:
+                self._history.rows.pop()  # this step's own row: its update came after the NaN/Inf
+            return explain(self._history.read(weights), self.steps, where)
+        except Exception:
+            return None
 
     def _remove_output_hooks(self) -> None:
         for h in self._output_hooks:
@@ -408,10 +565,12 @@ class Watch:
             return False
         # This rank's own outputs, gradients and loss; the parameter gradients apart: under DDP the
         # all-reduce has spread one rank's NaN to every rank's.
-        own = [f for f in [self.collector.nonfinite_flag()] if f is not None]
+        own = [f for f in [self.collector.nonfinite_flag() if self._module_handles else None] if f is not None]
         if self._loss is not None:
             own.append(~torch.isfinite(self._loss))
-        flags = own + [~torch.isfinite(g) for g in self._grad_norms.values()]
+        if self._out_bad is not None:
+            own.append(self._out_bad)
+        flags = own + ([self._grad_bad] if self._grad_bad is not None else [])
 
         def any_of(parts: list[torch.Tensor]) -> torch.Tensor:
             if not parts:
@@ -452,6 +611,7 @@ class Watch:
             return None
         finally:
             self._paused = was
+        self._replay_rows = list(report.modules)
         if report.nonfinite_origin is None:
             # The model's outputs and their gradients are finite: the user's loss made it.
             return NonfiniteOrigin(None, None, "backward", "loss", ())
@@ -475,7 +635,8 @@ class Watch:
                 for (_, p), s in zip(self._params, current, strict=True):
                     distributed.local(p).copy_(s)
 
-    def _write_batch(self, batch: tuple[tuple[Any, ...], dict[str, Any], Any] | None) -> None:
+    def _write_batch(self, batch: tuple[tuple[Any, ...], dict[str, Any], Any] | None,
+                     snapshot: list[torch.Tensor] | None = None) -> None:
         import torch
 
         from modinspect.writes import atomic_write
@@ -499,6 +660,8 @@ class Watch:
         step, origin = self.nonfinite_step, self.nonfinite_origin
         assert step is not None
         message = describe_nonfinite(step, origin)
+        if self.explanation is not None:
+            message += f"; before it, {self.explanation}"
         if self._save_batch is not None:
             message += f"; batch saved to {self._save_batch}"
         if self.on_nonfinite == "raise":
@@ -510,15 +673,16 @@ class Watch:
             breakpoint()  # the user asked to stop here
 
     # ---------------------------------------------------------------- records
-    def _flush(self) -> None:
+    def _flush(self, tail: bool = False) -> None:
         """The one transfer of the window: its packed steps, the loss, the parameter norms; then one record."""
         import torch
 
-        if not self._pending:
+        if not self._pending and self._replay_rows is None and not tail:
             return
         many = self._ranks.many
         extra = self._param_vector_ranks() if many else self._param_vector()
-        datas = [p.data.to(extra.device) for p in self._pending if p.data is not None] + [extra]
+        lazy = self._lazy_vector(extra.device)
+        datas = [p.data.to(extra.device) for p in self._pending if p.data is not None] + [lazy, extra]
         flat = stats_hooks.to_host(torch.cat(datas))
         pos = 0
         c = self.collector  # the live one: its execution order and input links are the window's
@@ -529,11 +693,19 @@ class Watch:
             pos += size
             if c.origin is not None and found_at == len(self._pending):
                 found_at = i
-        tail = flat[pos:]
-        loss = tail[0] if self._loss is not None else None
-        params = self._param_stats(_from_squares(tail[1:]) if many else tail[1:])
+        lazy_bad, lazy_first = flat[pos:pos + 2]
+        rest = flat[pos + 2:]
+        loss = rest[0] if self._loss is not None else None
+        params = self._param_stats(_from_squares(rest[1:]) if many else self._exact_overflows(rest[1:]))
         origin = self._record_origin if self._record_origin is not None else (
             c.origin if self.on_nonfinite == "log" else None)
+        lazy_step = int(lazy_first) if lazy_bad > 0 and lazy_first > 0 else self.steps if lazy_bad > 0 else None
+        # Window mode: the Collector saw every step and names the module; sentinel: an earlier flagged step wins.
+        earlier = self.mode == "sentinel" and lazy_step is not None and lazy_step < self.steps
+        if lazy_step is not None and (origin is None or earlier) and self.on_nonfinite == "log":
+            # The sentinel saw it between logged steps: the step is known, the module is not (no hooks ran).
+            origin = NonfiniteOrigin(None, None, "backward", "sentinel", (),
+                                     detail=f"a NaN/Inf gradient or loss at step {lazy_step}")
         if many:  # one gather of every rank's totals and origin, merged exactly on every rank
             distributed.merge_collector(c, self._ranks)
             # The earliest step of the window first: a NaN that reached every rank's weights through the
@@ -542,11 +714,18 @@ class Watch:
             first = min(at for at, _ in origins)
             origin = distributed.pick_origin([o if at == first else None for at, o in origins])
         self._last_origin = origin
-        rows = self._rows(c, self._window)
+        if self._pending or many:
+            rows = self._rows(c, self._collected)
+        else:  # sentinel mode between logged steps: the replay's statistics of a first NaN/Inf step, or none
+            rows = list(self._replay_rows or [])
+        groups = tuple(GroupRecord(values=tuple(sorted(g.items())))
+                       for g in group_hyperparameters(self._optimizer))
+        explanation = self.explanation if self.nonfinite_step == self.steps else None
         record = StepRecord(step=self.steps, time=time.time(), loss=loss, modules=tuple(_module_record(r) for r in rows),
                             params=tuple(ParamRecord(p.name, p.norm, p.grad_norm, p.update_norm, p.update_ratio)
                                          for p in params),
-                            nonfinite=_origin_record(origin) if origin is not None else None)
+                            nonfinite=_origin_record(origin, explanation) if origin is not None else None,
+                            optimizer=groups)
         if self._writer is not None:
             self._writer.write(record)
         if self._tensorboard is not None:
@@ -554,31 +733,73 @@ class Watch:
         self.records += 1
         self._totals.fold(c, self._window)
         if self.on_nonfinite == "log" and origin is not None and self.nonfinite_origin is None:
-            self.nonfinite_step, self.nonfinite_origin = self.steps, origin
+            self.nonfinite_step = lazy_step if origin.cause == "sentinel" and lazy_step is not None else self.steps
+            self.nonfinite_origin = origin
         self._last_params = tuple(params)
         self._record_origin = None
+        self._replay_rows = None
+        self._lazy_bad = self._lazy_first = None
         self._pending = []
-        self._window = 0
+        self._window = self._collected = 0
+        armed = bool(self._module_handles)
+        self._disarm()
         self.collector = self._new_collector()
+        if armed:
+            self._arm()
+
+    def _lazy_vector(self, device: Any) -> torch.Tensor:
+        """[any NaN/Inf flag of the window, its first step] (on_nonfinite="log"; zeros otherwise)."""
+        import torch
+
+        if self._lazy_bad is None or self._lazy_first is None:
+            flags = torch.zeros(2, dtype=self._acc, device=device)
+        else:
+            flags = torch.stack([self._lazy_bad.to(self._acc), self._lazy_first.to(self._acc)]).to(device)
+        if self._ranks.many:  # any rank's flag; the step is the record's (the ranks' first steps do not add up)
+            return distributed.sum_over_ranks(flags * torch.tensor([1.0, 0.0], dtype=self._acc, device=device))
+        return flags
 
     def _param_vector(self) -> torch.Tensor:
+        """[loss, then per parameter ‖w‖, ‖∇w‖ (-1: none), ‖Δw‖ and ‖w before‖ (-1, -1: no update known)].
+
+        Multi-tensor float32 norms (one read of each tensor); one that overflows float32 is recomputed in
+        float64 on the host side (`_exact_overflows`), so weights of 1e30 give 1e30, not null.
+        """
         import torch
 
         values: list[torch.Tensor] = [self._loss if self._loss is not None else torch.zeros((), dtype=self._acc)]
         zero = torch.zeros((), dtype=self._acc, device=self.device)
+        ws = [p.detach() for _, p in self._params]
         with torch.no_grad():
-            for i, (_, p) in enumerate(self._params):
-                w = p.detach()
-                values.append(torch.linalg.vector_norm(w, dtype=self._acc))
+            norms = tensor_norms(ws)
+            moved = [i for i, w in enumerate(ws) if self._update_from is not None and self._update_from[i].shape == w.shape]
+            before = [self._update_from[i] for i in moved] if self._update_from is not None else []
+            deltas = torch._foreach_sub([ws[i] for i in moved], before) if moved else []
+            delta_norms = dict(zip(moved, zip(tensor_norms(deltas), tensor_norms(before), strict=True), strict=True))
+            for i in range(len(ws)):
+                values.append(norms[i])
                 g = self._grad_norms.get(i)
-                values.append(g.to(self._acc) if g is not None else zero - 1)
-                if self._update_from is not None and self._update_from[i].shape == w.shape:
-                    before = self._update_from[i]
-                    values.append(torch.linalg.vector_norm(w.to(self._acc) - before.to(self._acc)))
-                    values.append(torch.linalg.vector_norm(before, dtype=self._acc))
-                else:
-                    values += [zero - 1, zero - 1]
-        return torch.stack([v.to(self.device) for v in values])
+                values.append(g if g is not None else zero - 1)
+                values += list(delta_norms[i]) if i in delta_norms else [zero - 1, zero - 1]
+        return torch.stack([v.to(self.device, self._acc) for v in values])
+
+    def _exact_overflows(self, values: list[float]) -> list[float]:
+        """The float64 norms of the finite tensors whose float32 norm overflowed (a read each, only then)."""
+        import torch
+
+        out = list(values)
+        for i, (_, p) in enumerate(self._params):
+            w = p.detach()
+            before = self._update_from[i] if self._update_from is not None else None
+            for k, tensor in ((0, w), (2, w), (3, before)):
+                value = out[4 * i + k]
+                if tensor is None or value == -1 or math.isnan(value) or value <= FP32_NORM_LIMIT:
+                    continue
+                if k == 2 and before is not None and before.shape == w.shape:
+                    tensor = w.to(torch.float64) - before.to(torch.float64)
+                if bool(torch.isfinite(tensor).all()):
+                    out[4 * i + k] = float(torch.linalg.vector_norm(tensor, dtype=torch.float64))
+        return out
 
     def _param_vector_ranks(self) -> torch.Tensor:
         """Under torchrun: the loss and squared parameter norms, summed over the ranks in one all_reduce.
@@ -635,13 +856,14 @@ class Watch:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._disarm()
         self.collector.remove_tensor_hooks()
         self._remove_output_hooks()
         attached, self._attached = self._attached, False
         try:
             # Under torchrun a run that failed on one rank cannot count on the others for a last merge.
             if attached and self._window and not (failed and self._ranks.many):
-                self._flush()
+                self._flush(tail=True)
         finally:
             self._update_from = self._snapshot = None
             self._batch = None
@@ -656,7 +878,8 @@ class Watch:
         """The statistics over every step watched so far (a record's worth of steps not yet logged excepted)."""
         return WatchReport(model=distributed.type_name(self._inner), device=self.device, steps=self.steps,
                            records=self.records, modules=tuple(self._total_rows()), params=self._last_params,
-                           nonfinite_step=self.nonfinite_step, nonfinite_origin=self.nonfinite_origin, log=self.log)
+                           nonfinite_step=self.nonfinite_step, nonfinite_origin=self.nonfinite_origin, log=self.log,
+                           mode=self.mode, explanation=self.explanation, loop_warnings=tuple(self._loop.found))
 
     def _total_rows(self) -> list[ModuleStats]:
         t = self._totals
@@ -744,6 +967,6 @@ def _module_record(r: ModuleStats) -> ModuleRecord:
                         grad_norm=r.grad_norm, grad_nan=r.grad_nan, grad_inf=r.grad_inf, histogram=hist)
 
 
-def _origin_record(o: NonfiniteOrigin) -> NonfiniteRecord:
+def _origin_record(o: NonfiniteOrigin, explanation: str | None = None) -> NonfiniteRecord:
     return NonfiniteRecord(module=o.module, type=o.type, phase=o.phase, op=o.op, source=o.source, code=o.code,
-                           cause=o.cause, rank=o.rank)
+                           cause=o.cause, rank=o.rank, explanation=explanation)

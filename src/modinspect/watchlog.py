@@ -82,8 +82,16 @@ class NonfiniteRecord:
     op: str | None
     source: str | None  # file.py:LINE
     code: str | None  # the source line
-    cause: str  # produced | input | loss | weight | overflow
+    cause: str  # produced | input | loss | weight | overflow | sentinel (seen between logged steps)
     rank: int | None = None  # under torchrun: the rank whose shard held it; None on one process
+    explanation: str | None = None  # "step 149 updated `wte.weight` by 3.2e+33× its norm (lr 1e+30 in group 0); ..."
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    """One optimizer param group's scalar hyperparameters (lr, momentum, weight_decay...), sorted by name."""
+
+    values: tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,7 @@ class StepRecord:
     modules: tuple[ModuleRecord, ...]
     params: tuple[ParamRecord, ...] = ()
     nonfinite: NonfiniteRecord | None = None
+    optimizer: tuple[GroupRecord, ...] = ()  # the optimizer's param groups at this step, when it is known
 
 
 def _finite(value: float | None) -> float | None:
@@ -107,7 +116,7 @@ def header_document(header: LogHeader) -> dict[str, Any]:
 
 def step_document(record: StepRecord) -> dict[str, Any]:
     """A step record as its JSON object, non-finite floats as null."""
-    return {
+    document: dict[str, Any] = {
         "kind": "step",
         "step": record.step,
         "time": record.time,
@@ -135,6 +144,12 @@ def step_document(record: StepRecord) -> dict[str, Any]:
             "cause": record.nonfinite.cause, "rank": record.nonfinite.rank,
         },
     }
+    # Optional keys (schema /1 readers ignore them): present only when known.
+    if record.nonfinite is not None and record.nonfinite.explanation is not None:
+        document["nonfinite"]["explanation"] = record.nonfinite.explanation
+    if record.optimizer:
+        document["optimizer"] = [{key: _finite(value) for key, value in g.values} for g in record.optimizer]
+    return document
 
 
 def write_record(stream: IO[str], record: LogHeader | StepRecord) -> None:
