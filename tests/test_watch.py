@@ -314,20 +314,23 @@ def test_planted_nan_stops_at_its_step_with_module_op_and_line(tmp_path: Path) -
             modinspect.watch(model, every=5, log=log, on_nonfinite="raise", save_batch=saved) as w:
         for step, x in batches(bad_step=7):
             ran.append(step)
-            loss = model(x).square().mean()
+            loss = model(x).square().mean()  # fault: call
             loss.backward()
             opt.step()
             after_update = [p.detach().clone() for p in model.parameters()]
             opt.zero_grad()
             w.step(loss)
     source, code = line_of("log")
+    caller, _ = line_of("call")
     err = info.value
     assert isinstance(err, ModinspectError)
     assert ran[-1] == 7 and err.step == 7
     o = err.origin
     assert (o.module, o.type, o.phase, o.cause, o.op, o.source, o.code) == (
         "1", "LogAct", "forward", "produced", "aten::log", source, code)
-    assert str(err) == f"first NaN/Inf at step 7: 1 (LogAct), forward, aten::log at {source}; batch saved to {saved}"
+    assert o.caller == caller  # the user's own line that called the model, beside the op's line
+    assert str(err) == (f"first NaN/Inf at step 7: 1 (LogAct), forward, aten::log at {source} (called from {caller}); "
+                        f"batch saved to {saved}")
     # The replay ran on the weights before the update and put the user's weights back.
     for a, b in zip(after_update, model.parameters(), strict=True):
         torch.testing.assert_close(a, b.detach(), rtol=0, atol=0, equal_nan=True)
@@ -335,7 +338,7 @@ def test_planted_nan_stops_at_its_step_with_module_op_and_line(tmp_path: Path) -
     _, first, bad = read_log(log)
     assert (first["step"], first["nonfinite"], bad["step"]) == (5, None, 7)
     assert bad["nonfinite"] == {"module": "1", "type": "LogAct", "phase": "forward", "op": "aten::log",
-                                "source": source, "code": code, "cause": "produced", "rank": None}
+                                "source": source, "code": code, "cause": "produced", "rank": None, "caller": caller}
     assert bad["loss"] is None  # NaN is written as null, strict JSON
     # Step 7 is not a logged step: its record holds the statistics of its replay (the outputs' sum as the loss).
     row = next(r for r in bad["modules"] if r["name"] == "1")
@@ -711,3 +714,57 @@ def test_modinspect_report_reads_what_watch_writes(tmp_path: Path) -> None:
             w.step()
     bad = modinspect.read_run_log(data).first_bad
     assert bad is not None and (bad.step, bad.module, bad.cause) == (1, None, "input")
+
+
+# ---------------------------------------------------------------- the cause: learning rate and update history
+
+
+def test_learning_rate_blow_up_is_explained_with_the_lr_and_the_update_ratio_of_its_step(tmp_path: Path) -> None:
+    """lr set to 1e30 before step 5's update: step 6's LayerNorm makes the NaN; the message, the record and the
+    report say which tensor step 5 blew up, by how much (against the norms torch computes) and with which lr."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.LayerNorm(16), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
+    gen = torch.Generator().manual_seed(5)
+    norms: dict[int, dict[str, float]] = {}
+    log = tmp_path / "lr.jsonl"
+    with pytest.raises(NonFiniteError) as info, \
+            modinspect.watch(model, every=100, optimizer=opt, on_nonfinite="raise", log=log) as w:
+        for step in range(1, 20):
+            if step == 5:
+                opt.param_groups[0]["lr"] = 1e30
+            loss = model(torch.randn(8, 4, generator=gen)).square().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            norms[step] = {n: float(p.detach().double().norm()) for n, p in model.named_parameters()}
+    assert info.value.step == 6 and max(norms) == 5
+    ratios = {n: abs(norms[5][n] - norms[4][n]) / norms[4][n] for n in norms[5]}
+    tensor = max(ratios, key=lambda n: ratios[n])
+    assert ratios[tensor] > 1e20 and math.isfinite(norms[5][tensor])
+    explanation = w.explanation
+    assert explanation is not None
+    head, _, tail = explanation.partition(" its norm (lr 1e+30 in group 0); at step 6 ")
+    assert head.startswith(f"step 5 updated `{tensor}` by ") and head.endswith("×")
+    assert float(head.split(" by ")[1][:-1]) == pytest.approx(ratios[tensor], rel=5e-3)  # printed with 3 digits
+    assert tail == f"`{info.value.origin.module}` produced the first NaN/Inf"
+    assert str(info.value).endswith(f"; before it, {explanation}")
+    record = read_log(log)[1]
+    assert record["step"] == 6 and record["nonfinite"]["explanation"] == explanation
+    assert record["optimizer"] == [{"dampening": 0.0, "lr": 1e30, "momentum": 0.5, "weight_decay": 0.0}]
+    # Norms of weights around 1e29 are numbers, not null: float64 where float32 overflows.
+    params = {p["name"]: p for p in record["params"]}
+    assert params[tensor]["norm"] == pytest.approx(norms[5][tensor], rel=1e-6)
+    assert w.report().explanation == explanation
+
+
+def test_no_explanation_without_a_large_update() -> None:
+    model = planted()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(NonFiniteError) as info, \
+            modinspect.watch(model, every=100, optimizer=opt, on_nonfinite="raise") as w:
+        for _, x in batches(bad_step=4):
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    assert info.value.step == 4 and w.explanation is None and "before it" not in str(info.value)

@@ -261,6 +261,8 @@ class NonfiniteOrigin:
     tensor: str | None = None  # cause weight: the parameter or buffer that already held NaN/Inf
     detail: str | None = None  # "holds 1 NaN", "exceeds float16's largest finite value 65504"
     rank: int | None = None  # under torchrun: the rank whose shard held it (None on one process)
+    caller: str | None = None  # watch: file:line of the user's own code that called the model (train.py:42)
+    caller_code: str | None = None
 
 
 @dataclass(frozen=True)

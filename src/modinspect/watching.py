@@ -29,6 +29,7 @@ Design (what runs when), in the default mode="sentinel":
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import inspect
 import math
@@ -60,6 +61,7 @@ from modinspect.watchsentinel import (
     LoopChecks,
     LoopWarning,
     UpdateHistory,
+    caller_frame,
     explain,
     group_hyperparameters,
     learning_rates,
@@ -230,6 +232,7 @@ class Watch:
         self._lazy_bad: torch.Tensor | None = None  # on_nonfinite="log": any flag of the window, on the device
         self._lazy_first: torch.Tensor | None = None  # ... and the first flagged step (-1: none)
         self._backward_started = False
+        self._caller: tuple[str, str] | None = None  # the user's line that called the model this step
         self._out_bad: torch.Tensor | None = None  # this step's model outputs' NaN/Inf flag, on the device
         self._history = UpdateHistory([n for n, _ in self._params])
         self.explanation: str | None = None  # what happened before the first NaN/Inf, when the history shows it
@@ -328,6 +331,7 @@ class Watch:
             from modinspect.analysis.stats import _rng_state
 
             self._batch = (args, dict(kwargs), _rng_state())
+            self._caller = caller_frame() if self.on_nonfinite != "log" and self.nonfinite_step is None else None
             if self._window_open:  # the first forward of a new step: last step's loss and gradients are spent
                 self._loss, self._grad_norms, self._window_open = None, {}, False
 
@@ -615,7 +619,11 @@ class Watch:
         if report.nonfinite_origin is None:
             # The model's outputs and their gradients are finite: the user's loss made it.
             return NonfiniteOrigin(None, None, "backward", "loss", ())
-        return report.nonfinite_origin
+        origin = report.nonfinite_origin
+        if self._caller is not None and self._caller[0] != origin.source:
+            # The op's line may be inside a library (transformers); the user's own call of the model too.
+            origin = dataclasses.replace(origin, caller=self._caller[0], caller_code=self._caller[1])
+        return origin
 
     @contextlib.contextmanager
     def _weights(self, snapshot: list[torch.Tensor] | None) -> Iterator[None]:
@@ -839,8 +847,6 @@ class Watch:
 
     def _rows(self, c: Collector, steps: int) -> list[ModuleStats]:
         """The Collector's rows with gradient norms as the RMS over the window's steps."""
-        import dataclasses
-
         scale = 1 / math.sqrt(steps) if steps else 1.0
         return [dataclasses.replace(r, grad_norm=r.grad_norm * scale if r.grad_norm is not None else None)
                 for r in c.module_stats()]
@@ -899,8 +905,6 @@ class Watch:
                 units=len(alive) if dead is not None and alive else None, grad_norm=norms[m],
                 grad_nan=int(t.grad[m][1]), grad_inf=int(t.grad[m][2]), param_grad_norm=None, param_grad_nan=0,
                 param_grad_inf=0, histogram=(), flags=())
-            import dataclasses
-
             rows.append(dataclasses.replace(row, flags=flags_for(row, m in exploding, m in vanishing)))
         return rows
 
@@ -949,6 +953,8 @@ def describe_nonfinite(step: int, origin: NonfiniteOrigin | None) -> str:
         where += f", {origin.op}"
     if origin.source:
         where += f" at {origin.source}"
+    if origin.caller:
+        where += f" (called from {origin.caller})"
     if origin.detail:
         where += f" ({origin.detail})"
     if origin.rank is not None:
@@ -969,4 +975,4 @@ def _module_record(r: ModuleStats) -> ModuleRecord:
 
 def _origin_record(o: NonfiniteOrigin, explanation: str | None = None) -> NonfiniteRecord:
     return NonfiniteRecord(module=o.module, type=o.type, phase=o.phase, op=o.op, source=o.source, code=o.code,
-                           cause=o.cause, rank=o.rank, explanation=explanation)
+                           cause=o.cause, rank=o.rank, caller=o.caller, explanation=explanation)

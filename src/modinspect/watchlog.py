@@ -84,6 +84,7 @@ class NonfiniteRecord:
     code: str | None  # the source line
     cause: str  # produced | input | loss | weight | overflow | sentinel (seen between logged steps)
     rank: int | None = None  # under torchrun: the rank whose shard held it; None on one process
+    caller: str | None = None  # file:line of the user's own code that called the model, when `source` is not it
     explanation: str | None = None  # "step 149 updated `wte.weight` by 3.2e+33× its norm (lr 1e+30 in group 0); ..."
 
 
@@ -145,6 +146,8 @@ def step_document(record: StepRecord) -> dict[str, Any]:
         },
     }
     # Optional keys (schema /1 readers ignore them): present only when known.
+    if record.nonfinite is not None and record.nonfinite.caller is not None:
+        document["nonfinite"]["caller"] = record.nonfinite.caller
     if record.nonfinite is not None and record.nonfinite.explanation is not None:
         document["nonfinite"]["explanation"] = record.nonfinite.explanation
     if record.optimizer:

@@ -28,6 +28,38 @@ NORMALISING = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
                "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm")
 
 
+def caller_frame() -> tuple[str, str] | None:
+    """("file:line", code) of the user's own frame that called the model: the innermost frame outside torch,
+    modinspect, installed packages (transformers...) and the standard library. A few frames walked, no read."""
+    import os
+    import sys
+    import sysconfig
+
+    import torch
+
+    from modinspect.analysis.stats_trace import SourceLine
+
+    global _SKIP
+    if _SKIP is None:
+        paths = sysconfig.get_paths()
+        dirs = {os.path.dirname(os.path.abspath(torch.__file__)), os.path.dirname(os.path.abspath(__file__)),
+                paths["purelib"], paths["platlib"], paths["stdlib"], paths["platstdlib"]}
+        _SKIP = tuple(os.path.abspath(d) + os.sep for d in dirs)
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith("<") and not os.path.abspath(filename).startswith(_SKIP):
+            import linecache
+
+            line = SourceLine(os.path.abspath(filename), frame.f_lineno, "")
+            return line.short(), linecache.getline(filename, frame.f_lineno).strip()
+        frame = frame.f_back
+    return None
+
+
+_SKIP: tuple[str, ...] | None = None
+
+
 def tensor_norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Each tensor's 2-norm as a 0-dim float32 (or float64) device tensor, one `_foreach_norm` per dtype.
 
