@@ -768,3 +768,64 @@ def test_no_explanation_without_a_large_update() -> None:
             opt.step()
             opt.zero_grad()
     assert info.value.step == 4 and w.explanation is None and "before it" not in str(info.value)
+
+
+# ---------------------------------------------------------------- reproducible: the saved batch, weights and RNG
+
+
+NETS = '''
+import torch
+from torch import nn
+
+class Square(nn.Module):
+    def forward(self, x):
+        return x * x
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), Square(), nn.Linear(8, 1))
+'''
+
+
+def test_saved_batch_and_weights_reproduce_the_origin_with_stats_input(tmp_path: Path) -> None:
+    """A NaN/Inf caused by the weights (lr 1e30 at step 3): the model's own weights give finite outputs on the
+    saved batch; the weights saved beside it reproduce the origin watch found: module, op, line."""
+    (tmp_path / "nets.py").write_text(NETS)
+    spec = importlib.util.spec_from_file_location("watch_nets_weights", tmp_path / "nets.py")
+    assert spec is not None and spec.loader is not None
+    nets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nets)
+    model = nets.build()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(6)
+    saved = tmp_path / "bad.pt"
+    with pytest.raises(NonFiniteError) as info, \
+            modinspect.watch(model, optimizer=opt, on_nonfinite="raise", save_batch=saved):
+        for step in range(1, 10):
+            if step == 3:
+                opt.param_groups[0]["lr"] = 1e30
+            x = torch.randn(5, 4, generator=gen)
+            model(x).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    o = info.value.origin
+    assert info.value.step == 4 and (o.module, o.op, o.phase) == ("1", "aten::mul", "forward")
+    weights = tmp_path / "bad.weights.safetensors"
+    from safetensors.torch import load_file
+
+    stored = load_file(weights)
+    for name, p in model.state_dict().items():  # the pre-step weights: the exception left them in place
+        assert torch.equal(stored[name], p)
+    assert torch.equal(torch.load(saved, weights_only=True), x)
+    result = invoke("stats", "nets.py:build", "--input", "bad.pt", "--json", cwd=tmp_path)
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        "note: using the weights saved with the batch, bad.weights.safetensors (step 4, before its update)"]
+    origin = json.loads(result.stdout)["nonfinite_origin"]
+    assert (origin["module"], origin["op"], origin["phase"]) == (o.module, o.op, o.phase)
+    assert o.source is not None and origin["source"] == "nets.py:7" and o.source.endswith("nets.py:7")
+    # Without them, the model's own weights: every activation and gradient finite.
+    weights.rename(tmp_path / "elsewhere.safetensors")
+    result = invoke("stats", "nets.py:build", "--input", "bad.pt", "--json", cwd=tmp_path)
+    assert result.exit_code == 0 and json.loads(result.stdout)["nonfinite_origin"] is None
+    assert "note: using the weights" not in result.stderr

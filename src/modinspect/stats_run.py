@@ -125,6 +125,12 @@ def prepare_stats(request: StatsRequest, announce: Callable[[str], None] | None 
                      batches=request.batches, seed=request.seed)
     if request.input_dtype is None and "input_dtype" not in extra:
         extra = {**extra, "input_dtype": resolved_dtype}
+    if request.input_file is not None and request.weights is None:
+        from modinspect.watchsentinel import load_saved_weights
+
+        said = load_saved_weights(src.module, Path(request.input_file))
+        if said is not None and announce is not None:
+            announce(said)
     raw, described = resolve_batches(src.module, spec, extra)
     batches: Iterable[Any] = raw
     if ranks.many:

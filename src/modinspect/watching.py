@@ -65,7 +65,9 @@ from modinspect.watchsentinel import (
     explain,
     group_hyperparameters,
     learning_rates,
+    save_weights,
     tensor_norms,
+    weights_path,
 )
 
 if TYPE_CHECKING:
@@ -647,6 +649,7 @@ class Watch:
                      snapshot: list[torch.Tensor] | None = None) -> None:
         import torch
 
+        from modinspect.analysis.stats import _restore_rng
         from modinspect.writes import atomic_write
 
         assert self._save_batch is not None
@@ -663,6 +666,15 @@ class Watch:
             obj = args[0] if len(args) == 1 else tuple(args)
         obj = _to_cpu(obj, torch)
         atomic_write(self._save_batch, lambda tmp: torch.save(obj, tmp), force=self._overwrite)
+        if not self._ranks.many:  # the pre-step weights and the forward's RNG state, for `stats --input`
+            was = torch.get_rng_state()
+            _restore_rng(batch[2])
+            try:
+                with self._weights(snapshot):
+                    save_weights(self._inner, weights_path(self._save_batch), self.nonfinite_step or self.steps,
+                                 force=True)
+            finally:
+                torch.set_rng_state(was)
 
     def _act(self) -> None:
         step, origin = self.nonfinite_step, self.nonfinite_origin

@@ -16,11 +16,13 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
+CPU_RNG_BYTES = 5056  # torch.get_rng_state(): the Mersenne Twister's state
 HISTORY = 4  # steps of update history kept on the device
 RATIO_ALARM = 1.0  # an update as large as the weights themselves: worth naming before the NaN it led to
 FP32_NORM_LIMIT = math.sqrt(3.4028234663852886e38)  # an fp32 norm above this overflowed (its square did)
@@ -58,6 +60,70 @@ def caller_frame() -> tuple[str, str] | None:
 
 
 _SKIP: tuple[str, ...] | None = None
+
+
+def weights_path(batch: Path) -> Path:
+    """Where `save_batch=bad.pt` puts the weights beside the batch: bad.weights.safetensors."""
+    return batch.with_name(batch.stem + ".weights.safetensors")
+
+
+def save_weights(model: Any, path: Path, step: int, force: bool) -> None:
+    """The model's weights (the pre-step ones, put in place by the caller) and the RNG state, as safetensors.
+
+    `safetensors.torch.save_model` keeps one copy of tied weights; the metadata holds the step, the model's
+    training mode and the CPU RNG state of the forward (hex), for `modinspect stats --input` to restore.
+    """
+    import torch
+    from safetensors.torch import save_model
+
+    from modinspect.writes import atomic_write
+
+    metadata = {"modinspect": "watch.save_batch", "step": str(step), "training": str(bool(model.training)),
+                "rng_cpu": bytes(torch.get_rng_state().tolist()).hex()}
+    atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata=metadata), force=force)
+
+
+def load_saved_weights(model: Any, batch: Path) -> str | None:
+    """Load the weights `watch(save_batch=...)` saved beside `batch` into `model` and restore its RNG state.
+
+    Returns the one line to tell the user, or None when there are none. Raises UsageError when they do not fit.
+    """
+    from safetensors import safe_open
+
+    from modinspect.errors import UsageError
+
+    path = weights_path(batch)
+    if not path.is_file():
+        return None
+    import torch
+    from safetensors.torch import load_model
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:  # safetensors' own error type for a broken header
+        raise UsageError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0][:200]}); "
+                         f"move it away to run on the model's own weights") from None
+    if metadata.get("modinspect") != "watch.save_batch":
+        return None
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except RuntimeError as exc:
+        raise UsageError(f"{path} does not fit this model: {str(exc).splitlines()[0]}") from None
+    if unexpected or len(missing) == len(model.state_dict()):
+        raise UsageError(f"{path} does not fit this model: {len(unexpected)} unexpected and {len(missing)} missing "
+                         f"tensors; move it away to run on the model's own weights")
+    rng = metadata.get("rng_cpu")
+    if rng:
+        try:
+            state = bytes.fromhex(rng[:2 * CPU_RNG_BYTES + 2])
+            if len(state) != CPU_RNG_BYTES:
+                raise ValueError(f"{len(state)} bytes")
+            torch.set_rng_state(torch.tensor(list(state), dtype=torch.uint8))
+        except (ValueError, RuntimeError):
+            raise UsageError(f"{path} holds no valid RNG state; move it away to run on the model's own weights") \
+                from None
+    return f"using the weights saved with the batch, {path} (step {metadata.get('step', '?')}, before its update)"
 
 
 def tensor_norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -1489,6 +1489,46 @@ def doctor_on_5000_equal_matrices(tmp: Path) -> tuple[list[str], str]:
     return ["doctor", str(tmp / "many.safetensors")], ""  # hostile but valid: infos only, exit 0
 
 
+# ---------------------------------------------------------------- branch watch: weights saved beside a batch
+# (`watch(save_batch=...)` writes bad.weights.safetensors; `stats --input bad.pt` loads it)
+
+
+def _saved_batch(tmp: Path, tensors: dict[str, torch.Tensor], rng: str) -> Path:
+    torch.save(torch.ones(2, 4), tmp / "batch.pt")
+    save_file(tensors, tmp / "batch.weights.safetensors", metadata={"modinspect": "watch.save_batch", "step": "3",
+                                                                     "training": "True", "rng_cpu": rng})
+    return tmp / "batch.pt"
+
+
+@case
+def saved_weights_with_a_bad_rng_state(tmp: Path) -> tuple[list[str], str]:
+    entry = write_victim(tmp)
+    path = _saved_batch(tmp, {"fc.weight": torch.ones(3, 4), "fc.bias": torch.ones(3)}, "zz" * 10)
+    return ["stats", f"{tmp}/{entry}", "--input", str(path)], "holds no valid RNG state"
+
+
+@case
+def saved_weights_with_a_truncated_rng_state(tmp: Path) -> tuple[list[str], str]:
+    entry = write_victim(tmp)
+    path = _saved_batch(tmp, {"fc.weight": torch.ones(3, 4), "fc.bias": torch.ones(3)}, "00" * 7)
+    return ["stats", f"{tmp}/{entry}", "--input", str(path)], "holds no valid RNG state"
+
+
+@case
+def saved_weights_of_another_model(tmp: Path) -> tuple[list[str], str]:
+    entry = write_victim(tmp)
+    path = _saved_batch(tmp, {"fc.weight": torch.ones(300, 4), "other": torch.ones(3)}, "")
+    return ["stats", f"{tmp}/{entry}", "--input", str(path)], "does not fit this model"
+
+
+@case
+def saved_weights_with_a_huge_header_length(tmp: Path) -> tuple[list[str], str]:
+    entry = write_victim(tmp)
+    torch.save(torch.ones(2, 4), tmp / "batch.pt")
+    (tmp / "batch.weights.safetensors").write_bytes(struct.pack("<Q", 2**62) + b"{}")
+    return ["stats", f"{tmp}/{entry}", "--input", str(tmp / "batch.pt")], "is not a readable safetensors file"
+
+
 # ---------------------------------------------------------------- running them
 
 
