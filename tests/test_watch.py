@@ -829,3 +829,76 @@ def test_saved_batch_and_weights_reproduce_the_origin_with_stats_input(tmp_path:
     result = invoke("stats", "nets.py:build", "--input", "bad.pt", "--json", cwd=tmp_path)
     assert result.exit_code == 0 and json.loads(result.stdout)["nonfinite_origin"] is None
     assert "note: using the weights" not in result.stderr
+
+
+# ---------------------------------------------------------------- loop mistakes: one-time warnings, in the report
+
+
+def drop_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 1))
+
+
+def run_loop(model: nn.Module, opt: torch.optim.Optimizer, *, zero: str = "none", train: bool = True,
+             evaluate: str | None = None, steps: int = 4) -> tuple[list[str], tuple[str, ...]]:
+    """A training loop, planted with mistakes or not; returns the LoopWarnings raised and the report's list."""
+    from modinspect.watching import LoopWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        w = modinspect.watch(model, every=2, optimizer=opt)
+        for _ in range(steps):
+            model.train(train)
+            model(torch.randn(5, 4)).square().mean().backward()
+            opt.step()
+            if zero != "forgotten":
+                opt.zero_grad(set_to_none=zero == "none")
+            if evaluate is not None:
+                model.train(evaluate == "train")
+                with torch.no_grad():
+                    model(torch.randn(5, 4))
+        w.detach()
+    return [str(c.message) for c in caught if c.category is LoopWarning], w.report().loop_warnings
+
+
+NOT_ZEROED = ("gradients were not zeroed between steps: they add up over every step since; call "
+              "optimizer.zero_grad() once per step (gradient accumulation: one w.step() per optimizer step)")
+EVAL_STEP = ("a training step (a backward) ran with the model in eval mode: dropout and batch norm are inert; "
+             "call model.train() first")
+TRAIN_EVAL = ("a forward ran without grad (evaluation) while the model was in train mode: dropout and batch norm "
+              "still act as in training; call model.eval() first")
+
+
+@pytest.mark.parametrize("zero", ["none", "zeros"])
+def test_a_correct_loop_raises_no_loop_warning(zero: str) -> None:
+    model = drop_net()
+    assert run_loop(model, torch.optim.SGD(model.parameters(), lr=0.01), zero=zero, evaluate="eval") == ([], ())
+
+
+def test_gradients_never_zeroed_are_caught_once() -> None:
+    model = drop_net()
+    assert run_loop(model, torch.optim.SGD(model.parameters(), lr=0.01), zero="forgotten") == (
+        [NOT_ZEROED], (NOT_ZEROED,))
+
+
+def test_parameters_missing_from_the_optimizer_are_named() -> None:
+    model = drop_net()
+    opt = torch.optim.SGD(model[0].parameters(), lr=0.01)  # model[2] never trains
+    message = ("2 parameter(s) with requires_grad are in no optimizer param group (they never train): "
+               "2.weight, 2.bias")
+    assert run_loop(model, opt) == ([message], (message,))
+    model[2].requires_grad_(False)  # frozen on purpose: fine
+    assert run_loop(model, opt) == ([], ())
+
+
+def test_training_step_in_eval_mode_is_caught() -> None:
+    model = drop_net()
+    assert run_loop(model, torch.optim.SGD(model.parameters(), lr=0.01), train=False) == ([EVAL_STEP], (EVAL_STEP,))
+    plain = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))  # eval mode changes nothing here
+    assert run_loop(plain, torch.optim.SGD(plain.parameters(), lr=0.01), train=False) == ([], ())
+
+
+def test_evaluation_forward_in_train_mode_is_caught() -> None:
+    model = drop_net()
+    assert run_loop(model, torch.optim.SGD(model.parameters(), lr=0.01), evaluate="train") == (
+        [TRAIN_EVAL], (TRAIN_EVAL,))
