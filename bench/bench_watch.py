@@ -14,6 +14,7 @@ and backward: the logged step's goal is to cost no more than that.
 
     python bench/bench_watch.py            # GPT-2 small (4x128 tokens) and a ResNet-style CNN, 200 steps, E = 100
     python bench/bench_watch.py --smoke    # tiny models, a few steps: checks the script still works
+    python bench/bench_watch.py --threads 1 --models cnn   # one torch thread: steadier on a busy machine
     python bench/bench_watch.py --device cuda   # the same on a GPU (each step ends with a synchronize);
                                                 # without CUDA it prints one line saying it skipped
 """
@@ -125,7 +126,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--models", default="gpt2,cnn")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--window", action="store_true", help="also mode='window' (every step's statistics)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch.set_num_threads (0: torch's default); 1 is steadier on a shared machine")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     steps, every = (4, 2) if args.smoke else (args.steps, args.every)
     lines, available = gpu_header(args.device)
     if not available:
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         lines += table(name, times, every, stats_ratio(name, args.smoke, args.device, 1 if args.smoke else 5))
         print("\n".join(lines[-6:]), flush=True)
     lines.append(f"{steps} steps of each contender, interleaved step by step, after {WARMUP} warm-up steps; "
-                 f"a record every {every} steps.")
+                 f"a record every {every} steps; {torch.get_num_threads()} torch thread(s).")
     print("\n".join(lines))
     return lines
 

@@ -165,6 +165,13 @@ def run_and_compare(model: nn.Module, make_batch: Callable[[int], Any], forward:
             assert p["update_ratio"] == pytest.approx(update / before_norm, rel=1e-4, abs=1e-9)
         assert [p["name"] for p in record["params"]] == [n for n, _ in model.named_parameters()]
     assert w.report().steps == steps and w.report().records == len(records)
+    # The run's totals merge the records' steps: calls add up, grad_norm is the RMS over the steps they cover.
+    for row in w.report().modules:
+        rows = [next(r for r in record["modules"] if r["name"] == row.name) for record in records]
+        assert row.calls == sum(r["calls"] for r in rows)
+        if row.grad_norm is not None:
+            assert row.grad_norm == pytest.approx(math.sqrt(sum(r["grad_norm"] ** 2 for r in rows) / len(rows)),
+                                                  rel=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["sentinel", "window"])

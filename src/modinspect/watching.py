@@ -751,7 +751,7 @@ class Watch:
         if self._tensorboard is not None:
             self._tensorboard.write(step_document(record))
         self.records += 1
-        self._totals.fold(c, self._window)
+        self._totals.fold(c, self._collected)  # the steps the Collector saw (sentinel: the logged ones)
         if self.on_nonfinite == "log" and origin is not None and self.nonfinite_origin is None:
             self.nonfinite_step = lazy_step if origin.cause == "sentinel" and lazy_step is not None else self.steps
             self.nonfinite_origin = origin
