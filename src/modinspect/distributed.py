@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from modinspect.analysis.stats_math import Running
+from modinspect.analysis.stats_math import GradTotals, Running
 
 if TYPE_CHECKING:
     import torch
@@ -189,12 +189,12 @@ def collector_state(c: Collector) -> list[tuple[Any, ...]]:
     out = []
     for m, r in enumerate(c.running):
         out.append((r.calls, r.n, r.mean, r.m2, r.lo, r.hi, r.abs_sum, r.zeros, r.nan, r.inf, list(r.alive),
-                    c.units_ok[m], tuple(c.grad[m])))
+                    c.units_ok[m], c.grad[m]))
     return out
 
 
-def merge_states(states: Sequence[list[tuple[Any, ...]]], grad_scale: float) -> list[tuple[Running, bool, list[Any]]]:
-    """The ranks' per-module states merged: (Running, units_ok, [sumsq, nan, inf, has, near]) per module.
+def merge_states(states: Sequence[list[tuple[Any, ...]]], grad_scale: float) -> list[tuple[Running, bool, GradTotals]]:
+    """The ranks' per-module states merged: (Running, units_ok, GradTotals) per module.
 
     Output-gradient squares are summed times `grad_scale`: 1 / world² when each rank's loss is a mean and
     the ranks' gradients are averaged (DDP, FSDP), 1 when the losses add up (`stats --loss sum`).
@@ -204,7 +204,7 @@ def merge_states(states: Sequence[list[tuple[Any, ...]]], grad_scale: float) -> 
         total = Running()
         units_ok = True
         alive: list[bool] | None = None
-        grad: list[Any] = [0.0, 0, 0, False, 0.0]
+        grad = GradTotals()
         for state in states:
             calls, n, mean, m2, lo, hi, abs_sum, zeros, nan, inf, rank_alive, ok, g = state[m]
             total.calls = max(total.calls, calls)  # calls per step, the same on every rank
@@ -217,11 +217,7 @@ def merge_states(states: Sequence[list[tuple[Any, ...]]], grad_scale: float) -> 
                     units_ok = False
                 else:
                     alive = [a or b for a, b in zip(alive, rank_alive, strict=True)]
-            grad[0] += g[0] * grad_scale
-            grad[1] += g[1]
-            grad[2] += g[2]
-            grad[3] = grad[3] or g[3]
-            grad[4] = max(grad[4], g[4])
+            grad.merge(g, grad_scale)
         total.alive = alive or []
         merged.append((total, units_ok, grad))
     return merged

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from modinspect import distributed
 from modinspect.analysis import stats_hooks
 from modinspect.analysis.stats_hooks import RELU_FAMILY, Collector, StatsOptions
-from modinspect.analysis.stats_math import NEAR_LIMIT, Running, flags_for, grad_outliers
+from modinspect.analysis.stats_math import NEAR_LIMIT, GradTotals, Running, flags_for, grad_outliers
 from modinspect.errors import ModinspectError, NonFiniteError, UsageError
 from modinspect.report import ModuleStats, NonfiniteOrigin, ParamStats, WatchReport
 from modinspect.watchlog import (
@@ -124,7 +124,7 @@ class _Totals:
 
     def __init__(self, count: int) -> None:
         self.running = [Running() for _ in range(count)]
-        self.grad = [[0.0, 0, 0, False, 0.0] for _ in range(count)]
+        self.grad = [GradTotals() for _ in range(count)]
         self.alive: list[list[bool] | None] = [None] * count
         self.units_ok = [True] * count
         self.steps = 0
@@ -135,12 +135,7 @@ class _Totals:
             total = self.running[m]
             total.calls += r.calls
             total.merge(r.n, r.mean, r.m2, r.lo, r.hi, r.abs_sum, r.zeros, r.nan, r.inf)
-            g, acc = c.grad[m], self.grad[m]
-            acc[0] += g[0]
-            acc[1] += g[1]
-            acc[2] += g[2]
-            acc[3] = acc[3] or g[3]
-            acc[4] = max(acc[4], g[4])
+            self.grad[m].merge(c.grad[m])
             if not c.units_ok[m]:
                 self.units_ok[m] = False
             elif r.alive:
@@ -903,8 +898,8 @@ class Watch:
         t = self._totals
         scale = 1 / math.sqrt(t.steps) if t.steps else 1.0
         types = [distributed.type_name(m) for m in self._mods]
-        norms = [math.sqrt(g[0]) * scale if g[3] else None for g in t.grad]
-        exploding, vanishing = grad_outliers(self._names, types, norms, [g[4] * NEAR_LIMIT >= 1.0 for g in t.grad])
+        norms = [math.sqrt(g.squares) * scale if g.seen else None for g in t.grad]
+        exploding, vanishing = grad_outliers(self._names, types, norms, [g.near * NEAR_LIMIT >= 1.0 for g in t.grad])
         rows = []
         for m, r in enumerate(t.running):
             alive = t.alive[m]
@@ -915,7 +910,7 @@ class Watch:
                 std=r.std(), min=r.min_or_none(), max=r.max_or_none(), mean_abs=r.mean_abs(),
                 zero_fraction=r.zero_fraction(), nan=r.nan, inf=r.inf, dead_fraction=dead,
                 units=len(alive) if dead is not None and alive else None, grad_norm=norms[m],
-                grad_nan=int(t.grad[m][1]), grad_inf=int(t.grad[m][2]), param_grad_norm=None, param_grad_nan=0,
+                grad_nan=t.grad[m].nan, grad_inf=t.grad[m].inf, param_grad_norm=None, param_grad_nan=0,
                 param_grad_inf=0, histogram=(), flags=())
             rows.append(dataclasses.replace(row, flags=flags_for(row, m in exploding, m in vanishing)))
         return rows

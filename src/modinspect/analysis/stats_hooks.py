@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from modinspect.analysis.stats_math import NEAR_LIMIT, Running, flags_for, grad_outliers
+from modinspect.analysis.stats_math import NEAR_LIMIT, GradTotals, Running, flags_for, grad_outliers
 from modinspect.report import ModuleStats, NonfiniteOrigin
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ class Collector:
         # sumsq, nan, inf, and whether any gradient reached the output at all: an output that does not
         # depend on the parameters or the input (rotary cos/sin tables), or sits behind a non-differentiable
         # op, has no gradient norm, not a norm of 0.
-        self.grad: list[list[Any]] = [[0.0, 0, 0, False, 0.0] for _ in modules]  # ... and max|∇| / dtype max
+        self.grad = [GradTotals() for _ in modules]
         self.param_grad = [[0.0, 0, 0, False] for _ in modules]
         self.origin: NonfiniteOrigin | None = None
         self.wants_grad: set[int] = set()  # modules whose first output required grad
@@ -658,13 +658,8 @@ class Collector:
         for index, squares, nan, inf, near in grad_events:
             for call_index, primary in self.tensors[index].producers:
                 m = self.calls[call_index].module
-                acc = self.grad[m]
-                if primary:
-                    acc[0] += squares
-                    acc[3] = True
-                    acc[4] = max(acc[4], near)
-                acc[1] += nan
-                acc[2] += inf
+                # Only the primary output's gradient counts toward the norm; NaN/Inf of any output count.
+                self.grad[m].merge(GradTotals(squares, nan, inf, True, near) if primary else GradTotals(0.0, nan, inf))
 
     # ---------------------------------------------------------------- where the first NaN/Inf came from
     def _forward_origin(self, events: list[tuple[int, bool, bool]]) -> NonfiniteOrigin | None:
@@ -718,7 +713,7 @@ class Collector:
     def without_gradient(self) -> list[str]:
         """Modules whose output required grad but never received one (cut off by a non-differentiable op)."""
         return [f"{self.names[m] or '(model)'} ({self._type(m)})" for m in sorted(self.wants_grad)
-                if not self.grad[m][3]]
+                if not self.grad[m].seen]
 
     def _type(self, m: int) -> str:
         from modinspect.distributed import type_name
@@ -730,9 +725,9 @@ class Collector:
 
     # ---------------------------------------------------------------- report
     def module_stats(self) -> list[ModuleStats]:
-        grad_norms = [math.sqrt(g[0]) if self.options.backward and g[3] else None for g in self.grad]
+        grad_norms = [math.sqrt(g.squares) if self.options.backward and g.seen else None for g in self.grad]
         exploding, vanishing = grad_outliers(self.names, [self._type(m) for m in range(len(self.modules))], grad_norms,
-                                             [g[4] * NEAR_LIMIT >= 1.0 for g in self.grad])
+                                             [g.near * NEAR_LIMIT >= 1.0 for g in self.grad])
         rows = []
         for m, r in enumerate(self.running):
             is_relu = type(self.modules[m]).__name__ in RELU_FAMILY
@@ -743,7 +738,7 @@ class Collector:
                 mean=r.mean_or_none(), std=r.std(), min=r.min_or_none(), max=r.max_or_none(),
                 mean_abs=r.mean_abs(), zero_fraction=r.zero_fraction(), nan=r.nan, inf=r.inf,
                 dead_fraction=dead, units=r.units if dead is not None else None,
-                grad_norm=grad_norms[m], grad_nan=int(self.grad[m][1]), grad_inf=int(self.grad[m][2]),
+                grad_norm=grad_norms[m], grad_nan=int(self.grad[m].nan), grad_inf=int(self.grad[m].inf),
                 param_grad_norm=math.sqrt(pg[0]) if pg[3] else None, param_grad_nan=int(pg[1]),
                 param_grad_inf=int(pg[2]), histogram=self.histograms[m] if r.n else (), flags=(),
                 histogram_edges=self._edges(m) if r.n else (),

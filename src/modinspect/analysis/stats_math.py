@@ -17,6 +17,29 @@ MOSTLY_DEAD = 0.5
 
 
 @dataclass
+class GradTotals:
+    """One module's output-gradient totals over calls, steps or ranks; `merge()` is the one way to add two up.
+
+    `seen`: a gradient reached the output at all (an output cut off from the loss has no norm, not a norm of 0).
+    `near`: the largest max|∇| over its dtype's largest finite value (half precision close to overflow).
+    """
+
+    squares: float = 0.0  # Σ‖∇out‖² over the calls merged
+    nan: int = 0
+    inf: int = 0
+    seen: bool = False
+    near: float = 0.0
+
+    def merge(self, other: GradTotals, scale: float = 1.0) -> None:
+        """Add `other` in, its squares times `scale` (1 / world² for averaged gradients of mean losses)."""
+        self.squares += other.squares * scale
+        self.nan += other.nan
+        self.inf += other.inf
+        self.seen = self.seen or other.seen
+        self.near = max(self.near, other.near)
+
+
+@dataclass
 class Running:
     """Count, mean and M2 merged with Chan et al.'s parallel formula; min/max/|x| sums over finite values."""
 
