@@ -51,9 +51,19 @@ def trainer(model: nn.Module, inputs: tuple[Any, ...]) -> Callable[[], None]:
     return step
 
 
-def measure(name: str, steps: int, every: int, smoke: bool, device: str, window: bool) -> dict[str, list[float]]:
-    """Seconds of each contender's steps, step by step (after WARMUP steps each)."""
+def built(name: str, smoke: bool, tokens: str | None) -> tuple[nn.Module, tuple[Any, ...]]:
+    """bench_stats' model and batch; `tokens` ("BxT") replaces GPT-2's 4x128 token batch."""
     model, inputs = build(name, smoke)
+    if tokens and name == "gpt2" and not smoke:
+        b, t = (int(v) for v in tokens.lower().split("x"))
+        inputs = (torch.randint(0, model.config.vocab_size, (b, t), generator=torch.Generator().manual_seed(0)),)
+    return model, inputs
+
+
+def measure(name: str, steps: int, every: int, smoke: bool, device: str, window: bool,
+            tokens: str | None = None) -> dict[str, list[float]]:
+    """Seconds of each contender's steps, step by step (after WARMUP steps each)."""
+    model, inputs = built(name, smoke, tokens)
     model.train()
     cuda = device.startswith("cuda")
     if cuda:
@@ -88,9 +98,9 @@ def measure(name: str, steps: int, every: int, smoke: bool, device: str, window:
     return times
 
 
-def stats_ratio(name: str, smoke: bool, device: str, runs: int) -> float:
+def stats_ratio(name: str, smoke: bool, device: str, runs: int, tokens: str | None = None) -> float:
     """`stats` on one batch (forward + backward) over a bare forward + backward, median of interleaved pairs."""
-    model, inputs = build(name, smoke)
+    model, inputs = built(name, smoke, tokens)
     model.train()
     if device.startswith("cuda"):
         model, inputs = model.to(device), tuple(t.to(device) for t in inputs)
@@ -126,6 +136,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--models", default="gpt2,cnn")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--window", action="store_true", help="also mode='window' (every step's statistics)")
+    parser.add_argument("--stats-runs", type=int, default=5, help="pairs for the `stats` row")
+    parser.add_argument("--tokens", default=None, help="GPT-2's batch as BxT (default 4x128)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch.set_num_threads (0: torch's default); 1 is steadier on a shared machine")
     args = parser.parse_args(argv)
@@ -137,8 +149,10 @@ def main(argv: list[str] | None = None) -> list[str]:
         print("\n".join(lines))
         return lines
     for name in args.models.split(","):
-        times = measure(name, steps, every, args.smoke, args.device, args.window)
-        lines += table(name, times, every, stats_ratio(name, args.smoke, args.device, 1 if args.smoke else 5))
+        times = measure(name, steps, every, args.smoke, args.device, args.window, args.tokens)
+        label = f"{name} {args.tokens}" if args.tokens and name == "gpt2" else name
+        lines += table(label, times, every, stats_ratio(name, args.smoke, args.device, 1 if args.smoke else args.stats_runs,
+                                                        args.tokens))
         print("\n".join(lines[-6:]), flush=True)
     lines.append(f"{steps} steps of each contender, interleaved step by step, after {WARMUP} warm-up steps; "
                  f"a record every {every} steps; {torch.get_num_threads()} torch thread(s).")

@@ -139,9 +139,11 @@ def test_watch_benchmark_smoke(report: dict[str, list[str]]) -> None:
     rows = run_all.table_rows(section(report, "watch"))
     for model in ("gpt2", "cnn"):
         mine = [row for row in rows if row["model"] == model]
-        assert column(mine, "contender") == ["bare", "watch", "watch (log)"]
-        ratios = [float(r) for r in column(mine, "× bare (median of paired ratios)")]
+        assert column(mine, "contender") == ["bare", "watch", "watch (log)", "`stats` (one batch, fwd+bwd)"]
+        ratios = [float(r) for r in column(mine, "× bare (all steps)")[:3]]
         assert ratios[0] == 1.0 and all(r > 0 for r in ratios)
+        alone = [float(r) for r in column(mine, "logged step × bare step")]
+        assert alone[0] == 1.0 and all(r > 0 for r in alone)
 
 
 @needs_transformers
