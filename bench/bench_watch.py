@@ -8,7 +8,7 @@ watched, bare, watched, ...), so the ratios hold on a shared machine:
 - watch (log): the same with on_nonfinite="log", no per-step read at all;
 - watch (window), with --window: mode="window", every step's statistics (the behaviour before the sentinel).
 Each row gives seconds per step over all the steps, the ratio of the totals against bare (logged steps
-included, one in E), and the logged step alone: the median ratio of a logged step to the bare step it ran
+included, one in E), the median of the paired per-step ratios (robust to load spikes), and the logged step alone: the median ratio of a logged step to the bare step it ran
 beside. The last row is `stats` on one batch (forward and backward, `collect_stats`) against a bare forward
 and backward: the logged step's goal is to cost no more than that.
 
@@ -118,13 +118,15 @@ def stats_ratio(name: str, smoke: bool, device: str, runs: int, tokens: str | No
 def table(name: str, times: dict[str, list[float]], every: int, stats: float) -> list[str]:
     bare_times = times["bare"]
     logged = [i for i in range(len(bare_times)) if (i + WARMUP + 1) % every == 0]
-    lines = ["| model | contender | mean s per step | × bare (all steps) | logged step × bare step |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = ["| model | contender | mean s per step | × bare (all steps) | × bare (median step) | "
+             "logged step × bare step |", "| --- | --- | --- | --- | --- | --- |"]
     for key, values in times.items():
         ratio = sum(values) / sum(bare_times)
+        # The median of the paired per-step ratios: robust to a load spike on a shared machine.
+        median = statistics.median(v / b for v, b in zip(values, bare_times, strict=True))
         alone = statistics.median(values[i] / bare_times[i] for i in logged) if logged and key != "bare" else 1.0
-        lines.append(f"| {name} | {key} | {statistics.fmean(values):.3f} | {ratio:.3f} | {alone:.2f} |")
-    lines.append(f"| {name} | `stats` (one batch, fwd+bwd) | | | {stats:.2f} |")
+        lines.append(f"| {name} | {key} | {statistics.fmean(values):.3f} | {ratio:.3f} | {median:.3f} | {alone:.2f} |")
+    lines.append(f"| {name} | `stats` (one batch, fwd+bwd) | | | | {stats:.2f} |")
     return lines
 
 

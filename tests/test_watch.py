@@ -909,3 +909,27 @@ def test_evaluation_forward_in_train_mode_is_caught() -> None:
     model = drop_net()
     assert run_loop(model, torch.optim.SGD(model.parameters(), lr=0.01), evaluate="train") == (
         [TRAIN_EVAL], (TRAIN_EVAL,))
+
+
+def test_nan_on_a_logged_step_keeps_exact_counts_from_the_replay(tmp_path: Path) -> None:
+    """A sentinel-mode logged step runs `stats`' fast reductions; when it holds the first NaN, its record's
+    counts are the exact ones of the replay (the fast sums cannot count NaN)."""
+    model = planted()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    outs: list[torch.Tensor] = []
+    model[1].register_forward_hook(lambda m, a, o: outs.append(o.detach().clone()))
+    with pytest.warns(NonFiniteWarning), modinspect.watch(model, every=5, log=tmp_path / "f.jsonl") as w:
+        for step, x in batches(bad_step=5):
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+            w.step()
+            if step == 5:
+                break
+    assert w.collector.exact  # after the first NaN/Inf every logged step is exact
+    record = read_log(tmp_path / "f.jsonl")[1]
+    assert record["step"] == 5 and record["nonfinite"]["module"] == "1"
+    row = next(r for r in record["modules"] if r["name"] == "1")
+    bad = outs[4]  # step 5's LogAct output, as the user's forward made it
+    assert (row["calls"], row["count"], row["nan"]) == (1, bad.numel(), int(torch.isnan(bad).sum()))
+    assert row["nan"] > 0

@@ -268,7 +268,7 @@ class Watch:
     def _new_collector(self) -> Collector:
         options = StatsOptions(backward=True, pattern=self._pattern, histogram=self._histogram)
         c = Collector(self._names, self._mods, options, self._acc)
-        c.exact = True  # counts NaN/Inf on every step: a window cannot be replayed after the fact
+        c.exact = self._exact()
         c.sample = self._sample
         c.begin_batch()
         return c
@@ -288,8 +288,20 @@ class Watch:
             self._handles.append(optimizer.register_step_post_hook(self._optimizer_stepped))
         self._loop = LoopChecks(self._inner, self._params, optimizer)
 
+    def _exact(self) -> bool:
+        """Whether the Collector runs `stats`' exact (masked) reductions rather than its fast ones.
+
+        A window cannot be replayed after the fact, nor can a logged step under on_nonfinite="log" (no flag is
+        read) or under torchrun, nor any step once the weights hold NaN: exact. A sentinel-mode logged step is
+        fast, like `stats`: a NaN/Inf makes its mean, M2 or sum of squares non-finite, the step's flag (read at
+        its end) is then set, and its record holds the exact statistics of the first NaN/Inf's replay.
+        """
+        return (self.mode == "window" or self.on_nonfinite == "log" or self._ranks.many
+                or self.nonfinite_step is not None)
+
     def _arm(self) -> None:
         """Register the Collector's module hooks (sentinel mode: for the logged step only)."""
+        self.collector.exact = self._exact()
         if self._module_handles:
             return
         for m in self._mods:
@@ -702,9 +714,10 @@ class Watch:
         pos = 0
         c = self.collector  # the live one: its execution order and input links are the window's
         found_at = len(self._pending)  # the window's step whose merge first found an origin
+        merged = True
         for i, packed in enumerate(self._pending):
             size = packed.data.numel() if packed.data is not None else 0
-            c.merge(packed, Collector.unpack(packed, flat[pos:pos + size]))
+            merged = c.merge(packed, Collector.unpack(packed, flat[pos:pos + size])) and merged
             pos += size
             if c.origin is not None and found_at == len(self._pending):
                 found_at = i
@@ -729,7 +742,7 @@ class Watch:
             first = min(at for at, _ in origins)
             origin = distributed.pick_origin([o if at == first else None for at, o in origins])
         self._last_origin = origin
-        if self._pending or many:
+        if (self._pending and (merged or self._replay_rows is None)) or many:
             rows = self._rows(c, self._collected)
         else:  # sentinel mode between logged steps: the replay's statistics of a first NaN/Inf step, or none
             rows = list(self._replay_rows or [])
