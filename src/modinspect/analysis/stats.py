@@ -277,7 +277,7 @@ def _own_nonfinite(collector: Collector) -> bool:
     origin = collector.origin
     if origin is not None and (origin.phase == "forward" or origin.cause != "produced"):
         return True
-    return any(r.nan or r.inf for r in collector.running) or any(g[1] or g[2] for g in collector.grad)
+    return any(r.nan or r.inf for r in collector.running) or any(g.nan or g.inf for g in collector.grad)
 
 
 def _pick_origins(gathered: Sequence[tuple[Any, Any, bool]]) -> tuple[Any, Any]:
