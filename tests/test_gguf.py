@@ -272,7 +272,7 @@ def test_q4_k_4096_square_is_16_million_parameters_at_4_5_bits(tmp_path: Path) -
     assert doc["totals"]["params"] == 16_777_216 and doc["totals"]["bytes"] == 9_437_184
     assert doc["tensors"] == [{"name": "blk.0.attn_q.weight", "shape": [4096, 4096], "dtype": "Q4_K", "kind": "unknown",
                                "bytes": 9_437_184, "bits_per_weight": 4.5, "requires_grad": None, "persistent": None,
-                               "alias_of": None}]
+                               "alias_of": None, "scheme": None, "logical_shape": None}]
     assert doc["by_dtype"] == [{"dtype": "Q4_K", "elements": 16_777_216, "bytes": 9_437_184, "bits_per_weight": 4.5}]
     with open_source(path) as src:
         report = build_tree(src)

@@ -16,6 +16,8 @@ class TensorRow:
     requires_grad: bool | None
     persistent: bool | None
     alias_of: str | None  # the first name of its tied group, when this one is a later alias
+    scheme: str | None = None  # a quantized layer's scheme, on its packed weight and its auxiliary tensors
+    logical_shape: tuple[int, ...] | None = None  # the shape a packed weight stands for (GPTQ's qweight: [out, in])
 
     @property
     def short(self) -> str:
@@ -23,7 +25,8 @@ class TensorRow:
 
     @property
     def numel(self) -> int:
-        return math.prod(self.shape)
+        """Logical elements: a packed weight's logical shape's, else the stored shape's."""
+        return math.prod(self.logical_shape if self.logical_shape is not None else self.shape)
 
     @property
     def bits_per_weight(self) -> float | None:
@@ -46,6 +49,28 @@ class ModuleRow:
     trainable: int | None
     training: bool | None
     parent_training: bool | None = None  # the parent module's flag (None for the root, or when unknown)
+    scheme: str | None = None  # a quantized layer's own scheme ('gptq 4-bit g128')
+    bits_per_weight: float | None = None  # its packed weight and auxiliary tensors' bits per logical weight
+
+
+@dataclass(frozen=True, slots=True)
+class QuantLayer:
+    """A quantized layer: its packed weight, the auxiliary tensors it needs, and the float shape they stand for."""
+
+    module: str
+    scheme: str  # 'gptq 4-bit g128', 'bnb nf4', 'fp8 e4m3 block 128×128', 'qint8'
+    weight: str  # the packed weight's stored name
+    shape: tuple[int, ...]  # the logical shape: the float layer's weight
+    aux: tuple[str, ...]  # scales, zeros, group indices, absmax, ...: stored, not parameters
+    bytes: int  # the packed weight and its auxiliary tensors
+
+    @property
+    def params(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def bits_per_weight(self) -> float | None:
+        return bits_per_weight(self.bytes, self.params)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +181,8 @@ class TreeReport:
     shapes: ShapesReport | None = None
     # Globals the file's pickle calls that are not known data classes: torch.load would run them (stand-ins here).
     would_call: tuple[str, ...] = ()
+    # Per scheme: logical elements and the bytes stored for them, auxiliary tensors included.
+    by_scheme: tuple[DtypeTotal, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,18 @@ import math
 from dataclasses import dataclass
 
 from modinspect.analysis.keymap import is_index
+from modinspect.analysis.quant import QuantScan, scan_quantization
 from modinspect.errors import CorruptFileError
 from modinspect.gcpause import paused_gc
-from modinspect.report import DtypeTotal, ModuleNode, ModuleRow, TensorRow, Totals, TreeReport
+from modinspect.report import (
+    DtypeTotal,
+    ModuleNode,
+    ModuleRow,
+    QuantLayer,
+    TensorRow,
+    Totals,
+    TreeReport,
+)
 from modinspect.sources.base import ModuleInfo, Source, TensorInfo, tied_groups
 
 # (params, bytes, trainable) that one storage adds to every module whose subtree holds it
@@ -94,10 +103,10 @@ def _is_param(t: TensorInfo, module_known: bool) -> bool:
     return t.kind == "parameter" or (t.kind == "unknown" and not module_known)
 
 
-def _counts(t: TensorInfo, module_known: bool) -> _Counts:
+def _counts(t: TensorInfo, module_known: bool, logical: dict[str, tuple[int, ...]]) -> _Counts:
     if not _is_param(t, module_known):
         return 0, t.nbytes, 0
-    numel = t.numel
+    numel = math.prod(logical.get(t.name, t.shape))
     return numel, t.nbytes, numel if t.requires_grad else 0
 
 
@@ -114,7 +123,7 @@ class _Sums:
 
 
 def _grow(tree: _Tree, tensors: list[TensorInfo], module_known: bool,
-          by_dtype: dict[str, list[int]], sums: _Sums) -> dict[str, list[int]]:
+          by_dtype: dict[str, list[int]], sums: _Sums, logical: dict[str, tuple[int, ...]]) -> dict[str, list[int]]:
     """Attach each tensor to its module and add its counts there; returns the storages two or more hold.
 
     The hot loop of `tree`: one pass, locals only, no call per tensor but math.prod.
@@ -137,16 +146,18 @@ def _grow(tree: _Tree, tensors: list[TensorInfo], module_known: bool,
         if claim(sid, i) != i:
             shared.setdefault(sid, [first[sid]]).append(i)
             continue
-        numel = prod(t.shape)
+        numel = stored = prod(t.shape)
+        if logical and name in logical:  # a packed quantized weight counts the parameters it stands for
+            numel = prod(logical[name])
         nbytes = t.nbytes
         kind = t.kind
         node.bytes += nbytes
         total_bytes += nbytes
         acc = by_dtype.get(t.dtype)
         if acc is None:
-            by_dtype[t.dtype] = [numel, nbytes]
+            by_dtype[t.dtype] = [stored, nbytes]
         else:
-            acc[0] += numel
+            acc[0] += stored
             acc[1] += nbytes
         if kind == "parameter" or (kind == "unknown" and not module_known):
             node.params += numel
@@ -164,7 +175,8 @@ def _grow(tree: _Tree, tensors: list[TensorInfo], module_known: bool,
     return shared
 
 
-def _count_shared(tree: _Tree, tensors: list[TensorInfo], shared: dict[str, list[int]], module_known: bool) -> None:
+def _count_shared(tree: _Tree, tensors: list[TensorInfo], shared: dict[str, list[int]], module_known: bool,
+                  logical: dict[str, tuple[int, ...]]) -> None:
     """Count each shared storage once in every module above one of its holders.
 
     A subtree counts a storage as the first of its holders in depth-first order (a module's own tensors,
@@ -174,7 +186,7 @@ def _count_shared(tree: _Tree, tensors: list[TensorInfo], shared: dict[str, list
     for holders in shared.values():  # the first holder was counted as if alone: take it back
         t = tensors[holders[0]]
         node = nodes[t.name.rpartition(".")[0]]
-        params, nbytes, trainable = _counts(t, module_known)
+        params, nbytes, trainable = _counts(t, module_known, logical)
         node.params -= params
         node.bytes -= nbytes
         node.trainable -= trainable
@@ -186,7 +198,7 @@ def _count_shared(tree: _Tree, tensors: list[TensorInfo], shared: dict[str, list
             sid = _storage_id(t)
             if sid not in shared:
                 continue
-            counts = _counts(t, module_known)
+            counts = _counts(t, module_known, logical)
             up: _Node | None = node
             while up is not None:
                 if up.shared is None:
@@ -211,7 +223,7 @@ def _sum_up(tree: _Tree, pattern: str | None, tensors: list[TensorInfo]) -> None
             parent.selected = parent.selected or node.selected
 
 
-def _row(node: _Node, module_known: bool) -> ModuleRow:
+def _row(node: _Node, module_known: bool, layer: QuantLayer | None = None) -> ModuleRow:
     params, nbytes, trainable = node.params, node.bytes, node.trainable
     if node.shared:
         for p, b, tr in node.shared.values():
@@ -219,6 +231,9 @@ def _row(node: _Node, module_known: bool) -> ModuleRow:
             nbytes += b
             trainable += tr
     parent = node.parent.training if node.parent is not None else None
+    if layer is not None:
+        return ModuleRow(node.name, node.type, params, nbytes, trainable if module_known else None, node.training,
+                         parent, layer.scheme, layer.bits_per_weight)
     return ModuleRow(node.name, node.type, params, nbytes, trainable if module_known else None, node.training,
                      parent)
 
@@ -349,7 +364,11 @@ def _view(tree: _Tree, view: _View) -> ModuleNode:
         frame.next += 1
 
 
-def _tensor_rows(tensors: list[TensorInfo], aliases: dict[str, str]) -> list[TensorRow]:
+def _tensor_rows(tensors: list[TensorInfo], aliases: dict[str, str], quant: QuantScan) -> list[TensorRow]:
+    if quant:
+        schemes, logical = {**quant.aux, **quant.schemes}, quant.logical
+        return [TensorRow(t.name, t.shape, t.dtype, t.nbytes, t.kind, t.requires_grad, t.persistent,
+                          aliases.get(t.name), schemes.get(t.name), logical.get(t.name)) for t in tensors]
     if aliases:
         return [TensorRow(t.name, t.shape, t.dtype, t.nbytes, t.kind, t.requires_grad, t.persistent, aliases.get(t.name))
                 for t in tensors]
@@ -391,20 +410,22 @@ def build_tree(source: Source, *, depth: int | None = None, pattern: str | None 
 
 def _build(source: Source, depth: int | None, pattern: str | None, expand: bool) -> TreeReport:
     module_known = source.modules is not None
-    tensors = source.tensors
+    quant = scan_quantization(source)
+    tensors = _marked(source.tensors, quant) if quant else source.tensors
     tree = _Tree(source.label)
     _add_modules(tree, source.modules or [])
     by_dtype: dict[str, list[int]] = {}
     sums = _Sums()
-    shared = _grow(tree, tensors, module_known, by_dtype, sums)
+    shared = _grow(tree, tensors, module_known, by_dtype, sums, quant.logical)
     if shared:
-        _count_shared(tree, tensors, shared, module_known)
+        _count_shared(tree, tensors, shared, module_known, quant.logical)
     _sum_up(tree, pattern, tensors)
     groups = tied_groups(tensors) if shared else []
     aliases = {name: group[0] for group in groups for name in group[1:]}
     totals, dtypes = _totals(sums, len(tensors), by_dtype, module_known)
-    rows = {name: _row(n, module_known) for name, n in tree.nodes.items()}  # once: the list and the view share them
-    tensor_rows = _tensor_rows(tensors, aliases)
+    layers = {layer.module: layer for layer in quant.layers}
+    rows = {name: _row(n, module_known, layers.get(name)) for name, n in tree.nodes.items()}  # the list and view share them
+    tensor_rows = _tensor_rows(tensors, aliases, quant)
     flat_rows = [r for r in rows.values() if pattern is None or _matches(r.name, pattern)]
     listed = tensor_rows if pattern is None else [r for r in tensor_rows if _matches(r.name, pattern)]
     root = _view(tree, _View(module_known, rows, tensor_rows, tensors, depth, pattern, expand))
@@ -415,6 +436,37 @@ def _build(source: Source, depth: int | None, pattern: str | None, expand: bool)
         tensors=tuple(listed), tied=tuple(tuple(g) for g in groups), root=root,
         state_dict_key=source.state_dict_key,
         other_entries=tuple((e.name, e.summary) for e in source.other_entries),
-        metadata=tuple(sorted(source.metadata.items())), notes=tuple(source.notes), filter=pattern,
-        would_call=tuple(source.would_call),
+        metadata=tuple(sorted(source.metadata.items())), notes=tuple(source.notes) + _quant_note(quant), filter=pattern,
+        would_call=tuple(source.would_call), by_scheme=_by_scheme(quant),
     )
+
+
+def _marked(tensors: list[TensorInfo], quant: QuantScan) -> list[TensorInfo]:
+    """The tensors with each auxiliary one's kind 'quant-aux' and each packed weight a parameter."""
+    aux, packed = quant.aux, quant.logical
+    out = []
+    for t in tensors:
+        if t.name in aux:
+            t = TensorInfo(t.name, t.shape, t.dtype, t.nbytes, "quant-aux", t.storage, None, None)
+        elif t.name in packed and t.kind != "parameter":
+            t = TensorInfo(t.name, t.shape, t.dtype, t.nbytes, "parameter", t.storage, t.requires_grad, None)
+        out.append(t)
+    return out
+
+
+def _quant_note(quant: QuantScan) -> tuple[str, ...]:
+    if not quant:
+        return ()
+    schemes = ", ".join(sorted({layer.scheme for layer in quant.layers}))
+    return (f"{len(quant.layers):,} quantized layers ({schemes}): each packed weight counts the parameters of the "
+            f"float weight it stands for; their {len(quant.aux):,} auxiliary tensors (scales, zeros, absmax...) are "
+            "stored bytes, not parameters",)
+
+
+def _by_scheme(quant: QuantScan) -> tuple[DtypeTotal, ...]:
+    sums: dict[str, list[int]] = {}
+    for layer in quant.layers:
+        acc = sums.setdefault(layer.scheme, [0, 0])
+        acc[0] += layer.params
+        acc[1] += layer.bytes
+    return tuple(DtypeTotal(s, e, b) for s, (e, b) in sorted(sums.items(), key=lambda kv: -kv[1][1]))

@@ -366,6 +366,10 @@ class _BatchProgress:
 def _tensor_pieces(t: TensorRow) -> list[tuple[str, str]]:
     """A tensor's line as (text, style) pieces: rich's label and the plain writer's line are the same text."""
     pieces = [(t.short, "bold"), (f"  {shape_text(t.shape)}", "cyan"), (f"  {t.dtype}", "magenta")]
+    if t.logical_shape is not None:  # a packed quantized weight: the float shape it stands for, and its scheme
+        if t.logical_shape != t.shape:
+            pieces.append((f"  = {shape_text(t.logical_shape)}", "cyan"))
+        pieces.append((f"  {t.scheme}", "magenta"))
     bpw = bpw_text(t.bits_per_weight)
     if bpw is not None:
         pieces.append((f"  {bpw}", "magenta"))
@@ -375,6 +379,8 @@ def _tensor_pieces(t: TensorRow) -> list[tuple[str, str]]:
     pieces.append((f"  {human_bytes(t.nbytes)}", "dim"))
     if t.kind == "buffer":
         pieces.append(("  buffer" if t.persistent is not False else "  buffer, non-persistent", "blue"))
+    elif t.kind == "quant-aux":
+        pieces.append((f"  quant-aux ({t.scheme})" if t.scheme else "  quant-aux", "blue"))
     elif t.requires_grad is False:
         pieces.append(("  frozen", "red"))
     return pieces
@@ -413,6 +419,9 @@ def _module_label(node: ModuleNode, report: TreeReport, is_root: bool, room: int
         label.append(f"  {human_count(row.params)} params", style="cyan")
         label.append(f"  {human_bytes(row.bytes)}", style="dim")
     _place_hyper(label, hyper, hyper_at, room)
+    if row.scheme is not None:
+        bpw = f" · {row.bits_per_weight:.3g} bpw" if row.bits_per_weight is not None else ""
+        label.append(f"  {row.scheme}{bpw}", style="magenta")
     if row.trainable is not None and row.params and row.trainable == 0:
         label.append("  frozen", style="red")
     elif row.trainable is not None and 0 < row.trainable < row.params:
@@ -593,6 +602,10 @@ def totals_table(report: TreeReport, width: int = 200) -> Text:
     rows += [("By dtype" if i == 0 else "", f"{d.elements:,}",
               f"{d.dtype} · {human_bytes(d.bytes)}" + (f" · {bpw}" if (bpw := bpw_text(d.bits_per_weight)) else ""))
              for i, d in enumerate(report.by_dtype)]
+    rows += [("Quantized" if i == 0 else "", f"{d.elements:,}",
+              f"{d.dtype} · {human_bytes(d.bytes)}" + (f" · {d.bits_per_weight:.3g} bpw" if d.bits_per_weight else "")
+              + (" (auxiliary tensors included)" if i == len(report.by_scheme) - 1 else ""))
+             for i, d in enumerate(report.by_scheme)]
     rows += [("Tied" if i == 0 else "", "", " = ".join(reversed(g))) for i, g in enumerate(report.tied)]
     rows += _shapes_rows(report)
     rows += [("Other entries" if i == 0 else "", name, summary)

@@ -52,15 +52,19 @@ def tree_document(report: TreeReport, rows: bool = True) -> dict[str, Any]:
         },
         "by_dtype": [{"dtype": d.dtype, "elements": d.elements, "bytes": d.bytes, "bits_per_weight": d.bits_per_weight}
                      for d in report.by_dtype],
+        "by_scheme": [{"scheme": d.dtype, "params": d.elements, "bytes": d.bytes, "bits_per_weight": d.bits_per_weight}
+                      for d in report.by_scheme],
         "modules": [
             {"name": m.name, "type": m.type, "params": m.params, "bytes": m.bytes, "trainable": m.trainable,
-             "training": m.training, "extra_repr": reprs.get(m.name)}
+             "training": m.training, "extra_repr": reprs.get(m.name), "scheme": m.scheme,
+             "bits_per_weight": m.bits_per_weight}
             for m in (report.modules if rows else ())
         ],
         "tensors": [
             {"name": r.name, "shape": list(r.shape), "dtype": r.dtype, "kind": r.kind, "bytes": r.nbytes,
              "bits_per_weight": r.bits_per_weight, "requires_grad": r.requires_grad, "persistent": r.persistent,
-             "alias_of": r.alias_of}
+             "alias_of": r.alias_of, "scheme": r.scheme,
+             "logical_shape": None if r.logical_shape is None else list(r.logical_shape)}
             for r in (report.tensors if rows else ())
         ],
         "tied": [list(g) for g in report.tied],
@@ -132,7 +136,9 @@ def _module_records(report: TreeReport) -> list[str]:
     return [
         f'{{"name":{enc(m.name)},"type":{"null" if m.type is None else enc(m.type)},"params":{m.params:d},'
         f'"bytes":{m.bytes:d},"trainable":{"null" if m.trainable is None else format(m.trainable, "d")},'
-        f'"training":{lit[m.training]},"extra_repr":{"null" if (r := reprs.get(m.name)) is None else enc(r)}}}'
+        f'"training":{lit[m.training]},"extra_repr":{"null" if (r := reprs.get(m.name)) is None else enc(r)},'
+        f'"scheme":{"null" if m.scheme is None else enc(m.scheme)},'
+        f'"bits_per_weight":{"null" if m.bits_per_weight is None else float.__repr__(m.bits_per_weight)}}}'
         for m in report.modules
     ]
 
@@ -151,8 +157,13 @@ def _tensor_records(report: TreeReport) -> list[str]:
         bpw = "null" if not numel else bits.get(b := r.nbytes * 8 / numel) or bits.setdefault(b, float.__repr__(b))
         out.append(f'{{"name":{enc(r.name)},"shape":[{shape}],"dtype":{dtype},"kind":{kind},"bytes":{r.nbytes:d},'
                    f'"bits_per_weight":{bpw},"requires_grad":{lit[r.requires_grad]},"persistent":{lit[r.persistent]},'
-                   f'"alias_of":{alias}}}')
+                   f'"alias_of":{alias},"scheme":{"null" if r.scheme is None else enc(r.scheme)},'
+                   f'"logical_shape":{_shape_json(r.logical_shape)}}}')
     return out
+
+
+def _shape_json(shape: tuple[int, ...] | None) -> str:
+    return "null" if shape is None else "[" + ",".join([format(d, "d") for d in shape]) + "]"
 
 
 def tree_json(report: TreeReport, pretty: bool | None = None) -> str:

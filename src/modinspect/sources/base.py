@@ -12,7 +12,8 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     import torch
 
-TensorKind = Literal["parameter", "buffer", "unknown"]
+# "quant-aux": a quantized layer's scales, zeros, absmax...: stored beside its packed weight, not a parameter.
+TensorKind = Literal["parameter", "buffer", "unknown", "quant-aux"]
 
 # Bits per element of every dtype modinspect knows, by torch's name for it.
 DTYPE_BITS: dict[str, int] = {
@@ -106,6 +107,7 @@ class Source:
     # save_model's metadata): listed with the kept tensor's shape, which is theirs only if they alias all of it.
     shared_storage: dict[str, str] = field(default_factory=dict)
     would_call: list[str] = field(default_factory=list)  # stand-ins the pickle calls: torch.load would run them
+    quantization_config: dict[str, Any] | None = None  # config.json's, for a Hugging Face directory
 
     def __post_init__(self) -> None:
         self._by_name = {t.name: t for t in self.tensors}

@@ -209,8 +209,10 @@ class HfDirSource(Source):
 
             hint = legacy_layout_hint(model, [t.name for t in strangers])
             counted = [t for t in strangers if t.name not in ignored]
+            quantized = isinstance(read_config(folder).get("quantization_config"), dict)
             notes.append(f"{len(strangers)} stored tensors are not in the model (e.g. {strangers[0].name})"
-                         + (f": {len(counted)} counted from the file" if counted else "")
+                         + (": the quantization's (its layers are counted as the note on them says)" if quantized
+                            else f": {len(counted)} counted from the file" if counted else "")
                          + (f"; {len(strangers) - len(counted)} that transformers ignores on load, not counted"
                             if len(counted) < len(strangers) else "")
                          + (f": {hint}" if hint else ""))
@@ -226,6 +228,9 @@ class HfDirSource(Source):
         self._check_stored(name)
         return self._weights.iter_chunks(self._alias.get(name, name), chunk_elems)
 
+    def byte_range(self, name: str) -> tuple[Path, int, int] | None:
+        return None if name in self._computed else self._weights.byte_range(self._alias.get(name, name))
+
     def _check_stored(self, name: str) -> None:
         if name in self._computed:
             raise UsageError(f"{self.label}: {name} is a non-persistent buffer: the directory does not store it and "
@@ -239,11 +244,15 @@ def open_hf_dir(folder: Path, label: str, weights: Source | None, mode: ModelWei
                 missing: Exception | None = None, max_layers: int = DEFAULT_MAX_LAYERS) -> Source:
     """`folder` as a SOURCE; the weights are closed when it fails."""
     try:
-        return _open_hf_dir(folder, label, weights, mode, missing, max_layers)
+        source = _open_hf_dir(folder, label, weights, mode, missing, max_layers)
     except BaseException:
         if weights is not None:
             weights.close()
         raise
+    quantization = read_config(folder).get("quantization_config")
+    if isinstance(quantization, dict):  # how the weights were quantized, for analysis.quant
+        source.quantization_config = quantization
+    return source
 
 
 def _open_hf_dir(folder: Path, label: str, weights: Source | None, mode: ModelWeights,

@@ -1,0 +1,234 @@
+"""Quantized checkpoints: logical parameter counts, stored bytes, bits per weight, schemes and auxiliary tensors.
+
+Each test quantizes a float torch model and checks modinspect's counts against that float model's own
+`numel()`s. Files come from the quantizing library wherever it runs here (bitsandbytes through transformers'
+save_pretrained, compressed-tensors' compressor, torch.ao's quantize_dynamic); GPTQ, AWQ and FP8 need CUDA
+kernels to quantize, so their tensors are packed here with their reference implementations' packing code
+(cited in each test) and written with safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from modinspect.analysis.tree import build_tree
+from modinspect.render.jsonout import tree_document, tree_json
+from modinspect.report import TreeReport
+from modinspect.sources import open_source
+
+
+def _tree(path: Path) -> TreeReport:
+    with open_source(str(path)) as source:
+        return build_tree(source)
+
+
+def _float_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 32))
+
+
+def _linears(model: nn.Module) -> dict[str, nn.Linear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def _rtn(weight: torch.Tensor, group: int, bits: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest asymmetric quantization per group of input columns: (int weight [out, in], scales, zeros)."""
+    out, inputs = weight.shape
+    w = weight.reshape(out, inputs // group, group)
+    lo, hi = w.amin(-1), w.amax(-1)
+    scales = ((hi - lo) / (2**bits - 1)).clamp(min=1e-8)
+    zeros = torch.round(-lo / scales).clamp(0, 2**bits - 1)
+    q = torch.round(w / scales[..., None] + zeros[..., None]).clamp(0, 2**bits - 1).to(torch.int32)
+    return q.reshape(out, inputs), scales.t().contiguous().half(), zeros.t().contiguous().to(torch.int32)
+
+
+def _pack_rows(intweight: torch.Tensor, bits: int) -> torch.Tensor:
+    """GPTQ's packing of an [in, out] int weight along its rows: 32 / bits consecutive input rows per int32."""
+    per = 32 // bits
+    packed = torch.zeros(intweight.shape[0] // per, intweight.shape[1], dtype=torch.int64)
+    for j in range(per):
+        packed |= intweight[j::per].to(torch.int64) << (bits * j)
+    return (packed - (packed >= 2**31).to(torch.int64) * 2**32).to(torch.int32)
+
+
+def _pack_cols(values: torch.Tensor, bits: int, order: list[int]) -> torch.Tensor:
+    """Packing along the columns: column c of the result holds columns c * per + order[i] at bit i * bits."""
+    per = 32 // bits
+    packed = torch.zeros(values.shape[0], values.shape[1] // per, dtype=torch.int64)
+    for col in range(values.shape[1] // per):
+        for i in range(per):
+            packed[:, col] |= values[:, col * per + order[i]].to(torch.int64) << (i * bits)
+    return (packed - (packed >= 2**31).to(torch.int64) * 2**32).to(torch.int32)
+
+
+def _layer(report: TreeReport, name: str):  # type: ignore[no-untyped-def]
+    return next(m for m in report.modules if m.name == name)
+
+
+def _check_counts(report: TreeReport, model: nn.Module, file_tensors: dict[str, torch.Tensor],
+                  packed: str, aux: set[str], scheme: dict[str, str]) -> None:
+    """Params equal the float model's; each layer's bits per weight is its stored bytes over its float numel."""
+    assert report.totals.params == sum(p.numel() for p in model.parameters())
+    assert report.totals.bytes == sum(t.numel() * t.element_size() for t in file_tensors.values())
+    rows = {r.name: r for r in report.tensors}
+    for name, linear in _linears(model).items():
+        row = rows[f"{name}.{packed}"]
+        assert row.logical_shape == tuple(linear.weight.shape) and row.kind == "parameter"
+        assert row.scheme == scheme[name]
+        mine = [k for k in file_tensors if k.startswith(name + ".") and k.removeprefix(name + ".") in aux]
+        assert mine and all(rows[k].kind == "quant-aux" and rows[k].scheme == scheme[name] for k in mine)
+        stored = sum(file_tensors[k].numel() * file_tensors[k].element_size() for k in [*mine, f"{name}.{packed}"])
+        module = _layer(report, name)
+        assert module.scheme == scheme[name]
+        assert module.bits_per_weight == stored * 8 / linear.weight.numel()
+        assert module.params == sum(p.numel() for p in linear.parameters())
+    assert json.loads(tree_json(report)) == json.loads(json.dumps(tree_document(report)))
+
+
+def test_gptq_reference_packing_counts_the_float_model(tmp_path: Path) -> None:
+    """GPTQ as AutoGPTQ packs it (auto_gptq/nn_modules/qlinear/qlinear_cuda_old.py, QuantLinear.pack; optimum
+    and transformers load the same layout): qweight int32 [in / 8, out] packed along the input rows, qzeros
+    [groups, out / 8] packed along the columns in order, scales fp16 [groups, out], g_idx int32 [in]."""
+    model = _float_model()
+    tensors: dict[str, torch.Tensor] = {}
+    groups = {"0": 128, "2": 32}
+    for name, linear in _linears(model).items():
+        q, scales, zeros = _rtn(linear.weight.detach(), groups[name])
+        tensors |= {f"{name}.qweight": _pack_rows(q.t().contiguous(), 4),
+                    f"{name}.qzeros": _pack_cols(zeros - 1, 4, list(range(8))), f"{name}.scales": scales,
+                    f"{name}.g_idx": torch.arange(linear.in_features, dtype=torch.int32) // groups[name],
+                    f"{name}.bias": linear.bias.detach().half()}
+    save_file(tensors, tmp_path / "gptq.safetensors")
+    report = _tree(tmp_path / "gptq.safetensors")
+    _check_counts(report, model, tensors, "qweight", {"qzeros", "scales", "g_idx"},
+                  {"0": "gptq 4-bit g128", "2": "gptq 4-bit g32"})
+    assert report.by_scheme[0].dtype == "gptq 4-bit g128" and report.by_scheme[0].elements == 256 * 64
+
+
+def test_awq_reference_packing_counts_the_float_model(tmp_path: Path) -> None:
+    """AWQ as AutoAWQ packs it (awq/modules/linear/gemm.py, WQLinear_GEMM.from_linear): qweight int32
+    [in, out / 8] packed along the output columns in the order [0, 2, 4, 6, 1, 3, 5, 7], qzeros the same way
+    [groups, out / 8], scales fp16 [groups, out]; no g_idx."""
+    model = _float_model()
+    tensors: dict[str, torch.Tensor] = {}
+    order = [0, 2, 4, 6, 1, 3, 5, 7]
+    for name, linear in _linears(model).items():
+        q, scales, zeros = _rtn(linear.weight.detach(), 64)
+        tensors |= {f"{name}.qweight": _pack_cols(q.t().contiguous(), 4, order),
+                    f"{name}.qzeros": _pack_cols(zeros, 4, order), f"{name}.scales": scales,
+                    f"{name}.bias": linear.bias.detach().half()}
+    save_file(tensors, tmp_path / "awq.safetensors")
+    _check_counts(_tree(tmp_path / "awq.safetensors"), model, tensors, "qweight", {"qzeros", "scales"},
+                  {"0": "awq 4-bit g64", "2": "awq 4-bit per-channel"})  # 2 has 64 inputs: one group
+
+
+def test_fp8_block_scales_count_the_float_model(tmp_path: Path) -> None:
+    """FP8 with 128×128 block scales, as DeepSeek-V3 ships it (its inference/fp8_cast_bf16.py reads it back):
+    weight float8_e4m3fn at the float shape, weight_scale_inv float32 [ceil(out / 128), ceil(in / 128)]."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 320, bias=False), nn.Linear(320, 64, bias=False))
+    tensors: dict[str, torch.Tensor] = {}
+    for name, linear in _linears(model).items():
+        out, inputs = linear.weight.shape
+        tensors[f"{name}.weight"] = linear.weight.detach().to(torch.float8_e4m3fn)
+        tensors[f"{name}.weight_scale_inv"] = torch.ones(math.ceil(out / 128), math.ceil(inputs / 128))
+    save_file(tensors, tmp_path / "fp8.safetensors")
+    _check_counts(_tree(tmp_path / "fp8.safetensors"), model, tensors, "weight", {"weight_scale_inv"},
+                  {"0": "fp8 e4m3 block 128×128", "1": "fp8 e4m3 block 128×128"})
+
+
+def test_compressed_tensors_pack_quantized_counts_the_float_model(tmp_path: Path) -> None:
+    """compressed-tensors' own PackedQuantizationCompressor writes weight_packed, weight_scale, weight_shape."""
+    pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
+        num_bits=4, type="int", symmetric=True, strategy="group", group_size=32))
+    model = _float_model()
+    tensors: dict[str, torch.Tensor] = {}
+    for name, linear in _linears(model).items():
+        w = linear.weight.detach()
+        scale = w.reshape(w.shape[0], -1, 32).abs().amax(-1) / 7
+        packed = PackedQuantizationCompressor.compress({"weight": w, "weight_scale": scale}, scheme)
+        tensors |= {f"{name}.{k}": v for k, v in packed.items()} | {f"{name}.bias": linear.bias.detach()}
+    save_file(tensors, tmp_path / "ct.safetensors")
+    _check_counts(_tree(tmp_path / "ct.safetensors"), model, tensors, "weight_packed",
+                  {"weight_scale", "weight_shape", "weight_zero_point"},
+                  {n: "compressed-tensors pack-quantized 4-bit g32" for n in ("0", "2")})
+
+
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
+def test_torch_ao_quantize_dynamic_state_dict_counts_the_float_model(tmp_path: Path) -> None:
+    """torch.ao's quantize_dynamic: each Linear's qint8 weight and bias in _packed_params, scale and zero_point aux."""
+    model = _float_model()
+    quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    torch.save(quantized.state_dict(), tmp_path / "qd.pth")
+    report = _tree(tmp_path / "qd.pth")
+    assert report.totals.params == sum(p.numel() for p in model.parameters())
+    rows = {r.name: r for r in report.tensors}
+    for name, linear in _linears(model).items():
+        weight = rows[f"{name}._packed_params._packed_params.0"]
+        assert (weight.shape, weight.dtype, weight.scheme) == (tuple(linear.weight.shape), "qint8", "qint8")
+        assert rows[f"{name}.scale"].kind == rows[f"{name}.zero_point"].kind == "quant-aux"
+        assert _layer(report, name).bits_per_weight == (linear.weight.numel() + 4 + 8) * 8 / linear.weight.numel()
+    assert report.totals.buffers is None  # scale and zero_point, the only "standard buffer" names, are aux
+
+
+def _bnb_dirs(tmp_path: Path) -> tuple[nn.Module, Path, Path]:
+    pytest.importorskip("bitsandbytes")
+    transformers = pytest.importorskip("transformers")
+    from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(tmp_path / "float")
+    transformers.logging.set_verbosity_error()
+    for name, qc in (("nf4", BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")),
+                     ("int8", BitsAndBytesConfig(load_in_8bit=True))):
+        try:
+            quantized = transformers.AutoModelForCausalLM.from_pretrained(
+                tmp_path / "float", quantization_config=qc, device_map="cpu")
+        except (ImportError, RuntimeError, ValueError) as exc:  # bitsandbytes without a CPU backend
+            pytest.skip(f"bitsandbytes cannot quantize on this CPU: {exc}")
+        quantized.save_pretrained(tmp_path / name)
+    return model, tmp_path / "nf4", tmp_path / "int8"
+
+
+def test_bitsandbytes_save_pretrained_counts_the_float_model(tmp_path: Path) -> None:
+    """transformers' save_pretrained of bitsandbytes nf4 and int8 models: the float model's parameters, each
+    4-bit weight at the shape its quant_state blob records, absmax/quant_map/quant_state and SCB as aux."""
+    from safetensors import safe_open
+
+    model, nf4, int8 = _bnb_dirs(tmp_path)
+    floats = dict(model.named_parameters())
+    params = sum(p.numel() for p in model.parameters())
+    for folder, scheme, aux in ((nf4, "bnb nf4", (".weight.absmax", ".weight.quant_map")),
+                                (int8, "bnb int8", (".SCB", ".weight_format"))):
+        report = _tree(folder)
+        assert report.totals.params == params, folder
+        with safe_open(folder / "model.safetensors", "pt") as f:
+            stored = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118
+        rows = {r.name: r for r in report.tensors}
+        layers = [r for r in report.modules if r.scheme is not None]
+        assert len(layers) == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers; lm_head stays float
+        for layer in layers:
+            assert layer.scheme == scheme
+            weight = rows[layer.name + ".weight"]
+            assert weight.logical_shape == tuple(floats[layer.name + ".weight"].shape)
+            assert all(rows[layer.name + a].kind == "quant-aux" for a in aux)
+            nbytes = sum(math.prod(s.get_shape()) * (4 if s.get_dtype() == "F32" else 1)
+                         for k, s in stored.items() if k.startswith(layer.name + ".") and k != layer.name + ".bias")
+            assert layer.bits_per_weight == nbytes * 8 / weight.numel
+        assert report.by_scheme[0].dtype == scheme
+        assert report.by_scheme[0].elements == sum(floats[r.name + ".weight"].numel() for r in layers)
