@@ -232,3 +232,16 @@ def test_bitsandbytes_save_pretrained_counts_the_float_model(tmp_path: Path) -> 
             assert layer.bits_per_weight == nbytes * 8 / weight.numel
         assert report.by_scheme[0].dtype == scheme
         assert report.by_scheme[0].elements == sum(floats[r.name + ".weight"].numel() for r in layers)
+
+
+@pytest.mark.parametrize("blob", [b"[" * 60_000, b'{"shape": [' + b"9" * 60_000 + b"]}", b'{"shape": [4096, 4096]}',
+                                  b'{"shape": "x"}', b"\xff" * 100, b'{"shape": [-8, -8]}'])
+def test_a_bnb_quant_state_blob_that_lies_is_ignored(tmp_path: Path, blob: bytes) -> None:
+    """The blob is data: deep JSON, huge or negative dims, a shape larger than the bytes can hold fall back to
+    the element count the packed bytes hold (two 4-bit weights a byte)."""
+    tensors = {"l.weight": torch.zeros(32, 1, dtype=torch.uint8), "l.weight.absmax": torch.ones(1),
+               "l.weight.quant_state.bitsandbytes__nf4": torch.frombuffer(bytearray(blob), dtype=torch.uint8)}
+    save_file(tensors, tmp_path / "b.safetensors")
+    report = _tree(tmp_path / "b.safetensors")
+    assert report.totals.params == 64
+    assert {r.name: r.logical_shape for r in report.tensors}["l.weight"] == (64,)

@@ -72,7 +72,7 @@ def _read_blob(source: Source, name: str) -> dict[str, Any] | None:
         with open(path, "rb") as f:
             f.seek(offset)
             value = json.loads(f.read(nbytes))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: a blob of 64k '['
         return None
     return value if isinstance(value, dict) else None
 
