@@ -245,3 +245,36 @@ def test_a_bnb_quant_state_blob_that_lies_is_ignored(tmp_path: Path, blob: bytes
     report = _tree(tmp_path / "b.safetensors")
     assert report.totals.params == 64
     assert {r.name: r.logical_shape for r in report.tensors}["l.weight"] == (64,)
+
+
+def _qdyn(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
+def test_load_into_a_quantize_dynamic_model_plans_and_does_what_load_state_dict_does(tmp_path: Path) -> None:
+    """torch.ao's packed params are no false 'unexpected': the plan loads all 8 keys, as load_state_dict(strict=True)
+    accepts them, and performing it leaves the model with the checkpoint's weights, biases, scales."""
+    from modinspect.apply import perform_load
+    from modinspect.sources.module import ModuleSource
+
+    source_model, target = _qdyn(1), _qdyn(0)
+    torch.save(source_model.state_dict(), tmp_path / "q.pth")
+    _qdyn(0).load_state_dict(torch.load(tmp_path / "q.pth", weights_only=False), strict=True)  # torch agrees
+    model = ModuleSource(target, "qdyn", "entrypoint")
+    assert model.info("0._packed_params._packed_params.0").dtype == "qint8"
+    with open_source(str(tmp_path / "q.pth")) as checkpoint:
+        report = perform_load(model, checkpoint, strict=True)
+    assert report.plan.strict_ok and report.performed
+    assert sorted(report.plan.loaded) == sorted(
+        [f"{i}.{k}" for i in (0, 2) for k in ("scale", "zero_point", "_packed_params._packed_params.0",
+                                                "_packed_params._packed_params.1")])
+    for i in (0, 2):
+        assert torch.equal(target[i].weight().int_repr(), source_model[i].weight().int_repr())
+        assert target[i].weight().q_scale() == source_model[i].weight().q_scale()
+        assert torch.equal(target[i].bias(), source_model[i].bias())
+    assert build_tree(model).totals.params == sum(p.numel() for p in nn.Sequential(
+        nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).parameters())

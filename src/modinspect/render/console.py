@@ -369,7 +369,8 @@ def _tensor_pieces(t: TensorRow) -> list[tuple[str, str]]:
     if t.logical_shape is not None:  # a packed quantized weight: the float shape it stands for, and its scheme
         if t.logical_shape != t.shape:
             pieces.append((f"  = {shape_text(t.logical_shape)}", "cyan"))
-        pieces.append((f"  {t.scheme}", "magenta"))
+        if t.scheme != t.dtype:  # torch.ao's qint8 says it once
+            pieces.append((f"  {t.scheme}", "magenta"))
     bpw = bpw_text(t.bits_per_weight)
     if bpw is not None:
         pieces.append((f"  {bpw}", "magenta"))

@@ -57,6 +57,37 @@ def module_tensor_infos(model: Any) -> list[TensorInfo]:
         for name, b in mod.named_buffers(recurse=False):
             persistent = None if non_persistent is None else name not in non_persistent
             infos.append(_info(prefix + name, b, "buffer", persistent=persistent))
+        if has_own_state(mod):
+            infos += _own_state_infos(mod, prefix, {i.name for i in infos})
+    return infos
+
+
+def has_own_state(mod: Any) -> bool:
+    """Whether a module saves more than its parameters and buffers: torch.ao's quantized modules' packed params."""
+    from torch import nn
+
+    return type(mod)._save_to_state_dict is not nn.Module._save_to_state_dict
+
+
+def _own_state_infos(mod: Any, prefix: str, known: set[str]) -> list[TensorInfo]:
+    """The tensors a module's own `_save_to_state_dict` adds, named as a checkpoint of its state_dict lists them.
+
+    torch.ao's quantized Linear saves `scale` and `zero_point` as new tensors and its packed params as a
+    (weight, bias) tuple, which a saved state dict's reader lists as `_packed_params._packed_params.0` and `.1`.
+    """
+    import torch
+
+    state: dict[str, Any] = {}
+    mod._save_to_state_dict(state, prefix, True)
+    infos = []
+    for name, value in state.items():
+        if name in known:
+            continue
+        if isinstance(value, torch.Tensor):
+            infos.append(_info(name, value, "buffer", persistent=True))
+        elif isinstance(value, tuple):  # packed params: their weight and bias
+            infos += [_info(f"{name}.{i}", v, "parameter", requires_grad=False)
+                      for i, v in enumerate(value) if isinstance(v, torch.Tensor)]
     return infos
 
 

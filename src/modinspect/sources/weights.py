@@ -49,15 +49,48 @@ def copy_into(module: Any, plan: LoadPlan, checkpoint: Source) -> dict[str, floa
     ckpt_names = dict(plan.sources)
     cast = {m.name for m in plan.cast}
     errors: dict[str, float] = {}
+    own = _own_state_prefixes(module)
+    pending: dict[str, Any] = {}
     with torch.no_grad():
         for name in plan.loaded:
             value = checkpoint.read_tensor(ckpt_names.get(name, name))
+            if own and name.startswith(own):  # saved by the module's own code: loaded by its own code below
+                pending[name] = value
+                continue
             state[name].copy_(value)
             if name in cast:
                 delta = (state[name].detach().to(torch.float64) - value.to(torch.float64)).abs()
                 finite = delta[torch.isfinite(delta)]
                 errors[name] = float(finite.max()) if finite.numel() else 0.0
+    if pending:
+        _load_own_state(module, state, own, pending)
     return errors
+
+
+def _own_state_prefixes(module: Any) -> tuple[str, ...]:
+    """The name prefixes of modules whose own `_save_to_state_dict` saves more than parameters and buffers."""
+    from modinspect.sources.module import has_own_state
+
+    return tuple(f"{name}." if name else "" for name, mod in module.named_modules() if has_own_state(mod))
+
+
+def _load_own_state(module: Any, state: dict[str, Any], own: tuple[str, ...], pending: dict[str, Any]) -> None:
+    """Those modules' entries through load_state_dict, as torch would load them: packed (weight, bias) tuples
+    rebuilt from their `.0`/`.1` tensors, entries the checkpoint cannot hold as tensors (a dtype) kept as the
+    model has them."""
+    from collections import OrderedDict
+
+    entries = OrderedDict((k, v) for k, v in state.items() if k.startswith(own))
+    entries._metadata = getattr(state, "_metadata", {})  # type: ignore[attr-defined]  # the versions modules load by
+    for name, value in pending.items():
+        if name in entries:
+            entries[name] = value
+            continue
+        base, _, index = name.rpartition(".")
+        packed = entries.get(base)
+        if isinstance(packed, tuple) and index.isdigit() and int(index) < len(packed):
+            entries[base] = (*packed[:int(index)], value, *packed[int(index) + 1:])
+    module.load_state_dict(entries, strict=False)
 
 
 def apply_weights(model: Source, checkpoint: Source, strict: bool = True, keymap: KeyMap | None = None) -> LoadPlan:
