@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Tuple  # noqa: UP035  # TorchScript's annotations need typing's
 
 import pytest
 import torch
@@ -278,3 +279,58 @@ def test_load_into_a_quantize_dynamic_model_plans_and_does_what_load_state_dict_
         assert torch.equal(target[i].bias(), source_model[i].bias())
     assert build_tree(model).totals.params == sum(p.numel() for p in nn.Sequential(
         nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).parameters())
+
+
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_quantize_dynamic_restores_packed_params_as_data(tmp_path: Path) -> None:
+    """A scripted quantize_dynamic model keeps its int8 weights in LinearPackedParamsBase's __getstate__ state:
+    listed from that state as data (torch.jit.load never runs), named as its state_dict names them."""
+    quantized = _qdyn(0)
+    torch.jit.save(torch.jit.script(quantized), tmp_path / "q.pt")
+    with open_source(str(tmp_path / "q.pt")) as source:
+        assert source.format == "torchscript"
+        report = build_tree(source)
+        assert report.totals.params == 16 * 32 + 32 + 32 * 8 + 8
+        for i in (0, 2):
+            weight, bias = quantized[i].weight(), quantized[i].bias()
+            stored = source.read_tensor(f"{i}._packed_params._packed_params.0")
+            assert torch.equal(stored.int_repr(), weight.int_repr()) and stored.q_scale() == weight.q_scale()
+            assert torch.equal(source.read_tensor(f"{i}._packed_params._packed_params.1"), bias)
+    assert sorted(source.names()) == [f"{i}._packed_params._packed_params.{j}" for i in (0, 2) for j in (0, 1)]
+
+
+class StateHolder(nn.Module):
+    """A module whose state TorchScript saves through __getstate__ / __setstate__ only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.arange(12.0).reshape(3, 4)
+        self.extra = torch.ones(2, dtype=torch.int64)
+        self.k = 2
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[torch.Tensor, int, Tuple[torch.Tensor, torch.Tensor], bool]:  # noqa: UP006
+        return (self.table, self.k, (self.extra, self.extra + 1), self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[torch.Tensor, int, Tuple[torch.Tensor, torch.Tensor], bool]) -> None:  # noqa: UP006
+        self.table, self.k, self.extra, self.training = state[0], state[1], state[2][0], state[3]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.table
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_setstate_state_tensors_are_listed(tmp_path: Path) -> None:
+    """Any TorchScript module's __getstate__ tensors are listed (by position, one tuple down as `2.0`), as data."""
+    model = nn.Sequential(nn.Linear(4, 3), StateHolder())
+    torch.jit.save(torch.jit.script(model), tmp_path / "s.pt")
+    with open_source(str(tmp_path / "s.pt")) as source:
+        rows = {r.name: r for r in build_tree(source).tensors}
+        assert {n: (r.shape, r.dtype, r.kind) for n, r in rows.items() if n.startswith("1.")} == {
+            "1.0": ((3, 4), "float32", "buffer"), "1.2.0": ((2,), "int64", "buffer"), "1.2.1": ((2,), "int64", "buffer")}
+        assert torch.equal(source.read_tensor("1.0"), model[1].table)
+        assert torch.equal(source.read_tensor("1.2.1"), model[1].extra + 1)
+        assert not any("custom __setstate__" in n for n in source.notes)

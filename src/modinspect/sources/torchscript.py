@@ -8,6 +8,10 @@ never does. An archive is a zip file:
   tensors as persistent ids into `data/`: the weights-only gate rebuilds it with stand-ins;
 - `code/__torch__/...py` declares each class, its base (`Module`), `__parameters__` and
   `__buffers__`: read as text by torchscript_code's lexer, never compiled or executed.
+- a module with a custom `__getstate__` (and C++ custom classes such as torch.ao's
+  `LinearPackedParamsBase`) is pickled with what `__getstate__` returned instead of an attribute dict:
+  its tensors are listed from that state as data (`__setstate__` never runs), the packed params as
+  their state_dict names them (`_packed_params._packed_params.0` the int8 weight, `.1` the bias).
 
 Together they give the module tree, class names, parameters and buffers `torch.jit.load` would.
 `--unsafe-pickle` still loads the real ScriptModule, for commands that run it.
@@ -111,10 +115,13 @@ class TorchScriptSource(ZipTorchSource):
         qualname = standin_name(obj)
         declared = self._classes[qualname]
         attributes = obj.attributes
-        if not attributes and obj.state is not None:
-            self._opaque.append(qualname.rpartition(".")[2])
         training = attributes.get("training")
         parts = ModuleParts(type=qualname.rpartition(".")[2], training=training if isinstance(training, bool) else None)
+        if not attributes and obj.state is not None:  # what its __getstate__ returned; __setstate__ never runs
+            state = state_tensors(obj.state)
+            if not state:
+                self._opaque.append(qualname.rpartition(".")[2])
+            parts.buffers += [(name, value, True) for name, value in state]
         params, buffers = set(declared.parameters), set(declared.buffers)
         for attr, value in attributes.items():
             if attr in params:
@@ -123,7 +130,38 @@ class TorchScriptSource(ZipTorchSource):
                 parts.buffers.append((attr, value, True))  # a ScriptModule's state_dict holds every buffer
             elif self._is_module(value):
                 parts.children.append((attr, value))
+            elif isinstance(value, StandIn) and standin_name(value).startswith(TORCH_CLASSES):
+                # A C++ custom class (torch.ao's packed params): its __getstate__'s tensors, as data.
+                state = [(f"{attr}.{name}", v) for name, v in state_tensors(value.state)]
+                if "PackedParams" in standin_name(value):  # the quantized weight and bias: parameters
+                    parts.parameters += state
+                else:
+                    parts.buffers += [(name, v, True) for name, v in state]
         return parts
+
+
+TORCH_CLASSES = "__torch__.torch.classes."
+MAX_STATE_ENTRIES = 1 << 12
+
+
+def state_tensors(state: object) -> list[tuple[str, TensorRef | SparseRef]]:
+    """The tensors in a `__getstate__` result, named by position in a tuple or list (`0`, `1`; `1.0` one list
+    down, as torch.ao's conv packed params nest theirs) or by key in a dict."""
+    if isinstance(state, dict):
+        entries: list[tuple[str, object]] = [(k, v) for k, v in list(state.items())[:MAX_STATE_ENTRIES]
+                                             if isinstance(k, str)]
+    elif isinstance(state, tuple | list):
+        entries = [(str(i), v) for i, v in enumerate(state[:MAX_STATE_ENTRIES])]
+    else:
+        return []
+    found: list[tuple[str, TensorRef | SparseRef]] = []
+    for name, value in entries:
+        if isinstance(value, TensorRef | SparseRef):
+            found.append((name, value))
+        elif isinstance(value, tuple | list):
+            found += [(f"{name}.{i}", v) for i, v in enumerate(value[:MAX_STATE_ENTRIES])
+                      if isinstance(v, TensorRef | SparseRef)]
+    return found[:MAX_STATE_ENTRIES]  # a hostile state of 4k lists of 4k tensors lists 4k, not 16M
 
 
 def open_torchscript(path: Path, label: str, zf: zipfile.ZipFile, prefix: str, gate: Gate, unsafe: bool) -> Source:
