@@ -178,7 +178,7 @@ def test_torch_ao_quantize_dynamic_state_dict_counts_the_float_model(tmp_path: P
     rows = {r.name: r for r in report.tensors}
     for name, linear in _linears(model).items():
         weight = rows[f"{name}._packed_params._packed_params.0"]
-        assert (weight.shape, weight.dtype, weight.scheme) == (tuple(linear.weight.shape), "qint8", "qint8")
+        assert (weight.shape, weight.dtype, weight.scheme) == (tuple(linear.weight.shape), "qint8", "qint8 per-tensor")
         assert rows[f"{name}.scale"].kind == rows[f"{name}.zero_point"].kind == "quant-aux"
         assert _layer(report, name).bits_per_weight == (linear.weight.numel() + 4 + 8) * 8 / linear.weight.numel()
     assert report.totals.buffers is None  # scale and zero_point, the only "standard buffer" names, are aux
@@ -334,3 +334,23 @@ def test_torchscript_setstate_state_tensors_are_listed(tmp_path: Path) -> None:
         assert torch.equal(source.read_tensor("1.0"), model[1].table)
         assert torch.equal(source.read_tensor("1.2.1"), model[1].extra + 1)
         assert not any("custom __setstate__" in n for n in source.notes)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_torch_ao_per_channel_is_named_so_in_state_dict_torchscript_and_live_model(tmp_path: Path) -> None:
+    """The qscheme comes from the quantized tensor itself (its pickled quantizer, or qscheme() live)."""
+    from modinspect.sources.module import ModuleSource
+
+    torch.manual_seed(0)
+    float_model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    quantized = torch.ao.quantization.quantize_dynamic(
+        float_model, {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig})
+    assert quantized[0].weight().qscheme() == torch.per_channel_affine
+    torch.save(quantized.state_dict(), tmp_path / "pc.pth")
+    torch.jit.save(torch.jit.script(quantized), tmp_path / "pc.pt")
+    reports = [_tree(tmp_path / "pc.pth"), _tree(tmp_path / "pc.pt"), build_tree(ModuleSource(quantized, "m", "entrypoint"))]
+    for report in reports:
+        assert [(m.name, m.scheme) for m in report.modules if m.scheme] == [("0", "qint8 per-channel"),
+                                                                            ("2", "qint8 per-channel")]
+        assert report.totals.params == sum(p.numel() for p in float_model.parameters())

@@ -258,7 +258,9 @@ def _torch_ao(module: str, own: dict[str, TensorInfo], config: Mapping[str, Any]
     weight = own.get(_AO_WEIGHT)
     if weight is None or weight.dtype not in ("qint8", "quint8", "qint32", "quint4x2"):
         return None
-    return _make(module, own, _AO_WEIGHT, weight.dtype, weight.shape, ["scale", "zero_point"])
+    qscheme = weight.qscheme or ""
+    grain = " per-channel" if "channel" in qscheme else " per-tensor" if "tensor" in qscheme else ""
+    return _make(module, own, _AO_WEIGHT, weight.dtype + grain, weight.shape, ["scale", "zero_point"])
 
 
 _DETECTORS: tuple[Callable[[str, dict[str, TensorInfo], Mapping[str, Any], Mapping[str, Mapping[str, Any]]],

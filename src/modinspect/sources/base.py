@@ -61,6 +61,7 @@ class TensorInfo:
     storage: str | None = None
     requires_grad: bool | None = None
     persistent: bool | None = None
+    qscheme: str | None = None  # a torch quantized tensor's: 'per_tensor_affine', 'per_channel_affine', ...
 
     @property
     def numel(self) -> int:

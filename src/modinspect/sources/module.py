@@ -97,6 +97,7 @@ def _info(name: str, t: torch.Tensor, kind: Any, requires_grad: bool | None = No
     return TensorInfo(
         name=name, shape=tuple(t.shape), dtype=dtype, nbytes=t.numel() * DTYPE_BITS.get(dtype, 8) // 8,
         kind=kind, storage=storage_key(t), requires_grad=requires_grad, persistent=persistent,
+        qscheme=str(t.qscheme()).removeprefix("torch.") if t.is_quantized else None,
     )
 
 

@@ -240,10 +240,13 @@ def tensor_infos(state: dict[str, TensorRef | SparseRef],
         if ref.storage is not None and numel:
             storage = f"{ref.storage.key}@{ref.offset}:{ref.shape}:{ref.stride}"
         requires_grad = ref.requires_grad if ref.is_parameter or kind == "parameter" else None
+        quantizer = getattr(ref, "quantizer", None)
+        qscheme = quantizer[0] if isinstance(quantizer, tuple) and quantizer and isinstance(quantizer[0], str) else None
         infos.append(
             TensorInfo(
                 name=name, shape=ref.shape, dtype=ref.dtype, nbytes=numel * bits // 8,
                 kind=kind, storage=storage, requires_grad=requires_grad, persistent=persistent,  # type: ignore[arg-type]
+                qscheme=qscheme,
             )
         )
     return infos
