@@ -95,6 +95,9 @@ def detect_quantization(tensors: list[TensorInfo], config: Mapping[str, Any] | N
 
 def _split(name: str) -> tuple[str, str]:
     """(layer module, the tensor's name inside it): bitsandbytes' and torch.ao's names are dotted inside the layer."""
+    if "weight." not in name and "_packed_params" not in name:  # most names: the module is all but the last part
+        module, _, short = name.rpartition(".")
+        return module, short
     at = name.find("weight.quant_state.")
     if at == 0 or (at > 0 and name[at - 1] == "."):
         return name[:max(at - 1, 0)], name[at:]
