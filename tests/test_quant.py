@@ -354,3 +354,37 @@ def test_torch_ao_per_channel_is_named_so_in_state_dict_torchscript_and_live_mod
         assert [(m.name, m.scheme) for m in report.modules if m.scheme] == [("0", "qint8 per-channel"),
                                                                             ("2", "qint8 per-channel")]
         assert report.totals.params == sum(p.numel() for p in float_model.parameters())
+
+
+def test_gptq_directory_with_config_counts_the_float_llama(tmp_path: Path) -> None:
+    """A save_pretrained-style directory (config.json with quantization_config) of GPTQ-packed weights (packing as
+    in the test above): the model built from config.json has the float model's parameters, each projection its
+    scheme, and the float weights are noted as stored packed, not missing."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    model.save_pretrained(tmp_path / "float")
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in model.state_dict().items():
+        if name.endswith("_proj.weight"):
+            layer = name.removesuffix(".weight")
+            q, scales, zeros = _rtn(value, 32)
+            tensors |= {f"{layer}.qweight": _pack_rows(q.t().contiguous(), 4),
+                        f"{layer}.qzeros": _pack_cols(zeros - 1, 4, list(range(8))), f"{layer}.scales": scales,
+                        f"{layer}.g_idx": torch.arange(value.shape[1], dtype=torch.int32) // 32}
+        elif name != "lm_head.weight" or not config.tie_word_embeddings:
+            tensors[name] = value.contiguous()
+    folder = tmp_path / "gptq"
+    folder.mkdir()
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    raw = json.loads((tmp_path / "float" / "config.json").read_text())
+    raw["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": False}
+    (folder / "config.json").write_text(json.dumps(raw))
+    report = _tree(folder)
+    assert report.totals.params == sum(p.numel() for p in model.parameters())
+    assert [m.scheme for m in report.modules if m.scheme] == ["gptq 4-bit g32"] * 14
+    assert "14 model weights are stored packed by the quantization (e.g. model.layers.0.self_attn.q_proj.weight as " \
+           "model.layers.0.self_attn.q_proj.qweight)" in report.notes
+    assert not any("not in the weights" in n for n in report.notes)

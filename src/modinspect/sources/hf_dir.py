@@ -129,6 +129,9 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
+PACKED_WEIGHTS = ("qweight", "weight_packed")  # what GPTQ/AWQ and compressed-tensors store a Linear's weight as
+
+
 class HfDirSource(Source):
     """The directory's weights (header-only, read on request) arranged by the model built from config.json.
 
@@ -196,6 +199,12 @@ class HfDirSource(Source):
         if moved:
             notes.append(f"{len(moved)} stored tensors shown under the names from_pretrained loads them as (e.g. "
                          f"{moved[0][0]} -> {moved[0][1]})")
+        packed = {n: n[:-6] + p for n in absent if n.endswith(".weight") for p in PACKED_WEIGHTS if n[:-6] + p in stored}
+        if packed:  # GPTQ/AWQ/compressed-tensors store the float weight packed, under another name
+            absent = [n for n in absent if n not in packed]
+            first = next(iter(packed))
+            notes.append(f"{len(packed)} model weights are stored packed by the quantization (e.g. {first} as "
+                         f"{packed[first]})")
         if absent:
             notes.append(f"{len(absent)} model tensors are not in the weights (e.g. {absent[0]})")
         if pieces:
