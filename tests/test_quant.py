@@ -184,7 +184,7 @@ def test_torch_ao_quantize_dynamic_state_dict_counts_the_float_model(tmp_path: P
     assert report.totals.buffers is None  # scale and zero_point, the only "standard buffer" names, are aux
 
 
-def _bnb_dirs(tmp_path: Path) -> tuple[nn.Module, Path, Path]:
+def _bnb_dirs(tmp_path: Path) -> tuple[nn.Module, Path, Path, Path]:
     pytest.importorskip("bitsandbytes")
     transformers = pytest.importorskip("transformers")
     from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
@@ -196,26 +196,30 @@ def _bnb_dirs(tmp_path: Path) -> tuple[nn.Module, Path, Path]:
     model.save_pretrained(tmp_path / "float")
     transformers.logging.set_verbosity_error()
     for name, qc in (("nf4", BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")),
-                     ("int8", BitsAndBytesConfig(load_in_8bit=True))):
+                     ("int8", BitsAndBytesConfig(load_in_8bit=True)),
+                     ("fp4dq", BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4",
+                                                  bnb_4bit_use_double_quant=True))):
         try:
             quantized = transformers.AutoModelForCausalLM.from_pretrained(
                 tmp_path / "float", quantization_config=qc, device_map="cpu")
         except (ImportError, RuntimeError, ValueError) as exc:  # bitsandbytes without a CPU backend
             pytest.skip(f"bitsandbytes cannot quantize on this CPU: {exc}")
         quantized.save_pretrained(tmp_path / name)
-    return model, tmp_path / "nf4", tmp_path / "int8"
+    return model, tmp_path / "nf4", tmp_path / "int8", tmp_path / "fp4dq"
 
 
 def test_bitsandbytes_save_pretrained_counts_the_float_model(tmp_path: Path) -> None:
-    """transformers' save_pretrained of bitsandbytes nf4 and int8 models: the float model's parameters, each
+    """transformers' save_pretrained of bitsandbytes nf4, int8 and double-quantized fp4 models: the float model's parameters, each
     4-bit weight at the shape its quant_state blob records, absmax/quant_map/quant_state and SCB as aux."""
     from safetensors import safe_open
 
-    model, nf4, int8 = _bnb_dirs(tmp_path)
+    model, nf4, int8, fp4dq = _bnb_dirs(tmp_path)
     floats = dict(model.named_parameters())
     params = sum(p.numel() for p in model.parameters())
     for folder, scheme, aux in ((nf4, "bnb nf4", (".weight.absmax", ".weight.quant_map")),
-                                (int8, "bnb int8", (".SCB", ".weight_format"))):
+                                (int8, "bnb int8", (".SCB", ".weight_format")),
+                                (fp4dq, "bnb fp4 double-quant", (".weight.absmax", ".weight.nested_absmax",
+                                                                 ".weight.nested_quant_map"))):
         report = _tree(folder)
         assert report.totals.params == params, folder
         with safe_open(folder / "model.safetensors", "pt") as f:
