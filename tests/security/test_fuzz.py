@@ -325,7 +325,26 @@ HOSTILE_SEEDS = [
     _hostile_seed(lambda memo: hash_bomb_by_dup(100)),
     _hostile_seed(lambda memo: list_of_a_long_string(100_000)),
 ]
-ZIP_BASES = st.sampled_from([ZIP_BASE, ZIP_TRAINING_BASE, *HOSTILE_SEEDS])
+
+
+def _torchscript_quant_base() -> bytes:
+    """A scripted torch.ao quantize_dynamic model (branch quant): its int8 weights in a custom class's
+    __getstate__ state, which the reader lists as data; data.pkl mutations reach that path."""
+    import io
+    import warnings
+
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        torch.jit.save(torch.jit.script(quantized), buf)
+    return buf.getvalue()
+
+
+TORCHSCRIPT_QUANT_BASE = _torchscript_quant_base()
+ZIP_BASES = st.sampled_from([ZIP_BASE, ZIP_TRAINING_BASE, *HOSTILE_SEEDS, TORCHSCRIPT_QUANT_BASE])
 
 
 def _safetensors_bytes() -> st.SearchStrategy[bytes]:
@@ -565,7 +584,7 @@ def test_the_bases_are_valid(work: Path) -> None:
     """Unmutated, every base opens and reads: the mutations start from real files."""
     for target, data in [("safetensors", ST_BASE), ("zip", ZIP_BASE), ("zip", ZIP_TRAINING_BASE),
                          ("legacy", LEGACY_BASE), ("index", json.dumps(INDEX_BASE).encode()),
-                         ("torchscript", TORCHSCRIPT_BASE), ("gguf", GGUF_BASE)]:
+                         ("torchscript", TORCHSCRIPT_BASE), ("gguf", GGUF_BASE), ("zip", TORCHSCRIPT_QUANT_BASE)]:
         _strategy, name, _n = TARGETS[target]
         path = (_sharded_folder(work) if target == "index" else work) / name
         path.write_bytes(data)
