@@ -60,7 +60,7 @@ def test_tree_json_document() -> None:
     assert doc["totals"]["trainable"] is None and doc["totals"]["buffers"] is None
     assert doc["modules"][0] == {"name": "", "type": None, "params": doc["totals"]["params"],
                                  "bytes": doc["totals"]["bytes"], "trainable": None, "training": None,
-                                 "extra_repr": None}
+                                 "extra_repr": None, "scheme": None, "bits_per_weight": None}
     tensor = next(t for t in doc["tensors"] if t["name"] == "lm_head.weight")
     assert tensor["shape"] == [100, 32] and tensor["dtype"] == "float32" and tensor["kind"] == "unknown"
     assert tensor["alias_of"] == "embed.weight"
