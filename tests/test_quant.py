@@ -392,3 +392,19 @@ def test_gptq_directory_with_config_counts_the_float_llama(tmp_path: Path) -> No
     assert "14 model weights are stored packed by the quantization (e.g. model.layers.0.self_attn.q_proj.weight as " \
            "model.layers.0.self_attn.q_proj.qweight)" in report.notes
     assert not any("not in the weights" in n for n in report.notes)
+
+
+def test_quant_state_blobs_are_read_within_one_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blobs are read up to MAX_BLOBS_BYTES in all (a file of 100k blobs costs no more): past it, a layer falls
+    back to the element count of its packed bytes."""
+    from modinspect.analysis import quant
+
+    blob = json.dumps({"shape": [8, 8], "pad": "x" * 60}).encode()
+    tensors: dict[str, torch.Tensor] = {}
+    for i in range(3):
+        tensors |= {f"l{i}.weight": torch.zeros(32, 1, dtype=torch.uint8), f"l{i}.weight.absmax": torch.ones(1),
+                    f"l{i}.weight.quant_state.bitsandbytes__nf4": torch.frombuffer(bytearray(blob), dtype=torch.uint8)}
+    save_file(tensors, tmp_path / "b.safetensors")
+    monkeypatch.setattr(quant, "MAX_BLOBS_BYTES", 2 * len(blob))
+    shapes = {r.name: r.logical_shape for r in _tree(tmp_path / "b.safetensors").tensors if r.logical_shape}
+    assert shapes == {"l0.weight": (8, 8), "l1.weight": (8, 8), "l2.weight": (64,)}

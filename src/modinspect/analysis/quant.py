@@ -27,13 +27,15 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from modinspect.report import QuantLayer
 from modinspect.sources.base import Source, TensorInfo
 
 BNB_BLOB = "weight.quant_state.bitsandbytes__"
 MAX_BLOB_BYTES = 1 << 16  # a quant_state blob is ~100 bytes of JSON
+MAX_BLOBS_BYTES = 1 << 24  # in all: a 60k-layer model's blobs are about 10 MB
 
 _FLOAT8 = {"float8_e4m3fn": "e4m3", "float8_e4m3fnuz": "e4m3", "float8_e5m2": "e5m2", "float8_e5m2fnuz": "e5m2"}
 
@@ -55,26 +57,39 @@ def scan_quantization(source: Source) -> QuantScan:
     """`detect_quantization` of a source, reading bitsandbytes' small quant_state blobs for their shapes."""
     config = getattr(source, "quantization_config", None)
     names = [t.name for t in source.tensors if BNB_BLOB in t.name]
-    blobs = {name: blob for name in names if (blob := _read_blob(source, name)) is not None}
+    blobs = _read_blobs(source, names) if names else {}
     return detect_quantization(source.tensors, config if isinstance(config, Mapping) else None, blobs)
 
 
-def _read_blob(source: Source, name: str) -> dict[str, Any] | None:
-    """A quant_state blob's JSON, read as bytes (no torch); None where it cannot be read that way or parsed."""
+def _read_blobs(source: Source, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Each quant_state blob's JSON, read as bytes (no torch), each file opened once, MAX_BLOBS_BYTES in all;
+    a blob that cannot be read that way, or does not parse to an object, is left out (its layer falls back
+    to the element count its packed bytes hold)."""
     try:
-        where = source.byte_range(name)
+        ranges = source.byte_ranges(names)
     except (KeyError, NotImplementedError):
-        return None
-    if where is None or where[2] > MAX_BLOB_BYTES:
-        return None
-    path, offset, nbytes = where
+        return {}
+    budget = MAX_BLOBS_BYTES
+    blobs: dict[str, dict[str, Any]] = {}
+    files: dict[Path, BinaryIO] = {}
     try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            value = json.loads(f.read(nbytes))
-    except (OSError, ValueError, RecursionError):  # RecursionError: a blob of 64k '['
-        return None
-    return value if isinstance(value, dict) else None
+        for name, where in zip(names, ranges, strict=True):
+            if where is None or where[2] > MAX_BLOB_BYTES or where[2] > budget:
+                continue
+            path, offset, nbytes = where
+            budget -= nbytes
+            try:
+                f = files.get(path) or files.setdefault(path, open(path, "rb"))  # noqa: SIM115
+                f.seek(offset)
+                value = json.loads(f.read(nbytes))
+            except (OSError, ValueError, RecursionError):  # RecursionError: a blob of 64k '['
+                continue
+            if isinstance(value, dict):
+                blobs[name] = value
+    finally:
+        for f in files.values():
+            f.close()
+    return blobs
 
 
 def detect_quantization(tensors: list[TensorInfo], config: Mapping[str, Any] | None = None,
