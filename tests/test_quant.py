@@ -408,3 +408,30 @@ def test_quant_state_blobs_are_read_within_one_budget(tmp_path: Path, monkeypatc
     monkeypatch.setattr(quant, "MAX_BLOBS_BYTES", 2 * len(blob))
     shapes = {r.name: r.logical_shape for r in _tree(tmp_path / "b.safetensors").tensors if r.logical_shape}
     assert shapes == {"l0.weight": (8, 8), "l1.weight": (8, 8), "l2.weight": (64,)}
+
+
+@pytest.mark.parametrize(("kind", "strategy", "scheme"), [("int", "channel", "int8 per-channel"),
+                                                          ("float", "tensor", "fp8 e4m3 per-tensor")])
+def test_compressed_tensors_int_and_float_quantized_count_the_float_model(tmp_path: Path, kind: str, strategy: str,
+                                                                         scheme: str) -> None:
+    """compressed-tensors' own Int/FloatQuantizationCompressor: an 8-bit `weight` at the float shape, `weight_scale`."""
+    pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors.naive_quantized.base import (
+        FloatQuantizationCompressor,
+        IntQuantizationCompressor,
+    )
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    compressor = IntQuantizationCompressor if kind == "int" else FloatQuantizationCompressor
+    args = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(num_bits=8, type=kind, symmetric=True,
+                                                                           strategy=strategy))
+    model = _float_model()
+    tensors: dict[str, torch.Tensor] = {}
+    for name, linear in _linears(model).items():
+        w = linear.weight.detach()
+        scale = w.abs().amax(1, keepdim=True) / 127 if strategy == "channel" else (w.abs().max() / 448).reshape(1)
+        packed = compressor.compress({"weight": w, "weight_scale": scale}, args)
+        tensors |= {f"{name}.{k}": v for k, v in packed.items()} | {f"{name}.bias": linear.bias.detach()}
+    save_file(tensors, tmp_path / "ct8.safetensors")
+    _check_counts(_tree(tmp_path / "ct8.safetensors"), model, tensors, "weight", {"weight_scale", "weight_zero_point"},
+                  {"0": scheme, "2": scheme})
