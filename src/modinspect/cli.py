@@ -58,6 +58,11 @@ MaxLayersOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of the rich view.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
+WideOpt = Annotated[bool, typer.Option("--wide", help="Show every table column with every digit, names whole, "
+                                       "however long the lines get (for a wide terminal or less -S).")]
+ColumnsOpt = Annotated[str | None, typer.Option(
+    "--columns", help="Show only these table columns, comma-separated, by title or key (e.g. mean,std,grad_norm); "
+    "an unknown one is an error that lists them.", metavar="COLS")]
 
 
 @contextlib.contextmanager
@@ -200,6 +205,8 @@ def diff(
     max_pickle_size: MaxPickleOpt = None,
     max_layers: MaxLayersOpt = None,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
+    columns: ColumnsOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Compare two checkpoints tensor by tensor, streamed; exit 0 when they match, 1 when they differ, 2 on errors.
@@ -221,7 +228,7 @@ def diff(
             nan_unequal=nan_unequal, strip_prefix=tuple(strip_prefix or ()), rename=tuple(rename or ()),
             include=tuple(include or ()), exclude=tuple(exclude or ()), unsafe_pickle=unsafe_pickle,
             allow_global=tuple(allow_global or ()), max_pickle_size=max_pickle_size, max_layers=max_layers,
-            as_json=as_json))
+            as_json=as_json, wide=wide, columns=columns))
     raise typer.Exit(code)
 
 
@@ -354,6 +361,8 @@ def stats(
                                  "mostly-dead, exploding, vanishing (NaN/Inf always exits 1).", metavar="FINDINGS")
     ] = None,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
+    columns: ColumnsOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Run the model with hooks on every module: activation stats, dead ReLUs, gradient norms, first NaN/Inf.
@@ -385,6 +394,11 @@ def stats(
             max_layers=gate["max_layers"], input_file=input_file,
             input_shapes=tuple(parse_shape(s) for s in input_shape or ()), input_dtype=input_dtype, batches=batches,
             seed=seed, device=device, dtype=dtype, train=train, backward=backward, loss=loss, pattern=pattern)
+        layout = commands.table_layout(wide, columns)
+        if layout is not None and layout.columns is not None:  # an unknown column fails before the model runs
+            from modinspect.render.console import STATS_COLUMNS, choose_columns
+
+            choose_columns(list(STATS_COLUMNS), layout.columns)
         with commands.spinner("building the model…"):
             run = prepare_stats(request, announce=commands.note)
         writer = run.ranks.writer  # under torchrun, rank 0 prints; every rank exits with the same code
@@ -396,7 +410,7 @@ def stats(
         with counter as advance:
             report = run.run(progress=advance)
         if writer:
-            commands.print_report(report, as_json, "stats")
+            commands.print_report(report, as_json, "stats", layout)
         code = 1 if report.nonfinite_found or any(report.has(f) for f in findings) else 0
     raise typer.Exit(code)
 
@@ -424,6 +438,8 @@ def report(
         "--max-log-size", help="Largest log to read (parsed, a log takes about 4 times its size in memory), "
         "e.g. 1G \\[default: 128M].", metavar="SIZE")] = None,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
+    columns: ColumnsOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Show a training run's watch log: per module, sparklines over steps of std, ‖∇out‖ and dead fraction; the first bad step.
@@ -466,8 +482,9 @@ def report(
         else:
             from modinspect.render.console import make_console, run_renderable
 
-            console = make_console()
-            console.print(run_renderable(run, console.width))
+            layout = commands.table_layout(wide, columns)
+            console = make_console(width=commands.WIDE if wide else None)
+            console.print(run_renderable(run, console.width, layout))
 
 
 def _log_size(option: str | None) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modinspect.errors import ModinspectError, UsageError
+from modinspect.render.text import TableLayout
 
 ExitFactory = Callable[[int], BaseException]
 
@@ -105,10 +106,22 @@ def note(line: str) -> None:
 
 
 WIDTH_AWARE = ("tree", "stats", "diff", "load")
+WIDE = 100_000  # --wide: no line is wrapped or fitted to the terminal
 
 
-def print_report(report: Any, as_json: bool, kind: str) -> None:
-    """One report, as JSON or as the rich view: `kind` names both renderers (tree, diff, load, stats)."""
+def table_layout(wide: bool, columns: str | None) -> TableLayout | None:
+    """--wide and --columns as the renderers take them (None: the default, fitted to the terminal)."""
+    if not wide and columns is None:
+        return None
+    picked = tuple(c.strip() for c in columns.split(",") if c.strip()) if columns is not None else None
+    return TableLayout(wide=wide, columns=picked)
+
+
+def print_report(report: Any, as_json: bool, kind: str, layout: TableLayout | None = None) -> None:
+    """One report, as JSON or as the rich view: `kind` names both renderers (tree, diff, load, stats).
+
+    `layout` (stats, diff): --wide writes lines as long as their content; --columns picks the table's columns.
+    """
     if as_json:
         from modinspect.render import jsonout
 
@@ -117,13 +130,16 @@ def print_report(report: Any, as_json: bool, kind: str) -> None:
     else:
         from modinspect.render import console
 
-        out = console.make_console()
+        out = console.make_console(width=WIDE if layout is not None and layout.wide else None)
         if kind == "tree":  # 100k-tensor trees: written as plain text where no styles are wanted
             console.print_tree(out, report)
             return
         renderable = getattr(console, f"{kind}_renderable")
         # Every table renderer takes the width it must fit (render.console.fit_table).
-        out.print(renderable(report, out.width) if kind in WIDTH_AWARE else renderable(report))
+        if layout is not None:
+            out.print(renderable(report, out.width, layout=layout))
+        else:
+            out.print(renderable(report, out.width) if kind in WIDTH_AWARE else renderable(report))
 
 
 @dataclass(frozen=True)
@@ -147,6 +163,8 @@ class DiffArgs:
     max_pickle_size: str | None = None
     max_layers: int | None = None
     as_json: bool = False
+    wide: bool = False
+    columns: str | None = None
 
 
 def _progress_bar(total: int) -> contextlib.AbstractContextManager[Callable[[int], None]]:
@@ -176,6 +194,6 @@ def run_diff(args: DiffArgs) -> int:
         total = sum(t.nbytes for t in src_a.tensors) + sum(t.nbytes for t in src_b.tensors)
         with _progress_bar(total) as advance:
             report = diff_sources(src_a, src_b, options, progress=advance)
-    print_report(report, args.as_json, "diff")
+    print_report(report, args.as_json, "diff", table_layout(args.wide, args.columns))
     sys.stdout.flush()  # a closed pipe shows here, inside user_errors, not at exit
     return 1 if report.differs else 0

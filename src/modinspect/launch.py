@@ -17,7 +17,8 @@ from typing import Any
 
 from modinspect import commands
 
-_FLAGS = {"--json": "as_json", "--exact": "exact", "--nan-unequal": "nan_unequal", "--unsafe-pickle": "unsafe_pickle"}
+_FLAGS = {"--json": "as_json", "--exact": "exact", "--nan-unequal": "nan_unequal", "--unsafe-pickle": "unsafe_pickle",
+          "--wide": "wide"}
 _VALUES = {"--weights-a": "weights_a", "--weights-b": "weights_b", "--atol": "atol", "--rtol": "rtol",
            "--max-pickle-size": "max_pickle_size"}
 _REPEATED = {"--strip-prefix": "strip_prefix", "--rename": "rename", "--include": "include",

@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO
 
 from rich import box
@@ -29,11 +29,14 @@ from modinspect.analysis.keymap import collapse_groups, collapse_indices
 from modinspect.analysis.stats_math import collapse_names
 from modinspect.doctor_report import DoctorReport
 from modinspect.render.text import (
+    TableLayout,
     bad_step_text,
     bpw_text,
-    elide_middle,
+    elide_inside,
+    elide_left,
     human_bytes,
     human_count,
+    last_component_width,
     num,
     num_forms,
     percent,
@@ -78,21 +81,36 @@ def _text(value: str | Text, style: str = "") -> Text:
 
 
 # --- Tables that fit any width -------------------------------------------------------------------
-# Every table goes through fit_table: numbers are never cut. To fit, a table first shows its numbers
-# with fewer significant digits (each number cell carries its forms, longest first), then
-# middle-elides its name column, and only then hides columns, lowest priority first, and says so.
+# Every table goes through fit_table, the one layout engine. Width goes to what differs: a column whose
+# value is the same on every row moves into one line above the table ("zeros 0% · nan/inf 0"). Numbers
+# are never cut and names keep their last components whole. To fit, a table first shows its numbers with
+# fewer significant digits (each number cell carries its forms, longest first), then shortens its names
+# (a tree's indentation narrows; a dotted name loses components from the left: '…output.LayerNorm'),
+# then hides columns, lowest priority first, and says so; with every hideable column hidden, names keep
+# only their last component; and where even that is too wide, each row becomes a block of lines.
 
 
 @dataclass(frozen=True)
 class Column:
-    """One column of a fitted table. `kind`: 'name' (middle-elided to fit), 'number' or 'text' (never cut)."""
+    """One column of a fitted table. `kind`: 'name' (shortened to fit, see Name), 'number' or 'text' (never cut).
+
+    `key`: what --columns calls it (the title when empty). `shared`: the words for a value every row has,
+    in the line above the table (('—', 'no ReLU-family modules')); otherwise it reads 'title value'.
+    """
 
     title: str
     kind: str = "number"
     hide: int = 0  # 0: always shown; otherwise hidden when too wide, the highest first
     style: str = ""
     justify: str = ""  # default: numbers right, names and text left
-    min_width: int = 12  # a name column is elided no shorter than this
+    key: str = ""
+    shared: tuple[tuple[str, str], ...] = ()
+    lift: bool = True  # False: stays in the table even where every row has the same value
+    about: str = ""  # what the shared line calls it, where the title alone is ambiguous ('last std')
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.title.lower(), self.key.lower()) if self.key else (self.title.lower(),)
 
 
 @dataclass(frozen=True)
@@ -103,22 +121,76 @@ class Forms:
     style: str = ""
 
 
-Cell = str | Text | Forms
+@dataclass(frozen=True)
+class Name:
+    """A name cell: the full dotted `name`, with a `mark` after it (' ◀').
+
+    `tree`: shown as its last component indented two spaces a level, so the column reads as the module
+    tree ('(model)' for the root); narrowed by indenting one space a level, then by capping the depth.
+    Otherwise the dotted name, shortened from the left ('…attention.output.LayerNorm').
+    """
+
+    name: str
+    tree: bool = False
+    mark: str = ""
+    style: str = ""
+    mark_style: str = ""
+
+    @property
+    def leaf(self) -> str:
+        return self.name.rpartition(".")[2] if self.name else "(model)"
+
+    @property
+    def depth(self) -> int:
+        return self.name.count(".") + 1 if self.name else 0
+
+    def full(self) -> str:
+        return ("  " * self.depth + self.leaf if self.tree else self.name) + self.mark
+
+    def floor(self, hard: bool) -> int:
+        """The narrowest this name goes before columns are hidden (`hard`: after): its last component whole."""
+        if self.tree:
+            return (0 if hard else self.depth) + cell_len(self.leaf) + cell_len(self.mark)
+        if hard:
+            return last_component_width(self.name) + cell_len(self.mark)
+        last_two = ".".join(self.name.split(".")[-2:])
+        return min(cell_len(self.name), cell_len(last_two) + (last_two != self.name)) + cell_len(self.mark)
+
+    def text(self, shown: str) -> Text:
+        text = Text(shown, style=self.style)
+        if self.mark:
+            text.append(self.mark, style=self.mark_style or self.style)
+        return text
+
+
+Cell = str | Text | Forms | Name
 
 
 @dataclass(frozen=True)
 class FittedTable:
-    table: Trimmed
+    table: RenderableType
     hidden: tuple[str, ...]  # titles of the columns left out
     full_width: int  # the width that shows every column at full precision
+    shared: tuple[str, ...] = ()  # 'zeros 0%': the columns every row has the same value in
 
     def note(self, width: int) -> Text | None:
-        """'columns hidden at 80 columns: type, hist (COLUMNS=131 shows them; --json has every value)'."""
+        """'columns hidden at 80 columns: type, hist (--wide or COLUMNS=131 shows them; --json has every value)'."""
         if not self.hidden:
             return None
         them = "them" if len(self.hidden) > 1 else "it"
-        return Text(f"columns hidden at {width} columns: {', '.join(self.hidden)} (COLUMNS={self.full_width} "
-                    f"shows {them}; --json has every value)", style="dim")
+        return Text(f"columns hidden at {width} columns: {', '.join(self.hidden)} (--wide or COLUMNS="
+                    f"{self.full_width} shows {them}; --json has every value)", style="dim")
+
+    def parts(self, width: int) -> list[RenderableType]:
+        """The shared line, the table, the note on hidden columns: what a renderer prints of it, in order."""
+        parts: list[RenderableType] = []
+        if self.shared:
+            parts.append(Text("\n".join(wrap_words(" · ".join(self.shared), width, 2)), style="dim"))
+        parts.append(self.table)
+        note = self.note(width)
+        if note is not None:
+            parts.append(note)
+        return parts
 
 
 class Trimmed:
@@ -143,6 +215,8 @@ class Trimmed:
 def _cell_forms(cell: Cell) -> tuple[str, ...]:
     if isinstance(cell, Forms):
         return cell.forms
+    if isinstance(cell, Name):
+        return (cell.full(),)
     return (cell.plain if isinstance(cell, Text) else cell,)
 
 
@@ -156,65 +230,159 @@ def _column_width(col: Column, cells: list[Cell], level: int) -> int:
     return max([cell_len(col.title), *(cell_len(line) for line in lines)])
 
 
-def fit_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: int) -> FittedTable:
-    """A rich Table of `rows` no wider than `width`, whatever it takes short of cutting a number."""
+def _names(cells: Sequence[Cell]) -> list[Name]:
+    return [c if isinstance(c, Name) else Name(c.plain if isinstance(c, Text) else _at(c, 0)) for c in cells]
+
+
+def _name_texts(names: list[Name], width: int) -> list[Text]:
+    """Each name as shown in a column `width` wide: a tree's indentation narrowed evenly, dotted names from the left."""
+    trees = [n for n in names if n.tree]
+    step, cap = 2, max((n.depth for n in trees), default=0)
+    if trees:
+        def fits(step: int, cap: int) -> bool:
+            return all(step * min(n.depth, cap) + cell_len(n.leaf) + cell_len(n.mark) <= width for n in trees)
+
+        choices = [(2, cap), *((1, c) for c in range(cap, -1, -1))]
+        step, cap = next((choice for choice in choices if fits(*choice)), (1, 0))
+    shown = [" " * (step * min(n.depth, cap)) + elide_left(n.leaf, width - cell_len(n.mark)) if n.tree
+             else elide_left(n.name, width - cell_len(n.mark)) for n in names]
+    # Names shortened alike ('…c_attn.weight' for h.0, h.1 and h.2) keep their start instead: their difference.
+    seen: dict[str, set[str]] = {}
+    for n, s in zip(names, shown, strict=True):
+        if not n.tree and "…" in s:
+            seen.setdefault(s, set()).add(n.name)
+    alike = {s for s, full in seen.items() if len(full) > 1}
+    if alike:
+        shown = [elide_inside(n.name, width - cell_len(n.mark)) if s in alike else s
+                 for n, s in zip(names, shown, strict=True)]
+    return [n.text(s) for n, s in zip(names, shown, strict=True)]
+
+
+def choose_columns(columns: list[Column], wanted: tuple[str, ...]) -> list[int]:
+    """The indices --columns names (the name column always), in the table's order; an unknown name is a usage error."""
+    from modinspect.errors import UsageError
+
+    by_key = {k: i for i, c in enumerate(columns) for k in c.keys}
+    unknown = [w for w in wanted if w.strip().lower() not in by_key]
+    if unknown:
+        names = ", ".join(c.key or c.title for c in columns if c.kind != "name")
+        raise UsageError(f"--columns: no column '{unknown[0]}' in this table; choose from {names}")
+    picked = {by_key[w.strip().lower()] for w in wanted}
+    return [i for i, c in enumerate(columns) if c.kind == "name" or i in picked]
+
+
+def _shared_words(col: Column, value: str) -> str:
+    return dict(col.shared).get(value) or f"{col.about or col.title} {value or '—'}"
+
+
+def fit_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: int,
+              layout: TableLayout | None = None) -> FittedTable:
+    """A table of `rows` no wider than `width`, whatever it takes short of cutting a number or a name's last part.
+
+    `layout`: --wide (every column, whole, at any width) and --columns (those columns only, none moved
+    above the table).
+    """
+    layout = layout or TableLayout()
     columns = list(columns)
     by_col = [[row[i] for row in rows] for i in range(len(columns))]
+    for i, c in enumerate(columns):
+        if c.kind == "name":
+            by_col[i] = list(_names(by_col[i]))
+    keep = choose_columns(columns, layout.columns) if layout.columns is not None else list(range(len(columns)))
+    shared: list[int] = []
+    if layout.columns is None and not layout.wide and len(rows) > 1:
+        shared = [i for i in keep if columns[i].kind != "name" and columns[i].lift and len({_at(c, 0) for c in by_col[i]}) == 1]
+    candidates = [i for i in keep if i not in shared]
+    shared_words = tuple(_shared_words(columns[i], _at(by_col[i][0], 0)) for i in shared)
     levels = max((len(_cell_forms(c)) for cells in by_col for c in cells), default=1)
+    is_name = [c.kind == "name" for c in columns]
 
-    def widths(shown: list[int], level: int) -> list[int]:
-        return [_column_width(columns[i], by_col[i], level) for i in shown]
+    def widths(shown: list[int], level: int, floor: str) -> list[int]:
+        ws = []
+        for i in shown:
+            if is_name[i] and floor != "full":
+                hard = floor == "hard"
+                ws.append(max([cell_len(columns[i].title), *(n.floor(hard) for n in by_col[i])]))  # type: ignore[union-attr]
+            else:
+                ws.append(_column_width(columns[i], by_col[i], level))
+        return ws
 
     def total(ws: list[int]) -> int:  # SIMPLE_HEAD: a padding, a blank separator and a padding between columns
         return sum(ws) + 3 * (len(ws) - 1)
 
-    full = total(widths(list(range(len(columns))), 0))
-    order = sorted((i for i, c in enumerate(columns) if c.hide), key=lambda i: -columns[i].hide)
-    choice: tuple[list[int], int, list[int]] | None = None
+    full = total(widths(candidates, 0, "full"))
+    if layout.wide:
+        return _build(columns, by_col, candidates, 0, widths(candidates, 0, "full"), (), full, shared_words)
+    order = sorted((i for i in candidates if columns[i].hide), key=lambda i: -columns[i].hide)
     for dropped in range(len(order) + 1):
-        shown = [i for i in range(len(columns)) if i not in order[:dropped]]
-        for level in range(levels):
-            ws = widths(shown, level)
+        shown = [i for i in candidates if i not in order[:dropped]]
+        floors = ("soft", "hard") if dropped == len(order) else ("soft",)
+        tries = [(level, floor) for floor in ("full", *floors) for level in range(levels)]
+        for level, floor in tries:
+            ws = widths(shown, level, floor)
             if total(ws) <= width:
-                choice = (shown, level, ws)
-                break
-        else:
-            ws = widths(shown, levels - 1)
-            over = total(ws) - width
-            names = [k for k, i in enumerate(shown) if columns[i].kind == "name"]
-            for k in names:  # elide names: the only text that may be shortened
-                cut = min(over, ws[k] - max(columns[shown[k]].min_width, cell_len(columns[shown[k]].title)))
-                if cut > 0:
-                    ws[k] -= cut
-                    over -= cut
-            if over <= 0 or dropped == len(order):
-                choice = (shown, levels - 1, ws)
-        if choice is not None:
-            break
-    assert choice is not None
-    shown, level, ws = choice
+                if floor != "full":  # the names get what the other columns leave
+                    for k, i in enumerate(shown):
+                        if is_name[i]:
+                            ws[k] = min(width - total(ws) + ws[k], _column_width(columns[i], by_col[i], 0))
+                hidden = tuple(columns[i].title for i in order[:dropped])
+                return _build(columns, by_col, shown, level, ws, hidden, full, shared_words)
+    return FittedTable(_vertical(columns, by_col, candidates, width), (), full, shared_words)
+
+
+def _build(columns: list[Column], by_col: list[list[Cell]], shown: list[int], level: int, ws: list[int],
+           hidden: tuple[str, ...], full: int, shared: tuple[str, ...]) -> FittedTable:
     table = FastTable([FastColumn(columns[i].title, justify=columns[i].justify or
                                   ("right" if columns[i].kind == "number" else "left"),
-                                  style=columns[i].style, max_width=w,
-                                  overflow="ellipsis" if columns[i].kind == "name" else "crop")
+                                  style=columns[i].style, max_width=w, overflow="crop")
                        for i, w in zip(shown, ws, strict=True)])
-    for row in rows:
-        table.add_row(*(_fitted_cell(row[i], level, w, columns[i].kind == "name") for i, w in zip(shown, ws, strict=True)))
-    hidden = tuple(columns[i].title for i in range(len(columns)) if i not in shown)
-    return FittedTable(Trimmed(table), hidden, full)
+    cells = [_name_texts(by_col[i], w) if columns[i].kind == "name"  # type: ignore[arg-type]
+             else [_fitted_cell(c, level) for c in by_col[i]] for i, w in zip(shown, ws, strict=True)]
+    for row in zip(*cells, strict=True):
+        table.add_row(*row)
+    return FittedTable(Trimmed(table), hidden, full, shared)
 
 
-def _fitted_cell(cell: Cell, level: int, width: int, elide: bool) -> Text:
+def _fitted_cell(cell: Cell, level: int) -> Text:
     if isinstance(cell, Forms):
         return Text(_at(cell, level), style=cell.style)
-    plain = cell.plain if isinstance(cell, Text) else cell
-    if not elide or cell_len(plain) <= width:
-        return _text(cell)
-    short = "\n".join(elide_middle(line, width) for line in plain.split("\n"))
-    if isinstance(cell, Text):
-        style = cell.style or (cell.spans[0].style if cell.spans else "")
-        return Text(short, style=style)
-    return Text(short)
+    return _text(cell)  # type: ignore[arg-type]
+
+
+def _vertical(columns: list[Column], by_col: list[list[Cell]], shown: list[int], width: int) -> Text:
+    """Each row as a block: its full name (wrapped at dots, indented), then 'title value · title value' wrapped."""
+    text = Text()
+    rows = len(by_col[0]) if by_col else 0
+    for r in range(rows):
+        if r:
+            text.append("\n")
+        name_cols = [i for i in shown if columns[i].kind == "name"]
+        for i in name_cols:
+            n = by_col[i][r]
+            assert isinstance(n, Name)
+            text.append_text(n.text("\n".join(_wrap_at_dots(n.name or "(model)", width))))
+        values = [f"{columns[i].title} {_at(by_col[i][r], 0) or '—'}" for i in shown if columns[i].kind != "name"]
+        text.append("\n  " + "\n".join(wrap_words(" · ".join(values), width - 2, 2)))
+    return text
+
+
+def _wrap_at_dots(name: str, width: int) -> list[str]:
+    """A long name on several lines, each cut after a dot, the lines after the first indented two spaces."""
+    lines: list[str] = []
+    current = ""
+    for part in name.split("."):
+        piece = part if not current else "." + part
+        room = width - (2 if lines else 0)
+        if current and cell_len(current) + cell_len(piece) > room:
+            lines.append(current)
+            current = piece
+        else:
+            current += piece
+        while cell_len(current) > room > 0:  # a component longer than a line: cut it, nothing is lost
+            lines.append(current[:room])
+            current = current[room:]
+    lines.append(current)
+    return [lines[0], *("  " + line for line in lines[1:])]
 
 
 @dataclass(frozen=True)
@@ -624,7 +792,8 @@ def totals_table(report: TreeReport, width: int = 200) -> Text:
         text.append(label.ljust(w0), style="bold")
         text.append("  " + value.rjust(w1))
         if detail:  # a long detail wraps under itself, a number never parted from its unit
-            text.append("  " + "\n".join(wrap_words(detail, width - w0 - w1 - 4, w0 + w1 + 4)), style="dim")
+            lines = wrap_words(detail, max(width - w0 - w1 - 4, 20))
+            text.append("  " + ("\n" + " " * (w0 + w1 + 4)).join(lines), style="dim")
         elif not value:
             text.rstrip()
     text.rstrip()
@@ -654,13 +823,6 @@ def _module_name(name: str) -> str:
     return name or "(model)"
 
 
-def _indented(name: str) -> str:
-    """'blocks.2.act' -> '    act': the table reads as a tree; JSON keeps full names."""
-    if not name:
-        return "(model)"
-    return "  " * name.count(".") + "  " + name.rpartition(".")[2]
-
-
 def _grad_cell(norm: float | None, nan: int, inf: int, flags: tuple[str, ...]) -> Cell:
     if nan or inf:
         return Text(f"nan {nan}" if nan else f"inf {inf}", style="bold red")
@@ -671,16 +833,18 @@ def _grad_cell(norm: float | None, nan: int, inf: int, flags: tuple[str, ...]) -
 STATS_COLUMNS = (
     Column("module", kind="name"), Column("type", kind="text", hide=8, style="green"), Column("calls", hide=7),
     Column("mean"), Column("std", hide=5), Column("min", hide=2), Column("max", hide=1), Column("zeros", hide=6),
-    Column("nan/inf"), Column("dead", hide=3), Column("‖∇out‖"), Column("‖∇param‖", hide=4),
+    Column("nan/inf", key="nan"), Column("dead", hide=3, shared=(("—", "no ReLU-family modules"),)),
+    Column("‖∇out‖", key="grad_norm", shared=(("—", "no backward"),)),
+    Column("‖∇param‖", hide=4, key="param_grad_norm"),
     Column("hist", kind="text", hide=9, style="cyan"),
 )
 
 
-def stats_renderable(report: StatsReport, width: int = 200) -> RenderableType:
+def stats_renderable(report: StatsReport, width: int = 200, layout: TableLayout | None = None) -> RenderableType:
     """The per-module table in execution order, then a one-paragraph verdict.
 
-    The table fits `width` (see fit_table): fewer digits first, then elided names, then hidden columns
-    (the histogram first, then the type), named in a note under the table.
+    The table fits `width` (see fit_table): values shared by every row above it, fewer digits, narrower
+    names, then hidden columns (the histogram first, then the type), named in a note under the table.
     """
     report = visible_report(report)
     called = [m for m in report.modules if m.calls]
@@ -689,9 +853,8 @@ def stats_renderable(report: StatsReport, width: int = 200) -> RenderableType:
     for m in called:
         bad = m.nan or m.inf
         dead_style = "yellow" if {"dead", "mostly-dead"} & set(m.flags) else ""
-        name = Text(_indented(m.name), style="bold red" if bad else "")
-        if origin is not None and origin.module == m.name:
-            name.append(" ◀", style="bold red")
+        mark = " ◀" if origin is not None and origin.module == m.name else ""
+        name = Name(m.name, tree=True, mark=mark, style="bold red" if bad else "", mark_style="bold red")
         rows.append([
             name, m.type, str(m.calls), Forms(num_forms(m.mean)), Forms(num_forms(m.std)), Forms(num_forms(m.min)),
             Forms(num_forms(m.max)), percent(m.zero_fraction),
@@ -701,13 +864,9 @@ def stats_renderable(report: StatsReport, width: int = 200) -> RenderableType:
             _grad_cell(m.param_grad_norm, m.param_grad_nan, m.param_grad_inf, ()),
             sparkline(m.histogram),
         ])
-    fitted = fit_table(STATS_COLUMNS, rows, width)
-    table = fitted.table
+    fitted = fit_table(STATS_COLUMNS, rows, width, layout)
     idle = [_module_name(m.name) for m in report.modules if not m.calls]
-    parts: list[RenderableType] = [_stats_header(report), table]
-    hidden = fitted.note(width)
-    if hidden is not None:
-        parts.append(hidden)
+    parts: list[RenderableType] = [_stats_header(report), *fitted.parts(width)]
     if idle:
         shown = ", ".join(idle[:6]) + (f" and {len(idle) - 6} more" if len(idle) > 6 else "")
         parts.append(Text(f"not called: {shown}", style="dim"))
@@ -844,9 +1003,13 @@ def grouped_pairs(items: Sequence[tuple[str, str, str]]) -> list[tuple[str, str,
 
 
 def _name_line(name: str, rest: str, width: int) -> str:
-    """'  name: rest', the name middle-elided (never the numbers in `rest`) when the line would be too wide."""
-    room = max(width - 4 - cell_len(rest), 12)
-    return f"  {elide_middle(name, room)}: {rest}"
+    """'  name: rest', the name shortened from the left when the line would be too wide (never the numbers in
+    `rest`, never the name's last component): where even that is too wide, `rest` goes on a line of its own."""
+    room = width - 4 - cell_len(rest)
+    if room >= last_component_width(name):
+        return f"  {elide_left(name, room)}: {rest}"
+    lines = _wrap_at_dots(name, width - 2)
+    return "\n".join(f"  {line}" for line in lines) + f":\n    {rest}"
 
 
 def _names_block(title: str, names: list[str], style: str, width: int = 200) -> Text:
@@ -854,7 +1017,7 @@ def _names_block(title: str, names: list[str], style: str, width: int = 200) -> 
     text.append(f"{title} ({len(names)})\n", style=f"bold {style}")
     shown = collapse_indices(names)
     for name in shown[:40]:
-        text.append(f"  {elide_middle(name, width - 2)}\n")
+        text.append(f"  {elide_left(name, width - 2)}\n")
     if len(shown) > 40:
         text.append(f"  … {len(shown) - 40} more (see --json)\n", style="dim")
     text.rstrip()
@@ -862,13 +1025,15 @@ def _names_block(title: str, names: list[str], style: str, width: int = 200) -> 
 
 
 DIFF_COLUMNS = (
-    Column("tensor", kind="name", min_width=16), Column("shape", kind="text", hide=1, justify="right"),
-    Column("differing"), Column("max |Δ|"), Column("mean |Δ|", hide=2), Column("rel L2"), Column("cosine", hide=3),
-    Column("NaN A/B", kind="text"),
+    Column("tensor", kind="name"), Column("shape", kind="text", hide=1, justify="right"),
+    Column("differing"), Column("max |Δ|", key="max_abs_diff"), Column("mean |Δ|", hide=2, key="mean_abs_diff"),
+    Column("rel L2", key="rel_l2"), Column("cosine", hide=3),
+    Column("NaN A/B", kind="text", key="nan", shared=(("", "no NaN on either side"),)),
 )
 
 
-def diff_renderable(report: DiffReport, width: int = 200, limit: int = 50) -> RenderableType:
+def diff_renderable(report: DiffReport, width: int = 200, limit: int = 50,
+                    layout: TableLayout | None = None) -> RenderableType:
     """Summary first, then changed tensors by severity, the per-module roll-up, then structural differences.
 
     The changed-tensor table fits `width` (see fit_table); names in the lists are middle-elided to fit.
@@ -903,16 +1068,12 @@ def diff_renderable(report: DiffReport, width: int = 200, limit: int = 50) -> Re
     if report.changed:
         parts.append(Text("\nChanged, most severe first", style="bold"))
         rows: list[list[Cell]] = [
-            [d.name, shape_text(d.shape), Forms(ratio_forms(d.differing, d.numel)), Forms(num_forms(d.max_abs_diff)),
+            [Name(d.name), shape_text(d.shape), Forms(ratio_forms(d.differing, d.numel)), Forms(num_forms(d.max_abs_diff)),
              Forms(num_forms(d.mean_abs_diff)), Forms(num_forms(d.rel_l2)), Forms(num_forms(d.cosine)),
              f"{d.nan_a}/{d.nan_b}" if d.nan_a or d.nan_b else ""]
             for d in report.changed[:limit]
         ]
-        fitted = fit_table(DIFF_COLUMNS, rows, width)
-        parts.append(fitted.table)
-        hidden = fitted.note(width)
-        if hidden is not None:
-            parts.append(hidden)
+        parts += fit_table(DIFF_COLUMNS, rows, width, layout).parts(width)
         if len(report.changed) > limit:
             parts.append(Text(f"… {len(report.changed) - limit} more changed tensors (see --json)", style="dim"))
     if report.rollup:
@@ -952,6 +1113,10 @@ def diff_renderable(report: DiffReport, width: int = 200, limit: int = 50) -> Re
     return Trimmed(Group(*parts))
 
 
+LOAD_COLUMNS = (Column("status", kind="text", lift=False), Column("count", lift=False),
+                Column("keys", kind="text", lift=False))
+
+
 def load_renderable(report: LoadReport, width: int = 200) -> RenderableType:
     """The plan grouped by status (layer indices collapsed), then what was done.
 
@@ -984,16 +1149,13 @@ def load_renderable(report: LoadReport, width: int = 200) -> RenderableType:
     status_w = max([6, *(len(r[0]) for r in shown_rows)])
     count_w = max([5, *(len(str(r[2])) for r in shown_rows)])
     keys_w = max(width - status_w - count_w - 6, 20)
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
-    table.add_column("status", no_wrap=True)
-    table.add_column("count", justify="right", no_wrap=True)
-    table.add_column("keys", no_wrap=True, overflow="crop")  # every line is made to fit keys_w first
+    rows_out: list[list[Cell]] = []
     for status, style, count, items in shown_rows:
         lines = [line for name, detail in items[:30] for line in _key_lines(name, detail, keys_w)]
         if len(items) > 30:
             lines.append(f"… {len(items) - 30} more (see --json)")
-        table.add_row(Text(status, style=f"bold {style}"), Text(str(count)), Text("\n".join(lines)))
-    parts.append(Trimmed(table))
+        rows_out.append([Text(status, style=f"bold {style}"), str(count), "\n".join(lines)])
+    parts += fit_table(LOAD_COLUMNS, rows_out, width).parts(width)  # every key line is made to fit keys_w first
     for hint in plan.hints:
         parts.append(Text(f"hint: {hint}", style="yellow"))
     parts.append(Text(_load_outcome(report), style="bold red" if report.strict_failed else "bold"))
@@ -1029,7 +1191,7 @@ def _key_lines(name: str, detail: str, width: int) -> list[str]:
     line = f"{name} {detail}".rstrip()
     if cell_len(line) <= width:
         return [line]
-    lines = [elide_middle(name, width)]
+    lines = [elide_left(name, width)]
     if detail:
         words, current = detail.split(" "), "  "
         for word in words:  # wrap the detail at spaces: numbers stay whole
@@ -1061,36 +1223,43 @@ def _last(values: tuple[float | None, ...], bad: tuple[bool, ...], fmt: Callable
     return Text(fmt(values[-1]) if values else "—")
 
 
-def run_renderable(report: RunReport, width: int = 200) -> RenderableType:
+def run_renderable(report: RunReport, width: int = 200, layout: TableLayout | None = None) -> RenderableType:
     """Per module, sparklines over the logged steps of std, ‖∇out‖ and dead fraction; then the first bad step.
 
     The three sparklines share what the other columns leave of `width` (one cell per step, or per run of
-    steps); below 100 columns the type goes, below 90 the last values.
+    steps); below 100 columns the type goes, below 90 the last values. The table is laid out by fit_table:
+    a column the same on every row ('bad at', an empty 'dead') moves above it.
     """
     report = visible_report(report)
-    show_type, show_last = width >= 100, width >= 90
-    names = [_indented(m.name) for m in report.modules]
-    name_w = min(max((len(n) for n in names), default=8) + 2, 48)  # + " ◀"
+    wide = layout is not None and layout.wide
+    show_type, show_last = width >= 100 or wide, width >= 90 or wide
+    names = [Name(m.name, tree=True) for m in report.modules]
+    name_w = min(max((cell_len(n.full()) for n in names), default=8) + 2, 48)  # + " ◀"
     type_w = min(max((len(m.type) for m in report.modules), default=4), 24)
     # Each column is followed by 3 cells (padding, SIMPLE_HEAD's blank divider, padding); a last value takes ≤ 9.
     fixed = name_w + 3 + (type_w + 3 if show_type else 0) + (3 * (9 + 3) if show_last else 0) + 3 * 3 + 6
-    spark_w = max(4, min(len(report.steps), (width - fixed) // 3))
-    columns = [FastColumn("module", max_width=48)]
+    spark_w = len(report.steps) if wide else max(4, min(len(report.steps), (width - fixed) // 3))
+    columns = [Column("module", kind="name")]
     if show_type:
-        columns.append(FastColumn("type", max_width=24, style="green"))
+        columns.append(Column("type", kind="text", style="green"))
     grad_title = "‖∇out‖ (log)" if spark_w >= 12 else "‖∇out‖"
-    for title in ("std", grad_title, "dead"):
-        columns.append(FastColumn(title, style="cyan", min_width=spark_w))
+    for title, key in (("std", "std"), (grad_title, "grad_norm"), ("dead", "dead")):
+        # Sparklines are scaled per row: the same shape on every row is no shared value, but no dead fraction is.
+        shared = (("", "no ReLU-family modules"),) if key == "dead" else ()
+        columns.append(Column(title, kind="text", style="cyan", key=key, shared=shared, lift=key == "dead"))
         if show_last:
-            columns.append(FastColumn("last", justify="right"))
-    columns.append(FastColumn("bad at", justify="right"))
-    table = FastTable(columns)  # 35,000 modules: 1 s, where rich's Table took 22 s
+            about = f"last {title.removesuffix(' (log)')}"
+            columns.append(Column("last", key=f"{key}_last", about=about,
+                                  shared=(("—", "no ReLU-family modules"),) if key == "dead" else ()))
+    columns.append(Column("bad at", kind="text", justify="right", key="bad_at",
+                          shared=(("—", "no NaN/Inf in any module"),)))
     origin = report.first_bad
+    rows: list[list[Cell]] = []
     for m, name in zip(report.modules, names, strict=True):
-        label = Text(name, style="bold red" if m.first_bad_step is not None else "")
-        if origin is not None and origin.module == m.name:
-            label.append(" ◀", style="bold red")
-        cells: list[Text | str] = [label, Text(m.type)] if show_type else [label]
+        mark = " ◀" if origin is not None and origin.module == m.name else ""
+        label = replace(name, mark=mark, style="bold red" if m.first_bad_step is not None else "",
+                        mark_style="bold red")
+        cells: list[Cell] = [label, Text(m.type)] if show_type else [label]
         for spark, last in (
             (series_sparkline(m.std, m.nonfinite, spark_w), _last(m.std, m.nonfinite, num)),
             (Text(series_sparkline(m.grad_norm, m.grad_nonfinite, spark_w, log=True), style=_grad_style(m.flags)),
@@ -1100,8 +1269,10 @@ def run_renderable(report: RunReport, width: int = 200) -> RenderableType:
             cells += [spark, last] if show_last else [spark]
         cells.append(Text("—" if m.first_bad_step is None else str(m.first_bad_step),
                           style="bold red" if m.first_bad_step is not None else "dim"))
-        table.add_row(*cells)
-    return Group(_run_header(report, spark_w), table, _run_verdict(report))
+        rows.append(cells)
+    # 35,000 modules: FastTable writes them in about a second, where rich's Table took 22 s
+    fitted = fit_table(columns, rows, width, layout)
+    return Group(_run_header(report, spark_w), *fitted.parts(width), _run_verdict(report))
 
 
 def _run_header(report: RunReport, spark_w: int) -> Text:

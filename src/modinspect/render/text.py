@@ -284,6 +284,83 @@ def elide_middle(name: str, width: int) -> str:
     return f"{indent}{head}…{tail}"
 
 
+def elide_left(name: str, width: int) -> str:
+    """'bert.encoder.layer.0.attention.output.LayerNorm' -> '…attention.output.LayerNorm': the last components whole.
+
+    Names differ at their ends ('…LayerNorm.bias', '…LayerNorm.weight'), so the end is what is kept: as many
+    trailing dotted components as fit after the '…'. Only a last component wider than `width` is itself cut
+    (keeping its end), the one case where no whole component fits.
+    """
+    if cell_width(name) <= width:
+        return name
+    if width < 2:
+        return "…"[:max(width, 0)]
+    parts = name.split(".")
+    tail = ""
+    for i in range(len(parts) - 1, -1, -1):
+        longer = ".".join(parts[i:])
+        if cell_width(longer) + 1 > width:
+            break
+        tail = longer
+    if not tail:
+        tail = name[-(width - 1):]
+        while cell_width(tail) > width - 1:
+            tail = tail[1:]
+    return "…" + tail
+
+
+def elide_inside(name: str, width: int) -> str:
+    """'transformer.h.0.attn.c_attn.weight' -> 'transformer.h.0…c_attn.weight': the last component whole, the start kept.
+
+    For names that `elide_left` would show alike ('…c_attn.weight' for h.0, h.1, h.2): their difference is
+    usually near the start. The room left after the last component goes to the start (cut at a dot where
+    one is near), then to more whole components at the end.
+    """
+    if cell_width(name) <= width or "." not in name:
+        return elide_left(name, width)
+    parts = name.split(".")
+    tail = parts[-1]
+    if cell_width(tail) + 2 > width:
+        return elide_left(name, width)
+    for i in range(len(parts) - 2, 0, -1):  # whole components at the end, up to about half the room
+        longer = ".".join(parts[i:])
+        if cell_width(longer) > (width - 1) // 2:
+            break
+        tail = longer
+    room = width - 1 - cell_width(tail)
+    head = name[:room]
+    while cell_width(head) > room:
+        head = head[:-1]
+    dot = head.rfind(".")
+    if dot >= room // 2:
+        head = head[:dot]
+    return f"{head}…{tail}"
+
+
+def last_component_width(name: str) -> int:
+    """The narrowest `elide_left` keeps `name`'s last dotted component whole at: the whole name, or '…' + it."""
+    last = name.rpartition(".")[2]
+    return cell_width(name) if last == name else min(cell_width(name), 1 + cell_width(last))
+
+
+def cell_width(text: str) -> int:
+    """Terminal cells `text` takes (2 for a wide CJK character), as rich counts them, without importing rich."""
+    if text.isascii():
+        return len(text)
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 0 if unicodedata.combining(c) else 1 for c in text)
+
+
+@dataclasses.dataclass(frozen=True)
+class TableLayout:
+    """How the user asked for tables: `wide` shows every column, whole, whatever the terminal's width;
+    `columns` names the columns to show (by title or key, `--columns mean,std,grad_norm`)."""
+
+    wide: bool = False
+    columns: tuple[str, ...] | None = None
+
+
 def percent(value: float | None) -> str:
     if value is None:
         return "—"
