@@ -362,7 +362,13 @@ def _vertical(columns: list[Column], by_col: list[list[Cell]], shown: list[int],
             assert isinstance(n, Name)
             text.append_text(n.text("\n".join(_wrap_at_dots(n.name or "(model)", width))))
         values = [f"{columns[i].title} {_at(by_col[i][r], 0) or '—'}" for i in shown if columns[i].kind != "name"]
-        text.append("\n  " + "\n".join(wrap_words(" · ".join(values), width - 2, 2)))
+        lines: list[str] = []
+        for pair in values:  # wrapped between pairs: a title stays with its value
+            if lines and cell_len(lines[-1]) + 3 + cell_len(pair) <= width - 2:
+                lines[-1] += " · " + pair
+            else:
+                lines.append(pair)
+        text.append("".join(f"\n  {line}" for line in lines))
     return text
 
 
