@@ -364,6 +364,19 @@ class ModuleRollup:
 
 
 @dataclass(frozen=True)
+class ModuleStatus:
+    """One module's verdict in a diff, under the roll-up's key ('features.3', 'classifier').
+
+    `status`: changed (a tensor changed, or differs in shape or dtype, or is on one side only), unchanged
+    (every tensor equal within tolerance), only_in_a or only_in_b (all its tensors are on that side alone).
+    """
+
+    module: str
+    status: str
+    tensors: int  # its names on either side
+
+
+@dataclass(frozen=True)
 class DiffReport:
     a: str
     b: str
@@ -384,6 +397,7 @@ class DiffReport:
     tolerance: str
     nan_equal: bool
     bytewise: int = 0  # pairs of one quantized type (GGUF's Q4_K, ...) compared byte for byte, not by value
+    module_status: tuple[ModuleStatus, ...] = ()  # every module, in first-seen order
 
     @property
     def differs(self) -> bool:

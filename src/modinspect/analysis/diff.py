@@ -28,7 +28,7 @@ from modinspect.analysis.keymap import (
     suggest_prefix,
 )
 from modinspect.gcpause import paused_gc
-from modinspect.report import DiffReport, ModuleRollup, PairMismatch, TensorDiff
+from modinspect.report import DiffReport, ModuleRollup, ModuleStatus, PairMismatch, TensorDiff
 from modinspect.sources.base import DTYPE_BITS, Source, TensorInfo, from_little_endian, tied_groups
 
 if TYPE_CHECKING:
@@ -477,6 +477,7 @@ def diff_sources(a: Source, b: Source, options: DiffOptions | None = None,
         identical=same + sum(1 for r in results if r.status == "equal"), compared=len(compared), aliased=tuple(aliased),
         rollup=_rollup(compared, results), hints=tuple(_hints(only_a, only_b, map_a.keys(), map_b.keys(), a.label, b.label)),
         tolerance=_describe_tolerance(options), nan_equal=options.nan_equal, bytewise=walk.bytewise_pairs,
+        module_status=_module_status(compared, changed, only_a, only_b, shape_mismatch),
     )
 
 
@@ -496,6 +497,29 @@ def _rollup(compared: list[str], results: list[TensorDiff]) -> tuple[ModuleRollu
     return tuple(ModuleRollup(module, size, len(changed[module]),
                               max((m.max_abs_diff for m in changed[module] if m.max_abs_diff is not None), default=None))
                  for module, size in sizes.items() if module in changed)
+
+
+def _module_status(compared: list[str], changed: list[TensorDiff], only_a: list[str], only_b: list[str],
+                   shape_mismatch: list[PairMismatch]) -> tuple[ModuleStatus, ...]:
+    """Every module (the roll-up's key) with its verdict, in first-seen order: compared names, then A's, then B's."""
+    names = [*compared, *(m.name for m in shape_mismatch), *only_a, *only_b]
+    keys = rollup_keys(names)
+    sizes = Counter(keys)
+    moved = {rollup_key(r.name) for r in changed} | set(rollup_keys(m.name for m in shape_mismatch))
+    side_a = Counter(keys[len(names) - len(only_a) - len(only_b):len(names) - len(only_b)])
+    side_b = Counter(keys[len(names) - len(only_b):])
+    out = []
+    for key, size in sizes.items():
+        if side_a[key] == size:
+            status = "only_in_a"
+        elif side_b[key] == size:
+            status = "only_in_b"
+        elif key in moved or side_a[key] or side_b[key]:
+            status = "changed"
+        else:
+            status = "unchanged"
+        out.append(ModuleStatus(key, status, size))
+    return tuple(out)
 
 
 def _hints(only_a: list[str], only_b: list[str], names_a: Set[str], names_b: Set[str], label_a: str,

@@ -1082,14 +1082,8 @@ def diff_renderable(report: DiffReport, width: int = 200, limit: int = 50,
         parts += fit_table(DIFF_COLUMNS, rows, width, layout).parts(width)
         if len(report.changed) > limit:
             parts.append(Text(f"… {len(report.changed) - limit} more changed tensors (see --json)", style="dim"))
-    if report.rollup:
-        text = Text("\nBy module\n", style="bold")
-        for r in report.rollup[:limit]:
-            rest = f"{r.changed} of {r.tensors} tensors changed, " + (
-                "compared byte for byte" if r.max_abs_diff is None else f"max |Δ| {r.max_abs_diff:.1e}")
-            text.append(_name_line(r.module or "(top level)", rest, width) + "\n")
-        text.rstrip()
-        parts.append(text)
+    if report.rollup or report.module_status:
+        parts.append(_by_module(report, width, limit))
     if report.only_in_a:
         parts.append(_names_block("\nOnly in A", list(report.only_in_a), "red", width))
     if report.only_in_b:
@@ -1117,6 +1111,41 @@ def diff_renderable(report: DiffReport, width: int = 200, limit: int = 50,
                         style="bold red" if report.differs else "bold green")
     parts.append(verdict_line)
     return Trimmed(Group(*parts))
+
+
+def _by_module(report: DiffReport, width: int, limit: int) -> Text:
+    """'By module: 2 changed, 8 unchanged': each changed module with its counts, then the others' names collapsed.
+
+    'unchanged: features.{0-7}, classifier' answers "did my freeze work?" at a glance.
+    """
+    status: dict[str, list[str]] = {}
+    for m in report.module_status:
+        status.setdefault(m.status, []).append(m.module or "(top level)")
+    counts = ", ".join(f"{len(status.get(key, []))} {words}" for key, words in _MODULE_STATUS)
+    text = Text(f"\nBy module{': ' + counts if report.module_status else ''}\n", style="bold")
+    rolled = {r.module for r in report.rollup}
+    for r in report.rollup[:limit]:
+        rest = f"{r.changed} of {r.tensors} tensors changed, " + (
+            "compared byte for byte" if r.max_abs_diff is None else f"max |Δ| {r.max_abs_diff:.1e}")
+        text.append(_name_line(r.module or "(top level)", rest, width) + "\n")
+    if len(report.rollup) > limit:
+        text.append(f"  … {len(report.rollup) - limit} more changed modules (see --json)\n", style="dim")
+    other = [m for m in report.module_status if m.status == "changed" and m.module not in rolled]
+    for m in other[:limit]:
+        text.append(_name_line(m.module or "(top level)", "tensors differ in shape or are on one side only", width)
+                    + "\n")
+    for key, words in _MODULE_STATUS[1:]:
+        names = collapse_indices(status.get(key, []))
+        if names:
+            shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+            line = "\n".join(wrap_words(f"{words}: {shown}", width - 2, 2))
+            text.append(f"  {line}\n", style="green" if key == "unchanged" else "red")
+    text.rstrip()
+    return text
+
+
+_MODULE_STATUS = (("changed", "changed"), ("unchanged", "unchanged"), ("only_in_a", "only in A"),
+                  ("only_in_b", "only in B"))
 
 
 LOAD_COLUMNS = (Column("status", kind="text", lift=False), Column("count", lift=False),

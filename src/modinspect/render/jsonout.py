@@ -254,6 +254,7 @@ def diff_document(report: DiffReport) -> dict[str, Any]:
         "aliased": [{"name": n, "via": v} for n, v in report.aliased],
         "modules": [{"module": r.module, "tensors": r.tensors, "changed": r.changed, "max_abs_diff": _num(r.max_abs_diff)}
                     for r in report.rollup],
+        "module_status": [{"module": m.module, "status": m.status, "tensors": m.tensors} for m in report.module_status],
         "hints": list(report.hints),
         "tolerance": report.tolerance,
         "nan_equal": report.nan_equal,
