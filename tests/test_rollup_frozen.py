@@ -77,3 +77,61 @@ def test_diff_names_modules_on_one_side_only(tmp_path: Path) -> None:
     assert "By module: 2 changed, 1 unchanged, 1 only in A, 1 only in B\n" in text
     assert "\n  mixed: tensors differ in shape or are on one side only\n" in text
     assert "\n  unchanged: features.0\n  only in A: old\n  only in B: new\n" in text
+
+
+FROZEN_ENTRY = '''
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("features", nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.LayerNorm(16)))
+    model.add_module("head", nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4)))
+    model.features.requires_grad_(False)   # the backbone
+    model.head[0].requires_grad_(False)    # one layer of the head
+    model.head[2].bias.requires_grad_(False)  # and one tensor: head.2 is partly frozen, not fully
+    return model
+'''
+
+
+def _brute_force(model: nn.Module) -> tuple[int, int, int, list[str]]:
+    params = list(model.parameters())
+    frozen = [p for p in params if not p.requires_grad]
+    fully = [name for name, m in model.named_modules()
+             if list(m.parameters()) and not any(p.requires_grad for p in m.parameters())]
+    outer = [n for n in fully if not any(n.startswith(f + ".") or (f == "" and n) for f in fully if f != n)]
+    return sum(p.numel() for p in frozen), sum(p.numel() for p in params), len(frozen), outer
+
+
+def test_stats_lists_frozen_parameters_as_torch_counts_them(tmp_path: Path) -> None:
+    (tmp_path / "frozen.py").write_text(FROZEN_ENTRY, encoding="utf-8")
+    namespace: dict[str, object] = {}
+    exec(FROZEN_ENTRY, namespace)  # the test's own model, built as the CLI builds it
+    model = namespace["build"]()  # type: ignore[operator]
+    params, total, tensors, outer = _brute_force(model)
+    assert (params, tensors, outer) == (8 * 16 + 16 + 16 * 16 + 16 + 16 + 16 + 16 * 16 + 16 + 4, 9,
+                                        ["features", "head.0"])
+    doc = json.loads(invoke("stats", "frozen.py:build", "-s", "2,8", "--json", cwd=tmp_path).stdout)
+    assert doc["frozen"] == {"params": params, "total": total, "tensors": tensors, "modules": outer}
+    text = invoke("stats", "frozen.py:build", "-s", "2,8", cwd=tmp_path).stdout
+    assert text.splitlines()[2] == (f"parameters: {total:,}, {params:,} frozen ({100 * params / total:.1f}%) in "
+                                    f"{tensors} tensor(s); fully frozen: features, head.0")
+
+
+def test_stats_says_when_every_parameter_trains(tmp_path: Path) -> None:
+    (tmp_path / "m.py").write_text("from torch import nn\n\ndef build():\n    return nn.Linear(3, 2)\n",
+                                   encoding="utf-8")
+    doc = json.loads(invoke("stats", "m.py:build", "-s", "2,3", "--json", cwd=tmp_path).stdout)
+    assert doc["frozen"] == {"params": 0, "total": 3 * 2 + 2, "tensors": 0, "modules": []}
+    assert invoke("stats", "m.py:build", "-s", "2,3", cwd=tmp_path).stdout.splitlines()[2] == \
+        "parameters: 8, all trainable"
+
+
+def test_a_fully_frozen_model_is_named_as_the_model(tmp_path: Path) -> None:
+    from modinspect.analysis.stats import frozen_params
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)).requires_grad_(False)
+    assert frozen_params(model).modules == ("",)
+    assert frozen_params(model).params == frozen_params(model).total == 12

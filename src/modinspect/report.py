@@ -293,6 +293,16 @@ class NonfiniteOrigin:
 
 
 @dataclass(frozen=True)
+class FrozenParams:
+    """The model's parameters with requires_grad False, each tensor once (tied ones under their first name)."""
+
+    params: int  # elements of the frozen parameters
+    total: int  # elements of all parameters
+    tensors: int  # frozen parameter tensors
+    modules: tuple[str, ...]  # the modules every parameter of which is frozen, the outermost only ("" the model)
+
+
+@dataclass(frozen=True)
 class StatsReport:
     source: str
     device: str
@@ -309,6 +319,7 @@ class StatsReport:
     # A second, independent origin in backward (when the first is in forward, the input, a weight or the loss).
     backward_origin: NonfiniteOrigin | None = None
     diagnoses: tuple[str, ...] = ()  # plain-language causes where the evidence is clear
+    frozen: FrozenParams | None = None  # None: the parameters were not counted
 
     def has(self, finding: str) -> bool:
         """Whether a `--fail-on` finding is present: nan, dead, mostly-dead, exploding or vanishing."""

@@ -25,7 +25,7 @@ from modinspect.analysis.stats_hooks import (
 from modinspect.analysis.stats_math import diagnose
 from modinspect.analysis.stats_trace import OpTracer, nonfinite_tensors, refine_origin
 from modinspect.errors import ModinspectError
-from modinspect.report import StatsReport
+from modinspect.report import FrozenParams, StatsReport
 
 if TYPE_CHECKING:
     import torch
@@ -245,7 +245,37 @@ def collect_stats(
         batches=batches_run, backward=options.backward, loss=_loss_used(losses, options.loss),
         inputs=inputs, modules=tuple(rows), nonfinite_origin=origin, nonfinite_found=found or origin is not None,
         notes=tuple(dict.fromkeys(notes)), backward_origin=backward_origin, diagnoses=tuple(diagnose(rows)),
+        frozen=frozen_params(model),
     )
+
+
+def frozen_params(model: Any) -> FrozenParams:
+    """The parameters with requires_grad False and the outermost modules all of whose parameters are.
+
+    One pass over named_parameters (each tensor once), marking every enclosing module: a module is fully
+    frozen when it holds a parameter and no trainable one.
+    """
+    frozen = total = tensors = 0
+    holds: dict[str, bool] = {}  # module -> whether it holds a trainable parameter
+    for name, p in model.named_parameters():
+        n = p.numel()
+        total += n
+        if not p.requires_grad:
+            frozen += n
+            tensors += 1
+        parts = name.split(".")[:-1]
+        for i in range(len(parts) + 1):
+            module = ".".join(parts[:i])
+            holds[module] = holds.get(module, False) or bool(p.requires_grad)
+    fully = [m for m, trainable in holds.items() if not trainable]
+    done: set[str] = set()
+    outer = []
+    for m in fully:  # in first-seen order, parents before children
+        parent_frozen = any(".".join(m.split(".")[:i]) in done for i in range(m.count(".") + 1)) if m else False
+        if not parent_frozen:
+            outer.append(m)
+        done.add(m)
+    return FrozenParams(params=frozen, total=total, tensors=tensors, modules=tuple(outer))
 
 
 def as_batches(batches: Iterable[Any]) -> Iterator[Batch]:

@@ -49,6 +49,7 @@ from modinspect.render.text import (
 )
 from modinspect.report import (
     DiffReport,
+    FrozenParams,
     LoadReport,
     ModuleNode,
     ModuleShapes,
@@ -897,7 +898,20 @@ def _stats_header(report: StatsReport) -> Text:
     grads = f", backward on {loss_words(report.loss)}" if report.backward else ", forward only"
     text.append(f"  ({report.mode} mode, {report.device}{dtype}, {report.batches} batch(es){grads})", style="dim")
     text.append(f"\ninputs: {report.inputs}", style="dim")
+    if report.frozen is not None:
+        text.append("\n" + frozen_text(report.frozen), style="yellow" if report.frozen.params else "dim")
     return text
+
+
+def frozen_text(frozen: FrozenParams) -> str:
+    """'parameters: 1,610, 1,440 frozen (89.4%) in 8 tensors; fully frozen: features' or '…, all trainable'."""
+    if not frozen.params:
+        return f"parameters: {frozen.total:,}, all trainable" if frozen.total else "parameters: none"
+    share = f"{100 * frozen.params / frozen.total:.1f}%" if frozen.total else "—"
+    modules = collapse_indices([m or "(model)" for m in frozen.modules])
+    shown = ", ".join(modules[:8]) + (f" and {len(modules) - 8} more" if len(modules) > 8 else "")
+    return (f"parameters: {frozen.total:,}, {frozen.params:,} frozen ({share}) in {frozen.tensors:,} tensor(s)"
+            + (f"; fully frozen: {shown}" if shown else ""))
 
 
 def loss_words(loss: str) -> str:

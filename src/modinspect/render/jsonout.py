@@ -211,6 +211,9 @@ def stats_document(report: StatsReport) -> dict[str, Any]:
         "nonfinite_found": report.nonfinite_found,
         "diagnoses": list(report.diagnoses),
         "notes": list(report.notes),
+        "frozen": None if report.frozen is None else {
+            "params": report.frozen.params, "total": report.frozen.total, "tensors": report.frozen.tensors,
+            "modules": list(report.frozen.modules)},
     }
 
 
