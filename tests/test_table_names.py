@@ -130,3 +130,24 @@ def test_a_terminal_too_narrow_for_the_names_gets_one_block_per_row() -> None:
     assert out.file.getvalue() == (  # type: ignore[attr-defined]
         "encoder.layers.0\n  .self_attention\n  .query_key_value_proje\n  ction\n  max |Δ| 0.08308\n  rel L2 1\n"
         "encoder.layers.1\n  .self_attention\n  .query_key_value_proje\n  ction\n  max |Δ| 0.1662\n  rel L2 2\n")
+
+
+def test_report_and_stats_take_wide_and_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import runlogs
+
+    monkeypatch.setenv("COLUMNS", "80")
+    log = runlogs.write_run(tmp_path / "run.jsonl")
+    picked = invoke("report", log, "--columns", "std,bad_at").stdout.splitlines()
+    head = next(line for line in picked if line.startswith("module "))
+    assert re.split(r"\s{2,}", head) == ["module", "std", "bad at"]  # chosen: nothing moves above the table
+    assert next(line for line in picked if line.startswith("  act1 ")).endswith(" 300")
+    wide = invoke("report", log, "--wide").stdout
+    head = next(line for line in wide.splitlines() if line.startswith("module "))
+    assert re.split(r"\s{2,}", head) == ["module", "type", "std", "last", "‖∇out‖ (log)", "last", "dead", "last",
+                                         "bad at"]
+    assert max(cell_len(line) for line in wide.splitlines()) > 80  # one cell per logged step: 50 of them
+    stats = invoke("stats", "faulty.py:Net", "-s", "8,16", "--wide", cwd=Path(__file__).parent.parent / "sample_models")
+    head = next(line for line in stats.stdout.splitlines() if line.startswith("module "))
+    assert re.split(r"\s{2,}", head) == ["module", "type", "calls", "mean", "std", "min", "max", "zeros", "nan/inf",
+                                         "dead", "‖∇out‖", "‖∇param‖", "hist"]
+    assert "-0.08564" in stats.stdout and "columns hidden" not in stats.stdout
