@@ -151,3 +151,23 @@ def test_report_and_stats_take_wide_and_columns(tmp_path: Path, monkeypatch: pyt
     assert re.split(r"\s{2,}", head) == ["module", "type", "calls", "mean", "std", "min", "max", "zeros", "nan/inf",
                                          "dead", "‖∇out‖", "‖∇param‖", "hist"]
     assert "-0.08564" in stats.stdout and "columns hidden" not in stats.stdout
+
+
+def test_a_run_without_relus_has_no_dead_column(tmp_path: Path) -> None:
+    import io
+    from dataclasses import replace
+
+    import runlogs
+    from modinspect.analysis.runlog import read_run_log
+    from modinspect.render.console import make_console, run_renderable
+
+    run = read_run_log(runlogs.write_run(tmp_path / "run.jsonl"))
+    run = replace(run, modules=tuple(replace(m, dead_fraction=tuple(None for _ in m.dead_fraction))
+                                     for m in run.modules))
+    out = make_console(file=io.StringIO(), width=120)
+    out.print(run_renderable(run, 120))
+    lines = out.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    head = next(i for i, line in enumerate(lines) if line.startswith("module "))
+    assert lines[head - 1] == "last ‖∇out‖ nan/inf · no ReLU-family modules · bad at 300"
+    assert re.split(r"\s{2,}", lines[head]) == ["module", "type", "std", "last", "‖∇out‖ (log)"]
+    assert max(cell_len(line) for line in lines) <= 120

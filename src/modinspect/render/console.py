@@ -294,7 +294,7 @@ def fit_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: 
     if layout.columns is None and not layout.wide and len(rows) > 1:
         shared = [i for i in keep if columns[i].kind != "name" and columns[i].lift and len({_at(c, 0) for c in by_col[i]}) == 1]
     candidates = [i for i in keep if i not in shared]
-    shared_words = tuple(_shared_words(columns[i], _at(by_col[i][0], 0)) for i in shared)
+    shared_words = tuple(dict.fromkeys(_shared_words(columns[i], _at(by_col[i][0], 0)) for i in shared))  # once each
     levels = max((len(_cell_forms(c)) for cells in by_col for c in cells), default=1)
     is_name = [c.kind == "name" for c in columns]
 
@@ -1288,6 +1288,25 @@ def run_renderable(report: RunReport, width: int = 200, layout: TableLayout | No
     # Each column is followed by 3 cells (padding, SIMPLE_HEAD's blank divider, padding); a last value takes ≤ 9.
     fixed = name_w + 3 + (type_w + 3 if show_type else 0) + (3 * (9 + 3) if show_last else 0) + 3 * 3 + 6
     spark_w = len(report.steps) if wide else max(4, min(len(report.steps), (width - fixed) // 3))
+    columns, rows = _run_table(report, names, spark_w, show_type, show_last)
+    if not wide and (layout is None or layout.columns is None) and len(rows) > 1:
+        # What moves above the table ('bad at 300', the last values every row shares, an empty dead column)
+        # leaves its width to the sparklines.
+        same = [i for i, c in enumerate(columns) if c.lift and len({_at(r[i], 0) for r in rows}) == 1]
+        freed = sum(12 if columns[i].title == "last" else 9 if columns[i].key == "bad_at" else 3 for i in same)
+        sparks = 3 - sum(columns[i].key == "dead" for i in same)
+        wider = max(4, min(len(report.steps), (width - fixed + freed) // sparks))
+        if wider != spark_w:
+            spark_w = wider
+            columns, rows = _run_table(report, names, spark_w, show_type, show_last)
+    # 35,000 modules: FastTable writes them in about a second, where rich's Table took 22 s
+    fitted = fit_table(columns, rows, width, layout)
+    return Group(_run_header(report, spark_w), *fitted.parts(width), _run_verdict(report))
+
+
+def _run_table(report: RunReport, names: list[Name], spark_w: int, show_type: bool,
+               show_last: bool) -> tuple[list[Column], list[list[Cell]]]:
+    """The run table's columns and rows, each sparkline `spark_w` cells wide."""
     columns = [Column("module", kind="name")]
     if show_type:
         columns.append(Column("type", kind="text", style="green"))
@@ -1313,15 +1332,14 @@ def run_renderable(report: RunReport, width: int = 200, layout: TableLayout | No
             (series_sparkline(m.std, m.nonfinite, spark_w), _last(m.std, m.nonfinite, num)),
             (Text(series_sparkline(m.grad_norm, m.grad_nonfinite, spark_w, log=True), style=_grad_style(m.flags)),
              _last(m.grad_norm, m.grad_nonfinite, num)),
-            (series_sparkline(m.dead_fraction, (), spark_w, lo=0.0, hi=1.0), _last(m.dead_fraction, (), percent)),
+            (series_sparkline(m.dead_fraction, (), spark_w, lo=0.0, hi=1.0).strip() and  # all blank: no value
+             series_sparkline(m.dead_fraction, (), spark_w, lo=0.0, hi=1.0), _last(m.dead_fraction, (), percent)),
         ):
             cells += [spark, last] if show_last else [spark]
         cells.append(Text("—" if m.first_bad_step is None else str(m.first_bad_step),
                           style="bold red" if m.first_bad_step is not None else "dim"))
         rows.append(cells)
-    # 35,000 modules: FastTable writes them in about a second, where rich's Table took 22 s
-    fitted = fit_table(columns, rows, width, layout)
-    return Group(_run_header(report, spark_w), *fitted.parts(width), _run_verdict(report))
+    return columns, rows
 
 
 def _run_header(report: RunReport, spark_w: int) -> Text:
