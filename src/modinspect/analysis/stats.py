@@ -263,18 +263,14 @@ def frozen_params(model: Any) -> FrozenParams:
         if not p.requires_grad:
             frozen += n
             tensors += 1
-        parts = name.split(".")[:-1]
-        for i in range(len(parts) + 1):
-            module = ".".join(parts[:i])
-            holds[module] = holds.get(module, False) or bool(p.requires_grad)
-    fully = [m for m, trainable in holds.items() if not trainable]
-    done: set[str] = set()
-    outer = []
-    for m in fully:  # in first-seen order, parents before children
-        parent_frozen = any(".".join(m.split(".")[:i]) in done for i in range(m.count(".") + 1)) if m else False
-        if not parent_frozen:
-            outer.append(m)
-        done.add(m)
+        trainable = bool(p.requires_grad)
+        module = ""
+        for part in ["", *name.split(".")[:-1]]:  # "" (the model), then each enclosing module
+            module = f"{module}.{part}" if module else part
+            holds[module] = holds.get(module, False) or trainable
+    # A module whose parent is fully frozen is inside a listed one; a frozen ancestor means a frozen parent.
+    outer = [m for m, moving in holds.items()
+             if not moving and (m == "" or holds.get(m.rpartition(".")[0] if "." in m else "", True))]
     return FrozenParams(params=frozen, total=total, tensors=tensors, modules=tuple(outer))
 
 
