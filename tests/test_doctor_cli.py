@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from conftest import REPO, invoke
 from modinspect.doctor_report import CATALOG
+from modinspect.render.jsonout import SCHEMA_VERSION
 
 SCHEMAS = REPO / "tests" / "schemas"
 
@@ -179,7 +180,7 @@ def test_explain(models: Path) -> None:
 def test_json_document(models: Path) -> None:
     result = doctor("three.py:build", "-s", "8,16", "--json", cwd=models)
     doc = json.loads(result.stdout)
-    assert doc["schema"] == "modinspect.doctor/1" and doc["schema_version"] == 1
+    assert doc["schema"] == "modinspect.doctor/1" and doc["schema_version"] == SCHEMA_VERSION
     assert doc["counts"] == {"error": 1, "warning": 3, "info": 0}
     assert [(f["id"], f["key"]) for f in doc["findings"]] == [
         ("unregistered-container", "blocks"), ("probabilities-into-cross-entropy", ""),

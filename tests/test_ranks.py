@@ -29,6 +29,13 @@ pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.
                                 reason="torch.distributed with gloo is not available in this torch build")
 
 
+def shown(path: Path) -> str:
+    """A file as the report names it: relative to the working directory when under it, else absolute
+    (the suite's working directory is not always the repository's)."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
+
+
 def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(HERE.parent / "src"), str(HERE), os.environ.get("PYTHONPATH", "")])}
@@ -112,7 +119,7 @@ def test_only_rank_0_writes_the_log(launched: Path) -> None:
 def test_nan_on_one_rank_stops_every_rank_at_its_step(launched: Path) -> None:
     number = next(i for i, text in enumerate((HERE / "ranks_worker.py").read_text().splitlines(), start=1)
                   if text.rstrip().endswith("# fault: poison"))
-    source = f"{Path(os.path.relpath(HERE / 'ranks_worker.py'))}:{number}"
+    source = f"{shown(HERE / 'ranks_worker.py')}:{number}"
     for rank in (0, 1):
         s = seen(launched, rank)["nan"]
         assert s["nonfinite_step"] == BAD_STEP and s["steps"] == BAD_STEP - 1
@@ -196,7 +203,7 @@ def test_stats_under_torchrun_names_the_rank_whose_slice_held_the_nan(tmp_path: 
     doc = json.loads(proc.stdout)
     assert doc["nonfinite_origin"] == {
         "module": "0", "type": "Root", "phase": "forward", "cause": "produced", "passed_on": ["1", "2", "3", ""],
-        "op": "aten::sqrt", "source": f"{Path(os.path.relpath(HERE / 'ranks_worker.py'))}:{number}",
+        "op": "aten::sqrt", "source": f"{shown(HERE / 'ranks_worker.py')}:{number}",
         "code": "return torch.sqrt(x)  # fault: root", "node": None, "created_at": None, "created_code": None,
         "tensor": None, "detail": None, "rank": 1,
     }
