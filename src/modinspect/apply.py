@@ -115,7 +115,7 @@ def perform_load(model: Source, checkpoint: Source, *, keymap: KeyMap | None = N
             written = str(target)
     report = LoadReport(model=model.label, checkpoint=checkpoint.label, plan=plan, strict=strict,
                         skip_mismatched=skip_mismatched, performed=performed, dry_run=planning, written=written,
-                        cast_errors=tuple(cast_errors.items()))
+                        cast_errors=tuple(cast_errors.items()), would_call=tuple(checkpoint.would_call))
     if blocked:
         raise MismatchedShapesError(
             f"{len(plan.mismatched)} tensor(s) have another shape in the checkpoint ({describe_mismatched(plan)}); "

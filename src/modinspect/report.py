@@ -230,6 +230,7 @@ class LoadReport:
     written: str | None
     # (model name, max |checkpoint value − value the model holds after copy_|) for each cast key, once copied
     cast_errors: tuple[tuple[str, float], ...] = ()
+    would_call: tuple[str, ...] = ()  # globals the checkpoint's pickle calls: torch.load would run them
 
     @property
     def strict_failed(self) -> bool:
@@ -320,6 +321,7 @@ class StatsReport:
     backward_origin: NonfiniteOrigin | None = None
     diagnoses: tuple[str, ...] = ()  # plain-language causes where the evidence is clear
     frozen: FrozenParams | None = None  # None: the parameters were not counted
+    would_call: tuple[str, ...] = ()  # globals the model's --weights pickle calls: torch.load would run them
 
     def has(self, finding: str) -> bool:
         """Whether a `--fail-on` finding is present: nan, dead, mostly-dead, exploding or vanishing."""
@@ -409,6 +411,8 @@ class DiffReport:
     nan_equal: bool
     bytewise: int = 0  # pairs of one quantized type (GGUF's Q4_K, ...) compared byte for byte, not by value
     module_status: tuple[ModuleStatus, ...] = ()  # every module, in first-seen order
+    would_call_a: tuple[str, ...] = ()  # globals A's pickle calls: torch.load would run them
+    would_call_b: tuple[str, ...] = ()
 
     @property
     def differs(self) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ class StatsRun:
     described: str  # where the inputs came from
     ranks: Ranks
     warnings: list[str] = field(default_factory=list)
+    would_call: list[str] = field(default_factory=list)  # globals the model's pickles call (torch.load would)
     _in_use: contextlib.AbstractContextManager[Any] = field(default_factory=contextlib.nullcontext)
     _owns_group: bool = False
 
@@ -74,8 +75,9 @@ class StatsRun:
         moved = (to_device(b, self.device, requires_grad=self.options.backward) for b in self.batches)
         try:
             with self._in_use, on_device(self.module, self.device):
-                return collect_stats(self.module, moved, options=self.options, source=self.label, device=self.device,
-                                     inputs=self.described, progress=progress)
+                report = collect_stats(self.module, moved, options=self.options, source=self.label,
+                                       device=self.device, inputs=self.described, progress=progress)
+            return replace(report, would_call=tuple(self.would_call))
         finally:
             if self._owns_group:
                 import torch
@@ -141,6 +143,7 @@ def prepare_stats(request: StatsRequest, announce: Callable[[str], None] | None 
     in_use = src.in_use() if isinstance(src, ModuleSource) else contextlib.nullcontext()
     return StatsRun(label=src.label, module=src.module, device=device, options=options, batches=batches,
                     count=request.batches, described=described, ranks=ranks, warnings=list(src.warnings),
+                    would_call=list(src.would_call),
                     _in_use=in_use, _owns_group=owns)
 
 

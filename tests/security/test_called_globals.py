@@ -22,6 +22,7 @@ from hostile import (
     CARRIERS,
     as_pickle,
     body_of,
+    clean_checkpoint,
     state_dict,
     write_victim,
     zip_pt,
@@ -146,3 +147,34 @@ def test_known_data_classes_and_values_are_not_warned_about(tmp_path: Path) -> N
     with open_source(str(tmp_path / "ok.pt")) as src:
         assert src.would_call == [] and src.warnings == []
         assert "argparse.Namespace" in src.standins and "collections.defaultdict" in src.standins
+
+
+@pytest.mark.parametrize("name", sorted(CALLED))
+def test_diff_load_and_stats_json_name_the_called_globals(tmp_path: Path, name: str) -> None:
+    """Each command's --json carries the names stderr warns about: diff per side, load and stats the checkpoint's."""
+    payload, marker = CALLED[name], tmp_path / "RAN"
+    path, clean = zip_pt(tmp_path, body_of(payload, marker)), clean_checkpoint(tmp_path)
+    entry = write_victim(tmp_path)
+    names = list(payload.globals)
+    for a, b, want_a, want_b in ((path, clean, names, []), (clean, path, [], names)):
+        result = invoke("diff", a, b, "--json")
+        assert result.exit_code == 0 and result.stderr == _warning(payload.globals)  # type: ignore[attr-defined]
+        doc = json.loads(result.stdout)  # type: ignore[attr-defined]
+        assert (doc["would_call_a"], doc["would_call_b"]) == (want_a, want_b)
+    result = invoke("load", f"{tmp_path}/{entry}", path, "--dry-run", "--json")
+    assert result.exit_code == 0 and result.stderr == _warning(payload.globals)  # type: ignore[attr-defined]
+    assert json.loads(result.stdout)["would_call"] == names  # type: ignore[attr-defined]
+    result = invoke("stats", f"{tmp_path}/{entry}", "--weights", path, "--input-shape", "2,4", "--json")
+    assert result.exit_code == 0 and result.stderr == _warning(payload.globals)  # type: ignore[attr-defined]
+    assert json.loads(result.stdout)["would_call"] == names  # type: ignore[attr-defined]
+    assert not _wait_for(marker)
+
+
+def test_clean_checkpoints_have_empty_would_call_in_every_document(tmp_path: Path) -> None:
+    clean, entry = clean_checkpoint(tmp_path), write_victim(tmp_path)
+    doc = json.loads(invoke("diff", clean, clean, "--json").stdout)  # type: ignore[attr-defined]
+    assert (doc["would_call_a"], doc["would_call_b"]) == ([], [])
+    result = invoke("load", f"{tmp_path}/{entry}", clean, "--dry-run", "--json")
+    assert (result.exit_code, json.loads(result.stdout)["would_call"]) == (0, [])  # type: ignore[attr-defined]
+    result = invoke("stats", f"{tmp_path}/{entry}", "--weights", clean, "--input-shape", "2,4", "--json")
+    assert (result.exit_code, json.loads(result.stdout)["would_call"]) == (0, [])  # type: ignore[attr-defined]

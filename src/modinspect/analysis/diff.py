@@ -478,6 +478,7 @@ def diff_sources(a: Source, b: Source, options: DiffOptions | None = None,
         rollup=_rollup(compared, results), hints=tuple(_hints(only_a, only_b, map_a.keys(), map_b.keys(), a.label, b.label)),
         tolerance=_describe_tolerance(options), nan_equal=options.nan_equal, bytewise=walk.bytewise_pairs,
         module_status=_module_status(compared, changed, only_a, only_b, shape_mismatch),
+        would_call_a=tuple(a.would_call), would_call_b=tuple(b.would_call),
     )
 
 

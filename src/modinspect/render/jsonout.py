@@ -214,6 +214,7 @@ def stats_document(report: StatsReport) -> dict[str, Any]:
         "frozen": None if report.frozen is None else {
             "params": report.frozen.params, "total": report.frozen.total, "tensors": report.frozen.tensors,
             "modules": list(report.frozen.modules)},
+        "would_call": list(report.would_call),
     }
 
 
@@ -262,6 +263,8 @@ def diff_document(report: DiffReport) -> dict[str, Any]:
         "tolerance": report.tolerance,
         "nan_equal": report.nan_equal,
         "bytewise": report.bytewise,
+        "would_call_a": list(report.would_call_a),
+        "would_call_b": list(report.would_call_b),
     }
 
 
@@ -287,6 +290,7 @@ def load_document(report: LoadReport) -> dict[str, Any]:
         "performed": report.performed,
         "dry_run": report.dry_run,
         "written": report.written,
+        "would_call": list(report.would_call),
     }
 
 
