@@ -56,6 +56,15 @@ MaxLayersOpt = Annotated[
     typer.Option("--max-layers", min=1, help="Most layers a Hugging Face config.json may ask for before its model is "
                  "built (a config of 100,000 layers takes minutes) \\[default: 512].", metavar="N"),
 ]
+# The random example input of stats and doctor (both built by stats_run's input machinery).
+RandomInputShapeOpt = Annotated[
+    list[str] | None, typer.Option("--input-shape", "-s", help="Shape of a random positional input, e.g. 2,16 "
+                                   "(repeat for several inputs).", metavar="SHAPE")
+]
+RandomInputDtypeOpt = Annotated[
+    str | None, typer.Option("--input-dtype", help="dtype of --input-shape tensors \\[default: int64 when the "
+                             "model has an nn.Embedding (ids drawn below its vocabulary), else float32]")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of the rich view.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
 WideOpt = Annotated[bool, typer.Option("--wide", help="Show every table column with every digit, names whole, "
@@ -332,14 +341,8 @@ def stats(
         Path | None, typer.Option("--input", "-i", help="A .pt (weights-only) or .safetensors file with a tensor, "
                                   "a tuple/list, or a dict of tensors (keyword arguments).", metavar="FILE")
     ] = None,
-    input_shape: Annotated[
-        list[str] | None, typer.Option("--input-shape", "-s", help="Shape of a random positional input, e.g. 2,16 "
-                                       "(repeat for several inputs).", metavar="SHAPE")
-    ] = None,
-    input_dtype: Annotated[
-        str | None, typer.Option("--input-dtype", help="dtype of --input-shape tensors \\[default: int64 when the "
-                                 "model has an nn.Embedding (ids drawn below its vocabulary), else float32]")
-    ] = None,
+    input_shape: RandomInputShapeOpt = None,
+    input_dtype: RandomInputDtypeOpt = None,
     batches: Annotated[int, typer.Option("--batches", "-b", min=1, help="Random batches to run; stats merge across them (a counter with an ETA on a terminal).")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed for model construction, random inputs and dropout.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, mps or auto.")] = "auto",
@@ -524,14 +527,8 @@ def doctor(
         Path | None, typer.Option("--input", "-i", help="The example input: a .pt (weights-only) or .safetensors "
                                   "file, as stats reads it.", metavar="FILE")
     ] = None,
-    input_shape: Annotated[
-        list[str] | None, typer.Option("--input-shape", "-s", help="Shape of a random positional input, e.g. 2,16 "
-                                       "(repeat for several inputs).", metavar="SHAPE")
-    ] = None,
-    input_dtype: Annotated[
-        str | None, typer.Option("--input-dtype", help="dtype of --input-shape tensors \\[default: int64 when the "
-                                 "model has an nn.Embedding, else float32]")
-    ] = None,
+    input_shape: RandomInputShapeOpt = None,
+    input_dtype: RandomInputDtypeOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for model construction and random inputs.")] = 0,
     context: Annotated[
         str | None, typer.Option("--context", help="training or inference: what the model is for \\[default: its "

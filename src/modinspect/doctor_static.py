@@ -12,6 +12,7 @@ import textwrap
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from modinspect.analysis.stats_trace import short_path
 from modinspect.doctor_report import CATALOG, Finding, Location, Severity
 
 if TYPE_CHECKING:
@@ -157,23 +158,13 @@ def global_tensor_findings(model: nn.Module) -> list[tuple[Finding, torch.Tensor
                 seen.add((type(module), name))
                 line = _name_line(forward, name)
                 out.append((finding("global-tensor-in-forward", "warning",
-                                   Location(path, name, file=_short_file(code.co_filename), line=line),
+                                   Location(path, name, file=short_path(code.co_filename), line=line),
                                    f"{type(module).__name__}.forward uses the module-level tensor {name} "
                                    f"{tuple(value.shape)}: the model does not own it, so .to() does not move it "
                                    "and state_dict() does not save it",
                                    f"self.register_buffer({name.lower()!r}, {name}.clone()) in __init__, and use "
                                    "the buffer"), value))
     return out
-
-
-def _short_file(path: str) -> str:
-    import os
-
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("..") else path
 
 
 def _name_line(function: Any, name: str) -> int | None:
@@ -201,7 +192,7 @@ def assigned_twice_findings(model: nn.Module) -> list[Finding]:
             for attr, line, file in _double_assignments(cls):
                 if attr in module._modules:
                     out.append(finding("module-assigned-twice", "warning",
-                                       Location(path, attr, file=_short_file(file), line=line),
+                                       Location(path, attr, file=short_path(file), line=line),
                                        f"{cls.__name__}.__init__ assigns a new module to self.{attr} twice: the first "
                                        "is discarded and the second one is used wherever self."
                                        f"{attr} appears", None))

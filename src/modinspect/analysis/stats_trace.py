@@ -28,6 +28,15 @@ _THIS_FILE = os.path.abspath(__file__)
 _MODINSPECT_DIR = os.path.dirname(os.path.dirname(_THIS_FILE))
 
 
+def short_path(path: str) -> str:
+    """`path` relative to the working directory when it is under it, else as given."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("..") else path
+
+
 @dataclass(frozen=True)
 class SourceLine:
     file: str
@@ -36,12 +45,7 @@ class SourceLine:
 
     def short(self) -> str:
         """`file:line` with the file relative to the working directory when it is under it."""
-        try:
-            rel = os.path.relpath(self.file)
-        except ValueError:
-            rel = self.file
-        shown = rel if not rel.startswith("..") else self.file
-        return f"{shown}:{self.line}"
+        return f"{short_path(self.file)}:{self.line}"
 
 
 @dataclass(frozen=True)

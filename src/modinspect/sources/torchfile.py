@@ -44,6 +44,7 @@ from modinspect.sources.pickled_module import (
     walk_modules,
 )
 from modinspect.sources.standins import describe
+from modinspect.sources.views import MAX_EXPANDED, MAX_EXPANSION
 
 if TYPE_CHECKING:
     import torch
@@ -186,13 +187,6 @@ def _iter_tensor_refs(obj: object) -> Any:
             stack.extend(reversed(values))
 
 
-# A view may expand its storage (torch.save keeps an expand()ed tensor's stride 0), but one that
-# claims this many times more elements than its storage holds, and this many in all, is a file
-# built to make every reader loop over 2^40 elements.
-_MAX_EXPANSION = 4096
-_MAX_EXPANDED = 1 << 24
-
-
 def storage_elements(ref: TensorRef) -> int:
     """How many elements of the tensor's own dtype its storage holds (v3 storages count bytes)."""
     assert ref.storage is not None
@@ -202,7 +196,8 @@ def storage_elements(ref: TensorRef) -> int:
 def check_expansion(ref: TensorRef, name: str, path: Path) -> None:
     """Refuse to read a view whose logical size is absurd for its storage (listing it is fine)."""
     numel, stored = _numel(ref.shape), storage_elements(ref)
-    if numel > _MAX_EXPANDED and numel > _MAX_EXPANSION * max(stored, 1):
+    # The same bound as sources.views.check_view (torch.save keeps an expand()ed tensor's stride 0).
+    if numel > MAX_EXPANDED and numel > MAX_EXPANSION * max(stored, 1):
         raise CorruptFileError(
             f"{path}: {name!r} claims {numel:,} elements over a storage of {stored:,} (a stride-0 view): too large "
             "to read, and no real tensor needs it"
