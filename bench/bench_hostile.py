@@ -41,7 +41,7 @@ def peak_kb():
 
 atexit.register(lambda: sys.stderr.write("\\nMAXRSS %d\\n" % peak_kb()))
 sys.argv = ["modinspect", *sys.argv[1:]]
-from modinspect.cli import main
+from modinspect.cli.app import main
 main()
 """
 

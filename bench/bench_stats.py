@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modinspect.analysis.stats import StatsOptions, collect_stats
+from modinspect.run.stats import StatsOptions, collect_stats
 
 
 class BasicBlock(nn.Module):

@@ -34,8 +34,8 @@ from bench_stats import bare, build, gpu_header, loss_of
 from torch import nn
 
 import modinspect
-from modinspect.analysis.stats import collect_stats
-from modinspect.analysis.stats_hooks import StatsOptions
+from modinspect.run.stats import collect_stats
+from modinspect.run.collector import StatsOptions
 
 WARMUP = 3
 

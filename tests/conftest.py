@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from modinspect.cli import app
+from modinspect.cli.app import app
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"

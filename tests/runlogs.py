@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modinspect.watchlog import (
+from modinspect.watching.log import (
     Histogram,
     LogHeader,
     LogWriter,

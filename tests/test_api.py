@@ -88,7 +88,7 @@ def test_run_stats_is_what_the_stats_command_prints() -> None:
 
     from conftest import invoke
     from modinspect.render.jsonout import stats_document
-    from modinspect.stats_run import StatsRequest
+    from modinspect.commands.stats import StatsRequest
 
     entry = str(SAMPLES / "models.py:small_cnn")
     request = StatsRequest(source=entry, input_shapes=((2, 3, 16, 16),), device="cpu", seed=5, train=True)
@@ -103,7 +103,7 @@ def test_run_stats_is_what_the_stats_command_prints() -> None:
 
 
 def test_run_stats_refuses_a_bad_dtype_before_opening_anything(tmp_path: Path) -> None:
-    from modinspect.stats_run import StatsRequest
+    from modinspect.commands.stats import StatsRequest
 
     with pytest.raises(UsageError, match=r"^--dtype 'int8' is not float32, bfloat16 or float16$"):
         modinspect.run_stats(StatsRequest(source=str(tmp_path / "missing.py:build"), dtype="int8"))
@@ -113,11 +113,11 @@ def test_run_load_is_what_the_load_command_prints(tmp_path: Path) -> None:
     import json
 
     from conftest import invoke
-    from modinspect.apply import LoadRequest, run_load
+    from modinspect.commands.load import LoadRequest, run_load
     from modinspect.render.jsonout import load_document
 
     entry, ckpt = str(SAMPLES / "models.py:small_cnn"), str(SAMPLES / "ddp.pt")
-    from modinspect.analysis.keymap import KeyMap
+    from modinspect.names import KeyMap
 
     warned: list[list[str]] = []
     report = run_load(LoadRequest(checkpoint=ckpt, model=entry, keymap=KeyMap(strip_prefixes=("module.",)),
@@ -133,7 +133,7 @@ def test_run_load_is_what_the_load_command_prints(tmp_path: Path) -> None:
 
 
 def test_run_load_refuses_out_with_meta() -> None:
-    from modinspect.apply import LoadRequest, run_load
+    from modinspect.commands.load import LoadRequest, run_load
 
     with pytest.raises(UsageError, match=r"^--out needs real weights: drop --meta \(which only plans\)$"):
         run_load(LoadRequest(checkpoint="x.pt", model="m.py:build", meta=True, out="y.safetensors"))

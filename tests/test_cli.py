@@ -203,7 +203,7 @@ def _run(args: list[str], env: dict[str, str] | None = None, cwd: Path = SAMPLES
 
 PROBE = (
     "import sys\n"
-    "from modinspect.cli import app\n"
+    "from modinspect.cli.app import app\n"
     "try:\n"
     "    app(sys.argv[1:])\n"
     "except SystemExit as e:\n"

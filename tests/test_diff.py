@@ -14,9 +14,9 @@ from safetensors.torch import save_file, save_model
 from conftest import invoke
 from models import Tied, TwoLayer, WithBatchNorm
 from modinspect.analysis.diff import DiffOptions, diff_sources, tolerance_for
-from modinspect.analysis.keymap import KeyMap, collapse_indices, rollup_key
+from modinspect.names import KeyMap, collapse_indices, rollup_key
 from modinspect.errors import UsageError
-from modinspect.report import DiffReport, TensorDiff
+from modinspect.reports import DiffReport, TensorDiff
 from modinspect.sources import open_source
 
 
@@ -447,7 +447,7 @@ def test_key_matching_is_linear_in_the_number_of_keys() -> None:
 
 
 def test_arithmetic_runs_on_one_torch_thread_and_gives_the_count_back(tmp_path: Path) -> None:
-    from modinspect.analysis import byteread
+    from modinspect.sources import byteread
 
     seen: list[int] = []
     real = byteread.PairReader.chunk_pairs

@@ -13,10 +13,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modinspect.analysis.byteread import WINDOW, PairReader
+from modinspect.sources.byteread import WINDOW, PairReader
 from modinspect.analysis.diff import DiffOptions, diff_sources
-from modinspect.analysis.keymap import rollup_key, rollup_keys
-from modinspect.report import DiffReport
+from modinspect.names import rollup_key, rollup_keys
+from modinspect.reports import DiffReport
 from modinspect.sources import open_source
 from modinspect.sources.safetensors import SafetensorsSource
 

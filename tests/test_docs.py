@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import REPO, invoke
-from modinspect.cli import app
+from modinspect.cli.app import app
 
 COMMANDS = [c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands]
 README = (REPO / "README.md").read_text(encoding="utf-8")

@@ -24,7 +24,7 @@ from doctor_corpus import (
     NearMiss,
     Planted,
 )
-from modinspect.doctor_report import CATALOG, RANK, DoctorReport, Finding
+from modinspect.reports.doctor import CATALOG, RANK, DoctorReport, Finding
 from modinspect.errors import UsageError
 
 
@@ -181,7 +181,7 @@ def test_a_forward_that_raises_is_one_error() -> None:
 
 def test_static_checks_cost_little_cpu() -> None:
     """The static checks on a 12-block transformer-sized module tree take well under a second of CPU."""
-    from modinspect.doctor_run import static_findings
+    from modinspect.run.doctor import static_findings
 
     model = nn.Sequential(*[nn.TransformerEncoderLayer(64, 4, 128) for _ in range(12)])
     start = resource.getrusage(resource.RUSAGE_SELF).ru_utime

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import REPO, invoke
-from modinspect.doctor_report import CATALOG
+from modinspect.reports.doctor import CATALOG
 from modinspect.render.jsonout import SCHEMA_VERSION
 
 SCHEMAS = REPO / "tests" / "schemas"

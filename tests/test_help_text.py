@@ -8,7 +8,7 @@ import pytest
 import typer.main
 
 from conftest import invoke
-from modinspect.cli import app
+from modinspect.cli.app import app
 
 CLICK_APP = typer.main.get_command(app)
 COMMANDS = sorted(CLICK_APP.commands)  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ import torch
 
 from conftest import invoke
 from modinspect import build_tree, open_source
-from modinspect.analysis.layout_hints import LEGACY_LAYOUT
+from modinspect.sources.layout_hints import LEGACY_LAYOUT
 
 transformers = pytest.importorskip("transformers")
 
@@ -130,7 +130,7 @@ def test_legacy_layout_is_named_on_load(tmp_path: Path, kind: str) -> None:
 
 
 def test_hint_needs_mostly_legacy_keys(tmp_path: Path) -> None:
-    from modinspect.analysis.layout_hints import legacy_layout_hint
+    from modinspect.sources.layout_hints import legacy_layout_hint
 
     config = transformers.ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                     intermediate_size=32, image_size=8, patch_size=4)

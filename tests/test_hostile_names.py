@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 import runlogs
 from conftest import invoke
 from modinspect.render.text import visible, visible_report
-from modinspect.report import ModuleNode, ModuleRow, TensorRow
-from modinspect.watchlog import LogHeader, LogWriter, NonfiniteRecord
+from modinspect.reports import ModuleNode, ModuleRow, TensorRow
+from modinspect.watching.log import LogHeader, LogWriter, NonfiniteRecord
 
 # Names as they come out of a file: rich markup, a colour pair that would hide the text, an emoji code.
 MARKUP = ("[/]", "[#000000 on #000000]hidden[/]", "[bold]b", "x[link=https://evil]y", ":cross_mark:")

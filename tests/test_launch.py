@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from modinspect.commands import DiffArgs
-from modinspect.launch import parse_diff
+from modinspect.cli.output import DiffArgs
+from modinspect.cli.launch import parse_diff
 
 # The same argv through each entry point: launch.main (the console script, python -m modinspect) and the Typer app.
-FAST = "import sys; from modinspect.launch import main; sys.argv[0] = 'modinspect'; main()"
-TYPER = "import sys; from modinspect.cli import main; sys.argv[0] = 'modinspect'; main()"
-PROBE = ("import sys\nfrom modinspect.launch import main\nsys.argv[0] = 'modinspect'\ntry:\n    main()\n"
+FAST = "import sys; from modinspect.cli.launch import main; sys.argv[0] = 'modinspect'; main()"
+TYPER = "import sys; from modinspect.cli.app import main; sys.argv[0] = 'modinspect'; main()"
+PROBE = ("import sys\nfrom modinspect.cli.launch import main\nsys.argv[0] = 'modinspect'\ntry:\n    main()\n"
          "finally:\n    print('TYPER=' + str('typer' in sys.modules), 'RICH=' + str('rich' in sys.modules), "
          "file=sys.stderr)\n")
 

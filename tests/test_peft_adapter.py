@@ -11,7 +11,7 @@ import torch
 
 from conftest import invoke
 from modinspect import open_source
-from modinspect.analysis.layout_hints import PEFT_SAVED
+from modinspect.sources.layout_hints import PEFT_SAVED
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")

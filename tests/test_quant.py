@@ -21,7 +21,7 @@ from torch import nn
 
 from modinspect.analysis.tree import build_tree
 from modinspect.render.jsonout import tree_document, tree_json
-from modinspect.report import TreeReport
+from modinspect.reports import TreeReport
 from modinspect.sources import open_source
 
 
@@ -263,7 +263,7 @@ def _qdyn(seed: int) -> nn.Module:
 def test_load_into_a_quantize_dynamic_model_plans_and_does_what_load_state_dict_does(tmp_path: Path) -> None:
     """torch.ao's packed params are no false 'unexpected': the plan loads all 8 keys, as load_state_dict(strict=True)
     accepts them, and performing it leaves the model with the checkpoint's weights, biases, scales."""
-    from modinspect.apply import perform_load
+    from modinspect.commands.load import perform_load
     from modinspect.sources.module import ModuleSource
 
     source_model, target = _qdyn(1), _qdyn(0)

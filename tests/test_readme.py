@@ -192,7 +192,7 @@ def _real_documents(command: str, tmp_path: Path) -> list[dict[str, Any]]:
             for k, v in torch.load(SAMPLES / "small_cnn.pth", weights_only=True).items()}
     torch.save(half, tmp_path / "half.pth")
     from modinspect.render.jsonout import load_document
-    from modinspect.report import Alias, LoadPlan, LoadReport
+    from modinspect.reports import Alias, LoadPlan, LoadReport
 
     plan = LoadPlan(loaded=("embed.weight",), cast=(), mismatched=(), missing=(), unexpected=(),
                     tied=(Alias("lm_head.weight", "embed.weight"),), sources=(("embed.weight", "wte.weight"),))

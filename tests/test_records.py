@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from modinspect.analysis.stats_math import GradTotals
+from modinspect.run.reductions import GradTotals
 
 
 def totals_of(g: torch.Tensor, seen: bool = True) -> GradTotals:

@@ -24,7 +24,7 @@ from modinspect.render.console import (
     load_renderable,
     make_console,
 )
-from modinspect.report import Alias, DiffReport, LoadPlan, LoadReport, Mismatch, PairMismatch
+from modinspect.reports import Alias, DiffReport, LoadPlan, LoadReport, Mismatch, PairMismatch
 
 SMALL, LARGE = 3_000, 12_000
 LINEAR_BOUND = 8.0  # 4× the keys: linear is about 4×, quadratic 16×

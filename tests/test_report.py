@@ -14,10 +14,10 @@ import modinspect
 import runlogs
 from browser import find_chromium, load_page
 from conftest import invoke
-from modinspect.analysis.runlog import read_run_log
+from modinspect.watching.runlog import read_run_log
 from modinspect.errors import CorruptFileError, UnknownFormatError, UsageError
 from modinspect.render.text import SPARKS, series_sparkline
-from modinspect.watchlog import SCHEMA, LogHeader, LogWriter, write_record
+from modinspect.watching.log import SCHEMA, LogHeader, LogWriter, write_record
 
 EVIL = '<img src=x onerror="alert(1)">&\'"'
 
@@ -84,7 +84,7 @@ def test_write_record_appends_to_any_text_stream(tmp_path: Path) -> None:
 
 def test_the_readme_documents_every_field_the_writer_writes() -> None:
     from conftest import REPO
-    from modinspect.watchlog import header_document, step_document
+    from modinspect.watching.log import header_document, step_document
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     schema = readme[readme.index("### The watch log, schema `modinspect.watch/1`"):]
@@ -538,7 +538,7 @@ def test_html_with_hostile_names_runs_nothing_in_chromium(tmp_path: Path) -> Non
 
 
 def test_a_forward_only_log_without_histograms_still_renders(tmp_path: Path) -> None:
-    from modinspect.watchlog import ModuleRecord, StepRecord
+    from modinspect.watching.log import ModuleRecord, StepRecord
 
     log, out = tmp_path / "fwd.jsonl", tmp_path / "fwd.html"
     with LogWriter(log, LogHeader(model="m", every=1, device="cpu", started=0.0)) as w:
@@ -566,7 +566,7 @@ def test_ci_installs_chromium_only_when_missing_and_apt_get_exists() -> None:
 
 
 def test_a_log_with_no_modules_and_a_nan_weight_norm(tmp_path: Path) -> None:
-    from modinspect.watchlog import ParamRecord, StepRecord
+    from modinspect.watching.log import ParamRecord, StepRecord
 
     log, out = tmp_path / "empty.jsonl", tmp_path / "empty.html"
     with LogWriter(log, LogHeader(model="m", every=1, device="cpu", started=0.0)) as w:

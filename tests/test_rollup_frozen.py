@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from conftest import invoke
-from modinspect.analysis.keymap import rollup_key
+from modinspect.names import rollup_key
 
 
 def _net() -> nn.Module:
@@ -130,7 +130,7 @@ def test_stats_says_when_every_parameter_trains(tmp_path: Path) -> None:
 
 
 def test_a_fully_frozen_model_is_named_as_the_model(tmp_path: Path) -> None:
-    from modinspect.analysis.stats import frozen_params
+    from modinspect.run.stats import frozen_params
 
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)).requires_grad_(False)
     assert frozen_params(model).modules == ("",)

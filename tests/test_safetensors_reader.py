@@ -559,7 +559,7 @@ def _big_endian_host(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_big_endian_host_byte_swaps_what_it_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from modinspect.analysis.byteread import PairReader
+    from modinspect.sources.byteread import PairReader
     from modinspect.analysis.diff import DiffOptions, compare_pair
 
     torch.manual_seed(0)

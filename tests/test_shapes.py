@@ -17,8 +17,8 @@ from torch import nn
 
 from conftest import REPO, SAMPLES, invoke
 from models import CalledTwice, ResNet18, SmallCNN, Tied
-from modinspect.analysis.shapes import extra_reprs, measure_shapes, meta_copy
-from modinspect.report import ShapesReport
+from modinspect.run.shapes import extra_reprs, measure_shapes, meta_copy
+from modinspect.reports import ShapesReport
 
 
 def _shapes(model: nn.Module, *inputs: torch.Tensor) -> ShapesReport:
@@ -396,7 +396,7 @@ def test_memory_stays_flat_whatever_the_model_size(tmp_path: Path) -> None:
     (tmp_path / "big.py").write_text(BIG_MODEL)
     peak, out = _peak_rss_mib(textwrap.dedent("""
         import sys
-        from modinspect.cli import app
+        from modinspect.cli.app import app
         sys.argv = ["modinspect", "tree", "big.py:build", "--meta", "--input-shape", "8,16384", "--json"]
         try:
             app()
@@ -405,7 +405,7 @@ def test_memory_stays_flat_whatever_the_model_size(tmp_path: Path) -> None:
         meta_peak = peak_kib()
         import torch
         from torch import nn
-        from modinspect.analysis.shapes import measure_shapes
+        from modinspect.run.shapes import measure_shapes
         model = nn.Sequential(*(nn.Linear(4096, 4096, bias=False) for _ in range(4)))
         before = peak_kib()
         report = measure_shapes(model, ((torch.randn(2, 4096),), {}))
@@ -451,7 +451,7 @@ def test_readme_shapes_example_is_real_output() -> None:
 
 def test_library_api_attaches_shapes_to_a_tree() -> None:
     import modinspect
-    from modinspect.sources.inputs import InputSpec
+    from modinspect.run.inputs import InputSpec
 
     with modinspect.open_source("models.py:small_cnn", base=SAMPLES, meta=True) as src:
         report = modinspect.add_layers(modinspect.build_tree(src), src, InputSpec(shapes=((2, 3, 8, 8),)))

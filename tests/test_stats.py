@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from models import BadGrad, FaultyNet, SqrtShift
-from modinspect.analysis.stats import StatsOptions, collect_stats, unit_dim
+from modinspect.run.stats import StatsOptions, collect_stats, unit_dim
 from modinspect.errors import ModinspectError
-from modinspect.report import ModuleStats, StatsReport
+from modinspect.reports import ModuleStats, StatsReport
 
 
 def run(model: nn.Module, *batches: Any, **options: Any) -> StatsReport:
@@ -376,7 +376,7 @@ def test_histogram_matches_torch_histc_and_samples_large_outputs() -> None:
 
 
 def test_a_parent_returning_its_childs_output_reuses_its_reduction_and_histogram(monkeypatch: pytest.MonkeyPatch) -> None:
-    from modinspect.analysis.stats_hooks import Collector
+    from modinspect.run.collector import Collector
 
     calls = {"reduce": 0, "hist": 0}
     reduce, histogram = Collector._reduce_fast, Collector._histogram
@@ -418,7 +418,7 @@ def test_relu_outputs_mean_abs_is_their_mean_in_fast_and_exact_mode() -> None:
 def test_std_and_gradient_norms_of_a_large_tensor_hold_float64_precision() -> None:
     # An fp32 BLAS dot over 9M values is off by ~1e-4 (its accumulators add one value after another);
     # sums of squares above 2**22 elements run in blocks added pairwise.
-    from modinspect.analysis.stats_hooks import BLOCKED_DOT, sumsq
+    from modinspect.run.collector import BLOCKED_DOT, sumsq
 
     class Scale(nn.Module):
         def __init__(self) -> None:

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from modinspect.analysis.stats import StatsOptions, collect_stats
-from modinspect.report import NonfiniteOrigin, StatsReport
+from modinspect.run.stats import StatsOptions, collect_stats
+from modinspect.reports import NonfiniteOrigin, StatsReport
 
 HERE = Path(__file__).resolve()
 
@@ -179,7 +179,7 @@ def test_a_nan_loss_does_not_hide_a_backward_origin() -> None:
 
 
 def test_clean_batches_run_no_tracer(monkeypatch: pytest.MonkeyPatch) -> None:
-    import modinspect.analysis.stats as stats
+    import modinspect.run.stats as stats
 
     built: list[Any] = []
     real = stats.OpTracer
@@ -255,7 +255,7 @@ def test_a_nan_buffer_read_by_a_parents_forward_is_the_cause() -> None:
 def test_the_origin_of_the_rank_whose_own_pass_held_it_wins_over_ranks() -> None:
     """Under torchrun (tests/test_ranks.py runs one): a rank that only received NaN gradients from the
     all-reduce names a module too, but the rank whose own pass made the NaN is chosen, with its rank."""
-    from modinspect.analysis.stats import _pick_origins
+    from modinspect.run.stats import _pick_origins
 
     received = NonfiniteOrigin("1", "Linear", "backward", "produced", ())
     made = NonfiniteOrigin("0", "Root", "forward", "produced", ("1",), op="aten::sqrt")

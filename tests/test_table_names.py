@@ -158,7 +158,7 @@ def test_a_run_without_relus_has_no_dead_column(tmp_path: Path) -> None:
     from dataclasses import replace
 
     import runlogs
-    from modinspect.analysis.runlog import read_run_log
+    from modinspect.watching.runlog import read_run_log
     from modinspect.render.console import make_console, run_renderable
 
     run = read_run_log(runlogs.write_run(tmp_path / "run.jsonl"))

@@ -19,8 +19,8 @@ from modinspect.sources import open_source
 from modinspect.sources.base import tied_groups
 from modinspect.sources.kinds import checkpoint_kind
 from modinspect.sources.module import module_tensor_infos
-from modinspect.sources.pickle_gate import Gate, RestrictedUnpickler, storage_from_pid
-from modinspect.sources.standins import StandIn, standin_name
+from modinspect.sources.pickle.gate import Gate, RestrictedUnpickler, storage_from_pid
+from modinspect.sources.pickle.standins import StandIn, standin_name
 
 
 class Evil:

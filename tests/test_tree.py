@@ -11,7 +11,7 @@ from torch import nn
 
 from models import PartlyFrozen, Tied, TwoLayer
 from modinspect.analysis.tree import build_tree
-from modinspect.report import ModuleNode
+from modinspect.reports import ModuleNode
 from modinspect.sources import ModuleInfo, Source, TensorInfo, open_source
 from modinspect.sources.module import ModuleSource
 

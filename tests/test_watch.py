@@ -22,9 +22,9 @@ from torch import nn
 import modinspect
 from conftest import invoke
 from models import BadGrad, SmallCNN
-from modinspect.analysis import stats_hooks
+from modinspect.run import collector as stats_hooks
 from modinspect.errors import ModinspectError, NonFiniteError, UsageError
-from modinspect.watching import NonFiniteWarning
+from modinspect.watching.watch import NonFiniteWarning
 
 HERE = Path(__file__).resolve()
 
@@ -849,7 +849,7 @@ def drop_net() -> nn.Module:
 def run_loop(model: nn.Module, opt: torch.optim.Optimizer, *, zero: str = "none", train: bool = True,
              evaluate: str | None = None, steps: int = 4) -> tuple[list[str], tuple[str, ...]]:
     """A training loop, planted with mistakes or not; returns the LoopWarnings raised and the report's list."""
-    from modinspect.watching import LoopWarning
+    from modinspect.watching.watch import LoopWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

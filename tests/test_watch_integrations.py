@@ -25,7 +25,7 @@ def test_tensorboard_events_match_plain_hooks_and_the_log(tmp_path: Path) -> Non
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from modinspect.integrations.tensorboard import module_tag, param_tag
+    from modinspect.watching.tensorboard import module_tag, param_tag
 
     torch.manual_seed(0)
     model = SmallCNN().train()

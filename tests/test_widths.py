@@ -26,7 +26,7 @@ from modinspect.render.text import (
     num_forms,
     ratio_forms,
 )
-from modinspect.report import DiffReport, ModuleRollup, PairMismatch, TensorDiff
+from modinspect.reports import DiffReport, ModuleRollup, PairMismatch, TensorDiff
 
 WIDTHS = (60, 80, 100, 120, 200)
 COMMANDS = {
@@ -247,7 +247,7 @@ def _markup(renderable: object, width: int) -> str:
 def test_styled_golden(golden: object, monkeypatch: pytest.MonkeyPatch) -> None:
     import modinspect
     from modinspect.analysis.diff import DiffOptions
-    from modinspect.analysis.keymap import KeyMap
+    from modinspect.names import KeyMap
     from modinspect.render.console import diff_renderable
 
     monkeypatch.chdir(SAMPLES)  # labels as the user typed them, the same on every machine

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from modinspect.version import __version__
 
 __all__ = ["DoctorReport", "Finding", "ModinspectError", "NonFiniteError", "__version__", "add_layers", "build_tree", "collect_stats",
            "diff_sources", "doctor", "measure_shapes", "open_source", "perform_load", "plan_load", "read_run_log", "run_load",
@@ -23,35 +23,35 @@ __all__ = ["DoctorReport", "Finding", "ModinspectError", "NonFiniteError", "__ve
 if TYPE_CHECKING:
     from modinspect.analysis.diff import diff_sources
     from modinspect.analysis.loading import plan_load
-    from modinspect.analysis.runlog import read_run_log
-    from modinspect.analysis.shapes import add_layers, measure_shapes
-    from modinspect.analysis.stats import collect_stats
+    from modinspect.watching.runlog import read_run_log
+    from modinspect.run.shapes import add_layers, measure_shapes
+    from modinspect.run.stats import collect_stats
     from modinspect.analysis.tree import build_tree
-    from modinspect.apply import perform_load, run_load
-    from modinspect.doctor_report import DoctorReport, Finding
-    from modinspect.doctor_run import doctor
+    from modinspect.commands.load import perform_load, run_load
+    from modinspect.reports.doctor import DoctorReport, Finding
+    from modinspect.run.doctor import doctor
     from modinspect.errors import ModinspectError, NonFiniteError
     from modinspect.sources import open_source
-    from modinspect.stats_run import run_stats
-    from modinspect.watching import watch
+    from modinspect.commands.stats import run_stats
+    from modinspect.watching.watch import watch
 
 # name -> module that defines it; imported on first use so that `import modinspect` stays cheap.
 _LAZY = {
     "open_source": "modinspect.sources",
     "build_tree": "modinspect.analysis.tree",
-    "collect_stats": "modinspect.analysis.stats",
+    "collect_stats": "modinspect.run.stats",
     "diff_sources": "modinspect.analysis.diff",
-    "doctor": "modinspect.doctor_run",
-    "DoctorReport": "modinspect.doctor_report",
-    "Finding": "modinspect.doctor_report",
+    "doctor": "modinspect.run.doctor",
+    "DoctorReport": "modinspect.reports.doctor",
+    "Finding": "modinspect.reports.doctor",
     "plan_load": "modinspect.analysis.loading",
-    "perform_load": "modinspect.apply",
-    "add_layers": "modinspect.analysis.shapes",
-    "measure_shapes": "modinspect.analysis.shapes",
-    "read_run_log": "modinspect.analysis.runlog",
-    "run_load": "modinspect.apply",
-    "run_stats": "modinspect.stats_run",
-    "watch": "modinspect.watching",
+    "perform_load": "modinspect.commands.load",
+    "add_layers": "modinspect.run.shapes",
+    "measure_shapes": "modinspect.run.shapes",
+    "read_run_log": "modinspect.watching.runlog",
+    "run_load": "modinspect.commands.load",
+    "run_stats": "modinspect.commands.stats",
+    "watch": "modinspect.watching.watch",
     "ModinspectError": "modinspect.errors",
     "NonFiniteError": "modinspect.errors",  # what watch(on_nonfinite="raise") raises at the first NaN/Inf
 }

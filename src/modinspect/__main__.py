@@ -1,3 +1,3 @@
-from modinspect.launch import main
+from modinspect.cli.launch import main
 
 main()

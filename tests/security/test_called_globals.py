@@ -29,7 +29,7 @@ from hostile import (
 )
 from modinspect.errors import UsageError
 from modinspect.sources import open_source
-from modinspect.sources.pickle_gate import GatePolicy
+from modinspect.sources.pickle.gate import GatePolicy
 
 CALLED = {p.name: p for p in CALLED_PAYLOADS}
 

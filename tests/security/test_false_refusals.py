@@ -26,8 +26,8 @@ from conftest import invoke
 from models import TwoLayer
 from modinspect.errors import UnsafePickleError, UsageError
 from modinspect.sources import open_source
-from modinspect.sources.pickle_gate import Gate, GatePolicy
-from modinspect.sources.standins import StandIn, standin_name
+from modinspect.sources.pickle.gate import Gate, GatePolicy
+from modinspect.sources.pickle.standins import StandIn, standin_name
 
 
 class Color(enum.Enum):

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.modules import module as module_globals
 
 from models import BadGrad, FaultyNet, SqrtShift
-from modinspect.analysis.stats import StatsOptions, collect_stats
+from modinspect.run.stats import StatsOptions, collect_stats
 from modinspect.errors import ModinspectError
 
 MODULE_HOOK_DICTS = (

@@ -28,10 +28,10 @@ from hostile import (
     clean_checkpoint,
     write_victim,
 )
-from modinspect.cli import app
+from modinspect.cli.app import app
 from modinspect.errors import UnknownFormatError, UnsafePickleError
 from modinspect.sources import open_source
-from modinspect.sources.pickle_gate import Gate
+from modinspect.sources.pickle.gate import Gate
 
 _LATE: list[Path] = []
 

@@ -35,9 +35,9 @@ from hostile import (
     tower_of_tuples,
 )
 from modinspect.errors import CorruptFileError
-from modinspect.sources.pickle_check import check_pickle, measure_pickle
-from modinspect.sources.pickle_gate import Gate, GatePolicy
-from modinspect.sources.pickle_shadow import HashBombError, shadow_pickle
+from modinspect.sources.pickle.check import check_pickle, measure_pickle
+from modinspect.sources.pickle.gate import Gate, GatePolicy
+from modinspect.sources.pickle.shadow import HashBombError, shadow_pickle
 
 
 def _tower_by_tuple_builtin(levels: int) -> bytes:
@@ -114,7 +114,7 @@ import resource, sys
 sys.path[:0] = sys.argv[2:]
 from hostile import as_pickle, hash_bomb
 from modinspect.errors import ModinspectError
-from modinspect.sources.pickle_gate import Gate
+from modinspect.sources.pickle.gate import Gate
 data = as_pickle(hash_bomb(int(sys.argv[1])), 2)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_utime
 try:

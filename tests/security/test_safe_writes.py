@@ -18,9 +18,9 @@ import pytest
 
 from conftest import invoke
 from hostile import clean_checkpoint, write_victim
-from modinspect.cli import app
+from modinspect.cli.app import app
 from modinspect.errors import UsageError
-from modinspect.writes import atomic_write
+from modinspect.files import atomic_write
 
 CHUNK, CHUNKS = 4096, 150
 NEW = b"N" * (CHUNK * CHUNKS)
@@ -29,7 +29,7 @@ OLD = b"old content that must survive\n" * 100
 SLOW_WRITER = f"""
 import sys, time
 from pathlib import Path
-from modinspect.writes import atomic_write
+from modinspect.files import atomic_write
 
 def write(tmp):
     with open(tmp, "wb") as f:

@@ -1811,7 +1811,7 @@ import re, sys
 out = sys.argv.pop(1)
 sys.argv[0] = "modinspect"
 try:
-    from modinspect.launch import main
+    from modinspect.cli.launch import main
     main()
 finally:
     with open("/proc/self/status") as f:

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from modinspect.analysis.byteread import WINDOW, ByteRange, PairReader
-from modinspect.analysis.keymap import (
+from modinspect.sources.byteread import WINDOW, ByteRange, PairReader
+from modinspect.names import (
     WRAPPER_PREFIXES,
     KeyMap,
     rollup_key,
@@ -28,7 +28,7 @@ from modinspect.analysis.keymap import (
     suggest_prefix,
 )
 from modinspect.gcpause import paused_gc
-from modinspect.report import DiffReport, ModuleRollup, ModuleStatus, PairMismatch, TensorDiff
+from modinspect.reports import DiffReport, ModuleRollup, ModuleStatus, PairMismatch, TensorDiff
 from modinspect.sources.base import DTYPE_BITS, Source, TensorInfo, from_little_endian, tied_groups
 
 if TYPE_CHECKING:

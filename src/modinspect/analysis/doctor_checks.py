@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from modinspect.doctor_report import CATALOG, Finding, Location, Severity
+from modinspect.reports.doctor import CATALOG, Finding, Location, Severity
 
 if TYPE_CHECKING:
     import torch

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from modinspect.analysis.keymap import WRAPPER_PREFIXES, KeyMap, suggest_prefix
-from modinspect.analysis.layout_hints import layout_hints
-from modinspect.report import Alias, LoadPlan, Mismatch
+from modinspect.names import WRAPPER_PREFIXES, KeyMap, suggest_prefix
+from modinspect.sources.layout_hints import layout_hints
+from modinspect.reports import Alias, LoadPlan, Mismatch
 from modinspect.sources.base import TensorInfo
 from modinspect.sources.module import shares_storage
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from modinspect.report import QuantLayer
+from modinspect.reports import QuantLayer
 from modinspect.sources.base import Source, TensorInfo
 
 BNB_BLOB = "weight.quant_state.bitsandbytes__"

@@ -12,11 +12,11 @@ import fnmatch
 import math
 from dataclasses import dataclass
 
-from modinspect.analysis.keymap import is_index
+from modinspect.names import is_index
 from modinspect.analysis.quant import QuantScan, scan_quantization
 from modinspect.errors import CorruptFileError
 from modinspect.gcpause import paused_gc
-from modinspect.report import (
+from modinspect.reports import (
     DtypeTotal,
     ModuleNode,
     ModuleRow,

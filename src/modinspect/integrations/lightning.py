@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from modinspect.watching import Watch, watch
+from modinspect.watching.watch import Watch, watch
 
 
 class WatchCallback(pl.Callback):

@@ -16,7 +16,7 @@ def _build() -> type:
     import torch
     from transformers import TrainerCallback
 
-    from modinspect.watching import Watch, watch
+    from modinspect.watching.watch import Watch, watch
 
     class WatchCallback(TrainerCallback):
         def __init__(self, **watch_kwargs: Any) -> None:

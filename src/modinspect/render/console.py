@@ -25,9 +25,9 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from modinspect.analysis.keymap import collapse_groups, collapse_indices
-from modinspect.analysis.stats_math import collapse_names
-from modinspect.doctor_report import DoctorReport
+from modinspect.names import collapse_groups, collapse_indices
+from modinspect.run.reductions import collapse_names
+from modinspect.reports.doctor import DoctorReport
 from modinspect.render.text import (
     TableLayout,
     bad_step_text,
@@ -47,7 +47,7 @@ from modinspect.render.text import (
     visible_report,
     wrap_words,
 )
-from modinspect.report import (
+from modinspect.reports import (
     DiffReport,
     FrozenParams,
     LoadReport,

@@ -10,7 +10,7 @@ import math
 from html import escape
 
 from modinspect.render.text import bad_step_text, buckets, num, percent, visible
-from modinspect.report import ModuleSeries, RunReport
+from modinspect.reports import ModuleSeries, RunReport
 
 # viridis at five stops: perceptually even, readable in grey.
 _PALETTE = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))

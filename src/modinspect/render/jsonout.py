@@ -7,9 +7,9 @@ import math
 import sys
 from typing import Any
 
-from modinspect import __version__
-from modinspect.doctor_report import DoctorReport
-from modinspect.report import (
+from modinspect.version import __version__
+from modinspect.reports.doctor import DoctorReport
+from modinspect.reports import (
     DiffReport,
     LoadReport,
     NonfiniteOrigin,

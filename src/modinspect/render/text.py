@@ -11,8 +11,8 @@ import typing
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from modinspect.doctor_report import DoctorReport, Finding
-from modinspect.report import BadStep
+from modinspect.reports.doctor import DoctorReport, Finding
+from modinspect.reports import BadStep
 
 T = TypeVar("T")
 
@@ -495,7 +495,7 @@ def doctor_summary(report: DoctorReport) -> str:
 
 def explain_text(check_id: str) -> str:
     """`--explain ID`: the check's summary, story and fix; `--explain list`: every check, one a line."""
-    from modinspect.doctor_report import CATALOG
+    from modinspect.reports.doctor import CATALOG
     from modinspect.errors import UsageError
 
     if check_id == "list":

@@ -16,9 +16,9 @@ from typing import Any
 
 from modinspect.errors import UsageError
 from modinspect.sources.base import ModuleInfo, Source, TensorInfo
-from modinspect.sources.detect import OpenOptions, open_path
+from modinspect.sources.dispatch import OpenOptions, open_path
 from modinspect.sources.entrypoint import looks_like_entry_point, open_entry_point
-from modinspect.sources.pickle_check import DEFAULT_MAX_PICKLE
+from modinspect.sources.pickle.check import DEFAULT_MAX_PICKLE
 
 __all__ = ["ModuleInfo", "Source", "TensorInfo", "model_of", "open_source"]
 
@@ -33,7 +33,7 @@ def _open_module(module: Any, weights: str | None, strict: bool) -> Source:
 
     source = ModuleSource(module, type(module).__name__, "module")
     if weights is not None:
-        from modinspect.sources.weights import apply_weights
+        from modinspect.run.weights import apply_weights
 
         with open_path(Path(weights), weights, OpenOptions()) as checkpoint:
             apply_weights(source, checkpoint, strict=strict)
@@ -105,7 +105,7 @@ def open_source(
         source = open_path(path if path.is_absolute() else base / path, spec, options)
     if weights is not None:
         model_of(source, "--weights")
-        from modinspect.sources.weights import apply_weights
+        from modinspect.run.weights import apply_weights
 
         wpath = Path(weights)
         checkpoint = open_path(wpath if wpath.is_absolute() else weights_base / wpath, weights, options)

@@ -46,7 +46,7 @@ from modinspect.sources.views import (
 if TYPE_CHECKING:
     import torch
 
-    from modinspect.sources.detect import OpenOptions
+    from modinspect.sources.dispatch import OpenOptions
     from modinspect.sources.safetensors import SafetensorsHeader
 
 METADATA_NAME = ".metadata"
@@ -232,7 +232,7 @@ class DcpSource(Source):
 
     def _safetensors_header(self, path: Path) -> SafetensorsHeader | None:
         if path not in self._headers:
-            from modinspect.sources.detect import sniff
+            from modinspect.sources.dispatch import sniff
             from modinspect.sources.safetensors import SafetensorsHeader
 
             self._headers[path] = SafetensorsHeader(path) if sniff(path) == "safetensors" else None
@@ -295,7 +295,7 @@ def _zip_pieces(window: _Window, chunk: Chunk, dtype: str, chunk_elems: int, whe
     """A chunk saved by torch.save inside the .distcp file, read through the weights-only gate."""
     import torch
 
-    from modinspect.sources.pickle_gate import Gate, TensorRef, storage_from_pid
+    from modinspect.sources.pickle.gate import Gate, TensorRef, storage_from_pid
     from modinspect.sources.torchfile import ZIP_ERRORS, read_zip_member, zip_member
 
     try:

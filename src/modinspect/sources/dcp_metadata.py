@@ -15,15 +15,15 @@ from collections import OrderedDict
 from typing import IO, Any
 
 from modinspect.errors import CorruptFileError, UnsafePickleError
-from modinspect.sources.pickle_check import DEFAULT_MAX_PICKLE, check_pickle
-from modinspect.sources.pickle_gate import (
+from modinspect.sources.pickle.check import DEFAULT_MAX_PICKLE, check_pickle
+from modinspect.sources.pickle.gate import (
     TORCH_DTYPE_NAMES,
     DtypeRef,
     extension_code,
     python3_name,
     quiet_decoding,
 )
-from modinspect.sources.standins import StandInRegistry
+from modinspect.sources.pickle.standins import StandInRegistry
 
 _DCP = "torch.distributed.checkpoint.metadata"
 _FS = "torch.distributed.checkpoint.filesystem"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from modinspect.errors import UnknownFormatError
 from modinspect.sources.base import Source
-from modinspect.sources.detect import OpenOptions
+from modinspect.sources.dispatch import OpenOptions
 
 
 def open_special_dir(path: Path, label: str, options: OpenOptions) -> Source | None:
@@ -21,7 +21,7 @@ def open_special_dir(path: Path, label: str, options: OpenOptions) -> Source | N
 
         return PeftAdapterSource(path, label, options)
     if (path / "config.json").is_file():
-        from modinspect.sources.detect import open_path
+        from modinspect.sources.dispatch import open_path
         from modinspect.sources.hf_dir import open_hf_dir
 
         try:

@@ -214,7 +214,7 @@ class HfDirSource(Source):
                          "counted from the file")
         strangers = [t for t in extra if t.name not in pieces]
         if strangers:
-            from modinspect.analysis.layout_hints import legacy_layout_hint
+            from modinspect.sources.layout_hints import legacy_layout_hint
 
             hint = legacy_layout_hint(model, [t.name for t in strangers])
             counted = [t for t in strangers if t.name not in ignored]
@@ -325,7 +325,7 @@ def _open_hf_dir(folder: Path, label: str, weights: Source | None, mode: ModelWe
 def _init_then_load(folder: Path, label: str, weights: Source | None, max_layers: int) -> Source:
     """Pickled (.bin) weights: from_pretrained would torch.load them, so they go through modinspect's gate."""
     from modinspect.sources.module import ModuleSource
-    from modinspect.sources.weights import apply_weights
+    from modinspect.run.weights import apply_weights
 
     model = build_model(folder, label, "init", max_layers)
     src = ModuleSource(model, label, "hf-model", notes=[f"{type(model).__name__} built from {CONFIG_NAME}"])

@@ -20,7 +20,7 @@ from modinspect.sources.hf_dir import read_json_object
 if TYPE_CHECKING:
     import torch
 
-    from modinspect.sources.detect import OpenOptions
+    from modinspect.sources.dispatch import OpenOptions
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -53,7 +53,7 @@ class PeftAdapterSource(Source):
     """The adapter's tensors, with its config in the metadata and a summary in the notes."""
 
     def __init__(self, folder: Path, label: str, options: OpenOptions) -> None:
-        from modinspect.sources.detect import open_file
+        from modinspect.sources.dispatch import open_file
 
         config = _read_config(folder / CONFIG_NAME)
         weights = next((folder / n for n in WEIGHT_NAMES if (folder / n).is_file()), None)

@@ -13,7 +13,7 @@ from modinspect.sources.base import Source, TensorInfo
 if TYPE_CHECKING:
     import torch
 
-    from modinspect.sources.detect import OpenOptions
+    from modinspect.sources.dispatch import OpenOptions
 
 
 def _load_index(path: Path) -> dict[str, str]:
@@ -51,7 +51,7 @@ class ShardedSource(Source):
     """Every shard opened lazily through the single-file readers; tensors in index order of shards."""
 
     def __init__(self, index: Path, label: str, options: OpenOptions) -> None:
-        from modinspect.sources.detect import open_file
+        from modinspect.sources.dispatch import open_file
 
         weight_map = _load_index(index)
         by_shard: dict[str, set[str]] = {}  # once, not one scan of the whole map per shard

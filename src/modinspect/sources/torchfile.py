@@ -27,7 +27,7 @@ from modinspect.sources.base import (
     read_chunks,
 )
 from modinspect.sources.kinds import checkpoint_kind
-from modinspect.sources.pickle_gate import (
+from modinspect.sources.pickle.gate import (
     DtypeRef,
     Gate,
     SparseRef,
@@ -37,13 +37,13 @@ from modinspect.sources.pickle_gate import (
     runs_code_when_called,
     storage_from_pid,
 )
-from modinspect.sources.pickled_module import (
+from modinspect.sources.pickle.module import (
     describe_standins,
     find_pickled_module,
     nn_module_parts,
     walk_modules,
 )
-from modinspect.sources.standins import describe
+from modinspect.sources.pickle.standins import describe
 from modinspect.sources.views import MAX_EXPANDED, MAX_EXPANSION
 
 if TYPE_CHECKING:

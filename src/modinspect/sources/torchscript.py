@@ -26,9 +26,9 @@ from pathlib import Path
 from modinspect.errors import CorruptFileError
 from modinspect.sources.base import Source
 from modinspect.sources.module import ModuleSource
-from modinspect.sources.pickle_gate import Gate, SparseRef, TensorRef, storage_from_pid
-from modinspect.sources.pickled_module import ModuleParts, walk_modules
-from modinspect.sources.standins import StandIn, standin_name
+from modinspect.sources.pickle.gate import Gate, SparseRef, TensorRef, storage_from_pid
+from modinspect.sources.pickle.module import ModuleParts, walk_modules
+from modinspect.sources.pickle.standins import StandIn, standin_name
 from modinspect.sources.torchfile import (
     ZipTorchSource,
     read_pickle_member,

@@ -1,0 +1,199 @@
+"""What a command does between parsing its options and exiting, without Typer: shared by cli.py and launch.py.
+
+cli.py parses with Typer; launch.py parses a plain `diff A B` itself, so that a diff of two identical files
+starts without importing typer, pydantic and rich. Both then call the same functions here, which is what
+keeps their output and exit codes the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from modinspect.errors import ModinspectError, UsageError
+from modinspect.render.text import TableLayout
+
+ExitFactory = Callable[[int], BaseException]
+
+
+def visible(line: str) -> str:
+    """render.text.visible: control characters in a line for the terminal shown as escapes (imported when needed)."""
+    if line.isprintable():
+        return line
+    from modinspect.render.text import visible as escape
+
+    return escape(line)
+
+
+def _fail(message: str, exit_with: ExitFactory) -> BaseException:
+    print(f"error: {visible(message)}", file=sys.stderr)
+    return exit_with(2)
+
+
+@contextlib.contextmanager
+def user_errors(debug: bool, exit_with: ExitFactory,
+                passthrough: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """ModinspectError -> one line on stderr and exit 2; anything else is a bug, shown in full under --debug.
+
+    `exit_with(code)` is the exception that ends the command with `code` (typer.Exit, or SystemExit), and
+    `passthrough` the exceptions that already do.
+    """
+    try:
+        yield
+    except passthrough:
+        raise
+    except ModinspectError as exc:
+        if debug:
+            traceback.print_exc()
+        raise _fail(str(exc), exit_with) from None
+    except BrokenPipeError:
+        # The reader went away (`modinspect tree x | head`): stop quietly, as a C tool killed by SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise exit_with(141) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise exit_with(130) from None
+    except Exception as exc:
+        if debug:
+            raise
+        raise _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it",
+                    exit_with) from None
+
+
+def gate_options(allow_global: list[str] | None, max_pickle_size: str | None,
+                 max_layers: int | None = None) -> dict[str, Any]:
+    """--allow-global, --max-pickle-size and --max-layers as open_source keywords."""
+    from modinspect.sources.pickle.check import parse_size
+
+    size = None
+    if max_pickle_size is not None:
+        try:
+            size = parse_size(max_pickle_size)
+        except ValueError:
+            raise UsageError(f"--max-pickle-size {max_pickle_size!r} is not a size like 512M or 2G") from None
+    for name in allow_global or ():
+        if "." not in name or not all(part.isidentifier() for part in name.split(".")):
+            raise UsageError(f"--allow-global {name!r} is not a dotted name like argparse.Namespace")
+    if allow_global:
+        from modinspect.sources.pickle.gate import check_allow_globals
+
+        check_allow_globals(tuple(allow_global))
+    return {"allow_globals": tuple(allow_global or ()), "max_pickle_size": size, "max_layers": max_layers}
+
+
+def spinner(message: str) -> contextlib.AbstractContextManager[object]:
+    """render.console's spinner on a terminal; elsewhere nothing, and rich is not even imported."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from modinspect.render.console import progress
+
+    return progress(message)
+
+
+def warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {visible(line)}", file=sys.stderr)
+
+
+def note(line: str) -> None:
+    print(f"note: {visible(line)}", file=sys.stderr)
+
+
+WIDTH_AWARE = ("tree", "stats", "diff", "load")
+WIDE = 100_000  # --wide: no line is wrapped or fitted to the terminal
+
+
+def table_layout(wide: bool, columns: str | None) -> TableLayout | None:
+    """--wide and --columns as the renderers take them (None: the default, fitted to the terminal)."""
+    if not wide and columns is None:
+        return None
+    picked = tuple(c.strip() for c in columns.split(",") if c.strip()) if columns is not None else None
+    return TableLayout(wide=wide, columns=picked)
+
+
+def print_report(report: Any, as_json: bool, kind: str, layout: TableLayout | None = None) -> None:
+    """One report, as JSON or as the rich view: `kind` names both renderers (tree, diff, load, stats).
+
+    `layout` (stats, diff): --wide writes lines as long as their content; --columns picks the table's columns.
+    """
+    if as_json:
+        from modinspect.render import jsonout
+
+        # tree writes its module and tensor lists record by record: 100k tensors would be 170k dicts
+        print(jsonout.tree_json(report) if kind == "tree" else jsonout.dumps(getattr(jsonout, f"{kind}_document")(report)))
+    else:
+        from modinspect.render import console
+
+        out = console.make_console(width=WIDE if layout is not None and layout.wide else None)
+        if kind == "tree":  # 100k-tensor trees: written as plain text where no styles are wanted
+            console.print_tree(out, report)
+            return
+        renderable = getattr(console, f"{kind}_renderable")
+        # Every table renderer takes the width it must fit (render.console.fit_table).
+        if layout is not None:
+            out.print(renderable(report, out.width, layout=layout))
+        else:
+            out.print(renderable(report, out.width) if kind in WIDTH_AWARE else renderable(report))
+
+
+@dataclass(frozen=True)
+class DiffArgs:
+    """`modinspect diff`'s arguments, as parsed (by Typer or by launch.py)."""
+
+    a: str
+    b: str
+    weights_a: str | None = None
+    weights_b: str | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    exact: bool = False
+    nan_unequal: bool = False
+    strip_prefix: tuple[str, ...] = ()
+    rename: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    unsafe_pickle: bool = False
+    allow_global: tuple[str, ...] = ()
+    max_pickle_size: str | None = None
+    max_layers: int | None = None
+    as_json: bool = False
+    wide: bool = False
+    columns: str | None = None
+
+
+def _progress_bar(total: int) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+    if not sys.stderr.isatty():  # what progress_bar does off a terminal, without importing rich for it
+        return contextlib.nullcontext(lambda _n: None)
+    from modinspect.render.console import progress_bar
+
+    return progress_bar(total, "comparing")
+
+
+def run_diff(args: DiffArgs) -> int:
+    """Open both sources, diff them, print the report; the exit code: 0 when they match, 1 when they differ."""
+    from modinspect.analysis.diff import DiffOptions, diff_sources
+    from modinspect.names import KeyMap, parse_renames
+    from modinspect.sources import open_source
+
+    keymap = KeyMap(strip_prefixes=args.strip_prefix, renames=parse_renames(args.rename),
+                    include=args.include, exclude=args.exclude)
+    options = DiffOptions(atol=args.atol, rtol=args.rtol, exact=args.exact, nan_equal=not args.nan_unequal,
+                          keymap=keymap)
+    with spinner("opening the sources…"):
+        gate = gate_options(list(args.allow_global), args.max_pickle_size, args.max_layers)
+        src_a = open_source(args.a, weights=args.weights_a, unsafe_pickle=args.unsafe_pickle, **gate)
+        src_b = open_source(args.b, weights=args.weights_b, unsafe_pickle=args.unsafe_pickle, **gate)
+    with src_a, src_b:
+        warn(src_a.warnings + src_b.warnings)
+        total = sum(t.nbytes for t in src_a.tensors) + sum(t.nbytes for t in src_b.tensors)
+        with _progress_bar(total) as advance:
+            report = diff_sources(src_a, src_b, options, progress=advance)
+    print_report(report, args.as_json, "diff", table_layout(args.wide, args.columns))
+    sys.stdout.flush()  # a closed pipe shows here, inside user_errors, not at exit
+    return 1 if report.differs else 0
