@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import modinspect
-from modinspect.run.doctor import static_findings
 from modinspect.analysis.doctor_code import global_tensor_findings
+from modinspect.run.doctor import static_findings
 
 
 def build(smoke: bool) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -34,8 +34,8 @@ from bench_stats import bare, build, gpu_header, loss_of
 from torch import nn
 
 import modinspect
-from modinspect.run.stats import collect_stats
 from modinspect.run.collector import StatsOptions
+from modinspect.run.stats import collect_stats
 
 WARMUP = 3
 

@@ -87,8 +87,8 @@ def test_run_stats_is_what_the_stats_command_prints() -> None:
     import json
 
     from conftest import invoke
-    from modinspect.render.jsonout import stats_document
     from modinspect.commands.stats import StatsRequest
+    from modinspect.render.jsonout import stats_document
 
     entry = str(SAMPLES / "models.py:small_cnn")
     request = StatsRequest(source=entry, input_shapes=((2, 3, 16, 16),), device="cpu", seed=5, train=True)

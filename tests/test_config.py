@@ -9,7 +9,7 @@ import torch
 
 from modinspect.config import KNOWN_KEYS, load_config
 from modinspect.errors import ConfigError
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
 
 NET_PY = """
 import torch

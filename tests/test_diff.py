@@ -14,10 +14,10 @@ from safetensors.torch import save_file, save_model
 from conftest import invoke
 from models import Tied, TwoLayer, WithBatchNorm
 from modinspect.analysis.diff import DiffOptions, diff_sources, tolerance_for
-from modinspect.names import KeyMap, collapse_indices, rollup_key
 from modinspect.errors import UsageError
+from modinspect.names import KeyMap, collapse_indices, rollup_key
 from modinspect.reports import DiffReport, TensorDiff
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
 
 
 def write_pth(path: Path, sd: dict[str, torch.Tensor]) -> Path:
@@ -374,7 +374,7 @@ def test_identical_files_compare_without_importing_torch(tmp_path: Path) -> None
 
     sd = {f"h.{i}.w": torch.randn(64, 3) for i in range(20)} | {"big": torch.randn(1 << 21)}
     a, b = write_st(tmp_path / "a.safetensors", sd), write_st(tmp_path / "b.safetensors", sd)
-    code = ("import sys; from modinspect.sources import open_source; from modinspect.analysis.diff import diff_sources\n"
+    code = ("import sys; from modinspect.run.source import open_source; from modinspect.analysis.diff import diff_sources\n"
             f"r = diff_sources(open_source({str(a)!r}), open_source({str(b)!r}))\n"
             "print(r.identical, r.compared, r.differs, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -13,11 +13,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modinspect.sources.byteread import WINDOW, PairReader
 from modinspect.analysis.diff import DiffOptions, diff_sources
 from modinspect.names import rollup_key, rollup_keys
 from modinspect.reports import DiffReport
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
+from modinspect.sources.byteread import WINDOW, PairReader
 from modinspect.sources.safetensors import SafetensorsSource
 
 ST_CODES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",

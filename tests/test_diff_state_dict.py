@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from conftest import invoke
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
 
 NETS = textwrap.dedent(
     """

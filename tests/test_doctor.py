@@ -24,8 +24,8 @@ from doctor_corpus import (
     NearMiss,
     Planted,
 )
-from modinspect.reports.doctor import CATALOG, RANK, DoctorReport, Finding
 from modinspect.errors import UsageError
+from modinspect.reports.doctor import CATALOG, RANK, DoctorReport, Finding
 
 
 def run(case: Planted, which: str = "planted", **extra: Any) -> DoctorReport:

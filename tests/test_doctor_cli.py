@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import REPO, invoke
-from modinspect.reports.doctor import CATALOG
 from modinspect.render.jsonout import SCHEMA_VERSION
+from modinspect.reports.doctor import CATALOG
 
 SCHEMAS = REPO / "tests" / "schemas"
 

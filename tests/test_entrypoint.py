@@ -11,7 +11,7 @@ import torch
 
 from models import Tied, TwoLayer
 from modinspect.errors import EntryPointError, UsageError, WeightsMismatchError
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
 from modinspect.sources.base import tied_groups
 from modinspect.sources.entrypoint import looks_like_entry_point
 

@@ -20,7 +20,7 @@ from gguf import GGUFValueType as V
 import ggufs
 from conftest import invoke
 from modinspect.errors import CorruptFileError, UnknownFormatError, UsageError
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
 from modinspect.sources.gguf import GGML_TYPES, TORCH_NAMES, GGUFSource
 
 
@@ -187,7 +187,7 @@ def test_split_file_says_it_is_one_part(tmp_path: Path) -> None:
 
 def test_header_only_needs_neither_torch_nor_numpy(llama_file: Path) -> None:
     code = (
-        "import sys; from modinspect.sources import open_source; from modinspect.analysis.tree import build_tree\n"
+        "import sys; from modinspect.run.source import open_source; from modinspect.analysis.tree import build_tree\n"
         f"src = open_source({str(llama_file)!r}); r = build_tree(src)\n"
         "print(r.totals.params, 'torch' in sys.modules, 'numpy' in sys.modules, 'gguf' in sys.modules)"
     )
@@ -370,7 +370,7 @@ def test_quantized_changes_are_found_without_importing_torch(tmp_path: Path) -> 
     a = ggufs.llama(tmp_path / "a.gguf")
     b = ggufs.write(tmp_path / "b.gguf", ggufs.llama_tensors(2), kv=ggufs.llama_kv(2),
                     edit=_edit_rows({"blk.1.ffn_down.weight": [0, 1, 2]}))
-    code = ("import sys; from modinspect.sources import open_source; from modinspect.analysis.diff import diff_sources\n"
+    code = ("import sys; from modinspect.run.source import open_source; from modinspect.analysis.diff import diff_sources\n"
             f"r = diff_sources(open_source({str(a)!r}), open_source({str(b)!r}))\n"
             "print(r.identical, r.compared, [(d.name, d.differing) for d in r.changed], 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

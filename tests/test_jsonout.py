@@ -13,7 +13,7 @@ from conftest import SAMPLES, invoke
 from models import Tied, TwoLayer
 from modinspect.analysis.tree import build_tree
 from modinspect.render.jsonout import dumps, tree_document, tree_json
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
 from modinspect.sources.module import ModuleSource
 
 ODD_NAMES = ['quo"te.w', "back\\slash.w", "tab\tand\nnewline.w", "ünï.çødé.w", "emoji🙂.w", "ctl\x01\x1f.w", "0.1.2"]

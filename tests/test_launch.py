@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from modinspect.cli.output import DiffArgs
 from modinspect.cli.launch import parse_diff
+from modinspect.cli.output import DiffArgs
 
 # The same argv through each entry point: launch.main (the console script, python -m modinspect) and the Typer app.
 FAST = "import sys; from modinspect.cli.launch import main; sys.argv[0] = 'modinspect'; main()"

@@ -22,7 +22,7 @@ from torch import nn
 from modinspect.analysis.tree import build_tree
 from modinspect.render.jsonout import tree_document, tree_json
 from modinspect.reports import TreeReport
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
 
 
 def _tree(path: Path) -> TreeReport:

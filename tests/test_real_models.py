@@ -24,7 +24,8 @@ from torch import nn  # noqa: E402
 from conftest import invoke  # noqa: E402
 from modinspect.analysis.tree import build_tree  # noqa: E402
 from modinspect.reports import ModuleNode, TreeReport  # noqa: E402
-from modinspect.sources import Source, open_source  # noqa: E402
+from modinspect.run.source import open_source  # noqa: E402
+from modinspect.sources import Source  # noqa: E402
 
 GPT2_124M_PARAMS = 124_439_808
 TIED = {"lm_head.weight", "transformer.wte.weight"}

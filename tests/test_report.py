@@ -14,10 +14,10 @@ import modinspect
 import runlogs
 from browser import find_chromium, load_page
 from conftest import invoke
-from modinspect.watching.runlog import read_run_log
 from modinspect.errors import CorruptFileError, UnknownFormatError, UsageError
 from modinspect.render.text import SPARKS, series_sparkline
 from modinspect.watching.log import SCHEMA, LogHeader, LogWriter, write_record
+from modinspect.watching.runlog import read_run_log
 
 EVIL = '<img src=x onerror="alert(1)">&\'"'
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file, save_model
 
 from models import Tied
 from modinspect.errors import CorruptFileError, UnknownFormatError
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
 from modinspect.sources.base import DTYPE_BITS
 from modinspect.sources.safetensors import MAX_HEADER_BYTES, ST_DTYPES
 
@@ -64,7 +64,7 @@ def test_header_is_read_without_importing_torch(mixed: tuple[Path, dict[str, tor
     path, tensors = mixed
     code = (
         "import sys\n"
-        "from modinspect.sources import open_source\n"
+        "from modinspect.run.source import open_source\n"
         f"src = open_source({str(path)!r})\n"
         "print(len(src.tensors), src.format, sorted(src.metadata.items()))\n"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n"
@@ -559,8 +559,8 @@ def _big_endian_host(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_big_endian_host_byte_swaps_what_it_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from modinspect.sources.byteread import PairReader
     from modinspect.analysis.diff import DiffOptions, compare_pair
+    from modinspect.sources.byteread import PairReader
 
     torch.manual_seed(0)
     tensors = {"f32": torch.randn(5, 3), "f16": torch.randn(7).half(), "bf16": torch.randn(4, 2).bfloat16(),

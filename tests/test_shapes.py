@@ -17,8 +17,8 @@ from torch import nn
 
 from conftest import REPO, SAMPLES, invoke
 from models import CalledTwice, ResNet18, SmallCNN, Tied
-from modinspect.run.shapes import extra_reprs, measure_shapes, meta_copy
 from modinspect.reports import ShapesReport
+from modinspect.run.shapes import extra_reprs, measure_shapes, meta_copy
 
 
 def _shapes(model: nn.Module, *inputs: torch.Tensor) -> ShapesReport:

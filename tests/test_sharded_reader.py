@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file, save_model
 
 from modinspect.errors import CorruptFileError, SourceNotFoundError, UnknownFormatError
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
 
 SHARD1 = "model-00001-of-00002.safetensors"
 SHARD2 = "model-00002-of-00002.safetensors"

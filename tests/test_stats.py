@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from models import BadGrad, FaultyNet, SqrtShift
-from modinspect.run.stats import StatsOptions, collect_stats, unit_dim
 from modinspect.errors import ModinspectError
 from modinspect.reports import ModuleStats, StatsReport
+from modinspect.run.stats import StatsOptions, collect_stats, unit_dim
 
 
 def run(model: nn.Module, *batches: Any, **options: Any) -> StatsReport:

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from conftest import invoke
-from modinspect.run.stats import StatsOptions, collect_stats
 from modinspect.reports import ModuleStats, StatsReport
+from modinspect.run.stats import StatsOptions, collect_stats
 
 
 def run(model: nn.Module, *batches: Any, **options: Any) -> StatsReport:

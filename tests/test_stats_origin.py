@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from modinspect.run.stats import StatsOptions, collect_stats
 from modinspect.reports import NonfiniteOrigin, StatsReport
+from modinspect.run.stats import StatsOptions, collect_stats
 
 HERE = Path(__file__).resolve()
 

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from conftest import invoke
-from modinspect.run.stats import StatsOptions, collect_stats
-from modinspect.run.reductions import collapse_names
+from modinspect.names import collapse_names
 from modinspect.render.console import verdict_text
 from modinspect.reports import StatsReport
+from modinspect.run.stats import StatsOptions, collect_stats
 
 
 def run(model: nn.Module, *batches: torch.Tensor, **options: Any) -> StatsReport:

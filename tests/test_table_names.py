@@ -158,8 +158,8 @@ def test_a_run_without_relus_has_no_dead_column(tmp_path: Path) -> None:
     from dataclasses import replace
 
     import runlogs
-    from modinspect.watching.runlog import read_run_log
     from modinspect.render.console import make_console, run_renderable
+    from modinspect.watching.runlog import read_run_log
 
     run = read_run_log(runlogs.write_run(tmp_path / "run.jsonl"))
     run = replace(run, modules=tuple(replace(m, dead_fraction=tuple(None for _ in m.dead_fraction))

@@ -15,7 +15,7 @@ from torch import nn
 
 from models import Tied, TwoLayer, WithBatchNorm
 from modinspect.errors import CorruptFileError, UnknownFormatError, UnsafePickleError
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
 from modinspect.sources.base import tied_groups
 from modinspect.sources.kinds import checkpoint_kind
 from modinspect.sources.module import module_tensor_infos

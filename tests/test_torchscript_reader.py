@@ -13,7 +13,8 @@ import torch
 from conftest import SAMPLES
 from models import Tied, TwoLayer, WithBatchNorm
 from modinspect.errors import CorruptFileError, UnsafePickleError, UsageError
-from modinspect.sources import Source, open_source
+from modinspect.run.source import open_source
+from modinspect.sources import Source
 from modinspect.sources.base import tied_groups
 
 

@@ -12,7 +12,8 @@ from torch import nn
 from models import PartlyFrozen, Tied, TwoLayer
 from modinspect.analysis.tree import build_tree
 from modinspect.reports import ModuleNode
-from modinspect.sources import ModuleInfo, Source, TensorInfo, open_source
+from modinspect.run.source import open_source
+from modinspect.sources import ModuleInfo, Source, TensorInfo
 from modinspect.sources.module import ModuleSource
 
 

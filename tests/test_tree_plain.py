@@ -17,12 +17,13 @@ from torch import nn
 
 from conftest import SAMPLES
 from models import PartlyFrozen, Tied, TwoLayer
-from modinspect.run.shapes import add_layers
 from modinspect.analysis.tree import build_tree
 from modinspect.render.console import plain_tree_lines, print_tree, tree_renderable
 from modinspect.reports import TreeReport
-from modinspect.sources import Source, open_source
 from modinspect.run.inputs import InputSpec
+from modinspect.run.shapes import add_layers
+from modinspect.run.source import open_source
+from modinspect.sources import Source
 from modinspect.sources.module import ModuleSource
 
 

@@ -22,8 +22,8 @@ from torch import nn
 import modinspect
 from conftest import invoke
 from models import BadGrad, SmallCNN
-from modinspect.run import collector as stats_hooks
 from modinspect.errors import ModinspectError, NonFiniteError, UsageError
+from modinspect.run import collector as stats_hooks
 from modinspect.watching.watch import NonFiniteWarning
 
 HERE = Path(__file__).resolve()

@@ -23,21 +23,21 @@ __all__ = ["DoctorReport", "Finding", "ModinspectError", "NonFiniteError", "__ve
 if TYPE_CHECKING:
     from modinspect.analysis.diff import diff_sources
     from modinspect.analysis.loading import plan_load
-    from modinspect.watching.runlog import read_run_log
-    from modinspect.run.shapes import add_layers, measure_shapes
-    from modinspect.run.stats import collect_stats
     from modinspect.analysis.tree import build_tree
     from modinspect.commands.load import perform_load, run_load
+    from modinspect.commands.stats import run_stats
+    from modinspect.errors import ModinspectError, NonFiniteError
     from modinspect.reports.doctor import DoctorReport, Finding
     from modinspect.run.doctor import doctor
-    from modinspect.errors import ModinspectError, NonFiniteError
-    from modinspect.sources import open_source
-    from modinspect.commands.stats import run_stats
+    from modinspect.run.shapes import add_layers, measure_shapes
+    from modinspect.run.source import open_source
+    from modinspect.run.stats import collect_stats
+    from modinspect.watching.runlog import read_run_log
     from modinspect.watching.watch import watch
 
 # name -> module that defines it; imported on first use so that `import modinspect` stays cheap.
 _LAZY = {
-    "open_source": "modinspect.sources",
+    "open_source": "modinspect.run.source",
     "build_tree": "modinspect.analysis.tree",
     "collect_stats": "modinspect.run.stats",
     "diff_sources": "modinspect.analysis.diff",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+import itertools
+import os
 import re
 from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
@@ -181,3 +183,54 @@ def rollup_keys(names: Iterable[str]) -> list[str]:
         else:
             append(name.partition(".")[0] if "." in name else "")
     return out
+
+
+def short_path(path: str) -> str:
+    """`path` relative to the working directory when it is under it, else as given."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("..") else path
+
+
+def collapse_names(names: Sequence[str]) -> list[str]:
+    """Module names that differ only in their last layer index folded into one: `{3-25 odd}`, `h.{0-11}.mlp`.
+
+    Order of first appearance is kept; fewer than three members are listed as they are.
+    """
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for name in names:
+        key = name_family(name)
+        groups.setdefault(key[0] if key else "\0" + name, []).append((key[1] if key else 0, name))
+    out: list[str] = []
+    done: set[str] = set()
+    for name in names:
+        key = name_family(name)
+        group = key[0] if key else "\0" + name
+        members = groups[group]
+        if group.startswith("\0") or len(members) < 3:
+            out.append(name or "(model)")
+        elif group not in done:
+            done.add(group)
+            indices = sorted(dict.fromkeys(i for i, _ in members))
+            out.append(group.replace("*", "{" + _index_ranges(indices) + "}", 1))
+    return out
+
+
+def name_family(name: str) -> tuple[str, int] | None:
+    """(name with its last numeric component as '*', that index): `h.3.mlp` -> ('h.*.mlp', 3)."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i].isascii() and parts[i].isdigit() and len(parts[i]) < 10:
+            return ".".join([*parts[:i], "*", *parts[i + 1:]]), int(parts[i])
+    return None
+
+
+def _index_ranges(indices: list[int]) -> str:
+    """[3, 5, ..., 25] -> '3-25 odd'; [0, 1, 2] -> '0-2'; otherwise consecutive spans joined by commas."""
+    if len(indices) >= 3:
+        steps = {b - a for a, b in itertools.pairwise(indices)}
+        if steps == {2}:
+            return f"{indices[0]}-{indices[-1]} {'odd' if indices[0] % 2 else 'even'}"
+    return format_ranges(indices)

@@ -28,7 +28,7 @@ from hostile import (
     zip_pt,
 )
 from modinspect.errors import UsageError
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
 from modinspect.sources.pickle.gate import GatePolicy
 
 CALLED = {p.name: p for p in CALLED_PAYLOADS}

@@ -25,7 +25,7 @@ from torch import nn
 from conftest import invoke
 from models import TwoLayer
 from modinspect.errors import UnsafePickleError, UsageError
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
 from modinspect.sources.pickle.gate import Gate, GatePolicy
 from modinspect.sources.pickle.standins import StandIn, standin_name
 

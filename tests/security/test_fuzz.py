@@ -43,7 +43,7 @@ from hostile import (
 )
 from modinspect.analysis.tree import build_tree
 from modinspect.errors import ModinspectError
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
 
 LONG_EXAMPLES = int(os.environ.get("MODINSPECT_FUZZ_EXAMPLES", "0") or 0)
 READ_LIMIT = 1 << 16  # read tensors up to 64 KB: mutated shapes may declare far more than the file holds

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from modinspect.analysis.tree import build_tree
 from modinspect.errors import CorruptFileError
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
 
 
 def test_regression_safetensors_dtype_that_is_a_list(tmp_path: Path) -> None:

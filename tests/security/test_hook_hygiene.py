@@ -17,8 +17,8 @@ from torch import nn
 from torch.nn.modules import module as module_globals
 
 from models import BadGrad, FaultyNet, SqrtShift
-from modinspect.run.stats import StatsOptions, collect_stats
 from modinspect.errors import ModinspectError
+from modinspect.run.stats import StatsOptions, collect_stats
 
 MODULE_HOOK_DICTS = (
     "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",

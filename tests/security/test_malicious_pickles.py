@@ -30,7 +30,7 @@ from hostile import (
 )
 from modinspect.cli.app import app
 from modinspect.errors import UnknownFormatError, UnsafePickleError
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
 from modinspect.sources.pickle.gate import Gate
 
 _LATE: list[Path] = []

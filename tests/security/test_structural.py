@@ -1628,7 +1628,7 @@ import json, re, resource, sys
 import torch
 from modinspect.analysis.tree import build_tree
 from modinspect.errors import ModinspectError
-from modinspect.sources import open_source
+from modinspect.run.source import open_source
 
 status = open("/proc/self/status").read()
 cap = int(re.search(r"VmSize:\\s+(\\d+)", status).group(1)) * 1024 + 512 * 2**20
@@ -1704,7 +1704,7 @@ def _names_file(tmp: Path, names: list[str], file: str = "names.safetensors") ->
 
 def test_huge_and_unicode_digit_names_list_in_natural_order(tmp_path: Path) -> None:
     """Regression: natural_key called int() on every digit run: ValueError past 4,300 digits, and on '²'."""
-    from modinspect.sources import open_source
+    from modinspect.run.source import open_source
 
     path = _names_file(tmp_path, [f"h.{HUGE}.w", "h.10.w", "h.9.w", "h.²", "h.0010.b"])
     with open_source(str(path)) as src:
@@ -1714,7 +1714,7 @@ def test_huge_and_unicode_digit_names_list_in_natural_order(tmp_path: Path) -> N
 @pytest.mark.parametrize("pair", [(f"h.{HUGE}.w", f"h.{HUGE[:-1]}8.w"), ("h.1.w", "h.².w")], ids=["5000-digits", "superscript"])
 def test_tree_of_digit_module_names(tmp_path: Path, pair: tuple[str, str]) -> None:
     from modinspect.analysis.tree import build_tree
-    from modinspect.sources import open_source
+    from modinspect.run.source import open_source
 
     with open_source(str(_names_file(tmp_path, list(pair)))) as src:
         report = build_tree(src)
@@ -1732,7 +1732,8 @@ def test_diff_of_digit_module_names(tmp_path: Path, names: tuple[str, str]) -> N
 
 def test_a_failing_shard_closes_the_shards_already_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: an index whose second .bin shard was bad left the first shard's zip file open."""
-    from modinspect.sources import open_source, torchfile
+    from modinspect.run.source import open_source
+    from modinspect.sources import torchfile
 
     folder = tmp_path / "bins"
     folder.mkdir()

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from modinspect.sources.byteread import WINDOW, ByteRange, PairReader
+from modinspect.gcpause import paused_gc
 from modinspect.names import (
     WRAPPER_PREFIXES,
     KeyMap,
@@ -27,9 +27,9 @@ from modinspect.names import (
     rollup_keys,
     suggest_prefix,
 )
-from modinspect.gcpause import paused_gc
 from modinspect.reports import DiffReport, ModuleRollup, ModuleStatus, PairMismatch, TensorDiff
 from modinspect.sources.base import DTYPE_BITS, Source, TensorInfo, from_little_endian, tied_groups
+from modinspect.sources.byteread import WINDOW, ByteRange, PairReader
 
 if TYPE_CHECKING:
     import torch

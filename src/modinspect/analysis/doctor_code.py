@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from modinspect.run.attribution import short_path
+from modinspect.names import short_path
 from modinspect.reports.doctor import CATALOG, Finding, Location, Severity
 
 if TYPE_CHECKING:

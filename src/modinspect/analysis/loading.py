@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from modinspect.names import WRAPPER_PREFIXES, KeyMap, suggest_prefix
-from modinspect.sources.layout_hints import layout_hints
 from modinspect.reports import Alias, LoadPlan, Mismatch
 from modinspect.sources.base import TensorInfo
+from modinspect.sources.layout_hints import layout_hints
 from modinspect.sources.module import shares_storage
 
 

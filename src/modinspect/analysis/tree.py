@@ -12,10 +12,10 @@ import fnmatch
 import math
 from dataclasses import dataclass
 
-from modinspect.names import is_index
 from modinspect.analysis.quant import QuantScan, scan_quantization
 from modinspect.errors import CorruptFileError
 from modinspect.gcpause import paused_gc
+from modinspect.names import is_index
 from modinspect.reports import (
     DtypeTotal,
     ModuleNode,

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 import modinspect.cli.output as commands
-from modinspect.version import __version__
 from modinspect.errors import UsageError
+from modinspect.version import __version__
 
 app = typer.Typer(
     name="modinspect",
@@ -151,10 +151,10 @@ def tree(
         modinspect tree models.py:resnet18 --meta --input-shape 1,3,224,224
     """
     with user_errors(debug):
-        from modinspect.run.shapes import add_layers
         from modinspect.analysis.tree import build_tree
-        from modinspect.sources import open_source
         from modinspect.run.inputs import InputSpec, parse_shape
+        from modinspect.run.shapes import add_layers
+        from modinspect.run.source import open_source
 
         wanted = shapes or bool(input_shape) or input_file is not None
         if input_dtype is not None and not wanted:
@@ -286,8 +286,8 @@ def load(
     """
     code = 0
     with user_errors(debug):
-        from modinspect.names import KeyMap, parse_renames
         from modinspect.commands.load import LoadRequest, MismatchedShapesError, run_load
+        from modinspect.names import KeyMap, parse_renames
 
         if len(paths) not in (1, 2):
             raise UsageError("load takes [MODEL] CHECKPOINT: one or two SOURCEs")
@@ -387,8 +387,8 @@ def stats(
     """
     code = 0
     with user_errors(debug):
-        from modinspect.run.inputs import parse_shape
         from modinspect.commands.stats import StatsRequest, prepare_stats
+        from modinspect.run.inputs import parse_shape
 
         findings = _findings(fail_on)
         gate = commands.gate_options(allow_global, max_pickle_size, max_layers)
@@ -459,8 +459,8 @@ def report(
         modinspect report runs/stats.jsonl --json | jq .first_bad
     """
     with user_errors(debug):
-        from modinspect.watching.runlog import histogram_steps, read_run_log
         from modinspect.files import atomic_write, check_writable
+        from modinspect.watching.runlog import histogram_steps, read_run_log
 
         chosen = _parse_steps(steps)
         if chosen is not None and html is None:
@@ -492,8 +492,8 @@ def report(
 
 
 def _log_size(option: str | None) -> int:
-    from modinspect.watching.runlog import MAX_LOG_BYTES
     from modinspect.sources.pickle.check import parse_size
+    from modinspect.watching.runlog import MAX_LOG_BYTES
 
     if option is None:
         return MAX_LOG_BYTES

@@ -179,7 +179,7 @@ def run_diff(args: DiffArgs) -> int:
     """Open both sources, diff them, print the report; the exit code: 0 when they match, 1 when they differ."""
     from modinspect.analysis.diff import DiffOptions, diff_sources
     from modinspect.names import KeyMap, parse_renames
-    from modinspect.sources import open_source
+    from modinspect.run.source import open_source
 
     keymap = KeyMap(strip_prefixes=args.strip_prefix, renames=parse_renames(args.rename),
                     include=args.include, exclude=args.exclude)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modinspect.reports.doctor import RANK, DoctorReport, Severity
 from modinspect.errors import UsageError
+from modinspect.reports.doctor import RANK, DoctorReport, Severity
 
 FAIL_ON: tuple[Severity, ...] = ("warning", "error")
 
@@ -61,11 +61,11 @@ def exit_code(report: DoctorReport, fail_on: str) -> int:
 
 def run_doctor(request: DoctorRequest, announce: Callable[[str], None] | None = None) -> DoctorReport:
     """Open SOURCE, build the example input, run doctor; raises ModinspectError on a user error."""
-    from modinspect.run.stats import seed_all
+    from modinspect.commands.stats import project_defaults
     from modinspect.reports.doctor import check_ids
     from modinspect.run.doctor import doctor
-    from modinspect.sources import open_source
-    from modinspect.commands.stats import project_defaults
+    from modinspect.run.source import open_source
+    from modinspect.run.stats import seed_all
 
     check_ids(request.select, "--select")
     check_ids(request.ignore, "--ignore")
@@ -96,8 +96,8 @@ def run_doctor(request: DoctorRequest, announce: Callable[[str], None] | None = 
 
 def _input(model: Any, request: DoctorRequest, extra: dict[str, object]) -> tuple[Any, str | None]:
     """The first batch `stats` would run, or (None, None) when no input is given anywhere."""
-    from modinspect.run.inputs import InputSpec, resolve_batches
     from modinspect.commands.stats import default_input_dtype
+    from modinspect.run.inputs import InputSpec, resolve_batches
 
     dtype = request.input_dtype or str(extra.get("input_dtype") or default_input_dtype(model))
     spec = InputSpec(file=request.input_file, shapes=request.input_shapes, dtype=dtype, batches=1, seed=request.seed)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modinspect.names import KeyMap
 from modinspect.analysis.loading import plan_load
 from modinspect.errors import UsageError
+from modinspect.names import KeyMap
 from modinspect.reports import LoadReport
 from modinspect.sources import Source, model_of
 
@@ -50,7 +50,7 @@ def run_load(request: LoadRequest, announce: Callable[[str], None] | None = None
     sources' warnings once both are open, before anything is loaded. Raises MismatchedShapesError (with
     `.report`) like perform_load.
     """
-    from modinspect.sources import open_source
+    from modinspect.run.source import open_source
 
     if request.out is not None and request.meta:
         raise UsageError("--out needs real weights: drop --meta (which only plans)")
@@ -85,6 +85,7 @@ def perform_load(model: Source, checkpoint: Source, *, keymap: KeyMap | None = N
     (.safetensors with safetensors' save_model, or a torch file); it refuses to overwrite a file without `force`,
     and never overwrites one of `inputs` (the SOURCE paths).
     """
+    from modinspect.files import atomic_write, check_writable
     from modinspect.run.weights import (
         copy_into,
         describe_mismatched,
@@ -92,7 +93,6 @@ def perform_load(model: Source, checkpoint: Source, *, keymap: KeyMap | None = N
         output_kind,
         write_state_dict,
     )
-    from modinspect.files import atomic_write, check_writable
 
     module = model_of(model, "load")
     target = Path(out) if out is not None else None

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from modinspect.run.ranks import Ranks
 from modinspect.errors import UsageError
 from modinspect.reports import StatsReport
+from modinspect.run.ranks import Ranks
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -69,8 +69,8 @@ class StatsRun:
     _owns_group: bool = False
 
     def run(self, progress: Callable[[int], None] | None = None) -> StatsReport:
-        from modinspect.run.stats import collect_stats
         from modinspect.run.inputs import to_device
+        from modinspect.run.stats import collect_stats
 
         moved = (to_device(b, self.device, requires_grad=self.options.backward) for b in self.batches)
         try:
@@ -93,9 +93,9 @@ def run_stats(request: StatsRequest, announce: Callable[[str], None] | None = No
 
 def prepare_stats(request: StatsRequest, announce: Callable[[str], None] | None = None) -> StatsRun:
     """Open the model and resolve device, inputs and options; raises ModinspectError on a user error."""
-    from modinspect.run.stats import StatsOptions, seed_all
-    from modinspect.sources import open_source
     from modinspect.run.inputs import InputSpec, resolve_batches
+    from modinspect.run.source import open_source
+    from modinspect.run.stats import StatsOptions, seed_all
     from modinspect.sources.module import ModuleSource
 
     if request.dtype is not None and request.dtype not in DTYPES:

@@ -25,9 +25,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from modinspect.names import collapse_groups, collapse_indices
-from modinspect.run.reductions import collapse_names
-from modinspect.reports.doctor import DoctorReport
+from modinspect.names import collapse_groups, collapse_indices, collapse_names
 from modinspect.render.text import (
     TableLayout,
     bad_step_text,
@@ -59,6 +57,7 @@ from modinspect.reports import (
     TensorRow,
     TreeReport,
 )
+from modinspect.reports.doctor import DoctorReport
 
 
 def make_console(file: IO[str] | None = None, width: int | None = None) -> Console:

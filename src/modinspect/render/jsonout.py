@@ -7,8 +7,6 @@ import math
 import sys
 from typing import Any
 
-from modinspect.version import __version__
-from modinspect.reports.doctor import DoctorReport
 from modinspect.reports import (
     DiffReport,
     LoadReport,
@@ -19,6 +17,8 @@ from modinspect.reports import (
     TensorDiff,
     TreeReport,
 )
+from modinspect.reports.doctor import DoctorReport
+from modinspect.version import __version__
 
 SCHEMA_VERSION = 2  # 2: tree's tensors and by_dtype gained bits_per_weight; diff's pairs a note, and bytewise
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from modinspect.version import __version__
 from modinspect.reports.doctor import CATALOG, DoctorReport, Finding
+from modinspect.version import __version__
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 LEVEL = {"error": "error", "warning": "warning", "info": "note"}

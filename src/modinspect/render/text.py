@@ -11,8 +11,8 @@ import typing
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from modinspect.reports.doctor import DoctorReport, Finding
 from modinspect.reports import BadStep
+from modinspect.reports.doctor import DoctorReport, Finding
 
 T = TypeVar("T")
 
@@ -495,8 +495,8 @@ def doctor_summary(report: DoctorReport) -> str:
 
 def explain_text(check_id: str) -> str:
     """`--explain ID`: the check's summary, story and fix; `--explain list`: every check, one a line."""
-    from modinspect.reports.doctor import CATALOG
     from modinspect.errors import UsageError
+    from modinspect.reports.doctor import CATALOG
 
     if check_id == "list":
         width = max(len(c) for c in CATALOG)

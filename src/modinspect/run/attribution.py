@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from modinspect.names import short_path
+
 if TYPE_CHECKING:
     import torch
 
@@ -26,15 +28,6 @@ MAX_EVENTS = 32  # ops recorded per replay; the first few are all a verdict need
 
 _THIS_FILE = os.path.abspath(__file__)
 _MODINSPECT_DIR = os.path.dirname(os.path.dirname(_THIS_FILE))
-
-
-def short_path(path: str) -> str:
-    """`path` relative to the working directory when it is under it, else as given."""
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("..") else path
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from modinspect.run.reductions import NEAR_LIMIT, GradTotals, Running, flags_for, grad_outliers
 from modinspect.reports import ModuleStats, NonfiniteOrigin
+from modinspect.run.reductions import NEAR_LIMIT, GradTotals, Running, flags_for, grad_outliers
 
 if TYPE_CHECKING:
     import torch
@@ -716,7 +716,7 @@ class Collector:
                 if not self.grad[m].seen]
 
     def _type(self, m: int) -> str:
-        from modinspect.run.ranks import type_name
+        from modinspect.run.wrappers import type_name
 
         return type_name(self.modules[m])
 

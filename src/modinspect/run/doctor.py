@@ -15,13 +15,6 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from modinspect.run.doctor_functions import (
-    DEFAULT_BUDGET_S,
-    check_function,
-    count_from_error,
-    ctx_tensor_findings,
-)
-from modinspect.reports.doctor import CATALOG, RANK, DoctorReport, Finding, Location, check_ids
 from modinspect.analysis.doctor_code import (
     assigned_twice_findings,
     finding,
@@ -31,8 +24,15 @@ from modinspect.analysis.doctor_code import (
     registration_findings,
     value_findings,
 )
-from modinspect.run.doctor_watch import MIN_CHAIN, Watch, uses, watching
 from modinspect.errors import ModinspectError, UsageError
+from modinspect.reports.doctor import CATALOG, RANK, DoctorReport, Finding, Location, check_ids
+from modinspect.run.doctor_functions import (
+    DEFAULT_BUDGET_S,
+    check_function,
+    count_from_error,
+    ctx_tensor_findings,
+)
+from modinspect.run.doctor_watch import MIN_CHAIN, Watch, uses, watching
 
 if TYPE_CHECKING:
     import torch
@@ -78,7 +78,7 @@ def doctor(model_or_source: Any, example_inputs: Any = None, *, optimizer: Any =
 
     source = model_or_source
     if isinstance(source, str | os.PathLike):
-        from modinspect.sources import open_source
+        from modinspect.run.source import open_source
 
         source = open_source(source)
     if isinstance(source, Source):

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from modinspect.reports.doctor import Finding, Location
 from modinspect.analysis.doctor_code import finding
+from modinspect.reports.doctor import Finding, Location
 
 if TYPE_CHECKING:
     import torch

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modinspect.errors import CorruptFileError, SourceNotFoundError, UsageError
-from modinspect.sources.dispatch import sniff
 from modinspect.sources.pickle.gate import Gate, GatePolicy, storage_from_pid
+from modinspect.sources.sniff import sniff
 
 if TYPE_CHECKING:
     pass

@@ -32,13 +32,10 @@ from modinspect.run.reductions import GradTotals, Running
 if TYPE_CHECKING:
     import torch
 
-    from modinspect.run.collector import Collector
     from modinspect.reports import NonfiniteOrigin
+    from modinspect.run.collector import Collector
 
-# Path components a wrapper inserts between the user's modules.
-WRAPPER_PARTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
-
-__all__ = ["Ranks", "normalise", "ranks", "type_name", "unwrap"]
+__all__ = ["Ranks", "ranks"]
 
 
 @dataclass(frozen=True)
@@ -65,55 +62,6 @@ def ranks() -> Ranks:
     if not (dist.is_available() and dist.is_initialized()):
         return Ranks()
     return Ranks(int(dist.get_rank()), int(dist.get_world_size()))
-
-
-def unwrap(model: Any) -> Any:
-    """The user's own module inside DDP / DataParallel / torch.compile / FSDP1 / checkpoint wrappers."""
-    seen = 0
-    while seen < 16:
-        seen += 1
-        kind = type(model).__name__
-        if kind in ("DistributedDataParallel", "DataParallel") and hasattr(model, "module"):
-            model = model.module
-        elif kind == "OptimizedModule" and hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif kind == "FullyShardedDataParallel" and hasattr(model, "_fsdp_wrapped_module"):
-            model = model._fsdp_wrapped_module
-        elif kind == "CheckpointWrapper" and hasattr(model, "_checkpoint_wrapped_module"):
-            model = model._checkpoint_wrapped_module
-        else:
-            break
-    return model
-
-
-def is_wrapper(module: Any) -> bool:
-    """A wrapper inside the model (an FSDP1 unit, a checkpoint wrapper): its inner module carries the name."""
-    return type(module).__name__ in ("FullyShardedDataParallel", "CheckpointWrapper", "OptimizedModule")
-
-
-def type_name(module: Any) -> str:
-    """The class the user wrote: FSDP2's fully_shard swaps a module's class for `FSDP<Name>`, a subclass of it."""
-    cls = type(module)
-    mro = cls.__mro__
-    if len(mro) > 2 and mro[1].__name__ == "FSDPModule" and cls.__name__ == "FSDP" + mro[2].__name__:
-        return mro[2].__name__
-    return cls.__name__
-
-
-def normalise(name: str) -> str:
-    """`layers.0._fsdp_wrapped_module._checkpoint_wrapped_module.mlp` -> `layers.0.mlp`."""
-    if not any(part in name for part in WRAPPER_PARTS):
-        return name
-    return ".".join(p for p in name.split(".") if p not in WRAPPER_PARTS)
-
-
-def named_modules(model: Any) -> list[tuple[str, Any]]:
-    """(normalised name, module) of the user's modules, wrappers left out."""
-    return [(normalise(n), m) for n, m in unwrap(model).named_modules() if not is_wrapper(m)]
-
-
-def named_parameters(model: Any) -> list[tuple[str, Any]]:
-    return [(normalise(n), p) for n, p in unwrap(model).named_parameters()]
 
 
 def local(t: torch.Tensor) -> torch.Tensor:

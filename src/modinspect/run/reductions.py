@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from modinspect.names import format_ranges
+from modinspect.names import collapse_names, name_family
 from modinspect.reports import ModuleStats
 
 STEP_RATIO = 10.0  # ‖∇out‖ growth (or shrinkage) from one depth to the next that is evidence on its own
@@ -111,15 +111,6 @@ class Running:
         return sum(1 for a in self.alive if not a) / len(self.alive)
 
 
-def _family(name: str) -> tuple[str, int] | None:
-    """(name with its last numeric component as '*', that index): `h.3.mlp` -> ('h.*.mlp', 3)."""
-    parts = name.split(".")
-    for i in range(len(parts) - 1, -1, -1):
-        if parts[i].isascii() and parts[i].isdigit() and len(parts[i]) < 10:
-            return ".".join([*parts[:i], "*", *parts[i + 1:]]), int(parts[i])
-    return None
-
-
 def grad_outliers(names: Sequence[str], types: Sequence[str], norms: Sequence[float | None],
                   near_limit: Sequence[bool]) -> tuple[set[int], set[int]]:
     """Indices of exploding and vanishing gradient norms, on evidence only (the rule the README documents).
@@ -135,7 +126,7 @@ def grad_outliers(names: Sequence[str], types: Sequence[str], norms: Sequence[fl
     families: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for i, name in enumerate(names):
         g = norms[i]
-        key = _family(name)
+        key = name_family(name)
         if key is None or g is None or not math.isfinite(g) or g <= 0:
             continue
         families.setdefault((key[0], types[i]), []).append((key[1], i))
@@ -174,39 +165,6 @@ def flags_for(row: ModuleStats, exploding: bool, vanishing: bool) -> tuple[str, 
     if vanishing and "nonfinite-grad" not in flags:
         flags.append("vanishing-grad")
     return tuple(flags)
-
-
-def _index_ranges(indices: list[int]) -> str:
-    """[3, 5, ..., 25] -> '3-25 odd'; [0, 1, 2] -> '0-2'; otherwise consecutive spans joined by commas."""
-    if len(indices) >= 3:
-        steps = {b - a for a, b in itertools.pairwise(indices)}
-        if steps == {2}:
-            return f"{indices[0]}-{indices[-1]} {'odd' if indices[0] % 2 else 'even'}"
-    return format_ranges(indices)
-
-
-def collapse_names(names: Sequence[str]) -> list[str]:
-    """Module names that differ only in their last layer index folded into one: `{3-25 odd}`, `h.{0-11}.mlp`.
-
-    Order of first appearance is kept; fewer than three members are listed as they are.
-    """
-    groups: dict[str, list[tuple[int, str]]] = {}
-    for name in names:
-        key = _family(name)
-        groups.setdefault(key[0] if key else "\0" + name, []).append((key[1] if key else 0, name))
-    out: list[str] = []
-    done: set[str] = set()
-    for name in names:
-        key = _family(name)
-        group = key[0] if key else "\0" + name
-        members = groups[group]
-        if group.startswith("\0") or len(members) < 3:
-            out.append(name or "(model)")
-        elif group not in done:
-            done.add(group)
-            indices = sorted(dict.fromkeys(i for i, _ in members))
-            out.append(group.replace("*", "{" + _index_ranges(indices) + "}", 1))
-    return out
 
 
 def diagnose(rows: Sequence[ModuleStats]) -> list[str]:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from modinspect.errors import UsageError
 from modinspect.reports import ModuleNode, ModuleShapes, ShapesReport, ShapesTotals, TreeReport
-from modinspect.sources.base import DTYPE_BITS, Source, TensorInfo
 from modinspect.run.inputs import InputSpec, map_tensors
+from modinspect.sources.base import DTYPE_BITS, Source, TensorInfo
 
 if TYPE_CHECKING:
     import torch

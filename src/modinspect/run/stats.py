@@ -11,6 +11,9 @@ import fnmatch
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from modinspect.errors import ModinspectError
+from modinspect.reports import FrozenParams, StatsReport
+from modinspect.run.attribution import OpTracer, nonfinite_tensors, refine_origin
 from modinspect.run.collector import (
     HIST_BINS,
     HIST_SAMPLE,
@@ -23,9 +26,6 @@ from modinspect.run.collector import (
     unit_dim,
 )
 from modinspect.run.reductions import diagnose
-from modinspect.run.attribution import OpTracer, nonfinite_tensors, refine_origin
-from modinspect.errors import ModinspectError
-from modinspect.reports import FrozenParams, StatsReport
 
 if TYPE_CHECKING:
     import torch

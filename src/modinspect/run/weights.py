@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from modinspect.names import KeyMap
 from modinspect.analysis.loading import plan_load
 from modinspect.errors import UsageError, WeightsMismatchError
+from modinspect.names import KeyMap
 from modinspect.reports import LoadPlan
 from modinspect.sources.base import Source
 from modinspect.sources.module import ModuleSource

@@ -46,7 +46,7 @@ from modinspect.sources.views import (
 if TYPE_CHECKING:
     import torch
 
-    from modinspect.sources.dispatch import OpenOptions
+    from modinspect.sources.options import OpenOptions
     from modinspect.sources.safetensors import SafetensorsHeader
 
 METADATA_NAME = ".metadata"
@@ -232,8 +232,8 @@ class DcpSource(Source):
 
     def _safetensors_header(self, path: Path) -> SafetensorsHeader | None:
         if path not in self._headers:
-            from modinspect.sources.dispatch import sniff
             from modinspect.sources.safetensors import SafetensorsHeader
+            from modinspect.sources.sniff import sniff
 
             self._headers[path] = SafetensorsHeader(path) if sniff(path) == "safetensors" else None
         return self._headers[path]
@@ -295,7 +295,8 @@ def _zip_pieces(window: _Window, chunk: Chunk, dtype: str, chunk_elems: int, whe
     """A chunk saved by torch.save inside the .distcp file, read through the weights-only gate."""
     import torch
 
-    from modinspect.sources.pickle.gate import Gate, TensorRef, storage_from_pid
+    from modinspect.sources.pickle.gate import Gate, storage_from_pid
+    from modinspect.sources.pickle.refs import TensorRef
     from modinspect.sources.torchfile import ZIP_ERRORS, read_zip_member, zip_member
 
     try:

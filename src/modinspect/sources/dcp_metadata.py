@@ -18,11 +18,11 @@ from modinspect.errors import CorruptFileError, UnsafePickleError
 from modinspect.sources.pickle.check import DEFAULT_MAX_PICKLE, check_pickle
 from modinspect.sources.pickle.gate import (
     TORCH_DTYPE_NAMES,
-    DtypeRef,
     extension_code,
     python3_name,
     quiet_decoding,
 )
+from modinspect.sources.pickle.refs import DtypeRef
 from modinspect.sources.pickle.standins import StandInRegistry
 
 _DCP = "torch.distributed.checkpoint.metadata"

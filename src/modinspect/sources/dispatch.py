@@ -1,15 +1,15 @@
-"""Which reader opens a SOURCE: by what the path is and by its first bytes, not its extension."""
+"""Which reader opens a SOURCE: tables of (probe, opener) rows, by what the path is and by its first bytes,
+not its extension. A new format is one reader module and one row here."""
 
 from __future__ import annotations
 
 import contextlib
-import stat
 import struct
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modinspect.errors import (
     CorruptFileError,
@@ -19,30 +19,23 @@ from modinspect.errors import (
     UnsafePickleError,
 )
 from modinspect.sources.base import Source
-from modinspect.sources.hf_layers import DEFAULT_MAX_LAYERS
-from modinspect.sources.pickle.check import DEFAULT_MAX_PICKLE
-
-if TYPE_CHECKING:  # the gate is imported when a pickle is read: a safetensors diff never needs it
-    from modinspect.sources.pickle.gate import Gate
+from modinspect.sources.options import OpenOptions
+from modinspect.sources.sniff import sniff
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_NAMES = ("model.safetensors", "pytorch_model.bin")
 
+__all__ = ["DIR_READERS", "FILE_READERS", "ZIP_READERS", "OpenOptions", "Reader", "open_file", "open_path",
+           "reader_errors", "sniff"]
+
 
 @dataclass(frozen=True)
-class OpenOptions:
-    unsafe_pickle: bool = False
-    model_weights: str = "header"  # a config.json directory's model: "header" (meta), "init" or "pretrained"
-    plain_dir: bool = False  # a directory's weights only, without its DCP / PEFT / config.json reader
-    allow_globals: frozenset[str] = frozenset()
-    max_pickle_bytes: int = DEFAULT_MAX_PICKLE
-    max_layers: int = DEFAULT_MAX_LAYERS  # a config.json's layers built at most (--max-layers)
+class Reader:
+    """One row of a dispatch table: the first row whose `probe` accepts the input opens it with `open`."""
 
-    def gate(self, label: str) -> Gate:
-        """The pickle gate; its refusals name the file as the user gave it."""
-        from modinspect.sources.pickle.gate import Gate, GatePolicy
-
-        return Gate(label, GatePolicy(allow_globals=self.allow_globals, max_pickle_bytes=self.max_pickle_bytes))
+    name: str
+    probe: Callable[[Any], bool]
+    open: Callable[..., Source]
 
 
 def open_path(path: Path, label: str, options: OpenOptions) -> Source:
@@ -59,9 +52,7 @@ def open_path(path: Path, label: str, options: OpenOptions) -> Source:
         raise SourceNotFoundError(f"cannot open {label}: {exc.strerror or exc}") from None
     with reader_errors(label):
         if path.name.endswith(".index.json"):
-            from modinspect.sources.sharded import ShardedSource
-
-            return ShardedSource(path, label, options)
+            return _open_sharded(path, label, options)
         return open_file(path, label, options)
 
 
@@ -83,70 +74,95 @@ def reader_errors(label: str) -> Iterator[None]:
         raise CorruptFileError(f"{label} could not be read ({detail})") from exc
 
 
-def _open_dir(path: Path, label: str, options: OpenOptions) -> Source:
-    from modinspect.sources.sharded import ShardedSource
+# ---- directories: probe(path) on the directory ------------------------------------------------------------
 
-    if not options.plain_dir:
-        from modinspect.sources.dirs import open_special_dir
+def _has(name: str) -> Callable[[Path], bool]:
+    return lambda path: (path / name).is_file()
 
-        special = open_special_dir(path, label, options)
-        if special is not None:
-            return special
+
+def _open_dcp(path: Path, label: str, options: OpenOptions) -> Source:
+    from modinspect.sources.dcp import DcpSource
+
+    return DcpSource(path, label, options)
+
+
+def _open_peft(path: Path, label: str, options: OpenOptions) -> Source:
+    from modinspect.sources.peft_adapter import PeftAdapterSource
+
+    return PeftAdapterSource(path, label, options, open_file)
+
+
+def _open_hf(path: Path, label: str, options: OpenOptions) -> Source:
+    from modinspect.sources.hf_dir import open_hf_dir
+
+    try:
+        weights: Source | None = open_path(path, label, replace(options, plain_dir=True))
+        missing = None
+    except UnknownFormatError as exc:  # a config alone still describes the model
+        weights, missing = None, exc
+    return open_hf_dir(path, label, weights, options.model_weights, missing,  # type: ignore[arg-type]
+                       options.max_layers)
+
+
+def _index_of(path: Path) -> Path | None:
     indexes = [path / n for n in INDEX_NAMES if (path / n).is_file()]
     if not indexes:
         indexes = sorted(p for p in path.glob("*.index.json") if p.is_file())
-    if indexes:
-        return ShardedSource(indexes[0], label, options)
-    for name in SINGLE_NAMES:
-        if (path / name).is_file():
-            return open_file(path / name, label, options)
+    return indexes[0] if indexes else None
+
+
+def _open_sharded(index: Path, label: str, options: OpenOptions) -> Source:
+    from modinspect.sources.sharded import ShardedSource
+
+    return ShardedSource(index, label, options, open_file)
+
+
+def _open_single(path: Path, label: str, options: OpenOptions) -> Source:
+    name = next(n for n in SINGLE_NAMES if (path / n).is_file())
+    return open_file(path / name, label, options)
+
+
+# Directories that are more than their weights come first; `plain_dir` (a config.json directory's own
+# weights) starts at the first row that is not special.
+SPECIAL_DIRS = 3
+DIR_READERS: tuple[Reader, ...] = (
+    Reader("dcp", _has(".metadata"), _open_dcp),
+    Reader("peft-adapter", _has("adapter_config.json"), _open_peft),
+    Reader("hf-dir", _has("config.json"), _open_hf),
+    Reader("sharded", lambda path: _index_of(path) is not None,
+           lambda path, label, options: _open_sharded(_index_of(path), label, options)),  # type: ignore[arg-type]
+    Reader("single-file", lambda path: any((path / n).is_file() for n in SINGLE_NAMES), _open_single),
+)
+
+
+def _open_dir(path: Path, label: str, options: OpenOptions) -> Source:
+    for row in DIR_READERS[SPECIAL_DIRS if options.plain_dir else 0:]:
+        if row.probe(path):
+            return row.open(path, label, options)
     raise UnknownFormatError(
         f"{label} is a directory without a checkpoint: expected {INDEX_NAMES[0]}, {INDEX_NAMES[1]}, "
         f"{SINGLE_NAMES[0]} or {SINGLE_NAMES[1]}"
     )
 
 
-def sniff(path: Path) -> str:
-    """'gguf', 'safetensors', 'zip', 'pickle' or 'unknown', from the first bytes."""
+# ---- single files: probe(kind) on what sniff() read from the first bytes -------------------------------------
+
+def _open_safetensors(path: Path, label: str, options: OpenOptions, storage_prefix: str | None = None) -> Source:
+    from modinspect.sources.safetensors import SafetensorsSource
+
+    return SafetensorsSource(path, label, storage_prefix=storage_prefix)
+
+
+def _open_gguf(path: Path, label: str, options: OpenOptions, storage_prefix: str | None = None) -> Source:
+    from modinspect.sources.gguf import GGUFSource
+
+    return GGUFSource(path, label)
+
+
+def _open_torch(path: Path, label: str, options: OpenOptions, storage_prefix: str | None = None) -> Source:
+    """A pickle or a zip: through the weights-only gate, or torch.load itself with --unsafe-pickle."""
     try:
-        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read below forever
-            raise UnknownFormatError(f"{path} is not a regular file")
-        with path.open("rb") as f:
-            head = f.read(16)
-    except OSError as exc:
-        raise SourceNotFoundError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not head:
-        raise CorruptFileError(f"{path} is empty")
-    if head[:4] == b"GGUF":  # before safetensors': a GGUF of 123 tensors has "{" at byte 8
-        return "gguf"
-    if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
-        return "zip"
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"
-    if head[:1] == b"\x80":
-        return "pickle"
-    return "unknown"
-
-
-def open_file(path: Path, label: str, options: OpenOptions, storage_prefix: str | None = None) -> Source:
-    """The single-file reader for `path`. `storage_prefix`: a safetensors file's storage keys start with it
-    (a sharded index passes its own, so the shard's descriptions need no copy); other formats ignore it."""
-    kind = sniff(path)
-    if kind == "safetensors":
-        from modinspect.sources.safetensors import SafetensorsSource
-
-        return SafetensorsSource(path, label, storage_prefix=storage_prefix)
-    if kind == "gguf":
-        from modinspect.sources.gguf import GGUFSource
-
-        return GGUFSource(path, label)
-    if kind == "unknown":
-        raise UnknownFormatError(
-            f"{label} is not a checkpoint modinspect reads (safetensors, GGUF, torch .pt/.pth/.bin, TorchScript, "
-            "or a sharded index)"
-        )
-    try:
-        source = _open_pickled(path, label, kind, options)
+        source = _open_pickled(path, label, sniff(path), options)
     except UnsafePickleError as exc:
         if not options.unsafe_pickle:
             raise
@@ -158,11 +174,75 @@ def open_file(path: Path, label: str, options: OpenOptions, storage_prefix: str 
     return source
 
 
+FILE_READERS: tuple[Reader, ...] = (
+    Reader("safetensors", lambda kind: kind == "safetensors", _open_safetensors),
+    Reader("gguf", lambda kind: kind == "gguf", _open_gguf),
+    Reader("torch", lambda kind: kind in ("pickle", "zip"), _open_torch),
+)
+
+
+def open_file(path: Path, label: str, options: OpenOptions, storage_prefix: str | None = None) -> Source:
+    """The single-file reader for `path`. `storage_prefix`: a safetensors file's storage keys start with it
+    (a sharded index passes its own, so the shard's descriptions need no copy); other formats ignore it."""
+    kind = sniff(path)
+    for row in FILE_READERS:
+        if row.probe(kind):
+            return row.open(path, label, options, storage_prefix)
+    raise UnknownFormatError(
+        f"{label} is not a checkpoint modinspect reads (safetensors, GGUF, torch .pt/.pth/.bin, TorchScript, "
+        "or a sharded index)"
+    )
+
+
+# ---- torch zip archives: probe(names) on the archive's member names ------------------------------------------
+
+def _data_pkl(names: list[str]) -> str | None:
+    pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+    return pkl[0][: -len("data.pkl")] if pkl else None
+
+
+def _is_pt2(names: list[str]) -> bool:
+    from modinspect.sources.pt2 import is_pt2
+
+    return _data_pkl(names) is None and is_pt2(names)
+
+
+def _is_torchscript(names: list[str]) -> bool:
+    prefix = _data_pkl(names)
+    return prefix is not None and (f"{prefix}constants.pkl" in names or any(n.startswith(f"{prefix}code/") for n in names))
+
+
+def _open_pt2(path: Path, label: str, zf: zipfile.ZipFile, names: list[str], options: OpenOptions) -> Source:
+    from modinspect.sources.pt2 import Pt2Source
+
+    return Pt2Source(path, label, zf)  # torch.export.save: JSON and raw bytes, no data.pkl
+
+
+def _open_torchscript(path: Path, label: str, zf: zipfile.ZipFile, names: list[str], options: OpenOptions) -> Source:
+    from modinspect.sources.torchscript import open_torchscript
+
+    return open_torchscript(path, label, zf, _data_pkl(names) or "", options.gate(label), unsafe=options.unsafe_pickle)
+
+
+def _open_zip_checkpoint(path: Path, label: str, zf: zipfile.ZipFile, names: list[str],
+                         options: OpenOptions) -> Source:
+    from modinspect.sources import torchfile
+
+    return torchfile.ZipTorchSource(path, label, zf, _data_pkl(names) or "", options.gate(label))
+
+
+ZIP_READERS: tuple[Reader, ...] = (
+    Reader("pt2", _is_pt2, _open_pt2),
+    Reader("torchscript", _is_torchscript, _open_torchscript),
+    Reader("torch-zip", lambda names: _data_pkl(names) is not None, _open_zip_checkpoint),
+)
+
+
 def _open_pickled(path: Path, label: str, kind: str, options: OpenOptions) -> Source:
     from modinspect.sources import torchfile
 
-    gate = options.gate(label)
     if kind == "pickle":
+        gate = options.gate(label)
         if torchfile.is_legacy_file(path):
             return torchfile.LegacyTorchSource(path, label, gate)
         return torchfile.open_raw_pickle(path, label, gate)
@@ -172,24 +252,14 @@ def _open_pickled(path: Path, label: str, kind: str, options: OpenOptions) -> So
         raise CorruptFileError(f"{label} is a damaged zip file ({exc})") from None
     try:
         names = zf.namelist()
-        pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-        if not pkl:
-            from modinspect.sources.pt2 import Pt2Source, is_pt2
-
-            if is_pt2(names):  # torch.export.save: JSON and raw bytes, no data.pkl
-                return Pt2Source(path, label, zf)
+        row = next((r for r in ZIP_READERS if r.probe(names)), None)
+        if row is None:
             raise UnknownFormatError(f"{label} is a zip file but not a torch checkpoint (no data.pkl)")
-        prefix = pkl[0][: -len("data.pkl")]
-        if f"{prefix}constants.pkl" in names or any(n.startswith(f"{prefix}code/") for n in names):
-            from modinspect.sources.torchscript import open_torchscript
-
-            source = open_torchscript(path, label, zf, prefix, gate, unsafe=options.unsafe_pickle)
-        else:
-            source = torchfile.ZipTorchSource(path, label, zf, prefix, gate)
+        source = row.open(path, label, zf, names, options)
     except BaseException:
         zf.close()
         raise
-    if source.module is not None:  # torch.jit.load has read everything it needs
+    if source.module is not None and row.name != "pt2":  # torch.jit.load has read everything it needs
         zf.close()
     return source
 

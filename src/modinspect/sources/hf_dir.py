@@ -323,15 +323,14 @@ def _open_hf_dir(folder: Path, label: str, weights: Source | None, mode: ModelWe
 
 
 def _init_then_load(folder: Path, label: str, weights: Source | None, max_layers: int) -> Source:
-    """Pickled (.bin) weights: from_pretrained would torch.load them, so they go through modinspect's gate."""
+    """Pickled (.bin) weights: from_pretrained would torch.load them, so they go through modinspect's gate;
+    the model is built here and the weights are left open on `pending_weights` for the run layer to load."""
     from modinspect.sources.module import ModuleSource
-    from modinspect.run.weights import apply_weights
 
     model = build_model(folder, label, "init", max_layers)
     src = ModuleSource(model, label, "hf-model", notes=[f"{type(model).__name__} built from {CONFIG_NAME}"])
     if weights is None:
         src.notes.append("no weights in the directory: randomly initialised")
         return src
-    with weights:
-        apply_weights(src, weights, strict=False)
+    src.pending_weights = weights  # loaded by run.source.open_source: a reader never runs load_state_dict
     return src

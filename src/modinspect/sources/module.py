@@ -119,6 +119,8 @@ class ModuleSource(Source):
         # An entry point's folder: its model may import siblings lazily (in forward), so it goes back on
         # sys.path while the model runs (see `in_use`).
         self.import_path = import_path
+        # Weights opened by a reader for the run layer to load into the model (run.source.open_source).
+        self.pending_weights: Source | None = None
 
     @contextlib.contextmanager
     def in_use(self) -> Iterator[None]:

@@ -20,7 +20,7 @@ from modinspect.sources.hf_dir import read_json_object
 if TYPE_CHECKING:
     import torch
 
-    from modinspect.sources.dispatch import OpenOptions
+    from modinspect.sources.options import FileOpener, OpenOptions
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -52,9 +52,7 @@ def saved_ranks(tensors: list[TensorInfo]) -> dict[str, int]:
 class PeftAdapterSource(Source):
     """The adapter's tensors, with its config in the metadata and a summary in the notes."""
 
-    def __init__(self, folder: Path, label: str, options: OpenOptions) -> None:
-        from modinspect.sources.dispatch import open_file
-
+    def __init__(self, folder: Path, label: str, options: OpenOptions, open_file: FileOpener) -> None:
         config = _read_config(folder / CONFIG_NAME)
         weights = next((folder / n for n in WEIGHT_NAMES if (folder / n).is_file()), None)
         if weights is None:

@@ -13,7 +13,7 @@ from modinspect.sources.base import Source, TensorInfo
 if TYPE_CHECKING:
     import torch
 
-    from modinspect.sources.dispatch import OpenOptions
+    from modinspect.sources.options import FileOpener, OpenOptions
 
 
 def _load_index(path: Path) -> dict[str, str]:
@@ -50,9 +50,7 @@ def _shard_path(index: Path, shard: str) -> Path:
 class ShardedSource(Source):
     """Every shard opened lazily through the single-file readers; tensors in index order of shards."""
 
-    def __init__(self, index: Path, label: str, options: OpenOptions) -> None:
-        from modinspect.sources.dispatch import open_file
-
+    def __init__(self, index: Path, label: str, options: OpenOptions, open_file: FileOpener) -> None:
         weight_map = _load_index(index)
         by_shard: dict[str, set[str]] = {}  # once, not one scan of the whole map per shard
         for name, shard in weight_map.items():

@@ -28,11 +28,7 @@ from modinspect.sources.base import (
 )
 from modinspect.sources.kinds import checkpoint_kind
 from modinspect.sources.pickle.gate import (
-    DtypeRef,
     Gate,
-    SparseRef,
-    StorageRef,
-    TensorRef,
     is_data_class,
     runs_code_when_called,
     storage_from_pid,
@@ -43,6 +39,7 @@ from modinspect.sources.pickle.module import (
     nn_module_parts,
     walk_modules,
 )
+from modinspect.sources.pickle.refs import DtypeRef, SparseRef, StorageRef, TensorRef
 from modinspect.sources.pickle.standins import describe
 from modinspect.sources.views import MAX_EXPANDED, MAX_EXPANSION
 

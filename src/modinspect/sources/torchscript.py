@@ -26,8 +26,9 @@ from pathlib import Path
 from modinspect.errors import CorruptFileError
 from modinspect.sources.base import Source
 from modinspect.sources.module import ModuleSource
-from modinspect.sources.pickle.gate import Gate, SparseRef, TensorRef, storage_from_pid
+from modinspect.sources.pickle.gate import Gate, storage_from_pid
 from modinspect.sources.pickle.module import ModuleParts, walk_modules
+from modinspect.sources.pickle.refs import SparseRef, TensorRef
 from modinspect.sources.pickle.standins import StandIn, standin_name
 from modinspect.sources.torchfile import (
     ZipTorchSource,

@@ -40,11 +40,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import modinspect.run.ranks as distributed
-from modinspect.run import collector as stats_hooks
-from modinspect.run.collector import RELU_FAMILY, Collector, StatsOptions
-from modinspect.run.reductions import NEAR_LIMIT, GradTotals, Running, flags_for, grad_outliers
 from modinspect.errors import ModinspectError, NonFiniteError, UsageError
 from modinspect.reports import ModuleStats, NonfiniteOrigin, ParamStats, WatchReport
+from modinspect.run import collector as stats_hooks
+from modinspect.run import wrappers
+from modinspect.run.collector import RELU_FAMILY, Collector, StatsOptions
+from modinspect.run.reductions import NEAR_LIMIT, GradTotals, Running, flags_for, grad_outliers
 from modinspect.watching.log import (
     GroupRecord,
     Histogram,
@@ -168,12 +169,12 @@ class Watch:
         if sample is not None and not 0 < sample <= 1:
             raise UsageError(f"sample must be a fraction in (0, 1], not {sample!r}")
         # Names as the user wrote the model: through DDP / FSDP / torch.compile / checkpoint wrappers.
-        named = [(n, m) for n, m in distributed.named_modules(model)
+        named = [(n, m) for n, m in wrappers.named_modules(model)
                  if modules is None or fnmatch.fnmatchcase(n, modules) or n == modules]
         if not named:
             raise UsageError(f"modules={modules!r} matches no module")
         self.model = model
-        self._inner = distributed.unwrap(model)
+        self._inner = wrappers.unwrap(model)
         self._ranks = distributed.ranks()
         # FSDP1's parameters are plain tensors holding this rank's shard (not DTensors): their squares add up.
         self._fsdp1_sharded = distributed.fsdp1_sharded(model)
@@ -185,7 +186,7 @@ class Watch:
         self._mods = [m for _, m in named]
         self._sample = sample
         self._histogram = histogram
-        self._params = [(n, p) for n, p in distributed.named_parameters(model) if p.is_floating_point()]
+        self._params = [(n, p) for n, p in wrappers.named_parameters(model) if p.is_floating_point()]
         self.device = str(distributed.local(self._params[0][1]).device) if self._params else "cpu"
         self._acc = torch.float32 if self.device.startswith("mps") else torch.float64
         self._save_batch = Path(save_batch) if save_batch is not None else None
@@ -242,7 +243,7 @@ class Watch:
                 if path.exists() and not path.is_dir() and not overwrite:
                     raise UsageError(f"log {path} exists; pass overwrite=True to replace it")
                 path.parent.mkdir(parents=True, exist_ok=True)
-                header = LogHeader(model=distributed.type_name(self._inner), every=every, device=self.device,
+                header = LogHeader(model=wrappers.type_name(self._inner), every=every, device=self.device,
                                    world_size=self._ranks.world, started=time.time())
                 self._writer = LogWriter(path, header, force=overwrite)
             if tensorboard is not None and self._ranks.writer:
@@ -656,8 +657,8 @@ class Watch:
                      snapshot: list[torch.Tensor] | None = None) -> None:
         import torch
 
-        from modinspect.run.stats import _restore_rng
         from modinspect.files import atomic_write
+        from modinspect.run.stats import _restore_rng
 
         assert self._save_batch is not None
         if batch is None:
@@ -902,7 +903,7 @@ class Watch:
 
     def report(self) -> WatchReport:
         """The statistics over every step watched so far (a record's worth of steps not yet logged excepted)."""
-        return WatchReport(model=distributed.type_name(self._inner), device=self.device, steps=self.steps,
+        return WatchReport(model=wrappers.type_name(self._inner), device=self.device, steps=self.steps,
                            records=self.records, modules=tuple(self._total_rows()), params=self._last_params,
                            nonfinite_step=self.nonfinite_step, nonfinite_origin=self.nonfinite_origin, log=self.log,
                            mode=self.mode, explanation=self.explanation, loop_warnings=tuple(self._loop.found))
@@ -910,7 +911,7 @@ class Watch:
     def _total_rows(self) -> list[ModuleStats]:
         t = self._totals
         scale = 1 / math.sqrt(t.steps) if t.steps else 1.0
-        types = [distributed.type_name(m) for m in self._mods]
+        types = [wrappers.type_name(m) for m in self._mods]
         norms = [math.sqrt(g.squares) * scale if g.seen else None for g in t.grad]
         exploding, vanishing = grad_outliers(self._names, types, norms, [g.near * NEAR_LIMIT >= 1.0 for g in t.grad])
         rows = []

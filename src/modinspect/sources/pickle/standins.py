@@ -143,7 +143,7 @@ def describe(value: object, width: int = 80) -> str:
 
 
 def _describe(value: object, depth: int, width: int) -> str:
-    from modinspect.sources.pickle.gate import BoundedCall, DtypeRef, TensorRef
+    from modinspect.sources.pickle.refs import BoundedCall, DtypeRef, TensorRef
 
     if isinstance(value, TensorRef):
         return f"tensor {list(value.shape)} {value.dtype}"

@@ -1,0 +1,59 @@
+"""Wrappers seen through: DDP's `module.`, torch.compile's `_orig_mod.`, FSDP1's `_fsdp_wrapped_module.`,
+activation checkpointing's `_checkpoint_wrapped_module.` and FSDP2's `FSDP<Name>` classes, so that names and
+types are those of the model the user wrote."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Path components a wrapper inserts between the user's modules.
+WRAPPER_PARTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
+
+
+def unwrap(model: Any) -> Any:
+    """The user's own module inside DDP / DataParallel / torch.compile / FSDP1 / checkpoint wrappers."""
+    seen = 0
+    while seen < 16:
+        seen += 1
+        kind = type(model).__name__
+        if kind in ("DistributedDataParallel", "DataParallel") and hasattr(model, "module"):
+            model = model.module
+        elif kind == "OptimizedModule" and hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif kind == "FullyShardedDataParallel" and hasattr(model, "_fsdp_wrapped_module"):
+            model = model._fsdp_wrapped_module
+        elif kind == "CheckpointWrapper" and hasattr(model, "_checkpoint_wrapped_module"):
+            model = model._checkpoint_wrapped_module
+        else:
+            break
+    return model
+
+
+def is_wrapper(module: Any) -> bool:
+    """A wrapper inside the model (an FSDP1 unit, a checkpoint wrapper): its inner module carries the name."""
+    return type(module).__name__ in ("FullyShardedDataParallel", "CheckpointWrapper", "OptimizedModule")
+
+
+def type_name(module: Any) -> str:
+    """The class the user wrote: FSDP2's fully_shard swaps a module's class for `FSDP<Name>`, a subclass of it."""
+    cls = type(module)
+    mro = cls.__mro__
+    if len(mro) > 2 and mro[1].__name__ == "FSDPModule" and cls.__name__ == "FSDP" + mro[2].__name__:
+        return mro[2].__name__
+    return cls.__name__
+
+
+def normalise(name: str) -> str:
+    """`layers.0._fsdp_wrapped_module._checkpoint_wrapped_module.mlp` -> `layers.0.mlp`."""
+    if not any(part in name for part in WRAPPER_PARTS):
+        return name
+    return ".".join(p for p in name.split(".") if p not in WRAPPER_PARTS)
+
+
+def named_modules(model: Any) -> list[tuple[str, Any]]:
+    """(normalised name, module) of the user's modules, wrappers left out."""
+    return [(normalise(n), m) for n, m in unwrap(model).named_modules() if not is_wrapper(m)]
+
+
+def named_parameters(model: Any) -> list[tuple[str, Any]]:
+    return [(normalise(n), p) for n, p in unwrap(model).named_parameters()]
