@@ -28,17 +28,23 @@ class ProcessRun:
     stdout: str
 
 
-def run_process(cmd: Sequence[str], ok_codes: tuple[int, ...] = (0,), capture: bool = False) -> ProcessRun:
+def run_process(
+    cmd: Sequence[str], ok_codes: tuple[int, ...] = (0,), capture: bool = False
+) -> ProcessRun:
     """Run `cmd` to the end: wall seconds, peak RSS in MiB, and its stdout when `capture`."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out if capture else subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            list(cmd), stdout=out if capture else subprocess.DEVNULL, stderr=err
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
         if proc.returncode not in ok_codes:
             err.seek(0)
-            raise RuntimeError(f"{list(cmd)} exited with {proc.returncode}: {err.read().decode(errors='replace')}")
+            raise RuntimeError(
+                f"{list(cmd)} exited with {proc.returncode}: {err.read().decode(errors='replace')}"
+            )
         out.seek(0)
         text = out.read().decode() if capture else ""
     return ProcessRun(wall=wall, rss_mib=usage.ru_maxrss / 1024, stdout=text)

@@ -66,7 +66,9 @@ def run(cmd: list[str]) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--make", metavar="DIR", help=argparse.SUPPRESS)
@@ -78,9 +80,16 @@ def main(argv: list[str] | None = None) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         # Built in a child process: a forked child's peak RSS counts the parent's pages until exec,
         # so the measuring parent must stay small.
-        subprocess.run([sys.executable, __file__, "--make", tmp] + (["--smoke"] if args.smoke else []), check=True,
-                       stderr=subprocess.DEVNULL)
-        a, b, a2 = Path(tmp) / "a.safetensors", Path(tmp) / "b.safetensors", Path(tmp) / "a2.safetensors"
+        subprocess.run(
+            [sys.executable, __file__, "--make", tmp] + (["--smoke"] if args.smoke else []),
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )
+        a, b, a2 = (
+            Path(tmp) / "a.safetensors",
+            Path(tmp) / "b.safetensors",
+            Path(tmp) / "a2.safetensors",
+        )
         shutil.copyfile(a, a2)
         size = a.stat().st_size
         mi = [sys.executable, "-m", "modinspect", "diff"]
@@ -99,16 +108,20 @@ def main(argv: list[str] | None = None) -> list[str]:
                 results[key].append(run(cmd))
     walls = {k: [w for w, _ in v] for k, v in results.items()}
     base_rss = statistics.median(r for _, r in results[LOOP_NAME])
-    lines = [f"two checkpoints of {size / 2**20:,.0f} MiB each (b: every 10th tensor changed; a2: a byte copy of a), "
-             f"{runs} run(s)",
-             "| contender | median s | min–max s | peak RSS MiB (median) | time × loop | RSS × loop | time × cat | "
-             "time × cmp |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"two checkpoints of {size / 2**20:,.0f} MiB each (b: every 10th tensor changed; a2: a byte copy of a), "
+        f"{runs} run(s)",
+        "| contender | median s | min–max s | peak RSS MiB (median) | time × loop | RSS × loop | time × cat | "
+        "time × cmp |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for key, values in results.items():
         rss = statistics.median(r for _, r in values)
-        lines.append(f"| {key} | {statistics.median(walls[key]):.2f} | {min(walls[key]):.2f}–{max(walls[key]):.2f} | "
-                     f"{rss:,.0f} | {paired_ratio(walls[key], walls[LOOP_NAME]):.2f} | {rss / base_rss:.2f} | "
-                     f"{paired_ratio(walls[key], walls[CAT]):.2f} | {paired_ratio(walls[key], walls[CMP]):.2f} |")
+        lines.append(
+            f"| {key} | {statistics.median(walls[key]):.2f} | {min(walls[key]):.2f}–{max(walls[key]):.2f} | "
+            f"{rss:,.0f} | {paired_ratio(walls[key], walls[LOOP_NAME]):.2f} | {rss / base_rss:.2f} | "
+            f"{paired_ratio(walls[key], walls[CAT]):.2f} | {paired_ratio(walls[key], walls[CMP]):.2f} |"
+        )
     print("\n".join(lines))
     return lines
 

@@ -33,7 +33,12 @@ def build(smoke: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
     torch.manual_seed(0)
     config = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=256) if smoke else GPT2Config()
     model = GPT2LMHeadModel(config).train()
-    ids = torch.randint(0, config.vocab_size, (2, 16) if smoke else (4, 128), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(
+        0,
+        config.vocab_size,
+        (2, 16) if smoke else (4, 128),
+        generator=torch.Generator().manual_seed(1),
+    )
     return model, {"input_ids": ids, "labels": ids}
 
 
@@ -51,7 +56,9 @@ def bare(model: torch.nn.Module, kwargs: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="a tiny GPT-2, one run")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
@@ -59,7 +66,10 @@ def main(argv: list[str] | None = None) -> list[str]:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, kwargs = build(args.smoke)
     bare(model, kwargs)  # warm-up: allocator, kernels
-    static = [timed(lambda: (static_findings(model, "training"), global_tensor_findings(model))) for _ in range(runs)]
+    static = [
+        timed(lambda: (static_findings(model, "training"), global_tensor_findings(model)))
+        for _ in range(runs)
+    ]
     pairs = []
     findings: tuple[Any, ...] = ()
     for _ in range(runs):

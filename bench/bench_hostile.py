@@ -70,15 +70,27 @@ def corpus(tmp: Path) -> Iterator[tuple[str, list[str]]]:
             yield f"payload: {payload.name} in {carrier}", ["tree", str(path)]
     folder = tmp / "torchscript-setstate"
     folder.mkdir()
-    yield "torchscript: __setstate__ writes a file", ["tree", str(hostile.setstate_torchscript(folder, folder / "W"))]
+    yield (
+        "torchscript: __setstate__ writes a file",
+        ["tree", str(hostile.setstate_torchscript(folder, folder / "W"))],
+    )
 
 
 def measure(args: list[str]) -> tuple[float, float, int]:
     """(seconds, peak RSS in MB, exit code) of one CLI run in a fresh process."""
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, *args], capture_output=True, text=True, timeout=120
+    )
     seconds = time.perf_counter() - start
-    rss_kb = next((int(line.split()[1]) for line in reversed(out.stderr.splitlines()) if line.startswith("MAXRSS ")), 0)
+    rss_kb = next(
+        (
+            int(line.split()[1])
+            for line in reversed(out.stderr.splitlines())
+            if line.startswith("MAXRSS ")
+        ),
+        0,
+    )
     return seconds, rss_kb / 1024, out.returncode
 
 
@@ -100,8 +112,12 @@ def main(argv: list[str] | None = None) -> list[str]:
         for index in sorted(range(len(rows)), key=lambda k: -rows[k][1])[:RERUN]:
             name, seconds, rss, code = rows[index]
             again = [measure(runs[name]) for _ in range(2)]
-            rows[index] = (name, statistics.median([seconds, *(a[0] for a in again)]),
-                           max(rss, *(a[1] for a in again)), code)
+            rows[index] = (
+                name,
+                statistics.median([seconds, *(a[0] for a in again)]),
+                max(rss, *(a[1] for a in again)),
+                code,
+            )
     return report(rows)
 
 

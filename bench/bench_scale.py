@@ -43,19 +43,25 @@ for path in paths:
 print(count)
 """
 
-PARSE_AND_READ = PARSE + """
+PARSE_AND_READ = (
+    PARSE
+    + """
 for path in paths:
     with path.open("rb") as f:
         while f.read(1 << 20):
             pass
 """
+)
 
-PARSE_AND_BUILD = PARSE + """
+PARSE_AND_BUILD = (
+    PARSE
+    + """
 sys.path.insert(0, str(paths[0].parent))
 import torch
 with torch.device("meta"):
     __import__("entry").build()
 """
+)
 
 ENTRY = '''"""The model whose state dict the 200k-tensor pair holds: blocks of eight 4-element parameters."""
 import torch
@@ -103,9 +109,11 @@ def contenders(folder: Path, smoke: bool) -> dict[tuple[str, str], list[str]]:
     n, pair, shards = (2000, 4000, 10) if smoke else (100_000, 200_000, 163)
     index = folder / "sharded" / "model.safetensors.index.json"
     out: dict[tuple[str, str], list[str]] = {}
-    for case, path in ((f"{n:,} tensors, flat names", folder / "flat.safetensors"),
-                       (f"{n:,} tensors, layered names", folder / "layered.safetensors"),
-                       (f"{n:,} tensors, {shards}-shard index", index)):
+    for case, path in (
+        (f"{n:,} tensors, flat names", folder / "flat.safetensors"),
+        (f"{n:,} tensors, layered names", folder / "layered.safetensors"),
+        (f"{n:,} tensors, {shards}-shard index", index),
+    ):
         out[case, HEADER] = [py, "-c", PARSE, str(path)]
         out[case, "modinspect tree --json"] = [*mi, "tree", str(path), "--json"]
         out[case, "modinspect tree"] = [*mi, "tree", str(path)]
@@ -114,13 +122,21 @@ def contenders(folder: Path, smoke: bool) -> dict[tuple[str, str], list[str]]:
     out[diff_case, HEADER + " + reading the data"] = [py, "-c", PARSE_AND_READ, str(a), str(b)]
     out[diff_case, "modinspect diff --json"] = [*mi, "diff", str(a), str(b), "--json"]
     out[load_case, HEADER + " + building the model on meta"] = [py, "-c", PARSE_AND_BUILD, str(b)]
-    out[load_case, "modinspect load --meta --json"] = [*mi, "load", f"{folder / 'entry.py'}:build", str(b), "--meta",
-                                                       "--json"]
+    out[load_case, "modinspect load --meta --json"] = [
+        *mi,
+        "load",
+        f"{folder / 'entry.py'}:build",
+        str(b),
+        "--meta",
+        "--json",
+    ]
     return out
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="small files, one run")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--make", metavar="DIR", help=argparse.SUPPRESS)
@@ -132,7 +148,10 @@ def main(argv: list[str] | None = None) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         # Built in a child process: a forked child's peak RSS counts the parent's pages until exec.
-        subprocess.run([sys.executable, __file__, "--make", tmp, *(["--smoke"] if args.smoke else [])], check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--make", tmp, *(["--smoke"] if args.smoke else [])],
+            check=True,
+        )
         commands = contenders(folder, args.smoke)
         if not args.smoke:  # page cache and imports warm, unrecorded
             for cmd in commands.values():
@@ -141,15 +160,24 @@ def main(argv: list[str] | None = None) -> list[str]:
         for _ in range(runs):
             for key, cmd in commands.items():
                 results[key].append(run_process(cmd, ok_codes=(0, 1)))
-    lines = [f"{runs} run(s); the base of each case is the first row (×1.00); data holes except for the diff pair",
-             "| case | contender | median s | min–max s | peak RSS MiB median | min–max MiB | time × base |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    bases = {case: results[key] for key in results for case in [key[0]] if key == next(k for k in results if k[0] == case)}
+    lines = [
+        f"{runs} run(s); the base of each case is the first row (×1.00); data holes except for the diff pair",
+        "| case | contender | median s | min–max s | peak RSS MiB median | min–max MiB | time × base |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    bases = {
+        case: results[key]
+        for key in results
+        for case in [key[0]]
+        if key == next(k for k in results if k[0] == case)
+    }
     for (case, name), values in results.items():
         walls, rss = [r.wall for r in values], [r.rss_mib for r in values]
         ratio = paired_ratio(walls, [r.wall for r in bases[case]])
-        lines.append(f"| {case} | {name} | {statistics.median(walls):.3f} | {spread(walls, 3)} | "
-                     f"{statistics.median(rss):,.0f} | {spread(rss, 0)} | {ratio:.2f} |")
+        lines.append(
+            f"| {case} | {name} | {statistics.median(walls):.3f} | {spread(walls, 3)} | "
+            f"{statistics.median(rss):,.0f} | {spread(rss, 0)} | {ratio:.2f} |"
+        )
     print("\n".join(lines))
     return lines
 

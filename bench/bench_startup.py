@@ -22,7 +22,9 @@ BASE = 'python -c "import torch"'
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="one run")
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args(argv)
@@ -44,13 +46,17 @@ def main(argv: list[str] | None = None) -> list[str]:
             result = run_process(cmd)
             walls[key].append(result.wall)
             rss[key].append(result.rss_mib)
-    lines = [f"{runs} run(s); x.safetensors = {SAMPLE.relative_to(SAMPLE.parent.parent)}",
-             "| command | median s | min–max s | peak RSS MiB median | min–max MiB | time × import torch | RSS × import torch |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"{runs} run(s); x.safetensors = {SAMPLE.relative_to(SAMPLE.parent.parent)}",
+        "| command | median s | min–max s | peak RSS MiB median | min–max MiB | time × import torch | RSS × import torch |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for key in contenders:
-        lines.append(f"| {key} | {statistics.median(walls[key]):.3f} | {spread(walls[key], 3)} | "
-                     f"{statistics.median(rss[key]):,.0f} | {spread(rss[key], 0)} | "
-                     f"{paired_ratio(walls[key], walls[BASE]):.2f} | {paired_ratio(rss[key], rss[BASE]):.2f} |")
+        lines.append(
+            f"| {key} | {statistics.median(walls[key]):.3f} | {spread(walls[key], 3)} | "
+            f"{statistics.median(rss[key]):,.0f} | {spread(rss[key], 0)} | "
+            f"{paired_ratio(walls[key], walls[BASE]):.2f} | {paired_ratio(rss[key], rss[BASE]):.2f} |"
+        )
     print("\n".join(lines))
     return lines
 

@@ -50,8 +50,14 @@ class ResNetish(nn.Module):
 
     def __init__(self, width: int = 32, classes: int = 100) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
-        self.stages = nn.Sequential(*[nn.Sequential(BasicBlock(width), BasicBlock(width)) for _ in range(4)])
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+        self.stages = nn.Sequential(
+            *[nn.Sequential(BasicBlock(width), BasicBlock(width)) for _ in range(4)]
+        )
         self.head = nn.Linear(width, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +69,9 @@ def build(name: str, smoke: bool) -> tuple[nn.Module, tuple[Any, ...]]:
     if name == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        config = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=256) if smoke else GPT2Config()
+        config = (
+            GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=256) if smoke else GPT2Config()
+        )
         model = GPT2LMHeadModel(config).eval()
         ids = torch.randint(0, config.vocab_size, (2, 16) if smoke else (4, 128))
         return model, (ids,)
@@ -129,7 +137,10 @@ def anomaly(model: nn.Module, inputs: tuple[Any, ...]) -> None:
 
 
 CONTENDERS: dict[str, Callable[[nn.Module, tuple[Any, ...]], None]] = {
-    "bare": bare, "modinspect": modinspect_stats, "item-hooks": item_hooks, "empty-hooks": empty_hooks,
+    "bare": bare,
+    "modinspect": modinspect_stats,
+    "item-hooks": item_hooks,
+    "empty-hooks": empty_hooks,
     "detect_anomaly": anomaly,
 }
 
@@ -189,17 +200,25 @@ def count_syncs(name: str, smoke: bool, device: str) -> dict[str, int]:
     return syncs
 
 
-def table(name: str, times: dict[str, list[float]], syncs: dict[str, int] | None = None) -> list[str]:
+def table(
+    name: str, times: dict[str, list[float]], syncs: dict[str, int] | None = None
+) -> list[str]:
     """Medians, and the median of per-run ratios: each run times every contender back to back."""
     bare_times = times["bare"]
     extra = (" device→host syncs per step |", " --- |") if syncs is not None else ("", "")
-    lines = ["| model | contender | median s | min–max s | × bare (median of paired ratios) |" + extra[0],
-             "| --- | --- | --- | --- | --- |" + extra[1]]
+    lines = [
+        "| model | contender | median s | min–max s | × bare (median of paired ratios) |"
+        + extra[0],
+        "| --- | --- | --- | --- | --- |" + extra[1],
+    ]
     for key, values in times.items():
         med = statistics.median(values)
         ratio = statistics.median(v / b for v, b in zip(values, bare_times, strict=True))
         cell = f" {syncs[key]} |" if syncs is not None else ""
-        lines.append(f"| {name} | {key} | {med:.3f} | {min(values):.3f}–{max(values):.3f} | {ratio:.2f} |" + cell)
+        lines.append(
+            f"| {name} | {key} | {med:.3f} | {min(values):.3f}–{max(values):.3f} | {ratio:.2f} |"
+            + cell
+        )
     return lines
 
 
@@ -208,16 +227,24 @@ def gpu_header(device: str) -> tuple[list[str], bool]:
     if not device.startswith("cuda"):
         return [], True
     if not torch.cuda.is_available():
-        return [f"GPU: skipped, no CUDA device is available to this torch ({torch.__version__})"], False
-    return [f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"], True
+        return [
+            f"GPU: skipped, no CUDA device is available to this torch ({torch.__version__})"
+        ], False
+    return [
+        f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    ], True
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny models, one run")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--models", default="gpt2,cnn")
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N: also counts device->host syncs")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, or cuda / cuda:N: also counts device->host syncs"
+    )
     args = parser.parse_args(argv)
     runs = 1 if args.smoke else args.runs
     lines, available = gpu_header(args.device)
@@ -225,7 +252,9 @@ def main(argv: list[str] | None = None) -> list[str]:
         print("\n".join(lines))
         return lines
     for name in args.models.split(","):
-        syncs = count_syncs(name, args.smoke, args.device) if args.device.startswith("cuda") else None
+        syncs = (
+            count_syncs(name, args.smoke, args.device) if args.device.startswith("cuda") else None
+        )
         lines += table(name, measure(name, runs, args.smoke, args.device), syncs)
     print("\n".join(lines))
     return lines

@@ -68,13 +68,27 @@ def make_files(folder: Path, smoke: bool) -> None:
     model = GPT2LMHeadModel(gpt2_config(smoke))
     state = model.state_dict()
     torch.save(state, folder / "gpt2.pth")
-    save_file({k: v.contiguous() for k, v in state.items() if k != "lm_head.weight"}, str(folder / "gpt2.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in state.items() if k != "lm_head.weight"},
+        str(folder / "gpt2.safetensors"),
+        metadata={"format": "pt"},
+    )
     true_params = sum(p.numel() for p in model.parameters())  # each tied parameter once
-    sparse_params = write_sparse(folder / "gpt2.safetensors", folder / "big.safetensors",
-                                 SMOKE_SPARSE_WIDTH if smoke else SPARSE_WIDTH)
-    (folder / "truth.json").write_text(json.dumps({"gpt2": true_params, "big": sparse_params, "tensors": len(state) - 1,
-                                                      "tied": state["lm_head.weight"].numel()}))
+    sparse_params = write_sparse(
+        folder / "gpt2.safetensors",
+        folder / "big.safetensors",
+        SMOKE_SPARSE_WIDTH if smoke else SPARSE_WIDTH,
+    )
+    (folder / "truth.json").write_text(
+        json.dumps(
+            {
+                "gpt2": true_params,
+                "big": sparse_params,
+                "tensors": len(state) - 1,
+                "tied": state["lm_head.weight"].numel(),
+            }
+        )
+    )
 
 
 def write_sparse(small: Path, big: Path, width: int) -> int:
@@ -93,7 +107,11 @@ def write_sparse(small: Path, big: Path, width: int) -> int:
     for name, spec in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
         shape = [scale.get(x, x) for x in spec["shape"]]
         numel = math.prod(shape)
-        out[name] = {"dtype": spec["dtype"], "shape": shape, "data_offsets": [offset, offset + numel * ST_BYTES[spec["dtype"]]]}
+        out[name] = {
+            "dtype": spec["dtype"],
+            "shape": shape,
+            "data_offsets": [offset, offset + numel * ST_BYTES[spec["dtype"]]],
+        }
         offset += numel * ST_BYTES[spec["dtype"]]
         params += numel
     raw = json.dumps(out, separators=(",", ":")).encode()
@@ -140,17 +158,25 @@ MODINSPECT = "modinspect tree --json"
 def prepare(folder: Path, smoke: bool) -> tuple[dict[str, tuple[Path, int]], dict[str, int]]:
     """The files, as {row label: (path, true parameter count)}, and truth.json."""
     # Built in a child process: a forked child's peak RSS counts the parent's pages until exec.
-    subprocess.run([sys.executable, __file__, "--make", str(folder), *(["--smoke"] if smoke else [])], check=True,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, __file__, "--make", str(folder), *(["--smoke"] if smoke else [])],
+        check=True,
+        stderr=subprocess.DEVNULL,
+    )
     truth = json.loads((folder / "truth.json").read_text())
     small, pth, big = folder / "gpt2.safetensors", folder / "gpt2.pth", folder / "big.safetensors"
     allocated = on_disk(big)
     if allocated > 2**20:
-        raise RuntimeError(f"{big} takes {allocated:,} bytes on disk: this filesystem does not keep holes")
+        raise RuntimeError(
+            f"{big} takes {allocated:,} bytes on disk: this filesystem does not keep holes"
+        )
     return {
         f"GPT-2 safetensors, {human(small.stat().st_size)}": (small, truth["gpt2"]),
         f"GPT-2 zip .pth, {human(pth.stat().st_size)}": (pth, truth["gpt2"]),
-        f"sparse safetensors, {human(big.stat().st_size)} ({allocated // 1024} KiB on disk)": (big, truth["big"]),
+        f"sparse safetensors, {human(big.stat().st_size)} ({allocated // 1024} KiB on disk)": (
+            big,
+            truth["big"],
+        ),
     }, truth
 
 
@@ -161,15 +187,27 @@ def commands(files: dict[str, tuple[Path, int]], smoke: bool) -> dict[tuple[str,
     for label, (path, _) in files.items():
         out[label, MODINSPECT] = [*mi, "tree", str(path), "--json"]
         if path.suffix == ".pth":
-            out[label, "torch.load(mmap=True) + Σ numel"] = [sys.executable, "-c", TORCH_LOAD, str(path)]
+            out[label, "torch.load(mmap=True) + Σ numel"] = [
+                sys.executable,
+                "-c",
+                TORCH_LOAD,
+                str(path),
+            ]
         else:
             out[label, "safe_open + Σ shapes"] = [sys.executable, "-c", SAFE_OPEN, str(path)]
     if importlib.util.find_spec("torchinfo") is not None:
-        out[MODEL, "torchinfo summary()"] = [sys.executable, __file__, "--torchinfo", *(["--smoke"] if smoke else [])]
+        out[MODEL, "torchinfo summary()"] = [
+            sys.executable,
+            __file__,
+            "--torchinfo",
+            *(["--smoke"] if smoke else []),
+        ]
     return out
 
 
-def measure(contenders: dict[tuple[str, str], list[str]], runs: int, warm: bool) -> dict[tuple[str, str], list[ProcessRun]]:
+def measure(
+    contenders: dict[tuple[str, str], list[str]], runs: int, warm: bool
+) -> dict[tuple[str, str], list[ProcessRun]]:
     """Every contender once per run, interleaved, after one unrecorded round when `warm` (page cache, imports)."""
     if warm:
         for cmd in contenders.values():
@@ -181,14 +219,20 @@ def measure(contenders: dict[tuple[str, str], list[str]], runs: int, warm: bool)
     return results
 
 
-def table(results: dict[tuple[str, str], list[ProcessRun]], files: dict[str, tuple[Path, int]],
-          truth: dict[str, int], runs: int) -> list[str]:
+def table(
+    results: dict[tuple[str, str], list[ProcessRun]],
+    files: dict[str, tuple[Path, int]],
+    truth: dict[str, int],
+    runs: int,
+) -> list[str]:
     truths = {label: count for label, (_, count) in files.items()} | {MODEL: truth["gpt2"]}
     small_label, _, big_label = files
-    lines = [f"{runs} run(s); true parameter counts (tied weights once): GPT-2 {truth['gpt2']:,}, sparse file {truth['big']:,}",
-             "| file | contender | median s | min–max s | peak RSS MiB median | min–max MiB | params reported | "
-             "right? | time × modinspect |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"{runs} run(s); true parameter counts (tied weights once): GPT-2 {truth['gpt2']:,}, sparse file {truth['big']:,}",
+        "| file | contender | median s | min–max s | peak RSS MiB median | min–max MiB | params reported | "
+        "right? | time × modinspect |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     summary_times: list[float] = []
     for (label, name), values in results.items():
         walls = [r.wall for r in values]
@@ -198,9 +242,11 @@ def table(results: dict[tuple[str, str], list[ProcessRun]], files: dict[str, tup
         if label == MODEL:
             summary_times = [json.loads(r.stdout)["summary_s"] for r in values]
         right = "yes" if answer == truths[label] else f"**no**: true {truths[label]:,}"
-        lines.append(f"| {label} | {name} | {statistics.median(walls):.2f} | {spread(walls)} | "
-                     f"{statistics.median(rss):,.0f} | {spread(rss, 0)} | {answer:,} | {right} | "
-                     f"{paired_ratio(walls, base):.2f} |")
+        lines.append(
+            f"| {label} | {name} | {statistics.median(walls):.2f} | {spread(walls)} | "
+            f"{statistics.median(rss):,.0f} | {spread(rss, 0)} | {answer:,} | {right} | "
+            f"{paired_ratio(walls, base):.2f} |"
+        )
     small_runs, big_runs = results[small_label, MODINSPECT], results[big_label, MODINSPECT]
     growth = files[big_label][0].stat().st_size / files[small_label][0].stat().st_size
     lines += [
@@ -214,14 +260,18 @@ def table(results: dict[tuple[str, str], list[ProcessRun]], files: dict[str, tup
         f"counting both names, as torchinfo and the sum after torch.load do, counts {truth['tied']:,} parameters twice.",
     ]
     if summary_times:
-        lines.append(f"torchinfo's summary() call alone, after the model is built: median {statistics.median(summary_times):.2f} s")
+        lines.append(
+            f"torchinfo's summary() call alone, after the model is built: median {statistics.median(summary_times):.2f} s"
+        )
     else:
         lines.append("torchinfo rows skipped: torchinfo is not installed (pip install '.[bench]')")
     return lines
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny files, one run")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--make", metavar="DIR", help=argparse.SUPPRESS)

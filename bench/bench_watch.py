@@ -59,12 +59,23 @@ def built(name: str, smoke: bool, tokens: str | None) -> tuple[nn.Module, tuple[
     model, inputs = build(name, smoke)
     if tokens and name == "gpt2" and not smoke:
         b, t = (int(v) for v in tokens.lower().split("x"))
-        inputs = (torch.randint(0, model.config.vocab_size, (b, t), generator=torch.Generator().manual_seed(0)),)
+        inputs = (
+            torch.randint(
+                0, model.config.vocab_size, (b, t), generator=torch.Generator().manual_seed(0)
+            ),
+        )
     return model, inputs
 
 
-def measure(name: str, steps: int, every: int, smoke: bool, device: str, window: bool,
-            tokens: str | None = None) -> dict[str, list[float]]:
+def measure(
+    name: str,
+    steps: int,
+    every: int,
+    smoke: bool,
+    device: str,
+    window: bool,
+    tokens: str | None = None,
+) -> dict[str, list[float]]:
     """Seconds of each contender's steps, step by step (after WARMUP steps each)."""
     model, inputs = built(name, smoke, tokens)
     model.train()
@@ -74,10 +85,14 @@ def measure(name: str, steps: int, every: int, smoke: bool, device: str, window:
     keys = ["bare", "watch", "watch (log)"] + (["watch (window)"] if window else [])
     models = {key: copy.deepcopy(model) for key in keys}
     train = {key: trainer(m, inputs) for key, m in models.items()}
-    watches = {"watch": modinspect.watch(models["watch"], every=every),
-               "watch (log)": modinspect.watch(models["watch (log)"], every=every, on_nonfinite="log")}
+    watches = {
+        "watch": modinspect.watch(models["watch"], every=every),
+        "watch (log)": modinspect.watch(models["watch (log)"], every=every, on_nonfinite="log"),
+    }
     if window:
-        watches["watch (window)"] = modinspect.watch(models["watch (window)"], every=every, mode="window")
+        watches["watch (window)"] = modinspect.watch(
+            models["watch (window)"], every=every, mode="window"
+        )
     times: dict[str, list[float]] = {key: [] for key in keys}
     try:
         with warnings.catch_warnings():
@@ -121,30 +136,47 @@ def stats_ratio(name: str, smoke: bool, device: str, runs: int, tokens: str | No
 def table(name: str, times: dict[str, list[float]], every: int, stats: float) -> list[str]:
     bare_times = times["bare"]
     logged = [i for i in range(len(bare_times)) if (i + WARMUP + 1) % every == 0]
-    lines = ["| model | contender | mean s per step | × bare (all steps) | × bare (median step) | "
-             "logged step × bare step |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | contender | mean s per step | × bare (all steps) | × bare (median step) | "
+        "logged step × bare step |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for key, values in times.items():
         ratio = sum(values) / sum(bare_times)
         # The median of the paired per-step ratios: robust to a load spike on a shared machine.
         median = statistics.median(v / b for v, b in zip(values, bare_times, strict=True))
-        alone = statistics.median(values[i] / bare_times[i] for i in logged) if logged and key != "bare" else 1.0
-        lines.append(f"| {name} | {key} | {statistics.fmean(values):.3f} | {ratio:.3f} | {median:.3f} | {alone:.2f} |")
+        alone = (
+            statistics.median(values[i] / bare_times[i] for i in logged)
+            if logged and key != "bare"
+            else 1.0
+        )
+        lines.append(
+            f"| {name} | {key} | {statistics.fmean(values):.3f} | {ratio:.3f} | {median:.3f} | {alone:.2f} |"
+        )
     lines.append(f"| {name} | `stats` (one batch, fwd+bwd) | | | | {stats:.2f} |")
     return lines
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny models, a few steps")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--models", default="gpt2,cnn")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--window", action="store_true", help="also mode='window' (every step's statistics)")
+    parser.add_argument(
+        "--window", action="store_true", help="also mode='window' (every step's statistics)"
+    )
     parser.add_argument("--stats-runs", type=int, default=5, help="pairs for the `stats` row")
     parser.add_argument("--tokens", default=None, help="GPT-2's batch as BxT (default 4x128)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch.set_num_threads (0: torch's default); 1 is steadier on a shared machine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch.set_num_threads (0: torch's default); 1 is steadier on a shared machine",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -156,11 +188,19 @@ def main(argv: list[str] | None = None) -> list[str]:
     for name in args.models.split(","):
         times = measure(name, steps, every, args.smoke, args.device, args.window, args.tokens)
         label = f"{name} {args.tokens}" if args.tokens and name == "gpt2" else name
-        lines += table(label, times, every, stats_ratio(name, args.smoke, args.device, 1 if args.smoke else args.stats_runs,
-                                                        args.tokens))
+        lines += table(
+            label,
+            times,
+            every,
+            stats_ratio(
+                name, args.smoke, args.device, 1 if args.smoke else args.stats_runs, args.tokens
+            ),
+        )
         print("\n".join(lines[-6:]), flush=True)
-    lines.append(f"{steps} steps of each contender, interleaved step by step, after {WARMUP} warm-up steps; "
-                 f"a record every {every} steps; {torch.get_num_threads()} torch thread(s).")
+    lines.append(
+        f"{steps} steps of each contender, interleaved step by step, after {WARMUP} warm-up steps; "
+        f"a record every {every} steps; {torch.get_num_threads()} torch thread(s)."
+    )
     print("\n".join(lines))
     return lines
 

@@ -35,7 +35,11 @@ PARTS: dict[str, tuple[str, list[str], str]] = {
     "stats": ("bench_stats", [], "3. stats: forward+backward overhead on the CPU"),
     "stats-gpu": ("bench_stats", ["--device", "cuda"], "3b. stats on a GPU"),
     "startup": ("bench_startup", [], "4. start-up"),
-    "scale": ("bench_scale", [], "5. scale: 100k-tensor headers, a 163-shard index, 200k-tensor diff and load"),
+    "scale": (
+        "bench_scale",
+        [],
+        "5. scale: 100k-tensor headers, a 163-shard index, 200k-tensor diff and load",
+    ),
     "hostile": ("bench_hostile", [], "6. hostile files: the security corpus, one process per file"),
     "watch": ("bench_watch", [], "7. watch: training-step overhead on the CPU"),
 }
@@ -53,12 +57,15 @@ def run_part(module: str, argv: list[str]) -> list[str]:
     """`module.main(argv)` in a fresh interpreter; its printed tables go to our stderr as progress."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "lines.json"
-        subprocess.run([sys.executable, "-c", CHILD, str(BENCH), module, str(out), *argv], check=True, stdout=2)
+        subprocess.run(
+            [sys.executable, "-c", CHILD, str(BENCH), module, str(out), *argv], check=True, stdout=2
+        )
         lines: list[str] = json.loads(out.read_text())
     return lines
 
 
 # ----------------------------------------------------------------------------------------- machine and versions
+
 
 def cpu_model() -> str:
     try:
@@ -96,16 +103,27 @@ def version(dist: str) -> str:
 
 def commit() -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{head} (with uncommitted changes)" if dirty else head
 
 
 # ----------------------------------------------------------------------------------------- reading the tables back
+
 
 def cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
@@ -171,22 +189,51 @@ def tree_targets(lines: list[str]) -> list[Target]:
     rows = table_rows(lines)
     out: list[Target] = []
     flat = next((line for line in lines if line.startswith("modinspect on the")), "")
-    m = re.search(r"on the ([\d,]+)× larger sparse file: time × ([\d.]+), peak RSS × ([\d.]+)", flat)
+    m = re.search(
+        r"on the ([\d,]+)× larger sparse file: time × ([\d.]+), peak RSS × ([\d.]+)", flat
+    )
     if m:
         times, rss = float(m[2]), float(m[3])
-        out.append(("tree on safetensors reads the header only: a 20 GB file answers as fast as a small one",
-                    "20 GB sparse vs 124M file: time × ≤ 1.2 and peak RSS × ≤ 1.2",
-                    f"time × {times:.2f}, peak RSS × {rss:.2f} on a {m[1]}× larger file", met(times <= 1.2 and rss <= 1.2)))
-    pth = next((r for r in rows if r["file"].startswith("GPT-2 zip .pth") and r["contender"].startswith("modinspect")), None)
-    st = next((r for r in rows if r["file"].startswith("GPT-2 safetensors") and r["contender"].startswith("modinspect")), None)
+        out.append(
+            (
+                "tree on safetensors reads the header only: a 20 GB file answers as fast as a small one",
+                "20 GB sparse vs 124M file: time × ≤ 1.2 and peak RSS × ≤ 1.2",
+                f"time × {times:.2f}, peak RSS × {rss:.2f} on a {m[1]}× larger file",
+                met(times <= 1.2 and rss <= 1.2),
+            )
+        )
+    pth = next(
+        (
+            r
+            for r in rows
+            if r["file"].startswith("GPT-2 zip .pth") and r["contender"].startswith("modinspect")
+        ),
+        None,
+    )
+    st = next(
+        (
+            r
+            for r in rows
+            if r["file"].startswith("GPT-2 safetensors") and r["contender"].startswith("modinspect")
+        ),
+        None,
+    )
     size = re.search(r"([\d.,]+) (KB|MB|GB)", pth["file"]) if pth else None
     if pth and st and size:
         nbytes = number(size[1]) * {"KB": 1e3, "MB": 1e6, "GB": 1e9}[size[2]]
-        rss, wall, header_wall = number(pth["peak RSS MiB median"]), number(pth["median s"]), number(st["median s"])
-        out.append(("tree on a zip .pth reads the pickle only",
-                    "peak RSS < 10% of the file and time ≤ 1.5× the safetensors header read",
-                    f"{wall:.2f} s (header read {header_wall:.2f} s), {rss:,.0f} MiB peak RSS for a {size[0]} file",
-                    met(rss * 2**20 < 0.1 * nbytes and wall <= 1.5 * header_wall)))
+        rss, wall, header_wall = (
+            number(pth["peak RSS MiB median"]),
+            number(pth["median s"]),
+            number(st["median s"]),
+        )
+        out.append(
+            (
+                "tree on a zip .pth reads the pickle only",
+                "peak RSS < 10% of the file and time ≤ 1.5× the safetensors header read",
+                f"{wall:.2f} s (header read {header_wall:.2f} s), {rss:,.0f} MiB peak RSS for a {size[0]} file",
+                met(rss * 2**20 < 0.1 * nbytes and wall <= 1.5 * header_wall),
+            )
+        )
     return out
 
 
@@ -198,9 +245,14 @@ def startup_targets(lines: list[str]) -> list[Target]:
         row = find(rows, command=command)
         if row and base:
             ratio = number(row["time × import torch"])
-            out.append((f"`{command}` answers in a fraction of torch's import time", "time × import torch ≤ 0.25",
-                        f"{number(row['median s']):.3f} s against {number(base['median s']):.3f} s: × {ratio:.2f}",
-                        met(ratio <= 0.25)))
+            out.append(
+                (
+                    f"`{command}` answers in a fraction of torch's import time",
+                    "time × import torch ≤ 0.25",
+                    f"{number(row['median s']):.3f} s against {number(base['median s']):.3f} s: × {ratio:.2f}",
+                    met(ratio <= 0.25),
+                )
+            )
     return out
 
 
@@ -210,16 +262,36 @@ def stats_targets(lines: list[str]) -> list[Target]:
     if row is None:
         return []
     ratio = number(row["× bare (median of paired ratios)"])
-    out = [("stats: forward+backward with stats on the CPU, GPT-2 small", "× bare ≤ 1.2",
-            f"× {ratio:.2f} ({number(row['median s']):.3f} s per step)", met(ratio <= 1.2))]
-    for model, label, goal in (("gpt2", "GPT-2 small", 1.05), ("cnn", "small ResNet-style CNN", 1.2)):
-        ours, item = find(rows, model=model, contender="modinspect"), find(rows, model=model, contender="item-hooks")
+    out = [
+        (
+            "stats: forward+backward with stats on the CPU, GPT-2 small",
+            "× bare ≤ 1.2",
+            f"× {ratio:.2f} ({number(row['median s']):.3f} s per step)",
+            met(ratio <= 1.2),
+        )
+    ]
+    for model, label, goal in (
+        ("gpt2", "GPT-2 small", 1.05),
+        ("cnn", "small ResNet-style CNN", 1.2),
+    ):
+        ours, item = (
+            find(rows, model=model, contender="modinspect"),
+            find(rows, model=model, contender="item-hooks"),
+        )
         if ours is None or item is None:
             continue
-        r, i = number(ours["× bare (median of paired ratios)"]), number(item["× bare (median of paired ratios)"])
-        out.append((f"stats hooks cheaper than `.item()` hooks (issue 14), {label}",
-                    f"× bare ≤ {goal} and below item-hooks", f"× {r:.2f} (item-hooks × {i:.2f})",
-                    met(r <= goal and r < i)))
+        r, i = (
+            number(ours["× bare (median of paired ratios)"]),
+            number(item["× bare (median of paired ratios)"]),
+        )
+        out.append(
+            (
+                f"stats hooks cheaper than `.item()` hooks (issue 14), {label}",
+                f"× bare ≤ {goal} and below item-hooks",
+                f"× {r:.2f} (item-hooks × {i:.2f})",
+                met(r <= goal and r < i),
+            )
+        )
     return out
 
 
@@ -229,7 +301,14 @@ def gpu_targets(lines: list[str]) -> list[Target]:
     if not rows:
         return [(what, criterion, "pending a session with a GPU (none on this machine)", "pending")]
     syncs = {r["model"]: int(r["device→host syncs per step"]) for r in rows}
-    return [(what, criterion, ", ".join(f"{k}: {v}" for k, v in syncs.items()), met(set(syncs.values()) == {1}))]
+    return [
+        (
+            what,
+            criterion,
+            ", ".join(f"{k}: {v}" for k, v in syncs.items()),
+            met(set(syncs.values()) == {1}),
+        )
+    ]
 
 
 def diff_targets(lines: list[str]) -> list[Target]:
@@ -238,17 +317,31 @@ def diff_targets(lines: list[str]) -> list[Target]:
     if row is None:
         return []
     t, r, cat = number(row["time × loop"]), number(row["RSS × loop"]), number(row["time × cat"])
-    out = [("diff: no slower than load-both-and-loop, at a quarter of its peak memory or less",
+    out = [
+        (
+            "diff: no slower than load-both-and-loop, at a quarter of its peak memory or less",
             "time × loop ≤ 1.0 and RSS × loop ≤ 0.25",
             f"time × {t:.2f}, RSS × {r:.2f} ({number(row['median s']):.2f} s, {number(row['peak RSS MiB (median)']):,.0f} MiB)",
-            met(t <= 1.0 and r <= 0.25)),
-           ("diff of two changed GPT-2 files: half of load-both-and-loop, near one read of each file",
-            "time × loop ≤ 0.5 and time × cat ≤ 2", f"time × loop {t:.2f}, × cat {cat:.2f}", met(t <= 0.5 and cat <= 2))]
+            met(t <= 1.0 and r <= 0.25),
+        ),
+        (
+            "diff of two changed GPT-2 files: half of load-both-and-loop, near one read of each file",
+            "time × loop ≤ 0.5 and time × cat ≤ 2",
+            f"time × loop {t:.2f}, × cat {cat:.2f}",
+            met(t <= 0.5 and cat <= 2),
+        ),
+    ]
     same = find(rows, contender="modinspect diff, identical files")
     if same is not None:
         ratio = number(same["time × cmp"])
-        out.append(("diff of two identical GPT-2 files at the speed of `cmp`", "time × cmp ≤ 2",
-                    f"× {ratio:.2f} ({number(same['median s']):.2f} s)", met(ratio <= 2)))
+        out.append(
+            (
+                "diff of two identical GPT-2 files at the speed of `cmp`",
+                "time × cmp ≤ 2",
+                f"× {ratio:.2f} ({number(same['median s']):.2f} s)",
+                met(ratio <= 2),
+            )
+        )
     return out
 
 
@@ -261,27 +354,51 @@ def scale_targets(lines: list[str]) -> list[Target]:
             tree, js = mine["modinspect tree"], mine["modinspect tree --json"]
             t, j = number(tree["time × base"]), number(js["time × base"])
             rss = max(number(tree["peak RSS MiB median"]), number(js["peak RSS MiB median"]))
-            out.append((f"`tree` of {case}", "time × header parse ≤ 2 and peak RSS ≤ 150 MiB",
-                        f"× {t:.2f} ({number(tree['median s']):.2f} s), {rss:,.0f} MiB", met(t <= 2 and rss <= 150)))
-            out.append((f"`tree --json` of {case}", "time × header parse ≤ 2", f"× {j:.2f} ({number(js['median s']):.2f} s)",
-                        met(j <= 2)))
+            out.append(
+                (
+                    f"`tree` of {case}",
+                    "time × header parse ≤ 2 and peak RSS ≤ 150 MiB",
+                    f"× {t:.2f} ({number(tree['median s']):.2f} s), {rss:,.0f} MiB",
+                    met(t <= 2 and rss <= 150),
+                )
+            )
+            out.append(
+                (
+                    f"`tree --json` of {case}",
+                    "time × header parse ≤ 2",
+                    f"× {j:.2f} ({number(js['median s']):.2f} s)",
+                    met(j <= 2),
+                )
+            )
         for name in ("modinspect diff --json", "modinspect load --meta --json"):
             if name in mine:
                 ratio = number(mine[name]["time × base"])
-                out.append((f"{name.split()[1]} at scale: {case}", "time × (header parse + data or model) ≤ 3",
-                            f"× {ratio:.2f} ({number(mine[name]['median s']):.2f} s)", met(ratio <= 3)))
+                out.append(
+                    (
+                        f"{name.split()[1]} at scale: {case}",
+                        "time × (header parse + data or model) ≤ 3",
+                        f"× {ratio:.2f} ({number(mine[name]['median s']):.2f} s)",
+                        met(ratio <= 3),
+                    )
+                )
     return out
 
 
 TARGETS: dict[str, Callable[[list[str]], list[Target]]] = {
-    "tree": tree_targets, "startup": startup_targets, "stats": stats_targets, "stats-gpu": gpu_targets,
-    "diff": diff_targets, "scale": scale_targets,
+    "tree": tree_targets,
+    "startup": startup_targets,
+    "stats": stats_targets,
+    "stats-gpu": gpu_targets,
+    "diff": diff_targets,
+    "scale": scale_targets,
 }
 
 
 # ----------------------------------------------------------------------------------------- the document
 
-MISSED_HEADING = "Speed and scale targets (issue 14): why the missed ones are missed, and what was tried"
+MISSED_HEADING = (
+    "Speed and scale targets (issue 14): why the missed ones are missed, and what was tried"
+)
 MISSED = [
     "- **Floors no code of the analysis can lower.** Every `modinspect` process pays its start-up before the first "
     "byte: the interpreter and modinspect's own imports (about 0.1 s; `report.py`'s 28 dataclasses alone 27–37 ms). "
@@ -350,22 +467,38 @@ MISSED = [
     "fidelity trade, not made. `watch` (×1.84 GPT-2, ×4.6 CNN) runs the exact masked reductions every step.",
 ]
 
+
 def gpu_section(lines: list[str]) -> list[str]:
     if lines and lines[0].startswith("GPU: skipped"):
-        return ["**Pending a session with a GPU.** This machine has none "
-                f"({lines[0].removeprefix('GPU: skipped, ')}). On one, `python bench/run_all.py` (or "
-                "`python bench/bench_stats.py --device cuda`) fills this table: the same contenders timed with a "
-                "synchronize after each step, and the device→host synchronisations of one step counted with "
-                "`torch.cuda.set_sync_debug_mode('warn')`."]
+        return [
+            "**Pending a session with a GPU.** This machine has none "
+            f"({lines[0].removeprefix('GPU: skipped, ')}). On one, `python bench/run_all.py` (or "
+            "`python bench/bench_stats.py --device cuda`) fills this table: the same contenders timed with a "
+            "synchronize after each step, and the device→host synchronisations of one step counted with "
+            "`torch.cuda.set_sync_debug_mode('warn')`."
+        ]
     return lines
 
 
-def document(parts: dict[str, list[str]], smoke: bool, started: str, load_start: str, seconds: float) -> list[str]:
-    gpu = parts["stats-gpu"][0] if parts["stats-gpu"] and not parts["stats-gpu"][0].startswith("GPU: skipped") else None
-    targets = [t for key in ("tree", "startup", "stats", "stats-gpu", "diff", "scale") for t in TARGETS[key](parts[key])]
+def document(
+    parts: dict[str, list[str]], smoke: bool, started: str, load_start: str, seconds: float
+) -> list[str]:
+    gpu = (
+        parts["stats-gpu"][0]
+        if parts["stats-gpu"] and not parts["stats-gpu"][0].startswith("GPU: skipped")
+        else None
+    )
+    targets = [
+        t
+        for key in ("tree", "startup", "stats", "stats-gpu", "diff", "scale")
+        for t in TARGETS[key](parts[key])
+    ]
     lines = ["# Benchmarks", ""]
     if smoke:
-        lines += ["**Smoke run: tiny sizes, one run. These figures mean nothing; run `python bench/run_all.py`.**", ""]
+        lines += [
+            "**Smoke run: tiny sizes, one run. These figures mean nothing; run `python bench/run_all.py`.**",
+            "",
+        ]
     lines += [
         f"Written by `python bench/run_all.py{' --smoke' if smoke else ''}` on {started} in {seconds / 60:.1f} minutes, "
         f"at commit {commit()}. Absolute times move from run to run on a shared machine; the ratios are measured "
@@ -385,9 +518,20 @@ def document(parts: dict[str, list[str]], smoke: bool, started: str, load_start:
         f"| load average (1/5/15 min) | {load_start} at the start, {load_average()} at the end |",
         f"| python | {platform.python_version()} |",
     ]
-    lines += [f"| {dist} | {version(dist)} |" for dist in ("torch", "modinspect", "transformers", "safetensors", "torchinfo")]
-    lines += ["", "## Targets", "", "| target | criterion | measured | met? |", "| --- | --- | --- | --- |"]
-    lines += [f"| {what} | {criterion} | {measured} | {ok} |" for what, criterion, measured, ok in targets]
+    lines += [
+        f"| {dist} | {version(dist)} |"
+        for dist in ("torch", "modinspect", "transformers", "safetensors", "torchinfo")
+    ]
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "| target | criterion | measured | met? |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {what} | {criterion} | {measured} | {ok} |" for what, criterion, measured, ok in targets
+    ]
     lines += ["", f"## {MISSED_HEADING}", "", *MISSED]
     for key, (_, _, heading) in PARTS.items():
         body = gpu_section(parts[key]) if key == "stats-gpu" else parts[key]
@@ -400,9 +544,13 @@ def document(parts: dict[str, list[str]], smoke: bool, started: str, load_start:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run; needs --out")
-    parser.add_argument("--out", type=Path, default=None, help="where to write [default: BENCHMARKS.md at the root]")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where to write [default: BENCHMARKS.md at the root]"
+    )
     args = parser.parse_args(argv)
     if args.smoke and args.out is None:
         parser.error("--smoke needs --out: smoke figures must not replace BENCHMARKS.md")

@@ -50,14 +50,21 @@ def layered_specs(n: int, experts: int = 256) -> list[Spec]:
     layer = 0
     while len(specs) < n:
         p = f"model.layers.{layer}"
-        specs += [(f"{p}.input_layernorm.weight", "BF16", [64]), (f"{p}.post_attention_layernorm.weight", "BF16", [64])]
+        specs += [
+            (f"{p}.input_layernorm.weight", "BF16", [64]),
+            (f"{p}.post_attention_layernorm.weight", "BF16", [64]),
+        ]
         for proj in ("q_a_proj", "kv_a_proj_with_mqa", "o_proj"):
-            specs += [(f"{p}.self_attn.{proj}.weight", "F8_E4M3", [64, 64]),
-                      (f"{p}.self_attn.{proj}.weight_scale_inv", "F32", [1, 1])]
+            specs += [
+                (f"{p}.self_attn.{proj}.weight", "F8_E4M3", [64, 64]),
+                (f"{p}.self_attn.{proj}.weight_scale_inv", "F32", [1, 1]),
+            ]
         for e in range(experts):
             for proj in ("gate_proj", "up_proj", "down_proj"):
-                specs += [(f"{p}.mlp.experts.{e}.{proj}.weight", "F8_E4M3", [16, 64]),
-                          (f"{p}.mlp.experts.{e}.{proj}.weight_scale_inv", "F32", [1, 1])]
+                specs += [
+                    (f"{p}.mlp.experts.{e}.{proj}.weight", "F8_E4M3", [16, 64]),
+                    (f"{p}.mlp.experts.{e}.{proj}.weight_scale_inv", "F32", [1, 1]),
+                ]
         layer += 1
     return specs[:n]
 
@@ -67,7 +74,7 @@ def write_sharded(folder: Path, specs: list[Spec], shards: int = 163) -> Path:
     per = -(-len(specs) // shards)
     weight_map: dict[str, str] = {}
     for k in range(shards):
-        part = specs[k * per:(k + 1) * per]
+        part = specs[k * per : (k + 1) * per]
         shard = f"model-{k + 1:05d}-of-{shards:06d}.safetensors"
         write_header_file(folder / shard, part)
         weight_map.update({name: shard for name, _, _ in part})
@@ -80,7 +87,9 @@ def write_pair(a: Path, b: Path, n: int, elems: int = 4, changed_every: int = 10
     """Two files of `n` float32 tensors of `elems` values; b differs from a in every `changed_every`-th tensor."""
     specs: list[Spec] = [(f"blocks.{i // 8}.w{i % 8}", "F32", [elems]) for i in range(n)]
     rng = random.Random(0)
-    data_a = bytearray(struct.pack(f"<{n * elems}f", *(rng.uniform(-1, 1) for _ in range(n * elems))))
+    data_a = bytearray(
+        struct.pack(f"<{n * elems}f", *(rng.uniform(-1, 1) for _ in range(n * elems)))
+    )
     data_b = bytearray(data_a)
     for i in range(0, n, changed_every):
         at = i * elems * 4

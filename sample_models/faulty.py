@@ -27,7 +27,9 @@ class Net(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.blocks = nn.Sequential(*[Block(16, nn.ReLU()) for _ in range(4)], Block(16, Distance(16)))
+        self.blocks = nn.Sequential(
+            *[Block(16, nn.ReLU()) for _ in range(4)], Block(16, Distance(16))
+        )
         self.head = nn.Linear(16, 4)
         with torch.no_grad():
             for i in (1, 2, 3):

@@ -11,7 +11,9 @@ import torch
 
 def _models() -> Any:
     """The sibling models.py, by path: another module named `models` may already be imported."""
-    spec = importlib.util.spec_from_file_location("sample_models_models", Path(__file__).with_name("models.py"))
+    spec = importlib.util.spec_from_file_location(
+        "sample_models_models", Path(__file__).with_name("models.py")
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -47,9 +47,16 @@ def main(out: Path = HERE) -> list[Path]:
         out / "ddp.pt",
     ]
     torch.save(state, written[0])
-    save_file({k: v.contiguous() for k, v in state.items()}, str(written[1]), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(written[1]), metadata={"format": "pt"}
+    )
     torch.save(
-        {"epoch": 3, "model_state_dict": state, "optimizer_state_dict": optimizer.state_dict(), "loss": 0.25},
+        {
+            "epoch": 3,
+            "model_state_dict": state,
+            "optimizer_state_dict": optimizer.state_dict(),
+            "loss": 0.25,
+        },
         written[2],
     )
     torch.jit.script(model).save(str(written[3]))

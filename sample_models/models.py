@@ -1,7 +1,7 @@
 """Small models behind the files in sample_models/, and entry points for them.
 
-    modinspect tree sample_models/models.py:small_cnn
-    modinspect tree sample_models/models.py:tiny_lm --weights sample_models/tiny_lm.safetensors
+modinspect tree sample_models/models.py:small_cnn
+modinspect tree sample_models/models.py:tiny_lm --weights sample_models/tiny_lm.safetensors
 """
 
 from __future__ import annotations

@@ -20,9 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--remote-debugging-pipe")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-pipe",
+)
 
 
 def find_chromium() -> str | None:
@@ -60,8 +68,13 @@ class _Pipe:
         raw, _, self.buffer = self.buffer.partition(b"\0")
         return json.loads(raw)  # type: ignore[no-any-return]
 
-    def call(self, method: str, params: dict[str, Any] | None = None, session: str | None = None,
-             timeout: float = 30.0) -> dict[str, Any]:
+    def call(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        session: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
         self.next_id += 1
         message: dict[str, Any] = {"id": self.next_id, "method": method, "params": params or {}}
         if session:
@@ -95,7 +108,10 @@ def _errors(events: list[dict[str, Any]]) -> list[str]:
     for e in events:
         method, params = e.get("method"), e.get("params", {})
         if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            found.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
+            found.append(
+                "console: "
+                + " ".join(str(a.get("value", a.get("description"))) for a in params["args"])
+            )
         elif method == "Runtime.exceptionThrown":
             found.append("exception: " + json.dumps(params.get("exceptionDetails", {}))[:300])
         elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
@@ -118,16 +134,26 @@ def load_page(path: Path, script: str, after_load: str | None = None) -> PageRes
         os.dup2(high_w, 4)
 
     # A renderer may still be flushing its profile as the browser exits: do not fail the test over it.
-    with tempfile.TemporaryDirectory(prefix="modinspect-chromium-", ignore_cleanup_errors=True) as profile:
-        proc = subprocess.Popen([chrome, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                preexec_fn=child_fds, pass_fds=(3, 4), start_new_session=True)
+    with tempfile.TemporaryDirectory(
+        prefix="modinspect-chromium-", ignore_cleanup_errors=True
+    ) as profile:
+        proc = subprocess.Popen(
+            [chrome, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=child_fds,
+            pass_fds=(3, 4),
+            start_new_session=True,
+        )
         for fd in (to_chrome_r, from_chrome_w, high_r, high_w):
             os.close(fd)
         pipe = _Pipe(to_chrome_w, from_chrome_r, proc)
         try:
             target = pipe.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-            session = pipe.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            session = pipe.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+                "sessionId"
+            ]
             for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
                 pipe.call(domain, session=session)
             pipe.events.clear()
@@ -136,7 +162,9 @@ def load_page(path: Path, script: str, after_load: str | None = None) -> PageRes
             if after_load:
                 pipe.call("Runtime.evaluate", {"expression": after_load}, session=session)
             pipe.drain(0.5)
-            result = pipe.call("Runtime.evaluate", {"expression": script, "returnByValue": True}, session=session)
+            result = pipe.call(
+                "Runtime.evaluate", {"expression": script, "returnByValue": True}, session=session
+            )
             return PageResult(errors=_errors(pipe.events), value=result["result"].get("value"))
         finally:
             # Browser.close lets Chromium take its renderer and zygote processes down with it; kill only

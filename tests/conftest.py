@@ -56,7 +56,9 @@ def chdir(tmp_path: Path) -> Iterator[Path]:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--update-golden", action="store_true", help="Rewrite tests/golden/ from current output.")
+    parser.addoption(
+        "--update-golden", action="store_true", help="Rewrite tests/golden/ from current output."
+    )
 
 
 @pytest.fixture

@@ -68,7 +68,9 @@ from torch import nn
 
 Severity = Literal["error", "warning", "info"]
 Context = Literal["training", "inference"]  # what the caller declares the model is for
-Batch = tuple[tuple[Any, ...], dict[str, Any]]  # (args, kwargs), as modinspect's stats takes its inputs
+Batch = tuple[
+    tuple[Any, ...], dict[str, Any]
+]  # (args, kwargs), as modinspect's stats takes its inputs
 StateDict = dict[str, torch.Tensor]
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "error")  # in increasing order
 
@@ -135,7 +137,9 @@ class Planted:
     twin: Callable[[], nn.Module]
     example_input: Callable[[], Batch]
     context: Context = "training"
-    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None  # param-not-in-optimizer only
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = (
+        None  # param-not-in-optimizer only
+    )
     twin_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None
     multiple: float | None = None  # wrong-backward: analytic gradient = multiple x the true one
     detail: str | None = None  # unused-parameter's classification: never-ran / output-unused
@@ -219,8 +223,12 @@ def _x(*shape: int, seed: int = 1) -> Callable[[], Batch]:
     return build
 
 
-def _build(cls: Callable[..., nn.Module], *args: Any, mode: Literal["train", "eval"] = "train",
-           **kwargs: Any) -> Callable[[], nn.Module]:
+def _build(
+    cls: Callable[..., nn.Module],
+    *args: Any,
+    mode: Literal["train", "eval"] = "train",
+    **kwargs: Any,
+) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         _seeded()
         model = cls(*args, **kwargs)
@@ -523,7 +531,9 @@ class ConfigAttributes(nn.Module):
     """Near-miss: plain lists, tuples and dicts of ints, strings and floats, torch.Size (a tuple of ints)
     and dtype metadata, and a plain list of references to modules that an nn.ModuleList registers."""
 
-    _no_split_modules: ClassVar[list[str]] = ["Linear"]  # a class attribute of names, as Hugging Face models have
+    _no_split_modules: ClassVar[list[str]] = [
+        "Linear"
+    ]  # a class attribute of names, as Hugging Face models have
 
     def __init__(self) -> None:
         super().__init__()
@@ -532,8 +542,12 @@ class ConfigAttributes(nn.Module):
         self.options = {"dropout": 0.0, "act": "relu"}
         self.shape = torch.Size([8])
         self.dtype = torch.float32
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.widths, self.widths[1:], strict=False))
-        self.taps = [self.layers[0]]  # forward hooks go here; its parameters are registered by self.layers
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(self.widths, self.widths[1:], strict=False)
+        )
+        self.taps = [
+            self.layers[0]
+        ]  # forward hooks go here; its parameters are registered by self.layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -568,7 +582,9 @@ class WithAux(nn.Module):
 def _frozen_aux() -> nn.Module:
     _seeded()
     model = WithAux("never")
-    model.aux.requires_grad_(False)  # frozen, and unused on purpose (e.g. a teacher head kept for export)
+    model.aux.requires_grad_(
+        False
+    )  # frozen, and unused on purpose (e.g. a teacher head kept for export)
     return model
 
 
@@ -605,7 +621,9 @@ def _adamw_no_decay_groups(model: nn.Module) -> torch.optim.Optimizer:
     """Two param groups (no weight decay on biases): every parameter is in one of them."""
     decay = [p for n, p in model.named_parameters() if not n.endswith("bias")]
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias")]
-    return torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3)
+    return torch.optim.AdamW(
+        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3
+    )
 
 
 class Classifier(nn.Module):
@@ -955,7 +973,9 @@ class MLP(nn.Module):
         self.fc1 = nn.Linear(4, 8)
         self.fc2 = nn.Linear(8, 8)
         self.out = nn.Linear(8, 2)
-        if init == "constant":  # an `_init_weights` that meant to use a small std and set a constant
+        if (
+            init == "constant"
+        ):  # an `_init_weights` that meant to use a small std and set a constant
             for layer in (self.fc1, self.fc2, self.out):
                 nn.init.constant_(layer.weight, 0.05)
                 nn.init.zeros_(layer.bias)
@@ -990,7 +1010,9 @@ class DeepMLP(nn.Module):
 
     def __init__(self, std: float | None) -> None:
         super().__init__()
-        self.layers = nn.Sequential(*[nn.Sequential(nn.Linear(64, 64), nn.ReLU()) for _ in range(8)])
+        self.layers = nn.Sequential(
+            *[nn.Sequential(nn.Linear(64, 64), nn.ReLU()) for _ in range(8)]
+        )
         for block in self.layers:
             linear = block[0]
             if std is None:
@@ -1031,111 +1053,321 @@ def _ids() -> Batch:
     return (torch.randint(0, 20, (2, 5), generator=torch.Generator().manual_seed(1)),), {}
 
 
-def _registered(cls: Callable[..., nn.Module]) -> tuple[Callable[[], nn.Module], Callable[[], nn.Module]]:
+def _registered(
+    cls: Callable[..., nn.Module],
+) -> tuple[Callable[[], nn.Module], Callable[[], nn.Module]]:
     return _build(cls, False), _build(cls, True)
 
 
 PLANTED: tuple[Planted, ...] = (
     # ---------------------------------------------------------------- registration
-    Planted("unregistered-container/list-of-layers", "unregistered-container", "error", (Where("", "layers"),),
-            "hidden layers kept in a plain list: not trained, not saved, not moved",
-            *_registered(ListOfLayers), _IN8),
-    Planted("unregistered-container/dict-of-heads", "unregistered-container", "error",
-            (Where("decoder", "heads"),), "two heads in a plain dict inside a submodule",
-            *_registered(TrunkAndHeads), _IN4),
-    Planted("unregistered-container/list-of-parameters", "unregistered-container", "error",
-            (Where("", "scales"),), "nn.Parameters in a plain list: parameters() and the optimizer miss them",
-            *_registered(ListOfParameters), _IN8),
-    Planted("unregistered-container/tuple-of-tensors", "unregistered-container", "warning",
-            (Where("", "anchors"),), "tensors in a plain tuple: state_dict() and .to() miss them",
-            *_registered(TupleOfTensors), _IN8),
-    Planted("tensor-attribute/mask", "tensor-attribute", "warning", (Where("", "mask"),),
-            "a mask tensor as a plain attribute instead of a buffer", *_registered(MaskAttribute), _IN8),
-    Planted("global-tensor-in-forward/projection", "global-tensor-in-forward", "warning",
-            (Where("", "PROJECTION"),), "forward multiplies by a module-level tensor",
-            *_registered(GlobalProjection), _IN8),
-    Planted("module-created-in-forward/linear", "module-created-in-forward", "error", (Where("block"),),
-            "an nn.Linear built in forward: new random weights every call, never trained",
-            _build(Block, LinearPerCall), _build(Block, LinearOnce), _IN4),
-    Planted("module-created-in-forward/parameter", "module-created-in-forward", "error", (Where("block"),),
-            "an nn.Parameter built in forward: random per call, never trained",
-            _build(Block, ParameterPerCall), _build(Block, ParameterOnce), _IN4),
-    Planted("module-created-in-forward/dropout", "module-created-in-forward", "warning", (Where("block"),),
-            "an nn.Dropout built in forward: still active after model.eval()",
-            _build(Block, DropoutPerCall, mode="eval"), _build(Block, DropoutOnce, mode="eval"), _IN4,
-            context="inference"),
-    Planted("module-assigned-twice/block", "module-assigned-twice", "warning", (Where("", "block"),),
-            "__init__ assigns self.block twice; the first Linear is discarded and the second used twice",
-            _build(BlockAssignedTwice), _build(TwoBlocks), _IN4),
+    Planted(
+        "unregistered-container/list-of-layers",
+        "unregistered-container",
+        "error",
+        (Where("", "layers"),),
+        "hidden layers kept in a plain list: not trained, not saved, not moved",
+        *_registered(ListOfLayers),
+        _IN8,
+    ),
+    Planted(
+        "unregistered-container/dict-of-heads",
+        "unregistered-container",
+        "error",
+        (Where("decoder", "heads"),),
+        "two heads in a plain dict inside a submodule",
+        *_registered(TrunkAndHeads),
+        _IN4,
+    ),
+    Planted(
+        "unregistered-container/list-of-parameters",
+        "unregistered-container",
+        "error",
+        (Where("", "scales"),),
+        "nn.Parameters in a plain list: parameters() and the optimizer miss them",
+        *_registered(ListOfParameters),
+        _IN8,
+    ),
+    Planted(
+        "unregistered-container/tuple-of-tensors",
+        "unregistered-container",
+        "warning",
+        (Where("", "anchors"),),
+        "tensors in a plain tuple: state_dict() and .to() miss them",
+        *_registered(TupleOfTensors),
+        _IN8,
+    ),
+    Planted(
+        "tensor-attribute/mask",
+        "tensor-attribute",
+        "warning",
+        (Where("", "mask"),),
+        "a mask tensor as a plain attribute instead of a buffer",
+        *_registered(MaskAttribute),
+        _IN8,
+    ),
+    Planted(
+        "global-tensor-in-forward/projection",
+        "global-tensor-in-forward",
+        "warning",
+        (Where("", "PROJECTION"),),
+        "forward multiplies by a module-level tensor",
+        *_registered(GlobalProjection),
+        _IN8,
+    ),
+    Planted(
+        "module-created-in-forward/linear",
+        "module-created-in-forward",
+        "error",
+        (Where("block"),),
+        "an nn.Linear built in forward: new random weights every call, never trained",
+        _build(Block, LinearPerCall),
+        _build(Block, LinearOnce),
+        _IN4,
+    ),
+    Planted(
+        "module-created-in-forward/parameter",
+        "module-created-in-forward",
+        "error",
+        (Where("block"),),
+        "an nn.Parameter built in forward: random per call, never trained",
+        _build(Block, ParameterPerCall),
+        _build(Block, ParameterOnce),
+        _IN4,
+    ),
+    Planted(
+        "module-created-in-forward/dropout",
+        "module-created-in-forward",
+        "warning",
+        (Where("block"),),
+        "an nn.Dropout built in forward: still active after model.eval()",
+        _build(Block, DropoutPerCall, mode="eval"),
+        _build(Block, DropoutOnce, mode="eval"),
+        _IN4,
+        context="inference",
+    ),
+    Planted(
+        "module-assigned-twice/block",
+        "module-assigned-twice",
+        "warning",
+        (Where("", "block"),),
+        "__init__ assigns self.block twice; the first Linear is discarded and the second used twice",
+        _build(BlockAssignedTwice),
+        _build(TwoBlocks),
+        _IN4,
+    ),
     # ---------------------------------------------------------------- one forward and backward
-    Planted("unused-parameter/never-ran", "unused-parameter", "warning",
-            (Where("aux", "weight"), Where("aux", "bias")), "a defined head that forward never calls",
-            _build(WithAux, "never"), _build(WithAux, "used"), _IN4, detail="never-ran"),
-    Planted("unused-parameter/output-unused", "unused-parameter", "warning",
-            (Where("aux", "weight"), Where("aux", "bias")), "a head called whose output is dropped",
-            _build(WithAux, "dropped"), _build(WithAux, "used"), _IN4, detail="output-unused"),
-    Planted("param-not-in-optimizer/head", "param-not-in-optimizer", "error",
-            (Where("head", "weight"), Where("head", "bias")),
-            "the optimizer was given backbone.parameters() only: the head never changes",
-            _build(BackboneHead), _build(BackboneHead), _IN4,
-            optimizer=_sgd_backbone_only, twin_optimizer=_sgd_all),
-    Planted("probabilities-into-cross-entropy/functional-softmax", "probabilities-into-cross-entropy", "warning",
-            (Where(""),), "the classifier returns F.softmax(logits)",
-            _build(Classifier, "softmax"), _build(Classifier, "logits"), _IN4),
-    Planted("probabilities-into-cross-entropy/softmax-module", "probabilities-into-cross-entropy", "warning",
-            (Where("3"),), "an nn.Softmax as the last layer of an nn.Sequential classifier",
-            _softmax_sequential, _logits_sequential, _IN4),
-    Planted("forward-bypasses-call/encoder", "forward-bypasses-call", "warning", (Where("encoder"),),
-            "self.encoder.forward(x): the encoder's hooks never fire",
-            _build(EncoderHead, True), _build(EncoderHead, False), _IN4),
-    Planted("train-mode-at-inference/dropout", "train-mode-at-inference", "warning", (Where("drop"),),
-            "declared for inference, left in training mode: Dropout drops", _build(DropoutNet, mode="train"),
-            _build(DropoutNet, mode="eval"), _IN4, context="inference"),
-    Planted("mixed-train-eval/stage2", "mixed-train-eval", "warning", (Where("stage2"),),
-            "training, with stage2 (which has Dropout) left in eval mode", _stage2_eval,
-            _build(TwoStages), _IN4),
-    Planted("batchnorm-batch-of-one/batchnorm2d", "batchnorm-batch-of-one", "warning", (Where("bn"),),
-            "BatchNorm2d in training mode on a batch of one: batch statistics are one example's",
-            _build(ConvBNNet, "batch"), _build(ConvBNNet, "group"), _IMG1),
-    Planted("batchnorm-batch-of-one/batchnorm1d", "batchnorm-batch-of-one", "error", (Where("bn"),),
-            "BatchNorm1d in training mode on a batch of one: forward raises ValueError",
-            _build(LinearBN1d, "batch"), _build(LinearBN1d, "layer"), _VEC1),
+    Planted(
+        "unused-parameter/never-ran",
+        "unused-parameter",
+        "warning",
+        (Where("aux", "weight"), Where("aux", "bias")),
+        "a defined head that forward never calls",
+        _build(WithAux, "never"),
+        _build(WithAux, "used"),
+        _IN4,
+        detail="never-ran",
+    ),
+    Planted(
+        "unused-parameter/output-unused",
+        "unused-parameter",
+        "warning",
+        (Where("aux", "weight"), Where("aux", "bias")),
+        "a head called whose output is dropped",
+        _build(WithAux, "dropped"),
+        _build(WithAux, "used"),
+        _IN4,
+        detail="output-unused",
+    ),
+    Planted(
+        "param-not-in-optimizer/head",
+        "param-not-in-optimizer",
+        "error",
+        (Where("head", "weight"), Where("head", "bias")),
+        "the optimizer was given backbone.parameters() only: the head never changes",
+        _build(BackboneHead),
+        _build(BackboneHead),
+        _IN4,
+        optimizer=_sgd_backbone_only,
+        twin_optimizer=_sgd_all,
+    ),
+    Planted(
+        "probabilities-into-cross-entropy/functional-softmax",
+        "probabilities-into-cross-entropy",
+        "warning",
+        (Where(""),),
+        "the classifier returns F.softmax(logits)",
+        _build(Classifier, "softmax"),
+        _build(Classifier, "logits"),
+        _IN4,
+    ),
+    Planted(
+        "probabilities-into-cross-entropy/softmax-module",
+        "probabilities-into-cross-entropy",
+        "warning",
+        (Where("3"),),
+        "an nn.Softmax as the last layer of an nn.Sequential classifier",
+        _softmax_sequential,
+        _logits_sequential,
+        _IN4,
+    ),
+    Planted(
+        "forward-bypasses-call/encoder",
+        "forward-bypasses-call",
+        "warning",
+        (Where("encoder"),),
+        "self.encoder.forward(x): the encoder's hooks never fire",
+        _build(EncoderHead, True),
+        _build(EncoderHead, False),
+        _IN4,
+    ),
+    Planted(
+        "train-mode-at-inference/dropout",
+        "train-mode-at-inference",
+        "warning",
+        (Where("drop"),),
+        "declared for inference, left in training mode: Dropout drops",
+        _build(DropoutNet, mode="train"),
+        _build(DropoutNet, mode="eval"),
+        _IN4,
+        context="inference",
+    ),
+    Planted(
+        "mixed-train-eval/stage2",
+        "mixed-train-eval",
+        "warning",
+        (Where("stage2"),),
+        "training, with stage2 (which has Dropout) left in eval mode",
+        _stage2_eval,
+        _build(TwoStages),
+        _IN4,
+    ),
+    Planted(
+        "batchnorm-batch-of-one/batchnorm2d",
+        "batchnorm-batch-of-one",
+        "warning",
+        (Where("bn"),),
+        "BatchNorm2d in training mode on a batch of one: batch statistics are one example's",
+        _build(ConvBNNet, "batch"),
+        _build(ConvBNNet, "group"),
+        _IMG1,
+    ),
+    Planted(
+        "batchnorm-batch-of-one/batchnorm1d",
+        "batchnorm-batch-of-one",
+        "error",
+        (Where("bn"),),
+        "BatchNorm1d in training mode on a batch of one: forward raises ValueError",
+        _build(LinearBN1d, "batch"),
+        _build(LinearBN1d, "layer"),
+        _VEC1,
+    ),
     # ---------------------------------------------------------------- custom autograd Functions
-    Planted("autograd-function-wrong-backward/half", "autograd-function-wrong-backward", "error",
-            (Where("act", function="HalfSquare"),), "d(x²)/dx written as x",
-            _function_net(HalfSquare), _function_net(Square), _IN4, multiple=0.5),
-    Planted("autograd-function-wrong-backward/sign", "autograd-function-wrong-backward", "error",
-            (Where("act", function="FlippedTanh"),), "tanh's backward with the sign flipped",
-            _function_net(FlippedTanh), _function_net(Tanh), _IN4, multiple=-1.0),
-    Planted("autograd-function-wrong-backward/not-a-multiple", "autograd-function-wrong-backward", "error",
-            (Where("act", function="WrongSin"),), "sin's backward uses sin instead of cos",
-            _function_net(WrongSin), _function_net(Sin), _IN4),
-    Planted("autograd-function-wrong-backward/gradient-reversal", "autograd-function-wrong-backward", "error",
-            (Where("act", function="GradReverse"),),
-            "a gradient-reversal layer, -0.1 x the gradient on purpose: reported unless declared",
-            _function_net(GradReverse, 0.1), _function_net(Identity, 0.1), _IN4, multiple=-0.1,
-            intended=True),
-    Planted("autograd-function-gradient-count/missing-none", "autograd-function-gradient-count", "error",
-            (Where("act", function="ScaleByOneGradient"),),
-            "forward(x, alpha), backward returns one gradient: backward raises",
-            _function_net(ScaleByOneGradient, 2.0), _function_net(ScaleBy, 2.0), _IN4),
-    Planted("autograd-function-ctx-tensor/input", "autograd-function-ctx-tensor", "warning",
-            (Where("act", "x", function="CtxCube"),), "the input kept as ctx.x, not ctx.save_for_backward",
-            _function_net(CtxCube), _function_net(Cube), _IN4),
+    Planted(
+        "autograd-function-wrong-backward/half",
+        "autograd-function-wrong-backward",
+        "error",
+        (Where("act", function="HalfSquare"),),
+        "d(x²)/dx written as x",
+        _function_net(HalfSquare),
+        _function_net(Square),
+        _IN4,
+        multiple=0.5,
+    ),
+    Planted(
+        "autograd-function-wrong-backward/sign",
+        "autograd-function-wrong-backward",
+        "error",
+        (Where("act", function="FlippedTanh"),),
+        "tanh's backward with the sign flipped",
+        _function_net(FlippedTanh),
+        _function_net(Tanh),
+        _IN4,
+        multiple=-1.0,
+    ),
+    Planted(
+        "autograd-function-wrong-backward/not-a-multiple",
+        "autograd-function-wrong-backward",
+        "error",
+        (Where("act", function="WrongSin"),),
+        "sin's backward uses sin instead of cos",
+        _function_net(WrongSin),
+        _function_net(Sin),
+        _IN4,
+    ),
+    Planted(
+        "autograd-function-wrong-backward/gradient-reversal",
+        "autograd-function-wrong-backward",
+        "error",
+        (Where("act", function="GradReverse"),),
+        "a gradient-reversal layer, -0.1 x the gradient on purpose: reported unless declared",
+        _function_net(GradReverse, 0.1),
+        _function_net(Identity, 0.1),
+        _IN4,
+        multiple=-0.1,
+        intended=True,
+    ),
+    Planted(
+        "autograd-function-gradient-count/missing-none",
+        "autograd-function-gradient-count",
+        "error",
+        (Where("act", function="ScaleByOneGradient"),),
+        "forward(x, alpha), backward returns one gradient: backward raises",
+        _function_net(ScaleByOneGradient, 2.0),
+        _function_net(ScaleBy, 2.0),
+        _IN4,
+    ),
+    Planted(
+        "autograd-function-ctx-tensor/input",
+        "autograd-function-ctx-tensor",
+        "warning",
+        (Where("act", "x", function="CtxCube"),),
+        "the input kept as ctx.x, not ctx.save_for_backward",
+        _function_net(CtxCube),
+        _function_net(Cube),
+        _IN4,
+    ),
     # ---------------------------------------------------------------- initialisation
-    Planted("constant-init/all-layers", "constant-init", "warning",
-            (Where("fc1", "weight"), Where("fc2", "weight"), Where("out", "weight")),
-            "every Linear weight initialised to 0.05: hidden units identical forever",
-            _build(MLP, "constant"), _build(MLP, "default"), _IN4),
-    Planted("activation-scale-with-depth/explodes", "activation-scale-with-depth", "warning",
-            (Where("layers"),), "weights N(0, 1) with fan-in 64: each ReLU layer multiplies the scale by ~5.7",
-            _build(DeepMLP, 1.0), _build(DeepMLP, None), _x(32, 64)),
-    Planted("activation-scale-with-depth/vanishes", "activation-scale-with-depth", "warning",
-            (Where("layers"),), "weights N(0, 0.01²): each ReLU layer divides the scale by ~18",
-            _build(DeepMLP, 0.01), _build(DeepMLP, None), _x(32, 64)),
-    Planted("dead-relu-at-init/bias", "dead-relu-at-init", "warning", (Where("act"),),
-            "the layer before the ReLU has bias -5: every unit is off for every input",
-            _build(DeadRelu, True), _build(DeadRelu, False), _x(64, 8)),
+    Planted(
+        "constant-init/all-layers",
+        "constant-init",
+        "warning",
+        (Where("fc1", "weight"), Where("fc2", "weight"), Where("out", "weight")),
+        "every Linear weight initialised to 0.05: hidden units identical forever",
+        _build(MLP, "constant"),
+        _build(MLP, "default"),
+        _IN4,
+    ),
+    Planted(
+        "activation-scale-with-depth/explodes",
+        "activation-scale-with-depth",
+        "warning",
+        (Where("layers"),),
+        "weights N(0, 1) with fan-in 64: each ReLU layer multiplies the scale by ~5.7",
+        _build(DeepMLP, 1.0),
+        _build(DeepMLP, None),
+        _x(32, 64),
+    ),
+    Planted(
+        "activation-scale-with-depth/vanishes",
+        "activation-scale-with-depth",
+        "warning",
+        (Where("layers"),),
+        "weights N(0, 0.01²): each ReLU layer divides the scale by ~18",
+        _build(DeepMLP, 0.01),
+        _build(DeepMLP, None),
+        _x(32, 64),
+    ),
+    Planted(
+        "dead-relu-at-init/bias",
+        "dead-relu-at-init",
+        "warning",
+        (Where("act"),),
+        "the layer before the ReLU has bias -5: every unit is off for every input",
+        _build(DeadRelu, True),
+        _build(DeadRelu, False),
+        _x(64, 8),
+    ),
 )
 
 
@@ -1147,8 +1379,10 @@ def _randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> to
 
 
 def _linear_sd(prefix: str = "fc", dtype: torch.dtype = torch.float32, seed: int = 0) -> StateDict:
-    return {f"{prefix}.weight": _randn(4, 8, seed=seed, dtype=dtype),
-            f"{prefix}.bias": _randn(4, seed=seed + 1, dtype=dtype)}
+    return {
+        f"{prefix}.weight": _randn(4, 8, seed=seed, dtype=dtype),
+        f"{prefix}.bias": _randn(4, seed=seed + 1, dtype=dtype),
+    }
 
 
 def _with_nan() -> StateDict:
@@ -1223,29 +1457,87 @@ def _near_overflow() -> StateDict:
 
 
 PLANTED_CHECKPOINTS: tuple[PlantedCheckpoint, ...] = (
-    PlantedCheckpoint("nonfinite-weights/nan", "nonfinite-weights", "error", (Where("fc", "weight"),),
-                      "one NaN in fc.weight", _with_nan, _linear_sd),
-    PlantedCheckpoint("nonfinite-weights/inf", "nonfinite-weights", "error", (Where("fc", "bias"),),
-                      "one +Inf in fc.bias", _with_inf, _linear_sd),
-    PlantedCheckpoint("constant-tensor/zeros", "constant-tensor", "warning", (Where("encoder.fc", "weight"),),
-                      "a weight matrix of zeros", _zero_weight, _two_linears),
-    PlantedCheckpoint("constant-tensor/fixed-value", "constant-tensor", "warning",
-                      (Where("encoder.fc", "weight"),), "a weight matrix of 0.02 everywhere", _fixed_weight,
-                      _two_linears),
-    PlantedCheckpoint("batchnorm-stats-untrained/negative-var", "batchnorm-stats-untrained", "error",
-                      (Where("bn", "running_var"),), "a running variance below zero", _bn_negative_var,
-                      _trained_bn),
-    PlantedCheckpoint("batchnorm-stats-untrained/never-updated", "batchnorm-stats-untrained", "warning",
-                      (Where("bn", "num_batches_tracked"),),
-                      "num_batches_tracked = 0 with mean 0 and variance 1: never trained", _bn_never_updated,
-                      _trained_bn),
-    PlantedCheckpoint("tied-weights-stored-twice/lm-head", "tied-weights-stored-twice", "info",
-                      (Where("lm_head", "weight"),), "lm_head.weight is an equal copy of embed.weight",
-                      _tied_copies, _tied_shared),
-    PlantedCheckpoint("mixed-dtypes-in-module/fc", "mixed-dtypes-in-module", "warning", (Where("fc"),),
-                      "fc.weight float16, fc.bias float32", _mixed_dtypes, _half_linear),
-    PlantedCheckpoint("fp16-near-overflow/fc", "fp16-near-overflow", "warning", (Where("fc", "weight"),),
-                      "a float16 weight of 60,000: doubling it overflows", _near_overflow, _half_linear),
+    PlantedCheckpoint(
+        "nonfinite-weights/nan",
+        "nonfinite-weights",
+        "error",
+        (Where("fc", "weight"),),
+        "one NaN in fc.weight",
+        _with_nan,
+        _linear_sd,
+    ),
+    PlantedCheckpoint(
+        "nonfinite-weights/inf",
+        "nonfinite-weights",
+        "error",
+        (Where("fc", "bias"),),
+        "one +Inf in fc.bias",
+        _with_inf,
+        _linear_sd,
+    ),
+    PlantedCheckpoint(
+        "constant-tensor/zeros",
+        "constant-tensor",
+        "warning",
+        (Where("encoder.fc", "weight"),),
+        "a weight matrix of zeros",
+        _zero_weight,
+        _two_linears,
+    ),
+    PlantedCheckpoint(
+        "constant-tensor/fixed-value",
+        "constant-tensor",
+        "warning",
+        (Where("encoder.fc", "weight"),),
+        "a weight matrix of 0.02 everywhere",
+        _fixed_weight,
+        _two_linears,
+    ),
+    PlantedCheckpoint(
+        "batchnorm-stats-untrained/negative-var",
+        "batchnorm-stats-untrained",
+        "error",
+        (Where("bn", "running_var"),),
+        "a running variance below zero",
+        _bn_negative_var,
+        _trained_bn,
+    ),
+    PlantedCheckpoint(
+        "batchnorm-stats-untrained/never-updated",
+        "batchnorm-stats-untrained",
+        "warning",
+        (Where("bn", "num_batches_tracked"),),
+        "num_batches_tracked = 0 with mean 0 and variance 1: never trained",
+        _bn_never_updated,
+        _trained_bn,
+    ),
+    PlantedCheckpoint(
+        "tied-weights-stored-twice/lm-head",
+        "tied-weights-stored-twice",
+        "info",
+        (Where("lm_head", "weight"),),
+        "lm_head.weight is an equal copy of embed.weight",
+        _tied_copies,
+        _tied_shared,
+    ),
+    PlantedCheckpoint(
+        "mixed-dtypes-in-module/fc",
+        "mixed-dtypes-in-module",
+        "warning",
+        (Where("fc"),),
+        "fc.weight float16, fc.bias float32",
+        _mixed_dtypes,
+        _half_linear,
+    ),
+    PlantedCheckpoint(
+        "fp16-near-overflow/fc",
+        "fp16-near-overflow",
+        "warning",
+        (Where("fc", "weight"),),
+        "a float16 weight of 60,000: doubling it overflows",
+        _near_overflow,
+        _half_linear,
+    ),
 )
 
 
@@ -1266,9 +1558,13 @@ def _norms_and_scalars() -> StateDict:
 
 def _int8_with_scale() -> StateDict:
     """A quantized layout: int8 weight and a float32 per-row scale in one module, by design."""
-    return {"fc.weight": torch.randint(-127, 128, (4, 8), dtype=torch.int8,
-                                       generator=torch.Generator().manual_seed(0)),
-            "fc.weight_scale": _randn(4, 1).abs() / 127, "fc.bias": _randn(4)}
+    return {
+        "fc.weight": torch.randint(
+            -127, 128, (4, 8), dtype=torch.int8, generator=torch.Generator().manual_seed(0)
+        ),
+        "fc.weight_scale": _randn(4, 1).abs() / 127,
+        "fc.bias": _randn(4),
+    }
 
 
 def _bn_trained_with_counter() -> StateDict:
@@ -1288,79 +1584,224 @@ def _fp32_large() -> StateDict:
 
 
 NEAR_MISSES: tuple[NearMiss, ...] = (
-    NearMiss("unregistered-container/config-values", "unregistered-container", None,
-             "lists/tuples/dicts of ints, strings and floats are configuration; a plain list of modules "
-             "that an nn.ModuleList already registers (taps for hooks) loses nothing",
-             _build(ConfigAttributes), _IN4),
-    NearMiss("unregistered-container/stateless-activations", "unregistered-container", "info",
-             "nn.ReLU and nn.GELU in a plain list hold no parameter, buffer or mode that matters",
-             _build(PerLayerActivations), _IN8),
-    NearMiss("tensor-attribute/non-persistent-buffer", "tensor-attribute", None,
-             "a buffer registered with persistent=False moves with .to() and is left out of state_dict() "
-             "on purpose", _build(MaskAttribute, True, persistent=False), _IN8),
-    NearMiss("tensor-attribute/metadata", "tensor-attribute", None,
-             "torch.Size and torch.dtype attributes are not tensors", _build(ConfigAttributes), _IN4),
-    NearMiss("module-created-in-forward/lazy-linear", "module-created-in-forward", None,
-             "nn.LazyLinear materialises its parameters once, on the first call, by design",
-             _build(Lazy), _IN4),
-    NearMiss("module-created-in-forward/stateless-relu", "module-created-in-forward", "info",
-             "an nn.ReLU built per call computes the same thing each time; only hooks cannot see it",
-             _build(Block, ReluPerCall), _IN4),
-    NearMiss("module-assigned-twice/alias", "module-assigned-twice", None,
-             "one module registered under two names is an alias, not a discarded module",
-             _build(SharedUnderTwoNames), _IN8),
-    NearMiss("module-assigned-twice/wrapped", "module-assigned-twice", None,
-             "self.fc = weight_norm(self.fc) assigns self.fc twice and keeps the first module, wrapped",
-             _build(WeightNormed), _IN8),
-    NearMiss("module-assigned-twice/tied-weight", "module-assigned-twice", None,
-             "head.weight = embed.weight reassigns a Parameter (weight tying), not a module", _build(TiedHead),
-             _ids),
-    NearMiss("module-assigned-twice/head-replaced-after-init", "module-assigned-twice", None,
-             "model.head = nn.Linear(...) after construction is the fine-tuning idiom", _head_replaced, _IN4),
-    NearMiss("unused-parameter/frozen", "unused-parameter", "info",
-             "a frozen (requires_grad=False) head gets no gradient by design", _frozen_aux, _IN4),
-    NearMiss("param-not-in-optimizer/frozen-backbone", "param-not-in-optimizer", None,
-             "a frozen backbone left out of the optimizer: its parameters do not require grad",
-             _frozen_backbone, _IN4, optimizer=_sgd_trainable),
-    NearMiss("param-not-in-optimizer/no-decay-groups", "param-not-in-optimizer", None,
-             "two param groups (no weight decay on biases) together hold every parameter",
-             _build(BackboneHead), _IN4, optimizer=_adamw_no_decay_groups),
-    NearMiss("probabilities-into-cross-entropy/log-softmax", "probabilities-into-cross-entropy", "info",
-             "log-probabilities: right for NLLLoss, and CrossEntropyLoss of them equals that of the logits",
-             _build(Classifier, "log_softmax"), _IN4),
-    NearMiss("probabilities-into-cross-entropy/sigmoid-multilabel", "probabilities-into-cross-entropy", "info",
-             "independent sigmoids (multi-label, for BCELoss): rows do not sum to 1",
-             _build(Classifier, "sigmoid"), _IN4),
-    NearMiss("probabilities-into-cross-entropy/softplus-regression", "probabilities-into-cross-entropy", None,
-             "non-negative regression outputs whose rows do not sum to 1", _softplus_regressor, _IN4),
-    NearMiss("forward-bypasses-call/super-forward", "forward-bypasses-call", None,
-             "a subclass of nn.Sequential calling super().forward(x) runs its own forward, whose children "
-             "are called through __call__", _scaled_sequential, _IN4),
-    NearMiss("train-mode-at-inference/no-dropout-or-norm", "train-mode-at-inference", "info",
-             "training mode changes nothing in a model without Dropout or BatchNorm",
-             _build(MLP, "default", mode="train"), _IN4, context="inference"),
-    NearMiss("mixed-train-eval/frozen-bn-backbone", "mixed-train-eval", "info",
-             "a frozen backbone kept in eval mode (BatchNorm statistics fixed) while the head trains",
-             _frozen_bn_backbone, _x(4, 3, 6, 6)),
-    NearMiss("batchnorm-batch-of-one/eval", "batchnorm-batch-of-one", None,
-             "BatchNorm in eval mode uses its running statistics: a batch of one is fine",
-             _build(ConvBNNet, "batch", mode="eval"), _IMG1, context="inference"),
-    NearMiss("constant-init/zero-init-residual", "constant-init", "info",
-             "the last layer of a residual branch zero-initialised on purpose; LayerNorm's ones and zeros "
-             "and zero biases are constant by design", _build(ResidualMLP), _IN4),
-    NearMiss("constant-tensor/norms-and-scalars", "constant-tensor", None,
-             "1-D norm weights and biases, integer counters and position ids", _norms_and_scalars),
-    NearMiss("tied-weights-stored-twice/equal-norm-weights", "tied-weights-stored-twice", None,
-             "two LayerNorm weights both all ones are equal by construction, not a tied copy",
-             _norms_and_scalars),
-    NearMiss("mixed-dtypes-in-module/int8-with-scale", "mixed-dtypes-in-module", None,
-             "an int8 weight with a float32 scale is a quantized layout", _int8_with_scale),
-    NearMiss("mixed-dtypes-in-module/batchnorm-counter", "mixed-dtypes-in-module", None,
-             "BatchNorm's int64 num_batches_tracked beside its float statistics", _bn_trained_with_counter),
-    NearMiss("fp16-near-overflow/bfloat16", "fp16-near-overflow", None,
-             "1e5 in bfloat16 is far from its range's end", _bf16_large),
-    NearMiss("fp16-near-overflow/float32", "fp16-near-overflow", None,
-             "1e5 in float32 is far from its range's end", _fp32_large),
+    NearMiss(
+        "unregistered-container/config-values",
+        "unregistered-container",
+        None,
+        "lists/tuples/dicts of ints, strings and floats are configuration; a plain list of modules "
+        "that an nn.ModuleList already registers (taps for hooks) loses nothing",
+        _build(ConfigAttributes),
+        _IN4,
+    ),
+    NearMiss(
+        "unregistered-container/stateless-activations",
+        "unregistered-container",
+        "info",
+        "nn.ReLU and nn.GELU in a plain list hold no parameter, buffer or mode that matters",
+        _build(PerLayerActivations),
+        _IN8,
+    ),
+    NearMiss(
+        "tensor-attribute/non-persistent-buffer",
+        "tensor-attribute",
+        None,
+        "a buffer registered with persistent=False moves with .to() and is left out of state_dict() "
+        "on purpose",
+        _build(MaskAttribute, True, persistent=False),
+        _IN8,
+    ),
+    NearMiss(
+        "tensor-attribute/metadata",
+        "tensor-attribute",
+        None,
+        "torch.Size and torch.dtype attributes are not tensors",
+        _build(ConfigAttributes),
+        _IN4,
+    ),
+    NearMiss(
+        "module-created-in-forward/lazy-linear",
+        "module-created-in-forward",
+        None,
+        "nn.LazyLinear materialises its parameters once, on the first call, by design",
+        _build(Lazy),
+        _IN4,
+    ),
+    NearMiss(
+        "module-created-in-forward/stateless-relu",
+        "module-created-in-forward",
+        "info",
+        "an nn.ReLU built per call computes the same thing each time; only hooks cannot see it",
+        _build(Block, ReluPerCall),
+        _IN4,
+    ),
+    NearMiss(
+        "module-assigned-twice/alias",
+        "module-assigned-twice",
+        None,
+        "one module registered under two names is an alias, not a discarded module",
+        _build(SharedUnderTwoNames),
+        _IN8,
+    ),
+    NearMiss(
+        "module-assigned-twice/wrapped",
+        "module-assigned-twice",
+        None,
+        "self.fc = weight_norm(self.fc) assigns self.fc twice and keeps the first module, wrapped",
+        _build(WeightNormed),
+        _IN8,
+    ),
+    NearMiss(
+        "module-assigned-twice/tied-weight",
+        "module-assigned-twice",
+        None,
+        "head.weight = embed.weight reassigns a Parameter (weight tying), not a module",
+        _build(TiedHead),
+        _ids,
+    ),
+    NearMiss(
+        "module-assigned-twice/head-replaced-after-init",
+        "module-assigned-twice",
+        None,
+        "model.head = nn.Linear(...) after construction is the fine-tuning idiom",
+        _head_replaced,
+        _IN4,
+    ),
+    NearMiss(
+        "unused-parameter/frozen",
+        "unused-parameter",
+        "info",
+        "a frozen (requires_grad=False) head gets no gradient by design",
+        _frozen_aux,
+        _IN4,
+    ),
+    NearMiss(
+        "param-not-in-optimizer/frozen-backbone",
+        "param-not-in-optimizer",
+        None,
+        "a frozen backbone left out of the optimizer: its parameters do not require grad",
+        _frozen_backbone,
+        _IN4,
+        optimizer=_sgd_trainable,
+    ),
+    NearMiss(
+        "param-not-in-optimizer/no-decay-groups",
+        "param-not-in-optimizer",
+        None,
+        "two param groups (no weight decay on biases) together hold every parameter",
+        _build(BackboneHead),
+        _IN4,
+        optimizer=_adamw_no_decay_groups,
+    ),
+    NearMiss(
+        "probabilities-into-cross-entropy/log-softmax",
+        "probabilities-into-cross-entropy",
+        "info",
+        "log-probabilities: right for NLLLoss, and CrossEntropyLoss of them equals that of the logits",
+        _build(Classifier, "log_softmax"),
+        _IN4,
+    ),
+    NearMiss(
+        "probabilities-into-cross-entropy/sigmoid-multilabel",
+        "probabilities-into-cross-entropy",
+        "info",
+        "independent sigmoids (multi-label, for BCELoss): rows do not sum to 1",
+        _build(Classifier, "sigmoid"),
+        _IN4,
+    ),
+    NearMiss(
+        "probabilities-into-cross-entropy/softplus-regression",
+        "probabilities-into-cross-entropy",
+        None,
+        "non-negative regression outputs whose rows do not sum to 1",
+        _softplus_regressor,
+        _IN4,
+    ),
+    NearMiss(
+        "forward-bypasses-call/super-forward",
+        "forward-bypasses-call",
+        None,
+        "a subclass of nn.Sequential calling super().forward(x) runs its own forward, whose children "
+        "are called through __call__",
+        _scaled_sequential,
+        _IN4,
+    ),
+    NearMiss(
+        "train-mode-at-inference/no-dropout-or-norm",
+        "train-mode-at-inference",
+        "info",
+        "training mode changes nothing in a model without Dropout or BatchNorm",
+        _build(MLP, "default", mode="train"),
+        _IN4,
+        context="inference",
+    ),
+    NearMiss(
+        "mixed-train-eval/frozen-bn-backbone",
+        "mixed-train-eval",
+        "info",
+        "a frozen backbone kept in eval mode (BatchNorm statistics fixed) while the head trains",
+        _frozen_bn_backbone,
+        _x(4, 3, 6, 6),
+    ),
+    NearMiss(
+        "batchnorm-batch-of-one/eval",
+        "batchnorm-batch-of-one",
+        None,
+        "BatchNorm in eval mode uses its running statistics: a batch of one is fine",
+        _build(ConvBNNet, "batch", mode="eval"),
+        _IMG1,
+        context="inference",
+    ),
+    NearMiss(
+        "constant-init/zero-init-residual",
+        "constant-init",
+        "info",
+        "the last layer of a residual branch zero-initialised on purpose; LayerNorm's ones and zeros "
+        "and zero biases are constant by design",
+        _build(ResidualMLP),
+        _IN4,
+    ),
+    NearMiss(
+        "constant-tensor/norms-and-scalars",
+        "constant-tensor",
+        None,
+        "1-D norm weights and biases, integer counters and position ids",
+        _norms_and_scalars,
+    ),
+    NearMiss(
+        "tied-weights-stored-twice/equal-norm-weights",
+        "tied-weights-stored-twice",
+        None,
+        "two LayerNorm weights both all ones are equal by construction, not a tied copy",
+        _norms_and_scalars,
+    ),
+    NearMiss(
+        "mixed-dtypes-in-module/int8-with-scale",
+        "mixed-dtypes-in-module",
+        None,
+        "an int8 weight with a float32 scale is a quantized layout",
+        _int8_with_scale,
+    ),
+    NearMiss(
+        "mixed-dtypes-in-module/batchnorm-counter",
+        "mixed-dtypes-in-module",
+        None,
+        "BatchNorm's int64 num_batches_tracked beside its float statistics",
+        _bn_trained_with_counter,
+    ),
+    NearMiss(
+        "fp16-near-overflow/bfloat16",
+        "fp16-near-overflow",
+        None,
+        "1e5 in bfloat16 is far from its range's end",
+        _bf16_large,
+    ),
+    NearMiss(
+        "fp16-near-overflow/float32",
+        "fp16-near-overflow",
+        None,
+        "1e5 in float32 is far from its range's end",
+        _fp32_large,
+    ),
 )
 
 
@@ -1381,7 +1822,9 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample: nn.Module | None = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -1422,7 +1865,9 @@ class SmallResNet(nn.Module):
 
 def _sample_models() -> Any:
     """sample_models/models.py, by path (another module named `models` is tests/models.py)."""
-    spec = importlib.util.spec_from_file_location("sample_models_models", SAMPLE_MODELS / "models.py")
+    spec = importlib.util.spec_from_file_location(
+        "sample_models_models", SAMPLE_MODELS / "models.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -1445,8 +1890,11 @@ def _tokens(vocab: int, *, labels: bool = True, decoder: bool = False) -> Callab
         ids = torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(1))
         kwargs: dict[str, Any] = {"input_ids": ids}
         if labels:
-            kwargs["labels"] = ids.clone() if not decoder else torch.randint(
-                0, vocab, (2, 5), generator=torch.Generator().manual_seed(2))
+            kwargs["labels"] = (
+                ids.clone()
+                if not decoder
+                else torch.randint(0, vocab, (2, 5), generator=torch.Generator().manual_seed(2))
+            )
         return (), kwargs
 
     return build
@@ -1454,7 +1902,10 @@ def _tokens(vocab: int, *, labels: bool = True, decoder: bool = False) -> Callab
 
 def _pixels() -> Batch:
     g = torch.Generator().manual_seed(1)
-    return (), {"pixel_values": torch.randn(2, 3, 16, 16, generator=g), "labels": torch.tensor([0, 2])}
+    return (), {
+        "pixel_values": torch.randn(2, 3, 16, 16, generator=g),
+        "labels": torch.tensor([0, 2]),
+    }
 
 
 def _sample(name: str) -> Callable[[], nn.Module]:
@@ -1470,20 +1921,85 @@ def _lm_ids() -> Batch:
 
 TINY = {"vocab_size": 99}
 CLEAN_MODELS: tuple[CleanModel, ...] = (
-    CleanModel("gpt2", _hf("GPT2LMHeadModel", "GPT2Config", n_layer=2, n_embd=32, n_head=2, n_positions=32,
-                           bos_token_id=0, eos_token_id=0, **TINY), _tokens(99), needs="transformers"),
-    CleanModel("bert", _hf("BertForMaskedLM", "BertConfig", hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=2, intermediate_size=37, max_position_embeddings=32, **TINY),
-               _tokens(99), needs="transformers"),
-    CleanModel("t5", _hf("T5ForConditionalGeneration", "T5Config", d_model=32, d_ff=37, d_kv=16, num_layers=2,
-                         num_heads=2, decoder_start_token_id=0, **TINY),
-               _tokens(99, decoder=True), needs="transformers"),
-    CleanModel("llama", _hf("LlamaForCausalLM", "LlamaConfig", hidden_size=32, intermediate_size=37,
-                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                            max_position_embeddings=32, **TINY), _tokens(99), needs="transformers"),
-    CleanModel("vit", _hf("ViTForImageClassification", "ViTConfig", image_size=16, patch_size=4, hidden_size=32,
-                          num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, num_labels=3),
-               _pixels, needs="transformers"),
+    CleanModel(
+        "gpt2",
+        _hf(
+            "GPT2LMHeadModel",
+            "GPT2Config",
+            n_layer=2,
+            n_embd=32,
+            n_head=2,
+            n_positions=32,
+            bos_token_id=0,
+            eos_token_id=0,
+            **TINY,
+        ),
+        _tokens(99),
+        needs="transformers",
+    ),
+    CleanModel(
+        "bert",
+        _hf(
+            "BertForMaskedLM",
+            "BertConfig",
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=32,
+            **TINY,
+        ),
+        _tokens(99),
+        needs="transformers",
+    ),
+    CleanModel(
+        "t5",
+        _hf(
+            "T5ForConditionalGeneration",
+            "T5Config",
+            d_model=32,
+            d_ff=37,
+            d_kv=16,
+            num_layers=2,
+            num_heads=2,
+            decoder_start_token_id=0,
+            **TINY,
+        ),
+        _tokens(99, decoder=True),
+        needs="transformers",
+    ),
+    CleanModel(
+        "llama",
+        _hf(
+            "LlamaForCausalLM",
+            "LlamaConfig",
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=32,
+            **TINY,
+        ),
+        _tokens(99),
+        needs="transformers",
+    ),
+    CleanModel(
+        "vit",
+        _hf(
+            "ViTForImageClassification",
+            "ViTConfig",
+            image_size=16,
+            patch_size=4,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            num_labels=3,
+        ),
+        _pixels,
+        needs="transformers",
+    ),
     CleanModel("resnet", _build(SmallResNet), _x(4, 3, 32, 32)),
     CleanModel("sample-small-cnn", _sample("small_cnn"), _x(2, 3, 8, 8), context="inference"),
     CleanModel("sample-tiny-lm", _sample("tiny_lm"), _lm_ids, context="inference"),

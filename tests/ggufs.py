@@ -17,8 +17,15 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf.quants import quant_shape_to_byte_shape, quantize
 
-PLAIN = {T.F32: np.float32, T.F16: np.float16, T.F64: np.float64, T.I8: np.int8, T.I16: np.int16,
-         T.I32: np.int32, T.I64: np.int64}
+PLAIN = {
+    T.F32: np.float32,
+    T.F16: np.float16,
+    T.F64: np.float64,
+    T.I8: np.int8,
+    T.I16: np.int16,
+    T.I32: np.int32,
+    T.I64: np.int64,
+}
 
 
 def tensor_data(shape: tuple[int, ...], qtype: T, seed: int = 0) -> np.ndarray:
@@ -35,9 +42,15 @@ def tensor_data(shape: tuple[int, ...], qtype: T, seed: int = 0) -> np.ndarray:
     return rng.integers(0, 256, quant_shape_to_byte_shape(shape, qtype), dtype=np.uint8)
 
 
-def write(path: Path, tensors: list[tuple[str, tuple[int, ...], T]], arch: str = "llama",
-          kv: Callable[[gguf.GGUFWriter], None] | None = None, seed: int = 0,
-          edit: Callable[[str, np.ndarray], np.ndarray] | None = None, **options: Any) -> Path:
+def write(
+    path: Path,
+    tensors: list[tuple[str, tuple[int, ...], T]],
+    arch: str = "llama",
+    kv: Callable[[gguf.GGUFWriter], None] | None = None,
+    seed: int = 0,
+    edit: Callable[[str, np.ndarray], np.ndarray] | None = None,
+    **options: Any,
+) -> Path:
     """A GGUF file of `tensors` (name, logical shape, type), metadata from `kv(writer)`; `edit(name, data)`
     may change what the writer is given (a quantized tensor's data is its blocks' bytes, a row per row)."""
     writer = gguf.GGUFWriter(str(path), arch, **options)
@@ -98,6 +111,7 @@ def llama_kv(blocks: int = 2, vocab: int = VOCAB) -> Callable[[gguf.GGUFWriter],
         w.add_bos_token_id(1)
         w.add_add_bos_token(True)
         w.add_chat_template("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+
     return kv
 
 
@@ -105,6 +119,8 @@ def llama(path: Path, blocks: int = 2, vocab: int = VOCAB, **options: Any) -> Pa
     return write(path, llama_tensors(blocks), "llama", llama_kv(blocks, vocab), **options)
 
 
-def llama_tensors_retyped(blocks: int, retype: dict[str, tuple[tuple[int, ...], T]]) -> list[tuple[str, tuple[int, ...], T]]:
+def llama_tensors_retyped(
+    blocks: int, retype: dict[str, tuple[tuple[int, ...], T]]
+) -> list[tuple[str, tuple[int, ...], T]]:
     """llama_tensors with some tensors given another shape or type."""
     return [(n, *retype.get(n, (s, q))) for n, s, q in llama_tensors(blocks)]

@@ -100,7 +100,9 @@ class FaultyNet(nn.Module):
     def __init__(self, faulty: nn.Module, norm: bool = False, inplace_last: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.blocks = nn.Sequential(Block(nn.ReLU()), Block(nn.ReLU()), Block(faulty), Block(nn.ReLU(inplace_last)))
+        self.blocks = nn.Sequential(
+            Block(nn.ReLU()), Block(nn.ReLU()), Block(faulty), Block(nn.ReLU(inplace_last))
+        )
         self.norm: nn.Module = nn.BatchNorm1d(8) if norm else nn.Identity()
         self.head = nn.Linear(8, 2)
 
@@ -117,8 +119,13 @@ class SmallCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, stride=2),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(p=0.5)
@@ -140,7 +147,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.downsample: nn.Module | None = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)

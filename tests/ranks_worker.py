@@ -42,8 +42,9 @@ class Poison(nn.Module):
 
 def build() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.LayerNorm(16), nn.Linear(16, 16), Poison(),
-                         nn.Linear(16, 3))
+    return nn.Sequential(
+        nn.Linear(6, 16), nn.ReLU(), nn.LayerNorm(16), nn.Linear(16, 16), Poison(), nn.Linear(16, 3)
+    )
 
 
 class Root(nn.Module):
@@ -66,12 +67,18 @@ def batches(rank: int, world: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     share = BATCH // world
     for _ in range(STEPS):
         x, y = torch.randn(BATCH, 6, generator=g), torch.randn(BATCH, 3, generator=g)
-        out.append((x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]))
+        out.append((x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]))
     return out
 
 
-def train(model: nn.Module, rank: int, world: int, log: Path | None, poison: Poison | None = None,
-          **watch: Any) -> dict[str, Any]:
+def train(
+    model: nn.Module,
+    rank: int,
+    world: int,
+    log: Path | None,
+    poison: Poison | None = None,
+    **watch: Any,
+) -> dict[str, Any]:
     """The loop users write: forward, loss, backward, optimizer step, w.step(loss)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     seen: dict[str, Any] = {"error": None, "nonfinite_step": None, "steps": 0}
@@ -114,12 +121,27 @@ def main(out: Path) -> None:
     bad = DistributedDataParallel(plain)
     # The NaN runs in mode="window": every step's statistics, merged over the ranks (DDP and FSDP2 above run
     # the default mode="sentinel": the logged steps' statistics, and the sentinel's collectives in between).
-    seen["nan"] = train(bad, rank, world, out / "nan.jsonl", poison=plain[4], on_nonfinite="raise",
-                        save_batch=out / "bad_batch.pt", mode="window")
+    seen["nan"] = train(
+        bad,
+        rank,
+        world,
+        out / "nan.jsonl",
+        poison=plain[4],
+        on_nonfinite="raise",
+        save_batch=out / "bad_batch.pt",
+        mode="window",
+    )
 
     quiet = build()
-    seen["nan_log"] = train(DistributedDataParallel(quiet), rank, world, out / "nan_log.jsonl", poison=quiet[4],
-                            on_nonfinite="log", mode="window")
+    seen["nan_log"] = train(
+        DistributedDataParallel(quiet),
+        rank,
+        world,
+        out / "nan_log.jsonl",
+        poison=quiet[4],
+        on_nonfinite="log",
+        mode="window",
+    )
 
     (out / f"rank{rank}.json").write_text(json.dumps(seen))
     dist.destroy_process_group()

@@ -22,28 +22,45 @@ from modinspect.watching.log import (
     StepRecord,
 )
 
-MODULES = (("fc1", "Linear"), ("act1", "ReLU"), ("fc2", "Linear"), ("act2", "ReLU"), ("sqrt", "SqrtShift"),
-           ("head", "Linear"))
+MODULES = (
+    ("fc1", "Linear"),
+    ("act1", "ReLU"),
+    ("fc2", "Linear"),
+    ("act2", "ReLU"),
+    ("sqrt", "SqrtShift"),
+    ("head", "Linear"),
+)
 STEPS = 50
 EVERY = 10
 BAD_INDEX = 30  # step 300
 BAD_STEP = BAD_INDEX * EVERY
 STARTED = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
-ORIGIN = NonfiniteRecord(module="sqrt", type="SqrtShift", phase="forward", op="aten::sqrt", source="train.py:42",
-                         code="        return torch.sqrt(x - 1)", cause="produced")
+ORIGIN = NonfiniteRecord(
+    module="sqrt",
+    type="SqrtShift",
+    phase="forward",
+    op="aten::sqrt",
+    source="train.py:42",
+    code="        return torch.sqrt(x - 1)",
+    cause="produced",
+)
 EDGES = tuple(-1 + 0.25 * k for k in range(9))
 
 
 def std_of(name: str, i: int) -> float:
     if name == "fc1":
         return 1 + 0.1 * (i // 7)
-    return {"act1": 0.5, "fc2": 0.8, "act2": 0.4, "sqrt": 0.3, "head": 2.0}.get(name, 1.0) + 0.001 * i
+    return {"act1": 0.5, "fc2": 0.8, "act2": 0.4, "sqrt": 0.3, "head": 2.0}.get(
+        name, 1.0
+    ) + 0.001 * i
 
 
 def grad_of(name: str, i: int) -> float:
     if name == "fc1":
         return 10.0 ** ((i % 8) - 4)
-    return {"act1": 0.02, "fc2": 0.05, "act2": 0.03, "sqrt": 0.04, "head": 0.5}.get(name, 0.1) * (1 + 0.01 * i)
+    return {"act1": 0.02, "fc2": 0.05, "act2": 0.03, "sqrt": 0.04, "head": 0.5}.get(name, 0.1) * (
+        1 + 0.01 * i
+    )
 
 
 def dead_of(name: str, i: int) -> float | None:
@@ -58,33 +75,64 @@ def counts_of(k: int, i: int) -> tuple[int, ...]:
     return tuple(1 + (i + k + j) % 5 for j in range(8))
 
 
-def module_record(k: int, name: str, type_: str, i: int, nonfinite_from: int | None) -> ModuleRecord:
+def module_record(
+    k: int, name: str, type_: str, i: int, nonfinite_from: int | None
+) -> ModuleRecord:
     bad_forward = nonfinite_from is not None and i >= nonfinite_from and name in ("sqrt", "head")
     bad_grad = nonfinite_from is not None and i >= nonfinite_from
     return ModuleRecord(
-        name=name, type=type_, calls=1, count=64, mean=float("nan") if bad_forward else 0.1 * k,
-        std=float("nan") if bad_forward else std_of(name, i), min=None if bad_forward else -1.0,
-        max=None if bad_forward else 1.0, zero_fraction=0.0, nan=16 if bad_forward else 0, inf=0,
-        dead_fraction=dead_of(name, i), grad_norm=float("nan") if bad_grad else grad_of(name, i),
-        grad_nan=64 if bad_grad else 0, grad_inf=0,
+        name=name,
+        type=type_,
+        calls=1,
+        count=64,
+        mean=float("nan") if bad_forward else 0.1 * k,
+        std=float("nan") if bad_forward else std_of(name, i),
+        min=None if bad_forward else -1.0,
+        max=None if bad_forward else 1.0,
+        zero_fraction=0.0,
+        nan=16 if bad_forward else 0,
+        inf=0,
+        dead_fraction=dead_of(name, i),
+        grad_norm=float("nan") if bad_grad else grad_of(name, i),
+        grad_nan=64 if bad_grad else 0,
+        grad_inf=0,
         histogram=None if bad_forward else Histogram(edges=EDGES, counts=counts_of(k, i)),
     )
 
 
-def step_record(i: int, nonfinite_from: int | None = BAD_INDEX, origin: NonfiniteRecord | None = ORIGIN,
-                modules: tuple[tuple[str, str], ...] = MODULES) -> StepRecord:
+def step_record(
+    i: int,
+    nonfinite_from: int | None = BAD_INDEX,
+    origin: NonfiniteRecord | None = ORIGIN,
+    modules: tuple[tuple[str, str], ...] = MODULES,
+) -> StepRecord:
     return StepRecord(
-        step=i * EVERY, time=STARTED + i, loss=float("nan") if nonfinite_from is not None and i >= nonfinite_from
-        else 2.0 - 0.03 * i,
-        modules=tuple(module_record(k, n, t, i, nonfinite_from) for k, (n, t) in enumerate(modules)),
-        params=(ParamRecord(name="fc1.weight", norm=4.0 + 0.01 * i, grad_norm=grad_of("fc1", i),
-                            update_norm=None if i == 0 else 0.004, update_ratio=None if i == 0 else 0.001),),
+        step=i * EVERY,
+        time=STARTED + i,
+        loss=float("nan") if nonfinite_from is not None and i >= nonfinite_from else 2.0 - 0.03 * i,
+        modules=tuple(
+            module_record(k, n, t, i, nonfinite_from) for k, (n, t) in enumerate(modules)
+        ),
+        params=(
+            ParamRecord(
+                name="fc1.weight",
+                norm=4.0 + 0.01 * i,
+                grad_norm=grad_of("fc1", i),
+                update_norm=None if i == 0 else 0.004,
+                update_ratio=None if i == 0 else 0.001,
+            ),
+        ),
         nonfinite=origin if nonfinite_from is not None and i == nonfinite_from else None,
     )
 
 
-def write_run(path: Path, steps: int = STEPS, nonfinite_from: int | None = BAD_INDEX,
-              origin: NonfiniteRecord | None = ORIGIN, modules: tuple[tuple[str, str], ...] = MODULES) -> Path:
+def write_run(
+    path: Path,
+    steps: int = STEPS,
+    nonfinite_from: int | None = BAD_INDEX,
+    origin: NonfiniteRecord | None = ORIGIN,
+    modules: tuple[tuple[str, str], ...] = MODULES,
+) -> Path:
     header = LogHeader(model="Net", every=EVERY, device="cpu", world_size=1, started=STARTED)
     with LogWriter(path, header) as log:
         for i in range(steps):

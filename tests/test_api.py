@@ -27,8 +27,11 @@ def _api_examples() -> list[str]:
 @pytest.mark.parametrize("index", range(len(_api_examples())))
 def test_readme_examples_print_what_their_comments_say(index: int) -> None:
     code = _api_examples()[index]
-    expected = [line.split("# ", 1)[1].strip() for line in code.splitlines()
-                if "print(" in line and "# " in line.split("print(", 1)[1]]
+    expected = [
+        line.split("# ", 1)[1].strip()
+        for line in code.splitlines()
+        if "print(" in line and "# " in line.split("print(", 1)[1]
+    ]
     out = io.StringIO()
     old = Path.cwd()
     os.chdir(REPO)
@@ -56,7 +59,9 @@ def test_open_source_takes_a_live_module_and_counts_tied_weights_once() -> None:
 
 
 def test_open_source_refuses_what_is_not_a_source() -> None:
-    with pytest.raises(UsageError, match=r"^open_source takes a path, an entry point or an nn\.Module, not a int$"):
+    with pytest.raises(
+        UsageError, match=r"^open_source takes a path, an entry point or an nn\.Module, not a int$"
+    ):
         modinspect.open_source(42)
 
 
@@ -71,13 +76,18 @@ def test_perform_load_writes_and_reports(tmp_path: Path) -> None:
     assert report.plan.missing == () and report.plan.unexpected == ()
     for name, tensor in trained.state_dict().items():
         assert torch.equal(model.module.state_dict()[name], tensor), name
-    with pytest.raises(UsageError, match="exists"), modinspect.open_source(tmp_path / "w.pt") as ckpt:
+    with (
+        pytest.raises(UsageError, match="exists"),
+        modinspect.open_source(tmp_path / "w.pt") as ckpt,
+    ):
         modinspect.perform_load(model, ckpt, out=tmp_path / "out.safetensors")
 
 
 def test_diff_sources_matches_the_cli(tmp_path: Path) -> None:
-    with modinspect.open_source(SAMPLES / "small_cnn.pth") as a, \
-            modinspect.open_source(SAMPLES / "small_cnn.safetensors") as b:
+    with (
+        modinspect.open_source(SAMPLES / "small_cnn.pth") as a,
+        modinspect.open_source(SAMPLES / "small_cnn.safetensors") as b,
+    ):
         report = modinspect.diff_sources(a, b)
     assert not report.differs and report.identical == len(a.tensors)
 
@@ -91,10 +101,22 @@ def test_run_stats_is_what_the_stats_command_prints() -> None:
     from modinspect.render.jsonout import stats_document
 
     entry = str(SAMPLES / "models.py:small_cnn")
-    request = StatsRequest(source=entry, input_shapes=((2, 3, 16, 16),), device="cpu", seed=5, train=True)
+    request = StatsRequest(
+        source=entry, input_shapes=((2, 3, 16, 16),), device="cpu", seed=5, train=True
+    )
     report = modinspect.run_stats(request)
-    result = invoke("stats", entry, "--input-shape", "2,3,16,16", "--device", "cpu", "--seed", "5", "--train",
-                    "--json")
+    result = invoke(
+        "stats",
+        entry,
+        "--input-shape",
+        "2,3,16,16",
+        "--device",
+        "cpu",
+        "--seed",
+        "5",
+        "--train",
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     printed = json.loads(result.stdout)
     ours = json.loads(json.dumps(stats_document(report)))
@@ -120,20 +142,39 @@ def test_run_load_is_what_the_load_command_prints(tmp_path: Path) -> None:
     from modinspect.names import KeyMap
 
     warned: list[list[str]] = []
-    report = run_load(LoadRequest(checkpoint=ckpt, model=entry, keymap=KeyMap(strip_prefixes=("module.",)),
-                                  strict=True, out=tmp_path / "init.safetensors"), warn=warned.append)
+    report = run_load(
+        LoadRequest(
+            checkpoint=ckpt,
+            model=entry,
+            keymap=KeyMap(strip_prefixes=("module.",)),
+            strict=True,
+            out=tmp_path / "init.safetensors",
+        ),
+        warn=warned.append,
+    )
     assert report.performed and len(report.plan.loaded) == 16 and not report.plan.missing
     assert report.written == str(tmp_path / "init.safetensors") and warned == [[]]
-    result = invoke("load", entry, ckpt, "--strip-prefix", "module.", "--strict", "--dry-run", "--json")
+    result = invoke(
+        "load", entry, ckpt, "--strip-prefix", "module.", "--strict", "--dry-run", "--json"
+    )
     assert result.exit_code == 0, result.stderr
     printed = json.loads(result.stdout)
-    planned = run_load(LoadRequest(checkpoint=ckpt, model=entry, keymap=KeyMap(strip_prefixes=("module.",)),
-                                   strict=True, dry_run=True))
+    planned = run_load(
+        LoadRequest(
+            checkpoint=ckpt,
+            model=entry,
+            keymap=KeyMap(strip_prefixes=("module.",)),
+            strict=True,
+            dry_run=True,
+        )
+    )
     assert json.loads(json.dumps(load_document(planned))) == printed
 
 
 def test_run_load_refuses_out_with_meta() -> None:
     from modinspect.commands.load import LoadRequest, run_load
 
-    with pytest.raises(UsageError, match=r"^--out needs real weights: drop --meta \(which only plans\)$"):
+    with pytest.raises(
+        UsageError, match=r"^--out needs real weights: drop --meta \(which only plans\)$"
+    ):
         run_load(LoadRequest(checkpoint="x.pt", model="m.py:build", meta=True, out="y.safetensors"))

@@ -15,7 +15,12 @@ from modinspect.sources.kinds import checkpoint_kind
 
 
 def _model() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.InstanceNorm2d(4, track_running_stats=True))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.InstanceNorm2d(4, track_running_stats=True),
+    )
 
 
 def test_checkpoint_kind_rule() -> None:
@@ -23,7 +28,9 @@ def test_checkpoint_kind_rule() -> None:
     assert checkpoint_kind("bn.num_batches_tracked") == "buffer"
     assert checkpoint_kind("num_batches_tracked") == "buffer"
     assert checkpoint_kind("bn.weight") == "unknown"
-    assert checkpoint_kind("attn.scale") == "unknown"  # a parameter in some modules, a buffer in others
+    assert (
+        checkpoint_kind("attn.scale") == "unknown"
+    )  # a parameter in some modules, a buffer in others
     assert checkpoint_kind("running_mean_proj.weight") == "unknown"
     assert checkpoint_kind("bn.running_mean", is_parameter=True) == "parameter"
 

@@ -23,7 +23,12 @@ def test_version() -> None:
 
 
 def test_python_dash_m() -> None:
-    out = subprocess.run([sys.executable, "-m", "modinspect", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "modinspect", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout == f"modinspect {__version__}\n"
 
 
@@ -33,7 +38,10 @@ def test_python_dash_m() -> None:
         ("tree_small_cnn_pth.txt", ["tree", "small_cnn.pth"]),
         ("tree_tiny_lm_pth.txt", ["tree", "tiny_lm.pth"]),
         ("tree_tiny_lm_safetensors.txt", ["tree", "tiny_lm.safetensors"]),
-        ("tree_tiny_lm_entry.txt", ["tree", "models.py:tiny_lm", "--weights", "tiny_lm.safetensors"]),
+        (
+            "tree_tiny_lm_entry.txt",
+            ["tree", "models.py:tiny_lm", "--weights", "tiny_lm.safetensors"],
+        ),
         ("tree_training_checkpoint_depth1.txt", ["tree", "training_checkpoint.pt", "--depth", "1"]),
         ("tree_scripted.txt", ["tree", "small_cnn_scripted.pt", "--filter", "features.1*"]),
         ("tree_default_config.txt", ["tree"]),
@@ -43,9 +51,12 @@ def test_golden_trees(name: str, args: list[str], golden: object) -> None:
     result = invoke(*args, cwd=SAMPLES)
     assert result.exit_code == 0, result.stderr
     # The default model is imported from [tool.modinspect]: the one stderr line says so, before it runs.
-    assert result.stderr == ("" if args != ["tree"] else
-                             f"note: importing models.py:small_cnn, the model [tool.modinspect] names in "
-                             f"{SAMPLES / 'pyproject.toml'}\n")
+    assert result.stderr == (
+        ""
+        if args != ["tree"]
+        else f"note: importing models.py:small_cnn, the model [tool.modinspect] names in "
+        f"{SAMPLES / 'pyproject.toml'}\n"
+    )
     golden(name, result.stdout)  # type: ignore[operator]
 
 
@@ -58,11 +69,23 @@ def test_tree_json_document() -> None:
     assert set(doc["totals"]) >= {"params", "trainable", "frozen", "buffers", "bytes"}
     assert doc["totals"]["params"] == 100 * 32 + 3 * (2 * 32 + 64 * 32 + 64 + 32 * 64 + 32) + 64
     assert doc["totals"]["trainable"] is None and doc["totals"]["buffers"] is None
-    assert doc["modules"][0] == {"name": "", "type": None, "params": doc["totals"]["params"],
-                                 "bytes": doc["totals"]["bytes"], "trainable": None, "training": None,
-                                 "extra_repr": None, "scheme": None, "bits_per_weight": None}
+    assert doc["modules"][0] == {
+        "name": "",
+        "type": None,
+        "params": doc["totals"]["params"],
+        "bytes": doc["totals"]["bytes"],
+        "trainable": None,
+        "training": None,
+        "extra_repr": None,
+        "scheme": None,
+        "bits_per_weight": None,
+    }
     tensor = next(t for t in doc["tensors"] if t["name"] == "lm_head.weight")
-    assert tensor["shape"] == [100, 32] and tensor["dtype"] == "float32" and tensor["kind"] == "unknown"
+    assert (
+        tensor["shape"] == [100, 32]
+        and tensor["dtype"] == "float32"
+        and tensor["kind"] == "unknown"
+    )
     assert tensor["alias_of"] == "embed.weight"
     assert doc["tied"] == [["embed.weight", "lm_head.weight"]]
 
@@ -85,16 +108,22 @@ def write(path: Path, data: bytes) -> Path:
     ("setup", "message"),
     [
         (lambda d: d / "nope.pt", "error: {d}/nope.pt does not exist\n"),
-        (lambda d: write(d / "notes.txt", b"hello"),
-         "error: {d}/notes.txt is not a checkpoint modinspect reads (safetensors, GGUF, torch .pt/.pth/.bin, "
-         "TorchScript, or a sharded index)\n"),
+        (
+            lambda d: write(d / "notes.txt", b"hello"),
+            "error: {d}/notes.txt is not a checkpoint modinspect reads (safetensors, GGUF, torch .pt/.pth/.bin, "
+            "TorchScript, or a sharded index)\n",
+        ),
         (lambda d: write(d / "empty.pt", b""), "error: {d}/empty.pt is empty\n"),
-        (lambda d: write(d / "bad.safetensors", (10).to_bytes(8, "little") + b"{not json}"),
-         "error: {d}/bad.safetensors is not a valid safetensors file: it has a header that is not valid JSON "
-         "(JSONDecodeError)\n"),
-        (lambda d: write(d / "short.safetensors", (500).to_bytes(8, "little") + b"{}"),
-         "error: {d}/short.safetensors is not a valid safetensors file: it declares a 500-byte header but the file "
-         "holds 2 bytes after it\n"),
+        (
+            lambda d: write(d / "bad.safetensors", (10).to_bytes(8, "little") + b"{not json}"),
+            "error: {d}/bad.safetensors is not a valid safetensors file: it has a header that is not valid JSON "
+            "(JSONDecodeError)\n",
+        ),
+        (
+            lambda d: write(d / "short.safetensors", (500).to_bytes(8, "little") + b"{}"),
+            "error: {d}/short.safetensors is not a valid safetensors file: it declares a 500-byte header but the file "
+            "holds 2 bytes after it\n",
+        ),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, setup: object, message: str) -> None:
@@ -109,16 +138,24 @@ def test_whole_pickled_model_lists_without_its_code(tmp_path: Path) -> None:
     torch.save(TwoLayer(), tmp_path / "whole.pt")
     result = invoke("tree", tmp_path / "whole.pt", "--json")
     # torch.load would call the model's own class (NEWOBJ); torch.nn's layers are known data classes.
-    assert (result.exit_code, result.stderr) == (0, (
-        "warning: torch.load would call models.TwoLayer: shown as stand-ins here, nothing ran; fully unpickling "
-        "the file (torch.load without weights_only=True, or --unsafe-pickle) runs it\n"))
+    assert (result.exit_code, result.stderr) == (
+        0,
+        (
+            "warning: torch.load would call models.TwoLayer: shown as stand-ins here, nothing ran; fully unpickling "
+            "the file (torch.load without weights_only=True, or --unsafe-pickle) runs it\n"
+        ),
+    )
     doc = json.loads(result.stdout)
     assert doc["would_call"] == ["models.TwoLayer"]
     assert doc["format"] == "torch-zip-module" and doc["totals"]["params"] == 58
-    assert doc["notes"][0].startswith("read without importing models.TwoLayer, torch.nn.modules.linear.Linear")
+    assert doc["notes"][0].startswith(
+        "read without importing models.TwoLayer, torch.nn.modules.linear.Linear"
+    )
     allowed = invoke("tree", tmp_path / "whole.pt", "--unsafe-pickle", "--json")
     assert allowed.exit_code == 0
-    assert allowed.stderr.startswith(f"warning: --unsafe-pickle: fully unpickling {tmp_path}/whole.pt, which imports ")
+    assert allowed.stderr.startswith(
+        f"warning: --unsafe-pickle: fully unpickling {tmp_path}/whole.pt, which imports "
+    )
     doc = json.loads(allowed.stdout)
     assert doc["format"] == "torch-pickled-module" and doc["totals"]["params"] == 58
 
@@ -152,12 +189,21 @@ def test_weights_on_a_checkpoint_is_a_usage_error() -> None:
 def test_strict_weights_mismatch_names_the_keys() -> None:
     result = invoke("tree", "models.py:small_cnn", "--weights", "tiny_lm.safetensors", cwd=SAMPLES)
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: tiny_lm.safetensors does not match models.py:small_cnn: 16 missing (")
+    assert result.stderr.startswith(
+        "error: tiny_lm.safetensors does not match models.py:small_cnn: 16 missing ("
+    )
     assert "22 unexpected (" in result.stderr and result.stderr.endswith(
         "pass --no-strict to load what matches (every key's status: modinspect load models.py:small_cnn "
         "tiny_lm.safetensors --dry-run)\n"
     )
-    loose = invoke("tree", "models.py:small_cnn", "--weights", "tiny_lm.safetensors", "--no-strict", cwd=SAMPLES)
+    loose = invoke(
+        "tree",
+        "models.py:small_cnn",
+        "--weights",
+        "tiny_lm.safetensors",
+        "--no-strict",
+        cwd=SAMPLES,
+    )
     assert loose.exit_code == 0
     assert loose.stderr.startswith("warning: --weights loaded 0 tensors; 16 missing (")
 
@@ -179,7 +225,9 @@ def test_entry_point_errors(tmp_path: Path) -> None:
 def test_no_source_and_no_config(tmp_path: Path) -> None:
     result = invoke("tree", cwd=tmp_path)
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"error: no SOURCE given and no pyproject.toml found in {tmp_path.resolve()} or above")
+    assert result.stderr.startswith(
+        f"error: no SOURCE given and no pyproject.toml found in {tmp_path.resolve()} or above"
+    )
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
@@ -195,10 +243,16 @@ def test_bad_option_value_is_a_usage_error() -> None:
     assert "--depth" in result.stderr
 
 
-def _run(args: list[str], env: dict[str, str] | None = None, cwd: Path = SAMPLES) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "COLUMNS")}
+def _run(
+    args: list[str], env: dict[str, str] | None = None, cwd: Path = SAMPLES
+) -> subprocess.CompletedProcess[str]:
+    full_env = {
+        k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "COLUMNS")
+    }
     full_env.update(env or {})
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=full_env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=full_env, cwd=cwd
+    )
 
 
 PROBE = (
@@ -212,8 +266,15 @@ PROBE = (
 )
 
 
-@pytest.mark.parametrize("args", [["--help"], ["tree", "--help"], ["tree", "small_cnn.safetensors"],
-                                  ["tree", "tiny_lm.safetensors", "--json"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["tree", "--help"],
+        ["tree", "small_cnn.safetensors"],
+        ["tree", "tiny_lm.safetensors", "--json"],
+    ],
+)
 def test_help_and_safetensors_tree_never_import_torch(args: list[str]) -> None:
     out = _run(["-c", PROBE, *args])
     assert "TORCH_IMPORTED=False" in out.stderr, out.stderr
@@ -230,7 +291,10 @@ def test_piped_output_has_no_colour_codes() -> None:
 def test_no_color_is_respected_on_a_forced_terminal() -> None:
     forced = _run(["-m", "modinspect", "tree", "tiny_lm.safetensors"], env={"FORCE_COLOR": "1"})
     assert "\x1b[" in forced.stdout
-    plain = _run(["-m", "modinspect", "tree", "tiny_lm.safetensors"], env={"FORCE_COLOR": "1", "NO_COLOR": "1"})
+    plain = _run(
+        ["-m", "modinspect", "tree", "tiny_lm.safetensors"],
+        env={"FORCE_COLOR": "1", "NO_COLOR": "1"},
+    )
     assert "\x1b[31m" not in plain.stdout and "\x1b[32m" not in plain.stdout
 
 

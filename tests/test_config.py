@@ -24,20 +24,28 @@ def build():
 
 def make_project(root: Path, table: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "pyproject.toml").write_text(f'[project]\nname = "demo"\n\n[tool.modinspect]\n{table}\n')
+    (root / "pyproject.toml").write_text(
+        f'[project]\nname = "demo"\n\n[tool.modinspect]\n{table}\n'
+    )
     return root / "pyproject.toml"
 
 
 def checkpoint(path: Path) -> dict[str, torch.Tensor]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {"0.weight": torch.full((4, 3), 0.5), "0.bias": torch.arange(4.0), "2.weight": torch.ones(2, 4),
-          "2.bias": torch.tensor([-1.0, 1.0])}
+    sd = {
+        "0.weight": torch.full((4, 3), 0.5),
+        "0.bias": torch.arange(4.0),
+        "2.weight": torch.ones(2, 4),
+        "2.bias": torch.tensor([-1.0, 1.0]),
+    }
     torch.save(sd, path)
     return sd
 
 
 def test_discovery_from_nested_subdirectory(chdir: Path) -> None:
-    pyproject = make_project(chdir, 'model = "net.py:build"\nweights = "ckpt/w.pt"\ninput_shape = [1, 3]')
+    pyproject = make_project(
+        chdir, 'model = "net.py:build"\nweights = "ckpt/w.pt"\ninput_shape = [1, 3]'
+    )
     nested = chdir / "a" / "b" / "c"
     nested.mkdir(parents=True)
     config = load_config(nested)
@@ -63,7 +71,9 @@ def test_nearest_pyproject_wins(tmp_path: Path) -> None:
     assert (config.path, config.model) == (inner.resolve(), "inner.py:build")
 
 
-def test_model_and_weights_resolve_against_the_pyproject_dir(chdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_and_weights_resolve_against_the_pyproject_dir(
+    chdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     make_project(chdir, 'model = "src/net.py:build"\nweights = "ckpt/w.pt"')
     (chdir / "src").mkdir()
     (chdir / "src" / "net.py").write_text(NET_PY)
@@ -121,8 +131,11 @@ def test_config_without_weights(tmp_path: Path) -> None:
 
 
 def test_every_known_key_is_accepted(tmp_path: Path) -> None:
-    make_project(tmp_path, 'model = "m.py:x"\nweights = "w.pt"\ninput = "i.pt"\ninput_shape = [2, 3]\n'
-                           'input_dtype = "float16"\ndevice = "cpu"\ndtype = "bfloat16"')
+    make_project(
+        tmp_path,
+        'model = "m.py:x"\nweights = "w.pt"\ninput = "i.pt"\ninput_shape = [2, 3]\n'
+        'input_dtype = "float16"\ndevice = "cpu"\ndtype = "bfloat16"',
+    )
     config = load_config(tmp_path)
     assert set(config.extra) == KNOWN_KEYS - {"model", "weights"}
     assert config.extra["input_shape"] == [2, 3]
@@ -154,7 +167,9 @@ def test_find_pyproject_stops_at_the_filesystem_root(tmp_path: Path) -> None:
 
 
 def test_missing_table(tmp_path: Path) -> None:
-    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n\n[tool.ruff]\nline-length = 100\n')
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n\n[tool.ruff]\nline-length = 100\n'
+    )
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path)
     assert str(info.value) == (
@@ -184,7 +199,10 @@ def test_model_must_be_a_non_empty_string(tmp_path: Path, value: str) -> None:
     pyproject = make_project(tmp_path, f"model = {value}")
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path)
-    assert str(info.value) == f'[tool.modinspect] in {pyproject.resolve()} needs model = "file.py:NAME" (a string)'
+    assert (
+        str(info.value)
+        == f'[tool.modinspect] in {pyproject.resolve()} needs model = "file.py:NAME" (a string)'
+    )
 
 
 def test_model_missing(tmp_path: Path) -> None:
@@ -205,7 +223,10 @@ def test_table_that_is_not_a_table(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text('[tool]\nmodinspect = "m.py:x"\n')
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path)
-    assert str(info.value) == f"[tool.modinspect] in {tmp_path.resolve() / 'pyproject.toml'} must be a table"
+    assert (
+        str(info.value)
+        == f"[tool.modinspect] in {tmp_path.resolve() / 'pyproject.toml'} must be a table"
+    )
 
 
 def test_tool_that_is_not_a_table(tmp_path: Path) -> None:

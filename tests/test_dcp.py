@@ -51,9 +51,16 @@ class SplitPlanner(dcp.DefaultSavePlanner):  # type: ignore[misc, name-defined]
                 sizes[dim] = n
                 self.pieces[(item.index.fqn, tuple(offsets))] = (dim, start, n)
                 chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes))
-                data = TensorWriteData(chunk=chunk, properties=item.tensor_data.properties, size=full)
-                items.append(WriteItem(index=MetadataIndex(item.index.fqn, torch.Size(offsets), i),
-                                       type=WriteItemType.SHARD, tensor_data=data))
+                data = TensorWriteData(
+                    chunk=chunk, properties=item.tensor_data.properties, size=full
+                )
+                items.append(
+                    WriteItem(
+                        index=MetadataIndex(item.index.fqn, torch.Size(offsets), i),
+                        type=WriteItemType.SHARD,
+                        tensor_data=data,
+                    )
+                )
                 start += n
         self.plan = dataclasses.replace(plan, items=items)
         return self.plan
@@ -81,19 +88,25 @@ def test_lists_names_shapes_dtypes_and_chunks(tmp_path: Path) -> None:
         assert sorted(src.names()) == sorted(state)
         for name, t in state.items():
             info = src.info(name)
-            assert info.shape == tuple(t.shape) and info.dtype == str(t.dtype).removeprefix("torch.")
+            assert info.shape == tuple(t.shape) and info.dtype == str(t.dtype).removeprefix(
+                "torch."
+            )
             assert info.nbytes == t.numel() * t.element_size()
             assert torch.equal(src.read_tensor(name), t)
         assert src.info("bn.running_mean").kind == "buffer"
-        assert src.notes[0] == (f"torch.distributed.checkpoint: {len(state)} tensors in {len(state)} chunks "
-                                "across 1 file(s) (__0_0.distcp)")
+        assert src.notes[0] == (
+            f"torch.distributed.checkpoint: {len(state)} tensors in {len(state)} chunks "
+            "across 1 file(s) (__0_0.distcp)"
+        )
 
 
 def test_nested_state_dict_and_non_tensor_entries(tmp_path: Path) -> None:
     folder = save_dcp({"model": {"w": torch.ones(2, 3)}, "step": 7}, tmp_path / "ckpt")
     with open_source(str(folder)) as src:
         assert src.names() == ["model.w"]
-        assert [(e.name, e.summary) for e in src.other_entries] == [("step", "pickled object (not read)")]
+        assert [(e.name, e.summary) for e in src.other_entries] == [
+            ("step", "pickled object (not read)")
+        ]
         assert torch.equal(src.read_tensor("model.w"), torch.ones(2, 3))
 
 
@@ -101,7 +114,9 @@ def test_multi_chunk_tensors_are_reassembled(tmp_path: Path) -> None:
     w = torch.arange(35.0).reshape(7, 5)
     v = torch.randn(2, 3, 4, dtype=torch.float64)
     state = {"w": w, "v": v, "b": torch.ones(3)}
-    folder = save_dcp(dict(state), tmp_path / "ckpt", SplitPlanner({"w": (0, [3, 4]), "v": (2, [1, 3])}))
+    folder = save_dcp(
+        dict(state), tmp_path / "ckpt", SplitPlanner({"w": (0, [3, 4]), "v": (2, [1, 3])})
+    )
     # DCP's own loader reassembles them too: the file really is chunked as declared.
     theirs = {k: torch.zeros_like(t) for k, t in state.items()}
     dcp.load(theirs, checkpoint_id=str(folder))
@@ -119,7 +134,9 @@ def test_safetensors_serialization_format(tmp_path: Path) -> None:
     from torch.distributed.checkpoint.filesystem import SerializationFormat
 
     state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4, dtype=torch.float16)}
-    writer = dcp.FileSystemWriter(str(tmp_path / "ckpt"), serialization_format=SerializationFormat.SAFETENSORS)
+    writer = dcp.FileSystemWriter(
+        str(tmp_path / "ckpt"), serialization_format=SerializationFormat.SAFETENSORS
+    )
     dcp.save(dict(state), storage_writer=writer)
     with open_source(str(tmp_path / "ckpt")) as src:
         for name, t in state.items():
@@ -142,15 +159,19 @@ def test_diff_against_torch_save_and_load_into_a_model(tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     assert [d["name"] for d in doc["changed"]] == ["fc.bias"]
     tests_dir = str(Path(__file__).parent)
-    (tmp_path / "m.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "m.py").write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {tests_dir!r})
         from models import WithBatchNorm
         def build():
             return WithBatchNorm()
-    """))
+    """)
+    )
     out = tmp_path / "loaded.pt"
-    loaded = invoke("load", f"{tmp_path / 'm.py'}:build", str(folder), "--strict", "--out", str(out))
+    loaded = invoke(
+        "load", f"{tmp_path / 'm.py'}:build", str(folder), "--strict", "--out", str(out)
+    )
     assert loaded.exit_code == 0, loaded.stdout + loaded.stderr
     back = torch.load(out, weights_only=True)
     assert all(torch.equal(back[k], state[k]) for k in state)
@@ -167,7 +188,9 @@ def test_metadata_with_a_foreign_global_is_refused_unread(tmp_path: Path) -> Non
     with pytest.raises(UnsafePickleError, match=r"needs 'builtins\.print'"):
         open_source(str(folder))
     result = invoke("tree", str(folder))
-    assert result.exit_code == 2 and "builtins.print" in result.stderr and "pwned" not in result.stdout
+    assert (
+        result.exit_code == 2 and "builtins.print" in result.stderr and "pwned" not in result.stdout
+    )
 
 
 def test_chunk_outside_the_directory_or_file_is_refused(tmp_path: Path) -> None:
@@ -208,8 +231,12 @@ def test_metadata_cannot_rewrite_the_allowlist(tmp_path: Path) -> None:
     folder = save_dcp({"w": torch.ones(2)}, tmp_path / "ckpt")
     for module, name in (("torch", "Size"), ("torch", "float32"), ("pathlib", "PosixPath")):
         # GLOBAL module name; {'__defaults__': (1,)} BUILD; STOP  (protocol 2: PROTO 2 first)
-        body = (b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"}q\x00X\x0c\x00\x00\x00__defaults__q\x01K\x01\x85"
-                b"q\x02sb.")
+        body = (
+            b"\x80\x02c"
+            + f"{module}\n{name}\n".encode()
+            + b"}q\x00X\x0c\x00\x00\x00__defaults__q\x01K\x01\x85"
+            b"q\x02sb."
+        )
         (folder / ".metadata").write_bytes(body)
         with pytest.raises(CorruptFileError, match="tries to modify"):
             open_source(str(folder))
@@ -228,7 +255,9 @@ def test_extension_transforms_and_short_chunks_are_named(tmp_path: Path) -> None
         assert src.info("w").shape == (6,)  # listing needs no data
         from modinspect.errors import UnknownFormatError
 
-        with pytest.raises(UnknownFormatError, match=r"'w' is stored through DCP extensions \(zstd\)"):
+        with pytest.raises(
+            UnknownFormatError, match=r"'w' is stored through DCP extensions \(zstd\)"
+        ):
             src.read_tensor("w")
     metadata = pickle.loads(real)
     metadata.state_dict_metadata["w"].size = torch.Size([7])

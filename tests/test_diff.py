@@ -39,17 +39,25 @@ def write_sharded(path: Path, sd: dict[str, torch.Tensor]) -> Path:
     path.mkdir()
     names = list(sd)
     half = len(names) // 2
-    shards = {"model-00001-of-00002.safetensors": names[:half], "model-00002-of-00002.safetensors": names[half:]}
+    shards = {
+        "model-00001-of-00002.safetensors": names[:half],
+        "model-00002-of-00002.safetensors": names[half:],
+    }
     weight_map = {}
     for shard, keys in shards.items():
         save_file({k: sd[k].contiguous() for k in keys}, str(path / shard))
         weight_map.update({k: shard for k in keys})
-    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (path / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     return path
 
 
 WRITERS: dict[str, Callable[[Path, dict[str, torch.Tensor]], Path]] = {
-    "pth": write_pth, "safetensors": write_st, "legacy": write_legacy, "sharded": write_sharded,
+    "pth": write_pth,
+    "safetensors": write_st,
+    "legacy": write_legacy,
+    "sharded": write_sharded,
 }
 
 
@@ -92,7 +100,9 @@ def test_metrics_match_torch_across_chunk_boundaries(tmp_path: Path) -> None:
         assert d.max_abs_diff == pytest.approx(delta.max().item(), rel=1e-6)
         assert d.mean_abs_diff == pytest.approx(delta.mean().item(), rel=1e-5)
         assert d.rel_l2 == pytest.approx((delta.norm() / a.double().norm()).item(), rel=1e-5)
-        cos = torch.nn.functional.cosine_similarity(a.double().reshape(1, -1), b.double().reshape(1, -1)).item()
+        cos = torch.nn.functional.cosine_similarity(
+            a.double().reshape(1, -1), b.double().reshape(1, -1)
+        ).item()
         assert d.cosine == pytest.approx(cos, rel=1e-6)
         expected = (~torch.isclose(a, b, rtol=1.3e-6, atol=1e-5)).sum().item()
         assert d.differing == expected
@@ -101,7 +111,10 @@ def test_metrics_match_torch_across_chunk_boundaries(tmp_path: Path) -> None:
 def test_close_is_equal_but_not_identical(tmp_path: Path) -> None:
     a = torch.ones(100)
     b = a + 1e-7
-    report = diff(write_st(tmp_path / "a.safetensors", {"w": a}), write_st(tmp_path / "b.safetensors", {"w": b}))
+    report = diff(
+        write_st(tmp_path / "a.safetensors", {"w": a}),
+        write_st(tmp_path / "b.safetensors", {"w": b}),
+    )
     assert not report.differs
     assert (report.equal, report.identical, len(report.close)) == (1, 0, 1)
     exact = diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors", exact=True)
@@ -110,20 +123,27 @@ def test_close_is_equal_but_not_identical(tmp_path: Path) -> None:
 
 def test_tolerance_options(tmp_path: Path) -> None:
     a, b = torch.zeros(10), torch.full((10,), 0.01)
-    pa, pb = write_st(tmp_path / "a.safetensors", {"w": a}), write_st(tmp_path / "b.safetensors", {"w": b})
+    pa, pb = (
+        write_st(tmp_path / "a.safetensors", {"w": a}),
+        write_st(tmp_path / "b.safetensors", {"w": b}),
+    )
     assert diff(pa, pb).differs
     assert not diff(pa, pb, atol=0.02).differs
     assert tolerance_for("float32", "bfloat16", DiffOptions()) == (1.6e-2, 1e-5)
     assert tolerance_for("int64", "int64", DiffOptions()) == (0.0, 0.0)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int64, torch.int8, torch.bool, torch.uint8])
+@pytest.mark.parametrize(
+    "dtype", [torch.bfloat16, torch.float16, torch.int64, torch.int8, torch.bool, torch.uint8]
+)
 def test_dtypes(tmp_path: Path, dtype: torch.dtype) -> None:
     base = torch.arange(24).reshape(4, 6) % 5
     a = base.to(dtype)
     b = a.clone()
-    b[1, 2] = (1 if dtype != torch.bool else not bool(a[1, 2]))
-    report = diff(write_st(tmp_path / "a.safetensors", {"t": a}), write_pth(tmp_path / "b.pth", {"t": b}))
+    b[1, 2] = 1 if dtype != torch.bool else not bool(a[1, 2])
+    report = diff(
+        write_st(tmp_path / "a.safetensors", {"t": a}), write_pth(tmp_path / "b.pth", {"t": b})
+    )
     d = changed(report, "t")
     assert d.differing == 1 and d.dtype_a == str(dtype).removeprefix("torch.")
     assert d.max_abs_diff == pytest.approx(abs(float(a[1, 2]) - float(b[1, 2])))
@@ -132,14 +152,23 @@ def test_dtypes(tmp_path: Path, dtype: torch.dtype) -> None:
 def test_bf16_values_beyond_bf16_tolerance(tmp_path: Path) -> None:
     a = torch.tensor([1.0, 2.0, 3.0], dtype=torch.bfloat16)
     b = torch.tensor([1.0, 2.0, 3.5], dtype=torch.bfloat16)
-    d = changed(diff(write_st(tmp_path / "a.safetensors", {"t": a}), write_st(tmp_path / "b.safetensors", {"t": b})), "t")
+    d = changed(
+        diff(
+            write_st(tmp_path / "a.safetensors", {"t": a}),
+            write_st(tmp_path / "b.safetensors", {"t": b}),
+        ),
+        "t",
+    )
     assert (d.differing, d.max_abs_diff) == (1, 0.5)
 
 
 def test_nan_against_nan(tmp_path: Path) -> None:
     a = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 2.0])
     b = torch.tensor([1.0, float("nan"), float("inf"), float("inf"), float("nan")])
-    pa, pb = write_st(tmp_path / "a.safetensors", {"t": a}), write_st(tmp_path / "b.safetensors", {"t": b})
+    pa, pb = (
+        write_st(tmp_path / "a.safetensors", {"t": a}),
+        write_st(tmp_path / "b.safetensors", {"t": b}),
+    )
     d = changed(diff(pa, pb), "t")
     assert d.differing == 2  # -inf vs inf, and 2.0 vs NaN
     assert (d.nan_a, d.nan_b, d.inf_a, d.inf_b) == (1, 2, 2, 2)
@@ -160,7 +189,12 @@ def test_zero_dim_and_empty_tensors(tmp_path: Path) -> None:
 
 def test_structural_differences(tmp_path: Path) -> None:
     a = {"x": torch.zeros(2, 3), "y": torch.zeros(4), "z": torch.zeros(2), "gone": torch.zeros(1)}
-    b = {"x": torch.zeros(3, 2), "y": torch.zeros(4, dtype=torch.float16), "z": torch.zeros(2), "new": torch.zeros(1)}
+    b = {
+        "x": torch.zeros(3, 2),
+        "y": torch.zeros(4, dtype=torch.float16),
+        "z": torch.zeros(2),
+        "new": torch.zeros(1),
+    }
     report = diff(write_st(tmp_path / "a.safetensors", a), write_st(tmp_path / "b.safetensors", b))
     assert report.only_in_a == ("gone",) and report.only_in_b == ("new",)
     assert [(m.name, m.a, m.b) for m in report.shape_mismatch] == [("x", "[2, 3]", "[3, 2]")]
@@ -192,14 +226,29 @@ def test_prefix_hint_strip_rename_include_exclude(tmp_path: Path) -> None:
         f"5 of 5 keys only in {tmp_path}/ddp.pth differ from {tmp_path}/plain.safetensors by the prefix 'module.' "
         "(DataParallel/DistributedDataParallel): pass --strip-prefix module.",
     )
-    stripped = diff(tmp_path / "plain.safetensors", tmp_path / "ddp.pth", keymap=KeyMap(strip_prefixes=("module.",)))
+    stripped = diff(
+        tmp_path / "plain.safetensors",
+        tmp_path / "ddp.pth",
+        keymap=KeyMap(strip_prefixes=("module.",)),
+    )
     assert not stripped.differs and stripped.compared == len(sd)
-    renamed = diff(tmp_path / "plain.safetensors", tmp_path / "ddp.pth",
-                   keymap=KeyMap(renames=((r"^module\.", ""),)))
+    renamed = diff(
+        tmp_path / "plain.safetensors",
+        tmp_path / "ddp.pth",
+        keymap=KeyMap(renames=((r"^module\.", ""),)),
+    )
     assert not renamed.differs
-    only_fc1 = diff(tmp_path / "plain.safetensors", tmp_path / "plain.safetensors", keymap=KeyMap(include=("fc1.*",)))
+    only_fc1 = diff(
+        tmp_path / "plain.safetensors",
+        tmp_path / "plain.safetensors",
+        keymap=KeyMap(include=("fc1.*",)),
+    )
     assert only_fc1.compared == 2
-    no_scale = diff(tmp_path / "plain.safetensors", tmp_path / "plain.safetensors", keymap=KeyMap(exclude=("scale",)))
+    no_scale = diff(
+        tmp_path / "plain.safetensors",
+        tmp_path / "plain.safetensors",
+        keymap=KeyMap(exclude=("scale",)),
+    )
     assert no_scale.compared == len(sd) - 1
 
 
@@ -214,9 +263,14 @@ def test_rollup_and_severity_order(tmp_path: Path) -> None:
     other = {k: v.clone() for k, v in sd.items()}
     other["h.1.w"] += 0.1
     other["h.2.b"] += 2.0
-    report = diff(write_st(tmp_path / "a.safetensors", sd), write_st(tmp_path / "b.safetensors", other))
+    report = diff(
+        write_st(tmp_path / "a.safetensors", sd), write_st(tmp_path / "b.safetensors", other)
+    )
     assert [d.name for d in report.changed] == ["h.2.b", "h.1.w"]
-    assert [(r.module, r.tensors, r.changed) for r in report.rollup] == [("h.1", 2, 1), ("h.2", 2, 1)]
+    assert [(r.module, r.tensors, r.changed) for r in report.rollup] == [
+        ("h.1", 2, 1),
+        ("h.2", 2, 1),
+    ]
 
 
 def test_collapse_and_rollup_helpers() -> None:
@@ -232,14 +286,24 @@ def test_entry_point_with_weights_against_a_file(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = TwoLayer()
     write_st(tmp_path / "w.safetensors", model.state_dict())
-    (tmp_path / "m.py").write_text("import torch\nfrom torch import nn\n"
-                                   "class TwoLayer(nn.Module):\n"
-                                   "    def __init__(self):\n"
-                                   "        super().__init__()\n"
-                                   "        self.fc1 = nn.Linear(4, 8); self.act = nn.ReLU(); self.fc2 = nn.Linear(8, 2)\n"
-                                   "        self.register_buffer('scale', torch.ones(2))\n"
-                                   "        self.register_buffer('cache', torch.zeros(3), persistent=False)\n")
-    result = invoke("diff", "m.py:TwoLayer", "w.safetensors", "--weights-a", "w.safetensors", "--json", cwd=tmp_path)
+    (tmp_path / "m.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "class TwoLayer(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc1 = nn.Linear(4, 8); self.act = nn.ReLU(); self.fc2 = nn.Linear(8, 2)\n"
+        "        self.register_buffer('scale', torch.ones(2))\n"
+        "        self.register_buffer('cache', torch.zeros(3), persistent=False)\n"
+    )
+    result = invoke(
+        "diff",
+        "m.py:TwoLayer",
+        "w.safetensors",
+        "--weights-a",
+        "w.safetensors",
+        "--json",
+        cwd=tmp_path,
+    )
     doc = json.loads(result.stdout)
     # The live module's non-persistent buffer is not in its state_dict(), so it is not compared.
     assert doc["only_in_a"] == [] and doc["changed"] == [] and doc["equal"] == 5
@@ -258,7 +322,14 @@ def test_cli_exit_codes_and_json(tmp_path: Path) -> None:
     result = invoke("diff", "a.safetensors", "b.pth", "--json", cwd=tmp_path)
     assert result.exit_code == 1
     doc = json.loads(result.stdout)
-    assert set(doc) >= {"only_in_a", "only_in_b", "shape_mismatch", "dtype_mismatch", "changed", "equal"}
+    assert set(doc) >= {
+        "only_in_a",
+        "only_in_b",
+        "shape_mismatch",
+        "dtype_mismatch",
+        "changed",
+        "equal",
+    }
     assert doc["equal"] == len(sd) - 1
     top = doc["changed"][0]
     assert top["name"] == "fc2.bias" and top["max_abs_diff"] == 1.0
@@ -280,16 +351,24 @@ def test_whole_pickled_model_diffs_without_its_code(tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     assert result.stderr == (  # torch.load would call the model's own class; nothing ran here
         "warning: torch.load would call models.TwoLayer: shown as stand-ins here, nothing ran; fully unpickling "
-        "the file (torch.load without weights_only=True, or --unsafe-pickle) runs it\n")
+        "the file (torch.load without weights_only=True, or --unsafe-pickle) runs it\n"
+    )
     # Every tensor of the state dict is equal; the pickled module's non-persistent buffer is not compared.
-    assert (doc["changed"], doc["only_in_a"], doc["only_in_b"], doc["shape_mismatch"]) == ([], [], [], [])
+    assert (doc["changed"], doc["only_in_a"], doc["only_in_b"], doc["shape_mismatch"]) == (
+        [],
+        [],
+        [],
+        [],
+    )
     assert doc["identical"] == len(model.state_dict()) and not doc["differs"]
 
 
 def test_gpt2_from_config_saved_two_ways(tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=99))
+    model = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=99)
+    )
     model.save_pretrained(tmp_path / "hf")  # safetensors without the tied lm_head.weight
     torch.save(model.state_dict(), tmp_path / "sd.pth")
     report = diff(tmp_path / "hf" / "model.safetensors", tmp_path / "sd.pth")
@@ -304,13 +383,21 @@ def test_gpt2_from_config_saved_two_ways(tmp_path: Path) -> None:
     tuned = diff(tmp_path / "hf", tmp_path / "tuned.pth")
     assert [d.name for d in tuned.changed] == ["transformer.h.1.mlp.c_fc.weight"]
     assert [(r.module, r.changed) for r in tuned.rollup] == [("transformer.h.1", 1)]
-    assert changed(tuned, "transformer.h.1.mlp.c_fc.weight").differing == model.transformer.h[1].mlp.c_fc.weight.shape[1]
-    assert math.isclose(changed(tuned, "transformer.h.1.mlp.c_fc.weight").max_abs_diff, 0.5, rel_tol=1e-6)
+    assert (
+        changed(tuned, "transformer.h.1.mlp.c_fc.weight").differing
+        == model.transformer.h[1].mlp.c_fc.weight.shape[1]
+    )
+    assert math.isclose(
+        changed(tuned, "transformer.h.1.mlp.c_fc.weight").max_abs_diff, 0.5, rel_tol=1e-6
+    )
 
 
 # ---------------------------------------------------------------- the byte-equality fast path
 
-def _reports_both_ways(monkeypatch: pytest.MonkeyPatch, a: Path, b: Path, **options: object) -> tuple[DiffReport, DiffReport]:
+
+def _reports_both_ways(
+    monkeypatch: pytest.MonkeyPatch, a: Path, b: Path, **options: object
+) -> tuple[DiffReport, DiffReport]:
     """diff(a, b) with the byte path, and again with every pair through the tensor arithmetic alone."""
     from modinspect.sources.safetensors import SafetensorsSource
 
@@ -323,27 +410,48 @@ def _reports_both_ways(monkeypatch: pytest.MonkeyPatch, a: Path, b: Path, **opti
 
 
 SPECIAL = {
-    "nan_payloads": (torch.tensor([1.0, float("nan"), 2.0]),
-                     torch.tensor([0x3F800000, 0x7FC00001, 0x40000000], dtype=torch.int32).view(torch.float32)),
+    "nan_payloads": (
+        torch.tensor([1.0, float("nan"), 2.0]),
+        torch.tensor([0x3F800000, 0x7FC00001, 0x40000000], dtype=torch.int32).view(torch.float32),
+    ),
     "same_nan": (torch.tensor([float("nan"), 1.0]), torch.tensor([float("nan"), 1.0])),
     "signed_zero": (torch.tensor([0.0, 1.0, -0.0]), torch.tensor([-0.0, 1.0, 0.0])),
     "within_tolerance": (torch.ones(50), torch.ones(50) + 1e-7),
     "outside_tolerance": (torch.ones(50), torch.ones(50) + 1e-3),
-    "same_inf": (torch.tensor([float("inf"), -float("inf")]), torch.tensor([float("inf"), -float("inf")])),
+    "same_inf": (
+        torch.tensor([float("inf"), -float("inf")]),
+        torch.tensor([float("inf"), -float("inf")]),
+    ),
     "identical": (torch.arange(10.0), torch.arange(10.0)),
     "ints": (torch.arange(6), torch.arange(6)),
-    "bf16": (torch.tensor([1.0, 2.0], dtype=torch.bfloat16), torch.tensor([1.0, 2.0], dtype=torch.bfloat16)),
+    "bf16": (
+        torch.tensor([1.0, 2.0], dtype=torch.bfloat16),
+        torch.tensor([1.0, 2.0], dtype=torch.bfloat16),
+    ),
     "bools": (torch.tensor([True, False]), torch.tensor([True, False])),
     "empty": (torch.zeros(0, 3), torch.zeros(0, 3)),
-    "big_equal": (torch.arange(3 << 20, dtype=torch.float32), torch.arange(3 << 20, dtype=torch.float32)),
+    "big_equal": (
+        torch.arange(3 << 20, dtype=torch.float32),
+        torch.arange(3 << 20, dtype=torch.float32),
+    ),
 }
 
 
-@pytest.mark.parametrize("options", [{}, {"exact": True}, {"nan_equal": False}, {"atol": 1e-2}, {"chunk_elems": 7},
-                                     {"chunk_elems": 300_000}],
-                         ids=["default", "exact", "nan-unequal", "atol", "chunk7", "chunk300k"])
-def test_byte_path_reports_exactly_what_the_arithmetic_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                               options: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"exact": True},
+        {"nan_equal": False},
+        {"atol": 1e-2},
+        {"chunk_elems": 7},
+        {"chunk_elems": 300_000},
+    ],
+    ids=["default", "exact", "nan-unequal", "atol", "chunk7", "chunk300k"],
+)
+def test_byte_path_reports_exactly_what_the_arithmetic_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict[str, object]
+) -> None:
     big = SPECIAL["big_equal"][1].clone()
     big[-1] += 1  # differs only in the last of several 4 MiB pieces
     pairs = {**SPECIAL, "big_last": (SPECIAL["big_equal"][0].clone(), big)}
@@ -363,7 +471,12 @@ def test_byte_path_statuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert [d.name for d in default.close] == ["within_tolerance"]
     # NaN with another payload and -0.0 against 0.0 are equal values with other bytes; --exact sees the bytes.
     assert (default.compared, default.equal, default.identical) == (12, 11, 10)
-    assert {d.name for d in exact.changed} == {"nan_payloads", "signed_zero", "within_tolerance", "outside_tolerance"}
+    assert {d.name for d in exact.changed} == {
+        "nan_payloads",
+        "signed_zero",
+        "within_tolerance",
+        "outside_tolerance",
+    }
     assert {d.name for d in strict_nan.changed} == {"nan_payloads", "same_nan", "outside_tolerance"}
     assert changed(strict_nan, "same_nan").differing == 1
 
@@ -374,24 +487,35 @@ def test_identical_files_compare_without_importing_torch(tmp_path: Path) -> None
 
     sd = {f"h.{i}.w": torch.randn(64, 3) for i in range(20)} | {"big": torch.randn(1 << 21)}
     a, b = write_st(tmp_path / "a.safetensors", sd), write_st(tmp_path / "b.safetensors", sd)
-    code = ("import sys; from modinspect.run.source import open_source; from modinspect.analysis.diff import diff_sources\n"
-            f"r = diff_sources(open_source({str(a)!r}), open_source({str(b)!r}))\n"
-            "print(r.identical, r.compared, r.differs, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys; from modinspect.run.source import open_source; from modinspect.analysis.diff import diff_sources\n"
+        f"r = diff_sources(open_source({str(a)!r}), open_source({str(b)!r}))\n"
+        "print(r.identical, r.compared, r.differs, 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.split() == ["21", "21", "False", "False"]
 
 
-def test_sharded_and_aliased_names_take_the_byte_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sharded_and_aliased_names_take_the_byte_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
     model = Tied()
-    save_model(model, str(tmp_path / "saved.safetensors"))  # head.weight recorded as an alias of embed.weight
+    save_model(
+        model, str(tmp_path / "saved.safetensors")
+    )  # head.weight recorded as an alias of embed.weight
     sd = model.state_dict()
     write_sharded(tmp_path / "sharded", {k: v for k, v in sd.items() if k != "head.weight"})
-    fast, slow = _reports_both_ways(monkeypatch, tmp_path / "saved.safetensors", tmp_path / "sharded")
+    fast, slow = _reports_both_ways(
+        monkeypatch, tmp_path / "saved.safetensors", tmp_path / "sharded"
+    )
     assert fast == slow and not fast.differs and fast.identical == fast.compared == len(sd) - 1
 
 
 # ---------------------------------------------------------------- linear in the number of keys
+
 
 class _CountedKey(str):
     """A key that counts how often it is hashed or compared: the work of matching keys, in operations."""
@@ -433,7 +557,9 @@ def _key_ops(n: int) -> int:
     a = source(shared + [f"a.{i}" for i in range(n // 2)])
     b = source(shared + [f"module.b.{i}" for i in range(n // 2)])
     _CountedKey.ops = 0
-    keymap = _CountingKeyMap(exclude=("no-such-key",))  # a rule, so that every key goes through apply
+    keymap = _CountingKeyMap(
+        exclude=("no-such-key",)
+    )  # a rule, so that every key goes through apply
     report = diff_sources(a, b, DiffOptions(keymap=keymap))
     plan = plan_load(a.tensors, b.tensors, keymap)
     assert (report.compared, len(report.only_in_b), len(plan.loaded)) == (n // 2, n // 2, n // 2)
@@ -477,25 +603,39 @@ def test_severity_is_relative_change_and_step_counters_rank_after_weights(tmp_pa
     (model(torch.randn(4, 3, 6, 6)) ** 2).sum().backward()
     opt.step()
     after = model.state_dict()
-    report = diff(write_st(tmp_path / "a.safetensors", before), write_st(tmp_path / "b.safetensors", after))
+    report = diff(
+        write_st(tmp_path / "a.safetensors", before), write_st(tmp_path / "b.safetensors", after)
+    )
 
     def relative(k: str) -> float:
         a, b = before[k].double(), after[k].double()
         return float((b - a).norm() / a.norm()) if a.norm() > 0 else 1.0
 
     changed = {d.name for d in report.changed}
-    floats = sorted((k for k in changed if before[k].is_floating_point()),  # ties: the larger max |Δ| first
-                    key=lambda k: (-relative(k), -float((after[k] - before[k]).abs().max())))
+    floats = sorted(
+        (k for k in changed if before[k].is_floating_point()),  # ties: the larger max |Δ| first
+        key=lambda k: (-relative(k), -float((after[k] - before[k]).abs().max())),
+    )
     assert [d.name for d in report.changed] == [*floats, "bn.num_batches_tracked"]
-    assert len(floats) >= 5 and relative(floats[-1]) < 0.5  # the weights moved by a little, and still rank first
-    assert all(d.rel_l2 == pytest.approx(relative(d.name)) for d in report.changed if before[d.name].double().norm() > 0)
+    assert (
+        len(floats) >= 5 and relative(floats[-1]) < 0.5
+    )  # the weights moved by a little, and still rank first
+    assert all(
+        d.rel_l2 == pytest.approx(relative(d.name))
+        for d in report.changed
+        if before[d.name].double().norm() > 0
+    )
 
 
 def test_dtype_and_shape_mismatch_lists_collapse_by_layer_index(tmp_path: Path) -> None:
     sd = {f"h.{i}.{p}": torch.ones(4) for i in range(6) for p in ("w", "b")}
     other = {k: (v.half() if k.endswith(".w") else v) for k, v in sd.items()}
     other["h.5.b"] = torch.ones(5)
-    result = invoke("diff", write_st(tmp_path / "a.safetensors", sd), write_st(tmp_path / "b.safetensors", other))
+    result = invoke(
+        "diff",
+        write_st(tmp_path / "a.safetensors", sd),
+        write_st(tmp_path / "b.safetensors", other),
+    )
     assert result.exit_code == 1
     out = result.stdout
     assert "Dtype mismatches (6)\n  h.{0-5}.w: float32 in A, float16 in B\n" in out

@@ -20,8 +20,16 @@ from modinspect.run.source import open_source
 from modinspect.sources.byteread import WINDOW, PairReader
 from modinspect.sources.safetensors import SafetensorsSource
 
-ST_CODES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
-            torch.int8: "I8", torch.bool: "BOOL", torch.uint8: "U8"}
+ST_CODES = {
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int8: "I8",
+    torch.bool: "BOOL",
+    torch.uint8: "U8",
+}
 
 
 def write_ordered(path: Path, tensors: list[tuple[str, torch.Tensor]]) -> Path:
@@ -30,7 +38,11 @@ def write_ordered(path: Path, tensors: list[tuple[str, torch.Tensor]]) -> Path:
     data = bytearray()
     for name, t in tensors:
         raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": ST_CODES[t.dtype], "shape": list(t.shape), "data_offsets": [len(data), len(data) + len(raw)]}
+        header[name] = {
+            "dtype": ST_CODES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [len(data), len(data) + len(raw)],
+        }
         data += raw
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
@@ -38,8 +50,11 @@ def write_ordered(path: Path, tensors: list[tuple[str, torch.Tensor]]) -> Path:
     return path
 
 
-def both_ways(a: Path, b: Path, monkeypatch: pytest.MonkeyPatch, **options: object) -> tuple[DiffReport, DiffReport]:
+def both_ways(
+    a: Path, b: Path, monkeypatch: pytest.MonkeyPatch, **options: object
+) -> tuple[DiffReport, DiffReport]:
     """The report with the byte paths, and with every pair through the arithmetic (no byte range known)."""
+
     def run() -> DiffReport:
         with open_source(str(a)) as sa, open_source(str(b)) as sb:
             return diff_sources(sa, sb, DiffOptions(**options))  # type: ignore[arg-type]
@@ -56,7 +71,15 @@ def small_model() -> list[tuple[str, torch.Tensor]]:
     """300 small tensors of several dtypes, with empty and 0-dim ones among them, in natural name order."""
     g = torch.Generator().manual_seed(0)
     out: list[tuple[str, torch.Tensor]] = []
-    dtypes = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int8, torch.bool, torch.uint8]
+    dtypes = [
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int8,
+        torch.bool,
+        torch.uint8,
+    ]
     for i in range(300):
         dtype = dtypes[i % len(dtypes)] if i % 5 == 4 else torch.float32
         t = torch.randn(3, generator=g) * 10
@@ -77,8 +100,15 @@ def flip_byte(t: torch.Tensor, byte: int) -> torch.Tensor:
 
 
 CHANGES = {  # name -> byte flipped: first and last tensors, neighbours, the last byte before the next one's first
-    "h.0.w": 0, "h.299.w": -1, "h.100.w": 4, "h.101.w": 0, "h.102.w": -1, "h.150.w": -1, "h.151.w": 0,
-    "h.4.w": 0, "h.9.w": -1,  # float16 and int8, in the middle of a run
+    "h.0.w": 0,
+    "h.299.w": -1,
+    "h.100.w": 4,
+    "h.101.w": 0,
+    "h.102.w": -1,
+    "h.150.w": -1,
+    "h.151.w": 0,
+    "h.4.w": 0,
+    "h.9.w": -1,  # float16 and int8, in the middle of a run
 }
 
 
@@ -92,10 +122,12 @@ def changed_model(order: str = "same") -> list[tuple[str, torch.Tensor]]:
 
 
 @pytest.mark.parametrize("order", ["same", "reversed", "shuffled"])
-@pytest.mark.parametrize("options", [{}, {"exact": True}, {"nan_equal": False}],
-                         ids=["default", "exact", "nan-unequal"])
-def test_runs_of_small_tensors_report_what_the_arithmetic_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                  order: str, options: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    "options", [{}, {"exact": True}, {"nan_equal": False}], ids=["default", "exact", "nan-unequal"]
+)
+def test_runs_of_small_tensors_report_what_the_arithmetic_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: str, options: dict[str, object]
+) -> None:
     a = write_ordered(tmp_path / "a.safetensors", small_model())
     b = write_ordered(tmp_path / "b.safetensors", changed_model(order))
     fast, slow = both_ways(a, b, monkeypatch, **options)
@@ -106,43 +138,68 @@ def test_runs_of_small_tensors_report_what_the_arithmetic_reports(tmp_path: Path
     assert fast.compared == len(small_model()) and fast.identical == fast.compared - len(expected)
 
 
-def test_mismatches_in_a_run_and_a_large_tensor_among_small_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mismatches_in_a_run_and_a_large_tensor_among_small_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = small_model()
     model.insert(120, ("h.119.big", torch.arange(WINDOW // 2 + 5, dtype=torch.float32)))
     other = [(n, t) for n, t in model]
     index = {n: i for i, (n, _) in enumerate(other)}
-    other[index["h.50.w"]] = ("h.50.w", model[index["h.50.w"]][1].double())  # dtype mismatch mid-run
+    other[index["h.50.w"]] = (
+        "h.50.w",
+        model[index["h.50.w"]][1].double(),
+    )  # dtype mismatch mid-run
     other[index["h.60.w"]] = ("h.60.w", torch.zeros(4))  # shape mismatch mid-run
     big = model[index["h.119.big"]][1].clone()
     big[-1] += 1
     other[index["h.119.big"]] = ("h.119.big", big)
-    other[index["h.121.w"]] = ("h.121.w", flip_byte(model[index["h.121.w"]][1], 0))  # right after the big one
-    fast, slow = both_ways(write_ordered(tmp_path / "a.safetensors", model),
-                           write_ordered(tmp_path / "b.safetensors", other), monkeypatch)
+    other[index["h.121.w"]] = (
+        "h.121.w",
+        flip_byte(model[index["h.121.w"]][1], 0),
+    )  # right after the big one
+    fast, slow = both_ways(
+        write_ordered(tmp_path / "a.safetensors", model),
+        write_ordered(tmp_path / "b.safetensors", other),
+        monkeypatch,
+    )
     assert fast == slow
-    assert [m.name for m in fast.dtype_mismatch] == ["h.50.w"] and [m.name for m in fast.shape_mismatch] == ["h.60.w"]
-    assert {d.name for d in fast.changed} == {"h.119.big", "h.121.w"}  # h.50.w: the same values, as float64
+    assert [m.name for m in fast.dtype_mismatch] == ["h.50.w"] and [
+        m.name for m in fast.shape_mismatch
+    ] == ["h.60.w"]
+    assert {d.name for d in fast.changed} == {
+        "h.119.big",
+        "h.121.w",
+    }  # h.50.w: the same values, as float64
     assert fast.compared == len(model) - 1 and fast.identical == fast.compared - 2
 
 
-def test_runs_longer_than_the_window_are_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runs_longer_than_the_window_are_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     per = WINDOW // 64  # 64 tensors a window: the 64th starts the next run
     model = [(f"w.{i}", torch.full((per // 4,), float(i))) for i in range(150)]
     other = list(model)
     for i in (63, 64, 127, 128, 149):
         other[i] = (f"w.{i}", flip_byte(model[i][1], 0 if i % 2 else -1))
-    fast, slow = both_ways(write_ordered(tmp_path / "a.safetensors", model),
-                           write_ordered(tmp_path / "b.safetensors", other), monkeypatch, exact=True)
+    fast, slow = both_ways(
+        write_ordered(tmp_path / "a.safetensors", model),
+        write_ordered(tmp_path / "b.safetensors", other),
+        monkeypatch,
+        exact=True,
+    )
     assert fast == slow
     assert sorted(d.name for d in fast.changed) == sorted(f"w.{i}" for i in (63, 64, 127, 128, 149))
 
 
 @settings(max_examples=60, deadline=None)
-@given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=60),
-       flips=st.lists(st.integers(0, 10_000), max_size=8),
-       gaps=st.lists(st.booleans(), min_size=60, max_size=60))
-def test_same_each_is_same_pair_by_pair(tmp_path_factory: pytest.TempPathFactory, sizes: list[int], flips: list[int],
-                                        gaps: list[bool]) -> None:
+@given(
+    sizes=st.lists(st.integers(0, 40), min_size=1, max_size=60),
+    flips=st.lists(st.integers(0, 10_000), max_size=8),
+    gaps=st.lists(st.booleans(), min_size=60, max_size=60),
+)
+def test_same_each_is_same_pair_by_pair(
+    tmp_path_factory: pytest.TempPathFactory, sizes: list[int], flips: list[int], gaps: list[bool]
+) -> None:
     """Ranges in runs and out of them (a gap after a range on one side breaks the run), bytes flipped anywhere."""
     d = tmp_path_factory.mktemp("same_each")
     total = sum(sizes) + len(sizes)
@@ -162,8 +219,15 @@ def test_same_each_is_same_pair_by_pair(tmp_path_factory: pytest.TempPathFactory
     reader = PairReader()
     try:
         got = reader.same_each(ranges_a, ranges_b)
-        expected = [data_a[x:x + n] == data_b[y:y + n] for (_, x, n), (_, y, _) in zip(ranges_a, ranges_b, strict=True)]
-        assert got == expected == [reader.same(ra, rb) for ra, rb in zip(ranges_a, ranges_b, strict=True)]
+        expected = [
+            data_a[x : x + n] == data_b[y : y + n]
+            for (_, x, n), (_, y, _) in zip(ranges_a, ranges_b, strict=True)
+        ]
+        assert (
+            got
+            == expected
+            == [reader.same(ra, rb) for ra, rb in zip(ranges_a, ranges_b, strict=True)]
+        )
     finally:
         reader.close()
 

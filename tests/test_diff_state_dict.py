@@ -31,8 +31,16 @@ NETS = textwrap.dedent(
 def test_state_dict_names_leave_out_non_persistent_buffers(tmp_path: Path) -> None:
     (tmp_path / "nets.py").write_text(NETS)
     src = open_source("nets.py:Rotary", base=tmp_path)
-    assert src.state_dict_names() == list(src.module.state_dict()) == ["scale", "fc.weight", "fc.bias"]
-    assert set(src.names()) == {"scale", "fc.weight", "fc.bias", "inv_freq", "position_ids"}  # tree still shows them
+    assert (
+        src.state_dict_names() == list(src.module.state_dict()) == ["scale", "fc.weight", "fc.bias"]
+    )
+    assert set(src.names()) == {
+        "scale",
+        "fc.weight",
+        "fc.bias",
+        "inv_freq",
+        "position_ids",
+    }  # tree still shows them
 
 
 def test_diff_of_an_entry_point_against_its_own_state_dict_is_identical(tmp_path: Path) -> None:

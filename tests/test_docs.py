@@ -32,8 +32,11 @@ def test_every_command_has_a_readme_section(command: str) -> None:
 
 def test_readme_has_the_two_fresh_machine_commands() -> None:
     assert "bash .ci/run" in README
-    assert re.search(r"pip install torch==2\.13\.0 && pip install -c constraints\.txt -e \. && modinspect tree "
-                     r"sample_models/", README)
+    assert re.search(
+        r"pip install torch==2\.13\.0 && pip install -c constraints\.txt -e \. && modinspect tree "
+        r"sample_models/",
+        README,
+    )
     ci = (REPO / ".ci" / "run").read_text()
     assert "python -m pytest" in ci and "constraints.txt" in ci
 

@@ -31,8 +31,13 @@ from modinspect.reports.doctor import CATALOG, RANK, DoctorReport, Finding
 def run(case: Planted, which: str = "planted", **extra: Any) -> DoctorReport:
     model = getattr(case, which)()
     make = case.optimizer if which == "planted" else case.twin_optimizer
-    return modinspect.doctor(model, case.example_input(), context=case.context,
-                             optimizer=make(model) if make else None, **extra)
+    return modinspect.doctor(
+        model,
+        case.example_input(),
+        context=case.context,
+        optimizer=make(model) if make else None,
+        **extra,
+    )
 
 
 def loud(report: DoctorReport) -> list[Finding]:
@@ -49,8 +54,12 @@ def test_planted_mistake_is_found_where_it_is(case: Planted) -> None:
     report = run(case)
     mine = [f for f in report.findings if f.id == case.check]
     for where in case.where:
-        hits = [f for f in mine if (f.where.module, f.where.attribute, f.where.function)
-                == (where.module, where.attribute, where.function)]
+        hits = [
+            f
+            for f in mine
+            if (f.where.module, f.where.attribute, f.where.function)
+            == (where.module, where.attribute, where.function)
+        ]
         assert len(hits) == 1, (where, mine)
         assert hits[0].severity == case.severity, hits[0]
         assert hits[0].message and hits[0].fix
@@ -67,18 +76,30 @@ def test_twin_is_clean(case: Planted) -> None:
 
 
 def test_unused_parameter_is_classified() -> None:
-    never, dropped = (next(c for c in PLANTED if c.case == f"unused-parameter/{v}") for v in ("never-ran", "output-unused"))
+    never, dropped = (
+        next(c for c in PLANTED if c.case == f"unused-parameter/{v}")
+        for v in ("never-ran", "output-unused")
+    )
     for case in (never, dropped):
         found = [f for f in run(case).findings if f.id == "unused-parameter"]
         assert {f.detail for f in found} == {case.detail}
-        assert all("find_unused_parameters" in f.fix and "DistributedDataParallel" in f.message for f in found)
+        assert all(
+            "find_unused_parameters" in f.fix and "DistributedDataParallel" in f.message
+            for f in found
+        )
     frozen = next(n for n in NEAR_MISSES if n.case == "unused-parameter/frozen")
     report = modinspect.doctor(frozen.build(), frozen.example_input())
-    assert {(f.where.key, f.detail) for f in report.findings} == {("aux.weight", "frozen"), ("aux.bias", "frozen")}
+    assert {(f.where.key, f.detail) for f in report.findings} == {
+        ("aux.weight", "frozen"),
+        ("aux.bias", "frozen"),
+    }
 
 
-@pytest.mark.parametrize("case", [c for c in PLANTED if c.check == "autograd-function-wrong-backward"],
-                         ids=lambda c: c.case)
+@pytest.mark.parametrize(
+    "case",
+    [c for c in PLANTED if c.check == "autograd-function-wrong-backward"],
+    ids=lambda c: c.case,
+)
 def test_wrong_backward_names_its_multiple(case: Planted) -> None:
     (found,) = [f for f in run(case).findings if f.id == case.check]
     assert found.detail == ("not-a-multiple" if case.multiple is None else f"{case.multiple:g}")
@@ -94,7 +115,9 @@ def test_declared_gradient_reversal_is_silenced_and_a_wrong_declaration_is_not()
     name = case.where[0].function or ""
     report = run(case, expect={name: -0.1})
     assert not [f for f in report.findings if f.id == case.check]
-    assert f"{name}: backward returns -0.1 × the true gradient, as declared (--expect)" in report.notes
+    assert (
+        f"{name}: backward returns -0.1 × the true gradient, as declared (--expect)" in report.notes
+    )
     (found,) = [f for f in run(case, expect={name: -1.0}).findings if f.id == case.check]
     assert "(declared -1)" in found.message
 
@@ -115,12 +138,18 @@ def test_select_and_ignore() -> None:
         run(case, select=["nope"])
 
 
-@pytest.mark.parametrize("near", [n for n in NEAR_MISSES if n.example_input is not None], ids=lambda n: n.case)
+@pytest.mark.parametrize(
+    "near", [n for n in NEAR_MISSES if n.example_input is not None], ids=lambda n: n.case
+)
 def test_near_miss_is_at_most_what_the_corpus_allows(near: NearMiss) -> None:
     model = near.build()
     assert isinstance(model, nn.Module) and near.example_input is not None
-    report = modinspect.doctor(model, near.example_input(), context=near.context,
-                               optimizer=near.optimizer(model) if near.optimizer else None)
+    report = modinspect.doctor(
+        model,
+        near.example_input(),
+        context=near.context,
+        optimizer=near.optimizer(model) if near.optimizer else None,
+    )
     mine = [f for f in report.findings if f.id == near.check]
     if near.at_most is None:
         assert not mine, mine
@@ -139,7 +168,10 @@ def test_real_architecture_has_no_warning(clean: CleanModel) -> None:
     report = modinspect.doctor(model, clean.example_input(), context=clean.context)
     assert not loud(report), loud(report)
     assert not report.notes
-    allowed = {"module-created-in-forward", "unregistered-container"}  # stateless losses and Llama's Func: infos
+    allowed = {
+        "module-created-in-forward",
+        "unregistered-container",
+    }  # stateless losses and Llama's Func: infos
     assert {f.id for f in report.findings} <= allowed
     # the model is left as it was found: weights, buffers, modes, no gradients
     after = model.state_dict()
@@ -153,7 +185,9 @@ def test_bert_and_t5_per_call_loss_is_an_info_at_the_root() -> None:
         pytest.skip("needs transformers")
     clean = next(c for c in CLEAN_MODELS if c.name == "bert")
     report = modinspect.doctor(clean.build(), clean.example_input())
-    assert [(f.id, f.severity, f.where.module) for f in report.findings] == [("module-created-in-forward", "info", "")]
+    assert [(f.id, f.severity, f.where.module) for f in report.findings] == [
+        ("module-created-in-forward", "info", "")
+    ]
     assert "CrossEntropyLoss" in report.findings[0].message
 
 
@@ -169,13 +203,17 @@ def test_example_input_forms() -> None:
     case = next(c for c in PLANTED if c.case == "tensor-attribute/mask")
     x = case.example_input()[0][0]
     for form in (x, (x,), [x], ((x,), {})):
-        assert [f.id for f in modinspect.doctor(case.planted(), form).findings] == ["tensor-attribute"]
+        assert [f.id for f in modinspect.doctor(case.planted(), form).findings] == [
+            "tensor-attribute"
+        ]
     with pytest.raises(UsageError, match="example_inputs is a int"):
         modinspect.doctor(case.planted(), 3)
 
 
 def test_a_forward_that_raises_is_one_error() -> None:
-    with pytest.raises(modinspect.ModinspectError, match=r"^the model's forward raised RuntimeError: mat1 and mat2"):
+    with pytest.raises(
+        modinspect.ModinspectError, match=r"^the model's forward raised RuntimeError: mat1 and mat2"
+    ):
         modinspect.doctor(nn.Linear(4, 2), torch.randn(3, 5))
 
 
@@ -209,20 +247,25 @@ CHECKPOINT_RUNS = [(c, fmt) for c in PLANTED_CHECKPOINTS for fmt in _formats(c.c
 
 
 @pytest.mark.parametrize(("case", "fmt"), CHECKPOINT_RUNS, ids=lambda v: getattr(v, "case", v))
-def test_planted_checkpoint_is_found(case: corpus.PlantedCheckpoint, fmt: str, tmp_path: Path) -> None:
+def test_planted_checkpoint_is_found(
+    case: corpus.PlantedCheckpoint, fmt: str, tmp_path: Path
+) -> None:
     path = _save(case.planted(), tmp_path / "planted", fmt)
     with modinspect.open_source(str(path)) as src:
         report = modinspect.doctor(src)
     assert report.kind == "checkpoint"
     mine = [f for f in report.findings if f.id == case.check]
     assert [(f.where.module, f.where.attribute, f.severity) for f in mine] == [
-        (w.module, w.attribute, case.severity) for w in case.where]
+        (w.module, w.attribute, case.severity) for w in case.where
+    ]
     twin = _save(case.twin(), tmp_path / "twin", fmt)
     with modinspect.open_source(str(twin)) as src:
         assert not modinspect.doctor(src).findings
 
 
-@pytest.mark.parametrize("near", [n for n in NEAR_MISSES if n.example_input is None], ids=lambda n: n.case)
+@pytest.mark.parametrize(
+    "near", [n for n in NEAR_MISSES if n.example_input is None], ids=lambda n: n.case
+)
 def test_checkpoint_near_miss_is_quiet(near: NearMiss, tmp_path: Path) -> None:
     sd = near.build()
     assert isinstance(sd, dict)
@@ -256,8 +299,10 @@ def test_another_profiler_is_left_alone_and_said() -> None:
         assert sys.getprofile() is other
         sys.setprofile(None)
     assert events
-    assert report.notes == ("another profiler is active (sys.setprofile): modules and Parameters built in forward, "
-                            "forward called past __call__, and custom autograd Functions were not checked",)
+    assert report.notes == (
+        "another profiler is active (sys.setprofile): modules and Parameters built in forward, "
+        "forward called past __call__, and custom autograd Functions were not checked",
+    )
     assert not [f for f in report.findings if f.id == "forward-bypasses-call"]
 
 
@@ -269,10 +314,15 @@ def test_the_model_is_restored_after_a_forward_that_raised() -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     report = modinspect.doctor(model, case.example_input())
     assert [f.id for f in report.findings] == ["batchnorm-batch-of-one"]
-    assert report.notes == ("the forward raised (explained above), so the checks after it did not run",)
+    assert report.notes == (
+        "the forward raised (explained above), so the checks after it did not run",
+    )
     assert sys.getprofile() is None
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert not torch.nn.modules.module._global_forward_hooks and not torch.nn.modules.module._global_forward_pre_hooks
+    assert (
+        not torch.nn.modules.module._global_forward_hooks
+        and not torch.nn.modules.module._global_forward_pre_hooks
+    )
 
 
 @pytest.mark.bench_smoke
@@ -287,7 +337,11 @@ def test_bench_doctor_smoke() -> None:
     lines = bench_doctor.main(["--smoke"])
     assert lines[0].startswith("## doctor on tiny GPT-2, input (2, 16) with labels, 1 run(s)")
     assert [line.split(" |")[0].split(" (")[0] for line in lines[4:8]] == [
-        "| static checks", "| bare forward+backward", "| doctor, whole run", "| checkpoint checks"]
+        "| static checks",
+        "| bare forward+backward",
+        "| doctor, whole run",
+        "| checkpoint checks",
+    ]
     assert lines[-1].endswith("findings: 0 (none)")
 
 
@@ -308,7 +362,11 @@ def test_nested_plain_containers_are_looked_into() -> None:
             return x
 
     (found,) = modinspect.doctor(Grid()).findings
-    assert (found.id, found.severity, found.where.key) == ("unregistered-container", "error", "rows")
+    assert (found.id, found.severity, found.where.key) == (
+        "unregistered-container",
+        "error",
+        "rows",
+    )
     assert "holding 4 module(s)" in found.message
 
 
@@ -338,6 +396,12 @@ def test_a_function_that_needs_its_captured_shape_is_checked_at_that_shape() -> 
     report = modinspect.doctor(PairSumNet(), torch.randn(6, 4))
     (found,) = report.findings
     assert (found.id, found.where.module, found.where.function, found.detail) == (
-        "autograd-function-wrong-backward", "", "PairSum", "2")
-    assert found.message.startswith("PairSum.backward returns 2 × the true gradient (gradcheck in float64 on inputs "
-                                    "(6, 8); largest error")
+        "autograd-function-wrong-backward",
+        "",
+        "PairSum",
+        "2",
+    )
+    assert found.message.startswith(
+        "PairSum.backward returns 2 × the true gradient (gradcheck in float64 on inputs "
+        "(6, 8); largest error"
+    )

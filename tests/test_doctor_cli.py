@@ -121,35 +121,79 @@ def test_clean_model_exits_0(models: Path) -> None:
     assert result.stdout.splitlines()[-1] == "no findings from 18 checks"
 
 
-@pytest.mark.parametrize(("args", "code"), [
-    ((), 1), (("--fail-on", "warning"), 1), (("--fail-on", "error"), 1),
-    (("--fail-on", "error", "--ignore", "unregistered-container"), 0),
-    (("--select", "unused-parameter"), 1), (("--select", "unused-parameter", "--fail-on", "error"), 0),
-    (("--ignore", "unused-parameter", "--ignore", "probabilities-into-cross-entropy",
-      "--ignore", "unregistered-container"), 0),
-])
-def test_fail_on_select_ignore_set_the_exit_code(models: Path, args: tuple[str, ...], code: int) -> None:
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        ((), 1),
+        (("--fail-on", "warning"), 1),
+        (("--fail-on", "error"), 1),
+        (("--fail-on", "error", "--ignore", "unregistered-container"), 0),
+        (("--select", "unused-parameter"), 1),
+        (("--select", "unused-parameter", "--fail-on", "error"), 0),
+        (
+            (
+                "--ignore",
+                "unused-parameter",
+                "--ignore",
+                "probabilities-into-cross-entropy",
+                "--ignore",
+                "unregistered-container",
+            ),
+            0,
+        ),
+    ],
+)
+def test_fail_on_select_ignore_set_the_exit_code(
+    models: Path, args: tuple[str, ...], code: int
+) -> None:
     assert doctor("three.py:build", "-s", "8,16", *args, cwd=models).exit_code == code
 
 
-@pytest.mark.parametrize(("args", "line"), [
-    (("three.py:build", "-s", "8,16", "--fail-on", "info"), "error: --fail-on 'info' is not warning or error"),
-    (("three.py:build", "-s", "8,16", "--select", "nope"),
-     "error: --select 'nope' is not a doctor check; `modinspect doctor --explain list` lists them"),
-    (("three.py:build", "-s", "8,16", "--ignore", "unused"),
-     "error: --ignore 'unused' is not a doctor check; `modinspect doctor --explain list` lists them"),
-    (("three.py:dann", "-s", "8,16", "--expect", "Reverse"),
-     "error: --expect 'Reverse' is not NAME=MULTIPLE, e.g. --expect GradReverse=-0.1"),
-    (("three.py:dann", "-s", "8,16", "--expect", "Reverse=abc"),
-     "error: --expect 'Reverse=abc' is not NAME=MULTIPLE, e.g. --expect GradReverse=-0.1"),
-    (("three.py:build", "-s", "8,16", "--json", "--sarif"), "error: --json and --sarif are two outputs: pick one"),
-    (("three.py:build", "-s", "8,16", "--context", "eval"), "error: --context 'eval' is not training or inference"),
-    (("three.py:build", "-s", "8,17"),
-     "error: the model's forward raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (8x17 and 16x32)"),
-    (("--explain", "nope"), "error: --explain 'nope' is not a doctor check; --explain list lists them"),
-    (("missing.safetensors",), "error: missing.safetensors does not exist"),
-])
-def test_user_errors_are_one_line_and_exit_2(models: Path, args: tuple[str, ...], line: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ("three.py:build", "-s", "8,16", "--fail-on", "info"),
+            "error: --fail-on 'info' is not warning or error",
+        ),
+        (
+            ("three.py:build", "-s", "8,16", "--select", "nope"),
+            "error: --select 'nope' is not a doctor check; `modinspect doctor --explain list` lists them",
+        ),
+        (
+            ("three.py:build", "-s", "8,16", "--ignore", "unused"),
+            "error: --ignore 'unused' is not a doctor check; `modinspect doctor --explain list` lists them",
+        ),
+        (
+            ("three.py:dann", "-s", "8,16", "--expect", "Reverse"),
+            "error: --expect 'Reverse' is not NAME=MULTIPLE, e.g. --expect GradReverse=-0.1",
+        ),
+        (
+            ("three.py:dann", "-s", "8,16", "--expect", "Reverse=abc"),
+            "error: --expect 'Reverse=abc' is not NAME=MULTIPLE, e.g. --expect GradReverse=-0.1",
+        ),
+        (
+            ("three.py:build", "-s", "8,16", "--json", "--sarif"),
+            "error: --json and --sarif are two outputs: pick one",
+        ),
+        (
+            ("three.py:build", "-s", "8,16", "--context", "eval"),
+            "error: --context 'eval' is not training or inference",
+        ),
+        (
+            ("three.py:build", "-s", "8,17"),
+            "error: the model's forward raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (8x17 and 16x32)",
+        ),
+        (
+            ("--explain", "nope"),
+            "error: --explain 'nope' is not a doctor check; --explain list lists them",
+        ),
+        (("missing.safetensors",), "error: missing.safetensors does not exist"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(
+    models: Path, args: tuple[str, ...], line: str
+) -> None:
     result = doctor(*args, cwd=models)
     assert result.exit_code == 2
     assert result.stderr == line + "\n"
@@ -160,19 +204,30 @@ def test_expect_silences_the_declared_reversal(models: Path) -> None:
     loud = doctor("three.py:dann", "-s", "8,16", "--json", cwd=models)
     assert loud.exit_code == 1
     (found,) = json.loads(loud.stdout)["findings"]
-    assert (found["id"], found["severity"], found["function"]) == ("autograd-function-wrong-backward", "error", "Reverse")
+    assert (found["id"], found["severity"], found["function"]) == (
+        "autograd-function-wrong-backward",
+        "error",
+        "Reverse",
+    )
     assert found["message"].startswith("Reverse.backward returns -0.1 × the true gradient")
     quiet = doctor("three.py:dann", "-s", "8,16", "--expect", "Reverse=-0.1", cwd=models)
     assert quiet.exit_code == 0
-    assert "note: Reverse: backward returns -0.1 × the true gradient, as declared (--expect)" in quiet.stdout
+    assert (
+        "note: Reverse: backward returns -0.1 × the true gradient, as declared (--expect)"
+        in quiet.stdout
+    )
 
 
 def test_explain(models: Path) -> None:
     result = doctor("--explain", "module-created-in-forward", cwd=models)
     assert result.exit_code == 0
-    assert result.stdout.startswith("module-created-in-forward: a module or Parameter built inside forward(), new on "
-                                    "every call\n\nA layer built inside forward()")
-    assert result.stdout.rstrip().endswith("Fix: build the module once in __init__ and call it in forward")
+    assert result.stdout.startswith(
+        "module-created-in-forward: a module or Parameter built inside forward(), new on "
+        "every call\n\nA layer built inside forward()"
+    )
+    assert result.stdout.rstrip().endswith(
+        "Fix: build the module once in __init__ and call it in forward"
+    )
     listed = doctor("--explain", "list", cwd=models).stdout.splitlines()
     assert [line.split()[0] for line in listed] == list(CATALOG)
 
@@ -183,11 +238,25 @@ def test_json_document(models: Path) -> None:
     assert doc["schema"] == "modinspect.doctor/1" and doc["schema_version"] == SCHEMA_VERSION
     assert doc["counts"] == {"error": 1, "warning": 3, "info": 0}
     assert [(f["id"], f["key"]) for f in doc["findings"]] == [
-        ("unregistered-container", "blocks"), ("probabilities-into-cross-entropy", ""),
-        ("unused-parameter", "aux.weight"), ("unused-parameter", "aux.bias")]
+        ("unregistered-container", "blocks"),
+        ("probabilities-into-cross-entropy", ""),
+        ("unused-parameter", "aux.weight"),
+        ("unused-parameter", "aux.bias"),
+    ]
     assert [f["detail"] for f in doc["findings"]][2:] == ["never-ran", "never-ran"]
-    assert set(doc["findings"][0]) == {"id", "severity", "module", "attribute", "function", "file", "line", "key",
-                                       "message", "fix", "detail"}
+    assert set(doc["findings"][0]) == {
+        "id",
+        "severity",
+        "module",
+        "attribute",
+        "function",
+        "file",
+        "line",
+        "key",
+        "message",
+        "fix",
+        "detail",
+    }
     assert len(doc["checks"]) == 18 and doc["notes"] == []
 
 
@@ -198,12 +267,17 @@ def test_checkpoint_without_code(tmp_path: Path) -> None:
     result = doctor("ckpt.safetensors", cwd=tmp_path)
     assert result.exit_code == 1
     assert result.stdout.splitlines()[:4] == [
-        "doctor: ckpt.safetensors (checkpoint without code: stored values only)", "", "error (1)",
-        "  nonfinite-weights  fc.weight"]
+        "doctor: ckpt.safetensors (checkpoint without code: stored values only)",
+        "",
+        "error (1)",
+        "  nonfinite-weights  fc.weight",
+    ]
     result = doctor("ckpt.safetensors", "-s", "2,8", cwd=tmp_path)
     assert result.exit_code == 2
-    assert result.stderr == ("error: ckpt.safetensors is a checkpoint without code: doctor checks its stored values "
-                             "and runs nothing, so --input/--input-shape do not apply\n")
+    assert result.stderr == (
+        "error: ckpt.safetensors is a checkpoint without code: doctor checks its stored values "
+        "and runs nothing, so --input/--input-shape do not apply\n"
+    )
 
 
 def test_model_without_input_runs_the_static_checks(models: Path) -> None:
@@ -213,8 +287,10 @@ def test_model_without_input_runs_the_static_checks(models: Path) -> None:
     assert lines[0] == "doctor: three.py:build (training), no input: static checks only"
     assert "  unregistered-container  <root>.blocks" in lines
     assert "unused-parameter" not in result.stdout
-    assert ("note: no example input: the forward/backward checks did not run (pass example_inputs, --input-shape "
-            "or --input, or set example_input_array)") in result.stdout.replace("\n", " ").replace("  ", " ")
+    assert (
+        "note: no example input: the forward/backward checks did not run (pass example_inputs, --input-shape "
+        "or --input, or set example_input_array)"
+    ) in result.stdout.replace("\n", " ").replace("  ", " ")
 
 
 def test_control_characters_in_names_are_escaped(tmp_path: Path) -> None:
@@ -256,15 +332,20 @@ def test_sarif_has_a_result_per_finding(models: Path) -> None:
     log = _sarif(models, "three.py:build", "-s", "8,16")
     check_sarif_structure(log)
     results = log["runs"][0]["results"]
-    assert [(r["ruleId"], r["level"], r["locations"][0]["logicalLocations"][0]["fullyQualifiedName"])
-            for r in results] == [("unregistered-container", "error", "blocks"),
-                                  ("probabilities-into-cross-entropy", "warning", "<root>"),
-                                  ("unused-parameter", "warning", "aux.weight"),
-                                  ("unused-parameter", "warning", "aux.bias")]
+    assert [
+        (r["ruleId"], r["level"], r["locations"][0]["logicalLocations"][0]["fullyQualifiedName"])
+        for r in results
+    ] == [
+        ("unregistered-container", "error", "blocks"),
+        ("probabilities-into-cross-entropy", "warning", "<root>"),
+        ("unused-parameter", "warning", "aux.weight"),
+        ("unused-parameter", "warning", "aux.bias"),
+    ]
 
 
 def test_sarif_points_at_source_lines_and_checkpoints(models: Path, tmp_path: Path) -> None:
-    (models / "twice.py").write_text(textwrap.dedent('''
+    (models / "twice.py").write_text(
+        textwrap.dedent("""
         from torch import nn
 
         class Twice(nn.Module):
@@ -275,24 +356,35 @@ def test_sarif_points_at_source_lines_and_checkpoints(models: Path, tmp_path: Pa
 
             def forward(self, x):
                 return self.block(x)
-        '''))
+        """)
+    )
     log = _sarif(models, "twice.py:Twice", "-s", "2,4")
     (result,) = log["runs"][0]["results"]
     assert result["ruleId"] == "module-assigned-twice"
-    assert result["locations"][0]["physicalLocation"] == {"artifactLocation": {"uri": "twice.py"},
-                                                          "region": {"startLine": 8}}
+    assert result["locations"][0]["physicalLocation"] == {
+        "artifactLocation": {"uri": "twice.py"},
+        "region": {"startLine": 8},
+    }
     save_file({"w.weight": torch.zeros(3, 3)}, str(models / "z.safetensors"))
     log = _sarif(models, "z.safetensors")
     (result,) = log["runs"][0]["results"]
-    assert result["locations"][0]["physicalLocation"] == {"artifactLocation": {"uri": "z.safetensors"}}
+    assert result["locations"][0]["physicalLocation"] == {
+        "artifactLocation": {"uri": "z.safetensors"}
+    }
     check_sarif_structure(log)
 
 
 def test_sarif_validates_against_the_oasis_schema(models: Path) -> None:
-    jsonschema = pytest.importorskip("jsonschema")  # in the test extra; the structure test runs without it
+    jsonschema = pytest.importorskip(
+        "jsonschema"
+    )  # in the test extra; the structure test runs without it
     schema = json.loads((SCHEMAS / "sarif-schema-2.1.0.json").read_text(encoding="utf-8"))
     validator = jsonschema.Draft4Validator(schema)
-    for args in (("three.py:build", "-s", "8,16"), ("three.py:clean", "-s", "8,16"), ("three.py:dann", "-s", "8,16")):
+    for args in (
+        ("three.py:build", "-s", "8,16"),
+        ("three.py:clean", "-s", "8,16"),
+        ("three.py:dann", "-s", "8,16"),
+    ):
         log = _sarif(models, *args)
         errors = sorted(validator.iter_errors(log), key=str)
         assert not errors, errors[0]
@@ -307,14 +399,20 @@ def test_model_and_input_from_tool_modinspect() -> None:
     result = doctor(cwd=SAMPLES)
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "doctor: models.py:small_cnn (inference), input random (2, 3, 32, 32) float32 × 1 batch(es), seed 0", "",
-        "no findings from 18 checks"]
-    assert result.stderr.startswith("note: importing models.py:small_cnn, the model [tool.modinspect] names in ")
+        "doctor: models.py:small_cnn (inference), input random (2, 3, 32, 32) float32 × 1 batch(es), seed 0",
+        "",
+        "no findings from 18 checks",
+    ]
+    assert result.stderr.startswith(
+        "note: importing models.py:small_cnn, the model [tool.modinspect] names in "
+    )
 
 
 def test_input_file_and_context(models: Path) -> None:
     torch.save(torch.randn(8, 16), models / "batch.pt")
-    result = doctor("three.py:build", "--input", "batch.pt", "--context", "inference", "--json", cwd=models)
+    result = doctor(
+        "three.py:build", "--input", "batch.pt", "--context", "inference", "--json", cwd=models
+    )
     doc = json.loads(result.stdout)
     assert doc["inputs"] == "batch.pt: (8, 16) float32" and doc["context"] == "inference"
     # at inference a softmax output is what one wants to read: an info, not a warning
@@ -330,7 +428,10 @@ def test_hugging_face_directory_and_its_weights(tmp_path: Path) -> None:
     result = doctor("gpt2", "-s", "2,8", cwd=tmp_path)
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "doctor: gpt2 (inference), input random (2, 8) int64 × 1 batch(es), seed 0", "", "no findings from 18 checks"]
+        "doctor: gpt2 (inference), input random (2, 8) int64 × 1 batch(es), seed 0",
+        "",
+        "no findings from 18 checks",
+    ]
     result = doctor("gpt2/model.safetensors", cwd=tmp_path)
     assert result.exit_code == 0
     assert result.stdout.splitlines()[-1] == "no findings from 6 checks"

@@ -15,7 +15,7 @@ from modinspect.run.source import open_source
 from modinspect.sources.base import tied_groups
 from modinspect.sources.entrypoint import looks_like_entry_point
 
-MODELS_PY = '''
+MODELS_PY = """
 import torch
 from torch import nn
 
@@ -72,7 +72,7 @@ def not_a_module():
 
 
 number = 42
-'''
+"""
 
 
 @pytest.fixture
@@ -105,7 +105,13 @@ def test_looks_like_entry_point(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "training"),
-    [("instance", True), ("Net", True), ("build", False), ("Zoo.small", True), ("Zoo.Inner.build", False)],
+    [
+        ("instance", True),
+        ("Net", True),
+        ("build", False),
+        ("Zoo.small", True),
+        ("Zoo.Inner.build", False),
+    ],
 )
 def test_file_entry_point_kinds(project: Path, name: str, training: bool) -> None:
     with open_source(f"mymodels.py:{name}", base=project) as src:
@@ -113,11 +119,16 @@ def test_file_entry_point_kinds(project: Path, name: str, training: bool) -> Non
         assert src.label == f"mymodels.py:{name}"
         assert type(src.module).__name__ == "Net"
         assert [(m.name, m.type, m.training) for m in src.modules] == [
-            ("", "Net", training), ("fc1", "Linear", training), ("fc2", "Linear", training)
+            ("", "Net", training),
+            ("fc1", "Linear", training),
+            ("fc2", "Linear", training),
         ]
         assert [(t.name, t.kind) for t in src.tensors] == [
-            ("scale", "buffer"), ("fc1.weight", "parameter"), ("fc1.bias", "parameter"),
-            ("fc2.weight", "parameter"), ("fc2.bias", "parameter"),
+            ("scale", "buffer"),
+            ("fc1.weight", "parameter"),
+            ("fc1.bias", "parameter"),
+            ("fc2.weight", "parameter"),
+            ("fc2.bias", "parameter"),
         ]
         assert src.info("fc1.weight").shape == (8, 4)
         assert src.info("fc1.weight").requires_grad is True
@@ -142,7 +153,9 @@ def test_file_entry_point_in_a_subdirectory_imports_its_neighbours(tmp_path: Pat
         sys.modules.pop("mi_helper_layers", None)
 
 
-def test_file_entry_point_relative_to_cwd_by_default(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_entry_point_relative_to_cwd_by_default(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(project)
     with open_source("mymodels.py:build") as src:
         assert src.modules[0].type == "Net"
@@ -190,7 +203,9 @@ def test_meta_with_a_prebuilt_instance_says_so(project: Path) -> None:
     with open_source("mymodels.py:instance", base=project, meta=True) as src:
         # An instance was built on import: --meta cannot apply, and the notes must not claim it did.
         assert all(p.device.type == "cpu" for p in src.module.parameters())
-        assert src.notes == ["--meta has no effect: mymodels.py:instance is a model already built with its data"]
+        assert src.notes == [
+            "--meta has no effect: mymodels.py:instance is a model already built with its data"
+        ]
 
 
 def test_meta_with_weights_checks_without_loading(project: Path) -> None:
@@ -198,9 +213,13 @@ def test_meta_with_weights_checks_without_loading(project: Path) -> None:
     torch.save({"embed.weight": torch.ones(20, 6)}, ckpt)
     with open_source("mymodels.py:build_tied", base=project, meta=True, weights=str(ckpt)) as src:
         assert src.module.embed.weight.device.type == "meta"
-        assert src.notes[-1] == f"weights from {ckpt} checked against the model, not loaded (--meta)"
+        assert (
+            src.notes[-1] == f"weights from {ckpt} checked against the model, not loaded (--meta)"
+        )
     torch.save({"embed.weight": torch.ones(21, 6)}, ckpt)
-    with pytest.raises(WeightsMismatchError, match=r"1 with another shape \(embed.weight \[20, 6\] vs \[21, 6\]\)"):
+    with pytest.raises(
+        WeightsMismatchError, match=r"1 with another shape \(embed.weight \[20, 6\] vs \[21, 6\]\)"
+    ):
         open_source("mymodels.py:build_tied", base=project, meta=True, weights=str(ckpt))
 
 
@@ -210,8 +229,11 @@ def test_meta_with_weights_checks_without_loading(project: Path) -> None:
 def _checkpoint(path: Path) -> dict[str, torch.Tensor]:
     torch.manual_seed(7)
     sd = {
-        "fc1.weight": torch.randn(8, 4), "fc1.bias": torch.randn(8),
-        "fc2.weight": torch.randn(2, 8), "fc2.bias": torch.randn(2), "scale": torch.full((2,), 3.0),
+        "fc1.weight": torch.randn(8, 4),
+        "fc1.bias": torch.randn(8),
+        "fc2.weight": torch.randn(2, 8),
+        "fc2.bias": torch.randn(2),
+        "scale": torch.full((2,), 3.0),
     }
     torch.save(sd, path)
     return sd
@@ -232,7 +254,9 @@ def test_weights_from_safetensors_with_dtype_cast(project: Path) -> None:
 
     sd = {k: v.to(torch.float16) for k, v in _checkpoint(project / "ckpt.pt").items()}
     save_file(sd, str(project / "half.safetensors"))
-    with open_source("mymodels.py:Net", base=project, weights=str(project / "half.safetensors")) as src:
+    with open_source(
+        "mymodels.py:Net", base=project, weights=str(project / "half.safetensors")
+    ) as src:
         assert src.info("fc1.weight").dtype == "float32"
         assert torch.equal(src.read_tensor("fc1.weight"), sd["fc1.weight"].float())
 
@@ -262,11 +286,15 @@ def test_non_strict_loads_what_matches_and_warns(project: Path) -> None:
     sd = _checkpoint(project / "ckpt.pt")
     sd["extra.weight"] = sd.pop("fc2.weight")
     torch.save(sd, project / "bad.pt")
-    with open_source("mymodels.py:build", base=project, weights=str(project / "bad.pt"), strict=False) as src:
+    with open_source(
+        "mymodels.py:build", base=project, weights=str(project / "bad.pt"), strict=False
+    ) as src:
         for name in ("fc1.weight", "fc1.bias", "fc2.bias", "scale"):
             assert torch.equal(src.read_tensor(name), sd[name]), name
         assert not torch.equal(src.read_tensor("fc2.weight"), sd["extra.weight"])
-        assert src.warnings == ["--weights loaded 4 tensors; 1 missing (fc2.weight); 1 unexpected (extra.weight)"]
+        assert src.warnings == [
+            "--weights loaded 4 tensors; 1 missing (fc2.weight); 1 unexpected (extra.weight)"
+        ]
         assert src.notes == [f"weights: 4 tensors loaded from {project / 'bad.pt'}"]
 
 
@@ -274,8 +302,10 @@ def test_weights_on_a_checkpoint_source_is_a_usage_error(tmp_path: Path) -> None
     torch.save(TwoLayer().state_dict(), tmp_path / "a.pt")
     with pytest.raises(UsageError) as info:
         open_source(str(tmp_path / "a.pt"), weights=str(tmp_path / "a.pt"))
-    assert str(info.value).startswith(f"--weights needs a SOURCE that builds a model (an entry point or TorchScript); "
-                                      f"{tmp_path / 'a.pt'} is a checkpoint")
+    assert str(info.value).startswith(
+        f"--weights needs a SOURCE that builds a model (an entry point or TorchScript); "
+        f"{tmp_path / 'a.pt'} is a checkpoint"
+    )
 
 
 def test_relative_weights_resolve_against_base(project: Path) -> None:
@@ -309,7 +339,9 @@ def test_missing_module(tmp_path: Path) -> None:
 
 
 def test_file_whose_import_raises(tmp_path: Path) -> None:
-    (tmp_path / "bad.py").write_text("import torch\nraise ValueError('config missing\\nmore detail')\n")
+    (tmp_path / "bad.py").write_text(
+        "import torch\nraise ValueError('config missing\\nmore detail')\n"
+    )
     with pytest.raises(EntryPointError) as info:
         open_source("bad.py:build", base=tmp_path)
     assert str(info.value) == "importing bad.py raised ValueError: config missing"
@@ -320,7 +352,10 @@ def test_file_whose_import_fails_to_import_a_dependency(tmp_path: Path) -> None:
     (tmp_path / "dep.py").write_text("import mi_not_installed_anywhere\n")
     with pytest.raises(EntryPointError) as info:
         open_source("dep.py:build", base=tmp_path)
-    assert str(info.value) == "cannot import dep.py: ModuleNotFoundError: No module named 'mi_not_installed_anywhere'"
+    assert (
+        str(info.value)
+        == "cannot import dep.py: ModuleNotFoundError: No module named 'mi_not_installed_anywhere'"
+    )
 
 
 def test_file_with_syntax_error(tmp_path: Path) -> None:
@@ -349,12 +384,18 @@ def test_import_calling_sys_exit_is_caught(tmp_path: Path) -> None:
 def test_factory_raising(project: Path) -> None:
     with pytest.raises(EntryPointError) as info:
         open_source("mymodels.py:broken", base=project)
-    assert str(info.value) == "mymodels.py:broken raised RuntimeError: factory exploded while building the model"
+    assert (
+        str(info.value)
+        == "mymodels.py:broken raised RuntimeError: factory exploded while building the model"
+    )
     assert isinstance(info.value.__cause__, RuntimeError)
 
 
 def test_class_needing_arguments(project: Path) -> None:
-    with pytest.raises(EntryPointError, match=r"^mymodels.py:NeedsArgs raised TypeError: .*width.* while building the model$"):
+    with pytest.raises(
+        EntryPointError,
+        match=r"^mymodels.py:NeedsArgs raised TypeError: .*width.* while building the model$",
+    ):
         open_source("mymodels.py:NeedsArgs", base=project)
 
 
@@ -367,7 +408,10 @@ def test_factory_returning_a_non_module(project: Path) -> None:
 def test_attribute_that_is_not_callable(project: Path) -> None:
     with pytest.raises(EntryPointError) as info:
         open_source("mymodels.py:number", base=project)
-    assert str(info.value) == "mymodels.py:number is a int, not an nn.Module, a Module class or a function"
+    assert (
+        str(info.value)
+        == "mymodels.py:number is a int, not an nn.Module, a Module class or a function"
+    )
 
 
 def test_entry_point_file_is_not_left_on_sys_path(project: Path) -> None:
@@ -376,4 +420,3 @@ def test_entry_point_file_is_not_left_on_sys_path(project: Path) -> None:
         open_source("mymodels.py:broken", base=project)
     open_source("mymodels.py:build", base=project).close()
     assert sys.path == before
-

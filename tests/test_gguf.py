@@ -30,7 +30,9 @@ def expected_value(field: gguf.ReaderField) -> str | None:
     if kind == V.ARRAY:
         items = field.contents()
         if len(items) > 8:
-            plural = {V.STRING: "strings", V.ARRAY: "arrays"}.get(field.types[1], field.types[1].name.lower())
+            plural = {V.STRING: "strings", V.ARRAY: "arrays"}.get(
+                field.types[1], field.types[1].name.lower()
+            )
             return f"array of {len(items):,} {plural}"
         return None  # short arrays: checked by parse_short
     value = field.contents()
@@ -105,7 +107,11 @@ def test_every_ggml_type_sizes_as_gguf_py_says(tmp_path: Path) -> None:
     with open_source(path) as src:
         for t in reader.tensors:
             info = src.info(t.name)
-            assert (src.ggml_type(t.name), info.shape, info.nbytes) == (t.tensor_type.name, (3, t.shape[0]), t.n_bytes)
+            assert (src.ggml_type(t.name), info.shape, info.nbytes) == (
+                t.tensor_type.name,
+                (3, t.shape[0]),
+                t.n_bytes,
+            )
             assert src.byte_range(t.name) == (path, t.data_offset, t.n_bytes)
 
 
@@ -118,7 +124,9 @@ def test_plain_tensors_read_as_gguf_py_reads_them(tmp_path: Path, qtype: T) -> N
             got = src.read_tensor(t.name)
             expected = torch.from_numpy(np.array(t.data))
             if qtype == T.BF16:  # numpy has no bfloat16: gguf-py hands its bytes back as uint8
-                expected = torch.frombuffer(bytearray(t.data.tobytes()), dtype=torch.bfloat16).reshape(got.shape)
+                expected = torch.frombuffer(
+                    bytearray(t.data.tobytes()), dtype=torch.bfloat16
+                ).reshape(got.shape)
             assert got.dtype == getattr(torch, TORCH_NAMES[qtype.name])
             assert got.shape == expected.shape and torch.equal(got, expected)
             chunks = torch.cat(list(src.iter_chunks(t.name, 4)))
@@ -143,8 +151,13 @@ def test_custom_alignment_and_version_2(tmp_path: Path) -> None:
     assert reader.alignment == 256
     with open_source(path) as src:
         assert src.metadata["general.alignment"] == "256"
-        assert [src.byte_range(t.name) for t in reader.tensors] == [(path, t.data_offset, t.n_bytes) for t in reader.tensors]
-        assert all(r is not None and (r[1] - reader.data_offset) % 256 == 0 for r in src.byte_ranges(src.names()))
+        assert [src.byte_range(t.name) for t in reader.tensors] == [
+            (path, t.data_offset, t.n_bytes) for t in reader.tensors
+        ]
+        assert all(
+            r is not None and (r[1] - reader.data_offset) % 256 == 0
+            for r in src.byte_ranges(src.names())
+        )
     raw = bytearray(path.read_bytes())
     raw[4:8] = (2).to_bytes(4, "little")  # version 2 has version 3's little-endian layout
     path.write_bytes(bytes(raw))
@@ -156,7 +169,10 @@ def test_big_endian_gguf_is_refused_in_one_line(tmp_path: Path) -> None:
     path = ggufs.write(tmp_path / "be.gguf", [("x", (4,), T.F32)], endianess=gguf.GGUFEndian.BIG)
     result = invoke("tree", str(path))
     assert result.exit_code == 2  # type: ignore[attr-defined]
-    assert result.stderr == f"error: {path} is a big-endian GGUF file; modinspect reads little-endian GGUF only\n"  # type: ignore[attr-defined]
+    assert (
+        result.stderr
+        == f"error: {path} is a big-endian GGUF file; modinspect reads little-endian GGUF only\n"
+    )  # type: ignore[attr-defined]
 
 
 def test_version_1_is_refused(tmp_path: Path) -> None:
@@ -164,14 +180,19 @@ def test_version_1_is_refused(tmp_path: Path) -> None:
     raw = bytearray(path.read_bytes())
     raw[4:8] = (1).to_bytes(4, "little")
     path.write_bytes(bytes(raw))
-    with pytest.raises(UnknownFormatError, match=r"is GGUF version 1; modinspect reads versions 2 and 3$"):
+    with pytest.raises(
+        UnknownFormatError, match=r"is GGUF version 1; modinspect reads versions 2 and 3$"
+    ):
         open_source(path)
 
 
 def test_truncated_data_names_the_tensor(tmp_path: Path) -> None:
     path = ggufs.write(tmp_path / "t.gguf", [("x", (4,), T.F32), ("y", (512,), T.Q4_K)])
     path.write_bytes(path.read_bytes()[:-1])
-    with pytest.raises(CorruptFileError, match=r"places 'y' \(288 bytes of Q4_K\) at byte .*past the end of the file"):
+    with pytest.raises(
+        CorruptFileError,
+        match=r"places 'y' \(288 bytes of Q4_K\) at byte .*past the end of the file",
+    ):
         open_source(path)
 
 
@@ -182,7 +203,9 @@ def test_split_file_says_it_is_one_part(tmp_path: Path) -> None:
 
     path = ggufs.write(tmp_path / "m-00002-of-00003.gguf", [("x", (4,), T.F32)], kv=kv)
     with open_source(path) as src:
-        assert src.notes == ["part 2 of a GGUF split into 3 files: only this file's tensors are listed"]
+        assert src.notes == [
+            "part 2 of a GGUF split into 3 files: only this file's tensors are listed"
+        ]
 
 
 def test_header_only_needs_neither_torch_nor_numpy(llama_file: Path) -> None:
@@ -220,11 +243,15 @@ def test_tree_counts_logical_elements_and_stored_bytes(llama_file: Path) -> None
     sizes = gguf.GGML_QUANT_SIZES
     expected: dict[str, list[int]] = {}
     for t in reader.tensors:
-        acc = expected.setdefault(TORCH_NAMES.get(t.tensor_type.name, t.tensor_type.name), [0, 0, 0])
+        acc = expected.setdefault(
+            TORCH_NAMES.get(t.tensor_type.name, t.tensor_type.name), [0, 0, 0]
+        )
         acc[0] += t.n_elements
         acc[1] += t.n_bytes
         acc[2] = int(t.tensor_type)
-    assert {d.dtype: [d.elements, d.bytes] for d in report.by_dtype} == {k: v[:2] for k, v in expected.items()}
+    assert {d.dtype: [d.elements, d.bytes] for d in report.by_dtype} == {
+        k: v[:2] for k, v in expected.items()
+    }
     for d in report.by_dtype:
         block, type_size = sizes[T(expected[d.dtype][2])]
         assert d.bits_per_weight == type_size * 8 / block
@@ -239,7 +266,9 @@ def test_tree_groups_the_blocks_and_splits_runs_where_types_differ(tmp_path: Pat
     from modinspect.analysis.tree import build_tree
 
     tensors = ggufs.llama_tensors(blocks=5)
-    tensors = [(n, s, T.Q8_0 if n == "blk.1.attn_v.weight" else q) for n, s, q in tensors]  # as Q4_K_M mixes them
+    tensors = [
+        (n, s, T.Q8_0 if n == "blk.1.attn_v.weight" else q) for n, s, q in tensors
+    ]  # as Q4_K_M mixes them
     path = ggufs.write(tmp_path / "m.gguf", tensors, kv=ggufs.llama_kv(blocks=5))
     reader = gguf.GGUFReader(path)
     with open_source(path) as src:
@@ -247,11 +276,16 @@ def test_tree_groups_the_blocks_and_splits_runs_where_types_differ(tmp_path: Pat
     assert [c.short for c in report.root.children] == ["token_embd", "blk", "output_norm", "output"]
     blk = report.root.children[1]
     assert [(c.row.name, c.repeat, c.last_name) for c in blk.children] == [
-        ("blk.0", 1, None), ("blk.1", 1, None), ("blk.2", 3, "blk.4")]
+        ("blk.0", 1, None),
+        ("blk.1", 1, None),
+        ("blk.2", 3, "blk.4"),
+    ]
     assert blk.row.params == sum(t.n_elements for t in reader.tensors if t.name.startswith("blk."))
     assert blk.row.bytes == sum(t.n_bytes for t in reader.tensors if t.name.startswith("blk."))
     run = blk.children[2]
-    assert run.run_bytes == sum(t.n_bytes for t in reader.tensors if t.name.split(".")[1] in ("2", "3", "4"))
+    assert run.run_bytes == sum(
+        t.n_bytes for t in reader.tensors if t.name.split(".")[1] in ("2", "3", "4")
+    )
 
 
 def test_q4_k_4096_square_is_16_million_parameters_at_4_5_bits(tmp_path: Path) -> None:
@@ -270,10 +304,24 @@ def test_q4_k_4096_square_is_16_million_parameters_at_4_5_bits(tmp_path: Path) -
     doc = json.loads(invoke("tree", str(path), "--json").stdout)  # type: ignore[attr-defined]
     assert doc["schema_version"] == 2
     assert doc["totals"]["params"] == 16_777_216 and doc["totals"]["bytes"] == 9_437_184
-    assert doc["tensors"] == [{"name": "blk.0.attn_q.weight", "shape": [4096, 4096], "dtype": "Q4_K", "kind": "unknown",
-                               "bytes": 9_437_184, "bits_per_weight": 4.5, "requires_grad": None, "persistent": None,
-                               "alias_of": None, "scheme": None, "logical_shape": None}]
-    assert doc["by_dtype"] == [{"dtype": "Q4_K", "elements": 16_777_216, "bytes": 9_437_184, "bits_per_weight": 4.5}]
+    assert doc["tensors"] == [
+        {
+            "name": "blk.0.attn_q.weight",
+            "shape": [4096, 4096],
+            "dtype": "Q4_K",
+            "kind": "unknown",
+            "bytes": 9_437_184,
+            "bits_per_weight": 4.5,
+            "requires_grad": None,
+            "persistent": None,
+            "alias_of": None,
+            "scheme": None,
+            "logical_shape": None,
+        }
+    ]
+    assert doc["by_dtype"] == [
+        {"dtype": "Q4_K", "elements": 16_777_216, "bytes": 9_437_184, "bits_per_weight": 4.5}
+    ]
     with open_source(path) as src:
         report = build_tree(src)
     assert json.loads(tree_json(report)) == tree_document(report)
@@ -289,7 +337,14 @@ def test_json_fast_path_is_the_document_for_a_mixed_file(llama_file: Path) -> No
     assert json.loads(tree_json(report)) == document
     assert json.loads(tree_json(report, pretty=True)) == document
     assert {t["dtype"]: t["bits_per_weight"] for t in document["tensors"]} == {
-        "Q8_0": 8.5, "float32": 32.0, "Q4_K": 4.5, "Q6_K": 6.5625, "Q4_0": 4.5, "Q5_0": 5.5, "bfloat16": 16.0}
+        "Q8_0": 8.5,
+        "float32": 32.0,
+        "Q4_K": 4.5,
+        "Q6_K": 6.5625,
+        "Q4_0": 4.5,
+        "Q5_0": 5.5,
+        "bfloat16": 16.0,
+    }
 
 
 # ---------------------------------------------------------------- diff
@@ -297,6 +352,7 @@ def test_json_fast_path_is_the_document_for_a_mixed_file(llama_file: Path) -> No
 
 def _edit_rows(rows: dict[str, list[int]]) -> Callable[[str, np.ndarray], np.ndarray]:
     """Change the first byte of these rows of these tensors (quantized: their blocks' bytes; plain: values)."""
+
     def edit(name: str, data: np.ndarray) -> np.ndarray:
         for r in rows.get(name, []):
             flat = data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data.reshape(1, -1)
@@ -305,6 +361,7 @@ def _edit_rows(rows: dict[str, list[int]]) -> Callable[[str, np.ndarray], np.nda
             else:
                 flat[r, 0] += 1
         return data
+
     return edit
 
 
@@ -312,8 +369,14 @@ def test_diff_of_two_gguf_files_quantized_by_bytes_floats_by_value(tmp_path: Pat
     from modinspect.analysis.diff import diff_sources
 
     a = ggufs.llama(tmp_path / "a.gguf", blocks=3)
-    rows = {"blk.1.attn_q.weight": [3, 7], "blk.2.ffn_down.weight": [0], "blk.0.attn_norm.weight": [0]}
-    b = ggufs.write(tmp_path / "b.gguf", ggufs.llama_tensors(3), kv=ggufs.llama_kv(3), edit=_edit_rows(rows))
+    rows = {
+        "blk.1.attn_q.weight": [3, 7],
+        "blk.2.ffn_down.weight": [0],
+        "blk.0.attn_norm.weight": [0],
+    }
+    b = ggufs.write(
+        tmp_path / "b.gguf", ggufs.llama_tensors(3), kv=ggufs.llama_kv(3), edit=_edit_rows(rows)
+    )
     ra, rb = gguf.GGUFReader(a), gguf.GGUFReader(b)
     with open_source(a) as sa, open_source(b) as sb:
         report = diff_sources(sa, sb)
@@ -332,11 +395,19 @@ def test_diff_of_two_gguf_files_quantized_by_bytes_floats_by_value(tmp_path: Pat
         differing_rows = int((ta.data != tb.data).any(axis=1).sum())
         rows_total = ta.data.shape[0]
         assert differing_rows == len(rows[d.name])
-        assert d.differing == differing_rows * (t_elements := ta.n_elements // rows_total) and t_elements == d.shape[-1]
+        assert (
+            d.differing == differing_rows * (t_elements := ta.n_elements // rows_total)
+            and t_elements == d.shape[-1]
+        )
         assert (d.max_abs_diff, d.rel_l2, d.cosine) == (None, None, None)
-        assert d.note == f"quantized: compared byte for byte; {differing_rows} of {rows_total} rows differ"
+        assert (
+            d.note
+            == f"quantized: compared byte for byte; {differing_rows} of {rows_total} rows differ"
+        )
     rollup = {r.module: r for r in report.rollup}
-    assert rollup["blk.1"].max_abs_diff is None and rollup["blk.0"].max_abs_diff == pytest.approx(1.0)
+    assert rollup["blk.1"].max_abs_diff is None and rollup["blk.0"].max_abs_diff == pytest.approx(
+        1.0
+    )
 
 
 def test_diff_cli_of_gguf_files(tmp_path: Path) -> None:
@@ -344,23 +415,45 @@ def test_diff_cli_of_gguf_files(tmp_path: Path) -> None:
     same = invoke("diff", str(a), str(a))
     assert same.exit_code == 0, same.stderr  # type: ignore[attr-defined]
     assert "quantized tensor pairs compared byte for byte" in same.stdout  # type: ignore[attr-defined]
-    b = ggufs.write(tmp_path / "b.gguf", ggufs.llama_tensors_retyped(2, {
-        "blk.0.attn_v.weight": ((128, 256), T.Q8_0),  # another quant type: listed, not compared
-        "blk.1.ffn_up.weight": ((256, 256), T.Q5_0),  # another shape
-        "output_norm.weight": ((256,), T.F16),  # the same values rounded to F16: compared by value, within tolerance
-    }), kv=ggufs.llama_kv(2), edit=_edit_rows({"blk.0.ffn_gate.weight": [5]}))
+    b = ggufs.write(
+        tmp_path / "b.gguf",
+        ggufs.llama_tensors_retyped(
+            2,
+            {
+                "blk.0.attn_v.weight": (
+                    (128, 256),
+                    T.Q8_0,
+                ),  # another quant type: listed, not compared
+                "blk.1.ffn_up.weight": ((256, 256), T.Q5_0),  # another shape
+                "output_norm.weight": (
+                    (256,),
+                    T.F16,
+                ),  # the same values rounded to F16: compared by value, within tolerance
+            },
+        ),
+        kv=ggufs.llama_kv(2),
+        edit=_edit_rows({"blk.0.ffn_gate.weight": [5]}),
+    )
     result = invoke("diff", str(a), str(b), "--json")
     assert result.exit_code == 1, result.stderr  # type: ignore[attr-defined]
     doc = json.loads(result.stdout)  # type: ignore[attr-defined]
-    assert doc["dtype_mismatch"] == [{"name": "blk.0.attn_v.weight", "a": "Q6_K", "b": "Q8_0"},
-                                     {"name": "output_norm.weight", "a": "float32", "b": "float16"}]
-    assert doc["shape_mismatch"] == [{"name": "blk.1.ffn_up.weight", "a": "[512, 256]", "b": "[256, 256]"}]
+    assert doc["dtype_mismatch"] == [
+        {"name": "blk.0.attn_v.weight", "a": "Q6_K", "b": "Q8_0"},
+        {"name": "output_norm.weight", "a": "float32", "b": "float16"},
+    ]
+    assert doc["shape_mismatch"] == [
+        {"name": "blk.1.ffn_up.weight", "a": "[512, 256]", "b": "[256, 256]"}
+    ]
     (gate,) = doc["changed"]
     assert gate["name"] == "blk.0.ffn_gate.weight"
     assert (gate["differing"], gate["numel"], gate["max_abs_diff"]) == (256, 512 * 256, None)
     assert gate["note"] == "quantized: compared byte for byte; 1 of 512 rows differ"
     (norm,) = doc["close"]
-    assert norm["name"] == "output_norm.weight" and norm["note"] is None and 0 < norm["max_abs_diff"] < 1e-2
+    assert (
+        norm["name"] == "output_norm.weight"
+        and norm["note"] is None
+        and 0 < norm["max_abs_diff"] < 1e-2
+    )
     # 21 tensors, 15 of them quantized (token_embd and 7 a block); the shape and the quantized type mismatch
     # are not compared (output_norm's F32/F16 mismatch is, by value)
     assert doc["compared"] == 21 - 2 and doc["bytewise"] == 15 - 2
@@ -368,12 +461,20 @@ def test_diff_cli_of_gguf_files(tmp_path: Path) -> None:
 
 def test_quantized_changes_are_found_without_importing_torch(tmp_path: Path) -> None:
     a = ggufs.llama(tmp_path / "a.gguf")
-    b = ggufs.write(tmp_path / "b.gguf", ggufs.llama_tensors(2), kv=ggufs.llama_kv(2),
-                    edit=_edit_rows({"blk.1.ffn_down.weight": [0, 1, 2]}))
-    code = ("import sys; from modinspect.run.source import open_source; from modinspect.analysis.diff import diff_sources\n"
-            f"r = diff_sources(open_source({str(a)!r}), open_source({str(b)!r}))\n"
-            "print(r.identical, r.compared, [(d.name, d.differing) for d in r.changed], 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    b = ggufs.write(
+        tmp_path / "b.gguf",
+        ggufs.llama_tensors(2),
+        kv=ggufs.llama_kv(2),
+        edit=_edit_rows({"blk.1.ffn_down.weight": [0, 1, 2]}),
+    )
+    code = (
+        "import sys; from modinspect.run.source import open_source; from modinspect.analysis.diff import diff_sources\n"
+        f"r = diff_sources(open_source({str(a)!r}), open_source({str(b)!r}))\n"
+        "print(r.identical, r.compared, [(d.name, d.differing) for d in r.changed], 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "20 21 [('blk.1.ffn_down.weight', 1536)] False"  # 3 rows of 512
 
 
@@ -384,14 +485,22 @@ def test_the_sample_is_what_make_samples_writes(tmp_path: Path) -> None:
     from conftest import SAMPLES
 
     written = tmp_path / "tiny_llama.gguf"
-    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import make_samples; "
-            "make_samples._tiny_llama_gguf(Path(sys.argv[2]))")  # its own process: its `models` is not the tests'
-    subprocess.run([sys.executable, "-c", code, str(SAMPLES), str(written)], check=True, capture_output=True)
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import make_samples; "
+        "make_samples._tiny_llama_gguf(Path(sys.argv[2]))"
+    )  # its own process: its `models` is not the tests'
+    subprocess.run(
+        [sys.executable, "-c", code, str(SAMPLES), str(written)], check=True, capture_output=True
+    )
     shipped, fresh = gguf.GGUFReader(SAMPLES / "tiny_llama.gguf"), gguf.GGUFReader(written)
-    assert [(t.name, t.tensor_type, t.shape.tolist(), t.data.tobytes()) for t in shipped.tensors] == [
-        (t.name, t.tensor_type, t.shape.tolist(), t.data.tobytes()) for t in fresh.tensors]
-    assert {k: f.contents() for k, f in shipped.fields.items()} == {k: f.contents() for k, f in fresh.fields.items()}
+    assert [
+        (t.name, t.tensor_type, t.shape.tolist(), t.data.tobytes()) for t in shipped.tensors
+    ] == [(t.name, t.tensor_type, t.shape.tolist(), t.data.tobytes()) for t in fresh.tensors]
+    assert {k: f.contents() for k, f in shipped.fields.items()} == {
+        k: f.contents() for k, f in fresh.fields.items()
+    }
     with open_source(SAMPLES / "tiny_llama.gguf") as src:
         assert [(t.name, t.numel, t.nbytes) for t in src.tensors] == [
-            (t.name, t.n_elements, t.n_bytes) for t in shipped.tensors]
+            (t.name, t.n_elements, t.n_bytes) for t in shipped.tensors
+        ]
         check_metadata(src.metadata, shipped)

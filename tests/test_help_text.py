@@ -41,7 +41,9 @@ def test_every_command_is_walked() -> None:
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_bracketed_help_text_is_shown_verbatim(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_bracketed_help_text_is_shown_verbatim(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shown = _rendered(command, monkeypatch)
     bracketed = [m for text in _help_texts(command) for m in BRACKETED.findall(text)]
     missing = [m for m in bracketed if m not in shown]
@@ -52,7 +54,9 @@ def test_every_bracketed_help_text_is_shown_verbatim(command: str, monkeypatch: 
 def test_every_option_help_is_shown_whole(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
     shown = _rendered(command, monkeypatch)
     cmd = CLICK_APP.commands[command]  # type: ignore[attr-defined]
-    missing = [p.name for p in cmd.params if getattr(p, "help", None) and _declared(p.help) not in shown]  # type: ignore[attr-defined]
+    missing = [
+        p.name for p in cmd.params if getattr(p, "help", None) and _declared(p.help) not in shown
+    ]  # type: ignore[attr-defined]
     assert not missing, f"{command} --help does not show the help of {missing}"
 
 

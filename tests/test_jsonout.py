@@ -16,13 +16,28 @@ from modinspect.render.jsonout import dumps, tree_document, tree_json
 from modinspect.run.source import open_source
 from modinspect.sources.module import ModuleSource
 
-ODD_NAMES = ['quo"te.w', "back\\slash.w", "tab\tand\nnewline.w", "ünï.çødé.w", "emoji🙂.w", "ctl\x01\x1f.w", "0.1.2"]
+ODD_NAMES = [
+    'quo"te.w',
+    "back\\slash.w",
+    "tab\tand\nnewline.w",
+    "ünï.çødé.w",
+    "emoji🙂.w",
+    "ctl\x01\x1f.w",
+    "0.1.2",
+]
 
 
 def reports(tmp_path: Path) -> list[object]:
     save_file({n: torch.ones(2) for n in ODD_NAMES}, str(tmp_path / "odd.safetensors"))
-    out = [build_tree(open_source(str(p))) for p in (SAMPLES / "tiny_lm.safetensors", SAMPLES / "small_cnn.pth",
-                                                        SAMPLES / "training_checkpoint.pt", tmp_path / "odd.safetensors")]
+    out = [
+        build_tree(open_source(str(p)))
+        for p in (
+            SAMPLES / "tiny_lm.safetensors",
+            SAMPLES / "small_cnn.pth",
+            SAMPLES / "training_checkpoint.pt",
+            tmp_path / "odd.safetensors",
+        )
+    ]
     out += [build_tree(ModuleSource(m, "live", "entrypoint")) for m in (TwoLayer(), Tied())]
     out.append(build_tree(ModuleSource(Tied(), "live", "entrypoint"), pattern="blocks.1"))
     return out
@@ -44,7 +59,12 @@ def test_compact_is_one_line_and_pretty_is_one_record_a_line(tmp_path: Path) -> 
     lines = tree_json(report, pretty=True).splitlines()
     assert lines[0] == "{" and lines[-1] == "}"
     modules = lines.index('  "modules":[')
-    assert [json.loads(line.rstrip(","))["name"] for line in lines[modules + 1:modules + 5]] == ["", "fc1", "act", "fc2"]
+    assert [json.loads(line.rstrip(","))["name"] for line in lines[modules + 1 : modules + 5]] == [
+        "",
+        "fc1",
+        "act",
+        "fc2",
+    ]
     assert lines[modules + 5] == "  ],"
     assert '  "tied":[],' in lines and '  "schema_version":2,' in lines
 
@@ -52,5 +72,7 @@ def test_compact_is_one_line_and_pretty_is_one_record_a_line(tmp_path: Path) -> 
 def test_piped_json_is_compact(tmp_path: Path) -> None:
     result = invoke("tree", SAMPLES / "tiny_lm.safetensors", "--json")
     assert result.exit_code == 0
-    assert result.stdout.count("\n") == 1  # one line and print's newline: CliRunner's stdout is not a terminal
+    assert (
+        result.stdout.count("\n") == 1
+    )  # one line and print's newline: CliRunner's stdout is not a terminal
     assert json.loads(result.stdout)["totals"]["params"] == 16032

@@ -16,8 +16,18 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "modinspect"
 
-LEAVES = frozenset({"errors", "config", "version", "names", "files", "gcpause", "reports", "dtypes", "tensors"})
-LEVEL = {"sources": 1, "analysis": 2, "run": 3, "watching": 4, "commands": 5, "integrations": 5, "cli": 7}
+LEAVES = frozenset(
+    {"errors", "config", "version", "names", "files", "gcpause", "reports", "dtypes", "tensors"}
+)
+LEVEL = {
+    "sources": 1,
+    "analysis": 2,
+    "run": 3,
+    "watching": 4,
+    "commands": 5,
+    "integrations": 5,
+    "cli": 7,
+}
 FRONT = frozenset({"modinspect", "modinspect.__main__"})
 
 
@@ -94,16 +104,26 @@ def allowed(importer: str, imported: str) -> bool:
 
 def test_every_module_belongs_to_a_layer() -> None:
     unknown = sorted(m for m in MODULES if group(m) not in {"front", "render", *LEAVES, *LEVEL})
-    assert unknown == [], f"modules outside every layer: {unknown}; add them to a layer package or to LEAVES"
+    assert unknown == [], (
+        f"modules outside every layer: {unknown}; add them to a layer package or to LEAVES"
+    )
 
 
 def test_no_import_goes_up_a_layer() -> None:
-    bad = sorted(f"{a} imports {b}" for a, targets in GRAPH.items() for b in targets if not allowed(a, b))
+    bad = sorted(
+        f"{a} imports {b}" for a, targets in GRAPH.items() for b in targets if not allowed(a, b)
+    )
     assert bad == []
 
 
 def test_leaves_import_only_leaves() -> None:
-    bad = sorted(f"{a} imports {b}" for a, t in GRAPH.items() if group(a) in LEAVES for b in t if group(b) not in LEAVES)
+    bad = sorted(
+        f"{a} imports {b}"
+        for a, t in GRAPH.items()
+        if group(a) in LEAVES
+        for b in t
+        if group(b) not in LEAVES
+    )
     assert bad == []
 
 
@@ -161,16 +181,19 @@ def test_the_cycle_finder_finds_cycles() -> None:
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-@pytest.mark.parametrize(("importer", "imported", "ok"), [
-    ("modinspect.sources.safetensors", "modinspect.analysis.tree", False),
-    ("modinspect.analysis.tree", "modinspect.sources.base", True),
-    ("modinspect.render.console", "modinspect.run.reductions", False),
-    ("modinspect.commands.stats", "modinspect.render.console", False),
-    ("modinspect.cli.app", "modinspect.render.console", True),
-    ("modinspect.names", "modinspect.sources.base", False),
-    ("modinspect.run.stats", "modinspect.watching.watch", False),
-    ("modinspect.watching.watch", "modinspect.run.stats", True),
-])
+@pytest.mark.parametrize(
+    ("importer", "imported", "ok"),
+    [
+        ("modinspect.sources.safetensors", "modinspect.analysis.tree", False),
+        ("modinspect.analysis.tree", "modinspect.sources.base", True),
+        ("modinspect.render.console", "modinspect.run.reductions", False),
+        ("modinspect.commands.stats", "modinspect.render.console", False),
+        ("modinspect.cli.app", "modinspect.render.console", True),
+        ("modinspect.names", "modinspect.sources.base", False),
+        ("modinspect.run.stats", "modinspect.watching.watch", False),
+        ("modinspect.watching.watch", "modinspect.run.stats", True),
+    ],
+)
 def test_the_rule_itself(importer: str, imported: str, ok: bool) -> None:
     assert allowed(importer, imported) is ok
 

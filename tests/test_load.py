@@ -72,7 +72,9 @@ MODELS = textwrap.dedent(
 
 def user_models(project: Path) -> ModuleType:
     """The project's models.py under a private name (tests/models.py owns the name 'models')."""
-    spec = importlib.util.spec_from_file_location(f"user_models_{id(project)}", project / "models.py")
+    spec = importlib.util.spec_from_file_location(
+        f"user_models_{id(project)}", project / "models.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -94,13 +96,20 @@ def project(tmp_path: Path) -> Path:
 
 def load_json(*args: str, cwd: Path) -> tuple[int, dict, str]:  # type: ignore[type-arg]
     result = invoke("load", *args, "--json", cwd=cwd)
-    return result.exit_code, json.loads(result.stdout) if result.stdout.strip() else {}, result.stderr
+    return (
+        result.exit_code,
+        json.loads(result.stdout) if result.stdout.strip() else {},
+        result.stderr,
+    )
 
 
 def test_full_load_with_batchnorm_buffers_round_trips(project: Path) -> None:
     code, doc, err = load_json("models.py:net", "ckpt.pth", "--out", "out.safetensors", cwd=project)
     assert (code, err) == (0, "")
-    assert len(doc["loaded"]) == 9 and doc["missing"] == doc["unexpected"] == doc["mismatched"] == doc["cast"] == []
+    assert (
+        len(doc["loaded"]) == 9
+        and doc["missing"] == doc["unexpected"] == doc["mismatched"] == doc["cast"] == []
+    )
     assert doc["performed"] and doc["written"] == "out.safetensors"
     written = load_file(str(project / "out.safetensors"))
     ckpt = torch.load(project / "ckpt.pth", weights_only=True)
@@ -113,22 +122,32 @@ def test_full_load_with_batchnorm_buffers_round_trips(project: Path) -> None:
 def test_dataparallel_prefix(project: Path) -> None:
     ckpt = torch.load(project / "ckpt.pth", weights_only=True)
     torch.save({f"module.{k}": v for k, v in ckpt.items()}, project / "ddp.pt")
-    code, doc, _ = load_json("models.py:net", "ddp.pt", "--strict", "--out", "never.pt", cwd=project)
+    code, doc, _ = load_json(
+        "models.py:net", "ddp.pt", "--strict", "--out", "never.pt", cwd=project
+    )
     assert code == 1
     assert not (project / "never.pt").exists()
     assert len(doc["missing"]) == 9 and doc["unexpected"][0].startswith("module.")
-    assert doc["hints"] == ["9 checkpoint keys match the model once the prefix 'module.' "
-                            "(DataParallel/DistributedDataParallel) is removed: pass --strip-prefix module."]
-    code, doc, _ = load_json("models.py:net", "ddp.pt", "--strict", "--strip-prefix", "module.", cwd=project)
+    assert doc["hints"] == [
+        "9 checkpoint keys match the model once the prefix 'module.' "
+        "(DataParallel/DistributedDataParallel) is removed: pass --strip-prefix module."
+    ]
+    code, doc, _ = load_json(
+        "models.py:net", "ddp.pt", "--strict", "--strip-prefix", "module.", cwd=project
+    )
     assert code == 0 and len(doc["loaded"]) == 9 and doc["strict_ok"]
 
 
 def test_wrapped_model_suggests_add_prefix(project: Path) -> None:
     code, doc, _ = load_json("models.py:Wrapped", "ckpt.pth", cwd=project)
     assert code == 0 and doc["loaded"] == []
-    assert doc["hints"] == ["9 model keys match the checkpoint once the prefix 'model.' is added to its keys: "
-                            "pass --add-prefix model."]
-    code, doc, _ = load_json("models.py:Wrapped", "ckpt.pth", "--add-prefix", "model.", "--strict", cwd=project)
+    assert doc["hints"] == [
+        "9 model keys match the checkpoint once the prefix 'model.' is added to its keys: "
+        "pass --add-prefix model."
+    ]
+    code, doc, _ = load_json(
+        "models.py:Wrapped", "ckpt.pth", "--add-prefix", "model.", "--strict", cwd=project
+    )
     assert code == 0 and len(doc["loaded"]) == 9
 
 
@@ -141,9 +160,15 @@ def test_classifier_of_another_size(project: Path) -> None:
         "the rest\n"
     )
     assert not (project / "head.pt").exists()
-    code, doc, _ = load_json("models.py:five", "ckpt.pth", "--skip-mismatched", "--out", "head.pt", cwd=project)
+    code, doc, _ = load_json(
+        "models.py:five", "ckpt.pth", "--skip-mismatched", "--out", "head.pt", cwd=project
+    )
     assert code == 0 and doc["mismatched"] == ["classifier.weight", "classifier.bias"]
-    assert doc["mismatched_shapes"][0] == {"name": "classifier.weight", "model": "[5, 4]", "checkpoint": "[10, 4]"}
+    assert doc["mismatched_shapes"][0] == {
+        "name": "classifier.weight",
+        "model": "[5, 4]",
+        "checkpoint": "[10, 4]",
+    }
     # Round trip: checkpoint values where loaded, the model's own initialisation elsewhere.
     written = torch.load(project / "head.pt", weights_only=True)
     ckpt = torch.load(project / "ckpt.pth", weights_only=True)
@@ -161,22 +186,44 @@ def test_classifier_of_another_size(project: Path) -> None:
 
 def test_renamed_submodule(project: Path) -> None:
     ckpt = torch.load(project / "ckpt.pth", weights_only=True)
-    torch.save({k.replace("features.", "backbone."): v for k, v in ckpt.items()}, project / "renamed.pt")
+    torch.save(
+        {k.replace("features.", "backbone."): v for k, v in ckpt.items()}, project / "renamed.pt"
+    )
     code, doc, _ = load_json("models.py:net", "renamed.pt", cwd=project)
     assert code == 0 and len(doc["missing"]) == 7 and len(doc["unexpected"]) == 7
-    code, doc, _ = load_json("models.py:net", "renamed.pt", "--rename", r"^backbone\.=features.", "--strict",
-                             cwd=project)
+    code, doc, _ = load_json(
+        "models.py:net", "renamed.pt", "--rename", r"^backbone\.=features.", "--strict", cwd=project
+    )
     assert code == 0 and len(doc["loaded"]) == 9
     assert {"model": "features.0.weight", "checkpoint": "backbone.0.weight"} in doc["renamed"]
 
 
 def test_include_exclude(project: Path) -> None:
-    code, doc, _ = load_json("models.py:net", "ckpt.pth", "--include", "features.*", "--exclude", "*.num_batches_tracked",
-                             cwd=project)
+    code, doc, _ = load_json(
+        "models.py:net",
+        "ckpt.pth",
+        "--include",
+        "features.*",
+        "--exclude",
+        "*.num_batches_tracked",
+        cwd=project,
+    )
     assert code == 0
-    assert sorted(doc["loaded"]) == sorted(["features.0.weight", "features.0.bias", "features.1.weight",
-                                            "features.1.bias", "features.1.running_mean", "features.1.running_var"])
-    assert sorted(doc["missing"]) == ["classifier.bias", "classifier.weight", "features.1.num_batches_tracked"]
+    assert sorted(doc["loaded"]) == sorted(
+        [
+            "features.0.weight",
+            "features.0.bias",
+            "features.1.weight",
+            "features.1.bias",
+            "features.1.running_mean",
+            "features.1.running_var",
+        ]
+    )
+    assert sorted(doc["missing"]) == [
+        "classifier.bias",
+        "classifier.weight",
+        "features.1.num_batches_tracked",
+    ]
 
 
 def test_dtype_cast_is_reported_and_applied(project: Path) -> None:
@@ -186,8 +233,12 @@ def test_dtype_cast_is_reported_and_applied(project: Path) -> None:
     code, doc, _ = load_json("models.py:net", "half.safetensors", "--out", "cast.pt", cwd=project)
     assert code == 0 and len(doc["cast"]) == 8
     # float16 -> float32 is exact: the cast cost nothing, and the document says so.
-    assert doc["cast_dtypes"][0] == {"name": "features.0.weight", "model": "float32", "checkpoint": "float16",
-                                     "max_abs_error": 0.0}
+    assert doc["cast_dtypes"][0] == {
+        "name": "features.0.weight",
+        "model": "float32",
+        "checkpoint": "float16",
+        "max_abs_error": 0.0,
+    }
     written = torch.load(project / "cast.pt", weights_only=True)
     assert written["features.0.weight"].dtype == torch.float32
     assert torch.equal(written["features.0.weight"], half["features.0.weight"].float())
@@ -199,35 +250,55 @@ def test_cast_lists_collapse_and_show_the_size_of_the_error(tmp_path: Path) -> N
     """A float64 checkpoint into the float32 SmallCNN: cast rows collapse by layer index and state copy_'s error."""
     torch.manual_seed(5)
     sd = torch.load(SAMPLES / "small_cnn.pth", weights_only=True)
-    wide = {k: (torch.randn(v.shape, dtype=torch.float64) if v.is_floating_point() else v) for k, v in sd.items()}
+    wide = {
+        k: (torch.randn(v.shape, dtype=torch.float64) if v.is_floating_point() else v)
+        for k, v in sd.items()
+    }
     save_file(wide, str(tmp_path / "wide.safetensors"))
     model = str(SAMPLES / "models.py") + ":small_cnn"
     code, doc, _ = load_json(model, "wide.safetensors", cwd=tmp_path)
     errors = {c["name"]: c["max_abs_error"] for c in doc["cast_dtypes"]}
-    expected = {k: float((v - v.float().double()).abs().max()) for k, v in wide.items() if v.is_floating_point()}
+    expected = {
+        k: float((v - v.float().double()).abs().max())
+        for k, v in wide.items()
+        if v.is_floating_point()
+    }
     assert code == 0 and errors == expected and all(e > 0 for e in errors.values())
     text = invoke("load", model, "wide.safetensors", cwd=tmp_path).stdout
-    for group, members in (("features.{0-1,3-4}.weight", "0134"), ("features.{0-1,3-4}.bias", "0134")):
+    for group, members in (
+        ("features.{0-1,3-4}.weight", "0134"),
+        ("features.{0-1,3-4}.bias", "0134"),
+    ):
         size = max(expected[group.replace("{0-1,3-4}", i)] for i in members)
         assert f"{group} (float64 → float32, max |Δ| {size:.2e}: copy_ converts silently)" in text
     assert "features.0.weight" not in text  # collapsed, not listed one by one
     dry = invoke("load", model, "wide.safetensors", "--dry-run", cwd=tmp_path).stdout
-    assert "features.{0-1,3-4}.weight (float64 → float32: copy_ converts silently)" in dry  # nothing copied: no size
+    assert (
+        "features.{0-1,3-4}.weight (float64 → float32: copy_ converts silently)" in dry
+    )  # nothing copied: no size
 
 
 def test_load_says_what_was_kept_and_what_would_load(project: Path) -> None:
     kept = invoke("load", "models.py:net", "ckpt.pth", cwd=project).stdout
-    assert kept.splitlines()[-1] == ("Loaded 9 tensors into the model; nothing was kept: the model lives only in "
-                                     "this process (pass --out FILE to write it).")
+    assert kept.splitlines()[-1] == (
+        "Loaded 9 tensors into the model; nothing was kept: the model lives only in "
+        "this process (pass --out FILE to write it)."
+    )
     assert kept.splitlines()[4].startswith("loaded ")
-    written = invoke("load", "models.py:net", "ckpt.pth", "--out", "w.safetensors", cwd=project).stdout
+    written = invoke(
+        "load", "models.py:net", "ckpt.pth", "--out", "w.safetensors", cwd=project
+    ).stdout
     assert written.splitlines()[-1] == "Loaded 9 tensors into the model; wrote w.safetensors."
     for flags in (["--dry-run"], ["--meta"]):
         planned = invoke("load", "models.py:net", "ckpt.pth", *flags, cwd=project).stdout
         assert re.match(r"would load +9   features\.", planned.splitlines()[4])
         assert "\nloaded " not in planned
     blocked = invoke("load", "models.py:five", "ckpt.pth", cwd=project)
-    assert blocked.exit_code == 2 and "would load" in blocked.stdout and "Nothing was loaded." in blocked.stdout
+    assert (
+        blocked.exit_code == 2
+        and "would load" in blocked.stdout
+        and "Nothing was loaded." in blocked.stdout
+    )
     strict = invoke("load", "models.py:five", "ckpt.pth", "--strict", cwd=project)
     assert strict.exit_code == 1 and "would load" in strict.stdout
 
@@ -235,12 +306,15 @@ def test_load_says_what_was_kept_and_what_would_load(project: Path) -> None:
 def test_tied_weights(project: Path) -> None:
     tied = user_models(project).Tied()
     save_file({"embed.weight": tied.embed.weight.detach()}, str(project / "untied.safetensors"))
-    code, doc, _ = load_json("models.py:Tied", "untied.safetensors", "--strict", "--out", "tied.safetensors",
-                             cwd=project)
+    code, doc, _ = load_json(
+        "models.py:Tied", "untied.safetensors", "--strict", "--out", "tied.safetensors", cwd=project
+    )
     assert code == 0 and doc["loaded"] == ["embed.weight"] and doc["missing"] == []
     assert doc["tied"] == [{"name": "head.weight", "via": "embed.weight"}]
     tree = json.loads(invoke("tree", "tied.safetensors", "--json", cwd=project).stdout)
-    assert tree["tied"] == [["embed.weight", "head.weight"]] or tree["tied"] == [["head.weight", "embed.weight"]]
+    assert tree["tied"] == [["embed.weight", "head.weight"]] or tree["tied"] == [
+        ["head.weight", "embed.weight"]
+    ]
 
 
 def test_a_buffer_viewing_part_of_a_parameter_is_written_by_save_model(project: Path) -> None:
@@ -256,7 +330,9 @@ def test_a_buffer_viewing_part_of_a_parameter_is_written_by_save_model(project: 
         trained.fc.bias.fill_(-1.5)
     assert trained.row.data_ptr() == trained.fc.weight.data_ptr()  # the view followed the parameter
     torch.save(trained.state_dict(), project / "view.pt")
-    code, doc, err = load_json("models.py:RowView", "view.pt", "--strict", "--out", "view.safetensors", cwd=project)
+    code, doc, err = load_json(
+        "models.py:RowView", "view.pt", "--strict", "--out", "view.safetensors", cwd=project
+    )
     assert (code, err) == (0, "") and sorted(doc["loaded"]) == ["fc.bias", "fc.weight", "row"]
     assert doc["written"] == "view.safetensors"
     with safe_open(str(project / "view.safetensors"), "pt") as f:
@@ -274,8 +350,13 @@ def test_a_buffer_viewing_part_of_a_parameter_is_written_by_save_model(project: 
     assert fresh.row.data_ptr() == fresh.fc.weight.data_ptr()
     # The write is still atomic and still refuses to overwrite without --force.
     again = invoke("load", "models.py:RowView", "view.pt", "--out", "view.safetensors", cwd=project)
-    assert (again.exit_code, again.stderr) == (2, "error: view.safetensors exists; pass --force to overwrite it\n")
-    forced = invoke("load", "models.py:RowView", "view.pt", "--out", "view.safetensors", "--force", cwd=project)
+    assert (again.exit_code, again.stderr) == (
+        2,
+        "error: view.safetensors exists; pass --force to overwrite it\n",
+    )
+    forced = invoke(
+        "load", "models.py:RowView", "view.pt", "--out", "view.safetensors", "--force", cwd=project
+    )
     assert forced.exit_code == 0, forced.stderr
     assert load_model(models.RowView(), str(project / "view.safetensors")) == (set(), [])
     assert [p.name for p in project.iterdir() if p.name.endswith(".tmp")] == []
@@ -285,7 +366,9 @@ def test_a_buffer_sliced_from_a_table_no_name_holds_is_written_whole(project: Pa
     models = user_models(project)
     sliced = models.Sliced()
     torch.save(sliced.state_dict(), project / "sliced.pt")
-    code, doc, err = load_json("models.py:Sliced", "sliced.pt", "--strict", "--out", "sliced.safetensors", cwd=project)
+    code, doc, err = load_json(
+        "models.py:Sliced", "sliced.pt", "--strict", "--out", "sliced.safetensors", cwd=project
+    )
     assert (code, err) == (0, "") and doc["written"] == "sliced.safetensors"
     written = load_file(str(project / "sliced.safetensors"))
     expected = sliced.state_dict()
@@ -300,16 +383,26 @@ def test_a_buffer_sliced_from_a_table_no_name_holds_is_written_whole(project: Pa
 def test_refuses_to_overwrite_and_force(project: Path) -> None:
     (project / "keep.pt").write_bytes(b"precious")
     result = invoke("load", "models.py:net", "ckpt.pth", "--out", "keep.pt", cwd=project)
-    assert (result.exit_code, result.stderr) == (2, "error: keep.pt exists; pass --force to overwrite it\n")
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "error: keep.pt exists; pass --force to overwrite it\n",
+    )
     assert (project / "keep.pt").read_bytes() == b"precious"
     forced = invoke("load", "models.py:net", "ckpt.pth", "--out", "keep.pt", "--force", cwd=project)
     assert forced.exit_code == 0
-    assert set(torch.load(project / "keep.pt", weights_only=True)) == set(torch.load(project / "ckpt.pth",
-                                                                                     weights_only=True))
+    assert set(torch.load(project / "keep.pt", weights_only=True)) == set(
+        torch.load(project / "ckpt.pth", weights_only=True)
+    )
     same = invoke("load", "models.py:net", "ckpt.pth", "--out", "ckpt.pth", "--force", cwd=project)
-    assert (same.exit_code, same.stderr) == (2, "error: ckpt.pth is also an input; write the result to another file\n")
+    assert (same.exit_code, same.stderr) == (
+        2,
+        "error: ckpt.pth is also an input; write the result to another file\n",
+    )
     bad = invoke("load", "models.py:net", "ckpt.pth", "--out", "x.txt", cwd=project)
-    assert (bad.exit_code, bad.stderr) == (2, "error: --out x.txt: use a .safetensors, .pt, .pth, .bin or .ckpt file name\n")
+    assert (bad.exit_code, bad.stderr) == (
+        2,
+        "error: --out x.txt: use a .safetensors, .pt, .pth, .bin or .ckpt file name\n",
+    )
 
 
 def test_dry_run_and_meta_change_nothing(project: Path) -> None:
@@ -318,18 +411,28 @@ def test_dry_run_and_meta_change_nothing(project: Path) -> None:
     code, doc, _ = load_json("models.py:net", "ckpt.pth", "--meta", cwd=project)
     assert code == 0 and doc["dry_run"] and not doc["performed"] and len(doc["loaded"]) == 9
     result = invoke("load", "models.py:net", "ckpt.pth", "--meta", "--out", "m.pt", cwd=project)
-    assert (result.exit_code, result.stderr) == (2, "error: --out needs real weights: drop --meta (which only plans)\n")
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "error: --out needs real weights: drop --meta (which only plans)\n",
+    )
     text = invoke("load", "models.py:net", "ckpt.pth", "--dry-run", cwd=project)
     assert "Dry run: 9 tensors would load; nothing was changed." in text.stdout
 
 
 def test_model_from_project_config_and_errors(project: Path) -> None:
-    (project / "pyproject.toml").write_text('[tool.modinspect]\nmodel = "models.py:net"\nweights = "nope.pt"\n')
+    (project / "pyproject.toml").write_text(
+        '[tool.modinspect]\nmodel = "models.py:net"\nweights = "nope.pt"\n'
+    )
     code, doc, _ = load_json("ckpt.pth", cwd=project)  # config weights are not applied by load
     assert code == 0 and doc["model"] == "models.py:net" and len(doc["loaded"]) == 9
     result = invoke("load", "ckpt.pth", "ckpt.pth", cwd=project)
     assert result.exit_code == 2
-    assert result.stderr == ("error: ckpt.pth is a checkpoint, not a model: load needs MODEL as an entry point "
-                             "(file.py:NAME) or a TorchScript file\n")
+    assert result.stderr == (
+        "error: ckpt.pth is a checkpoint, not a model: load needs MODEL as an entry point "
+        "(file.py:NAME) or a TorchScript file\n"
+    )
     many = invoke("load", "a", "b", "c", cwd=project)
-    assert (many.exit_code, many.stderr) == (2, "error: load takes [MODEL] CHECKPOINT: one or two SOURCEs\n")
+    assert (many.exit_code, many.stderr) == (
+        2,
+        "error: load takes [MODEL] CHECKPOINT: one or two SOURCEs\n",
+    )

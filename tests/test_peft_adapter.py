@@ -42,7 +42,9 @@ def project(tmp_path: Path) -> Path:
 def _build(project: Path, **kwargs: object) -> torch.nn.Module:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"peft_models_{id(project)}", project / "peft_models.py")
+    spec = importlib.util.spec_from_file_location(
+        f"peft_models_{id(project)}", project / "peft_models.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -70,7 +72,9 @@ def test_adapter_dir_is_a_source_with_rank_and_targets(project: Path) -> None:
     result = invoke("tree", str(project / "adapter"), "--json")
     assert result.exit_code == 0
     doc = json.loads(result.stdout)
-    assert doc["format"] == "peft-safetensors" and doc["totals"]["params"] == sum(p.numel() for p in ours.values())
+    assert doc["format"] == "peft-safetensors" and doc["totals"]["params"] == sum(
+        p.numel() for p in ours.values()
+    )
 
 
 def test_load_into_a_peft_model_hints_the_rename_that_works(project: Path) -> None:
@@ -87,7 +91,15 @@ def test_load_into_a_peft_model_hints_the_rename_that_works(project: Path) -> No
         f"is inserted (lora_A.weight -> lora_A.default.weight): pass --rename '{PEFT_SAVED}={repl}'"
     )
     out = project / "merged.safetensors"
-    result = invoke("load", target, str(project / "adapter"), "--rename", f"{PEFT_SAVED}={repl}", "--out", str(out))
+    result = invoke(
+        "load",
+        target,
+        str(project / "adapter"),
+        "--rename",
+        f"{PEFT_SAVED}={repl}",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.stdout + result.stderr
     from safetensors.torch import load_file
 
@@ -106,8 +118,14 @@ def test_adapter_dir_errors(tmp_path: Path) -> None:
     (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
     with pytest.raises(UnknownFormatError) as info:
         open_source(str(folder))
-    assert str(info.value) == f"{folder} has adapter_config.json but no adapter_model.safetensors or adapter_model.bin"
+    assert (
+        str(info.value)
+        == f"{folder} has adapter_config.json but no adapter_model.safetensors or adapter_model.bin"
+    )
     (folder / "adapter_config.json").write_text('{"peft_type": ')
     result = invoke("tree", str(folder))
     assert result.exit_code == 2
-    assert result.stderr == f"error: {folder / 'adapter_config.json'} is not a readable JSON adapter config (JSONDecodeError)\n"
+    assert (
+        result.stderr
+        == f"error: {folder / 'adapter_config.json'} is not a readable JSON adapter config (JSONDecodeError)\n"
+    )

@@ -28,13 +28,17 @@ class Net(nn.Module):
         return self.head(self.bn(self.conv(x))) * self.scale
 
 
-def export(model: nn.Module, args: tuple[torch.Tensor, ...], path: Path) -> torch.export.ExportedProgram:
+def export(
+    model: nn.Module, args: tuple[torch.Tensor, ...], path: Path
+) -> torch.export.ExportedProgram:
     ep = torch.export.export(model.eval(), args)
     torch.export.save(ep, path)
     return ep
 
 
-def test_tree_state_and_kinds_from_the_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tree_state_and_kinds_from_the_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
     model = Net()
     ep = export(model, (torch.randn(2, 3, 8, 8),), tmp_path / "net.pt2")
@@ -50,19 +54,30 @@ def test_tree_state_and_kinds_from_the_archive(tmp_path: Path, monkeypatch: pyte
         assert src.format == "torch-export"
         report = build_tree(src)
         types = {m.name: m.type for m in report.modules}
-        assert types == {"": "Net", "conv": "Conv2d", "bn": "BatchNorm2d", "head": "Sequential", "head.0": "Flatten",
-                         "head.1": "Linear"}
+        assert types == {
+            "": "Net",
+            "conv": "Conv2d",
+            "bn": "BatchNorm2d",
+            "head": "Sequential",
+            "head.0": "Flatten",
+            "head.1": "Linear",
+        }
         assert report.totals.params == sum(p.numel() for p in model.parameters())
         assert report.totals.buffers == sum(b.numel() for b in model.buffers())
         assert report.totals.non_persistent_buffers == 5
         assert {t.name: t.kind for t in src.tensors} == {
-            **{n: "parameter" for n, _ in model.named_parameters()}, **{n: "buffer" for n, _ in model.named_buffers()}
+            **{n: "parameter" for n, _ in model.named_parameters()},
+            **{n: "buffer" for n, _ in model.named_buffers()},
         }
-        assert src.info("scale").persistent is False and src.info("bn.running_mean").persistent is True
+        assert (
+            src.info("scale").persistent is False and src.info("bn.running_mean").persistent is True
+        )
         state = {**ep.state_dict, **ep.constants}
         for name in src.names():
             assert torch.equal(src.read_tensor(name), state[name].detach())
-            assert torch.equal(torch.cat(list(src.iter_chunks(name, 7))), state[name].detach().reshape(-1))
+            assert torch.equal(
+                torch.cat(list(src.iter_chunks(name, 7))), state[name].detach().reshape(-1)
+            )
 
 
 def test_tied_weights_are_one_storage(tmp_path: Path) -> None:
@@ -71,7 +86,9 @@ def test_tied_weights_are_one_storage(tmp_path: Path) -> None:
     with open_source(str(tmp_path / "tied.pt2")) as src:
         report = build_tree(src)
     assert [set(g) for g in report.tied] == [{"embed.weight", "head.weight"}]
-    assert report.totals.params == sum(p.numel() for p in model.parameters())  # parameters() counts it once
+    assert report.totals.params == sum(
+        p.numel() for p in model.parameters()
+    )  # parameters() counts it once
 
 
 def test_diff_and_load_read_the_archive(tmp_path: Path) -> None:
@@ -93,7 +110,14 @@ def test_diff_and_load_read_the_archive(tmp_path: Path) -> None:
         "def build():\n    return Net()\n"
     )
     out = tmp_path / "out.safetensors"
-    loaded = invoke("load", f"{tmp_path / 'm.py'}:build", str(tmp_path / "net.pt2"), "--strict", "--out", str(out))
+    loaded = invoke(
+        "load",
+        f"{tmp_path / 'm.py'}:build",
+        str(tmp_path / "net.pt2"),
+        "--strict",
+        "--out",
+        str(out),
+    )
     assert loaded.exit_code == 0, loaded.stdout + loaded.stderr
     from safetensors.torch import load_file
 
@@ -103,7 +127,10 @@ def test_diff_and_load_read_the_archive(tmp_path: Path) -> None:
 
 def test_archive_without_a_program_is_named(tmp_path: Path) -> None:
     export(Net(), (torch.randn(1, 3, 8, 8),), tmp_path / "net.pt2")
-    with zipfile.ZipFile(tmp_path / "net.pt2") as src, zipfile.ZipFile(tmp_path / "aoti.pt2", "w") as dst:
+    with (
+        zipfile.ZipFile(tmp_path / "net.pt2") as src,
+        zipfile.ZipFile(tmp_path / "aoti.pt2", "w") as dst,
+    ):
         for item in src.infolist():
             if "/models/" not in item.filename:
                 dst.writestr(item, src.read(item))
@@ -137,13 +164,18 @@ def test_lying_weight_configs_are_refused(tmp_path: Path) -> None:
         config["conv.bias"]["tensor_meta"]["sizes"] = [{"as_int": 1000}]  # type: ignore[index]
 
     _rewrite(tmp_path / "net.pt2", tmp_path / "escape.pt2", escape)
-    with pytest.raises(CorruptFileError, match=r"gives 'conv\.weight' the payload name '\.\./\.\./etc/passwd'"):
+    with pytest.raises(
+        CorruptFileError, match=r"gives 'conv\.weight' the payload name '\.\./\.\./etc/passwd'"
+    ):
         open_source(str(tmp_path / "escape.pt2"))
     _rewrite(tmp_path / "net.pt2", tmp_path / "symbolic.pt2", symbolic)
     with pytest.raises(CorruptFileError, match="symbolic or negative size"):
         open_source(str(tmp_path / "symbolic.pt2"))
     _rewrite(tmp_path / "net.pt2", tmp_path / "big.pt2", too_big)
-    with open_source(str(tmp_path / "big.pt2")) as src, pytest.raises(CorruptFileError, match=r"'conv\.bias' reaches"):
+    with (
+        open_source(str(tmp_path / "big.pt2")) as src,
+        pytest.raises(CorruptFileError, match=r"'conv\.bias' reaches"),
+    ):
         src.read_tensor("conv.bias")
     result = invoke("diff", str(tmp_path / "big.pt2"), str(tmp_path / "big.pt2"))
     assert result.exit_code == 2 and "reaches past the end of" in result.stderr
@@ -160,6 +192,7 @@ def test_expanded_views_are_read_as_torch_export_load_reads_them(tmp_path: Path)
             meta = config["bn.running_mean"]["tensor_meta"]
             meta["sizes"] = [{"as_int": n} for n in sizes]  # type: ignore[index]
             meta["strides"] = [{"as_int": n} for n in strides]  # type: ignore[index]
+
         return edit
 
     _rewrite(tmp_path / "net.pt2", tmp_path / "expanded.pt2", expand([3, 1000, 4], [0, 0, 1]))
@@ -180,7 +213,8 @@ def test_expanded_views_are_read_as_torch_export_load_reads_them(tmp_path: Path)
             next(src.iter_chunks("bn.running_mean"))
     assert str(caught.value) == (
         f"{tmp_path / 'huge.pt2'}: 'bn.running_mean' claims 68,719,476,736 elements over a storage of 4 (a stride-0 "
-        "or overlapping view): too large to read, and no real tensor needs it")
+        "or overlapping view): too large to read, and no real tensor needs it"
+    )
 
 
 class WithCond(nn.Module):
@@ -210,14 +244,21 @@ def test_node_arrays_are_read_as_json_loads_reads_them(tmp_path: Path, model: nn
     nodes = full["graph_module"]["graph"]["nodes"]
     top = graph_nodes(program["graph_module"]["graph"], arrays)
     assert top.count == len(nodes) > 0
-    stacks = [n["metadata"]["nn_module_stack"] for n in nodes if "nn_module_stack" in n.get("metadata", {})]
+    stacks = [
+        n["metadata"]["nn_module_stack"]
+        for n in nodes
+        if "nn_module_stack" in n.get("metadata", {})
+    ]
     assert module_types(top.stacks) == module_types(tuple(stacks))
     assert {k: v for k, v in full.items() if k != "graph_module"} == {
-        k: v for k, v in program.items() if k != "graph_module"}
+        k: v for k, v in program.items() if k != "graph_module"
+    }
     assert program["graph_module"]["module_call_graph"] == full["graph_module"]["module_call_graph"]
     assert program["graph_module"]["signature"] == full["graph_module"]["signature"]
     if isinstance(model, WithCond):
-        assert len(arrays) == 1 and b'"nodes"' in raw[raw.index(b'"nodes"') + 7:]  # nested graphs stayed inside
+        assert (
+            len(arrays) == 1 and b'"nodes"' in raw[raw.index(b'"nodes"') + 7 :]
+        )  # nested graphs stayed inside
 
 
 def test_node_arrays_are_cut_at_their_own_brackets() -> None:
@@ -226,8 +267,16 @@ def test_node_arrays_are_cut_at_their_own_brackets() -> None:
     from modinspect.sources.pt2_program import MAX_NESTING, graph_nodes, load_program
 
     stack = json.dumps("L__self__,,M;L__self___fc,fc,torch.nn.modules.linear.Linear")
-    node = b'{"target": "a, [b] \\"nodes\\": [", "metadata": {"nn_module_stack": ' + stack.encode() + b"}}"
-    raw = b'{"graph_module": {"graph": {"nodes": [' + b", ".join([node] * 3) + b'], "outputs": []}}, "v": "x"}'
+    node = (
+        b'{"target": "a, [b] \\"nodes\\": [", "metadata": {"nn_module_stack": '
+        + stack.encode()
+        + b"}}"
+    )
+    raw = (
+        b'{"graph_module": {"graph": {"nodes": ['
+        + b", ".join([node] * 3)
+        + b'], "outputs": []}}, "v": "x"}'
+    )
     program, arrays = load_program(raw, "m.json")
     assert program == {"graph_module": {"graph": {"nodes": [0], "outputs": []}}, "v": "x"}
     assert graph_nodes(program["graph_module"]["graph"], arrays).count == 3
@@ -236,6 +285,9 @@ def test_node_arrays_are_cut_at_their_own_brackets() -> None:
     deep = b'{"graph": {"nodes": [' + b"[" * MAX_NESTING + b"]" * MAX_NESTING + b"]}}"
     with pytest.raises(CorruptFileError) as caught:
         load_program(deep, "m.json")
-    assert str(caught.value) == f"m.json is not valid JSON, or nests a node array more than {MAX_NESTING} deep"
+    assert (
+        str(caught.value)
+        == f"m.json is not valid JSON, or nests a node array more than {MAX_NESTING} deep"
+    )
     with pytest.raises(CorruptFileError, match=r"^m\.json is not valid JSON \(JSONDecodeError\)$"):
         load_program(b'{"graph": {"nodes": []}, }', "m.json")

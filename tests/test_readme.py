@@ -66,18 +66,28 @@ def _run(command: str, root: Path) -> tuple[int, str]:
     if pipe:
         piped = shlex.split(pipe)
         assert piped[:2] == ["python", "-c"], pipe
-        done = subprocess.run([sys.executable, "-c", piped[2]], input=result.stdout, capture_output=True,
-                              text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", piped[2]],
+            input=result.stdout,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         out = done.stdout
     return int(result.exit_code), out
 
 
 @pytest.mark.parametrize(("line", "steps"), EXAMPLES, ids=[f"README.md:{n}" for n, _ in EXAMPLES])
-def test_readme_console_example_is_real_output(line: int, steps: list[tuple[str, list[str]]],
-                                               tmp_path: Path) -> None:
-    shutil.copytree(SAMPLES, tmp_path / "sample_models", ignore=shutil.ignore_patterns("__pycache__"))
+def test_readme_console_example_is_real_output(
+    line: int, steps: list[tuple[str, list[str]]], tmp_path: Path
+) -> None:
+    shutil.copytree(
+        SAMPLES, tmp_path / "sample_models", ignore=shutil.ignore_patterns("__pycache__")
+    )
     _hostile_pickle(tmp_path / "evil.pt")
-    runlogs.write_run(tmp_path / "stats.jsonl")  # the report section's synthetic watch log, as it says
+    runlogs.write_run(
+        tmp_path / "stats.jsonl"
+    )  # the report section's synthetic watch log, as it says
     code = 0
     for command, shown in steps:
         if command == "echo $?":
@@ -102,7 +112,10 @@ def test_every_console_example_runs_against_shipped_files() -> None:
         names = re.findall(r"[\w./-]+\.(?:pt|pth|py|safetensors|gguf)\b", command)
         for name in names:
             if name != "evil.pt":  # the one hostile file is made by the test, not shipped
-                assert (SAMPLES / Path(name).name).exists() or (REPO / name).exists(), (command, name)
+                assert (SAMPLES / Path(name).name).exists() or (REPO / name).exists(), (
+                    command,
+                    name,
+                )
 
 
 def test_the_readme_tree_is_the_golden() -> None:
@@ -119,7 +132,9 @@ def test_readme_files_are_the_shipped_files() -> None:
     assert code == (SAMPLES / "faulty.py").read_text(encoding="utf-8")
     toml = README.split("```toml\n# pyproject.toml\n", 1)[1].split("```", 1)[0]
     shown = tomllib.loads(toml)["tool"]["modinspect"]
-    shipped = tomllib.loads((SAMPLES / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["modinspect"]
+    shipped = tomllib.loads((SAMPLES / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
+        "modinspect"
+    ]
     assert shown == shipped
 
 
@@ -163,8 +178,17 @@ def _json(*args: str) -> dict[str, Any]:
 
 def _real_documents(command: str, tmp_path: Path) -> list[dict[str, Any]]:
     if command == "tree":
-        return [_json("tree", "models.py:small_cnn", "--weights", "small_cnn.safetensors", "--input-shape", "1,3,8,8"),
-                _json("tree", "training_checkpoint.pt")]
+        return [
+            _json(
+                "tree",
+                "models.py:small_cnn",
+                "--weights",
+                "small_cnn.safetensors",
+                "--input-shape",
+                "1,3,8,8",
+            ),
+            _json("tree", "training_checkpoint.pt"),
+        ]
     if command == "stats":
         return [_json("stats", "faulty.py:Net", "--input-shape", "8,16")]
     if command == "doctor":
@@ -184,28 +208,77 @@ def _real_documents(command: str, tmp_path: Path) -> list[dict[str, Any]]:
         from modinspect.render.jsonout import diff_document
         from test_widths import _long_diff
 
-        synthetic = replace(_long_diff(), aliased=(("lm_head.weight", "embed.weight"),))  # lists files leave empty
-        return [_json("diff", "small_cnn.pth", str(tmp_path / "other.pth")), diff_document(synthetic)]
+        synthetic = replace(
+            _long_diff(), aliased=(("lm_head.weight", "embed.weight"),)
+        )  # lists files leave empty
+        return [
+            _json("diff", "small_cnn.pth", str(tmp_path / "other.pth")),
+            diff_document(synthetic),
+        ]
     import torch
 
-    half = {k: v.half() if v.is_floating_point() else v
-            for k, v in torch.load(SAMPLES / "small_cnn.pth", weights_only=True).items()}
+    half = {
+        k: v.half() if v.is_floating_point() else v
+        for k, v in torch.load(SAMPLES / "small_cnn.pth", weights_only=True).items()
+    }
     torch.save(half, tmp_path / "half.pth")
     from modinspect.render.jsonout import load_document
     from modinspect.reports import Alias, LoadPlan, LoadReport
 
-    plan = LoadPlan(loaded=("embed.weight",), cast=(), mismatched=(), missing=(), unexpected=(),
-                    tied=(Alias("lm_head.weight", "embed.weight"),), sources=(("embed.weight", "wte.weight"),))
-    synthetic = LoadReport(model="m.py:lm", checkpoint="c.pt", plan=plan, strict=False, skip_mismatched=False,
-                           performed=True, dry_run=False, written=None)  # the lists the sample files leave empty
-    return [_json("load", "heads.py:five", "small_cnn.pth", "--skip-mismatched", "--dry-run"),
-            _json("load", "models.py:small_cnn", str(tmp_path / "half.pth")), load_document(synthetic)]
+    plan = LoadPlan(
+        loaded=("embed.weight",),
+        cast=(),
+        mismatched=(),
+        missing=(),
+        unexpected=(),
+        tied=(Alias("lm_head.weight", "embed.weight"),),
+        sources=(("embed.weight", "wte.weight"),),
+    )
+    synthetic = LoadReport(
+        model="m.py:lm",
+        checkpoint="c.pt",
+        plan=plan,
+        strict=False,
+        skip_mismatched=False,
+        performed=True,
+        dry_run=False,
+        written=None,
+    )  # the lists the sample files leave empty
+    return [
+        _json("load", "heads.py:five", "small_cnn.pth", "--skip-mismatched", "--dry-run"),
+        _json("load", "models.py:small_cnn", str(tmp_path / "half.pth")),
+        load_document(synthetic),
+    ]
 
 
 # Words in the field lists that are values, not keys: formats, kinds, phases, causes.
-VALUES = {"tree": {"safetensors", "pickle", "torchscript", "dcp", "entrypoint", "gguf", "parameter", "buffer", "unknown"},
-          "stats": {"forward", "backward", "produced", "input", "loss", "weight", "overflow", "sum", "mean"},
-          "diff": set(), "load": set(), "doctor": {"error", "warning", "info", "module", "checkpoint"}}
+VALUES = {
+    "tree": {
+        "safetensors",
+        "pickle",
+        "torchscript",
+        "dcp",
+        "entrypoint",
+        "gguf",
+        "parameter",
+        "buffer",
+        "unknown",
+    },
+    "stats": {
+        "forward",
+        "backward",
+        "produced",
+        "input",
+        "loss",
+        "weight",
+        "overflow",
+        "sum",
+        "mean",
+    },
+    "diff": set(),
+    "load": set(),
+    "doctor": {"error", "warning", "info", "module", "checkpoint"},
+}
 ENVELOPE = {"schema_version", "modinspect_version"}
 
 
@@ -214,7 +287,9 @@ def test_readme_json_field_list_is_the_real_document(command: str, tmp_path: Pat
     real = set().union(*(_keys(doc) for doc in _real_documents(command, tmp_path))) - ENVELOPE
     documented = _readme_fields(command)
     assert sorted(real - documented) == [], f"{command}: keys the README's field list leaves out"
-    assert sorted(documented - real - VALUES[command]) == [], f"{command}: README fields the document lacks"
+    assert sorted(documented - real - VALUES[command]) == [], (
+        f"{command}: README fields the document lacks"
+    )
 
 
 def test_readme_documents_the_envelope() -> None:

@@ -31,8 +31,13 @@ GPT2_124M_PARAMS = 124_439_808
 TIED = {"lm_head.weight", "transformer.wte.weight"}
 
 TINY_GPT2 = {"n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 99}
-TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37,
-             "vocab_size": 99}
+TINY_BERT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 37,
+    "vocab_size": 99,
+}
 
 
 # ---------------------------------------------------------------- ground truth from the live module
@@ -46,7 +51,13 @@ def unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
     """Bytes of the distinct storages (views of one storage at one place counted once)."""
     seen: dict[tuple[object, ...], int] = {}
     for t in tensors:
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        key = (
+            t.untyped_storage().data_ptr(),
+            t.storage_offset(),
+            tuple(t.shape),
+            t.stride(),
+            t.dtype,
+        )
         seen[key] = t.numel() * t.element_size()
     return sum(seen.values())
 
@@ -55,7 +66,9 @@ def module_bytes(module: nn.Module) -> int:
     return unique_bytes([*module.parameters(), *module.buffers()])
 
 
-def buffers_by_persistence(model: nn.Module) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
+def buffers_by_persistence(
+    model: nn.Module,
+) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
     """(persistent, non-persistent) buffers, by each owner's _non_persistent_buffers_set."""
     persistent, transient = [], []
     for mod_name, mod in model.named_modules():
@@ -125,7 +138,10 @@ class Gpt2Files:
 
 SOURCES = ("save_pretrained", "save_model", "pth", "sharded", "entry")
 TIED_NAME_PRESENT = {"save_model", "pth", "entry"}  # in the file itself
-HF_DIRS = {"save_pretrained", "sharded"}  # config.json beside the weights: the model built from it adds the tied name
+HF_DIRS = {
+    "save_pretrained",
+    "sharded",
+}  # config.json beside the weights: the model built from it adds the tied name
 
 
 @pytest.fixture(scope="module")
@@ -141,15 +157,26 @@ def gpt2(tmp_path_factory: pytest.TempPathFactory) -> Gpt2Files:
     save_model(model, str(root / "save_model.safetensors"))
     torch.save(model.state_dict(), root / "gpt2.pth")
     entry = write_entry(root / "gpt2_entry.py", "GPT2Config", "GPT2LMHeadModel", {})
-    return Gpt2Files(model, root / "pretrained", root / "save_model.safetensors", root / "gpt2.pth",
-                     root / "sharded", entry)
+    return Gpt2Files(
+        model,
+        root / "pretrained",
+        root / "save_model.safetensors",
+        root / "gpt2.pth",
+        root / "sharded",
+        entry,
+    )
 
 
 @pytest.fixture(scope="module")
 def gpt2_sources(gpt2: Gpt2Files) -> Iterator[dict[str, Source]]:
     """Each written form opened once (the entry point builds a second 124M model)."""
-    specs = {"save_pretrained": str(gpt2.pretrained), "save_model": str(gpt2.save_model), "pth": str(gpt2.pth),
-             "sharded": str(gpt2.sharded), "entry": gpt2.entry}
+    specs = {
+        "save_pretrained": str(gpt2.pretrained),
+        "save_model": str(gpt2.save_model),
+        "pth": str(gpt2.pth),
+        "sharded": str(gpt2.sharded),
+        "entry": gpt2.entry,
+    }
     sources = {kind: open_source(spec) for kind, spec in specs.items()}
     yield sources
     for src in sources.values():
@@ -172,7 +199,9 @@ def names_in_file(gpt2: Gpt2Files, kind: str) -> set[str]:
         with safe_open(str(f), framework="pt") as handle:
             keys = set(handle.keys())
             meta = handle.metadata() or {}
-            names |= keys | {k for k, v in meta.items() if v in keys}  # save_model's dropped aliases
+            names |= keys | {
+                k for k, v in meta.items() if v in keys
+            }  # save_model's dropped aliases
     return names
 
 
@@ -232,22 +261,33 @@ def test_gpt2_124m_tree_totals(gpt2: Gpt2Files, gpt2_sources: dict[str, Source],
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pth", "sharded", "entry"])
-def test_gpt2_124m_expand_shows_every_block(gpt2_sources: dict[str, Source], gpt2: Gpt2Files, kind: str) -> None:
+def test_gpt2_124m_expand_shows_every_block(
+    gpt2_sources: dict[str, Source], gpt2: Gpt2Files, kind: str
+) -> None:
     report = build_tree(gpt2_sources[kind], expand=True)
     h = node(report.root, "transformer.h")
-    assert [c.row.name for c in h.children] == [f"transformer.h.{i}" for i in range(len(gpt2.model.transformer.h))]
+    assert [c.row.name for c in h.children] == [
+        f"transformer.h.{i}" for i in range(len(gpt2.model.transformer.h))
+    ]
     assert all(c.repeat == 1 for c in h.children)
-    assert all(c.row.params == n_params(b) for c, b in zip(h.children, gpt2.model.transformer.h, strict=True))
+    assert all(
+        c.row.params == n_params(b)
+        for c, b in zip(h.children, gpt2.model.transformer.h, strict=True)
+    )
 
 
 @pytest.mark.slow
-def test_gpt2_124m_entry_point_knows_modules_and_buffers(gpt2: Gpt2Files, gpt2_sources: dict[str, Source]) -> None:
+def test_gpt2_124m_entry_point_knows_modules_and_buffers(
+    gpt2: Gpt2Files, gpt2_sources: dict[str, Source]
+) -> None:
     model = gpt2.model
     report = build_tree(gpt2_sources["entry"])
     t = report.totals
     assert report.module_known
     assert report.root.row.type == "GPT2LMHeadModel" == type(model).__name__
-    assert rows(report)["transformer.h.0"].type == "GPT2Block" == type(model.transformer.h[0]).__name__
+    assert (
+        rows(report)["transformer.h.0"].type == "GPT2Block" == type(model.transformer.h[0]).__name__
+    )
     assert node(report.root, "transformer.h").children[0].row.type == "GPT2Block"
     assert t.trainable == t.params == GPT2_124M_PARAMS
     assert t.frozen == 0
@@ -259,15 +299,20 @@ def test_gpt2_124m_entry_point_knows_modules_and_buffers(gpt2: Gpt2Files, gpt2_s
     assert t.buffers == sum(b.numel() for _, b in buffers)
     assert t.persistent_buffers == sum(b.numel() for _, b in persistent)
     assert t.non_persistent_buffers == sum(b.numel() for _, b in transient)
-    assert sorted(r.name for r in report.tensors if r.kind == "buffer") == sorted(n for n, _ in buffers)
+    assert sorted(r.name for r in report.tensors if r.kind == "buffer") == sorted(
+        n for n, _ in buffers
+    )
     # GPT-2 in this transformers (5.x) registers no buffers at all: checked, not assumed.
     assert buffers == [] and t.buffers == 0
 
 
 @pytest.mark.slow
 def test_gpt2_124m_cli_json(gpt2: Gpt2Files) -> None:
-    expected = {gpt2.pth: ("torch-zip", False), gpt2.sharded: ("hf-sharded-safetensors", True),
-                gpt2.save_model: ("safetensors", False)}
+    expected = {
+        gpt2.pth: ("torch-zip", False),
+        gpt2.sharded: ("hf-sharded-safetensors", True),
+        gpt2.save_model: ("safetensors", False),
+    }
     for path, (fmt, module_known) in expected.items():
         tied = [TIED]
         result = invoke("tree", path, "--json")
@@ -384,13 +429,21 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, str]
 
 def _shape_of(report: TreeReport) -> tuple[object, ...]:
     return (
-        report.totals, report.by_dtype, report.modules,
-        tuple((r.name, r.shape, r.dtype, r.nbytes, r.kind, r.requires_grad, r.persistent, r.alias_of) for r in report.tensors),
-        tied_sets(report), report.root,
+        report.totals,
+        report.by_dtype,
+        report.modules,
+        tuple(
+            (r.name, r.shape, r.dtype, r.nbytes, r.kind, r.requires_grad, r.persistent, r.alias_of)
+            for r in report.tensors
+        ),
+        tied_sets(report),
+        report.root,
     )
 
 
-def test_tiny_gpt2_meta_entry_point_counts_like_the_real_one(tiny_gpt2: tuple[nn.Module, str]) -> None:
+def test_tiny_gpt2_meta_entry_point_counts_like_the_real_one(
+    tiny_gpt2: tuple[nn.Module, str],
+) -> None:
     model, entry = tiny_gpt2
     with open_source(entry) as real_src, open_source(entry, meta=True) as meta_src:
         assert all(p.device.type == "meta" for p in meta_src.module.parameters())

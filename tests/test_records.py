@@ -13,7 +13,13 @@ from modinspect.run.reductions import GradTotals
 def totals_of(g: torch.Tensor, seen: bool = True) -> GradTotals:
     finite = g[torch.isfinite(g)].double()
     near = float(g[torch.isfinite(g)].abs().max()) / torch.finfo(torch.float16).max
-    return GradTotals(float(finite.square().sum()), int(torch.isnan(g).sum()), int(torch.isinf(g).sum()), seen, near)
+    return GradTotals(
+        float(finite.square().sum()),
+        int(torch.isnan(g).sum()),
+        int(torch.isinf(g).sum()),
+        seen,
+        near,
+    )
 
 
 def test_grad_totals_merge_equals_the_totals_of_the_concatenation() -> None:
@@ -32,7 +38,9 @@ def test_grad_totals_merge_equals_the_totals_of_the_concatenation() -> None:
 
 def test_grad_totals_merge_scales_squares_and_keeps_seen() -> None:
     a = GradTotals(4.0, 1, 0, False, 0.1)
-    a.merge(GradTotals(8.0, 0, 3, True, 0.5), scale=0.25)  # two ranks' averaged gradients: 1 / world²
+    a.merge(
+        GradTotals(8.0, 0, 3, True, 0.5), scale=0.25
+    )  # two ranks' averaged gradients: 1 / world²
     assert a == GradTotals(6.0, 1, 3, True, 0.5)
     a.merge(GradTotals())
     assert a == GradTotals(6.0, 1, 3, True, 0.5)

@@ -33,25 +33,49 @@ LINEAR_BOUND = 8.0  # 4× the keys: linear is about 4×, quadratic 16×
 def diff_report(n: int) -> DiffReport:
     """n keys only in A (flat names), n only in B (two indices each: nothing collapses), n tied pairs."""
     return DiffReport(
-        a="a.safetensors", b="b.safetensors", format_a="safetensors", format_b="safetensors",
+        a="a.safetensors",
+        b="b.safetensors",
+        format_a="safetensors",
+        format_b="safetensors",
         only_in_a=tuple(f"tensor_{i:06d}" for i in range(n)),
         only_in_b=tuple(f"model.layers.{i // 256}.experts.{i % 256}.w" for i in range(n)),
         shape_mismatch=tuple(PairMismatch(f"s_{i}", "[2]", "[3]") for i in range(n)),
-        dtype_mismatch=(), changed=(), close=(), equal=0, identical=0, compared=n,
-        aliased=tuple((f"alias_{i}", f"tensor_{i:06d}") for i in range(n)), rollup=(), hints=(),
-        tolerance="per dtype", nan_equal=True)
+        dtype_mismatch=(),
+        changed=(),
+        close=(),
+        equal=0,
+        identical=0,
+        compared=n,
+        aliased=tuple((f"alias_{i}", f"tensor_{i:06d}") for i in range(n)),
+        rollup=(),
+        hints=(),
+        tolerance="per dtype",
+        nan_equal=True,
+    )
 
 
 def load_report(n: int) -> LoadReport:
     """n keys cast with their copy errors, n missing, n unexpected, n tied: flat names, no group collapses."""
     cast = tuple(Mismatch(f"cast_{i}", "float16", "float32") for i in range(n))
-    plan = LoadPlan(loaded=tuple(m.name for m in cast), cast=cast, mismatched=(),
-                    missing=tuple(f"missing_{i}" for i in range(n)),
-                    unexpected=tuple(f"unexpected_{i}" for i in range(n)),
-                    tied=tuple(Alias(f"tied_{i}", f"cast_{i}") for i in range(n)))
-    return LoadReport(model="m.py:build", checkpoint="c.safetensors", plan=plan, strict=False,
-                      skip_mismatched=False, performed=True, dry_run=False, written=None,
-                      cast_errors=tuple((m.name, 1e-3 * (i % 7)) for i, m in enumerate(cast)))
+    plan = LoadPlan(
+        loaded=tuple(m.name for m in cast),
+        cast=cast,
+        mismatched=(),
+        missing=tuple(f"missing_{i}" for i in range(n)),
+        unexpected=tuple(f"unexpected_{i}" for i in range(n)),
+        tied=tuple(Alias(f"tied_{i}", f"cast_{i}") for i in range(n)),
+    )
+    return LoadReport(
+        model="m.py:build",
+        checkpoint="c.safetensors",
+        plan=plan,
+        strict=False,
+        skip_mismatched=False,
+        performed=True,
+        dry_run=False,
+        written=None,
+        cast_errors=tuple((m.name, 1e-3 * (i % 7)) for i, m in enumerate(cast)),
+    )
 
 
 def cpu_seconds(render: Callable[[object, int], object], report: object) -> float:
@@ -68,35 +92,51 @@ def cpu_seconds(render: Callable[[object, int], object], report: object) -> floa
 def test_diff_rendering_is_linear_in_the_keys() -> None:
     small = cpu_seconds(diff_renderable, diff_report(SMALL))  # type: ignore[arg-type]
     large = cpu_seconds(diff_renderable, diff_report(LARGE))  # type: ignore[arg-type]
-    assert large < LINEAR_BOUND * small, f"{SMALL:,} keys: {small:.3f} s, {LARGE:,} keys: {large:.3f} s"
+    assert large < LINEAR_BOUND * small, (
+        f"{SMALL:,} keys: {small:.3f} s, {LARGE:,} keys: {large:.3f} s"
+    )
 
 
 def test_load_rendering_is_linear_in_the_keys() -> None:
     small = cpu_seconds(load_renderable, load_report(SMALL))  # type: ignore[arg-type]
     large = cpu_seconds(load_renderable, load_report(LARGE))  # type: ignore[arg-type]
-    assert large < LINEAR_BOUND * small, f"{SMALL:,} keys: {small:.3f} s, {LARGE:,} keys: {large:.3f} s"
+    assert large < LINEAR_BOUND * small, (
+        f"{SMALL:,} keys: {small:.3f} s, {LARGE:,} keys: {large:.3f} s"
+    )
 
 
 def test_the_lists_are_cut_with_a_count_of_the_rest() -> None:
     out = make_console(file=io.StringIO(), width=120)
     out.print(diff_renderable(diff_report(100), 120))
     text = out.file.getvalue()  # type: ignore[attr-defined]
-    assert "Tied names matched through their partner (100)" in text and "  … 50 more (see --json)" in text
+    assert (
+        "Tied names matched through their partner (100)" in text
+        and "  … 50 more (see --json)" in text
+    )
     assert "Only in A (100)" in text and "  … 60 more (see --json)" in text
     out = make_console(file=io.StringIO(), width=120)
     out.print(load_renderable(load_report(100), 120))
     text = out.file.getvalue()  # type: ignore[attr-defined]
     assert "cast_0 (float32 → float16, max |Δ| 0: copy_ converts silently)" in text
     assert "cast_6 (float32 → float16, max |Δ| 0.006: copy_ converts silently)" in text
-    assert text.count("… 70 more (see --json)") == 4  # cast, tied, missing, unexpected: 30 shown each
+    assert (
+        text.count("… 70 more (see --json)") == 4
+    )  # cast, tied, missing, unexpected: 30 shown each
 
 
 # --- FastTable: rich's Table layout, written directly on a console without colour -------------------------
 
 
 def _plain(renderable: object, width: int, color: bool = False) -> str:
-    out = Console(file=io.StringIO(), width=width, color_system="truecolor" if color else None,
-                  force_terminal=color, markup=False, highlight=False, soft_wrap=False)
+    out = Console(
+        file=io.StringIO(),
+        width=width,
+        color_system="truecolor" if color else None,
+        force_terminal=color,
+        markup=False,
+        highlight=False,
+        soft_wrap=False,
+    )
     out.print(renderable)
     return out.file.getvalue()  # type: ignore[no-any-return, attr-defined]
 
@@ -107,15 +147,28 @@ def test_fast_table_writes_what_rich_table_writes() -> None:
     alphabet = "abcXYZ ▁█×—…名前é0123456789.-\u00a0"
     fast = 0
     for _ in range(600):
-        columns = [FastColumn(rng.choice(["module", "std", "‖∇out‖ (log)", "last", "x"]),
-                              justify=rng.choice(["left", "right"]), style=rng.choice(["", "cyan"]),
-                              min_width=rng.choice([None, 3, 8]), max_width=rng.choice([None, 5, 12]),
-                              overflow=rng.choice(["ellipsis", "crop"]))
-                   for _ in range(rng.randint(1, 6))]
+        columns = [
+            FastColumn(
+                rng.choice(["module", "std", "‖∇out‖ (log)", "last", "x"]),
+                justify=rng.choice(["left", "right"]),
+                style=rng.choice(["", "cyan"]),
+                min_width=rng.choice([None, 3, 8]),
+                max_width=rng.choice([None, 5, 12]),
+                overflow=rng.choice(["ellipsis", "crop"]),
+            )
+            for _ in range(rng.randint(1, 6))
+        ]
         table = FastTable(columns)
         for _ in range(rng.randint(0, 6)):
-            table.add_row(*(Text("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 15))),
-                                 style=rng.choice(["", "bold red"])) for _ in columns))
+            table.add_row(
+                *(
+                    Text(
+                        "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 15))),
+                        style=rng.choice(["", "bold red"]),
+                    )
+                    for _ in columns
+                )
+            )
         width = rng.randint(20, 120)
         assert _plain(table, width) == _plain(table.rich_table(), width)
         widths = table._widths()
@@ -123,7 +176,9 @@ def test_fast_table_writes_what_rich_table_writes() -> None:
     assert fast > 300  # most of them took the direct path
 
 
-def test_fast_table_never_builds_a_rich_table_where_it_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fast_table_never_builds_a_rich_table_where_it_fits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def refuse(self: FastTable) -> object:
         raise AssertionError("rich's Table was built")
 

@@ -41,17 +41,32 @@ def test_writer_writes_a_header_then_one_strict_json_line_per_step(run: Path) ->
     lines = run.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1 + runlogs.STEPS
     header = _strict(lines[0])
-    assert header == {"schema": SCHEMA, "kind": "header", "model": "Net", "every": 10, "started": runlogs.STARTED,
-                      "device": "cpu", "world_size": 1}
+    assert header == {
+        "schema": SCHEMA,
+        "kind": "header",
+        "model": "Net",
+        "every": 10,
+        "started": runlogs.STARTED,
+        "device": "cpu",
+        "world_size": 1,
+    }
     bad = _strict(lines[1 + runlogs.BAD_INDEX])
     assert isinstance(bad, dict)
     sqrt = bad["modules"][4]
     # NaN statistics are null plus their counts; the loss too.
-    assert (sqrt["name"], sqrt["std"], sqrt["mean"], sqrt["nan"], sqrt["grad_norm"], sqrt["grad_nan"]) == \
-        ("sqrt", None, None, 16, None, 64)
+    assert (
+        sqrt["name"],
+        sqrt["std"],
+        sqrt["mean"],
+        sqrt["nan"],
+        sqrt["grad_norm"],
+        sqrt["grad_nan"],
+    ) == ("sqrt", None, None, 16, None, 64)
     assert bad["loss"] is None and bad["nonfinite"]["op"] == "aten::sqrt"
-    assert _strict(lines[1])["modules"][0]["histogram"] == {"edges": list(runlogs.EDGES),  # type: ignore[index]
-                                                            "counts": [1, 2, 3, 4, 5, 1, 2, 3]}
+    assert _strict(lines[1])["modules"][0]["histogram"] == {
+        "edges": list(runlogs.EDGES),  # type: ignore[index]
+        "counts": [1, 2, 3, 4, 5, 1, 2, 3],
+    }
 
 
 def test_writer_flushes_each_record_before_closing(tmp_path: Path) -> None:
@@ -87,10 +102,16 @@ def test_the_readme_documents_every_field_the_writer_writes() -> None:
     from modinspect.watching.log import header_document, step_document
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    schema = readme[readme.index("### The watch log, schema `modinspect.watch/1`"):]
+    schema = readme[readme.index("### The watch log, schema `modinspect.watch/1`") :]
     record = step_document(runlogs.step_record(runlogs.BAD_INDEX))
-    keys = [*header_document(LogHeader(model="m", every=1, device="cpu")), *record, *record["modules"][0],
-            *record["modules"][0]["histogram"], *record["params"][0], *record["nonfinite"]]
+    keys = [
+        *header_document(LogHeader(model="m", every=1, device="cpu")),
+        *record,
+        *record["modules"][0],
+        *record["modules"][0]["histogram"],
+        *record["params"][0],
+        *record["nonfinite"],
+    ]
     assert [k for k in keys if f'"{k}"' not in schema] == []
 
 
@@ -114,26 +135,53 @@ def test_read_run_log_gives_series_the_first_bad_step_and_gradient_flow(run: Pat
     assert [m.first_bad_step for m in report.modules] == [300] * 6
     bad = report.first_bad
     assert bad is not None
-    assert (bad.step, bad.module, bad.type, bad.phase, bad.op, bad.source, bad.cause, bad.recorded) == \
-        (300, "sqrt", "SqrtShift", "forward", "aten::sqrt", "train.py:42", "produced", True)
+    assert (
+        bad.step,
+        bad.module,
+        bad.type,
+        bad.phase,
+        bad.op,
+        bad.source,
+        bad.cause,
+        bad.recorded,
+    ) == (300, "sqrt", "SqrtShift", "forward", "aten::sqrt", "train.py:42", "produced", True)
     assert bad.affected == ("fc1", "act1", "fc2", "act2", "sqrt", "head")
     assert report.params[0].update_ratio == (None,) + (0.001,) * 49
     assert report.truncated is False and report.notes == ()
 
 
-def test_without_an_origin_record_the_first_module_with_a_nan_output_is_named(tmp_path: Path) -> None:
+def test_without_an_origin_record_the_first_module_with_a_nan_output_is_named(
+    tmp_path: Path,
+) -> None:
     report = read_run_log(runlogs.write_run(tmp_path / "r.jsonl", nonfinite_from=7, origin=None))
     bad = report.first_bad
     assert bad is not None
-    assert (bad.step, bad.module, bad.phase, bad.op, bad.recorded) == (70, "sqrt", "forward", None, False)
+    assert (bad.step, bad.module, bad.phase, bad.op, bad.recorded) == (
+        70,
+        "sqrt",
+        "forward",
+        None,
+        False,
+    )
 
 
 def test_a_gradient_only_nan_is_traced_to_the_last_module_in_forward_order(tmp_path: Path) -> None:
-    modules = (("fc1", "Linear"), ("act1", "ReLU"), ("fc2", "Linear"))  # no sqrt/head: only gradients go bad
-    report = read_run_log(runlogs.write_run(tmp_path / "r.jsonl", nonfinite_from=3, origin=None, modules=modules))
+    modules = (
+        ("fc1", "Linear"),
+        ("act1", "ReLU"),
+        ("fc2", "Linear"),
+    )  # no sqrt/head: only gradients go bad
+    report = read_run_log(
+        runlogs.write_run(tmp_path / "r.jsonl", nonfinite_from=3, origin=None, modules=modules)
+    )
     bad = report.first_bad
     assert bad is not None
-    assert (bad.step, bad.module, bad.phase, bad.affected) == (30, "fc2", "backward", ("fc1", "act1", "fc2"))
+    assert (bad.step, bad.module, bad.phase, bad.affected) == (
+        30,
+        "fc2",
+        "backward",
+        ("fc1", "act1", "fc2"),
+    )
 
 
 def test_a_clean_run_has_no_bad_step(tmp_path: Path) -> None:
@@ -148,14 +196,24 @@ def test_values_at_the_edge_of_float64_render_in_every_view(tmp_path: Path) -> N
     with LogWriter(path, LogHeader(model="Net", every=1, device="cpu", started=big)) as log:
         for i in range(3):
             record = runlogs.step_record(i, nonfinite_from=None)
-            modules = tuple(replace(m, std=big, mean=-big, min=-big, max=big, grad_norm=big) for m in record.modules)
-            log.write(replace(record, step=first + i, time=big, loss=big * (-1) ** i, modules=modules))
+            modules = tuple(
+                replace(m, std=big, mean=-big, min=-big, max=big, grad_norm=big)
+                for m in record.modules
+            )
+            log.write(
+                replace(record, step=first + i, time=big, loss=big * (-1) ** i, modules=modules)
+            )
     report = read_run_log(path)
     assert report.modules[0].grad_norm_mean == pytest.approx(big, rel=1e-12)
     terminal = invoke("report", str(path))
     assert terminal.exit_code == 0, terminal.output
-    assert f"3 logged step(s), steps {first} … {first + 2}, started at unix time 1.7e+308" in terminal.stdout
-    assert "loss 1.70e+308 → 1.70e+308  █▁█" in terminal.stdout  # +big, -big, +big: a span of inf, halved
+    assert (
+        f"3 logged step(s), steps {first} … {first + 2}, started at unix time 1.7e+308"
+        in terminal.stdout
+    )
+    assert (
+        "loss 1.70e+308 → 1.70e+308  █▁█" in terminal.stdout
+    )  # +big, -big, +big: a span of inf, halved
     # the loss's first and last, then the last std and ‖∇out‖, the same in all 6 modules: once, above the table
     assert terminal.stdout.count("1.70e+308") == 2 + 2
     assert "last std 1.70e+308 · " in terminal.stdout and "last ‖∇out‖ 1.70e+308" in terminal.stdout
@@ -166,18 +224,25 @@ def test_values_at_the_edge_of_float64_render_in_every_view(tmp_path: Path) -> N
 
 def test_a_partial_last_line_is_skipped_with_a_note(run: Path) -> None:
     text = run.read_text(encoding="utf-8")
-    run.write_text(text + text.splitlines()[-1][:57], encoding="utf-8")  # a run still writing step 500
+    run.write_text(
+        text + text.splitlines()[-1][:57], encoding="utf-8"
+    )  # a run still writing step 500
     report = read_run_log(run)
     assert report.steps[-1] == 490 and report.truncated
     result = invoke("report", run)
     assert result.exit_code == 0
-    assert result.stderr == f"note: the last line of {run} is incomplete (a run still writing?); it was skipped\n"
+    assert (
+        result.stderr
+        == f"note: the last line of {run} is incomplete (a run still writing?); it was skipped\n"
+    )
 
 
 def test_unknown_record_kinds_are_skipped_with_a_note(run: Path) -> None:
     with run.open("a", encoding="utf-8") as f:
         f.write('{"kind": "end", "time": 1.0}\n')
-    assert read_run_log(run).notes == ("skipped 1 record(s) of kind 'end', which this modinspect does not know",)
+    assert read_run_log(run).notes == (
+        "skipped 1 record(s) of kind 'end', which this modinspect does not know",
+    )
 
 
 def _replace_line(path: Path, number: int, new: str) -> None:
@@ -193,22 +258,57 @@ def _edit_step(path: Path, number: int, edit: object) -> None:
     _replace_line(path, number, json.dumps(record))
 
 
-@pytest.mark.parametrize(("breach", "message"), [
-    (lambda r: r["modules"][1].pop("std"), "line 5: the step record module 'act1' lacks 'std'"),
-    (lambda r: r["modules"][0].update(nan="3"), "line 5: the step record module 'fc1' has 'nan' = \"3\", not int"),
-    (lambda r: r["modules"][0].update(calls=True), "line 5: the step record module 'fc1' has 'calls' = true, not int"),
-    (lambda r: r["modules"][0].update(std="x"), "module 'fc1' has 'std' = \"x\", not int/number or null"),
-    (lambda r: r.update(step=-1), "line 5: the step record has 'step' = -1, below 0"),
-    (lambda r: r.update(step=20), "line 5: step 20 does not follow step 20"),
-    (lambda r: r.pop("modules"), "line 5: the step record lacks the list 'modules'"),
-    (lambda r: r["modules"][2]["histogram"]["edges"].pop(), "module 'fc2' has a histogram with 8 edges for 8 counts"),
-    (lambda r: r["modules"][2]["histogram"]["counts"].__setitem__(0, True),
-     "module 'fc2' has a histogram whose counts are not all integers ≥ 0"),
-    (lambda r: r["modules"][2]["histogram"]["counts"].__setitem__(3, -1), "whose counts are not all integers ≥ 0"),
-    (lambda r: r["modules"][2]["histogram"]["edges"].__setitem__(3, "0.5"), "whose edges are not all numbers"),
-    (lambda r: r.update(nonfinite={"module": "a", "type": "b", "phase": "sideways", "op": None, "source": None,
-                                   "code": None, "cause": "produced"}), "nonfinite phase 'sideways'"),
-])
+@pytest.mark.parametrize(
+    ("breach", "message"),
+    [
+        (lambda r: r["modules"][1].pop("std"), "line 5: the step record module 'act1' lacks 'std'"),
+        (
+            lambda r: r["modules"][0].update(nan="3"),
+            "line 5: the step record module 'fc1' has 'nan' = \"3\", not int",
+        ),
+        (
+            lambda r: r["modules"][0].update(calls=True),
+            "line 5: the step record module 'fc1' has 'calls' = true, not int",
+        ),
+        (
+            lambda r: r["modules"][0].update(std="x"),
+            "module 'fc1' has 'std' = \"x\", not int/number or null",
+        ),
+        (lambda r: r.update(step=-1), "line 5: the step record has 'step' = -1, below 0"),
+        (lambda r: r.update(step=20), "line 5: step 20 does not follow step 20"),
+        (lambda r: r.pop("modules"), "line 5: the step record lacks the list 'modules'"),
+        (
+            lambda r: r["modules"][2]["histogram"]["edges"].pop(),
+            "module 'fc2' has a histogram with 8 edges for 8 counts",
+        ),
+        (
+            lambda r: r["modules"][2]["histogram"]["counts"].__setitem__(0, True),
+            "module 'fc2' has a histogram whose counts are not all integers ≥ 0",
+        ),
+        (
+            lambda r: r["modules"][2]["histogram"]["counts"].__setitem__(3, -1),
+            "whose counts are not all integers ≥ 0",
+        ),
+        (
+            lambda r: r["modules"][2]["histogram"]["edges"].__setitem__(3, "0.5"),
+            "whose edges are not all numbers",
+        ),
+        (
+            lambda r: r.update(
+                nonfinite={
+                    "module": "a",
+                    "type": "b",
+                    "phase": "sideways",
+                    "op": None,
+                    "source": None,
+                    "code": None,
+                    "cause": "produced",
+                }
+            ),
+            "nonfinite phase 'sideways'",
+        ),
+    ],
+)
 def test_schema_breaches_name_the_line(run: Path, breach: object, message: str) -> None:
     _edit_step(run, 5, breach)
     with pytest.raises(CorruptFileError) as info:
@@ -219,18 +319,37 @@ def test_schema_breaches_name_the_line(run: Path, breach: object, message: str) 
     assert result.stderr == f"error: {info.value}\n"
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("", "{p} is empty, not a modinspect watch log"),
-    ('{"a": 1}\n', "{p} is not a modinspect watch log (its first line is not a modinspect.watch/1 header)"),
-    ("\x89PNG\r\n\x1a\n\x00\x00", "{p} is not a modinspect watch log (its first line is not a modinspect.watch/1 header)"),
-    ('{"schema": "modinspect.watch/2", "kind": "header"}\n',
-     "{p} is a modinspect.watch/2 log; this modinspect reads modinspect.watch/1: upgrade it"),
-    ('{"schema": "modinspect.watch/1", "kind": "header", "model": "m", "every": 0, "started": 1, "device": "cpu", '
-     '"world_size": 1}\n', "{p} line 1: the header has 'every' or 'world_size' below 1"),
-    ('{"schema": "modinspect.watch/1", "kind": "header", "model": "m", "every": 1, "started": 1, "device": "cpu", '
-     '"world_size": 1}\n', "{p} has a header but no step records yet"),
-])
-def test_files_that_are_not_watch_logs_are_one_error_line(tmp_path: Path, content: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "{p} is empty, not a modinspect watch log"),
+        (
+            '{"a": 1}\n',
+            "{p} is not a modinspect watch log (its first line is not a modinspect.watch/1 header)",
+        ),
+        (
+            "\x89PNG\r\n\x1a\n\x00\x00",
+            "{p} is not a modinspect watch log (its first line is not a modinspect.watch/1 header)",
+        ),
+        (
+            '{"schema": "modinspect.watch/2", "kind": "header"}\n',
+            "{p} is a modinspect.watch/2 log; this modinspect reads modinspect.watch/1: upgrade it",
+        ),
+        (
+            '{"schema": "modinspect.watch/1", "kind": "header", "model": "m", "every": 0, "started": 1, "device": "cpu", '
+            '"world_size": 1}\n',
+            "{p} line 1: the header has 'every' or 'world_size' below 1",
+        ),
+        (
+            '{"schema": "modinspect.watch/1", "kind": "header", "model": "m", "every": 1, "started": 1, "device": "cpu", '
+            '"world_size": 1}\n',
+            "{p} has a header but no step records yet",
+        ),
+    ],
+)
+def test_files_that_are_not_watch_logs_are_one_error_line(
+    tmp_path: Path, content: str, message: str
+) -> None:
     path = tmp_path / "x.jsonl"
     path.write_bytes(content.encode("latin-1"))
     result = invoke("report", path)
@@ -244,8 +363,11 @@ def test_a_broken_line_in_the_middle_and_a_nan_literal_are_errors(run: Path) -> 
     assert result.exit_code == 2
     assert result.stderr == f"error: {run} line 3 is not JSON (Expecting value)\n"
     _replace_line(run, 3, run.read_text().splitlines()[3].replace('"loss":1.94', '"loss":NaN'))
-    with pytest.raises(CorruptFileError, match="line 3: the step record holds the literal NaN; the schema writes "
-                                               "non-finite values as null"):
+    with pytest.raises(
+        CorruptFileError,
+        match="line 3: the step record holds the literal NaN; the schema writes "
+        "non-finite values as null",
+    ):
         read_run_log(run)
 
 
@@ -253,15 +375,24 @@ def test_two_runs_in_one_file_are_an_error(run: Path) -> None:
     text = run.read_text(encoding="utf-8")
     run.write_text(text + text, encoding="utf-8")
     result = invoke("report", run)
-    assert (result.exit_code, result.stderr) == (2, f"error: {run} line 52 is a second header: two runs in one log?\n")
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"error: {run} line 52 is a second header: two runs in one log?\n",
+    )
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     result = invoke("report", tmp_path / "nope.jsonl")
-    assert (result.exit_code, result.stderr) == (2, f"error: {tmp_path / 'nope.jsonl'} does not exist\n")
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"error: {tmp_path / 'nope.jsonl'} does not exist\n",
+    )
     result = invoke("report", tmp_path)
     assert result.exit_code == 2
-    assert result.stderr == f"error: {tmp_path} is a directory, not a modinspect watch log (a .jsonl file)\n"
+    assert (
+        result.stderr
+        == f"error: {tmp_path} is a directory, not a modinspect watch log (a .jsonl file)\n"
+    )
     with pytest.raises(UnknownFormatError):
         read_run_log(tmp_path)
 
@@ -279,7 +410,9 @@ def test_series_sparkline_cells() -> None:
     assert series_sparkline((0.0, 0.0), lo=0.0, hi=1.0) == "▁▁"
 
 
-def test_terminal_view_has_the_sparklines_of_the_known_series(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_terminal_view_has_the_sparklines_of_the_known_series(
+    run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("COLUMNS", "240")  # wide enough for one cell per step
     result = invoke("report", run)
     assert result.exit_code == 0 and result.stderr == ""
@@ -289,9 +422,13 @@ def test_terminal_view_has_the_sparklines_of_the_known_series(run: Path, monkeyp
     assert f"  {std}  " in rows["fc1"] and f" {grad} " in rows["fc1"]
     assert " " + "▁" * 25 + "█" * 25 + " " in rows["act1"]
     assert rows["act1"].split()[-1] == "100.0%"
-    assert "last ‖∇out‖ nan/inf · bad at 300" in result.stdout.splitlines()  # every module's: once, above the table
+    assert (
+        "last ‖∇out‖ nan/inf · bad at 300" in result.stdout.splitlines()
+    )  # every module's: once, above the table
     assert rows["sqrt"].split()[:3] == ["sqrt", "◀", "SqrtShift"]
-    assert " " + "".join(SPARKS[round(i / 29 * 7)] for i in range(30)) + "×" * 20 + " " in rows["sqrt"]
+    assert (
+        " " + "".join(SPARKS[round(i / 29 * 7)] for i in range(30)) + "×" * 20 + " " in rows["sqrt"]
+    )
     assert result.stdout.splitlines()[:3] == [
         f"{run}  (modinspect.watch/1: Net on cpu, every 10 steps)",
         "50 logged step(s), steps 0 … 490, started 2026-01-01 00:00:00 UTC",
@@ -300,7 +437,8 @@ def test_terminal_view_has_the_sparklines_of_the_known_series(run: Path, monkeyp
     assert result.stdout.endswith(
         "First bad step 300: NaN/Inf produced by sqrt (SqrtShift) in forward, op aten::sqrt at train.py:42: return "
         "torch.sqrt(x - 1); also non-finite there: fc1, act1, fc2, act2, head.\n"
-        "Gradient flow: exploding mean ‖∇out‖ at fc1.\n")
+        "Gradient flow: exploding mean ‖∇out‖ at fc1.\n"
+    )
 
 
 def test_terminal_view_golden_at_120_columns(run: Path, golden: object) -> None:
@@ -310,8 +448,9 @@ def test_terminal_view_golden_at_120_columns(run: Path, golden: object) -> None:
 
 
 @pytest.mark.parametrize("columns", [60, 80, 100, 200])
-def test_terminal_view_goldens_at_every_width(run: Path, monkeypatch: pytest.MonkeyPatch, golden: object,
-                                                     columns: int) -> None:
+def test_terminal_view_goldens_at_every_width(
+    run: Path, monkeypatch: pytest.MonkeyPatch, golden: object, columns: int
+) -> None:
     """Like every renderer, report has goldens at 60, 80, 100, 120 (above) and 200 columns, and no line is wider."""
     monkeypatch.setenv("COLUMNS", str(columns))
     result = invoke("report", "run.jsonl", cwd=run.parent)
@@ -321,10 +460,18 @@ def test_terminal_view_goldens_at_every_width(run: Path, monkeypatch: pytest.Mon
 
 
 # 'bad at 300' and the last ‖∇out‖ (nan/inf on every row) move above the table: their width goes to the sparklines.
-@pytest.mark.parametrize(("columns", "cells", "has_type", "has_last"), [(80, 17, False, False), (95, 17, False, True),
-                                                                   (120, 17, True, True), (200, 25, True, True)])
-def test_narrow_terminals_drop_columns_not_sparkline_cells(run: Path, monkeypatch: pytest.MonkeyPatch, columns: int,
-                                                           cells: int, has_type: bool, has_last: bool) -> None:
+@pytest.mark.parametrize(
+    ("columns", "cells", "has_type", "has_last"),
+    [(80, 17, False, False), (95, 17, False, True), (120, 17, True, True), (200, 25, True, True)],
+)
+def test_narrow_terminals_drop_columns_not_sparkline_cells(
+    run: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    columns: int,
+    cells: int,
+    has_type: bool,
+    has_last: bool,
+) -> None:
     monkeypatch.setenv("COLUMNS", str(columns))
     lines = invoke("report", run).stdout.splitlines()
     table = [line for line in lines if line.startswith(("module", "  "))]
@@ -340,8 +487,10 @@ def test_narrow_terminals_drop_columns_not_sparkline_cells(run: Path, monkeypatc
 def test_clean_run_verdict(tmp_path: Path) -> None:
     result = invoke("report", runlogs.write_run(tmp_path / "r.jsonl", nonfinite_from=None))
     assert result.exit_code == 0
-    assert result.stdout.splitlines()[-2:] == ["No NaN/Inf in 50 logged step(s).",
-                                               "Gradient flow: exploding mean ‖∇out‖ at fc1."]
+    assert result.stdout.splitlines()[-2:] == [
+        "No NaN/Inf in 50 logged step(s).",
+        "Gradient flow: exploding mean ‖∇out‖ at fc1.",
+    ]
 
 
 def test_json_document(run: Path) -> None:
@@ -351,17 +500,30 @@ def test_json_document(run: Path) -> None:
     assert isinstance(doc, dict)
     assert doc["schema_version"] == 2 and doc["header"]["schema"] == SCHEMA
     assert doc["steps"] == list(range(0, 500, 10))
-    assert doc["first_bad"] == {"step": 300, "module": "sqrt", "type": "SqrtShift", "phase": "forward",
-                                "op": "aten::sqrt", "source": "train.py:42", "code": "        return torch.sqrt(x - 1)",
-                                "cause": "produced", "recorded": True,
-                                "affected": ["fc1", "act1", "fc2", "act2", "sqrt", "head"], "rank": None}
+    assert doc["first_bad"] == {
+        "step": 300,
+        "module": "sqrt",
+        "type": "SqrtShift",
+        "phase": "forward",
+        "op": "aten::sqrt",
+        "source": "train.py:42",
+        "code": "        return torch.sqrt(x - 1)",
+        "cause": "produced",
+        "recorded": True,
+        "affected": ["fc1", "act1", "fc2", "act2", "sqrt", "head"],
+        "rank": None,
+    }
     fc1, act1, sqrt = doc["modules"][0], doc["modules"][1], doc["modules"][4]
     assert fc1["std"] == [runlogs.std_of("fc1", i) for i in range(50)]
     assert fc1["grad_norm"] == [runlogs.grad_of("fc1", i) for i in range(30)] + [None] * 20
     assert fc1["grad_norm_max"] == 1000.0 and fc1["flags"] == ["exploding-grad"]
     assert act1["dead_fraction"] == [0.0] * 25 + [1.0] * 25
     assert sqrt["nonfinite"] == [False] * 30 + [True] * 20 and sqrt["first_bad_step"] == 300
-    assert sqrt["histograms"][0] == {"step": 0, "edges": list(runlogs.EDGES), "counts": list(runlogs.counts_of(4, 0))}
+    assert sqrt["histograms"][0] == {
+        "step": 0,
+        "edges": list(runlogs.EDGES),
+        "counts": list(runlogs.counts_of(4, 0)),
+    }
     assert doc["loss"][29] == pytest.approx(2.0 - 0.03 * 29) and doc["loss"][30] is None
     assert doc["params"][0]["name"] == "fc1.weight" and doc["truncated"] is False
 
@@ -425,15 +587,25 @@ def test_html_page_structure(run: Path, tmp_path: Path) -> None:
     assert counts["dead-fraction"] == {"path.axis": 1, "path.line": 2}
     hists = [(a["data-module"], a["data-step"]) for chart, a in page.charts if chart == "histogram"]
     # Default steps: first, middle, last; sqrt and head have no histogram once they are NaN.
-    assert hists == [(m, s) for m, _ in runlogs.MODULES for s in ("0", "250", "490")
-                     if not (m in ("sqrt", "head") and s == "490")]
+    assert hists == [
+        (m, s)
+        for m, _ in runlogs.MODULES
+        for s in ("0", "250", "490")
+        if not (m in ("sqrt", "head") and s == "490")
+    ]
     total_bins = sum(1 for tag, a in page.tags if tag == "rect" and a.get("class") == "bin")
     assert total_bins == _expected_bins(run, (0, 250, 490)) == 8 * 16
     tags = {tag for tag, _ in page.tags}
     assert "script" not in tags and "link" not in tags and "img" not in tags
-    assert not [a for _, a in page.tags if any(str(v).startswith(("http:", "https:", "//")) for v in a.values())]
-    assert "First bad step 300: NaN/Inf produced by sqrt (SqrtShift) in forward, op aten::sqrt at train.py:42: " \
+    assert not [
+        a
+        for _, a in page.tags
+        if any(str(v).startswith(("http:", "https:", "//")) for v in a.values())
+    ]
+    assert (
+        "First bad step 300: NaN/Inf produced by sqrt (SqrtShift) in forward, op aten::sqrt at train.py:42: "
         "return torch.sqrt(x - 1); also non-finite there: fc1, act1, fc2, act2, head." in page.text
+    )
 
 
 def test_html_histogram_steps_option(run: Path, tmp_path: Path) -> None:
@@ -444,20 +616,30 @@ def test_html_histogram_steps_option(run: Path, tmp_path: Path) -> None:
     assert sum(1 for tag, a in page.tags if tag == "rect" and a.get("class") == "bin") == 6 * 2 * 8
     result = invoke("report", run, "--html", tmp_path / "s.html", "--steps", "105")
     assert result.exit_code == 2
-    assert result.stderr == (f"error: --steps 105: {run} has no record at step 105 (logged steps: 0, 10, 20 … 490, "
-                             "every 10)\n")
+    assert result.stderr == (
+        f"error: --steps 105: {run} has no record at step 105 (logged steps: 0, 10, 20 … 490, "
+        "every 10)\n"
+    )
     assert not (tmp_path / "s.html").exists()
     result = invoke("report", run, "--steps", "100")
-    assert result.stderr == "error: --steps chooses the HTML's histograms: pass --html OUT.html too\n"
+    assert (
+        result.stderr == "error: --steps chooses the HTML's histograms: pass --html OUT.html too\n"
+    )
     result = invoke("report", run, "--html", out, "--steps", "1,x", "--force")
-    assert result.stderr == "error: --steps '1,x' is not a comma-separated list of step numbers like 100,200\n"
+    assert (
+        result.stderr
+        == "error: --steps '1,x' is not a comma-separated list of step numbers like 100,200\n"
+    )
 
 
 def test_html_refuses_to_overwrite_without_force(run: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.html"
     out.write_text("mine")
     result = invoke("report", run, "--html", out)
-    assert (result.exit_code, result.stderr) == (2, f"error: {out} exists; pass --force to overwrite it\n")
+    assert (result.exit_code, result.stderr) == (
+        2,
+        f"error: {out} exists; pass --force to overwrite it\n",
+    )
     assert out.read_text() == "mine"
     assert invoke("report", run, "--html", out, "--force").exit_code == 0
     assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
@@ -475,7 +657,10 @@ def test_html_escapes_names_from_the_model(tmp_path: Path) -> None:
     assert "<img" not in raw and "<script" not in raw and "<b>" not in raw
     page = _parse(out)
     assert "script" not in {tag for tag, _ in page.tags}
-    assert {a["data-module"] for _, a in page.tags if a.get("class") == "bar max"} == {EVIL, modules[1][0]}
+    assert {a["data-module"] for _, a in page.tags if a.get("class") == "bar max"} == {
+        EVIL,
+        modules[1][0],
+    }
     assert "Evil<b>Type</b>" in "".join(page.text)
 
 
@@ -511,27 +696,42 @@ def test_html_in_headless_chromium(run: Path, tmp_path: Path) -> None:
     assert all(c["visible"] for c in charts)
     by_name = {c["chart"]: c["marks"] for c in charts if c["chart"] != "histogram"}
     n_modules, n_steps = len(runlogs.MODULES), runlogs.STEPS
-    assert by_name["gradient-flow"] == {"path.axis": 1, "rect.bar.max": n_modules, "rect.bar.max:drawn": n_modules,
-                                        "rect.bar.mean": n_modules, "rect.bar.mean:drawn": n_modules}
+    assert by_name["gradient-flow"] == {
+        "path.axis": 1,
+        "rect.bar.max": n_modules,
+        "rect.bar.max:drawn": n_modules,
+        "rect.bar.mean": n_modules,
+        "rect.bar.mean:drawn": n_modules,
+    }
     for chart, bad in (("std-heatmap", 2 * 20), ("grad-heatmap", n_modules * 20)):
         marks = by_name[chart]
         assert marks["rect.cell.value"] + marks["rect.cell.nonfinite"] == n_modules * n_steps
-        assert marks["rect.cell.value:drawn"] + marks["rect.cell.nonfinite:drawn"] == n_modules * n_steps
+        assert (
+            marks["rect.cell.value:drawn"] + marks["rect.cell.nonfinite:drawn"]
+            == n_modules * n_steps
+        )
         assert marks["rect.cell.nonfinite"] == bad
     assert by_name["dead-fraction"] == {"path.axis": 1, "path.line": 2}
     hists = [c for c in charts if c["chart"] == "histogram"]
     assert sum(c["marks"]["rect.bin:drawn"] for c in hists) == _expected_bins(run, (0, 250, 490))
-    assert [c["module"] for c in hists] == ["fc1"] * 3 + ["act1"] * 3 + ["fc2"] * 3 + ["act2"] * 3 + ["sqrt"] * 2 + ["head"] * 2
+    assert [c["module"] for c in hists] == ["fc1"] * 3 + ["act1"] * 3 + ["fc2"] * 3 + [
+        "act2"
+    ] * 3 + ["sqrt"] * 2 + ["head"] * 2
 
 
 @needs_chromium
 def test_html_with_hostile_names_runs_nothing_in_chromium(tmp_path: Path) -> None:
-    modules = ((EVIL, "Evil<b>Type</b>"), ("act</text><script>console.error('ran')</script>", "ReLU"))
+    modules = (
+        (EVIL, "Evil<b>Type</b>"),
+        ("act</text><script>console.error('ran')</script>", "ReLU"),
+    )
     log = runlogs.write_run(tmp_path / "evil.jsonl", nonfinite_from=None, modules=modules)
     out = tmp_path / "evil.html"
     assert invoke("report", log, "--html", out).exit_code == 0
-    script = ("JSON.stringify([document.querySelectorAll('script, img').length, "
-              "[...document.querySelectorAll('rect.bar.max')].map(r => r.dataset.module)])")
+    script = (
+        "JSON.stringify([document.querySelectorAll('script, img').length, "
+        "[...document.querySelectorAll('rect.bar.max')].map(r => r.dataset.module)])"
+    )
     result = load_page(out, script)
     assert result.errors == []
     assert json.loads(result.value) == [0, [EVIL, modules[1][0]]]
@@ -543,26 +743,47 @@ def test_a_forward_only_log_without_histograms_still_renders(tmp_path: Path) -> 
     log, out = tmp_path / "fwd.jsonl", tmp_path / "fwd.html"
     with LogWriter(log, LogHeader(model="m", every=1, device="cpu", started=0.0)) as w:
         for i in range(3):
-            w.write(StepRecord(step=i, time=float(i), loss=None, modules=(
-                ModuleRecord("a", "ReLU", 1, 4, 0.0, 0.0, 0.0, 0.0, 1.0, 0, 0, 1.0, None, 0, 0),)))
+            w.write(
+                StepRecord(
+                    step=i,
+                    time=float(i),
+                    loss=None,
+                    modules=(
+                        ModuleRecord(
+                            "a", "ReLU", 1, 4, 0.0, 0.0, 0.0, 0.0, 1.0, 0, 0, 1.0, None, 0, 0
+                        ),
+                    ),
+                )
+            )
     result = invoke("report", log)
     assert result.exit_code == 0
-    assert "  a      ReLU   ▄▄▄      0               —   ███    100.0%        —" in result.stdout.splitlines()
+    assert (
+        "  a      ReLU   ▄▄▄      0               —   ███    100.0%        —"
+        in result.stdout.splitlines()
+    )
     assert invoke("report", log, "--html", out).exit_code == 0
     page = _parse(out)
     assert "gradient-flow" not in page.counts
     assert page.counts["grad-heatmap"] == {"rect.cell.missing": 3}
     assert page.counts["dead-fraction"] == {"path.axis": 1, "path.line": 1}
     text = "".join(page.text)
-    assert "No gradient norms in this log (forward only)." in text and "No histograms in this log." in text
+    assert (
+        "No gradient norms in this log (forward only)." in text
+        and "No histograms in this log." in text
+    )
 
 
 def test_ci_installs_chromium_only_when_missing_and_apt_get_exists() -> None:
     from conftest import REPO
 
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
-    assert "if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then" in ci
-    assert "DEBIAN_FRONTEND=noninteractive apt-get install -y" in ci and "chromium chromium-driver" in ci
+    assert (
+        "if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then" in ci
+    )
+    assert (
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y" in ci
+        and "chromium chromium-driver" in ci
+    )
 
 
 def test_a_log_with_no_modules_and_a_nan_weight_norm(tmp_path: Path) -> None:
@@ -570,8 +791,15 @@ def test_a_log_with_no_modules_and_a_nan_weight_norm(tmp_path: Path) -> None:
 
     log, out = tmp_path / "empty.jsonl", tmp_path / "empty.html"
     with LogWriter(log, LogHeader(model="m", every=1, device="cpu", started=0.0)) as w:
-        w.write(StepRecord(step=0, time=0.0, loss=1.0, modules=(),
-                           params=(ParamRecord("w", float("nan"), None, None, None),)))
+        w.write(
+            StepRecord(
+                step=0,
+                time=0.0,
+                loss=1.0,
+                modules=(),
+                params=(ParamRecord("w", float("nan"), None, None, None),),
+            )
+        )
     report = read_run_log(log)
     assert report.modules == () and report.params[0].norm == (None,)
     assert invoke("report", log).exit_code == 0

@@ -18,15 +18,28 @@ from modinspect.names import rollup_key
 
 def _net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(OrderedDict(
-        features=nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
-                               nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-        classifier=nn.Linear(4, 3),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            features=nn.Sequential(
+                nn.Conv2d(3, 4, 3),
+                nn.BatchNorm2d(4),
+                nn.ReLU(),
+                nn.Conv2d(4, 4, 3),
+                nn.ReLU(),
+                nn.Conv2d(4, 4, 3),
+                nn.BatchNorm2d(4),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+            ),
+            classifier=nn.Linear(4, 3),
+        )
+    )
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def trained(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """before.pth and after.pth around one SGD step with the backbone (`features`) frozen, in eval mode."""
     root = tmp_path_factory.mktemp("freeze")
     model = _net().eval()  # eval: the frozen BatchNorms' running stats stay too
@@ -42,8 +55,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, t
     return root, before, after
 
 
-def test_diff_rolls_up_unchanged_and_changed_modules_as_torch_says(trained: tuple[Path, dict[str, torch.Tensor],
-                                                                              dict[str, torch.Tensor]]) -> None:
+def test_diff_rolls_up_unchanged_and_changed_modules_as_torch_says(
+    trained: tuple[Path, dict[str, torch.Tensor], dict[str, torch.Tensor]],
+) -> None:
     root, before, after = trained
     truth: dict[str, bool] = {}
     for name in before:
@@ -52,8 +66,14 @@ def test_diff_rolls_up_unchanged_and_changed_modules_as_torch_says(trained: tupl
     doc = json.loads(invoke("diff", "before.pth", "after.pth", "--json", cwd=root).stdout)
     got = {m["module"]: m["status"] for m in doc["module_status"]}
     assert got == {k: "changed" if moved else "unchanged" for k, moved in truth.items()}
-    assert got == {"features.0": "unchanged", "features.1": "unchanged", "features.3": "unchanged",
-                   "features.5": "unchanged", "features.6": "unchanged", "classifier": "changed"}
+    assert got == {
+        "features.0": "unchanged",
+        "features.1": "unchanged",
+        "features.3": "unchanged",
+        "features.5": "unchanged",
+        "features.6": "unchanged",
+        "classifier": "changed",
+    }
     sizes = {m["module"]: m["tensors"] for m in doc["module_status"]}
     assert sizes == {k: sum(rollup_key(n) == k for n in before) for k in truth}
     text = invoke("diff", "before.pth", "after.pth", cwd=root).stdout
@@ -63,23 +83,36 @@ def test_diff_rolls_up_unchanged_and_changed_modules_as_torch_says(trained: tupl
 
 
 def test_diff_names_modules_on_one_side_only(tmp_path: Path) -> None:
-    a = {"features.0.weight": torch.ones(2), "features.1.weight": torch.ones(2), "old.weight": torch.ones(1),
-         "mixed.a": torch.ones(1)}
-    b = {"features.0.weight": torch.ones(2), "features.1.weight": torch.zeros(2), "new.bias": torch.ones(1),
-         "mixed.a": torch.ones(1), "mixed.b": torch.ones(1)}
+    a = {
+        "features.0.weight": torch.ones(2),
+        "features.1.weight": torch.ones(2),
+        "old.weight": torch.ones(1),
+        "mixed.a": torch.ones(1),
+    }
+    b = {
+        "features.0.weight": torch.ones(2),
+        "features.1.weight": torch.zeros(2),
+        "new.bias": torch.ones(1),
+        "mixed.a": torch.ones(1),
+        "mixed.b": torch.ones(1),
+    }
     torch.save(a, tmp_path / "a.pth")
     torch.save(b, tmp_path / "b.pth")
     doc = json.loads(invoke("diff", "a.pth", "b.pth", "--json", cwd=tmp_path).stdout)
     assert [(m["module"], m["status"], m["tensors"]) for m in doc["module_status"]] == [
-        ("features.0", "unchanged", 1), ("features.1", "changed", 1), ("mixed", "changed", 2),
-        ("old", "only_in_a", 1), ("new", "only_in_b", 1)]
+        ("features.0", "unchanged", 1),
+        ("features.1", "changed", 1),
+        ("mixed", "changed", 2),
+        ("old", "only_in_a", 1),
+        ("new", "only_in_b", 1),
+    ]
     text = invoke("diff", "a.pth", "b.pth", cwd=tmp_path).stdout
     assert "By module: 2 changed, 1 unchanged, 1 only in A, 1 only in B\n" in text
     assert "\n  mixed: tensors differ in shape or are on one side only\n" in text
     assert "\n  unchanged: features.0\n  only in A: old\n  only in B: new\n" in text
 
 
-FROZEN_ENTRY = '''
+FROZEN_ENTRY = """
 import torch
 from torch import nn
 
@@ -93,15 +126,22 @@ def build():
     model.head[0].requires_grad_(False)    # one layer of the head
     model.head[2].bias.requires_grad_(False)  # and one tensor: head.2 is partly frozen, not fully
     return model
-'''
+"""
 
 
 def _brute_force(model: nn.Module) -> tuple[int, int, int, list[str]]:
     params = list(model.parameters())
     frozen = [p for p in params if not p.requires_grad]
-    fully = [name for name, m in model.named_modules()
-             if list(m.parameters()) and not any(p.requires_grad for p in m.parameters())]
-    outer = [n for n in fully if not any(n.startswith(f + ".") or (f == "" and n) for f in fully if f != n)]
+    fully = [
+        name
+        for name, m in model.named_modules()
+        if list(m.parameters()) and not any(p.requires_grad for p in m.parameters())
+    ]
+    outer = [
+        n
+        for n in fully
+        if not any(n.startswith(f + ".") or (f == "" and n) for f in fully if f != n)
+    ]
     return sum(p.numel() for p in frozen), sum(p.numel() for p in params), len(frozen), outer
 
 
@@ -111,22 +151,30 @@ def test_stats_lists_frozen_parameters_as_torch_counts_them(tmp_path: Path) -> N
     exec(FROZEN_ENTRY, namespace)  # the test's own model, built as the CLI builds it
     model = namespace["build"]()  # type: ignore[operator]
     params, total, tensors, outer = _brute_force(model)
-    assert (params, tensors, outer) == (8 * 16 + 16 + 16 * 16 + 16 + 16 + 16 + 16 * 16 + 16 + 4, 9,
-                                        ["features", "head.0"])
+    assert (params, tensors, outer) == (
+        8 * 16 + 16 + 16 * 16 + 16 + 16 + 16 + 16 * 16 + 16 + 4,
+        9,
+        ["features", "head.0"],
+    )
     doc = json.loads(invoke("stats", "frozen.py:build", "-s", "2,8", "--json", cwd=tmp_path).stdout)
     assert doc["frozen"] == {"params": params, "total": total, "tensors": tensors, "modules": outer}
     text = invoke("stats", "frozen.py:build", "-s", "2,8", cwd=tmp_path).stdout
-    assert text.splitlines()[2] == (f"parameters: {total:,}, {params:,} frozen ({100 * params / total:.1f}%) in "
-                                    f"{tensors} tensor(s); fully frozen: features, head.0")
+    assert text.splitlines()[2] == (
+        f"parameters: {total:,}, {params:,} frozen ({100 * params / total:.1f}%) in "
+        f"{tensors} tensor(s); fully frozen: features, head.0"
+    )
 
 
 def test_stats_says_when_every_parameter_trains(tmp_path: Path) -> None:
-    (tmp_path / "m.py").write_text("from torch import nn\n\ndef build():\n    return nn.Linear(3, 2)\n",
-                                   encoding="utf-8")
+    (tmp_path / "m.py").write_text(
+        "from torch import nn\n\ndef build():\n    return nn.Linear(3, 2)\n", encoding="utf-8"
+    )
     doc = json.loads(invoke("stats", "m.py:build", "-s", "2,3", "--json", cwd=tmp_path).stdout)
     assert doc["frozen"] == {"params": 0, "total": 3 * 2 + 2, "tensors": 0, "modules": []}
-    assert invoke("stats", "m.py:build", "-s", "2,3", cwd=tmp_path).stdout.splitlines()[2] == \
-        "parameters: 8, all trainable"
+    assert (
+        invoke("stats", "m.py:build", "-s", "2,3", cwd=tmp_path).stdout.splitlines()[2]
+        == "parameters: 8, all trainable"
+    )
 
 
 def test_a_fully_frozen_model_is_named_as_the_model(tmp_path: Path) -> None:

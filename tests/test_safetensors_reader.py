@@ -19,7 +19,9 @@ from modinspect.sources.base import DTYPE_BITS
 from modinspect.sources.safetensors import MAX_HEADER_BYTES, ST_DTYPES
 
 
-def write_raw(path: Path, header: dict[str, object] | bytes, data: bytes = b"", length: int | None = None) -> Path:
+def write_raw(
+    path: Path, header: dict[str, object] | bytes, data: bytes = b"", length: int | None = None
+) -> Path:
     """`<Q header length> header data`, with the length overridable to lie about the header."""
     h = header if isinstance(header, bytes) else json.dumps(header).encode("utf-8")
     n = len(h) if length is None else length
@@ -60,7 +62,9 @@ def mixed(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     return path, tensors
 
 
-def test_header_is_read_without_importing_torch(mixed: tuple[Path, dict[str, torch.Tensor]]) -> None:
+def test_header_is_read_without_importing_torch(
+    mixed: tuple[Path, dict[str, torch.Tensor]],
+) -> None:
     path, tensors = mixed
     code = (
         "import sys\n"
@@ -126,7 +130,9 @@ def test_values_equal_load_file(mixed: tuple[Path, dict[str, torch.Tensor]]) -> 
             src.read_tensor("nope")
 
 
-def test_read_tensor_result_is_writable_and_independent(mixed: tuple[Path, dict[str, torch.Tensor]]) -> None:
+def test_read_tensor_result_is_writable_and_independent(
+    mixed: tuple[Path, dict[str, torch.Tensor]],
+) -> None:
     path, tensors = mixed
     with open_source(str(path)) as src:
         a = src.read_tensor("f32")
@@ -200,10 +206,14 @@ def test_save_model_alias_of_a_part_is_not_a_whole_tie(tmp_path: Path) -> None:
     saved = rowview.build()
     path = tmp_path / "v.safetensors"
     save_model(saved, str(path))
-    with open_source(str(path)) as src:  # the file alone: it says the storage is shared, not the shape
+    with open_source(
+        str(path)
+    ) as src:  # the file alone: it says the storage is shared, not the shape
         assert src.metadata == {"row": "w"} and src.shared_storage == {"row": "w"}
-        assert src.notes == ["save_model recorded row only as sharing w's storage, not its shape: shown as w, which "
-                             "it may view only in part"]
+        assert src.notes == [
+            "save_model recorded row only as sharing w's storage, not its shape: shown as w, which "
+            "it may view only in part"
+        ]
     entry = f"{tmp_path / 'rowview.py'}:build"
     plan = invoke("load", entry, str(path), "--dry-run", "--json")
     assert plan.exit_code == 0, plan.stderr
@@ -214,15 +224,23 @@ def test_save_model_alias_of_a_part_is_not_a_whole_tie(tmp_path: Path) -> None:
     assert loaded.exit_code == 0, loaded.stdout + loaded.stderr
     reference = rowview.build()  # what safetensors' own load_model makes of the file
     load_model(reference, str(path))
-    with open_source(entry, weights=str(path)) as src:  # --weights: loading w loads the row that views it
+    with open_source(
+        entry, weights=str(path)
+    ) as src:  # --weights: loading w loads the row that views it
         assert torch.equal(src.module.w, reference.w) and torch.equal(src.module.row, reference.row)
         assert torch.equal(src.module.row, saved.w.detach()[0])
     assert invoke("tree", entry, "--weights", str(path)).exit_code == 0
-    diff = invoke("diff", entry, str(path), "--json")  # a fresh random model: w differs, row is matched through w
+    diff = invoke(
+        "diff", entry, str(path), "--json"
+    )  # a fresh random model: w differs, row is matched through w
     report = json.loads(diff.stdout)
     assert report["shape_mismatch"] == [] and report["aliased"] == [{"name": "row", "via": "w"}]
     # a model whose row is a buffer of its own: the file holds no [4] tensor for it
-    alone = json.loads(invoke("load", f"{tmp_path / 'rowview.py'}:separate", str(path), "--dry-run", "--json").stdout)
+    alone = json.loads(
+        invoke(
+            "load", f"{tmp_path / 'rowview.py'}:separate", str(path), "--dry-run", "--json"
+        ).stdout
+    )
     assert alone["missing"] == ["row"] and alone["mismatched"] == [] and alone["tied"] == []
 
 
@@ -255,8 +273,12 @@ def test_metadata_naming_no_tensor_is_not_an_alias(tmp_path: Path) -> None:
         ("BOOL", "bool", [9], 9),
     ],
 )
-def test_dtype_codes_and_byte_sizes(tmp_path: Path, code: str, dtype: str, shape: list[int], nbytes: int) -> None:
-    path = write_raw(tmp_path / "x.safetensors", {"t": entry(code, shape, 0, nbytes)}, b"\x00" * nbytes)
+def test_dtype_codes_and_byte_sizes(
+    tmp_path: Path, code: str, dtype: str, shape: list[int], nbytes: int
+) -> None:
+    path = write_raw(
+        tmp_path / "x.safetensors", {"t": entry(code, shape, 0, nbytes)}, b"\x00" * nbytes
+    )
     with open_source(str(path)) as src:
         info = src.info("t")
         assert (info.dtype, info.shape, info.nbytes) == (dtype, tuple(shape), nbytes)
@@ -272,7 +294,9 @@ def test_f4_with_odd_element_count_is_an_error(tmp_path: Path) -> None:
 
 def test_f8_e8m0_values_are_read(tmp_path: Path) -> None:
     # e8m0 is a bare exponent with bias 127: byte 127 is 1.0, 128 is 2.0, 125 is 0.25.
-    path = write_raw(tmp_path / "x.safetensors", {"s": entry("F8_E8M0", [3], 0, 3)}, bytes([127, 128, 125]))
+    path = write_raw(
+        tmp_path / "x.safetensors", {"s": entry("F8_E8M0", [3], 0, 3)}, bytes([127, 128, 125])
+    )
     with open_source(str(path)) as src:
         t = src.read_tensor("s")
         assert t.dtype == torch.float8_e8m0fnu
@@ -283,7 +307,9 @@ def test_dtype_this_torch_cannot_hold_is_a_clear_error_on_read(tmp_path: Path) -
     path = write_raw(tmp_path / "x.safetensors", {"t": entry("F6_E2M3", [4], 0, 3)}, b"\x00" * 3)
     with open_source(str(path)) as src:
         assert src.info("t").nbytes == 3
-        with pytest.raises(CorruptFileError, match=r"this torch cannot hold float6_e2m3fn tensors \('t'\)"):
+        with pytest.raises(
+            CorruptFileError, match=r"this torch cannot hold float6_e2m3fn tensors \('t'\)"
+        ):
             src.read_tensor("t")
 
 
@@ -292,7 +318,11 @@ def test_dtype_this_torch_cannot_hold_is_a_clear_error_on_read(tmp_path: Path) -
 
 def test_valid_hand_written_file_reads(tmp_path: Path) -> None:
     data = struct.pack("<4f", 1, 2, 3, 4) + struct.pack("<2q", -7, 9)
-    header = {"__metadata__": {"k": "v"}, "b": entry("I64", [2], 16, 32), "a": entry("F32", [2, 2], 0, 16)}
+    header = {
+        "__metadata__": {"k": "v"},
+        "b": entry("I64", [2], 16, 32),
+        "a": entry("F32", [2, 2], 0, 16),
+    }
     path = write_raw(tmp_path / "ok.safetensors", header, data)
     with open_source(str(path)) as src:
         assert src.names() == ["a", "b"]
@@ -370,18 +400,32 @@ def test_duplicate_keys_inside_an_entry(tmp_path: Path) -> None:
     corrupt(path, "has a header with a duplicate key 'dtype'")
 
 
-@pytest.mark.parametrize(("raw", "key"), [
-    # where no other check looks: a field nobody reads
-    (b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "x": {"k": 1, "k": 2}}}', "k"),
-    # before a later fault, and before an earlier entry's fault: the parser met it first
-    (b'{"a": {"dtype": "F32", "shape": [{"s": 1, "s": 1}], "data_offsets": [0, 4]}}', "s"),
-    (b'{"a": {"dtype": "F99", "shape": [1], "data_offsets": [0, 4]}, "b": {"z": 0, "z": 0}}', "z"),
-    # inner objects close first
-    (b'{"__metadata__": {"m": "1", "m": "2"}, "q": {"n": {"i": 1, "i": 2}, "n": 0}}', "m"),
-    (b'{"q": {"n": {"i": 1, "i": 2}, "n": 0}}', "i"),
-])
-def test_the_first_duplicate_the_parser_meets_is_named(tmp_path: Path, raw: bytes, key: str) -> None:
-    corrupt(write_raw(tmp_path / "x.safetensors", raw, b"\x00" * 4), f"has a header with a duplicate key {key!r}")
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        # where no other check looks: a field nobody reads
+        (
+            b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "x": {"k": 1, "k": 2}}}',
+            "k",
+        ),
+        # before a later fault, and before an earlier entry's fault: the parser met it first
+        (b'{"a": {"dtype": "F32", "shape": [{"s": 1, "s": 1}], "data_offsets": [0, 4]}}', "s"),
+        (
+            b'{"a": {"dtype": "F99", "shape": [1], "data_offsets": [0, 4]}, "b": {"z": 0, "z": 0}}',
+            "z",
+        ),
+        # inner objects close first
+        (b'{"__metadata__": {"m": "1", "m": "2"}, "q": {"n": {"i": 1, "i": 2}, "n": 0}}', "m"),
+        (b'{"q": {"n": {"i": 1, "i": 2}, "n": 0}}', "i"),
+    ],
+)
+def test_the_first_duplicate_the_parser_meets_is_named(
+    tmp_path: Path, raw: bytes, key: str
+) -> None:
+    corrupt(
+        write_raw(tmp_path / "x.safetensors", raw, b"\x00" * 4),
+        f"has a header with a duplicate key {key!r}",
+    )
 
 
 def test_natural_order_through_string_keys_is_natural_key_order() -> None:
@@ -390,9 +434,32 @@ def test_natural_order_through_string_keys_is_natural_key_order() -> None:
     from modinspect.sources.safetensors import _natural_strings, natural_key, natural_order
 
     rng = random.Random(0)
-    atoms = ["a", "b", ".", "_", "0", "00", "1", "01", "9", "10", "99", "100", "007", "²", "!", "\x02", "é", "🙂", "Z"]
+    atoms = [
+        "a",
+        "b",
+        ".",
+        "_",
+        "0",
+        "00",
+        "1",
+        "01",
+        "9",
+        "10",
+        "99",
+        "100",
+        "007",
+        "²",
+        "!",
+        "\x02",
+        "é",
+        "🙂",
+        "Z",
+    ]
     for _ in range(300):
-        names = ["".join(rng.choice(atoms) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(1, 40))]
+        names = [
+            "".join(rng.choice(atoms) for _ in range(rng.randint(0, 6)))
+            for _ in range(rng.randint(1, 40))
+        ]
         assert natural_order(names) == sorted(names, key=natural_key)
         assert _natural_strings(names) is not None  # these took the fast path
     odd = ["a\x01", "a", "a\x001", "a1"]  # chr(0)/chr(1) would alias the string keys' separators
@@ -405,19 +472,31 @@ def test_unknown_dtype(tmp_path: Path) -> None:
 
 
 def test_missing_dtype(tmp_path: Path) -> None:
-    path = write_raw(tmp_path / "x.safetensors", {"w": {"shape": [1], "data_offsets": [0, 4]}}, b"\x00" * 4)
+    path = write_raw(
+        tmp_path / "x.safetensors", {"w": {"shape": [1], "data_offsets": [0, 4]}}, b"\x00" * 4
+    )
     corrupt(path, "gives 'w' the unknown dtype None")
 
 
 @pytest.mark.parametrize("shape", [[-1], [2.0], ["2"], [True], 4, None, [[2]]])
 def test_bad_shape(tmp_path: Path, shape: object) -> None:
-    path = write_raw(tmp_path / "x.safetensors", {"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, 8]}}, b"\x00" * 8)
+    path = write_raw(
+        tmp_path / "x.safetensors",
+        {"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, 8]}},
+        b"\x00" * 8,
+    )
     corrupt(path, "gives 'w' a shape that is not a list of non-negative integers")
 
 
-@pytest.mark.parametrize("offsets", [[0], [0, 4, 8], [4, 0], [-4, 0], [0.0, 4.0], "0-4", None, [False, 4]])
+@pytest.mark.parametrize(
+    "offsets", [[0], [0, 4, 8], [4, 0], [-4, 0], [0.0, 4.0], "0-4", None, [False, 4]]
+)
 def test_bad_offsets(tmp_path: Path, offsets: object) -> None:
-    path = write_raw(tmp_path / "x.safetensors", {"w": {"dtype": "F32", "shape": [1], "data_offsets": offsets}}, b"\x00" * 4)
+    path = write_raw(
+        tmp_path / "x.safetensors",
+        {"w": {"dtype": "F32", "shape": [1], "data_offsets": offsets}},
+        b"\x00" * 4,
+    )
     corrupt(path, "gives 'w' data_offsets that are not [begin, end] with 0 <= begin <= end")
 
 
@@ -472,9 +551,15 @@ def test_stray_bytes_after_last_tensor(tmp_path: Path) -> None:
     corrupt(path, "has 3 stray bytes after the last tensor")
 
 
-@pytest.mark.parametrize("meta", [{"a": 1}, {"a": None}, {"a": ["x"]}, ["a", "b"], "text", {"a": {"b": "c"}}])
+@pytest.mark.parametrize(
+    "meta", [{"a": 1}, {"a": None}, {"a": ["x"]}, ["a", "b"], "text", {"a": {"b": "c"}}]
+)
 def test_metadata_must_map_strings_to_strings(tmp_path: Path, meta: object) -> None:
-    path = write_raw(tmp_path / "x.safetensors", {"__metadata__": meta, "a": entry("F32", [1], 0, 4)}, b"\x00" * 4)
+    path = write_raw(
+        tmp_path / "x.safetensors",
+        {"__metadata__": meta, "a": entry("F32", [1], 0, 4)},
+        b"\x00" * 4,
+    )
     corrupt(path, "has __metadata__ that is not a map of strings to strings")
 
 
@@ -499,6 +584,7 @@ def test_empty_file_is_a_corrupt_file(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- a header the same bytes as the last: parsed once
 
+
 def _pair_headers(tmp_path: Path, n: int = 40) -> tuple[Path, Path, dict[str, object], bytes]:
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     header |= {f"h.{i}.w": entry("I32", [2], 8 * i, 8 * i + 8) for i in range(n)}
@@ -508,7 +594,9 @@ def _pair_headers(tmp_path: Path, n: int = 40) -> tuple[Path, Path, dict[str, ob
     return a, b, header, data
 
 
-def test_a_header_the_same_bytes_as_the_last_reuses_its_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_header_the_same_bytes_as_the_last_reuses_its_parse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from modinspect.sources import safetensors as st
 
     a, b, _, _ = _pair_headers(tmp_path)
@@ -520,21 +608,31 @@ def test_a_header_the_same_bytes_as_the_last_reuses_its_parse(tmp_path: Path, mo
     assert sb.header.metadata == sa.header.metadata and sb.header.metadata is not sa.header.metadata  # type: ignore[attr-defined]
     for reused, parsed in zip((sa, sb), fresh, strict=True):
         assert reused.tensors == parsed.tensors and reused.metadata == parsed.metadata
-        assert [reused.byte_range(n) for n in reused.names()] == [parsed.byte_range(n) for n in parsed.names()]
-        assert all(torch.equal(reused.read_tensor(n), parsed.read_tensor(n)) for n in parsed.names())
+        assert [reused.byte_range(n) for n in reused.names()] == [
+            parsed.byte_range(n) for n in parsed.names()
+        ]
+        assert all(
+            torch.equal(reused.read_tensor(n), parsed.read_tensor(n)) for n in parsed.names()
+        )
 
 
-def test_a_header_reused_only_for_the_same_bytes_and_data_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_header_reused_only_for_the_same_bytes_and_data_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from modinspect.sources import safetensors as st
 
     monkeypatch.setattr(st, "REUSE_MIN_BYTES", 0)
     a, _, header, data = _pair_headers(tmp_path)
     sa = open_source(str(a))
     other = write_raw(tmp_path / "c.safetensors", header | {"h.0.w": entry("F32", [2], 0, 8)}, data)
-    assert open_source(str(other)).info("h.0.w").dtype == "float32"  # one byte of the header differs
+    assert (
+        open_source(str(other)).info("h.0.w").dtype == "float32"
+    )  # one byte of the header differs
     sa = open_source(str(a))  # the last long header again
     short = write_raw(tmp_path / "short.safetensors", header, data[:-4])
-    corrupt(short, f"needs {len(data):,} bytes of tensor data but holds {len(data) - 4:,} (truncated?)")
+    corrupt(
+        short, f"needs {len(data):,} bytes of tensor data but holds {len(data) - 4:,} (truncated?)"
+    )
     long = write_raw(tmp_path / "long.safetensors", header, data + b"\x00" * 8)
     corrupt(long, "has 8 stray bytes after the last tensor")
     assert open_source(str(a)).header.entries is sa.header.entries  # type: ignore[attr-defined]
@@ -542,7 +640,9 @@ def test_a_header_reused_only_for_the_same_bytes_and_data_size(tmp_path: Path, m
     import gc
 
     gc.collect()
-    assert st.SafetensorsHeader._last is not None and st.SafetensorsHeader._last() is None  # remembered weakly
+    assert (
+        st.SafetensorsHeader._last is not None and st.SafetensorsHeader._last() is None
+    )  # remembered weakly
 
 
 def _big_endian_host(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -558,21 +658,36 @@ def _big_endian_host(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(base, "host_is_big_endian", lambda: True)
 
 
-def test_a_big_endian_host_byte_swaps_what_it_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_big_endian_host_byte_swaps_what_it_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from modinspect.analysis.diff import DiffOptions, compare_pair
     from modinspect.sources.byteread import PairReader
 
     torch.manual_seed(0)
-    tensors = {"f32": torch.randn(5, 3), "f16": torch.randn(7).half(), "bf16": torch.randn(4, 2).bfloat16(),
-               "f64": torch.randn(3).double(), "i64": torch.arange(-3, 6) * 123_456_789,
-               "i16": torch.arange(9, dtype=torch.int16) * 1000, "c64": torch.randn(4, dtype=torch.complex64),
-               "u8": torch.arange(6, dtype=torch.uint8), "flag": torch.tensor([True, False, True])}
+    tensors = {
+        "f32": torch.randn(5, 3),
+        "f16": torch.randn(7).half(),
+        "bf16": torch.randn(4, 2).bfloat16(),
+        "f64": torch.randn(3).double(),
+        "i64": torch.arange(-3, 6) * 123_456_789,
+        "i16": torch.arange(9, dtype=torch.int16) * 1000,
+        "c64": torch.randn(4, dtype=torch.complex64),
+        "u8": torch.arange(6, dtype=torch.uint8),
+        "flag": torch.tensor([True, False, True]),
+    }
     save_file(tensors, str(tmp_path / "a.safetensors"))
     shifted = {k: v * 3 if v.is_floating_point() else v for k, v in tensors.items()}
     save_file(shifted, str(tmp_path / "b.safetensors"))
-    reference, other = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    reference, other = (
+        load_file(str(tmp_path / "a.safetensors")),
+        load_file(str(tmp_path / "b.safetensors")),
+    )
     _big_endian_host(monkeypatch)
-    with open_source(str(tmp_path / "a.safetensors")) as a, open_source(str(tmp_path / "b.safetensors")) as b:
+    with (
+        open_source(str(tmp_path / "a.safetensors")) as a,
+        open_source(str(tmp_path / "b.safetensors")) as b,
+    ):
         for name, want in reference.items():
             assert torch.equal(a.read_tensor(name), want), name
             assert torch.equal(torch.cat(list(a.iter_chunks(name, 2))), want.reshape(-1)), name
@@ -581,17 +696,22 @@ def test_a_big_endian_host_byte_swaps_what_it_reads(tmp_path: Path, monkeypatch:
             for name in ("f32", "f64", "bf16"):
                 result = compare_pair(a, name, b, name, name, DiffOptions(), reader=reader)
                 want = float((other[name].double() - reference[name].double()).abs().max())
-                assert result.max_abs_diff == pytest.approx(want, rel=1e-6), name  # in the tensors' own dtype
+                assert result.max_abs_diff == pytest.approx(want, rel=1e-6), (
+                    name
+                )  # in the tensors' own dtype
         finally:
             reader.close()
 
 
-def test_without_the_swap_a_big_endian_host_would_read_other_numbers(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_swap_a_big_endian_host_would_read_other_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from modinspect.sources import base
 
     save_file({"w": torch.arange(1, 5, dtype=torch.float32)}, str(tmp_path / "a.safetensors"))
     _big_endian_host(monkeypatch)
-    monkeypatch.setattr(base, "host_is_big_endian", lambda: False)  # the emulated host, the check left out
+    monkeypatch.setattr(
+        base, "host_is_big_endian", lambda: False
+    )  # the emulated host, the check left out
     with open_source(str(tmp_path / "a.safetensors")) as src:
         assert not torch.equal(src.read_tensor("w"), torch.arange(1, 5, dtype=torch.float32))

@@ -41,23 +41,32 @@ def write_index(folder: Path, name: str, weight_map: dict[str, str]) -> Path:
     return index
 
 
-def safetensors_dir(folder: Path, split: dict[str, list[str]] | None = None) -> tuple[Path, dict[str, torch.Tensor]]:
+def safetensors_dir(
+    folder: Path, split: dict[str, list[str]] | None = None
+) -> tuple[Path, dict[str, torch.Tensor]]:
     folder.mkdir(exist_ok=True)
     sd = tensors()
     split = split or SPLIT
     for shard, names in split.items():
         save_file({n: sd[n] for n in names}, str(folder / shard))
-    write_index(folder, "model.safetensors.index.json", {n: s for s, names in split.items() for n in names})
+    write_index(
+        folder, "model.safetensors.index.json", {n: s for s, names in split.items() for n in names}
+    )
     return folder, sd
 
 
 def bin_dir(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     folder.mkdir(exist_ok=True)
     sd = tensors()
-    shards = {"pytorch_model-00001-of-00002.bin": SPLIT[SHARD1], "pytorch_model-00002-of-00002.bin": SPLIT[SHARD2]}
+    shards = {
+        "pytorch_model-00001-of-00002.bin": SPLIT[SHARD1],
+        "pytorch_model-00002-of-00002.bin": SPLIT[SHARD2],
+    }
     for shard, names in shards.items():
         torch.save({n: sd[n] for n in names}, folder / shard)
-    write_index(folder, "pytorch_model.bin.index.json", {n: s for s, names in shards.items() for n in names})
+    write_index(
+        folder, "pytorch_model.bin.index.json", {n: s for s, names in shards.items() for n in names}
+    )
     return folder, sd
 
 
@@ -67,7 +76,9 @@ def assert_source_matches(src: object, sd: dict[str, torch.Tensor]) -> None:
     for name, t in sd.items():
         info = src.info(name)
         assert (info.shape, info.dtype, info.nbytes) == (
-            tuple(t.shape), str(t.dtype).removeprefix("torch."), t.numel() * t.element_size()
+            tuple(t.shape),
+            str(t.dtype).removeprefix("torch."),
+            t.numel() * t.element_size(),
         ), name
         got = src.read_tensor(name)
         assert got.dtype == t.dtype and torch.equal(got, t), name
@@ -81,8 +92,13 @@ def test_safetensors_index_directory(tmp_path: Path) -> None:
         assert_source_matches(src, sd)
         # Shards in index order, natural name order within each shard.
         assert src.names() == [
-            "embed.weight", "layers.0.bias", "layers.0.weight", "layers.10.weight",
-            "head.weight", "layers.1.weight", "steps",
+            "embed.weight",
+            "layers.0.bias",
+            "layers.0.weight",
+            "layers.10.weight",
+            "head.weight",
+            "layers.1.weight",
+            "steps",
         ]
         assert src.info("steps").storage == f"{SHARD2}/{(folder / SHARD2).resolve()}:steps"
         assert len({t.storage for t in src.tensors}) == 7
@@ -186,7 +202,10 @@ def test_shard_path_with_parent_reference_is_refused(tmp_path: Path, shard: str)
     index = write_index(folder, "model.safetensors.index.json", {"a": shard})
     with pytest.raises(CorruptFileError) as info:
         open_source(str(folder))
-    assert str(info.value) == f"{index} names shard {shard!r} outside its directory; refusing to follow it"
+    assert (
+        str(info.value)
+        == f"{index} names shard {shard!r} outside its directory; refusing to follow it"
+    )
 
 
 def test_absolute_shard_path_is_refused(tmp_path: Path) -> None:
@@ -205,7 +224,10 @@ def test_shard_symlink_leading_outside_is_refused(tmp_path: Path) -> None:
     save_file({"a": torch.ones(1)}, str(tmp_path / "outside.safetensors"))
     (folder / "link.safetensors").symlink_to(tmp_path / "outside.safetensors")
     write_index(folder, "model.safetensors.index.json", {"a": "link.safetensors"})
-    with pytest.raises(CorruptFileError, match=r"names shard 'link\.safetensors', which resolves outside its directory"):
+    with pytest.raises(
+        CorruptFileError,
+        match=r"names shard 'link\.safetensors', which resolves outside its directory",
+    ):
         open_source(str(folder))
 
 
@@ -214,7 +236,10 @@ def test_missing_shard(tmp_path: Path) -> None:
     (folder / SHARD2).unlink()
     with pytest.raises(CorruptFileError) as info:
         open_source(str(folder))
-    assert str(info.value) == f"{folder / 'model.safetensors.index.json'} names shard {SHARD2!r}, which is missing"
+    assert (
+        str(info.value)
+        == f"{folder / 'model.safetensors.index.json'} names shard {SHARD2!r}, which is missing"
+    )
 
 
 def test_index_lists_tensor_the_shard_does_not_hold(tmp_path: Path) -> None:
@@ -226,7 +251,10 @@ def test_index_lists_tensor_the_shard_does_not_hold(tmp_path: Path) -> None:
     write_index(folder, index.name, weight_map)
     with pytest.raises(CorruptFileError) as info:
         open_source(str(folder))
-    assert str(info.value) == f"{index} places 'ghost.bias' in {SHARD2}, which does not hold it (1 more missing)"
+    assert (
+        str(info.value)
+        == f"{index} places 'ghost.bias' in {SHARD2}, which does not hold it (1 more missing)"
+    )
 
 
 def test_shard_holds_tensor_the_index_does_not_list(tmp_path: Path) -> None:
@@ -237,7 +265,10 @@ def test_shard_holds_tensor_the_index_does_not_list(tmp_path: Path) -> None:
     write_index(folder, index.name, weight_map)
     with pytest.raises(CorruptFileError) as info:
         open_source(str(folder))
-    assert str(info.value) == f"{SHARD2} holds 'steps', which model.safetensors.index.json does not list"
+    assert (
+        str(info.value)
+        == f"{SHARD2} holds 'steps', which model.safetensors.index.json does not list"
+    )
 
 
 def test_shard_holds_tensor_the_index_places_elsewhere(tmp_path: Path) -> None:
@@ -247,7 +278,10 @@ def test_shard_holds_tensor_the_index_places_elsewhere(tmp_path: Path) -> None:
     # The index maps head.weight to SHARD2 (the last writer wins), but SHARD1 holds it too.
     with pytest.raises(CorruptFileError) as info:
         open_source(str(folder))
-    assert str(info.value) == f"{SHARD1} holds 'head.weight', which model.safetensors.index.json places in {SHARD2}"
+    assert (
+        str(info.value)
+        == f"{SHARD1} holds 'head.weight', which model.safetensors.index.json places in {SHARD2}"
+    )
 
 
 def test_directory_with_nothing_recognisable(tmp_path: Path) -> None:
@@ -270,7 +304,9 @@ def test_directory_with_nothing_recognisable(tmp_path: Path) -> None:
 def test_index_without_a_usable_weight_map(tmp_path: Path, content: str) -> None:
     index = tmp_path / "model.safetensors.index.json"
     index.write_text(content)
-    with pytest.raises(CorruptFileError, match=r"is not a readable JSON index|has no weight_map of tensor names"):
+    with pytest.raises(
+        CorruptFileError, match=r"is not a readable JSON index|has no weight_map of tensor names"
+    ):
         open_source(str(tmp_path))
 
 
@@ -288,5 +324,7 @@ def test_torchscript_shard_is_refused(tmp_path: Path) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript itself is deprecated
         torch.jit.save(torch.jit.script(TwoLayer()), tmp_path / "scripted.pt")
     write_index(tmp_path, "pytorch_model.bin.index.json", {"fc1.weight": "scripted.pt"})
-    with pytest.raises(CorruptFileError, match=r"names shard 'scripted\.pt', which is not a state dict"):
+    with pytest.raises(
+        CorruptFileError, match=r"names shard 'scripted\.pt', which is not a state dict"
+    ):
         open_source(str(tmp_path))

@@ -32,8 +32,10 @@ def outputs_of(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, list[
     captured: dict[str, list[torch.Tensor]] = {}
     handles = []
     for name, module in model.named_modules():
+
         def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
             captured.setdefault(name, []).append(out.detach().clone())
+
         handles.append(module.register_forward_hook(hook))
     with torch.no_grad():
         for b in batches:
@@ -98,7 +100,9 @@ def test_module_called_twice_is_one_row_merged_exactly() -> None:
     assert stats.calls == 2
     first = model.shared(x)
     second = model.shared(first * 3.0)
-    assert_matches_torch(stats, torch.cat([first.detach().reshape(-1), second.detach().reshape(-1)]))
+    assert_matches_torch(
+        stats, torch.cat([first.detach().reshape(-1), second.detach().reshape(-1)])
+    )
 
 
 def test_nan_and_inf_are_counted_apart_and_stats_use_the_finite_values() -> None:
@@ -118,7 +122,11 @@ def test_nan_and_inf_are_counted_apart_and_stats_use_the_finite_values() -> None
     assert_matches_torch(stats, model(x))
     assert report.nonfinite_found
     origin = report.nonfinite_origin
-    assert origin is not None and (origin.module, origin.phase, origin.cause) == ("", "forward", "produced")
+    assert origin is not None and (origin.module, origin.phase, origin.cause) == (
+        "",
+        "forward",
+        "produced",
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -179,7 +187,12 @@ def test_forward_nan_is_traced_to_the_module_that_produced_it() -> None:
     report = run(Net(SqrtShift()), torch.randn(4, 8))
     origin = report.nonfinite_origin
     assert origin is not None
-    assert (origin.module, origin.type, origin.phase, origin.cause) == ("blocks.2.act", "SqrtShift", "forward", "produced")
+    assert (origin.module, origin.type, origin.phase, origin.cause) == (
+        "blocks.2.act",
+        "SqrtShift",
+        "forward",
+        "produced",
+    )
     assert origin.passed_on[:4] == ("blocks.2", "blocks.3.fc", "blocks.3.act", "blocks.3")
     assert "head" in origin.passed_on and "blocks.2.act" not in origin.passed_on
     assert row(report, "blocks.1.act").nan == 0 and row(report, "blocks.2.act").nan > 0
@@ -262,7 +275,11 @@ def test_structured_outputs_are_walked_and_integer_outputs_skipped() -> None:
 
         def forward(self, x: torch.Tensor) -> Any:
             h = self.fc(x)
-            return {"pair": (h, h * 2), "out": Out(h + 1, torch.arange(3)), "flag": torch.tensor([True])}
+            return {
+                "pair": (h, h * 2),
+                "out": Out(h + 1, torch.arange(3)),
+                "flag": torch.tensor([True]),
+            }
 
     class Argmax(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -295,8 +312,10 @@ def snapshot(model: nn.Module) -> dict[str, Any]:
         "grads": {n: p.grad for n, p in model.named_parameters()},
         "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
         "training": {n: m.training for n, m in model.named_modules()},
-        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                     for m in model.modules()),
+        "hooks": sum(
+            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+            for m in model.modules()
+        ),
     }
 
 
@@ -330,7 +349,10 @@ def test_model_is_left_as_it_was_when_forward_raises() -> None:
 
     model = Net(Explode())
     before = snapshot(model)
-    with pytest.raises(ModinspectError, match=r"the model raised RuntimeError: shape trouble in blocks\.2\.act \(Explode\)"):
+    with pytest.raises(
+        ModinspectError,
+        match=r"the model raised RuntimeError: shape trouble in blocks\.2\.act \(Explode\)",
+    ):
         run(model, torch.randn(4, 8))
     assert_restored(model, before)
 
@@ -353,7 +375,9 @@ def test_param_grad_norm_matches_autograd() -> None:
     x = torch.randn(5, 6)
     report = run(model, x)
     model(x).sum().backward()
-    expected = math.sqrt(model.fc1.weight.grad.square().sum().item() + model.fc1.bias.grad.square().sum().item())
+    expected = math.sqrt(
+        model.fc1.weight.grad.square().sum().item() + model.fc1.bias.grad.square().sum().item()
+    )
     assert row(report, "fc1").param_grad_norm == pytest.approx(expected, rel=1e-6)
 
 
@@ -375,7 +399,9 @@ def test_histogram_matches_torch_histc_and_samples_large_outputs() -> None:
     assert sum(big.histogram) == len(range(0, 300_000, 300_000 // 65_536))
 
 
-def test_a_parent_returning_its_childs_output_reuses_its_reduction_and_histogram(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_parent_returning_its_childs_output_reuses_its_reduction_and_histogram(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from modinspect.run.collector import Collector
 
     calls = {"reduce": 0, "hist": 0}
@@ -391,12 +417,16 @@ def test_a_parent_returning_its_childs_output_reuses_its_reduction_and_histogram
 
     monkeypatch.setattr(Collector, "_reduce_fast", counting_reduce)
     monkeypatch.setattr(Collector, "_histogram", counting_hist)
-    model = nn.Sequential(nn.Sequential(nn.Linear(6, 8)))  # "", "0" and "0.0" all return the Linear's output
+    model = nn.Sequential(
+        nn.Sequential(nn.Linear(6, 8))
+    )  # "", "0" and "0.0" all return the Linear's output
     x = torch.randn(5, 6)
     report = run(model, x, backward=False)
     assert calls == {"reduce": 1, "hist": 1}
     out = model(x).detach()
-    expected = [int(c) for c in torch.histc(out, bins=16, min=out.min().item(), max=out.max().item())]
+    expected = [
+        int(c) for c in torch.histc(out, bins=16, min=out.min().item(), max=out.max().item())
+    ]
     assert [list(row(report, n).histogram) for n in ("", "0", "0.0")] == [expected] * 3
     for n in ("", "0", "0.0"):
         assert_matches_torch(row(report, n), out)
@@ -412,7 +442,9 @@ def test_relu_outputs_mean_abs_is_their_mean_in_fast_and_exact_mode() -> None:
         report = run(model, x, exact=exact)
         assert_matches_torch(row(report, "1"), mid)
         assert_matches_torch(row(report, "3"), last)
-        assert row(report, "1").max == 6.0 and row(report, "3").mean_abs == pytest.approx(last.double().mean().item())
+        assert row(report, "1").max == 6.0 and row(report, "3").mean_abs == pytest.approx(
+            last.double().mean().item()
+        )
 
 
 def test_std_and_gradient_norms_of_a_large_tensor_hold_float64_precision() -> None:
@@ -434,7 +466,9 @@ def test_std_and_gradient_norms_of_a_large_tensor_hold_float64_precision() -> No
     y = (x * 1.5).double()
     assert stats.std == pytest.approx(y.std().item(), rel=1e-7)
     assert stats.grad_norm == pytest.approx(math.sqrt(x.numel()), rel=1e-7)  # d(sum)/dy = 1
-    assert stats.param_grad_norm == pytest.approx(x.double().norm().item(), rel=1e-7)  # d(sum)/dw = x
+    assert stats.param_grad_norm == pytest.approx(
+        x.double().norm().item(), rel=1e-7
+    )  # d(sum)/dw = x
     assert sumsq(x).item() == pytest.approx(x.double().square().sum().item(), rel=1e-7)
     small = x[:1000]
     assert sumsq(small).item() == pytest.approx(torch.dot(small, small).item(), rel=1e-7)
@@ -474,9 +508,26 @@ def test_fast_and_exact_reductions_agree_on_finite_values() -> None:
     fast = run(model, x, train=False)
     exact = run(model, x, train=False, exact=True)
     for a, b in zip(fast.modules, exact.modules, strict=True):
-        assert (a.name, a.calls, a.count, a.finite, a.nan, a.inf, a.units) == (b.name, b.calls, b.count, b.finite, b.nan, b.inf, b.units)
-        for field in ("mean", "std", "min", "max", "mean_abs", "zero_fraction", "dead_fraction", "grad_norm",
-                      "param_grad_norm"):
+        assert (a.name, a.calls, a.count, a.finite, a.nan, a.inf, a.units) == (
+            b.name,
+            b.calls,
+            b.count,
+            b.finite,
+            b.nan,
+            b.inf,
+            b.units,
+        )
+        for field in (
+            "mean",
+            "std",
+            "min",
+            "max",
+            "mean_abs",
+            "zero_fraction",
+            "dead_fraction",
+            "grad_norm",
+            "param_grad_norm",
+        ):
             va, vb = getattr(a, field), getattr(b, field)
             assert (va is None) == (vb is None), field
             if va is not None:
@@ -517,9 +568,17 @@ def test_a_batch_is_what_the_model_is_called_with_in_any_of_the_documented_forms
     with torch.no_grad():
         out = model(x, scale).double()
         fc = model.fc(x).double()
-    forms = [[(x, scale)], [[x, scale]], [{"x": x, "scale": scale}], [((x,), {"scale": scale})],
-             [([x], {"scale": scale})], iter([((x, scale), {})])]
-    reports = [collect_stats(model, batches) for batches in forms]  # options default to StatsOptions()
+    forms = [
+        [(x, scale)],
+        [[x, scale]],
+        [{"x": x, "scale": scale}],
+        [((x,), {"scale": scale})],
+        [([x], {"scale": scale})],
+        iter([((x, scale), {})]),
+    ]
+    reports = [
+        collect_stats(model, batches) for batches in forms
+    ]  # options default to StatsOptions()
     for report in reports:
         assert report.modules == reports[0].modules and report.loss == "sum" and report.backward
     root, linear = row(reports[0], ""), row(reports[0], "fc")
@@ -528,12 +587,18 @@ def test_a_batch_is_what_the_model_is_called_with_in_any_of_the_documented_forms
     assert math.isclose(linear.std, float(fc.std()), rel_tol=1e-6)
     # A tensor alone is the one positional input.
     one = collect_stats(model.fc, [x])
-    assert row(one, "").count == 15 and math.isclose(row(one, "").mean, float(fc.mean()), rel_tol=1e-6)
+    assert row(one, "").count == 15 and math.isclose(
+        row(one, "").mean, float(fc.mean()), rel_tol=1e-6
+    )
 
 
-@pytest.mark.parametrize(("batches", "kind"), [(torch.randn(2, 4), "Tensor"), ({"x": 1}, "dict"), (42, "int"),
-                                               ("x", "str")])
-def test_batches_that_are_not_an_iterable_of_batches_are_a_user_error(batches: Any, kind: str) -> None:
+@pytest.mark.parametrize(
+    ("batches", "kind"),
+    [(torch.randn(2, 4), "Tensor"), ({"x": 1}, "dict"), (42, "int"), ("x", "str")],
+)
+def test_batches_that_are_not_an_iterable_of_batches_are_a_user_error(
+    batches: Any, kind: str
+) -> None:
     model = Scaled()
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ModinspectError) as info:
@@ -546,6 +611,9 @@ def test_batches_that_are_not_an_iterable_of_batches_are_a_user_error(batches: A
 
 
 def test_a_batch_the_model_cannot_take_is_a_forward_error_naming_it() -> None:
-    with pytest.raises(ModinspectError, match=r"^the model raised TypeError: .*forward\(\) missing 1 required "
-                                              r"positional argument: 'scale' in \(model\) \(Scaled\)$"):
+    with pytest.raises(
+        ModinspectError,
+        match=r"^the model raised TypeError: .*forward\(\) missing 1 required "
+        r"positional argument: 'scale' in \(model\) \(Scaled\)$",
+    ):
         collect_stats(Scaled(), [torch.randn(2, 4)])

@@ -78,13 +78,27 @@ def stats_json(*args: str, cwd: Path) -> tuple[int, dict, str]:  # type: ignore[
 
 
 def test_clean_model_exits_0_with_the_documented_fields(project: Path) -> None:
-    code, doc, err = stats_json("nets.py:clean", "--input-shape", "4,8", "--device", "cpu", cwd=project)
+    code, doc, err = stats_json(
+        "nets.py:clean", "--input-shape", "4,8", "--device", "cpu", cwd=project
+    )
     assert (code, err) == (0, "")
     assert doc["nonfinite_origin"] is None
     names = [m["name"] for m in doc["modules"]]
     assert names[:4] == ["", "blocks", "blocks.0", "blocks.0.fc"]  # execution order
-    required = {"name", "type", "calls", "mean", "std", "min", "max", "zero_fraction", "nan", "inf", "dead_fraction",
-                "grad_norm"}
+    required = {
+        "name",
+        "type",
+        "calls",
+        "mean",
+        "std",
+        "min",
+        "max",
+        "zero_fraction",
+        "nan",
+        "inf",
+        "dead_fraction",
+        "grad_norm",
+    }
     assert all(required <= set(m) for m in doc["modules"])
     act = next(m for m in doc["modules"] if m["name"] == "blocks.0.act")
     assert act["type"] == "ReLU" and act["dead_fraction"] is not None and act["calls"] == 1
@@ -97,16 +111,28 @@ def test_faulty_model_exits_1_and_names_the_origin(project: Path) -> None:
     code, doc, _ = stats_json("nets.py:faulty", "--input-shape", "4,8", cwd=project)
     assert code == 1
     assert doc["nonfinite_origin"] == {
-        "module": "blocks.2.act", "type": "SqrtShift", "phase": "forward", "cause": "produced",
+        "module": "blocks.2.act",
+        "type": "SqrtShift",
+        "phase": "forward",
+        "cause": "produced",
         "passed_on": ["blocks.2", "blocks.3.fc", "blocks.3.act", "blocks.3", "blocks", "head", ""],
-        "op": "aten::sqrt", "source": "nets.py:7", "code": "return torch.sqrt(x - 10.0)", "node": None,
-        "created_at": None, "created_code": None, "tensor": None, "detail": None, "rank": None,
+        "op": "aten::sqrt",
+        "source": "nets.py:7",
+        "code": "return torch.sqrt(x - 10.0)",
+        "node": None,
+        "created_at": None,
+        "created_code": None,
+        "tensor": None,
+        "detail": None,
+        "rank": None,
     }
     assert doc["backward_origin"] is None
     text = invoke("stats", "nets.py:faulty", "--input-shape", "4,8", cwd=project)
     assert text.exit_code == 1
-    assert ("First NaN/Inf produced in forward by aten::sqrt in blocks.2.act (SqrtShift); passed on by blocks.2, "
-            "blocks.3.fc, blocks.3.act, blocks.3, blocks, head, (model)") in " ".join(text.stdout.split())
+    assert (
+        "First NaN/Inf produced in forward by aten::sqrt in blocks.2.act (SqrtShift); passed on by blocks.2, "
+        "blocks.3.fc, blocks.3.act, blocks.3, blocks, head, (model)"
+    ) in " ".join(text.stdout.split())
     assert "  at nets.py:7  return torch.sqrt(x - 10.0)\n" in text.stdout
 
 
@@ -117,7 +143,9 @@ def test_no_backward_has_null_gradients(project: Path) -> None:
 
 
 def test_batches_and_train_mode(project: Path) -> None:
-    code, doc, _ = stats_json("nets.py:clean", "--input-shape", "4,8", "--batches", "3", "--train", cwd=project)
+    code, doc, _ = stats_json(
+        "nets.py:clean", "--input-shape", "4,8", "--batches", "3", "--train", cwd=project
+    )
     assert code == 0 and doc["batches"] == 3 and doc["mode"] == "train"
     assert all(m["calls"] == 3 for m in doc["modules"])
 
@@ -151,30 +179,50 @@ def test_unsafe_input_file_is_refused_and_not_run(project: Path) -> None:
 def test_example_input_array_and_custom_loss(project: Path) -> None:
     code, doc, _ = stats_json("nets.py:WithExample", cwd=project)
     assert code == 0 and doc["inputs"] == "example_input_array: (3, 8) float32"
-    code, doc, _ = stats_json("nets.py:clean", "--input-shape", "4,8", "--loss", "nets.py:first_output", cwd=project)
+    code, doc, _ = stats_json(
+        "nets.py:clean", "--input-shape", "4,8", "--loss", "nets.py:first_output", cwd=project
+    )
     assert code == 0 and doc["loss"] == "custom"
     head = next(m for m in doc["modules"] if m["name"] == "head")
-    assert head["grad_norm"] == pytest.approx(2.0)  # d/d out of out[:, 0].sum() is 1 on 4 of 8 elements
+    assert head["grad_norm"] == pytest.approx(
+        2.0
+    )  # d/d out of out[:, 0].sum() is 1 on 4 of 8 elements
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["small.pth", "--input-shape", "2,8"],
-         "error: small.pth is a checkpoint without a model; stats needs one: pair it with an entry point, "
-         "e.g. modinspect stats models.py:build --weights small.pth\n"),
-        (["nets.py:clean"],
-         "error: stats needs an input: pass --input FILE or --input-shape 2,16 (repeatable), set "
-         "example_input_array on the model, or add input_shape to [tool.modinspect]\n"),
-        (["nets.py:clean", "--input-shape", "4,x"], "error: --input-shape '4,x' is not a list of integers like 2,16\n"),
-        (["nets.py:clean", "--input-shape", "4,8", "--dtype", "int8"],
-         "error: --dtype 'int8' is not float32, bfloat16 or float16\n"),
-        (["nets.py:clean", "--input-shape", "4,9"],
-         "error: the model raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (4x9 and 8x8) in "
-         "blocks.0.fc (Linear)\n"),
-        (["nets.py:clean", "--input-shape", "4,8", "--loss", "max"],
-         "error: --loss 'max' is not auto, sum, mean or file.py:FUNCTION\n"),
-        (["nets.py:clean", "--input-shape", "4,8", "--filter", "zzz*"], "error: --filter 'zzz*' matches no module\n"),
+        (
+            ["small.pth", "--input-shape", "2,8"],
+            "error: small.pth is a checkpoint without a model; stats needs one: pair it with an entry point, "
+            "e.g. modinspect stats models.py:build --weights small.pth\n",
+        ),
+        (
+            ["nets.py:clean"],
+            "error: stats needs an input: pass --input FILE or --input-shape 2,16 (repeatable), set "
+            "example_input_array on the model, or add input_shape to [tool.modinspect]\n",
+        ),
+        (
+            ["nets.py:clean", "--input-shape", "4,x"],
+            "error: --input-shape '4,x' is not a list of integers like 2,16\n",
+        ),
+        (
+            ["nets.py:clean", "--input-shape", "4,8", "--dtype", "int8"],
+            "error: --dtype 'int8' is not float32, bfloat16 or float16\n",
+        ),
+        (
+            ["nets.py:clean", "--input-shape", "4,9"],
+            "error: the model raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (4x9 and 8x8) in "
+            "blocks.0.fc (Linear)\n",
+        ),
+        (
+            ["nets.py:clean", "--input-shape", "4,8", "--loss", "max"],
+            "error: --loss 'max' is not auto, sum, mean or file.py:FUNCTION\n",
+        ),
+        (
+            ["nets.py:clean", "--input-shape", "4,8", "--filter", "zzz*"],
+            "error: --filter 'zzz*' matches no module\n",
+        ),
     ],
 )
 def test_stats_user_errors(project: Path, args: list[str], message: str) -> None:
@@ -185,9 +233,12 @@ def test_stats_user_errors(project: Path, args: list[str], message: str) -> None
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
 def test_cuda_without_a_gpu_is_a_clear_error(project: Path) -> None:
-    result = invoke("stats", "nets.py:clean", "--input-shape", "4,8", "--device", "cuda", cwd=project)
+    result = invoke(
+        "stats", "nets.py:clean", "--input-shape", "4,8", "--device", "cuda", cwd=project
+    )
     assert (result.exit_code, result.stderr) == (
-        2, "error: --device cuda: no CUDA device is available to this torch (a CPU build, or no GPU)\n"
+        2,
+        "error: --device cuda: no CUDA device is available to this torch (a CPU build, or no GPU)\n",
     )
 
 
@@ -207,12 +258,25 @@ def test_project_dtype_runs_under_autocast_as_the_dtype_option_does(project: Pat
         '[tool.modinspect]\nmodel = "nets.py:clean"\ninput_shape = [4, 8]\ndtype = "bfloat16"\n'
     )
     code, configured, err = stats_json("--device", "cpu", cwd=project)
-    assert (code, err) == (0, "note: importing nets.py:clean, the model [tool.modinspect] names in "
-                              f"{project.resolve() / 'pyproject.toml'}\n")
-    code, option, err = stats_json("nets.py:clean", "--input-shape", "4,8", "--device", "cpu", "--dtype", "bfloat16",
-                                   cwd=project)
+    assert (code, err) == (
+        0,
+        "note: importing nets.py:clean, the model [tool.modinspect] names in "
+        f"{project.resolve() / 'pyproject.toml'}\n",
+    )
+    code, option, err = stats_json(
+        "nets.py:clean",
+        "--input-shape",
+        "4,8",
+        "--device",
+        "cpu",
+        "--dtype",
+        "bfloat16",
+        cwd=project,
+    )
     assert (code, err) == (0, "")
-    code, plain, _ = stats_json("nets.py:clean", "--input-shape", "4,8", "--device", "cpu", cwd=project)
+    code, plain, _ = stats_json(
+        "nets.py:clean", "--input-shape", "4,8", "--device", "cpu", cwd=project
+    )
     assert code == 0
     assert configured["dtype"] == option["dtype"] == "bfloat16" and plain["dtype"] is None
     assert configured["modules"] == option["modules"]
@@ -226,11 +290,14 @@ def test_project_dtype_runs_under_autocast_as_the_dtype_option_does(project: Pat
 
 
 def test_project_dtype_must_be_one_of_the_dtypes(project: Path) -> None:
-    (project / "pyproject.toml").write_text('[tool.modinspect]\nmodel = "nets.py:clean"\ninput_shape = [4, 8]\n'
-                                           'dtype = "int8"\n')
+    (project / "pyproject.toml").write_text(
+        '[tool.modinspect]\nmodel = "nets.py:clean"\ninput_shape = [4, 8]\ndtype = "int8"\n'
+    )
     result = invoke("stats", cwd=project)
     assert (result.exit_code, result.stderr) == (
-        2, "error: [tool.modinspect] dtype = 'int8' is not float32, bfloat16 or float16\n")
+        2,
+        "error: [tool.modinspect] dtype = 'int8' is not float32, bfloat16 or float16\n",
+    )
 
 
 def test_sample_cnn_with_inplace_relus() -> None:
@@ -243,8 +310,9 @@ def test_sample_cnn_with_inplace_relus() -> None:
 
 def test_gpt2_from_config_with_token_ids(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
-    (tmp_path / "gpt.py").write_text(textwrap.dedent(
-        """
+    (tmp_path / "gpt.py").write_text(
+        textwrap.dedent(
+            """
         import torch
         from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -252,7 +320,8 @@ def test_gpt2_from_config_with_token_ids(tmp_path: Path) -> None:
             torch.manual_seed(0)
             return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=99, n_positions=64))
         """
-    ))
+        )
+    )
     code, doc, err = stats_json("gpt.py:build", "--input-shape", "2,16", cwd=tmp_path)
     assert (code, err) == (0, "")
     assert doc["inputs"].startswith("random (2, 16) int64")

@@ -41,7 +41,9 @@ def test_a_factory_and_a_forward_that_import_siblings_lazily(tmp_path: Path) -> 
         (tmp_path / "proj" / name).write_text(text)
     before = list(sys.path)
     try:
-        result = invoke("stats", "proj/models.py:build", "--input-shape", "2,4", "--json", cwd=tmp_path)
+        result = invoke(
+            "stats", "proj/models.py:build", "--input-shape", "2,4", "--json", cwd=tmp_path
+        )
         assert (result.exit_code, result.stderr) == (0, "")
         doc = json.loads(result.stdout)
         assert [m["name"] for m in doc["modules"]] == ["", "fc"]

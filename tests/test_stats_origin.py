@@ -106,7 +106,12 @@ class InlineTop(nn.Module):
 
 def test_log_of_negatives_names_aten_log_its_module_and_line() -> None:
     origin = origin_of(run(Chain(LogShift()), torch.randn(4, 8)))
-    assert (origin.module, origin.type, origin.phase, origin.cause) == ("fault", "LogShift", "forward", "produced")
+    assert (origin.module, origin.type, origin.phase, origin.cause) == (
+        "fault",
+        "LogShift",
+        "forward",
+        "produced",
+    )
     assert (origin.op, origin.source, origin.code) == ("aten::log", line_of("log"), code_of("log"))
     assert origin.passed_on == ("fc2", "")
 
@@ -115,7 +120,12 @@ def test_sqrt_at_zero_is_traced_to_its_backward_node_and_forward_line() -> None:
     report = run(Chain(Distance()), torch.randn(4, 8))
     origin = origin_of(report)
     assert all(m.nan == 0 and m.inf == 0 for m in report.modules)  # forward was clean
-    assert (origin.module, origin.type, origin.phase, origin.cause) == ("fault", "Distance", "backward", "produced")
+    assert (origin.module, origin.type, origin.phase, origin.cause) == (
+        "fault",
+        "Distance",
+        "backward",
+        "produced",
+    )
     assert origin.node == "SqrtBackward0" and origin.op == "aten::div"
     assert (origin.created_at, origin.created_code) == (line_of("sqrt"), code_of("sqrt"))
     assert origin.source is None  # SqrtBackward0 runs no Python of the user's
@@ -124,10 +134,17 @@ def test_sqrt_at_zero_is_traced_to_its_backward_node_and_forward_line() -> None:
 
 def test_a_custom_functions_bad_backward_names_the_node_and_both_lines() -> None:
     origin = origin_of(run(Chain(CustomFunction()), torch.randn(4, 8)))
-    assert (origin.module, origin.phase, origin.node, origin.op) == ("fault", "backward", "_BadBackwardBackward",
-                                                                     "aten::div")
+    assert (origin.module, origin.phase, origin.node, origin.op) == (
+        "fault",
+        "backward",
+        "_BadBackwardBackward",
+        "aten::div",
+    )
     assert (origin.source, origin.code) == (line_of("custom-backward"), code_of("custom-backward"))
-    assert (origin.created_at, origin.created_code) == (line_of("custom-forward"), code_of("custom-forward"))
+    assert (origin.created_at, origin.created_code) == (
+        line_of("custom-forward"),
+        code_of("custom-forward"),
+    )
 
 
 def test_an_inline_op_in_the_top_level_forward_is_named_not_just_the_model() -> None:
@@ -142,7 +159,12 @@ def test_a_nan_weight_is_named_as_the_cause_before_any_forward() -> None:
         model.fc2.weight[1, 3] = float("nan")
     origin = origin_of(run(model, torch.randn(4, 8)))
     assert (origin.module, origin.type, origin.cause, origin.tensor, origin.detail) == (
-        "fc2", "Linear", "weight", "fc2.weight", "holds 1 NaN")
+        "fc2",
+        "Linear",
+        "weight",
+        "fc2.weight",
+        "holds 1 NaN",
+    )
 
 
 def test_float16_overflow_says_so() -> None:
@@ -152,7 +174,9 @@ def test_float16_overflow_says_so() -> None:
     origin = origin_of(run(model, torch.ones(4, 8).half()))
     assert (origin.module, origin.cause, origin.op) == ("fc1", "overflow", "aten::addmm")
     assert origin.detail == "fc1's output exceeds float16's largest finite value 65504"
-    assert origin.source == line_of("chain")  # nn.Linear is torch's: the user's line is the call of fc1
+    assert origin.source == line_of(
+        "chain"
+    )  # nn.Linear is torch's: the user's line is the call of fc1
 
 
 class TwoBranches(nn.Module):
@@ -168,13 +192,20 @@ class TwoBranches(nn.Module):
 
 
 def test_a_nan_loss_does_not_hide_a_backward_origin() -> None:
-    report = run(TwoBranches(), torch.randn(4, 8).requires_grad_())  # no parameters: the input needs the grad
+    report = run(
+        TwoBranches(), torch.randn(4, 8).requires_grad_()
+    )  # no parameters: the input needs the grad
     origin = origin_of(report)
     assert (origin.module, origin.phase, origin.op) == ("a", "forward", "aten::log")
     back = report.backward_origin
     assert back is not None
     assert (back.module, back.type, back.phase, back.node, back.op) == (
-        "b", "CustomFunction", "backward", "_BadBackwardBackward", "aten::div")
+        "b",
+        "CustomFunction",
+        "backward",
+        "_BadBackwardBackward",
+        "aten::div",
+    )
     assert back.source == line_of("custom-backward")
 
 
@@ -197,44 +228,72 @@ def test_the_model_is_left_without_hooks_or_anomaly_mode() -> None:
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     x = torch.randn(2, 8, requires_grad=True)
     model(x).sum().backward()  # no leftover node hook or anomaly check interferes
-    assert x.grad is not None and not torch.isfinite(x.grad).all()  # the model's own fault, untouched
+    assert (
+        x.grad is not None and not torch.isfinite(x.grad).all()
+    )  # the model's own fault, untouched
 
 
 def test_gpt2_layer_norm_nan_is_traced_into_the_transformers_source() -> None:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97,
-                                                                 n_positions=32))
+    model = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=32)
+    )
     model.transformer.h[1].ln_1.eps = -1e6  # variance + eps < 0: rsqrt of a negative number
     ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(0))
     report = collect_stats(model, [((ids,), {"labels": ids})], options=StatsOptions())
     origin = origin_of(report)
-    assert (origin.module, origin.type, origin.op) == ("transformer.h.1.ln_1", "LayerNorm", "aten::native_layer_norm")
+    assert (origin.module, origin.type, origin.op) == (
+        "transformer.h.1.ln_1",
+        "LayerNorm",
+        "aten::native_layer_norm",
+    )
     gpt2_file = inspect.getsourcefile(type(model.transformer.h[1]))
     assert gpt2_file is not None
     code = "hidden_states = self.ln_1(hidden_states)"
-    number = next(i for i, text in enumerate(Path(gpt2_file).read_text().splitlines(), 1) if text.strip() == code)
+    number = next(
+        i
+        for i, text in enumerate(Path(gpt2_file).read_text().splitlines(), 1)
+        if text.strip() == code
+    )
     assert (origin.source, origin.code) == (f"{shown(gpt2_file)}:{number}", code)
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_forward_and_backward_origins() -> None:
-    forward = collect_stats(Chain(LogShift()).cuda(), [((torch.randn(4, 8, device="cuda"),), {})],
-                            options=StatsOptions(), device="cuda")
+    forward = collect_stats(
+        Chain(LogShift()).cuda(),
+        [((torch.randn(4, 8, device="cuda"),), {})],
+        options=StatsOptions(),
+        device="cuda",
+    )
     origin = origin_of(forward)
     assert (origin.module, origin.op, origin.source) == ("fault", "aten::log", line_of("log"))
-    backward = collect_stats(Chain(CustomFunction()).cuda(), [((torch.randn(4, 8, device="cuda"),), {})],
-                             options=StatsOptions(), device="cuda")
+    backward = collect_stats(
+        Chain(CustomFunction()).cuda(),
+        [((torch.randn(4, 8, device="cuda"),), {})],
+        options=StatsOptions(),
+        device="cuda",
+    )
     origin = origin_of(backward)
-    assert (origin.module, origin.node, origin.created_at) == ("fault", "_BadBackwardBackward", line_of("custom-forward"))
+    assert (origin.module, origin.node, origin.created_at) == (
+        "fault",
+        "_BadBackwardBackward",
+        line_of("custom-forward"),
+    )
 
 
 def test_an_unused_nan_buffer_is_not_blamed_for_a_nan_made_elsewhere() -> None:
     model = Chain(LogShift())
     model.fc1.register_buffer("scratch", torch.full((3,), float("nan")))  # never read by forward
     origin = origin_of(run(model, torch.randn(4, 8)))
-    assert (origin.module, origin.cause, origin.op, origin.tensor) == ("fault", "produced", "aten::log", None)
+    assert (origin.module, origin.cause, origin.op, origin.tensor) == (
+        "fault",
+        "produced",
+        "aten::log",
+        None,
+    )
 
 
 def test_a_nan_buffer_read_by_a_parents_forward_is_the_cause() -> None:
@@ -248,8 +307,12 @@ def test_a_nan_buffer_read_by_a_parents_forward_is_the_cause() -> None:
             return x * self.inner.scale
 
     origin = origin_of(run(Scaled(), torch.randn(2, 4)))
-    assert (origin.module, origin.cause, origin.tensor, origin.detail) == ("inner", "weight", "inner.scale",
-                                                                          "holds 1 Inf")
+    assert (origin.module, origin.cause, origin.tensor, origin.detail) == (
+        "inner",
+        "weight",
+        "inner.scale",
+        "holds 1 Inf",
+    )
 
 
 def test_the_origin_of_the_rank_whose_own_pass_held_it_wins_over_ranks() -> None:
@@ -261,9 +324,12 @@ def test_the_origin_of_the_rank_whose_own_pass_held_it_wins_over_ranks() -> None
     made = NonfiniteOrigin("0", "Root", "forward", "produced", ("1",), op="aten::sqrt")
     backward = NonfiniteOrigin("0", "Root", "backward", "produced", ())
     chosen, chosen_backward = _pick_origins([(received, None, False), (made, backward, True)])
-    assert chosen == NonfiniteOrigin("0", "Root", "forward", "produced", ("1",), op="aten::sqrt", rank=1)
+    assert chosen == NonfiniteOrigin(
+        "0", "Root", "forward", "produced", ("1",), op="aten::sqrt", rank=1
+    )
     assert chosen_backward == NonfiniteOrigin("0", "Root", "backward", "produced", (), rank=1)
     # No rank's own pass held it (a NaN only in the all-reduced gradients): the lowest rank that names one.
     assert _pick_origins([(None, None, False), (received, None, False)])[0] == NonfiniteOrigin(
-        "1", "Linear", "backward", "produced", (), rank=1)
+        "1", "Linear", "backward", "produced", (), rank=1
+    )
     assert _pick_origins([(None, None, False), (None, None, False)]) == (None, None)

@@ -26,10 +26,18 @@ def run(model: nn.Module, *batches: torch.Tensor, **options: Any) -> StatsReport
 
 def test_collapse_names_folds_layer_indices_keeping_order() -> None:
     assert collapse_names([str(i) for i in range(3, 26, 2)]) == ["{3-25 odd}"]
-    assert collapse_names(["h.0.mlp", "h.1.mlp", "h.2.mlp", "h.3.mlp", "ln_f"]) == ["h.{0-3}.mlp", "ln_f"]
+    assert collapse_names(["h.0.mlp", "h.1.mlp", "h.2.mlp", "h.3.mlp", "ln_f"]) == [
+        "h.{0-3}.mlp",
+        "ln_f",
+    ]
     assert collapse_names(["b.0", "b.2", "b.4", "b.5"]) == ["b.{0,2,4-5}"]
     assert collapse_names(["blocks.2", "blocks.3.fc", "blocks.3", "head", ""]) == [
-        "blocks.2", "blocks.3.fc", "blocks.3", "head", "(model)"]  # fewer than three: listed in place
+        "blocks.2",
+        "blocks.3.fc",
+        "blocks.3",
+        "head",
+        "(model)",
+    ]  # fewer than three: listed in place
 
 
 def dead_stack(depth: int = 13) -> nn.Sequential:
@@ -92,7 +100,9 @@ def test_verdict_and_json_name_the_rank_of_the_origin() -> None:
     report = run(nn.Sequential(Root(), nn.Linear(2, 2)), torch.tensor([[1.0, -1.0]]))
     assert report.nonfinite_origin is not None and report.nonfinite_origin.rank is None
     assert stats_document(report)["nonfinite_origin"]["rank"] is None
-    ranked = dataclasses.replace(report, nonfinite_origin=dataclasses.replace(report.nonfinite_origin, rank=1))
+    ranked = dataclasses.replace(
+        report, nonfinite_origin=dataclasses.replace(report.nonfinite_origin, rank=1)
+    )
     assert stats_document(ranked)["nonfinite_origin"]["rank"] == 1
     assert verdict_text(ranked).splitlines()[0] == (
         "First NaN/Inf produced in forward by aten::sqrt in 0 (Root) (on rank 1); passed on by 1, (model)."
@@ -109,9 +119,13 @@ def test_json_histogram_has_its_bin_edges() -> None:
     out = model(x).detach().double()
     lo, hi = float(out.min()), float(out.max())
     assert len(row.histogram_edges) == len(row.histogram) + 1 == 17
-    assert row.histogram_edges[0] == pytest.approx(lo) and row.histogram_edges[-1] == pytest.approx(hi)
-    counts = [int(((out >= a) & ((out < b) if i < 15 else (out <= b))).sum())
-              for i, (a, b) in enumerate(zip(row.histogram_edges, row.histogram_edges[1:], strict=False))]
+    assert row.histogram_edges[0] == pytest.approx(lo) and row.histogram_edges[-1] == pytest.approx(
+        hi
+    )
+    counts = [
+        int(((out >= a) & ((out < b) if i < 15 else (out <= b))).sum())
+        for i, (a, b) in enumerate(zip(row.histogram_edges, row.histogram_edges[1:], strict=False))
+    ]
     assert list(row.histogram) == counts  # the edges are the ones the counts were binned with
     assert counts == [int(c) for c in torch.histc(out, bins=16, min=lo, max=hi)]
 
@@ -148,30 +162,39 @@ def nets(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize(("entry", "shape", "fail_on", "code"), [
-    ("dead", "3,4", None, 0),
-    ("dead", "3,4", "dead", 1),
-    ("dead", "3,4", "exploding", 0),
-    ("exploding", "3,8", "exploding", 1),
-    ("exploding", "3,8", "nan,dead", 0),
-    ("clean", "3,4", "nan,dead,exploding,vanishing", 0),
-])
-def test_fail_on_sets_exit_1_for_the_chosen_findings(nets: Path, entry: str, shape: str, fail_on: str | None,
-                                                      code: int) -> None:
+@pytest.mark.parametrize(
+    ("entry", "shape", "fail_on", "code"),
+    [
+        ("dead", "3,4", None, 0),
+        ("dead", "3,4", "dead", 1),
+        ("dead", "3,4", "exploding", 0),
+        ("exploding", "3,8", "exploding", 1),
+        ("exploding", "3,8", "nan,dead", 0),
+        ("clean", "3,4", "nan,dead,exploding,vanishing", 0),
+    ],
+)
+def test_fail_on_sets_exit_1_for_the_chosen_findings(
+    nets: Path, entry: str, shape: str, fail_on: str | None, code: int
+) -> None:
     extra = ["--fail-on", fail_on] if fail_on else []
     result = invoke("stats", f"nets.py:{entry}", "--input-shape", shape, "--json", *extra, cwd=nets)
     assert (result.exit_code, result.stderr) == (code, "")
 
 
 def test_fail_on_rejects_unknown_findings(nets: Path) -> None:
-    result = invoke("stats", "nets.py:clean", "--input-shape", "3,4", "--fail-on", "nan,slow", cwd=nets)
+    result = invoke(
+        "stats", "nets.py:clean", "--input-shape", "3,4", "--fail-on", "nan,slow", cwd=nets
+    )
     assert (result.exit_code, result.stderr) == (
-        2, "error: --fail-on 'slow' is not one of nan, dead, mostly-dead, exploding, vanishing\n")
+        2,
+        "error: --fail-on 'slow' is not one of nan, dead, mostly-dead, exploding, vanishing\n",
+    )
 
 
 def test_json_names_the_backward_node_and_the_lines(nets: Path) -> None:
-    (nets / "bad.py").write_text(textwrap.dedent(
-        """
+    (nets / "bad.py").write_text(
+        textwrap.dedent(
+            """
         import torch
         from torch import nn
 
@@ -184,21 +207,43 @@ def test_json_names_the_backward_node_and_the_lines(nets: Path) -> None:
                 h = self.fc(x)
                 return torch.sqrt(((h - h.detach()) ** 2).sum(-1))
         """
-    ))
+        )
+    )
     result = invoke("stats", "bad.py:Dist", "--input-shape", "3,4", "--json", cwd=nets)
     origin = json.loads(result.stdout)["nonfinite_origin"]
     assert result.exit_code == 1
-    assert {k: origin[k] for k in ("module", "type", "phase", "cause", "node", "op", "source", "created_at",
-                                   "created_code")} == {
-        "module": "", "type": "Dist", "phase": "backward", "cause": "produced", "node": "SqrtBackward0",
-        "op": "aten::div", "source": None, "created_at": "bad.py:12",
-        "created_code": "return torch.sqrt(((h - h.detach()) ** 2).sum(-1))"}
+    assert {
+        k: origin[k]
+        for k in (
+            "module",
+            "type",
+            "phase",
+            "cause",
+            "node",
+            "op",
+            "source",
+            "created_at",
+            "created_code",
+        )
+    } == {
+        "module": "",
+        "type": "Dist",
+        "phase": "backward",
+        "cause": "produced",
+        "node": "SqrtBackward0",
+        "op": "aten::div",
+        "source": None,
+        "created_at": "bad.py:12",
+        "created_code": "return torch.sqrt(((h - h.detach()) ** 2).sum(-1))",
+    }
 
 
 def test_progress_is_called_once_per_batch_and_silent_off_a_terminal(nets: Path) -> None:
     calls: list[int] = []
     model = nn.Sequential(nn.Linear(4, 2))
-    collect_stats(model, [((torch.randn(2, 4),), {})] * 3, options=StatsOptions(), progress=calls.append)
+    collect_stats(
+        model, [((torch.randn(2, 4),), {})] * 3, options=StatsOptions(), progress=calls.append
+    )
     assert calls == [1, 1, 1]
     result = invoke("stats", "nets.py:clean", "--input-shape", "3,4", "--batches", "3", cwd=nets)
     assert (result.exit_code, result.stderr) == (0, "")

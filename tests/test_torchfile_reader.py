@@ -75,7 +75,9 @@ def test_zip_state_dict_lists_and_reads(tmp_path: Path, model_type: type[nn.Modu
         assert src.modules is None and src.module is None and src.warnings == []
         assert_lists(src, sd)
         assert len(src.tensors) == len(sd)
-        assert all(t.kind == checkpoint_kind(t.name) and t.requires_grad is None for t in src.tensors)
+        assert all(
+            t.kind == checkpoint_kind(t.name) and t.requires_grad is None for t in src.tensors
+        )
         assert_values(src, reference)
         assert tied_groups(src.tensors) == []
 
@@ -143,12 +145,17 @@ def test_tied_state_dict_shares_storage(tmp_path: Path) -> None:
 
 
 def test_parameters_keep_their_kind_and_requires_grad(tmp_path: Path) -> None:
-    sd = {"trained": nn.Parameter(torch.ones(2, 2)), "frozen": nn.Parameter(torch.zeros(3), requires_grad=False),
-          "plain": torch.full((2,), 7.0)}
+    sd = {
+        "trained": nn.Parameter(torch.ones(2, 2)),
+        "frozen": nn.Parameter(torch.zeros(3), requires_grad=False),
+        "plain": torch.full((2,), 7.0),
+    }
     path = save(sd, tmp_path / "params.pt")
     with open_source(str(path)) as src:
         assert [(t.name, t.kind, t.requires_grad) for t in src.tensors] == [
-            ("trained", "parameter", True), ("frozen", "parameter", False), ("plain", "unknown", None)
+            ("trained", "parameter", True),
+            ("frozen", "parameter", False),
+            ("plain", "unknown", None),
         ]
         assert torch.equal(src.read_tensor("trained"), torch.ones(2, 2))
         assert torch.equal(src.read_tensor("plain"), torch.full((2,), 7.0))
@@ -177,28 +184,41 @@ def _trained() -> tuple[TwoLayer, torch.optim.Optimizer]:
 def test_training_checkpoint_finds_state_dict(tmp_path: Path, key: str) -> None:
     model, opt = _trained()
     sd = model.state_dict()
-    path = save({"epoch": 3, key: sd, "optimizer_state_dict": opt.state_dict(), "loss": 0.5}, tmp_path / "ckpt.pt")
+    path = save(
+        {"epoch": 3, key: sd, "optimizer_state_dict": opt.state_dict(), "loss": 0.5},
+        tmp_path / "ckpt.pt",
+    )
     with open_source(str(path)) as src:
         assert src.state_dict_key == key
         assert_lists(src, sd)
         assert_values(src, sd)
         # 4 parameters x (step, exp_avg, exp_avg_sq)
         assert [(e.name, e.summary) for e in src.other_entries] == [
-            ("epoch", "3"), ("optimizer_state_dict", "dict (2 keys, 12 tensors)"), ("loss", "0.5")
+            ("epoch", "3"),
+            ("optimizer_state_dict", "dict (2 keys, 12 tensors)"),
+            ("loss", "0.5"),
         ]
 
 
 def test_nested_state_dict_key(tmp_path: Path) -> None:
     model, _ = _trained()
     sd = model.state_dict()
-    ckpt = {"model": {"state_dict": sd, "arch": "two-layer"}, "epoch": 9, "notes": "x" * 50, "extra": None,
-            "history": [1, 2, 3]}
+    ckpt = {
+        "model": {"state_dict": sd, "arch": "two-layer"},
+        "epoch": 9,
+        "notes": "x" * 50,
+        "extra": None,
+        "history": [1, 2, 3],
+    }
     path = save(ckpt, tmp_path / "nested.pt")
     with open_source(str(path)) as src:
         assert src.state_dict_key == "model.state_dict"
         assert_values(src, sd)
         assert [(e.name, e.summary) for e in src.other_entries] == [
-            ("epoch", "9"), ("notes", repr("x" * 40) + "…"), ("extra", "None"), ("history", "[1, 2, 3]"),
+            ("epoch", "9"),
+            ("notes", repr("x" * 40) + "…"),
+            ("extra", "None"),
+            ("history", "[1, 2, 3]"),
         ]
 
 
@@ -206,12 +226,17 @@ def test_unnamed_state_dict_is_the_largest_non_optimizer_tensor_dict(tmp_path: P
     small = {"a": torch.ones(1)}
     weights = TwoLayer().state_dict()
     optim = {f"m{i}": torch.zeros(1) for i in range(20)}
-    path = save({"ema": small, "weights": weights, "optim_moments": optim, "step": 100}, tmp_path / "c.pt")
+    path = save(
+        {"ema": small, "weights": weights, "optim_moments": optim, "step": 100}, tmp_path / "c.pt"
+    )
     with open_source(str(path)) as src:
         assert src.state_dict_key == "weights"
         assert src.names() == list(weights)
         assert [e.name for e in src.other_entries] == ["ema", "optim_moments", "step"]
-        assert dict((e.name, e.summary) for e in src.other_entries)["ema"] == "dict (1 keys, 1 tensors)"
+        assert (
+            dict((e.name, e.summary) for e in src.other_entries)["ema"]
+            == "dict (1 keys, 1 tensors)"
+        )
 
 
 @pytest.mark.parametrize(
@@ -240,8 +265,13 @@ def test_file_without_state_dict(tmp_path: Path, obj: object, what: str) -> None
 def test_legacy_format(tmp_path: Path) -> None:
     model = Tied()
     base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
-    sd = {**model.state_dict(), "bf16": torch.randn(2, 3).to(torch.bfloat16), "col": base[:, 2], "t": base.T,
-          "i64": torch.tensor([5, -5])}
+    sd = {
+        **model.state_dict(),
+        "bf16": torch.randn(2, 3).to(torch.bfloat16),
+        "col": base[:, 2],
+        "t": base.T,
+        "i64": torch.tensor([5, -5]),
+    }
     path = save(sd, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     assert not zipfile.is_zipfile(path)
     with open_source(str(path)) as src:
@@ -254,8 +284,11 @@ def test_legacy_format(tmp_path: Path) -> None:
 
 def test_legacy_training_checkpoint(tmp_path: Path) -> None:
     model, _ = _trained()
-    path = save({"state_dict": model.state_dict(), "epoch": 2}, tmp_path / "legacy.pt",
-                _use_new_zipfile_serialization=False)
+    path = save(
+        {"state_dict": model.state_dict(), "epoch": 2},
+        tmp_path / "legacy.pt",
+        _use_new_zipfile_serialization=False,
+    )
     with open_source(str(path)) as src:
         assert (src.format, src.state_dict_key) == ("torch-legacy", "state_dict")
         assert [(e.name, e.summary) for e in src.other_entries] == [("epoch", "2")]
@@ -263,7 +296,9 @@ def test_legacy_training_checkpoint(tmp_path: Path) -> None:
 
 
 def test_truncated_legacy_file(tmp_path: Path) -> None:
-    path = save(TwoLayer().state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    path = save(
+        TwoLayer().state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False
+    )
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(CorruptFileError, match="is truncated"):
         open_source(str(path))
@@ -297,7 +332,10 @@ def test_protocol_0_pickle_is_not_a_checkpoint(tmp_path: Path) -> None:
 
 def test_reduce_to_os_system_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
-    path = save({"state_dict": TwoLayer().state_dict(), "payload": Evil(f"touch {marker}")}, tmp_path / "evil.pt")
+    path = save(
+        {"state_dict": TwoLayer().state_dict(), "payload": Evil(f"touch {marker}")},
+        tmp_path / "evil.pt",
+    )
     with pytest.raises(UnsafePickleError) as info:
         open_source(str(path))
     message = str(info.value)
@@ -311,7 +349,11 @@ def test_reduce_to_os_system_is_refused(tmp_path: Path) -> None:
 
 def test_reduce_to_os_system_in_legacy_file_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
-    path = save({"payload": Evil(f"touch {marker}")}, tmp_path / "evil.pt", _use_new_zipfile_serialization=False)
+    path = save(
+        {"payload": Evil(f"touch {marker}")},
+        tmp_path / "evil.pt",
+        _use_new_zipfile_serialization=False,
+    )
     with pytest.raises(UnsafePickleError, match=r"'(posix|os)\.system'.*--unsafe-pickle"):
         open_source(str(path))
     assert not marker.exists()
@@ -324,21 +366,32 @@ def test_pickled_module_shows_its_real_tree_without_its_code(tmp_path: Path) -> 
     path = save(model, tmp_path / "module.pt")
     with open_source(str(path)) as src:
         assert src.module is None and src.format == "torch-zip-module"
-        assert src.standins == ["models.TwoLayer", "torch.nn.modules.linear.Linear", "torch.nn.modules.activation.ReLU"]
+        assert src.standins == [
+            "models.TwoLayer",
+            "torch.nn.modules.linear.Linear",
+            "torch.nn.modules.activation.ReLU",
+        ]
         assert len(src.notes) == 1 and src.notes[0].startswith(
             "read without importing models.TwoLayer, torch.nn.modules.linear.Linear, torch.nn.modules.activation.ReLU"
         )
         assert [(m.name, m.type, m.training) for m in src.modules] == [
-            ("", "TwoLayer", True), ("fc1", "Linear", True), ("act", "ReLU", True), ("fc2", "Linear", True)
+            ("", "TwoLayer", True),
+            ("fc1", "Linear", True),
+            ("act", "ReLU", True),
+            ("fc2", "Linear", True),
         ]
         # The live module's own view, non-persistent buffer included.
         live = {n: ("parameter", None) for n, _ in model.named_parameters()}
         live.update({n: ("buffer", n != "cache") for n, _ in model.named_buffers()})
         assert {t.name: (t.kind, t.persistent) for t in src.tensors} == live
-        assert src.names() == [t.name for t in module_tensor_infos(model)]  # the live module's order
+        assert src.names() == [
+            t.name for t in module_tensor_infos(model)
+        ]  # the live module's order
         for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
             assert torch.equal(src.read_tensor(name), tensor.detach()), name
-            assert src.info(name).requires_grad == (True if name in dict(model.named_parameters()) else None)
+            assert src.info(name).requires_grad == (
+                True if name in dict(model.named_parameters()) else None
+            )
 
 
 def test_pickled_module_opens_with_unsafe_pickle(tmp_path: Path) -> None:
@@ -348,11 +401,17 @@ def test_pickled_module_opens_with_unsafe_pickle(tmp_path: Path) -> None:
         assert src.format == "torch-pickled-module"
         assert isinstance(src.module, TwoLayer)
         assert len(src.warnings) == 1
-        assert src.warnings[0].startswith(f"--unsafe-pickle: fully unpickling {path}, which imports models.TwoLayer")
+        assert src.warnings[0].startswith(
+            f"--unsafe-pickle: fully unpickling {path}, which imports models.TwoLayer"
+        )
         assert src.warnings[0].endswith("this runs code from the file")
         assert sorted(src.names()) == sorted([*model.state_dict(), "cache"])
-        assert [(m.name, m.type) for m in src.modules] == [("", "TwoLayer"), ("fc1", "Linear"), ("act", "ReLU"),
-                                                            ("fc2", "Linear")]
+        assert [(m.name, m.type) for m in src.modules] == [
+            ("", "TwoLayer"),
+            ("fc1", "Linear"),
+            ("act", "ReLU"),
+            ("fc2", "Linear"),
+        ]
         assert_values(src, model.state_dict())
 
 
@@ -371,8 +430,14 @@ def test_unsafe_pickle_with_a_non_module_object(tmp_path: Path) -> None:
     # A Counter is outside the allowlist but harmless: a stand-in by default, the real thing when trusted.
     path = save({"state_dict": sd, "counts": collections.Counter("aab")}, tmp_path / "c.pt")
     with open_source(str(path)) as src:
-        assert (src.format, src.state_dict_key, src.standins) == ("torch-zip", "state_dict", ["collections.Counter"])
-        assert [(e.name, e.summary) for e in src.other_entries] == [("counts", "collections.Counter({a: 2, b: 1})")]
+        assert (src.format, src.state_dict_key, src.standins) == (
+            "torch-zip",
+            "state_dict",
+            ["collections.Counter"],
+        )
+        assert [(e.name, e.summary) for e in src.other_entries] == [
+            ("counts", "collections.Counter({a: 2, b: 1})")
+        ]
         assert src.warnings == []
     with open_source(str(path), unsafe_pickle=True) as src:
         assert (src.format, src.state_dict_key) == ("torch-unsafe", "state_dict")
@@ -398,14 +463,32 @@ def global_pickle(marker: Path, func: str = "exec", protocol: int = 0) -> bytes:
 
 def stack_global_pickle(marker: Path, func: str = "eval") -> bytes:
     """builtins.<func>(<payload>) spelled with STACK_GLOBAL (protocol 4)."""
-    return (b"\x80\x04" + _short("builtins") + b"\x94" + _short(func) + b"\x94" + b"\x93\x94"
-            + _short(_payload(marker)) + b"\x85R.")
+    return (
+        b"\x80\x04"
+        + _short("builtins")
+        + b"\x94"
+        + _short(func)
+        + b"\x94"
+        + b"\x93\x94"
+        + _short(_payload(marker))
+        + b"\x85R."
+    )
 
 
 def memo_stack_global_pickle(marker: Path, func: str = "exec") -> bytes:
     """The same, with the names parked in the memo and fetched back before STACK_GLOBAL."""
-    return (b"\x80\x04" + _short("builtins") + b"q\x00" + b"0" + _short(func) + b"q\x01" + b"0"
-            + b"h\x00h\x01\x93" + _short(_payload(marker)) + b"\x85R.")
+    return (
+        b"\x80\x04"
+        + _short("builtins")
+        + b"q\x00"
+        + b"0"
+        + _short(func)
+        + b"q\x01"
+        + b"0"
+        + b"h\x00h\x01\x93"
+        + _short(_payload(marker))
+        + b"\x85R."
+    )
 
 
 PAYLOADS = {
@@ -474,7 +557,9 @@ def test_protocol_0_payload_as_raw_file_is_not_run(tmp_path: Path) -> None:
 
 def test_payload_in_torchscript_shaped_zip_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
-    path = _write_zip(tmp_path / "evil.pt", pickle.dumps({}), {"constants.pkl": stack_global_pickle(marker)})
+    path = _write_zip(
+        tmp_path / "evil.pt", pickle.dumps({}), {"constants.pkl": stack_global_pickle(marker)}
+    )
     with pytest.raises(UnsafePickleError, match=r"'builtins\.eval'"):
         open_source(str(path))
     assert not marker.exists()
@@ -490,7 +575,9 @@ def test_unresolvable_stack_global_is_refused(tmp_path: Path) -> None:
 
 def test_restricted_unpickler_refuses_on_its_own() -> None:
     """Without the gate around it, the unpickler still calls nothing and records what it refused."""
-    unpickler = RestrictedUnpickler(io.BytesIO(global_pickle(Path("/nonexistent/x"), "exec", 2)), storage_from_pid)
+    unpickler = RestrictedUnpickler(
+        io.BytesIO(global_pickle(Path("/nonexistent/x"), "exec", 2)), storage_from_pid
+    )
     result = unpickler.load()
     assert unpickler.refused == ["builtins.exec"]
     # exec's stand-in, "called": a record of the call, and the marker was never written.
@@ -498,7 +585,9 @@ def test_restricted_unpickler_refuses_on_its_own() -> None:
     assert len(result.args) == 1 and "open(" in str(result.args[0])
 
 
-def test_bytes_spelled_with_codecs_encode_are_allowed_but_other_codecs_are_not(tmp_path: Path) -> None:
+def test_bytes_spelled_with_codecs_encode_are_allowed_but_other_codecs_are_not(
+    tmp_path: Path,
+) -> None:
     good = b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x06\x00\x00\x00latin1\x86R."
     assert RestrictedUnpickler(io.BytesIO(good), storage_from_pid).load() == b"abc"
     bad = b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x04\x00\x00\x00zlib\x86R."
@@ -575,7 +664,9 @@ def test_listing_reads_only_the_pickle(tmp_path: Path, monkeypatch: pytest.Monke
     opened: list[str] = []
     real_open = zipfile.ZipFile.open
 
-    def spy(self: zipfile.ZipFile, name: str | zipfile.ZipInfo, *args: object, **kwargs: object) -> object:
+    def spy(
+        self: zipfile.ZipFile, name: str | zipfile.ZipInfo, *args: object, **kwargs: object
+    ) -> object:
         opened.append(name.filename if isinstance(name, zipfile.ZipInfo) else name)
         return real_open(self, name, *args, **kwargs)
 
@@ -602,12 +693,24 @@ def _build(attr: str, value: bytes) -> bytes:
     return b"}" + _x(attr) + value + b"sb"  # EMPTY_DICT, key, value, SETITEM, BUILD
 
 
-def minimal_checkpoint(path: Path, after_storage_type: bytes = b"", after_tensor: bytes = b"") -> Path:
+def minimal_checkpoint(
+    path: Path, after_storage_type: bytes = b"", after_tensor: bytes = b""
+) -> Path:
     """A hand-assembled torch zip file holding {'w': tensor([1.0, 2.0])}, with optional opcodes spliced in."""
     pkl = (
-        b"\x80\x02}" + _x("w") + b"ctorch._utils\n_rebuild_tensor_v2\n"
-        + b"((" + _x("storage") + b"ctorch\nFloatStorage\n" + after_storage_type + _x("0") + _x("cpu") + b"K\x02tQ"
-        + b"K\x00K\x02\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtR" + after_tensor + b"s."
+        b"\x80\x02}"
+        + _x("w")
+        + b"ctorch._utils\n_rebuild_tensor_v2\n"
+        + b"(("
+        + _x("storage")
+        + b"ctorch\nFloatStorage\n"
+        + after_storage_type
+        + _x("0")
+        + _x("cpu")
+        + b"K\x02tQ"
+        + b"K\x00K\x02\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtR"
+        + after_tensor
+        + b"s."
     )
     return _write_zip(path, pkl, {"data/0": struct.pack("<2f", 1.0, 2.0), "version": b"3\n"})
 
@@ -616,20 +719,26 @@ def test_minimal_checkpoint_reads(tmp_path: Path) -> None:
     path = minimal_checkpoint(tmp_path / "ok.pt")
     assert torch.load(path, weights_only=True)["w"].tolist() == [1.0, 2.0]
     with open_source(str(path)) as src:
-        assert [(t.name, t.shape, t.dtype, t.nbytes) for t in src.tensors] == [("w", (2,), "float32", 8)]
+        assert [(t.name, t.shape, t.dtype, t.nbytes) for t in src.tensors] == [
+            ("w", (2,), "float32", 8)
+        ]
         assert src.read_tensor("w").tolist() == [1.0, 2.0]
 
 
 @pytest.mark.parametrize("value", [_x("abc"), b"(J\xff\xff\xff\xfft", b"(K\x00t"])
 def test_build_cannot_rewrite_a_tensor_description(tmp_path: Path, value: bytes) -> None:
     path = minimal_checkpoint(tmp_path / "bad.pt", after_tensor=_build("shape", value))
-    with pytest.raises(CorruptFileError, match="tries to modify an object the weights-only gate created"):
+    with pytest.raises(
+        CorruptFileError, match="tries to modify an object the weights-only gate created"
+    ):
         open_source(str(path))
 
 
 def test_build_cannot_poison_the_allowlist_for_later_files(tmp_path: Path) -> None:
     bad = minimal_checkpoint(tmp_path / "bad.pt", after_storage_type=_build("dtype", _x("int8")))
-    with pytest.raises(CorruptFileError, match="tries to modify an object the weights-only gate created"):
+    with pytest.raises(
+        CorruptFileError, match="tries to modify an object the weights-only gate created"
+    ):
         open_source(str(bad))
     good = minimal_checkpoint(tmp_path / "good.pt")
     with open_source(str(good)) as src:

@@ -55,36 +55,54 @@ def assert_same_as_jit_load(path: Path) -> None:
     with open_source(str(path)) as safe, jit_view(path) as jit:
         assert safe.format == jit.format == "torchscript"
         assert safe.module is None and safe.warnings == [] and safe.standins == []
-        assert [(m.name, m.type, m.training) for m in safe.modules] == [(m.name, m.type, m.training) for m in jit.modules]
-        assert [(t.name, t.shape, t.dtype, t.nbytes, t.kind, t.requires_grad, t.persistent) for t in safe.tensors] == [
-            (t.name, t.shape, t.dtype, t.nbytes, t.kind, t.requires_grad, t.persistent) for t in jit.tensors
+        assert [(m.name, m.type, m.training) for m in safe.modules] == [
+            (m.name, m.type, m.training) for m in jit.modules
+        ]
+        assert [
+            (t.name, t.shape, t.dtype, t.nbytes, t.kind, t.requires_grad, t.persistent)
+            for t in safe.tensors
+        ] == [
+            (t.name, t.shape, t.dtype, t.nbytes, t.kind, t.requires_grad, t.persistent)
+            for t in jit.tensors
         ]
         assert tied_groups(safe.tensors) == tied_groups(jit.tensors)
         for name in jit.names():
             assert torch.equal(safe.read_tensor(name), jit.read_tensor(name)), name
 
 
-def test_scripted_model_opens_with_its_module_tree_without_running_it(tmp_path: Path, bn_model: WithBatchNorm) -> None:
+def test_scripted_model_opens_with_its_module_tree_without_running_it(
+    tmp_path: Path, bn_model: WithBatchNorm
+) -> None:
     path = script_and_save(bn_model, tmp_path / "scripted.pt")
     with open_source(str(path)) as src:
         assert src.format == "torchscript" and src.label == str(path)
         assert src.warnings == [] and src.module is None
         assert [(m.name, m.type, m.training) for m in src.modules] == [
-            ("", "WithBatchNorm", True), ("conv", "Conv2d", True), ("bn", "BatchNorm2d", True), ("fc", "Linear", True),
+            ("", "WithBatchNorm", True),
+            ("conv", "Conv2d", True),
+            ("bn", "BatchNorm2d", True),
+            ("fc", "Linear", True),
         ]
         kinds = {t.name: t.kind for t in src.tensors}
         assert kinds == {
-            "conv.weight": "parameter", "conv.bias": "parameter",
-            "bn.weight": "parameter", "bn.bias": "parameter",
-            "bn.running_mean": "buffer", "bn.running_var": "buffer", "bn.num_batches_tracked": "buffer",
-            "fc.weight": "parameter", "fc.bias": "parameter",
+            "conv.weight": "parameter",
+            "conv.bias": "parameter",
+            "bn.weight": "parameter",
+            "bn.bias": "parameter",
+            "bn.running_mean": "buffer",
+            "bn.running_var": "buffer",
+            "bn.num_batches_tracked": "buffer",
+            "fc.weight": "parameter",
+            "fc.bias": "parameter",
         }
         sd = bn_model.state_dict()
         assert sorted(src.names()) == sorted(sd)
         for name, t in sd.items():
             info = src.info(name)
             assert (info.shape, info.dtype, info.nbytes) == (
-                tuple(t.shape), str(t.dtype).removeprefix("torch."), t.numel() * t.element_size()
+                tuple(t.shape),
+                str(t.dtype).removeprefix("torch."),
+                t.numel() * t.element_size(),
             ), name
             assert torch.equal(src.read_tensor(name), t), name
         assert src.info("bn.num_batches_tracked").dtype == "int64"
@@ -106,13 +124,21 @@ def test_safe_reader_matches_torch_jit_load(tmp_path: Path, name: str) -> None:
         transformers = pytest.importorskip("transformers")
         torch.manual_seed(0)
         if name == "gpt2_traced":
-            config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=16,
-                                             torchscript=True)
+            config = transformers.GPT2Config(
+                n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=16, torchscript=True
+            )
             model = LogitsOf(transformers.GPT2LMHeadModel(config)).eval()
         else:
-            config = transformers.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
-                                             intermediate_size=37, vocab_size=50, max_position_embeddings=16,
-                                             torchscript=True, return_dict=False)
+            config = transformers.BertConfig(
+                num_hidden_layers=2,
+                hidden_size=32,
+                num_attention_heads=2,
+                intermediate_size=37,
+                vocab_size=50,
+                max_position_embeddings=16,
+                torchscript=True,
+                return_dict=False,
+            )
             model = transformers.BertModel(config).eval()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -147,7 +173,9 @@ def test_traced_model_opens_too(tmp_path: Path, bn_model: WithBatchNorm) -> None
         assert [m.type for m in src.modules] == ["WithBatchNorm", "Conv2d", "BatchNorm2d", "Linear"]
 
 
-def test_weights_into_torchscript_source_needs_the_flag(tmp_path: Path, bn_model: WithBatchNorm) -> None:
+def test_weights_into_torchscript_source_needs_the_flag(
+    tmp_path: Path, bn_model: WithBatchNorm
+) -> None:
     path = script_and_save(WithBatchNorm(), tmp_path / "scripted.pt")
     torch.save(bn_model.state_dict(), tmp_path / "w.pt")
     with pytest.raises(UsageError) as info:
@@ -170,7 +198,9 @@ def test_damaged_torchscript_archive(tmp_path: Path, bn_model: WithBatchNorm) ->
         for name, data in members.items():
             if "/code/" not in name:  # drop the compiled code
                 zf.writestr(name, data)
-    with pytest.raises(CorruptFileError, match=f"^{damaged} is not a loadable TorchScript archive: "):
+    with pytest.raises(
+        CorruptFileError, match=f"^{damaged} is not a loadable TorchScript archive: "
+    ):
         open_source(str(damaged))
 
 
@@ -197,26 +227,48 @@ class RaisesWithText(torch.nn.Module):
         return self.fc(x) * self.scale
 
 
-LINEAR_CODE = "class Linear"  # torch mangles the file's name when another Linear was scripted before
+LINEAR_CODE = (
+    "class Linear"  # torch mangles the file's name when another Linear was scripted before
+)
 # (text of the code/ file to rewrite, old text, new text): torch.jit.load reads each rewritten archive as before. The old line parser
 # was fooled by every one but the last: a fake class in a string, names split or spread as torch allows.
 CODE_REWRITES = {
     "a triple-quoted string holding a fake class": (
-        "PLACEHOLDER", '"PLACEHOLDER"',
-        '"""\nclass {cls}(Module):\n  __parameters__ = []\n  __buffers__ = []\n"""'),
+        "PLACEHOLDER",
+        '"PLACEHOLDER"',
+        '"""\nclass {cls}(Module):\n  __parameters__ = []\n  __buffers__ = []\n"""',
+    ),
     "a triple-single-quoted string holding a fake __buffers__": (
-        "PLACEHOLDER", '"PLACEHOLDER"', "'''\n  __buffers__ = []\n'''"),
+        "PLACEHOLDER",
+        '"PLACEHOLDER"',
+        "'''\n  __buffers__ = []\n'''",
+    ),
     "adjacent literals, which torch concatenates": (
-        LINEAR_CODE, '["weight", "bias", ]', '["wei" "ght", \'bias\']'),
+        LINEAR_CODE,
+        '["weight", "bias", ]',
+        '["wei" "ght", \'bias\']',
+    ),
     "a list over three lines with a comment": (
-        LINEAR_CODE, '["weight", "bias", ]', '["weight",\n    "bias", # "x" ]\n ]'),
+        LINEAR_CODE,
+        '["weight", "bias", ]',
+        '["weight",\n    "bias", # "x" ]\n ]',
+    ),
     "a backslash continuation": (
-        LINEAR_CODE, '__parameters__ = ["weight", "bias", ]', '__parameters__ = \\\n ["weight", "bias", ]'),
+        LINEAR_CODE,
+        '__parameters__ = ["weight", "bias", ]',
+        '__parameters__ = \\\n ["weight", "bias", ]',
+    ),
     "an octal escape": (LINEAR_CODE, '"weight"', '"w\\145ight"'),
     "a second statement for the same list": (
-        LINEAR_CODE, '  __buffers__ = []\n', '  __buffers__ = []\n  __parameters__ = ["bias", ]\n'),
+        LINEAR_CODE,
+        "  __buffers__ = []\n",
+        '  __buffers__ = []\n  __parameters__ = ["bias", ]\n',
+    ),
     "escaped quotes and newlines in a one-line string": (
-        "PLACEHOLDER", '"PLACEHOLDER"', '"\\"\\n  __buffers__ = [\\"x\\", ]\\n"'),
+        "PLACEHOLDER",
+        '"PLACEHOLDER"',
+        '"\\"\\n  __buffers__ = [\\"x\\", ]\\n"',
+    ),
 }
 
 
@@ -245,19 +297,42 @@ def test_code_text_is_lexed_as_torch_does(tmp_path: Path, rewrite: str) -> None:
     _rewrite_code(path, *CODE_REWRITES[rewrite])
     with jit_view(path) as jit:  # the rewritten archive is one torch loads, with the same state
         assert [(t.name, t.kind) for t in jit.tensors] == [
-            ("scale", "buffer"), ("fc.weight", "parameter"), ("fc.bias", "parameter")]
+            ("scale", "buffer"),
+            ("fc.weight", "parameter"),
+            ("fc.bias", "parameter"),
+        ]
     assert_same_as_jit_load(path)
 
 
-@pytest.mark.parametrize(("old", "new", "message"), [
-    ('["weight", "bias", ]', "foo()", "line 2 gives __parameters__ a value that is not a list of strings"),
-    ('"weight"', '"w\\xight"', "line 2 gives __parameters__ a name with the escape '\\\\x', which torch does not accept"),
-    ('"weight"', '"weight', "line 2 is not TorchScript this reader can parse (an unterminated string, unbalanced "
-                            "brackets or brackets nested more than 32 deep)"),
-    ("class Linear(Module):", "class Linear(Module):\n  pass\nclass Linear(Module):",
-     "declares the class Linear twice"),
-])
-def test_code_torch_would_refuse_is_one_clear_error(tmp_path: Path, old: str, new: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            '["weight", "bias", ]',
+            "foo()",
+            "line 2 gives __parameters__ a value that is not a list of strings",
+        ),
+        (
+            '"weight"',
+            '"w\\xight"',
+            "line 2 gives __parameters__ a name with the escape '\\\\x', which torch does not accept",
+        ),
+        (
+            '"weight"',
+            '"weight',
+            "line 2 is not TorchScript this reader can parse (an unterminated string, unbalanced "
+            "brackets or brackets nested more than 32 deep)",
+        ),
+        (
+            "class Linear(Module):",
+            "class Linear(Module):\n  pass\nclass Linear(Module):",
+            "declares the class Linear twice",
+        ),
+    ],
+)
+def test_code_torch_would_refuse_is_one_clear_error(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
     path = script_and_save(RaisesWithText(), tmp_path / "scripted.pt")
     member = _rewrite_code(path, LINEAR_CODE, old, new)
     with pytest.raises(CorruptFileError) as caught:

@@ -35,7 +35,10 @@ def test_two_layer_totals_match_torch() -> None:
     assert t.bytes == (58 + 5) * 4
     assert t.tensors == 6
     assert [(m.name, m.type, m.params) for m in report.modules] == [
-        ("", "TwoLayer", 58), ("fc1", "Linear", 40), ("act", "ReLU", 0), ("fc2", "Linear", 18)
+        ("", "TwoLayer", 58),
+        ("fc1", "Linear", 40),
+        ("act", "ReLU", 0),
+        ("fc2", "Linear", 18),
     ]
     kinds = {r.name: (r.kind, r.persistent) for r in report.tensors}
     assert kinds["scale"] == ("buffer", True)
@@ -57,7 +60,9 @@ def test_frozen_parameters_are_counted_apart() -> None:
 def test_tied_weights_count_once_and_are_named() -> None:
     model = Tied()
     report = build_tree(live(model))
-    assert report.totals.params == sum(p.numel() for p in model.parameters()) == 50 * 8 + 3 * (64 + 8)
+    assert (
+        report.totals.params == sum(p.numel() for p in model.parameters()) == 50 * 8 + 3 * (64 + 8)
+    )
     assert report.tied == (("embed.weight", "head.weight"),)
     alias = {r.name: r.alias_of for r in report.tensors}
     assert alias["head.weight"] == "embed.weight" and alias["embed.weight"] is None
@@ -82,7 +87,9 @@ def test_runs_break_on_different_shapes_and_gaps() -> None:
     class M(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.layers = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 4), nn.Linear(8, 4)])
+            self.layers = nn.ModuleList(
+                [nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 4), nn.Linear(8, 4)]
+            )
             self.seq = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
 
     root = build_tree(live(M())).root
@@ -90,7 +97,9 @@ def test_runs_break_on_different_shapes_and_gaps() -> None:
     assert [(c.row.name, c.repeat) for c in layers.children] == [("layers.0", 2), ("layers.2", 2)]
     # seq.0 and seq.2 are alike but not adjacent: no run.
     assert [(c.row.name, c.repeat) for c in child(root, "seq").children] == [
-        ("seq.0", 1), ("seq.1", 1), ("seq.2", 1)
+        ("seq.0", 1),
+        ("seq.1", 1),
+        ("seq.2", 1),
     ]
 
 
@@ -101,7 +110,10 @@ def test_runs_break_where_a_block_is_in_another_mode() -> None:
     model[4][1].eval()  # a child's mode breaks its block's run too
     root = build_tree(live(model)).root
     assert [(c.row.name, c.repeat, c.row.training) for c in root.children] == [
-        ("0", 2, True), ("2", 1, False), ("3", 1, True), ("4", 1, True)
+        ("0", 2, True),
+        ("2", 1, False),
+        ("3", 1, True),
+        ("4", 1, True),
     ]
 
 
@@ -193,7 +205,9 @@ def test_a_name_of_1000_parts_is_a_tree_1000_deep_without_recursion(tmp_path: Pa
     doc = json.loads(as_json.stdout)
     assert len(doc["modules"]) == 1000  # the root and 999 'm's
     assert [m["params"] for m in doc["modules"]] == [7] + [6] * 999
-    report = build_tree(open_source(str(tmp_path / "deep.safetensors")), depth=2, pattern=".".join(["m"] * 500))
+    report = build_tree(
+        open_source(str(tmp_path / "deep.safetensors")), depth=2, pattern=".".join(["m"] * 500)
+    )
     assert report.root.children[0].children[0].hidden == 1
     assert [r.name for r in report.tensors] == [deep]
 
@@ -202,8 +216,12 @@ def _oracle_rows(src: Source) -> dict[str, tuple[int, int, int | None]]:
     """Each module's (params, bytes, trainable), the slow way: its subtree's tensors in depth-first order
     (own tensors first, then each child's), each storage counted once as its first holder there."""
     known = src.modules is not None
-    created = [""]  # modules in creation order, each after its parent: modules first, then tensors' parents
-    for name in [m.name for m in src.modules or ()] + [t.name.rpartition(".")[0] for t in src.tensors]:
+    created = [
+        ""
+    ]  # modules in creation order, each after its parent: modules first, then tensors' parents
+    for name in [m.name for m in src.modules or ()] + [
+        t.name.rpartition(".")[0] for t in src.tensors
+    ]:
         chain = []
         while name not in created:
             chain.append(name)
@@ -224,8 +242,11 @@ def _oracle_rows(src: Source) -> dict[str, tuple[int, int, int | None]]:
                 seen.add(key)
                 unique.append(t)
         params = [t for t in unique if t.kind == "parameter" or (t.kind == "unknown" and not known)]
-        rows[name] = (sum(t.numel for t in params), sum(t.nbytes for t in unique),
-                      sum(t.numel for t in params if t.requires_grad) if known else None)
+        rows[name] = (
+            sum(t.numel for t in params),
+            sum(t.nbytes for t in unique),
+            sum(t.numel for t in params if t.requires_grad) if known else None,
+        )
     return rows
 
 
@@ -237,17 +258,36 @@ def test_counts_match_a_brute_force_count_with_tied_storages_anywhere(seed: int)
     parts = ["a", "b", "h", "0", "1", "2", "w", "bias"]
     runs = 0
     for _ in range(150):
-        names = list(dict.fromkeys(".".join(rng.choice(parts) for _ in range(rng.randint(1, 4)))
-                                   for _ in range(rng.randint(1, 25))))
+        names = list(
+            dict.fromkeys(
+                ".".join(rng.choice(parts) for _ in range(rng.randint(1, 4)))
+                for _ in range(rng.randint(1, 25))
+            )
+        )
         if rng.random() < 0.5:  # runs of identical blocks, storages shared within and across them
-            names = [f"h.{i}.{leaf}" for i in range(rng.randint(2, 5)) for leaf in ("w", "a.b")] + names[:3]
+            names = [
+                f"h.{i}.{leaf}" for i in range(rng.randint(2, 5)) for leaf in ("w", "a.b")
+            ] + names[:3]
         known = rng.random() < 0.5
-        tensors = [TensorInfo(n, (2,) if n.startswith("h.") else
-                              tuple(rng.choice([1, 2, 3]) for _ in range(rng.randint(0, 2))), "float32",
-                              rng.randint(0, 40), rng.choice(["parameter", "buffer", "unknown"]) if known else "unknown",
-                              rng.choice(["s0", "s1", "s2", None, f"own:{n}", f"own:{n}"]), rng.choice([True, False, None]))
-                   for n in names]
-        modules = [ModuleInfo(m, "M") for m in {"", *(n.rpartition(".")[0] for n in names)}] if known else None
+        tensors = [
+            TensorInfo(
+                n,
+                (2,)
+                if n.startswith("h.")
+                else tuple(rng.choice([1, 2, 3]) for _ in range(rng.randint(0, 2))),
+                "float32",
+                rng.randint(0, 40),
+                rng.choice(["parameter", "buffer", "unknown"]) if known else "unknown",
+                rng.choice(["s0", "s1", "s2", None, f"own:{n}", f"own:{n}"]),
+                rng.choice([True, False, None]),
+            )
+            for n in names
+        ]
+        modules = (
+            [ModuleInfo(m, "M") for m in {"", *(n.rpartition(".")[0] for n in names)}]
+            if known
+            else None
+        )
         src = Source("x", "test", tensors, modules=modules)
         report = build_tree(src)
         expected = _oracle_rows(src)
@@ -260,9 +300,15 @@ def test_counts_match_a_brute_force_count_with_tied_storages_anywhere(seed: int)
             if node.repeat > 1:
                 first = int(node.short)
                 prefix = node.row.name.rpartition(".")[0]
-                members = [f"{prefix}.{i}" if prefix else str(i) for i in range(first, first + node.repeat)]
-                run = Source("x", "test", [t for t in tensors if any(t.name.startswith(m + ".") for m in members)],
-                             modules=modules)
+                members = [
+                    f"{prefix}.{i}" if prefix else str(i) for i in range(first, first + node.repeat)
+                ]
+                run = Source(
+                    "x",
+                    "test",
+                    [t for t in tensors if any(t.name.startswith(m + ".") for m in members)],
+                    modules=modules,
+                )
                 assert (node.run_params, node.run_bytes) == _oracle_rows(run)[""][:2]
     assert runs >= 20  # the collapsed runs were exercised
 
@@ -293,15 +339,33 @@ def _flat(n: int) -> list[TensorInfo]:
     return [TensorInfo(f"w{i}", (4,), "float32", 16) for i in range(n)]
 
 
-def _layered(n: int) -> list[TensorInfo]:  # MoE-like: layers of 8 experts of 2 tensors, every 4th layer different
-    return [TensorInfo(f"model.layers.{i // 16}.mlp.experts.{i // 2 % 8}.w{i % 2}",
-                       (4, 8 if i // 16 % 4 else 2), "bfloat16", 64 if i // 16 % 4 else 16, "parameter")
-            for i in range(n)]
+def _layered(
+    n: int,
+) -> list[TensorInfo]:  # MoE-like: layers of 8 experts of 2 tensors, every 4th layer different
+    return [
+        TensorInfo(
+            f"model.layers.{i // 16}.mlp.experts.{i // 2 % 8}.w{i % 2}",
+            (4, 8 if i // 16 % 4 else 2),
+            "bfloat16",
+            64 if i // 16 % 4 else 16,
+            "parameter",
+        )
+        for i in range(n)
+    ]
 
 
 def _tied(n: int) -> list[TensorInfo]:  # every block's weight one storage, as tied embeddings are
-    return [TensorInfo(f"h.{i // 2}.{'w' if i % 2 else 'b'}", (4,), "float32", 16, "parameter",
-                       "shared" if i % 2 else f"own{i}") for i in range(n)]
+    return [
+        TensorInfo(
+            f"h.{i // 2}.{'w' if i % 2 else 'b'}",
+            (4,),
+            "float32",
+            16,
+            "parameter",
+            "shared" if i % 2 else f"own{i}",
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("layout", [_flat, _layered, _tied])
@@ -333,17 +397,25 @@ def test_module_names_are_bounded_in_total(tmp_path: Path) -> None:
 
     parts = [f"{i:04d}" + "m" * 996 for i in range(1000)]
     save_file({".".join(parts): torch.ones(1)}, str(tmp_path / "long.safetensors"))
-    with open_source(str(tmp_path / "long.safetensors")) as src, pytest.raises(CorruptFileError) as caught:
+    with (
+        open_source(str(tmp_path / "long.safetensors")) as src,
+        pytest.raises(CorruptFileError) as caught,
+    ):
         build_tree(src)
     assert str(caught.value) == (
         f"{tmp_path / 'long.safetensors'} nests modules so deep (a module name of 999 dotted parts and 999,998 "
-        "characters) that all their names would add up to more than 67,108,864 characters")
+        "characters) that all their names would add up to more than 67,108,864 characters"
+    )
     # Under the bound every module is built, whatever its depth: 300 parts of 1,000 characters is 45 MB of names.
     save_file({".".join(parts[:300]): torch.ones(1)}, str(tmp_path / "shorter.safetensors"))
     with open_source(str(tmp_path / "shorter.safetensors")) as src:
         report = build_tree(src)
-    assert len(report.modules) == 300 and sum(len(r.name) for r in report.modules) == sum(
-        1001 * k - 1 for k in range(1, 300)) < tree.MAX_MODULE_NAME_CHARS
+    assert (
+        len(report.modules) == 300
+        and sum(len(r.name) for r in report.modules)
+        == sum(1001 * k - 1 for k in range(1, 300))
+        < tree.MAX_MODULE_NAME_CHARS
+    )
 
 
 def test_a_long_deep_name_costs_little_cpu(tmp_path: Path) -> None:
@@ -356,10 +428,18 @@ def test_a_long_deep_name_costs_little_cpu(tmp_path: Path) -> None:
 
     save_file({".".join(["m" * 999] * 1000): torch.ones(1)}, str(tmp_path / "long.safetensors"))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run([sys.executable, "-m", "modinspect", "tree", str(tmp_path / "long.safetensors"), "--json"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "modinspect", "tree", str(tmp_path / "long.safetensors"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    assert out.returncode == 2 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+    assert (
+        out.returncode == 2 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1
+    ), out.stderr
     assert "that all their names would add up to more than 67,108,864 characters" in out.stderr
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    assert cpu < 4.0, cpu  # about 0.4 s: the interpreter, the header, 64 MB of names built before the refusal
+    assert cpu < 4.0, (
+        cpu
+    )  # about 0.4 s: the interpreter, the header, 64 MB of names built before the refusal

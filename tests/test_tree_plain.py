@@ -28,8 +28,14 @@ from modinspect.sources.module import ModuleSource
 
 
 def _console(width: int, styled: bool = False) -> Console:
-    return Console(file=io.StringIO(), width=width, highlight=False, soft_wrap=False,
-                   color_system="truecolor" if styled else None, force_terminal=styled)
+    return Console(
+        file=io.StringIO(),
+        width=width,
+        highlight=False,
+        soft_wrap=False,
+        color_system="truecolor" if styled else None,
+        force_terminal=styled,
+    )
 
 
 def _both(report: TreeReport, width: int) -> tuple[str, str]:
@@ -45,7 +51,9 @@ class Deep(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.encoder_with_a_rather_long_name = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=True),
             nn.Sequential(nn.Conv2d(8, 8, 3), nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))),
         )
         self.head = nn.Linear(8, 2)
@@ -54,15 +62,23 @@ class Deep(nn.Module):
 
 def _reports() -> dict[str, TreeReport]:
     reports = {}
-    for name in ("small_cnn.safetensors", "small_cnn.pth", "tiny_lm.safetensors", "tiny_lm.pth",
-                 "training_checkpoint.pt", "ddp.pt"):
+    for name in (
+        "small_cnn.safetensors",
+        "small_cnn.pth",
+        "tiny_lm.safetensors",
+        "tiny_lm.pth",
+        "training_checkpoint.pt",
+        "ddp.pt",
+    ):
         with open_source(str(SAMPLES / name)) as src:
             reports[name] = build_tree(src)
     for model in (TwoLayer(), Tied(), PartlyFrozen(), Deep()):
         src = ModuleSource(model, type(model).__name__, "entrypoint")
         reports[type(model).__name__] = add_layers(build_tree(src), src, None)
     with open_source(f"{SAMPLES / 'models.py'}:small_cnn", meta=True) as src:
-        reports["small_cnn shapes"] = add_layers(build_tree(src), src, InputSpec(shapes=((1, 3, 32, 32),)))
+        reports["small_cnn shapes"] = add_layers(
+            build_tree(src), src, InputSpec(shapes=((1, 3, 32, 32),))
+        )
     with open_source(str(SAMPLES / "tiny_lm.safetensors")) as src:
         reports["tiny_lm depth 1"] = build_tree(src, depth=1)
         reports["tiny_lm expanded"] = build_tree(src, expand=True)
@@ -78,7 +94,9 @@ def test_plain_writer_writes_what_rich_renders(name: str, width: int) -> None:
     rich_text, plain_text = _both(REPORTS[name], width)
     assert plain_text == rich_text
     if width >= 120:
-        assert plain_tree_lines(REPORTS[name], width) is not None  # every label fits: the plain path ran
+        assert (
+            plain_tree_lines(REPORTS[name], width) is not None
+        )  # every label fits: the plain path ran
 
 
 def test_the_writer_is_used_where_labels_fit_and_gives_up_where_rich_wraps() -> None:
@@ -90,7 +108,11 @@ def test_the_writer_is_used_where_labels_fit_and_gives_up_where_rich_wraps() -> 
 
 
 def test_names_rich_would_change_go_through_rich(tmp_path: Path) -> None:
-    sd = {"a\tb.weight": torch.zeros(2), "ctrl\x1b[31m.weight": torch.zeros(2), "寬字.weight": torch.zeros(3, 2)}
+    sd = {
+        "a\tb.weight": torch.zeros(2),
+        "ctrl\x1b[31m.weight": torch.zeros(2),
+        "寬字.weight": torch.zeros(3, 2),
+    }
     with _saved(sd, tmp_path / "odd.pt") as src:
         report = build_tree(src)
     assert plain_tree_lines(report, 200) is None  # the tab and the escape
@@ -100,7 +122,9 @@ def test_names_rich_would_change_go_through_rich(tmp_path: Path) -> None:
     with _saved(wide, tmp_path / "wide.pt") as src:
         report = build_tree(src)
     lines = plain_tree_lines(report, 200)
-    assert lines is not None and any("寬字" in line for line in lines)  # printable wide characters stay plain
+    assert lines is not None and any(
+        "寬字" in line for line in lines
+    )  # printable wide characters stay plain
     for width in (200, 24, 16):
         rich_text, plain_text = _both(report, width)
         assert plain_text == rich_text
@@ -121,7 +145,9 @@ def test_thousands_of_flat_tensors_are_written_plain(tmp_path: Path) -> None:
         report = build_tree(src)
     lines = plain_tree_lines(report, 200)
     assert lines is not None and len(lines) == 1 + 3000
-    assert lines[1] == "├── t00000  [1]  float32  4 B" and lines[-1] == "└── t02999  [1]  float32  4 B"
+    assert (
+        lines[1] == "├── t00000  [1]  float32  4 B" and lines[-1] == "└── t02999  [1]  float32  4 B"
+    )
     rich_text, plain_text = _both(report, 200)
     assert plain_text == rich_text
 
@@ -149,12 +175,21 @@ def test_a_module_is_marked_where_its_mode_differs_from_its_parents(root: bool) 
     model.block[1].train(not root)  # as its parent: no mark, though it differs from the root
     report = build_tree(open_source(model))
     assert {m.name: (m.training, m.parent_training) for m in report.modules} == {
-        "": (root, None), "block": (not root, root), "block.0": (root, not root), "block.1": (not root, not root),
-        "block.2": (not root, not root), "head": (root, root)}
+        "": (root, None),
+        "block": (not root, root),
+        "block.0": (root, not root),
+        "block.1": (not root, not root),
+        "block.2": (not root, not root),
+        "head": (root, root),
+    }
     rich_text, plain_text = _both(report, 120)
     assert rich_text == plain_text
     mode, other = ("train", "eval") if root else ("eval", "train")
-    modules = [line for line in plain_text.splitlines() if "Sequential" in line or "Linear" in line or "Dropout" in line]
+    modules = [
+        line
+        for line in plain_text.splitlines()
+        if "Sequential" in line or "Linear" in line or "Dropout" in line
+    ]
     assert modules == [
         f"├── block  Sequential  12 params  48 B  {other}",
         f"│   ├── 0  Linear  6 params  24 B  {mode}",

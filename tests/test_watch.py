@@ -103,10 +103,19 @@ def expected_module(plain: PlainHooks, steps: range, name: str, relu: bool) -> d
         assert alive is not None
         dead = float((~alive).double().mean())
     return {
-        "calls": len(xs), "count": x.numel(), "mean": float(finite.mean()), "std": float(finite.std()),
-        "min": float(finite.min()), "max": float(finite.max()), "zero_fraction": float((x == 0).double().mean()),
-        "nan": int(torch.isnan(x).sum()), "inf": int(torch.isinf(x).sum()), "dead_fraction": dead,
-        "grad_norm": math.sqrt(sum(g for g in grads if g is not None) / len(steps)) if any(grads) else None,
+        "calls": len(xs),
+        "count": x.numel(),
+        "mean": float(finite.mean()),
+        "std": float(finite.std()),
+        "min": float(finite.min()),
+        "max": float(finite.max()),
+        "zero_fraction": float((x == 0).double().mean()),
+        "nan": int(torch.isnan(x).sum()),
+        "inf": int(torch.isinf(x).sum()),
+        "dead_fraction": dead,
+        "grad_norm": math.sqrt(sum(g for g in grads if g is not None) / len(steps))
+        if any(grads)
+        else None,
     }
 
 
@@ -128,8 +137,15 @@ def check_record(record: dict[str, Any], plain: PlainHooks, steps: range, model:
     return compared
 
 
-def run_and_compare(model: nn.Module, make_batch: Callable[[int], Any], forward: Callable[[nn.Module, Any], Any],
-                    tmp_path: Path, steps: int = 6, every: int = 3, mode: str = "sentinel") -> None:
+def run_and_compare(
+    model: nn.Module,
+    make_batch: Callable[[int], Any],
+    forward: Callable[[nn.Module, Any], Any],
+    tmp_path: Path,
+    steps: int = 6,
+    every: int = 3,
+    mode: str = "sentinel",
+) -> None:
     """mode="window": a record merges every step since the last one; "sentinel": the logged step's alone."""
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     log = tmp_path / "stats.jsonl"
@@ -141,16 +157,32 @@ def run_and_compare(model: nn.Module, make_batch: Callable[[int], Any], forward:
             before = {n: p.detach().clone() for n, p in model.named_parameters()}
             loss = forward(model, make_batch(step))
             loss.backward()
-            grads = {n: float(p.grad.norm()) for n, p in model.named_parameters() if p.grad is not None}
+            grads = {
+                n: float(p.grad.norm()) for n, p in model.named_parameters() if p.grad is not None
+            }
             opt.step()
-            params[step] = {n: (float(p.detach().norm()), grads.get(n, -1.0), float((p.detach() - before[n]).norm()),
-                                float(before[n].norm())) for n, p in model.named_parameters()}
+            params[step] = {
+                n: (
+                    float(p.detach().norm()),
+                    grads.get(n, -1.0),
+                    float((p.detach() - before[n]).norm()),
+                    float(before[n].norm()),
+                )
+                for n, p in model.named_parameters()
+            }
             opt.zero_grad()
             w.step(loss)
     plain.remove()
     header, *records = read_log(log)
-    assert header == {"schema": "modinspect.watch/1", "kind": "header", "model": type(model).__name__,
-                      "every": every, "started": header["started"], "device": "cpu", "world_size": 1}
+    assert header == {
+        "schema": "modinspect.watch/1",
+        "kind": "header",
+        "model": type(model).__name__,
+        "every": every,
+        "started": header["started"],
+        "device": "cpu",
+        "world_size": 1,
+    }
     assert [r["step"] for r in records] == list(range(every, steps + 1, every))
     for i, record in enumerate(records):
         window = range(i * every if mode == "window" else (i + 1) * every - 1, (i + 1) * every)
@@ -170,8 +202,9 @@ def run_and_compare(model: nn.Module, make_batch: Callable[[int], Any], forward:
         rows = [next(r for r in record["modules"] if r["name"] == row.name) for record in records]
         assert row.calls == sum(r["calls"] for r in rows)
         if row.grad_norm is not None:
-            assert row.grad_norm == pytest.approx(math.sqrt(sum(r["grad_norm"] ** 2 for r in rows) / len(rows)),
-                                                  rel=1e-6)
+            assert row.grad_norm == pytest.approx(
+                math.sqrt(sum(r["grad_norm"] ** 2 for r in rows) / len(rows)), rel=1e-6
+            )
 
 
 @pytest.mark.parametrize("mode", ["sentinel", "window"])
@@ -179,8 +212,13 @@ def test_jsonl_matches_plain_hooks_on_a_small_cnn(tmp_path: Path, mode: str) -> 
     torch.manual_seed(0)
     model = SmallCNN().train()
     gen = torch.Generator().manual_seed(1)
-    run_and_compare(model, lambda step: torch.randn(4, 3, 16, 16, generator=gen),
-                    lambda m, x: m(x).square().mean(), tmp_path, mode=mode)
+    run_and_compare(
+        model,
+        lambda step: torch.randn(4, 3, 16, 16, generator=gen),
+        lambda m, x: m(x).square().mean(),
+        tmp_path,
+        mode=mode,
+    )
 
 
 @pytest.mark.parametrize("mode", ["sentinel", "window"])
@@ -194,8 +232,15 @@ def test_jsonl_matches_plain_hooks_on_tiny_gpt2(tmp_path: Path, mode: str) -> No
     def batch(step: int) -> torch.Tensor:
         return torch.randint(0, 97, (2, 12), generator=gen)
 
-    run_and_compare(model, batch, lambda m, ids: m(input_ids=ids, labels=ids).loss, tmp_path, steps=4, every=2,
-                    mode=mode)
+    run_and_compare(
+        model,
+        batch,
+        lambda m, ids: m(input_ids=ids, labels=ids).loss,
+        tmp_path,
+        steps=4,
+        every=2,
+        mode=mode,
+    )
 
 
 def test_histogram_of_the_logged_step_is_torch_histc(tmp_path: Path) -> None:
@@ -211,10 +256,14 @@ def test_histogram_of_the_logged_step_is_torch_histc(tmp_path: Path) -> None:
     for record, out in zip(records, (outs[1], outs[3]), strict=True):
         hist = next(r for r in record["modules"] if r["name"] == "1")["histogram"]
         lo, hi = float(out.min()), float(out.max())
-        assert hist["edges"] == pytest.approx([lo + (hi - lo) * i / 16 for i in range(17)], rel=1e-6)
+        assert hist["edges"] == pytest.approx(
+            [lo + (hi - lo) * i / 16 for i in range(17)], rel=1e-6
+        )
         assert sum(hist["counts"]) == out.numel()
         want = torch.histc(out.double(), bins=16, min=lo, max=hi).long().tolist()
-        assert sum(abs(a - b) for a, b in zip(hist["counts"], want, strict=True)) <= 2  # float rounding at edges
+        assert (
+            sum(abs(a - b) for a, b in zip(hist["counts"], want, strict=True)) <= 2
+        )  # float rounding at edges
 
 
 # ---------------------------------------------------------------- transfers
@@ -243,7 +292,9 @@ def host_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("mode, flag_reads", [("log", 0), ("warn", 10)])
-def test_one_transfer_per_every_steps(host_reads: dict[str, int], mode: str, flag_reads: int) -> None:
+def test_one_transfer_per_every_steps(
+    host_reads: dict[str, int], mode: str, flag_reads: int
+) -> None:
     torch.manual_seed(0)
     model = SmallCNN().train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -317,8 +368,10 @@ def test_planted_nan_stops_at_its_step_with_module_op_and_line(tmp_path: Path) -
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     log, saved = tmp_path / "run.jsonl", tmp_path / "bad.pt"
     ran = []
-    with pytest.raises(NonFiniteError) as info, \
-            modinspect.watch(model, every=5, log=log, on_nonfinite="raise", save_batch=saved) as w:
+    with (
+        pytest.raises(NonFiniteError) as info,
+        modinspect.watch(model, every=5, log=log, on_nonfinite="raise", save_batch=saved) as w,
+    ):
         for step, x in batches(bad_step=7):
             ran.append(step)
             loss = model(x).square().mean()  # fault: call
@@ -334,18 +387,38 @@ def test_planted_nan_stops_at_its_step_with_module_op_and_line(tmp_path: Path) -
     assert ran[-1] == 7 and err.step == 7
     o = err.origin
     assert (o.module, o.type, o.phase, o.cause, o.op, o.source, o.code) == (
-        "1", "LogAct", "forward", "produced", "aten::log", source, code)
+        "1",
+        "LogAct",
+        "forward",
+        "produced",
+        "aten::log",
+        source,
+        code,
+    )
     assert o.caller == caller  # the user's own line that called the model, beside the op's line
-    assert str(err) == (f"first NaN/Inf at step 7: 1 (LogAct), forward, aten::log at {source} (called from {caller}); "
-                        f"batch saved to {saved}")
+    assert str(err) == (
+        f"first NaN/Inf at step 7: 1 (LogAct), forward, aten::log at {source} (called from {caller}); "
+        f"batch saved to {saved}"
+    )
     # The replay ran on the weights before the update and put the user's weights back.
     for a, b in zip(after_update, model.parameters(), strict=True):
         torch.testing.assert_close(a, b.detach(), rtol=0, atol=0, equal_nan=True)
-    assert any(torch.isnan(p).any() for p in model.parameters())  # the user's NaN update is theirs to see
+    assert any(
+        torch.isnan(p).any() for p in model.parameters()
+    )  # the user's NaN update is theirs to see
     _, first, bad = read_log(log)
     assert (first["step"], first["nonfinite"], bad["step"]) == (5, None, 7)
-    assert bad["nonfinite"] == {"module": "1", "type": "LogAct", "phase": "forward", "op": "aten::log",
-                                "source": source, "code": code, "cause": "produced", "rank": None, "caller": caller}
+    assert bad["nonfinite"] == {
+        "module": "1",
+        "type": "LogAct",
+        "phase": "forward",
+        "op": "aten::log",
+        "source": source,
+        "code": code,
+        "cause": "produced",
+        "rank": None,
+        "caller": caller,
+    }
     assert bad["loss"] is None  # NaN is written as null, strict JSON
     # Step 7 is not a logged step: its record holds the statistics of its replay (the outputs' sum as the loss).
     row = next(r for r in bad["modules"] if r["name"] == "1")
@@ -358,7 +431,8 @@ def test_planted_nan_stops_at_its_step_with_module_op_and_line(tmp_path: Path) -
 
 
 def test_saved_batch_replays_with_stats_input(tmp_path: Path) -> None:
-    (tmp_path / "nets.py").write_text(textwrap.dedent("""
+    (tmp_path / "nets.py").write_text(
+        textwrap.dedent("""
         import torch
         from torch import nn
 
@@ -369,7 +443,8 @@ def test_saved_batch_replays_with_stats_input(tmp_path: Path) -> None:
         def build():
             torch.manual_seed(0)
             return nn.Sequential(nn.Linear(4, 8), LogAct(), nn.Linear(8, 2))
-    """))
+    """)
+    )
     spec = importlib.util.spec_from_file_location("watch_nets", tmp_path / "nets.py")
     assert spec is not None and spec.loader is not None
     nets = importlib.util.module_from_spec(spec)
@@ -378,8 +453,13 @@ def test_saved_batch_replays_with_stats_input(tmp_path: Path) -> None:
     with modinspect.watch(model, every=100, on_nonfinite="log", save_batch=tmp_path / "never.pt"):
         pass
     assert not (tmp_path / "never.pt").exists()
-    with pytest.warns(NonFiniteWarning, match=r"^first NaN/Inf at step 3: 1 \(LogAct\), forward, aten::log at "), \
-            modinspect.watch(model, every=100, save_batch=tmp_path / "bad.pt") as w:
+    with (
+        pytest.warns(
+            NonFiniteWarning,
+            match=r"^first NaN/Inf at step 3: 1 \(LogAct\), forward, aten::log at ",
+        ),
+        modinspect.watch(model, every=100, save_batch=tmp_path / "bad.pt") as w,
+    ):
         for step, x in batches(bad_step=3):
             model.zero_grad()
             model(x).sum().backward()
@@ -403,14 +483,23 @@ def test_keyword_batch_is_saved_as_keywords(tmp_path: Path) -> None:
 
     model = Kw()
     x, scale = torch.randn(3, 4), torch.full((1,), -1.0)
-    with pytest.warns(NonFiniteWarning), modinspect.watch(model, save_batch=tmp_path / "kw.pt") as w:
+    with (
+        pytest.warns(NonFiniteWarning),
+        modinspect.watch(model, save_batch=tmp_path / "kw.pt") as w,
+    ):
         model(x, scale=scale).sum().backward()
         w.step()
     saved = torch.load(tmp_path / "kw.pt", weights_only=True)
-    assert list(saved) == ["x", "scale"] and torch.equal(saved["x"], x) and torch.equal(saved["scale"], scale)
+    assert (
+        list(saved) == ["x", "scale"]
+        and torch.equal(saved["x"], x)
+        and torch.equal(saved["scale"], scale)
+    )
 
 
-def test_backward_nan_with_optimizer_steps_is_traced_on_the_weights_before_the_update(tmp_path: Path) -> None:
+def test_backward_nan_with_optimizer_steps_is_traced_on_the_weights_before_the_update(
+    tmp_path: Path,
+) -> None:
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -424,8 +513,12 @@ def test_backward_nan_with_optimizer_steps_is_traced_on_the_weights_before_the_u
     torch.manual_seed(0)
     model = Net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(NonFiniteError) as info, \
-            modinspect.watch(model, every=10, optimizer=opt, on_nonfinite="raise", log=tmp_path / "b.jsonl") as w:
+    with (
+        pytest.raises(NonFiniteError) as info,
+        modinspect.watch(
+            model, every=10, optimizer=opt, on_nonfinite="raise", log=tmp_path / "b.jsonl"
+        ) as w,
+    ):
         for step in range(1, 20):
             model.armed = step == 4
             loss = model(torch.randn(3, 4)).mean()
@@ -463,12 +556,19 @@ def test_backward_only_nan_raises_before_the_optimizer_applies_it(how: str, opti
     exception leaves are the finite weights after step 6, bit for bit."""
     torch.manual_seed(0)
     model = ArmedNet()
-    opt: torch.optim.Optimizer = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if optim == "sgd"
-                                  else torch.optim.AdamW(model.parameters(), lr=1e-2))
+    opt: torch.optim.Optimizer = (
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        if optim == "sgd"
+        else torch.optim.AdamW(model.parameters(), lr=1e-2)
+    )
     gen = torch.Generator().manual_seed(4)
     after: dict[int, list[torch.Tensor]] = {}
-    with pytest.raises(NonFiniteError) as info, \
-            modinspect.watch(model, every=5, on_nonfinite="raise", optimizer=opt if how == "optimizer" else None) as w:
+    with (
+        pytest.raises(NonFiniteError) as info,
+        modinspect.watch(
+            model, every=5, on_nonfinite="raise", optimizer=opt if how == "optimizer" else None
+        ) as w,
+    ):
         for step in range(1, 20):
             model.armed = step == 7
             loss = model(torch.randn(3, 4, generator=gen)).mean()
@@ -500,16 +600,22 @@ def test_check_does_nothing_on_finite_steps_and_in_other_modes() -> None:
             model.zero_grad()
             model(torch.randn(3, 4)).mean().backward()
             w.check()  # on_nonfinite="warn": the warning comes at w.step()
-            assert len([c for c in caught if c.category is NonFiniteWarning]) == (0 if step <= 2 else 1)
+            assert len([c for c in caught if c.category is NonFiniteWarning]) == (
+                0 if step <= 2 else 1
+            )
             w.step()
-            assert len([c for c in caught if c.category is NonFiniteWarning]) == (0 if step < 2 else 1)
+            assert len([c for c in caught if c.category is NonFiniteWarning]) == (
+                0 if step < 2 else 1
+            )
 
 
 def test_warn_mode_keeps_training_and_logs_the_nan_counts(tmp_path: Path) -> None:
     model = planted()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    with warnings.catch_warnings(record=True) as caught, \
-            modinspect.watch(model, every=4, log=tmp_path / "w.jsonl") as w:
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        modinspect.watch(model, every=4, log=tmp_path / "w.jsonl") as w,
+    ):
         warnings.simplefilter("always")
         for step, x in batches(bad_step=6):
             model(x).square().mean().backward()
@@ -519,7 +625,8 @@ def test_warn_mode_keeps_training_and_logs_the_nan_counts(tmp_path: Path) -> Non
             if step == 12:
                 break
     assert [str(c.message).split(":")[0] for c in caught if c.category is NonFiniteWarning] == [
-        "first NaN/Inf at step 6"]
+        "first NaN/Inf at step 6"
+    ]
     records = read_log(tmp_path / "w.jsonl")[1:]
     assert [r["step"] for r in records] == [4, 6, 8, 12]  # the NaN step's record is written at once
     assert [r["nonfinite"] is not None for r in records] == [False, True, False, False]
@@ -531,7 +638,9 @@ def test_warn_mode_keeps_training_and_logs_the_nan_counts(tmp_path: Path) -> Non
     assert report.nonfinite_origin.op == "aten::log" and report.steps == 12
 
 
-def test_breakpoint_mode_calls_the_breakpoint_hook_at_the_bad_step(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_breakpoint_mode_calls_the_breakpoint_hook_at_the_bad_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     stops: list[int] = []
     model = planted()
     with modinspect.watch(model, every=10, on_nonfinite="breakpoint") as w:
@@ -553,12 +662,18 @@ def test_sparse_embedding_gradients_are_watched(tmp_path: Path) -> None:
         grad = model[0].weight.grad.coalesce().values().norm().item()
         w.step()
     params = read_log(tmp_path / "e.jsonl")[1]["params"]
-    assert params[0]["name"] == "0.weight" and params[0]["grad_norm"] == pytest.approx(grad, rel=1e-6)
+    assert params[0]["name"] == "0.weight" and params[0]["grad_norm"] == pytest.approx(
+        grad, rel=1e-6
+    )
 
 
-def test_log_mode_names_the_module_in_the_window_record_without_reading_a_flag(tmp_path: Path) -> None:
+def test_log_mode_names_the_module_in_the_window_record_without_reading_a_flag(
+    tmp_path: Path,
+) -> None:
     model = planted()
-    with modinspect.watch(model, every=5, on_nonfinite="log", log=tmp_path / "l.jsonl", mode="window") as w:
+    with modinspect.watch(
+        model, every=5, on_nonfinite="log", log=tmp_path / "l.jsonl", mode="window"
+    ) as w:
         for step, x in batches(bad_step=3):
             model.zero_grad()
             model(x).sum().backward()
@@ -567,13 +682,22 @@ def test_log_mode_names_the_module_in_the_window_record_without_reading_a_flag(t
                 break
     record = read_log(tmp_path / "l.jsonl")[1]
     assert record["step"] == 5
-    assert record["nonfinite"] == {"module": "1", "type": "LogAct", "phase": "forward", "op": None,
-                                   "source": None, "code": None, "cause": "produced", "rank": None}
+    assert record["nonfinite"] == {
+        "module": "1",
+        "type": "LogAct",
+        "phase": "forward",
+        "op": None,
+        "source": None,
+        "code": None,
+        "cause": "produced",
+        "rank": None,
+    }
     assert w.report().nonfinite_step == 5
 
 
 def test_log_mode_sentinel_names_the_first_bad_step_without_reading_a_flag(
-        tmp_path: Path, host_reads: dict[str, int]) -> None:
+    tmp_path: Path, host_reads: dict[str, int]
+) -> None:
     """mode="sentinel": no module hook ran at step 3; the record at 5 says a NaN/Inf was seen at step 3."""
     model = planted()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -585,11 +709,21 @@ def test_log_mode_sentinel_names_the_first_bad_step_without_reading_a_flag(
             w.step()
             if step == 5:
                 break
-    assert host_reads == {"to_host": 2}  # the record's one transfer (.cpu() and .tolist()), nothing per step
+    assert host_reads == {
+        "to_host": 2
+    }  # the record's one transfer (.cpu() and .tolist()), nothing per step
     record = read_log(tmp_path / "s.jsonl")[1]
     assert record["step"] == 5
-    assert record["nonfinite"] == {"module": None, "type": None, "phase": "backward", "op": None, "source": None,
-                                   "code": None, "cause": "sentinel", "rank": None}
+    assert record["nonfinite"] == {
+        "module": None,
+        "type": None,
+        "phase": "backward",
+        "op": None,
+        "source": None,
+        "code": None,
+        "cause": "sentinel",
+        "rank": None,
+    }
     assert w.report().nonfinite_step == 3
     assert w.report().nonfinite_origin.detail == "a NaN/Inf gradient or loss at step 3"
 
@@ -598,11 +732,20 @@ def test_log_mode_sentinel_names_the_first_bad_step_without_reading_a_flag(
 
 
 def hook_counts(model: nn.Module) -> list[int]:
-    dicts = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-             "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs")
+    dicts = (
+        "_forward_hooks",
+        "_forward_pre_hooks",
+        "_backward_hooks",
+        "_backward_pre_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_pre_hooks_with_kwargs",
+    )
     counts = [len(getattr(m, d)) for m in model.modules() for d in dicts]
-    counts += [len(getattr(p, "_backward_hooks", None) or {}) + len(getattr(p, "_post_accumulate_grad_hooks", None) or {})
-               for p in model.parameters()]
+    counts += [
+        len(getattr(p, "_backward_hooks", None) or {})
+        + len(getattr(p, "_post_accumulate_grad_hooks", None) or {})
+        for p in model.parameters()
+    ]
     return counts
 
 
@@ -616,21 +759,27 @@ def test_detach_removes_everything_when_training_raises(tmp_path: Path, where: s
     def boom(*_: Any) -> None:
         raise RuntimeError("user code exploded")
 
-    with pytest.raises(RuntimeError, match="user code exploded"), \
-            modinspect.watch(model, every=2, optimizer=opt, log=tmp_path / "r.jsonl"):
+    with (
+        pytest.raises(RuntimeError, match="user code exploded"),
+        modinspect.watch(model, every=2, optimizer=opt, log=tmp_path / "r.jsonl"),
+    ):
         for step in range(1, 5):
-                if step == 3 and where == "forward":
-                    model.fc.register_forward_hook(boom)
-                out = model(torch.randn(2, 3, 16, 16))
-                if step == 3 and where == "backward":
-                    out.register_hook(boom)
-                out.mean().backward()
-                opt.step()
-                opt.zero_grad()
-                if step == 3 and where == "between":
-                    boom()
+            if step == 3 and where == "forward":
+                model.fc.register_forward_hook(boom)
+            out = model(torch.randn(2, 3, 16, 16))
+            if step == 3 and where == "backward":
+                out.register_hook(boom)
+            out.mean().backward()
+            opt.step()
+            opt.zero_grad()
+            if step == 3 and where == "between":
+                boom()
     model.fc._forward_hooks.clear()
-    assert [len(opt._optimizer_step_post_hooks), *hook_counts(model)] == hooks_before == [0] * len(hooks_before)
+    assert (
+        [len(opt._optimizer_step_post_hooks), *hook_counts(model)]
+        == hooks_before
+        == [0] * len(hooks_before)
+    )
     _, *records = read_log(tmp_path / "r.jsonl")
     # Steps 1-2 make a record; a step that raised never ended, a completed step 3 is flushed on the way out.
     assert [r["step"] for r in records] == ([2] if where != "between" else [2, 3])
@@ -647,12 +796,18 @@ def test_detach_is_idempotent_and_a_detached_watch_refuses_steps() -> None:
         w.step()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"every": 0}, "every must be a positive number of steps, not 0"),
-    ({"on_nonfinite": "stop"}, "on_nonfinite must be one of warn, raise, breakpoint, log, not 'stop'"),
-    ({"modules": "nope.*"}, "modules='nope.*' matches no module"),
-    ({"sample": 1.5}, "sample must be a fraction in (0, 1], not 1.5"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"every": 0}, "every must be a positive number of steps, not 0"),
+        (
+            {"on_nonfinite": "stop"},
+            "on_nonfinite must be one of warn, raise, breakpoint, log, not 'stop'",
+        ),
+        ({"modules": "nope.*"}, "modules='nope.*' matches no module"),
+        ({"sample": 1.5}, "sample must be a fraction in (0, 1], not 1.5"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(kwargs: dict[str, Any], message: str) -> None:
     model = nn.Linear(3, 2)
     with pytest.raises(UsageError) as info:
@@ -674,14 +829,19 @@ def test_existing_log_is_not_overwritten(tmp_path: Path) -> None:
 def test_step_with_an_optimizer_is_refused() -> None:
     model = nn.Linear(3, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with modinspect.watch(model, optimizer=opt) as w, pytest.raises(UsageError, match=r"^with optimizer=, steps"):
+    with (
+        modinspect.watch(model, optimizer=opt) as w,
+        pytest.raises(UsageError, match=r"^with optimizer=, steps"),
+    ):
         w.step()
 
 
 def test_modules_glob_and_sample(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = SmallCNN()
-    with modinspect.watch(model, every=1, modules="features.*", sample=0.25, log=tmp_path / "g.jsonl") as w:
+    with modinspect.watch(
+        model, every=1, modules="features.*", sample=0.25, log=tmp_path / "g.jsonl"
+    ) as w:
         model(torch.randn(2, 3, 16, 16)).mean().backward()
         w.step()
     record = read_log(tmp_path / "g.jsonl")[1]
@@ -709,7 +869,14 @@ def test_modinspect_report_reads_what_watch_writes(tmp_path: Path) -> None:
     bad = run.first_bad
     assert bad is not None and bad.recorded
     assert (bad.step, bad.module, bad.type, bad.phase, bad.op, bad.source, bad.code) == (
-        5, "1", "LogAct", "forward", "aten::log", source, code)
+        5,
+        "1",
+        "LogAct",
+        "forward",
+        "aten::log",
+        source,
+        code,
+    )
     assert invoke("report", log).exit_code == 0
     # An origin without a module (the input already held the NaN) reads back too.
     data = tmp_path / "input.jsonl"
@@ -726,7 +893,9 @@ def test_modinspect_report_reads_what_watch_writes(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the cause: learning rate and update history
 
 
-def test_learning_rate_blow_up_is_explained_with_the_lr_and_the_update_ratio_of_its_step(tmp_path: Path) -> None:
+def test_learning_rate_blow_up_is_explained_with_the_lr_and_the_update_ratio_of_its_step(
+    tmp_path: Path,
+) -> None:
     """lr set to 1e30 before step 5's update: step 6's LayerNorm makes the NaN; the message, the record and the
     report say which tensor step 5 blew up, by how much (against the norms torch computes) and with which lr."""
     torch.manual_seed(0)
@@ -735,8 +904,10 @@ def test_learning_rate_blow_up_is_explained_with_the_lr_and_the_update_ratio_of_
     gen = torch.Generator().manual_seed(5)
     norms: dict[int, dict[str, float]] = {}
     log = tmp_path / "lr.jsonl"
-    with pytest.raises(NonFiniteError) as info, \
-            modinspect.watch(model, every=100, optimizer=opt, on_nonfinite="raise", log=log) as w:
+    with (
+        pytest.raises(NonFiniteError) as info,
+        modinspect.watch(model, every=100, optimizer=opt, on_nonfinite="raise", log=log) as w,
+    ):
         for step in range(1, 20):
             if step == 5:
                 opt.param_groups[0]["lr"] = 1e30
@@ -744,7 +915,9 @@ def test_learning_rate_blow_up_is_explained_with_the_lr_and_the_update_ratio_of_
             loss.backward()
             opt.step()
             opt.zero_grad()
-            norms[step] = {n: float(p.detach().double().norm()) for n, p in model.named_parameters()}
+            norms[step] = {
+                n: float(p.detach().double().norm()) for n, p in model.named_parameters()
+            }
     assert info.value.step == 6 and max(norms) == 5
     ratios = {n: abs(norms[5][n] - norms[4][n]) / norms[4][n] for n in norms[5]}
     tensor = max(ratios, key=lambda n: ratios[n])
@@ -753,12 +926,16 @@ def test_learning_rate_blow_up_is_explained_with_the_lr_and_the_update_ratio_of_
     assert explanation is not None
     head, _, tail = explanation.partition(" its norm (lr 1e+30 in group 0); at step 6 ")
     assert head.startswith(f"step 5 updated `{tensor}` by ") and head.endswith("×")
-    assert float(head.split(" by ")[1][:-1]) == pytest.approx(ratios[tensor], rel=5e-3)  # printed with 3 digits
+    assert float(head.split(" by ")[1][:-1]) == pytest.approx(
+        ratios[tensor], rel=5e-3
+    )  # printed with 3 digits
     assert tail == f"`{info.value.origin.module}` produced the first NaN/Inf"
     assert str(info.value).endswith(f"; before it, {explanation}")
     record = read_log(log)[1]
     assert record["step"] == 6 and record["nonfinite"]["explanation"] == explanation
-    assert record["optimizer"] == [{"dampening": 0.0, "lr": 1e30, "momentum": 0.5, "weight_decay": 0.0}]
+    assert record["optimizer"] == [
+        {"dampening": 0.0, "lr": 1e30, "momentum": 0.5, "weight_decay": 0.0}
+    ]
     # Norms of weights around 1e29 are numbers, not null: float64 where float32 overflows.
     params = {p["name"]: p for p in record["params"]}
     assert params[tensor]["norm"] == pytest.approx(norms[5][tensor], rel=1e-6)
@@ -768,8 +945,10 @@ def test_learning_rate_blow_up_is_explained_with_the_lr_and_the_update_ratio_of_
 def test_no_explanation_without_a_large_update() -> None:
     model = planted()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    with pytest.raises(NonFiniteError) as info, \
-            modinspect.watch(model, every=100, optimizer=opt, on_nonfinite="raise") as w:
+    with (
+        pytest.raises(NonFiniteError) as info,
+        modinspect.watch(model, every=100, optimizer=opt, on_nonfinite="raise") as w,
+    ):
         for _, x in batches(bad_step=4):
             model(x).square().mean().backward()
             opt.step()
@@ -780,7 +959,7 @@ def test_no_explanation_without_a_large_update() -> None:
 # ---------------------------------------------------------------- reproducible: the saved batch, weights and RNG
 
 
-NETS = '''
+NETS = """
 import torch
 from torch import nn
 
@@ -791,7 +970,7 @@ class Square(nn.Module):
 def build():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 8), Square(), nn.Linear(8, 1))
-'''
+"""
 
 
 def test_saved_batch_and_weights_reproduce_the_origin_with_stats_input(tmp_path: Path) -> None:
@@ -806,8 +985,10 @@ def test_saved_batch_and_weights_reproduce_the_origin_with_stats_input(tmp_path:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     gen = torch.Generator().manual_seed(6)
     saved = tmp_path / "bad.pt"
-    with pytest.raises(NonFiniteError) as info, \
-            modinspect.watch(model, optimizer=opt, on_nonfinite="raise", save_batch=saved):
+    with (
+        pytest.raises(NonFiniteError) as info,
+        modinspect.watch(model, optimizer=opt, on_nonfinite="raise", save_batch=saved),
+    ):
         for step in range(1, 10):
             if step == 3:
                 opt.param_groups[0]["lr"] = 1e30
@@ -821,16 +1002,22 @@ def test_saved_batch_and_weights_reproduce_the_origin_with_stats_input(tmp_path:
     from safetensors.torch import load_file
 
     stored = load_file(weights)
-    for name, p in model.state_dict().items():  # the pre-step weights: the exception left them in place
+    for (
+        name,
+        p,
+    ) in model.state_dict().items():  # the pre-step weights: the exception left them in place
         assert torch.equal(stored[name], p)
     assert torch.equal(torch.load(saved, weights_only=True), x)
     result = invoke("stats", "nets.py:build", "--input", "bad.pt", "--json", cwd=tmp_path)
     assert result.exit_code == 1, result.stderr
     assert result.stderr.splitlines() == [
-        "note: using the weights saved with the batch, bad.weights.safetensors (step 4, before its update)"]
+        "note: using the weights saved with the batch, bad.weights.safetensors (step 4, before its update)"
+    ]
     origin = json.loads(result.stdout)["nonfinite_origin"]
     assert (origin["module"], origin["op"], origin["phase"]) == (o.module, o.op, o.phase)
-    assert o.source is not None and origin["source"] == "nets.py:7" and o.source.endswith("nets.py:7")
+    assert (
+        o.source is not None and origin["source"] == "nets.py:7" and o.source.endswith("nets.py:7")
+    )
     # Without them, the model's own weights: every activation and gradient finite.
     weights.rename(tmp_path / "elsewhere.safetensors")
     result = invoke("stats", "nets.py:build", "--input", "bad.pt", "--json", cwd=tmp_path)
@@ -846,8 +1033,15 @@ def drop_net() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 1))
 
 
-def run_loop(model: nn.Module, opt: torch.optim.Optimizer, *, zero: str = "none", train: bool = True,
-             evaluate: str | None = None, steps: int = 4) -> tuple[list[str], tuple[str, ...]]:
+def run_loop(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    *,
+    zero: str = "none",
+    train: bool = True,
+    evaluate: str | None = None,
+    steps: int = 4,
+) -> tuple[list[str], tuple[str, ...]]:
     """A training loop, planted with mistakes or not; returns the LoopWarnings raised and the report's list."""
     from modinspect.watching.watch import LoopWarning
 
@@ -868,31 +1062,43 @@ def run_loop(model: nn.Module, opt: torch.optim.Optimizer, *, zero: str = "none"
     return [str(c.message) for c in caught if c.category is LoopWarning], w.report().loop_warnings
 
 
-NOT_ZEROED = ("gradients were not zeroed between steps: they add up over every step since; call "
-              "optimizer.zero_grad() once per step (gradient accumulation: one w.step() per optimizer step)")
-EVAL_STEP = ("a training step (a backward) ran with the model in eval mode: dropout and batch norm are inert; "
-             "call model.train() first")
-TRAIN_EVAL = ("a forward ran without grad (evaluation) while the model was in train mode: dropout and batch norm "
-              "still act as in training; call model.eval() first")
+NOT_ZEROED = (
+    "gradients were not zeroed between steps: they add up over every step since; call "
+    "optimizer.zero_grad() once per step (gradient accumulation: one w.step() per optimizer step)"
+)
+EVAL_STEP = (
+    "a training step (a backward) ran with the model in eval mode: dropout and batch norm are inert; "
+    "call model.train() first"
+)
+TRAIN_EVAL = (
+    "a forward ran without grad (evaluation) while the model was in train mode: dropout and batch norm "
+    "still act as in training; call model.eval() first"
+)
 
 
 @pytest.mark.parametrize("zero", ["none", "zeros"])
 def test_a_correct_loop_raises_no_loop_warning(zero: str) -> None:
     model = drop_net()
-    assert run_loop(model, torch.optim.SGD(model.parameters(), lr=0.01), zero=zero, evaluate="eval") == ([], ())
+    assert run_loop(
+        model, torch.optim.SGD(model.parameters(), lr=0.01), zero=zero, evaluate="eval"
+    ) == ([], ())
 
 
 def test_gradients_never_zeroed_are_caught_once() -> None:
     model = drop_net()
     assert run_loop(model, torch.optim.SGD(model.parameters(), lr=0.01), zero="forgotten") == (
-        [NOT_ZEROED], (NOT_ZEROED,))
+        [NOT_ZEROED],
+        (NOT_ZEROED,),
+    )
 
 
 def test_parameters_missing_from_the_optimizer_are_named() -> None:
     model = drop_net()
     opt = torch.optim.SGD(model[0].parameters(), lr=0.01)  # model[2] never trains
-    message = ("2 parameter(s) with requires_grad are in no optimizer param group (they never train): "
-               "2.weight, 2.bias")
+    message = (
+        "2 parameter(s) with requires_grad are in no optimizer param group (they never train): "
+        "2.weight, 2.bias"
+    )
     assert run_loop(model, opt) == ([message], (message,))
     model[2].requires_grad_(False)  # frozen on purpose: fine
     assert run_loop(model, opt) == ([], ())
@@ -900,15 +1106,22 @@ def test_parameters_missing_from_the_optimizer_are_named() -> None:
 
 def test_training_step_in_eval_mode_is_caught() -> None:
     model = drop_net()
-    assert run_loop(model, torch.optim.SGD(model.parameters(), lr=0.01), train=False) == ([EVAL_STEP], (EVAL_STEP,))
-    plain = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))  # eval mode changes nothing here
+    assert run_loop(model, torch.optim.SGD(model.parameters(), lr=0.01), train=False) == (
+        [EVAL_STEP],
+        (EVAL_STEP,),
+    )
+    plain = nn.Sequential(
+        nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)
+    )  # eval mode changes nothing here
     assert run_loop(plain, torch.optim.SGD(plain.parameters(), lr=0.01), train=False) == ([], ())
 
 
 def test_evaluation_forward_in_train_mode_is_caught() -> None:
     model = drop_net()
     assert run_loop(model, torch.optim.SGD(model.parameters(), lr=0.01), evaluate="train") == (
-        [TRAIN_EVAL], (TRAIN_EVAL,))
+        [TRAIN_EVAL],
+        (TRAIN_EVAL,),
+    )
 
 
 def test_nan_on_a_logged_step_keeps_exact_counts_from_the_replay(tmp_path: Path) -> None:
@@ -918,7 +1131,10 @@ def test_nan_on_a_logged_step_keeps_exact_counts_from_the_replay(tmp_path: Path)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     outs: list[torch.Tensor] = []
     model[1].register_forward_hook(lambda m, a, o: outs.append(o.detach().clone()))
-    with pytest.warns(NonFiniteWarning), modinspect.watch(model, every=5, log=tmp_path / "f.jsonl") as w:
+    with (
+        pytest.warns(NonFiniteWarning),
+        modinspect.watch(model, every=5, log=tmp_path / "f.jsonl") as w,
+    ):
         for step, x in batches(bad_step=5):
             model(x).square().mean().backward()
             opt.step()

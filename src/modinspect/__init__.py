@@ -16,9 +16,26 @@ from typing import TYPE_CHECKING, Any
 
 from modinspect.version import __version__
 
-__all__ = ["DoctorReport", "Finding", "ModinspectError", "NonFiniteError", "__version__", "add_layers", "build_tree", "collect_stats",
-           "diff_sources", "doctor", "measure_shapes", "open_source", "perform_load", "plan_load", "read_run_log", "run_load",
-           "run_stats", "watch"]
+__all__ = [
+    "DoctorReport",
+    "Finding",
+    "ModinspectError",
+    "NonFiniteError",
+    "__version__",
+    "add_layers",
+    "build_tree",
+    "collect_stats",
+    "diff_sources",
+    "doctor",
+    "measure_shapes",
+    "open_source",
+    "perform_load",
+    "plan_load",
+    "read_run_log",
+    "run_load",
+    "run_stats",
+    "watch",
+]
 
 if TYPE_CHECKING:
     from modinspect.analysis.diff import diff_sources

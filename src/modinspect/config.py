@@ -41,7 +41,7 @@ def load_config(start: Path | None = None) -> ProjectConfig:
     if pyproject is None:
         raise ConfigError(
             f"no SOURCE given and no pyproject.toml found in {start} or above; "
-            "pass a SOURCE or add a [tool.modinspect] table with model = \"file.py:NAME\""
+            'pass a SOURCE or add a [tool.modinspect] table with model = "file.py:NAME"'
         )
     try:
         data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
@@ -54,7 +54,7 @@ def load_config(start: Path | None = None) -> ProjectConfig:
     if table is None:
         raise ConfigError(
             f"no SOURCE given and {pyproject} has no [tool.modinspect] table; "
-            "pass a SOURCE or add one with model = \"file.py:NAME\""
+            'pass a SOURCE or add one with model = "file.py:NAME"'
         )
     if not isinstance(table, dict):
         raise ConfigError(f"[tool.modinspect] in {pyproject} must be a table")
@@ -66,7 +66,9 @@ def load_config(start: Path | None = None) -> ProjectConfig:
         )
     model = table.get("model")
     if not isinstance(model, str) or not model:
-        raise ConfigError(f"[tool.modinspect] in {pyproject} needs model = \"file.py:NAME\" (a string)")
+        raise ConfigError(
+            f'[tool.modinspect] in {pyproject} needs model = "file.py:NAME" (a string)'
+        )
     weights = table.get("weights")
     if weights is not None and not isinstance(weights, str):
         raise ConfigError(f"[tool.modinspect] weights in {pyproject} must be a string")

@@ -25,7 +25,9 @@ def check_writable(target: Path, force: bool, inputs: Iterable[Path] = ()) -> No
             if source.is_dir() or source.name.endswith(".index.json"):
                 folder = (source if source.is_dir() else source.parent).resolve()
                 if target.exists() and resolved.is_relative_to(folder):
-                    raise UsageError(f"{target} is part of the input {source}; write the result to another file")
+                    raise UsageError(
+                        f"{target} is part of the input {source}; write the result to another file"
+                    )
     if target.is_dir():
         raise UsageError(f"{target} is a directory; give a file name")
     if target.exists() and not force:
@@ -34,15 +36,18 @@ def check_writable(target: Path, force: bool, inputs: Iterable[Path] = ()) -> No
         raise UsageError(f"cannot write {target}: folder {target.parent} does not exist")
 
 
-def atomic_write(target: Path, write: Callable[[Path], None], force: bool = False,
-                 inputs: Iterable[Path] = ()) -> None:
+def atomic_write(
+    target: Path, write: Callable[[Path], None], force: bool = False, inputs: Iterable[Path] = ()
+) -> None:
     """Call `write(tmp_path)` and move the result onto `target` in one rename.
 
     A crash or kill at any moment leaves either the old file (or none) and possibly a stray
     `.modinspect-*.tmp` beside it, never a torn `target`.
     """
     check_writable(target, force, inputs)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.modinspect-", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.modinspect-", suffix=".tmp", dir=target.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:

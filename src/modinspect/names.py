@@ -33,7 +33,7 @@ class KeyMap:
         """The mapped name, or None when include/exclude filter it out."""
         for prefix in self.strip_prefixes:
             if name.startswith(prefix):
-                name = name[len(prefix):]
+                name = name[len(prefix) :]
         name = self.add_prefix + name
         for pattern, repl in self.renames:
             name = re.sub(pattern, repl, name)
@@ -46,7 +46,9 @@ class KeyMap:
     @property
     def rewrites(self) -> bool:
         """Whether any rule is set: without one, map_names maps every name to itself."""
-        return bool(self.strip_prefixes or self.add_prefix or self.renames or self.include or self.exclude)
+        return bool(
+            self.strip_prefixes or self.add_prefix or self.renames or self.include or self.exclude
+        )
 
     def map_names(self, names: Iterable[str], side: str) -> dict[str, str]:
         """{mapped name: original name}; two originals mapping to one name is an error."""
@@ -75,7 +77,9 @@ def parse_renames(specs: Sequence[str]) -> tuple[tuple[str, str], ...]:
     for spec in specs:
         pattern, sep, repl = spec.partition("=")
         if not sep or not pattern:
-            raise UsageError(f"--rename {spec!r} is not REGEX=REPLACEMENT, e.g. '^encoder\\.=backbone.'")
+            raise UsageError(
+                f"--rename {spec!r} is not REGEX=REPLACEMENT, e.g. '^encoder\\.=backbone.'"
+            )
         try:
             re.compile(pattern)
         except re.error as exc:
@@ -90,7 +94,7 @@ def suggest_prefix(only_here: Sequence[str], there: Set[str]) -> tuple[str, int]
         return None
     best: tuple[str, int] | None = None
     for prefix in WRAPPER_PREFIXES:
-        hits = sum(1 for n in only_here if n.startswith(prefix) and n[len(prefix):] in there)
+        hits = sum(1 for n in only_here if n.startswith(prefix) and n[len(prefix) :] in there)
         if hits * 2 >= len(only_here) and (best is None or hits > best[1]):
             best = (prefix, hits)
     return best
@@ -125,7 +129,7 @@ def collapse_groups(names: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
         else:
             found = _INDEX_PART.search(name)
             assert found is not None
-            key = (name[:max(found.start() - 1, 0)], name[found.end() + 1:])
+            key = (name[: max(found.start() - 1, 0)], name[found.end() + 1 :])
             groups.setdefault(key, []).append((int(hits[0]), name))
     out: list[tuple[str, tuple[str, ...]]] = []
     for key, members in groups.items():
@@ -134,7 +138,12 @@ def collapse_groups(names: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
         else:
             head, tail = key
             ranges = format_ranges(sorted(i for i, _ in members))
-            out.append((f"{head}.{{{ranges}}}" + (f".{tail}" if tail else ""), tuple(name for _, name in members)))
+            out.append(
+                (
+                    f"{head}.{{{ranges}}}" + (f".{tail}" if tail else ""),
+                    tuple(name for _, name in members),
+                )
+            )
     return out
 
 
@@ -157,7 +166,7 @@ def rollup_key(name: str) -> str:
     """The module a tensor is rolled up under: up to its first layer index ('transformer.h.3'), else its top module."""
     found = _FIRST_INDEX_PART.search(name)
     if found is not None:
-        return name[:found.end()]
+        return name[: found.end()]
     return name.partition(".")[0] if "." in name else ""
 
 
@@ -177,7 +186,7 @@ def rollup_keys(names: Iterable[str]) -> list[str]:
             continue
         found = search(name)
         if found is not None:
-            last = name[:found.end()]
+            last = name[: found.end()]
             last_dotted = last + "."
             append(last)
         else:
@@ -223,7 +232,7 @@ def name_family(name: str) -> tuple[str, int] | None:
     parts = name.split(".")
     for i in range(len(parts) - 1, -1, -1):
         if parts[i].isascii() and parts[i].isdigit() and len(parts[i]) < 10:
-            return ".".join([*parts[:i], "*", *parts[i + 1:]]), int(parts[i])
+            return ".".join([*parts[:i], "*", *parts[i + 1 :]]), int(parts[i])
     return None
 
 

@@ -119,7 +119,9 @@ class _GetSystem:
     def __reduce__(self) -> tuple[object, ...]:
         return (getattr, (_ImportOs(), "system"))
 
-    def __call__(self, *args: object) -> None:  # pickle wants a callable here; unpickling puts os.system there
+    def __call__(
+        self, *args: object
+    ) -> None:  # pickle wants a callable here; unpickling puts os.system there
         raise AssertionError("never called")
 
 
@@ -162,12 +164,28 @@ def inst_p0_popen(marker: Path) -> bytes:
 
 def global_p2_getattr_import(marker: Path) -> bytes:
     # getattr(__import__('os'), 'system')('touch MARKER')
-    return (b"cbuiltins\ngetattr\n(cbuiltins\n__import__\n(" + bu("os") + b"tR" + bu("system") + b"tR("
-            + bu(f"touch {marker}") + b"tR")
+    return (
+        b"cbuiltins\ngetattr\n(cbuiltins\n__import__\n("
+        + bu("os")
+        + b"tR"
+        + bu("system")
+        + b"tR("
+        + bu(f"touch {marker}")
+        + b"tR"
+    )
 
 
 def stack_global_p4_eval(marker: Path) -> bytes:
-    return su("builtins") + MEMOIZE + su("eval") + MEMOIZE + STACK_GLOBAL + su(_code(marker)) + TUPLE1 + REDUCE
+    return (
+        su("builtins")
+        + MEMOIZE
+        + su("eval")
+        + MEMOIZE
+        + STACK_GLOBAL
+        + su(_code(marker))
+        + TUPLE1
+        + REDUCE
+    )
 
 
 def stack_global_p4_system(marker: Path) -> bytes:
@@ -176,8 +194,20 @@ def stack_global_p4_system(marker: Path) -> bytes:
 
 def memo_binput_binget(marker: Path) -> bytes:
     """Names parked in the memo (BINPUT, then POP) and fetched back (BINGET) just before STACK_GLOBAL."""
-    return (bu("builtins") + binput(0) + POP + bu("exec") + binput(1) + POP + binget(0) + binget(1)
-            + STACK_GLOBAL + bu(_code(marker)) + TUPLE1 + REDUCE)
+    return (
+        bu("builtins")
+        + binput(0)
+        + POP
+        + bu("exec")
+        + binput(1)
+        + POP
+        + binget(0)
+        + binget(1)
+        + STACK_GLOBAL
+        + bu(_code(marker))
+        + TUPLE1
+        + REDUCE
+    )
 
 
 def memo_memoize_decoy(marker: Path, memo_base: int = 0) -> bytes:
@@ -186,33 +216,81 @@ def memo_memoize_decoy(marker: Path, memo_base: int = 0) -> bytes:
     A scanner that reads the last two string literals would see collections.OrderedDict. MEMOIZE
     numbers its slots implicitly (the memo's size), so a spliced body needs the size at the splice.
     """
-    return (su("subprocess") + MEMOIZE + POP + su("Popen") + MEMOIZE + POP
-            + MARK + su("collections") + su("OrderedDict") + POP_MARK
-            + long_binget(memo_base) + long_binget(memo_base + 1) + STACK_GLOBAL
-            + EMPTY_LIST + MARK + su("touch") + su(str(marker)) + APPENDS + TUPLE1 + REDUCE)
+    return (
+        su("subprocess")
+        + MEMOIZE
+        + POP
+        + su("Popen")
+        + MEMOIZE
+        + POP
+        + MARK
+        + su("collections")
+        + su("OrderedDict")
+        + POP_MARK
+        + long_binget(memo_base)
+        + long_binget(memo_base + 1)
+        + STACK_GLOBAL
+        + EMPTY_LIST
+        + MARK
+        + su("touch")
+        + su(str(marker))
+        + APPENDS
+        + TUPLE1
+        + REDUCE
+    )
 
 
 def memo_overwrite(marker: Path) -> bytes:
     """LONG_BINPUT parks 'collections' in slot 5, then overwrites the slot with 'builtins'."""
-    return (bu("collections") + long_binput(5) + POP + bu("builtins") + long_binput(5) + POP
-            + bu("exec") + long_binput(6) + POP + long_binget(5) + long_binget(6) + STACK_GLOBAL
-            + bu(_code(marker)) + TUPLE1 + REDUCE)
+    return (
+        bu("collections")
+        + long_binput(5)
+        + POP
+        + bu("builtins")
+        + long_binput(5)
+        + POP
+        + bu("exec")
+        + long_binput(6)
+        + POP
+        + long_binget(5)
+        + long_binget(6)
+        + STACK_GLOBAL
+        + bu(_code(marker))
+        + TUPLE1
+        + REDUCE
+    )
 
 
 def frame_split(marker: Path) -> bytes:
     """An empty FRAME between the two names: no stack effect, but it breaks a scanner counting pushes."""
-    return su("builtins") + frame(0) + su("exec") + STACK_GLOBAL + su(_code(marker)) + TUPLE1 + REDUCE
+    return (
+        su("builtins") + frame(0) + su("exec") + STACK_GLOBAL + su(_code(marker)) + TUPLE1 + REDUCE
+    )
 
 
 def dup_pop(marker: Path) -> bytes:
     """DUP and POP shuffle the names: the stack holds builtins, exec when STACK_GLOBAL runs."""
-    return (su("builtins") + b"2" + POP + su("exec") + b"2" + b"2" + POP + POP + STACK_GLOBAL
-            + su(_code(marker)) + TUPLE1 + REDUCE)
+    return (
+        su("builtins")
+        + b"2"
+        + POP
+        + su("exec")
+        + b"2"
+        + b"2"
+        + POP
+        + POP
+        + STACK_GLOBAL
+        + su(_code(marker))
+        + TUPLE1
+        + REDUCE
+    )
 
 
 def dotted_getattr(marker: Path) -> bytes:
     """Protocol 4 resolves dotted names attribute by attribute: subprocess -> .os -> .system."""
-    return su("subprocess") + su("os.system") + STACK_GLOBAL + su(f"touch {marker}") + TUPLE1 + REDUCE
+    return (
+        su("subprocess") + su("os.system") + STACK_GLOBAL + su(f"touch {marker}") + TUPLE1 + REDUCE
+    )
 
 
 def copyreg_extension(marker: Path) -> bytes:
@@ -225,7 +303,9 @@ class Payload:
     name: str
     body: Callable[..., bytes]  # body(marker), or body(marker, memo_base) when memo_relative
     protocol: int  # of the opcodes it uses: 0 text, 2 binary GLOBAL, 4 STACK_GLOBAL/MEMOIZE
-    globals: tuple[str, ...]  # what the refusal must name (os.system pickles as posix.system on Linux)
+    globals: tuple[
+        str, ...
+    ]  # what the refusal must name (os.system pickles as posix.system on Linux)
     runs_under_plain_pickle: bool = True
     asynchronous: bool = False  # starts a process: its marker may appear a moment later
     memo_relative: bool = False  # uses MEMOIZE'd slots: needs the memo size where it is spliced
@@ -234,24 +314,52 @@ class Payload:
 PAYLOADS = [
     Payload("reduce-os-system", reduced_body(ReduceSystem), 2, (f"{os.system.__module__}.system",)),
     # Protocol 2 spells it commands.Popen (fix_imports); the refusal names what would be imported.
-    Payload("reduce-subprocess-popen", reduced_body(ReducePopen), 2, ("subprocess.Popen",), asynchronous=True),
+    Payload(
+        "reduce-subprocess-popen",
+        reduced_body(ReducePopen),
+        2,
+        ("subprocess.Popen",),
+        asynchronous=True,
+    ),
     Payload("reduce-builtins-exec", reduced_body(ReduceExec), 2, ("builtins.exec",)),
     Payload("reduce-builtins-eval", reduced_body(ReduceEval), 2, ("builtins.eval",)),
-    Payload("reduce-import-module-getattr", reduced_body(ReduceImportGetattr), 2,
-            ("builtins.getattr", "importlib.import_module")),
+    Payload(
+        "reduce-import-module-getattr",
+        reduced_body(ReduceImportGetattr),
+        2,
+        ("builtins.getattr", "importlib.import_module"),
+    ),
     Payload("global-p0-exec", global_p0_exec, 0, ("builtins.exec",)),
     Payload("global-p0-os-system", global_p0_system, 0, ("os.system",)),
     Payload("inst-p0-popen", inst_p0_popen, 0, ("subprocess.Popen",), asynchronous=True),
-    Payload("global-p2-getattr-import", global_p2_getattr_import, 2, ("builtins.__import__", "builtins.getattr")),
+    Payload(
+        "global-p2-getattr-import",
+        global_p2_getattr_import,
+        2,
+        ("builtins.__import__", "builtins.getattr"),
+    ),
     Payload("stack-global-p4-eval", stack_global_p4_eval, 4, ("builtins.eval",)),
     Payload("stack-global-p4-os-system", stack_global_p4_system, 4, ("os.system",)),
     Payload("memo-binput-binget", memo_binput_binget, 4, ("builtins.exec",)),
-    Payload("memo-memoize-decoy", memo_memoize_decoy, 4, ("subprocess.Popen",), asynchronous=True, memo_relative=True),
+    Payload(
+        "memo-memoize-decoy",
+        memo_memoize_decoy,
+        4,
+        ("subprocess.Popen",),
+        asynchronous=True,
+        memo_relative=True,
+    ),
     Payload("memo-long-binput-overwrite", memo_overwrite, 4, ("builtins.exec",)),
     Payload("frame-split-names", frame_split, 4, ("builtins.exec",)),
     Payload("dup-pop-shuffle", dup_pop, 4, ("builtins.exec",)),
     Payload("dotted-getattr-chain", dotted_getattr, 4, ("subprocess.os.system",)),
-    Payload("copyreg-extension", copyreg_extension, 4, ("<copyreg extension 1>",), runs_under_plain_pickle=False),
+    Payload(
+        "copyreg-extension",
+        copyreg_extension,
+        4,
+        ("<copyreg extension 1>",),
+        runs_under_plain_pickle=False,
+    ),
 ]
 BY_NAME = {p.name: p for p in PAYLOADS}
 
@@ -269,7 +377,7 @@ class Tiny(nn.Module):
         return self.fc(x)
 
 
-VICTIM_PY = '''
+VICTIM_PY = """
 import torch
 from torch import nn
 
@@ -286,7 +394,7 @@ class Tiny(nn.Module):
 def build():
     torch.manual_seed(0)
     return Tiny()
-'''
+"""
 
 
 def state_dict() -> dict[str, torch.Tensor]:
@@ -316,7 +424,7 @@ def splice(pkl: bytes, body: Body) -> bytes:
     assert pkl.count(slot) == 1, "placeholder not found exactly once"
     at = pkl.index(slot)
     start = _pickle_start(pkl, at)
-    return pkl[:at] + body(memo_size_at(pkl[start:], at - start)) + pkl[at + len(slot):]
+    return pkl[:at] + body(memo_size_at(pkl[start:], at - start)) + pkl[at + len(slot) :]
 
 
 def _pickle_start(data: bytes, offset: int) -> int:
@@ -351,7 +459,9 @@ def zip_pt(folder: Path, body: Body, name: str = "evil.pt") -> Path:
 def legacy_pt(folder: Path, body: Body, name: str = "evil_legacy.pt") -> Path:
     """The same in the pre-1.6 format: magic, protocol, system info, the object pickle, keys, storages."""
     buf = io.BytesIO()
-    torch.save({"state_dict": state_dict(), "payload": SLOT}, buf, _use_new_zipfile_serialization=False)
+    torch.save(
+        {"state_dict": state_dict(), "payload": SLOT}, buf, _use_new_zipfile_serialization=False
+    )
     path = folder / name
     path.write_bytes(splice(buf.getvalue(), body))
     return path
@@ -391,14 +501,23 @@ def sharded_bin(folder: Path, body: Body, name: str = "evil_sharded") -> Path:
     sd = state_dict()
     torch.save({"fc.weight": sd["fc.weight"]}, folder / "pytorch_model-00001-of-00002.bin")
     shard2 = folder / "pytorch_model-00002-of-00002.bin"
-    torch.save({"fc.bias": sd["fc.bias"], "fc._extra_state": SLOT}, shard2)  # extra state: not a tensor
+    torch.save(
+        {"fc.bias": sd["fc.bias"], "fc._extra_state": SLOT}, shard2
+    )  # extra state: not a tensor
     rewrite_zip(shard2, lambda n, d: splice(d, body) if n.endswith("/data.pkl") else d)
-    weight_map = {"fc.weight": "pytorch_model-00001-of-00002.bin", "fc.bias": "pytorch_model-00002-of-00002.bin"}
-    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    weight_map = {
+        "fc.weight": "pytorch_model-00001-of-00002.bin",
+        "fc.bias": "pytorch_model-00002-of-00002.bin",
+    }
+    (folder / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     return folder
 
 
-def torchscript(folder: Path, body: Body, member: str = "data.pkl", name: str = "evil_scripted.pt") -> Path:
+def torchscript(
+    folder: Path, body: Body, member: str = "data.pkl", name: str = "evil_scripted.pt"
+) -> Path:
     """A real torch.jit.script(...).save() archive whose data.pkl (or constants.pkl) is the payload."""
     import warnings
 
@@ -426,14 +545,18 @@ def peft_adapter_bin(folder: Path, body: Body, name: str = "evil_adapter") -> Pa
 
     folder = folder / name
     folder.mkdir()
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "target_modules": ["fc"]}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 2, "target_modules": ["fc"]})
+    )
     zip_pt(folder, body, "adapter_model.bin")
     return folder
 
 
 def body_of(payload: Payload, marker: Path) -> Body:
     """The payload's opcodes for a splice point with `memo_base` memo slots already filled."""
-    return lambda memo_base: payload.body(marker, memo_base) if payload.memo_relative else payload.body(marker)
+    return lambda memo_base: (
+        payload.body(marker, memo_base) if payload.memo_relative else payload.body(marker)
+    )
 
 
 # name -> builder(folder, body, payload protocol) -> SOURCE path
@@ -449,8 +572,16 @@ CARRIERS: dict[str, Callable[[Path, Body, int], Path]] = {
     "peft-adapter-bin": lambda f, b, p: peft_adapter_bin(f, b),
 }
 # Carriers a model can be built from (entry point + --weights), and files --input accepts.
-WEIGHTS_CARRIERS = ["zip-pt", "legacy-pt", "raw-pkl", "training-checkpoint", "sharded-bin", "torchscript-data-pkl",
-                    "dcp-metadata", "peft-adapter-bin"]
+WEIGHTS_CARRIERS = [
+    "zip-pt",
+    "legacy-pt",
+    "raw-pkl",
+    "training-checkpoint",
+    "sharded-bin",
+    "torchscript-data-pkl",
+    "dcp-metadata",
+    "peft-adapter-bin",
+]
 INPUT_CARRIERS = ["zip-pt", "legacy-pt", "raw-pkl", "training-checkpoint", "torchscript-data-pkl"]
 
 
@@ -472,20 +603,23 @@ def clean_checkpoint(folder: Path) -> Path:
 def central_entries(data: bytes) -> dict[str, int]:
     """Offset of each entry's central directory record, by name (no zip64 here)."""
     end = data.rindex(b"PK\x05\x06")
-    count, _size, start = struct.unpack("<HII", data[end + 10:end + 20])
+    count, _size, start = struct.unpack("<HII", data[end + 10 : end + 20])
     out = {}
     at = start
     for _ in range(count):
-        assert data[at:at + 4] == b"PK\x01\x02"
-        n, m, k = struct.unpack("<HHH", data[at + 28:at + 34])
-        out[data[at + 46:at + 46 + n].decode()] = at
+        assert data[at : at + 4] == b"PK\x01\x02"
+        n, m, k = struct.unpack("<HHH", data[at + 28 : at + 34])
+        out[data[at + 46 : at + 46 + n].decode()] = at
         at += 46 + n + m + k
     return out
 
 
 def local_entries(data: bytes) -> dict[str, int]:
     """Offset of each entry's local file header, by name."""
-    return {name: struct.unpack("<I", data[at + 42:at + 46])[0] for name, at in central_entries(data).items()}
+    return {
+        name: struct.unpack("<I", data[at + 42 : at + 46])[0]
+        for name, at in central_entries(data).items()
+    }
 
 
 # Field offsets inside a central directory record and a local file header.
@@ -495,7 +629,7 @@ LH_FLAGS, LH_METHOD, LH_CRC, LH_CSIZE, LH_USIZE = 6, 8, 14, 18, 22
 
 def patch(data: bytes, at: int, fmt: str, value: int) -> bytes:
     size = struct.calcsize(fmt)
-    return data[:at] + struct.pack(fmt, value) + data[at + size:]
+    return data[:at] + struct.pack(fmt, value) + data[at + size :]
 
 
 def entry_named(data: bytes, suffix: str) -> str:
@@ -556,14 +690,23 @@ def setstate_shards(folder: Path, marker: Path) -> Path:
 
     folder = folder / "setstate_sharded"
     folder.mkdir()
-    torch.save({"fc.weight": state_dict()["fc.weight"]}, folder / "pytorch_model-00001-of-00002.bin")
+    torch.save(
+        {"fc.weight": state_dict()["fc.weight"]}, folder / "pytorch_model-00001-of-00002.bin"
+    )
     setstate_torchscript(folder, marker, "pytorch_model-00002-of-00002.bin")
-    weight_map = {"fc.weight": "pytorch_model-00001-of-00002.bin", "fc.bias": "pytorch_model-00002-of-00002.bin"}
-    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    weight_map = {
+        "fc.weight": "pytorch_model-00001-of-00002.bin",
+        "fc.bias": "pytorch_model-00002-of-00002.bin",
+    }
+    (folder / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     return folder
 
 
-def dcp_with_expanded_chunk(folder: Path, shape: tuple[int, ...], stride: tuple[int, ...], value: float = 2.5) -> Path:
+def dcp_with_expanded_chunk(
+    folder: Path, shape: tuple[int, ...], stride: tuple[int, ...], value: float = 2.5
+) -> Path:
     """A dcp.save directory whose tensor 'huge' is one float, `value`, viewed as `shape` with `stride` (e.g. 0).
 
     dcp.save copies views into whole tensors, so the chunk is rewritten: torch.save of the view (which keeps
@@ -584,8 +727,11 @@ def dcp_with_expanded_chunk(folder: Path, shape: tuple[int, ...], stride: tuple[
     torch.save(torch.full((1,), value).as_strided(shape, stride), buf)
     [(index, info)] = md.storage_data.items()
     (folder / info.relative_path).write_bytes(buf.getvalue())
-    md.storage_data = {dataclasses.replace(index, offset=torch.Size([0] * len(shape))):
-                       dataclasses.replace(info, offset=0, length=len(buf.getvalue()))}
+    md.storage_data = {
+        dataclasses.replace(index, offset=torch.Size([0] * len(shape))): dataclasses.replace(
+            info, offset=0, length=len(buf.getvalue())
+        )
+    }
     meta.write_bytes(pickle.dumps(md, protocol=2))
     return folder
 
@@ -599,7 +745,9 @@ def tower_of_tuples(levels: int, memo_slot: int = 0) -> bytes:
     body can use a slot past the pickle's own (`memo_slot`)."""
     out = b")" + long_binput(memo_slot)
     for _ in range(levels):
-        out += POP + long_binget(memo_slot) + long_binget(memo_slot) + b"\x86" + long_binput(memo_slot)
+        out += (
+            POP + long_binget(memo_slot) + long_binget(memo_slot) + b"\x86" + long_binput(memo_slot)
+        )
     return out
 
 
@@ -624,17 +772,46 @@ def list_of_a_long_string(chars: int) -> bytes:
 
 
 def _called(module: str, name: str, *args: str) -> bytes:
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n(" + b"".join(bu(a) for a in args) + b"tR"
+    return (
+        b"c"
+        + module.encode()
+        + b"\n"
+        + name.encode()
+        + b"\n("
+        + b"".join(bu(a) for a in args)
+        + b"tR"
+    )
 
 
 CALLED_PAYLOADS = [
-    Payload("uuid-get-command-stdout", lambda m: _called("uuid", "_get_command_stdout", "touch", str(m)), 2,
-            ("uuid._get_command_stdout",)),
-    Payload("logging-file-handler", lambda m: _called("logging", "FileHandler", str(m)), 2, ("logging.FileHandler",)),
-    Payload("imaplib-imap4-stream", lambda m: _called("imaplib", "IMAP4_stream", f"touch {m}"), 2,
-            ("imaplib.IMAP4_stream",)),
-    Payload("osx-support-read-output", lambda m: _called("_osx_support", "_read_output", f"touch {m}"), 2,
-            ("_osx_support._read_output",)),
-    Payload("torch-collect-env-run", lambda m: _called("torch.utils.collect_env", "run", f"touch {m}"), 2,
-            ("torch.utils.collect_env.run",)),
+    Payload(
+        "uuid-get-command-stdout",
+        lambda m: _called("uuid", "_get_command_stdout", "touch", str(m)),
+        2,
+        ("uuid._get_command_stdout",),
+    ),
+    Payload(
+        "logging-file-handler",
+        lambda m: _called("logging", "FileHandler", str(m)),
+        2,
+        ("logging.FileHandler",),
+    ),
+    Payload(
+        "imaplib-imap4-stream",
+        lambda m: _called("imaplib", "IMAP4_stream", f"touch {m}"),
+        2,
+        ("imaplib.IMAP4_stream",),
+    ),
+    Payload(
+        "osx-support-read-output",
+        lambda m: _called("_osx_support", "_read_output", f"touch {m}"),
+        2,
+        ("_osx_support._read_output",),
+    ),
+    Payload(
+        "torch-collect-env-run",
+        lambda m: _called("torch.utils.collect_env", "run", f"touch {m}"),
+        2,
+        ("torch.utils.collect_env.run",),
+    ),
 ]

@@ -55,17 +55,31 @@ def test_called_payload_runs_under_plain_pickle(tmp_path: Path, name: str) -> No
     assert _wait_for(marker)
 
 
-@pytest.mark.parametrize("name", ["posix.system", "builtins.exec", "subprocess.Popen", "uuid._get_command_stdout",
-                                  "logging.FileHandler", "imaplib.IMAP4_stream", "_osx_support._read_output",
-                                  "torch.utils.collect_env.run"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "posix.system",
+        "builtins.exec",
+        "subprocess.Popen",
+        "uuid._get_command_stdout",
+        "logging.FileHandler",
+        "imaplib.IMAP4_stream",
+        "_osx_support._read_output",
+        "torch.utils.collect_env.run",
+    ],
+)
 def test_allow_global_refuses_a_name_that_runs_code(tmp_path: Path, name: str) -> None:
     path = zip_pt(tmp_path, body_of(CALLED["uuid-get-command-stdout"], tmp_path / "RAN"))
     result = invoke("tree", path, "--allow-global", name)
     assert (result.exit_code, result.stderr) == (  # type: ignore[attr-defined]
-        2, f"error: --allow-global {name}: {name} can run code or commands when called, so it is never built for "
-           "real; pass --unsafe-pickle only if you trust the file\n")
+        2,
+        f"error: --allow-global {name}: {name} can run code or commands when called, so it is never built for "
+        "real; pass --unsafe-pickle only if you trust the file\n",
+    )
     assert not _wait_for(tmp_path / "RAN")
-    with pytest.raises(UsageError, match=r"can run code or commands when called"):  # the library API too
+    with pytest.raises(
+        UsageError, match=r"can run code or commands when called"
+    ):  # the library API too
         GatePolicy(allow_globals=frozenset({name}))
 
 
@@ -73,12 +87,16 @@ def test_the_note_never_suggests_allow_global_for_a_name_that_runs_code(tmp_path
     marker = tmp_path / "RAN"
     path = zip_pt(tmp_path, body_of(CALLED["uuid-get-command-stdout"], marker))
     with open_source(str(path)) as src:
-        assert src.notes == ["read without importing uuid._get_command_stdout: shown as stand-ins, nothing of "
-                             "theirs ran"]
+        assert src.notes == [
+            "read without importing uuid._get_command_stdout: shown as stand-ins, nothing of "
+            "theirs ran"
+        ]
     torch.save({"state_dict": state_dict(), "args": argparse.Namespace(lr=0.1)}, tmp_path / "ns.pt")
     with open_source(str(tmp_path / "ns.pt")) as src:
-        assert src.notes == ["read without importing argparse.Namespace: shown as stand-ins, nothing of theirs ran "
-                             "(--allow-global argparse.Namespace builds a real one, if you trust it)"]
+        assert src.notes == [
+            "read without importing argparse.Namespace: shown as stand-ins, nothing of theirs ran "
+            "(--allow-global argparse.Namespace builds a real one, if you trust it)"
+        ]
     assert not _wait_for(marker)
 
 
@@ -88,9 +106,13 @@ def test_allow_global_of_a_function_warns(tmp_path: Path) -> None:
     path = zip_pt(tmp_path, lambda memo: b"cmath\nfsum\n](K\x01K\x02e\x85R", "fsum.pt")
     result = invoke("tree", path, "--allow-global", "math.fsum")
     assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
-    assert result.stderr == ("warning: --allow-global math.fsum is a function, not a data class: the file calls it "  # type: ignore[attr-defined]
-                             "for real, with arguments of its choosing\n")
-    result = invoke("tree", tmp_path / "f.pt", "--allow-global", "argparse.Namespace")  # a class: no warning
+    assert result.stderr == (
+        "warning: --allow-global math.fsum is a function, not a data class: the file calls it "  # type: ignore[attr-defined]
+        "for real, with arguments of its choosing\n"
+    )
+    result = invoke(
+        "tree", tmp_path / "f.pt", "--allow-global", "argparse.Namespace"
+    )  # a class: no warning
     assert (result.exit_code, result.stderr) == (0, "")  # type: ignore[attr-defined]
 
 
@@ -107,13 +129,17 @@ def test_the_refusal_list_payloads_are_still_refused(tmp_path: Path) -> None:
 
 def _warning(names: tuple[str, ...]) -> str:
     it = "it" if len(names) == 1 else "them"
-    return (f"warning: torch.load would call {', '.join(names)}: shown as stand-ins here, nothing ran; fully "
-            f"unpickling the file (torch.load without weights_only=True, or --unsafe-pickle) runs {it}\n")
+    return (
+        f"warning: torch.load would call {', '.join(names)}: shown as stand-ins here, nothing ran; fully "
+        f"unpickling the file (torch.load without weights_only=True, or --unsafe-pickle) runs {it}\n"
+    )
 
 
 @pytest.mark.parametrize("carrier", ["zip-pt", "legacy-pt", "sharded-bin", "peft-adapter-bin"])
 @pytest.mark.parametrize("name", sorted(CALLED))
-def test_a_called_global_off_the_refusal_list_is_named_in_a_warning(tmp_path: Path, name: str, carrier: str) -> None:
+def test_a_called_global_off_the_refusal_list_is_named_in_a_warning(
+    tmp_path: Path, name: str, carrier: str
+) -> None:
     """Five live payloads whose globals are not refused by name: listed, exit 0, and every one named on stderr
     and in --json's would_call; the marker never appears."""
     payload, marker = CALLED[name], tmp_path / "RAN"
@@ -133,7 +159,9 @@ def test_weights_and_input_files_carry_the_warning_or_are_refused(tmp_path: Path
     result = invoke("tree", f"{tmp_path}/{entry}", "--weights", path, "--json")
     assert result.exit_code == 0 and result.stderr == _warning(payload.globals)  # type: ignore[attr-defined]
     assert json.loads(result.stdout)["would_call"] == ["torch.utils.collect_env.run"]  # type: ignore[attr-defined]
-    result = invoke("stats", f"{tmp_path}/{entry}", "--input", path)  # inputs allow no stand-ins at all
+    result = invoke(
+        "stats", f"{tmp_path}/{entry}", "--input", path
+    )  # inputs allow no stand-ins at all
     assert result.exit_code == 2 and "torch.utils.collect_env.run" in result.stderr  # type: ignore[attr-defined]
     assert not _wait_for(marker)
 
@@ -142,8 +170,15 @@ def test_known_data_classes_and_values_are_not_warned_about(tmp_path: Path) -> N
     """A Namespace, a torch.nn layer, a defaultdict(list): calling them only stores data."""
     import collections
 
-    torch.save({"state_dict": state_dict(), "args": argparse.Namespace(lr=0.1), "layer": torch.nn.Linear(2, 2),
-                "by_name": collections.defaultdict(list, {"a": [1]})}, tmp_path / "ok.pt")
+    torch.save(
+        {
+            "state_dict": state_dict(),
+            "args": argparse.Namespace(lr=0.1),
+            "layer": torch.nn.Linear(2, 2),
+            "by_name": collections.defaultdict(list, {"a": [1]}),
+        },
+        tmp_path / "ok.pt",
+    )
     with open_source(str(tmp_path / "ok.pt")) as src:
         assert src.would_call == [] and src.warnings == []
         assert "argparse.Namespace" in src.standins and "collections.defaultdict" in src.standins
@@ -164,7 +199,9 @@ def test_diff_load_and_stats_json_name_the_called_globals(tmp_path: Path, name: 
     result = invoke("load", f"{tmp_path}/{entry}", path, "--dry-run", "--json")
     assert result.exit_code == 0 and result.stderr == _warning(payload.globals)  # type: ignore[attr-defined]
     assert json.loads(result.stdout)["would_call"] == names  # type: ignore[attr-defined]
-    result = invoke("stats", f"{tmp_path}/{entry}", "--weights", path, "--input-shape", "2,4", "--json")
+    result = invoke(
+        "stats", f"{tmp_path}/{entry}", "--weights", path, "--input-shape", "2,4", "--json"
+    )
     assert result.exit_code == 0 and result.stderr == _warning(payload.globals)  # type: ignore[attr-defined]
     assert json.loads(result.stdout)["would_call"] == names  # type: ignore[attr-defined]
     assert not _wait_for(marker)
@@ -176,5 +213,7 @@ def test_clean_checkpoints_have_empty_would_call_in_every_document(tmp_path: Pat
     assert (doc["would_call_a"], doc["would_call_b"]) == ([], [])
     result = invoke("load", f"{tmp_path}/{entry}", clean, "--dry-run", "--json")
     assert (result.exit_code, json.loads(result.stdout)["would_call"]) == (0, [])  # type: ignore[attr-defined]
-    result = invoke("stats", f"{tmp_path}/{entry}", "--weights", clean, "--input-shape", "2,4", "--json")
+    result = invoke(
+        "stats", f"{tmp_path}/{entry}", "--weights", clean, "--input-shape", "2,4", "--json"
+    )
     assert (result.exit_code, json.loads(result.stdout)["would_call"]) == (0, [])  # type: ignore[attr-defined]

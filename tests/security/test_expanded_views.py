@@ -33,4 +33,5 @@ def test_expanded_chunks_are_read_as_dcp_load_reads_them(tmp_path: Path) -> None
             next(src.iter_chunks("huge"))
     assert str(caught.value) == (
         f"{folder}/__0_0.distcp (bytes 0+{(folder / '__0_0.distcp').stat().st_size:,}): 'huge' claims 68,719,476,736 "
-        "elements over a storage of 1 (a stride-0 or overlapping view): too large to read, and no real tensor needs it")
+        "elements over a storage of 1 (a stride-0 or overlapping view): too large to read, and no real tensor needs it"
+    )

@@ -46,7 +46,9 @@ from modinspect.errors import ModinspectError
 from modinspect.run.source import open_source
 
 LONG_EXAMPLES = int(os.environ.get("MODINSPECT_FUZZ_EXAMPLES", "0") or 0)
-READ_LIMIT = 1 << 16  # read tensors up to 64 KB: mutated shapes may declare far more than the file holds
+READ_LIMIT = (
+    1 << 16
+)  # read tensors up to 64 KB: mutated shapes may declare far more than the file holds
 HARD_LIMIT = 10.0  # seconds before one case counts as hung
 
 
@@ -98,7 +100,11 @@ def fuzz_settings(examples: int, long: bool) -> settings:
         derandomize=not long,
         database=None,
         print_blob=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+        ],
     )
 
 
@@ -126,7 +132,9 @@ def _safetensors_base() -> bytes:
     }
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "x.safetensors"
-        save_file(tensors, str(path), metadata={"format": "pt", "encoder.2.weight": "encoder.1.weight"})
+        save_file(
+            tensors, str(path), metadata={"format": "pt", "encoder.2.weight": "encoder.1.weight"}
+        )
         return path.read_bytes()
 
 
@@ -145,8 +153,15 @@ def _torch_base(legacy: bool = False, training: bool = False) -> bytes:
     }
     obj: Any = sd
     if training:
-        obj = {"epoch": 3, "model_state_dict": sd, "optimizer_state_dict": {"state": {0: {"step": torch.tensor(2.0)}},
-               "param_groups": [{"lr": 0.1, "params": [0]}]}, "loss": 0.25}
+        obj = {
+            "epoch": 3,
+            "model_state_dict": sd,
+            "optimizer_state_dict": {
+                "state": {0: {"step": torch.tensor(2.0)}},
+                "param_groups": [{"lr": 0.1, "params": [0]}],
+            },
+            "loss": 0.25,
+        }
     buf = io.BytesIO()
     torch.save(obj, buf, _use_new_zipfile_serialization=not legacy)
     return buf.getvalue()
@@ -177,11 +192,29 @@ def _zip_from(members: list[tuple[str, bytes]]) -> bytes:
 
 # ---------------------------------------------------------------- mutation strategies
 
-INTERESTING_INTS = [0, 1, 2, 7, 8, 255, 256, 2**16, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**62, 2**63 - 1, 2**64 - 1]
+INTERESTING_INTS = [
+    0,
+    1,
+    2,
+    7,
+    8,
+    255,
+    256,
+    2**16,
+    2**31 - 1,
+    2**31,
+    2**32 - 1,
+    2**32,
+    2**62,
+    2**63 - 1,
+    2**64 - 1,
+]
 
 
 @st.composite
-def byte_edits(draw: st.DrawFn, data: bytes, region: tuple[int, int] | None = None, max_edits: int = 6) -> bytes:
+def byte_edits(
+    draw: st.DrawFn, data: bytes, region: tuple[int, int] | None = None, max_edits: int = 6
+) -> bytes:
     """Bit flips, byte overwrites, insertions, deletions and splices within `region` (default: anywhere)."""
     out = bytearray(data)
     lo, hi = region or (0, len(data))
@@ -199,15 +232,17 @@ def byte_edits(draw: st.DrawFn, data: bytes, region: tuple[int, int] | None = No
             out[at:at] = draw(st.binary(min_size=1, max_size=16))
             hi += 1
         elif kind == "delete":
-            del out[at:at + draw(st.integers(1, 16))]
-        elif kind == "splice":  # copy a run of the file over another place: plausible bytes in the wrong spot
+            del out[at : at + draw(st.integers(1, 16))]
+        elif (
+            kind == "splice"
+        ):  # copy a run of the file over another place: plausible bytes in the wrong spot
             src = draw(st.integers(0, len(out) - 1))
-            chunk = bytes(out[src:src + draw(st.integers(1, 32))])
-            out[at:at + len(chunk)] = chunk
+            chunk = bytes(out[src : src + draw(st.integers(1, 32))])
+            out[at : at + len(chunk)] = chunk
         else:  # an interesting integer, little-endian, over 1, 2, 4 or 8 bytes
             width = draw(st.sampled_from([1, 2, 4, 8]))
             value = draw(st.sampled_from(INTERESTING_INTS)) % (1 << (8 * width))
-            out[at:at + width] = value.to_bytes(width, "little")
+            out[at : at + width] = value.to_bytes(width, "little")
     return bytes(out)
 
 
@@ -219,9 +254,15 @@ def truncated(draw: st.DrawFn, data: bytes) -> bytes:
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.sampled_from([*INTERESTING_INTS, -1, -(2**63), 10**30])
-    | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.sampled_from([*INTERESTING_INTS, -1, -(2**63), 10**30])
+    | st.integers()
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=8,
 )
 
@@ -230,36 +271,65 @@ JSON_VALUES = st.recursive(
 def safetensors_structural(draw: st.DrawFn) -> bytes:
     """Edit the parsed header: one field of one entry, a dtype, offsets, shapes, metadata, keys; re-serialize."""
     n = int.from_bytes(ST_BASE[:8], "little")
-    header = json.loads(ST_BASE[8:8 + n])
-    data = ST_BASE[8 + n:]
+    header = json.loads(ST_BASE[8 : 8 + n])
+    data = ST_BASE[8 + n :]
     names = sorted(k for k in header if k != "__metadata__")
     for _ in range(draw(st.integers(1, 3))):
         name = draw(st.sampled_from(names))
-        field = draw(st.sampled_from(["dtype", "shape", "data_offsets", "entry", "metadata", "rename", "begin", "end"]))
+        field = draw(
+            st.sampled_from(
+                ["dtype", "shape", "data_offsets", "entry", "metadata", "rename", "begin", "end"]
+            )
+        )
         if not isinstance(header[name], dict):  # an earlier edit replaced the entry
             header[name] = {}
         if field in ("begin", "end") and not (
-            isinstance(header[name].get("data_offsets"), list) and len(header[name]["data_offsets"]) == 2
+            isinstance(header[name].get("data_offsets"), list)
+            and len(header[name]["data_offsets"]) == 2
             and all(type(o) is int for o in header[name]["data_offsets"])
         ):
             field = "data_offsets"
         if field == "dtype":
-            header[name]["dtype"] = draw(st.sampled_from(["F32", "F16", "BF16", "I64", "U8", "BOOL", "F4", "F6_E2M3",
-                                                          "F8_E8M0", "C64", "F128", "", "f32"]) | JSON_VALUES)
+            header[name]["dtype"] = draw(
+                st.sampled_from(
+                    [
+                        "F32",
+                        "F16",
+                        "BF16",
+                        "I64",
+                        "U8",
+                        "BOOL",
+                        "F4",
+                        "F6_E2M3",
+                        "F8_E8M0",
+                        "C64",
+                        "F128",
+                        "",
+                        "f32",
+                    ]
+                )
+                | JSON_VALUES
+            )
         elif field == "shape":
-            header[name]["shape"] = draw(st.lists(st.sampled_from([*INTERESTING_INTS, -1, 3, 4]), max_size=4)
-                                         | JSON_VALUES)
+            header[name]["shape"] = draw(
+                st.lists(st.sampled_from([*INTERESTING_INTS, -1, 3, 4]), max_size=4) | JSON_VALUES
+            )
         elif field == "data_offsets":
-            header[name]["data_offsets"] = draw(st.lists(st.sampled_from([*INTERESTING_INTS, -4, 12, 48]), max_size=3)
-                                                | JSON_VALUES)
+            header[name]["data_offsets"] = draw(
+                st.lists(st.sampled_from([*INTERESTING_INTS, -4, 12, 48]), max_size=3) | JSON_VALUES
+            )
         elif field in ("begin", "end"):
             begin, end = header[name]["data_offsets"]
             delta = draw(st.integers(-64, 64))
-            header[name]["data_offsets"] = [begin + delta, end] if field == "begin" else [begin, end + delta]
+            header[name]["data_offsets"] = (
+                [begin + delta, end] if field == "begin" else [begin, end + delta]
+            )
         elif field == "entry":
             header[name] = draw(JSON_VALUES)
         elif field == "metadata":
-            header["__metadata__"] = draw(JSON_VALUES | st.dictionaries(st.text(max_size=20), st.text(max_size=20)))
+            header["__metadata__"] = draw(
+                JSON_VALUES | st.dictionaries(st.text(max_size=20), st.text(max_size=20))
+            )
         else:
             header[draw(st.text(max_size=30))] = header.pop(name)
             names = sorted(k for k in header if k != "__metadata__")
@@ -268,7 +338,9 @@ def safetensors_structural(draw: st.DrawFn) -> bytes:
     raw = json.dumps(header).encode()
     if draw(st.booleans()):  # a duplicated key, which json.dumps cannot write
         raw = raw[:-1] + b', "' + draw(st.sampled_from(names or ["x"])).encode() + b'": {}}'
-    length = draw(st.sampled_from([None, None, None, 0, 1, len(raw) - 1, len(raw) + 1, 2**62, 2**64 - 1]))
+    length = draw(
+        st.sampled_from([None, None, None, 0, 1, len(raw) - 1, len(raw) + 1, 2**62, 2**64 - 1])
+    )
     out = struct.pack("<Q", len(raw) if length is None else length) + raw + data
     if draw(st.booleans()):
         out = draw(truncated(out))
@@ -284,14 +356,38 @@ def zip_header_edits(draw: st.DrawFn, base: bytes) -> bytes:
         name = draw(st.sampled_from(sorted(central)))
         where = draw(st.sampled_from(["central", "local"]))
         at = central[name] if where == "central" else local[name]
-        fields = ({"flags": (8, "<H"), "method": (10, "<H"), "crc": (16, "<I"), "csize": (20, "<I"), "usize": (24, "<I"),
-                   "name_len": (28, "<H"), "extra_len": (30, "<H"), "offset": (42, "<I")} if where == "central" else
-                  {"flags": (6, "<H"), "method": (8, "<H"), "crc": (14, "<I"), "csize": (18, "<I"), "usize": (22, "<I"),
-                   "name_len": (26, "<H"), "extra_len": (28, "<H")})
+        fields = (
+            {
+                "flags": (8, "<H"),
+                "method": (10, "<H"),
+                "crc": (16, "<I"),
+                "csize": (20, "<I"),
+                "usize": (24, "<I"),
+                "name_len": (28, "<H"),
+                "extra_len": (30, "<H"),
+                "offset": (42, "<I"),
+            }
+            if where == "central"
+            else {
+                "flags": (6, "<H"),
+                "method": (8, "<H"),
+                "crc": (14, "<I"),
+                "csize": (18, "<I"),
+                "usize": (22, "<I"),
+                "name_len": (26, "<H"),
+                "extra_len": (28, "<H"),
+            }
+        )
         offset, fmt = fields[draw(st.sampled_from(sorted(fields)))]
         bits = 8 * struct.calcsize(fmt)
-        value = draw(st.sampled_from([*INTERESTING_INTS, 8, 12, 14, 99]) | st.integers(0, (1 << bits) - 1))
-        out = out[:at + offset] + struct.pack(fmt, value % (1 << bits)) + out[at + offset + struct.calcsize(fmt):]
+        value = draw(
+            st.sampled_from([*INTERESTING_INTS, 8, 12, 14, 99]) | st.integers(0, (1 << bits) - 1)
+        )
+        out = (
+            out[: at + offset]
+            + struct.pack(fmt, value % (1 << bits))
+            + out[at + offset + struct.calcsize(fmt) :]
+        )
     return out
 
 
@@ -303,7 +399,9 @@ def zip_pickle_edits(draw: st.DrawFn, base: bytes) -> bytes:
     for name, data in members:
         if name.endswith("/data.pkl"):
             data = draw(byte_edits(data, max_edits=4))
-        elif "/data/" in name and draw(st.integers(0, 9)) == 0:  # sometimes a storage of the wrong size
+        elif (
+            "/data/" in name and draw(st.integers(0, 9)) == 0
+        ):  # sometimes a storage of the wrong size
             data = data[: draw(st.integers(0, len(data)))]
         out.append((name, data))
     return _zip_from(out)
@@ -338,7 +436,9 @@ def _torchscript_quant_base() -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        quantized = torch.ao.quantization.quantize_dynamic(
+            model, {torch.nn.Linear}, dtype=torch.qint8
+        )
         torch.jit.save(torch.jit.script(quantized), buf)
     return buf.getvalue()
 
@@ -375,9 +475,27 @@ def _legacy_bytes() -> st.SearchStrategy[bytes]:
 
 # ---------------------------------------------------------------- sharded indexes
 
-SHARD_NAMES = ["a.safetensors", "b.safetensors", "../a.safetensors", "/etc/hostname", "", ".", "..", "sub",
-               "a.safetensors/", "./a.safetensors", "sub/../a.safetensors", "a.safetensors\0", "link_out",
-               "loop", "missing.safetensors", "model.safetensors.index.json", "~", "a" * 300, "b.safetensors "]
+SHARD_NAMES = [
+    "a.safetensors",
+    "b.safetensors",
+    "../a.safetensors",
+    "/etc/hostname",
+    "",
+    ".",
+    "..",
+    "sub",
+    "a.safetensors/",
+    "./a.safetensors",
+    "sub/../a.safetensors",
+    "a.safetensors\0",
+    "link_out",
+    "loop",
+    "missing.safetensors",
+    "model.safetensors.index.json",
+    "~",
+    "a" * 300,
+    "b.safetensors ",
+]
 
 
 def _sharded_folder(work: Path) -> Path:
@@ -386,8 +504,10 @@ def _sharded_folder(work: Path) -> Path:
         folder.mkdir()
         (folder / "sub").mkdir()
         g = torch.Generator().manual_seed(2)
-        save_file({"fc.weight": torch.randn(3, 4, generator=g), "fc.bias": torch.randn(3, generator=g)},
-                  str(folder / "a.safetensors"))
+        save_file(
+            {"fc.weight": torch.randn(3, 4, generator=g), "fc.bias": torch.randn(3, generator=g)},
+            str(folder / "a.safetensors"),
+        )
         save_file({"head.weight": torch.randn(2, 3, generator=g)}, str(folder / "b.safetensors"))
         save_file({"outside": torch.ones(1)}, str(work / "outside.safetensors"))
         (folder / "link_out").symlink_to(work / "outside.safetensors")
@@ -395,8 +515,14 @@ def _sharded_folder(work: Path) -> Path:
     return folder
 
 
-INDEX_BASE = {"metadata": {"total_size": 68}, "weight_map": {"fc.weight": "a.safetensors", "fc.bias": "a.safetensors",
-                                                            "head.weight": "b.safetensors"}}
+INDEX_BASE = {
+    "metadata": {"total_size": 68},
+    "weight_map": {
+        "fc.weight": "a.safetensors",
+        "fc.bias": "a.safetensors",
+        "head.weight": "b.safetensors",
+    },
+}
 
 
 @st.composite
@@ -406,12 +532,17 @@ def index_structural(draw: st.DrawFn) -> bytes:
     for _ in range(draw(st.integers(1, 3))):
         kind = draw(st.sampled_from(["value", "key", "add", "drop", "weight_map", "doc"]))
         if kind == "value" and wm:
-            wm[draw(st.sampled_from(sorted(wm)))] = draw(st.sampled_from(SHARD_NAMES) | st.text(max_size=12) | JSON_VALUES)
+            wm[draw(st.sampled_from(sorted(wm)))] = draw(
+                st.sampled_from(SHARD_NAMES) | st.text(max_size=12) | JSON_VALUES
+            )
         elif kind == "key" and wm:
             wm[draw(st.text(max_size=12))] = wm.pop(draw(st.sampled_from(sorted(wm))))
         elif kind == "add":
-            wm[draw(st.text(max_size=12) | st.sampled_from(["fc.weight", "head.weight", "outside"]))] = draw(
-                st.sampled_from(SHARD_NAMES))
+            wm[
+                draw(
+                    st.text(max_size=12) | st.sampled_from(["fc.weight", "head.weight", "outside"])
+                )
+            ] = draw(st.sampled_from(SHARD_NAMES))
         elif kind == "drop" and wm:
             wm.pop(draw(st.sampled_from(sorted(wm))))
         elif kind == "weight_map":
@@ -447,8 +578,28 @@ def _torchscript_base() -> bytes:
 
 
 TORCHSCRIPT_BASE = _torchscript_base()
-CODE_PIECES = [b'"', b"'", b'"""', b"'''", b"\\", b"\n", b"\n  ", b"#", b"# type:", b"(", b")", b"[", b"]", b",",
-               b"class Linear(Module):\n", b"  __parameters__ = ", b"  __buffers__ = [", b'"weight"', b"\\\n", b":"]
+CODE_PIECES = [
+    b'"',
+    b"'",
+    b'"""',
+    b"'''",
+    b"\\",
+    b"\n",
+    b"\n  ",
+    b"#",
+    b"# type:",
+    b"(",
+    b")",
+    b"[",
+    b"]",
+    b",",
+    b"class Linear(Module):\n",
+    b"  __parameters__ = ",
+    b"  __buffers__ = [",
+    b'"weight"',
+    b"\\\n",
+    b":",
+]
 
 
 @st.composite
@@ -459,7 +610,11 @@ def torchscript_code_edits(draw: st.DrawFn) -> bytes:
         if name.endswith(".py") and draw(st.booleans()):
             for _ in range(draw(st.integers(1, 4))):
                 at = draw(st.integers(0, len(data)))
-                data = data[:at] + b"".join(draw(st.lists(st.sampled_from(CODE_PIECES), max_size=8))) + data[at:]
+                data = (
+                    data[:at]
+                    + b"".join(draw(st.lists(st.sampled_from(CODE_PIECES), max_size=8)))
+                    + data[at:]
+                )
         out.append((name, data))
     return _zip_from(out)
 
@@ -478,11 +633,18 @@ def _gguf_base() -> tuple[bytes, list[tuple[int, int]]]:
     import ggufs
 
     with tempfile.TemporaryDirectory() as d:
-        path = ggufs.write(Path(d) / "x.gguf", [
-            ("token_embd.weight", (4, 32), T.Q8_0), ("blk.0.attn_q.weight", (2, 256), T.Q4_K),
-            ("blk.0.attn_norm.weight", (8,), T.F32), ("blk.1.attn_norm.weight", (8,), T.F16),
-            ("blk.1.pos", (3,), T.I32), ("output.weight", (2, 32), T.BF16),
-        ], kv=ggufs.llama_kv(blocks=2, vocab=12))
+        path = ggufs.write(
+            Path(d) / "x.gguf",
+            [
+                ("token_embd.weight", (4, 32), T.Q8_0),
+                ("blk.0.attn_q.weight", (2, 256), T.Q4_K),
+                ("blk.0.attn_norm.weight", (8,), T.F32),
+                ("blk.1.attn_norm.weight", (8,), T.F16),
+                ("blk.1.pos", (3,), T.I32),
+                ("output.weight", (2, 32), T.BF16),
+            ],
+            kv=ggufs.llama_kv(blocks=2, vocab=12),
+        )
         data = path.read_bytes()
         reader = GGUFReader(path)
         base = reader.data.ctypes.data
@@ -505,8 +667,12 @@ def gguf_field_edits(draw: st.DrawFn) -> bytes:
     out = bytearray(GGUF_BASE)
     for _ in range(draw(st.integers(1, 3))):
         at, width = draw(st.sampled_from(GGUF_FIELDS))
-        value = draw(st.sampled_from(INTERESTING_INTS) | st.integers(0, 64) | st.integers(0, (1 << (8 * width)) - 1))
-        out[at:at + width] = (value % (1 << (8 * width))).to_bytes(width, "little")
+        value = draw(
+            st.sampled_from(INTERESTING_INTS)
+            | st.integers(0, 64)
+            | st.integers(0, (1 << (8 * width)) - 1)
+        )
+        out[at : at + width] = (value % (1 << (8 * width))).to_bytes(width, "little")
     return bytes(out)
 
 
@@ -560,8 +726,12 @@ test_fuzz_index = _make("index", long=False)
 test_fuzz_torchscript_code = _make("torchscript", long=False)
 test_fuzz_gguf = _make("gguf", long=False)
 
-_long = [pytest.mark.fuzz_long, pytest.mark.skipif(LONG_EXAMPLES <= 0, reason="set MODINSPECT_FUZZ_EXAMPLES=N for a "
-                                                                                  "long campaign of N cases")]
+_long = [
+    pytest.mark.fuzz_long,
+    pytest.mark.skipif(
+        LONG_EXAMPLES <= 0, reason="set MODINSPECT_FUZZ_EXAMPLES=N for a long campaign of N cases"
+    ),
+]
 
 
 def _long_test(target: str) -> Callable[..., None]:
@@ -582,11 +752,17 @@ test_long_fuzz_gguf = _long_test("gguf")
 
 def test_the_bases_are_valid(work: Path) -> None:
     """Unmutated, every base opens and reads: the mutations start from real files."""
-    for target, data in [("safetensors", ST_BASE), ("zip", ZIP_BASE), ("zip", ZIP_TRAINING_BASE),
-                         ("legacy", LEGACY_BASE), ("index", json.dumps(INDEX_BASE).encode()),
-                         ("torchscript", TORCHSCRIPT_BASE), ("gguf", GGUF_BASE), ("zip", TORCHSCRIPT_QUANT_BASE)]:
+    for target, data in [
+        ("safetensors", ST_BASE),
+        ("zip", ZIP_BASE),
+        ("zip", ZIP_TRAINING_BASE),
+        ("legacy", LEGACY_BASE),
+        ("index", json.dumps(INDEX_BASE).encode()),
+        ("torchscript", TORCHSCRIPT_BASE),
+        ("gguf", GGUF_BASE),
+        ("zip", TORCHSCRIPT_QUANT_BASE),
+    ]:
         _strategy, name, _n = TARGETS[target]
         path = (_sharded_folder(work) if target == "index" else work) / name
         path.write_bytes(data)
         assert exercise(path) == "opened", target
-

@@ -46,12 +46,16 @@ def test_regression_invalid_escape_in_a_global_name(tmp_path: Path) -> None:
     wherever warnings are errors, as in this suite. The gate decodes quietly and stands in for the name.
     """
     path = _zip(tmp_path / "x.pt", b"\x80\x02ct\\orch._utils\n_rebuild_tensor_v2\n.")
-    with pytest.raises(CorruptFileError, match=r"holds no state dict \(t\\orch\._utils\._rebuild_tensor_v2\)"):
+    with pytest.raises(
+        CorruptFileError, match=r"holds no state dict \(t\\orch\._utils\._rebuild_tensor_v2\)"
+    ):
         open_source(str(path))
 
 
 @pytest.mark.parametrize("pkl", [b"\x80\x02S'\\o'\n.", b"\x80\x02}S'k\\q'\nS'\\o'\ns."])
-def test_regression_invalid_escape_in_a_string_reaches_the_unpickler_quietly(tmp_path: Path, pkl: bytes) -> None:
+def test_regression_invalid_escape_in_a_string_reaches_the_unpickler_quietly(
+    tmp_path: Path, pkl: bytes
+) -> None:
     """The same escape in a STRING opcode passes the scan; the unpickler decodes it again, also quietly."""
     path = _zip(tmp_path / "x.pt", pkl)
     with pytest.raises(CorruptFileError, match="holds no state dict"):
@@ -66,7 +70,9 @@ def test_regression_shard_name_longer_than_the_file_system_allows(tmp_path: Path
 
     save_file({"w": torch.ones(2)}, str(folder / "a.safetensors"))
     name = "a" * 300
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "a.safetensors", "": name}}))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": "a.safetensors", "": name}})
+    )
     with pytest.raises(CorruptFileError, match=f"names shard '{name}', which cannot be followed"):
         open_source(str(folder))
 
@@ -94,7 +100,9 @@ def test_regression_lzma_method_on_a_stored_storage(tmp_path: Path) -> None:
     torch.save({"n": torch.tensor(5)}, buf)
     raw = buf.getvalue()
     path = tmp_path / "x.pt"
-    path.write_bytes(patch(raw, central_entries(raw)[entry_named(raw, "/data/0")] + CD_METHOD, "<H", 14))
+    path.write_bytes(
+        patch(raw, central_entries(raw)[entry_named(raw, "/data/0")] + CD_METHOD, "<H", 14)
+    )
     with open_source(str(path)) as src:  # listing reads no storage
         with pytest.raises(CorruptFileError, match="is a damaged zip file"):
             src.read_tensor("n")

@@ -53,15 +53,22 @@ def test_a_missing_checkpoint_with_a_colon_is_missing_not_a_module(tmp_path: Pat
     result = invoke("tree", "model.ckpt:latest", cwd=tmp_path)
     assert (result.exit_code, result.stderr) == (2, "error: model.ckpt:latest does not exist\n")
     result = invoke("tree", "weights.safetensors:ema", cwd=tmp_path)
-    assert (result.exit_code, result.stderr) == (2, "error: weights.safetensors:ema does not exist\n")
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "error: weights.safetensors:ema does not exist\n",
+    )
     # a real package.module:NAME still is an entry point
     result = invoke("tree", "nosuchpkg.models:build", cwd=tmp_path)
-    assert result.exit_code == 2 and result.stderr.startswith("error: cannot import nosuchpkg.models")
+    assert result.exit_code == 2 and result.stderr.startswith(
+        "error: cannot import nosuchpkg.models"
+    )
 
 
 def test_torch_warnings_about_an_input_file_do_not_reach_stderr(tmp_path: Path) -> None:
     """A quantized batch makes torch.load warn (TypedStorage is deprecated): only modinspect's line remains."""
-    (tmp_path / "net.py").write_text("import torch\ndef build():\n    return torch.nn.Linear(4, 4)\n")
+    (tmp_path / "net.py").write_text(
+        "import torch\ndef build():\n    return torch.nn.Linear(4, 4)\n"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         batch = torch.quantize_per_tensor(torch.rand(2, 4), 0.1, 0, torch.qint8)

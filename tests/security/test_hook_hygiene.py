@@ -21,11 +21,19 @@ from modinspect.errors import ModinspectError
 from modinspect.run.stats import StatsOptions, collect_stats
 
 MODULE_HOOK_DICTS = (
-    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-    "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called",
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
 )
 GLOBAL_HOOK_DICTS = (
-    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks",
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
     "_global_forward_hooks_always_called",
 )
 
@@ -101,12 +109,24 @@ def _tensor_hooks(t: torch.Tensor) -> int:
 
 def snapshot(model: nn.Module) -> dict[str, Any]:
     return {
-        "module_hooks": {(n, d): len(getattr(m, d, None) or {}) for n, m in model.named_modules() for d in MODULE_HOOK_DICTS},
+        "module_hooks": {
+            (n, d): len(getattr(m, d, None) or {})
+            for n, m in model.named_modules()
+            for d in MODULE_HOOK_DICTS
+        },
         "global_hooks": {d: len(getattr(module_globals, d, None) or {}) for d in GLOBAL_HOOK_DICTS},
-        "tensor_hooks": {n: _tensor_hooks(t) for n, t in [*model.named_parameters(), *model.named_buffers()]},
-        "params": {n: (id(p), p.data_ptr(), p.dtype, tuple(p.shape), _bits(p)) for n, p in model.named_parameters()},
+        "tensor_hooks": {
+            n: _tensor_hooks(t) for n, t in [*model.named_parameters(), *model.named_buffers()]
+        },
+        "params": {
+            n: (id(p), p.data_ptr(), p.dtype, tuple(p.shape), _bits(p))
+            for n, p in model.named_parameters()
+        },
         "buffers": {n: (id(b), b.data_ptr(), _bits(b)) for n, b in model.named_buffers()},
-        "grads": {n: (p.grad, None if p.grad is None else _bits(p.grad)) for n, p in model.named_parameters()},
+        "grads": {
+            n: (p.grad, None if p.grad is None else _bits(p.grad))
+            for n, p in model.named_parameters()
+        },
         "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
         "training": {n: m.training for n, m in model.named_modules()},
         "grad_enabled": torch.is_grad_enabled(),
@@ -115,9 +135,13 @@ def snapshot(model: nn.Module) -> dict[str, Any]:
 
 def assert_unchanged(model: nn.Module, before: dict[str, Any]) -> None:
     after = snapshot(model)
-    assert all(v == 0 for v in after["module_hooks"].values()), {k: v for k, v in after["module_hooks"].items() if v}
+    assert all(v == 0 for v in after["module_hooks"].values()), {
+        k: v for k, v in after["module_hooks"].items() if v
+    }
     assert after["global_hooks"] == before["global_hooks"]
-    assert after["tensor_hooks"] == before["tensor_hooks"] == dict.fromkeys(before["tensor_hooks"], 0)
+    assert (
+        after["tensor_hooks"] == before["tensor_hooks"] == dict.fromkeys(before["tensor_hooks"], 0)
+    )
     assert after["params"] == before["params"]
     assert after["buffers"] == before["buffers"]
     for name, (grad, bits) in before["grads"].items():
@@ -146,14 +170,19 @@ def run_stats(model: nn.Module, **options: Any) -> None:
     collect_stats(model, batches, options=StatsOptions(**options))
 
 
-@pytest.mark.parametrize("options", [{}, {"train": True}, {"backward": False}, {"train": True, "exact": True}],
-                         ids=["eval", "train", "no-backward", "train-exact"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"train": True}, {"backward": False}, {"train": True, "exact": True}],
+    ids=["eval", "train", "no-backward", "train-exact"],
+)
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_model_is_left_exactly_as_it_was(fault: str, options: dict[str, Any]) -> None:
     factory, error = FAULTS[fault]
     model = prepare(factory())
     before = snapshot(model)
-    if error is not None and not (error == "backward exploded" and options.get("backward") is False):
+    if error is not None and not (
+        error == "backward exploded" and options.get("backward") is False
+    ):
         with pytest.raises(ModinspectError, match=error):
             run_stats(model, **options)
     else:
@@ -183,7 +212,9 @@ def test_the_snapshot_sees_what_it_checks() -> None:
         assert_unchanged(model, before)
     model.blocks[1].fc.weight.requires_grad_(True)
     with torch.no_grad():
-        model.blocks[1].fc.bias[0] = -0.0 if model.blocks[1].fc.bias[0] == 0 else model.blocks[1].fc.bias[0] * 1.0000001
+        model.blocks[1].fc.bias[0] = (
+            -0.0 if model.blocks[1].fc.bias[0] == 0 else model.blocks[1].fc.bias[0] * 1.0000001
+        )
     with pytest.raises(AssertionError):
         assert_unchanged(model, before)
 

@@ -63,7 +63,9 @@ def build(carrier: str, payload: Payload, tmp_path: Path) -> tuple[Path, Path]:
 
 def assert_refused(result: object, payload: Payload, marker: Path) -> None:
     stderr: str = result.stderr  # type: ignore[attr-defined]
-    if stderr.startswith("note: importing "):  # [tool.modinspect] said which entry point it imports first
+    if stderr.startswith(
+        "note: importing "
+    ):  # [tool.modinspect] said which entry point it imports first
         stderr = stderr.split("\n", 1)[1]
     assert result.exit_code == 2, stderr  # type: ignore[attr-defined]
     assert result.stdout == ""  # type: ignore[attr-defined]
@@ -78,7 +80,9 @@ def assert_refused(result: object, payload: Payload, marker: Path) -> None:
 # ---------------------------------------------------------------- the payloads are real
 
 
-@pytest.mark.parametrize("payload", [p for p in PAYLOADS if p.runs_under_plain_pickle], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "payload", [p for p in PAYLOADS if p.runs_under_plain_pickle], ids=lambda p: p.name
+)
 def test_payload_runs_under_plain_pickle(tmp_path: Path, payload: Payload) -> None:
     """Control: plain pickle.loads runs each payload, so the refusals below mean something."""
     marker = tmp_path / "CONTROL"
@@ -138,7 +142,10 @@ CLI_PAYLOADS = [BY_NAME[n] for n in ("reduce-os-system", "global-p0-exec", "memo
 
 
 def _has_load() -> bool:
-    return any((c.name or (c.callback.__name__ if c.callback else "")) == "load" for c in app.registered_commands)
+    return any(
+        (c.name or (c.callback.__name__ if c.callback else "")) == "load"
+        for c in app.registered_commands
+    )
 
 
 @pytest.mark.parametrize("carrier", sorted(CARRIERS))
@@ -160,13 +167,21 @@ def test_diff_refuses_either_side(tmp_path: Path, payload: Payload, carrier: str
 
 @pytest.mark.parametrize("carrier", WEIGHTS_CARRIERS)
 @pytest.mark.parametrize("payload", CLI_PAYLOADS, ids=lambda p: p.name)
-def test_weights_refuses_on_tree_stats_and_diff(tmp_path: Path, payload: Payload, carrier: str) -> None:
+def test_weights_refuses_on_tree_stats_and_diff(
+    tmp_path: Path, payload: Payload, carrier: str
+) -> None:
     path, marker = build(carrier, payload, tmp_path)
     entry = write_victim(tmp_path)
     clean = clean_checkpoint(tmp_path)
     assert_refused(invoke("tree", entry, "--weights", path, cwd=tmp_path), payload, marker)
-    assert_refused(invoke("tree", entry, "--weights", path, "--no-strict", cwd=tmp_path), payload, marker)
-    assert_refused(invoke("stats", entry, "--weights", path, "--input-shape", "2,4", cwd=tmp_path), payload, marker)
+    assert_refused(
+        invoke("tree", entry, "--weights", path, "--no-strict", cwd=tmp_path), payload, marker
+    )
+    assert_refused(
+        invoke("stats", entry, "--weights", path, "--input-shape", "2,4", cwd=tmp_path),
+        payload,
+        marker,
+    )
     assert_refused(invoke("diff", entry, clean, "--weights-a", path, cwd=tmp_path), payload, marker)
     assert_refused(invoke("diff", clean, entry, "--weights-b", path, cwd=tmp_path), payload, marker)
 
@@ -192,7 +207,9 @@ def test_project_config_refuses_model_and_weights(tmp_path: Path, payload: Paylo
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text(f'[tool.modinspect]\nmodel = "{path.name}"\n')
     assert_refused(invoke("tree", cwd=tmp_path), payload, marker)
-    pyproject.write_text(f'[tool.modinspect]\nmodel = "victim.py:build"\nweights = "{path.name}"\ninput_shape = "2,4"\n')
+    pyproject.write_text(
+        f'[tool.modinspect]\nmodel = "victim.py:build"\nweights = "{path.name}"\ninput_shape = "2,4"\n'
+    )
     assert_refused(invoke("tree", cwd=tmp_path), payload, marker)
     assert_refused(invoke("stats", cwd=tmp_path), payload, marker)
     pyproject.write_text(f'[tool.modinspect]\nmodel = "victim.py:build"\ninput = "{path.name}"\n')
@@ -210,7 +227,9 @@ def test_load_refuses_and_writes_nothing(tmp_path: Path, payload: Payload, carri
     assert_refused(invoke("load", entry, path, "--dry-run", cwd=tmp_path), payload, marker)
     assert_refused(invoke("load", entry, path, "--out", out, cwd=tmp_path), payload, marker)
     assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir() if "modinspect-" in p.name] == []  # no stray temporary file
+    assert [
+        p.name for p in tmp_path.iterdir() if "modinspect-" in p.name
+    ] == []  # no stray temporary file
 
 
 @pytest.mark.skipif(not _has_load(), reason="the load command is not in this build")
@@ -269,14 +288,20 @@ def test_unsafe_pickle_on_a_raw_pickle_runs_it_then_fails_cleanly(tmp_path: Path
 
 
 @pytest.mark.parametrize("member", ["data.pkl", "constants.pkl"])
-def test_unsafe_pickle_on_torchscript_still_cannot_import_python(tmp_path: Path, member: str) -> None:
+def test_unsafe_pickle_on_torchscript_still_cannot_import_python(
+    tmp_path: Path, member: str
+) -> None:
     """TorchScript's own loader resolves no Python globals, so even the flag runs nothing there."""
     payload = BY_NAME["reduce-builtins-exec"]
     marker = marker_for(tmp_path, payload)
-    path = CARRIERS[f"torchscript-{member.replace('.', '-')}"](tmp_path, body_of(payload, marker), 2)
+    path = CARRIERS[f"torchscript-{member.replace('.', '-')}"](
+        tmp_path, body_of(payload, marker), 2
+    )
     assert_refused(invoke("tree", path), payload, marker)
     result = invoke("tree", path, "--unsafe-pickle")
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"error: {path} is not a loadable TorchScript archive: Unknown type name")
+    assert result.stderr.startswith(
+        f"error: {path} is not a loadable TorchScript archive: Unknown type name"
+    )
     assert result.stderr.count("\n") == 1
     assert not marker.exists()

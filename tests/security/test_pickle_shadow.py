@@ -44,8 +44,18 @@ def _tower_by_tuple_builtin(levels: int) -> bytes:
     """The tower built by calling builtins.tuple([t, t]) at each level instead of TUPLE2."""
     out = b"cbuiltins\ntuple\n" + long_binput(1) + POP + b")" + long_binput(0)
     for _ in range(levels):
-        out += (POP + long_binget(1) + b"]" + MARK + long_binget(0) + long_binget(0) + APPENDS + TUPLE1 + REDUCE
-                + long_binput(0))
+        out += (
+            POP
+            + long_binget(1)
+            + b"]"
+            + MARK
+            + long_binget(0)
+            + long_binget(0)
+            + APPENDS
+            + TUPLE1
+            + REDUCE
+            + long_binput(0)
+        )
     return out
 
 
@@ -56,12 +66,29 @@ SHAPES: dict[str, Callable[[int], bytes]] = {
     "DICT opcode": lambda n: MARK + tower_of_tuples(n) + b"K\x01d",
     "FROZENSET opcode": lambda n: MARK + tower_of_tuples(n) + b"\x91",
     "ADDITEMS": lambda n: b"\x8f" + MARK + tower_of_tuples(n) + b"\x90",
-    "builtins.set([...])": lambda n: b"cbuiltins\nset\n]" + MARK + tower_of_tuples(n) + APPENDS + TUPLE1 + REDUCE,
-    "frozenset by STACK_GLOBAL": lambda n: (su("builtins") + su("frozenset") + STACK_GLOBAL + b"]" + MARK
-                                            + tower_of_tuples(n) + APPENDS + TUPLE1 + REDUCE),
-    "OrderedDict, SETITEMS": lambda n: b"ccollections\nOrderedDict\n)R" + MARK + tower_of_tuples(n) + b"K\x01u",
-    "set by OBJ": lambda n: MARK + b"cbuiltins\nset\n]" + MARK + tower_of_tuples(n) + APPENDS + b"o",
-    "set by INST": lambda n: MARK + b"]" + MARK + tower_of_tuples(n) + APPENDS + b"ibuiltins\nset\n",
+    "builtins.set([...])": lambda n: (
+        b"cbuiltins\nset\n]" + MARK + tower_of_tuples(n) + APPENDS + TUPLE1 + REDUCE
+    ),
+    "frozenset by STACK_GLOBAL": lambda n: (
+        su("builtins")
+        + su("frozenset")
+        + STACK_GLOBAL
+        + b"]"
+        + MARK
+        + tower_of_tuples(n)
+        + APPENDS
+        + TUPLE1
+        + REDUCE
+    ),
+    "OrderedDict, SETITEMS": lambda n: (
+        b"ccollections\nOrderedDict\n)R" + MARK + tower_of_tuples(n) + b"K\x01u"
+    ),
+    "set by OBJ": lambda n: (
+        MARK + b"cbuiltins\nset\n]" + MARK + tower_of_tuples(n) + APPENDS + b"o"
+    ),
+    "set by INST": lambda n: (
+        MARK + b"]" + MARK + tower_of_tuples(n) + APPENDS + b"ibuiltins\nset\n"
+    ),
     "tuple() levels": lambda n: b"}" + _tower_by_tuple_builtin(n) + b"K\x01s",
 }
 
@@ -106,7 +133,12 @@ def test_allow_global_counts_as_code_that_may_hash() -> None:
     data = as_pickle(body, 2)
     check_pickle(data, 0, 256 << 20, Gate("x.pkl").call_kind)  # a stand-in hashes nothing
     with pytest.raises(HashBombError):
-        check_pickle(data, 0, 256 << 20, Gate("x.pkl", GatePolicy(allow_globals=frozenset({"argparse.Namespace"}))).call_kind)
+        check_pickle(
+            data,
+            0,
+            256 << 20,
+            Gate("x.pkl", GatePolicy(allow_globals=frozenset({"argparse.Namespace"}))).call_kind,
+        )
 
 
 CHILD = """
@@ -129,8 +161,13 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_utime - before)
 def test_the_refusal_costs_milliseconds_of_cpu() -> None:
     """CPU time of a child (not wall time): a 100-level tower is refused in well under a second of CPU."""
     paths = [p for p in sys.path if p.endswith(("tests/security", "src"))]
-    out = subprocess.run([sys.executable, "-c", CHILD, "100", *paths], capture_output=True, text=True, timeout=120,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, "100", *paths],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     label, cpu = out.stdout.splitlines()
     assert label == "x.pkl"
     assert float(cpu) < 0.5, cpu
@@ -139,7 +176,9 @@ def test_the_refusal_costs_milliseconds_of_cpu() -> None:
 # ---------------------------------------------------------------- calls that copy their argument
 
 
-@pytest.mark.parametrize(("text", "per_item"), [("a", 8), ("é", 8 + 80)], ids=["ascii", "beyond-ascii"])
+@pytest.mark.parametrize(
+    ("text", "per_item"), [("a", 8), ("é", 8 + 80)], ids=["ascii", "beyond-ascii"]
+)
 def test_a_copying_call_is_charged_per_item_of_its_argument(text: str, per_item: int) -> None:
     """builtins.list(s) costs 8 bytes per character (80 more for a new 1-character string beyond ASCII):
     read at exactly the budget it needs, refused one byte below."""
@@ -161,15 +200,18 @@ def _shared_tuples(draw: st.DrawFn) -> list[object]:
     """A pool of tuples, each holding atoms and earlier tuples of the pool (shared, so pickled by memo)."""
     pool: list[object] = []
     for _ in range(draw(st.integers(1, 12))):
-        items = draw(st.lists(st.one_of(_ATOMS, st.sampled_from(pool) if pool else _ATOMS), max_size=4))
+        items = draw(
+            st.lists(st.one_of(_ATOMS, st.sampled_from(pool) if pool else _ATOMS), max_size=4)
+        )
         pool.append(tuple(items))
     return pool
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(pool=_shared_tuples(), data=st.data(), protocol=st.sampled_from([2, 4, 5]))
-def test_the_count_equals_the_items_hashed_for_pickler_written_keys(pool: list[object], data: st.DataObject,
-                                                                    protocol: int) -> None:
+def test_the_count_equals_the_items_hashed_for_pickler_written_keys(
+    pool: list[object], data: st.DataObject, protocol: int
+) -> None:
     """Dicts and sets that pickle.dumps wrote, keyed by shared tuples: the shadow counts exactly the items the
     C unpickler hashes (each key once), so it accepts at that limit and refuses one below."""
     keys = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=8, unique_by=id))
@@ -194,7 +236,9 @@ def test_colliding_keys_are_what_they_claim() -> None:
     assert {hash(k) for k in pickle.loads(_colliding_keys(9))} == {0}
 
 
-@pytest.mark.xfail(strict=True, reason="open: full hash collisions (ints equal mod 2^61 - 1) are not counted yet")
+@pytest.mark.xfail(
+    strict=True, reason="open: full hash collisions (ints equal mod 2^61 - 1) are not counted yet"
+)
 def test_a_hash_collision_flood_is_refused() -> None:
     """Dict keys i * (2^61 - 1) all hash to 0: each insertion compares with every key before it. 20,000 keys
     (280 KB) cost 2.4 s of CPU to unpickle, 100,000 (1.4 MB) about a minute; nothing bounds it yet."""

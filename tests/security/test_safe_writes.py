@@ -51,7 +51,9 @@ def strays(folder: Path) -> list[str]:
 
 def run_and_kill(target: Path, delay: float | None) -> str:
     """Start the slow writer; once it has begun writing, SIGKILL it after `delay` s (None: let it finish)."""
-    with subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target)], stdout=subprocess.PIPE, text=True) as child:
+    with subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(target)], stdout=subprocess.PIPE, text=True
+    ) as child:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "WRITING"
         if delay is None:
@@ -64,7 +66,9 @@ def run_and_kill(target: Path, delay: float | None) -> str:
 
 
 @pytest.mark.parametrize("existed", [True, False], ids=["over-an-old-file", "new-file"])
-def test_sigkill_mid_write_leaves_the_old_file_or_none_never_a_torn_one(tmp_path: Path, existed: bool) -> None:
+def test_sigkill_mid_write_leaves_the_old_file_or_none_never_a_torn_one(
+    tmp_path: Path, existed: bool
+) -> None:
     target = tmp_path / "out.safetensors"
     outcomes = []
     for delay in (0.0, 0.01, 0.03, 0.08, 0.15, 0.25, 0.4, 0.6):
@@ -75,7 +79,9 @@ def test_sigkill_mid_write_leaves_the_old_file_or_none_never_a_torn_one(tmp_path
         how = run_and_kill(target, delay)
         if target.exists():
             content = target.read_bytes()
-            assert content in (OLD, NEW) if existed else content == NEW, f"torn file after kill at {delay} s"
+            assert content in (OLD, NEW) if existed else content == NEW, (
+                f"torn file after kill at {delay} s"
+            )
             outcomes.append((how, "new" if content == NEW else "old"))
         else:
             assert not existed, f"the old file vanished after kill at {delay} s"
@@ -179,8 +185,12 @@ def test_refuses_a_target_that_cannot_be_a_file(tmp_path: Path, problem: str) ->
     target = tmp_path / "d" if problem == "directory" else tmp_path / "missing" / "out.pt"
     if problem == "directory":
         target.mkdir()
-    with pytest.raises(UsageError, match="is a directory; give a file name" if problem == "directory"
-                       else "folder .* does not exist"):
+    with pytest.raises(
+        UsageError,
+        match="is a directory; give a file name"
+        if problem == "directory"
+        else "folder .* does not exist",
+    ):
         atomic_write(target, _never, force=True)
 
 
@@ -198,7 +208,10 @@ def test_the_written_file_gets_ordinary_permissions(tmp_path: Path) -> None:
 
 
 def _has_load() -> bool:
-    return any((c.name or (c.callback.__name__ if c.callback else "")) == "load" for c in app.registered_commands)
+    return any(
+        (c.name or (c.callback.__name__ if c.callback else "")) == "load"
+        for c in app.registered_commands
+    )
 
 
 @pytest.mark.skipif(not _has_load(), reason="the load command is not in this build")
@@ -208,7 +221,9 @@ def test_load_out_never_clobbers(tmp_path: Path) -> None:
     before = (clean.read_bytes(), clean.stat().st_mtime_ns)
     result = invoke("load", entry, clean.name, "--out", clean.name, "--force", cwd=tmp_path)
     assert result.exit_code == 2
-    assert result.stderr == f"error: {clean.name} is also an input; write the result to another file\n"
+    assert (
+        result.stderr == f"error: {clean.name} is also an input; write the result to another file\n"
+    )
     _untouched(clean, before)
     other = tmp_path / "other.safetensors"
     other.write_bytes(OLD)

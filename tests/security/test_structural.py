@@ -59,9 +59,15 @@ from modinspect.errors import ModinspectError
 # wall time and peak RSS of the whole corpus against the 5 s / 600 MB goal, in fresh processes.
 TIME_LIMIT = 3.0  # CPU seconds for one CLI run on a small hostile file
 # Cases that are large by design (millions of opcodes): about 1.5 s of CPU alone.
-LARGE_CASES = {"nested_lists_10_pow_6": 6.0, "ten_megabytes_of_sets": 6.0, "object_flood_of_8_million_lists": 6.0}
+LARGE_CASES = {
+    "nested_lists_10_pow_6": 6.0,
+    "ten_megabytes_of_sets": 6.0,
+    "object_flood_of_8_million_lists": 6.0,
+}
 HANG_LIMIT = 120.0  # wall-clock seconds after which a run counts as hung: a backstop, far above any real cost
-Case = Callable[[Path], tuple[list[str], str]]  # tmp_path -> (CLI arguments, substring of the error line)
+Case = Callable[
+    [Path], tuple[list[str], str]
+]  # tmp_path -> (CLI arguments, substring of the error line)
 CASES: dict[str, Case] = {}
 
 
@@ -110,26 +116,35 @@ def st_header_length_2_pow_62(tmp: Path) -> tuple[list[str], str]:
 @case
 def st_header_of_200_mb_declared(tmp: Path) -> tuple[list[str], str]:
     # 200 MB declared, 60 bytes written: refused from the declared size, before any read of it.
-    path = st_file(tmp / "x.safetensors", {"a": ent("F32", [1], 0, 4)}, b"\0" * 4, length=200_000_000)
+    path = st_file(
+        tmp / "x.safetensors", {"a": ent("F32", [1], 0, 4)}, b"\0" * 4, length=200_000_000
+    )
     return ["tree", str(path)], "declares a 200,000,000-byte header (limit 100,000,000)"
 
 
 @case
 def st_header_longer_than_file(tmp: Path) -> tuple[list[str], str]:
-    path = st_file(tmp / "x.safetensors", {"a": ent("F32", [1], 0, 4)}, b"\0" * 4, length=50_000_000)
+    path = st_file(
+        tmp / "x.safetensors", {"a": ent("F32", [1], 0, 4)}, b"\0" * 4, length=50_000_000
+    )
     return ["tree", str(path)], "declares a 50,000,000-byte header but the file holds"
 
 
 @case
 def st_overlapping_offsets(tmp: Path) -> tuple[list[str], str]:
-    path = st_file(tmp / "x.safetensors", {"a": ent("F32", [2], 0, 8), "b": ent("F32", [2], 4, 12)}, b"\0" * 12)
+    path = st_file(
+        tmp / "x.safetensors", {"a": ent("F32", [2], 0, 8), "b": ent("F32", [2], 4, 12)}, b"\0" * 12
+    )
     return ["tree", str(path)], "places 'b' at byte 4, which overlaps the previous tensor"
 
 
 @case
 def st_negative_offsets(tmp: Path) -> tuple[list[str], str]:
     path = st_file(tmp / "x.safetensors", {"a": ent("F32", [1], -4, 0)}, b"\0" * 4)
-    return ["tree", str(path)], "gives 'a' data_offsets that are not [begin, end] with 0 <= begin <= end"
+    return [
+        "tree",
+        str(path),
+    ], "gives 'a' data_offsets that are not [begin, end] with 0 <= begin <= end"
 
 
 @case
@@ -159,7 +174,10 @@ def st_dtype_and_size_disagree(tmp: Path) -> tuple[list[str], str]:
 @case
 def st_astronomical_shape(tmp: Path) -> tuple[list[str], str]:
     path = st_file(tmp / "x.safetensors", {"a": ent("F32", [2**40, 2**40], 0, 8)}, b"\0" * 8)
-    return ["tree", str(path)], f"gives 'a' 8 bytes but shape [{2**40}, {2**40}] of F32 needs {2**82}"
+    return [
+        "tree",
+        str(path),
+    ], f"gives 'a' 8 bytes but shape [{2**40}, {2**40}] of F32 needs {2**82}"
 
 
 @case
@@ -183,22 +201,32 @@ def st_duplicate_keys(tmp: Path) -> tuple[list[str], str]:
 
 @case
 def st_non_string_metadata(tmp: Path) -> tuple[list[str], str]:
-    path = st_file(tmp / "x.safetensors", {"__metadata__": {"format": 1}, "a": ent("F32", [1], 0, 4)}, b"\0" * 4)
+    path = st_file(
+        tmp / "x.safetensors",
+        {"__metadata__": {"format": 1}, "a": ent("F32", [1], 0, 4)},
+        b"\0" * 4,
+    )
     return ["tree", str(path)], "has __metadata__ that is not a map of strings to strings"
 
 
 @case
 def st_non_utf8_header(tmp: Path) -> tuple[list[str], str]:
-    path = st_file(tmp / "x.safetensors", b'{"\xff\xfe": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}',
-                   b"\0" * 4)
+    path = st_file(
+        tmp / "x.safetensors",
+        b'{"\xff\xfe": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}',
+        b"\0" * 4,
+    )
     return ["tree", str(path)], "has a header that is not UTF-8"
 
 
 @case
 def st_integer_of_5000_digits(tmp: Path) -> tuple[list[str], str]:
     """Regression: json.loads raised a plain ValueError (Python's int digit limit), not JSONDecodeError."""
-    path = st_file(tmp / "x.safetensors", b'{"a": {"dtype": "F32", "shape": [' + b"7" * 5000 + b'], "data_offsets": [0, 4]}}',
-                   b"\0" * 4)
+    path = st_file(
+        tmp / "x.safetensors",
+        b'{"a": {"dtype": "F32", "shape": [' + b"7" * 5000 + b'], "data_offsets": [0, 4]}}',
+        b"\0" * 4,
+    )
     return ["tree", str(path)], "has a header that is not valid JSON (ValueError)"
 
 
@@ -219,15 +247,23 @@ def st_truncated(tmp: Path) -> tuple[list[str], str]:
 # ---------------------------------------------------------------- sharded indexes
 
 
-def sharded_dir(tmp: Path, weight_map: dict[str, object] | None = None, raw: bytes | None = None) -> Path:
+def sharded_dir(
+    tmp: Path, weight_map: dict[str, object] | None = None, raw: bytes | None = None
+) -> Path:
     folder = tmp / "model"
     folder.mkdir(exist_ok=True)
     sd = state_dict()
     save_file({"fc.weight": sd["fc.weight"]}, str(folder / "a.safetensors"))
     save_file({"fc.bias": sd["fc.bias"]}, str(folder / "b.safetensors"))
     index = folder / "model.safetensors.index.json"
-    wm = weight_map if weight_map is not None else {"fc.weight": "a.safetensors", "fc.bias": "b.safetensors"}
-    index.write_bytes(raw if raw is not None else json.dumps({"metadata": {}, "weight_map": wm}).encode())
+    wm = (
+        weight_map
+        if weight_map is not None
+        else {"fc.weight": "a.safetensors", "fc.bias": "b.safetensors"}
+    )
+    index.write_bytes(
+        raw if raw is not None else json.dumps({"metadata": {}, "weight_map": wm}).encode()
+    )
     return folder
 
 
@@ -236,7 +272,10 @@ def index_parent_escape(tmp: Path) -> tuple[list[str], str]:
     secret = tmp / "outside.safetensors"
     save_file({"fc.bias": torch.zeros(3)}, str(secret))
     folder = sharded_dir(tmp, {"fc.weight": "a.safetensors", "fc.bias": "../outside.safetensors"})
-    return ["tree", str(folder)], "names shard '../outside.safetensors' outside its directory; refusing to follow it"
+    return [
+        "tree",
+        str(folder),
+    ], "names shard '../outside.safetensors' outside its directory; refusing to follow it"
 
 
 @case
@@ -253,7 +292,10 @@ def index_symlink_outside(tmp: Path) -> tuple[list[str], str]:
     save_file({"fc.bias": torch.zeros(3)}, str(secret))
     folder = sharded_dir(tmp, {"fc.weight": "a.safetensors", "fc.bias": "link.safetensors"})
     (folder / "link.safetensors").symlink_to(secret)
-    return ["tree", str(folder)], "names shard 'link.safetensors', which resolves outside its directory"
+    return [
+        "tree",
+        str(folder),
+    ], "names shard 'link.safetensors', which resolves outside its directory"
 
 
 @case
@@ -293,8 +335,14 @@ def index_places_tensor_in_wrong_shard(tmp: Path) -> tuple[list[str], str]:
 @case
 def index_does_not_list_a_tensor_of_the_shard(tmp: Path) -> tuple[list[str], str]:
     folder = sharded_dir(tmp)
-    save_file({"fc.weight": state_dict()["fc.weight"], "stowaway": torch.ones(2)}, str(folder / "a.safetensors"))
-    return ["tree", str(folder)], "a.safetensors holds 'stowaway', which model.safetensors.index.json does not list"
+    save_file(
+        {"fc.weight": state_dict()["fc.weight"], "stowaway": torch.ones(2)},
+        str(folder / "a.safetensors"),
+    )
+    return [
+        "tree",
+        str(folder),
+    ], "a.safetensors holds 'stowaway', which model.safetensors.index.json does not list"
 
 
 @case
@@ -312,7 +360,9 @@ def index_weight_map_of_numbers(tmp: Path) -> tuple[list[str], str]:
 @case
 def index_integer_of_5000_digits(tmp: Path) -> tuple[list[str], str]:
     """Regression: a plain ValueError (int digit limit) escaped the index reader."""
-    folder = sharded_dir(tmp, raw=b'{"metadata": {"total_size": ' + b"9" * 5000 + b'}, "weight_map": {}}')
+    folder = sharded_dir(
+        tmp, raw=b'{"metadata": {"total_size": ' + b"9" * 5000 + b'}, "weight_map": {}}'
+    )
     return ["tree", str(folder)], "is not a readable JSON index (ValueError)"
 
 
@@ -349,15 +399,23 @@ def zip_truncated_inside_central_directory(tmp: Path) -> tuple[list[str], str]:
 @case
 def zip_bad_crc_in_data_pkl(tmp: Path) -> tuple[list[str], str]:
     path, raw = zip_checkpoint(tmp)
-    path.write_bytes(patch(raw, central_entries(raw)[entry_named(raw, "/data.pkl")] + CD_CRC, "<I", 0xDEADBEEF))
+    path.write_bytes(
+        patch(raw, central_entries(raw)[entry_named(raw, "/data.pkl")] + CD_CRC, "<I", 0xDEADBEEF)
+    )
     return ["tree", str(path)], "Bad CRC-32 for file"
 
 
 @case
 def zip_bad_crc_in_storage(tmp: Path) -> tuple[list[str], str]:
     path, raw = zip_checkpoint(tmp)
-    path.write_bytes(patch(raw, central_entries(raw)[entry_named(raw, "/data/0")] + CD_CRC, "<I", 0xDEADBEEF))
-    return ["diff", str(path), str(path)], "Bad CRC-32 for file"  # listing reads no storage: diff reads them
+    path.write_bytes(
+        patch(raw, central_entries(raw)[entry_named(raw, "/data/0")] + CD_CRC, "<I", 0xDEADBEEF)
+    )
+    return [
+        "diff",
+        str(path),
+        str(path),
+    ], "Bad CRC-32 for file"  # listing reads no storage: diff reads them
 
 
 @case
@@ -440,8 +498,13 @@ def zip_huge_sizes_in_local_header_only(tmp: Path) -> tuple[list[str], str]:
     at = local_entries(raw)[entry_named(raw, "/data.pkl")]
     raw = patch(patch(raw, at + LH_CSIZE, "<I", 0xFFFFFFF0), at + LH_USIZE, "<I", 0xFFFFFFF0)
     # ...and a damaged data.pkl byte behind it, so the run must end in an error, not a listing.
-    data_at = at + 30 + struct.unpack("<H", raw[at + 26:at + 28])[0] + struct.unpack("<H", raw[at + 28:at + 30])[0]
-    raw = raw[:data_at + 5] + bytes([raw[data_at + 5] ^ 0xFF]) + raw[data_at + 6:]
+    data_at = (
+        at
+        + 30
+        + struct.unpack("<H", raw[at + 26 : at + 28])[0]
+        + struct.unpack("<H", raw[at + 28 : at + 30])[0]
+    )
+    raw = raw[: data_at + 5] + bytes([raw[data_at + 5] ^ 0xFF]) + raw[data_at + 6 :]
     path.write_bytes(raw)
     return ["tree", str(path)], "Bad CRC-32 for file"
 
@@ -487,7 +550,9 @@ def pickle_binbytes8_in_legacy_object(tmp: Path) -> tuple[list[str], str]:
     raw = buf.getvalue()
     # The magic, protocol and system-info pickles, then an object pickle that declares 2^50 bytes.
     path = tmp / "x.pt"
-    path.write_bytes(raw[: pickle_ends(raw)[2]] + b"\x80\x02\x8e" + struct.pack("<Q", 2**50) + b"...")
+    path.write_bytes(
+        raw[: pickle_ends(raw)[2]] + b"\x80\x02\x8e" + struct.pack("<Q", 2**50) + b"..."
+    )
     return ["tree", str(path)], f"expected {2**50} bytes in a bytes8"
 
 
@@ -496,13 +561,21 @@ def pickle_memo_index_2_pow_31(tmp: Path) -> tuple[list[str], str]:
     """Regression: LONG_BINPUT 2^31-1 made the C unpickler grow and fill a 32 GB memo (2^28: 4 GB, 9 s)."""
     path = tmp / "x.pkl"
     path.write_bytes(b"\x80\x02N" + b"r" + struct.pack("<I", 2**31 - 1) + b".")
-    return ["tree", str(path)], "memo index 2,147,483,647 at byte 3, past any index a pickler would use"
+    return [
+        "tree",
+        str(path),
+    ], "memo index 2,147,483,647 at byte 3, past any index a pickler would use"
 
 
 @case
 def pickle_memo_index_in_zip(tmp: Path) -> tuple[list[str], str]:
     path, _ = zip_checkpoint(tmp)
-    rewrite_zip(path, lambda n, d: b"\x80\x02}r" + struct.pack("<I", 2**28) + b"." if n.endswith("/data.pkl") else d)
+    rewrite_zip(
+        path,
+        lambda n, d: (
+            b"\x80\x02}r" + struct.pack("<I", 2**28) + b"." if n.endswith("/data.pkl") else d
+        ),
+    )
     return ["tree", str(path)], "memo index 268,435,456 at byte 3"
 
 
@@ -544,9 +617,9 @@ def legacy_storage_missing_from_key_list(tmp: Path) -> tuple[list[str], str]:
     torch.save({"a": torch.ones(3), "b": torch.zeros(2)}, buf, _use_new_zipfile_serialization=False)
     raw = buf.getvalue()
     ends = pickle_ends(raw)
-    keys = pickle.loads(raw[ends[3]:ends[4]])
+    keys = pickle.loads(raw[ends[3] : ends[4]])
     path = tmp / "x.pt"
-    path.write_bytes(raw[:ends[3]] + pickle.dumps(keys[:1], protocol=2) + raw[ends[4]:])
+    path.write_bytes(raw[: ends[3]] + pickle.dumps(keys[:1], protocol=2) + raw[ends[4] :])
     return ["tree", str(path)], "has no data"
 
 
@@ -562,22 +635,42 @@ def legacy_truncated(tmp: Path) -> tuple[list[str], str]:
 @case
 def meta_tensor_without_dtype(tmp: Path) -> tuple[list[str], str]:
     """Regression: reading a meta tensor whose dtype was not a torch dtype raised AttributeError."""
-    pkl = (b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_meta_tensor_no_storage\n"
-           b"(NK\x02\x85K\x01\x85\x89tRs.")
+    pkl = (
+        b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_meta_tensor_no_storage\n"
+        b"(NK\x02\x85K\x01\x85\x89tRs."
+    )
     path = tmp / "meta.pt"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("meta/data.pkl", pkl)
     return ["diff", str(path), str(path)], "'w' is a meta tensor and has no data"
 
 
-def one_tensor_zip(tmp: Path, size: bytes = b"K\x02\x85", stride: bytes = b"K\x01\x85", offset: bytes = b"K\x00",
-                   name: str = "one.pt") -> Path:
+def one_tensor_zip(
+    tmp: Path,
+    size: bytes = b"K\x02\x85",
+    stride: bytes = b"K\x01\x85",
+    offset: bytes = b"K\x00",
+    name: str = "one.pt",
+) -> Path:
     """A hand-assembled torch zip holding {'w': <2 floats>}; size, stride and offset are opcode bytes."""
+
     def x(text: str) -> bytes:
         return b"X" + struct.pack("<I", len(text)) + text.encode()
 
-    pkl = (b"\x80\x02}" + x("w") + b"ctorch._utils\n_rebuild_tensor_v2\n((" + x("storage") + b"ctorch\nFloatStorage\n"
-           + x("0") + x("cpu") + b"K\x02tQ" + offset + size + stride + b"\x89ccollections\nOrderedDict\n)RtRs.")
+    pkl = (
+        b"\x80\x02}"
+        + x("w")
+        + b"ctorch._utils\n_rebuild_tensor_v2\n(("
+        + x("storage")
+        + b"ctorch\nFloatStorage\n"
+        + x("0")
+        + x("cpu")
+        + b"K\x02tQ"
+        + offset
+        + size
+        + stride
+        + b"\x89ccollections\nOrderedDict\n)RtRs."
+    )
     path = tmp / name
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("one/data.pkl", pkl)
@@ -640,15 +733,21 @@ def expanded_view_diffed(tmp: Path) -> tuple[list[str], str]:
     """Reading 2^40 elements gathered from one float is refused at once, not streamed for hours."""
     path = tmp / "x.pt"
     torch.save({"huge": torch.ones(1).expand(2**40)}, path)
-    return ["diff", str(path), str(path)], "'huge' claims 1,099,511,627,776 elements over a storage of 1 (a stride-0 view)"
+    return [
+        "diff",
+        str(path),
+        str(path),
+    ], "'huge' claims 1,099,511,627,776 elements over a storage of 1 (a stride-0 view)"
 
 
 @case
 def expanded_view_as_stats_input(tmp: Path) -> tuple[list[str], str]:
     (tmp / "net.py").write_text("import torch\ndef build():\n    return torch.nn.Linear(4, 4)\n")
     torch.save(torch.ones(1, 1).expand(2**38, 4), tmp / "batch.pt")
-    return (["stats", str(tmp / "net.py") + ":build", "--input", str(tmp / "batch.pt")],
-            "input 0 claims 1,099,511,627,776 elements over a storage of 1 (a stride-0 view)")
+    return (
+        ["stats", str(tmp / "net.py") + ":build", "--input", str(tmp / "batch.pt")],
+        "input 0 claims 1,099,511,627,776 elements over a storage of 1 (a stride-0 view)",
+    )
 
 
 def _pickled_zip(tmp: Path, data_pkl: bytes, name: str = "x.pt", compress: bool = False) -> Path:
@@ -668,20 +767,26 @@ def _device_pickle(*args: bytes) -> bytes:
 @case
 def device_from_hex_codec(tmp: Path) -> tuple[list[str], str]:
     """torch.device(b'ab', 'hex') ran str(b'ab', 'hex'): a LookupError, reported as an internal error."""
-    return ["tree", str(_pickled_zip(tmp, _device_pickle(b"C\x02ab", b"X\x03\x00\x00\x00hex")))], \
-        "names a device that is not a device"
+    return [
+        "tree",
+        str(_pickled_zip(tmp, _device_pickle(b"C\x02ab", b"X\x03\x00\x00\x00hex"))),
+    ], "names a device that is not a device"
 
 
 @case
 def device_from_rot13_codec(tmp: Path) -> tuple[list[str], str]:
-    return ["tree", str(_pickled_zip(tmp, _device_pickle(b"X\x02\x00\x00\x00ab", b"X\x05\x00\x00\x00rot13")))], \
-        "names a device that is not a device"
+    return [
+        "tree",
+        str(_pickled_zip(tmp, _device_pickle(b"X\x02\x00\x00\x00ab", b"X\x05\x00\x00\x00rot13"))),
+    ], "names a device that is not a device"
 
 
 @case
 def device_from_unknown_codec(tmp: Path) -> tuple[list[str], str]:
-    return ["tree", str(_pickled_zip(tmp, _device_pickle(b"C\x02ab", b"X\x04\x00\x00\x00nope")))], \
-        "names a device that is not a device"
+    return [
+        "tree",
+        str(_pickled_zip(tmp, _device_pickle(b"C\x02ab", b"X\x04\x00\x00\x00nope"))),
+    ], "names a device that is not a device"
 
 
 @case
@@ -709,7 +814,9 @@ def nested_lists_10_pow_6(tmp: Path) -> tuple[list[str], str]:
 @case
 def ten_megabytes_of_sets(tmp: Path) -> tuple[list[str], str]:
     """300,000 small sets (10 MB of pickle): 16 s before."""
-    (tmp / "x.pkl").write_bytes(pickle.dumps([set(range(i, i + 3)) for i in range(300_000)], protocol=2))
+    (tmp / "x.pkl").write_bytes(
+        pickle.dumps([set(range(i, i + 3)) for i in range(300_000)], protocol=2)
+    )
     return ["tree", str(tmp / "x.pkl")], "holds no state dict ([set({0, 1, 2}), set({1, 2, 3})"
 
 
@@ -727,7 +834,10 @@ def deflate_bomb_data_pkl(tmp: Path) -> tuple[list[str], str]:
     body = b"\x80\x02" + b"N0" * (256 << 20) + b"}."
     path = _pickled_zip(tmp, body, compress=True)
     assert path.stat().st_size < 1 << 20
-    return ["tree", str(path)], "archive/data.pkl inflates to 512 MiB, more than --max-pickle-size (256 MiB) allows"
+    return [
+        "tree",
+        str(path),
+    ], "archive/data.pkl inflates to 512 MiB, more than --max-pickle-size (256 MiB) allows"
 
 
 # ---------------------------------------------------------------- files that are not files
@@ -750,7 +860,10 @@ def directory_without_checkpoint(tmp: Path) -> tuple[list[str], str]:
 def symlink_loop(tmp: Path) -> tuple[list[str], str]:
     (tmp / "a.pt").symlink_to(tmp / "b.pt")
     (tmp / "b.pt").symlink_to(tmp / "a.pt")
-    return ["tree", str(tmp / "a.pt")], "is a symbolic link that leads nowhere (a loop or a missing target)"
+    return [
+        "tree",
+        str(tmp / "a.pt"),
+    ], "is a symbolic link that leads nowhere (a loop or a missing target)"
 
 
 @case
@@ -786,7 +899,9 @@ def input_zip_with_huge_declared_size(tmp: Path) -> tuple[list[str], str]:
     path = tmp / "batch.pt"
     torch.save(torch.ones(2, 4), path)
     raw = path.read_bytes()
-    path.write_bytes(patch(raw, central_entries(raw)[entry_named(raw, "/data.pkl")] + CD_CSIZE, "<I", 0xFFFFFFF0))
+    path.write_bytes(
+        patch(raw, central_entries(raw)[entry_named(raw, "/data.pkl")] + CD_CSIZE, "<I", 0xFFFFFFF0)
+    )
     return ["stats", f"{tmp}/victim.py:build", "--input", str(path)], "past the end of the"
 
 
@@ -812,15 +927,37 @@ def gg_kv(key: str, vtype: int, value: bytes) -> bytes:
     return gg_str(key) + struct.pack("<I", vtype) + value
 
 
-def gg_tensor(name: str, dims: list[int], gtype: int = 0, offset: int = 0, n_dims: int | None = None) -> bytes:
-    return (gg_str(name) + struct.pack("<I", len(dims) if n_dims is None else n_dims)
-            + b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", gtype, offset))
+def gg_tensor(
+    name: str, dims: list[int], gtype: int = 0, offset: int = 0, n_dims: int | None = None
+) -> bytes:
+    return (
+        gg_str(name)
+        + struct.pack("<I", len(dims) if n_dims is None else n_dims)
+        + b"".join(struct.pack("<Q", d) for d in dims)
+        + struct.pack("<IQ", gtype, offset)
+    )
 
 
-def gguf_header(path: Path, kvs: list[bytes] = (), tensors: list[bytes] = (), data: bytes = b"",  # type: ignore[assignment]
-                n_kv: int | None = None, n_tensors: int | None = None, version: int = 3) -> Path:
-    head = b"GGUF" + struct.pack("<IQQ", version, len(tensors) if n_tensors is None else n_tensors,
-                                 len(kvs) if n_kv is None else n_kv) + b"".join(kvs) + b"".join(tensors)
+def gguf_header(
+    path: Path,
+    kvs: list[bytes] = (),
+    tensors: list[bytes] = (),
+    data: bytes = b"",  # type: ignore[assignment]
+    n_kv: int | None = None,
+    n_tensors: int | None = None,
+    version: int = 3,
+) -> Path:
+    head = (
+        b"GGUF"
+        + struct.pack(
+            "<IQQ",
+            version,
+            len(tensors) if n_tensors is None else n_tensors,
+            len(kvs) if n_kv is None else n_kv,
+        )
+        + b"".join(kvs)
+        + b"".join(tensors)
+    )
     path.write_bytes(head + b"\0" * (-len(head) % 32) + data)
     return path
 
@@ -846,25 +983,36 @@ def gguf_kv_count_2_pow_64_minus_1(tmp: Path) -> tuple[list[str], str]:
 @case
 def gguf_key_of_2_pow_63_bytes(tmp: Path) -> tuple[list[str], str]:
     path = gguf_header(tmp / "a.gguf", kvs=[gg_str("general.name", length=2**63) + b"\x08\0\0\0"])
-    return ["tree", str(path)], "declares a metadata key of 9,223,372,036,854,775,808 bytes, past the end of the file"
+    return [
+        "tree",
+        str(path),
+    ], "declares a metadata key of 9,223,372,036,854,775,808 bytes, past the end of the file"
 
 
 @case
 def gguf_string_value_of_2_pow_63_bytes(tmp: Path) -> tuple[list[str], str]:
     path = gguf_header(tmp / "a.gguf", kvs=[gg_kv("general.name", 8, gg_str("tiny", length=2**63))])
-    return ["tree", str(path)], "declares the value of 'general.name' of 9,223,372,036,854,775,808 bytes"
+    return [
+        "tree",
+        str(path),
+    ], "declares the value of 'general.name' of 9,223,372,036,854,775,808 bytes"
 
 
 @case
 def gguf_tokenizer_of_2_pow_62_strings(tmp: Path) -> tuple[list[str], str]:
     tokens = struct.pack("<IQ", 8, 2**62) + gg_str("a") * 10
     path = gguf_header(tmp / "a.gguf", kvs=[gg_kv("tokenizer.ggml.tokens", 9, tokens)])
-    return ["tree", str(path)], "declares 4,611,686,018,427,387,904 elements in 'tokenizer.ggml.tokens', more than"
+    return [
+        "tree",
+        str(path),
+    ], "declares 4,611,686,018,427,387,904 elements in 'tokenizer.ggml.tokens', more than"
 
 
 @case
 def gguf_scores_of_2_pow_61_floats(tmp: Path) -> tuple[list[str], str]:
-    path = gguf_header(tmp / "a.gguf", kvs=[gg_kv("tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, 2**61))])
+    path = gguf_header(
+        tmp / "a.gguf", kvs=[gg_kv("tokenizer.ggml.scores", 9, struct.pack("<IQ", 6, 2**61))]
+    )
     return ["tree", str(path)], "elements in 'tokenizer.ggml.scores', more than"
 
 
@@ -924,20 +1072,28 @@ def gguf_five_dims(tmp: Path) -> tuple[list[str], str]:
 
 @case
 def gguf_n_dims_2_pow_32_minus_1(tmp: Path) -> tuple[list[str], str]:
-    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [4], n_dims=2**32 - 1)], data=b"\0" * 16)
+    path = gguf_header(
+        tmp / "a.gguf", tensors=[gg_tensor("w", [4], n_dims=2**32 - 1)], data=b"\0" * 16
+    )
     return ["tree", str(path)], "gives 'w' 4,294,967,295 dims (ggml allows 4)"
 
 
 @case
 def gguf_dims_whose_product_overflows(tmp: Path) -> tuple[list[str], str]:
     path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [2**32, 2**32])], data=b"\0" * 16)
-    return ["tree", str(path)], "gives 'w' dims [4294967296, 4294967296] whose product overflows int64"
+    return [
+        "tree",
+        str(path),
+    ], "gives 'w' dims [4294967296, 4294967296] whose product overflows int64"
 
 
 @case
 def gguf_tensor_of_2_pow_62_bytes(tmp: Path) -> tuple[list[str], str]:
     path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [2**60], gtype=0)], data=b"\0" * 16)
-    return ["tree", str(path)], "places 'w' (4,611,686,018,427,387,904 bytes of F32) at byte 64, past the end of the file"
+    return [
+        "tree",
+        str(path),
+    ], "places 'w' (4,611,686,018,427,387,904 bytes of F32) at byte 64, past the end of the file"
 
 
 @case
@@ -954,13 +1110,21 @@ def gguf_unaligned_offset(tmp: Path) -> tuple[list[str], str]:
 
 @case
 def gguf_overlapping_tensors(tmp: Path) -> tuple[list[str], str]:
-    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("a", [16]), gg_tensor("b", [4], offset=32)], data=b"\0" * 64)
+    path = gguf_header(
+        tmp / "a.gguf",
+        tensors=[gg_tensor("a", [16]), gg_tensor("b", [4], offset=32)],
+        data=b"\0" * 64,
+    )
     return ["tree", str(path)], "places 'b' at byte 128, inside 'a'"
 
 
 @case
 def gguf_duplicate_tensor(tmp: Path) -> tuple[list[str], str]:
-    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [4]), gg_tensor("w", [4], offset=32)], data=b"\0" * 64)
+    path = gguf_header(
+        tmp / "a.gguf",
+        tensors=[gg_tensor("w", [4]), gg_tensor("w", [4], offset=32)],
+        data=b"\0" * 64,
+    )
     return ["tree", str(path)], "lists the tensor 'w' twice"
 
 
@@ -972,13 +1136,22 @@ def gguf_unknown_ggml_type(tmp: Path) -> tuple[list[str], str]:
 
 @case
 def gguf_row_not_a_whole_block(tmp: Path) -> tuple[list[str], str]:
-    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [100, 2], gtype=12)], data=b"\0" * 512)
-    return ["tree", str(path)], "gives 'w' rows of 100 elements, not a multiple of Q4_K's block of 256"
+    path = gguf_header(
+        tmp / "a.gguf", tensors=[gg_tensor("w", [100, 2], gtype=12)], data=b"\0" * 512
+    )
+    return [
+        "tree",
+        str(path),
+    ], "gives 'w' rows of 100 elements, not a multiple of Q4_K's block of 256"
 
 
 @case
 def gguf_tensor_name_not_utf8(tmp: Path) -> tuple[list[str], str]:
-    path = gguf_header(tmp / "a.gguf", tensors=[gg_str(b"\xff\xfe") + struct.pack("<IQIQ", 1, 4, 0, 0)], data=b"\0" * 16)
+    path = gguf_header(
+        tmp / "a.gguf",
+        tensors=[gg_str(b"\xff\xfe") + struct.pack("<IQIQ", 1, 4, 0, 0)],
+        data=b"\0" * 16,
+    )
     return ["tree", str(path)], "has a tensor name that is not UTF-8"
 
 
@@ -986,7 +1159,10 @@ def gguf_tensor_name_not_utf8(tmp: Path) -> tuple[list[str], str]:
 def gguf_tensor_name_of_2_pow_63_bytes(tmp: Path) -> tuple[list[str], str]:
     info = gg_str("w", length=2**63) + struct.pack("<IQIQ", 1, 4, 0, 0)
     path = gguf_header(tmp / "a.gguf", tensors=[info], data=b"\0" * 16)
-    return ["tree", str(path)], "declares a tensor name of 9,223,372,036,854,775,808 bytes, past the end of the file"
+    return [
+        "tree",
+        str(path),
+    ], "declares a tensor name of 9,223,372,036,854,775,808 bytes, past the end of the file"
 
 
 @case
@@ -1006,7 +1182,10 @@ def gguf_cut_inside_the_tensor_infos(tmp: Path) -> tuple[list[str], str]:
 def gguf_big_endian(tmp: Path) -> tuple[list[str], str]:
     path = tmp / "a.gguf"
     path.write_bytes(b"GGUF" + struct.pack(">IQQ", 3, 0, 0))
-    return ["tree", str(path)], "is a big-endian GGUF file; modinspect reads little-endian GGUF only"
+    return [
+        "tree",
+        str(path),
+    ], "is a big-endian GGUF file; modinspect reads little-endian GGUF only"
 
 
 @case
@@ -1025,27 +1204,37 @@ def gguf_diff_of_two_hostile_files(tmp: Path) -> tuple[list[str], str]:
 # ---------------------------------------------------------------- branch hfdir: Hugging Face configs
 
 # A 141-byte config.json whose model would take minutes to build: refused before anything is built.
-GPT2_100K_LAYERS = (b'{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 100000, "n_embd": 8, '
-                    b'"n_head": 2, "vocab_size": 10, "n_positions": 8}')
+GPT2_100K_LAYERS = (
+    b'{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 100000, "n_embd": 8, '
+    b'"n_head": 2, "vocab_size": 10, "n_positions": 8}'
+)
 
 
 @case
 def hf_config_asks_for_100000_layers(tmp: Path) -> tuple[list[str], str]:
     (tmp / "hf").mkdir()
     (tmp / "hf" / "config.json").write_bytes(GPT2_100K_LAYERS)
-    return ["tree", str(tmp / "hf")], "asks for 100,000 layers (n_layer: 100000), more than --max-layers allows (512)"
+    return [
+        "tree",
+        str(tmp / "hf"),
+    ], "asks for 100,000 layers (n_layer: 100000), more than --max-layers allows (512)"
 
 
 @case
 def hf_nested_config_asks_for_100000_layers_beside_weights(tmp: Path) -> tuple[list[str], str]:
     (tmp / "hf").mkdir()
-    config = {"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"],
-              "text_config": {"model_type": "llama", "num_hidden_layers": 100000, "hidden_size": 8},
-              "vision_config": {"model_type": "clip_vision_model", "num_hidden_layers": 2}}
+    config = {
+        "model_type": "llava",
+        "architectures": ["LlavaForConditionalGeneration"],
+        "text_config": {"model_type": "llama", "num_hidden_layers": 100000, "hidden_size": 8},
+        "vision_config": {"model_type": "clip_vision_model", "num_hidden_layers": 2},
+    }
     (tmp / "hf" / "config.json").write_text(json.dumps(config))
     save_file({"w": torch.zeros(2)}, str(tmp / "hf" / "model.safetensors"))
-    return (["stats", str(tmp / "hf"), "--input-shape", "1,4"],
-            "asks for 100,002 layers (text_config.num_hidden_layers: 100000)")
+    return (
+        ["stats", str(tmp / "hf"), "--input-shape", "1,4"],
+        "asks for 100,002 layers (text_config.num_hidden_layers: 100000)",
+    )
 
 
 # ---------------------------------------------------------------- watch logs (branch render)
@@ -1079,7 +1268,9 @@ class _RaisesWithText(torch.nn.Module):
         return self.fc(x)
 
 
-def _scripted_with_text(tmp: Path, literal: str, old: bytes = b'"PLACEHOLDER"', new: bytes = b"") -> Path:
+def _scripted_with_text(
+    tmp: Path, literal: str, old: bytes = b'"PLACEHOLDER"', new: bytes = b""
+) -> Path:
     """A torch.jit.save archive whose string literal in code/ is replaced by `literal` (or its `old` by `new`)."""
     import warnings
 
@@ -1100,68 +1291,96 @@ def _scripted_with_text(tmp: Path, literal: str, old: bytes = b'"PLACEHOLDER"', 
 @case
 def report_loss_of_1e400(tmp: Path) -> tuple[list[str], str]:
     """Valid JSON that parses to inf: it overflowed in the gradient-flow mean."""
-    return ["report", str(_log(tmp, "loss", "1e400"))], \
-        "line 3: the step record has 'loss' = a number beyond float64's range (the schema writes non-finite"
+    return (
+        ["report", str(_log(tmp, "loss", "1e400"))],
+        "line 3: the step record has 'loss' = a number beyond float64's range (the schema writes non-finite",
+    )
 
 
 @case
 def report_grad_norm_of_1e400_as_json(tmp: Path) -> tuple[list[str], str]:
-    return ["report", str(_log(tmp, "grad_norm", "-1e400")), "--json"], \
-        "module 'fc1' has 'grad_norm' = a number beyond float64's range"
+    return [
+        "report",
+        str(_log(tmp, "grad_norm", "-1e400")),
+        "--json",
+    ], "module 'fc1' has 'grad_norm' = a number beyond float64's range"
 
 
 @case
 def report_time_of_400_digits(tmp: Path) -> tuple[list[str], str]:
-    return ["report", str(_log(tmp, "time", "9" * 400))], f"has 'time' = {'9' * 39}… beyond float64's range"
+    return [
+        "report",
+        str(_log(tmp, "time", "9" * 400)),
+    ], f"has 'time' = {'9' * 39}… beyond float64's range"
 
 
 @case
 def report_started_of_400_digits(tmp: Path) -> tuple[list[str], str]:
-    return ["report", str(_log(tmp, "started", "9" * 400, line=0))], "line 1: the header has 'started' = 999"
+    return [
+        "report",
+        str(_log(tmp, "started", "9" * 400, line=0)),
+    ], "line 1: the header has 'started' = 999"
 
 
 @case
 def report_step_of_4000_digits(tmp: Path) -> tuple[list[str], str]:
-    return ["report", str(_log(tmp, "step", "9" * 4000))], \
-        f"has 'step' = {'9' * 39}… above the schema's largest integer 2**63 - 1"
+    return [
+        "report",
+        str(_log(tmp, "step", "9" * 4000)),
+    ], f"has 'step' = {'9' * 39}… above the schema's largest integer 2**63 - 1"
 
 
 @case
 def report_step_of_5000_digits(tmp: Path) -> tuple[list[str], str]:
-    return ["report", str(_log(tmp, "step", "9" * 5000))], \
-        "line 3 is not JSON (Exceeds the limit (4300 digits) for integer string conversion"
+    return [
+        "report",
+        str(_log(tmp, "step", "9" * 5000)),
+    ], "line 3 is not JSON (Exceeds the limit (4300 digits) for integer string conversion"
 
 
 @case
 def report_histogram_edge_of_400_digits(tmp: Path) -> tuple[list[str], str]:
-    return ["report", str(_log(tmp, "edges", "[" + "9" * 400 + ",0,1,2,3,4,5,6,7]"))], \
-        "module 'fc1' has a histogram edge beyond float64's range"
+    return [
+        "report",
+        str(_log(tmp, "edges", "[" + "9" * 400 + ",0,1,2,3,4,5,6,7]")),
+    ], "module 'fc1' has a histogram edge beyond float64's range"
 
 
 @case
 def report_nested_100k_deep(tmp: Path) -> tuple[list[str], str]:
-    return ["report", str(_log(tmp, "loss", "[" * 100_000 + "]" * 100_000)), "--html", str(tmp / "r.html")], \
-        "line 3 is not JSON (arrays or objects nested too deep)"
+    return [
+        "report",
+        str(_log(tmp, "loss", "[" * 100_000 + "]" * 100_000)),
+        "--html",
+        str(tmp / "r.html"),
+    ], "line 3 is not JSON (arrays or objects nested too deep)"
 
 
 @case
 def report_header_nested_100k_deep(tmp: Path) -> tuple[list[str], str]:
-    return ["report", str(_log(tmp, "model", "[" * 100_000 + "]" * 100_000, line=0))], \
-        "is not a modinspect watch log (its first line is not a modinspect.watch/1 header)"
+    return [
+        "report",
+        str(_log(tmp, "model", "[" * 100_000 + "]" * 100_000, line=0)),
+    ], "is not a modinspect watch log (its first line is not a modinspect.watch/1 header)"
 
 
 @case
 def report_of_a_fifo(tmp: Path) -> tuple[list[str], str]:
     """Regression: reading a named pipe waited for a writer forever."""
     os.mkfifo(tmp / "pipe.jsonl")
-    return ["report", str(tmp / "pipe.jsonl")], "pipe.jsonl is not a regular file (a pipe, socket or device)"
+    return [
+        "report",
+        str(tmp / "pipe.jsonl"),
+    ], "pipe.jsonl is not a regular file (a pipe, socket or device)"
 
 
 @case
 def report_of_dev_zero(tmp: Path) -> tuple[list[str], str]:
     """Regression: an endless line of zero bytes, read whole: MemoryError."""
-    return ["report", "/dev/zero", "--html", str(tmp / "r.html")], \
-        "error: /dev/zero is not a regular file (a pipe, socket or device): report reads a watch log file"
+    return (
+        ["report", "/dev/zero", "--html", str(tmp / "r.html")],
+        "error: /dev/zero is not a regular file (a pipe, socket or device): report reads a watch log file",
+    )
 
 
 @case
@@ -1170,8 +1389,12 @@ def report_line_of_17_mib(tmp: Path) -> tuple[list[str], str]:
     path = _log(tmp, "loss", "1")
     with path.open("ab") as f:
         f.write(b'{"kind":"step","pad":"' + b"x" * (17 * 2**20) + b'"}\n')
-    return ["report", str(path), "--html", str(tmp / "r.html")], \
-        "line 6 is longer than 16 MiB, the most a watch log line may hold"
+    return [
+        "report",
+        str(path),
+        "--html",
+        str(tmp / "r.html"),
+    ], "line 6 is longer than 16 MiB, the most a watch log line may hold"
 
 
 @case
@@ -1179,23 +1402,32 @@ def report_log_over_max_log_size(tmp: Path) -> tuple[list[str], str]:
     path = _log(tmp, "loss", "1")
     with path.open("ab") as f:
         f.write(b" " * 2**20 + b"\n")  # blank lines: valid, but they count
-    return ["report", str(path), "--max-log-size", "1M"], \
-        "run.jsonl is 1.0 MiB, more than --max-log-size (1 MiB) allows; pass a larger --max-log-size (e.g. 1G)"
+    return (
+        ["report", str(path), "--max-log-size", "1M"],
+        "run.jsonl is 1.0 MiB, more than --max-log-size (1 MiB) allows; pass a larger --max-log-size (e.g. 1G)",
+    )
 
 
 @case
 def report_histogram_of_100k_bins(tmp: Path) -> tuple[list[str], str]:
-    return ["report", str(_log(tmp, "counts", json.dumps([1] * 100_000)))], \
-        "module 'fc1' has a histogram of 100,000 bins, more than the 1,024 this reader takes"
+    return [
+        "report",
+        str(_log(tmp, "counts", json.dumps([1] * 100_000))),
+    ], "module 'fc1' has a histogram of 100,000 bins, more than the 1,024 this reader takes"
 
 
 @case
 def torchscript_code_of_20m_escaped_quotes(tmp: Path) -> tuple[list[str], str]:
     """40 MB of code/ in 41 KB, in a __parameters__ list: refused from the zip's declared sizes (a backtracking
     regex took 2.8 GB on it)."""
-    path = _scripted_with_text(tmp, "", old=b'["weight", "bias", ]', new=b'["' + b'\\"' * 20_000_000 + b'", ]')
+    path = _scripted_with_text(
+        tmp, "", old=b'["weight", "bias", ]', new=b'["' + b'\\"' * 20_000_000 + b'", ]'
+    )
     assert path.stat().st_size < 100_000
-    return ["tree", str(path)], "bytes of TorchScript code (code/*.py inflated), more than the 16 MiB this reader parses"
+    return [
+        "tree",
+        str(path),
+    ], "bytes of TorchScript code (code/*.py inflated), more than the 16 MiB this reader parses"
 
 
 @case
@@ -1208,7 +1440,8 @@ def torchscript_code_of_7m_escaped_quotes(tmp: Path) -> tuple[list[str], str]:
 def torchscript_code_of_brackets_a_million_deep(tmp: Path) -> tuple[list[str], str]:
     return ["tree", str(_scripted_with_text(tmp, "(" * 1_000_000))], (
         "is not TorchScript this reader can parse (an unterminated string, unbalanced brackets or brackets nested "
-        "more than 32 deep)")
+        "more than 32 deep)"
+    )
 
 
 class _WithBuffer(torch.nn.Module):
@@ -1221,7 +1454,9 @@ class _WithBuffer(torch.nn.Module):
         return self.fc(x) + self.huge
 
 
-def _pt2_with(tmp: Path, name: str, edit: Callable[[dict[str, object]], None], digits: int = 0) -> Path:
+def _pt2_with(
+    tmp: Path, name: str, edit: Callable[[dict[str, object]], None], digits: int = 0
+) -> Path:
     """A torch.export.save archive whose weights config gives the buffer 'huge' the tensor_meta `edit` makes.
 
     With `digits`, the string "BIG" that `edit` writes becomes an integer of that many digits (json.dumps
@@ -1258,18 +1493,25 @@ def _dcp_size(digits: int) -> Callable[[object], None]:
     def edit(md: object) -> None:
         entry = md.state_dict_metadata["w"]  # type: ignore[attr-defined]
         entry.size = entry.chunks[0].sizes = (10 ** (digits - 1),)
+
     return edit
 
 
 @case
 def dcp_size_of_4500_digits(tmp: Path) -> tuple[list[str], str]:
     """Regression: the byte count of a 4,500-digit size overflowed a float (OverflowError)."""
-    return ["tree", str(_dcp_with(tmp, _dcp_size(4500)))], "gives 'w' a size with an integer of 14,946 bits, past int64"
+    return [
+        "tree",
+        str(_dcp_with(tmp, _dcp_size(4500))),
+    ], "gives 'w' a size with an integer of 14,946 bits, past int64"
 
 
 @case
 def dcp_size_of_8000_digits(tmp: Path) -> tuple[list[str], str]:
-    return ["tree", str(_dcp_with(tmp, _dcp_size(8000)))], "gives 'w' a size with an integer of 26,573 bits, past int64"
+    return [
+        "tree",
+        str(_dcp_with(tmp, _dcp_size(8000))),
+    ], "gives 'w' a size with an integer of 26,573 bits, past int64"
 
 
 @case
@@ -1277,7 +1519,11 @@ def dcp_storage_offset_of_5000_digits(tmp: Path) -> tuple[list[str], str]:
     def edit(md: object) -> None:
         for info in md.storage_data.values():  # type: ignore[attr-defined]
             info.offset = 10**5000
-    return ["tree", str(_dcp_with(tmp, edit))], "gives the chunk of 'w' a storage place it cannot name"
+
+    return [
+        "tree",
+        str(_dcp_with(tmp, edit)),
+    ], "gives the chunk of 'w' a storage place it cannot name"
 
 
 @case
@@ -1292,7 +1538,11 @@ def dcp_sizes_whose_product_passes_int64(tmp: Path) -> tuple[list[str], str]:
         entry = md.state_dict_metadata["w"]  # type: ignore[attr-defined]
         entry.size = entry.chunks[0].sizes = (2**62,) * 40
         entry.chunks[0].offsets = (0,) * 40
-    return ["tree", str(_dcp_with(tmp, edit))], "gives 'w' a size whose product reaches 2**63 elements"
+
+    return [
+        "tree",
+        str(_dcp_with(tmp, edit)),
+    ], "gives 'w' a size whose product reaches 2**63 elements"
 
 
 @case
@@ -1310,13 +1560,18 @@ def pt2_size_of_4500_digits(tmp: Path) -> tuple[list[str], str]:
 
 @case
 def pt2_sizes_whose_product_passes_int64(tmp: Path) -> tuple[list[str], str]:
-    path = _pt2_with(tmp, "x.pt2", lambda meta: meta.update(sizes=[{"as_int": 2**62}] * 40,
-                                                           strides=[{"as_int": 0}] * 40))
+    path = _pt2_with(
+        tmp,
+        "x.pt2",
+        lambda meta: meta.update(sizes=[{"as_int": 2**62}] * 40, strides=[{"as_int": 0}] * 40),
+    )
     return ["tree", str(path)], "gives 'huge' sizes whose product reaches 2**63 elements"
 
 
 def _pt2_view(sizes: list[int], strides: list[int]) -> Callable[[dict[str, object]], None]:
-    return lambda meta: meta.update(sizes=[{"as_int": n} for n in sizes], strides=[{"as_int": n} for n in strides])
+    return lambda meta: meta.update(
+        sizes=[{"as_int": n} for n in sizes], strides=[{"as_int": n} for n in strides]
+    )
 
 
 @case
@@ -1325,13 +1580,18 @@ def pt2_stride_0_view_of_2_pow_28_diffed(tmp: Path) -> tuple[list[str], str]:
     a = _pt2_with(tmp, "a.pt2", _pt2_view([2**28], [0]))
     b = _pt2_with(tmp, "b.pt2", _pt2_view([2**28], [0]))
     return ["diff", str(a), str(b)], (
-        "'huge' claims 268,435,456 elements over a storage of 1 (a stride-0 or overlapping view): too large to read")
+        "'huge' claims 268,435,456 elements over a storage of 1 (a stride-0 or overlapping view): too large to read"
+    )
 
 
 @case
 def pt2_stride_0_view_of_2_pow_36_diffed(tmp: Path) -> tuple[list[str], str]:
     a = _pt2_with(tmp, "a.pt2", _pt2_view([2**18, 2**18], [0, 0]))
-    return ["diff", str(a), str(a)], "'huge' claims 68,719,476,736 elements over a storage of 1 (a stride-0"
+    return [
+        "diff",
+        str(a),
+        str(a),
+    ], "'huge' claims 68,719,476,736 elements over a storage of 1 (a stride-0"
 
 
 @case
@@ -1350,9 +1610,12 @@ def dcp_stride_0_view_of_2_pow_28_diffed(tmp: Path) -> tuple[list[str], str]:
     from hostile import dcp_with_expanded_chunk
 
     a = dcp_with_expanded_chunk(tmp / "a", (2**28,), (0,))
-    b = dcp_with_expanded_chunk(tmp / "b", (2**28,), (0,), value=3.5)  # bytes differ: diff must read them
+    b = dcp_with_expanded_chunk(
+        tmp / "b", (2**28,), (0,), value=3.5
+    )  # bytes differ: diff must read them
     return ["diff", str(a), str(b)], (
-        "'huge' claims 268,435,456 elements over a storage of 1 (a stride-0 or overlapping view): too large to read")
+        "'huge' claims 268,435,456 elements over a storage of 1 (a stride-0 or overlapping view): too large to read"
+    )
 
 
 @case
@@ -1361,7 +1624,11 @@ def dcp_stride_0_view_of_2_pow_36_diffed(tmp: Path) -> tuple[list[str], str]:
 
     a = dcp_with_expanded_chunk(tmp / "a", (2**18, 2**18), (0, 0))
     b = dcp_with_expanded_chunk(tmp / "b", (2**18, 2**18), (0, 0), value=3.5)
-    return ["diff", str(a), str(b)], "'huge' claims 68,719,476,736 elements over a storage of 1 (a stride-0"
+    return [
+        "diff",
+        str(a),
+        str(b),
+    ], "'huge' claims 68,719,476,736 elements over a storage of 1 (a stride-0"
 
 
 def _pt2_of_nodes(tmp: Path, count: int) -> Path:
@@ -1386,7 +1653,10 @@ def pt2_program_of_300k_nodes(tmp: Path) -> tuple[list[str], str]:
     """A 200 MB program JSON in 1 MB: json.loads took 8 s of CPU and 1.2 GB; refused from its declared size."""
     path = _pt2_of_nodes(tmp, 300_000)
     assert path.stat().st_size < 2 << 20
-    return ["tree", str(path)], "bytes, more than the 128 MiB this reader reads"  # about 200 MB: paths vary
+    return [
+        "tree",
+        str(path),
+    ], "bytes, more than the 128 MiB this reader reads"  # about 200 MB: paths vary
 
 
 @case
@@ -1401,13 +1671,16 @@ def tensor_name_of_1000_components_of_1000_characters(tmp: Path) -> tuple[list[s
     save_file({".".join(["m" * 999] * 1000): torch.ones(1)}, str(tmp / "long.safetensors"))
     return ["tree", str(tmp / "long.safetensors"), "--json"], (
         "nests modules so deep (a module name of 999 dotted parts and 998,999 characters) that all their names "
-        "would add up to more than 67,108,864 characters")
+        "would add up to more than 67,108,864 characters"
+    )
 
 
 # ---------------------------------------------------------------- branch pickle: hashing and call costs
 
 
-HASH_BOMB_LINE = "nested items to build its dict keys and sets, more than the 33,554,432 allowed (a hash bomb"
+HASH_BOMB_LINE = (
+    "nested items to build its dict keys and sets, more than the 33,554,432 allowed (a hash bomb"
+)
 
 
 @case
@@ -1466,8 +1739,10 @@ def list_copies_of_a_shared_list(tmp: Path) -> tuple[list[str], str]:
     body = b"cbuiltins\nlist\nq\x00]q\x01(" + b"K\x00" * 100_000 + b"e0]("
     body += b"h\x00h\x01\x85R" * 1000 + b"e"
     (tmp / "x.pkl").write_bytes(b"\x80\x02" + body + b".")
-    return ["tree", str(tmp / "x.pkl")], "'s pickle would build more than 256 MiB of objects (a pickle bomb"
-
+    return [
+        "tree",
+        str(tmp / "x.pkl"),
+    ], "'s pickle would build more than 256 MiB of objects (a pickle bomb"
 
 
 # ---------------------------------------------------------------- doctor (branch doctor)
@@ -1495,8 +1770,16 @@ def doctor_on_5000_equal_matrices(tmp: Path) -> tuple[list[str], str]:
 
 def _saved_batch(tmp: Path, tensors: dict[str, torch.Tensor], rng: str) -> Path:
     torch.save(torch.ones(2, 4), tmp / "batch.pt")
-    save_file(tensors, tmp / "batch.weights.safetensors", metadata={"modinspect": "watch.save_batch", "step": "3",
-                                                                     "training": "True", "rng_cpu": rng})
+    save_file(
+        tensors,
+        tmp / "batch.weights.safetensors",
+        metadata={
+            "modinspect": "watch.save_batch",
+            "step": "3",
+            "training": "True",
+            "rng_cpu": rng,
+        },
+    )
     return tmp / "batch.pt"
 
 
@@ -1526,7 +1809,12 @@ def saved_weights_with_a_huge_header_length(tmp: Path) -> tuple[list[str], str]:
     entry = write_victim(tmp)
     torch.save(torch.ones(2, 4), tmp / "batch.pt")
     (tmp / "batch.weights.safetensors").write_bytes(struct.pack("<Q", 2**62) + b"{}")
-    return ["stats", f"{tmp}/{entry}", "--input", str(tmp / "batch.pt")], "is not a readable safetensors file"
+    return [
+        "stats",
+        f"{tmp}/{entry}",
+        "--input",
+        str(tmp / "batch.pt"),
+    ], "is not a readable safetensors file"
 
 
 # ---------------------------------------------------------------- running them
@@ -1569,33 +1857,51 @@ def test_structural_case_is_one_clear_line_in_bounded_time(tmp_path: Path, name:
     assert expected in stderr, stderr
 
 
-
 # ---------------------------------------------------------------- bounded memory
 
 # Sizes a process could still try to allocate (a few GB) but that exceed the cap below: a reader that
 # allocates from one of these declared sizes fails with MemoryError in the child instead of refusing.
 MEMORY_CASES: dict[str, Callable[[Path], Path]] = {
-    "safetensors header of 100 MB declared": lambda tmp: st_file(tmp / "a.safetensors", {}, length=99_000_000),
+    "safetensors header of 100 MB declared": lambda tmp: st_file(
+        tmp / "a.safetensors", {}, length=99_000_000
+    ),
     "safetensors tensor of 3 GB declared": lambda tmp: st_file(
-        tmp / "b.safetensors", {"a": ent("U8", [3 * 2**30], 0, 3 * 2**30)}, b"\0" * 8),
-    "BINBYTES8 of 2 GB": lambda tmp: _write(tmp / "c.pkl", b"\x80\x04\x8e" + struct.pack("<Q", 2**31) + b"abc."),
-    "BINUNICODE8 of 3 GB": lambda tmp: _write(tmp / "d.pkl", b"\x80\x04\x8d" + struct.pack("<Q", 3 * 2**30) + b"a."),
-    "BINUNICODE of 4 GB": lambda tmp: _write(tmp / "e.pkl", b"\x80\x02X" + struct.pack("<I", 2**32 - 1) + b"a."),
-    "LONG4 of 2 GB": lambda tmp: _write(tmp / "f.pkl", b"\x80\x02\x8b" + struct.pack("<i", 2**31 - 1) + b"a."),
-    "FRAME of 2 GB": lambda tmp: _write(tmp / "g.pkl", b"\x80\x04\x95" + struct.pack("<Q", 2**31) + b"}."),
-    "memo index 2^28": lambda tmp: _write(tmp / "h.pkl", b"\x80\x02N" + b"r" + struct.pack("<I", 2**28) + b"."),
+        tmp / "b.safetensors", {"a": ent("U8", [3 * 2**30], 0, 3 * 2**30)}, b"\0" * 8
+    ),
+    "BINBYTES8 of 2 GB": lambda tmp: _write(
+        tmp / "c.pkl", b"\x80\x04\x8e" + struct.pack("<Q", 2**31) + b"abc."
+    ),
+    "BINUNICODE8 of 3 GB": lambda tmp: _write(
+        tmp / "d.pkl", b"\x80\x04\x8d" + struct.pack("<Q", 3 * 2**30) + b"a."
+    ),
+    "BINUNICODE of 4 GB": lambda tmp: _write(
+        tmp / "e.pkl", b"\x80\x02X" + struct.pack("<I", 2**32 - 1) + b"a."
+    ),
+    "LONG4 of 2 GB": lambda tmp: _write(
+        tmp / "f.pkl", b"\x80\x02\x8b" + struct.pack("<i", 2**31 - 1) + b"a."
+    ),
+    "FRAME of 2 GB": lambda tmp: _write(
+        tmp / "g.pkl", b"\x80\x04\x95" + struct.pack("<Q", 2**31) + b"}."
+    ),
+    "memo index 2^28": lambda tmp: _write(
+        tmp / "h.pkl", b"\x80\x02N" + b"r" + struct.pack("<I", 2**28) + b"."
+    ),
     "zip entry of 4 GB declared": lambda tmp: _zip_declaring(tmp, "/data.pkl", "i.pt"),
     "zip storage of 4 GB declared": lambda tmp: _zip_declaring(tmp, "/data/0", "j.pt"),
     "legacy object pickle with BINBYTES8 of 2 GB": lambda tmp: _legacy_declaring(tmp),
     "stride-0 view of 2^33 floats, read": lambda tmp: _expanded(tmp),
     "builtins.list of a 127M-character string": lambda tmp: list_bomb_zip(tmp),
     # branch gguf
-    "GGUF tensor of 3 GB declared": lambda tmp: gguf_header(tmp / "m.gguf", tensors=[gg_tensor("w", [3 * 2**28])],
-                                                            data=b"\0" * 64),
+    "GGUF tensor of 3 GB declared": lambda tmp: gguf_header(
+        tmp / "m.gguf", tensors=[gg_tensor("w", [3 * 2**28])], data=b"\0" * 64
+    ),
     "GGUF string of 3 GB declared": lambda tmp: gguf_header(
-        tmp / "n.gguf", kvs=[gg_kv("general.name", 8, gg_str("x" * 64, length=3 * 2**30))]),
+        tmp / "n.gguf", kvs=[gg_kv("general.name", 8, gg_str("x" * 64, length=3 * 2**30))]
+    ),
     "GGUF array of 2^30 strings declared": lambda tmp: gguf_header(
-        tmp / "o.gguf", kvs=[gg_kv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 2**30) + gg_str("x") * 8)]),
+        tmp / "o.gguf",
+        kvs=[gg_kv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 2**30) + gg_str("x") * 8)],
+    ),
 }
 
 
@@ -1613,14 +1919,19 @@ def _write(path: Path, data: bytes) -> Path:
 def _zip_declaring(tmp: Path, member: str, name: str) -> Path:
     path, raw = zip_checkpoint(tmp, name)
     at = central_entries(raw)[entry_named(raw, member)]
-    return _write(path, patch(patch(raw, at + CD_CSIZE, "<I", 0xFFFFFFF0), at + CD_USIZE, "<I", 0xFFFFFFF0))
+    return _write(
+        path, patch(patch(raw, at + CD_CSIZE, "<I", 0xFFFFFFF0), at + CD_USIZE, "<I", 0xFFFFFFF0)
+    )
 
 
 def _legacy_declaring(tmp: Path) -> Path:
     buf = io.BytesIO()
     torch.save({"w": torch.ones(2)}, buf, _use_new_zipfile_serialization=False)
     raw = buf.getvalue()
-    return _write(tmp / "k.pt", raw[: pickle_ends(raw)[2]] + b"\x80\x02\x8e" + struct.pack("<Q", 2**31) + b"...")
+    return _write(
+        tmp / "k.pt",
+        raw[: pickle_ends(raw)[2]] + b"\x80\x02\x8e" + struct.pack("<Q", 2**31) + b"...",
+    )
 
 
 CHILD = """
@@ -1654,19 +1965,28 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmSize from /proc (Linux)")
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists(), reason="reads VmSize from /proc (Linux)"
+)
 def test_bounded_memory_under_an_address_space_cap(tmp_path: Path) -> None:
     """Every declared-size attack, in a child whose address space is capped 512 MB above its size after import."""
     paths = {label: str(build(tmp_path)) for label, build in MEMORY_CASES.items()}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run([sys.executable, "-c", CHILD, *paths.values()], capture_output=True, text=True, timeout=HANG_LIMIT)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, *paths.values()],
+        capture_output=True,
+        text=True,
+        timeout=HANG_LIMIT,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert out.returncode == 0, out.stderr
     results = json.loads(out.stdout)
     expected = dict.fromkeys(paths, "CorruptFileError")
     assert {label: results[path] for label, path in paths.items()} == expected
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    assert cpu < 60, f"the child took {cpu:.1f} s of CPU"  # CPU, not wall clock: a busy machine cannot flake it
+    assert cpu < 60, (
+        f"the child took {cpu:.1f} s of CPU"
+    )  # CPU, not wall clock: a busy machine cannot flake it
 
 
 PEAK_RSS = """
@@ -1681,13 +2001,20 @@ print(out.stderr, end="")
 def test_list_of_a_long_string_is_refused_in_bounded_memory(tmp_path: Path) -> None:
     """The CLI's peak RSS (a child's ru_maxrss) for builtins.list('a' * 127M): 1,247 MB before, now the string's."""
     path = list_bomb_zip(tmp_path)
-    out = subprocess.run([sys.executable, "-c", PEAK_RSS, "tree", str(path)], capture_output=True, text=True,
-                         timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, "tree", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     head, stderr = out.stdout.split("\n", 1)
     code, peak = map(int, head.split())
     assert code == 2
-    assert stderr == (f"error: {path}'s pickle would build more than 256 MiB of objects (a pickle bomb, or a very "
-                      "large checkpoint); pass --max-pickle-size 2G to read it anyway\n")
+    assert stderr == (
+        f"error: {path}'s pickle would build more than 256 MiB of objects (a pickle bomb, or a very "
+        "large checkpoint); pass --max-pickle-size 2G to read it anyway\n"
+    )
     assert peak < 600 * 2**20, peak
 
 
@@ -1711,7 +2038,11 @@ def test_huge_and_unicode_digit_names_list_in_natural_order(tmp_path: Path) -> N
         assert src.names() == ["h.9.w", "h.0010.b", "h.10.w", f"h.{HUGE}.w", "h.²"]
 
 
-@pytest.mark.parametrize("pair", [(f"h.{HUGE}.w", f"h.{HUGE[:-1]}8.w"), ("h.1.w", "h.².w")], ids=["5000-digits", "superscript"])
+@pytest.mark.parametrize(
+    "pair",
+    [(f"h.{HUGE}.w", f"h.{HUGE[:-1]}8.w"), ("h.1.w", "h.².w")],
+    ids=["5000-digits", "superscript"],
+)
 def test_tree_of_digit_module_names(tmp_path: Path, pair: tuple[str, str]) -> None:
     from modinspect.analysis.tree import build_tree
     from modinspect.run.source import open_source
@@ -1719,10 +2050,16 @@ def test_tree_of_digit_module_names(tmp_path: Path, pair: tuple[str, str]) -> No
     with open_source(str(_names_file(tmp_path, list(pair)))) as src:
         report = build_tree(src)
     assert report.totals.tensors == 2
-    assert all(node.repeat == 1 for node in report.root.children[0].children)  # names, not layer indices
+    assert all(
+        node.repeat == 1 for node in report.root.children[0].children
+    )  # names, not layer indices
 
 
-@pytest.mark.parametrize("names", [(f"h.{HUGE}.w", f"h.{HUGE[:-1]}8.w"), ("h.².w", "h.³.w")], ids=["5000-digits", "superscript"])
+@pytest.mark.parametrize(
+    "names",
+    [(f"h.{HUGE}.w", f"h.{HUGE[:-1]}8.w"), ("h.².w", "h.³.w")],
+    ids=["5000-digits", "superscript"],
+)
 def test_diff_of_digit_module_names(tmp_path: Path, names: tuple[str, str]) -> None:
     a = _names_file(tmp_path, [names[0], "x"], "a.safetensors")
     b = _names_file(tmp_path, [names[1], "y"], "b.safetensors")
@@ -1730,7 +2067,9 @@ def test_diff_of_digit_module_names(tmp_path: Path, names: tuple[str, str]) -> N
     assert "internal error" not in result.stderr and result.exit_code == 1, result.stderr  # type: ignore[attr-defined]
 
 
-def test_a_failing_shard_closes_the_shards_already_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_shard_closes_the_shards_already_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Regression: an index whose second .bin shard was bad left the first shard's zip file open."""
     from modinspect.run.source import open_source
     from modinspect.sources import torchfile
@@ -1739,7 +2078,9 @@ def test_a_failing_shard_closes_the_shards_already_opened(tmp_path: Path, monkey
     folder.mkdir()
     torch.save({"a": torch.ones(2)}, folder / "1.bin")
     (folder / "2.bin").write_bytes(b"\x80\x02garbage")
-    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"a": "1.bin", "b": "2.bin"}}))
+    (folder / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"weight_map": {"a": "1.bin", "b": "2.bin"}})
+    )
     closed: list[str] = []
     real_close = torchfile.ZipTorchSource.close
 
@@ -1753,7 +2094,10 @@ def test_a_failing_shard_closes_the_shards_already_opened(tmp_path: Path, monkey
     assert closed == ["1.bin"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 file anyway: the case cannot be staged as root")
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="root reads a chmod 000 file anyway: the case cannot be staged as root",
+)
 @pytest.mark.parametrize("what", ["file", "directory"])
 def test_unreadable_source_is_one_clear_line(tmp_path: Path, what: str) -> None:
     path = tmp_path / ("x.pt" if what == "file" else "model")
@@ -1769,7 +2113,10 @@ def test_unreadable_source_is_one_clear_line(tmp_path: Path, what: str) -> None:
         path.chmod(0o700)
     assert seconds < TIME_LIMIT
     assert result.exit_code == 2  # type: ignore[attr-defined]
-    assert result.stderr == f"error: cannot {'read' if what == 'file' else 'open'} {path}: Permission denied\n"  # type: ignore[attr-defined]
+    assert (
+        result.stderr
+        == f"error: cannot {'read' if what == 'file' else 'open'} {path}: Permission denied\n"
+    )  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- report's reads, measured in a child (branch render)
@@ -1786,23 +2133,45 @@ def test_report_bounds_what_it_reads_in_cpu_and_memory(tmp_path: Path, what: str
     elif what == "line_of_64_mb":
         path, expected = str(tmp_path / "line.jsonl"), "line 2 is longer than 16 MiB"
         with open(path, "wb") as f:
-            f.write(b'{"schema":"modinspect.watch/1","kind":"header","model":"m","every":1,"started":0,'
-                    b'"device":"cpu","world_size":1}\n')
+            f.write(
+                b'{"schema":"modinspect.watch/1","kind":"header","model":"m","every":1,"started":0,'
+                b'"device":"cpu","world_size":1}\n'
+            )
             f.write(b"[" + b"1," * (32 * 2**20) + b"1]\n")
     else:
-        path, expected = str(tmp_path / "sparse.jsonl"), "is 4096 MiB, more than --max-log-size (128 MiB) allows"
+        path, expected = (
+            str(tmp_path / "sparse.jsonl"),
+            "is 4096 MiB, more than --max-log-size (128 MiB) allows",
+        )
         with open(path, "wb") as f:
             f.truncate(4 * 2**30)  # a hole: no disk space
     hwm = tmp_path / "hwm"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run([sys.executable, "-c", MEASURED, str(hwm), "report", path, "--html", str(tmp_path / "r.html")],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            MEASURED,
+            str(hwm),
+            "report",
+            path,
+            "--html",
+            str(tmp_path / "r.html"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and expected in out.stderr, out.stderr
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and expected in out.stderr, (
+        out.stderr
+    )
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert cpu < 4.0, f"{what}: {cpu:.1f} s of CPU"
     peak = int(hwm.read_text()) // 1024
-    assert peak < 200, f"{what}: peak RSS {peak} MiB"  # about 70 MiB: Python, Typer, and at most one 16 MiB line
+    assert peak < 200, (
+        f"{what}: peak RSS {peak} MiB"
+    )  # about 70 MiB: Python, Typer, and at most one 16 MiB line
 
 
 # The CLI in a child that writes its own peak RSS (VmHWM, KiB) to argv[1] as it exits. Not ru_maxrss: Linux

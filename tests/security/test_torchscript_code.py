@@ -39,7 +39,13 @@ def _commands(path: Path, tmp_path: Path) -> dict[str, list[str]]:
         "diff A": ["diff", str(path), str(clean)],
         "diff B": ["diff", str(clean), str(path)],
         "load CHECKPOINT": ["load", entry, str(path), "--dry-run"],
-        "load CHECKPOINT --out": ["load", entry, str(path), "--out", str(tmp_path / "out.safetensors")],
+        "load CHECKPOINT --out": [
+            "load",
+            entry,
+            str(path),
+            "--out",
+            str(tmp_path / "out.safetensors"),
+        ],
         "tree --weights": ["tree", entry, "--weights", str(path)],
         "stats --weights": ["stats", entry, "--weights", str(path), "--input-shape", "2,4"],
     }
@@ -48,13 +54,25 @@ def _commands(path: Path, tmp_path: Path) -> dict[str, list[str]]:
 @pytest.mark.parametrize("shape", ["file", "shard"])
 def test_no_command_runs_the_archive_code(tmp_path: Path, shape: str) -> None:
     marker = tmp_path / "WRITTEN"
-    path = setstate_torchscript(tmp_path, marker) if shape == "file" else setstate_shards(tmp_path, marker)
+    path = (
+        setstate_torchscript(tmp_path, marker)
+        if shape == "file"
+        else setstate_shards(tmp_path, marker)
+    )
     for what, args in _commands(path, tmp_path).items():
         result = invoke(*args, cwd=tmp_path)
-        assert "Traceback" not in result.stderr and "internal error" not in result.stderr, (what, result.stderr)
+        assert "Traceback" not in result.stderr and "internal error" not in result.stderr, (
+            what,
+            result.stderr,
+        )
         assert not marker.exists(), what
-        if shape == "shard":  # a TorchScript archive is not a state-dict shard: refused, after being read as data
-            assert result.exit_code == 2 and "which is not a state dict" in result.stderr, (what, result.stderr)
+        if (
+            shape == "shard"
+        ):  # a TorchScript archive is not a state-dict shard: refused, after being read as data
+            assert result.exit_code == 2 and "which is not a state dict" in result.stderr, (
+                what,
+                result.stderr,
+            )
         else:  # read as data, the archive is an ordinary checkpoint of fc.weight and fc.bias
             assert result.exit_code in (0, 1), (what, result.stderr)
 
@@ -129,16 +147,45 @@ def test_declarations_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     from modinspect.errors import CorruptFileError
     from modinspect.sources import torchscript_code
 
-    assert torchscript_code.parse_code({"m": LINEAR_TEXT})["m.Linear"].parameters == ("weight", "bias")
+    assert torchscript_code.parse_code({"m": LINEAR_TEXT})["m.Linear"].parameters == (
+        "weight",
+        "bias",
+    )
     monkeypatch.setattr(torchscript_code, "MAX_DECLARATIONS", 4)  # a class, two lists, two names: 5
     with pytest.raises(CorruptFileError) as caught:
         torchscript_code.parse_code({"m": LINEAR_TEXT}, "x.pt")
     assert str(caught.value) == (
-        "x.pt declares more than 4 classes, parameter and buffer lists and names in its TorchScript code/")
+        "x.pt declares more than 4 classes, parameter and buffer lists and names in its TorchScript code/"
+    )
 
 
-PIECES = ['"', "'", '"""', "'''", "\\", "\n", "  ", "\t", "#", "# type:", "(", ")", "[", "]", "{", "}", ",", "x",
-          "class Linear(Module):\n", "  __parameters__ = ", "  __buffers__ = ", '["a", ]', "\\\n", "\\145", ":"]
+PIECES = [
+    '"',
+    "'",
+    '"""',
+    "'''",
+    "\\",
+    "\n",
+    "  ",
+    "\t",
+    "#",
+    "# type:",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    "x",
+    "class Linear(Module):\n",
+    "  __parameters__ = ",
+    "  __buffers__ = ",
+    '["a", ]',
+    "\\\n",
+    "\\145",
+    ":",
+]
 
 
 @settings(max_examples=400, derandomize=True, deadline=None, database=None)

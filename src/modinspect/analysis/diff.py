@@ -46,8 +46,20 @@ DEFAULT_TOLERANCES = {
 CHUNK = 1 << 20
 FLOATS = {"float16", "bfloat16", "float32", "float64"}
 # Dtypes whose bytes diff reads itself (the comparison below handles each of them).
-BYTE_DTYPES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "complex64": 8, "complex128": 16,
-               "int8": 1, "int16": 2, "int32": 4, "int64": 8, "uint8": 1, "bool": 1}
+BYTE_DTYPES = {
+    "float16": 2,
+    "bfloat16": 2,
+    "float32": 4,
+    "float64": 8,
+    "complex64": 8,
+    "complex128": 16,
+    "int8": 1,
+    "int16": 2,
+    "int32": 4,
+    "int64": 8,
+    "uint8": 1,
+    "bool": 1,
+}
 NAN_DTYPES = {"float16", "bfloat16", "float32", "float64", "complex64", "complex128"}
 BYTEWISE_NOTE = "quantized: compared byte for byte"
 
@@ -92,13 +104,23 @@ class _Acc:
     bit_differs: int = 0
 
 
-def _compare_chunk(a: object, b: object, acc: _Acc, rtol: float, atol: float, options: DiffOptions,
-                   scratch: _Scratch) -> None:
+def _compare_chunk(
+    a: object,
+    b: object,
+    acc: _Acc,
+    rtol: float,
+    atol: float,
+    options: DiffOptions,
+    scratch: _Scratch,
+) -> None:
     import torch
 
     assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
     if a.is_complex() or b.is_complex():
-        a, b = torch.view_as_real(a.to(torch.complex128)).reshape(-1), torch.view_as_real(b.to(torch.complex128)).reshape(-1)
+        a, b = (
+            torch.view_as_real(a.to(torch.complex128)).reshape(-1),
+            torch.view_as_real(b.to(torch.complex128)).reshape(-1),
+        )
     if options.exact and a.dtype == b.dtype and a.element_size() in (1, 2, 4, 8):
         ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
         acc.bit_differs += int(torch.count_nonzero(a.view(ints) != b.view(ints)))
@@ -147,7 +169,9 @@ class _Scratch:
         return t[:n]
 
 
-def _finite_chunk(af: object, bf: object, acc: _Acc, rtol: float, atol: float, scratch: _Scratch) -> None:
+def _finite_chunk(
+    af: object, bf: object, acc: _Acc, rtol: float, atol: float, scratch: _Scratch
+) -> None:
     import torch
 
     assert isinstance(af, torch.Tensor) and isinstance(bf, torch.Tensor)
@@ -165,7 +189,9 @@ def _finite_chunk(af: object, bf: object, acc: _Acc, rtol: float, atol: float, s
     acc.dot += float(torch.dot(af, bf))
 
 
-def _nonfinite_chunk(af: object, bf: object, acc: _Acc, rtol: float, atol: float, nan_equal: bool) -> None:
+def _nonfinite_chunk(
+    af: object, bf: object, acc: _Acc, rtol: float, atol: float, nan_equal: bool
+) -> None:
     import torch
 
     assert isinstance(af, torch.Tensor) and isinstance(bf, torch.Tensor)
@@ -202,33 +228,60 @@ def _nonfinite_chunk(af: object, bf: object, acc: _Acc, rtol: float, atol: float
 Ranges = tuple[ByteRange | None, ByteRange | None]
 
 
-def _ranges(a: Source, a_name: str, ia: TensorInfo, b: Source, b_name: str, ib: TensorInfo) -> Ranges:
+def _ranges(
+    a: Source, a_name: str, ia: TensorInfo, b: Source, b_name: str, ib: TensorInfo
+) -> Ranges:
     """Where both tensors' bytes lie as is, for dtypes whose bytes diff reads itself: (None, None) elsewhere."""
     ra = a.byte_range(a_name) if ia.dtype in BYTE_DTYPES else None
     rb = b.byte_range(b_name) if ra is not None and ib.dtype in BYTE_DTYPES else None
     return ra, rb
 
 
-def _chunk_pairs(a: Source, a_name: str, ia: TensorInfo, b: Source, b_name: str, ib: TensorInfo, options: DiffOptions,
-                 reader: PairReader | None, ranges: Ranges | None) -> Iterator[tuple[object, object]]:
+def _chunk_pairs(
+    a: Source,
+    a_name: str,
+    ia: TensorInfo,
+    b: Source,
+    b_name: str,
+    ib: TensorInfo,
+    options: DiffOptions,
+    reader: PairReader | None,
+    ranges: Ranges | None,
+) -> Iterator[tuple[object, object]]:
     """Aligned chunks of both tensors: read by `reader` into reused buffers where both lie in files as is."""
     ra, rb = (None, None) if reader is None else ranges or _ranges(a, a_name, ia, b, b_name, ib)
     if reader is None or ra is None or rb is None:
-        yield from zip(a.iter_chunks(a_name, options.chunk_elems), b.iter_chunks(b_name, options.chunk_elems),
-                       strict=True)
+        yield from zip(
+            a.iter_chunks(a_name, options.chunk_elems),
+            b.iter_chunks(b_name, options.chunk_elems),
+            strict=True,
+        )
         return
     import torch
 
     dtype_a, dtype_b = getattr(torch, ia.dtype), getattr(torch, ib.dtype)
     size_a, size_b = BYTE_DTYPES[ia.dtype], BYTE_DTYPES[ib.dtype]
-    for pa, pb in reader.chunk_pairs(ra, rb, options.chunk_elems * size_a, options.chunk_elems * size_b):
-        yield (from_little_endian(pa.obj, dtype_a, len(pa) // size_a),
-               from_little_endian(pb.obj, dtype_b, len(pb) // size_b))
+    for pa, pb in reader.chunk_pairs(
+        ra, rb, options.chunk_elems * size_a, options.chunk_elems * size_b
+    ):
+        yield (
+            from_little_endian(pa.obj, dtype_a, len(pa) // size_a),
+            from_little_endian(pb.obj, dtype_b, len(pb) // size_b),
+        )
 
 
-def compare_pair(a: Source, a_name: str, b: Source, b_name: str, name: str, options: DiffOptions,
-                 reader: PairReader | None = None, scratch: _Scratch | None = None,
-                 infos: tuple[TensorInfo, TensorInfo] | None = None, ranges: Ranges | None = None) -> TensorDiff:
+def compare_pair(
+    a: Source,
+    a_name: str,
+    b: Source,
+    b_name: str,
+    name: str,
+    options: DiffOptions,
+    reader: PairReader | None = None,
+    scratch: _Scratch | None = None,
+    infos: tuple[TensorInfo, TensorInfo] | None = None,
+    ranges: Ranges | None = None,
+) -> TensorDiff:
     """Stream tensor a_name of `a` against b_name of `b` in aligned chunks (through `reader` when given).
 
     With a reader, the arithmetic runs on one torch thread until the reader is closed. `infos` and `ranges`,
@@ -243,7 +296,9 @@ def compare_pair(a: Source, a_name: str, b: Source, b_name: str, name: str, opti
     for ca, cb in _chunk_pairs(a, a_name, ia, b, b_name, ib, options, reader, ranges):
         _compare_chunk(ca, cb, acc, rtol, atol, options, scratch)
     if options.exact:
-        acc.differing = max(acc.differing, acc.bit_differs) if ia.dtype == ib.dtype else acc.differing
+        acc.differing = (
+            max(acc.differing, acc.bit_differs) if ia.dtype == ib.dtype else acc.differing
+        )
     numel = ia.numel
     norm_a, norm_b = math.sqrt(acc.sq_a), math.sqrt(acc.sq_b)
     rel_l2 = math.sqrt(acc.sq_diff) / norm_a if norm_a > 0 else (0.0 if acc.sq_diff == 0 else None)
@@ -251,10 +306,22 @@ def compare_pair(a: Source, a_name: str, b: Source, b_name: str, name: str, opti
     identical = acc.differing == 0 and acc.max_abs == 0.0 and acc.bit_differs == 0
     status = "changed" if acc.differing else ("equal" if identical else "close")
     return TensorDiff(
-        name=name, a_name=a_name, b_name=b_name, shape=ia.shape, dtype_a=ia.dtype, dtype_b=ib.dtype, numel=numel,
-        differing=acc.differing, max_abs_diff=acc.max_abs,
+        name=name,
+        a_name=a_name,
+        b_name=b_name,
+        shape=ia.shape,
+        dtype_a=ia.dtype,
+        dtype_b=ib.dtype,
+        numel=numel,
+        differing=acc.differing,
+        max_abs_diff=acc.max_abs,
         mean_abs_diff=acc.sum_abs / acc.finite_pairs if acc.finite_pairs else None,
-        rel_l2=rel_l2, cosine=cosine, nan_a=acc.nan_a, nan_b=acc.nan_b, inf_a=acc.inf_a, inf_b=acc.inf_b,
+        rel_l2=rel_l2,
+        cosine=cosine,
+        nan_a=acc.nan_a,
+        nan_b=acc.nan_b,
+        inf_a=acc.inf_a,
+        inf_b=acc.inf_b,
         status=status,
     )
 
@@ -267,12 +334,16 @@ def _severity(d: TensorDiff) -> tuple[bool, int, float, float, int]:
     that was all zeros in A has changed by all of itself: relative change 1.
     """
     appeared = d.nan_b + d.inf_b > d.nan_a + d.inf_a
-    integer = d.dtype_a not in FLOATS and d.dtype_b not in FLOATS and d.note is None  # quantized: weights
+    integer = (
+        d.dtype_a not in FLOATS and d.dtype_b not in FLOATS and d.note is None
+    )  # quantized: weights
     rel = 1.0 if d.rel_l2 is None else d.rel_l2
     return (not appeared, int(integer), -rel, -(d.max_abs_diff or 0.0), -d.differing)
 
 
-def _aliases(tensors: list[TensorInfo], present: set[str], mapping: dict[str, str]) -> dict[str, str]:
+def _aliases(
+    tensors: list[TensorInfo], present: set[str], mapping: dict[str, str]
+) -> dict[str, str]:
     """{mapped name: mapped tied partner} for names whose storage another present name shares."""
     storages = [t.storage for t in tensors if t.storage is not None]
     if len(set(storages)) == len(storages):  # nothing tied: skip building a group per storage
@@ -297,8 +368,16 @@ class _Walk:
     held pair whose bytes differ, and every other pair, goes through `compare_pair`, in order.
     """
 
-    def __init__(self, a: Source, b: Source, names: list[str], a_names: list[str], b_names: list[str],
-                 options: DiffOptions, progress: Callable[[int], None] | None) -> None:
+    def __init__(
+        self,
+        a: Source,
+        b: Source,
+        names: list[str],
+        a_names: list[str],
+        b_names: list[str],
+        options: DiffOptions,
+        progress: Callable[[int], None] | None,
+    ) -> None:
         self.a, self.b, self.options, self.progress = a, b, options, progress
         self.names, self.a_names, self.b_names = names, a_names, b_names
         self.infos_a, self.infos_b = a.infos(a_names), b.infos(b_names)
@@ -331,8 +410,20 @@ class _Walk:
         ia, ib = self.infos_a[i], self.infos_b[i]
         ra = self.ranges_a[i] if ia.dtype in BYTE_DTYPES else None
         rb = self.ranges_b[i] if ra is not None and ib.dtype in BYTE_DTYPES else None
-        self.results.append(compare_pair(self.a, self.a_names[i], self.b, self.b_names[i], self.names[i],
-                                         self.options, self.reader, self.scratch, infos=(ia, ib), ranges=(ra, rb)))
+        self.results.append(
+            compare_pair(
+                self.a,
+                self.a_names[i],
+                self.b,
+                self.b_names[i],
+                self.names[i],
+                self.options,
+                self.reader,
+                self.scratch,
+                infos=(ia, ib),
+                ranges=(ra, rb),
+            )
+        )
 
     def bytewise(self, i: int) -> None:
         """Pair i of one quantized type, its bytes compared row by row: no values to compare without dequantizing."""
@@ -347,11 +438,28 @@ class _Walk:
             differ, rows = rows, rows  # no row structure to compare by: the whole tensor differs
         else:
             differ = self.reader.differing_parts(ra, rb, ra[2] // rows)
-        self.results.append(TensorDiff(
-            name=self.names[i], a_name=self.a_names[i], b_name=self.b_names[i], shape=ia.shape, dtype_a=ia.dtype,
-            dtype_b=self.infos_b[i].dtype, numel=numel, differing=differ * (numel // rows), max_abs_diff=None,
-            mean_abs_diff=None, rel_l2=None, cosine=None, nan_a=0, nan_b=0, inf_a=0, inf_b=0, status="changed",
-            note=f"{BYTEWISE_NOTE}; {differ:,} of {rows:,} rows differ"))
+        self.results.append(
+            TensorDiff(
+                name=self.names[i],
+                a_name=self.a_names[i],
+                b_name=self.b_names[i],
+                shape=ia.shape,
+                dtype_a=ia.dtype,
+                dtype_b=self.infos_b[i].dtype,
+                numel=numel,
+                differing=differ * (numel // rows),
+                max_abs_diff=None,
+                mean_abs_diff=None,
+                rel_l2=None,
+                cosine=None,
+                nan_a=0,
+                nan_b=0,
+                inf_a=0,
+                inf_b=0,
+                status="changed",
+                note=f"{BYTEWISE_NOTE}; {differ:,} of {rows:,} rows differ",
+            )
+        )
 
     def done(self, i: int) -> None:
         if self.progress is not None:
@@ -361,7 +469,9 @@ class _Walk:
         self.reader.close()
 
 
-def _walk_pairs(walk: _Walk, shape_mismatch: list[PairMismatch], dtype_mismatch: list[PairMismatch]) -> list[str]:
+def _walk_pairs(
+    walk: _Walk, shape_mismatch: list[PairMismatch], dtype_mismatch: list[PairMismatch]
+) -> list[str]:
     """Compare every pair of one shape, listing the others; the names compared, in order.
 
     One loop over 200k pairs, nothing called per pair but for what the pair needs.
@@ -369,13 +479,19 @@ def _walk_pairs(walk: _Walk, shape_mismatch: list[PairMismatch], dtype_mismatch:
     skipped: list[int] = []
     held, reader, byte_equal, names = walk.held, walk.reader, walk.byte_equal, walk.names
     held_bytes = 0
-    for i, (ia, ib, ra, rb) in enumerate(zip(walk.infos_a, walk.infos_b, walk.ranges_a, walk.ranges_b, strict=True)):
+    for i, (ia, ib, ra, rb) in enumerate(
+        zip(walk.infos_a, walk.infos_b, walk.ranges_a, walk.ranges_b, strict=True)
+    ):
         if ia.shape != ib.shape:
             shape_mismatch.append(PairMismatch(names[i], _shape(ia), _shape(ib)))
             skipped.append(i)
             continue
         dtype = ia.dtype
-        if (dtype not in DTYPE_BITS or ib.dtype not in DTYPE_BITS) and ra is not None and rb is not None:
+        if (
+            (dtype not in DTYPE_BITS or ib.dtype not in DTYPE_BITS)
+            and ra is not None
+            and rb is not None
+        ):
             # A quantized type (GGUF's Q4_K): no values to read, only bytes, and only against its own type.
             walk.flush()
             held_bytes = 0
@@ -413,8 +529,9 @@ def _walk_pairs(walk: _Walk, shape_mismatch: list[PairMismatch], dtype_mismatch:
     return [n for i, n in enumerate(names) if i not in gone]
 
 
-def _shared_parts(a: Source, b: Source, common: list[str], map_a: dict[str, str],
-                  map_b: dict[str, str]) -> dict[str, str]:
+def _shared_parts(
+    a: Source, b: Source, common: list[str], map_a: dict[str, str], map_b: dict[str, str]
+) -> dict[str, str]:
     """{name: partner} for names one side records only as sharing the partner's storage and the other side shows
     with another shape or dtype: a part of the partner there, not a copy of it, so not compared as one."""
     out: dict[str, str] = {}
@@ -432,14 +549,20 @@ def _shared_parts(a: Source, b: Source, common: list[str], map_a: dict[str, str]
     return out
 
 
-def diff_sources(a: Source, b: Source, options: DiffOptions | None = None,
-                 progress: Callable[[int], None] | None = None) -> DiffReport:
+def diff_sources(
+    a: Source,
+    b: Source,
+    options: DiffOptions | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> DiffReport:
     """What differs between two sources' state dicts. `progress(nbytes)` is called as pairs are done."""
     options = options or DiffOptions()
     map_a = options.keymap.map_names(a.state_dict_names(), a.label)
     map_b = options.keymap.map_names(b.state_dict_names(), b.label)
     keys_a, keys_b = list(map_a), list(map_b)
-    if keys_a == keys_b:  # the same names in the same order (two versions of one model): nothing to match
+    if (
+        keys_a == keys_b
+    ):  # the same names in the same order (two versions of one model): nothing to match
         common, only_a, only_b, aliased = keys_a, [], [], []
     else:  # the dicts answer `in` (one lookup per key: no set rebuilt per key)
         common = [n for n in keys_a if n in map_b]
@@ -449,10 +572,14 @@ def diff_sources(a: Source, b: Source, options: DiffOptions | None = None,
         common_set = set(common)
         alias_a = _aliases(a.tensors, common_set, map_a) if only_a else {}
         alias_b = _aliases(b.tensors, common_set, map_b) if only_b else {}
-        aliased = [(n, alias_a[n]) for n in only_a if n in alias_a] + [(n, alias_b[n]) for n in only_b if n in alias_b]
+        aliased = [(n, alias_a[n]) for n in only_a if n in alias_a] + [
+            (n, alias_b[n]) for n in only_b if n in alias_b
+        ]
         only_a = [n for n in only_a if n not in alias_a]
         only_b = [n for n in only_b if n not in alias_b]
-    if a.shared_storage or b.shared_storage:  # save_model's part-of-a-tensor names: matched through their partner
+    if (
+        a.shared_storage or b.shared_storage
+    ):  # save_model's part-of-a-tensor names: matched through their partner
         parts = _shared_parts(a, b, common, map_a, map_b)
         if parts:
             common = [n for n in common if n not in parts]
@@ -461,8 +588,11 @@ def diff_sources(a: Source, b: Source, options: DiffOptions | None = None,
     dtype_mismatch: list[PairMismatch] = []
     # 200k pairs hold 200k infos and ranges and free none: automatic collections would rescan them all.
     with paused_gc():
-        a_names, b_names = ([map_a[n] for n in common], [map_b[n] for n in common]) if options.keymap.rewrites \
+        a_names, b_names = (
+            ([map_a[n] for n in common], [map_b[n] for n in common])
+            if options.keymap.rewrites
             else (common, common)
+        )
         walk = _Walk(a, b, common, a_names, b_names, options, progress)
         with contextlib.closing(walk):
             compared = _walk_pairs(walk, shape_mismatch, dtype_mismatch)
@@ -471,14 +601,28 @@ def diff_sources(a: Source, b: Source, options: DiffOptions | None = None,
     changed = sorted((r for r in results if r.status == "changed"), key=_severity)
     close = [r for r in results if r.status == "close"]
     return DiffReport(
-        a=a.label, b=b.label, format_a=a.format, format_b=b.format, only_in_a=tuple(only_a), only_in_b=tuple(only_b),
-        shape_mismatch=tuple(shape_mismatch), dtype_mismatch=tuple(dtype_mismatch), changed=tuple(changed),
-        close=tuple(close), equal=same + sum(1 for r in results if r.status != "changed"),
-        identical=same + sum(1 for r in results if r.status == "equal"), compared=len(compared), aliased=tuple(aliased),
-        rollup=_rollup(compared, results), hints=tuple(_hints(only_a, only_b, map_a.keys(), map_b.keys(), a.label, b.label)),
-        tolerance=_describe_tolerance(options), nan_equal=options.nan_equal, bytewise=walk.bytewise_pairs,
+        a=a.label,
+        b=b.label,
+        format_a=a.format,
+        format_b=b.format,
+        only_in_a=tuple(only_a),
+        only_in_b=tuple(only_b),
+        shape_mismatch=tuple(shape_mismatch),
+        dtype_mismatch=tuple(dtype_mismatch),
+        changed=tuple(changed),
+        close=tuple(close),
+        equal=same + sum(1 for r in results if r.status != "changed"),
+        identical=same + sum(1 for r in results if r.status == "equal"),
+        compared=len(compared),
+        aliased=tuple(aliased),
+        rollup=_rollup(compared, results),
+        hints=tuple(_hints(only_a, only_b, map_a.keys(), map_b.keys(), a.label, b.label)),
+        tolerance=_describe_tolerance(options),
+        nan_equal=options.nan_equal,
+        bytewise=walk.bytewise_pairs,
         module_status=_module_status(compared, changed, only_a, only_b, shape_mismatch),
-        would_call_a=tuple(a.would_call), would_call_b=tuple(b.would_call),
+        would_call_a=tuple(a.would_call),
+        would_call_b=tuple(b.would_call),
     )
 
 
@@ -495,20 +639,35 @@ def _rollup(compared: list[str], results: list[TensorDiff]) -> tuple[ModuleRollu
     if not changed:
         return ()
     sizes = Counter(rollup_keys(compared))  # in first-seen order
-    return tuple(ModuleRollup(module, size, len(changed[module]),
-                              max((m.max_abs_diff for m in changed[module] if m.max_abs_diff is not None), default=None))
-                 for module, size in sizes.items() if module in changed)
+    return tuple(
+        ModuleRollup(
+            module,
+            size,
+            len(changed[module]),
+            max(
+                (m.max_abs_diff for m in changed[module] if m.max_abs_diff is not None),
+                default=None,
+            ),
+        )
+        for module, size in sizes.items()
+        if module in changed
+    )
 
 
-def _module_status(compared: list[str], changed: list[TensorDiff], only_a: list[str], only_b: list[str],
-                   shape_mismatch: list[PairMismatch]) -> tuple[ModuleStatus, ...]:
+def _module_status(
+    compared: list[str],
+    changed: list[TensorDiff],
+    only_a: list[str],
+    only_b: list[str],
+    shape_mismatch: list[PairMismatch],
+) -> tuple[ModuleStatus, ...]:
     """Every module (the roll-up's key) with its verdict, in first-seen order: compared names, then A's, then B's."""
     names = [*compared, *(m.name for m in shape_mismatch), *only_a, *only_b]
     keys = rollup_keys(names)
     sizes = Counter(keys)
     moved = {rollup_key(r.name) for r in changed} | set(rollup_keys(m.name for m in shape_mismatch))
-    side_a = Counter(keys[len(names) - len(only_a) - len(only_b):len(names) - len(only_b)])
-    side_b = Counter(keys[len(names) - len(only_b):])
+    side_a = Counter(keys[len(names) - len(only_a) - len(only_b) : len(names) - len(only_b)])
+    side_b = Counter(keys[len(names) - len(only_b) :])
     out = []
     for key, size in sizes.items():
         if side_a[key] == size:
@@ -523,10 +682,19 @@ def _module_status(compared: list[str], changed: list[TensorDiff], only_a: list[
     return tuple(out)
 
 
-def _hints(only_a: list[str], only_b: list[str], names_a: Set[str], names_b: Set[str], label_a: str,
-           label_b: str) -> list[str]:
+def _hints(
+    only_a: list[str],
+    only_b: list[str],
+    names_a: Set[str],
+    names_b: Set[str],
+    label_a: str,
+    label_b: str,
+) -> list[str]:
     hints = []
-    for here, there, label, other in ((only_a, names_b, label_a, label_b), (only_b, names_a, label_b, label_a)):
+    for here, there, label, other in (
+        (only_a, names_b, label_a, label_b),
+        (only_b, names_a, label_b, label_a),
+    ):
         found = suggest_prefix(here, there)
         if found is not None:
             prefix, hits = found

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 FP16_MAX = 65504.0
 # Quantized layouts keep a float scale beside an integer or float8 weight on purpose.
 QUANT_NAME = re.compile(r"(scale|absmax|quant|zeros|g_idx|zero_point)", re.IGNORECASE)
-MIN_TIED_NUMEL = 64  # equal small tensors (norm weights of ones) are equal by construction, not copies
+MIN_TIED_NUMEL = (
+    64  # equal small tensors (norm weights of ones) are equal by construction, not copies
+)
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,9 @@ class _Seen:
     fingerprint: tuple[object, ...]
 
 
-def _finding(check: str, severity: Severity, name: str, message: str, attribute: bool = True) -> Finding:
+def _finding(
+    check: str, severity: Severity, name: str, message: str, attribute: bool = True
+) -> Finding:
     module, _, attr = name.rpartition(".")
     where = Location(module, attr) if attribute else Location(name)
     return Finding(check, severity, where, message, CATALOG[check].fix)
@@ -59,7 +63,11 @@ def checkpoint_findings(source: Source) -> tuple[list[Finding], list[str]]:
             continue
         lo, hi = (float(v) for v in torch.aminmax(t.detach().reshape(-1)))
         findings += _value_findings(name, t, lo, hi)
-        if sum(d > 1 for d in t.shape) >= 2 and t.numel() >= MIN_TIED_NUMEL and math.isfinite(lo + hi):
+        if (
+            sum(d > 1 for d in t.shape) >= 2
+            and t.numel() >= MIN_TIED_NUMEL
+            and math.isfinite(lo + hi)
+        ):
             seen.append(_Seen(name, info.storage, _fingerprint(t, lo, hi)))
     findings += _batchnorm_findings(bn_values)
     findings += _tied_findings(source, seen)
@@ -76,38 +84,77 @@ def _value_findings(name: str, t: torch.Tensor, lo: float, hi: float) -> list[Fi
         x = t.detach()
         nans = int(torch.isnan(x).sum())
         bad = int((~torch.isfinite(x)).sum())
-        out.append(_finding("nonfinite-weights", "error", name,
-                            f"{name} holds {nans:,} NaN and {bad - nans:,} Inf value(s) of {x.numel():,}"))
+        out.append(
+            _finding(
+                "nonfinite-weights",
+                "error",
+                name,
+                f"{name} holds {nans:,} NaN and {bad - nans:,} Inf value(s) of {x.numel():,}",
+            )
+        )
         return out
     if lo == hi and sum(d > 1 for d in t.shape) >= 2 and not QUANT_NAME.search(name):
-        out.append(_finding("constant-tensor", "warning", name,
-                            f"{name} {tuple(t.shape)} is {lo:g} everywhere: every output unit of the layer computes "
-                            "the same thing"))
+        out.append(
+            _finding(
+                "constant-tensor",
+                "warning",
+                name,
+                f"{name} {tuple(t.shape)} is {lo:g} everywhere: every output unit of the layer computes "
+                "the same thing",
+            )
+        )
     peak = max(abs(lo), abs(hi))
     if t.dtype == torch.float16 and peak >= FP16_MAX / 2:
-        out.append(_finding("fp16-near-overflow", "warning", name,
-                            f"{name} (float16) reaches {peak:,.0f}, within a factor 2 of float16's largest "
-                            "value 65,504: doubling it gives Inf"))
+        out.append(
+            _finding(
+                "fp16-near-overflow",
+                "warning",
+                name,
+                f"{name} (float16) reaches {peak:,.0f}, within a factor 2 of float16's largest "
+                "value 65,504: doubling it gives Inf",
+            )
+        )
     return out
 
 
 def _batchnorm_findings(groups: dict[str, dict[str, torch.Tensor]]) -> list[Finding]:
     out = []
     for module, stats in groups.items():
-        var, mean, count = stats.get("running_var"), stats.get("running_mean"), stats.get("num_batches_tracked")
+        var, mean, count = (
+            stats.get("running_var"),
+            stats.get("running_mean"),
+            stats.get("num_batches_tracked"),
+        )
         if var is None or mean is None:
             continue
         prefix = f"{module}." if module else ""
         low = int((var <= 0).sum())
         if low:
-            out.append(_finding("batchnorm-stats-untrained", "error", prefix + "running_var",
-                                f"{prefix}running_var has {low} value(s) <= 0: eval mode divides by the square root "
-                                "of a non-positive variance (NaN)"))
-        elif (count is not None and count.numel() == 1 and int(count) == 0 and not bool(mean.any())
-              and bool((var == 1).all())):
-            out.append(_finding("batchnorm-stats-untrained", "warning", prefix + "num_batches_tracked",
-                                f"{prefix}num_batches_tracked is 0 with running mean 0 and variance 1: the "
-                                "statistics were never updated, so eval mode normalises nothing"))
+            out.append(
+                _finding(
+                    "batchnorm-stats-untrained",
+                    "error",
+                    prefix + "running_var",
+                    f"{prefix}running_var has {low} value(s) <= 0: eval mode divides by the square root "
+                    "of a non-positive variance (NaN)",
+                )
+            )
+        elif (
+            count is not None
+            and count.numel() == 1
+            and int(count) == 0
+            and not bool(mean.any())
+            and bool((var == 1).all())
+        ):
+            out.append(
+                _finding(
+                    "batchnorm-stats-untrained",
+                    "warning",
+                    prefix + "num_batches_tracked",
+                    f"{prefix}num_batches_tracked is 0 with running mean 0 and variance 1: the "
+                    "statistics were never updated, so eval mode normalises nothing",
+                )
+            )
     return out
 
 
@@ -116,8 +163,15 @@ def _fingerprint(t: torch.Tensor, lo: float, hi: float) -> tuple[object, ...]:
     import torch
 
     flat = t.detach().reshape(-1)
-    return (tuple(t.shape), str(t.dtype), float(torch.sum(flat, dtype=torch.float64)), lo, hi, float(flat[0]),
-            float(flat[-1]))
+    return (
+        tuple(t.shape),
+        str(t.dtype),
+        float(torch.sum(flat, dtype=torch.float64)),
+        lo,
+        hi,
+        float(flat[0]),
+        float(flat[-1]),
+    )
 
 
 def _tied_findings(source: Source, seen: list[_Seen]) -> list[Finding]:
@@ -135,9 +189,15 @@ def _tied_findings(source: Source, seen: list[_Seen]) -> list[Finding]:
             if first.storage is not None and other.storage == first.storage:
                 continue  # one storage: the tie is kept
             if torch.equal(source.read_tensor(first.name), source.read_tensor(other.name)):
-                out.append(_finding("tied-weights-stored-twice", "info", other.name,
-                                    f"{other.name} is an equal copy of {first.name} in its own storage: tied "
-                                    "weights saved twice"))
+                out.append(
+                    _finding(
+                        "tied-weights-stored-twice",
+                        "info",
+                        other.name,
+                        f"{other.name} is an equal copy of {first.name} in its own storage: tied "
+                        "weights saved twice",
+                    )
+                )
     return out
 
 
@@ -150,8 +210,16 @@ def _dtype_findings(source: Source) -> list[Finding]:
     out = []
     for module, dtypes in by_module.items():
         if len(dtypes) > 1:
-            listed = ", ".join(f"{', '.join(names)} {dtype}" for dtype, names in sorted(dtypes.items()))
-            out.append(_finding("mixed-dtypes-in-module", "warning", module,
-                                f"{module or '<root>'} stores its tensors in {len(dtypes)} dtypes: {listed}",
-                                attribute=False))
+            listed = ", ".join(
+                f"{', '.join(names)} {dtype}" for dtype, names in sorted(dtypes.items())
+            )
+            out.append(
+                _finding(
+                    "mixed-dtypes-in-module",
+                    "warning",
+                    module,
+                    f"{module or '<root>'} stores its tensors in {len(dtypes)} dtypes: {listed}",
+                    attribute=False,
+                )
+            )
     return out

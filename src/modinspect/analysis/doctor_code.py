@@ -19,11 +19,19 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-MAX_CONTAINER_ITEMS = 10_000  # a plain list longer than this is data, not layers: look at its head only
+MAX_CONTAINER_ITEMS = (
+    10_000  # a plain list longer than this is data, not layers: look at its head only
+)
 
 
-def finding(check: str, severity: Severity, where: Location, message: str, fix: str | None = None,
-            detail: str | None = None) -> Finding:
+def finding(
+    check: str,
+    severity: Severity,
+    where: Location,
+    message: str,
+    fix: str | None = None,
+    detail: str | None = None,
+) -> Finding:
     return Finding(check, severity, where, message, fix or CATALOG[check].fix, detail)
 
 
@@ -78,17 +86,29 @@ def registration_findings(model: nn.Module) -> list[Finding]:
                 f = _container_finding(value, where, modules, tensors)
                 if f is not None:
                     out.append(f)
-            elif isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and id(value) not in tensors:
+            elif (
+                isinstance(value, torch.Tensor)
+                and not isinstance(value, nn.Parameter)
+                and id(value) not in tensors
+            ):
                 if attr.startswith("__"):
                     continue
-                out.append(finding("tensor-attribute", "warning", where,
-                                   f"{where.describe()} is a plain tensor attribute {tuple(value.shape)}: .to() does "
-                                   "not move it and state_dict() does not save it",
-                                   f"self.register_buffer({attr!r}, tensor) (persistent=False if it should not be saved)"))
+                out.append(
+                    finding(
+                        "tensor-attribute",
+                        "warning",
+                        where,
+                        f"{where.describe()} is a plain tensor attribute {tuple(value.shape)}: .to() does "
+                        "not move it and state_dict() does not save it",
+                        f"self.register_buffer({attr!r}, tensor) (persistent=False if it should not be saved)",
+                    )
+                )
     return out
 
 
-def _container_finding(value: Any, where: Location, modules: set[int], tensors: set[int]) -> Finding | None:
+def _container_finding(
+    value: Any, where: Location, modules: set[int], tensors: set[int]
+) -> Finding | None:
     import torch
     from torch import nn
 
@@ -107,19 +127,37 @@ def _container_finding(value: Any, where: Location, modules: set[int], tensors: 
             loose_tensors += id(item) not in tensors
     kind = type(value).__name__
     if stateful_mods or loose_params:
-        what = (f"{stateful_mods} module(s) with parameters, buffers or a mode" if stateful_mods else
-                f"{loose_params} nn.Parameter(s)")
-        return finding("unregistered-container", "error", where,
-                       f"{where.describe()} is a plain {kind} holding {what}: parameters(), state_dict(), .to() "
-                       "and the optimizer do not see them", _container_fix(kind, bool(stateful_mods)))
+        what = (
+            f"{stateful_mods} module(s) with parameters, buffers or a mode"
+            if stateful_mods
+            else f"{loose_params} nn.Parameter(s)"
+        )
+        return finding(
+            "unregistered-container",
+            "error",
+            where,
+            f"{where.describe()} is a plain {kind} holding {what}: parameters(), state_dict(), .to() "
+            "and the optimizer do not see them",
+            _container_fix(kind, bool(stateful_mods)),
+        )
     if loose_tensors:
-        return finding("unregistered-container", "warning", where,
-                       f"{where.describe()} is a plain {kind} holding {loose_tensors} tensor(s): state_dict() and "
-                       ".to() miss them", "register each tensor with self.register_buffer(name, tensor)")
+        return finding(
+            "unregistered-container",
+            "warning",
+            where,
+            f"{where.describe()} is a plain {kind} holding {loose_tensors} tensor(s): state_dict() and "
+            ".to() miss them",
+            "register each tensor with self.register_buffer(name, tensor)",
+        )
     if stateless_mods:
-        return finding("unregistered-container", "info", where,
-                       f"{where.describe()} is a plain {kind} of {stateless_mods} stateless module(s): nothing to "
-                       "train or save, but hooks and print(model) do not see them", _container_fix(kind, True))
+        return finding(
+            "unregistered-container",
+            "info",
+            where,
+            f"{where.describe()} is a plain {kind} of {stateless_mods} stateless module(s): nothing to "
+            "train or save, but hooks and print(model) do not see them",
+            _container_fix(kind, True),
+        )
     return None
 
 
@@ -153,17 +191,29 @@ def global_tensor_findings(model: nn.Module) -> list[tuple[Finding, torch.Tensor
         for c in _code_objects(code):
             for name in c.co_names:
                 value = globals_.get(name)
-                if not isinstance(value, torch.Tensor) or id(value) in owned or (type(module), name) in seen:
+                if (
+                    not isinstance(value, torch.Tensor)
+                    or id(value) in owned
+                    or (type(module), name) in seen
+                ):
                     continue
                 seen.add((type(module), name))
                 line = _name_line(forward, name)
-                out.append((finding("global-tensor-in-forward", "warning",
-                                   Location(path, name, file=short_path(code.co_filename), line=line),
-                                   f"{type(module).__name__}.forward uses the module-level tensor {name} "
-                                   f"{tuple(value.shape)}: the model does not own it, so .to() does not move it "
-                                   "and state_dict() does not save it",
-                                   f"self.register_buffer({name.lower()!r}, {name}.clone()) in __init__, and use "
-                                   "the buffer"), value))
+                out.append(
+                    (
+                        finding(
+                            "global-tensor-in-forward",
+                            "warning",
+                            Location(path, name, file=short_path(code.co_filename), line=line),
+                            f"{type(module).__name__}.forward uses the module-level tensor {name} "
+                            f"{tuple(value.shape)}: the model does not own it, so .to() does not move it "
+                            "and state_dict() does not save it",
+                            f"self.register_buffer({name.lower()!r}, {name}.clone()) in __init__, and use "
+                            "the buffer",
+                        ),
+                        value,
+                    )
+                )
     return out
 
 
@@ -173,7 +223,11 @@ def _name_line(function: Any, name: str) -> int | None:
 
     try:
         for ins in dis.get_instructions(function):
-            if ins.argval == name and ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and ins.positions is not None:
+            if (
+                ins.argval == name
+                and ins.opname in ("LOAD_GLOBAL", "LOAD_NAME")
+                and ins.positions is not None
+            ):
                 return ins.positions.lineno
     except TypeError:
         return None
@@ -186,16 +240,26 @@ def assigned_twice_findings(model: nn.Module) -> list[Finding]:
     done: set[type] = set()
     for path, module in model.named_modules():
         for cls in type(module).__mro__:
-            if cls in done or "__init__" not in vars(cls) or cls.__module__.startswith(("torch.", "builtins")):
+            if (
+                cls in done
+                or "__init__" not in vars(cls)
+                or cls.__module__.startswith(("torch.", "builtins"))
+            ):
                 continue
             done.add(cls)
             for attr, line, file in _double_assignments(cls):
                 if attr in module._modules:
-                    out.append(finding("module-assigned-twice", "warning",
-                                       Location(path, attr, file=short_path(file), line=line),
-                                       f"{cls.__name__}.__init__ assigns a new module to self.{attr} twice: the first "
-                                       "is discarded and the second one is used wherever self."
-                                       f"{attr} appears", None))
+                    out.append(
+                        finding(
+                            "module-assigned-twice",
+                            "warning",
+                            Location(path, attr, file=short_path(file), line=line),
+                            f"{cls.__name__}.__init__ assigns a new module to self.{attr} twice: the first "
+                            "is discarded and the second one is used wherever self."
+                            f"{attr} appears",
+                            None,
+                        )
+                    )
     return out
 
 
@@ -217,14 +281,22 @@ def _double_assignments(cls: type) -> list[tuple[str, int, str]]:
         for stmt in block:
             if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Call):
                 for target in stmt.targets:
-                    if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
-                            and target.value.id == "self"):
+                    if (
+                        isinstance(target, ast.Attribute)
+                        and isinstance(target.value, ast.Name)
+                        and target.value.id == "self"
+                    ):
                         if target.attr in first and not _mentions(stmt.value, target.attr):
                             out.append((target.attr, start + stmt.lineno - 1, file))
                         first[target.attr] = stmt.lineno
             for child in ("body", "orelse", "finalbody"):
                 inner = getattr(stmt, child, None)
-                if isinstance(inner, list) and inner and isinstance(inner[0], ast.stmt) and stmt is not func:
+                if (
+                    isinstance(inner, list)
+                    and inner
+                    and isinstance(inner[0], ast.stmt)
+                    and stmt is not func
+                ):
                     visit(inner)
 
     visit(func.body)
@@ -233,8 +305,13 @@ def _double_assignments(cls: type) -> list[tuple[str, int, str]]:
 
 def _mentions(node: ast.AST, attr: str) -> bool:
     """`self.<attr>` appears in `node`: `self.fc = weight_norm(self.fc)` wraps the first module, not drops it."""
-    return any(isinstance(n, ast.Attribute) and n.attr == attr and isinstance(n.value, ast.Name)
-               and n.value.id == "self" for n in ast.walk(node))
+    return any(
+        isinstance(n, ast.Attribute)
+        and n.attr == attr
+        and isinstance(n.value, ast.Name)
+        and n.value.id == "self"
+        for n in ast.walk(node)
+    )
 
 
 def mode_findings(model: nn.Module, context: str) -> list[Finding]:
@@ -244,14 +321,31 @@ def mode_findings(model: nn.Module, context: str) -> list[Finding]:
     if context == "inference":
         training = [(p, m) for p, m in named if m.training and mode_sensitive(m)]
         for path, m in training:
-            out.append(finding("train-mode-at-inference", "warning", Location(path),
-                               f"{path or '<root>'} ({type(m).__name__}) is in training mode at inference: "
-                               + ("it drops activations at random" if "Dropout" in type(m).__name__ else
-                                  "its output depends on the batch"), None))
+            out.append(
+                finding(
+                    "train-mode-at-inference",
+                    "warning",
+                    Location(path),
+                    f"{path or '<root>'} ({type(m).__name__}) is in training mode at inference: "
+                    + (
+                        "it drops activations at random"
+                        if "Dropout" in type(m).__name__
+                        else "its output depends on the batch"
+                    ),
+                    None,
+                )
+            )
         if not training and any(m.training for _, m in named):
-            out.append(finding("train-mode-at-inference", "info", Location(""),
-                               "the model is in training mode at inference; no module in it behaves differently "
-                               "(no Dropout or BatchNorm), so the outputs are unaffected", None))
+            out.append(
+                finding(
+                    "train-mode-at-inference",
+                    "info",
+                    Location(""),
+                    "the model is in training mode at inference; no module in it behaves differently "
+                    "(no Dropout or BatchNorm), so the outputs are unaffected",
+                    None,
+                )
+            )
         return out
     # training: the topmost eval-mode modules below a training parent
     parents = {p: m for p, m in named}
@@ -266,10 +360,20 @@ def mode_findings(model: nn.Module, context: str) -> list[Finding]:
             continue
         frozen = all(not p.requires_grad for p in m.parameters())
         severity: Severity = "info" if frozen else "warning"
-        tail = (": frozen, so this is likely on purpose" if frozen else
-                f": its {type(sensitive[0]).__name__} does not behave as in training")
-        out.append(finding("mixed-train-eval", severity, Location(path),
-                           f"{path} ({type(m).__name__}) is in eval mode while the model trains{tail}", None))
+        tail = (
+            ": frozen, so this is likely on purpose"
+            if frozen
+            else f": its {type(sensitive[0]).__name__} does not behave as in training"
+        )
+        out.append(
+            finding(
+                "mixed-train-eval",
+                severity,
+                Location(path),
+                f"{path} ({type(m).__name__}) is in eval mode while the model trains{tail}",
+                None,
+            )
+        )
     return out
 
 
@@ -288,19 +392,40 @@ def value_findings(model: nn.Module) -> list[Finding]:
         module, _, attr = name.rpartition(".")
         if not (math.isfinite(lo) and math.isfinite(hi)):
             bad = int((~torch.isfinite(t.detach())).sum())
-            out.append(finding("nonfinite-weights", "error", Location(module, attr),
-                               f"{name} holds {bad:,} NaN/Inf value(s)", None))
+            out.append(
+                finding(
+                    "nonfinite-weights",
+                    "error",
+                    Location(module, attr),
+                    f"{name} holds {bad:,} NaN/Inf value(s)",
+                    None,
+                )
+            )
             continue
         if lo != hi or id(t) not in params or sum(d > 1 for d in t.shape) < 2:
             continue
         if lo == 0.0:
-            out.append(finding("constant-init", "info", Location(module, attr),
-                               f"{name} {tuple(t.shape)} is all zeros: fine for a zero-initialised residual branch "
-                               "or LoRA's B, a symmetry problem otherwise", None))
+            out.append(
+                finding(
+                    "constant-init",
+                    "info",
+                    Location(module, attr),
+                    f"{name} {tuple(t.shape)} is all zeros: fine for a zero-initialised residual branch "
+                    "or LoRA's B, a symmetry problem otherwise",
+                    None,
+                )
+            )
         else:
-            out.append(finding("constant-init", "warning", Location(module, attr),
-                               f"{name} {tuple(t.shape)} is {lo:g} everywhere: every unit computes the same "
-                               "thing and gets the same gradient, so they never differ", None))
+            out.append(
+                finding(
+                    "constant-init",
+                    "warning",
+                    Location(module, attr),
+                    f"{name} {tuple(t.shape)} is {lo:g} everywhere: every unit computes the same "
+                    "thing and gets the same gradient, so they never differ",
+                    None,
+                )
+            )
     return out
 
 
@@ -311,7 +436,14 @@ def optimizer_findings(model: nn.Module, optimizer: torch.optim.Optimizer) -> li
     for name, p in model.named_parameters():
         if p.requires_grad and id(p) not in given:
             module, _, attr = name.rpartition(".")
-            out.append(finding("param-not-in-optimizer", "error", Location(module, attr),
-                               f"requires grad but is in none of the optimizer's {len(optimizer.param_groups)} "
-                               "param group(s): optimizer.step() never changes it", None))
+            out.append(
+                finding(
+                    "param-not-in-optimizer",
+                    "error",
+                    Location(module, attr),
+                    f"requires grad but is in none of the optimizer's {len(optimizer.param_groups)} "
+                    "param group(s): optimizer.step() never changes it",
+                    None,
+                )
+            )
     return out

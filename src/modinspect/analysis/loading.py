@@ -12,8 +12,13 @@ from modinspect.sources.layout_hints import layout_hints
 from modinspect.sources.module import shares_storage
 
 
-def plan_load(model: Sequence[TensorInfo], checkpoint: Sequence[TensorInfo], keymap: KeyMap | None = None,
-              module: Any = None, shared: Mapping[str, str] | None = None) -> LoadPlan:
+def plan_load(
+    model: Sequence[TensorInfo],
+    checkpoint: Sequence[TensorInfo],
+    keymap: KeyMap | None = None,
+    module: Any = None,
+    shared: Mapping[str, str] | None = None,
+) -> LoadPlan:
     """Give every key a status: loaded, cast, mismatched, missing, unexpected or tied.
 
     Checkpoint keys are rewritten by `keymap` first. Only what a state dict holds counts on the model's
@@ -25,7 +30,9 @@ def plan_load(model: Sequence[TensorInfo], checkpoint: Sequence[TensorInfo], key
     keymap = keymap or KeyMap()
     wanted = [t for t in model if t.persistent is not False]
     # A checkpoint's non-persistent buffers (an entry point's, a Hugging Face directory's) are no state dict entries.
-    mapped = keymap.map_names([t.name for t in checkpoint if t.persistent is not False], "the checkpoint")
+    mapped = keymap.map_names(
+        [t.name for t in checkpoint if t.persistent is not False], "the checkpoint"
+    )
     by_name = {t.name: t for t in checkpoint}
     ckpt = {new: by_name[old] for new, old in mapped.items()}
     loaded: list[str] = []
@@ -33,10 +40,17 @@ def plan_load(model: Sequence[TensorInfo], checkpoint: Sequence[TensorInfo], key
     cast: list[Mismatch] = []
     mismatched: list[Mismatch] = []
     absent: list[TensorInfo] = []
-    parts: list[tuple[TensorInfo, str]] = []  # (model tensor, the checkpoint key whose storage holds it)
+    parts: list[
+        tuple[TensorInfo, str]
+    ] = []  # (model tensor, the checkpoint key whose storage holds it)
     for t in wanted:
         c = ckpt.get(t.name)
-        if c is not None and shared and c.name in shared and (c.shape != t.shape or c.dtype != t.dtype):
+        if (
+            c is not None
+            and shared
+            and c.name in shared
+            and (c.shape != t.shape or c.dtype != t.dtype)
+        ):
             parts.append((t, shared[c.name]))
         elif c is None:
             absent.append(t)
@@ -49,7 +63,9 @@ def plan_load(model: Sequence[TensorInfo], checkpoint: Sequence[TensorInfo], key
                 cast.append(Mismatch(t.name, t.dtype, c.dtype))
     loaded_set = set(loaded)
     loaded_storages = {t.storage: t.name for t in wanted if t.name in loaded_set and t.storage}
-    tied = [Alias(t.name, loaded_storages[t.storage]) for t in absent if t.storage in loaded_storages]
+    tied = [
+        Alias(t.name, loaded_storages[t.storage]) for t in absent if t.storage in loaded_storages
+    ]
     if parts:
         as_model = {old: new for new, old in mapped.items()}
         for t, kept in parts:
@@ -64,10 +80,18 @@ def plan_load(model: Sequence[TensorInfo], checkpoint: Sequence[TensorInfo], key
     unexpected = [ckpt[name].name for name in ckpt if name not in model_names]
     unmatched = [n for n in ckpt if n not in model_names]
     # `module`, when given, lets the hints recognise its library's checkpoint layouts (transformers, PEFT).
-    hints = layout_hints(missing, unmatched, module) + _hints(missing, unmatched, len(loaded), len(wanted))
+    hints = layout_hints(missing, unmatched, module) + _hints(
+        missing, unmatched, len(loaded), len(wanted)
+    )
     return LoadPlan(
-        loaded=tuple(loaded), cast=tuple(cast), mismatched=tuple(mismatched), missing=tuple(missing),
-        unexpected=tuple(unexpected), tied=tuple(tied), sources=tuple(sources), hints=tuple(hints),
+        loaded=tuple(loaded),
+        cast=tuple(cast),
+        mismatched=tuple(mismatched),
+        missing=tuple(missing),
+        unexpected=tuple(unexpected),
+        tied=tuple(tied),
+        sources=tuple(sources),
+        hints=tuple(hints),
     )
 
 
@@ -79,13 +103,17 @@ def _hints(missing: list[str], unexpected: list[str], loaded: int, wanted: int) 
     strip = suggest_prefix(unexpected, set(missing))
     if strip is not None:
         prefix, hits = strip
-        hints.append(f"{hits} checkpoint keys match the model once the prefix '{prefix}' "
-                     f"({WRAPPER_PREFIXES[prefix]}) is removed: pass --strip-prefix {prefix}")
+        hints.append(
+            f"{hits} checkpoint keys match the model once the prefix '{prefix}' "
+            f"({WRAPPER_PREFIXES[prefix]}) is removed: pass --strip-prefix {prefix}"
+        )
     add = suggest_prefix(missing, set(unexpected))
     if add is not None:
         prefix, hits = add
-        hints.append(f"{hits} model keys match the checkpoint once the prefix '{prefix}' is added to its keys: "
-                     f"pass --add-prefix {prefix}")
+        hints.append(
+            f"{hits} model keys match the checkpoint once the prefix '{prefix}' is added to its keys: "
+            f"pass --add-prefix {prefix}"
+        )
     return hints
 
 

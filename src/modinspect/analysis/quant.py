@@ -37,7 +37,12 @@ BNB_BLOB = "weight.quant_state.bitsandbytes__"
 MAX_BLOB_BYTES = 1 << 16  # a quant_state blob is ~100 bytes of JSON
 MAX_BLOBS_BYTES = 1 << 24  # in all: a 60k-layer model's blobs are about 10 MB
 
-_FLOAT8 = {"float8_e4m3fn": "e4m3", "float8_e4m3fnuz": "e4m3", "float8_e5m2": "e5m2", "float8_e5m2fnuz": "e5m2"}
+_FLOAT8 = {
+    "float8_e4m3fn": "e4m3",
+    "float8_e4m3fnuz": "e4m3",
+    "float8_e5m2": "e5m2",
+    "float8_e5m2fnuz": "e5m2",
+}
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,9 @@ def scan_quantization(source: Source) -> QuantScan:
     config = getattr(source, "quantization_config", None)
     names = [t.name for t in source.tensors if BNB_BLOB in t.name]
     blobs = _read_blobs(source, names) if names else {}
-    return detect_quantization(source.tensors, config if isinstance(config, Mapping) else None, blobs)
+    return detect_quantization(
+        source.tensors, config if isinstance(config, Mapping) else None, blobs
+    )
 
 
 def _read_blobs(source: Source, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -92,39 +99,57 @@ def _read_blobs(source: Source, names: list[str]) -> dict[str, dict[str, Any]]:
     return blobs
 
 
-def detect_quantization(tensors: list[TensorInfo], config: Mapping[str, Any] | None = None,
-                        blobs: Mapping[str, Mapping[str, Any]] | None = None) -> QuantScan:
+def detect_quantization(
+    tensors: list[TensorInfo],
+    config: Mapping[str, Any] | None = None,
+    blobs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> QuantScan:
     """The quantized layers among `tensors`, grouped by module; an empty scan for a float checkpoint."""
-    if not any(t.name.rpartition(".")[2] in _MARKERS or "_packed_params" in t.name for t in tensors):
+    if not any(
+        t.name.rpartition(".")[2] in _MARKERS or "_packed_params" in t.name for t in tensors
+    ):
         return QuantScan((), {}, {}, {})
     by_module: dict[str, dict[str, TensorInfo]] = {}
     for t in tensors:
         module, short = _split(t.name)
         by_module.setdefault(module, {})[short] = t
-    found = [layer for module, own in by_module.items()
-             if (layer := _layer(module, own, config or {}, blobs or {})) is not None]
+    found = [
+        layer
+        for module, own in by_module.items()
+        if (layer := _layer(module, own, config or {}, blobs or {})) is not None
+    ]
     logical = {lay.weight: lay.shape for lay in found}
-    return QuantScan(tuple(found), logical, {a: lay.scheme for lay in found for a in lay.aux},
-                     {lay.weight: lay.scheme for lay in found})
+    return QuantScan(
+        tuple(found),
+        logical,
+        {a: lay.scheme for lay in found for a in lay.aux},
+        {lay.weight: lay.scheme for lay in found},
+    )
 
 
 def _split(name: str) -> tuple[str, str]:
     """(layer module, the tensor's name inside it): bitsandbytes' and torch.ao's names are dotted inside the layer."""
-    if "weight." not in name and "_packed_params" not in name:  # most names: the module is all but the last part
+    if (
+        "weight." not in name and "_packed_params" not in name
+    ):  # most names: the module is all but the last part
         module, _, short = name.rpartition(".")
         return module, short
     at = name.find("weight.quant_state.")
     if at == 0 or (at > 0 and name[at - 1] == "."):
-        return name[:max(at - 1, 0)], name[at:]
+        return name[: max(at - 1, 0)], name[at:]
     for suffix in _NESTED:
         if name.endswith(suffix) and (len(name) == len(suffix) or name[-len(suffix) - 1] == "."):
-            return name[:max(len(name) - len(suffix) - 1, 0)], suffix
+            return name[: max(len(name) - len(suffix) - 1, 0)], suffix
     module, _, short = name.rpartition(".")
     return module, short
 
 
-def _layer(module: str, own: dict[str, TensorInfo], config: Mapping[str, Any],
-           blobs: Mapping[str, Mapping[str, Any]]) -> QuantLayer | None:
+def _layer(
+    module: str,
+    own: dict[str, TensorInfo],
+    config: Mapping[str, Any],
+    blobs: Mapping[str, Mapping[str, Any]],
+) -> QuantLayer | None:
     for detector in _DETECTORS:
         layer = detector(module, own, config, blobs)
         if layer is not None:
@@ -136,8 +161,14 @@ def _prefix(module: str) -> str:
     return module + "." if module else ""
 
 
-def _make(module: str, own: dict[str, TensorInfo], weight: str, scheme: str, shape: tuple[int, ...],
-          aux: list[str]) -> QuantLayer:
+def _make(
+    module: str,
+    own: dict[str, TensorInfo],
+    weight: str,
+    scheme: str,
+    shape: tuple[int, ...],
+    aux: list[str],
+) -> QuantLayer:
     p = _prefix(module)
     kept = tuple(p + a for a in aux if a in own)
     nbytes = own[weight].nbytes + sum(own[a].nbytes for a in aux if a in own)
@@ -158,11 +189,20 @@ def _group(rows: int, groups: int, config: Mapping[str, Any]) -> str:
     return " per-channel" if groups == 1 else ""
 
 
-def _gptq_awq(module: str, own: dict[str, TensorInfo], config: Mapping[str, Any],
-              blobs: Mapping[str, Mapping[str, Any]]) -> QuantLayer | None:
+def _gptq_awq(
+    module: str,
+    own: dict[str, TensorInfo],
+    config: Mapping[str, Any],
+    blobs: Mapping[str, Mapping[str, Any]],
+) -> QuantLayer | None:
     qweight, scales = own.get("qweight"), own.get("scales")
-    if qweight is None or scales is None or qweight.dtype != "int32" or len(qweight.shape) != 2 \
-            or len(scales.shape) != 2:
+    if (
+        qweight is None
+        or scales is None
+        or qweight.dtype != "int32"
+        or len(qweight.shape) != 2
+        or len(scales.shape) != 2
+    ):
         return None
     method = str(config.get("quant_method", "")).lower()
     aux = ["qzeros", "scales", "g_idx"]
@@ -170,60 +210,125 @@ def _gptq_awq(module: str, own: dict[str, TensorInfo], config: Mapping[str, Any]
     out = scales.shape[1]
     if cols == out and method != "awq":  # GPTQ: packed along the input rows
         g_idx, qzeros = own.get("g_idx"), own.get("qzeros")
-        if g_idx is not None and len(g_idx.shape) == 1 and g_idx.shape[0] and (32 * rows) % g_idx.shape[0] == 0:
+        if (
+            g_idx is not None
+            and len(g_idx.shape) == 1
+            and g_idx.shape[0]
+            and (32 * rows) % g_idx.shape[0] == 0
+        ):
             bits = 32 * rows // g_idx.shape[0]
-        elif qzeros is not None and len(qzeros.shape) == 2 and out and (32 * qzeros.shape[1]) % out == 0:
+        elif (
+            qzeros is not None
+            and len(qzeros.shape) == 2
+            and out
+            and (32 * qzeros.shape[1]) % out == 0
+        ):
             bits = 32 * qzeros.shape[1] // out
         else:
             bits = _bits(config, 4)
         if bits not in (2, 3, 4, 8) or (rows * 32) % bits:
             return None
         inputs = rows * 32 // bits
-        return _make(module, own, "qweight", f"gptq {bits}-bit{_group(inputs, scales.shape[0], config)}",
-                     (out, inputs), aux)
-    if out and (32 * cols) % out == 0 and 32 * cols // out in (2, 4, 8):  # AWQ: packed along the output columns
+        return _make(
+            module,
+            own,
+            "qweight",
+            f"gptq {bits}-bit{_group(inputs, scales.shape[0], config)}",
+            (out, inputs),
+            aux,
+        )
+    if (
+        out and (32 * cols) % out == 0 and 32 * cols // out in (2, 4, 8)
+    ):  # AWQ: packed along the output columns
         bits = 32 * cols // out
-        return _make(module, own, "qweight", f"awq {bits}-bit{_group(rows, scales.shape[0], config)}",
-                     (out, rows), aux)
+        return _make(
+            module,
+            own,
+            "qweight",
+            f"awq {bits}-bit{_group(rows, scales.shape[0], config)}",
+            (out, rows),
+            aux,
+        )
     return None
 
 
-def _bnb(module: str, own: dict[str, TensorInfo], config: Mapping[str, Any],
-         blobs: Mapping[str, Mapping[str, Any]]) -> QuantLayer | None:
+def _bnb(
+    module: str,
+    own: dict[str, TensorInfo],
+    config: Mapping[str, Any],
+    blobs: Mapping[str, Mapping[str, Any]],
+) -> QuantLayer | None:
     weight = own.get("weight")
     if weight is None:
         return None
     p = _prefix(module)
     states = [s for s in own if s.startswith("weight.quant_state.")]
-    if "weight.absmax" in own and weight.dtype in ("uint8", "int8", "float16", "bfloat16", "float32"):
+    if "weight.absmax" in own and weight.dtype in (
+        "uint8",
+        "int8",
+        "float16",
+        "bfloat16",
+        "float32",
+    ):
         kind = next((s.rpartition("__")[2] for s in states if s.startswith(BNB_BLOB)), "") or str(
-            config.get("bnb_4bit_quant_type", "nf4"))
+            config.get("bnb_4bit_quant_type", "nf4")
+        )
         blob = next((blobs[p + s] for s in states if p + s in blobs), {})
         shape = blob.get("shape")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
-                and math.prod(shape) <= weight.nbytes * 2):
+        if not (
+            isinstance(shape, list)
+            and all(isinstance(d, int) and d >= 0 for d in shape)
+            and math.prod(shape) <= weight.nbytes * 2
+        ):
             shape = [weight.nbytes * 2]
         nested = " double-quant" if "weight.nested_absmax" in own else ""
-        aux = ["weight.absmax", "weight.quant_map", "weight.nested_absmax", "weight.nested_quant_map", *states]
+        aux = [
+            "weight.absmax",
+            "weight.quant_map",
+            "weight.nested_absmax",
+            "weight.nested_quant_map",
+            *states,
+        ]
         return _make(module, own, "weight", f"bnb {kind}{nested}", tuple(shape), aux)
     if "SCB" in own and weight.dtype == "int8":
         return _make(module, own, "weight", "bnb int8", weight.shape, ["SCB", "weight_format"])
     return None
 
 
-def _compressed(module: str, own: dict[str, TensorInfo], config: Mapping[str, Any],
-                blobs: Mapping[str, Mapping[str, Any]]) -> QuantLayer | None:
+def _compressed(
+    module: str,
+    own: dict[str, TensorInfo],
+    config: Mapping[str, Any],
+    blobs: Mapping[str, Mapping[str, Any]],
+) -> QuantLayer | None:
     packed, scale = own.get("weight_packed"), own.get("weight_scale")
-    aux = ["weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx", "weight_global_scale"]
+    aux = [
+        "weight_scale",
+        "weight_zero_point",
+        "weight_shape",
+        "weight_g_idx",
+        "weight_global_scale",
+    ]
     if packed is not None and packed.dtype == "int32" and len(packed.shape) == 2:
         bits = _ct_bits(config)
         rows, cols = packed.shape
         inputs = cols * 32 // bits
         groups = scale.shape[1] if scale is not None and len(scale.shape) == 2 else 0
-        return _make(module, own, "weight_packed",
-                     f"compressed-tensors pack-quantized {bits}-bit{_group(inputs, groups, {})}", (rows, inputs), aux)
+        return _make(
+            module,
+            own,
+            "weight_packed",
+            f"compressed-tensors pack-quantized {bits}-bit{_group(inputs, groups, {})}",
+            (rows, inputs),
+            aux,
+        )
     weight = own.get("weight")
-    if weight is None or scale is None or weight.dtype not in ("int8", *_FLOAT8) or len(weight.shape) != 2:
+    if (
+        weight is None
+        or scale is None
+        or weight.dtype not in ("int8", *_FLOAT8)
+        or len(weight.shape) != 2
+    ):
         return None
     kind = "int8" if weight.dtype == "int8" else f"fp8 {_FLOAT8[weight.dtype]}"
     if math.prod(scale.shape) == 1:
@@ -246,19 +351,36 @@ def _ct_bits(config: Mapping[str, Any]) -> int:
     return 4
 
 
-def _fp8_block(module: str, own: dict[str, TensorInfo], config: Mapping[str, Any],
-               blobs: Mapping[str, Mapping[str, Any]]) -> QuantLayer | None:
+def _fp8_block(
+    module: str,
+    own: dict[str, TensorInfo],
+    config: Mapping[str, Any],
+    blobs: Mapping[str, Mapping[str, Any]],
+) -> QuantLayer | None:
     weight, scale = own.get("weight"), own.get("weight_scale_inv")
     if weight is None or scale is None or weight.dtype not in _FLOAT8 or len(weight.shape) != 2:
         return None
     block = config.get("weight_block_size")
     if not (isinstance(block, list) and len(block) == 2 and all(isinstance(b, int) for b in block)):
-        block = [_block_edge(weight.shape[i], scale.shape[i]) if len(scale.shape) == 2 else 0 for i in (0, 1)]
-        for i in (0, 1):  # one block along a side fits any edge as long: square blocks, as DeepSeek-V3's
+        block = [
+            _block_edge(weight.shape[i], scale.shape[i]) if len(scale.shape) == 2 else 0
+            for i in (0, 1)
+        ]
+        for i in (
+            0,
+            1,
+        ):  # one block along a side fits any edge as long: square blocks, as DeepSeek-V3's
             if len(scale.shape) == 2 and scale.shape[i] == 1 and block[1 - i] >= weight.shape[i]:
                 block[i] = block[1 - i]
     grain = f" block {block[0]}×{block[1]}" if all(block) else ""
-    return _make(module, own, "weight", f"fp8 {_FLOAT8[weight.dtype]}{grain}", weight.shape, ["weight_scale_inv"])
+    return _make(
+        module,
+        own,
+        "weight",
+        f"fp8 {_FLOAT8[weight.dtype]}{grain}",
+        weight.shape,
+        ["weight_scale_inv"],
+    )
 
 
 def _block_edge(size: int, blocks: int) -> int:
@@ -271,20 +393,39 @@ def _block_edge(size: int, blocks: int) -> int:
     return edge if -(-size // edge) == blocks else 0
 
 
-def _torch_ao(module: str, own: dict[str, TensorInfo], config: Mapping[str, Any],
-              blobs: Mapping[str, Mapping[str, Any]]) -> QuantLayer | None:
+def _torch_ao(
+    module: str,
+    own: dict[str, TensorInfo],
+    config: Mapping[str, Any],
+    blobs: Mapping[str, Mapping[str, Any]],
+) -> QuantLayer | None:
     weight = own.get(_AO_WEIGHT)
     if weight is None or weight.dtype not in ("qint8", "quint8", "qint32", "quint4x2"):
         return None
     qscheme = weight.qscheme or ""
     grain = " per-channel" if "channel" in qscheme else " per-tensor" if "tensor" in qscheme else ""
-    return _make(module, own, _AO_WEIGHT, weight.dtype + grain, weight.shape, ["scale", "zero_point"])
+    return _make(
+        module, own, _AO_WEIGHT, weight.dtype + grain, weight.shape, ["scale", "zero_point"]
+    )
 
 
-_DETECTORS: tuple[Callable[[str, dict[str, TensorInfo], Mapping[str, Any], Mapping[str, Mapping[str, Any]]],
-                           QuantLayer | None], ...] = (_gptq_awq, _bnb, _compressed, _fp8_block, _torch_ao)
+_DETECTORS: tuple[
+    Callable[
+        [str, dict[str, TensorInfo], Mapping[str, Any], Mapping[str, Mapping[str, Any]]],
+        QuantLayer | None,
+    ],
+    ...,
+] = (_gptq_awq, _bnb, _compressed, _fp8_block, _torch_ao)
 # A module holding one of these is looked at; the detectors decide.
-_MARKERS = frozenset({"qweight", "absmax", "SCB", "weight_packed", "weight_scale", "weight_scale_inv"})
+_MARKERS = frozenset(
+    {"qweight", "absmax", "SCB", "weight_packed", "weight_scale", "weight_scale_inv"}
+)
 _AO_WEIGHT = "_packed_params._packed_params.0"
-_NESTED = ("weight.absmax", "weight.quant_map", "weight.nested_absmax", "weight.nested_quant_map", _AO_WEIGHT,
-           "_packed_params._packed_params.1")
+_NESTED = (
+    "weight.absmax",
+    "weight.quant_map",
+    "weight.nested_absmax",
+    "weight.nested_quant_map",
+    _AO_WEIGHT,
+    "_packed_params._packed_params.1",
+)

@@ -34,8 +34,21 @@ _Counts = tuple[int, int, int]
 class _Node:
     """A module of the tree being built; `params`/`bytes`/`trainable` start as its own tensors' sums."""
 
-    __slots__ = ("bytes", "children", "name", "params", "parent", "selected", "shared", "short", "signature",
-                 "tensors", "trainable", "training", "type")
+    __slots__ = (
+        "bytes",
+        "children",
+        "name",
+        "params",
+        "parent",
+        "selected",
+        "shared",
+        "short",
+        "signature",
+        "tensors",
+        "trainable",
+        "training",
+        "type",
+    )
 
     def __init__(self, name: str, parent: _Node | None) -> None:
         self.name = name
@@ -46,7 +59,9 @@ class _Node:
         self.tensors: list[int] = []  # indices into source.tensors
         self.children: list[_Node] = []
         self.params = self.bytes = self.trainable = 0
-        self.shared: dict[str, _Counts] | None = None  # shared storages under this node, each counted once
+        self.shared: dict[str, _Counts] | None = (
+            None  # shared storages under this node, each counted once
+        )
         self.selected = False
         self.signature = -1
 
@@ -122,8 +137,14 @@ class _Sums:
     bytes: int = 0
 
 
-def _grow(tree: _Tree, tensors: list[TensorInfo], module_known: bool,
-          by_dtype: dict[str, list[int]], sums: _Sums, logical: dict[str, tuple[int, ...]]) -> dict[str, list[int]]:
+def _grow(
+    tree: _Tree,
+    tensors: list[TensorInfo],
+    module_known: bool,
+    by_dtype: dict[str, list[int]],
+    sums: _Sums,
+    logical: dict[str, tuple[int, ...]],
+) -> dict[str, list[int]]:
     """Attach each tensor to its module and add its counts there; returns the storages two or more hold.
 
     The hot loop of `tree`: one pass, locals only, no call per tensor but math.prod.
@@ -147,7 +168,9 @@ def _grow(tree: _Tree, tensors: list[TensorInfo], module_known: bool,
             shared.setdefault(sid, [first[sid]]).append(i)
             continue
         numel = stored = prod(t.shape)
-        if logical and name in logical:  # a packed quantized weight counts the parameters it stands for
+        if (
+            logical and name in logical
+        ):  # a packed quantized weight counts the parameters it stands for
             numel = prod(logical[name])
         nbytes = t.nbytes
         kind = t.kind
@@ -171,12 +194,23 @@ def _grow(tree: _Tree, tensors: list[TensorInfo], module_known: bool,
             if t.persistent is not False:
                 persistent += numel
     sums.params, sums.trainable, sums.buffers, sums.persistent, sums.buffer_tensors, sums.bytes = (
-        params, trainable, buffers, persistent, buffer_tensors, total_bytes)
+        params,
+        trainable,
+        buffers,
+        persistent,
+        buffer_tensors,
+        total_bytes,
+    )
     return shared
 
 
-def _count_shared(tree: _Tree, tensors: list[TensorInfo], shared: dict[str, list[int]], module_known: bool,
-                  logical: dict[str, tuple[int, ...]]) -> None:
+def _count_shared(
+    tree: _Tree,
+    tensors: list[TensorInfo],
+    shared: dict[str, list[int]],
+    module_known: bool,
+    logical: dict[str, tuple[int, ...]],
+) -> None:
     """Count each shared storage once in every module above one of its holders.
 
     A subtree counts a storage as the first of its holders in depth-first order (a module's own tensors,
@@ -214,7 +248,9 @@ def _sum_up(tree: _Tree, pattern: str | None, tensors: list[TensorInfo]) -> None
     """Children's sums into their parents, leaves first; with a pattern, which subtrees hold a match."""
     for node in reversed(tree.nodes.values()):  # every child was created after its parent
         if pattern is not None and not node.selected:
-            node.selected = _matches(node.name, pattern) or any(_matches(tensors[i].name, pattern) for i in node.tensors)
+            node.selected = _matches(node.name, pattern) or any(
+                _matches(tensors[i].name, pattern) for i in node.tensors
+            )
         parent = node.parent
         if parent is not None:
             parent.params += node.params
@@ -232,10 +268,26 @@ def _row(node: _Node, module_known: bool, layer: QuantLayer | None = None) -> Mo
             trainable += tr
     parent = node.parent.training if node.parent is not None else None
     if layer is not None:
-        return ModuleRow(node.name, node.type, params, nbytes, trainable if module_known else None, node.training,
-                         parent, layer.scheme, layer.bits_per_weight)
-    return ModuleRow(node.name, node.type, params, nbytes, trainable if module_known else None, node.training,
-                     parent)
+        return ModuleRow(
+            node.name,
+            node.type,
+            params,
+            nbytes,
+            trainable if module_known else None,
+            node.training,
+            parent,
+            layer.scheme,
+            layer.bits_per_weight,
+        )
+    return ModuleRow(
+        node.name,
+        node.type,
+        params,
+        nbytes,
+        trainable if module_known else None,
+        node.training,
+        parent,
+    )
 
 
 class _Signatures:
@@ -255,8 +307,12 @@ class _Signatures:
             tensors = self.tensors
             table: dict[object, int] = {}
             for n in reversed(self.tree.nodes.values()):
-                own = tuple([(t.name.rpartition(".")[2], t.shape, t.dtype, t.kind)
-                             for t in [tensors[i] for i in n.tensors]])
+                own = tuple(
+                    [
+                        (t.name.rpartition(".")[2], t.shape, t.dtype, t.kind)
+                        for t in [tensors[i] for i in n.tensors]
+                    ]
+                )
                 key = (n.type, n.training, own, tuple([(c.short, c.signature) for c in n.children]))
                 n.signature = table.setdefault(key, len(table))
         return node.signature
@@ -302,17 +358,29 @@ class _Frame:
 
     __slots__ = ("inside", "level", "next", "node", "runs", "shown", "tensors")
 
-    def __init__(self, node: _Node, level: int, inside: bool, tensors: list[int], runs: list[list[_Node]]) -> None:
-        self.node, self.level, self.inside, self.tensors, self.runs = node, level, inside, tensors, runs
+    def __init__(
+        self, node: _Node, level: int, inside: bool, tensors: list[int], runs: list[list[_Node]]
+    ) -> None:
+        self.node, self.level, self.inside, self.tensors, self.runs = (
+            node,
+            level,
+            inside,
+            tensors,
+            runs,
+        )
         self.next = 0
         self.shown: list[ModuleNode] = []
 
 
-def _enter(node: _Node, level: int, inside: bool, view: _View, signatures: _Signatures) -> _Frame | ModuleNode:
+def _enter(
+    node: _Node, level: int, inside: bool, view: _View, signatures: _Signatures
+) -> _Frame | ModuleNode:
     """The frame that builds `node`'s view, or the finished node when --depth cuts it here."""
     pattern = view.pattern
     inside = inside or (pattern is not None and _matches(node.name, pattern))
-    children = node.children if pattern is None or inside else [c for c in node.children if c.selected]
+    children = (
+        node.children if pattern is None or inside else [c for c in node.children if c.selected]
+    )
     tensors = node.tensors
     if not (pattern is None or inside):
         tensors = [i for i in tensors if _matches(view.tensors[i].name, pattern)]
@@ -334,8 +402,16 @@ def _collapse(run: list[_Node], first: ModuleNode, view: _View) -> ModuleNode:
             if sid in seen:
                 params, nbytes = params - p, nbytes - b
             seen.add(sid)
-    return ModuleNode(first.row, first.tensors, first.children, repeat=len(run), last_name=run[-1].name,
-                      run_params=params, run_bytes=nbytes, hidden=first.hidden)
+    return ModuleNode(
+        first.row,
+        first.tensors,
+        first.children,
+        repeat=len(run),
+        last_name=run[-1].name,
+        run_params=params,
+        run_bytes=nbytes,
+        hidden=first.hidden,
+    )
 
 
 def _view(tree: _Tree, view: _View) -> ModuleNode:
@@ -348,15 +424,20 @@ def _view(tree: _Tree, view: _View) -> ModuleNode:
     while True:
         frame = stack[-1]
         if frame.next < len(frame.runs):
-            entered = _enter(frame.runs[frame.next][0], frame.level + 1, frame.inside, view, signatures)
+            entered = _enter(
+                frame.runs[frame.next][0], frame.level + 1, frame.inside, view, signatures
+            )
             if isinstance(entered, _Frame):
                 stack.append(entered)
                 continue
             built = entered
         else:
             stack.pop()
-            built = ModuleNode(view.rows[frame.node.name], tuple(view.tensor_rows[i] for i in frame.tensors),
-                               tuple(frame.shown))
+            built = ModuleNode(
+                view.rows[frame.node.name],
+                tuple(view.tensor_rows[i] for i in frame.tensors),
+                tuple(frame.shown),
+            )
             if not stack:
                 return built
             frame = stack[-1]
@@ -364,19 +445,49 @@ def _view(tree: _Tree, view: _View) -> ModuleNode:
         frame.next += 1
 
 
-def _tensor_rows(tensors: list[TensorInfo], aliases: dict[str, str], quant: QuantScan) -> list[TensorRow]:
+def _tensor_rows(
+    tensors: list[TensorInfo], aliases: dict[str, str], quant: QuantScan
+) -> list[TensorRow]:
     if quant:
         schemes, logical = {**quant.aux, **quant.schemes}, quant.logical
-        return [TensorRow(t.name, t.shape, t.dtype, t.nbytes, t.kind, t.requires_grad, t.persistent,
-                          aliases.get(t.name), schemes.get(t.name), logical.get(t.name)) for t in tensors]
+        return [
+            TensorRow(
+                t.name,
+                t.shape,
+                t.dtype,
+                t.nbytes,
+                t.kind,
+                t.requires_grad,
+                t.persistent,
+                aliases.get(t.name),
+                schemes.get(t.name),
+                logical.get(t.name),
+            )
+            for t in tensors
+        ]
     if aliases:
-        return [TensorRow(t.name, t.shape, t.dtype, t.nbytes, t.kind, t.requires_grad, t.persistent, aliases.get(t.name))
-                for t in tensors]
-    return [TensorRow(t.name, t.shape, t.dtype, t.nbytes, t.kind, t.requires_grad, t.persistent, None) for t in tensors]
+        return [
+            TensorRow(
+                t.name,
+                t.shape,
+                t.dtype,
+                t.nbytes,
+                t.kind,
+                t.requires_grad,
+                t.persistent,
+                aliases.get(t.name),
+            )
+            for t in tensors
+        ]
+    return [
+        TensorRow(t.name, t.shape, t.dtype, t.nbytes, t.kind, t.requires_grad, t.persistent, None)
+        for t in tensors
+    ]
 
 
-def _totals(sums: _Sums, count: int, by_dtype: dict[str, list[int]],
-            module_known: bool) -> tuple[Totals, tuple[DtypeTotal, ...]]:
+def _totals(
+    sums: _Sums, count: int, by_dtype: dict[str, list[int]], module_known: bool
+) -> tuple[Totals, tuple[DtypeTotal, ...]]:
     known = module_known
     counted = known or sums.buffer_tensors > 0
     trainable = sums.trainable if known else None
@@ -391,7 +502,9 @@ def _totals(sums: _Sums, count: int, by_dtype: dict[str, list[int]],
         bytes=sums.bytes,
         tensors=count,
     )
-    dtypes = tuple(DtypeTotal(d, e, b) for d, (e, b) in sorted(by_dtype.items(), key=lambda kv: -kv[1][1]))
+    dtypes = tuple(
+        DtypeTotal(d, e, b) for d, (e, b) in sorted(by_dtype.items(), key=lambda kv: -kv[1][1])
+    )
     return totals, dtypes
 
 
@@ -401,8 +514,9 @@ def _add_modules(tree: _Tree, modules: list[ModuleInfo]) -> None:
         node.type, node.training = m.type, m.training
 
 
-def build_tree(source: Source, *, depth: int | None = None, pattern: str | None = None,
-               expand: bool = False) -> TreeReport:
+def build_tree(
+    source: Source, *, depth: int | None = None, pattern: str | None = None, expand: bool = False
+) -> TreeReport:
     """The TreeReport of a source: totals over everything; `depth`, `pattern` and `expand` shape the view."""
     with paused_gc():
         return _build(source, depth, pattern, expand)
@@ -424,20 +538,34 @@ def _build(source: Source, depth: int | None, pattern: str | None, expand: bool)
     aliases = {name: group[0] for group in groups for name in group[1:]}
     totals, dtypes = _totals(sums, len(tensors), by_dtype, module_known)
     layers = {layer.module: layer for layer in quant.layers}
-    rows = {name: _row(n, module_known, layers.get(name)) for name, n in tree.nodes.items()}  # the list and view share them
+    rows = {
+        name: _row(n, module_known, layers.get(name)) for name, n in tree.nodes.items()
+    }  # the list and view share them
     tensor_rows = _tensor_rows(tensors, aliases, quant)
     flat_rows = [r for r in rows.values() if pattern is None or _matches(r.name, pattern)]
-    listed = tensor_rows if pattern is None else [r for r in tensor_rows if _matches(r.name, pattern)]
+    listed = (
+        tensor_rows if pattern is None else [r for r in tensor_rows if _matches(r.name, pattern)]
+    )
     root = _view(tree, _View(module_known, rows, tensor_rows, tensors, depth, pattern, expand))
     tree.release()
     return TreeReport(
-        source=source.label, format=source.format, module_known=module_known,
-        training=tree.root.training, totals=totals, by_dtype=dtypes, modules=tuple(flat_rows),
-        tensors=tuple(listed), tied=tuple(tuple(g) for g in groups), root=root,
+        source=source.label,
+        format=source.format,
+        module_known=module_known,
+        training=tree.root.training,
+        totals=totals,
+        by_dtype=dtypes,
+        modules=tuple(flat_rows),
+        tensors=tuple(listed),
+        tied=tuple(tuple(g) for g in groups),
+        root=root,
         state_dict_key=source.state_dict_key,
         other_entries=tuple((e.name, e.summary) for e in source.other_entries),
-        metadata=tuple(sorted(source.metadata.items())), notes=tuple(source.notes) + _quant_note(quant), filter=pattern,
-        would_call=tuple(source.would_call), by_scheme=_by_scheme(quant),
+        metadata=tuple(sorted(source.metadata.items())),
+        notes=tuple(source.notes) + _quant_note(quant),
+        filter=pattern,
+        would_call=tuple(source.would_call),
+        by_scheme=_by_scheme(quant),
     )
 
 
@@ -449,7 +577,9 @@ def _marked(tensors: list[TensorInfo], quant: QuantScan) -> list[TensorInfo]:
         if t.name in aux:
             t = TensorInfo(t.name, t.shape, t.dtype, t.nbytes, "quant-aux", t.storage, None, None)
         elif t.name in packed and t.kind != "parameter":
-            t = TensorInfo(t.name, t.shape, t.dtype, t.nbytes, "parameter", t.storage, t.requires_grad, None)
+            t = TensorInfo(
+                t.name, t.shape, t.dtype, t.nbytes, "parameter", t.storage, t.requires_grad, None
+            )
         out.append(t)
     return out
 
@@ -458,9 +588,11 @@ def _quant_note(quant: QuantScan) -> tuple[str, ...]:
     if not quant:
         return ()
     schemes = ", ".join(sorted({layer.scheme for layer in quant.layers}))
-    return (f"{len(quant.layers):,} quantized layers ({schemes}): each packed weight counts the parameters of the "
-            f"float weight it stands for; their {len(quant.aux):,} auxiliary tensors (scales, zeros, absmax...) are "
-            "stored bytes, not parameters",)
+    return (
+        f"{len(quant.layers):,} quantized layers ({schemes}): each packed weight counts the parameters of the "
+        f"float weight it stands for; their {len(quant.aux):,} auxiliary tensors (scales, zeros, absmax...) are "
+        "stored bytes, not parameters",
+    )
 
 
 def _by_scheme(quant: QuantScan) -> tuple[DtypeTotal, ...]:
@@ -469,4 +601,6 @@ def _by_scheme(quant: QuantScan) -> tuple[DtypeTotal, ...]:
         acc = sums.setdefault(layer.scheme, [0, 0])
         acc[0] += layer.params
         acc[1] += layer.bytes
-    return tuple(DtypeTotal(s, e, b) for s, (e, b) in sorted(sums.items(), key=lambda kv: -kv[1][1]))
+    return tuple(
+        DtypeTotal(s, e, b) for s, (e, b) in sorted(sums.items(), key=lambda kv: -kv[1][1])
+    )

@@ -34,45 +34,95 @@ SourceArg = Annotated[
     ),
 ]
 WeightsOpt = Annotated[
-    str | None, typer.Option("--weights", "-w", help="Checkpoint to load into the model SOURCE builds.", metavar="CHECKPOINT")
+    str | None,
+    typer.Option(
+        "--weights",
+        "-w",
+        help="Checkpoint to load into the model SOURCE builds.",
+        metavar="CHECKPOINT",
+    ),
 ]
-MetaOpt = Annotated[bool, typer.Option("--meta", help="Build an entry point's model on the meta device (no memory).")]
+MetaOpt = Annotated[
+    bool,
+    typer.Option("--meta", help="Build an entry point's model on the meta device (no memory)."),
+]
 UnsafeOpt = Annotated[
     bool,
-    typer.Option("--unsafe-pickle", help="Allow full unpickling: runs code from the file. Only for files you trust."),
+    typer.Option(
+        "--unsafe-pickle",
+        help="Allow full unpickling: runs code from the file. Only for files you trust.",
+    ),
 ]
-StrictOpt = Annotated[bool, typer.Option("--strict/--no-strict", help="--weights must match every key.")]
+StrictOpt = Annotated[
+    bool, typer.Option("--strict/--no-strict", help="--weights must match every key.")
+]
 AllowGlobalOpt = Annotated[
     list[str] | None,
-    typer.Option("--allow-global", help="Import and build this pickled global for real instead of an inert stand-in "
-                 "(repeatable; runs its code). Only for names you trust.", metavar="MODULE.NAME"),
+    typer.Option(
+        "--allow-global",
+        help="Import and build this pickled global for real instead of an inert stand-in "
+        "(repeatable; runs its code). Only for names you trust.",
+        metavar="MODULE.NAME",
+    ),
 ]
 MaxPickleOpt = Annotated[
     str | None,
-    typer.Option("--max-pickle-size", help="Largest pickle to read, counted by the memory its objects would take "
-                 "(e.g. 1G) \\[default: 256M].", metavar="SIZE"),
+    typer.Option(
+        "--max-pickle-size",
+        help="Largest pickle to read, counted by the memory its objects would take "
+        "(e.g. 1G) \\[default: 256M].",
+        metavar="SIZE",
+    ),
 ]
 MaxLayersOpt = Annotated[
     int | None,
-    typer.Option("--max-layers", min=1, help="Most layers a Hugging Face config.json may ask for before its model is "
-                 "built (a config of 100,000 layers takes minutes) \\[default: 512].", metavar="N"),
+    typer.Option(
+        "--max-layers",
+        min=1,
+        help="Most layers a Hugging Face config.json may ask for before its model is "
+        "built (a config of 100,000 layers takes minutes) \\[default: 512].",
+        metavar="N",
+    ),
 ]
 # The random example input of stats and doctor (both built by stats_run's input machinery).
 RandomInputShapeOpt = Annotated[
-    list[str] | None, typer.Option("--input-shape", "-s", help="Shape of a random positional input, e.g. 2,16 "
-                                   "(repeat for several inputs).", metavar="SHAPE")
+    list[str] | None,
+    typer.Option(
+        "--input-shape",
+        "-s",
+        help="Shape of a random positional input, e.g. 2,16 (repeat for several inputs).",
+        metavar="SHAPE",
+    ),
 ]
 RandomInputDtypeOpt = Annotated[
-    str | None, typer.Option("--input-dtype", help="dtype of --input-shape tensors \\[default: int64 when the "
-                             "model has an nn.Embedding (ids drawn below its vocabulary), else float32]")
+    str | None,
+    typer.Option(
+        "--input-dtype",
+        help="dtype of --input-shape tensors \\[default: int64 when the "
+        "model has an nn.Embedding (ids drawn below its vocabulary), else float32]",
+    ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document instead of the rich view.")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print a JSON document instead of the rich view.")
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
-WideOpt = Annotated[bool, typer.Option("--wide", help="Show every table column with every digit, names whole, "
-                                       "however long the lines get (for a wide terminal or less -S).")]
-ColumnsOpt = Annotated[str | None, typer.Option(
-    "--columns", help="Show only these table columns, comma-separated, by title or key (e.g. mean,std,grad_norm); "
-    "an unknown one is an error that lists them.", metavar="COLS")]
+WideOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wide",
+        help="Show every table column with every digit, names whole, "
+        "however long the lines get (for a wide terminal or less -S).",
+    ),
+]
+ColumnsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--columns",
+        help="Show only these table columns, comma-separated, by title or key (e.g. mean,std,grad_norm); "
+        "an unknown one is an error that lists them.",
+        metavar="COLS",
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -80,8 +130,6 @@ def user_errors(debug: bool) -> Iterator[None]:
     """ModinspectError -> one line on stderr and exit 2; anything else is a bug, shown in full under --debug."""
     with commands.user_errors(debug or _state["debug"], typer.Exit, passthrough=(typer.Exit,)):
         yield
-
-
 
 
 def _version(value: bool) -> None:
@@ -93,7 +141,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -110,26 +161,53 @@ def tree(
     max_pickle_size: MaxPickleOpt = None,
     max_layers: MaxLayersOpt = None,
     strict: StrictOpt = True,
-    depth: Annotated[int | None, typer.Option("--depth", "-d", min=0, help="Show at most N levels.")] = None,
-    pattern: Annotated[
-        str | None, typer.Option("--filter", "-f", help="Show only modules/tensors matching GLOB.", metavar="GLOB")
+    depth: Annotated[
+        int | None, typer.Option("--depth", "-d", min=0, help="Show at most N levels.")
     ] = None,
-    expand: Annotated[bool, typer.Option("--expand", help="Do not collapse runs of identical blocks.")] = False,
+    pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--filter", "-f", help="Show only modules/tensors matching GLOB.", metavar="GLOB"
+        ),
+    ] = None,
+    expand: Annotated[
+        bool, typer.Option("--expand", help="Do not collapse runs of identical blocks.")
+    ] = False,
     shapes: Annotated[
-        bool, typer.Option("--shapes", help="Add output shapes, MACs and activation memory from one forward pass on "
-                           "the meta device, with the model's example_input_array or \\[tool.modinspect]'s input.")
+        bool,
+        typer.Option(
+            "--shapes",
+            help="Add output shapes, MACs and activation memory from one forward pass on "
+            "the meta device, with the model's example_input_array or \\[tool.modinspect]'s input.",
+        ),
     ] = False,
     input_shape: Annotated[
-        list[str] | None, typer.Option("--input-shape", "-s", help="Shape of a positional input for --shapes, e.g. "
-                                       "1,3,224,224 (repeat for several inputs; implies --shapes).", metavar="SHAPE")
+        list[str] | None,
+        typer.Option(
+            "--input-shape",
+            "-s",
+            help="Shape of a positional input for --shapes, e.g. "
+            "1,3,224,224 (repeat for several inputs; implies --shapes).",
+            metavar="SHAPE",
+        ),
     ] = None,
     input_file: Annotated[
-        Path | None, typer.Option("--input", "-i", help="Input for --shapes from a .pt (weights-only) or .safetensors "
-                                  "file (implies --shapes).", metavar="FILE")
+        Path | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help="Input for --shapes from a .pt (weights-only) or .safetensors "
+            "file (implies --shapes).",
+            metavar="FILE",
+        ),
     ] = None,
     input_dtype: Annotated[
-        str | None, typer.Option("--input-dtype", help="dtype of --input-shape tensors \\[default: int64 when the model "
-                                 "has an nn.Embedding, else the weights' float dtype]")
+        str | None,
+        typer.Option(
+            "--input-dtype",
+            help="dtype of --input-shape tensors \\[default: int64 when the model "
+            "has an nn.Embedding, else the weights' float dtype]",
+        ),
     ] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -159,15 +237,33 @@ def tree(
         wanted = shapes or bool(input_shape) or input_file is not None
         if input_dtype is not None and not wanted:
             raise UsageError("--input-dtype applies to --input-shape or --shapes")
-        spec = InputSpec(file=input_file, shapes=tuple(parse_shape(s) for s in input_shape or ()),
-                         dtype=input_dtype or "") if wanted else None
+        spec = (
+            InputSpec(
+                file=input_file,
+                shapes=tuple(parse_shape(s) for s in input_shape or ()),
+                dtype=input_dtype or "",
+            )
+            if wanted
+            else None
+        )
         with commands.spinner("opening the source…"):
-            src = open_source(source, weights=weights, meta=meta, unsafe_pickle=unsafe_pickle, strict=strict,
-                              announce=commands.note, **commands.gate_options(allow_global, max_pickle_size, max_layers))
+            src = open_source(
+                source,
+                weights=weights,
+                meta=meta,
+                unsafe_pickle=unsafe_pickle,
+                strict=strict,
+                announce=commands.note,
+                **commands.gate_options(allow_global, max_pickle_size, max_layers),
+            )
         with src:
             commands.warn(src.warnings)
             report = build_tree(src, depth=depth, pattern=pattern, expand=expand)
-            with commands.spinner("running the forward pass on the meta device…") if wanted else contextlib.nullcontext():
+            with (
+                commands.spinner("running the forward pass on the meta device…")
+                if wanted
+                else contextlib.nullcontext()
+            ):
                 from modinspect.commands.stats import project_defaults
 
                 report = add_layers(report, src, spec, project_defaults(source) if wanted else None)
@@ -175,37 +271,65 @@ def tree(
 
 
 PrefixOpt = Annotated[
-    list[str] | None, typer.Option("--strip-prefix", help="Remove PREFIX from keys on both sides (repeatable).",
-                                   metavar="PREFIX")
+    list[str] | None,
+    typer.Option(
+        "--strip-prefix",
+        help="Remove PREFIX from keys on both sides (repeatable).",
+        metavar="PREFIX",
+    ),
 ]
 RenameOpt = Annotated[
-    list[str] | None, typer.Option("--rename", help="Rewrite keys with a regex, 'REGEX=REPL' (repeatable).",
-                                   metavar="REGEX=REPL")
+    list[str] | None,
+    typer.Option(
+        "--rename",
+        help="Rewrite keys with a regex, 'REGEX=REPL' (repeatable).",
+        metavar="REGEX=REPL",
+    ),
 ]
 IncludeOpt = Annotated[
-    list[str] | None, typer.Option("--include", help="Only keys matching GLOB (repeatable).", metavar="GLOB")
+    list[str] | None,
+    typer.Option("--include", help="Only keys matching GLOB (repeatable).", metavar="GLOB"),
 ]
 ExcludeOpt = Annotated[
-    list[str] | None, typer.Option("--exclude", help="Skip keys matching GLOB (repeatable).", metavar="GLOB")
+    list[str] | None,
+    typer.Option("--exclude", help="Skip keys matching GLOB (repeatable).", metavar="GLOB"),
 ]
 
 
 @app.command()
 def diff(
-    a: Annotated[str, typer.Argument(help="First SOURCE (any format, or an entry point with --weights-a).")],
+    a: Annotated[
+        str, typer.Argument(help="First SOURCE (any format, or an entry point with --weights-a).")
+    ],
     b: Annotated[str, typer.Argument(help="Second SOURCE.")],
     weights_a: Annotated[
-        str | None, typer.Option("--weights-a", help="Checkpoint to load into A when A is an entry point.",
-                                 metavar="CHECKPOINT")
+        str | None,
+        typer.Option(
+            "--weights-a",
+            help="Checkpoint to load into A when A is an entry point.",
+            metavar="CHECKPOINT",
+        ),
     ] = None,
     weights_b: Annotated[
-        str | None, typer.Option("--weights-b", help="Checkpoint to load into B when B is an entry point.",
-                                 metavar="CHECKPOINT")
+        str | None,
+        typer.Option(
+            "--weights-b",
+            help="Checkpoint to load into B when B is an entry point.",
+            metavar="CHECKPOINT",
+        ),
     ] = None,
-    atol: Annotated[float | None, typer.Option("--atol", min=0.0, help="Absolute tolerance \\[default: per dtype].")] = None,
-    rtol: Annotated[float | None, typer.Option("--rtol", min=0.0, help="Relative tolerance \\[default: per dtype].")] = None,
+    atol: Annotated[
+        float | None,
+        typer.Option("--atol", min=0.0, help="Absolute tolerance \\[default: per dtype]."),
+    ] = None,
+    rtol: Annotated[
+        float | None,
+        typer.Option("--rtol", min=0.0, help="Relative tolerance \\[default: per dtype]."),
+    ] = None,
     exact: Annotated[bool, typer.Option("--exact", help="Bitwise equality: no tolerance.")] = False,
-    nan_unequal: Annotated[bool, typer.Option("--nan-unequal", help="Count NaN against NaN as a difference.")] = False,
+    nan_unequal: Annotated[
+        bool, typer.Option("--nan-unequal", help="Count NaN against NaN as a difference.")
+    ] = False,
     strip_prefix: PrefixOpt = None,
     rename: RenameOpt = None,
     include: IncludeOpt = None,
@@ -233,37 +357,80 @@ def diff(
     """
     code = 0
     with user_errors(debug):
-        code = commands.run_diff(commands.DiffArgs(
-            a=a, b=b, weights_a=weights_a, weights_b=weights_b, atol=atol, rtol=rtol, exact=exact,
-            nan_unequal=nan_unequal, strip_prefix=tuple(strip_prefix or ()), rename=tuple(rename or ()),
-            include=tuple(include or ()), exclude=tuple(exclude or ()), unsafe_pickle=unsafe_pickle,
-            allow_global=tuple(allow_global or ()), max_pickle_size=max_pickle_size, max_layers=max_layers,
-            as_json=as_json, wide=wide, columns=columns))
+        code = commands.run_diff(
+            commands.DiffArgs(
+                a=a,
+                b=b,
+                weights_a=weights_a,
+                weights_b=weights_b,
+                atol=atol,
+                rtol=rtol,
+                exact=exact,
+                nan_unequal=nan_unequal,
+                strip_prefix=tuple(strip_prefix or ()),
+                rename=tuple(rename or ()),
+                include=tuple(include or ()),
+                exclude=tuple(exclude or ()),
+                unsafe_pickle=unsafe_pickle,
+                allow_global=tuple(allow_global or ()),
+                max_pickle_size=max_pickle_size,
+                max_layers=max_layers,
+                as_json=as_json,
+                wide=wide,
+                columns=columns,
+            )
+        )
     raise typer.Exit(code)
 
 
 @app.command()
 def load(
     paths: Annotated[
-        list[str], typer.Argument(help="[MODEL] CHECKPOINT: MODEL builds a module (entry point, TorchScript; "
-                                  "default: \\[tool.modinspect]); CHECKPOINT is any SOURCE with a state dict.",
-                                  metavar="[MODEL] CHECKPOINT", show_default=False)
+        list[str],
+        typer.Argument(
+            help="[MODEL] CHECKPOINT: MODEL builds a module (entry point, TorchScript; "
+            "default: \\[tool.modinspect]); CHECKPOINT is any SOURCE with a state dict.",
+            metavar="[MODEL] CHECKPOINT",
+            show_default=False,
+        ),
     ],
-    strict: Annotated[bool, typer.Option("--strict", help="Every key must match, else exit 1 and write nothing.")] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Every key must match, else exit 1 and write nothing.")
+    ] = False,
     skip_mismatched: Annotated[
-        bool, typer.Option("--skip-mismatched", help="Leave tensors whose shape differs at the model's values.")
+        bool,
+        typer.Option(
+            "--skip-mismatched", help="Leave tensors whose shape differs at the model's values."
+        ),
     ] = False,
     strip_prefix: PrefixOpt = None,
-    add_prefix: Annotated[str, typer.Option("--add-prefix", help="Prepend PREFIX to every checkpoint key.",
-                                            metavar="PREFIX")] = "",
+    add_prefix: Annotated[
+        str,
+        typer.Option(
+            "--add-prefix", help="Prepend PREFIX to every checkpoint key.", metavar="PREFIX"
+        ),
+    ] = "",
     rename: RenameOpt = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; load and write nothing.")] = False,
-    meta: Annotated[bool, typer.Option("--meta", help="Build the model on the meta device: a free plan (implies "
-                                       "--dry-run).")] = False,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the resulting state dict (.safetensors or "
-                                             ".pt), atomically.", metavar="FILE")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; load and write nothing.")
+    ] = False,
+    meta: Annotated[
+        bool,
+        typer.Option(
+            "--meta", help="Build the model on the meta device: a free plan (implies --dry-run)."
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write the resulting state dict (.safetensors or .pt), atomically.",
+            metavar="FILE",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
     unsafe_pickle: UnsafeOpt = False,
     allow_global: AllowGlobalOpt = None,
@@ -294,13 +461,27 @@ def load(
         model_spec, ckpt_spec = (None, paths[0]) if len(paths) == 1 else (paths[0], paths[1])
         if model_spec is None:
             _note_one_argument_load(ckpt_spec)
-        keymap = KeyMap(strip_prefixes=tuple(strip_prefix or ()), add_prefix=add_prefix,
-                        renames=parse_renames(rename or ()), include=tuple(include or ()),
-                        exclude=tuple(exclude or ()))
+        keymap = KeyMap(
+            strip_prefixes=tuple(strip_prefix or ()),
+            add_prefix=add_prefix,
+            renames=parse_renames(rename or ()),
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
+        )
         gate = commands.gate_options(allow_global, max_pickle_size, max_layers)
-        request = LoadRequest(checkpoint=ckpt_spec, model=model_spec, keymap=keymap, strict=strict,
-                              skip_mismatched=skip_mismatched, dry_run=dry_run, meta=meta, out=out, force=force,
-                              unsafe_pickle=unsafe_pickle, **gate)
+        request = LoadRequest(
+            checkpoint=ckpt_spec,
+            model=model_spec,
+            keymap=keymap,
+            strict=strict,
+            skip_mismatched=skip_mismatched,
+            dry_run=dry_run,
+            meta=meta,
+            out=out,
+            force=force,
+            unsafe_pickle=unsafe_pickle,
+            **gate,
+        )
         blocked: MismatchedShapesError | None = None
         try:
             with commands.spinner("loading…"):
@@ -326,7 +507,9 @@ def _note_one_argument_load(checkpoint: str) -> None:
             f"load takes MODEL CHECKPOINT; with only {checkpoint}, MODEL would come from [tool.modinspect], and "
             "there is none here: pass both, e.g. modinspect load models.py:build " + checkpoint
         ) from None
-    commands.note(f"load takes MODEL CHECKPOINT; {checkpoint} is the CHECKPOINT, MODEL comes from [tool.modinspect]")
+    commands.note(
+        f"load takes MODEL CHECKPOINT; {checkpoint} is the CHECKPOINT, MODEL comes from [tool.modinspect]"
+    )
 
 
 @app.command()
@@ -339,30 +522,66 @@ def stats(
     max_layers: MaxLayersOpt = None,
     strict: StrictOpt = True,
     input_file: Annotated[
-        Path | None, typer.Option("--input", "-i", help="A .pt (weights-only) or .safetensors file with a tensor, "
-                                  "a tuple/list, or a dict of tensors (keyword arguments).", metavar="FILE")
+        Path | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help="A .pt (weights-only) or .safetensors file with a tensor, "
+            "a tuple/list, or a dict of tensors (keyword arguments).",
+            metavar="FILE",
+        ),
     ] = None,
     input_shape: RandomInputShapeOpt = None,
     input_dtype: RandomInputDtypeOpt = None,
-    batches: Annotated[int, typer.Option("--batches", "-b", min=1, help="Random batches to run; stats merge across them (a counter with an ETA on a terminal).")] = 1,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for model construction, random inputs and dropout.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, mps or auto.")] = "auto",
+    batches: Annotated[
+        int,
+        typer.Option(
+            "--batches",
+            "-b",
+            min=1,
+            help="Random batches to run; stats merge across them (a counter with an ETA on a terminal).",
+        ),
+    ] = 1,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed for model construction, random inputs and dropout.")
+    ] = 0,
+    device: Annotated[
+        str, typer.Option("--device", help="cpu, cuda, cuda:N, mps or auto.")
+    ] = "auto",
     dtype: Annotated[
-        str | None, typer.Option("--dtype", help="float32, or bfloat16/float16 to run under autocast "
-                                 "[default: \\[tool.modinspect] dtype when the model comes from there, else float32]")
+        str | None,
+        typer.Option(
+            "--dtype",
+            help="float32, or bfloat16/float16 to run under autocast "
+            "[default: \\[tool.modinspect] dtype when the model comes from there, else float32]",
+        ),
     ] = None,
-    train: Annotated[bool, typer.Option("--train", help="Run in training mode (dropout, BatchNorm batch stats).")] = False,
-    backward: Annotated[bool, typer.Option("--backward/--no-backward", help="Also run backward on the loss.")] = True,
+    train: Annotated[
+        bool, typer.Option("--train", help="Run in training mode (dropout, BatchNorm batch stats).")
+    ] = False,
+    backward: Annotated[
+        bool, typer.Option("--backward/--no-backward", help="Also run backward on the loss.")
+    ] = True,
     loss: Annotated[
-        str, typer.Option("--loss", help="auto (the model's own output.loss when it returns one, else sum), sum or "
-                          "mean of the floating outputs, or file.py:FN taking the output.")
+        str,
+        typer.Option(
+            "--loss",
+            help="auto (the model's own output.loss when it returns one, else sum), sum or "
+            "mean of the floating outputs, or file.py:FN taking the output.",
+        ),
     ] = "auto",
     pattern: Annotated[
-        str | None, typer.Option("--filter", "-f", help="Hook only modules matching GLOB.", metavar="GLOB")
+        str | None,
+        typer.Option("--filter", "-f", help="Hook only modules matching GLOB.", metavar="GLOB"),
     ] = None,
     fail_on: Annotated[
-        str | None, typer.Option("--fail-on", help="Also exit 1 on these findings, comma-separated: nan, dead, "
-                                 "mostly-dead, exploding, vanishing (NaN/Inf always exits 1).", metavar="FINDINGS")
+        str | None,
+        typer.Option(
+            "--fail-on",
+            help="Also exit 1 on these findings, comma-separated: nan, dead, "
+            "mostly-dead, exploding, vanishing (NaN/Inf always exits 1).",
+            metavar="FINDINGS",
+        ),
     ] = None,
     as_json: JsonOpt = False,
     wide: WideOpt = False,
@@ -393,19 +612,37 @@ def stats(
         findings = _findings(fail_on)
         gate = commands.gate_options(allow_global, max_pickle_size, max_layers)
         request = StatsRequest(
-            source=source, weights=weights, strict=strict, unsafe_pickle=unsafe_pickle,
-            allow_globals=gate["allow_globals"], max_pickle_size=gate["max_pickle_size"],
-            max_layers=gate["max_layers"], input_file=input_file,
-            input_shapes=tuple(parse_shape(s) for s in input_shape or ()), input_dtype=input_dtype, batches=batches,
-            seed=seed, device=device, dtype=dtype, train=train, backward=backward, loss=loss, pattern=pattern)
+            source=source,
+            weights=weights,
+            strict=strict,
+            unsafe_pickle=unsafe_pickle,
+            allow_globals=gate["allow_globals"],
+            max_pickle_size=gate["max_pickle_size"],
+            max_layers=gate["max_layers"],
+            input_file=input_file,
+            input_shapes=tuple(parse_shape(s) for s in input_shape or ()),
+            input_dtype=input_dtype,
+            batches=batches,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            train=train,
+            backward=backward,
+            loss=loss,
+            pattern=pattern,
+        )
         layout = commands.table_layout(wide, columns)
-        if layout is not None and layout.columns is not None:  # an unknown column fails before the model runs
+        if (
+            layout is not None and layout.columns is not None
+        ):  # an unknown column fails before the model runs
             from modinspect.render.console import STATS_COLUMNS, choose_columns
 
             choose_columns(list(STATS_COLUMNS), layout.columns)
         with commands.spinner("building the model…"):
             run = prepare_stats(request, announce=commands.note)
-        writer = run.ranks.writer  # under torchrun, rank 0 prints; every rank exits with the same code
+        writer = (
+            run.ranks.writer
+        )  # under torchrun, rank 0 prints; every rank exits with the same code
         if writer:
             commands.warn(run.warnings)
         from modinspect.render.console import batch_progress
@@ -431,16 +668,41 @@ def _findings(option: str | None) -> list[str]:
 
 @app.command()
 def report(
-    log: Annotated[Path, typer.Argument(help="A watch log (JSONL, schema modinspect.watch/1), as modinspect.watch "
-                                        "writes it; a run still writing is fine.", show_default=False)],
-    html: Annotated[Path | None, typer.Option("--html", help="Also write one self-contained HTML page (inline SVG, "
-                                              "no network), atomically.", metavar="OUT.html")] = None,
-    steps: Annotated[str | None, typer.Option("--steps", help="Steps for the HTML's histograms, e.g. 100,200 "
-                                              "\\[default: the first, middle and last logged].", metavar="N,N")] = None,
+    log: Annotated[
+        Path,
+        typer.Argument(
+            help="A watch log (JSONL, schema modinspect.watch/1), as modinspect.watch "
+            "writes it; a run still writing is fine.",
+            show_default=False,
+        ),
+    ],
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write one self-contained HTML page (inline SVG, no network), atomically.",
+            metavar="OUT.html",
+        ),
+    ] = None,
+    steps: Annotated[
+        str | None,
+        typer.Option(
+            "--steps",
+            help="Steps for the HTML's histograms, e.g. 100,200 "
+            "\\[default: the first, middle and last logged].",
+            metavar="N,N",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --html if it exists.")] = False,
-    max_log_size: Annotated[str | None, typer.Option(
-        "--max-log-size", help="Largest log to read (parsed, a log takes about 4 times its size in memory), "
-        "e.g. 1G \\[default: 128M].", metavar="SIZE")] = None,
+    max_log_size: Annotated[
+        str | None,
+        typer.Option(
+            "--max-log-size",
+            help="Largest log to read (parsed, a log takes about 4 times its size in memory), "
+            "e.g. 1G \\[default: 128M].",
+            metavar="SIZE",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     wide: WideOpt = False,
     columns: ColumnsOpt = None,
@@ -482,7 +744,9 @@ def report(
         elif html is not None:
             from modinspect.render.text import visible
 
-            print(f"wrote {visible(str(html))}: {len(run.modules)} modules × {len(run.steps)} steps")
+            print(
+                f"wrote {visible(str(html))}: {len(run.modules)} modules × {len(run.steps)} steps"
+            )
         else:
             from modinspect.render.console import make_console, run_renderable
 
@@ -512,7 +776,9 @@ def _parse_steps(steps: str | None) -> tuple[int, ...] | None:
         return None
     parts = [p.strip() for p in steps.split(",")]
     if not parts or not all(p.isdigit() for p in parts):
-        raise UsageError(f"--steps {steps!r} is not a comma-separated list of step numbers like 100,200")
+        raise UsageError(
+            f"--steps {steps!r} is not a comma-separated list of step numbers like 100,200"
+        )
     return tuple(int(p) for p in parts)
 
 
@@ -525,41 +791,74 @@ def doctor(
     max_pickle_size: MaxPickleOpt = None,
     strict: StrictOpt = True,
     input_file: Annotated[
-        Path | None, typer.Option("--input", "-i", help="The example input: a .pt (weights-only) or .safetensors "
-                                  "file, as stats reads it.", metavar="FILE")
+        Path | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help="The example input: a .pt (weights-only) or .safetensors file, as stats reads it.",
+            metavar="FILE",
+        ),
     ] = None,
     input_shape: RandomInputShapeOpt = None,
     input_dtype: RandomInputDtypeOpt = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for model construction and random inputs.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed for model construction and random inputs.")
+    ] = 0,
     context: Annotated[
-        str | None, typer.Option("--context", help="training or inference: what the model is for \\[default: its "
-                                 "own mode, model.training].", metavar="CONTEXT")
+        str | None,
+        typer.Option(
+            "--context",
+            help="training or inference: what the model is for \\[default: its "
+            "own mode, model.training].",
+            metavar="CONTEXT",
+        ),
     ] = None,
     select: Annotated[
-        list[str] | None, typer.Option("--select", help="Run only this check (repeatable).", metavar="ID")
+        list[str] | None,
+        typer.Option("--select", help="Run only this check (repeatable).", metavar="ID"),
     ] = None,
     ignore: Annotated[
-        list[str] | None, typer.Option("--ignore", help="Skip this check (repeatable).", metavar="ID")
+        list[str] | None,
+        typer.Option("--ignore", help="Skip this check (repeatable).", metavar="ID"),
     ] = None,
     expect: Annotated[
-        list[str] | None, typer.Option("--expect", help="A custom autograd Function whose backward is meant to "
-                                       "return MULT × the gradient, e.g. GradReverse=-0.1 (repeatable).",
-                                       metavar="NAME=MULT")
+        list[str] | None,
+        typer.Option(
+            "--expect",
+            help="A custom autograd Function whose backward is meant to "
+            "return MULT × the gradient, e.g. GradReverse=-0.1 (repeatable).",
+            metavar="NAME=MULT",
+        ),
     ] = None,
     fail_on: Annotated[
-        str, typer.Option("--fail-on", help="Exit 1 when a finding is at or above this severity: warning or error.",
-                          metavar="SEVERITY")
+        str,
+        typer.Option(
+            "--fail-on",
+            help="Exit 1 when a finding is at or above this severity: warning or error.",
+            metavar="SEVERITY",
+        ),
     ] = "warning",
     budget: Annotated[
-        float, typer.Option("--budget", min=0.0, help="CPU seconds of gradcheck per custom autograd Function.",
-                            metavar="SECONDS")
+        float,
+        typer.Option(
+            "--budget",
+            min=0.0,
+            help="CPU seconds of gradcheck per custom autograd Function.",
+            metavar="SECONDS",
+        ),
     ] = 2.0,
     explain: Annotated[
-        str | None, typer.Option("--explain", help="Print the longer story of check ID (or `list` for every "
-                                 "check) and exit.", metavar="ID")
+        str | None,
+        typer.Option(
+            "--explain",
+            help="Print the longer story of check ID (or `list` for every check) and exit.",
+            metavar="ID",
+        ),
     ] = None,
     as_json: JsonOpt = False,
-    sarif: Annotated[bool, typer.Option("--sarif", help="Print a SARIF 2.1.0 log (for code-scanning tools).")] = False,
+    sarif: Annotated[
+        bool, typer.Option("--sarif", help="Print a SARIF 2.1.0 log (for code-scanning tools).")
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Find the classic nn.Module mistakes: unregistered layers, layers built in forward, unused parameters, softmax into CrossEntropyLoss, wrong custom backward...
@@ -594,11 +893,22 @@ def doctor(
             raise UsageError(f"--fail-on {fail_on!r} is not warning or error")
         gate = commands.gate_options(allow_global, max_pickle_size)
         request = DoctorRequest(
-            source=source, weights=weights, strict=strict, unsafe_pickle=unsafe_pickle,
-            allow_globals=gate["allow_globals"], max_pickle_size=gate["max_pickle_size"], input_file=input_file,
-            input_shapes=tuple(parse_shape(s) for s in input_shape or ()), input_dtype=input_dtype, seed=seed,
-            context=context, select=tuple(select or ()), ignore=tuple(ignore or ()),
-            expect=parse_expect(expect or ()), budget_s=budget)
+            source=source,
+            weights=weights,
+            strict=strict,
+            unsafe_pickle=unsafe_pickle,
+            allow_globals=gate["allow_globals"],
+            max_pickle_size=gate["max_pickle_size"],
+            input_file=input_file,
+            input_shapes=tuple(parse_shape(s) for s in input_shape or ()),
+            input_dtype=input_dtype,
+            seed=seed,
+            context=context,
+            select=tuple(select or ()),
+            ignore=tuple(ignore or ()),
+            expect=parse_expect(expect or ()),
+            budget_s=budget,
+        )
         with commands.spinner("examining the model…"):
             report = run_doctor(request, announce=commands.note)
         if sarif:

@@ -17,12 +17,27 @@ from typing import Any
 
 import modinspect.cli.output as commands
 
-_FLAGS = {"--json": "as_json", "--exact": "exact", "--nan-unequal": "nan_unequal", "--unsafe-pickle": "unsafe_pickle",
-          "--wide": "wide"}
-_VALUES = {"--weights-a": "weights_a", "--weights-b": "weights_b", "--atol": "atol", "--rtol": "rtol",
-           "--max-pickle-size": "max_pickle_size"}
-_REPEATED = {"--strip-prefix": "strip_prefix", "--rename": "rename", "--include": "include",
-             "--exclude": "exclude", "--allow-global": "allow_global"}
+_FLAGS = {
+    "--json": "as_json",
+    "--exact": "exact",
+    "--nan-unequal": "nan_unequal",
+    "--unsafe-pickle": "unsafe_pickle",
+    "--wide": "wide",
+}
+_VALUES = {
+    "--weights-a": "weights_a",
+    "--weights-b": "weights_b",
+    "--atol": "atol",
+    "--rtol": "rtol",
+    "--max-pickle-size": "max_pickle_size",
+}
+_REPEATED = {
+    "--strip-prefix": "strip_prefix",
+    "--rename": "rename",
+    "--include": "include",
+    "--exclude": "exclude",
+    "--allow-global": "allow_global",
+}
 _TOLERANCES = ("atol", "rtol")
 
 

@@ -36,8 +36,9 @@ def _fail(message: str, exit_with: ExitFactory) -> BaseException:
 
 
 @contextlib.contextmanager
-def user_errors(debug: bool, exit_with: ExitFactory,
-                passthrough: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+def user_errors(
+    debug: bool, exit_with: ExitFactory, passthrough: tuple[type[BaseException], ...] = ()
+) -> Iterator[None]:
     """ModinspectError -> one line on stderr and exit 2; anything else is a bug, shown in full under --debug.
 
     `exit_with(code)` is the exception that ends the command with `code` (typer.Exit, or SystemExit), and
@@ -62,12 +63,15 @@ def user_errors(debug: bool, exit_with: ExitFactory,
     except Exception as exc:
         if debug:
             raise
-        raise _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it",
-                    exit_with) from None
+        raise _fail(
+            f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it",
+            exit_with,
+        ) from None
 
 
-def gate_options(allow_global: list[str] | None, max_pickle_size: str | None,
-                 max_layers: int | None = None) -> dict[str, Any]:
+def gate_options(
+    allow_global: list[str] | None, max_pickle_size: str | None, max_layers: int | None = None
+) -> dict[str, Any]:
     """--allow-global, --max-pickle-size and --max-layers as open_source keywords."""
     from modinspect.sources.pickle.check import parse_size
 
@@ -76,15 +80,23 @@ def gate_options(allow_global: list[str] | None, max_pickle_size: str | None,
         try:
             size = parse_size(max_pickle_size)
         except ValueError:
-            raise UsageError(f"--max-pickle-size {max_pickle_size!r} is not a size like 512M or 2G") from None
+            raise UsageError(
+                f"--max-pickle-size {max_pickle_size!r} is not a size like 512M or 2G"
+            ) from None
     for name in allow_global or ():
         if "." not in name or not all(part.isidentifier() for part in name.split(".")):
-            raise UsageError(f"--allow-global {name!r} is not a dotted name like argparse.Namespace")
+            raise UsageError(
+                f"--allow-global {name!r} is not a dotted name like argparse.Namespace"
+            )
     if allow_global:
         from modinspect.sources.pickle.gate import check_allow_globals
 
         check_allow_globals(tuple(allow_global))
-    return {"allow_globals": tuple(allow_global or ()), "max_pickle_size": size, "max_layers": max_layers}
+    return {
+        "allow_globals": tuple(allow_global or ()),
+        "max_pickle_size": size,
+        "max_layers": max_layers,
+    }
 
 
 def spinner(message: str) -> contextlib.AbstractContextManager[object]:
@@ -113,7 +125,9 @@ def table_layout(wide: bool, columns: str | None) -> TableLayout | None:
     """--wide and --columns as the renderers take them (None: the default, fitted to the terminal)."""
     if not wide and columns is None:
         return None
-    picked = tuple(c.strip() for c in columns.split(",") if c.strip()) if columns is not None else None
+    picked = (
+        tuple(c.strip() for c in columns.split(",") if c.strip()) if columns is not None else None
+    )
     return TableLayout(wide=wide, columns=picked)
 
 
@@ -126,7 +140,11 @@ def print_report(report: Any, as_json: bool, kind: str, layout: TableLayout | No
         from modinspect.render import jsonout
 
         # tree writes its module and tensor lists record by record: 100k tensors would be 170k dicts
-        print(jsonout.tree_json(report) if kind == "tree" else jsonout.dumps(getattr(jsonout, f"{kind}_document")(report)))
+        print(
+            jsonout.tree_json(report)
+            if kind == "tree"
+            else jsonout.dumps(getattr(jsonout, f"{kind}_document")(report))
+        )
     else:
         from modinspect.render import console
 
@@ -168,7 +186,9 @@ class DiffArgs:
 
 
 def _progress_bar(total: int) -> contextlib.AbstractContextManager[Callable[[int], None]]:
-    if not sys.stderr.isatty():  # what progress_bar does off a terminal, without importing rich for it
+    if (
+        not sys.stderr.isatty()
+    ):  # what progress_bar does off a terminal, without importing rich for it
         return contextlib.nullcontext(lambda _n: None)
     from modinspect.render.console import progress_bar
 
@@ -181,14 +201,27 @@ def run_diff(args: DiffArgs) -> int:
     from modinspect.names import KeyMap, parse_renames
     from modinspect.run.source import open_source
 
-    keymap = KeyMap(strip_prefixes=args.strip_prefix, renames=parse_renames(args.rename),
-                    include=args.include, exclude=args.exclude)
-    options = DiffOptions(atol=args.atol, rtol=args.rtol, exact=args.exact, nan_equal=not args.nan_unequal,
-                          keymap=keymap)
+    keymap = KeyMap(
+        strip_prefixes=args.strip_prefix,
+        renames=parse_renames(args.rename),
+        include=args.include,
+        exclude=args.exclude,
+    )
+    options = DiffOptions(
+        atol=args.atol,
+        rtol=args.rtol,
+        exact=args.exact,
+        nan_equal=not args.nan_unequal,
+        keymap=keymap,
+    )
     with spinner("opening the sources…"):
         gate = gate_options(list(args.allow_global), args.max_pickle_size, args.max_layers)
-        src_a = open_source(args.a, weights=args.weights_a, unsafe_pickle=args.unsafe_pickle, **gate)
-        src_b = open_source(args.b, weights=args.weights_b, unsafe_pickle=args.unsafe_pickle, **gate)
+        src_a = open_source(
+            args.a, weights=args.weights_a, unsafe_pickle=args.unsafe_pickle, **gate
+        )
+        src_b = open_source(
+            args.b, weights=args.weights_b, unsafe_pickle=args.unsafe_pickle, **gate
+        )
     with src_a, src_b:
         warn(src_a.warnings + src_b.warnings)
         total = sum(t.nbytes for t in src_a.tensors) + sum(t.nbytes for t in src_b.tensors)

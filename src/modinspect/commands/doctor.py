@@ -47,7 +47,9 @@ def parse_expect(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, float],
         except ValueError:
             multiple = float("nan")
         if not sep or not name.isidentifier() or multiple != multiple:
-            raise UsageError(f"--expect {item!r} is not NAME=MULTIPLE, e.g. --expect GradReverse=-0.1")
+            raise UsageError(
+                f"--expect {item!r} is not NAME=MULTIPLE, e.g. --expect GradReverse=-0.1"
+            )
         out.append((name, multiple))
     return tuple(out)
 
@@ -59,7 +61,9 @@ def exit_code(report: DoctorReport, fail_on: str) -> int:
     return 1 if any(RANK[f.severity] >= RANK[fail_on] for f in report.findings) else 0
 
 
-def run_doctor(request: DoctorRequest, announce: Callable[[str], None] | None = None) -> DoctorReport:
+def run_doctor(
+    request: DoctorRequest, announce: Callable[[str], None] | None = None
+) -> DoctorReport:
     """Open SOURCE, build the example input, run doctor; raises ModinspectError on a user error."""
     from modinspect.commands.stats import project_defaults
     from modinspect.reports.doctor import check_ids
@@ -73,18 +77,30 @@ def run_doctor(request: DoctorRequest, announce: Callable[[str], None] | None = 
         raise UsageError(f"--context {request.context!r} is not training or inference")
     extra = project_defaults(request.source)
     seed_all(request.seed)
-    src = open_source(request.source, weights=request.weights, unsafe_pickle=request.unsafe_pickle,
-                      strict=request.strict, announce=announce,
-                      model_weights="init" if request.weights else "pretrained",
-                      allow_globals=request.allow_globals, max_pickle_size=request.max_pickle_size)
+    src = open_source(
+        request.source,
+        weights=request.weights,
+        unsafe_pickle=request.unsafe_pickle,
+        strict=request.strict,
+        announce=announce,
+        model_weights="init" if request.weights else "pretrained",
+        allow_globals=request.allow_globals,
+        max_pickle_size=request.max_pickle_size,
+    )
     with src:
-        options: dict[str, Any] = {"select": request.select, "ignore": request.ignore,
-                                   "expect": dict(request.expect), "context": request.context,
-                                   "budget_s": request.budget_s}
+        options: dict[str, Any] = {
+            "select": request.select,
+            "ignore": request.ignore,
+            "expect": dict(request.expect),
+            "context": request.context,
+            "budget_s": request.budget_s,
+        }
         if src.module is None:
             if request.input_file is not None or request.input_shapes:
-                raise UsageError(f"{src.label} is a checkpoint without code: doctor checks its stored values and "
-                                 "runs nothing, so --input/--input-shape do not apply")
+                raise UsageError(
+                    f"{src.label} is a checkpoint without code: doctor checks its stored values and "
+                    "runs nothing, so --input/--input-shape do not apply"
+                )
             return doctor(src, **options)
         batch, described = _input(src.module, request, extra)
         from modinspect.sources.module import ModuleSource
@@ -100,11 +116,24 @@ def _input(model: Any, request: DoctorRequest, extra: dict[str, object]) -> tupl
     from modinspect.run.inputs import InputSpec, resolve_batches
 
     dtype = request.input_dtype or str(extra.get("input_dtype") or default_input_dtype(model))
-    spec = InputSpec(file=request.input_file, shapes=request.input_shapes, dtype=dtype, batches=1, seed=request.seed)
-    if spec.file is None and not spec.shapes and "input_shape" not in extra and "input" not in extra \
-            and getattr(model, "example_input_array", None) is None:
+    spec = InputSpec(
+        file=request.input_file,
+        shapes=request.input_shapes,
+        dtype=dtype,
+        batches=1,
+        seed=request.seed,
+    )
+    if (
+        spec.file is None
+        and not spec.shapes
+        and "input_shape" not in extra
+        and "input" not in extra
+        and getattr(model, "example_input_array", None) is None
+    ):
         return None, None
-    batches, described = resolve_batches(model, spec, {**extra, "input_dtype": dtype} if "input_shape" in extra else extra)
+    batches, described = resolve_batches(
+        model, spec, {**extra, "input_dtype": dtype} if "input_shape" in extra else extra
+    )
     return next(iter(batches)), described
 
 

@@ -28,7 +28,9 @@ class LoadRequest:
     """What `modinspect load [MODEL] CHECKPOINT` is asked to do; every field has the CLI's default."""
 
     checkpoint: Any  # any SOURCE with a state dict (a path, a directory, an entry point)
-    model: Any = None  # an entry point, a TorchScript archive, a live nn.Module, or None: [tool.modinspect]
+    model: Any = (
+        None  # an entry point, a TorchScript archive, a live nn.Module, or None: [tool.modinspect]
+    )
     keymap: KeyMap | None = None
     strict: bool = False
     skip_mismatched: bool = False
@@ -42,8 +44,11 @@ class LoadRequest:
     max_layers: int | None = None  # a Hugging Face config.json's layers built at most (default 512)
 
 
-def run_load(request: LoadRequest, announce: Callable[[str], None] | None = None,
-             warn: Callable[[list[str]], None] | None = None) -> LoadReport:
+def run_load(
+    request: LoadRequest,
+    announce: Callable[[str], None] | None = None,
+    warn: Callable[[list[str]], None] | None = None,
+) -> LoadReport:
     """Open MODEL and CHECKPOINT, then perform_load: what `modinspect load` runs, as one call.
 
     `announce` hears notes (an entry point about to be imported from [tool.modinspect]); `warn` gets the
@@ -54,10 +59,20 @@ def run_load(request: LoadRequest, announce: Callable[[str], None] | None = None
 
     if request.out is not None and request.meta:
         raise UsageError("--out needs real weights: drop --meta (which only plans)")
-    gate: dict[str, Any] = {"unsafe_pickle": request.unsafe_pickle, "allow_globals": request.allow_globals,
-                            "max_pickle_size": request.max_pickle_size, "max_layers": request.max_layers}
-    model = open_source(request.model, meta=request.meta, config_weights=False, announce=announce,
-                        model_weights="header" if request.meta else "init", **gate)
+    gate: dict[str, Any] = {
+        "unsafe_pickle": request.unsafe_pickle,
+        "allow_globals": request.allow_globals,
+        "max_pickle_size": request.max_pickle_size,
+        "max_layers": request.max_layers,
+    }
+    model = open_source(
+        request.model,
+        meta=request.meta,
+        config_weights=False,
+        announce=announce,
+        model_weights="header" if request.meta else "init",
+        **gate,
+    )
     if model.module is None and model.format == "torchscript":
         model_of(model, "load")
     if model.module is None:
@@ -69,14 +84,31 @@ def run_load(request: LoadRequest, announce: Callable[[str], None] | None = None
     with open_source(request.checkpoint, **gate) as checkpoint:
         if warn is not None:
             warn(model.warnings + checkpoint.warnings)
-        return perform_load(model, checkpoint, keymap=request.keymap, strict=request.strict,
-                            skip_mismatched=request.skip_mismatched, dry_run=request.dry_run, out=request.out,
-                            force=request.force, inputs=inputs)
+        return perform_load(
+            model,
+            checkpoint,
+            keymap=request.keymap,
+            strict=request.strict,
+            skip_mismatched=request.skip_mismatched,
+            dry_run=request.dry_run,
+            out=request.out,
+            force=request.force,
+            inputs=inputs,
+        )
 
 
-def perform_load(model: Source, checkpoint: Source, *, keymap: KeyMap | None = None, strict: bool = False,
-                 skip_mismatched: bool = False, dry_run: bool = False, out: str | Path | None = None,
-                 force: bool = False, inputs: Sequence[str | Path] = ()) -> LoadReport:
+def perform_load(
+    model: Source,
+    checkpoint: Source,
+    *,
+    keymap: KeyMap | None = None,
+    strict: bool = False,
+    skip_mismatched: bool = False,
+    dry_run: bool = False,
+    out: str | Path | None = None,
+    force: bool = False,
+    inputs: Sequence[str | Path] = (),
+) -> LoadReport:
     """Plan the load of `checkpoint` into `model`'s module, perform it unless told not to, and report.
 
     Nothing is copied when `dry_run`, when the model is on the meta device, when `strict` fails, or
@@ -101,7 +133,9 @@ def perform_load(model: Source, checkpoint: Source, *, keymap: KeyMap | None = N
     if target is not None:
         kind = output_kind(target)
         check_writable(target, force, input_paths)
-    plan = plan_load(model.tensors, checkpoint.tensors, keymap, module=module, shared=checkpoint.shared_storage)
+    plan = plan_load(
+        model.tensors, checkpoint.tensors, keymap, module=module, shared=checkpoint.shared_storage
+    )
     planning = dry_run or is_meta(module)
     strict_failed = strict and not plan.strict_ok
     blocked = bool(plan.mismatched) and not skip_mismatched and not strict_failed
@@ -111,11 +145,25 @@ def perform_load(model: Source, checkpoint: Source, *, keymap: KeyMap | None = N
         performed = True
         if target is not None:
             assert kind is not None
-            atomic_write(target, lambda tmp: write_state_dict(module, tmp, kind), force=force, inputs=input_paths)
+            atomic_write(
+                target,
+                lambda tmp: write_state_dict(module, tmp, kind),
+                force=force,
+                inputs=input_paths,
+            )
             written = str(target)
-    report = LoadReport(model=model.label, checkpoint=checkpoint.label, plan=plan, strict=strict,
-                        skip_mismatched=skip_mismatched, performed=performed, dry_run=planning, written=written,
-                        cast_errors=tuple(cast_errors.items()), would_call=tuple(checkpoint.would_call))
+    report = LoadReport(
+        model=model.label,
+        checkpoint=checkpoint.label,
+        plan=plan,
+        strict=strict,
+        skip_mismatched=skip_mismatched,
+        performed=performed,
+        dry_run=planning,
+        written=written,
+        cast_errors=tuple(cast_errors.items()),
+        would_call=tuple(checkpoint.would_call),
+    )
     if blocked:
         raise MismatchedShapesError(
             f"{len(plan.mismatched)} tensor(s) have another shape in the checkpoint ({describe_mismatched(plan)}); "

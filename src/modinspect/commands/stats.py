@@ -40,14 +40,20 @@ class StatsRequest:
     max_layers: int | None = None  # a Hugging Face config.json's layers built at most (default 512)
     input_file: Path | None = None  # a .pt / .safetensors batch
     input_shapes: tuple[tuple[int, ...], ...] = ()  # random positional inputs
-    input_dtype: str | None = None  # default: int64 when the model has an nn.Embedding, else float32
+    input_dtype: str | None = (
+        None  # default: int64 when the model has an nn.Embedding, else float32
+    )
     batches: int = 1
     seed: int = 0
     device: str = "auto"  # cpu, cuda, cuda:N, mps, auto
-    dtype: str | None = None  # bfloat16 / float16: under autocast; None: [tool.modinspect] dtype, else float32
+    dtype: str | None = (
+        None  # bfloat16 / float16: under autocast; None: [tool.modinspect] dtype, else float32
+    )
     train: bool = False
     backward: bool = True
-    loss: str | Callable[[Any], Any] = "auto"  # auto, sum, mean, file.py:FN, or a function of the output
+    loss: str | Callable[[Any], Any] = (
+        "auto"  # auto, sum, mean, file.py:FN, or a function of the output
+    )
     pattern: str | None = None  # hook only modules matching this glob
 
 
@@ -64,7 +70,9 @@ class StatsRun:
     described: str  # where the inputs came from
     ranks: Ranks
     warnings: list[str] = field(default_factory=list)
-    would_call: list[str] = field(default_factory=list)  # globals the model's pickles call (torch.load would)
+    would_call: list[str] = field(
+        default_factory=list
+    )  # globals the model's pickles call (torch.load would)
     _in_use: contextlib.AbstractContextManager[Any] = field(default_factory=contextlib.nullcontext)
     _owns_group: bool = False
 
@@ -72,11 +80,20 @@ class StatsRun:
         from modinspect.run.inputs import to_device
         from modinspect.run.stats import collect_stats
 
-        moved = (to_device(b, self.device, requires_grad=self.options.backward) for b in self.batches)
+        moved = (
+            to_device(b, self.device, requires_grad=self.options.backward) for b in self.batches
+        )
         try:
             with self._in_use, on_device(self.module, self.device):
-                report = collect_stats(self.module, moved, options=self.options, source=self.label,
-                                       device=self.device, inputs=self.described, progress=progress)
+                report = collect_stats(
+                    self.module,
+                    moved,
+                    options=self.options,
+                    source=self.label,
+                    device=self.device,
+                    inputs=self.described,
+                    progress=progress,
+                )
             return replace(report, would_call=tuple(self.would_call))
         finally:
             if self._owns_group:
@@ -85,8 +102,11 @@ class StatsRun:
                 torch.distributed.destroy_process_group()
 
 
-def run_stats(request: StatsRequest, announce: Callable[[str], None] | None = None,
-              progress: Callable[[int], None] | None = None) -> StatsReport:
+def run_stats(
+    request: StatsRequest,
+    announce: Callable[[str], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> StatsReport:
     """Open, prepare and run in one call; the report never prints."""
     return prepare_stats(request, announce).run(progress)
 
@@ -104,11 +124,17 @@ def prepare_stats(request: StatsRequest, announce: Callable[[str], None] | None 
     extra = project_defaults(request.source)
     dtype = request.dtype or config_dtype(extra)
     seed_all(request.seed)  # before the model is built: its initial weights depend on it
-    src = open_source(request.source, weights=request.weights, unsafe_pickle=request.unsafe_pickle,
-                      strict=request.strict, announce=announce,
-                      model_weights="init" if request.weights else "pretrained",
-                      allow_globals=request.allow_globals, max_pickle_size=request.max_pickle_size,
-                      max_layers=request.max_layers)
+    src = open_source(
+        request.source,
+        weights=request.weights,
+        unsafe_pickle=request.unsafe_pickle,
+        strict=request.strict,
+        announce=announce,
+        model_weights="init" if request.weights else "pretrained",
+        allow_globals=request.allow_globals,
+        max_pickle_size=request.max_pickle_size,
+        max_layers=request.max_layers,
+    )
     if src.module is None and src.format == "torchscript":
         # Even torch.jit.load's ScriptModule would not do: hooks need the Python model.
         raise UsageError(
@@ -120,11 +146,18 @@ def prepare_stats(request: StatsRequest, announce: Callable[[str], None] | None 
             f"{src.label} is a checkpoint without a model; stats needs one: pair it with an entry point, "
             f"e.g. modinspect stats models.py:build --weights {src.label}"
         )
-    device = resolve_device(str(extra.get("device", request.device)) if request.device == "auto" else request.device)
+    device = resolve_device(
+        str(extra.get("device", request.device)) if request.device == "auto" else request.device
+    )
     ranks, device, owns = join_ranks(device)
     resolved_dtype = request.input_dtype or default_input_dtype(src.module)
-    spec = InputSpec(file=request.input_file, shapes=request.input_shapes, dtype=resolved_dtype,
-                     batches=request.batches, seed=request.seed)
+    spec = InputSpec(
+        file=request.input_file,
+        shapes=request.input_shapes,
+        dtype=resolved_dtype,
+        batches=request.batches,
+        seed=request.seed,
+    )
     if request.input_dtype is None and "input_dtype" not in extra:
         extra = {**extra, "input_dtype": resolved_dtype}
     if request.input_file is not None and request.weights is None:
@@ -138,13 +171,28 @@ def prepare_stats(request: StatsRequest, announce: Callable[[str], None] | None 
     if ranks.many:
         batches = (shard(b, ranks) for b in raw)
         described += f"; rank {ranks.rank} of {ranks.world} takes 1/{ranks.world} of each batch"
-    options = StatsOptions(backward=request.backward, pattern=request.pattern, loss=loss,
-                           autocast_dtype=None if dtype == "float32" else dtype, train=request.train)
+    options = StatsOptions(
+        backward=request.backward,
+        pattern=request.pattern,
+        loss=loss,
+        autocast_dtype=None if dtype == "float32" else dtype,
+        train=request.train,
+    )
     in_use = src.in_use() if isinstance(src, ModuleSource) else contextlib.nullcontext()
-    return StatsRun(label=src.label, module=src.module, device=device, options=options, batches=batches,
-                    count=request.batches, described=described, ranks=ranks, warnings=list(src.warnings),
-                    would_call=list(src.would_call),
-                    _in_use=in_use, _owns_group=owns)
+    return StatsRun(
+        label=src.label,
+        module=src.module,
+        device=device,
+        options=options,
+        batches=batches,
+        count=request.batches,
+        described=described,
+        ranks=ranks,
+        warnings=list(src.warnings),
+        would_call=list(src.would_call),
+        _in_use=in_use,
+        _owns_group=owns,
+    )
 
 
 def join_ranks(device: str) -> tuple[Ranks, str, bool]:
@@ -178,10 +226,12 @@ def shard(batch: Any, ranks: Ranks) -> Any:
         if t.dim() == 0:
             return t
         if t.shape[0] % ranks.world:
-            raise UsageError(f"under torchrun each of the {ranks.world} ranks takes an equal slice of the batch: "
-                             f"a batch of {t.shape[0]} does not split in {ranks.world}")
+            raise UsageError(
+                f"under torchrun each of the {ranks.world} ranks takes an equal slice of the batch: "
+                f"a batch of {t.shape[0]} does not split in {ranks.world}"
+            )
         size = t.shape[0] // ranks.world
-        return t[ranks.rank * size:(ranks.rank + 1) * size]
+        return t[ranks.rank * size : (ranks.rank + 1) * size]
 
     return map_tensors(batch, take)
 
@@ -194,7 +244,9 @@ def resolve_device(device: str) -> str:
             return "cuda"
         return "mps" if torch.backends.mps.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available to this torch (a CPU build, or no GPU)")
+        raise UsageError(
+            "--device cuda: no CUDA device is available to this torch (a CPU build, or no GPU)"
+        )
     if device == "mps" and not torch.backends.mps.is_available():
         raise UsageError("--device mps: the MPS backend is not available on this machine")
     return device

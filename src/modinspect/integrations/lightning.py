@@ -24,7 +24,9 @@ class WatchCallback(pl.Callback):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.watch = watch(pl_module, training_only=True, **self.watch_kwargs)
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.watch is None:
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs

@@ -24,13 +24,19 @@ def _build() -> type:
             self.watch: Watch | None = None
             self._handle: Any = None
 
-        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        def on_train_begin(
+            self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+        ) -> None:
             self.watch = watch(model, training_only=True, **self.watch_kwargs)
             self._handle = model.register_forward_hook(self._loss_hook)
 
         def _loss_hook(self, module: Any, args: Any, output: Any) -> None:
             loss = getattr(output, "loss", None)
-            if self.watch is not None and torch.is_grad_enabled() and isinstance(loss, torch.Tensor):
+            if (
+                self.watch is not None
+                and torch.is_grad_enabled()
+                and isinstance(loss, torch.Tensor)
+            ):
                 self.watch.log_loss(loss)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

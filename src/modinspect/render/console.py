@@ -69,7 +69,9 @@ def make_console(file: IO[str] | None = None, width: int | None = None) -> Conso
     stream = file or sys.stdout
     if width is None and not stream.isatty() and "COLUMNS" not in os.environ:
         width = 200
-    return Console(file=stream, width=width, highlight=False, soft_wrap=False, markup=False, emoji=False)
+    return Console(
+        file=stream, width=width, highlight=False, soft_wrap=False, markup=False, emoji=False
+    )
 
 
 def _text(value: str | Text, style: str = "") -> Text:
@@ -106,7 +108,9 @@ class Column:
     key: str = ""
     shared: tuple[tuple[str, str], ...] = ()
     lift: bool = True  # False: stays in the table even where every row has the same value
-    about: str = ""  # what the shared line calls it, where the title alone is ambiguous ('last std')
+    about: str = (
+        ""  # what the shared line calls it, where the title alone is ambiguous ('last std')
+    )
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -154,7 +158,9 @@ class Name:
         if hard:
             return last_component_width(self.name) + cell_len(self.mark)
         last_two = ".".join(self.name.split(".")[-2:])
-        return min(cell_len(self.name), cell_len(last_two) + (last_two != self.name)) + cell_len(self.mark)
+        return min(cell_len(self.name), cell_len(last_two) + (last_two != self.name)) + cell_len(
+            self.mark
+        )
 
     def text(self, shown: str) -> Text:
         text = Text(shown, style=self.style)
@@ -178,14 +184,19 @@ class FittedTable:
         if not self.hidden:
             return None
         them = "them" if len(self.hidden) > 1 else "it"
-        return Text(f"columns hidden at {width} columns: {', '.join(self.hidden)} (--wide or COLUMNS="
-                    f"{self.full_width} shows {them}; --json has every value)", style="dim")
+        return Text(
+            f"columns hidden at {width} columns: {', '.join(self.hidden)} (--wide or COLUMNS="
+            f"{self.full_width} shows {them}; --json has every value)",
+            style="dim",
+        )
 
     def parts(self, width: int) -> list[RenderableType]:
         """The shared line, the table, the note on hidden columns: what a renderer prints of it, in order."""
         parts: list[RenderableType] = []
         if self.shared:
-            parts.append(Text("\n".join(wrap_words(" · ".join(self.shared), width, 2)), style="dim"))
+            parts.append(
+                Text("\n".join(wrap_words(" · ".join(self.shared), width, 2)), style="dim")
+            )
         parts.append(self.table)
         note = self.note(width)
         if note is not None:
@@ -231,7 +242,10 @@ def _column_width(col: Column, cells: list[Cell], level: int) -> int:
 
 
 def _names(cells: Sequence[Cell]) -> list[Name]:
-    return [c if isinstance(c, Name) else Name(c.plain if isinstance(c, Text) else _at(c, 0)) for c in cells]
+    return [
+        c if isinstance(c, Name) else Name(c.plain if isinstance(c, Text) else _at(c, 0))
+        for c in cells
+    ]
 
 
 def _name_texts(names: list[Name], width: int) -> list[Text]:
@@ -239,13 +253,21 @@ def _name_texts(names: list[Name], width: int) -> list[Text]:
     trees = [n for n in names if n.tree]
     step, cap = 2, max((n.depth for n in trees), default=0)
     if trees:
+
         def fits(step: int, cap: int) -> bool:
-            return all(step * min(n.depth, cap) + cell_len(n.leaf) + cell_len(n.mark) <= width for n in trees)
+            return all(
+                step * min(n.depth, cap) + cell_len(n.leaf) + cell_len(n.mark) <= width
+                for n in trees
+            )
 
         choices = [(2, cap), *((1, c) for c in range(cap, -1, -1))]
         step, cap = next((choice for choice in choices if fits(*choice)), (1, 0))
-    shown = [" " * (step * min(n.depth, cap)) + elide_left(n.leaf, width - cell_len(n.mark)) if n.tree
-             else elide_left(n.name, width - cell_len(n.mark)) for n in names]
+    shown = [
+        " " * (step * min(n.depth, cap)) + elide_left(n.leaf, width - cell_len(n.mark))
+        if n.tree
+        else elide_left(n.name, width - cell_len(n.mark))
+        for n in names
+    ]
     # Names shortened alike ('…c_attn.weight' for h.0, h.1 and h.2) keep their start instead: their difference.
     seen: dict[str, set[str]] = {}
     for n, s in zip(names, shown, strict=True):
@@ -253,8 +275,10 @@ def _name_texts(names: list[Name], width: int) -> list[Text]:
             seen.setdefault(s, set()).add(n.name)
     alike = {s for s, full in seen.items() if len(full) > 1}
     if alike:
-        shown = [elide_inside(n.name, width - cell_len(n.mark)) if s in alike else s
-                 for n, s in zip(names, shown, strict=True)]
+        shown = [
+            elide_inside(n.name, width - cell_len(n.mark)) if s in alike else s
+            for n, s in zip(names, shown, strict=True)
+        ]
     return [n.text(s) for n, s in zip(names, shown, strict=True)]
 
 
@@ -275,8 +299,12 @@ def _shared_words(col: Column, value: str) -> str:
     return dict(col.shared).get(value) or f"{col.about or col.title} {value or '—'}"
 
 
-def fit_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: int,
-              layout: TableLayout | None = None) -> FittedTable:
+def fit_table(
+    columns: Sequence[Column],
+    rows: Sequence[Sequence[Cell]],
+    width: int,
+    layout: TableLayout | None = None,
+) -> FittedTable:
     """A table of `rows` no wider than `width`, whatever it takes short of cutting a number or a name's last part.
 
     `layout`: --wide (every column, whole, at any width) and --columns (those columns only, none moved
@@ -288,12 +316,24 @@ def fit_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: 
     for i, c in enumerate(columns):
         if c.kind == "name":
             by_col[i] = list(_names(by_col[i]))
-    keep = choose_columns(columns, layout.columns) if layout.columns is not None else list(range(len(columns)))
+    keep = (
+        choose_columns(columns, layout.columns)
+        if layout.columns is not None
+        else list(range(len(columns)))
+    )
     shared: list[int] = []
     if layout.columns is None and not layout.wide and len(rows) > 1:
-        shared = [i for i in keep if columns[i].kind != "name" and columns[i].lift and len({_at(c, 0) for c in by_col[i]}) == 1]
+        shared = [
+            i
+            for i in keep
+            if columns[i].kind != "name"
+            and columns[i].lift
+            and len({_at(c, 0) for c in by_col[i]}) == 1
+        ]
     candidates = [i for i in keep if i not in shared]
-    shared_words = tuple(dict.fromkeys(_shared_words(columns[i], _at(by_col[i][0], 0)) for i in shared))  # once each
+    shared_words = tuple(
+        dict.fromkeys(_shared_words(columns[i], _at(by_col[i][0], 0)) for i in shared)
+    )  # once each
     levels = max((len(_cell_forms(c)) for cells in by_col for c in cells), default=1)
     is_name = [c.kind == "name" for c in columns]
 
@@ -307,12 +347,16 @@ def fit_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: 
                 ws.append(_column_width(columns[i], by_col[i], level))
         return ws
 
-    def total(ws: list[int]) -> int:  # SIMPLE_HEAD: a padding, a blank separator and a padding between columns
+    def total(
+        ws: list[int],
+    ) -> int:  # SIMPLE_HEAD: a padding, a blank separator and a padding between columns
         return sum(ws) + 3 * (len(ws) - 1)
 
     full = total(widths(candidates, 0, "full"))
     if layout.wide:
-        return _build(columns, by_col, candidates, 0, widths(candidates, 0, "full"), (), full, shared_words)
+        return _build(
+            columns, by_col, candidates, 0, widths(candidates, 0, "full"), (), full, shared_words
+        )
     order = sorted((i for i in candidates if columns[i].hide), key=lambda i: -columns[i].hide)
     for dropped in range(len(order) + 1):
         shown = [i for i in candidates if i not in order[:dropped]]
@@ -324,20 +368,42 @@ def fit_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: 
                 if floor != "full":  # the names get what the other columns leave
                     for k, i in enumerate(shown):
                         if is_name[i]:
-                            ws[k] = min(width - total(ws) + ws[k], _column_width(columns[i], by_col[i], 0))
+                            ws[k] = min(
+                                width - total(ws) + ws[k], _column_width(columns[i], by_col[i], 0)
+                            )
                 hidden = tuple(columns[i].title for i in order[:dropped])
                 return _build(columns, by_col, shown, level, ws, hidden, full, shared_words)
     return FittedTable(_vertical(columns, by_col, candidates, width), (), full, shared_words)
 
 
-def _build(columns: list[Column], by_col: list[list[Cell]], shown: list[int], level: int, ws: list[int],
-           hidden: tuple[str, ...], full: int, shared: tuple[str, ...]) -> FittedTable:
-    table = FastTable([FastColumn(columns[i].title, justify=columns[i].justify or
-                                  ("right" if columns[i].kind == "number" else "left"),
-                                  style=columns[i].style, max_width=w, overflow="crop")
-                       for i, w in zip(shown, ws, strict=True)])
-    cells = [_name_texts(by_col[i], w) if columns[i].kind == "name"  # type: ignore[arg-type]
-             else [_fitted_cell(c, level) for c in by_col[i]] for i, w in zip(shown, ws, strict=True)]
+def _build(
+    columns: list[Column],
+    by_col: list[list[Cell]],
+    shown: list[int],
+    level: int,
+    ws: list[int],
+    hidden: tuple[str, ...],
+    full: int,
+    shared: tuple[str, ...],
+) -> FittedTable:
+    table = FastTable(
+        [
+            FastColumn(
+                columns[i].title,
+                justify=columns[i].justify or ("right" if columns[i].kind == "number" else "left"),
+                style=columns[i].style,
+                max_width=w,
+                overflow="crop",
+            )
+            for i, w in zip(shown, ws, strict=True)
+        ]
+    )
+    cells = [
+        _name_texts(by_col[i], w)  # type: ignore[arg-type]
+        if columns[i].kind == "name"
+        else [_fitted_cell(c, level) for c in by_col[i]]
+        for i, w in zip(shown, ws, strict=True)
+    ]
     for row in zip(*cells, strict=True):
         table.add_row(*row)
     return FittedTable(Trimmed(table), hidden, full, shared)
@@ -349,7 +415,9 @@ def _fitted_cell(cell: Cell, level: int) -> Text:
     return _text(cell)  # type: ignore[arg-type]
 
 
-def _vertical(columns: list[Column], by_col: list[list[Cell]], shown: list[int], width: int) -> Text:
+def _vertical(
+    columns: list[Column], by_col: list[list[Cell]], shown: list[int], width: int
+) -> Text:
     """Each row as a block: its full name (wrapped at dots, indented), then 'title value · title value' wrapped."""
     text = Text()
     rows = len(by_col[0]) if by_col else 0
@@ -361,7 +429,11 @@ def _vertical(columns: list[Column], by_col: list[list[Cell]], shown: list[int],
             n = by_col[i][r]
             assert isinstance(n, Name)
             text.append_text(n.text("\n".join(_wrap_at_dots(n.name or "(model)", width))))
-        values = [f"{columns[i].title} {_at(by_col[i][r], 0) or '—'}" for i in shown if columns[i].kind != "name"]
+        values = [
+            f"{columns[i].title} {_at(by_col[i][r], 0) or '—'}"
+            for i in shown
+            if columns[i].kind != "name"
+        ]
         lines: list[str] = []
         for pair in values:  # wrapped between pairs: a title stays with its value
             if lines and cell_len(lines[-1]) + 3 + cell_len(pair) <= width - 2:
@@ -384,7 +456,9 @@ def _wrap_at_dots(name: str, width: int) -> list[str]:
             current = piece
         else:
             current += piece
-        while cell_len(current) > room > 0:  # a component longer than a line: cut it, nothing is lost
+        while (
+            cell_len(current) > room > 0
+        ):  # a component longer than a line: cut it, nothing is lost
             lines.append(current[:room])
             current = current[room:]
     lines.append(current)
@@ -423,10 +497,19 @@ class FastTable:
         self.rows.append([_text(c) for c in cells])
 
     def rich_table(self) -> Table:
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style=self.header_style)
+        table = Table(
+            box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style=self.header_style
+        )
         for c in self.columns:
-            table.add_column(c.title, justify=c.justify, style=c.style or None, no_wrap=True,  # type: ignore[arg-type]
-                             min_width=c.min_width, max_width=c.max_width, overflow=c.overflow)  # type: ignore[arg-type]
+            table.add_column(
+                c.title,
+                justify=c.justify,  # type: ignore[arg-type]
+                style=c.style or None,
+                no_wrap=True,
+                min_width=c.min_width,
+                max_width=c.max_width,
+                overflow=c.overflow,  # type: ignore[arg-type]
+            )
         for row in self.rows:
             table.add_row(*row)
         return table
@@ -445,10 +528,14 @@ class FastTable:
             widths.append(max(width, 1))
         return widths
 
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Segment | Table]:
+    def __rich_console__(
+        self, console: Console, options: ConsoleOptions
+    ) -> Iterator[Segment | Table]:
         widths = None if console.color_system is not None or options.ascii_only else self._widths()
         total = sum(widths) + 3 * (len(widths) - 1) if widths else 0
-        if widths is None or total > options.max_width:  # styles, ASCII-only box, wrapping: rich does it
+        if (
+            widths is None or total > options.max_width
+        ):  # styles, ASCII-only box, wrapping: rich does it
             yield self.rich_table()
             return
         # No colour: only the text matters, so each line is one plain string.
@@ -460,7 +547,9 @@ class FastTable:
     def _line(self, cells: list[str], widths: list[int]) -> str:
         parts = []
         for cell, width, column in zip(cells, widths, self.columns, strict=True):
-            if column.justify == "right":  # as rich's Text.wrap justifies right: trailing spaces go first
+            if (
+                column.justify == "right"
+            ):  # as rich's Text.wrap justifies right: trailing spaces go first
                 cell = cell.rstrip()
             size = len(cell) if cell.isascii() else cell_len(cell)
             if size > width:
@@ -482,7 +571,9 @@ def progress(message: str) -> contextlib.AbstractContextManager[object]:
     return Console(file=sys.stderr, markup=False, emoji=False).status(message, spinner="dots")
 
 
-def progress_bar(total: int, description: str) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+def progress_bar(
+    total: int, description: str
+) -> contextlib.AbstractContextManager[Callable[[int], None]]:
     """A byte-counting progress bar on stderr, on a terminal only; yields an advance(nbytes) callable."""
     return _ProgressBar(total, description)
 
@@ -496,8 +587,12 @@ class _ProgressBar:
         if not sys.stderr.isatty():
             return lambda _n: None
         self.progress = Progress(
-            TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-            console=Console(file=sys.stderr, markup=False, emoji=False), transient=True,
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=sys.stderr, markup=False, emoji=False),
+            transient=True,
         )
         self.progress.start()
         task = self.progress.add_task(self.description, total=self.total)
@@ -509,7 +604,9 @@ class _ProgressBar:
             self.progress.stop()
 
 
-def batch_progress(total: int, device: str) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+def batch_progress(
+    total: int, device: str
+) -> contextlib.AbstractContextManager[Callable[[int], None]]:
     """`stats --batches N`: a batch counter with an ETA on stderr, on a terminal only; yields advance(batches)."""
     return _BatchProgress(total, device)
 
@@ -523,9 +620,13 @@ class _BatchProgress:
         if not sys.stderr.isatty():
             return lambda _n: None
         self.progress = Progress(
-            TextColumn(f"running batches on {self.device}", markup=False), BarColumn(), MofNCompleteColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(),
-            console=Console(file=sys.stderr, force_terminal=True, markup=False, emoji=False), transient=True,
+            TextColumn(f"running batches on {self.device}", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(file=sys.stderr, force_terminal=True, markup=False, emoji=False),
+            transient=True,
         )
         self.progress.start()
         task = self.progress.add_task("batches", total=self.total)
@@ -540,7 +641,9 @@ class _BatchProgress:
 def _tensor_pieces(t: TensorRow) -> list[tuple[str, str]]:
     """A tensor's line as (text, style) pieces: rich's label and the plain writer's line are the same text."""
     pieces = [(t.short, "bold"), (f"  {shape_text(t.shape)}", "cyan"), (f"  {t.dtype}", "magenta")]
-    if t.logical_shape is not None:  # a packed quantized weight: the float shape it stands for, and its scheme
+    if (
+        t.logical_shape is not None
+    ):  # a packed quantized weight: the float shape it stands for, and its scheme
         if t.logical_shape != t.shape:
             pieces.append((f"  = {shape_text(t.logical_shape)}", "cyan"))
         if t.scheme != t.dtype:  # torch.ao's qint8 says it once
@@ -553,7 +656,9 @@ def _tensor_pieces(t: TensorRow) -> list[tuple[str, str]]:
         return pieces
     pieces.append((f"  {human_bytes(t.nbytes)}", "dim"))
     if t.kind == "buffer":
-        pieces.append(("  buffer" if t.persistent is not False else "  buffer, non-persistent", "blue"))
+        pieces.append(
+            ("  buffer" if t.persistent is not False else "  buffer, non-persistent", "blue")
+        )
     elif t.kind == "quant-aux":
         pieces.append((f"  quant-aux ({t.scheme})" if t.scheme else "  quant-aux", "blue"))
     elif t.requires_grad is False:
@@ -579,7 +684,9 @@ def _module_label(node: ModuleNode, report: TreeReport, is_root: bool, room: int
             # "h.0 … h.11": the run's own names, relative to the parent shown above it.
             parent = node.row.name.rpartition(".")[0].rpartition(".")[2]
             last = (node.last_name or "").rpartition(".")[2]
-            name = f"{parent}.{node.short} … {parent}.{last}" if parent else f"{node.short} … {last}"
+            name = (
+                f"{parent}.{node.short} … {parent}.{last}" if parent else f"{node.short} … {last}"
+            )
         label.append(name, style="bold")
         if node.repeat > 1:
             label.append(f"  ×{node.repeat}", style="bold yellow")
@@ -588,7 +695,10 @@ def _module_label(node: ModuleNode, report: TreeReport, is_root: bool, room: int
     hyper = dict(report.extra_reprs).get(row.name) if report.extra_reprs else None
     hyper_at = len(label)
     if node.repeat > 1:
-        label.append(f"  {human_count(row.params)} params each, {human_count(node.run_params)} in all", style="cyan")
+        label.append(
+            f"  {human_count(row.params)} params each, {human_count(node.run_params)} in all",
+            style="cyan",
+        )
         label.append(f"  {human_bytes(node.run_bytes)}", style="dim")
     elif row.params or row.bytes:
         label.append(f"  {human_count(row.params)} params", style="cyan")
@@ -601,7 +711,11 @@ def _module_label(node: ModuleNode, report: TreeReport, is_root: bool, room: int
         label.append("  frozen", style="red")
     elif row.trainable is not None and 0 < row.trainable < row.params:
         label.append(f"  {human_count(row.params - row.trainable)} frozen", style="red")
-    if row.training is not None and row.parent_training is not None and row.training != row.parent_training:
+    if (
+        row.training is not None
+        and row.parent_training is not None
+        and row.training != row.parent_training
+    ):
         label.append("  train" if row.training else "  eval", style="yellow")
     if report.shapes is not None:
         _shapes_cells(label, _shapes_of(report).get(row.name), node.repeat > 1)
@@ -658,8 +772,10 @@ def _add(tree: Tree, node: ModuleNode, report: TreeReport, room: int) -> None:
         branch, at, space = stack.pop()
         for t in at.tensors:
             branch.add(_tensor_label(t))
-        added = [(branch.add(_module_label(child, report, False, space - 4)), child, space - 4)
-                 for child in at.children]
+        added = [
+            (branch.add(_module_label(child, report, False, space - 4)), child, space - 4)
+            for child in at.children
+        ]
         stack.extend(reversed(added))
 
 
@@ -692,7 +808,9 @@ def plain_tree_lines(report: TreeReport, width: int) -> list[str] | None:
     def emit(prefix: str, more: str, text: str, room: int) -> bool:
         first = True
         for line in text.split("\n"):
-            if not line.isprintable() or (len(line) > room if line.isascii() else cell_len(line) > room):
+            if not line.isprintable() or (
+                len(line) > room if line.isascii() else cell_len(line) > room
+            ):
                 return False
             lines.append((prefix if first else more) + line.rstrip())
             first = False
@@ -721,7 +839,9 @@ def plain_tree_lines(report: TreeReport, width: int) -> list[str] | None:
             text = _module_label(item, report, False, room).plain
         else:
             text = "".join(piece for piece, _ in _tensor_pieces(item))
-        if not emit(guides + (end if last else fork), guides + (space if last else cont), text, room):
+        if not emit(
+            guides + (end if last else fork), guides + (space if last else cont), text, room
+        ):
             return None
         if isinstance(item, ModuleNode) and (item.tensors or item.children):
             push(item, guides + (space if last else cont), room)
@@ -771,20 +891,41 @@ def totals_table(report: TreeReport, width: int = 200) -> Text:
             detail = "kinds unknown, but for the standard buffers below"
     rows.append((kind, f"{t.params:,}", detail))
     if t.buffers is not None:
-        rows.append(("Buffers", f"{t.buffers:,}",
-                     f"persistent {t.persistent_buffers:,} · non-persistent {t.non_persistent_buffers:,}"))
+        rows.append(
+            (
+                "Buffers",
+                f"{t.buffers:,}",
+                f"persistent {t.persistent_buffers:,} · non-persistent {t.non_persistent_buffers:,}",
+            )
+        )
     rows.append(("Size", human_bytes(t.bytes), f"{t.bytes:,} bytes in {t.tensors:,} tensors"))
-    rows += [("By dtype" if i == 0 else "", f"{d.elements:,}",
-              f"{d.dtype} · {human_bytes(d.bytes)}" + (f" · {bpw}" if (bpw := bpw_text(d.bits_per_weight)) else ""))
-             for i, d in enumerate(report.by_dtype)]
-    rows += [("Quantized" if i == 0 else "", f"{d.elements:,}",
-              f"{d.dtype} · {human_bytes(d.bytes)}" + (f" · {d.bits_per_weight:.3g} bpw" if d.bits_per_weight else "")
-              + (" (auxiliary tensors included)" if i == len(report.by_scheme) - 1 else ""))
-             for i, d in enumerate(report.by_scheme)]
-    rows += [("Tied" if i == 0 else "", "", " = ".join(reversed(g))) for i, g in enumerate(report.tied)]
+    rows += [
+        (
+            "By dtype" if i == 0 else "",
+            f"{d.elements:,}",
+            f"{d.dtype} · {human_bytes(d.bytes)}"
+            + (f" · {bpw}" if (bpw := bpw_text(d.bits_per_weight)) else ""),
+        )
+        for i, d in enumerate(report.by_dtype)
+    ]
+    rows += [
+        (
+            "Quantized" if i == 0 else "",
+            f"{d.elements:,}",
+            f"{d.dtype} · {human_bytes(d.bytes)}"
+            + (f" · {d.bits_per_weight:.3g} bpw" if d.bits_per_weight else "")
+            + (" (auxiliary tensors included)" if i == len(report.by_scheme) - 1 else ""),
+        )
+        for i, d in enumerate(report.by_scheme)
+    ]
+    rows += [
+        ("Tied" if i == 0 else "", "", " = ".join(reversed(g))) for i, g in enumerate(report.tied)
+    ]
     rows += _shapes_rows(report)
-    rows += [("Other entries" if i == 0 else "", name, summary)
-             for i, (name, summary) in enumerate(report.other_entries)]
+    rows += [
+        ("Other entries" if i == 0 else "", name, summary)
+        for i, (name, summary) in enumerate(report.other_entries)
+    ]
     aliases = _alias_names(report)
     metadata = [(k, v) for k, v in report.metadata if k not in aliases]
     rows += [("Metadata" if i == 0 else "", k, v[:80]) for i, (k, v) in enumerate(metadata)]
@@ -813,11 +954,26 @@ def _shapes_rows(report: TreeReport) -> list[tuple[str, str, str]]:
     mode = "training" if report.shapes.training else "eval"
     return [
         ("Input", human_bytes(t.input_bytes), report.shapes.inputs),
-        ("MACs", human_count(t.macs), f"{t.macs:,} multiply-adds = {t.flops:,} FLOPs / 2, one forward ({mode} mode)"),
-        ("Forward", human_bytes(t.forward_bytes), f"{t.forward_bytes:,} bytes of leaf-module outputs"),
-        ("Backward", human_bytes(t.backward_bytes), f"{t.backward_bytes:,} bytes saved for backward, each storage once"),
-        ("Param bytes", human_bytes(t.param_bytes),
-         f"{t.param_bytes:,} bytes in the stored dtypes, tied once; buffers {human_bytes(t.buffer_bytes)}"),
+        (
+            "MACs",
+            human_count(t.macs),
+            f"{t.macs:,} multiply-adds = {t.flops:,} FLOPs / 2, one forward ({mode} mode)",
+        ),
+        (
+            "Forward",
+            human_bytes(t.forward_bytes),
+            f"{t.forward_bytes:,} bytes of leaf-module outputs",
+        ),
+        (
+            "Backward",
+            human_bytes(t.backward_bytes),
+            f"{t.backward_bytes:,} bytes saved for backward, each storage once",
+        ),
+        (
+            "Param bytes",
+            human_bytes(t.param_bytes),
+            f"{t.param_bytes:,} bytes in the stored dtypes, tied once; buffers {human_bytes(t.buffer_bytes)}",
+        ),
     ]
 
 
@@ -837,16 +993,25 @@ def _grad_cell(norm: float | None, nan: int, inf: int, flags: tuple[str, ...]) -
 
 # Stats columns, and the order they give way in a narrow terminal (highest `hide` first).
 STATS_COLUMNS = (
-    Column("module", kind="name"), Column("type", kind="text", hide=8, style="green"), Column("calls", hide=7),
-    Column("mean"), Column("std", hide=5), Column("min", hide=2), Column("max", hide=1), Column("zeros", hide=6),
-    Column("nan/inf", key="nan"), Column("dead", hide=3, shared=(("—", "no ReLU-family modules"),)),
+    Column("module", kind="name"),
+    Column("type", kind="text", hide=8, style="green"),
+    Column("calls", hide=7),
+    Column("mean"),
+    Column("std", hide=5),
+    Column("min", hide=2),
+    Column("max", hide=1),
+    Column("zeros", hide=6),
+    Column("nan/inf", key="nan"),
+    Column("dead", hide=3, shared=(("—", "no ReLU-family modules"),)),
     Column("‖∇out‖", key="grad_norm", shared=(("—", "no backward"),)),
     Column("‖∇param‖", hide=4, key="param_grad_norm"),
     Column("hist", kind="text", hide=9, style="cyan"),
 )
 
 
-def stats_renderable(report: StatsReport, width: int = 200, layout: TableLayout | None = None) -> RenderableType:
+def stats_renderable(
+    report: StatsReport, width: int = 200, layout: TableLayout | None = None
+) -> RenderableType:
     """The per-module table in execution order, then a one-paragraph verdict.
 
     The table fits `width` (see fit_table): values shared by every row above it, fewer digits, narrower
@@ -860,16 +1025,26 @@ def stats_renderable(report: StatsReport, width: int = 200, layout: TableLayout 
         bad = m.nan or m.inf
         dead_style = "yellow" if {"dead", "mostly-dead"} & set(m.flags) else ""
         mark = " ◀" if origin is not None and origin.module == m.name else ""
-        name = Name(m.name, tree=True, mark=mark, style="bold red" if bad else "", mark_style="bold red")
-        rows.append([
-            name, m.type, str(m.calls), Forms(num_forms(m.mean)), Forms(num_forms(m.std)), Forms(num_forms(m.min)),
-            Forms(num_forms(m.max)), percent(m.zero_fraction),
-            Text(f"{m.nan}/{m.inf}" if bad else "0", style="bold red" if bad else "dim"),
-            Text(percent(m.dead_fraction), style=dead_style),
-            _grad_cell(m.grad_norm, m.grad_nan, m.grad_inf, m.flags),
-            _grad_cell(m.param_grad_norm, m.param_grad_nan, m.param_grad_inf, ()),
-            sparkline(m.histogram),
-        ])
+        name = Name(
+            m.name, tree=True, mark=mark, style="bold red" if bad else "", mark_style="bold red"
+        )
+        rows.append(
+            [
+                name,
+                m.type,
+                str(m.calls),
+                Forms(num_forms(m.mean)),
+                Forms(num_forms(m.std)),
+                Forms(num_forms(m.min)),
+                Forms(num_forms(m.max)),
+                percent(m.zero_fraction),
+                Text(f"{m.nan}/{m.inf}" if bad else "0", style="bold red" if bad else "dim"),
+                Text(percent(m.dead_fraction), style=dead_style),
+                _grad_cell(m.grad_norm, m.grad_nan, m.grad_inf, m.flags),
+                _grad_cell(m.param_grad_norm, m.param_grad_nan, m.param_grad_inf, ()),
+                sparkline(m.histogram),
+            ]
+        )
     fitted = fit_table(STATS_COLUMNS, rows, width, layout)
     idle = [_module_name(m.name) for m in report.modules if not m.calls]
     parts: list[RenderableType] = [_stats_header(report), *fitted.parts(width)]
@@ -895,22 +1070,31 @@ def _stats_header(report: StatsReport) -> Text:
     text.append(report.source, style="bold")
     dtype = f", autocast {report.dtype}" if report.dtype else ""
     grads = f", backward on {loss_words(report.loss)}" if report.backward else ", forward only"
-    text.append(f"  ({report.mode} mode, {report.device}{dtype}, {report.batches} batch(es){grads})", style="dim")
+    text.append(
+        f"  ({report.mode} mode, {report.device}{dtype}, {report.batches} batch(es){grads})",
+        style="dim",
+    )
     text.append(f"\ninputs: {report.inputs}", style="dim")
     if report.frozen is not None:
-        text.append("\n" + frozen_text(report.frozen), style="yellow" if report.frozen.params else "dim")
+        text.append(
+            "\n" + frozen_text(report.frozen), style="yellow" if report.frozen.params else "dim"
+        )
     return text
 
 
 def frozen_text(frozen: FrozenParams) -> str:
     """'parameters: 1,610, 1,440 frozen (89.4%) in 8 tensors; fully frozen: features' or '…, all trainable'."""
     if not frozen.params:
-        return f"parameters: {frozen.total:,}, all trainable" if frozen.total else "parameters: none"
+        return (
+            f"parameters: {frozen.total:,}, all trainable" if frozen.total else "parameters: none"
+        )
     share = f"{100 * frozen.params / frozen.total:.1f}%" if frozen.total else "—"
     modules = collapse_indices([m or "(model)" for m in frozen.modules])
     shown = ", ".join(modules[:8]) + (f" and {len(modules) - 8} more" if len(modules) > 8 else "")
-    return (f"parameters: {frozen.total:,}, {frozen.params:,} frozen ({share}) in {frozen.tensors:,} tensor(s)"
-            + (f"; fully frozen: {shown}" if shown else ""))
+    return (
+        f"parameters: {frozen.total:,}, {frozen.params:,} frozen ({share}) in {frozen.tensors:,} tensor(s)"
+        + (f"; fully frozen: {shown}" if shown else "")
+    )
 
 
 def loss_words(loss: str) -> str:
@@ -965,7 +1149,9 @@ def origin_lines(origin: NonfiniteOrigin) -> list[str]:
     if origin.source is not None:
         lines.append(f"  at {origin.source}  {origin.code or ''}".rstrip())
     if origin.created_at is not None:
-        lines.append(f"  {origin.node} was created in forward at {origin.created_at}  {origin.created_code or ''}".rstrip())
+        lines.append(
+            f"  {origin.node} was created in forward at {origin.created_at}  {origin.created_code or ''}".rstrip()
+        )
     return lines
 
 
@@ -980,7 +1166,9 @@ def verdict_text(report: StatsReport) -> str:
     elif report.nonfinite_found:
         parts.append("non-finite values were found (see the nan/inf column)")
     else:
-        parts.append("every activation" + (" and gradient" if report.backward else "") + " was finite")
+        parts.append(
+            "every activation" + (" and gradient" if report.backward else "") + " was finite"
+        )
     if report.backward_origin is not None:
         parts.append(origin_text(report.backward_origin, first=False))
         lines += origin_lines(report.backward_origin)
@@ -990,7 +1178,10 @@ def verdict_text(report: StatsReport) -> str:
             dead.setdefault((m.type, percent(m.dead_fraction), m.units), []).append(m.name)
     for (typ, share, units), names in dead.items():
         parts.append(f"{_shown(names)} ({typ}): {share} of {units} units dead")
-    for flag, words in (("exploding-grad", "exploding gradient norm"), ("vanishing-grad", "vanishing gradient norm")):
+    for flag, words in (
+        ("exploding-grad", "exploding gradient norm"),
+        ("vanishing-grad", "vanishing gradient norm"),
+    ):
         by_type: dict[str, list[str]] = {}
         for m in report.modules:
             if flag in m.flags:
@@ -998,7 +1189,9 @@ def verdict_text(report: StatsReport) -> str:
         for typ, names in by_type.items():
             parts.append(f"{words} at {_shown(names, 5)} ({typ})")
     text = "; ".join(parts)
-    if text.startswith(("first ", "the ", "every ", "non-finite ")):  # a sentence, not a module name
+    if text.startswith(
+        ("first ", "the ", "every ", "non-finite ")
+    ):  # a sentence, not a module name
         text = text[0].upper() + text[1:]
     out = [text + ".", *lines]
     out += [f"Diagnosis: {d}." for d in report.diagnoses]
@@ -1018,7 +1211,9 @@ def grouped_pairs(items: Sequence[tuple[str, str, str]]) -> list[tuple[str, str,
     groups: dict[tuple[str, str], list[str]] = {}
     for name, a, b in items:
         groups.setdefault((a, b), []).append(name)
-    return [(names, a, b) for (a, b), members in groups.items() for names in collapse_indices(members)]
+    return [
+        (names, a, b) for (a, b), members in groups.items() for names in collapse_indices(members)
+    ]
 
 
 def _name_line(name: str, rest: str, width: int) -> str:
@@ -1044,15 +1239,20 @@ def _names_block(title: str, names: list[str], style: str, width: int = 200) -> 
 
 
 DIFF_COLUMNS = (
-    Column("tensor", kind="name"), Column("shape", kind="text", hide=1, justify="right"),
-    Column("differing"), Column("max |Δ|", key="max_abs_diff"), Column("mean |Δ|", hide=2, key="mean_abs_diff"),
-    Column("rel L2", key="rel_l2"), Column("cosine", hide=3),
+    Column("tensor", kind="name"),
+    Column("shape", kind="text", hide=1, justify="right"),
+    Column("differing"),
+    Column("max |Δ|", key="max_abs_diff"),
+    Column("mean |Δ|", hide=2, key="mean_abs_diff"),
+    Column("rel L2", key="rel_l2"),
+    Column("cosine", hide=3),
     Column("NaN A/B", kind="text", key="nan", shared=(("", "no NaN on either side"),)),
 )
 
 
-def diff_renderable(report: DiffReport, width: int = 200, limit: int = 50,
-                    layout: TableLayout | None = None) -> RenderableType:
+def diff_renderable(
+    report: DiffReport, width: int = 200, limit: int = 50, layout: TableLayout | None = None
+) -> RenderableType:
     """Summary first, then changed tensors by severity, the per-module roll-up, then structural differences.
 
     The changed-tensor table fits `width` (see fit_table); names in the lists are middle-elided to fit.
@@ -1067,45 +1267,71 @@ def diff_renderable(report: DiffReport, width: int = 200, limit: int = 50,
     nan = "NaN equals NaN" if report.nan_equal else "NaN differs from everything"
     head.append(f"tolerance: {report.tolerance}; {nan}", style="dim")
     if report.bytewise:
-        head.append(f"\n{report.bytewise} quantized tensor pairs compared byte for byte, not by value: "
-                    "'differing' counts the elements of the rows whose bytes differ", style="dim")
+        head.append(
+            f"\n{report.bytewise} quantized tensor pairs compared byte for byte, not by value: "
+            "'differing' counts the elements of the rows whose bytes differ",
+            style="dim",
+        )
     parts.append(head)
     summary = Text()
     summary.append(f"\n{report.compared} compared: {report.equal} equal", style="bold")
     if report.close:
         summary.append(f" ({len(report.close)} within tolerance, not identical)")
-    summary.append(f", {len(report.changed)} changed", style="bold red" if report.changed else "bold")
+    summary.append(
+        f", {len(report.changed)} changed", style="bold red" if report.changed else "bold"
+    )
     structural = [
-        (len(report.only_in_a), "only in A"), (len(report.only_in_b), "only in B"),
-        (len(report.shape_mismatch), "shape mismatches"), (len(report.dtype_mismatch), "dtype mismatches"),
+        (len(report.only_in_a), "only in A"),
+        (len(report.only_in_b), "only in B"),
+        (len(report.shape_mismatch), "shape mismatches"),
+        (len(report.dtype_mismatch), "dtype mismatches"),
     ]
-    summary.append("; " + ", ".join(f"{n} {label}" for n, label in structural),
-                   style="bold red" if any(n for n, _ in structural) else "")
+    summary.append(
+        "; " + ", ".join(f"{n} {label}" for n, label in structural),
+        style="bold red" if any(n for n, _ in structural) else "",
+    )
     parts.append(summary)
     for hint in report.hints:
         parts.append(Text(f"hint: {hint}", style="yellow"))
     if report.changed:
         parts.append(Text("\nChanged, most severe first", style="bold"))
         rows: list[list[Cell]] = [
-            [Name(d.name), shape_text(d.shape), Forms(ratio_forms(d.differing, d.numel)), Forms(num_forms(d.max_abs_diff)),
-             Forms(num_forms(d.mean_abs_diff)), Forms(num_forms(d.rel_l2)), Forms(num_forms(d.cosine)),
-             f"{d.nan_a}/{d.nan_b}" if d.nan_a or d.nan_b else ""]
+            [
+                Name(d.name),
+                shape_text(d.shape),
+                Forms(ratio_forms(d.differing, d.numel)),
+                Forms(num_forms(d.max_abs_diff)),
+                Forms(num_forms(d.mean_abs_diff)),
+                Forms(num_forms(d.rel_l2)),
+                Forms(num_forms(d.cosine)),
+                f"{d.nan_a}/{d.nan_b}" if d.nan_a or d.nan_b else "",
+            ]
             for d in report.changed[:limit]
         ]
         parts += fit_table(DIFF_COLUMNS, rows, width, layout).parts(width)
         if len(report.changed) > limit:
-            parts.append(Text(f"… {len(report.changed) - limit} more changed tensors (see --json)", style="dim"))
+            parts.append(
+                Text(
+                    f"… {len(report.changed) - limit} more changed tensors (see --json)",
+                    style="dim",
+                )
+            )
     if report.rollup or report.module_status:
         parts.append(_by_module(report, width, limit))
     if report.only_in_a:
         parts.append(_names_block("\nOnly in A", list(report.only_in_a), "red", width))
     if report.only_in_b:
         parts.append(_names_block("\nOnly in B", list(report.only_in_b), "red", width))
-    for title, items in (("Shape mismatches", report.shape_mismatch), ("Dtype mismatches", report.dtype_mismatch)):
+    for title, items in (
+        ("Shape mismatches", report.shape_mismatch),
+        ("Dtype mismatches", report.dtype_mismatch),
+    ):
         if items:
             text = Text(f"\n{title} ({len(items)})\n", style="bold red")
-            lines = [_name_line(names, f"{a} in A, {b} in B", width)
-                     for names, a, b in grouped_pairs([(m.name, m.a, m.b) for m in items])]
+            lines = [
+                _name_line(names, f"{a} in A, {b} in B", width)
+                for names, a, b in grouped_pairs([(m.name, m.a, m.b) for m in items])
+            ]
             for line in lines[:limit]:
                 text.append(f"{line}\n")
             if len(lines) > limit:
@@ -1113,15 +1339,19 @@ def diff_renderable(report: DiffReport, width: int = 200, limit: int = 50,
             text.rstrip()
             parts.append(text)
     if report.aliased:
-        text = Text(f"\nTied names matched through their partner ({len(report.aliased)})\n", style="bold")
+        text = Text(
+            f"\nTied names matched through their partner ({len(report.aliased)})\n", style="bold"
+        )
         for name, via in report.aliased[:limit]:
             text.append(f"  {name} = {via}\n", style="dim")
         if len(report.aliased) > limit:
             text.append(f"  … {len(report.aliased) - limit} more (see --json)\n", style="dim")
         text.rstrip()
         parts.append(text)
-    verdict_line = Text("\nThe checkpoints differ." if report.differs else "\nNo differences within tolerance.",
-                        style="bold red" if report.differs else "bold green")
+    verdict_line = Text(
+        "\nThe checkpoints differ." if report.differs else "\nNo differences within tolerance.",
+        style="bold red" if report.differs else "bold green",
+    )
     parts.append(verdict_line)
     return Trimmed(Group(*parts))
 
@@ -1139,30 +1369,46 @@ def _by_module(report: DiffReport, width: int, limit: int) -> Text:
     rolled = {r.module for r in report.rollup}
     for r in report.rollup[:limit]:
         rest = f"{r.changed} of {r.tensors} tensors changed, " + (
-            "compared byte for byte" if r.max_abs_diff is None else f"max |Δ| {r.max_abs_diff:.1e}")
+            "compared byte for byte" if r.max_abs_diff is None else f"max |Δ| {r.max_abs_diff:.1e}"
+        )
         text.append(_name_line(r.module or "(top level)", rest, width) + "\n")
     if len(report.rollup) > limit:
-        text.append(f"  … {len(report.rollup) - limit} more changed modules (see --json)\n", style="dim")
+        text.append(
+            f"  … {len(report.rollup) - limit} more changed modules (see --json)\n", style="dim"
+        )
     other = [m for m in report.module_status if m.status == "changed" and m.module not in rolled]
     for m in other[:limit]:
-        text.append(_name_line(m.module or "(top level)", "tensors differ in shape or are on one side only", width)
-                    + "\n")
+        text.append(
+            _name_line(
+                m.module or "(top level)", "tensors differ in shape or are on one side only", width
+            )
+            + "\n"
+        )
     for key, words in _MODULE_STATUS[1:]:
         names = collapse_indices(status.get(key, []))
         if names:
-            shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+            shown = ", ".join(names[:limit]) + (
+                f" and {len(names) - limit} more" if len(names) > limit else ""
+            )
             line = "\n".join(wrap_words(f"{words}: {shown}", width - 2, 2))
             text.append(f"  {line}\n", style="green" if key == "unchanged" else "red")
     text.rstrip()
     return text
 
 
-_MODULE_STATUS = (("changed", "changed"), ("unchanged", "unchanged"), ("only_in_a", "only in A"),
-                  ("only_in_b", "only in B"))
+_MODULE_STATUS = (
+    ("changed", "changed"),
+    ("unchanged", "unchanged"),
+    ("only_in_a", "only in A"),
+    ("only_in_b", "only in B"),
+)
 
 
-LOAD_COLUMNS = (Column("status", kind="text", lift=False), Column("count", lift=False),
-                Column("keys", kind="text", lift=False))
+LOAD_COLUMNS = (
+    Column("status", kind="text", lift=False),
+    Column("count", lift=False),
+    Column("keys", kind="text", lift=False),
+)
 
 
 def load_renderable(report: LoadReport, width: int = 200) -> RenderableType:
@@ -1183,15 +1429,37 @@ def load_renderable(report: LoadReport, width: int = 200) -> RenderableType:
     cast = {m.name for m in plan.cast}
     loaded = "loaded" if report.performed else "would load"
     rows: list[tuple[str, str, int, list[tuple[str, str]]]] = [
-        (loaded, "green", len(plan.loaded) - len(cast),
-         [(n, "") for n in collapse_indices([n for n in plan.loaded if n not in cast])]),
+        (
+            loaded,
+            "green",
+            len(plan.loaded) - len(cast),
+            [(n, "") for n in collapse_indices([n for n in plan.loaded if n not in cast])],
+        ),
         ("cast", "yellow", len(plan.cast), _cast_items(report)),
         ("tied", "green", len(plan.tied), [(f"{a.name} = {a.target}", "") for a in plan.tied]),
-        ("mismatched", "red", len(plan.mismatched),
-         [(names, f"{model} in the model, {ckpt} in the checkpoint")
-          for names, model, ckpt in grouped_pairs([(m.name, m.model, m.checkpoint) for m in plan.mismatched])]),
-        ("missing", "red", len(plan.missing), [(n, "") for n in collapse_indices(list(plan.missing))]),
-        ("unexpected", "red", len(plan.unexpected), [(n, "") for n in collapse_indices(list(plan.unexpected))]),
+        (
+            "mismatched",
+            "red",
+            len(plan.mismatched),
+            [
+                (names, f"{model} in the model, {ckpt} in the checkpoint")
+                for names, model, ckpt in grouped_pairs(
+                    [(m.name, m.model, m.checkpoint) for m in plan.mismatched]
+                )
+            ],
+        ),
+        (
+            "missing",
+            "red",
+            len(plan.missing),
+            [(n, "") for n in collapse_indices(list(plan.missing))],
+        ),
+        (
+            "unexpected",
+            "red",
+            len(plan.unexpected),
+            [(n, "") for n in collapse_indices(list(plan.unexpected))],
+        ),
     ]
     shown_rows = [r for r in rows if r[2]]
     status_w = max([6, *(len(r[0]) for r in shown_rows)])
@@ -1203,7 +1471,9 @@ def load_renderable(report: LoadReport, width: int = 200) -> RenderableType:
         if len(items) > 30:
             lines.append(f"… {len(items) - 30} more (see --json)")
         rows_out.append([Text(status, style=f"bold {style}"), str(count), "\n".join(lines)])
-    parts += fit_table(LOAD_COLUMNS, rows_out, width).parts(width)  # every key line is made to fit keys_w first
+    parts += fit_table(LOAD_COLUMNS, rows_out, width).parts(
+        width
+    )  # every key line is made to fit keys_w first
     for hint in plan.hints:
         parts.append(Text(f"hint: {hint}", style="yellow"))
     parts.append(Text(_load_outcome(report), style="bold red" if report.strict_failed else "bold"))
@@ -1259,19 +1529,28 @@ def _load_outcome(report: LoadReport) -> str:
         return f"Dry run: {len(plan.loaded)} tensors would load; nothing was changed."
     if not report.performed:
         return "Nothing was loaded."
-    skipped = f", {len(plan.mismatched)} mismatched left at the model's values" if plan.mismatched else ""
-    wrote = (f"; wrote {report.written}" if report.written
-             else "; nothing was kept: the model lives only in this process (pass --out FILE to write it)")
+    skipped = (
+        f", {len(plan.mismatched)} mismatched left at the model's values" if plan.mismatched else ""
+    )
+    wrote = (
+        f"; wrote {report.written}"
+        if report.written
+        else "; nothing was kept: the model lives only in this process (pass --out FILE to write it)"
+    )
     return f"Loaded {len(plan.loaded)} tensors into the model{skipped}{wrote}."
 
 
-def _last(values: tuple[float | None, ...], bad: tuple[bool, ...], fmt: Callable[[float | None], str]) -> Text:
+def _last(
+    values: tuple[float | None, ...], bad: tuple[bool, ...], fmt: Callable[[float | None], str]
+) -> Text:
     if bad and bad[-1]:
         return Text("nan/inf", style="bold red")
     return Text(fmt(values[-1]) if values else "—")
 
 
-def run_renderable(report: RunReport, width: int = 200, layout: TableLayout | None = None) -> RenderableType:
+def run_renderable(
+    report: RunReport, width: int = 200, layout: TableLayout | None = None
+) -> RenderableType:
     """Per module, sparklines over the logged steps of std, ‖∇out‖ and dead fraction; then the first bad step.
 
     The three sparklines share what the other columns leave of `width` (one cell per step, or per run of
@@ -1285,14 +1564,26 @@ def run_renderable(report: RunReport, width: int = 200, layout: TableLayout | No
     name_w = min(max((cell_len(n.full()) for n in names), default=8) + 2, 48)  # + " ◀"
     type_w = min(max((len(m.type) for m in report.modules), default=4), 24)
     # Each column is followed by 3 cells (padding, SIMPLE_HEAD's blank divider, padding); a last value takes ≤ 9.
-    fixed = name_w + 3 + (type_w + 3 if show_type else 0) + (3 * (9 + 3) if show_last else 0) + 3 * 3 + 6
+    fixed = (
+        name_w
+        + 3
+        + (type_w + 3 if show_type else 0)
+        + (3 * (9 + 3) if show_last else 0)
+        + 3 * 3
+        + 6
+    )
     spark_w = len(report.steps) if wide else max(4, min(len(report.steps), (width - fixed) // 3))
     columns, rows = _run_table(report, names, spark_w, show_type, show_last)
     if not wide and (layout is None or layout.columns is None) and len(rows) > 1:
         # What moves above the table ('bad at 300', the last values every row shares, an empty dead column)
         # leaves its width to the sparklines.
-        same = [i for i, c in enumerate(columns) if c.lift and len({_at(r[i], 0) for r in rows}) == 1]
-        freed = sum(12 if columns[i].title == "last" else 9 if columns[i].key == "bad_at" else 3 for i in same)
+        same = [
+            i for i, c in enumerate(columns) if c.lift and len({_at(r[i], 0) for r in rows}) == 1
+        ]
+        freed = sum(
+            12 if columns[i].title == "last" else 9 if columns[i].key == "bad_at" else 3
+            for i in same
+        )
         sparks = 3 - sum(columns[i].key == "dead" for i in same)
         wider = max(4, min(len(report.steps), (width - fixed + freed) // sparks))
         if wider != spark_w:
@@ -1303,8 +1594,9 @@ def run_renderable(report: RunReport, width: int = 200, layout: TableLayout | No
     return Group(_run_header(report, spark_w), *fitted.parts(width), _run_verdict(report))
 
 
-def _run_table(report: RunReport, names: list[Name], spark_w: int, show_type: bool,
-               show_last: bool) -> tuple[list[Column], list[list[Cell]]]:
+def _run_table(
+    report: RunReport, names: list[Name], spark_w: int, show_type: bool, show_last: bool
+) -> tuple[list[Column], list[list[Cell]]]:
     """The run table's columns and rows, each sparkline `spark_w` cells wide."""
     columns = [Column("module", kind="name")]
     if show_type:
@@ -1313,30 +1605,63 @@ def _run_table(report: RunReport, names: list[Name], spark_w: int, show_type: bo
     for title, key in (("std", "std"), (grad_title, "grad_norm"), ("dead", "dead")):
         # Sparklines are scaled per row: the same shape on every row is no shared value, but no dead fraction is.
         shared = (("", "no ReLU-family modules"),) if key == "dead" else ()
-        columns.append(Column(title, kind="text", style="cyan", key=key, shared=shared, lift=key == "dead"))
+        columns.append(
+            Column(title, kind="text", style="cyan", key=key, shared=shared, lift=key == "dead")
+        )
         if show_last:
             about = f"last {title.removesuffix(' (log)')}"
-            columns.append(Column("last", key=f"{key}_last", about=about,
-                                  shared=(("—", "no ReLU-family modules"),) if key == "dead" else ()))
-    columns.append(Column("bad at", kind="text", justify="right", key="bad_at",
-                          shared=(("—", "no NaN/Inf in any module"),)))
+            columns.append(
+                Column(
+                    "last",
+                    key=f"{key}_last",
+                    about=about,
+                    shared=(("—", "no ReLU-family modules"),) if key == "dead" else (),
+                )
+            )
+    columns.append(
+        Column(
+            "bad at",
+            kind="text",
+            justify="right",
+            key="bad_at",
+            shared=(("—", "no NaN/Inf in any module"),),
+        )
+    )
     origin = report.first_bad
     rows: list[list[Cell]] = []
     for m, name in zip(report.modules, names, strict=True):
         mark = " ◀" if origin is not None and origin.module == m.name else ""
-        label = replace(name, mark=mark, style="bold red" if m.first_bad_step is not None else "",
-                        mark_style="bold red")
+        label = replace(
+            name,
+            mark=mark,
+            style="bold red" if m.first_bad_step is not None else "",
+            mark_style="bold red",
+        )
         cells: list[Cell] = [label, Text(m.type)] if show_type else [label]
         for spark, last in (
             (series_sparkline(m.std, m.nonfinite, spark_w), _last(m.std, m.nonfinite, num)),
-            (Text(series_sparkline(m.grad_norm, m.grad_nonfinite, spark_w, log=True), style=_grad_style(m.flags)),
-             _last(m.grad_norm, m.grad_nonfinite, num)),
-            (series_sparkline(m.dead_fraction, (), spark_w, lo=0.0, hi=1.0).strip() and  # all blank: no value
-             series_sparkline(m.dead_fraction, (), spark_w, lo=0.0, hi=1.0), _last(m.dead_fraction, (), percent)),
+            (
+                Text(
+                    series_sparkline(m.grad_norm, m.grad_nonfinite, spark_w, log=True),
+                    style=_grad_style(m.flags),
+                ),
+                _last(m.grad_norm, m.grad_nonfinite, num),
+            ),
+            (
+                series_sparkline(
+                    m.dead_fraction, (), spark_w, lo=0.0, hi=1.0
+                ).strip()  # all blank: no value
+                and series_sparkline(m.dead_fraction, (), spark_w, lo=0.0, hi=1.0),
+                _last(m.dead_fraction, (), percent),
+            ),
         ):
             cells += [spark, last] if show_last else [spark]
-        cells.append(Text("—" if m.first_bad_step is None else str(m.first_bad_step),
-                          style="bold red" if m.first_bad_step is not None else "dim"))
+        cells.append(
+            Text(
+                "—" if m.first_bad_step is None else str(m.first_bad_step),
+                style="bold red" if m.first_bad_step is not None else "dim",
+            )
+        )
         rows.append(cells)
     return columns, rows
 
@@ -1348,9 +1673,13 @@ def _run_header(report: RunReport, spark_w: int) -> Text:
     text = Text()
     text.append(report.path, style="bold")
     ranks = f", {h.world_size} ranks" if h.world_size > 1 else ""
-    text.append(f"  ({h.schema}: {h.model} on {h.device}{ranks}, every {h.every} steps)", style="dim")
+    text.append(
+        f"  ({h.schema}: {h.model} on {h.device}{ranks}, every {h.every} steps)", style="dim"
+    )
     try:
-        started = datetime.datetime.fromtimestamp(h.started, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        started = datetime.datetime.fromtimestamp(h.started, datetime.UTC).strftime(
+            "%Y-%m-%d %H:%M:%S UTC"
+        )
     except (OverflowError, OSError, ValueError):  # a header's clock can be anything
         started = f"at unix time {h.started}"
     steps = report.steps
@@ -1360,7 +1689,10 @@ def _run_header(report: RunReport, spark_w: int) -> Text:
     if losses:
         text.append(f"\nloss {num(losses[0])} → {num(losses[-1])}  ")
         # A null loss in a run that logs one was not finite (the schema writes NaN/Inf as null): mark it.
-        text.append(series_sparkline(report.loss, tuple(v is None for v in report.loss), spark_w), style="cyan")
+        text.append(
+            series_sparkline(report.loss, tuple(v is None for v in report.loss), spark_w),
+            style="cyan",
+        )
     return text
 
 
@@ -1373,8 +1705,12 @@ def _run_verdict(report: RunReport) -> Text:
     for flag, words in (("exploding-grad", "exploding"), ("vanishing-grad", "vanishing")):
         flagged = [_module_name(m.name) for m in report.modules if flag in m.flags]
         if flagged:
-            text.append(f"\nGradient flow: {words} mean ‖∇out‖ at {', '.join(flagged[:5])}"
-                        + (f" and {len(flagged) - 5} more" if len(flagged) > 5 else "") + ".", style="yellow")
+            text.append(
+                f"\nGradient flow: {words} mean ‖∇out‖ at {', '.join(flagged[:5])}"
+                + (f" and {len(flagged) - 5} more" if len(flagged) > 5 else "")
+                + ".",
+                style="yellow",
+            )
     return text
 
 
@@ -1412,7 +1748,9 @@ def doctor_renderable(report: DoctorReport, width: int = 200) -> RenderableType:
             line.append("  " + _plain(", ".join(f.where.describe() for f in block)))
             parts.append(line)
             parts.append(Trimmed(Padding(Text(_plain(first.message)), (0, 0, 0, 6))))
-            parts.append(Trimmed(Padding(Text(_plain(f"fix: {first.fix}"), style="dim"), (0, 0, 0, 6))))
+            parts.append(
+                Trimmed(Padding(Text(_plain(f"fix: {first.fix}"), style="dim"), (0, 0, 0, 6)))
+            )
     if report.notes:
         parts.append(Text(""))
     for note in report.notes:

@@ -12,7 +12,9 @@ from typing import Any
 from modinspect.reports.doctor import CATALOG, DoctorReport, Finding
 from modinspect.version import __version__
 
-SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
+SARIF_SCHEMA = (
+    "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
+)
 LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 
 
@@ -48,22 +50,40 @@ def sarif_document(report: DoctorReport) -> dict[str, Any]:
     """The SARIF 2.1.0 log of one doctor run."""
     rules = list(dict.fromkeys([*report.checks, *(f.id for f in report.findings)]))
     index = {r: i for i, r in enumerate(rules)}
-    results = [{
-        "ruleId": f.id,
-        "ruleIndex": index[f.id],
-        "level": LEVEL[f.severity],
-        "message": {"text": f"{f.message}. Fix: {f.fix}." if not f.message.endswith(".") else
-                    f"{f.message} Fix: {f.fix}."},
-        "locations": [_location(f, report)],
-    } for f in report.findings]
+    results = [
+        {
+            "ruleId": f.id,
+            "ruleIndex": index[f.id],
+            "level": LEVEL[f.severity],
+            "message": {
+                "text": f"{f.message}. Fix: {f.fix}."
+                if not f.message.endswith(".")
+                else f"{f.message} Fix: {f.fix}."
+            },
+            "locations": [_location(f, report)],
+        }
+        for f in report.findings
+    ]
     return {
         "$schema": SARIF_SCHEMA,
         "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {"name": "modinspect doctor", "version": __version__,
-                                "rules": [_rule(r) for r in rules]}},
-            "results": results,
-            "properties": {"source": report.source, "kind": report.kind, "context": report.context,
-                           "inputs": report.inputs, "notes": list(report.notes)},
-        }],
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "modinspect doctor",
+                        "version": __version__,
+                        "rules": [_rule(r) for r in rules],
+                    }
+                },
+                "results": results,
+                "properties": {
+                    "source": report.source,
+                    "kind": report.kind,
+                    "context": report.context,
+                    "inputs": report.inputs,
+                    "notes": list(report.notes),
+                },
+            }
+        ],
     }

@@ -70,7 +70,9 @@ def visible_report(report: T) -> T:
                 out.append(child)
             continue
         stack.pop()
-        built = obj if all(a is b for a, b in zip(out, children, strict=True)) else _rebuild(obj, out)
+        built = (
+            obj if all(a is b for a, b in zip(out, children, strict=True)) else _rebuild(obj, out)
+        )
         (stack[-1][3] if stack else done).append(built)
     return done[0]  # type: ignore[no-any-return]
 
@@ -91,7 +93,9 @@ def _printable_rows(rows: tuple[Any, ...]) -> bool:
     fields = _flat_fields(cls)
     if fields is None:
         return False
-    return all("".join(filter(None, map(operator.attrgetter(name), rows))).isprintable() for name in fields)
+    return all(
+        "".join(filter(None, map(operator.attrgetter(name), rows))).isprintable() for name in fields
+    )
 
 
 _FLAT: dict[type, tuple[str, ...] | None] = {}
@@ -120,7 +124,9 @@ def _text_fields(cls: type) -> tuple[str, ...]:
         _PENDING.add(cls)
         try:
             hints = typing.get_type_hints(cls)
-            names = tuple(f.name for f in dataclasses.fields(cls) if _hint_holds_text(hints[f.name]))
+            names = tuple(
+                f.name for f in dataclasses.fields(cls) if _hint_holds_text(hints[f.name])
+            )
         finally:
             _PENDING.discard(cls)
         _TEXT_FIELDS[cls] = names
@@ -203,9 +209,11 @@ def sparkline(counts: tuple[int, ...], width: int = 8) -> str:
     if not counts or not any(counts):
         return ""
     step = max(1, len(counts) // width)
-    merged = [sum(counts[i:i + step]) for i in range(0, len(counts), step)]
+    merged = [sum(counts[i : i + step]) for i in range(0, len(counts), step)]
     top = max(merged)
-    return "".join(SPARKS[0] if c == 0 else SPARKS[max(1, round(c / top * (len(SPARKS) - 1)))] for c in merged)
+    return "".join(
+        SPARKS[0] if c == 0 else SPARKS[max(1, round(c / top * (len(SPARKS) - 1)))] for c in merged
+    )
 
 
 def num(value: float | None, digits: int = 4) -> str:
@@ -221,7 +229,9 @@ def num(value: float | None, digits: int = 4) -> str:
         return str(value)
     if 1e-3 <= abs(value) < 1e4:
         text = f"{value:.{digits}g}"
-        return text if "e" not in text else f"{value:.0f}"  # 1e4 > |value| >= 10**digits: keep it whole
+        return (
+            text if "e" not in text else f"{value:.0f}"
+        )  # 1e4 > |value| >= 10**digits: keep it whole
     text = f"{value:.{2 if digits >= 4 else 1}e}"
     if digits >= 3:
         return text
@@ -260,7 +270,7 @@ def elide_middle(name: str, width: int) -> str:
     if len(name) <= width:
         return name
     indent = name[: len(name) - len(name.lstrip(" "))]
-    body, room = name[len(indent):], width - len(indent) - 1
+    body, room = name[len(indent) :], width - len(indent) - 1
     if room < 2:
         return (indent + body)[: max(width - 1, 0)] + "…"
     parts = body.split(".")
@@ -271,7 +281,7 @@ def elide_middle(name: str, width: int) -> str:
             break
         tail = longer
     if not tail:
-        tail = body[-(room // 2):]
+        tail = body[-(room // 2) :]
     head_room = room - len(tail)
     head = ""
     for i in range(1, len(parts)):
@@ -294,7 +304,7 @@ def elide_left(name: str, width: int) -> str:
     if cell_width(name) <= width:
         return name
     if width < 2:
-        return "…"[:max(width, 0)]
+        return "…"[: max(width, 0)]
     parts = name.split(".")
     tail = ""
     for i in range(len(parts) - 1, -1, -1):
@@ -303,7 +313,7 @@ def elide_left(name: str, width: int) -> str:
             break
         tail = longer
     if not tail:
-        tail = name[-(width - 1):]
+        tail = name[-(width - 1) :]
         while cell_width(tail) > width - 1:
             tail = tail[1:]
     return "…" + tail
@@ -349,7 +359,10 @@ def cell_width(text: str) -> int:
         return len(text)
     import unicodedata
 
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 0 if unicodedata.combining(c) else 1 for c in text)
+    return sum(
+        2 if unicodedata.east_asian_width(c) in "WF" else 0 if unicodedata.combining(c) else 1
+        for c in text
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,8 +390,14 @@ def buckets(n: int, width: int) -> list[range]:
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def series_sparkline(values: tuple[float | None, ...], bad: tuple[bool, ...] = (), width: int = 24,
-                     log: bool = False, lo: float | None = None, hi: float | None = None) -> str:
+def series_sparkline(
+    values: tuple[float | None, ...],
+    bad: tuple[bool, ...] = (),
+    width: int = 24,
+    log: bool = False,
+    lo: float | None = None,
+    hi: float | None = None,
+) -> str:
     """A series over steps -> one cell per step (or per run of steps when longer than `width`).
 
     A cell is the mean of its finite values on a scale from `lo` to `hi` (default: the series' own range,
@@ -392,7 +411,9 @@ def series_sparkline(values: tuple[float | None, ...], bad: tuple[bool, ...] = (
         finite = [v for v in (values[i] for i in run) if v is not None and math.isfinite(v)]
         if log:
             finite = [math.log10(v) for v in finite if v > 0] or ([-math.inf] if finite else [])
-        cells.append(math.fsum(v / len(finite) for v in finite) if finite else " ")  # 2 × 1e308 overflows
+        cells.append(
+            math.fsum(v / len(finite) for v in finite) if finite else " "
+        )  # 2 × 1e308 overflows
     numbers = [c for c in cells if isinstance(c, float) and math.isfinite(c)]
     if log:
         lo = math.log10(lo) if lo is not None and lo > 0 else None

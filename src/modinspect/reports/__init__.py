@@ -16,8 +16,12 @@ class TensorRow:
     requires_grad: bool | None
     persistent: bool | None
     alias_of: str | None  # the first name of its tied group, when this one is a later alias
-    scheme: str | None = None  # a quantized layer's scheme, on its packed weight and its auxiliary tensors
-    logical_shape: tuple[int, ...] | None = None  # the shape a packed weight stands for (GPTQ's qweight: [out, in])
+    scheme: str | None = (
+        None  # a quantized layer's scheme, on its packed weight and its auxiliary tensors
+    )
+    logical_shape: tuple[int, ...] | None = (
+        None  # the shape a packed weight stands for (GPTQ's qweight: [out, in])
+    )
 
     @property
     def short(self) -> str:
@@ -48,9 +52,13 @@ class ModuleRow:
     bytes: int
     trainable: int | None
     training: bool | None
-    parent_training: bool | None = None  # the parent module's flag (None for the root, or when unknown)
+    parent_training: bool | None = (
+        None  # the parent module's flag (None for the root, or when unknown)
+    )
     scheme: str | None = None  # a quantized layer's own scheme ('gptq 4-bit g128')
-    bits_per_weight: float | None = None  # its packed weight and auxiliary tensors' bits per logical weight
+    bits_per_weight: float | None = (
+        None  # its packed weight and auxiliary tensors' bits per logical weight
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +133,9 @@ class ModuleShapes:
     output_dtypes: tuple[str, ...]
     flops: int  # torch.utils.flop_counter's count: a multiply-add is 2 FLOPs
     output_bytes: int  # bytes of the tensors it returned, over all calls
-    saved_bytes: int  # bytes autograd saved for backward while it ran, each storage once, weights excluded
+    saved_bytes: (
+        int  # bytes autograd saved for backward while it ran, each storage once, weights excluded
+    )
 
     @property
     def macs(self) -> int:
@@ -230,7 +240,9 @@ class LoadReport:
     written: str | None
     # (model name, max |checkpoint value − value the model holds after copy_|) for each cast key, once copied
     cast_errors: tuple[tuple[str, float], ...] = ()
-    would_call: tuple[str, ...] = ()  # globals the checkpoint's pickle calls: torch.load would run them
+    would_call: tuple[
+        str, ...
+    ] = ()  # globals the checkpoint's pickle calls: torch.load would run them
 
     @property
     def strict_failed(self) -> bool:
@@ -263,8 +275,12 @@ class ModuleStats:
     param_grad_nan: int
     param_grad_inf: int
     histogram: tuple[int, ...]  # counts over [min, max] of the first call, for sparklines
-    flags: tuple[str, ...]  # nan, inf, dead, mostly-dead, exploding-grad, vanishing-grad, nonfinite-grad
-    histogram_edges: tuple[float, ...] = ()  # len(histogram) + 1 edges, equal widths over [min, max]
+    flags: tuple[
+        str, ...
+    ]  # nan, inf, dead, mostly-dead, exploding-grad, vanishing-grad, nonfinite-grad
+    histogram_edges: tuple[
+        float, ...
+    ] = ()  # len(histogram) + 1 edges, equal widths over [min, max]
     input_from: str | None = None  # the hooked module whose output this module's first input was
 
 
@@ -289,7 +305,9 @@ class NonfiniteOrigin:
     tensor: str | None = None  # cause weight: the parameter or buffer that already held NaN/Inf
     detail: str | None = None  # "holds 1 NaN", "exceeds float16's largest finite value 65504"
     rank: int | None = None  # under torchrun: the rank whose shard held it (None on one process)
-    caller: str | None = None  # watch: file:line of the user's own code that called the model (train.py:42)
+    caller: str | None = (
+        None  # watch: file:line of the user's own code that called the model (train.py:42)
+    )
     caller_code: str | None = None
 
 
@@ -300,7 +318,9 @@ class FrozenParams:
     params: int  # elements of the frozen parameters
     total: int  # elements of all parameters
     tensors: int  # frozen parameter tensors
-    modules: tuple[str, ...]  # the modules every parameter of which is frozen, the outermost only ("" the model)
+    modules: tuple[
+        str, ...
+    ]  # the modules every parameter of which is frozen, the outermost only ("" the model)
 
 
 @dataclass(frozen=True)
@@ -321,14 +341,20 @@ class StatsReport:
     backward_origin: NonfiniteOrigin | None = None
     diagnoses: tuple[str, ...] = ()  # plain-language causes where the evidence is clear
     frozen: FrozenParams | None = None  # None: the parameters were not counted
-    would_call: tuple[str, ...] = ()  # globals the model's --weights pickle calls: torch.load would run them
+    would_call: tuple[
+        str, ...
+    ] = ()  # globals the model's --weights pickle calls: torch.load would run them
 
     def has(self, finding: str) -> bool:
         """Whether a `--fail-on` finding is present: nan, dead, mostly-dead, exploding or vanishing."""
         if finding == "nan":
             return self.nonfinite_found
-        flags = {"dead": ("dead",), "mostly-dead": ("dead", "mostly-dead"), "exploding": ("exploding-grad",),
-                 "vanishing": ("vanishing-grad",)}[finding]
+        flags = {
+            "dead": ("dead",),
+            "mostly-dead": ("dead", "mostly-dead"),
+            "exploding": ("exploding-grad",),
+            "vanishing": ("vanishing-grad",),
+        }[finding]
         return any(f in m.flags for m in self.modules for f in flags)
 
 
@@ -365,7 +391,9 @@ class TensorDiff:
     inf_a: int
     inf_b: int
     status: str  # equal | close | changed
-    note: str | None = None  # how the pair was compared, where not by value ("quantized: compared byte for byte")
+    note: str | None = (
+        None  # how the pair was compared, where not by value ("quantized: compared byte for byte")
+    )
 
 
 @dataclass(frozen=True)
@@ -404,19 +432,29 @@ class DiffReport:
     equal: int  # tensors equal within tolerance (close ones included)
     identical: int  # of which bitwise/numerically identical
     compared: int
-    aliased: tuple[tuple[str, str], ...]  # (name only one side stores, the tied name it matched through)
+    aliased: tuple[
+        tuple[str, str], ...
+    ]  # (name only one side stores, the tied name it matched through)
     rollup: tuple[ModuleRollup, ...]
     hints: tuple[str, ...]
     tolerance: str
     nan_equal: bool
-    bytewise: int = 0  # pairs of one quantized type (GGUF's Q4_K, ...) compared byte for byte, not by value
+    bytewise: int = (
+        0  # pairs of one quantized type (GGUF's Q4_K, ...) compared byte for byte, not by value
+    )
     module_status: tuple[ModuleStatus, ...] = ()  # every module, in first-seen order
     would_call_a: tuple[str, ...] = ()  # globals A's pickle calls: torch.load would run them
     would_call_b: tuple[str, ...] = ()
 
     @property
     def differs(self) -> bool:
-        return bool(self.only_in_a or self.only_in_b or self.shape_mismatch or self.dtype_mismatch or self.changed)
+        return bool(
+            self.only_in_a
+            or self.only_in_b
+            or self.shape_mismatch
+            or self.dtype_mismatch
+            or self.changed
+        )
 
 
 @dataclass(frozen=True)
@@ -459,7 +497,9 @@ class ModuleSeries:
     first_bad_step: int | None
     grad_norm_mean: float | None  # gradient flow: over the finite logged values
     grad_norm_max: float | None
-    flags: tuple[str, ...] = ()  # exploding-grad | vanishing-grad: mean ‖∇out‖ 1000× off the median module's
+    flags: tuple[
+        str, ...
+    ] = ()  # exploding-grad | vanishing-grad: mean ‖∇out‖ 1000× off the median module's
 
 
 @dataclass(frozen=True)
@@ -531,6 +571,8 @@ class WatchReport:
     nonfinite_step: int | None
     nonfinite_origin: NonfiniteOrigin | None
     log: str | None
-    mode: str = "sentinel"  # sentinel: modules are the logged steps' statistics; window: every step's
+    mode: str = (
+        "sentinel"  # sentinel: modules are the logged steps' statistics; window: every step's
+    )
     explanation: str | None = None  # what the update history showed before the first NaN/Inf
     loop_warnings: tuple[str, ...] = ()  # mistakes seen in the training loop, once each

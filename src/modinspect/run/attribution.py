@@ -83,7 +83,7 @@ def frame_from_traceback(lines: list[str], skip_dirs: tuple[str, ...]) -> Source
         head, _, rest = entry.strip().partition("\n")
         if not head.startswith('File "'):
             continue
-        filename = head[len('File "'):].partition('"')[0]
+        filename = head[len('File "') :].partition('"')[0]
         try:
             lineno = int(head.partition(", line ")[2].partition(",")[0])
         except ValueError:
@@ -107,14 +107,18 @@ def _leaves(obj: Any) -> list[Any]:
 class OpTracer:
     """Records, during one replay, the ops that made a NaN/Inf out of finite inputs."""
 
-    def __init__(self, current_module: Callable[[], int | None], paused: Callable[[], bool]) -> None:
+    def __init__(
+        self, current_module: Callable[[], int | None], paused: Callable[[], bool]
+    ) -> None:
         self.current_module = current_module
         self.paused = paused
         self.events: list[OpEvent] = []
         self.skip = (_torch_dir() + os.sep,)
         self.node: Any = None  # the backward node running now
         self.node_module: dict[int, tuple[Any, int]] = {}  # id(node) -> (node, module)
-        self.parents: dict[int, Any] = {}  # id(node) -> a node that feeds it its gradient (toward the loss)
+        self.parents: dict[
+            int, Any
+        ] = {}  # id(node) -> a node that feeds it its gradient (toward the loss)
         self._finite: dict[int, tuple[weakref.ref[Any], int, bool]] = {}
         self._handles: list[Any] = []
         self.failures = 0  # ops the tracer could not check
@@ -138,8 +142,14 @@ class OpTracer:
 
         return [x for x in _leaves(obj) if isinstance(x, torch.Tensor)]
 
-    def on_op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], inputs_ok: bool | None,
-              out: Any) -> None:
+    def on_op(
+        self,
+        func: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        inputs_ok: bool | None,
+        out: Any,
+    ) -> None:
         import torch
 
         bad = [t for t in self._tensors(out) if not self._is_finite(t)]
@@ -154,10 +164,21 @@ class OpTracer:
         phase = "backward" if self.node is not None else "forward"
         name = func._schema.name
         if phase == "forward":
-            event = OpEvent(phase, name, self.current_module(), kind, _dtype(t), user_frame(self.skip))
+            event = OpEvent(
+                phase, name, self.current_module(), kind, _dtype(t), user_frame(self.skip)
+            )
         else:
-            event = OpEvent(phase, name, None, kind, _dtype(t), user_frame(self.skip), node=self.node.name(),
-                            created=self._created(self.node), node_module=self._module_of(self.node))
+            event = OpEvent(
+                phase,
+                name,
+                None,
+                kind,
+                _dtype(t),
+                user_frame(self.skip),
+                node=self.node.name(),
+                created=self._created(self.node),
+                node_module=self._module_of(self.node),
+            )
         self.events.append(event)
 
     def _created(self, node: Any) -> SourceLine | None:
@@ -188,7 +209,11 @@ class OpTracer:
     def forward(self) -> Iterator[None]:
         import torch
 
-        with torch.autograd.set_detect_anomaly(True, check_nan=False), _FunctionMode(self), _DispatchMode(self):
+        with (
+            torch.autograd.set_detect_anomaly(True, check_nan=False),
+            _FunctionMode(self),
+            _DispatchMode(self),
+        ):
             yield
 
     @contextlib.contextmanager
@@ -247,12 +272,19 @@ def _DispatchMode(tracer: OpTracer) -> Any:
     base = _dispatch_mode_base()
 
     class Mode(base):  # type: ignore[misc, valid-type]
-        def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
-                               kwargs: dict[str, Any] | None = None) -> Any:
+        def __torch_dispatch__(
+            self,
+            func: Any,
+            types: Any,
+            args: tuple[Any, ...] = (),
+            kwargs: dict[str, Any] | None = None,
+        ) -> Any:
             kwargs = kwargs or {}
             active = len(tracer.events) < MAX_EVENTS and not tracer.paused()
             inputs_ok = None
-            if active and func._schema.is_mutable:  # in place: the inputs must be judged before the op
+            if (
+                active and func._schema.is_mutable
+            ):  # in place: the inputs must be judged before the op
                 try:
                     inputs_ok = all(tracer._is_finite(t) for t in tracer._tensors((args, kwargs)))
                 except Exception:
@@ -272,8 +304,13 @@ def _FunctionMode(tracer: OpTracer) -> Any:
     base = _function_mode_base()
 
     class Mode(base):  # type: ignore[misc, valid-type]
-        def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
-                               kwargs: dict[str, Any] | None = None) -> Any:
+        def __torch_function__(
+            self,
+            func: Any,
+            types: Any,
+            args: tuple[Any, ...] = (),
+            kwargs: dict[str, Any] | None = None,
+        ) -> Any:
             out = func(*args, **(kwargs or {}))
             if not tracer.paused():
                 try:
@@ -308,16 +345,28 @@ def nonfinite_tensors(model: Any) -> list[BadTensor]:
     owners: dict[int, tuple[str, str, str, torch.Tensor]] = {}
     for mod_name, mod in model.named_modules():
         for name, t in [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]:
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and not t.is_meta:
-                owners.setdefault(id(t), (f"{mod_name}.{name}" if mod_name else name, mod_name, type(mod).__name__, t))
+            if (
+                isinstance(t, torch.Tensor)
+                and t.is_floating_point()
+                and t.numel()
+                and not t.is_meta
+            ):
+                owners.setdefault(
+                    id(t),
+                    (f"{mod_name}.{name}" if mod_name else name, mod_name, type(mod).__name__, t),
+                )
     if not owners:
         return []
     entries = list(owners.values())
     with torch.no_grad():
-        counts = torch.stack([torch.stack([torch.isnan(t).sum(), torch.isinf(t).sum()]).cpu()
-                              for *_, t in entries]).tolist()
-    return [BadTensor(name, mod, typ, int(n), int(i)) for (name, mod, typ, _), (n, i) in zip(entries, counts, strict=True)
-            if n or i]
+        counts = torch.stack(
+            [torch.stack([torch.isnan(t).sum(), torch.isinf(t).sum()]).cpu() for *_, t in entries]
+        ).tolist()
+    return [
+        BadTensor(name, mod, typ, int(n), int(i))
+        for (name, mod, typ, _), (n, i) in zip(entries, counts, strict=True)
+        if n or i
+    ]
 
 
 def _limit(dtype: str) -> str:
@@ -326,8 +375,9 @@ def _limit(dtype: str) -> str:
     return f"{torch.finfo(getattr(torch, dtype)).max:g}"
 
 
-def refine_origin(origin: Any, events: list[OpEvent], weights: list[BadTensor], names: list[str],
-                  types: list[str]) -> tuple[Any, Any]:
+def refine_origin(
+    origin: Any, events: list[OpEvent], weights: list[BadTensor], names: list[str], types: list[str]
+) -> tuple[Any, Any]:
     """(origin, backward origin) with the op, source lines, node, weight or overflow filled in."""
     import dataclasses
 
@@ -339,39 +389,65 @@ def refine_origin(origin: Any, events: list[OpEvent], weights: list[BadTensor], 
     passed = origin.passed_on if origin is not None else ()
     # A bad weight is the cause only where the NaN/Inf appeared, and when no op there made one of its own
     # (an unused buffer left uninitialised may hold NaN garbage without causing anything).
-    if origin is not None and origin.phase == "forward" and origin.cause == "produced" and origin.module is not None:
+    if (
+        origin is not None
+        and origin.phase == "forward"
+        and origin.cause == "produced"
+        and origin.module is not None
+    ):
         where = origin.module
-        produced_there = any(e.phase == "forward" and e.module is not None and names[e.module] == where for e in events)
-        weights = [w for w in weights if not produced_there and
-                   (where == "" or w.module == where or w.module.startswith(where + "."))]
+        produced_there = any(
+            e.phase == "forward" and e.module is not None and names[e.module] == where
+            for e in events
+        )
+        weights = [
+            w
+            for w in weights
+            if not produced_there
+            and (where == "" or w.module == where or w.module.startswith(where + "."))
+        ]
     else:
         weights = []
     if weights:
         w = weights[0]
         more = f" (and {len(weights) - 1} more tensors)" if len(weights) > 1 else ""
-        first = NonfiniteOrigin(w.module, w.type, "forward", "weight", passed, tensor=w.name, detail=w.describe() + more)
+        first = NonfiniteOrigin(
+            w.module, w.type, "forward", "weight", passed, tensor=w.name, detail=w.describe() + more
+        )
     elif origin is not None and origin.phase == "forward" and origin.cause == "produced":
         fwd = [e for e in events if e.phase == "forward"]
         target = names.index(origin.module) if origin.module in names else None
         event = next((e for e in fwd if e.module == target), fwd[0] if fwd else None)
         first = origin
         if event is not None:
-            first = dataclasses.replace(origin, op=event.op, source=event.where.short() if event.where else None,
-                                        code=event.where.code if event.where else None)
+            first = dataclasses.replace(
+                origin,
+                op=event.op,
+                source=event.where.short() if event.where else None,
+                code=event.where.code if event.where else None,
+            )
             if event.kind == "inf" and event.dtype in ("float16", "bfloat16"):
                 who = names[event.module] if event.module is not None else "the model"
-                first = dataclasses.replace(first, cause="overflow", detail=f"{who or '(model)'}'s output exceeds "
-                                            f"{event.dtype}'s largest finite value {_limit(event.dtype)}")
+                first = dataclasses.replace(
+                    first,
+                    cause="overflow",
+                    detail=f"{who or '(model)'}'s output exceeds "
+                    f"{event.dtype}'s largest finite value {_limit(event.dtype)}",
+                )
     else:
         first = origin
     back = next((e for e in events if e.phase == "backward"), None)
     if back is None:
         return first, None
     module, typ = name_of(back.node_module)
-    fields: dict[str, Any] = {"op": back.op, "source": back.where.short() if back.where else None,
-              "code": back.where.code if back.where else None, "node": back.node,
-              "created_at": back.created.short() if back.created else None,
-              "created_code": back.created.code if back.created else None}
+    fields: dict[str, Any] = {
+        "op": back.op,
+        "source": back.where.short() if back.where else None,
+        "code": back.where.code if back.where else None,
+        "node": back.node,
+        "created_at": back.created.short() if back.created else None,
+        "created_code": back.created.code if back.created else None,
+    }
     if first is None:
         return NonfiniteOrigin(module, typ, "backward", "produced", (), **fields), None
     if first.phase == "backward" and first.cause == "produced":

@@ -36,7 +36,9 @@ Batch = tuple[tuple[Any, ...], dict[str, Any]]
 class StatsOptions:
     backward: bool = True
     pattern: str | None = None
-    loss: str | Callable[[Any], Any] = "auto"  # auto: the model's own `loss` output if any, else sum
+    loss: str | Callable[[Any], Any] = (
+        "auto"  # auto: the model's own `loss` output if any, else sum
+    )
     autocast_dtype: str | None = None  # "bfloat16" | "float16" | None
     train: bool = False
     histogram: bool = True
@@ -90,9 +92,9 @@ def sumsq(v: torch.Tensor) -> torch.Tensor:
     if n <= BLOCKED_DOT:
         return torch.dot(v, v)
     k = n // DOT_BLOCK
-    head = v[:k * DOT_BLOCK].view(k, 1, DOT_BLOCK)
+    head = v[: k * DOT_BLOCK].view(k, 1, DOT_BLOCK)
     total = torch.bmm(head, head.transpose(1, 2)).sum()
-    tail = v[k * DOT_BLOCK:]
+    tail = v[k * DOT_BLOCK :]
     return total + torch.dot(tail, tail) if tail.numel() else total
 
 
@@ -130,14 +132,18 @@ class _Call:
 
 @dataclass
 class _TensorRec:
-    producers: list[tuple[int, bool]] = field(default_factory=list)  # (call index, is primary output)
+    producers: list[tuple[int, bool]] = field(
+        default_factory=list
+    )  # (call index, is primary output)
     consumers: list[int] = field(default_factory=list)
 
 
 class Collector:
     """Hook state for one run. Host-side totals live in `running`, device-side pieces in `pieces`."""
 
-    def __init__(self, names: list[str], modules: list[Any], options: StatsOptions, acc_dtype: torch.dtype) -> None:
+    def __init__(
+        self, names: list[str], modules: list[Any], options: StatsOptions, acc_dtype: torch.dtype
+    ) -> None:
         import torch
 
         self.names = names
@@ -149,8 +155,12 @@ class Collector:
         self.alive: list[torch.Tensor | None] = [None] * len(modules)
         self.units_ok = [True] * len(modules)
         self.histograms: list[tuple[int, ...]] = [() for _ in modules]
-        self.hist_range: list[tuple[float, float] | None] = [None for _ in modules]  # [min, max] the bins span
-        self.input_from: dict[int, int] = {}  # module -> the module whose output was its first input
+        self.hist_range: list[tuple[float, float] | None] = [
+            None for _ in modules
+        ]  # [min, max] the bins span
+        self.input_from: dict[
+            int, int
+        ] = {}  # module -> the module whose output was its first input
         # sumsq, nan, inf, and whether any gradient reached the output at all: an output that does not
         # depend on the parameters or the input (rotary cos/sin tables), or sits behind a non-differentiable
         # op, has no gradient norm, not a norm of 0.
@@ -158,17 +168,24 @@ class Collector:
         self.param_grad = [[0.0, 0, 0, False] for _ in modules]
         self.origin: NonfiniteOrigin | None = None
         self.wants_grad: set[int] = set()  # modules whose first output required grad
-        self.first_call: dict[int, int] = {}  # module -> order of its first call, for execution order
+        self.first_call: dict[
+            int, int
+        ] = {}  # module -> order of its first call, for execution order
         self.batch_index = 0
         # Fast mode computes statistics that are exact when every value is finite; a mean, M2 or sum of
         # squares that is not finite (read on the host) flags the batch, which is replayed in exact (masked) mode.
         self.exact = False
-        self._nonnegative = (torch.nn.ReLU, torch.nn.ReLU6)  # outputs >= 0 (or NaN): sum |x| is their sum
+        self._nonnegative = (
+            torch.nn.ReLU,
+            torch.nn.ReLU6,
+        )  # outputs >= 0 (or NaN): sum |x| is their sum
         self.tensor_hooks: list[Any] = []
         self.in_hook = 0
         self.tracer: OpTracer | None = None  # set during the replay of a flagged batch
         self._scratch_buffers: dict[tuple[torch.dtype, str], torch.Tensor] = {}
-        self.sample: float | None = None  # histogram: this fraction of the elements (watch's sample=), else HIST_SAMPLE
+        self.sample: float | None = (
+            None  # histogram: this fraction of the elements (watch's sample=), else HIST_SAMPLE
+        )
         self._reset_batch()
 
     def remove_tensor_hooks(self) -> None:
@@ -191,7 +208,9 @@ class Collector:
         self.finite_cache: dict[int, tuple[weakref.ref[Any], int, torch.Tensor | int]] = {}
         self.reduce_cache: dict[int, tuple[weakref.ref[Any], int, list[Any]]] = {}
         self.hist_pending: set[int] = set()  # modules whose histogram this batch already queued
-        self.hist_cache: dict[int, tuple[list[Any], torch.Tensor]] = {}  # id(reduced values) -> (values, counts)
+        self.hist_cache: dict[
+            int, tuple[list[Any], torch.Tensor]
+        ] = {}  # id(reduced values) -> (values, counts)
         self.producer_of: dict[tuple[int, int], tuple[weakref.ref[Any], int]] = {}
         self.loss_bad: torch.Tensor | None = None
 
@@ -225,12 +244,22 @@ class Collector:
         groups: dict[torch.dtype, list[int]] = {}
         for i, t in enumerate(self.scalars):
             groups.setdefault(t.dtype, []).append(i)
-        parts = [torch.stack([self.scalars[i] for i in idx]).to(self.acc) for idx in groups.values()]
+        parts = [
+            torch.stack([self.scalars[i] for i in idx]).to(self.acc) for idx in groups.values()
+        ]
         parts += [v.to(self.acc) for v in self.vectors]
         data = torch.cat(parts) if parts else None
         order = [i for idx in groups.values() for i in idx]
-        return Packed(data, self.layout, order, [v.numel() for v in self.vectors], len(self.scalars),
-                      self.calls, self.tensors, self.exact)
+        return Packed(
+            data,
+            self.layout,
+            order,
+            [v.numel() for v in self.vectors],
+            len(self.scalars),
+            self.calls,
+            self.tensors,
+            self.exact,
+        )
 
     @staticmethod
     def unpack(packed: Packed, flat: Sequence[float]) -> list[tuple[str, int, list[float]]]:
@@ -242,7 +271,7 @@ class Collector:
             pos += 1
         vector_values = []
         for size in packed.sizes:
-            vector_values.append(list(flat[pos:pos + size]))
+            vector_values.append(list(flat[pos : pos + size]))
             pos += size
         chunks: list[tuple[str, int, list[float]]] = []
         for kind, index, slots in packed.layout:
@@ -265,7 +294,9 @@ class Collector:
         import torch
 
         flags: list[torch.Tensor] = []  # > 0 means bad
-        totals: list[torch.Tensor] = []  # non-finite means bad (fast mode: a NaN/Inf or an overflow)
+        totals: list[
+            torch.Tensor
+        ] = []  # non-finite means bad (fast mode: a NaN/Inf or an overflow)
         for kind, _, slots in self.layout:
             for i, check in self._checks(kind, self.exact):
                 where, ref = slots[i]
@@ -395,7 +426,11 @@ class Collector:
         import torch
 
         flat = t.detach().reshape(-1)
-        step = max(1, flat.numel() // HIST_SAMPLE) if self.sample is None else max(1, round(1 / self.sample))
+        step = (
+            max(1, flat.numel() // HIST_SAMPLE)
+            if self.sample is None
+            else max(1, round(1 / self.sample))
+        )
         x = flat[::step].float()
         lo, hi = torch.as_tensor(values[3]).to(x.dtype), torch.as_tensor(values[4]).to(x.dtype)
         scale = HIST_BINS / (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
@@ -422,7 +457,9 @@ class Collector:
         finally:
             self.in_hook -= 1
 
-    def forward_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+    def forward_hook(
+        self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
         self.in_hook += 1
         try:
             self._forward_hook(module, args, kwargs, output)
@@ -458,7 +495,9 @@ class Collector:
         # Forward hooks fire in completion order; the call index links pre and post.
         self._open_calls.append(call_index)
 
-    def _forward_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+    def _forward_hook(
+        self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
         import torch
 
         call_index = self._open_calls.pop()
@@ -485,7 +524,12 @@ class Collector:
         self.finite_cache[id(outputs[0])] = (weakref.ref(outputs[0]), outputs[0]._version, out_bad)
         self._push("call", m, [in_bad, out_bad])
         self._push("stats", m, values)
-        if self.options.histogram and self.batch_index == 0 and not self.histograms[m] and m not in self.hist_pending:
+        if (
+            self.options.histogram
+            and self.batch_index == 0
+            and not self.histograms[m]
+            and m not in self.hist_pending
+        ):
             self.hist_pending.add(m)
             # A parent returning its child's output: the child's counts (the values list is the cached one).
             hist = self.hist_cache.get(id(values))
@@ -555,22 +599,31 @@ class Collector:
         def record(grad: torch.Tensor | None) -> None:
             import torch
 
-            if grad is None:  # autograd passes None where a non-differentiable op (a quantized Linear) cut the graph
+            if (
+                grad is None
+            ):  # autograd passes None where a non-differentiable op (a quantized Linear) cut the graph
                 return
             g = grad.detach()
             # A half-precision gradient can overflow long before fp32 would: keep max|∇| over the dtype's limit.
             near: Any = 0.0
             if g.dtype in (torch.float16, torch.bfloat16):
-                near = torch.nan_to_num(g.abs(), nan=0.0, posinf=0.0).amax().float() / torch.finfo(g.dtype).max
+                near = (
+                    torch.nan_to_num(g.abs(), nan=0.0, posinf=0.0).amax().float()
+                    / torch.finfo(g.dtype).max
+                )
                 g = g.float()
             if not self.exact:
                 flat = g.reshape(-1)
-                self._push("grad", index, [sumsq(flat), 0, 0, near])  # not finite: suspect (_checks)
+                self._push(
+                    "grad", index, [sumsq(flat), 0, 0, near]
+                )  # not finite: suspect (_checks)
                 return
             nonzero = _nonzero(g)
             gf = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
             k = nonzero - _nonzero(gf)
-            nan = nonzero - _nonzero(torch.nan_to_num(g, nan=0.0, posinf=math.inf, neginf=-math.inf))
+            nan = nonzero - _nonzero(
+                torch.nan_to_num(g, nan=0.0, posinf=math.inf, neginf=-math.inf)
+            )
             inf = k - nan
             squares = gf.square().sum()
             self._push("grad", index, [squares, nan, inf, near])
@@ -594,12 +647,17 @@ class Collector:
             grads = [p.grad for p in module.parameters(recurse=False) if p.grad is not None]
             if not grads:
                 continue
-            parts = [g.detach().float() if g.dtype in (torch.float16, torch.bfloat16) else g.detach() for g in grads]
+            parts = [
+                g.detach().float() if g.dtype in (torch.float16, torch.bfloat16) else g.detach()
+                for g in grads
+            ]
             if not self.exact:
                 squares = torch.stack([sumsq(g.reshape(-1)) for g in parts]).sum()
                 self._push("pgrad", m, [squares, 0, 0])  # not finite: suspect (_checks)
                 continue
-            squares = torch.stack([torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0).square().sum() for g in parts]).sum()
+            squares = torch.stack(
+                [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0).square().sum() for g in parts]
+            ).sum()
             nan = torch.stack([torch.isnan(g).sum() for g in parts]).sum()
             inf = torch.stack([torch.isinf(g).sum() for g in parts]).sum()
             self._push("pgrad", m, [squares, nan, inf])
@@ -644,37 +702,49 @@ class Collector:
                 self.running[index].set_alive(chunk)
         self._attribute_grads(grad_events)
         if self.origin is None:
-            self.origin = self._forward_origin(forward_events) or self._backward_origin(grad_events, loss_bad)
+            self.origin = self._forward_origin(forward_events) or self._backward_origin(
+                grad_events, loss_bad
+            )
         self.batch_index += 1
         return True
 
     @classmethod
     def _suspect(cls, kind: str, chunk: list[float]) -> bool:
         """Whether a fast-mode chunk may hold NaN/Inf (then the batch is replayed exactly)."""
-        return any((chunk[i] > 0) if check == "flag" else not math.isfinite(chunk[i])
-                   for i, check in cls._checks(kind, False))
+        return any(
+            (chunk[i] > 0) if check == "flag" else not math.isfinite(chunk[i])
+            for i, check in cls._checks(kind, False)
+        )
 
     def _attribute_grads(self, grad_events: list[tuple[int, float, int, int, float]]) -> None:
         for index, squares, nan, inf, near in grad_events:
             for call_index, primary in self.tensors[index].producers:
                 m = self.calls[call_index].module
                 # Only the primary output's gradient counts toward the norm; NaN/Inf of any output count.
-                self.grad[m].merge(GradTotals(squares, nan, inf, True, near) if primary else GradTotals(0.0, nan, inf))
+                self.grad[m].merge(
+                    GradTotals(squares, nan, inf, True, near)
+                    if primary
+                    else GradTotals(0.0, nan, inf)
+                )
 
     # ---------------------------------------------------------------- where the first NaN/Inf came from
     def _forward_origin(self, events: list[tuple[int, bool, bool]]) -> NonfiniteOrigin | None:
         first_bad = next((i for i, (_, _, out_bad) in enumerate(events) if out_bad), None)
         if first_bad is None:
             return None
-        producer = next((i for i, (_, in_bad, out_bad) in enumerate(events) if out_bad and not in_bad), None)
+        producer = next(
+            (i for i, (_, in_bad, out_bad) in enumerate(events) if out_bad and not in_bad), None
+        )
         if producer is None:
             passed = self._unique(m for m, _, out_bad in events if out_bad)
             return NonfiniteOrigin(None, None, "forward", "input", passed)
         m = events[producer][0]
-        passed = self._unique(e[0] for e in events[producer + 1:] if e[2] and e[0] != m)
+        passed = self._unique(e[0] for e in events[producer + 1 :] if e[2] and e[0] != m)
         return NonfiniteOrigin(self.names[m], self._type(m), "forward", "produced", passed)
 
-    def _backward_origin(self, events: list[tuple[int, float, int, int, float]], loss_bad: bool) -> NonfiniteOrigin | None:
+    def _backward_origin(
+        self, events: list[tuple[int, float, int, int, float]], loss_bad: bool
+    ) -> NonfiniteOrigin | None:
         if loss_bad:
             return NonfiniteOrigin(None, None, "backward", "loss", ())
         first = next((i for i, e in enumerate(events) if e[2] or e[3]), None)
@@ -682,13 +752,23 @@ class Collector:
             bad = [m for m, acc in enumerate(self.param_grad) if acc[1] or acc[2]]
             if not bad:
                 return None
-            return NonfiniteOrigin(self.names[bad[0]], self._type(bad[0]), "backward", "produced", ())
+            return NonfiniteOrigin(
+                self.names[bad[0]], self._type(bad[0]), "backward", "produced", ()
+            )
         rec = self.tensors[events[first][0]]
         bad_before = {
-            self.calls[c].module for e in events[:first] if e[2] or e[3] for c, _ in self.tensors[e[0]].producers
+            self.calls[c].module
+            for e in events[:first]
+            if e[2] or e[3]
+            for c, _ in self.tensors[e[0]].producers
         }
         candidates = [c for c in rec.consumers if self.calls[c].module not in bad_before]
-        passed_mods = [self.calls[c].module for e in events[first:] if e[2] or e[3] for c, _ in self.tensors[e[0]].producers]
+        passed_mods = [
+            self.calls[c].module
+            for e in events[first:]
+            if e[2] or e[3]
+            for c, _ in self.tensors[e[0]].producers
+        ]
         if candidates:
             m = max(candidates, key=lambda c: (self.names[self.calls[c].module].count("."), c))
             m = self.calls[m].module
@@ -696,11 +776,20 @@ class Collector:
             # Produced by an unhooked (functional) op: blame the module whose forward ran it.
             inner = self.names[self.calls[rec.producers[0][0]].module]
             parent = inner.rpartition(".")[0] if "." in inner else ""
-            m = self.names.index(parent) if parent in self.names else self.calls[rec.producers[0][0]].module
+            m = (
+                self.names.index(parent)
+                if parent in self.names
+                else self.calls[rec.producers[0][0]].module
+            )
         else:
             return NonfiniteOrigin(None, None, "backward", "loss", self._unique(passed_mods))
-        return NonfiniteOrigin(self.names[m], self._type(m), "backward", "produced",
-                               self._unique(x for x in passed_mods if x != m))
+        return NonfiniteOrigin(
+            self.names[m],
+            self._type(m),
+            "backward",
+            "produced",
+            self._unique(x for x in passed_mods if x != m),
+        )
 
     def _edges(self, m: int) -> tuple[float, ...]:
         """The HIST_BINS + 1 bin edges: equal widths over the [min, max] of the call the histogram sampled."""
@@ -712,8 +801,11 @@ class Collector:
 
     def without_gradient(self) -> list[str]:
         """Modules whose output required grad but never received one (cut off by a non-differentiable op)."""
-        return [f"{self.names[m] or '(model)'} ({self._type(m)})" for m in sorted(self.wants_grad)
-                if not self.grad[m].seen]
+        return [
+            f"{self.names[m] or '(model)'} ({self._type(m)})"
+            for m in sorted(self.wants_grad)
+            if not self.grad[m].seen
+        ]
 
     def _type(self, m: int) -> str:
         from modinspect.run.wrappers import type_name
@@ -725,26 +817,50 @@ class Collector:
 
     # ---------------------------------------------------------------- report
     def module_stats(self) -> list[ModuleStats]:
-        grad_norms = [math.sqrt(g.squares) if self.options.backward and g.seen else None for g in self.grad]
-        exploding, vanishing = grad_outliers(self.names, [self._type(m) for m in range(len(self.modules))], grad_norms,
-                                             [g.near * NEAR_LIMIT >= 1.0 for g in self.grad])
+        grad_norms = [
+            math.sqrt(g.squares) if self.options.backward and g.seen else None for g in self.grad
+        ]
+        exploding, vanishing = grad_outliers(
+            self.names,
+            [self._type(m) for m in range(len(self.modules))],
+            grad_norms,
+            [g.near * NEAR_LIMIT >= 1.0 for g in self.grad],
+        )
         rows = []
         for m, r in enumerate(self.running):
             is_relu = type(self.modules[m]).__name__ in RELU_FAMILY
             dead = r.dead_fraction() if is_relu and self.units_ok[m] else None
             pg = self.param_grad[m]
             row = ModuleStats(
-                name=self.names[m], type=self._type(m), calls=r.calls, count=r.count, finite=r.n,
-                mean=r.mean_or_none(), std=r.std(), min=r.min_or_none(), max=r.max_or_none(),
-                mean_abs=r.mean_abs(), zero_fraction=r.zero_fraction(), nan=r.nan, inf=r.inf,
-                dead_fraction=dead, units=r.units if dead is not None else None,
-                grad_norm=grad_norms[m], grad_nan=int(self.grad[m].nan), grad_inf=int(self.grad[m].inf),
-                param_grad_norm=math.sqrt(pg[0]) if pg[3] else None, param_grad_nan=int(pg[1]),
-                param_grad_inf=int(pg[2]), histogram=self.histograms[m] if r.n else (), flags=(),
+                name=self.names[m],
+                type=self._type(m),
+                calls=r.calls,
+                count=r.count,
+                finite=r.n,
+                mean=r.mean_or_none(),
+                std=r.std(),
+                min=r.min_or_none(),
+                max=r.max_or_none(),
+                mean_abs=r.mean_abs(),
+                zero_fraction=r.zero_fraction(),
+                nan=r.nan,
+                inf=r.inf,
+                dead_fraction=dead,
+                units=r.units if dead is not None else None,
+                grad_norm=grad_norms[m],
+                grad_nan=int(self.grad[m].nan),
+                grad_inf=int(self.grad[m].inf),
+                param_grad_norm=math.sqrt(pg[0]) if pg[3] else None,
+                param_grad_nan=int(pg[1]),
+                param_grad_inf=int(pg[2]),
+                histogram=self.histograms[m] if r.n else (),
+                flags=(),
                 histogram_edges=self._edges(m) if r.n else (),
                 input_from=self.names[self.input_from[m]] if m in self.input_from else None,
             )
-            rows.append(dataclasses.replace(row, flags=flags_for(row, m in exploding, m in vanishing)))
+            rows.append(
+                dataclasses.replace(row, flags=flags_for(row, m in exploding, m in vanishing))
+            )
         # Execution order (by first call); modules never called go last, in definition order.
         order = sorted(range(len(rows)), key=lambda m: self.first_call.get(m, len(rows) + m))
         return [rows[m] for m in order]

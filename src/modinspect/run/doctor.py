@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["doctor"]
 
 Batch = tuple[tuple[Any, ...], dict[str, Any]]
-MIN_EXAMPLES_FOR_DEAD = 16  # below this many examples per unit, a unit can be zero for all of them by chance
+MIN_EXAMPLES_FOR_DEAD = (
+    16  # below this many examples per unit, a unit can be zero for all of them by chance
+)
 DEAD_FRACTION = 0.5
 SCALE_ORDERS = 2.0  # activation scale changing by 10^2 along a chain of repeated blocks
 
@@ -50,10 +52,18 @@ class ForwardFailed(ModinspectError):
     """The model's forward or backward raised, for a reason doctor does not explain."""
 
 
-def doctor(model_or_source: Any, example_inputs: Any = None, *, optimizer: Any = None,
-           select: list[str] | tuple[str, ...] | None = None, ignore: list[str] | tuple[str, ...] | None = None,
-           expect: dict[str, float] | None = None, context: str | None = None,
-           budget_s: float = DEFAULT_BUDGET_S, inputs_described: str | None = None) -> DoctorReport:
+def doctor(
+    model_or_source: Any,
+    example_inputs: Any = None,
+    *,
+    optimizer: Any = None,
+    select: list[str] | tuple[str, ...] | None = None,
+    ignore: list[str] | tuple[str, ...] | None = None,
+    expect: dict[str, float] | None = None,
+    context: str | None = None,
+    budget_s: float = DEFAULT_BUDGET_S,
+    inputs_described: str | None = None,
+) -> DoctorReport:
     """Check a model (or a checkpoint) for the classic mistakes; returns a DoctorReport, never prints.
 
     Args:
@@ -87,44 +97,85 @@ def doctor(model_or_source: Any, example_inputs: Any = None, *, optimizer: Any =
 
             stored, stored_notes = checkpoint_findings(source)
             stored_checks = tuple(c.id for c in CATALOG.values() if c.scope == "checkpoint")
-            return _report(source.label, "checkpoint", "", "", stored, stored_checks, stored_notes, chosen, dropped)
+            return _report(
+                source.label,
+                "checkpoint",
+                "",
+                "",
+                stored,
+                stored_checks,
+                stored_notes,
+                chosen,
+                dropped,
+            )
         label, model = source.label, source.module
     else:
         import torch
 
         if not isinstance(source, torch.nn.Module):
-            raise UsageError(f"doctor takes an nn.Module, a Source or a path, not a {type(source).__name__}")
+            raise UsageError(
+                f"doctor takes an nn.Module, a Source or a path, not a {type(source).__name__}"
+            )
         label, model = type(source).__name__, source
     ctx = context or ("training" if model.training else "inference")
     findings = static_findings(model, ctx, optimizer)
     globals_ = global_tensor_findings(model)
     notes: list[str] = []
-    checks = [c.id for c in CATALOG.values() if c.scope in ("module", "init") and c.id not in (
-        "activation-scale-with-depth", "dead-relu-at-init")] + ["nonfinite-weights"]
+    checks = [
+        c.id
+        for c in CATALOG.values()
+        if c.scope in ("module", "init")
+        and c.id not in ("activation-scale-with-depth", "dead-relu-at-init")
+    ] + ["nonfinite-weights"]
     if optimizer is not None:
         checks.append("param-not-in-optimizer")
     batch = _as_batch(example_inputs) if example_inputs is not None else _example(model)
     described = ""
     if batch is None:
-        notes.append("no example input: the forward/backward checks did not run (pass example_inputs, "
-                     "--input-shape or --input, or set example_input_array)")
+        notes.append(
+            "no example input: the forward/backward checks did not run (pass example_inputs, "
+            "--input-shape or --input, or set example_input_array)"
+        )
         findings += [f for f, _ in globals_]
     else:
         from modinspect.run.inputs import describe_batch
 
         described = inputs_described or describe_batch(batch)
-        run_findings, run_notes, used = run_checks(model, batch, ctx, expect or {}, budget_s,
-                                                   [t for _, t in globals_])
+        run_findings, run_notes, used = run_checks(
+            model, batch, ctx, expect or {}, budget_s, [t for _, t in globals_]
+        )
         findings += [f for f, t in globals_ if id(t) in used]
         findings += run_findings
         notes += run_notes
-        checks += [c.id for c in CATALOG.values() if c.scope in ("run", "function")
-                   and c.id != "param-not-in-optimizer"] + ["activation-scale-with-depth", "dead-relu-at-init"]
-    return _report(label, "module", ctx, described, findings, tuple(dict.fromkeys(checks)), notes, chosen, dropped)
+        checks += [
+            c.id
+            for c in CATALOG.values()
+            if c.scope in ("run", "function") and c.id != "param-not-in-optimizer"
+        ] + ["activation-scale-with-depth", "dead-relu-at-init"]
+    return _report(
+        label,
+        "module",
+        ctx,
+        described,
+        findings,
+        tuple(dict.fromkeys(checks)),
+        notes,
+        chosen,
+        dropped,
+    )
 
 
-def _report(label: str, kind: Any, context: str, inputs: str, findings: list[Finding], checks: tuple[str, ...],
-            notes: list[str], chosen: tuple[str, ...], dropped: tuple[str, ...]) -> DoctorReport:
+def _report(
+    label: str,
+    kind: Any,
+    context: str,
+    inputs: str,
+    findings: list[Finding],
+    checks: tuple[str, ...],
+    notes: list[str],
+    chosen: tuple[str, ...],
+    dropped: tuple[str, ...],
+) -> DoctorReport:
     keep = [f for f in findings if (not chosen or f.id in chosen) and f.id not in dropped]
     keep.sort(key=lambda f: (-RANK[f.severity], f.id))  # stable: the model's order within a check
     ran = tuple(c for c in checks if (not chosen or c in chosen) and c not in dropped)
@@ -133,8 +184,12 @@ def _report(label: str, kind: Any, context: str, inputs: str, findings: list[Fin
 
 def static_findings(model: nn.Module, context: str, optimizer: Any = None) -> list[Finding]:
     """The checks that need no forward pass (well under a second on GPT-2 small)."""
-    findings = [*registration_findings(model), *assigned_twice_findings(model),
-                *mode_findings(model, context), *value_findings(model)]
+    findings = [
+        *registration_findings(model),
+        *assigned_twice_findings(model),
+        *mode_findings(model, context),
+        *value_findings(model),
+    ]
     if optimizer is not None:
         findings += optimizer_findings(model, optimizer)
     return findings
@@ -147,12 +202,18 @@ def _as_batch(inputs: Any) -> Batch:
         return (inputs,), {}
     if isinstance(inputs, dict):
         return (), dict(inputs)
-    if (isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[0], tuple)
-            and isinstance(inputs[1], dict)):
+    if (
+        isinstance(inputs, tuple)
+        and len(inputs) == 2
+        and isinstance(inputs[0], tuple)
+        and isinstance(inputs[1], dict)
+    ):
         return inputs[0], inputs[1]
     if isinstance(inputs, tuple | list):
         return tuple(inputs), {}
-    raise UsageError(f"example_inputs is a {type(inputs).__name__}: pass a tensor, a tuple, a dict or (args, kwargs)")
+    raise UsageError(
+        f"example_inputs is a {type(inputs).__name__}: pass a tensor, a tuple, a dict or (args, kwargs)"
+    )
 
 
 def _example(model: nn.Module) -> Batch | None:
@@ -164,8 +225,14 @@ def _example(model: nn.Module) -> Batch | None:
 # ---------------------------------------------------------------- the run and what it found
 
 
-def run_checks(model: nn.Module, batch: Batch, context: str, expect: dict[str, float], budget_s: float,
-               globals_: list[torch.Tensor] | None = None) -> tuple[list[Finding], list[str], set[int]]:
+def run_checks(
+    model: nn.Module,
+    batch: Batch,
+    context: str,
+    expect: dict[str, float],
+    budget_s: float,
+    globals_: list[torch.Tensor] | None = None,
+) -> tuple[list[Finding], list[str], set[int]]:
     """One watched forward and one backward: the run-time findings, notes, and the ids of the module-level
     tensors of `globals_` that an operation of the forward took as an argument."""
     import torch
@@ -187,14 +254,20 @@ def run_checks(model: nn.Module, batch: Batch, context: str, expect: dict[str, f
             except Exception as exc:
                 failure = exc
         if not watch.profiled:
-            notes.append("another profiler is active (sys.setprofile): modules and Parameters built in forward, "
-                         "forward called past __call__, and custom autograd Functions were not checked")
+            notes.append(
+                "another profiler is active (sys.setprofile): modules and Parameters built in forward, "
+                "forward called past __call__, and custom autograd Functions were not checked"
+            )
         findings += _batchnorm_findings(watch, failure)
         findings += _created_findings(watch, model)
         findings += _bypass_findings(watch)
         if failure is not None:
-            if not any(f.id == "batchnorm-batch-of-one" and f.severity == "error" for f in findings):
-                raise ForwardFailed(f"the model's forward raised {type(failure).__name__}: {_first_line(failure)}")
+            if not any(
+                f.id == "batchnorm-batch-of-one" and f.severity == "error" for f in findings
+            ):
+                raise ForwardFailed(
+                    f"the model's forward raised {type(failure).__name__}: {_first_line(failure)}"
+                )
             notes.append("the forward raised (explained above), so the checks after it did not run")
             return findings, notes, used
         nodes = _function_nodes(output)
@@ -213,9 +286,13 @@ def run_checks(model: nn.Module, batch: Batch, context: str, expect: dict[str, f
             except RuntimeError as exc:
                 found = count_from_error(str(exc), watch.functions)
                 if found is None:
-                    raise ForwardFailed(f"backward raised {type(exc).__name__}: {_first_line(exc)}") from None
+                    raise ForwardFailed(
+                        f"backward raised {type(exc).__name__}: {_first_line(exc)}"
+                    ) from None
                 findings.append(found)
-                notes.append("backward raised (explained above), so the unused-parameter check did not run")
+                notes.append(
+                    "backward raised (explained above), so the unused-parameter check did not run"
+                )
         if backward_ok:
             findings += _unused_findings(model, watch)
     counted = {f.where.function for f in findings if f.id == "autograd-function-gradient-count"}
@@ -256,16 +333,32 @@ def _function_nodes(output: Any) -> dict[type, Any]:
 def _batchnorm_findings(watch: Watch, failure: BaseException | None) -> list[Finding]:
     out = []
     for path, per_channel in watch.batch_of_one.items():
-        raised = per_channel <= 1 or (failure is not None and "more than 1 value per channel" in str(failure))
+        raised = per_channel <= 1 or (
+            failure is not None and "more than 1 value per channel" in str(failure)
+        )
         if raised:
-            out.append(finding("batchnorm-batch-of-one", "error", Location(path),
-                               f"{path} (BatchNorm) in training mode gets a batch of one with one value per channel: "
-                               "the forward raises 'Expected more than 1 value per channel when training'", None))
+            out.append(
+                finding(
+                    "batchnorm-batch-of-one",
+                    "error",
+                    Location(path),
+                    f"{path} (BatchNorm) in training mode gets a batch of one with one value per channel: "
+                    "the forward raises 'Expected more than 1 value per channel when training'",
+                    None,
+                )
+            )
         else:
-            out.append(finding("batchnorm-batch-of-one", "warning", Location(path),
-                               f"{path} (BatchNorm) in training mode gets a batch of one: it normalises with that "
-                               "one example's statistics (instance normalisation) and updates its running "
-                               "statistics from it", None))
+            out.append(
+                finding(
+                    "batchnorm-batch-of-one",
+                    "warning",
+                    Location(path),
+                    f"{path} (BatchNorm) in training mode gets a batch of one: it normalises with that "
+                    "one example's statistics (instance normalisation) and updates its running "
+                    "statistics from it",
+                    None,
+                )
+            )
     return out
 
 
@@ -291,34 +384,68 @@ def _created_findings(watch: Watch, model: nn.Module) -> list[Finding]:
         where = Location(path)
         owner = path or "<root>"
         if new_state:
-            out.append(finding("module-created-in-forward", "error", where,
-                               f"{owner}'s forward builds an nn.{kind} on every call: new random weights each "
-                               "time, never trained, never saved", None))
+            out.append(
+                finding(
+                    "module-created-in-forward",
+                    "error",
+                    where,
+                    f"{owner}'s forward builds an nn.{kind} on every call: new random weights each "
+                    "time, never trained, never saved",
+                    None,
+                )
+            )
         elif moded:
-            out.append(finding("module-created-in-forward", "warning", where,
-                               f"{owner}'s forward builds an nn.{kind} on every call: it is always in training "
-                               "mode, whatever model.eval() says", None))
+            out.append(
+                finding(
+                    "module-created-in-forward",
+                    "warning",
+                    where,
+                    f"{owner}'s forward builds an nn.{kind} on every call: it is always in training "
+                    "mode, whatever model.eval() says",
+                    None,
+                )
+            )
         else:
-            out.append(finding("module-created-in-forward", "info", where,
-                               f"{owner}'s forward builds a stateless {kind} on every call: harmless, but hooks "
-                               "and print(model) do not see it", None))
+            out.append(
+                finding(
+                    "module-created-in-forward",
+                    "info",
+                    where,
+                    f"{owner}'s forward builds a stateless {kind} on every call: harmless, but hooks "
+                    "and print(model) do not see it",
+                    None,
+                )
+            )
     params = {id(p) for p in model.parameters()}
     for path, p in watch.created_params:
         if id(p) in in_created or id(p) in params or (path, "Parameter") in done:
             continue
         done.add((path, "Parameter"))
-        out.append(finding("module-created-in-forward", "error", Location(path),
-                           f"{path or '<root>'}'s forward builds an nn.Parameter {tuple(p.shape)} on every call: "
-                           "random each time, never trained, never saved",
-                           "create the Parameter once in __init__"))
+        out.append(
+            finding(
+                "module-created-in-forward",
+                "error",
+                Location(path),
+                f"{path or '<root>'}'s forward builds an nn.Parameter {tuple(p.shape)} on every call: "
+                "random each time, never trained, never saved",
+                "create the Parameter once in __init__",
+            )
+        )
     return out
 
 
 def _bypass_findings(watch: Watch) -> list[Finding]:
-    return [finding("forward-bypasses-call", "warning", Location(watch.known[key]),
-                    f"{watch.known[key]}.forward(...) ran {n} time(s) without going through the module's __call__: "
-                    "its hooks (and any wrapper's) never fired", f"call {watch.known[key]}(...) instead of .forward(...)")
-            for key, n in watch.bypassed.items()]
+    return [
+        finding(
+            "forward-bypasses-call",
+            "warning",
+            Location(watch.known[key]),
+            f"{watch.known[key]}.forward(...) ran {n} time(s) without going through the module's __call__: "
+            "its hooks (and any wrapper's) never fired",
+            f"call {watch.known[key]}(...) instead of .forward(...)",
+        )
+        for key, n in watch.bypassed.items()
+    ]
 
 
 def _probability_findings(watch: Watch, output: Any, context: str) -> list[Finding]:
@@ -335,18 +462,39 @@ def _probability_findings(watch: Watch, output: Any, context: str) -> list[Findi
     sums_one = bool(torch.allclose(rows.sum(-1), torch.ones(rows.shape[0]), atol=1e-4))
     if grad_fn.startswith("SoftmaxBackward") or (sums_one and bool((rows >= 0).all())):
         severity: Any = "warning" if context == "training" else "info"
-        return [finding("probabilities-into-cross-entropy", severity, where,
-                        f"the model's output {tuple(t.shape)} is probabilities (rows sum to 1"
-                        f"{', from a softmax' if grad_fn.startswith('Softmax') else ''}): nn.CrossEntropyLoss "
-                        "expects logits and would apply softmax twice", None)]
+        return [
+            finding(
+                "probabilities-into-cross-entropy",
+                severity,
+                where,
+                f"the model's output {tuple(t.shape)} is probabilities (rows sum to 1"
+                f"{', from a softmax' if grad_fn.startswith('Softmax') else ''}): nn.CrossEntropyLoss "
+                "expects logits and would apply softmax twice",
+                None,
+            )
+        ]
     if grad_fn.startswith("LogSoftmaxBackward"):
-        return [finding("probabilities-into-cross-entropy", "info", where,
-                        f"the model's output {tuple(t.shape)} is log-probabilities: right for NLLLoss "
-                        "(CrossEntropyLoss of them equals that of the logits)", "none needed for NLLLoss")]
+        return [
+            finding(
+                "probabilities-into-cross-entropy",
+                "info",
+                where,
+                f"the model's output {tuple(t.shape)} is log-probabilities: right for NLLLoss "
+                "(CrossEntropyLoss of them equals that of the logits)",
+                "none needed for NLLLoss",
+            )
+        ]
     if grad_fn.startswith("SigmoidBackward"):
-        return [finding("probabilities-into-cross-entropy", "info", where,
-                        f"the model's output {tuple(t.shape)} is sigmoids: right for BCELoss, not for "
-                        "CrossEntropyLoss or BCEWithLogitsLoss", "use BCEWithLogitsLoss on the logits")]
+        return [
+            finding(
+                "probabilities-into-cross-entropy",
+                "info",
+                where,
+                f"the model's output {tuple(t.shape)} is sigmoids: right for BCELoss, not for "
+                "CrossEntropyLoss or BCEWithLogitsLoss",
+                "use BCEWithLogitsLoss on the logits",
+            )
+        ]
     return []
 
 
@@ -373,9 +521,16 @@ def _relu_findings(watch: Watch) -> list[Finding]:
             continue
         dead = int((~alive).sum())
         if dead and dead >= DEAD_FRACTION * alive.numel():
-            out.append(finding("dead-relu-at-init", "warning", Location(path),
-                               f"{dead} of {alive.numel()} units of {path} are zero for all {examples} examples: "
-                               "no gradient flows through them", None))
+            out.append(
+                finding(
+                    "dead-relu-at-init",
+                    "warning",
+                    Location(path),
+                    f"{dead} of {alive.numel()} units of {path} are zero for all {examples} examples: "
+                    "no gradient flows through them",
+                    None,
+                )
+            )
     return out
 
 
@@ -396,9 +551,16 @@ def _scale_findings(watch: Watch, model: nn.Module) -> list[Finding]:
         ratio = last / first if last > 0 else 0.0
         if ratio == 0.0 or abs(math.log10(ratio)) >= SCALE_ORDERS:
             way = "grows" if ratio > 1 else "shrinks"
-            out.append(finding("activation-scale-with-depth", "warning", Location(path),
-                               f"the activation std {way} from {first:.3g} to {last:.3g} ({ratio:.3g}×) over the "
-                               f"{len(stds)} blocks of {path or '<root>'}", None))
+            out.append(
+                finding(
+                    "activation-scale-with-depth",
+                    "warning",
+                    Location(path),
+                    f"the activation std {way} from {first:.3g} to {last:.3g} ({ratio:.3g}×) over the "
+                    f"{len(stds)} blocks of {path or '<root>'}",
+                    None,
+                )
+            )
     return out
 
 
@@ -410,19 +572,33 @@ def _unused_findings(model: nn.Module, watch: Watch) -> list[Finding]:
             continue
         path, _, attr = name.rpartition(".")
         owner = modules.get(path)
-        ran = owner is not None and (watch.calls.get(id(owner), 0) > 0 or watch.bypassed.get(id(owner), 0) > 0)
+        ran = owner is not None and (
+            watch.calls.get(id(owner), 0) > 0 or watch.bypassed.get(id(owner), 0) > 0
+        )
         where = Location(path, attr)
         if not p.requires_grad:
             if not ran:
-                out.append(finding("unused-parameter", "info", where,
-                                   "frozen (requires_grad=False), and its module never ran", "none needed",
-                                   detail="frozen"))
+                out.append(
+                    finding(
+                        "unused-parameter",
+                        "info",
+                        where,
+                        "frozen (requires_grad=False), and its module never ran",
+                        "none needed",
+                        detail="frozen",
+                    )
+                )
             continue
         why = "its output did not reach the loss" if ran else "its module never ran"
-        out.append(finding("unused-parameter", "warning", where,
-                           f"no gradient after backward: {why}; DistributedDataParallel would stop with "
-                           "'parameters that were not used in producing loss'", None,
-                           detail="output-unused" if ran else "never-ran"))
+        out.append(
+            finding(
+                "unused-parameter",
+                "warning",
+                where,
+                f"no gradient after backward: {why}; DistributedDataParallel would stop with "
+                "'parameters that were not used in producing loss'",
+                None,
+                detail="output-unused" if ran else "never-ran",
+            )
+        )
     return out
-
-

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 MIN_CHAIN = 4  # a container with this many children of one class is a chain of blocks
 RELU_TYPES = ("ReLU", "ReLU6")
 
+
 @dataclass
 class Watch:
     """What one watched forward pass saw."""
@@ -36,11 +37,15 @@ class Watch:
     created_modules: list[tuple[str, Any]] = field(default_factory=list)
     created_params: list[tuple[str, Any]] = field(default_factory=list)
     functions: dict[type, FunctionCall] = field(default_factory=dict)
-    batch_of_one: dict[str, int] = field(default_factory=dict)  # BatchNorm path -> values per channel
+    batch_of_one: dict[str, int] = field(
+        default_factory=dict
+    )  # BatchNorm path -> values per channel
     alive: dict[str, Any] = field(default_factory=dict)  # ReLU path -> bool per unit
     examples: dict[str, int] = field(default_factory=dict)
     first_std: dict[int, float] = field(default_factory=dict)
-    producer: dict[int, tuple[Any, str]] = field(default_factory=dict)  # id(output) -> (output, innermost path)
+    producer: dict[int, tuple[Any, str]] = field(
+        default_factory=dict
+    )  # id(output) -> (output, innermost path)
     profiled: bool = True  # False when another profiler was active: no frames were watched
 
     def top(self) -> str:
@@ -126,7 +131,12 @@ def watching(model: nn.Module) -> Iterator[Watch]:
             return
         if id(first) not in watch.producer:
             watch.producer[id(first)] = (first, path)
-        if key in chains and key not in watch.first_std and first.is_floating_point() and first.numel() > 1:
+        if (
+            key in chains
+            and key not in watch.first_std
+            and first.is_floating_point()
+            and first.numel() > 1
+        ):
             watch.first_std[key] = float(first.detach().float().std())
         if key in relus:
             _track_units(watch, path, first)
@@ -145,7 +155,10 @@ def watching(model: nn.Module) -> Iterator[Watch]:
         elif event == "return" and frame.f_code is param_new and arg is not None:
             watch.created_params.append((watch.top(), arg))
 
-    handles = [module_mod.register_module_forward_pre_hook(pre), module_mod.register_module_forward_hook(post)]
+    handles = [
+        module_mod.register_module_forward_pre_hook(pre),
+        module_mod.register_module_forward_hook(post),
+    ]
     # Another profiler (cProfile, a debugger's) cannot be chained or restored through sys.setprofile: leave it.
     watch.profiled = sys.getprofile() is None
     if watch.profiled:
@@ -183,11 +196,13 @@ def _function_started(watch: Watch, cls: type, frame: Any) -> None:
     import torch
 
     code = frame.f_code
-    names = code.co_varnames[:code.co_argcount]
+    names = code.co_varnames[: code.co_argcount]
     values = [frame.f_locals.get(n) for n in names]
     star = code.co_flags & 0x04  # *args
     if star:
-        values += list(frame.f_locals.get(code.co_varnames[code.co_argcount + code.co_kwonlyargcount], ()))
+        values += list(
+            frame.f_locals.get(code.co_varnames[code.co_argcount + code.co_kwonlyargcount], ())
+        )
     ctx_type = type(values[0]) if values else None
     if ctx_type is not None and hasattr(ctx_type, "_forward_cls"):
         cls = ctx_type._forward_cls
@@ -238,7 +253,9 @@ def uses(tensors: list[torch.Tensor]) -> Iterator[set[int]]:
     wanted = {id(t) for t in tensors}
 
     class Uses(TorchFunctionMode):
-        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        def __torch_function__(
+            self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
             for a in (*args, *(kwargs or {}).values()):
                 if id(a) in wanted:
                     used.add(id(a))

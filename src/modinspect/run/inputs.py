@@ -54,9 +54,13 @@ def _as_batch(obj: Any, label: str) -> Batch:
         return tuple(obj), {}
     if isinstance(obj, dict):
         if not all(isinstance(k, str) for k in obj):
-            raise UsageError(f"{label}: a dict of inputs needs string keys (they become keyword arguments)")
+            raise UsageError(
+                f"{label}: a dict of inputs needs string keys (they become keyword arguments)"
+            )
         return (), dict(obj)
-    raise UsageError(f"{label} holds a {type(obj).__name__}; expected a tensor, a tuple/list or a dict of tensors")
+    raise UsageError(
+        f"{label} holds a {type(obj).__name__}; expected a tensor, a tuple/list or a dict of tensors"
+    )
 
 
 def load_input_file(path: Path, label: str) -> Batch:
@@ -83,12 +87,16 @@ def load_input_file(path: Path, label: str) -> Batch:
     else:
         raise CorruptFileError(f"input file {label} is neither safetensors nor a torch .pt file")
     try:
-        with warnings.catch_warnings():  # torch's own warnings about the file would be a second stderr line
+        with (
+            warnings.catch_warnings()
+        ):  # torch's own warnings about the file would be a second stderr line
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CorruptFileError(f"input file {label} could not be loaded ({type(exc).__name__}: {first})") from exc
+        raise CorruptFileError(
+            f"input file {label} could not be loaded ({type(exc).__name__}: {first})"
+        ) from exc
     batch = _as_batch(obj, f"input file {label}")
     check_input_sizes(batch, label)
     return batch
@@ -109,7 +117,9 @@ def check_input_sizes(batch: Batch, label: str) -> None:
         if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
             continue
         stored = value.untyped_storage().nbytes() // max(value.element_size(), 1)
-        if value.numel() > MAX_INPUT_EXPANDED and value.numel() > MAX_INPUT_EXPANSION * max(stored, 1):
+        if value.numel() > MAX_INPUT_EXPANDED and value.numel() > MAX_INPUT_EXPANSION * max(
+            stored, 1
+        ):
             raise CorruptFileError(
                 f"input file {label}: {where} claims {value.numel():,} elements over a storage of {stored:,} (a "
                 "stride-0 view); save the batch with .contiguous()"
@@ -127,7 +137,9 @@ def _gate_zip(path: Path, label: str) -> None:
     gate = _gate(label)
     try:
         with zipfile.ZipFile(path) as zf:
-            name = next((n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1), None)
+            name = next(
+                (n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1), None
+            )
             if name is None:
                 raise CorruptFileError(f"input file {label} is a zip file without data.pkl")
             data = read_pickle_member(zf, name, path.stat().st_size, path, gate)
@@ -169,13 +181,16 @@ def example_batch(model: Any) -> Batch | None:
     return None if example is None else _as_batch(example, "example_input_array")
 
 
-def random_batches(model: Any, shapes: Sequence[tuple[int, ...]], dtype: str, count: int,
-                   seed: int) -> Iterator[Batch]:
+def random_batches(
+    model: Any, shapes: Sequence[tuple[int, ...]], dtype: str, count: int, seed: int
+) -> Iterator[Batch]:
     """`count` batches of random tensors; integers are drawn below the first nn.Embedding's vocabulary."""
     import torch
 
     if dtype not in INT_DTYPES | FLOAT_DTYPES:
-        raise UsageError(f"--input-dtype {dtype!r} is not one of {', '.join(sorted(INT_DTYPES | FLOAT_DTYPES))}")
+        raise UsageError(
+            f"--input-dtype {dtype!r} is not one of {', '.join(sorted(INT_DTYPES | FLOAT_DTYPES))}"
+        )
     torch_dtype = getattr(torch, dtype)
     generator = torch.Generator().manual_seed(seed)
     high = first_embedding_size(model) or 2
@@ -183,7 +198,9 @@ def random_batches(model: Any, shapes: Sequence[tuple[int, ...]], dtype: str, co
         tensors = []
         for shape in shapes:
             if dtype in INT_DTYPES:
-                tensors.append(torch.randint(0, high, shape, generator=generator, dtype=torch_dtype))
+                tensors.append(
+                    torch.randint(0, high, shape, generator=generator, dtype=torch_dtype)
+                )
             else:
                 tensors.append(torch.randn(shape, generator=generator).to(torch_dtype))
         yield tuple(tensors), {}
@@ -223,15 +240,22 @@ def describe_batch(batch: Batch) -> str:
     import torch
 
     def one(t: Any) -> str:
-        return f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" if isinstance(t, torch.Tensor) else type(t).__name__
+        return (
+            f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+            if isinstance(t, torch.Tensor)
+            else type(t).__name__
+        )
 
     args, kwargs = batch
     parts = [one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()]
     return ", ".join(parts) or "no inputs"
 
 
-def resolve_batches(model: Any, spec: InputSpec, config_extra: dict[str, Any] | None = None,
-                    ) -> tuple[list[Batch] | Iterator[Batch], str]:
+def resolve_batches(
+    model: Any,
+    spec: InputSpec,
+    config_extra: dict[str, Any] | None = None,
+) -> tuple[list[Batch] | Iterator[Batch], str]:
     """The batches to run and a one-line description of where they came from."""
     extra = config_extra or {}
     if spec.file is not None:
@@ -242,11 +266,16 @@ def resolve_batches(model: Any, spec: InputSpec, config_extra: dict[str, Any] | 
     if not shapes and "input_shape" in extra:
         raw = extra["input_shape"]
         raw_list = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else raw
-        shapes = tuple(parse_shape(s) if isinstance(s, str) else tuple(int(d) for d in s) for s in raw_list)
+        shapes = tuple(
+            parse_shape(s) if isinstance(s, str) else tuple(int(d) for d in s) for s in raw_list
+        )
         dtype = str(extra.get("input_dtype", dtype))
     if shapes:
         batches = list(random_batches(model, shapes, dtype, spec.batches, spec.seed))
-        return batches, f"random {describe_batch(batches[0])} × {spec.batches} batch(es), seed {spec.seed}"
+        return (
+            batches,
+            f"random {describe_batch(batches[0])} × {spec.batches} batch(es), seed {spec.seed}",
+        )
     example = example_batch(model)
     if example is not None:
         return [example] * spec.batches, f"example_input_array: {describe_batch(example)}"

@@ -136,12 +136,29 @@ def collector_state(c: Collector) -> list[tuple[Any, ...]]:
     """Per module, what a merge needs from a Collector's host-side totals: plain numbers, rank-independent layout."""
     out = []
     for m, r in enumerate(c.running):
-        out.append((r.calls, r.n, r.mean, r.m2, r.lo, r.hi, r.abs_sum, r.zeros, r.nan, r.inf, list(r.alive),
-                    c.units_ok[m], c.grad[m]))
+        out.append(
+            (
+                r.calls,
+                r.n,
+                r.mean,
+                r.m2,
+                r.lo,
+                r.hi,
+                r.abs_sum,
+                r.zeros,
+                r.nan,
+                r.inf,
+                list(r.alive),
+                c.units_ok[m],
+                c.grad[m],
+            )
+        )
     return out
 
 
-def merge_states(states: Sequence[list[tuple[Any, ...]]], grad_scale: float) -> list[tuple[Running, bool, GradTotals]]:
+def merge_states(
+    states: Sequence[list[tuple[Any, ...]]], grad_scale: float
+) -> list[tuple[Running, bool, GradTotals]]:
     """The ranks' per-module states merged: (Running, units_ok, GradTotals) per module.
 
     Output-gradient squares are summed times `grad_scale`: 1 / world² when each rank's loss is a mean and
@@ -195,8 +212,9 @@ def pick_origin(origins: Sequence[NonfiniteOrigin | None]) -> NonfiniteOrigin | 
     return dataclasses.replace(origin, rank=rank)
 
 
-def pick_origins(pairs: Sequence[tuple[NonfiniteOrigin | None, NonfiniteOrigin | None]],
-                 ) -> tuple[NonfiniteOrigin | None, NonfiniteOrigin | None]:
+def pick_origins(
+    pairs: Sequence[tuple[NonfiniteOrigin | None, NonfiniteOrigin | None]],
+) -> tuple[NonfiniteOrigin | None, NonfiniteOrigin | None]:
     """`stats`' (origin, backward origin) pairs of every rank: the pair of the rank pick_origin chooses."""
     import dataclasses
 

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from modinspect.names import collapse_names, name_family
 from modinspect.reports import ModuleStats
 
-STEP_RATIO = 10.0  # ‖∇out‖ growth (or shrinkage) from one depth to the next that is evidence on its own
+STEP_RATIO = (
+    10.0  # ‖∇out‖ growth (or shrinkage) from one depth to the next that is evidence on its own
+)
 COMPOUND_RATIO = 1e3  # ... and from the deepest module of the same family
 NEAR_LIMIT = 8.0  # max |∇| within this factor of the dtype's largest finite value
 MOSTLY_DEAD = 0.5
@@ -60,8 +62,18 @@ class Running:
     def units(self) -> int:
         return len(self.alive)
 
-    def merge(self, n: int, mean: float, m2: float, lo: float, hi: float, abs_sum: float, zeros: int,
-              nan: int, inf: int) -> None:
+    def merge(
+        self,
+        n: int,
+        mean: float,
+        m2: float,
+        lo: float,
+        hi: float,
+        abs_sum: float,
+        zeros: int,
+        nan: int,
+        inf: int,
+    ) -> None:
         self.count += n + nan + inf
         self.zeros += zeros
         self.nan += nan
@@ -111,8 +123,12 @@ class Running:
         return sum(1 for a in self.alive if not a) / len(self.alive)
 
 
-def grad_outliers(names: Sequence[str], types: Sequence[str], norms: Sequence[float | None],
-                  near_limit: Sequence[bool]) -> tuple[set[int], set[int]]:
+def grad_outliers(
+    names: Sequence[str],
+    types: Sequence[str],
+    norms: Sequence[float | None],
+    near_limit: Sequence[bool],
+) -> tuple[set[int], set[int]]:
     """Indices of exploding and vanishing gradient norms, on evidence only (the rule the README documents).
 
     Norms are compared between modules of one type at consecutive depths (names that differ only in
@@ -183,6 +199,8 @@ def diagnose(rows: Sequence[ModuleStats]) -> list[str]:
         top = max(f.max for f, _ in pairs if f.max is not None)
         bound = "< 0" if top < 0 else "<= 0"
         many = len(pairs) > 1
-        lines.append(f"{feeders} ({ftype})'s outputs are all {bound} (max {top:.3g}), so {relus} ({rtype}) "
-                     f"never {'fire' if many else 'fires'}: check {'their' if many else 'its'} bias or init")
+        lines.append(
+            f"{feeders} ({ftype})'s outputs are all {bound} (max {top:.3g}), so {relus} ({rtype}) "
+            f"never {'fire' if many else 'fires'}: check {'their' if many else 'its'} bias or init"
+        )
     return lines

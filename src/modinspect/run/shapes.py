@@ -47,7 +47,9 @@ def meta_copy(model: Any) -> Any:
 
     memo: dict[int, Any] = {}
     for p in model.parameters():
-        memo[id(p)] = torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        memo[id(p)] = torch.nn.Parameter(
+            torch.empty_like(p, device="meta"), requires_grad=p.requires_grad
+        )
     for b in model.buffers():
         memo[id(b)] = torch.empty_like(b, device="meta")
     try:
@@ -55,8 +57,10 @@ def meta_copy(model: Any) -> Any:
     except Exception as exc:
         if all(t.device.type == "meta" for t in (*model.parameters(), *model.buffers())):
             return model  # already data-free: run it as it is (the hooks are removed afterwards)
-        raise UsageError(f"the model cannot be copied to the meta device ({_describe_failure(exc)}); build it "
-                         "there instead: an entry point with --meta") from exc
+        raise UsageError(
+            f"the model cannot be copied to the meta device ({_describe_failure(exc)}); build it "
+            "there instead: an entry point with --meta"
+        ) from exc
 
 
 def _tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
@@ -125,7 +129,11 @@ class _Recorder:
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         try:
             key, size = _storage_key(t), int(t.untyped_storage().nbytes())
-        except (RuntimeError, NotImplementedError, TypeError):  # a tensor without a plain storage (sparse, nested)
+        except (
+            RuntimeError,
+            NotImplementedError,
+            TypeError,
+        ):  # a tensor without a plain storage (sparse, nested)
             return t
         if key not in self.exclude:
             self.saved[key] = size
@@ -186,7 +194,9 @@ def _apply_stored_dtypes(model: Any, tensors: Sequence[TensorInfo]) -> None:
     import torch
 
     stored = {t.name: t.dtype for t in tensors}
-    floating = {d for n, p in model.named_parameters() if (d := stored.get(n)) and p.is_floating_point()}
+    floating = {
+        d for n, p in model.named_parameters() if (d := stored.get(n)) and p.is_floating_point()
+    }
     if len(floating) == 1:
         dtype = getattr(torch, floating.pop(), None)
         if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
@@ -198,7 +208,9 @@ def _describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def measure_shapes(model: Any, batch: Batch, *, tensors: Sequence[TensorInfo] = (), inputs: str = "") -> ShapesReport:
+def measure_shapes(
+    model: Any, batch: Batch, *, tensors: Sequence[TensorInfo] = (), inputs: str = ""
+) -> ShapesReport:
     """Run one forward of a meta copy of `model` on `batch` (moved to meta) and measure every module.
 
     `tensors` (the source's TensorInfo) give the stored dtypes, used for the copy and the byte totals.
@@ -220,7 +232,11 @@ def measure_shapes(model: Any, batch: Batch, *, tensors: Sequence[TensorInfo] = 
             handles.append(mod.register_forward_pre_hook(recorder.pre))
             handles.append(mod.register_forward_hook(recorder.post))
         # Grad on, whatever the caller's context: what autograd saves is part of the measure.
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(recorder.pack, lambda t: t), counter:
+        with (
+            torch.enable_grad(),
+            torch.autograd.graph.saved_tensors_hooks(recorder.pack, lambda t: t),
+            counter,
+        ):
             meta(*args, **kwargs)
     except Exception as exc:
         where = f" in {recorder.stack[-1] or '(model)'}" if recorder.stack else ""
@@ -234,16 +250,24 @@ def measure_shapes(model: Any, batch: Batch, *, tensors: Sequence[TensorInfo] = 
             h.remove()
     flops = _flops_by_module(counter, meta)
     modules = tuple(
-        ModuleShapes(name=name, type=acc.type, calls=acc.calls, output_shapes=acc.output_shapes,
-                     output_dtypes=acc.output_dtypes, flops=flops.get(name, 0), output_bytes=acc.output_bytes,
-                     saved_bytes=sum(acc.saved.values()))
+        ModuleShapes(
+            name=name,
+            type=acc.type,
+            calls=acc.calls,
+            output_shapes=acc.output_shapes,
+            output_dtypes=acc.output_dtypes,
+            flops=flops.get(name, 0),
+            output_bytes=acc.output_bytes,
+            saved_bytes=sum(acc.saved.values()),
+        )
         for name, acc in recorder.accs.items()
     )
     # A module reachable under two names (shared, not copied) ran once: each name shows those figures.
     first = {m.name: m for m in modules}
     modules += tuple(
         dataclasses.replace(first[recorder.names[id(mod)]], name=name)
-        for name, mod in meta.named_modules(remove_duplicate=False) if name not in first
+        for name, mod in meta.named_modules(remove_duplicate=False)
+        if name not in first
     )
     children = {n.rpartition(".")[0] for n in recorder.accs if n}
     leaves = [m for m in first.values() if m.name not in children and m.calls]
@@ -256,7 +280,9 @@ def measure_shapes(model: Any, batch: Batch, *, tensors: Sequence[TensorInfo] = 
         buffer_bytes=buffer_bytes,
         flops=int(counter.get_total_flops()),
     )
-    return ShapesReport(inputs=inputs, training=bool(model.training), modules=modules, totals=totals)
+    return ShapesReport(
+        inputs=inputs, training=bool(model.training), modules=modules, totals=totals
+    )
 
 
 def _live_bytes(model: Any) -> tuple[int, int]:
@@ -266,7 +292,9 @@ def _live_bytes(model: Any) -> tuple[int, int]:
 
 
 def _member_reprs(reprs: dict[str, str], prefix: str) -> dict[str, str]:
-    return {n[len(prefix):]: r for n, r in reprs.items() if n == prefix or n.startswith(prefix + ".")}
+    return {
+        n[len(prefix) :]: r for n, r in reprs.items() if n == prefix or n.startswith(prefix + ".")
+    }
 
 
 def _differing_runs(node: ModuleNode, reprs: dict[str, str]) -> Iterator[str]:
@@ -282,30 +310,46 @@ def _differing_runs(node: ModuleNode, reprs: dict[str, str]) -> Iterator[str]:
         yield from _differing_runs(child, reprs)
 
 
-def with_shapes(report: TreeReport, shapes: ShapesReport | None, reprs: tuple[tuple[str, str], ...]) -> TreeReport:
+def with_shapes(
+    report: TreeReport, shapes: ShapesReport | None, reprs: tuple[tuple[str, str], ...]
+) -> TreeReport:
     """The tree report with the per-module shapes/compute part and the layers' hyperparameters attached.
 
     A collapsed run shows its first member's hyperparameters; a note names the runs whose members differ.
     """
     differing = list(_differing_runs(report.root, dict(reprs)))
-    notes = report.notes + tuple(f"{run}: hyperparameters differ between the blocks (shown: the first); --expand "
-                                 "shows each" for run in differing)
+    notes = report.notes + tuple(
+        f"{run}: hyperparameters differ between the blocks (shown: the first); --expand shows each"
+        for run in differing
+    )
     return dataclasses.replace(report, shapes=shapes, extra_reprs=reprs, notes=notes)
 
 
 def _stored_float_dtype(tensors: Sequence[TensorInfo]) -> str:
-    floating = {t.dtype for t in tensors if t.kind != "buffer" and t.dtype in ("float32", "float16", "bfloat16",
-                                                                              "float64")}
+    floating = {
+        t.dtype
+        for t in tensors
+        if t.kind != "buffer" and t.dtype in ("float32", "float16", "bfloat16", "float64")
+    }
     return floating.pop() if len(floating) == 1 else "float32"
 
 
 def _has_input(model: Any, spec: InputSpec, extra: dict[str, Any]) -> bool:
-    return bool(spec.file or spec.shapes or getattr(model, "example_input_array", None) is not None
-                or "input_shape" in extra or "input" in extra)
+    return bool(
+        spec.file
+        or spec.shapes
+        or getattr(model, "example_input_array", None) is not None
+        or "input_shape" in extra
+        or "input" in extra
+    )
 
 
-def add_layers(report: TreeReport, source: Source, spec: InputSpec | None,
-               config_extra: dict[str, Any] | None = None) -> TreeReport:
+def add_layers(
+    report: TreeReport,
+    source: Source,
+    spec: InputSpec | None,
+    config_extra: dict[str, Any] | None = None,
+) -> TreeReport:
     """The tree report with each live layer's extra_repr() and, when `spec` is given, a meta forward's shapes.
 
     `spec` says where the input comes from (InputSpec: a file, shapes, or else the model's
@@ -326,8 +370,10 @@ def add_layers(report: TreeReport, source: Source, spec: InputSpec | None,
     if spec is None:
         return with_shapes(report, None, reprs)
     if source.format == "torchscript":
-        raise UsageError(f"{source.label} is TorchScript, whose modules take no Python hooks; measure shapes on the "
-                         f"Python model instead, e.g. an entry point with --meta")
+        raise UsageError(
+            f"{source.label} is TorchScript, whose modules take no Python hooks; measure shapes on the "
+            f"Python model instead, e.g. an entry point with --meta"
+        )
     extra = dict(config_extra or {})
     if not _has_input(model, spec, extra):
         raise UsageError(
@@ -337,7 +383,11 @@ def add_layers(report: TreeReport, source: Source, spec: InputSpec | None,
     if spec.dtype:  # given explicitly: it wins over [tool.modinspect]'s input_dtype too
         extra["input_dtype"] = spec.dtype
     else:
-        default = "int64" if first_embedding_size(model) is not None else _stored_float_dtype(source.tensors)
+        default = (
+            "int64"
+            if first_embedding_size(model) is not None
+            else _stored_float_dtype(source.tensors)
+        )
         spec = dataclasses.replace(spec, dtype=default)
         extra.setdefault("input_dtype", default)
     batches, described = resolve_batches(model, dataclasses.replace(spec, batches=1), extra)

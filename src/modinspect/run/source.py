@@ -22,7 +22,9 @@ def _open_module(module: Any, weights: str | None, strict: bool) -> Source:
     import torch
 
     if not isinstance(module, torch.nn.Module):
-        raise UsageError(f"open_source takes a path, an entry point or an nn.Module, not a {type(module).__name__}")
+        raise UsageError(
+            f"open_source takes a path, an entry point or an nn.Module, not a {type(module).__name__}"
+        )
     from modinspect.sources.module import ModuleSource
 
     source = ModuleSource(module, type(module).__name__, "module")
@@ -62,8 +64,12 @@ def open_source(
         return _open_module(spec, weights, strict)
     if isinstance(spec, Path):
         spec = str(spec)
-    options = OpenOptions(unsafe_pickle=unsafe_pickle, allow_globals=frozenset(allow_globals),
-                          max_pickle_bytes=max_pickle_size or DEFAULT_MAX_PICKLE, model_weights=model_weights)
+    options = OpenOptions(
+        unsafe_pickle=unsafe_pickle,
+        allow_globals=frozenset(allow_globals),
+        max_pickle_bytes=max_pickle_size or DEFAULT_MAX_PICKLE,
+        model_weights=model_weights,
+    )
     if max_layers is not None:
         options = replace(options, max_layers=max_layers)
     base = base or Path.cwd()
@@ -88,8 +94,12 @@ def open_source(
         from modinspect.run.weights import apply_weights
 
         wpath = Path(weights)
-        checkpoint = open_path(wpath if wpath.is_absolute() else weights_base / wpath, weights, options)
-        source.warnings.extend(checkpoint.warnings)  # --unsafe-pickle ran the checkpoint's code: say so
+        checkpoint = open_path(
+            wpath if wpath.is_absolute() else weights_base / wpath, weights, options
+        )
+        source.warnings.extend(
+            checkpoint.warnings
+        )  # --unsafe-pickle ran the checkpoint's code: say so
         source.would_call.extend(n for n in checkpoint.would_call if n not in source.would_call)
         with checkpoint:
             apply_weights(source, checkpoint, strict=strict)

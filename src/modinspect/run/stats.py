@@ -30,8 +30,20 @@ from modinspect.run.reductions import diagnose
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["HIST_BINS", "HIST_SAMPLE", "RELU_FAMILY", "Batch", "ForwardError", "StatsOptions", "as_batches",
-           "collect_stats", "flatten_tensors", "preserved", "seed_all", "unit_dim"]
+__all__ = [
+    "HIST_BINS",
+    "HIST_SAMPLE",
+    "RELU_FAMILY",
+    "Batch",
+    "ForwardError",
+    "StatsOptions",
+    "as_batches",
+    "collect_stats",
+    "flatten_tensors",
+    "preserved",
+    "seed_all",
+    "unit_dim",
+]
 
 
 class ForwardError(ModinspectError):
@@ -112,10 +124,19 @@ def _own_loss(output: Any) -> tuple[torch.Tensor | None, str]:
     value, described = None, ""
     if isinstance(output, dict) and "loss" in output:
         value = output["loss"]
-        described = "output.loss" if hasattr(output, "to_tuple") else "output['loss']"  # ModelOutput or plain dict
-    elif not isinstance(output, torch.Tensor | tuple | list) and isinstance(getattr(output, "loss", None), torch.Tensor):
+        described = (
+            "output.loss" if hasattr(output, "to_tuple") else "output['loss']"
+        )  # ModelOutput or plain dict
+    elif not isinstance(output, torch.Tensor | tuple | list) and isinstance(
+        getattr(output, "loss", None), torch.Tensor
+    ):
         value, described = output.loss, "output.loss"
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point() and value.requires_grad:
+    if (
+        isinstance(value, torch.Tensor)
+        and value.numel() == 1
+        and value.is_floating_point()
+        and value.requires_grad
+    ):
         return value.reshape(()), described
     return None, ""
 
@@ -172,8 +193,13 @@ def collect_stats(
             f"{source or 'this model'} is TorchScript, whose modules take no Python hooks; run stats on the Python "
             f"model instead, e.g. an entry point with --weights {source or 'CHECKPOINT'}"
         )
-    named = [(n, m) for n, m in model.named_modules()
-             if options.pattern is None or fnmatch.fnmatchcase(n, options.pattern) or n == options.pattern]
+    named = [
+        (n, m)
+        for n, m in model.named_modules()
+        if options.pattern is None
+        or fnmatch.fnmatchcase(n, options.pattern)
+        or n == options.pattern
+    ]
     if not named:
         raise ModinspectError(f"--filter {options.pattern!r} matches no module")
     acc = torch.float32 if device.startswith("mps") else torch.float64
@@ -198,7 +224,9 @@ def collect_stats(
                 rng = _rng_state()
                 collector.exact = options.exact
                 collector.begin_batch()
-                _run_batch(model, args, kwargs, collector, options, device, notes, losses, ranks=ranks)
+                _run_batch(
+                    model, args, kwargs, collector, options, device, notes, losses, ranks=ranks
+                )
                 if not _end_batch(collector, ranks):
                     # Something may be non-finite: run the batch again, same RNG, with exact masked reductions
                     # and the op tracer, which finds the op and the source line.
@@ -207,17 +235,38 @@ def collect_stats(
                     collector.begin_batch()
                     had_origin = collector.origin is not None
                     weights = [] if had_origin else nonfinite_tensors(model)
-                    tracer = None if had_origin else OpTracer(collector.current_module, lambda: collector.in_hook > 0)
+                    tracer = (
+                        None
+                        if had_origin
+                        else OpTracer(collector.current_module, lambda: collector.in_hook > 0)
+                    )
                     collector.tracer = tracer
                     try:
-                        _run_batch(model, args, kwargs, collector, options, device, notes, losses, tracer, ranks)
+                        _run_batch(
+                            model,
+                            args,
+                            kwargs,
+                            collector,
+                            options,
+                            device,
+                            notes,
+                            losses,
+                            tracer,
+                            ranks,
+                        )
                     finally:
                         collector.tracer = None
                     collector.end_batch()
-                    if tracer is not None and (collector.origin is not None or tracer.events or weights):
+                    if tracer is not None and (
+                        collector.origin is not None or tracer.events or weights
+                    ):
                         collector.origin, backward_origin = refine_origin(
-                            collector.origin, tracer.events, weights, collector.names,
-                            [collector._type(m) for m in range(len(collector.names))])
+                            collector.origin,
+                            tracer.events,
+                            weights,
+                            collector.names,
+                            [collector._type(m) for m in range(len(collector.names))],
+                        )
                 batches_run += 1
                 if progress is not None:
                     progress(1)
@@ -226,25 +275,45 @@ def collect_stats(
                 h.remove()
             collector.remove_tensor_hooks()
     if ranks.many:
-        own = _own_nonfinite(collector)  # before the merge replaces this rank's totals by everyone's
+        own = _own_nonfinite(
+            collector
+        )  # before the merge replaces this rank's totals by everyone's
         sum_loss = _loss_used(losses, options.loss) == "sum"
         # A mean loss per rank, gradients averaged: each rank's output gradient is world times its share.
-        distributed.merge_collector(collector, ranks, grad_scale=1.0 if sum_loss else 1.0 / ranks.world ** 2)
+        distributed.merge_collector(
+            collector, ranks, grad_scale=1.0 if sum_loss else 1.0 / ranks.world**2
+        )
         collector.origin, backward_origin = _pick_origins(
-            distributed.gather((collector.origin, backward_origin, own)))
+            distributed.gather((collector.origin, backward_origin, own))
+        )
     rows = collector.module_stats()
     cut = collector.without_gradient() if options.backward and batches_run else []
     if cut:
         shown = ", ".join(cut[:5]) + (f" and {len(cut) - 5} more" if len(cut) > 5 else "")
-        notes.append(f"no gradient reached {shown}: the loss does not depend on them, or a non-differentiable op "
-                     "(e.g. a quantized Linear) cut the graph")
-    found = any(r.nan or r.inf or r.grad_nan or r.grad_inf or r.param_grad_nan or r.param_grad_inf for r in rows)
+        notes.append(
+            f"no gradient reached {shown}: the loss does not depend on them, or a non-differentiable op "
+            "(e.g. a quantized Linear) cut the graph"
+        )
+    found = any(
+        r.nan or r.inf or r.grad_nan or r.grad_inf or r.param_grad_nan or r.param_grad_inf
+        for r in rows
+    )
     origin = collector.origin
     return StatsReport(
-        source=source, device=device, dtype=options.autocast_dtype, mode="train" if options.train else "eval",
-        batches=batches_run, backward=options.backward, loss=_loss_used(losses, options.loss),
-        inputs=inputs, modules=tuple(rows), nonfinite_origin=origin, nonfinite_found=found or origin is not None,
-        notes=tuple(dict.fromkeys(notes)), backward_origin=backward_origin, diagnoses=tuple(diagnose(rows)),
+        source=source,
+        device=device,
+        dtype=options.autocast_dtype,
+        mode="train" if options.train else "eval",
+        batches=batches_run,
+        backward=options.backward,
+        loss=_loss_used(losses, options.loss),
+        inputs=inputs,
+        modules=tuple(rows),
+        nonfinite_origin=origin,
+        nonfinite_found=found or origin is not None,
+        notes=tuple(dict.fromkeys(notes)),
+        backward_origin=backward_origin,
+        diagnoses=tuple(diagnose(rows)),
         frozen=frozen_params(model),
     )
 
@@ -269,8 +338,11 @@ def frozen_params(model: Any) -> FrozenParams:
             module = f"{module}.{part}" if module else part
             holds[module] = holds.get(module, False) or trainable
     # A module whose parent is fully frozen is inside a listed one; a frozen ancestor means a frozen parent.
-    outer = [m for m, moving in holds.items()
-             if not moving and (m == "" or holds.get(m.rpartition(".")[0] if "." in m else "", True))]
+    outer = [
+        m
+        for m, moving in holds.items()
+        if not moving and (m == "" or holds.get(m.rpartition(".")[0] if "." in m else "", True))
+    ]
     return FrozenParams(params=frozen, total=total, tensors=tensors, modules=tuple(outer))
 
 
@@ -287,8 +359,12 @@ def as_batches(batches: Iterable[Any]) -> Iterator[Batch]:
 
 
 def _as_batch(batch: Any) -> Batch:
-    if isinstance(batch, tuple | list) and len(batch) == 2 and isinstance(batch[0], tuple | list) \
-            and isinstance(batch[1], dict):
+    if (
+        isinstance(batch, tuple | list)
+        and len(batch) == 2
+        and isinstance(batch[0], tuple | list)
+        and isinstance(batch[1], dict)
+    ):
         return tuple(batch[0]), dict(batch[1])
     if isinstance(batch, tuple | list):
         return tuple(batch), {}
@@ -303,7 +379,9 @@ def _own_nonfinite(collector: Collector) -> bool:
     origin = collector.origin
     if origin is not None and (origin.phase == "forward" or origin.cause != "produced"):
         return True
-    return any(r.nan or r.inf for r in collector.running) or any(g.nan or g.inf for g in collector.grad)
+    return any(r.nan or r.inf for r in collector.running) or any(
+        g.nan or g.inf for g in collector.grad
+    )
 
 
 def _pick_origins(gathered: Sequence[tuple[Any, Any, bool]]) -> tuple[Any, Any]:
@@ -327,7 +405,11 @@ def _loss_used(losses: list[str], requested: str | Callable[[Any], Any]) -> str:
 def _rng_state() -> tuple[Any, Any]:
     import torch
 
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None  # type: ignore[no-untyped-call]
+    cuda = (
+        torch.cuda.get_rng_state_all()
+        if torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+        else None
+    )
     return torch.get_rng_state(), cuda
 
 
@@ -366,14 +448,25 @@ def _average_grads(model: Any, ranks: Any, summed: bool) -> None:
             p.grad.copy_(total if summed else total / ranks.world)
 
 
-def _run_batch(model: Any, args: Sequence[Any], kwargs: dict[str, Any], collector: Collector,
-               options: StatsOptions, device: str, notes: list[str], losses: list[str],
-               tracer: OpTracer | None = None, ranks: Any = None) -> None:
+def _run_batch(
+    model: Any,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    collector: Collector,
+    options: StatsOptions,
+    device: str,
+    notes: list[str],
+    losses: list[str],
+    tracer: OpTracer | None = None,
+    ranks: Any = None,
+) -> None:
     import torch
 
     autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if options.autocast_dtype is not None:
-        autocast = torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, options.autocast_dtype))
+        autocast = torch.autocast(
+            device_type=device.split(":")[0], dtype=getattr(torch, options.autocast_dtype)
+        )
     grad_mode = torch.enable_grad() if options.backward else torch.no_grad()
     try:
         tracing = tracer.forward() if tracer is not None else contextlib.nullcontext()

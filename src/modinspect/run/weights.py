@@ -22,7 +22,9 @@ def describe_problems(plan: LoadPlan, limit: int = 3) -> str:
         ("with another shape", [f"{m.name} {m.model} vs {m.checkpoint}" for m in plan.mismatched]),
     ):
         if names:
-            shown = ", ".join(names[:limit]) + (f", … {len(names) - limit} more" if len(names) > limit else "")
+            shown = ", ".join(names[:limit]) + (
+                f", … {len(names) - limit} more" if len(names) > limit else ""
+            )
             parts.append(f"{len(names)} {label} ({shown})")
     return "; ".join(parts)
 
@@ -30,7 +32,9 @@ def describe_problems(plan: LoadPlan, limit: int = 3) -> str:
 def describe_mismatched(plan: LoadPlan, limit: int = 3) -> str:
     """'classifier.weight [10, 16] in the model vs [5, 16], …' in one line."""
     items = [f"{m.name} {m.model} in the model vs {m.checkpoint}" for m in plan.mismatched]
-    return ", ".join(items[:limit]) + (f", … {len(items) - limit} more" if len(items) > limit else "")
+    return ", ".join(items[:limit]) + (
+        f", … {len(items) - limit} more" if len(items) > limit else ""
+    )
 
 
 def is_meta(module: Any) -> bool:
@@ -54,7 +58,9 @@ def copy_into(module: Any, plan: LoadPlan, checkpoint: Source) -> dict[str, floa
     with torch.no_grad():
         for name in plan.loaded:
             value = checkpoint.read_tensor(ckpt_names.get(name, name))
-            if own and name.startswith(own):  # saved by the module's own code: loaded by its own code below
+            if own and name.startswith(
+                own
+            ):  # saved by the module's own code: loaded by its own code below
                 pending[name] = value
                 continue
             state[name].copy_(value)
@@ -71,10 +77,14 @@ def _own_state_prefixes(module: Any) -> tuple[str, ...]:
     """The name prefixes of modules whose own `_save_to_state_dict` saves more than parameters and buffers."""
     from modinspect.sources.module import has_own_state
 
-    return tuple(f"{name}." if name else "" for name, mod in module.named_modules() if has_own_state(mod))
+    return tuple(
+        f"{name}." if name else "" for name, mod in module.named_modules() if has_own_state(mod)
+    )
 
 
-def _load_own_state(module: Any, state: dict[str, Any], own: tuple[str, ...], pending: dict[str, Any]) -> None:
+def _load_own_state(
+    module: Any, state: dict[str, Any], own: tuple[str, ...], pending: dict[str, Any]
+) -> None:
     """Those modules' entries through load_state_dict, as torch would load them: packed (weight, bias) tuples
     rebuilt from their `.0`/`.1` tensors, entries the checkpoint cannot hold as tensors (a dtype) kept as the
     model has them."""
@@ -89,14 +99,22 @@ def _load_own_state(module: Any, state: dict[str, Any], own: tuple[str, ...], pe
         base, _, index = name.rpartition(".")
         packed = entries.get(base)
         if isinstance(packed, tuple) and index.isdigit() and int(index) < len(packed):
-            entries[base] = (*packed[:int(index)], value, *packed[int(index) + 1:])
+            entries[base] = (*packed[: int(index)], value, *packed[int(index) + 1 :])
     module.load_state_dict(entries, strict=False)
 
 
-def apply_weights(model: Source, checkpoint: Source, strict: bool = True, keymap: KeyMap | None = None) -> LoadPlan:
+def apply_weights(
+    model: Source, checkpoint: Source, strict: bool = True, keymap: KeyMap | None = None
+) -> LoadPlan:
     """--weights: load every tensor that fits; under `strict` any missing, unexpected or mis-shaped key fails."""
     assert isinstance(model, ModuleSource)
-    plan = plan_load(model.tensors, checkpoint.tensors, keymap, module=model.module, shared=checkpoint.shared_storage)
+    plan = plan_load(
+        model.tensors,
+        checkpoint.tensors,
+        keymap,
+        module=model.module,
+        shared=checkpoint.shared_storage,
+    )
     if strict and not plan.strict_ok:
         hint = f" ({plan.hints[0]})" if plan.hints else ""
         raise WeightsMismatchError(
@@ -105,11 +123,15 @@ def apply_weights(model: Source, checkpoint: Source, strict: bool = True, keymap
             f"(every key's status: modinspect load {model.label} {checkpoint.label} --dry-run)"
         )
     if is_meta(model.module):
-        model.notes.append(f"weights from {checkpoint.label} checked against the model, not loaded (--meta)")
+        model.notes.append(
+            f"weights from {checkpoint.label} checked against the model, not loaded (--meta)"
+        )
         return plan
     copy_into(model.module, plan, checkpoint)
     if not plan.strict_ok:
-        model.warnings.append(f"--weights loaded {len(plan.loaded)} tensors; {describe_problems(plan)}")
+        model.warnings.append(
+            f"--weights loaded {len(plan.loaded)} tensors; {describe_problems(plan)}"
+        )
     model.notes.append(f"weights: {len(plan.loaded)} tensors loaded from {checkpoint.label}")
     model.refresh()
     return plan
@@ -135,7 +157,11 @@ def write_state_dict(module: Any, target: Path, kind: str) -> None:
     if _all_storages_held_whole(state):
         save_model(module, str(target), metadata={"format": "pt"})
     else:
-        save_file({name: t.detach().clone() for name, t in state.items()}, str(target), metadata={"format": "pt"})
+        save_file(
+            {name: t.detach().clone() for name, t in state.items()},
+            str(target),
+            metadata={"format": "pt"},
+        )
 
 
 def _all_storages_held_whole(state: dict[str, Any]) -> bool:

@@ -31,14 +31,22 @@ def unwrap(model: Any) -> Any:
 
 def is_wrapper(module: Any) -> bool:
     """A wrapper inside the model (an FSDP1 unit, a checkpoint wrapper): its inner module carries the name."""
-    return type(module).__name__ in ("FullyShardedDataParallel", "CheckpointWrapper", "OptimizedModule")
+    return type(module).__name__ in (
+        "FullyShardedDataParallel",
+        "CheckpointWrapper",
+        "OptimizedModule",
+    )
 
 
 def type_name(module: Any) -> str:
     """The class the user wrote: FSDP2's fully_shard swaps a module's class for `FSDP<Name>`, a subclass of it."""
     cls = type(module)
     mro = cls.__mro__
-    if len(mro) > 2 and mro[1].__name__ == "FSDPModule" and cls.__name__ == "FSDP" + mro[2].__name__:
+    if (
+        len(mro) > 2
+        and mro[1].__name__ == "FSDPModule"
+        and cls.__name__ == "FSDP" + mro[2].__name__
+    ):
         return mro[2].__name__
     return cls.__name__
 

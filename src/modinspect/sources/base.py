@@ -61,7 +61,9 @@ class TensorInfo:
     storage: str | None = None
     requires_grad: bool | None = None
     persistent: bool | None = None
-    qscheme: str | None = None  # a torch quantized tensor's: 'per_tensor_affine', 'per_channel_affine', ...
+    qscheme: str | None = (
+        None  # a torch quantized tensor's: 'per_tensor_affine', 'per_channel_affine', ...
+    )
 
     @property
     def numel(self) -> int:
@@ -103,11 +105,15 @@ class Source:
     module: Any = None  # the nn.Module, when the source yields one
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    standins: list[str] = field(default_factory=list)  # globals read as inert stand-ins, never imported
+    standins: list[str] = field(
+        default_factory=list
+    )  # globals read as inert stand-ins, never imported
     # Names the file records only as sharing another tensor's storage, {name: kept name} (safetensors
     # save_model's metadata): listed with the kept tensor's shape, which is theirs only if they alias all of it.
     shared_storage: dict[str, str] = field(default_factory=dict)
-    would_call: list[str] = field(default_factory=list)  # stand-ins the pickle calls: torch.load would run them
+    would_call: list[str] = field(
+        default_factory=list
+    )  # stand-ins the pickle calls: torch.load would run them
     quantization_config: dict[str, Any] | None = None  # config.json's, for a Hugging Face directory
 
     def __post_init__(self) -> None:
@@ -133,7 +139,9 @@ class Source:
             raise KeyError(name)
         return self._read(name)
 
-    def iter_tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    def iter_tensors(
+        self, names: Iterable[str] | None = None
+    ) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield (name, tensor) one at a time, so callers can release each before the next."""
         for name in names if names is not None else self.names():
             yield name, self.read_tensor(name)
@@ -151,7 +159,7 @@ class Source:
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
         flat = self._read(name).reshape(-1)
         for start in range(0, flat.numel(), chunk_elems):
-            yield flat[start:start + chunk_elems]
+            yield flat[start : start + chunk_elems]
 
     def byte_range(self, name: str) -> tuple[Path, int, int] | None:
         """(file, offset, nbytes) where tensor `name`'s bytes lie as is (row-major, little-endian), or None.
@@ -190,7 +198,6 @@ def tied_groups(tensors: Iterable[TensorInfo]) -> list[list[str]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     strides = []
     step = 1
@@ -202,7 +209,9 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def is_row_major(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     """True when a view with this shape and stride reads its storage in order (size-1 dims ignored)."""
-    return all(s == c for d, s, c in zip(shape, stride, contiguous_strides(shape), strict=True) if d != 1)
+    return all(
+        s == c for d, s, c in zip(shape, stride, contiguous_strides(shape), strict=True) if d != 1
+    )
 
 
 def host_is_big_endian() -> bool:
@@ -229,7 +238,9 @@ def from_little_endian(buf: Any, dtype: torch.dtype, count: int = -1) -> torch.T
     return t
 
 
-def read_chunks(stream: IO[bytes], numel: int, dtype: str, chunk_elems: int, label: str) -> Iterator[torch.Tensor]:
+def read_chunks(
+    stream: IO[bytes], numel: int, dtype: str, chunk_elems: int, label: str
+) -> Iterator[torch.Tensor]:
     """`numel` elements of `dtype` read from `stream`'s position as 1-d tensors of at most chunk_elems each."""
     import torch
 

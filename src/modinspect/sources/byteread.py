@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 
 from modinspect.errors import CorruptFileError
 
-if TYPE_CHECKING:  # imported when a second thread is first needed: identical small files never start one
+if (
+    TYPE_CHECKING
+):  # imported when a second thread is first needed: identical small files never start one
     from concurrent.futures import Future, ThreadPoolExecutor
 
 ByteRange = tuple[Path, int, int]
@@ -59,15 +61,22 @@ class ByteReader:
         """The `nbytes` (at most WINDOW) at `offset`, from the window when it holds them."""
         at = self._window_at
         # `is` first: sources hand out one Path object per file, and Path.__eq__ is slow Python
-        if at is None or (at[0] is not path and at[0] != path) or not at[1] <= offset or offset + nbytes > at[1] + at[2]:
+        if (
+            at is None
+            or (at[0] is not path and at[0] != path)
+            or not at[1] <= offset
+            or offset + nbytes > at[1] + at[2]
+        ):
             f = self._file(path)
             f.seek(offset)
             got = f.readinto(self._window)
             if got < nbytes:
-                raise CorruptFileError(f"{path} is truncated: a tensor ends past the end of its data")
+                raise CorruptFileError(
+                    f"{path} is truncated: a tensor ends past the end of its data"
+                )
             at = self._window_at = (path, offset, got)
         start = offset - at[1]
-        return self._window[start:start + nbytes]
+        return self._window[start : start + nbytes]
 
     def close(self) -> None:
         for f in self._files.values():
@@ -99,7 +108,9 @@ def _same_parts(a: bytearray, b: bytearray, sizes: list[int]) -> list[bool]:
     search = _NONZERO.search
     found = search(x)
     while found is not None:
-        part = bisect_right(starts, found.start()) - 1  # the last part to start there: empty parts hold no byte
+        part = (
+            bisect_right(starts, found.start()) - 1
+        )  # the last part to start there: empty parts hold no byte
         out[part] = False
         found = search(x, starts[part + 1])
     return out
@@ -111,8 +122,12 @@ class PairReader:
     def __init__(self) -> None:
         self.a, self.b = ByteReader(), ByteReader()
         self._pool: ThreadPoolExecutor | None = None
-        self._buffers: list[bytearray] = []  # a0, b0, a1, b1: two pairs, so one fills while one is used
-        self._pieces: tuple[bytearray, bytearray] | None = None  # same()'s, apart: sizes never alternate
+        self._buffers: list[
+            bytearray
+        ] = []  # a0, b0, a1, b1: two pairs, so one fills while one is used
+        self._pieces: tuple[bytearray, bytearray] | None = (
+            None  # same()'s, apart: sizes never alternate
+        )
         self._torch_threads: int | None = None
 
     def _submit(self, fn: object, *args: object) -> Future[None]:
@@ -174,14 +189,24 @@ class PairReader:
                 p_a, at_a, m = ranges_a[j]
                 p_b, at_b, m_b = ranges_b[j]
                 # `is`: sources hand out one Path object per file (Path.__eq__ is slow Python)
-                if at_a != end_a or at_b != end_b or m != m_b or end_a + m > limit or p_a is not path_a or p_b is not path_b:
+                if (
+                    at_a != end_a
+                    or at_b != end_b
+                    or m != m_b
+                    or end_a + m > limit
+                    or p_a is not path_a
+                    or p_b is not path_b
+                ):
                     break
                 end_a, end_b, j = end_a + m, end_b + m, j + 1
             if j - i == 1:
                 out[i] = self.a.small(path_a, start_a, k) == self.b.small(path_b, start_b, k)
             else:
                 total = end_a - start_a
-                data_a, data_b = self.a.small(path_a, start_a, total), self.b.small(path_b, start_b, total)
+                data_a, data_b = (
+                    self.a.small(path_a, start_a, total),
+                    self.b.small(path_b, start_b, total),
+                )
                 if data_a == data_b:
                     out[i:j] = [True] * (j - i)
                 else:
@@ -197,8 +222,9 @@ class PairReader:
             differ += _same_parts(va, vb, [part] * (len(va) // part)).count(False)  # type: ignore[arg-type]
         return differ
 
-    def chunk_pairs(self, ra: ByteRange, rb: ByteRange, step_a: int,
-                    step_b: int) -> Iterator[tuple[memoryview, memoryview]]:
+    def chunk_pairs(
+        self, ra: ByteRange, rb: ByteRange, step_a: int, step_b: int
+    ) -> Iterator[tuple[memoryview, memoryview]]:
         """Both ranges in aligned pieces of step_a and step_b bytes, the next pair read while this one is used.
 
         A yielded pair is valid until the next is asked for.
@@ -211,8 +237,8 @@ class PairReader:
 
         def read(k: int) -> None:
             va, vb = views[2 * (k % 2)], views[2 * (k % 2) + 1]
-            self.a.read_into(path_a, at_a + k * step_a, va[:min(step_a, n_a - k * step_a)])
-            self.b.read_into(path_b, at_b + k * step_b, vb[:min(step_b, n_b - k * step_b)])
+            self.a.read_into(path_a, at_a + k * step_a, va[: min(step_a, n_a - k * step_a)])
+            self.b.read_into(path_b, at_b + k * step_b, vb[: min(step_b, n_b - k * step_b)])
 
         if pieces == 1:  # nothing to read ahead: no thread round trip
             read(0)
@@ -225,7 +251,7 @@ class PairReader:
                 pending.result()
                 pending = self._submit(read, k + 1) if k + 1 < pieces else None
                 va, vb = views[2 * (k % 2)], views[2 * (k % 2) + 1]
-                yield va[:min(step_a, n_a - k * step_a)], vb[:min(step_b, n_b - k * step_b)]
+                yield va[: min(step_a, n_a - k * step_a)], vb[: min(step_b, n_b - k * step_b)]
         finally:
             if pending is not None:  # never leave a read running into buffers or handles in use
                 pending.result()

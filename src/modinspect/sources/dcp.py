@@ -114,7 +114,9 @@ class DcpSource(Source):
         meta_path = folder / METADATA_NAME
         try:
             if meta_path.stat().st_size > _MAX_METADATA_BYTES:
-                raise CorruptFileError(f"{meta_path} is over {_MAX_METADATA_BYTES:,} bytes: not DCP metadata")
+                raise CorruptFileError(
+                    f"{meta_path} is over {_MAX_METADATA_BYTES:,} bytes: not DCP metadata"
+                )
             data = meta_path.read_bytes()
         except OSError as exc:
             raise CorruptFileError(f"cannot read {meta_path}: {exc.strerror or exc}") from None
@@ -124,30 +126,51 @@ class DcpSource(Source):
         except UnsafePickleError as exc:
             if not options.unsafe_pickle:
                 raise
-            warnings.append(f"--unsafe-pickle: fully unpickling {meta_path}, which imports "
-                            f"{', '.join(exc.globals[:6])}{' and more' if len(exc.globals) > 6 else ''}; "
-                            "this runs code from the file")
+            warnings.append(
+                f"--unsafe-pickle: fully unpickling {meta_path}, which imports "
+                f"{', '.join(exc.globals[:6])}{' and more' if len(exc.globals) > 6 else ''}; "
+                "this runs code from the file"
+            )
             md = load_metadata_unsafe(data, str(meta_path))
         self._chunks_of: dict[str, list[Chunk]] = {}
         self._headers: dict[Path, SafetensorsHeader | None] = {}
         tensors, others = self._entries(md, meta_path)
         files = sorted({c.path.name for cs in self._chunks_of.values() for c in cs})
         n_chunks = sum(len(cs) for cs in self._chunks_of.values())
-        notes = [f"torch.distributed.checkpoint: {len(tensors)} tensors in {n_chunks} chunks across "
-                 f"{len(files)} file(s) ({', '.join(files[:3])}{', …' if len(files) > 3 else ''})"]
+        notes = [
+            f"torch.distributed.checkpoint: {len(tensors)} tensors in {n_chunks} chunks across "
+            f"{len(files)} file(s) ({', '.join(files[:3])}{', …' if len(files) > 3 else ''})"
+        ]
         split = [n for n, cs in self._chunks_of.items() if len(cs) > 1]
         if split:
-            notes.append(f"{len(split)} tensor(s) saved in several chunks, reassembled on read (e.g. {split[0]})")
+            notes.append(
+                f"{len(split)} tensor(s) saved in several chunks, reassembled on read (e.g. {split[0]})"
+            )
         version = getattr(md, "version", None)
-        metadata = {"dcp_version": version if isinstance(version, str) else describe_int(version)} if version else {}
-        super().__init__(label=label, format="dcp", tensors=tensors, other_entries=others, notes=notes,
-                         metadata=metadata, warnings=warnings)
+        metadata = (
+            {"dcp_version": version if isinstance(version, str) else describe_int(version)}
+            if version
+            else {}
+        )
+        super().__init__(
+            label=label,
+            format="dcp",
+            tensors=tensors,
+            other_entries=others,
+            notes=notes,
+            metadata=metadata,
+            warnings=warnings,
+        )
 
-    def _entries(self, md: Metadata, meta_path: Path) -> tuple[list[TensorInfo], list[EntrySummary]]:
+    def _entries(
+        self, md: Metadata, meta_path: Path
+    ) -> tuple[list[TensorInfo], list[EntrySummary]]:
         where: dict[tuple[str, tuple[int, ...]], object] = {}
         for index, info in (getattr(md, "storage_data", None) or {}).items():
             offset = getattr(index, "offset", None)
-            where[(str(getattr(index, "fqn", "")), tuple(offset) if offset is not None else ())] = info
+            where[(str(getattr(index, "fqn", "")), tuple(offset) if offset is not None else ())] = (
+                info
+            )
         tensors: list[TensorInfo] = []
         others: list[EntrySummary] = []
         sizes: dict[Path, int] = {}
@@ -159,21 +182,33 @@ class DcpSource(Source):
                 continue
             shape = _ints(getattr(entry, "size", None), f"{fqn!r} a size", str(meta_path))
             if bounded_numel(shape) is None:
-                raise CorruptFileError(f"{meta_path} gives {fqn!r} a size whose product reaches 2**63 elements")
+                raise CorruptFileError(
+                    f"{meta_path} gives {fqn!r} a size whose product reaches 2**63 elements"
+                )
             dtype = dtype_name(getattr(entry, "properties", None))
             if dtype is None or dtype not in DTYPE_BITS:
                 raise CorruptFileError(f"{meta_path} gives {fqn!r} the unknown dtype {dtype!r}")
             chunks = []
             for c in getattr(entry, "chunks", None) or []:
-                offsets = _ints(getattr(c, "offsets", None), f"a chunk of {fqn!r} offsets", str(meta_path))
-                csizes = _ints(getattr(c, "sizes", None), f"a chunk of {fqn!r} sizes", str(meta_path))
-                if len(offsets) != len(shape) or len(csizes) != len(shape) or any(
-                    o + s > d for o, s, d in zip(offsets, csizes, shape, strict=True)
+                offsets = _ints(
+                    getattr(c, "offsets", None), f"a chunk of {fqn!r} offsets", str(meta_path)
+                )
+                csizes = _ints(
+                    getattr(c, "sizes", None), f"a chunk of {fqn!r} sizes", str(meta_path)
+                )
+                if (
+                    len(offsets) != len(shape)
+                    or len(csizes) != len(shape)
+                    or any(o + s > d for o, s, d in zip(offsets, csizes, shape, strict=True))
                 ):
-                    raise CorruptFileError(f"{meta_path} places a chunk of {fqn!r} outside its shape {list(shape)}")
+                    raise CorruptFileError(
+                        f"{meta_path} places a chunk of {fqn!r} outside its shape {list(shape)}"
+                    )
                 info = where.get((fqn, offsets))
                 if info is None:
-                    raise CorruptFileError(f"{meta_path} says where the chunk of {fqn!r} at {list(offsets)} is stored")
+                    raise CorruptFileError(
+                        f"{meta_path} says where the chunk of {fqn!r} at {list(offsets)} is stored"
+                    )
                 chunks.append(self._chunk(fqn, offsets, csizes, info, meta_path, sizes))
             numel = math.prod(shape)
             if sum(c.numel for c in chunks) != numel:
@@ -181,21 +216,42 @@ class DcpSource(Source):
                     f"{meta_path}: the chunks of {fqn!r} hold {sum(c.numel for c in chunks):,} elements, not {numel:,}"
                 )
             self._chunks_of[fqn] = chunks
-            tensors.append(TensorInfo(fqn, shape, dtype, numel * DTYPE_BITS[dtype] // 8, checkpoint_kind(fqn),
-                                      storage=f"dcp:{fqn}"))
+            tensors.append(
+                TensorInfo(
+                    fqn,
+                    shape,
+                    dtype,
+                    numel * DTYPE_BITS[dtype] // 8,
+                    checkpoint_kind(fqn),
+                    storage=f"dcp:{fqn}",
+                )
+            )
         return tensors, others
 
-    def _chunk(self, fqn: str, offsets: tuple[int, ...], sizes: tuple[int, ...], info: object, meta_path: Path,
-               file_sizes: dict[Path, int]) -> Chunk:
+    def _chunk(
+        self,
+        fqn: str,
+        offsets: tuple[int, ...],
+        sizes: tuple[int, ...],
+        info: object,
+        meta_path: Path,
+        file_sizes: dict[Path, int],
+    ) -> Chunk:
         """Where the chunk's bytes are, once the file is known to lie in the directory and to hold them."""
         rel, start, length = (getattr(info, k, None) for k in ("relative_path", "offset", "length"))
         if not isinstance(rel, str) or not is_int64(start) or not is_int64(length):
-            raise CorruptFileError(f"{meta_path} gives the chunk of {fqn!r} a storage place it cannot name")
-        path = shard_path(meta_path, rel)  # confined to the directory, like a sharded index's shards
+            raise CorruptFileError(
+                f"{meta_path} gives the chunk of {fqn!r} a storage place it cannot name"
+            )
+        path = shard_path(
+            meta_path, rel
+        )  # confined to the directory, like a sharded index's shards
         if path not in file_sizes:
             file_sizes[path] = path.stat().st_size
         if start + length > file_sizes[path]:
-            raise CorruptFileError(f"{meta_path} places the chunk of {fqn!r} past the end of {rel} (truncated?)")
+            raise CorruptFileError(
+                f"{meta_path} places the chunk of {fqn!r} past the end of {rel} (truncated?)"
+            )
         transforms = tuple(str(t) for t in getattr(info, "transform_descriptors", None) or ())
         return Chunk(offsets, sizes, path, start, length, transforms)
 
@@ -211,10 +267,14 @@ class DcpSource(Source):
             )
         where = f"{chunk.path} (bytes {chunk.offset:,}+{chunk.length:,})"
         header = self._safetensors_header(chunk.path)
-        if header is not None:  # SerializationFormat.SAFETENSORS: one safetensors file per rank, keyed by name
+        if (
+            header is not None
+        ):  # SerializationFormat.SAFETENSORS: one safetensors file per rank, keyed by name
             entry = header.entries.get(name)
             if entry is None or entry[0] != dtype or entry[1] != chunk.sizes:
-                raise CorruptFileError(f"{chunk.path} does not hold the {dtype} {list(chunk.sizes)} chunk of {name!r}")
+                raise CorruptFileError(
+                    f"{chunk.path} does not hold the {dtype} {list(chunk.sizes)} chunk of {name!r}"
+                )
             with chunk.path.open("rb") as f:
                 f.seek(header.data_start + entry[2])
                 yield from read_chunks(f, chunk.numel, dtype, chunk_elems, str(chunk.path))
@@ -225,7 +285,9 @@ class DcpSource(Source):
             window.seek(0)
             if head != b"PK":  # the chunk's raw bytes
                 if chunk.length != chunk.numel * DTYPE_BITS[dtype] // 8:
-                    raise CorruptFileError(f"{where} holds {chunk.length:,} bytes, not the chunk of {name!r}")
+                    raise CorruptFileError(
+                        f"{where} holds {chunk.length:,} bytes, not the chunk of {name!r}"
+                    )
                 yield from read_chunks(window, chunk.numel, dtype, chunk_elems, where)  # type: ignore[arg-type]
                 return
             yield from _zip_pieces(window, chunk, dtype, chunk_elems, where, name)
@@ -258,7 +320,9 @@ class DcpSource(Source):
         rows = sorted(chunks, key=lambda c: c.offsets)
         if len(chunks) == 1 or all(c.sizes[1:] == info.shape[1:] for c in chunks):
             # Whole rows (FSDP's dim-0 shards): the chunks, in order of their first row, are the tensor in order.
-            yield from rechunk((p for c in rows for p in self._pieces(name, c, chunk_elems)), chunk_elems)
+            yield from rechunk(
+                (p for c in rows for p in self._pieces(name, c, chunk_elems)), chunk_elems
+            )
         else:  # split along a later dimension: its row-major order interleaves the chunks
             yield from super()._chunks(name, chunk_elems)
 
@@ -290,8 +354,9 @@ def rechunk(pieces: Iterable[torch.Tensor], n: int) -> Iterator[torch.Tensor]:
         yield held[0] if len(held) == 1 else torch.cat(held)
 
 
-def _zip_pieces(window: _Window, chunk: Chunk, dtype: str, chunk_elems: int, where: str,
-                name: str) -> Iterator[torch.Tensor]:
+def _zip_pieces(
+    window: _Window, chunk: Chunk, dtype: str, chunk_elems: int, where: str, name: str
+) -> Iterator[torch.Tensor]:
     """A chunk saved by torch.save inside the .distcp file, read through the weights-only gate."""
     import torch
 
@@ -308,7 +373,9 @@ def _zip_pieces(window: _Window, chunk: Chunk, dtype: str, chunk_elems: int, whe
         if not pkl:
             raise CorruptFileError(f"{where} is a zip without data.pkl, not a torch.save archive")
         prefix = pkl[0][: -len("data.pkl")]
-        ref, _ = Gate(where).load(read_zip_member(zf, pkl[0], chunk.length, where), 0, storage_from_pid)
+        ref, _ = Gate(where).load(
+            read_zip_member(zf, pkl[0], chunk.length, where), 0, storage_from_pid
+        )
         if not isinstance(ref, TensorRef) or ref.storage is None:
             raise CorruptFileError(f"{where} does not hold a tensor")
         if ref.shape != chunk.sizes or ref.dtype != dtype:

@@ -27,8 +27,16 @@ from modinspect.sources.pickle.standins import StandInRegistry
 
 _DCP = "torch.distributed.checkpoint.metadata"
 _FS = "torch.distributed.checkpoint.filesystem"
-_DTYPE_ALIASES = {"double": "float64", "float": "float32", "half": "float16", "long": "int64", "int": "int32",
-                  "short": "int16", "cfloat": "complex64", "cdouble": "complex128"}
+_DTYPE_ALIASES = {
+    "double": "float64",
+    "float": "float32",
+    "half": "float16",
+    "long": "int64",
+    "int": "int32",
+    "short": "int16",
+    "cfloat": "complex64",
+    "cdouble": "complex128",
+}
 
 
 class _Record:
@@ -38,7 +46,10 @@ class _Record:
 
     def __setstate__(self, state: object) -> None:
         if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
-            state = {**(state[0] or {}), **state[1]}  # (dict, slots) from a dataclass with __slots__
+            state = {
+                **(state[0] or {}),
+                **state[1],
+            }  # (dict, slots) from a dataclass with __slots__
         if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
             raise CorruptFileError(f"gives a {type(self).__name__} a state that is not a field map")
         for key in self.FIELDS:
@@ -138,8 +149,10 @@ ALLOWED: dict[tuple[str, str], object] = {
     ("torch.serialization", "_get_layout"): _Call(_layout),
     ("torch", "Size"): _Call(_torch_size),
     ("collections", "OrderedDict"): OrderedDict,
-    **{("pathlib", name): _Call(_path) for name in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath",
-                                                     "Path")},
+    **{
+        ("pathlib", name): _Call(_path)
+        for name in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path")
+    },
     # Sealed (pickle_gate's own): BUILD cannot rewrite these shared dtype objects for every later file.
     **{("torch", name): DtypeRef(_DTYPE_ALIASES.get(name, name)) for name in TORCH_DTYPE_NAMES},
 }
@@ -165,8 +178,19 @@ class _Unpickler(pickle.Unpickler):
         raise CorruptFileError("refers to a persistent object, which DCP metadata never does")
 
 
-_ERRORS = (pickle.UnpicklingError, EOFError, TypeError, AttributeError, ValueError, IndexError, KeyError,
-           RecursionError, UnicodeDecodeError, OverflowError, MemoryError)
+_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    TypeError,
+    AttributeError,
+    ValueError,
+    IndexError,
+    KeyError,
+    RecursionError,
+    UnicodeDecodeError,
+    OverflowError,
+    MemoryError,
+)
 
 
 def load_metadata(data: bytes, label: str) -> Metadata:
@@ -190,10 +214,14 @@ def load_metadata(data: bytes, label: str) -> Metadata:
         extension = extension_code(exc)
         if extension is not None:
             raise UnsafePickleError(label, [f"<copyreg extension {extension}>"]) from None
-        raise CorruptFileError(f"{label} is not valid DCP metadata ({type(exc).__name__}: {exc})") from None
+        raise CorruptFileError(
+            f"{label} is not valid DCP metadata ({type(exc).__name__}: {exc})"
+        ) from None
     if unpickler.refused:
         raise UnsafePickleError(label, unpickler.refused)
-    if not isinstance(obj, Metadata) or not isinstance(getattr(obj, "state_dict_metadata", None), dict):
+    if not isinstance(obj, Metadata) or not isinstance(
+        getattr(obj, "state_dict_metadata", None), dict
+    ):
         raise CorruptFileError(f"{label} is not DCP metadata (it holds a {type(obj).__name__})")
     return obj
 
@@ -203,8 +231,9 @@ def load_metadata_unsafe(data: bytes, label: str) -> Metadata:
     try:
         obj = pickle.loads(data)
     except Exception as exc:
-        raise CorruptFileError(f"{label} failed to unpickle even with --unsafe-pickle ({type(exc).__name__}: "
-                               f"{exc})") from exc
+        raise CorruptFileError(
+            f"{label} failed to unpickle even with --unsafe-pickle ({type(exc).__name__}: {exc})"
+        ) from exc
     return _as_records(obj, label)
 
 
@@ -225,17 +254,37 @@ def _as_records(obj: object, label: str) -> Metadata:
             converted[fqn] = _record(BytesStorageMetadata)
             continue
         dtype = str(getattr(entry.properties, "dtype", "")).removeprefix("torch.")
-        chunks = [_record(ChunkStorageMetadata, offsets=tuple(c.offsets), sizes=tuple(c.sizes)) for c in entry.chunks]
-        converted[fqn] = _record(TensorStorageMetadata, properties=_record(TensorProperties, dtype=DtypeRef(dtype)),
-                                 size=tuple(entry.size), chunks=chunks)
+        chunks = [
+            _record(ChunkStorageMetadata, offsets=tuple(c.offsets), sizes=tuple(c.sizes))
+            for c in entry.chunks
+        ]
+        converted[fqn] = _record(
+            TensorStorageMetadata,
+            properties=_record(TensorProperties, dtype=DtypeRef(dtype)),
+            size=tuple(entry.size),
+            chunks=chunks,
+        )
     storage = {
-        _record(MetadataIndex, fqn=k.fqn, offset=None if k.offset is None else tuple(k.offset), index=k.index):
-        _record(StorageInfo, relative_path=v.relative_path, offset=v.offset, length=v.length,
-                transform_descriptors=getattr(v, "transform_descriptors", None))
+        _record(
+            MetadataIndex,
+            fqn=k.fqn,
+            offset=None if k.offset is None else tuple(k.offset),
+            index=k.index,
+        ): _record(
+            StorageInfo,
+            relative_path=v.relative_path,
+            offset=v.offset,
+            length=v.length,
+            transform_descriptors=getattr(v, "transform_descriptors", None),
+        )
         for k, v in (getattr(obj, "storage_data", None) or {}).items()
     }
-    return _record(Metadata, state_dict_metadata=converted, storage_data=storage,  # type: ignore[no-any-return]
-                   version=getattr(obj, "version", None))
+    return _record(  # type: ignore[no-any-return]
+        Metadata,
+        state_dict_metadata=converted,
+        storage_data=storage,
+        version=getattr(obj, "version", None),
+    )
 
 
 def dtype_name(props: object) -> str | None:
@@ -247,6 +296,13 @@ def dtype_name(props: object) -> str | None:
 
 
 __all__ = [
-    "BytesStorageMetadata", "ChunkStorageMetadata", "Metadata", "MetadataIndex", "StorageInfo",
-    "TensorProperties", "TensorStorageMetadata", "dtype_name", "load_metadata",
+    "BytesStorageMetadata",
+    "ChunkStorageMetadata",
+    "Metadata",
+    "MetadataIndex",
+    "StorageInfo",
+    "TensorProperties",
+    "TensorStorageMetadata",
+    "dtype_name",
+    "load_metadata",
 ]

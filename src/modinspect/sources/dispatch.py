@@ -25,8 +25,17 @@ from modinspect.sources.sniff import sniff
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_NAMES = ("model.safetensors", "pytorch_model.bin")
 
-__all__ = ["DIR_READERS", "FILE_READERS", "ZIP_READERS", "OpenOptions", "Reader", "open_file", "open_path",
-           "reader_errors", "sniff"]
+__all__ = [
+    "DIR_READERS",
+    "FILE_READERS",
+    "ZIP_READERS",
+    "OpenOptions",
+    "Reader",
+    "open_file",
+    "open_path",
+    "reader_errors",
+    "sniff",
+]
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,9 @@ def open_path(path: Path, label: str, options: OpenOptions) -> Source:
                 return _open_dir(path, label, options)
         if not path.exists():
             if path.is_symlink():
-                raise SourceNotFoundError(f"{label} is a symbolic link that leads nowhere (a loop or a missing target)")
+                raise SourceNotFoundError(
+                    f"{label} is a symbolic link that leads nowhere (a loop or a missing target)"
+                )
             raise SourceNotFoundError(f"{label} does not exist")
     except OSError as exc:  # symlink loops, permissions
         raise SourceNotFoundError(f"cannot open {label}: {exc.strerror or exc}") from None
@@ -66,15 +77,31 @@ def reader_errors(label: str) -> Iterator[None]:
         yield
     except ModinspectError:
         raise
-    except (RecursionError, MemoryError, OverflowError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, LookupError, UnicodeError, ArithmeticError, EOFError, OSError, RuntimeError,
-            struct.error, zipfile.BadZipFile) as exc:
+    except (
+        RecursionError,
+        MemoryError,
+        OverflowError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        LookupError,
+        UnicodeError,
+        ArithmeticError,
+        EOFError,
+        OSError,
+        RuntimeError,
+        struct.error,
+        zipfile.BadZipFile,
+    ) as exc:
         text = str(exc).strip().splitlines()
         detail = f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
         raise CorruptFileError(f"{label} could not be read ({detail})") from exc
 
 
 # ---- directories: probe(path) on the directory ------------------------------------------------------------
+
 
 def _has(name: str) -> Callable[[Path], bool]:
     return lambda path: (path / name).is_file()
@@ -100,8 +127,14 @@ def _open_hf(path: Path, label: str, options: OpenOptions) -> Source:
         missing = None
     except UnknownFormatError as exc:  # a config alone still describes the model
         weights, missing = None, exc
-    return open_hf_dir(path, label, weights, options.model_weights, missing,  # type: ignore[arg-type]
-                       options.max_layers)
+    return open_hf_dir(
+        path,
+        label,
+        weights,
+        options.model_weights,  # type: ignore[arg-type]
+        missing,
+        options.max_layers,
+    )
 
 
 def _index_of(path: Path) -> Path | None:
@@ -129,14 +162,19 @@ DIR_READERS: tuple[Reader, ...] = (
     Reader("dcp", _has(".metadata"), _open_dcp),
     Reader("peft-adapter", _has("adapter_config.json"), _open_peft),
     Reader("hf-dir", _has("config.json"), _open_hf),
-    Reader("sharded", lambda path: _index_of(path) is not None,
-           lambda path, label, options: _open_sharded(_index_of(path), label, options)),  # type: ignore[arg-type]
-    Reader("single-file", lambda path: any((path / n).is_file() for n in SINGLE_NAMES), _open_single),
+    Reader(
+        "sharded",
+        lambda path: _index_of(path) is not None,
+        lambda path, label, options: _open_sharded(_index_of(path), label, options),  # type: ignore[arg-type]
+    ),
+    Reader(
+        "single-file", lambda path: any((path / n).is_file() for n in SINGLE_NAMES), _open_single
+    ),
 )
 
 
 def _open_dir(path: Path, label: str, options: OpenOptions) -> Source:
-    for row in DIR_READERS[SPECIAL_DIRS if options.plain_dir else 0:]:
+    for row in DIR_READERS[SPECIAL_DIRS if options.plain_dir else 0 :]:
         if row.probe(path):
             return row.open(path, label, options)
     raise UnknownFormatError(
@@ -147,19 +185,26 @@ def _open_dir(path: Path, label: str, options: OpenOptions) -> Source:
 
 # ---- single files: probe(kind) on what sniff() read from the first bytes -------------------------------------
 
-def _open_safetensors(path: Path, label: str, options: OpenOptions, storage_prefix: str | None = None) -> Source:
+
+def _open_safetensors(
+    path: Path, label: str, options: OpenOptions, storage_prefix: str | None = None
+) -> Source:
     from modinspect.sources.safetensors import SafetensorsSource
 
     return SafetensorsSource(path, label, storage_prefix=storage_prefix)
 
 
-def _open_gguf(path: Path, label: str, options: OpenOptions, storage_prefix: str | None = None) -> Source:
+def _open_gguf(
+    path: Path, label: str, options: OpenOptions, storage_prefix: str | None = None
+) -> Source:
     from modinspect.sources.gguf import GGUFSource
 
     return GGUFSource(path, label)
 
 
-def _open_torch(path: Path, label: str, options: OpenOptions, storage_prefix: str | None = None) -> Source:
+def _open_torch(
+    path: Path, label: str, options: OpenOptions, storage_prefix: str | None = None
+) -> Source:
     """A pickle or a zip: through the weights-only gate, or torch.load itself with --unsafe-pickle."""
     try:
         source = _open_pickled(path, label, sniff(path), options)
@@ -181,7 +226,9 @@ FILE_READERS: tuple[Reader, ...] = (
 )
 
 
-def open_file(path: Path, label: str, options: OpenOptions, storage_prefix: str | None = None) -> Source:
+def open_file(
+    path: Path, label: str, options: OpenOptions, storage_prefix: str | None = None
+) -> Source:
     """The single-file reader for `path`. `storage_prefix`: a safetensors file's storage keys start with it
     (a sharded index passes its own, so the shard's descriptions need no copy); other formats ignore it."""
     kind = sniff(path)
@@ -196,6 +243,7 @@ def open_file(path: Path, label: str, options: OpenOptions, storage_prefix: str 
 
 # ---- torch zip archives: probe(names) on the archive's member names ------------------------------------------
 
+
 def _data_pkl(names: list[str]) -> str | None:
     pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
     return pkl[0][: -len("data.pkl")] if pkl else None
@@ -209,23 +257,32 @@ def _is_pt2(names: list[str]) -> bool:
 
 def _is_torchscript(names: list[str]) -> bool:
     prefix = _data_pkl(names)
-    return prefix is not None and (f"{prefix}constants.pkl" in names or any(n.startswith(f"{prefix}code/") for n in names))
+    return prefix is not None and (
+        f"{prefix}constants.pkl" in names or any(n.startswith(f"{prefix}code/") for n in names)
+    )
 
 
-def _open_pt2(path: Path, label: str, zf: zipfile.ZipFile, names: list[str], options: OpenOptions) -> Source:
+def _open_pt2(
+    path: Path, label: str, zf: zipfile.ZipFile, names: list[str], options: OpenOptions
+) -> Source:
     from modinspect.sources.pt2 import Pt2Source
 
     return Pt2Source(path, label, zf)  # torch.export.save: JSON and raw bytes, no data.pkl
 
 
-def _open_torchscript(path: Path, label: str, zf: zipfile.ZipFile, names: list[str], options: OpenOptions) -> Source:
+def _open_torchscript(
+    path: Path, label: str, zf: zipfile.ZipFile, names: list[str], options: OpenOptions
+) -> Source:
     from modinspect.sources.torchscript import open_torchscript
 
-    return open_torchscript(path, label, zf, _data_pkl(names) or "", options.gate(label), unsafe=options.unsafe_pickle)
+    return open_torchscript(
+        path, label, zf, _data_pkl(names) or "", options.gate(label), unsafe=options.unsafe_pickle
+    )
 
 
-def _open_zip_checkpoint(path: Path, label: str, zf: zipfile.ZipFile, names: list[str],
-                         options: OpenOptions) -> Source:
+def _open_zip_checkpoint(
+    path: Path, label: str, zf: zipfile.ZipFile, names: list[str], options: OpenOptions
+) -> Source:
     from modinspect.sources import torchfile
 
     return torchfile.ZipTorchSource(path, label, zf, _data_pkl(names) or "", options.gate(label))
@@ -254,12 +311,16 @@ def _open_pickled(path: Path, label: str, kind: str, options: OpenOptions) -> So
         names = zf.namelist()
         row = next((r for r in ZIP_READERS if r.probe(names)), None)
         if row is None:
-            raise UnknownFormatError(f"{label} is a zip file but not a torch checkpoint (no data.pkl)")
+            raise UnknownFormatError(
+                f"{label} is a zip file but not a torch checkpoint (no data.pkl)"
+            )
         source = row.open(path, label, zf, names, options)
     except BaseException:
         zf.close()
         raise
-    if source.module is not None and row.name != "pt2":  # torch.jit.load has read everything it needs
+    if (
+        source.module is not None and row.name != "pt2"
+    ):  # torch.jit.load has read everything it needs
         zf.close()
     return source
 
@@ -279,7 +340,9 @@ def _open_unsafe(path: Path, label: str, globals_: list[str]) -> Source:
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise CorruptFileError(f"{label} failed to unpickle even with --unsafe-pickle ({type(exc).__name__}: {exc})") from exc
+        raise CorruptFileError(
+            f"{label} failed to unpickle even with --unsafe-pickle ({type(exc).__name__}: {exc})"
+        ) from exc
     if isinstance(obj, torch.nn.Module):
         src: Source = ModuleSource(obj, label, "torch-pickled-module")
     else:

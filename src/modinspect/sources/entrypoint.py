@@ -19,10 +19,28 @@ _MODULE_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
 # `model.ckpt:latest` is a missing checkpoint, not the module `ckpt` of a package `model`.
-CHECKPOINT_SUFFIXES = frozenset({
-    "pt", "pth", "bin", "ckpt", "safetensors", "json", "pt2", "pkl", "pickle", "tar", "zip", "distcp", "gguf",
-    "onnx", "h5", "npz", "npy", "msgpack",
-})
+CHECKPOINT_SUFFIXES = frozenset(
+    {
+        "pt",
+        "pth",
+        "bin",
+        "ckpt",
+        "safetensors",
+        "json",
+        "pt2",
+        "pkl",
+        "pickle",
+        "tar",
+        "zip",
+        "distcp",
+        "gguf",
+        "onnx",
+        "h5",
+        "npz",
+        "npy",
+        "msgpack",
+    }
+)
 
 
 def looks_like_entry_point(spec: str) -> bool:
@@ -32,7 +50,10 @@ def looks_like_entry_point(spec: str) -> bool:
         return False
     if target.endswith(".py"):
         return True
-    return bool(_MODULE_PATH.match(target)) and target.rpartition(".")[2].lower() not in CHECKPOINT_SUFFIXES
+    return (
+        bool(_MODULE_PATH.match(target))
+        and target.rpartition(".")[2].lower() not in CHECKPOINT_SUFFIXES
+    )
 
 
 @contextlib.contextmanager
@@ -105,7 +126,9 @@ def build_module(spec: str, base: Path | None = None, meta: bool = False) -> Any
     if isinstance(obj, torch.nn.Module):
         return obj
     if not callable(obj):
-        raise EntryPointError(f"{spec} is a {type(obj).__name__}, not an nn.Module, a Module class or a function")
+        raise EntryPointError(
+            f"{spec} is a {type(obj).__name__}, not an nn.Module, a Module class or a function"
+        )
     device = torch.device("meta") if meta else contextlib.nullcontext()
     try:
         with device, _on_sys_path(entry_folder(spec, base)):  # NAME may import its siblings lazily
@@ -119,12 +142,19 @@ def build_module(spec: str, base: Path | None = None, meta: bool = False) -> Any
     return built
 
 
-def open_entry_point(spec: str, base: Path | None = None, meta: bool = False, label: str | None = None) -> ModuleSource:
+def open_entry_point(
+    spec: str, base: Path | None = None, meta: bool = False, label: str | None = None
+) -> ModuleSource:
     model = build_module(spec, base, meta)
     notes = []
     if meta:
         # An instance (or a factory's cached one) was built before --meta could apply.
         real = any(t.device.type != "meta" for t in (*model.parameters(), *model.buffers()))
-        notes.append(f"--meta has no effect: {spec} is a model already built with its data" if real
-                     else "built on the meta device: no tensor data")
-    return ModuleSource(model, label or spec, "entrypoint", notes, import_path=str(entry_folder(spec, base)))
+        notes.append(
+            f"--meta has no effect: {spec} is a model already built with its data"
+            if real
+            else "built on the meta device: no tensor data"
+        )
+    return ModuleSource(
+        model, label or spec, "entrypoint", notes, import_path=str(entry_folder(spec, base))
+    )

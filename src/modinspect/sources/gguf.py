@@ -39,10 +39,14 @@ DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_TENSORS = 1 << 18  # a 671B MoE has about 1,100; each costs a few µs to list, and a tree
 MAX_KV = 1 << 20
-MAX_NAME_BYTES = 1 << 16  # keys and tensor names (llama.cpp itself keeps tensor names under 64 bytes)
+MAX_NAME_BYTES = (
+    1 << 16
+)  # keys and tensor names (llama.cpp itself keeps tensor names under 64 bytes)
 MAX_VALUE_CHARS = 1 << 14  # a string value longer than this is shown cut, with its length
 MAX_KEPT = 1 << 23  # characters of metadata text kept in full, in all
-MAX_WALKED = 1 << 22  # array elements walked one by one (strings, nested arrays) in the whole header
+MAX_WALKED = (
+    1 << 22
+)  # array elements walked one by one (strings, nested arrays) in the whole header
 MAX_ARRAY_DEPTH = 3
 INLINE_ITEMS = 8  # arrays up to this long are shown in full
 WINDOW = 1 << 20
@@ -90,21 +94,74 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
 }
 # general.file_type (llama.cpp's llama_ftype, gguf-py's LlamaFileType less "MOSTLY_"): the file's overall scheme.
 FILE_TYPES: dict[int, str] = {
-    0: "ALL_F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 4: "Q4_1_SOME_F16", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
-    19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S",
-    27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 33: "Q4_0_4_4", 34: "Q4_0_4_8",
-    35: "Q4_0_8_8", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0", 1024: "GUESSED",
+    0: "ALL_F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    4: "Q4_1_SOME_F16",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    19: "IQ2_XXS",
+    20: "IQ2_XS",
+    21: "Q2_K_S",
+    22: "IQ3_XS",
+    23: "IQ3_XXS",
+    24: "IQ1_S",
+    25: "IQ4_NL",
+    26: "IQ3_S",
+    27: "IQ3_M",
+    28: "IQ2_S",
+    29: "IQ2_M",
+    30: "IQ4_XS",
+    31: "IQ1_M",
+    32: "BF16",
+    33: "Q4_0_4_4",
+    34: "Q4_0_4_8",
+    35: "Q4_0_8_8",
+    36: "TQ1_0",
+    37: "TQ2_0",
+    38: "MXFP4_MOE",
+    39: "NVFP4",
+    40: "Q1_0",
+    1024: "GUESSED",
 }
 # ggml types that are plain arrays of one torch dtype: listed under torch's name and read as tensors.
-TORCH_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
-               "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64"}
+TORCH_NAMES = {
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F64": "float64",
+    "I8": "int8",
+    "I16": "int16",
+    "I32": "int32",
+    "I64": "int64",
+}
 
 # GGUF metadata value types: id -> (name, struct format or None for string/array)
 VALUE_TYPES: dict[int, tuple[str, str | None]] = {
-    0: ("uint8", "<B"), 1: ("int8", "<b"), 2: ("uint16", "<H"), 3: ("int16", "<h"), 4: ("uint32", "<I"),
-    5: ("int32", "<i"), 6: ("float32", "<f"), 7: ("bool", "<?"), 8: ("string", None), 9: ("array", None),
-    10: ("uint64", "<Q"), 11: ("int64", "<q"), 12: ("float64", "<d"),
+    0: ("uint8", "<B"),
+    1: ("int8", "<b"),
+    2: ("uint16", "<H"),
+    3: ("int16", "<h"),
+    4: ("uint32", "<I"),
+    5: ("int32", "<i"),
+    6: ("float32", "<f"),
+    7: ("bool", "<?"),
+    8: ("string", None),
+    9: ("array", None),
+    10: ("uint64", "<Q"),
+    11: ("int64", "<q"),
+    12: ("float64", "<d"),
 }
 STRING, ARRAY = 8, 9
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
@@ -135,7 +192,7 @@ class _Cursor:
             return
         if n > self.left:
             raise self.corrupt(f"ends inside {what} (byte {self.offset:,} of {self.size:,})")
-        keep = self.buf[self.pos:]
+        keep = self.buf[self.pos :]
         self.f.seek(self.offset + len(keep))
         more = self.f.read(max(n - len(keep), WINDOW))
         self.base, self.pos, self.buf = self.offset, 0, keep + more
@@ -162,7 +219,9 @@ class _Cursor:
 
     def skip(self, n: int, what: str) -> None:
         if n > self.left:
-            raise self.corrupt(f"declares {what} of {n:,} bytes, past the end of the file ({self.left:,} left)")
+            raise self.corrupt(
+                f"declares {what} of {n:,} bytes, past the end of the file ({self.left:,} left)"
+            )
         if self.pos + n <= len(self.buf):
             self.pos += n
         else:
@@ -172,10 +231,12 @@ class _Cursor:
         """(the string's first `limit` bytes at most, its length); the rest is skipped."""
         n = self.u64(f"the length of {what}")
         if n > self.left:
-            raise self.corrupt(f"declares {what} of {n:,} bytes, past the end of the file ({self.left:,} left)")
+            raise self.corrupt(
+                f"declares {what} of {n:,} bytes, past the end of the file ({self.left:,} left)"
+            )
         keep = min(n, limit)
         self.need(keep, what)
-        data = self.buf[self.pos:self.pos + keep]
+        data = self.buf[self.pos : self.pos + keep]
         self.pos += keep
         self.skip(n - keep, what)
         return data, n
@@ -246,19 +307,29 @@ class GGUFHeader:
         cur.pos = 8
         version = int.from_bytes(raw, "little")
         if version & 0xFFFF == 0 and int.from_bytes(raw, "big") in VERSIONS:
-            raise UnknownFormatError(f"{self.label} is a big-endian GGUF file; modinspect reads little-endian GGUF only")
+            raise UnknownFormatError(
+                f"{self.label} is a big-endian GGUF file; modinspect reads little-endian GGUF only"
+            )
         if version not in VERSIONS:
-            raise UnknownFormatError(f"{self.label} is GGUF version {version}; modinspect reads versions 2 and 3")
+            raise UnknownFormatError(
+                f"{self.label} is GGUF version {version}; modinspect reads versions 2 and 3"
+            )
         self.version = version
         n_tensors = cur.u64("the tensor count")
         n_kv = cur.u64("the key/value count")
         # The smallest key/value is 13 bytes (an empty key, its type, a uint8); the smallest tensor info 24.
         if n_kv > MAX_KV or n_kv * 13 > cur.left:
-            raise self.corrupt(f"declares {n_kv:,} key/values, more than its {cur.left:,} bytes can hold"
-                               if n_kv <= MAX_KV else f"declares {n_kv:,} key/values (limit {MAX_KV:,})")
+            raise self.corrupt(
+                f"declares {n_kv:,} key/values, more than its {cur.left:,} bytes can hold"
+                if n_kv <= MAX_KV
+                else f"declares {n_kv:,} key/values (limit {MAX_KV:,})"
+            )
         if n_tensors > MAX_TENSORS or n_tensors * 24 > cur.left:
-            raise self.corrupt(f"declares {n_tensors:,} tensors, more than its {cur.left:,} bytes can hold"
-                               if n_tensors <= MAX_TENSORS else f"declares {n_tensors:,} tensors (limit {MAX_TENSORS:,})")
+            raise self.corrupt(
+                f"declares {n_tensors:,} tensors, more than its {cur.left:,} bytes can hold"
+                if n_tensors <= MAX_TENSORS
+                else f"declares {n_tensors:,} tensors (limit {MAX_TENSORS:,})"
+            )
         self.metadata["GGUF.version"] = str(version)
         for _ in range(n_kv):
             self._key_value(cur)
@@ -270,7 +341,9 @@ class GGUFHeader:
         if split is not None and split not in ("0", "1"):
             part = self.metadata.get("split.no", "?")
             part = str(int(part) + 1) if part.isdigit() else part
-            self.notes.append(f"part {part} of a GGUF split into {split} files: only this file's tensors are listed")
+            self.notes.append(
+                f"part {part} of a GGUF split into {split} files: only this file's tensors are listed"
+            )
 
     def _key_value(self, cur: _Cursor) -> None:
         key = cur.name("a metadata key")
@@ -279,7 +352,9 @@ class GGUFHeader:
         vtype = cur.u32(f"the type of {key!r}")
         if key == "general.alignment":
             if vtype != 4:
-                raise self.corrupt(f"gives general.alignment the type {VALUE_TYPES.get(vtype, (vtype,))[0]}, not uint32")
+                raise self.corrupt(
+                    f"gives general.alignment the type {VALUE_TYPES.get(vtype, (vtype,))[0]}, not uint32"
+                )
             alignment = cur.u32("general.alignment")
             if alignment == 0 or alignment & (alignment - 1):
                 raise self.corrupt(f"gives general.alignment {alignment}, not a power of two")
@@ -319,7 +394,9 @@ class GGUFHeader:
         iname, fmt = VALUE_TYPES[itype]
         size = struct.calcsize(fmt) if fmt is not None else (8 if itype == STRING else 12)
         if count * size > cur.left:
-            raise self.corrupt(f"declares {count:,} elements in {key!r}, more than its {cur.left:,} bytes left can hold")
+            raise self.corrupt(
+                f"declares {count:,} elements in {key!r}, more than its {cur.left:,} bytes left can hold"
+            )
         plural = "strings" if itype == STRING else ("arrays" if itype == ARRAY else iname)
         if count <= INLINE_ITEMS:
             items = [self._value(cur, itype, key, depth + 1) for _ in range(count)]
@@ -331,7 +408,9 @@ class GGUFHeader:
         else:
             self.walked += count
             if self.walked > MAX_WALKED:
-                raise self.corrupt(f"holds more than {MAX_WALKED:,} strings and arrays in its metadata ({key!r})")
+                raise self.corrupt(
+                    f"holds more than {MAX_WALKED:,} strings and arrays in its metadata ({key!r})"
+                )
             if itype == STRING:
                 cur.skip_strings(count, repr(key))
             else:
@@ -339,7 +418,9 @@ class GGUFHeader:
                     self._value(cur, itype, key, depth + 1)
         return f"array of {count:,} {plural}"
 
-    def _tensor_infos(self, cur: _Cursor, count: int) -> list[tuple[str, int, tuple[int, ...], int]]:
+    def _tensor_infos(
+        self, cur: _Cursor, count: int
+    ) -> list[tuple[str, int, tuple[int, ...], int]]:
         """The tensor infos: the hot loop of a header (a 7B model has 291, a hostile file up to MAX_TENSORS).
 
         Each is read straight from the window with struct; the cursor is asked for more bytes (and builds its
@@ -352,17 +433,23 @@ class GGUFHeader:
                 cur.need(8, "the length of a tensor name")
             (n,) = unpack_u64(cur.buf, cur.pos)
             if 8 + n > cur.left:
-                raise self.corrupt(f"declares a tensor name of {n:,} bytes, past the end of the file "
-                                   f"({cur.left - 8:,} left)")
+                raise self.corrupt(
+                    f"declares a tensor name of {n:,} bytes, past the end of the file "
+                    f"({cur.left - 8:,} left)"
+                )
             if n > MAX_NAME_BYTES:
-                raise self.corrupt(f"declares a tensor name of {n:,} bytes (limit {MAX_NAME_BYTES:,})")
+                raise self.corrupt(
+                    f"declares a tensor name of {n:,} bytes (limit {MAX_NAME_BYTES:,})"
+                )
             if cur.pos + 8 + n + 4 > len(cur.buf):
                 cur.need(8 + n + 4, "a tensor name and its dims")
             buf, pos = cur.buf, cur.pos + 8
             try:
-                name = buf[pos:pos + n].decode("utf-8")
+                name = buf[pos : pos + n].decode("utf-8")
             except UnicodeDecodeError:
-                raise self.corrupt(f"has a tensor name that is not UTF-8 ({buf[pos:pos + 40]!r})") from None
+                raise self.corrupt(
+                    f"has a tensor name that is not UTF-8 ({buf[pos : pos + 40]!r})"
+                ) from None
             pos += n
             (n_dims,) = unpack_u32(buf, pos)
             if n_dims > MAX_DIMS:
@@ -394,18 +481,26 @@ class GGUFHeader:
             numel = 1
             for d in ne:
                 numel *= d
-            if numel >= _INT64_LIMIT or (not numel and math.prod(d for d in ne if d) >= _INT64_LIMIT):
+            if numel >= _INT64_LIMIT or (
+                not numel and math.prod(d for d in ne if d) >= _INT64_LIMIT
+            ):
                 raise self.corrupt(f"gives {name!r} dims {list(ne)} whose product overflows int64")
             if block > 1 and ne and ne[0] % block:
-                raise self.corrupt(f"gives {name!r} rows of {ne[0]:,} elements, not a multiple of {tname}'s "
-                                   f"block of {block}")
+                raise self.corrupt(
+                    f"gives {name!r} rows of {ne[0]:,} elements, not a multiple of {tname}'s "
+                    f"block of {block}"
+                )
             nbytes = numel // block * type_size
             if offset % alignment:
-                raise self.corrupt(f"places {name!r} at offset {offset:,}, not a multiple of the alignment {alignment}")
+                raise self.corrupt(
+                    f"places {name!r} at offset {offset:,}, not a multiple of the alignment {alignment}"
+                )
             begin = data_start + offset
             if begin + nbytes > size:
-                raise self.corrupt(f"places {name!r} ({nbytes:,} bytes of {tname}) at byte {begin:,}, past the end of "
-                                   f"the file ({size:,} bytes; truncated?)")
+                raise self.corrupt(
+                    f"places {name!r} ({nbytes:,} bytes of {tname}) at byte {begin:,}, past the end of "
+                    f"the file ({size:,} bytes; truncated?)"
+                )
             entries[name] = (torch_names.get(tname, tname), tname, ne[::-1], begin, nbytes)
             if nbytes:
                 spans.append((begin, nbytes, name))
@@ -450,10 +545,17 @@ class GGUFSource(Source):
         label = label or str(path)
         self.header = GGUFHeader(path, label)
         with paused_gc():
-            tensors = [TensorInfo(name, shape, dtype, nbytes, checkpoint_kind(name))
-                       for name, (dtype, _g, shape, _b, nbytes) in self.header.entries.items()]
-        super().__init__(label=label, format="gguf", tensors=tensors, metadata=self.header.metadata,
-                         notes=list(self.header.notes))
+            tensors = [
+                TensorInfo(name, shape, dtype, nbytes, checkpoint_kind(name))
+                for name, (dtype, _g, shape, _b, nbytes) in self.header.entries.items()
+            ]
+        super().__init__(
+            label=label,
+            format="gguf",
+            tensors=tensors,
+            metadata=self.header.metadata,
+            notes=list(self.header.notes),
+        )
 
     def ggml_type(self, name: str) -> str:
         """The ggml type the file stores tensor `name` in (F32, Q4_K, ...)."""
@@ -492,10 +594,19 @@ class GGUFSource(Source):
             f.seek(begin)
             got = f.readinto(buf)
         if got != nbytes:
-            raise CorruptFileError(f"{self.label} is truncated: {name!r} ends past the end of the file")
+            raise CorruptFileError(
+                f"{self.label} is truncated: {name!r} ends past the end of the file"
+            )
         t = torch.frombuffer(buf, dtype=torch_dtype).reshape(shape)
         if sys.byteorder == "big":  # GGUF as read here is little-endian on disk
-            t = t.view(torch.uint8).reshape(*shape, -1).flip(-1).contiguous().view(torch_dtype).reshape(shape)
+            t = (
+                t.view(torch.uint8)
+                .reshape(*shape, -1)
+                .flip(-1)
+                .contiguous()
+                .view(torch_dtype)
+                .reshape(shape)
+            )
         return t
 
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:

@@ -27,14 +27,25 @@ def count_layers(config: dict[str, Any]) -> tuple[int, str, int]:
     stack: list[tuple[str, object]] = [("", config)]
     while stack:
         path, node = stack.pop()
-        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        items = (
+            node.items()
+            if isinstance(node, dict)
+            else enumerate(node)
+            if isinstance(node, list)
+            else ()
+        )
         for key, value in items:
             part = str(key) if _PLAIN_KEY.fullmatch(str(key)) else "…"
             here = f"{path}.{part}" if path else part
             if isinstance(value, dict | list):
                 stack.append((here, value))
-            elif (isinstance(key, str) and isinstance(value, int) and not isinstance(value, bool) and value > 0
-                  and _LAYER_KEY.fullmatch(key)):
+            elif (
+                isinstance(key, str)
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+                and value > 0
+                and _LAYER_KEY.fullmatch(key)
+            ):
                 total += value
                 if value > largest:
                     largest, where = value, here
@@ -47,11 +58,14 @@ def check_layers(config: dict[str, Any], label: str, max_layers: int) -> None:
     if layers <= max_layers:
         return
     if layers > 10**9:  # no model has that many; no bound should be raised to build it
-        raise ModelTooLargeError(f"{label}/{CONFIG_NAME} asks for more than 10^9 layers ({where}: "
-                                 f"{_clip(largest)}); no model has that many")
+        raise ModelTooLargeError(
+            f"{label}/{CONFIG_NAME} asks for more than 10^9 layers ({where}: "
+            f"{_clip(largest)}); no model has that many"
+        )
     raise ModelTooLargeError(
         f"{label}/{CONFIG_NAME} asks for {layers:,} layers ({where}: {largest}), more than --max-layers allows "
-        f"({max_layers:,}); building them could take minutes: pass --max-layers {layers} to build it anyway")
+        f"({max_layers:,}); building them could take minutes: pass --max-layers {layers} to build it anyway"
+    )
 
 
 def _clip(number: int) -> str:

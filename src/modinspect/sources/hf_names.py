@@ -8,7 +8,9 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 
-def transformers_names(model: Any, stored: list[str], model_names: Collection[str]) -> dict[str, tuple[str, bool]]:
+def transformers_names(
+    model: Any, stored: list[str], model_names: Collection[str]
+) -> dict[str, tuple[str, bool]]:
     """{stored name: (the model name from_pretrained loads it as, whether a converter changes its data)}.
 
     Uses transformers' own rules (its conversion mapping, legacy renames included, and the base model's prefix
@@ -17,7 +19,9 @@ def transformers_names(model: Any, stored: list[str], model_names: Collection[st
     """
     known = dict.fromkeys(model_names, True)
     strangers = [name for name in stored if name not in known]
-    if not strangers:  # the usual case: nothing to rename, and transformers' mapping is not even built
+    if (
+        not strangers
+    ):  # the usual case: nothing to rename, and transformers' mapping is not even built
         return {}
     prefix = getattr(model, "base_model_prefix", None) or None
     rename: Callable[[str], tuple[str, str | None]]
@@ -36,8 +40,10 @@ def transformers_names(model: Any, stored: list[str], model_names: Collection[st
         def rename(name: str) -> tuple[str, str | None]:
             return rename_source_key(name, renamings, converters, prefix, known)
     except Exception:
+
         def rename(name: str) -> tuple[str, str | None]:
             return _with_prefix(name, prefix, known), None
+
     out: dict[str, tuple[str, bool]] = {}
     for name in strangers:
         try:
@@ -51,8 +57,8 @@ def transformers_names(model: Any, stored: list[str], model_names: Collection[st
 
 def _with_prefix(name: str, prefix: str | None, known: Collection[str]) -> str:
     """`name` with the base model's prefix stripped or added where that names a model tensor."""
-    if prefix and name.startswith(prefix + ".") and name[len(prefix) + 1:] in known:
-        return name[len(prefix) + 1:]
+    if prefix and name.startswith(prefix + ".") and name[len(prefix) + 1 :] in known:
+        return name[len(prefix) + 1 :]
     if prefix and f"{prefix}.{name}" in known:
         return f"{prefix}.{name}"
     return name

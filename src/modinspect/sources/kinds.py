@@ -8,15 +8,17 @@ from modinspect.sources.base import TensorKind
 # BatchNorm*/SyncBatchNorm/InstanceNorm* (running stats), FractionalMaxPool* (_random_samples),
 # torch.ao fake-quantize and observer modules. Generic names some modules use for buffers and
 # others for parameters (`scale`, `weight`, `eps`, `min_val`) stay unknown.
-STANDARD_BUFFER_NAMES = frozenset({
-    "running_mean",
-    "running_var",
-    "num_batches_tracked",
-    "_random_samples",
-    "fake_quant_enabled",
-    "observer_enabled",
-    "zero_point",
-})
+STANDARD_BUFFER_NAMES = frozenset(
+    {
+        "running_mean",
+        "running_var",
+        "num_batches_tracked",
+        "_random_samples",
+        "fake_quant_enabled",
+        "observer_enabled",
+        "zero_point",
+    }
+)
 
 
 def checkpoint_kind(name: str, is_parameter: bool = False) -> TensorKind:

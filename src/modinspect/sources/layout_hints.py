@@ -30,8 +30,10 @@ def peft_adapter_hint(missing: Sequence[str], unexpected: Sequence[str]) -> str 
     hits = sum(1 for key in unexpected if re.sub(PEFT_SAVED, repl, key) in wanted)
     if not hits:
         return None
-    return (f"{hits} checkpoint keys are a PEFT adapter saved without its adapter name: they match the model once "
-            f"'{adapter}' is inserted (lora_A.weight -> lora_A.{adapter}.weight): pass --rename '{PEFT_SAVED}={repl}'")
+    return (
+        f"{hits} checkpoint keys are a PEFT adapter saved without its adapter name: they match the model once "
+        f"'{adapter}' is inserted (lora_A.weight -> lora_A.{adapter}.weight): pass --rename '{PEFT_SAVED}={repl}'"
+    )
 
 
 def legacy_layout_hint(module: Any, unexpected: Sequence[str]) -> str | None:
@@ -42,17 +44,25 @@ def legacy_layout_hint(module: Any, unexpected: Sequence[str]) -> str | None:
         from transformers.conversion_mapping import get_model_conversion_mapping
 
         transforms = get_model_conversion_mapping(module, add_legacy=True)
-    except Exception:  # transformers < 5 has no conversion mapping; a moved API must not break a load
+    except (
+        Exception
+    ):  # transformers < 5 has no conversion mapping; a moved API must not break a load
         return None
-    patterns = [t.compiled_sources for t in transforms if getattr(t, "compiled_sources", None) is not None]
+    patterns = [
+        t.compiled_sources for t in transforms if getattr(t, "compiled_sources", None) is not None
+    ]
     hits = [key for key in unexpected if any(p.search(key) for p in patterns)]
     if not hits or len(hits) * 2 < len(unexpected):
         return None
-    return (f"{len(hits)} of {len(unexpected)} unexpected keys (e.g. {hits[0]}) are ones transformers renames when it "
-            f"loads a {type(module).__name__}: {LEGACY_LAYOUT}")
+    return (
+        f"{len(hits)} of {len(unexpected)} unexpected keys (e.g. {hits[0]}) are ones transformers renames when it "
+        f"loads a {type(module).__name__}: {LEGACY_LAYOUT}"
+    )
 
 
-def layout_hints(missing: Sequence[str], unexpected: Sequence[str], module: Any = None) -> list[str]:
+def layout_hints(
+    missing: Sequence[str], unexpected: Sequence[str], module: Any = None
+) -> list[str]:
     """Every hint that applies, most specific first."""
     found = [legacy_layout_hint(module, unexpected), peft_adapter_hint(missing, unexpected)]
     return [h for h in found if h is not None]

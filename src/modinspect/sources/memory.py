@@ -12,16 +12,33 @@ if TYPE_CHECKING:
 
 
 class TensorDictSource(Source):
-    def __init__(self, state: dict[str, Any], label: str, fmt: str, state_dict_key: str | None = None,
-                 other_entries: list[EntrySummary] | None = None) -> None:
+    def __init__(
+        self,
+        state: dict[str, Any],
+        label: str,
+        fmt: str,
+        state_dict_key: str | None = None,
+        other_entries: list[EntrySummary] | None = None,
+    ) -> None:
         import torch
 
         self._state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-        infos = [_info(k, v, "parameter" if isinstance(v, torch.nn.Parameter) else "unknown",
-                       requires_grad=v.requires_grad if isinstance(v, torch.nn.Parameter) else None)
-                 for k, v in self._state.items()]
-        super().__init__(label=label, format=fmt, tensors=infos, state_dict_key=state_dict_key,
-                         other_entries=list(other_entries or []))
+        infos = [
+            _info(
+                k,
+                v,
+                "parameter" if isinstance(v, torch.nn.Parameter) else "unknown",
+                requires_grad=v.requires_grad if isinstance(v, torch.nn.Parameter) else None,
+            )
+            for k, v in self._state.items()
+        ]
+        super().__init__(
+            label=label,
+            format=fmt,
+            tensors=infos,
+            state_dict_key=state_dict_key,
+            other_entries=list(other_entries or []),
+        )
 
     def _read(self, name: str) -> torch.Tensor:
         return self._state[name].detach().cpu()

@@ -33,7 +33,10 @@ def shares_storage(model: Any, a: str, b: str) -> bool:
     Compares the storages themselves, so it holds on the meta device too, where no tensor has an address.
     """
     found = {}
-    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+    for name, t in [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]:
         if name in (a, b):
             found[name] = t
     if len(found) != len({a, b}):
@@ -86,17 +89,31 @@ def _own_state_infos(mod: Any, prefix: str, known: set[str]) -> list[TensorInfo]
         if isinstance(value, torch.Tensor):
             infos.append(_info(name, value, "buffer", persistent=True))
         elif isinstance(value, tuple):  # packed params: their weight and bias
-            infos += [_info(f"{name}.{i}", v, "parameter", requires_grad=False)
-                      for i, v in enumerate(value) if isinstance(v, torch.Tensor)]
+            infos += [
+                _info(f"{name}.{i}", v, "parameter", requires_grad=False)
+                for i, v in enumerate(value)
+                if isinstance(v, torch.Tensor)
+            ]
     return infos
 
 
-def _info(name: str, t: torch.Tensor, kind: Any, requires_grad: bool | None = None,
-          persistent: bool | None = None) -> TensorInfo:
+def _info(
+    name: str,
+    t: torch.Tensor,
+    kind: Any,
+    requires_grad: bool | None = None,
+    persistent: bool | None = None,
+) -> TensorInfo:
     dtype = dtype_name(t.dtype)
     return TensorInfo(
-        name=name, shape=tuple(t.shape), dtype=dtype, nbytes=t.numel() * DTYPE_BITS.get(dtype, 8) // 8,
-        kind=kind, storage=storage_key(t), requires_grad=requires_grad, persistent=persistent,
+        name=name,
+        shape=tuple(t.shape),
+        dtype=dtype,
+        nbytes=t.numel() * DTYPE_BITS.get(dtype, 8) // 8,
+        kind=kind,
+        storage=storage_key(t),
+        requires_grad=requires_grad,
+        persistent=persistent,
         qscheme=str(t.qscheme()).removeprefix("torch.") if t.is_quantized else None,
     )
 
@@ -111,10 +128,22 @@ def module_infos(model: Any) -> list[ModuleInfo]:
 class ModuleSource(Source):
     """Tensors are the module's own; reading one returns a detached CPU copy."""
 
-    def __init__(self, model: Any, label: str, fmt: str, notes: list[str] | None = None,
-                 import_path: str | None = None) -> None:
-        super().__init__(label=label, format=fmt, tensors=module_tensor_infos(model), modules=module_infos(model),
-                         module=model, notes=list(notes or []))
+    def __init__(
+        self,
+        model: Any,
+        label: str,
+        fmt: str,
+        notes: list[str] | None = None,
+        import_path: str | None = None,
+    ) -> None:
+        super().__init__(
+            label=label,
+            format=fmt,
+            tensors=module_tensor_infos(model),
+            modules=module_infos(model),
+            module=model,
+            notes=list(notes or []),
+        )
         self._submodules: dict[str, Any] | None = None
         # An entry point's folder: its model may import siblings lazily (in forward), so it goes back on
         # sys.path while the model runs (see `in_use`).
@@ -147,5 +176,7 @@ class ModuleSource(Source):
             self._submodules = dict(self.module.named_modules(remove_duplicate=False))
         t: torch.Tensor = getattr(self._submodules[owner], attr)
         if t.device.type == "meta":
-            raise UsageError(f"{self.label}: {name} is on the meta device and has no data; drop --meta to read it")
+            raise UsageError(
+                f"{self.label}: {name} is on the meta device and has no data; drop --meta to read it"
+            )
         return t.detach().cpu()

@@ -18,8 +18,12 @@ if TYPE_CHECKING:  # the gate is imported when a pickle is read: a safetensors d
 @dataclass(frozen=True)
 class OpenOptions:
     unsafe_pickle: bool = False
-    model_weights: str = "header"  # a config.json directory's model: "header" (meta), "init" or "pretrained"
-    plain_dir: bool = False  # a directory's weights only, without its DCP / PEFT / config.json reader
+    model_weights: str = (
+        "header"  # a config.json directory's model: "header" (meta), "init" or "pretrained"
+    )
+    plain_dir: bool = (
+        False  # a directory's weights only, without its DCP / PEFT / config.json reader
+    )
     allow_globals: frozenset[str] = frozenset()
     max_pickle_bytes: int = DEFAULT_MAX_PICKLE
     max_layers: int = DEFAULT_MAX_LAYERS  # a config.json's layers built at most (--max-layers)
@@ -28,7 +32,10 @@ class OpenOptions:
         """The pickle gate; its refusals name the file as the user gave it."""
         from modinspect.sources.pickle.gate import Gate, GatePolicy
 
-        return Gate(label, GatePolicy(allow_globals=self.allow_globals, max_pickle_bytes=self.max_pickle_bytes))
+        return Gate(
+            label,
+            GatePolicy(allow_globals=self.allow_globals, max_pickle_bytes=self.max_pickle_bytes),
+        )
 
 
 # open_file(path, label, options, storage_prefix=None) -> Source: the dispatcher's single-file opener.

@@ -52,15 +52,23 @@ def saved_ranks(tensors: list[TensorInfo]) -> dict[str, int]:
 class PeftAdapterSource(Source):
     """The adapter's tensors, with its config in the metadata and a summary in the notes."""
 
-    def __init__(self, folder: Path, label: str, options: OpenOptions, open_file: FileOpener) -> None:
+    def __init__(
+        self, folder: Path, label: str, options: OpenOptions, open_file: FileOpener
+    ) -> None:
         config = _read_config(folder / CONFIG_NAME)
         weights = next((folder / n for n in WEIGHT_NAMES if (folder / n).is_file()), None)
         if weights is None:
-            raise UnknownFormatError(f"{label} has {CONFIG_NAME} but no {WEIGHT_NAMES[0]} or {WEIGHT_NAMES[1]}")
+            raise UnknownFormatError(
+                f"{label} has {CONFIG_NAME} but no {WEIGHT_NAMES[0]} or {WEIGHT_NAMES[1]}"
+            )
         self._inner = open_file(weights, str(weights), options)
-        tensors = [replace(t, kind="parameter") if "lora_" in t.name else t for t in self._inner.tensors]
+        tensors = [
+            replace(t, kind="parameter") if "lora_" in t.name else t for t in self._inner.tensors
+        ]
         peft_type = str(config.get("peft_type", "unknown"))
-        base = config.get("base_model_name_or_path") or (config.get("auto_mapping") or {}).get("base_model_class")
+        base = config.get("base_model_name_or_path") or (config.get("auto_mapping") or {}).get(
+            "base_model_class"
+        )
         metadata = {"peft_type": peft_type, "target_modules": _targets(config)}
         for key in ("r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora", "task_type"):
             if config.get(key) is not None:
@@ -68,16 +76,29 @@ class PeftAdapterSource(Source):
         if base:
             metadata["base_model"] = str(base)
         ranks = saved_ranks(tensors)
-        notes = [f"PEFT {peft_type} adapter" + (f" for {base}" if base else "")
-                 + (f": rank {config['r']}, alpha {config.get('lora_alpha')}" if "r" in config else "")
-                 + f", target modules {_targets(config)}"]
+        notes = [
+            f"PEFT {peft_type} adapter"
+            + (f" for {base}" if base else "")
+            + (f": rank {config['r']}, alpha {config.get('lora_alpha')}" if "r" in config else "")
+            + f", target modules {_targets(config)}"
+        ]
         if ranks:
             by_rank: dict[int, int] = {}
             for r in ranks.values():
                 by_rank[r] = by_rank.get(r, 0) + 1
-            notes.append("saved ranks: " + ", ".join(f"{r} ({n} modules)" for r, n in sorted(by_rank.items())))
-        super().__init__(label=label, format=f"peft-{self._inner.format}", tensors=tensors, metadata=metadata,
-                         notes=notes, warnings=list(self._inner.warnings), would_call=list(self._inner.would_call))
+            notes.append(
+                "saved ranks: "
+                + ", ".join(f"{r} ({n} modules)" for r, n in sorted(by_rank.items()))
+            )
+        super().__init__(
+            label=label,
+            format=f"peft-{self._inner.format}",
+            tensors=tensors,
+            metadata=metadata,
+            notes=notes,
+            warnings=list(self._inner.warnings),
+            would_call=list(self._inner.would_call),
+        )
 
     def _read(self, name: str) -> torch.Tensor:
         return self._inner.read_tensor(name)

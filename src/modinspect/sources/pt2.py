@@ -45,10 +45,27 @@ if TYPE_CHECKING:
 
 # torch._export.serde.schema.ScalarType
 SCALAR_TYPES = {
-    1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32", 8: "float64",
-    9: "complex32", 10: "complex64", 11: "complex128", 12: "bool", 13: "bfloat16", 28: "uint16",
-    29: "float8_e4m3fn", 30: "float8_e5m2", 31: "float8_e4m3fnuz", 32: "float8_e5m2fnuz", 33: "float8_e8m0fnu",
-    34: "uint32", 35: "uint64",
+    1: "uint8",
+    2: "int8",
+    3: "int16",
+    4: "int32",
+    5: "int64",
+    6: "float16",
+    7: "float32",
+    8: "float64",
+    9: "complex32",
+    10: "complex64",
+    11: "complex128",
+    12: "bool",
+    13: "bfloat16",
+    28: "uint16",
+    29: "float8_e4m3fn",
+    30: "float8_e5m2",
+    31: "float8_e4m3fnuz",
+    32: "float8_e5m2fnuz",
+    33: "float8_e8m0fnu",
+    34: "uint32",
+    35: "uint64",
 }
 _STRIDED = 7  # schema.Layout.Strided
 
@@ -76,7 +93,8 @@ def _ints(values: object, what: str, label: str) -> tuple[int, ...]:
             raise CorruptFileError(f"{label} gives {what} with {describe_int(n)}, past int64")
         if not is_int64(n):
             raise CorruptFileError(
-                f"{label} gives {what} with a symbolic or negative size ({describe_int(v)}), not a saved tensor")
+                f"{label} gives {what} with a symbolic or negative size ({describe_int(v)}), not a saved tensor"
+            )
         out.append(n)
     return tuple(out)
 
@@ -88,7 +106,7 @@ def module_types(stacks: tuple[str, ...]) -> dict[str, str]:
         for entry in stack.split(";"):
             first, last = entry.find(","), entry.rfind(",")
             if 0 <= first < last:
-                types.setdefault(entry[first + 1:last], entry[last + 1:].rpartition(".")[2])
+                types.setdefault(entry[first + 1 : last], entry[last + 1 :].rpartition(".")[2])
     return types
 
 
@@ -102,7 +120,10 @@ def _signature_kinds(specs: object) -> dict[str, tuple[str, bool | None]]:
             kinds[str(spec["parameter"].get("parameter_name"))] = ("parameter", None)
         elif isinstance(spec.get("buffer"), dict):
             persistent = spec["buffer"].get("persistent")
-            kinds[str(spec["buffer"].get("buffer_name"))] = ("buffer", persistent if isinstance(persistent, bool) else None)
+            kinds[str(spec["buffer"].get("buffer_name"))] = (
+                "buffer",
+                persistent if isinstance(persistent, bool) else None,
+            )
     return kinds
 
 
@@ -113,27 +134,43 @@ class Pt2Source(Source):
         self.path, self._zf = path, zf
         self._size = path.stat().st_size
         names = zf.namelist()
-        root = next(n for n in names if n.endswith("/archive_format") and n.count("/") == 1).partition("/")[0] + "/"
+        root = (
+            next(n for n in names if n.endswith("/archive_format") and n.count("/") == 1).partition(
+                "/"
+            )[0]
+            + "/"
+        )
         if self._member(f"{root}archive_format").strip() != b"pt2":
             raise UnknownFormatError(f"{label} is a zip archive whose archive_format is not pt2")
         models = sorted(n for n in names if n.startswith(f"{root}models/") and n.endswith(".json"))
         if not models:
-            raise UnknownFormatError(f"{label} is a .pt2 archive without an exported program (models/*.json): an "
-                                     "AOTInductor package, which modinspect does not read")
-        model_file = f"{root}models/model.json" if f"{root}models/model.json" in models else models[0]
+            raise UnknownFormatError(
+                f"{label} is a .pt2 archive without an exported program (models/*.json): an "
+                "AOTInductor package, which modinspect does not read"
+            )
+        model_file = (
+            f"{root}models/model.json" if f"{root}models/model.json" in models else models[0]
+        )
         model_name = model_file.rpartition("/")[2].removesuffix(".json")
-        program, node_arrays = load_program(self._member(model_file, MAX_PROGRAM_BYTES), f"{self.path}: {model_file}")
+        program, node_arrays = load_program(
+            self._member(model_file, MAX_PROGRAM_BYTES), f"{self.path}: {model_file}"
+        )
         gm = program.get("graph_module")
         if not isinstance(gm, dict):
             raise CorruptFileError(f"{label}: {model_file} holds no graph_module")
         if f"{root}data/weights/{model_name}.pt" in names:
-            raise UnknownFormatError(f"{label} keeps its weights in the legacy pickled {model_name}.pt; re-save it "
-                                     "with torch.export.save from torch >= 2.6")
+            raise UnknownFormatError(
+                f"{label} keeps its weights in the legacy pickled {model_name}.pt; re-save it "
+                "with torch.export.save from torch >= 2.6"
+            )
         kinds = _signature_kinds((gm.get("signature") or {}).get("input_specs"))
         self._payloads: dict[str, _Payload] = {}
         tensors: list[TensorInfo] = []
         skipped: list[str] = []
-        for folder, config_name in (("weights", "weights_config"), ("constants", "constants_config")):
+        for folder, config_name in (
+            ("weights", "weights_config"),
+            ("constants", "constants_config"),
+        ):
             member = f"{root}data/{folder}/{model_name}_{config_name}.json"
             if member not in names:
                 continue
@@ -150,15 +187,29 @@ class Pt2Source(Source):
         calls = gm.get("module_call_graph")
         nodes = graph_nodes(gm.get("graph"), node_arrays)
         types = module_types(nodes.stacks)
-        fqns = [str(e.get("fqn")) for e in calls if isinstance(e, dict)] if isinstance(calls, list) else [""]
+        fqns = (
+            [str(e.get("fqn")) for e in calls if isinstance(e, dict)]
+            if isinstance(calls, list)
+            else [""]
+        )
         modules = [ModuleInfo(name=f, type=types.get(f)) for f in dict.fromkeys(["", *fqns])]
-        notes = [f"torch.export program '{model_name}': {nodes.count} graph nodes, {len(modules)} modules in the call "
-                 "graph; read from its JSON (no pickle loaded)"]
+        notes = [
+            f"torch.export program '{model_name}': {nodes.count} graph nodes, {len(modules)} modules in the call "
+            "graph; read from its JSON (no pickle loaded)"
+        ]
         if skipped:
-            notes.append(f"{len(skipped)} constants or pickled tensors not listed (e.g. {skipped[0]})")
+            notes.append(
+                f"{len(skipped)} constants or pickled tensors not listed (e.g. {skipped[0]})"
+            )
         version = program.get("torch_version")
-        super().__init__(label=label, format="torch-export", tensors=tensors, modules=modules, notes=notes,
-                         metadata={"torch_version": str(version)} if version else {})
+        super().__init__(
+            label=label,
+            format="torch-export",
+            tensors=tensors,
+            modules=modules,
+            notes=notes,
+            metadata={"torch_version": str(version)} if version else {},
+        )
 
     def _member(self, name: str, limit: int = 64 << 20) -> bytes:
         """A JSON member's bytes, refused past `limit` from the zip's directory before it inflates."""
@@ -166,21 +217,32 @@ class Pt2Source(Source):
 
         declared = self._zf.getinfo(name).file_size
         if declared > limit:
-            raise CorruptFileError(f"{self.path}: {name} inflates to {declared:,} bytes, more than the "
-                                   f"{limit >> 20} MiB this reader reads")
+            raise CorruptFileError(
+                f"{self.path}: {name} inflates to {declared:,} bytes, more than the "
+                f"{limit >> 20} MiB this reader reads"
+            )
         return read_zip_member(self._zf, name, self._size, str(self.path))
 
     def _json(self, name: str) -> dict[str, Any]:
         try:
             data = json.loads(self._member(name))
         except (ValueError, RecursionError) as exc:
-            raise CorruptFileError(f"{self.path}: {name} is not valid JSON ({type(exc).__name__})") from None
+            raise CorruptFileError(
+                f"{self.path}: {name} is not valid JSON ({type(exc).__name__})"
+            ) from None
         if not isinstance(data, dict):
             raise CorruptFileError(f"{self.path}: {name} is not a JSON object")
         return data
 
-    def _tensor(self, name: str, meta: object, folder: str, kinds: dict[str, tuple[str, bool | None]],
-                label: str, skipped: list[str]) -> TensorInfo | None:
+    def _tensor(
+        self,
+        name: str,
+        meta: object,
+        folder: str,
+        kinds: dict[str, tuple[str, bool | None]],
+        label: str,
+        skipped: list[str],
+    ) -> TensorInfo | None:
         if not isinstance(meta, dict) or not isinstance(meta.get("tensor_meta"), dict):
             raise CorruptFileError(f"{label} describes {name!r} without tensor_meta")
         if meta.get("use_pickle"):
@@ -189,27 +251,42 @@ class Pt2Source(Source):
         tm = meta["tensor_meta"]
         dtype = SCALAR_TYPES.get(tm.get("dtype")) if type(tm.get("dtype")) is int else None
         if dtype is None or dtype not in DTYPE_BITS:
-            raise CorruptFileError(f"{label} gives {name!r} the unknown dtype code {tm.get('dtype')!r}")
+            raise CorruptFileError(
+                f"{label} gives {name!r} the unknown dtype code {tm.get('dtype')!r}"
+            )
         if tm.get("layout", _STRIDED) != _STRIDED:
             skipped.append(name)  # sparse and mkldnn layouts
             return None
         shape = _ints(tm.get("sizes"), f"{name!r} sizes", label)
         stride = _ints(tm.get("strides"), f"{name!r} strides", label)
-        (offset,) = _ints([tm.get("storage_offset", {"as_int": 0})], f"{name!r} a storage offset", label)
+        (offset,) = _ints(
+            [tm.get("storage_offset", {"as_int": 0})], f"{name!r} a storage offset", label
+        )
         if len(stride) != len(shape):
-            raise CorruptFileError(f"{label} gives {name!r} {len(shape)} sizes but {len(stride)} strides")
+            raise CorruptFileError(
+                f"{label} gives {name!r} {len(shape)} sizes but {len(stride)} strides"
+            )
         if bounded_numel(shape) is None:
-            raise CorruptFileError(f"{label} gives {name!r} sizes whose product reaches 2**63 elements")
+            raise CorruptFileError(
+                f"{label} gives {name!r} sizes whose product reaches 2**63 elements"
+            )
         path_name = meta.get("path_name")
         if not isinstance(path_name, str) or "/" in path_name:
             raise CorruptFileError(f"{label} gives {name!r} the payload name {path_name!r}")
         self._payloads[name] = _Payload(f"{folder}{path_name}", shape, stride, offset, dtype)
-        kind, persistent = kinds.get(name, ("parameter" if meta.get("is_param") else "buffer", None))
+        kind, persistent = kinds.get(
+            name, ("parameter" if meta.get("is_param") else "buffer", None)
+        )
         numel = math.prod(shape)
         return TensorInfo(
-            name, shape, dtype, numel * DTYPE_BITS[dtype] // 8, kind,  # type: ignore[arg-type]
+            name,
+            shape,
+            dtype,
+            numel * DTYPE_BITS[dtype] // 8,
+            kind,  # type: ignore[arg-type]
             storage=f"{path_name}@{offset}:{shape}:{stride}" if numel else None,
-            requires_grad=bool(tm.get("requires_grad")) if kind == "parameter" else None, persistent=persistent,
+            requires_grad=bool(tm.get("requires_grad")) if kind == "parameter" else None,
+            persistent=persistent,
         )
 
     def _storage(self, name: str) -> tuple[_Payload, zipfile.ZipInfo]:
@@ -224,8 +301,17 @@ class Pt2Source(Source):
         except CorruptFileError as exc:
             raise CorruptFileError(f"{self.path} is a damaged zip file ({exc})") from None
         if info.file_size == 0 and all(p.shape):
-            raise CorruptFileError(f"{self.path}: {name!r} was exported as a fake tensor and has no data")
-        check_view(str(self.path), name, p.shape, p.stride, p.offset, info.file_size // (DTYPE_BITS[p.dtype] // 8))
+            raise CorruptFileError(
+                f"{self.path}: {name!r} was exported as a fake tensor and has no data"
+            )
+        check_view(
+            str(self.path),
+            name,
+            p.shape,
+            p.stride,
+            p.offset,
+            info.file_size // (DTYPE_BITS[p.dtype] // 8),
+        )
         return p, info
 
     def _flat(self, p: _Payload, info: zipfile.ZipInfo) -> torch.Tensor:
@@ -253,7 +339,9 @@ class Pt2Source(Source):
         p, info = self._storage(name)
         if not math.prod(p.shape):
             return
-        if not is_row_major(p.shape, p.stride):  # gathered a chunk at a time: an expanded view is never whole
+        if not is_row_major(
+            p.shape, p.stride
+        ):  # gathered a chunk at a time: an expanded view is never whole
             yield from strided_chunks(self._flat(p, info), p.shape, p.stride, p.offset, chunk_elems)
             return
         with self._zf.open(info) as member:

@@ -19,7 +19,9 @@ from typing import Any
 
 from modinspect.errors import CorruptFileError
 
-MAX_PROGRAM_BYTES = 128 << 20  # models/<name>.json inflated (about 160,000 nodes); a real export's is tens of MB
+MAX_PROGRAM_BYTES = (
+    128 << 20
+)  # models/<name>.json inflated (about 160,000 nodes); a real export's is tens of MB
 MAX_NESTING = 64  # JSON arrays and objects inside a node array; a node's own are a dozen deep
 
 _STRING = rb'"(?:[^"\\]++|\\.)*+"'
@@ -37,7 +39,9 @@ def _group(depth: int) -> bytes:
 _GROUP = _group(MAX_NESTING)
 _NODES_KEY = re.compile(rb'"nodes"[ \t\r\n]*+:[ \t\r\n]*+(?=\[)')
 _ARRAY = re.compile(_GROUP, re.S)
-_INNER = re.compile(_STRING + rb"|" + _group(MAX_NESTING - 1), re.S)  # what hides commas inside an element
+_INNER = re.compile(
+    _STRING + rb"|" + _group(MAX_NESTING - 1), re.S
+)  # what hides commas inside an element
 _STACK = re.compile(rb'"nn_module_stack"[ \t\r\n]*+:[ \t\r\n]*+(' + _STRING + rb")", re.S)
 
 
@@ -58,7 +62,9 @@ def _read_array(inner: memoryview) -> NodeArray:
         return NodeArray(0, ())
     count = _INNER.sub(b"", inner).count(b",") + 1
     stacks = []
-    for text in dict.fromkeys(_STACK.findall(inner)):  # the stack of each module path repeats on every node
+    for text in dict.fromkeys(
+        _STACK.findall(inner)
+    ):  # the stack of each module path repeats on every node
         value = json.loads(text)
         if isinstance(value, str):
             stacks.append(value)
@@ -77,9 +83,10 @@ def load_program(raw: bytes, where: str) -> tuple[dict[str, Any], list[NodeArray
         array = _ARRAY.match(raw, key.end())
         if array is None:
             raise CorruptFileError(
-                f"{where} is not valid JSON, or nests a node array more than {MAX_NESTING} deep")
-        pieces += [raw[pos:key.end()], b"[%d]" % len(arrays)]
-        arrays.append(_read_array(memoryview(raw)[array.start() + 1:array.end() - 1]))
+                f"{where} is not valid JSON, or nests a node array more than {MAX_NESTING} deep"
+            )
+        pieces += [raw[pos : key.end()], b"[%d]" % len(arrays)]
+        arrays.append(_read_array(memoryview(raw)[array.start() + 1 : array.end() - 1]))
         pos = array.end()
     pieces.append(raw[pos:])
     try:
@@ -94,6 +101,11 @@ def load_program(raw: bytes, where: str) -> tuple[dict[str, Any], list[NodeArray
 def graph_nodes(graph: object, arrays: list[NodeArray]) -> NodeArray:
     """The NodeArray a graph's `"nodes": [i]` stands for (an empty one when it has none)."""
     nodes = graph.get("nodes") if isinstance(graph, dict) else None
-    if isinstance(nodes, list) and len(nodes) == 1 and type(nodes[0]) is int and 0 <= nodes[0] < len(arrays):
+    if (
+        isinstance(nodes, list)
+        and len(nodes) == 1
+        and type(nodes[0]) is int
+        and 0 <= nodes[0] < len(arrays)
+    ):
         return arrays[nodes[0]]
     return NodeArray(0, ())

@@ -105,9 +105,13 @@ class SafetensorsHeader:
                     raise self._corrupt(f"is {size} bytes, too short for a header")
                 (n,) = struct.unpack("<Q", head)
                 if n > MAX_HEADER_BYTES:
-                    raise self._corrupt(f"declares a {n:,}-byte header (limit {MAX_HEADER_BYTES:,})")
+                    raise self._corrupt(
+                        f"declares a {n:,}-byte header (limit {MAX_HEADER_BYTES:,})"
+                    )
                 if n > size - 8:
-                    raise self._corrupt(f"declares a {n:,}-byte header but the file holds {size - 8:,} bytes after it")
+                    raise self._corrupt(
+                        f"declares a {n:,}-byte header but the file holds {size - 8:,} bytes after it"
+                    )
                 raw = f.read(n)
         except OSError as exc:
             raise CorruptFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
@@ -126,14 +130,21 @@ class SafetensorsHeader:
                 del text
             except UnicodeDecodeError:
                 raise self._corrupt("has a header that is not UTF-8") from None
-            except (ValueError, RecursionError) as exc:  # ValueError: also integers past Python's digit limit
-                raise self._corrupt(f"has a header that is not valid JSON ({exc.__class__.__name__})") from None
+            except (
+                ValueError,
+                RecursionError,
+            ) as exc:  # ValueError: also integers past Python's digit limit
+                raise self._corrupt(
+                    f"has a header that is not valid JSON ({exc.__class__.__name__})"
+                ) from None
             try:
                 self._parse(parsed)
             except CorruptFileError:
                 duplicate = _first_duplicate(parsed)
                 if duplicate is not None:
-                    raise self._corrupt(f"has a header with a duplicate key {duplicate!r}") from None
+                    raise self._corrupt(
+                        f"has a header with a duplicate key {duplicate!r}"
+                    ) from None
                 raise
         if self.digest is not None:
             SafetensorsHeader._last = weakref.ref(self)
@@ -141,10 +152,17 @@ class SafetensorsHeader:
     def _reuse(self) -> bool:
         """Take the last long header's parse if this header is the same bytes over as many data bytes."""
         last = SafetensorsHeader._last() if SafetensorsHeader._last is not None else None
-        if last is None or last.digest != self.digest or (last.data_start, last.data_size) != (
-                self.data_start, self.data_size):
+        if (
+            last is None
+            or last.digest != self.digest
+            or (last.data_start, last.data_size) != (self.data_start, self.data_size)
+        ):
             return False
-        self.metadata, self.entries, self._natural = dict(last.metadata), last.entries, last._natural
+        self.metadata, self.entries, self._natural = (
+            dict(last.metadata),
+            last.entries,
+            last._natural,
+        )
         return True
 
     def natural_names(self) -> list[str]:
@@ -169,33 +187,49 @@ class SafetensorsHeader:
         if meta is None:
             return {}
         fields = dict(meta) if type(meta) is tuple else None
-        if fields is None or len(fields) != len(meta) or not all(  # type: ignore[arg-type]
-            isinstance(k, str) and isinstance(v, str) for k, v in fields.items()
+        if (
+            fields is None
+            or len(fields) != len(meta)  # type: ignore[arg-type]
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items())
         ):
             raise self._corrupt("has __metadata__ that is not a map of strings to strings")
         return fields
 
-    def _parse_entries(self, header: dict[str, Any]) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
+    def _parse_entries(
+        self, header: dict[str, Any]
+    ) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
         entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         dtypes = ST_DTYPES
         for name, spec in header.items():
             if type(spec) is not tuple:
-                raise self._corrupt(f"describes {name!r} with a {type(spec).__name__}, not an object")
+                raise self._corrupt(
+                    f"describes {name!r} with a {type(spec).__name__}, not an object"
+                )
             fields = dict(spec)
             if len(fields) != len(spec) or (len(fields) > 3 and _first_duplicate(spec) is not None):
                 raise self._corrupt("has a duplicate key")  # named by the caller
-            code, shape, offsets = fields.get("dtype"), fields.get("shape"), fields.get("data_offsets")
-            if type(code) is not str or code not in dtypes:  # a list or an object is not even hashable
+            code, shape, offsets = (
+                fields.get("dtype"),
+                fields.get("shape"),
+                fields.get("data_offsets"),
+            )
+            if (
+                type(code) is not str or code not in dtypes
+            ):  # a list or an object is not even hashable
                 raise self._corrupt(f"gives {name!r} the unknown dtype {code!r}")
             if type(shape) is not list:
                 shape = None
             else:
-                for d in shape:  # a loop, not all(genexpr): this runs once per tensor of a 100k-tensor header
+                for d in (
+                    shape
+                ):  # a loop, not all(genexpr): this runs once per tensor of a 100k-tensor header
                     if type(d) is not int or d < 0:
                         shape = None
                         break
             if shape is None:
-                raise self._corrupt(f"gives {name!r} a shape that is not a list of non-negative integers")
+                raise self._corrupt(
+                    f"gives {name!r} a shape that is not a list of non-negative integers"
+                )
             if (
                 type(offsets) is not list
                 or len(offsets) != 2
@@ -203,11 +237,15 @@ class SafetensorsHeader:
                 or type(end := offsets[1]) is not int
                 or not 0 <= begin <= end
             ):
-                raise self._corrupt(f"gives {name!r} data_offsets that are not [begin, end] with 0 <= begin <= end")
+                raise self._corrupt(
+                    f"gives {name!r} data_offsets that are not [begin, end] with 0 <= begin <= end"
+                )
             dtype, bits = dtypes[code]
             numel = math.prod(shape)
             if (numel * bits) % 8:
-                raise self._corrupt(f"gives {name!r} {numel} elements of {code}, not a whole number of bytes")
+                raise self._corrupt(
+                    f"gives {name!r} {numel} elements of {code}, not a whole number of bytes"
+                )
             expected = numel * bits // 8
             if end - begin != expected:
                 raise self._corrupt(
@@ -219,7 +257,12 @@ class SafetensorsHeader:
 
     def _check_layout(self, entries: dict[str, tuple[str, tuple[int, ...], int, int]]) -> None:
         expected_begin = 0
-        for _, _, begin, end in entries.values():  # writers list most headers in data order: no sort needed
+        for (
+            _,
+            _,
+            begin,
+            end,
+        ) in entries.values():  # writers list most headers in data order: no sort needed
             if begin != expected_begin:
                 break
             expected_begin = end
@@ -227,9 +270,15 @@ class SafetensorsHeader:
             self._check_end(expected_begin)
             return
         expected_begin = 0
-        for name, (_, _, begin, end) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+        for name, (_, _, begin, end) in sorted(
+            entries.items(), key=lambda kv: (kv[1][2], kv[1][3])
+        ):
             if begin != expected_begin:
-                problem = "overlaps the previous tensor" if begin < expected_begin else "leaves a hole before it"
+                problem = (
+                    "overlaps the previous tensor"
+                    if begin < expected_begin
+                    else "leaves a hole before it"
+                )
                 raise self._corrupt(f"places {name!r} at byte {begin}, which {problem}")
             expected_begin = end
         self._check_end(expected_begin)
@@ -240,17 +289,23 @@ class SafetensorsHeader:
                 raise self._corrupt(
                     f"needs {expected_begin:,} bytes of tensor data but holds {self.data_size:,} (truncated?)"
                 )
-            raise self._corrupt(f"has {self.data_size - expected_begin:,} stray bytes after the last tensor")
+            raise self._corrupt(
+                f"has {self.data_size - expected_begin:,} stray bytes after the last tensor"
+            )
 
 
 def shared_storage_note(aliases: dict[str, str]) -> str:
     """What the file says of save_model's dropped names, and what it leaves unsaid (their shapes)."""
     name, kept = next(iter(aliases.items()))
     if len(aliases) == 1:
-        return (f"save_model recorded {name} only as sharing {kept}'s storage, not its shape: shown as {kept}, "
-                "which it may view only in part")
-    return (f"save_model recorded {len(aliases)} names only as sharing a stored tensor's storage (e.g. {name} -> "
-            f"{kept}), not their shapes: shown as that tensor, which they may view only in part")
+        return (
+            f"save_model recorded {name} only as sharing {kept}'s storage, not its shape: shown as {kept}, "
+            "which it may view only in part"
+        )
+    return (
+        f"save_model recorded {len(aliases)} names only as sharing a stored tensor's storage (e.g. {name} -> "
+        f"{kept}), not their shapes: shown as that tensor, which they may view only in part"
+    )
 
 
 def alias_map(metadata: dict[str, str], names: Collection[str]) -> dict[str, str]:
@@ -261,12 +316,24 @@ def alias_map(metadata: dict[str, str], names: Collection[str]) -> dict[str, str
 class SafetensorsSource(Source):
     """A single .safetensors file."""
 
-    def __init__(self, path: Path, label: str | None = None, header: SafetensorsHeader | None = None,
-                 storage_prefix: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        label: str | None = None,
+        header: SafetensorsHeader | None = None,
+        storage_prefix: str | None = None,
+    ) -> None:
         self.path = path
         self.header = header or SafetensorsHeader(path)
-        tensors = safetensors_infos(self.header, storage_prefix=f"{path}:" if storage_prefix is None else storage_prefix)
-        super().__init__(label=label or str(path), format="safetensors", tensors=tensors, metadata=self.header.metadata)
+        tensors = safetensors_infos(
+            self.header, storage_prefix=f"{path}:" if storage_prefix is None else storage_prefix
+        )
+        super().__init__(
+            label=label or str(path),
+            format="safetensors",
+            tensors=tensors,
+            metadata=self.header.metadata,
+        )
         self._aliases = alias_map(self.header.metadata, self.header.entries.keys())
         self.shared_storage = dict(self._aliases)
         if self._aliases:
@@ -276,15 +343,23 @@ class SafetensorsSource(Source):
         return read_safetensors_tensor(self.header, self._aliases.get(name, name))
 
     def byte_range(self, name: str) -> tuple[Path, int, int] | None:
-        dtype, _, begin, end = self.header.entries[self._aliases.get(name, name)]  # KeyError for a stranger
-        return None if DTYPE_BITS[dtype] % 8 else (self.path, self.header.data_start + begin, end - begin)
+        dtype, _, begin, end = self.header.entries[
+            self._aliases.get(name, name)
+        ]  # KeyError for a stranger
+        return (
+            None
+            if DTYPE_BITS[dtype] % 8
+            else (self.path, self.header.data_start + begin, end - begin)
+        )
 
     def byte_ranges(self, names: Iterable[str]) -> list[tuple[Path, int, int] | None]:
         if self._aliases:
             names = [self._aliases.get(name, name) for name in names]
         path, start, bits = self.path, self.header.data_start, DTYPE_BITS
-        return [None if bits[e[0]] % 8 else (path, start + e[2], e[3] - e[2])
-                for e in map(self.header.entries.__getitem__, names)]
+        return [
+            None if bits[e[0]] % 8 else (path, start + e[2], e[3] - e[2])
+            for e in map(self.header.entries.__getitem__, names)
+        ]
 
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
         dtype, shape, begin, _end = self.header.entries[self._aliases.get(name, name)]
@@ -303,7 +378,9 @@ def natural_key(name: str) -> list[tuple[int, int, str]]:
     """'h.10.w' sorts after 'h.9.w': runs of ASCII digits compare as numbers, however long they are."""
     key = []
     for i, part in enumerate(re.split(r"([0-9]+)", name)):
-        if i % 2:  # a digit run: by length without leading zeros, then digit by digit, as int() would
+        if (
+            i % 2
+        ):  # a digit run: by length without leading zeros, then digit by digit, as int() would
             digits = part.lstrip("0")
             key.append((0, len(digits), digits))
         elif part:
@@ -356,14 +433,26 @@ def safetensors_infos(header: SafetensorsHeader, storage_prefix: str) -> list[Te
         infos = []
         for name in header.natural_names():
             dtype, shape, begin, end = entries[name]
-            infos.append(TensorInfo(name, shape, dtype, end - begin, checkpoint_kind(name), storage_prefix + name))
+            infos.append(
+                TensorInfo(
+                    name, shape, dtype, end - begin, checkpoint_kind(name), storage_prefix + name
+                )
+            )
         aliases = alias_map(header.metadata, entries)
     if aliases:
         by_name = {t.name: t for t in infos}
         for alias, kept in aliases.items():
             k = by_name[kept]
-            infos.append(TensorInfo(name=alias, shape=k.shape, dtype=k.dtype, nbytes=k.nbytes, kind=k.kind,
-                                    storage=k.storage))
+            infos.append(
+                TensorInfo(
+                    name=alias,
+                    shape=k.shape,
+                    dtype=k.dtype,
+                    nbytes=k.nbytes,
+                    kind=k.kind,
+                    storage=k.storage,
+                )
+            )
     return infos
 
 
@@ -382,5 +471,7 @@ def read_safetensors_tensor(header: SafetensorsHeader, name: str) -> torch.Tenso
         f.seek(header.data_start + begin)
         got = f.readinto(buf)
     if got != len(buf):
-        raise CorruptFileError(f"{header.path} is truncated: {name!r} ends past the end of the file")
+        raise CorruptFileError(
+            f"{header.path} is truncated: {name!r} ends past the end of the file"
+        )
     return from_little_endian(buf, torch_dtype).reshape(shape)

@@ -47,7 +47,15 @@ if TYPE_CHECKING:
     import torch
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "module", "net", "network", "model_state")
+STATE_DICT_KEYS = (
+    "model_state_dict",
+    "state_dict",
+    "model",
+    "module",
+    "net",
+    "network",
+    "model_state",
+)
 
 
 def _zip_errors() -> tuple[type[Exception], ...]:
@@ -55,7 +63,14 @@ def _zip_errors() -> tuple[type[Exception], ...]:
     zlib.error / LZMAError for a broken deflate / LZMA stream (bz2 raises OSError),
     NotImplementedError for an unknown compression method."""
     errors: list[type[Exception]] = [
-        zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError, zlib.error, struct.error,
+        zipfile.BadZipFile,
+        OSError,
+        EOFError,
+        ValueError,
+        NotImplementedError,
+        RuntimeError,
+        zlib.error,
+        struct.error,
     ]
     try:
         import lzma
@@ -125,8 +140,9 @@ def is_tensor_dict(obj: object, tensor_type: type = TensorRef) -> bool:
     )
 
 
-def find_state_dict(obj: object, tensor_type: type = TensorRef,
-                    _seen: frozenset[int] = frozenset()) -> tuple[dict[str, Any], str | None] | None:
+def find_state_dict(
+    obj: object, tensor_type: type = TensorRef, _seen: frozenset[int] = frozenset()
+) -> tuple[dict[str, Any], str | None] | None:
     """The model's state dict inside a checkpoint, and the dotted key path to it (None: top level)."""
     if is_tensor_dict(obj, tensor_type):
         assert isinstance(obj, dict)
@@ -144,7 +160,9 @@ def find_state_dict(obj: object, tensor_type: type = TensorRef,
     best: tuple[int, str] | None = None
     for key, value in obj.items():
         if (
-            isinstance(key, str) and "optim" not in key.lower() and is_tensor_dict(value, tensor_type)
+            isinstance(key, str)
+            and "optim" not in key.lower()
+            and is_tensor_dict(value, tensor_type)
             and (best is None or len(value) > best[0])
         ):
             best = (len(value), key)
@@ -160,7 +178,11 @@ def summarize(value: object) -> str:
         n = sum(1 for _ in _iter_tensor_refs(value))
         if n:  # an optimizer state: its tensors matter, not its keys
             return f"dict ({len(value):,} keys, {n:,} tensors)"
-    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, TensorRef | SparseRef):
+    if (
+        hasattr(value, "shape")
+        and hasattr(value, "dtype")
+        and not isinstance(value, TensorRef | SparseRef)
+    ):
         dtype = str(getattr(value, "dtype", "")).removeprefix("torch.")
         return f"tensor {list(getattr(value, 'shape', ()))} {dtype}"
     return describe(value)
@@ -176,7 +198,9 @@ def _iter_tensor_refs(obj: object) -> Any:
     stack = [obj]
     while stack:
         item = stack.pop()
-        if isinstance(item, TensorRef | SparseRef) or (hasattr(item, "shape") and hasattr(item, "dtype")):
+        if isinstance(item, TensorRef | SparseRef) or (
+            hasattr(item, "shape") and hasattr(item, "dtype")
+        ):
             yield item
         elif isinstance(item, dict | list | tuple) and id(item) not in seen:
             seen.add(id(item))
@@ -187,7 +211,11 @@ def _iter_tensor_refs(obj: object) -> Any:
 def storage_elements(ref: TensorRef) -> int:
     """How many elements of the tensor's own dtype its storage holds (v3 storages count bytes)."""
     assert ref.storage is not None
-    return ref.storage.numel * DTYPE_BITS.get(ref.storage.dtype, 8) // max(DTYPE_BITS.get(ref.dtype, 8), 1)
+    return (
+        ref.storage.numel
+        * DTYPE_BITS.get(ref.storage.dtype, 8)
+        // max(DTYPE_BITS.get(ref.dtype, 8), 1)
+    )
 
 
 def check_expansion(ref: TensorRef, name: str, path: Path) -> None:
@@ -214,15 +242,26 @@ def flatten_entries(state: dict[str, Any]) -> dict[str, TensorRef | SparseRef]:
     return flat
 
 
-def tensor_infos(state: dict[str, TensorRef | SparseRef],
-                 kinds: dict[str, tuple[str, bool | None]] | None = None) -> list[TensorInfo]:
+def tensor_infos(
+    state: dict[str, TensorRef | SparseRef], kinds: dict[str, tuple[str, bool | None]] | None = None
+) -> list[TensorInfo]:
     infos = []
     for name, ref in state.items():
-        kind, persistent = (kinds or {}).get(name, (checkpoint_kind(name, getattr(ref, "is_parameter", False)), None))
+        kind, persistent = (kinds or {}).get(
+            name, (checkpoint_kind(name, getattr(ref, "is_parameter", False)), None)
+        )
         if isinstance(ref, SparseRef):
             nbytes = sum(_numel(c.shape) * DTYPE_BITS.get(c.dtype, 8) // 8 for c in ref.components)
-            infos.append(TensorInfo(name=name, shape=ref.shape, dtype=ref.dtype, nbytes=nbytes,
-                                    kind=kind, persistent=persistent))  # type: ignore[arg-type]
+            infos.append(
+                TensorInfo(
+                    name=name,
+                    shape=ref.shape,
+                    dtype=ref.dtype,
+                    nbytes=nbytes,
+                    kind=kind,  # type: ignore[arg-type]
+                    persistent=persistent,
+                )
+            )
             continue
         if not isinstance(ref, TensorRef):
             continue
@@ -233,11 +272,21 @@ def tensor_infos(state: dict[str, TensorRef | SparseRef],
             storage = f"{ref.storage.key}@{ref.offset}:{ref.shape}:{ref.stride}"
         requires_grad = ref.requires_grad if ref.is_parameter or kind == "parameter" else None
         quantizer = getattr(ref, "quantizer", None)
-        qscheme = quantizer[0] if isinstance(quantizer, tuple) and quantizer and isinstance(quantizer[0], str) else None
+        qscheme = (
+            quantizer[0]
+            if isinstance(quantizer, tuple) and quantizer and isinstance(quantizer[0], str)
+            else None
+        )
         infos.append(
             TensorInfo(
-                name=name, shape=ref.shape, dtype=ref.dtype, nbytes=numel * bits // 8,
-                kind=kind, storage=storage, requires_grad=requires_grad, persistent=persistent,  # type: ignore[arg-type]
+                name=name,
+                shape=ref.shape,
+                dtype=ref.dtype,
+                nbytes=numel * bits // 8,
+                kind=kind,  # type: ignore[arg-type]
+                storage=storage,
+                requires_grad=requires_grad,
+                persistent=persistent,
                 qscheme=qscheme,
             )
         )
@@ -252,9 +301,13 @@ def standin_note(gate: Gate, exclude: str | None = None) -> list[str]:
     # Suggest --allow-global only for a name that cannot run code when called: a known data class, or a
     # name the pickle never calls.
     called = gate.registry.called
-    data = [n for n in names if not runs_code_when_called(n) and (is_data_class(n) or n not in called)]
+    data = [
+        n for n in names if not runs_code_when_called(n) and (is_data_class(n) or n not in called)
+    ]
     suggestion = f" (--allow-global {data[0]} builds a real one, if you trust it)" if data else ""
-    return [f"read without importing {describe_standins(names)}: shown as stand-ins, nothing of theirs ran{suggestion}"]
+    return [
+        f"read without importing {describe_standins(names)}: shown as stand-ins, nothing of theirs ran{suggestion}"
+    ]
 
 
 def would_call_warning(names: list[str]) -> list[str]:
@@ -262,8 +315,10 @@ def would_call_warning(names: list[str]) -> list[str]:
     if not names:
         return []
     it = "it" if len(names) == 1 else "them"
-    return [f"torch.load would call {', '.join(names)}: shown as stand-ins here, nothing ran; fully unpickling the "
-            f"file (torch.load without weights_only=True, or --unsafe-pickle) runs {it}"]
+    return [
+        f"torch.load would call {', '.join(names)}: shown as stand-ins here, nothing ran; fully unpickling the "
+        f"file (torch.load without weights_only=True, or --unsafe-pickle) runs {it}"
+    ]
 
 
 class TorchFileSource(Source):
@@ -286,17 +341,27 @@ class TorchFileSource(Source):
                 )
             module, key = pickled
             walked = walk_modules(module, nn_module_parts)
-            self._refs = {k: v for k, v in walked.tensors.items() if isinstance(v, TensorRef | SparseRef)}
+            self._refs = {
+                k: v for k, v in walked.tensors.items() if isinstance(v, TensorRef | SparseRef)
+            }
             modules, kinds = walked.modules, walked.kinds
             fmt = f"{fmt}-module"
         others: list[EntrySummary] = []
         if key is not None and isinstance(obj, dict):
             top = key.split(".")[0]
             others = [EntrySummary(str(k), summarize(v)) for k, v in obj.items() if k != top]
-        super().__init__(label=label, format=fmt, tensors=tensor_infos(self._refs, kinds), state_dict_key=key, other_entries=others,
-                         modules=modules, notes=standin_note(gate), standins=list(gate.standins),
-                         warnings=[*gate.warnings, *would_call_warning(gate.would_call)],
-                         would_call=gate.would_call)
+        super().__init__(
+            label=label,
+            format=fmt,
+            tensors=tensor_infos(self._refs, kinds),
+            state_dict_key=key,
+            other_entries=others,
+            modules=modules,
+            notes=standin_note(gate),
+            standins=list(gate.standins),
+            warnings=[*gate.warnings, *would_call_warning(gate.would_call)],
+            would_call=gate.would_call,
+        )
         self._cache: tuple[str, bytes] | None = None
 
     def _storage_bytes(self, ref: StorageRef) -> bytes:
@@ -308,7 +373,9 @@ class TorchFileSource(Source):
             raise CorruptFileError(f"{self.path}: {name!r} is a sparse tensor")
         return ref
 
-    def _storage_of(self, name: str, ref: TensorRef | None = None) -> tuple[TensorRef, torch.Tensor]:
+    def _storage_of(
+        self, name: str, ref: TensorRef | None = None
+    ) -> tuple[TensorRef, torch.Tensor]:
         """The tensor's reference and its whole storage as a 1-d tensor, once the view is known to fit in it.
 
         Quantized tensors come back as their integer representation.
@@ -331,9 +398,17 @@ class TorchFileSource(Source):
             )
         try:
             flat = from_little_endian(bytearray(raw), dtype) if raw else torch.empty(0, dtype=dtype)
-        except (RuntimeError, ValueError, TypeError) as exc:  # a storage whose size is no multiple of the dtype
-            raise CorruptFileError(f"{self.path}: {name!r} cannot be read as {ref.dtype} ({exc})") from None
-        needed = ref.offset + sum((s - 1) * st for s, st in zip(ref.shape, ref.stride, strict=True)) + 1
+        except (
+            RuntimeError,
+            ValueError,
+            TypeError,
+        ) as exc:  # a storage whose size is no multiple of the dtype
+            raise CorruptFileError(
+                f"{self.path}: {name!r} cannot be read as {ref.dtype} ({exc})"
+            ) from None
+        needed = (
+            ref.offset + sum((s - 1) * st for s, st in zip(ref.shape, ref.stride, strict=True)) + 1
+        )
         if _numel(ref.shape) and needed > flat.numel():
             raise CorruptFileError(f"{self.path}: {name!r} reaches past the end of its storage")
         return ref, flat
@@ -361,39 +436,70 @@ class TorchFileSource(Source):
         try:
             if scheme in ("per_tensor_affine", "per_tensor_symmetric") and len(params) == 2:
                 scale, zero_point = params
-                return torch._make_per_tensor_quantized_tensor(values, float(scale), int(zero_point))  # type: ignore[call-overload,arg-type]
-            if scheme.startswith("per_channel") and len(params) == 3 and all(isinstance(p, TensorRef) for p in params[:2]):
+                return torch._make_per_tensor_quantized_tensor(
+                    values,
+                    float(scale),  # type: ignore[arg-type]
+                    int(zero_point),  # type: ignore[call-overload]
+                )
+            if (
+                scheme.startswith("per_channel")
+                and len(params) == 3
+                and all(isinstance(p, TensorRef) for p in params[:2])
+            ):
                 scales, zero_points, axis = params
                 return torch._make_per_channel_quantized_tensor(
-                    values, self._dense(name, scales), self._dense(name, zero_points), int(axis)  # type: ignore[call-overload,arg-type]
+                    values,
+                    self._dense(name, scales),  # type: ignore[arg-type]
+                    self._dense(name, zero_points),  # type: ignore[arg-type]
+                    int(axis),  # type: ignore[call-overload]
                 )
         except (RuntimeError, TypeError, ValueError) as exc:
-            raise CorruptFileError(f"{self.path}: quantized tensor {name!r} cannot be rebuilt ({exc})") from None
-        raise CorruptFileError(f"{self.path}: quantized tensor {name!r} has an unknown scheme {scheme!r}")
+            raise CorruptFileError(
+                f"{self.path}: quantized tensor {name!r} cannot be rebuilt ({exc})"
+            ) from None
+        raise CorruptFileError(
+            f"{self.path}: quantized tensor {name!r} has an unknown scheme {scheme!r}"
+        )
 
     def _read_sparse(self, name: str, ref: SparseRef) -> torch.Tensor:
         """A sparse tensor, densified: diff and load compare values, whatever the layout."""
         if _numel(ref.shape) > _MAX_DENSE:
-            raise ModinspectError(f"{self.path}: sparse tensor {name!r} is too large to compare densely ({ref.shape})")
+            raise ModinspectError(
+                f"{self.path}: sparse tensor {name!r} is too large to compare densely ({ref.shape})"
+            )
         parts = [self._dense(name, c) for c in ref.components]
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": torch's note, not the user's
+        with (
+            warnings.catch_warnings()
+        ):  # "sparse CSR support is in beta": torch's note, not the user's
             warnings.simplefilter("ignore", UserWarning)
             return self._assemble_sparse(name, ref, parts)
 
-    def _assemble_sparse(self, name: str, ref: SparseRef, parts: list[torch.Tensor]) -> torch.Tensor:
+    def _assemble_sparse(
+        self, name: str, ref: SparseRef, parts: list[torch.Tensor]
+    ) -> torch.Tensor:
         import torch
 
         try:
             if ref.layout == "sparse_coo":
                 # check_invariants: a hostile file's indices must not reach past the dense shape in to_dense.
-                sparse = torch.sparse_coo_tensor(parts[0], parts[1], ref.shape, check_invariants=True)
+                sparse = torch.sparse_coo_tensor(
+                    parts[0], parts[1], ref.shape, check_invariants=True
+                )
             else:
                 compressed, plain, values = parts
-                sparse = torch.sparse_compressed_tensor(compressed, plain, values, ref.shape,
-                                                        layout=getattr(torch, ref.layout), check_invariants=True)
+                sparse = torch.sparse_compressed_tensor(
+                    compressed,
+                    plain,
+                    values,
+                    ref.shape,
+                    layout=getattr(torch, ref.layout),
+                    check_invariants=True,
+                )
             return sparse.to_dense()
         except (RuntimeError, TypeError, ValueError, IndexError) as exc:
-            raise CorruptFileError(f"{self.path}: sparse tensor {name!r} is inconsistent ({exc})") from None
+            raise CorruptFileError(
+                f"{self.path}: sparse tensor {name!r} is inconsistent ({exc})"
+            ) from None
 
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
         """A strided view (a transpose, an expand) gathered from its storage a chunk at a time.
@@ -409,10 +515,12 @@ class TorchFileSource(Source):
             tensor = self._read(name)
             flat = (tensor.dequantize() if tensor.is_quantized else tensor).reshape(-1)
             for start in range(0, flat.numel(), chunk_elems):
-                yield flat[start:start + chunk_elems]
+                yield flat[start : start + chunk_elems]
             return
         ref, flat = self._storage_of(name)
-        rows = flat.view(torch.uint8).reshape(flat.numel(), -1)  # one row of bytes per element: any dtype indexes
+        rows = flat.view(torch.uint8).reshape(
+            flat.numel(), -1
+        )  # one row of bytes per element: any dtype indexes
         numel = _numel(ref.shape)
         for start in range(0, numel, chunk_elems):
             index = torch.arange(start, min(start + chunk_elems, numel), dtype=torch.int64)
@@ -455,11 +563,15 @@ def _torch_dtype(dtype: str, name: str, path: Path) -> Any:
 class ZipTorchSource(TorchFileSource):
     """A torch.save zip archive (torch >= 1.6): <prefix>/data.pkl plus <prefix>/data/<key> entries."""
 
-    def __init__(self, path: Path, label: str, zf: zipfile.ZipFile, prefix: str, gate: Gate) -> None:
+    def __init__(
+        self, path: Path, label: str, zf: zipfile.ZipFile, prefix: str, gate: Gate
+    ) -> None:
         self._attach(path, zf, prefix)
         byteorder = self._read_member("byteorder", gate, optional=True)
         if byteorder not in (None, b"little"):
-            raise CorruptFileError(f"{path} was saved on a big-endian machine, which modinspect does not read yet")
+            raise CorruptFileError(
+                f"{path} was saved on a big-endian machine, which modinspect does not read yet"
+            )
         data = self._read_member("data.pkl", gate)
         assert data is not None  # not optional: a missing member raises
         obj, _ = gate.load(data, 0, storage_from_pid)
@@ -476,7 +588,9 @@ class ZipTorchSource(TorchFileSource):
             raise CorruptFileError(f"cannot read {path}: {exc.strerror or exc}") from None
 
     def _read_member(self, name: str, gate: Gate, optional: bool = False) -> bytes | None:
-        return read_pickle_member(self._zf, f"{self._prefix}{name}", self._size, self.path, gate, optional)
+        return read_pickle_member(
+            self._zf, f"{self._prefix}{name}", self._size, self.path, gate, optional
+        )
 
     def _storage_member(self, ref: StorageRef) -> zipfile.ZipInfo:
         """The entry holding `ref`'s bytes, once its declared size is the storage's."""
@@ -489,7 +603,9 @@ class ZipTorchSource(TorchFileSource):
             raise CorruptFileError(f"{self.path} is a damaged zip file ({exc})") from None
         expected = ref.numel * DTYPE_BITS[ref.dtype] // 8
         if info.file_size != expected:
-            raise CorruptFileError(f"{self.path}: storage {ref.key} holds {info.file_size} bytes, expected {expected}")
+            raise CorruptFileError(
+                f"{self.path}: storage {ref.key} holds {info.file_size} bytes, expected {expected}"
+            )
         return info
 
     def _storage_bytes(self, ref: StorageRef) -> bytes:
@@ -510,7 +626,9 @@ class ZipTorchSource(TorchFileSource):
         try:
             with self._zf.open(info) as member:
                 member.seek(ref.offset * itemsize)  # usually 0: a tensor tends to own its storage
-                yield from read_chunks(member, _numel(ref.shape), ref.dtype, chunk_elems, str(self.path))
+                yield from read_chunks(
+                    member, _numel(ref.shape), ref.dtype, chunk_elems, str(self.path)
+                )
         except ZIP_ERRORS as exc:
             raise CorruptFileError(f"{self.path} is a damaged zip file ({exc})") from None
 
@@ -518,8 +636,14 @@ class ZipTorchSource(TorchFileSource):
         self._zf.close()
 
 
-def read_pickle_member(zf: zipfile.ZipFile, name: str, archive_size: int, path: Path, gate: Gate,
-                       optional: bool = False) -> bytes | None:
+def read_pickle_member(
+    zf: zipfile.ZipFile,
+    name: str,
+    archive_size: int,
+    path: Path,
+    gate: Gate,
+    optional: bool = False,
+) -> bytes | None:
     """A zip entry that is unpickled: its inflated size is checked against the gate's budget first."""
     try:
         info = zip_member(zf, name, archive_size)
@@ -561,14 +685,18 @@ class LegacyTorchSource(TorchFileSource):
             obj, pos = gate.load(data, pos, self._remember)
             keys, pos = gate.load(data, pos, storage_from_pid)
             if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-                raise CorruptFileError(f"{path} is not a valid legacy torch checkpoint (bad storage key list)")
+                raise CorruptFileError(
+                    f"{path} is not a valid legacy torch checkpoint (bad storage key list)"
+                )
             self._offsets = self._walk_storages(data, pos, keys)
         finally:
             if isinstance(data, mmap.mmap):
                 data.close()
         unlisted = sorted(set(self._storages) - set(self._offsets))
         if unlisted:
-            raise CorruptFileError(f"{path} is not a valid legacy torch checkpoint (storage {unlisted[0]} has no data)")
+            raise CorruptFileError(
+                f"{path} is not a valid legacy torch checkpoint (storage {unlisted[0]} has no data)"
+            )
         super().__init__(path, label, "torch-legacy", obj, gate)
 
     def _remember(self, pid: tuple[object, ...]) -> StorageRef:
@@ -583,7 +711,7 @@ class LegacyTorchSource(TorchFileSource):
             ref = self._storages.get(key)
             if ref is None:
                 raise CorruptFileError(f"{self.path} lists storage {key} that no tensor uses")
-            head = data[pos:pos + 8]
+            head = data[pos : pos + 8]
             if len(head) < 8:
                 raise CorruptFileError(f"{self.path} is truncated in its tensor data")
             (numel,) = struct.unpack("<q", head)
@@ -604,7 +732,9 @@ class LegacyTorchSource(TorchFileSource):
         if ref is None:
             yield from super()._chunks(name, chunk_elems)
             return
-        storage = self._check_view(name, ref)  # else the read would run on into the next storage's bytes
+        storage = self._check_view(
+            name, ref
+        )  # else the read would run on into the next storage's bytes
         with self.path.open("rb") as f:
             f.seek(self._offsets[storage.key] + ref.offset * DTYPE_BITS[ref.dtype] // 8)
             yield from read_chunks(f, _numel(ref.shape), ref.dtype, chunk_elems, str(self.path))

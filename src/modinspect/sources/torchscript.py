@@ -42,7 +42,9 @@ from modinspect.sources.torchscript_code import MAX_CODE_BYTES, parse_code
 UNSAFE_WARNING = "--unsafe-pickle: torch.jit.load runs the code of {label} (its TorchScript __setstate__ methods)"
 
 
-def read_code(zf: zipfile.ZipFile, prefix: str, archive_size: int, path: Path, gate: Gate) -> dict[str, str]:
+def read_code(
+    zf: zipfile.ZipFile, prefix: str, archive_size: int, path: Path, gate: Gate
+) -> dict[str, str]:
     """The texts of code/__torch__/**.py, by the TorchScript module name each defines.
 
     Their inflated sizes are added up from the zip's directory, and refused past MAX_CODE_BYTES, before
@@ -65,7 +67,7 @@ def read_code(zf: zipfile.ZipFile, prefix: str, archive_size: int, path: Path, g
     for name in members:
         raw = read_pickle_member(zf, name, archive_size, path, gate)
         assert raw is not None
-        module = name[len(root):-len(".py")].replace("/", ".")
+        module = name[len(root) : -len(".py")].replace("/", ".")
         texts[module] = raw.decode("utf-8", errors="replace")
     return texts
 
@@ -73,14 +75,18 @@ def read_code(zf: zipfile.ZipFile, prefix: str, archive_size: int, path: Path, g
 class TorchScriptSource(ZipTorchSource):
     """A TorchScript archive's module tree and tensors, with no code compiled or run."""
 
-    def __init__(self, path: Path, label: str, zf: zipfile.ZipFile, prefix: str, gate: Gate) -> None:
+    def __init__(
+        self, path: Path, label: str, zf: zipfile.ZipFile, prefix: str, gate: Gate
+    ) -> None:
         self._attach(path, zf, prefix)
         data = read_pickle_member(zf, f"{prefix}data.pkl", self._size, path, gate)
         assert data is not None
         root, _ = gate.load(data, 0, storage_from_pid)
         # constants.pkl holds tensor constants of the code, not module state; it is read only so that a
         # hostile one is refused by name like any other pickle.
-        constants = read_pickle_member(zf, f"{prefix}constants.pkl", self._size, path, gate, optional=True)
+        constants = read_pickle_member(
+            zf, f"{prefix}constants.pkl", self._size, path, gate, optional=True
+        )
         if constants is not None:
             gate.load(constants, 0, storage_from_pid)
         self._classes = parse_code(read_code(zf, prefix, self._size, path, gate), str(path))
@@ -90,7 +96,9 @@ class TorchScriptSource(ZipTorchSource):
             )
         self._opaque: list[str] = []
         walked = walk_modules(root, self._parts)
-        self._refs = {k: v for k, v in walked.tensors.items() if isinstance(v, TensorRef | SparseRef)}
+        self._refs = {
+            k: v for k, v in walked.tensors.items() if isinstance(v, TensorRef | SparseRef)
+        }
         # __torch__ classes are the format itself; any other stand-in is worth a word.
         notes = standin_note(gate, exclude="__torch__.")
         if self._opaque:
@@ -99,8 +107,14 @@ class TorchScriptSource(ZipTorchSource):
                 f"{'has' if len(self._opaque) == 1 else 'have'} a custom __setstate__, which only --unsafe-pickle "
                 "runs: any tensors it restores are not listed"
             )
-        Source.__init__(self, label=label, format="torchscript", tensors=tensor_infos(self._refs, walked.kinds),
-                        modules=walked.modules, notes=notes)
+        Source.__init__(
+            self,
+            label=label,
+            format="torchscript",
+            tensors=tensor_infos(self._refs, walked.kinds),
+            modules=walked.modules,
+            notes=notes,
+        )
         self._cache = None
 
     def _is_module(self, obj: object) -> bool:
@@ -117,8 +131,13 @@ class TorchScriptSource(ZipTorchSource):
         declared = self._classes[qualname]
         attributes = obj.attributes
         training = attributes.get("training")
-        parts = ModuleParts(type=qualname.rpartition(".")[2], training=training if isinstance(training, bool) else None)
-        if not attributes and obj.state is not None:  # what its __getstate__ returned; __setstate__ never runs
+        parts = ModuleParts(
+            type=qualname.rpartition(".")[2],
+            training=training if isinstance(training, bool) else None,
+        )
+        if (
+            not attributes and obj.state is not None
+        ):  # what its __getstate__ returned; __setstate__ never runs
             state = state_tensors(obj.state)
             if not state:
                 self._opaque.append(qualname.rpartition(".")[2])
@@ -128,13 +147,17 @@ class TorchScriptSource(ZipTorchSource):
             if attr in params:
                 parts.parameters.append((attr, value))
             elif attr in buffers:
-                parts.buffers.append((attr, value, True))  # a ScriptModule's state_dict holds every buffer
+                parts.buffers.append(
+                    (attr, value, True)
+                )  # a ScriptModule's state_dict holds every buffer
             elif self._is_module(value):
                 parts.children.append((attr, value))
             elif isinstance(value, StandIn) and standin_name(value).startswith(TORCH_CLASSES):
                 # A C++ custom class (torch.ao's packed params): its __getstate__'s tensors, as data.
                 state = [(f"{attr}.{name}", v) for name, v in state_tensors(value.state)]
-                if "PackedParams" in standin_name(value):  # the quantized weight and bias: parameters
+                if "PackedParams" in standin_name(
+                    value
+                ):  # the quantized weight and bias: parameters
                     parts.parameters += state
                 else:
                     parts.buffers += [(name, v, True) for name, v in state]
@@ -149,8 +172,9 @@ def state_tensors(state: object) -> list[tuple[str, TensorRef | SparseRef]]:
     """The tensors in a `__getstate__` result, named by position in a tuple or list (`0`, `1`; `1.0` one list
     down, as torch.ao's conv packed params nest theirs) or by key in a dict."""
     if isinstance(state, dict):
-        entries: list[tuple[str, object]] = [(k, v) for k, v in list(state.items())[:MAX_STATE_ENTRIES]
-                                             if isinstance(k, str)]
+        entries: list[tuple[str, object]] = [
+            (k, v) for k, v in list(state.items())[:MAX_STATE_ENTRIES] if isinstance(k, str)
+        ]
     elif isinstance(state, tuple | list):
         entries = [(str(i), v) for i, v in enumerate(state[:MAX_STATE_ENTRIES])]
     else:
@@ -160,12 +184,17 @@ def state_tensors(state: object) -> list[tuple[str, TensorRef | SparseRef]]:
         if isinstance(value, TensorRef | SparseRef):
             found.append((name, value))
         elif isinstance(value, tuple | list):
-            found += [(f"{name}.{i}", v) for i, v in enumerate(value[:MAX_STATE_ENTRIES])
-                      if isinstance(v, TensorRef | SparseRef)]
+            found += [
+                (f"{name}.{i}", v)
+                for i, v in enumerate(value[:MAX_STATE_ENTRIES])
+                if isinstance(v, TensorRef | SparseRef)
+            ]
     return found[:MAX_STATE_ENTRIES]  # a hostile state of 4k lists of 4k tensors lists 4k, not 16M
 
 
-def open_torchscript(path: Path, label: str, zf: zipfile.ZipFile, prefix: str, gate: Gate, unsafe: bool) -> Source:
+def open_torchscript(
+    path: Path, label: str, zf: zipfile.ZipFile, prefix: str, gate: Gate, unsafe: bool
+) -> Source:
     """The archive read as data; with `unsafe`, the real ScriptModule from torch.jit.load."""
     if not unsafe:
         return TorchScriptSource(path, label, zf, prefix, gate)

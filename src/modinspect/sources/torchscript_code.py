@@ -21,8 +21,12 @@ from dataclasses import dataclass
 from modinspect.errors import CorruptFileError
 
 MAX_CODE_BYTES = 16 << 20  # all of code/ inflated; a traced 12-layer BERT's is 0.12 MB
-MAX_DECLARATIONS = 300_000  # classes, __parameters__/__buffers__ statements and their names in all of code/
-MAX_NAME = 4096  # characters in one parameter or buffer name (a literal's, before escapes are decoded)
+MAX_DECLARATIONS = (
+    300_000  # classes, __parameters__/__buffers__ statements and their names in all of code/
+)
+MAX_NAME = (
+    4096  # characters in one parameter or buffer name (a literal's, before escapes are decoded)
+)
 MAX_NESTING = 32  # brackets inside brackets; torch's own printer nests a handful
 
 _B = r"[ \t\f\v\r]"  # torch's blank: whitespace but the newline
@@ -56,20 +60,36 @@ _SLOT_NAME = r"__(?:parameters|buffers)__(?![A-Za-z0-9_])"
 # Statements at the top level that are not a class with a base (functions, imports, bare classes),
 # each with its indented body.
 _TOP_SKIP = re.compile(
-    rf"(?:{_BLANK_LINE}|(?![ \t\f\v\r\n]|{_HEADER}){_LINE}(?:{_BLANK_LINE}|{_B}++{_LINE})*+)*+", re.S)
+    rf"(?:{_BLANK_LINE}|(?![ \t\f\v\r\n]|{_HEADER}){_LINE}(?:{_BLANK_LINE}|{_B}++{_LINE})*+)*+",
+    re.S,
+)
 _CLASS = re.compile(rf"{_HEADER}(?:{_BLANK_LINE})*+({_B}*+)", re.S)
 # Class-body lines up to the next that starts with __parameters__ or __buffers__ (at any indentation).
 _BODY_SKIP = re.compile(rf"(?:{_BLANK_LINE}|{_B}++(?!{_SLOT_NAME}){_LINE})*+", re.S)
 _GAP = rf"(?:{_B}|\\\n)*+"  # blanks and backslash continuations
-_SLOT = re.compile(rf"({_B}++)__(parameters|buffers)__{_GAP}(?::[^=\n]*+)?={_GAP}({_CONTENT})\n", re.S)
+_SLOT = re.compile(
+    rf"({_B}++)__(parameters|buffers)__{_GAP}(?::[^=\n]*+)?={_GAP}({_CONTENT})\n", re.S
+)
 _LIST_SPACE = rf"(?:{_B}|\n|\\\n|{_COMMENT})*+"
 _STRINGS = rf"(?:(?:{_STRING}){_LIST_SPACE})++"  # adjacent literals, which torch concatenates
 _LIST = re.compile(
-    rf"\[{_LIST_SPACE}(?:{_STRINGS}(?:,{_LIST_SPACE}{_STRINGS})*+(?:,{_LIST_SPACE})?)?\]{_B}*+(?:{_COMMENT})?", re.S)
+    rf"\[{_LIST_SPACE}(?:{_STRINGS}(?:,{_LIST_SPACE}{_STRINGS})*+(?:,{_LIST_SPACE})?)?\]{_B}*+(?:{_COMMENT})?",
+    re.S,
+)
 _LIST_TOKEN = re.compile(rf"({_STRING})|{_COMMENT}|(,)", re.S)
 _ESCAPE = re.compile(r"\\([0-3][0-7]{2}|.)", re.S)
-_ESCAPES = {"\\": "\\", "'": "'", '"': '"', "\n": "\n", "a": "\a", "b": "\b", "f": "\f", "n": "\n", "v": "\v",
-            "t": "\t"}
+_ESCAPES = {
+    "\\": "\\",
+    "'": "'",
+    '"': '"',
+    "\n": "\n",
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "v": "\v",
+    "t": "\t",
+}
 
 
 @dataclass(frozen=True)
@@ -150,7 +170,9 @@ def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
-def _parse_module(module: str, text: str, where: str, budget: _Budget, classes: dict[str, ScriptClass]) -> None:
+def _parse_module(
+    module: str, text: str, where: str, budget: _Budget, classes: dict[str, ScriptClass]
+) -> None:
     text += "\n"  # every line ends in a newline
     pos, end = 0, len(text)
     while True:
@@ -181,7 +203,8 @@ def _parse_module(module: str, text: str, where: str, budget: _Budget, classes: 
                     slots[slot[2]].update(dict.fromkeys(_names(slot[3], budget)))
                 except _BadList as exc:
                     raise CorruptFileError(
-                        f"{where} line {_line_of(text, pos)} gives __{slot[2]}__ {exc}") from None
+                        f"{where} line {_line_of(text, pos)} gives __{slot[2]}__ {exc}"
+                    ) from None
             pos = slot.end()
         classes[qualname] = ScriptClass(base, tuple(slots["parameters"]), tuple(slots["buffers"]))
 

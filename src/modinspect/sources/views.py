@@ -57,8 +57,9 @@ def view_extent(shape: tuple[int, ...], stride: tuple[int, ...], offset: int) ->
     return offset + sum((size - 1) * step for size, step in zip(shape, stride, strict=True)) + 1
 
 
-def check_view(where: str, name: str, shape: tuple[int, ...], stride: tuple[int, ...], offset: int,
-               stored: int) -> None:
+def check_view(
+    where: str, name: str, shape: tuple[int, ...], stride: tuple[int, ...], offset: int, stored: int
+) -> None:
     """Refuse a view that reaches past its `stored` elements, or that claims absurdly many for them."""
     if view_extent(shape, stride, offset) > stored:
         raise CorruptFileError(f"{where}: {name!r} reaches past the end of its storage")
@@ -70,13 +71,20 @@ def check_view(where: str, name: str, shape: tuple[int, ...], stride: tuple[int,
         )
 
 
-def strided_chunks(flat: torch.Tensor, shape: tuple[int, ...], stride: tuple[int, ...], offset: int,
-                   chunk_elems: int) -> Iterator[torch.Tensor]:
+def strided_chunks(
+    flat: torch.Tensor,
+    shape: tuple[int, ...],
+    stride: tuple[int, ...],
+    offset: int,
+    chunk_elems: int,
+) -> Iterator[torch.Tensor]:
     """The view's elements in row-major order as 1-d tensors of at most chunk_elems, gathered chunk by chunk."""
     import torch
 
     numel = math.prod(shape)
-    if chunk_elems >= numel:  # the whole view at once (read_tensor): one copy, check_view bounded its size
+    if (
+        chunk_elems >= numel
+    ):  # the whole view at once (read_tensor): one copy, check_view bounded its size
         yield flat.as_strided(shape, stride, offset).reshape(-1)
         return
     for start in range(0, numel, chunk_elems):

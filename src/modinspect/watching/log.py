@@ -84,8 +84,12 @@ class NonfiniteRecord:
     code: str | None  # the source line
     cause: str  # produced | input | loss | weight | overflow | sentinel (seen between logged steps)
     rank: int | None = None  # under torchrun: the rank whose shard held it; None on one process
-    caller: str | None = None  # file:line of the user's own code that called the model, when `source` is not it
-    explanation: str | None = None  # "step 149 updated `wte.weight` by 3.2e+33× its norm (lr 1e+30 in group 0); ..."
+    caller: str | None = (
+        None  # file:line of the user's own code that called the model, when `source` is not it
+    )
+    explanation: str | None = (
+        None  # "step 149 updated `wte.weight` by 3.2e+33× its norm (lr 1e+30 in group 0); ..."
+    )
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,9 @@ class StepRecord:
     modules: tuple[ModuleRecord, ...]
     params: tuple[ParamRecord, ...] = ()
     nonfinite: NonfiniteRecord | None = None
-    optimizer: tuple[GroupRecord, ...] = ()  # the optimizer's param groups at this step, when it is known
+    optimizer: tuple[
+        GroupRecord, ...
+    ] = ()  # the optimizer's param groups at this step, when it is known
 
 
 def _finite(value: float | None) -> float | None:
@@ -111,8 +117,15 @@ def _finite(value: float | None) -> float | None:
 
 
 def header_document(header: LogHeader) -> dict[str, Any]:
-    return {"schema": SCHEMA, "kind": "header", "model": header.model, "every": header.every,
-            "started": header.started, "device": header.device, "world_size": header.world_size}
+    return {
+        "schema": SCHEMA,
+        "kind": "header",
+        "model": header.model,
+        "every": header.every,
+        "started": header.started,
+        "device": header.device,
+        "world_size": header.world_size,
+    }
 
 
 def step_document(record: StepRecord) -> dict[str, Any]:
@@ -124,25 +137,51 @@ def step_document(record: StepRecord) -> dict[str, Any]:
         "loss": _finite(record.loss),
         "modules": [
             {
-                "name": m.name, "type": m.type, "calls": m.calls, "count": m.count, "mean": _finite(m.mean),
-                "std": _finite(m.std), "min": _finite(m.min), "max": _finite(m.max),
-                "zero_fraction": _finite(m.zero_fraction), "nan": m.nan, "inf": m.inf,
-                "dead_fraction": _finite(m.dead_fraction), "grad_norm": _finite(m.grad_norm),
-                "grad_nan": m.grad_nan, "grad_inf": m.grad_inf,
-                "histogram": None if m.histogram is None else {
-                    "edges": [float(e) for e in m.histogram.edges], "counts": list(m.histogram.counts)},
+                "name": m.name,
+                "type": m.type,
+                "calls": m.calls,
+                "count": m.count,
+                "mean": _finite(m.mean),
+                "std": _finite(m.std),
+                "min": _finite(m.min),
+                "max": _finite(m.max),
+                "zero_fraction": _finite(m.zero_fraction),
+                "nan": m.nan,
+                "inf": m.inf,
+                "dead_fraction": _finite(m.dead_fraction),
+                "grad_norm": _finite(m.grad_norm),
+                "grad_nan": m.grad_nan,
+                "grad_inf": m.grad_inf,
+                "histogram": None
+                if m.histogram is None
+                else {
+                    "edges": [float(e) for e in m.histogram.edges],
+                    "counts": list(m.histogram.counts),
+                },
             }
             for m in record.modules
         ],
         "params": [
-            {"name": p.name, "norm": _finite(p.norm), "grad_norm": _finite(p.grad_norm),
-             "update_norm": _finite(p.update_norm), "update_ratio": _finite(p.update_ratio)}
+            {
+                "name": p.name,
+                "norm": _finite(p.norm),
+                "grad_norm": _finite(p.grad_norm),
+                "update_norm": _finite(p.update_norm),
+                "update_ratio": _finite(p.update_ratio),
+            }
             for p in record.params
         ],
-        "nonfinite": None if record.nonfinite is None else {
-            "module": record.nonfinite.module, "type": record.nonfinite.type, "phase": record.nonfinite.phase,
-            "op": record.nonfinite.op, "source": record.nonfinite.source, "code": record.nonfinite.code,
-            "cause": record.nonfinite.cause, "rank": record.nonfinite.rank,
+        "nonfinite": None
+        if record.nonfinite is None
+        else {
+            "module": record.nonfinite.module,
+            "type": record.nonfinite.type,
+            "phase": record.nonfinite.phase,
+            "op": record.nonfinite.op,
+            "source": record.nonfinite.source,
+            "code": record.nonfinite.code,
+            "cause": record.nonfinite.cause,
+            "rank": record.nonfinite.rank,
         },
     }
     # Optional keys (schema /1 readers ignore them): present only when known.
@@ -151,14 +190,18 @@ def step_document(record: StepRecord) -> dict[str, Any]:
     if record.nonfinite is not None and record.nonfinite.explanation is not None:
         document["nonfinite"]["explanation"] = record.nonfinite.explanation
     if record.optimizer:
-        document["optimizer"] = [{key: _finite(value) for key, value in g.values} for g in record.optimizer]
+        document["optimizer"] = [
+            {key: _finite(value) for key, value in g.values} for g in record.optimizer
+        ]
     return document
 
 
 def write_record(stream: IO[str], record: LogHeader | StepRecord) -> None:
     """Append one record as one line and flush, so a reader (or a crash) never sees half a record but the last."""
     document = header_document(record) if isinstance(record, LogHeader) else step_document(record)
-    stream.write(json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n")
+    stream.write(
+        json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
+    )
     stream.flush()
 
 

@@ -55,7 +55,9 @@ def _field(obj: dict[str, Any], key: str, kinds: tuple[type, ...], nullable: boo
         return None
     # bool is an int to Python, never to the schema.
     if isinstance(value, bool) or not isinstance(value, kinds):
-        want = "/".join("number" if k is float else k.__name__ for k in kinds) + (" or null" if nullable else "")
+        want = "/".join("number" if k is float else k.__name__ for k in kinds) + (
+            " or null" if nullable else ""
+        )
         raise _Bad(f"has {key!r} = {_short(value)}, not {want}")
     if float in kinds:
         return _finite(value, key)  # type: ignore[arg-type]
@@ -69,7 +71,9 @@ MAX_INT = 2**63 - 1  # counts and steps are int64 where the log is written
 
 def _short(value: Any) -> str:
     """A value as the error line shows it: its JSON cut to 40 characters, or the kind of a container."""
-    if isinstance(value, list | dict):  # never re-encoded: it may nest as deep as the parser allowed
+    if isinstance(
+        value, list | dict
+    ):  # never re-encoded: it may nest as deep as the parser allowed
         return "a list" if isinstance(value, list) else "an object"
     text = str(value) if type(value) is int else json.dumps(value)
     return text if len(text) <= 40 else text[:39] + "…"
@@ -82,8 +86,12 @@ def _finite(value: int | float, key: str) -> float:
     except OverflowError:  # an integer beyond float's range
         number = math.inf
     if not math.isfinite(number):
-        shown = "a number" if isinstance(value, float) else _short(value)  # 1e400 arrives as inf: say what it was
-        raise _Bad(f"has {key!r} = {shown} beyond float64's range (the schema writes non-finite values as null)")
+        shown = (
+            "a number" if isinstance(value, float) else _short(value)
+        )  # 1e400 arrives as inf: say what it was
+        raise _Bad(
+            f"has {key!r} = {shown} beyond float64's range (the schema writes non-finite values as null)"
+        )
     return number
 
 
@@ -105,7 +113,9 @@ def _str(obj: dict[str, Any], key: str, nullable: bool = False) -> Any:
 def _list(obj: dict[str, Any], key: str) -> list[Any]:
     value = obj.get(key)
     if not isinstance(value, list):
-        raise _Bad(f"lacks the list {key!r}" if key not in obj else f"has {key!r} that is not a list")
+        raise _Bad(
+            f"lacks the list {key!r}" if key not in obj else f"has {key!r} that is not a list"
+        )
     return value
 
 
@@ -121,10 +131,14 @@ def _histogram(value: Any) -> Histogram | None:
     obj = _dict(value, "a histogram")
     edges, counts = _list(obj, "edges"), _list(obj, "counts")
     if len(counts) > MAX_BINS:
-        raise _Bad(f"has a histogram of {len(counts):,} bins, more than the {MAX_BINS:,} this reader takes "
-                   "(modinspect.watch writes 16)")
+        raise _Bad(
+            f"has a histogram of {len(counts):,} bins, more than the {MAX_BINS:,} this reader takes "
+            "(modinspect.watch writes 16)"
+        )
     if len(edges) != len(counts) + 1:
-        raise _Bad(f"has a histogram with {len(edges)} edges for {len(counts)} counts (needs one more edge)")
+        raise _Bad(
+            f"has a histogram with {len(edges)} edges for {len(counts)} counts (needs one more edge)"
+        )
     # Whole-list type checks (type(), not isinstance: bool is no number here) keep long logs fast.
     if not set(map(type, edges)) <= {int, float}:
         raise _Bad("has a histogram whose edges are not all numbers")
@@ -146,11 +160,21 @@ def _module(value: Any) -> ModuleRecord:
     name = _str(obj, "name")
     try:
         return ModuleRecord(
-            name=name, type=_str(obj, "type"), calls=_int(obj, "calls"), count=_int(obj, "count"),
-            mean=_num(obj, "mean"), std=_num(obj, "std"), min=_num(obj, "min"), max=_num(obj, "max"),
-            zero_fraction=_num(obj, "zero_fraction"), nan=_int(obj, "nan"), inf=_int(obj, "inf"),
-            dead_fraction=_num(obj, "dead_fraction"), grad_norm=_num(obj, "grad_norm"),
-            grad_nan=_int(obj, "grad_nan"), grad_inf=_int(obj, "grad_inf"),
+            name=name,
+            type=_str(obj, "type"),
+            calls=_int(obj, "calls"),
+            count=_int(obj, "count"),
+            mean=_num(obj, "mean"),
+            std=_num(obj, "std"),
+            min=_num(obj, "min"),
+            max=_num(obj, "max"),
+            zero_fraction=_num(obj, "zero_fraction"),
+            nan=_int(obj, "nan"),
+            inf=_int(obj, "inf"),
+            dead_fraction=_num(obj, "dead_fraction"),
+            grad_norm=_num(obj, "grad_norm"),
+            grad_nan=_int(obj, "grad_nan"),
+            grad_inf=_int(obj, "grad_inf"),
             histogram=_histogram(obj.get("histogram")),
         )
     except _Bad as exc:
@@ -161,9 +185,13 @@ def _param(value: Any) -> ParamRecord:
     obj = _dict(value, "a params entry")
     name = _str(obj, "name")
     try:
-        return ParamRecord(name=name, norm=_num(obj, "norm"),
-                           grad_norm=_num(obj, "grad_norm"), update_norm=_num(obj, "update_norm"),
-                           update_ratio=_num(obj, "update_ratio"))
+        return ParamRecord(
+            name=name,
+            norm=_num(obj, "norm"),
+            grad_norm=_num(obj, "grad_norm"),
+            update_norm=_num(obj, "update_norm"),
+            update_ratio=_num(obj, "update_ratio"),
+        )
     except _Bad as exc:
         raise _Bad(f"parameter {name!r} {exc}") from None
 
@@ -175,9 +203,16 @@ def _nonfinite(value: Any) -> NonfiniteRecord | None:
     phase = _str(obj, "phase")
     if phase not in ("forward", "backward"):
         raise _Bad(f"has a nonfinite phase {phase!r}, not forward or backward")
-    return NonfiniteRecord(module=_str(obj, "module", True), type=_str(obj, "type", True), phase=phase,
-                           op=_str(obj, "op", True), source=_str(obj, "source", True),
-                           code=_str(obj, "code", True), cause=_str(obj, "cause"), rank=_rank(obj))
+    return NonfiniteRecord(
+        module=_str(obj, "module", True),
+        type=_str(obj, "type", True),
+        phase=phase,
+        op=_str(obj, "op", True),
+        source=_str(obj, "source", True),
+        code=_str(obj, "code", True),
+        cause=_str(obj, "cause"),
+        rank=_rank(obj),
+    )
 
 
 def _rank(obj: dict[str, Any]) -> int | None:
@@ -189,7 +224,9 @@ def _rank(obj: dict[str, Any]) -> int | None:
 
 def _step(obj: dict[str, Any]) -> StepRecord:
     return StepRecord(
-        step=_int(obj, "step"), time=_num(obj, "time", nullable=False) or 0.0, loss=_num(obj, "loss"),
+        step=_int(obj, "step"),
+        time=_num(obj, "time", nullable=False) or 0.0,
+        loss=_num(obj, "loss"),
         modules=tuple(_module(m) for m in _list(obj, "modules")),
         params=tuple(_param(p) for p in _list(obj, "params")),
         nonfinite=_nonfinite(obj.get("nonfinite")),
@@ -201,9 +238,14 @@ def _header(obj: dict[str, Any]) -> RunHeader:
     world = _int(obj, "world_size")
     if every < 1 or world < 1:
         raise _Bad("has 'every' or 'world_size' below 1")
-    return RunHeader(schema=SCHEMA, model=_str(obj, "model"), every=every,
-                     started=_num(obj, "started", nullable=False) or 0.0, device=_str(obj, "device"),
-                     world_size=world)
+    return RunHeader(
+        schema=SCHEMA,
+        model=_str(obj, "model"),
+        every=every,
+        started=_num(obj, "started", nullable=False) or 0.0,
+        device=_str(obj, "device"),
+        world_size=world,
+    )
 
 
 class _TooDeep(ValueError):
@@ -239,7 +281,9 @@ def _read(path: Path, max_bytes: int) -> _Lines:
     if not path.exists():
         raise SourceNotFoundError(f"{label} does not exist")
     if path.is_dir():
-        raise UnknownFormatError(f"{label} is a directory, not a modinspect watch log (a .jsonl file)")
+        raise UnknownFormatError(
+            f"{label} is a directory, not a modinspect watch log (a .jsonl file)"
+        )
     try:
         # O_NONBLOCK: opening a named pipe must not wait for a writer; fstat then says what was opened.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -248,8 +292,10 @@ def _read(path: Path, max_bytes: int) -> _Lines:
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise UnknownFormatError(f"{label} is not a regular file (a pipe, socket or device): report reads a "
-                                     "watch log file")
+            raise UnknownFormatError(
+                f"{label} is not a regular file (a pipe, socket or device): report reads a "
+                "watch log file"
+            )
         if info.st_size > max_bytes:
             raise CorruptFileError(_too_big(label, max_bytes, info.st_size))
         os.set_blocking(fd, True)
@@ -261,8 +307,10 @@ def _read(path: Path, max_bytes: int) -> _Lines:
 
 def _too_big(label: str, max_bytes: int, size: int | None = None) -> str:
     holds = f"is {_mib(size)}, more than" if size is not None else "grew past"
-    return (f"{label} {holds} --max-log-size ({_mib(max_bytes)}) allows; pass a larger --max-log-size "
-            "(e.g. 1G) to read it: parsed, a log takes about 4 times its size in memory")
+    return (
+        f"{label} {holds} --max-log-size ({_mib(max_bytes)}) allows; pass a larger --max-log-size "
+        "(e.g. 1G) to read it: parsed, a log takes about 4 times its size in memory"
+    )
 
 
 def _bounded_lines(label: str, f: BinaryIO, max_bytes: int) -> Iterator[bytes]:
@@ -275,8 +323,10 @@ def _bounded_lines(label: str, f: BinaryIO, max_bytes: int) -> Iterator[bytes]:
             return
         number += 1
         if len(line) > MAX_LINE_BYTES:
-            raise CorruptFileError(f"{label} line {number} is longer than {_mib(MAX_LINE_BYTES)}, the most a watch "
-                                   "log line may hold (a step of 10,000 modules takes about 3 MB)")
+            raise CorruptFileError(
+                f"{label} line {number} is longer than {_mib(MAX_LINE_BYTES)}, the most a watch "
+                "log line may hold (a step of 10,000 modules takes about 3 MB)"
+            )
         total += len(line)
         if total > max_bytes:
             raise CorruptFileError(_too_big(label, max_bytes))
@@ -298,7 +348,9 @@ def _read_lines(label: str, lines: Iterable[bytes]) -> _Lines:
             obj = _dict(_parse(raw), "a line")
             kind = obj.get("kind")
             if kind == "header":
-                raise CorruptFileError(f"{label} line {number} is a second header: two runs in one log?")
+                raise CorruptFileError(
+                    f"{label} line {number} is a second header: two runs in one log?"
+                )
             if kind != "step":
                 # Later producers may add record kinds; this reader knows steps only.
                 skipped[str(kind)] = skipped.get(str(kind), 0) + 1
@@ -313,7 +365,9 @@ def _read_lines(label: str, lines: Iterable[bytes]) -> _Lines:
                 raise CorruptFileError(f"{label} line {number}: the step record {exc}") from None
             raise CorruptFileError(f"{label} line {number} is not JSON ({_reason(exc)})") from None
         if steps and record.step <= steps[-1].step:
-            raise CorruptFileError(f"{label} line {number}: step {record.step} does not follow step {steps[-1].step}")
+            raise CorruptFileError(
+                f"{label} line {number}: step {record.step} does not follow step {steps[-1].step}"
+            )
         steps.append(record)
     if header is None:
         raise UnknownFormatError(f"{label} is empty, not a modinspect watch log")
@@ -327,7 +381,9 @@ def _reason(exc: ValueError) -> str:
         return exc.msg
     if isinstance(exc, UnicodeDecodeError):
         return "not UTF-8"
-    return str(exc).partition(";")[0]  # _TooDeep, or "Exceeds the limit (4300 digits) for integer string conversion"
+    return str(exc).partition(";")[
+        0
+    ]  # _TooDeep, or "Exceeds the limit (4300 digits) for integer string conversion"
 
 
 def _read_header(label: str, line: bytes) -> RunHeader:
@@ -336,12 +392,18 @@ def _read_header(label: str, line: bytes) -> RunHeader:
         obj = _parse(line)
     except (ValueError, _Bad):
         raise UnknownFormatError(not_a_log) from None
-    if not isinstance(obj, dict) or obj.get("kind") != "header" or not isinstance(obj.get("schema"), str):
+    if (
+        not isinstance(obj, dict)
+        or obj.get("kind") != "header"
+        or not isinstance(obj.get("schema"), str)
+    ):
         raise UnknownFormatError(not_a_log)
     schema = obj["schema"]
     if schema != SCHEMA:
         if schema.startswith("modinspect.watch/"):
-            raise UnknownFormatError(f"{label} is a {schema} log; this modinspect reads {SCHEMA}: upgrade it")
+            raise UnknownFormatError(
+                f"{label} is a {schema} log; this modinspect reads {SCHEMA}: upgrade it"
+            )
         raise UnknownFormatError(not_a_log)
     try:
         return _header(obj)
@@ -353,24 +415,54 @@ def _origin(record: StepRecord) -> BadStep | None:
     affected = tuple(m.name for m in record.modules if m.nan or m.inf or m.grad_nan or m.grad_inf)
     nf = record.nonfinite
     if nf is not None:
-        return BadStep(step=record.step, module=nf.module, type=nf.type, phase=nf.phase, op=nf.op, source=nf.source,
-                       code=nf.code, cause=nf.cause, recorded=True, affected=affected, rank=nf.rank)
+        return BadStep(
+            step=record.step,
+            module=nf.module,
+            type=nf.type,
+            phase=nf.phase,
+            op=nf.op,
+            source=nf.source,
+            code=nf.code,
+            cause=nf.cause,
+            recorded=True,
+            affected=affected,
+            rank=nf.rank,
+        )
     forward = [m for m in record.modules if m.nan or m.inf]
     backward = [m for m in record.modules if m.grad_nan or m.grad_inf]
     if not forward and not backward:
         return None
     first, phase = (forward[0], "forward") if forward else (backward[-1], "backward")
-    return BadStep(step=record.step, module=first.name, type=first.type, phase=phase, op=None, source=None,
-                   code=None, cause="produced", recorded=False, affected=affected)
+    return BadStep(
+        step=record.step,
+        module=first.name,
+        type=first.type,
+        phase=phase,
+        op=None,
+        source=None,
+        code=None,
+        cause="produced",
+        recorded=False,
+        affected=affected,
+    )
 
 
-def _series(name: str, type_: str, steps: list[StepRecord], at: list[dict[str, ModuleRecord]]) -> ModuleSeries:
+def _series(
+    name: str, type_: str, steps: list[StepRecord], at: list[dict[str, ModuleRecord]]
+) -> ModuleSeries:
     records = [index.get(name) for index in at]
     grads = [r.grad_norm for r in records if r is not None and r.grad_norm is not None]
-    first_bad = next((s.step for s, r in zip(steps, records, strict=True)
-                      if r is not None and (r.nan or r.inf or r.grad_nan or r.grad_inf)), None)
+    first_bad = next(
+        (
+            s.step
+            for s, r in zip(steps, records, strict=True)
+            if r is not None and (r.nan or r.inf or r.grad_nan or r.grad_inf)
+        ),
+        None,
+    )
     return ModuleSeries(
-        name=name, type=type_,
+        name=name,
+        type=type_,
         logged=tuple(r is not None for r in records),
         std=tuple(None if r is None else r.std for r in records),
         mean=tuple(None if r is None else r.mean for r in records),
@@ -378,8 +470,11 @@ def _series(name: str, type_: str, steps: list[StepRecord], at: list[dict[str, M
         dead_fraction=tuple(None if r is None else r.dead_fraction for r in records),
         nonfinite=tuple(r is not None and bool(r.nan or r.inf) for r in records),
         grad_nonfinite=tuple(r is not None and bool(r.grad_nan or r.grad_inf) for r in records),
-        histograms=tuple(StepHistogram(step=s.step, edges=r.histogram.edges, counts=r.histogram.counts)
-                         for s, r in zip(steps, records, strict=True) if r is not None and r.histogram is not None),
+        histograms=tuple(
+            StepHistogram(step=s.step, edges=r.histogram.edges, counts=r.histogram.counts)
+            for s, r in zip(steps, records, strict=True)
+            if r is not None and r.histogram is not None
+        ),
         first_bad_step=first_bad,
         grad_norm_mean=_mean(grads) if grads else None,
         grad_norm_max=max(grads) if grads else None,
@@ -418,11 +513,20 @@ def _params(steps: list[StepRecord]) -> tuple[ParamSeries, ...]:
     at = [{p.name: p for p in s.params} for s in steps]
 
     def column(name: str, attr: str) -> tuple[float | None, ...]:
-        return tuple(None if index.get(name) is None else getattr(index[name], attr) for index in at)
+        return tuple(
+            None if index.get(name) is None else getattr(index[name], attr) for index in at
+        )
 
-    return tuple(ParamSeries(name=n, norm=column(n, "norm"), grad_norm=column(n, "grad_norm"),
-                             update_norm=column(n, "update_norm"), update_ratio=column(n, "update_ratio"))
-                 for n in names)
+    return tuple(
+        ParamSeries(
+            name=n,
+            norm=column(n, "norm"),
+            grad_norm=column(n, "grad_norm"),
+            update_norm=column(n, "update_norm"),
+            update_ratio=column(n, "update_ratio"),
+        )
+        for n in names
+    )
 
 
 def read_run_log(path: str | Path, max_bytes: int = MAX_LOG_BYTES) -> RunReport:
@@ -440,17 +544,27 @@ def read_run_log(path: str | Path, max_bytes: int = MAX_LOG_BYTES) -> RunReport:
         for m in s.modules:
             types.setdefault(m.name, m.type)
     first_bad = next((o for o in map(_origin, steps) if o is not None), None)
-    modules = _flag_gradient_flow([_series(name, type_, steps, at) for name, type_ in types.items()])
+    modules = _flag_gradient_flow(
+        [_series(name, type_, steps, at) for name, type_ in types.items()]
+    )
     notes: list[str] = []
     if lines.truncated:
-        notes.append(f"the last line of {path} is incomplete (a run still writing?); it was skipped")
+        notes.append(
+            f"the last line of {path} is incomplete (a run still writing?); it was skipped"
+        )
     for kind, n in lines.skipped_kinds.items():
         notes.append(f"skipped {n} record(s) of kind {kind!r}, which this modinspect does not know")
     return RunReport(
-        path=str(path), header=lines.header, steps=tuple(s.step for s in steps), times=tuple(s.time for s in steps),
+        path=str(path),
+        header=lines.header,
+        steps=tuple(s.step for s in steps),
+        times=tuple(s.time for s in steps),
         loss=tuple(s.loss for s in steps),
         modules=modules,
-        params=_params(steps), first_bad=first_bad, truncated=lines.truncated, notes=tuple(notes),
+        params=_params(steps),
+        first_bad=first_bad,
+        truncated=lines.truncated,
+        notes=tuple(notes),
     )
 
 
@@ -464,7 +578,11 @@ def histogram_steps(report: RunReport, requested: tuple[int, ...] | None = None)
     logged = set(report.steps)
     missing = [s for s in requested if s not in logged]
     if missing:
-        shown = ", ".join(str(s) for s in report.steps[:3]) + (f" … {report.steps[-1]}" if len(report.steps) > 3 else "")
-        raise UsageError(f"--steps {missing[0]}: {report.path} has no record at step {missing[0]} "
-                         f"(logged steps: {shown}, every {report.header.every})")
+        shown = ", ".join(str(s) for s in report.steps[:3]) + (
+            f" … {report.steps[-1]}" if len(report.steps) > 3 else ""
+        )
+        raise UsageError(
+            f"--steps {missing[0]}: {report.path} has no record at step {missing[0]} "
+            f"(logged steps: {shown}, every {report.header.every})"
+        )
     return tuple(dict.fromkeys(requested))

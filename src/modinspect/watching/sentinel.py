@@ -24,10 +24,24 @@ if TYPE_CHECKING:
 
 CPU_RNG_BYTES = 5056  # torch.get_rng_state(): the Mersenne Twister's state
 HISTORY = 4  # steps of update history kept on the device
-RATIO_ALARM = 1.0  # an update as large as the weights themselves: worth naming before the NaN it led to
-FP32_NORM_LIMIT = math.sqrt(3.4028234663852886e38)  # an fp32 norm above this overflowed (its square did)
-NORMALISING = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
-               "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm")
+RATIO_ALARM = (
+    1.0  # an update as large as the weights themselves: worth naming before the NaN it led to
+)
+FP32_NORM_LIMIT = math.sqrt(
+    3.4028234663852886e38
+)  # an fp32 norm above this overflowed (its square did)
+NORMALISING = (
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "AlphaDropout",
+    "FeatureAlphaDropout",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "SyncBatchNorm",
+)
 
 
 def caller_frame() -> tuple[str, str] | None:
@@ -44,8 +58,14 @@ def caller_frame() -> tuple[str, str] | None:
     global _SKIP
     if _SKIP is None:
         paths = sysconfig.get_paths()
-        dirs = {os.path.dirname(os.path.abspath(torch.__file__)), os.path.dirname(os.path.abspath(__file__)),
-                paths["purelib"], paths["platlib"], paths["stdlib"], paths["platstdlib"]}
+        dirs = {
+            os.path.dirname(os.path.abspath(torch.__file__)),
+            os.path.dirname(os.path.abspath(__file__)),
+            paths["purelib"],
+            paths["platlib"],
+            paths["stdlib"],
+            paths["platstdlib"],
+        }
         _SKIP = tuple(os.path.abspath(d) + os.sep for d in dirs)
     frame: Any = sys._getframe(1)
     while frame is not None:
@@ -78,8 +98,12 @@ def save_weights(model: Any, path: Path, step: int, force: bool) -> None:
 
     from modinspect.files import atomic_write
 
-    metadata = {"modinspect": "watch.save_batch", "step": str(step), "training": str(bool(model.training)),
-                "rng_cpu": bytes(torch.get_rng_state().tolist()).hex()}
+    metadata = {
+        "modinspect": "watch.save_batch",
+        "step": str(step),
+        "training": str(bool(model.training)),
+        "rng_cpu": bytes(torch.get_rng_state().tolist()).hex(),
+    }
     atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata=metadata), force=force)
 
 
@@ -102,8 +126,10 @@ def load_saved_weights(model: Any, batch: Path) -> str | None:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except Exception as exc:  # safetensors' own error type for a broken header
-        raise UsageError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0][:200]}); "
-                         f"move it away to run on the model's own weights") from None
+        raise UsageError(
+            f"{path} is not a readable safetensors file ({str(exc).splitlines()[0][:200]}); "
+            f"move it away to run on the model's own weights"
+        ) from None
     if metadata.get("modinspect") != "watch.save_batch":
         return None
     try:
@@ -111,18 +137,21 @@ def load_saved_weights(model: Any, batch: Path) -> str | None:
     except RuntimeError as exc:
         raise UsageError(f"{path} does not fit this model: {str(exc).splitlines()[0]}") from None
     if unexpected or len(missing) == len(model.state_dict()):
-        raise UsageError(f"{path} does not fit this model: {len(unexpected)} unexpected and {len(missing)} missing "
-                         f"tensors; move it away to run on the model's own weights")
+        raise UsageError(
+            f"{path} does not fit this model: {len(unexpected)} unexpected and {len(missing)} missing "
+            f"tensors; move it away to run on the model's own weights"
+        )
     rng = metadata.get("rng_cpu")
     if rng:
         try:
-            state = bytes.fromhex(rng[:2 * CPU_RNG_BYTES + 2])
+            state = bytes.fromhex(rng[: 2 * CPU_RNG_BYTES + 2])
             if len(state) != CPU_RNG_BYTES:
                 raise ValueError(f"{len(state)} bytes")
             torch.set_rng_state(torch.tensor(list(state), dtype=torch.uint8))
         except (ValueError, RuntimeError):
-            raise UsageError(f"{path} holds no valid RNG state; move it away to run on the model's own weights") \
-                from None
+            raise UsageError(
+                f"{path} holds no valid RNG state; move it away to run on the model's own weights"
+            ) from None
     return f"using the weights saved with the batch, {path} (step {metadata.get('step', '?')}, before its update)"
 
 
@@ -139,7 +168,9 @@ def tensor_norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         groups.setdefault((t.dtype, str(t.device)), []).append(i)
     for (dtype, _), idx in groups.items():
         half = dtype in (torch.float16, torch.bfloat16)
-        norms = torch._foreach_norm([tensors[i] for i in idx], 2, dtype=torch.float32 if half else None)
+        norms = torch._foreach_norm(
+            [tensors[i] for i in idx], 2, dtype=torch.float32 if half else None
+        )
         for i, n in zip(idx, norms, strict=True):
             out[i] = n
     return [n for n in out if n is not None]
@@ -193,9 +224,13 @@ class UpdateHistory:
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
-        self.rows: deque[tuple[int, torch.Tensor, tuple[float | None, ...]]] = deque(maxlen=HISTORY + 1)
+        self.rows: deque[tuple[int, torch.Tensor, tuple[float | None, ...]]] = deque(
+            maxlen=HISTORY + 1
+        )
 
-    def push(self, step: int, weights: Sequence[torch.Tensor], lrs: tuple[float | None, ...]) -> None:
+    def push(
+        self, step: int, weights: Sequence[torch.Tensor], lrs: tuple[float | None, ...]
+    ) -> None:
         import torch
 
         if not weights:
@@ -213,14 +248,22 @@ class UpdateHistory:
         stacked = torch.stack([n.to(self.rows[-1][1].device) for _, n, _ in self.rows]).cpu()
         if weights is not None:  # an fp32 norm that overflowed: the live weights are the last row's
             last = stacked[-1]
-            for i in torch.nonzero(~torch.isfinite(last) | (last > FP32_NORM_LIMIT)).flatten().tolist():
+            for i in (
+                torch.nonzero(~torch.isfinite(last) | (last > FP32_NORM_LIMIT)).flatten().tolist()
+            ):
                 if torch.isfinite(weights[i]).all():
-                    last[i] = torch.linalg.vector_norm(weights[i].detach().cpu(), dtype=torch.float64)
+                    last[i] = torch.linalg.vector_norm(
+                        weights[i].detach().cpu(), dtype=torch.float64
+                    )
         table = stacked.tolist()
         out = []
         for k, (step, _, lrs) in enumerate(self.rows):
             norms = table[k]
-            global_norm = math.sqrt(math.fsum(n * n for n in norms)) if all(map(math.isfinite, norms)) else math.inf
+            global_norm = (
+                math.sqrt(math.fsum(n * n for n in norms))
+                if all(map(math.isfinite, norms))
+                else math.inf
+            )
             ratio, tensor = math.nan, None
             if k > 0:
                 before = table[k - 1]
@@ -238,7 +281,9 @@ def explain(history: list[UpdateStep], bad_step: int, where: str | None) -> str 
 
     None when no step of the history changed a tensor by RATIO_ALARM of its norm or more.
     """
-    suspects = [h for h in history if h.step < bad_step and h.tensor is not None and h.ratio >= RATIO_ALARM]
+    suspects = [
+        h for h in history if h.step < bad_step and h.tensor is not None and h.ratio >= RATIO_ALARM
+    ]
     if not suspects:
         return None
     h = suspects[-1]
@@ -259,16 +304,26 @@ class LoopChecks:
         self.found: list[str] = []
         self._normalising = any(type(m).__name__ in NORMALISING for m in model.modules())
         self._model = model
-        self._probe: tuple[Any, int, int] | None = None  # (parameter, id of its .grad, ._version) at the last step
+        self._probe: tuple[Any, int, int] | None = (
+            None  # (parameter, id of its .grad, ._version) at the last step
+        )
         self._probe_param = next((p for _, p in params if p.requires_grad), None)
         self._eval_step = False
         if optimizer is not None:
-            known = {id(p) for group in getattr(optimizer, "param_groups", ()) for p in group.get("params", ())}
+            known = {
+                id(p)
+                for group in getattr(optimizer, "param_groups", ())
+                for p in group.get("params", ())
+            }
             missing = [n for n, p in params if p.requires_grad and id(p) not in known]
             if missing:
-                shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-                self.add(f"{len(missing)} parameter(s) with requires_grad are in no optimizer param group "
-                         f"(they never train): {shown}")
+                shown = ", ".join(missing[:5]) + (
+                    f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+                )
+                self.add(
+                    f"{len(missing)} parameter(s) with requires_grad are in no optimizer param group "
+                    f"(they never train): {shown}"
+                )
 
     def add(self, message: str) -> None:
         if message not in self.found:
@@ -282,25 +337,38 @@ class LoopChecks:
         if not self._normalising:
             return
         if not grad_enabled and self._model.training:
-            self.add("a forward ran without grad (evaluation) while the model was in train mode: dropout and "
-                     "batch norm still act as in training; call model.eval() first")
+            self.add(
+                "a forward ran without grad (evaluation) while the model was in train mode: dropout and "
+                "batch norm still act as in training; call model.eval() first"
+            )
         self._eval_step = grad_enabled and not self._model.training
 
     def backward_started(self) -> None:
         """The first backward of a step: gradients never zeroed since the last step, a training step in eval mode."""
         probe = self._probe
         p = self._probe_param
-        if probe is not None and p is not None and p.grad is not None and id(p.grad) == probe[1] \
-                and p.grad._version == probe[2]:
-            self.add("gradients were not zeroed between steps: they add up over every step since; call "
-                     "optimizer.zero_grad() once per step (gradient accumulation: one w.step() per optimizer step)")
+        if (
+            probe is not None
+            and p is not None
+            and p.grad is not None
+            and id(p.grad) == probe[1]
+            and p.grad._version == probe[2]
+        ):
+            self.add(
+                "gradients were not zeroed between steps: they add up over every step since; call "
+                "optimizer.zero_grad() once per step (gradient accumulation: one w.step() per optimizer step)"
+            )
         if self._eval_step:
-            self.add("a training step (a backward) ran with the model in eval mode: dropout and batch norm are "
-                     "inert; call model.train() first")
+            self.add(
+                "a training step (a backward) ran with the model in eval mode: dropout and batch norm are "
+                "inert; call model.train() first"
+            )
 
     def step_ended(self) -> None:
         p = self._probe_param
-        self._probe = (p, id(p.grad), p.grad._version) if p is not None and p.grad is not None else None
+        self._probe = (
+            (p, id(p.grad), p.grad._version) if p is not None and p.grad is not None else None
+        )
         self._eval_step = False
 
 

@@ -8,8 +8,19 @@ from typing import Any
 
 from modinspect.errors import UsageError
 
-MODULE_SCALARS = ("mean", "std", "min", "max", "zero_fraction", "nan", "inf", "dead_fraction", "grad_norm",
-                  "grad_nan", "grad_inf")
+MODULE_SCALARS = (
+    "mean",
+    "std",
+    "min",
+    "max",
+    "zero_fraction",
+    "nan",
+    "inf",
+    "dead_fraction",
+    "grad_norm",
+    "grad_nan",
+    "grad_inf",
+)
 PARAM_SCALARS = ("norm", "grad_norm", "update_norm", "update_ratio")
 
 
@@ -29,7 +40,9 @@ class TensorBoardWriter:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
-            raise UsageError("tensorboard= needs the tensorboard package: pip install 'modinspect[tensorboard]'") from exc
+            raise UsageError(
+                "tensorboard= needs the tensorboard package: pip install 'modinspect[tensorboard]'"
+            ) from exc
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -46,10 +59,17 @@ class TensorBoardWriter:
                 edges, counts = hist["edges"], hist["counts"]
                 centres = [(a + b) / 2 for a, b in itertools.pairwise(edges)]
                 # TensorBoard wants the sampled values' sum and sum of squares: taken from the bin centres.
-                w.add_histogram_raw(module_tag(m["name"], "histogram"), min=edges[0], max=edges[-1],
-                                    num=sum(counts), sum=sum(c * x for c, x in zip(counts, centres, strict=True)),
-                                    sum_squares=sum(c * x * x for c, x in zip(counts, centres, strict=True)),
-                                    bucket_limits=edges[1:], bucket_counts=counts, global_step=step)
+                w.add_histogram_raw(
+                    module_tag(m["name"], "histogram"),
+                    min=edges[0],
+                    max=edges[-1],
+                    num=sum(counts),
+                    sum=sum(c * x for c, x in zip(counts, centres, strict=True)),
+                    sum_squares=sum(c * x * x for c, x in zip(counts, centres, strict=True)),
+                    bucket_limits=edges[1:],
+                    bucket_counts=counts,
+                    global_step=step,
+                )
         for p in record["params"]:
             for key in PARAM_SCALARS:
                 if p.get(key) is not None:

@@ -91,10 +91,22 @@ def read_flag(flag: torch.Tensor) -> bool:
     return bool(flag.item())
 
 
-def watch(model: Any, *, every: int = 100, log: str | Path | None = None, modules: str | None = None,
-          sample: float | None = None, on_nonfinite: str = "warn", save_batch: str | Path | None = None,
-          optimizer: Any = None, histogram: bool = True, overwrite: bool = False, tensorboard: str | Path | None = None,
-          training_only: bool = False, mode: str = "sentinel") -> Watch:
+def watch(
+    model: Any,
+    *,
+    every: int = 100,
+    log: str | Path | None = None,
+    modules: str | None = None,
+    sample: float | None = None,
+    on_nonfinite: str = "warn",
+    save_batch: str | Path | None = None,
+    optimizer: Any = None,
+    histogram: bool = True,
+    overwrite: bool = False,
+    tensorboard: str | Path | None = None,
+    training_only: bool = False,
+    mode: str = "sentinel",
+) -> Watch:
     """Hooks on `model`'s own forward and backward; a context manager whose exit (or `detach()`) removes them.
 
     `every`: steps per log record. `modules`: a glob of module names to hook (all by default).
@@ -115,9 +127,21 @@ def watch(model: Any, *, every: int = 100, log: str | Path | None = None, module
     With `optimizer=` and on_nonfinite="raise", the error is raised before `optimizer.step()` applies the bad
     step; without it, call `w.check()` between `backward()` and `optimizer.step()` for the same.
     """
-    return Watch(model, every=every, log=log, modules=modules, sample=sample, on_nonfinite=on_nonfinite,
-                 save_batch=save_batch, optimizer=optimizer, histogram=histogram, overwrite=overwrite,
-                 tensorboard=tensorboard, training_only=training_only, mode=mode)
+    return Watch(
+        model,
+        every=every,
+        log=log,
+        modules=modules,
+        sample=sample,
+        on_nonfinite=on_nonfinite,
+        save_batch=save_batch,
+        optimizer=optimizer,
+        histogram=histogram,
+        overwrite=overwrite,
+        tensorboard=tensorboard,
+        training_only=training_only,
+        mode=mode,
+    )
 
 
 class _Totals:
@@ -150,27 +174,47 @@ class _Totals:
 class Watch:
     """A watched model. Use as `with modinspect.watch(model) as w:`; call `w.step(loss)` once per step."""
 
-    def __init__(self, model: Any, *, every: int, log: str | Path | None, modules: str | None,
-                 sample: float | None, on_nonfinite: str, save_batch: str | Path | None, optimizer: Any,
-                 histogram: bool, overwrite: bool, tensorboard: str | Path | None = None,
-                 training_only: bool = False, mode: str = "sentinel") -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        every: int,
+        log: str | Path | None,
+        modules: str | None,
+        sample: float | None,
+        on_nonfinite: str,
+        save_batch: str | Path | None,
+        optimizer: Any,
+        histogram: bool,
+        overwrite: bool,
+        tensorboard: str | Path | None = None,
+        training_only: bool = False,
+        mode: str = "sentinel",
+    ) -> None:
         import torch
 
         if isinstance(model, torch.jit.ScriptModule):
-            raise UsageError("TorchScript modules take no Python hooks; watch the Python model instead")
+            raise UsageError(
+                "TorchScript modules take no Python hooks; watch the Python model instead"
+            )
         if not isinstance(model, torch.nn.Module):
             raise UsageError(f"watch needs a torch.nn.Module, not {type(model).__name__}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise UsageError(f"every must be a positive number of steps, not {every!r}")
         if on_nonfinite not in ON_NONFINITE:
-            raise UsageError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}, not {on_nonfinite!r}")
+            raise UsageError(
+                f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}, not {on_nonfinite!r}"
+            )
         if mode not in MODES:
             raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if sample is not None and not 0 < sample <= 1:
             raise UsageError(f"sample must be a fraction in (0, 1], not {sample!r}")
         # Names as the user wrote the model: through DDP / FSDP / torch.compile / checkpoint wrappers.
-        named = [(n, m) for n, m in wrappers.named_modules(model)
-                 if modules is None or fnmatch.fnmatchcase(n, modules) or n == modules]
+        named = [
+            (n, m)
+            for n, m in wrappers.named_modules(model)
+            if modules is None or fnmatch.fnmatchcase(n, modules) or n == modules
+        ]
         if not named:
             raise UsageError(f"modules={modules!r} matches no module")
         self.model = model
@@ -186,7 +230,9 @@ class Watch:
         self._mods = [m for _, m in named]
         self._sample = sample
         self._histogram = histogram
-        self._params = [(n, p) for n, p in wrappers.named_parameters(model) if p.is_floating_point()]
+        self._params = [
+            (n, p) for n, p in wrappers.named_parameters(model) if p.is_floating_point()
+        ]
         self.device = str(distributed.local(self._params[0][1]).device) if self._params else "cpu"
         self._acc = torch.float32 if self.device.startswith("mps") else torch.float64
         self._save_batch = Path(save_batch) if save_batch is not None else None
@@ -202,10 +248,16 @@ class Watch:
         self._handles: list[Any] = []
         self._paused = False
         self._batch: tuple[tuple[Any, ...], dict[str, Any], Any] | None = None
-        self._snapshot: list[torch.Tensor] | None = None  # weights before the optimizer step of a flagged step
-        self._update_from: list[torch.Tensor] | None = None  # weights at the start of the logged step
+        self._snapshot: list[torch.Tensor] | None = (
+            None  # weights before the optimizer step of a flagged step
+        )
+        self._update_from: list[torch.Tensor] | None = (
+            None  # weights at the start of the logged step
+        )
         self._flagged = False
-        self._flagged_here = False  # under torchrun: this rank's own flag (`_flagged` is any rank's)
+        self._flagged_here = (
+            False  # under torchrun: this rank's own flag (`_flagged` is any rank's)
+        )
         self._backward_ran = False
         self._grads_seen: set[int] = set()  # parameters whose gradient this backward accumulated
         self._output_hooks: list[Any] = []
@@ -216,7 +268,9 @@ class Watch:
         self._window_open = False  # a step ended and the next has not started
         self.nonfinite_step: int | None = None
         self.nonfinite_origin: NonfiniteOrigin | None = None
-        self._last_origin: NonfiniteOrigin | None = None  # of the last record, merged over the ranks
+        self._last_origin: NonfiniteOrigin | None = (
+            None  # of the last record, merged over the ranks
+        )
         self._record_origin: NonfiniteOrigin | None = None  # for the next record
         self._last_params: tuple[ParamStats, ...] = ()
         self._totals = _Totals(len(self._mods))
@@ -224,17 +278,31 @@ class Watch:
         self._writer: LogWriter | None = None
         self._tensorboard: Any = None
         self._training_only = training_only
-        self._module_handles: list[Any] = []  # the Collector's module hooks (sentinel: the logged step's only)
+        self._module_handles: list[
+            Any
+        ] = []  # the Collector's module hooks (sentinel: the logged step's only)
         self._collected = 0  # steps of the current window the Collector saw
-        self._grad_bad: torch.Tensor | None = None  # this step's gradients' NaN/Inf flag, on the device
-        self._lazy_bad: torch.Tensor | None = None  # on_nonfinite="log": any flag of the window, on the device
+        self._grad_bad: torch.Tensor | None = (
+            None  # this step's gradients' NaN/Inf flag, on the device
+        )
+        self._lazy_bad: torch.Tensor | None = (
+            None  # on_nonfinite="log": any flag of the window, on the device
+        )
         self._lazy_first: torch.Tensor | None = None  # ... and the first flagged step (-1: none)
         self._backward_started = False
-        self._caller: tuple[str, str] | None = None  # the user's line that called the model this step
-        self._out_bad: torch.Tensor | None = None  # this step's model outputs' NaN/Inf flag, on the device
+        self._caller: tuple[str, str] | None = (
+            None  # the user's line that called the model this step
+        )
+        self._out_bad: torch.Tensor | None = (
+            None  # this step's model outputs' NaN/Inf flag, on the device
+        )
         self._history = UpdateHistory([n for n, _ in self._params])
-        self.explanation: str | None = None  # what happened before the first NaN/Inf, when the history shows it
-        self._replay_rows: list[ModuleStats] | None = None  # the replayed first NaN/Inf step's statistics
+        self.explanation: str | None = (
+            None  # what happened before the first NaN/Inf, when the history shows it
+        )
+        self._replay_rows: list[ModuleStats] | None = (
+            None  # the replayed first NaN/Inf step's statistics
+        )
         self.collector = self._new_collector()
         try:
             self._attach(optimizer)
@@ -243,8 +311,13 @@ class Watch:
                 if path.exists() and not path.is_dir() and not overwrite:
                     raise UsageError(f"log {path} exists; pass overwrite=True to replace it")
                 path.parent.mkdir(parents=True, exist_ok=True)
-                header = LogHeader(model=wrappers.type_name(self._inner), every=every, device=self.device,
-                                   world_size=self._ranks.world, started=time.time())
+                header = LogHeader(
+                    model=wrappers.type_name(self._inner),
+                    every=every,
+                    device=self.device,
+                    world_size=self._ranks.world,
+                    started=time.time(),
+                )
                 self._writer = LogWriter(path, header, force=overwrite)
             if tensorboard is not None and self._ranks.writer:
                 from modinspect.watching.tensorboard import TensorBoardWriter
@@ -276,7 +349,9 @@ class Watch:
 
     def _attach(self, optimizer: Any) -> None:
         self._attached = True
-        self._handles.append(self._inner.register_forward_pre_hook(self._capture, with_kwargs=True, prepend=True))
+        self._handles.append(
+            self._inner.register_forward_pre_hook(self._capture, with_kwargs=True, prepend=True)
+        )
         self._handles.append(self._inner.register_forward_hook(self._output_hook))
         if self.mode == "window" or self.every == 1:
             self._arm()
@@ -297,8 +372,12 @@ class Watch:
         fast, like `stats`: a NaN/Inf makes its mean, M2 or sum of squares non-finite, the step's flag (read at
         its end) is then set, and its record holds the exact statistics of the first NaN/Inf's replay.
         """
-        return (self.mode == "window" or self.on_nonfinite == "log" or self._ranks.many
-                or self.nonfinite_step is not None)
+        return (
+            self.mode == "window"
+            or self.on_nonfinite == "log"
+            or self._ranks.many
+            or self.nonfinite_step is not None
+        )
 
     def _arm(self) -> None:
         """Register the Collector's module hooks (sentinel mode: for the logged step only)."""
@@ -306,8 +385,12 @@ class Watch:
         if self._module_handles:
             return
         for m in self._mods:
-            self._module_handles.append(m.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
-            self._module_handles.append(m.register_forward_hook(self._forward_hook, with_kwargs=True))
+            self._module_handles.append(
+                m.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+            )
+            self._module_handles.append(
+                m.register_forward_hook(self._forward_hook, with_kwargs=True)
+            )
 
     def _disarm(self) -> None:
         for h in self._module_handles:
@@ -341,15 +424,23 @@ class Watch:
             from modinspect.run.stats import _rng_state
 
             self._batch = (args, dict(kwargs), _rng_state())
-            self._caller = caller_frame() if self.on_nonfinite != "log" and self.nonfinite_step is None else None
-            if self._window_open:  # the first forward of a new step: last step's loss and gradients are spent
+            self._caller = (
+                caller_frame()
+                if self.on_nonfinite != "log" and self.nonfinite_step is None
+                else None
+            )
+            if (
+                self._window_open
+            ):  # the first forward of a new step: last step's loss and gradients are spent
                 self._loss, self._grad_norms, self._window_open = None, {}, False
 
     def _pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not self._ignored():
             self.collector.pre_hook(module, args, kwargs)
 
-    def _forward_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+    def _forward_hook(
+        self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
         if not self._ignored():
             self.collector.forward_hook(module, args, kwargs, output)
 
@@ -373,10 +464,14 @@ class Watch:
 
         from modinspect.run.collector import flatten_tensors
 
-        outputs = [t.detach() for t in flatten_tensors(output) if t.is_floating_point() and t.numel()]
+        outputs = [
+            t.detach() for t in flatten_tensors(output) if t.is_floating_point() and t.numel()
+        ]
         if outputs:  # the sentinel's forward half: the model's outputs, one read each
             with torch.no_grad():
-                bad = ~torch.isfinite(torch.stack([n.to(self.device) for n in tensor_norms(outputs)])).all()
+                bad = ~torch.isfinite(
+                    torch.stack([n.to(self.device) for n in tensor_norms(outputs)])
+                ).all()
             if self.on_nonfinite == "log":
                 self._fold_lazy(bad)
             else:
@@ -429,7 +524,9 @@ class Watch:
             with torch.no_grad():
                 norms = tensor_norms(grads)
                 self._grad_norms.update(zip(index, norms, strict=True))
-                self._grad_bad = ~torch.isfinite(torch.stack([n.to(self.device) for n in norms])).all()
+                self._grad_bad = ~torch.isfinite(
+                    torch.stack([n.to(self.device) for n in norms])
+                ).all()
         if self.on_nonfinite == "log":
             self._fold_lazy(self._grad_bad)
         elif self._check():
@@ -484,7 +581,9 @@ class Watch:
         if not self._attached:
             raise UsageError("this watch is detached; start a new one")
         if self._optimizer is not None and not self._from_optimizer:
-            raise UsageError("with optimizer=, steps advance on optimizer.step(); log the loss with w.log_loss(loss)")
+            raise UsageError(
+                "with optimizer=, steps advance on optimizer.step(); log the loss with w.log_loss(loss)"
+            )
         if loss is not None:
             self.log_loss(loss)
         self.steps += 1
@@ -504,7 +603,9 @@ class Watch:
         snapshot = self._snapshot
         if first:
             self.nonfinite_step = self.steps
-            origin = self._trace()  # on every rank: FSDP's forward gathers parameters from all of them
+            origin = (
+                self._trace()
+            )  # on every rank: FSDP's forward gathers parameters from all of them
             self._record_origin = origin if self._flagged_here or not self._ranks.many else None
         if collected:
             self._pending.append(self.collector.pack())
@@ -564,7 +665,11 @@ class Watch:
         """Record this step's loss (kept on the device until the next record)."""
         import torch
 
-        value = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss), device=self.device)
+        value = (
+            loss.detach()
+            if isinstance(loss, torch.Tensor)
+            else torch.tensor(float(loss), device=self.device)
+        )
         self._loss = value.reshape(-1)[0].to(self._acc) if value.numel() else None
 
     def _set_histogram(self) -> None:
@@ -579,7 +684,11 @@ class Watch:
             return False
         # This rank's own outputs, gradients and loss; the parameter gradients apart: under DDP the
         # all-reduce has spread one rank's NaN to every rank's.
-        own = [f for f in [self.collector.nonfinite_flag() if self._module_handles else None] if f is not None]
+        own = [
+            f
+            for f in [self.collector.nonfinite_flag() if self._module_handles else None]
+            if f is not None
+        ]
         if self._loss is not None:
             own.append(~torch.isfinite(self._loss))
         if self._out_bad is not None:
@@ -591,7 +700,9 @@ class Watch:
                 return torch.zeros((), dtype=torch.bool, device=self.device)
             return torch.stack([f.reshape(()).to(self.device) for f in parts]).any()
 
-        if self._ranks.many:  # every rank reads the same answer, and all of them stop at the same step
+        if (
+            self._ranks.many
+        ):  # every rank reads the same answer, and all of them stop at the same step
             here, anywhere = any_of(own), distributed.any_rank(any_of(flags))
             both = torch.stack([here.to(torch.int32).cpu(), anywhere.to(torch.int32).cpu()])
             self._flagged_here, self._flagged = (bool(v) for v in both.tolist())
@@ -612,15 +723,24 @@ class Watch:
         if self._batch is None:
             return NonfiniteOrigin(None, None, "backward", "loss", ())
         args, kwargs, rng = self._batch
-        options = StatsOptions(backward=any(p.requires_grad for _, p in self._params), pattern=self._pattern,
-                               train=self._inner.training, histogram=False)
+        options = StatsOptions(
+            backward=any(p.requires_grad for _, p in self._params),
+            pattern=self._pattern,
+            train=self._inner.training,
+            histogram=False,
+        )
         was, self._paused = self._paused, True
         try:
             with self._weights(self._snapshot):
                 _restore_rng(rng)
                 # The user's module, not DDP's wrapper: a replay takes no part in the gradients' all-reduce.
-                report = collect_stats(self._inner, [(args, kwargs)], options=options, device=self.device,
-                                       merge_ranks=False)
+                report = collect_stats(
+                    self._inner,
+                    [(args, kwargs)],
+                    options=options,
+                    device=self.device,
+                    merge_ranks=False,
+                )
         except ModinspectError:
             return None
         finally:
@@ -632,7 +752,9 @@ class Watch:
         origin = report.nonfinite_origin
         if self._caller is not None and self._caller[0] != origin.source:
             # The op's line may be inside a library (transformers); the user's own call of the model too.
-            origin = dataclasses.replace(origin, caller=self._caller[0], caller_code=self._caller[1])
+            origin = dataclasses.replace(
+                origin, caller=self._caller[0], caller_code=self._caller[1]
+            )
         return origin
 
     @contextlib.contextmanager
@@ -653,8 +775,11 @@ class Watch:
                 for (_, p), s in zip(self._params, current, strict=True):
                     distributed.local(p).copy_(s)
 
-    def _write_batch(self, batch: tuple[tuple[Any, ...], dict[str, Any], Any] | None,
-                     snapshot: list[torch.Tensor] | None = None) -> None:
+    def _write_batch(
+        self,
+        batch: tuple[tuple[Any, ...], dict[str, Any], Any] | None,
+        snapshot: list[torch.Tensor] | None = None,
+    ) -> None:
         import torch
 
         from modinspect.files import atomic_write
@@ -674,13 +799,19 @@ class Watch:
             obj = args[0] if len(args) == 1 else tuple(args)
         obj = _to_cpu(obj, torch)
         atomic_write(self._save_batch, lambda tmp: torch.save(obj, tmp), force=self._overwrite)
-        if not self._ranks.many:  # the pre-step weights and the forward's RNG state, for `stats --input`
+        if (
+            not self._ranks.many
+        ):  # the pre-step weights and the forward's RNG state, for `stats --input`
             was = torch.get_rng_state()
             _restore_rng(batch[2])
             try:
                 with self._weights(snapshot):
-                    save_weights(self._inner, weights_path(self._save_batch), self.nonfinite_step or self.steps,
-                                 force=True)
+                    save_weights(
+                        self._inner,
+                        weights_path(self._save_batch),
+                        self.nonfinite_step or self.steps,
+                        force=True,
+                    )
             finally:
                 torch.set_rng_state(was)
 
@@ -693,7 +824,9 @@ class Watch:
         if self._save_batch is not None:
             message += f"; batch saved to {self._save_batch}"
         if self.on_nonfinite == "raise":
-            self._detach(failed=False)  # the run stops here, inside a `with` or not (a Trainer callback has no exit)
+            self._detach(
+                failed=False
+            )  # the run stops here, inside a `with` or not (a Trainer callback has no exit)
             raise NonFiniteError(step, origin, message)
         if self.on_nonfinite == "warn":
             warnings.warn(message, NonFiniteWarning, stacklevel=3)
@@ -710,7 +843,10 @@ class Watch:
         many = self._ranks.many
         extra = self._param_vector_ranks() if many else self._param_vector()
         lazy = self._lazy_vector(extra.device)
-        datas = [p.data.to(extra.device) for p in self._pending if p.data is not None] + [lazy, extra]
+        datas = [p.data.to(extra.device) for p in self._pending if p.data is not None] + [
+            lazy,
+            extra,
+        ]
         flat = stats_hooks.to_host(torch.cat(datas))
         pos = 0
         c = self.collector  # the live one: its execution order and input links are the window's
@@ -718,28 +854,47 @@ class Watch:
         merged = True
         for i, packed in enumerate(self._pending):
             size = packed.data.numel() if packed.data is not None else 0
-            merged = c.merge(packed, Collector.unpack(packed, flat[pos:pos + size])) and merged
+            merged = c.merge(packed, Collector.unpack(packed, flat[pos : pos + size])) and merged
             pos += size
             if c.origin is not None and found_at == len(self._pending):
                 found_at = i
-        lazy_bad, lazy_first = flat[pos:pos + 2]
-        rest = flat[pos + 2:]
+        lazy_bad, lazy_first = flat[pos : pos + 2]
+        rest = flat[pos + 2 :]
         loss = rest[0] if self._loss is not None else None
-        params = self._param_stats(_from_squares(rest[1:]) if many else self._exact_overflows(rest[1:]))
-        origin = self._record_origin if self._record_origin is not None else (
-            c.origin if self.on_nonfinite == "log" else None)
-        lazy_step = int(lazy_first) if lazy_bad > 0 and lazy_first > 0 else self.steps if lazy_bad > 0 else None
+        params = self._param_stats(
+            _from_squares(rest[1:]) if many else self._exact_overflows(rest[1:])
+        )
+        origin = (
+            self._record_origin
+            if self._record_origin is not None
+            else (c.origin if self.on_nonfinite == "log" else None)
+        )
+        lazy_step = (
+            int(lazy_first)
+            if lazy_bad > 0 and lazy_first > 0
+            else self.steps
+            if lazy_bad > 0
+            else None
+        )
         # Window mode: the Collector saw every step and names the module; sentinel: an earlier flagged step wins.
         earlier = self.mode == "sentinel" and lazy_step is not None and lazy_step < self.steps
         if lazy_step is not None and (origin is None or earlier) and self.on_nonfinite == "log":
             # The sentinel saw it between logged steps: the step is known, the module is not (no hooks ran).
-            origin = NonfiniteOrigin(None, None, "backward", "sentinel", (),
-                                     detail=f"a NaN/Inf gradient or loss at step {lazy_step}")
+            origin = NonfiniteOrigin(
+                None,
+                None,
+                "backward",
+                "sentinel",
+                (),
+                detail=f"a NaN/Inf gradient or loss at step {lazy_step}",
+            )
         if many:  # one gather of every rank's totals and origin, merged exactly on every rank
             distributed.merge_collector(c, self._ranks)
             # The earliest step of the window first: a NaN that reached every rank's weights through the
             # gradients' all-reduce shows up a step later on the other ranks.
-            origins = distributed.gather((found_at if origin is not None else len(self._pending), origin))
+            origins = distributed.gather(
+                (found_at if origin is not None else len(self._pending), origin)
+            )
             first = min(at for at, _ in origins)
             origin = distributed.pick_origin([o if at == first else None for at, o in origins])
         self._last_origin = origin
@@ -747,22 +902,35 @@ class Watch:
             rows = self._rows(c, self._collected)
         else:  # sentinel mode between logged steps: the replay's statistics of a first NaN/Inf step, or none
             rows = list(self._replay_rows or [])
-        groups = tuple(GroupRecord(values=tuple(sorted(g.items())))
-                       for g in group_hyperparameters(self._optimizer))
+        groups = tuple(
+            GroupRecord(values=tuple(sorted(g.items())))
+            for g in group_hyperparameters(self._optimizer)
+        )
         explanation = self.explanation if self.nonfinite_step == self.steps else None
-        record = StepRecord(step=self.steps, time=time.time(), loss=loss, modules=tuple(_module_record(r) for r in rows),
-                            params=tuple(ParamRecord(p.name, p.norm, p.grad_norm, p.update_norm, p.update_ratio)
-                                         for p in params),
-                            nonfinite=_origin_record(origin, explanation) if origin is not None else None,
-                            optimizer=groups)
+        record = StepRecord(
+            step=self.steps,
+            time=time.time(),
+            loss=loss,
+            modules=tuple(_module_record(r) for r in rows),
+            params=tuple(
+                ParamRecord(p.name, p.norm, p.grad_norm, p.update_norm, p.update_ratio)
+                for p in params
+            ),
+            nonfinite=_origin_record(origin, explanation) if origin is not None else None,
+            optimizer=groups,
+        )
         if self._writer is not None:
             self._writer.write(record)
         if self._tensorboard is not None:
             self._tensorboard.write(step_document(record))
         self.records += 1
-        self._totals.fold(c, self._collected)  # the steps the Collector saw (sentinel: the logged ones)
+        self._totals.fold(
+            c, self._collected
+        )  # the steps the Collector saw (sentinel: the logged ones)
         if self.on_nonfinite == "log" and origin is not None and self.nonfinite_origin is None:
-            self.nonfinite_step = lazy_step if origin.cause == "sentinel" and lazy_step is not None else self.steps
+            self.nonfinite_step = (
+                lazy_step if origin.cause == "sentinel" and lazy_step is not None else self.steps
+            )
             self.nonfinite_origin = origin
         self._last_params = tuple(params)
         self._record_origin = None
@@ -783,9 +951,15 @@ class Watch:
         if self._lazy_bad is None or self._lazy_first is None:
             flags = torch.zeros(2, dtype=self._acc, device=device)
         else:
-            flags = torch.stack([self._lazy_bad.to(self._acc), self._lazy_first.to(self._acc)]).to(device)
-        if self._ranks.many:  # any rank's flag; the step is the record's (the ranks' first steps do not add up)
-            return distributed.sum_over_ranks(flags * torch.tensor([1.0, 0.0], dtype=self._acc, device=device))
+            flags = torch.stack([self._lazy_bad.to(self._acc), self._lazy_first.to(self._acc)]).to(
+                device
+            )
+        if (
+            self._ranks.many
+        ):  # any rank's flag; the step is the record's (the ranks' first steps do not add up)
+            return distributed.sum_over_ranks(
+                flags * torch.tensor([1.0, 0.0], dtype=self._acc, device=device)
+            )
         return flags
 
     def _param_vector(self) -> torch.Tensor:
@@ -796,15 +970,25 @@ class Watch:
         """
         import torch
 
-        values: list[torch.Tensor] = [self._loss if self._loss is not None else torch.zeros((), dtype=self._acc)]
+        values: list[torch.Tensor] = [
+            self._loss if self._loss is not None else torch.zeros((), dtype=self._acc)
+        ]
         zero = torch.zeros((), dtype=self._acc, device=self.device)
         ws = [p.detach() for _, p in self._params]
         with torch.no_grad():
             norms = tensor_norms(ws)
-            moved = [i for i, w in enumerate(ws) if self._update_from is not None and self._update_from[i].shape == w.shape]
+            moved = [
+                i
+                for i, w in enumerate(ws)
+                if self._update_from is not None and self._update_from[i].shape == w.shape
+            ]
             before = [self._update_from[i] for i in moved] if self._update_from is not None else []
             deltas = torch._foreach_sub([ws[i] for i in moved], before) if moved else []
-            delta_norms = dict(zip(moved, zip(tensor_norms(deltas), tensor_norms(before), strict=True), strict=True))
+            delta_norms = dict(
+                zip(
+                    moved, zip(tensor_norms(deltas), tensor_norms(before), strict=True), strict=True
+                )
+            )
             for i in range(len(ws)):
                 values.append(norms[i])
                 g = self._grad_norms.get(i)
@@ -839,8 +1023,11 @@ class Watch:
         import torch
 
         world = self._ranks.world
-        values: list[torch.Tensor] = [self._loss / world if self._loss is not None
-                                      else torch.zeros((), dtype=self._acc, device=self.device)]
+        values: list[torch.Tensor] = [
+            self._loss / world
+            if self._loss is not None
+            else torch.zeros((), dtype=self._acc, device=self.device)
+        ]
         zero = torch.zeros((), dtype=self._acc, device=self.device)
         with torch.no_grad():
             for i, (_, p) in enumerate(self._params):
@@ -849,28 +1036,42 @@ class Watch:
                 g = self._grad_norms.get(i)
                 before = self._update_from[i] if self._update_from is not None else None
                 has_update = before is not None and before.shape == w.shape
-                values += [w.square().sum() * share,
-                           g.to(self._acc).square() * share if g is not None else zero,
-                           (w - before.to(self._acc)).square().sum() * share if has_update else zero,  # type: ignore[union-attr]
-                           before.to(self._acc).square().sum() * share if has_update else zero,  # type: ignore[union-attr]
-                           zero + (share if g is not None else 0.0), zero + (share if has_update else 0.0)]
+                values += [
+                    w.square().sum() * share,
+                    g.to(self._acc).square() * share if g is not None else zero,
+                    (w - before.to(self._acc)).square().sum() * share if has_update else zero,  # type: ignore[union-attr]
+                    before.to(self._acc).square().sum() * share if has_update else zero,  # type: ignore[union-attr]
+                    zero + (share if g is not None else 0.0),
+                    zero + (share if has_update else 0.0),
+                ]
         return distributed.sum_over_ranks(torch.stack([v.to(self.device) for v in values]))
 
     def _param_stats(self, values: list[float]) -> list[ParamStats]:
         out = []
         for i, (name, _) in enumerate(self._params):
-            norm, grad, update, before = values[4 * i: 4 * i + 4]
+            norm, grad, update, before = values[4 * i : 4 * i + 4]
             has_update = update >= 0 or math.isnan(update)
             ratio = update / before if has_update and before > 0 else None
-            out.append(ParamStats(name, finite_or_none(norm), finite_or_none(grad) if grad != -1 else None,
-                                  finite_or_none(update) if has_update else None, finite_or_none(ratio)))
+            out.append(
+                ParamStats(
+                    name,
+                    finite_or_none(norm),
+                    finite_or_none(grad) if grad != -1 else None,
+                    finite_or_none(update) if has_update else None,
+                    finite_or_none(ratio),
+                )
+            )
         return out
 
     def _rows(self, c: Collector, steps: int) -> list[ModuleStats]:
         """The Collector's rows with gradient norms as the RMS over the window's steps."""
         scale = 1 / math.sqrt(steps) if steps else 1.0
-        return [dataclasses.replace(r, grad_norm=r.grad_norm * scale if r.grad_norm is not None else None)
-                for r in c.module_stats()]
+        return [
+            dataclasses.replace(
+                r, grad_norm=r.grad_norm * scale if r.grad_norm is not None else None
+            )
+            for r in c.module_stats()
+        ]
 
     # ---------------------------------------------------------------- end
     def detach(self) -> None:
@@ -903,30 +1104,65 @@ class Watch:
 
     def report(self) -> WatchReport:
         """The statistics over every step watched so far (a record's worth of steps not yet logged excepted)."""
-        return WatchReport(model=wrappers.type_name(self._inner), device=self.device, steps=self.steps,
-                           records=self.records, modules=tuple(self._total_rows()), params=self._last_params,
-                           nonfinite_step=self.nonfinite_step, nonfinite_origin=self.nonfinite_origin, log=self.log,
-                           mode=self.mode, explanation=self.explanation, loop_warnings=tuple(self._loop.found))
+        return WatchReport(
+            model=wrappers.type_name(self._inner),
+            device=self.device,
+            steps=self.steps,
+            records=self.records,
+            modules=tuple(self._total_rows()),
+            params=self._last_params,
+            nonfinite_step=self.nonfinite_step,
+            nonfinite_origin=self.nonfinite_origin,
+            log=self.log,
+            mode=self.mode,
+            explanation=self.explanation,
+            loop_warnings=tuple(self._loop.found),
+        )
 
     def _total_rows(self) -> list[ModuleStats]:
         t = self._totals
         scale = 1 / math.sqrt(t.steps) if t.steps else 1.0
         types = [wrappers.type_name(m) for m in self._mods]
         norms = [math.sqrt(g.squares) * scale if g.seen else None for g in t.grad]
-        exploding, vanishing = grad_outliers(self._names, types, norms, [g.near * NEAR_LIMIT >= 1.0 for g in t.grad])
+        exploding, vanishing = grad_outliers(
+            self._names, types, norms, [g.near * NEAR_LIMIT >= 1.0 for g in t.grad]
+        )
         rows = []
         for m, r in enumerate(t.running):
             alive = t.alive[m]
-            dead = (sum(1 for a in alive if not a) / len(alive)) if (
-                types[m] in RELU_FAMILY and t.units_ok[m] and alive) else None
+            dead = (
+                (sum(1 for a in alive if not a) / len(alive))
+                if (types[m] in RELU_FAMILY and t.units_ok[m] and alive)
+                else None
+            )
             row = ModuleStats(
-                name=self._names[m], type=types[m], calls=r.calls, count=r.count, finite=r.n, mean=r.mean_or_none(),
-                std=r.std(), min=r.min_or_none(), max=r.max_or_none(), mean_abs=r.mean_abs(),
-                zero_fraction=r.zero_fraction(), nan=r.nan, inf=r.inf, dead_fraction=dead,
-                units=len(alive) if dead is not None and alive else None, grad_norm=norms[m],
-                grad_nan=t.grad[m].nan, grad_inf=t.grad[m].inf, param_grad_norm=None, param_grad_nan=0,
-                param_grad_inf=0, histogram=(), flags=())
-            rows.append(dataclasses.replace(row, flags=flags_for(row, m in exploding, m in vanishing)))
+                name=self._names[m],
+                type=types[m],
+                calls=r.calls,
+                count=r.count,
+                finite=r.n,
+                mean=r.mean_or_none(),
+                std=r.std(),
+                min=r.min_or_none(),
+                max=r.max_or_none(),
+                mean_abs=r.mean_abs(),
+                zero_fraction=r.zero_fraction(),
+                nan=r.nan,
+                inf=r.inf,
+                dead_fraction=dead,
+                units=len(alive) if dead is not None and alive else None,
+                grad_norm=norms[m],
+                grad_nan=t.grad[m].nan,
+                grad_inf=t.grad[m].inf,
+                param_grad_norm=None,
+                param_grad_nan=0,
+                param_grad_inf=0,
+                histogram=(),
+                flags=(),
+            )
+            rows.append(
+                dataclasses.replace(row, flags=flags_for(row, m in exploding, m in vanishing))
+            )
         return rows
 
 
@@ -934,9 +1170,13 @@ def _from_squares(values: list[float]) -> list[float]:
     """[‖w‖², ‖∇w‖², ‖Δw‖², ‖w‖², has ∇, has Δ] per parameter -> [‖w‖, ‖∇w‖ or -1, ‖Δw‖ or -1, ‖w‖ or -1]."""
     out = []
     for i in range(0, len(values), 6):
-        norm, grad, update, before, has_grad, has_update = values[i:i + 6]
-        out += [_root(norm), _root(grad) if has_grad > 0 else -1.0,
-                _root(update) if has_update > 0 else -1.0, _root(before) if has_update > 0 else -1.0]
+        norm, grad, update, before, has_grad, has_update = values[i : i + 6]
+        out += [
+            _root(norm),
+            _root(grad) if has_grad > 0 else -1.0,
+            _root(update) if has_update > 0 else -1.0,
+            _root(before) if has_update > 0 else -1.0,
+        ]
     return out
 
 
@@ -967,7 +1207,9 @@ def describe_nonfinite(step: int, origin: NonfiniteOrigin | None) -> str:
     if origin is None:
         return f"first NaN/Inf at step {step}"
     if origin.module is None:
-        where = {"input": "already in the model's input", "loss": "in the loss"}.get(origin.cause, origin.cause)
+        where = {"input": "already in the model's input", "loss": "in the loss"}.get(
+            origin.cause, origin.cause
+        )
     else:
         where = f"{origin.module or '(model)'} ({origin.type}), {origin.phase}"
     if origin.op:
@@ -989,11 +1231,36 @@ def finite_or_none(value: float | None) -> float | None:
 
 def _module_record(r: ModuleStats) -> ModuleRecord:
     hist = Histogram(edges=r.histogram_edges, counts=r.histogram) if r.histogram else None
-    return ModuleRecord(name=r.name, type=r.type, calls=r.calls, count=r.count, mean=r.mean, std=r.std, min=r.min,
-                        max=r.max, zero_fraction=r.zero_fraction, nan=r.nan, inf=r.inf, dead_fraction=r.dead_fraction,
-                        grad_norm=r.grad_norm, grad_nan=r.grad_nan, grad_inf=r.grad_inf, histogram=hist)
+    return ModuleRecord(
+        name=r.name,
+        type=r.type,
+        calls=r.calls,
+        count=r.count,
+        mean=r.mean,
+        std=r.std,
+        min=r.min,
+        max=r.max,
+        zero_fraction=r.zero_fraction,
+        nan=r.nan,
+        inf=r.inf,
+        dead_fraction=r.dead_fraction,
+        grad_norm=r.grad_norm,
+        grad_nan=r.grad_nan,
+        grad_inf=r.grad_inf,
+        histogram=hist,
+    )
 
 
 def _origin_record(o: NonfiniteOrigin, explanation: str | None = None) -> NonfiniteRecord:
-    return NonfiniteRecord(module=o.module, type=o.type, phase=o.phase, op=o.op, source=o.source, code=o.code,
-                           cause=o.cause, rank=o.rank, caller=o.caller, explanation=explanation)
+    return NonfiniteRecord(
+        module=o.module,
+        type=o.type,
+        phase=o.phase,
+        op=o.op,
+        source=o.source,
+        code=o.code,
+        cause=o.cause,
+        rank=o.rank,
+        caller=o.caller,
+        explanation=explanation,
+    )

@@ -85,9 +85,32 @@ for _op in pickletools.opcodes:
     elif _op.name == "DUP":
         _LAYOUT[_code] = _DUP
     _LIGHT[_code] = _op.name in (
-        "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "BINSTRING", "SHORT_BINSTRING", "STRING", "UNICODE",
-        "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BININT", "BININT1", "BININT2", "LONG1", "BINFLOAT", "NONE",
-        "NEWTRUE", "NEWFALSE", "EMPTY_TUPLE", "GLOBAL", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID",
+        "BINUNICODE",
+        "SHORT_BINUNICODE",
+        "BINUNICODE8",
+        "BINSTRING",
+        "SHORT_BINSTRING",
+        "STRING",
+        "UNICODE",
+        "BINBYTES",
+        "SHORT_BINBYTES",
+        "BINBYTES8",
+        "BININT",
+        "BININT1",
+        "BININT2",
+        "LONG1",
+        "BINFLOAT",
+        "NONE",
+        "NEWTRUE",
+        "NEWFALSE",
+        "EMPTY_TUPLE",
+        "GLOBAL",
+        "STACK_GLOBAL",
+        "EXT1",
+        "EXT2",
+        "EXT4",
+        "PERSID",
+        "BINPERSID",
     )
     if _op.name in ("BINGET", "LONG_BINGET"):
         _LIGHT[_code] = None
@@ -95,11 +118,17 @@ _LIGHT_T = tuple(_LIGHT)
 _GET_TEXT, _LONG_BINPUT_OP, _LONG_BINGET_OP = ord("g"), ord("r"), ord("j")
 _UINT4 = struct.Struct("<I").unpack_from
 _LAYOUT_T = tuple(_LAYOUT)
-_MAX_LINE = 1 << 16  # a GLOBAL's module or a decimal number: a line longer than this is not a pickler's
+_MAX_LINE = (
+    1 << 16
+)  # a GLOBAL's module or a decimal number: a line longer than this is not a pickler's
 
 
-def check_pickle(data: bytes | bytearray | memoryview, start: int = 0, budget: int = 1 << 62,
-                 call_kind: CallKind = default_call_kind) -> int:
+def check_pickle(
+    data: bytes | bytearray | memoryview,
+    start: int = 0,
+    budget: int = 1 << 62,
+    call_kind: CallKind = default_call_kind,
+) -> int:
     """Validate the pickle at `data[start:]` and return the offset just past its STOP.
 
     `data` must support indexing by int, slicing and `find` (bytes or an mmap). Raises
@@ -111,8 +140,12 @@ def check_pickle(data: bytes | bytearray | memoryview, start: int = 0, budget: i
     return measure_pickle(data, start, budget, call_kind)[0]
 
 
-def measure_pickle(data: bytes | bytearray | memoryview, start: int = 0, budget: int = 1 << 62,
-                   call_kind: CallKind = default_call_kind) -> tuple[int, int]:
+def measure_pickle(
+    data: bytes | bytearray | memoryview,
+    start: int = 0,
+    budget: int = 1 << 62,
+    call_kind: CallKind = default_call_kind,
+) -> tuple[int, int]:
     """`check_pickle`'s checks; returns the offset past the STOP and the bytes the opcodes build."""
     end, shares, cost = _check_structure(data, start, budget)
     if shares:
@@ -126,7 +159,9 @@ def hash_limit(budget: int) -> int:
     return max(budget // 8, 1 << 20)
 
 
-def _check_structure(data: bytes | bytearray | memoryview, start: int, budget: int) -> tuple[int, bool, int]:
+def _check_structure(
+    data: bytes | bytearray | memoryview, start: int, budget: int
+) -> tuple[int, bool, int]:
     """The offset past the pickle's STOP, whether it uses a value that is not light twice, and its cost."""
     layout, uint4 = _LAYOUT_T, _UINT4
     end = len(data)
@@ -185,9 +220,11 @@ def _check_structure(data: bytes | bytearray | memoryview, start: int, budget: i
             width = 1 if kind == _LEN1 else 4 if kind == _LEN4 else 8
             if pos + 1 + width > end:
                 break
-            length = int.from_bytes(data[pos + 1:pos + 1 + width], "little", signed=kind == _LEN4)
+            length = int.from_bytes(data[pos + 1 : pos + 1 + width], "little", signed=kind == _LEN4)
             if length < 0:
-                raise CorruptFileError(f"is not a readable pickle (negative length at byte {pos - start:,})")
+                raise CorruptFileError(
+                    f"is not a readable pickle (negative length at byte {pos - start:,})"
+                )
             left = end - pos - 1 - width
             if length > left:
                 raise CorruptFileError(
@@ -225,7 +262,7 @@ def _check_structure(data: bytes | bytearray | memoryview, start: int, budget: i
         elif kind == _FRAME:
             if pos + 9 > end:
                 break
-            length = int.from_bytes(data[pos + 1:pos + 9], "little")
+            length = int.from_bytes(data[pos + 1 : pos + 9], "little")
             if length > end - pos - 9:
                 raise CorruptFileError(
                     f"is not a readable pickle (a frame of {length:,} bytes, but only {end - pos - 9:,} remain)"
@@ -235,14 +272,18 @@ def _check_structure(data: bytes | bytearray | memoryview, start: int, budget: i
             if pos + 1 >= end:
                 break
             if data[pos + 1] > 5:
-                raise CorruptFileError(f"is not a readable pickle (unsupported protocol {data[pos + 1]})")
+                raise CorruptFileError(
+                    f"is not a readable pickle (unsupported protocol {data[pos + 1]})"
+                )
             pos += 2
         elif kind == _STOP:
             total = objects * OBJECT_COST + cost + pos - start
             _check_budget(total, budget)
             return pos + 1, shares, total
         else:
-            raise CorruptFileError(f"is not a readable pickle (unknown opcode {op:#04x} at byte {pos - start:,})")
+            raise CorruptFileError(
+                f"is not a readable pickle (unknown opcode {op:#04x} at byte {pos - start:,})"
+            )
         if cost > budget or not objects & 0xFFFF:
             _check_budget(objects * OBJECT_COST + cost, budget)
     raise CorruptFileError("is not a readable pickle (it is truncated)")
@@ -292,7 +333,7 @@ def parse_size(text: str) -> int:
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     raw = text.strip().upper().removesuffix("B").removesuffix("I")
     number = raw.rstrip("KMGT")
-    unit = raw[len(number):]
+    unit = raw[len(number) :]
     if unit not in units or not number.replace(".", "", 1).isdigit():
         raise ValueError(text)
     value = int(float(number) * units[unit])

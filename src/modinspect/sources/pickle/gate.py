@@ -87,11 +87,47 @@ STORAGE_DTYPES: dict[str, str] = {
 }
 
 TORCH_DTYPE_NAMES = {
-    "float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8",
-    "uint16", "uint32", "uint64", "bool", "complex64", "complex128", "float8_e4m3fn",
-    "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "double", "float",
-    "half", "long", "int", "short", "cfloat", "cdouble", "qint8", "quint8", "qint32", "quint4x2", "quint2x4",
-    "float4_e2m1fn_x2", "complex32", "chalf", "bits8", "bits16", "bits1x8", "bits2x4", "bits4x2",
+    "float64",
+    "float32",
+    "float16",
+    "bfloat16",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+    "complex64",
+    "complex128",
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "float8_e4m3fnuz",
+    "float8_e5m2fnuz",
+    "float8_e8m0fnu",
+    "double",
+    "float",
+    "half",
+    "long",
+    "int",
+    "short",
+    "cfloat",
+    "cdouble",
+    "qint8",
+    "quint8",
+    "qint32",
+    "quint4x2",
+    "quint2x4",
+    "float4_e2m1fn_x2",
+    "complex32",
+    "chalf",
+    "bits8",
+    "bits16",
+    "bits1x8",
+    "bits2x4",
+    "bits4x2",
 }
 
 
@@ -114,38 +150,75 @@ def _storage_arg(storage: object, offset: object) -> StorageRef:
     return storage
 
 
-def _rebuild_tensor_v2(storage: object, offset: object, size: object, stride: object, requires_grad: object = False,
-                       backward_hooks: object = None, metadata: object = None) -> TensorRef:
+def _rebuild_tensor_v2(
+    storage: object,
+    offset: object,
+    size: object,
+    stride: object,
+    requires_grad: object = False,
+    backward_hooks: object = None,
+    metadata: object = None,
+) -> TensorRef:
     ref = _storage_arg(storage, offset)
     return TensorRef(ref, offset, *_shape_and_stride(size, stride), ref.dtype, bool(requires_grad))  # type: ignore[arg-type]
 
 
-def _rebuild_tensor_v3(storage: object, offset: object, size: object, stride: object, requires_grad: object,
-                       backward_hooks: object, dtype: object, metadata: object = None) -> TensorRef:
+def _rebuild_tensor_v3(
+    storage: object,
+    offset: object,
+    size: object,
+    stride: object,
+    requires_grad: object,
+    backward_hooks: object,
+    dtype: object,
+    metadata: object = None,
+) -> TensorRef:
     # dtypes without a typed storage class (uint16, float8, ...) sit on an untyped, byte-counted storage.
     ref = _storage_arg(storage, offset)
     if not isinstance(dtype, DtypeRef):
         raise CorruptFileError("a tensor names a dtype that is not a torch dtype")
-    return TensorRef(ref, offset, *_shape_and_stride(size, stride), _canonical_dtype(dtype.name),  # type: ignore[arg-type]
-                     bool(requires_grad))
+    return TensorRef(
+        ref,
+        offset,  # type: ignore[arg-type]
+        *_shape_and_stride(size, stride),
+        _canonical_dtype(dtype.name),
+        bool(requires_grad),
+    )
 
 
 def _rebuild_tensor(storage: object, offset: object, size: object, stride: object) -> TensorRef:
     return _rebuild_tensor_v2(storage, offset, size, stride)
 
 
-def _rebuild_qtensor(storage: object, offset: object, size: object, stride: object, quantizer_params: object,
-                     requires_grad: object, backward_hooks: object) -> TensorRef:
+def _rebuild_qtensor(
+    storage: object,
+    offset: object,
+    size: object,
+    stride: object,
+    quantizer_params: object,
+    requires_grad: object,
+    backward_hooks: object,
+) -> TensorRef:
     ref = _storage_arg(storage, offset)
-    if not isinstance(quantizer_params, tuple) or not quantizer_params or not isinstance(quantizer_params[0], QSchemeRef):
+    if (
+        not isinstance(quantizer_params, tuple)
+        or not quantizer_params
+        or not isinstance(quantizer_params[0], QSchemeRef)
+    ):
         raise CorruptFileError("a quantized tensor has no quantization scheme")
     scheme, *params = quantizer_params
     if not all(type(p) in (int, float) or isinstance(p, TensorRef) for p in params):
         # A TensorRef hashes its quantizer: numbers and tensors only, never a tuple tower.
         raise CorruptFileError("a quantized tensor has parameters that are not numbers or tensors")
     quantizer = (scheme.name, *params)
-    return TensorRef(ref, offset, *_shape_and_stride(size, stride), ref.dtype, bool(requires_grad),  # type: ignore[arg-type]
-                     quantizer=quantizer)
+    return TensorRef(
+        ref,
+        offset,  # type: ignore[arg-type]
+        *_shape_and_stride(size, stride),
+        ref.dtype,
+        bool(requires_grad),
+        quantizer=quantizer,
+    )
 
 
 def _rebuild_sparse_tensor(layout: object, data: object) -> SparseRef:
@@ -162,11 +235,21 @@ def _rebuild_sparse_tensor(layout: object, data: object) -> SparseRef:
     return SparseRef(layout.name, tuple(components), _as_ints(size, "size"))
 
 
-def _rebuild_parameter(data: object, requires_grad: object, backward_hooks: object, state: object = None) -> TensorRef:
+def _rebuild_parameter(
+    data: object, requires_grad: object, backward_hooks: object, state: object = None
+) -> TensorRef:
     if not isinstance(data, TensorRef):
         raise CorruptFileError("a parameter wraps something that is not a tensor")
-    return TensorRef(data.storage, data.offset, data.shape, data.stride, data.dtype, bool(requires_grad), True,
-                     data.quantizer)
+    return TensorRef(
+        data.storage,
+        data.offset,
+        data.shape,
+        data.stride,
+        data.dtype,
+        bool(requires_grad),
+        True,
+        data.quantizer,
+    )
 
 
 def _rebuild_meta(dtype: object, size: object, stride: object, requires_grad: object) -> TensorRef:
@@ -205,7 +288,10 @@ def _get_layout(name: object) -> LayoutRef:
     return LayoutRef(name.removeprefix("torch."))
 
 
-_LAYOUTS = {f"torch.{n}" for n in ("strided", "sparse_coo", "sparse_csr", "sparse_csc", "sparse_bsr", "sparse_bsc")}
+_LAYOUTS = {
+    f"torch.{n}"
+    for n in ("strided", "sparse_coo", "sparse_csr", "sparse_csc", "sparse_bsr", "sparse_bsc")
+}
 
 
 def _identity(value: object, *_: object) -> object:
@@ -223,8 +309,16 @@ class _Marker(_Sealed):
         self.name = name
 
 
-_DTYPE_ALIASES = {"double": "float64", "float": "float32", "half": "float16", "long": "int64", "int": "int32",
-                  "short": "int16", "cfloat": "complex64", "cdouble": "complex128"}
+_DTYPE_ALIASES = {
+    "double": "float64",
+    "float": "float32",
+    "half": "float16",
+    "long": "int64",
+    "int": "int32",
+    "short": "int16",
+    "cfloat": "complex64",
+    "cdouble": "complex128",
+}
 
 
 def _canonical_dtype(name: str) -> str:
@@ -232,10 +326,20 @@ def _canonical_dtype(name: str) -> str:
 
 
 _REBUILDERS: set[Callable[..., Any]] = {
-    _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_tensor, _rebuild_parameter, _rebuild_meta, _rebuild_qtensor,
+    _rebuild_tensor_v2,
+    _rebuild_tensor_v3,
+    _rebuild_tensor,
+    _rebuild_parameter,
+    _rebuild_meta,
+    _rebuild_qtensor,
 }
-QSCHEMES = ("per_tensor_affine", "per_channel_affine", "per_channel_affine_float_qparams", "per_tensor_symmetric",
-            "per_channel_symmetric")
+QSCHEMES = (
+    "per_tensor_affine",
+    "per_channel_affine",
+    "per_channel_affine_float_qparams",
+    "per_tensor_symmetric",
+    "per_channel_symmetric",
+)
 
 SAFE_GLOBALS: dict[tuple[str, str], object] = {
     ("collections", "OrderedDict"): OrderedDict,
@@ -264,8 +368,16 @@ SAFE_GLOBALS: dict[tuple[str, str], object] = {
     ("_codecs", "encode"): _codecs_encode,
     ("copyreg", "_reconstructor"): safe_reconstructor,
     # TorchScript archives rebuild typed lists and dicts with these; each returns its argument.
-    **{("torch.jit._pickle", n): _identity for n in (
-        "build_intlist", "build_tensorlist", "build_doublelist", "build_boollist", "restore_type_tag")},
+    **{
+        ("torch.jit._pickle", n): _identity
+        for n in (
+            "build_intlist",
+            "build_tensorlist",
+            "build_doublelist",
+            "build_boollist",
+            "restore_type_tag",
+        )
+    },
     ("torch.jit._pickle", "build_tensor_from_id"): _tensor_from_id,
     **{("torch", name): StorageType(dtype) for name, dtype in STORAGE_DTYPES.items()},
     **{("torch.storage", name): StorageType(dtype) for name, dtype in STORAGE_DTYPES.items()},
@@ -277,51 +389,221 @@ SAFE_GLOBALS: dict[tuple[str, str], object] = {
 _SAFE_CALLS = {key: CALL_IDENTITY for key, value in SAFE_GLOBALS.items() if value is _identity}
 
 # Modules whose every name is a way to run code, touch files or the network, or import more.
-_CODE_MODULES = frozenset({
-    "os", "posix", "nt", "posixpath", "ntpath", "subprocess", "sys", "importlib", "runpy", "shutil", "socket",
-    "pty", "ctypes", "pickle", "_pickle", "marshal", "types", "code", "codeop", "pdb", "bdb", "timeit",
-    "webbrowser", "multiprocessing", "asyncio", "threading", "_thread", "signal", "tempfile", "urllib", "http",
-    "ftplib", "smtplib", "telnetlib", "operator", "_operator", "io", "_io", "inspect", "commands", "platform",
-    "popen2", "cProfile", "profile", "trace", "sqlite3", "shelve", "dbm", "glob", "fileinput", "zipimport",
-    "pkgutil", "site", "ensurepip", "venv", "distutils", "setuptools", "pip", "requests", "imp", "gc",
-    "weakref", "copyreg", "_posixsubprocess", "select", "mmap", "resource",
-})
-_CODE_BUILTINS = frozenset({
-    "exec", "eval", "compile", "__import__", "getattr", "setattr", "delattr", "open", "input", "breakpoint",
-    "globals", "locals", "vars", "exit", "quit", "help", "memoryview", "print", "__build_class__", "super",
-    "type", "object", "classmethod", "staticmethod", "property", "dir", "id", "hash", "iter", "next", "map",
-    "filter", "apply", "execfile", "reload", "file",
-})
+_CODE_MODULES = frozenset(
+    {
+        "os",
+        "posix",
+        "nt",
+        "posixpath",
+        "ntpath",
+        "subprocess",
+        "sys",
+        "importlib",
+        "runpy",
+        "shutil",
+        "socket",
+        "pty",
+        "ctypes",
+        "pickle",
+        "_pickle",
+        "marshal",
+        "types",
+        "code",
+        "codeop",
+        "pdb",
+        "bdb",
+        "timeit",
+        "webbrowser",
+        "multiprocessing",
+        "asyncio",
+        "threading",
+        "_thread",
+        "signal",
+        "tempfile",
+        "urllib",
+        "http",
+        "ftplib",
+        "smtplib",
+        "telnetlib",
+        "operator",
+        "_operator",
+        "io",
+        "_io",
+        "inspect",
+        "commands",
+        "platform",
+        "popen2",
+        "cProfile",
+        "profile",
+        "trace",
+        "sqlite3",
+        "shelve",
+        "dbm",
+        "glob",
+        "fileinput",
+        "zipimport",
+        "pkgutil",
+        "site",
+        "ensurepip",
+        "venv",
+        "distutils",
+        "setuptools",
+        "pip",
+        "requests",
+        "imp",
+        "gc",
+        "weakref",
+        "copyreg",
+        "_posixsubprocess",
+        "select",
+        "mmap",
+        "resource",
+    }
+)
+_CODE_BUILTINS = frozenset(
+    {
+        "exec",
+        "eval",
+        "compile",
+        "__import__",
+        "getattr",
+        "setattr",
+        "delattr",
+        "open",
+        "input",
+        "breakpoint",
+        "globals",
+        "locals",
+        "vars",
+        "exit",
+        "quit",
+        "help",
+        "memoryview",
+        "print",
+        "__build_class__",
+        "super",
+        "type",
+        "object",
+        "classmethod",
+        "staticmethod",
+        "property",
+        "dir",
+        "id",
+        "hash",
+        "iter",
+        "next",
+        "map",
+        "filter",
+        "apply",
+        "execfile",
+        "reload",
+        "file",
+    }
+)
 # torch's own ways to load more pickles, compile code or call operators.
-_CODE_TORCH = ("torch.load", "torch.save", "torch.hub", "torch.jit", "torch.ops", "torch._C", "torch.package",
-               "torch.storage._load_from_bytes", "torch.serialization", "torch.utils.cpp_extension", "torch._dynamo",
-               "torch.fx", "torch._ops", "torch.compile", "torch.library", "torch._inductor", "numpy.load",
-               "numpy.lib.npyio", "numpy.testing", "numpy.f2py", "numpy.distutils", "numpy.ctypeslib")
+_CODE_TORCH = (
+    "torch.load",
+    "torch.save",
+    "torch.hub",
+    "torch.jit",
+    "torch.ops",
+    "torch._C",
+    "torch.package",
+    "torch.storage._load_from_bytes",
+    "torch.serialization",
+    "torch.utils.cpp_extension",
+    "torch._dynamo",
+    "torch.fx",
+    "torch._ops",
+    "torch.compile",
+    "torch.library",
+    "torch._inductor",
+    "numpy.load",
+    "numpy.lib.npyio",
+    "numpy.testing",
+    "numpy.f2py",
+    "numpy.distutils",
+    "numpy.ctypeslib",
+)
 
 
 # Callables outside those modules that start a process, open a file or a connection when called: a file
 # naming them lists (as stand-ins, with a warning that torch.load would call them), but --allow-global never
 # builds them for real and the notes never suggest it.
-_RUNNER_NAMES = frozenset({
-    "uuid._get_command_stdout", "uuid._popen", "uuid._find_mac", "uuid._find_mac_near_keyword",
-    "uuid._find_mac_under_heading", "_osx_support._read_output", "_osx_support._find_build_tool",
-    "_osx_support._find_executable", "logging.FileHandler", "logging.basicConfig", "logging.config.fileConfig",
-    "logging.config.dictConfig", "logging.config.listen", "_aix_support._read_cmd_output", "ctypes.util.find_library",
-    "torch.utils.collect_env.run", "torch.utils.collect_env.run_and_read_all",
-    "torch.utils.collect_env.run_and_parse_first_match", "torch.utils.collect_env.run_and_return_first_line",
-})
-_RUNNER_MODULES = ("imaplib", "poplib", "nntplib", "smtpd", "xmlrpc", "logging.handlers", "logging.config",
-                   "torch.utils.collect_env", "_osx_support", "_aix_support", "zipfile", "tarfile", "bz2", "gzip",
-                   "lzma", "zipapp", "compileall", "py_compile", "pydoc", "idlelib", "tkinter", "turtle", "doctest",
-                   "unittest", "cgi", "cgitb", "wsgiref", "socketserver", "ssl", "asynchat", "asyncore", "mailbox",
-                   "ensurepip", "sysconfig", "pstats", "filecmp", "netrc", "mimetypes", "pathlib.Path.write")
+_RUNNER_NAMES = frozenset(
+    {
+        "uuid._get_command_stdout",
+        "uuid._popen",
+        "uuid._find_mac",
+        "uuid._find_mac_near_keyword",
+        "uuid._find_mac_under_heading",
+        "_osx_support._read_output",
+        "_osx_support._find_build_tool",
+        "_osx_support._find_executable",
+        "logging.FileHandler",
+        "logging.basicConfig",
+        "logging.config.fileConfig",
+        "logging.config.dictConfig",
+        "logging.config.listen",
+        "_aix_support._read_cmd_output",
+        "ctypes.util.find_library",
+        "torch.utils.collect_env.run",
+        "torch.utils.collect_env.run_and_read_all",
+        "torch.utils.collect_env.run_and_parse_first_match",
+        "torch.utils.collect_env.run_and_return_first_line",
+    }
+)
+_RUNNER_MODULES = (
+    "imaplib",
+    "poplib",
+    "nntplib",
+    "smtpd",
+    "xmlrpc",
+    "logging.handlers",
+    "logging.config",
+    "torch.utils.collect_env",
+    "_osx_support",
+    "_aix_support",
+    "zipfile",
+    "tarfile",
+    "bz2",
+    "gzip",
+    "lzma",
+    "zipapp",
+    "compileall",
+    "py_compile",
+    "pydoc",
+    "idlelib",
+    "tkinter",
+    "turtle",
+    "doctest",
+    "unittest",
+    "cgi",
+    "cgitb",
+    "wsgiref",
+    "socketserver",
+    "ssl",
+    "asynchat",
+    "asyncore",
+    "mailbox",
+    "ensurepip",
+    "sysconfig",
+    "pstats",
+    "filecmp",
+    "netrc",
+    "mimetypes",
+    "pathlib.Path.write",
+)
 
 
 def runs_code_when_called(dotted: str) -> bool:
     """True for a global that runs code, a process, or opens files or connections when called: what
     --allow-global refuses to build and the notes never suggest (a superset of `is_code_global`)."""
-    return is_code_global(dotted) or dotted in _RUNNER_NAMES or any(
-        dotted == m or dotted.startswith(m + ".") for m in _RUNNER_MODULES)
+    return (
+        is_code_global(dotted)
+        or dotted in _RUNNER_NAMES
+        or any(dotted == m or dotted.startswith(m + ".") for m in _RUNNER_MODULES)
+    )
 
 
 def check_allow_globals(names: frozenset[str] | tuple[str, ...]) -> None:
@@ -336,19 +618,49 @@ def check_allow_globals(names: frozenset[str] | tuple[str, ...]) -> None:
 
 # Classes whose construction from a pickle only stores data: calling them is what they are for. Anything
 # else the pickle calls is named in a warning ("torch.load would call X"), even though nothing ran here.
-_DATA_CLASSES = frozenset({
-    "argparse.Namespace", "collections.OrderedDict", "collections.defaultdict", "collections.Counter",
-    "collections.deque", "collections.ChainMap", "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath",
-    "pathlib.PurePath", "pathlib.PurePosixPath", "pathlib.PureWindowsPath", "datetime.date", "datetime.time",
-    "datetime.datetime", "datetime.timedelta", "datetime.timezone", "decimal.Decimal", "fractions.Fraction",
-    "uuid.UUID", "functools.partial", "copyreg._reconstructor", "numpy.core.multiarray._reconstruct",
-    "numpy._core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype", "numpy.core.multiarray.scalar",
-    "numpy._core.multiarray.scalar", "numpy.random._pickle.__randomstate_ctor",
-    "numpy.random._pickle.__bit_generator_ctor", "numpy.random._pickle.__generator_ctor",
-    "omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig", "omegaconf.base.ContainerMetadata",
-    "omegaconf.base.Metadata", "torch.nn.parameter.Parameter", "torch.nn.parameter.Buffer",
-    "torch.nn.parameter.UninitializedParameter", "torch.nn.parameter.UninitializedBuffer",
-})
+_DATA_CLASSES = frozenset(
+    {
+        "argparse.Namespace",
+        "collections.OrderedDict",
+        "collections.defaultdict",
+        "collections.Counter",
+        "collections.deque",
+        "collections.ChainMap",
+        "pathlib.Path",
+        "pathlib.PosixPath",
+        "pathlib.WindowsPath",
+        "pathlib.PurePath",
+        "pathlib.PurePosixPath",
+        "pathlib.PureWindowsPath",
+        "datetime.date",
+        "datetime.time",
+        "datetime.datetime",
+        "datetime.timedelta",
+        "datetime.timezone",
+        "decimal.Decimal",
+        "fractions.Fraction",
+        "uuid.UUID",
+        "functools.partial",
+        "copyreg._reconstructor",
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+        "numpy.random._pickle.__randomstate_ctor",
+        "numpy.random._pickle.__bit_generator_ctor",
+        "numpy.random._pickle.__generator_ctor",
+        "omegaconf.dictconfig.DictConfig",
+        "omegaconf.listconfig.ListConfig",
+        "omegaconf.base.ContainerMetadata",
+        "omegaconf.base.Metadata",
+        "torch.nn.parameter.Parameter",
+        "torch.nn.parameter.Buffer",
+        "torch.nn.parameter.UninitializedParameter",
+        "torch.nn.parameter.UninitializedBuffer",
+    }
+)
 _DATA_PREFIXES = ("omegaconf.nodes.", "numpy.dtypes.", "torch.nn.modules.", "torch.ao.nn.")
 
 
@@ -362,8 +674,14 @@ def is_data_class(dotted: str) -> bool:
 
 # torch's pure tensor functions (torch.nn.functional's gelu is torch._C._nn.gelu): what a pickled module keeps
 # as an attribute (transformers' GELUActivation), computing on tensors only.
-_PURE_TORCH = ("torch._C._nn.", "torch._C._special.", "torch._C._linalg.", "torch._C._fft.", "torch._C._nested.",
-               "torch._C._sparse.")
+_PURE_TORCH = (
+    "torch._C._nn.",
+    "torch._C._special.",
+    "torch._C._linalg.",
+    "torch._C._fft.",
+    "torch._C._nested.",
+    "torch._C._sparse.",
+)
 
 
 def is_code_global(dotted: str) -> bool:
@@ -383,10 +701,32 @@ def is_code_global(dotted: str) -> bool:
 
 
 # Builtin functions that compute on values and cannot reach code, files or imports.
-_INERT_BUILTIN_FUNCTIONS = frozenset({
-    "abs", "all", "any", "ascii", "bin", "callable", "chr", "divmod", "format", "hex", "isinstance", "issubclass",
-    "len", "max", "min", "oct", "ord", "pow", "repr", "round", "sorted", "sum",
-})
+_INERT_BUILTIN_FUNCTIONS = frozenset(
+    {
+        "abs",
+        "all",
+        "any",
+        "ascii",
+        "bin",
+        "callable",
+        "chr",
+        "divmod",
+        "format",
+        "hex",
+        "isinstance",
+        "issubclass",
+        "len",
+        "max",
+        "min",
+        "oct",
+        "ord",
+        "pow",
+        "repr",
+        "round",
+        "sorted",
+        "sum",
+    }
+)
 
 
 def _is_inert_builtin(name: str) -> bool:
@@ -419,12 +759,13 @@ def python3_name(module: str, name: str) -> tuple[str, str]:
     return module, name
 
 
-
 @dataclass(frozen=True)
 class GatePolicy:
     """What the gate may do with globals outside the allowlist, and how much a pickle may build."""
 
-    standins: bool = True  # False: refuse every global outside the allowlist (inputs that must be real)
+    standins: bool = (
+        True  # False: refuse every global outside the allowlist (inputs that must be real)
+    )
     allow_globals: frozenset[str] = frozenset()  # --allow-global: import and call these for real
     max_pickle_bytes: int = DEFAULT_MAX_PICKLE
 
@@ -439,7 +780,9 @@ class Gate:
     label: str
     policy: GatePolicy = field(default_factory=GatePolicy)
     registry: StandInRegistry = field(default_factory=StandInRegistry)
-    warnings: list[str] = field(default_factory=list)  # what the user must hear even when the file opens
+    warnings: list[str] = field(
+        default_factory=list
+    )  # what the user must hear even when the file opens
 
     @property
     def standins(self) -> list[str]:
@@ -476,8 +819,12 @@ class Gate:
                 f"{_suggest(size)} to read it anyway"
             )
 
-    def load(self, data: bytes | Any, start: int = 0,
-             loader: Callable[[tuple[object, ...]], object] | None = None) -> tuple[Any, int]:
+    def load(
+        self,
+        data: bytes | Any,
+        start: int = 0,
+        loader: Callable[[tuple[object, ...]], object] | None = None,
+    ) -> tuple[Any, int]:
         """The object of the pickle at data[start:] and the offset past its end.
 
         `data` is bytes or an mmap. Every failure is a ModinspectError naming the file.
@@ -488,7 +835,9 @@ class Gate:
             raise self._too_large(exc) from None
         except CorruptFileError as exc:
             raise CorruptFileError(f"{self.label} {exc}") from None
-        chunk = data if start == 0 and end == len(data) and isinstance(data, bytes) else data[start:end]
+        chunk = (
+            data if start == 0 and end == len(data) and isinstance(data, bytes) else data[start:end]
+        )
         unpickler = RestrictedUnpickler(io.BytesIO(chunk), loader or _no_storage, self)
         unpickler.copy_budget = CopyBudget(cost, self.policy.max_pickle_bytes)
         try:
@@ -502,7 +851,9 @@ class Gate:
         except CorruptFileError as exc:
             if unpickler.refusals():
                 raise UnsafePickleError(self.label, unpickler.refusals()) from None
-            raise CorruptFileError(f"{self.label} is not a valid torch checkpoint: it {exc}") from None
+            raise CorruptFileError(
+                f"{self.label} is not a valid torch checkpoint: it {exc}"
+            ) from None
         except Exception as exc:  # whatever a hostile pickle provokes, it is the file's fault
             if unpickler.refusals():
                 raise UnsafePickleError(self.label, unpickler.refusals()) from None
@@ -515,8 +866,6 @@ class Gate:
         if unpickler.refusals():
             raise UnsafePickleError(self.label, unpickler.refusals())
         return obj, end
-
-
 
 
 def _suggest(size: int) -> str:
@@ -544,13 +893,19 @@ def _no_storage(pid: tuple[object, ...]) -> StorageRef:
 class RestrictedUnpickler(pickle.Unpickler):
     """Calls only the allowlist; other globals become stand-ins, code-execution ones are recorded as refused."""
 
-    def __init__(self, file: io.BytesIO, storage_loader: Callable[[tuple[object, ...]], object],
-                 gate: Gate | None = None) -> None:
+    def __init__(
+        self,
+        file: io.BytesIO,
+        storage_loader: Callable[[tuple[object, ...]], object],
+        gate: Gate | None = None,
+    ) -> None:
         super().__init__(file, encoding="utf-8")
         self._storage_loader = storage_loader
         self._gate = gate or Gate("<pickle>")
         self.refused: list[str] = []
-        self.if_called: list[str] = []  # torch code globals: refused when called, stand-ins when only named
+        self.if_called: list[
+            str
+        ] = []  # torch code globals: refused when called, stand-ins when only named
         self.copy_budget = CopyBudget(0, self._gate.policy.max_pickle_bytes)
 
     def load(self) -> Any:
@@ -568,8 +923,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         if dotted in policy.allow_globals:
             real = _import_allowed(dotted)
             if not isinstance(real, type):
-                warning = (f"--allow-global {dotted} is a function, not a data class: the file calls it for real, "
-                           "with arguments of its choosing")
+                warning = (
+                    f"--allow-global {dotted} is a function, not a data class: the file calls it for real, "
+                    "with arguments of its choosing"
+                )
                 if warning not in self._gate.warnings:
                     self._gate.warnings.append(warning)
             return real
@@ -584,7 +941,10 @@ class RestrictedUnpickler(pickle.Unpickler):
     def refusals(self) -> list[str]:
         """The globals to refuse: by name, and torch's code globals that the pickle called."""
         called = self._gate.registry.called
-        return [*self.refused, *(n for n in dict.fromkeys(self.if_called) if n in called and n not in self.refused)]
+        return [
+            *self.refused,
+            *(n for n in dict.fromkeys(self.if_called) if n in called and n not in self.refused),
+        ]
 
     def persistent_load(self, pid: Any) -> Any:
         if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
@@ -628,5 +988,16 @@ def storage_from_pid(pid: tuple[object, ...]) -> StorageRef:
     return StorageRef(key=str(pid[2]), dtype=pid[1].dtype, location=str(pid[3]), numel=pid[4])
 
 
-UNPICKLE_ERRORS = (pickle.UnpicklingError, EOFError, TypeError, AttributeError, ValueError, IndexError,
-                   KeyError, RecursionError, struct.error, UnicodeDecodeError, OverflowError)
+UNPICKLE_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    TypeError,
+    AttributeError,
+    ValueError,
+    IndexError,
+    KeyError,
+    RecursionError,
+    struct.error,
+    UnicodeDecodeError,
+    OverflowError,
+)

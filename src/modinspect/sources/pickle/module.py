@@ -17,7 +17,9 @@ from modinspect.errors import CorruptFileError
 from modinspect.sources.base import ModuleInfo
 from modinspect.sources.pickle.standins import StandIn, standin_name
 
-MAX_MODULES = 200_000  # module paths one checkpoint may describe (a shared submodule counts once per path)
+MAX_MODULES = (
+    200_000  # module paths one checkpoint may describe (a shared submodule counts once per path)
+)
 
 
 @dataclass
@@ -27,7 +29,9 @@ class ModuleParts:
     type: str
     training: bool | None
     parameters: list[tuple[str, object]] = field(default_factory=list)
-    buffers: list[tuple[str, object, bool | None]] = field(default_factory=list)  # (name, value, persistent)
+    buffers: list[tuple[str, object, bool | None]] = field(
+        default_factory=list
+    )  # (name, value, persistent)
     children: list[tuple[str, object]] = field(default_factory=list)
 
 
@@ -104,7 +108,10 @@ def find_pickled_module(obj: object, keys: tuple[str, ...]) -> tuple[object, str
         return obj, None
     if not isinstance(obj, dict):
         return None
-    for key in (*[k for k in keys if k in obj], *[k for k in obj if isinstance(k, str) and k not in keys]):
+    for key in (
+        *[k for k in keys if k in obj],
+        *[k for k in obj if isinstance(k, str) and k not in keys],
+    ):
         if is_pickled_module(obj[key]):
             return obj[key], str(key)
     return None

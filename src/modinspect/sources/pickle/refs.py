@@ -43,7 +43,6 @@ class StorageRef(_Sealed):
     numel: int
 
 
-
 @dataclass(frozen=True)
 class TensorRef(_Sealed):
     """A tensor described by the pickle: which storage, where in it, what shape."""
@@ -65,7 +64,9 @@ class SparseRef(_Sealed):
     """A sparse tensor: its layout, its dense shape and the dense tensors that store it."""
 
     layout: str  # 'sparse_coo', 'sparse_csr', ...
-    components: tuple[TensorRef, ...]  # COO: indices, values; compressed: compressed, plain indices, values
+    components: tuple[
+        TensorRef, ...
+    ]  # COO: indices, values; compressed: compressed, plain indices, values
     shape: tuple[int, ...]
     requires_grad: bool = False
 
@@ -113,7 +114,9 @@ class BoundedCall(_Sealed):
     __slots__ = ("_budget", "_fn", "_per_item", "name")
 
     def __init__(self, fn: Callable[..., object], per_item: int, budget: CopyBudget) -> None:
-        self.name = getattr(fn, "__name__", "?")  # what a stand-in given it shows: defaultdict(list)
+        self.name = getattr(
+            fn, "__name__", "?"
+        )  # what a stand-in given it shows: defaultdict(list)
         self._fn, self._per_item, self._budget = fn, per_item, budget
 
     def __call__(self, *args: object) -> object:
@@ -131,7 +134,12 @@ class BoundedCall(_Sealed):
 # Bytes per item of the argument, measured with tracemalloc on 10^6 items (list 8, set 50, dict 63,
 # OrderedDict 94); _codecs.encode makes one byte per character.
 _COPY_COST: dict[tuple[str, str], int] = {
-    ("builtins", "list"): 8, ("builtins", "tuple"): 8, ("torch", "Size"): 8, ("builtins", "set"): 64,
-    ("builtins", "frozenset"): 64, ("builtins", "dict"): 64, ("collections", "OrderedDict"): 104,
+    ("builtins", "list"): 8,
+    ("builtins", "tuple"): 8,
+    ("torch", "Size"): 8,
+    ("builtins", "set"): 64,
+    ("builtins", "frozenset"): 64,
+    ("builtins", "dict"): 64,
+    ("collections", "OrderedDict"): 104,
     ("_codecs", "encode"): 1,
 }

@@ -27,7 +27,9 @@ CAP = 1 << 62  # weights saturate here: a 10^6-level tower would otherwise grow 
 
 # What calling a global does, for the shadow (the gate says which global is which).
 CALL_STANDIN = 0  # a stand-in: records its arguments, hashes nothing; hashed by identity
-CALL_VALUE = 1  # an allowlisted function building a value from its arguments (a tensor reference, a slice)
+CALL_VALUE = (
+    1  # an allowlisted function building a value from its arguments (a tensor reference, a slice)
+)
 CALL_SEQUENCE = 2  # list(x), tuple(x), torch.Size(x): a copy of x's elements
 CALL_SET = 3  # set(x), frozenset(x): hashes x's elements
 CALL_DICT = 4  # dict(x), OrderedDict(x): hashes x's keys
@@ -78,41 +80,145 @@ class HashBombError(CorruptFileError):
 
 # Opcode -> what the shadow loop does with it. Fixed-width opcodes also have their length in _STEP.
 _CODES: dict[bytes, int] = {}
-(_ATOM_OP, _GET1, _GET4, _PUT1, _PUT4, _MEMOIZE, _MARK, _EMPTY, _TUPLE1, _TUPLE2, _TUPLE3, _REDUCE, _NEWOBJ,
- _NEWOBJ_EX, _APPEND, _APPENDS, _SETITEM, _SETITEMS, _ADDITEMS, _STR1, _STR4, _STR8, _BYTES1, _BYTES4,
- _BYTES8, _BYTEARRAY8, _LONG1, _LONG4, _TEXT_STR, _TEXT_NUMBER, _GET_TEXT, _PUT_TEXT, _TUPLE_MARK, _LIST,
- _DICT, _FROZENSET, _OBJ, _INST, _GLOBAL_OP, _STACK_GLOBAL, _BUILD, _POP, _POP_MARK, _DUP, _EXT, _PERSID,
- _BINPERSID, _STOP, _SKIP, _INVALID) = range(50)
+(
+    _ATOM_OP,
+    _GET1,
+    _GET4,
+    _PUT1,
+    _PUT4,
+    _MEMOIZE,
+    _MARK,
+    _EMPTY,
+    _TUPLE1,
+    _TUPLE2,
+    _TUPLE3,
+    _REDUCE,
+    _NEWOBJ,
+    _NEWOBJ_EX,
+    _APPEND,
+    _APPENDS,
+    _SETITEM,
+    _SETITEMS,
+    _ADDITEMS,
+    _STR1,
+    _STR4,
+    _STR8,
+    _BYTES1,
+    _BYTES4,
+    _BYTES8,
+    _BYTEARRAY8,
+    _LONG1,
+    _LONG4,
+    _TEXT_STR,
+    _TEXT_NUMBER,
+    _GET_TEXT,
+    _PUT_TEXT,
+    _TUPLE_MARK,
+    _LIST,
+    _DICT,
+    _FROZENSET,
+    _OBJ,
+    _INST,
+    _GLOBAL_OP,
+    _STACK_GLOBAL,
+    _BUILD,
+    _POP,
+    _POP_MARK,
+    _DUP,
+    _EXT,
+    _PERSID,
+    _BINPERSID,
+    _STOP,
+    _SKIP,
+    _INVALID,
+) = range(50)
 _OPS = {
     _ATOM_OP: b"N\x88\x89)KMJG\x97",  # pushes of small values (NEXT_BUFFER fails in the gate's unpickler)
     _SKIP: b"\x98\x80\x95",  # READONLY_BUFFER, PROTO and FRAME push nothing
-    _GET1: b"h", _GET4: b"j", _PUT1: b"q", _PUT4: b"r", _MEMOIZE: b"\x94", _MARK: b"(", _EMPTY: b"]}\x8f",
-    _TUPLE1: b"\x85", _TUPLE2: b"\x86", _TUPLE3: b"\x87", _REDUCE: b"R", _NEWOBJ: b"\x81", _NEWOBJ_EX: b"\x92",
-    _APPEND: b"a", _APPENDS: b"e", _SETITEM: b"s", _SETITEMS: b"u", _ADDITEMS: b"\x90",
+    _GET1: b"h",
+    _GET4: b"j",
+    _PUT1: b"q",
+    _PUT4: b"r",
+    _MEMOIZE: b"\x94",
+    _MARK: b"(",
+    _EMPTY: b"]}\x8f",
+    _TUPLE1: b"\x85",
+    _TUPLE2: b"\x86",
+    _TUPLE3: b"\x87",
+    _REDUCE: b"R",
+    _NEWOBJ: b"\x81",
+    _NEWOBJ_EX: b"\x92",
+    _APPEND: b"a",
+    _APPENDS: b"e",
+    _SETITEM: b"s",
+    _SETITEMS: b"u",
+    _ADDITEMS: b"\x90",
     # SHORT_BINSTRING and BINSTRING are UTF-8 text to the gate's unpickler, as the BINUNICODEs are
-    _STR1: b"\x8cU", _STR4: b"XT", _STR8: b"\x8d", _BYTES1: b"C", _BYTES4: b"B", _BYTES8: b"\x8e",
-    _BYTEARRAY8: b"\x96", _LONG1: b"\x8a", _LONG4: b"\x8b",
-    _TEXT_STR: b"SV", _TEXT_NUMBER: b"ILF",  # escaped text the shadow does not decode; decimal numbers
-    _GET_TEXT: b"g", _PUT_TEXT: b"p", _TUPLE_MARK: b"t", _LIST: b"l", _DICT: b"d", _FROZENSET: b"\x91",
-    _OBJ: b"o", _INST: b"i", _GLOBAL_OP: b"c", _STACK_GLOBAL: b"\x93", _BUILD: b"b", _POP: b"0",
-    _POP_MARK: b"1", _DUP: b"2", _EXT: b"\x82\x83\x84", _PERSID: b"P", _BINPERSID: b"Q", _STOP: b".",
+    _STR1: b"\x8cU",
+    _STR4: b"XT",
+    _STR8: b"\x8d",
+    _BYTES1: b"C",
+    _BYTES4: b"B",
+    _BYTES8: b"\x8e",
+    _BYTEARRAY8: b"\x96",
+    _LONG1: b"\x8a",
+    _LONG4: b"\x8b",
+    _TEXT_STR: b"SV",
+    _TEXT_NUMBER: b"ILF",  # escaped text the shadow does not decode; decimal numbers
+    _GET_TEXT: b"g",
+    _PUT_TEXT: b"p",
+    _TUPLE_MARK: b"t",
+    _LIST: b"l",
+    _DICT: b"d",
+    _FROZENSET: b"\x91",
+    _OBJ: b"o",
+    _INST: b"i",
+    _GLOBAL_OP: b"c",
+    _STACK_GLOBAL: b"\x93",
+    _BUILD: b"b",
+    _POP: b"0",
+    _POP_MARK: b"1",
+    _DUP: b"2",
+    _EXT: b"\x82\x83\x84",
+    _PERSID: b"P",
+    _BINPERSID: b"Q",
+    _STOP: b".",
 }
 _CODE = [_INVALID] * 256
 for _code, _bytes in _OPS.items():
     for _op in _bytes:
         _CODE[_op] = _code
-_WIDTHS = {b"K": 1, b"M": 2, b"J": 4, b"G": 8, b"\x80": 1, b"\x95": 8, b"\x82": 1, b"\x83": 2, b"\x84": 4}
+_WIDTHS = {
+    b"K": 1,
+    b"M": 2,
+    b"J": 4,
+    b"G": 8,
+    b"\x80": 1,
+    b"\x95": 8,
+    b"\x82": 1,
+    b"\x83": 2,
+    b"\x84": 4,
+}
 _STEP = [1] * 256
 for _bytes, _width in _WIDTHS.items():
     _STEP[_bytes[0]] = 1 + _width
 _CODE_T, _STEP_T = tuple(_CODE), tuple(_STEP)
 _UINT4 = struct.Struct("<I").unpack_from
-_STRS, _TUPLES23, _CALLS = frozenset({_STR1, _STR4, _STR8}), frozenset({_TUPLE2, _TUPLE3}), frozenset({_REDUCE, _NEWOBJ, _NEWOBJ_EX})
-_ADDS, _SETS = frozenset({_SETITEM, _SETITEMS, _APPENDS, _ADDITEMS}), frozenset({_SETITEM, _SETITEMS})
+_STRS, _TUPLES23, _CALLS = (
+    frozenset({_STR1, _STR4, _STR8}),
+    frozenset({_TUPLE2, _TUPLE3}),
+    frozenset({_REDUCE, _NEWOBJ, _NEWOBJ_EX}),
+)
+_ADDS, _SETS = (
+    frozenset({_SETITEM, _SETITEMS, _APPENDS, _ADDITEMS}),
+    frozenset({_SETITEM, _SETITEMS}),
+)
 _GLOBALS, _LONGS = frozenset({_GLOBAL_OP, _INST}), frozenset({_LONG1, _LONG4})
 
 
-def shadow_pickle(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKind = default_call_kind) -> None:
+def shadow_pickle(
+    data: Any, start: int, end: int, hash_limit: int, call_kind: CallKind = default_call_kind
+) -> None:
     """Replay the pickle at data[start:end] (already checked by check_pickle's first loop) on a shadow stack.
 
     Raises HashBombError when hashing its keys and sets would visit more than `hash_limit` items.
@@ -162,7 +268,7 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
                 length = uint4(data, pos + 1)[0]
                 pos += 5
             else:
-                length = int.from_bytes(data[pos + 1:pos + 9], "little")
+                length = int.from_bytes(data[pos + 1 : pos + 9], "little")
                 pos += 9
             push((1, length, _STR, pos))  # the text, for STACK_GLOBAL, is data[pos:pos + length]
             pos += length
@@ -175,7 +281,7 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
             items = stack[-2:] if code == _TUPLE2 else stack[-3:]
             if len(items) < code - _TUPLE1 + 1:
                 return
-            del stack[-len(items):]
+            del stack[-len(items) :]
             weight = 1 + sum([i[0] for i in items])
             push((weight if weight < cap else cap, len(items), _TUPLE, items[0]))
             pos += 1
@@ -186,7 +292,9 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
                 args = pop()
                 weight += args[0]
             callee = stack[-1]
-            if callee[2] != _GLOBAL or callee[3] == CALL_STANDIN:  # a stand-in records its arguments
+            if (
+                callee[2] != _GLOBAL or callee[3] == CALL_STANDIN
+            ):  # a stand-in records its arguments
                 stack[-1] = atom
             else:
                 stack[-1], work = _call(callee[3], args[3] if args[2] == _TUPLE else None, weight)
@@ -241,8 +349,17 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
                 raise HashBombError(hashed, hash_limit)
 
 
-def _rare(code: int, op: int, data: Any, pos: int, stack: list[Any], marks: list[int], memo: dict[int, Any],
-          hashed: int, call_kind: CallKind) -> tuple[int, int]:
+def _rare(
+    code: int,
+    op: int,
+    data: Any,
+    pos: int,
+    stack: list[Any],
+    marks: list[int],
+    memo: dict[int, Any],
+    hashed: int,
+    call_kind: CallKind,
+) -> tuple[int, int]:
     """The shadow of the less frequent opcodes: (the next position, or -1 to stop; the hashing so far)."""
     push, cap = stack.append, CAP
     if code in (_TUPLE_MARK, _LIST, _DICT, _FROZENSET, _OBJ):
@@ -270,28 +387,33 @@ def _rare(code: int, op: int, data: Any, pos: int, stack: list[Any], marks: list
     if code in _GLOBALS:
         first_nl = data.find(b"\n", pos + 1)
         second_nl = data.find(b"\n", first_nl + 1)
-        what = call_kind(_text(data[pos + 1:first_nl]), _text(data[first_nl + 1:second_nl]))
+        what = call_kind(_text(data[pos + 1 : first_nl]), _text(data[first_nl + 1 : second_nl]))
         if code == _GLOBAL_OP:
             push((1, 0, _GLOBAL, what))
         else:  # INST: calls the class with what lies above the MARK
             mark = marks.pop()
             items = stack[mark:]
             del stack[mark:]
-            item, work = _call(what, items[0] if items else None, min(cap, 1 + sum([i[0] for i in items])))
+            item, work = _call(
+                what, items[0] if items else None, min(cap, 1 + sum([i[0] for i in items]))
+            )
             push(item)
             hashed += work
         return second_nl + 1, hashed
     if code == _STACK_GLOBAL:
         name, module = stack.pop(), stack.pop()
         if module[2] == _STR and name[2] == _STR and module[3] is not None and name[3] is not None:
-            what = call_kind(_text(data[module[3]:module[3] + module[1]]), _text(data[name[3]:name[3] + name[1]]))
+            what = call_kind(
+                _text(data[module[3] : module[3] + module[1]]),
+                _text(data[name[3] : name[3] + name[1]]),
+            )
         else:  # names the shadow cannot read (escaped text): assume real code
             what = CALL_REAL
         push((1, 0, _GLOBAL, what))
         return pos + 1, hashed
     if code in (_BYTES1, _BYTES4, _BYTES8, _BYTEARRAY8, _LONG1, _LONG4):
         width = 1 if code in (_BYTES1, _LONG1) else 4 if code in (_BYTES4, _LONG4) else 8
-        length = int.from_bytes(data[pos + 1:pos + 1 + width], "little", signed=code == _LONG4)
+        length = int.from_bytes(data[pos + 1 : pos + 1 + width], "little", signed=code == _LONG4)
         if code in _LONGS:  # hashing an int reads all its digits, every time
             push((1 + length // 8, 0, _PLAIN, None))
         elif code == _BYTEARRAY8:
@@ -309,9 +431,11 @@ def _rare(code: int, op: int, data: Any, pos: int, stack: list[Any], marks: list
             push(_ATOM)
         else:
             try:
-                index = int(bytes(data[pos + 1:nl]))
+                index = int(bytes(data[pos + 1 : nl]))
             except ValueError:
-                raise CorruptFileError(f"is not a readable pickle (a memo index that is not a number at byte {pos:,})") from None
+                raise CorruptFileError(
+                    f"is not a readable pickle (a memo index that is not a number at byte {pos:,})"
+                ) from None
             if code == _GET_TEXT:
                 push(memo[index])
             else:
@@ -324,13 +448,15 @@ def _rare(code: int, op: int, data: Any, pos: int, stack: list[Any], marks: list
         stack[-1]  # an IndexError, as the unpickler's, when there is no object to build
         return pos + 1, hashed
     if code == _POP:
-        if marks and marks[-1] == len(stack):  # the unpickler's POP discards a MARK on top of the stack
+        if marks and marks[-1] == len(
+            stack
+        ):  # the unpickler's POP discards a MARK on top of the stack
             marks.pop()
         else:
             stack.pop()
         return pos + 1, hashed
     if code == _POP_MARK:
-        del stack[marks.pop():]
+        del stack[marks.pop() :]
         return pos + 1, hashed
     if code == _DUP:
         push(stack[-1])
@@ -363,7 +489,9 @@ def _call(what: int, first: Any, weight: int) -> tuple[Any, int]:
         return (1, length, _PLAIN, None), 0
     if what == CALL_SEQUENCE:  # a tuple hashes through its items: it keeps their weight
         return (1 + weight, length, _TUPLE, None), 0
-    if what == CALL_REAL:  # real code may hash what it is given, and return anything, a callable too
+    if (
+        what == CALL_REAL
+    ):  # real code may hash what it is given, and return anything, a callable too
         return [1 + weight, length, _GLOBAL, CALL_REAL], weight
     # set, frozenset, dict, OrderedDict hash the elements of their first argument (a string's characters)
     hashed = max(first[0] - 1, length) if first is not None else 0

@@ -33,7 +33,9 @@ class StandIn:
     elements: list[object]
 
     def __new__(cls, *args: object, **kwargs: object) -> StandIn:
-        if cls.calls is not None:  # REDUCE, NEWOBJ, INST, OBJ, copyreg._reconstructor: torch.load would call it
+        if (
+            cls.calls is not None
+        ):  # REDUCE, NEWOBJ, INST, OBJ, copyreg._reconstructor: torch.load would call it
             cls.calls[cls.qualname] = None
         self = object.__new__(cls)
         self.args = args
@@ -75,7 +77,9 @@ class StandIn:
     def attributes(self) -> dict[str, object]:
         """The state when it is an attribute dict (a plain object, a module); else empty."""
         state = self.state
-        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):  # (dict, slots)
+        if (
+            isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict)
+        ):  # (dict, slots)
             state = state[0]
         if isinstance(state, dict) and all(isinstance(k, str) for k in state):
             return state
@@ -208,8 +212,12 @@ def _describe_standin(value: StandIn, depth: int, width: int) -> str:
     else:
         args = value.args
     attributes = value.attributes
-    if "_val" in attributes and depth > -4:  # an OmegaConf value node: its value is the point (a node's
-        return _describe(attributes["_val"], depth - 1, width)  # _val may be a node: the chain is bounded)
+    if (
+        "_val" in attributes and depth > -4
+    ):  # an OmegaConf value node: its value is the point (a node's
+        return _describe(
+            attributes["_val"], depth - 1, width
+        )  # _val may be a node: the chain is bounded)
     if depth <= 0:
         return name
     content = attributes.get("_content")
