@@ -401,7 +401,7 @@ MISSED_HEADING = (
 )
 MISSED = [
     "- **Floors no code of the analysis can lower.** Every `modinspect` process pays its start-up before the first "
-    "byte: the interpreter and modinspect's own imports (about 0.1 s; `report.py`'s 28 dataclasses alone 27–37 ms). "
+    "byte: the interpreter and modinspect's own imports (about 0.1 s; `reports/`' 28 dataclasses alone 27–37 ms). "
     "A plain `diff A B` no longer imports typer, pydantic or rich (`modinspect.cli.launch`); the other commands still "
     "do (section 4). `cmp` and `cat` pay none, and a header parse in a bare `python -c` pays 0.01 s. Arithmetic on "
     "tensors needs torch, whose import alone (about 1.2–1.5 s, section 4; 0.47× load-both-and-loop and ×17 `cat` "

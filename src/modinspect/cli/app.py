@@ -84,7 +84,7 @@ MaxLayersOpt = Annotated[
         metavar="N",
     ),
 ]
-# The random example input of stats and doctor (both built by stats_run's input machinery).
+# The random example input of stats and doctor (both built by commands/stats.py's input machinery).
 RandomInputShapeOpt = Annotated[
     list[str] | None,
     typer.Option(

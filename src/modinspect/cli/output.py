@@ -1,6 +1,6 @@
-"""What a command does between parsing its options and exiting, without Typer: shared by cli.py and launch.py.
+"""What a command does between parsing its options and exiting, without Typer: shared by cli/app.py and cli/launch.py.
 
-cli.py parses with Typer; launch.py parses a plain `diff A B` itself, so that a diff of two identical files
+cli/app.py parses with Typer; cli/launch.py parses a plain `diff A B` itself, so that a diff of two identical files
 starts without importing typer, pydantic and rich. Both then call the same functions here, which is what
 keeps their output and exit codes the same.
 """
@@ -162,7 +162,7 @@ def print_report(report: Any, as_json: bool, kind: str, layout: TableLayout | No
 
 @dataclass(frozen=True)
 class DiffArgs:
-    """`modinspect diff`'s arguments, as parsed (by Typer or by launch.py)."""
+    """`modinspect diff`'s arguments, as parsed (by Typer or by cli/launch.py)."""
 
     a: str
     b: str

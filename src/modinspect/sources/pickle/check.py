@@ -12,7 +12,7 @@ the C unpickler allocate far more than the file holds:
 
 One tight loop over the bytes: about ten times faster than `pickletools.genops`, which allocates a
 tuple per opcode. When a value other than a string, a number or a global is used twice (GET, DUP), a
-second loop (`pickle_shadow`) replays the opcodes on a shadow stack to bound what hashing the pickle's
+second loop (`sources/pickle/shadow.py`) replays the opcodes on a shadow stack to bound what hashing the pickle's
 dict keys and sets would cost.
 """
 
@@ -70,7 +70,7 @@ for _op in pickletools.opcodes:
         _LAYOUT[_code] = _n
 # Sharing: a value fetched from the memo (GET) or copied (DUP) is used twice. Without it, or with only
 # light values shared (strings, numbers, globals, hashed once or cheaply), each tuple is hashed once where
-# it is used, hashing is linear in the pickle's size, and the shadow loop (pickle_shadow) can be skipped.
+# it is used, hashing is linear in the pickle's size, and the shadow loop (pickle/shadow.py) can be skipped.
 _MEMO_PUT = -12  # BINPUT, LONG_BINPUT, MEMOIZE: remember whether the slot holds a light value
 _MEMO_GET = -13  # BINGET, LONG_BINGET
 _DUP = -14
@@ -135,7 +135,7 @@ def check_pickle(
     CorruptFileError (the message completes "<file> ...") for a damaged pickle,
     PickleTooLargeError when building it would cost more than `budget` bytes, and HashBombError
     when hashing its dict keys and sets would visit more than `hash_limit(budget)` items.
-    `call_kind(module, name)` says what calling each global does (`pickle_shadow.CALL_*`).
+    `call_kind(module, name)` says what calling each global does (`shadow.CALL_*`).
     """
     return measure_pickle(data, start, budget, call_kind)[0]
 

@@ -7,7 +7,7 @@ Three steps for every pickle:
 2. A restricted `pickle.Unpickler` rebuilds the object graph. The allowlist (`SAFE_GLOBALS`) is
    what may be *called*: our own rebuild functions, which turn storages into `StorageRef`s and
    tensors into `TensorRef`s, so listing a checkpoint reads no tensor data. Any other global
-   becomes an inert stand-in (`standins.py`) that records what the pickle gave it and never
+   becomes an inert stand-in (`pickle/standins.py`) that records what the pickle gave it and never
    imports or calls anything.
 3. Globals that only make sense as code execution (os.system, builtins.exec, subprocess, ...) are
    refused by name once the pickle is read, so the user hears that the file is hostile. The
@@ -795,7 +795,7 @@ class Gate:
         return [name for name in self.registry.called if not is_data_class(name)]
 
     def call_kind(self, module: str, name: str) -> int:
-        """What calling this global does, for the structural pass's shadow stack (`pickle_shadow.CALL_*`)."""
+        """What calling this global does, for the structural pass's shadow stack (`shadow.CALL_*`)."""
         module, name = python3_name(module, name)
         if global_name(module, name) in self.policy.allow_globals:
             return CALL_REAL
