@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     label = "tiny GPT-2" if args.smoke else "GPT-2 small (124M)"
     med = statistics.median
     lines = [
-        f"## doctor on {label}, input {tuple(kwargs['input_ids'].shape)} with labels, {runs} run(s), "
+        f"doctor on {label}, input {tuple(kwargs['input_ids'].shape)} with labels, {runs} run(s), "
         f"{torch.get_num_threads()} threads",
         "",
         "| what | wall s (median, min–max) | CPU s (median) |",

@@ -42,6 +42,12 @@ PARTS: dict[str, tuple[str, list[str], str]] = {
     ),
     "hostile": ("bench_hostile", [], "6. hostile files: the security corpus, one process per file"),
     "watch": ("bench_watch", [], "7. watch: training-step overhead on the CPU"),
+    "doctor": ("bench_doctor", [], "8. doctor: the static checks and the whole run on GPT-2 small"),
+    "gguf": (
+        "bench_gguf",
+        [],
+        "9. GGUF: tree of a 7B-size Q4_K_M header against its safetensors twin",
+    ),
 }
 
 CHILD = """
@@ -256,6 +262,22 @@ def startup_targets(lines: list[str]) -> list[Target]:
     return out
 
 
+def gguf_targets(lines: list[str]) -> list[Target]:
+    """The paired ratio line bench_gguf prints under its table."""
+    for line in lines:
+        if line.startswith("tree of the GGUF over tree of the safetensors file"):
+            ratio = float(line.split(": x", 1)[1].split()[0])
+            return [
+                (
+                    "`tree` of a 7B-size GGUF costs what a safetensors header costs",
+                    "tree GGUF / tree safetensors ≤ 1.25 (paired median)",
+                    f"× {ratio:.2f}",
+                    met(ratio <= 1.25),
+                )
+            ]
+    return []
+
+
 def stats_targets(lines: list[str]) -> list[Target]:
     rows = table_rows(lines)
     row = find(rows, model="gpt2", contender="modinspect")
@@ -391,6 +413,7 @@ TARGETS: dict[str, Callable[[list[str]], list[Target]]] = {
     "stats-gpu": gpu_targets,
     "diff": diff_targets,
     "scale": scale_targets,
+    "gguf": gguf_targets,
 }
 
 
@@ -490,7 +513,7 @@ def document(
     )
     targets = [
         t
-        for key in ("tree", "startup", "stats", "stats-gpu", "diff", "scale")
+        for key in ("tree", "startup", "stats", "stats-gpu", "diff", "scale", "gguf")
         for t in TARGETS[key](parts[key])
     ]
     lines = ["# Benchmarks", ""]

@@ -113,6 +113,7 @@ def test_run_all_writes_machine_versions_and_every_target(report: dict[str, list
         *scale,
         "diff at scale: diff of two 4,000-tensor files",
         "load at scale: load plan, 4,000 tensors",
+        "`tree` of a 7B-size GGUF costs what a safetensors header costs",
     ]
     assert len(targets) == len(prefixes)
     assert all(t.startswith(p) for t, p in zip(column(targets, "target"), prefixes, strict=True))
@@ -290,3 +291,19 @@ def test_hostile_benchmark_smoke(report: dict[str, list[str]]) -> None:
     assert next(line for line in lines if line).startswith(
         "4 hostile files, each opened by one `modinspect` process"
     )
+
+
+@needs_transformers
+def test_the_gguf_benchmark_counts_every_contender_right(report: dict[str, list[str]]) -> None:
+    rows = run_all.table_rows(section(report, "gguf"))
+    assert column(rows, "contender") == [
+        "modinspect tree (GGUF)",
+        "modinspect tree (safetensors)",
+        "gguf.GGUFReader (GGUF)",
+        "safe_open (safetensors)",
+    ]
+    # The smoke model: 2 blocks of 256 wide, FFN 768, vocab 512: its true count, from each reader.
+    embd, ffn, vocab = 256, 768, 512
+    truth = 2 * vocab * embd + embd + 2 * (4 * embd * embd + 3 * ffn * embd + 2 * embd)
+    assert column(rows, "params") == [f"{truth:,}"] * 4
+    assert column(rows, "right") == ["yes"] * 4
