@@ -1,17 +1,20 @@
-"""The Typer app. Each command parses options, calls one analysis, picks one renderer, sets the exit code."""
+"""The Typer app. Each command parses its options, calls one command (modinspect.commands), prints its report, sets the exit code."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 import modinspect.cli.output as commands
 from modinspect.errors import UsageError
 from modinspect.version import __version__
+
+if TYPE_CHECKING:
+    from modinspect.reports import RunReport
 
 app = typer.Typer(
     name="modinspect",
@@ -229,44 +232,27 @@ def tree(
         modinspect tree models.py:resnet18 --meta --input-shape 1,3,224,224
     """
     with user_errors(debug):
-        from modinspect.analysis.tree import build_tree
-        from modinspect.run.inputs import InputSpec, parse_shape
-        from modinspect.run.shapes import add_layers
-        from modinspect.run.source import open_source
+        from modinspect.commands.tree import TreeRequest, run_tree
+        from modinspect.run.inputs import parse_shape
 
-        wanted = shapes or bool(input_shape) or input_file is not None
-        if input_dtype is not None and not wanted:
-            raise UsageError("--input-dtype applies to --input-shape or --shapes")
-        spec = (
-            InputSpec(
-                file=input_file,
-                shapes=tuple(parse_shape(s) for s in input_shape or ()),
-                dtype=input_dtype or "",
-            )
-            if wanted
-            else None
+        request = TreeRequest(
+            source=source,
+            weights=weights,
+            meta=meta,
+            strict=strict,
+            unsafe_pickle=unsafe_pickle,
+            **commands.gate_options(allow_global, max_pickle_size, max_layers),
+            depth=depth,
+            pattern=pattern,
+            expand=expand,
+            shapes=shapes,
+            input_file=input_file,
+            input_shapes=tuple(parse_shape(s) for s in input_shape or ()),
+            input_dtype=input_dtype,
         )
-        with commands.spinner("opening the source…"):
-            src = open_source(
-                source,
-                weights=weights,
-                meta=meta,
-                unsafe_pickle=unsafe_pickle,
-                strict=strict,
-                announce=commands.note,
-                **commands.gate_options(allow_global, max_pickle_size, max_layers),
-            )
-        with src:
-            commands.warn(src.warnings)
-            report = build_tree(src, depth=depth, pattern=pattern, expand=expand)
-            with (
-                commands.spinner("running the forward pass on the meta device…")
-                if wanted
-                else contextlib.nullcontext()
-            ):
-                from modinspect.commands.stats import project_defaults
-
-                report = add_layers(report, src, spec, project_defaults(source) if wanted else None)
+        report = run_tree(
+            request, announce=commands.note, warn=commands.warn, phase=commands.spinner
+        )
         commands.print_report(report, as_json, "tree")
 
 
@@ -721,22 +707,16 @@ def report(
         modinspect report runs/stats.jsonl --json | jq .first_bad
     """
     with user_errors(debug):
-        from modinspect.files import atomic_write, check_writable
-        from modinspect.watching.runlog import histogram_steps, read_run_log
+        from modinspect.commands.report import ReportRequest, run_report
 
-        chosen = _parse_steps(steps)
-        if chosen is not None and html is None:
-            raise UsageError("--steps chooses the HTML's histograms: pass --html OUT.html too")
-        if html is not None:
-            check_writable(html, force, [log])
-        run = read_run_log(log, _log_size(max_log_size))
-        for note in run.notes:
-            commands.note(note)
-        if html is not None:
-            from modinspect.render.html import run_html
-
-            page = run_html(run, histogram_steps(run, chosen))
-            atomic_write(html, lambda tmp: _write_text(tmp, page), force=force, inputs=[log])
+        request = ReportRequest(
+            log=log,
+            html=html,
+            steps=_parse_steps(steps),
+            force=force,
+            max_log_size=_log_size(max_log_size),
+        )
+        run = run_report(request, announce=commands.note, html_page=_html_page)
         if as_json:
             from modinspect.render.jsonout import dumps, run_document
 
@@ -755,20 +735,22 @@ def report(
             console.print(run_renderable(run, console.width, layout))
 
 
-def _log_size(option: str | None) -> int:
+def _log_size(option: str | None) -> int | None:
     from modinspect.sources.pickle.check import parse_size
-    from modinspect.watching.runlog import MAX_LOG_BYTES
 
     if option is None:
-        return MAX_LOG_BYTES
+        return None
     try:
         return parse_size(option)
     except ValueError:
         raise UsageError(f"--max-log-size {option!r} is not a size like 512M or 2G") from None
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.write_text(text, encoding="utf-8")
+def _html_page(run: RunReport, steps: tuple[int, ...]) -> str:
+    """render.html's page, imported only when --html asks for one."""
+    from modinspect.render.html import run_html
+
+    return run_html(run, steps)
 
 
 def _parse_steps(steps: str | None) -> tuple[int, ...] | None:

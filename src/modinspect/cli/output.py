@@ -186,9 +186,8 @@ class DiffArgs:
 
 
 def _progress_bar(total: int) -> contextlib.AbstractContextManager[Callable[[int], None]]:
-    if (
-        not sys.stderr.isatty()
-    ):  # what progress_bar does off a terminal, without importing rich for it
+    """render.console's progress bar over `total` bytes on a terminal; elsewhere nothing, without rich."""
+    if not sys.stderr.isatty():
         return contextlib.nullcontext(lambda _n: None)
     from modinspect.render.console import progress_bar
 
@@ -196,10 +195,10 @@ def _progress_bar(total: int) -> contextlib.AbstractContextManager[Callable[[int
 
 
 def run_diff(args: DiffArgs) -> int:
-    """Open both sources, diff them, print the report; the exit code: 0 when they match, 1 when they differ."""
-    from modinspect.analysis.diff import DiffOptions, diff_sources
+    """Run commands.diff on the parsed arguments, print the report; the exit code: 0 when they match, 1 when they differ."""
+    from modinspect.commands.diff import DiffRequest
+    from modinspect.commands.diff import run_diff as diff_command
     from modinspect.names import KeyMap, parse_renames
-    from modinspect.run.source import open_source
 
     keymap = KeyMap(
         strip_prefixes=args.strip_prefix,
@@ -207,26 +206,20 @@ def run_diff(args: DiffArgs) -> int:
         include=args.include,
         exclude=args.exclude,
     )
-    options = DiffOptions(
+    request = DiffRequest(
+        a=args.a,
+        b=args.b,
+        weights_a=args.weights_a,
+        weights_b=args.weights_b,
         atol=args.atol,
         rtol=args.rtol,
         exact=args.exact,
         nan_equal=not args.nan_unequal,
         keymap=keymap,
+        unsafe_pickle=args.unsafe_pickle,
+        **gate_options(list(args.allow_global), args.max_pickle_size, args.max_layers),
     )
-    with spinner("opening the sources…"):
-        gate = gate_options(list(args.allow_global), args.max_pickle_size, args.max_layers)
-        src_a = open_source(
-            args.a, weights=args.weights_a, unsafe_pickle=args.unsafe_pickle, **gate
-        )
-        src_b = open_source(
-            args.b, weights=args.weights_b, unsafe_pickle=args.unsafe_pickle, **gate
-        )
-    with src_a, src_b:
-        warn(src_a.warnings + src_b.warnings)
-        total = sum(t.nbytes for t in src_a.tensors) + sum(t.nbytes for t in src_b.tensors)
-        with _progress_bar(total) as advance:
-            report = diff_sources(src_a, src_b, options, progress=advance)
+    report = diff_command(request, warn=warn, phase=spinner, progress=_progress_bar)
     print_report(report, args.as_json, "diff", table_layout(args.wide, args.columns))
     sys.stdout.flush()  # a closed pipe shows here, inside user_errors, not at exit
     return 1 if report.differs else 0
