@@ -1,4 +1,5 @@
-"""The Python API: the README's examples run as written, and each public function does what the CLI does."""
+"""The Python API: the README's and docs pages' examples run as written, and each public function does what the
+CLI does."""
 
 from __future__ import annotations
 
@@ -13,20 +14,26 @@ import torch
 
 import modinspect
 from conftest import REPO, SAMPLES
+from docpages import PAGES, fenced
 from models import Tied, TwoLayer
 from modinspect.errors import UsageError
 
-README = (REPO / "README.md").read_text(encoding="utf-8")
+
+def _api_examples() -> list[tuple[str, str]]:
+    """("page:line", code) of every ```python block of README.md and docs/*.md but the shipped files shown."""
+    return [
+        (f"{name}:{line}", code)
+        for name, text in PAGES.items()
+        for line, code in fenced(text, "python")
+        if not re.match(r"# \w+\.py\n", code)  # a sample_models/ file, compared in test_readme.py
+    ]
 
 
-def _api_examples() -> list[str]:
-    section = README.split("## Python API", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+EXAMPLES = _api_examples()
 
 
-@pytest.mark.parametrize("index", range(len(_api_examples())))
-def test_readme_examples_print_what_their_comments_say(index: int) -> None:
-    code = _api_examples()[index]
+@pytest.mark.parametrize(("where", "code"), EXAMPLES, ids=[where for where, _ in EXAMPLES])
+def test_readme_examples_print_what_their_comments_say(where: str, code: str) -> None:
     expected = [
         line.split("# ", 1)[1].strip()
         for line in code.splitlines()
@@ -37,7 +44,7 @@ def test_readme_examples_print_what_their_comments_say(index: int) -> None:
     os.chdir(REPO)
     try:
         with contextlib.redirect_stdout(out):
-            exec(compile(code, f"README.md example {index}", "exec"), {})
+            exec(compile(code, where, "exec"), {})
     finally:
         os.chdir(old)
     assert out.getvalue().splitlines() == expected

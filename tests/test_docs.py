@@ -1,4 +1,4 @@
-"""Every command has help with examples and a README section; the README's JSON field names exist."""
+"""Every command has help with examples, a docs page and an example in the README; the docs build in CI."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import re
 import pytest
 
 from conftest import REPO, invoke
+from docpages import README, page
 from modinspect.cli.app import app
 
 COMMANDS = [c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands]
-README = (REPO / "README.md").read_text(encoding="utf-8")
 
 
 def test_the_six_commands_are_registered() -> None:
@@ -26,8 +26,29 @@ def test_every_command_has_help_with_examples(command: str) -> None:
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_command_has_a_readme_section(command: str) -> None:
-    assert re.search(rf"^## `modinspect {command}\b", README, re.MULTILINE), command
+def test_every_command_has_a_docs_page_and_a_readme_example(command: str) -> None:
+    assert re.match(rf"# `modinspect {command}\b", page(f"docs/{command}.md")), command
+    assert f"(docs/{command}.md)" in README, command
+    example = README.split(f"### `modinspect {command}`\n", 1)[1].split("\n### ", 1)[0]
+    assert re.search(
+        rf"^\$ (cd sample_models && )?modinspect {command}\b", example, re.MULTILINE
+    ), command
+
+
+def test_the_readme_shows_watch_and_every_command() -> None:
+    shown = re.findall(r"^### `modinspect[ .](\w+)`", README, re.MULTILINE)
+    assert shown == ["tree", "stats", "watch", "report", "diff", "load", "doctor"]
+
+
+def test_ci_builds_the_docs_strictly_after_mypy() -> None:
+    ci = (REPO / ".ci" / "run").read_text()
+    assert ci.index("mkdocs build --strict") > ci.index("\nmypy")
+    pyproject = (REPO / "pyproject.toml").read_text()
+    docs_extra = pyproject.split("\ndocs = [", 1)[1].split("\n]", 1)[0]
+    dev_extra = pyproject.split("\ndev = [", 1)[1].split("\n]", 1)[0]
+    pin = re.search(r'"mkdocs==[\d.]+"', docs_extra)
+    assert pin and (pin.group() in dev_extra or "modinspect[docs]" in dev_extra)
+    assert "strict: true" in (REPO / "mkdocs.yml").read_text()
 
 
 def test_readme_has_the_two_fresh_machine_commands() -> None:

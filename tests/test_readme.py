@@ -1,5 +1,6 @@
-"""README truth: every console example runs, against the shipped sample_models/, and prints what the README
-shows; the files it shows are the shipped ones; each `--json` field list names exactly the real keys."""
+"""README and docs truth: every console example of README.md and docs/*.md runs, against the shipped
+sample_models/, and prints what the page shows; the files they show are the shipped ones; each `--json` field
+list names exactly the real keys; every relative link resolves."""
 
 from __future__ import annotations
 
@@ -18,21 +19,23 @@ import pytest
 
 import runlogs
 from conftest import REPO, SAMPLES, invoke
+from docpages import PAGES, README, anchors, fenced, page
 
-README = (REPO / "README.md").read_text(encoding="utf-8")
 
-
-def console_examples() -> list[tuple[int, list[tuple[str, list[str]]]]]:
-    """(line number, [(command, output lines)]) for each ``` block of `$ ` commands, in README order."""
+def console_examples() -> list[tuple[str, list[tuple[str, list[str]]]]]:
+    """("page:line", [(command, output lines)]) for each ``` block of `$ ` commands, README first."""
     found = []
-    for match in re.finditer(r"^```\n(\$ .*?)^```", README, re.MULTILINE | re.DOTALL):
-        steps: list[tuple[str, list[str]]] = []
-        for line in match.group(1).splitlines():
-            if line.startswith("$ "):
-                steps.append((line[2:], []))
-            else:
-                steps[-1][1].append(line)
-        found.append((README[: match.start()].count("\n") + 1, steps))
+    for name, text in PAGES.items():
+        for line, body in fenced(text, ""):
+            if not body.startswith("$ "):
+                continue
+            steps: list[tuple[str, list[str]]] = []
+            for row in body.splitlines():
+                if row.startswith("$ "):
+                    steps.append((row[2:], []))
+                else:
+                    steps[-1][1].append(row)
+            found.append((f"{name}:{line}", steps))
     return found
 
 
@@ -77,9 +80,9 @@ def _run(command: str, root: Path) -> tuple[int, str]:
     return int(result.exit_code), out
 
 
-@pytest.mark.parametrize(("line", "steps"), EXAMPLES, ids=[f"README.md:{n}" for n, _ in EXAMPLES])
+@pytest.mark.parametrize(("line", "steps"), EXAMPLES, ids=[where for where, _ in EXAMPLES])
 def test_readme_console_example_is_real_output(
-    line: int, steps: list[tuple[str, list[str]]], tmp_path: Path
+    line: str, steps: list[tuple[str, list[str]]], tmp_path: Path
 ) -> None:
     shutil.copytree(
         SAMPLES, tmp_path / "sample_models", ignore=shutil.ignore_patterns("__pycache__")
@@ -91,22 +94,24 @@ def test_readme_console_example_is_real_output(
     code = 0
     for command, shown in steps:
         if command == "echo $?":
-            assert shown == [str(code)], f"README.md:{line}: exit code"
+            assert shown == [str(code)], f"{line}: exit code"
             continue
         code, out = _run(command, tmp_path)
         real = out.splitlines()
         if "…" not in shown:
-            assert real == shown, f"README.md:{line}: {command}"
+            assert real == shown, f"{line}: {command}"
             continue
         at = 0  # '…' stands for lines left out: every line shown is a real line, in order
         for wanted in (s for s in shown if s != "…"):
-            assert wanted in real[at:], f"README.md:{line}: {command}: {wanted!r}"
+            assert wanted in real[at:], f"{line}: {command}: {wanted!r}"
             at = real.index(wanted, at) + 1
 
 
 def test_every_console_example_runs_against_shipped_files() -> None:
     commands = [c for _, steps in EXAMPLES for c, _ in steps if c != "echo $?"]
-    assert len(commands) >= 9
+    pages = {where.split(":")[0] for where, _ in EXAMPLES}
+    commands_pages = {f"docs/{c}.md" for c in ("tree", "stats", "diff", "load", "report", "doctor")}
+    assert {"README.md", "docs/json.md", "docs/security.md"} | commands_pages <= pages
     for command in commands:
         command = re.sub(r"--out \S+", "", command)  # what an example writes is not an input
         names = re.findall(r"[\w./-]+\.(?:pt|pth|py|safetensors|gguf)\b", command)
@@ -128,9 +133,9 @@ def test_the_readme_tree_is_the_golden() -> None:
 
 
 def test_readme_files_are_the_shipped_files() -> None:
-    code = README.split("```python\n# faulty.py\n", 1)[1].split("```", 1)[0]
+    code = page("docs/stats.md").split("```python\n# faulty.py\n", 1)[1].split("```", 1)[0]
     assert code == (SAMPLES / "faulty.py").read_text(encoding="utf-8")
-    toml = README.split("```toml\n# pyproject.toml\n", 1)[1].split("```", 1)[0]
+    toml = page("docs/sources.md").split("```toml\n# pyproject.toml\n", 1)[1].split("```", 1)[0]
     shown = tomllib.loads(toml)["tool"]["modinspect"]
     shipped = tomllib.loads((SAMPLES / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
         "modinspect"
@@ -157,7 +162,8 @@ def _keys(value: Any) -> set[str]:
 
 
 def _section(command: str) -> str:
-    return README.split(f"## `modinspect {command}", 1)[1].split("\n## ", 1)[0]
+    """The command's docs page, which holds its `--json` field list."""
+    return page(f"docs/{command}.md")
 
 
 def _readme_fields(command: str) -> set[str]:
@@ -286,12 +292,59 @@ ENVELOPE = {"schema_version", "modinspect_version"}
 def test_readme_json_field_list_is_the_real_document(command: str, tmp_path: Path) -> None:
     real = set().union(*(_keys(doc) for doc in _real_documents(command, tmp_path))) - ENVELOPE
     documented = _readme_fields(command)
-    assert sorted(real - documented) == [], f"{command}: keys the README's field list leaves out"
+    assert sorted(real - documented) == [], f"{command}: keys the docs' field list leaves out"
     assert sorted(documented - real - VALUES[command]) == [], (
-        f"{command}: README fields the document lacks"
+        f"{command}: documented fields the document lacks"
     )
 
 
-def test_readme_documents_the_envelope() -> None:
+def test_docs_document_the_envelope() -> None:
     for key in ENVELOPE:
-        assert f"`{key}`" in README, key
+        assert f"`{key}`" in page("docs/json.md"), key
+
+
+# ------------------------------------------------------------------ links
+
+
+LINKED = {**PAGES, "CONTRIBUTING.md": (REPO / "CONTRIBUTING.md").read_text(encoding="utf-8")}
+
+
+def _links(text: str) -> list[str]:
+    """The targets of a page's markdown links, code blocks and code spans left out."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return re.findall(r"\]\(([^)\s]+)\)", text)
+
+
+@pytest.mark.parametrize("name", sorted(LINKED))
+def test_every_relative_link_resolves(name: str) -> None:
+    """mkdocs build --strict checks the links between docs pages; this also checks the README's and
+    CONTRIBUTING's, which MkDocs does not build, without needing mkdocs."""
+    broken = []
+    for target in _links(LINKED[name]):
+        if re.match(r"[a-z]+:", target):
+            continue  # an absolute URL: not fetched
+        path, _, anchor = target.partition("#")
+        file = (REPO / name).parent / path if path else REPO / name
+        missing = not file.resolve().is_relative_to(REPO) or not file.exists()
+        if missing or (
+            anchor and file.suffix == ".md" and anchor not in anchors(file.read_text("utf-8"))
+        ):
+            broken.append(target)
+    assert broken == [], f"{name}: broken links"
+
+
+def test_docs_links_stay_inside_docs_and_every_page_is_in_the_nav() -> None:
+    """MkDocs builds docs/ only: a link out of it breaks the site, and a page not in the nav is unreachable."""
+    nav = (REPO / "mkdocs.yml").read_text(encoding="utf-8")
+    for name, text in PAGES.items():
+        if name.startswith("docs/"):
+            assert re.search(rf":\s+{re.escape(name.removeprefix('docs/'))}$", nav, re.MULTILINE), (
+                name
+            )
+            outside = [t for t in _links(text) if t.startswith("..") or t.startswith("/")]
+            assert outside == [], name
+
+
+def test_the_link_check_finds_a_broken_link() -> None:
+    assert _links("see [a](docs/a.md#b) and `[c](d.md)`\n```\n[e](f.md)\n```\n") == ["docs/a.md#b"]

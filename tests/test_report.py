@@ -97,12 +97,12 @@ def test_write_record_appends_to_any_text_stream(tmp_path: Path) -> None:
     assert (report.header.device, report.header.world_size, report.header.every) == ("cuda:0", 2, 5)
 
 
-def test_the_readme_documents_every_field_the_writer_writes() -> None:
+def test_the_docs_document_every_field_the_writer_writes() -> None:
     from conftest import REPO
     from modinspect.watching.log import header_document, step_document
 
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    schema = readme[readme.index("### The watch log, schema `modinspect.watch/1`") :]
+    page = (REPO / "docs" / "report.md").read_text(encoding="utf-8")
+    schema = page[page.index("## The watch log, schema `modinspect.watch/1`") :]
     record = step_document(runlogs.step_record(runlogs.BAD_INDEX))
     keys = [
         *header_document(LogHeader(model="m", every=1, device="cpu")),

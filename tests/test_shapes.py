@@ -578,8 +578,8 @@ def test_runs_show_each_member_and_containers_no_call_line() -> None:
     assert 3 * 2 * (2 * 16 * 32 * 64) + 2 * 16 * 32 * 100 == 495_616
 
 
-def test_readme_shapes_example_is_real_output() -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+def test_docs_shapes_example_is_real_output() -> None:
+    readme = (REPO / "docs" / "tree.md").read_text(encoding="utf-8")
     command = "modinspect tree models.py:small_cnn --weights small_cnn.safetensors --input-shape 1,3,32,32 --depth 2"
     block = readme.split(f"$ cd sample_models && {command}\n", 1)[1].split("```", 1)[0]
     result = invoke(*command.split()[1:], cwd=SAMPLES)
@@ -587,7 +587,7 @@ def test_readme_shapes_example_is_real_output() -> None:
     lines = result.stdout.splitlines()
     shown = [line for line in block.splitlines() if line != "…"]
     assert len(shown) > 20
-    positions = [lines.index(line) for line in shown]  # each README line is a real line, in order
+    positions = [lines.index(line) for line in shown]  # each line shown is a real line, in order
     assert positions == sorted(positions)
 
 
