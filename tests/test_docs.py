@@ -65,3 +65,38 @@ def test_readme_has_the_two_fresh_machine_commands() -> None:
 def test_changelog_follows_keep_a_changelog() -> None:
     changelog = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
     assert changelog.startswith("# Changelog") and "## [Unreleased]" in changelog
+
+
+CONTRIBUTING = (REPO / "CONTRIBUTING.md").read_text(encoding="utf-8")
+# (file, name) that CONTRIBUTING.md tells a contributor to edit: each must still be there, or the guide lies.
+CITED = [
+    ("sources/dispatch.py", "FILE_READERS"),
+    ("sources/dispatch.py", "DIR_READERS"),
+    ("sources/dispatch.py", "ZIP_READERS"),
+    ("sources/dispatch.py", "reader_errors"),
+    ("sources/entrypoint.py", "CHECKPOINT_SUFFIXES"),
+    ("run/collector.py", "_reduce_fast"),
+    ("run/collector.py", "_reduce"),
+    ("run/reductions.py", "merge_call"),
+    ("render/jsonout.py", "stats_document"),
+    ("render/console.py", "STATS_COLUMNS"),
+    ("analysis/doctor_checks.py", "checkpoint_findings"),
+    ("run/doctor.py", "static_findings"),
+    ("run/doctor.py", "run_checks"),
+    ("reports/doctor.py", "CATALOG"),
+    ("cli/output.py", "print_report"),
+    ("cli/output.py", "WIDTH_AWARE"),
+]
+
+
+@pytest.mark.parametrize(("path", "name"), CITED, ids=[f"{p}:{n}" for p, n in CITED])
+def test_contributing_cites_code_that_exists(path: str, name: str) -> None:
+    assert f"`{name}`" in CONTRIBUTING or f"`{name}(" in CONTRIBUTING, name
+    source = (REPO / "src" / "modinspect" / path).read_text(encoding="utf-8")
+    assert re.search(rf"^\s*(def {name}\(|{name}\b.*=)", source, re.MULTILINE), (path, name)
+
+
+def test_contributing_paths_exist() -> None:
+    paths = re.findall(r"`((?:src|tests|bench|docs)/[\w./]+)`", CONTRIBUTING)
+    assert len(paths) > 20
+    assert [p for p in paths if not (REPO / p).exists()] == []
