@@ -118,3 +118,8 @@ def test_the_docs_build_strictly(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "site" / "tree" / "index.html").is_file()
+
+
+def test_the_readme_links_every_docs_page() -> None:
+    pages = sorted(p.name for p in (REPO / "docs").glob("*.md"))
+    assert [p for p in pages if f"(docs/{p})" not in README] == []
