@@ -1,0 +1,198 @@
+"""`report`'s terminal view: per module, sparklines over the logged steps, then the first bad step."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import replace
+
+from rich.cells import cell_len
+from rich.console import Group, RenderableType
+from rich.text import Text
+
+from modinspect.render.console.common import module_name
+from modinspect.render.console.fit import Cell, Column, Name, cell_at, fit_table
+from modinspect.render.console.theme import Themed, flag_style
+from modinspect.render.text import (
+    TableLayout,
+    bad_step_text,
+    num,
+    percent,
+    series_sparkline,
+    visible_report,
+)
+from modinspect.reports import RunReport
+
+
+def _last(
+    values: tuple[float | None, ...], bad: tuple[bool, ...], fmt: Callable[[float | None], str]
+) -> Text:
+    if bad and bad[-1]:
+        return Text("nan/inf", style="mi.bad")
+    return Text(fmt(values[-1]) if values else "—")
+
+
+def run_renderable(
+    report: RunReport, width: int = 200, layout: TableLayout | None = None
+) -> RenderableType:
+    """Per module, sparklines over the logged steps of std, ‖∇out‖ and dead fraction; then the first bad step.
+
+    The three sparklines share what the other columns leave of `width` (one cell per step, or per run of
+    steps); below 100 columns the type goes, below 90 the last values. The table is laid out by fit_table:
+    a column the same on every row ('bad at', an empty 'dead') moves above it.
+    """
+    report = visible_report(report)
+    wide = layout is not None and layout.wide
+    show_type, show_last = width >= 100 or wide, width >= 90 or wide
+    names = [Name(m.name, tree=True) for m in report.modules]
+    name_w = min(max((cell_len(n.full()) for n in names), default=8) + 2, 48)  # + " ◀"
+    type_w = min(max((len(m.type) for m in report.modules), default=4), 24)
+    # Each column is followed by 3 cells (padding, SIMPLE_HEAD's blank divider, padding); a last value takes ≤ 9.
+    fixed = (
+        name_w
+        + 3
+        + (type_w + 3 if show_type else 0)
+        + (3 * (9 + 3) if show_last else 0)
+        + 3 * 3
+        + 6
+    )
+    spark_w = len(report.steps) if wide else max(4, min(len(report.steps), (width - fixed) // 3))
+    columns, rows = _run_table(report, names, spark_w, show_type, show_last)
+    if not wide and (layout is None or layout.columns is None) and len(rows) > 1:
+        # What moves above the table ('bad at 300', the last values every row shares, an empty dead column)
+        # leaves its width to the sparklines.
+        same = [
+            i
+            for i, c in enumerate(columns)
+            if c.lift and len({cell_at(r[i], 0) for r in rows}) == 1
+        ]
+        freed = sum(
+            12 if columns[i].title == "last" else 9 if columns[i].key == "bad_at" else 3
+            for i in same
+        )
+        sparks = 3 - sum(columns[i].key == "dead" for i in same)
+        wider = max(4, min(len(report.steps), (width - fixed + freed) // sparks))
+        if wider != spark_w:
+            spark_w = wider
+            columns, rows = _run_table(report, names, spark_w, show_type, show_last)
+    # 35,000 modules: FastTable writes them in about a second, where rich's Table took 22 s
+    fitted = fit_table(columns, rows, width, layout)
+    return Themed(Group(_run_header(report, spark_w), *fitted.parts(width), _run_verdict(report)))
+
+
+def _run_table(
+    report: RunReport, names: list[Name], spark_w: int, show_type: bool, show_last: bool
+) -> tuple[list[Column], list[list[Cell]]]:
+    """The run table's columns and rows, each sparkline `spark_w` cells wide."""
+    columns = [Column("module", kind="name")]
+    if show_type:
+        columns.append(Column("type", kind="text", style="mi.type"))
+    grad_title = "‖∇out‖ (log)" if spark_w >= 12 else "‖∇out‖"
+    for title, key in (("std", "std"), (grad_title, "grad_norm"), ("dead", "dead")):
+        # Sparklines are scaled per row: the same shape on every row is no shared value, but no dead fraction is.
+        shared = (("", "no ReLU-family modules"),) if key == "dead" else ()
+        columns.append(
+            Column(title, kind="text", style="mi.spark", key=key, shared=shared, lift=key == "dead")
+        )
+        if show_last:
+            about = f"last {title.removesuffix(' (log)')}"
+            columns.append(
+                Column(
+                    "last",
+                    key=f"{key}_last",
+                    about=about,
+                    shared=(("—", "no ReLU-family modules"),) if key == "dead" else (),
+                )
+            )
+    columns.append(
+        Column(
+            "bad at",
+            kind="text",
+            justify="right",
+            key="bad_at",
+            shared=(("—", "no NaN/Inf in any module"),),
+        )
+    )
+    origin = report.first_bad
+    rows: list[list[Cell]] = []
+    for m, name in zip(report.modules, names, strict=True):
+        mark = " ◀" if origin is not None and origin.module == m.name else ""
+        label = replace(
+            name,
+            mark=mark,
+            style="mi.bad" if m.first_bad_step is not None else "",
+            mark_style="mi.bad",
+        )
+        cells: list[Cell] = [label, Text(m.type)] if show_type else [label]
+        for spark, last in (
+            (series_sparkline(m.std, m.nonfinite, spark_w), _last(m.std, m.nonfinite, num)),
+            (
+                Text(
+                    series_sparkline(m.grad_norm, m.grad_nonfinite, spark_w, log=True),
+                    style=flag_style(m.flags),
+                ),
+                _last(m.grad_norm, m.grad_nonfinite, num),
+            ),
+            (
+                series_sparkline(
+                    m.dead_fraction, (), spark_w, lo=0.0, hi=1.0
+                ).strip()  # all blank: no value
+                and series_sparkline(m.dead_fraction, (), spark_w, lo=0.0, hi=1.0),
+                _last(m.dead_fraction, (), percent),
+            ),
+        ):
+            cells += [spark, last] if show_last else [spark]
+        cells.append(
+            Text(
+                "—" if m.first_bad_step is None else str(m.first_bad_step),
+                style="mi.bad" if m.first_bad_step is not None else "mi.muted",
+            )
+        )
+        rows.append(cells)
+    return columns, rows
+
+
+def _run_header(report: RunReport, spark_w: int) -> Text:
+    h = report.header
+    text = Text()
+    text.append(report.path, style="mi.source")
+    ranks = f", {h.world_size} ranks" if h.world_size > 1 else ""
+    text.append(
+        f"  ({h.schema}: {h.model} on {h.device}{ranks}, every {h.every} steps)", style="mi.muted"
+    )
+    try:
+        started = datetime.datetime.fromtimestamp(h.started, datetime.UTC).strftime(
+            "%Y-%m-%d %H:%M:%S UTC"
+        )
+    except (OverflowError, OSError, ValueError):  # a header's clock can be anything
+        started = f"at unix time {h.started}"
+    steps = report.steps
+    span = f"steps {steps[0]} … {steps[-1]}" if len(steps) > 1 else f"step {steps[0]}"
+    text.append(f"\n{len(steps)} logged step(s), {span}, started {started}", style="mi.muted")
+    losses = [v for v in report.loss if v is not None]
+    if losses:
+        text.append(f"\nloss {num(losses[0])} → {num(losses[-1])}  ")
+        # A null loss in a run that logs one was not finite (the schema writes NaN/Inf as null): mark it.
+        text.append(
+            series_sparkline(report.loss, tuple(v is None for v in report.loss), spark_w),
+            style="mi.spark",
+        )
+    return text
+
+
+def _run_verdict(report: RunReport) -> Text:
+    bad = report.first_bad
+    if bad is None:
+        text = Text(f"\nNo NaN/Inf in {len(report.steps)} logged step(s).", style="mi.good")
+    else:
+        text = Text("\n" + bad_step_text(bad), style="mi.bad")
+    for flag, words in (("exploding-grad", "exploding"), ("vanishing-grad", "vanishing")):
+        flagged = [module_name(m.name) for m in report.modules if flag in m.flags]
+        if flagged:
+            text.append(
+                f"\nGradient flow: {words} mean ‖∇out‖ at {', '.join(flagged[:5])}"
+                + (f" and {len(flagged) - 5} more" if len(flagged) > 5 else "")
+                + ".",
+                style="mi.warn",
+            )
+    return text
