@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from rich.console import Console, ConsoleOptions, RenderableType
+from rich.errors import MissingStyle
 from rich.measure import Measurement
 from rich.theme import Theme
 
@@ -70,7 +71,11 @@ def flag_style(flags: tuple[str, ...]) -> str:
 
 
 class Themed:
-    """`renderable` with THEME pushed on the console while it renders: its style names resolve anywhere."""
+    """`renderable`, with the theme's names that the console lacks pushed while it renders.
+
+    Names the console already has are left alone: a user's `push_theme(Theme({"mi.bad": "magenta"}))`
+    restyles every view, on make_console's console too.
+    """
 
     def __init__(self, renderable: RenderableType) -> None:
         self.renderable = renderable
@@ -79,15 +84,26 @@ class Themed:
         self, console: Console, options: ConsoleOptions
     ) -> Iterator[RenderableType]:
         # The console renders what is yielded before this generator resumes: the theme covers all of it.
-        console.push_theme(THEME)
+        console.push_theme(_missing(console))
         try:
             yield self.renderable
         finally:
             console.pop_theme()
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
-        console.push_theme(THEME)
+        console.push_theme(_missing(console))
         try:
             return Measurement.get(console, options, self.renderable)
         finally:
             console.pop_theme()
+
+
+def _missing(console: Console) -> Theme:
+    """The part of THEME `console` does not define."""
+    missing = {}
+    for name, style in THEME.styles.items():
+        try:
+            console.get_style(name)
+        except MissingStyle:
+            missing[name] = style
+    return Theme(missing, inherit=False)
