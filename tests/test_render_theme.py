@@ -15,7 +15,15 @@ from rich.errors import MissingStyle
 from rich.style import Style
 from rich.theme import Theme
 
-from modinspect.render.console import STYLES, THEME, diff_renderable, make_console
+from modinspect.render.console import (
+    STYLES,
+    THEME,
+    Column,
+    Name,
+    diff_renderable,
+    fit_table,
+    make_console,
+)
 from modinspect.reports import DiffReport, PairMismatch
 
 RENDER = Path(__file__).resolve().parent.parent / "src" / "modinspect" / "render"
@@ -167,3 +175,16 @@ def test_a_users_theme_restyles_the_views() -> None:
     assert f"{MAGENTA}Only in A (1)" in text and f"{MAGENTA}The checkpoints differ." in text
     assert BOLD_RED not in text
     assert "\x1b[33mhint:" in text  # the names the user's theme leaves out keep theirs
+
+
+def test_a_fitted_table_renders_on_any_console() -> None:
+    """fit_table's table (a library user's own table) resolves its header's style name on a plain console."""
+    fitted = fit_table(
+        [Column("module", kind="name"), Column("std")],
+        [[Name("encoder.layer"), "0.5"], [Name("decoder"), "12"]],
+        80,
+    )
+    console = _console()
+    console.print(fitted.table)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "\x1b[1mmodule       \x1b[0m" in text and "encoder.layer" in text and "12" in text

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from modinspect.render.console.common import Trimmed, as_text
 from modinspect.render.console.fasttable import FastColumn, FastTable
+from modinspect.render.console.theme import Themed
 from modinspect.render.text import (
     TableLayout,
     elide_inside,
@@ -326,7 +327,7 @@ def _build(
     ]
     for row in zip(*cells, strict=True):
         table.add_row(*row)
-    return FittedTable(Trimmed(table), hidden, full, shared)
+    return FittedTable(Themed(Trimmed(table)), hidden, full, shared)  # on any console
 
 
 def _fitted_cell(cell: Cell, level: int) -> Text:
