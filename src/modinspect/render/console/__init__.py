@@ -1,4 +1,4 @@
-"""Reports -> rich renderables, one module per view. With the rest of render/, the only code that imports rich.
+"""Reports -> rich renderables, one module per view: the only package that imports rich (ruff's TID251).
 
     theme        THEME: the style names every view uses ("mi.bad"), and Themed, which makes them resolve
     common       make_console, Trimmed, progress on stderr, the helpers the views share
