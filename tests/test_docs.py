@@ -82,7 +82,7 @@ CITED = [
     ("run/collector.py", "_reduce"),
     ("run/reductions.py", "merge_call"),
     ("render/jsonout.py", "stats_document"),
-    ("render/console.py", "STATS_COLUMNS"),
+    ("render/console/stats_view.py", "STATS_COLUMNS"),
     ("analysis/doctor_checks.py", "checkpoint_findings"),
     ("run/doctor.py", "static_findings"),
     ("run/doctor.py", "run_checks"),
