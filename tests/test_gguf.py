@@ -19,9 +19,13 @@ from gguf import GGUFValueType as V
 
 import ggufs
 from conftest import invoke
+from modinspect import dtypes
 from modinspect.errors import CorruptFileError, UnknownFormatError, UsageError
 from modinspect.run.source import open_source
-from modinspect.sources.gguf import GGML_TYPES, TORCH_NAMES, GGUFSource
+from modinspect.sources.gguf import GGUFSource
+
+# ggml's plain types, by ggml name -> torch name: what the reader lists such a tensor as
+TORCH_NAMES = {d.ggml_name: d.name for d in dtypes.DTYPES if d.ggml_name and not d.is_block}
 
 
 def expected_value(field: gguf.ReaderField) -> str | None:
@@ -100,7 +104,8 @@ def test_file_type_names_are_gguf_pys() -> None:
 def test_every_ggml_type_sizes_as_gguf_py_says(tmp_path: Path) -> None:
     """One tensor of each type gguf-py knows: the table agrees with GGML_QUANT_SIZES, the bytes with the reader."""
     for qtype, (block, size) in gguf.GGML_QUANT_SIZES.items():
-        assert GGML_TYPES[int(qtype)] == (qtype.name, block, size)
+        d = dtypes.BY_GGML[int(qtype)]
+        assert (d.ggml_name, d.block, dtypes.nbytes(d.name, d.block)) == (qtype.name, block, size)
     tensors = [(f"t.{q.name}", (3, 2 * b), q) for q, (b, _s) in gguf.GGML_QUANT_SIZES.items()]
     path = ggufs.write(tmp_path / "all.gguf", tensors)
     reader = gguf.GGUFReader(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 import subprocess
 import sys
@@ -13,10 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file, save_model
 
 from models import Tied
+from modinspect import dtypes
 from modinspect.errors import CorruptFileError, UnknownFormatError
 from modinspect.run.source import open_source
-from modinspect.sources.base import DTYPE_BITS
-from modinspect.sources.safetensors import MAX_HEADER_BYTES, ST_DTYPES
+from modinspect.sources.safetensors import MAX_HEADER_BYTES
 
 
 def write_raw(
@@ -282,9 +283,9 @@ def test_dtype_codes_and_byte_sizes(
     with open_source(str(path)) as src:
         info = src.info("t")
         assert (info.dtype, info.shape, info.nbytes) == (dtype, tuple(shape), nbytes)
-    assert ST_DTYPES[code][0] == dtype
+    assert dtypes.BY_SAFETENSORS[code].name == dtype
     # The dtype is one modinspect can size everywhere else too.
-    assert DTYPE_BITS[dtype] == ST_DTYPES[code][1]
+    assert dtypes.nbytes(dtype, math.prod(shape)) == nbytes
 
 
 def test_f4_with_odd_element_count_is_an_error(tmp_path: Path) -> None:

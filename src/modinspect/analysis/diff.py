@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from modinspect import dtypes
 from modinspect.gcpause import paused_gc
 from modinspect.names import (
     WRAPPER_PREFIXES,
@@ -28,39 +29,19 @@ from modinspect.names import (
     suggest_prefix,
 )
 from modinspect.reports import DiffReport, ModuleRollup, ModuleStatus, PairMismatch, TensorDiff
-from modinspect.sources.base import DTYPE_BITS, Source, TensorInfo, from_little_endian, tied_groups
+from modinspect.sources.base import Source, TensorInfo, from_little_endian, tied_groups
 from modinspect.sources.byteread import WINDOW, ByteRange, PairReader
 
 if TYPE_CHECKING:
     import torch
 
 # torch.testing.assert_close's defaults: (rtol, atol)
-DEFAULT_TOLERANCES = {
-    "float16": (1e-3, 1e-5),
-    "bfloat16": (1.6e-2, 1e-5),
-    "float32": (1.3e-6, 1e-5),
-    "float64": (1e-7, 1e-7),
-    "complex64": (1.3e-6, 1e-5),
-    "complex128": (1e-7, 1e-7),
-}
+DEFAULT_TOLERANCES = {d.name: d.tolerance for d in dtypes.DTYPES if d.tolerance is not None}
 CHUNK = 1 << 20
-FLOATS = {"float16", "bfloat16", "float32", "float64"}
+FLOATS = dtypes.COMPUTE_FLOATS
 # Dtypes whose bytes diff reads itself (the comparison below handles each of them).
-BYTE_DTYPES = {
-    "float16": 2,
-    "bfloat16": 2,
-    "float32": 4,
-    "float64": 8,
-    "complex64": 8,
-    "complex128": 16,
-    "int8": 1,
-    "int16": 2,
-    "int32": 4,
-    "int64": 8,
-    "uint8": 1,
-    "bool": 1,
-}
-NAN_DTYPES = {"float16", "bfloat16", "float32", "float64", "complex64", "complex128"}
+BYTE_DTYPES = {d.name: d.itemsize for d in dtypes.DTYPES if d.diff_bytes}
+NAN_DTYPES = {d.name for d in dtypes.DTYPES if d.diff_bytes and (d.is_float or d.is_complex)}
 BYTEWISE_NOTE = "quantized: compared byte for byte"
 
 
@@ -488,7 +469,7 @@ def _walk_pairs(
             continue
         dtype = ia.dtype
         if (
-            (dtype not in DTYPE_BITS or ib.dtype not in DTYPE_BITS)
+            (dtype not in dtypes.BITS or ib.dtype not in dtypes.BITS)
             and ra is not None
             and rb is not None
         ):

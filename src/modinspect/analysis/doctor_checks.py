@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from modinspect import dtypes
 from modinspect.reports.doctor import CATALOG, Finding, Location, Severity
 
 if TYPE_CHECKING:
@@ -202,23 +203,23 @@ def _tied_findings(source: Source, seen: list[_Seen]) -> list[Finding]:
 
 
 def _dtype_findings(source: Source) -> list[Finding]:
-    floating = {"float64", "float32", "float16", "bfloat16"}
+    floating = dtypes.COMPUTE_FLOATS
     by_module: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for info in source.tensors:
         if info.dtype in floating and not QUANT_NAME.search(info.name):
             by_module[info.name.rpartition(".")[0]][info.dtype].append(info.name.rpartition(".")[2])
     out = []
-    for module, dtypes in by_module.items():
-        if len(dtypes) > 1:
+    for module, found in by_module.items():
+        if len(found) > 1:
             listed = ", ".join(
-                f"{', '.join(names)} {dtype}" for dtype, names in sorted(dtypes.items())
+                f"{', '.join(names)} {dtype}" for dtype, names in sorted(found.items())
             )
             out.append(
                 _finding(
                     "mixed-dtypes-in-module",
                     "warning",
                     module,
-                    f"{module or '<root>'} stores its tensors in {len(dtypes)} dtypes: {listed}",
+                    f"{module or '<root>'} stores its tensors in {len(found)} dtypes: {listed}",
                     attribute=False,
                 )
             )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modinspect import dtypes
 from modinspect.errors import CorruptFileError, SourceNotFoundError, UsageError
 from modinspect.sources.pickle.gate import Gate, GatePolicy, storage_from_pid
 from modinspect.sources.sniff import sniff
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 Batch = tuple[tuple[Any, ...], dict[str, Any]]
 INT_DTYPES = {"int64", "int32", "int16", "int8", "uint8", "long", "int"}
-FLOAT_DTYPES = {"float32", "float16", "bfloat16", "float64"}
+FLOAT_DTYPES = dtypes.COMPUTE_FLOATS
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,11 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from modinspect import dtypes
 from modinspect.errors import UsageError
 from modinspect.reports import ModuleNode, ModuleShapes, ShapesReport, ShapesTotals, TreeReport
 from modinspect.run.inputs import InputSpec, map_tensors
-from modinspect.sources.base import DTYPE_BITS, Source, TensorInfo
+from modinspect.sources.base import Source, TensorInfo
 
 if TYPE_CHECKING:
     import torch
@@ -83,7 +84,7 @@ def _tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
 
 
 def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * DTYPE_BITS.get(str(t.dtype).removeprefix("torch."), 8) // 8
+    return dtypes.nbytes(str(t.dtype).removeprefix("torch."), t.numel(), unknown_bits=8)
 
 
 def _storage_key(t: torch.Tensor) -> int:
@@ -326,11 +327,7 @@ def with_shapes(
 
 
 def _stored_float_dtype(tensors: Sequence[TensorInfo]) -> str:
-    floating = {
-        t.dtype
-        for t in tensors
-        if t.kind != "buffer" and t.dtype in ("float32", "float16", "bfloat16", "float64")
-    }
+    floating = {t.dtype for t in tensors if t.kind != "buffer" and t.dtype in dtypes.COMPUTE_FLOATS}
     return floating.pop() if len(floating) == 1 else "float32"
 
 

@@ -9,43 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
+from modinspect import dtypes
+
 if TYPE_CHECKING:
     import torch
 
 # "quant-aux": a quantized layer's scales, zeros, absmax...: stored beside its packed weight, not a parameter.
 TensorKind = Literal["parameter", "buffer", "unknown", "quant-aux"]
-
-# Bits per element of every dtype modinspect knows, by torch's name for it.
-DTYPE_BITS: dict[str, int] = {
-    "float64": 64,
-    "float32": 32,
-    "float16": 16,
-    "bfloat16": 16,
-    "complex128": 128,
-    "complex64": 64,
-    "complex32": 32,
-    "int64": 64,
-    "int32": 32,
-    "int16": 16,
-    "int8": 8,
-    "uint64": 64,
-    "uint32": 32,
-    "uint16": 16,
-    "uint8": 8,
-    "bool": 8,
-    "float8_e4m3fn": 8,
-    "float8_e4m3fnuz": 8,
-    "float8_e5m2": 8,
-    "float8_e5m2fnuz": 8,
-    "float8_e8m0fnu": 8,
-    "float4_e2m1fn_x2": 8,
-    "float4_e2m1fn": 4,
-    "float6_e2m3fn": 6,
-    "float6_e3m2fn": 6,
-    "qint8": 8,
-    "quint8": 8,
-    "qint32": 32,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +217,7 @@ def read_chunks(
     from modinspect.errors import CorruptFileError
 
     torch_dtype = getattr(torch, dtype)
-    itemsize = DTYPE_BITS[dtype] // 8
+    itemsize = dtypes.itemsize(dtype)
     remaining = numel
     while remaining > 0:
         count = min(chunk_elems, remaining)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from modinspect import dtypes
 from modinspect.errors import CorruptFileError, UnknownFormatError, UnsafePickleError
 from modinspect.sources.base import (
-    DTYPE_BITS,
     EntrySummary,
     Source,
     TensorInfo,
@@ -186,7 +186,7 @@ class DcpSource(Source):
                     f"{meta_path} gives {fqn!r} a size whose product reaches 2**63 elements"
                 )
             dtype = dtype_name(getattr(entry, "properties", None))
-            if dtype is None or dtype not in DTYPE_BITS:
+            if dtype is None or dtype not in dtypes.BITS:
                 raise CorruptFileError(f"{meta_path} gives {fqn!r} the unknown dtype {dtype!r}")
             chunks = []
             for c in getattr(entry, "chunks", None) or []:
@@ -221,7 +221,7 @@ class DcpSource(Source):
                     fqn,
                     shape,
                     dtype,
-                    numel * DTYPE_BITS[dtype] // 8,
+                    dtypes.nbytes(dtype, numel),
                     checkpoint_kind(fqn),
                     storage=f"dcp:{fqn}",
                 )
@@ -284,7 +284,7 @@ class DcpSource(Source):
             head = window.read(2)
             window.seek(0)
             if head != b"PK":  # the chunk's raw bytes
-                if chunk.length != chunk.numel * DTYPE_BITS[dtype] // 8:
+                if chunk.length != dtypes.nbytes(dtype, chunk.numel):
                     raise CorruptFileError(
                         f"{where} holds {chunk.length:,} bytes, not the chunk of {name!r}"
                     )
@@ -387,7 +387,7 @@ def _zip_pieces(
             member = zip_member(zf, f"{prefix}data/{ref.storage.key}", chunk.length)
         except (KeyError, CorruptFileError) as exc:
             raise CorruptFileError(f"{where} lacks the storage of its tensor ({exc})") from None
-        itemsize = DTYPE_BITS[dtype] // 8
+        itemsize = dtypes.itemsize(dtype)
         if member.file_size != ref.storage.numel * itemsize:
             raise CorruptFileError(f"{where}: storage {ref.storage.key} has the wrong size")
         numel = math.prod(ref.shape)

@@ -14,6 +14,7 @@ import pickle
 from collections import OrderedDict
 from typing import IO, Any
 
+from modinspect import dtypes
 from modinspect.errors import CorruptFileError, UnsafePickleError
 from modinspect.sources.pickle.check import DEFAULT_MAX_PICKLE, check_pickle
 from modinspect.sources.pickle.gate import (
@@ -27,16 +28,6 @@ from modinspect.sources.pickle.standins import StandInRegistry
 
 _DCP = "torch.distributed.checkpoint.metadata"
 _FS = "torch.distributed.checkpoint.filesystem"
-_DTYPE_ALIASES = {
-    "double": "float64",
-    "float": "float32",
-    "half": "float16",
-    "long": "int64",
-    "int": "int32",
-    "short": "int16",
-    "cfloat": "complex64",
-    "cdouble": "complex128",
-}
 
 
 class _Record:
@@ -154,7 +145,7 @@ ALLOWED: dict[tuple[str, str], object] = {
         for name in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path")
     },
     # Sealed (pickle_gate's own): BUILD cannot rewrite these shared dtype objects for every later file.
-    **{("torch", name): DtypeRef(_DTYPE_ALIASES.get(name, name)) for name in TORCH_DTYPE_NAMES},
+    **{("torch", name): DtypeRef(dtypes.canonical(name)) for name in TORCH_DTYPE_NAMES},
 }
 
 

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from modinspect import dtypes
 from modinspect.errors import CorruptFileError, UnknownFormatError, UsageError
 from modinspect.gcpause import paused_gc
 from modinspect.sources.base import Source, TensorInfo, read_chunks
@@ -51,47 +52,6 @@ MAX_ARRAY_DEPTH = 3
 INLINE_ITEMS = 8  # arrays up to this long are shown in full
 WINDOW = 1 << 20
 
-# ggml type id -> (name, elements per block, bytes per block): gguf-py's GGML_QUANT_SIZES, plus the
-# Q4_0_4_4 family that older llama.cpp wrote (31-33, since removed from ggml).
-GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4),
-    1: ("F16", 1, 2),
-    2: ("Q4_0", 32, 18),
-    3: ("Q4_1", 32, 20),
-    6: ("Q5_0", 32, 22),
-    7: ("Q5_1", 32, 24),
-    8: ("Q8_0", 32, 34),
-    9: ("Q8_1", 32, 40),
-    10: ("Q2_K", 256, 84),
-    11: ("Q3_K", 256, 110),
-    12: ("Q4_K", 256, 144),
-    13: ("Q5_K", 256, 176),
-    14: ("Q6_K", 256, 210),
-    15: ("Q8_K", 256, 292),
-    16: ("IQ2_XXS", 256, 66),
-    17: ("IQ2_XS", 256, 74),
-    18: ("IQ3_XXS", 256, 98),
-    19: ("IQ1_S", 256, 50),
-    20: ("IQ4_NL", 32, 18),
-    21: ("IQ3_S", 256, 110),
-    22: ("IQ2_S", 256, 82),
-    23: ("IQ4_XS", 256, 136),
-    24: ("I8", 1, 1),
-    25: ("I16", 1, 2),
-    26: ("I32", 1, 4),
-    27: ("I64", 1, 8),
-    28: ("F64", 1, 8),
-    29: ("IQ1_M", 256, 56),
-    30: ("BF16", 1, 2),
-    31: ("Q4_0_4_4", 32, 18),
-    32: ("Q4_0_4_8", 32, 18),
-    33: ("Q4_0_8_8", 32, 18),
-    34: ("TQ1_0", 256, 54),
-    35: ("TQ2_0", 256, 66),
-    39: ("MXFP4", 32, 17),
-    40: ("NVFP4", 64, 36),
-    41: ("Q1_0", 128, 18),
-}
 # general.file_type (llama.cpp's llama_ftype, gguf-py's LlamaFileType less "MOSTLY_"): the file's overall scheme.
 FILE_TYPES: dict[int, str] = {
     0: "ALL_F32",
@@ -135,35 +95,14 @@ FILE_TYPES: dict[int, str] = {
     40: "Q1_0",
     1024: "GUESSED",
 }
-# ggml types that are plain arrays of one torch dtype: listed under torch's name and read as tensors.
-TORCH_NAMES = {
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "F64": "float64",
-    "I8": "int8",
-    "I16": "int16",
-    "I32": "int32",
-    "I64": "int64",
-}
 
 # GGUF metadata value types: id -> (name, struct format or None for string/array)
-VALUE_TYPES: dict[int, tuple[str, str | None]] = {
-    0: ("uint8", "<B"),
-    1: ("int8", "<b"),
-    2: ("uint16", "<H"),
-    3: ("int16", "<h"),
-    4: ("uint32", "<I"),
-    5: ("int32", "<i"),
-    6: ("float32", "<f"),
-    7: ("bool", "<?"),
-    8: ("string", None),
-    9: ("array", None),
-    10: ("uint64", "<Q"),
-    11: ("int64", "<q"),
-    12: ("float64", "<d"),
-}
 STRING, ARRAY = 8, 9
+VALUE_TYPES: dict[int, tuple[str, str | None]] = {
+    **{code: (d.name, d.struct) for code, d in dtypes.BY_GGUF_VALUE.items()},
+    STRING: ("string", None),
+    ARRAY: ("array", None),
+}
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 _DIMS = [struct.Struct(f"<{n}Q") for n in range(MAX_DIMS + 1)]
 _INT64_LIMIT = 1 << 63
@@ -469,7 +408,7 @@ class GGUFHeader:
     def _place(self, infos: list[tuple[str, int, tuple[int, ...], int]], data_start: int) -> None:
         """Each tensor's type, bytes and place, checked: a known type, whole blocks, aligned, in the file, apart."""
         spans = []
-        entries, types, torch_names = self.entries, GGML_TYPES, TORCH_NAMES
+        entries, types = self.entries, dtypes.BY_GGML
         alignment, size = self.alignment, self.size
         for name, gtype, ne, offset in infos:
             if name in entries:
@@ -477,7 +416,7 @@ class GGUFHeader:
             known = types.get(gtype)
             if known is None:
                 raise self.corrupt(f"gives {name!r} the unknown ggml type {gtype}")
-            tname, block, type_size = known
+            tname, block = known.ggml_name, known.block
             numel = 1
             for d in ne:
                 numel *= d
@@ -485,12 +424,12 @@ class GGUFHeader:
                 not numel and math.prod(d for d in ne if d) >= _INT64_LIMIT
             ):
                 raise self.corrupt(f"gives {name!r} dims {list(ne)} whose product overflows int64")
-            if block > 1 and ne and ne[0] % block:
+            if block > 1 and (ne[0] if ne else 1) % block:
                 raise self.corrupt(
                     f"gives {name!r} rows of {ne[0]:,} elements, not a multiple of {tname}'s "
                     f"block of {block}"
                 )
-            nbytes = numel // block * type_size
+            nbytes = dtypes.nbytes(known.name, numel)
             if offset % alignment:
                 raise self.corrupt(
                     f"places {name!r} at offset {offset:,}, not a multiple of the alignment {alignment}"
@@ -501,7 +440,7 @@ class GGUFHeader:
                     f"places {name!r} ({nbytes:,} bytes of {tname}) at byte {begin:,}, past the end of "
                     f"the file ({size:,} bytes; truncated?)"
                 )
-            entries[name] = (torch_names.get(tname, tname), tname, ne[::-1], begin, nbytes)
+            entries[name] = (known.name, str(tname), ne[::-1], begin, nbytes)
             if nbytes:
                 spans.append((begin, nbytes, name))
         spans.sort()

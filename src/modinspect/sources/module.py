@@ -7,8 +7,9 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from modinspect import dtypes
 from modinspect.errors import UsageError
-from modinspect.sources.base import DTYPE_BITS, ModuleInfo, Source, TensorInfo
+from modinspect.sources.base import ModuleInfo, Source, TensorInfo
 
 if TYPE_CHECKING:
     import torch
@@ -109,7 +110,7 @@ def _info(
         name=name,
         shape=tuple(t.shape),
         dtype=dtype,
-        nbytes=t.numel() * DTYPE_BITS.get(dtype, 8) // 8,
+        nbytes=dtypes.nbytes(dtype, t.numel(), unknown_bits=8),
         kind=kind,
         storage=storage_key(t),
         requires_grad=requires_grad,

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modinspect import dtypes
 from modinspect.errors import CorruptFileError, UnknownFormatError
 from modinspect.sources.base import (
-    DTYPE_BITS,
     ModuleInfo,
     Source,
     TensorInfo,
@@ -43,30 +43,6 @@ from modinspect.sources.views import (
 if TYPE_CHECKING:
     import torch
 
-# torch._export.serde.schema.ScalarType
-SCALAR_TYPES = {
-    1: "uint8",
-    2: "int8",
-    3: "int16",
-    4: "int32",
-    5: "int64",
-    6: "float16",
-    7: "float32",
-    8: "float64",
-    9: "complex32",
-    10: "complex64",
-    11: "complex128",
-    12: "bool",
-    13: "bfloat16",
-    28: "uint16",
-    29: "float8_e4m3fn",
-    30: "float8_e5m2",
-    31: "float8_e4m3fnuz",
-    32: "float8_e5m2fnuz",
-    33: "float8_e8m0fnu",
-    34: "uint32",
-    35: "uint64",
-}
 _STRIDED = 7  # schema.Layout.Strided
 
 
@@ -249,11 +225,13 @@ class Pt2Source(Source):
             skipped.append(name)  # a tensor subclass, saved with torch.save: not unpickled
             return None
         tm = meta["tensor_meta"]
-        dtype = SCALAR_TYPES.get(tm.get("dtype")) if type(tm.get("dtype")) is int else None
-        if dtype is None or dtype not in DTYPE_BITS:
+        code = tm.get("dtype")
+        known = dtypes.BY_SCALAR_TYPE.get(code) if type(code) is int else None
+        if known is None:
             raise CorruptFileError(
                 f"{label} gives {name!r} the unknown dtype code {tm.get('dtype')!r}"
             )
+        dtype = known.name
         if tm.get("layout", _STRIDED) != _STRIDED:
             skipped.append(name)  # sparse and mkldnn layouts
             return None
@@ -282,7 +260,7 @@ class Pt2Source(Source):
             name,
             shape,
             dtype,
-            numel * DTYPE_BITS[dtype] // 8,
+            dtypes.nbytes(dtype, numel),
             kind,  # type: ignore[arg-type]
             storage=f"{path_name}@{offset}:{shape}:{stride}" if numel else None,
             requires_grad=bool(tm.get("requires_grad")) if kind == "parameter" else None,
@@ -310,7 +288,7 @@ class Pt2Source(Source):
             p.shape,
             p.stride,
             p.offset,
-            info.file_size // (DTYPE_BITS[p.dtype] // 8),
+            info.file_size // dtypes.itemsize(p.dtype),
         )
         return p, info
 
@@ -320,7 +298,7 @@ class Pt2Source(Source):
 
         from modinspect.sources.torchfile import ZIP_ERRORS
 
-        itemsize = DTYPE_BITS[p.dtype] // 8
+        itemsize = dtypes.itemsize(p.dtype)
         try:
             raw = bytearray(self._zf.read(info))
         except ZIP_ERRORS as exc:
@@ -345,7 +323,7 @@ class Pt2Source(Source):
             yield from strided_chunks(self._flat(p, info), p.shape, p.stride, p.offset, chunk_elems)
             return
         with self._zf.open(info) as member:
-            member.seek(p.offset * DTYPE_BITS[p.dtype] // 8)
+            member.seek(dtypes.nbytes(p.dtype, p.offset))
             yield from read_chunks(member, math.prod(p.shape), p.dtype, chunk_elems, str(self.path))
 
     def close(self) -> None:

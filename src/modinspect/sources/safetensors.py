@@ -17,9 +17,10 @@ from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modinspect import dtypes
 from modinspect.errors import CorruptFileError
 from modinspect.gcpause import paused_gc
-from modinspect.sources.base import DTYPE_BITS, Source, TensorInfo, from_little_endian, read_chunks
+from modinspect.sources.base import Source, TensorInfo, from_little_endian, read_chunks
 from modinspect.sources.kinds import checkpoint_kind
 
 if TYPE_CHECKING:
@@ -28,32 +29,6 @@ if TYPE_CHECKING:
 MAX_HEADER_BYTES = 100_000_000
 # A header this long is remembered (its SHA-256, weakly the parse) for the next file whose header is the same bytes.
 REUSE_MIN_BYTES = 1 << 20
-
-# safetensors dtype code -> (torch dtype name, bits per element)
-ST_DTYPES: dict[str, tuple[str, int]] = {
-    "BOOL": ("bool", 8),
-    "U8": ("uint8", 8),
-    "I8": ("int8", 8),
-    "U16": ("uint16", 16),
-    "I16": ("int16", 16),
-    "U32": ("uint32", 32),
-    "I32": ("int32", 32),
-    "U64": ("uint64", 64),
-    "I64": ("int64", 64),
-    "F16": ("float16", 16),
-    "BF16": ("bfloat16", 16),
-    "F32": ("float32", 32),
-    "F64": ("float64", 64),
-    "C64": ("complex64", 64),
-    "F8_E4M3": ("float8_e4m3fn", 8),
-    "F8_E4M3FNUZ": ("float8_e4m3fnuz", 8),
-    "F8_E5M2": ("float8_e5m2", 8),
-    "F8_E5M2FNUZ": ("float8_e5m2fnuz", 8),
-    "F8_E8M0": ("float8_e8m0fnu", 8),
-    "F6_E2M3": ("float6_e2m3fn", 6),
-    "F6_E3M2": ("float6_e3m2fn", 6),
-    "F4": ("float4_e2m1fn", 4),
-}
 
 
 def _first_duplicate(value: object) -> str | None:
@@ -199,7 +174,7 @@ class SafetensorsHeader:
         self, header: dict[str, Any]
     ) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
         entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
-        dtypes = ST_DTYPES
+        codes = dtypes.BY_SAFETENSORS
         for name, spec in header.items():
             if type(spec) is not tuple:
                 raise self._corrupt(
@@ -214,7 +189,7 @@ class SafetensorsHeader:
                 fields.get("data_offsets"),
             )
             if (
-                type(code) is not str or code not in dtypes
+                type(code) is not str or code not in codes
             ):  # a list or an object is not even hashable
                 raise self._corrupt(f"gives {name!r} the unknown dtype {code!r}")
             if type(shape) is not list:
@@ -240,13 +215,14 @@ class SafetensorsHeader:
                 raise self._corrupt(
                     f"gives {name!r} data_offsets that are not [begin, end] with 0 <= begin <= end"
                 )
-            dtype, bits = dtypes[code]
+            known = codes[code]
+            dtype, bits = known.name, known.bits
             numel = math.prod(shape)
             if (numel * bits) % 8:
                 raise self._corrupt(
                     f"gives {name!r} {numel} elements of {code}, not a whole number of bytes"
                 )
-            expected = numel * bits // 8
+            expected = dtypes.nbytes(dtype, numel)
             if end - begin != expected:
                 raise self._corrupt(
                     f"gives {name!r} {end - begin} bytes but shape {shape} of {code} needs {expected}"
@@ -348,14 +324,14 @@ class SafetensorsSource(Source):
         ]  # KeyError for a stranger
         return (
             None
-            if DTYPE_BITS[dtype] % 8
+            if dtypes.BITS[dtype] % 8
             else (self.path, self.header.data_start + begin, end - begin)
         )
 
     def byte_ranges(self, names: Iterable[str]) -> list[tuple[Path, int, int] | None]:
         if self._aliases:
             names = [self._aliases.get(name, name) for name in names]
-        path, start, bits = self.path, self.header.data_start, DTYPE_BITS
+        path, start, bits = self.path, self.header.data_start, dtypes.BITS
         return [
             None if bits[e[0]] % 8 else (path, start + e[2], e[3] - e[2])
             for e in map(self.header.entries.__getitem__, names)
@@ -366,7 +342,7 @@ class SafetensorsSource(Source):
         numel = 1
         for d in shape:
             numel *= d
-        if DTYPE_BITS[dtype] % 8:
+        if dtypes.BITS[dtype] % 8:
             yield from super()._chunks(name, chunk_elems)
             return
         with self.path.open("rb") as f:

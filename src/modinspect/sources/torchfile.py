@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modinspect import dtypes
 from modinspect.errors import CorruptFileError, ModinspectError
 from modinspect.sources.base import (
-    DTYPE_BITS,
     EntrySummary,
     Source,
     TensorInfo,
@@ -213,8 +213,8 @@ def storage_elements(ref: TensorRef) -> int:
     assert ref.storage is not None
     return (
         ref.storage.numel
-        * DTYPE_BITS.get(ref.storage.dtype, 8)
-        // max(DTYPE_BITS.get(ref.dtype, 8), 1)
+        * dtypes.BITS.get(ref.storage.dtype, 8)
+        // max(dtypes.BITS.get(ref.dtype, 8), 1)
     )
 
 
@@ -251,7 +251,9 @@ def tensor_infos(
             name, (checkpoint_kind(name, getattr(ref, "is_parameter", False)), None)
         )
         if isinstance(ref, SparseRef):
-            nbytes = sum(_numel(c.shape) * DTYPE_BITS.get(c.dtype, 8) // 8 for c in ref.components)
+            nbytes = sum(
+                dtypes.nbytes(c.dtype, _numel(c.shape), unknown_bits=8) for c in ref.components
+            )
             infos.append(
                 TensorInfo(
                     name=name,
@@ -266,7 +268,6 @@ def tensor_infos(
         if not isinstance(ref, TensorRef):
             continue
         numel = _numel(ref.shape)
-        bits = DTYPE_BITS.get(ref.dtype, 8)
         storage = None
         if ref.storage is not None and numel:
             storage = f"{ref.storage.key}@{ref.offset}:{ref.shape}:{ref.stride}"
@@ -282,7 +283,7 @@ def tensor_infos(
                 name=name,
                 shape=ref.shape,
                 dtype=ref.dtype,
-                nbytes=numel * bits // 8,
+                nbytes=dtypes.nbytes(ref.dtype, numel, unknown_bits=8),
                 kind=kind,  # type: ignore[arg-type]
                 storage=storage,
                 requires_grad=requires_grad,
@@ -391,7 +392,7 @@ class TorchFileSource(Source):
             # Views of one storage usually come together: keep the last storage's bytes.
             self._cache = (ref.storage.key, self._storage_bytes(ref.storage))
         raw = self._cache[1]
-        itemsize = DTYPE_BITS[ref.storage.dtype] // 8
+        itemsize = dtypes.itemsize(ref.storage.dtype)
         if len(raw) != ref.storage.numel * itemsize:
             raise CorruptFileError(
                 f"{self.path}: storage {ref.storage.key} holds {len(raw)} bytes, expected {ref.storage.numel * itemsize}"
@@ -555,7 +556,7 @@ def _torch_dtype(dtype: str, name: str, path: Path) -> Any:
     import torch
 
     found = getattr(torch, dtype, None)
-    if not isinstance(found, torch.dtype) or dtype not in DTYPE_BITS:
+    if not isinstance(found, torch.dtype) or dtype not in dtypes.BITS:
         raise CorruptFileError(f"{path}: {name!r} has dtype {dtype}, which this torch cannot hold")
     return found
 
@@ -601,7 +602,7 @@ class ZipTorchSource(TorchFileSource):
             raise CorruptFileError(f"{self.path} is a zip file without {name}") from None
         except CorruptFileError as exc:
             raise CorruptFileError(f"{self.path} is a damaged zip file ({exc})") from None
-        expected = ref.numel * DTYPE_BITS[ref.dtype] // 8
+        expected = dtypes.nbytes(ref.dtype, ref.numel)
         if info.file_size != expected:
             raise CorruptFileError(
                 f"{self.path}: storage {ref.key} holds {info.file_size} bytes, expected {expected}"
@@ -622,7 +623,7 @@ class ZipTorchSource(TorchFileSource):
             return
         storage = self._check_view(name, ref)
         info = self._storage_member(storage)
-        itemsize = DTYPE_BITS[ref.dtype] // 8
+        itemsize = dtypes.itemsize(ref.dtype)
         try:
             with self._zf.open(info) as member:
                 member.seek(ref.offset * itemsize)  # usually 0: a tensor tends to own its storage
@@ -715,7 +716,7 @@ class LegacyTorchSource(TorchFileSource):
             if len(head) < 8:
                 raise CorruptFileError(f"{self.path} is truncated in its tensor data")
             (numel,) = struct.unpack("<q", head)
-            nbytes = numel * DTYPE_BITS[ref.dtype] // 8
+            nbytes = dtypes.nbytes(ref.dtype, numel)
             if key in offsets or numel != ref.numel or pos + 8 + nbytes > size:
                 raise CorruptFileError(f"{self.path} is truncated or damaged in storage {key}")
             offsets[key] = pos + 8
@@ -725,7 +726,7 @@ class LegacyTorchSource(TorchFileSource):
     def _storage_bytes(self, ref: StorageRef) -> bytes:
         with self.path.open("rb") as f:
             f.seek(self._offsets[ref.key])
-            return f.read(ref.numel * DTYPE_BITS[ref.dtype] // 8)
+            return f.read(dtypes.nbytes(ref.dtype, ref.numel))
 
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
         ref = self._row_major(name)
@@ -736,7 +737,7 @@ class LegacyTorchSource(TorchFileSource):
             name, ref
         )  # else the read would run on into the next storage's bytes
         with self.path.open("rb") as f:
-            f.seek(self._offsets[storage.key] + ref.offset * DTYPE_BITS[ref.dtype] // 8)
+            f.seek(self._offsets[storage.key] + dtypes.nbytes(ref.dtype, ref.offset))
             yield from read_chunks(f, _numel(ref.shape), ref.dtype, chunk_elems, str(self.path))
 
 

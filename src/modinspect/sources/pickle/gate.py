@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from modinspect import dtypes
 from modinspect.errors import CorruptFileError, UnsafePickleError, UsageError
 from modinspect.sources.pickle.check import (
     DEFAULT_MAX_PICKLE,
@@ -58,31 +59,10 @@ from modinspect.sources.pickle.shadow import (
 )
 from modinspect.sources.pickle.standins import StandInRegistry, safe_reconstructor
 
-# torch's legacy typed-storage class names -> dtype name
+# torch's legacy typed-storage class names -> dtype name. Part of the allowlist: tests/test_dtypes.py pins
+# this set, so a row added to the dtype table cannot widen what the gate lets a pickle name.
 STORAGE_DTYPES: dict[str, str] = {
-    "DoubleStorage": "float64",
-    "FloatStorage": "float32",
-    "HalfStorage": "float16",
-    "BFloat16Storage": "bfloat16",
-    "LongStorage": "int64",
-    "IntStorage": "int32",
-    "ShortStorage": "int16",
-    "CharStorage": "int8",
-    "ByteStorage": "uint8",
-    "BoolStorage": "bool",
-    "ComplexFloatStorage": "complex64",
-    "ComplexDoubleStorage": "complex128",
-    "UInt16Storage": "uint16",
-    "UInt32Storage": "uint32",
-    "UInt64Storage": "uint64",
-    "Float8_e4m3fnStorage": "float8_e4m3fn",
-    "Float8_e5m2Storage": "float8_e5m2",
-    "Float8_e4m3fnuzStorage": "float8_e4m3fnuz",
-    "Float8_e5m2fnuzStorage": "float8_e5m2fnuz",
-    "Float8_e8m0fnuStorage": "float8_e8m0fnu",
-    "QInt8Storage": "qint8",
-    "QUInt8Storage": "quint8",
-    "QInt32Storage": "qint32",
+    **{d.storage: d.name for d in dtypes.DTYPES if d.storage is not None},
     "UntypedStorage": "uint8",
 }
 
@@ -181,7 +161,7 @@ def _rebuild_tensor_v3(
         ref,
         offset,  # type: ignore[arg-type]
         *_shape_and_stride(size, stride),
-        _canonical_dtype(dtype.name),
+        dtypes.canonical(dtype.name),
         bool(requires_grad),
     )
 
@@ -253,7 +233,7 @@ def _rebuild_parameter(
 
 
 def _rebuild_meta(dtype: object, size: object, stride: object, requires_grad: object) -> TensorRef:
-    name = _canonical_dtype(dtype.name) if isinstance(dtype, DtypeRef) else "unknown"
+    name = dtypes.canonical(dtype.name) if isinstance(dtype, DtypeRef) else "unknown"
     return TensorRef(None, 0, *_shape_and_stride(size, stride), name, bool(requires_grad))
 
 
@@ -307,22 +287,6 @@ class _Marker(_Sealed):
 
     def __init__(self, name: str) -> None:
         self.name = name
-
-
-_DTYPE_ALIASES = {
-    "double": "float64",
-    "float": "float32",
-    "half": "float16",
-    "long": "int64",
-    "int": "int32",
-    "short": "int16",
-    "cfloat": "complex64",
-    "cdouble": "complex128",
-}
-
-
-def _canonical_dtype(name: str) -> str:
-    return _DTYPE_ALIASES.get(name, name)
 
 
 _REBUILDERS: set[Callable[..., Any]] = {
