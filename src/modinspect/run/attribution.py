@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from modinspect.names import short_path
+from modinspect.tensors import iter_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -98,12 +99,6 @@ def frame_from_traceback(lines: list[str], skip_dirs: tuple[str, ...]) -> Source
     return None
 
 
-def _leaves(obj: Any) -> list[Any]:
-    from torch.utils._pytree import tree_leaves
-
-    return tree_leaves(obj)
-
-
 class OpTracer:
     """Records, during one replay, the ops that made a NaN/Inf out of finite inputs."""
 
@@ -138,9 +133,7 @@ class OpTracer:
         return ok
 
     def _tensors(self, obj: Any) -> list[torch.Tensor]:
-        import torch
-
-        return [x for x in _leaves(obj) if isinstance(x, torch.Tensor)]
+        return list(iter_tensors(obj))
 
     def on_op(
         self,

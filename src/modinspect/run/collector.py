@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from modinspect.reports import ModuleStats, NonfiniteOrigin
 from modinspect.run.reductions import NEAR_LIMIT, GradTotals, Running, flags_for, grad_outliers
+from modinspect.tensors import iter_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -43,25 +44,6 @@ class StatsOptions:
     train: bool = False
     histogram: bool = True
     exact: bool = False  # always use the masked reductions (normally only for batches with NaN/Inf)
-
-
-def flatten_tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
-    """Every tensor inside tuples, lists, dicts, dataclasses and Hugging Face ModelOutputs, in order."""
-    import torch
-
-    if depth > 12:
-        return
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):  # ModelOutput is an OrderedDict
-        for value in obj.values():
-            yield from flatten_tensors(value, depth + 1)
-    elif isinstance(obj, list | tuple):
-        for value in obj:
-            yield from flatten_tensors(value, depth + 1)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            yield from flatten_tensors(getattr(obj, f.name, None), depth + 1)
 
 
 def floating(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
@@ -477,7 +459,7 @@ class Collector:
         call_index = len(self.calls)
         call = _Call(self.index[id(module)])
         self.first_call.setdefault(call.module, len(self.first_call))
-        inputs = floating(flatten_tensors((args, kwargs)))
+        inputs = floating(iter_tensors((args, kwargs)))
         if inputs:
             if call.module not in self.input_from:
                 hit = self.producer_of.get((id(inputs[0]), inputs[0]._version))
@@ -505,7 +487,7 @@ class Collector:
             self.tracer.note_output(output, self.calls[call_index].module)
         call = self.calls[call_index]
         m = call.module
-        outputs = floating(flatten_tensors(output))
+        outputs = floating(iter_tensors(output))
         in_bad: Any = call.in_bad if call.in_bad is not None else 0
         if not outputs:
             self._push("call", m, [in_bad, 0])

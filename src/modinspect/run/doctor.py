@@ -311,12 +311,12 @@ def _first_line(exc: BaseException) -> str:
 
 def _function_nodes(output: Any) -> dict[type, Any]:
     """The first backward node of each custom Function reachable from the output's graph."""
-    from modinspect.run.collector import flatten_tensors
+    from modinspect.tensors import iter_tensors
 
     found: dict[type, Any] = {}
     seen: set[int] = set()
     keep: list[Any] = []
-    stack = [t.grad_fn for t in flatten_tensors(output) if t.grad_fn is not None]
+    stack = [t.grad_fn for t in iter_tensors(output) if t.grad_fn is not None]
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen:

@@ -173,9 +173,9 @@ def watching(model: nn.Module) -> Iterator[Watch]:
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:
-    from modinspect.run.collector import flatten_tensors
+    from modinspect.tensors import iter_tensors
 
-    return next(iter(flatten_tensors(output)), None)
+    return next(iter_tensors(output), None)
 
 
 def _forward_started(watch: Watch, frame: Any) -> None:

@@ -15,6 +15,7 @@ from modinspect import dtypes
 from modinspect.errors import CorruptFileError, SourceNotFoundError, UsageError
 from modinspect.sources.pickle.gate import Gate, GatePolicy, storage_from_pid
 from modinspect.sources.sniff import sniff
+from modinspect.tensors import map_tensors as map_nested
 
 if TYPE_CHECKING:
     pass
@@ -208,20 +209,9 @@ def random_batches(
 
 
 def map_tensors(batch: Batch, fn: Callable[[Any], Any]) -> Batch:
-    """The batch with `fn` applied to every tensor in it, through nested dicts, lists and tuples."""
-    import torch
-
-    def move(obj: Any) -> Any:
-        if isinstance(obj, torch.Tensor):
-            return fn(obj)
-        if isinstance(obj, dict):
-            return {k: move(v) for k, v in obj.items()}
-        if isinstance(obj, list | tuple):
-            return type(obj)(move(v) for v in obj)
-        return obj
-
+    """The batch with `fn` applied to every tensor in it, through nested containers (`tensors.map_tensors`)."""
     args, kwargs = batch
-    return tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
+    return tuple(map_nested(a, fn) for a in args), {k: map_nested(v, fn) for k, v in kwargs.items()}
 
 
 def to_device(batch: Batch, device: str, requires_grad: bool) -> Batch:

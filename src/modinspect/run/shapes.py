@@ -18,6 +18,7 @@ from modinspect.errors import UsageError
 from modinspect.reports import ModuleNode, ModuleShapes, ShapesReport, ShapesTotals, TreeReport
 from modinspect.run.inputs import InputSpec, map_tensors
 from modinspect.sources.base import Source, TensorInfo
+from modinspect.tensors import iter_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -64,25 +65,6 @@ def meta_copy(model: Any) -> Any:
         ) from exc
 
 
-def _tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
-    """Every tensor in an output: tuples, lists, dicts, dataclasses and ModelOutput are walked."""
-    import torch
-
-    if depth > 8:
-        return
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):  # transformers' ModelOutput is an OrderedDict
-        for v in obj.values():
-            yield from _tensors(v, depth + 1)
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            yield from _tensors(v, depth + 1)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            yield from _tensors(getattr(obj, f.name), depth + 1)
-
-
 def _nbytes(t: torch.Tensor) -> int:
     return dtypes.nbytes(str(t.dtype).removeprefix("torch."), t.numel(), unknown_bits=8)
 
@@ -120,7 +102,7 @@ class _Recorder:
         if self.stack and self.stack[-1] == name:
             self.stack.pop()
         acc = self.accs[name]
-        tensors = list(_tensors(output))
+        tensors = list(iter_tensors(output))
         acc.calls += 1
         if acc.calls == 1:
             acc.output_shapes = tuple(tuple(t.shape) for t in tensors)
@@ -225,7 +207,7 @@ def measure_shapes(
     exclude = {_storage_key(t) for t in (*meta.parameters(), *meta.buffers())}
     recorder = _Recorder(meta, exclude)
     args, kwargs = _to_meta(batch)
-    input_bytes = sum(_nbytes(t) for t in _tensors((args, kwargs)))
+    input_bytes = sum(_nbytes(t) for t in iter_tensors((args, kwargs)))
     handles = []
     counter = FlopCounterMode(display=False)
     try:

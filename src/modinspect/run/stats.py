@@ -21,11 +21,11 @@ from modinspect.run.collector import (
     Batch,
     Collector,
     StatsOptions,
-    flatten_tensors,
     floating,
     unit_dim,
 )
 from modinspect.run.reductions import diagnose
+from modinspect.tensors import iter_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +39,6 @@ __all__ = [
     "StatsOptions",
     "as_batches",
     "collect_stats",
-    "flatten_tensors",
     "preserved",
     "seed_all",
     "unit_dim",
@@ -110,7 +109,7 @@ def _loss(output: Any, loss: str | Callable[[Any], Any]) -> tuple[torch.Tensor |
         if own is not None:
             return own, described
         loss = "sum"
-    tensors = [t for t in floating(flatten_tensors(output)) if t.requires_grad]
+    tensors = [t for t in floating(iter_tensors(output)) if t.requires_grad]
     if not tensors:
         return None, loss
     parts = [t.float().sum() if loss == "sum" else t.float().mean() for t in tensors]

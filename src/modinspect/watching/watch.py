@@ -46,6 +46,7 @@ from modinspect.run import collector as stats_hooks
 from modinspect.run import wrappers
 from modinspect.run.collector import RELU_FAMILY, Collector, StatsOptions
 from modinspect.run.reductions import NEAR_LIMIT, GradTotals, Running, flags_for, grad_outliers
+from modinspect.tensors import map_tensors
 from modinspect.watching.log import (
     GroupRecord,
     Histogram,
@@ -462,11 +463,9 @@ class Watch:
             return
         import torch
 
-        from modinspect.run.collector import flatten_tensors
+        from modinspect.tensors import iter_tensors
 
-        outputs = [
-            t.detach() for t in flatten_tensors(output) if t.is_floating_point() and t.numel()
-        ]
+        outputs = [t.detach() for t in iter_tensors(output) if t.is_floating_point() and t.numel()]
         if outputs:  # the sentinel's forward half: the model's outputs, one read each
             with torch.no_grad():
                 bad = ~torch.isfinite(
@@ -476,7 +475,7 @@ class Watch:
                 self._fold_lazy(bad)
             else:
                 self._out_bad = bad if self._out_bad is None else self._out_bad | bad
-        first = next((t for t in flatten_tensors(output) if t.requires_grad), None)
+        first = next((t for t in iter_tensors(output) if t.requires_grad), None)
         if first is not None:
             self._output_hooks.append(first.register_hook(self._output_grad))  # type: ignore[no-untyped-call]
 
@@ -797,7 +796,7 @@ class Watch:
             obj = dict(kwargs)
         else:
             obj = args[0] if len(args) == 1 else tuple(args)
-        obj = _to_cpu(obj, torch)
+        obj = map_tensors(obj, lambda t: t.detach().cpu(), plain=True)
         atomic_write(self._save_batch, lambda tmp: torch.save(obj, tmp), force=self._overwrite)
         if (
             not self._ranks.many
@@ -1190,16 +1189,6 @@ def _bindable(model: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
-
-
-def _to_cpu(obj: Any, torch: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v, torch) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_to_cpu(v, torch) for v in obj)
-    return obj
 
 
 def describe_nonfinite(step: int, origin: NonfiniteOrigin | None) -> str:
