@@ -164,3 +164,24 @@ def test_to_device_moves_a_named_tuple_batch() -> None:
     args, kwargs = to_device(((Pair(x, y),), {"mask": [y]}), "cpu", requires_grad=True)
     assert type(args[0]) is Pair and args[0].first.requires_grad and args[0].second.requires_grad
     assert kwargs["mask"][0].requires_grad and not y.requires_grad
+
+
+OFFSETS = torch.ones(1, 4)  # a module-level tensor the model below reads inside a list
+
+
+class CatOffsets(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.fc(x), OFFSETS], dim=0)
+
+
+def test_doctor_sees_a_global_tensor_passed_inside_a_list() -> None:
+    """doctor's use check looked only at an op's top-level arguments: torch.cat([x, OFFSETS]) hid OFFSETS."""
+    import modinspect
+
+    report = modinspect.doctor(CatOffsets(), (torch.randn(2, 4),))
+    found = [(f.id, f.where.attribute) for f in report.findings]
+    assert found == [("global-tensor-in-forward", "OFFSETS")]

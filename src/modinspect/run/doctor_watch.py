@@ -250,15 +250,18 @@ def uses(tensors: list[torch.Tensor]) -> Iterator[set[int]]:
         return
     from torch.overrides import TorchFunctionMode
 
+    from modinspect.tensors import iter_tensors
+
     wanted = {id(t) for t in tensors}
 
     class Uses(TorchFunctionMode):
         def __torch_function__(
             self, func: Any, types: Any, args: Any = (), kwargs: Any = None
         ) -> Any:
-            for a in (*args, *(kwargs or {}).values()):
-                if id(a) in wanted:
-                    used.add(id(a))
+            # nested too: torch.cat([x, TABLE]) takes TABLE inside a list
+            for t in iter_tensors((args, kwargs)):
+                if id(t) in wanted:
+                    used.add(id(t))
             return func(*args, **(kwargs or {}))
 
     with Uses():
