@@ -1817,6 +1817,19 @@ def saved_weights_with_a_huge_header_length(tmp: Path) -> tuple[list[str], str]:
     ], "is not a readable safetensors file"
 
 
+# ---------------------------------------------------------------- branch leaves: sizes from the one dtype table
+
+
+@case
+def gguf_block_quantised_scalar(tmp: Path) -> tuple[list[str], str]:
+    """A Q4_K tensor with no dims: one element, not a whole block (it was listed as 0 bytes)."""
+    path = gguf_header(tmp / "a.gguf", tensors=[gg_tensor("w", [], gtype=12)], data=b"\0" * 160)
+    return [
+        "tree",
+        str(path),
+    ], "gives 'w' rows of 1 elements, not a multiple of Q4_K's block of 256"
+
+
 # ---------------------------------------------------------------- running them
 
 

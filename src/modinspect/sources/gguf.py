@@ -424,9 +424,10 @@ class GGUFHeader:
                 not numel and math.prod(d for d in ne if d) >= _INT64_LIMIT
             ):
                 raise self.corrupt(f"gives {name!r} dims {list(ne)} whose product overflows int64")
-            if block > 1 and (ne[0] if ne else 1) % block:
+            row = ne[0] if ne else 1  # a tensor with no dims is one element
+            if block > 1 and row % block:
                 raise self.corrupt(
-                    f"gives {name!r} rows of {ne[0]:,} elements, not a multiple of {tname}'s "
+                    f"gives {name!r} rows of {row:,} elements, not a multiple of {tname}'s "
                     f"block of {block}"
                 )
             nbytes = dtypes.nbytes(known.name, numel)
