@@ -45,16 +45,34 @@ def iter_tensors(
     """
     import torch
 
-    tensor = torch.Tensor
-    stack: list[tuple[Any, int]] = [(obj, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, tensor):
-            yield item
-            continue
-        children = _children(item, into_dataclasses) if depth < max_depth else None
-        if children:
-            stack.extend((child, depth + 1) for child in reversed(children))
+    found: list[torch.Tensor] = []
+    _collect(obj, torch.Tensor, found, max_depth, into_dataclasses)
+    return iter(found)
+
+
+def _collect(
+    obj: Any, tensor: type, found: list[Any], depth_left: int, into_dataclasses: bool
+) -> None:
+    """Append the tensors in `obj` to `found`: the stats hooks call this twice per module call, so it is
+    lean (no generator per level, a tensor among a container's values appended without a call)."""
+    if isinstance(obj, tensor):
+        found.append(obj)
+        return
+    if depth_left <= 0:
+        return
+    if isinstance(obj, dict):
+        children: Any = obj.values()
+    elif isinstance(obj, (list, tuple)):
+        children = obj
+    elif into_dataclasses and dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        children = [getattr(obj, f.name, None) for f in dataclasses.fields(obj)]
+    else:
+        return
+    for child in children:
+        if isinstance(child, tensor):
+            found.append(child)
+        else:
+            _collect(child, tensor, found, depth_left - 1, into_dataclasses)
 
 
 def map_tensors(
