@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 Kind = Literal["float", "complex", "int", "uint", "bool", "quantized", "block"]
 
@@ -135,22 +135,24 @@ DTYPES: tuple[DType, ...] = (
 # fmt: on
 
 
-def _index(key: str) -> Mapping[object, DType]:
-    found: dict[object, DType] = {}
+def _index(key: str) -> Mapping[Any, DType]:
+    """The records by one of their codes (those that have it): each code names one dtype."""
+    found: dict[Any, DType] = {}
     for d in DTYPES:
         code = getattr(d, key)
         if code is not None:
-            assert code not in found, f"two dtypes share the {key} {code!r}"
+            if code in found:
+                raise ValueError(f"{found[code].name} and {d.name} share the {key} {code!r}")
             found[code] = d
     return MappingProxyType(found)
 
 
-BY_NAME: Mapping[str, DType] = _index("name")  # type: ignore[assignment]
-BY_SAFETENSORS: Mapping[str, DType] = _index("safetensors")  # type: ignore[assignment]
-BY_GGML: Mapping[int, DType] = _index("ggml")  # type: ignore[assignment]
-BY_GGUF_VALUE: Mapping[int, DType] = _index("gguf_value")  # type: ignore[assignment]
-BY_STORAGE: Mapping[str, DType] = _index("storage")  # type: ignore[assignment]
-BY_SCALAR_TYPE: Mapping[int, DType] = _index("scalar_type")  # type: ignore[assignment]
+BY_NAME: Mapping[str, DType] = _index("name")
+BY_SAFETENSORS: Mapping[str, DType] = _index("safetensors")
+BY_GGML: Mapping[int, DType] = _index("ggml")
+BY_GGUF_VALUE: Mapping[int, DType] = _index("gguf_value")
+BY_STORAGE: Mapping[str, DType] = _index("storage")
+BY_SCALAR_TYPE: Mapping[int, DType] = _index("scalar_type")
 # torch's other names -> its canonical one: 'double' -> 'float64'
 ALIASES: Mapping[str, str] = MappingProxyType({a: d.name for d in DTYPES for a in d.aliases})
 _BITS = {d.name: d.bits for d in DTYPES if not d.is_block}
@@ -170,9 +172,8 @@ def nbytes(dtype: str, numel: int, *, unknown_bits: int | None = None) -> int:
 
     A dtype not in the table counts `unknown_bits` per element when given, and raises KeyError otherwise.
     """
-    bits = _BITS.get(
-        dtype
-    )  # one dict lookup: a 100k-tensor safetensors header calls this per tensor
+    # One dict lookup first: a 100k-tensor safetensors header calls this once per tensor.
+    bits = _BITS.get(dtype)
     if bits is not None:
         return -(-numel * bits // 8)
     d = BY_NAME.get(dtype)
