@@ -8,6 +8,8 @@ The Python API mirrors the CLI and never prints::
     print(report.totals.params)
     shapes = modinspect.measure_shapes(model, ((torch.randn(1, 3, 224, 224),), {}))  # on the meta device
     print(shapes.totals.macs)
+
+Every name in `__all__` is imported on first use, so `import modinspect` imports neither torch nor rich.
 """
 
 from __future__ import annotations
@@ -16,11 +18,154 @@ from typing import TYPE_CHECKING, Any
 
 from modinspect.version import __version__
 
+if TYPE_CHECKING:
+    from modinspect.analysis.diff import DiffOptions, diff_sources
+    from modinspect.analysis.loading import plan_load
+    from modinspect.analysis.tree import build_tree
+    from modinspect.commands.doctor import DoctorRequest, run_doctor
+    from modinspect.commands.load import (
+        LoadRequest,
+        MismatchedShapesError,
+        perform_load,
+        run_load,
+    )
+    from modinspect.commands.stats import StatsRequest, StatsRun, prepare_stats, run_stats
+    from modinspect.errors import (
+        ConfigError,
+        CorruptFileError,
+        EntryPointError,
+        ModelTooLargeError,
+        ModinspectError,
+        NonFiniteError,
+        SourceNotFoundError,
+        UnknownFormatError,
+        UnsafePickleError,
+        UsageError,
+        WeightsMismatchError,
+    )
+    from modinspect.names import KeyMap
+    from modinspect.reports import (
+        DiffReport,
+        LoadPlan,
+        LoadReport,
+        ModuleStats,
+        NonfiniteOrigin,
+        RunReport,
+        ShapesReport,
+        StatsReport,
+        Totals,
+        TreeReport,
+        WatchReport,
+    )
+    from modinspect.reports.doctor import DoctorReport, Finding, Location
+    from modinspect.run.collector import StatsOptions
+    from modinspect.run.doctor import doctor
+    from modinspect.run.inputs import InputSpec
+    from modinspect.run.shapes import add_layers, measure_shapes
+    from modinspect.run.source import open_source
+    from modinspect.run.stats import ForwardError, collect_stats
+    from modinspect.sources.base import ModuleInfo, Source, TensorInfo
+    from modinspect.watching.runlog import read_run_log
+    from modinspect.watching.watch import NonFiniteWarning, Watch, watch
+
+# module -> the public names it defines; each is imported on first use so that `import modinspect` stays cheap.
+_MODULES: dict[str, tuple[str, ...]] = {
+    # functions: one per command, and the engine's steps
+    "modinspect.run.source": ("open_source",),
+    "modinspect.analysis.tree": ("build_tree",),
+    "modinspect.run.shapes": ("add_layers", "measure_shapes"),
+    "modinspect.analysis.diff": ("diff_sources", "DiffOptions"),
+    "modinspect.analysis.loading": ("plan_load",),
+    "modinspect.commands.load": (
+        "perform_load",
+        "run_load",
+        "LoadRequest",
+        "MismatchedShapesError",
+    ),
+    "modinspect.run.stats": ("collect_stats", "ForwardError"),
+    "modinspect.commands.stats": ("run_stats", "prepare_stats", "StatsRequest", "StatsRun"),
+    "modinspect.watching.watch": ("watch", "Watch", "NonFiniteWarning"),
+    "modinspect.watching.runlog": ("read_run_log",),
+    "modinspect.run.doctor": ("doctor",),
+    "modinspect.commands.doctor": ("run_doctor", "DoctorRequest"),
+    # what the functions take
+    "modinspect.sources.base": ("Source", "TensorInfo", "ModuleInfo"),
+    "modinspect.run.collector": ("StatsOptions",),
+    "modinspect.run.inputs": ("InputSpec",),
+    "modinspect.names": ("KeyMap",),
+    # what they return
+    "modinspect.reports": (
+        "TreeReport",
+        "Totals",
+        "ShapesReport",
+        "DiffReport",
+        "LoadPlan",
+        "LoadReport",
+        "StatsReport",
+        "ModuleStats",
+        "NonfiniteOrigin",
+        "WatchReport",
+        "RunReport",
+    ),
+    "modinspect.reports.doctor": ("DoctorReport", "Finding", "Location"),
+    # what they raise: str(error) is the one line the CLI prints
+    "modinspect.errors": (
+        "ModinspectError",
+        "SourceNotFoundError",
+        "UnknownFormatError",
+        "CorruptFileError",
+        "UnsafePickleError",
+        "EntryPointError",
+        "ConfigError",
+        "WeightsMismatchError",
+        "UsageError",
+        "ModelTooLargeError",
+        "NonFiniteError",
+    ),
+}
+_LAZY = {name: module for module, names in _MODULES.items() for name in names}
+
 __all__ = [
+    "ConfigError",
+    "CorruptFileError",
+    "DiffOptions",
+    "DiffReport",
     "DoctorReport",
+    "DoctorRequest",
+    "EntryPointError",
     "Finding",
+    "ForwardError",
+    "InputSpec",
+    "KeyMap",
+    "LoadPlan",
+    "LoadReport",
+    "LoadRequest",
+    "Location",
+    "MismatchedShapesError",
+    "ModelTooLargeError",
     "ModinspectError",
+    "ModuleInfo",
+    "ModuleStats",
     "NonFiniteError",
+    "NonFiniteWarning",
+    "NonfiniteOrigin",
+    "RunReport",
+    "ShapesReport",
+    "Source",
+    "SourceNotFoundError",
+    "StatsOptions",
+    "StatsReport",
+    "StatsRequest",
+    "StatsRun",
+    "TensorInfo",
+    "Totals",
+    "TreeReport",
+    "UnknownFormatError",
+    "UnsafePickleError",
+    "UsageError",
+    "Watch",
+    "WatchReport",
+    "WeightsMismatchError",
     "__version__",
     "add_layers",
     "build_tree",
@@ -31,52 +176,25 @@ __all__ = [
     "open_source",
     "perform_load",
     "plan_load",
+    "prepare_stats",
     "read_run_log",
+    "run_doctor",
     "run_load",
     "run_stats",
     "watch",
 ]
-
-if TYPE_CHECKING:
-    from modinspect.analysis.diff import diff_sources
-    from modinspect.analysis.loading import plan_load
-    from modinspect.analysis.tree import build_tree
-    from modinspect.commands.load import perform_load, run_load
-    from modinspect.commands.stats import run_stats
-    from modinspect.errors import ModinspectError, NonFiniteError
-    from modinspect.reports.doctor import DoctorReport, Finding
-    from modinspect.run.doctor import doctor
-    from modinspect.run.shapes import add_layers, measure_shapes
-    from modinspect.run.source import open_source
-    from modinspect.run.stats import collect_stats
-    from modinspect.watching.runlog import read_run_log
-    from modinspect.watching.watch import watch
-
-# name -> module that defines it; imported on first use so that `import modinspect` stays cheap.
-_LAZY = {
-    "open_source": "modinspect.run.source",
-    "build_tree": "modinspect.analysis.tree",
-    "collect_stats": "modinspect.run.stats",
-    "diff_sources": "modinspect.analysis.diff",
-    "doctor": "modinspect.run.doctor",
-    "DoctorReport": "modinspect.reports.doctor",
-    "Finding": "modinspect.reports.doctor",
-    "plan_load": "modinspect.analysis.loading",
-    "perform_load": "modinspect.commands.load",
-    "add_layers": "modinspect.run.shapes",
-    "measure_shapes": "modinspect.run.shapes",
-    "read_run_log": "modinspect.watching.runlog",
-    "run_load": "modinspect.commands.load",
-    "run_stats": "modinspect.commands.stats",
-    "watch": "modinspect.watching.watch",
-    "ModinspectError": "modinspect.errors",
-    "NonFiniteError": "modinspect.errors",  # what watch(on_nonfinite="raise") raises at the first NaN/Inf
-}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'modinspect' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API (what tab completion offers in a notebook), with the module's own attributes."""
+    return sorted({*__all__, *(n for n in globals() if n.startswith("__") and n.endswith("__"))})
