@@ -75,3 +75,92 @@ def test_import_and_dir_do_not_import_torch() -> None:
     classes = sum(1 for n in modinspect.__all__ if n[0].isupper())
     # the report, request and error types are plain data: using them does not need torch either
     assert out.stdout == f"False False False\n{classes} False\n"
+
+
+# A row's own few values (a shape, its flags) stay in its repr; every other variable-length field is hidden.
+SMALL_FIELDS = {
+    ("TensorRow", "shape"),
+    ("TensorRow", "logical_shape"),
+    ("QuantLayer", "shape"),
+    ("QuantLayer", "aux"),  # a quantized layer's few auxiliary tensors (scales, zeros)
+    ("ModuleShapes", "output_shapes"),  # the tensors of one module's output
+    ("ModuleShapes", "output_dtypes"),
+    ("ModuleStats", "flags"),
+    ("ModuleSeries", "flags"),
+    ("TensorDiff", "shape"),
+}
+
+
+def test_every_report_hides_its_variable_length_fields_from_repr() -> None:
+    import dataclasses
+    import inspect
+
+    import modinspect.reports as reports
+    import modinspect.reports.doctor as doctor_reports
+
+    shown = []
+    for module in (reports, doctor_reports):
+        for name, cls in vars(module).items():
+            if not (inspect.isclass(cls) and dataclasses.is_dataclass(cls)):
+                continue
+            if cls.__module__ != module.__name__:
+                continue
+            for f in dataclasses.fields(cls):
+                kind = str(f.type)
+                variable = kind.startswith(("tuple[", "list[", "dict[")) and (
+                    kind.startswith(("list[", "dict[")) or "..." in kind
+                )
+                if f.repr and variable and (name, f.name) not in SMALL_FIELDS:
+                    shown.append(f"{name}.{f.name}")
+    assert shown == []
+
+
+def _gpt2() -> object:
+    import warnings
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2))
+
+
+def test_tree_report_repr_is_a_short_line_that_names_the_totals() -> None:
+    model = _gpt2()
+    source = modinspect.open_source(model)
+    report = modinspect.build_tree(source)
+    text = repr(report)
+    # torch's own count: each parameter once (GPT-2 ties lm_head.weight to wte.weight)
+    unique = {p.data_ptr(): p.numel() for p in model.parameters()}  # type: ignore[attr-defined]
+    assert report.totals.params == sum(unique.values())
+    assert len(text) < 600, len(text)
+    assert "\n" not in text
+    assert text.startswith("TreeReport(source='GPT2LMHeadModel', format='module', ")
+    assert f"params={sum(unique.values())}," in text
+    assert f"tensors=<{len(report.tensors)} items>" in text
+    assert f"modules=<{len(report.modules)} items>" in text
+    assert "tied=<1 item>" in text and "root=<ModuleNode>" in text
+    # the rows are still all there
+    assert len(report.tensors) == len(model.state_dict())  # type: ignore[attr-defined]
+    source_text = repr(source)
+    assert len(source_text) < 300, source_text
+    assert source_text.startswith("ModuleSource(label='GPT2LMHeadModel', format='module', ")
+    assert f"tensors=<{len(source.tensors)} items>" in source_text
+    assert "module=<GPT2LMHeadModel>" in source_text
+
+
+def test_diff_repr_stays_short_however_many_tensors_changed() -> None:
+    a, b = modinspect.open_source(_gpt2()), modinspect.open_source(_gpt2())
+    import torch
+
+    with torch.no_grad():
+        for p in b.module.parameters():
+            p.add_(1.0)
+    report = modinspect.diff_sources(a, b)
+    text = repr(report)
+    assert len(report.changed) == len(a.tensors) == report.compared  # every name, the tied one too
+    assert len(text) < 600, text
+    assert f"changed=<{len(report.changed)} items>" in text
+    assert f"compared={report.compared}," in text and "equal=0," in text

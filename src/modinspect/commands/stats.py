@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from modinspect.errors import UsageError
-from modinspect.reports import StatsReport
+from modinspect.reports import StatsReport, short_repr
 from modinspect.run.ranks import Ranks
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -62,19 +62,22 @@ class StatsRun:
     """A prepared run: the model, where it runs, its batches. `run()` once."""
 
     label: str
-    module: Any
+    module: Any = field(repr=False)
     device: str
     options: Any  # StatsOptions
-    batches: Iterable[Any]
+    batches: Iterable[Any] = field(repr=False)
     count: int  # number of batches
     described: str  # where the inputs came from
-    ranks: Ranks
-    warnings: list[str] = field(default_factory=list)
-    would_call: list[str] = field(
-        default_factory=list
-    )  # globals the model's pickles call (torch.load would)
-    _in_use: contextlib.AbstractContextManager[Any] = field(default_factory=contextlib.nullcontext)
-    _owns_group: bool = False
+    ranks: Ranks = field(repr=False)
+    warnings: list[str] = field(default_factory=list, repr=False)
+    # globals the model's pickles call (torch.load would)
+    would_call: list[str] = field(default_factory=list, repr=False)
+    _in_use: contextlib.AbstractContextManager[Any] = field(
+        default_factory=contextlib.nullcontext, repr=False
+    )
+    _owns_group: bool = field(default=False, repr=False)
+
+    __repr__ = short_repr
 
     def run(self, progress: Callable[[int], None] | None = None) -> StatsReport:
         from modinspect.run.inputs import to_device

@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def short_repr(obj: Any) -> str:
+    """`Name(field=value, ...)` over the fields a repr shows; a hidden collection as its size (`tensors=<52 items>`).
+
+    Reports hold every row (`field(repr=False)`): their repr names the totals and says how many rows there
+    are, so that a report echoed in a notebook or a log is a line, not the whole report.
+    """
+    parts = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.repr:
+            parts.append(f"{f.name}={value!r}")
+        elif isinstance(value, tuple | list | dict | set | frozenset):
+            if value:
+                parts.append(f"{f.name}=<{len(value)} item{'s' if len(value) != 1 else ''}>")
+        elif not (value is None or f.name.startswith("_") or isinstance(value, str | int | float)):
+            parts.append(f"{f.name}=<{type(value).__name__}>")
+    return f"{type(obj).__name__}({', '.join(parts)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +107,15 @@ class ModuleNode:
     """A node of the displayed tree; `repeat` > 1 stands for a run of identical blocks."""
 
     row: ModuleRow
-    tensors: tuple[TensorRow, ...]
-    children: tuple[ModuleNode, ...]
+    tensors: tuple[TensorRow, ...] = field(repr=False)
+    children: tuple[ModuleNode, ...] = field(repr=False)
     repeat: int = 1
     last_name: str | None = None
     run_params: int = 0
     run_bytes: int = 0
     hidden: int = 0  # children and tensors cut by --depth
+
+    __repr__ = short_repr
 
     @property
     def short(self) -> str:
@@ -162,8 +185,10 @@ class ShapesReport:
 
     inputs: str
     training: bool
-    modules: tuple[ModuleShapes, ...]
+    modules: tuple[ModuleShapes, ...] = field(repr=False)
     totals: ShapesTotals
+
+    __repr__ = short_repr
 
     def get(self, name: str) -> ModuleShapes | None:
         return next((m for m in self.modules if m.name == name), None)
@@ -176,23 +201,25 @@ class TreeReport:
     module_known: bool
     training: bool | None
     totals: Totals
-    by_dtype: tuple[DtypeTotal, ...]
-    modules: tuple[ModuleRow, ...]
-    tensors: tuple[TensorRow, ...]
-    tied: tuple[tuple[str, ...], ...]
-    root: ModuleNode
+    by_dtype: tuple[DtypeTotal, ...] = field(repr=False)
+    modules: tuple[ModuleRow, ...] = field(repr=False)
+    tensors: tuple[TensorRow, ...] = field(repr=False)
+    tied: tuple[tuple[str, ...], ...] = field(repr=False)
+    root: ModuleNode = field(repr=False)
     state_dict_key: str | None
-    other_entries: tuple[tuple[str, str], ...]
-    metadata: tuple[tuple[str, str], ...]
-    notes: tuple[str, ...]
+    other_entries: tuple[tuple[str, str], ...] = field(repr=False)
+    metadata: tuple[tuple[str, str], ...] = field(repr=False)
+    notes: tuple[str, ...] = field(repr=False)
     filter: str | None
     # Attached by analysis.shapes for live modules: (module name, extra_repr()) and the forward pass.
-    extra_reprs: tuple[tuple[str, str], ...] = ()
+    extra_reprs: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     shapes: ShapesReport | None = None
     # Globals the file's pickle calls that are not known data classes: torch.load would run them (stand-ins here).
-    would_call: tuple[str, ...] = ()
+    would_call: tuple[str, ...] = field(default=(), repr=False)
     # Per scheme: logical elements and the bytes stored for them, auxiliary tensors included.
-    by_scheme: tuple[DtypeTotal, ...] = ()
+    by_scheme: tuple[DtypeTotal, ...] = field(default=(), repr=False)
+
+    __repr__ = short_repr
 
 
 @dataclass(frozen=True)
@@ -214,14 +241,17 @@ class Alias:
 class LoadPlan:
     """Every key's status. Model-side names except `unexpected`, which holds checkpoint names as stored."""
 
-    loaded: tuple[str, ...]
-    cast: tuple[Mismatch, ...]  # loaded, but torch's copy_ converts the dtype
-    mismatched: tuple[Mismatch, ...]
-    missing: tuple[str, ...]
-    unexpected: tuple[str, ...]
-    tied: tuple[Alias, ...]  # model names filled through a loaded tied partner
-    sources: tuple[tuple[str, str], ...] = ()  # (model name, checkpoint name) for each loaded key
-    hints: tuple[str, ...] = ()
+    loaded: tuple[str, ...] = field(repr=False)
+    cast: tuple[Mismatch, ...] = field(repr=False)  # loaded, but torch's copy_ converts the dtype
+    mismatched: tuple[Mismatch, ...] = field(repr=False)
+    missing: tuple[str, ...] = field(repr=False)
+    unexpected: tuple[str, ...] = field(repr=False)
+    tied: tuple[Alias, ...] = field(repr=False)  # model names filled through a loaded tied partner
+    # (model name, checkpoint name) for each loaded key
+    sources: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    hints: tuple[str, ...] = field(default=(), repr=False)
+
+    __repr__ = short_repr
 
     @property
     def strict_ok(self) -> bool:
@@ -239,10 +269,11 @@ class LoadReport:
     dry_run: bool
     written: str | None
     # (model name, max |checkpoint value − value the model holds after copy_|) for each cast key, once copied
-    cast_errors: tuple[tuple[str, float], ...] = ()
-    would_call: tuple[
-        str, ...
-    ] = ()  # globals the checkpoint's pickle calls: torch.load would run them
+    cast_errors: tuple[tuple[str, float], ...] = field(default=(), repr=False)
+    # globals the checkpoint's pickle calls: torch.load would run them
+    would_call: tuple[str, ...] = field(default=(), repr=False)
+
+    __repr__ = short_repr
 
     @property
     def strict_failed(self) -> bool:
@@ -274,14 +305,16 @@ class ModuleStats:
     param_grad_norm: float | None  # of this module's own parameters' gradients
     param_grad_nan: int
     param_grad_inf: int
-    histogram: tuple[int, ...]  # counts over [min, max] of the first call, for sparklines
+    # counts over [min, max] of the first call, for sparklines
+    histogram: tuple[int, ...] = field(repr=False)
     flags: tuple[
         str, ...
     ]  # nan, inf, dead, mostly-dead, exploding-grad, vanishing-grad, nonfinite-grad
-    histogram_edges: tuple[
-        float, ...
-    ] = ()  # len(histogram) + 1 edges, equal widths over [min, max]
+    # len(histogram) + 1 edges, equal widths over [min, max]
+    histogram_edges: tuple[float, ...] = field(default=(), repr=False)
     input_from: str | None = None  # the hooked module whose output this module's first input was
+
+    __repr__ = short_repr
 
 
 @dataclass(frozen=True)
@@ -295,7 +328,7 @@ class NonfiniteOrigin:
     type: str | None
     phase: str  # forward | backward
     cause: str  # produced | input | loss | weight | overflow
-    passed_on: tuple[str, ...]
+    passed_on: tuple[str, ...] = field(repr=False)
     op: str | None = None  # the aten op that produced it from finite inputs: aten::log
     source: str | None = None  # file:line of the user's code that ran that op
     code: str | None = None  # that line's text
@@ -310,6 +343,8 @@ class NonfiniteOrigin:
     )
     caller_code: str | None = None
 
+    __repr__ = short_repr
+
 
 @dataclass(frozen=True)
 class FrozenParams:
@@ -318,9 +353,10 @@ class FrozenParams:
     params: int  # elements of the frozen parameters
     total: int  # elements of all parameters
     tensors: int  # frozen parameter tensors
-    modules: tuple[
-        str, ...
-    ]  # the modules every parameter of which is frozen, the outermost only ("" the model)
+    # the modules every parameter of which is frozen, the outermost only ("" the model)
+    modules: tuple[str, ...] = field(repr=False)
+
+    __repr__ = short_repr
 
 
 @dataclass(frozen=True)
@@ -333,17 +369,19 @@ class StatsReport:
     backward: bool
     loss: str
     inputs: str
-    modules: tuple[ModuleStats, ...]
+    modules: tuple[ModuleStats, ...] = field(repr=False)
     nonfinite_origin: NonfiniteOrigin | None
     nonfinite_found: bool
-    notes: tuple[str, ...]
+    notes: tuple[str, ...] = field(repr=False)
     # A second, independent origin in backward (when the first is in forward, the input, a weight or the loss).
     backward_origin: NonfiniteOrigin | None = None
-    diagnoses: tuple[str, ...] = ()  # plain-language causes where the evidence is clear
+    # plain-language causes where the evidence is clear
+    diagnoses: tuple[str, ...] = field(default=(), repr=False)
     frozen: FrozenParams | None = None  # None: the parameters were not counted
-    would_call: tuple[
-        str, ...
-    ] = ()  # globals the model's --weights pickle calls: torch.load would run them
+    # globals the model's --weights pickle calls: torch.load would run them
+    would_call: tuple[str, ...] = field(default=(), repr=False)
+
+    __repr__ = short_repr
 
     def has(self, finding: str) -> bool:
         """Whether a `--fail-on` finding is present: nan, dead, mostly-dead, exploding or vanishing."""
@@ -423,28 +461,31 @@ class DiffReport:
     b: str
     format_a: str
     format_b: str
-    only_in_a: tuple[str, ...]
-    only_in_b: tuple[str, ...]
-    shape_mismatch: tuple[PairMismatch, ...]
-    dtype_mismatch: tuple[PairMismatch, ...]
-    changed: tuple[TensorDiff, ...]  # sorted by severity
-    close: tuple[TensorDiff, ...]
+    only_in_a: tuple[str, ...] = field(repr=False)
+    only_in_b: tuple[str, ...] = field(repr=False)
+    shape_mismatch: tuple[PairMismatch, ...] = field(repr=False)
+    dtype_mismatch: tuple[PairMismatch, ...] = field(repr=False)
+    changed: tuple[TensorDiff, ...] = field(repr=False)  # sorted by severity
+    close: tuple[TensorDiff, ...] = field(repr=False)
     equal: int  # tensors equal within tolerance (close ones included)
     identical: int  # of which bitwise/numerically identical
     compared: int
-    aliased: tuple[
-        tuple[str, str], ...
-    ]  # (name only one side stores, the tied name it matched through)
-    rollup: tuple[ModuleRollup, ...]
-    hints: tuple[str, ...]
+    # (name only one side stores, the tied name it matched through)
+    aliased: tuple[tuple[str, str], ...] = field(repr=False)
+    rollup: tuple[ModuleRollup, ...] = field(repr=False)
+    hints: tuple[str, ...] = field(repr=False)
     tolerance: str
     nan_equal: bool
     bytewise: int = (
         0  # pairs of one quantized type (GGUF's Q4_K, ...) compared byte for byte, not by value
     )
-    module_status: tuple[ModuleStatus, ...] = ()  # every module, in first-seen order
-    would_call_a: tuple[str, ...] = ()  # globals A's pickle calls: torch.load would run them
-    would_call_b: tuple[str, ...] = ()
+    # every module, in first-seen order
+    module_status: tuple[ModuleStatus, ...] = field(default=(), repr=False)
+    # globals A's pickle calls: torch.load would run them
+    would_call_a: tuple[str, ...] = field(default=(), repr=False)
+    would_call_b: tuple[str, ...] = field(default=(), repr=False)
+
+    __repr__ = short_repr
 
     @property
     def differs(self) -> bool:
@@ -472,8 +513,10 @@ class RunHeader:
 @dataclass(frozen=True)
 class StepHistogram:
     step: int
-    edges: tuple[float, ...]
-    counts: tuple[int, ...]
+    edges: tuple[float, ...] = field(repr=False)
+    counts: tuple[int, ...] = field(repr=False)
+
+    __repr__ = short_repr
 
 
 @dataclass(frozen=True)
@@ -486,14 +529,14 @@ class ModuleSeries:
 
     name: str
     type: str
-    logged: tuple[bool, ...]
-    std: tuple[float | None, ...]
-    mean: tuple[float | None, ...]
-    grad_norm: tuple[float | None, ...]
-    dead_fraction: tuple[float | None, ...]
-    nonfinite: tuple[bool, ...]  # any NaN/Inf in the output
-    grad_nonfinite: tuple[bool, ...]  # any NaN/Inf in the output's gradient
-    histograms: tuple[StepHistogram, ...]  # at the steps that have one
+    logged: tuple[bool, ...] = field(repr=False)
+    std: tuple[float | None, ...] = field(repr=False)
+    mean: tuple[float | None, ...] = field(repr=False)
+    grad_norm: tuple[float | None, ...] = field(repr=False)
+    dead_fraction: tuple[float | None, ...] = field(repr=False)
+    nonfinite: tuple[bool, ...] = field(repr=False)  # any NaN/Inf in the output
+    grad_nonfinite: tuple[bool, ...] = field(repr=False)  # any NaN/Inf in the output's gradient
+    histograms: tuple[StepHistogram, ...] = field(repr=False)  # at the steps that have one
     first_bad_step: int | None
     grad_norm_mean: float | None  # gradient flow: over the finite logged values
     grad_norm_max: float | None
@@ -501,14 +544,18 @@ class ModuleSeries:
         str, ...
     ] = ()  # exploding-grad | vanishing-grad: mean ‖∇out‖ 1000× off the median module's
 
+    __repr__ = short_repr
+
 
 @dataclass(frozen=True)
 class ParamSeries:
     name: str
-    norm: tuple[float | None, ...]
-    grad_norm: tuple[float | None, ...]
-    update_norm: tuple[float | None, ...]
-    update_ratio: tuple[float | None, ...]
+    norm: tuple[float | None, ...] = field(repr=False)
+    grad_norm: tuple[float | None, ...] = field(repr=False)
+    update_norm: tuple[float | None, ...] = field(repr=False)
+    update_ratio: tuple[float | None, ...] = field(repr=False)
+
+    __repr__ = short_repr
 
 
 @dataclass(frozen=True)
@@ -529,22 +576,27 @@ class BadStep:
     code: str | None
     cause: str
     recorded: bool
-    affected: tuple[str, ...]  # every module with a NaN/Inf output or gradient at that step
+    # every module with a NaN/Inf output or gradient at that step
+    affected: tuple[str, ...] = field(repr=False)
     rank: int | None = None  # under torchrun: the rank whose shard held it
+
+    __repr__ = short_repr
 
 
 @dataclass(frozen=True)
 class RunReport:
     path: str
     header: RunHeader
-    steps: tuple[int, ...]
-    times: tuple[float, ...]
-    loss: tuple[float | None, ...]
-    modules: tuple[ModuleSeries, ...]
-    params: tuple[ParamSeries, ...]
+    steps: tuple[int, ...] = field(repr=False)
+    times: tuple[float, ...] = field(repr=False)
+    loss: tuple[float | None, ...] = field(repr=False)
+    modules: tuple[ModuleSeries, ...] = field(repr=False)
+    params: tuple[ParamSeries, ...] = field(repr=False)
     first_bad: BadStep | None
     truncated: bool  # the last line was incomplete and skipped
-    notes: tuple[str, ...]
+    notes: tuple[str, ...] = field(repr=False)
+
+    __repr__ = short_repr
 
 
 @dataclass(frozen=True)
@@ -566,8 +618,9 @@ class WatchReport:
     device: str
     steps: int
     records: int  # step lines written to the log (or that would have been, without one)
-    modules: tuple[ModuleStats, ...]  # merged over the whole run; grad_norm is the RMS over steps
-    params: tuple[ParamStats, ...]  # at the last logged step
+    # merged over the whole run; grad_norm is the RMS over steps
+    modules: tuple[ModuleStats, ...] = field(repr=False)
+    params: tuple[ParamStats, ...] = field(repr=False)  # at the last logged step
     nonfinite_step: int | None
     nonfinite_origin: NonfiniteOrigin | None
     log: str | None
@@ -575,4 +628,7 @@ class WatchReport:
         "sentinel"  # sentinel: modules are the logged steps' statistics; window: every step's
     )
     explanation: str | None = None  # what the update history showed before the first NaN/Inf
-    loop_warnings: tuple[str, ...] = ()  # mistakes seen in the training loop, once each
+    # mistakes seen in the training loop, once each
+    loop_warnings: tuple[str, ...] = field(default=(), repr=False)
+
+    __repr__ = short_repr

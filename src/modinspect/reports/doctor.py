@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from modinspect.reports import short_repr
 
 Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "error")  # increasing
@@ -61,9 +63,11 @@ class DoctorReport:
     kind: Literal["module", "checkpoint"]
     context: str  # training / inference (a live module), or "" for a checkpoint
     inputs: str  # the example input, described; "" when nothing ran
-    findings: tuple[Finding, ...]
-    checks: tuple[str, ...]  # identifiers of the checks that ran
-    notes: tuple[str, ...] = ()
+    findings: tuple[Finding, ...] = field(repr=False)
+    checks: tuple[str, ...] = field(repr=False)  # identifiers of the checks that ran
+    notes: tuple[str, ...] = field(default=(), repr=False)
+
+    __repr__ = short_repr
 
     def count(self, severity: Severity) -> int:
         return sum(f.severity == severity for f in self.findings)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from modinspect import dtypes
+from modinspect.reports import short_repr
 
 if TYPE_CHECKING:
     import torch
@@ -67,24 +68,26 @@ class Source:
 
     label: str
     format: str
-    tensors: list[TensorInfo]
-    modules: list[ModuleInfo] | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
+    tensors: list[TensorInfo] = field(repr=False)
+    modules: list[ModuleInfo] | None = field(default=None, repr=False)
+    metadata: dict[str, str] = field(default_factory=dict, repr=False)
     state_dict_key: str | None = None
-    other_entries: list[EntrySummary] = field(default_factory=list)
-    module: Any = None  # the nn.Module, when the source yields one
-    notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    standins: list[str] = field(
-        default_factory=list
-    )  # globals read as inert stand-ins, never imported
+    other_entries: list[EntrySummary] = field(default_factory=list, repr=False)
+    module: Any = field(default=None, repr=False)  # the nn.Module, when the source yields one
+    notes: list[str] = field(default_factory=list, repr=False)
+    warnings: list[str] = field(default_factory=list, repr=False)
+    # globals read as inert stand-ins, never imported
+    standins: list[str] = field(default_factory=list, repr=False)
     # Names the file records only as sharing another tensor's storage, {name: kept name} (safetensors
     # save_model's metadata): listed with the kept tensor's shape, which is theirs only if they alias all of it.
-    shared_storage: dict[str, str] = field(default_factory=dict)
-    would_call: list[str] = field(
-        default_factory=list
-    )  # stand-ins the pickle calls: torch.load would run them
-    quantization_config: dict[str, Any] | None = None  # config.json's, for a Hugging Face directory
+    shared_storage: dict[str, str] = field(default_factory=dict, repr=False)
+    # stand-ins the pickle calls: torch.load would run them
+    would_call: list[str] = field(default_factory=list, repr=False)
+    # config.json's, for a Hugging Face directory
+    quantization_config: dict[str, Any] | None = field(default=None, repr=False)
+
+    # `SafetensorsSource(label='x.safetensors', format='safetensors', tensors=<29 items>)`: never every tensor
+    __repr__ = short_repr
 
     def __post_init__(self) -> None:
         self._by_name = {t.name: t for t in self.tensors}
