@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import modinspect
 from conftest import REPO
@@ -164,3 +165,31 @@ def test_diff_repr_stays_short_however_many_tensors_changed() -> None:
     assert len(text) < 600, text
     assert f"changed=<{len(report.changed)} items>" in text
     assert f"compared={report.compared}," in text and "equal=0," in text
+
+
+def test_the_wheel_ships_py_typed(tmp_path: Path) -> None:
+    """PEP 561: without py.typed in the installed package, users' type checkers ignore its annotations."""
+    import shutil
+    import zipfile
+
+    assert (REPO / "src" / "modinspect" / "py.typed").is_file()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (REPO / name).exists():
+            shutil.copy(REPO / name, tree / name)
+    shutil.copytree(
+        REPO / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index"]
+    out = subprocess.run(
+        [*pip, "-q", "-w", str(tmp_path / "dist"), str(tree)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    (wheel,) = (tmp_path / "dist").glob("modinspect-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "modinspect/py.typed" in names
+    assert "modinspect/reports/__init__.py" in names  # the packages themselves, found under src/
