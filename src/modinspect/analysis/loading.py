@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from modinspect.names import WRAPPER_PREFIXES, KeyMap, suggest_prefix
 from modinspect.reports import Alias, LoadPlan, Mismatch
@@ -11,12 +11,15 @@ from modinspect.sources.base import TensorInfo
 from modinspect.sources.layout_hints import layout_hints
 from modinspect.sources.module import shares_storage
 
+if TYPE_CHECKING:
+    from torch import nn
+
 
 def plan_load(
     model: Sequence[TensorInfo],
     checkpoint: Sequence[TensorInfo],
     keymap: KeyMap | None = None,
-    module: Any = None,
+    module: nn.Module | None = None,
     shared: Mapping[str, str] | None = None,
 ) -> LoadPlan:
     """Give every key a status: loaded, cast, mismatched, missing, unexpected or tied.

@@ -8,10 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modinspect.errors import UsageError
 from modinspect.reports.doctor import RANK, DoctorReport, Severity
+
+if TYPE_CHECKING:
+    from torch import nn
 
 FAIL_ON: tuple[Severity, ...] = ("warning", "error")
 
@@ -20,7 +23,9 @@ FAIL_ON: tuple[Severity, ...] = ("warning", "error")
 class DoctorRequest:
     """What `modinspect doctor` is asked to do; every field has the CLI's default."""
 
-    source: Any = None  # a SOURCE, a live nn.Module, or None: [tool.modinspect]
+    source: str | Path | nn.Module | None = (
+        None  # a SOURCE, a live nn.Module, or None: [tool.modinspect]
+    )
     weights: str | None = None
     strict: bool = True
     unsafe_pickle: bool = False
@@ -110,7 +115,9 @@ def run_doctor(
             return doctor(src, batch, inputs_described=described, **options)
 
 
-def _input(model: Any, request: DoctorRequest, extra: dict[str, object]) -> tuple[Any, str | None]:
+def _input(
+    model: nn.Module, request: DoctorRequest, extra: dict[str, object]
+) -> tuple[Any, str | None]:
     """The first batch `stats` would run, or (None, None) when no input is given anywhere."""
     from modinspect.commands.stats import default_input_dtype
     from modinspect.run.inputs import InputSpec, resolve_batches

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modinspect.analysis.loading import plan_load
 from modinspect.errors import UsageError
@@ -22,15 +22,19 @@ from modinspect.names import KeyMap
 from modinspect.reports import LoadReport
 from modinspect.sources import Source, model_of
 
+if TYPE_CHECKING:
+    from torch import nn
+
 
 @dataclass(frozen=True)
 class LoadRequest:
     """What `modinspect load [MODEL] CHECKPOINT` is asked to do; every field has the CLI's default."""
 
-    checkpoint: Any  # any SOURCE with a state dict (a path, a directory, an entry point)
-    model: Any = (
-        None  # an entry point, a TorchScript archive, a live nn.Module, or None: [tool.modinspect]
-    )
+    checkpoint: (
+        str | Path | nn.Module
+    )  # any SOURCE with a state dict (a path, a directory, an entry point)
+    # an entry point, a TorchScript archive, a live nn.Module, or None: [tool.modinspect]
+    model: str | Path | nn.Module | None = None
     keymap: KeyMap | None = None
     strict: bool = False
     skip_mismatched: bool = False

@@ -16,11 +16,14 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modinspect.errors import UsageError
 from modinspect.reports import StatsReport, short_repr
 from modinspect.run.ranks import Ranks
+
+if TYPE_CHECKING:
+    from torch import nn
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -31,7 +34,8 @@ __all__ = ["StatsRequest", "StatsRun", "prepare_stats", "run_stats"]
 class StatsRequest:
     """What `modinspect stats` is asked to do; every field has the CLI's default."""
 
-    source: Any = None  # a SOURCE (entry point, HF directory, ...), a live nn.Module, or None: [tool.modinspect]
+    # a SOURCE (entry point, HF directory, ...), a live nn.Module, or None: [tool.modinspect]
+    source: str | Path | nn.Module | None = None
     weights: str | None = None  # a checkpoint to load into the model first
     strict: bool = True
     unsafe_pickle: bool = False
@@ -62,7 +66,7 @@ class StatsRun:
     """A prepared run: the model, where it runs, its batches. `run()` once."""
 
     label: str
-    module: Any = field(repr=False)
+    module: nn.Module = field(repr=False)
     device: str
     options: Any  # StatsOptions
     batches: Iterable[Any] = field(repr=False)
@@ -276,7 +280,7 @@ def config_dtype(extra: dict[str, object]) -> str:
     return str(dtype)
 
 
-def default_input_dtype(model: object) -> str:
+def default_input_dtype(model: nn.Module) -> str:
     from modinspect.run.inputs import first_embedding_size
 
     return "int64" if first_embedding_size(model) is not None else "float32"
@@ -296,7 +300,7 @@ def loss_option(loss: str | Callable[[Any], Any]) -> str | Callable[[Any], Any]:
 
 
 @contextlib.contextmanager
-def on_device(model: Any, device: str) -> Iterator[None]:
+def on_device(model: nn.Module, device: str) -> Iterator[None]:
     """Move the model to `device` for the run and back afterwards."""
     params = list(model.parameters())
     if any(p.device.type == "meta" for p in params):

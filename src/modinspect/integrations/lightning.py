@@ -21,24 +21,26 @@ class WatchCallback(pl.Callback):
         self.watch_kwargs = watch_kwargs
         self.watch: Watch | None = None
 
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_start(self, trainer: Any, pl_module: pl.LightningModule) -> None:
         self.watch = watch(pl_module, training_only=True, **self.watch_kwargs)
 
     def on_train_batch_end(
-        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        self, trainer: Any, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self.watch is None:
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         self.watch.step(loss)
 
-    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_end(self, trainer: Any, pl_module: pl.LightningModule) -> None:
         self._detach()
 
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: Any, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         self._detach()
 
-    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def teardown(self, trainer: Any, pl_module: pl.LightningModule, stage: str) -> None:
         self._detach()
 
     def _detach(self) -> None:

@@ -9,7 +9,10 @@ The class is built on first use, so importing this module does not import transf
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def _build() -> type:
@@ -25,12 +28,14 @@ def _build() -> type:
             self._handle: Any = None
 
         def on_train_begin(
-            self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+            self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any
         ) -> None:
+            if model is None:  # the Trainer passes its model to every callback
+                raise TypeError("WatchCallback.on_train_begin needs the Trainer's model=")
             self.watch = watch(model, training_only=True, **self.watch_kwargs)
             self._handle = model.register_forward_hook(self._loss_hook)
 
-        def _loss_hook(self, module: Any, args: Any, output: Any) -> None:
+        def _loss_hook(self, module: nn.Module, args: Any, output: Any) -> None:
             loss = getattr(output, "loss", None)
             if (
                 self.watch is not None

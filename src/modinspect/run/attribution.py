@@ -24,6 +24,7 @@ from modinspect.tensors import iter_tensors
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 MAX_EVENTS = 32  # ops recorded per replay; the first few are all a verdict needs
 
@@ -331,7 +332,7 @@ class BadTensor:
         return "holds " + " and ".join(parts)
 
 
-def nonfinite_tensors(model: Any) -> list[BadTensor]:
+def nonfinite_tensors(model: nn.Module) -> list[BadTensor]:
     """Parameters and buffers holding NaN/Inf (one device->host transfer for all of them)."""
     import torch
 

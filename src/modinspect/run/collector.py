@@ -23,6 +23,7 @@ from modinspect.tensors import iter_tensors
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from modinspect.run.attribution import OpTracer
 
@@ -432,7 +433,7 @@ class Collector:
         return hist[:HIST_BINS]
 
     # ---------------------------------------------------------------- hooks
-    def pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.in_hook += 1  # the op tracer of a replay ignores our own reductions
         try:
             self._pre_hook(module, args, kwargs)
@@ -440,7 +441,7 @@ class Collector:
             self.in_hook -= 1
 
     def forward_hook(
-        self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
         self.in_hook += 1
         try:
@@ -453,7 +454,7 @@ class Collector:
         open_calls = getattr(self, "_open_calls", None)
         return self.calls[open_calls[-1]].module if open_calls else None
 
-    def _pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         import torch
 
         call_index = len(self.calls)
@@ -478,7 +479,7 @@ class Collector:
         self._open_calls.append(call_index)
 
     def _forward_hook(
-        self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
         import torch
 

@@ -13,6 +13,7 @@ it was found: modes, gradients, requires_grad, buffers and the RNG state are res
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modinspect.analysis.doctor_code import (
@@ -33,6 +34,7 @@ from modinspect.run.doctor_functions import (
     ctx_tensor_findings,
 )
 from modinspect.run.doctor_watch import MIN_CHAIN, Watch, uses, watching
+from modinspect.sources.base import Source
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +55,7 @@ class ForwardFailed(ModinspectError):
 
 
 def doctor(
-    model_or_source: Any,
+    model_or_source: nn.Module | Source | str | os.PathLike[str],
     example_inputs: Any = None,
     *,
     optimizer: Any = None,
@@ -84,13 +86,11 @@ def doctor(
     chosen, dropped = check_ids(select, "--select"), check_ids(ignore, "--ignore")
     if context not in (None, "training", "inference"):
         raise UsageError(f"context {context!r} is not training or inference")
-    from modinspect.sources.base import Source
-
     source = model_or_source
     if isinstance(source, str | os.PathLike):
         from modinspect.run.source import open_source
 
-        source = open_source(source)
+        source = open_source(source if isinstance(source, str) else Path(source))
     if isinstance(source, Source):
         if source.module is None:
             from modinspect.analysis.doctor_checks import checkpoint_findings

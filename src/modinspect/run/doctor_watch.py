@@ -103,7 +103,7 @@ def watching(model: nn.Module) -> Iterator[Watch]:
     init_code = torch.nn.Module.__init__.__code__
     param_new = torch.nn.Parameter.__new__.__code__
 
-    def pre(module: Any, args: tuple[Any, ...]) -> None:
+    def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
         key = id(module)
         path = watch.known.get(key)
         if path is None:
@@ -117,7 +117,7 @@ def watching(model: nn.Module) -> Iterator[Watch]:
             if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[0] == 1:
                 watch.batch_of_one.setdefault(path, x.numel() // max(x.shape[1], 1))
 
-    def post(module: Any, args: tuple[Any, ...], output: Any) -> None:
+    def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         key = id(module)
         path = watch.known.get(key)
         if path is None:

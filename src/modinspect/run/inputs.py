@@ -18,6 +18,8 @@ from modinspect.sources.sniff import sniff
 from modinspect.tensors import map_tensors as map_nested
 
 if TYPE_CHECKING:
+    from torch import nn
+
     pass
 
 Batch = tuple[tuple[Any, ...], dict[str, Any]]
@@ -168,7 +170,7 @@ def _gate_pickles(path: Path, label: str, count: int) -> None:
             data.close()
 
 
-def first_embedding_size(model: Any) -> int | None:
+def first_embedding_size(model: nn.Module) -> int | None:
     import torch
 
     for m in model.modules():
@@ -177,14 +179,14 @@ def first_embedding_size(model: Any) -> int | None:
     return None
 
 
-def example_batch(model: Any) -> Batch | None:
+def example_batch(model: nn.Module) -> Batch | None:
     """The Lightning convention: `model.example_input_array`."""
     example = getattr(model, "example_input_array", None)
     return None if example is None else _as_batch(example, "example_input_array")
 
 
 def random_batches(
-    model: Any, shapes: Sequence[tuple[int, ...]], dtype: str, count: int, seed: int
+    model: nn.Module, shapes: Sequence[tuple[int, ...]], dtype: str, count: int, seed: int
 ) -> Iterator[Batch]:
     """`count` batches of random tensors; integers are drawn below the first nn.Embedding's vocabulary."""
     import torch
@@ -243,7 +245,7 @@ def describe_batch(batch: Batch) -> str:
 
 
 def resolve_batches(
-    model: Any,
+    model: nn.Module,
     spec: InputSpec,
     config_extra: dict[str, Any] | None = None,
 ) -> tuple[list[Batch] | Iterator[Batch], str]:

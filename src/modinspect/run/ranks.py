@@ -31,6 +31,7 @@ from modinspect.run.reductions import GradTotals, Running
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from modinspect.reports import NonfiniteOrigin
     from modinspect.run.collector import Collector
@@ -77,7 +78,7 @@ def sharded(t: Any) -> bool:
     return any(type(p).__name__ in ("Shard", "_StridedShard") for p in t.placements)
 
 
-def fsdp1_sharded(model: Any) -> bool:
+def fsdp1_sharded(model: nn.Module) -> bool:
     """The model holds FSDP1 (FullyShardedDataParallel) units that shard: each rank's parameters are its shard.
 
     Not exercised by the test suite: FSDP1 needs an accelerator (FSDP2's fully_shard is tested on the CPU).

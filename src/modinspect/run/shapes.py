@@ -22,11 +22,12 @@ from modinspect.tensors import iter_tensors
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 Batch = tuple[tuple[Any, ...], dict[str, Any]]
 
 
-def extra_reprs(model: Any) -> tuple[tuple[str, str], ...]:
+def extra_reprs(model: nn.Module) -> tuple[tuple[str, str], ...]:
     """(module name, `extra_repr()`) for every module whose hyperparameters `print(model)` shows."""
     out: list[tuple[str, str]] = []
     for name, mod in model.named_modules(remove_duplicate=False):
@@ -40,7 +41,7 @@ def extra_reprs(model: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def meta_copy(model: Any) -> Any:
+def meta_copy(model: nn.Module) -> nn.Module:
     """A copy of `model` whose parameters and buffers are meta tensors; the original's data is never copied.
 
     Tied tensors stay tied: deepcopy's memo maps each original tensor, by identity, to one meta twin.
@@ -87,17 +88,17 @@ class _Acc:
 class _Recorder:
     """Forward hooks that keep a stack of running modules; a saved-tensor hook charges each to the stack."""
 
-    def __init__(self, model: Any, exclude: set[int]) -> None:
+    def __init__(self, model: nn.Module, exclude: set[int]) -> None:
         self.names = {id(m): n for n, m in model.named_modules()}
         self.accs = {n: _Acc(type(m).__name__) for n, m in model.named_modules()}
         self.stack: list[str] = []
         self.saved: dict[int, int] = {}
         self.exclude = exclude
 
-    def pre(self, mod: Any, args: Any) -> None:
+    def pre(self, mod: nn.Module, args: Any) -> None:
         self.stack.append(self.names[id(mod)])
 
-    def post(self, mod: Any, args: Any, output: Any) -> None:
+    def post(self, mod: nn.Module, args: Any, output: Any) -> None:
         name = self.names[id(mod)]
         if self.stack and self.stack[-1] == name:
             self.stack.pop()
@@ -131,7 +132,7 @@ def _to_meta(batch: Batch) -> Batch:
     return map_tensors(batch, lambda t: torch.empty_like(t, device="meta"))
 
 
-def _flops_by_module(counter: Any, model: Any) -> dict[str, int]:
+def _flops_by_module(counter: Any, model: nn.Module) -> dict[str, int]:
     """FlopCounterMode's counts under our dotted names.
 
     It names modules as its ModuleTracker does ("ResNet.layer1.0.conv1": the root's class, then the
@@ -172,7 +173,7 @@ def _param_bytes(tensors: Sequence[TensorInfo]) -> tuple[int, int]:
     return params, buffers
 
 
-def _apply_stored_dtypes(model: Any, tensors: Sequence[TensorInfo]) -> None:
+def _apply_stored_dtypes(model: nn.Module, tensors: Sequence[TensorInfo]) -> None:
     """Give the meta copy the dtypes the weights are stored in (a bf16 file read into an fp32-built model)."""
     import torch
 
@@ -192,7 +193,7 @@ def _describe_failure(exc: BaseException) -> str:
 
 
 def measure_shapes(
-    model: Any, batch: Batch, *, tensors: Sequence[TensorInfo] = (), inputs: str = ""
+    model: nn.Module, batch: Batch, *, tensors: Sequence[TensorInfo] = (), inputs: str = ""
 ) -> ShapesReport:
     """Run one forward of a meta copy of `model` on `batch` (moved to meta) and measure every module.
 
@@ -268,7 +269,7 @@ def measure_shapes(
     )
 
 
-def _live_bytes(model: Any) -> tuple[int, int]:
+def _live_bytes(model: nn.Module) -> tuple[int, int]:
     from modinspect.sources.module import module_tensor_infos
 
     return _param_bytes(module_tensor_infos(model))
@@ -313,7 +314,7 @@ def _stored_float_dtype(tensors: Sequence[TensorInfo]) -> str:
     return floating.pop() if len(floating) == 1 else "float32"
 
 
-def _has_input(model: Any, spec: InputSpec, extra: dict[str, Any]) -> bool:
+def _has_input(model: nn.Module, spec: InputSpec, extra: dict[str, Any]) -> bool:
     return bool(
         spec.file
         or spec.shapes

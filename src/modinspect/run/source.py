@@ -7,17 +7,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from modinspect.errors import UsageError
 from modinspect.sources import OpenOptions, Source, model_of, open_path
 from modinspect.sources.entrypoint import looks_like_entry_point, open_entry_point
 from modinspect.sources.pickle.check import DEFAULT_MAX_PICKLE
 
+if TYPE_CHECKING:
+    from torch import nn
+
 __all__ = ["open_source"]
 
 
-def _open_module(module: Any, weights: str | None, strict: bool) -> Source:
+def _open_module(module: nn.Module, weights: str | None, strict: bool) -> Source:
     """A live nn.Module (from a notebook or a training script) as a Source; its tensors stay its own."""
     import torch
 
@@ -37,7 +40,7 @@ def _open_module(module: Any, weights: str | None, strict: bool) -> Source:
 
 
 def open_source(
-    spec: str | Path | Any | None,
+    spec: str | Path | nn.Module | None,
     *,
     weights: str | None = None,
     meta: bool = False,

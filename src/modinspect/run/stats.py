@@ -29,6 +29,7 @@ from modinspect.tensors import iter_tensors
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 __all__ = [
     "HIST_BINS",
@@ -50,7 +51,7 @@ class ForwardError(ModinspectError):
 
 
 @contextlib.contextmanager
-def preserved(model: Any) -> Iterator[None]:
+def preserved(model: nn.Module) -> Iterator[None]:
     """Restore training flags, requires_grad and .grad of every module and parameter afterwards."""
     modes = [(m, m.training) for m in model.modules()]
     params = list(model.parameters())
@@ -141,7 +142,7 @@ def _own_loss(output: Any) -> tuple[torch.Tensor | None, str]:
 
 
 def collect_stats(
-    model: Any,
+    model: nn.Module,
     batches: Iterable[Any],
     *,
     options: StatsOptions | None = None,
@@ -317,7 +318,7 @@ def collect_stats(
     )
 
 
-def frozen_params(model: Any) -> FrozenParams:
+def frozen_params(model: nn.Module) -> FrozenParams:
     """The parameters with requires_grad False and the outermost modules all of whose parameters are.
 
     One pass over named_parameters (each tensor once), marking every enclosing module: a module is fully
@@ -437,7 +438,7 @@ def _end_batch(collector: Collector, ranks: Any) -> bool:
     return collector.merge(packed, chunks)
 
 
-def _average_grads(model: Any, ranks: Any, summed: bool) -> None:
+def _average_grads(model: nn.Module, ranks: Any, summed: bool) -> None:
     """What DDP does after a backward: every rank's parameter gradients replaced by their mean (sum) over the ranks."""
     import modinspect.run.ranks as distributed
 
@@ -448,7 +449,7 @@ def _average_grads(model: Any, ranks: Any, summed: bool) -> None:
 
 
 def _run_batch(
-    model: Any,
+    model: nn.Module,
     args: Sequence[Any],
     kwargs: dict[str, Any],
     collector: Collector,

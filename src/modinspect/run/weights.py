@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modinspect.analysis.loading import plan_load
 from modinspect.errors import UsageError, WeightsMismatchError
@@ -11,6 +11,9 @@ from modinspect.names import KeyMap
 from modinspect.reports import LoadPlan
 from modinspect.sources.base import Source
 from modinspect.sources.module import ModuleSource
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def describe_problems(plan: LoadPlan, limit: int = 3) -> str:
@@ -37,11 +40,11 @@ def describe_mismatched(plan: LoadPlan, limit: int = 3) -> str:
     )
 
 
-def is_meta(module: Any) -> bool:
+def is_meta(module: nn.Module) -> bool:
     return any(t.device.type == "meta" for t in [*module.parameters(), *module.buffers()])
 
 
-def copy_into(module: Any, plan: LoadPlan, checkpoint: Source) -> dict[str, float]:
+def copy_into(module: nn.Module, plan: LoadPlan, checkpoint: Source) -> dict[str, float]:
     """Copy every loaded key's tensor from the checkpoint into the module, one tensor at a time.
 
     Returns, for each cast key, the largest |checkpoint value − value the model now holds| over the
@@ -73,7 +76,7 @@ def copy_into(module: Any, plan: LoadPlan, checkpoint: Source) -> dict[str, floa
     return errors
 
 
-def _own_state_prefixes(module: Any) -> tuple[str, ...]:
+def _own_state_prefixes(module: nn.Module) -> tuple[str, ...]:
     """The name prefixes of modules whose own `_save_to_state_dict` saves more than parameters and buffers."""
     from modinspect.sources.module import has_own_state
 
@@ -83,7 +86,7 @@ def _own_state_prefixes(module: Any) -> tuple[str, ...]:
 
 
 def _load_own_state(
-    module: Any, state: dict[str, Any], own: tuple[str, ...], pending: dict[str, Any]
+    module: nn.Module, state: dict[str, Any], own: tuple[str, ...], pending: dict[str, Any]
 ) -> None:
     """Those modules' entries through load_state_dict, as torch would load them: packed (weight, bias) tuples
     rebuilt from their `.0`/`.1` tensors, entries the checkpoint cannot hold as tensors (a dtype) kept as the
@@ -122,12 +125,13 @@ def apply_weights(
             "fix the key names or pass --no-strict to load what matches "
             f"(every key's status: modinspect load {model.label} {checkpoint.label} --dry-run)"
         )
-    if is_meta(model.module):
+    module = model.module
+    if is_meta(module):
         model.notes.append(
             f"weights from {checkpoint.label} checked against the model, not loaded (--meta)"
         )
         return plan
-    copy_into(model.module, plan, checkpoint)
+    copy_into(module, plan, checkpoint)
     if not plan.strict_ok:
         model.warnings.append(
             f"--weights loaded {len(plan.loaded)} tensors; {describe_problems(plan)}"
@@ -137,7 +141,7 @@ def apply_weights(
     return plan
 
 
-def write_state_dict(module: Any, target: Path, kind: str) -> None:
+def write_state_dict(module: nn.Module, target: Path, kind: str) -> None:
     """Write the module's state dict to `target` as `kind` (safetensors | torch).
 
     safetensors goes through `safetensors.torch.save_model`: each storage is stored once under a name that

@@ -4,32 +4,36 @@ types are those of the model the user wrote."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# Each wrapper's type name -> the attribute that holds the module it wraps.
+WRAPPED = {
+    "DistributedDataParallel": "module",
+    "DataParallel": "module",
+    "OptimizedModule": "_orig_mod",
+    "FullyShardedDataParallel": "_fsdp_wrapped_module",
+    "CheckpointWrapper": "_checkpoint_wrapped_module",
+}
 
 # Path components a wrapper inserts between the user's modules.
 WRAPPER_PARTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
 
 
-def unwrap(model: Any) -> Any:
+def unwrap(model: nn.Module) -> nn.Module:
     """The user's own module inside DDP / DataParallel / torch.compile / FSDP1 / checkpoint wrappers."""
-    seen = 0
-    while seen < 16:
-        seen += 1
-        kind = type(model).__name__
-        if kind in ("DistributedDataParallel", "DataParallel") and hasattr(model, "module"):
-            model = model.module
-        elif kind == "OptimizedModule" and hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif kind == "FullyShardedDataParallel" and hasattr(model, "_fsdp_wrapped_module"):
-            model = model._fsdp_wrapped_module
-        elif kind == "CheckpointWrapper" and hasattr(model, "_checkpoint_wrapped_module"):
-            model = model._checkpoint_wrapped_module
-        else:
+    for _ in range(16):
+        attribute = WRAPPED.get(type(model).__name__)
+        inner = getattr(model, attribute, None) if attribute is not None else None
+        if inner is None:
             break
+        model = inner
     return model
 
 
-def is_wrapper(module: Any) -> bool:
+def is_wrapper(module: nn.Module) -> bool:
     """A wrapper inside the model (an FSDP1 unit, a checkpoint wrapper): its inner module carries the name."""
     return type(module).__name__ in (
         "FullyShardedDataParallel",
@@ -38,7 +42,7 @@ def is_wrapper(module: Any) -> bool:
     )
 
 
-def type_name(module: Any) -> str:
+def type_name(module: nn.Module) -> str:
     """The class the user wrote: FSDP2's fully_shard swaps a module's class for `FSDP<Name>`, a subclass of it."""
     cls = type(module)
     mro = cls.__mro__
@@ -58,10 +62,10 @@ def normalise(name: str) -> str:
     return ".".join(p for p in name.split(".") if p not in WRAPPER_PARTS)
 
 
-def named_modules(model: Any) -> list[tuple[str, Any]]:
+def named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(normalised name, module) of the user's modules, wrappers left out."""
     return [(normalise(n), m) for n, m in unwrap(model).named_modules() if not is_wrapper(m)]
 
 
-def named_parameters(model: Any) -> list[tuple[str, Any]]:
+def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(normalise(n), p) for n, p in unwrap(model).named_parameters()]

@@ -9,16 +9,19 @@ weights runs the model's code, which is the run layer's.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from modinspect.errors import UsageError
 from modinspect.sources.base import ModuleInfo, Source, TensorInfo
 from modinspect.sources.dispatch import OpenOptions, open_path
 
+if TYPE_CHECKING:
+    from torch import nn
+
 __all__ = ["ModuleInfo", "OpenOptions", "Source", "TensorInfo", "model_of", "open_path"]
 
 
-def model_of(source: Source, needs: str) -> Any:
+def model_of(source: Source, needs: str) -> nn.Module:
     """The source's live nn.Module, or the UsageError that says how to get one; `needs` names who asks."""
     if source.module is not None:
         return source.module

@@ -14,6 +14,7 @@ from modinspect.reports import short_repr
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 # "quant-aux": a quantized layer's scales, zeros, absmax...: stored beside its packed weight, not a parameter.
 TensorKind = Literal["parameter", "buffer", "unknown", "quant-aux"]
@@ -73,7 +74,9 @@ class Source:
     metadata: dict[str, str] = field(default_factory=dict, repr=False)
     state_dict_key: str | None = None
     other_entries: list[EntrySummary] = field(default_factory=list, repr=False)
-    module: Any = field(default=None, repr=False)  # the nn.Module, when the source yields one
+    module: nn.Module | None = field(
+        default=None, repr=False
+    )  # the nn.Module, when the source yields one
     notes: list[str] = field(default_factory=list, repr=False)
     warnings: list[str] = field(default_factory=list, repr=False)
     # globals read as inert stand-ins, never imported

@@ -9,10 +9,13 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modinspect.errors import EntryPointError
 from modinspect.sources.module import ModuleSource
+
+if TYPE_CHECKING:
+    from torch import nn
 
 _ATTR = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _MODULE_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
@@ -118,7 +121,7 @@ def resolve_entry_point(spec: str, base: Path | None = None) -> Any:
     return obj
 
 
-def build_module(spec: str, base: Path | None = None, meta: bool = False) -> Any:
+def build_module(spec: str, base: Path | None = None, meta: bool = False) -> nn.Module:
     """The nn.Module an entry point names: an instance, a class built with no arguments, or a factory's result."""
     import torch
 

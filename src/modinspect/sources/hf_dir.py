@@ -23,6 +23,7 @@ from modinspect.sources.kinds import checkpoint_kind
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 ModelWeights = Literal["header", "init", "pretrained"]
 
@@ -156,7 +157,7 @@ class HfDirSource(Source):
     and counted from the file, as is any stored tensor the model does not name.
     """
 
-    def __init__(self, folder: Path, label: str, weights: Source, model: Any) -> None:
+    def __init__(self, folder: Path, label: str, weights: Source, model: nn.Module) -> None:
         from modinspect.sources.module import module_infos, module_tensor_infos
 
         self._weights = weights

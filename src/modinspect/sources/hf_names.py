@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel
 
 
 def transformers_names(
-    model: Any, stored: list[str], model_names: Collection[str]
+    model: nn.Module, stored: list[str], model_names: Collection[str]
 ) -> dict[str, tuple[str, bool]]:
     """{stored name: (the model name from_pretrained loads it as, whether a converter changes its data)}.
 
@@ -33,7 +37,7 @@ def transformers_names(
             rename_source_key,
         )
 
-        transforms = get_model_conversion_mapping(model, add_legacy=True)
+        transforms = get_model_conversion_mapping(cast("PreTrainedModel", model), add_legacy=True)
         renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
         converters = [t for t in transforms if isinstance(t, WeightConverter)]
 
@@ -64,7 +68,7 @@ def _with_prefix(name: str, prefix: str | None, known: Collection[str]) -> str:
     return name
 
 
-def ignored_on_load(model: Any, names: list[str]) -> set[str]:
+def ignored_on_load(model: nn.Module, names: list[str]) -> set[str]:
     """The names transformers drops without a word when it loads this model (`_keys_to_ignore_on_load_unexpected`)."""
     patterns = []
     for pattern in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []:

@@ -9,7 +9,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel
 
 LEGACY_LAYOUT = "this checkpoint uses transformers' legacy key layout; from_pretrained converts it"
 
@@ -36,14 +40,14 @@ def peft_adapter_hint(missing: Sequence[str], unexpected: Sequence[str]) -> str 
     )
 
 
-def legacy_layout_hint(module: Any, unexpected: Sequence[str]) -> str | None:
+def legacy_layout_hint(module: nn.Module | None, unexpected: Sequence[str]) -> str | None:
     """When most unexpected keys are ones transformers' conversion mapping renames for this model, say so."""
     if module is None or not unexpected or not type(module).__module__.startswith("transformers."):
         return None
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
 
-        transforms = get_model_conversion_mapping(module, add_legacy=True)
+        transforms = get_model_conversion_mapping(cast("PreTrainedModel", module), add_legacy=True)
     except (
         Exception
     ):  # transformers < 5 has no conversion mapping; a moved API must not break a load
@@ -61,7 +65,7 @@ def legacy_layout_hint(module: Any, unexpected: Sequence[str]) -> str | None:
 
 
 def layout_hints(
-    missing: Sequence[str], unexpected: Sequence[str], module: Any = None
+    missing: Sequence[str], unexpected: Sequence[str], module: nn.Module | None = None
 ) -> list[str]:
     """Every hint that applies, most specific first."""
     found = [legacy_layout_hint(module, unexpected), peft_adapter_hint(missing, unexpected)]

@@ -13,6 +13,7 @@ from modinspect.sources.base import ModuleInfo, Source, TensorInfo
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -28,7 +29,7 @@ def storage_key(t: torch.Tensor) -> str | None:
     return f"{t.device}:{t.untyped_storage().data_ptr()}@{t.storage_offset()}:{tuple(t.shape)}:{t.stride()}:{t.dtype}"
 
 
-def shares_storage(model: Any, a: str, b: str) -> bool:
+def shares_storage(model: nn.Module, a: str, b: str) -> bool:
     """Whether `model`'s tensors (parameters or buffers) `a` and `b` lie in one storage, one a view of the other.
 
     Compares the storages themselves, so it holds on the meta device too, where no tensor has an address.
@@ -45,12 +46,12 @@ def shares_storage(model: Any, a: str, b: str) -> bool:
     return bool(found[a].untyped_storage()._cdata == found[b].untyped_storage()._cdata)
 
 
-def module_type(mod: Any) -> str:
+def module_type(mod: nn.Module) -> str:
     # ScriptModules keep the Python class name in original_name.
     return str(getattr(mod, "original_name", None) or type(mod).__name__)
 
 
-def module_tensor_infos(model: Any) -> list[TensorInfo]:
+def module_tensor_infos(model: nn.Module) -> list[TensorInfo]:
     """Parameters and buffers under every name they have, in state_dict order."""
     infos: list[TensorInfo] = []
     for mod_name, mod in model.named_modules(remove_duplicate=False):
@@ -66,14 +67,14 @@ def module_tensor_infos(model: Any) -> list[TensorInfo]:
     return infos
 
 
-def has_own_state(mod: Any) -> bool:
+def has_own_state(mod: nn.Module) -> bool:
     """Whether a module saves more than its parameters and buffers: torch.ao's quantized modules' packed params."""
     from torch import nn
 
     return type(mod)._save_to_state_dict is not nn.Module._save_to_state_dict
 
 
-def _own_state_infos(mod: Any, prefix: str, known: set[str]) -> list[TensorInfo]:
+def _own_state_infos(mod: nn.Module, prefix: str, known: set[str]) -> list[TensorInfo]:
     """The tensors a module's own `_save_to_state_dict` adds, named as a checkpoint of its state_dict lists them.
 
     torch.ao's quantized Linear saves `scale` and `zero_point` as new tensors and its packed params as a
@@ -119,7 +120,7 @@ def _info(
     )
 
 
-def module_infos(model: Any) -> list[ModuleInfo]:
+def module_infos(model: nn.Module) -> list[ModuleInfo]:
     return [
         ModuleInfo(name=name, type=module_type(mod), training=bool(mod.training))
         for name, mod in model.named_modules(remove_duplicate=False)
@@ -129,9 +130,11 @@ def module_infos(model: Any) -> list[ModuleInfo]:
 class ModuleSource(Source):
     """Tensors are the module's own; reading one returns a detached CPU copy."""
 
+    module: nn.Module  # always the module it was opened from
+
     def __init__(
         self,
-        model: Any,
+        model: nn.Module,
         label: str,
         fmt: str,
         notes: list[str] | None = None,

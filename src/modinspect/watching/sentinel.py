@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 CPU_RNG_BYTES = 5056  # torch.get_rng_state(): the Mersenne Twister's state
 HISTORY = 4  # steps of update history kept on the device
@@ -87,7 +88,7 @@ def weights_path(batch: Path) -> Path:
     return batch.with_name(batch.stem + ".weights.safetensors")
 
 
-def save_weights(model: Any, path: Path, step: int, force: bool) -> None:
+def save_weights(model: nn.Module, path: Path, step: int, force: bool) -> None:
     """The model's weights (the pre-step ones, put in place by the caller) and the RNG state, as safetensors.
 
     `safetensors.torch.save_model` keeps one copy of tied weights; the metadata holds the step, the model's
@@ -107,7 +108,7 @@ def save_weights(model: Any, path: Path, step: int, force: bool) -> None:
     atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata=metadata), force=force)
 
 
-def load_saved_weights(model: Any, batch: Path) -> str | None:
+def load_saved_weights(model: nn.Module, batch: Path) -> str | None:
     """Load the weights `watch(save_batch=...)` saved beside `batch` into `model` and restore its RNG state.
 
     Returns the one line to tell the user, or None when there are none. Raises UsageError when they do not fit.
@@ -300,7 +301,7 @@ def explain(history: list[UpdateStep], bad_step: int, where: str | None) -> str 
 class LoopChecks:
     """One-time warnings about the training loop itself; `found` lists them in the order they were seen."""
 
-    def __init__(self, model: Any, params: list[tuple[str, Any]], optimizer: Any) -> None:
+    def __init__(self, model: nn.Module, params: list[tuple[str, Any]], optimizer: Any) -> None:
         self.found: list[str] = []
         self._normalising = any(type(m).__name__ in NORMALISING for m in model.modules())
         self._model = model

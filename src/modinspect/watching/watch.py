@@ -74,6 +74,7 @@ from modinspect.watching.sentinel import (
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from modinspect.run.collector import Packed
 
@@ -93,7 +94,7 @@ def read_flag(flag: torch.Tensor) -> bool:
 
 
 def watch(
-    model: Any,
+    model: nn.Module,
     *,
     every: int = 100,
     log: str | Path | None = None,
@@ -177,7 +178,7 @@ class Watch:
 
     def __init__(
         self,
-        model: Any,
+        model: nn.Module,
         *,
         every: int,
         log: str | Path | None,
@@ -358,7 +359,9 @@ class Watch:
             self._arm()
         for i, (_, p) in enumerate(self._params):
             if p.requires_grad:
-                self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook(i)))
+                # torch leaves this method unannotated
+                hook = p.register_post_accumulate_grad_hook(self._grad_hook(i))  # type: ignore[no-untyped-call]
+                self._handles.append(hook)
         self._optimizer = optimizer
         if optimizer is not None:
             self._handles.append(optimizer.register_step_pre_hook(self._optimizer_stepping))
@@ -415,7 +418,7 @@ class Watch:
     def resume(self) -> None:
         self._paused = False
 
-    def _capture(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _capture(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._paused:
             return
         import torch
@@ -435,12 +438,12 @@ class Watch:
             ):  # the first forward of a new step: last step's loss and gradients are spent
                 self._loss, self._grad_norms, self._window_open = None, {}, False
 
-    def _pre_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not self._ignored():
             self.collector.pre_hook(module, args, kwargs)
 
     def _forward_hook(
-        self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
         if not self._ignored():
             self.collector.forward_hook(module, args, kwargs, output)
@@ -454,7 +457,7 @@ class Watch:
 
         return hook
 
-    def _output_hook(self, module: Any, args: Any, output: Any) -> None:
+    def _output_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         """A backward that reaches the model's output queues the end-of-backward callback too.
 
         FSDP2 assigns its sharded parameters' gradients without accumulating them, so their hooks never fire.
@@ -1183,7 +1186,7 @@ def _root(square: float) -> float:
     return math.sqrt(square) if square >= 0 or math.isnan(square) else 0.0
 
 
-def _bindable(model: Any) -> bool:
+def _bindable(model: nn.Module) -> bool:
     try:
         inspect.signature(model.forward)
     except (TypeError, ValueError):
