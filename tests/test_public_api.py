@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import ast
+import inspect
+import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
+
+import pytest
 
 import modinspect
 from conftest import REPO
@@ -193,3 +198,92 @@ def test_the_wheel_ships_py_typed(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "modinspect/py.typed" in names
     assert "modinspect/reports/__init__.py" in names  # the packages themselves, found under src/
+
+
+def _sections(doc: str) -> dict[str, str]:
+    """Google-style sections ("Args:", "Returns:", ...) of a cleaned docstring, each its indented body."""
+    found: dict[str, list[str]] = {}
+    current = None
+    for line in doc.splitlines():
+        heading = re.fullmatch(r"([A-Z][a-z]+):", line)
+        if heading:
+            current = heading.group(1)
+            found[current] = []
+        elif current is not None and (line.startswith("    ") or not line.strip()):
+            found[current].append(line)
+        else:
+            current = None
+    return {name: textwrap.dedent("\n".join(body)) for name, body in found.items()}
+
+
+FUNCTIONS = [n for n in modinspect.__all__ if inspect.isfunction(getattr(modinspect, n))]
+CLASSES = [n for n in modinspect.__all__ if inspect.isclass(getattr(modinspect, n))]
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_exported_functions_document_args_returns_and_an_example(name: str) -> None:
+    function = getattr(modinspect, name)
+    doc = inspect.getdoc(function)
+    assert doc, f"{name} has no docstring"
+    sections = _sections(doc)
+    signature = inspect.signature(function)
+    if signature.parameters:
+        assert "Args" in sections, f"{name}'s docstring has no Args: section"
+        documented = re.findall(r"^(\w+):", sections["Args"], re.MULTILINE)
+        assert documented == list(signature.parameters), f"{name}: Args: lists {documented}"
+    if signature.return_annotation not in ("None", None, inspect.Signature.empty):
+        assert sections.get("Returns", "").strip(), f"{name}'s docstring has no Returns: section"
+    assert ">>> " in sections.get("Example", ""), f"{name}'s docstring has no Example: section"
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_the_examples_in_docstrings_print_what_they_show(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each docstring's Example runs as a doctest, from the repository root (sample_models/ is there)."""
+    import doctest
+
+    import torch
+
+    monkeypatch.chdir(REPO)
+    doc = inspect.getdoc(getattr(modinspect, name)) or ""
+    globs = {"modinspect": modinspect, "torch": torch}
+    test = doctest.DocTestParser().get_doctest(doc, globs, name, None, 0)
+    if not test.examples:
+        pytest.skip(f"{name}'s example is not a doctest")
+    out: list[str] = []
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    result = runner.run(test, out=out.append)
+    assert result.failed == 0, "".join(out)
+    assert result.attempted >= 1
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_exported_classes_have_their_own_docstring(name: str) -> None:
+    cls = getattr(modinspect, name)
+    doc = cls.__dict__.get("__doc__")
+    assert doc and doc.strip(), f"{name} has no docstring of its own"
+    assert not doc.startswith(f"{name}("), f"{name}'s docstring is the one dataclass generates"
+
+
+# What a caller builds: every field is described under Attributes:.
+BUILT_BY_CALLERS = [
+    "DiffOptions",
+    "DoctorRequest",
+    "InputSpec",
+    "KeyMap",
+    "LoadRequest",
+    "StatsOptions",
+    "StatsRequest",
+]
+
+
+@pytest.mark.parametrize("name", BUILT_BY_CALLERS)
+def test_request_and_option_types_document_every_field(name: str) -> None:
+    import dataclasses
+
+    cls = getattr(modinspect, name)
+    sections = _sections(inspect.getdoc(cls) or "")
+    assert "Attributes" in sections, f"{name} has no Attributes: section"
+    documented = re.findall(r"^(\w+):", sections["Attributes"], re.MULTILINE)
+    assert documented == [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]

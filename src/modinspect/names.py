@@ -21,7 +21,15 @@ WRAPPER_PREFIXES = {
 
 @dataclass(frozen=True)
 class KeyMap:
-    """How checkpoint keys are rewritten before they are matched. Applied in field order."""
+    """How checkpoint keys are rewritten before they are matched. Applied in field order.
+
+    Attributes:
+        strip_prefixes: prefixes removed from a key, each tried in turn ("module." of a DDP checkpoint).
+        add_prefix: a prefix put before every key.
+        renames: (regular expression, replacement) pairs applied with re.sub, in order.
+        include: globs: keep only the keys matching one (empty: keep all).
+        exclude: globs: drop the keys matching one.
+    """
 
     strip_prefixes: tuple[str, ...] = ()
     add_prefix: str = ""

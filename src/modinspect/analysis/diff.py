@@ -47,6 +47,17 @@ BYTEWISE_NOTE = "quantized: compared byte for byte"
 
 @dataclass(frozen=True)
 class DiffOptions:
+    """How `diff_sources` compares: tolerances, bitwise mode, NaN handling, key names; the CLI's defaults.
+
+    Attributes:
+        atol: absolute tolerance; None: the looser of the two dtypes' torch.testing defaults.
+        rtol: relative tolerance; None: likewise.
+        exact: bitwise equality instead of tolerances.
+        nan_equal: NaN equals NaN at the same position.
+        keymap: how both sides' keys are rewritten before they are matched.
+        chunk_elems: elements read at a time from each tensor of a pair (bounds the memory used).
+    """
+
     atol: float | None = None
     rtol: float | None = None
     exact: bool = False  # bitwise equality
@@ -536,7 +547,30 @@ def diff_sources(
     options: DiffOptions | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> DiffReport:
-    """What differs between two sources' state dicts. `progress(nbytes)` is called as pairs are done."""
+    """What differs between two sources' state dicts; what `modinspect diff A B` reports.
+
+    Tensors are compared one pair at a time in aligned chunks read from disk: memory stays flat, never a
+    whole file.
+
+    Args:
+        a: the first Source.
+        b: the second Source.
+        options: tolerances, `exact`, `nan_equal`, a KeyMap for B's names (default: `DiffOptions()`, the CLI's).
+        progress: called with the number of bytes done as pairs are compared.
+
+    Returns:
+        A DiffReport: names on one side only, shape and dtype mismatches, changed and close tensors (worst
+        first), counts, and a roll-up per module; `differs` says whether anything differs.
+
+    Example:
+        >>> with (
+        ...     modinspect.open_source("sample_models/small_cnn.pth") as a,
+        ...     modinspect.open_source("sample_models/small_cnn.safetensors") as b,
+        ... ):
+        ...     report = modinspect.diff_sources(a, b)
+        >>> report.differs, report.identical
+        (False, 16)
+    """
     options = options or DiffOptions()
     map_a = options.keymap.map_names(a.state_dict_names(), a.label)
     map_b = options.keymap.map_names(b.state_dict_names(), b.label)

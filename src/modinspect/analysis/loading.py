@@ -22,13 +22,31 @@ def plan_load(
     module: nn.Module | None = None,
     shared: Mapping[str, str] | None = None,
 ) -> LoadPlan:
-    """Give every key a status: loaded, cast, mismatched, missing, unexpected or tied.
+    """Give every key a status: loaded, cast, mismatched, missing, unexpected or tied. Nothing is loaded.
 
     Checkpoint keys are rewritten by `keymap` first. Only what a state dict holds counts on the model's
     side (parameters and persistent buffers). A model name whose tied partner is loaded is `tied`, not
-    missing: loading one loads both. `shared` names checkpoint keys recorded only as sharing a kept key's
-    storage (`Source.shared_storage`): one whose shape or dtype is not the model's is a part of the kept
-    tensor, not a copy of it, and is `tied` when the model's tensor too lies in the kept one's storage.
+    missing: loading one loads both.
+
+    Args:
+        model: the model's TensorInfo (`Source.tensors` of the model).
+        checkpoint: the checkpoint's TensorInfo.
+        keymap: how checkpoint keys are rewritten before matching (strip/add prefixes, renames, filters).
+        module: the live model, to tell a part of a shared storage from a copy of it.
+        shared: checkpoint keys recorded only as sharing a kept key's storage (`Source.shared_storage`): one
+            whose shape or dtype is not the model's is a part of the kept tensor, not a copy of it, and is
+            `tied` when the model's tensor too lies in the kept one's storage.
+
+    Returns:
+        A LoadPlan; `strict_ok` says whether a strict load would succeed.
+
+    Example:
+        >>> model = modinspect.open_source("sample_models/models.py:small_cnn")
+        >>> with modinspect.open_source("sample_models/ddp.pt") as ckpt:  # saved from DDP: "module." prefixes
+        ...     plan = modinspect.plan_load(model.tensors, ckpt.tensors)
+        ...     fixed = modinspect.plan_load(model.tensors, ckpt.tensors, modinspect.KeyMap(strip_prefixes=("module.",)))
+        >>> len(plan.missing), len(plan.unexpected), len(fixed.loaded), fixed.strict_ok
+        (16, 16, 16, True)
     """
     keymap = keymap or KeyMap()
     wanted = [t for t in model if t.persistent is not False]

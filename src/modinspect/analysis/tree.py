@@ -517,7 +517,25 @@ def _add_modules(tree: _Tree, modules: list[ModuleInfo]) -> None:
 def build_tree(
     source: Source, *, depth: int | None = None, pattern: str | None = None, expand: bool = False
 ) -> TreeReport:
-    """The TreeReport of a source: totals over everything; `depth`, `pattern` and `expand` shape the view."""
+    """The TreeReport of a source: modules, tensors and totals; what `modinspect tree` shows.
+
+    Totals count every storage once (tied weights once), whatever `depth` and `pattern` hide.
+
+    Args:
+        source: an open Source (from `open_source`).
+        depth: show modules down to this depth (None: all).
+        pattern: show only modules and tensors whose name matches this glob.
+        expand: list every block of a run of identical blocks instead of folding them (`--expand`).
+
+    Returns:
+        A TreeReport: `totals`, `by_dtype`, `modules` (flat), `tensors`, `tied`, `root` (the displayed tree).
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> report = modinspect.build_tree(modinspect.open_source(model))
+        >>> report.totals.params, [m.name for m in report.modules]
+        (58, ['', '0', '1', '2'])
+    """
     with paused_gc():
         return _build(source, depth, pattern, expand)
 

@@ -21,11 +21,28 @@ FAIL_ON: tuple[Severity, ...] = ("warning", "error")
 
 @dataclass(frozen=True)
 class DoctorRequest:
-    """What `modinspect doctor` is asked to do; every field has the CLI's default."""
+    """What `modinspect doctor` is asked to do; every field has the CLI's default.
 
-    source: str | Path | nn.Module | None = (
-        None  # a SOURCE, a live nn.Module, or None: [tool.modinspect]
-    )
+    Attributes:
+        source: a SOURCE, a live nn.Module, or None for the [tool.modinspect] default.
+        weights: a checkpoint to load into the model first (`--weights`).
+        strict: with `weights`, fail on a key that does not match instead of loading what fits.
+        unsafe_pickle: let pickles call any global (runs the file's code: only for a file you trust).
+        allow_globals: globals a pickle may call beyond the allowlist, as `module.name`.
+        max_pickle_size: the largest pickle read, in bytes (None: 256 MiB).
+        input_file: a .pt / .safetensors example batch (`--input`).
+        input_shapes: shapes of random positional example inputs (`--input-shape`).
+        input_dtype: the random inputs' dtype; None: [tool.modinspect]'s input_dtype, else int64 when the
+            model has an nn.Embedding, else float32.
+        seed: the seed of the random inputs and of torch's generators.
+        context: "training" or "inference"; None: the model's own mode.
+        select: check identifiers to keep (empty: all).
+        ignore: check identifiers to drop.
+        expect: (Function name, intended gradient multiple) pairs, e.g. (("GradReverse", -0.1),).
+        budget_s: CPU seconds of gradcheck per custom autograd Function.
+    """
+
+    source: str | Path | nn.Module | None = None
     weights: str | None = None
     strict: bool = True
     unsafe_pickle: bool = False
@@ -35,7 +52,7 @@ class DoctorRequest:
     input_shapes: tuple[tuple[int, ...], ...] = ()
     input_dtype: str | None = None
     seed: int = 0
-    context: str | None = None  # training / inference; default: the model's own mode
+    context: str | None = None
     select: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     expect: tuple[tuple[str, float], ...] = ()
@@ -69,7 +86,26 @@ def exit_code(report: DoctorReport, fail_on: str) -> int:
 def run_doctor(
     request: DoctorRequest, announce: Callable[[str], None] | None = None
 ) -> DoctorReport:
-    """Open SOURCE, build the example input, run doctor; raises ModinspectError on a user error."""
+    """Open SOURCE, build the example input as `stats` does, run doctor: what `modinspect doctor` runs.
+
+    Args:
+        request: a DoctorRequest (every field has the CLI's default).
+        announce: hears notes (an entry point about to be imported from [tool.modinspect]).
+
+    Returns:
+        The DoctorReport of `doctor`.
+
+    Raises:
+        ModinspectError: a user error (an unknown check identifier, a bad --context, a SOURCE that does not open).
+
+    Example:
+        >>> request = modinspect.DoctorRequest(
+        ...     source="sample_models/models.py:small_cnn", input_shapes=((2, 3, 16, 16),)
+        ... )
+        >>> report = modinspect.run_doctor(request)
+        >>> report.kind, report.inputs, report.findings
+        ('module', 'random (2, 3, 16, 16) float32 × 1 batch(es), seed 0', ())
+    """
     from modinspect.commands.stats import project_defaults
     from modinspect.reports.doctor import check_ids
     from modinspect.run.doctor import doctor

@@ -28,24 +28,37 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LoadRequest:
-    """What `modinspect load [MODEL] CHECKPOINT` is asked to do; every field has the CLI's default."""
+    """What `modinspect load [MODEL] CHECKPOINT` is asked to do; every field has the CLI's default.
 
-    checkpoint: (
-        str | Path | nn.Module
-    )  # any SOURCE with a state dict (a path, a directory, an entry point)
-    # an entry point, a TorchScript archive, a live nn.Module, or None: [tool.modinspect]
+    Attributes:
+        checkpoint: any SOURCE with a state dict (a path, a directory, an entry point).
+        model: an entry point, a TorchScript archive, a live nn.Module, or None for [tool.modinspect]'s.
+        keymap: how checkpoint keys are rewritten before matching (None: as stored).
+        strict: load nothing unless every key matches.
+        skip_mismatched: load the rest when some shapes differ, instead of failing.
+        dry_run: plan only.
+        meta: build the model on the meta device: a free plan (implies `dry_run`).
+        out: write the loaded state dict there (.safetensors, else a torch file).
+        force: let `out` overwrite an existing file.
+        unsafe_pickle: let pickles call any global (runs the file's code: only for a file you trust).
+        allow_globals: globals a pickle may call beyond the allowlist, as `module.name`.
+        max_pickle_size: the largest pickle read, in bytes (None: 256 MiB).
+        max_layers: a Hugging Face config.json's layers built at most (None: 512).
+    """
+
+    checkpoint: str | Path | nn.Module
     model: str | Path | nn.Module | None = None
     keymap: KeyMap | None = None
     strict: bool = False
     skip_mismatched: bool = False
     dry_run: bool = False
-    meta: bool = False  # build the model on the meta device: a free plan (implies dry_run)
+    meta: bool = False
     out: str | Path | None = None
     force: bool = False
     unsafe_pickle: bool = False
     allow_globals: tuple[str, ...] = ()
     max_pickle_size: int | None = None
-    max_layers: int | None = None  # a Hugging Face config.json's layers built at most (default 512)
+    max_layers: int | None = None
 
 
 def run_load(
@@ -55,9 +68,27 @@ def run_load(
 ) -> LoadReport:
     """Open MODEL and CHECKPOINT, then perform_load: what `modinspect load` runs, as one call.
 
-    `announce` hears notes (an entry point about to be imported from [tool.modinspect]); `warn` gets the
-    sources' warnings once both are open, before anything is loaded. Raises MismatchedShapesError (with
-    `.report`) like perform_load.
+    Args:
+        request: a LoadRequest (every field has the CLI's default).
+        announce: hears notes (an entry point about to be imported from [tool.modinspect]).
+        warn: gets the sources' warnings once both are open, before anything is loaded.
+
+    Returns:
+        The LoadReport of `perform_load`.
+
+    Raises:
+        MismatchedShapesError: like perform_load (with `.report`); any ModinspectError of opening a source.
+
+    Example:
+        >>> request = modinspect.LoadRequest(
+        ...     model="sample_models/models.py:small_cnn",
+        ...     checkpoint="sample_models/ddp.pt",
+        ...     keymap=modinspect.KeyMap(strip_prefixes=("module.",)),
+        ...     dry_run=True,
+        ... )
+        >>> report = modinspect.run_load(request)
+        >>> len(report.plan.loaded), report.plan.strict_ok, report.performed
+        (16, True, False)
     """
     from modinspect.run.source import open_source
 
@@ -117,9 +148,34 @@ def perform_load(
 
     Nothing is copied when `dry_run`, when the model is on the meta device, when `strict` fails, or
     when shapes differ and `skip_mismatched` is off (that last case raises, after the report exists:
-    see `MismatchedShapesError.report`). `out` writes the resulting state dict atomically
-    (.safetensors with safetensors' save_model, or a torch file); it refuses to overwrite a file without `force`,
-    and never overwrites one of `inputs` (the SOURCE paths).
+    see `MismatchedShapesError.report`).
+
+    Args:
+        model: a Source with a live module (an entry point, a live nn.Module, a TorchScript archive).
+        checkpoint: the Source whose tensors are loaded.
+        keymap: how checkpoint keys are rewritten before matching.
+        strict: load nothing unless every key matches (missing, unexpected and mis-shaped keys fail).
+        skip_mismatched: load the rest when some shapes differ, instead of raising.
+        dry_run: plan only.
+        out: write the resulting state dict there, atomically (.safetensors with safetensors' save_model,
+            else a torch file).
+        force: let `out` overwrite an existing file (never one of `inputs`).
+        inputs: the SOURCE paths, which `out` must never overwrite.
+
+    Returns:
+        A LoadReport: the plan, whether values were copied (`performed`), the file `written`, and each cast
+        key's largest rounding error.
+
+    Raises:
+        MismatchedShapesError: shapes differ and `skip_mismatched` is off (`.report` holds the report).
+        UsageError: `out` exists without `force`, or is one of the inputs.
+
+    Example:
+        >>> net = modinspect.open_source("sample_models/models.py:small_cnn")
+        >>> with modinspect.open_source("sample_models/small_cnn.safetensors") as ckpt:
+        ...     report = modinspect.perform_load(net, ckpt, strict=True)
+        >>> len(report.plan.loaded), report.performed
+        (16, True)
     """
     from modinspect.files import atomic_write, check_writable
     from modinspect.run.weights import (

@@ -32,33 +32,48 @@ __all__ = ["StatsRequest", "StatsRun", "prepare_stats", "run_stats"]
 
 @dataclass(frozen=True)
 class StatsRequest:
-    """What `modinspect stats` is asked to do; every field has the CLI's default."""
+    """What `modinspect stats` is asked to do; every field has the CLI's default.
 
-    # a SOURCE (entry point, HF directory, ...), a live nn.Module, or None: [tool.modinspect]
+    Attributes:
+        source: a SOURCE (an entry point, a Hugging Face directory, ...), a live nn.Module, or None for the
+            [tool.modinspect] default.
+        weights: a checkpoint to load into the model first (`--weights`).
+        strict: with `weights`, fail on a key that does not match instead of loading what fits.
+        unsafe_pickle: let pickles call any global (runs the file's code: only for a file you trust).
+        allow_globals: globals a pickle may call beyond the allowlist, as `module.name`.
+        max_pickle_size: the largest pickle read, in bytes (None: 256 MiB).
+        max_layers: a Hugging Face config.json's layers built at most (None: 512).
+        input_file: a .pt / .safetensors batch (`--input`).
+        input_shapes: shapes of random positional inputs (`--input-shape`).
+        input_dtype: the random inputs' dtype; None: int64 when the model has an nn.Embedding, else float32.
+        batches: how many batches are run.
+        seed: the seed of the random inputs (and of torch's generators).
+        device: cpu, cuda, cuda:N, mps, or auto.
+        dtype: bfloat16 / float16 to run under autocast; None: [tool.modinspect]'s dtype, else float32.
+        train: run in training mode (dropout, batch statistics).
+        backward: run a backward too, for the gradient statistics.
+        loss: what the backward starts from: auto, sum, mean, `file.py:FN`, or a function of the output.
+        pattern: hook only the modules whose name matches this glob.
+    """
+
     source: str | Path | nn.Module | None = None
-    weights: str | None = None  # a checkpoint to load into the model first
+    weights: str | None = None
     strict: bool = True
     unsafe_pickle: bool = False
     allow_globals: tuple[str, ...] = ()
     max_pickle_size: int | None = None
-    max_layers: int | None = None  # a Hugging Face config.json's layers built at most (default 512)
-    input_file: Path | None = None  # a .pt / .safetensors batch
-    input_shapes: tuple[tuple[int, ...], ...] = ()  # random positional inputs
-    input_dtype: str | None = (
-        None  # default: int64 when the model has an nn.Embedding, else float32
-    )
+    max_layers: int | None = None
+    input_file: Path | None = None
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    input_dtype: str | None = None
     batches: int = 1
     seed: int = 0
-    device: str = "auto"  # cpu, cuda, cuda:N, mps, auto
-    dtype: str | None = (
-        None  # bfloat16 / float16: under autocast; None: [tool.modinspect] dtype, else float32
-    )
+    device: str = "auto"
+    dtype: str | None = None
     train: bool = False
     backward: bool = True
-    loss: str | Callable[[Any], Any] = (
-        "auto"  # auto, sum, mean, file.py:FN, or a function of the output
-    )
-    pattern: str | None = None  # hook only modules matching this glob
+    loss: str | Callable[[Any], Any] = "auto"
+    pattern: str | None = None
 
 
 @dataclass
@@ -114,12 +129,52 @@ def run_stats(
     announce: Callable[[str], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> StatsReport:
-    """Open, prepare and run in one call; the report never prints."""
+    """Open, prepare and run in one call: what `modinspect stats` runs; the report never prints.
+
+    Args:
+        request: a StatsRequest (every field has the CLI's default).
+        announce: hears notes (an entry point about to be imported from [tool.modinspect]).
+        progress: called with 1 after each batch.
+
+    Returns:
+        A StatsReport: per-module statistics in call order, the first NaN/Inf's origin, diagnoses.
+
+    Raises:
+        ModinspectError: a user error (a bad option, a SOURCE without a model, a forward that raises).
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> request = modinspect.StatsRequest(source=model, input_shapes=((16, 4),), device="cpu")
+        >>> report = modinspect.run_stats(request)
+        >>> report.loss, [(m.name, m.count) for m in report.modules]
+        ('sum', [('', 32), ('0', 128), ('1', 128), ('2', 32)])
+    """
     return prepare_stats(request, announce).run(progress)
 
 
 def prepare_stats(request: StatsRequest, announce: Callable[[str], None] | None = None) -> StatsRun:
-    """Open the model and resolve device, inputs and options; raises ModinspectError on a user error."""
+    """Open the model and resolve device, inputs and options, without running anything.
+
+    The CLI reports the sources' warnings between this and `StatsRun.run()`.
+
+    Args:
+        request: a StatsRequest (every field has the CLI's default).
+        announce: hears notes (an entry point about to be imported from [tool.modinspect]).
+
+    Returns:
+        A StatsRun: the model, its device, its batches and warnings; `run()` it once.
+
+    Raises:
+        ModinspectError: a user error, before anything runs.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> run = modinspect.prepare_stats(modinspect.StatsRequest(source=model, input_shapes=((16, 4),)))
+        >>> run.count, run.described, run.warnings
+        (1, 'random (16, 4) float32 × 1 batch(es), seed 0', [])
+        >>> run.run().modules[1].count
+        128
+    """
     from modinspect.run.inputs import InputSpec, resolve_batches
     from modinspect.run.source import open_source
     from modinspect.run.stats import StatsOptions, seed_all

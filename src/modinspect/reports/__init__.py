@@ -135,6 +135,19 @@ class DtypeTotal:
 
 @dataclass(frozen=True)
 class Totals:
+    """A source's totals, each storage counted once (tied weights once). None where the format cannot say.
+
+    Attributes:
+        params: elements of the parameters (in a checkpoint: of every tensor not known as a buffer).
+        trainable: of which requires_grad.
+        frozen: of which not.
+        buffers: elements of the buffers.
+        persistent_buffers: of which saved in the state dict.
+        non_persistent_buffers: of which not.
+        bytes: bytes of every tensor, as stored.
+        tensors: number of tensors (names).
+    """
+
     params: int
     trainable: int | None
     frozen: int | None
@@ -196,6 +209,12 @@ class ShapesReport:
 
 @dataclass(frozen=True)
 class TreeReport:
+    """What `modinspect tree` shows: a source's modules and tensors, and totals over everything.
+
+    `modules` is the flat list (counts recursive), `root` the displayed tree (runs of identical blocks folded,
+    `depth` and `filter` applied); `tied` groups the names that share one storage.
+    """
+
     source: str
     format: str
     module_known: bool
@@ -260,6 +279,8 @@ class LoadPlan:
 
 @dataclass(frozen=True)
 class LoadReport:
+    """What `modinspect load` did: the plan, whether values were copied, and the file written."""
+
     model: str
     checkpoint: str
     plan: LoadPlan
@@ -361,6 +382,12 @@ class FrozenParams:
 
 @dataclass(frozen=True)
 class StatsReport:
+    """What `modinspect stats` found: per-module statistics over every batch, and where a first NaN/Inf came from.
+
+    `modules` are in call order; `nonfinite_origin` names the module, op and source line of the first NaN/Inf;
+    `diagnoses` are plain-language causes where the evidence is clear.
+    """
+
     source: str
     device: str
     dtype: str | None
@@ -457,6 +484,12 @@ class ModuleStatus:
 
 @dataclass(frozen=True)
 class DiffReport:
+    """What `modinspect diff A B` found: names on one side only, shape and dtype mismatches, changed tensors.
+
+    `changed` is sorted worst first; `close` are equal within tolerance but not identical; `rollup` and
+    `module_status` summarise per module. `differs` is the exit status's question.
+    """
+
     a: str
     b: str
     format_a: str
@@ -585,6 +618,8 @@ class BadStep:
 
 @dataclass(frozen=True)
 class RunReport:
+    """A watch log read back (`read_run_log`): every series aligned with `steps`, and the first bad step."""
+
     path: str
     header: RunHeader
     steps: tuple[int, ...] = field(repr=False)

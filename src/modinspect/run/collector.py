@@ -36,6 +36,19 @@ Batch = tuple[tuple[Any, ...], dict[str, Any]]
 
 @dataclass
 class StatsOptions:
+    """How `collect_stats` runs the model and what it records; the CLI's defaults.
+
+    Attributes:
+        backward: run a backward too, for the gradient statistics.
+        pattern: hook only the modules whose name matches this glob (None: every module).
+        loss: what the backward starts from: "auto" (the model's own `loss` output if any, else "sum"),
+            "sum", "mean", or a function of the output.
+        autocast_dtype: "bfloat16" or "float16" to run under torch.autocast; None: the model's own dtypes.
+        train: run in training mode (dropout, batch statistics); False: eval mode.
+        histogram: keep a histogram of each module's output over [min, max] of its first call.
+        exact: always use the masked reductions (normally only for a batch with a NaN/Inf).
+    """
+
     backward: bool = True
     pattern: str | None = None
     loss: str | Callable[[Any], Any] = (

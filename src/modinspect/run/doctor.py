@@ -74,14 +74,25 @@ def doctor(
         example_inputs: what the model is called with: a tensor, a tuple of positional inputs, a dict of
             keyword inputs, or `(args, kwargs)`. None: the model's `example_input_array`, else no run.
         optimizer: the optimizer that will train it: trainable parameters it lacks are errors.
-        select / ignore: check identifiers to keep or drop (`modinspect.reports.doctor.CATALOG`).
+        select: check identifiers to keep (`modinspect.reports.doctor.CATALOG`); None: all.
+        ignore: check identifiers to drop.
         expect: intended gradient multiples of custom Functions, e.g. {"GradReverse": -0.1}.
         context: "training" or "inference"; default: the root module's mode.
         budget_s: CPU seconds of gradcheck per custom Function.
+        inputs_described: a description of `example_inputs`, kept in the report.
+
+    Returns:
+        A DoctorReport: the findings (most severe first), the checks that ran, notes on what could not be checked.
+
+    Raises:
+        UsageError: an unknown check identifier or context.
 
     Example:
-        >>> report = modinspect.doctor(model, torch.randn(8, 3, 32, 32))
-        >>> [f.id for f in report.findings]
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> optimizer = torch.optim.SGD(model[0].parameters(), lr=0.1)  # the last layer left out
+        >>> report = modinspect.doctor(model, torch.randn(16, 4), optimizer=optimizer)
+        >>> [(f.id, f.where.key) for f in report.findings if f.severity == "error"]
+        [('param-not-in-optimizer', '2.weight'), ('param-not-in-optimizer', '2.bias')]
     """
     chosen, dropped = check_ids(select, "--select"), check_ids(ignore, "--ignore")
     if context not in (None, "training", "inference"):

@@ -29,7 +29,16 @@ FLOAT_DTYPES = dtypes.COMPUTE_FLOATS
 
 @dataclass(frozen=True)
 class InputSpec:
-    """How to make each batch. Exactly one of file / shapes / example is used, in that order."""
+    """How to make each batch. Exactly one of file / shapes / example is used, in that order.
+
+    Attributes:
+        file: a .pt or .safetensors batch (the CLI's `--input`).
+        shapes: shapes of random positional inputs (`--input-shape`).
+        dtype: the random inputs' dtype ("" in `add_layers`: int64 below the vocabulary when the model has
+            an nn.Embedding, else the stored weights' float dtype).
+        batches: how many batches are made.
+        seed: the random inputs' seed.
+    """
 
     file: Path | None = None
     shapes: tuple[tuple[int, ...], ...] = ()

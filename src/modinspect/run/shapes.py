@@ -197,7 +197,25 @@ def measure_shapes(
 ) -> ShapesReport:
     """Run one forward of a meta copy of `model` on `batch` (moved to meta) and measure every module.
 
-    `tensors` (the source's TensorInfo) give the stored dtypes, used for the copy and the byte totals.
+    Nothing is allocated: the copy and the inputs live on the meta device; FLOPs are torch.utils.flop_counter's.
+
+    Args:
+        model: the nn.Module to measure (left untouched: a meta copy runs).
+        batch: what the model is called with, as `(args, kwargs)`.
+        tensors: the source's TensorInfo, whose stored dtypes are used for the copy and the byte totals.
+        inputs: a description of the inputs, kept in the report.
+
+    Returns:
+        A ShapesReport: per module (named as in the tree) its output shapes, FLOPs, output and saved bytes,
+        and the totals.
+
+    Raises:
+        UsageError: the forward could not run on the meta device (data-dependent steps, wrong inputs).
+
+    Example:
+        >>> shapes = modinspect.measure_shapes(torch.nn.Linear(4, 8), ((torch.randn(16, 4),), {}))
+        >>> shapes.totals.macs, shapes.modules[0].output_shapes
+        (512, ((16, 8),))
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -332,9 +350,28 @@ def add_layers(
 ) -> TreeReport:
     """The tree report with each live layer's extra_repr() and, when `spec` is given, a meta forward's shapes.
 
-    `spec` says where the input comes from (InputSpec: a file, shapes, or else the model's
-    `example_input_array` or `config_extra`'s `input_shape`/`input`); its dtype "" means the default:
-    int64 below the vocabulary when the model has an nn.Embedding, else the stored weights' float dtype.
+    Args:
+        report: the source's TreeReport (from `build_tree`).
+        source: the Source it was built from; shapes need its live module.
+        spec: where the input comes from (an InputSpec: a file, shapes, or else the model's
+            `example_input_array` or `config_extra`'s `input_shape`/`input`); None: no forward, extra_repr()s
+            only. Its dtype "" means the default: int64 below the vocabulary when the model has an
+            nn.Embedding, else the stored weights' float dtype.
+        config_extra: the [tool.modinspect] table's other keys (`input_shape`, `input`, `input_dtype`).
+
+    Returns:
+        The report with `extra_reprs` and, with `spec`, `shapes` (a ShapesReport) filled in.
+
+    Raises:
+        UsageError: shapes asked of a checkpoint without the model's code, or a forward the meta device
+            cannot run.
+
+    Example:
+        >>> source = modinspect.open_source(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU()))
+        >>> spec = modinspect.InputSpec(shapes=((16, 4),))
+        >>> report = modinspect.add_layers(modinspect.build_tree(source), source, spec)
+        >>> report.extra_reprs[0], report.shapes.totals.macs
+        (('0', 'in_features=4, out_features=8, bias=True'), 512)
     """
     from modinspect.run.inputs import first_embedding_size, resolve_batches
 

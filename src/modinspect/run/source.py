@@ -54,14 +54,40 @@ def open_source(
     model_weights: str = "header",
     max_layers: int | None = None,
 ) -> Source:
-    """Open SOURCE `spec`; None means the [tool.modinspect] default. Paths are relative to `base` (cwd).
+    """Open a SOURCE as a lazy view of its tensors (and its nn.Module, when the source builds one).
 
-    With `config_weights=False` the default model comes without the table's `weights` (for `load`).
-    `announce(message)` hears, before it happens, that an entry point named by [tool.modinspect] is
-    imported: a cloned repository's pyproject.toml can name any code.
-    A Hugging Face directory (config.json) builds its model on the meta device with the weights header-only
-    (`model_weights="header"`), or for real: randomly initialised ("init") or from its weights ("pretrained");
-    a config asking for more than `max_layers` layers (default 512) is refused before anything is built.
+    Nothing reads tensor data until `Source.read_tensor` or `Source.iter_tensors` asks; a checkpoint's pickle
+    is checked against the weights-only allowlist before anything is unpickled.
+
+    Args:
+        spec: a path (a file of any supported format, a Hugging Face or DCP directory), an entry point
+            (`file.py:NAME`, `package.module:NAME`), a live nn.Module, or None for the [tool.modinspect] default.
+        weights: a checkpoint to load into the model `spec` builds (the CLI's `--weights`).
+        meta: build an entry point's model on the meta device (no memory; shapes and names only).
+        unsafe_pickle: let pickles call any global (runs the file's code: only for a file you trust).
+        strict: with `weights`, fail on a missing, unexpected or mis-shaped key instead of loading what fits.
+        base: the folder relative paths are read from (default: the current directory).
+        config_weights: with `spec=None`, also load the weights [tool.modinspect] names (off for `load`).
+        allow_globals: globals a pickle may call beyond the allowlist, as `module.name`.
+        max_pickle_size: the largest pickle read, in bytes (default 256 MiB).
+        announce: hears, before it happens, that an entry point named by [tool.modinspect] is imported (a
+            cloned repository's pyproject.toml can name any code).
+        model_weights: a Hugging Face directory's model: "header" (on the meta device, the weights read
+            header-only), "init" (randomly initialised) or "pretrained" (from its weights).
+        max_layers: a Hugging Face config asking for more layers is refused before anything is built
+            (default 512).
+
+    Returns:
+        A Source (a context manager: `with` closes its files): `tensors`, `modules`, `module`, `read_tensor`.
+
+    Raises:
+        SourceNotFoundError, UnknownFormatError, CorruptFileError, UnsafePickleError, EntryPointError,
+        UsageError: a ModinspectError whose message is the CLI's error line.
+
+    Example:
+        >>> with modinspect.open_source("sample_models/tiny_lm.safetensors") as src:
+        ...     print(src.format, len(src.tensors), src.info("embed.weight").shape)
+        safetensors 22 (100, 32)
     """
     if spec is not None and not isinstance(spec, str | Path):
         return _open_module(spec, weights, strict)

@@ -154,6 +154,14 @@ def collect_stats(
 ) -> StatsReport:
     """Run `model` on each batch with hooks on its modules and return merged per-module statistics.
 
+    The model is left as it was found: hooks removed, training flags, requires_grad and .grad restored
+    (also when the forward or backward raises); parameters are never updated.
+
+    Under torch.distributed (each rank calling this on its own slice of the batches) the parameter
+    gradients are averaged over the ranks after each backward (summed for the `sum` loss), a batch one
+    rank flags is replayed on all of them, and the statistics are merged exactly at the end
+    (modinspect.run.ranks): every rank returns the same report.
+
     Args:
         model: the nn.Module to run, already on `device` with its batches.
         batches: an iterable (a list, a generator) of batches, each what `model` is called with, read as
@@ -163,22 +171,25 @@ def collect_stats(
             list and whose second a dict is both (`model(*args, **kwargs)`). A bare tensor is refused,
             not iterated row by row: wrap one batch in a list.
         options: backward, loss, autocast, mode, module filter (default: `StatsOptions()`, the CLI's).
+        source: the model's name in the report and in error messages.
+        device: where the model and the batches are, named in the report.
+        inputs: a description of the batches, kept in the report.
+        progress: called with 1 after each batch.
+        merge_ranks: under torch.distributed, merge the ranks' statistics (False: each rank keeps to its
+            own batches, with no collective of modinspect's own; an FSDP model's forward still gathers).
 
     Returns:
         A StatsReport: per-module statistics in call order, the first NaN/Inf's origin, diagnoses.
 
+    Raises:
+        ForwardError: the model's forward or backward raised (named with the modules that ran).
+        ModinspectError: a TorchScript model (no Python hooks), or no module matches the filter.
+
     Example:
-        report = collect_stats(model, [torch.randn(16, 4)])   # a forward and a backward on the sum
-
-    The model is left as it was found: hooks removed, training flags, requires_grad and .grad restored
-    (also when the forward or backward raises); parameters are never updated. `progress(1)` is called
-    after each batch.
-
-    Under torch.distributed (each rank calling this on its own slice of the batches) the parameter
-    gradients are averaged over the ranks after each backward (summed for the `sum` loss), a batch one
-    rank flags is replayed on all of them, and the statistics are merged exactly at the end
-    (modinspect.run.ranks): every rank returns the same report. `merge_ranks=False` keeps each rank
-    to its own batches (no collective of modinspect's own; an FSDP model's forward still gathers).
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> report = modinspect.collect_stats(model, [torch.randn(16, 4), torch.randn(8, 4)])
+        >>> report.batches, [(m.name, m.type, m.count) for m in report.modules]
+        (2, [('', 'Sequential', 48), ('0', 'Linear', 192), ('1', 'ReLU', 192), ('2', 'Linear', 48)])
     """
     import torch
 

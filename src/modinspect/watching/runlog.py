@@ -530,10 +530,35 @@ def _params(steps: list[StepRecord]) -> tuple[ParamSeries, ...]:
 
 
 def read_run_log(path: str | Path, max_bytes: int = MAX_LOG_BYTES) -> RunReport:
-    """Read and validate a watch log; the per-module series over its steps, the first bad step, gradient flow.
+    """Read and validate a watch log: the per-module series over its steps, the first bad step, gradient flow.
 
-    A log larger than `max_bytes` (128 MiB by default), a line longer than 16 MiB or a file that is not a
-    regular file is refused with a CorruptFileError or UnknownFormatError naming the limit.
+    Args:
+        path: the log `modinspect.watch(..., log=PATH)` wrote (JSON lines, schema `modinspect.watch/1`).
+        max_bytes: the largest log read (128 MiB by default).
+
+    Returns:
+        A RunReport: the logged steps, the loss, each module's and parameter's series aligned with the
+        steps, and `first_bad`, the first step with a NaN/Inf.
+
+    Raises:
+        CorruptFileError, UnknownFormatError: a log larger than `max_bytes`, a line longer than 16 MiB, a
+            file that is not a regular file, or one that is not a watch log, named with the limit.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> log = pathlib.Path(tempfile.mkdtemp()) / "stats.jsonl"
+        >>> model = torch.nn.Linear(4, 1)
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        >>> with modinspect.watch(model, every=2, log=log) as w:
+        ...     for _ in range(4):
+        ...         loss = model(torch.randn(8, 4)).pow(2).mean()
+        ...         loss.backward()
+        ...         optimizer.step()
+        ...         optimizer.zero_grad()
+        ...         w.step(loss)
+        >>> run = modinspect.read_run_log(log)
+        >>> run.steps, [m.type for m in run.modules], run.first_bad
+        ((2, 4), ['Linear'], None)
     """
     path = Path(path)
     lines = _read(path, max_bytes)

@@ -111,23 +111,47 @@ def watch(
 ) -> Watch:
     """Hooks on `model`'s own forward and backward; a context manager whose exit (or `detach()`) removes them.
 
-    `every`: steps per log record. `modules`: a glob of module names to hook (all by default).
-    `sample`: the fraction of elements a histogram counts (default: up to 65,536 evenly spaced).
-    `on_nonfinite`: at the first NaN/Inf, "warn", "raise" (NonFiniteError), "breakpoint", or "log" (no
-    per-step read; the log record of the window says where). `save_batch`: a .pt to save the offending
-    forward's inputs to, for `modinspect stats --input`. `optimizer`: steps then advance on its
-    `step()` (a post hook) instead of `w.step()`. `tensorboard`: a folder for the same scalars and
-    histograms through torch.utils.tensorboard. `training_only`: ignore forwards run without grad
-    (evaluation loops between steps).
+    Call `w.step(loss)` once per training step (or pass `optimizer=`); every `every` steps one record of
+    statistics is written to the log.
 
-    `mode`: "sentinel" (default) hooks the modules for the logged step only (one step in `every`): a record
-    holds that step's statistics, and the steps between pay only the NaN/Inf sentinel (one multi-tensor norm
-    of the gradients and one of the weights per step, no module hook). "window" hooks every step and a record
-    merges all the steps since the previous one (every activation counted; costs about what `stats` does,
-    on every step).
+    Args:
+        model: the nn.Module being trained (DDP, torch.compile and FSDP1 wrappers are looked through).
+        every: steps per log record.
+        log: a JSON-lines file for the records (`modinspect report` reads it); None: none written.
+        modules: a glob of module names to hook (all by default).
+        sample: the fraction of elements a histogram counts (default: up to 65,536 evenly spaced).
+        on_nonfinite: at the first NaN/Inf, "warn", "raise" (NonFiniteError), "breakpoint", or "log" (no
+            per-step read; the log record of the window says where).
+        save_batch: a .pt to save the offending forward's inputs to, for `modinspect stats --input`.
+        optimizer: steps then advance on its `step()` (a post hook) instead of `w.step()`; with
+            on_nonfinite="raise", the error is raised before `optimizer.step()` applies the bad step (without
+            it, call `w.check()` between `backward()` and `optimizer.step()` for the same).
+        histogram: keep a histogram of each module's output at logged steps.
+        overwrite: replace an existing `log` instead of refusing.
+        tensorboard: a folder for the same scalars and histograms through torch.utils.tensorboard.
+        training_only: ignore forwards run without grad (evaluation loops between steps).
+        mode: "sentinel" (default) hooks the modules for the logged step only (one step in `every`): a record
+            holds that step's statistics, and the steps between pay only the NaN/Inf sentinel (one multi-tensor
+            norm of the gradients and one of the weights per step, no module hook). "window" hooks every step
+            and a record merges all the steps since the previous one (every activation counted; costs about
+            what `stats` does, on every step).
 
-    With `optimizer=` and on_nonfinite="raise", the error is raised before `optimizer.step()` applies the bad
-    step; without it, call `w.check()` between `backward()` and `optimizer.step()` for the same.
+    Returns:
+        A Watch: `step(loss)`, `check()`, `pause()`/`resume()`, `detach()`, and `report()` (a WatchReport).
+
+    Example:
+        >>> model = torch.nn.Linear(4, 1)
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        >>> with modinspect.watch(model, every=2) as w:
+        ...     for _ in range(4):
+        ...         loss = model(torch.randn(8, 4)).pow(2).mean()
+        ...         loss.backward()
+        ...         optimizer.step()
+        ...         optimizer.zero_grad()
+        ...         w.step(loss)
+        >>> report = w.report()
+        >>> report.steps, report.records, report.nonfinite_step
+        (4, 2, None)
     """
     return Watch(
         model,
