@@ -287,3 +287,18 @@ def test_request_and_option_types_document_every_field(name: str) -> None:
     assert "Attributes" in sections, f"{name} has no Attributes: section"
     documented = re.findall(r"^(\w+):", sections["Attributes"], re.MULTILINE)
     assert documented == [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in CLASSES if not issubclass(getattr(modinspect, n), Exception)]
+)
+def test_public_methods_and_properties_of_exported_classes_have_docstrings(name: str) -> None:
+    cls = getattr(modinspect, name)
+    undocumented = []
+    for attribute, member in vars(cls).items():
+        if attribute.startswith("_"):
+            continue
+        function = member.fget if isinstance(member, property) else member
+        if inspect.isfunction(function) and not (function.__doc__ or "").strip():
+            undocumented.append(attribute)
+    assert undocumented == []

@@ -99,6 +99,7 @@ class StatsRun:
     __repr__ = short_repr
 
     def run(self, progress: Callable[[int], None] | None = None) -> StatsReport:
+        """Run the prepared batches once; `progress(1)` is called after each. Returns the StatsReport."""
         from modinspect.run.inputs import to_device
         from modinspect.run.stats import collect_stats
 

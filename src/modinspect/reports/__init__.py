@@ -204,6 +204,7 @@ class ShapesReport:
     __repr__ = short_repr
 
     def get(self, name: str) -> ModuleShapes | None:
+        """The module named `name` (as in the tree), or None."""
         return next((m for m in self.modules if m.name == name), None)
 
 
@@ -274,6 +275,7 @@ class LoadPlan:
 
     @property
     def strict_ok(self) -> bool:
+        """Whether a strict load would succeed: no missing, unexpected or mis-shaped key."""
         return not (self.missing or self.unexpected or self.mismatched)
 
 
@@ -298,6 +300,7 @@ class LoadReport:
 
     @property
     def strict_failed(self) -> bool:
+        """Whether `strict` was asked and the plan fails it (then nothing was loaded)."""
         return self.strict and not self.plan.strict_ok
 
 
@@ -522,6 +525,7 @@ class DiffReport:
 
     @property
     def differs(self) -> bool:
+        """Whether anything differs: a name on one side only, a shape or dtype mismatch, a changed tensor."""
         return bool(
             self.only_in_a
             or self.only_in_b

@@ -70,9 +70,11 @@ class DoctorReport:
     __repr__ = short_repr
 
     def count(self, severity: Severity) -> int:
+        """How many findings have this severity."""
         return sum(f.severity == severity for f in self.findings)
 
     def at_or_above(self, severity: Severity) -> tuple[Finding, ...]:
+        """The findings at `severity` or worse, most severe first."""
         return tuple(f for f in self.findings if RANK[f.severity] >= RANK[severity])
 
 

@@ -39,6 +39,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
+        """Elements: the product of the shape."""
         return math.prod(self.shape)
 
 
@@ -96,6 +97,7 @@ class Source:
         self._by_name = {t.name: t for t in self.tensors}
 
     def info(self, name: str) -> TensorInfo:
+        """The TensorInfo of tensor `name` (KeyError when there is none)."""
         return self._by_name[name]
 
     def infos(self, names: Iterable[str]) -> list[TensorInfo]:
@@ -103,6 +105,7 @@ class Source:
         return list(map(self._by_name.__getitem__, names))
 
     def names(self) -> list[str]:
+        """Every tensor's name, in the source's order."""
         return [t.name for t in self.tensors]
 
     def state_dict_names(self) -> list[str]:

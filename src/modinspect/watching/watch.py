@@ -440,6 +440,7 @@ class Watch:
         self._paused = True
 
     def resume(self) -> None:
+        """Watch forwards and backwards again after `pause()`."""
         self._paused = False
 
     def _capture(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
