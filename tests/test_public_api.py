@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 import modinspect
 from conftest import REPO
@@ -33,7 +34,7 @@ def test_dir_lists_every_public_name_and_each_resolves() -> None:
 
 
 def test_all_and_the_lazy_table_name_the_same_things() -> None:
-    lazy = modinspect._LAZY  # type: ignore[attr-defined]
+    lazy = modinspect._LAZY
     assert set(modinspect.__all__) - {"__version__"} == set(lazy)
     for name, module in lazy.items():
         assert getattr(sys.modules.get(module) or __import__(module, fromlist=[name]), name) is (
@@ -55,7 +56,7 @@ def test_type_checking_imports_match_the_lazy_table() -> None:
         if isinstance(node, ast.ImportFrom)
         for alias in node.names
     }
-    assert seen == modinspect._LAZY  # type: ignore[attr-defined]
+    assert seen == modinspect._LAZY
 
 
 def test_unknown_names_raise_attribute_error() -> None:
@@ -121,16 +122,16 @@ def test_every_report_hides_its_variable_length_fields_from_repr() -> None:
     assert shown == []
 
 
-def _gpt2() -> object:
+def _gpt2() -> torch.nn.Module:
     import warnings
 
-    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2))
+        model: torch.nn.Module = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2))
+    return model
 
 
 def test_tree_report_repr_is_a_short_line_that_names_the_totals() -> None:
@@ -139,7 +140,7 @@ def test_tree_report_repr_is_a_short_line_that_names_the_totals() -> None:
     report = modinspect.build_tree(source)
     text = repr(report)
     # torch's own count: each parameter once (GPT-2 ties lm_head.weight to wte.weight)
-    unique = {p.data_ptr(): p.numel() for p in model.parameters()}  # type: ignore[attr-defined]
+    unique = {p.data_ptr(): p.numel() for p in model.parameters()}
     assert report.totals.params == sum(unique.values())
     assert len(text) < 600, len(text)
     assert "\n" not in text
@@ -149,7 +150,7 @@ def test_tree_report_repr_is_a_short_line_that_names_the_totals() -> None:
     assert f"modules=<{len(report.modules)} items>" in text
     assert "tied=<1 item>" in text and "root=<ModuleNode>" in text
     # the rows are still all there
-    assert len(report.tensors) == len(model.state_dict())  # type: ignore[attr-defined]
+    assert len(report.tensors) == len(model.state_dict())
     source_text = repr(source)
     assert len(source_text) < 300, source_text
     assert source_text.startswith("ModuleSource(label='GPT2LMHeadModel', format='module', ")
@@ -158,12 +159,11 @@ def test_tree_report_repr_is_a_short_line_that_names_the_totals() -> None:
 
 
 def test_diff_repr_stays_short_however_many_tensors_changed() -> None:
-    a, b = modinspect.open_source(_gpt2()), modinspect.open_source(_gpt2())
-    import torch
-
+    changed = _gpt2()
     with torch.no_grad():
-        for p in b.module.parameters():
+        for p in changed.parameters():
             p.add_(1.0)
+    a, b = modinspect.open_source(_gpt2()), modinspect.open_source(changed)
     report = modinspect.diff_sources(a, b)
     text = repr(report)
     assert len(report.changed) == len(a.tensors) == report.compared  # every name, the tied one too
@@ -242,8 +242,6 @@ def test_the_examples_in_docstrings_print_what_they_show(
 ) -> None:
     """Each docstring's Example runs as a doctest, from the repository root (sample_models/ is there)."""
     import doctest
-
-    import torch
 
     monkeypatch.chdir(REPO)
     doc = inspect.getdoc(getattr(modinspect, name)) or ""
