@@ -267,12 +267,15 @@ def test_exported_classes_have_their_own_docstring(name: str) -> None:
 # What a caller builds: every field is described under Attributes:.
 BUILT_BY_CALLERS = [
     "DiffOptions",
+    "DiffRequest",
     "DoctorRequest",
     "InputSpec",
     "KeyMap",
     "LoadRequest",
+    "ReportRequest",
     "StatsOptions",
     "StatsRequest",
+    "TreeRequest",
 ]
 
 

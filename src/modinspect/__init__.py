@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from modinspect.analysis.diff import DiffOptions, diff_sources
     from modinspect.analysis.loading import plan_load
     from modinspect.analysis.tree import build_tree
+    from modinspect.commands.diff import DiffRequest, run_diff
     from modinspect.commands.doctor import DoctorRequest, run_doctor
     from modinspect.commands.load import (
         LoadRequest,
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
         perform_load,
         run_load,
     )
+    from modinspect.commands.report import ReportRequest, run_report
     from modinspect.commands.stats import StatsRequest, StatsRun, prepare_stats, run_stats
+    from modinspect.commands.tree import TreeRequest, run_tree
     from modinspect.errors import (
         ConfigError,
         CorruptFileError,
@@ -73,8 +76,10 @@ _MODULES: dict[str, tuple[str, ...]] = {
     # functions: one per command, and the engine's steps
     "modinspect.run.source": ("open_source",),
     "modinspect.analysis.tree": ("build_tree",),
+    "modinspect.commands.tree": ("run_tree", "TreeRequest"),
     "modinspect.run.shapes": ("add_layers", "measure_shapes"),
     "modinspect.analysis.diff": ("diff_sources", "DiffOptions"),
+    "modinspect.commands.diff": ("run_diff", "DiffRequest"),
     "modinspect.analysis.loading": ("plan_load",),
     "modinspect.commands.load": (
         "perform_load",
@@ -86,6 +91,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "modinspect.commands.stats": ("run_stats", "prepare_stats", "StatsRequest", "StatsRun"),
     "modinspect.watching.watch": ("watch", "Watch", "NonFiniteWarning"),
     "modinspect.watching.runlog": ("read_run_log",),
+    "modinspect.commands.report": ("run_report", "ReportRequest"),
     "modinspect.run.doctor": ("doctor",),
     "modinspect.commands.doctor": ("run_doctor", "DoctorRequest"),
     # what the functions take
@@ -130,6 +136,7 @@ __all__ = [
     "CorruptFileError",
     "DiffOptions",
     "DiffReport",
+    "DiffRequest",
     "DoctorReport",
     "DoctorRequest",
     "EntryPointError",
@@ -149,6 +156,7 @@ __all__ = [
     "NonFiniteError",
     "NonFiniteWarning",
     "NonfiniteOrigin",
+    "ReportRequest",
     "RunReport",
     "ShapesReport",
     "Source",
@@ -160,6 +168,7 @@ __all__ = [
     "TensorInfo",
     "Totals",
     "TreeReport",
+    "TreeRequest",
     "UnknownFormatError",
     "UnsafePickleError",
     "UsageError",
@@ -178,9 +187,12 @@ __all__ = [
     "plan_load",
     "prepare_stats",
     "read_run_log",
+    "run_diff",
     "run_doctor",
     "run_load",
+    "run_report",
     "run_stats",
+    "run_tree",
     "watch",
 ]
 

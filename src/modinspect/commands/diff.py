@@ -21,17 +21,33 @@ __all__ = ["DiffRequest", "run_diff"]
 
 @dataclass(frozen=True)
 class DiffRequest:
-    """What `modinspect diff A B` is asked to do; every field has the CLI's default."""
+    """What `modinspect diff A B` is asked to do; every field but `a` and `b` has the CLI's default.
 
-    a: str  # any SOURCE, or an entry point with weights_a
+    Attributes:
+        a: any SOURCE, or an entry point with `weights_a`.
+        b: likewise.
+        weights_a: a checkpoint to load into A when A is an entry point.
+        weights_b: likewise for B.
+        atol: absolute tolerance; None: torch.testing's default for the dtypes compared.
+        rtol: relative tolerance; None: likewise.
+        exact: bitwise equality: no tolerance.
+        nan_equal: NaN against NaN counts as equal.
+        keymap: prefixes stripped, renames, include/exclude globs (both sides).
+        unsafe_pickle: let pickles call any global (runs the file's code: only for a file you trust).
+        allow_globals: globals a pickle may call beyond the allowlist, as `module.name`.
+        max_pickle_size: the largest pickle read, in bytes (None: 256 MiB).
+        max_layers: a Hugging Face config.json's layers built at most (None: 512).
+    """
+
+    a: str
     b: str
-    weights_a: str | None = None  # a checkpoint to load into A when A is an entry point
+    weights_a: str | None = None
     weights_b: str | None = None
-    atol: float | None = None  # None: torch.testing's default for the dtypes compared
+    atol: float | None = None
     rtol: float | None = None
-    exact: bool = False  # bitwise equality: no tolerance
-    nan_equal: bool = True  # NaN against NaN counts as equal
-    keymap: KeyMap | None = None  # prefixes stripped, renames, include/exclude globs (both sides)
+    exact: bool = False
+    nan_equal: bool = True
+    keymap: KeyMap | None = None
     unsafe_pickle: bool = False
     allow_globals: tuple[str, ...] = ()
     max_pickle_size: int | None = None
@@ -44,10 +60,25 @@ def run_diff(
     phase: Phase = quiet_phase,
     progress: ProgressBar = no_progress,
 ) -> DiffReport:
-    """Open A and B, then diff_sources them; raises ModinspectError on a user error.
+    """Open A and B, then `diff_sources` them: what `modinspect diff A B` runs.
 
-    `warn` gets both sources' warnings once they are open; `phase` wraps the opening; `progress(total)`
-    is entered with the bytes both sides store, and its `advance(n)` hears the bytes compared so far.
+    Args:
+        request: a DiffRequest (every field but `a` and `b` has the CLI's default).
+        warn: gets both sources' warnings once they are open.
+        phase: wraps the opening with its description.
+        progress: entered with the bytes both sides store; its `advance(n)` hears the bytes compared so far.
+
+    Returns:
+        The DiffReport of `diff_sources`.
+
+    Raises:
+        ModinspectError: a user error (a SOURCE that does not open, a key mapping that sends two keys to one).
+
+    Example:
+        >>> request = modinspect.DiffRequest("sample_models/small_cnn.pth", "sample_models/small_cnn.safetensors")
+        >>> report = modinspect.run_diff(request)
+        >>> report.differs, report.compared, report.identical
+        (False, 16, 16)
     """
     from modinspect.analysis.diff import DiffOptions, diff_sources
     from modinspect.run.source import open_source

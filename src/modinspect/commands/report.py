@@ -25,13 +25,21 @@ HtmlPage = Callable[[RunReport, tuple[int, ...]], str]
 
 @dataclass(frozen=True)
 class ReportRequest:
-    """What `modinspect report LOG` is asked to do; every field has the CLI's default."""
+    """What `modinspect report LOG` is asked to do; every field but `log` has the CLI's default.
 
-    log: str | Path  # a watch log (JSONL), as modinspect.watch writes it
-    html: str | Path | None = None  # also write one self-contained HTML page here
-    steps: tuple[int, ...] | None = None  # the HTML's histogram steps; None: first, middle, last
-    force: bool = False  # overwrite `html` if it exists
-    max_log_size: int | None = None  # bytes; None: watching.runlog.MAX_LOG_BYTES (128 MiB)
+    Attributes:
+        log: a watch log (JSON lines), as modinspect.watch writes it.
+        html: also write one self-contained HTML page here.
+        steps: the HTML's histogram steps; None: the first, the middle and the last.
+        force: overwrite `html` if it exists.
+        max_log_size: the largest log read, in bytes; None: 128 MiB.
+    """
+
+    log: str | Path
+    html: str | Path | None = None
+    steps: tuple[int, ...] | None = None
+    force: bool = False
+    max_log_size: int | None = None
 
 
 def run_report(
@@ -39,11 +47,36 @@ def run_report(
     announce: Announce | None = None,
     html_page: HtmlPage | None = None,
 ) -> RunReport:
-    """Read and validate the log; write the HTML page when asked. Raises ModinspectError on a user error.
+    """Read and validate a watch log, and write the HTML page when asked: what `modinspect report LOG` runs.
 
-    `announce` hears the log's notes (a partial last line skipped, unknown record kinds). `html_page`
-    renders the page when `request.html` is set; the file is refused before the log is read when it
-    exists without `force` or is the log itself.
+    The HTML file is refused before the log is read when it exists without `force` or is the log itself.
+
+    Args:
+        request: a ReportRequest (every field but `log` has the CLI's default).
+        announce: hears the log's notes (a partial last line skipped, unknown record kinds).
+        html_page: renders the page when `request.html` is set (the CLI passes render.html.run_html).
+
+    Returns:
+        The RunReport of `read_run_log`.
+
+    Raises:
+        ModinspectError: a user error (a log that is not a watch log, an HTML file that exists).
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> log = pathlib.Path(tempfile.mkdtemp()) / "stats.jsonl"
+        >>> model = torch.nn.Linear(4, 1)
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        >>> with modinspect.watch(model, every=2, log=log) as w:
+        ...     for _ in range(4):
+        ...         loss = model(torch.randn(8, 4)).pow(2).mean()
+        ...         loss.backward()
+        ...         optimizer.step()
+        ...         optimizer.zero_grad()
+        ...         w.step(loss)
+        >>> run = modinspect.run_report(modinspect.ReportRequest(log))
+        >>> run.steps, run.first_bad
+        ((2, 4), None)
     """
     from modinspect.files import atomic_write, check_writable
     from modinspect.watching.runlog import MAX_LOG_BYTES, histogram_steps, read_run_log

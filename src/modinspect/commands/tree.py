@@ -10,38 +10,56 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from modinspect.commands.feedback import Announce, Phase, Warn, quiet_phase
 from modinspect.errors import UsageError
 from modinspect.reports import TreeReport
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["TreeRequest", "run_tree"]
 
 
 @dataclass(frozen=True)
 class TreeRequest:
-    """What `modinspect tree` is asked to do; every field has the CLI's default."""
+    """What `modinspect tree` is asked to do; every field has the CLI's default.
 
-    source: Any = (
-        None  # a SOURCE (path, entry point, ...), a live nn.Module, or None: [tool.modinspect]
-    )
-    weights: str | None = None  # a checkpoint to load into the model SOURCE builds
-    meta: bool = False  # build an entry point's model on the meta device
-    strict: bool = True  # --weights must match every key
+    Attributes:
+        source: a SOURCE (a path, an entry point, ...), a live nn.Module, or None for the [tool.modinspect]
+            default.
+        weights: a checkpoint to load into the model SOURCE builds (`--weights`).
+        meta: build an entry point's model on the meta device.
+        strict: with `weights`, fail on a key that does not match instead of loading what fits.
+        unsafe_pickle: let pickles call any global (runs the file's code: only for a file you trust).
+        allow_globals: globals a pickle may call beyond the allowlist, as `module.name`.
+        max_pickle_size: the largest pickle read, in bytes (None: 256 MiB).
+        max_layers: a Hugging Face config.json's layers built at most (None: 512).
+        depth: show at most this many levels (None: all).
+        pattern: show only the modules and tensors matching this glob.
+        expand: do not fold runs of identical blocks.
+        shapes: run a forward pass on the meta device (implied by `input_shapes` and `input_file`).
+        input_file: the forward's input: a .pt (weights-only) or .safetensors file.
+        input_shapes: shapes of random positional inputs.
+        input_dtype: the random inputs' dtype; None: int64 with an nn.Embedding, else the weights' float dtype.
+    """
+
+    source: str | Path | nn.Module | None = None
+    weights: str | None = None
+    meta: bool = False
+    strict: bool = True
     unsafe_pickle: bool = False
     allow_globals: tuple[str, ...] = ()
     max_pickle_size: int | None = None
-    max_layers: int | None = None  # a Hugging Face config.json's layers built at most (default 512)
-    depth: int | None = None  # show at most this many levels
-    pattern: str | None = None  # only modules/tensors matching this glob
-    expand: bool = False  # do not collapse runs of identical blocks
-    shapes: bool = False  # a forward pass on the meta device (implied by input_shapes / input_file)
-    input_file: Path | None = None  # the forward's input: a .pt (weights-only) or .safetensors file
-    input_shapes: tuple[tuple[int, ...], ...] = ()  # random positional inputs of these shapes
-    input_dtype: str | None = (
-        None  # default: int64 with an nn.Embedding, else the weights' float dtype
-    )
+    max_layers: int | None = None
+    depth: int | None = None
+    pattern: str | None = None
+    expand: bool = False
+    shapes: bool = False
+    input_file: Path | None = None
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    input_dtype: str | None = None
 
     @property
     def wants_shapes(self) -> bool:
@@ -55,10 +73,27 @@ def run_tree(
     warn: Warn | None = None,
     phase: Phase = quiet_phase,
 ) -> TreeReport:
-    """Open SOURCE, build its tree and, when asked, add the meta forward's shapes; raises ModinspectError.
+    """Open SOURCE, build its tree and, when asked, add the meta forward's shapes: what `modinspect tree` runs.
 
-    `announce` hears notes while the source opens; `warn` gets its warnings once it is open; `phase`
-    wraps the two slow steps (opening, the forward pass) with their description.
+    Args:
+        request: a TreeRequest (every field has the CLI's default).
+        announce: hears notes while the source opens (an entry point about to be imported).
+        warn: gets the source's warnings once it is open.
+        phase: wraps the two slow steps (opening, the forward pass) with their description.
+
+    Returns:
+        The TreeReport of `build_tree`, with `add_layers`' extra_repr()s and, when asked, `shapes`.
+
+    Raises:
+        ModinspectError: a user error (a SOURCE that does not open, an input the forward cannot take).
+
+    Example:
+        >>> request = modinspect.TreeRequest(
+        ...     "sample_models/models.py:small_cnn", meta=True, input_shapes=((1, 3, 32, 32),)
+        ... )
+        >>> report = modinspect.run_tree(request)
+        >>> report.totals.params, report.shapes.totals.macs
+        (1610, 1400992)
     """
     from modinspect.analysis.tree import build_tree
     from modinspect.commands.stats import project_defaults
