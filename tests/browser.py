@@ -66,7 +66,7 @@ class _Pipe:
                     raise RuntimeError(f"chromium closed the pipe (exit {self.proc.poll()})")
                 self.buffer += chunk
         raw, _, self.buffer = self.buffer.partition(b"\0")
-        return json.loads(raw)  # type: ignore[no-any-return]
+        return json.loads(raw)
 
     def call(
         self,
@@ -86,7 +86,7 @@ class _Pipe:
             if reply.get("id") == self.next_id:
                 if "error" in reply:
                     raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})  # type: ignore[no-any-return]
+                return reply.get("result", {})
             self.events.append(reply)
 
     def wait_for(self, method: str, timeout: float = 30.0) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from modinspect.cli.app import app
@@ -29,7 +30,7 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
-def invoke(*args: str, cwd: Path | None = None) -> object:
+def invoke(*args: str | Path, cwd: Path | None = None) -> Result:
     """Run the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
     old = Path.cwd()
     if cwd is not None:

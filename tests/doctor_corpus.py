@@ -606,7 +606,7 @@ def _frozen_backbone() -> nn.Module:
 
 
 def _sgd_backbone_only(model: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.backbone.parameters(), lr=0.1)  # type: ignore[union-attr]
+    return torch.optim.SGD(model.backbone.parameters(), lr=0.1)
 
 
 def _sgd_all(model: nn.Module) -> torch.optim.Optimizer:
@@ -688,7 +688,7 @@ class EncoderHead(nn.Module):
 class ScaledSequential(nn.Sequential):
     """Near-miss: a module calling its own base class's forward (`super().forward`), not a submodule's."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x) * 2.0
 
 
@@ -941,7 +941,7 @@ class FunctionLayer(nn.Module):
         self.extra = extra
 
     def call_function(self, x: torch.Tensor) -> torch.Tensor:
-        return self.function.apply(x, *self.extra)  # type: ignore[no-any-return]
+        return self.function.apply(x, *self.extra)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.call_function(self.fc(x))
@@ -1022,7 +1022,7 @@ class DeepMLP(nn.Module):
             nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)  # type: ignore[no-any-return]
+        return self.layers(x)
 
 
 class DeadRelu(nn.Module):
@@ -1880,7 +1880,7 @@ def _hf(model_class: str, config_class: str, **config: Any) -> Callable[[], nn.M
 
         _seeded()
         cfg = getattr(transformers, config_class)(**config)
-        return getattr(transformers, model_class)(cfg).train()  # type: ignore[no-any-return]
+        return getattr(transformers, model_class)(cfg).train()
 
     return build
 
@@ -1910,7 +1910,7 @@ def _pixels() -> Batch:
 
 def _sample(name: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
-        return getattr(_sample_models(), name)()  # type: ignore[no-any-return]
+        return getattr(_sample_models(), name)()
 
     return build
 

@@ -57,7 +57,7 @@ def test_golden_trees(name: str, args: list[str], golden: object) -> None:
         else f"note: importing models.py:small_cnn, the model [tool.modinspect] names in "
         f"{SAMPLES / 'pyproject.toml'}\n"
     )
-    golden(name, result.stdout)  # type: ignore[operator]
+    golden(name, result.stdout)
 
 
 def test_tree_json_document() -> None:
@@ -127,7 +127,7 @@ def write(path: Path, data: bytes) -> Path:
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, setup: object, message: str) -> None:
-    path = setup(tmp_path)  # type: ignore[operator]
+    path = setup(tmp_path)
     result = invoke("tree", path)
     assert result.exit_code == 2
     assert result.stdout == ""

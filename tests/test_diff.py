@@ -6,6 +6,7 @@ import json
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -578,9 +579,9 @@ def test_arithmetic_runs_on_one_torch_thread_and_gives_the_count_back(tmp_path: 
     seen: list[int] = []
     real = byteread.PairReader.chunk_pairs
 
-    def spy(self: byteread.PairReader, *args: object) -> object:
+    def spy(self: byteread.PairReader, *args: Any) -> object:
         seen.append(torch.get_num_threads())
-        return real(self, *args)  # type: ignore[arg-type]
+        return real(self, *args)
 
     a = write_st(tmp_path / "a.safetensors", {"w": torch.zeros(10)})
     b = write_st(tmp_path / "b.safetensors", {"w": torch.ones(10)})

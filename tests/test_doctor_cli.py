@@ -306,7 +306,7 @@ def test_control_characters_in_names_are_escaped(tmp_path: Path) -> None:
 def _sarif(models: Path, *args: str) -> dict[str, Any]:
     result = doctor(*args, "--sarif", cwd=models)
     assert result.exit_code in (0, 1)
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    return json.loads(result.stdout)
 
 
 def check_sarif_structure(log: dict[str, Any]) -> None:

@@ -173,11 +173,11 @@ def test_custom_alignment_and_version_2(tmp_path: Path) -> None:
 def test_big_endian_gguf_is_refused_in_one_line(tmp_path: Path) -> None:
     path = ggufs.write(tmp_path / "be.gguf", [("x", (4,), T.F32)], endianess=gguf.GGUFEndian.BIG)
     result = invoke("tree", str(path))
-    assert result.exit_code == 2  # type: ignore[attr-defined]
+    assert result.exit_code == 2
     assert (
         result.stderr
         == f"error: {path} is a big-endian GGUF file; modinspect reads little-endian GGUF only\n"
-    )  # type: ignore[attr-defined]
+    )
 
 
 def test_version_1_is_refused(tmp_path: Path) -> None:
@@ -301,12 +301,12 @@ def test_q4_k_4096_square_is_16_million_parameters_at_4_5_bits(tmp_path: Path) -
     (t,) = gguf.GGUFReader(path).tensors
     assert (t.n_elements, t.n_bytes) == (16_777_216, 9_437_184)
     result = invoke("tree", str(path))
-    assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
-    out = result.stdout  # type: ignore[attr-defined]
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
     assert "└── weight  [4096, 4096]  Q4_K  4.5 bpw  9.0 MiB\n" in out
     assert re.search(r"^Tensor elements +16,777,216  ", out, re.MULTILINE), out
     assert re.search(r"^By dtype +16,777,216  Q4_K · 9.0 MiB · 4.5 bpw$", out, re.MULTILINE), out
-    doc = json.loads(invoke("tree", str(path), "--json").stdout)  # type: ignore[attr-defined]
+    doc = json.loads(invoke("tree", str(path), "--json").stdout)
     assert doc["schema_version"] == 2
     assert doc["totals"]["params"] == 16_777_216 and doc["totals"]["bytes"] == 9_437_184
     assert doc["tensors"] == [
@@ -418,8 +418,8 @@ def test_diff_of_two_gguf_files_quantized_by_bytes_floats_by_value(tmp_path: Pat
 def test_diff_cli_of_gguf_files(tmp_path: Path) -> None:
     a = ggufs.llama(tmp_path / "a.gguf")
     same = invoke("diff", str(a), str(a))
-    assert same.exit_code == 0, same.stderr  # type: ignore[attr-defined]
-    assert "quantized tensor pairs compared byte for byte" in same.stdout  # type: ignore[attr-defined]
+    assert same.exit_code == 0, same.stderr
+    assert "quantized tensor pairs compared byte for byte" in same.stdout
     b = ggufs.write(
         tmp_path / "b.gguf",
         ggufs.llama_tensors_retyped(
@@ -440,8 +440,8 @@ def test_diff_cli_of_gguf_files(tmp_path: Path) -> None:
         edit=_edit_rows({"blk.0.ffn_gate.weight": [5]}),
     )
     result = invoke("diff", str(a), str(b), "--json")
-    assert result.exit_code == 1, result.stderr  # type: ignore[attr-defined]
-    doc = json.loads(result.stdout)  # type: ignore[attr-defined]
+    assert result.exit_code == 1, result.stderr
+    doc = json.loads(result.stdout)
     assert doc["dtype_mismatch"] == [
         {"name": "blk.0.attn_v.weight", "a": "Q6_K", "b": "Q8_0"},
         {"name": "output_norm.weight", "a": "float32", "b": "float16"},

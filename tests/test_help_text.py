@@ -56,7 +56,7 @@ def test_every_option_help_is_shown_whole(command: str, monkeypatch: pytest.Monk
     cmd = CLICK_APP.commands[command]  # type: ignore[attr-defined]
     missing = [
         p.name for p in cmd.params if getattr(p, "help", None) and _declared(p.help) not in shown
-    ]  # type: ignore[attr-defined]
+    ]
     assert not missing, f"{command} --help does not show the help of {missing}"
 
 

@@ -144,7 +144,7 @@ def _rewrite(path: Path, target: Path, edit: object) -> None:
             data = src.read(item)
             if item.filename.endswith("_weights_config.json"):
                 config = json.loads(data)
-                edit(config["config"])  # type: ignore[operator]
+                edit(config["config"])
                 data = json.dumps(config).encode()
             dst.writestr(item, data)
 
@@ -158,10 +158,10 @@ def test_lying_weight_configs_are_refused(tmp_path: Path) -> None:
         config["conv.weight"]["path_name"] = "../../etc/passwd"
 
     def symbolic(config: dict[str, dict[str, object]]) -> None:
-        config["conv.bias"]["tensor_meta"]["sizes"] = [{"as_expr": {"expr_str": "s0"}}]  # type: ignore[index]
+        config["conv.bias"]["tensor_meta"]["sizes"] = [{"as_expr": {"expr_str": "s0"}}]
 
     def too_big(config: dict[str, dict[str, object]]) -> None:
-        config["conv.bias"]["tensor_meta"]["sizes"] = [{"as_int": 1000}]  # type: ignore[index]
+        config["conv.bias"]["tensor_meta"]["sizes"] = [{"as_int": 1000}]
 
     _rewrite(tmp_path / "net.pt2", tmp_path / "escape.pt2", escape)
     with pytest.raises(
@@ -190,8 +190,8 @@ def test_expanded_views_are_read_as_torch_export_load_reads_them(tmp_path: Path)
     def expand(sizes: list[int], strides: list[int]) -> object:
         def edit(config: dict[str, dict[str, object]]) -> None:
             meta = config["bn.running_mean"]["tensor_meta"]
-            meta["sizes"] = [{"as_int": n} for n in sizes]  # type: ignore[index]
-            meta["strides"] = [{"as_int": n} for n in strides]  # type: ignore[index]
+            meta["sizes"] = [{"as_int": n} for n in sizes]
+            meta["strides"] = [{"as_int": n} for n in strides]
 
         return edit
 

@@ -75,7 +75,7 @@ def _pack_cols(values: torch.Tensor, bits: int, order: list[int]) -> torch.Tenso
     return (packed - (packed >= 2**31).to(torch.int64) * 2**32).to(torch.int32)
 
 
-def _layer(report: TreeReport, name: str):  # type: ignore[no-untyped-def]
+def _layer(report: TreeReport, name: str):
     return next(m for m in report.modules if m.name == name)
 
 

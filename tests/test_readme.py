@@ -179,7 +179,7 @@ def _readme_fields(command: str) -> set[str]:
 def _json(*args: str) -> dict[str, Any]:
     result = invoke(*args, "--json", cwd=SAMPLES)
     assert result.stdout, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    return json.loads(result.stdout)
 
 
 def _real_documents(command: str, tmp_path: Path) -> list[dict[str, Any]]:

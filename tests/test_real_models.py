@@ -31,7 +31,7 @@ GPT2_124M_PARAMS = 124_439_808
 TIED = {"lm_head.weight", "transformer.wte.weight"}
 
 TINY_GPT2 = {"n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 99}
-TINY_BERT = {
+TINY_BERT: dict[str, Any] = {
     "hidden_size": 32,
     "num_hidden_layers": 2,
     "num_attention_heads": 2,

@@ -138,7 +138,7 @@ def _plain(renderable: object, width: int, color: bool = False) -> str:
         soft_wrap=False,
     )
     out.print(renderable)
-    return out.file.getvalue()  # type: ignore[no-any-return, attr-defined]
+    return out.file.getvalue()
 
 
 def test_fast_table_writes_what_rich_table_writes() -> None:

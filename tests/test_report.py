@@ -64,7 +64,7 @@ def test_writer_writes_a_header_then_one_strict_json_line_per_step(run: Path) ->
     ) == ("sqrt", None, None, 16, None, 64)
     assert bad["loss"] is None and bad["nonfinite"]["op"] == "aten::sqrt"
     assert _strict(lines[1])["modules"][0]["histogram"] == {
-        "edges": list(runlogs.EDGES),  # type: ignore[index]
+        "edges": list(runlogs.EDGES),
         "counts": [1, 2, 3, 4, 5, 1, 2, 3],
     }
 
@@ -85,7 +85,7 @@ def test_writer_refuses_an_existing_log_without_force(run: Path) -> None:
     assert len(run.read_text().splitlines()) == 51
     with LogWriter(run, header, force=True):
         pass
-    assert _strict(run.read_text().splitlines()[0])["model"] == "Other"  # type: ignore[index]
+    assert _strict(run.read_text().splitlines()[0])["model"] == "Other"
 
 
 def test_write_record_appends_to_any_text_stream(tmp_path: Path) -> None:
@@ -254,7 +254,7 @@ def _replace_line(path: Path, number: int, new: str) -> None:
 def _edit_step(path: Path, number: int, edit: object) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     record = json.loads(lines[number - 1])
-    edit(record)  # type: ignore[operator]
+    edit(record)
     _replace_line(path, number, json.dumps(record))
 
 
@@ -444,7 +444,7 @@ def test_terminal_view_has_the_sparklines_of_the_known_series(
 def test_terminal_view_golden_at_120_columns(run: Path, golden: object) -> None:
     result = invoke("report", "run.jsonl", cwd=run.parent)
     assert result.exit_code == 0
-    golden("report_run.txt", result.stdout)  # type: ignore[operator]
+    golden("report_run.txt", result.stdout)
 
 
 @pytest.mark.parametrize("columns", [60, 80, 100, 200])
@@ -456,7 +456,7 @@ def test_terminal_view_goldens_at_every_width(
     result = invoke("report", "run.jsonl", cwd=run.parent)
     assert result.exit_code == 0
     assert max(len(line) for line in result.stdout.splitlines()) <= columns
-    golden(f"report_run_{columns}.txt", result.stdout)  # type: ignore[operator]
+    golden(f"report_run_{columns}.txt", result.stdout)
 
 
 # 'bad at 300' and the last ‖∇out‖ (nan/inf on every row) move above the table: their width goes to the sparklines.

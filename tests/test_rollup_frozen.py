@@ -149,7 +149,7 @@ def test_stats_lists_frozen_parameters_as_torch_counts_them(tmp_path: Path) -> N
     (tmp_path / "frozen.py").write_text(FROZEN_ENTRY, encoding="utf-8")
     namespace: dict[str, object] = {}
     exec(FROZEN_ENTRY, namespace)  # the test's own model, built as the CLI builds it
-    model = namespace["build"]()  # type: ignore[operator]
+    model = namespace["build"]()
     params, total, tensors, outer = _brute_force(model)
     assert (params, tensors, outer) == (
         8 * 16 + 16 + 16 * 16 + 16 + 16 + 16 + 16 * 16 + 16 + 4,

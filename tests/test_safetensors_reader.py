@@ -651,7 +651,7 @@ def _big_endian_host(monkeypatch: pytest.MonkeyPatch) -> None:
     from modinspect.sources import base
 
     def swapped(buf: object, dtype: torch.dtype, count: int) -> torch.Tensor:
-        t = torch.frombuffer(buf, dtype=dtype, count=count)  # type: ignore[call-overload]
+        t = torch.frombuffer(buf, dtype=dtype, count=count)
         unit = t.element_size() // 2 if dtype.is_complex else t.element_size()
         return t.view(torch.uint8).reshape(-1, unit).flip(-1).reshape(-1).view(dtype)
 

@@ -328,7 +328,7 @@ def test_tree_input_shape_golden(golden: object) -> None:
     )
     assert result.exit_code == 0, result.stderr
     assert result.stderr == ""
-    golden("tree_small_cnn_shapes.txt", result.stdout)  # type: ignore[operator]
+    golden("tree_small_cnn_shapes.txt", result.stdout)
 
 
 def test_tree_shapes_json_document() -> None:

@@ -11,6 +11,7 @@ from safetensors.torch import save_file, save_model
 
 from modinspect.errors import CorruptFileError, SourceNotFoundError, UnknownFormatError
 from modinspect.run.source import open_source
+from modinspect.sources import Source
 
 SHARD1 = "model-00001-of-00002.safetensors"
 SHARD2 = "model-00002-of-00002.safetensors"
@@ -70,7 +71,7 @@ def bin_dir(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     return folder, sd
 
 
-def assert_source_matches(src: object, sd: dict[str, torch.Tensor]) -> None:
+def assert_source_matches(src: Source, sd: dict[str, torch.Tensor]) -> None:
     assert sorted(src.names()) == sorted(sd)
     assert len(src.tensors) == len(sd)
     for name, t in sd.items():

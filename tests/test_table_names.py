@@ -18,7 +18,7 @@ from rich.cells import cell_len
 
 from conftest import invoke
 
-CONFIG = {
+CONFIG: dict[str, Any] = {
     "hidden_size": 32,
     "num_hidden_layers": 2,
     "num_attention_heads": 2,

@@ -8,6 +8,7 @@ import pickle
 import struct
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 from models import Tied, TwoLayer, WithBatchNorm
 from modinspect.errors import CorruptFileError, UnknownFormatError, UnsafePickleError
 from modinspect.run.source import open_source
+from modinspect.sources import Source
 from modinspect.sources.base import tied_groups
 from modinspect.sources.kinds import checkpoint_kind
 from modinspect.sources.module import module_tensor_infos
@@ -33,7 +35,7 @@ class Evil:
         return (os.system, (self.command,))
 
 
-def save(obj: object, path: Path, **kwargs: object) -> Path:
+def save(obj: object, path: Path, **kwargs: Any) -> Path:
     torch.save(obj, path, **kwargs)
     return path
 
@@ -42,7 +44,7 @@ def dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
-def assert_lists(src: object, sd: dict[str, torch.Tensor]) -> None:
+def assert_lists(src: Source, sd: dict[str, torch.Tensor]) -> None:
     assert src.names() == list(sd)
     for name, t in sd.items():
         info = src.info(name)
@@ -51,7 +53,7 @@ def assert_lists(src: object, sd: dict[str, torch.Tensor]) -> None:
         assert info.nbytes == t.numel() * t.element_size(), name
 
 
-def assert_values(src: object, reference: dict[str, torch.Tensor]) -> None:
+def assert_values(src: Source, reference: dict[str, torch.Tensor]) -> None:
     for name, want in reference.items():
         got = src.read_tensor(name)
         assert got.dtype == want.dtype, name
@@ -665,7 +667,7 @@ def test_listing_reads_only_the_pickle(tmp_path: Path, monkeypatch: pytest.Monke
     real_open = zipfile.ZipFile.open
 
     def spy(
-        self: zipfile.ZipFile, name: str | zipfile.ZipInfo, *args: object, **kwargs: object
+        self: zipfile.ZipFile, name: str | zipfile.ZipInfo, *args: Any, **kwargs: Any
     ) -> object:
         opened.append(name.filename if isinstance(name, zipfile.ZipInfo) else name)
         return real_open(self, name, *args, **kwargs)

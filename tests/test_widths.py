@@ -110,7 +110,7 @@ def test_golden_at_width(
     kind: str, width: int, golden: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     text = _render(kind, width, monkeypatch)
-    golden(f"{kind}_{width}.txt", text)  # type: ignore[operator]
+    golden(f"{kind}_{width}.txt", text)
     too_wide = [line for line in text.splitlines() if cell_len(line) > width]
     assert too_wide == []
     assert all(line == line.rstrip() for line in text.splitlines())  # no trailing padding
@@ -363,7 +363,7 @@ def test_styled_golden(golden: object, monkeypatch: pytest.MonkeyPatch) -> None:
         )
     text = _markup(diff_renderable(report, 120), 120)
     assert "[bold red]" in text and "[bold]Changed, most severe first[/]" in text
-    golden("diff_styled_120.txt", text)  # type: ignore[operator]
+    golden("diff_styled_120.txt", text)
 
 
 def test_golden_files_are_plain_text() -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from modinspect.reports import NonfiniteOrigin
+
 
 class ModinspectError(Exception):
     """A user-facing error: bad input, not a bug. `str(err)` is the line shown on stderr."""
@@ -56,7 +61,7 @@ class ModelTooLargeError(UsageError):
 class NonFiniteError(ModinspectError):
     """`watch(on_nonfinite="raise")` saw the first NaN/Inf: `step` and `origin` (a NonfiniteOrigin, or None) say where."""
 
-    def __init__(self, step: int, origin: object, message: str) -> None:
+    def __init__(self, step: int, origin: NonfiniteOrigin | None, message: str) -> None:
         self.step = step
         self.origin = origin
         super().__init__(message)

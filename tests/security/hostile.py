@@ -21,6 +21,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -120,7 +121,7 @@ class _GetSystem:
         return (getattr, (_ImportOs(), "system"))
 
     def __call__(
-        self, *args: object
+        self, *args: Any
     ) -> None:  # pickle wants a callable here; unpickling puts os.system there
         raise AssertionError("never called")
 

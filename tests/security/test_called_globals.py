@@ -71,7 +71,7 @@ def test_called_payload_runs_under_plain_pickle(tmp_path: Path, name: str) -> No
 def test_allow_global_refuses_a_name_that_runs_code(tmp_path: Path, name: str) -> None:
     path = zip_pt(tmp_path, body_of(CALLED["uuid-get-command-stdout"], tmp_path / "RAN"))
     result = invoke("tree", path, "--allow-global", name)
-    assert (result.exit_code, result.stderr) == (  # type: ignore[attr-defined]
+    assert (result.exit_code, result.stderr) == (
         2,
         f"error: --allow-global {name}: {name} can run code or commands when called, so it is never built for "
         "real; pass --unsafe-pickle only if you trust the file\n",
@@ -105,22 +105,22 @@ def test_allow_global_of_a_function_warns(tmp_path: Path) -> None:
     torch.save({"state_dict": state_dict(), "total": 0}, tmp_path / "f.pt")
     path = zip_pt(tmp_path, lambda memo: b"cmath\nfsum\n](K\x01K\x02e\x85R", "fsum.pt")
     result = invoke("tree", path, "--allow-global", "math.fsum")
-    assert result.exit_code == 0, result.stderr  # type: ignore[attr-defined]
+    assert result.exit_code == 0, result.stderr
     assert result.stderr == (
-        "warning: --allow-global math.fsum is a function, not a data class: the file calls it "  # type: ignore[attr-defined]
+        "warning: --allow-global math.fsum is a function, not a data class: the file calls it "
         "for real, with arguments of its choosing\n"
     )
     result = invoke(
         "tree", tmp_path / "f.pt", "--allow-global", "argparse.Namespace"
     )  # a class: no warning
-    assert (result.exit_code, result.stderr) == (0, "")  # type: ignore[attr-defined]
+    assert (result.exit_code, result.stderr) == (0, "")
 
 
 def test_the_refusal_list_payloads_are_still_refused(tmp_path: Path) -> None:
     """--allow-global of an unrelated data class changes nothing for a file that names posix.system."""
     path = zip_pt(tmp_path, body_of(BY_NAME["reduce-os-system"], tmp_path / "RAN"))
     result = invoke("tree", path, "--allow-global", "argparse.Namespace")
-    assert result.exit_code == 2 and "needs 'posix.system' to unpickle" in result.stderr  # type: ignore[attr-defined]
+    assert result.exit_code == 2 and "needs 'posix.system' to unpickle" in result.stderr
     assert not _wait_for(tmp_path / "RAN")
 
 
@@ -145,10 +145,10 @@ def test_a_called_global_off_the_refusal_list_is_named_in_a_warning(
     payload, marker = CALLED[name], tmp_path / "RAN"
     path = CARRIERS[carrier](tmp_path, body_of(payload, marker), payload.protocol)
     result = invoke("tree", path)
-    assert (result.exit_code, result.stderr) == (0, _warning(payload.globals))  # type: ignore[attr-defined]
+    assert (result.exit_code, result.stderr) == (0, _warning(payload.globals))
     result = invoke("tree", path, "--json")
-    assert result.exit_code == 0 and result.stderr == _warning(payload.globals)  # type: ignore[attr-defined]
-    assert json.loads(result.stdout)["would_call"] == list(payload.globals)  # type: ignore[attr-defined]
+    assert result.exit_code == 0 and result.stderr == _warning(payload.globals)
+    assert json.loads(result.stdout)["would_call"] == list(payload.globals)
     assert not _wait_for(marker)
 
 
@@ -157,12 +157,12 @@ def test_weights_and_input_files_carry_the_warning_or_are_refused(tmp_path: Path
     entry = write_victim(tmp_path)
     path = zip_pt(tmp_path, body_of(payload, marker))
     result = invoke("tree", f"{tmp_path}/{entry}", "--weights", path, "--json")
-    assert result.exit_code == 0 and result.stderr == _warning(payload.globals)  # type: ignore[attr-defined]
-    assert json.loads(result.stdout)["would_call"] == ["torch.utils.collect_env.run"]  # type: ignore[attr-defined]
+    assert result.exit_code == 0 and result.stderr == _warning(payload.globals)
+    assert json.loads(result.stdout)["would_call"] == ["torch.utils.collect_env.run"]
     result = invoke(
         "stats", f"{tmp_path}/{entry}", "--input", path
     )  # inputs allow no stand-ins at all
-    assert result.exit_code == 2 and "torch.utils.collect_env.run" in result.stderr  # type: ignore[attr-defined]
+    assert result.exit_code == 2 and "torch.utils.collect_env.run" in result.stderr
     assert not _wait_for(marker)
 
 
@@ -193,27 +193,27 @@ def test_diff_load_and_stats_json_name_the_called_globals(tmp_path: Path, name: 
     names = list(payload.globals)
     for a, b, want_a, want_b in ((path, clean, names, []), (clean, path, [], names)):
         result = invoke("diff", a, b, "--json")
-        assert result.exit_code == 0 and result.stderr == _warning(payload.globals)  # type: ignore[attr-defined]
-        doc = json.loads(result.stdout)  # type: ignore[attr-defined]
+        assert result.exit_code == 0 and result.stderr == _warning(payload.globals)
+        doc = json.loads(result.stdout)
         assert (doc["would_call_a"], doc["would_call_b"]) == (want_a, want_b)
     result = invoke("load", f"{tmp_path}/{entry}", path, "--dry-run", "--json")
-    assert result.exit_code == 0 and result.stderr == _warning(payload.globals)  # type: ignore[attr-defined]
-    assert json.loads(result.stdout)["would_call"] == names  # type: ignore[attr-defined]
+    assert result.exit_code == 0 and result.stderr == _warning(payload.globals)
+    assert json.loads(result.stdout)["would_call"] == names
     result = invoke(
         "stats", f"{tmp_path}/{entry}", "--weights", path, "--input-shape", "2,4", "--json"
     )
-    assert result.exit_code == 0 and result.stderr == _warning(payload.globals)  # type: ignore[attr-defined]
-    assert json.loads(result.stdout)["would_call"] == names  # type: ignore[attr-defined]
+    assert result.exit_code == 0 and result.stderr == _warning(payload.globals)
+    assert json.loads(result.stdout)["would_call"] == names
     assert not _wait_for(marker)
 
 
 def test_clean_checkpoints_have_empty_would_call_in_every_document(tmp_path: Path) -> None:
     clean, entry = clean_checkpoint(tmp_path), write_victim(tmp_path)
-    doc = json.loads(invoke("diff", clean, clean, "--json").stdout)  # type: ignore[attr-defined]
+    doc = json.loads(invoke("diff", clean, clean, "--json").stdout)
     assert (doc["would_call_a"], doc["would_call_b"]) == ([], [])
     result = invoke("load", f"{tmp_path}/{entry}", clean, "--dry-run", "--json")
-    assert (result.exit_code, json.loads(result.stdout)["would_call"]) == (0, [])  # type: ignore[attr-defined]
+    assert (result.exit_code, json.loads(result.stdout)["would_call"]) == (0, [])
     result = invoke(
         "stats", f"{tmp_path}/{entry}", "--weights", clean, "--input-shape", "2,4", "--json"
     )
-    assert (result.exit_code, json.loads(result.stdout)["would_call"]) == (0, [])  # type: ignore[attr-defined]
+    assert (result.exit_code, json.loads(result.stdout)["would_call"]) == (0, [])

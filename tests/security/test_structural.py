@@ -942,7 +942,7 @@ def gguf_header(
     path: Path,
     kvs: list[bytes] = (),
     tensors: list[bytes] = (),
-    data: bytes = b"",  # type: ignore[assignment]
+    data: bytes = b"",
     n_kv: int | None = None,
     n_tensors: int | None = None,
     version: int = 3,
@@ -2129,7 +2129,7 @@ def test_unreadable_source_is_one_clear_line(tmp_path: Path, what: str) -> None:
     assert (
         result.stderr
         == f"error: cannot {'read' if what == 'file' else 'open'} {path}: Permission denied\n"
-    )  # type: ignore[attr-defined]
+    )
 
 
 # ---------------------------------------------------------------- report's reads, measured in a child (branch render)
