@@ -7,8 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from modinspect.cli.app import app
 
@@ -31,7 +30,7 @@ def runner() -> CliRunner:
 
 
 def invoke(*args: str | Path, cwd: Path | None = None) -> Result:
-    """Run the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+    """Run the CLI in-process; returns Typer's (click's) Result: exit_code, stdout, stderr."""
     old = Path.cwd()
     if cwd is not None:
         os.chdir(cwd)

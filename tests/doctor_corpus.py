@@ -621,9 +621,8 @@ def _adamw_no_decay_groups(model: nn.Module) -> torch.optim.Optimizer:
     """Two param groups (no weight decay on biases): every parameter is in one of them."""
     decay = [p for n, p in model.named_parameters() if not n.endswith("bias")]
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias")]
-    return torch.optim.AdamW(
-        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3
-    )
+    groups: list[dict[str, Any]] = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=1e-3)
 
 
 class Classifier(nn.Module):

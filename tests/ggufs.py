@@ -8,7 +8,7 @@ Either way the file, its header, alignment and padding are the writer's.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ def tensor_data(shape: tuple[int, ...], qtype: T, seed: int = 0) -> np.ndarray:
 
 def write(
     path: Path,
-    tensors: list[tuple[str, tuple[int, ...], T]],
+    tensors: Sequence[tuple[str, tuple[int, ...], T]],
     arch: str = "llama",
     kv: Callable[[gguf.GGUFWriter], None] | None = None,
     seed: int = 0,

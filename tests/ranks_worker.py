@@ -47,6 +47,13 @@ def build() -> nn.Sequential:
     )
 
 
+def poison_of(model: nn.Sequential) -> Poison:
+    """The Poison layer of a `build()` model."""
+    layer = model[4]
+    assert isinstance(layer, Poison)
+    return layer
+
+
 class Root(nn.Module):
     """sqrt of the input: NaN where an input is negative (rank 1's half of the stats batch, below)."""
 
@@ -126,7 +133,7 @@ def main(out: Path) -> None:
         rank,
         world,
         out / "nan.jsonl",
-        poison=plain[4],
+        poison=poison_of(plain),
         on_nonfinite="raise",
         save_batch=out / "bad_batch.pt",
         mode="window",
@@ -138,7 +145,7 @@ def main(out: Path) -> None:
         rank,
         world,
         out / "nan_log.jsonl",
-        poison=quiet[4],
+        poison=poison_of(quiet),
         on_nonfinite="log",
         mode="window",
     )

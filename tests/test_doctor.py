@@ -88,6 +88,7 @@ def test_unused_parameter_is_classified() -> None:
             for f in found
         )
     frozen = next(n for n in NEAR_MISSES if n.case == "unused-parameter/frozen")
+    assert frozen.example_input is not None
     report = modinspect.doctor(frozen.build(), frozen.example_input())
     assert {(f.where.key, f.detail) for f in report.findings} == {
         ("aux.weight", "frozen"),
@@ -202,7 +203,8 @@ def test_no_input_runs_the_static_checks_and_says_so() -> None:
 def test_example_input_forms() -> None:
     case = next(c for c in PLANTED if c.case == "tensor-attribute/mask")
     x = case.example_input()[0][0]
-    for form in (x, (x,), [x], ((x,), {})):
+    forms: tuple[object, ...] = (x, (x,), [x], ((x,), {}))
+    for form in forms:
         assert [f.id for f in modinspect.doctor(case.planted(), form).findings] == [
             "tensor-attribute"
         ]

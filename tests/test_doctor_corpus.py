@@ -201,9 +201,10 @@ def test_every_check_has_a_planted_case_and_every_case_a_known_check() -> None:
     planted = {c.check for c in PLANTED} | {c.check for c in PLANTED_CHECKPOINTS}
     assert planted == set(CHECKS)
     assert {n.check for n in NEAR_MISSES} <= set(CHECKS)
-    ids = [c.case for c in (*PLANTED, *PLANTED_CHECKPOINTS, *NEAR_MISSES)]
+    planted_cases: tuple[Planted | PlantedCheckpoint, ...] = (*PLANTED, *PLANTED_CHECKPOINTS)
+    ids = [c.case for c in (*planted_cases, *NEAR_MISSES)]
     assert len(ids) == len(set(ids)), [i for i, n in Counter(ids).items() if n > 1]
-    for c in (*PLANTED, *PLANTED_CHECKPOINTS):
+    for c in planted_cases:
         assert c.case.startswith(c.check + "/") and c.severity in SEVERITIES and c.where, c.case
     for n in NEAR_MISSES:
         assert n.case.startswith(n.check + "/") and n.at_most in (None, *SEVERITIES), n.case
@@ -474,6 +475,7 @@ def prove_autograd_function_ctx_tensor(case: Planted) -> None:
         a.mul_(2.0)
         if mistake:
             y.sum().backward()
+            assert base.grad is not None
             assert not torch.allclose(base.grad, 3 * base.detach() ** 2)
             assert torch.allclose(base.grad, 3 * (2 * base.detach()) ** 2)
         else:
@@ -691,11 +693,12 @@ def near_config_values(near: NearMiss) -> None:
 
 def near_stateless_activations(near: NearMiss) -> None:
     model, batch = _module(near)
-    assert type(model.acts) is list and all(stateless(m) for m in model.acts)
+    acts = vars(model)["acts"]  # a plain attribute, not one of its _modules
+    assert type(acts) is list and all(stateless(m) for m in acts)
     registered = corpus.PerLayerActivations()
-    registered.acts = nn.ModuleList(
-        registered.acts
-    )  # registering them would add nothing to save or train
+    # Registering them (what `registered.acts = nn.ModuleList(...)` runs, over the attribute declared a
+    # list) would add nothing to save or train.
+    registered.__setattr__("acts", nn.ModuleList(registered.acts))
     assert model.state_dict().keys() == registered.state_dict().keys()
     assert runs_in_float64(model, batch)
 
@@ -865,17 +868,19 @@ def near_bn_eval(near: NearMiss) -> None:
     mean = model.bn.running_mean.clone()
     with torch.no_grad():
         out = call(model, batch)
-    assert torch.isfinite(out).all() and torch.equal(model.bn.running_mean, mean)
+    assert torch.isfinite(out).all() and torch.equal(model.get_buffer("bn.running_mean"), mean)
 
 
 def near_zero_init_residual(near: NearMiss) -> None:
     model, batch = _module(near)
-    assert not model.down.weight.any() and torch.equal(model.norm.weight, torch.ones(8))
+    assert not model.down.weight.any() and torch.equal(
+        model.get_parameter("norm.weight"), torch.ones(8)
+    )
     with torch.no_grad():  # the branch starts as the identity
         h = model.inp(batch[0][0])
         assert torch.equal(call(model, batch), model.head(h))
     sgd_steps(model, batch, 1, torch.randn(6, 2, generator=torch.Generator().manual_seed(7)))
-    w = model.down.weight
+    w = model.get_parameter("down.weight")
     assert w.unique().numel() > 1 and not torch.allclose(w, w[:1].expand_as(w))  # and it learns
 
 

@@ -110,6 +110,7 @@ def test_every_ggml_type_sizes_as_gguf_py_says(tmp_path: Path) -> None:
     path = ggufs.write(tmp_path / "all.gguf", tensors)
     reader = gguf.GGUFReader(path)
     with open_source(path) as src:
+        assert isinstance(src, GGUFSource)
         for t in reader.tensors:
             info = src.info(t.name)
             assert (src.ggml_type(t.name), info.shape, info.nbytes) == (

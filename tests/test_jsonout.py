@@ -13,6 +13,7 @@ from conftest import SAMPLES, invoke
 from models import Tied, TwoLayer
 from modinspect.analysis.tree import build_tree
 from modinspect.render.jsonout import dumps, tree_document, tree_json
+from modinspect.reports import TreeReport
 from modinspect.run.source import open_source
 from modinspect.sources.module import ModuleSource
 
@@ -27,7 +28,7 @@ ODD_NAMES = [
 ]
 
 
-def reports(tmp_path: Path) -> list[object]:
+def reports(tmp_path: Path) -> list[TreeReport]:
     save_file({n: torch.ones(2) for n in ODD_NAMES}, str(tmp_path / "odd.safetensors"))
     out = [
         build_tree(open_source(str(p)))
@@ -46,9 +47,9 @@ def reports(tmp_path: Path) -> list[object]:
 @pytest.mark.parametrize("pretty", [False, True])
 def test_tree_json_is_the_tree_document(tmp_path: Path, pretty: bool) -> None:
     for report in reports(tmp_path):
-        text = tree_json(report, pretty)  # type: ignore[arg-type]
-        assert json.loads(text) == tree_document(report)  # type: ignore[arg-type]
-        assert json.loads(dumps(tree_document(report), pretty)) == tree_document(report)  # type: ignore[arg-type]
+        text = tree_json(report, pretty)
+        assert json.loads(text) == tree_document(report)
+        assert json.loads(dumps(tree_document(report), pretty)) == tree_document(report)
 
 
 def test_compact_is_one_line_and_pretty_is_one_record_a_line(tmp_path: Path) -> None:

@@ -459,7 +459,8 @@ class StateHolder(nn.Module):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torchscript_setstate_state_tensors_are_listed(tmp_path: Path) -> None:
     """Any TorchScript module's __getstate__ tensors are listed (by position, one tuple down as `2.0`), as data."""
-    model = nn.Sequential(nn.Linear(4, 3), StateHolder())
+    holder = StateHolder()
+    model = nn.Sequential(nn.Linear(4, 3), holder)
     torch.jit.save(torch.jit.script(model), tmp_path / "s.pt")
     with open_source(str(tmp_path / "s.pt")) as source:
         rows = {r.name: r for r in build_tree(source).tensors}
@@ -468,8 +469,8 @@ def test_torchscript_setstate_state_tensors_are_listed(tmp_path: Path) -> None:
             "1.2.0": ((2,), "int64", "buffer"),
             "1.2.1": ((2,), "int64", "buffer"),
         }
-        assert torch.equal(source.read_tensor("1.0"), model[1].table)
-        assert torch.equal(source.read_tensor("1.2.1"), model[1].extra + 1)
+        assert torch.equal(source.read_tensor("1.0"), holder.table)
+        assert torch.equal(source.read_tensor("1.2.1"), holder.extra + 1)
         assert not any("custom __setstate__" in n for n in source.notes)
 
 

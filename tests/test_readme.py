@@ -240,7 +240,7 @@ def _real_documents(command: str, tmp_path: Path) -> list[dict[str, Any]]:
         tied=(Alias("lm_head.weight", "embed.weight"),),
         sources=(("embed.weight", "wte.weight"),),
     )
-    synthetic = LoadReport(
+    synthetic_load = LoadReport(
         model="m.py:lm",
         checkpoint="c.pt",
         plan=plan,
@@ -253,7 +253,7 @@ def _real_documents(command: str, tmp_path: Path) -> list[dict[str, Any]]:
     return [
         _json("load", "heads.py:five", "small_cnn.pth", "--skip-mismatched", "--dry-run"),
         _json("load", "models.py:small_cnn", str(tmp_path / "half.pth")),
-        load_document(synthetic),
+        load_document(synthetic_load),
     ]
 
 

@@ -30,7 +30,7 @@ from modinspect.sources import Source  # noqa: E402
 GPT2_124M_PARAMS = 124_439_808
 TIED = {"lm_head.weight", "transformer.wte.weight"}
 
-TINY_GPT2 = {"n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 99}
+TINY_GPT2: dict[str, Any] = {"n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 99}
 TINY_BERT: dict[str, Any] = {
     "hidden_size": 32,
     "num_hidden_layers": 2,
@@ -66,11 +66,19 @@ def module_bytes(module: nn.Module) -> int:
     return unique_bytes([*module.parameters(), *module.buffers()])
 
 
+def module_list(model: nn.Module, path: str) -> nn.ModuleList:
+    """The ModuleList at `path` (e.g. GPT-2's blocks, "transformer.h"), typed as one."""
+    blocks = model.get_submodule(path)
+    assert isinstance(blocks, nn.ModuleList)
+    return blocks
+
+
 def buffers_by_persistence(
     model: nn.Module,
 ) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, torch.Tensor]]]:
     """(persistent, non-persistent) buffers, by each owner's _non_persistent_buffers_set."""
-    persistent, transient = [], []
+    persistent: list[tuple[str, torch.Tensor]] = []
+    transient: list[tuple[str, torch.Tensor]] = []
     for mod_name, mod in model.named_modules():
         for name, b in mod.named_buffers(recurse=False):
             full = f"{mod_name}.{name}" if mod_name else name
@@ -243,20 +251,21 @@ def test_gpt2_124m_tree_totals(gpt2: Gpt2Files, gpt2_sources: dict[str, Source],
         dropped = all_tensor_names(model) - names_in_file(gpt2, kind)
         assert len(dropped) == 1 and dropped < TIED
 
-    block = model.transformer.h[0]
+    blocks = module_list(model, "transformer.h")
+    block = blocks[0]
     by_name = rows(report)
     assert by_name["transformer.h.0"].params == n_params(block)
     assert by_name["transformer.h.0"].bytes == module_bytes(block)
-    assert by_name["transformer.h"].params == n_params(model.transformer.h)
+    assert by_name["transformer.h"].params == n_params(blocks)
 
     h = node(report.root, "transformer.h")
     assert len(h.children) == 1
     run = h.children[0]
-    assert run.repeat == len(model.transformer.h) == 12
+    assert run.repeat == len(blocks) == 12
     assert (run.row.name, run.last_name) == ("transformer.h.0", "transformer.h.11")
     assert run.row.params == n_params(block)
-    assert run.run_params == n_params(model.transformer.h) == 12 * n_params(block)
-    assert run.run_bytes == module_bytes(model.transformer.h)
+    assert run.run_params == n_params(blocks) == 12 * n_params(block)
+    assert run.run_bytes == module_bytes(blocks)
 
 
 @pytest.mark.slow
@@ -266,14 +275,10 @@ def test_gpt2_124m_expand_shows_every_block(
 ) -> None:
     report = build_tree(gpt2_sources[kind], expand=True)
     h = node(report.root, "transformer.h")
-    assert [c.row.name for c in h.children] == [
-        f"transformer.h.{i}" for i in range(len(gpt2.model.transformer.h))
-    ]
+    blocks = module_list(gpt2.model, "transformer.h")
+    assert [c.row.name for c in h.children] == [f"transformer.h.{i}" for i in range(len(blocks))]
     assert all(c.repeat == 1 for c in h.children)
-    assert all(
-        c.row.params == n_params(b)
-        for c, b in zip(h.children, gpt2.model.transformer.h, strict=True)
-    )
+    assert all(c.row.params == n_params(b) for c, b in zip(h.children, blocks, strict=True))
 
 
 @pytest.mark.slow
@@ -373,9 +378,10 @@ def test_tiny_bert_state_dict_holds_only_persistent_tensors(bert: BertFiles) -> 
     assert (t.buffers, t.trainable) == (None, None)
     assert report.tied == ()
     by_name = rows(report)
-    assert by_name["encoder.layer.0"].params == n_params(model.encoder.layer[0])
+    layers = module_list(model, "encoder.layer")
+    assert by_name["encoder.layer.0"].params == n_params(layers[0])
     layer = node(report.root, "encoder.layer").children
-    assert len(layer) == 1 and layer[0].repeat == len(model.encoder.layer) == 2
+    assert len(layer) == 1 and layer[0].repeat == len(layers) == 2
 
 
 def test_tiny_bert_entry_point_counts_buffers_by_persistence(bert: BertFiles) -> None:
@@ -455,7 +461,7 @@ def test_tiny_gpt2_meta_entry_point_counts_like_the_real_one(
     assert tied_sets(meta) == [TIED]
     assert meta.root.row.type == "GPT2LMHeadModel"
     run = node(meta.root, "transformer.h").children
-    assert len(run) == 1 and run[0].repeat == len(model.transformer.h) == 2
+    assert len(run) == 1 and run[0].repeat == len(module_list(model, "transformer.h")) == 2
     assert any("meta" in note for note in meta.notes)
 
 

@@ -12,6 +12,7 @@ import io
 import random
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 from rich.console import Console
@@ -28,6 +29,7 @@ from modinspect.reports import Alias, DiffReport, LoadPlan, LoadReport, Mismatch
 
 SMALL, LARGE = 3_000, 12_000
 LINEAR_BOUND = 8.0  # 4× the keys: linear is about 4×, quadratic 16×
+R = TypeVar("R")
 
 
 def diff_report(n: int) -> DiffReport:
@@ -78,7 +80,7 @@ def load_report(n: int) -> LoadReport:
     )
 
 
-def cpu_seconds(render: Callable[[object, int], object], report: object) -> float:
+def cpu_seconds(render: Callable[[R, int], object], report: R) -> float:
     """The least of three renderings' CPU time: this process's, not the wall clock's."""
     costs = []
     for _ in range(3):
@@ -90,33 +92,35 @@ def cpu_seconds(render: Callable[[object, int], object], report: object) -> floa
 
 
 def test_diff_rendering_is_linear_in_the_keys() -> None:
-    small = cpu_seconds(diff_renderable, diff_report(SMALL))  # type: ignore[arg-type]
-    large = cpu_seconds(diff_renderable, diff_report(LARGE))  # type: ignore[arg-type]
+    small = cpu_seconds(diff_renderable, diff_report(SMALL))
+    large = cpu_seconds(diff_renderable, diff_report(LARGE))
     assert large < LINEAR_BOUND * small, (
         f"{SMALL:,} keys: {small:.3f} s, {LARGE:,} keys: {large:.3f} s"
     )
 
 
 def test_load_rendering_is_linear_in_the_keys() -> None:
-    small = cpu_seconds(load_renderable, load_report(SMALL))  # type: ignore[arg-type]
-    large = cpu_seconds(load_renderable, load_report(LARGE))  # type: ignore[arg-type]
+    small = cpu_seconds(load_renderable, load_report(SMALL))
+    large = cpu_seconds(load_renderable, load_report(LARGE))
     assert large < LINEAR_BOUND * small, (
         f"{SMALL:,} keys: {small:.3f} s, {LARGE:,} keys: {large:.3f} s"
     )
 
 
 def test_the_lists_are_cut_with_a_count_of_the_rest() -> None:
-    out = make_console(file=io.StringIO(), width=120)
+    buf = io.StringIO()
+    out = make_console(file=buf, width=120)
     out.print(diff_renderable(diff_report(100), 120))
-    text = out.file.getvalue()  # type: ignore[attr-defined]
+    text = buf.getvalue()
     assert (
         "Tied names matched through their partner (100)" in text
         and "  … 50 more (see --json)" in text
     )
     assert "Only in A (100)" in text and "  … 60 more (see --json)" in text
-    out = make_console(file=io.StringIO(), width=120)
+    buf = io.StringIO()
+    out = make_console(file=buf, width=120)
     out.print(load_renderable(load_report(100), 120))
-    text = out.file.getvalue()  # type: ignore[attr-defined]
+    text = buf.getvalue()
     assert "cast_0 (float32 → float16, max |Δ| 0: copy_ converts silently)" in text
     assert "cast_6 (float32 → float16, max |Δ| 0.006: copy_ converts silently)" in text
     assert (
@@ -128,8 +132,9 @@ def test_the_lists_are_cut_with_a_count_of_the_rest() -> None:
 
 
 def _plain(renderable: object, width: int, color: bool = False) -> str:
+    buf = io.StringIO()
     out = Console(
-        file=io.StringIO(),
+        file=buf,
         width=width,
         color_system="truecolor" if color else None,
         force_terminal=color,
@@ -138,7 +143,7 @@ def _plain(renderable: object, width: int, color: bool = False) -> str:
         soft_wrap=False,
     )
     out.print(renderable)
-    return out.file.getvalue()
+    return buf.getvalue()
 
 
 def test_fast_table_writes_what_rich_table_writes() -> None:

@@ -7,6 +7,7 @@ import math
 import struct
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from modinspect.sources.safetensors import MAX_HEADER_BYTES
 
 
 def write_raw(
-    path: Path, header: dict[str, object] | bytes, data: bytes = b"", length: int | None = None
+    path: Path, header: Mapping[str, object] | bytes, data: bytes = b"", length: int | None = None
 ) -> Path:
     """`<Q header length> header data`, with the length overridable to lie about the header."""
     h = header if isinstance(header, bytes) else json.dumps(header).encode("utf-8")
@@ -30,7 +31,7 @@ def write_raw(
     return path
 
 
-def entry(dtype: str, shape: list[object], begin: int, end: int) -> dict[str, object]:
+def entry(dtype: str, shape: Sequence[object], begin: int, end: int) -> dict[str, object]:
     return {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
 
 
@@ -696,8 +697,8 @@ def test_a_big_endian_host_byte_swaps_what_it_reads(
         try:
             for name in ("f32", "f64", "bf16"):
                 result = compare_pair(a, name, b, name, name, DiffOptions(), reader=reader)
-                want = float((other[name].double() - reference[name].double()).abs().max())
-                assert result.max_abs_diff == pytest.approx(want, rel=1e-6), (
+                max_diff = float((other[name].double() - reference[name].double()).abs().max())
+                assert result.max_abs_diff == pytest.approx(max_diff, rel=1e-6), (
                     name
                 )  # in the tensors' own dtype
         finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -19,7 +19,9 @@ from modinspect.run.stats import StatsOptions, collect_stats, unit_dim
 
 
 def run(model: nn.Module, *batches: Any, **options: Any) -> StatsReport:
-    prepared = [((b,) if isinstance(b, torch.Tensor) else tuple(b), {}) for b in batches]
+    prepared: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((b,) if isinstance(b, torch.Tensor) else tuple(b), {}) for b in batches
+    ]
     return collect_stats(model, prepared, options=StatsOptions(**options))
 
 
@@ -336,7 +338,8 @@ def test_model_is_left_as_it_was(faulty: Callable[[], nn.Module]) -> None:
     model.train()
     model.blocks[1].eval()
     model.head.requires_grad_(False)
-    model.blocks[0].fc.weight.grad = torch.ones_like(model.blocks[0].fc.weight)
+    weight = model.get_parameter("blocks.0.fc.weight")
+    weight.grad = torch.ones_like(weight)
     before = snapshot(model)
     run(model, torch.randn(4, 8), train=False)
     assert_restored(model, before)
@@ -490,7 +493,9 @@ def test_histogram_skips_non_finite_values() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_one_device_to_host_transfer_per_batch() -> None:
     model = ResidualCNN().cuda()
-    batches = [((torch.randn(4, 3, 16, 16, device="cuda"),), {}) for _ in range(3)]
+    batches: list[tuple[tuple[torch.Tensor], dict[str, Any]]] = [
+        ((torch.randn(4, 3, 16, 16, device="cuda"),), {}) for _ in range(3)
+    ]
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
     try:
@@ -568,7 +573,7 @@ def test_a_batch_is_what_the_model_is_called_with_in_any_of_the_documented_forms
     with torch.no_grad():
         out = model(x, scale).double()
         fc = model.fc(x).double()
-    forms = [
+    forms: list[Iterable[Any]] = [
         [(x, scale)],
         [[x, scale]],
         [{"x": x, "scale": scale}],
@@ -583,13 +588,13 @@ def test_a_batch_is_what_the_model_is_called_with_in_any_of_the_documented_forms
         assert report.modules == reports[0].modules and report.loss == "sum" and report.backward
     root, linear = row(reports[0], ""), row(reports[0], "fc")
     assert (root.count, linear.count) == (15, 15)
+    assert root.mean is not None and linear.std is not None
     assert math.isclose(root.mean, float(out.mean()), rel_tol=1e-6)
     assert math.isclose(linear.std, float(fc.std()), rel_tol=1e-6)
     # A tensor alone is the one positional input.
-    one = collect_stats(model.fc, [x])
-    assert row(one, "").count == 15 and math.isclose(
-        row(one, "").mean, float(fc.mean()), rel_tol=1e-6
-    )
+    one = row(collect_stats(model.fc, [x]), "")
+    assert one.count == 15 and one.mean is not None
+    assert math.isclose(one.mean, float(fc.mean()), rel_tol=1e-6)
 
 
 @pytest.mark.parametrize(

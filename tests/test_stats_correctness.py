@@ -17,7 +17,9 @@ from modinspect.run.stats import StatsOptions, collect_stats
 
 
 def run(model: nn.Module, *batches: Any, **options: Any) -> StatsReport:
-    prepared = [((b,) if isinstance(b, torch.Tensor) else tuple(b), {}) for b in batches]
+    prepared: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((b,) if isinstance(b, torch.Tensor) else tuple(b), {}) for b in batches
+    ]
     return collect_stats(model, prepared, options=StatsOptions(**options))
 
 

@@ -211,10 +211,15 @@ def test_a_nan_loss_does_not_hide_a_backward_origin() -> None:
 
 def test_clean_batches_run_no_tracer(monkeypatch: pytest.MonkeyPatch) -> None:
     import modinspect.run.stats as stats
+    from modinspect.run.attribution import OpTracer
 
     built: list[Any] = []
-    real = stats.OpTracer
-    monkeypatch.setattr(stats, "OpTracer", lambda *a: built.append(1) or real(*a))
+
+    def counted(*a: Any) -> OpTracer:
+        built.append(1)
+        return OpTracer(*a)
+
+    monkeypatch.setattr(stats, "OpTracer", counted)
     report = run(Chain(nn.Identity()), torch.randn(4, 8), torch.randn(4, 8))
     assert report.nonfinite_origin is None and built == []
     run(Chain(LogShift()), torch.randn(4, 8))

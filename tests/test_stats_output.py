@@ -48,7 +48,7 @@ def dead_stack(depth: int = 13) -> nn.Sequential:
         layers += [nn.Linear(8, 8), nn.ReLU()]
     model = nn.Sequential(*layers)
     with torch.no_grad():
-        for layer in model[::2]:
+        for layer in layers[::2]:
             layer.bias.fill_(-100.0)
     return model
 

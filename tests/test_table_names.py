@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -156,10 +157,10 @@ def test_stats_columns_is_checked_before_the_model_runs(bert: Path) -> None:
 def test_a_terminal_too_narrow_for_the_names_gets_one_block_per_row() -> None:
     import io
 
-    from modinspect.render.console import Column, Forms, Name, fit_table, make_console
+    from modinspect.render.console import Cell, Column, Forms, Name, fit_table, make_console
 
     columns = (Column("tensor", kind="name"), Column("max |Δ|"), Column("rel L2"))
-    rows = [
+    rows: list[list[Cell]] = [
         [
             Name("encoder.layers.0.self_attention.query_key_value_projection"),
             Forms(("0.08308", "0.083")),
@@ -171,10 +172,11 @@ def test_a_terminal_too_narrow_for_the_names_gets_one_block_per_row() -> None:
             "2",
         ],
     ]
-    out = make_console(file=io.StringIO(), width=24)
+    buf = io.StringIO()
+    out = make_console(file=buf, width=24)
     fitted = fit_table(columns, rows, 24)
     out.print(*fitted.parts(24))
-    assert out.file.getvalue() == (  # type: ignore[attr-defined]
+    assert buf.getvalue() == (
         "encoder.layers.0\n  .self_attention\n  .query_key_value_proje\n  ction\n  max |Δ| 0.08308\n  rel L2 1\n"
         "encoder.layers.1\n  .self_attention\n  .query_key_value_proje\n  ction\n  max |Δ| 0.1662\n  rel L2 2\n"
     )
@@ -253,9 +255,10 @@ def test_a_run_without_relus_has_no_dead_column(tmp_path: Path) -> None:
             replace(m, dead_fraction=tuple(None for _ in m.dead_fraction)) for m in run.modules
         ),
     )
-    out = make_console(file=io.StringIO(), width=120)
+    buf = io.StringIO()
+    out = make_console(file=buf, width=120)
     out.print(run_renderable(run, 120))
-    lines = out.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    lines = buf.getvalue().splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("module "))
     assert lines[head - 1] == "last ‖∇out‖ nan/inf · no ReLU-family modules · bad at 300"
     assert re.split(r"\s{2,}", lines[head]) == ["module", "type", "std", "last", "‖∇out‖ (log)"]

@@ -86,6 +86,7 @@ def test_zip_state_dict_lists_and_reads(tmp_path: Path, model_type: type[nn.Modu
 
 def test_batchnorm_int64_counter(tmp_path: Path) -> None:
     model = WithBatchNorm()
+    assert model.bn.num_batches_tracked is not None  # BatchNorm2d tracks by default
     model.bn.num_batches_tracked += 7
     path = save(model.state_dict(), tmp_path / "bn.pt")
     with open_source(str(path)) as src:
@@ -383,7 +384,9 @@ def test_pickled_module_shows_its_real_tree_without_its_code(tmp_path: Path) -> 
             ("fc2", "Linear", True),
         ]
         # The live module's own view, non-persistent buffer included.
-        live = {n: ("parameter", None) for n, _ in model.named_parameters()}
+        live: dict[str, tuple[str, bool | None]] = {
+            n: ("parameter", None) for n, _ in model.named_parameters()
+        }
         live.update({n: ("buffer", n != "cache") for n, _ in model.named_buffers()})
         assert {t.name: (t.kind, t.persistent) for t in src.tensors} == live
         assert src.names() == [

@@ -185,7 +185,7 @@ def test_weights_into_torchscript_source_needs_the_flag(
         "that runs the archive's code; pass --unsafe-pickle only if you trust the file"
     )
     with open_source(str(path), weights=str(tmp_path / "w.pt"), unsafe_pickle=True) as src:
-        assert torch.equal(src.read_tensor("bn.running_var"), bn_model.bn.running_var)
+        assert torch.equal(src.read_tensor("bn.running_var"), bn_model.get_buffer("bn.running_var"))
         assert torch.equal(src.read_tensor("conv.weight"), bn_model.conv.weight.detach())
 
 

@@ -535,7 +535,7 @@ def dcp_metadata(folder: Path, body: Body, protocol: int, name: str = "evil_dcp"
     import torch.distributed.checkpoint as dcp
 
     folder = folder / name
-    dcp.save(state_dict(), checkpoint_id=str(folder))
+    dcp.save(state_dict(), checkpoint_id=str(folder))  # type: ignore[attr-defined]  # torch re-exports dcp.save without __all__
     (folder / ".metadata").write_bytes(as_pickle(body(0), max(protocol, 2)))
     return folder
 
@@ -718,7 +718,7 @@ def dcp_with_expanded_chunk(
 
     import torch.distributed.checkpoint as dcp
 
-    dcp.save({"huge": torch.full((1,), value)}, checkpoint_id=str(folder))
+    dcp.save({"huge": torch.full((1,), value)}, checkpoint_id=str(folder))  # type: ignore[attr-defined]  # torch re-exports dcp.save without __all__
     meta = folder / ".metadata"
     md = pickle.loads(meta.read_bytes())  # our own file, just written by torch
     entry = md.state_dict_metadata["huge"]

@@ -166,7 +166,9 @@ def prepare(model: nn.Module) -> nn.Module:
 
 def run_stats(model: nn.Module, **options: Any) -> None:
     g = torch.Generator().manual_seed(1)
-    batches = [((torch.randn(6, 8, generator=g),), {}) for _ in range(2)]
+    batches: list[tuple[tuple[torch.Tensor], dict[str, Any]]] = [
+        ((torch.randn(6, 8, generator=g),), {}) for _ in range(2)
+    ]
     collect_stats(model, batches, options=StatsOptions(**options))
 
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,15 @@ def _never(_tmp: Path) -> None:
     raise AssertionError("the writer must not be called")
 
 
+def _writes(data: bytes) -> Callable[[Path], None]:
+    """A writer that writes `data` to the temporary file."""
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    return write
+
+
 def _untouched(path: Path, before: tuple[bytes, int]) -> None:
     assert (path.read_bytes(), path.stat().st_mtime_ns) == before
 
@@ -149,7 +159,7 @@ def test_refuses_to_overwrite_a_shard_of_an_input_directory_or_index(tmp_path: P
                 atomic_write(target, _never, force=True, inputs=[source])
     _untouched(shard, before)
     # A new file beside the shards is no damage.
-    atomic_write(folder / "merged.safetensors", lambda tmp: tmp.write_bytes(b"x"), inputs=[folder])
+    atomic_write(folder / "merged.safetensors", _writes(b"x"), inputs=[folder])
     assert (folder / "merged.safetensors").read_bytes() == b"x"
 
 
@@ -199,11 +209,11 @@ def test_the_written_file_gets_ordinary_permissions(tmp_path: Path) -> None:
     plain = tmp_path / "plain.bin"
     plain.write_bytes(b"x")
     target = tmp_path / "out.bin"
-    atomic_write(target, lambda tmp: tmp.write_bytes(b"x"))
+    atomic_write(target, _writes(b"x"))
     assert oct(target.stat().st_mode & 0o777) == oct(plain.stat().st_mode & 0o777)
     # Over an existing file, its mode is kept.
     os.chmod(target, 0o640)
-    atomic_write(target, lambda tmp: tmp.write_bytes(b"y"), force=True)
+    atomic_write(target, _writes(b"y"), force=True)
     assert oct(target.stat().st_mode & 0o777) == oct(0o640)
 
 

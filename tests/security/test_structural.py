@@ -21,12 +21,13 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from typer.testing import Result
 
 from conftest import invoke
 from hostile import (
@@ -940,8 +941,8 @@ def gg_tensor(
 
 def gguf_header(
     path: Path,
-    kvs: list[bytes] = (),
-    tensors: list[bytes] = (),
+    kvs: Sequence[bytes] = (),
+    tensors: Sequence[bytes] = (),
     data: bytes = b"",
     n_kv: int | None = None,
     n_tensors: int | None = None,
@@ -1481,7 +1482,7 @@ def _dcp_with(tmp: Path, edit: Callable[[object], None], name: str = "dcp") -> P
     import torch.distributed.checkpoint as dcp
 
     folder = tmp / name
-    dcp.save({"w": torch.randn(3)}, checkpoint_id=str(folder))
+    dcp.save({"w": torch.randn(3)}, checkpoint_id=str(folder))  # type: ignore[attr-defined]  # torch re-exports dcp.save without __all__
     meta = folder / ".metadata"
     md = pickle.loads(meta.read_bytes())  # our own file, just written by torch
     edit(md)
@@ -1837,7 +1838,7 @@ class Hung(BaseException):
     """Raised by the alarm: not an Exception, so the CLI's catch-all cannot turn it into an error line."""
 
 
-def run_cli(args: list[str], hard_limit: float = HANG_LIMIT) -> tuple[object, float]:
+def run_cli(args: list[str], hard_limit: float = HANG_LIMIT) -> tuple[Result, float]:
     """Run the CLI in-process: (result, CPU seconds it took). A run still going after `hard_limit` wall-clock
     seconds is hung: it is interrupted and fails the test."""
 
@@ -1860,12 +1861,12 @@ def test_structural_case_is_one_clear_line_in_bounded_time(tmp_path: Path, name:
     args, expected = CASES[name](tmp_path)
     result, seconds = run_cli(args)
     assert seconds < LARGE_CASES.get(name, TIME_LIMIT), f"{name} took {seconds:.1f} s of CPU"
-    stderr: str = result.stderr  # type: ignore[attr-defined]
+    stderr = result.stderr
     assert "Traceback" not in stderr and "internal error" not in stderr, stderr
     if not expected:  # hostile but valid: it must simply work
-        assert result.exit_code == 0, stderr  # type: ignore[attr-defined]
+        assert result.exit_code == 0, stderr
         return
-    assert result.exit_code == 2, (stderr, result.stdout)  # type: ignore[attr-defined]
+    assert result.exit_code == 2, (stderr, result.stdout)
     assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
     assert expected in stderr, stderr
 
@@ -2077,7 +2078,7 @@ def test_diff_of_digit_module_names(tmp_path: Path, names: tuple[str, str]) -> N
     a = _names_file(tmp_path, [names[0], "x"], "a.safetensors")
     b = _names_file(tmp_path, [names[1], "y"], "b.safetensors")
     result, _ = run_cli(["diff", str(a), str(b)])
-    assert "internal error" not in result.stderr and result.exit_code == 1, result.stderr  # type: ignore[attr-defined]
+    assert "internal error" not in result.stderr and result.exit_code == 1, result.stderr
 
 
 def test_a_failing_shard_closes_the_shards_already_opened(
@@ -2125,7 +2126,7 @@ def test_unreadable_source_is_one_clear_line(tmp_path: Path, what: str) -> None:
     finally:
         path.chmod(0o700)
     assert seconds < TIME_LIMIT
-    assert result.exit_code == 2  # type: ignore[attr-defined]
+    assert result.exit_code == 2
     assert (
         result.stderr
         == f"error: cannot {'read' if what == 'file' else 'open'} {path}: Permission denied\n"
