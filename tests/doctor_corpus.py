@@ -1009,11 +1009,9 @@ class DeepMLP(nn.Module):
 
     def __init__(self, std: float | None) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
-            *[nn.Sequential(nn.Linear(64, 64), nn.ReLU()) for _ in range(8)]
-        )
-        for block in self.layers:
-            linear = block[0]
+        linears = [nn.Linear(64, 64) for _ in range(8)]
+        self.layers = nn.Sequential(*[nn.Sequential(linear, nn.ReLU()) for linear in linears])
+        for linear in linears:
             if std is None:
                 nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
             else:

@@ -158,7 +158,7 @@ def test_file_entry_point_relative_to_cwd_by_default(
 ) -> None:
     monkeypatch.chdir(project)
     with open_source("mymodels.py:build") as src:
-        assert src.modules[0].type == "Net"
+        assert src.modules is not None and src.modules[0].type == "Net"
 
 
 def test_package_entry_point(tmp_path: Path, clean_modules: None) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -138,7 +140,7 @@ def test_archive_without_a_program_is_named(tmp_path: Path) -> None:
         open_source(str(tmp_path / "aoti.pt2"))
 
 
-def _rewrite(path: Path, target: Path, edit: object) -> None:
+def _rewrite(path: Path, target: Path, edit: Callable[[dict[str, dict[str, Any]]], None]) -> None:
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(target, "w") as dst:
         for item in src.infolist():
             data = src.read(item)
@@ -154,13 +156,13 @@ def test_lying_weight_configs_are_refused(tmp_path: Path) -> None:
 
     export(Net(), (torch.randn(1, 3, 8, 8),), tmp_path / "net.pt2")
 
-    def escape(config: dict[str, dict[str, object]]) -> None:
+    def escape(config: dict[str, dict[str, Any]]) -> None:
         config["conv.weight"]["path_name"] = "../../etc/passwd"
 
-    def symbolic(config: dict[str, dict[str, object]]) -> None:
+    def symbolic(config: dict[str, dict[str, Any]]) -> None:
         config["conv.bias"]["tensor_meta"]["sizes"] = [{"as_expr": {"expr_str": "s0"}}]
 
-    def too_big(config: dict[str, dict[str, object]]) -> None:
+    def too_big(config: dict[str, dict[str, Any]]) -> None:
         config["conv.bias"]["tensor_meta"]["sizes"] = [{"as_int": 1000}]
 
     _rewrite(tmp_path / "net.pt2", tmp_path / "escape.pt2", escape)
@@ -187,8 +189,8 @@ def test_expanded_views_are_read_as_torch_export_load_reads_them(tmp_path: Path)
 
     export(Net(), (torch.randn(1, 3, 8, 8),), tmp_path / "net.pt2")
 
-    def expand(sizes: list[int], strides: list[int]) -> object:
-        def edit(config: dict[str, dict[str, object]]) -> None:
+    def expand(sizes: list[int], strides: list[int]) -> Callable[[dict[str, dict[str, Any]]], None]:
+        def edit(config: dict[str, dict[str, Any]]) -> None:
             meta = config["bn.running_mean"]["tensor_meta"]
             meta["sizes"] = [{"as_int": n} for n in sizes]
             meta["strides"] = [{"as_int": n} for n in strides]

@@ -399,9 +399,10 @@ def test_load_into_a_quantize_dynamic_model_plans_and_does_what_load_state_dict_
         ]
     )
     for i in (0, 2):
-        assert torch.equal(target[i].weight().int_repr(), source_model[i].weight().int_repr())
-        assert target[i].weight().q_scale() == source_model[i].weight().q_scale()
-        assert torch.equal(target[i].bias(), source_model[i].bias())
+        loaded, saved = target.get_submodule(str(i)), source_model.get_submodule(str(i))
+        assert torch.equal(loaded.weight().int_repr(), saved.weight().int_repr())
+        assert loaded.weight().q_scale() == saved.weight().q_scale()
+        assert torch.equal(loaded.bias(), saved.bias())
     assert build_tree(model).totals.params == sum(
         p.numel()
         for p in nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).parameters()
@@ -421,7 +422,8 @@ def test_torchscript_quantize_dynamic_restores_packed_params_as_data(tmp_path: P
         report = build_tree(source)
         assert report.totals.params == 16 * 32 + 32 + 32 * 8 + 8
         for i in (0, 2):
-            weight, bias = quantized[i].weight(), quantized[i].bias()
+            linear = quantized.get_submodule(str(i))
+            weight, bias = linear.weight(), linear.bias()
             stored = source.read_tensor(f"{i}._packed_params._packed_params.0")
             assert (
                 torch.equal(stored.int_repr(), weight.int_repr())

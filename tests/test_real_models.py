@@ -291,7 +291,9 @@ def test_gpt2_124m_entry_point_knows_modules_and_buffers(
     assert report.module_known
     assert report.root.row.type == "GPT2LMHeadModel" == type(model).__name__
     assert (
-        rows(report)["transformer.h.0"].type == "GPT2Block" == type(model.transformer.h[0]).__name__
+        rows(report)["transformer.h.0"].type
+        == "GPT2Block"
+        == type(module_list(model, "transformer.h")[0]).__name__
     )
     assert node(report.root, "transformer.h").children[0].row.type == "GPT2Block"
     assert t.trainable == t.params == GPT2_124M_PARAMS

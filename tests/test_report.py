@@ -7,6 +7,7 @@ import statistics
 from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ from modinspect.watching.runlog import read_run_log
 EVIL = '<img src=x onerror="alert(1)">&\'"'
 
 
-def _strict(line: str) -> object:
+def _strict(line: str) -> Any:
     def refuse(name: str) -> None:
         raise AssertionError(f"non-strict JSON literal {name}")
 

@@ -107,7 +107,7 @@ def test_runs_break_where_a_block_is_in_another_mode() -> None:
     """A block in eval among blocks in training is shown apart, with its mark, not folded into the run."""
     model = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.Dropout()) for _ in range(5)]).train()
     model[2].eval()
-    model[4][1].eval()  # a child's mode breaks its block's run too
+    model.get_submodule("4.1").eval()  # a child's mode breaks its block's run too
     root = build_tree(live(model)).root
     assert [(c.row.name, c.repeat, c.row.training) for c in root.children] == [
         ("0", 2, True),

@@ -351,7 +351,7 @@ class LogAct(nn.Module):
         return torch.log(x + 3.0)  # fault: log
 
 
-def planted() -> nn.Module:
+def planted() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 8), LogAct(), nn.Linear(8, 2))
 
@@ -1028,7 +1028,7 @@ def test_saved_batch_and_weights_reproduce_the_origin_with_stats_input(tmp_path:
 # ---------------------------------------------------------------- loop mistakes: one-time warnings, in the report
 
 
-def drop_net() -> nn.Module:
+def drop_net() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 1))
 

@@ -155,10 +155,14 @@ def assert_unchanged(model: nn.Module, before: dict[str, Any]) -> None:
 def prepare(model: nn.Module) -> nn.Module:
     """A state worth restoring: mixed training flags, a frozen layer, gradients already accumulated."""
     model.train()
-    model.blocks[1].eval()
+    model.get_submodule("blocks.1").eval()
     model.head.requires_grad_(False)
-    model.blocks[0].fc.weight.grad = torch.full_like(model.blocks[0].fc.weight, 0.5)
-    model.blocks[3].fc.bias.grad = torch.full_like(model.blocks[3].fc.bias, float("nan"))
+    weight, bias = (
+        model.get_parameter("blocks.0.fc.weight"),
+        model.get_parameter("blocks.3.fc.bias"),
+    )
+    weight.grad = torch.full_like(weight, 0.5)
+    bias.grad = torch.full_like(bias, float("nan"))
     with torch.no_grad():
         model.norm.running_mean.fill_(0.25)  # a train-mode forward would move it
     return model
@@ -201,22 +205,24 @@ def test_the_snapshot_sees_what_it_checks() -> None:
     """Control: each kind of leftover the hygiene test looks for is detected by the snapshot."""
     model = prepare(Net(nn.ReLU()))
     before = snapshot(model)
-    handle = model.blocks[0].register_forward_hook(lambda *a: None)
+    handle = model.get_submodule("blocks.0").register_forward_hook(lambda *a: None)
     with pytest.raises(AssertionError):
         assert_unchanged(model, before)
     handle.remove()
-    tensor_handle = model.blocks[0].fc.weight.register_hook(lambda g: g)
+    tensor_handle = model.get_parameter("blocks.0.fc.weight").register_hook(lambda g: g)
     with pytest.raises(AssertionError):
         assert_unchanged(model, before)
     tensor_handle.remove()
-    model.blocks[1].fc.weight.requires_grad_(False)
+    weight, bias = (
+        model.get_parameter("blocks.1.fc.weight"),
+        model.get_parameter("blocks.1.fc.bias"),
+    )
+    weight.requires_grad_(False)
     with pytest.raises(AssertionError):
         assert_unchanged(model, before)
-    model.blocks[1].fc.weight.requires_grad_(True)
+    weight.requires_grad_(True)
     with torch.no_grad():
-        model.blocks[1].fc.bias[0] = (
-            -0.0 if model.blocks[1].fc.bias[0] == 0 else model.blocks[1].fc.bias[0] * 1.0000001
-        )
+        bias[0] = -0.0 if bias[0] == 0 else bias[0] * 1.0000001
     with pytest.raises(AssertionError):
         assert_unchanged(model, before)
 
