@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from modinspect.cli.app import app
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"
+Golden = Callable[[str, str], None]  # the `golden` fixture: golden(name, text)
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +63,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @pytest.fixture
-def golden(request: pytest.FixtureRequest) -> object:
+def golden(request: pytest.FixtureRequest) -> Golden:
     """golden(name, text): compare with tests/golden/<name>, or rewrite it under --update-golden."""
     update = request.config.getoption("--update-golden")
 

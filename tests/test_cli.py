@@ -6,12 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, SAMPLES, invoke
+from conftest import REPO, SAMPLES, Golden, invoke
 from models import TwoLayer
 from modinspect import __version__
 
@@ -47,7 +48,7 @@ def test_python_dash_m() -> None:
         ("tree_default_config.txt", ["tree"]),
     ],
 )
-def test_golden_trees(name: str, args: list[str], golden: object) -> None:
+def test_golden_trees(name: str, args: list[str], golden: Golden) -> None:
     result = invoke(*args, cwd=SAMPLES)
     assert result.exit_code == 0, result.stderr
     # The default model is imported from [tool.modinspect]: the one stderr line says so, before it runs.
@@ -126,7 +127,9 @@ def write(path: Path, data: bytes) -> Path:
         ),
     ],
 )
-def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, setup: object, message: str) -> None:
+def test_user_errors_are_one_line_and_exit_2(
+    tmp_path: Path, setup: Callable[[Path], Path], message: str
+) -> None:
     path = setup(tmp_path)
     result = invoke("tree", path)
     assert result.exit_code == 2

@@ -16,6 +16,7 @@ from conftest import invoke
 from models import WithBatchNorm
 from modinspect import open_source
 from modinspect.errors import CorruptFileError, UnsafePickleError
+from modinspect.sources.dcp import DcpSource
 
 dcp = pytest.importorskip("torch.distributed.checkpoint")
 
@@ -121,7 +122,8 @@ def test_multi_chunk_tensors_are_reassembled(tmp_path: Path) -> None:
     theirs = {k: torch.zeros_like(t) for k, t in state.items()}
     dcp.load(theirs, checkpoint_id=str(folder))
     with open_source(str(folder)) as src:
-        assert [len(src._chunks_of[n]) for n in ("w", "v", "b")] == [2, 2, 1]  # type: ignore[attr-defined]
+        assert isinstance(src, DcpSource)
+        assert [len(src._chunks_of[n]) for n in ("w", "v", "b")] == [2, 2, 1]
         assert "2 tensor(s) saved in several chunks" in src.notes[1]
         for name in state:
             assert torch.equal(src.read_tensor(name), theirs[name])

@@ -62,9 +62,9 @@ WRITERS: dict[str, Callable[[Path, dict[str, torch.Tensor]], Path]] = {
 }
 
 
-def diff(a: Path | str, b: Path | str, **options: object) -> DiffReport:
+def diff(a: Path | str, b: Path | str, **options: Any) -> DiffReport:
     with open_source(str(a)) as sa, open_source(str(b)) as sb:
-        return diff_sources(sa, sb, DiffOptions(**options))  # type: ignore[arg-type]
+        return diff_sources(sa, sb, DiffOptions(**options))
 
 
 def changed(report: DiffReport, name: str) -> TensorDiff:

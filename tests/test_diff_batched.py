@@ -7,6 +7,7 @@ import json
 import random
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -51,13 +52,13 @@ def write_ordered(path: Path, tensors: list[tuple[str, torch.Tensor]]) -> Path:
 
 
 def both_ways(
-    a: Path, b: Path, monkeypatch: pytest.MonkeyPatch, **options: object
+    a: Path, b: Path, monkeypatch: pytest.MonkeyPatch, **options: Any
 ) -> tuple[DiffReport, DiffReport]:
     """The report with the byte paths, and with every pair through the arithmetic (no byte range known)."""
 
     def run() -> DiffReport:
         with open_source(str(a)) as sa, open_source(str(b)) as sb:
-            return diff_sources(sa, sb, DiffOptions(**options))  # type: ignore[arg-type]
+            return diff_sources(sa, sb, DiffOptions(**options))
 
     fast = run()
     with monkeypatch.context() as m:

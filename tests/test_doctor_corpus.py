@@ -755,16 +755,16 @@ def near_wrapped(near: NearMiss) -> None:
     assert (
         sum(isinstance(m, nn.Linear) for m in model.modules()) == 2
     )  # ... and no Linear discarded
-    assert hasattr(model.fc, "parametrizations")
-    forward_backward(model, near.example_input())  # type: ignore[misc]
+    assert hasattr(model.fc, "parametrizations") and near.example_input is not None
+    forward_backward(model, near.example_input())
 
 
 def near_tied_weight(near: NearMiss) -> None:
     with registrations() as counts:
         model = near.build()
     assert isinstance(model, nn.Module) and max(counts.values()) == 1
-    assert model.head.weight is model.embed.weight
-    forward_backward(model, near.example_input())  # type: ignore[misc]
+    assert model.head.weight is model.embed.weight and near.example_input is not None
+    forward_backward(model, near.example_input())
 
 
 def near_head_replaced(near: NearMiss) -> None:

@@ -6,12 +6,15 @@ import re
 
 import pytest
 import typer.main
+from typer.core import TyperGroup
 
 from conftest import invoke
 from modinspect.cli.app import app
 
-CLICK_APP = typer.main.get_command(app)
-COMMANDS = sorted(CLICK_APP.commands)  # type: ignore[attr-defined]
+_COMMAND = typer.main.get_command(app)
+assert isinstance(_COMMAND, TyperGroup)  # an app of several commands is a group
+CLICK_APP: TyperGroup = _COMMAND
+COMMANDS = sorted(CLICK_APP.commands)
 BRACKETED = re.compile(r"\[[^\]\n]*\]")
 
 
@@ -30,7 +33,7 @@ def _rendered(command: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def _help_texts(command: str) -> list[str]:
-    cmd = CLICK_APP.commands[command]  # type: ignore[attr-defined]
+    cmd = CLICK_APP.commands[command]
     texts = [cmd.help or ""]
     texts += [getattr(p, "help", None) or "" for p in cmd.params]
     return [_declared(t) for t in texts if t]
@@ -53,9 +56,11 @@ def test_every_bracketed_help_text_is_shown_verbatim(
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_option_help_is_shown_whole(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
     shown = _rendered(command, monkeypatch)
-    cmd = CLICK_APP.commands[command]  # type: ignore[attr-defined]
+    cmd = CLICK_APP.commands[command]
     missing = [
-        p.name for p in cmd.params if getattr(p, "help", None) and _declared(p.help) not in shown
+        p.name
+        for p in cmd.params
+        if (text := getattr(p, "help", None)) and _declared(text) not in shown
     ]
     assert not missing, f"{command} --help does not show the help of {missing}"
 

@@ -8,6 +8,7 @@ import re
 import textwrap
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -94,7 +95,7 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def load_json(*args: str, cwd: Path) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+def load_json(*args: str, cwd: Path) -> tuple[int, dict[str, Any], str]:
     result = invoke("load", *args, "--json", cwd=cwd)
     return (
         result.exit_code,

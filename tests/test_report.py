@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import modinspect
 import runlogs
 from browser import find_chromium, load_page
-from conftest import invoke
+from conftest import Golden, invoke
 from modinspect.errors import CorruptFileError, UnknownFormatError, UsageError
 from modinspect.render.text import SPARKS, series_sparkline
 from modinspect.watching.log import SCHEMA, LogHeader, LogWriter, write_record
@@ -252,7 +253,7 @@ def _replace_line(path: Path, number: int, new: str) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _edit_step(path: Path, number: int, edit: object) -> None:
+def _edit_step(path: Path, number: int, edit: Callable[[dict[str, Any]], object]) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     record = json.loads(lines[number - 1])
     edit(record)
@@ -310,7 +311,9 @@ def _edit_step(path: Path, number: int, edit: object) -> None:
         ),
     ],
 )
-def test_schema_breaches_name_the_line(run: Path, breach: object, message: str) -> None:
+def test_schema_breaches_name_the_line(
+    run: Path, breach: Callable[[dict[str, Any]], object], message: str
+) -> None:
     _edit_step(run, 5, breach)
     with pytest.raises(CorruptFileError) as info:
         read_run_log(run)
@@ -442,7 +445,7 @@ def test_terminal_view_has_the_sparklines_of_the_known_series(
     )
 
 
-def test_terminal_view_golden_at_120_columns(run: Path, golden: object) -> None:
+def test_terminal_view_golden_at_120_columns(run: Path, golden: Golden) -> None:
     result = invoke("report", "run.jsonl", cwd=run.parent)
     assert result.exit_code == 0
     golden("report_run.txt", result.stdout)
@@ -450,7 +453,7 @@ def test_terminal_view_golden_at_120_columns(run: Path, golden: object) -> None:
 
 @pytest.mark.parametrize("columns", [60, 80, 100, 200])
 def test_terminal_view_goldens_at_every_width(
-    run: Path, monkeypatch: pytest.MonkeyPatch, golden: object, columns: int
+    run: Path, monkeypatch: pytest.MonkeyPatch, golden: Golden, columns: int
 ) -> None:
     """Like every renderer, report has goldens at 60, 80, 100, 120 (above) and 200 columns, and no line is wider."""
     monkeypatch.setenv("COLUMNS", str(columns))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -147,7 +148,7 @@ def _brute_force(model: nn.Module) -> tuple[int, int, int, list[str]]:
 
 def test_stats_lists_frozen_parameters_as_torch_counts_them(tmp_path: Path) -> None:
     (tmp_path / "frozen.py").write_text(FROZEN_ENTRY, encoding="utf-8")
-    namespace: dict[str, object] = {}
+    namespace: dict[str, Any] = {}
     exec(FROZEN_ENTRY, namespace)  # the test's own model, built as the CLI builds it
     model = namespace["build"]()
     params, total, tensors, outer = _brute_force(model)

@@ -18,7 +18,7 @@ from models import Tied
 from modinspect import dtypes
 from modinspect.errors import CorruptFileError, UnknownFormatError
 from modinspect.run.source import open_source
-from modinspect.sources.safetensors import MAX_HEADER_BYTES
+from modinspect.sources.safetensors import MAX_HEADER_BYTES, SafetensorsSource
 
 
 def write_raw(
@@ -29,6 +29,13 @@ def write_raw(
     n = len(h) if length is None else length
     path.write_bytes(struct.pack("<Q", n) + h + data)
     return path
+
+
+def opened(path: Path) -> SafetensorsSource:
+    """open_source of a safetensors file, typed as the reader it dispatches to."""
+    src = open_source(str(path))
+    assert isinstance(src, SafetensorsSource)
+    return src
 
 
 def entry(dtype: str, shape: Sequence[object], begin: int, end: int) -> dict[str, object]:
@@ -602,12 +609,12 @@ def test_a_header_the_same_bytes_as_the_last_reuses_its_parse(
     from modinspect.sources import safetensors as st
 
     a, b, _, _ = _pair_headers(tmp_path)
-    fresh = [open_source(str(p)) for p in (a, b)]  # under the threshold: each parsed
-    assert fresh[0].header.entries is not fresh[1].header.entries  # type: ignore[attr-defined]
+    fresh = [opened(p) for p in (a, b)]  # under the threshold: each parsed
+    assert fresh[0].header.entries is not fresh[1].header.entries
     monkeypatch.setattr(st, "REUSE_MIN_BYTES", 0)
-    sa, sb = open_source(str(a)), open_source(str(b))
-    assert sb.header.entries is sa.header.entries  # type: ignore[attr-defined]
-    assert sb.header.metadata == sa.header.metadata and sb.header.metadata is not sa.header.metadata  # type: ignore[attr-defined]
+    sa, sb = opened(a), opened(b)
+    assert sb.header.entries is sa.header.entries
+    assert sb.header.metadata == sa.header.metadata and sb.header.metadata is not sa.header.metadata
     for reused, parsed in zip((sa, sb), fresh, strict=True):
         assert reused.tensors == parsed.tensors and reused.metadata == parsed.metadata
         assert [reused.byte_range(n) for n in reused.names()] == [
@@ -630,14 +637,14 @@ def test_a_header_reused_only_for_the_same_bytes_and_data_size(
     assert (
         open_source(str(other)).info("h.0.w").dtype == "float32"
     )  # one byte of the header differs
-    sa = open_source(str(a))  # the last long header again
+    sa = opened(a)  # the last long header again
     short = write_raw(tmp_path / "short.safetensors", header, data[:-4])
     corrupt(
         short, f"needs {len(data):,} bytes of tensor data but holds {len(data) - 4:,} (truncated?)"
     )
     long = write_raw(tmp_path / "long.safetensors", header, data + b"\x00" * 8)
     corrupt(long, "has 8 stray bytes after the last tensor")
-    assert open_source(str(a)).header.entries is sa.header.entries  # type: ignore[attr-defined]
+    assert opened(a).header.entries is sa.header.entries
     del sa
     import gc
 

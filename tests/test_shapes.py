@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import REPO, SAMPLES, invoke
+from conftest import REPO, SAMPLES, Golden, invoke
 from models import CalledTwice, ResNet18, SmallCNN, Tied
 from modinspect.reports import ShapesReport
 from modinspect.run.shapes import extra_reprs, measure_shapes, meta_copy
@@ -316,7 +316,7 @@ def test_tree_shows_hyperparameters_of_live_modules_only() -> None:
     assert "Conv2d(" not in invoke("tree", "small_cnn.pth", cwd=SAMPLES).stdout
 
 
-def test_tree_input_shape_golden(golden: object) -> None:
+def test_tree_input_shape_golden(golden: Golden) -> None:
     result = invoke(
         "tree",
         "models.py:small_cnn",

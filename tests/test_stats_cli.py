@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -71,7 +72,7 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def stats_json(*args: str, cwd: Path) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+def stats_json(*args: str, cwd: Path) -> tuple[int, dict[str, Any], str]:
     result = invoke("stats", *args, "--json", cwd=cwd)
     doc = json.loads(result.stdout) if result.stdout.strip() else {}
     return result.exit_code, doc, result.stderr

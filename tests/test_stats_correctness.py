@@ -27,6 +27,13 @@ def row(report: StatsReport, name: str) -> ModuleStats:
     return next(m for m in report.modules if m.name == name)
 
 
+def grad_norm(report: StatsReport, name: str) -> float:
+    """The module's gradient norm, which it must have."""
+    norm = row(report, name).grad_norm
+    assert norm is not None, name
+    return norm
+
+
 class ConvBnRelu(nn.Module):
     def __init__(self, inplace: bool = True) -> None:
         super().__init__()
@@ -98,9 +105,7 @@ def test_a_model_that_returns_a_loss_is_differentiated_through_that_loss() -> No
     model.zero_grad(set_to_none=True)
     assert kept[0].grad is not None
     assert row(report, "lm_head").grad_norm == pytest.approx(float(kept[0].grad.norm()), rel=1e-5)
-    assert (
-        row(report, "lm_head").grad_norm < 1.0
-    )  # the sum of every output would give √(2·12·97) ≈ 48
+    assert grad_norm(report, "lm_head") < 1.0  # the sum of every output would give √(2·12·97) ≈ 48
 
 
 def test_explicit_sum_loss_and_a_dict_loss() -> None:
@@ -240,8 +245,8 @@ class BodyHead(nn.Module):
 def test_a_sum_losss_root_is_not_exploding_next_to_a_small_body() -> None:
     report = run(BodyHead(), torch.randn(4, 8))
     assert row(report, "").grad_norm == pytest.approx((4 * 512) ** 0.5)
-    assert (
-        row(report, "body.0").grad_norm < 1e-3 * row(report, "").grad_norm
+    assert grad_norm(report, "body.0") < 1e-3 * grad_norm(
+        report, ""
     )  # a median rule flagged the root
     assert grad_flags(report) == {"exploding-grad": set(), "vanishing-grad": set()}
 
@@ -249,7 +254,7 @@ def test_a_sum_losss_root_is_not_exploding_next_to_a_small_body() -> None:
 def test_growth_of_ten_times_per_depth_is_exploding_and_a_tenth_is_vanishing() -> None:
     x = torch.randn(4, 16)
     exploding = run(scaled_chain(6, 20.0), x)
-    norms = [row(exploding, str(i)).grad_norm for i in range(6)]
+    norms = [grad_norm(exploding, str(i)) for i in range(6)]
     assert norms[0] == pytest.approx(norms[5] * 20.0**5, rel=1e-4)
     assert grad_flags(exploding) == {
         "exploding-grad": {"0", "1", "2", "3", "4"},

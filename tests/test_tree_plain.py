@@ -38,11 +38,17 @@ def _console(width: int, styled: bool = False) -> Console:
     )
 
 
+def _written(console: Console) -> str:
+    """What a `_console` has printed."""
+    assert isinstance(console.file, io.StringIO)
+    return console.file.getvalue()
+
+
 def _both(report: TreeReport, width: int) -> tuple[str, str]:
     rich_out, plain_out = _console(width), _console(width)
     rich_out.print(tree_renderable(report, width))
     print_tree(plain_out, report)
-    return rich_out.file.getvalue(), plain_out.file.getvalue()  # type: ignore[attr-defined]
+    return _written(rich_out), _written(plain_out)
 
 
 class Deep(nn.Module):
@@ -133,7 +139,7 @@ def test_names_rich_would_change_go_through_rich(tmp_path: Path) -> None:
 def test_a_styled_console_gets_rich() -> None:
     out = _console(200, styled=True)
     print_tree(out, REPORTS["TwoLayer"])
-    assert "\x1b[" in out.file.getvalue()  # type: ignore[attr-defined]
+    assert "\x1b[" in _written(out)
 
 
 def test_thousands_of_flat_tensors_are_written_plain(tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from rich.cells import cell_len
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 
-from conftest import SAMPLES, invoke
+from conftest import SAMPLES, Golden, invoke
 from modinspect.render.text import (
     count_forms,
     elide_inside,
@@ -107,7 +107,7 @@ def _render(kind: str, width: int, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("kind", list(COMMANDS))
 def test_golden_at_width(
-    kind: str, width: int, golden: object, monkeypatch: pytest.MonkeyPatch
+    kind: str, width: int, golden: Golden, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     text = _render(kind, width, monkeypatch)
     golden(f"{kind}_{width}.txt", text)
@@ -331,13 +331,13 @@ def test_diff_lists_elide_long_names_and_keep_their_numbers() -> None:
 # ------------------------------------------------------------------ one styled golden
 
 
-def _markup(renderable: object, width: int) -> str:
+def _markup(renderable: RenderableType, width: int) -> str:
     """Rendered with colour, each styled run written as rich markup ('[bold red]nan 128[/]'): readable in review."""
     console = Console(
         width=width, force_terminal=True, color_system="truecolor", highlight=False, soft_wrap=False
     )
     lines = []
-    for line in console.render_lines(renderable, pad=False):  # type: ignore[arg-type]
+    for line in console.render_lines(renderable, pad=False):
         parts = []
         for seg in line:
             style = str(seg.style) if seg.style and str(seg.style) != "none" else ""
@@ -350,7 +350,7 @@ def _markup(renderable: object, width: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_styled_golden(golden: object, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_styled_golden(golden: Golden, monkeypatch: pytest.MonkeyPatch) -> None:
     import modinspect
     from modinspect.analysis.diff import DiffOptions
     from modinspect.names import KeyMap

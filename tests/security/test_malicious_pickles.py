@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import Result
 
 from conftest import invoke
 from hostile import (
@@ -61,14 +62,14 @@ def build(carrier: str, payload: Payload, tmp_path: Path) -> tuple[Path, Path]:
     return CARRIERS[carrier](tmp_path, body_of(payload, marker), payload.protocol), marker
 
 
-def assert_refused(result: object, payload: Payload, marker: Path) -> None:
-    stderr: str = result.stderr  # type: ignore[attr-defined]
+def assert_refused(result: Result, payload: Payload, marker: Path) -> None:
+    stderr = result.stderr
     if stderr.startswith(
         "note: importing "
     ):  # [tool.modinspect] said which entry point it imports first
         stderr = stderr.split("\n", 1)[1]
-    assert result.exit_code == 2, stderr  # type: ignore[attr-defined]
-    assert result.stdout == ""  # type: ignore[attr-defined]
+    assert result.exit_code == 2, stderr
+    assert result.stdout == ""
     assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
     for name in payload.globals:
         assert f"'{name}'" in stderr, stderr

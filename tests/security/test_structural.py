@@ -23,6 +23,7 @@ import time
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -1477,8 +1478,9 @@ def _pt2_with(
     return path
 
 
-def _dcp_with(tmp: Path, edit: Callable[[object], None], name: str = "dcp") -> Path:
-    """A torch.distributed.checkpoint directory of {'w': 3 floats} whose Metadata `edit` rewrites."""
+def _dcp_with(tmp: Path, edit: Callable[[Any], None], name: str = "dcp") -> Path:
+    """A torch.distributed.checkpoint directory of {'w': 3 floats} whose Metadata `edit` rewrites (Any: the
+    edits write values that Metadata's field types forbid)."""
     import torch.distributed.checkpoint as dcp
 
     folder = tmp / name
@@ -1490,9 +1492,9 @@ def _dcp_with(tmp: Path, edit: Callable[[object], None], name: str = "dcp") -> P
     return folder
 
 
-def _dcp_size(digits: int) -> Callable[[object], None]:
-    def edit(md: object) -> None:
-        entry = md.state_dict_metadata["w"]  # type: ignore[attr-defined]
+def _dcp_size(digits: int) -> Callable[[Any], None]:
+    def edit(md: Any) -> None:
+        entry = md.state_dict_metadata["w"]
         entry.size = entry.chunks[0].sizes = (10 ** (digits - 1),)
 
     return edit
@@ -1517,8 +1519,8 @@ def dcp_size_of_8000_digits(tmp: Path) -> tuple[list[str], str]:
 
 @case
 def dcp_storage_offset_of_5000_digits(tmp: Path) -> tuple[list[str], str]:
-    def edit(md: object) -> None:
-        for info in md.storage_data.values():  # type: ignore[attr-defined]
+    def edit(md: Any) -> None:
+        for info in md.storage_data.values():
             info.offset = 10**5000
 
     return [
@@ -1535,8 +1537,8 @@ def dcp_version_of_5000_digits(tmp: Path) -> tuple[list[str], str]:
 
 @case
 def dcp_sizes_whose_product_passes_int64(tmp: Path) -> tuple[list[str], str]:
-    def edit(md: object) -> None:
-        entry = md.state_dict_metadata["w"]  # type: ignore[attr-defined]
+    def edit(md: Any) -> None:
+        entry = md.state_dict_metadata["w"]
         entry.size = entry.chunks[0].sizes = (2**62,) * 40
         entry.chunks[0].offsets = (0,) * 40
 
