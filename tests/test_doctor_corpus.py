@@ -531,9 +531,9 @@ def prove_dead_relu_at_init(case: Planted) -> None:
         forward_backward(model, batch)
         dead_units = int((~(outs[0] > 0).any(dim=0)).sum())  # units that are zero for every example
         assert dead_units == (outs[0].shape[1] if mistake else 0), dead_units
-        fc = model.get_submodule("fc")
-        assert (
-            bool(fc.weight.grad.abs().sum() == 0) is mistake
+        grad = model.get_parameter("fc.weight").grad
+        assert grad is not None and (
+            bool(grad.abs().sum() == 0) is mistake
         )  # nothing flows back through a dead ReLU
 
 
@@ -865,7 +865,7 @@ def near_frozen_bn_backbone(near: NearMiss) -> None:
 def near_bn_eval(near: NearMiss) -> None:
     model, batch = _module(near)
     assert batch[0][0].shape[0] == 1 and not model.bn.training
-    mean = model.bn.running_mean.clone()
+    mean = model.get_buffer("bn.running_mean").clone()
     with torch.no_grad():
         out = call(model, batch)
     assert torch.isfinite(out).all() and torch.equal(model.get_buffer("bn.running_mean"), mean)
@@ -873,12 +873,12 @@ def near_bn_eval(near: NearMiss) -> None:
 
 def near_zero_init_residual(near: NearMiss) -> None:
     model, batch = _module(near)
-    assert not model.down.weight.any() and torch.equal(
+    assert not model.get_parameter("down.weight").any() and torch.equal(
         model.get_parameter("norm.weight"), torch.ones(8)
     )
     with torch.no_grad():  # the branch starts as the identity
-        h = model.inp(batch[0][0])
-        assert torch.equal(call(model, batch), model.head(h))
+        h = model.get_submodule("inp")(batch[0][0])
+        assert torch.equal(call(model, batch), model.get_submodule("head")(h))
     sgd_steps(model, batch, 1, torch.randn(6, 2, generator=torch.Generator().manual_seed(7)))
     w = model.get_parameter("down.weight")
     assert w.unique().numel() > 1 and not torch.allclose(w, w[:1].expand_as(w))  # and it learns

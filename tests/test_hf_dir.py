@@ -6,6 +6,7 @@ import json
 import sys
 import types
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -14,10 +15,13 @@ from conftest import invoke
 from modinspect import build_tree, open_source
 from modinspect.sources.layout_hints import LEGACY_LAYOUT
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 transformers = pytest.importorskip("transformers")
 
 
-def _gpt2(folder: Path) -> torch.nn.Module:
+def _gpt2(folder: Path) -> PreTrainedModel:
     torch.manual_seed(0)
     config = transformers.GPT2Config(
         n_layer=2,
@@ -33,7 +37,7 @@ def _gpt2(folder: Path) -> torch.nn.Module:
     return model
 
 
-def _bert(folder: Path) -> torch.nn.Module:
+def _bert(folder: Path) -> PreTrainedModel:
     torch.manual_seed(0)
     config = transformers.BertConfig(
         hidden_size=16,
@@ -79,10 +83,13 @@ def test_gpt2_dir_has_real_classes_order_and_the_tied_head(tmp_path: Path) -> No
             == sum(p.numel() for p in model.parameters())
         )
         assert src.names() == list(model.state_dict())  # state_dict order, lm_head included
-        assert torch.equal(src.read_tensor("lm_head.weight"), model.transformer.wte.weight.detach())
+        assert torch.equal(
+            src.read_tensor("lm_head.weight"),
+            model.get_parameter("transformer.wte.weight").detach(),
+        )
         assert torch.equal(
             torch.cat(list(src.iter_chunks("lm_head.weight", 7))),
-            model.lm_head.weight.detach().reshape(-1),
+            model.get_parameter("lm_head.weight").detach().reshape(-1),
         )
         assert src.notes[0].startswith(
             "model built from config.json on the meta device: GPT2LMHeadModel"
@@ -299,7 +306,7 @@ def test_unknown_model_type_falls_back_to_the_weights(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "is not a config this transformers builds" in result.stderr
 
 
-def _legacy_layout_model(kind: str) -> torch.nn.Module:
+def _legacy_layout_model(kind: str) -> PreTrainedModel:
     """A small random model of an architecture transformers saves in its legacy key layout."""
     torch.manual_seed(0)
     if kind == "vit":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
@@ -13,6 +13,9 @@ import torch
 from conftest import invoke
 from modinspect import open_source
 from modinspect.sources.layout_hints import PEFT_SAVED
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -40,7 +43,7 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _build(project: Path, **kwargs: Any) -> torch.nn.Module:
+def _build(project: Path, **kwargs: Any) -> PeftModel:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -54,7 +57,7 @@ def _build(project: Path, **kwargs: Any) -> torch.nn.Module:
 
 def test_adapter_dir_is_a_source_with_rank_and_targets(project: Path) -> None:
     model = _build(project, rank_pattern={"attn.c_proj": 2})
-    model.save_pretrained(project / "adapter")
+    model.save_pretrained(str(project / "adapter"))  # peft annotates str
     with open_source(str(project / "adapter")) as src:
         assert src.format == "peft-safetensors"
         assert src.metadata["peft_type"] == "LORA"
@@ -80,7 +83,7 @@ def test_adapter_dir_is_a_source_with_rank_and_targets(project: Path) -> None:
 
 def test_load_into_a_peft_model_hints_the_rename_that_works(project: Path) -> None:
     saved = _build(project)
-    saved.save_pretrained(project / "adapter")
+    saved.save_pretrained(str(project / "adapter"))
     target = f"{project / 'peft_models.py'}:build"
     dry = invoke("load", target, str(project / "adapter"), "--dry-run", "--json")
     assert dry.exit_code == 0

@@ -360,6 +360,13 @@ def test_a_bnb_quant_state_blob_that_lies_is_ignored(tmp_path: Path, blob: bytes
     assert {r.name: r.logical_shape for r in report.tensors}["l.weight"] == (64,)
 
 
+def _qlinear(model: nn.Module, i: int) -> torch.ao.nn.quantized.dynamic.Linear:
+    """Layer `i` of a `_qdyn` model: a dynamically quantized Linear."""
+    layer = model.get_submodule(str(i))
+    assert isinstance(layer, torch.ao.nn.quantized.dynamic.Linear)
+    return layer
+
+
 def _qdyn(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
@@ -399,7 +406,7 @@ def test_load_into_a_quantize_dynamic_model_plans_and_does_what_load_state_dict_
         ]
     )
     for i in (0, 2):
-        loaded, saved = target.get_submodule(str(i)), source_model.get_submodule(str(i))
+        loaded, saved = _qlinear(target, i), _qlinear(source_model, i)
         assert torch.equal(loaded.weight().int_repr(), saved.weight().int_repr())
         assert loaded.weight().q_scale() == saved.weight().q_scale()
         assert torch.equal(loaded.bias(), saved.bias())
@@ -422,7 +429,7 @@ def test_torchscript_quantize_dynamic_restores_packed_params_as_data(tmp_path: P
         report = build_tree(source)
         assert report.totals.params == 16 * 32 + 32 + 32 * 8 + 8
         for i in (0, 2):
-            linear = quantized.get_submodule(str(i))
+            linear = _qlinear(quantized, i)
             weight, bias = linear.weight(), linear.bias()
             stored = source.read_tensor(f"{i}._packed_params._packed_params.0")
             assert (

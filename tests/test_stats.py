@@ -176,7 +176,7 @@ def test_relu_with_half_its_units_dead() -> None:
 def test_conv_relu_units_are_channels() -> None:
     conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
     with torch.no_grad():
-        conv[0].bias[:] = torch.tensor([-1e4, 1e4, 1e4, 1e4])
+        conv.get_parameter("0.bias")[:] = torch.tensor([-1e4, 1e4, 1e4, 1e4])
     stats = row(run(conv, torch.randn(2, 3, 8, 8)), "1")
     assert (stats.units, stats.dead_fraction) == (4, 0.25)
 

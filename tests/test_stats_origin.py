@@ -309,7 +309,7 @@ def test_a_nan_buffer_read_by_a_parents_forward_is_the_cause() -> None:
             self.inner.register_buffer("scale", torch.tensor([1.0, float("inf"), 1.0, 1.0]))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x * self.inner.scale
+            return x * self.inner.get_buffer("scale")
 
     origin = origin_of(run(Scaled(), torch.randn(2, 4)))
     assert (origin.module, origin.cause, origin.tensor, origin.detail) == (

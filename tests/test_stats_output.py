@@ -48,8 +48,9 @@ def dead_stack(depth: int = 13) -> nn.Sequential:
         layers += [nn.Linear(8, 8), nn.ReLU()]
     model = nn.Sequential(*layers)
     with torch.no_grad():
-        for layer in layers[::2]:
-            layer.bias.fill_(-100.0)
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                module.bias.fill_(-100.0)
     return model
 
 
@@ -76,8 +77,8 @@ def test_verdict_collapses_dead_units_and_diagnoses_the_cause() -> None:
 def test_a_single_dead_relu_gets_a_singular_diagnosis() -> None:
     model = dead_stack(2)
     with torch.no_grad():
-        model[2].bias.fill_(1.0)  # the second ReLU lives
-        model[2].weight.zero_()
+        model.get_parameter("2.bias").fill_(1.0)  # the second ReLU lives
+        model.get_parameter("2.weight").zero_()
     x = torch.randn(4, 8)
     report = run(model, x)
     with torch.no_grad():

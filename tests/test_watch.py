@@ -655,11 +655,13 @@ def test_breakpoint_mode_calls_the_breakpoint_hook_at_the_bad_step(
 
 def test_sparse_embedding_gradients_are_watched(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Linear(4, 1))
+    embedding = nn.Embedding(10, 4, sparse=True)
+    model = nn.Sequential(embedding, nn.Linear(4, 1))
     ids = torch.tensor([[1, 2, 2, 5]])
     with modinspect.watch(model, every=1, log=tmp_path / "e.jsonl") as w:
         model(ids).sum().backward()
-        grad = model[0].weight.grad.coalesce().values().norm().item()
+        assert embedding.weight.grad is not None
+        grad = embedding.weight.grad.coalesce().values().norm().item()
         w.step()
     params = read_log(tmp_path / "e.jsonl")[1]["params"]
     assert params[0]["name"] == "0.weight" and params[0]["grad_norm"] == pytest.approx(

@@ -567,9 +567,10 @@ def _torchscript_base() -> bytes:
     import warnings
 
     g = torch.Generator().manual_seed(3)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    linear = torch.nn.Linear(4, 3)
+    model = torch.nn.Sequential(linear, torch.nn.BatchNorm1d(3))
     with torch.no_grad():
-        model[0].weight.copy_(torch.randn(3, 4, generator=g))
+        linear.weight.copy_(torch.randn(3, 4, generator=g))
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -69,15 +69,18 @@ def Net(faulty: nn.Module) -> FaultyNet:
 def dead_relu() -> nn.Module:
     model = Net(nn.ReLU())
     with torch.no_grad():
-        model.blocks[2].fc.bias.fill_(-1e4)  # every unit of blocks.2.act is zero for every input
+        model.get_parameter("blocks.2.fc.bias").fill_(
+            -1e4
+        )  # every unit of blocks.2.act is zero for every input
     return model
 
 
 def half_dead_relu() -> nn.Module:
     model = Net(nn.ReLU())
     with torch.no_grad():
-        model.blocks[2].fc.bias[:4] = -1e4
-        model.blocks[2].fc.bias[4:] = 1e4
+        bias = model.get_parameter("blocks.2.fc.bias")
+        bias[:4] = -1e4
+        bias[4:] = 1e4
     return model
 
 
@@ -164,7 +167,7 @@ def prepare(model: nn.Module) -> nn.Module:
     weight.grad = torch.full_like(weight, 0.5)
     bias.grad = torch.full_like(bias, float("nan"))
     with torch.no_grad():
-        model.norm.running_mean.fill_(0.25)  # a train-mode forward would move it
+        model.get_buffer("norm.running_mean").fill_(0.25)  # a train-mode forward would move it
     return model
 
 
