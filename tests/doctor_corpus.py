@@ -606,7 +606,7 @@ def _frozen_backbone() -> nn.Module:
 
 
 def _sgd_backbone_only(model: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.backbone.parameters(), lr=0.1)
+    return torch.optim.SGD(model.get_submodule("backbone").parameters(), lr=0.1)
 
 
 def _sgd_all(model: nn.Module) -> torch.optim.Optimizer:

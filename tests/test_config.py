@@ -84,6 +84,7 @@ def test_model_and_weights_resolve_against_the_pyproject_dir(
     with open_source(None) as src:
         assert src.format == "entrypoint"
         assert src.label == "src/net.py:build"
+        assert src.modules is not None
         assert [m.type for m in src.modules] == ["Sequential", "Linear", "ReLU", "Linear"]
         for name, t in sd.items():
             assert torch.equal(src.read_tensor(name), t), name

@@ -346,7 +346,8 @@ def prove_param_not_in_optimizer(case: Planted) -> None:
         forward_backward(model, batch)
         opt.step()
         for w in case.where:  # it has a gradient, and the step leaves it where it was
-            assert params[w.key].grad is not None and params[w.key].grad.abs().sum() > 0
+            grad = params[w.key].grad
+            assert grad is not None and grad.abs().sum() > 0
             assert torch.equal(params[w.key], before[w.key]) is mistake
         assert all(not torch.equal(p, before[n]) for n, p in params.items() if id(p) in in_opt)
 
@@ -763,7 +764,8 @@ def near_tied_weight(near: NearMiss) -> None:
     with registrations() as counts:
         model = near.build()
     assert isinstance(model, nn.Module) and max(counts.values()) == 1
-    assert model.head.weight is model.embed.weight and near.example_input is not None
+    assert model.get_parameter("head.weight") is model.get_parameter("embed.weight")
+    assert near.example_input is not None
     forward_backward(model, near.example_input())
 
 
@@ -772,7 +774,9 @@ def near_head_replaced(near: NearMiss) -> None:
         corpus.HeadReplacedAfterInit()  # __init__ alone registers each attribute once
     assert max(counts.values()) == 1
     model, batch = _module(near)
-    assert model.head.out_features == 3 and call(model, batch).shape == (6, 3)
+    head = model.get_submodule("head")
+    assert isinstance(head, nn.Linear) and head.out_features == 3
+    assert call(model, batch).shape == (6, 3)
 
 
 def near_frozen_unused(near: NearMiss) -> None:
@@ -790,7 +794,7 @@ def near_frozen_backbone(near: NearMiss) -> None:
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     assert in_opt == {id(p) for p in model.parameters() if p.requires_grad}
     assert in_opt != {id(p) for p in model.parameters()}
-    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert not any(p.requires_grad for p in model.get_submodule("backbone").parameters())
 
 
 def near_no_decay_groups(near: NearMiss) -> None:
@@ -864,7 +868,7 @@ def near_frozen_bn_backbone(near: NearMiss) -> None:
 
 def near_bn_eval(near: NearMiss) -> None:
     model, batch = _module(near)
-    assert batch[0][0].shape[0] == 1 and not model.bn.training
+    assert batch[0][0].shape[0] == 1 and not model.get_submodule("bn").training
     mean = model.get_buffer("bn.running_mean").clone()
     with torch.no_grad():
         out = call(model, batch)

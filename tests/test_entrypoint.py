@@ -118,6 +118,7 @@ def test_file_entry_point_kinds(project: Path, name: str, training: bool) -> Non
         assert src.format == "entrypoint"
         assert src.label == f"mymodels.py:{name}"
         assert type(src.module).__name__ == "Net"
+        assert src.modules is not None
         assert [(m.name, m.type, m.training) for m in src.modules] == [
             ("", "Net", training),
             ("fc1", "Linear", training),
@@ -168,6 +169,7 @@ def test_package_entry_point(tmp_path: Path, clean_modules: None) -> None:
     (pkg / "nets.py").write_text(MODELS_PY)
     with open_source("mi_pkg_a.nets:build_tied", base=tmp_path) as src:
         assert src.format == "entrypoint"
+        assert src.modules is not None
         assert [m.type for m in src.modules] == ["TiedNet", "Embedding", "Linear"]
         assert tied_groups(src.tensors) == [["embed.weight", "head.weight"]]
     assert str(tmp_path) not in sys.path

@@ -67,7 +67,7 @@ def test_gpt2_dir_has_real_classes_order_and_the_tied_head(tmp_path: Path) -> No
         assert [c.row.name for c in report.root.children] == [n for n, _ in model.named_children()]
         transformer = report.root.children[0]
         assert [c.row.name for c in transformer.children] == [
-            f"transformer.{n}" for n, _ in model.transformer.named_children()
+            f"transformer.{n}" for n, _ in model.get_submodule("transformer").named_children()
         ]
         assert [c.row.type for c in transformer.children] == [
             "Embedding",

@@ -21,7 +21,7 @@ from torch import nn
 
 from modinspect.analysis.tree import build_tree
 from modinspect.render.jsonout import tree_document, tree_json
-from modinspect.reports import TreeReport
+from modinspect.reports import ModuleRow, TreeReport
 from modinspect.run.source import open_source
 
 
@@ -75,7 +75,7 @@ def _pack_cols(values: torch.Tensor, bits: int, order: list[int]) -> torch.Tenso
     return (packed - (packed >= 2**31).to(torch.int64) * 2**32).to(torch.int32)
 
 
-def _layer(report: TreeReport, name: str):
+def _layer(report: TreeReport, name: str) -> ModuleRow:
     return next(m for m in report.modules if m.name == name)
 
 

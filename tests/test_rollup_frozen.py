@@ -44,7 +44,7 @@ def trained(
     """before.pth and after.pth around one SGD step with the backbone (`features`) frozen, in eval mode."""
     root = tmp_path_factory.mktemp("freeze")
     model = _net().eval()  # eval: the frozen BatchNorms' running stats stay too
-    for p in model.features.parameters():
+    for p in model.get_submodule("features").parameters():
         p.requires_grad_(False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save(before, root / "before.pth")

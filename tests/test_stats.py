@@ -378,6 +378,7 @@ def test_param_grad_norm_matches_autograd() -> None:
     x = torch.randn(5, 6)
     report = run(model, x)
     model(x).sum().backward()
+    assert model.fc1.weight.grad is not None and model.fc1.bias.grad is not None
     expected = math.sqrt(
         model.fc1.weight.grad.square().sum().item() + model.fc1.bias.grad.square().sum().item()
     )

@@ -98,7 +98,7 @@ def test_a_model_that_returns_a_loss_is_differentiated_through_that_loss() -> No
         kept.append(o)
 
     model.eval()  # stats runs in eval mode: no dropout
-    handle = model.lm_head.register_forward_hook(keep)
+    handle = model.get_submodule("lm_head").register_forward_hook(keep)
     out = model(input_ids=ids, labels=ids)
     out.loss.backward()
     handle.remove()

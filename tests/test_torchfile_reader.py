@@ -377,6 +377,7 @@ def test_pickled_module_shows_its_real_tree_without_its_code(tmp_path: Path) -> 
         assert len(src.notes) == 1 and src.notes[0].startswith(
             "read without importing models.TwoLayer, torch.nn.modules.linear.Linear, torch.nn.modules.activation.ReLU"
         )
+        assert src.modules is not None
         assert [(m.name, m.type, m.training) for m in src.modules] == [
             ("", "TwoLayer", True),
             ("fc1", "Linear", True),
@@ -411,6 +412,7 @@ def test_pickled_module_opens_with_unsafe_pickle(tmp_path: Path) -> None:
         )
         assert src.warnings[0].endswith("this runs code from the file")
         assert sorted(src.names()) == sorted([*model.state_dict(), "cache"])
+        assert src.modules is not None
         assert [(m.name, m.type) for m in src.modules] == [
             ("", "TwoLayer"),
             ("fc1", "Linear"),

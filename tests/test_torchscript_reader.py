@@ -55,6 +55,7 @@ def assert_same_as_jit_load(path: Path) -> None:
     with open_source(str(path)) as safe, jit_view(path) as jit:
         assert safe.format == jit.format == "torchscript"
         assert safe.module is None and safe.warnings == [] and safe.standins == []
+        assert safe.modules is not None and jit.modules is not None
         assert [(m.name, m.type, m.training) for m in safe.modules] == [
             (m.name, m.type, m.training) for m in jit.modules
         ]
@@ -77,6 +78,7 @@ def test_scripted_model_opens_with_its_module_tree_without_running_it(
     with open_source(str(path)) as src:
         assert src.format == "torchscript" and src.label == str(path)
         assert src.warnings == [] and src.module is None
+        assert src.modules is not None
         assert [(m.name, m.type, m.training) for m in src.modules] == [
             ("", "WithBatchNorm", True),
             ("conv", "Conv2d", True),
@@ -150,12 +152,14 @@ def test_safe_reader_matches_torch_jit_load(tmp_path: Path, name: str) -> None:
 def test_eval_mode_is_kept(tmp_path: Path, bn_model: WithBatchNorm) -> None:
     path = script_and_save(bn_model.eval(), tmp_path / "scripted.pt")
     with open_source(str(path)) as src:
+        assert src.modules is not None
         assert all(m.training is False for m in src.modules)
 
 
 def test_scripted_module_keeps_non_persistent_buffers_and_ties(tmp_path: Path) -> None:
     path = script_and_save(TwoLayer(), tmp_path / "two.pt")
     with open_source(str(path)) as src:
+        assert src.modules is not None
         assert [m.type for m in src.modules] == ["TwoLayer", "Linear", "ReLU", "Linear"]
         assert {t.name for t in src.tensors if t.kind == "buffer"} == {"scale", "cache"}
     path = script_and_save(Tied(), tmp_path / "tied.pt")
@@ -170,6 +174,7 @@ def test_traced_model_opens_too(tmp_path: Path, bn_model: WithBatchNorm) -> None
         torch.jit.save(traced, str(tmp_path / "traced.pt"))
     with open_source(str(tmp_path / "traced.pt")) as src:
         assert src.format == "torchscript"
+        assert src.modules is not None
         assert [m.type for m in src.modules] == ["WithBatchNorm", "Conv2d", "BatchNorm2d", "Linear"]
 
 

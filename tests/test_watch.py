@@ -386,6 +386,7 @@ def test_planted_nan_stops_at_its_step_with_module_op_and_line(tmp_path: Path) -
     assert isinstance(err, ModinspectError)
     assert ran[-1] == 7 and err.step == 7
     o = err.origin
+    assert o is not None
     assert (o.module, o.type, o.phase, o.cause, o.op, o.source, o.code) == (
         "1",
         "LogAct",
@@ -529,6 +530,7 @@ def test_backward_nan_with_optimizer_steps_is_traced_on_the_weights_before_the_u
             opt.zero_grad()
     assert info.value.step == 4 and w.steps == 4
     o = info.value.origin
+    assert o is not None
     assert (o.module, o.phase, o.cause, o.op) == ("bad", "backward", "produced", "aten::mul")
     assert not opt._optimizer_step_post_hooks
     records = read_log(tmp_path / "b.jsonl")[1:]
@@ -583,6 +585,7 @@ def test_backward_only_nan_raises_before_the_optimizer_applies_it(how: str, opti
             after[step] = [p.detach().clone() for p in model.parameters()]
     assert info.value.step == 7 and max(after) == 6 and w.steps == 7
     o = info.value.origin
+    assert o is not None
     assert (o.module, o.phase, o.cause) == ("bad", "backward", "produced")
     for p, want in zip(model.parameters(), after[6], strict=True):
         assert torch.isfinite(p).all()
@@ -727,7 +730,8 @@ def test_log_mode_sentinel_names_the_first_bad_step_without_reading_a_flag(
         "rank": None,
     }
     assert w.report().nonfinite_step == 3
-    assert w.report().nonfinite_origin.detail == "a NaN/Inf gradient or loss at step 3"
+    origin = w.report().nonfinite_origin
+    assert origin is not None and origin.detail == "a NaN/Inf gradient or loss at step 3"
 
 
 # ---------------------------------------------------------------- hygiene
@@ -931,6 +935,7 @@ def test_learning_rate_blow_up_is_explained_with_the_lr_and_the_update_ratio_of_
     assert float(head.split(" by ")[1][:-1]) == pytest.approx(
         ratios[tensor], rel=5e-3
     )  # printed with 3 digits
+    assert info.value.origin is not None
     assert tail == f"`{info.value.origin.module}` produced the first NaN/Inf"
     assert str(info.value).endswith(f"; before it, {explanation}")
     record = read_log(log)[1]
@@ -999,6 +1004,7 @@ def test_saved_batch_and_weights_reproduce_the_origin_with_stats_input(tmp_path:
             opt.step()
             opt.zero_grad()
     o = info.value.origin
+    assert o is not None
     assert info.value.step == 4 and (o.module, o.op, o.phase) == ("1", "aten::mul", "forward")
     weights = tmp_path / "bad.weights.safetensors"
     from safetensors.torch import load_file
