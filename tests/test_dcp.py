@@ -21,7 +21,7 @@ from modinspect.sources.dcp import DcpSource
 dcp = pytest.importorskip("torch.distributed.checkpoint")
 
 
-class SplitPlanner(dcp.DefaultSavePlanner):  # type: ignore[misc, name-defined]
+class SplitPlanner(dcp.DefaultSavePlanner):  # type: ignore[misc, name-defined]  # importorskip's module is Any to mypy
     """Saves the tensors named in `splits` as several chunks along one dimension, as a sharded save does.
 
     One process cannot shard a DTensor, but the chunk layout DCP writes for one (a ChunkStorageMetadata per

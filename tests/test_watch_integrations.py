@@ -114,7 +114,7 @@ def test_lightning_callback_steps_per_batch_and_ignores_validation(tmp_path: Pat
     pl = pytest.importorskip("lightning.pytorch")
     from modinspect.integrations.lightning import WatchCallback
 
-    class Lit(pl.LightningModule):  # type: ignore[misc, name-defined]
+    class Lit(pl.LightningModule):  # type: ignore[misc, name-defined]  # importorskip's module is Any to mypy
         def __init__(self) -> None:
             super().__init__()
             torch.manual_seed(0)

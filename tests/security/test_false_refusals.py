@@ -226,7 +226,7 @@ def test_lightning_checkpoints_show_their_hyper_parameters(tmp_path: Path) -> No
     lightning = pytest.importorskip("lightning")
     omegaconf = pytest.importorskip("omegaconf")
 
-    class Lit(lightning.LightningModule):  # type: ignore[misc, name-defined]
+    class Lit(lightning.LightningModule):  # type: ignore[misc, name-defined]  # importorskip's module is Any to mypy
         def __init__(self, cfg: object) -> None:
             super().__init__()
             self.save_hyperparameters(cfg)
@@ -282,7 +282,7 @@ def test_a_standin_never_imports_its_module(tmp_path: Path) -> None:
     )
     sys.path.insert(0, str(tmp_path))
     try:
-        import sideeffect  # type: ignore[import-not-found]
+        import sideeffect  # type: ignore[import-not-found]  # written by this test
 
         cfg = sideeffect.Config()
         cfg.__dict__["path"] = str(tmp_path / "SETSTATE")
