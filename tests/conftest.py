@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner, Result
 
 from modinspect.cli.app import app
+from modinspect.sources import Source
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"
@@ -28,6 +30,12 @@ def _plain_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
+
+
+def live(source: Source) -> Any:
+    """The source's live nn.Module, typed Any: a test reaches into its own model's attributes."""
+    assert source.module is not None, f"{source.label} has no live module"
+    return source.module
 
 
 def invoke(*args: str | Path, cwd: Path | None = None) -> Result:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import invoke
+from conftest import invoke, live
 from modinspect.run.source import open_source
 
 NETS = textwrap.dedent(
@@ -32,7 +32,7 @@ def test_state_dict_names_leave_out_non_persistent_buffers(tmp_path: Path) -> No
     (tmp_path / "nets.py").write_text(NETS)
     src = open_source("nets.py:Rotary", base=tmp_path)
     assert (
-        src.state_dict_names() == list(src.module.state_dict()) == ["scale", "fc.weight", "fc.bias"]
+        src.state_dict_names() == list(live(src).state_dict()) == ["scale", "fc.weight", "fc.bias"]
     )
     assert set(src.names()) == {
         "scale",
@@ -46,7 +46,7 @@ def test_state_dict_names_leave_out_non_persistent_buffers(tmp_path: Path) -> No
 def test_diff_of_an_entry_point_against_its_own_state_dict_is_identical(tmp_path: Path) -> None:
     (tmp_path / "nets.py").write_text(NETS)
     src = open_source("nets.py:Rotary", base=tmp_path)
-    torch.save(src.module.state_dict(), tmp_path / "ckpt.pt")
+    torch.save(live(src).state_dict(), tmp_path / "ckpt.pt")
     result = invoke("diff", "nets.py:Rotary", "ckpt.pt", "--json", cwd=tmp_path)
     doc = json.loads(result.stdout)
     assert (result.exit_code, doc["only_in_a"], doc["only_in_b"]) == (0, [], [])

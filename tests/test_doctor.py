@@ -89,7 +89,9 @@ def test_unused_parameter_is_classified() -> None:
         )
     frozen = next(n for n in NEAR_MISSES if n.case == "unused-parameter/frozen")
     assert frozen.example_input is not None
-    report = modinspect.doctor(frozen.build(), frozen.example_input())
+    model = frozen.build()
+    assert isinstance(model, torch.nn.Module)
+    report = modinspect.doctor(model, frozen.example_input())
     assert {(f.where.key, f.detail) for f in report.findings} == {
         ("aux.weight", "frozen"),
         ("aux.bias", "frozen"),

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import live
 from models import Tied, TwoLayer
 from modinspect.errors import EntryPointError, UsageError, WeightsMismatchError
 from modinspect.run.source import open_source
@@ -135,7 +136,7 @@ def test_file_entry_point_kinds(project: Path, name: str, training: bool) -> Non
         assert src.info("fc1.weight").requires_grad is True
         assert src.info("scale").persistent is True
         assert src.notes == [] and src.warnings == []
-        assert torch.equal(src.read_tensor("fc2.bias"), src.module.fc2.bias.detach())
+        assert torch.equal(src.read_tensor("fc2.bias"), live(src).fc2.bias.detach())
 
 
 def test_file_entry_point_in_a_subdirectory_imports_its_neighbours(tmp_path: Path) -> None:
@@ -186,7 +187,7 @@ def test_installed_module_entry_point(tmp_path: Path) -> None:
 
 def test_meta_builds_on_meta_device_and_keeps_ties(project: Path) -> None:
     with open_source("mymodels.py:build_tied", base=project, meta=True) as src:
-        assert all(p.device.type == "meta" for p in src.module.parameters())
+        assert all(p.device.type == "meta" for p in live(src).parameters())
         assert src.notes == ["built on the meta device: no tensor data"]
         embed, head = src.info("embed.weight"), src.info("head.weight")
         assert embed.storage is not None and embed.storage == head.storage
@@ -204,7 +205,7 @@ def test_meta_untied_tensors_do_not_share_storage(project: Path) -> None:
 def test_meta_with_a_prebuilt_instance_says_so(project: Path) -> None:
     with open_source("mymodels.py:instance", base=project, meta=True) as src:
         # An instance was built on import: --meta cannot apply, and the notes must not claim it did.
-        assert all(p.device.type == "cpu" for p in src.module.parameters())
+        assert all(p.device.type == "cpu" for p in live(src).parameters())
         assert src.notes == [
             "--meta has no effect: mymodels.py:instance is a model already built with its data"
         ]
@@ -214,7 +215,7 @@ def test_meta_with_weights_checks_without_loading(project: Path) -> None:
     ckpt = project / "w.pt"
     torch.save({"embed.weight": torch.ones(20, 6)}, ckpt)
     with open_source("mymodels.py:build_tied", base=project, meta=True, weights=str(ckpt)) as src:
-        assert src.module.embed.weight.device.type == "meta"
+        assert live(src).embed.weight.device.type == "meta"
         assert (
             src.notes[-1] == f"weights from {ckpt} checked against the model, not loaded (--meta)"
         )
@@ -246,7 +247,7 @@ def test_weights_load_strictly(project: Path) -> None:
     with open_source("mymodels.py:build", base=project, weights=str(project / "ckpt.pt")) as src:
         for name, t in sd.items():
             assert torch.equal(src.read_tensor(name), t), name
-        assert torch.equal(src.module.fc1.weight.detach(), sd["fc1.weight"])
+        assert torch.equal(live(src).fc1.weight.detach(), sd["fc1.weight"])
         assert src.notes == [f"weights: 5 tensors loaded from {project / 'ckpt.pt'}"]
         assert src.warnings == []
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from conftest import invoke
+from conftest import invoke, live
 from modinspect import build_tree, open_source
 from modinspect.sources.layout_hints import LEGACY_LAYOUT
 
@@ -61,7 +61,7 @@ def test_gpt2_dir_has_real_classes_order_and_the_tied_head(tmp_path: Path) -> No
     assert "lm_head.weight" not in stored  # what the tree must add back
     with open_source(str(tmp_path / "gpt2")) as src:
         assert src.format == "hf-safetensors"
-        assert src.module is not None and src.module.lm_head.weight.device.type == "meta"
+        assert src.module is not None and live(src).lm_head.weight.device.type == "meta"
         report = build_tree(src)
         assert report.root.row.type == "GPT2LMHeadModel"
         assert [c.row.name for c in report.root.children] == [n for n, _ in model.named_children()]
@@ -115,9 +115,9 @@ def test_bert_dir_tree_and_diff_against_its_own_weights(tmp_path: Path) -> None:
 def test_stats_and_load_take_the_dir_as_a_model(tmp_path: Path) -> None:
     model = _gpt2(tmp_path / "gpt2")
     with open_source(str(tmp_path / "gpt2"), model_weights="pretrained") as src:
-        assert src.module.transformer.wte.weight.device.type == "cpu"
+        assert live(src).transformer.wte.weight.device.type == "cpu"
         for name, t in model.state_dict().items():
-            assert torch.equal(src.module.state_dict()[name], t), name
+            assert torch.equal(live(src).state_dict()[name], t), name
     stats = invoke(
         "stats", str(tmp_path / "gpt2"), "--input-shape", "2,8", "--json", "--no-backward"
     )
@@ -191,7 +191,7 @@ def test_legacy_layout_is_named_on_load(tmp_path: Path, kind: str) -> None:
     # from_pretrained does convert it: the dir as a pretrained MODEL has the file's values under the new names.
     with open_source(str(tmp_path / kind), model_weights="pretrained") as src:
         if kind == "vit":
-            got = src.module.layers[0].attention.k_proj.bias
+            got = live(src).layers[0].attention.k_proj.bias
             assert torch.equal(got, model.layers[0].attention.k_proj.bias)
 
 

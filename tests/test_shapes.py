@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import REPO, SAMPLES, Golden, invoke
+from conftest import REPO, SAMPLES, Golden, invoke, live
 from models import CalledTwice, ResNet18, SmallCNN, Tied
 from modinspect.reports import ShapesReport
 from modinspect.run.shapes import extra_reprs, measure_shapes, meta_copy
@@ -247,7 +247,7 @@ def test_the_forward_runs_on_meta_and_leaves_the_model_alone() -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     copy = meta_copy(model)
     assert all(p.device.type == "meta" for p in copy.parameters())
-    assert copy.head.weight is copy.embed.weight  # still tied
+    assert copy.get_parameter("head.weight") is copy.get_parameter("embed.weight")  # still tied
     _shapes(model, torch.randint(0, 50, (2, 5)))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.device.type == "cpu" for p in model.parameters())
@@ -602,7 +602,7 @@ def test_library_api_attaches_shapes_to_a_tree() -> None:
     assert report.shapes is not None and report.shapes.get("classifier") is not None
     assert (
         report.shapes.totals.macs
-        == modinspect.measure_shapes(src.module, ((torch.zeros(2, 3, 8, 8),), {})).totals.macs
+        == modinspect.measure_shapes(live(src), ((torch.zeros(2, 3, 8, 8),), {})).totals.macs
     )
     assert dict(report.extra_reprs)["classifier"] == "in_features=16, out_features=10, bias=True"
 
