@@ -12,6 +12,7 @@ The Python API mirrors the CLI and never prints::
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from modinspect.version import __version__
@@ -34,6 +35,8 @@ __all__ = [
     "read_run_log",
     "run_load",
     "run_stats",
+    "show",
+    "to_json",
     "watch",
 ]
 
@@ -72,6 +75,53 @@ _LAZY = {
     "ModinspectError": "modinspect.errors",
     "NonFiniteError": "modinspect.errors",  # what watch(on_nonfinite="raise") raises at the first NaN/Inf
 }
+
+
+def show(report: object, *, width: int | None = None, json: bool = False) -> None:
+    """Print a report as the CLI does: its console view (rich, in a notebook too), or its JSON document.
+
+    Args:
+        report: what a command returns: a TreeReport, DiffReport, LoadReport, StatsReport, RunReport or
+            DoctorReport.
+        width: columns to fit; default the terminal's (200 off a terminal, as the CLI's).
+        json: print the `--json` document instead.
+
+    Example:
+        >>> modinspect.show(modinspect.build_tree(modinspect.open_source("model.safetensors")))
+    """
+    from modinspect.render.registry import emit
+
+    emit(report, json, width=width)
+
+
+def to_json(report: object) -> dict[str, Any]:
+    """The report's JSON document: what the CLI's `--json` prints, as a dict.
+
+    Args:
+        report: what a command returns (see `show`).
+
+    Returns:
+        The document: `schema_version`, `modinspect_version`, then the report's fields.
+
+    Example:
+        >>> modinspect.to_json(report)["totals"]["params"]
+    """
+    from modinspect.render.registry import to_json as document
+
+    return document(report)
+
+
+def _register_ipython() -> None:
+    """In a running IPython or Jupyter shell, reports display as their console view."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    if shell is not None and hasattr(shell, "display_formatter"):
+        from modinspect.render.registry import register_ipython
+
+        register_ipython(shell)
+
+
+_register_ipython()
 
 
 def __getattr__(name: str) -> Any:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 import modinspect.cli.output as commands
 from modinspect.errors import UsageError
 from modinspect.version import __version__
+
+if TYPE_CHECKING:
+    from modinspect.reports import RunReport
 
 app = typer.Typer(
     name="modinspect",
@@ -267,7 +270,7 @@ def tree(
                 from modinspect.commands.stats import project_defaults
 
                 report = add_layers(report, src, spec, project_defaults(source) if wanted else None)
-        commands.print_report(report, as_json, "tree")
+        commands.emit(report, as_json)
 
 
 PrefixOpt = Annotated[
@@ -488,7 +491,7 @@ def load(
                 report = run_load(request, announce=commands.note, warn=commands.warn)
         except MismatchedShapesError as exc:
             blocked, report = exc, exc.report
-        commands.print_report(report, as_json, "load")
+        commands.emit(report, as_json)
         if blocked is not None:
             raise blocked
         code = 1 if report.strict_failed else 0
@@ -651,7 +654,7 @@ def stats(
         with counter as advance:
             report = run.run(progress=advance)
         if writer:
-            commands.print_report(report, as_json, "stats", layout)
+            commands.emit(report, as_json, layout)
         code = 1 if report.nonfinite_found or any(report.has(f) for f in findings) else 0
     raise typer.Exit(code)
 
@@ -733,26 +736,16 @@ def report(
         for note in run.notes:
             commands.note(note)
         if html is not None:
-            from modinspect.render.html import run_html
-
-            page = run_html(run, histogram_steps(run, chosen))
-            atomic_write(html, lambda tmp: _write_text(tmp, page), force=force, inputs=[log])
-        if as_json:
-            from modinspect.render.jsonout import dumps, run_document
-
-            print(dumps(run_document(run)))
-        elif html is not None:
+            shown = histogram_steps(run, chosen)
+            atomic_write(html, lambda tmp: _write_html(tmp, run, shown), force=force, inputs=[log])
+        if as_json or html is None:
+            commands.emit(run, as_json, commands.table_layout(wide, columns))
+        else:
             from modinspect.render.text import visible
 
             print(
                 f"wrote {visible(str(html))}: {len(run.modules)} modules × {len(run.steps)} steps"
             )
-        else:
-            from modinspect.render.console import make_console, run_renderable
-
-            layout = commands.table_layout(wide, columns)
-            console = make_console(width=commands.WIDE if wide else None)
-            console.print(run_renderable(run, console.width, layout))
 
 
 def _log_size(option: str | None) -> int:
@@ -767,8 +760,9 @@ def _log_size(option: str | None) -> int:
         raise UsageError(f"--max-log-size {option!r} is not a size like 512M or 2G") from None
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.write_text(text, encoding="utf-8")
+def _write_html(path: Path, run: RunReport, steps: tuple[int, ...]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        commands.emit(run, False, form="html", file=f, steps=steps)
 
 
 def _parse_steps(steps: str | None) -> tuple[int, ...] | None:
@@ -911,13 +905,7 @@ def doctor(
         )
         with commands.spinner("examining the model…"):
             report = run_doctor(request, announce=commands.note)
-        if sarif:
-            from modinspect.render.jsonout import dumps
-            from modinspect.render.sarif import sarif_document
-
-            print(dumps(sarif_document(report)))
-        else:
-            commands.print_report(report, as_json, "doctor")
+        commands.emit(report, as_json, form="sarif" if sarif else None)
         code = exit_code(report, fail_on)
     raise typer.Exit(code)
 

@@ -1,0 +1,236 @@
+"""Report dataclasses -> JSON-ready dicts, generated from their fields with one explicit table per report.
+
+Every field of every dataclass a report holds is in its document under its own name, unless the report's
+table says otherwise, by name: `rename` (another key), `exclude` (left out, with the reason), `convert`
+(another JSON shape: pairs as objects, a list of names), `inline` (a nested record's keys spliced in place),
+`add` (a key that is not a field: a property, a value looked up in the report), `after` (key order, which
+is API: today's documents fix it). Values: tuples become lists, non-finite floats null (JSON has no NaN),
+nested dataclasses their own documents. `tests/test_emit.py` walks every dataclass a registered report can
+hold and fails on a field that is neither in its document nor excluded by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any, Generic, TypeVar
+
+R = TypeVar("R")
+
+Getter = Callable[[Any, "Walk"], Any]
+
+
+@dataclass(frozen=True)
+class Doc:
+    """How one dataclass becomes a JSON object. Keys not named here: its fields, in their order."""
+
+    rename: Mapping[str, str] = field(default_factory=dict)  # field -> key
+    exclude: Mapping[str, str] = field(
+        default_factory=dict
+    )  # field -> why the document leaves it out
+    convert: Mapping[str, Callable[[Any], Any]] = field(
+        default_factory=dict
+    )  # field -> its value in another shape
+    inline: tuple[str, ...] = ()  # fields holding a record whose keys are spliced in at its place
+    add: Mapping[str, Getter] = field(
+        default_factory=dict
+    )  # key -> its value from (the object, the walk)
+    after: Mapping[str, str] = field(
+        default_factory=dict
+    )  # key -> the key it follows ("" first), applied in order
+    items: Mapping[str, Doc] = field(
+        default_factory=dict
+    )  # key -> the Doc of the records it holds, where not their type's
+
+
+def finite(value: float | None) -> float | None:
+    """JSON has no NaN/Infinity: non-finite floats become null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def pairs(first: str, second: str) -> Callable[[Any], list[dict[str, Any]]]:
+    """A tuple of (x, y) pairs as a list of {first: x, second: y} objects."""
+    return lambda items: [{first: a, second: b} for a, b in items]
+
+
+class Walk:
+    """One document being built: the report at its root, and tables looked up in it once."""
+
+    __slots__ = ("_schema", "_tables", "root")
+
+    def __init__(self, schema: Schema[Any], root: Any) -> None:
+        self._schema = schema
+        self._tables: dict[str, dict[Any, Any]] = {}
+        self.root = root
+
+    def lookup(self, name: str) -> dict[Any, Any]:
+        """The root's field `name`, a tuple of (key, value) pairs, as a dict (built once per document)."""
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = dict(getattr(self.root, name))
+        return table
+
+    def value(self, value: Any, doc: Doc | None = None) -> Any:
+        """Any field value as JSON: records through their Doc (`doc`, else their type's)."""
+        kind = type(value)
+        if value is None or kind is str or kind is int or kind is bool:
+            return value
+        if kind is float:
+            return value if math.isfinite(value) else None
+        if kind is tuple or kind is list:
+            return [self.value(v, doc) for v in value]
+        if kind is dict:
+            return {k: self.value(v, doc) for k, v in value.items()}
+        if dataclasses.is_dataclass(value):
+            return self.record(value, doc)
+        raise TypeError(f"no JSON for a {kind.__name__} in a {type(self.root).__name__}")
+
+    def record(self, obj: Any, doc: Doc | None = None) -> dict[str, Any]:
+        steps = self._schema.steps(type(obj), doc)
+        return {key: get(obj, self) for key, get in steps}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _scalar(hint: Any) -> bool:
+    """Whether a field's values are already JSON as they are: str, int, bool, None, a Literal of those."""
+    if hint in (str, int, bool, type(None)):
+        return True
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return all(_scalar(a) for a in typing.get_args(hint))
+    return False
+
+
+def _floaty(hint: Any) -> bool:
+    """float or float | None: through finite()."""
+    args = set(typing.get_args(hint)) if typing.get_origin(hint) is types.UnionType else {hint}
+    return float in args and args <= {float, type(None)}
+
+
+class Schema(Generic[R]):
+    """One report type's document: the envelope, then its fields as its table of Docs says."""
+
+    def __init__(
+        self,
+        report: type[R],
+        docs: Mapping[type, Doc],
+        head: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.report = report
+        self.docs = docs
+        self.head = head
+        self._steps: dict[tuple[type, int], list[tuple[str, Getter]]] = {}
+
+    def document(self, report: R, empty: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The document; keys in `empty` (tree's modules and tensors, written record by record) as []."""
+        walk = Walk(self, report)
+        body = {
+            key: [] if key in empty else get(report, walk)
+            for key, get in self.steps(self.report, None)
+        }
+        return {**self.head(), **body}
+
+    def doc(self, cls: type, doc: Doc | None = None) -> Doc:
+        return doc if doc is not None else self.docs.get(cls, _DEFAULT)
+
+    def steps(self, cls: type, doc: Doc | None) -> list[tuple[str, Getter]]:
+        """(key, getter) for each key of `cls`'s document, in order; built once per type and Doc."""
+        cache_key = (cls, id(doc))
+        found = self._steps.get(cache_key)
+        if found is None:
+            found = self._steps[cache_key] = self._build(cls, self.doc(cls, doc), None)
+        return found
+
+    def _build(
+        self, cls: type, doc: Doc, holder: Callable[[Any], Any] | None
+    ) -> list[tuple[str, Getter]]:
+        """The steps of `cls`'s keys; `holder` reaches an inlined record from the object they are given."""
+        hints = _hints(cls)
+        out: list[tuple[str, Getter]] = []
+        for f in dataclasses.fields(cls):
+            name = f.name
+            if name in doc.exclude:
+                continue
+            get = _reach(holder, name)
+            if name in doc.inline:
+                out += self._build(hints[name], self.doc(hints[name]), get)
+                continue
+            key = doc.rename.get(name, name)
+            out.append((key, _getter(get, hints[name], doc.convert.get(name), doc.items.get(key))))
+        for key, add in doc.add.items():
+            out.append((key, _added(add, holder, doc.items.get(key))))
+        return _ordered(out, doc.after)
+
+
+def _reach(holder: Callable[[Any], Any] | None, name: str) -> Callable[[Any], Any]:
+    get = attrgetter(name)
+    if holder is None:
+        return get
+    return lambda o: get(holder(o))
+
+
+def _getter(
+    get: Callable[[Any], Any],
+    hint: Any,
+    convert: Callable[[Any], Any] | None,
+    item_doc: Doc | None,
+) -> Getter:
+    if convert is not None:
+        return lambda o, w: w.value(convert(get(o)), item_doc)
+    if _scalar(hint):
+        return lambda o, w: get(o)
+    if _floaty(hint):
+        return lambda o, w: finite(get(o))
+    return lambda o, w: w.value(get(o), item_doc)
+
+
+def _added(add: Getter, holder: Callable[[Any], Any] | None, item_doc: Doc | None) -> Getter:
+    if holder is None:
+        return lambda o, w: w.value(add(o, w), item_doc)
+    return lambda o, w: w.value(add(holder(o), w), item_doc)
+
+
+def _ordered(steps: list[tuple[str, Getter]], after: Mapping[str, str]) -> list[tuple[str, Getter]]:
+    for key, anchor in after.items():
+        keys = [k for k, _ in steps]
+        if key not in keys or (anchor and anchor not in keys):
+            raise KeyError(f"after={{{key!r}: {anchor!r}}} names a key the document does not have")
+        step = steps.pop(keys.index(key))
+        steps.insert([k for k, _ in steps].index(anchor) + 1 if anchor else 0, step)
+    return steps
+
+
+_DEFAULT = Doc()
+
+
+def fields_of(schema: Schema[Any]) -> dict[type, Doc]:
+    """Every dataclass the schema's report can hold (through its fields' types), with the Doc it goes by."""
+    seen: dict[type, Doc] = {}
+    todo: list[type] = [schema.report]
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen[cls] = schema.doc(cls)
+        for hint in _hints(cls).values():
+            todo += [
+                t for t in _leaf_types(hint) if isinstance(t, type) and dataclasses.is_dataclass(t)
+            ]
+    return seen
+
+
+def _leaf_types(hint: Any) -> list[Any]:
+    args = typing.get_args(hint)
+    if not args:
+        return [hint]
+    return [t for a in args if a is not Ellipsis for t in _leaf_types(a)]
