@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import re
 from pathlib import Path
@@ -24,14 +25,23 @@ def _api_examples() -> list[str]:
     return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
 
 
+def _printed(code: str) -> list[str]:
+    """What an example prints: each print's trailing comment; under a `modinspect.show(` line, its `#` lines."""
+    lines = code.splitlines()
+    out = []
+    for at, line in enumerate(lines):
+        if "print(" in line and "# " in line.split("print(", 1)[1]:
+            out.append(line.split("# ", 1)[1].strip())
+        elif line.startswith("modinspect.show("):
+            shown = itertools.takewhile(lambda s: s.startswith("#"), lines[at + 1 :])
+            out += [s.removeprefix("#").removeprefix(" ") for s in shown]
+    return out
+
+
 @pytest.mark.parametrize("index", range(len(_api_examples())))
 def test_readme_examples_print_what_their_comments_say(index: int) -> None:
     code = _api_examples()[index]
-    expected = [
-        line.split("# ", 1)[1].strip()
-        for line in code.splitlines()
-        if "print(" in line and "# " in line.split("print(", 1)[1]
-    ]
+    expected = _printed(code)
     out = io.StringIO()
     old = Path.cwd()
     os.chdir(REPO)

@@ -87,7 +87,19 @@ def show(report: object, *, width: int | None = None, json: bool = False) -> Non
         json: print the `--json` document instead.
 
     Example:
-        >>> modinspect.show(modinspect.build_tree(modinspect.open_source("model.safetensors")))
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
+        >>> modinspect.show(modinspect.build_tree(modinspect.open_source(model)), width=60)
+        Sequential  (module, training mode)
+        Sequential  40 params  160 B
+        ├── 0  Linear  40 params  160 B
+        │   ├── weight  [8, 4]  float32  128 B
+        │   └── bias  [8]  float32  32 B
+        └── 1  ReLU
+        <BLANKLINE>
+        Parameters     40  trainable 40 · frozen 0
+        Buffers         0  persistent 0 · non-persistent 0
+        Size        160 B  160 bytes in 2 tensors
+        By dtype       40  float32 · 160 B
     """
     from modinspect.render.registry import emit
 
@@ -104,7 +116,10 @@ def to_json(report: object) -> dict[str, Any]:
         The document: `schema_version`, `modinspect_version`, then the report's fields.
 
     Example:
-        >>> modinspect.to_json(report)["totals"]["params"]
+        >>> with modinspect.open_source("sample_models/tiny_lm.safetensors") as src:
+        ...     document = modinspect.to_json(modinspect.build_tree(src))
+        >>> document["schema_version"], document["totals"]["params"], document["tied"]
+        (2, 16032, [['embed.weight', 'lm_head.weight']])
     """
     from modinspect.render.registry import to_json as document
 
