@@ -26,25 +26,25 @@ Getter = Callable[[Any, "Walk"], Any]
 
 @dataclass(frozen=True)
 class Doc:
-    """How one dataclass becomes a JSON object. Keys not named here: its fields, in their order."""
+    """How one dataclass becomes a JSON object. Keys not named here: its fields, in their order.
 
-    rename: Mapping[str, str] = field(default_factory=dict)  # field -> key
-    exclude: Mapping[str, str] = field(
-        default_factory=dict
-    )  # field -> why the document leaves it out
-    convert: Mapping[str, Callable[[Any], Any]] = field(
-        default_factory=dict
-    )  # field -> its value in another shape
-    inline: tuple[str, ...] = ()  # fields holding a record whose keys are spliced in at its place
-    add: Mapping[str, Getter] = field(
-        default_factory=dict
-    )  # key -> its value from (the object, the walk)
-    after: Mapping[str, str] = field(
-        default_factory=dict
-    )  # key -> the key it follows ("" first), applied in order
-    items: Mapping[str, Doc] = field(
-        default_factory=dict
-    )  # key -> the Doc of the records it holds, where not their type's
+    Attributes:
+        rename: field -> its key.
+        exclude: field -> why the document leaves it out.
+        convert: field -> a function giving its value another shape (pairs as objects, names only).
+        inline: fields holding a record whose keys are spliced in at the field's place.
+        add: key -> a function of (the object, the walk) giving a value that is not a field.
+        after: key -> the key it follows ("" for first), applied in order: the order is API.
+        items: key -> the Doc of the records it holds, where not their type's.
+    """
+
+    rename: Mapping[str, str] = field(default_factory=dict)
+    exclude: Mapping[str, str] = field(default_factory=dict)
+    convert: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    inline: tuple[str, ...] = ()
+    add: Mapping[str, Getter] = field(default_factory=dict)
+    after: Mapping[str, str] = field(default_factory=dict)
+    items: Mapping[str, Doc] = field(default_factory=dict)
 
 
 def finite(value: float | None) -> float | None:
@@ -83,10 +83,8 @@ class Walk:
             return value if math.isfinite(value) else None
         if kind is tuple or kind is list:
             first = type(value[0]) if value else None
-            if first is not None and dataclasses.is_dataclass(
-                first
-            ):  # records: one encoder for all
-                encode = self._schema.encoder(first, doc)
+            if first is not None and dataclasses.is_dataclass(first):
+                encode = self._schema.encoder(first, doc)  # a list of records: one lookup
                 if all(type(v) is first for v in value):
                     return [encode(v, self) for v in value]
             return [self.value(v, doc) for v in value]

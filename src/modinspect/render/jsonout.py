@@ -13,7 +13,6 @@ from typing import Any
 
 from modinspect.render.jsondoc import Doc, Schema, pairs
 from modinspect.reports import (
-    BadStep,
     DiffReport,
     DtypeTotal,
     LoadPlan,
@@ -173,7 +172,6 @@ RUN: Schema[RunReport] = Schema(
     {
         RunReport: Doc(rename={"times": "time"}),
         ModuleSeries: Doc(after={"histograms": "flags"}),
-        BadStep: Doc(),
     },
     _envelope,
 )
