@@ -146,6 +146,14 @@ def to_json(report: object) -> dict[str, Any]:
     return entry_for(report).document(report)
 
 
+def form_text(report: object, form: str, **options: Any) -> str:
+    """Another output of the report, as text: `sarif` (doctor), `html` (a watch log's page; `steps`)."""
+    entry = entry_for(report)
+    if form not in entry.forms:
+        raise ValueError(f"a {type(report).__name__} has no {form!r} output")
+    return entry.forms[form](report, **options)
+
+
 def emit(
     report: object,
     as_json: bool = False,
@@ -163,12 +171,8 @@ def emit(
     """
     entry = entry_for(report)
     stream = file if file is not None else sys.stdout
-    if form is not None:
-        if form not in entry.forms:
-            raise ValueError(f"a {type(report).__name__} has no {form!r} output")
-        stream.write(
-            entry.forms[form](report, **options)
-        )  # the text as it is: a page ends as it ends
+    if form is not None:  # written as it is: the SARIF log ends in a newline, the page as it ends
+        stream.write(form_text(report, form, **options))
     elif as_json:
         print(entry.text(report, stream.isatty()), file=stream)
     else:
