@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, TypeVar
 
 from modinspect.render.jsondoc import Doc, Schema, pairs
 from modinspect.reports import (
@@ -37,6 +37,8 @@ SCHEMA_VERSION = (
     2  # 2: tree's tensors and by_dtype gained bits_per_weight; diff's pairs a note, and bytewise
 )
 DOCTOR_SCHEMA = "modinspect.doctor/1"
+
+R = TypeVar("R")
 
 
 def _envelope() -> dict[str, Any]:
@@ -223,7 +225,16 @@ def doctor_document(report: DoctorReport) -> dict[str, Any]:
     return DOCTOR.document(report)
 
 
-SCHEMAS: tuple[Schema[Any], ...] = (TREE, STATS, DIFF, LOAD, RUN, DOCTOR)
+TABLES: dict[type, Schema[Any]] = {s.report: s for s in (TREE, STATS, DIFF, LOAD, RUN, DOCTOR)}
+_PLAIN: dict[type, Schema[Any]] = {}
+
+
+def schema_of(report_type: type[R]) -> Schema[R]:
+    """The report type's table above; a report without one is the envelope, then its fields as they are."""
+    found = TABLES.get(report_type) or _PLAIN.get(report_type)
+    if found is None:
+        found = _PLAIN[report_type] = Schema(report_type, {}, _envelope)
+    return found
 
 
 _COMPACT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))

@@ -21,7 +21,6 @@ from modinspect.reports.doctor import DoctorReport
 if TYPE_CHECKING:
     from rich.console import Console  # noqa: TID251 (a type only: rich is imported by render.console)
 
-    from modinspect.render.jsondoc import Schema
 
 R = TypeVar("R")
 
@@ -30,10 +29,12 @@ WIDE = 100_000  # --wide: no line is wrapped or fitted to the terminal
 
 @dataclass(frozen=True)
 class Entry(Generic[R]):
-    """One report type's outputs: the command that returns it, its JSON schema, its console view."""
+    """One report type's outputs: the command that returns it, its console view, and other outputs.
+
+    Its JSON document is render.jsonout's table for the type, or without one its fields as they are.
+    """
 
     command: str
-    schema: Callable[[], Schema[R]]  # render.jsonout's table for it (imported when asked)
     view: Callable[[R, Console, TableLayout | None], None]
     json_text: Callable[[R, bool | None], str] | None = None  # a faster writer of the same document
     forms: Mapping[str, Callable[..., str]] = field(
@@ -41,7 +42,9 @@ class Entry(Generic[R]):
     )  # other outputs: name -> text
 
     def document(self, report: R) -> dict[str, Any]:
-        return self.schema().document(report)
+        from modinspect.render.jsonout import schema_of
+
+        return schema_of(type(report)).document(report)
 
     def text(self, report: R, pretty: bool | None) -> str:
         """The JSON document as text: one line, or (`pretty`; None asks stdout) one record a line."""
@@ -94,15 +97,6 @@ def _doctor_view(report: DoctorReport, out: Console, _layout: TableLayout | None
 # ------------------------------------------------------------------ the JSON side
 
 
-def _schema(name: str) -> Callable[[], Schema[Any]]:
-    def get() -> Schema[Any]:
-        from modinspect.render import jsonout
-
-        return getattr(jsonout, name)  # type: ignore[no-any-return]
-
-    return get
-
-
 def _tree_json(report: TreeReport, pretty: bool | None) -> str:
     from modinspect.render.jsonout import tree_json
 
@@ -123,12 +117,12 @@ def _html(report: RunReport, steps: tuple[int, ...] = ()) -> str:
 
 
 REGISTRY: dict[type, Entry[Any]] = {
-    TreeReport: Entry("tree", _schema("TREE"), _tree_view, json_text=_tree_json),
-    StatsReport: Entry("stats", _schema("STATS"), _stats_view),
-    DiffReport: Entry("diff", _schema("DIFF"), _diff_view),
-    LoadReport: Entry("load", _schema("LOAD"), _load_view),
-    RunReport: Entry("report", _schema("RUN"), _run_view, forms={"html": _html}),
-    DoctorReport: Entry("doctor", _schema("DOCTOR"), _doctor_view, forms={"sarif": _sarif}),
+    TreeReport: Entry("tree", _tree_view, json_text=_tree_json),
+    StatsReport: Entry("stats", _stats_view),
+    DiffReport: Entry("diff", _diff_view),
+    LoadReport: Entry("load", _load_view),
+    RunReport: Entry("report", _run_view, forms={"html": _html}),
+    DoctorReport: Entry("doctor", _doctor_view, forms={"sarif": _sarif}),
 }
 
 
