@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from modinspect.commands.load import perform_load, run_load
     from modinspect.commands.stats import run_stats
     from modinspect.errors import ModinspectError, NonFiniteError
+    from modinspect.render.registry import show, to_json
     from modinspect.reports.doctor import DoctorReport, Finding
     from modinspect.run.doctor import doctor
     from modinspect.run.shapes import add_layers, measure_shapes
@@ -74,56 +75,9 @@ _LAZY = {
     "watch": "modinspect.watching.watch",
     "ModinspectError": "modinspect.errors",
     "NonFiniteError": "modinspect.errors",  # what watch(on_nonfinite="raise") raises at the first NaN/Inf
+    "show": "modinspect.render.registry",  # any report, as the CLI prints it
+    "to_json": "modinspect.render.registry",  # any report's --json document
 }
-
-
-def show(report: object, *, width: int | None = None, json: bool = False) -> None:
-    """Print a report as the CLI does: its console view (rich, in a notebook too), or its JSON document.
-
-    Args:
-        report: what a command returns: a TreeReport, DiffReport, LoadReport, StatsReport, RunReport or
-            DoctorReport.
-        width: columns to fit; default the terminal's (200 off a terminal, as the CLI's).
-        json: print the `--json` document instead.
-
-    Example:
-        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
-        >>> modinspect.show(modinspect.build_tree(modinspect.open_source(model)), width=60)
-        Sequential  (module, training mode)
-        Sequential  40 params  160 B
-        ├── 0  Linear  40 params  160 B
-        │   ├── weight  [8, 4]  float32  128 B
-        │   └── bias  [8]  float32  32 B
-        └── 1  ReLU
-        <BLANKLINE>
-        Parameters     40  trainable 40 · frozen 0
-        Buffers         0  persistent 0 · non-persistent 0
-        Size        160 B  160 bytes in 2 tensors
-        By dtype       40  float32 · 160 B
-    """
-    from modinspect.render.registry import emit
-
-    emit(report, json, width=width)
-
-
-def to_json(report: object) -> dict[str, Any]:
-    """The report's JSON document: what the CLI's `--json` prints, as a dict.
-
-    Args:
-        report: what a command returns (see `show`).
-
-    Returns:
-        The document: `schema_version`, `modinspect_version`, then the report's fields.
-
-    Example:
-        >>> with modinspect.open_source("sample_models/tiny_lm.safetensors") as src:
-        ...     document = modinspect.to_json(modinspect.build_tree(src))
-        >>> document["schema_version"], document["totals"]["params"], document["tied"]
-        (2, 16032, [['embed.weight', 'lm_head.weight']])
-    """
-    from modinspect.render.registry import to_json as document
-
-    return document(report)
 
 
 def _register_ipython() -> None:

@@ -136,8 +136,54 @@ def entry_for(report: object) -> Entry[Any]:
 
 
 def to_json(report: object) -> dict[str, Any]:
-    """The report's JSON document, as the CLI's --json prints it (a dict of JSON values)."""
+    """The report's JSON document: what the CLI's `--json` prints, as a dict.
+
+    Args:
+        report: what a command returns: a TreeReport, DiffReport, LoadReport, StatsReport, RunReport or
+            DoctorReport.
+
+    Returns:
+        The document: `schema_version`, `modinspect_version`, then the report's fields.
+
+    Raises:
+        TypeError: `report` is not one of those.
+
+    Example:
+        >>> with modinspect.open_source("sample_models/tiny_lm.safetensors") as src:
+        ...     document = modinspect.to_json(modinspect.build_tree(src))
+        >>> document["schema_version"], document["totals"]["params"], document["tied"]
+        (2, 16032, [['embed.weight', 'lm_head.weight']])
+    """
     return entry_for(report).document(report)
+
+
+def show(report: object, *, width: int | None = None, json: bool = False) -> None:
+    """Print a report as the CLI does: its console view (rich, in a notebook too), or its JSON document.
+
+    Args:
+        report: what a command returns (see `to_json`).
+        width: columns to fit; default the terminal's (200 off a terminal, as the CLI's).
+        json: print the `--json` document instead.
+
+    Raises:
+        TypeError: `report` is not a report modinspect renders.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
+        >>> modinspect.show(modinspect.build_tree(modinspect.open_source(model)), width=60)
+        Sequential  (module, training mode)
+        Sequential  40 params  160 B
+        ├── 0  Linear  40 params  160 B
+        │   ├── weight  [8, 4]  float32  128 B
+        │   └── bias  [8]  float32  32 B
+        └── 1  ReLU
+        <BLANKLINE>
+        Parameters     40  trainable 40 · frozen 0
+        Buffers         0  persistent 0 · non-persistent 0
+        Size        160 B  160 bytes in 2 tensors
+        By dtype       40  float32 · 160 B
+    """
+    emit(report, json, width=width)
 
 
 def form_text(report: object, form: str, **options: Any) -> str:
