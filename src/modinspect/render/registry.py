@@ -4,7 +4,7 @@ A command's report goes out through `emit(report, as_json)`: the CLI's commands,
 `modinspect.to_json`, and the IPython display hook all look the report's type up here, so a report cannot
 print one way and serialise another. Other outputs a report has (doctor's SARIF, a watch log's HTML page)
 are named forms of the same entry. rich, the JSON writers and the HTML writer are imported on first use,
-so `--json` never imports rich.
+so `--json` never imports rich. A report's JSON document is generated from its fields (render.jsonout).
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ class Entry(Generic[R]):
 
     command: str
     view: Callable[[R, Console, TableLayout | None], None]
-    json_text: Callable[[R, bool | None], str] | None = None  # a faster writer of the same document
-    forms: Mapping[str, Callable[..., str]] = field(
-        default_factory=dict
-    )  # other outputs: name -> text
+    # A faster writer of the same JSON text (tree: its module and tensor lists record by record).
+    json_text: Callable[[R, bool | None], str] | None = None
+    # Other outputs, by name -> the text: doctor's "sarif", a watch log's "html" page.
+    forms: Mapping[str, Callable[..., str]] = field(default_factory=dict)
 
     def document(self, report: R) -> dict[str, Any]:
         from modinspect.render.jsonout import schema_of
