@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import re
 from pathlib import Path
@@ -32,13 +33,22 @@ def _api_examples() -> list[tuple[str, str]]:
 EXAMPLES = _api_examples()
 
 
+def _printed(code: str) -> list[str]:
+    """What an example prints: each print's trailing comment; under a `modinspect.show(` line, its `#` lines."""
+    lines = code.splitlines()
+    out = []
+    for at, line in enumerate(lines):
+        if "print(" in line and "# " in line.split("print(", 1)[1]:
+            out.append(line.split("# ", 1)[1].strip())
+        elif line.startswith("modinspect.show("):
+            shown = itertools.takewhile(lambda s: s.startswith("#"), lines[at + 1 :])
+            out += [s.removeprefix("#").removeprefix(" ") for s in shown]
+    return out
+
+
 @pytest.mark.parametrize(("where", "code"), EXAMPLES, ids=[where for where, _ in EXAMPLES])
 def test_readme_examples_print_what_their_comments_say(where: str, code: str) -> None:
-    expected = [
-        line.split("# ", 1)[1].strip()
-        for line in code.splitlines()
-        if "print(" in line and "# " in line.split("print(", 1)[1]
-    ]
+    expected = _printed(code)
     out = io.StringIO()
     old = Path.cwd()
     os.chdir(REPO)

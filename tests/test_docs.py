@@ -81,14 +81,14 @@ CITED = [
     ("run/collector.py", "_reduce_fast"),
     ("run/collector.py", "_reduce"),
     ("run/reductions.py", "merge_call"),
-    ("render/jsonout.py", "stats_document"),
+    ("render/registry.py", "emit"),
     ("render/console/stats_view.py", "STATS_COLUMNS"),
     ("analysis/doctor_checks.py", "checkpoint_findings"),
     ("run/doctor.py", "static_findings"),
     ("run/doctor.py", "run_checks"),
     ("reports/doctor.py", "CATALOG"),
-    ("cli/output.py", "print_report"),
-    ("cli/output.py", "WIDTH_AWARE"),
+    ("render/registry.py", "REGISTRY"),
+    ("render/jsonout.py", "STATS"),
 ]
 
 

@@ -14,6 +14,7 @@ Every name in `__all__` is imported on first use, so `import modinspect` imports
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from modinspect.version import __version__
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
         WeightsMismatchError,
     )
     from modinspect.names import KeyMap
+    from modinspect.render.registry import show, to_json
     from modinspect.reports import (
         DiffReport,
         LoadPlan,
@@ -94,6 +96,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "modinspect.commands.report": ("run_report", "ReportRequest"),
     "modinspect.run.doctor": ("doctor",),
     "modinspect.commands.doctor": ("run_doctor", "DoctorRequest"),
+    # any report as the CLI prints it (show) and its --json document (to_json)
+    "modinspect.render.registry": ("show", "to_json"),
     # what the functions take
     "modinspect.sources.base": ("Source", "TensorInfo", "ModuleInfo"),
     "modinspect.run.collector": ("StatsOptions",),
@@ -193,8 +197,23 @@ __all__ = [
     "run_report",
     "run_stats",
     "run_tree",
+    "show",
+    "to_json",
     "watch",
 ]
+
+
+def _register_ipython() -> None:
+    """In a running IPython or Jupyter shell, reports display as their console view."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    if shell is not None and hasattr(shell, "display_formatter"):
+        from modinspect.render.registry import register_ipython
+
+        register_ipython(shell)
+
+
+_register_ipython()
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-import modinspect.cli.output as commands
+from modinspect.cli import output
 from modinspect.errors import UsageError
 from modinspect.version import __version__
 
@@ -131,7 +131,7 @@ ColumnsOpt = Annotated[
 @contextlib.contextmanager
 def user_errors(debug: bool) -> Iterator[None]:
     """ModinspectError -> one line on stderr and exit 2; anything else is a bug, shown in full under --debug."""
-    with commands.user_errors(debug or _state["debug"], typer.Exit, passthrough=(typer.Exit,)):
+    with output.user_errors(debug or _state["debug"], typer.Exit, passthrough=(typer.Exit,)):
         yield
 
 
@@ -241,7 +241,7 @@ def tree(
             meta=meta,
             strict=strict,
             unsafe_pickle=unsafe_pickle,
-            **commands.gate_options(allow_global, max_pickle_size, max_layers),
+            **output.gate_options(allow_global, max_pickle_size, max_layers),
             depth=depth,
             pattern=pattern,
             expand=expand,
@@ -250,10 +250,8 @@ def tree(
             input_shapes=tuple(parse_shape(s) for s in input_shape or ()),
             input_dtype=input_dtype,
         )
-        report = run_tree(
-            request, announce=commands.note, warn=commands.warn, phase=commands.spinner
-        )
-        commands.print_report(report, as_json, "tree")
+        report = run_tree(request, announce=output.note, warn=output.warn, phase=output.spinner)
+        output.emit(report, as_json)
 
 
 PrefixOpt = Annotated[
@@ -343,8 +341,8 @@ def diff(
     """
     code = 0
     with user_errors(debug):
-        code = commands.run_diff(
-            commands.DiffArgs(
+        code = output.run_diff(
+            output.DiffArgs(
                 a=a,
                 b=b,
                 weights_a=weights_a,
@@ -454,7 +452,7 @@ def load(
             include=tuple(include or ()),
             exclude=tuple(exclude or ()),
         )
-        gate = commands.gate_options(allow_global, max_pickle_size, max_layers)
+        gate = output.gate_options(allow_global, max_pickle_size, max_layers)
         request = LoadRequest(
             checkpoint=ckpt_spec,
             model=model_spec,
@@ -470,11 +468,11 @@ def load(
         )
         blocked: MismatchedShapesError | None = None
         try:
-            with commands.spinner("loading…"):
-                report = run_load(request, announce=commands.note, warn=commands.warn)
+            with output.spinner("loading…"):
+                report = run_load(request, announce=output.note, warn=output.warn)
         except MismatchedShapesError as exc:
             blocked, report = exc, exc.report
-        commands.print_report(report, as_json, "load")
+        output.emit(report, as_json)
         if blocked is not None:
             raise blocked
         code = 1 if report.strict_failed else 0
@@ -493,7 +491,7 @@ def _note_one_argument_load(checkpoint: str) -> None:
             f"load takes MODEL CHECKPOINT; with only {checkpoint}, MODEL would come from [tool.modinspect], and "
             "there is none here: pass both, e.g. modinspect load models.py:build " + checkpoint
         ) from None
-    commands.note(
+    output.note(
         f"load takes MODEL CHECKPOINT; {checkpoint} is the CHECKPOINT, MODEL comes from [tool.modinspect]"
     )
 
@@ -596,7 +594,7 @@ def stats(
         from modinspect.run.inputs import parse_shape
 
         findings = _findings(fail_on)
-        gate = commands.gate_options(allow_global, max_pickle_size, max_layers)
+        gate = output.gate_options(allow_global, max_pickle_size, max_layers)
         request = StatsRequest(
             source=source,
             weights=weights,
@@ -617,27 +615,27 @@ def stats(
             loss=loss,
             pattern=pattern,
         )
-        layout = commands.table_layout(wide, columns)
+        layout = output.table_layout(wide, columns)
         if (
             layout is not None and layout.columns is not None
         ):  # an unknown column fails before the model runs
             from modinspect.render.console import STATS_COLUMNS, choose_columns
 
             choose_columns(list(STATS_COLUMNS), layout.columns)
-        with commands.spinner("building the model…"):
-            run = prepare_stats(request, announce=commands.note)
+        with output.spinner("building the model…"):
+            run = prepare_stats(request, announce=output.note)
         writer = (
             run.ranks.writer
         )  # under torchrun, rank 0 prints; every rank exits with the same code
         if writer:
-            commands.warn(run.warnings)
+            output.warn(run.warnings)
         from modinspect.render.console import batch_progress
 
         counter = batch_progress(batches, run.device) if writer else contextlib.nullcontext(None)
         with counter as advance:
             report = run.run(progress=advance)
         if writer:
-            commands.print_report(report, as_json, "stats", layout)
+            output.emit(report, as_json, layout)
         code = 1 if report.nonfinite_found or any(report.has(f) for f in findings) else 0
     raise typer.Exit(code)
 
@@ -716,23 +714,15 @@ def report(
             force=force,
             max_log_size=_log_size(max_log_size),
         )
-        run = run_report(request, announce=commands.note, html_page=_html_page)
-        if as_json:
-            from modinspect.render.jsonout import dumps, run_document
-
-            print(dumps(run_document(run)))
-        elif html is not None:
+        run = run_report(request, announce=output.note, html_page=_html_page)
+        if as_json or html is None:
+            output.emit(run, as_json, output.table_layout(wide, columns))
+        else:
             from modinspect.render.text import visible
 
             print(
                 f"wrote {visible(str(html))}: {len(run.modules)} modules × {len(run.steps)} steps"
             )
-        else:
-            from modinspect.render.console import make_console, run_renderable
-
-            layout = commands.table_layout(wide, columns)
-            console = make_console(width=commands.WIDE if wide else None)
-            console.print(run_renderable(run, console.width, layout))
 
 
 def _log_size(option: str | None) -> int | None:
@@ -747,10 +737,10 @@ def _log_size(option: str | None) -> int | None:
 
 
 def _html_page(run: RunReport, steps: tuple[int, ...]) -> str:
-    """render.html's page, imported only when --html asks for one."""
-    from modinspect.render.html import run_html
+    """The run's HTML page (render.registry's `html` form), rendered only when --html asks for one."""
+    from modinspect.render.registry import form_text
 
-    return run_html(run, steps)
+    return form_text(run, "html", steps=steps)
 
 
 def _parse_steps(steps: str | None) -> tuple[int, ...] | None:
@@ -873,7 +863,7 @@ def doctor(
             raise UsageError("--json and --sarif are two outputs: pick one")
         if fail_on not in ("warning", "error"):
             raise UsageError(f"--fail-on {fail_on!r} is not warning or error")
-        gate = commands.gate_options(allow_global, max_pickle_size)
+        gate = output.gate_options(allow_global, max_pickle_size)
         request = DoctorRequest(
             source=source,
             weights=weights,
@@ -891,15 +881,9 @@ def doctor(
             expect=parse_expect(expect or ()),
             budget_s=budget,
         )
-        with commands.spinner("examining the model…"):
-            report = run_doctor(request, announce=commands.note)
-        if sarif:
-            from modinspect.render.jsonout import dumps
-            from modinspect.render.sarif import sarif_document
-
-            print(dumps(sarif_document(report)))
-        else:
-            commands.print_report(report, as_json, "doctor")
+        with output.spinner("examining the model…"):
+            report = run_doctor(request, announce=output.note)
+        output.emit(report, as_json, form="sarif" if sarif else None)
         code = exit_code(report, fail_on)
     raise typer.Exit(code)
 

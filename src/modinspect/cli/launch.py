@@ -3,7 +3,7 @@
 `diff` is a diff(1)-like tool that scripts call on every checkpoint they write; comparing two identical files
 takes a fraction of a second, and importing typer, pydantic and rich to parse its arguments took a third
 of that. So a diff invocation whose every argument is one of diff's own options, spelled plainly, is parsed
-here and run by the same `commands.run_diff` the Typer command calls; anything else (another command,
+here and run by the same `output.run_diff` the Typer command calls; anything else (another command,
 --help, --debug, `--`, an unknown or malformed option, a value Typer would refuse) goes to the Typer app,
 which parses it, and explains what is wrong, as always.
 """
@@ -15,7 +15,7 @@ import math
 import sys
 from typing import Any
 
-import modinspect.cli.output as commands
+from modinspect.cli import output
 
 _FLAGS = {
     "--json": "as_json",
@@ -41,7 +41,7 @@ _REPEATED = {
 _TOLERANCES = ("atol", "rtol")
 
 
-def parse_diff(argv: list[str]) -> commands.DiffArgs | None:
+def parse_diff(argv: list[str]) -> output.DiffArgs | None:
     """`diff A B [options]` as DiffArgs, or None where the Typer app should parse it."""
     if not argv or argv[0] != "diff":
         return None
@@ -78,7 +78,7 @@ def parse_diff(argv: list[str]) -> commands.DiffArgs | None:
                 return None  # Typer's message says what is wrong
             fields[key] = number
     fields.update((k, tuple(v)) for k, v in repeated.items())
-    return commands.DiffArgs(positional[0], positional[1], **fields)
+    return output.DiffArgs(positional[0], positional[1], **fields)
 
 
 def main() -> None:
@@ -88,8 +88,8 @@ def main() -> None:
 
         typer_main()
         return
-    with commands.user_errors(False, SystemExit):
-        code = commands.run_diff(args)
+    with output.user_errors(False, SystemExit):
+        code = output.run_diff(args)
     # All that is left is the interpreter's exit, whose collections walk every object still tracked (torch's
     # modules, after a diff that needed arithmetic: about 0.3 s on this machine); frozen ones are skipped.
     gc.freeze()

@@ -117,10 +117,6 @@ def note(line: str) -> None:
     print(f"note: {visible(line)}", file=sys.stderr)
 
 
-WIDTH_AWARE = ("tree", "stats", "diff", "load")
-WIDE = 100_000  # --wide: no line is wrapped or fitted to the terminal
-
-
 def table_layout(wide: bool, columns: str | None) -> TableLayout | None:
     """--wide and --columns as the renderers take them (None: the default, fitted to the terminal)."""
     if not wide and columns is None:
@@ -131,33 +127,15 @@ def table_layout(wide: bool, columns: str | None) -> TableLayout | None:
     return TableLayout(wide=wide, columns=picked)
 
 
-def print_report(report: Any, as_json: bool, kind: str, layout: TableLayout | None = None) -> None:
-    """One report, as JSON or as the rich view: `kind` names both renderers (tree, diff, load, stats).
+def emit(report: object, as_json: bool, layout: TableLayout | None = None, **options: Any) -> None:
+    """render.registry.emit: the report as its console view or its JSON document (imported when needed).
 
-    `layout` (stats, diff): --wide writes lines as long as their content; --columns picks the table's columns.
+    `layout` (stats, diff, report): --wide writes lines as long as their content; --columns picks the
+    table's columns. `options`: another output of the report (`form="sarif"`, `form="html"`).
     """
-    if as_json:
-        from modinspect.render import jsonout
+    from modinspect.render.registry import emit as emit_report
 
-        # tree writes its module and tensor lists record by record: 100k tensors would be 170k dicts
-        print(
-            jsonout.tree_json(report)
-            if kind == "tree"
-            else jsonout.dumps(getattr(jsonout, f"{kind}_document")(report))
-        )
-    else:
-        from modinspect.render import console
-
-        out = console.make_console(width=WIDE if layout is not None and layout.wide else None)
-        if kind == "tree":  # 100k-tensor trees: written as plain text where no styles are wanted
-            console.print_tree(out, report)
-            return
-        renderable = getattr(console, f"{kind}_renderable")
-        # Every table renderer takes the width it must fit (render.console.fit_table).
-        if layout is not None:
-            out.print(renderable(report, out.width, layout=layout))
-        else:
-            out.print(renderable(report, out.width) if kind in WIDTH_AWARE else renderable(report))
+    emit_report(report, as_json, layout=layout, **options)
 
 
 @dataclass(frozen=True)
@@ -220,6 +198,6 @@ def run_diff(args: DiffArgs) -> int:
         **gate_options(list(args.allow_global), args.max_pickle_size, args.max_layers),
     )
     report = diff_command(request, warn=warn, phase=spinner, progress=_progress_bar)
-    print_report(report, args.as_json, "diff", table_layout(args.wide, args.columns))
+    emit(report, args.as_json, table_layout(args.wide, args.columns))
     sys.stdout.flush()  # a closed pipe shows here, inside user_errors, not at exit
     return 1 if report.differs else 0

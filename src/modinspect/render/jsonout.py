@@ -1,28 +1,44 @@
-"""Reports -> the stable JSON documents users script against. Field names are API: keep them."""
+"""Reports -> the stable JSON documents users script against. Field names and their order are API: keep them.
+
+Each document is generated from the report's dataclass fields (render.jsondoc); the one table per report
+below names every departure from the fields: a rename, a field left out and why, another shape, an added
+key, the order. `tests/test_emit.py` fails on a field that is neither in a document nor excluded by name.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 import sys
-from typing import Any
+from typing import Any, TypeVar
 
+from modinspect.render.jsondoc import Doc, Schema, pairs
 from modinspect.reports import (
     DiffReport,
+    DtypeTotal,
+    LoadPlan,
     LoadReport,
+    ModuleRow,
+    ModuleSeries,
+    ModuleShapes,
+    ModuleStats,
     NonfiniteOrigin,
     RunReport,
     ShapesReport,
+    ShapesTotals,
     StatsReport,
     TensorDiff,
+    TensorRow,
     TreeReport,
 )
-from modinspect.reports.doctor import DoctorReport
+from modinspect.reports.doctor import DoctorReport, Finding, Location
 from modinspect.version import __version__
 
 SCHEMA_VERSION = (
     2  # 2: tree's tensors and by_dtype gained bits_per_weight; diff's pairs a note, and bytewise
 )
+DOCTOR_SCHEMA = "modinspect.doctor/1"
+
+R = TypeVar("R")
 
 
 def _envelope() -> dict[str, Any]:
@@ -30,116 +46,195 @@ def _envelope() -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "modinspect_version": __version__}
 
 
+def _bits(record: Any, _walk: Any) -> float | None:
+    return record.bits_per_weight  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------ tree
+TREE: Schema[TreeReport] = Schema(
+    TreeReport,
+    {
+        TreeReport: Doc(
+            exclude={
+                "root": "the displayed tree: `modules` holds its rows, flat",
+                "extra_reprs": "each module's is its `extra_repr`",
+            },
+            convert={"other_entries": pairs("name", "summary"), "metadata": dict},
+            after={
+                "state_dict_key": "training",
+                "filter": "state_dict_key",
+                "by_scheme": "by_dtype",
+                "shapes": "would_call",
+            },
+            items={
+                "by_scheme": Doc(
+                    rename={"dtype": "scheme", "elements": "params"}, add={"bits_per_weight": _bits}
+                )
+            },
+        ),
+        DtypeTotal: Doc(add={"bits_per_weight": _bits}),
+        ModuleRow: Doc(
+            exclude={
+                "parent_training": "the console's eval-under-train marker; `training` is the module's"
+            },
+            add={"extra_repr": lambda m, walk: walk.lookup("extra_reprs").get(m.name)},
+            after={"extra_repr": "training"},
+        ),
+        TensorRow: Doc(
+            rename={"nbytes": "bytes"},
+            add={"bits_per_weight": _bits},
+            after={"kind": "dtype", "bits_per_weight": "bytes"},
+        ),
+        ShapesReport: Doc(after={"totals": "training"}),
+        ShapesTotals: Doc(add={"macs": lambda t, _w: t.macs}),
+        ModuleShapes: Doc(add={"macs": lambda m, _w: m.macs}, after={"macs": "flops"}),
+    },
+    _envelope,
+)
+
+# ------------------------------------------------------------------ stats
+STATS: Schema[StatsReport] = Schema(
+    StatsReport,
+    {
+        StatsReport: Doc(
+            after={"backward_origin": "nonfinite_origin", "diagnoses": "nonfinite_found"},
+        ),
+        ModuleStats: Doc(after={"histogram_edges": "histogram"}),
+        NonfiniteOrigin: Doc(
+            exclude={
+                "caller": "watch's (the user's line that called the model): stats calls it itself",
+                "caller_code": "watch's, as `caller`",
+            }
+        ),
+    },
+    _envelope,
+)
+
+# ------------------------------------------------------------------ diff
+DIFF: Schema[DiffReport] = Schema(
+    DiffReport,
+    {
+        DiffReport: Doc(
+            rename={"rollup": "modules"},
+            convert={"aliased": pairs("name", "via")},
+            add={"differs": lambda r, _w: r.differs},
+            after={"differs": "format_b", "module_status": "modules"},
+        ),
+        TensorDiff: Doc(exclude={"status": "the list it is in says it: `changed` or `close`"}),
+    },
+    _envelope,
+)
+
+
+# ------------------------------------------------------------------ load
+def _names(records: Any) -> list[str]:
+    return [r.name for r in records]
+
+
+def _renamed(sources: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
+    return [{"model": a, "checkpoint": b} for a, b in sources if a != b]
+
+
+LOAD: Schema[LoadReport] = Schema(
+    LoadReport,
+    {
+        LoadReport: Doc(
+            inline=("plan",),
+            exclude={"cast_errors": "each cast key's is its `cast_dtypes` entry's `max_abs_error`"},
+            after={"strict_ok": "strict", "skip_mismatched": "strict_ok"},
+        ),
+        LoadPlan: Doc(
+            rename={"sources": "renamed"},
+            convert={"mismatched": _names, "cast": _names, "sources": _renamed},
+            add={
+                "strict_ok": lambda p, _w: p.strict_ok,
+                "mismatched_shapes": lambda p, _w: p.mismatched,
+                "cast_dtypes": lambda p, _w: p.cast,
+            },
+            after={
+                "mismatched": "unexpected",
+                "cast": "mismatched",
+                "mismatched_shapes": "tied",
+                "cast_dtypes": "mismatched_shapes",
+            },
+            items={
+                "tied": Doc(rename={"target": "via"}),
+                "cast_dtypes": Doc(
+                    add={"max_abs_error": lambda m, walk: walk.lookup("cast_errors").get(m.name)}
+                ),
+            },
+        ),
+    },
+    _envelope,
+)
+
+# ------------------------------------------------------------------ report (a watch log)
+RUN: Schema[RunReport] = Schema(
+    RunReport,
+    {
+        RunReport: Doc(rename={"times": "time"}),
+        ModuleSeries: Doc(after={"histograms": "flags"}),
+    },
+    _envelope,
+)
+
+
+# ------------------------------------------------------------------ doctor
+DOCTOR: Schema[DoctorReport] = Schema(
+    DoctorReport,
+    {
+        DoctorReport: Doc(
+            convert={"context": lambda v: v or None, "inputs": lambda v: v or None},
+            add={
+                "schema": lambda _r, _w: DOCTOR_SCHEMA,
+                "counts": lambda r, _w: {s: r.count(s) for s in ("error", "warning", "info")},
+            },
+            after={"schema": "", "counts": "inputs"},
+        ),
+        Finding: Doc(inline=("where",)),
+        Location: Doc(add={"key": lambda loc, _w: loc.key}),
+    },
+    _envelope,
+)
+
+
 def tree_document(report: TreeReport, rows: bool = True) -> dict[str, Any]:
     """The tree as a JSON-ready dict; `rows=False` leaves the modules and tensors lists empty."""
-    t = report.totals
-    reprs = dict(report.extra_reprs)
-    return {
-        **_envelope(),
-        "source": report.source,
-        "format": report.format,
-        "module_known": report.module_known,
-        "training": report.training,
-        "state_dict_key": report.state_dict_key,
-        "filter": report.filter,
-        "totals": {
-            "params": t.params,
-            "trainable": t.trainable,
-            "frozen": t.frozen,
-            "buffers": t.buffers,
-            "persistent_buffers": t.persistent_buffers,
-            "non_persistent_buffers": t.non_persistent_buffers,
-            "bytes": t.bytes,
-            "tensors": t.tensors,
-        },
-        "by_dtype": [
-            {
-                "dtype": d.dtype,
-                "elements": d.elements,
-                "bytes": d.bytes,
-                "bits_per_weight": d.bits_per_weight,
-            }
-            for d in report.by_dtype
-        ],
-        "by_scheme": [
-            {
-                "scheme": d.dtype,
-                "params": d.elements,
-                "bytes": d.bytes,
-                "bits_per_weight": d.bits_per_weight,
-            }
-            for d in report.by_scheme
-        ],
-        "modules": [
-            {
-                "name": m.name,
-                "type": m.type,
-                "params": m.params,
-                "bytes": m.bytes,
-                "trainable": m.trainable,
-                "training": m.training,
-                "extra_repr": reprs.get(m.name),
-                "scheme": m.scheme,
-                "bits_per_weight": m.bits_per_weight,
-            }
-            for m in (report.modules if rows else ())
-        ],
-        "tensors": [
-            {
-                "name": r.name,
-                "shape": list(r.shape),
-                "dtype": r.dtype,
-                "kind": r.kind,
-                "bytes": r.nbytes,
-                "bits_per_weight": r.bits_per_weight,
-                "requires_grad": r.requires_grad,
-                "persistent": r.persistent,
-                "alias_of": r.alias_of,
-                "scheme": r.scheme,
-                "logical_shape": None if r.logical_shape is None else list(r.logical_shape),
-            }
-            for r in (report.tensors if rows else ())
-        ],
-        "tied": [list(g) for g in report.tied],
-        "other_entries": [{"name": n, "summary": s} for n, s in report.other_entries],
-        "metadata": dict(report.metadata),
-        "notes": list(report.notes),
-        "would_call": list(report.would_call),
-        "shapes": _shapes_document(report.shapes),
-    }
+    return TREE.document(report, frozenset() if rows else frozenset({"modules", "tensors"}))
 
 
-def _shapes_document(shapes: ShapesReport | None) -> dict[str, Any] | None:
-    if shapes is None:
-        return None
-    t = shapes.totals
-    return {
-        "inputs": shapes.inputs,
-        "training": shapes.training,
-        "totals": {
-            "input_bytes": t.input_bytes,
-            "forward_bytes": t.forward_bytes,
-            "backward_bytes": t.backward_bytes,
-            "param_bytes": t.param_bytes,
-            "buffer_bytes": t.buffer_bytes,
-            "flops": t.flops,
-            "macs": t.macs,
-        },
-        "modules": [
-            {
-                "name": m.name,
-                "type": m.type,
-                "calls": m.calls,
-                "output_shapes": [list(s) for s in m.output_shapes],
-                "output_dtypes": list(m.output_dtypes),
-                "flops": m.flops,
-                "macs": m.macs,
-                "output_bytes": m.output_bytes,
-                "saved_bytes": m.saved_bytes,
-            }
-            for m in shapes.modules
-        ],
-    }
+def stats_document(report: StatsReport) -> dict[str, Any]:
+    return STATS.document(report)
+
+
+def diff_document(report: DiffReport) -> dict[str, Any]:
+    return DIFF.document(report)
+
+
+def load_document(report: LoadReport) -> dict[str, Any]:
+    return LOAD.document(report)
+
+
+def run_document(report: RunReport) -> dict[str, Any]:
+    """`modinspect report --json`: the run's series, aligned with `steps`, and the first bad step."""
+    return RUN.document(report)
+
+
+def doctor_document(report: DoctorReport) -> dict[str, Any]:
+    """The doctor report: findings flattened (where.* as module/attribute/function/file/line), counts, checks."""
+    return DOCTOR.document(report)
+
+
+TABLES: dict[type, Schema[Any]] = {s.report: s for s in (TREE, STATS, DIFF, LOAD, RUN, DOCTOR)}
+_PLAIN: dict[type, Schema[Any]] = {}
+
+
+def schema_of(report_type: type[R]) -> Schema[R]:
+    """The report type's table above; a report without one is the envelope, then its fields as they are."""
+    found = TABLES.get(report_type) or _PLAIN.get(report_type)
+    if found is None:
+        found = _PLAIN[report_type] = Schema(report_type, {}, _envelope)
+    return found
 
 
 _COMPACT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
@@ -235,291 +330,3 @@ def tree_json(report: TreeReport, pretty: bool | None = None) -> str:
     return dumps(
         document, pretty, {"modules": _module_records(report), "tensors": _tensor_records(report)}
     )
-
-
-def _num(value: float | None) -> float | None:
-    """JSON has no NaN/Infinity: non-finite floats become null."""
-    return value if value is not None and math.isfinite(value) else None
-
-
-def stats_document(report: StatsReport) -> dict[str, Any]:
-    origin = report.nonfinite_origin
-    return {
-        **_envelope(),
-        "source": report.source,
-        "device": report.device,
-        "dtype": report.dtype,
-        "mode": report.mode,
-        "batches": report.batches,
-        "backward": report.backward,
-        "loss": report.loss,
-        "inputs": report.inputs,
-        "modules": [
-            {
-                "name": m.name,
-                "type": m.type,
-                "calls": m.calls,
-                "count": m.count,
-                "mean": _num(m.mean),
-                "std": _num(m.std),
-                "min": _num(m.min),
-                "max": _num(m.max),
-                "mean_abs": _num(m.mean_abs),
-                "zero_fraction": _num(m.zero_fraction),
-                "nan": m.nan,
-                "inf": m.inf,
-                "dead_fraction": _num(m.dead_fraction),
-                "units": m.units,
-                "grad_norm": _num(m.grad_norm),
-                "grad_nan": m.grad_nan,
-                "grad_inf": m.grad_inf,
-                "param_grad_norm": _num(m.param_grad_norm),
-                "param_grad_nan": m.param_grad_nan,
-                "param_grad_inf": m.param_grad_inf,
-                "histogram": list(m.histogram),
-                "histogram_edges": [_num(e) for e in m.histogram_edges],
-                "flags": list(m.flags),
-                "input_from": m.input_from,
-            }
-            for m in report.modules
-        ],
-        "nonfinite_origin": _origin(origin),
-        "backward_origin": _origin(report.backward_origin),
-        "nonfinite_found": report.nonfinite_found,
-        "diagnoses": list(report.diagnoses),
-        "notes": list(report.notes),
-        "frozen": None
-        if report.frozen is None
-        else {
-            "params": report.frozen.params,
-            "total": report.frozen.total,
-            "tensors": report.frozen.tensors,
-            "modules": list(report.frozen.modules),
-        },
-        "would_call": list(report.would_call),
-    }
-
-
-def _origin(origin: NonfiniteOrigin | None) -> dict[str, Any] | None:
-    if origin is None:
-        return None
-    return {
-        "module": origin.module,
-        "type": origin.type,
-        "phase": origin.phase,
-        "cause": origin.cause,
-        "passed_on": list(origin.passed_on),
-        "op": origin.op,
-        "source": origin.source,
-        "code": origin.code,
-        "node": origin.node,
-        "created_at": origin.created_at,
-        "created_code": origin.created_code,
-        "tensor": origin.tensor,
-        "detail": origin.detail,
-        "rank": origin.rank,
-    }
-
-
-def _tensor_diff(d: TensorDiff) -> dict[str, Any]:
-    return {
-        "name": d.name,
-        "a_name": d.a_name,
-        "b_name": d.b_name,
-        "shape": list(d.shape),
-        "dtype_a": d.dtype_a,
-        "dtype_b": d.dtype_b,
-        "numel": d.numel,
-        "differing": d.differing,
-        "max_abs_diff": _num(d.max_abs_diff),
-        "mean_abs_diff": _num(d.mean_abs_diff),
-        "rel_l2": _num(d.rel_l2),
-        "cosine": _num(d.cosine),
-        "nan_a": d.nan_a,
-        "nan_b": d.nan_b,
-        "inf_a": d.inf_a,
-        "inf_b": d.inf_b,
-        "note": d.note,
-    }
-
-
-def diff_document(report: DiffReport) -> dict[str, Any]:
-    return {
-        **_envelope(),
-        "a": report.a,
-        "b": report.b,
-        "format_a": report.format_a,
-        "format_b": report.format_b,
-        "differs": report.differs,
-        "only_in_a": list(report.only_in_a),
-        "only_in_b": list(report.only_in_b),
-        "shape_mismatch": [{"name": m.name, "a": m.a, "b": m.b} for m in report.shape_mismatch],
-        "dtype_mismatch": [{"name": m.name, "a": m.a, "b": m.b} for m in report.dtype_mismatch],
-        "changed": [_tensor_diff(d) for d in report.changed],
-        "close": [_tensor_diff(d) for d in report.close],
-        "equal": report.equal,
-        "identical": report.identical,
-        "compared": report.compared,
-        "aliased": [{"name": n, "via": v} for n, v in report.aliased],
-        "modules": [
-            {
-                "module": r.module,
-                "tensors": r.tensors,
-                "changed": r.changed,
-                "max_abs_diff": _num(r.max_abs_diff),
-            }
-            for r in report.rollup
-        ],
-        "module_status": [
-            {"module": m.module, "status": m.status, "tensors": m.tensors}
-            for m in report.module_status
-        ],
-        "hints": list(report.hints),
-        "tolerance": report.tolerance,
-        "nan_equal": report.nan_equal,
-        "bytewise": report.bytewise,
-        "would_call_a": list(report.would_call_a),
-        "would_call_b": list(report.would_call_b),
-    }
-
-
-def load_document(report: LoadReport) -> dict[str, Any]:
-    plan = report.plan
-    return {
-        **_envelope(),
-        "model": report.model,
-        "checkpoint": report.checkpoint,
-        "loaded": list(plan.loaded),
-        "missing": list(plan.missing),
-        "unexpected": list(plan.unexpected),
-        "mismatched": [m.name for m in plan.mismatched],
-        "cast": [m.name for m in plan.cast],
-        "tied": [{"name": a.name, "via": a.target} for a in plan.tied],
-        "mismatched_shapes": [
-            {"name": m.name, "model": m.model, "checkpoint": m.checkpoint} for m in plan.mismatched
-        ],
-        "cast_dtypes": [
-            {
-                "name": m.name,
-                "model": m.model,
-                "checkpoint": m.checkpoint,
-                "max_abs_error": _num(dict(report.cast_errors).get(m.name)),
-            }
-            for m in plan.cast
-        ],
-        "renamed": [{"model": a, "checkpoint": b} for a, b in plan.sources if a != b],
-        "hints": list(plan.hints),
-        "strict": report.strict,
-        "strict_ok": plan.strict_ok,
-        "performed": report.performed,
-        "dry_run": report.dry_run,
-        "written": report.written,
-        "would_call": list(report.would_call),
-    }
-
-
-def _series(values: tuple[float | None, ...]) -> list[float | None]:
-    return [_num(v) for v in values]
-
-
-def run_document(report: RunReport) -> dict[str, Any]:
-    """`modinspect report --json`: the run's series, aligned with `steps`, and the first bad step."""
-    h, bad = report.header, report.first_bad
-    return {
-        **_envelope(),
-        "path": report.path,
-        "header": {
-            "schema": h.schema,
-            "model": h.model,
-            "every": h.every,
-            "started": h.started,
-            "device": h.device,
-            "world_size": h.world_size,
-        },
-        "steps": list(report.steps),
-        "time": list(report.times),
-        "loss": _series(report.loss),
-        "modules": [
-            {
-                "name": m.name,
-                "type": m.type,
-                "logged": list(m.logged),
-                "std": _series(m.std),
-                "mean": _series(m.mean),
-                "grad_norm": _series(m.grad_norm),
-                "dead_fraction": _series(m.dead_fraction),
-                "nonfinite": list(m.nonfinite),
-                "grad_nonfinite": list(m.grad_nonfinite),
-                "first_bad_step": m.first_bad_step,
-                "grad_norm_mean": _num(m.grad_norm_mean),
-                "grad_norm_max": _num(m.grad_norm_max),
-                "flags": list(m.flags),
-                "histograms": [
-                    {"step": g.step, "edges": list(g.edges), "counts": list(g.counts)}
-                    for g in m.histograms
-                ],
-            }
-            for m in report.modules
-        ],
-        "params": [
-            {
-                "name": p.name,
-                "norm": _series(p.norm),
-                "grad_norm": _series(p.grad_norm),
-                "update_norm": _series(p.update_norm),
-                "update_ratio": _series(p.update_ratio),
-            }
-            for p in report.params
-        ],
-        "first_bad": None
-        if bad is None
-        else {
-            "step": bad.step,
-            "module": bad.module,
-            "type": bad.type,
-            "phase": bad.phase,
-            "op": bad.op,
-            "source": bad.source,
-            "code": bad.code,
-            "cause": bad.cause,
-            "recorded": bad.recorded,
-            "affected": list(bad.affected),
-            "rank": bad.rank,
-        },
-        "truncated": report.truncated,
-        "notes": list(report.notes),
-    }
-
-
-DOCTOR_SCHEMA = "modinspect.doctor/1"
-
-
-def doctor_document(report: DoctorReport) -> dict[str, Any]:
-    """The doctor report: findings flattened (where.* as module/attribute/function/file/line), counts, checks."""
-    return {
-        **_envelope(),
-        "schema": DOCTOR_SCHEMA,
-        "source": report.source,
-        "kind": report.kind,
-        "context": report.context or None,
-        "inputs": report.inputs or None,
-        "counts": {s: report.count(s) for s in ("error", "warning", "info")},
-        "findings": [
-            {
-                "id": f.id,
-                "severity": f.severity,
-                "module": f.where.module,
-                "attribute": f.where.attribute,
-                "function": f.where.function,
-                "file": f.where.file,
-                "line": f.where.line,
-                "key": f.where.key,
-                "message": f.message,
-                "fix": f.fix,
-                "detail": f.detail,
-            }
-            for f in report.findings
-        ],
-        "checks": list(report.checks),
-        "notes": list(report.notes),
-    }

@@ -34,7 +34,15 @@ def make_console(file: IO[str] | None = None, width: int | None = None) -> Conso
     if width is None and not stream.isatty() and "COLUMNS" not in os.environ:
         width = 200
     console = Console(
-        file=stream, width=width, highlight=False, soft_wrap=False, markup=False, emoji=False
+        file=stream,
+        width=width,
+        highlight=False,
+        soft_wrap=False,
+        markup=False,
+        emoji=False,
+        force_jupyter=False
+        if file is not None
+        else None,  # a given file gets the text, in a notebook too
     )
     console.push_theme(THEME)  # the views' style names ("mi.bad"), on top of rich's own
     return console
