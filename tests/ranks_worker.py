@@ -151,6 +151,10 @@ def main(out: Path) -> None:
     )
 
     (out / f"rank{rank}.json").write_text(json.dumps(seen))
+    # Both ranks finish their collectives before either tears gloo down: a rank that exited while its peer
+    # still had a pending operation aborted with "terminate called without an active exception" (seen once in
+    # a fresh-clone CI run under load).
+    dist.barrier()
     dist.destroy_process_group()
 
 
