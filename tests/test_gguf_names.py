@@ -1,0 +1,96 @@
+"""sources/gguf_names.py against gguf-py's own TensorNameMap (what llama.cpp's convert_hf_to_gguf.py uses)."""
+
+from __future__ import annotations
+
+import gguf
+import pytest
+
+from modinspect.sources.gguf_names import ARCHITECTURES, hf_name, hf_names
+
+BLOCKS = 3
+# Mixtral converts to general.architecture = llama: gguf-py has no MIXTRAL arch.
+GGUF_ARCH = {"mixtral": "llama"}
+CORE = {
+    "llama": ["token_embd", "output", "output_norm", "blk.{}.attn_q", "blk.{}.ffn_gate"],
+    "mixtral": [
+        "blk.{}.ffn_gate_exps",
+        "blk.{}.ffn_up_exps",
+        "blk.{}.ffn_down_exps",
+        "blk.{}.ffn_gate_inp",
+    ],
+    "qwen2": ["token_embd", "output", "blk.{}.attn_k", "blk.{}.attn_v", "blk.{}.ffn_down"],
+    "gemma": [
+        "token_embd",
+        "output_norm",
+        "blk.{}.attn_norm",
+        "blk.{}.ffn_norm",
+        "blk.{}.attn_output",
+    ],
+    "phi3": ["blk.{}.attn_qkv", "blk.{}.ffn_up", "blk.{}.ffn_down", "output"],
+    "gpt2": ["token_embd", "position_embd", "blk.{}.attn_qkv", "blk.{}.ffn_up", "output_norm"],
+}
+
+
+def _arch(name: str) -> gguf.MODEL_ARCH:
+    wanted = GGUF_ARCH.get(name, name)
+    return next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == wanted)
+
+
+def _gguf_names(arch: gguf.MODEL_ARCH) -> list[str]:
+    """Every tensor name llama.cpp defines for `arch`, per block, with .weight and .bias."""
+    out = []
+    for tensor in gguf.MODEL_TENSORS[arch]:
+        fmt = gguf.TENSOR_NAMES[tensor]
+        bases = [fmt.format(bid=b) for b in range(BLOCKS)] if "{bid}" in fmt else [fmt]
+        out += [f"{base}.{suffix}" for base in bases for suffix in ("weight", "bias")]
+    return out
+
+
+def test_the_architectures_asked_for_are_supported() -> None:
+    assert set(ARCHITECTURES) >= {"llama", "qwen2", "gemma", "phi3", "gpt2", "mixtral"}
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_round_trip_through_gguf_py(name: str) -> None:
+    """For every GGUF name the table maps, gguf-py maps the HF name back to that GGUF name."""
+    arch = _arch(name)
+    tmap = gguf.get_tensor_name_map(arch, BLOCKS)
+    mapped = 0
+    for gname in _gguf_names(arch):
+        hf = hf_name(gname, name, BLOCKS)
+        if hf is None:
+            continue
+        back = tmap.get_name(hf, try_suffixes=(".weight", ".bias"))
+        assert back == gname, (name, gname, hf, back)
+        mapped += 1
+    for base in CORE[name]:  # the table knows the tensors a converted checkpoint has
+        for b in range(BLOCKS):
+            for suffix in ("weight", "bias"):
+                assert hf_name(f"{base.format(b)}.{suffix}", name, BLOCKS) is not None
+    assert mapped >= 2 * len(CORE[name])
+
+
+def test_exact_names() -> None:
+    assert hf_name("blk.1.attn_q.weight", "llama", 2) == "model.layers.1.self_attn.q_proj.weight"
+    assert hf_name("blk.0.attn_k.bias", "qwen2", 2) == "model.layers.0.self_attn.k_proj.bias"
+    assert (
+        hf_name("blk.0.ffn_up_exps.weight", "mixtral", 1)
+        == "model.layers.0.block_sparse_moe.experts.w3.weight"
+    )
+    assert hf_name("position_embd.weight", "gpt2", 1) == "transformer.wpe.weight"
+    assert hf_name("blk.0.attn_qkv.weight", "gpt2", 1) == "transformer.h.0.attn.c_attn.weight"
+    assert hf_name("blk.0.ffn_up.weight", "phi3", 1) == "model.layers.0.mlp.gate_up_proj.weight"
+
+
+def test_unmapped() -> None:
+    assert hf_name("blk.2.attn_q.weight", "llama", 2) is None  # past the last block
+    assert hf_name("blk.01.attn_q.weight", "llama", 2) is None  # not how llama.cpp writes an index
+    assert hf_name("output.weight", "gemma", 2) is None  # tied: no such tensor
+    assert hf_name("token_embd.weight", "mamba", 2) is None
+    assert hf_name("rope_freqs.weight", "llama", 2) is None
+    assert hf_name("token_embd.scales", "llama", 2) is None
+
+
+def test_hf_names_keeps_unknown_and_colliding_names() -> None:
+    names = ["token_embd.weight", "rope_freqs.weight", "model.norm.weight", "output_norm.weight"]
+    assert hf_names(names, "llama", 1) == {"token_embd.weight": "model.embed_tokens.weight"}
