@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 import gguf
 import pytest
 
+import ggufs
+from conftest import invoke
 from modinspect.sources.gguf_names import ARCHITECTURES, hf_name, hf_names
 
 BLOCKS = 3
@@ -94,3 +100,85 @@ def test_unmapped() -> None:
 def test_hf_names_keeps_unknown_and_colliding_names() -> None:
     names = ["token_embd.weight", "rope_freqs.weight", "model.norm.weight", "output_norm.weight"]
     assert hf_names(names, "llama", 1) == {"token_embd.weight": "model.embed_tokens.weight"}
+
+
+# --- `tree --hf-names` on files written by gguf-py's GGUFWriter ---------------------------------------
+
+
+def _hf_llama_shapes(blocks: int) -> dict[str, list[int]]:
+    """transformers' own LlamaForCausalLM state dict (on the meta device) for the config ggufs.llama writes."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=ggufs.VOCAB,
+        hidden_size=ggufs.EMBD,
+        intermediate_size=ggufs.FFN,
+        num_hidden_layers=blocks,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_tree_hf_names_are_transformers_names(tmp_path: Path) -> None:
+    path = ggufs.llama(tmp_path / "tiny.gguf", blocks=2)
+    renamed = invoke("tree", path, "--hf-names", "--json")
+    assert renamed.exit_code == 0, renamed.stderr
+    doc = json.loads(renamed.stdout)
+    assert {t["name"]: t["shape"] for t in doc["tensors"]} == _hf_llama_shapes(2)
+    assert doc["notes"] == []
+    plain = json.loads(invoke("tree", path, "--json").stdout)
+    assert doc["totals"] == plain["totals"]  # params, bytes and tensors unchanged by the names
+    assert doc["totals"]["params"] == sum(math.prod(s) for _n, s, _t in ggufs.llama_tensors(2))
+    assert plain["notes"] == ["--hf-names shows these tensors under Hugging Face names"]
+    assert {t["name"] for t in plain["tensors"]} == {n for n, _s, _t in ggufs.llama_tensors(2)}
+
+
+def test_hf_names_reads_map_back(tmp_path: Path) -> None:
+    """A renamed source reads the GGUF tensor the HF name came from."""
+    import torch
+
+    from modinspect.sources.gguf import GGUFSource
+    from modinspect.sources.gguf_names import with_hf_names
+
+    path = ggufs.llama(tmp_path / "tiny.gguf", blocks=2)
+    raw = GGUFSource(path)
+    src = with_hf_names(GGUFSource(path))
+    got = src.read_tensor("model.layers.1.input_layernorm.weight")
+    assert torch.equal(got, raw.read_tensor("blk.1.attn_norm.weight"))
+    chunks = list(src.iter_chunks("model.layers.0.input_layernorm.weight", 100))
+    assert torch.equal(torch.cat(chunks), raw.read_tensor("blk.0.attn_norm.weight"))
+    assert src.byte_range("model.norm.weight") == raw.byte_range("output_norm.weight")
+    assert src.ggml_type("lm_head.weight") == "BF16"
+    assert src.info("lm_head.weight").shape == raw.info("output.weight").shape
+
+
+def test_hf_names_unknown_architecture(tmp_path: Path) -> None:
+    tensors = [("token_embd.weight", (8, 32), gguf.GGMLQuantizationType.F32)]
+    path = ggufs.write(tmp_path / "m.gguf", tensors, arch="mamba")
+    result = invoke("tree", path, "--hf-names")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: --hf-names: {path} has the architecture 'mamba'; Hugging Face names are known for "
+        "gemma, gpt2, llama, mixtral, phi3, qwen2\n"
+    )
+    assert (
+        "--hf-names" not in invoke("tree", path).stdout
+    )  # no note for an architecture without a table
+
+
+def test_hf_names_refuses_other_formats(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    result = invoke("tree", path, "--hf-names")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: --hf-names applies to GGUF files; {path} is safetensors (its names are its own)\n"
+    )

@@ -109,6 +109,14 @@ JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print a JSON document instead of the rich view.")
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
+HFNamesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--hf-names",
+        help="Show a GGUF file's tensors under the Hugging Face names of the checkpoint it was "
+        "converted from (llama, mixtral, qwen2, gemma, phi3, gpt2).",
+    ),
+]
 WideOpt = Annotated[
     bool,
     typer.Option(
@@ -212,6 +220,7 @@ def tree(
             "has an nn.Embedding, else the weights' float dtype]",
         ),
     ] = None,
+    hf_names: HFNamesOpt = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -249,6 +258,7 @@ def tree(
             input_file=input_file,
             input_shapes=tuple(parse_shape(s) for s in input_shape or ()),
             input_dtype=input_dtype,
+            hf_names=hf_names,
         )
         report = run_tree(request, announce=output.note, warn=output.warn, phase=output.spinner)
         output.emit(report, as_json)

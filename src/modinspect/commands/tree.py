@@ -19,6 +19,8 @@ from modinspect.reports import TreeReport
 if TYPE_CHECKING:
     from torch import nn
 
+    from modinspect.sources.base import Source
+
 __all__ = ["TreeRequest", "run_tree"]
 
 
@@ -43,6 +45,8 @@ class TreeRequest:
         input_file: the forward's input: a .pt (weights-only) or .safetensors file.
         input_shapes: shapes of random positional inputs.
         input_dtype: the random inputs' dtype; None: int64 with an nn.Embedding, else the weights' float dtype.
+        hf_names: show a GGUF file's tensors under the Hugging Face names of the checkpoint it was
+            converted from (`--hf-names`; its general.architecture must be one of gguf_names.ARCHITECTURES).
     """
 
     source: str | Path | nn.Module | None = None
@@ -60,6 +64,7 @@ class TreeRequest:
     input_file: Path | None = None
     input_shapes: tuple[tuple[int, ...], ...] = ()
     input_dtype: str | None = None
+    hf_names: bool = False
 
     @property
     def wants_shapes(self) -> bool:
@@ -126,6 +131,7 @@ def run_tree(
             max_layers=request.max_layers,
         )
     with src:
+        src = gguf_view(src, request.hf_names)
         if warn is not None:
             warn(src.warnings)
         report = build_tree(
@@ -135,3 +141,15 @@ def run_tree(
             return add_layers(report, src, None, None)
         with phase("running the forward pass on the meta device…"):
             return add_layers(report, src, spec, project_defaults(request.source))
+
+
+def gguf_view(src: Source, hf_names: bool) -> Source:
+    """`src` under Hugging Face names with `hf_names` (a UsageError unless it is a GGUF file of a known
+    architecture); without it, a GGUF file of a known architecture gets a note saying the flag exists."""
+    from modinspect.sources.gguf_names import ARCHITECTURES, with_hf_names
+
+    if hf_names:
+        return with_hf_names(src)
+    if src.format == "gguf" and src.metadata.get("general.architecture") in ARCHITECTURES:
+        src.notes.append("--hf-names shows these tensors under Hugging Face names")
+    return src

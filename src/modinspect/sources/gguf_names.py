@@ -16,9 +16,20 @@ stored transposed.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["ARCHITECTURES", "hf_name", "hf_names"]
+from modinspect.errors import UsageError
+from modinspect.sources.base import Source
+from modinspect.sources.gguf import GGUFSource
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ARCHITECTURES", "HFNamedSource", "hf_name", "hf_names", "with_hf_names"]
 
 _LLAMA_BLOCK = {
     "attn_norm": "input_layernorm",
@@ -117,3 +128,71 @@ def hf_names(gguf_names: list[str], arch: str, n_blocks: int) -> dict[str, str]:
             out[name] = new
             taken.add(new)
     return out
+
+
+class HFNamedSource(Source):
+    """A GGUF source seen under Hugging Face names: its tensors renamed, its reads mapped back."""
+
+    def __init__(self, inner: GGUFSource, renames: dict[str, str]) -> None:
+        self.inner = inner
+        self._back = {new: old for old, new in renames.items()}
+        tensors = [
+            dataclasses.replace(t, name=renames[t.name]) if t.name in renames else t
+            for t in inner.tensors
+        ]
+        super().__init__(
+            label=inner.label,
+            format=inner.format,
+            tensors=tensors,
+            metadata=inner.metadata,
+            notes=list(inner.notes),
+            warnings=list(inner.warnings),
+        )
+
+    def _old(self, name: str) -> str:
+        return self._back.get(name, name)
+
+    def ggml_type(self, name: str) -> str:
+        """The ggml type the file stores tensor `name` (a Hugging Face name) in."""
+        return self.inner.ggml_type(self._old(name))
+
+    def _read(self, name: str) -> torch.Tensor:
+        return self.inner.read_tensor(self._old(name))
+
+    def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
+        return self.inner.iter_chunks(self._old(name), chunk_elems)
+
+    def byte_range(self, name: str) -> tuple[Path, int, int] | None:
+        return self.inner.byte_range(self._old(name))
+
+    def byte_ranges(self, names: Iterable[str]) -> list[tuple[Path, int, int] | None]:
+        return self.inner.byte_ranges(map(self._old, names))
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _block_count(src: Source, arch: str) -> int:
+    declared = src.metadata.get(f"{arch}.block_count", "")
+    if declared.isdigit():
+        return int(declared)
+    indices = [int(m.group(1)) for t in src.tensors if (m := re.match(r"blk\.(\d{1,9})\.", t.name))]
+    return max(indices, default=-1) + 1
+
+
+def with_hf_names(src: Source) -> HFNamedSource:
+    """`src` (a GGUF source) under Hugging Face names, from its `general.architecture`; a UsageError for a
+    source that is not GGUF or an architecture without a table."""
+    if not isinstance(src, GGUFSource):
+        raise UsageError(
+            f"--hf-names applies to GGUF files; {src.label} is {src.format} (its names are its own)"
+        )
+    arch = src.metadata.get("general.architecture")
+    if arch not in _TABLES:
+        said = "no general.architecture" if arch is None else f"the architecture {arch[:60]!r}"
+        raise UsageError(
+            f"--hf-names: {src.label} has {said}; Hugging Face names are known for "
+            f"{', '.join(ARCHITECTURES)}"
+        )
+    renames = hf_names(src.names(), arch, _block_count(src, arch))
+    return HFNamedSource(src, renames)
