@@ -182,3 +182,54 @@ def test_hf_names_refuses_other_formats(tmp_path: Path) -> None:
     assert result.stderr == (
         f"error: --hf-names applies to GGUF files; {path} is safetensors (its names are its own)\n"
     )
+
+
+def _f32_llama_and_its_source(tmp_path: Path) -> tuple[Path, Path]:
+    """A GGUF of float32 tensors, and a safetensors file of the same values under transformers' names, each
+    GGUF name found from the HF name by gguf-py's TensorNameMap (not by the table under test)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from modinspect.sources.gguf import GGUFSource
+
+    tensors = [(n, s, gguf.GGMLQuantizationType.F32) for n, s, _t in ggufs.llama_tensors(2)]
+    path = ggufs.write(tmp_path / "f32.gguf", tensors, "llama", ggufs.llama_kv(2))
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+    raw = GGUFSource(path)
+    hf: dict[str, torch.Tensor] = {}
+    for key in _hf_llama_shapes(2):
+        gname = tmap.get_name(key, try_suffixes=(".weight", ".bias"))
+        assert gname is not None, key
+        hf[key] = raw.read_tensor(gname).clone()
+    save_file(hf, str(tmp_path / "hf.safetensors"))
+    return path, tmp_path / "hf.safetensors"
+
+
+def test_diff_hf_names_matches_a_gguf_with_its_source(tmp_path: Path) -> None:
+    g, st = _f32_llama_and_its_source(tmp_path)
+    result = invoke("diff", g, st, "--hf-names", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["compared"] == doc["identical"] == 21
+    assert doc["only_in_a"] == doc["only_in_b"] == []
+    plain = json.loads(invoke("diff", g, st, "--json").stdout)  # without: no name in common
+    assert plain["compared"] == 0 and len(plain["only_in_a"]) == len(plain["only_in_b"]) == 21
+
+
+def test_diff_hf_names_needs_a_gguf_side(tmp_path: Path) -> None:
+    _g, st = _f32_llama_and_its_source(tmp_path)
+    result = invoke("diff", st, st, "--hf-names")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: --hf-names applies to GGUF files; neither {st} (safetensors) nor {st} (safetensors) is one\n"
+    )
+
+
+def test_diff_fast_path_parses_hf_names() -> None:
+    """cli/launch.py's Typer-free `diff` takes --hf-names as the Typer command does."""
+    from modinspect.cli.launch import parse_diff
+
+    args = parse_diff(["diff", "a.gguf", "b.safetensors", "--hf-names"])
+    assert args is not None and args.hf_names is True
+    plain = parse_diff(["diff", "a.gguf", "b.safetensors"])
+    assert plain is not None and plain.hf_names is False

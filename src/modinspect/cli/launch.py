@@ -23,6 +23,7 @@ _FLAGS = {
     "--nan-unequal": "nan_unequal",
     "--unsafe-pickle": "unsafe_pickle",
     "--wide": "wide",
+    "--hf-names": "hf_names",
 }
 _VALUES = {
     "--weights-a": "weights_a",

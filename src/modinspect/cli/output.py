@@ -158,6 +158,7 @@ class DiffArgs:
     allow_global: tuple[str, ...] = ()
     max_pickle_size: str | None = None
     max_layers: int | None = None
+    hf_names: bool = False
     as_json: bool = False
     wide: bool = False
     columns: str | None = None
@@ -196,6 +197,7 @@ def run_diff(args: DiffArgs) -> int:
         keymap=keymap,
         unsafe_pickle=args.unsafe_pickle,
         **gate_options(list(args.allow_global), args.max_pickle_size, args.max_layers),
+        hf_names=args.hf_names,
     )
     report = diff_command(request, warn=warn, phase=spinner, progress=_progress_bar)
     emit(report, args.as_json, table_layout(args.wide, args.columns))

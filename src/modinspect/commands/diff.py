@@ -10,11 +10,15 @@ DiffRequest, passes its spinner and progress bar, prints the report and exits 1 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modinspect.commands.feedback import Phase, ProgressBar, Warn, no_progress, quiet_phase
+from modinspect.errors import UsageError
 from modinspect.names import KeyMap
 from modinspect.reports import DiffReport
+
+if TYPE_CHECKING:
+    from modinspect.sources.base import Source
 
 __all__ = ["DiffRequest", "run_diff"]
 
@@ -37,6 +41,7 @@ class DiffRequest:
         allow_globals: globals a pickle may call beyond the allowlist, as `module.name`.
         max_pickle_size: the largest pickle read, in bytes (None: 256 MiB).
         max_layers: a Hugging Face config.json's layers built at most (None: 512).
+        hf_names: compare a GGUF side under the Hugging Face names of the checkpoint it was converted from.
     """
 
     a: str
@@ -52,6 +57,7 @@ class DiffRequest:
     allow_globals: tuple[str, ...] = ()
     max_pickle_size: int | None = None
     max_layers: int | None = None
+    hf_names: bool = False
 
 
 def run_diff(
@@ -104,8 +110,26 @@ def run_diff(
             src_a.close()
             raise
     with src_a, src_b:
+        if request.hf_names:
+            src_a, src_b = hf_sides(src_a, src_b)
         if warn is not None:
             warn(src_a.warnings + src_b.warnings)
         total = sum(t.nbytes for t in src_a.tensors) + sum(t.nbytes for t in src_b.tensors)
         with progress(total) as advance:
             return diff_sources(src_a, src_b, options, progress=advance)
+
+
+def hf_sides(a: Source, b: Source) -> tuple[Source, Source]:
+    """A and B with each GGUF side under Hugging Face names; a UsageError when neither is a GGUF file."""
+    from modinspect.sources.gguf import GGUFSource
+    from modinspect.sources.gguf_names import with_hf_names
+
+    if not isinstance(a, GGUFSource) and not isinstance(b, GGUFSource):
+        raise UsageError(
+            f"--hf-names applies to GGUF files; neither {a.label} ({a.format}) nor {b.label} "
+            f"({b.format}) is one"
+        )
+    return (
+        with_hf_names(a) if isinstance(a, GGUFSource) else a,
+        with_hf_names(b) if isinstance(b, GGUFSource) else b,
+    )
