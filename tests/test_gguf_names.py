@@ -233,3 +233,41 @@ def test_diff_fast_path_parses_hf_names() -> None:
     assert args is not None and args.hf_names is True
     plain = parse_diff(["diff", "a.gguf", "b.safetensors"])
     assert plain is not None and plain.hf_names is False
+
+
+def test_mixtral_merged_experts(tmp_path: Path) -> None:
+    """llama.cpp's merged experts: w1/w3 side by side are transformers' gate_up_proj, w2 its down_proj."""
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    experts, embd, ffn = 4, 32, 64
+    f32 = gguf.GGMLQuantizationType.F32
+    tensors = [
+        ("blk.0.ffn_gate_inp.weight", (experts, embd), f32),
+        ("blk.0.ffn_gate_exps.weight", (experts, ffn, embd), f32),
+        ("blk.0.ffn_up_exps.weight", (experts, ffn, embd), f32),
+        ("blk.0.ffn_down_exps.weight", (experts, embd, ffn), f32),
+    ]
+    path = ggufs.write(tmp_path / "moe.gguf", tensors, "llama", lambda w: w.add_block_count(1))
+    doc = json.loads(invoke("tree", path, "--hf-names", "--json").stdout)
+    got = {t["name"]: t["shape"] for t in doc["tensors"]}
+    prefix = "model.layers.0.block_sparse_moe."
+    assert set(got) == {
+        prefix + s
+        for s in ("gate.weight", "experts.w1.weight", "experts.w2.weight", "experts.w3.weight")
+    }
+    config = MixtralConfig(
+        vocab_size=64,
+        hidden_size=embd,
+        intermediate_size=ffn,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=experts,
+    )
+    with torch.device("meta"):
+        hf = {k: list(v.shape) for k, v in MixtralForCausalLM(config).state_dict().items()}
+    assert got[prefix + "gate.weight"] == hf["model.layers.0.mlp.gate.weight"]
+    assert got[prefix + "experts.w2.weight"] == hf["model.layers.0.mlp.experts.down_proj"]
+    w1, w3 = got[prefix + "experts.w1.weight"], got[prefix + "experts.w3.weight"]
+    assert [w1[0], w1[1] + w3[1], w1[2]] == hf["model.layers.0.mlp.experts.gate_up_proj"]

@@ -7,7 +7,9 @@ tests/test_gguf_names.py.
 
 Mixtral GGUF files say `general.architecture = llama`: llama.cpp merges each layer's experts into one
 tensor per projection (`blk.N.ffn_gate_exps`, [experts, rows, cols]), as transformers' Mixtral does on load,
-so `llama` maps those to `block_sparse_moe.experts.w1/w2/w3` without an expert index.
+so `llama` maps those to the checkpoint's `block_sparse_moe.experts.w1/w2/w3` with the expert index dropped
+(gguf-py's names for them). transformers 5 goes one step further and stacks w1 and w3 into one
+`mlp.experts.gate_up_proj` (w2 is its `mlp.experts.down_proj`), which no single GGUF tensor is.
 
 Only names are mapped. Values may still differ from the source: llama.cpp's converter permutes the rows of
 llama's q and k projections (rotary layout), adds 1 to Gemma's norm weights, and GPT-2's Conv1D weights are
