@@ -1833,6 +1833,32 @@ def gguf_block_quantised_scalar(tmp: Path) -> tuple[list[str], str]:
     ], "gives 'w' rows of 1 elements, not a multiple of Q4_K's block of 256"
 
 
+# ---------------------------------------------------------------- branch ggufnames: --hf-names
+
+
+@case
+def gguf_hf_names_markup_architecture(tmp: Path) -> tuple[list[str], str]:
+    """general.architecture is rich markup and a terminal escape, 100 KB long: quoted, cut, never styled."""
+    arch = "[bold red]x\x1b[2J" + "A" * 100_000
+    kv = gg_kv("general.architecture", 8, gg_str(arch))
+    path = gguf_header(
+        tmp / "a.gguf", kvs=[kv], tensors=[gg_tensor("token_embd.weight", [4])], data=b"\0" * 16
+    )
+    return ["tree", str(path), "--hf-names"], "has the architecture '[bold red]x\\x1b[2JAAAA"
+
+
+@case
+def gguf_hf_names_block_count_2_pow_64_minus_1(tmp: Path) -> tuple[list[str], str]:
+    """A llama file claiming 2^64-1 blocks, its one tensor in block 999,999,999: renamed, nothing allocated."""
+    kvs = [
+        gg_kv("general.architecture", 8, gg_str("llama")),
+        gg_kv("llama.block_count", 10, struct.pack("<Q", 2**64 - 1)),
+    ]
+    tensors = [gg_tensor("blk.999999999.attn_q.weight", [4])]
+    path = gguf_header(tmp / "a.gguf", kvs=kvs, tensors=tensors, data=b"\0" * 16)
+    return ["tree", str(path), "--hf-names"], ""
+
+
 # ---------------------------------------------------------------- running them
 
 
