@@ -580,6 +580,11 @@ class ModuleSeries:
     flags: tuple[
         str, ...
     ] = ()  # exploding-grad | vanishing-grad: mean ‖∇out‖ 1000× off the median module's
+    # std logged as null though the output was finite and had 2+ values: its sum of squares overflowed (inf)
+    std_overflow: tuple[bool, ...] = field(default=(), repr=False)
+    grad_nan: tuple[bool, ...] = field(
+        default=(), repr=False
+    )  # the gradient held a NaN (not just Inf)
 
     __repr__ = short_repr
 

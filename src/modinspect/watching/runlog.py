@@ -478,6 +478,11 @@ def _series(
         first_bad_step=first_bad,
         grad_norm_mean=_mean(grads) if grads else None,
         grad_norm_max=max(grads) if grads else None,
+        std_overflow=tuple(
+            r is not None and r.std is None and not (r.nan or r.inf) and r.count > 1
+            for r in records
+        ),
+        grad_nan=tuple(r is not None and r.grad_nan > 0 for r in records),
     )
 
 

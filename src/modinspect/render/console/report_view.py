@@ -25,10 +25,16 @@ from modinspect.reports import RunReport
 
 
 def _last(
-    values: tuple[float | None, ...], bad: tuple[bool, ...], fmt: Callable[[float | None], str]
+    values: tuple[float | None, ...],
+    fmt: Callable[[float | None], str],
+    nan: tuple[bool, ...] = (),
+    inf: tuple[bool, ...] = (),
 ) -> Text:
-    if bad and bad[-1]:
-        return Text("nan/inf", style="mi.bad")
+    """The last value: a number however large (1.00e+30), `nan` / `inf` where it was not finite, `—` with none."""
+    if nan and nan[-1]:
+        return Text("nan", style="mi.bad")
+    if inf and inf[-1]:
+        return Text("inf", style="mi.bad")
     return Text(fmt(values[-1]) if values else "—")
 
 
@@ -125,20 +131,29 @@ def _run_table(
         )
         cells: list[Cell] = [label, Text(m.type)] if show_type else [label]
         for spark, last in (
-            (series_sparkline(m.std, m.nonfinite, spark_w), _last(m.std, m.nonfinite, num)),
+            (
+                # A std over NaN/Inf is NaN; one logged as null over a finite output overflowed (inf).
+                series_sparkline(m.std, _either(m.nonfinite, m.std_overflow), spark_w),
+                _last(m.std, num, m.nonfinite, m.std_overflow),
+            ),
             (
                 Text(
                     series_sparkline(m.grad_norm, m.grad_nonfinite, spark_w, log=True),
                     style=flag_style(m.flags),
                 ),
-                _last(m.grad_norm, m.grad_nonfinite, num),
+                _last(
+                    m.grad_norm,
+                    num,
+                    m.grad_nan,
+                    _either(m.grad_nonfinite, m.grad_nan, keep_only_first=True),
+                ),
             ),
             (
                 series_sparkline(
                     m.dead_fraction, (), spark_w, lo=0.0, hi=1.0
                 ).strip()  # all blank: no value
                 and series_sparkline(m.dead_fraction, (), spark_w, lo=0.0, hi=1.0),
-                _last(m.dead_fraction, (), percent),
+                _last(m.dead_fraction, percent),
             ),
         ):
             cells += [spark, last] if show_last else [spark]
@@ -150,6 +165,17 @@ def _run_table(
         )
         rows.append(cells)
     return columns, rows
+
+
+def _either(
+    a: tuple[bool, ...], b: tuple[bool, ...], keep_only_first: bool = False
+) -> tuple[bool, ...]:
+    """Step by step `a or b`; with `keep_only_first`, `a and not b` (Inf: non-finite but no NaN)."""
+    if not b:
+        return a
+    if keep_only_first:
+        return tuple(x and not y for x, y in zip(a, b, strict=False))
+    return tuple(x or y for x, y in zip(a, b, strict=False))
 
 
 def _run_header(report: RunReport, spark_w: int) -> Text:
