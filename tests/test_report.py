@@ -426,9 +426,9 @@ def test_terminal_view_has_the_sparklines_of_the_known_series(
     assert f"  {std}  " in rows["fc1"] and f" {grad} " in rows["fc1"]
     assert " " + "▁" * 25 + "█" * 25 + " " in rows["act1"]
     assert rows["act1"].split()[-1] == "100.0%"
-    assert (
-        "last ‖∇out‖ nan · bad at 300" in result.stdout.splitlines()
-    )  # every module's: once, above the table
+    lines = result.stdout.splitlines()
+    # the first bad step once, above the table; every module's last ‖∇out‖ once too
+    assert lines[3:5] == ["first bad step 300", "last ‖∇out‖ nan"]
     assert rows["sqrt"].split()[:3] == ["sqrt", "◀", "SqrtShift"]
     assert (
         " " + "".join(SPARKS[round(i / 29 * 7)] for i in range(30)) + "×" * 20 + " " in rows["sqrt"]
@@ -762,9 +762,9 @@ def test_a_forward_only_log_without_histograms_still_renders(tmp_path: Path) -> 
     result = invoke("report", log)
     assert result.exit_code == 0
     assert (
-        "  a      ReLU   ▄▄▄      0               —   ███    100.0%        —"
-        in result.stdout.splitlines()
-    )
+        "  a      ReLU   ▄▄▄      0               —   ███    100.0%" in result.stdout.splitlines()
+    )  # no 'bad at' column: the run had no bad step
+    assert not any("bad" in line for line in result.stdout.splitlines())
     assert invoke("report", log, "--html", out).exit_code == 0
     page = _parse(out)
     assert "gradient-flow" not in page.counts
@@ -868,3 +868,34 @@ def test_last_values_show_overflow_as_numbers_and_nan_inf_apart_from_no_value(
     assert rows["fc2"][2].endswith("×") and rows["act1"][2].endswith(
         "×"
     )  # both marked in the sparkline
+
+
+def test_empty_dead_column_dropped_and_first_bad_step_said_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ReLU-family module: no `dead` column. Modules bad from different steps (fc1 never): no `bad at`
+    column repeating them, the run's first bad step once above the table; --wide still shows both."""
+    modules = (("fc1", "Linear"), ("fc2", "Linear"), ("sqrt", "SqrtShift"), ("head", "Linear"))
+    records = []
+    for i in range(runlogs.STEPS):
+        step = runlogs.step_record(i, modules=modules)
+        fc1 = replace(step.modules[0], grad_norm=runlogs.grad_of("fc1", i), grad_nan=0)
+        records.append(replace(step, modules=(fc1, *step.modules[1:])))
+    log = _write_steps(tmp_path / "norelu.jsonl", records)
+    report = read_run_log(log)
+    assert [m.first_bad_step for m in report.modules] == [None, 300, 300, 300]
+    assert all(v is None for m in report.modules for v in m.dead_fraction)
+    monkeypatch.setenv("COLUMNS", "120")
+    lines = invoke("report", log.name, cwd=tmp_path).stdout.splitlines()
+    assert lines[3:5] == [f"first bad step {runlogs.BAD_STEP}", "no ReLU-family modules"]
+    assert lines[5].split() == ["module", "type", "std", "last", "‖∇out‖", "(log)", "last"]
+    table = [line for line in lines if line.startswith("  ")]
+    assert [line.split()[-1] for line in table] == ["0.001", "nan", "nan", "nan"]
+    assert (
+        sum(str(runlogs.BAD_STEP) in line for line in lines) == 2
+    )  # above the table, and the verdict
+    wide = invoke("report", log, "--wide").stdout.splitlines()
+    header = next(line for line in wide if line.startswith("module"))
+    assert header.split()[-4:] == ["dead", "last", "bad", "at"]
+    rows = [line.split()[-1] for line in wide if line.startswith("  ")]
+    assert rows == ["—", "300", "300", "300"]

@@ -62,9 +62,13 @@ def run_renderable(
         + 3 * 3
         + 6
     )
+    chosen = layout is not None and layout.columns is not None
+    # The first bad step is said once, above the table; 'bad at' per row only when asked for (--wide, --columns).
+    bad_at = wide or chosen
+    fixed -= 0 if bad_at else 9  # 'bad at' and its padding
     spark_w = len(report.steps) if wide else max(4, min(len(report.steps), (width - fixed) // 3))
-    columns, rows = _run_table(report, names, spark_w, show_type, show_last)
-    if not wide and (layout is None or layout.columns is None) and len(rows) > 1:
+    columns, rows = _run_table(report, names, spark_w, show_type, show_last, bad_at)
+    if not wide and not chosen and len(rows) > 1:
         # What moves above the table ('bad at 300', the last values every row shares, an empty dead column)
         # leaves its width to the sparklines.
         same = [
@@ -80,14 +84,21 @@ def run_renderable(
         wider = max(4, min(len(report.steps), (width - fixed + freed) // sparks))
         if wider != spark_w:
             spark_w = wider
-            columns, rows = _run_table(report, names, spark_w, show_type, show_last)
+            columns, rows = _run_table(report, names, spark_w, show_type, show_last, bad_at)
     # 35,000 modules: FastTable writes them in about a second, where rich's Table took 22 s
     fitted = fit_table(columns, rows, width, layout)
-    return Themed(Group(_run_header(report, spark_w), *fitted.parts(width), _run_verdict(report)))
+    return Themed(
+        Group(_run_header(report, spark_w, not bad_at), *fitted.parts(width), _run_verdict(report))
+    )
 
 
 def _run_table(
-    report: RunReport, names: list[Name], spark_w: int, show_type: bool, show_last: bool
+    report: RunReport,
+    names: list[Name],
+    spark_w: int,
+    show_type: bool,
+    show_last: bool,
+    bad_at: bool = True,
 ) -> tuple[list[Column], list[list[Cell]]]:
     """The run table's columns and rows, each sparkline `spark_w` cells wide."""
     columns = [Column("module", kind="name")]
@@ -110,15 +121,16 @@ def _run_table(
                     shared=(("—", "no ReLU-family modules"),) if key == "dead" else (),
                 )
             )
-    columns.append(
-        Column(
-            "bad at",
-            kind="text",
-            justify="right",
-            key="bad_at",
-            shared=(("—", "no NaN/Inf in any module"),),
+    if bad_at:
+        columns.append(
+            Column(
+                "bad at",
+                kind="text",
+                justify="right",
+                key="bad_at",
+                shared=(("—", "no NaN/Inf in any module"),),
+            )
         )
-    )
     origin = report.first_bad
     rows: list[list[Cell]] = []
     for m, name in zip(report.modules, names, strict=True):
@@ -157,12 +169,13 @@ def _run_table(
             ),
         ):
             cells += [spark, last] if show_last else [spark]
-        cells.append(
-            Text(
-                "—" if m.first_bad_step is None else str(m.first_bad_step),
-                style="mi.bad" if m.first_bad_step is not None else "mi.muted",
+        if bad_at:
+            cells.append(
+                Text(
+                    "—" if m.first_bad_step is None else str(m.first_bad_step),
+                    style="mi.bad" if m.first_bad_step is not None else "mi.muted",
+                )
             )
-        )
         rows.append(cells)
     return columns, rows
 
@@ -178,7 +191,7 @@ def _either(
     return tuple(x or y for x, y in zip(a, b, strict=False))
 
 
-def _run_header(report: RunReport, spark_w: int) -> Text:
+def _run_header(report: RunReport, spark_w: int, first_bad: bool = False) -> Text:
     h = report.header
     text = Text()
     text.append(report.path, style="mi.source")
@@ -203,6 +216,9 @@ def _run_header(report: RunReport, spark_w: int) -> Text:
             series_sparkline(report.loss, tuple(v is None for v in report.loss), spark_w),
             style="mi.spark",
         )
+    if first_bad and report.first_bad is not None:
+        # Once for the run (the table's ◀ marks where it came from); the explanation follows the table.
+        text.append(f"\nfirst bad step {report.first_bad.step}", style="mi.bad")
     return text
 
 
