@@ -18,7 +18,7 @@ from browser import find_chromium, load_page
 from conftest import Golden, invoke
 from modinspect.errors import CorruptFileError, UnknownFormatError, UsageError
 from modinspect.render.text import SPARKS, series_sparkline
-from modinspect.watching.log import SCHEMA, LogHeader, LogWriter, write_record
+from modinspect.watching.log import SCHEMA, GroupRecord, LogHeader, LogWriter, write_record
 from modinspect.watching.runlog import read_run_log
 
 EVIL = '<img src=x onerror="alert(1)">&\'"'
@@ -214,10 +214,12 @@ def test_values_at_the_edge_of_float64_render_in_every_view(tmp_path: Path) -> N
         in terminal.stdout
     )
     assert (
-        "loss 1.70e+308 → 1.70e+308  █▁█" in terminal.stdout
+        "loss  █▁█  first 1.70e+308 · last 1.70e+308 · min -1.70e+308 · max 1.70e+308"
+        in terminal.stdout
     )  # +big, -big, +big: a span of inf, halved
-    # the loss's first and last, then the last std and ‖∇out‖, the same in all 6 modules: once, above the table
-    assert terminal.stdout.count("1.70e+308") == 2 + 2
+    # the loss's first, last, min and max, then the last std and ‖∇out‖, the same in all 6 modules: once,
+    # above the table
+    assert terminal.stdout.count("1.70e+308") == 4 + 2
     assert "last std 1.70e+308 · " in terminal.stdout and "last ‖∇out‖ 1.70e+308" in terminal.stdout
     doc = json.loads(invoke("report", str(path), "--json").stdout)
     assert doc["modules"][0]["grad_norm_mean"] == pytest.approx(big, rel=1e-12)
@@ -436,7 +438,10 @@ def test_terminal_view_has_the_sparklines_of_the_known_series(
     assert result.stdout.splitlines()[:3] == [
         f"{run}  (modinspect.watch/1: Net on cpu, every 10 steps)",
         "50 logged step(s), steps 0 … 490, started 2026-01-01 00:00:00 UTC",
-        "loss 2 → 1.13  " + "".join(SPARKS[7 - round(i / 29 * 7)] for i in range(30)) + "×" * 20,
+        "loss  "
+        + "".join(SPARKS[7 - round(i / 29 * 7)] for i in range(30))
+        + "×" * 20
+        + f"  first 2 · last nan/inf · min {2.0 - 0.03 * 29:.4g} · max 2",
     ]
     assert result.stdout.endswith(
         "First bad step 300: NaN/Inf produced by sqrt (SqrtShift) in forward, op aten::sqrt at train.py:42: return "
@@ -899,3 +904,37 @@ def test_empty_dead_column_dropped_and_first_bad_step_said_once(
     assert header.split()[-4:] == ["dead", "last", "bad", "at"]
     rows = [line.split()[-1] for line in wide if line.startswith("  ")]
     assert rows == ["—", "300", "300", "300"]
+
+
+def test_loss_and_learning_rate_curves_at_the_top(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log's loss and first param group's lr (as watch writes it under 'optimizer'): a sparkline each,
+    then first/last/min/max computed here from the values written."""
+    lrs = [0.001 * (i + 1) for i in range(7)] + [1e30]  # warm-up, then a planted blow-up
+    losses = [2.0 - 0.1 * i for i in range(7)] + [float("inf")]
+    records = [
+        replace(
+            runlogs.step_record(i, nonfinite_from=None, origin=None),
+            loss=losses[i],
+            optimizer=(GroupRecord(values=(("lr", lrs[i]), ("momentum", 0.9))),),
+        )
+        for i in range(8)
+    ]
+    log = _write_steps(tmp_path / "lr.jsonl", records)
+    report = read_run_log(log)
+    assert report.lr == tuple(lrs) and report.loss == (*losses[:7], None)
+    monkeypatch.setenv("COLUMNS", "120")
+    lines = invoke("report", log.name, cwd=tmp_path).stdout.splitlines()
+    loss_spark = "".join(
+        SPARKS[round((losses[i] - losses[6]) / (losses[0] - losses[6]) * 7)] for i in range(7)
+    )
+    lr_spark = "".join(SPARKS[round((v - lrs[0]) / (lrs[-1] - lrs[0]) * 7)] for v in lrs)
+    assert lines[2:4] == [
+        f"loss  {loss_spark}×  first 2 · last nan/inf · min {losses[6]:.4g} · max 2",
+        f"lr    {lr_spark}  first 0.001 · last 1.00e+30 · min 0.001 · max 1.00e+30",
+    ]
+    # A log without 'optimizer' has no lr line, and its JSON an empty lr series.
+    plain = runlogs.write_run(tmp_path / "plain.jsonl")
+    assert read_run_log(plain).lr == ()
+    assert not any(line.startswith("lr") for line in invoke("report", plain).stdout.splitlines())

@@ -639,6 +639,8 @@ class RunReport:
     first_bad: BadStep | None
     truncated: bool  # the last line was incomplete and skipped
     notes: tuple[str, ...] = field(repr=False)
+    # the first optimizer param group's lr at each step (None: not finite); () when the log has none
+    lr: tuple[float | None, ...] = field(default=(), repr=False)
 
     __repr__ = short_repr
 

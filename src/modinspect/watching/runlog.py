@@ -31,6 +31,7 @@ from modinspect.reports import (
 )
 from modinspect.watching.log import (
     SCHEMA,
+    GroupRecord,
     Histogram,
     ModuleRecord,
     NonfiniteRecord,
@@ -230,7 +231,25 @@ def _step(obj: dict[str, Any]) -> StepRecord:
         modules=tuple(_module(m) for m in _list(obj, "modules")),
         params=tuple(_param(p) for p in _list(obj, "params")),
         nonfinite=_nonfinite(obj.get("nonfinite")),
+        optimizer=_optimizer(obj.get("optimizer")),
     )
+
+
+def _optimizer(value: Any) -> tuple[GroupRecord, ...]:
+    """The optional 'optimizer' list (one object per param group): only the first group's lr is kept."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _Bad("has 'optimizer' that is not a list")
+    if not value:
+        return ()
+    group = _dict(value[0], "an optimizer group")
+    if "lr" not in group:
+        return ()
+    try:
+        return (GroupRecord(values=(("lr", _num(group, "lr")),)),)  # type: ignore[arg-type]
+    except _Bad as exc:
+        raise _Bad(f"optimizer group 0 {exc}") from None
 
 
 def _header(obj: dict[str, Any]) -> RunHeader:
@@ -590,12 +609,19 @@ def read_run_log(path: str | Path, max_bytes: int = MAX_LOG_BYTES) -> RunReport:
         steps=tuple(s.step for s in steps),
         times=tuple(s.time for s in steps),
         loss=tuple(s.loss for s in steps),
+        lr=_lr(steps),
         modules=modules,
         params=_params(steps),
         first_bad=first_bad,
         truncated=lines.truncated,
         notes=tuple(notes),
     )
+
+
+def _lr(steps: list[StepRecord]) -> tuple[float | None, ...]:
+    """The first param group's learning rate at each step; () when no step logged one."""
+    lr = tuple(dict(s.optimizer[0].values).get("lr") if s.optimizer else None for s in steps)
+    return lr if any(s.optimizer for s in steps) else ()
 
 
 def histogram_steps(report: RunReport, requested: tuple[int, ...] | None = None) -> tuple[int, ...]:

@@ -88,7 +88,11 @@ def run_renderable(
     # 35,000 modules: FastTable writes them in about a second, where rich's Table took 22 s
     fitted = fit_table(columns, rows, width, layout)
     return Themed(
-        Group(_run_header(report, spark_w, not bad_at), *fitted.parts(width), _run_verdict(report))
+        Group(
+            _run_header(report, spark_w, width, not bad_at),
+            *fitted.parts(width),
+            _run_verdict(report),
+        )
     )
 
 
@@ -191,7 +195,7 @@ def _either(
     return tuple(x or y for x, y in zip(a, b, strict=False))
 
 
-def _run_header(report: RunReport, spark_w: int, first_bad: bool = False) -> Text:
+def _run_header(report: RunReport, spark_w: int, width: int = 200, first_bad: bool = False) -> Text:
     h = report.header
     text = Text()
     text.append(report.path, style="mi.source")
@@ -208,17 +212,34 @@ def _run_header(report: RunReport, spark_w: int, first_bad: bool = False) -> Tex
     steps = report.steps
     span = f"steps {steps[0]} … {steps[-1]}" if len(steps) > 1 else f"step {steps[0]}"
     text.append(f"\n{len(steps)} logged step(s), {span}, started {started}", style="mi.muted")
-    losses = [v for v in report.loss if v is not None]
-    if losses:
-        text.append(f"\nloss {num(losses[0])} → {num(losses[-1])}  ")
-        # A null loss in a run that logs one was not finite (the schema writes NaN/Inf as null): mark it.
-        text.append(
-            series_sparkline(report.loss, tuple(v is None for v in report.loss), spark_w),
-            style="mi.spark",
-        )
+    text.append(_curve("loss", report.loss, spark_w, width))
+    text.append(_curve("lr", report.lr, spark_w, width))
     if first_bad and report.first_bad is not None:
         # Once for the run (the table's ◀ marks where it came from); the explanation follows the table.
         text.append(f"\nfirst bad step {report.first_bad.step}", style="mi.bad")
+    return text
+
+
+def _curve(label: str, values: tuple[float | None, ...], spark_w: int, width: int) -> Text:
+    """'\nloss  █▇▆▅▃▂▁××  first 2 · last 1.13 · min 1.13 · max 2': nothing when no step logged a value.
+
+    A null in a series the run logs was not finite (the schema writes NaN/Inf as null): '×' in the
+    sparkline, and `nan/inf` as the last value when the last step's was.
+    """
+    finite = [v for v in values if v is not None]
+    if not finite:
+        return Text()
+    text = Text(f"\n{label:<4}  ")
+    text.append(
+        series_sparkline(values, tuple(v is None for v in values), spark_w), style="mi.spark"
+    )
+    last = num(values[-1]) if values[-1] is not None else "nan/inf"
+    numbers = (
+        f"first {num(finite[0])} · last {last} · min {num(min(finite))} · max {num(max(finite))}"
+    )
+    # Where the line would wrap, the numbers go on their own line under the sparkline.
+    gap = "  " if cell_len(text.plain) - 1 + 2 + len(numbers) <= width else "\n      "
+    text.append(gap + numbers, style="mi.muted")
     return text
 
 
