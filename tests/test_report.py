@@ -938,3 +938,28 @@ def test_loss_and_learning_rate_curves_at_the_top(
     plain = runlogs.write_run(tmp_path / "plain.jsonl")
     assert read_run_log(plain).lr == ()
     assert not any(line.startswith("lr") for line in invoke("report", plain).stdout.splitlines())
+
+
+def test_modules_listed_in_tree_order_under_their_parents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`enc.1` is first logged at the second step (never called before): it is listed under `enc`, after
+    `enc.0`, not after `dec.0` at the end; the root first, each module indented one level below its parent."""
+    first = ("", "enc", "enc.0", "dec", "dec.0")
+    later = (*first, "enc.1")
+    records = [
+        runlogs.step_record(
+            i, nonfinite_from=None, origin=None, modules=tuple((n, "Linear") for n in names)
+        )
+        for i, names in enumerate((first, later, later))
+    ]
+    log = _write_steps(tmp_path / "tree.jsonl", records)
+    assert [m.name for m in read_run_log(log).modules] == list(later)  # the log's order
+    monkeypatch.setenv("COLUMNS", "120")
+    lines = invoke("report", log).stdout.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("───"))
+    rows = lines[rule + 1 : lines.index("", rule)]
+    names = [line.split()[0] for line in rows]
+    indents = [len(line) - len(line.lstrip(" ")) for line in rows]
+    assert names == ["(model)", "enc", "0", "1", "dec", "0"]
+    assert indents == [0, 2, 4, 4, 2, 4]

@@ -21,7 +21,7 @@ from modinspect.render.text import (
     series_sparkline,
     visible_report,
 )
-from modinspect.reports import RunReport
+from modinspect.reports import ModuleSeries, RunReport
 
 
 def _last(
@@ -48,6 +48,7 @@ def run_renderable(
     a column the same on every row ('bad at', an empty 'dead') moves above it.
     """
     report = visible_report(report)
+    report = replace(report, modules=tree_order(report.modules))
     wide = layout is not None and layout.wide
     show_type, show_last = width >= 100 or wide, width >= 90 or wide
     names = [Name(m.name, tree=True) for m in report.modules]
@@ -94,6 +95,24 @@ def run_renderable(
             _run_verdict(report),
         )
     )
+
+
+def tree_order(modules: tuple[ModuleSeries, ...]) -> tuple[ModuleSeries, ...]:
+    """The modules in the tree's order: each under its parent, siblings in the order the log first had them.
+
+    A module first logged late (never called until then) is listed under its parent, not at the end.
+    """
+    first: dict[str, int] = {}
+    for i, m in enumerate(modules):
+        parts = m.name.split(".") if m.name else []
+        for k in range(1, len(parts) + 1):
+            first.setdefault(".".join(parts[:k]), i)
+
+    def key(m: ModuleSeries) -> tuple[int, ...]:
+        parts = m.name.split(".") if m.name else []
+        return tuple(first[".".join(parts[:k])] for k in range(1, len(parts) + 1))
+
+    return tuple(sorted(modules, key=key))
 
 
 def _run_table(
