@@ -419,7 +419,7 @@ def test_series_sparkline_cells() -> None:
 def test_terminal_view_has_the_sparklines_of_the_known_series(
     run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("COLUMNS", "240")  # wide enough for one cell per step
+    monkeypatch.setenv("COLUMNS", "280")  # wide enough for one cell per step, with first → last
     result = invoke("report", run)
     assert result.exit_code == 0 and result.stderr == ""
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
@@ -430,7 +430,10 @@ def test_terminal_view_has_the_sparklines_of_the_known_series(
     assert rows["act1"].split()[-1] == "100.0%"
     lines = result.stdout.splitlines()
     # the first bad step once, above the table; every module's last ‖∇out‖ once too
-    assert lines[3:5] == ["first bad step 300", "last ‖∇out‖ nan"]
+    assert lines[3] == "first bad step 300"
+    # first → last beside each sparkline: fc1's std 1 → 1.7, its ‖∇out‖ 1e-4 → NaN
+    assert f"  {runlogs.std_of('fc1', 0):g} → {runlogs.std_of('fc1', 49):g}  " in rows["fc1"]
+    assert f"  {runlogs.grad_of('fc1', 0):.2e} → nan  " in rows["fc1"]
     assert rows["sqrt"].split()[:3] == ["sqrt", "◀", "SqrtShift"]
     assert (
         " " + "".join(SPARKS[round(i / 29 * 7)] for i in range(30)) + "×" * 20 + " " in rows["sqrt"]
@@ -852,8 +855,8 @@ def test_last_values_show_overflow_as_numbers_and_nan_inf_apart_from_no_value(
     assert series["fc1"].std[-1] == 1e30 and series["act1"].std[-1] is None
     assert series["act1"].std_overflow == (False, False, False, True)
     assert series["act2"].grad_nan == (False,) * 4 and series["sqrt"].grad_nan[-1] is True
-    monkeypatch.setenv("COLUMNS", "200")
-    result = invoke("report", log, "--wide")
+    monkeypatch.setenv("COLUMNS", "120")  # last values only (first → last from 150 columns)
+    result = invoke("report", log.name, cwd=tmp_path)
     rows = {
         line.split()[0]: [t for t in line.split() if t != "◀"]
         for line in result.stdout.splitlines()
@@ -901,7 +904,7 @@ def test_empty_dead_column_dropped_and_first_bad_step_said_once(
     )  # above the table, and the verdict
     wide = invoke("report", log, "--wide").stdout.splitlines()
     header = next(line for line in wide if line.startswith("module"))
-    assert header.split()[-4:] == ["dead", "last", "bad", "at"]
+    assert header.split()[-6:] == ["dead", "first", "→", "last", "bad", "at"]
     rows = [line.split()[-1] for line in wide if line.startswith("  ")]
     assert rows == ["—", "300", "300", "300"]
 

@@ -29,13 +29,19 @@ def _last(
     fmt: Callable[[float | None], str],
     nan: tuple[bool, ...] = (),
     inf: tuple[bool, ...] = (),
+    scale: bool = False,
 ) -> Text:
-    """The last value: a number however large (1.00e+30), `nan` / `inf` where it was not finite, `—` with none."""
+    """The last value: a number however large (1.00e+30), `nan` / `inf` where it was not finite, `—` with none.
+
+    With `scale`, the first value before it ('1 → 1.7'): the scale a row's sparkline is drawn on.
+    """
+    first = next((v for v in values if v is not None), None)
+    text = Text(f"{fmt(first)} → " if scale and first is not None else "")
     if nan and nan[-1]:
-        return Text("nan", style="mi.bad")
+        return text.append("nan", style="mi.bad")
     if inf and inf[-1]:
-        return Text("inf", style="mi.bad")
-    return Text(fmt(values[-1]) if values else "—")
+        return text.append("inf", style="mi.bad")
+    return text.append(fmt(values[-1]) if values else "—")
 
 
 def run_renderable(
@@ -51,6 +57,8 @@ def run_renderable(
     report = replace(report, modules=tree_order(report.modules))
     wide = layout is not None and layout.wide
     show_type, show_last = width >= 100 or wide, width >= 90 or wide
+    scale = width >= 150 or wide  # first → last beside each sparkline
+    last_w = 21 if scale else 9
     names = [Name(m.name, tree=True) for m in report.modules]
     name_w = min(max((cell_len(n.full()) for n in names), default=8) + 2, 48)  # + " ◀"
     type_w = min(max((len(m.type) for m in report.modules), default=4), 24)
@@ -59,7 +67,7 @@ def run_renderable(
         name_w
         + 3
         + (type_w + 3 if show_type else 0)
-        + (3 * (9 + 3) if show_last else 0)
+        + (3 * (last_w + 3) if show_last else 0)
         + 3 * 3
         + 6
     )
@@ -68,7 +76,7 @@ def run_renderable(
     bad_at = wide or chosen
     fixed -= 0 if bad_at else 9  # 'bad at' and its padding
     spark_w = len(report.steps) if wide else max(4, min(len(report.steps), (width - fixed) // 3))
-    columns, rows = _run_table(report, names, spark_w, show_type, show_last, bad_at)
+    columns, rows = _run_table(report, names, spark_w, show_type, show_last, bad_at, scale)
     if not wide and not chosen and len(rows) > 1:
         # What moves above the table ('bad at 300', the last values every row shares, an empty dead column)
         # leaves its width to the sparklines.
@@ -78,14 +86,18 @@ def run_renderable(
             if c.lift and len({cell_at(r[i], 0) for r in rows}) == 1
         ]
         freed = sum(
-            12 if columns[i].title == "last" else 9 if columns[i].key == "bad_at" else 3
+            last_w + 3
+            if columns[i].key.endswith("_last")
+            else 9
+            if columns[i].key == "bad_at"
+            else 3
             for i in same
         )
         sparks = 3 - sum(columns[i].key == "dead" for i in same)
         wider = max(4, min(len(report.steps), (width - fixed + freed) // sparks))
         if wider != spark_w:
             spark_w = wider
-            columns, rows = _run_table(report, names, spark_w, show_type, show_last, bad_at)
+            columns, rows = _run_table(report, names, spark_w, show_type, show_last, bad_at, scale)
     # 35,000 modules: FastTable writes them in about a second, where rich's Table took 22 s
     fitted = fit_table(columns, rows, width, layout)
     return Themed(
@@ -122,6 +134,7 @@ def _run_table(
     show_type: bool,
     show_last: bool,
     bad_at: bool = True,
+    scale: bool = False,
 ) -> tuple[list[Column], list[list[Cell]]]:
     """The run table's columns and rows, each sparkline `spark_w` cells wide."""
     columns = [Column("module", kind="name")]
@@ -135,10 +148,10 @@ def _run_table(
             Column(title, kind="text", style="mi.spark", key=key, shared=shared, lift=key == "dead")
         )
         if show_last:
-            about = f"last {title.removesuffix(' (log)')}"
+            about = f"{'first → last' if scale else 'last'} {title.removesuffix(' (log)')}"
             columns.append(
                 Column(
-                    "last",
+                    "first → last" if scale else "last",
                     key=f"{key}_last",
                     about=about,
                     shared=(("—", "no ReLU-family modules"),) if key == "dead" else (),
@@ -169,7 +182,7 @@ def _run_table(
             (
                 # A std over NaN/Inf is NaN; one logged as null over a finite output overflowed (inf).
                 series_sparkline(m.std, _either(m.nonfinite, m.std_overflow), spark_w),
-                _last(m.std, num, m.nonfinite, m.std_overflow),
+                _last(m.std, num, m.nonfinite, m.std_overflow, scale),
             ),
             (
                 Text(
@@ -181,6 +194,7 @@ def _run_table(
                     num,
                     m.grad_nan,
                     _either(m.grad_nonfinite, m.grad_nan, keep_only_first=True),
+                    scale,
                 ),
             ),
             (
@@ -188,7 +202,7 @@ def _run_table(
                     m.dead_fraction, (), spark_w, lo=0.0, hi=1.0
                 ).strip()  # all blank: no value
                 and series_sparkline(m.dead_fraction, (), spark_w, lo=0.0, hi=1.0),
-                _last(m.dead_fraction, percent),
+                _last(m.dead_fraction, percent, scale=scale),
             ),
         ):
             cells += [spark, last] if show_last else [spark]
