@@ -1859,6 +1859,44 @@ def gguf_hf_names_block_count_2_pow_64_minus_1(tmp: Path) -> tuple[list[str], st
     return ["tree", str(path), "--hf-names"], ""
 
 
+# ---------------------------------------------------------------- branch report26: the optimizer's lr in a watch log
+
+
+def _log_with_optimizer(tmp: Path, value: str) -> Path:
+    """A valid watch log whose first step record has the JSON text `value` as its 'optimizer'."""
+    import runlogs
+
+    path = runlogs.write_run(tmp / "run.jsonl", steps=4, nonfinite_from=None)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[2] = lines[2].replace('"loss":', f'"optimizer":{value},"loss":', 1)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@case
+def report_optimizer_not_a_list(tmp: Path) -> tuple[list[str], str]:
+    return (
+        ["report", str(_log_with_optimizer(tmp, '"x"'))],
+        "line 3: the step record has 'optimizer' that is not a list",
+    )
+
+
+@case
+def report_optimizer_lr_of_1e400(tmp: Path) -> tuple[list[str], str]:
+    return (
+        ["report", str(_log_with_optimizer(tmp, '[{"lr": 1e400}]'))],
+        "line 3: the step record optimizer group 0 has 'lr' = a number beyond float64's range",
+    )
+
+
+@case
+def report_optimizer_group_not_an_object(tmp: Path) -> tuple[list[str], str]:
+    return (
+        ["report", str(_log_with_optimizer(tmp, "[7]"))],
+        "line 3: the step record has an optimizer group that is not an object",
+    )
+
+
 # ---------------------------------------------------------------- running them
 
 
