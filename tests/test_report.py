@@ -524,6 +524,7 @@ def test_json_document(run: Path) -> None:
         "recorded": True,
         "affected": ["fc1", "act1", "fc2", "act2", "sqrt", "head"],
         "rank": None,
+        "explanation": None,  # runlogs.ORIGIN has none
     }
     fc1, act1, sqrt = doc["modules"][0], doc["modules"][1], doc["modules"][4]
     assert fc1["std"] == [runlogs.std_of("fc1", i) for i in range(50)]
@@ -966,3 +967,41 @@ def test_modules_listed_in_tree_order_under_their_parents(
     indents = [len(line) - len(line.lstrip(" ")) for line in rows]
     assert names == ["(model)", "enc", "0", "1", "dec", "0"]
     assert indents == [0, 2, 4, 4, 2, 4]
+
+
+def test_a_real_run_with_a_planted_lr_blow_up_is_explained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real training loop under watch, its lr multiplied by 1e6 from step 30: the report's lr line and the
+    explanation after the first bad step are what the log (read here as plain JSON) holds."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < 30 else 1e6)
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    log = tmp_path / "real.jsonl"
+    with (
+        pytest.warns(modinspect.NonFiniteWarning),
+        modinspect.watch(model, every=2, log=log, optimizer=opt) as w,
+    ):
+        for _ in range(40):
+            loss = (model(x) - y).pow(2).mean()
+            w.log_loss(loss)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            sched.step()
+    steps = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()[1:]]
+    lrs = [s["optimizer"][0]["lr"] for s in steps]
+    bad = next(s for s in steps if s["nonfinite"] is not None)
+    assert bad["nonfinite"]["explanation"]  # watch wrote one
+    monkeypatch.setenv("COLUMNS", "120")
+    lines = invoke("report", log.name, cwd=tmp_path).stdout.splitlines()
+    lr_line = next(line for line in lines if line.startswith("lr "))
+    assert lr_line.endswith(
+        f"  first {lrs[0]:g} · last {lrs[-1]:.2e} · min {min(lrs):g} · max {max(lrs):.2e}"
+    )
+    assert f"first bad step {bad['step']}" in lines
+    assert f"Before it: {bad['nonfinite']['explanation']}." in lines

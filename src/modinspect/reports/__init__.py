@@ -621,6 +621,7 @@ class BadStep:
     # every module with a NaN/Inf output or gradient at that step
     affected: tuple[str, ...] = field(repr=False)
     rank: int | None = None  # under torchrun: the rank whose shard held it
+    explanation: str | None = None  # what watch saw in the updates before it, as the log has it
 
     __repr__ = short_repr
 

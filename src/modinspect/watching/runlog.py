@@ -213,6 +213,8 @@ def _nonfinite(value: Any) -> NonfiniteRecord | None:
         code=_str(obj, "code", True),
         cause=_str(obj, "cause"),
         rank=_rank(obj),
+        # Optional: what watch saw in the updates before it ("step 33 updated `2.bias` by 4.3e+04× its norm")
+        explanation=_str(obj, "explanation", True) if "explanation" in obj else None,
     )
 
 
@@ -446,6 +448,7 @@ def _origin(record: StepRecord) -> BadStep | None:
             recorded=True,
             affected=affected,
             rank=nf.rank,
+            explanation=nf.explanation,
         )
     forward = [m for m in record.modules if m.nan or m.inf]
     backward = [m for m in record.modules if m.grad_nan or m.grad_inf]

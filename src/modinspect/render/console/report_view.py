@@ -282,6 +282,8 @@ def _run_verdict(report: RunReport) -> Text:
         text = Text(f"\nNo NaN/Inf in {len(report.steps)} logged step(s).", style="mi.good")
     else:
         text = Text("\n" + bad_step_text(bad), style="mi.bad")
+        if bad.explanation:
+            text.append(f"\nBefore it: {bad.explanation}.", style="mi.warn")
     for flag, words in (("exploding-grad", "exploding"), ("vanishing-grad", "vanishing")):
         flagged = [module_name(m.name) for m in report.modules if flag in m.flags]
         if flagged:
