@@ -203,11 +203,11 @@ def test_report_and_stats_take_wide_and_columns(
         "module",
         "type",
         "std",
-        "last",
+        "first → last",
         "‖∇out‖ (log)",
-        "last",
+        "first → last",
         "dead",
-        "last",
+        "first → last",
         "bad at",
     ]
     assert (
@@ -260,6 +260,9 @@ def test_a_run_without_relus_has_no_dead_column(tmp_path: Path) -> None:
     out.print(run_renderable(run, 120))
     lines = buf.getvalue().splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("module "))
-    assert lines[head - 1] == "last ‖∇out‖ nan/inf · no ReLU-family modules · bad at 300"
+    assert lines[head - 2 : head] == [
+        "first bad step 300",  # once, above the table: no 'bad at' column
+        "last ‖∇out‖ nan · no ReLU-family modules",
+    ]
     assert re.split(r"\s{2,}", lines[head]) == ["module", "type", "std", "last", "‖∇out‖ (log)"]
     assert max(cell_len(line) for line in lines) <= 120
