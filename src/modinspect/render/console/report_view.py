@@ -47,11 +47,12 @@ def _last(
 def run_renderable(
     report: RunReport, width: int = 200, layout: TableLayout | None = None
 ) -> RenderableType:
-    """Per module, sparklines over the logged steps of std, ‖∇out‖ and dead fraction; then the first bad step.
+    """Loss and lr, the first bad step once; per module (tree order) sparklines of std, ‖∇out‖ and dead fraction.
 
     The three sparklines share what the other columns leave of `width` (one cell per step, or per run of
-    steps); below 100 columns the type goes, below 90 the last values. The table is laid out by fit_table:
-    a column the same on every row ('bad at', an empty 'dead') moves above it.
+    steps); below 100 columns the type goes, below 90 the last values, from 150 each shows first → last.
+    The table is laid out by fit_table: a column the same on every row (an empty 'dead') moves above it;
+    'bad at' per row only with --wide or --columns. After the table: the first bad step, explained.
     """
     report = visible_report(report)
     report = replace(report, modules=tree_order(report.modules))
