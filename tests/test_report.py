@@ -1005,3 +1005,14 @@ def test_a_real_run_with_a_planted_lr_blow_up_is_explained(
     )
     assert f"first bad step {bad['step']}" in lines
     assert f"Before it: {bad['nonfinite']['explanation']}." in lines
+
+
+def test_the_explanation_from_the_log_is_shown_as_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The explanation is text from the file: control characters and markup come out escaped, not obeyed."""
+    evil = replace(runlogs.ORIGIN, explanation="lr \x1b[31m[bold]1e30[/bold]\u202e")
+    log = runlogs.write_run(tmp_path / "evil.jsonl", origin=evil)
+    monkeypatch.setenv("COLUMNS", "120")
+    lines = invoke("report", log.name, cwd=tmp_path).stdout.splitlines()
+    assert "Before it: lr \\x1b[31m[bold]1e30[/bold]\\u202e." in lines
