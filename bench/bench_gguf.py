@@ -51,21 +51,6 @@ FULL = {"blocks": 32, "embd": 4096, "ffn": 11008, "vocab": 32000}
 SMOKE = {"blocks": 2, "embd": 256, "ffn": 768, "vocab": 512}
 TRUE_7B = 6_738_415_616
 
-HF_NAMES = {
-    "token_embd": "model.embed_tokens",
-    "output_norm": "model.norm",
-    "output": "lm_head",
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-
 
 def layout(size: dict[str, int]) -> list[tuple[str, tuple[int, ...], str]]:
     """(llama.cpp name, PyTorch-order shape, ggml type name) as a Q4_K_M file has them."""
@@ -88,14 +73,6 @@ def layout(size: dict[str, int]) -> list[tuple[str, tuple[int, ...], str]]:
         ]
     out += [("output_norm.weight", (e,), "F32"), ("output.weight", (v, e), "Q6_K")]
     return out
-
-
-def hf_name(name: str) -> str:
-    stem = name.removesuffix(".weight")
-    if stem.startswith("blk."):
-        _, index, part = stem.split(".", 2)
-        return f"model.layers.{index}.{HF_NAMES[part]}.weight"
-    return f"{HF_NAMES[stem]}.weight"
 
 
 def write_files(folder: Path, smoke: bool) -> None:
@@ -136,11 +113,14 @@ def write_files(folder: Path, smoke: bool) -> None:
     with path.open("r+b") as f:  # the header is padded to the alignment; the data is one hole
         f.truncate((path.stat().st_size + alignment - 1) // alignment * alignment + data_bytes)
 
+    from modinspect.sources.gguf_names import hf_names
+
+    renamed = hf_names([name for name, _, _ in tensors], "llama", size["blocks"])
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape, _ in tensors:
         nbytes = math.prod(shape) * 2
-        header[hf_name(name)] = {
+        header[renamed[name]] = {
             "dtype": "BF16",
             "shape": list(shape),
             "data_offsets": [offset, offset + nbytes],

@@ -241,29 +241,38 @@ def open_file(
     )
 
 
-# ---- torch zip archives: probe(names) on the archive's member names ------------------------------------------
+# ---- torch zip archives: probe(listing) on the archive's member names, scanned once ----------------------
 
 
-def _data_pkl(names: list[str]) -> str | None:
-    pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-    return pkl[0][: -len("data.pkl")] if pkl else None
+@dataclass(frozen=True)
+class ZipListing:
+    """A zip's member names and the `<prefix>/` of its top-level data.pkl (None without one)."""
+
+    names: list[str]
+    prefix: str | None
+
+    @classmethod
+    def of(cls, names: list[str]) -> ZipListing:
+        pkl = next((n for n in names if n.endswith("/data.pkl") and n.count("/") == 1), None)
+        return cls(names, pkl[: -len("data.pkl")] if pkl is not None else None)
 
 
-def _is_pt2(names: list[str]) -> bool:
+def _is_pt2(listing: ZipListing) -> bool:
     from modinspect.sources.pt2 import is_pt2
 
-    return _data_pkl(names) is None and is_pt2(names)
+    return listing.prefix is None and is_pt2(listing.names)
 
 
-def _is_torchscript(names: list[str]) -> bool:
-    prefix = _data_pkl(names)
+def _is_torchscript(listing: ZipListing) -> bool:
+    prefix = listing.prefix
     return prefix is not None and (
-        f"{prefix}constants.pkl" in names or any(n.startswith(f"{prefix}code/") for n in names)
+        f"{prefix}constants.pkl" in listing.names
+        or any(n.startswith(f"{prefix}code/") for n in listing.names)
     )
 
 
 def _open_pt2(
-    path: Path, label: str, zf: zipfile.ZipFile, names: list[str], options: OpenOptions
+    path: Path, label: str, zf: zipfile.ZipFile, listing: ZipListing, options: OpenOptions
 ) -> Source:
     from modinspect.sources.pt2 import Pt2Source
 
@@ -271,27 +280,27 @@ def _open_pt2(
 
 
 def _open_torchscript(
-    path: Path, label: str, zf: zipfile.ZipFile, names: list[str], options: OpenOptions
+    path: Path, label: str, zf: zipfile.ZipFile, listing: ZipListing, options: OpenOptions
 ) -> Source:
     from modinspect.sources.torchscript import open_torchscript
 
     return open_torchscript(
-        path, label, zf, _data_pkl(names) or "", options.gate(label), unsafe=options.unsafe_pickle
+        path, label, zf, listing.prefix or "", options.gate(label), unsafe=options.unsafe_pickle
     )
 
 
 def _open_zip_checkpoint(
-    path: Path, label: str, zf: zipfile.ZipFile, names: list[str], options: OpenOptions
+    path: Path, label: str, zf: zipfile.ZipFile, listing: ZipListing, options: OpenOptions
 ) -> Source:
     from modinspect.sources import torchfile
 
-    return torchfile.ZipTorchSource(path, label, zf, _data_pkl(names) or "", options.gate(label))
+    return torchfile.ZipTorchSource(path, label, zf, listing.prefix or "", options.gate(label))
 
 
 ZIP_READERS: tuple[Reader, ...] = (
     Reader("pt2", _is_pt2, _open_pt2),
     Reader("torchscript", _is_torchscript, _open_torchscript),
-    Reader("torch-zip", lambda names: _data_pkl(names) is not None, _open_zip_checkpoint),
+    Reader("torch-zip", lambda listing: listing.prefix is not None, _open_zip_checkpoint),
 )
 
 
@@ -308,19 +317,17 @@ def _open_pickled(path: Path, label: str, kind: str, options: OpenOptions) -> So
     except torchfile.ZIP_ERRORS as exc:
         raise CorruptFileError(f"{label} is a damaged zip file ({exc})") from None
     try:
-        names = zf.namelist()
-        row = next((r for r in ZIP_READERS if r.probe(names)), None)
+        listing = ZipListing.of(zf.namelist())
+        row = next((r for r in ZIP_READERS if r.probe(listing)), None)
         if row is None:
             raise UnknownFormatError(
                 f"{label} is a zip file but not a torch checkpoint (no data.pkl)"
             )
-        source = row.open(path, label, zf, names, options)
+        source = row.open(path, label, zf, listing, options)
     except BaseException:
         zf.close()
         raise
-    if (
-        source.module is not None and row.name != "pt2"
-    ):  # torch.jit.load has read everything it needs
+    if source.module is not None and row.name != "pt2":  # torch.jit.load has read all it needs
         zf.close()
     return source
 
