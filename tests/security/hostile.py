@@ -762,6 +762,103 @@ def hash_bomb_by_dup(levels: int = 100) -> bytes:
     return b"})" + b"2\x86" * levels + b"K\x01s"
 
 
+# ---------------------------------------------------------------- hash-collision floods
+# Python's hash of numbers and of tuples of them is not randomized: keys chosen to share one hash value make
+# each insertion into a dict or set compare with every key before it (quadratic time, no sharing needed).
+
+MERSENNE_61 = 2**61 - 1  # an int's hash is its value mod this prime
+_XX1, _XX2, _XX5, _M64 = 11400714785074694791, 14029467366897019727, 2870177450012600261, 2**64 - 1
+
+
+def _lane_of(acc: int, lane: int) -> int:
+    acc = (acc + lane * _XX2) & _M64
+    acc = ((acc << 31) | (acc >> 33)) & _M64
+    return (acc * _XX1) & _M64
+
+
+def pair_lane_for(first: object, target: int) -> int:
+    """The hash (a signed 64-bit value) that `second` needs for hash((first, second)) == target: CPython's
+    tuple hash (xxHash's round per item, then the length mixed in) inverted for its last item."""
+    acc = (target - (2 ^ (_XX5 ^ 3527539))) & _M64
+    acc = (acc * pow(_XX1, -1, 2**64)) & _M64
+    acc = ((acc >> 31) | (acc << 33)) & _M64
+    lane = ((acc - _lane_of(_XX5, hash(first) & _M64)) * pow(_XX2, -1, 2**64)) & _M64
+    return lane - 2**64 if lane >= 2**63 else lane
+
+
+def int_with_hash(h: int) -> int | None:
+    """An int whose hash is h, or None where no int has it (|h| past 2^61 - 1, or -1)."""
+    return h if -MERSENNE_61 < h < MERSENNE_61 and h != -1 else None
+
+
+def float_with_hash(h: int) -> float | None:
+    """A float a * 2^-k (a < 2^53) whose hash is h, or None: hash(a * 2^-k) is a * 2^(61-k) mod 2^61 - 1."""
+    if int_with_hash(h) is None or h == 0:
+        return None
+    sign, value = (1.0, h) if h > 0 else (-1.0, -h)
+    for k in range(61):
+        a = (value << k) % MERSENNE_61
+        if a < 2**53:
+            f = sign * a * 2.0 ** -k
+            return f if hash(f) == h else None
+    return None
+
+
+def colliding_ints(n: int) -> list[int]:
+    """n ints i * (2^61 - 1): each hashes to 0."""
+    return [i * MERSENNE_61 for i in range(1, n + 1)]
+
+
+def colliding_small_int_tuples(n: int) -> list[tuple[int, ...]]:
+    """n tuples of -1 and -2 (BININTs): hash(-1) == hash(-2), so every such tuple of one length collides."""
+    width = max(1, (n - 1).bit_length())
+    return [tuple(-1 - ((i >> b) & 1) for b in range(width)) for i in range(n)]
+
+
+def colliding_int_pairs(n: int) -> list[tuple[int, int]]:
+    """n pairs (i, x) with i small and x solved by inverting the tuple hash: all share one hash value."""
+    target, out, i = hash((0, 12345)), [], 0
+    while len(out) < n:
+        x = int_with_hash(pair_lane_for(i, target))
+        if x is not None:
+            out.append((i, x))
+        i += 1
+    return out
+
+
+def colliding_float_pairs(n: int) -> list[tuple[float, float]]:
+    """n pairs of floats (i, x), x solved by inverting the tuple hash: all share one hash value."""
+    target, out, i = hash((0.5, 0.25)), [], 0
+    while len(out) < n:
+        x = float_with_hash(pair_lane_for(float(i), target))
+        if x is not None:
+            out.append((float(i), x))
+        i += 1
+    return out
+
+
+def _without_memo(value: object) -> bytes:
+    """The opcodes that push `value` (protocol 2), with no memo opcodes, so they splice anywhere."""
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, protocol=2)
+    pickler.fast = True  # no memo
+    pickler.dump(value)
+    return out.getvalue()[2:-1]
+
+
+def collision_flood(keys: list[object], protocol: int = 2, as_set: bool = False) -> bytes:
+    """A body that pushes a dict {key: 0} (or a set) of `keys`, in batches of 1,000 as pickle writes them, built
+    opcode by opcode (building the dict here would take the quadratic time). A set is builtins.set([...]) in
+    protocol 2, EMPTY_SET and ADDITEMS in 4."""
+    pushed = [_without_memo(k) for k in keys]
+    batches = [pushed[i:i + 1000] for i in range(0, len(pushed), 1000)]
+    if not as_set:
+        return b"}" + b"".join(MARK + b"".join(k + b"K\x00" for k in batch) + b"u" for batch in batches)
+    if protocol >= 4:
+        return b"\x8f" + b"".join(MARK + b"".join(batch) + b"\x90" for batch in batches)
+    return b"c__builtin__\nset\n]" + b"".join(MARK + b"".join(batch) + APPENDS for batch in batches) + TUPLE1 + REDUCE
+
+
 def list_of_a_long_string(chars: int) -> bytes:
     """A body that pushes builtins.list('a' * chars): `chars` bytes of pickle, 8 bytes of list per char."""
     return b"cbuiltins\nlist\n" + bu("a" * chars) + TUPLE1 + REDUCE

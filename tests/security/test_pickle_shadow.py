@@ -3,12 +3,14 @@
 Every shape below builds a set or dict key out of a tower of tuples, each holding the one below twice.
 Built 8 levels deep it is an ordinary pickle: the gate reads it and gets what pickle.loads gets. Built
 100 levels deep, hashing one key would visit 2^101 items: the pass refuses it before anything is built.
-The allowlist's copying builtins (list, set, dict, ...) are charged per item of their argument.
+The allowlist's copying builtins (list, set, dict, ...) are charged per item of their argument. A dict or set
+with more than 64 distinct keys of one hash value (numbers and tuples of numbers chosen to collide) is refused.
 """
 
 from __future__ import annotations
 
 import pickle
+import pickletools
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,6 +28,11 @@ from hostile import (
     TUPLE1,
     as_pickle,
     bu,
+    colliding_float_pairs,
+    colliding_int_pairs,
+    colliding_ints,
+    colliding_small_int_tuples,
+    collision_flood,
     hash_bomb,
     hash_bomb_by_dup,
     list_of_a_long_string,
@@ -37,7 +44,7 @@ from hostile import (
 from modinspect.errors import CorruptFileError
 from modinspect.sources.pickle.check import check_pickle, measure_pickle
 from modinspect.sources.pickle.gate import Gate, GatePolicy
-from modinspect.sources.pickle.shadow import HashBombError, shadow_pickle
+from modinspect.sources.pickle.shadow import HashBombError, HashCollisionError, shadow_pickle
 
 
 def _tower_by_tuple_builtin(levels: int) -> bytes:
@@ -236,11 +243,103 @@ def test_colliding_keys_are_what_they_claim() -> None:
     assert {hash(k) for k in pickle.loads(_colliding_keys(9))} == {0}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="open: full hash collisions (ints equal mod 2^61 - 1) are not counted yet"
-)
+COLLISION_LINE = ("has a dict or set with more than 64 distinct keys of one hash value, the most allowed (a "
+                  "hash-collision flood")
+
+
 def test_a_hash_collision_flood_is_refused() -> None:
     """Dict keys i * (2^61 - 1) all hash to 0: each insertion compares with every key before it. 20,000 keys
-    (280 KB) cost 2.4 s of CPU to unpickle, 100,000 (1.4 MB) about a minute; nothing bounds it yet."""
-    with pytest.raises(CorruptFileError):
+    (280 KB) cost 2.4 s of CPU to unpickle, 100,000 (1.4 MB) about a minute: refused at the 65th."""
+    with pytest.raises(HashCollisionError) as info:
         check_pickle(_colliding_keys(100_000), 0, 256 << 20, Gate("x.pkl").call_kind)
+    assert (info.value.count, info.value.limit) == (65, 64)
+    assert str(info.value).startswith(COLLISION_LINE)
+
+
+def _dict_call(callee: bytes, pairs: list[tuple[object, object]]) -> bytes:
+    """callee([(k, v), ...]) as a REDUCE, the pairs written by pickle (protocol 2, no memo)."""
+    items = pickletools.optimize(pickle.dumps(pairs, protocol=2))[2:-1]
+    return b"c" + callee + b"\n" + items + TUPLE1 + REDUCE
+
+
+KEY_FAMILIES: dict[str, Callable[[int], list[object]]] = {
+    "ints equal mod 2^61 - 1": colliding_ints,  # type: ignore[dict-item]
+    "tuples of -1 and -2": colliding_small_int_tuples,  # type: ignore[dict-item]
+    "(small int, solved int)": colliding_int_pairs,  # type: ignore[dict-item]
+    "(float, solved float)": colliding_float_pairs,  # type: ignore[dict-item]
+}
+CONTAINERS: dict[str, Callable[[list[object]], bytes]] = {
+    "dict, protocol 2": lambda keys: as_pickle(collision_flood(keys, 2), 2),
+    "dict, protocol 0": lambda keys: pickle.dumps(dict.fromkeys(keys, 0), protocol=0),
+    "set, protocol 2 (builtins.set)": lambda keys: as_pickle(collision_flood(keys, 2, as_set=True), 2),
+    "set, protocol 4 (ADDITEMS)": lambda keys: as_pickle(collision_flood(keys, 4, as_set=True), 4),
+    "frozenset, protocol 4 (FROZENSET)": lambda keys: pickle.dumps(frozenset(keys), protocol=4),
+    "DICT opcode": lambda keys: as_pickle(MARK + b"".join(pickletools.optimize(pickle.dumps(k, 2))[2:-1] + b"K\x00"
+                                                         for k in keys) + b"d", 2),
+    "OrderedDict(pairs)": lambda keys: as_pickle(_dict_call(b"collections\nOrderedDict", [(k, 0) for k in keys]), 2),
+    "dict(pairs)": lambda keys: as_pickle(_dict_call(b"builtins\ndict", [(k, 0) for k in keys]), 2),
+}
+
+
+@pytest.mark.parametrize("family", sorted(KEY_FAMILIES))
+def test_the_key_families_collide(family: str) -> None:
+    """Each family's keys are distinct and share one hash value, by Python's own hash."""
+    keys = KEY_FAMILIES[family](300)
+    assert len(set(map(repr, keys))) == 300
+    assert len({hash(k) for k in keys}) == 1
+
+
+@pytest.mark.parametrize("container", sorted(CONTAINERS))
+@pytest.mark.parametrize("family", sorted(KEY_FAMILIES))
+def test_64_colliding_keys_are_read_and_65_refused(family: str, container: str) -> None:
+    """At the bound the gate reads what pickle.loads reads; one key more is refused before anything is built."""
+    keys = KEY_FAMILIES[family](65)
+    data = CONTAINERS[container](keys[:64])
+    assert Gate("x.pkl").load(data)[0] == pickle.loads(data)
+    with pytest.raises(CorruptFileError) as info:
+        Gate("x.pkl").load(CONTAINERS[container](keys))
+    assert str(info.value).startswith("x.pkl " + COLLISION_LINE), info.value
+
+
+def test_a_key_repeated_is_not_a_collision() -> None:
+    """The same key set 1,000 times (a memoized big int, or the value written again) is one key: inserting it
+    again finds it at once, so it is not counted twice."""
+    big = (2**61 - 1).to_bytes(9, "little")
+    again = b"\x80\x02}" + b"\x8a\x09" + big + b"q\x00K\x00s" + b"h\x00K\x01s" * 1000 + b"\x8a\x09" + big + b"K\x02s."
+    assert Gate("x.pkl").load(again)[0] == pickle.loads(again) == {2**61 - 1: 2}
+
+
+def test_ordinary_number_keys_are_not_collisions() -> None:
+    """Optimizer state keys 0..N, float keys, a grid of int pairs: distinct hashes, read as pickle reads them."""
+    for obj in ({i: [i] for i in range(100_000)}, {i / 7: 0 for i in range(10_000)},
+                {(i, j): 0 for i in range(300) for j in range(300)}, {(-1, 1), (-2, 2), (-1, -1)}):
+        data = pickle.dumps(obj, protocol=2)
+        assert Gate("x.pkl").load(data)[0] == obj
+
+
+FLOOD_CHILD = """
+import resource, sys
+sys.path[:0] = sys.argv[2:]
+from hostile import as_pickle, collision_flood, colliding_small_int_tuples
+from modinspect.errors import ModinspectError
+from modinspect.sources.pickle_gate import Gate
+data = as_pickle(collision_flood(colliding_small_int_tuples(int(sys.argv[1]))), 2)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_utime
+try:
+    Gate("x.pkl").load(data)
+    print("read")
+except ModinspectError as exc:
+    print(str(exc).split(" has a dict")[0])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_utime - before)
+"""
+
+
+def test_the_flood_refusal_costs_little_cpu() -> None:
+    """CPU time of a child (not wall time): 20,000 colliding tuples of -1 and -2, 1.5 MB (the C unpickler would
+    compare 2 * 10^8 pairs of them, seconds of CPU) are refused in well under a second of CPU."""
+    paths = [p for p in sys.path if p.endswith(("tests/security", "src"))]
+    out = subprocess.run([sys.executable, "-c", FLOOD_CHILD, "20000", *paths], capture_output=True, text=True,
+                         timeout=120, check=True)
+    label, cpu = out.stdout.splitlines()
+    assert label == "x.pkl"
+    assert float(cpu) < 1.0, cpu

@@ -27,9 +27,7 @@ CAP = 1 << 62  # weights saturate here: a 10^6-level tower would otherwise grow 
 
 # What calling a global does, for the shadow (the gate says which global is which).
 CALL_STANDIN = 0  # a stand-in: records its arguments, hashes nothing; hashed by identity
-CALL_VALUE = (
-    1  # an allowlisted function building a value from its arguments (a tensor reference, a slice)
-)
+CALL_VALUE = 1  # an allowlisted function building a value from its arguments (a tensor reference, a slice)
 CALL_SEQUENCE = 2  # list(x), tuple(x), torch.Size(x): a copy of x's elements
 CALL_SET = 3  # set(x), frozenset(x): hashes x's elements
 CALL_DICT = 4  # dict(x), OrderedDict(x): hashes x's keys
@@ -38,9 +36,15 @@ CALL_IDENTITY = 6  # returns its first argument (TorchScript's list builders)
 CALL_REAL = 7  # --allow-global: real code, which may hash what it is given
 CallKind = Callable[[str, str], int]
 
-# Item tags. An item is (weight, length, tag, extra); a mutable container's is a list, updated in place.
+# Item tags. An item is (weight, length, tag, extra, value); a mutable container's is a list, updated in place,
+# with a sixth slot: a dict's or set's keys by hash value (None until a key with a known value is added), or
+# a list's elements with a known value (for set(list) and dict(list)). `value` is the item's own value when
+# its hash is not randomized (a number, a bool, None, or a tuple of such values), else _NO.
 _PLAIN, _STR, _TUPLE, _GLOBAL = 0, 1, 2, 3
-_ATOM = (1, 0, _PLAIN, None)
+_NO = object()
+_ATOM = (1, 0, _PLAIN, None, _NO)
+_CONSTS = {ord("N"): None, 0x88: True, 0x89: False, ord(")"): ()}
+_SMALL = tuple((1, 0, _PLAIN, None, i) for i in range(256))  # BININT1
 _TEXT_LIMIT = 256  # strings longer than this are never a global's module or name
 
 
@@ -78,147 +82,61 @@ class HashBombError(CorruptFileError):
         )
 
 
+COLLISION_LIMIT = 64  # distinct keys with one hash value in one dict or set; real data has a handful at most
+
+
+class HashCollisionError(CorruptFileError):
+    """Too many of one dict's or set's keys share one hash value: building it would take quadratic time."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        self.count = count
+        self.limit = limit
+        super().__init__(
+            f"has a dict or set with more than {limit} distinct keys of one hash value, the most allowed (a "
+            "hash-collision flood: numbers or tuples chosen to collide make building it take quadratic time)"
+        )
+
+
 # Opcode -> what the shadow loop does with it. Fixed-width opcodes also have their length in _STEP.
 _CODES: dict[bytes, int] = {}
-(
-    _ATOM_OP,
-    _GET1,
-    _GET4,
-    _PUT1,
-    _PUT4,
-    _MEMOIZE,
-    _MARK,
-    _EMPTY,
-    _TUPLE1,
-    _TUPLE2,
-    _TUPLE3,
-    _REDUCE,
-    _NEWOBJ,
-    _NEWOBJ_EX,
-    _APPEND,
-    _APPENDS,
-    _SETITEM,
-    _SETITEMS,
-    _ADDITEMS,
-    _STR1,
-    _STR4,
-    _STR8,
-    _BYTES1,
-    _BYTES4,
-    _BYTES8,
-    _BYTEARRAY8,
-    _LONG1,
-    _LONG4,
-    _TEXT_STR,
-    _TEXT_NUMBER,
-    _GET_TEXT,
-    _PUT_TEXT,
-    _TUPLE_MARK,
-    _LIST,
-    _DICT,
-    _FROZENSET,
-    _OBJ,
-    _INST,
-    _GLOBAL_OP,
-    _STACK_GLOBAL,
-    _BUILD,
-    _POP,
-    _POP_MARK,
-    _DUP,
-    _EXT,
-    _PERSID,
-    _BINPERSID,
-    _STOP,
-    _SKIP,
-    _INVALID,
-) = range(50)
+(_ATOM_OP, _GET1, _GET4, _PUT1, _PUT4, _MEMOIZE, _MARK, _EMPTY, _TUPLE1, _TUPLE2, _TUPLE3, _REDUCE, _NEWOBJ,
+ _NEWOBJ_EX, _APPEND, _APPENDS, _SETITEM, _SETITEMS, _ADDITEMS, _STR1, _STR4, _STR8, _BYTES1, _BYTES4,
+ _BYTES8, _BYTEARRAY8, _LONG1, _LONG4, _TEXT_STR, _TEXT_NUMBER, _GET_TEXT, _PUT_TEXT, _TUPLE_MARK, _LIST,
+ _DICT, _FROZENSET, _OBJ, _INST, _GLOBAL_OP, _STACK_GLOBAL, _BUILD, _POP, _POP_MARK, _DUP, _EXT, _PERSID,
+ _BINPERSID, _STOP, _SKIP, _CONST, _INT1, _INTN, _FLOAT8, _INVALID) = range(54)
 _OPS = {
-    _ATOM_OP: b"N\x88\x89)KMJG\x97",  # pushes of small values (NEXT_BUFFER fails in the gate's unpickler)
+    _ATOM_OP: b"\x97",  # NEXT_BUFFER fails in the gate's unpickler
+    _CONST: b"N\x88\x89)", _INT1: b"K", _INTN: b"MJ", _FLOAT8: b"G",
     _SKIP: b"\x98\x80\x95",  # READONLY_BUFFER, PROTO and FRAME push nothing
-    _GET1: b"h",
-    _GET4: b"j",
-    _PUT1: b"q",
-    _PUT4: b"r",
-    _MEMOIZE: b"\x94",
-    _MARK: b"(",
-    _EMPTY: b"]}\x8f",
-    _TUPLE1: b"\x85",
-    _TUPLE2: b"\x86",
-    _TUPLE3: b"\x87",
-    _REDUCE: b"R",
-    _NEWOBJ: b"\x81",
-    _NEWOBJ_EX: b"\x92",
-    _APPEND: b"a",
-    _APPENDS: b"e",
-    _SETITEM: b"s",
-    _SETITEMS: b"u",
-    _ADDITEMS: b"\x90",
+    _GET1: b"h", _GET4: b"j", _PUT1: b"q", _PUT4: b"r", _MEMOIZE: b"\x94", _MARK: b"(", _EMPTY: b"]}\x8f",
+    _TUPLE1: b"\x85", _TUPLE2: b"\x86", _TUPLE3: b"\x87", _REDUCE: b"R", _NEWOBJ: b"\x81", _NEWOBJ_EX: b"\x92",
+    _APPEND: b"a", _APPENDS: b"e", _SETITEM: b"s", _SETITEMS: b"u", _ADDITEMS: b"\x90",
     # SHORT_BINSTRING and BINSTRING are UTF-8 text to the gate's unpickler, as the BINUNICODEs are
-    _STR1: b"\x8cU",
-    _STR4: b"XT",
-    _STR8: b"\x8d",
-    _BYTES1: b"C",
-    _BYTES4: b"B",
-    _BYTES8: b"\x8e",
-    _BYTEARRAY8: b"\x96",
-    _LONG1: b"\x8a",
-    _LONG4: b"\x8b",
-    _TEXT_STR: b"SV",
-    _TEXT_NUMBER: b"ILF",  # escaped text the shadow does not decode; decimal numbers
-    _GET_TEXT: b"g",
-    _PUT_TEXT: b"p",
-    _TUPLE_MARK: b"t",
-    _LIST: b"l",
-    _DICT: b"d",
-    _FROZENSET: b"\x91",
-    _OBJ: b"o",
-    _INST: b"i",
-    _GLOBAL_OP: b"c",
-    _STACK_GLOBAL: b"\x93",
-    _BUILD: b"b",
-    _POP: b"0",
-    _POP_MARK: b"1",
-    _DUP: b"2",
-    _EXT: b"\x82\x83\x84",
-    _PERSID: b"P",
-    _BINPERSID: b"Q",
-    _STOP: b".",
+    _STR1: b"\x8cU", _STR4: b"XT", _STR8: b"\x8d", _BYTES1: b"C", _BYTES4: b"B", _BYTES8: b"\x8e",
+    _BYTEARRAY8: b"\x96", _LONG1: b"\x8a", _LONG4: b"\x8b",
+    _TEXT_STR: b"SV", _TEXT_NUMBER: b"ILF",  # escaped text the shadow does not decode; decimal numbers
+    _GET_TEXT: b"g", _PUT_TEXT: b"p", _TUPLE_MARK: b"t", _LIST: b"l", _DICT: b"d", _FROZENSET: b"\x91",
+    _OBJ: b"o", _INST: b"i", _GLOBAL_OP: b"c", _STACK_GLOBAL: b"\x93", _BUILD: b"b", _POP: b"0",
+    _POP_MARK: b"1", _DUP: b"2", _EXT: b"\x82\x83\x84", _PERSID: b"P", _BINPERSID: b"Q", _STOP: b".",
 }
 _CODE = [_INVALID] * 256
 for _code, _bytes in _OPS.items():
     for _op in _bytes:
         _CODE[_op] = _code
-_WIDTHS = {
-    b"K": 1,
-    b"M": 2,
-    b"J": 4,
-    b"G": 8,
-    b"\x80": 1,
-    b"\x95": 8,
-    b"\x82": 1,
-    b"\x83": 2,
-    b"\x84": 4,
-}
+_WIDTHS = {b"K": 1, b"M": 2, b"J": 4, b"G": 8, b"\x80": 1, b"\x95": 8, b"\x82": 1, b"\x83": 2, b"\x84": 4}
 _STEP = [1] * 256
 for _bytes, _width in _WIDTHS.items():
     _STEP[_bytes[0]] = 1 + _width
 _CODE_T, _STEP_T = tuple(_CODE), tuple(_STEP)
 _UINT4 = struct.Struct("<I").unpack_from
-_STRS, _TUPLES23, _CALLS = (
-    frozenset({_STR1, _STR4, _STR8}),
-    frozenset({_TUPLE2, _TUPLE3}),
-    frozenset({_REDUCE, _NEWOBJ, _NEWOBJ_EX}),
-)
-_ADDS, _SETS = (
-    frozenset({_SETITEM, _SETITEMS, _APPENDS, _ADDITEMS}),
-    frozenset({_SETITEM, _SETITEMS}),
-)
+_FLOAT = struct.Struct(">d").unpack_from
+_CONST_ITEMS = tuple((1, 0, _PLAIN, None, _CONSTS[op]) if op in _CONSTS else _ATOM for op in range(256))
+_STRS, _TUPLES23, _CALLS = frozenset({_STR1, _STR4, _STR8}), frozenset({_TUPLE2, _TUPLE3}), frozenset({_REDUCE, _NEWOBJ, _NEWOBJ_EX})
+_ADDS, _SETS = frozenset({_SETITEM, _SETITEMS, _APPENDS, _ADDITEMS}), frozenset({_SETITEM, _SETITEMS})
 _GLOBALS, _LONGS = frozenset({_GLOBAL_OP, _INST}), frozenset({_LONG1, _LONG4})
 
 
-def shadow_pickle(
-    data: Any, start: int, end: int, hash_limit: int, call_kind: CallKind = default_call_kind
-) -> None:
+def shadow_pickle(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKind = default_call_kind) -> None:
     """Replay the pickle at data[start:end] (already checked by check_pickle's first loop) on a shadow stack.
 
     Raises HashBombError when hashing its keys and sets would visit more than `hash_limit` items.
@@ -232,7 +150,7 @@ def shadow_pickle(
 
 
 def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKind) -> None:
-    code_of, step_of, atom, cap, uint4 = _CODE_T, _STEP_T, _ATOM, CAP, _UINT4
+    code_of, step_of, atom, cap, uint4, small, consts, no = _CODE_T, _STEP_T, _ATOM, CAP, _UINT4, _SMALL, _CONST_ITEMS, _NO
     stack: list[Any] = []
     push, pop = stack.append, stack.pop
     marks: list[int] = []
@@ -242,17 +160,27 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
     while pos < end:
         op = data[pos]
         code = code_of[op]
-        if code == _ATOM_OP:
-            push(atom)
-            pos += step_of[op]
-        elif code == _PUT4:
+        if code == _PUT4:  # the most frequent opcodes first
             memo[uint4(data, pos + 1)[0]] = stack[-1]
             pos += 5
-        elif code == _PUT1:
-            memo[data[pos + 1]] = stack[-1]
-            pos += 2
         elif code == _GET1:
             push(memo[data[pos + 1]])
+            pos += 2
+        elif code == _INT1:
+            push(small[data[pos + 1]])
+            pos += 2
+        elif code == _MARK:
+            marks.append(len(stack))
+            pos += 1
+        elif code == _CONST:
+            push(consts[op])
+            pos += 1
+        elif code == _INTN:
+            width = step_of[op]
+            push((1, 0, _PLAIN, None, int.from_bytes(data[pos + 1:pos + width], "little", signed=width == 5)))
+            pos += width
+        elif code == _PUT1:
+            memo[data[pos + 1]] = stack[-1]
             pos += 2
         elif code == _GET4:
             push(memo[uint4(data, pos + 1)[0]])
@@ -268,22 +196,22 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
                 length = uint4(data, pos + 1)[0]
                 pos += 5
             else:
-                length = int.from_bytes(data[pos + 1 : pos + 9], "little")
+                length = int.from_bytes(data[pos + 1:pos + 9], "little")
                 pos += 9
-            push((1, length, _STR, pos))  # the text, for STACK_GLOBAL, is data[pos:pos + length]
+            push((1, length, _STR, pos, no))  # the text, for STACK_GLOBAL, is data[pos:pos + length]
             pos += length
         elif code == _TUPLE1:
             first = stack[-1]
             weight = 1 + first[0]
-            stack[-1] = (weight if weight < cap else cap, 1, _TUPLE, first)
+            stack[-1] = (weight if weight < cap else cap, 1, _TUPLE, first, no if first[4] is no else (first[4],))
             pos += 1
         elif code in _TUPLES23:
             items = stack[-2:] if code == _TUPLE2 else stack[-3:]
             if len(items) < code - _TUPLE1 + 1:
                 return
-            del stack[-len(items) :]
+            del stack[-len(items):]
             weight = 1 + sum([i[0] for i in items])
-            push((weight if weight < cap else cap, len(items), _TUPLE, items[0]))
+            push((weight if weight < cap else cap, len(items), _TUPLE, items[0], _value_of(items)))
             pos += 1
         elif code in _CALLS:
             args = pop()
@@ -292,21 +220,17 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
                 args = pop()
                 weight += args[0]
             callee = stack[-1]
-            if (
-                callee[2] != _GLOBAL or callee[3] == CALL_STANDIN
-            ):  # a stand-in records its arguments
+            if callee[2] != _GLOBAL or callee[3] == CALL_STANDIN:  # a stand-in records its arguments
                 stack[-1] = atom
             else:
-                stack[-1], work = _call(callee[3], args[3] if args[2] == _TUPLE else None, weight)
+                stack[-1], work = _call(callee[3], args[3] if args[2] == _TUPLE else None, weight, hashed,
+                                             hash_limit)
                 hashed += work
                 if hashed > hash_limit:
                     raise HashBombError(hashed, hash_limit)
             pos += 1
-        elif code == _MARK:
-            marks.append(len(stack))
-            pos += 1
         elif code == _EMPTY:
-            push([1, 0, _PLAIN, None])
+            push([1, 0, _PLAIN, None, no, [] if op == 0x5D else None])  # a list ("]") records its elements' values
             pos += 1
         elif code == _APPEND:
             value = pop()
@@ -315,6 +239,8 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
                 weight = target[0] + value[0]
                 target[0] = weight if weight < cap else cap
                 target[1] += 1
+                if type(target[5]) is list and value[4] is not no:
+                    target[5].append(value[4])
             pos += 1
         elif code in _ADDS:
             if code == _SETITEM:
@@ -329,9 +255,11 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
             target = stack[-1]
             weight = sum([i[0] for i in items])
             if code in _SETS:  # the keys are hashed
-                hashed += sum([items[i][0] for i in range(0, len(items) - 1, 2)])
+                keys = items[0:len(items) - 1:2]
+                hashed += sum([i[0] for i in keys])
                 count = len(items) // 2
             else:
+                keys = items if code == _ADDITEMS else []
                 hashed += weight if code == _ADDITEMS else 0
                 count = len(items)
             if hashed > hash_limit:
@@ -340,26 +268,22 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
                 weight += target[0]
                 target[0] = weight if weight < cap else cap
                 target[1] += count
+                if code == _APPENDS:
+                    if type(target[5]) is list:
+                        target[5].extend([i[4] for i in items if i[4] is not no])
+                else:
+                    _add_keys(target, [i[4] for i in keys if i[4] is not no])
             pos += 1
         else:
-            pos, hashed = _rare(code, op, data, pos, stack, marks, memo, hashed, call_kind)
+            pos, hashed = _rare(code, op, data, pos, stack, marks, memo, hashed, hash_limit, call_kind)
             if pos < 0:
                 return
             if hashed > hash_limit:
                 raise HashBombError(hashed, hash_limit)
 
 
-def _rare(
-    code: int,
-    op: int,
-    data: Any,
-    pos: int,
-    stack: list[Any],
-    marks: list[int],
-    memo: dict[int, Any],
-    hashed: int,
-    call_kind: CallKind,
-) -> tuple[int, int]:
+def _rare(code: int, op: int, data: Any, pos: int, stack: list[Any], marks: list[int], memo: dict[int, Any],
+          hashed: int, hash_limit: int, call_kind: CallKind) -> tuple[int, int]:
     """The shadow of the less frequent opcodes: (the next position, or -1 to stop; the hashing so far)."""
     push, cap = stack.append, CAP
     if code in (_TUPLE_MARK, _LIST, _DICT, _FROZENSET, _OBJ):
@@ -368,74 +292,74 @@ def _rare(
         del stack[mark:]
         weight = min(cap, 1 + sum([i[0] for i in items]))
         if code == _TUPLE_MARK:
-            push((weight, len(items), _TUPLE, items[0] if items else None))
+            push((weight, len(items), _TUPLE, items[0] if items else None, _value_of(items)))
         elif code == _LIST:
-            push([weight, len(items), _PLAIN, None])
+            push([weight, len(items), _PLAIN, None, _NO, [i[4] for i in items if i[4] is not _NO]])
         elif code == _DICT:
-            hashed += sum([items[i][0] for i in range(0, len(items) - 1, 2)])
-            push([weight, len(items) // 2, _PLAIN, None])
+            keys = items[0:len(items) - 1:2]
+            hashed += sum([i[0] for i in keys])
+            target = [weight, len(items) // 2, _PLAIN, None, _NO, None]
+            _add_keys(target, [i[4] for i in keys if i[4] is not _NO], hashed, hash_limit)
+            push(target)
         elif code == _FROZENSET:
             hashed += weight - 1
-            push((weight, len(items), _PLAIN, None))
+            _add_keys([weight, 0, _PLAIN, None, _NO, None], [i[4] for i in items if i[4] is not _NO], hashed,
+                      hash_limit)
+            push((weight, len(items), _PLAIN, None, _NO))
         else:  # OBJ: the class, then its arguments
             callee = items[0]
             what = callee[3] if callee[2] == _GLOBAL else CALL_STANDIN
-            item, work = _call(what, items[1] if len(items) > 1 else None, weight)
+            item, work = _call(what, items[1] if len(items) > 1 else None, weight, hashed, hash_limit)
             push(item)
             hashed += work
         return pos + 1, hashed
     if code in _GLOBALS:
         first_nl = data.find(b"\n", pos + 1)
         second_nl = data.find(b"\n", first_nl + 1)
-        what = call_kind(_text(data[pos + 1 : first_nl]), _text(data[first_nl + 1 : second_nl]))
+        what = call_kind(_text(data[pos + 1:first_nl]), _text(data[first_nl + 1:second_nl]))
         if code == _GLOBAL_OP:
-            push((1, 0, _GLOBAL, what))
+            push((1, 0, _GLOBAL, what, _NO))
         else:  # INST: calls the class with what lies above the MARK
             mark = marks.pop()
             items = stack[mark:]
             del stack[mark:]
-            item, work = _call(
-                what, items[0] if items else None, min(cap, 1 + sum([i[0] for i in items]))
-            )
+            item, work = _call(what, items[0] if items else None, min(cap, 1 + sum([i[0] for i in items])), hashed,
+                               hash_limit)
             push(item)
             hashed += work
         return second_nl + 1, hashed
     if code == _STACK_GLOBAL:
         name, module = stack.pop(), stack.pop()
         if module[2] == _STR and name[2] == _STR and module[3] is not None and name[3] is not None:
-            what = call_kind(
-                _text(data[module[3] : module[3] + module[1]]),
-                _text(data[name[3] : name[3] + name[1]]),
-            )
+            what = call_kind(_text(data[module[3]:module[3] + module[1]]), _text(data[name[3]:name[3] + name[1]]))
         else:  # names the shadow cannot read (escaped text): assume real code
             what = CALL_REAL
-        push((1, 0, _GLOBAL, what))
+        push((1, 0, _GLOBAL, what, _NO))
         return pos + 1, hashed
     if code in (_BYTES1, _BYTES4, _BYTES8, _BYTEARRAY8, _LONG1, _LONG4):
         width = 1 if code in (_BYTES1, _LONG1) else 4 if code in (_BYTES4, _LONG4) else 8
-        length = int.from_bytes(data[pos + 1 : pos + 1 + width], "little", signed=code == _LONG4)
+        length = int.from_bytes(data[pos + 1:pos + 1 + width], "little", signed=code == _LONG4)
         if code in _LONGS:  # hashing an int reads all its digits, every time
-            push((1 + length // 8, 0, _PLAIN, None))
+            value = int.from_bytes(data[pos + 1 + width:pos + 1 + width + length], "little", signed=True)
+            push((1 + length // 8, 0, _PLAIN, None, value))
         elif code == _BYTEARRAY8:
-            push([1, length, _PLAIN, None])
+            push([1, length, _PLAIN, None, _NO, None])
         else:
-            push((1, length, _PLAIN, None))
+            push((1, length, _PLAIN, None, _NO))
         return pos + 1 + width + length, hashed
     if code in (_TEXT_STR, _TEXT_NUMBER, _GET_TEXT, _PUT_TEXT, _PERSID):
         nl = data.find(b"\n", pos + 1)
         if code == _TEXT_STR:
-            push((1, nl - pos, _STR, None))
+            push((1, nl - pos, _STR, None, _NO))
         elif code == _TEXT_NUMBER:
-            push((1 + (nl - pos) // 16, 0, _PLAIN, None))
+            push((1 + (nl - pos) // 16, 0, _PLAIN, None, _text_number(op, bytes(data[pos + 1:nl]))))
         elif code == _PERSID:
             push(_ATOM)
         else:
             try:
-                index = int(bytes(data[pos + 1 : nl]))
+                index = int(bytes(data[pos + 1:nl]))
             except ValueError:
-                raise CorruptFileError(
-                    f"is not a readable pickle (a memo index that is not a number at byte {pos:,})"
-                ) from None
+                raise CorruptFileError(f"is not a readable pickle (a memo index that is not a number at byte {pos:,})") from None
             if code == _GET_TEXT:
                 push(memo[index])
             else:
@@ -443,26 +367,30 @@ def _rare(
         return nl + 1, hashed
     if code == _SKIP:
         return pos + _STEP_T[op], hashed
+    if code == _FLOAT8:
+        push((1, 0, _PLAIN, None, _FLOAT(data, pos + 1)[0]))
+        return pos + 9, hashed
+    if code == _ATOM_OP:
+        push(_ATOM)
+        return pos + 1, hashed
     if code == _BUILD:
         stack.pop()
         stack[-1]  # an IndexError, as the unpickler's, when there is no object to build
         return pos + 1, hashed
     if code == _POP:
-        if marks and marks[-1] == len(
-            stack
-        ):  # the unpickler's POP discards a MARK on top of the stack
+        if marks and marks[-1] == len(stack):  # the unpickler's POP discards a MARK on top of the stack
             marks.pop()
         else:
             stack.pop()
         return pos + 1, hashed
     if code == _POP_MARK:
-        del stack[marks.pop() :]
+        del stack[marks.pop():]
         return pos + 1, hashed
     if code == _DUP:
         push(stack[-1])
         return pos + 1, hashed
     if code == _EXT:
-        push((1, 0, _GLOBAL, CALL_REAL))
+        push((1, 0, _GLOBAL, CALL_REAL, _NO))
         return pos + _STEP_T[op], hashed
     if code == _BINPERSID:
         stack[-1] = _ATOM
@@ -470,13 +398,56 @@ def _rare(
     return -1, hashed  # STOP, or an opcode the first loop would have refused
 
 
+def _value_of(items: list[Any]) -> Any:
+    """A tuple's value from its items' values: _NO unless every item has one."""
+    values = [i[4] for i in items]
+    return _NO if _NO in values else tuple(values)
+
+
+def _text_number(op: int, text: bytes) -> Any:
+    """The value of a protocol-0 INT, LONG or FLOAT line (as the unpickler reads it), or _NO."""
+    try:
+        if op == 0x46:  # F
+            return float(text)
+        if op == 0x49 and text in (b"00", b"01"):  # I00, I01: False, True
+            return text == b"01"
+        return int(text.rstrip(b"L"))
+    except ValueError:  # the unpickler fails there too, or a number past int's digit limit
+        return _NO
+
+
+def _add_keys(target: list[Any], keys: list[Any] | tuple[Any, ...], hashed: int = 0, hash_limit: int = CAP) -> None:
+    """Record keys with a known value in a dict or set's shadow; refuse more than COLLISION_LIMIT distinct
+    keys with one hash value (each insertion compares with every key of its hash: quadratic time).
+
+    Called after the hash bomb check, so hashing the values costs at most the limit it allows."""
+    if not keys or hashed > hash_limit or type(target[5]) is list:
+        return
+    by_hash = target[5]
+    if by_hash is None:
+        by_hash = target[5] = {}
+    limit = COLLISION_LIMIT
+    for key in keys:
+        try:
+            h = hash(key)
+        except TypeError:
+            continue
+        same = by_hash.get(h)
+        if same is None:
+            by_hash[h] = [key]
+        elif key not in same:  # at most COLLISION_LIMIT comparisons: the list is refused past it
+            same.append(key)
+            if len(same) > limit:
+                raise HashCollisionError(len(same), limit)
+
+
 def _text(raw: Any) -> str:
     return bytes(raw).decode("utf-8", "surrogatepass")
 
 
-def _call(what: int, first: Any, weight: int) -> tuple[Any, int]:
+def _call(what: int, first: Any, weight: int, hashed: int = 0, hash_limit: int = CAP) -> tuple[Any, int]:
     """The shadow of calling a global of kind `what` with `first` and more arguments weighing `weight`,
-    and how many items the call hashes."""
+    and how many items the call hashes (`hashed` so far, of `hash_limit`: checked before hashing values)."""
     if what == CALL_STANDIN:
         return _ATOM, 0
     if what == CALL_IDENTITY:
@@ -484,15 +455,20 @@ def _call(what: int, first: Any, weight: int) -> tuple[Any, int]:
     weight = min(CAP, weight)
     length = first[1] if first is not None else 0
     if what == CALL_VALUE:
-        return (1 + weight, 0, _PLAIN, None), 0
+        return (1 + weight, 0, _PLAIN, None, _NO), 0
     if what == CALL_BYTES:
-        return (1, length, _PLAIN, None), 0
+        return (1, length, _PLAIN, None, _NO), 0
     if what == CALL_SEQUENCE:  # a tuple hashes through its items: it keeps their weight
-        return (1 + weight, length, _TUPLE, None), 0
-    if (
-        what == CALL_REAL
-    ):  # real code may hash what it is given, and return anything, a callable too
-        return [1 + weight, length, _GLOBAL, CALL_REAL], weight
+        return (1 + weight, length, _TUPLE, None, _NO), 0
+    if what == CALL_REAL:  # real code may hash what it is given, and return anything, a callable too
+        return [1 + weight, length, _GLOBAL, CALL_REAL, _NO, None], weight
     # set, frozenset, dict, OrderedDict hash the elements of their first argument (a string's characters)
-    hashed = max(first[0] - 1, length) if first is not None else 0
-    return [1 + weight, length, _PLAIN, None], hashed
+    work = max(first[0] - 1, length) if first is not None else 0
+    target = [1 + weight, length, _PLAIN, None, _NO, None]
+    if first is not None and hashed + work <= hash_limit:
+        elements: Any = first[5] if type(first) is list else first[4]
+        if isinstance(elements, (list, tuple)):
+            if what == CALL_DICT:  # dict(pairs): the keys are the pairs' first items
+                elements = [e[0] for e in elements if type(e) is tuple and len(e) == 2]
+            _add_keys(target, elements)
+    return target, work
