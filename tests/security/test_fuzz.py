@@ -35,6 +35,11 @@ from safetensors.torch import save_file
 
 from hostile import (
     central_entries,
+    colliding_float_pairs,
+    colliding_int_pairs,
+    colliding_ints,
+    colliding_small_int_tuples,
+    collision_flood,
     hash_bomb,
     hash_bomb_by_dup,
     list_of_a_long_string,
@@ -422,6 +427,12 @@ HOSTILE_SEEDS = [
     _hostile_seed(lambda memo: hash_bomb(12, memo)),
     _hostile_seed(lambda memo: hash_bomb_by_dup(100)),
     _hostile_seed(lambda memo: list_of_a_long_string(100_000)),
+    # branch flood: dicts and sets of keys sharing one hash value, refused past 64 (and 64, which is read)
+    _hostile_seed(lambda memo: collision_flood(colliding_ints(200))),
+    _hostile_seed(lambda memo: collision_flood(colliding_ints(64))),
+    _hostile_seed(lambda memo: collision_flood(colliding_small_int_tuples(200), 4, as_set=True)),
+    _hostile_seed(lambda memo: collision_flood(colliding_int_pairs(200), 2, as_set=True)),
+    _hostile_seed(lambda memo: collision_flood(colliding_float_pairs(200))),
 ]
 
 

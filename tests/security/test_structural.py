@@ -41,6 +41,11 @@ from hostile import (
     LH_CSIZE,
     LH_USIZE,
     central_entries,
+    colliding_float_pairs,
+    colliding_int_pairs,
+    colliding_ints,
+    colliding_small_int_tuples,
+    collision_flood,
     entry_named,
     hash_bomb,
     hash_bomb_by_dup,
@@ -1895,6 +1900,43 @@ def report_optimizer_group_not_an_object(tmp: Path) -> tuple[list[str], str]:
         ["report", str(_log_with_optimizer(tmp, "[7]"))],
         "line 3: the step record has an optimizer group that is not an object",
     )
+
+
+# ---------------------------------------------------------------- branch flood: hash-collision floods
+# Dict and set keys sharing one hash value (numbers and tuples of numbers hash the same in every process):
+# each insertion compares with every key before it. Refused past 64 distinct keys of one hash value.
+
+COLLISION_LINE = ("has a dict or set with more than 64 distinct keys of one hash value, the most allowed (a "
+                  "hash-collision flood")
+
+
+@case
+def collision_flood_of_ints_in_zip_data_pkl(tmp: Path) -> tuple[list[str], str]:
+    """{i * (2^61 - 1): 0} for 20,000 i beside real tensors: all hash to 0; 2.4 s of CPU in the unpickler."""
+    path = zip_pt(tmp, lambda memo: collision_flood(colliding_ints(20_000)))
+    return ["tree", str(path)], COLLISION_LINE
+
+
+@case
+def collision_flood_of_small_int_tuples_raw(tmp: Path) -> tuple[list[str], str]:
+    """20,000 tuples of -1 and -2 (hash(-1) == hash(-2)), 1.5 MB: 4.4 s of CPU in the unpickler."""
+    return ["tree", str(raw_pkl(tmp, lambda memo: collision_flood(colliding_small_int_tuples(20_000)), 2))], \
+        COLLISION_LINE
+
+
+@case
+def collision_flood_of_solved_int_pairs_as_a_set(tmp: Path) -> tuple[list[str], str]:
+    """A set (EMPTY_SET, ADDITEMS) of 20,000 pairs (i, x), x solved by inverting CPython's tuple hash."""
+    path = legacy_pt(tmp, lambda memo: collision_flood(colliding_int_pairs(20_000), 4, as_set=True))
+    return ["tree", str(path)], COLLISION_LINE
+
+
+@case
+def collision_flood_of_solved_float_pairs_as_stats_input(tmp: Path) -> tuple[list[str], str]:
+    """builtins.set of 2,000 pairs of floats (i, x), x solved by inverting the tuple hash, as `stats --input`."""
+    entry = write_victim(tmp)
+    path = zip_pt(tmp, lambda memo: collision_flood(colliding_float_pairs(2_000), 2, as_set=True), "batch.pt")
+    return ["stats", f"{tmp}/{entry}", "--input", str(path)], COLLISION_LINE
 
 
 # ---------------------------------------------------------------- running them

@@ -44,6 +44,7 @@ _PLAIN, _STR, _TUPLE, _GLOBAL = 0, 1, 2, 3
 _NO = object()
 _ATOM = (1, 0, _PLAIN, None, _NO)
 _CONSTS = {ord("N"): None, 0x88: True, 0x89: False, ord(")"): ()}
+_NOTHING_YET = ()  # a list's sixth slot before an element with a known value is appended
 _SMALL = tuple((1, 0, _PLAIN, None, i) for i in range(256))  # BININT1
 _TEXT_LIMIT = 256  # strings longer than this are never a global's module or name
 
@@ -130,6 +131,7 @@ for _bytes, _width in _WIDTHS.items():
 _CODE_T, _STEP_T = tuple(_CODE), tuple(_STEP)
 _UINT4 = struct.Struct("<I").unpack_from
 _FLOAT = struct.Struct(">d").unpack_from
+_INT4, _UINT2 = struct.Struct("<i").unpack_from, struct.Struct("<H").unpack_from
 _CONST_ITEMS = tuple((1, 0, _PLAIN, None, _CONSTS[op]) if op in _CONSTS else _ATOM for op in range(256))
 _STRS, _TUPLES23, _CALLS = frozenset({_STR1, _STR4, _STR8}), frozenset({_TUPLE2, _TUPLE3}), frozenset({_REDUCE, _NEWOBJ, _NEWOBJ_EX})
 _ADDS, _SETS = frozenset({_SETITEM, _SETITEMS, _APPENDS, _ADDITEMS}), frozenset({_SETITEM, _SETITEMS})
@@ -150,7 +152,8 @@ def shadow_pickle(data: Any, start: int, end: int, hash_limit: int, call_kind: C
 
 
 def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKind) -> None:
-    code_of, step_of, atom, cap, uint4, small, consts, no = _CODE_T, _STEP_T, _ATOM, CAP, _UINT4, _SMALL, _CONST_ITEMS, _NO
+    code_of, atom, cap, uint4, small, consts, no = _CODE_T, _ATOM, CAP, _UINT4, _SMALL, _CONST_ITEMS, _NO
+    int4, uint2 = _INT4, _UINT2
     stack: list[Any] = []
     push, pop = stack.append, stack.pop
     marks: list[int] = []
@@ -169,16 +172,19 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
         elif code == _INT1:
             push(small[data[pos + 1]])
             pos += 2
+        elif code == _INTN:
+            if op == 0x4A:  # BININT
+                push((1, 0, _PLAIN, None, int4(data, pos + 1)[0]))
+                pos += 5
+            else:
+                push((1, 0, _PLAIN, None, uint2(data, pos + 1)[0]))
+                pos += 3
         elif code == _MARK:
             marks.append(len(stack))
             pos += 1
         elif code == _CONST:
             push(consts[op])
             pos += 1
-        elif code == _INTN:
-            width = step_of[op]
-            push((1, 0, _PLAIN, None, int.from_bytes(data[pos + 1:pos + width], "little", signed=width == 5)))
-            pos += width
         elif code == _PUT1:
             memo[data[pos + 1]] = stack[-1]
             pos += 2
@@ -230,7 +236,7 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
                     raise HashBombError(hashed, hash_limit)
             pos += 1
         elif code == _EMPTY:
-            push([1, 0, _PLAIN, None, no, [] if op == 0x5D else None])  # a list ("]") records its elements' values
+            push([1, 0, _PLAIN, None, no, _NOTHING_YET if op == 0x5D else None])  # a list ("]") records its elements' values
             pos += 1
         elif code == _APPEND:
             value = pop()
@@ -239,8 +245,8 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
                 weight = target[0] + value[0]
                 target[0] = weight if weight < cap else cap
                 target[1] += 1
-                if type(target[5]) is list and value[4] is not no:
-                    target[5].append(value[4])
+                if value[4] is not no and target[5] is not None:
+                    _append_value(target, value[4])
             pos += 1
         elif code in _ADDS:
             if code == _SETITEM:
@@ -269,8 +275,13 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
                 target[0] = weight if weight < cap else cap
                 target[1] += count
                 if code == _APPENDS:
-                    if type(target[5]) is list:
-                        target[5].extend([i[4] for i in items if i[4] is not no])
+                    elements = target[5]
+                    if elements is not None:
+                        values = [i[4] for i in items if i[4] is not no]
+                        if elements is _NOTHING_YET:
+                            target[5] = values
+                        elif type(elements) is list:
+                            elements += values
                 else:
                     _add_keys(target, [i[4] for i in keys if i[4] is not no])
             pos += 1
@@ -416,29 +427,63 @@ def _text_number(op: int, text: bytes) -> Any:
         return _NO
 
 
+def _append_value(target: list[Any], value: Any) -> None:
+    """Record an element's value in a list's shadow (for set(list) and dict(list))."""
+    elements = target[5]
+    if elements is _NOTHING_YET:
+        target[5] = [value]
+    elif type(elements) is list:
+        elements.append(value)
+
+
+class _Colliding(list):  # type: ignore[type-arg]
+    """The distinct keys of one dict or set that share one hash value."""
+
+
+class _Pending(list):  # type: ignore[type-arg]
+    """The keys of a dict or set that has at most COLLISION_LIMIT of them: not hashed until it has more."""
+
+
 def _add_keys(target: list[Any], keys: list[Any] | tuple[Any, ...], hashed: int = 0, hash_limit: int = CAP) -> None:
     """Record keys with a known value in a dict or set's shadow; refuse more than COLLISION_LIMIT distinct
     keys with one hash value (each insertion compares with every key of its hash: quadratic time).
 
     Called after the hash bomb check, so hashing the values costs at most the limit it allows."""
-    if not keys or hashed > hash_limit or type(target[5]) is list:
-        return
     by_hash = target[5]
-    if by_hash is None:
-        by_hash = target[5] = {}
+    if not keys or hashed > hash_limit:
+        return
+    if by_hash is None or type(by_hash) is _Pending:  # a small dict or set (most are) costs one list
+        pending = list(keys) if by_hash is None else by_hash + list(keys)
+        if len(pending) <= COLLISION_LIMIT:
+            target[5] = _Pending(pending)
+            return
+        keys, by_hash = pending, {}
+        target[5] = by_hash
+    elif type(by_hash) is not dict:  # a list's elements
+        return
+    try:
+        fresh = dict(zip(map(hash, keys), keys, strict=True))
+    except TypeError:
+        fresh = {}
+    if len(fresh) == len(keys) and by_hash.keys().isdisjoint(fresh):  # no two hash values alike: the usual case
+        by_hash.update(fresh)
+        return
     limit = COLLISION_LIMIT
     for key in keys:
         try:
             h = hash(key)
         except TypeError:
             continue
-        same = by_hash.get(h)
-        if same is None:
-            by_hash[h] = [key]
-        elif key not in same:  # at most COLLISION_LIMIT comparisons: the list is refused past it
-            same.append(key)
-            if len(same) > limit:
-                raise HashCollisionError(len(same), limit)
+        same = by_hash.get(h, _NO)
+        if same is _NO:
+            by_hash[h] = key
+        elif type(same) is _Colliding:
+            if key not in same:  # at most COLLISION_LIMIT comparisons: the list is refused past it
+                same.append(key)
+                if len(same) > limit:
+                    raise HashCollisionError(len(same), limit)
+        elif not (same is key or same == key):
+            by_hash[h] = _Colliding([same, key])
 
 
 def _text(raw: Any) -> str:
