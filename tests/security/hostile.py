@@ -18,7 +18,7 @@ import pickletools
 import struct
 import subprocess
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -799,7 +799,7 @@ def float_with_hash(h: int) -> float | None:
     for k in range(61):
         a = (value << k) % MERSENNE_61
         if a < 2**53:
-            f = sign * a * 2.0 ** -k
+            f = sign * a * 2.0**-k
             return f if hash(f) == h else None
     return None
 
@@ -817,7 +817,8 @@ def colliding_small_int_tuples(n: int) -> list[tuple[int, ...]]:
 
 def colliding_int_pairs(n: int) -> list[tuple[int, int]]:
     """n pairs (i, x) with i small and x solved by inverting the tuple hash: all share one hash value."""
-    target, out, i = hash((0, 12345)), [], 0
+    out: list[tuple[int, int]] = []
+    target, i = hash((0, 12345)), 0
     while len(out) < n:
         x = int_with_hash(pair_lane_for(i, target))
         if x is not None:
@@ -826,9 +827,50 @@ def colliding_int_pairs(n: int) -> list[tuple[int, int]]:
     return out
 
 
+def colliding_frozensets(n: int) -> list[frozenset[int]]:
+    """n frozensets of 50 ints from 1..100 that share one hash value, found by linear algebra over GF(2).
+
+    A frozenset's hash is a bijection of the XOR of its elements' shuffled hashes and of its size, so the
+    subsets of 1..100 whose shuffled hashes XOR to 0 (a null space of dimension 36 or more) all collide
+    within one size: small ints only, nothing a number count would notice.
+    """
+    import random
+
+    mask = (1 << 64) - 1
+
+    def shuffled(h: int) -> int:  # CPython's _shuffle_bits (Objects/setobject.c)
+        return (((h ^ 89869747) ^ (h << 16)) * 3644798167) & mask
+
+    basis: dict[int, tuple[int, int]] = {}
+    null: list[int] = []
+    for index in range(100):
+        vector, combo = shuffled(index + 1), 1 << index
+        for bit in range(63, -1, -1):
+            if not (vector >> bit) & 1:
+                continue
+            if bit not in basis:
+                basis[bit] = (vector, combo)
+                break
+            vector, combo = vector ^ basis[bit][0], combo ^ basis[bit][1]
+        if vector == 0:
+            null.append(combo)
+    out: list[frozenset[int]] = []
+    rng, seen = random.Random(0), set()
+    while len(out) < n:
+        combo = 0
+        for z in null:
+            if rng.random() < 0.5:
+                combo ^= z
+        if combo.bit_count() == 50 and combo not in seen:
+            seen.add(combo)
+            out.append(frozenset(k + 1 for k in range(100) if combo >> k & 1))
+    return out
+
+
 def colliding_float_pairs(n: int) -> list[tuple[float, float]]:
     """n pairs of floats (i, x), x solved by inverting the tuple hash: all share one hash value."""
-    target, out, i = hash((0.5, 0.25)), [], 0
+    out: list[tuple[float, float]] = []
+    target, i = hash((0.5, 0.25)), 0
     while len(out) < n:
         x = float_with_hash(pair_lane_for(float(i), target))
         if x is not None:
@@ -837,26 +879,34 @@ def colliding_float_pairs(n: int) -> list[tuple[float, float]]:
     return out
 
 
-def _without_memo(value: object) -> bytes:
-    """The opcodes that push `value` (protocol 2), with no memo opcodes, so they splice anywhere."""
+def _without_memo(value: object, protocol: int = 2) -> bytes:
+    """The opcodes that push `value` (protocol 2, or 3: no frame either, and `builtins` for the names that
+    protocol 2 writes as `__builtin__`), with no memo opcodes, so they splice anywhere."""
     out = io.BytesIO()
-    pickler = pickle.Pickler(out, protocol=2)
+    pickler = pickle.Pickler(out, protocol=protocol)
     pickler.fast = True  # no memo
     pickler.dump(value)
     return out.getvalue()[2:-1]
 
 
-def collision_flood(keys: list[object], protocol: int = 2, as_set: bool = False) -> bytes:
+def collision_flood(keys: Sequence[object], protocol: int = 2, as_set: bool = False) -> bytes:
     """A body that pushes a dict {key: 0} (or a set) of `keys`, in batches of 1,000 as pickle writes them, built
     opcode by opcode (building the dict here would take the quadratic time). A set is builtins.set([...]) in
     protocol 2, EMPTY_SET and ADDITEMS in 4."""
-    pushed = [_without_memo(k) for k in keys]
-    batches = [pushed[i:i + 1000] for i in range(0, len(pushed), 1000)]
+    pushed = [_without_memo(k, 2 if protocol < 3 else 3) for k in keys]
+    batches = [pushed[i : i + 1000] for i in range(0, len(pushed), 1000)]
     if not as_set:
-        return b"}" + b"".join(MARK + b"".join(k + b"K\x00" for k in batch) + b"u" for batch in batches)
+        return b"}" + b"".join(
+            MARK + b"".join(k + b"K\x00" for k in batch) + b"u" for batch in batches
+        )
     if protocol >= 4:
         return b"\x8f" + b"".join(MARK + b"".join(batch) + b"\x90" for batch in batches)
-    return b"c__builtin__\nset\n]" + b"".join(MARK + b"".join(batch) + APPENDS for batch in batches) + TUPLE1 + REDUCE
+    return (
+        b"c__builtin__\nset\n]"
+        + b"".join(MARK + b"".join(batch) + APPENDS for batch in batches)
+        + TUPLE1
+        + REDUCE
+    )
 
 
 def list_of_a_long_string(chars: int) -> bytes:

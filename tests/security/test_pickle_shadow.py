@@ -14,6 +14,7 @@ import pickletools
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -29,6 +30,7 @@ from hostile import (
     as_pickle,
     bu,
     colliding_float_pairs,
+    colliding_frozensets,
     colliding_int_pairs,
     colliding_ints,
     colliding_small_int_tuples,
@@ -243,8 +245,10 @@ def test_colliding_keys_are_what_they_claim() -> None:
     assert {hash(k) for k in pickle.loads(_colliding_keys(9))} == {0}
 
 
-COLLISION_LINE = ("has a dict or set with more than 64 distinct keys of one hash value, the most allowed (a "
-                  "hash-collision flood")
+COLLISION_LINE = (
+    "has a dict or set with more than 64 distinct keys of one hash value, the most allowed (a "
+    "hash-collision flood"
+)
 
 
 def test_a_hash_collision_flood_is_refused() -> None:
@@ -267,16 +271,25 @@ KEY_FAMILIES: dict[str, Callable[[int], list[object]]] = {
     "tuples of -1 and -2": colliding_small_int_tuples,  # type: ignore[dict-item]
     "(small int, solved int)": colliding_int_pairs,  # type: ignore[dict-item]
     "(float, solved float)": colliding_float_pairs,  # type: ignore[dict-item]
+    "frozensets of small ints": colliding_frozensets,  # type: ignore[dict-item]
 }
 CONTAINERS: dict[str, Callable[[list[object]], bytes]] = {
     "dict, protocol 2": lambda keys: as_pickle(collision_flood(keys, 2), 2),
     "dict, protocol 0": lambda keys: pickle.dumps(dict.fromkeys(keys, 0), protocol=0),
-    "set, protocol 2 (builtins.set)": lambda keys: as_pickle(collision_flood(keys, 2, as_set=True), 2),
+    "set, protocol 2 (builtins.set)": lambda keys: as_pickle(
+        collision_flood(keys, 2, as_set=True), 2
+    ),
     "set, protocol 4 (ADDITEMS)": lambda keys: as_pickle(collision_flood(keys, 4, as_set=True), 4),
     "frozenset, protocol 4 (FROZENSET)": lambda keys: pickle.dumps(frozenset(keys), protocol=4),
-    "DICT opcode": lambda keys: as_pickle(MARK + b"".join(pickletools.optimize(pickle.dumps(k, 2))[2:-1] + b"K\x00"
-                                                         for k in keys) + b"d", 2),
-    "OrderedDict(pairs)": lambda keys: as_pickle(_dict_call(b"collections\nOrderedDict", [(k, 0) for k in keys]), 2),
+    "DICT opcode": lambda keys: as_pickle(
+        MARK
+        + b"".join(pickletools.optimize(pickle.dumps(k, 2))[2:-1] + b"K\x00" for k in keys)
+        + b"d",
+        2,
+    ),
+    "OrderedDict(pairs)": lambda keys: as_pickle(
+        _dict_call(b"collections\nOrderedDict", [(k, 0) for k in keys]), 2
+    ),
     "dict(pairs)": lambda keys: as_pickle(_dict_call(b"builtins\ndict", [(k, 0) for k in keys]), 2),
 }
 
@@ -305,14 +318,27 @@ def test_a_key_repeated_is_not_a_collision() -> None:
     """The same key set 1,000 times (a memoized big int, or the value written again) is one key: inserting it
     again finds it at once, so it is not counted twice."""
     big = (2**61 - 1).to_bytes(9, "little")
-    again = b"\x80\x02}" + b"\x8a\x09" + big + b"q\x00K\x00s" + b"h\x00K\x01s" * 1000 + b"\x8a\x09" + big + b"K\x02s."
+    again = (
+        b"\x80\x02}"
+        + b"\x8a\x09"
+        + big
+        + b"q\x00K\x00s"
+        + b"h\x00K\x01s" * 1000
+        + b"\x8a\x09"
+        + big
+        + b"K\x02s."
+    )
     assert Gate("x.pkl").load(again)[0] == pickle.loads(again) == {2**61 - 1: 2}
 
 
 def test_ordinary_number_keys_are_not_collisions() -> None:
     """Optimizer state keys 0..N, float keys, a grid of int pairs: distinct hashes, read as pickle reads them."""
-    for obj in ({i: [i] for i in range(100_000)}, {i / 7: 0 for i in range(10_000)},
-                {(i, j): 0 for i in range(300) for j in range(300)}, {(-1, 1), (-2, 2), (-1, -1)}):
+    for obj in (
+        {i: [i] for i in range(100_000)},
+        {i / 7: 0 for i in range(10_000)},
+        {(i, j): 0 for i in range(300) for j in range(300)},
+        {(-1, 1), (-2, 2), (-1, -1)},
+    ):
         data = pickle.dumps(obj, protocol=2)
         assert Gate("x.pkl").load(data)[0] == obj
 
@@ -322,7 +348,7 @@ import resource, sys
 sys.path[:0] = sys.argv[2:]
 from hostile import as_pickle, collision_flood, colliding_small_int_tuples
 from modinspect.errors import ModinspectError
-from modinspect.sources.pickle_gate import Gate
+from modinspect.sources.pickle.gate import Gate
 data = as_pickle(collision_flood(colliding_small_int_tuples(int(sys.argv[1]))), 2)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_utime
 try:
@@ -338,8 +364,83 @@ def test_the_flood_refusal_costs_little_cpu() -> None:
     """CPU time of a child (not wall time): 20,000 colliding tuples of -1 and -2, 1.5 MB (the C unpickler would
     compare 2 * 10^8 pairs of them, seconds of CPU) are refused in well under a second of CPU."""
     paths = [p for p in sys.path if p.endswith(("tests/security", "src"))]
-    out = subprocess.run([sys.executable, "-c", FLOOD_CHILD, "20000", *paths], capture_output=True, text=True,
-                         timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", FLOOD_CHILD, "20000", *paths],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     label, cpu = out.stdout.splitlines()
     assert label == "x.pkl"
     assert float(cpu) < 1.0, cpu
+
+
+def _shadow_runs(data: bytes, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Whether the structural pass of `data` runs the shadow loop (counted, not timed)."""
+    from modinspect.sources.pickle import check
+
+    calls: list[int] = []
+    real = check.shadow_pickle  # type: ignore[attr-defined]
+
+    def counting(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(check, "shadow_pickle", counting)
+    check_pickle(data, 0, 256 << 20, Gate("x.pkl").call_kind)
+    return bool(calls)
+
+
+def test_a_real_state_dict_skips_the_shadow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save's pickle of a state dict and an AdamW checkpoint (lr, betas, eps: a few floats; step counts;
+    sizes and strides as BININTs): nothing that can collide, so the shadow loop never runs on it."""
+    import io
+    import zipfile
+
+    import torch
+
+    model = torch.nn.Sequential(*[torch.nn.Linear(300, 300) for _ in range(40)])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95))
+    model(torch.randn(2, 300)).sum().backward()
+    opt.step()
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3}, buffer)
+    with zipfile.ZipFile(buffer) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    assert not _shadow_runs(data, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    ("numbers", "runs"),
+    [
+        ([0.5] * 63, False),
+        ([0.5 + i for i in range(64)], True),  # 64 floats: a flood of 65 keys is possible
+        ([-1] * 63 + [7], False),
+        ([-1, -2] * 32, True),
+        ([2**40 + i for i in range(64)], True),  # LONG1
+        ([i for i in range(100_000)], False),  # BININT1, BININT2, BININT: hashes all distinct
+    ],
+)
+def test_the_shadow_runs_when_enough_numbers_could_collide(
+    numbers: list[Any], runs: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = pickletools.optimize(
+        pickle.dumps(numbers, protocol=2)
+    )  # no memo: each number pushed once
+    assert _shadow_runs(data, monkeypatch) is runs
+
+
+def test_numbers_fetched_again_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One -1 memoized and fetched 63 more times (the pickler's own memo for a repeated float, or a hand-made
+    GET): each use can be a colliding key's part, so 64 uses run the shadow."""
+    minus_one = b"J\xff\xff\xff\xffq\x00"
+    for fetches, runs in ((62, False), (63, True)):
+        data = b"\x80\x02](" + minus_one + b"h\x00" * fetches + b"e."
+        assert pickle.loads(data) == [-1] * (fetches + 1)
+        assert _shadow_runs(data, monkeypatch) is runs
+
+
+def test_a_frozenset_runs_the_shadow(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _shadow_runs(pickle.dumps({frozenset({1, 2}): 0}, protocol=4), monkeypatch)
+    assert _shadow_runs(pickle.dumps({frozenset({1, 2}): 0}, protocol=2), monkeypatch)

@@ -42,6 +42,7 @@ from hostile import (
     LH_USIZE,
     central_entries,
     colliding_float_pairs,
+    colliding_frozensets,
     colliding_int_pairs,
     colliding_ints,
     colliding_small_int_tuples,
@@ -1906,8 +1907,10 @@ def report_optimizer_group_not_an_object(tmp: Path) -> tuple[list[str], str]:
 # Dict and set keys sharing one hash value (numbers and tuples of numbers hash the same in every process):
 # each insertion compares with every key before it. Refused past 64 distinct keys of one hash value.
 
-COLLISION_LINE = ("has a dict or set with more than 64 distinct keys of one hash value, the most allowed (a "
-                  "hash-collision flood")
+COLLISION_LINE = (
+    "has a dict or set with more than 64 distinct keys of one hash value, the most allowed (a "
+    "hash-collision flood"
+)
 
 
 @case
@@ -1920,8 +1923,10 @@ def collision_flood_of_ints_in_zip_data_pkl(tmp: Path) -> tuple[list[str], str]:
 @case
 def collision_flood_of_small_int_tuples_raw(tmp: Path) -> tuple[list[str], str]:
     """20,000 tuples of -1 and -2 (hash(-1) == hash(-2)), 1.5 MB: 4.4 s of CPU in the unpickler."""
-    return ["tree", str(raw_pkl(tmp, lambda memo: collision_flood(colliding_small_int_tuples(20_000)), 2))], \
-        COLLISION_LINE
+    return [
+        "tree",
+        str(raw_pkl(tmp, lambda memo: collision_flood(colliding_small_int_tuples(20_000)), 2)),
+    ], COLLISION_LINE
 
 
 @case
@@ -1935,8 +1940,18 @@ def collision_flood_of_solved_int_pairs_as_a_set(tmp: Path) -> tuple[list[str], 
 def collision_flood_of_solved_float_pairs_as_stats_input(tmp: Path) -> tuple[list[str], str]:
     """builtins.set of 2,000 pairs of floats (i, x), x solved by inverting the tuple hash, as `stats --input`."""
     entry = write_victim(tmp)
-    path = zip_pt(tmp, lambda memo: collision_flood(colliding_float_pairs(2_000), 2, as_set=True), "batch.pt")
+    path = zip_pt(
+        tmp, lambda memo: collision_flood(colliding_float_pairs(2_000), 2, as_set=True), "batch.pt"
+    )
     return ["stats", f"{tmp}/{entry}", "--input", str(path)], COLLISION_LINE
+
+
+@case
+def collision_flood_of_frozensets_of_small_ints(tmp: Path) -> tuple[list[str], str]:
+    """{frozenset: 0} for 20,000 frozensets of 50 ints from 1..100 sharing one hash value (found by GF(2)
+    elimination): no number that could collide on its own, only BININT1s in builtins.frozenset calls."""
+    path = zip_pt(tmp, lambda memo: collision_flood(colliding_frozensets(20_000), 4))
+    return ["tree", str(path)], COLLISION_LINE
 
 
 # ---------------------------------------------------------------- running them

@@ -22,7 +22,12 @@ import pickletools
 import struct
 
 from modinspect.errors import CorruptFileError
-from modinspect.sources.pickle.shadow import CallKind, default_call_kind, shadow_pickle
+from modinspect.sources.pickle.shadow import (
+    COLLISION_LIMIT,
+    CallKind,
+    default_call_kind,
+    shadow_pickle,
+)
 
 # The largest pickle read by default, counted as check_pickle counts (--max-pickle-size changes it).
 DEFAULT_MAX_PICKLE = 256 << 20
@@ -74,6 +79,13 @@ for _op in pickletools.opcodes:
 _MEMO_PUT = -12  # BINPUT, LONG_BINPUT, MEMOIZE: remember whether the slot holds a light value
 _MEMO_GET = -13  # BINGET, LONG_BINGET
 _DUP = -14
+# Collisions: strings and bytes hash with a per-process random key, so only keys built from numbers (and
+# tuples and frozensets of them) can be chosen to share one hash value. A flood of more than COLLISION_LIMIT
+# keys needs at least that many numbers that can be chosen (every key but one holds one): floats, ints
+# written as LONG1/LONG4 or as text (a hash takes any value up to 2^61), and -1 and -2 (hash(-1) ==
+# hash(-2)), pushed or fetched again; or frozensets. Nearly every checkpoint has none of them (its numbers
+# are sizes and strides as BININTs), and the shadow loop, which counts colliding keys, is skipped.
+_NUMBER = -15  # BININT and BINFLOAT: fixed width, looked at for -1 and -2
 _FIXED_WIDTH = tuple(max(n, 0) for n in _LAYOUT)
 _LIGHT: list[bool | None] = [False] * 256  # None: a GET, as light as what it fetched
 for _op in pickletools.opcodes:
@@ -82,8 +94,10 @@ for _op in pickletools.opcodes:
         _LAYOUT[_code] = _MEMO_PUT
     elif _op.name in ("BINGET", "LONG_BINGET"):
         _LAYOUT[_code] = _MEMO_GET
-    elif _op.name == "DUP":
+    elif _op.name in ("DUP", "FROZENSET"):  # both make the shadow run (a frozenset: see _NUMBER)
         _LAYOUT[_code] = _DUP
+    elif _op.name in ("BININT", "BINFLOAT"):
+        _LAYOUT[_code] = _NUMBER
     _LIGHT[_code] = _op.name in (
         "BINUNICODE",
         "SHORT_BINUNICODE",
@@ -116,6 +130,7 @@ for _op in pickletools.opcodes:
         _LIGHT[_code] = None
 _LIGHT_T = tuple(_LIGHT)
 _GET_TEXT, _LONG_BINPUT_OP, _LONG_BINGET_OP = ord("g"), ord("r"), ord("j")
+_BININT_OP, _LONGS, _TEXT_NUMBERS = ord("J"), (0x8A, 0x8B), (ord("I"), ord("L"), ord("F"))
 _UINT4 = struct.Struct("<I").unpack_from
 _LAYOUT_T = tuple(_LAYOUT)
 _MAX_LINE = (
@@ -148,7 +163,7 @@ def measure_pickle(
 ) -> tuple[int, int]:
     """`check_pickle`'s checks; returns the offset past the STOP and the bytes the opcodes build."""
     end, shares, cost = _check_structure(data, start, budget)
-    if shares:
+    if shares:  # a heavy value used twice, or enough numbers that could collide
         shadow_pickle(data, start, end, hash_limit(budget), call_kind)
     return end, cost
 
@@ -162,7 +177,11 @@ def hash_limit(budget: int) -> int:
 def _check_structure(
     data: bytes | bytearray | memoryview, start: int, budget: int
 ) -> tuple[int, bool, int]:
-    """The offset past the pickle's STOP, whether it uses a value that is not light twice, and its cost."""
+    """The offset past the pickle's STOP, whether the shadow loop must run, and its cost.
+
+    The shadow must run when a value that is not light is used twice (hash bombs), or when the pickle holds
+    more than COLLISION_LIMIT numbers that can collide or a frozenset (collision floods).
+    """
     layout, uint4 = _LAYOUT_T, _UINT4
     end = len(data)
     pos = start
@@ -170,6 +189,9 @@ def _check_structure(
     light_slots: dict[int, bool] = {}  # memo index -> holds a light value
     got_light = False  # the last GET fetched a light value
     shares = False
+    numbers = 0  # numbers that can collide, pushed or fetched again
+    number_at = -2  # where the last of them was pushed (a PUT right after it memoizes one)
+    number_slots: set[int] = set()
     cost = 0
     objects = 0
     find = data.find  # type: ignore[union-attr]
@@ -182,6 +204,21 @@ def _check_structure(
             pos += 1 + kind
             if not objects & 0xFFFF:
                 _check_budget(objects * OBJECT_COST + cost, budget)
+            continue
+        if kind == _NUMBER:
+            width = 4 if op == _BININT_OP else 8
+            if pos + 1 + width > end:
+                break
+            if width == 8 or (  # a float, or a BININT of -1 or -2 (ff ff ff ff, fe ff ff ff)
+                data[pos + 4] == 0xFF
+                and data[pos + 3] == 0xFF
+                and data[pos + 2] == 0xFF
+                and data[pos + 1] >= 0xFE
+            ):
+                numbers += 1
+                number_at = pos
+            prev = pos
+            pos += 1 + width
             continue
         if kind == _MEMO_PUT:
             if op == _LONG_BINPUT_OP:
@@ -199,6 +236,8 @@ def _check_structure(
             if not shares:  # once a heavy value is shared, the shadow runs anyway
                 light = _LIGHT_T[data[prev]]  # prev is -1 (the STOP: not light) before any push
                 light_slots[index] = got_light if light is None else light
+                if prev == number_at:
+                    number_slots.add(index)
             pos += 1 + width
         elif kind == _MEMO_GET:
             prev = pos
@@ -215,6 +254,9 @@ def _check_structure(
             if not shares:
                 got_light = light_slots.get(index, False)
                 shares = not got_light
+                if index in number_slots:
+                    numbers += 1
+                    number_at = prev
         elif kind in (_LEN1, _LEN4, _LEN8):
             prev = pos
             width = 1 if kind == _LEN1 else 4 if kind == _LEN4 else 8
@@ -230,6 +272,9 @@ def _check_structure(
                 raise CorruptFileError(
                     f"is not a readable pickle (expected {length} bytes in a {_ARG_NAME[op]}, but only {left} remain)"
                 )
+            if op in _LONGS:  # an int of any size (ints past 2^61 - 1 collide)
+                numbers += 1
+                number_at = pos
             pos += 1 + width + length
             cost += length
         elif kind in (_NEWLINE, _PUT_TEXT, _TWO_LINES):
@@ -252,11 +297,14 @@ def _check_structure(
                 shares = True  # a text GET (protocol 0): not worth telling light from heavy
                 prev = at
             else:
+                if op in _TEXT_NUMBERS:  # protocol 0's INT, LONG and FLOAT lines
+                    numbers += 1
+                    number_at = at
                 prev = at
             cost += pos - line_start
             pos += 1
         elif kind == _DUP:
-            shares = True
+            shares = True  # DUP (a copied number too), or FROZENSET
             prev = pos
             pos += 1
         elif kind == _FRAME:
@@ -279,7 +327,8 @@ def _check_structure(
         elif kind == _STOP:
             total = objects * OBJECT_COST + cost + pos - start
             _check_budget(total, budget)
-            return pos + 1, shares, total
+            floods = numbers >= COLLISION_LIMIT or _mentions_frozenset(data, start, pos)
+            return pos + 1, shares or floods, total
         else:
             raise CorruptFileError(
                 f"is not a readable pickle (unknown opcode {op:#04x} at byte {pos - start:,})"
@@ -287,6 +336,13 @@ def _check_structure(
         if cost > budget or not objects & 0xFFFF:
             _check_budget(objects * OBJECT_COST + cost, budget)
     raise CorruptFileError("is not a readable pickle (it is truncated)")
+
+
+def _mentions_frozenset(data: bytes | bytearray | memoryview, start: int, end: int) -> bool:
+    """The name `frozenset` (a global; the FROZENSET opcode counts as sharing): frozensets of small ints can be
+    chosen to collide. The name in a string too only makes the shadow run where it was not needed."""
+    find = data.find  # type: ignore[union-attr]
+    return bool(find(b"frozenset", start, end) >= 0)
 
 
 class PickleTooLargeError(CorruptFileError):

@@ -27,7 +27,9 @@ CAP = 1 << 62  # weights saturate here: a 10^6-level tower would otherwise grow 
 
 # What calling a global does, for the shadow (the gate says which global is which).
 CALL_STANDIN = 0  # a stand-in: records its arguments, hashes nothing; hashed by identity
-CALL_VALUE = 1  # an allowlisted function building a value from its arguments (a tensor reference, a slice)
+CALL_VALUE = (
+    1  # an allowlisted function building a value from its arguments (a tensor reference, a slice)
+)
 CALL_SEQUENCE = 2  # list(x), tuple(x), torch.Size(x): a copy of x's elements
 CALL_SET = 3  # set(x), frozenset(x): hashes x's elements
 CALL_DICT = 4  # dict(x), OrderedDict(x): hashes x's keys
@@ -83,7 +85,9 @@ class HashBombError(CorruptFileError):
         )
 
 
-COLLISION_LIMIT = 64  # distinct keys with one hash value in one dict or set; real data has a handful at most
+COLLISION_LIMIT = (
+    64  # distinct keys with one hash value in one dict or set; real data has a handful at most
+)
 
 
 class HashCollisionError(CorruptFileError):
@@ -100,31 +104,133 @@ class HashCollisionError(CorruptFileError):
 
 # Opcode -> what the shadow loop does with it. Fixed-width opcodes also have their length in _STEP.
 _CODES: dict[bytes, int] = {}
-(_ATOM_OP, _GET1, _GET4, _PUT1, _PUT4, _MEMOIZE, _MARK, _EMPTY, _TUPLE1, _TUPLE2, _TUPLE3, _REDUCE, _NEWOBJ,
- _NEWOBJ_EX, _APPEND, _APPENDS, _SETITEM, _SETITEMS, _ADDITEMS, _STR1, _STR4, _STR8, _BYTES1, _BYTES4,
- _BYTES8, _BYTEARRAY8, _LONG1, _LONG4, _TEXT_STR, _TEXT_NUMBER, _GET_TEXT, _PUT_TEXT, _TUPLE_MARK, _LIST,
- _DICT, _FROZENSET, _OBJ, _INST, _GLOBAL_OP, _STACK_GLOBAL, _BUILD, _POP, _POP_MARK, _DUP, _EXT, _PERSID,
- _BINPERSID, _STOP, _SKIP, _CONST, _INT1, _INTN, _FLOAT8, _INVALID) = range(54)
+(
+    _ATOM_OP,
+    _GET1,
+    _GET4,
+    _PUT1,
+    _PUT4,
+    _MEMOIZE,
+    _MARK,
+    _EMPTY,
+    _TUPLE1,
+    _TUPLE2,
+    _TUPLE3,
+    _REDUCE,
+    _NEWOBJ,
+    _NEWOBJ_EX,
+    _APPEND,
+    _APPENDS,
+    _SETITEM,
+    _SETITEMS,
+    _ADDITEMS,
+    _STR1,
+    _STR4,
+    _STR8,
+    _BYTES1,
+    _BYTES4,
+    _BYTES8,
+    _BYTEARRAY8,
+    _LONG1,
+    _LONG4,
+    _TEXT_STR,
+    _TEXT_NUMBER,
+    _GET_TEXT,
+    _PUT_TEXT,
+    _TUPLE_MARK,
+    _LIST,
+    _DICT,
+    _FROZENSET,
+    _OBJ,
+    _INST,
+    _GLOBAL_OP,
+    _STACK_GLOBAL,
+    _BUILD,
+    _POP,
+    _POP_MARK,
+    _DUP,
+    _EXT,
+    _PERSID,
+    _BINPERSID,
+    _STOP,
+    _SKIP,
+    _CONST,
+    _INT1,
+    _INTN,
+    _FLOAT8,
+    _INVALID,
+) = range(54)
 _OPS = {
     _ATOM_OP: b"\x97",  # NEXT_BUFFER fails in the gate's unpickler
-    _CONST: b"N\x88\x89)", _INT1: b"K", _INTN: b"MJ", _FLOAT8: b"G",
+    _CONST: b"N\x88\x89)",
+    _INT1: b"K",
+    _INTN: b"MJ",
+    _FLOAT8: b"G",
     _SKIP: b"\x98\x80\x95",  # READONLY_BUFFER, PROTO and FRAME push nothing
-    _GET1: b"h", _GET4: b"j", _PUT1: b"q", _PUT4: b"r", _MEMOIZE: b"\x94", _MARK: b"(", _EMPTY: b"]}\x8f",
-    _TUPLE1: b"\x85", _TUPLE2: b"\x86", _TUPLE3: b"\x87", _REDUCE: b"R", _NEWOBJ: b"\x81", _NEWOBJ_EX: b"\x92",
-    _APPEND: b"a", _APPENDS: b"e", _SETITEM: b"s", _SETITEMS: b"u", _ADDITEMS: b"\x90",
+    _GET1: b"h",
+    _GET4: b"j",
+    _PUT1: b"q",
+    _PUT4: b"r",
+    _MEMOIZE: b"\x94",
+    _MARK: b"(",
+    _EMPTY: b"]}\x8f",
+    _TUPLE1: b"\x85",
+    _TUPLE2: b"\x86",
+    _TUPLE3: b"\x87",
+    _REDUCE: b"R",
+    _NEWOBJ: b"\x81",
+    _NEWOBJ_EX: b"\x92",
+    _APPEND: b"a",
+    _APPENDS: b"e",
+    _SETITEM: b"s",
+    _SETITEMS: b"u",
+    _ADDITEMS: b"\x90",
     # SHORT_BINSTRING and BINSTRING are UTF-8 text to the gate's unpickler, as the BINUNICODEs are
-    _STR1: b"\x8cU", _STR4: b"XT", _STR8: b"\x8d", _BYTES1: b"C", _BYTES4: b"B", _BYTES8: b"\x8e",
-    _BYTEARRAY8: b"\x96", _LONG1: b"\x8a", _LONG4: b"\x8b",
-    _TEXT_STR: b"SV", _TEXT_NUMBER: b"ILF",  # escaped text the shadow does not decode; decimal numbers
-    _GET_TEXT: b"g", _PUT_TEXT: b"p", _TUPLE_MARK: b"t", _LIST: b"l", _DICT: b"d", _FROZENSET: b"\x91",
-    _OBJ: b"o", _INST: b"i", _GLOBAL_OP: b"c", _STACK_GLOBAL: b"\x93", _BUILD: b"b", _POP: b"0",
-    _POP_MARK: b"1", _DUP: b"2", _EXT: b"\x82\x83\x84", _PERSID: b"P", _BINPERSID: b"Q", _STOP: b".",
+    _STR1: b"\x8cU",
+    _STR4: b"XT",
+    _STR8: b"\x8d",
+    _BYTES1: b"C",
+    _BYTES4: b"B",
+    _BYTES8: b"\x8e",
+    _BYTEARRAY8: b"\x96",
+    _LONG1: b"\x8a",
+    _LONG4: b"\x8b",
+    _TEXT_STR: b"SV",
+    _TEXT_NUMBER: b"ILF",  # escaped text the shadow does not decode; decimal numbers
+    _GET_TEXT: b"g",
+    _PUT_TEXT: b"p",
+    _TUPLE_MARK: b"t",
+    _LIST: b"l",
+    _DICT: b"d",
+    _FROZENSET: b"\x91",
+    _OBJ: b"o",
+    _INST: b"i",
+    _GLOBAL_OP: b"c",
+    _STACK_GLOBAL: b"\x93",
+    _BUILD: b"b",
+    _POP: b"0",
+    _POP_MARK: b"1",
+    _DUP: b"2",
+    _EXT: b"\x82\x83\x84",
+    _PERSID: b"P",
+    _BINPERSID: b"Q",
+    _STOP: b".",
 }
 _CODE = [_INVALID] * 256
 for _code, _bytes in _OPS.items():
     for _op in _bytes:
         _CODE[_op] = _code
-_WIDTHS = {b"K": 1, b"M": 2, b"J": 4, b"G": 8, b"\x80": 1, b"\x95": 8, b"\x82": 1, b"\x83": 2, b"\x84": 4}
+_WIDTHS = {
+    b"K": 1,
+    b"M": 2,
+    b"J": 4,
+    b"G": 8,
+    b"\x80": 1,
+    b"\x95": 8,
+    b"\x82": 1,
+    b"\x83": 2,
+    b"\x84": 4,
+}
 _STEP = [1] * 256
 for _bytes, _width in _WIDTHS.items():
     _STEP[_bytes[0]] = 1 + _width
@@ -132,13 +238,24 @@ _CODE_T, _STEP_T = tuple(_CODE), tuple(_STEP)
 _UINT4 = struct.Struct("<I").unpack_from
 _FLOAT = struct.Struct(">d").unpack_from
 _INT4, _UINT2 = struct.Struct("<i").unpack_from, struct.Struct("<H").unpack_from
-_CONST_ITEMS = tuple((1, 0, _PLAIN, None, _CONSTS[op]) if op in _CONSTS else _ATOM for op in range(256))
-_STRS, _TUPLES23, _CALLS = frozenset({_STR1, _STR4, _STR8}), frozenset({_TUPLE2, _TUPLE3}), frozenset({_REDUCE, _NEWOBJ, _NEWOBJ_EX})
-_ADDS, _SETS = frozenset({_SETITEM, _SETITEMS, _APPENDS, _ADDITEMS}), frozenset({_SETITEM, _SETITEMS})
+_CONST_ITEMS = tuple(
+    (1, 0, _PLAIN, None, _CONSTS[op]) if op in _CONSTS else _ATOM for op in range(256)
+)
+_STRS, _TUPLES23, _CALLS = (
+    frozenset({_STR1, _STR4, _STR8}),
+    frozenset({_TUPLE2, _TUPLE3}),
+    frozenset({_REDUCE, _NEWOBJ, _NEWOBJ_EX}),
+)
+_ADDS, _SETS = (
+    frozenset({_SETITEM, _SETITEMS, _APPENDS, _ADDITEMS}),
+    frozenset({_SETITEM, _SETITEMS}),
+)
 _GLOBALS, _LONGS = frozenset({_GLOBAL_OP, _INST}), frozenset({_LONG1, _LONG4})
 
 
-def shadow_pickle(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKind = default_call_kind) -> None:
+def shadow_pickle(
+    data: Any, start: int, end: int, hash_limit: int, call_kind: CallKind = default_call_kind
+) -> None:
     """Replay the pickle at data[start:end] (already checked by check_pickle's first loop) on a shadow stack.
 
     Raises HashBombError when hashing its keys and sets would visit more than `hash_limit` items.
@@ -152,7 +269,15 @@ def shadow_pickle(data: Any, start: int, end: int, hash_limit: int, call_kind: C
 
 
 def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKind) -> None:
-    code_of, atom, cap, uint4, small, consts, no = _CODE_T, _ATOM, CAP, _UINT4, _SMALL, _CONST_ITEMS, _NO
+    code_of, atom, cap, uint4, small, consts, no = (
+        _CODE_T,
+        _ATOM,
+        CAP,
+        _UINT4,
+        _SMALL,
+        _CONST_ITEMS,
+        _NO,
+    )
     int4, uint2 = _INT4, _UINT2
     stack: list[Any] = []
     push, pop = stack.append, stack.pop
@@ -202,20 +327,28 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
                 length = uint4(data, pos + 1)[0]
                 pos += 5
             else:
-                length = int.from_bytes(data[pos + 1:pos + 9], "little")
+                length = int.from_bytes(data[pos + 1 : pos + 9], "little")
                 pos += 9
-            push((1, length, _STR, pos, no))  # the text, for STACK_GLOBAL, is data[pos:pos + length]
+            push(
+                (1, length, _STR, pos, no)
+            )  # the text, for STACK_GLOBAL, is data[pos:pos + length]
             pos += length
         elif code == _TUPLE1:
             first = stack[-1]
             weight = 1 + first[0]
-            stack[-1] = (weight if weight < cap else cap, 1, _TUPLE, first, no if first[4] is no else (first[4],))
+            stack[-1] = (
+                weight if weight < cap else cap,
+                1,
+                _TUPLE,
+                first,
+                no if first[4] is no else (first[4],),
+            )
             pos += 1
         elif code in _TUPLES23:
             items = stack[-2:] if code == _TUPLE2 else stack[-3:]
             if len(items) < code - _TUPLE1 + 1:
                 return
-            del stack[-len(items):]
+            del stack[-len(items) :]
             weight = 1 + sum([i[0] for i in items])
             push((weight if weight < cap else cap, len(items), _TUPLE, items[0], _value_of(items)))
             pos += 1
@@ -226,17 +359,22 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
                 args = pop()
                 weight += args[0]
             callee = stack[-1]
-            if callee[2] != _GLOBAL or callee[3] == CALL_STANDIN:  # a stand-in records its arguments
+            if (
+                callee[2] != _GLOBAL or callee[3] == CALL_STANDIN
+            ):  # a stand-in records its arguments
                 stack[-1] = atom
             else:
-                stack[-1], work = _call(callee[3], args[3] if args[2] == _TUPLE else None, weight, hashed,
-                                             hash_limit)
+                stack[-1], work = _call(
+                    callee[3], args[3] if args[2] == _TUPLE else None, weight, hashed, hash_limit
+                )
                 hashed += work
                 if hashed > hash_limit:
                     raise HashBombError(hashed, hash_limit)
             pos += 1
         elif code == _EMPTY:
-            push([1, 0, _PLAIN, None, no, _NOTHING_YET if op == 0x5D else None])  # a list ("]") records its elements' values
+            push(
+                [1, 0, _PLAIN, None, no, _NOTHING_YET if op == 0x5D else None]
+            )  # a list ("]") records its elements' values
             pos += 1
         elif code == _APPEND:
             value = pop()
@@ -261,7 +399,7 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
             target = stack[-1]
             weight = sum([i[0] for i in items])
             if code in _SETS:  # the keys are hashed
-                keys = items[0:len(items) - 1:2]
+                keys = items[0 : len(items) - 1 : 2]
                 hashed += sum([i[0] for i in keys])
                 count = len(items) // 2
             else:
@@ -286,15 +424,27 @@ def _shadow(data: Any, start: int, end: int, hash_limit: int, call_kind: CallKin
                     _add_keys(target, [i[4] for i in keys if i[4] is not no])
             pos += 1
         else:
-            pos, hashed = _rare(code, op, data, pos, stack, marks, memo, hashed, hash_limit, call_kind)
+            pos, hashed = _rare(
+                code, op, data, pos, stack, marks, memo, hashed, hash_limit, call_kind
+            )
             if pos < 0:
                 return
             if hashed > hash_limit:
                 raise HashBombError(hashed, hash_limit)
 
 
-def _rare(code: int, op: int, data: Any, pos: int, stack: list[Any], marks: list[int], memo: dict[int, Any],
-          hashed: int, hash_limit: int, call_kind: CallKind) -> tuple[int, int]:
+def _rare(
+    code: int,
+    op: int,
+    data: Any,
+    pos: int,
+    stack: list[Any],
+    marks: list[int],
+    memo: dict[int, Any],
+    hashed: int,
+    hash_limit: int,
+    call_kind: CallKind,
+) -> tuple[int, int]:
     """The shadow of the less frequent opcodes: (the next position, or -1 to stop; the hashing so far)."""
     push, cap = stack.append, CAP
     if code in (_TUPLE_MARK, _LIST, _DICT, _FROZENSET, _OBJ):
@@ -307,51 +457,68 @@ def _rare(code: int, op: int, data: Any, pos: int, stack: list[Any], marks: list
         elif code == _LIST:
             push([weight, len(items), _PLAIN, None, _NO, [i[4] for i in items if i[4] is not _NO]])
         elif code == _DICT:
-            keys = items[0:len(items) - 1:2]
+            keys = items[0 : len(items) - 1 : 2]
             hashed += sum([i[0] for i in keys])
             target = [weight, len(items) // 2, _PLAIN, None, _NO, None]
             _add_keys(target, [i[4] for i in keys if i[4] is not _NO], hashed, hash_limit)
             push(target)
         elif code == _FROZENSET:
             hashed += weight - 1
-            _add_keys([weight, 0, _PLAIN, None, _NO, None], [i[4] for i in items if i[4] is not _NO], hashed,
-                      hash_limit)
-            push((weight, len(items), _PLAIN, None, _NO))
+            _add_keys(
+                [weight, 0, _PLAIN, None, _NO, None],
+                [i[4] for i in items if i[4] is not _NO],
+                hashed,
+                hash_limit,
+            )
+            value = _frozen_value([i[4] for i in items]) if hashed <= hash_limit else _NO
+            push((weight, len(items), _PLAIN, None, value))
         else:  # OBJ: the class, then its arguments
             callee = items[0]
             what = callee[3] if callee[2] == _GLOBAL else CALL_STANDIN
-            item, work = _call(what, items[1] if len(items) > 1 else None, weight, hashed, hash_limit)
+            item, work = _call(
+                what, items[1] if len(items) > 1 else None, weight, hashed, hash_limit
+            )
             push(item)
             hashed += work
         return pos + 1, hashed
     if code in _GLOBALS:
         first_nl = data.find(b"\n", pos + 1)
         second_nl = data.find(b"\n", first_nl + 1)
-        what = call_kind(_text(data[pos + 1:first_nl]), _text(data[first_nl + 1:second_nl]))
+        what = call_kind(_text(data[pos + 1 : first_nl]), _text(data[first_nl + 1 : second_nl]))
         if code == _GLOBAL_OP:
             push((1, 0, _GLOBAL, what, _NO))
         else:  # INST: calls the class with what lies above the MARK
             mark = marks.pop()
             items = stack[mark:]
             del stack[mark:]
-            item, work = _call(what, items[0] if items else None, min(cap, 1 + sum([i[0] for i in items])), hashed,
-                               hash_limit)
+            item, work = _call(
+                what,
+                items[0] if items else None,
+                min(cap, 1 + sum([i[0] for i in items])),
+                hashed,
+                hash_limit,
+            )
             push(item)
             hashed += work
         return second_nl + 1, hashed
     if code == _STACK_GLOBAL:
         name, module = stack.pop(), stack.pop()
         if module[2] == _STR and name[2] == _STR and module[3] is not None and name[3] is not None:
-            what = call_kind(_text(data[module[3]:module[3] + module[1]]), _text(data[name[3]:name[3] + name[1]]))
+            what = call_kind(
+                _text(data[module[3] : module[3] + module[1]]),
+                _text(data[name[3] : name[3] + name[1]]),
+            )
         else:  # names the shadow cannot read (escaped text): assume real code
             what = CALL_REAL
         push((1, 0, _GLOBAL, what, _NO))
         return pos + 1, hashed
     if code in (_BYTES1, _BYTES4, _BYTES8, _BYTEARRAY8, _LONG1, _LONG4):
         width = 1 if code in (_BYTES1, _LONG1) else 4 if code in (_BYTES4, _LONG4) else 8
-        length = int.from_bytes(data[pos + 1:pos + 1 + width], "little", signed=code == _LONG4)
+        length = int.from_bytes(data[pos + 1 : pos + 1 + width], "little", signed=code == _LONG4)
         if code in _LONGS:  # hashing an int reads all its digits, every time
-            value = int.from_bytes(data[pos + 1 + width:pos + 1 + width + length], "little", signed=True)
+            value = int.from_bytes(
+                data[pos + 1 + width : pos + 1 + width + length], "little", signed=True
+            )
             push((1 + length // 8, 0, _PLAIN, None, value))
         elif code == _BYTEARRAY8:
             push([1, length, _PLAIN, None, _NO, None])
@@ -363,14 +530,18 @@ def _rare(code: int, op: int, data: Any, pos: int, stack: list[Any], marks: list
         if code == _TEXT_STR:
             push((1, nl - pos, _STR, None, _NO))
         elif code == _TEXT_NUMBER:
-            push((1 + (nl - pos) // 16, 0, _PLAIN, None, _text_number(op, bytes(data[pos + 1:nl]))))
+            push(
+                (1 + (nl - pos) // 16, 0, _PLAIN, None, _text_number(op, bytes(data[pos + 1 : nl])))
+            )
         elif code == _PERSID:
             push(_ATOM)
         else:
             try:
-                index = int(bytes(data[pos + 1:nl]))
+                index = int(bytes(data[pos + 1 : nl]))
             except ValueError:
-                raise CorruptFileError(f"is not a readable pickle (a memo index that is not a number at byte {pos:,})") from None
+                raise CorruptFileError(
+                    f"is not a readable pickle (a memo index that is not a number at byte {pos:,})"
+                ) from None
             if code == _GET_TEXT:
                 push(memo[index])
             else:
@@ -389,13 +560,15 @@ def _rare(code: int, op: int, data: Any, pos: int, stack: list[Any], marks: list
         stack[-1]  # an IndexError, as the unpickler's, when there is no object to build
         return pos + 1, hashed
     if code == _POP:
-        if marks and marks[-1] == len(stack):  # the unpickler's POP discards a MARK on top of the stack
+        if marks and marks[-1] == len(
+            stack
+        ):  # the unpickler's POP discards a MARK on top of the stack
             marks.pop()
         else:
             stack.pop()
         return pos + 1, hashed
     if code == _POP_MARK:
-        del stack[marks.pop():]
+        del stack[marks.pop() :]
         return pos + 1, hashed
     if code == _DUP:
         push(stack[-1])
@@ -444,7 +617,9 @@ class _Pending(list):  # type: ignore[type-arg]
     """The keys of a dict or set that has at most COLLISION_LIMIT of them: not hashed until it has more."""
 
 
-def _add_keys(target: list[Any], keys: list[Any] | tuple[Any, ...], hashed: int = 0, hash_limit: int = CAP) -> None:
+def _add_keys(
+    target: list[Any], keys: list[Any] | tuple[Any, ...], hashed: int = 0, hash_limit: int = CAP
+) -> None:
     """Record keys with a known value in a dict or set's shadow; refuse more than COLLISION_LIMIT distinct
     keys with one hash value (each insertion compares with every key of its hash: quadratic time).
 
@@ -452,7 +627,9 @@ def _add_keys(target: list[Any], keys: list[Any] | tuple[Any, ...], hashed: int 
     by_hash = target[5]
     if not keys or hashed > hash_limit:
         return
-    if by_hash is None or type(by_hash) is _Pending:  # a small dict or set (most are) costs one list
+    if (
+        by_hash is None or type(by_hash) is _Pending
+    ):  # a small dict or set (most are) costs one list
         pending = list(keys) if by_hash is None else by_hash + list(keys)
         if len(pending) <= COLLISION_LIMIT:
             target[5] = _Pending(pending)
@@ -465,7 +642,9 @@ def _add_keys(target: list[Any], keys: list[Any] | tuple[Any, ...], hashed: int 
         fresh = dict(zip(map(hash, keys), keys, strict=True))
     except TypeError:
         fresh = {}
-    if len(fresh) == len(keys) and by_hash.keys().isdisjoint(fresh):  # no two hash values alike: the usual case
+    if len(fresh) == len(keys) and by_hash.keys().isdisjoint(
+        fresh
+    ):  # no two hash values alike: the usual case
         by_hash.update(fresh)
         return
     limit = COLLISION_LIMIT
@@ -490,7 +669,9 @@ def _text(raw: Any) -> str:
     return bytes(raw).decode("utf-8", "surrogatepass")
 
 
-def _call(what: int, first: Any, weight: int, hashed: int = 0, hash_limit: int = CAP) -> tuple[Any, int]:
+def _call(
+    what: int, first: Any, weight: int, hashed: int = 0, hash_limit: int = CAP
+) -> tuple[Any, int]:
     """The shadow of calling a global of kind `what` with `first` and more arguments weighing `weight`,
     and how many items the call hashes (`hashed` so far, of `hash_limit`: checked before hashing values)."""
     if what == CALL_STANDIN:
@@ -504,8 +685,11 @@ def _call(what: int, first: Any, weight: int, hashed: int = 0, hash_limit: int =
     if what == CALL_BYTES:
         return (1, length, _PLAIN, None, _NO), 0
     if what == CALL_SEQUENCE:  # a tuple hashes through its items: it keeps their weight
-        return (1 + weight, length, _TUPLE, None, _NO), 0
-    if what == CALL_REAL:  # real code may hash what it is given, and return anything, a callable too
+        known = _known_elements(first)
+        return (1 + weight, length, _TUPLE, None, _NO if known is None else tuple(known)), 0
+    if (
+        what == CALL_REAL
+    ):  # real code may hash what it is given, and return anything, a callable too
         return [1 + weight, length, _GLOBAL, CALL_REAL, _NO, None], weight
     # set, frozenset, dict, OrderedDict hash the elements of their first argument (a string's characters)
     work = max(first[0] - 1, length) if first is not None else 0
@@ -516,4 +700,27 @@ def _call(what: int, first: Any, weight: int, hashed: int = 0, hash_limit: int =
             if what == CALL_DICT:  # dict(pairs): the keys are the pairs' first items
                 elements = [e[0] for e in elements if type(e) is tuple and len(e) == 2]
             _add_keys(target, elements)
+        if what == CALL_SET:  # frozenset(x) may be a key itself (set(x) could not be one)
+            known = _known_elements(first)
+            target[4] = _NO if known is None else _frozen_value(known)
     return target, work
+
+
+def _known_elements(first: Any) -> list[Any] | tuple[Any, ...] | None:
+    """The values of every element of a list or tuple argument, or None when one is not known."""
+    if first is None:
+        return None
+    elements = first[5] if type(first) is list else first[4]
+    if isinstance(elements, (list, tuple)) and len(elements) == first[1] and _NO not in elements:
+        return elements
+    return None
+
+
+def _frozen_value(values: list[Any] | tuple[Any, ...]) -> Any:
+    """A frozenset's value from its elements' values (frozensets of small ints can be chosen to collide)."""
+    if _NO in values:
+        return _NO
+    try:
+        return frozenset(values)
+    except TypeError:
+        return _NO
