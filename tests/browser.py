@@ -6,6 +6,7 @@ and the value of `script` (a JavaScript expression returning JSON-able data) eva
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
@@ -119,8 +120,17 @@ def _errors(events: list[dict[str, Any]]) -> list[str]:
     return found
 
 
-def load_page(path: Path, script: str, after_load: str | None = None) -> PageResult:
-    """Open file://path, wait for its load event, then evaluate `script`; `after_load` runs first (a probe)."""
+def load_page(
+    path: Path,
+    script: str,
+    after_load: str | None = None,
+    screenshot: Path | None = None,
+    viewport: tuple[int, int] = (1280, 800),
+) -> PageResult:
+    """Open file://path at `viewport` (width, height), wait for its load event, then evaluate `script`;
+    `after_load` runs first (a probe). With `screenshot`, the viewport then grows to the page's full height
+    (same width), the script runs, and the whole page is written there as PNG: the script's page coordinates
+    are the image's pixels."""
     chrome = find_chromium()
     assert chrome is not None
     to_chrome_r, to_chrome_w = os.pipe()
@@ -156,15 +166,48 @@ def load_page(path: Path, script: str, after_load: str | None = None) -> PageRes
             ]
             for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
                 pipe.call(domain, session=session)
+            width, height = viewport
+            pipe.call(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+                session=session,
+            )
             pipe.events.clear()
             pipe.call("Page.navigate", {"url": path.resolve().as_uri()}, session=session)
             pipe.wait_for("Page.loadEventFired")
             if after_load:
                 pipe.call("Runtime.evaluate", {"expression": after_load}, session=session)
             pipe.drain(0.5)
+            if screenshot is not None:
+                # The whole page in one image: the viewport grown to the page's height (at the same width),
+                # so the script's coordinates and the image's are the same layout.
+                full = pipe.call(
+                    "Runtime.evaluate",
+                    {"expression": "document.documentElement.scrollHeight", "returnByValue": True},
+                    session=session,
+                )["result"]["value"]
+                pipe.call(
+                    "Emulation.setDeviceMetricsOverride",
+                    {
+                        "width": width,
+                        "height": max(height, int(full)),
+                        "deviceScaleFactor": 1,
+                        "mobile": False,
+                    },
+                    session=session,
+                )
+                pipe.drain(0.3)
             result = pipe.call(
                 "Runtime.evaluate", {"expression": script, "returnByValue": True}, session=session
             )
+            if screenshot is not None:
+                shot = pipe.call(
+                    "Page.captureScreenshot",
+                    {"format": "png"},
+                    session=session,
+                    timeout=60,
+                )
+                screenshot.write_bytes(base64.b64decode(shot["data"]))
             return PageResult(errors=_errors(pipe.events), value=result["result"].get("value"))
         finally:
             # Browser.close lets Chromium take its renderer and zygote processes down with it; kill only

@@ -138,3 +138,32 @@ def write_run(
         for i in range(steps):
             log.write(step_record(i, nonfinite_from, origin, modules))
     return path
+
+
+def write_real_run(
+    path: Path, blow_up_at: int = 30, steps: int = 40, seed: int = 0, lr: float = 0.01
+) -> Path:
+    """A real training loop under modinspect.watch (every 2 steps, optimizer logged): a small MLP whose lr is
+    multiplied by 1e6 from step `blow_up_at` (a planted blow-up; past `steps` for a healthy run)."""
+    import warnings
+
+    import torch
+
+    import modinspect
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < blow_up_at else 1e6)
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", modinspect.NonFiniteWarning)
+        with modinspect.watch(model, every=2, log=path, optimizer=opt) as w:
+            for _ in range(steps):
+                loss = (model(x) - y).pow(2).mean()
+                w.log_loss(loss)
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                sched.step()
+    return path

@@ -96,7 +96,9 @@ def run_report(
             announce(note)
     if html is not None:
         assert html_page is not None
-        page = html_page(run, histogram_steps(run, request.steps))
+        # No --steps: the page spreads its histograms over the run itself (an empty tuple).
+        chosen = histogram_steps(run, request.steps) if request.steps is not None else ()
+        page = html_page(run, chosen)
         atomic_write(html, lambda tmp: _write_text(tmp, page), force=request.force, inputs=[log])
     return run
 
