@@ -428,3 +428,111 @@ def test_every_chart_is_drawn_at_1280x800_and_no_label_is_a_sentinel(
         for t in re.findall(r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?", label)
     ]
     assert numbers and all(math.isfinite(v) and abs(v) < 1e38 for v in numbers)
+
+
+# --- two runs -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same loop and seed with no blow-up."""
+    return runlogs.write_real_run(
+        tmp_path_factory.mktemp("healthy") / "healthy.jsonl", blow_up_at=10**6
+    )
+
+
+def test_two_runs_share_every_axis(real: Path, healthy: Path, tmp_path: Path) -> None:
+    page = html(real, tmp_path / "two.html", healthy)
+    a, b = records(real), records(healthy)
+    A, B = "A (real.jsonl)", "B (healthy.jsonl)"
+    loss = page.chart("loss")
+    assert points(loss, A) == [(s["step"], s["loss"]) for s in a if s["loss"] is not None]
+    assert points(loss, B) == [(s["step"], s["loss"]) for s in b]
+    lines = {
+        m.attrs["data-series"]: m.attrs.get("stroke-dasharray") for m in loss.find("path", "raw")
+    }
+    assert lines == {A: None, B: "6 3"}  # run B dashed, and both named in the legend
+    assert A in "".join(page.text) and B in "".join(page.text)
+    assert points(page.chart("lr"), B) == [(s["step"], 0.01) for s in b]
+    ratio = page.chart("update-ratio")
+    assert points(ratio, "B · 2.bias") == [
+        (s["step"], p["update_ratio"])
+        for s in b
+        for p in s["params"]
+        if p["name"] == "2.bias" and p["update_ratio"]
+    ]
+    for chart, key in (("std-heatmap", "std"), ("grad-heatmap", "grad_norm")):
+        maps = page.all(chart)
+        assert [m.attrs["data-run"] for m in maps] == [A, B]
+        bars = {
+            (g.attrs["data-lo"], g.attrs["data-hi"])
+            for m in maps
+            for g in m.find("g", "colour-bar")
+        }
+        values = [m[key] for s in (*a, *b) for m in s["modules"] if m[key]]
+        assert bars == {(repr(min(values)), repr(max(values)))}  # one scale for both runs
+        cells = _cells(maps[1])
+        assert all(
+            cells[(m["name"] or "(model)", s["step"])] == ("value", num(m[key]))
+            for s in b
+            for m in s["modules"]
+        )
+    for module in ("", "0", "1", "2"):
+        ridges = page.all("histogram", module=module)
+        assert len(ridges) == 2
+        assert [s for s, _ in _rows(ridges[0])] == [
+            s for s, _ in _rows(ridges[1])
+        ]  # the same steps
+
+
+def test_two_runs_in_the_terminal_and_as_json(
+    real: Path, healthy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "120")
+    result = invoke("report", real, healthy)
+    assert result.exit_code == 0, result.output
+    a, b = records(real), records(healthy)
+    lines = result.stdout.splitlines()
+    bad = next(s["step"] for s in a if s["nonfinite"] is not None)
+    assert lines[:4] == [
+        f"A  {real}",
+        f"   Sequential on cpu, every 2 steps · 20 logged step(s), 2 … 40 · first bad step {bad}",
+        f"B  {healthy}",
+        "   Sequential on cpu, every 2 steps · 20 logged step(s), 2 … 40 · no NaN/Inf",
+    ]
+    loss_b = [s["loss"] for s in b]
+    assert next(line for line in lines if line.startswith("loss B")).endswith(
+        f"first {num(loss_b[0])} · last {num(loss_b[-1])} · min {num(min(loss_b))} · max {num(max(loss_b))}"
+    )
+    rows = {
+        line.split()[0]: line.split()[2:]
+        for line in lines
+        if line.startswith(("(model)", "0 ", "1 ", "2 "))
+    }
+    for m in b[-1]["modules"]:
+        std_a, std_b, grad_a, grad_b = rows[m["name"] or "(model)"]
+        assert (std_b, grad_b) == (num(m["std"]), num(m["grad_norm"]))
+        assert std_a == "nan/inf"  # run A's last step is past its blow-up
+    doc = json.loads(invoke("report", real, healthy, "--json").stdout)
+    assert doc["a"]["loss"] == [s["loss"] for s in a] and doc["b"]["path"] == str(healthy)
+    assert [m["name"] for m in doc["modules"]] == ["", "0", "1", "2"]
+    assert doc["modules"][1]["std_b"] == b[-1]["modules"][1]["std"]
+
+
+def test_two_runs_errors_are_one_line(real: Path, healthy: Path, tmp_path: Path) -> None:
+    result = invoke("report", real, healthy, real)
+    assert (result.exit_code, result.stderr) == (
+        2,
+        "error: report takes one log, or two to compare, not 3: modinspect report A.jsonl [B.jsonl]\n",
+    )
+    out = tmp_path / "x.html"
+    out.write_text("mine")
+    result = invoke("report", real, tmp_path / "missing.jsonl", "--html", out)
+    assert (
+        result.stderr == f"error: {out} exists; pass --force to overwrite it\n"
+    )  # before reading either
+    result = invoke("report", real, healthy, "--html", healthy, "--force")
+    assert result.stderr == f"error: {healthy} is also an input; write the result to another file\n"
+    result = invoke("report", real, tmp_path / "missing.jsonl")
+    assert result.stderr == f"error: {tmp_path / 'missing.jsonl'} does not exist\n"
+    assert out.read_text() == "mine"

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
         perform_load,
         run_load,
     )
-    from modinspect.commands.report import ReportRequest, run_report
+    from modinspect.commands.report import ReportRequest, run_comparison, run_report
     from modinspect.commands.stats import StatsRequest, StatsRun, prepare_stats, run_stats
     from modinspect.commands.tree import TreeRequest, run_tree
     from modinspect.errors import (
@@ -62,6 +62,7 @@ if TYPE_CHECKING:
         TreeReport,
         WatchReport,
     )
+    from modinspect.reports.compare import ModulePair, RunComparison
     from modinspect.reports.doctor import DoctorReport, Finding, Location
     from modinspect.run.collector import StatsOptions
     from modinspect.run.doctor import doctor
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
     from modinspect.run.source import open_source
     from modinspect.run.stats import ForwardError, collect_stats
     from modinspect.sources.base import ModuleInfo, Source, TensorInfo
+    from modinspect.watching.compare import compare_runs
     from modinspect.watching.runlog import read_run_log
     from modinspect.watching.watch import NonFiniteWarning, Watch, watch
 
@@ -93,7 +95,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "modinspect.commands.stats": ("run_stats", "prepare_stats", "StatsRequest", "StatsRun"),
     "modinspect.watching.watch": ("watch", "Watch", "NonFiniteWarning"),
     "modinspect.watching.runlog": ("read_run_log",),
-    "modinspect.commands.report": ("run_report", "ReportRequest"),
+    "modinspect.watching.compare": ("compare_runs",),
+    "modinspect.commands.report": ("run_report", "run_comparison", "ReportRequest"),
     "modinspect.run.doctor": ("doctor",),
     "modinspect.commands.doctor": ("run_doctor", "DoctorRequest"),
     # any report as the CLI prints it (show) and its --json document (to_json)
@@ -117,6 +120,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "WatchReport",
         "RunReport",
     ),
+    "modinspect.reports.compare": ("RunComparison", "ModulePair"),
     "modinspect.reports.doctor": ("DoctorReport", "Finding", "Location"),
     # what they raise: str(error) is the one line the CLI prints
     "modinspect.errors": (
@@ -156,11 +160,13 @@ __all__ = [
     "ModelTooLargeError",
     "ModinspectError",
     "ModuleInfo",
+    "ModulePair",
     "ModuleStats",
     "NonFiniteError",
     "NonFiniteWarning",
     "NonfiniteOrigin",
     "ReportRequest",
+    "RunComparison",
     "RunReport",
     "ShapesReport",
     "Source",
@@ -183,6 +189,7 @@ __all__ = [
     "add_layers",
     "build_tree",
     "collect_stats",
+    "compare_runs",
     "diff_sources",
     "doctor",
     "measure_shapes",
@@ -191,6 +198,7 @@ __all__ = [
     "plan_load",
     "prepare_stats",
     "read_run_log",
+    "run_comparison",
     "run_diff",
     "run_doctor",
     "run_load",

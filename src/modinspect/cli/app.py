@@ -15,6 +15,7 @@ from modinspect.version import __version__
 
 if TYPE_CHECKING:
     from modinspect.reports import RunReport
+    from modinspect.reports.compare import RunComparison
 
 app = typer.Typer(
     name="modinspect",
@@ -664,12 +665,13 @@ def _findings(option: str | None) -> list[str]:
 
 @app.command()
 def report(
-    log: Annotated[
-        Path,
+    logs: Annotated[
+        list[Path],
         typer.Argument(
             help="A watch log (JSONL, schema modinspect.watch/1), as modinspect.watch "
-            "writes it; a run still writing is fine.",
+            "writes it; a run still writing is fine. Two logs: the runs side by side, on the same axes.",
             show_default=False,
+            metavar="LOG [OTHER]",
         ),
     ],
     html: Annotated[
@@ -706,7 +708,7 @@ def report(
 ) -> None:
     """Show a training run's watch log: per module, sparklines over steps of std, ‖∇out‖ and dead fraction; the first bad step.
 
-    Reads the JSONL log modinspect.watch writes (one record per logged step). A partial last line, from a run still writing, is skipped with a note. --html writes the pictures: gradient flow, module × step heatmaps of std and gradient norm, dead fractions over time, histograms at chosen steps.
+    Reads the JSONL log modinspect.watch writes (one record per logged step). A partial last line, from a run still writing, is skipped with a note. --html writes the pictures: loss, learning rate, update ratios and steps/s over steps, gradient flow, module × step heatmaps of std and gradient norm, dead fractions, histograms over time. Two logs compare two runs: both on the same axes in the HTML, side by side in the terminal.
 
     Examples:
 
@@ -714,27 +716,39 @@ def report(
 
         modinspect report runs/stats.jsonl --html report.html --steps 100,2000
 
+        modinspect report runs/baseline.jsonl runs/lr-1e-2.jsonl --html compare.html
+
         modinspect report runs/stats.jsonl --json | jq .first_bad
     """
     with user_errors(debug):
-        from modinspect.commands.report import ReportRequest, run_report
+        from modinspect.commands.report import ReportRequest, run_comparison, run_report
 
+        if len(logs) > 2:
+            raise UsageError(
+                f"report takes one log, or two to compare, not {len(logs)}: "
+                "modinspect report A.jsonl [B.jsonl]"
+            )
         request = ReportRequest(
-            log=log,
+            log=logs[0],
             html=html,
             steps=_parse_steps(steps),
             force=force,
             max_log_size=_log_size(max_log_size),
         )
-        run = run_report(request, announce=output.note, html_page=_html_page)
+        shown: RunReport | RunComparison
+        if len(logs) == 2:
+            shown = run_comparison(request, logs[1], announce=output.note, html_page=_html_page)
+            modules = len(shown.modules)
+            counts = f"{len(shown.a.steps)} and {len(shown.b.steps)} steps"
+        else:
+            shown = run_report(request, announce=output.note, html_page=_html_page)
+            modules, counts = len(shown.modules), f"{len(shown.steps)} steps"
         if as_json or html is None:
-            output.emit(run, as_json, output.table_layout(wide, columns))
+            output.emit(shown, as_json, output.table_layout(wide, columns))
         else:
             from modinspect.render.text import visible
 
-            print(
-                f"wrote {visible(str(html))}: {len(run.modules)} modules × {len(run.steps)} steps"
-            )
+            print(f"wrote {visible(str(html))}: {modules} modules × {counts}")
 
 
 def _log_size(option: str | None) -> int | None:
@@ -748,8 +762,8 @@ def _log_size(option: str | None) -> int | None:
         raise UsageError(f"--max-log-size {option!r} is not a size like 512M or 2G") from None
 
 
-def _html_page(run: RunReport, steps: tuple[int, ...]) -> str:
-    """The run's HTML page (render.registry's `html` form), rendered only when --html asks for one."""
+def _html_page(run: RunReport | RunComparison, steps: tuple[int, ...]) -> str:
+    """The run's (or two runs') HTML page (render.registry's `html` form), rendered only when --html asks."""
     from modinspect.render.registry import form_text
 
     return form_text(run, "html", steps=steps)

@@ -30,6 +30,7 @@ from modinspect.reports import (
     TensorRow,
     TreeReport,
 )
+from modinspect.reports.compare import RunComparison
 from modinspect.reports.doctor import DoctorReport, Finding, Location
 from modinspect.version import __version__
 
@@ -179,6 +180,17 @@ RUN: Schema[RunReport] = Schema(
 )
 
 
+# `report A B`: both runs' documents as `report A --json` has them, then the modules paired
+COMPARISON: Schema[RunComparison] = Schema(
+    RunComparison,
+    {
+        RunReport: Doc(rename={"times": "time"}),
+        ModuleSeries: Doc(after={"histograms": "flags"}),
+    },
+    _envelope,
+)
+
+
 # ------------------------------------------------------------------ doctor
 DOCTOR: Schema[DoctorReport] = Schema(
     DoctorReport,
@@ -225,7 +237,9 @@ def doctor_document(report: DoctorReport) -> dict[str, Any]:
     return DOCTOR.document(report)
 
 
-TABLES: dict[type, Schema[Any]] = {s.report: s for s in (TREE, STATS, DIFF, LOAD, RUN, DOCTOR)}
+TABLES: dict[type, Schema[Any]] = {
+    s.report: s for s in (TREE, STATS, DIFF, LOAD, RUN, COMPARISON, DOCTOR)
+}
 _PLAIN: dict[type, Schema[Any]] = {}
 
 

@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
 
 from modinspect.render.text import TableLayout
 from modinspect.reports import DiffReport, LoadReport, RunReport, StatsReport, TreeReport
+from modinspect.reports.compare import RunComparison
 from modinspect.reports.doctor import DoctorReport
 
 if TYPE_CHECKING:
@@ -88,6 +89,12 @@ def _run_view(report: RunReport, out: Console, layout: TableLayout | None) -> No
     out.print(console.run_renderable(report, out.width, layout))
 
 
+def _comparison_view(report: RunComparison, out: Console, _layout: TableLayout | None) -> None:
+    from modinspect.render import console
+
+    out.print(console.comparison_renderable(report, out.width))
+
+
 def _doctor_view(report: DoctorReport, out: Console, _layout: TableLayout | None) -> None:
     from modinspect.render import console
 
@@ -116,12 +123,20 @@ def _html(report: RunReport, steps: tuple[int, ...] = ()) -> str:
     return run_html(report, steps)
 
 
+def _comparison_html(report: RunComparison, steps: tuple[int, ...] = ()) -> str:
+    from modinspect.render.html import runs_html
+
+    return runs_html((report.a, report.b), steps)
+
+
 REGISTRY: dict[type, Entry[Any]] = {
     TreeReport: Entry("tree", _tree_view, json_text=_tree_json),
     StatsReport: Entry("stats", _stats_view),
     DiffReport: Entry("diff", _diff_view),
     LoadReport: Entry("load", _load_view),
     RunReport: Entry("report", _run_view, forms={"html": _html}),
+    # `report A.jsonl B.jsonl`: two runs on the same axes
+    RunComparison: Entry("report", _comparison_view, forms={"html": _comparison_html}),
     DoctorReport: Entry("doctor", _doctor_view, forms={"sarif": _sarif}),
 }
 

@@ -6,6 +6,7 @@
     tree_view    tree_renderable, print_tree        stats_view   stats_renderable, verdict_text
     diff_view    diff_renderable                    load_view    load_renderable
     report_view  run_renderable (`report`)          doctor_view  doctor_renderable
+    compare_view comparison_renderable (`report A B`)
 
 Every name below stays importable from here, as it was when this package was one module.
 """
@@ -20,6 +21,7 @@ from modinspect.render.console.common import (
     progress,
     progress_bar,
 )
+from modinspect.render.console.compare_view import comparison_renderable
 from modinspect.render.console.diff_view import DIFF_COLUMNS, diff_renderable
 from modinspect.render.console.doctor_view import doctor_renderable
 from modinspect.render.console.fasttable import FastColumn, FastTable
@@ -71,6 +73,7 @@ __all__ = [
     "Trimmed",
     "batch_progress",
     "choose_columns",
+    "comparison_renderable",
     "diff_renderable",
     "doctor_renderable",
     "fit_table",

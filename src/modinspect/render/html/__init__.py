@@ -19,10 +19,10 @@ from pathlib import PurePath
 from modinspect.render.html import heatmap as heat
 from modinspect.render.html.curves import Chart, Curve, line_chart
 from modinspect.render.html.flow import gradient_flow
-from modinspect.render.html.histograms import ridgeline
+from modinspect.render.html.histograms import MAX_ROWS, ridgeline
 from modinspect.render.html.svg import LINE_COLOURS, RUN_DASH, Scale, e, name
 from modinspect.render.text import bad_step_text
-from modinspect.reports import RunReport
+from modinspect.reports import ModuleSeries, RunReport
 
 __all__ = ["run_html", "runs_html"]
 
@@ -98,7 +98,7 @@ def _labels(runs: Sequence[RunReport]) -> list[str]:
 
 def _summary(report: RunReport, label: str) -> str:
     h, bad = report.header, report.first_bad
-    head = f"<h3>{e(label)}: {e(report.path)}</h3>" if label else ""
+    head = f"<h3>{e(label.split(' ')[0])}: {e(report.path)}</h3>" if label else ""
     parts = [
         head,
         f'<p class="meta">{e(h.schema)}: {e(h.model)} on {e(h.device)}, {h.world_size} rank(s), every '
@@ -258,6 +258,21 @@ def _dead(runs: Sequence[RunReport], labels: list[str]) -> str:
     return line_chart(spec, curves)
 
 
+def _common_steps(modules: list[ModuleSeries | None]) -> tuple[int, ...]:
+    """Two runs' ridgelines of a module show the same steps: up to MAX_ROWS spread over those both have;
+    one run (or none in common): () and each ridgeline spreads its own."""
+    present = [m for m in modules if m is not None]
+    if len(present) < 2:
+        return ()
+    common = sorted(set.intersection(*({g.step for g in m.histograms} for m in present)))
+    if len(common) <= MAX_ROWS:
+        return tuple(common)
+    return tuple(
+        common[i]
+        for i in sorted({round(k * (len(common) - 1) / (MAX_ROWS - 1)) for k in range(MAX_ROWS)})
+    )
+
+
 def _histograms(runs: Sequence[RunReport], labels: list[str], steps: tuple[int, ...]) -> str:
     names = list(dict.fromkeys(m.name for r in runs for m in r.modules if m.histograms))
     if not names:
@@ -273,10 +288,11 @@ def _histograms(runs: Sequence[RunReport], labels: list[str], steps: tuple[int, 
     by_run = [{m.name: m for m in r.modules} for r in runs]
     for module in names:
         panels = []
+        rows = steps or _common_steps([index.get(module) for index in by_run])
         for index, label in zip(by_run, labels, strict=True):
             m = index.get(module)
-            body = ridgeline(m, steps) if m is not None else ""
-            head = f"{e(label.split(' ')[0])} · " if label else ""
+            body = ridgeline(m, rows) if m is not None else ""
+            head = e(label) if label else ""
             body = body or '<p class="note">no histogram</p>'
             panels.append(f'<div class="panel">{f"<h3>{head}</h3>" if head else ""}{body}</div>')
         m0 = next(index[module] for index in by_run if module in index)
