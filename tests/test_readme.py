@@ -91,6 +91,12 @@ def test_readme_console_example_is_real_output(
     runlogs.write_run(
         tmp_path / "stats.jsonl"
     )  # the report section's synthetic watch log, as it says
+    if any("runs/" in command for command, _ in steps):
+        # docs/report.md's two runs: the real training loop of `runlogs.write_real_run`, with and without
+        # its planted lr blow-up
+        (tmp_path / "runs").mkdir()
+        runlogs.write_real_run(tmp_path / "runs" / "baseline.jsonl", blow_up_at=10**6)
+        runlogs.write_real_run(tmp_path / "runs" / "lr-blowup.jsonl")
     code = 0
     for command, shown in steps:
         if command == "echo $?":
