@@ -194,9 +194,9 @@ def test_update_ratio_per_parameter_on_a_log_scale_with_the_1e_3_guide(
         # a ratio of 0 (no update: a zero gradient) has no place on a log axis: a gap, not a point
         assert points(chart, name) == [(st, v) for st, v in logged if v > 0]
     every = [v for s in steps for p in s["params"] for v in [p["update_ratio"]] if v]
-    assert float(chart.attrs["data-lo"]) == min(every) and float(chart.attrs["data-hi"]) == max(
-        every
-    )
+    # the axis: the whole decades around them
+    lo, hi = math.floor(math.log10(min(every))), math.ceil(math.log10(max(every)))
+    assert (float(chart.attrs["data-lo"]), float(chart.attrs["data-hi"])) == (10.0**lo, 10.0**hi)
     guide = chart.find("text", "guide-label")
     assert [g.text for g in guide] == ["0.001"] and len(chart.find("path", "guide")) == 1
     # the legend names each tensor
@@ -509,10 +509,11 @@ def test_two_runs_in_the_terminal_and_as_json(
         for line in lines
         if line.startswith(("(model)", "0 ", "1 ", "2 "))
     }
-    for m in b[-1]["modules"]:
+    for m, ma in zip(b[-1]["modules"], a[-1]["modules"], strict=True):
         std_a, std_b, grad_a, grad_b = rows[m["name"] or "(model)"]
         assert (std_b, grad_b) == (num(m["std"]), num(m["grad_norm"]))
         assert std_a == "nan/inf"  # run A's last step is past its blow-up
+        assert grad_a == ("nan/inf" if ma["grad_norm"] is None else num(ma["grad_norm"]))
     doc = json.loads(invoke("report", real, healthy, "--json").stdout)
     assert doc["a"]["loss"] == [s["loss"] for s in a] and doc["b"]["path"] == str(healthy)
     assert [m["name"] for m in doc["modules"]] == ["", "0", "1", "2"]
