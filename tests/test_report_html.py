@@ -537,3 +537,52 @@ def test_two_runs_errors_are_one_line(real: Path, healthy: Path, tmp_path: Path)
     result = invoke("report", real, tmp_path / "missing.jsonl")
     assert result.stderr == f"error: {tmp_path / 'missing.jsonl'} does not exist\n"
     assert out.read_text() == "mine"
+
+
+def _row_colours(chart: Chart, module: str) -> list[str]:
+    return [
+        m.attrs["style"].removeprefix("--row:")
+        for m in chart.find("rect", "cell", "value")
+        if m.title.startswith(f"{module}, step ")
+    ]
+
+
+def test_each_row_on_its_own_scale_is_one_checkbox_away(run: Path, tmp_path: Path) -> None:
+    """fc1's std climbs 1.0 → 1.7 in eight levels while the head's sits at 2.0: on the shared scale fc1's row
+    spans part of it; on its own scale (`--row`, swapped in by CSS) it runs from the darkest to the brightest."""
+    from modinspect.render.html.svg import colour
+
+    page = html(run, tmp_path / "r.html")
+    chart = page.chart("std-heatmap")
+    fc1 = _row_colours(chart, "fc1")
+    assert len(fc1) == runlogs.STEPS
+    levels = sorted({runlogs.std_of("fc1", i) for i in range(runlogs.STEPS)})
+    lo, hi = math.log10(levels[0]), math.log10(levels[-1])
+    want = [colour((math.log10(runlogs.std_of("fc1", i)) - lo) / (hi - lo)) for i in range(50)]
+    assert fc1 == want and (fc1[0], fc1[-1]) == (colour(0), colour(1))
+    ranges = [m.text for m in chart.find("text", "row-range")]
+    assert ranges[0] == f"{num(levels[0], 3)} … {num(levels[-1], 3)}"
+    checkbox = [a for tag, a in page.tags if tag == "input" and a.get("id") == "rows-std"]
+    assert checkbox == [{"type": "checkbox", "id": "rows-std", "class": "rows"}]
+
+
+@needs_chromium
+def test_the_row_scale_checkbox_recolours_the_cells_without_script(
+    run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.html"
+    html(run, out)
+    script = """JSON.stringify([...document.querySelectorAll('svg[data-chart="std-heatmap"] rect.cell.value')]
+      .slice(0, 3).map(r => [getComputedStyle(r).fill, r.style.getPropertyValue('--row'), r.getAttribute('fill')]))"""
+    before = json.loads(load_page(out, script).value)
+    after = json.loads(
+        load_page(out, script, after_load="document.getElementById('rows-std').click()").value
+    )
+
+    def rgb(hex_colour: str) -> str:
+        r, g, b = (int(hex_colour.strip()[k : k + 2], 16) for k in (1, 3, 5))
+        return f"rgb({r}, {g}, {b})"
+
+    assert [fill for fill, _, _ in before] == [rgb(attr) for _, _, attr in before]
+    assert [fill for fill, _, _ in after] == [rgb(row) for _, row, _ in after]
+    assert [fill for fill, _, _ in before] != [fill for fill, _, _ in after]

@@ -47,6 +47,9 @@ svg { display: block; margin: 4px 0; overflow: visible; } svg text { font-size: 
   vertical-align: middle; }
 .swatch.dashed { border-top-style: dashed; }
 #smooth:checked ~ .curves .raw { stroke-opacity: .3; } #smooth:not(:checked) ~ .curves .ema { display: none; }
+.row-range { display: none; fill: #666; }
+.rows:checked ~ .panels .cell.value { fill: var(--row); } .rows:checked ~ .panels .row-range { display: inline; }
+.rows:checked ~ .panels .colour-bar text { display: none; }
 """
 
 
@@ -231,9 +234,12 @@ def _heatmaps(
         "its value.</p>"
     )
     section = "std" if pick == "std" else "grad"
-    return (
-        f'<section id="{section}"><h2>{title}</h2>{note}<div class="panels">{maps}</div></section>'
+    toggle = (
+        f'<input type="checkbox" id="rows-{section}" class="rows"> <label for="rows-{section}">each row on '
+        "its own log scale (its range at the right; dark: the row's smallest value, yellow: its largest)"
+        "</label>"
     )
+    return f'<section id="{section}"><h2>{title}</h2>{note}{toggle}<div class="panels">{maps}</div></section>'
 
 
 def _dead(runs: Sequence[RunReport], labels: list[str]) -> str:

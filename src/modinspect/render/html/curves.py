@@ -98,7 +98,7 @@ def line_chart(spec: Chart, curves: Sequence[Curve]) -> str:
     curves = [c for c in curves if c.steps]
     plotted = [(c, _points(c)) for c in curves]
     values = [v for _, pts in plotted for _, v, _ in pts if v is not None]
-    scale = spec.fixed or Scale.over(values, spec.log)
+    scale = spec.fixed or Scale.over(values, spec.log).decades()
     if not finite(values) and not any(b for _, pts in plotted for *_, b in pts):
         return f'<p class="note">No {e(spec.unit)} in this log.</p>'
     steps = [s for c in curves for s in c.steps]

@@ -1,7 +1,9 @@
 """Module × step heatmaps (activation std, gradient norm) on a log colour scale, with a colour bar.
 
 The scale is shared by every run on the page (two runs compare cell by cell) and spans the positive finite
-values drawn; the colour bar's end labels are its ends. A cell is one of: `value` (coloured), `nan` (red:
+values drawn; the colour bar's end labels are its ends. A checkbox (CSS, no script) colours each row on its own
+log scale instead (each value cell carries that colour as `--row`), the row's range written at its right: a
+drift inside a row whose neighbours span decades shows. A cell is one of: `value` (coloured), `nan` (red:
 a NaN, or NaN/Inf where the log does not say which), `inf` (orange: an Inf, or a std that overflowed
 float64 over finite values), `novalue` (logged, but no value: no backward, a zero-size output) and
 `missing` (the module was not logged at that step). Each cell's tooltip says which, with the value.
@@ -103,10 +105,10 @@ def heatmap(
     if not report.modules:
         return '<p class="note">No modules in this log.</p>'
     ncols = max((len(r) for r in cells), default=1)
-    cw = max(2.0, min(36.0, 900 / max(1, ncols)))
+    cw = max(2.0, min(36.0, 820 / max(1, ncols)))
     ch, top = 14, 8
     left = min(260, 12 + 7 * max(len(name(m.name)) for m in report.modules))
-    width = max(left + ncols * cw + 16, left + 560)
+    width = max(left + ncols * cw + 130, left + 560)
     bottom = top + len(report.modules) * ch
     out = [
         f'<svg data-chart="{chart}" data-run="{e(run)}" width="{width:.0f}" height="{bottom + 74}" '
@@ -117,6 +119,12 @@ def heatmap(
         out.append(
             f'<text class="row" x="{left - 6}" y="{y + ch - 3}" text-anchor="end">{e(name(m.name))}</text>'
         )
+        own = Scale.over((c.value for c in row if c.state == "value" and c.value), log=True)
+        if any(c.state == "value" and c.value for c in row):
+            out.append(
+                f'<text class="row-range" x="{left + ncols * cw + 6:.1f}" y="{y + ch - 3}">'
+                f"{num(own.lo, 3)} … {num(own.hi, 3)}</text>"
+            )
         for c, cell in enumerate(row):
             steps = (
                 f"step {cell.first}"
@@ -127,6 +135,9 @@ def heatmap(
                 assert cell.value is not None
                 t = scale.position(cell.value)
                 fill, shown = colour(0.0 if t is None else t), num(cell.value)
+                mine = own.position(cell.value)
+                # the colour on the row's own scale: CSS swaps it in when "each row on its own scale" is on
+                fill += f'" style="--row:{colour(0.0 if mine is None else mine)}'
             else:
                 fill, shown = _FILL[cell.state], _SAYS[pick][cell.state]
                 if cell.value is not None:

@@ -79,6 +79,14 @@ class Scale:
             return cls(1.0, 10.0, log) if log else cls(0.0, 1.0, log)
         return cls(min(vals), max(vals), log)
 
+    def decades(self) -> Scale:
+        """A log scale widened to whole decades at both ends (an axis labelled at its ends); else itself."""
+        if not self.log:
+            return self
+        a = max(-323, math.floor(math.log10(self.lo)))
+        b = min(308, math.ceil(math.log10(self.hi)))
+        return Scale(10.0**a, 10.0 ** max(b, a + 1), True)
+
     def _t(self, value: float) -> float:
         return math.log10(value) if self.log else value
 
