@@ -586,3 +586,67 @@ def test_the_row_scale_checkbox_recolours_the_cells_without_script(
     assert [fill for fill, _, _ in before] == [rgb(attr) for _, _, attr in before]
     assert [fill for fill, _, _ in after] == [rgb(row) for _, row, _ in after]
     assert [fill for fill, _, _ in before] != [fill for fill, _, _ in after]
+
+
+def write_wide_run(path: Path, modules: int, params: int, steps: int = 4) -> Path:
+    """A log of `modules` ReLU modules (each with a histogram) and `params` parameter tensors, two per layer."""
+    from modinspect.watching.log import ParamRecord, StepRecord
+
+    with LogWriter(path, LogHeader(model="Wide", every=1, device="cpu", started=0.0)) as w:
+        for i in range(steps):
+            mods = tuple(
+                ModuleRecord(
+                    f"m{k}",
+                    "ReLU",
+                    1,
+                    64,
+                    0.1,
+                    1.0 + k,
+                    -1.0,
+                    1.0,
+                    0.0,
+                    0,
+                    0,
+                    k / modules,
+                    0.5,
+                    0,
+                    0,
+                    Histogram(edges=runlogs.EDGES, counts=runlogs.counts_of(k, i)),
+                )
+                for k in range(modules)
+            )
+            ps = tuple(
+                ParamRecord(
+                    f"l{k // 2}.{('weight', 'bias')[k % 2]}", 1.0, 0.1, 0.01, 10.0 ** -(k % 7)
+                )
+                for k in range(params)
+            )
+            w.write(StepRecord(step=i, time=float(i), loss=1.0, modules=mods, params=ps))
+    return path
+
+
+def test_a_model_of_thousands_of_modules_makes_a_bounded_page(tmp_path: Path) -> None:
+    """2,500 modules and 100 tensors: 2,000 heatmap rows of at most 60 columns, 40 update-ratio curves (per
+    layer: 50 layers, the 40 largest), 40 dead-fraction curves, 120 ridgelines; each cut said in a note."""
+    from modinspect.render.html import MAX_CURVES, MAX_RIDGELINES
+    from modinspect.render.html.heatmap import MAX_ROWS
+
+    log = write_wide_run(tmp_path / "wide.jsonl", modules=2_500, params=100)
+    out = tmp_path / "wide.html"
+    page = html(log, out)
+    assert out.stat().st_size < 40 * 2**20
+    std = page.chart("std-heatmap")
+    assert len(std.find("rect", "cell")) == MAX_ROWS * 4
+    text = "".join(page.text)
+    assert "… and 500 more modules, not drawn (`--json` has them all)." in text
+    ratio = page.chart("update-ratio")
+    assert len(ratio.find("path", "line")) == MAX_CURVES == 40
+    assert (
+        "100 tensors: one curve per layer, its tensors' largest ratio at each step; the 40 layers"
+        in text
+    )
+    # per layer the larger of its two tensors' ratios: l0 has 1 and 0.1
+    assert points(ratio, "l0")[0] == (0, 1.0)
+    assert len(page.chart("dead-fraction").find("path", "line")) == MAX_CURVES
+    assert len(page.all("histogram")) == MAX_RIDGELINES
+    assert f"The first {MAX_RIDGELINES} modules with histograms, of 2,500" in text

@@ -20,11 +20,14 @@ from modinspect.render.html import heatmap as heat
 from modinspect.render.html.curves import Chart, Curve, line_chart
 from modinspect.render.html.flow import gradient_flow
 from modinspect.render.html.histograms import MAX_ROWS, ridgeline
-from modinspect.render.html.svg import LINE_COLOURS, RUN_DASH, Scale, e, name
+from modinspect.render.html.svg import LINE_COLOURS, RUN_DASH, Scale, e, finite, name
 from modinspect.render.text import bad_step_text
 from modinspect.reports import ModuleSeries, RunReport
 
 __all__ = ["run_html", "runs_html"]
+
+MAX_CURVES = 40  # update-ratio and dead-fraction curves per run; past it, per layer or the largest
+MAX_RIDGELINES = 120  # modules with a ridgeline (a page of a few MB for any model)
 
 _CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1400px; }
@@ -123,6 +126,7 @@ def _prefix(label: str, text: str) -> str:
 
 def _curves(runs: Sequence[RunReport], labels: list[str]) -> str:
     loss, lr, rate, ratio = [], [], [], []
+    notes: set[str] = set()
     for k, (r, label) in enumerate(zip(runs, labels, strict=True)):
         colour, dash = LINE_COLOURS[k], RUN_DASH[k % 2]
         if any(v is not None for v in r.loss):
@@ -135,17 +139,14 @@ def _curves(runs: Sequence[RunReport], labels: list[str]) -> str:
         speed = _steps_per_second(r)
         if speed is not None:
             rate.append(Curve(label or "steps/s", r.steps, speed, colour, dash))
-        for j, p in enumerate(r.params):
-            if any(v is not None for v in p.update_ratio):
-                ratio.append(
-                    Curve(
-                        _prefix(label, p.name),
-                        r.steps,
-                        p.update_ratio,
-                        LINE_COLOURS[j % len(LINE_COLOURS)],
-                        dash,
-                    )
+        series, note = _ratio_series(r)
+        notes.add(note)
+        for j, (what, values) in enumerate(series):
+            ratio.append(
+                Curve(
+                    _prefix(label, what), r.steps, values, LINE_COLOURS[j % len(LINE_COLOURS)], dash
                 )
+            )
     events = tuple(
         (r.first_bad.step, _prefix(lb, "first bad step"))
         for r, lb in zip(runs, labels, strict=True)
@@ -174,7 +175,12 @@ def _curves(runs: Sequence[RunReport], labels: list[str]) -> str:
                 ),
                 ratio,
             ),
-            "Dashed: 1e-3, where a healthy update usually sits; shaded: 1e-4 to 1e-1.",
+            " ".join(
+                [
+                    "Dashed: 1e-3, where a healthy update usually sits; shaded: 1e-4 to 1e-1.",
+                    *sorted(notes),
+                ]
+            ).strip(),
         ),
         _panel(
             "Steps per second",
@@ -189,6 +195,39 @@ def _curves(runs: Sequence[RunReport], labels: list[str]) -> str:
         "curves (EMA 0.6; the raw values stay, faint)</label>"
     )
     return f'{toggle}<div class="curves panels">{"".join(panels)}</div>'
+
+
+def _largest(
+    series: list[tuple[str, tuple[float | None, ...]]], most: int
+) -> list[tuple[str, tuple[float | None, ...]]]:
+    """The `most` series with the largest values, in their own order."""
+    top = sorted(
+        range(len(series)), key=lambda i: max(finite(series[i][1]), default=0.0), reverse=True
+    )
+    keep = set(top[:most])
+    return [s for i, s in enumerate(series) if i in keep]
+
+
+def _ratio_series(r: RunReport) -> tuple[list[tuple[str, tuple[float | None, ...]]], str]:
+    """The update-ratio curves: one per parameter tensor, or per layer (its tensors' largest ratio at each
+    step) past MAX_CURVES tensors, and the MAX_CURVES largest of those; and a note saying which."""
+    series = [
+        (p.name, p.update_ratio) for p in r.params if any(v is not None for v in p.update_ratio)
+    ]
+    if len(series) <= MAX_CURVES:
+        return series, ""
+    layers: dict[str, list[tuple[float | None, ...]]] = {}
+    for what, values in series:
+        layers.setdefault(what.rpartition(".")[0] or what, []).append(values)
+    grouped = [
+        (layer, tuple(max(finite(col), default=None) for col in zip(*values, strict=True)))
+        for layer, values in layers.items()
+    ]
+    note = f"{len(series):,} tensors: one curve per layer, its tensors' largest ratio at each step"
+    if len(grouped) > MAX_CURVES:
+        note += f"; the {MAX_CURVES} layers with the largest ratios of {len(grouped):,}"
+        grouped = _largest(grouped, MAX_CURVES)
+    return grouped, note + "."
 
 
 def _panel(title: str, body: str, note: str = "") -> str:
@@ -243,15 +282,20 @@ def _heatmaps(
 
 
 def _dead(runs: Sequence[RunReport], labels: list[str]) -> str:
-    curves = []
+    curves, more = [], 0
     for k, (r, label) in enumerate(zip(runs, labels, strict=True)):
-        rows = [m for m in r.modules if any(v is not None for v in m.dead_fraction)]
-        for j, m in enumerate(rows):
+        rows = [
+            (name(m.name), m.dead_fraction)
+            for m in r.modules
+            if any(v is not None for v in m.dead_fraction)
+        ]
+        more += max(0, len(rows) - MAX_CURVES)
+        for j, (what, values) in enumerate(_largest(rows, MAX_CURVES)):
             curves.append(
                 Curve(
-                    _prefix(label, name(m.name)),
+                    _prefix(label, what),
                     r.steps,
-                    m.dead_fraction,
+                    values,
                     LINE_COLOURS[j % len(LINE_COLOURS)],
                     RUN_DASH[k % 2],
                 )
@@ -261,7 +305,13 @@ def _dead(runs: Sequence[RunReport], labels: list[str]) -> str:
     spec = Chart(
         "dead-fraction", "dead-unit fraction over steps", "dead fraction", fixed=Scale(0.0, 1.0)
     )
-    return line_chart(spec, curves)
+    note = (
+        f'<p class="note">The {MAX_CURVES} modules with the largest dead fractions per run; {more:,} '
+        "more not drawn.</p>"
+        if more
+        else ""
+    )
+    return line_chart(spec, curves) + note
 
 
 def _common_steps(modules: list[ModuleSeries | None]) -> tuple[int, ...]:
@@ -288,22 +338,29 @@ def _histograms(runs: Sequence[RunReport], labels: list[str], steps: tuple[int, 
         if steps
         else "at up to 12 steps spread over the run"
     )
-    out = [
+    head = [
         f'<p class="note">One row per step ({shown}), the earliest at the top; hover a bin for its count.</p>'
     ]
+    out: list[str] = []
     by_run = [{m.name: m for m in r.modules} for r in runs]
+    if len(names) > MAX_RIDGELINES:
+        head.append(
+            f'<p class="note">The first {MAX_RIDGELINES} modules with histograms, of {len(names):,} '
+            "(`--json` has them all).</p>"
+        )
+        names = names[:MAX_RIDGELINES]
     for module in names:
         panels = []
         rows = steps or _common_steps([index.get(module) for index in by_run])
         for index, label in zip(by_run, labels, strict=True):
             m = index.get(module)
             body = ridgeline(m, rows) if m is not None else ""
-            head = e(label) if label else ""
+            title = f"<h3>{e(label)}</h3>" if label else ""
             body = body or '<p class="note">no histogram</p>'
-            panels.append(f'<div class="panel">{f"<h3>{head}</h3>" if head else ""}{body}</div>')
+            panels.append(f'<div class="panel">{title}{body}</div>')
         m0 = next(index[module] for index in by_run if module in index)
         out.append(
             f'<div class="hist"><h3>{e(name(module))} <span class="meta">{e(m0.type)}</span></h3>'
             f'<div class="panels">{"".join(panels)}</div></div>'
         )
-    return out[0] + f'<div class="panels">{"".join(out[1:])}</div>'
+    return "".join(head) + f'<div class="panels">{"".join(out)}</div>'

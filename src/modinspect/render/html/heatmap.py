@@ -29,6 +29,9 @@ from modinspect.render.text import buckets, num
 from modinspect.reports import ModuleSeries, RunReport
 
 MAX_COLUMNS = 300  # heatmap columns; longer runs are averaged over runs of steps
+MIN_COLUMNS = 20  # however many modules
+MAX_CELLS = 120_000  # rows × columns, before the columns shrink towards MIN_COLUMNS
+MAX_ROWS = 2_000  # modules drawn; the rest are named in a note (--json has them all)
 BAR_STOPS = 24  # the colour bar is drawn as this many rects (no gradient ids to collide)
 
 _FILL = {"nan": NAN_COLOUR, "inf": INF_COLOUR, "novalue": "#ffffff", "missing": MISSING_COLOUR}
@@ -80,9 +83,12 @@ def _cell(m: ModuleSeries, pick: str, steps: tuple[int, ...], run: range) -> Cel
 
 
 def grid(report: RunReport, pick: str) -> list[list[Cell]]:
-    """One row per module, one cell per step (or run of steps where the log is longer than MAX_COLUMNS)."""
-    columns = buckets(len(report.steps), MAX_COLUMNS)
-    return [[_cell(m, pick, report.steps, run) for run in columns] for m in report.modules]
+    """One row per module (the first MAX_ROWS), one cell per step, or per run of steps where the log is longer
+    than MAX_COLUMNS or the rows times the columns would pass MAX_CELLS: the page stays a few MB."""
+    rows = report.modules[:MAX_ROWS]
+    width = max(MIN_COLUMNS, min(MAX_COLUMNS, MAX_CELLS // max(1, len(rows))))
+    columns = buckets(len(report.steps), width)
+    return [[_cell(m, pick, report.steps, run) for run in columns] for m in rows]
 
 
 def shared_scale(grids: Sequence[list[list[Cell]]]) -> Scale:
@@ -107,14 +113,15 @@ def heatmap(
     ncols = max((len(r) for r in cells), default=1)
     cw = max(2.0, min(36.0, 820 / max(1, ncols)))
     ch, top = 14, 8
-    left = min(260, 12 + 7 * max(len(name(m.name)) for m in report.modules))
+    left = min(260, 12 + 7 * max(len(name(m.name)) for m in report.modules[: len(cells)]))
     width = max(left + ncols * cw + 130, left + 560)
-    bottom = top + len(report.modules) * ch
+    bottom = top + len(cells) * ch
     out = [
         f'<svg data-chart="{chart}" data-run="{e(run)}" width="{width:.0f}" height="{bottom + 74}" '
         f'role="img" aria-label="{e(label)} per module and step">'
     ]
-    for r, (m, row) in enumerate(zip(report.modules, cells, strict=True)):
+    modules = report.modules[: len(cells)]
+    for r, (m, row) in enumerate(zip(modules, cells, strict=True)):
         y = top + r * ch
         out.append(
             f'<text class="row" x="{left - 6}" y="{y + ch - 3}" text-anchor="end">{e(name(m.name))}</text>'
@@ -157,6 +164,11 @@ def heatmap(
     out.append(f'<text class="label" x="{left + ncols * cw + 6:.1f}" y="{axis_y}">step →</text>')
     out.append(_colour_bar(scale, left, axis_y + 12, _SAYS[pick]))
     out.append("</svg>")
+    hidden = len(report.modules) - len(cells)
+    if hidden > 0:
+        out.append(
+            f'<p class="note">… and {hidden:,} more modules, not drawn (`--json` has them all).</p>'
+        )
     return "".join(out)
 
 
