@@ -390,29 +390,25 @@ def _inked(image: Any, box: dict[str, float]) -> int:
 
 
 @needs_chromium
+@pytest.mark.parametrize("runs", [1, 2])
 def test_every_chart_is_drawn_at_1280x800_and_no_label_is_a_sentinel(
-    real: Path, tmp_path: Path
+    real: Path, healthy: Path, tmp_path: Path, runs: int
 ) -> None:
+    """One run, and two on the same axes (each heatmap and ridgeline twice)."""
     image_module = pytest.importorskip("PIL.Image")
     out, png = tmp_path / "r.html", tmp_path / "r.png"
-    html(real, out)
+    html(real, out, *([healthy] if runs == 2 else []))
     result = load_page(out, _BOXES, screenshot=png)
     assert result.errors == []
     found = json.loads(result.value)
     assert found["background"] in ("rgba(0, 0, 0, 0)", "rgb(255, 255, 255)")
     charts = found["charts"]
     names = [c["chart"] for c in charts]
-    for expected in (
-        "loss",
-        "lr",
-        "update-ratio",
-        "steps-per-second",
-        "gradient-flow",
-        "std-heatmap",
-        "grad-heatmap",
-    ):
+    for expected in ("loss", "lr", "update-ratio", "steps-per-second"):
         assert names.count(expected) == 1, expected
-    assert names.count("histogram") == 4
+    for expected in ("gradient-flow", "std-heatmap", "grad-heatmap"):
+        assert names.count(expected) == runs, expected
+    assert names.count("histogram") == 4 * runs
     image = image_module.open(io.BytesIO(png.read_bytes()))
     assert (
         image.size[0] == 1280 or image.size[0] >= 1200
@@ -650,3 +646,20 @@ def test_a_model_of_thousands_of_modules_makes_a_bounded_page(tmp_path: Path) ->
     assert len(page.chart("dead-fraction").find("path", "line")) == MAX_CURVES
     assert len(page.all("histogram")) == MAX_RIDGELINES
     assert f"The first {MAX_RIDGELINES} modules with histograms, of 2,500" in text
+
+
+def test_two_runs_with_hostile_file_and_module_names_are_escaped(tmp_path: Path) -> None:
+    evil = '<img src=x onerror="alert(1)">'
+    modules = ((evil, "Evil<b>Type</b>"), ("act</text><script>x()</script>", "ReLU"))
+    a = runlogs.write_run(tmp_path / "<b>a.jsonl", nonfinite_from=None, modules=modules)
+    b = runlogs.write_run(tmp_path / "b.jsonl", modules=modules)
+    out = tmp_path / "two.html"
+    page = html(a, out, b)
+    raw = out.read_text(encoding="utf-8")
+    assert "<img" not in raw and "<script" not in raw and "<b>" not in raw
+    assert {tag for tag, _ in page.tags} & {"script", "img", "b"} == set()
+    assert [c.attrs["data-run"] for c in page.all("std-heatmap")] == [
+        "A (<b>a.jsonl)",
+        "B (b.jsonl)",
+    ]
+    assert {c.attrs["data-module"] for c in page.all("histogram")} == {evil, modules[1][0]}

@@ -687,7 +687,7 @@ def report(
         typer.Option(
             "--steps",
             help="Steps for the HTML's histograms, e.g. 100,200 "
-            "\\[default: the first, middle and last logged].",
+            "\\[default: up to 12 logged steps, spread over the run].",
             metavar="N,N",
         ),
     ] = None,
