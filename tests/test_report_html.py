@@ -663,3 +663,15 @@ def test_two_runs_with_hostile_file_and_module_names_are_escaped(tmp_path: Path)
         "B (b.jsonl)",
     ]
     assert {c.attrs["data-module"] for c in page.all("histogram")} == {evil, modules[1][0]}
+
+
+def test_a_run_without_a_finite_loss_says_so_in_the_two_run_view(tmp_path: Path) -> None:
+    a = runlogs.write_run(
+        tmp_path / "a.jsonl", steps=2, nonfinite_from=0
+    )  # NaN from the first step
+    b = runlogs.write_run(tmp_path / "b.jsonl", steps=1, nonfinite_from=None)
+    lines = invoke("report", a, b).stdout.splitlines()
+    assert [line for line in lines if line.startswith(("loss", "lr"))] == [
+        "loss A  no finite value logged",
+        "loss B  ▄  first 2 · last 2 · min 2 · max 2",
+    ]  # neither run logged an optimizer: no lr lines

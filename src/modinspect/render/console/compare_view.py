@@ -25,7 +25,7 @@ def comparison_renderable(pair: RunComparison, width: int = 200) -> RenderableTy
     parts: list[RenderableType] = [_header(label, run) for label, run in runs]
     for what in ("loss", "lr"):
         lines = [_curve(what, label, run, spark_w) for label, run in runs]
-        if any(line.plain for line in lines):
+        if any(line.plain for line in lines):  # two runs without an optimizer: no lr lines
             parts.append(Text("\n").join([Text(""), *(line for line in lines if line.plain)]))
     parts.append(_table(pair.modules, width))
     return Themed(Group(*parts))
@@ -50,9 +50,13 @@ def _header(label: str, run: RunReport) -> Text:
 def _curve(what: str, label: str, run: RunReport, spark_w: int) -> Text:
     values = run.loss if what == "loss" else run.lr
     finite = [v for v in values if v is not None]
-    if not finite:
+    if not values or (what == "lr" and not finite):
         return Text()
     text = Text(f"{what:<4} {label}  ")
+    if (
+        not finite
+    ):  # logged, never finite (the writer logs NaN/Inf as null), or never given to watch
+        return text.append("no finite value logged", style="mi.muted")
     text.append(
         series_sparkline(values, tuple(v is None for v in values), spark_w), style="mi.spark"
     )

@@ -44,6 +44,7 @@ svg { display: block; margin: 4px 0; overflow: visible; } svg text { font-size: 
 .cell.novalue, .state.novalue { stroke: #ccc; stroke-width: .5; }
 .ridge { stroke: #fff; stroke-width: 1; fill-opacity: .9; } .bin { fill: transparent; }
 .panels { display: flex; flex-wrap: wrap; gap: 8px 28px; align-items: flex-start; }
+.curves .panel { width: 580px; }
 .legend { font-size: 12px; color: #444; max-width: 600px; }
 .key { margin-right: 12px; white-space: nowrap; }
 .swatch { display: inline-block; width: 18px; height: 0; border-top: 2px solid; margin-right: 4px;
