@@ -675,3 +675,22 @@ def test_a_run_without_a_finite_loss_says_so_in_the_two_run_view(tmp_path: Path)
         "loss A  no finite value logged",
         "loss B  ▄  first 2 · last 2 · min 2 · max 2",
     ]  # neither run logged an optimizer: no lr lines
+
+
+@needs_chromium
+def test_the_smoothing_checkbox_shows_and_hides_the_ema_without_script(
+    real: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "r.html"
+    html(real, out)
+    script = """JSON.stringify(['ema', 'raw'].map(k => {
+      const p = document.querySelector('svg[data-chart="loss"] path.' + k);
+      const s = getComputedStyle(p);
+      return [s.display, s.strokeOpacity];
+    }))"""
+    on = json.loads(load_page(out, script).value)
+    off = json.loads(
+        load_page(out, script, after_load="document.getElementById('smooth').click()").value
+    )
+    assert on == [["inline", "1"], ["inline", "0.3"]]  # smoothed, over the faint raw values
+    assert off == [["none", "1"], ["inline", "1"]]  # the raw values alone
