@@ -13,7 +13,7 @@ from the log is escaped (svg.e), and the Content-Security-Policy forbids script 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import PurePath
 
 from modinspect.render.html import heatmap as heat
@@ -246,9 +246,13 @@ def _steps_per_second(r: RunReport) -> tuple[float | None, ...] | None:
 
 
 def _section(
-    anchor: str, title: str, runs: Sequence[RunReport], labels: list[str], chart: object
+    anchor: str,
+    title: str,
+    runs: Sequence[RunReport],
+    labels: list[str],
+    chart: Callable[[RunReport, str], str],
 ) -> str:
-    assert callable(chart)
+    """One chart per run, each under its run's label."""
     body = "".join(
         (f"<h3>{e(label)}</h3>" if label else "") + chart(r, label)
         for r, label in zip(runs, labels, strict=True)
