@@ -1976,30 +1976,6 @@ def collision_flood_of_frozensets_of_small_ints(tmp: Path) -> tuple[list[str], s
     return ["tree", str(path)], COLLISION_LINE
 
 
-# ---------------------------------------------------------------- branch html: the HTML report's bounds
-
-
-@case
-def report_html_of_5000_modules_and_1000_tensors(tmp: Path) -> tuple[list[str], str]:
-    """Every module a heatmap row, a ridgeline and a dead-fraction curve, every tensor an update-ratio curve:
-    the page draws 2,000 rows, 120 ridgelines and 40 curves, and says so (a few MB, not hundreds)."""
-    from test_report_html import write_wide_run
-
-    log = write_wide_run(tmp / "wide.jsonl", modules=5_000, params=1_000, steps=3)
-    return ["report", str(log), "--html", str(tmp / "wide.html")], ""
-
-
-@case
-def report_html_histogram_of_sentinel_edges(tmp: Path) -> tuple[list[str], str]:
-    """A histogram over no finite value: edges from float32's largest to its negative (the collector's
-    sentinels), reversed: a row saying so, never a range computed from them."""
-    edges = "[" + ",".join(repr(3.4028234663852886e38 * (1 - k / 4)) for k in range(9)) + "]"
-    log = _log(tmp, "edges", edges)
-    return ["report", str(log), "--html", str(tmp / "r.html")], ""
-
-
-
-
 # ---------------------------------------------------------------- running them
 
 
