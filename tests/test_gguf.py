@@ -207,10 +207,12 @@ def test_split_file_says_it_is_one_part(tmp_path: Path) -> None:
         w.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_NO, 1)
         w.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, 3)
 
-    path = ggufs.write(tmp_path / "m-00002-of-00003.gguf", [("x", (4,), T.F32)], kv=kv)
+    # Named as no part is: the others cannot be found (tests/test_gguf_split.py opens whole splits).
+    path = ggufs.write(tmp_path / "m.gguf", [("x", (4,), T.F32)], kv=kv)
     with open_source(path) as src:
         assert src.notes == [
-            "part 2 of a GGUF split into 3 files: only this file's tensors are listed"
+            "part 2 of a GGUF split into 3 files, but not named *-00002-of-00003.gguf as the parts must "
+            "be: only this file's tensors are listed"
         ]
 
 

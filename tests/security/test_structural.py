@@ -1976,6 +1976,91 @@ def collision_flood_of_frozensets_of_small_ints(tmp: Path) -> tuple[list[str], s
     return ["tree", str(path)], COLLISION_LINE
 
 
+# ---------------------------------------------------------------- branch quantrest: GGUF split sets
+
+
+def _split_part(
+    path: Path, no: bytes, count: bytes, tensors: Sequence[bytes] = (), data: bytes = b""
+) -> Path:
+    """A part of a GGUF split: split.no and split.count as the given typed values (type id + bytes)."""
+    kvs = [gg_kv("split.no", *_typed(no)), gg_kv("split.count", *_typed(count))]
+    return gguf_header(
+        path, kvs=kvs, tensors=tensors or [gg_tensor("w", [4])], data=data or b"\0" * 16
+    )
+
+
+def _typed(value: bytes) -> tuple[int, bytes]:
+    return value[0], value[1:]
+
+
+def _u16(n: int) -> bytes:
+    return bytes([2]) + struct.pack("<H", n)
+
+
+@case
+def gguf_split_count_2_pow_31(tmp: Path) -> tuple[list[str], str]:
+    """split.count as a uint32 of 2^31: refused from the number, before a single name is made or looked up."""
+    path = _split_part(
+        tmp / "x-00001-of-00002.gguf", _u16(0), bytes([4]) + struct.pack("<I", 2**31)
+    )
+    return ["tree", str(path)], "declares a split into 2,147,483,648 files (split.count)"
+
+
+@case
+def gguf_split_of_65535_parts_with_one_there(tmp: Path) -> tuple[list[str], str]:
+    path = _split_part(tmp / "x-00001-of-65535.gguf", _u16(0), _u16(65535))
+    return ["tree", str(path)], "x-00002-of-65535.gguf) is missing"
+
+
+@case
+def gguf_split_part_naming_itself_the_first(tmp: Path) -> tuple[list[str], str]:
+    """Both files say they are part 1: the second is refused, whichever is opened."""
+    first = _split_part(tmp / "x-00001-of-00002.gguf", _u16(0), _u16(2))
+    _split_part(tmp / "x-00002-of-00002.gguf", _u16(0), _u16(2), [gg_tensor("v", [4])])
+    return ["tree", str(first)], "is named part 2 of 2, but its header says it is part 1 of 2"
+
+
+@case
+def gguf_split_part_that_links_back_to_the_first(tmp: Path) -> tuple[list[str], str]:
+    """A cycle: part 2 is a link to part 1."""
+    first = _split_part(tmp / "x-00001-of-00002.gguf", _u16(0), _u16(2))
+    (tmp / "x-00002-of-00002.gguf").symlink_to(first.name)
+    return ["tree", str(first)], "is the same file as part 1 of the split"
+
+
+@case
+def gguf_split_part_that_links_to_itself(tmp: Path) -> tuple[list[str], str]:
+    first = _split_part(tmp / "x-00001-of-00002.gguf", _u16(0), _u16(2))
+    (tmp / "x-00002-of-00002.gguf").symlink_to("x-00002-of-00002.gguf")
+    return ["tree", str(first)], "is a link that leads nowhere"
+
+
+@case
+def gguf_split_no_2_pow_64_minus_1(tmp: Path) -> tuple[list[str], str]:
+    path = _split_part(
+        tmp / "x-00001-of-00002.gguf", bytes([10]) + struct.pack("<Q", 2**64 - 1), _u16(2)
+    )
+    return ["tree", str(path)], f"gives split.no the value '{2**64 - 1}', not a part of its 2"
+
+
+@case
+def gguf_split_count_as_markup(tmp: Path) -> tuple[list[str], str]:
+    path = _split_part(tmp / "x-00001-of-00002.gguf", _u16(0), bytes([8]) + gg_str("[red]2\x1b[2J"))
+    return [
+        "tree",
+        str(path),
+    ], "gives split.count the value '[red]2\\x1b[2J', not a number of files"
+
+
+@case
+def gguf_split_of_two_parts_of_140k_tensors(tmp: Path) -> tuple[list[str], str]:
+    """Each part under the one-file limit of 2^18 tensors, the two together over it."""
+    infos = [gg_tensor(f"t{i}", [0]) for i in range(140_000)]
+    first = _split_part(tmp / "x-00001-of-00002.gguf", _u16(0), _u16(2), infos)
+    _split_part(tmp / "x-00002-of-00002.gguf", _u16(1), _u16(2), infos)
+    return ["tree", str(first)], "split holds more than 262,144 tensors in its first 2 parts"
+
+
 # ---------------------------------------------------------------- running them
 
 

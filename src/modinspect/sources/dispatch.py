@@ -197,9 +197,10 @@ def _open_safetensors(
 def _open_gguf(
     path: Path, label: str, options: OpenOptions, storage_prefix: str | None = None
 ) -> Source:
-    from modinspect.sources.gguf import GGUFSource
+    """One GGUF file, or (a part of) a GGUF split: every part then, as one source."""
+    from modinspect.sources.gguf_split import open_gguf
 
-    return GGUFSource(path, label)
+    return open_gguf(path, label)
 
 
 def _open_torch(

@@ -15,13 +15,16 @@ Everything read is bounded before anything is allocated from it: counts and leng
 the file and by fixed limits, dims by ggml's 4 and 2^63, each tensor's bytes inside the file and apart from
 the others. The header is read through a small sliding window: a tokenizer's 200k strings are skipped,
 not kept (metadata shows an array as its length and type).
+
+A GGUF split into several files (`-00001-of-00003.gguf`) is one GGUFSource over every part's header:
+sources/gguf_split.py finds and checks the parts.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -228,7 +231,6 @@ class GGUFHeader:
         self.alignment = DEFAULT_ALIGNMENT
         self.walked = 0
         self.kept = 0  # characters of metadata text kept so far
-        self.notes: list[str] = []
         # name -> (dtype shown, ggml type name, shape, offset in the file, bytes)
         self.entries: dict[str, tuple[str, str, tuple[int, ...], int, int]] = {}
         try:
@@ -276,13 +278,6 @@ class GGUFHeader:
         data_start = -(-cur.offset // self.alignment) * self.alignment
         self.data_start = data_start
         self._place(infos, data_start)
-        split = self.metadata.get("split.count")
-        if split is not None and split not in ("0", "1"):
-            part = self.metadata.get("split.no", "?")
-            part = str(int(part) + 1) if part.isdigit() else part
-            self.notes.append(
-                f"part {part} of a GGUF split into {split} files: only this file's tensors are listed"
-            )
 
     def _key_value(self, cur: _Cursor) -> None:
         key = cur.name("a metadata key")
@@ -478,64 +473,89 @@ def _quoted(s: str) -> str:
 
 
 class GGUFSource(Source):
-    """A single .gguf file: the header's tensors and metadata; F32/F16/BF16/F64/int tensors read as tensors."""
+    """A GGUF model: the header's tensors and metadata; F32/F16/BF16/F64/int tensors read as tensors.
 
-    def __init__(self, path: Path, label: str | None = None) -> None:
+    One file, or the parts of a split (sources/gguf_split.py opens and checks them): `parts` are their headers
+    in order, the first holding the model's metadata; tensors are listed part by part.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        label: str | None = None,
+        *,
+        parts: Sequence[GGUFHeader] | None = None,
+        metadata: dict[str, str] | None = None,
+        notes: Sequence[str] = (),
+    ) -> None:
         self.path = path
         label = label or str(path)
-        self.header = GGUFHeader(path, label)
+        self.parts = list(parts) if parts else [GGUFHeader(path, label)]
+        self.header = self.parts[0]
+        # name -> the part holding it, for a split only: one file's tensors need no second table
+        self._part_of: dict[str, GGUFHeader] | None = None
+        if len(self.parts) > 1:
+            self._part_of = {n: h for h in self.parts for n in h.entries}
         with paused_gc():
             tensors = [
                 TensorInfo(name, shape, dtype, nbytes, checkpoint_kind(name))
-                for name, (dtype, _g, shape, _b, nbytes) in self.header.entries.items()
+                for h in self.parts
+                for name, (dtype, _g, shape, _b, nbytes) in h.entries.items()
             ]
         super().__init__(
             label=label,
             format="gguf",
             tensors=tensors,
-            metadata=self.header.metadata,
-            notes=list(self.header.notes),
+            metadata=self.header.metadata if metadata is None else metadata,
+            notes=list(notes),
         )
+
+    def _entry(self, name: str) -> tuple[GGUFHeader, tuple[str, str, tuple[int, ...], int, int]]:
+        """The header of the file holding tensor `name`, and its entry there."""
+        header = self.header if self._part_of is None else self._part_of[name]
+        return header, header.entries[name]
 
     def ggml_type(self, name: str) -> str:
         """The ggml type the file stores tensor `name` in (F32, Q4_K, ...)."""
-        return self.header.entries[name][1]
+        return self._entry(name)[1][1]
 
     def byte_range(self, name: str) -> tuple[Path, int, int] | None:
         """Where the tensor's bytes lie: its values for the plain types, its blocks' bytes for a quantized one
         (whose dtype is then its ggml type: diff compares those bytes only against the same type)."""
-        _dtype, _g, _shape, begin, nbytes = self.header.entries[name]
-        return self.path, begin, nbytes
+        header, (_dtype, _g, _shape, begin, nbytes) = self._entry(name)
+        return header.path, begin, nbytes
 
     def byte_ranges(self, names: Iterable[str]) -> list[tuple[Path, int, int] | None]:
+        if self._part_of is not None:
+            return [self.byte_range(n) for n in names]
         path, entries = self.path, self.header.entries
         return [(path, e[3], e[4]) for e in map(entries.__getitem__, names)]
 
-    def _plain(self, name: str) -> tuple[str, tuple[int, ...], int, int]:
-        dtype, gtype, shape, begin, nbytes = self.header.entries[name]
+    def _plain(self, name: str) -> tuple[GGUFHeader, str, tuple[int, ...], int, int]:
+        header, (dtype, gtype, shape, begin, nbytes) = self._entry(name)
         if dtype == gtype:
             raise UsageError(
                 f"{self.label}: {name!r} is {gtype}-quantized; modinspect lists quantized GGUF tensors but does not "
                 "dequantize them (gguf-py's gguf.quants.dequantize does)"
             )
-        return dtype, shape, begin, nbytes
+        return header, dtype, shape, begin, nbytes
 
     def _read(self, name: str) -> torch.Tensor:
         import sys
 
         import torch
 
-        dtype, shape, begin, nbytes = self._plain(name)
+        header, dtype, shape, begin, nbytes = self._plain(name)
         torch_dtype = getattr(torch, dtype)
         if nbytes == 0:
             return torch.empty(shape, dtype=torch_dtype)
         buf = bytearray(nbytes)
-        with self.path.open("rb") as f:
+        with header.path.open("rb") as f:
             f.seek(begin)
             got = f.readinto(buf)
         if got != nbytes:
             raise CorruptFileError(
-                f"{self.label} is truncated: {name!r} ends past the end of the file"
+                f"{header.label} is truncated: {name!r} ends past the end of the file"
             )
         t = torch.frombuffer(buf, dtype=torch_dtype).reshape(shape)
         if sys.byteorder == "big":  # GGUF as read here is little-endian on disk
@@ -550,7 +570,7 @@ class GGUFSource(Source):
         return t
 
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
-        dtype, shape, begin, _nbytes = self._plain(name)
-        with self.path.open("rb") as f:
+        header, dtype, shape, begin, _nbytes = self._plain(name)
+        with header.path.open("rb") as f:
             f.seek(begin)
-            yield from read_chunks(f, math.prod(shape), dtype, chunk_elems, self.label)
+            yield from read_chunks(f, math.prod(shape), dtype, chunk_elems, header.label)
