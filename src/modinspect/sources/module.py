@@ -111,13 +111,27 @@ def _info(
         name=name,
         shape=tuple(t.shape),
         dtype=dtype,
-        nbytes=dtypes.nbytes(dtype, t.numel(), unknown_bits=8),
+        nbytes=dtypes.nbytes(dtype, t.numel(), unknown_bits=8) + qparams_bytes(t),
         kind=kind,
         storage=storage_key(t),
         requires_grad=requires_grad,
         persistent=persistent,
         qscheme=str(t.qscheme()).removeprefix("torch.") if t.is_quantized else None,
     )
+
+
+def qparams_bytes(t: torch.Tensor) -> int:
+    """The bytes of a per-channel quantized tensor's scales and zero points (0 for any other tensor)."""
+    import torch
+
+    if not t.is_quantized or t.qscheme() not in (
+        torch.per_channel_affine,
+        torch.per_channel_symmetric,
+        torch.per_channel_affine_float_qparams,
+    ):
+        return 0
+    scales, zeros = t.q_per_channel_scales(), t.q_per_channel_zero_points()
+    return scales.numel() * scales.element_size() + zeros.numel() * zeros.element_size()
 
 
 def module_infos(model: nn.Module) -> list[ModuleInfo]:

@@ -242,6 +242,18 @@ def flatten_entries(state: dict[str, Any]) -> dict[str, TensorRef | SparseRef]:
     return flat
 
 
+def _qparams_bytes(ref: TensorRef) -> int:
+    """The bytes of a per-channel quantized tensor's scales and zero points, stored as tensors of their own
+    beside its values (0 for any other tensor: a per-tensor scale is one number in the pickle)."""
+    if ref.quantizer is None:
+        return 0
+    return sum(
+        dtypes.nbytes(p.dtype, _numel(p.shape), unknown_bits=8)
+        for p in ref.quantizer[1:]
+        if isinstance(p, TensorRef)
+    )
+
+
 def tensor_infos(
     state: dict[str, TensorRef | SparseRef], kinds: dict[str, tuple[str, bool | None]] | None = None
 ) -> list[TensorInfo]:
@@ -283,7 +295,7 @@ def tensor_infos(
                 name=name,
                 shape=ref.shape,
                 dtype=ref.dtype,
-                nbytes=dtypes.nbytes(ref.dtype, numel, unknown_bits=8),
+                nbytes=dtypes.nbytes(ref.dtype, numel, unknown_bits=8) + _qparams_bytes(ref),
                 kind=kind,  # type: ignore[arg-type]
                 storage=storage,
                 requires_grad=requires_grad,
