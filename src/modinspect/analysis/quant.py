@@ -17,8 +17,11 @@ layer had before quantization and the scheme's short name. The layouts, as their
   `weight` at its logical shape beside `weight_scale`.
 - FP8 with block scales (DeepSeek-V3 style): `weight` float8_e4m3fn, `weight_scale_inv` [ceil(out / b),
   ceil(in / b)].
-- torch.ao quantized modules' state dicts: `_packed_params._packed_params` (the qint8 weight and the
-  float bias, as `.0` and `.1`), `scale`, `zero_point`.
+- torch.ao quantized modules' state dicts: Linear's `_packed_params._packed_params` (the qint8 weight and
+  the float bias, as `.0` and `.1`), `scale`, `zero_point`; the convolutions (Conv1d/2d/3d, ConvTranspose,
+  the fused ConvReLU / ConvAdd) unpack theirs to a quantized `weight` and a float `bias` (None without
+  one) beside `scale` and `zero_point`. A QuantStub's `Quantize` holds only `scale` and `zero_point`: the
+  input's quantization, auxiliary too.
 """
 
 from __future__ import annotations
@@ -106,7 +109,8 @@ def detect_quantization(
 ) -> QuantScan:
     """The quantized layers among `tensors`, grouped by module; an empty scan for a float checkpoint."""
     if not any(
-        t.name.rpartition(".")[2] in _MARKERS or "_packed_params" in t.name for t in tensors
+        t.name.rpartition(".")[2] in _MARKERS or "_packed_params" in t.name or t.dtype in _AO_DTYPES
+        for t in tensors
     ):
         return QuantScan((), {}, {}, {})
     by_module: dict[str, dict[str, TensorInfo]] = {}
@@ -119,12 +123,16 @@ def detect_quantization(
         if (layer := _layer(module, own, config or {}, blobs or {})) is not None
     ]
     logical = {lay.weight: lay.shape for lay in found}
-    return QuantScan(
-        tuple(found),
-        logical,
-        {a: lay.scheme for lay in found for a in lay.aux},
-        {lay.weight: lay.scheme for lay in found},
-    )
+    aux = {a: lay.scheme for lay in found for a in lay.aux}
+    if any(lay.scheme.partition(" ")[0] in _AO_DTYPES for lay in found):  # torch.ao's
+        layers = {lay.module for lay in found}
+        for (
+            module,
+            own,
+        ) in by_module.items():  # QuantStub's Quantize: the input's scale and zero point
+            if module not in layers and own.keys() == {"scale", "zero_point"}:
+                aux.update(dict.fromkeys((_prefix(module) + n for n in own), "torch.ao input"))
+    return QuantScan(tuple(found), logical, aux, {lay.weight: lay.scheme for lay in found})
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -399,14 +407,16 @@ def _torch_ao(
     config: Mapping[str, Any],
     blobs: Mapping[str, Mapping[str, Any]],
 ) -> QuantLayer | None:
-    weight = own.get(_AO_WEIGHT)
-    if weight is None or weight.dtype not in ("qint8", "quint8", "qint32", "quint4x2"):
+    """Linear's packed weight, or a convolution's quantized `weight`."""
+    for name in (_AO_WEIGHT, "weight"):
+        weight = own.get(name)
+        if weight is not None and weight.dtype in _AO_DTYPES:
+            break
+    else:
         return None
     qscheme = weight.qscheme or ""
     grain = " per-channel" if "channel" in qscheme else " per-tensor" if "tensor" in qscheme else ""
-    return _make(
-        module, own, _AO_WEIGHT, weight.dtype + grain, weight.shape, ["scale", "zero_point"]
-    )
+    return _make(module, own, name, weight.dtype + grain, weight.shape, ["scale", "zero_point"])
 
 
 _DETECTORS: tuple[
@@ -421,6 +431,7 @@ _MARKERS = frozenset(
     {"qweight", "absmax", "SCB", "weight_packed", "weight_scale", "weight_scale_inv"}
 )
 _AO_WEIGHT = "_packed_params._packed_params.0"
+_AO_DTYPES = frozenset({"qint8", "quint8", "qint32", "quint4x2", "quint2x4"})
 _NESTED = (
     "weight.absmax",
     "weight.quant_map",

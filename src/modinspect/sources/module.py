@@ -78,7 +78,8 @@ def _own_state_infos(mod: nn.Module, prefix: str, known: set[str]) -> list[Tenso
     """The tensors a module's own `_save_to_state_dict` adds, named as a checkpoint of its state_dict lists them.
 
     torch.ao's quantized Linear saves `scale` and `zero_point` as new tensors and its packed params as a
-    (weight, bias) tuple, which a saved state dict's reader lists as `_packed_params._packed_params.0` and `.1`.
+    (weight, bias) tuple, which a saved state dict's reader lists as `_packed_params._packed_params.0` and `.1`;
+    its convolutions save their packed params unpacked, as a quantized `weight` and a Parameter `bias`.
     """
     import torch
 
@@ -88,7 +89,11 @@ def _own_state_infos(mod: nn.Module, prefix: str, known: set[str]) -> list[Tenso
     for name, value in state.items():
         if name in known:
             continue
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor) and (
+            value.is_quantized or isinstance(value, torch.nn.Parameter)
+        ):  # a quantized convolution's unpacked weight and bias
+            infos.append(_info(name, value, "parameter", requires_grad=value.requires_grad))
+        elif isinstance(value, torch.Tensor):
             infos.append(_info(name, value, "buffer", persistent=True))
         elif isinstance(value, tuple):  # packed params: their weight and bias
             infos += [

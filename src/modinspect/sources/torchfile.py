@@ -134,10 +134,11 @@ def _is_entry(value: object, tensor_type: type) -> bool:
 def is_tensor_dict(obj: object, tensor_type: type = TensorRef) -> bool:
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
         return False
-    entries = [v for k, v in obj.items() if not k.endswith("_extra_state")]
-    return any(isinstance(v, tensor_type | SparseRef) for v in entries) and all(
-        _is_entry(v, tensor_type) for v in entries
-    )
+    entries = [(k, v) for k, v in obj.items() if not k.endswith("_extra_state")]
+    return any(isinstance(v, tensor_type | SparseRef) for _k, v in entries) and all(
+        _is_entry(v, tensor_type) or (v is None and k.rpartition(".")[2] == "bias")
+        for k, v in entries
+    )  # None: a torch.ao quantized conv without a bias saves `bias` as None
 
 
 def find_state_dict(

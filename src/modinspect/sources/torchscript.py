@@ -11,7 +11,8 @@ never does. An archive is a zip file:
 - a module with a custom `__getstate__` (and C++ custom classes such as torch.ao's
   `LinearPackedParamsBase`) is pickled with what `__getstate__` returned instead of an attribute dict:
   its tensors are listed from that state as data (`__setstate__` never runs), the packed params as
-  their state_dict names them (`_packed_params._packed_params.0` the int8 weight, `.1` the bias).
+  their state_dict names them (`_packed_params._packed_params.0` the int8 weight, `.1` the bias), a
+  quantized convolution's as `weight` and `bias`.
 
 Together they give the module tree, class names, parameters and buffers `torch.jit.load` would.
 `--unsafe-pickle` still loads the real ScriptModule, for commands that run it.
@@ -141,7 +142,11 @@ class TorchScriptSource(ZipTorchSource):
             state = state_tensors(obj.state)
             if not state:
                 self._opaque.append(qualname.rpartition(".")[2])
-            parts.buffers += [(name, value, True) for name, value in state]
+            conv = ao_conv_weights(qualname, obj.state)
+            if conv:  # named and kinded as the module's state_dict has them
+                parts.parameters += conv
+            else:
+                parts.buffers += [(name, value, True) for name, value in state]
         params, buffers = set(declared.parameters), set(declared.buffers)
         for attr, value in attributes.items():
             if attr in params:
@@ -166,6 +171,27 @@ class TorchScriptSource(ZipTorchSource):
 
 TORCH_CLASSES = "__torch__.torch.classes."
 MAX_STATE_ENTRIES = 1 << 12
+
+
+def ao_conv_weights(qualname: str, state: object) -> list[tuple[str, TensorRef | SparseRef]]:
+    """A torch.ao quantized convolution's weight and bias from its `__getstate__` tuple, by the names its
+    state_dict gives them; [] for any other module or state.
+
+    torch.ao.nn.quantized's `_ConvNd.__getstate__` (Conv1d/2d/3d, ConvTranspose, and the fused ConvReLU and
+    ConvAdd built on it) returns 15 entries, the unpacked quantized weight at 10 and the bias (or None) at 11.
+    """
+    if not (
+        qualname.startswith("__torch__.torch.")
+        and ".quantized.modules.conv" in qualname
+        and isinstance(state, tuple)
+        and len(state) == 15
+    ):
+        return []
+    weight, bias = state[10], state[11]
+    if not isinstance(weight, TensorRef) or weight.quantizer is None:
+        return []
+    found: list[tuple[str, TensorRef | SparseRef]] = [("weight", weight)]
+    return found + ([("bias", bias)] if isinstance(bias, TensorRef) else [])
 
 
 def state_tensors(state: object) -> list[tuple[str, TensorRef | SparseRef]]:
