@@ -17,7 +17,7 @@ from safetensors.torch import save_file, save_model
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from models import small_cnn, tiny_lm  # noqa: E402
+from models import quantize_cnn, small_cnn, tiny_lm  # noqa: E402
 
 
 def _trained_cnn() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -65,6 +65,7 @@ def main(out: Path = HERE) -> list[Path]:
     save_model(lm, str(written[5]), metadata={"format": "pt"})
     torch.save(_ddp_copy(state), written[6])
     written.append(_tiny_llama_gguf(out / "tiny_llama.gguf"))
+    written.append(_small_cnn_int8(state, out / "small_cnn_int8.pth"))
     return written
 
 
@@ -115,6 +116,16 @@ def _tiny_llama_gguf(path: Path) -> Path:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path
+
+
+def _small_cnn_int8(state: dict[str, torch.Tensor], path: Path) -> Path:
+    """small_cnn.pth statically quantized by torch.ao (BatchNorm folded into the convs), as a state dict."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notice
+        warnings.simplefilter("ignore")
+        torch.save(quantize_cnn(state).state_dict(), path)
     return path
 
 

@@ -2,6 +2,7 @@
 
 modinspect tree sample_models/models.py:small_cnn
 modinspect tree sample_models/models.py:tiny_lm --weights sample_models/tiny_lm.safetensors
+modinspect load sample_models/models.py:small_cnn_int8 sample_models/small_cnn_int8.pth --dry-run
 """
 
 from __future__ import annotations
@@ -28,6 +29,37 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
+
+
+class QuantizableSmallCNN(SmallCNN):
+    """SmallCNN between torch.ao's QuantStub and DeQuantStub, as eager-mode static quantization needs it."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__(num_classes)
+        self.quant = torch.ao.quantization.QuantStub()
+        self.dequant = torch.ao.quantization.DeQuantStub()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dequant(super().forward(self.quant(x)))
+
+
+def quantize_cnn(float_state: dict[str, torch.Tensor]) -> nn.Module:
+    """SmallCNN with `float_state`, statically quantized to int8 by torch.ao: each conv-BatchNorm-ReLU fused
+    into one ConvReLU2d, calibrated on 8 fixed random batches, converted (per-channel int8 weights)."""
+    tq = torch.ao.quantization
+    model = QuantizableSmallCNN().eval()
+    model.load_state_dict(float_state)
+    model.qconfig = tq.get_default_qconfig("x86")
+    fused = tq.fuse_modules(
+        model,
+        [["features.0", "features.1", "features.2"], ["features.3", "features.4", "features.5"]],
+    )
+    prepared = tq.prepare(fused)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for _ in range(8):
+            prepared(torch.randn(4, 3, 8, 8, generator=generator))
+    return tq.convert(prepared).eval()
 
 
 class Block(nn.Module):
@@ -69,3 +101,8 @@ def small_cnn() -> SmallCNN:
 def tiny_lm() -> TinyTiedLM:
     torch.manual_seed(0)
     return TinyTiedLM().eval()
+
+
+def small_cnn_int8() -> nn.Module:
+    """small_cnn() quantized to int8 (random weights: a model to load small_cnn_int8.pth into)."""
+    return quantize_cnn(small_cnn().state_dict())

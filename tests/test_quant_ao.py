@@ -234,3 +234,58 @@ def test_per_channel_dynamic_linear_bits_per_weight_include_its_scales(tmp_path:
             assert module.bits_per_weight == (expected[f"0.{name}"] + aux) * 8 / 512, path
     live = build_tree(ModuleSource(quantized, "m", "entrypoint"))
     assert {r.name: r.nbytes for r in live.tensors if r.name in expected} == expected
+
+
+# ---------------------------------------------------------------- the shipped sample
+
+
+def test_the_int8_sample_is_what_make_samples_writes(tmp_path: Path) -> None:
+    """sample_models/small_cnn_int8.pth: small_cnn.pth through the real static flow, written by make_samples.py
+    (in its own process: its `models` is not the tests'); counted as the float model less its BatchNorms."""
+    import subprocess
+    import sys
+
+    from conftest import SAMPLES
+
+    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
+        pytest.skip("the sample was quantized with the x86 engine")
+    written = tmp_path / "small_cnn_int8.pth"
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import make_samples; "
+        "model, _ = make_samples._trained_cnn(); "
+        "make_samples._small_cnn_int8(model.state_dict(), Path(sys.argv[2]))"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(SAMPLES), str(written)], check=True, capture_output=True
+    )
+    shipped = torch.load(SAMPLES / "small_cnn_int8.pth", weights_only=False)
+    fresh = torch.load(written, weights_only=False)
+    assert list(shipped) == list(fresh)
+    for key, value in shipped.items():
+        other = fresh[key]
+        if isinstance(value, torch.Tensor) and value.is_quantized:
+            assert torch.equal(value.int_repr(), other.int_repr()), key
+            assert torch.equal(value.q_per_channel_scales(), other.q_per_channel_scales()), key
+        elif isinstance(value, tuple):
+            assert torch.equal(value[0].int_repr(), other[0].int_repr()), key
+            assert torch.equal(value[1], other[1]), key
+        elif isinstance(value, torch.Tensor):
+            assert torch.equal(value, other), key
+        else:
+            assert value == other, key
+    float_state = torch.load(SAMPLES / "small_cnn.pth", weights_only=True)
+    folded = sum(
+        v.numel()
+        for k, v in float_state.items()
+        if k.startswith("classifier.")
+        or (k.split(".")[1] in ("0", "3") and k.endswith(("weight", "bias")))
+    )
+    with open_source(str(SAMPLES / "small_cnn_int8.pth")) as source:
+        report = build_tree(source)
+    assert report.totals.params == folded
+    assert sum(r.numel for r in report.tensors if r.kind != "quant-aux") == folded == 1562
+    assert [(m.name, m.scheme) for m in report.modules if m.scheme] == [
+        ("features.0", "qint8 per-channel"),
+        ("features.3", "qint8 per-channel"),
+        ("classifier", "qint8 per-channel"),
+    ]
