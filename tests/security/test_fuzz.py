@@ -454,8 +454,30 @@ def _torchscript_quant_base() -> bytes:
     return buf.getvalue()
 
 
+def _torchscript_qconv_base() -> bytes:
+    """A scripted torch.ao static-quantized convolution (branch quantrest): its weight and bias in the module's
+    own 15-entry __getstate__ tuple, which the reader names `weight` and `bias`; mutations reach that path."""
+    import io
+    import warnings
+
+    tq = torch.ao.quantization
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(tq.QuantStub(), torch.nn.Conv2d(2, 3, 1), tq.DeQuantStub()).eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        setattr(model, "qconfig", tq.default_qconfig)  # noqa: B010
+        prepared = tq.prepare(model)
+        prepared(torch.randn(1, 2, 3, 3))
+        torch.jit.save(torch.jit.script(tq.convert(prepared)), buf)
+    return buf.getvalue()
+
+
 TORCHSCRIPT_QUANT_BASE = _torchscript_quant_base()
-ZIP_BASES = st.sampled_from([ZIP_BASE, ZIP_TRAINING_BASE, *HOSTILE_SEEDS, TORCHSCRIPT_QUANT_BASE])
+TORCHSCRIPT_QCONV_BASE = _torchscript_qconv_base()
+ZIP_BASES = st.sampled_from(
+    [ZIP_BASE, ZIP_TRAINING_BASE, *HOSTILE_SEEDS, TORCHSCRIPT_QUANT_BASE, TORCHSCRIPT_QCONV_BASE]
+)
 
 
 def _safetensors_bytes() -> st.SearchStrategy[bytes]:
@@ -773,6 +795,7 @@ def test_the_bases_are_valid(work: Path) -> None:
         ("torchscript", TORCHSCRIPT_BASE),
         ("gguf", GGUF_BASE),
         ("zip", TORCHSCRIPT_QUANT_BASE),
+        ("zip", TORCHSCRIPT_QCONV_BASE),
     ]:
         _strategy, name, _n = TARGETS[target]
         path = (_sharded_folder(work) if target == "index" else work) / name
