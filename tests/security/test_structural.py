@@ -2007,9 +2007,19 @@ def gguf_split_count_2_pow_31(tmp: Path) -> tuple[list[str], str]:
 
 
 @case
-def gguf_split_of_65535_parts_with_one_there(tmp: Path) -> tuple[list[str], str]:
+def gguf_split_of_65535_parts(tmp: Path) -> tuple[list[str], str]:
+    """The most a uint16 split.count says: more parts than modinspect opens (a few tiny files each)."""
     path = _split_part(tmp / "x-00001-of-65535.gguf", _u16(0), _u16(65535))
-    return ["tree", str(path)], "x-00002-of-65535.gguf) is missing"
+    return [
+        "tree",
+        str(path),
+    ], "declares a split into 65,535 files (split.count); modinspect opens at most"
+
+
+@case
+def gguf_split_of_16384_parts_with_one_there(tmp: Path) -> tuple[list[str], str]:
+    path = _split_part(tmp / "x-00001-of-16384.gguf", _u16(0), _u16(16384))
+    return ["tree", str(path)], "x-00002-of-16384.gguf) is missing"
 
 
 @case
@@ -2055,9 +2065,18 @@ def gguf_split_count_as_markup(tmp: Path) -> tuple[list[str], str]:
 @case
 def gguf_split_of_two_parts_of_140k_tensors(tmp: Path) -> tuple[list[str], str]:
     """Each part under the one-file limit of 2^18 tensors, the two together over it."""
-    infos = [gg_tensor(f"t{i}", [0]) for i in range(140_000)]
-    first = _split_part(tmp / "x-00001-of-00002.gguf", _u16(0), _u16(2), infos)
-    _split_part(tmp / "x-00002-of-00002.gguf", _u16(1), _u16(2), infos)
+    first = _split_part(
+        tmp / "x-00001-of-00002.gguf",
+        _u16(0),
+        _u16(2),
+        [gg_tensor(f"t{i}", [0]) for i in range(140_000)],
+    )
+    _split_part(
+        tmp / "x-00002-of-00002.gguf",
+        _u16(1),
+        _u16(2),
+        [gg_tensor(f"u{i}", [0]) for i in range(140_000)],
+    )
     return ["tree", str(first)], "split holds more than 262,144 tensors in its first 2 parts"
 
 

@@ -21,7 +21,9 @@ from modinspect.sources.gguf import MAX_TENSORS, GGUFHeader, GGUFSource
 __all__ = ["MAX_PARTS", "open_gguf", "part_name"]
 
 NO, COUNT, TENSORS = "split.no", "split.count", "split.tensors.count"
-MAX_PARTS = (1 << 16) - 1  # split.count is a uint16 in llama.cpp
+# llama.cpp's split.count is a uint16 (65,535 parts), but a real split has tens of parts, and at most one per
+# tensor (a 671B MoE has about 1,100): past this many, a set of tiny hostile files would take seconds to open.
+MAX_PARTS = 1 << 14
 SPLIT_NAME = re.compile(r"(?P<prefix>.*)-(?P<no>[0-9]{5,})-of-(?P<count>[0-9]{5,})\.gguf", re.S)
 # Keys a part may hold with a value of its own: the file's own version, alignment and place in the split.
 PER_FILE = frozenset({"GGUF.version", "general.alignment", NO})
@@ -74,8 +76,8 @@ def _place(header: GGUFHeader) -> tuple[int, int] | None:
         return None
     if count > MAX_PARTS:
         raise corrupt(
-            f"declares a split into {count:,} files ({COUNT}); llama.cpp's gguf-split writes at most "
-            f"{MAX_PARTS:,} (a uint16)"
+            f"declares a split into {count:,} files ({COUNT}); modinspect opens at most {MAX_PARTS:,} "
+            "parts"
         )
     raw_no = meta.get(NO)
     if raw_no is None:
@@ -95,7 +97,11 @@ def _part_label(label: str, path: Path, name: str) -> str:
 def _open_parts(
     path: Path, label: str, header: GGUFHeader, prefix: str, count: int
 ) -> list[GGUFHeader]:
-    """Every part's header in order, `header` (the part opened) among them; each one checked."""
+    """Every part's header in order, `header` (the part opened) among them, each checked as it is read.
+
+    A part after the first keeps only its split keys once checked: the model's metadata is the first part's,
+    and a set of many parts each holding megabytes of text does not pile it all up.
+    """
     no = int(header.metadata[NO])
     paths = [path.with_name(part_name(prefix, i + 1, count)) for i in range(count)]
     for i, p in enumerate(paths):  # all there before any is read
@@ -107,7 +113,7 @@ def _open_parts(
             )
     parts: list[GGUFHeader] = []
     seen: dict[tuple[int, int], int] = {}
-    total = 0
+    owner: dict[str, GGUFHeader] = {}
     for i, p in enumerate(paths):
         part_label = _part_label(label, path, p.name)
         h = header if i == no else GGUFHeader(p, part_label)
@@ -120,8 +126,16 @@ def _open_parts(
             )
         if i != no:
             _check_part(h, i, count)
-        total += len(h.entries)
-        if total > MAX_TENSORS:
+        if i:
+            _check_agrees(h, parts[0])
+            h.metadata = {k: v for k, v in h.metadata.items() if k in (NO, COUNT, TENSORS)}
+        for name in h.entries:
+            other = owner.setdefault(name, h)
+            if other is not h:
+                raise CorruptFileError(
+                    f"{h.label} holds the tensor {name!r}, which {other.label} holds too"
+                )
+        if len(owner) > MAX_TENSORS:
             raise CorruptFileError(
                 f"{label}'s split holds more than {MAX_TENSORS:,} tensors in its first {i + 1:,} parts"
             )
@@ -143,25 +157,21 @@ def _check_part(h: GGUFHeader, i: int, count: int) -> None:
         )
 
 
+def _check_agrees(h: GGUFHeader, first: GGUFHeader) -> None:
+    """A later part holds no metadata key with another value than the first part's (its own version,
+    alignment and split.no aside)."""
+    for key, value in h.metadata.items():
+        if key not in PER_FILE and first.metadata.get(key, value) != value:
+            raise CorruptFileError(
+                f"{h.label} disagrees with {first.label} on {key}: "
+                f"{value[:60]!r} against {first.metadata[key][:60]!r}"
+            )
+
+
 def _joined(path: Path, label: str, parts: list[GGUFHeader]) -> GGUFSource:
-    """One source over the parts, once they agree: their metadata, no tensor twice, the declared count."""
+    """One source over the checked parts, once they hold the tensor count they declare."""
     first = parts[0]
-    for h in parts[1:]:
-        for key, value in h.metadata.items():
-            if key not in PER_FILE and first.metadata.get(key, value) != value:
-                raise CorruptFileError(
-                    f"{h.label} disagrees with {first.label} on {key}: "
-                    f"{value[:60]!r} against {first.metadata[key][:60]!r}"
-                )
-    owner: dict[str, GGUFHeader] = {}
-    for h in parts:
-        for name in h.entries:
-            other = owner.setdefault(name, h)
-            if other is not h:
-                raise CorruptFileError(
-                    f"{h.label} holds the tensor {name!r}, which {other.label} holds too"
-                )
-    total = len(owner)
+    total = sum(len(h.entries) for h in parts)
     declared = next((h.metadata[TENSORS] for h in parts if TENSORS in h.metadata), None)
     if declared is not None and declared != str(total):
         raise CorruptFileError(
