@@ -2077,7 +2077,7 @@ def gguf_split_of_two_parts_of_140k_tensors(tmp: Path) -> tuple[list[str], str]:
         _u16(2),
         [gg_tensor(f"u{i}", [0]) for i in range(140_000)],
     )
-    return ["tree", str(first)], "split holds more than 262,144 tensors in its first 2 parts"
+    return ["tree", str(first)], "split declares more than 262,144 tensors in all (by part 2)"
 
 
 # ---------------------------------------------------------------- running them

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from modinspect.errors import CorruptFileError
-from modinspect.sources.gguf import MAX_TENSORS, GGUFHeader, GGUFSource
+from modinspect.sources.gguf import MAGIC, MAX_TENSORS, VERSIONS, GGUFHeader, GGUFSource
 
 __all__ = ["MAX_PARTS", "open_gguf", "part_name"]
 
@@ -104,12 +104,22 @@ def _open_parts(
     """
     no = int(header.metadata[NO])
     paths = [path.with_name(part_name(prefix, i + 1, count)) for i in range(count)]
-    for i, p in enumerate(paths):  # all there before any is read
-        if i != no and not p.is_file():
+    declared = len(header.entries)
+    for i, p in enumerate(
+        paths
+    ):  # all there, and not too many tensors in all, before any is parsed
+        if i == no:
+            continue
+        if not p.is_file():
             why = "a link that leads nowhere" if p.is_symlink() else "missing"
             raise CorruptFileError(
                 f"{label} is part {no + 1:,} of a GGUF split into {count:,} files, but part {i + 1:,} "
                 f"({_part_label(label, path, p.name)}) is {why}"
+            )
+        declared += _tensor_count(p)
+        if declared > MAX_TENSORS:
+            raise CorruptFileError(
+                f"{label}'s split declares more than {MAX_TENSORS:,} tensors in all (by part {i + 1:,})"
             )
     parts: list[GGUFHeader] = []
     seen: dict[tuple[int, int], int] = {}
@@ -141,6 +151,16 @@ def _open_parts(
             )
         parts.append(h)
     return parts
+
+
+def _tensor_count(path: Path) -> int:
+    """The tensor count a GGUF file's first 24 bytes declare (0 when they are not a little-endian GGUF
+    header of a version read here: the full parse says what is wrong)."""
+    with path.open("rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:4] != MAGIC or int.from_bytes(head[4:8], "little") not in VERSIONS:
+        return 0
+    return int.from_bytes(head[8:16], "little")
 
 
 def _check_part(h: GGUFHeader, i: int, count: int) -> None:
