@@ -102,7 +102,12 @@ def test_quantized_tensors_list_and_read_back(tmp_path: Path) -> None:
     with open_source(str(path)) as src:
         assert [(t.name, t.dtype, t.shape, t.nbytes) for t in src.tensors] == [
             ("per_tensor", "qint8", (8,), 8),
-            ("per_channel", "quint8", (3, 4), 12),
+            (
+                "per_channel",
+                "quint8",
+                (3, 4),
+                12 + 3 * 8 + 3 * 8,
+            ),  # its float64 scales, int64 zero points
         ]
         for name, tensor in tensors.items():
             read = src.read_tensor(name)
