@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections.abc import Callable
 from dataclasses import replace
@@ -217,10 +218,13 @@ def test_values_at_the_edge_of_float64_render_in_every_view(tmp_path: Path) -> N
         "loss  █▁█  first 1.70e+308 · last 1.70e+308 · min -1.70e+308 · max 1.70e+308"
         in terminal.stdout
     )  # +big, -big, +big: a span of inf, halved
-    # the loss's first, last, min and max, then the last std and ‖∇out‖, the same in all 6 modules: once,
-    # above the table
-    assert terminal.stdout.count("1.70e+308") == 4 + 2
-    assert "last std 1.70e+308 · " in terminal.stdout and "last ‖∇out‖ 1.70e+308" in terminal.stdout
+    # the loss's first, last, min and max, then the last std and ‖∇out‖ and their ranges (one value: flat),
+    # the same in all 6 modules: once, above the table
+    assert terminal.stdout.count("1.70e+308") == 4 + 4
+    assert (
+        "last std 1.70e+308 · std range 1.70e+308 · last ‖∇out‖ 1.70e+308 · ‖∇out‖ range 1.70e+308\n"
+        in terminal.stdout
+    )
     doc = json.loads(invoke("report", str(path), "--json").stdout)
     assert doc["modules"][0]["grad_norm_mean"] == pytest.approx(big, rel=1e-12)
     assert invoke("report", str(path), "--html", str(tmp_path / "r.html")).exit_code == 0
@@ -659,9 +663,11 @@ def test_a_forward_only_log_without_histograms_still_renders(tmp_path: Path) -> 
             )
     result = invoke("report", log)
     assert result.exit_code == 0
+    # no 'bad at' column: the run had no bad step; the std flat at 0, no gradient, all units dead
     assert (
-        "  a      ReLU   ▄▄▄      0               —   ███    100.0%" in result.stdout.splitlines()
-    )  # no 'bad at' column: the run had no bad step
+        "  a      ReLU   ▄▄▄      0       0               —       —   ███    100.0%   100.0%"
+        in result.stdout.splitlines()
+    )
     assert not any("bad" in line for line in result.stdout.splitlines())
     assert invoke("report", log, "--html", out).exit_code == 0
     page = _parse(out)
@@ -723,7 +729,8 @@ def test_last_values_show_overflow_as_numbers_and_nan_inf_apart_from_no_value(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A std of 1e30 is a number; a std whose sum of squares overflowed (logged as null over a finite output)
-    is `inf`; a std over a NaN output is `nan`; a gradient with Inf but no NaN is `inf`; no value is `—`."""
+    is `inf`; a std over a NaN output is `nan`; a gradient with Inf but no NaN is `inf`; no value is `—`.
+    In the sparklines a NaN step is `×` and an overflow `↑`; beside them the range, `log` where it spans 100×."""
     records = []
     for i in range(4):
         step = runlogs.step_record(i, nonfinite_from=None, origin=None)
@@ -734,7 +741,13 @@ def test_last_values_show_overflow_as_numbers_and_nan_inf_apart_from_no_value(
             modules=(
                 replace(fc1, std=1e30 if last else 1.0),
                 replace(act1, std=float("inf") if last else 1.0),  # finite output, std overflowed
-                replace(fc2, std=float("nan") if last else 1.0, nan=3 if last else 0),
+                # the output NaN at the last step; ‖∇out‖ overflowed at step 20 (null, no NaN/Inf counted)
+                replace(
+                    fc2,
+                    std=float("nan") if last else 1.0,
+                    nan=3 if last else 0,
+                    grad_norm=float("inf") if i == 2 else fc2.grad_norm,
+                ),
                 replace(act2, grad_norm=float("inf") if last else 0.5, grad_inf=1 if last else 0),
                 replace(sqrt, grad_norm=float("nan") if last else 0.5, grad_nan=2 if last else 0),
                 replace(head, grad_norm=None),  # no backward: no value
@@ -742,32 +755,92 @@ def test_last_values_show_overflow_as_numbers_and_nan_inf_apart_from_no_value(
         )
         records.append(step)
     log = _write_steps(tmp_path / "overflow.jsonl", records)
+    logged = [_strict(line) for line in log.read_text(encoding="utf-8").splitlines()[1:]]
     series = {m.name: m for m in read_run_log(log).modules}
     # What the log holds, read back independently of the view.
     assert series["fc1"].std[-1] == 1e30 and series["act1"].std[-1] is None
     assert series["act1"].std_overflow == (False, False, False, True)
     assert series["act2"].grad_nan == (False,) * 4 and series["sqrt"].grad_nan[-1] is True
-    monkeypatch.setenv("COLUMNS", "120")  # last values only (first → last from 150 columns)
-    result = invoke("report", log.name, cwd=tmp_path)
+    assert [s["modules"][2]["grad_norm"] for s in logged][2] is None
+    assert series["fc2"].grad_overflow == (False, False, True, False)
+    assert (
+        series["head"].grad_overflow == (False,) * 4
+    )  # never a gradient: no backward, not an overflow
+    monkeypatch.setenv("COLUMNS", "120")
+    picked = "std,std_last,std_range,grad_norm,grad_norm_last,grad_norm_range"
+    result = invoke("report", log.name, "--columns", picked, cwd=tmp_path)
     rows = {
-        line.split()[0]: [t for t in line.split() if t != "◀"]
+        # a range 'min – max log' as one token: 'min–max·log'
+        line.split()[0]: [
+            t for t in line.replace(" – ", "–").replace(" log", "·log").split() if t != "◀"
+        ]
         for line in result.stdout.splitlines()
         if line.startswith("  ")
     }
-    # module, type, std spark, last std, grad spark, last grad, dead spark, last dead, bad at
-    cells = {name: (row[3], row[5]) for name, row in rows.items()}
+    rows["head"].insert(4, "")  # no gradient at any step: a blank sparkline
+    # module, std sparkline, last std, std range, ‖∇out‖ sparkline, last ‖∇out‖, ‖∇out‖ range
+    cells = {name: tuple(row[1:7]) for name, row in rows.items()}
+
+    def values(k: int, key: str) -> list[float]:
+        return [s["modules"][k][key] for s in logged if s["modules"][k][key] is not None]
+
+    def span(k: int, key: str, log: bool = False) -> str:
+        low, high = min(values(k, key)), max(values(k, key))
+        shown = f"{low:.4g}" if low == high else f"{low:.4g}–{high:.4g}"
+        return shown.replace("e+30", ".00e+30").replace("0.0001", "1.00e-04") + (
+            "·log" if log else ""
+        )
+
     std, grad = runlogs.std_of, runlogs.grad_of
     assert cells == {
-        "fc1": ("1.00e+30", f"{grad('fc1', 3):.4g}"),
-        "act1": ("inf", f"{grad('act1', 3):.4g}"),
-        "fc2": ("nan", f"{grad('fc2', 3):.4g}"),
-        "act2": (f"{std('act2', 3):.4g}", "inf"),
-        "sqrt": (f"{std('sqrt', 3):.4g}", "nan"),
-        "head": (f"{std('head', 3):.4g}", "—"),
+        # 1, 1, 1, 1e30: log-scaled (the first three at the bottom); 1e-4 … 0.1: log-scaled too
+        "fc1": (
+            "▁▁▁█",
+            "1.00e+30",
+            span(0, "std", True),
+            "▁▃▆█",
+            "0.1",
+            span(0, "grad_norm", True),
+        ),
+        "act1": (
+            "▄▄▄↑",
+            "inf",
+            span(1, "std"),
+            "▁▃▆█",
+            f"{grad('act1', 3):.4g}",
+            span(1, "grad_norm"),
+        ),
+        "fc2": (
+            "▄▄▄×",
+            "nan",
+            span(2, "std"),
+            "▁▃↑█",
+            f"{grad('fc2', 3):.4g}",
+            span(2, "grad_norm"),
+        ),
+        "act2": (
+            "▁▃▆█",
+            f"{std('act2', 3):.4g}",
+            span(3, "std"),
+            "▄▄▄↑",
+            "inf",
+            span(3, "grad_norm"),
+        ),
+        "sqrt": (
+            "▁▃▆█",
+            f"{std('sqrt', 3):.4g}",
+            span(4, "std"),
+            "▄▄▄×",
+            "nan",
+            span(4, "grad_norm"),
+        ),
+        "head": ("▁▃▆█", f"{std('head', 3):.4g}", span(5, "std"), "", "—", "—"),
     }
-    assert rows["fc2"][2].endswith("×") and rows["act1"][2].endswith(
-        "×"
-    )  # both marked in the sparkline
+    assert cells["fc1"][2] == "1–1.00e+30·log" and cells["act1"][2] == "1"
+    doc = _strict(invoke("report", log, "--json").stdout)
+    assert doc["modules"][0]["std_scale"] == {"min": 1.0, "max": 1e30, "log": True}
+    assert doc["modules"][5]["grad_norm_scale"] is None
+    assert doc["modules"][2]["grad_overflow"] == [False, False, True, False]
 
 
 def test_empty_dead_column_dropped_and_first_bad_step_said_once(
@@ -788,15 +861,16 @@ def test_empty_dead_column_dropped_and_first_bad_step_said_once(
     monkeypatch.setenv("COLUMNS", "120")
     lines = invoke("report", log.name, cwd=tmp_path).stdout.splitlines()
     assert lines[3:5] == [f"first bad step {runlogs.BAD_STEP}", "no ReLU-family modules"]
-    assert lines[5].split() == ["module", "type", "std", "last", "‖∇out‖", "(log)", "last"]
-    table = [line for line in lines if line.startswith("  ")]
-    assert [line.split()[-1] for line in table] == ["0.001", "nan", "nan", "nan"]
+    assert lines[5].split() == ["module", "type", "std", "last", "range", "‖∇out‖", "last", "range"]
+    table = [re.split(r"\s{3,}", line.strip()) for line in lines if line.startswith("  ")]
+    assert [cells[6] for cells in table] == ["0.001", "nan", "nan", "nan"]
+    assert table[0][7] == "1.00e-04 – 1000 log"  # fc1's ‖∇out‖: 10^-4 … 10^3, log-scaled
     assert (
         sum(str(runlogs.BAD_STEP) in line for line in lines) == 2
     )  # above the table, and the verdict
     wide = invoke("report", log, "--wide").stdout.splitlines()
     header = next(line for line in wide if line.startswith("module"))
-    assert header.split()[-6:] == ["dead", "first", "→", "last", "bad", "at"]
+    assert header.split()[-7:] == ["dead", "first", "→", "last", "range", "bad", "at"]
     rows = [line.split()[-1] for line in wide if line.startswith("  ")]
     assert rows == ["—", "300", "300", "300"]
 

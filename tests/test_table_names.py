@@ -204,10 +204,13 @@ def test_report_and_stats_take_wide_and_columns(
         "type",
         "std",
         "first → last",
-        "‖∇out‖ (log)",
+        "range",
+        "‖∇out‖",
         "first → last",
+        "range",
         "dead",
         "first → last",
+        "range",
         "bad at",
     ]
     assert (
@@ -252,7 +255,8 @@ def test_a_run_without_relus_has_no_dead_column(tmp_path: Path) -> None:
     run = replace(
         run,
         modules=tuple(
-            replace(m, dead_fraction=tuple(None for _ in m.dead_fraction)) for m in run.modules
+            replace(m, dead_fraction=tuple(None for _ in m.dead_fraction), dead_fraction_scale=None)
+            for m in run.modules
         ),
     )
     buf = io.StringIO()
@@ -264,5 +268,14 @@ def test_a_run_without_relus_has_no_dead_column(tmp_path: Path) -> None:
         "first bad step 300",  # once, above the table: no 'bad at' column
         "last ‖∇out‖ nan · no ReLU-family modules",
     ]
-    assert re.split(r"\s{2,}", lines[head]) == ["module", "type", "std", "last", "‖∇out‖ (log)"]
+    # the width the dead column leaves goes to the ranges beside the sparklines
+    assert re.split(r"\s{2,}", lines[head]) == [
+        "module",
+        "type",
+        "std",
+        "last",
+        "range",
+        "‖∇out‖",
+        "range",
+    ]
     assert max(cell_len(line) for line in lines) <= 120

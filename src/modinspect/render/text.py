@@ -390,6 +390,12 @@ def buckets(n: int, width: int) -> list[range]:
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+NAN_MARK = "×"  # a step whose value was NaN (or not finite, where the log does not say which)
+OVERFLOW_MARK = (
+    "↑"  # a step whose value overflowed to Inf (a std's sum of squares, an Inf gradient)
+)
+
+
 def series_sparkline(
     values: tuple[float | None, ...],
     bad: tuple[bool, ...] = (),
@@ -397,16 +403,21 @@ def series_sparkline(
     log: bool = False,
     lo: float | None = None,
     hi: float | None = None,
+    over: tuple[bool, ...] = (),
 ) -> str:
     """A series over steps -> one cell per step (or per run of steps when longer than `width`).
 
     A cell is the mean of its finite values on a scale from `lo` to `hi` (default: the series' own range,
-    log10 when `log`; a flat series sits mid-height), '×' where a NaN/Inf was counted, ' ' with no value.
+    log10 when `log`; a flat series sits mid-height), '×' where a NaN/Inf was counted (`bad`), '↑' where
+    the value overflowed to Inf (`over`, and no NaN in the cell), ' ' with no value.
     """
     cells: list[float | str] = []
     for run in buckets(len(values), width):
         if any(i < len(bad) and bad[i] for i in run):
-            cells.append("×")
+            cells.append(NAN_MARK)
+            continue
+        if any(i < len(over) and over[i] for i in run):
+            cells.append(OVERFLOW_MARK)
             continue
         finite = [v for v in (values[i] for i in run) if v is not None and math.isfinite(v)]
         if log:

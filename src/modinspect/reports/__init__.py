@@ -556,6 +556,25 @@ class StepHistogram:
     __repr__ = short_repr
 
 
+LOG_SCALE_SPAN = 100.0
+"""A series whose positive values span this factor or more (max / min) is drawn on a log scale."""
+
+UPDATE_RATIO_BAND = (1e-4, 1e-1)
+"""The update ratio ‖Δw‖/‖w‖ a parameter tensor is expected to keep: below it learns too slowly, above too fast."""
+
+
+@dataclass(frozen=True)
+class SeriesScale:
+    """A series' finite values at a glance: their min and max over the run, and the scale views draw it on.
+
+    `log` is True where the positive values span LOG_SCALE_SPAN× or more (max / min over the values > 0).
+    """
+
+    min: float
+    max: float
+    log: bool = False
+
+
 @dataclass(frozen=True)
 class ModuleSeries:
     """One module over the run's logged steps: every tuple is aligned with RunReport.steps.
@@ -585,17 +604,35 @@ class ModuleSeries:
     grad_nan: tuple[bool, ...] = field(
         default=(), repr=False
     )  # the gradient held a NaN (not just Inf)
+    # ‖∇out‖ logged as null with no NaN/Inf in the gradient, in a module that has one at other steps: overflowed
+    grad_overflow: tuple[bool, ...] = field(default=(), repr=False)
+    # min and max of each series' finite values (None: none), `log` where they span 100× or more
+    std_scale: SeriesScale | None = None
+    grad_norm_scale: SeriesScale | None = None
+    dead_fraction_scale: SeriesScale | None = None  # never log: drawn on its fixed 0–1 scale
 
     __repr__ = short_repr
 
 
 @dataclass(frozen=True)
 class ParamSeries:
+    """One parameter tensor over the run's logged steps: every tuple is aligned with RunReport.steps.
+
+    A value is None where the tensor was not logged at that step or the value was not finite, and
+    `update_ratio` also where no update was known yet (its first logged step) or ‖w before‖ was 0.
+    """
+
     name: str
     norm: tuple[float | None, ...] = field(repr=False)
     grad_norm: tuple[float | None, ...] = field(repr=False)
     update_norm: tuple[float | None, ...] = field(repr=False)
     update_ratio: tuple[float | None, ...] = field(repr=False)
+    # the weights or their update were not finite at that step (‖w‖ or ‖Δw‖ null after its first record)
+    update_nonfinite: tuple[bool, ...] = field(default=(), repr=False)
+    update_ratio_scale: SeriesScale | None = None
+    # the first logged steps whose update ratio left UPDATE_RATIO_BAND: below it (0, no update, aside), above it
+    too_slow_at: int | None = None
+    too_fast_at: int | None = None
 
     __repr__ = short_repr
 

@@ -22,11 +22,14 @@ from typing import Any, BinaryIO
 
 from modinspect.errors import CorruptFileError, SourceNotFoundError, UnknownFormatError
 from modinspect.reports import (
+    LOG_SCALE_SPAN,
+    UPDATE_RATIO_BAND,
     BadStep,
     ModuleSeries,
     ParamSeries,
     RunHeader,
     RunReport,
+    SeriesScale,
     StepHistogram,
 )
 from modinspect.watching.log import (
@@ -505,7 +508,30 @@ def _series(
             for r in records
         ),
         grad_nan=tuple(r is not None and r.grad_nan > 0 for r in records),
+        grad_overflow=tuple(
+            r is not None and r.grad_norm is None and not (r.grad_nan or r.grad_inf) and bool(grads)
+            for r in records
+        ),
+        std_scale=series_scale(r.std for r in records if r is not None),
+        grad_norm_scale=series_scale(r.grad_norm for r in records if r is not None),
+        dead_fraction_scale=series_scale(
+            (r.dead_fraction for r in records if r is not None), may_log=False
+        ),
     )
+
+
+def series_scale(values: Iterable[float | None], may_log: bool = True) -> SeriesScale | None:
+    """The min and max of a series' finite values (None without one), and whether to draw it on a log scale.
+
+    Log (with `may_log`) where its positive values span LOG_SCALE_SPAN× or more: 1e-4 → 1e3, 1 → 1e30.
+    """
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return None
+    positive = [v for v in finite if v > 0]
+    # max / min overflows to inf for 1e300 / 1e-300, which is as it should be: ≥ the span
+    log = may_log and len(positive) > 1 and max(positive) / min(positive) >= LOG_SCALE_SPAN
+    return SeriesScale(min=min(finite), max=max(finite), log=log)
 
 
 def _mean(values: list[float]) -> float:
@@ -538,21 +564,36 @@ def _flag_gradient_flow(series: list[ModuleSeries]) -> tuple[ModuleSeries, ...]:
 def _params(steps: list[StepRecord]) -> tuple[ParamSeries, ...]:
     names = list(dict.fromkeys(p.name for s in steps for p in s.params))
     at = [{p.name: p for p in s.params} for s in steps]
+    return tuple(_param_series(n, steps, [index.get(n) for index in at]) for n in names)
 
-    def column(name: str, attr: str) -> tuple[float | None, ...]:
-        return tuple(
-            None if index.get(name) is None else getattr(index[name], attr) for index in at
-        )
 
-    return tuple(
-        ParamSeries(
-            name=n,
-            norm=column(n, "norm"),
-            grad_norm=column(n, "grad_norm"),
-            update_norm=column(n, "update_norm"),
-            update_ratio=column(n, "update_ratio"),
-        )
-        for n in names
+def _param_series(
+    name: str,
+    steps: list[StepRecord],
+    records: list[ParamRecord | None],
+) -> ParamSeries:
+    """One parameter tensor's series, its update ratio's scale and the first steps it left the band."""
+    ratio = tuple(None if r is None else r.update_ratio for r in records)
+    seen = [i for i, r in enumerate(records) if r is not None]
+    first = seen[0] if seen else len(records)
+    low, high = UPDATE_RATIO_BAND
+    # 0 is no update at all (a frozen tensor, a skipped step), not a slow one
+    slow = [s.step for s, v in zip(steps, ratio, strict=True) if v is not None and 0 < v < low]
+    fast = [s.step for s, v in zip(steps, ratio, strict=True) if v is not None and v > high]
+    return ParamSeries(
+        name=name,
+        norm=tuple(None if r is None else r.norm for r in records),
+        grad_norm=tuple(None if r is None else r.grad_norm for r in records),
+        update_norm=tuple(None if r is None else r.update_norm for r in records),
+        update_ratio=ratio,
+        # After its first record an update is known: a null ‖w‖ or ‖Δw‖ is a non-finite one.
+        update_nonfinite=tuple(
+            r is not None and i > first and (r.norm is None or r.update_norm is None)
+            for i, r in enumerate(records)
+        ),
+        update_ratio_scale=series_scale(ratio),
+        too_slow_at=slow[0] if slow else None,
+        too_fast_at=fast[0] if fast else None,
     )
 
 

@@ -215,6 +215,45 @@ def choose_columns(columns: list[Column], wanted: tuple[str, ...]) -> list[int]:
     return [i for i, c in enumerate(columns) if c.kind == "name" or i in picked]
 
 
+def spark_room(
+    columns: list[Column],
+    rows: list[list[Cell]],
+    width: int,
+    layout: TableLayout | None,
+    spark_keys: tuple[str, ...],
+    most: int,
+) -> int:
+    """What a table's other columns leave to each sparkline column (`spark_keys`), between 4 and `most`.
+
+    The columns counted are those fit_table keeps: --columns' choice, less the ones it moves above the
+    table (the same on every row). A name column counts at its full width, up to 48.
+    """
+    if layout is not None and layout.columns is not None:
+        shown = choose_columns(columns, layout.columns)
+    else:
+        shown = [
+            i
+            for i, c in enumerate(columns)
+            if not (
+                c.lift
+                and c.kind != "name"
+                and len(rows) > 1
+                and len({cell_at(r[i], 0) for r in rows}) == 1
+            )
+        ]
+    sparks = [i for i in shown if columns[i].key in spark_keys]
+    if not sparks:
+        return most
+    fixed = 3 * (len(shown) - 1)
+    for i in shown:
+        if i in sparks:
+            continue
+        cells = [cell_len(line) for r in rows for line in cell_at(r[i], 0).split("\n")]
+        w = max([cell_len(columns[i].title), *cells])
+        fixed += min(w, 48) if columns[i].kind == "name" else w
+    return max(4, min(most, (width - fixed) // len(sparks)))
+
+
 def _shared_words(col: Column, value: str) -> str:
     return dict(col.shared).get(value) or f"{col.about or col.title} {value or '—'}"
 

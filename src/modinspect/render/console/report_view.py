@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from rich.cells import cell_len
 from rich.console import Group, RenderableType
 from rich.text import Text
 
 from modinspect.render.console.common import module_name
-from modinspect.render.console.fit import Cell, Column, Name, cell_at, fit_table
+from modinspect.render.console.fit import Cell, Column, Forms, Name, fit_table, spark_room
+from modinspect.render.console.report_params import param_parts, range_forms
 from modinspect.render.console.theme import Themed, flag_style
 from modinspect.render.text import (
     TableLayout,
     bad_step_text,
+    buckets,
     num,
     percent,
     series_sparkline,
     visible_report,
 )
-from modinspect.reports import ModuleSeries, RunReport
+from modinspect.reports import ModuleSeries, RunReport, SeriesScale
 
 
 def _last(
@@ -44,70 +46,80 @@ def _last(
     return text.append(fmt(values[-1]) if values else "—")
 
 
+MIN_SPARK = 16  # cells (steps, or runs of steps) a sparkline keeps before its range column goes
+MIN_SPARK_FIRST = 24  # ... and before `first → last` gives way to the last value
+SPARK_KEYS = ("std", "grad_norm", "dead")
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """Which of the optional columns the module table shows."""
+
+    type: bool
+    last: bool
+    first: bool  # `first → last` in place of the last value
+    range: bool  # min – max, and `log` where the row is log-scaled
+    bad_at: bool
+
+
 def run_renderable(
     report: RunReport, width: int = 200, layout: TableLayout | None = None
 ) -> RenderableType:
     """Loss and lr, the first bad step once; per module (tree order) sparklines of std, ‖∇out‖ and dead fraction.
 
     The three sparklines share what the other columns leave of `width` (one cell per step, or per run of
-    steps); below 100 columns the type goes, below 90 the last values, from 150 each shows first → last.
-    The table is laid out by fit_table: a column the same on every row (an empty 'dead') moves above it;
-    'bad at' per row only with --wide or --columns. After the table: the first bad step, explained.
+    steps). Beside each, as width allows: its last value (from 90 columns), its range `min – max` with a
+    `log` tag where the row is drawn on a log scale (where 16 cells remain), `first → last` (from 150
+    columns, where 24 remain); the type from 100 columns. The table is laid out by fit_table: a column the
+    same on every row (an empty 'dead') moves above it; 'bad at' per row only with --wide or --columns.
+    Then the parameter tensors' update ratios, and the first bad step, explained.
     """
     report = visible_report(report)
     report = replace(report, modules=tree_order(report.modules))
     wide = layout is not None and layout.wide
-    show_type, show_last = width >= 100 or wide, width >= 90 or wide
-    scale = width >= 150 or wide  # first → last beside each sparkline
-    last_w = 21 if scale else 9
-    names = [Name(m.name, tree=True) for m in report.modules]
-    name_w = min(max((cell_len(n.full()) for n in names), default=8) + 2, 48)  # + " ◀"
-    type_w = min(max((len(m.type) for m in report.modules), default=4), 24)
-    # Each column is followed by 3 cells (padding, SIMPLE_HEAD's blank divider, padding); a last value takes ≤ 9.
-    fixed = (
-        name_w
-        + 3
-        + (type_w + 3 if show_type else 0)
-        + (3 * (last_w + 3) if show_last else 0)
-        + 3 * 3
-        + 6
-    )
     chosen = layout is not None and layout.columns is not None
-    # The first bad step is said once, above the table; 'bad at' per row only when asked for (--wide, --columns).
-    bad_at = wide or chosen
-    fixed -= 0 if bad_at else 9  # 'bad at' and its padding
-    spark_w = len(report.steps) if wide else max(4, min(len(report.steps), (width - fixed) // 3))
-    columns, rows = _run_table(report, names, spark_w, show_type, show_last, bad_at, scale)
-    if not wide and not chosen and len(rows) > 1:
-        # What moves above the table ('bad at 300', the last values every row shares, an empty dead column)
-        # leaves its width to the sparklines.
-        same = [
-            i
-            for i, c in enumerate(columns)
-            if c.lift and len({cell_at(r[i], 0) for r in rows}) == 1
-        ]
-        freed = sum(
-            last_w + 3
-            if columns[i].key.endswith("_last")
-            else 9
-            if columns[i].key == "bad_at"
-            else 3
-            for i in same
-        )
-        sparks = 3 - sum(columns[i].key == "dead" for i in same)
-        wider = max(4, min(len(report.steps), (width - fixed + freed) // sparks))
-        if wider != spark_w:
-            spark_w = wider
-            columns, rows = _run_table(report, names, spark_w, show_type, show_last, bad_at, scale)
+    names = [Name(m.name, tree=True) for m in report.modules]
+    steps = len(report.steps)
+    if wide:
+        shape, spark_w = _Shape(True, True, True, True, True), steps
+    else:
+        for shape, need in _shapes(width, chosen):
+            spark_w = _spark_room(report, names, shape, width, layout)
+            if len(buckets(steps, spark_w)) >= min(steps, need):
+                break
+    columns, rows = _run_table(report, names, spark_w, shape)
     # 35,000 modules: FastTable writes them in about a second, where rich's Table took 22 s
     fitted = fit_table(columns, rows, width, layout)
     return Themed(
         Group(
-            _run_header(report, spark_w, width, not bad_at),
+            _run_header(report, spark_w, width, not shape.bad_at),
             *fitted.parts(width),
+            *param_parts(report, width, layout),
             _run_verdict(report),
         )
     )
+
+
+def _shapes(width: int, chosen: bool) -> list[tuple[_Shape, int]]:
+    """The layouts to try, most shown first, each with the sparkline cells it needs left (0: the last resort)."""
+    if chosen:  # --columns picks among every column; nothing moves above the table
+        return [(_Shape(True, True, width >= 150, True, True), 0)]
+    shapes = []
+    if width >= 150:
+        shapes.append((_Shape(True, True, True, True, False), MIN_SPARK_FIRST))
+    if width >= 100:
+        shapes.append((_Shape(True, True, False, True, False), MIN_SPARK))
+    shapes.append((_Shape(width >= 100, width >= 90, width >= 150, False, False), 0))
+    return shapes
+
+
+def _spark_room(
+    report: RunReport, names: list[Name], shape: _Shape, width: int, layout: TableLayout | None
+) -> int:
+    """The cells each sparkline gets in `shape`: what the other columns (those left in the table) leave."""
+    steps = len(report.steps)
+    columns, rows = _run_table(report, names, steps, shape)
+    return spark_room(columns, rows, width, layout, SPARK_KEYS, steps)
 
 
 def tree_order(modules: tuple[ModuleSeries, ...]) -> tuple[ModuleSeries, ...]:
@@ -129,36 +141,33 @@ def tree_order(modules: tuple[ModuleSeries, ...]) -> tuple[ModuleSeries, ...]:
 
 
 def _run_table(
-    report: RunReport,
-    names: list[Name],
-    spark_w: int,
-    show_type: bool,
-    show_last: bool,
-    bad_at: bool = True,
-    scale: bool = False,
+    report: RunReport, names: list[Name], spark_w: int, shape: _Shape
 ) -> tuple[list[Column], list[list[Cell]]]:
     """The run table's columns and rows, each sparkline `spark_w` cells wide."""
     columns = [Column("module", kind="name")]
-    if show_type:
+    if shape.type:
         columns.append(Column("type", kind="text", style="mi.type"))
-    grad_title = "‖∇out‖ (log)" if spark_w >= 12 else "‖∇out‖"
-    for title, key in (("std", "std"), (grad_title, "grad_norm"), ("dead", "dead")):
+    for title, key in (("std", "std"), ("‖∇out‖", "grad_norm"), ("dead", "dead")):
         # Sparklines are scaled per row: the same shape on every row is no shared value, but no dead fraction is.
-        shared = (("", "no ReLU-family modules"),) if key == "dead" else ()
+        no_relu = (("—", "no ReLU-family modules"),) if key == "dead" else ()
         columns.append(
-            Column(title, kind="text", style="mi.spark", key=key, shared=shared, lift=key == "dead")
-        )
-        if show_last:
-            about = f"{'first → last' if scale else 'last'} {title.removesuffix(' (log)')}"
-            columns.append(
-                Column(
-                    "first → last" if scale else "last",
-                    key=f"{key}_last",
-                    about=about,
-                    shared=(("—", "no ReLU-family modules"),) if key == "dead" else (),
-                )
+            Column(
+                title,
+                kind="text",
+                style="mi.spark",
+                key=key,
+                shared=(("", "no ReLU-family modules"),) if key == "dead" else (),
+                lift=key == "dead",
             )
-    if bad_at:
+        )
+        if shape.last:
+            last = "first → last" if shape.first else "last"
+            columns.append(Column(last, key=f"{key}_last", about=f"{last} {title}", shared=no_relu))
+        if shape.range:
+            columns.append(
+                Column("range", key=f"{key}_range", about=f"{title} range", shared=no_relu)
+            )
+    if shape.bad_at:
         columns.append(
             Column(
                 "bad at",
@@ -178,36 +187,14 @@ def _run_table(
             style="mi.bad" if m.first_bad_step is not None else "",
             mark_style="mi.bad",
         )
-        cells: list[Cell] = [label, Text(m.type)] if show_type else [label]
-        for spark, last in (
-            (
-                # A std over NaN/Inf is NaN; one logged as null over a finite output overflowed (inf).
-                series_sparkline(m.std, _either(m.nonfinite, m.std_overflow), spark_w),
-                _last(m.std, num, m.nonfinite, m.std_overflow, scale),
-            ),
-            (
-                Text(
-                    series_sparkline(m.grad_norm, m.grad_nonfinite, spark_w, log=True),
-                    style=flag_style(m.flags),
-                ),
-                _last(
-                    m.grad_norm,
-                    num,
-                    m.grad_nan,
-                    _either(m.grad_nonfinite, m.grad_nan, keep_only_first=True),
-                    scale,
-                ),
-            ),
-            (
-                series_sparkline(
-                    m.dead_fraction, (), spark_w, lo=0.0, hi=1.0
-                ).strip()  # all blank: no value
-                and series_sparkline(m.dead_fraction, (), spark_w, lo=0.0, hi=1.0),
-                _last(m.dead_fraction, percent, scale=scale),
-            ),
-        ):
-            cells += [spark, last] if show_last else [spark]
-        if bad_at:
+        cells: list[Cell] = [label, Text(m.type)] if shape.type else [label]
+        for spark, last_value, scale in _metrics(m, spark_w, shape.first):
+            cells.append(spark)
+            if shape.last:
+                cells.append(last_value)
+            if shape.range:
+                cells.append(scale)
+        if shape.bad_at:
             cells.append(
                 Text(
                     "—" if m.first_bad_step is None else str(m.first_bad_step),
@@ -216,6 +203,51 @@ def _run_table(
             )
         rows.append(cells)
     return columns, rows
+
+
+def _metrics(m: ModuleSeries, spark_w: int, first: bool) -> list[tuple[Cell, Cell, Cell]]:
+    """(sparkline, last value, range) of the std, ‖∇out‖ and dead fraction of one module.
+
+    '×' marks a NaN step and '↑' an overflow: a std logged as null over a finite output (its sum of squares
+    overflowed), a gradient with Inf but no NaN. Without the per-step NaN flags (a report built by hand) a
+    non-finite gradient is marked '×'.
+    """
+    grad_nan = m.grad_nan or m.grad_nonfinite
+    grad_inf = _either(m.grad_nonfinite, m.grad_nan, keep_only_first=True) if m.grad_nan else ()
+    grad_inf = _either(grad_inf, m.grad_overflow) if grad_inf else grad_inf
+    std_log = m.std_scale is not None and m.std_scale.log
+    grad_log = m.grad_norm_scale is not None and m.grad_norm_scale.log
+    dead = series_sparkline(m.dead_fraction, (), spark_w, lo=0.0, hi=1.0)
+    return [
+        (
+            series_sparkline(m.std, m.nonfinite, spark_w, log=std_log, over=m.std_overflow),
+            _last(m.std, num, m.nonfinite, m.std_overflow, first),
+            _range(m.std_scale),
+        ),
+        (
+            Text(
+                series_sparkline(m.grad_norm, grad_nan, spark_w, log=grad_log, over=grad_inf),
+                style=flag_style(m.flags),
+            ),
+            _last(m.grad_norm, num, m.grad_nan, grad_inf or m.grad_nonfinite, first),
+            _range(m.grad_norm_scale),
+        ),
+        (
+            dead if dead.strip() else "",  # all blank: no value
+            _last(m.dead_fraction, percent, scale=first),
+            _range(m.dead_fraction_scale, percent),
+        ),
+    ]
+
+
+def _range(scale: SeriesScale | None, fmt: Callable[[float | None], str] | None = None) -> Cell:
+    """'1.00e-04 – 1000 log': a series' min and max over the run (fewer digits where narrow), '—' with none.
+
+    One value where min and max are the same ('0.001'): the series was flat.
+    """
+    if scale is None:
+        return "—"
+    return Forms(range_forms(scale, fmt))
 
 
 def _either(
