@@ -10,6 +10,7 @@ The series are chosen so that their sparklines can be written down by hand (see 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from modinspect.watching.log import (
@@ -124,6 +125,74 @@ def step_record(
         ),
         nonfinite=origin if nonfinite_from is not None and i == nonfinite_from else None,
     )
+
+
+# A run with long, nested names and 15 parameter tensors (more than the report lists one by one): its
+# update ratios are 1e-3 (1 + i/100) but for two planted ones, and `head`'s std grows 10× every 8 steps.
+# From step 400 `head`'s output is NaN, and every gradient; FAST's weights from step 410.
+# Logged as forward hooks fire: each module after its children.
+BLOWUP_MODULES = (
+    ("embed", "Embedding"),
+    ("encoder.layers.0.self_attn.q_proj", "Linear"),
+    ("encoder.layers.0.self_attn.k_proj", "Linear"),
+    ("encoder.layers.0.self_attn.v_proj", "Linear"),
+    ("encoder.layers.0.self_attn.out_proj", "Linear"),
+    ("encoder.layers.0.self_attn", "Attention"),
+    ("encoder.layers.0.mlp.fc1", "Linear"),
+    ("encoder.layers.0.mlp.act", "ReLU"),
+    ("encoder.layers.0.mlp.fc2", "Linear"),
+    ("encoder.layers.0.mlp", "MLP"),
+    ("encoder.layers.0", "Layer"),
+    ("encoder", "Encoder"),
+    ("head", "Linear"),
+)
+BLOWUP_PARAMS = (
+    "embed.weight",
+    *(f"{n}.{kind}" for n, t in BLOWUP_MODULES if t == "Linear" for kind in ("weight", "bias")),
+)
+FAST = "encoder.layers.0.mlp.fc2.weight"  # 0.5 from step 290: too fast
+SLOW = "embed.weight"  # 2e-5 from its first update: too slow
+FAST_FROM = 29
+BLOWUP_NAN_FROM = (
+    40  # head's output is NaN from step 400, and every gradient; FAST's weights from 410
+)
+
+
+def blowup_ratio(name: str, i: int) -> float | None:
+    if i == 0:
+        return None  # no update known at the first logged step
+    if name == FAST and i >= FAST_FROM:
+        return None if i > BLOWUP_NAN_FROM else 0.5
+    if name == SLOW:
+        return 2e-5
+    return 1e-3 * (1 + i / 100)
+
+
+def blowup_record(i: int) -> StepRecord:
+    step = step_record(i, BLOWUP_NAN_FROM, None, BLOWUP_MODULES)
+    modules = tuple(
+        replace(m, std=10 ** (i / 8)) if m.name == "head" and not m.nan else m for m in step.modules
+    )
+    # The log lists `head` first, unlike the tree: the report lists them in the tree's order.
+    params = tuple(
+        ParamRecord(
+            name=name,
+            norm=None if name == FAST and i > BLOWUP_NAN_FROM else 2.0 + 0.01 * k + 0.001 * i,
+            grad_norm=0.1,
+            update_norm=None if blowup_ratio(name, i) is None else 0.01,
+            update_ratio=blowup_ratio(name, i),
+        )
+        for k, name in enumerate(BLOWUP_PARAMS)
+    )
+    return replace(step, modules=modules, params=(*params[-2:], *params[:-2]))
+
+
+def write_blowup_run(path: Path) -> Path:
+    header = LogHeader(model="Net", every=EVERY, device="cpu", world_size=1, started=STARTED)
+    with LogWriter(path, header) as log:
+        for i in range(STEPS):
+            log.write(blowup_record(i))
+    return path
 
 
 def write_run(

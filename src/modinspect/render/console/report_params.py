@@ -111,6 +111,28 @@ def param_parts(
     return parts
 
 
+def update_verdict(report: RunReport) -> Text:
+    """'\nUpdate ratio too fast (above 0.1) from step 290: fc2.weight.': one line per way out of the band."""
+    low, high = UPDATE_RATIO_BAND
+    text = Text()
+    params = param_order(report.modules, report.params)
+    for words, attr in (
+        (f"too fast (above {_short(high)})", "too_fast_at"),
+        (f"too slow (below {_short(low)})", "too_slow_at"),
+    ):
+        hits = [(getattr(p, attr), p.name) for p in params if getattr(p, attr) is not None]
+        if not hits:
+            continue
+        names = [name for _, name in sorted(hits, key=lambda hit: hit[0])]
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        text.append(
+            f"\nUpdate ratio {words} from step {min(s for s, _ in hits)}: "
+            f"{', '.join(names[:5])}{more}.",
+            style="mi.warn",
+        )
+    return text
+
+
 def _flagged(p: ParamSeries) -> bool:
     return p.too_slow_at is not None or p.too_fast_at is not None
 

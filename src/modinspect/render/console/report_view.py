@@ -12,7 +12,7 @@ from rich.text import Text
 
 from modinspect.render.console.common import module_name
 from modinspect.render.console.fit import Cell, Column, Forms, Name, fit_table, spark_room
-from modinspect.render.console.report_params import param_parts, range_forms
+from modinspect.render.console.report_params import param_parts, range_forms, update_verdict
 from modinspect.render.console.theme import Themed, flag_style
 from modinspect.render.text import (
     TableLayout,
@@ -317,6 +317,7 @@ def _run_verdict(report: RunReport) -> Text:
         text = Text("\n" + bad_step_text(bad), style="mi.bad")
         if bad.explanation:
             text.append(f"\nBefore it: {bad.explanation}.", style="mi.warn")
+    text.append(update_verdict(report))
     for flag, words in (("exploding-grad", "exploding"), ("vanishing-grad", "vanishing")):
         flagged = [module_name(m.name) for m in report.modules if flag in m.flags]
         if flagged:
