@@ -220,13 +220,16 @@ def spark_room(
     rows: list[list[Cell]],
     width: int,
     layout: TableLayout | None,
-    spark_keys: tuple[str, ...],
+    sparks: tuple[str, ...],
     most: int,
+    dropped: tuple[str, ...] = (),
 ) -> int:
-    """What a table's other columns leave to each sparkline column (`spark_keys`), between 4 and `most`.
+    """What a table's other columns leave to each sparkline column (the keys `sparks`), between 4 and `most`.
 
     The columns counted are those fit_table keeps: --columns' choice, less the ones it moves above the
-    table (the same on every row). A name column counts at its full width, up to 48.
+    table (the same on every row). Sparkline cells are not measured (the rows may hold them empty: they are
+    costly to draw); the caller names in `dropped` the sparkline columns that move above the table. A name
+    column counts at its full width, up to 48.
     """
     if layout is not None and layout.columns is not None:
         shown = choose_columns(columns, layout.columns)
@@ -235,23 +238,27 @@ def spark_room(
             i
             for i, c in enumerate(columns)
             if not (
-                c.lift
-                and c.kind != "name"
-                and len(rows) > 1
-                and len({cell_at(r[i], 0) for r in rows}) == 1
+                c.key in dropped
+                or (
+                    c.key not in sparks
+                    and c.lift
+                    and c.kind != "name"
+                    and len(rows) > 1
+                    and len({cell_at(r[i], 0) for r in rows}) == 1
+                )
             )
         ]
-    sparks = [i for i in shown if columns[i].key in spark_keys]
-    if not sparks:
+    spark_columns = [i for i in shown if columns[i].key in sparks]
+    if not spark_columns:
         return most
     fixed = 3 * (len(shown) - 1)
     for i in shown:
-        if i in sparks:
+        if i in spark_columns:
             continue
         cells = [cell_len(line) for r in rows for line in cell_at(r[i], 0).split("\n")]
         w = max([cell_len(columns[i].title), *cells])
         fixed += min(w, 48) if columns[i].kind == "name" else w
-    return max(4, min(most, (width - fixed) // len(sparks)))
+    return max(4, min(most, (width - fixed) // len(spark_columns)))
 
 
 def _shared_words(col: Column, value: str) -> str:

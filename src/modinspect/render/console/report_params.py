@@ -93,7 +93,7 @@ def param_parts(
             shape, spark_w = _Shape(True, True), steps
         else:
             for shape, need in ((_Shape(True, True), MIN_SPARK), (_Shape(width >= 90, False), 0)):
-                columns, rows = _param_table(shown, steps, shape)
+                columns, rows = _param_table(shown, 0, shape)  # 0: sparklines left empty
                 spark_w = spark_room(columns, rows, width, plain, ("update_ratio",), steps)
                 if len(buckets(steps, spark_w)) >= min(steps, need):
                     break
@@ -178,7 +178,9 @@ def _param_table(
                 p.update_nonfinite,
                 spark_w,
                 log=scale is not None and scale.log,
-            ),
+            )
+            if spark_w
+            else "",
         ]
         if shape.last:
             cells.append(_last(p.update_ratio, p.update_nonfinite))

@@ -117,9 +117,11 @@ def _spark_room(
     report: RunReport, names: list[Name], shape: _Shape, width: int, layout: TableLayout | None
 ) -> int:
     """The cells each sparkline gets in `shape`: what the other columns (those left in the table) leave."""
-    steps = len(report.steps)
-    columns, rows = _run_table(report, names, steps, shape)
-    return spark_room(columns, rows, width, layout, SPARK_KEYS, steps)
+    columns, rows = _run_table(report, names, 0, shape)  # 0: the sparklines left empty, not drawn
+    # the dead column moves above the table where no module has a dead fraction (no ReLU-family module)
+    no_relu = all(v is None for m in report.modules for v in m.dead_fraction)
+    dropped = ("dead",) if no_relu and len(report.modules) > 1 else ()
+    return spark_room(columns, rows, width, layout, SPARK_KEYS, len(report.steps), dropped)
 
 
 def tree_order(modules: tuple[ModuleSeries, ...]) -> tuple[ModuleSeries, ...]:
@@ -209,35 +211,37 @@ def _metrics(m: ModuleSeries, spark_w: int, first: bool) -> list[tuple[Cell, Cel
     """(sparkline, last value, range) of the std, ‖∇out‖ and dead fraction of one module.
 
     '×' marks a NaN step and '↑' an overflow: a std logged as null over a finite output (its sum of squares
-    overflowed), a gradient with Inf but no NaN. Without the per-step NaN flags (a report built by hand) a
-    non-finite gradient is marked '×'.
+    overflowed), a gradient with Inf but no NaN or a gradient norm that overflowed. Without the per-step NaN
+    flags (a report built by hand) a non-finite gradient is marked '×'. `spark_w` 0: the sparklines left
+    empty (the other columns being measured).
     """
     grad_nan = m.grad_nan or m.grad_nonfinite
     grad_inf = _either(m.grad_nonfinite, m.grad_nan, keep_only_first=True) if m.grad_nan else ()
     grad_inf = _either(grad_inf, m.grad_overflow) if grad_inf else grad_inf
     std_log = m.std_scale is not None and m.std_scale.log
     grad_log = m.grad_norm_scale is not None and m.grad_norm_scale.log
-    dead = series_sparkline(m.dead_fraction, (), spark_w, lo=0.0, hi=1.0)
-    return [
-        (
+    sparks: list[Cell] = ["", "", ""]
+    if spark_w:
+        dead = series_sparkline(m.dead_fraction, (), spark_w, lo=0.0, hi=1.0)
+        sparks = [
             series_sparkline(m.std, m.nonfinite, spark_w, log=std_log, over=m.std_overflow),
-            _last(m.std, num, m.nonfinite, m.std_overflow, first),
-            _range(m.std_scale),
-        ),
-        (
             Text(
                 series_sparkline(m.grad_norm, grad_nan, spark_w, log=grad_log, over=grad_inf),
                 style=flag_style(m.flags),
             ),
-            _last(m.grad_norm, num, m.grad_nan, grad_inf or m.grad_nonfinite, first),
-            _range(m.grad_norm_scale),
-        ),
-        (
             dead if dead.strip() else "",  # all blank: no value
-            _last(m.dead_fraction, percent, scale=first),
-            _range(m.dead_fraction_scale, percent),
-        ),
+        ]
+    lasts = [
+        _last(m.std, num, m.nonfinite, m.std_overflow, first),
+        _last(m.grad_norm, num, m.grad_nan, grad_inf or m.grad_nonfinite, first),
+        _last(m.dead_fraction, percent, scale=first),
     ]
+    ranges = [
+        _range(m.std_scale),
+        _range(m.grad_norm_scale),
+        _range(m.dead_fraction_scale, percent),
+    ]
+    return list(zip(sparks, lasts, ranges, strict=True))
 
 
 def _range(scale: SeriesScale | None, fmt: Callable[[float | None], str] | None = None) -> Cell:
