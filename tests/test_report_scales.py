@@ -23,6 +23,7 @@ import runlogs
 from conftest import Golden, invoke
 from modinspect.render.text import SPARKS, series_sparkline
 from modinspect.reports import UPDATE_RATIO_BAND
+from modinspect.watching.log import LogHeader, LogWriter
 from modinspect.watching.runlog import read_run_log
 
 LOW, HIGH = UPDATE_RATIO_BAND
@@ -301,3 +302,29 @@ def test_a_real_run_flags_the_update_ratio_of_its_lr_blow_up_step(
     assert f"Update ratio too fast (above 0.1) from step {blow_up}: {', '.join(names)}." in lines
     doc = _strict(invoke("report", log, "--json").stdout)
     assert {p["name"]: p["too_fast_at"] for p in doc["params"]} == fast
+
+
+def test_parameter_names_from_the_log_are_shown_as_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tensor's name is text from the file: markup and control characters come out escaped, in its row
+    and in the verdict's line, never obeyed."""
+    evil = "w[bold]\x1b[31m\u202e"
+    records = [
+        replace(
+            runlogs.step_record(i, nonfinite_from=None, origin=None),
+            params=(replace(runlogs.step_record(i).params[0], name=evil, update_ratio=0.5),),
+        )
+        for i in range(3)
+    ]
+    log = tmp_path / "evil.jsonl"
+    header = LogHeader(model="Net", every=10, device="cpu", started=runlogs.STARTED)
+    with LogWriter(log, header) as w:
+        for record in records:
+            w.write(record)
+    monkeypatch.setenv("COLUMNS", "120")
+    out = invoke("report", log.name, cwd=tmp_path).stdout
+    shown = "w[bold]\\x1b[31m\\u202e"
+    assert "\x1b" not in out and "\u202e" not in out
+    assert f"Update ratio too fast (above 0.1) from step 0: {shown}." in out.splitlines()
+    assert any(line.startswith(f"{shown}   ") for line in out.splitlines())
