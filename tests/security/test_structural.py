@@ -2080,6 +2080,27 @@ def gguf_split_of_two_parts_of_140k_tensors(tmp: Path) -> tuple[list[str], str]:
     return ["tree", str(first)], "split declares more than 262,144 tensors in all (by part 2)"
 
 
+# ---------------------------------------------------------------- branch report2: update ratios and log scales
+
+
+@case
+def report_20000_tensors_all_flagged_at_float64_edges(tmp: Path) -> tuple[list[str], str]:
+    """Hostile but valid: 20,000 parameter tensors (long dotted names) whose update ratios jump between the
+    smallest subnormal and 1.7e308 (a log scale spanning inf): every one flagged both ways, listed by 12."""
+    from modinspect.watching.log import LogHeader, LogWriter, ParamRecord, StepRecord
+
+    path = tmp / "params.jsonl"
+    with LogWriter(path, LogHeader(model="m", every=1, device="cpu", started=0.0)) as log:
+        for step in range(3):
+            ratio = (5e-324, 1.7e308, None)[step]
+            params = tuple(
+                ParamRecord(f"blocks.{i}.attn.proj.weight", 1.7e308, 5e-324, ratio, ratio)
+                for i in range(20_000)
+            )
+            log.write(StepRecord(step=step, time=0.0, loss=1.0, modules=(), params=params))
+    return ["report", str(path)], ""
+
+
 # ---------------------------------------------------------------- running them
 
 

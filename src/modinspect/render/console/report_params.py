@@ -101,12 +101,14 @@ def param_parts(
         parts += fit_table(columns, rows, width, plain).parts(width)
     rest = [p for p in params if p not in shown]
     if rest:
-        slow_or_fast = sum(_flagged(p) for p in rest)
-        words = [f"{len(rest) - slow_or_fast} more within {band_text()} at every logged step"]
-        if slow_or_fast:
-            words.append(f"{slow_or_fast} more flagged")
-        if not flagged:
-            words = [f"all {len(rest)} within {band_text()} at every logged step"]
+        more_flagged = sum(_flagged(p) for p in rest)
+        words = []
+        if len(rest) > more_flagged:
+            n = len(rest) - more_flagged
+            count = f"{n} more" if flagged else f"all {n}"
+            words.append(f"{count} within {band_text()} at every logged step")
+        if more_flagged:
+            words.append(f"{more_flagged} more flagged")
         parts.append(Text(f"{' · '.join(words)} (--wide lists them)", style="mi.muted"))
     return parts
 
