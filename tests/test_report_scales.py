@@ -174,6 +174,23 @@ def test_a_module_spanning_orders_of_magnitude_is_log_scaled_and_tagged(
         for m in means
     )
     assert rows["head"][2] == expected and expected.count("×") == 4
+    # tagged in its range: no line above the table; at 80 columns, with no range column, the line names it
+    assert not any(line.startswith("log scale") for line in lines)
+    monkeypatch.setenv("COLUMNS", "80")
+    narrow = invoke("report", blowup.name, cwd=blowup.parent).stdout.splitlines()
+    assert [line for line in narrow if line.startswith("log scale")] == [
+        "log scale (values spanning 100× or more): head std",
+        "log scale (values spanning 100× or more): encoder.layers.0.mlp.fc2.weight",
+    ]
+    assert (
+        narrow[
+            narrow.index(
+                "log scale (values spanning 100× or more): encoder.layers.0.mlp.fc2.weight"
+            )
+            + 1
+        ]
+        == "  ‖Δw‖/‖w‖"
+    )
     linear = series_sparkline(tuple(head), tuple(v is None for v in head), 17)
     assert (
         rows["head"][2] != linear

@@ -14,7 +14,14 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from modinspect.render.console.fit import Cell, Column, Forms, Name, fit_table, spark_room
-from modinspect.render.text import TableLayout, buckets, num, num_forms, series_sparkline
+from modinspect.render.text import (
+    TableLayout,
+    buckets,
+    num,
+    num_forms,
+    series_sparkline,
+    wrap_words,
+)
 from modinspect.reports import (
     UPDATE_RATIO_BAND,
     ModuleSeries,
@@ -98,6 +105,13 @@ def param_parts(
                 if len(buckets(steps, spark_w)) >= min(steps, need):
                     break
         columns, rows = _param_table(shown, spark_w, shape)
+        if not shape.range:
+            logs = [
+                f"{p.name} ‖Δw‖/‖w‖"
+                for p in shown
+                if p.update_ratio_scale is not None and p.update_ratio_scale.log
+            ]
+            parts += log_scale_line(logs, width)
         parts += fit_table(columns, rows, width, plain).parts(width)
     rest = [p for p in params if p not in shown]
     if rest:
@@ -111,6 +125,16 @@ def param_parts(
             words.append(f"{more_flagged} more flagged")
         parts.append(Text(f"{' · '.join(words)} (--wide lists them)", style="mi.muted"))
     return parts
+
+
+def log_scale_line(rows: Sequence[str], width: int) -> list[Text]:
+    """'log scale (values spanning 100× or more): head std · fc1 ‖∇out‖': the log-scaled rows, where no
+    range column tags them; nothing where there is none."""
+    if not rows:
+        return []
+    more = f" and {len(rows) - 4} more" if len(rows) > 4 else ""
+    line = f"log scale (values spanning 100× or more): {' · '.join(rows[:4])}{more}"
+    return [Text("\n".join(wrap_words(line, width, 2)), style="mi.muted")]
 
 
 def update_verdict(report: RunReport) -> Text:

@@ -12,7 +12,12 @@ from rich.text import Text
 
 from modinspect.render.console.common import module_name
 from modinspect.render.console.fit import Cell, Column, Forms, Name, fit_table, spark_room
-from modinspect.render.console.report_params import param_parts, range_forms, update_verdict
+from modinspect.render.console.report_params import (
+    log_scale_line,
+    param_parts,
+    range_forms,
+    update_verdict,
+)
 from modinspect.render.console.theme import Themed, flag_style
 from modinspect.render.text import (
     TableLayout,
@@ -93,11 +98,33 @@ def run_renderable(
     return Themed(
         Group(
             _run_header(report, spark_w, width, not shape.bad_at),
+            *log_scale_line(_untagged_logs(report, shape, layout), width),
             *fitted.parts(width),
             *param_parts(report, width, layout),
             _run_verdict(report),
         )
     )
+
+
+def _untagged_logs(report: RunReport, shape: _Shape, layout: TableLayout | None) -> list[str]:
+    """'head std', 'fc1 ‖∇out‖': the log-scaled sparklines no range column beside them tags `log`."""
+    chosen = layout.columns if layout is not None and layout.columns is not None else None
+    rows = []
+    for title, key, attr in (
+        ("std", "std", "std_scale"),
+        ("‖∇out‖", "grad_norm", "grad_norm_scale"),
+    ):
+        tagged = shape.range and (
+            chosen is None or f"{key}_range" in {c.strip().lower() for c in chosen}
+        )
+        if tagged or (chosen is not None and key not in {c.strip().lower() for c in chosen}):
+            continue
+        rows += [
+            f"{module_name(m.name)} {title}"
+            for m in report.modules
+            if getattr(m, attr) is not None and getattr(m, attr).log
+        ]
+    return rows
 
 
 def _shapes(width: int, chosen: bool) -> list[tuple[_Shape, int]]:
