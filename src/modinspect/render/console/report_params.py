@@ -85,7 +85,7 @@ def param_parts(
     params = param_order(report.modules, report.params)
     flagged = [p for p in params if _flagged(p)]
     collapsed = not wide and len(params) > MAX_PARAM_ROWS
-    shown = [p for p in params if _flagged(p)][:MAX_PARAM_ROWS] if collapsed else list(params)
+    shown = flagged[:MAX_PARAM_ROWS] if collapsed else list(params)
     heading = Text(
         f"\nparameters: update ratio ‖Δw‖/‖w‖ per logged step, flagged outside {band_text()} "
         f"({len(flagged)} of {len(params)} flagged)",
@@ -113,7 +113,8 @@ def param_parts(
             ]
             parts += log_scale_line(logs, width)
         parts += fit_table(columns, rows, width, plain).parts(width)
-    rest = [p for p in params if p not in shown]
+    listed = {p.name for p in shown}
+    rest = [p for p in params if p.name not in listed]
     if rest:
         more_flagged = sum(_flagged(p) for p in rest)
         words = []
