@@ -390,10 +390,10 @@ def buckets(n: int, width: int) -> list[range]:
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-NAN_MARK = "×"  # a step whose value was NaN (or not finite, where the log does not say which)
-OVERFLOW_MARK = (
-    "↑"  # a step whose value overflowed to Inf (a std's sum of squares, an Inf gradient)
-)
+# A sparkline's marks: a step whose value was NaN (or not finite, where the log does not say which), and
+# one whose value overflowed to Inf (a std's sum of squares, an Inf gradient).
+NAN_MARK = "×"
+OVERFLOW_MARK = "↑"
 
 
 def series_sparkline(
