@@ -28,12 +28,22 @@ from modinspect.names import (
     rollup_keys,
     suggest_prefix,
 )
-from modinspect.reports import DiffReport, ModuleRollup, ModuleStatus, PairMismatch, TensorDiff
+from modinspect.reports import (
+    DiffReport,
+    ModuleRollup,
+    ModuleStatus,
+    PairMismatch,
+    QuantError,
+    QuantModuleError,
+    TensorDiff,
+)
 from modinspect.sources.base import Source, TensorInfo, from_little_endian, tied_groups
 from modinspect.sources.byteread import WINDOW, ByteRange, PairReader
 
 if TYPE_CHECKING:
     import torch
+
+    from modinspect.analysis.dequant import Scheme
 
 # torch.testing.assert_close's defaults: (rtol, atol)
 DEFAULT_TOLERANCES = {d.name: d.tolerance for d in dtypes.DTYPES if d.tolerance is not None}
@@ -56,6 +66,8 @@ class DiffOptions:
         nan_equal: NaN equals NaN at the same position.
         keymap: how both sides' keys are rewritten before they are matched.
         chunk_elems: elements read at a time from each tensor of a pair (bounds the memory used).
+        dequantize: a side with quantized tensors (GGUF's Q4_K, GPTQ, bitsandbytes, FP8, torch.ao...) against
+            a side with none is compared dequantised, with the quantization error of each tensor and module.
     """
 
     atol: float | None = None
@@ -64,6 +76,7 @@ class DiffOptions:
     nan_equal: bool = True
     keymap: KeyMap = field(default_factory=KeyMap)
     chunk_elems: int = CHUNK
+    dequantize: bool = True
 
 
 def tolerance_for(dtype_a: str, dtype_b: str, options: DiffOptions) -> tuple[float, float]:
@@ -273,11 +286,13 @@ def compare_pair(
     scratch: _Scratch | None = None,
     infos: tuple[TensorInfo, TensorInfo] | None = None,
     ranges: Ranges | None = None,
+    sums: dict[str, _Acc] | None = None,
 ) -> TensorDiff:
     """Stream tensor a_name of `a` against b_name of `b` in aligned chunks (through `reader` when given).
 
     With a reader, the arithmetic runs on one torch thread until the reader is closed. `infos` and `ranges`,
-    when the caller has them, are the two tensors' TensorInfos and `_ranges`, not looked up again.
+    when the caller has them, are the two tensors' TensorInfos and `_ranges`, not looked up again; `sums`, when
+    given, receives the pair's running sums under `name`.
     """
     if reader is not None:
         reader.single_threaded_torch()
@@ -287,6 +302,8 @@ def compare_pair(
     scratch = scratch or _Scratch()
     for ca, cb in _chunk_pairs(a, a_name, ia, b, b_name, ib, options, reader, ranges):
         _compare_chunk(ca, cb, acc, rtol, atol, options, scratch)
+    if sums is not None:
+        sums[name] = acc
     if options.exact:
         acc.differing = (
             max(acc.differing, acc.bit_differs) if ia.dtype == ib.dtype else acc.differing
@@ -378,6 +395,10 @@ class _Walk:
         self.results: list[TensorDiff] = []
         self.held: list[int] = []  # pairs whose bytes are not compared yet
         self.bytewise_pairs = 0
+        self.dequantized: Set[str] = (
+            frozenset()
+        )  # names whose pairs are a float and a dequantised tensor
+        self.sums: dict[str, _Acc] = {}
         # Dtypes whose equal bytes are equal values (NaN bytes are not, under --nan-unequal).
         self.byte_equal = BYTE_DTYPES.keys() - (set() if options.nan_equal else NAN_DTYPES)
 
@@ -414,6 +435,7 @@ class _Walk:
                 self.scratch,
                 infos=(ia, ib),
                 ranges=(ra, rb),
+                sums=self.sums if self.names[i] in self.dequantized else None,
             )
         )
 
@@ -495,7 +517,10 @@ def _walk_pairs(
             walk.done(i)
             continue
         if dtype != ib.dtype:
-            dtype_mismatch.append(PairMismatch(names[i], dtype, ib.dtype))
+            if (
+                names[i] not in walk.dequantized
+            ):  # a float32 dequantisation against bf16 weights: expected
+                dtype_mismatch.append(PairMismatch(names[i], dtype, ib.dtype))
         elif ra is not None and rb is not None and dtype in byte_equal:
             n = ra[2]
             if n <= WINDOW and n == rb[2]:
@@ -572,6 +597,10 @@ def diff_sources(
         (False, 16)
     """
     options = options or DiffOptions()
+    side: str | None = None
+    schemes: dict[str, Scheme] = {}
+    if options.dequantize and a.state_dict_names() != b.state_dict_names():
+        a, b, side, schemes = _dequantized_sides(a, b)
     map_a = options.keymap.map_names(a.state_dict_names(), a.label)
     map_b = options.keymap.map_names(b.state_dict_names(), b.label)
     keys_a, keys_b = list(map_a), list(map_b)
@@ -609,9 +638,19 @@ def diff_sources(
             else (common, common)
         )
         walk = _Walk(a, b, common, a_names, b_names, options, progress)
+        if schemes:
+            stored = dict(zip(a_names if side == "a" else b_names, common, strict=True))
+            schemes = {stored[n]: s for n, s in schemes.items() if n in stored}
+            walk.dequantized = schemes.keys()
         with contextlib.closing(walk):
             compared = _walk_pairs(walk, shape_mismatch, dtype_mismatch)
     results = walk.results
+    sums = walk.sums
+    quant = [
+        _quant_error(n, schemes[n], sums[n], walk.infos_a[i].numel, side)
+        for i, n in enumerate(common)
+        if n in sums
+    ]
     same = len(compared) - len(results)
     changed = sorted((r for r in results if r.status == "changed"), key=_severity)
     close = [r for r in results if r.status == "close"]
@@ -638,6 +677,9 @@ def diff_sources(
         module_status=_module_status(compared, changed, only_a, only_b, shape_mismatch),
         would_call_a=tuple(a.would_call),
         would_call_b=tuple(b.would_call),
+        dequantized=side,
+        quantization=tuple(sorted(quant, key=_worst)),
+        quant_modules=tuple(sorted(_quant_modules(quant, walk.sums, side), key=_worst)),
     )
 
 
@@ -726,3 +768,64 @@ def _describe_tolerance(options: DiffOptions) -> str:
     if options.atol is None and options.rtol is None:
         return "torch.testing defaults per dtype"
     return f"rtol={options.rtol if options.rtol is not None else 'default'}, atol={options.atol if options.atol is not None else 'default'}"
+
+
+def _dequantized_sides(
+    a: Source, b: Source
+) -> tuple[Source, Source, str | None, dict[str, Scheme]]:
+    """A and B with the one side that holds quantized tensors dequantised, when the other holds none:
+    (a, b, "a" or "b" or None, {dequantised name as that side stores it: its Scheme})."""
+    from modinspect.analysis.dequant import dequantized, is_quantized
+
+    qa, qb = is_quantized(a), is_quantized(b)
+    if qa == qb:
+        return a, b, None, {}
+    view = dequantized(a if qa else b)
+    if view is None:
+        return a, b, None, {}
+    if qa:
+        return view, b, "a", dict(view.schemes)
+    return a, view, "b", dict(view.schemes)
+
+
+def _errors(acc: _Acc, side: str | None) -> tuple[float | None, float | None, float | None]:
+    """(relative error, cosine, SNR in dB) of a float tensor against its dequantisation, from running sums."""
+    ref = acc.sq_b if side == "a" else acc.sq_a
+    other = acc.sq_a if side == "a" else acc.sq_b
+    rel = math.sqrt(acc.sq_diff / ref) if ref > 0 else (0.0 if acc.sq_diff == 0 else None)
+    cosine = acc.dot / math.sqrt(ref * other) if ref > 0 and other > 0 else None
+    snr = 10 * math.log10(ref / acc.sq_diff) if ref > 0 and acc.sq_diff > 0 else None
+    return rel, cosine, snr
+
+
+def _quant_error(name: str, scheme: Scheme, acc: _Acc, numel: int, side: str | None) -> QuantError:
+    rel, cosine, snr = _errors(acc, side)
+    return QuantError(name, scheme.scheme, scheme.bits_per_weight, numel, rel, cosine, snr)
+
+
+def _quant_modules(
+    quant: list[QuantError], sums: dict[str, _Acc], side: str | None
+) -> list[QuantModuleError]:
+    """Each module's dequantised tensors together: their squares summed, in first-seen order."""
+    by_module: dict[str, list[QuantError]] = {}
+    for q in quant:
+        by_module.setdefault(rollup_key(q.name), []).append(q)
+    out = []
+    for module, members in by_module.items():
+        total = _Acc()
+        for q in members:
+            acc = sums[q.name]
+            total.sq_a += acc.sq_a
+            total.sq_b += acc.sq_b
+            total.sq_diff += acc.sq_diff
+            total.dot += acc.dot
+        numel = sum(q.numel for q in members)
+        bits = sum(q.bits_per_weight * q.numel for q in members) / numel if numel else 0.0
+        schemes = tuple(dict.fromkeys(q.scheme for q in members))
+        out.append(QuantModuleError(module, len(members), schemes, bits, *_errors(total, side)))
+    return out
+
+
+def _worst(q: QuantError | QuantModuleError) -> tuple[bool, float]:
+    """Worst first: by relative error, an undefined one (a zero float tensor) last."""
+    return (q.rel_error is None, -(q.rel_error or 0.0))

@@ -486,6 +486,38 @@ class ModuleStatus:
 
 
 @dataclass(frozen=True)
+class QuantError:
+    """How much quantization changed one tensor: the float side against the dequantised side.
+
+    `rel_error` is ‖w − ŵ‖ / ‖w‖ with w the float tensor, `snr_db` 10·log10(‖w‖² / ‖w − ŵ‖²) (None when they
+    are equal: an infinite SNR), `cosine` their cosine similarity; None where undefined (a zero tensor).
+    """
+
+    name: str
+    scheme: (
+        str  # 'Q4_K', 'gptq 4-bit g128', 'bnb nf4', 'fp8 e4m3 block 128×128', 'qint8 per-tensor'
+    )
+    bits_per_weight: float  # bits stored per weight, scales and zeros included
+    numel: int
+    rel_error: float | None
+    cosine: float | None
+    snr_db: float | None
+
+
+@dataclass(frozen=True)
+class QuantModuleError:
+    """QuantError over the dequantised tensors of one module (the roll-up's key), from their summed squares."""
+
+    module: str
+    tensors: int
+    schemes: tuple[str, ...]
+    bits_per_weight: float  # over the module's dequantised weights
+    rel_error: float | None
+    cosine: float | None
+    snr_db: float | None
+
+
+@dataclass(frozen=True)
 class DiffReport:
     """What `modinspect diff A B` found: names on one side only, shape and dtype mismatches, changed tensors.
 
@@ -520,6 +552,11 @@ class DiffReport:
     # globals A's pickle calls: torch.load would run them
     would_call_a: tuple[str, ...] = field(default=(), repr=False)
     would_call_b: tuple[str, ...] = field(default=(), repr=False)
+    # the side whose quantized tensors were dequantised to compare with the other's floats: "a", "b" or None
+    dequantized: str | None = None
+    # each dequantised tensor and module against its float, worst first
+    quantization: tuple[QuantError, ...] = field(default=(), repr=False)
+    quant_modules: tuple[QuantModuleError, ...] = field(default=(), repr=False)
 
     __repr__ = short_repr
 
