@@ -20,7 +20,7 @@ from modinspect.render.text import (
     visible_report,
     wrap_words,
 )
-from modinspect.reports import DiffReport
+from modinspect.reports import DiffReport, QuantError, QuantModuleError
 
 
 def _name_line(name: str, rest: str, width: int) -> str:
@@ -79,6 +79,13 @@ def diff_renderable(
             "'differing' counts the elements of the rows whose bytes differ",
             style="mi.muted",
         )
+    if report.dequantized:
+        side = report.dequantized.upper()
+        head.append(
+            f"\n{side}'s {len(report.quantization)} quantized tensors dequantised and compared with "
+            f"{'B' if side == 'A' else 'A'}'s floats",
+            style="mi.muted",
+        )
     parts.append(head)
     summary = Text()
     summary.append(f"\n{report.compared} compared: {report.equal} equal", style="mi.heading")
@@ -100,6 +107,8 @@ def diff_renderable(
     parts.append(summary)
     for hint in report.hints:
         parts.append(Text(f"hint: {hint}", style="mi.hint"))
+    if report.quantization:
+        parts += _quant_tables(report, width, limit, layout)
     if report.changed:
         parts.append(Text("\nChanged, most severe first", style="mi.heading"))
         rows: list[list[Cell]] = [
@@ -212,3 +221,51 @@ _MODULE_STATUS = (
     ("only_in_b", "only in B"),
 )
 _STATUS_STYLE = {"unchanged": "mi.unchanged", "only_in_a": "mi.removed", "only_in_b": "mi.added"}
+
+
+QUANT_COLUMNS = (
+    Column("tensor", kind="name"),
+    Column("scheme", kind="text"),
+    Column("bits/w", key="bits_per_weight"),
+    Column("rel. error", key="rel_error"),
+    Column("cosine"),
+    Column("SNR dB", key="snr_db"),
+)
+QUANT_MODULE_COLUMNS = (Column("module", kind="name"), *QUANT_COLUMNS[1:])
+
+
+def _quant_row(q: QuantError | QuantModuleError, name: str, scheme: str) -> list[Cell]:
+    return [
+        Name(name),
+        scheme,
+        f"{q.bits_per_weight:.2f}",
+        Forms(num_forms(q.rel_error)),
+        Forms(num_forms(q.cosine)),
+        "∞"
+        if q.snr_db is None and q.rel_error == 0
+        else f"{q.snr_db:.1f}"
+        if q.snr_db is not None
+        else "—",
+    ]
+
+
+def _quant_tables(
+    report: DiffReport, width: int, limit: int, layout: TableLayout | None
+) -> list[RenderableType]:
+    """'Quantization error, worst first': each dequantised tensor, then each module, against the floats."""
+    parts: list[RenderableType] = [Text("\nQuantization error, worst first", style="mi.heading")]
+    rows = [_quant_row(q, q.name, q.scheme) for q in report.quantization[:limit]]
+    parts += fit_table(QUANT_COLUMNS, rows, width, layout).parts(width)
+    if len(report.quantization) > limit:
+        parts.append(
+            Text(f"… {len(report.quantization) - limit} more (see --json)", style="mi.muted")
+        )
+    if len(report.quant_modules) > 1:
+        parts.append(Text("\nBy module, worst first", style="mi.heading"))
+        rows = [_quant_row(m, m.module, ", ".join(m.schemes)) for m in report.quant_modules[:limit]]
+        parts += fit_table(QUANT_MODULE_COLUMNS, rows, width, layout).parts(width)
+        if len(report.quant_modules) > limit:
+            parts.append(
+                Text(f"… {len(report.quant_modules) - limit} more (see --json)", style="mi.muted")
+            )
+    return parts
