@@ -599,7 +599,10 @@ def diff_sources(
     options = options or DiffOptions()
     side: str | None = None
     schemes: dict[str, Scheme] = {}
-    if options.dequantize and a.state_dict_names() != b.state_dict_names():
+    # A quantized checkpoint names what it adds (qweight, scales, absmax...); a GGUF file may not.
+    if options.dequantize and (
+        "gguf" in (a.format, b.format) or a.state_dict_names() != b.state_dict_names()
+    ):
         a, b, side, schemes = _dequantized_sides(a, b)
     map_a = options.keymap.map_names(a.state_dict_names(), a.label)
     map_b = options.keymap.map_names(b.state_dict_names(), b.label)

@@ -207,9 +207,12 @@ def _with_gguf_py(blocks: torch.Tensor, ggml_type: str) -> torch.Tensor:
             f"dequantizing {ggml_type} needs the gguf package (pip install gguf); modinspect itself "
             f"dequantizes {', '.join(PORTED)}"
         ) from None
+    import numpy as np
+
     try:
         qtype = GGMLQuantizationType[ggml_type]
-        values = dequantize(blocks.numpy(), qtype)
+        with np.errstate(all="ignore"):  # NaN or Inf scales are the file's values, shown as such
+            values = dequantize(blocks.numpy(), qtype)
     except (KeyError, NotImplementedError, ValueError) as exc:
         raise UsageError(f"cannot dequantize {ggml_type}: gguf-py says {exc}") from None
     return torch.from_numpy(values.astype("float32", copy=False)).reshape(blocks.shape[0], -1)

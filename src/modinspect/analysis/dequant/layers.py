@@ -72,7 +72,9 @@ def layer_rows(
     if scheme.startswith("compressed-tensors pack-quantized"):
         return p + "weight", _packed(need, get, bad, bits, out, inp)
     if " block " in scheme:
-        return p + "weight", _fp8_block(need, bad, out, inp)
+        edges = re.search(r"block (\d+)×(\d+)", scheme)
+        block = (int(edges.group(1)), int(edges.group(2))) if edges else None
+        return p + "weight", _fp8_block(need, bad, out, inp, block)
     if kind in ("int8", "fp8"):
         return p + "weight", _scaled(need, get, bad, out, inp)
     if kind in ("qint8", "quint8", "qint32", "quint4x2"):
@@ -245,12 +247,14 @@ def _scaled(need: Need, get: Get, bad: Bad, out: int, inp: int) -> Make:
     return make
 
 
-def _fp8_block(need: Need, bad: Bad, out: int, inp: int) -> Make:
+def _fp8_block(need: Need, bad: Bad, out: int, inp: int, block: tuple[int, int] | None) -> Make:
     def make() -> Rows:
         weight, scale_inv = need("weight"), need("weight_scale_inv")
         if scale_inv.dim() != 2 or not all(scale_inv.shape):
             raise bad(f"has weight_scale_inv {list(scale_inv.shape)}, not one scale per 2-D block")
-        b0, b1 = -(-out // scale_inv.shape[0]), -(-inp // scale_inv.shape[1])
+        b0, b1 = block or (-(-out // scale_inv.shape[0]), -(-inp // scale_inv.shape[1]))
+        if not (b0 > 0 and b1 > 0):
+            raise bad(f"declares blocks of {b0}×{b1}")
         if (-(-out // b0), -(-inp // b1)) != _shape(scale_inv) or max(b0, b1) > MAX_BLOCK:
             raise bad(
                 f"has weight_scale_inv {list(scale_inv.shape)}, which tiles [{out}, {inp}] in no blocks"
