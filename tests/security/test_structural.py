@@ -2101,6 +2101,85 @@ def report_20000_tensors_all_flagged_at_float64_edges(tmp: Path) -> tuple[list[s
     return ["report", str(path)], ""
 
 
+# ---------------------------------------------------------------- branch dequant: quantized layers diffed dequantised
+
+
+def _dequant_pair(tmp: Path, tensors: dict[str, torch.Tensor], shape: tuple[int, int]) -> list[str]:
+    """`diff` of a float layer `l.weight` of `shape` against a quantized checkpoint of `tensors`."""
+    from safetensors.torch import save_file
+
+    save_file({"l.weight": torch.zeros(shape)}, str(tmp / "float.safetensors"))
+    save_file(tensors, str(tmp / "quant.safetensors"))
+    return ["diff", str(tmp / "float.safetensors"), str(tmp / "quant.safetensors")]
+
+
+@case
+def dequant_awq_groups_that_do_not_divide_the_inputs(tmp: Path) -> tuple[list[str], str]:
+    tensors = {
+        "l.qweight": torch.zeros(128, 8, dtype=torch.int32),
+        "l.qzeros": torch.zeros(3, 8, dtype=torch.int32),
+        "l.scales": torch.ones(3, 64, dtype=torch.float16),
+    }
+    return _dequant_pair(tmp, tensors, (64, 128)), "has scales [3, 64]: groups that do not divide"
+
+
+@case
+def dequant_gptq_g_idx_past_its_groups(tmp: Path) -> tuple[list[str], str]:
+    tensors = {
+        "l.qweight": torch.zeros(16, 64, dtype=torch.int32),
+        "l.qzeros": torch.zeros(4, 8, dtype=torch.int32),
+        "l.scales": torch.ones(4, 64, dtype=torch.float16),
+        "l.g_idx": torch.full((128,), 2**30, dtype=torch.int32),
+    }
+    return _dequant_pair(tmp, tensors, (64, 128)), "has g_idx values outside its 4 groups"
+
+
+def _bnb_state(blocksize: int) -> torch.Tensor:
+    blob = {"quant_type": "nf4", "blocksize": blocksize, "dtype": "float32", "shape": [64, 128]}
+    return torch.tensor(list(json.dumps(blob).encode()), dtype=torch.uint8)
+
+
+@case
+def dequant_bnb_block_of_2_pow_40(tmp: Path) -> tuple[list[str], str]:
+    tensors = {
+        "l.weight": torch.zeros(4096, 1, dtype=torch.uint8),
+        "l.weight.absmax": torch.ones(128),
+        "l.weight.quant_map": torch.zeros(16),
+        "l.weight.quant_state.bitsandbytes__nf4": _bnb_state(2**40),
+    }
+    return _dequant_pair(tmp, tensors, (64, 128)), "declares a block size of 1099511627776"
+
+
+@case
+def dequant_bnb_absmax_count_off_its_blocks(tmp: Path) -> tuple[list[str], str]:
+    tensors = {
+        "l.weight": torch.zeros(4096, 1, dtype=torch.uint8),
+        "l.weight.absmax": torch.ones(5),
+        "l.weight.quant_map": torch.zeros(16),
+        "l.weight.quant_state.bitsandbytes__nf4": _bnb_state(64),
+    }
+    return _dequant_pair(tmp, tensors, (64, 128)), "has 5 absmax for 128 blocks of 64"
+
+
+@case
+def dequant_fp8_scales_that_tile_nothing(tmp: Path) -> tuple[list[str], str]:
+    tensors = {
+        "l.weight": torch.zeros(256, 256).to(torch.float8_e4m3fn),
+        "l.weight_scale_inv": torch.ones(1000, 1),
+    }
+    return _dequant_pair(tmp, tensors, (256, 256)), "has weight_scale_inv [1000, 1]"
+
+
+@case
+def dequant_packed_scales_of_the_wrong_rows(tmp: Path) -> tuple[list[str], str]:
+    tensors = {
+        "l.weight_packed": torch.zeros(64, 4, dtype=torch.int32),
+        "l.weight_scale": torch.ones(7, 4),
+        "l.weight_shape": torch.tensor([64, 32]),
+    }
+    return _dequant_pair(tmp, tensors, (64, 32)), "has weight_scale [7, 4], which fits no grouping"
+
+
 # ---------------------------------------------------------------- running them
 
 

@@ -71,7 +71,7 @@ def layer_rows(
         return p + "weight", _bnb4(source, layer, need, get, bad)
     if scheme.startswith("compressed-tensors pack-quantized"):
         return p + "weight", _packed(need, get, bad, bits, out, inp)
-    if " block " in scheme:
+    if any(a.endswith("weight_scale_inv") for a in layer.aux):
         edges = re.search(r"block (\d+)×(\d+)", scheme)
         block = (int(edges.group(1)), int(edges.group(2))) if edges else None
         return p + "weight", _fp8_block(need, bad, out, inp, block)
