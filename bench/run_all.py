@@ -48,6 +48,11 @@ PARTS: dict[str, tuple[str, list[str], str]] = {
         [],
         "9. GGUF: tree of a 7B-size Q4_K_M header against its safetensors twin",
     ),
+    "dequant": (
+        "bench_dequant",
+        [],
+        "10. diff, dequantised: GPT-2 against its Q8_0 and Q4_K GGUF",
+    ),
 }
 
 CHILD = """

@@ -271,7 +271,16 @@ def test_smoke_run_never_overwrites_benchmarks_md(capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.parametrize(
-    "module", ["bench_stats", "bench_diff", "bench_tree", "bench_startup", "bench_scale", "run_all"]
+    "module",
+    [
+        "bench_stats",
+        "bench_diff",
+        "bench_tree",
+        "bench_startup",
+        "bench_scale",
+        "bench_dequant",
+        "run_all",
+    ],
 )
 def test_benchmark_scripts_document_themselves(module: str) -> None:
     mod = __import__(module)
@@ -307,3 +316,19 @@ def test_the_gguf_benchmark_counts_every_contender_right(report: dict[str, list[
     truth = 2 * vocab * embd + embd + 2 * (4 * embd * embd + 3 * ffn * embd + 2 * embd)
     assert column(rows, "params") == [f"{truth:,}"] * 4
     assert column(rows, "right") == ["yes"] * 4
+
+
+@needs_transformers
+def test_the_dequantised_diff_benchmark_agrees_with_gguf_py(report: dict[str, list[str]]) -> None:
+    lines = section(report, "dequant")
+    rows = run_all.table_rows(lines)
+    assert column(rows, "contender") == [
+        "modinspect diff (Q8_0)",
+        "gguf-py dequantize all (Q8_0)",
+        "modinspect diff (Q4_K)",
+        "gguf-py dequantize all (Q4_K)",
+    ]
+    assert [line.rsplit(": ", 1)[1] for line in lines if "worst relative errors agree" in line] == [
+        "yes",
+        "yes",
+    ]

@@ -389,3 +389,27 @@ def test_bitsandbytes_as_bitsandbytes_dequantises(
         report = diff_sources(a, b)
     assert report.dequantized == "b" and report.only_in_b == () and report.only_in_a == ()
     assert len(report.quantization) == 7  # q, k, v, o, gate, up, down
+
+
+def test_a_gguf_against_its_hugging_face_checkpoint_is_matched_by_hf_names(tmp_path: Path) -> None:
+    from modinspect.commands.diff import DiffRequest, run_diff
+    from modinspect.sources.gguf_names import hf_name
+
+    gguf_path = ggufs.llama(tmp_path / "tiny.gguf", blocks=1)
+    floats = {
+        str(hf_name(name, "llama", 1)): torch.zeros(shape)
+        for name, shape, _t in ggufs.llama_tensors(1)
+    }
+    save_file(floats, str(tmp_path / "hf.safetensors"))
+    report = run_diff(DiffRequest(str(tmp_path / "hf.safetensors"), str(gguf_path)))
+    assert report.only_in_a == () and report.only_in_b == () and report.compared == 12
+    assert report.hints[-1] == (
+        "B's GGUF tensor names were matched under the Hugging Face names of the checkpoint it was "
+        "converted from (as --hf-names does)"
+    )
+    assert report.dequantized == "b"
+    assert {q.name for q in report.quantization} == {
+        n
+        for n, (_s, t) in zip(floats, [(s, t) for _n, s, t in ggufs.llama_tensors(1)], strict=True)
+        if t not in (T.F32, T.BF16)
+    }

@@ -212,8 +212,13 @@ def test_diff_hf_names_matches_a_gguf_with_its_source(tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     assert doc["compared"] == doc["identical"] == 21
     assert doc["only_in_a"] == doc["only_in_b"] == []
-    plain = json.loads(invoke("diff", g, st, "--json").stdout)  # without: no name in common
-    assert plain["compared"] == 0 and len(plain["only_in_a"]) == len(plain["only_in_b"]) == 21
+    # without: matched so all the same, since more of the other side's names match that way; a hint says so
+    plain = json.loads(invoke("diff", g, st, "--json").stdout)
+    assert plain["compared"] == plain["identical"] == 21 and plain["only_in_a"] == []
+    assert plain["hints"] == [
+        "A's GGUF tensor names were matched under the Hugging Face names of the checkpoint it was "
+        "converted from (as --hf-names does)"
+    ]
 
 
 def test_diff_hf_names_needs_a_gguf_side(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ DiffRequest, passes its spinner and progress bar, prints the report and exits 1 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from modinspect.commands.feedback import Phase, ProgressBar, Warn, no_progress, quiet_phase
@@ -41,7 +41,9 @@ class DiffRequest:
         allow_globals: globals a pickle may call beyond the allowlist, as `module.name`.
         max_pickle_size: the largest pickle read, in bytes (None: 256 MiB).
         max_layers: a Hugging Face config.json's layers built at most (None: 512).
-        hf_names: compare a GGUF side under the Hugging Face names of the checkpoint it was converted from.
+        hf_names: compare a GGUF side under the Hugging Face names of the checkpoint it was converted from
+            (without it, a GGUF side against a side that is not GGUF is so compared when more names match
+            that way; a hint says so).
     """
 
     a: str
@@ -110,13 +112,42 @@ def run_diff(
             src_a.close()
             raise
     with src_a, src_b:
+        hint = None
         if request.hf_names:
             src_a, src_b = hf_sides(src_a, src_b)
+        else:
+            src_a, src_b, hint = _hf_names_if_they_match(src_a, src_b)
         if warn is not None:
             warn(src_a.warnings + src_b.warnings)
         total = sum(t.nbytes for t in src_a.tensors) + sum(t.nbytes for t in src_b.tensors)
         with progress(total) as advance:
-            return diff_sources(src_a, src_b, options, progress=advance)
+            report = diff_sources(src_a, src_b, options, progress=advance)
+        return report if hint is None else replace(report, hints=(*report.hints, hint))
+
+
+def _hf_names_if_they_match(a: Source, b: Source) -> tuple[Source, Source, str | None]:
+    """A GGUF side against a side that is not GGUF, under the Hugging Face names when more of the other
+    side's names match them than match llama.cpp's: (a, b, the hint that says so, or None)."""
+    from modinspect.sources.gguf import GGUFSource
+    from modinspect.sources.gguf_names import with_hf_names
+
+    if isinstance(a, GGUFSource) == isinstance(b, GGUFSource):
+        return a, b, None
+    gguf, other = (a, b) if isinstance(a, GGUFSource) else (b, a)
+    try:
+        renamed = with_hf_names(gguf)
+    except UsageError:  # an architecture without a table
+        return a, b, None
+    names = other.state_dict_names()
+    as_is, mapped = set(gguf.names()), set(renamed.names())
+    if sum(n in mapped for n in names) <= sum(n in as_is for n in names):
+        return a, b, None
+    side = "A" if gguf is a else "B"
+    hint = (
+        f"{side}'s GGUF tensor names were matched under the Hugging Face names of the checkpoint it was "
+        "converted from (as --hf-names does)"
+    )
+    return (renamed, b, hint) if gguf is a else (a, renamed, hint)
 
 
 def hf_sides(a: Source, b: Source) -> tuple[Source, Source]:

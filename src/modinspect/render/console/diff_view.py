@@ -229,7 +229,7 @@ QUANT_COLUMNS = (
     Column("bits/w", key="bits_per_weight"),
     Column("rel. error", key="rel_error"),
     Column("cosine"),
-    Column("SNR dB", key="snr_db"),
+    Column("SNR dB", key="snr_db", lift=False),
 )
 QUANT_MODULE_COLUMNS = (Column("module", kind="name"), *QUANT_COLUMNS[1:])
 
