@@ -221,8 +221,14 @@ def _real_documents(command: str, tmp_path: Path) -> list[dict[str, Any]]:
         from modinspect.render.jsonout import diff_document
         from test_widths import _long_diff
 
+        from modinspect.reports import QuantError, QuantModuleError
+
         synthetic = replace(
-            _long_diff(), aliased=(("lm_head.weight", "embed.weight"),)
+            _long_diff(),
+            aliased=(("lm_head.weight", "embed.weight"),),
+            dequantized="b",
+            quantization=(QuantError("h.0.w", "Q4_K", 4.5, 8, 0.08, 0.997, 22.0),),
+            quant_modules=(QuantModuleError("h.0", 1, ("Q4_K",), 4.5, 0.08, 0.997, 22.0),),
         )  # lists files leave empty
         return [
             _json("diff", "small_cnn.pth", str(tmp_path / "other.pth")),
