@@ -413,3 +413,13 @@ def test_a_gguf_against_its_hugging_face_checkpoint_is_matched_by_hf_names(tmp_p
         for n, (_s, t) in zip(floats, [(s, t) for _n, s, t in ggufs.llama_tensors(1)], strict=True)
         if t not in (T.F32, T.BF16)
     }
+
+
+def test_a_quantized_tensor_streams_in_chunks_of_the_size_asked(tmp_path: Path) -> None:
+    path = ggufs.write(tmp_path / "q.gguf", [("w", (40, 512), T.Q8_0)])
+    with open_source(str(path)) as src:
+        view = dequantized(src)
+        assert view is not None
+        sizes = [c.numel() for c in view.iter_chunks("w", 3000)]
+        assert view.byte_range("w") is None  # values, not bytes: never compared as the file's bytes
+    assert sizes == [3000] * 6 + [40 * 512 - 18000]
