@@ -219,9 +219,8 @@ def _real_documents(command: str, tmp_path: Path) -> list[dict[str, Any]]:
         other["classifier.weight"] += 1.0
         torch.save(other, tmp_path / "other.pth")
         from modinspect.render.jsonout import diff_document
-        from test_widths import _long_diff
-
         from modinspect.reports import QuantError, QuantModuleError
+        from test_widths import _long_diff
 
         synthetic = replace(
             _long_diff(),
