@@ -2134,6 +2134,16 @@ def dequant_gptq_g_idx_past_its_groups(tmp: Path) -> tuple[list[str], str]:
     return _dequant_pair(tmp, tensors, (64, 128)), "has g_idx values outside its 4 groups"
 
 
+@case
+def dequant_gptq_zeros_stored_as_floats(tmp: Path) -> tuple[list[str], str]:
+    tensors = {
+        "l.qweight": torch.zeros(16, 64, dtype=torch.int32),
+        "l.qzeros": torch.zeros(4, 8),
+        "l.scales": torch.ones(4, 64, dtype=torch.float16),
+    }
+    return _dequant_pair(tmp, tensors, (64, 128)), "stores qzeros as float32, not integers"
+
+
 def _bnb_state(blocksize: int) -> torch.Tensor:
     blob = {"quant_type": "nf4", "blocksize": blocksize, "dtype": "float32", "shape": [64, 128]}
     return torch.tensor(list(json.dumps(blob).encode()), dtype=torch.uint8)

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from modinspect import dtypes
 from modinspect.analysis.quant import scan_quantization
@@ -30,7 +30,7 @@ __all__ = ["DequantizedSource", "Scheme", "dequantized", "is_quantized"]
 
 # Rows is a function of (r0, r1) -> float32 [r1 - r0, cols]; cols = the logical shape's last dim.
 Rows = Callable[[int, int], "torch.Tensor"]
-MAX_GROUPS = 1 << 24
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,29 @@ class DequantizedSource(Source):
         shape = plan.info.shape
         cols = shape[-1] if shape else 1
         rows = math.prod(shape[:-1]) if shape else 1
-        return plan.make(), rows, cols
+        rows_of = self._guarded(name, plan.make)()
+        return lambda r0, r1: self._guarded(name, lambda: rows_of(r0, r1))(), rows, cols
+
+    def _guarded(self, name: str, call: Callable[[], _T]) -> Callable[[], _T]:
+        """`call` with torch's errors on the file's numbers (shapes the checks let through, dtypes torch
+        cannot shift) turned into one line naming the tensor: they come from the file, not from a bug here."""
+
+        def run() -> _T:
+            try:
+                return call()
+            except (RuntimeError, IndexError, ValueError, TypeError) as exc:
+                scheme = self.schemes.get(name)
+                said = (
+                    str(exc).strip().splitlines()[0][:200]
+                    if str(exc).strip()
+                    else type(exc).__name__
+                )
+                raise CorruptFileError(
+                    f"{self.label}: cannot dequantize {name!r}"
+                    f"{f' ({scheme.scheme})' if scheme else ''}: {said}"
+                ) from exc
+
+        return run
 
     def _read(self, name: str) -> torch.Tensor:
         if name not in self.plans:

@@ -100,6 +100,7 @@ def _gptq(
         import torch
 
         qweight, qzeros, scales = need("qweight"), need("qzeros"), need("scales")
+        _integers(bad, qweight=qweight, qzeros=qzeros)
         per = 32 // bits
         if _shape(qweight) != (inp // per, out) or inp % per:
             raise bad(f"has qweight {list(qweight.shape)}, not [{inp // per}, {out}]")
@@ -113,6 +114,7 @@ def _gptq(
             if inp % groups:
                 raise bad(f"has {groups} groups, which do not divide its {inp} inputs")
             g_idx = torch.arange(inp) // (inp // groups)
+        _integers(bad, g_idx=g_idx)
         g_idx = g_idx.to(torch.int64)
         if _shape(g_idx) != (inp,):
             raise bad(f"has g_idx {list(g_idx.shape)}, not [{inp}]")
@@ -127,6 +129,7 @@ def _gptq(
 def _awq(need: Need, bad: Bad, bits: int, out: int, inp: int) -> Make:
     def make() -> Rows:
         qweight, qzeros, scales = need("qweight"), need("qzeros"), need("scales")
+        _integers(bad, qweight=qweight, qzeros=qzeros)
         per = 32 // bits
         if _shape(qweight) != (inp, out // per) or out % per:
             raise bad(f"has qweight {list(qweight.shape)}, not [{inp}, {out // per}]")
@@ -159,6 +162,10 @@ def _bnb4(source: Source, layer: QuantLayer, need: Need, get: Get, bad: Bad) -> 
         state = _blob(source, layer, bad)
         numel = math.prod(layer.shape)
         packed, absmax, qmap = need("weight"), need("weight.absmax"), need("weight.quant_map")
+        if packed.dtype != torch.uint8:
+            raise bad(
+                f"stores its 4-bit codes as {str(packed.dtype).removeprefix('torch.')}, not uint8"
+            )
         blocksize = state.get("blocksize", 64)
         if not isinstance(blocksize, int) or not 0 < blocksize <= MAX_BLOCK:
             raise bad(f"declares a block size of {str(blocksize)[:40]}")
@@ -225,6 +232,19 @@ def _packed(need: Need, get: Get, bad: Bad, bits: int, out: int, inp: int) -> Ma
     return make
 
 
+def _integers(bad: Bad, **tensors: torch.Tensor) -> None:
+    """Packed words, zeros and group indices are integers; anything else is not what the scheme writes."""
+    for name, t in tensors.items():
+        if t.is_floating_point() or t.is_complex() or t.dtype == _bool():
+            raise bad(f"stores {name} as {str(t.dtype).removeprefix('torch.')}, not integers")
+
+
+def _bool() -> torch.dtype:
+    import torch
+
+    return torch.bool
+
+
 def _check_scale(scale: torch.Tensor, out: int, inp: int, bad: Bad) -> None:
     groups = scale.shape[1] if scale.dim() == 2 else 1
     fits = scale.numel() in (1, out) or (
@@ -240,8 +260,8 @@ def _scaled(need: Need, get: Get, bad: Bad, out: int, inp: int) -> Make:
         if _shape(weight) != (out, inp):
             raise bad(f"has weight {list(weight.shape)}, not [{out}, {inp}]")
         _check_scale(scale, out, inp, bad)
-        if zero is not None and zero.numel() not in (1, scale.numel()):
-            raise bad(f"has {zero.numel():,} zero points for {scale.numel():,} scales")
+        if zero is not None and zero.numel() != 1 and zero.shape != scale.shape:
+            raise bad(f"has zero points {list(zero.shape)} for scales {list(scale.shape)}")
         return lambda r0, r1: fam.scaled_rows(weight, scale, zero, r0, r1)
 
     return make
