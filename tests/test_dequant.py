@@ -423,3 +423,27 @@ def test_a_quantized_tensor_streams_in_chunks_of_the_size_asked(tmp_path: Path) 
         sizes = [c.numel() for c in view.iter_chunks("w", 3000)]
         assert view.byte_range("w") is None  # values, not bytes: never compared as the file's bytes
     assert sizes == [3000] * 6 + [40 * 512 - 18000]
+
+
+def test_torch_ao_in_a_torchscript_archive(tmp_path: Path) -> None:
+    """quantize_dynamic's model scripted: its packed params, read from __setstate__'s state as data."""
+    from torch.ao.quantization import quantize_dynamic
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.ReLU(), torch.nn.Linear(24, 8))
+    with _no_check():
+        q = quantize_dynamic(model, {torch.nn.Linear})  # type: ignore[no-untyped-call]
+        torch.jit.save(torch.jit.script(q), str(tmp_path / "q.pt"))
+    torch.save(model.state_dict(), tmp_path / "f.pt")
+    with open_source(str(tmp_path / "f.pt")) as a, open_source(str(tmp_path / "q.pt")) as b:
+        report = diff_sources(a, b)
+    assert report.only_in_a == () and report.only_in_b == ()
+    sd = q.state_dict()
+    for qe in report.quantization:
+        i = qe.name.split(".")[0]
+        ref = sd[f"{i}._packed_params._packed_params"][0].dequantize()
+        assert qe.scheme == "qint8 per-tensor"
+        assert qe.rel_error == pytest.approx(
+            _metrics(model.state_dict()[qe.name], ref)[0], rel=1e-6
+        )
+    assert sorted(qe.name for qe in report.quantization) == ["0.weight", "2.weight"]
