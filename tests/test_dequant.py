@@ -447,3 +447,34 @@ def test_torch_ao_in_a_torchscript_archive(tmp_path: Path) -> None:
             _metrics(model.state_dict()[qe.name], ref)[0], rel=1e-6
         )
     assert sorted(qe.name for qe in report.quantization) == ["0.weight", "2.weight"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "strategy"),
+    [("int", "channel"), ("int", "group"), ("float", "channel"), ("float", "tensor")],
+)
+def test_compressed_tensors_8_bit_formats_as_its_decompressor(
+    tmp_path: Path, kind: str, strategy: str
+) -> None:
+    from compressed_tensors.compressors.naive_quantized.base import NaiveQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    torch.manual_seed(0)
+    weight = torch.randn(32, 128)
+    group = 32 if strategy == "group" else None
+    args = QuantizationArgs(
+        num_bits=8, type=kind, symmetric=True, strategy=strategy, group_size=group
+    )
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    top = 127.0 if kind == "int" else 448.0
+    if strategy == "tensor":
+        scale = weight.abs().amax().reshape(1) / top
+    elif strategy == "channel":
+        scale = weight.abs().amax(-1, keepdim=True) / top
+    else:
+        scale = weight.reshape(32, 4, 32).abs().amax(-1) / top
+    stored = NaiveQuantizationCompressor.compress({"weight": weight, "weight_scale": scale}, scheme)
+    ref = NaiveQuantizationCompressor.decompress(dict(stored), scheme)["weight"]
+    save_file({f"l.{k}": v for k, v in stored.items()}, str(tmp_path / "ct.safetensors"))
+    got = _read_all(tmp_path / "ct.safetensors", "l.weight", chunk=1000)
+    torch.testing.assert_close(got, ref.float(), rtol=0, atol=0)
