@@ -280,6 +280,14 @@ def test_gptq_and_awq_dequantise_to_their_formula(tmp_path: Path, kind: str) -> 
     save_file(tensors, str(tmp_path / "q.safetensors"))
     got = _read_all(tmp_path / "q.safetensors", "l.weight", chunk=1000)
     torch.testing.assert_close(got, expect, rtol=0, atol=0)
+    if kind == "gptq":  # GPTQModel's v2 checkpoints store the zeros themselves, not one less
+        folder = tmp_path / "v2"
+        folder.mkdir()
+        v2 = dict(tensors, **{"l.qzeros": torch.from_numpy(_gptq_pack(q, zeros + 1, bits)[1])})
+        save_file(v2, str(folder / "model.safetensors"))
+        config = {"quant_method": "gptq", "bits": 4, "checkpoint_format": "gptq_v2"}
+        (folder / "config.json").write_text(json.dumps({"quantization_config": config}))
+        torch.testing.assert_close(_read_all(folder, "l.weight"), expect, rtol=0, atol=0)
     with open_source(str(tmp_path / "q.safetensors")) as src:
         view = dequantized(src)
         assert view is not None
