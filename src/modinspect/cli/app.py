@@ -341,13 +341,15 @@ def diff(
 ) -> None:
     """Compare two checkpoints tensor by tensor, streamed; exit 0 when they match, 1 when they differ, 2 on errors.
 
-    Reports keys only in A or B, shape and dtype mismatches, and for tensors on both sides max |a−b|, mean |a−b|, relative L2 error, cosine similarity and the number of elements outside tolerance (torch.testing's per-dtype defaults unless --atol/--rtol/--exact). Tied names stored once on one side match through their partner. Memory stays flat: tensors are read in chunks.
+    Reports keys only in A or B, shape and dtype mismatches, and for tensors on both sides max |a−b|, mean |a−b|, relative L2 error, cosine similarity and the number of elements outside tolerance (torch.testing's per-dtype defaults unless --atol/--rtol/--exact). Tied names stored once on one side match through their partner. Memory stays flat: tensors are read in chunks. A quantized side (GGUF, GPTQ/AWQ, bitsandbytes, FP8, compressed-tensors, torch.ao) against a float one is dequantised chunk by chunk, and each tensor and module is ranked by relative error, cosine and SNR, with its scheme and bits per weight.
 
     Examples:
 
         modinspect diff before.safetensors after.safetensors
 
         modinspect diff ddp_ckpt.pt model.safetensors --strip-prefix module.
+
+        modinspect diff model.safetensors model-Q4_K_M.gguf
 
         modinspect diff a.pth b.pth --exact --json | jq '.changed[0]'
     """
