@@ -95,6 +95,7 @@ SMALL_FIELDS = {
     ("ModuleStats", "flags"),
     ("ModuleSeries", "flags"),
     ("TensorDiff", "shape"),
+    ("QuantModuleError", "schemes"),  # the few schemes of one module's quantized tensors
 }
 
 
