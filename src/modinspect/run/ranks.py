@@ -4,9 +4,10 @@ Each rank hooks its own replica (DDP) or shard (FSDP2's `fully_shard`) and reduc
 logged step (`watch`) or at the end of the run (`stats`), one `all_gather_object` brings every rank's
 host-side totals to every rank, and they are merged exactly:
 
-- count, mean and M2 by Chan's parallel merge (the same `Running.merge` that merges calls and batches);
-- min and max by min and max, NaN/Inf/zero counts and sums of |x| by sums;
-- dead units by OR: a unit is dead only if it is zero on every rank;
+- each rank's records travel as plain dicts (`dataclasses.asdict`) and are merged by the records' own
+  `merge()`, the same that merges calls and batches: `Moments` (count, mean and M2 by Chan's parallel
+  merge, min and max by min and max, NaN/Inf/zero counts and sums of |x| by sums), `Units` (dead units by
+  OR: a unit is dead only if it is zero on every rank), `GradTotals`;
 - gradient norms by the sum of squares. DDP and FSDP average gradients over the ranks, so the loss they
   optimise is the mean of the ranks' losses and the gradient of a module's output on a rank is the local
   one over the world size: the merged norm is sqrt(Σ‖g_r‖²) / world, the norm one process would see on
@@ -23,11 +24,12 @@ are taken out.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from modinspect.run.reductions import GradTotals, Running
+from modinspect.run.reductions import GradTotals, Moments, Running, Units
 
 if TYPE_CHECKING:
     import torch
@@ -133,59 +135,46 @@ def gather(obj: Any) -> list[Any]:
 
 
 # ---------------------------------------------------------------- the merge (pure Python)
-def collector_state(c: Collector) -> list[tuple[Any, ...]]:
-    """Per module, what a merge needs from a Collector's host-side totals: plain numbers, rank-independent layout."""
-    out = []
-    for m, r in enumerate(c.running):
-        out.append(
-            (
-                r.calls,
-                r.n,
-                r.mean,
-                r.m2,
-                r.lo,
-                r.hi,
-                r.abs_sum,
-                r.zeros,
-                r.nan,
-                r.inf,
-                list(r.alive),
-                c.units_ok[m],
-                c.grad[m],
-            )
-        )
-    return out
+ModuleState = dict[
+    str, Any
+]  # {"calls", "moments", "units", "grad"}: each record as `dataclasses.asdict`
+
+
+def collector_state(c: Collector) -> list[ModuleState]:
+    """Per module, what a merge needs from a Collector's host-side totals: its records as plain dicts."""
+    return [
+        {
+            "calls": r.calls,
+            "moments": dataclasses.asdict(r.moments()),
+            "units": dataclasses.asdict(Units(list(r.alive), c.units_ok[m])),
+            "grad": dataclasses.asdict(c.grad[m]),
+        }
+        for m, r in enumerate(c.running)
+    ]
 
 
 def merge_states(
-    states: Sequence[list[tuple[Any, ...]]], grad_scale: float
+    states: Sequence[list[ModuleState]], grad_scale: float
 ) -> list[tuple[Running, bool, GradTotals]]:
     """The ranks' per-module states merged: (Running, units_ok, GradTotals) per module.
 
+    Every record is merged by its own `merge()`; calls are per step, the same on every rank (their max).
     Output-gradient squares are summed times `grad_scale`: 1 / world² when each rank's loss is a mean and
     the ranks' gradients are averaged (DDP, FSDP), 1 when the losses add up (`stats --loss sum`).
     """
     merged = []
     for m in range(len(states[0])):
         total = Running()
-        units_ok = True
-        alive: list[bool] | None = None
+        units = Units()
         grad = GradTotals()
         for state in states:
-            calls, n, mean, m2, lo, hi, abs_sum, zeros, nan, inf, rank_alive, ok, g = state[m]
-            total.calls = max(total.calls, calls)  # calls per step, the same on every rank
-            total.merge(n, mean, m2, lo, hi, abs_sum, zeros, nan, inf)
-            units_ok = units_ok and ok
-            if rank_alive:
-                if alive is None:
-                    alive = list(rank_alive)
-                elif len(alive) != len(rank_alive):
-                    units_ok = False
-                else:
-                    alive = [a or b for a, b in zip(alive, rank_alive, strict=True)]
-            grad.merge(g, grad_scale)
-        total.alive = alive or []
-        merged.append((total, units_ok, grad))
+            s = state[m]
+            total.calls = max(total.calls, s["calls"])
+            total.merge(Moments(**s["moments"]))
+            units.merge(Units(**s["units"]))
+            grad.merge(GradTotals(**s["grad"]), grad_scale)
+        total.alive = units.alive
+        merged.append((total, units.ok, grad))
     return merged
 
 

@@ -1,14 +1,26 @@
-"""Host-side merging of per-call statistics (pure Python floats, no torch)."""
+"""The named records of per-call statistics and their exact merges (pure Python floats, no torch).
+
+Each record (`Moments`, `GradTotals`, `ParamGradTotals`, `Units`) has one `merge()`, used alike for the calls
+of a batch (`Collector.merge`), the steps of a `watch` run and the ranks of a torchrun (`ranks.merge_states`).
+A record's field order is also its chunk's layout on the device and in the one transfer (`chunk`,
+`from_chunk`): adding a statistic is a field here, its merge, and its reduction in `device_stats.py`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from modinspect.names import collapse_names, name_family
 from modinspect.reports import ModuleStats
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 STEP_RATIO = (
     10.0  # ‖∇out‖ growth (or shrinkage) from one depth to the next that is evidence on its own
@@ -16,6 +28,109 @@ STEP_RATIO = (
 COMPOUND_RATIO = 1e3  # ... and from the deepest module of the same family
 NEAR_LIMIT = 8.0  # max |∇| within this factor of the dtype's largest finite value
 MOSTLY_DEAD = 0.5
+
+
+R = TypeVar("R", bound="DataclassInstance")
+
+
+def fields_of(record: type[Any]) -> tuple[str, ...]:
+    """The field names of a record, in order: the layout of its chunk on the device and in the transfer."""
+    return _layout(record).names
+
+
+def slot(record: type[Any], name: str) -> int:
+    """Where field `name` sits in `record`'s chunk."""
+    return fields_of(record).index(name)
+
+
+def chunk(record: type[Any], **values: Any) -> list[Any]:
+    """The values of one record (device scalars or host numbers), named, put in the record's field order.
+
+    The one place the device side decides a layout: a reduction names what it computes, and `from_chunk`
+    reads it back by the same field list. A missing or unknown name is a KeyError here, not a silent shift.
+    """
+    layout = _layout(record)
+    if len(values) != len(layout.names):
+        raise KeyError(f"{record.__name__} needs {layout.names}, got {tuple(values)}")
+    return list(layout.get(values))
+
+
+def from_chunk(record: type[R], values: Sequence[float]) -> R:
+    """The record of one chunk read back from the device (floats): counts become ints, flags bools."""
+    layout = _layout(record)
+    if len(values) != len(layout.names):
+        raise ValueError(
+            f"{record.__name__} has {len(layout.names)} fields, got {len(values)} values"
+        )
+    v = list(values)
+    for i in layout.ints:
+        v[i] = int(v[i])
+    for i in layout.bools:
+        v[i] = v[i] > 0
+    return record(*v)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    names: tuple[str, ...]
+    get: Callable[[dict[str, Any]], tuple[Any, ...]]  # the values of a dict, in field order
+    ints: tuple[int, ...]
+    bools: tuple[int, ...]
+
+
+_LAYOUTS: dict[type[Any], _Layout] = {}
+
+
+def _layout(record: type[Any]) -> _Layout:
+    # Built once per record class: chunk() and from_chunk() run per hook call, on the hot path.
+    layout = _LAYOUTS.get(record)
+    if layout is None:
+        fields = dataclasses.fields(record)
+        names = tuple(f.name for f in fields)
+        kinds = [str(f.type) for f in fields]
+        layout = _LAYOUTS[record] = _Layout(
+            names,
+            operator.itemgetter(*names),
+            tuple(i for i, k in enumerate(kinds) if k == "int"),
+            tuple(i for i, k in enumerate(kinds) if k == "bool"),
+        )
+    return layout
+
+
+@dataclass
+class Moments:
+    """Count, mean and M2 over finite values (Chan et al.'s parallel merge), min/max/Σ|x|, zero/NaN/Inf counts.
+
+    One module output's statistics: of one call (as reduced on the device, `device_stats.moments_fast` /
+    `moments_exact`), or merged over calls, batches, steps and ranks by `merge()`.
+    """
+
+    n: int = 0  # finite values
+    mean: float = 0.0
+    m2: float = 0.0  # Σ (x - mean)²
+    lo: float = math.inf
+    hi: float = -math.inf
+    abs_sum: float = 0.0
+    zeros: int = 0
+    nan: int = 0
+    inf: int = 0
+
+    def merge(self, other: Moments) -> None:
+        """Add `other`'s values in, exactly (Chan's merge of mean and M2)."""
+        self.zeros += other.zeros
+        self.nan += other.nan
+        self.inf += other.inf
+        n = other.n
+        if n == 0:
+            return
+        total = self.n + n
+        delta = other.mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += other.m2 + delta * delta * self.n * n / total
+        self.n = total
+        self.lo = min(self.lo, other.lo)
+        self.hi = max(self.hi, other.hi)
+        self.abs_sum += other.abs_sum
 
 
 @dataclass
@@ -42,57 +157,79 @@ class GradTotals:
 
 
 @dataclass
-class Running:
-    """Count, mean and M2 merged with Chan et al.'s parallel formula; min/max/|x| sums over finite values."""
+class ParamGradTotals:
+    """One module's own parameters' gradient totals (Σ‖∇w‖², NaN/Inf counts); `seen`: some had a gradient."""
 
-    calls: int = 0
-    count: int = 0
-    n: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-    lo: float = math.inf
-    hi: float = -math.inf
-    abs_sum: float = 0.0
-    zeros: int = 0
+    squares: float = 0.0
     nan: int = 0
     inf: int = 0
+    seen: bool = False
+
+    def merge(self, other: ParamGradTotals) -> None:
+        self.squares += other.squares
+        self.nan += other.nan
+        self.inf += other.inf
+        self.seen = self.seen or other.seen
+
+
+@dataclass
+class Units:
+    """Which units (channels, features) of a ReLU-family output were ever non-zero; `ok`: one unit count throughout.
+
+    Merged by OR: a unit is dead only if it is zero in every call, step and rank. A unit count that changes
+    between two merged records leaves no per-unit answer (`ok` False, for good).
+    """
+
     alive: list[bool] = field(default_factory=list)
+    ok: bool = True
+
+    def merge(self, other: Units) -> None:
+        self.ok = self.ok and other.ok
+        if not other.alive:
+            return
+        if not self.alive:
+            self.alive = list(other.alive)
+        elif len(self.alive) != len(other.alive):
+            self.ok = False
+        else:
+            self.alive = [a or b for a, b in zip(self.alive, other.alive, strict=True)]
+
+
+class ActivationFields(TypedDict):
+    """The `ModuleStats` fields that come from a module's `Running` record (`stats` rows and `watch` totals)."""
+
+    calls: int
+    count: int
+    finite: int
+    mean: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    mean_abs: float | None
+    zero_fraction: float | None
+    nan: int
+    inf: int
+
+
+@dataclass
+class Running(Moments):
+    """A module's `Moments` over its calls, with the number of calls and its units' alive flags."""
+
+    calls: int = 0
+    alive: list[bool] = field(default_factory=list)
+
+    def moments(self) -> Moments:
+        """The `Moments` part of this record, as its own record."""
+        return Moments(*(getattr(self, name) for name in fields_of(Moments)))
+
+    @property
+    def count(self) -> int:
+        """Every value seen, finite or not."""
+        return self.n + self.nan + self.inf
 
     @property
     def units(self) -> int:
         return len(self.alive)
-
-    def merge(
-        self,
-        n: int,
-        mean: float,
-        m2: float,
-        lo: float,
-        hi: float,
-        abs_sum: float,
-        zeros: int,
-        nan: int,
-        inf: int,
-    ) -> None:
-        self.count += n + nan + inf
-        self.zeros += zeros
-        self.nan += nan
-        self.inf += inf
-        if n == 0:
-            return
-        total = self.n + n
-        delta = mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += m2 + delta * delta * self.n * n / total
-        self.n = total
-        self.lo = min(self.lo, lo)
-        self.hi = max(self.hi, hi)
-        self.abs_sum += abs_sum
-
-    def merge_call(self, chunk: Sequence[float]) -> None:
-        """Merge one call's [n, mean, M2, min, max, sum|x|, zeros, nan, inf] as read back from the device."""
-        n, mean, m2, lo, hi, abs_sum, zeros, nan, inf = chunk
-        self.merge(int(n), mean, m2, lo, hi, abs_sum, int(zeros), int(nan), int(inf))
 
     def set_alive(self, alive: Sequence[float]) -> None:
         # The device keeps OR-ing across calls and batches; the latest readback is the whole story.
@@ -121,6 +258,22 @@ class Running:
         if not self.alive:
             return None
         return sum(1 for a in self.alive if not a) / len(self.alive)
+
+    def report_fields(self) -> ActivationFields:
+        """The report's view of this record: what a `ModuleStats` row shows of it."""
+        return ActivationFields(
+            calls=self.calls,
+            count=self.count,
+            finite=self.n,
+            mean=self.mean_or_none(),
+            std=self.std(),
+            min=self.min_or_none(),
+            max=self.max_or_none(),
+            mean_abs=self.mean_abs(),
+            zero_fraction=self.zero_fraction(),
+            nan=self.nan,
+            inf=self.inf,
+        )
 
 
 def grad_outliers(

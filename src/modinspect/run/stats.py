@@ -440,11 +440,12 @@ def _end_batch(collector: Collector, ranks: Any) -> bool:
 
     import modinspect.run.ranks as distributed
     from modinspect.run.collector import to_host
+    from modinspect.run.transfer import suspect
 
     packed = collector.pack()
     chunks = collector.unpack(packed, to_host(packed.data))
-    suspect = not packed.exact and any(collector._suspect(kind, chunk) for kind, _, chunk in chunks)
-    if bool(distributed.any_rank(torch.tensor(suspect)).item()):
+    bad = not packed.exact and any(suspect(kind, values) for kind, _, values in chunks)
+    if bool(distributed.any_rank(torch.tensor(bad)).item()):
         return False
     return collector.merge(packed, chunks)
 

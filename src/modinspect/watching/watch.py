@@ -181,20 +181,18 @@ class _Totals:
         self.steps = 0
 
     def fold(self, c: Collector, steps: int) -> None:
+        """Merge a window's records into the run's, each by its own `merge()`."""
+        from modinspect.run.reductions import Units
+
         self.steps += steps
         for m, r in enumerate(c.running):
             total = self.running[m]
             total.calls += r.calls
-            total.merge(r.n, r.mean, r.m2, r.lo, r.hi, r.abs_sum, r.zeros, r.nan, r.inf)
+            total.merge(r.moments())
             self.grad[m].merge(c.grad[m])
-            if not c.units_ok[m]:
-                self.units_ok[m] = False
-            elif r.alive:
-                prev = self.alive[m]
-                if prev is not None and len(prev) != len(r.alive):
-                    self.units_ok[m] = False
-                else:
-                    self.alive[m] = [a or b for a, b in zip(prev or r.alive, r.alive, strict=True)]
+            units = Units(self.alive[m] or [], self.units_ok[m])
+            units.merge(Units(r.alive, c.units_ok[m]))
+            self.alive[m], self.units_ok[m] = units.alive or None, units.ok
 
 
 class Watch:
