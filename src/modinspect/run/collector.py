@@ -429,6 +429,7 @@ class Collector:
                 # Only the primary output's gradient counts toward the norm; NaN/Inf of any output count.
                 self.grad[m].merge(totals if primary else GradTotals(0.0, totals.nan, totals.inf))
 
+    # ---------------------------------------------------------------- report
     def _edges(self, m: int) -> tuple[float, ...]:
         """The HIST_BINS + 1 bin edges: equal widths over the [min, max] of the call the histogram sampled."""
         span = self.hist_range[m]
@@ -450,7 +451,6 @@ class Collector:
 
         return type_name(self.modules[m])
 
-    # ---------------------------------------------------------------- report
     def module_stats(self) -> list[ModuleStats]:
         grad_norms = [
             math.sqrt(g.squares) if self.options.backward and g.seen else None for g in self.grad

@@ -188,7 +188,7 @@ class _Totals:
         for m, r in enumerate(c.running):
             total = self.running[m]
             total.calls += r.calls
-            total.merge(r.moments())
+            total.merge(r)  # its Moments: calls and units are merged here, each their own way
             self.grad[m].merge(c.grad[m])
             units = Units(self.alive[m] or [], self.units_ok[m])
             units.merge(Units(r.alive, c.units_ok[m]))
