@@ -32,7 +32,7 @@ from modinspect.run.reductions import (
     ParamGradTotals,
     Running,
     Units,
-    chunk,
+    chunk_builder,
     fields_of,
     from_chunk,
 )
@@ -218,12 +218,17 @@ def test_units_merge_by_or_and_a_changed_unit_count_has_no_answer() -> None:
 
 
 def test_a_chunk_is_built_by_field_name_and_read_back_by_field_type() -> None:
-    with pytest.raises(KeyError, match="Moments needs"):
-        chunk(Moments, n=1, mean=0.0)
-    values = chunk(GradTotals, near=0.25, seen=1, inf=2, nan=1, squares=4.0)
+    build = chunk_builder(GradTotals)
+    with pytest.raises(TypeError, match="missing 3 required keyword-only arguments"):
+        build(squares=1.0, nan=0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'norm'"):
+        build(squares=1.0, nan=0, inf=0, seen=1, near=0.0, norm=2.0)
+    with pytest.raises(TypeError, match="positional"):
+        build(4.0, 1, 2, 1, 0.25)  # names only: a chunk is never built by position
+    values = build(near=0.25, seen=1, inf=2, nan=1, squares=4.0)
     assert values == [4.0, 1, 2, 1, 0.25]  # the field order, whatever the keyword order
     assert from_chunk(GradTotals, [4.0, 1.0, 2.0, 1.0, 0.25]) == GradTotals(4.0, 1, 2, True, 0.25)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="GradTotals has 5 fields, got 2 values"):
         from_chunk(
             GradTotals, [4.0, 1.0]
         )  # a chunk one field short is an error, not a shifted record

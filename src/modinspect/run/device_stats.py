@@ -1,7 +1,7 @@
 """On-device reductions: one tensor (an output, a gradient, parameters' gradients) to the values of its record.
 
-Each function returns a chunk, `reductions.chunk(Record, field=value, ...)`: 0-dim device tensors and host
-numbers named by the record's fields, queued for the one transfer of a batch. Nothing here reads a value
+Each function returns a chunk, `MOMENTS(field=value, ...)` (`reductions.chunk_builder`): 0-dim device tensors
+and host numbers named by the record's fields, queued for the one transfer of a batch. Nothing here reads a value
 back to the host (no `.item()`, no sync). Two modes:
 
 - fast: exact when every value is finite; a NaN/Inf (or an overflow) shows in a total that is not finite
@@ -15,11 +15,15 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from modinspect.run.reductions import GradTotals, Moments, ParamGradTotals, chunk
+from modinspect.run.reductions import GradTotals, Moments, ParamGradTotals, chunk_builder
 
 if TYPE_CHECKING:
     import torch
 
+# Each reduction returns its record's chunk through these: values named by field, in the record's field order.
+MOMENTS = chunk_builder(Moments)
+GRAD = chunk_builder(GradTotals)
+PARAM_GRAD = chunk_builder(ParamGradTotals)
 HIST_BINS = 16
 HIST_SAMPLE = 65_536
 EXACT_FLOAT_COUNT = 1 << 24  # float32 counts integers exactly up to here
@@ -80,13 +84,6 @@ class Scratch:
         return buf[:numel]
 
 
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    x = t.detach()
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 def moments_fast(t: torch.Tensor, scratch: Scratch, nonnegative: bool = False) -> list[Any]:
     """The `Moments` chunk of `t`, exact when all values are finite (nan and inf are host zeros).
 
@@ -95,7 +92,8 @@ def moments_fast(t: torch.Tensor, scratch: Scratch, nonnegative: bool = False) -
     """
     import torch
 
-    flat = _wide(t).reshape(-1)
+    x = t.detach()
+    flat = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).reshape(-1)
     numel = flat.numel()
     buf = scratch.get(numel, flat.dtype, flat.device)
     total = flat.sum()
@@ -111,8 +109,8 @@ def moments_fast(t: torch.Tensor, scratch: Scratch, nonnegative: bool = False) -
         zeros = torch.eq(flat, 0, out=buf).sum()
     else:
         zeros = numel - torch.count_nonzero(flat)
-    return chunk(
-        Moments, n=numel, mean=mean, m2=m2, lo=lo, hi=hi, abs_sum=abs_sum, zeros=zeros, nan=0, inf=0
+    return MOMENTS(
+        n=numel, mean=mean, m2=m2, lo=lo, hi=hi, abs_sum=abs_sum, zeros=zeros, nan=0, inf=0
     )
 
 
@@ -124,7 +122,8 @@ def moments_exact(t: torch.Tensor) -> list[Any]:
     """
     import torch
 
-    x = _wide(t)
+    x = t.detach()
+    x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     big = torch.finfo(x.dtype).max
     numel = x.numel()
     nonzero = _nonzero(x)
@@ -139,8 +138,7 @@ def moments_exact(t: torch.Tensor) -> list[Any]:
     hi = torch.nan_to_num(x, nan=-big, posinf=-big, neginf=-big).amax()
     abs_sum = xf.abs().sum()
     zeros = numel - nonzero
-    return chunk(
-        Moments,
+    return MOMENTS(
         n=n,
         mean=mean,
         m2=m2,
@@ -166,13 +164,13 @@ def grad_totals(grad: torch.Tensor, exact: bool) -> list[Any]:
         )
         g = g.float()
     if not exact:
-        return chunk(GradTotals, squares=sumsq(g.reshape(-1)), nan=0, inf=0, seen=1, near=near)
+        return GRAD(squares=sumsq(g.reshape(-1)), nan=0, inf=0, seen=1, near=near)
     nonzero = _nonzero(g)
     gf = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
     k = nonzero - _nonzero(gf)
     nan = nonzero - _nonzero(torch.nan_to_num(g, nan=0.0, posinf=math.inf, neginf=-math.inf))
     squares = gf.square().sum()
-    return chunk(GradTotals, squares=squares, nan=nan, inf=k - nan, seen=1, near=near)
+    return GRAD(squares=squares, nan=nan, inf=k - nan, seen=1, near=near)
 
 
 def param_grad_totals(grads: list[torch.Tensor], exact: bool) -> list[Any]:
@@ -185,13 +183,13 @@ def param_grad_totals(grads: list[torch.Tensor], exact: bool) -> list[Any]:
     ]
     if not exact:
         squares = torch.stack([sumsq(g.reshape(-1)) for g in parts]).sum()
-        return chunk(ParamGradTotals, squares=squares, nan=0, inf=0, seen=1)
+        return PARAM_GRAD(squares=squares, nan=0, inf=0, seen=1)
     squares = torch.stack(
         [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0).square().sum() for g in parts]
     ).sum()
     nan = torch.stack([torch.isnan(g).sum() for g in parts]).sum()
     inf = torch.stack([torch.isinf(g).sum() for g in parts]).sum()
-    return chunk(ParamGradTotals, squares=squares, nan=nan, inf=inf, seen=1)
+    return PARAM_GRAD(squares=squares, nan=nan, inf=inf, seen=1)
 
 
 def nonfinite(t: torch.Tensor, exact: bool) -> torch.Tensor:

@@ -68,10 +68,11 @@ _TOTALS: dict[tuple[str, bool], tuple[int, ...]] = {
 
 def suspect(kind: str, values: Sequence[float]) -> bool:
     """Whether a fast-mode chunk may hold NaN/Inf (then the batch is replayed exactly)."""
-    key = (kind, False)
-    return any(values[i] > 0 for i in _FLAGS.get(key, ())) or any(
-        not math.isfinite(values[i]) for i in _TOTALS.get(key, ())
-    )
+    key = (kind, False)  # no generators: this runs once per chunk, on the host
+    for i in _FLAGS.get(key, ()):
+        if values[i] > 0:
+            return True
+    return not all(map(math.isfinite, map(values.__getitem__, _TOTALS.get(key, ()))))
 
 
 class TransferQueue:
