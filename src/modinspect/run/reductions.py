@@ -2,7 +2,7 @@
 
 Each record (`Moments`, `GradTotals`, `ParamGradTotals`, `Units`) has one `merge()`, used alike for the calls
 of a batch (`Collector.merge`), the steps of a `watch` run and the ranks of a torchrun (`ranks.merge_states`).
-A record's field order is also its chunk's layout on the device and in the one transfer (`chunk`,
+A record's field order is also its chunk's layout on the device and in the one transfer (`chunk_builder`,
 `from_chunk`): adding a statistic is a field here, its merge, and its reduction in `device_stats.py`.
 """
 
