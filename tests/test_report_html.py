@@ -481,41 +481,6 @@ def test_two_runs_share_every_axis(real: Path, healthy: Path, tmp_path: Path) ->
         ]  # the same steps
 
 
-def test_two_runs_in_the_terminal_and_as_json(
-    real: Path, healthy: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("COLUMNS", "120")
-    result = invoke("report", real, healthy)
-    assert result.exit_code == 0, result.output
-    a, b = records(real), records(healthy)
-    lines = result.stdout.splitlines()
-    bad = next(s["step"] for s in a if s["nonfinite"] is not None)
-    assert lines[:4] == [
-        f"A  {real}",
-        f"   Sequential on cpu, every 2 steps · 20 logged step(s), 2 … 40 · first bad step {bad}",
-        f"B  {healthy}",
-        "   Sequential on cpu, every 2 steps · 20 logged step(s), 2 … 40 · no NaN/Inf",
-    ]
-    loss_b = [s["loss"] for s in b]
-    assert next(line for line in lines if line.startswith("loss B")).endswith(
-        f"first {num(loss_b[0])} · last {num(loss_b[-1])} · min {num(min(loss_b))} · max {num(max(loss_b))}"
-    )
-    rows = {
-        line.split()[0]: line.split()[2:]
-        for line in lines
-        if line.startswith(("(model)", "0 ", "1 ", "2 "))
-    }
-    for m, ma in zip(b[-1]["modules"], a[-1]["modules"], strict=True):
-        std_a, std_b, grad_a, grad_b = rows[m["name"] or "(model)"]
-        assert (std_b, grad_b) == (num(m["std"]), num(m["grad_norm"]))
-        assert std_a == "nan/inf"  # run A's last step is past its blow-up
-        assert grad_a == ("nan/inf" if ma["grad_norm"] is None else num(ma["grad_norm"]))
-    doc = json.loads(invoke("report", real, healthy, "--json").stdout)
-    assert doc["a"]["loss"] == [s["loss"] for s in a] and doc["b"]["path"] == str(healthy)
-    assert [m["name"] for m in doc["modules"]] == ["", "0", "1", "2"]
-    assert doc["modules"][1]["std_b"] == b[-1]["modules"][1]["std"]
-
-
 def test_two_runs_errors_are_one_line(real: Path, healthy: Path, tmp_path: Path) -> None:
     result = invoke("report", real, healthy, real)
     assert (result.exit_code, result.stderr) == (
@@ -663,18 +628,6 @@ def test_two_runs_with_hostile_file_and_module_names_are_escaped(tmp_path: Path)
         "B (b.jsonl)",
     ]
     assert {c.attrs["data-module"] for c in page.all("histogram")} == {evil, modules[1][0]}
-
-
-def test_a_run_without_a_finite_loss_says_so_in_the_two_run_view(tmp_path: Path) -> None:
-    a = runlogs.write_run(
-        tmp_path / "a.jsonl", steps=2, nonfinite_from=0
-    )  # NaN from the first step
-    b = runlogs.write_run(tmp_path / "b.jsonl", steps=1, nonfinite_from=None)
-    lines = invoke("report", a, b).stdout.splitlines()
-    assert [line for line in lines if line.startswith(("loss", "lr"))] == [
-        "loss A  no finite value logged",
-        "loss B  ▄  first 2 · last 2 · min 2 · max 2",
-    ]  # neither run logged an optimizer: no lr lines
 
 
 @needs_chromium

@@ -89,10 +89,10 @@ def _run_view(report: RunReport, out: Console, layout: TableLayout | None) -> No
     out.print(console.run_renderable(report, out.width, layout))
 
 
-def _comparison_view(report: RunComparison, out: Console, _layout: TableLayout | None) -> None:
+def _comparison_view(report: RunComparison, out: Console, layout: TableLayout | None) -> None:
     from modinspect.render import console
 
-    out.print(console.comparison_renderable(report, out.width))
+    out.print(console.comparison_renderable(report, out.width, layout))
 
 
 def _doctor_view(report: DoctorReport, out: Console, _layout: TableLayout | None) -> None:
