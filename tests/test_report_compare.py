@@ -299,3 +299,51 @@ def test_twenty_thousand_modules_render_in_linear_time(tmp_path: Path) -> None:
     assert std_a is not None
     assert rows[-1] == ["blocks.1999.layer.9.proj", num(20_000.0), num(20_000.0 / std_a)]
     assert cpu < 20, cpu  # about 2.5 s on a busy 2-core machine
+
+
+def test_a_module_only_one_run_has_is_absent_in_the_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    runlogs.write_run(tmp_path / "a.jsonl", nonfinite_from=None, modules=BERT[:2])
+    runlogs.write_run(tmp_path / "b.jsonl", nonfinite_from=None, modules=BERT[1:3])
+    result = invoke("report", "a.jsonl", "b.jsonl", "--wide", cwd=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    a, b = (
+        records(tmp_path / "a.jsonl")[-1]["modules"],
+        records(tmp_path / "b.jsonl")[-1]["modules"],
+    )
+    _, rows = _table(result.stdout)
+    a0, a1, b1, b2 = a[0], a[1], b[0], b[1]  # BERT[1] is in both
+    assert rows == [  # A's order, then B's own
+        [
+            BERT[0][0],
+            "LayerNorm",
+            num(a0["std"]),
+            "absent",
+            "—",
+            num(a0["grad_norm"]),
+            "absent",
+            "—",
+        ],
+        [
+            BERT[1][0],
+            "Linear",
+            num(a1["std"]),
+            num(b1["std"]),
+            num(b1["std"] / a1["std"]),
+            num(a1["grad_norm"]),
+            num(b1["grad_norm"]),
+            num(b1["grad_norm"] / a1["grad_norm"]),
+        ],
+        [
+            BERT[2][0],
+            "LayerNorm",
+            "absent",
+            num(b2["std"]),
+            "—",
+            "absent",
+            num(b2["grad_norm"]),
+            "—",
+        ],
+    ]
