@@ -347,3 +347,30 @@ def test_a_module_only_one_run_has_is_absent_in_the_other(
             "—",
         ],
     ]
+
+
+def test_ratios_beyond_two_fold_are_styled_as_differences(logs: Path) -> None:
+    from rich.console import Console
+
+    from modinspect.render.console import THEME, comparison_renderable
+    from modinspect.watching.compare import compare_runs
+    from modinspect.watching.runlog import read_run_log
+
+    healthy, late = (read_run_log(logs / f"{name}.jsonl") for name in ("healthy", "late"))
+    console = Console(width=200, force_terminal=True, color_system="truecolor")
+    console.push_theme(THEME)
+
+    def styles(pair: Any) -> dict[str, str]:
+        """Each ratio cell's text -> its style (from the rows' last two cells of each metric)."""
+        lines = console.render_lines(comparison_renderable(pair, 200), console.options, pad=False)
+        return {
+            s.text.strip(): str(s.style or "")
+            for line in lines
+            for s in line
+            if re.fullmatch(r"\d[\d.e+-]*", s.text.strip())
+        }
+
+    shown = styles(compare_runs(healthy, late))
+    # std B/A 2.23e+04 and 1228 (the Linears), 2.019 (the Tanh: just over 2×), ‖∇out‖ B/A 1.07e+06 ...
+    assert all(shown[r] == "yellow" for r in ("2.23e+04", "1228", "2.019", "1.07e+06", "3483"))
+    assert {v for k, v in styles(compare_runs(healthy, healthy)).items() if k == "1"} == {""}
