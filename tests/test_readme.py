@@ -99,11 +99,6 @@ def test_readme_console_example_is_real_output(
         runlogs.write_real_run(tmp_path / "runs" / "baseline.jsonl", blow_up_at=10**6)
         runlogs.write_real_run(tmp_path / "runs" / "lr-blowup.jsonl")
     runlogs.write_blowup_run(tmp_path / "blowup.jsonl")  # docs/report.md's second one
-
-
-        runlogs.write_real_run(tmp_path / "runs" / "lr-late.jsonl", blow_up_at=38)
-
-
     code = 0
     for command, shown in steps:
         if command == "echo $?":

@@ -374,3 +374,23 @@ def test_ratios_beyond_two_fold_are_styled_as_differences(logs: Path) -> None:
     # std B/A 2.23e+04 and 1228 (the Linears), 2.019 (the Tanh: just over 2×), ‖∇out‖ B/A 1.07e+06 ...
     assert all(shown[r] == "yellow" for r in ("2.23e+04", "1228", "2.019", "1.07e+06", "3483"))
     assert {v for k, v in styles(compare_runs(healthy, healthy)).items() if k == "1"} == {""}
+
+
+def test_a_gradient_norm_that_overflowed_reads_inf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A norm logged as null with no NaN/Inf counted overflowed (its sum of squares did): `inf`, as `report LOG`
+    marks it, not `—` (no value)."""
+    monkeypatch.setenv("COLUMNS", "200")
+    runlogs.write_run(tmp_path / "a.jsonl", nonfinite_from=None, modules=BERT[:2])
+    runlogs.write_run(tmp_path / "b.jsonl", nonfinite_from=None, modules=BERT[:2])
+    lines = (tmp_path / "a.jsonl").read_text(encoding="utf-8").splitlines()
+    last = json.loads(lines[-1])
+    last["modules"][1].update(grad_norm=None, grad_nan=0, grad_inf=0)
+    lines[-1] = json.dumps(last)
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = invoke("report", "a.jsonl", "b.jsonl", "--wide", cwd=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    _, rows = _table(result.stdout)
+    b1 = records(tmp_path / "b.jsonl")[-1]["modules"][1]
+    assert rows[1][5:] == ["inf", num(b1["grad_norm"]), "—"]

@@ -136,6 +136,7 @@ def _grad(value: float | None, m: ModuleSeries | None) -> Cell:
     if m is None:
         return Text("absent", style="mi.muted")
     inf = _either(m.grad_nonfinite, m.grad_nan, keep_only_first=True)
+    inf = _either(inf, m.grad_overflow) if inf else m.grad_overflow  # a norm that overflowed: inf
     return _marked(value, _last(m.grad_norm, num, m.grad_nan, inf))
 
 
