@@ -734,6 +734,124 @@ def test_log_mode_sentinel_names_the_first_bad_step_without_reading_a_flag(
     assert origin is not None and origin.detail == "a NaN/Inf gradient or loss at step 3"
 
 
+# ---------------------------------------------------------------- NaN/Inf that reaches no output, gradient or loss
+
+
+class WithSpare(nn.Module):
+    """A model with a layer its forward does not use (yet): a NaN written there shows in no output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.used = nn.Linear(4, 2)
+        self.spare = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.used(x)
+
+
+def test_a_weight_made_nan_in_place_is_caught_at_the_next_step() -> None:
+    """The per-step weight norms are the sentinel's too: an unused weight made NaN between steps is named."""
+    model = WithSpare()
+    with (
+        pytest.warns(NonFiniteWarning, match=r"first NaN/Inf at step 4: spare \(Linear\)"),
+        modinspect.watch(model, every=100) as w,
+    ):
+        for step in range(1, 7):
+            if step == 4:
+                with torch.no_grad():
+                    model.spare.weight[0, 1] = math.nan
+            out = model(torch.randn(3, 4))
+            out.square().mean().backward()
+            assert torch.isfinite(out).all() and torch.isfinite(model.used.weight.grad).all()  # type: ignore[arg-type]
+            model.zero_grad()
+            w.step()
+    origin = w.nonfinite_origin
+    assert w.nonfinite_step == 4 and origin is not None
+    assert (origin.module, origin.type, origin.cause, origin.tensor) == (
+        "spare",
+        "Linear",
+        "weight",
+        "spare.weight",
+    )
+    assert origin.detail is not None and origin.detail.startswith(
+        "`spare.weight` holds 1 NaN, while no "
+    )
+
+
+def test_a_batchnorm_running_variance_overflowing_is_caught_at_its_step() -> None:
+    """Inputs near 1e20: the batch is normalised (finite outputs and gradients) but running_var overflows."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)).train()
+    with (
+        pytest.raises(NonFiniteError) as info,
+        modinspect.watch(model, every=100, on_nonfinite="raise") as w,
+    ):
+        for step in range(1, 6):
+            x = torch.randn(8, 4)
+            if step == 3:
+                x[:, 0] *= 1e20
+            out = model(x)
+            out.square().mean().backward()
+            assert torch.isfinite(out).all()
+            # The first Linear's gradients are finite but their float32 norm overflows: no alarm from them.
+            assert all(
+                torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None
+            )
+            model.zero_grad()
+            w.step()
+    origin = info.value.origin
+    assert info.value.step == 3 and origin is not None
+    assert (origin.module, origin.type, origin.cause, origin.tensor) == (
+        "1",
+        "BatchNorm1d",
+        "weight",
+        "1.running_var",
+    )
+    infs = int(torch.isinf(model[1].running_var).sum())  # type: ignore[arg-type]
+    assert infs > 0 and origin.detail is not None
+    assert origin.detail.startswith(f"`1.running_var` holds {infs} Inf")
+
+
+def test_log_mode_names_a_weight_made_nan_between_logged_steps(
+    tmp_path: Path, host_reads: dict[str, int]
+) -> None:
+    model = WithSpare()
+    with modinspect.watch(model, every=5, on_nonfinite="log", log=tmp_path / "w.jsonl") as w:
+        for step in range(1, 6):
+            if step == 3:
+                with torch.no_grad():
+                    model.spare.bias[1] = -math.inf
+            model(torch.randn(3, 4)).square().mean().backward()
+            model.zero_grad()
+            w.step()
+    # Nothing read per step: the record's one transfer, then the record's exact look at the tensor whose
+    # norm is not finite (a number or null for its norm).
+    assert host_reads == {"to_host": 2, "_exact_overflows": 2}
+    origin = w.report().nonfinite_origin
+    assert w.report().nonfinite_step == 3 and origin is not None
+    assert (origin.cause, origin.detail) == ("sentinel", "a NaN/Inf weight or buffer at step 3")
+
+
+def test_no_alarm_for_a_buffer_that_starts_non_finite_nor_for_finite_weights_with_an_overflowing_norm() -> (
+    None
+):
+    """A mask buffer of -inf is left out (it held it when the watch began); weights of 1e20 have a float32
+    norm of inf but are finite: checked exactly on the flagged path, no warning."""
+    model = WithSpare()
+    model.register_buffer("mask", torch.full((4,), -math.inf))
+    with torch.no_grad():
+        model.spare.weight.fill_(1e20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with modinspect.watch(model, every=2) as w:
+            for _ in range(4):
+                model(torch.randn(3, 4)).square().mean().backward()
+                model.zero_grad()
+                w.step()
+    assert w.nonfinite_step is None and w.records == 2
+
+
 # ---------------------------------------------------------------- hygiene
 
 

@@ -71,7 +71,11 @@ def caller_frame() -> tuple[str, str] | None:
     frame: Any = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not filename.startswith("<") and not os.path.abspath(filename).startswith(_SKIP):
+        user = _USER_FILE.get(filename)
+        if user is None:  # decided once per file: the walk runs on every step's forward
+            user = not filename.startswith("<") and not os.path.abspath(filename).startswith(_SKIP)
+            _USER_FILE[filename] = user
+        if user:
             import linecache
 
             line = SourceLine(os.path.abspath(filename), frame.f_lineno, "")
@@ -81,6 +85,7 @@ def caller_frame() -> tuple[str, str] | None:
 
 
 _SKIP: tuple[str, ...] | None = None
+_USER_FILE: dict[str, bool] = {}  # code file -> whether it is the user's own
 
 
 def weights_path(batch: Path) -> Path:
@@ -229,16 +234,16 @@ class UpdateHistory:
             maxlen=HISTORY + 1
         )
 
-    def push(
-        self, step: int, weights: Sequence[torch.Tensor], lrs: tuple[float | None, ...]
-    ) -> None:
+    def push(self, step: int, norms: Sequence[torch.Tensor], lrs: tuple[float | None, ...]) -> None:
+        """Keep the per-tensor weight norms after `step`'s update (a row of the same step is replaced)."""
         import torch
 
-        if not weights:
+        if not norms:
             return
-        with torch.no_grad():
-            norms = torch.stack(tensor_norms(weights)).to(torch.float64)
-        self.rows.append((step, norms, lrs))
+        row = torch.stack([n.to(norms[0].device) for n in norms]).to(torch.float64)
+        if self.rows and self.rows[-1][0] == step:
+            self.rows.pop()
+        self.rows.append((step, row, lrs))
 
     def read(self, weights: Sequence[torch.Tensor] | None = None) -> list[UpdateStep]:
         """The history on the host (one transfer), oldest first; `weights`: the live weights of the last step."""

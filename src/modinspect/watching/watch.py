@@ -1,10 +1,11 @@
 """`watch`: the `stats` hooks inside the user's own training loop, one device->host transfer per `every` steps.
 
 Design (what runs when), in the default mode="sentinel":
-- Between logged steps no module hook is registered. After each backward one multi-tensor norm over the
-  parameters' gradients (`watchsentinel.tensor_norms`, one read of each) and an isfinite of the stacked norms
-  and the loss make the step's NaN/Inf flag; at the step's end one more multi-tensor norm of the weights
-  feeds the update history (`watchsentinel.UpdateHistory`). Nothing is read on the host with
+- Between logged steps no module hook is registered. After the step's first backward one multi-tensor norm
+  over the parameters' gradients, the weights and the floating buffers (`sentinel.tensor_norms`, one read
+  of each) and an isfinite of the stacked norms and the loss make the step's NaN/Inf flag; the weights'
+  norms (those the step's forward used) feed the update history (`sentinel.UpdateHistory`). A weight or
+  buffer made NaN/Inf (by an update, an in-place write, a running statistic) flags the step by itself. Nothing is read on the host with
   on_nonfinite="log": the flag and the first flagged step are folded on the device and travel with the record.
 - The step before a logged step registers the Collector of `stats` (stats_hooks.py) on the modules, so the
   logged step's forward and backward are reduced to device scalars in its exact (masked) mode; its end
@@ -76,6 +77,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from modinspect.run.attribution import BadTensor
     from modinspect.run.collector import Packed
 
 ON_NONFINITE = ("warn", "raise", "breakpoint", "log")
@@ -321,6 +323,31 @@ class Watch:
             None  # this step's model outputs' NaN/Inf flag, on the device
         )
         self._history = UpdateHistory([n for n, _ in self._params])
+        self._step_lrs: tuple[float | None, ...] = ()  # the lr the current step's update will use
+        # Floating buffers (BatchNorm's running statistics...): (name, owner, key), looked up each step.
+        self._buffer_slots = [
+            (f"{mn}.{key}" if mn else key, m, key)
+            for mn, m in self._inner.named_modules()
+            for key, b in m._buffers.items()
+            if b is not None and b.is_floating_point() and not b.is_meta
+        ]
+        # Which of them were finite when the watch began (a mask buffer may hold -inf on purpose): on the device.
+        self._buffer_ok: torch.Tensor | None = None
+        if self._buffer_slots:
+            with torch.no_grad():
+                self._buffer_ok = torch.isfinite(
+                    torch.stack([n.to(self.device) for n in tensor_norms(self._buffers())])
+                )
+        self._weights_checked = (
+            False  # this step's weights and buffers were checked (first backward)
+        )
+        self._weight_bad: torch.Tensor | None = None  # ... and their NaN/Inf flag, on the device
+        self._lazy_weights: torch.Tensor | None = (
+            None  # log: the first flagged step's cause was a weight
+        )
+        self._bad_weights: list[
+            BadTensor
+        ] = []  # the first NaN/Inf: the weights or buffers holding it
         self.explanation: str | None = (
             None  # what happened before the first NaN/Inf, when the history shows it
         )
@@ -544,31 +571,88 @@ class Watch:
             grads.append(g)
         self._grads_seen = set()
         self._grad_bad = None
-        if grads:
-            # The sentinel: one multi-tensor norm, one read of each gradient; NaN/Inf makes a norm non-finite.
+        # The step's first backward also weighs the weights and buffers, before the optimizer updates them:
+        # the weights the step's forward used. One multi-tensor norm reads every tensor once.
+        weights = [] if self._weights_checked else self._live_weights()
+        buffers = [] if self._weights_checked else self._buffers()
+        if grads or weights or buffers:
+            # The sentinel: a NaN/Inf anywhere in a tensor makes its norm non-finite.
             with torch.no_grad():
-                norms = tensor_norms(grads)
-                self._grad_norms.update(zip(index, norms, strict=True))
-                self._grad_bad = ~torch.isfinite(
-                    torch.stack([n.to(self.device) for n in norms])
-                ).all()
+                norms = tensor_norms(grads + weights + buffers)
+                if grads:
+                    self._grad_norms.update(zip(index, norms[: len(grads)], strict=True))
+                    self._grad_bad = ~torch.isfinite(
+                        torch.stack([n.to(self.device) for n in norms[: len(grads)]])
+                    ).all()
+                if not self._weights_checked:
+                    self._weigh(norms[len(grads) :], len(weights))
         if self.on_nonfinite == "log":
             self._fold_lazy(self._grad_bad)
         elif self._check():
             self._snapshot = self._copy_weights()
 
-    def _fold_lazy(self, bad: torch.Tensor | None) -> None:
+    def _buffers(self) -> list[torch.Tensor]:
+        import torch
+
+        out = []
+        for _, m, key in self._buffer_slots:
+            b = m._buffers.get(key)
+            out.append(b.detach() if b is not None else torch.zeros((), device=self.device))
+        return out
+
+    def _weigh_now(self) -> None:
+        """A step without backward: its weights and buffers, at its end."""
+        import torch
+
+        weights = self._live_weights()
+        tensors = weights + self._buffers()
+        if tensors:
+            with torch.no_grad():
+                self._weigh(tensor_norms(tensors), len(weights))
+
+    def _weigh(self, norms: list[torch.Tensor], count: int) -> None:
+        """The weights' norms (`count` of them, then the buffers'): the update history and the weights' flag.
+
+        The norms are of the weights the step's forward used, that is after the previous step's update: they
+        enter the history as that step's row. A weight or buffer that was finite at the start and is not now
+        flags the step (an update or an in-place write made it; no output or gradient may show it yet).
+        """
+        import torch
+
+        self._weights_checked = True
+        weights, buffers = norms[:count], norms[count:]
+        if weights:
+            self._history.push(self.steps, weights, self._step_lrs)
+        self._step_lrs = learning_rates(self._optimizer)
+        parts = []
+        if weights:
+            parts.append(~torch.isfinite(torch.stack([n.to(self.device) for n in weights])).all())
+        if buffers and self._buffer_ok is not None:
+            stacked = torch.stack([n.to(self.device) for n in buffers])
+            parts.append((~torch.isfinite(stacked) & self._buffer_ok).any())
+        if not parts:
+            return
+        self._weight_bad = parts[0] if len(parts) == 1 else parts[0] | parts[1]
+        if self.on_nonfinite == "log":
+            self._fold_lazy(self._weight_bad, weights=True)
+
+    def _fold_lazy(self, bad: torch.Tensor | None, weights: bool = False) -> None:
         """on_nonfinite="log": fold a flag into the window's, on the device (read with the record)."""
         import torch
 
         if bad is None or self.nonfinite_step is not None:
             return
         bad = bad.to(self.device)
-        if self._lazy_bad is None or self._lazy_first is None:
-            self._lazy_bad = bad.clone()
-            self._lazy_first = torch.where(bad, self.steps + 1, -1)
-            return
-        self._lazy_first = torch.where(bad & ~self._lazy_bad, self.steps + 1, self._lazy_first)
+        step = self.steps + 1
+        if self._lazy_bad is None or self._lazy_first is None or self._lazy_weights is None:
+            self._lazy_bad = torch.zeros((), dtype=torch.bool, device=self.device)
+            self._lazy_first = torch.full((), -1, dtype=torch.int64, device=self.device)
+            self._lazy_weights = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._lazy_first = torch.where(bad & ~self._lazy_bad, step, self._lazy_first)
+        if (
+            weights
+        ):  # a weight already NaN/Inf at the step's start came before anything the step computed
+            self._lazy_weights = self._lazy_weights | (bad & (self._lazy_first == step))
         self._lazy_bad = self._lazy_bad | bad
 
     def _optimizer_stepping(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -611,6 +695,8 @@ class Watch:
             )
         if loss is not None:
             self.log_loss(loss)
+        if not self._weights_checked:
+            self._weigh_now()
         self.steps += 1
         self._window += 1
         collected = bool(self._module_handles)  # this step's forward ran with the Collector's hooks
@@ -641,13 +727,13 @@ class Watch:
         self._batch = None
         self._snapshot = None
         self._flagged = self._backward_ran = self._backward_started = False
-        self._out_bad = self._grad_bad = None
+        self._out_bad = self._grad_bad = self._weight_bad = None
+        self._weights_checked = False
         self._window_open = True
-        if self._params:
-            self._history.push(self.steps, self._live_weights(), learning_rates(self._optimizer))
         self._loop.step_ended()
         if first:
             self.explanation = self._explain(snapshot)
+        self._bad_weights = []
         if first or self.steps % self.every == 0:
             self._flush()  # under torchrun, the merge picks the rank whose origin the record names
         if self.mode == "sentinel":
@@ -675,8 +761,7 @@ class Watch:
         origin = self._record_origin
         where = origin.module if origin is not None and origin.module else None
         try:
-            if self._history.rows:
-                self._history.rows.pop()  # this step's own row: its update came after the NaN/Inf
+            # The history's last row holds the weights this step started from: its own update is not in it.
             return explain(self._history.read(weights), self.steps, where)
         except Exception:
             return None
@@ -707,8 +792,8 @@ class Watch:
 
         if self.on_nonfinite == "log" or self.nonfinite_step is not None or self._flagged:
             return False
-        # This rank's own outputs, gradients and loss; the parameter gradients apart: under DDP the
-        # all-reduce has spread one rank's NaN to every rank's.
+        # This rank's own outputs, gradients, loss and weights; the parameter gradients apart: under DDP
+        # the all-reduce has spread one rank's NaN to every rank's.
         own = [
             f
             for f in [self.collector.nonfinite_flag() if self._module_handles else None]
@@ -718,7 +803,9 @@ class Watch:
             own.append(~torch.isfinite(self._loss))
         if self._out_bad is not None:
             own.append(self._out_bad)
-        flags = own + ([self._grad_bad] if self._grad_bad is not None else [])
+        weights = [self._weight_bad] if self._weight_bad is not None else []
+        grads = [self._grad_bad] if self._grad_bad is not None else []
+        flags = own + weights + grads
 
         def any_of(parts: list[torch.Tensor]) -> torch.Tensor:
             if not parts:
@@ -728,14 +815,48 @@ class Watch:
         if (
             self._ranks.many
         ):  # every rank reads the same answer, and all of them stop at the same step
-            here, anywhere = any_of(own), distributed.any_rank(any_of(flags))
+            here, anywhere = any_of(own + weights), distributed.any_rank(any_of(flags))
             both = torch.stack([here.to(torch.int32).cpu(), anywhere.to(torch.int32).cpu()])
             self._flagged_here, self._flagged = (bool(v) for v in both.tolist())
             return self._flagged
         if not flags:
             return False
-        self._flagged = self._flagged_here = read_flag(any_of(flags))
+        self._flagged = self._flagged_here = read_flag(any_of(flags)) and self._confirm(
+            any_of(own), any_of(weights), any_of(grads)
+        )
         return self._flagged
+
+    def _confirm(self, own: torch.Tensor, weights: torch.Tensor, grads: torch.Tensor) -> bool:
+        """A set flag, read again in parts (only then): whether a tensor really holds NaN/Inf.
+
+        A float32 norm also overflows for finite values beyond about 1.8e19: when only the norms flagged the
+        step, the weights and gradients they came from are checked exactly (one read each, only on this path).
+        """
+        import torch
+
+        from modinspect.run.attribution import nonfinite_tensors
+
+        out_bad, weight_bad, grad_bad = (
+            bool(v) for v in torch.stack([own, weights, grads]).cpu().tolist()
+        )
+        if out_bad:
+            return True
+        if weight_bad:
+            ok = self._buffer_ok.cpu().tolist() if self._buffer_ok is not None else []
+            skip = {
+                name for (name, _, _), good in zip(self._buffer_slots, ok, strict=True) if not good
+            }
+            self._bad_weights = [t for t in nonfinite_tensors(self._inner) if t.name not in skip]
+        if self._bad_weights or not grad_bad:
+            return bool(self._bad_weights)
+        with torch.no_grad():
+            for i, norm in self._grad_norms.items():
+                grad = self._params[i][1].grad
+                if grad is not None and not math.isfinite(float(norm)):
+                    g = distributed.local(grad.detach())
+                    if not bool(torch.isfinite(g.coalesce().values() if g.is_sparse else g).all()):
+                        return True
+        return False
 
     def _copy_weights(self) -> list[torch.Tensor]:
         return [distributed.local(p.detach()).clone() for _, p in self._params]
@@ -745,8 +866,9 @@ class Watch:
         """Replay the step's first forward (and a backward) through `stats`' exact replay and op tracer."""
         from modinspect.run.stats import _restore_rng, collect_stats
 
+        held = self._weight_origin()
         if self._batch is None:
-            return NonfiniteOrigin(None, None, "backward", "loss", ())
+            return held or NonfiniteOrigin(None, None, "backward", "loss", ())
         args, kwargs, rng = self._batch
         options = StatsOptions(
             backward=any(p.requires_grad for _, p in self._params),
@@ -772,8 +894,8 @@ class Watch:
             self._paused = was
         self._replay_rows = list(report.modules)
         if report.nonfinite_origin is None:
-            # The model's outputs and their gradients are finite: the user's loss made it.
-            return NonfiniteOrigin(None, None, "backward", "loss", ())
+            # The model's outputs and their gradients are finite: an unused weight or the user's loss held it.
+            return held or NonfiniteOrigin(None, None, "backward", "loss", ())
         origin = report.nonfinite_origin
         if self._caller is not None and self._caller[0] != origin.source:
             # The op's line may be inside a library (transformers); the user's own call of the model too.
@@ -781,6 +903,27 @@ class Watch:
                 origin, caller=self._caller[0], caller_code=self._caller[1]
             )
         return origin
+
+    def _weight_origin(self) -> NonfiniteOrigin | None:
+        """A weight or buffer that holds NaN/Inf before any output, gradient or loss shows one."""
+        if not self._bad_weights:
+            return None
+        w = self._bad_weights[0]
+        more = (
+            f" (and {len(self._bad_weights) - 1} more tensors)"
+            if len(self._bad_weights) > 1
+            else ""
+        )
+        return NonfiniteOrigin(
+            w.module,
+            w.type,
+            "forward",
+            "weight",
+            (),
+            tensor=w.name,
+            detail=f"`{w.name}` {w.describe()}{more}, while no output, gradient or loss held one: an "
+            "optimizer update, an in-place write or a running statistic made it",
+        )
 
     @contextlib.contextmanager
     def _weights(self, snapshot: list[torch.Tensor] | None) -> Iterator[None]:
@@ -883,8 +1026,8 @@ class Watch:
             pos += size
             if c.origin is not None and found_at == len(self._pending):
                 found_at = i
-        lazy_bad, lazy_first = flat[pos : pos + 2]
-        rest = flat[pos + 2 :]
+        lazy_bad, lazy_first, lazy_weights = flat[pos : pos + 3]
+        rest = flat[pos + 3 :]
         loss = rest[0] if self._loss is not None else None
         params = self._param_stats(
             _from_squares(rest[1:]) if many else self._exact_overflows(rest[1:])
@@ -911,7 +1054,8 @@ class Watch:
                 "backward",
                 "sentinel",
                 (),
-                detail=f"a NaN/Inf gradient or loss at step {lazy_step}",
+                detail=f"a NaN/Inf {'weight or buffer' if lazy_weights > 0 else 'gradient or loss'} "
+                f"at step {lazy_step}",
             )
         if many:  # one gather of every rank's totals and origin, merged exactly on every rank
             distributed.merge_collector(c, self._ranks)
@@ -960,7 +1104,7 @@ class Watch:
         self._last_params = tuple(params)
         self._record_origin = None
         self._replay_rows = None
-        self._lazy_bad = self._lazy_first = None
+        self._lazy_bad = self._lazy_first = self._lazy_weights = None
         self._pending = []
         self._window = self._collected = 0
         armed = bool(self._module_handles)
@@ -970,20 +1114,25 @@ class Watch:
             self._arm()
 
     def _lazy_vector(self, device: Any) -> torch.Tensor:
-        """[any NaN/Inf flag of the window, its first step] (on_nonfinite="log"; zeros otherwise)."""
+        """[any NaN/Inf flag of the window, its first step, whether a weight held it first] (on_nonfinite="log";
+        zeros otherwise)."""
         import torch
 
-        if self._lazy_bad is None or self._lazy_first is None:
-            flags = torch.zeros(2, dtype=self._acc, device=device)
+        if self._lazy_bad is None or self._lazy_first is None or self._lazy_weights is None:
+            flags = torch.zeros(3, dtype=self._acc, device=device)
         else:
-            flags = torch.stack([self._lazy_bad.to(self._acc), self._lazy_first.to(self._acc)]).to(
-                device
-            )
+            flags = torch.stack(
+                [
+                    self._lazy_bad.to(self._acc),
+                    self._lazy_first.to(self._acc),
+                    self._lazy_weights.to(self._acc),
+                ]
+            ).to(device)
         if (
             self._ranks.many
         ):  # any rank's flag; the step is the record's (the ranks' first steps do not add up)
             return distributed.sum_over_ranks(
-                flags * torch.tensor([1.0, 0.0], dtype=self._acc, device=device)
+                flags * torch.tensor([1.0, 0.0, 0.0], dtype=self._acc, device=device)
             )
         return flags
 
