@@ -700,23 +700,59 @@ def test_log_mode_names_the_module_in_the_window_record_without_reading_a_flag(
     assert w.report().nonfinite_step == 5
 
 
+def test_log_mode_logged_step_is_fast_and_a_nan_on_it_is_replayed_exactly(
+    tmp_path: Path, host_reads: dict[str, int]
+) -> None:
+    """on_nonfinite="log" runs `stats`' fast reductions on the logged step; when the values its record reads
+    show a NaN, the step is replayed then: module and exact counts, as in the other modes."""
+    model = planted()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    outs: list[torch.Tensor] = []
+    model[1].register_forward_hook(lambda m, a, o: outs.append(o.detach().clone()))
+    exact: list[bool] = []
+    before_record: dict[str, int] = {}
+    with modinspect.watch(model, every=5, on_nonfinite="log", log=tmp_path / "f.jsonl") as w:
+        for step, x in batches(bad_step=5):
+            exact.append(w.collector.exact)
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+            if step == 5:
+                before_record = dict(host_reads)
+            w.step()
+            if step == 5:
+                break
+    assert exact == [False] * 5 and before_record == {}
+    record = read_log(tmp_path / "f.jsonl")[1]
+    assert record["step"] == 5
+    assert (record["nonfinite"]["module"], record["nonfinite"]["cause"]) == ("1", "produced")
+    row = next(r for r in record["modules"] if r["name"] == "1")
+    bad = outs[4]  # step 5's LogAct output, as the user's forward made it
+    assert (row["calls"], row["count"], row["nan"]) == (1, bad.numel(), int(torch.isnan(bad).sum()))
+    assert row["nan"] > 0 and w.report().nonfinite_step == 5
+
+
 def test_log_mode_sentinel_names_the_first_bad_step_without_reading_a_flag(
     tmp_path: Path, host_reads: dict[str, int]
 ) -> None:
     """mode="sentinel": no module hook ran at step 3; the record at 5 says a NaN/Inf was seen at step 3."""
     model = planted()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    before_record: dict[str, int] = {}
     with modinspect.watch(model, every=5, on_nonfinite="log", log=tmp_path / "s.jsonl") as w:
         for step, x in batches(bad_step=3):
             model(x).square().mean().backward()
             opt.step()
             opt.zero_grad()
+            if step == 5:
+                before_record = dict(host_reads)
             w.step()
             if step == 5:
                 break
-    assert host_reads == {
-        "to_host": 2
-    }  # the record's one transfer (.cpu() and .tolist()), nothing per step
+    assert before_record == {}  # nothing read per step, the first NaN's included
+    # At the record: its one transfer (.cpu() and .tolist()); step 5's own values hold NaN (the weights went NaN
+    # at step 3), so that step is replayed exactly for its record, which reads what `stats` reads.
+    assert host_reads["to_host"] >= 2
     record = read_log(tmp_path / "s.jsonl")[1]
     assert record["step"] == 5
     assert record["nonfinite"] == {

@@ -345,9 +345,11 @@ class Watch:
         self._lazy_weights: torch.Tensor | None = (
             None  # log: the first flagged step's cause was a weight
         )
-        self._bad_weights: list[
-            BadTensor
-        ] = []  # the first NaN/Inf: the weights or buffers holding it
+        # The first NaN/Inf: the weights or buffers holding it.
+        self._bad_weights: list[BadTensor] = []
+        self._step_batch: tuple[tuple[Any, ...], dict[str, Any], Any] | None = (
+            None  # for the flush's replay
+        )
         self.explanation: str | None = (
             None  # what happened before the first NaN/Inf, when the history shows it
         )
@@ -420,17 +422,14 @@ class Watch:
     def _exact(self) -> bool:
         """Whether the Collector runs `stats`' exact (masked) reductions rather than its fast ones.
 
-        A window cannot be replayed after the fact, nor can a logged step under on_nonfinite="log" (no flag is
-        read) or under torchrun, nor any step once the weights hold NaN: exact. A sentinel-mode logged step is
-        fast, like `stats`: a NaN/Inf makes its mean, M2 or sum of squares non-finite, the step's flag (read at
-        its end) is then set, and its record holds the exact statistics of the first NaN/Inf's replay.
+        A window cannot be replayed after the fact, nor can a step under torchrun (the ranks would have to
+        agree), nor any step once the weights hold NaN: exact. A sentinel-mode logged step is fast, like
+        `stats`: a NaN/Inf makes its mean, M2 or sum of squares non-finite, the step's flag (read at its end)
+        is then set, and its record holds the exact statistics of the first NaN/Inf's replay. Under
+        on_nonfinite="log" no flag is read, but the record is written at the logged step's own end: when its
+        values show a NaN/Inf, the step is replayed then (`_replay_logged`).
         """
-        return (
-            self.mode == "window"
-            or self.on_nonfinite == "log"
-            or self._ranks.many
-            or self.nonfinite_step is not None
-        )
+        return self.mode == "window" or self._ranks.many or self.nonfinite_step is not None
 
     def _arm(self) -> None:
         """Register the Collector's module hooks (sentinel mode: for the logged step only)."""
@@ -735,7 +734,11 @@ class Watch:
             self.explanation = self._explain(snapshot)
         self._bad_weights = []
         if first or self.steps % self.every == 0:
-            self._flush()  # under torchrun, the merge picks the rank whose origin the record names
+            self._step_batch = batch if collected else None
+            try:
+                self._flush()  # under torchrun, the merge picks the rank whose origin the record names
+            finally:
+                self._step_batch = None
         if self.mode == "sentinel":
             if (self.steps + 1) % self.every == 0:
                 self._arm()
@@ -864,12 +867,15 @@ class Watch:
     # ---------------------------------------------------------------- the first NaN/Inf
     def _trace(self) -> NonfiniteOrigin | None:
         """Replay the step's first forward (and a backward) through `stats`' exact replay and op tracer."""
-        from modinspect.run.stats import _restore_rng, collect_stats
+        from modinspect.run.stats import _restore_rng, _rng_state, collect_stats
 
         held = self._weight_origin()
         if self._batch is None:
             return held or NonfiniteOrigin(None, None, "backward", "loss", ())
         args, kwargs, rng = self._batch
+        saved = (
+            _rng_state()
+        )  # the replay draws the forward's random numbers again; training goes on after it
         options = StatsOptions(
             backward=any(p.requires_grad for _, p in self._params),
             pattern=self._pattern,
@@ -892,6 +898,7 @@ class Watch:
             return None
         finally:
             self._paused = was
+            _restore_rng(saved)
         self._replay_rows = list(report.modules)
         if report.nonfinite_origin is None:
             # The model's outputs and their gradients are finite: an unused weight or the user's loss held it.
@@ -1026,6 +1033,8 @@ class Watch:
             pos += size
             if c.origin is not None and found_at == len(self._pending):
                 found_at = i
+        if not merged:
+            self._replay_logged()
         lazy_bad, lazy_first, lazy_weights = flat[pos : pos + 3]
         rest = flat[pos + 3 :]
         loss = rest[0] if self._loss is not None else None
@@ -1112,6 +1121,20 @@ class Watch:
         self.collector = self._new_collector()
         if armed:
             self._arm()
+
+    def _replay_logged(self) -> None:
+        """on_nonfinite="log": the logged step's fast statistics, just read, hold a NaN/Inf: replay it exactly.
+
+        Its inputs are still held and its starting weights were copied for the update norms: the replay runs
+        on those, names the module, op and line, and its exact statistics become the record's.
+        """
+        if self.on_nonfinite != "log" or self._step_batch is None or self._replay_rows is not None:
+            return
+        self._batch, self._snapshot = self._step_batch, self._update_from
+        try:
+            self._record_origin = self._trace()
+        finally:
+            self._batch = self._snapshot = None
 
     def _lazy_vector(self, device: Any) -> torch.Tensor:
         """[any NaN/Inf flag of the window, its first step, whether a weight held it first] (on_nonfinite="log";
