@@ -863,7 +863,7 @@ def test_log_mode_names_a_weight_made_nan_between_logged_steps(
             w.step()
     # Nothing read per step: the record's one transfer, then the record's exact look at the tensor whose
     # norm is not finite (a number or null for its norm).
-    assert host_reads == {"to_host": 2, "_exact_overflows": 2}
+    assert host_reads == {"to_host": 2, "exact_overflows": 2}
     origin = w.report().nonfinite_origin
     assert w.report().nonfinite_step == 3 and origin is not None
     assert (origin.cause, origin.detail) == ("sentinel", "a NaN/Inf weight or buffer at step 3")

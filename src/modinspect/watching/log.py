@@ -13,9 +13,12 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from modinspect.errors import UsageError
+
+if TYPE_CHECKING:
+    from modinspect.reports import ModuleStats
 
 SCHEMA = "modinspect.watch/1"
 
@@ -237,3 +240,26 @@ class LogWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def module_record(r: ModuleStats) -> ModuleRecord:
+    """The log's record of one module's statistics."""
+    hist = Histogram(edges=r.histogram_edges, counts=r.histogram) if r.histogram else None
+    return ModuleRecord(
+        name=r.name,
+        type=r.type,
+        calls=r.calls,
+        count=r.count,
+        mean=r.mean,
+        std=r.std,
+        min=r.min,
+        max=r.max,
+        zero_fraction=r.zero_fraction,
+        nan=r.nan,
+        inf=r.inf,
+        dead_fraction=r.dead_fraction,
+        grad_norm=r.grad_norm,
+        grad_nan=r.grad_nan,
+        grad_inf=r.grad_inf,
+        histogram=hist,
+    )

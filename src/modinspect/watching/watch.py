@@ -29,48 +29,52 @@ Design (what runs when), in the default mode="sentinel":
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fnmatch
-import inspect
 import math
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import modinspect.run.ranks as distributed
-from modinspect.errors import ModinspectError, NonFiniteError, UsageError
+from modinspect.errors import NonFiniteError, UsageError
 from modinspect.reports import ModuleStats, NonfiniteOrigin, ParamStats, WatchReport
 from modinspect.run import collector as stats_hooks
 from modinspect.run import wrappers
 from modinspect.run.collector import RELU_FAMILY, Collector, StatsOptions
 from modinspect.run.reductions import NEAR_LIMIT, GradTotals, Running, flags_for, grad_outliers
-from modinspect.tensors import map_tensors
 from modinspect.watching.log import (
     GroupRecord,
-    Histogram,
     LogHeader,
     LogWriter,
-    ModuleRecord,
-    NonfiniteRecord,
     ParamRecord,
     StepRecord,
+    module_record,
     step_document,
 )
+from modinspect.watching.nonfinite import (
+    Batch,
+    BufferCheck,
+    LazyFlags,
+    NonFiniteWarning,
+    describe_nonfinite,
+    origin_record,
+    read_flag,
+    real_nonfinite_grad,
+    replay,
+    save_inputs,
+    sentinel_origin,
+    weight_origin,
+    with_caller,
+)
+from modinspect.watching.options import MODES, ON_NONFINITE, watch_options
+from modinspect.watching.paramnorms import ParamNorms, from_squares
 from modinspect.watching.sentinel import (
-    FP32_NORM_LIMIT,
     LoopChecks,
     LoopWarning,
-    UpdateHistory,
     caller_frame,
-    explain,
     group_hyperparameters,
-    learning_rates,
-    save_weights,
     tensor_norms,
-    weights_path,
 )
 
 if TYPE_CHECKING:
@@ -80,19 +84,15 @@ if TYPE_CHECKING:
     from modinspect.run.attribution import BadTensor
     from modinspect.run.collector import Packed
 
-ON_NONFINITE = ("warn", "raise", "breakpoint", "log")
-MODES = ("sentinel", "window")
-
-__all__ = ["LoopWarning", "NonFiniteWarning", "Watch", "watch"]
-
-
-class NonFiniteWarning(RuntimeWarning):
-    """watch(on_nonfinite="warn") saw the first NaN/Inf."""
-
-
-def read_flag(flag: torch.Tensor) -> bool:
-    """The one per-step read: a single device boolean (none with on_nonfinite="log")."""
-    return bool(flag.item())
+__all__ = [
+    "MODES",
+    "ON_NONFINITE",
+    "LoopWarning",
+    "NonFiniteWarning",
+    "Watch",
+    "read_flag",
+    "watch",
+]
 
 
 def watch(
@@ -217,69 +217,41 @@ class Watch:
         training_only: bool = False,
         mode: str = "sentinel",
     ) -> None:
-        import torch
-
-        if isinstance(model, torch.jit.ScriptModule):
-            raise UsageError(
-                "TorchScript modules take no Python hooks; watch the Python model instead"
-            )
-        if not isinstance(model, torch.nn.Module):
-            raise UsageError(f"watch needs a torch.nn.Module, not {type(model).__name__}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise UsageError(f"every must be a positive number of steps, not {every!r}")
-        if on_nonfinite not in ON_NONFINITE:
-            raise UsageError(
-                f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}, not {on_nonfinite!r}"
-            )
-        if mode not in MODES:
-            raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        if sample is not None and not 0 < sample <= 1:
-            raise UsageError(f"sample must be a fraction in (0, 1], not {sample!r}")
-        # Names as the user wrote the model: through DDP / FSDP / torch.compile / checkpoint wrappers.
-        named = [
-            (n, m)
-            for n, m in wrappers.named_modules(model)
-            if modules is None or fnmatch.fnmatchcase(n, modules) or n == modules
-        ]
-        if not named:
-            raise UsageError(f"modules={modules!r} matches no module")
+        options, mods = watch_options(
+            model,
+            every=every,
+            modules=modules,
+            sample=sample,
+            on_nonfinite=on_nonfinite,
+            save_batch=save_batch,
+            histogram=histogram,
+            overwrite=overwrite,
+            training_only=training_only,
+            mode=mode,
+        )
         self.model = model
         self._inner = wrappers.unwrap(model)
         self._ranks = distributed.ranks()
-        # FSDP1's parameters are plain tensors holding this rank's shard (not DTensors): their squares add up.
-        self._fsdp1_sharded = distributed.fsdp1_sharded(model)
         self.every = every
         self.mode = mode
         self.on_nonfinite = on_nonfinite
-        self._pattern = modules
-        self._names = [n for n, _ in named]
-        self._mods = [m for _, m in named]
-        self._sample = sample
-        self._histogram = histogram
-        self._params = [
-            (n, p) for n, p in wrappers.named_parameters(model) if p.is_floating_point()
-        ]
-        self.device = str(distributed.local(self._params[0][1]).device) if self._params else "cpu"
-        self._acc = torch.float32 if self.device.startswith("mps") else torch.float64
-        self._save_batch = Path(save_batch) if save_batch is not None else None
-        self._overwrite = overwrite
-        if self._save_batch is not None:
-            from modinspect.files import check_writable
-
-            check_writable(self._save_batch, overwrite)
+        self._options = options
+        self._names = list(options.names)
+        self._mods = mods
+        params = [(n, p) for n, p in wrappers.named_parameters(model) if p.is_floating_point()]
+        self._norms = ParamNorms(params, self._ranks, distributed.fsdp1_sharded(model))
+        self._params = self._norms.params
+        self.device = self._norms.device
+        self._acc = self._norms.acc
+        self._save_batch = options.save_batch
         self.steps = 0
         self.records = 0
         self._window = 0  # steps in the current window
         self._pending: list[Packed] = []
         self._handles: list[Any] = []
         self._paused = False
-        self._batch: tuple[tuple[Any, ...], dict[str, Any], Any] | None = None
-        self._snapshot: list[torch.Tensor] | None = (
-            None  # weights before the optimizer step of a flagged step
-        )
-        self._update_from: list[torch.Tensor] | None = (
-            None  # weights at the start of the logged step
-        )
+        self._batch: Batch | None = None
+        self._snapshot: list[torch.Tensor] | None = None  # weights before a flagged step's update
         self._flagged = False
         self._flagged_here = (
             False  # under torchrun: this rank's own flag (`_flagged` is any rank's)
@@ -288,7 +260,6 @@ class Watch:
         self._grads_seen: set[int] = set()  # parameters whose gradient this backward accumulated
         self._output_hooks: list[Any] = []
         self._callback_queued = False
-        self._grad_norms: dict[int, torch.Tensor] = {}
         self._loss: torch.Tensor | None = None
         self._from_optimizer = False
         self._window_open = False  # a step ended and the next has not started
@@ -303,58 +274,30 @@ class Watch:
         self._attached = False
         self._writer: LogWriter | None = None
         self._tensorboard: Any = None
-        self._training_only = training_only
         self._module_handles: list[
             Any
-        ] = []  # the Collector's module hooks (sentinel: the logged step's only)
+        ] = []  # the Collector's module hooks (sentinel: logged step's)
         self._collected = 0  # steps of the current window the Collector saw
-        self._grad_bad: torch.Tensor | None = (
-            None  # this step's gradients' NaN/Inf flag, on the device
-        )
-        self._lazy_bad: torch.Tensor | None = (
-            None  # on_nonfinite="log": any flag of the window, on the device
-        )
-        self._lazy_first: torch.Tensor | None = None  # ... and the first flagged step (-1: none)
         self._backward_started = False
         self._caller: tuple[str, str] | None = (
             None  # the user's line that called the model this step
         )
-        self._out_bad: torch.Tensor | None = (
-            None  # this step's model outputs' NaN/Inf flag, on the device
-        )
-        self._history = UpdateHistory([n for n, _ in self._params])
-        self._step_lrs: tuple[float | None, ...] = ()  # the lr the current step's update will use
-        # Floating buffers (BatchNorm's running statistics...): (name, owner, key), looked up each step.
-        self._buffer_slots = [
-            (f"{mn}.{key}" if mn else key, m, key)
-            for mn, m in self._inner.named_modules()
-            for key, b in m._buffers.items()
-            if b is not None and b.is_floating_point() and not b.is_meta
-        ]
-        # Which of them were finite when the watch began (a mask buffer may hold -inf on purpose): on the device.
-        self._buffer_ok: torch.Tensor | None = None
-        if self._buffer_slots:
-            with torch.no_grad():
-                self._buffer_ok = torch.isfinite(
-                    torch.stack([n.to(self.device) for n in tensor_norms(self._buffers())])
-                )
+        # This step's NaN/Inf flags, on the device: the model's outputs, the gradients, weights and buffers.
+        self._out_bad: torch.Tensor | None = None
+        self._grad_bad: torch.Tensor | None = None
+        self._weight_bad: torch.Tensor | None = None
         self._weights_checked = (
-            False  # this step's weights and buffers were checked (first backward)
+            False  # this step's weights and buffers were weighed (first backward)
         )
-        self._weight_bad: torch.Tensor | None = None  # ... and their NaN/Inf flag, on the device
-        self._lazy_weights: torch.Tensor | None = (
-            None  # log: the first flagged step's cause was a weight
-        )
-        # The first NaN/Inf: the weights or buffers holding it.
-        self._bad_weights: list[BadTensor] = []
-        self._step_batch: tuple[tuple[Any, ...], dict[str, Any], Any] | None = (
-            None  # for the flush's replay
-        )
-        self.explanation: str | None = (
-            None  # what happened before the first NaN/Inf, when the history shows it
-        )
+        self._lazy = LazyFlags()  # on_nonfinite="log": the window's flags, on the device
+        self._buffers = BufferCheck(self._inner, self.device)
+        self._bad_weights: list[
+            BadTensor
+        ] = []  # the first NaN/Inf: the weights or buffers holding it
+        self._step_batch: Batch | None = None  # the logged step's inputs, for the flush's replay
+        self.explanation: str | None = None  # what happened before the first NaN/Inf, if known
         self._replay_rows: list[ModuleStats] | None = (
-            None  # the replayed first NaN/Inf step's statistics
+            None  # the replayed first NaN/Inf's statistics
         )
         self.collector = self._new_collector()
         try:
@@ -381,7 +324,7 @@ class Watch:
             raise
         self.log = str(log) if log is not None else None
         if every == 1:
-            self._update_from = self._copy_weights()
+            self._norms.update_from = self._norms.copy()
         self._set_histogram()
 
     # ---------------------------------------------------------------- context manager
@@ -393,10 +336,12 @@ class Watch:
 
     # ---------------------------------------------------------------- hooks
     def _new_collector(self) -> Collector:
-        options = StatsOptions(backward=True, pattern=self._pattern, histogram=self._histogram)
+        options = StatsOptions(
+            backward=True, pattern=self._options.pattern, histogram=self._options.histogram
+        )
         c = Collector(self._names, self._mods, options, self._acc)
         c.exact = self._exact()
-        c.sample = self._sample
+        c.sample = self._options.sample
         c.begin_batch()
         return c
 
@@ -453,7 +398,7 @@ class Watch:
         """Hooks do nothing while paused (a replay, an evaluation loop) and, with training_only, without grad."""
         if self._paused:
             return True
-        if self._training_only:
+        if self._options.training_only:
             import torch
 
             return not torch.is_grad_enabled()
@@ -485,7 +430,7 @@ class Watch:
             if (
                 self._window_open
             ):  # the first forward of a new step: last step's loss and gradients are spent
-                self._loss, self._grad_norms, self._window_open = None, {}, False
+                self._loss, self._norms.grad_norms, self._window_open = None, {}, False
 
     def _pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not self._ignored():
@@ -572,14 +517,14 @@ class Watch:
         self._grad_bad = None
         # The step's first backward also weighs the weights and buffers, before the optimizer updates them:
         # the weights the step's forward used. One multi-tensor norm reads every tensor once.
-        weights = [] if self._weights_checked else self._live_weights()
-        buffers = [] if self._weights_checked else self._buffers()
+        weights = [] if self._weights_checked else self._norms.live()
+        buffers = [] if self._weights_checked else self._buffers.tensors()
         if grads or weights or buffers:
             # The sentinel: a NaN/Inf anywhere in a tensor makes its norm non-finite.
             with torch.no_grad():
                 norms = tensor_norms(grads + weights + buffers)
                 if grads:
-                    self._grad_norms.update(zip(index, norms[: len(grads)], strict=True))
+                    self._norms.grad_norms.update(zip(index, norms[: len(grads)], strict=True))
                     self._grad_bad = ~torch.isfinite(
                         torch.stack([n.to(self.device) for n in norms[: len(grads)]])
                     ).all()
@@ -588,23 +533,14 @@ class Watch:
         if self.on_nonfinite == "log":
             self._fold_lazy(self._grad_bad)
         elif self._check():
-            self._snapshot = self._copy_weights()
-
-    def _buffers(self) -> list[torch.Tensor]:
-        import torch
-
-        out = []
-        for _, m, key in self._buffer_slots:
-            b = m._buffers.get(key)
-            out.append(b.detach() if b is not None else torch.zeros((), device=self.device))
-        return out
+            self._snapshot = self._norms.copy()
 
     def _weigh_now(self) -> None:
         """A step without backward: its weights and buffers, at its end."""
         import torch
 
-        weights = self._live_weights()
-        tensors = weights + self._buffers()
+        weights = self._norms.live()
+        tensors = weights + self._buffers.tensors()
         if tensors:
             with torch.no_grad():
                 self._weigh(tensor_norms(tensors), len(weights))
@@ -620,15 +556,12 @@ class Watch:
 
         self._weights_checked = True
         weights, buffers = norms[:count], norms[count:]
+        self._norms.push(self.steps, weights, self._optimizer)
+        parts = [f for f in [self._buffers.flag(buffers)] if f is not None]
         if weights:
-            self._history.push(self.steps, weights, self._step_lrs)
-        self._step_lrs = learning_rates(self._optimizer)
-        parts = []
-        if weights:
-            parts.append(~torch.isfinite(torch.stack([n.to(self.device) for n in weights])).all())
-        if buffers and self._buffer_ok is not None:
-            stacked = torch.stack([n.to(self.device) for n in buffers])
-            parts.append((~torch.isfinite(stacked) & self._buffer_ok).any())
+            parts.insert(
+                0, ~torch.isfinite(torch.stack([n.to(self.device) for n in weights])).all()
+            )
         if not parts:
             return
         self._weight_bad = parts[0] if len(parts) == 1 else parts[0] | parts[1]
@@ -637,22 +570,8 @@ class Watch:
 
     def _fold_lazy(self, bad: torch.Tensor | None, weights: bool = False) -> None:
         """on_nonfinite="log": fold a flag into the window's, on the device (read with the record)."""
-        import torch
-
-        if bad is None or self.nonfinite_step is not None:
-            return
-        bad = bad.to(self.device)
-        step = self.steps + 1
-        if self._lazy_bad is None or self._lazy_first is None or self._lazy_weights is None:
-            self._lazy_bad = torch.zeros((), dtype=torch.bool, device=self.device)
-            self._lazy_first = torch.full((), -1, dtype=torch.int64, device=self.device)
-            self._lazy_weights = torch.zeros((), dtype=torch.bool, device=self.device)
-        self._lazy_first = torch.where(bad & ~self._lazy_bad, step, self._lazy_first)
-        if (
-            weights
-        ):  # a weight already NaN/Inf at the step's start came before anything the step computed
-            self._lazy_weights = self._lazy_weights | (bad & (self._lazy_first == step))
-        self._lazy_bad = self._lazy_bad | bad
+        if bad is not None and self.nonfinite_step is None:
+            self._lazy.fold(bad, self.steps + 1, self.device, weights)
 
     def _optimizer_stepping(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Before the optimizer applies a step: with on_nonfinite="raise", a flagged step ends (and raises) here."""
@@ -745,7 +664,7 @@ class Watch:
             else:
                 self._disarm()
         if (self.steps + 1) % self.every == 0:
-            self._update_from = self._copy_weights()
+            self._norms.update_from = self._norms.copy()
         self._set_histogram()
         if first:
             self.nonfinite_origin = self._last_origin
@@ -754,20 +673,11 @@ class Watch:
                 self._write_batch(batch, snapshot)
             self._act()
 
-    def _live_weights(self) -> list[torch.Tensor]:
-        return [distributed.local(p.detach()) for _, p in self._params]
-
     def _explain(self, snapshot: list[torch.Tensor] | None) -> str | None:
         """What the update history says happened before the first NaN/Inf (one read of the history)."""
-        # The weights before this step's update: the snapshot when the optimizer already stepped, else the live ones.
-        weights = snapshot if snapshot is not None else self._live_weights()
         origin = self._record_origin
         where = origin.module if origin is not None and origin.module else None
-        try:
-            # The history's last row holds the weights this step started from: its own update is not in it.
-            return explain(self._history.read(weights), self.steps, where)
-        except Exception:
-            return None
+        return self._norms.explain(snapshot, self.steps, where)
 
     def _remove_output_hooks(self) -> None:
         for h in self._output_hooks:
@@ -787,7 +697,9 @@ class Watch:
 
     def _set_histogram(self) -> None:
         # Histograms only for the step a record is written at (and the first NaN/Inf step's flush).
-        self.collector.options.histogram = self._histogram and (self.steps + 1) % self.every == 0
+        self.collector.options.histogram = (
+            self._options.histogram and (self.steps + 1) % self.every == 0
+        )
 
     def _check(self) -> bool:
         """Read this step's NaN/Inf flag (once it is set, or after the first NaN/Inf, nothing more is read)."""
@@ -837,158 +749,61 @@ class Watch:
         """
         import torch
 
-        from modinspect.run.attribution import nonfinite_tensors
-
         out_bad, weight_bad, grad_bad = (
             bool(v) for v in torch.stack([own, weights, grads]).cpu().tolist()
         )
         if out_bad:
             return True
         if weight_bad:
-            ok = self._buffer_ok.cpu().tolist() if self._buffer_ok is not None else []
-            skip = {
-                name for (name, _, _), good in zip(self._buffer_slots, ok, strict=True) if not good
-            }
-            self._bad_weights = [t for t in nonfinite_tensors(self._inner) if t.name not in skip]
+            self._bad_weights = self._buffers.held(self._inner)
         if self._bad_weights or not grad_bad:
             return bool(self._bad_weights)
-        with torch.no_grad():
-            for i, norm in self._grad_norms.items():
-                grad = self._params[i][1].grad
-                if grad is not None and not math.isfinite(float(norm)):
-                    g = distributed.local(grad.detach())
-                    if not bool(torch.isfinite(g.coalesce().values() if g.is_sparse else g).all()):
-                        return True
-        return False
-
-    def _copy_weights(self) -> list[torch.Tensor]:
-        return [distributed.local(p.detach()).clone() for _, p in self._params]
+        return real_nonfinite_grad(self._params, self._norms.grad_norms)
 
     # ---------------------------------------------------------------- the first NaN/Inf
     def _trace(self) -> NonfiniteOrigin | None:
         """Replay the step's first forward (and a backward) through `stats`' exact replay and op tracer."""
-        from modinspect.run.stats import _restore_rng, _rng_state, collect_stats
-
-        held = self._weight_origin()
+        held = weight_origin(self._bad_weights)
         if self._batch is None:
             return held or NonfiniteOrigin(None, None, "backward", "loss", ())
-        args, kwargs, rng = self._batch
-        saved = (
-            _rng_state()
-        )  # the replay draws the forward's random numbers again; training goes on after it
         options = StatsOptions(
             backward=any(p.requires_grad for _, p in self._params),
-            pattern=self._pattern,
+            pattern=self._options.pattern,
             train=self._inner.training,
             histogram=False,
         )
         was, self._paused = self._paused, True
         try:
-            with self._weights(self._snapshot):
-                _restore_rng(rng)
-                # The user's module, not DDP's wrapper: a replay takes no part in the gradients' all-reduce.
-                report = collect_stats(
-                    self._inner,
-                    [(args, kwargs)],
-                    options=options,
-                    device=self.device,
-                    merge_ranks=False,
-                )
-        except ModinspectError:
-            return None
+            found = replay(
+                self._inner,
+                self._batch,
+                options,
+                self.device,
+                self._norms.installed(self._snapshot),
+            )
         finally:
             self._paused = was
-            _restore_rng(saved)
-        self._replay_rows = list(report.modules)
-        if report.nonfinite_origin is None:
+        if found is None:
+            return None
+        origin, self._replay_rows = found
+        if origin is None:
             # The model's outputs and their gradients are finite: an unused weight or the user's loss held it.
             return held or NonfiniteOrigin(None, None, "backward", "loss", ())
-        origin = report.nonfinite_origin
-        if self._caller is not None and self._caller[0] != origin.source:
-            # The op's line may be inside a library (transformers); the user's own call of the model too.
-            origin = dataclasses.replace(
-                origin, caller=self._caller[0], caller_code=self._caller[1]
-            )
-        return origin
+        return with_caller(origin, self._caller)
 
-    def _weight_origin(self) -> NonfiniteOrigin | None:
-        """A weight or buffer that holds NaN/Inf before any output, gradient or loss shows one."""
-        if not self._bad_weights:
-            return None
-        w = self._bad_weights[0]
-        more = (
-            f" (and {len(self._bad_weights) - 1} more tensors)"
-            if len(self._bad_weights) > 1
-            else ""
-        )
-        return NonfiniteOrigin(
-            w.module,
-            w.type,
-            "forward",
-            "weight",
-            (),
-            tensor=w.name,
-            detail=f"`{w.name}` {w.describe()}{more}, while no output, gradient or loss held one: an "
-            "optimizer update, an in-place write or a running statistic made it",
-        )
-
-    @contextlib.contextmanager
-    def _weights(self, snapshot: list[torch.Tensor] | None) -> Iterator[None]:
-        import torch
-
-        if snapshot is None:
-            yield
-            return
-        current = self._copy_weights()
-        with torch.no_grad():
-            for (_, p), s in zip(self._params, snapshot, strict=True):
-                distributed.local(p).copy_(s)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for (_, p), s in zip(self._params, current, strict=True):
-                    distributed.local(p).copy_(s)
-
-    def _write_batch(
-        self,
-        batch: tuple[tuple[Any, ...], dict[str, Any], Any] | None,
-        snapshot: list[torch.Tensor] | None = None,
-    ) -> None:
-        import torch
-
-        from modinspect.files import atomic_write
-        from modinspect.run.stats import _restore_rng
-
+    def _write_batch(self, batch: Batch | None, snapshot: list[torch.Tensor] | None) -> None:
         assert self._save_batch is not None
         if batch is None:
             return
-        args, kwargs, _ = batch
-        obj: Any
-        if args and kwargs and _bindable(self._inner):
-            bound = inspect.signature(self._inner.forward).bind_partial(*args, **kwargs)
-            obj = dict(bound.arguments)  # keyword arguments for `stats --input`
-        elif kwargs:
-            obj = dict(kwargs)
-        else:
-            obj = args[0] if len(args) == 1 else tuple(args)
-        obj = map_tensors(obj, lambda t: t.detach().cpu(), plain=True)
-        atomic_write(self._save_batch, lambda tmp: torch.save(obj, tmp), force=self._overwrite)
-        if (
-            not self._ranks.many
-        ):  # the pre-step weights and the forward's RNG state, for `stats --input`
-            was = torch.get_rng_state()
-            _restore_rng(batch[2])
-            try:
-                with self._weights(snapshot):
-                    save_weights(
-                        self._inner,
-                        weights_path(self._save_batch),
-                        self.nonfinite_step or self.steps,
-                        force=True,
-                    )
-            finally:
-                torch.set_rng_state(was)
+        save_inputs(
+            self._inner,
+            batch,
+            self._save_batch,
+            self._options.overwrite,
+            # Under torchrun each rank holds its own shard: the inputs only.
+            None if self._ranks.many else lambda: self._norms.installed(snapshot),
+            self.nonfinite_step or self.steps,
+        )
 
     def _act(self) -> None:
         step, origin = self.nonfinite_step, self.nonfinite_origin
@@ -1016,8 +831,8 @@ class Watch:
         if not self._pending and self._replay_rows is None and not tail:
             return
         many = self._ranks.many
-        extra = self._param_vector_ranks() if many else self._param_vector()
-        lazy = self._lazy_vector(extra.device)
+        extra = self._norms.vector_ranks(self._loss) if many else self._norms.vector(self._loss)
+        lazy = self._lazy.vector(self._acc, extra.device, self._ranks)
         datas = [p.data.to(extra.device) for p in self._pending if p.data is not None] + [
             lazy,
             extra,
@@ -1038,8 +853,8 @@ class Watch:
         lazy_bad, lazy_first, lazy_weights = flat[pos : pos + 3]
         rest = flat[pos + 3 :]
         loss = rest[0] if self._loss is not None else None
-        params = self._param_stats(
-            _from_squares(rest[1:]) if many else self._exact_overflows(rest[1:])
+        params = self._norms.stats(
+            from_squares(rest[1:]) if many else self._norms.exact_overflows(rest[1:])
         )
         origin = (
             self._record_origin
@@ -1057,15 +872,7 @@ class Watch:
         earlier = self.mode == "sentinel" and lazy_step is not None and lazy_step < self.steps
         if lazy_step is not None and (origin is None or earlier) and self.on_nonfinite == "log":
             # The sentinel saw it between logged steps: the step is known, the module is not (no hooks ran).
-            origin = NonfiniteOrigin(
-                None,
-                None,
-                "backward",
-                "sentinel",
-                (),
-                detail=f"a NaN/Inf {'weight or buffer' if lazy_weights > 0 else 'gradient or loss'} "
-                f"at step {lazy_step}",
-            )
+            origin = sentinel_origin(lazy_step, lazy_weights > 0)
         if many:  # one gather of every rank's totals and origin, merged exactly on every rank
             distributed.merge_collector(c, self._ranks)
             # The earliest step of the window first: a NaN that reached every rank's weights through the
@@ -1089,12 +896,12 @@ class Watch:
             step=self.steps,
             time=time.time(),
             loss=loss,
-            modules=tuple(_module_record(r) for r in rows),
+            modules=tuple(module_record(r) for r in rows),
             params=tuple(
                 ParamRecord(p.name, p.norm, p.grad_norm, p.update_norm, p.update_ratio)
                 for p in params
             ),
-            nonfinite=_origin_record(origin, explanation) if origin is not None else None,
+            nonfinite=origin_record(origin, explanation) if origin is not None else None,
             optimizer=groups,
         )
         if self._writer is not None:
@@ -1113,7 +920,7 @@ class Watch:
         self._last_params = tuple(params)
         self._record_origin = None
         self._replay_rows = None
-        self._lazy_bad = self._lazy_first = self._lazy_weights = None
+        self._lazy.clear()
         self._pending = []
         self._window = self._collected = 0
         armed = bool(self._module_handles)
@@ -1130,135 +937,11 @@ class Watch:
         """
         if self.on_nonfinite != "log" or self._step_batch is None or self._replay_rows is not None:
             return
-        self._batch, self._snapshot = self._step_batch, self._update_from
+        self._batch, self._snapshot = self._step_batch, self._norms.update_from
         try:
             self._record_origin = self._trace()
         finally:
             self._batch = self._snapshot = None
-
-    def _lazy_vector(self, device: Any) -> torch.Tensor:
-        """[any NaN/Inf flag of the window, its first step, whether a weight held it first] (on_nonfinite="log";
-        zeros otherwise)."""
-        import torch
-
-        if self._lazy_bad is None or self._lazy_first is None or self._lazy_weights is None:
-            flags = torch.zeros(3, dtype=self._acc, device=device)
-        else:
-            flags = torch.stack(
-                [
-                    self._lazy_bad.to(self._acc),
-                    self._lazy_first.to(self._acc),
-                    self._lazy_weights.to(self._acc),
-                ]
-            ).to(device)
-        if (
-            self._ranks.many
-        ):  # any rank's flag; the step is the record's (the ranks' first steps do not add up)
-            return distributed.sum_over_ranks(
-                flags * torch.tensor([1.0, 0.0, 0.0], dtype=self._acc, device=device)
-            )
-        return flags
-
-    def _param_vector(self) -> torch.Tensor:
-        """[loss, then per parameter ‖w‖, ‖∇w‖ (-1: none), ‖Δw‖ and ‖w before‖ (-1, -1: no update known)].
-
-        Multi-tensor float32 norms (one read of each tensor); one that overflows float32 is recomputed in
-        float64 on the host side (`_exact_overflows`), so weights of 1e30 give 1e30, not null.
-        """
-        import torch
-
-        values: list[torch.Tensor] = [
-            self._loss if self._loss is not None else torch.zeros((), dtype=self._acc)
-        ]
-        zero = torch.zeros((), dtype=self._acc, device=self.device)
-        ws = [p.detach() for _, p in self._params]
-        with torch.no_grad():
-            norms = tensor_norms(ws)
-            moved = [
-                i
-                for i, w in enumerate(ws)
-                if self._update_from is not None and self._update_from[i].shape == w.shape
-            ]
-            before = [self._update_from[i] for i in moved] if self._update_from is not None else []
-            deltas = torch._foreach_sub([ws[i] for i in moved], before) if moved else []
-            delta_norms = dict(
-                zip(
-                    moved, zip(tensor_norms(deltas), tensor_norms(before), strict=True), strict=True
-                )
-            )
-            for i in range(len(ws)):
-                values.append(norms[i])
-                g = self._grad_norms.get(i)
-                values.append(g if g is not None else zero - 1)
-                values += list(delta_norms[i]) if i in delta_norms else [zero - 1, zero - 1]
-        return torch.stack([v.to(self.device, self._acc) for v in values])
-
-    def _exact_overflows(self, values: list[float]) -> list[float]:
-        """The float64 norms of the finite tensors whose float32 norm overflowed (a read each, only then)."""
-        import torch
-
-        out = list(values)
-        for i, (_, p) in enumerate(self._params):
-            w = p.detach()
-            before = self._update_from[i] if self._update_from is not None else None
-            for k, tensor in ((0, w), (2, w), (3, before)):
-                value = out[4 * i + k]
-                if tensor is None or value == -1 or math.isnan(value) or value <= FP32_NORM_LIMIT:
-                    continue
-                if k == 2 and before is not None and before.shape == w.shape:
-                    tensor = w.to(torch.float64) - before.to(torch.float64)
-                if bool(torch.isfinite(tensor).all()):
-                    out[4 * i + k] = float(torch.linalg.vector_norm(tensor, dtype=torch.float64))
-        return out
-
-    def _param_vector_ranks(self) -> torch.Tensor:
-        """Under torchrun: the loss and squared parameter norms, summed over the ranks in one all_reduce.
-
-        Per parameter [‖w‖², ‖∇w‖², ‖Δw‖², ‖w before‖², has ∇w, has Δw]. A sharded parameter (FSDP2)
-        adds up its shards' squares; a replicated one (DDP) enters over the world size on every rank.
-        """
-        import torch
-
-        world = self._ranks.world
-        values: list[torch.Tensor] = [
-            self._loss / world
-            if self._loss is not None
-            else torch.zeros((), dtype=self._acc, device=self.device)
-        ]
-        zero = torch.zeros((), dtype=self._acc, device=self.device)
-        with torch.no_grad():
-            for i, (_, p) in enumerate(self._params):
-                w = distributed.local(p.detach()).to(self._acc)
-                share = 1.0 if self._fsdp1_sharded or distributed.sharded(p) else 1.0 / world
-                g = self._grad_norms.get(i)
-                before = self._update_from[i] if self._update_from is not None else None
-                has_update = before is not None and before.shape == w.shape
-                values += [
-                    w.square().sum() * share,
-                    g.to(self._acc).square() * share if g is not None else zero,
-                    (w - before.to(self._acc)).square().sum() * share if has_update else zero,  # type: ignore[union-attr]
-                    before.to(self._acc).square().sum() * share if has_update else zero,  # type: ignore[union-attr]
-                    zero + (share if g is not None else 0.0),
-                    zero + (share if has_update else 0.0),
-                ]
-        return distributed.sum_over_ranks(torch.stack([v.to(self.device) for v in values]))
-
-    def _param_stats(self, values: list[float]) -> list[ParamStats]:
-        out = []
-        for i, (name, _) in enumerate(self._params):
-            norm, grad, update, before = values[4 * i : 4 * i + 4]
-            has_update = update >= 0 or math.isnan(update)
-            ratio = update / before if has_update and before > 0 else None
-            out.append(
-                ParamStats(
-                    name,
-                    finite_or_none(norm),
-                    finite_or_none(grad) if grad != -1 else None,
-                    finite_or_none(update) if has_update else None,
-                    finite_or_none(ratio),
-                )
-            )
-        return out
 
     def _rows(self, c: Collector, steps: int) -> list[ModuleStats]:
         """The Collector's rows with gradient norms as the RMS over the window's steps."""
@@ -1290,7 +973,7 @@ class Watch:
             if attached and self._window and not (failed and self._ranks.many):
                 self._flush(tail=True)
         finally:
-            self._update_from = self._snapshot = None
+            self._norms.update_from = self._snapshot = None
             self._batch = None
             if self._writer is not None:
                 self._writer.close()
@@ -1361,93 +1044,3 @@ class Watch:
                 dataclasses.replace(row, flags=flags_for(row, m in exploding, m in vanishing))
             )
         return rows
-
-
-def _from_squares(values: list[float]) -> list[float]:
-    """[‖w‖², ‖∇w‖², ‖Δw‖², ‖w‖², has ∇, has Δ] per parameter -> [‖w‖, ‖∇w‖ or -1, ‖Δw‖ or -1, ‖w‖ or -1]."""
-    out = []
-    for i in range(0, len(values), 6):
-        norm, grad, update, before, has_grad, has_update = values[i : i + 6]
-        out += [
-            _root(norm),
-            _root(grad) if has_grad > 0 else -1.0,
-            _root(update) if has_update > 0 else -1.0,
-            _root(before) if has_update > 0 else -1.0,
-        ]
-    return out
-
-
-def _root(square: float) -> float:
-    return math.sqrt(square) if square >= 0 or math.isnan(square) else 0.0
-
-
-def _bindable(model: nn.Module) -> bool:
-    try:
-        inspect.signature(model.forward)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def describe_nonfinite(step: int, origin: NonfiniteOrigin | None) -> str:
-    """One line: 'first NaN/Inf at step 7: fc2 (Linear), forward, aten::log at train.py:12'."""
-    if origin is None:
-        return f"first NaN/Inf at step {step}"
-    if origin.module is None:
-        where = {"input": "already in the model's input", "loss": "in the loss"}.get(
-            origin.cause, origin.cause
-        )
-    else:
-        where = f"{origin.module or '(model)'} ({origin.type}), {origin.phase}"
-    if origin.op:
-        where += f", {origin.op}"
-    if origin.source:
-        where += f" at {origin.source}"
-    if origin.caller:
-        where += f" (called from {origin.caller})"
-    if origin.detail:
-        where += f" ({origin.detail})"
-    if origin.rank is not None:
-        where += f", on rank {origin.rank}"
-    return f"first NaN/Inf at step {step}: {where}"
-
-
-def finite_or_none(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
-def _module_record(r: ModuleStats) -> ModuleRecord:
-    hist = Histogram(edges=r.histogram_edges, counts=r.histogram) if r.histogram else None
-    return ModuleRecord(
-        name=r.name,
-        type=r.type,
-        calls=r.calls,
-        count=r.count,
-        mean=r.mean,
-        std=r.std,
-        min=r.min,
-        max=r.max,
-        zero_fraction=r.zero_fraction,
-        nan=r.nan,
-        inf=r.inf,
-        dead_fraction=r.dead_fraction,
-        grad_norm=r.grad_norm,
-        grad_nan=r.grad_nan,
-        grad_inf=r.grad_inf,
-        histogram=hist,
-    )
-
-
-def _origin_record(o: NonfiniteOrigin, explanation: str | None = None) -> NonfiniteRecord:
-    return NonfiniteRecord(
-        module=o.module,
-        type=o.type,
-        phase=o.phase,
-        op=o.op,
-        source=o.source,
-        code=o.code,
-        cause=o.cause,
-        rank=o.rank,
-        caller=o.caller,
-        explanation=explanation,
-    )

@@ -1,0 +1,214 @@
+"""`watch`'s parameter norms: the weights, their gradients' norms, the update of the logged step, the history.
+
+Everything is a multi-tensor norm on the device (one read of each tensor) until a record or the first
+NaN/Inf reads it; a float32 norm that overflows is recomputed in float64 from the tensor, only then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import modinspect.run.ranks as distributed
+from modinspect.reports import ParamStats
+from modinspect.watching.sentinel import (
+    FP32_NORM_LIMIT,
+    UpdateHistory,
+    explain,
+    learning_rates,
+    tensor_norms,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+class ParamNorms:
+    """The floating parameters of a watched model and what is known of their norms."""
+
+    def __init__(
+        self, params: list[tuple[str, nn.Parameter]], ranks: Any, fsdp1_sharded: bool
+    ) -> None:
+        import torch
+
+        self.params = params
+        self.ranks = ranks
+        # FSDP1's parameters are plain tensors holding this rank's shard (not DTensors): their squares add up.
+        self.fsdp1_sharded = fsdp1_sharded
+        self.device = str(distributed.local(params[0][1]).device) if params else "cpu"
+        self.acc = torch.float32 if self.device.startswith("mps") else torch.float64
+        self.update_from: list[torch.Tensor] | None = (
+            None  # weights at the start of the logged step
+        )
+        self.grad_norms: dict[int, torch.Tensor] = {}  # this step's gradients' norms, by parameter
+        self.history = UpdateHistory([n for n, _ in params])
+        self.step_lrs: tuple[float | None, ...] = ()  # the lr the current step's update will use
+
+    def live(self) -> list[torch.Tensor]:
+        """This rank's local weights, detached (no copy)."""
+        return [distributed.local(p.detach()) for _, p in self.params]
+
+    def copy(self) -> list[torch.Tensor]:
+        return [distributed.local(p.detach()).clone() for _, p in self.params]
+
+    def push(self, step: int, norms: list[torch.Tensor], optimizer: Any) -> None:
+        """The weights' norms after `step`'s update, with the lr that update used; then the next step's lr."""
+        if norms:
+            self.history.push(step, norms, self.step_lrs)
+        self.step_lrs = learning_rates(optimizer)
+
+    def explain(
+        self, snapshot: list[torch.Tensor] | None, bad_step: int, where: str | None
+    ) -> str | None:
+        """What the update history says happened before the first NaN/Inf (one read of the history)."""
+        # The weights before this step's update: the snapshot when the optimizer already stepped, else the live ones.
+        weights = snapshot if snapshot is not None else self.live()
+        try:
+            # The history's last row holds the weights this step started from: its own update is not in it.
+            return explain(self.history.read(weights), bad_step, where)
+        except Exception:
+            return None
+
+    def vector(self, loss: torch.Tensor | None) -> torch.Tensor:
+        """[loss, then per parameter ‖w‖, ‖∇w‖ (-1: none), ‖Δw‖ and ‖w before‖ (-1, -1: no update known)].
+
+        Multi-tensor float32 norms (one read of each tensor); one that overflows float32 is recomputed in
+        float64 on the host side (`exact_overflows`), so weights of 1e30 give 1e30, not null.
+        """
+        import torch
+
+        values: list[torch.Tensor] = [loss if loss is not None else torch.zeros((), dtype=self.acc)]
+        zero = torch.zeros((), dtype=self.acc, device=self.device)
+        ws = [p.detach() for _, p in self.params]
+        with torch.no_grad():
+            norms = tensor_norms(ws)
+            moved = [
+                i
+                for i, w in enumerate(ws)
+                if self.update_from is not None and self.update_from[i].shape == w.shape
+            ]
+            before = [self.update_from[i] for i in moved] if self.update_from is not None else []
+            deltas = torch._foreach_sub([ws[i] for i in moved], before) if moved else []
+            delta_norms = dict(
+                zip(
+                    moved, zip(tensor_norms(deltas), tensor_norms(before), strict=True), strict=True
+                )
+            )
+            for i in range(len(ws)):
+                values.append(norms[i])
+                g = self.grad_norms.get(i)
+                values.append(g if g is not None else zero - 1)
+                values += list(delta_norms[i]) if i in delta_norms else [zero - 1, zero - 1]
+        return torch.stack([v.to(self.device, self.acc) for v in values])
+
+    def exact_overflows(self, values: list[float]) -> list[float]:
+        """The float64 norms of the finite tensors whose float32 norm overflowed (a read each, only then)."""
+        import torch
+
+        out = list(values)
+        for i, (_, p) in enumerate(self.params):
+            w = p.detach()
+            before = self.update_from[i] if self.update_from is not None else None
+            for k, tensor in ((0, w), (2, w), (3, before)):
+                value = out[4 * i + k]
+                if tensor is None or value == -1 or math.isnan(value) or value <= FP32_NORM_LIMIT:
+                    continue
+                if k == 2 and before is not None and before.shape == w.shape:
+                    tensor = w.to(torch.float64) - before.to(torch.float64)
+                if bool(torch.isfinite(tensor).all()):
+                    out[4 * i + k] = float(torch.linalg.vector_norm(tensor, dtype=torch.float64))
+        return out
+
+    def vector_ranks(self, loss: torch.Tensor | None) -> torch.Tensor:
+        """Under torchrun: the loss and squared parameter norms, summed over the ranks in one all_reduce.
+
+        Per parameter [‖w‖², ‖∇w‖², ‖Δw‖², ‖w before‖², has ∇w, has Δw]. A sharded parameter (FSDP2)
+        adds up its shards' squares; a replicated one (DDP) enters over the world size on every rank.
+        """
+        import torch
+
+        world = self.ranks.world
+        values: list[torch.Tensor] = [
+            loss / world
+            if loss is not None
+            else torch.zeros((), dtype=self.acc, device=self.device)
+        ]
+        zero = torch.zeros((), dtype=self.acc, device=self.device)
+        with torch.no_grad():
+            for i, (_, p) in enumerate(self.params):
+                w = distributed.local(p.detach()).to(self.acc)
+                share = 1.0 if self.fsdp1_sharded or distributed.sharded(p) else 1.0 / world
+                g = self.grad_norms.get(i)
+                before = self.update_from[i] if self.update_from is not None else None
+                has_update = before is not None and before.shape == w.shape
+                values += [
+                    w.square().sum() * share,
+                    g.to(self.acc).square() * share if g is not None else zero,
+                    (w - before.to(self.acc)).square().sum() * share if has_update else zero,  # type: ignore[union-attr]
+                    before.to(self.acc).square().sum() * share if has_update else zero,  # type: ignore[union-attr]
+                    zero + (share if g is not None else 0.0),
+                    zero + (share if has_update else 0.0),
+                ]
+        return distributed.sum_over_ranks(torch.stack([v.to(self.device) for v in values]))
+
+    def stats(self, values: list[float]) -> list[ParamStats]:
+        """Per parameter, from [‖w‖, ‖∇w‖, ‖Δw‖, ‖w before‖] on the host: the record's named norms."""
+        out = []
+        for i, (name, _) in enumerate(self.params):
+            norm, grad, update, before = values[4 * i : 4 * i + 4]
+            has_update = update >= 0 or math.isnan(update)
+            ratio = update / before if has_update and before > 0 else None
+            out.append(
+                ParamStats(
+                    name,
+                    finite_or_none(norm),
+                    finite_or_none(grad) if grad != -1 else None,
+                    finite_or_none(update) if has_update else None,
+                    finite_or_none(ratio),
+                )
+            )
+        return out
+
+    @contextlib.contextmanager
+    def installed(self, snapshot: list[torch.Tensor] | None) -> Iterator[None]:
+        """The weights of `snapshot` in place for the block (none given: the live ones), then the live ones back."""
+        import torch
+
+        if snapshot is None:
+            yield
+            return
+        current = self.copy()
+        with torch.no_grad():
+            for (_, p), s in zip(self.params, snapshot, strict=True):
+                distributed.local(p).copy_(s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (_, p), s in zip(self.params, current, strict=True):
+                    distributed.local(p).copy_(s)
+
+
+def from_squares(values: list[float]) -> list[float]:
+    """[‖w‖², ‖∇w‖², ‖Δw‖², ‖w‖², has ∇, has Δ] per parameter -> [‖w‖, ‖∇w‖ or -1, ‖Δw‖ or -1, ‖w‖ or -1]."""
+    out = []
+    for i in range(0, len(values), 6):
+        norm, grad, update, before, has_grad, has_update = values[i : i + 6]
+        out += [
+            _root(norm),
+            _root(grad) if has_grad > 0 else -1.0,
+            _root(update) if has_update > 0 else -1.0,
+            _root(before) if has_update > 0 else -1.0,
+        ]
+    return out
+
+
+def _root(square: float) -> float:
+    return math.sqrt(square) if square >= 0 or math.isnan(square) else 0.0
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
