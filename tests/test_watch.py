@@ -732,6 +732,28 @@ def test_log_mode_logged_step_is_fast_and_a_nan_on_it_is_replayed_exactly(
     assert row["nan"] > 0 and w.report().nonfinite_step == 5
 
 
+@pytest.mark.parametrize("on_nonfinite", ["warn", "log"])
+def test_the_replay_leaves_the_rng_state_as_training_left_it(on_nonfinite: str) -> None:
+    """The replay draws the flagged forward's dropout masks again; the training that goes on draws on."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), LogAct(), nn.Linear(8, 2)).train()
+    states: list[tuple[torch.Tensor, torch.Tensor]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteWarning)
+        with modinspect.watch(model, every=2, on_nonfinite=on_nonfinite) as w:
+            for step, x in batches(bad_step=2):
+                model(x).square().mean().backward()
+                model.zero_grad()
+                torch.rand(5)  # the loop draws after the forward (the next batch's augmentation...)
+                before = torch.get_rng_state()
+                w.step()
+                states.append((before, torch.get_rng_state()))
+                if step == 2:
+                    break
+    assert w.nonfinite_step == 2
+    assert all(torch.equal(a, b) for a, b in states)
+
+
 def test_log_mode_sentinel_names_the_first_bad_step_without_reading_a_flag(
     tmp_path: Path, host_reads: dict[str, int]
 ) -> None:
