@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -75,6 +76,7 @@ def measure(
     device: str,
     window: bool,
     tokens: str | None = None,
+    progress: bool = False,
 ) -> dict[str, list[float]]:
     """Seconds of each contender's steps, step by step (after WARMUP steps each)."""
     model, inputs = built(name, smoke, tokens)
@@ -109,11 +111,25 @@ def measure(
                         torch.cuda.synchronize()
                     if i >= WARMUP:
                         times[key].append(time.perf_counter() - start)
+                if progress and i >= WARMUP and (i - WARMUP + 1) % 20 == 0:
+                    report_progress(i - WARMUP + 1, times)
     finally:
         for w in watches.values():
             w.detach()
     assert all(w.records >= (WARMUP + steps) // every for w in watches.values())
     return times
+
+
+def report_progress(done: int, times: dict[str, list[float]]) -> None:
+    """The running ratios so far (--progress), on stderr: a long run cut short still says something."""
+    bare_times = times["bare"]
+    ratios = {
+        key: f"x{sum(v) / sum(bare_times):.3f} (median step x"
+        f"{statistics.median(a / b for a, b in zip(v, bare_times, strict=True)):.3f})"
+        for key, v in times.items()
+        if key != "bare"
+    }
+    print(f"{done} steps: {ratios}", file=sys.stderr, flush=True)
 
 
 def stats_ratio(name: str, smoke: bool, device: str, runs: int, tokens: str | None = None) -> float:
@@ -169,6 +185,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument(
         "--window", action="store_true", help="also mode='window' (every step's statistics)"
     )
+    parser.add_argument(
+        "--progress", action="store_true", help="print the running ratios every 20 steps (stderr)"
+    )
     parser.add_argument("--stats-runs", type=int, default=5, help="pairs for the `stats` row")
     parser.add_argument("--tokens", default=None, help="GPT-2's batch as BxT (default 4x128)")
     parser.add_argument(
@@ -186,7 +205,9 @@ def main(argv: list[str] | None = None) -> list[str]:
         print("\n".join(lines))
         return lines
     for name in args.models.split(","):
-        times = measure(name, steps, every, args.smoke, args.device, args.window, args.tokens)
+        times = measure(
+            name, steps, every, args.smoke, args.device, args.window, args.tokens, args.progress
+        )
         label = f"{name} {args.tokens}" if args.tokens and name == "gpt2" else name
         lines += table(
             label,
