@@ -20,6 +20,6 @@ echo "cuda tests: rc=$?" >> "$out/machine.txt"
 timeout 200 $py bench/bench_stats.py --device cuda --runs 5 > "$out/bench_stats_cuda.md" 2>&1
 echo "bench_stats: rc=$?" >> "$out/machine.txt"
 # 3. watch on the GPU: watched against unwatched training steps.
-timeout 150 $py bench/bench_watch.py --device cuda --runs 3 > "$out/bench_watch_cuda.md" 2>&1
+timeout 150 $py bench/bench_watch.py --device cuda --steps 200 --every 100 --stats-runs 3 --progress > "$out/bench_watch_cuda.md" 2>&1
 echo "bench_watch: rc=$?" >> "$out/machine.txt"
 cat "$out/machine.txt"
