@@ -931,6 +931,31 @@ def hook_counts(model: nn.Module) -> list[int]:
     return counts
 
 
+@pytest.mark.parametrize("on_nonfinite", ["warn", "log"])
+def test_module_hooks_are_registered_for_the_logged_step_only(on_nonfinite: str) -> None:
+    """Between logged steps the sentinel needs no module hook: only the model's own forward (pre-)hook and
+    one gradient hook per parameter stay; the step before a logged step arms every module, its end disarms."""
+    torch.manual_seed(0)
+    model = SmallCNN().train()
+    submodules = [m for name, m in model.named_modules() if name]
+
+    def module_hooks() -> int:
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in submodules)
+
+    armed: list[int] = []
+    with modinspect.watch(model, every=4, on_nonfinite=on_nonfinite) as w:
+        for _ in range(8):
+            armed.append(module_hooks())
+            model(torch.randn(2, 3, 16, 16)).mean().backward()
+            model.zero_grad()
+            w.step()
+        # The model's own: the step's capture and the outputs' check (step 8's hooks are gone again).
+        assert len(model._forward_hooks) + len(model._forward_pre_hooks) == 2
+    # Steps 4 and 8 are logged: hooked (two hooks per module), every other step runs bare.
+    assert armed == [0, 0, 0, 2 * len(submodules), 0, 0, 0, 2 * len(submodules)]
+    assert module_hooks() == 0 and sum(hook_counts(model)) == 0
+
+
 @pytest.mark.parametrize("where", ["forward", "backward", "between"])
 def test_detach_removes_everything_when_training_raises(tmp_path: Path, where: str) -> None:
     torch.manual_seed(0)
