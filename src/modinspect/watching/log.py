@@ -131,6 +131,14 @@ def header_document(header: LogHeader) -> dict[str, Any]:
     }
 
 
+def open_log(path: Path, header: LogHeader, overwrite: bool) -> LogWriter:
+    """A LogWriter on `path` (its folder made), refusing an existing file unless `overwrite`."""
+    if path.exists() and not path.is_dir() and not overwrite:
+        raise UsageError(f"log {path} exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return LogWriter(path, header, force=overwrite)
+
+
 def step_document(record: StepRecord) -> dict[str, Any]:
     """A step record as its JSON object, non-finite floats as null."""
     document: dict[str, Any] = {

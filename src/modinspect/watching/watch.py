@@ -29,8 +29,6 @@ Design (what runs when), in the default mode="sentinel":
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 import warnings
 from pathlib import Path
@@ -41,8 +39,8 @@ from modinspect.errors import NonFiniteError, UsageError
 from modinspect.reports import ModuleStats, NonfiniteOrigin, ParamStats, WatchReport
 from modinspect.run import collector as stats_hooks
 from modinspect.run import wrappers
-from modinspect.run.collector import RELU_FAMILY, Collector, StatsOptions
-from modinspect.run.reductions import NEAR_LIMIT, GradTotals, Running, flags_for, grad_outliers
+from modinspect.run.collector import Collector, StatsOptions
+from modinspect.run.reductions import GradTotals, Running
 from modinspect.watching.log import (
     GroupRecord,
     LogHeader,
@@ -50,6 +48,7 @@ from modinspect.watching.log import (
     ParamRecord,
     StepRecord,
     module_record,
+    open_log,
     step_document,
 )
 from modinspect.watching.nonfinite import (
@@ -76,6 +75,7 @@ from modinspect.watching.sentinel import (
     group_hyperparameters,
     tensor_norms,
 )
+from modinspect.watching.window import rms_rows, total_rows
 
 if TYPE_CHECKING:
     import torch
@@ -303,10 +303,6 @@ class Watch:
         try:
             self._attach(optimizer)
             if log is not None and self._ranks.writer:
-                path = Path(log)
-                if path.exists() and not path.is_dir() and not overwrite:
-                    raise UsageError(f"log {path} exists; pass overwrite=True to replace it")
-                path.parent.mkdir(parents=True, exist_ok=True)
                 header = LogHeader(
                     model=wrappers.type_name(self._inner),
                     every=every,
@@ -314,7 +310,7 @@ class Watch:
                     world_size=self._ranks.world,
                     started=time.time(),
                 )
-                self._writer = LogWriter(path, header, force=overwrite)
+                self._writer = open_log(Path(log), header, overwrite)
             if tensorboard is not None and self._ranks.writer:
                 from modinspect.watching.tensorboard import TensorBoardWriter
 
@@ -884,7 +880,7 @@ class Watch:
             origin = distributed.pick_origin([o if at == first else None for at, o in origins])
         self._last_origin = origin
         if (self._pending and (merged or self._replay_rows is None)) or many:
-            rows = self._rows(c, self._collected)
+            rows = rms_rows(c.module_stats(), self._collected)
         else:  # sentinel mode between logged steps: the replay's statistics of a first NaN/Inf step, or none
             rows = list(self._replay_rows or [])
         groups = tuple(
@@ -943,16 +939,6 @@ class Watch:
         finally:
             self._batch = self._snapshot = None
 
-    def _rows(self, c: Collector, steps: int) -> list[ModuleStats]:
-        """The Collector's rows with gradient norms as the RMS over the window's steps."""
-        scale = 1 / math.sqrt(steps) if steps else 1.0
-        return [
-            dataclasses.replace(
-                r, grad_norm=r.grad_norm * scale if r.grad_norm is not None else None
-            )
-            for r in c.module_stats()
-        ]
-
     # ---------------------------------------------------------------- end
     def detach(self) -> None:
         """Remove every hook and handle; write the record of the steps since the last one. Safe to call twice."""
@@ -989,7 +975,7 @@ class Watch:
             device=self.device,
             steps=self.steps,
             records=self.records,
-            modules=tuple(self._total_rows()),
+            modules=tuple(total_rows(self._totals, self._names, self._mods)),
             params=self._last_params,
             nonfinite_step=self.nonfinite_step,
             nonfinite_origin=self.nonfinite_origin,
@@ -998,49 +984,3 @@ class Watch:
             explanation=self.explanation,
             loop_warnings=tuple(self._loop.found),
         )
-
-    def _total_rows(self) -> list[ModuleStats]:
-        t = self._totals
-        scale = 1 / math.sqrt(t.steps) if t.steps else 1.0
-        types = [wrappers.type_name(m) for m in self._mods]
-        norms = [math.sqrt(g.squares) * scale if g.seen else None for g in t.grad]
-        exploding, vanishing = grad_outliers(
-            self._names, types, norms, [g.near * NEAR_LIMIT >= 1.0 for g in t.grad]
-        )
-        rows = []
-        for m, r in enumerate(t.running):
-            alive = t.alive[m]
-            dead = (
-                (sum(1 for a in alive if not a) / len(alive))
-                if (types[m] in RELU_FAMILY and t.units_ok[m] and alive)
-                else None
-            )
-            row = ModuleStats(
-                name=self._names[m],
-                type=types[m],
-                calls=r.calls,
-                count=r.count,
-                finite=r.n,
-                mean=r.mean_or_none(),
-                std=r.std(),
-                min=r.min_or_none(),
-                max=r.max_or_none(),
-                mean_abs=r.mean_abs(),
-                zero_fraction=r.zero_fraction(),
-                nan=r.nan,
-                inf=r.inf,
-                dead_fraction=dead,
-                units=len(alive) if dead is not None and alive else None,
-                grad_norm=norms[m],
-                grad_nan=t.grad[m].nan,
-                grad_inf=t.grad[m].inf,
-                param_grad_norm=None,
-                param_grad_nan=0,
-                param_grad_inf=0,
-                histogram=(),
-                flags=(),
-            )
-            rows.append(
-                dataclasses.replace(row, flags=flags_for(row, m in exploding, m in vanishing))
-            )
-        return rows
