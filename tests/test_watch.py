@@ -754,6 +754,31 @@ def test_the_replay_leaves_the_rng_state_as_training_left_it(on_nonfinite: str) 
     assert all(torch.equal(a, b) for a, b in states)
 
 
+@pytest.mark.parametrize("on_nonfinite", ["warn", "log"])
+def test_the_replay_leaves_batchnorm_running_statistics_as_training_left_them(
+    on_nonfinite: str,
+) -> None:
+    """The replay runs the flagged forward again in train mode; BatchNorm's buffers are put back after it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), LogAct(), nn.BatchNorm1d(8), nn.Linear(8, 2)).train()
+    bn = model[2]
+    assert isinstance(bn, nn.BatchNorm1d)
+    trained: list[torch.Tensor] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteWarning)
+        with modinspect.watch(model, every=2, on_nonfinite=on_nonfinite) as w:
+            for step, x in batches(bad_step=2):
+                model(x).square().mean().backward()
+                model.zero_grad()
+                trained = [t.clone() for t in bn.buffers()]
+                w.step()
+                if step == 2:
+                    break
+    assert w.nonfinite_step == 2 and int(bn.num_batches_tracked) == 2  # type: ignore[arg-type]
+    for before, now in zip(trained, bn.buffers(), strict=True):
+        assert torch.allclose(before.double(), now.double(), equal_nan=True)
+
+
 def test_log_mode_sentinel_names_the_first_bad_step_without_reading_a_flag(
     tmp_path: Path, host_reads: dict[str, int]
 ) -> None:
