@@ -1383,3 +1383,53 @@ def test_nan_on_a_logged_step_keeps_exact_counts_from_the_replay(tmp_path: Path)
     bad = outs[4]  # step 5's LogAct output, as the user's forward made it
     assert (row["calls"], row["count"], row["nan"]) == (1, bad.numel(), int(torch.isnan(bad).sum()))
     assert row["nan"] > 0
+
+
+@pytest.mark.parametrize("on_nonfinite", ["warn", "log"])
+def test_finite_values_whose_sums_overflow_are_not_a_nan(tmp_path: Path, on_nonfinite: str) -> None:
+    """lr x1e6 from step 30: the outputs reach 1e13, whose float32 sums of squares overflow in the logged step's
+    fast reductions while every tensor stays finite (step 34), until the loss itself overflows (step 36). The
+    first bad step is the one a plain loop, without watch, sees first: not the logged step whose sums overflowed."""
+    import runlogs
+
+    def first_bad_without_watch() -> int:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < 30 else 1e6)
+        x, y = torch.randn(64, 8), torch.randn(64, 1)
+        for step in range(1, 41):
+            out = model(x)
+            loss = (out - y).pow(2).mean()
+            loss.backward()
+            tensors = [out, loss, *(p.grad for p in model.parameters()), *model.parameters()]
+            if not all(bool(torch.isfinite(t).all()) for t in tensors if t is not None):
+                return step
+            opt.step()
+            opt.zero_grad()
+            sched.step()
+        raise AssertionError("the planted blow-up never made a NaN/Inf")
+
+    expected = first_bad_without_watch()
+    log = tmp_path / "run.jsonl"
+    if on_nonfinite == "warn":
+        runlogs.write_real_run(log)
+    else:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < 30 else 1e6)
+        x, y = torch.randn(64, 8), torch.randn(64, 1)
+        with modinspect.watch(model, every=2, log=log, optimizer=opt, on_nonfinite="log") as w:
+            for _ in range(40):
+                loss = (model(x) - y).pow(2).mean()
+                w.log_loss(loss)
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                sched.step()
+    records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()[1:]]
+    bad = [r for r in records if r["nonfinite"] is not None]
+    assert expected == 36
+    assert bad and bad[0]["step"] == expected, [(r["step"], r["nonfinite"]) for r in bad]
+    assert all(r["loss"] is not None for r in records if r["step"] < expected)

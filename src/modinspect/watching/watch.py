@@ -253,6 +253,9 @@ class Watch:
         self._batch: Batch | None = None
         self._snapshot: list[torch.Tensor] | None = None  # weights before a flagged step's update
         self._flagged = False
+        self._false_alarm = (
+            False  # the replay found every tensor finite: only a float32 sum overflowed
+        )
         self._flagged_here = (
             False  # under torchrun: this rank's own flag (`_flagged` is any rank's)
         )
@@ -631,6 +634,11 @@ class Watch:
             origin = (
                 self._trace()
             )  # on every rank: FSDP's forward gathers parameters from all of them
+            if (
+                self._false_alarm
+            ):  # finite values whose float32 sums of squares overflowed: not a NaN/Inf
+                self._false_alarm = self._flagged = self._flagged_here = first = False
+                self.nonfinite_step = None
             self._record_origin = origin if self._flagged_here or not self._ranks.many else None
         if collected:
             self._pending.append(self.collector.pack())
@@ -783,9 +791,19 @@ class Watch:
             return None
         origin, self._replay_rows = found
         if origin is None:
-            # The model's outputs and their gradients are finite: an unused weight or the user's loss held it.
+            # The model's outputs and their gradients are finite: an unused weight or the user's loss held it,
+            # or nothing did (the fast reductions' float32 sums of squares overflowed on finite values).
+            if held is None and not self._ranks.many and self._loss_finite():
+                self._false_alarm = True
+                return None
             return held or NonfiniteOrigin(None, None, "backward", "loss", ())
         return with_caller(origin, self._caller)
+
+    def _loss_finite(self) -> bool:
+        """Whether this step's logged loss is finite, or none was logged (one read, on the replay's path only)."""
+        import torch
+
+        return self._loss is None or bool(torch.isfinite(self._loss).all())
 
     def _write_batch(self, batch: Batch | None, snapshot: list[torch.Tensor] | None) -> None:
         assert self._save_batch is not None
@@ -936,6 +954,9 @@ class Watch:
         self._batch, self._snapshot = self._step_batch, self._norms.update_from
         try:
             self._record_origin = self._trace()
+            self._false_alarm = (
+                False  # no origin recorded: the record shows the overflowed values as such
+            )
         finally:
             self._batch = self._snapshot = None
 
