@@ -55,17 +55,7 @@ def total_rows(t: RunTotals, names: list[str], mods: list[nn.Module]) -> list[Mo
         row = ModuleStats(
             name=names[m],
             type=types[m],
-            calls=r.calls,
-            count=r.count,
-            finite=r.n,
-            mean=r.mean_or_none(),
-            std=r.std(),
-            min=r.min_or_none(),
-            max=r.max_or_none(),
-            mean_abs=r.mean_abs(),
-            zero_fraction=r.zero_fraction(),
-            nan=r.nan,
-            inf=r.inf,
+            **r.report_fields(),  # the same fields as `stats`' rows: a new statistic needs no line here
             dead_fraction=dead,
             units=len(alive) if dead is not None and alive else None,
             grad_norm=norms[m],
