@@ -289,3 +289,28 @@ def test_the_int8_sample_is_what_make_samples_writes(tmp_path: Path) -> None:
         ("features.3", "qint8 per-channel"),
         ("classifier", "qint8 per-channel"),
     ]
+
+
+@pytest.mark.parametrize("command", [["tree"], ["diff", "small_cnn.pth"]])
+def test_the_int8_sample_prints_no_torch_warning(command: list[str]) -> None:
+    """torch 2.13 warns that creating quantized tensors is deprecated: the file holds them, so modinspect
+    rebuilds them without passing the warning on (a fresh process, where it would print once)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import SAMPLES
+
+    env = dict(os.environ, COLUMNS="100", PYTHONWARNINGS="default")
+    out = subprocess.run(
+        [sys.executable, "-m", "modinspect", *command, "small_cnn_int8.pth"],
+        cwd=SAMPLES,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == (0 if command == ["tree"] else 1), out.stderr
+    assert out.stderr == ""
+    if command != ["tree"]:
+        assert "B's 3 quantized tensors dequantised and compared with A's floats" in out.stdout

@@ -443,10 +443,21 @@ class TorchFileSource(Source):
         return values if ref.quantizer is None else self._quantize(name, ref, values)
 
     def _quantize(self, name: str, ref: TensorRef, values: torch.Tensor) -> torch.Tensor:
-        import torch
-
         scheme, *params = ref.quantizer or ("",)
         scheme = str(scheme)
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates creating quantized tensors; the file holds them, and the user is told
+            # nothing they can act on: the warning would be noise on every run.
+            warnings.filterwarnings(
+                "ignore", message=".*quantized tensor creation", category=UserWarning
+            )
+            return self._rebuild(name, ref, values, scheme, params)
+
+    def _rebuild(
+        self, name: str, ref: TensorRef, values: torch.Tensor, scheme: str, params: list[object]
+    ) -> torch.Tensor:
+        import torch
+
         try:
             if scheme in ("per_tensor_affine", "per_tensor_symmetric") and len(params) == 2:
                 scale, zero_point = params
