@@ -43,6 +43,7 @@ COMMANDS = {
     "load": ["load", "heads.py:five", "small_cnn.pth", "--skip-mismatched", "--dry-run"],
     # the quantized sample dequantised against its float model: the quantization error tables
     "dequant": ["diff", "small_cnn.pth", "small_cnn_int8.pth"],
+    "doctor": ["doctor", "mistakes.py:Net", "--input-shape", "8,16"],
 }
 
 
@@ -102,7 +103,7 @@ def test_names_are_elided_in_the_middle_at_dots() -> None:
 def _render(kind: str, width: int, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("COLUMNS", str(width))
     result = invoke(*COMMANDS[kind], cwd=SAMPLES)
-    assert result.exit_code == (1 if kind in ("stats", "diff", "dequant") else 0), result.stderr
+    assert result.exit_code == (1 if kind in ("stats", "diff", "dequant", "doctor") else 0), result.stderr
     return str(result.stdout)
 
 

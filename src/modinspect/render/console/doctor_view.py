@@ -23,7 +23,7 @@ def doctor_renderable(report: DoctorReport, width: int = 200) -> RenderableType:
     Findings of one check on one module with the same message (a module's unused weight and bias) share a
     block that lists their attributes.
     """
-    parts: list[RenderableType] = [Text(_plain(doctor_header(report)), style="mi.heading")]
+    parts: list[RenderableType] = [Trimmed(Text(_plain(doctor_header(report)), style="mi.heading"))]
     for severity, blocks in doctor_blocks(report):
         style = SEVERITY_STYLE[severity]
         count = sum(len(b) for b in blocks)
