@@ -103,7 +103,9 @@ def test_names_are_elided_in_the_middle_at_dots() -> None:
 def _render(kind: str, width: int, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("COLUMNS", str(width))
     result = invoke(*COMMANDS[kind], cwd=SAMPLES)
-    assert result.exit_code == (1 if kind in ("stats", "diff", "dequant", "doctor") else 0), result.stderr
+    assert result.exit_code == (1 if kind in ("stats", "diff", "dequant", "doctor") else 0), (
+        result.stderr
+    )
     return str(result.stdout)
 
 
