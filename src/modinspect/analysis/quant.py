@@ -22,6 +22,9 @@ layer had before quantization and the scheme's short name. The layouts, as their
   the fused ConvReLU / ConvAdd) unpack theirs to a quantized `weight` and a float `bias` (None without
   one) beside `scale` and `zero_point`. A QuantStub's `Quantize` holds only `scale` and `zero_point`: the
   input's quantization, auxiliary too.
+- torchao tensor subclasses in pickles (`Int8Tensor`, `Float8Tensor`, ... after `quantize_`): one entry
+  at the float weight's shape holding `qdata`, `scale`, `zero_point` and a `block_size`, described by the
+  pickle gate without constructing the class (`sources/pickle/refs.SubclassRef`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from modinspect.reports import QuantLayer
-from modinspect.sources.base import Source, TensorInfo
+from modinspect.sources.base import Source, SubclassInfo, TensorInfo
 
 BNB_BLOB = "weight.quant_state.bitsandbytes__"
 MAX_BLOB_BYTES = 1 << 16  # a quant_state blob is ~100 bytes of JSON
@@ -109,7 +112,10 @@ def detect_quantization(
 ) -> QuantScan:
     """The quantized layers among `tensors`, grouped by module; an empty scan for a float checkpoint."""
     if not any(
-        t.name.rpartition(".")[2] in _MARKERS or "_packed_params" in t.name or t.dtype in _AO_DTYPES
+        t.name.rpartition(".")[2] in _MARKERS
+        or "_packed_params" in t.name
+        or t.dtype in _AO_DTYPES
+        or t.subclass is not None
         for t in tensors
     ):
         return QuantScan((), {}, {}, {})
@@ -419,13 +425,57 @@ def _torch_ao(
     return _make(module, own, name, weight.dtype + grain, weight.shape, ["scale", "zero_point"])
 
 
+def _torchao(
+    module: str,
+    own: dict[str, TensorInfo],
+    config: Mapping[str, Any],
+    blobs: Mapping[str, Mapping[str, Any]],
+) -> QuantLayer | None:
+    """A torchao tensor subclass (Int8Tensor, Float8Tensor, ...), as the pickle gate described it: one tensor
+    at the float layer's shape whose bytes are its inner tensors' (qdata, scale, zero_point, ...)."""
+    for name, weight in own.items():
+        sub = weight.subclass
+        if sub is not None and sub.cls.startswith("torchao."):
+            return _make(module, own, name, _torchao_scheme(weight, sub), weight.shape, [])
+    return None
+
+
+def _torchao_scheme(weight: TensorInfo, sub: SubclassInfo) -> str:
+    """'torchao int8 weight-only per-channel', 'torchao fp8 e4m3 dynamic-activation per-tensor', ..."""
+    short = sub.cls.rpartition(".")[2]
+    stored = sub.target_dtype or (sub.parts[0][2] if sub.parts else weight.dtype)
+    if stored in _FLOAT8:
+        kind = f"fp8 {_FLOAT8[stored]}"
+    elif short.startswith("Int4"):
+        kind = "int4"
+    elif stored.removeprefix("u").startswith(
+        "int"
+    ):  # int8, int4 (IntxUnpackedToInt8Tensor), uint4, ...
+        kind = stored
+    else:
+        kind = short
+    mode = "dynamic-activation" if sub.activation else "weight-only"
+    block, shape = sub.block_size, weight.shape
+    if block is None or len(block) != len(shape) or not shape:
+        grain = ""
+    elif tuple(block) == shape:
+        grain = " per-tensor"
+    elif all(b == 1 for b in block[:-1]) and block[-1] == shape[-1]:
+        grain = " per-channel"
+    elif all(b == 1 for b in block[:-1]):
+        grain = f" g{block[-1]}"
+    else:
+        grain = " block " + "×".join(str(b) for b in block)
+    return f"torchao {kind} {mode}{grain}"
+
+
 _DETECTORS: tuple[
     Callable[
         [str, dict[str, TensorInfo], Mapping[str, Any], Mapping[str, Mapping[str, Any]]],
         QuantLayer | None,
     ],
     ...,
-] = (_gptq_awq, _bnb, _compressed, _fp8_block, _torch_ao)
+] = (_torchao, _gptq_awq, _bnb, _compressed, _fp8_block, _torch_ao)
 # A module holding one of these is looked at; the detectors decide.
 _MARKERS = frozenset(
     {"qweight", "absmax", "SCB", "weight_packed", "weight_scale", "weight_scale_inv"}

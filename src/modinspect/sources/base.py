@@ -21,6 +21,22 @@ TensorKind = Literal["parameter", "buffer", "unknown", "quant-aux"]
 
 
 @dataclass(frozen=True, slots=True)
+class SubclassInfo:
+    """What a tensor subclass in a pickle holds (torchao's Int8Tensor, Float8Tensor, ...), never constructed."""
+
+    cls: str  # the class's dotted name, as the pickle spells it
+    parts: tuple[
+        tuple[str, tuple[int, ...], str], ...
+    ]  # (attribute, shape, dtype) of each inner tensor
+    block_size: tuple[int, ...] | None = None
+    activation: bool = False  # quantizes the activations too (act_quant_kwargs set)
+    logical_dtype: str = "float32"  # the dtype of the float tensor it stands for
+    target_dtype: str | None = (
+        None  # the values' own dtype when the stored one is wider (int4 in int8)
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class TensorInfo:
     """One entry of a state dict, described without its data."""
 
@@ -36,6 +52,7 @@ class TensorInfo:
     qscheme: str | None = (
         None  # a torch quantized tensor's: 'per_tensor_affine', 'per_channel_affine', ...
     )
+    subclass: SubclassInfo | None = None  # a tensor subclass's (torchao's) inner tensors, as stored
 
     @property
     def numel(self) -> int:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from modinspect import dtypes
 from modinspect.errors import UsageError
-from modinspect.sources.base import ModuleInfo, Source, TensorInfo
+from modinspect.sources.base import ModuleInfo, Source, SubclassInfo, TensorInfo
 
 if TYPE_CHECKING:
     import torch
@@ -111,6 +112,22 @@ def _info(
     requires_grad: bool | None = None,
     persistent: bool | None = None,
 ) -> TensorInfo:
+    sub = subclass_info(t)
+    if (
+        sub is not None
+    ):  # torchao's quantized weights: described by their inner tensors, as a pickle's
+        inner = getattr(t, sub.parts[0][0])
+        return TensorInfo(
+            name=name,
+            shape=tuple(t.shape),
+            dtype=sub.parts[0][2],
+            nbytes=sum(dtypes.nbytes(d, math.prod(s), unknown_bits=8) for _, s, d in sub.parts),
+            kind=kind,
+            storage=storage_key(inner),
+            requires_grad=requires_grad,
+            persistent=persistent,
+            subclass=sub,
+        )
     dtype = dtype_name(t.dtype)
     return TensorInfo(
         name=name,
@@ -122,6 +139,39 @@ def _info(
         requires_grad=requires_grad,
         persistent=persistent,
         qscheme=str(t.qscheme()).removeprefix("torch.") if t.is_quantized else None,
+    )
+
+
+def subclass_info(t: torch.Tensor) -> SubclassInfo | None:
+    """A wrapper tensor subclass's (torchao's) inner tensors, as `__tensor_flatten__` names them; None for a
+    plain tensor, or a subclass with no plain inner tensor."""
+    import torch
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if not is_traceable_wrapper_subclass(t):
+        return None
+    names, _ = t.__tensor_flatten__()
+    parts = []
+    for attr in names:
+        inner = getattr(t, attr, None)
+        if isinstance(inner, torch.Tensor) and not is_traceable_wrapper_subclass(inner):
+            parts.append((attr, tuple(inner.shape), dtype_name(inner.dtype)))
+    if not parts:
+        return None
+    block = getattr(t, "block_size", None)
+    target = getattr(t, "target_dtype", None)
+    kind = type(t)
+    return SubclassInfo(
+        f"{kind.__module__}.{kind.__qualname__}",
+        tuple(parts),
+        tuple(block)
+        if isinstance(block, tuple | list) and all(type(b) is int for b in block)
+        else None,
+        any(
+            getattr(t, k, None) is not None for k in ("act_quant_kwargs", "activation_quantization")
+        ),
+        dtype_name(t.dtype),
+        dtype_name(target) if isinstance(target, torch.dtype) else None,
     )
 
 

@@ -12,7 +12,7 @@ import struct
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from modinspect.errors import CorruptFileError, ModinspectError
 from modinspect.sources.base import (
     EntrySummary,
     Source,
+    SubclassInfo,
     TensorInfo,
     from_little_endian,
     is_row_major,
@@ -39,7 +40,7 @@ from modinspect.sources.pickle.module import (
     nn_module_parts,
     walk_modules,
 )
-from modinspect.sources.pickle.refs import DtypeRef, SparseRef, StorageRef, TensorRef
+from modinspect.sources.pickle.refs import DtypeRef, SparseRef, StorageRef, SubclassRef, TensorRef
 from modinspect.sources.pickle.standins import describe
 from modinspect.sources.views import MAX_EXPANDED, MAX_EXPANSION
 
@@ -124,7 +125,7 @@ def read_zip_member(zf: zipfile.ZipFile, name: str, archive_size: int, label: st
 
 def _is_entry(value: object, tensor_type: type) -> bool:
     """A value a state dict may hold: a tensor, or what quantized modules save beside theirs."""
-    if isinstance(value, tensor_type | SparseRef):
+    if isinstance(value, tensor_type | SparseRef | SubclassRef):
         return True
     if isinstance(value, tuple | list):  # dynamic-quantized Linear: _packed_params = (weight, bias)
         return bool(value) and all(v is None or isinstance(v, tensor_type) for v in value)
@@ -135,7 +136,7 @@ def is_tensor_dict(obj: object, tensor_type: type = TensorRef) -> bool:
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
         return False
     entries = [(k, v) for k, v in obj.items() if not k.endswith("_extra_state")]
-    return any(isinstance(v, tensor_type | SparseRef) for _k, v in entries) and all(
+    return any(isinstance(v, tensor_type | SparseRef | SubclassRef) for _k, v in entries) and all(
         _is_entry(v, tensor_type) or (v is None and k.rpartition(".")[2] == "bias")
         for k, v in entries
     )  # None: a torch.ao quantized conv without a bias saves `bias` as None
@@ -199,7 +200,7 @@ def _iter_tensor_refs(obj: object) -> Any:
     stack = [obj]
     while stack:
         item = stack.pop()
-        if isinstance(item, TensorRef | SparseRef) or (
+        if isinstance(item, TensorRef | SparseRef | SubclassRef) or (
             hasattr(item, "shape") and hasattr(item, "dtype")
         ):
             yield item
@@ -230,11 +231,11 @@ def check_expansion(ref: TensorRef, name: str, path: Path) -> None:
         )
 
 
-def flatten_entries(state: dict[str, Any]) -> dict[str, TensorRef | SparseRef]:
+def flatten_entries(state: dict[str, Any]) -> dict[str, TensorRef | SparseRef | SubclassRef]:
     """The state dict's tensors by name; a tuple of tensors becomes name.0, name.1 (packed params)."""
-    flat: dict[str, TensorRef | SparseRef] = {}
+    flat: dict[str, TensorRef | SparseRef | SubclassRef] = {}
     for name, value in state.items():
-        if isinstance(value, TensorRef | SparseRef):
+        if isinstance(value, TensorRef | SparseRef | SubclassRef):
             flat[name] = value
         elif isinstance(value, tuple | list):
             for i, item in enumerate(value):
@@ -256,13 +257,17 @@ def _qparams_bytes(ref: TensorRef) -> int:
 
 
 def tensor_infos(
-    state: dict[str, TensorRef | SparseRef], kinds: dict[str, tuple[str, bool | None]] | None = None
+    state: Mapping[str, TensorRef | SparseRef | SubclassRef],
+    kinds: dict[str, tuple[str, bool | None]] | None = None,
 ) -> list[TensorInfo]:
     infos = []
     for name, ref in state.items():
         kind, persistent = (kinds or {}).get(
             name, (checkpoint_kind(name, getattr(ref, "is_parameter", False)), None)
         )
+        if isinstance(ref, SubclassRef):
+            infos.append(_subclass_info(name, ref, kind, persistent))
+            continue
         if isinstance(ref, SparseRef):
             nbytes = sum(
                 dtypes.nbytes(c.dtype, _numel(c.shape), unknown_bits=8) for c in ref.components
@@ -305,6 +310,23 @@ def tensor_infos(
             )
         )
     return infos
+
+
+def _subclass_info(name: str, ref: SubclassRef, kind: str, persistent: bool | None) -> TensorInfo:
+    """A tensor subclass: the float tensor's shape, its first inner tensor's dtype (torchao's `qdata`), and
+    the bytes of all its inner tensors."""
+    parts = tuple((attr, t.shape, t.dtype) for attr, t in ref.parts)
+    return TensorInfo(
+        name=name,
+        shape=ref.shape,
+        dtype=parts[0][2] if parts else ref.dtype,
+        nbytes=sum(dtypes.nbytes(t.dtype, _numel(t.shape), unknown_bits=8) for _, t in ref.parts),
+        kind=kind,  # type: ignore[arg-type]
+        persistent=persistent,
+        subclass=SubclassInfo(
+            ref.cls, parts, ref.block_size, ref.activation, ref.dtype, ref.target_dtype
+        ),
+    )
 
 
 def standin_note(gate: Gate, exclude: str | None = None) -> list[str]:
@@ -356,7 +378,9 @@ class TorchFileSource(Source):
             module, key = pickled
             walked = walk_modules(module, nn_module_parts)
             self._refs = {
-                k: v for k, v in walked.tensors.items() if isinstance(v, TensorRef | SparseRef)
+                k: v
+                for k, v in walked.tensors.items()
+                if isinstance(v, TensorRef | SparseRef | SubclassRef)
             }
             modules, kinds = walked.modules, walked.kinds
             fmt = f"{fmt}-module"
@@ -383,6 +407,8 @@ class TorchFileSource(Source):
 
     def _ref(self, name: str) -> TensorRef:
         ref = self._refs[name]
+        if isinstance(ref, SubclassRef):
+            raise CorruptFileError(f"{self.path}: {name!r} is a {ref.cls} tensor")
         if not isinstance(ref, TensorRef):
             raise CorruptFileError(f"{self.path}: {name!r} is a sparse tensor")
         return ref
@@ -439,6 +465,10 @@ class TorchFileSource(Source):
         ref = self._refs[name]
         if isinstance(ref, SparseRef):
             return self._read_sparse(name, ref)
+        if isinstance(ref, SubclassRef):  # its stored values, as the other schemes' packed weights
+            if not ref.parts:
+                raise CorruptFileError(f"{self.path}: {name!r} is a {ref.cls} tensor with no data")
+            return self._dense(name, ref.parts[0][1])
         values = self._dense(name, ref)
         return values if ref.quantizer is None else self._quantize(name, ref, values)
 
@@ -535,7 +565,7 @@ class TorchFileSource(Source):
         import torch
 
         ref = self._refs[name]
-        if isinstance(ref, SparseRef) or ref.quantizer is not None:
+        if isinstance(ref, SparseRef | SubclassRef) or ref.quantizer is not None:
             # Compared as values: dense for sparse layouts, dequantized for quantized tensors.
             tensor = self._read(name)
             flat = (tensor.dequantize() if tensor.is_quantized else tensor).reshape(-1)

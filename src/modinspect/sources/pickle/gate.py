@@ -21,6 +21,7 @@ import codecs
 import contextlib
 import importlib
 import io
+import math
 import pickle
 import struct
 import warnings
@@ -47,6 +48,7 @@ from modinspect.sources.pickle.refs import (
     SparseRef,
     StorageRef,
     StorageType,
+    SubclassRef,
     TensorRef,
     _Sealed,
 )
@@ -57,7 +59,7 @@ from modinspect.sources.pickle.shadow import (
     CALL_STANDIN,
     CALL_VALUE,
 )
-from modinspect.sources.pickle.standins import StandInRegistry, safe_reconstructor
+from modinspect.sources.pickle.standins import StandIn, StandInRegistry, safe_reconstructor
 
 # torch's legacy typed-storage class names -> dtype name. Part of the allowlist: tests/test_dtypes.py pins
 # this set, so a row added to the dtype table cannot widen what the gate lets a pickle name.
@@ -87,6 +89,8 @@ TORCH_DTYPE_NAMES = {
     "float8_e4m3fnuz",
     "float8_e5m2fnuz",
     "float8_e8m0fnu",
+    # torch.int1 ... torch.uint7: torchao's target_dtype names them
+    *(f"{u}int{b}" for u in ("", "u") for b in range(1, 8)),
     "double",
     "float",
     "half",
@@ -238,10 +242,75 @@ def _rebuild_meta(dtype: object, size: object, stride: object, requires_grad: ob
 
 
 def _rebuild_from_type_v2(func: object, new_type: object, args: object, state: object) -> object:
-    # Tensor subclasses and tensors carrying Python attributes; only plain Tensor/Parameter allowed.
+    # Tensor subclasses and tensors carrying Python attributes; plain Tensor/Parameter, and wrapper subclasses
+    # (torchao's) described from their state, never constructed.
     if not callable(func) or func not in _REBUILDERS or not isinstance(args, tuple):
         raise CorruptFileError("a tensor is rebuilt by an unexpected function")
-    return func(*args)
+    built = func(*args)
+    if isinstance(built, SubclassRef):
+        return _subclass_state(built, state)
+    return built
+
+
+MAX_SUBCLASS_BITS = (
+    8  # a wrapper subclass stands for at most 8 elements per stored byte (1-bit packing)
+)
+
+
+def _rebuild_wrapper_subclass(
+    cls: object,
+    dtype: object,
+    size: object,
+    stride: object,
+    storage_offset: object,
+    layout: object,
+    device: object,
+    requires_grad: object = False,
+) -> SubclassRef:
+    """torch._utils._rebuild_wrapper_subclass: torch.load would construct `cls` (which the gate only ever
+    has as a stand-in class); here its name, shape and dtype are recorded, the state adds its inner tensors."""
+    if not (isinstance(cls, type) and issubclass(cls, StandIn)):
+        raise CorruptFileError("a tensor subclass is not named by a class")
+    if not isinstance(dtype, DtypeRef):
+        raise CorruptFileError("a tensor subclass names a dtype that is not a torch dtype")
+    shape, _ = _shape_and_stride(size, stride)
+    return SubclassRef(
+        cls.qualname, shape, dtypes.canonical(dtype.name), (), None, False, bool(requires_grad)
+    )
+
+
+def _subclass_state(ref: SubclassRef, state: object) -> SubclassRef:
+    """The subclass's inner tensors and small attributes, read from the state BUILD would have set."""
+    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict | None):
+        state = state[0]  # (dict, slots)
+    if not isinstance(state, dict):
+        raise CorruptFileError(f"a {ref.cls} tensor has no attribute dict")
+    parts: list[tuple[str, TensorRef]] = []
+    block: tuple[int, ...] | None = None
+    target: str | None = None
+    for key, value in state.items():
+        if not isinstance(key, str):
+            continue
+        if isinstance(value, TensorRef):
+            parts.append((key, value))
+        elif isinstance(value, SubclassRef):  # an AffineQuantizedTensor's tensor_impl
+            parts.extend((f"{key}.{name}", inner) for name, inner in value.parts)
+        elif key == "block_size" and isinstance(value, tuple | list) and len(value) <= 64:
+            block = _as_ints(value, "block size")
+        elif key == "target_dtype" and isinstance(value, DtypeRef):
+            target = dtypes.canonical(value.name)
+    stored = sum(dtypes.nbytes(t.dtype, math.prod(t.shape), unknown_bits=8) for _, t in parts)
+    numel = math.prod(ref.shape)
+    if numel > MAX_SUBCLASS_BITS * stored:
+        raise CorruptFileError(
+            f"a {ref.cls} tensor claims {numel:,} elements but its inner tensors store {stored:,} bytes"
+        )
+    activation = any(
+        state.get(k) is not None for k in ("act_quant_kwargs", "activation_quantization")
+    )
+    return SubclassRef(
+        ref.cls, ref.shape, ref.dtype, tuple(parts), block, activation, ref.requires_grad, target
+    )
 
 
 def _codecs_encode(obj: object, encoding: object = "utf-8") -> bytes:
@@ -296,6 +365,7 @@ _REBUILDERS: set[Callable[..., Any]] = {
     _rebuild_parameter,
     _rebuild_meta,
     _rebuild_qtensor,
+    _rebuild_wrapper_subclass,
 }
 QSCHEMES = (
     "per_tensor_affine",
@@ -316,6 +386,7 @@ SAFE_GLOBALS: dict[tuple[str, str], object] = {
     ("torch._utils", "_rebuild_qtensor"): _rebuild_qtensor,
     ("torch._utils", "_rebuild_sparse_tensor"): _rebuild_sparse_tensor,
     ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch._utils", "_rebuild_wrapper_subclass"): _rebuild_wrapper_subclass,
     ("torch.serialization", "_get_layout"): _get_layout,
     ("torch", "Tensor"): _Marker("torch.Tensor"),
     ("torch._tensor", "Tensor"): _Marker("torch.Tensor"),

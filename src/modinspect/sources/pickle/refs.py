@@ -76,6 +76,26 @@ class SparseRef(_Sealed):
 
 
 @dataclass(frozen=True)
+class SubclassRef(_Sealed):
+    """A tensor subclass (torchao's quantized weights) as the pickle describes it, never constructed: the
+    class's dotted name, the shape and dtype of the float tensor it stands for, the plain tensors it holds
+    (`qdata`, `scale`, `zero_point`, ... by attribute name, a nested subclass's as `outer.inner`), its
+    `block_size` when it records one, whether it quantizes activations too (`act_quant_kwargs` or
+    `activation_quantization` set) and its `target_dtype` when it records one."""
+
+    cls: str
+    shape: tuple[int, ...]
+    dtype: str
+    parts: tuple[tuple[str, TensorRef], ...] = ()
+    block_size: tuple[int, ...] | None = None
+    activation: bool = False
+    requires_grad: bool = False
+    target_dtype: str | None = (
+        None  # the values' own dtype when qdata widens them (int4 kept in int8)
+    )
+
+
+@dataclass(frozen=True)
 class QSchemeRef(_Sealed):
     name: str
 
