@@ -963,3 +963,23 @@ CALLED_PAYLOADS = [
         ("torch.utils.collect_env.run",),
     ),
 ]
+
+
+# ---------------------------------------------------------------- branch torchao: tensor subclasses in pickles
+
+
+class Int8Tensor:
+    """Pickles as torchao's Int8Tensor does (`_rebuild_from_type_v2` of `_rebuild_wrapper_subclass`, the inner
+    tensors in the state), with a recorded shape of its own: the gate stands in for this class."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+    def __reduce_ex__(self, protocol: object) -> tuple[object, ...]:
+        from torch._tensor import _rebuild_from_type_v2
+        from torch._utils import _rebuild_wrapper_subclass
+
+        stride = (self.shape[1], 1)
+        args = (Int8Tensor, torch.float32, self.shape, stride, 0, torch.strided, "cpu", False)
+        state = {"qdata": torch.zeros(4, 4, dtype=torch.int8), "scale": torch.ones(4, 1)}
+        return (_rebuild_from_type_v2, (_rebuild_wrapper_subclass, Int8Tensor, args, state))

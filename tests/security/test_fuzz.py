@@ -473,10 +473,30 @@ def _torchscript_qconv_base() -> bytes:
     return buf.getvalue()
 
 
+def _torchao_like_base() -> bytes:
+    """A state dict holding a tensor subclass pickled as torchao's Int8Tensor is (branch torchao): the gate
+    reads `_rebuild_wrapper_subclass`'s arguments and the state as data; mutations reach that path."""
+    import io
+
+    from hostile import Int8Tensor
+
+    buf = io.BytesIO()
+    torch.save({"l.weight": Int8Tensor((4, 4)), "l.bias": torch.zeros(4)}, buf)
+    return buf.getvalue()
+
+
+TORCHAO_LIKE_BASE = _torchao_like_base()
 TORCHSCRIPT_QUANT_BASE = _torchscript_quant_base()
 TORCHSCRIPT_QCONV_BASE = _torchscript_qconv_base()
 ZIP_BASES = st.sampled_from(
-    [ZIP_BASE, ZIP_TRAINING_BASE, *HOSTILE_SEEDS, TORCHSCRIPT_QUANT_BASE, TORCHSCRIPT_QCONV_BASE]
+    [
+        ZIP_BASE,
+        ZIP_TRAINING_BASE,
+        *HOSTILE_SEEDS,
+        TORCHSCRIPT_QUANT_BASE,
+        TORCHSCRIPT_QCONV_BASE,
+        TORCHAO_LIKE_BASE,
+    ]
 )
 
 

@@ -60,6 +60,7 @@ from hostile import (
     write_victim,
     zip_pt,
 )
+from hostile import Int8Tensor as TorchaoLikeTensor  # branch torchao
 from modinspect.errors import ModinspectError
 
 # Limits are CPU seconds of this process (time.process_time), not wall-clock time: a busy machine stretches the
@@ -2188,6 +2189,23 @@ def dequant_packed_scales_of_the_wrong_rows(tmp: Path) -> tuple[list[str], str]:
         "l.weight_shape": torch.tensor([64, 32]),
     }
     return _dequant_pair(tmp, tensors, (64, 32)), "has weight_scale [7, 4], which fits no grouping"
+
+
+# ---------------------------------------------------------------- branch torchao: tensor subclasses in pickles
+
+
+@case
+def torchao_subclass_claiming_2_pow_60_elements(tmp: Path) -> tuple[list[str], str]:
+    path = tmp / "torchao.pt"
+    torch.save({"l.weight": TorchaoLikeTensor((2**30, 2**30))}, path)
+    return ["tree", str(path)], "claims 1,152,921,504,606,846,976 elements"
+
+
+@case
+def torchao_subclass_as_stored_is_listed(tmp: Path) -> tuple[list[str], str]:
+    path = tmp / "torchao.pt"
+    torch.save({"l.weight": TorchaoLikeTensor((4, 4))}, path)
+    return ["tree", str(path)], ""
 
 
 # ---------------------------------------------------------------- running them

@@ -270,9 +270,9 @@ def _rebuild_wrapper_subclass(
     """torch._utils._rebuild_wrapper_subclass: torch.load would construct `cls` (which the gate only ever
     has as a stand-in class); here its name, shape and dtype are recorded, the state adds its inner tensors."""
     if not (isinstance(cls, type) and issubclass(cls, StandIn)):
-        raise CorruptFileError("a tensor subclass is not named by a class")
+        raise CorruptFileError("rebuilds a tensor subclass from something that is not a class")
     if not isinstance(dtype, DtypeRef):
-        raise CorruptFileError("a tensor subclass names a dtype that is not a torch dtype")
+        raise CorruptFileError("rebuilds a tensor subclass with a dtype that is not a torch dtype")
     shape, _ = _shape_and_stride(size, stride)
     return SubclassRef(
         cls.qualname, shape, dtypes.canonical(dtype.name), (), None, False, bool(requires_grad)
@@ -284,7 +284,7 @@ def _subclass_state(ref: SubclassRef, state: object) -> SubclassRef:
     if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict | None):
         state = state[0]  # (dict, slots)
     if not isinstance(state, dict):
-        raise CorruptFileError(f"a {ref.cls} tensor has no attribute dict")
+        raise CorruptFileError(f"holds a {ref.cls} tensor with no attribute dict")
     parts: list[tuple[str, TensorRef]] = []
     block: tuple[int, ...] | None = None
     target: str | None = None
@@ -303,7 +303,7 @@ def _subclass_state(ref: SubclassRef, state: object) -> SubclassRef:
     numel = math.prod(ref.shape)
     if numel > MAX_SUBCLASS_BITS * stored:
         raise CorruptFileError(
-            f"a {ref.cls} tensor claims {numel:,} elements but its inner tensors store {stored:,} bytes"
+            f"holds a {ref.cls} tensor that claims {numel:,} elements but stores {stored:,} bytes"
         )
     activation = any(
         state.get(k) is not None for k in ("act_quant_kwargs", "activation_quantization")
