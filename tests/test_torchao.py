@@ -28,10 +28,10 @@ pytestmark = [
 ]
 
 
-def _quantized(config: str) -> tuple[nn.Sequential, nn.Sequential]:
+def _quantized(config: str, seed: int = 0) -> tuple[nn.Sequential, nn.Sequential]:
     """(the float model, a copy quantized by torchao with `config`)."""
     quantization = pytest.importorskip("torchao.quantization")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 32))
     quantized = nn.Sequential(nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 32))
     quantized.load_state_dict(model.state_dict())
@@ -156,3 +156,51 @@ def test_a_live_torchao_model_is_listed_as_its_saved_state_dict(tmp_path: Path) 
         return [(r.name, r.shape, r.dtype, r.nbytes, r.scheme) for r in report.tensors]
 
     assert rows(live) == rows(saved)
+
+
+def test_load_into_the_same_torchao_model_plans_and_copies_the_inner_tensors(
+    tmp_path: Path,
+) -> None:
+    """No false 'unexpected' or 'missing': the plan loads the 4 keys load_state_dict(strict=True) accepts, and
+    performing it leaves the model with the checkpoint's qdata, scales and zero points."""
+    from modinspect.commands.load import perform_load
+    from modinspect.sources.module import ModuleSource
+
+    _, saved = _quantized("int8")
+    torch.save(saved.state_dict(), tmp_path / "q.pt")
+    _, reference = _quantized("int8", seed=1)  # another start, so that loading changes everything
+    _, target = _quantized("int8", seed=1)
+    assert not torch.equal(_linear(target, 0).weight.scale, _linear(saved, 0).weight.scale)  # type: ignore[attr-defined]
+    target_source = ModuleSource(target, "q", "entrypoint")
+    torch_says = reference.load_state_dict(
+        torch.load(tmp_path / "q.pt", weights_only=False), strict=True
+    )
+    assert not torch_says.missing_keys and not torch_says.unexpected_keys
+    with open_source(str(tmp_path / "q.pt")) as checkpoint:
+        report = perform_load(target_source, checkpoint, strict=True)
+    assert report.plan.strict_ok and report.performed
+    assert sorted(report.plan.loaded) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    assert not report.plan.cast
+    for layer in (0, 2):
+        got, want = _linear(target, layer).weight, _linear(saved, layer).weight
+        for attr in ("qdata", "scale", "zero_point"):
+            assert torch.equal(getattr(got, attr), getattr(want, attr)), attr
+        assert torch.equal(_linear(target, layer).bias, _linear(saved, layer).bias)
+
+
+def test_load_of_a_torchao_checkpoint_into_a_float_model_is_refused(tmp_path: Path) -> None:
+    from modinspect.commands.load import perform_load
+    from modinspect.errors import UsageError
+    from modinspect.sources.module import ModuleSource
+
+    model, saved = _quantized("int8")
+    torch.save(saved.state_dict(), tmp_path / "q.pt")
+    weight = _linear(model, 0).weight.detach().clone()
+    with (
+        open_source(str(tmp_path / "q.pt")) as checkpoint,
+        pytest.raises(
+            UsageError, match=r"^0\.weight is a Int8Tensor in the checkpoint and a plain"
+        ),
+    ):
+        perform_load(ModuleSource(model, "f", "entrypoint"), checkpoint)
+    assert torch.equal(_linear(model, 0).weight, weight)  # refused before anything was copied

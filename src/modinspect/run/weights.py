@@ -58,8 +58,13 @@ def copy_into(module: nn.Module, plan: LoadPlan, checkpoint: Source) -> dict[str
     errors: dict[str, float] = {}
     own = _own_state_prefixes(module)
     pending: dict[str, Any] = {}
+    subclasses = _subclass_pairs(plan, state, checkpoint, ckpt_names)
     with torch.no_grad():
         for name in plan.loaded:
+            if name in subclasses:
+                for attr, part in subclasses[name].items():
+                    getattr(state[name], attr).copy_(part())
+                continue
             value = checkpoint.read_tensor(ckpt_names.get(name, name))
             if own and name.startswith(
                 own
@@ -74,6 +79,35 @@ def copy_into(module: nn.Module, plan: LoadPlan, checkpoint: Source) -> dict[str
     if pending:
         _load_own_state(module, state, own, pending)
     return errors
+
+
+def _subclass_pairs(
+    plan: LoadPlan, state: dict[str, Any], checkpoint: Source, ckpt_names: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """The loaded keys that are tensor subclasses (torchao's) on either side: for each, its inner tensors'
+    readers by attribute, copied one by one into the model's. Checked before anything is copied: a subclass
+    loads only into one that holds the same inner tensors, never as its stored values into a float tensor."""
+    from modinspect.sources.module import subclass_info
+
+    pairs: dict[str, dict[str, Any]] = {}
+    for name in plan.loaded:
+        source_name = ckpt_names.get(name, name)
+        saved = checkpoint.info(source_name).subclass
+        live = subclass_info(state[name])
+        if saved is None and live is None:
+            continue
+        reader = getattr(checkpoint, "read_subclass_part", None)
+        if saved is None or live is None or saved.parts != live.parts or reader is None:
+            have = f"a {saved.cls.rpartition('.')[2]}" if saved else "a plain tensor"
+            want = f"a {live.cls.rpartition('.')[2]}" if live else "a plain tensor"
+            raise UsageError(
+                f"{name} is {have} in the checkpoint and {want} in the model: quantize the model as the "
+                "checkpoint was (torchao's quantize_ with the same config) before loading it"
+            )
+        pairs[name] = {
+            attr: (lambda n=source_name, a=attr: reader(n, a)) for attr, _, _ in saved.parts
+        }
+    return pairs
 
 
 def _own_state_prefixes(module: nn.Module) -> tuple[str, ...]:

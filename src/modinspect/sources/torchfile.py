@@ -461,6 +461,14 @@ class TorchFileSource(Source):
             return torch.empty(ref.shape, dtype=flat.dtype)
         return flat.as_strided(ref.shape, ref.stride, ref.offset).clone()
 
+    def read_subclass_part(self, name: str, attr: str) -> torch.Tensor:
+        """One inner tensor (`qdata`, `scale`, ...) of a tensor subclass the pickle holds under `name`."""
+        ref = self._refs[name]
+        found = dict(ref.parts).get(attr) if isinstance(ref, SubclassRef) else None
+        if found is None:
+            raise CorruptFileError(f"{self.path}: {name!r} holds no inner tensor {attr!r}")
+        return self._dense(f"{name}.{attr}", found)
+
     def _read(self, name: str) -> torch.Tensor:
         ref = self._refs[name]
         if isinstance(ref, SparseRef):
