@@ -204,3 +204,41 @@ def test_load_of_a_torchao_checkpoint_into_a_float_model_is_refused(tmp_path: Pa
     ):
         perform_load(ModuleSource(model, "f", "entrypoint"), checkpoint)
     assert torch.equal(_linear(model, 0).weight, weight)  # refused before anything was copied
+
+
+@pytest.mark.parametrize("config", ["int8", "fp8", "w8a8", "int4 g32"])
+def test_a_torchao_weight_dequantizes_as_torchao_does(tmp_path: Path, config: str) -> None:
+    """`(qdata - zero_point) * scale` from the pickle's inner tensors equals torchao's own dequantize()."""
+    from modinspect.analysis.dequant import dequantized
+
+    _, quantized = _quantized(config)
+    torch.save(quantized.state_dict(), tmp_path / "q.pt")
+    with open_source(str(tmp_path / "q.pt")) as source:
+        view = dequantized(source)
+        assert view is not None
+        for i in (0, 2):
+            weight = _linear(quantized, i).weight
+            want = weight.dequantize().to(torch.float32)
+            torch.testing.assert_close(view.read_tensor(f"{i}.weight"), want, rtol=1e-6, atol=0)
+
+
+def test_diff_of_the_float_model_and_its_torchao_state_dict_measures_the_quantization(
+    tmp_path: Path,
+) -> None:
+    """diff dequantises the torchao side under the float names: ‖w − ŵ‖ / ‖w‖ as torch computes it."""
+    from modinspect.analysis.diff import diff_sources
+
+    model, quantized = _quantized("int4 g32")
+    torch.save(model.state_dict(), tmp_path / "float.pt")
+    torch.save(quantized.state_dict(), tmp_path / "q.pt")
+    with open_source(str(tmp_path / "float.pt")) as a, open_source(str(tmp_path / "q.pt")) as b:
+        report = diff_sources(a, b)
+    errors = {e.name: e for e in report.quantization}
+    assert sorted(errors) == ["0.weight", "2.weight"]
+    for i in (0, 2):
+        w = _linear(model, i).weight.detach().double()
+        deq = _linear(quantized, i).weight.dequantize().double()
+        error = errors[f"{i}.weight"]
+        assert error.scheme == "torchao int4 weight-only g32"
+        assert error.rel_error == pytest.approx(float((w - deq).norm() / w.norm()), rel=1e-6)
+    assert not report.dtype_mismatch and not report.shape_mismatch

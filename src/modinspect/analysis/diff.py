@@ -599,9 +599,12 @@ def diff_sources(
     options = options or DiffOptions()
     side: str | None = None
     schemes: dict[str, Scheme] = {}
-    # A quantized checkpoint names what it adds (qweight, scales, absmax...); a GGUF file may not.
+    # A quantized checkpoint names what it adds (qweight, scales, absmax...); a GGUF file may not, nor
+    # torchao's tensor subclasses (one entry per weight, under the float name).
     if options.dequantize and (
-        "gguf" in (a.format, b.format) or a.state_dict_names() != b.state_dict_names()
+        "gguf" in (a.format, b.format)
+        or a.state_dict_names() != b.state_dict_names()
+        or any(t.subclass is not None for t in (*a.tensors, *b.tensors))
     ):
         a, b, side, schemes = _dequantized_sides(a, b)
     map_a = options.keymap.map_names(a.state_dict_names(), a.label)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,9 +105,7 @@ def _subclass_pairs(
                 f"{name} is {have} in the checkpoint and {want} in the model: quantize the model as the "
                 "checkpoint was (torchao's quantize_ with the same config) before loading it"
             )
-        pairs[name] = {
-            attr: (lambda n=source_name, a=attr: reader(n, a)) for attr, _, _ in saved.parts
-        }
+        pairs[name] = {attr: partial(reader, source_name, attr) for attr, _, _ in saved.parts}
     return pairs
 
 

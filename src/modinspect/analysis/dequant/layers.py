@@ -79,6 +79,8 @@ def layer_rows(
         return p + "weight", _scaled(need, get, bad, out, inp)
     if kind in ("qint8", "quint8", "qint32", "quint4x2"):
         return p + "weight", _ao(source, layer.weight, out, inp)
+    if kind == "torchao":
+        return layer.weight, _torchao(source, layer, out, inp, bad)
     raise UsageError(
         f"{source.label}: {layer.module!r} is {scheme}, which modinspect does not dequantize"
     )
@@ -280,6 +282,28 @@ def _fp8_block(need: Need, bad: Bad, out: int, inp: int, block: tuple[int, int] 
                 f"has weight_scale_inv {list(scale_inv.shape)}, which tiles [{out}, {inp}] in no blocks"
             )
         return lambda r0, r1: fam.fp8_block_rows(weight, scale_inv, (b0, b1), r0, r1)
+
+    return make
+
+
+def _torchao(source: Source, layer: QuantLayer, out: int, inp: int, bad: Bad) -> Make:
+    """A torchao tensor subclass's `(qdata - zero_point) * scale`, per channel or group, from its inner
+    tensors as the pickle holds them (the subclass is never built)."""
+
+    def make() -> Rows:
+        read = getattr(source, "read_subclass_part", None)
+        sub = source.info(layer.weight).subclass
+        parts = {attr for attr, _, _ in sub.parts} if sub is not None else set()
+        if read is None or not {"qdata", "scale"} <= parts:
+            raise bad("has no qdata and scale to dequantize")
+        weight, scale = read(layer.weight, "qdata"), read(layer.weight, "scale")
+        zero = read(layer.weight, "zero_point") if "zero_point" in parts else None
+        if _shape(weight) != (out, inp):
+            raise bad(f"has qdata {list(weight.shape)}, not [{out}, {inp}]")
+        _check_scale(scale, out, inp, bad)
+        if zero is not None and zero.numel() != 1 and zero.shape != scale.shape:
+            raise bad(f"has zero points {list(zero.shape)} for scales {list(scale.shape)}")
+        return lambda r0, r1: fam.scaled_rows(weight, scale, zero, r0, r1)
 
     return make
 
