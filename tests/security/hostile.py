@@ -972,8 +972,12 @@ class Int8Tensor:
     """Pickles as torchao's Int8Tensor does (`_rebuild_from_type_v2` of `_rebuild_wrapper_subclass`, the inner
     tensors in the state), with a recorded shape of its own: the gate stands in for this class."""
 
-    def __init__(self, shape: tuple[int, ...]) -> None:
+    def __init__(self, shape: tuple[int, ...], parts: int = 1, inner: object = None) -> None:
         self.shape = shape
+        self.parts = (
+            parts  # how many times the state holds `inner` (another of these), besides qdata
+        )
+        self.inner = inner
 
     def __reduce_ex__(self, protocol: object) -> tuple[object, ...]:
         from torch._tensor import _rebuild_from_type_v2
@@ -981,5 +985,10 @@ class Int8Tensor:
 
         stride = (self.shape[1], 1)
         args = (Int8Tensor, torch.float32, self.shape, stride, 0, torch.strided, "cpu", False)
-        state = {"qdata": torch.zeros(4, 4, dtype=torch.int8), "scale": torch.ones(4, 1)}
+        state: dict[str, object] = {
+            "qdata": torch.zeros(4, 4, dtype=torch.int8),
+            "scale": torch.ones(4, 1),
+        }
+        if self.inner is not None:
+            state.update({f"impl{i}": self.inner for i in range(self.parts)})
         return (_rebuild_from_type_v2, (_rebuild_wrapper_subclass, Int8Tensor, args, state))

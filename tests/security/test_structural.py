@@ -2202,6 +2202,16 @@ def torchao_subclass_claiming_2_pow_60_elements(tmp: Path) -> tuple[list[str], s
 
 
 @case
+def torchao_subclass_nesting_that_multiplies_its_parts(tmp: Path) -> tuple[list[str], str]:
+    path = tmp / "torchao.pt"
+    inner = TorchaoLikeTensor((4, 4))
+    for _ in range(4):  # 1000 references a level, memoised: 10^12 parts if they were multiplied out
+        inner = TorchaoLikeTensor((4, 4), 1000, inner)
+    torch.save({"l.weight": inner}, path)
+    return ["tree", str(path)], "of more than 64 inner tensors"
+
+
+@case
 def torchao_subclass_as_stored_is_listed(tmp: Path) -> tuple[list[str], str]:
     path = tmp / "torchao.pt"
     torch.save({"l.weight": TorchaoLikeTensor((4, 4))}, path)

@@ -252,9 +252,11 @@ def _rebuild_from_type_v2(func: object, new_type: object, args: object, state: o
     return built
 
 
-MAX_SUBCLASS_BITS = (
-    8  # a wrapper subclass stands for at most 8 elements per stored byte (1-bit packing)
-)
+# A wrapper subclass stands for at most 8 elements per stored byte (1-bit packing).
+MAX_SUBCLASS_BITS = 8
+# Inner tensors of one subclass, nested ones' included (torchao's hold 2-6): a memoised subclass referenced
+# under many keys of another, itself referenced under many keys, would otherwise multiply its parts.
+MAX_SUBCLASS_PARTS = 64
 
 
 def _rebuild_wrapper_subclass(
@@ -295,6 +297,10 @@ def _subclass_state(ref: SubclassRef, state: object) -> SubclassRef:
             parts.append((key, value))
         elif isinstance(value, SubclassRef):  # an AffineQuantizedTensor's tensor_impl
             parts.extend((f"{key}.{name}", inner) for name, inner in value.parts)
+        if len(parts) > MAX_SUBCLASS_PARTS:
+            raise CorruptFileError(
+                f"holds a {ref.cls} tensor of more than {MAX_SUBCLASS_PARTS} inner tensors"
+            )
         elif key == "block_size" and isinstance(value, tuple | list) and len(value) <= 64:
             block = _as_ints(value, "block size")
         elif key == "target_dtype" and isinstance(value, DtypeRef):
