@@ -816,6 +816,7 @@ def test_the_bases_are_valid(work: Path) -> None:
         ("gguf", GGUF_BASE),
         ("zip", TORCHSCRIPT_QUANT_BASE),
         ("zip", TORCHSCRIPT_QCONV_BASE),
+        ("zip", TORCHAO_LIKE_BASE),
     ]:
         _strategy, name, _n = TARGETS[target]
         path = (_sharded_folder(work) if target == "index" else work) / name
