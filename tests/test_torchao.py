@@ -242,3 +242,19 @@ def test_diff_of_the_float_model_and_its_torchao_state_dict_measures_the_quantiz
         assert error.scheme == "torchao int4 weight-only g32"
         assert error.rel_error == pytest.approx(float((w - deq).norm() / w.norm()), rel=1e-6)
     assert not report.dtype_mismatch and not report.shape_mismatch
+
+
+def test_allow_global_of_the_torchao_class_reads_it_the_same_way(tmp_path: Path) -> None:
+    """--allow-global imports the real class (the note suggests it): still described as data, same figures."""
+    _, quantized = _quantized("fp8")
+    torch.save(quantized.state_dict(), tmp_path / "q.pt")
+    plain = _tree(tmp_path / "q.pt")
+    with open_source(
+        str(tmp_path / "q.pt"), allow_globals=("torchao.quantization.Float8Tensor",)
+    ) as source:
+        allowed = build_tree(source)
+        assert "torchao.quantization.Float8Tensor" not in source.standins  # the real class
+    assert [(r.name, r.nbytes, r.scheme) for r in allowed.tensors] == [
+        (r.name, r.nbytes, r.scheme) for r in plain.tensors
+    ]
+    assert plain.tensors[0].scheme == "torchao fp8 e4m3 weight-only per-channel"

@@ -269,15 +269,18 @@ def _rebuild_wrapper_subclass(
     device: object,
     requires_grad: object = False,
 ) -> SubclassRef:
-    """torch._utils._rebuild_wrapper_subclass: torch.load would construct `cls` (which the gate only ever
-    has as a stand-in class); here its name, shape and dtype are recorded, the state adds its inner tensors."""
-    if not (isinstance(cls, type) and issubclass(cls, StandIn)):
+    """torch._utils._rebuild_wrapper_subclass: torch.load would construct `cls` (a stand-in class, or the
+    real one --allow-global imported); here its name, shape and dtype are recorded, never calling it, and the
+    state adds its inner tensors."""
+    if not isinstance(cls, type):
         raise CorruptFileError("rebuilds a tensor subclass from something that is not a class")
+    # A stand-in class; or the real one when --allow-global named it: described all the same, never called.
+    name = cls.qualname if issubclass(cls, StandIn) else f"{cls.__module__}.{cls.__qualname__}"
     if not isinstance(dtype, DtypeRef):
         raise CorruptFileError("rebuilds a tensor subclass with a dtype that is not a torch dtype")
     shape, _ = _shape_and_stride(size, stride)
     return SubclassRef(
-        cls.qualname, shape, dtypes.canonical(dtype.name), (), None, False, bool(requires_grad)
+        name, shape, dtypes.canonical(dtype.name), (), None, False, bool(requires_grad)
     )
 
 
