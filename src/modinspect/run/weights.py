@@ -88,13 +88,16 @@ def _subclass_pairs(
     """The loaded keys that are tensor subclasses (torchao's) on either side: for each, its inner tensors'
     readers by attribute, copied one by one into the model's. Checked before anything is copied: a subclass
     loads only into one that holds the same inner tensors, never as its stored values into a float tensor."""
+    import torch
+
     from modinspect.sources.module import subclass_info
 
     pairs: dict[str, dict[str, Any]] = {}
     for name in plan.loaded:
         source_name = ckpt_names.get(name, name)
         saved = checkpoint.info(source_name).subclass
-        live = subclass_info(state[name])
+        target = state.get(name)  # absent: an entry the module's own code saves (packed params)
+        live = subclass_info(target) if isinstance(target, torch.Tensor) else None
         if saved is None and live is None:
             continue
         reader = getattr(checkpoint, "read_subclass_part", None)
