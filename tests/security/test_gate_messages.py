@@ -80,3 +80,15 @@ def test_torch_warnings_about_an_input_file_do_not_reach_stderr(tmp_path: Path) 
         "error: the model raised RuntimeError: mat1 and mat2 must have the same dtype, but got QInt8 and Float in "
         "(model) (Linear)\n"
     )
+
+
+def test_a_refused_rebuild_reads_as_a_sentence(tmp_path: Path) -> None:
+    """`_rebuild_from_type_v2` handed a number as its rebuild function: the one error line is a sentence."""
+    path = tmp_path / "odd.pkl"
+    path.write_bytes(b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\n(K\x01N(K\x00t}tR.")
+    result = invoke("tree", str(path))
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: {path} is not a valid torch checkpoint: it rebuilds a tensor with an unexpected "
+        "function\n"
+    )

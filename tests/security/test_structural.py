@@ -698,7 +698,7 @@ def tensor_with_fewer_strides_than_dimensions(tmp: Path) -> tuple[list[str], str
 def tensor_with_negative_storage_offset(tmp: Path) -> tuple[list[str], str]:
     """Regression: a negative offset reached as_strided, which raised RuntimeError."""
     path = one_tensor_zip(tmp, offset=b"J\xff\xff\xff\xff")
-    return ["tree", str(path)], "a tensor refers to something that is not a storage"
+    return ["tree", str(path)], "has a tensor that refers to something that is not a storage"
 
 
 @case

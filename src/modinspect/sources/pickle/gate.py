@@ -130,7 +130,7 @@ def _shape_and_stride(size: object, stride: object) -> tuple[tuple[int, ...], tu
 
 def _storage_arg(storage: object, offset: object) -> StorageRef:
     if not isinstance(storage, StorageRef) or type(offset) is not int or offset < 0:
-        raise CorruptFileError("a tensor refers to something that is not a storage")
+        raise CorruptFileError("has a tensor that refers to something that is not a storage")
     return storage
 
 
@@ -160,7 +160,7 @@ def _rebuild_tensor_v3(
     # dtypes without a typed storage class (uint16, float8, ...) sit on an untyped, byte-counted storage.
     ref = _storage_arg(storage, offset)
     if not isinstance(dtype, DtypeRef):
-        raise CorruptFileError("a tensor names a dtype that is not a torch dtype")
+        raise CorruptFileError("has a tensor that names a dtype that is not a torch dtype")
     return TensorRef(
         ref,
         offset,  # type: ignore[arg-type]
@@ -189,11 +189,11 @@ def _rebuild_qtensor(
         or not quantizer_params
         or not isinstance(quantizer_params[0], QSchemeRef)
     ):
-        raise CorruptFileError("a quantized tensor has no quantization scheme")
+        raise CorruptFileError("has a quantized tensor with no quantization scheme")
     scheme, *params = quantizer_params
     if not all(type(p) in (int, float) or isinstance(p, TensorRef) for p in params):
         # A TensorRef hashes its quantizer: numbers and tensors only, never a tuple tower.
-        raise CorruptFileError("a quantized tensor has parameters that are not numbers or tensors")
+        raise CorruptFileError("has a quantized tensor whose parameters are not numbers or tensors")
     quantizer = (scheme.name, *params)
     return TensorRef(
         ref,
@@ -207,7 +207,7 @@ def _rebuild_qtensor(
 
 def _rebuild_sparse_tensor(layout: object, data: object) -> SparseRef:
     if not isinstance(layout, LayoutRef) or not isinstance(data, tuple):
-        raise CorruptFileError("a sparse tensor has no layout")
+        raise CorruptFileError("has a sparse tensor with no layout")
     if layout.name == "sparse_coo" and len(data) in (3, 4):
         components, size = data[:2], data[2]
     elif layout.name in ("sparse_csr", "sparse_csc", "sparse_bsr", "sparse_bsc") and len(data) == 4:
@@ -215,7 +215,7 @@ def _rebuild_sparse_tensor(layout: object, data: object) -> SparseRef:
     else:
         raise CorruptFileError(f"a sparse tensor with layout {layout.name} has {len(data)} parts")
     if not all(isinstance(c, TensorRef) for c in components):
-        raise CorruptFileError("a sparse tensor is stored in something that is not a tensor")
+        raise CorruptFileError("has a sparse tensor stored in something that is not a tensor")
     return SparseRef(layout.name, tuple(components), _as_ints(size, "size"))
 
 
@@ -223,7 +223,7 @@ def _rebuild_parameter(
     data: object, requires_grad: object, backward_hooks: object, state: object = None
 ) -> TensorRef:
     if not isinstance(data, TensorRef):
-        raise CorruptFileError("a parameter wraps something that is not a tensor")
+        raise CorruptFileError("has a parameter that wraps something that is not a tensor")
     return TensorRef(
         data.storage,
         data.offset,
@@ -245,7 +245,7 @@ def _rebuild_from_type_v2(func: object, new_type: object, args: object, state: o
     # Tensor subclasses and tensors carrying Python attributes; plain Tensor/Parameter, and wrapper subclasses
     # (torchao's) described from their state, never constructed.
     if not callable(func) or func not in _REBUILDERS or not isinstance(args, tuple):
-        raise CorruptFileError("a tensor is rebuilt by an unexpected function")
+        raise CorruptFileError("rebuilds a tensor with an unexpected function")
     built = func(*args)
     if isinstance(built, SubclassRef):
         return _subclass_state(built, state)
@@ -325,7 +325,7 @@ def _subclass_state(ref: SubclassRef, state: object) -> SubclassRef:
 def _codecs_encode(obj: object, encoding: object = "utf-8") -> bytes:
     # Protocol-2 pickles spell bytes as _codecs.encode(str, 'latin1'); other codecs could decompress bombs.
     if not isinstance(obj, str) or encoding not in ("latin1", "latin-1"):
-        raise CorruptFileError("a pickle asks for an unexpected codec")
+        raise CorruptFileError("asks for an unexpected codec")
     return codecs.encode(obj, "latin1")
 
 
