@@ -137,11 +137,12 @@ class TransferQueue:
                         bucket.append(self.scalars[int(ref)])
                     elif (ref > 0) if bucket is flags else not math.isfinite(ref):
                         return torch.ones((), dtype=torch.bool)
+        # One stack each (it promotes mixed dtypes itself: a per-scalar cast costs more than the reductions).
         parts = []
         if flags:
-            parts.append((torch.stack([f.to(self.acc) for f in flags]) > 0).any())
+            parts.append((torch.stack(flags) > 0).any())
         if totals:
-            parts.append(~torch.isfinite(torch.stack([t.to(self.acc) for t in totals])).all())
+            parts.append(~torch.isfinite(torch.stack(totals)).all())
         if not parts:
             return None
         return parts[0] if len(parts) == 1 else parts[0] | parts[1]

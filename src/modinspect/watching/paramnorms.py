@@ -43,6 +43,9 @@ class ParamNorms:
         self.update_from: list[torch.Tensor] | None = (
             None  # weights at the start of the logged step
         )
+        self._kept: list[torch.Tensor] | None = (
+            None  # `update_from`'s buffers, reused at each logged step
+        )
         self.grad_norms: dict[int, torch.Tensor] = {}  # this step's gradients' norms, by parameter
         self.history = UpdateHistory([n for n, _ in params])
         self.step_lrs: tuple[float | None, ...] = ()  # the lr the current step's update will use
@@ -53,6 +56,30 @@ class ParamNorms:
 
     def copy(self) -> list[torch.Tensor]:
         return [distributed.local(p.detach()).clone() for _, p in self.params]
+
+    def keep_start(self) -> None:
+        """`update_from`: the weights now (the logged step's start), copied into buffers kept between logged steps.
+
+        One `_foreach_copy_` (per dtype and device, inside torch) instead of a fresh clone of every weight at
+        each logged step; the buffers are allocated again only when a weight changed shape, dtype or device.
+        """
+        import torch
+
+        live = self.live()
+        kept = self._kept
+        if kept is None or any(
+            k.shape != w.shape or k.dtype != w.dtype or k.device != w.device
+            for k, w in zip(kept, live, strict=True)
+        ):
+            kept = [w.clone() for w in live]
+        elif live:
+            with torch.no_grad():
+                torch._foreach_copy_(kept, live)
+        self._kept = self.update_from = kept
+
+    def release(self) -> None:
+        """Drop the update's starting weights and the buffers that hold them (detach)."""
+        self._kept = self.update_from = None
 
     def push(self, step: int, norms: list[torch.Tensor], optimizer: Any) -> None:
         """The weights' norms after `step`'s update, with the lr that update used; then the next step's lr."""
@@ -80,29 +107,41 @@ class ParamNorms:
         """
         import torch
 
-        values: list[torch.Tensor] = [loss if loss is not None else torch.zeros((), dtype=self.acc)]
-        zero = torch.zeros((), dtype=self.acc, device=self.device)
         ws = [p.detach() for _, p in self.params]
+        count = len(ws)
+        before_all = self.update_from
         with torch.no_grad():
-            norms = tensor_norms(ws)
+            # [‖w‖, ‖∇w‖, ‖Δw‖, ‖w before‖] per parameter, -1 where unknown: filled column by column.
+            table = torch.full((count, 4), -1.0, dtype=self.acc, device=self.device)
+            if count:
+                table[:, 0] = torch.stack([n.to(self.device, self.acc) for n in tensor_norms(ws)])
+            graded = sorted(self.grad_norms)
+            if graded:
+                table[graded, 1] = torch.stack(
+                    [self.grad_norms[i].to(self.device, self.acc) for i in graded]
+                )
             moved = [
                 i
                 for i, w in enumerate(ws)
-                if self.update_from is not None and self.update_from[i].shape == w.shape
+                if before_all is not None and before_all[i].shape == w.shape
             ]
-            before = [self.update_from[i] for i in moved] if self.update_from is not None else []
-            deltas = torch._foreach_sub([ws[i] for i in moved], before) if moved else []
-            delta_norms = dict(
-                zip(
-                    moved, zip(tensor_norms(deltas), tensor_norms(before), strict=True), strict=True
+            if moved:
+                assert before_all is not None
+                before = [before_all[i] for i in moved]
+                deltas = list(torch._foreach_sub([ws[i] for i in moved], before))
+                # The updates' and the starting weights' norms in one multi-tensor norm per dtype.
+                both = tensor_norms(deltas + before)
+                table[moved, 2:] = (
+                    torch.stack([n.to(self.device, self.acc) for n in both])
+                    .reshape(2, len(moved))
+                    .T
                 )
+            first = (
+                loss.reshape(1).to(self.device, self.acc)
+                if loss is not None
+                else torch.zeros(1, dtype=self.acc, device=self.device)
             )
-            for i in range(len(ws)):
-                values.append(norms[i])
-                g = self.grad_norms.get(i)
-                values.append(g if g is not None else zero - 1)
-                values += list(delta_norms[i]) if i in delta_norms else [zero - 1, zero - 1]
-        return torch.stack([v.to(self.device, self.acc) for v in values])
+            return torch.cat([first, table.reshape(-1)])
 
     def exact_overflows(self, values: list[float]) -> list[float]:
         """The float64 norms of the finite tensors whose float32 norm overflowed (a read each, only then)."""

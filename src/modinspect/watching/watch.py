@@ -323,7 +323,7 @@ class Watch:
             raise
         self.log = str(log) if log is not None else None
         if every == 1:
-            self._norms.update_from = self._norms.copy()
+            self._norms.keep_start()
         self._set_histogram()
 
     # ---------------------------------------------------------------- context manager
@@ -668,7 +668,7 @@ class Watch:
             else:
                 self._disarm()
         if (self.steps + 1) % self.every == 0:
-            self._norms.update_from = self._norms.copy()
+            self._norms.keep_start()
         self._set_histogram()
         if first:
             self.nonfinite_origin = self._last_origin
@@ -980,7 +980,8 @@ class Watch:
             if attached and self._window and not (failed and self._ranks.many):
                 self._flush(tail=True)
         finally:
-            self._norms.update_from = self._snapshot = None
+            self._norms.release()
+            self._snapshot = None
             self._batch = None
             if self._writer is not None:
                 self._writer.close()

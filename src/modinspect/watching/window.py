@@ -30,6 +30,8 @@ class RunTotals(Protocol):
 def rms_rows(rows: list[ModuleStats], steps: int) -> list[ModuleStats]:
     """A record's rows with gradient norms as the RMS over the window's steps."""
     scale = 1 / math.sqrt(steps) if steps else 1.0
+    if scale == 1.0:  # one step (a sentinel-mode record): the rows as they are, no copy of each
+        return list(rows)
     return [
         dataclasses.replace(r, grad_norm=r.grad_norm * scale if r.grad_norm is not None else None)
         for r in rows
