@@ -128,13 +128,10 @@ class ParamNorms:
             if moved:
                 assert before_all is not None
                 before = [before_all[i] for i in moved]
-                deltas = list(torch._foreach_sub([ws[i] for i in moved], before))
-                # The updates' and the starting weights' norms in one multi-tensor norm per dtype.
-                both = tensor_norms(deltas + before)
-                table[moved, 2:] = (
-                    torch.stack([n.to(self.device, self.acc) for n in both])
-                    .reshape(2, len(moved))
-                    .T
+                updates = update_norms([ws[i] for i in moved], before)
+                table[moved, 2] = torch.stack([n.to(self.device, self.acc) for n in updates])
+                table[moved, 3] = torch.stack(
+                    [n.to(self.device, self.acc) for n in tensor_norms(before)]
                 )
             first = (
                 loss.reshape(1).to(self.device, self.acc)
@@ -229,6 +226,44 @@ class ParamNorms:
             with torch.no_grad():
                 for (_, p), s in zip(self.params, current, strict=True):
                     distributed.local(p).copy_(s)
+
+
+UPDATE_CHUNK = 1 << 20  # elements: a weight larger than this has its update taken in chunks of it
+
+
+def update_norms(after: list[torch.Tensor], before: list[torch.Tensor]) -> list[torch.Tensor]:
+    """‖a − b‖ of each pair, as `tensor_norms` gives them, without a temporary the size of the weights.
+
+    The small tensors' differences are one `_foreach_sub` and one multi-tensor norm; a tensor over
+    UPDATE_CHUNK elements is subtracted chunk by chunk into one scratch buffer and its chunks' norms combined
+    (on the CPU, fresh memory the size of GPT-2's weights cost each logged step its page faults, ~0.1 s).
+    """
+    import torch
+
+    out: list[torch.Tensor | None] = [None] * len(after)
+    small = [i for i, a in enumerate(after) if a.numel() <= UPDATE_CHUNK]
+    if small:
+        deltas = list(torch._foreach_sub([after[i] for i in small], [before[i] for i in small]))
+        for i, n in zip(small, tensor_norms(deltas), strict=True):
+            out[i] = n
+    scratch: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+    for i, (a, b) in enumerate(zip(after, before, strict=True)):
+        if out[i] is not None:
+            continue
+        flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+        key = (flat_a.dtype, flat_a.device)
+        buf = scratch.get(key)
+        if buf is None:
+            buf = scratch[key] = torch.empty(UPDATE_CHUNK, dtype=flat_a.dtype, device=flat_a.device)
+        half = flat_a.dtype in (torch.float16, torch.bfloat16)
+        parts = []
+        for start in range(0, flat_a.numel(), UPDATE_CHUNK):
+            end = min(start + UPDATE_CHUNK, flat_a.numel())
+            part = buf[: end - start]
+            torch.sub(flat_a[start:end], flat_b[start:end], out=part)
+            parts.append(torch.linalg.vector_norm(part, dtype=torch.float32 if half else None))
+        out[i] = torch.linalg.vector_norm(torch.stack(parts))
+    return [n for n in out if n is not None]
 
 
 def from_squares(values: list[float]) -> list[float]:
