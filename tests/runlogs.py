@@ -210,10 +210,17 @@ def write_run(
 
 
 def write_real_run(
-    path: Path, blow_up_at: int = 30, steps: int = 40, seed: int = 0, lr: float = 0.01
+    path: Path,
+    blow_up_at: int = 30,
+    steps: int = 40,
+    seed: int = 0,
+    lr: float = 0.01,
+    on_nonfinite: str = "warn",
+    quiet: bool = True,
 ) -> Path:
     """A real training loop under modinspect.watch (every 2 steps, optimizer logged): a small MLP whose lr is
-    multiplied by 1e6 from step `blow_up_at` (a planted blow-up; past `steps` for a healthy run)."""
+    multiplied by 1e6 from step `blow_up_at` (a planted blow-up; past `steps` for a healthy run). `quiet`
+    silences watch's NonFiniteWarning (False: the caller asserts it)."""
     import warnings
 
     import torch
@@ -226,8 +233,11 @@ def write_real_run(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < blow_up_at else 1e6)
     x, y = torch.randn(64, 8), torch.randn(64, 1)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", modinspect.NonFiniteWarning)
-        with modinspect.watch(model, every=2, log=path, optimizer=opt) as w:
+        if quiet:
+            warnings.simplefilter("ignore", modinspect.NonFiniteWarning)
+        with modinspect.watch(
+            model, every=2, log=path, optimizer=opt, on_nonfinite=on_nonfinite
+        ) as w:
             for _ in range(steps):
                 loss = (model(x) - y).pow(2).mean()
                 w.log_loss(loss)

@@ -939,25 +939,9 @@ def test_a_real_run_with_a_planted_lr_blow_up_is_explained(
 ) -> None:
     """A real training loop under watch, its lr multiplied by 1e6 from step 30: the report's lr line and the
     explanation after the first bad step are what the log (read here as plain JSON) holds."""
-    import torch
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < 30 else 1e6)
-    x, y = torch.randn(64, 8), torch.randn(64, 1)
     log = tmp_path / "real.jsonl"
-    with (
-        pytest.warns(modinspect.NonFiniteWarning),
-        modinspect.watch(model, every=2, log=log, optimizer=opt) as w,
-    ):
-        for _ in range(40):
-            loss = (model(x) - y).pow(2).mean()
-            w.log_loss(loss)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            sched.step()
+    with pytest.warns(modinspect.NonFiniteWarning):
+        runlogs.write_real_run(log, quiet=False)
     steps = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()[1:]]
     lrs = [s["optimizer"][0]["lr"] for s in steps]
     bad = next(s for s in steps if s["nonfinite"] is not None)

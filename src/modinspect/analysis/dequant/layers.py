@@ -256,15 +256,29 @@ def _check_scale(scale: torch.Tensor, out: int, inp: int, bad: Bad) -> None:
         raise bad(f"has weight_scale {list(scale.shape)}, which fits no grouping of [{out}, {inp}]")
 
 
+def _scaled_rows(
+    what: str,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor | None,
+    out: int,
+    inp: int,
+    bad: Bad,
+) -> Rows:
+    """`(weight - zero) * scale` by rows, once the weight (named `what` in the file), its scales and its zero
+    points are checked to fit [out, inp] and each other."""
+    if _shape(weight) != (out, inp):
+        raise bad(f"has {what} {list(weight.shape)}, not [{out}, {inp}]")
+    _check_scale(scale, out, inp, bad)
+    if zero is not None and zero.numel() != 1 and zero.shape != scale.shape:
+        raise bad(f"has zero points {list(zero.shape)} for scales {list(scale.shape)}")
+    return lambda r0, r1: fam.scaled_rows(weight, scale, zero, r0, r1)
+
+
 def _scaled(need: Need, get: Get, bad: Bad, out: int, inp: int) -> Make:
     def make() -> Rows:
         weight, scale, zero = need("weight"), need("weight_scale"), get("weight_zero_point")
-        if _shape(weight) != (out, inp):
-            raise bad(f"has weight {list(weight.shape)}, not [{out}, {inp}]")
-        _check_scale(scale, out, inp, bad)
-        if zero is not None and zero.numel() != 1 and zero.shape != scale.shape:
-            raise bad(f"has zero points {list(zero.shape)} for scales {list(scale.shape)}")
-        return lambda r0, r1: fam.scaled_rows(weight, scale, zero, r0, r1)
+        return _scaled_rows("weight", weight, scale, zero, out, inp, bad)
 
     return make
 
@@ -298,12 +312,7 @@ def _torchao(source: Source, layer: QuantLayer, out: int, inp: int, bad: Bad) ->
             raise bad("has no qdata and scale to dequantize")
         weight, scale = read(layer.weight, "qdata"), read(layer.weight, "scale")
         zero = read(layer.weight, "zero_point") if "zero_point" in parts else None
-        if _shape(weight) != (out, inp):
-            raise bad(f"has qdata {list(weight.shape)}, not [{out}, {inp}]")
-        _check_scale(scale, out, inp, bad)
-        if zero is not None and zero.numel() != 1 and zero.shape != scale.shape:
-            raise bad(f"has zero points {list(zero.shape)} for scales {list(scale.shape)}")
-        return lambda r0, r1: fam.scaled_rows(weight, scale, zero, r0, r1)
+        return _scaled_rows("qdata", weight, scale, zero, out, inp, bad)
 
     return make
 
