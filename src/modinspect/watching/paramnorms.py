@@ -46,6 +46,9 @@ class ParamNorms:
         self._kept: list[torch.Tensor] | None = (
             None  # `update_from`'s buffers, reused at each logged step
         )
+        self._kept_versions: list[int] = []  # each weight's version counter when it was copied
+        # The sentinel's norms of the weights the logged step started from (None: not weighed, or changed).
+        self._start_norms: list[torch.Tensor | None] | None = None
         self.grad_norms: dict[int, torch.Tensor] = {}  # this step's gradients' norms, by parameter
         self.history = UpdateHistory([n for n, _ in params])
         self.step_lrs: tuple[float | None, ...] = ()  # the lr the current step's update will use
@@ -76,15 +79,32 @@ class ParamNorms:
             with torch.no_grad():
                 torch._foreach_copy_(kept, live)
         self._kept = self.update_from = kept
+        self._kept_versions = [p._version for _, p in self.params]
+        self._start_norms = None
 
     def release(self) -> None:
         """Drop the update's starting weights and the buffers that hold them (detach)."""
         self._kept = self.update_from = None
+        self._start_norms = None
 
     def push(self, step: int, norms: list[torch.Tensor], optimizer: Any) -> None:
-        """The weights' norms after `step`'s update, with the lr that update used; then the next step's lr."""
+        """The weights' norms after `step`'s update, with the lr that update used; then the next step's lr.
+
+        The first norms weighed after `keep_start` are also ‖w before‖ of the logged step's update, for each
+        weight whose version counter shows no in-place write since it was copied (the optimizer's update
+        is one): the record then reads only the weights and their copy, not the copy a second time.
+        """
         if norms:
             self.history.push(step, norms, self.step_lrs)
+            if (
+                self._start_norms is None
+                and self._kept is not None
+                and len(norms) == len(self.params)
+            ):
+                self._start_norms = [
+                    n if p._version == v else None
+                    for n, (_, p), v in zip(norms, self.params, self._kept_versions, strict=True)
+                ]
         self.step_lrs = learning_rates(optimizer)
 
     def explain(
@@ -113,26 +133,37 @@ class ParamNorms:
         with torch.no_grad():
             # [‖w‖, ‖∇w‖, ‖Δw‖, ‖w before‖] per parameter, -1 where unknown: filled column by column.
             table = torch.full((count, 4), -1.0, dtype=self.acc, device=self.device)
-            if count:
-                table[:, 0] = torch.stack([n.to(self.device, self.acc) for n in tensor_norms(ws)])
-            graded = sorted(self.grad_norms)
-            if graded:
-                table[graded, 1] = torch.stack(
-                    [self.grad_norms[i].to(self.device, self.acc) for i in graded]
-                )
             moved = [
                 i
                 for i, w in enumerate(ws)
                 if before_all is not None and before_all[i].shape == w.shape
             ]
-            if moved:
-                assert before_all is not None
-                before = [before_all[i] for i in moved]
-                updates = update_norms([ws[i] for i in moved], before)
-                table[moved, 2] = torch.stack([n.to(self.device, self.acc) for n in updates])
-                table[moved, 3] = torch.stack(
-                    [n.to(self.device, self.acc) for n in tensor_norms(before)]
+            still = sorted(set(range(count)) - set(moved))
+            if still:
+                table[still, 0] = torch.stack(
+                    [n.to(self.device, self.acc) for n in tensor_norms([ws[i] for i in still])]
                 )
+            graded = sorted(self.grad_norms)
+            if graded:
+                table[graded, 1] = torch.stack(
+                    [self.grad_norms[i].to(self.device, self.acc) for i in graded]
+                )
+            known = self._start_norms or [None] * count
+            for weighed in (True, False):
+                # ‖w before‖ already weighed by the sentinel (the weight unchanged since its copy), or not.
+                rows = [i for i in moved if (known[i] is not None) == weighed]
+                if not rows:
+                    continue
+                assert before_all is not None
+                # ‖w‖, ‖Δw‖ (and ‖w before‖) in one pass: each weight and its copy are read once.
+                after, starts, updates = update_norms(
+                    [ws[i] for i in rows], [before_all[i] for i in rows], with_before=not weighed
+                )
+                if weighed:
+                    starts = [known[i] for i in rows]  # type: ignore[misc]
+                table[rows, 0] = torch.stack([n.to(self.device, self.acc) for n in after])
+                table[rows, 2] = torch.stack([n.to(self.device, self.acc) for n in updates])
+                table[rows, 3] = torch.stack([n.to(self.device, self.acc) for n in starts])
             first = (
                 loss.reshape(1).to(self.device, self.acc)
                 if loss is not None
@@ -228,27 +259,42 @@ class ParamNorms:
                     distributed.local(p).copy_(s)
 
 
-UPDATE_CHUNK = 1 << 20  # elements: a weight larger than this has its update taken in chunks of it
+UPDATE_CHUNK = 1 << 20  # elements: a weight larger than this is read in chunks of it
 
 
-def update_norms(after: list[torch.Tensor], before: list[torch.Tensor]) -> list[torch.Tensor]:
-    """‖a − b‖ of each pair, as `tensor_norms` gives them, without a temporary the size of the weights.
+def update_norms(
+    after: list[torch.Tensor], before: list[torch.Tensor], with_before: bool = True
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """(‖a‖, ‖b‖, ‖a − b‖) of each pair, as `tensor_norms` gives them, reading each tensor once.
 
-    The small tensors' differences are one `_foreach_sub` and one multi-tensor norm; a tensor over
-    UPDATE_CHUNK elements is subtracted chunk by chunk into one scratch buffer and its chunks' norms combined
-    (on the CPU, fresh memory the size of GPT-2's weights cost each logged step its page faults, ~0.1 s).
+    `with_before=False` leaves ‖b‖ out (an empty list): b is then read only by the subtraction.
+
+    The small tensors' differences are one `_foreach_sub`, and the three norms one multi-tensor norm. A
+    tensor over UPDATE_CHUNK elements goes chunk by chunk: the chunk's difference into one scratch buffer,
+    then the norms of the two chunks and of their difference while the three are still in the cache
+    (3 × 4 MB in float32): the weights and their copy cross the memory bus once, not twice, and no
+    temporary the size of the weights is allocated (fresh memory the size of GPT-2's weights cost each
+    logged step its page faults, about 0.1 s on the CPU).
     """
     import torch
 
-    out: list[torch.Tensor | None] = [None] * len(after)
+    n = len(after)
+    out_a: list[torch.Tensor | None] = [None] * n
+    out_b: list[torch.Tensor | None] = [None] * n
+    out_d: list[torch.Tensor | None] = [None] * n
     small = [i for i, a in enumerate(after) if a.numel() <= UPDATE_CHUNK]
     if small:
-        deltas = list(torch._foreach_sub([after[i] for i in small], [before[i] for i in small]))
-        for i, n in zip(small, tensor_norms(deltas), strict=True):
-            out[i] = n
+        pairs_a = [after[i] for i in small]
+        pairs_b = [before[i] for i in small]
+        deltas = list(torch._foreach_sub(pairs_a, pairs_b))
+        norms = tensor_norms(pairs_a + deltas + (pairs_b if with_before else []))
+        k = len(small)
+        for j, i in enumerate(small):
+            out_a[i], out_d[i] = norms[j], norms[k + j]
+            out_b[i] = norms[2 * k + j] if with_before else None
     scratch: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
     for i, (a, b) in enumerate(zip(after, before, strict=True)):
-        if out[i] is not None:
+        if out_a[i] is not None:
             continue
         flat_a, flat_b = a.reshape(-1), b.reshape(-1)
         key = (flat_a.dtype, flat_a.device)
@@ -256,14 +302,28 @@ def update_norms(after: list[torch.Tensor], before: list[torch.Tensor]) -> list[
         if buf is None:
             buf = scratch[key] = torch.empty(UPDATE_CHUNK, dtype=flat_a.dtype, device=flat_a.device)
         half = flat_a.dtype in (torch.float16, torch.bfloat16)
-        parts = []
+        parts: list[torch.Tensor] = []
         for start in range(0, flat_a.numel(), UPDATE_CHUNK):
             end = min(start + UPDATE_CHUNK, flat_a.numel())
-            part = buf[: end - start]
-            torch.sub(flat_a[start:end], flat_b[start:end], out=part)
-            parts.append(torch.linalg.vector_norm(part, dtype=torch.float32 if half else None))
-        out[i] = torch.linalg.vector_norm(torch.stack(parts))
-    return [n for n in out if n is not None]
+            chunk_a, chunk_b, part = flat_a[start:end], flat_b[start:end], buf[: end - start]
+            torch.sub(chunk_a, chunk_b, out=part)
+            parts += torch._foreach_norm(
+                [chunk_a, part, chunk_b] if with_before else [chunk_a, part],
+                2,
+                dtype=torch.float32 if half else None,
+            )
+        # Rows are chunks, columns (‖a‖, ‖a − b‖, ‖b‖): the chunks' norms combine as a norm of norms.
+        total = torch.linalg.vector_norm(
+            torch.stack(parts).view(-1, 3 if with_before else 2), dim=0
+        )
+        out_a[i], out_d[i] = total[0], total[1]
+        out_b[i] = total[2] if with_before else None
+    done = [i for i in range(n) if out_a[i] is not None]
+    return (
+        [out_a[i] for i in done],  # type: ignore[misc]
+        [out_b[i] for i in done] if with_before else [],  # type: ignore[misc]
+        [out_d[i] for i in done],  # type: ignore[misc]
+    )
 
 
 def from_squares(values: list[float]) -> list[float]:
