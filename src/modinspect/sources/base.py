@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from modinspect import dtypes
 from modinspect.reports import short_repr
@@ -183,6 +183,47 @@ class Source:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_Inner = TypeVar("_Inner", bound=Source)
+
+
+class WrappedSource(Source, Generic[_Inner]):
+    """Another source seen with its tensor list changed (renamed, replaced, hidden): its label, format,
+    metadata, notes and warnings kept, and every read, chunk, byte range and close handed to `inner`
+    under the name `stored_name` gives. Subclasses state only what they change.
+    """
+
+    def __init__(self, inner: _Inner, tensors: list[TensorInfo]) -> None:
+        self.inner = inner
+        super().__init__(
+            label=inner.label,
+            format=inner.format,
+            tensors=tensors,
+            metadata=inner.metadata,
+            notes=list(inner.notes),
+            warnings=list(inner.warnings),
+            would_call=list(inner.would_call),
+        )
+
+    def stored_name(self, name: str) -> str:
+        """The name `inner` knows tensor `name` by (the same name unless a subclass renames)."""
+        return name
+
+    def _read(self, name: str) -> torch.Tensor:
+        return self.inner.read_tensor(self.stored_name(name))
+
+    def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
+        return self.inner.iter_chunks(self.stored_name(name), chunk_elems)
+
+    def byte_range(self, name: str) -> tuple[Path, int, int] | None:
+        return self.inner.byte_range(self.stored_name(name))
+
+    def byte_ranges(self, names: Iterable[str]) -> list[tuple[Path, int, int] | None]:
+        return self.inner.byte_ranges(map(self.stored_name, names))
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def tied_groups(tensors: Iterable[TensorInfo]) -> list[list[str]]:

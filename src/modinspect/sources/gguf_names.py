@@ -20,16 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from modinspect.errors import UsageError
-from modinspect.sources.base import Source
+from modinspect.sources.base import Source, WrappedSource
 from modinspect.sources.gguf import GGUFSource
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = ["ARCHITECTURES", "HFNamedSource", "hf_name", "hf_names", "with_hf_names"]
 
@@ -132,46 +126,23 @@ def hf_names(gguf_names: list[str], arch: str, n_blocks: int) -> dict[str, str]:
     return out
 
 
-class HFNamedSource(Source):
+class HFNamedSource(WrappedSource[GGUFSource]):
     """A GGUF source seen under Hugging Face names: its tensors renamed, its reads mapped back."""
 
     def __init__(self, inner: GGUFSource, renames: dict[str, str]) -> None:
-        self.inner = inner
         self._back = {new: old for old, new in renames.items()}
         tensors = [
             dataclasses.replace(t, name=renames[t.name]) if t.name in renames else t
             for t in inner.tensors
         ]
-        super().__init__(
-            label=inner.label,
-            format=inner.format,
-            tensors=tensors,
-            metadata=inner.metadata,
-            notes=list(inner.notes),
-            warnings=list(inner.warnings),
-        )
+        super().__init__(inner, tensors)
 
-    def _old(self, name: str) -> str:
+    def stored_name(self, name: str) -> str:
         return self._back.get(name, name)
 
     def ggml_type(self, name: str) -> str:
         """The ggml type the file stores tensor `name` (a Hugging Face name) in."""
-        return self.inner.ggml_type(self._old(name))
-
-    def _read(self, name: str) -> torch.Tensor:
-        return self.inner.read_tensor(self._old(name))
-
-    def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
-        return self.inner.iter_chunks(self._old(name), chunk_elems)
-
-    def byte_range(self, name: str) -> tuple[Path, int, int] | None:
-        return self.inner.byte_range(self._old(name))
-
-    def byte_ranges(self, names: Iterable[str]) -> list[tuple[Path, int, int] | None]:
-        return self.inner.byte_ranges(map(self._old, names))
-
-    def close(self) -> None:
-        self.inner.close()
+        return self.inner.ggml_type(self.stored_name(name))
 
 
 def _block_count(src: Source, arch: str) -> int:

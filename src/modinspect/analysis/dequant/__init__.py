@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, TypeVar
 from modinspect import dtypes
 from modinspect.analysis.quant import scan_quantization
 from modinspect.errors import CorruptFileError
-from modinspect.sources.base import Source, TensorInfo
+from modinspect.sources.base import Source, TensorInfo, WrappedSource
 
 if TYPE_CHECKING:
     import torch
@@ -67,14 +67,13 @@ def dequantized(source: Source) -> DequantizedSource | None:
     return DequantizedSource(source, plans, hidden)
 
 
-class DequantizedSource(Source):
+class DequantizedSource(WrappedSource[Source]):
     """A source's tensors with each quantized weight replaced by its float32 dequantisation."""
 
     def __init__(
         self, inner: Source, plans: dict[str, tuple[str, _Plan]], hidden: set[str] | None = None
     ) -> None:
         # plans: stored name of the packed weight -> (float name, plan); `hidden`: the auxiliary tensors
-        self.inner = inner
         self.plans = {new: plan for new, plan in plans.values()}
         hidden = hidden or set()
         tensors = [
@@ -83,15 +82,7 @@ class DequantizedSource(Source):
             if t.name in plans or t.name not in hidden
         ]
         self.schemes = {n: p.scheme for n, p in self.plans.items() if p.scheme is not None}
-        super().__init__(
-            label=inner.label,
-            format=inner.format,
-            tensors=tensors,
-            metadata=inner.metadata,
-            notes=list(inner.notes),
-            warnings=list(inner.warnings),
-            would_call=list(inner.would_call),
-        )
+        super().__init__(inner, tensors)
 
     def _rows(self, name: str) -> tuple[Rows, int, int]:
         plan = self.plans[name]
@@ -124,13 +115,13 @@ class DequantizedSource(Source):
 
     def _read(self, name: str) -> torch.Tensor:
         if name not in self.plans:
-            return self.inner.read_tensor(name)
+            return super()._read(name)
         rows_of, rows, _cols = self._rows(name)
         return rows_of(0, rows).reshape(self.plans[name].info.shape)
 
     def _chunks(self, name: str, chunk_elems: int) -> Iterator[torch.Tensor]:
         if name not in self.plans:
-            yield from self.inner.iter_chunks(name, chunk_elems)
+            yield from super()._chunks(name, chunk_elems)
             return
         rows_of, rows, cols = self._rows(name)
         step = max(1, chunk_elems // max(cols, 1))
@@ -140,13 +131,10 @@ class DequantizedSource(Source):
         )
 
     def byte_range(self, name: str) -> tuple[Path, int, int] | None:
-        return None if name in self.plans else self.inner.byte_range(name)
+        return None if name in self.plans else super().byte_range(name)
 
     def byte_ranges(self, names: Iterable[str]) -> list[tuple[Path, int, int] | None]:
         return [self.byte_range(n) for n in names]
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def _exact(pieces: Iterable[torch.Tensor], n: int) -> Iterator[torch.Tensor]:
