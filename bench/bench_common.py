@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: run one contender in its own process, read its wall time and peak RSS.
+"""Shared by the benchmarks: their common options, inputs built in a child process, and each contender run in
+its own process for its wall time and peak RSS.
 
 Peak RSS is `ru_maxrss` from `os.wait4` on the child. Linux folds the parent's peak RSS into a child's
 `ru_maxrss` (the child runs in the parent's pages until it calls exec), so a measuring process must stay
@@ -8,15 +9,45 @@ tells how small it stayed: figures at or below it are that floor, not the conten
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+_Key = TypeVar("_Key")
+
+
+def bench_parser(
+    doc: str, smoke_help: str | None = None, runs: int | None = None, make: bool = False
+) -> argparse.ArgumentParser:
+    """A benchmark's parser: its docstring as the description, `--smoke`, `--runs` (default `runs`), and
+    with `make` the hidden `--make DIR` that `make_in_child` passes."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument("--runs", type=int, default=runs)
+    if make:
+        parser.add_argument("--make", metavar="DIR", help=argparse.SUPPRESS)
+    return parser
+
+
+def make_in_child(script: str, folder: Path | str, smoke: bool, quiet: bool = False) -> None:
+    """Run `script --make FOLDER [--smoke]`, which builds the benchmark's inputs in FOLDER (its stderr
+    dropped when `quiet`). A forked child's peak RSS counts the parent's pages until exec, so the
+    measuring parent must stay small: it builds nothing big itself."""
+    subprocess.run(
+        [sys.executable, script, "--make", str(folder), *(["--smoke"] if smoke else [])],
+        check=True,
+        stderr=subprocess.DEVNULL if quiet else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -48,6 +79,34 @@ def run_process(
         out.seek(0)
         text = out.read().decode() if capture else ""
     return ProcessRun(wall=wall, rss_mib=usage.ru_maxrss / 1024, stdout=text)
+
+
+def interleaved(
+    contenders: Mapping[_Key, Sequence[str]],
+    runs: int,
+    warm: bool = False,
+    ok_codes: tuple[int, ...] = (0,),
+    capture: bool = False,
+) -> dict[_Key, list[ProcessRun]]:
+    """Every contender once per run, run by run (so a busy spell hits all of them), after one unrecorded
+    round when `warm` (page cache, imports)."""
+    if warm:
+        for cmd in contenders.values():
+            run_process(cmd, ok_codes, capture)
+    results: dict[_Key, list[ProcessRun]] = {k: [] for k in contenders}
+    for _ in range(runs):
+        for key, cmd in contenders.items():
+            results[key].append(run_process(cmd, ok_codes, capture))
+    return results
+
+
+def walls_and_rss(
+    results: Mapping[_Key, Sequence[ProcessRun]],
+) -> tuple[dict[_Key, list[float]], dict[_Key, list[float]]]:
+    """Each contender's wall seconds and peak RSS MiB, run by run."""
+    walls = {k: [r.wall for r in v] for k, v in results.items()}
+    rss = {k: [r.rss_mib for r in v] for k, v in results.items()}
+    return walls, rss
 
 
 def modinspect_command() -> list[str]:

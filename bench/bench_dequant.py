@@ -20,16 +20,22 @@ Both print the worst relative error, which must agree.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench_common import modinspect_command, paired_ratio, run_process, spread
+from bench_common import (
+    bench_parser,
+    interleaved,
+    make_in_child,
+    modinspect_command,
+    paired_ratio,
+    spread,
+    walls_and_rss,
+)
 
 GGUF_PY = """
 import sys
@@ -129,22 +135,15 @@ def worst_of(stdout: str, json_doc: bool) -> float:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--smoke", action="store_true", help="a tiny GPT-2, one run")
-    parser.add_argument("--runs", type=int, default=None)
-    parser.add_argument("--child-write", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child_write:
-        write_files(Path(args.child_write), args.smoke)
+    args = bench_parser(__doc__, "a tiny GPT-2, one run", make=True).parse_args(argv)
+    if args.make:
+        write_files(Path(args.make), args.smoke)
         return []
     runs = args.runs or (1 if args.smoke else 5)
     lines: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        child = [sys.executable, __file__, "--child-write", str(folder)]
-        subprocess.run(child + (["--smoke"] if args.smoke else []), check=True)
+        make_in_child(__file__, folder, args.smoke)
         meta = json.loads((folder / "meta.json").read_text())
         full = folder / "gpt2.safetensors"
         contenders: dict[str, tuple[list[str], bool]] = {}
@@ -158,15 +157,13 @@ def main(argv: list[str] | None = None) -> list[str]:
                 [sys.executable, "-c", GGUF_PY, str(full), str(q)],
                 False,
             )
-        walls: dict[str, list[float]] = {k: [] for k in contenders}
-        rss: dict[str, list[float]] = {k: [] for k in contenders}
-        worst: dict[str, float] = {}
-        for _ in range(runs):
-            for name, (cmd, is_json) in contenders.items():
-                run = run_process(cmd, ok_codes=(0, 1), capture=True)
-                walls[name].append(run.wall)
-                rss[name].append(run.rss_mib)
-                worst[name] = worst_of(run.stdout, is_json)
+        commands = {name: cmd for name, (cmd, _) in contenders.items()}
+        results = interleaved(commands, runs, ok_codes=(0, 1), capture=True)
+        walls, rss = walls_and_rss(results)
+        worst = {
+            name: worst_of(results[name][-1].stdout, is_json)
+            for name, (_, is_json) in contenders.items()
+        }
         sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.suffix != ".json"}
     lines.append(
         f"Files: gpt2.safetensors {sizes['gpt2.safetensors'] / 2**20:.0f} MiB ({meta['params']:,} parameters, "

@@ -12,15 +12,20 @@ Each contender runs in its own process (peak RSS from wait4), interleaved run by
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_common import paired_ratio, run_process
+from bench_common import (
+    bench_parser,
+    interleaved,
+    make_in_child,
+    paired_ratio,
+    spread,
+    walls_and_rss,
+)
 
 MODINSPECT = "modinspect diff"
 LOOP_NAME = "load both + loop"
@@ -59,32 +64,14 @@ def make_checkpoints(folder: Path, smoke: bool) -> tuple[Path, Path]:
     return a, b
 
 
-def run(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one process; exit 1 (the files differ) is a success."""
-    result = run_process(cmd, ok_codes=(0, 1))
-    return result.wall, result.rss_mib
-
-
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--make", metavar="DIR", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = bench_parser(__doc__, runs=5, make=True).parse_args(argv)
     if args.make:
         make_checkpoints(Path(args.make), args.smoke)
         return []
     runs = 1 if args.smoke else args.runs
     with tempfile.TemporaryDirectory() as tmp:
-        # Built in a child process: a forked child's peak RSS counts the parent's pages until exec,
-        # so the measuring parent must stay small.
-        subprocess.run(
-            [sys.executable, __file__, "--make", tmp] + (["--smoke"] if args.smoke else []),
-            check=True,
-            stderr=subprocess.DEVNULL,
-        )
+        make_in_child(__file__, tmp, args.smoke, quiet=True)
         a, b, a2 = (
             Path(tmp) / "a.safetensors",
             Path(tmp) / "b.safetensors",
@@ -100,14 +87,10 @@ def main(argv: list[str] | None = None) -> list[str]:
             IDENTICAL: [*mi, str(a), str(a2), "--json"],
             CMP: ["cmp", str(a), str(a2)],
         }
-        results: dict[str, list[tuple[float, float]]] = {k: [] for k in contenders}
-        for cmd in contenders.values() if not args.smoke else ():  # page cache warm, unrecorded
-            run(cmd)
-        for _ in range(runs):
-            for key, cmd in contenders.items():
-                results[key].append(run(cmd))
-    walls = {k: [w for w, _ in v] for k, v in results.items()}
-    base_rss = statistics.median(r for _, r in results[LOOP_NAME])
+        # page cache warm, unrecorded; exit 1 (the files differ) is a success
+        results = interleaved(contenders, runs, warm=not args.smoke, ok_codes=(0, 1))
+    walls, all_rss = walls_and_rss(results)
+    base_rss = statistics.median(all_rss[LOOP_NAME])
     lines = [
         f"two checkpoints of {size / 2**20:,.0f} MiB each (b: every 10th tensor changed; a2: a byte copy of a), "
         f"{runs} run(s)",
@@ -115,10 +98,10 @@ def main(argv: list[str] | None = None) -> list[str]:
         "time × cmp |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for key, values in results.items():
-        rss = statistics.median(r for _, r in values)
+    for key in results:
+        rss = statistics.median(all_rss[key])
         lines.append(
-            f"| {key} | {statistics.median(walls[key]):.2f} | {min(walls[key]):.2f}–{max(walls[key]):.2f} | "
+            f"| {key} | {statistics.median(walls[key]):.2f} | {spread(walls[key])} | "
             f"{rss:,.0f} | {paired_ratio(walls[key], walls[LOOP_NAME]):.2f} | {rss / base_rss:.2f} | "
             f"{paired_ratio(walls[key], walls[CAT]):.2f} | {paired_ratio(walls[key], walls[CMP]):.2f} |"
         )

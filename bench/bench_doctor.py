@@ -10,7 +10,6 @@ backward (the ratio column: doctor's whole run over a bare forward+backward, pai
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_common import bench_parser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
@@ -56,12 +56,7 @@ def bare(model: torch.nn.Module, kwargs: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--smoke", action="store_true", help="a tiny GPT-2, one run")
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args(argv)
+    args = bench_parser(__doc__, "a tiny GPT-2, one run", runs=5).parse_args(argv)
     runs = 1 if args.smoke else args.runs
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, kwargs = build(args.smoke)

@@ -22,15 +22,21 @@ per-run ratios); "params" is checked against the true count, 6,738,415,616.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_common import modinspect_command, paired_ratio, run_process, spread
+from bench_common import (
+    bench_parser,
+    interleaved,
+    make_in_child,
+    modinspect_command,
+    paired_ratio,
+    spread,
+    walls_and_rss,
+)
 
 GGUF_READER = """
 import sys
@@ -143,22 +149,15 @@ def params_of(stdout: str, json_doc: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--smoke", action="store_true", help="a tiny model, one run")
-    parser.add_argument("--runs", type=int, default=None)
-    parser.add_argument("--child-write", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child_write:
-        write_files(Path(args.child_write), args.smoke)
+    args = bench_parser(__doc__, "a tiny model, one run", make=True).parse_args(argv)
+    if args.make:
+        write_files(Path(args.make), args.smoke)
         return []
     runs = args.runs or (1 if args.smoke else 5)
     lines: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        child = [sys.executable, __file__, "--child-write", str(folder)]
-        subprocess.run(child + (["--smoke"] if args.smoke else []), check=True)
+        make_in_child(__file__, folder, args.smoke)
         truth = json.loads((folder / "truth.json").read_text())["params"]
         if not args.smoke and truth != TRUE_7B:
             raise SystemExit(f"the 7B layout has {truth:,} parameters, not {TRUE_7B:,}")
@@ -175,15 +174,13 @@ def main(argv: list[str] | None = None) -> list[str]:
             "gguf.GGUFReader (GGUF)": ([sys.executable, "-c", GGUF_READER, str(gguf_file)], False),
             "safe_open (safetensors)": ([sys.executable, "-c", SAFE_OPEN, str(st_file)], False),
         }
-        walls: dict[str, list[float]] = {k: [] for k in contenders}
-        rss: dict[str, list[float]] = {k: [] for k in contenders}
-        counted: dict[str, int] = {}
-        for _ in range(runs):
-            for name, (cmd, is_json) in contenders.items():
-                run = run_process(cmd, capture=True)
-                walls[name].append(run.wall)
-                rss[name].append(run.rss_mib)
-                counted[name] = params_of(run.stdout, is_json)
+        commands = {name: cmd for name, (cmd, _) in contenders.items()}
+        results = interleaved(commands, runs, capture=True)
+        walls, rss = walls_and_rss(results)
+        counted = {
+            name: params_of(results[name][-1].stdout, is_json)
+            for name, (_, is_json) in contenders.items()
+        }
         sizes = {
             "GGUF": gguf_file.stat().st_size,
             "safetensors": st_file.stat().st_size,

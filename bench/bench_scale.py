@@ -19,14 +19,19 @@ per-run ratios to the same file's base, which runs right before it:
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_common import ProcessRun, modinspect_command, paired_ratio, run_process, spread
+from bench_common import (
+    bench_parser,
+    interleaved,
+    make_in_child,
+    modinspect_command,
+    paired_ratio,
+    spread,
+)
 
 PARSE = """
 import json, struct, sys
@@ -134,32 +139,16 @@ def contenders(folder: Path, smoke: bool) -> dict[tuple[str, str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--smoke", action="store_true", help="small files, one run")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--make", metavar="DIR", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = bench_parser(__doc__, "small files, one run", runs=5, make=True).parse_args(argv)
     if args.make:
         make(Path(args.make), args.smoke)
         return []
     runs = 1 if args.smoke else args.runs
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        # Built in a child process: a forked child's peak RSS counts the parent's pages until exec.
-        subprocess.run(
-            [sys.executable, __file__, "--make", tmp, *(["--smoke"] if args.smoke else [])],
-            check=True,
-        )
-        commands = contenders(folder, args.smoke)
-        if not args.smoke:  # page cache and imports warm, unrecorded
-            for cmd in commands.values():
-                run_process(cmd, ok_codes=(0, 1))
-        results: dict[tuple[str, str], list[ProcessRun]] = {k: [] for k in commands}
-        for _ in range(runs):
-            for key, cmd in commands.items():
-                results[key].append(run_process(cmd, ok_codes=(0, 1)))
+        make_in_child(__file__, tmp, args.smoke)
+        commands = contenders(Path(tmp), args.smoke)
+        # page cache and imports warm, unrecorded
+        results = interleaved(commands, runs, warm=not args.smoke, ok_codes=(0, 1))
     lines = [
         f"{runs} run(s); the base of each case is the first row (×1.00); data holes except for the diff pair",
         "| case | contender | median s | min–max s | peak RSS MiB median | min–max MiB | time × base |",

@@ -10,24 +10,25 @@ x.safetensors is sample_models/tiny_lm.safetensors; the tree is rendered (plain,
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
 
-from bench_common import modinspect_command, paired_ratio, run_process, spread
+from bench_common import (
+    bench_parser,
+    interleaved,
+    modinspect_command,
+    paired_ratio,
+    spread,
+    walls_and_rss,
+)
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_models" / "tiny_lm.safetensors"
 BASE = 'python -c "import torch"'
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--smoke", action="store_true", help="one run")
-    parser.add_argument("--runs", type=int, default=10)
-    args = parser.parse_args(argv)
+    args = bench_parser(__doc__, "one run", runs=10).parse_args(argv)
     runs = 1 if args.smoke else args.runs
     mi = modinspect_command()
     contenders = {
@@ -36,16 +37,8 @@ def main(argv: list[str] | None = None) -> list[str]:
         "modinspect --help": [*mi, "--help"],
         "modinspect tree x.safetensors": [*mi, "tree", str(SAMPLE)],
     }
-    if not args.smoke:  # warm the page cache once, unrecorded
-        for cmd in contenders.values():
-            run_process(cmd)
-    walls: dict[str, list[float]] = {k: [] for k in contenders}
-    rss: dict[str, list[float]] = {k: [] for k in contenders}
-    for _ in range(runs):
-        for key, cmd in contenders.items():
-            result = run_process(cmd)
-            walls[key].append(result.wall)
-            rss[key].append(result.rss_mib)
+    # the page cache warmed once, unrecorded
+    walls, rss = walls_and_rss(interleaved(contenders, runs, warm=not args.smoke))
     lines = [
         f"{runs} run(s); x.safetensors = {SAMPLE.relative_to(SAMPLE.parent.parent)}",
         "| command | median s | min–max s | peak RSS MiB median | min–max MiB | time × import torch | RSS × import torch |",

@@ -16,7 +16,6 @@ Compared side by side in one process, interleaved, so the ratios hold on a share
 
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 import time
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from bench_common import bench_parser
 from torch import nn
 
 from modinspect.run.stats import StatsOptions, collect_stats
@@ -236,11 +236,7 @@ def gpu_header(device: str) -> tuple[list[str], bool]:
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--smoke", action="store_true", help="tiny models, one run")
-    parser.add_argument("--runs", type=int, default=7)
+    parser = bench_parser(__doc__, "tiny models, one run", runs=7)
     parser.add_argument("--models", default="gpt2,cnn")
     parser.add_argument(
         "--device", default="cpu", help="cpu, or cuda / cuda:N: also counts device->host syncs"

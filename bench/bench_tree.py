@@ -26,12 +26,20 @@ import json
 import math
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_common import ProcessRun, modinspect_command, paired_ratio, run_process, spread
+import scale_files
+from bench_common import (
+    ProcessRun,
+    bench_parser,
+    interleaved,
+    make_in_child,
+    modinspect_command,
+    paired_ratio,
+    spread,
+)
 
 TORCH_LOAD = """
 import sys, torch
@@ -49,7 +57,6 @@ with safe_open(sys.argv[1], framework="pt") as f:
 # Every width of GPT-2 small (768, and the 3x/4x projections) scaled to this for the sparse file: 20.3 GB of fp32.
 SPARSE_WIDTH = 5760
 SMOKE_SPARSE_WIDTH = 1024
-ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U8": 1, "BOOL": 1}
 
 
 def gpt2_config(smoke: bool):  # type: ignore[no-untyped-def]
@@ -99,28 +106,15 @@ def write_sparse(small: Path, big: Path, width: int) -> int:
     with small.open("rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
-    metadata = header.pop("__metadata__", None)
+    header.pop("__metadata__", None)  # {"format": "pt"}, which write_header_file writes too
     d = header["transformer.wte.weight"]["shape"][1]
     scale = {d: width, 3 * d: 3 * width, 4 * d: 4 * width}
-    out: dict[str, object] = {} if metadata is None else {"__metadata__": metadata}
-    offset = params = 0
-    for name, spec in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-        shape = [scale.get(x, x) for x in spec["shape"]]
-        numel = math.prod(shape)
-        out[name] = {
-            "dtype": spec["dtype"],
-            "shape": shape,
-            "data_offsets": [offset, offset + numel * ST_BYTES[spec["dtype"]]],
-        }
-        offset += numel * ST_BYTES[spec["dtype"]]
-        params += numel
-    raw = json.dumps(out, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the reference writer pads the header to 8 bytes
-    with big.open("wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        f.truncate(8 + len(raw) + offset)  # a hole: no blocks allocated
-    return params
+    specs: list[scale_files.Spec] = [
+        (name, spec["dtype"], [scale.get(x, x) for x in spec["shape"]])
+        for name, spec in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
+    ]
+    scale_files.write_header_file(big, specs)
+    return sum(math.prod(shape) for _, _, shape in specs)
 
 
 def torchinfo_child(smoke: bool) -> None:
@@ -157,12 +151,7 @@ MODINSPECT = "modinspect tree --json"
 
 def prepare(folder: Path, smoke: bool) -> tuple[dict[str, tuple[Path, int]], dict[str, int]]:
     """The files, as {row label: (path, true parameter count)}, and truth.json."""
-    # Built in a child process: a forked child's peak RSS counts the parent's pages until exec.
-    subprocess.run(
-        [sys.executable, __file__, "--make", str(folder), *(["--smoke"] if smoke else [])],
-        check=True,
-        stderr=subprocess.DEVNULL,
-    )
+    make_in_child(__file__, folder, smoke, quiet=True)
     truth = json.loads((folder / "truth.json").read_text())
     small, pth, big = folder / "gpt2.safetensors", folder / "gpt2.pth", folder / "big.safetensors"
     allocated = on_disk(big)
@@ -203,20 +192,6 @@ def commands(files: dict[str, tuple[Path, int]], smoke: bool) -> dict[tuple[str,
             *(["--smoke"] if smoke else []),
         ]
     return out
-
-
-def measure(
-    contenders: dict[tuple[str, str], list[str]], runs: int, warm: bool
-) -> dict[tuple[str, str], list[ProcessRun]]:
-    """Every contender once per run, interleaved, after one unrecorded round when `warm` (page cache, imports)."""
-    if warm:
-        for cmd in contenders.values():
-            run_process(cmd, capture=True)
-    results: dict[tuple[str, str], list[ProcessRun]] = {k: [] for k in contenders}
-    for _ in range(runs):
-        for key, cmd in contenders.items():
-            results[key].append(run_process(cmd, capture=True))
-    return results
 
 
 def table(
@@ -269,12 +244,7 @@ def table(
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--smoke", action="store_true", help="tiny files, one run")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--make", metavar="DIR", help=argparse.SUPPRESS)
+    parser = bench_parser(__doc__, "tiny files, one run", runs=5, make=True)
     parser.add_argument("--torchinfo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.make:
@@ -286,7 +256,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     runs = 1 if args.smoke else args.runs
     with tempfile.TemporaryDirectory() as tmp:  # the sparse file goes with it
         files, truth = prepare(Path(tmp), args.smoke)
-        results = measure(commands(files, args.smoke), runs, warm=not args.smoke)
+        # page cache and imports warm, unrecorded
+        results = interleaved(commands(files, args.smoke), runs, warm=not args.smoke, capture=True)
         lines = table(results, files, truth, runs)
     print("\n".join(lines))
     return lines
