@@ -339,7 +339,7 @@ def test_bench_doctor_smoke() -> None:
     import bench_doctor
 
     lines = bench_doctor.main(["--smoke"])
-    assert lines[0].startswith("## doctor on tiny GPT-2, input (2, 16) with labels, 1 run(s)")
+    assert lines[0].startswith("doctor on tiny GPT-2, input (2, 16) with labels, 1 run(s)")
     assert [line.split(" |")[0].split(" (")[0] for line in lines[4:8]] == [
         "| static checks",
         "| bare forward+backward",
