@@ -19,6 +19,7 @@ from modinspect.errors import CorruptFileError, UnsafePickleError
 from modinspect.sources.pickle.check import DEFAULT_MAX_PICKLE, check_pickle
 from modinspect.sources.pickle.gate import (
     TORCH_DTYPE_NAMES,
+    UNPICKLE_ERRORS,
     extension_code,
     python3_name,
     quiet_decoding,
@@ -169,19 +170,8 @@ class _Unpickler(pickle.Unpickler):
         raise CorruptFileError("refers to a persistent object, which DCP metadata never does")
 
 
-_ERRORS = (
-    pickle.UnpicklingError,
-    EOFError,
-    TypeError,
-    AttributeError,
-    ValueError,
-    IndexError,
-    KeyError,
-    RecursionError,
-    UnicodeDecodeError,
-    OverflowError,
-    MemoryError,
-)
+# the errors the torch-file reader turns into one line when unpickling, and MemoryError
+_ERRORS = (*UNPICKLE_ERRORS, MemoryError)
 
 
 def load_metadata(data: bytes, label: str) -> Metadata:
