@@ -265,3 +265,22 @@ def test_batch_counter_with_an_eta_on_a_terminal(monkeypatch: pytest.MonkeyPatch
             advance(1)
     shown = fake.getvalue()
     assert "running batches on cpu" in shown and "3/3" in shown and "ETA" in shown
+
+
+def test_byte_progress_bar_on_a_terminal_and_silent_off_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from modinspect.render.console import progress_bar
+
+    fake = _Terminal()
+    monkeypatch.setattr(sys, "stderr", fake)
+    with progress_bar(4096, "comparing") as advance:
+        advance(2048)
+        advance(2048)
+    shown = fake.getvalue()
+    assert "comparing" in shown and "4.1/4.1 kB" in shown
+    piped = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", piped)
+    with progress_bar(4096, "comparing") as advance:
+        advance(4096)
+    assert piped.getvalue() == ""

@@ -14,6 +14,7 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeRemainingColumn,
 )
@@ -89,61 +90,55 @@ def progress_bar(
     total: int, description: str
 ) -> contextlib.AbstractContextManager[Callable[[int], None]]:
     """A byte-counting progress bar on stderr, on a terminal only; yields an advance(nbytes) callable."""
-    return _ProgressBar(total, description)
-
-
-class _ProgressBar:
-    def __init__(self, total: int, description: str) -> None:
-        self.total, self.description = total, description
-        self.progress: Progress | None = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not sys.stderr.isatty():
-            return lambda _n: None
-        self.progress = Progress(
-            TextColumn("{task.description}", markup=False),
-            BarColumn(),
-            DownloadColumn(),
-            TimeRemainingColumn(),
-            console=Console(file=sys.stderr, markup=False, emoji=False),
-            transient=True,
-        )
-        self.progress.start()
-        task = self.progress.add_task(self.description, total=self.total)
-        progress = self.progress
-        return lambda n: progress.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+    columns = (
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+    )
+    return _TerminalProgress(total, description, columns)
 
 
 def batch_progress(
     total: int, device: str
 ) -> contextlib.AbstractContextManager[Callable[[int], None]]:
     """`stats --batches N`: a batch counter with an ETA on stderr, on a terminal only; yields advance(batches)."""
-    return _BatchProgress(total, device)
+    columns = (
+        TextColumn(f"running batches on {device}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    return _TerminalProgress(total, "batches", columns, force_terminal=True)
 
 
-class _BatchProgress:
-    def __init__(self, total: int, device: str) -> None:
-        self.total, self.device = total, device
+class _TerminalProgress:
+    """One task's transient progress display on stderr, shown only when stderr is a terminal."""
+
+    def __init__(
+        self,
+        total: int,
+        description: str,
+        columns: tuple[ProgressColumn, ...],
+        force_terminal: bool | None = None,
+    ) -> None:
+        self.total, self.description = total, description
+        self.columns, self.force_terminal = columns, force_terminal
         self.progress: Progress | None = None
 
     def __enter__(self) -> Callable[[int], None]:
         if not sys.stderr.isatty():
             return lambda _n: None
         self.progress = Progress(
-            TextColumn(f"running batches on {self.device}", markup=False),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=Console(file=sys.stderr, force_terminal=True, markup=False, emoji=False),
+            *self.columns,
+            console=Console(
+                file=sys.stderr, force_terminal=self.force_terminal, markup=False, emoji=False
+            ),
             transient=True,
         )
         self.progress.start()
-        task = self.progress.add_task("batches", total=self.total)
+        task = self.progress.add_task(self.description, total=self.total)
         progress = self.progress
         return lambda n: progress.advance(task, n)
 
