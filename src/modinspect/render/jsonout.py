@@ -170,25 +170,15 @@ LOAD: Schema[LoadReport] = Schema(
 )
 
 # ------------------------------------------------------------------ report (a watch log)
-RUN: Schema[RunReport] = Schema(
-    RunReport,
-    {
-        RunReport: Doc(rename={"times": "time"}),
-        ModuleSeries: Doc(after={"histograms": "flags"}),
-    },
-    _envelope,
-)
+_RUN_DOCS: dict[type, Doc] = {
+    RunReport: Doc(rename={"times": "time"}),
+    ModuleSeries: Doc(after={"histograms": "flags"}),
+}
+RUN: Schema[RunReport] = Schema(RunReport, _RUN_DOCS, _envelope)
 
 
 # `report A B`: both runs' documents as `report A --json` has them, then the modules paired
-COMPARISON: Schema[RunComparison] = Schema(
-    RunComparison,
-    {
-        RunReport: Doc(rename={"times": "time"}),
-        ModuleSeries: Doc(after={"histograms": "flags"}),
-    },
-    _envelope,
-)
+COMPARISON: Schema[RunComparison] = Schema(RunComparison, _RUN_DOCS, _envelope)
 
 
 # ------------------------------------------------------------------ doctor
