@@ -75,6 +75,7 @@ from modinspect.watching.sentinel import (
     group_hyperparameters,
     tensor_norms,
 )
+from modinspect.watching.stepstate import StepState
 from modinspect.watching.window import rms_rows, total_rows
 
 if TYPE_CHECKING:
@@ -249,8 +250,7 @@ class Watch:
         self._window = 0  # steps in the current window
         self._pending: list[Packed] = []
         self._handles: list[Any] = []
-        self._paused = False
-        self._batch: Batch | None = None
+        self._state = StepState()
         self._snapshot: list[torch.Tensor] | None = None  # weights before a flagged step's update
         self._flagged = False
         self._false_alarm = (
@@ -259,13 +259,8 @@ class Watch:
         self._flagged_here = (
             False  # under torchrun: this rank's own flag (`_flagged` is any rank's)
         )
-        self._backward_ran = False
-        self._grads_seen: set[int] = set()  # parameters whose gradient this backward accumulated
         self._output_hooks: list[Any] = []
-        self._callback_queued = False
-        self._loss: torch.Tensor | None = None
         self._from_optimizer = False
-        self._window_open = False  # a step ended and the next has not started
         self.nonfinite_step: int | None = None
         self.nonfinite_origin: NonfiniteOrigin | None = None
         self._last_origin: NonfiniteOrigin | None = (
@@ -281,17 +276,6 @@ class Watch:
             Any
         ] = []  # the Collector's module hooks (sentinel: logged step's)
         self._collected = 0  # steps of the current window the Collector saw
-        self._backward_started = False
-        self._caller: tuple[str, str] | None = (
-            None  # the user's line that called the model this step
-        )
-        # This step's NaN/Inf flags, on the device: the model's outputs, the gradients, weights and buffers.
-        self._out_bad: torch.Tensor | None = None
-        self._grad_bad: torch.Tensor | None = None
-        self._weight_bad: torch.Tensor | None = None
-        self._weights_checked = (
-            False  # this step's weights and buffers were weighed (first backward)
-        )
         self._lazy = LazyFlags()  # on_nonfinite="log": the window's flags, on the device
         self._buffers = BufferCheck(self._inner, self.device)
         self._bad_weights: list[
@@ -395,7 +379,7 @@ class Watch:
 
     def _ignored(self) -> bool:
         """Hooks do nothing while paused (a replay, an evaluation loop) and, with training_only, without grad."""
-        if self._paused:
+        if self._state.paused:
             return True
         if self._options.training_only:
             import torch
@@ -405,31 +389,31 @@ class Watch:
 
     def pause(self) -> None:
         """Ignore forwards and backwards until `resume()` (an evaluation loop between training steps)."""
-        self._paused = True
+        self._state.paused = True
 
     def resume(self) -> None:
         """Watch forwards and backwards again after `pause()`."""
-        self._paused = False
+        self._state.paused = False
 
     def _capture(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self._paused:
+        if self._state.paused:
             return
         import torch
 
         self._loop.forward(torch.is_grad_enabled())
-        if not self._ignored() and self._batch is None:
+        if not self._ignored() and self._state.batch is None:
             from modinspect.run.stats import _rng_state
 
-            self._batch = (args, dict(kwargs), _rng_state())
-            self._caller = (
+            self._state.batch = (args, dict(kwargs), _rng_state())
+            self._state.caller = (
                 caller_frame()
                 if self.on_nonfinite != "log" and self.nonfinite_step is None
                 else None
             )
             if (
-                self._window_open
+                self._state.window_open
             ):  # the first forward of a new step: last step's loss and gradients are spent
-                self._loss, self._norms.grad_norms, self._window_open = None, {}, False
+                self._state.loss, self._norms.grad_norms, self._state.window_open = None, {}, False
 
     def _pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not self._ignored():
@@ -443,9 +427,9 @@ class Watch:
 
     def _grad_hook(self, i: int) -> Any:
         def hook(p: torch.Tensor) -> None:
-            if self._paused or p.grad is None:
+            if self._state.paused or p.grad is None:
                 return
-            self._grads_seen.add(i)
+            self._state.grads_seen.add(i)
             self._queue_after_backward()
 
         return hook
@@ -470,23 +454,25 @@ class Watch:
             if self.on_nonfinite == "log":
                 self._fold_lazy(bad)
             else:
-                self._out_bad = bad if self._out_bad is None else self._out_bad | bad
+                self._state.out_bad = (
+                    bad if self._state.out_bad is None else self._state.out_bad | bad
+                )
         first = next((t for t in iter_tensors(output) if t.requires_grad), None)
         if first is not None:
             self._output_hooks.append(first.register_hook(self._output_grad))  # type: ignore[no-untyped-call]
 
     def _output_grad(self, grad: Any) -> None:
-        if not self._paused:
-            if not self._backward_started:
-                self._backward_started = True
+        if not self._state.paused:
+            if not self._state.backward_started:
+                self._state.backward_started = True
                 self._loop.backward_started()
             self._queue_after_backward()
 
     def _queue_after_backward(self) -> None:
-        if not self._callback_queued:
+        if not self._state.callback_queued:
             import torch
 
-            self._callback_queued = True
+            self._state.callback_queued = True
             # Runs when this backward finishes, before the user's optimizer step can spread a NaN.
             torch.autograd.Variable._execution_engine.queue_callback(self._after_backward)
 
@@ -501,36 +487,36 @@ class Watch:
     def _backward_done(self) -> None:
         import torch
 
-        self._callback_queued = False
-        self._backward_ran = True
+        self._state.callback_queued = False
+        self._state.backward_ran = True
         index, grads = [], []
         for i, (_, p) in enumerate(self._params):
-            if p.grad is None or not (i in self._grads_seen or distributed.sharded(p.grad)):
+            if p.grad is None or not (i in self._state.grads_seen or distributed.sharded(p.grad)):
                 continue
             g = distributed.local(p.grad.detach())
             if g.is_sparse:  # nn.Embedding(sparse=True)
                 g = g.coalesce().values()
             index.append(i)
             grads.append(g)
-        self._grads_seen = set()
-        self._grad_bad = None
+        self._state.grads_seen = set()
+        self._state.grad_bad = None
         # The step's first backward also weighs the weights and buffers, before the optimizer updates them:
         # the weights the step's forward used. One multi-tensor norm reads every tensor once.
-        weights = [] if self._weights_checked else self._norms.live()
-        buffers = [] if self._weights_checked else self._buffers.tensors()
+        weights = [] if self._state.weights_checked else self._norms.live()
+        buffers = [] if self._state.weights_checked else self._buffers.tensors()
         if grads or weights or buffers:
             # The sentinel: a NaN/Inf anywhere in a tensor makes its norm non-finite.
             with torch.no_grad():
                 norms = tensor_norms(grads + weights + buffers)
                 if grads:
                     self._norms.grad_norms.update(zip(index, norms[: len(grads)], strict=True))
-                    self._grad_bad = ~torch.isfinite(
+                    self._state.grad_bad = ~torch.isfinite(
                         torch.stack([n.to(self.device) for n in norms[: len(grads)]])
                     ).all()
-                if not self._weights_checked:
+                if not self._state.weights_checked:
                     self._weigh(norms[len(grads) :], len(weights))
         if self.on_nonfinite == "log":
-            self._fold_lazy(self._grad_bad)
+            self._fold_lazy(self._state.grad_bad)
         elif self._check():
             self._snapshot = self._norms.copy()
 
@@ -553,7 +539,7 @@ class Watch:
         """
         import torch
 
-        self._weights_checked = True
+        self._state.weights_checked = True
         weights, buffers = norms[:count], norms[count:]
         self._norms.push(self.steps, weights, self._optimizer)
         parts = [f for f in [self._buffers.flag(buffers)] if f is not None]
@@ -563,9 +549,9 @@ class Watch:
             )
         if not parts:
             return
-        self._weight_bad = parts[0] if len(parts) == 1 else parts[0] | parts[1]
+        self._state.weight_bad = parts[0] if len(parts) == 1 else parts[0] | parts[1]
         if self.on_nonfinite == "log":
-            self._fold_lazy(self._weight_bad, weights=True)
+            self._fold_lazy(self._state.weight_bad, weights=True)
 
     def _fold_lazy(self, bad: torch.Tensor | None, weights: bool = False) -> None:
         """on_nonfinite="log": fold a flag into the window's, on the device (read with the record)."""
@@ -585,19 +571,21 @@ class Watch:
         """
         if not self._attached or self.on_nonfinite != "raise" or self.nonfinite_step is not None:
             return
-        if not self._flagged and not self._backward_ran:
+        if not self._flagged and not self._state.backward_ran:
             self._check()
         if self._flagged:
             self._from_optimizer = True
             try:
-                self.step(self._loss)  # ends the step now: traces, writes its record and raises
+                self.step(
+                    self._state.loss
+                )  # ends the step now: traces, writes its record and raises
             finally:
                 self._from_optimizer = False
 
     def _optimizer_stepped(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._from_optimizer = True
         try:
-            self.step(self._loss)
+            self.step(self._state.loss)
         finally:
             self._from_optimizer = False
 
@@ -612,22 +600,22 @@ class Watch:
             )
         if loss is not None:
             self.log_loss(loss)
-        if not self._weights_checked:
+        if not self._state.weights_checked:
             self._weigh_now()
         self.steps += 1
         self._window += 1
         collected = bool(self._module_handles)  # this step's forward ran with the Collector's hooks
-        if self._loss is not None and collected:
-            self.collector.record_loss(self._loss)
+        if self._state.loss is not None and collected:
+            self.collector.record_loss(self._state.loss)
         if self.on_nonfinite == "log":
-            if self._loss is not None:
+            if self._state.loss is not None:
                 import torch
 
-                self._fold_lazy(~torch.isfinite(self._loss))
-        elif not self._backward_ran:
+                self._fold_lazy(~torch.isfinite(self._state.loss))
+        elif not self._state.backward_ran:
             self._check()
         first = self._flagged and self.nonfinite_step is None
-        batch = self._batch
+        batch = self._state.batch
         snapshot = self._snapshot
         if first:
             self.nonfinite_step = self.steps
@@ -646,12 +634,9 @@ class Watch:
         self.collector.remove_tensor_hooks()
         self._remove_output_hooks()
         self.collector.begin_batch()
-        self._batch = None
+        self._state.reset()
         self._snapshot = None
-        self._flagged = self._backward_ran = self._backward_started = False
-        self._out_bad = self._grad_bad = self._weight_bad = None
-        self._weights_checked = False
-        self._window_open = True
+        self._flagged = False
         self._loop.step_ended()
         if first:
             self.explanation = self._explain(snapshot)
@@ -697,7 +682,7 @@ class Watch:
             if isinstance(loss, torch.Tensor)
             else torch.tensor(float(loss), device=self.device)
         )
-        self._loss = value.reshape(-1)[0].to(self._acc) if value.numel() else None
+        self._state.loss = value.reshape(-1)[0].to(self._acc) if value.numel() else None
 
     def _set_histogram(self) -> None:
         # Histograms only for the step a record is written at (and the first NaN/Inf step's flush).
@@ -718,12 +703,12 @@ class Watch:
             for f in [self.collector.nonfinite_flag() if self._module_handles else None]
             if f is not None
         ]
-        if self._loss is not None:
-            own.append(~torch.isfinite(self._loss))
-        if self._out_bad is not None:
-            own.append(self._out_bad)
-        weights = [self._weight_bad] if self._weight_bad is not None else []
-        grads = [self._grad_bad] if self._grad_bad is not None else []
+        if self._state.loss is not None:
+            own.append(~torch.isfinite(self._state.loss))
+        if self._state.out_bad is not None:
+            own.append(self._state.out_bad)
+        weights = [self._state.weight_bad] if self._state.weight_bad is not None else []
+        grads = [self._state.grad_bad] if self._state.grad_bad is not None else []
         flags = own + weights + grads
 
         def any_of(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -768,7 +753,7 @@ class Watch:
     def _trace(self) -> NonfiniteOrigin | None:
         """Replay the step's first forward (and a backward) through `stats`' exact replay and op tracer."""
         held = weight_origin(self._bad_weights)
-        if self._batch is None:
+        if self._state.batch is None:
             return held or NonfiniteOrigin(None, None, "backward", "loss", ())
         options = StatsOptions(
             backward=any(p.requires_grad for _, p in self._params),
@@ -776,17 +761,17 @@ class Watch:
             train=self._inner.training,
             histogram=False,
         )
-        was, self._paused = self._paused, True
+        was, self._state.paused = self._state.paused, True
         try:
             found = replay(
                 self._inner,
-                self._batch,
+                self._state.batch,
                 options,
                 self.device,
                 self._norms.installed(self._snapshot),
             )
         finally:
-            self._paused = was
+            self._state.paused = was
         if found is None:
             return None
         origin, self._replay_rows = found
@@ -797,13 +782,13 @@ class Watch:
                 self._false_alarm = True
                 return None
             return held or NonfiniteOrigin(None, None, "backward", "loss", ())
-        return with_caller(origin, self._caller)
+        return with_caller(origin, self._state.caller)
 
     def _loss_finite(self) -> bool:
         """Whether this step's logged loss is finite, or none was logged (one read, on the replay's path only)."""
         import torch
 
-        return self._loss is None or bool(torch.isfinite(self._loss).all())
+        return self._state.loss is None or bool(torch.isfinite(self._state.loss).all())
 
     def _write_batch(self, batch: Batch | None, snapshot: list[torch.Tensor] | None) -> None:
         assert self._save_batch is not None
@@ -845,7 +830,11 @@ class Watch:
         if not self._pending and self._replay_rows is None and not tail:
             return
         many = self._ranks.many
-        extra = self._norms.vector_ranks(self._loss) if many else self._norms.vector(self._loss)
+        extra = (
+            self._norms.vector_ranks(self._state.loss)
+            if many
+            else self._norms.vector(self._state.loss)
+        )
         lazy = self._lazy.vector(self._acc, extra.device, self._ranks)
         datas = [p.data.to(extra.device) for p in self._pending if p.data is not None] + [
             lazy,
@@ -866,7 +855,7 @@ class Watch:
             self._replay_logged()
         lazy_bad, lazy_first, lazy_weights = flat[pos : pos + 3]
         rest = flat[pos + 3 :]
-        loss = rest[0] if self._loss is not None else None
+        loss = rest[0] if self._state.loss is not None else None
         params = self._norms.stats(
             from_squares(rest[1:]) if many else self._norms.exact_overflows(rest[1:])
         )
@@ -951,14 +940,14 @@ class Watch:
         """
         if self.on_nonfinite != "log" or self._step_batch is None or self._replay_rows is not None:
             return
-        self._batch, self._snapshot = self._step_batch, self._norms.update_from
+        self._state.batch, self._snapshot = self._step_batch, self._norms.update_from
         try:
             self._record_origin = self._trace()
             self._false_alarm = (
                 False  # no origin recorded: the record shows the overflowed values as such
             )
         finally:
-            self._batch = self._snapshot = None
+            self._state.batch = self._snapshot = None
 
     # ---------------------------------------------------------------- end
     def detach(self) -> None:
@@ -982,7 +971,7 @@ class Watch:
         finally:
             self._norms.release()
             self._snapshot = None
-            self._batch = None
+            self._state.batch = None
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
