@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 import modinspect.run.ranks as distributed
 from modinspect.errors import NonFiniteError, UsageError
-from modinspect.reports import ModuleStats, NonfiniteOrigin, ParamStats, WatchReport
+from modinspect.reports import NonfiniteOrigin, ParamStats, WatchReport
 from modinspect.run import collector as stats_hooks
 from modinspect.run import wrappers
 from modinspect.run.collector import Collector, StatsOptions
 from modinspect.run.reductions import GradTotals, Running
+from modinspect.watching.firstbad import FirstBad
 from modinspect.watching.log import (
     GroupRecord,
     LogHeader,
@@ -56,15 +57,9 @@ from modinspect.watching.nonfinite import (
     BufferCheck,
     LazyFlags,
     NonFiniteWarning,
-    describe_nonfinite,
     origin_record,
     read_flag,
-    real_nonfinite_grad,
-    replay,
-    save_inputs,
     sentinel_origin,
-    weight_origin,
-    with_caller,
 )
 from modinspect.watching.options import MODES, ON_NONFINITE, watch_options
 from modinspect.watching.paramnorms import ParamNorms, from_squares
@@ -82,7 +77,6 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from modinspect.run.attribution import BadTensor
     from modinspect.run.collector import Packed
 
 __all__ = [
@@ -251,14 +245,6 @@ class Watch:
         self._pending: list[Packed] = []
         self._handles: list[Any] = []
         self._state = StepState()
-        self._snapshot: list[torch.Tensor] | None = None  # weights before a flagged step's update
-        self._flagged = False
-        self._false_alarm = (
-            False  # the replay found every tensor finite: only a float32 sum overflowed
-        )
-        self._flagged_here = (
-            False  # under torchrun: this rank's own flag (`_flagged` is any rank's)
-        )
         self._output_hooks: list[Any] = []
         self._from_optimizer = False
         self.nonfinite_step: int | None = None
@@ -278,13 +264,10 @@ class Watch:
         self._collected = 0  # steps of the current window the Collector saw
         self._lazy = LazyFlags()  # on_nonfinite="log": the window's flags, on the device
         self._buffers = BufferCheck(self._inner, self.device)
-        self._bad_weights: list[
-            BadTensor
-        ] = []  # the first NaN/Inf: the weights or buffers holding it
         self._step_batch: Batch | None = None  # the logged step's inputs, for the flush's replay
         self.explanation: str | None = None  # what happened before the first NaN/Inf, if known
-        self._replay_rows: list[ModuleStats] | None = (
-            None  # the replayed first NaN/Inf's statistics
+        self._first = FirstBad(
+            self, self._state, self._inner, self._norms, self._buffers, options, self._ranks
         )
         self.collector = self._new_collector()
         try:
@@ -517,8 +500,8 @@ class Watch:
                     self._weigh(norms[len(grads) :], len(weights))
         if self.on_nonfinite == "log":
             self._fold_lazy(self._state.grad_bad)
-        elif self._check():
-            self._snapshot = self._norms.copy()
+        elif self._first.check(self._module_handles):
+            self._first.snapshot = self._norms.copy()
 
     def _weigh_now(self) -> None:
         """A step without backward: its weights and buffers, at its end."""
@@ -571,9 +554,9 @@ class Watch:
         """
         if not self._attached or self.on_nonfinite != "raise" or self.nonfinite_step is not None:
             return
-        if not self._flagged and not self._state.backward_ran:
-            self._check()
-        if self._flagged:
+        if not self._first.flagged and not self._state.backward_ran:
+            self._first.check(self._module_handles)
+        if self._first.flagged:
             self._from_optimizer = True
             try:
                 self.step(
@@ -613,21 +596,25 @@ class Watch:
 
                 self._fold_lazy(~torch.isfinite(self._state.loss))
         elif not self._state.backward_ran:
-            self._check()
-        first = self._flagged and self.nonfinite_step is None
+            self._first.check(self._module_handles)
+        first = self._first.flagged and self.nonfinite_step is None
         batch = self._state.batch
-        snapshot = self._snapshot
+        snapshot = self._first.snapshot
         if first:
             self.nonfinite_step = self.steps
-            origin = (
-                self._trace()
+            origin = self._first.trace(
+                batch, snapshot
             )  # on every rank: FSDP's forward gathers parameters from all of them
             if (
-                self._false_alarm
+                self._first.false_alarm
             ):  # finite values whose float32 sums of squares overflowed: not a NaN/Inf
-                self._false_alarm = self._flagged = self._flagged_here = first = False
+                self._first.false_alarm = self._first.flagged = self._first.flagged_here = first = (
+                    False
+                )
                 self.nonfinite_step = None
-            self._record_origin = origin if self._flagged_here or not self._ranks.many else None
+            self._record_origin = (
+                origin if self._first.flagged_here or not self._ranks.many else None
+            )
         if collected:
             self._pending.append(self.collector.pack())
             self._collected += 1
@@ -635,12 +622,10 @@ class Watch:
         self._remove_output_hooks()
         self.collector.begin_batch()
         self._state.reset()
-        self._snapshot = None
-        self._flagged = False
+        self._first.end_step()
         self._loop.step_ended()
         if first:
-            self.explanation = self._explain(snapshot)
-        self._bad_weights = []
+            self.explanation = self._first.explain(snapshot, self._record_origin)
         if first or self.steps % self.every == 0:
             self._step_batch = batch if collected else None
             try:
@@ -659,14 +644,8 @@ class Watch:
             self.nonfinite_origin = self._last_origin
             origin_rank = self._last_origin.rank if self._last_origin is not None else None
             if self._save_batch is not None and (origin_rank or 0) == self._ranks.rank:
-                self._write_batch(batch, snapshot)
+                self._first.write_batch(batch, snapshot)
             self._act()
-
-    def _explain(self, snapshot: list[torch.Tensor] | None) -> str | None:
-        """What the update history says happened before the first NaN/Inf (one read of the history)."""
-        origin = self._record_origin
-        where = origin.module if origin is not None and origin.module else None
-        return self._norms.explain(snapshot, self.steps, where)
 
     def _remove_output_hooks(self) -> None:
         for h in self._output_hooks:
@@ -690,128 +669,11 @@ class Watch:
             self._options.histogram and (self.steps + 1) % self.every == 0
         )
 
-    def _check(self) -> bool:
-        """Read this step's NaN/Inf flag (once it is set, or after the first NaN/Inf, nothing more is read)."""
-        import torch
-
-        if self.on_nonfinite == "log" or self.nonfinite_step is not None or self._flagged:
-            return False
-        # This rank's own outputs, gradients, loss and weights; the parameter gradients apart: under DDP
-        # the all-reduce has spread one rank's NaN to every rank's.
-        own = [
-            f
-            for f in [self.collector.nonfinite_flag() if self._module_handles else None]
-            if f is not None
-        ]
-        if self._state.loss is not None:
-            own.append(~torch.isfinite(self._state.loss))
-        if self._state.out_bad is not None:
-            own.append(self._state.out_bad)
-        weights = [self._state.weight_bad] if self._state.weight_bad is not None else []
-        grads = [self._state.grad_bad] if self._state.grad_bad is not None else []
-        flags = own + weights + grads
-
-        def any_of(parts: list[torch.Tensor]) -> torch.Tensor:
-            if not parts:
-                return torch.zeros((), dtype=torch.bool, device=self.device)
-            return torch.stack([f.reshape(()).to(self.device) for f in parts]).any()
-
-        if (
-            self._ranks.many
-        ):  # every rank reads the same answer, and all of them stop at the same step
-            here, anywhere = any_of(own + weights), distributed.any_rank(any_of(flags))
-            both = torch.stack([here.to(torch.int32).cpu(), anywhere.to(torch.int32).cpu()])
-            self._flagged_here, self._flagged = (bool(v) for v in both.tolist())
-            return self._flagged
-        if not flags:
-            return False
-        self._flagged = self._flagged_here = read_flag(any_of(flags)) and self._confirm(
-            any_of(own), any_of(weights), any_of(grads)
-        )
-        return self._flagged
-
-    def _confirm(self, own: torch.Tensor, weights: torch.Tensor, grads: torch.Tensor) -> bool:
-        """A set flag, read again in parts (only then): whether a tensor really holds NaN/Inf.
-
-        A float32 norm also overflows for finite values beyond about 1.8e19: when only the norms flagged the
-        step, the weights and gradients they came from are checked exactly (one read each, only on this path).
-        """
-        import torch
-
-        out_bad, weight_bad, grad_bad = (
-            bool(v) for v in torch.stack([own, weights, grads]).cpu().tolist()
-        )
-        if out_bad:
-            return True
-        if weight_bad:
-            self._bad_weights = self._buffers.held(self._inner)
-        if self._bad_weights or not grad_bad:
-            return bool(self._bad_weights)
-        return real_nonfinite_grad(self._params, self._norms.grad_norms)
-
     # ---------------------------------------------------------------- the first NaN/Inf
-    def _trace(self) -> NonfiniteOrigin | None:
-        """Replay the step's first forward (and a backward) through `stats`' exact replay and op tracer."""
-        held = weight_origin(self._bad_weights)
-        if self._state.batch is None:
-            return held or NonfiniteOrigin(None, None, "backward", "loss", ())
-        options = StatsOptions(
-            backward=any(p.requires_grad for _, p in self._params),
-            pattern=self._options.pattern,
-            train=self._inner.training,
-            histogram=False,
-        )
-        was, self._state.paused = self._state.paused, True
-        try:
-            found = replay(
-                self._inner,
-                self._state.batch,
-                options,
-                self.device,
-                self._norms.installed(self._snapshot),
-            )
-        finally:
-            self._state.paused = was
-        if found is None:
-            return None
-        origin, self._replay_rows = found
-        if origin is None:
-            # The model's outputs and their gradients are finite: an unused weight or the user's loss held it,
-            # or nothing did (the fast reductions' float32 sums of squares overflowed on finite values).
-            if held is None and not self._ranks.many and self._loss_finite():
-                self._false_alarm = True
-                return None
-            return held or NonfiniteOrigin(None, None, "backward", "loss", ())
-        return with_caller(origin, self._state.caller)
-
-    def _loss_finite(self) -> bool:
-        """Whether this step's logged loss is finite, or none was logged (one read, on the replay's path only)."""
-        import torch
-
-        return self._state.loss is None or bool(torch.isfinite(self._state.loss).all())
-
-    def _write_batch(self, batch: Batch | None, snapshot: list[torch.Tensor] | None) -> None:
-        assert self._save_batch is not None
-        if batch is None:
-            return
-        save_inputs(
-            self._inner,
-            batch,
-            self._save_batch,
-            self._options.overwrite,
-            # Under torchrun each rank holds its own shard: the inputs only.
-            None if self._ranks.many else lambda: self._norms.installed(snapshot),
-            self.nonfinite_step or self.steps,
-        )
-
     def _act(self) -> None:
         step, origin = self.nonfinite_step, self.nonfinite_origin
         assert step is not None
-        message = describe_nonfinite(step, origin)
-        if self.explanation is not None:
-            message += f"; before it, {self.explanation}"
-        if self._save_batch is not None:
-            message += f"; batch saved to {self._save_batch}"
+        message = self._first.message(step, origin)
         if self.on_nonfinite == "raise":
             self._detach(
                 failed=False
@@ -827,7 +689,7 @@ class Watch:
         """The one transfer of the window: its packed steps, the loss, the parameter norms; then one record."""
         import torch
 
-        if not self._pending and self._replay_rows is None and not tail:
+        if not self._pending and self._first.replay_rows is None and not tail:
             return
         many = self._ranks.many
         extra = (
@@ -886,10 +748,10 @@ class Watch:
             first = min(at for at, _ in origins)
             origin = distributed.pick_origin([o if at == first else None for at, o in origins])
         self._last_origin = origin
-        if (self._pending and (merged or self._replay_rows is None)) or many:
+        if (self._pending and (merged or self._first.replay_rows is None)) or many:
             rows = rms_rows(c.module_stats(), self._collected)
         else:  # sentinel mode between logged steps: the replay's statistics of a first NaN/Inf step, or none
-            rows = list(self._replay_rows or [])
+            rows = list(self._first.replay_rows or [])
         groups = tuple(
             GroupRecord(values=tuple(sorted(g.items())))
             for g in group_hyperparameters(self._optimizer)
@@ -922,7 +784,7 @@ class Watch:
             self.nonfinite_origin = origin
         self._last_params = tuple(params)
         self._record_origin = None
-        self._replay_rows = None
+        self._first.replay_rows = None
         self._lazy.clear()
         self._pending = []
         self._window = self._collected = 0
@@ -938,16 +800,16 @@ class Watch:
         Its inputs are still held and its starting weights were copied for the update norms: the replay runs
         on those, names the module, op and line, and its exact statistics become the record's.
         """
-        if self.on_nonfinite != "log" or self._step_batch is None or self._replay_rows is not None:
+        if (
+            self.on_nonfinite != "log"
+            or self._step_batch is None
+            or self._first.replay_rows is not None
+        ):
             return
-        self._state.batch, self._snapshot = self._step_batch, self._norms.update_from
-        try:
-            self._record_origin = self._trace()
-            self._false_alarm = (
-                False  # no origin recorded: the record shows the overflowed values as such
-            )
-        finally:
-            self._state.batch = self._snapshot = None
+        self._record_origin = self._first.trace(self._step_batch, self._norms.update_from)
+        self._first.false_alarm = (
+            False  # no origin recorded: the record shows the overflowed values as such
+        )
 
     # ---------------------------------------------------------------- end
     def detach(self) -> None:
@@ -970,7 +832,7 @@ class Watch:
                 self._flush(tail=True)
         finally:
             self._norms.release()
-            self._snapshot = None
+            self._first.snapshot = None
             self._state.batch = None
             if self._writer is not None:
                 self._writer.close()
