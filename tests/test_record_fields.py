@@ -37,7 +37,7 @@ from modinspect.run.reductions import (
     from_chunk,
 )
 from modinspect.run.transfer import TransferQueue, to_host, unpack
-from modinspect.watching.watch import _Totals
+from modinspect.watching.record import _Totals
 
 
 def transferred(record: type[Any], values: list[Any]) -> Any:

@@ -36,48 +36,36 @@ from typing import TYPE_CHECKING, Any
 
 import modinspect.run.ranks as distributed
 from modinspect.errors import NonFiniteError, UsageError
-from modinspect.reports import NonfiniteOrigin, ParamStats, WatchReport
-from modinspect.run import collector as stats_hooks
+from modinspect.reports import NonfiniteOrigin, WatchReport
 from modinspect.run import wrappers
 from modinspect.run.collector import Collector, StatsOptions
-from modinspect.run.reductions import GradTotals, Running
 from modinspect.watching.firstbad import FirstBad
 from modinspect.watching.log import (
-    GroupRecord,
     LogHeader,
-    LogWriter,
-    ParamRecord,
-    StepRecord,
-    module_record,
-    open_log,
-    step_document,
 )
 from modinspect.watching.nonfinite import (
     Batch,
     BufferCheck,
     LazyFlags,
     NonFiniteWarning,
-    origin_record,
     read_flag,
-    sentinel_origin,
 )
 from modinspect.watching.options import MODES, ON_NONFINITE, watch_options
-from modinspect.watching.paramnorms import ParamNorms, from_squares
+from modinspect.watching.paramnorms import ParamNorms
+from modinspect.watching.record import Records
 from modinspect.watching.sentinel import (
     LoopChecks,
     LoopWarning,
     caller_frame,
-    group_hyperparameters,
     tensor_norms,
 )
 from modinspect.watching.stepstate import StepState
-from modinspect.watching.window import rms_rows, total_rows
+from modinspect.watching.window import total_rows
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from modinspect.run.collector import Packed
 
 __all__ = [
     "MODES",
@@ -167,31 +155,6 @@ def watch(
     )
 
 
-class _Totals:
-    """Per-module statistics over the whole run, folded in from each window's Collector."""
-
-    def __init__(self, count: int) -> None:
-        self.running = [Running() for _ in range(count)]
-        self.grad = [GradTotals() for _ in range(count)]
-        self.alive: list[list[bool] | None] = [None] * count
-        self.units_ok = [True] * count
-        self.steps = 0
-
-    def fold(self, c: Collector, steps: int) -> None:
-        """Merge a window's records into the run's, each by its own `merge()`."""
-        from modinspect.run.reductions import Units
-
-        self.steps += steps
-        for m, r in enumerate(c.running):
-            total = self.running[m]
-            total.calls += r.calls
-            total.merge(r)  # its Moments: calls and units are merged here, each their own way
-            self.grad[m].merge(c.grad[m])
-            units = Units(self.alive[m] or [], self.units_ok[m])
-            units.merge(Units(r.alive, c.units_ok[m]))
-            self.alive[m], self.units_ok[m] = units.alive or None, units.ok
-
-
 class Watch:
     """A watched model. Use as `with modinspect.watch(model) as w:`; call `w.step(loss)` once per step."""
 
@@ -241,38 +204,37 @@ class Watch:
         self._save_batch = options.save_batch
         self.steps = 0
         self.records = 0
-        self._window = 0  # steps in the current window
-        self._pending: list[Packed] = []
         self._handles: list[Any] = []
         self._state = StepState()
         self._output_hooks: list[Any] = []
         self._from_optimizer = False
         self.nonfinite_step: int | None = None
         self.nonfinite_origin: NonfiniteOrigin | None = None
-        self._last_origin: NonfiniteOrigin | None = (
-            None  # of the last record, merged over the ranks
-        )
-        self._record_origin: NonfiniteOrigin | None = None  # for the next record
-        self._last_params: tuple[ParamStats, ...] = ()
-        self._totals = _Totals(len(self._mods))
         self._attached = False
-        self._writer: LogWriter | None = None
-        self._tensorboard: Any = None
         self._module_handles: list[
             Any
         ] = []  # the Collector's module hooks (sentinel: logged step's)
-        self._collected = 0  # steps of the current window the Collector saw
         self._lazy = LazyFlags()  # on_nonfinite="log": the window's flags, on the device
         self._buffers = BufferCheck(self._inner, self.device)
-        self._step_batch: Batch | None = None  # the logged step's inputs, for the flush's replay
         self.explanation: str | None = None  # what happened before the first NaN/Inf, if known
         self._first = FirstBad(
             self, self._state, self._inner, self._norms, self._buffers, options, self._ranks
         )
+        self._record = Records(
+            self,
+            self._state,
+            self._first,
+            self._norms,
+            self._lazy,
+            options,
+            self._ranks,
+            optimizer,
+            len(self._mods),
+        )
         self.collector = self._new_collector()
         try:
             self._attach(optimizer)
-            if log is not None and self._ranks.writer:
+            if self._ranks.writer:
                 header = LogHeader(
                     model=wrappers.type_name(self._inner),
                     every=every,
@@ -280,11 +242,9 @@ class Watch:
                     world_size=self._ranks.world,
                     started=time.time(),
                 )
-                self._writer = open_log(Path(log), header, overwrite)
-            if tensorboard is not None and self._ranks.writer:
-                from modinspect.watching.tensorboard import TensorBoardWriter
-
-                self._tensorboard = TensorBoardWriter(tensorboard)
+                self._record.open(
+                    Path(log) if log is not None else None, header, overwrite, tensorboard
+                )
         except BaseException:
             self.detach()
             raise
@@ -586,7 +546,7 @@ class Watch:
         if not self._state.weights_checked:
             self._weigh_now()
         self.steps += 1
-        self._window += 1
+        self._record.window += 1
         collected = bool(self._module_handles)  # this step's forward ran with the Collector's hooks
         if self._state.loss is not None and collected:
             self.collector.record_loss(self._state.loss)
@@ -612,12 +572,12 @@ class Watch:
                     False
                 )
                 self.nonfinite_step = None
-            self._record_origin = (
+            self._record.origin = (
                 origin if self._first.flagged_here or not self._ranks.many else None
             )
         if collected:
-            self._pending.append(self.collector.pack())
-            self._collected += 1
+            self._record.pending.append(self.collector.pack())
+            self._record.collected += 1
         self.collector.remove_tensor_hooks()
         self._remove_output_hooks()
         self.collector.begin_batch()
@@ -625,13 +585,10 @@ class Watch:
         self._first.end_step()
         self._loop.step_ended()
         if first:
-            self.explanation = self._first.explain(snapshot, self._record_origin)
+            self.explanation = self._first.explain(snapshot, self._record.origin)
         if first or self.steps % self.every == 0:
-            self._step_batch = batch if collected else None
-            try:
-                self._flush()  # under torchrun, the merge picks the rank whose origin the record names
-            finally:
-                self._step_batch = None
+            # under torchrun, the merge picks the rank whose origin the record names
+            self._flush(batch=batch if collected else None)
         if self.mode == "sentinel":
             if (self.steps + 1) % self.every == 0:
                 self._arm()
@@ -641,8 +598,10 @@ class Watch:
             self._norms.keep_start()
         self._set_histogram()
         if first:
-            self.nonfinite_origin = self._last_origin
-            origin_rank = self._last_origin.rank if self._last_origin is not None else None
+            self.nonfinite_origin = self._record.last_origin
+            origin_rank = (
+                self._record.last_origin.rank if self._record.last_origin is not None else None
+            )
             if self._save_batch is not None and (origin_rank or 0) == self._ranks.rank:
                 self._first.write_batch(batch, snapshot)
             self._act()
@@ -685,131 +644,15 @@ class Watch:
             breakpoint()  # the user asked to stop here
 
     # ---------------------------------------------------------------- records
-    def _flush(self, tail: bool = False) -> None:
-        """The one transfer of the window: its packed steps, the loss, the parameter norms; then one record."""
-        import torch
-
-        if not self._pending and self._first.replay_rows is None and not tail:
+    def _flush(self, tail: bool = False, batch: Batch | None = None) -> None:
+        """Write the window's record (`Records.flush`), then start the next window's Collector."""
+        if not self._record.flush(tail, batch):
             return
-        many = self._ranks.many
-        extra = (
-            self._norms.vector_ranks(self._state.loss)
-            if many
-            else self._norms.vector(self._state.loss)
-        )
-        lazy = self._lazy.vector(self._acc, extra.device, self._ranks)
-        datas = [p.data.to(extra.device) for p in self._pending if p.data is not None] + [
-            lazy,
-            extra,
-        ]
-        flat = stats_hooks.to_host(torch.cat(datas))
-        pos = 0
-        c = self.collector  # the live one: its execution order and input links are the window's
-        found_at = len(self._pending)  # the window's step whose merge first found an origin
-        merged = True
-        for i, packed in enumerate(self._pending):
-            size = packed.data.numel() if packed.data is not None else 0
-            merged = c.merge(packed, Collector.unpack(packed, flat[pos : pos + size])) and merged
-            pos += size
-            if c.origin is not None and found_at == len(self._pending):
-                found_at = i
-        if not merged:
-            self._replay_logged()
-        lazy_bad, lazy_first, lazy_weights = flat[pos : pos + 3]
-        rest = flat[pos + 3 :]
-        loss = rest[0] if self._state.loss is not None else None
-        params = self._norms.stats(
-            from_squares(rest[1:]) if many else self._norms.exact_overflows(rest[1:])
-        )
-        origin = (
-            self._record_origin
-            if self._record_origin is not None
-            else (c.origin if self.on_nonfinite == "log" else None)
-        )
-        lazy_step = (
-            int(lazy_first)
-            if lazy_bad > 0 and lazy_first > 0
-            else self.steps
-            if lazy_bad > 0
-            else None
-        )
-        # Window mode: the Collector saw every step and names the module; sentinel: an earlier flagged step wins.
-        earlier = self.mode == "sentinel" and lazy_step is not None and lazy_step < self.steps
-        if lazy_step is not None and (origin is None or earlier) and self.on_nonfinite == "log":
-            # The sentinel saw it between logged steps: the step is known, the module is not (no hooks ran).
-            origin = sentinel_origin(lazy_step, lazy_weights > 0)
-        if many:  # one gather of every rank's totals and origin, merged exactly on every rank
-            distributed.merge_collector(c, self._ranks)
-            # The earliest step of the window first: a NaN that reached every rank's weights through the
-            # gradients' all-reduce shows up a step later on the other ranks.
-            origins = distributed.gather(
-                (found_at if origin is not None else len(self._pending), origin)
-            )
-            first = min(at for at, _ in origins)
-            origin = distributed.pick_origin([o if at == first else None for at, o in origins])
-        self._last_origin = origin
-        if (self._pending and (merged or self._first.replay_rows is None)) or many:
-            rows = rms_rows(c.module_stats(), self._collected)
-        else:  # sentinel mode between logged steps: the replay's statistics of a first NaN/Inf step, or none
-            rows = list(self._first.replay_rows or [])
-        groups = tuple(
-            GroupRecord(values=tuple(sorted(g.items())))
-            for g in group_hyperparameters(self._optimizer)
-        )
-        explanation = self.explanation if self.nonfinite_step == self.steps else None
-        record = StepRecord(
-            step=self.steps,
-            time=time.time(),
-            loss=loss,
-            modules=tuple(module_record(r) for r in rows),
-            params=tuple(
-                ParamRecord(p.name, p.norm, p.grad_norm, p.update_norm, p.update_ratio)
-                for p in params
-            ),
-            nonfinite=origin_record(origin, explanation) if origin is not None else None,
-            optimizer=groups,
-        )
-        if self._writer is not None:
-            self._writer.write(record)
-        if self._tensorboard is not None:
-            self._tensorboard.write(step_document(record))
-        self.records += 1
-        self._totals.fold(
-            c, self._collected
-        )  # the steps the Collector saw (sentinel: the logged ones)
-        if self.on_nonfinite == "log" and origin is not None and self.nonfinite_origin is None:
-            self.nonfinite_step = (
-                lazy_step if origin.cause == "sentinel" and lazy_step is not None else self.steps
-            )
-            self.nonfinite_origin = origin
-        self._last_params = tuple(params)
-        self._record_origin = None
-        self._first.replay_rows = None
-        self._lazy.clear()
-        self._pending = []
-        self._window = self._collected = 0
         self.collector = self._new_collector()
         if self._module_handles:
             # The module hooks call through `self.collector`: they stay registered (removing and adding
             # two hooks per module again cost a logged step about 3 ms on the CNN); only the mode is set.
             self._arm()
-
-    def _replay_logged(self) -> None:
-        """on_nonfinite="log": the logged step's fast statistics, just read, hold a NaN/Inf: replay it exactly.
-
-        Its inputs are still held and its starting weights were copied for the update norms: the replay runs
-        on those, names the module, op and line, and its exact statistics become the record's.
-        """
-        if (
-            self.on_nonfinite != "log"
-            or self._step_batch is None
-            or self._first.replay_rows is not None
-        ):
-            return
-        self._record_origin = self._first.trace(self._step_batch, self._norms.update_from)
-        self._first.false_alarm = (
-            False  # no origin recorded: the record shows the overflowed values as such
-        )
 
     # ---------------------------------------------------------------- end
     def detach(self) -> None:
@@ -817,7 +660,7 @@ class Watch:
         self._detach(failed=False)
 
     def _detach(self, failed: bool) -> None:
-        if not self._attached and self._writer is None and self._tensorboard is None:
+        if not self._attached and not self._record.is_open():
             return
         for h in self._handles:
             h.remove()
@@ -828,18 +671,13 @@ class Watch:
         attached, self._attached = self._attached, False
         try:
             # Under torchrun a run that failed on one rank cannot count on the others for a last merge.
-            if attached and self._window and not (failed and self._ranks.many):
+            if attached and self._record.window and not (failed and self._ranks.many):
                 self._flush(tail=True)
         finally:
             self._norms.release()
             self._first.snapshot = None
             self._state.batch = None
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
-            if self._tensorboard is not None:
-                self._tensorboard.close()
-                self._tensorboard = None
+            self._record.close()
 
     def report(self) -> WatchReport:
         """The statistics over every step watched so far (a record's worth of steps not yet logged excepted)."""
@@ -848,8 +686,8 @@ class Watch:
             device=self.device,
             steps=self.steps,
             records=self.records,
-            modules=tuple(total_rows(self._totals, self._names, self._mods)),
-            params=self._last_params,
+            modules=tuple(total_rows(self._record.totals, self._names, self._mods)),
+            params=self._record.last_params,
             nonfinite_step=self.nonfinite_step,
             nonfinite_origin=self.nonfinite_origin,
             log=self.log,

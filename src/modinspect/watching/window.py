@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 class RunTotals(Protocol):
-    """Per-module statistics over the whole run (watch.py's `_Totals`)."""
+    """Per-module statistics over the whole run (record.py's `_Totals`)."""
 
     running: list[Running]
     grad: list[GradTotals]
