@@ -40,6 +40,7 @@ from modinspect.reports import NonfiniteOrigin, WatchReport
 from modinspect.run import wrappers
 from modinspect.run.collector import Collector, StatsOptions
 from modinspect.watching.firstbad import FirstBad
+from modinspect.watching.hooks import Hooks
 from modinspect.watching.log import (
     LogHeader,
 )
@@ -54,16 +55,12 @@ from modinspect.watching.options import MODES, ON_NONFINITE, watch_options
 from modinspect.watching.paramnorms import ParamNorms
 from modinspect.watching.record import Records
 from modinspect.watching.sentinel import (
-    LoopChecks,
     LoopWarning,
-    caller_frame,
-    tensor_norms,
 )
 from modinspect.watching.stepstate import StepState
 from modinspect.watching.window import total_rows
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 
@@ -198,42 +195,49 @@ class Watch:
         self._mods = mods
         params = [(n, p) for n, p in wrappers.named_parameters(model) if p.is_floating_point()]
         self._norms = ParamNorms(params, self._ranks, distributed.fsdp1_sharded(model))
-        self._params = self._norms.params
         self.device = self._norms.device
-        self._acc = self._norms.acc
-        self._save_batch = options.save_batch
         self.steps = 0
         self.records = 0
-        self._handles: list[Any] = []
         self._state = StepState()
-        self._output_hooks: list[Any] = []
         self._from_optimizer = False
         self.nonfinite_step: int | None = None
         self.nonfinite_origin: NonfiniteOrigin | None = None
         self._attached = False
-        self._module_handles: list[
-            Any
-        ] = []  # the Collector's module hooks (sentinel: logged step's)
-        self._lazy = LazyFlags()  # on_nonfinite="log": the window's flags, on the device
-        self._buffers = BufferCheck(self._inner, self.device)
+        lazy = LazyFlags()  # on_nonfinite="log": the window's flags, on the device
+        buffers = BufferCheck(self._inner, self.device)
         self.explanation: str | None = None  # what happened before the first NaN/Inf, if known
         self._first = FirstBad(
-            self, self._state, self._inner, self._norms, self._buffers, options, self._ranks
+            self, self._state, self._inner, self._norms, buffers, options, self._ranks
         )
         self._record = Records(
             self,
             self._state,
             self._first,
             self._norms,
-            self._lazy,
+            lazy,
             options,
             self._ranks,
             optimizer,
             len(self._mods),
         )
+        self._hooks = Hooks(
+            self,
+            self._state,
+            self._first,
+            self._inner,
+            self._mods,
+            self._norms,
+            buffers,
+            lazy,
+            options,
+            optimizer,
+        )
         self.collector = self._new_collector()
         try:
-            self._attach(optimizer)
+            self._attached = True
+            self._hooks.attach(
+                mode == "window" or every == 1, self._optimizer_stepping, self._optimizer_stepped
+            )
             if self._ranks.writer:
                 header = LogHeader(
                     model=wrappers.type_name(self._inner),
@@ -265,30 +269,11 @@ class Watch:
         options = StatsOptions(
             backward=True, pattern=self._options.pattern, histogram=self._options.histogram
         )
-        c = Collector(self._names, self._mods, options, self._acc)
+        c = Collector(self._names, self._mods, options, self._norms.acc)
         c.exact = self._exact()
         c.sample = self._options.sample
         c.begin_batch()
         return c
-
-    def _attach(self, optimizer: Any) -> None:
-        self._attached = True
-        self._handles.append(
-            self._inner.register_forward_pre_hook(self._capture, with_kwargs=True, prepend=True)
-        )
-        self._handles.append(self._inner.register_forward_hook(self._output_hook))
-        if self.mode == "window" or self.every == 1:
-            self._arm()
-        for i, (_, p) in enumerate(self._params):
-            if p.requires_grad:
-                # torch leaves this method unannotated
-                hook = p.register_post_accumulate_grad_hook(self._grad_hook(i))  # type: ignore[no-untyped-call]
-                self._handles.append(hook)
-        self._optimizer = optimizer
-        if optimizer is not None:
-            self._handles.append(optimizer.register_step_pre_hook(self._optimizer_stepping))
-            self._handles.append(optimizer.register_step_post_hook(self._optimizer_stepped))
-        self._loop = LoopChecks(self._inner, self._params, optimizer)
 
     def _exact(self) -> bool:
         """Whether the Collector runs `stats`' exact (masked) reductions rather than its fast ones.
@@ -303,32 +288,9 @@ class Watch:
         return self.mode == "window" or self._ranks.many or self.nonfinite_step is not None
 
     def _arm(self) -> None:
-        """Register the Collector's module hooks (sentinel mode: for the logged step only)."""
+        """Register the Collector's module hooks for the next step (sentinel mode: a logged step)."""
         self.collector.exact = self._exact()
-        if self._module_handles:
-            return
-        for m in self._mods:
-            self._module_handles.append(
-                m.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
-            )
-            self._module_handles.append(
-                m.register_forward_hook(self._forward_hook, with_kwargs=True)
-            )
-
-    def _disarm(self) -> None:
-        for h in self._module_handles:
-            h.remove()
-        self._module_handles = []
-
-    def _ignored(self) -> bool:
-        """Hooks do nothing while paused (a replay, an evaluation loop) and, with training_only, without grad."""
-        if self._state.paused:
-            return True
-        if self._options.training_only:
-            import torch
-
-            return not torch.is_grad_enabled()
-        return False
+        self._hooks.arm()
 
     def pause(self) -> None:
         """Ignore forwards and backwards until `resume()` (an evaluation loop between training steps)."""
@@ -337,169 +299,6 @@ class Watch:
     def resume(self) -> None:
         """Watch forwards and backwards again after `pause()`."""
         self._state.paused = False
-
-    def _capture(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self._state.paused:
-            return
-        import torch
-
-        self._loop.forward(torch.is_grad_enabled())
-        if not self._ignored() and self._state.batch is None:
-            from modinspect.run.stats import _rng_state
-
-            self._state.batch = (args, dict(kwargs), _rng_state())
-            self._state.caller = (
-                caller_frame()
-                if self.on_nonfinite != "log" and self.nonfinite_step is None
-                else None
-            )
-            if (
-                self._state.window_open
-            ):  # the first forward of a new step: last step's loss and gradients are spent
-                self._state.loss, self._norms.grad_norms, self._state.window_open = None, {}, False
-
-    def _pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if not self._ignored():
-            self.collector.pre_hook(module, args, kwargs)
-
-    def _forward_hook(
-        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-    ) -> None:
-        if not self._ignored():
-            self.collector.forward_hook(module, args, kwargs, output)
-
-    def _grad_hook(self, i: int) -> Any:
-        def hook(p: torch.Tensor) -> None:
-            if self._state.paused or p.grad is None:
-                return
-            self._state.grads_seen.add(i)
-            self._queue_after_backward()
-
-        return hook
-
-    def _output_hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        """A backward that reaches the model's output queues the end-of-backward callback too.
-
-        FSDP2 assigns its sharded parameters' gradients without accumulating them, so their hooks never fire.
-        """
-        if self._ignored():
-            return
-        import torch
-
-        from modinspect.tensors import iter_tensors
-
-        outputs = [t.detach() for t in iter_tensors(output) if t.is_floating_point() and t.numel()]
-        if outputs:  # the sentinel's forward half: the model's outputs, one read each
-            with torch.no_grad():
-                bad = ~torch.isfinite(
-                    torch.stack([n.to(self.device) for n in tensor_norms(outputs)])
-                ).all()
-            if self.on_nonfinite == "log":
-                self._fold_lazy(bad)
-            else:
-                self._state.out_bad = (
-                    bad if self._state.out_bad is None else self._state.out_bad | bad
-                )
-        first = next((t for t in iter_tensors(output) if t.requires_grad), None)
-        if first is not None:
-            self._output_hooks.append(first.register_hook(self._output_grad))  # type: ignore[no-untyped-call]
-
-    def _output_grad(self, grad: Any) -> None:
-        if not self._state.paused:
-            if not self._state.backward_started:
-                self._state.backward_started = True
-                self._loop.backward_started()
-            self._queue_after_backward()
-
-    def _queue_after_backward(self) -> None:
-        if not self._state.callback_queued:
-            import torch
-
-            self._state.callback_queued = True
-            # Runs when this backward finishes, before the user's optimizer step can spread a NaN.
-            torch.autograd.Variable._execution_engine.queue_callback(self._after_backward)
-
-    def _after_backward(self) -> None:
-        import torch
-
-        # Queued from a callback, this one runs after the callbacks queued during the backward, among
-        # them DDP's and FSDP's, which wait for the gradients' all-reduce: the norms are of the
-        # gradients the optimizer will apply, not of this rank's own.
-        torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
-
-    def _backward_done(self) -> None:
-        import torch
-
-        self._state.callback_queued = False
-        self._state.backward_ran = True
-        index, grads = [], []
-        for i, (_, p) in enumerate(self._params):
-            if p.grad is None or not (i in self._state.grads_seen or distributed.sharded(p.grad)):
-                continue
-            g = distributed.local(p.grad.detach())
-            if g.is_sparse:  # nn.Embedding(sparse=True)
-                g = g.coalesce().values()
-            index.append(i)
-            grads.append(g)
-        self._state.grads_seen = set()
-        self._state.grad_bad = None
-        # The step's first backward also weighs the weights and buffers, before the optimizer updates them:
-        # the weights the step's forward used. One multi-tensor norm reads every tensor once.
-        weights = [] if self._state.weights_checked else self._norms.live()
-        buffers = [] if self._state.weights_checked else self._buffers.tensors()
-        if grads or weights or buffers:
-            # The sentinel: a NaN/Inf anywhere in a tensor makes its norm non-finite.
-            with torch.no_grad():
-                norms = tensor_norms(grads + weights + buffers)
-                if grads:
-                    self._norms.grad_norms.update(zip(index, norms[: len(grads)], strict=True))
-                    self._state.grad_bad = ~torch.isfinite(
-                        torch.stack([n.to(self.device) for n in norms[: len(grads)]])
-                    ).all()
-                if not self._state.weights_checked:
-                    self._weigh(norms[len(grads) :], len(weights))
-        if self.on_nonfinite == "log":
-            self._fold_lazy(self._state.grad_bad)
-        elif self._first.check(self._module_handles):
-            self._first.snapshot = self._norms.copy()
-
-    def _weigh_now(self) -> None:
-        """A step without backward: its weights and buffers, at its end."""
-        import torch
-
-        weights = self._norms.live()
-        tensors = weights + self._buffers.tensors()
-        if tensors:
-            with torch.no_grad():
-                self._weigh(tensor_norms(tensors), len(weights))
-
-    def _weigh(self, norms: list[torch.Tensor], count: int) -> None:
-        """The weights' norms (`count` of them, then the buffers'): the update history and the weights' flag.
-
-        The norms are of the weights the step's forward used, that is after the previous step's update: they
-        enter the history as that step's row. A weight or buffer that was finite at the start and is not now
-        flags the step (an update or an in-place write made it; no output or gradient may show it yet).
-        """
-        import torch
-
-        self._state.weights_checked = True
-        weights, buffers = norms[:count], norms[count:]
-        self._norms.push(self.steps, weights, self._optimizer)
-        parts = [f for f in [self._buffers.flag(buffers)] if f is not None]
-        if weights:
-            parts.insert(
-                0, ~torch.isfinite(torch.stack([n.to(self.device) for n in weights])).all()
-            )
-        if not parts:
-            return
-        self._state.weight_bad = parts[0] if len(parts) == 1 else parts[0] | parts[1]
-        if self.on_nonfinite == "log":
-            self._fold_lazy(self._state.weight_bad, weights=True)
-
-    def _fold_lazy(self, bad: torch.Tensor | None, weights: bool = False) -> None:
-        """on_nonfinite="log": fold a flag into the window's, on the device (read with the record)."""
-        if bad is not None and self.nonfinite_step is None:
-            self._lazy.fold(bad, self.steps + 1, self.device, weights)
 
     def _optimizer_stepping(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Before the optimizer applies a step: with on_nonfinite="raise", a flagged step ends (and raises) here."""
@@ -515,7 +314,7 @@ class Watch:
         if not self._attached or self.on_nonfinite != "raise" or self.nonfinite_step is not None:
             return
         if not self._first.flagged and not self._state.backward_ran:
-            self._first.check(self._module_handles)
+            self._first.check(self._hooks.module_handles)
         if self._first.flagged:
             self._from_optimizer = True
             try:
@@ -537,26 +336,28 @@ class Watch:
         """End the current step: `loss` (a tensor or a number) is logged; every `every` steps a record is written."""
         if not self._attached:
             raise UsageError("this watch is detached; start a new one")
-        if self._optimizer is not None and not self._from_optimizer:
+        if self._hooks.optimizer is not None and not self._from_optimizer:
             raise UsageError(
                 "with optimizer=, steps advance on optimizer.step(); log the loss with w.log_loss(loss)"
             )
         if loss is not None:
             self.log_loss(loss)
         if not self._state.weights_checked:
-            self._weigh_now()
+            self._hooks.weigh_now()
         self.steps += 1
         self._record.window += 1
-        collected = bool(self._module_handles)  # this step's forward ran with the Collector's hooks
+        collected = bool(
+            self._hooks.module_handles
+        )  # this step's forward ran with the Collector's hooks
         if self._state.loss is not None and collected:
             self.collector.record_loss(self._state.loss)
         if self.on_nonfinite == "log":
             if self._state.loss is not None:
                 import torch
 
-                self._fold_lazy(~torch.isfinite(self._state.loss))
+                self._hooks.fold_lazy(~torch.isfinite(self._state.loss))
         elif not self._state.backward_ran:
-            self._first.check(self._module_handles)
+            self._first.check(self._hooks.module_handles)
         first = self._first.flagged and self.nonfinite_step is None
         batch = self._state.batch
         snapshot = self._first.snapshot
@@ -579,11 +380,11 @@ class Watch:
             self._record.pending.append(self.collector.pack())
             self._record.collected += 1
         self.collector.remove_tensor_hooks()
-        self._remove_output_hooks()
+        self._hooks.remove_output_hooks()
         self.collector.begin_batch()
         self._state.reset()
         self._first.end_step()
-        self._loop.step_ended()
+        self._hooks.loop.step_ended()
         if first:
             self.explanation = self._first.explain(snapshot, self._record.origin)
         if first or self.steps % self.every == 0:
@@ -593,7 +394,7 @@ class Watch:
             if (self.steps + 1) % self.every == 0:
                 self._arm()
             else:
-                self._disarm()
+                self._hooks.disarm()
         if (self.steps + 1) % self.every == 0:
             self._norms.keep_start()
         self._set_histogram()
@@ -602,14 +403,9 @@ class Watch:
             origin_rank = (
                 self._record.last_origin.rank if self._record.last_origin is not None else None
             )
-            if self._save_batch is not None and (origin_rank or 0) == self._ranks.rank:
+            if self._options.save_batch is not None and (origin_rank or 0) == self._ranks.rank:
                 self._first.write_batch(batch, snapshot)
             self._act()
-
-    def _remove_output_hooks(self) -> None:
-        for h in self._output_hooks:
-            h.remove()
-        self._output_hooks = []
 
     def log_loss(self, loss: Any) -> None:
         """Record this step's loss (kept on the device until the next record)."""
@@ -620,7 +416,7 @@ class Watch:
             if isinstance(loss, torch.Tensor)
             else torch.tensor(float(loss), device=self.device)
         )
-        self._state.loss = value.reshape(-1)[0].to(self._acc) if value.numel() else None
+        self._state.loss = value.reshape(-1)[0].to(self._norms.acc) if value.numel() else None
 
     def _set_histogram(self) -> None:
         # Histograms only for the step a record is written at (and the first NaN/Inf step's flush).
@@ -649,7 +445,7 @@ class Watch:
         if not self._record.flush(tail, batch):
             return
         self.collector = self._new_collector()
-        if self._module_handles:
+        if self._hooks.module_handles:
             # The module hooks call through `self.collector`: they stay registered (removing and adding
             # two hooks per module again cost a logged step about 3 ms on the CNN); only the mode is set.
             self._arm()
@@ -662,12 +458,7 @@ class Watch:
     def _detach(self, failed: bool) -> None:
         if not self._attached and not self._record.is_open():
             return
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        self._disarm()
-        self.collector.remove_tensor_hooks()
-        self._remove_output_hooks()
+        self._hooks.remove()
         attached, self._attached = self._attached, False
         try:
             # Under torchrun a run that failed on one rank cannot count on the others for a last merge.
@@ -693,5 +484,5 @@ class Watch:
             log=self.log,
             mode=self.mode,
             explanation=self.explanation,
-            loop_warnings=tuple(self._loop.found),
+            loop_warnings=tuple(self._hooks.loop.found),
         )
