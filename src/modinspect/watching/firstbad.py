@@ -8,14 +8,18 @@ flagged step. The coordinator (`Watch.step`) decides when to call it and what to
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import modinspect.run.ranks as distributed
+from modinspect.errors import NonFiniteError
 from modinspect.reports import NonfiniteOrigin
 from modinspect.run.collector import StatsOptions
 from modinspect.watching.nonfinite import (
     Batch,
     BufferCheck,
+    NonFiniteWarning,
     describe_nonfinite,
     read_flag,
     real_nonfinite_grad,
@@ -211,6 +215,21 @@ class FirstBad:
         if self._options.save_batch is not None:
             message += f"; batch saved to {self._options.save_batch}"
         return message
+
+    def act(self, detach: Callable[[], None]) -> None:
+        """Do what on_nonfinite asks with the first NaN/Inf: raise (after `detach()`), warn, or breakpoint."""
+        step, origin = self._owner.nonfinite_step, self._owner.nonfinite_origin
+        assert step is not None
+        message = self.message(step, origin)
+        on_nonfinite = self._options.on_nonfinite
+        if on_nonfinite == "raise":
+            detach()
+            raise NonFiniteError(step, origin, message)
+        if on_nonfinite == "warn":
+            # Called from Watch.step: stacklevel 3 is the user's line that called it.
+            warnings.warn(message, NonFiniteWarning, stacklevel=3)
+        elif on_nonfinite == "breakpoint":
+            breakpoint()  # the user asked to stop here
 
     def explain(
         self, snapshot: list[torch.Tensor] | None, origin: NonfiniteOrigin | None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import modinspect.run.ranks as distributed
 from modinspect.run import collector as stats_hooks
-from modinspect.run.collector import Collector
+from modinspect.run.collector import Collector, StatsOptions
 from modinspect.run.reductions import GradTotals, Running
 from modinspect.watching.log import (
     GroupRecord,
@@ -29,10 +29,12 @@ from modinspect.watching.log import (
 from modinspect.watching.nonfinite import Batch, LazyFlags, origin_record, sentinel_origin
 from modinspect.watching.paramnorms import from_squares
 from modinspect.watching.sentinel import group_hyperparameters
-from modinspect.watching.window import rms_rows
+from modinspect.watching.window import rms_rows, total_rows
 
 if TYPE_CHECKING:
-    from modinspect.reports import NonfiniteOrigin, ParamStats
+    from torch import nn
+
+    from modinspect.reports import ModuleStats, NonfiniteOrigin, ParamStats
     from modinspect.run.collector import Packed
     from modinspect.run.ranks import Ranks
     from modinspect.watching.firstbad import FirstBad
@@ -79,7 +81,7 @@ class Records:
         options: WatchOptions,
         ranks: Ranks,
         optimizer: Any,
-        modules: int,
+        mods: list[nn.Module],
     ) -> None:
         self._owner = owner
         self._state = state
@@ -89,15 +91,32 @@ class Records:
         self._options = options
         self._ranks = ranks
         self._optimizer = optimizer
+        self._mods = mods
+        self._names = list(options.names)
         self.window = 0  # steps in the current window
         self.collected = 0  # steps of the current window the Collector saw
         self.pending: list[Packed] = []  # the Collector's packed steps of the window, on the device
         self.origin: NonfiniteOrigin | None = None  # for the next record
         self.last_origin: NonfiniteOrigin | None = None  # of the last record, merged over the ranks
         self.last_params: tuple[ParamStats, ...] = ()
-        self.totals = _Totals(modules)
+        self.totals = _Totals(len(mods))
         self.writer: LogWriter | None = None
         self.tensorboard: Any = None
+
+    def new_collector(self, exact: bool) -> Collector:
+        """The next window's Collector (`exact`: `stats`' masked reductions rather than its fast ones)."""
+        options = StatsOptions(
+            backward=True, pattern=self._options.pattern, histogram=self._options.histogram
+        )
+        c = Collector(self._names, self._mods, options, self._norms.acc)
+        c.exact = exact
+        c.sample = self._options.sample
+        c.begin_batch()
+        return c
+
+    def module_rows(self) -> tuple[ModuleStats, ...]:
+        """The run's per-module statistics over every record written so far."""
+        return tuple(total_rows(self.totals, self._names, self._mods))
 
     def open(
         self, log: Path | None, header: LogHeader, overwrite: bool, tensorboard: str | Path | None

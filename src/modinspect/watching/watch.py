@@ -30,35 +30,22 @@ Design (what runs when), in the default mode="sentinel":
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import modinspect.run.ranks as distributed
-from modinspect.errors import NonFiniteError, UsageError
+from modinspect.errors import UsageError
 from modinspect.reports import NonfiniteOrigin, WatchReport
 from modinspect.run import wrappers
-from modinspect.run.collector import Collector, StatsOptions
 from modinspect.watching.firstbad import FirstBad
 from modinspect.watching.hooks import Hooks
-from modinspect.watching.log import (
-    LogHeader,
-)
-from modinspect.watching.nonfinite import (
-    Batch,
-    BufferCheck,
-    LazyFlags,
-    NonFiniteWarning,
-    read_flag,
-)
+from modinspect.watching.log import LogHeader
+from modinspect.watching.nonfinite import Batch, BufferCheck, LazyFlags, NonFiniteWarning, read_flag
 from modinspect.watching.options import MODES, ON_NONFINITE, watch_options
 from modinspect.watching.paramnorms import ParamNorms
 from modinspect.watching.record import Records
-from modinspect.watching.sentinel import (
-    LoopWarning,
-)
+from modinspect.watching.sentinel import LoopWarning
 from modinspect.watching.stepstate import StepState
-from modinspect.watching.window import total_rows
 
 if TYPE_CHECKING:
     from torch import nn
@@ -191,48 +178,37 @@ class Watch:
         self.mode = mode
         self.on_nonfinite = on_nonfinite
         self._options = options
-        self._names = list(options.names)
-        self._mods = mods
         params = [(n, p) for n, p in wrappers.named_parameters(model) if p.is_floating_point()]
         self._norms = ParamNorms(params, self._ranks, distributed.fsdp1_sharded(model))
         self.device = self._norms.device
         self.steps = 0
         self.records = 0
-        self._state = StepState()
-        self._from_optimizer = False
         self.nonfinite_step: int | None = None
         self.nonfinite_origin: NonfiniteOrigin | None = None
+        self.explanation: str | None = None  # what happened before the first NaN/Inf, if known
+        self._from_optimizer = False
         self._attached = False
+        # The parts, each with one job (see the module docstring), sharing the step's state.
+        self._state = state = StepState()
         lazy = LazyFlags()  # on_nonfinite="log": the window's flags, on the device
         buffers = BufferCheck(self._inner, self.device)
-        self.explanation: str | None = None  # what happened before the first NaN/Inf, if known
-        self._first = FirstBad(
-            self, self._state, self._inner, self._norms, buffers, options, self._ranks
-        )
+        self._first = FirstBad(self, state, self._inner, self._norms, buffers, options, self._ranks)
         self._record = Records(
-            self,
-            self._state,
-            self._first,
-            self._norms,
-            lazy,
-            options,
-            self._ranks,
-            optimizer,
-            len(self._mods),
+            self, state, self._first, self._norms, lazy, options, self._ranks, optimizer, mods
         )
         self._hooks = Hooks(
             self,
-            self._state,
+            state,
             self._first,
             self._inner,
-            self._mods,
+            mods,
             self._norms,
             buffers,
             lazy,
             options,
             optimizer,
         )
-        self.collector = self._new_collector()
+        self.collector = self._record.new_collector(self._exact())
         try:
             self._attached = True
             self._hooks.attach(
@@ -265,16 +241,6 @@ class Watch:
         self._detach(failed=kind is not None)
 
     # ---------------------------------------------------------------- hooks
-    def _new_collector(self) -> Collector:
-        options = StatsOptions(
-            backward=True, pattern=self._options.pattern, histogram=self._options.histogram
-        )
-        c = Collector(self._names, self._mods, options, self._norms.acc)
-        c.exact = self._exact()
-        c.sample = self._options.sample
-        c.begin_batch()
-        return c
-
     def _exact(self) -> bool:
         """Whether the Collector runs `stats`' exact (masked) reductions rather than its fast ones.
 
@@ -318,9 +284,8 @@ class Watch:
         if self._first.flagged:
             self._from_optimizer = True
             try:
-                self.step(
-                    self._state.loss
-                )  # ends the step now: traces, writes its record and raises
+                # Ends the step now: traces, writes its record and raises.
+                self.step(self._state.loss)
             finally:
                 self._from_optimizer = False
 
@@ -346,9 +311,8 @@ class Watch:
             self._hooks.weigh_now()
         self.steps += 1
         self._record.window += 1
-        collected = bool(
-            self._hooks.module_handles
-        )  # this step's forward ran with the Collector's hooks
+        # This step's forward ran with the Collector's hooks.
+        collected = bool(self._hooks.module_handles)
         if self._state.loss is not None and collected:
             self.collector.record_loss(self._state.loss)
         if self.on_nonfinite == "log":
@@ -363,15 +327,12 @@ class Watch:
         snapshot = self._first.snapshot
         if first:
             self.nonfinite_step = self.steps
-            origin = self._first.trace(
-                batch, snapshot
-            )  # on every rank: FSDP's forward gathers parameters from all of them
-            if (
-                self._first.false_alarm
-            ):  # finite values whose float32 sums of squares overflowed: not a NaN/Inf
-                self._first.false_alarm = self._first.flagged = self._first.flagged_here = first = (
-                    False
-                )
+            # On every rank: FSDP's forward gathers parameters from all of them.
+            origin = self._first.trace(batch, snapshot)
+            if self._first.false_alarm:
+                # Finite values whose float32 sums of squares overflowed: not a NaN/Inf.
+                self._first.false_alarm = self._first.flagged = self._first.flagged_here = False
+                first = False
                 self.nonfinite_step = None
             self._record.origin = (
                 origin if self._first.flagged_here or not self._ranks.many else None
@@ -400,12 +361,12 @@ class Watch:
         self._set_histogram()
         if first:
             self.nonfinite_origin = self._record.last_origin
-            origin_rank = (
-                self._record.last_origin.rank if self._record.last_origin is not None else None
-            )
+            last = self._record.last_origin
+            origin_rank = last.rank if last is not None else None
             if self._options.save_batch is not None and (origin_rank or 0) == self._ranks.rank:
                 self._first.write_batch(batch, snapshot)
-            self._act()
+            # The run stops here on_nonfinite="raise", inside a `with` or not (a Trainer callback has no exit).
+            self._first.act(self.detach)
 
     def log_loss(self, loss: Any) -> None:
         """Record this step's loss (kept on the device until the next record)."""
@@ -424,27 +385,12 @@ class Watch:
             self._options.histogram and (self.steps + 1) % self.every == 0
         )
 
-    # ---------------------------------------------------------------- the first NaN/Inf
-    def _act(self) -> None:
-        step, origin = self.nonfinite_step, self.nonfinite_origin
-        assert step is not None
-        message = self._first.message(step, origin)
-        if self.on_nonfinite == "raise":
-            self._detach(
-                failed=False
-            )  # the run stops here, inside a `with` or not (a Trainer callback has no exit)
-            raise NonFiniteError(step, origin, message)
-        if self.on_nonfinite == "warn":
-            warnings.warn(message, NonFiniteWarning, stacklevel=3)
-        elif self.on_nonfinite == "breakpoint":
-            breakpoint()  # the user asked to stop here
-
     # ---------------------------------------------------------------- records
     def _flush(self, tail: bool = False, batch: Batch | None = None) -> None:
         """Write the window's record (`Records.flush`), then start the next window's Collector."""
         if not self._record.flush(tail, batch):
             return
-        self.collector = self._new_collector()
+        self.collector = self._record.new_collector(self._exact())
         if self._hooks.module_handles:
             # The module hooks call through `self.collector`: they stay registered (removing and adding
             # two hooks per module again cost a logged step about 3 ms on the CNN); only the mode is set.
@@ -477,7 +423,7 @@ class Watch:
             device=self.device,
             steps=self.steps,
             records=self.records,
-            modules=tuple(total_rows(self._record.totals, self._names, self._mods)),
+            modules=self._record.module_rows(),
             params=self._record.last_params,
             nonfinite_step=self.nonfinite_step,
             nonfinite_origin=self.nonfinite_origin,
