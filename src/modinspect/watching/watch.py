@@ -25,6 +25,13 @@ Design (what runs when), in the default mode="sentinel":
   applies the bad step (`w.check()` does the same in a loop without optimizer=).
 - Update norms: the weights are copied at the start of each logged step (at the end of the step before),
   so ‖Δw‖/‖w‖ is the logged step's own update over the weights before it.
+
+`Watch` is the coordinator (the public API, the step's order of events); each part has one job:
+`options.py` (validated once), `stepstate.py` (the current step's state, one `reset()` per step),
+`hooks.py` (every hook and handle, the end-of-backward sentinel), `firstbad.py` (the first NaN/Inf: the
+flag read, its confirmation, trace and message), `record.py` (the window's one transfer and record, the
+writers, the run's totals), `paramnorms.py` (parameter and update norms), `nonfinite.py` (the device flags,
+the replay, the saved batch), `window.py` (a record's rows and the run's).
 """
 
 from __future__ import annotations
@@ -240,7 +247,7 @@ class Watch:
     def __exit__(self, kind: object, *exc: object) -> None:
         self._detach(failed=kind is not None)
 
-    # ---------------------------------------------------------------- hooks
+    # ---------------------------------------------------------------- the Collector
     def _exact(self) -> bool:
         """Whether the Collector runs `stats`' exact (masked) reductions rather than its fast ones.
 
@@ -249,7 +256,7 @@ class Watch:
         `stats`: a NaN/Inf makes its mean, M2 or sum of squares non-finite, the step's flag (read at its end)
         is then set, and its record holds the exact statistics of the first NaN/Inf's replay. Under
         on_nonfinite="log" no flag is read, but the record is written at the logged step's own end: when its
-        values show a NaN/Inf, the step is replayed then (`_replay_logged`).
+        values show a NaN/Inf, the step is replayed then (`Records._replay_logged`).
         """
         return self.mode == "window" or self._ranks.many or self.nonfinite_step is not None
 
