@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import linecache
 import math
 import os
 import sys
@@ -250,6 +251,7 @@ def test_histogram_of_the_logged_step_is_torch_histc(tmp_path: Path) -> None:
     model[1].register_forward_hook(lambda m, a, o: outs.append(o.detach().clone()))
     with modinspect.watch(model, every=2, log=tmp_path / "h.jsonl") as w:
         for _ in range(4):
+            model.zero_grad()
             model(torch.randn(16, 8)).sum().backward()
             w.step()
     records = read_log(tmp_path / "h.jsonl")[1:]
@@ -630,6 +632,8 @@ def test_warn_mode_keeps_training_and_logs_the_nan_counts(tmp_path: Path) -> Non
     assert [str(c.message).split(":")[0] for c in caught if c.category is NonFiniteWarning] == [
         "first NaN/Inf at step 6"
     ]
+    # It names the user's `w.step()` line (this file), not modinspect's.
+    assert [c.filename for c in caught if c.category is NonFiniteWarning] == [__file__]
     records = read_log(tmp_path / "w.jsonl")[1:]
     assert [r["step"] for r in records] == [4, 6, 8, 12]  # the NaN step's record is written at once
     assert [r["nonfinite"] is not None for r in records] == [False, True, False, False]
@@ -649,6 +653,7 @@ def test_breakpoint_mode_calls_the_breakpoint_hook_at_the_bad_step(
     with modinspect.watch(model, every=10, on_nonfinite="breakpoint") as w:
         monkeypatch.setattr(sys, "breakpointhook", lambda *a, **k: stops.append(w.steps))
         for step, x in batches(bad_step=2):
+            model.zero_grad()
             model(x).sum().backward()
             w.step()
             if step == 4:
@@ -1293,7 +1298,10 @@ def run_loop(
                 with torch.no_grad():
                     model(torch.randn(5, 4))
         w.detach()
-    return [str(c.message) for c in caught if c.category is LoopWarning], w.report().loop_warnings
+    loop = [c for c in caught if c.category is LoopWarning]
+    # Each one names the user's own line (this file), not a line inside modinspect or torch.
+    assert [c.filename for c in loop] == [__file__] * len(loop)
+    return [str(c.message) for c in loop], w.report().loop_warnings
 
 
 NOT_ZEROED = (
@@ -1418,3 +1426,26 @@ def test_finite_values_whose_sums_overflow_are_not_a_nan(tmp_path: Path, on_nonf
     assert expected == 36
     assert bad and bad[0]["step"] == expected, [(r["step"], r["nonfinite"]) for r in bad]
     assert all(r["loss"] is not None for r in records if r["step"] < expected)
+
+
+def test_the_nonfinite_warning_names_the_users_optimizer_step_with_optimizer_given() -> None:
+    torch.manual_seed(0)
+    model = ArmedNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        modinspect.watch(model, every=5, optimizer=opt) as w,
+    ):
+        warnings.simplefilter("always")
+        for step in range(1, 4):
+            model.armed = step == 2
+            loss = model(torch.randn(3, 4)).mean()
+            loss.backward()
+            w.log_loss(loss)
+            opt.step()  # the warning's line: the post hook ends the step here
+            opt.zero_grad()
+    found = [c for c in caught if c.category is NonFiniteWarning]
+    assert [str(c.message).split(":")[0] for c in found] == ["first NaN/Inf at step 2"]
+    assert [(c.filename, linecache.getline(c.filename, c.lineno).strip()) for c in found] == [
+        (__file__, "opt.step()  # the warning's line: the post hook ends the step here")
+    ]

@@ -28,6 +28,7 @@ from modinspect.watching.nonfinite import (
     weight_origin,
     with_caller,
 )
+from modinspect.watching.sentinel import user_stacklevel
 
 if TYPE_CHECKING:
     import torch
@@ -226,8 +227,8 @@ class FirstBad:
             detach()
             raise NonFiniteError(step, origin, message)
         if on_nonfinite == "warn":
-            # Called from Watch.step: stacklevel 3 is the user's line that called it.
-            warnings.warn(message, NonFiniteWarning, stacklevel=3)
+            # The user's line: their w.step(), or their opt.step() when optimizer= advances the steps.
+            warnings.warn(message, NonFiniteWarning, stacklevel=user_stacklevel())
         elif on_nonfinite == "breakpoint":
             breakpoint()  # the user asked to stop here
 

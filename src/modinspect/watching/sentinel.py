@@ -88,6 +88,30 @@ _SKIP: tuple[str, ...] | None = None
 _USER_FILE: dict[str, bool] = {}  # code file -> whether it is the user's own
 
 
+def user_stacklevel() -> int:
+    """`warnings.warn`'s stacklevel, for the function calling this one, that names the user's own line.
+
+    The innermost frame outside modinspect and torch: a loop warning raised while `watch()` is built points
+    at the `watch(...)` call, one raised from a hook at the user's forward or backward call.
+    """
+    import os
+    import sys
+
+    import torch
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    skip = (package, os.path.dirname(os.path.abspath(torch.__file__)) + os.sep)
+    frame: Any = sys._getframe(1)  # the caller: stacklevel 1
+    level = 1
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith("<") and not os.path.abspath(filename).startswith(skip):
+            return level
+        frame = frame.f_back
+        level += 1
+    return 2
+
+
 def weights_path(batch: Path) -> Path:
     """Where `save_batch=bad.pt` puts the weights beside the batch: bad.weights.safetensors."""
     return batch.with_name(batch.stem + ".weights.safetensors")
@@ -336,7 +360,7 @@ class LoopChecks:
             self.found.append(message)
             import warnings
 
-            warnings.warn(message, LoopWarning, stacklevel=4)
+            warnings.warn(message, LoopWarning, stacklevel=user_stacklevel())
 
     def forward(self, grad_enabled: bool) -> None:
         """The first forward of a step: an evaluation forward (no grad) taken in train mode."""
