@@ -219,7 +219,7 @@ class Watch:
         try:
             self._attached = True
             self._hooks.attach(
-                mode == "window" or every == 1, self._optimizer_stepping, self._optimizer_stepped
+                mode == "window" or every == 1, self._optimizer_stepping, self._step_now
             )
             if self._ranks.writer:
                 header = LogHeader(
@@ -289,14 +289,10 @@ class Watch:
         if not self._first.flagged and not self._state.backward_ran:
             self._first.check(self._hooks.module_handles)
         if self._first.flagged:
-            self._from_optimizer = True
-            try:
-                # Ends the step now: traces, writes its record and raises.
-                self.step(self._state.loss)
-            finally:
-                self._from_optimizer = False
+            self._step_now()  # ends the step now: traces, writes its record and raises
 
-    def _optimizer_stepped(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def _step_now(self, *_hook_args: Any) -> None:
+        """`step()` with the loss logged so far: the optimizer's step post hook, or `check()`."""
         self._from_optimizer = True
         try:
             self.step(self._state.loss)
