@@ -246,6 +246,41 @@ def test_bad_option_value_is_a_usage_error() -> None:
     assert "--depth" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["report", "run.jsonl", "--width", "200"],
+            "error: No such option: --width (Possible options: --wide) (see `modinspect report -h`)",
+        ),
+        (["report"], "error: Missing argument 'LOG [OTHER]'. (see `modinspect report -h`)"),
+        (
+            ["tree", "small_cnn.pth", "--max-layers", "many"],
+            "error: Invalid value for '--max-layers': Input should be a valid integer, unable to parse "
+            "string as an integer (see `modinspect tree -h`)",
+        ),
+        (
+            ["tre\x1b[31m"],
+            "error: No such command 'tre\\x1b[31m'. (see `modinspect -h`)",
+        ),
+    ],
+)
+def test_command_line_mistakes_are_one_plain_line_and_exit_2(args: list[str], line: str) -> None:
+    """click's own usage errors (unknown option, missing argument, bad value, unknown command) read like every
+    other user error: one line on stderr, control characters escaped, no box, nothing on stdout."""
+    result = invoke(*args, cwd=SAMPLES)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == line + "\n"
+
+
+def test_command_line_mistakes_through_the_installed_entry_point() -> None:
+    out = _run(["-m", "modinspect", "tree", "--no-such-flag"])
+    assert out.returncode == 2
+    assert out.stderr == "error: No such option: --no-such-flag (see `python -m modinspect tree -h`)\n"
+    assert out.stdout == ""
+
+
 def _run(
     args: list[str], env: dict[str, str] | None = None, cwd: Path = SAMPLES
 ) -> subprocess.CompletedProcess[str]:

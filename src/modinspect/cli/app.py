@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from modinspect.cli import output
 from modinspect.errors import UsageError
@@ -17,7 +18,55 @@ if TYPE_CHECKING:
     from modinspect.reports import RunReport
     from modinspect.reports.compare import RunComparison
 
+
+class _OneLineErrors(TyperGroup):
+    """The command line's own mistakes (an unknown option, a missing argument, a value of the wrong type) as
+    one plain line on stderr and exit code 2, like every other user error, instead of click's boxed usage."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        import importlib
+        import sys
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **kwargs)
+        # Recent Typer releases vendor click as typer._click; older ones use click itself.
+        try:
+            ex: Any = importlib.import_module("typer._click.exceptions")
+        except ImportError:
+            ex = importlib.import_module("click.exceptions")
+        no_args = getattr(ex, "NoArgsIsHelpError", ())
+        try:
+            rv = super().main(args, prog_name, complete_var, False, windows_expand_args, **kwargs)
+        except no_args as exc:  # `modinspect` alone: its help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
+        except ex.UsageError as exc:
+            path = exc.ctx.command_path if exc.ctx is not None else "modinspect"
+            message = " ".join(exc.format_message().split())
+            print(f"error: {output.visible(message)} (see `{path} -h`)", file=sys.stderr)
+            sys.exit(2)
+        except typer.Abort:
+            print("aborted", file=sys.stderr)
+            sys.exit(1)
+        except ex.ClickException as exc:
+            print(
+                f"error: {output.visible(' '.join(exc.format_message().split()))}", file=sys.stderr
+            )
+            sys.exit(exc.exit_code)
+        # Non-standalone click returns the command's value, or the code of the Exit that ended it.
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="modinspect",
     help="Look inside PyTorch models and checkpoints, without their code and without running their pickles.",
     no_args_is_help=True,
