@@ -345,3 +345,46 @@ def test_parameter_names_from_the_log_are_shown_as_data(
     assert "\x1b" not in out and "\u202e" not in out
     assert f"Update ratio too fast (above 0.1) from step 0: {shown}." in out.splitlines()
     assert any(line.startswith(f"{shown}   ") for line in out.splitlines())
+
+
+def test_the_update_verdict_groups_the_tensors_by_the_step_each_first_left_the_band(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real AdamW loop whose LayerNorm bias starts at zero (its early ratio is above 0.1) and whose lr is
+    set to 10 at step 30 (Adam's steps of about lr per element: far too fast, still finite): the verdict names
+    each tensor with the step it first went too fast."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    log = tmp_path / "run.jsonl"
+    with modinspect.watch(model, every=5, log=log, optimizer=opt, on_nonfinite="log") as w:
+        for step in range(40):
+            if step == 30:
+                for group in opt.param_groups:
+                    group["lr"] = 10.0
+            loss = model(torch.randn(8, 4)).square().mean()
+            loss.backward()
+            w.log_loss(loss)
+            opt.step()
+            opt.zero_grad()
+    steps = _steps(log)
+    names = [n for n, _ in model.named_parameters()]
+    first = {n: _first(steps, n, lambda r: r > HIGH) for n in names}
+    flagged = [n for n in names if first[n] is not None]
+    assert first["1.bias"] is not None and len(flagged) > 2
+    assert len({first[n] for n in flagged}) > 1  # the bias left the band earlier than the rest
+    monkeypatch.setenv("COLUMNS", "200")
+    result = invoke("report", log.name, cwd=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout.splitlines()
+    line = next(x for x in out if x.startswith("Update ratio too fast"))
+    at = {n: s for n, s in first.items() if s is not None}
+    order = sorted(flagged, key=lambda n: (at[n], names.index(n)))
+    groups: dict[int, list[str]] = {}
+    for n in order[:5]:
+        groups.setdefault(at[n], []).append(n)
+    said = "; ".join(f"from step {s}: {', '.join(g)}" for s, g in groups.items())
+    more = f" and {len(flagged) - 5} more" if len(flagged) > 5 else ""
+    assert line == f"Update ratio too fast (above 0.1) {said}{more}."

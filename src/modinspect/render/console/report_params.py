@@ -139,7 +139,8 @@ def log_scale_line(rows: Sequence[str], width: int) -> list[Text]:
 
 
 def update_verdict(report: RunReport) -> Text:
-    """'\nUpdate ratio too fast (above 0.1) from step 290: fc2.weight.': one line per way out of the band."""
+    """'\nUpdate ratio too fast (above 0.1) from step 10: ln.bias; from step 290: fc2.weight.': one line per way
+    out of the band, the tensors grouped by the step each first left it (five names at most)."""
     low, high = UPDATE_RATIO_BAND
     text = Text()
     params = param_order(report.modules, report.params)
@@ -150,13 +151,16 @@ def update_verdict(report: RunReport) -> Text:
         hits = [(getattr(p, attr), p.name) for p in params if getattr(p, attr) is not None]
         if not hits:
             continue
-        names = [name for _, name in sorted(hits, key=lambda hit: hit[0])]
-        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
-        text.append(
-            f"\nUpdate ratio {words} from step {min(s for s, _ in hits)}: "
-            f"{', '.join(names[:5])}{more}.",
-            style="mi.warn",
-        )
+        ordered = sorted(hits, key=lambda hit: hit[0])
+        groups: list[tuple[int, list[str]]] = []
+        for step, name in ordered[:5]:
+            if groups and groups[-1][0] == step:
+                groups[-1][1].append(name)
+            else:
+                groups.append((step, [name]))
+        more = f" and {len(ordered) - 5} more" if len(ordered) > 5 else ""
+        said = "; ".join(f"from step {step}: {', '.join(names)}" for step, names in groups)
+        text.append(f"\nUpdate ratio {words} {said}{more}.", style="mi.warn")
     return text
 
 
