@@ -277,7 +277,9 @@ def test_command_line_mistakes_are_one_plain_line_and_exit_2(args: list[str], li
 def test_command_line_mistakes_through_the_installed_entry_point() -> None:
     out = _run(["-m", "modinspect", "tree", "--no-such-flag"])
     assert out.returncode == 2
-    assert out.stderr == "error: No such option: --no-such-flag (see `python -m modinspect tree -h`)\n"
+    assert (
+        out.stderr == "error: No such option: --no-such-flag (see `python -m modinspect tree -h`)\n"
+    )
     assert out.stdout == ""
 
 

@@ -1250,7 +1250,8 @@ def test_saved_batch_and_weights_reproduce_the_origin_with_stats_input(tmp_path:
     result = invoke("stats", "nets.py:build", "--input", "bad.pt", "--json", cwd=tmp_path)
     assert result.exit_code == 1, result.stderr
     assert result.stderr.splitlines() == [
-        "note: using the weights saved with the batch, bad.weights.safetensors (step 4, before its update)"
+        "note: using the weights saved with the batch, bad.weights.safetensors (step 4, before its update); "
+        "in training mode, as that step ran"
     ]
     origin = json.loads(result.stdout)["nonfinite_origin"]
     assert (origin["module"], origin["op"], origin["phase"]) == (o.module, o.op, o.phase)
@@ -1262,6 +1263,69 @@ def test_saved_batch_and_weights_reproduce_the_origin_with_stats_input(tmp_path:
     result = invoke("stats", "nets.py:build", "--input", "bad.pt", "--json", cwd=tmp_path)
     assert result.exit_code == 0 and json.loads(result.stdout)["nonfinite_origin"] is None
     assert "note: using the weights" not in result.stderr
+
+
+DROP_NETS = """
+import torch
+from torch import nn
+
+
+class LogAbs(nn.Module):
+    def forward(self, x):
+        return torch.log(x.abs())  # -inf where dropout zeroed an element
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), LogAbs(), nn.Linear(8, 1))
+"""
+
+
+def test_stats_input_replays_a_saved_training_step_in_training_mode_with_its_dropout_masks(
+    tmp_path: Path,
+) -> None:
+    """A -inf that only dropout makes (log of a zeroed element): `stats --input` of the saved batch runs in
+    training mode with the step's RNG state, so the same elements are dropped; `--eval` runs without dropout."""
+    (tmp_path / "drop_nets.py").write_text(DROP_NETS)
+    spec = importlib.util.spec_from_file_location("watch_drop_nets", tmp_path / "drop_nets.py")
+    assert spec is not None and spec.loader is not None
+    nets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nets)
+    model = nets.build()
+    dropped: list[int] = []
+    model[1].register_forward_hook(lambda m, a, out: dropped.append(int((out == 0).sum())))
+    torch.manual_seed(3)
+    with (
+        pytest.raises(NonFiniteError) as info,
+        modinspect.watch(model, on_nonfinite="raise", save_batch=tmp_path / "bad.pt") as w,
+    ):
+        for _ in range(3):
+            model(torch.randn(5, 4)).mean().backward()
+            w.step()
+    o = info.value.origin
+    assert o is not None and info.value.step == 1 and (o.module, o.op) == ("2", "aten::log")
+    assert dropped[0] > 0  # the training forward's own mask
+    result = invoke("stats", "drop_nets.py:build", "--input", "bad.pt", "--json", cwd=tmp_path)
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        "note: using the weights saved with the batch, bad.weights.safetensors (step 1, before its update); "
+        "in training mode, as that step ran"
+    ]
+    doc = json.loads(result.stdout)
+    assert (doc["nonfinite_origin"]["module"], doc["nonfinite_origin"]["op"]) == ("2", "aten::log")
+    log_row = next(m for m in doc["modules"] if m["name"] == "2")
+    assert (
+        log_row["inf"] == dropped[0]
+    )  # the same elements dropped: the step's RNG state was restored
+    # --eval: no dropout, every value finite; the saved weights are still used.
+    result = invoke(
+        "stats", "drop_nets.py:build", "--input", "bad.pt", "--eval", "--json", cwd=tmp_path
+    )
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["nonfinite_origin"] is None
+    assert result.stderr.splitlines() == [
+        "note: using the weights saved with the batch, bad.weights.safetensors (step 1, before its update)"
+    ]
 
 
 # ---------------------------------------------------------------- loop mistakes: one-time warnings, in the report

@@ -605,8 +605,14 @@ def stats(
         ),
     ] = None,
     train: Annotated[
-        bool, typer.Option("--train", help="Run in training mode (dropout, BatchNorm batch stats).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--train/--eval",
+            help="Run in training mode (dropout, BatchNorm batch stats) or eval mode \\[default: eval; with "
+            "--input from watch(save_batch=...), the mode that step ran in].",
+            show_default=False,
+        ),
+    ] = None,
     backward: Annotated[
         bool, typer.Option("--backward/--no-backward", help="Also run backward on the loss.")
     ] = True,

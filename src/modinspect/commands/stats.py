@@ -50,7 +50,8 @@ class StatsRequest:
         seed: the seed of the random inputs (and of torch's generators).
         device: cpu, cuda, cuda:N, mps, or auto.
         dtype: bfloat16 / float16 to run under autocast; None: [tool.modinspect]'s dtype, else float32.
-        train: run in training mode (dropout, batch statistics).
+        train: run in training mode (dropout, batch statistics); None: eval mode, or, with an `input_file`
+            saved by `watch(save_batch=...)`, the mode that step ran in.
         backward: run a backward too, for the gradient statistics.
         loss: what the backward starts from: auto, sum, mean, `file.py:FN`, or a function of the output.
         pattern: hook only the modules whose name matches this glob.
@@ -70,7 +71,7 @@ class StatsRequest:
     seed: int = 0
     device: str = "auto"
     dtype: str | None = None
-    train: bool = False
+    train: bool | None = None
     backward: bool = True
     loss: str | Callable[[Any], Any] = "auto"
     pattern: str | None = None
@@ -223,12 +224,18 @@ def prepare_stats(request: StatsRequest, announce: Callable[[str], None] | None 
     )
     if request.input_dtype is None and "input_dtype" not in extra:
         extra = {**extra, "input_dtype": resolved_dtype}
+    train = request.train
     if request.input_file is not None and request.weights is None:
         from modinspect.watching.sentinel import load_saved_weights
 
-        said = load_saved_weights(src.module, Path(request.input_file))
-        if said is not None and announce is not None:
-            announce(said)
+        saved = load_saved_weights(src.module, Path(request.input_file))
+        if saved is not None:
+            said, saved_training = saved
+            if train is None and saved_training:
+                train = True  # the step ran in training mode: its dropout masks come from the saved RNG state
+                said += "; in training mode, as that step ran"
+            if announce is not None:
+                announce(said)
     raw, described = resolve_batches(src.module, spec, extra)
     batches: Iterable[Any] = raw
     if ranks.many:
@@ -239,7 +246,7 @@ def prepare_stats(request: StatsRequest, announce: Callable[[str], None] | None 
         pattern=request.pattern,
         loss=loss,
         autocast_dtype=None if dtype == "float32" else dtype,
-        train=request.train,
+        train=bool(train),
     )
     in_use = src.in_use() if isinstance(src, ModuleSource) else contextlib.nullcontext()
     return StatsRun(

@@ -137,10 +137,11 @@ def save_weights(model: nn.Module, path: Path, step: int, force: bool) -> None:
     atomic_write(path, lambda tmp: save_model(model, str(tmp), metadata=metadata), force=force)
 
 
-def load_saved_weights(model: nn.Module, batch: Path) -> str | None:
+def load_saved_weights(model: nn.Module, batch: Path) -> tuple[str, bool | None] | None:
     """Load the weights `watch(save_batch=...)` saved beside `batch` into `model` and restore its RNG state.
 
-    Returns the one line to tell the user, or None when there are none. Raises UsageError when they do not fit.
+    Returns the one line to tell the user and the training mode the step ran in (None: not recorded), or None
+    when there are no saved weights. Raises UsageError when they do not fit.
     """
     from safetensors import safe_open
 
@@ -182,7 +183,12 @@ def load_saved_weights(model: nn.Module, batch: Path) -> str | None:
             raise UsageError(
                 f"{path} holds no valid RNG state; move it away to run on the model's own weights"
             ) from None
-    return f"using the weights saved with the batch, {path} (step {metadata.get('step', '?')}, before its update)"
+    training = {"True": True, "False": False}.get(metadata.get("training", ""))
+    step = metadata.get("step", "?")
+    return (
+        f"using the weights saved with the batch, {path} (step {step}, before its update)",
+        training,
+    )
 
 
 def tensor_norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
