@@ -7,9 +7,10 @@ Design (what runs when), in the default mode="sentinel":
   norms (those the step's forward used) feed the update history (`sentinel.UpdateHistory`). A weight or
   buffer made NaN/Inf (by an update, an in-place write, a running statistic) flags the step by itself. Nothing is read on the host with
   on_nonfinite="log": the flag and the first flagged step are folded on the device and travel with the record.
-- The step before a logged step registers the Collector of `stats` (stats_hooks.py) on the modules, so the
-  logged step's forward and backward are reduced to device scalars in its exact (masked) mode; its end
-  removes them again. A record holds the statistics of the logged step alone.
+- The step before a logged step registers the Collector of `stats` (run/collector.py) on the modules, so the
+  logged step's forward and backward are reduced to device scalars with `stats`' fast reductions (exact for
+  finite values; a NaN/Inf makes a sum non-finite and the step is replayed exactly); its end removes them
+  again. A record holds the statistics of the logged step alone.
 - mode="window": the Collector's hooks stay registered and every step is reduced and packed into one device
   vector (`Collector.pack`), nothing copied; a record then merges every step since the previous one.
 - Every `every` steps the window's vectors, the loss and the parameter norms are concatenated and copied
@@ -24,7 +25,8 @@ Design (what runs when), in the default mode="sentinel":
   on_nonfinite="raise" the flag is read in an optimizer step pre-hook, which raises before the optimizer
   applies the bad step (`w.check()` does the same in a loop without optimizer=).
 - Update norms: the weights are copied at the start of each logged step (at the end of the step before),
-  so ‖Δw‖/‖w‖ is the logged step's own update over the weights before it.
+  so ‖Δw‖/‖w‖ is the logged step's own update over the weights before it; ‖w‖ and ‖Δw‖ are one pass over
+  the weights and their copy, ‖w before‖ the sentinel's norm when the weight was not written since its copy.
 
 `Watch` is the coordinator (the public API, the step's order of events); each part has one job:
 `options.py` (validated once), `stepstate.py` (the current step's state, one `reset()` per step),
