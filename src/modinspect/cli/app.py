@@ -51,15 +51,12 @@ class _OneLineErrors(TyperGroup):
         except ex.UsageError as exc:
             path = exc.ctx.command_path if exc.ctx is not None else "modinspect"
             message = " ".join(exc.format_message().split())
-            print(f"error: {output.visible(message)} (see `{path} -h`)", file=sys.stderr)
-            sys.exit(2)
+            raise output.fail(f"{message} (see `{path} -h`)", SystemExit) from None
         except typer.Abort:
             print("aborted", file=sys.stderr)
             sys.exit(1)
         except ex.ClickException as exc:
-            print(
-                f"error: {output.visible(' '.join(exc.format_message().split()))}", file=sys.stderr
-            )
+            output.fail(" ".join(exc.format_message().split()), SystemExit)
             sys.exit(exc.exit_code)
         # Non-standalone click returns the command's value, or the code of the Exit that ended it.
         sys.exit(rv if isinstance(rv, int) else 0)

@@ -30,7 +30,8 @@ def visible(line: str) -> str:
     return escape(line)
 
 
-def _fail(message: str, exit_with: ExitFactory) -> BaseException:
+def fail(message: str, exit_with: ExitFactory) -> BaseException:
+    """Print the one `error: ...` line (control characters escaped); return the exit-2 exception to raise."""
     print(f"error: {visible(message)}", file=sys.stderr)
     return exit_with(2)
 
@@ -51,7 +52,7 @@ def user_errors(
     except ModinspectError as exc:
         if debug:
             traceback.print_exc()
-        raise _fail(str(exc), exit_with) from None
+        raise fail(str(exc), exit_with) from None
     except BrokenPipeError:
         # The reader went away (`modinspect tree x | head`): stop quietly, as a C tool killed by SIGPIPE would.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -63,7 +64,7 @@ def user_errors(
     except Exception as exc:
         if debug:
             raise
-        raise _fail(
+        raise fail(
             f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it",
             exit_with,
         ) from None

@@ -269,32 +269,26 @@ def update_norms(
 
     `with_before=False` leaves ‖b‖ out (an empty list): b is then read only by the subtraction.
 
-    The small tensors' differences are one `_foreach_sub`, and the three norms one multi-tensor norm. A
-    tensor over UPDATE_CHUNK elements goes chunk by chunk: the chunk's difference into one scratch buffer,
-    then the norms of the two chunks and of their difference while the three are still in the cache
-    (3 × 4 MB in float32): the weights and their copy cross the memory bus once, not twice, and no
-    temporary the size of the weights is allocated (fresh memory the size of GPT-2's weights cost each
-    logged step its page faults, about 0.1 s on the CPU).
+    The small tensors' differences are one `_foreach_sub`, and their norms one multi-tensor norm. A tensor over
+    UPDATE_CHUNK elements goes chunk by chunk: the chunk's difference into one scratch buffer, then the
+    chunk's norms, so no temporary the size of the weights is allocated (fresh memory the size of GPT-2's
+    weights cost each logged step its page faults, about 0.1 s on the CPU).
     """
     import torch
 
-    n = len(after)
-    out_a: list[torch.Tensor | None] = [None] * n
-    out_b: list[torch.Tensor | None] = [None] * n
-    out_d: list[torch.Tensor | None] = [None] * n
+    width = 3 if with_before else 2  # per pair: ‖a‖, ‖a − b‖[, ‖b‖]
+    out: list[list[torch.Tensor]] = [[] for _ in after]
     small = [i for i, a in enumerate(after) if a.numel() <= UPDATE_CHUNK]
     if small:
         pairs_a = [after[i] for i in small]
         pairs_b = [before[i] for i in small]
         deltas = list(torch._foreach_sub(pairs_a, pairs_b))
         norms = tensor_norms(pairs_a + deltas + (pairs_b if with_before else []))
-        k = len(small)
         for j, i in enumerate(small):
-            out_a[i], out_d[i] = norms[j], norms[k + j]
-            out_b[i] = norms[2 * k + j] if with_before else None
+            out[i] = norms[j :: len(small)]
     scratch: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
     for i, (a, b) in enumerate(zip(after, before, strict=True)):
-        if out_a[i] is not None:
+        if out[i]:
             continue
         flat_a, flat_b = a.reshape(-1), b.reshape(-1)
         key = (flat_a.dtype, flat_a.device)
@@ -307,22 +301,14 @@ def update_norms(
             end = min(start + UPDATE_CHUNK, flat_a.numel())
             chunk_a, chunk_b, part = flat_a[start:end], flat_b[start:end], buf[: end - start]
             torch.sub(chunk_a, chunk_b, out=part)
-            parts += torch._foreach_norm(
-                [chunk_a, part, chunk_b] if with_before else [chunk_a, part],
-                2,
-                dtype=torch.float32 if half else None,
-            )
-        # Rows are chunks, columns (‖a‖, ‖a − b‖, ‖b‖): the chunks' norms combine as a norm of norms.
-        total = torch.linalg.vector_norm(
-            torch.stack(parts).view(-1, 3 if with_before else 2), dim=0
-        )
-        out_a[i], out_d[i] = total[0], total[1]
-        out_b[i] = total[2] if with_before else None
-    done = [i for i in range(n) if out_a[i] is not None]
+            chunks = [chunk_a, part, chunk_b][:width]
+            parts += torch._foreach_norm(chunks, 2, dtype=torch.float32 if half else None)
+        # Rows are chunks, columns the norms: the chunks' norms combine as a norm of norms.
+        out[i] = list(torch.linalg.vector_norm(torch.stack(parts).view(-1, width), dim=0).unbind())
     return (
-        [out_a[i] for i in done],  # type: ignore[misc]
-        [out_b[i] for i in done] if with_before else [],  # type: ignore[misc]
-        [out_d[i] for i in done],  # type: ignore[misc]
+        [o[0] for o in out],
+        [o[2] for o in out] if with_before else [],
+        [o[1] for o in out],
     )
 
 

@@ -48,27 +48,53 @@ NORMALISING = (
 def caller_frame() -> tuple[str, str] | None:
     """("file:line", code) of the user's own frame that called the model: the innermost frame outside torch,
     modinspect, installed packages (transformers...) and the standard library. A few frames walked, no read."""
+    import linecache
     import os
     import sys
+
+    from modinspect.run.attribution import SourceLine
+
+    found = _user_frame(sys._getframe(1))
+    if found is None:
+        return None
+    frame = found[0]
+    filename = frame.f_code.co_filename
+    line = SourceLine(os.path.abspath(filename), frame.f_lineno, "")
+    return line.short(), linecache.getline(filename, frame.f_lineno).strip()
+
+
+def user_stacklevel() -> int:
+    """`warnings.warn`'s stacklevel, for the function calling this one, that names the user's own line.
+
+    The frame `caller_frame` would name: a loop warning raised while `watch()` is built points at the
+    `watch(...)` call, one raised from a hook at the user's forward or backward call.
+    """
+    import sys
+
+    found = _user_frame(sys._getframe(1))  # the caller: stacklevel 1
+    return found[1] + 1 if found is not None else 2
+
+
+def _user_frame(frame: Any) -> tuple[Any, int] | None:
+    """The innermost user frame from `frame` outward, and how many frames out it is (0: `frame` itself)."""
+    import os
     import sysconfig
 
     import torch
-
-    from modinspect.run.attribution import SourceLine
 
     global _SKIP
     if _SKIP is None:
         paths = sysconfig.get_paths()
         dirs = {
             os.path.dirname(os.path.abspath(torch.__file__)),
-            os.path.dirname(os.path.abspath(__file__)),
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # modinspect
             paths["purelib"],
             paths["platlib"],
             paths["stdlib"],
             paths["platstdlib"],
         }
         _SKIP = tuple(os.path.abspath(d) + os.sep for d in dirs)
-    frame: Any = sys._getframe(1)
+    level = 0
     while frame is not None:
         filename = frame.f_code.co_filename
         user = _USER_FILE.get(filename)
@@ -76,40 +102,14 @@ def caller_frame() -> tuple[str, str] | None:
             user = not filename.startswith("<") and not os.path.abspath(filename).startswith(_SKIP)
             _USER_FILE[filename] = user
         if user:
-            import linecache
-
-            line = SourceLine(os.path.abspath(filename), frame.f_lineno, "")
-            return line.short(), linecache.getline(filename, frame.f_lineno).strip()
+            return frame, level
         frame = frame.f_back
+        level += 1
     return None
 
 
 _SKIP: tuple[str, ...] | None = None
 _USER_FILE: dict[str, bool] = {}  # code file -> whether it is the user's own
-
-
-def user_stacklevel() -> int:
-    """`warnings.warn`'s stacklevel, for the function calling this one, that names the user's own line.
-
-    The innermost frame outside modinspect and torch: a loop warning raised while `watch()` is built points
-    at the `watch(...)` call, one raised from a hook at the user's forward or backward call.
-    """
-    import os
-    import sys
-
-    import torch
-
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-    skip = (package, os.path.dirname(os.path.abspath(torch.__file__)) + os.sep)
-    frame: Any = sys._getframe(1)  # the caller: stacklevel 1
-    level = 1
-    while frame is not None:
-        filename = frame.f_code.co_filename
-        if not filename.startswith("<") and not os.path.abspath(filename).startswith(skip):
-            return level
-        frame = frame.f_back
-        level += 1
-    return 2
 
 
 def weights_path(batch: Path) -> Path:
