@@ -1063,6 +1063,19 @@ def test_existing_log_is_not_overwritten(tmp_path: Path) -> None:
     assert read_log(log)[0]["kind"] == "header"
 
 
+def test_existing_saved_batch_is_refused_at_the_start_with_the_librarys_hint(
+    tmp_path: Path,
+) -> None:
+    saved = tmp_path / "bad.pt"
+    saved.write_bytes(b"keep")
+    with pytest.raises(
+        UsageError, match=f"^save_batch {saved} exists; pass overwrite=True to replace it$"
+    ):
+        modinspect.watch(nn.Linear(3, 2), save_batch=saved)
+    assert saved.read_bytes() == b"keep"
+    modinspect.watch(nn.Linear(3, 2), save_batch=saved, overwrite=True).detach()
+
+
 def test_step_with_an_optimizer_is_refused() -> None:
     model = nn.Linear(3, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

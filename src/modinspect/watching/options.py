@@ -77,6 +77,9 @@ def watch_options(
     if batch_path is not None:
         from modinspect.files import check_writable
 
+        if batch_path.exists() and not batch_path.is_dir() and not overwrite:
+            # A library call: the hint is the keyword, not the CLI's --force.
+            raise UsageError(f"save_batch {batch_path} exists; pass overwrite=True to replace it")
         check_writable(batch_path, overwrite)
     options = WatchOptions(
         every=every,
